@@ -1,0 +1,288 @@
+"""The command line: lstmdsl check | compile | run | specs.
+
+Results go to stdout, warnings and progress to stderr; --json prints one JSON object instead.
+Exit codes: 0 ok, 1 a numerical check failed, 64 bad usage, 65 the spec has errors, 66 a file cannot be
+read, 69 a backend is not available, 70 an internal error (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from . import __version__
+from .api import Spec, compile, layer_sizes, parse
+from .errors import EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, LstmdslError, SpecError, UsageError
+from .grad import format_grad
+from .ir import format_cell
+from .resources import shipped_specs
+from .schedule import parse_schedule
+
+GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits with 2; we use sysexits' EX_USAGE
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _sizes_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--input-size", "-I", type=int, default=None if not required else 16,
+                   help="size of the input x (default 16 for run)")
+    p.add_argument("--hidden-size", "-H", type=int, default=None if not required else 32,
+                   help="the hidden size (default 32 for run)")
+    p.add_argument("--proj-size", "-P", type=int, default=None, help="the projection size, for specs using proj")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    shipped = ", ".join(shipped_specs())
+    parser = _Parser(prog="lstmdsl", description="LSTM variants written as equations, compiled to kernels.",
+                     epilog=f"SPEC is a .cell file or the name of a shipped spec: {shipped}")
+    parser.add_argument("--version", action="version", version=f"lstmdsl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("check", help="check a spec; print its states, parameters, gates and FLOPs")
+    p.add_argument("spec")
+    _sizes_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("compile", help="print a stage of the compilation")
+    p.add_argument("spec")
+    p.add_argument("--emit", choices=("ast", "ir", "grad"), default="ir",
+                   help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+    p = sub.add_parser("run", help="run forward and backward on random data and check the gradients")
+    p.add_argument("spec")
+    _sizes_args(p, required=True)
+    p.add_argument("--batch", "-B", type=int, default=4)
+    p.add_argument("--steps", "-T", type=int, default=10)
+    p.add_argument("--layers", "-L", type=int, default=1)
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
+                   help="auto: the GPU when there is one, else the numpy reference")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no hoist input'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("specs", help="list the shipped specs")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ check
+
+def _poly(terms: dict[tuple[str, ...], int]) -> str:
+    def mono(key):
+        parts = []
+        for s in sorted(set(key)):
+            n = key.count(s)
+            parts.append(s if n == 1 else f"{s}^{n}")
+        return "*".join(parts)
+    items = sorted(terms.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    return " + ".join((f"{c}*{mono(k)}" if c != 1 else mono(k)) for k, c in items if c) or "0"
+
+
+def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
+    """FLOPs of one step for one sequence, as a polynomial in the sizes: a matvec is 2*rows*cols,
+    every elementwise operator (a function counts as one) one per element."""
+    terms: dict[tuple[str, ...], int] = {}
+    for n in spec.cell.nodes:
+        if n.op == "matvec":
+            key = tuple(sorted(spec.cell.param(n.attr).shape))
+            terms[key] = terms.get(key, 0) + 2
+        elif n.op not in ("input", "state", "param", "const"):
+            terms[(n.size,)] = terms.get((n.size,), 0) + 1
+    return terms
+
+
+def _describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
+    cell = spec.cell
+    named = {nid: name for name, nid in cell.names}
+    gates = [named[i] for i in sorted(named) if cell.nodes[i].op in ("sigmoid", "hard_sigmoid")]
+    values = [{"name": named[i], "op": cell.nodes[i].op, "size": cell.nodes[i].size} for i in sorted(named)]
+    flops = flops_per_step(spec)
+    out = {
+        "cell": cell.name,
+        "file": spec.source.filename,
+        "input": {"name": cell.input, "size": "input"},
+        "states": [{"name": s.name, "size": s.size} for s in cell.states],
+        "output": {"name": cell.name_of(cell.output) or cell.input, "size": cell.output_size},
+        "parameters": [{"name": p.name, "kind": p.kind, "shape": list(p.shape)} for p in cell.params],
+        "gates": gates,
+        "values": values,
+        "flops_per_step": _poly(flops),
+        "schedule": spec.schedule.describe(),
+        "warnings": [w.render() for w in spec.warnings],
+    }
+    if sizes:
+        out["sizes"] = {k: v for k, v in sizes.items() if v is not None}
+        out["flops_per_step_value"] = sum(c * int(np.prod([sizes[s] for s in k])) for k, c in flops.items())
+        out["parameter_count"] = sum(int(np.prod([sizes[s] for s in p.shape])) for p in cell.params)
+    return out
+
+
+def cmd_check(args) -> int:
+    spec = parse(args.spec)
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
+    sizes = None
+    if args.input_size is not None or args.hidden_size is not None:
+        if args.input_size is None or args.hidden_size is None:
+            raise UsageError("give both --input-size and --hidden-size to count FLOPs and parameters")
+        sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+    d = _describe(spec, sizes)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"cell {d['cell']}  ({d['file']}): ok")
+    print(f"  input       {cell_io(d['input'])}")
+    print(f"  states      {', '.join(cell_io(s) for s in d['states'])}")
+    print(f"  output      {cell_io(d['output'])}")
+    print(f"  gates       {', '.join(d['gates']) or '(none)'}")
+    print("  values      " + ", ".join(f"{v['name']} = {v['op']}(...)" for v in d["values"]))
+    print(f"  parameters  {len(d['parameters'])}")
+    for p in d["parameters"]:
+        print(f"    {p['name']:<8} {p['kind']:<6} [{', '.join(p['shape'])}]")
+    print(f"  FLOPs per step and sequence: {d['flops_per_step']}")
+    if sizes:
+        bound = ", ".join(f"{k}={v}" for k, v in d["sizes"].items())
+        print(f"    at {bound}: {d['flops_per_step_value']:,} FLOPs; {d['parameter_count']:,} parameters")
+    print(f"  schedule    {d['schedule']}")
+    return 0
+
+
+def cell_io(v: dict) -> str:
+    return f"{v['name']} : {v['size']}"
+
+
+# ---------------------------------------------------------------------------------------- compile
+
+def cmd_compile(args) -> int:
+    spec = parse(args.spec)
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
+    if args.emit == "ast":
+        text = _format_ast(spec.ast)
+    elif args.emit == "ir":
+        text = format_cell(spec.cell)
+    else:
+        text = format_grad(spec.cell, spec.grad)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as err:
+            raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
+    else:
+        print(text)
+    return 0
+
+
+def _format_ast(tree) -> str:
+    lines = [f"CellAST {tree.name}"]
+    for s in tree.stmts:
+        lines.append(f"  {s.span.line}:{s.span.col} {s!r}" if hasattr(s, "span") else f"  {s!r}")
+    for d in tree.schedule or ():
+        lines.append(f"  {d.span.line}:{d.span.col} schedule {' '.join(d.words)}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- run
+
+def cmd_run(args) -> int:
+    from .gradcheck import gradient_check
+
+    spec = parse(args.spec)
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
+    schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
+    backend = args.backend
+    note = None
+    if backend == "auto":
+        backend = "numpy"
+        note = ("the CUDA backend is not in this version of lstmdsl yet: running the numpy reference "
+                "(CPU, float64 gradient check)")
+    if note and not args.json:
+        print(f"note: {note}", file=sys.stderr)
+    for name in ("batch", "steps", "layers"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
+                    backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
+    t0 = time.perf_counter()
+    y, state = layer.forward(x)
+    t1 = time.perf_counter()
+    dx = layer.backward(np.ones_like(y))
+    t2 = time.perf_counter()
+    rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
+                          min(args.steps, 5), args.layers, proj_size=min(args.proj_size, 4) if args.proj_size else None,
+                          seed=args.seed)
+    worst = max(r.rel_error for r in rows)
+    ok = worst <= GRAD_TOLERANCE and bool(np.all(np.isfinite(y))) and bool(np.all(np.isfinite(dx)))
+    result = {
+        "cell": spec.name, "backend": backend, "note": note, "dtype": args.dtype,
+        "schedule": schedule.describe(),
+        "shape": {"steps": args.steps, "batch": args.batch, "input": args.input_size,
+                  "hidden": args.hidden_size, "layers": args.layers, "output": layer.output_size},
+        "forward_ms": 1e3 * (t1 - t0), "backward_ms": 1e3 * (t2 - t1),
+        "output_rms": float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))),
+        "gradient_check": {"dtype": "float64", "tolerance": GRAD_TOLERANCE, "max_rel_error": worst,
+                           "tensors": [r.__dict__ for r in rows]},
+        "ok": ok,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"cell {spec.name} on {backend}, {args.dtype}: T={args.steps} B={args.batch} "
+              f"I={args.input_size} H={args.hidden_size} L={args.layers}")
+        print(f"  forward   {result['forward_ms']:9.2f} ms   y [{args.steps}, {args.batch}, {layer.output_size}],"
+              f" rms {result['output_rms']:.4f}")
+        print(f"  backward  {result['backward_ms']:9.2f} ms   dx and {len(layer.grads())} parameter gradients")
+        print("  gradient check (float64 central differences, small sizes):")
+        print(f"    {'tensor':<12} {'coords':>6} {'max |grad|':>11} {'rel error':>10}")
+        for r in rows:
+            print(f"    {r.tensor:<12} {r.coordinates:>6} {r.max_abs_grad:>11.3e} {r.rel_error:>10.2e}")
+        print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
+    return 0 if ok else EXIT_CHECK_FAILED
+
+
+def cmd_specs(args) -> int:
+    for name, path in shipped_specs().items():
+        first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        print(f"{name:<10} {first}")
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "specs": cmd_specs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LstmdslError as err:
+        print(err if isinstance(err, SpecError) else f"lstmdsl: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug in lstmdsl: say so, with the traceback only on request
+        if os.environ.get("LSTMDSL_DEBUG"):
+            traceback.print_exc()
+        print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "
+              "and please report it", file=sys.stderr)
+        return EXIT_SOFTWARE
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Errors and diagnostics written for users.
+
+Every problem a user can cause is an ``LstmdslError`` subclass with a message that says what is wrong and
+where.  Problems in a spec are ``Diagnostic`` values rendered like a compiler's:
+
+    specs/bad.cell:4:24: error: unknown function 'sigmod'
+        i = sigmoid(W_i x) + sigmod(b_i)
+                             ^^^^^^
+    hint: did you mean 'sigmoid'?
+
+The CLI maps each error class to an exit code (sysexits.h conventions) and never shows a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Exit codes (sysexits.h), one per error class; the CLI and docs/cli.md use these.
+EXIT_USAGE = 64        # bad command-line arguments
+EXIT_SPEC = 65         # the spec (or schedule text) has errors
+EXIT_NOINPUT = 66      # a file that was named does not exist or cannot be read
+EXIT_UNAVAILABLE = 69  # a backend or device that is not available here
+EXIT_SOFTWARE = 70     # an internal error: a bug in lstmdsl
+EXIT_CHECK_FAILED = 1  # a numerical check (gradient check, GPU vs reference) failed
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The text of a spec and the name to show for it (a path, or '<string>')."""
+
+    text: str
+    filename: str = "<string>"
+
+    def line(self, lineno: int) -> str:
+        lines = self.text.splitlines()
+        return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A 1-based, end-inclusive line/column range in a Source."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @staticmethod
+    def of(meta_or_token) -> "Span":
+        """Span of a lark Token or a tree's meta (propagated positions)."""
+        return Span(meta_or_token.line, meta_or_token.column,
+                    meta_or_token.end_line, max(meta_or_token.end_column - 1, meta_or_token.column))
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    severity: str  # "error" | "warning"
+    message: str
+    source: Source
+    span: Span | None = None
+    hint: str | None = None
+
+    def render(self) -> str:
+        where = self.source.filename
+        if self.span is not None:
+            where += f":{self.span.line}:{self.span.col}"
+        out = [f"{where}: {self.severity}: {self.message}"]
+        if self.span is not None:
+            text = self.source.line(self.span.line)
+            if text:
+                last = self.span.end_col if self.span.end_line == self.span.line else len(text)
+                width = max(1, min(last, len(text)) - self.span.col + 1)
+                out.append("    " + text)
+                out.append("    " + " " * (self.span.col - 1) + "^" * width)
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return "\n".join(out)
+
+
+class LstmdslError(Exception):
+    """Base class of every error lstmdsl raises on purpose."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class SpecError(LstmdslError):
+    """A spec (or schedule text) is invalid. Holds one or more error diagnostics."""
+
+    exit_code = EXIT_SPEC
+
+    def __init__(self, diagnostics: list[Diagnostic] | tuple[Diagnostic, ...]):
+        self.diagnostics = tuple(diagnostics)
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    @property
+    def first(self) -> Diagnostic:
+        return self.diagnostics[0]
+
+
+class UsageError(LstmdslError):
+    """Arguments that do not fit: wrong sizes, shapes, dtypes, options."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputFileError(LstmdslError):
+    """A file that was named cannot be found or read."""
+
+    exit_code = EXIT_NOINPUT
+
+
+class BackendUnavailable(LstmdslError):
+    """The backend or device asked for is not available on this machine."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -1,0 +1,102 @@
+"""Stage 2b: symbolic reverse-mode differentiation of one step.
+
+`differentiate(cell)` returns a StepGrad: a second node graph (same Node type as the Cell IR) that maps
+the incoming gradients of one step (dL/d output, dL/d each updated state) and the step's forward values
+to the gradients of the step's inputs (the states at the start of the step, the input x_t) and the
+per-step gradient contributions of every parameter. Each operator's derivative comes from ops.OPS.
+
+Matrix gradients are not formed inside the graph: each use of a matrix is returned as (matrix, g, v),
+meaning dL/dW += g^T v summed over the batch (and, by the caller, over time: one GEMM after the loop).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .ir import Cell, GraphBuilder, Node, prune
+from .ops import OPS
+
+
+@dataclass(frozen=True, slots=True)
+class StepGrad:
+    nodes: tuple[Node, ...]
+    d_states: tuple[int | None, ...]  # dL/d(state at step start), aligned with cell.states; None = zero
+    d_input: int | None  # dL/d x_t; None = zero (the input is unused)
+    d_vectors: tuple[tuple[str, int], ...]  # vector parameter -> node whose batch sum is its gradient
+    d_matrices: tuple[tuple[str, int, int], ...]  # (matrix, node id of g here, forward node id of v)
+
+
+def differentiate(cell: Cell) -> StepGrad:
+    fwd = cell.nodes
+    b = GraphBuilder()
+
+    def value(i: int) -> int:
+        n = fwd[i]
+        return b.const(n.attr) if n.op == "const" else b.leaf("fwd", i, n.size)
+
+    def total(parts: list[int]) -> int:
+        g = parts[0]
+        for p in parts[1:]:
+            g = b.op("add", g, p)
+        return g
+
+    incoming: dict[int, list[int]] = defaultdict(list)
+    incoming[cell.output].append(b.leaf("grad_in", "output", fwd[cell.output].size))
+    for s, u in zip(cell.states, cell.updates):
+        incoming[u].append(b.leaf("grad_in", s.name, s.size))
+
+    d_state: dict[str, int] = {}
+    d_input = None
+    d_vectors: dict[str, int] = {}
+    d_matrices: list[tuple[str, int, int]] = []
+    for i in reversed(range(len(fwd))):  # every consumer of node i has a larger id: incoming[i] is complete
+        if i not in incoming:
+            continue
+        g = total(incoming[i])
+        n = fwd[i]
+        if n.op == "input":
+            d_input = g
+        elif n.op == "state":
+            d_state[n.attr] = g
+        elif n.op == "param":
+            d_vectors[n.attr] = g
+        elif n.op == "matvec":
+            (v,) = n.args
+            d_matrices.append((n.attr, g, v))
+            if fwd[v].op != "const":
+                incoming[v].append(b.add(Node("matvec_t", (g,), n.attr, fwd[v].size)))
+        elif n.op != "const":
+            contributions = OPS[n.op].derivative(b, tuple(value(a) for a in n.args), value(i), g)
+            for a, c in zip(n.args, contributions):
+                if c is not None and fwd[a].op != "const":
+                    incoming[a].append(c)
+
+    d_states = [d_state.get(s.name) for s in cell.states]
+    roots = [d for d in d_states if d is not None] + list(d_vectors.values()) + [g for _, g, _ in d_matrices]
+    nodes, remap = prune(tuple(b.nodes), roots + ([d_input] if d_input is not None else []))
+    return StepGrad(
+        nodes=nodes,
+        d_states=tuple(remap[d] if d is not None else None for d in d_states),
+        d_input=remap[d_input] if d_input is not None else None,
+        d_vectors=tuple(sorted((name, remap[d]) for name, d in d_vectors.items())),
+        d_matrices=tuple((name, remap[g], v) for name, g, v in d_matrices),
+    )
+
+
+def format_grad(cell: Cell, grad: StepGrad) -> str:
+    """A readable listing of the backward step (for `lstmdsl compile --emit grad`)."""
+    lines = [f"backward step of cell {cell.name}"]
+    for i, n in enumerate(grad.nodes):
+        attr = "" if n.attr is None else (f"%{n.attr}" if n.op == "fwd" else repr(n.attr) if n.op == "const"
+                                          else str(n.attr))
+        args = ", ".join(f"%{a}" for a in n.args)
+        lines.append(f"  %{i} = {n.op}({', '.join(x for x in (attr, args) if x)}) : {n.size or 'scalar'}")
+    for s, d in zip(cell.states, grad.d_states):
+        lines.append(f"  d {s.name} (start of step) = {'%' + str(d) if d is not None else 'zero'}")
+    lines.append(f"  d {cell.input} = {'%' + str(grad.d_input) if grad.d_input is not None else 'zero'}")
+    for name, d in grad.d_vectors:
+        lines.append(f"  d {name} += sum over batch of %{d}")
+    for name, g, v in grad.d_matrices:
+        lines.append(f"  d {name} += (%{g})^T (forward %{v})")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Stage 2: the Cell IR, a typed DAG of one time step.
+
+Everything here is a frozen dataclass of tuples, so equal IR hashes equal and can name a cache entry.
+Nodes live in one tuple in topological order; a node's id is its index and its arguments are ids of
+earlier nodes. Sizes are symbolic: "input", "hidden" or "proj" (bound to numbers by the API); None is a
+scalar constant, which broadcasts.
+
+Node ops:
+  leaves   input (attr: name), state (attr: name, the value at the start of the step),
+           param (attr: vector parameter name), const (attr: float value)
+  matvec   attr: matrix name, args (operand,) -> W @ operand
+  any entry of ops.OPS (sigmoid, add, ...) with its arity
+The backward graph (grad.py) uses the same Node type with three more ops: fwd (attr: id of a forward
+node whose value it reads), grad_in (attr: "output" or a state name: an incoming gradient) and
+matvec_t (attr: matrix name, args (g,) -> W^T @ g).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ops import OPS
+
+SIZES = ("input", "hidden", "proj")
+LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in")
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    op: str
+    args: tuple[int, ...] = ()
+    attr: str | float | int | None = None
+    size: str | None = None  # symbolic size; None for a scalar constant
+
+
+@dataclass(frozen=True, slots=True)
+class StateVar:
+    name: str
+    size: str
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    kind: str  # "matrix" | "vector"
+    shape: tuple[str, ...]  # (rows, cols) for a matrix, (size,) for a vector
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One time step of one layer."""
+
+    name: str
+    input: str  # the input's name; its size is "input"
+    states: tuple[StateVar, ...]
+    params: tuple[Param, ...]  # in order of first appearance in the spec
+    nodes: tuple[Node, ...]
+    updates: tuple[int, ...]  # node id of each state's new value, aligned with `states`
+    output: int  # node id of what the layer emits
+    names: tuple[tuple[str, int], ...] = ()  # the spec's names for nodes (intermediates, updates)
+
+    @property
+    def output_size(self) -> str:
+        return self.nodes[self.output].size
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def name_of(self, node_id: int) -> str | None:
+        for name, nid in self.names:
+            if nid == node_id:
+                return name
+        return None
+
+
+class IRError(AssertionError):
+    """An IR invariant does not hold: a bug in a pass or in lowering, never a user error."""
+
+
+class GraphBuilder:
+    """Builds a node tuple with hash-consing (equal nodes are shared) and constant folding."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._ids: dict[Node, int] = {}
+
+    def add(self, node: Node) -> int:
+        if node.op in OPS and node.args and all(self.nodes[a].op == "const" for a in node.args):
+            value = OPS[node.op].numpy(*(np.float64(self.nodes[a].attr) for a in node.args))
+            node = Node("const", (), float(value), None)
+        if node not in self._ids:
+            self._ids[node] = len(self.nodes)
+            self.nodes.append(node)
+        return self._ids[node]
+
+    def leaf(self, op: str, attr, size: str | None) -> int:
+        return self.add(Node(op, (), attr, size))
+
+    def const(self, value: float) -> int:
+        return self.leaf("const", float(value), None)
+
+    def op(self, name: str, *args: int) -> int:
+        sizes = {self.nodes[a].size for a in args} - {None}
+        if len(sizes) > 1:
+            raise IRError(f"{name} of sizes {sorted(sizes)}")
+        return self.add(Node(name, tuple(args), None, sizes.pop() if sizes else None))
+
+    def mul(self, a: int, b: int) -> int:
+        return self.op("mul", a, b)
+
+    def sub(self, a: int, b: int) -> int:
+        return self.op("sub", a, b)
+
+    def div(self, a: int, b: int) -> int:
+        return self.op("div", a, b)
+
+    def matvec(self, matrix: str, operand: int, rows: str) -> int:
+        return self.add(Node("matvec", (operand,), matrix, rows))
+
+
+def prune(nodes: tuple[Node, ...], roots) -> tuple[tuple[Node, ...], dict[int, int]]:
+    """Drop the nodes no root depends on. Returns the kept nodes (order preserved) and old id -> new id."""
+    live = set(roots)
+    for i in reversed(range(len(nodes))):
+        if i in live:
+            live.update(nodes[i].args)
+    remap: dict[int, int] = {}
+    kept = []
+    for i, n in enumerate(nodes):
+        if i in live:
+            remap[i] = len(kept)
+            kept.append(Node(n.op, tuple(remap[a] for a in n.args), n.attr, n.size))
+    return tuple(kept), remap
+
+
+def verify(cell: Cell) -> None:
+    """Check the invariants of a Cell; raise IRError naming the first that fails."""
+    nodes = cell.nodes
+    params = {p.name: p for p in cell.params}
+    if len(params) != len(cell.params):
+        raise IRError("duplicate parameter names")
+    if len({s.name for s in cell.states}) != len(cell.states):
+        raise IRError("duplicate state names")
+    for p in cell.params:
+        want = 2 if p.kind == "matrix" else 1
+        if p.kind not in ("matrix", "vector") or len(p.shape) != want or not set(p.shape) <= set(SIZES):
+            raise IRError(f"bad parameter {p}")
+    state_sizes = {s.name: s.size for s in cell.states}
+    for i, n in enumerate(nodes):
+        if any(not 0 <= a < i for a in n.args):
+            raise IRError(f"node {i} {n.op}: arguments {n.args} are not earlier nodes")
+        arg_sizes = [nodes[a].size for a in n.args]
+        if n.op == "const":
+            ok = not n.args and isinstance(n.attr, float) and n.size is None
+        elif n.op == "input":
+            ok = not n.args and n.attr == cell.input and n.size == "input"
+        elif n.op == "state":
+            ok = not n.args and state_sizes.get(n.attr) == n.size
+        elif n.op == "param":
+            p = params.get(n.attr)
+            ok = not n.args and p is not None and p.kind == "vector" and p.shape == (n.size,)
+        elif n.op == "matvec":
+            p = params.get(n.attr)
+            ok = (len(n.args) == 1 and p is not None and p.kind == "matrix"
+                  and p.shape == (n.size, arg_sizes[0]))
+        elif n.op in OPS:
+            known = set(arg_sizes) - {None}
+            ok = (len(n.args) == OPS[n.op].arity and len(known) == 1 and n.size in known)
+        else:
+            ok = False
+        if not ok:
+            raise IRError(f"node {i} is malformed: {n}")
+    if len(cell.updates) != len(cell.states):
+        raise IRError("every state needs exactly one update")
+    for s, u in zip(cell.states, cell.updates):
+        if not 0 <= u < len(nodes) or nodes[u].size != s.size:
+            raise IRError(f"update of state {s.name} is node {u}, which does not have size {s.size}")
+    if not 0 <= cell.output < len(nodes) or nodes[cell.output].size is None:
+        raise IRError("the output must be a vector node")
+    used = {n.attr for n in nodes if n.op in ("param", "matvec")}
+    if used != set(params):
+        raise IRError(f"parameters {sorted(set(params) ^ used)} are declared but unused or used but undeclared")
+
+
+def format_cell(cell: Cell) -> str:
+    """A readable listing of the IR (for `lstmdsl compile --emit ir`)."""
+    lines = [f"cell {cell.name}", f"  input {cell.input} : input"]
+    lines += [f"  state {s.name} : {s.size}" for s in cell.states]
+    for p in cell.params:
+        lines.append(f"  param {p.name} : {p.kind} [{', '.join(p.shape)}]")
+    for i, n in enumerate(cell.nodes):
+        name = cell.name_of(i)
+        args = ", ".join(f"%{a}" for a in n.args)
+        attr = "" if n.attr is None else (repr(n.attr) if n.op == "const" else str(n.attr))
+        body = f"{n.op}({', '.join(x for x in (attr, args) if x)})"
+        lines.append(f"  %{i} = {body} : {n.size or 'scalar'}" + (f"    # {name}" if name else ""))
+    for s, u in zip(cell.states, cell.updates):
+        lines.append(f"  update {s.name} <- %{u}")
+    lines.append(f"  output %{cell.output}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""The numpy reference: it interprets the Cell IR and its StepGrad directly. It is the semantics.
+
+Arrays are [T, B, features] (time-major) and states [B, size] per layer. Parameters are numpy arrays:
+a matrix with shape (rows, cols) acts as v @ W.T on a batch of row vectors v [B, cols]. Works in the
+dtype of the parameters it is given (float64 for checks, float32 to match the GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grad import StepGrad
+from .ir import Cell
+from .ops import OPS
+
+
+def _evaluate(nodes, leaf, params, batch: int, dtype, sizes: dict[str, int]):
+    """Values of all nodes, each [batch, size] (constants stay scalars). `leaf(node)` gives leaf values."""
+    values = []
+    for n in nodes:
+        if n.op == "const":
+            v = dtype.type(n.attr)
+        elif n.op == "param":
+            v = np.broadcast_to(params[n.attr], (batch, sizes[n.size]))
+        elif n.op == "matvec":
+            v = values[n.args[0]] @ params[n.attr].T
+        elif n.op == "matvec_t":
+            v = values[n.args[0]] @ params[n.attr]
+        elif n.op in OPS:
+            v = OPS[n.op].numpy(*(values[a] for a in n.args))
+            if n.size is not None and v.shape != (batch, sizes[n.size]):
+                v = np.broadcast_to(v, (batch, sizes[n.size]))
+        else:
+            v = leaf(n)
+        values.append(v)
+    return values
+
+
+@dataclass
+class Tape:
+    """What one layer's forward pass keeps for its backward pass."""
+
+    values: list  # per step: the list of forward node values
+    batch: int
+
+
+def layer_forward(cell: Cell, params: dict, sizes: dict[str, int], xs: np.ndarray, state: dict,
+                  keep: bool = True):
+    """Run one layer over xs [T, B, input]. Returns (ys [T, B, out], final state dict, Tape or None)."""
+    T, B = xs.shape[:2]
+    dtype = xs.dtype
+    ys = np.empty((T, B, sizes[cell.output_size]), dtype=dtype)
+    state = dict(state)
+    tape = Tape([], B) if keep else None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for t in range(T):
+            def leaf(n, t=t):
+                return xs[t] if n.op == "input" else state[n.attr]
+            values = _evaluate(cell.nodes, leaf, params, B, dtype, sizes)
+            ys[t] = values[cell.output]
+            state = {s.name: np.ascontiguousarray(values[u], dtype=dtype)
+                     for s, u in zip(cell.states, cell.updates)}
+            if tape is not None:
+                tape.values.append(values)
+    return ys, state, tape
+
+
+def layer_backward(cell: Cell, grad: StepGrad, params: dict, sizes: dict[str, int], tape: Tape,
+                   dys: np.ndarray, dstate: dict, param_grads: dict):
+    """Backward through time for one layer.
+
+    dys [T, B, out] and dstate (gradients of the final states) come in; returns (dxs [T, B, input],
+    gradients of the initial states) and adds every parameter's gradient into param_grads.
+    """
+    T, B = dys.shape[:2]
+    dtype = dys.dtype
+    dxs = np.zeros((T, B, sizes["input"]), dtype=dtype)
+    dstate = {s.name: dstate[s.name] for s in cell.states}
+    vectors, matrices = {}, {}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for t in reversed(range(T)):
+            fwd = tape.values[t]
+
+            def leaf(n, t=t, fwd=fwd, dstate=dstate):
+                if n.op == "fwd":
+                    return fwd[n.attr]
+                return dys[t] if n.attr == "output" else dstate[n.attr]
+            g = _evaluate(grad.nodes, leaf, params, B, dtype, sizes)
+            if grad.d_input is not None:
+                dxs[t] = g[grad.d_input]
+            dstate = {s.name: (np.array(g[d], dtype=dtype) if d is not None
+                               else np.zeros((B, sizes[s.size]), dtype=dtype))
+                      for s, d in zip(cell.states, grad.d_states)}
+            for name, d in grad.d_vectors:
+                vectors.setdefault(name, []).append(g[d].sum(axis=0))
+            for name, gi, v in grad.d_matrices:
+                matrices.setdefault(name, []).append((g[gi], fwd[v]))
+    # weight gradients of all steps at once, as the GPU schedule does: dW = G^T V over [T*B] rows
+    for name, parts in vectors.items():
+        param_grads[name] += np.sum(parts, axis=0)
+    for name, pairs in matrices.items():
+        G = np.concatenate([np.broadcast_to(gv, (B, gv.shape[-1])) for gv, _ in pairs])
+        V = np.concatenate([np.broadcast_to(vv, (B, vv.shape[-1])) for _, vv in pairs])
+        param_grads[name] += G.T @ V
+    return dxs, dstate

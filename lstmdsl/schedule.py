@@ -1,0 +1,65 @@
+"""Schedule directives: the choices a spec's `schedule { ... }` block, `schedule=` in the API and
+`--schedule` on the command line make. A schedule never changes results beyond floating-point tolerance.
+
+Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `precision fp32|tf32|bf16`; a
+leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
+command line can override the spec. The numpy reference computes every schedule the same way; the
+switches choose how the CUDA backend schedules the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+from .errors import Diagnostic, Source, SpecError
+from .syntax import Directive, parse_directives
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    fuse_gates: bool = True  # one GEMM for all matrices that share an operand
+    hoist_input: bool = True  # input GEMMs for all steps at once, before the recurrence
+    fuse_pointwise: bool = True  # one kernel for the elementwise work between GEMMs
+    precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16
+
+    def describe(self) -> str:
+        """The schedule as directive text, which parse_schedule reads back."""
+        words = [("" if getattr(self, field) else "no ") + " ".join(key) for key, field in _SWITCHES.items()]
+        return "; ".join(words + [f"precision {self.precision}"])
+
+
+# directive words -> schedule field; switches take an optional leading "no"
+_SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
+             ("fuse", "pointwise"): "fuse_pointwise"}
+_KNOWN = [" ".join(k) for k in _SWITCHES] + [f"precision {p}" for p in PRECISIONS]
+
+
+def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], source) -> Schedule:
+    """Apply directives in order. Raises SpecError naming each unknown directive."""
+    errors = []
+    for d in directives:
+        words = d.words
+        negate = words[0] == "no"
+        key = tuple(words[1:] if negate else words)
+        if key in _SWITCHES:
+            schedule = dataclasses.replace(schedule, **{_SWITCHES[key]: not negate})
+        elif len(key) == 2 and key[0] == "precision" and not negate and key[1] in PRECISIONS:
+            schedule = dataclasses.replace(schedule, precision=key[1])
+        else:
+            text = " ".join(words)
+            close = difflib.get_close_matches(" ".join(key), _KNOWN, n=1, cutoff=0.5)
+            hint = (f"did you mean '{('no ' if negate else '') + close[0]}'?" if close
+                    else "known directives: " + ", ".join(_KNOWN) + " (switches take a leading 'no')")
+            errors.append(Diagnostic("error", f"unknown schedule directive '{text}'", source, d.span, hint))
+    if errors:
+        raise SpecError(errors)
+    return schedule
+
+
+def parse_schedule(text: str, base: Schedule | None = None) -> Schedule:
+    """Apply schedule text such as "no hoist input; precision tf32" over `base` (default: defaults)."""
+    return apply_directives(base or Schedule(), parse_directives(text), Source(text, "<schedule>"))

@@ -1,0 +1,358 @@
+"""Stage 1: spec text -> AST.
+
+The grammar is grammars/cell.lark (LALR, positions propagated). A small post-lexer turns newlines and
+`;` into statement separators and drops newlines inside parentheses, so long equations can be wrapped.
+A lark Transformer builds the frozen AST dataclasses below; every node carries its source Span. Syntax
+errors become a SpecError with the location, the line, a caret and a hint; lark's own exceptions never
+reach the user.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Union
+
+import lark
+from lark import Token, Transformer, v_args
+
+from .errors import Diagnostic, Source, Span, SpecError
+from .resources import resource_dir
+
+# ---------------------------------------------------------------------------------------------- the AST
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    value: float
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    name: str  # may end in ' (a state's updated value)
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    func: str
+    arg: "Expr"
+    span: Span
+    func_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MatVec:
+    matrix: str
+    operand: "Expr"
+    span: Span
+    matrix_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Neg:
+    arg: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BinOp:
+    op: str  # one of + - * /
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+Expr = Union[Number, Ref, Call, MatVec, Neg, BinOp]
+
+
+@dataclass(frozen=True, slots=True)
+class InputDecl:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class StateItem:
+    name: str
+    size: str | None  # None: the default size, hidden
+    span: Span
+    size_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateDecl:
+    items: tuple[StateItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    target: str  # may end in ' (a state update)
+    expr: Expr
+    span: Span
+    target_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class OutputDecl:
+    name: str
+    span: Span
+    name_span: Span
+
+
+Stmt = Union[InputDecl, StateDecl, Assign, OutputDecl]
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    words: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class CellAST:
+    name: str
+    stmts: tuple[Stmt, ...]
+    schedule: tuple[Directive, ...] | None  # None: the spec has no schedule block
+    source: Source
+    name_span: Span
+
+
+# ------------------------------------------------------------------------------------------- the parser
+
+_SEPARATORS = ("_NL", "SEMI")
+
+
+class _StatementSeparators:
+    """Post-lexer: newlines and ';' -> one _SEP token between statements.
+
+    Separators inside parentheses are dropped (the statement continues), runs of separators collapse
+    into one, and separators right after '{' or at the start of the text are dropped; the grammar
+    allows one before '}' and at the end. Tokens are passed on at once, never held back: the contextual
+    lexer chooses the next token by the parser state, which must already have seen the separator.
+    """
+
+    always_accept = _SEPARATORS
+
+    def process(self, stream):
+        depth = 0
+        previous = None
+        for tok in stream:
+            if tok.type in _SEPARATORS:
+                if tok.type == "SEMI" and depth > 0:
+                    yield tok  # a ';' inside parentheses is an error the parser reports
+                elif depth == 0 and previous not in (None, "LBRACE", "_SEP"):
+                    previous = "_SEP"
+                    yield Token.new_borrow_pos("_SEP", tok.value, tok)
+                continue
+            if tok.type == "LPAR":
+                depth += 1
+            elif tok.type == "RPAR" and depth > 0:
+                depth -= 1
+            previous = tok.type
+            yield tok
+
+
+def _span(meta) -> Span:
+    return Span.of(meta)
+
+
+@v_args(meta=True)
+class _ToAST(Transformer):
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    # expressions
+    def number(self, meta, children):
+        return Number(float(children[0]), _span(meta))
+
+    def ref(self, meta, children):
+        return Ref(str(children[0]), _span(meta))
+
+    def call(self, meta, children):
+        name, arg = children
+        return Call(str(name), arg, _span(meta), Span.of(name))
+
+    def matvec(self, meta, children):
+        name, operand = children
+        return MatVec(str(name), operand, _span(meta), Span.of(name))
+
+    def neg(self, meta, children):
+        return Neg(children[0], _span(meta))
+
+    def _binop(op):  # noqa: N805 - a method factory used in the class body
+        def build(self, meta, children):
+            return BinOp(op, children[0], children[1], _span(meta))
+        return build
+
+    add, sub, mul, div = _binop("+"), _binop("-"), _binop("*"), _binop("/")
+
+    # statements
+    def input_decl(self, meta, children):
+        return InputDecl(str(children[0]), Span.of(children[0]))
+
+    def state_item(self, meta, children):
+        name = children[0]
+        size = children[1] if len(children) > 1 else None
+        return StateItem(str(name), str(size) if size is not None else None, Span.of(name),
+                         Span.of(size) if size is not None else None)
+
+    def state_decl(self, meta, children):
+        return StateDecl(tuple(children), _span(meta))
+
+    def assign(self, meta, children):
+        target, expr = children
+        return Assign(str(target), expr, _span(meta), Span.of(target))
+
+    def output_decl(self, meta, children):
+        return OutputDecl(str(children[0]), _span(meta), Span.of(children[0]))
+
+    def directive(self, meta, children):
+        return Directive(tuple(str(w) for w in children), _span(meta))
+
+    def schedule(self, meta, children):
+        return tuple(children)
+
+    def schedule_text(self, meta, children):
+        return tuple(children)
+
+    def cell(self, meta, children):
+        name, *stmts = children
+        return (str(name), Span.of(name), tuple(stmts))
+
+    def start(self, meta, children):
+        (name, name_span, stmts), *rest = children
+        return CellAST(name, stmts, rest[0] if rest else None, self.source, name_span)
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> lark.Lark:
+    grammar = (resource_dir("grammars") / "cell.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", lexer="contextual", postlex=_StatementSeparators(),
+                     propagate_positions=True, start=["start", "schedule_text"], maybe_placeholders=False)
+
+
+# Readable names for the grammar's terminals in "expected ..." messages.
+_TERMINAL_NAMES = {
+    "NAME": "a name", "MATRIX": "a matrix name", "NUMBER": "a number", "WORD": "a directive",
+    "_SEP": "a new line or ';'", "$END": "the end of the text",
+}
+
+# Snippets whose parse fails the same way as the user's text, with the message to give instead of
+# lark's generic "unexpected token" (lark's match_examples compares the parser states).
+_EXAMPLES = {
+    ("a matrix must be applied to a vector",
+     "write the operand right after the matrix name, e.g. 'W_i x' or 'W_h (r * h)'"): [
+        "cell c { y = W }", "cell c { y = W + x }", "cell c { y = W * x }", "cell c { y = sigmoid(W) }",
+        "cell c { y = W - x }", "cell c { y = W / x }", "cell c { y = x + W }",
+    ],
+    ("two values with no operator between them",
+     "only a matrix (a name with a capital first letter) may stand right before its operand"): [
+        "cell c { y = a b }", "cell c { y = 2 x }", "cell c { y = a 2 }", "cell c { y = (a) b }",
+        "cell c { y = sigmoid(a) b }",
+    ],
+    ("an equation needs an expression after '='", None): [
+        "cell c { y = }", "cell c { y = \n z = a }",
+    ],
+}
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "_SEP":
+        return "end of line" if tok.value != ";" else "';'"
+    if tok.type == "$END":
+        return "end of text"
+    return repr(str(tok.value))
+
+
+def _expected_list(names) -> str:
+    parser = _parser()
+    words = set()
+    for name in names:
+        if name in _SEPARATORS:
+            continue  # the post-lexer accepts these everywhere; _SEP says where a statement may end
+        if name in _TERMINAL_NAMES:
+            words.add(_TERMINAL_NAMES[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            words.add(name.lower())
+            continue
+        words.add(repr(pattern.value) if pattern.type == "str" else name.lower())
+    return ", ".join(sorted(words))
+
+
+def _unclosed_paren(text: str, line: int, col: int) -> Span | None:
+    """Position of the innermost '(' still open at (line, col), ignoring comments."""
+    stack = []
+    for lineno, content in enumerate(text.splitlines(), start=1):
+        if lineno > line:
+            break
+        for c_index, ch in enumerate(content, start=1):
+            if lineno == line and c_index >= col:
+                break
+            if ch == "#":
+                break
+            if ch == "(":
+                stack.append(Span(lineno, c_index, lineno, c_index))
+            elif ch == ")" and stack:
+                stack.pop()
+    return stack[-1] if stack else None
+
+
+def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source, start: str) -> SpecError:
+    line, col = getattr(err, "line", -1), getattr(err, "column", -1)
+    if line is None or line < 1:  # unexpected end of text: point after the last character
+        lines = source.text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+    span = Span(line, col, line, col)
+    hint = None
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        char = source.line(line)[col - 1:col] or "?"
+        message = f"unexpected character {char!r}"
+        if char == "'":
+            hint = "only names of states take a prime (c' is the state c after the step)"
+        elif err.allowed:
+            hint = f"expected {_expected_list(err.allowed)}"
+    else:
+        tok = getattr(err, "token", None)
+        expected = getattr(err, "expected", None) or getattr(err, "accepts", None) or set()
+        if tok is not None and tok.type != "$END":
+            span = Span(tok.line, tok.column, tok.end_line or tok.line,
+                        max((tok.end_column or tok.column + 1) - 1, tok.column))
+        message = f"unexpected {_describe_token(tok)}" if tok is not None else "unexpected end of text"
+        hint = f"expected {_expected_list(expected)}" if expected else None
+        if start == "start" and tok is not None and tok.type != "$END":
+            label = err.match_examples(functools.partial(_parser().parse, start="start"), _EXAMPLES,
+                                       use_accepts=True)
+            if label is not None:
+                message, better_hint = label
+                hint = better_hint or hint
+    open_paren = _unclosed_paren(source.text, span.line, span.col)
+    if open_paren is not None and "')'" in (hint or ""):
+        hint = f"the '(' at line {open_paren.line}, column {open_paren.col} is not closed"
+    return SpecError([Diagnostic("error", message, source, span, hint)])
+
+
+def parse_cell(text: str, filename: str = "<string>") -> CellAST:
+    """Parse spec text into a CellAST. Raises SpecError on a syntax error."""
+    source = Source(text, filename)
+    try:
+        tree = _parser().parse(text, start="start")
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, source, "start") from None
+    return _ToAST(source).transform(tree)
+
+
+def parse_directives(text: str, filename: str = "<schedule>") -> tuple[Directive, ...]:
+    """Parse schedule text ("fuse gates; precision fp32") into directives. Raises SpecError."""
+    source = Source(text, filename)
+    try:
+        tree = _parser().parse(text, start="schedule_text")
+    except lark.exceptions.UnexpectedInput as err:
+        raise _syntax_error(err, source, "schedule_text") from None
+    return _ToAST(source).transform(tree)
