@@ -96,7 +96,7 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     hidden_size = _positive_int("hidden_size", hidden_size)
     num_layers = _positive_int("num_layers", num_layers)
     if spec.uses_size("proj") and proj_size is None:
-        raise UsageError(f"cell '{spec.name}' uses the size 'proj': give proj_size")
+        raise UsageError(f"cell '{spec.name}' uses the size 'proj': give proj_size (--proj-size on the command line)")
     if proj_size is not None:
         if not spec.uses_size("proj"):
             raise UsageError(f"proj_size was given but cell '{spec.name}' has no size 'proj'")

@@ -143,7 +143,7 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
-    print(f"cell {d['cell']}  ({d['file']}): ok")
+    print(f"cell {d['cell']} ({d['file']}): ok")
     print(f"  input       {cell_io(d['input'])}")
     print(f"  states      {', '.join(cell_io(s) for s in d['states'])}")
     print(f"  output      {cell_io(d['output'])}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
-from .ir import SIZES, Cell, GraphBuilder, Param, StateVar
+from .ir import SIZES, Cell, GraphBuilder, Param, StateVar, prune
 from .ops import BINARY_SYMBOLS, FUNCTIONS
 
 
@@ -90,7 +90,7 @@ class _Sizes:
             return True
         fa, fb = self.fixed.get(ra), self.fixed.get(rb)
         if fa and fb and fa != fb:
-            self.problems.error(f"size mismatch in {what}: {sides[0]} has size {fa}, {sides[1]} has size {fb}",
+            self.problems.error(f"size mismatch in {what}: {sides[0]} of size {fa}, {sides[1]} of size {fb}",
                                 span, "sizes are symbolic: input, hidden and proj never match each other")
             return False
         self.parent[rb] = ra
@@ -274,15 +274,15 @@ def lower(tree: ast.CellAST) -> Lowered:
                 P.error(f"the operand of matrix '{e.matrix}' is a constant", e.operand.span,
                         "a matrix multiplies a vector: the input, a state or a computed value")
             else:
-                S.unify("c:" + e.matrix, operand, e.span, f"'{e.matrix}' applied here",
-                        (f"the columns of {e.matrix} (as used before)", "its operand"))
+                S.unify("c:" + e.matrix, operand, e.span, f"the operand of '{e.matrix}'",
+                        (f"columns of {e.matrix} (from an earlier use)", "an operand"))
             return "r:" + e.matrix
         left, right = infer(e.left), infer(e.right)
         if left == _SCALAR:
             return right
         if right == _SCALAR:
             return left
-        S.unify(left, right, e.span, f"'{e.op}'", ("the left side", "the right side"))
+        S.unify(left, right, e.span, f"'{e.op}'", ("a left side", "a right side"))
         return left
 
     for a in assigns:
@@ -292,7 +292,7 @@ def lower(tree: ast.CellAST) -> Lowered:
                     "multiply by a vector, e.g. a learned parameter, to give it a size")
         else:
             S.unify("v:" + a.target, rhs, a.span, f"the equation for '{a.target}'",
-                    (f"'{a.target}'", "the right-hand side"))
+                    (f"'{a.target}'", "a right-hand side"))
     P.raise_if_any()
 
     unresolved = []
@@ -344,15 +344,21 @@ def lower(tree: ast.CellAST) -> Lowered:
             return b.matvec(e.matrix, build(e.operand), S.value("r:" + e.matrix))
         return b.op(BINARY_SYMBOLS[e.op], build(e.left), build(e.right))
 
-    names = []
     for name in order:
         ids[name] = build(defs[name].expr)
-        names.append((name, ids[name]))
+
+    # keep what the updates and the output need: unused values (warned above) and folded constants go
+    roots = [ids[n + "'"] for n in states] + [ids[outputs[0].name]]
+    nodes, remap = prune(tuple(b.nodes), roots)
+    names = sorted((name, remap[ids[name]]) for name in order if ids[name] in remap)
+    live_params = {n.attr for n in nodes if n.op in ("param", "matvec")}
 
     params = []
     firsts = sorted([(span.line, span.col, "matrix", n) for n, span in matrices.items()]
                     + [(span.line, span.col, "vector", n) for n, span in vectors.items()])
     for _, _, kind, name in firsts:
+        if name not in live_params:
+            continue
         shape = ((S.value("r:" + name), S.value("c:" + name)) if kind == "matrix"
                  else (S.value("p:" + name),))
         params.append(Param(name, kind, shape))
@@ -362,9 +368,9 @@ def lower(tree: ast.CellAST) -> Lowered:
         input=input_name,
         states=tuple(StateVar(n, it.size or "hidden") for n, it in states.items()),
         params=tuple(params),
-        nodes=tuple(b.nodes),
-        updates=tuple(ids[n + "'"] for n in states),
-        output=ids[outputs[0].name],
+        nodes=nodes,
+        updates=tuple(remap[ids[n + "'"]] for n in states),
+        output=remap[ids[outputs[0].name]],
         names=tuple(sorted(names, key=lambda x: x[1])),
     )
     return Lowered(cell, tuple(P.warnings))

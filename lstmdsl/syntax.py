@@ -320,7 +320,9 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source, start: s
             hint = f"expected {_expected_list(err.allowed)}"
     else:
         tok = getattr(err, "token", None)
-        expected = getattr(err, "expected", None) or getattr(err, "accepts", None) or set()
+        interactive = getattr(err, "interactive_parser", None)
+        # what the parser accepts here; the lexer's own list would always include the separators
+        expected = interactive.accepts() if interactive is not None else getattr(err, "expected", set())
         if tok is not None and tok.type != "$END":
             span = Span(tok.line, tok.column, tok.end_line or tok.line,
                         max((tok.end_column or tok.column + 1) - 1, tok.column))

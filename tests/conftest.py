@@ -1,0 +1,44 @@
+"""Shared test helpers. GPU tests are marked `gpu` and skip cleanly on machines without one."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from lstmdsl.resources import shipped_specs
+
+SPECS = sorted(shipped_specs())
+
+
+def has_gpu() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def extra_sizes(name: str) -> dict:
+    """Keyword arguments a spec needs beyond input and hidden size (the projection size)."""
+    import lstmdsl
+
+    return {"proj_size": 4} if lstmdsl.parse(name).uses_size("proj") else {}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,147 @@
+"""The Python API: parse() and compile() accept what they document and reject the rest with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lstmdsl
+from lstmdsl import BackendUnavailable, InputFileError, Schedule, SpecError, UsageError
+from lstmdsl.resources import shipped_specs
+
+
+def test_parse_accepts_path_text_and_shipped_name():
+    path = shipped_specs()["gru"]
+    by_path, by_str, by_name, by_text = (lstmdsl.parse(path), lstmdsl.parse(str(path)), lstmdsl.parse("gru"),
+                                         lstmdsl.parse(path.read_text()))
+    assert by_path.cell == by_str.cell == by_name.cell == by_text.cell
+    assert by_name.source.filename == str(path)
+    assert by_text.source.filename == "<string>"
+
+
+def test_parse_missing_file():
+    with pytest.raises(InputFileError, match="no spec file 'nope.cell'.*shipped specs: .*vanilla"):
+        lstmdsl.parse("nope.cell")
+
+
+def test_parse_unreadable_file(tmp_path):
+    bad = tmp_path / "bad.cell"
+    bad.write_bytes(b"\xff\xfe cell")
+    with pytest.raises(InputFileError, match="cannot read spec file"):
+        lstmdsl.parse(bad)
+
+
+def test_spec_error_is_a_value_error_free_exception_with_diagnostics(tmp_path):
+    f = tmp_path / "x.cell"
+    f.write_text("cell c {\n  input x\n}\n")
+    with pytest.raises(SpecError) as info:
+        lstmdsl.parse(f)
+    assert str(info.value).startswith(f"{f}:1:6: error: cell 'c' has no output")
+
+
+def test_forward_shapes_state_and_names(rng):
+    layer = lstmdsl.compile("peephole", input_size=3, hidden_size=5, num_layers=2)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    y, state = layer.forward(x)
+    assert y.shape == (4, 2, 5) and y.dtype == np.float32
+    assert {k: v.shape for k, v in state.items()} == {"h": (2, 2, 5), "c": (2, 2, 5)}
+    names = list(layer.parameters())
+    assert names[:3] == ["l0.W_i", "l0.R_i", "l0.p_i"] and "l1.b_o" in names
+    assert layer.parameters()["l1.W_i"].shape == (5, 5)
+    assert all(layer.grads()[k].shape == v.shape for k, v in layer.parameters().items())
+
+
+def test_initialisation_is_seeded_and_bounded():
+    a = lstmdsl.compile("vanilla", input_size=3, hidden_size=16, seed=1).parameters()
+    b = lstmdsl.compile("vanilla", input_size=3, hidden_size=16, seed=1).parameters()
+    c = lstmdsl.compile("vanilla", input_size=3, hidden_size=16, seed=2).parameters()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["l0.W_i"], c["l0.W_i"])
+    assert max(np.abs(v).max() for v in a.values()) <= 0.25  # 1 / sqrt(16)
+
+
+def test_cuda_backend_not_yet():
+    with pytest.raises(BackendUnavailable, match="not in this version"):
+        lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(backend="tpu"), "unknown backend 'tpu'"),
+    (dict(dtype="float16"), "unsupported dtype 'float16'"),
+    (dict(hidden_size=0), "hidden_size must be a positive integer, got 0"),
+    (dict(input_size=2.5), "input_size must be a positive integer, got 2.5"),
+    (dict(num_layers=True), "num_layers must be a positive integer"),
+    (dict(proj_size=3), "proj_size was given but cell 'vanilla' has no size 'proj'"),
+    (dict(schedule=42), "schedule must be a Schedule or directive text"),
+])
+def test_compile_rejects_bad_arguments(kwargs, message):
+    args = dict(input_size=3, hidden_size=4) | kwargs
+    with pytest.raises(UsageError, match=message):
+        lstmdsl.compile("vanilla", **args)
+
+
+def test_projection_needs_proj_size():
+    with pytest.raises(UsageError, match="uses the size 'proj': give proj_size"):
+        lstmdsl.compile("lstmp", input_size=3, hidden_size=4)
+    layer = lstmdsl.compile("lstmp", input_size=3, hidden_size=8, proj_size=2, num_layers=2)
+    assert layer.output_size == 2 and layer.parameters()["l1.W_i"].shape == (8, 2)
+
+
+@pytest.mark.parametrize("x,message", [
+    (np.zeros((4, 2, 3), np.float64), "x has dtype float64, but the layer computes in float32"),
+    (np.zeros((4, 2, 7), np.float32), r"x has shape \[4, 2, 7\], expected \[4, 2, 3\]"),
+    (np.zeros((4, 3), np.float32), r"x must be a 3-D numpy array \[T, B, input_size\], got shape \[4, 3\]"),
+    ([[[0.0]]], "x must be a 3-D numpy array"),
+    (np.full((2, 1, 3), np.nan, np.float32), "x contains NaN"),
+    (np.zeros((0, 2, 3), np.float32), "at least one step"),
+])
+def test_forward_rejects_bad_input(x, message):
+    layer = lstmdsl.compile("vanilla", input_size=3, hidden_size=4)
+    with pytest.raises(UsageError, match=message):
+        layer.forward(x)
+
+
+def test_bad_state_and_backward_misuse(rng):
+    layer = lstmdsl.compile("vanilla", input_size=3, hidden_size=4)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    with pytest.raises(UsageError, match=r"state must be a dict with the keys \['c', 'h'\], got \['h'\]"):
+        layer.forward(x, {"h": np.zeros((1, 5, 4), np.float32)})
+    with pytest.raises(UsageError, match=r"state\['c'\] has shape \[1, 4, 4\], expected \[1, 5, 4\]"):
+        layer.forward(x, {"h": np.zeros((1, 5, 4), np.float32), "c": np.zeros((1, 4, 4), np.float32)})
+    with pytest.raises(UsageError, match="backward\\(\\) needs a forward\\(\\) with train=True"):
+        layer.backward(np.zeros((2, 5, 4), np.float32))
+    with pytest.raises(UsageError, match="initial_state_grads\\(\\) needs a backward\\(\\) first"):
+        layer.initial_state_grads()
+    y, _ = layer.forward(x, train=False)
+    with pytest.raises(UsageError, match="needs a forward"):
+        layer.backward(np.zeros_like(y))
+    y, _ = layer.forward(x)
+    with pytest.raises(UsageError, match=r"dy has shape \[2, 5, 3\], expected \[2, 5, 4\]"):
+        layer.backward(np.zeros((2, 5, 3), np.float32))
+
+
+def test_schedule_from_spec_api_text_and_object():
+    spec = lstmdsl.parse("vanilla")
+    assert spec.schedule == Schedule()
+    layer = lstmdsl.compile(spec, input_size=2, hidden_size=3, schedule="no hoist input; precision tf32")
+    assert layer.schedule == Schedule(hoist_input=False, precision="tf32")
+    layer = lstmdsl.compile(spec, input_size=2, hidden_size=3, schedule=Schedule(fuse_gates=False))
+    assert layer.schedule.fuse_gates is False
+    assert lstmdsl.parse_schedule(Schedule().describe()) == Schedule()
+    with pytest.raises(SpecError, match="unknown schedule directive 'fuse everything'"):
+        lstmdsl.compile(spec, input_size=2, hidden_size=3, schedule="fuse everything")
+
+
+def test_schedules_do_not_change_reference_results(rng):
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    outs = []
+    for text in ("", "no fuse gates; no hoist input; no fuse pointwise", "precision bf16"):
+        layer = lstmdsl.compile("peephole", input_size=4, hidden_size=5, schedule=text or None)
+        outs.append(layer.forward(x)[0])
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_package_has_py_typed():
+    assert (Path(lstmdsl.__file__).parent / "py.typed").exists()

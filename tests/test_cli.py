@@ -1,0 +1,130 @@
+"""The command line: output on stdout, diagnostics on stderr, meaningful exit codes, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lstmdsl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=None):
+    """Run `python -m lstmdsl` as a user would, in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "lstmdsl", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+
+
+def test_check_prints_states_parameters_gates_and_flops(capsys):
+    assert main(["check", "peephole", "--input-size", "32", "--hidden-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "cell peephole" in out and "states      h : hidden, c : hidden" in out
+    assert "gates       i, f, o" in out
+    assert "W_i      matrix [hidden, input]" in out and "p_o      vector [hidden]" in out
+    assert "FLOPs per step and sequence: 8*hidden^2 + 8*hidden*input + 23*hidden" in out
+    # 2*(4*64*32 + 4*64*64) matvec FLOPs + 23*64 elementwise
+    assert "50,624 FLOPs; 25,024 parameters" in out
+
+
+def test_check_json(capsys):
+    assert main(["check", "gru", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["cell"] == "gru" and d["gates"] == ["r", "u"]
+    assert [p["name"] for p in d["parameters"]][:3] == ["W_r", "R_r", "b_r"]
+    assert d["states"] == [{"name": "h", "size": "hidden"}]
+
+
+def test_check_needs_both_sizes(capsys):
+    assert main(["check", "gru", "--hidden-size", "8"]) == 64
+    assert "give both --input-size and --hidden-size" in capsys.readouterr().err
+
+
+def test_run_reference_with_gradient_check(capsys):
+    assert main(["run", "cifg", "--layers", "2", "--steps", "4", "--batch", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "running the numpy reference" in captured.err
+    assert "cell cifg on numpy, float32" in captured.out and "PASS" in captured.out
+    assert "l1.R_z" in captured.out
+
+
+def test_run_json(capsys):
+    assert main(["run", "lstmp", "--proj-size", "3", "--json", "--dtype", "float64"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["ok"] is True and d["backend"] == "numpy" and d["shape"]["output"] == 3
+    assert d["gradient_check"]["max_rel_error"] < 1e-5
+    assert "numpy reference" in d["note"]
+
+
+def test_compile_emits_stages(tmp_path, capsys):
+    assert main(["compile", "gru", "--emit", "ir"]) == 0
+    assert "matvec(R_n" in capsys.readouterr().out
+    assert main(["compile", "gru", "--emit", "grad"]) == 0
+    assert "matvec_t(R_n" in capsys.readouterr().out
+    assert main(["compile", "gru", "--emit", "ast"]) == 0
+    assert "CellAST gru" in capsys.readouterr().out
+    out = tmp_path / "ir.txt"
+    assert main(["compile", "gru", "-o", str(out)]) == 0
+    assert out.read_text().startswith("cell gru")
+
+
+def test_specs_lists_every_shipped_spec(capsys):
+    assert main(["specs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vanilla", "peephole", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru", "lstmp"):
+        assert name in out
+
+
+def test_spec_error_exit_65_with_caret_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.cell"
+    bad.write_text("cell c {\n  input x\n  state h\n  h' = tanh(W x + R h) + sigmod(b)\n  output h'\n}\n")
+    r = run_cli("check", str(bad))
+    assert r.returncode == 65
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[:4] == [
+        f"{bad}:4:26: error: unknown function 'sigmod'",
+        "      h' = tanh(W x + R h) + sigmod(b)",
+        "                             ^^^^^^",
+        "hint: did you mean 'sigmoid'?",
+    ]
+    assert "Traceback" not in r.stderr
+
+
+def test_warnings_go_to_stderr(tmp_path, capsys):
+    f = tmp_path / "w.cell"
+    f.write_text("cell c {\n  input x\n  state h\n  u = tanh(h)\n  h' = tanh(W x)\n  output h'\n}\n")
+    assert main(["check", str(f)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 'u' is computed but never used" in captured.err
+    assert "warning: state 'h' is never read" not in captured.err  # h is read by u
+    assert "warning:" not in captured.out
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["check", "missing.cell"], 66, "no spec file 'missing.cell'"),
+    (["run", "vanilla", "--backend", "cuda"], 69, "CUDA backend is not in this version"),
+    (["run", "vanilla", "--steps", "0"], 64, "--steps must be a positive integer"),
+    (["run", "vanilla", "--hidden-size", "-3"], 64, "hidden_size must be a positive integer"),
+    (["run", "vanilla", "--schedule", "hoist everything"], 65, "unknown schedule directive 'hoist everything'"),
+    (["run", "lstmp"], 64, "give proj_size (--proj-size on the command line)"),
+    (["frobnicate"], 64, "invalid choice"),
+    (["run", "vanilla", "--batch", "two"], 64, "invalid int value"),
+])
+def test_exit_codes(args, code, message):
+    r = run_cli(*args)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_version_and_help():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("lstmdsl ")
+    r = run_cli("--help")
+    assert r.returncode == 0 and "check" in r.stdout and "shipped spec" in r.stdout
