@@ -24,7 +24,7 @@ from .ir import Cell, verify
 from .lower import lower
 from .resources import shipped_specs
 from .schedule import Schedule, apply_directives, parse_schedule
-from .syntax import CellAST, parse_cell
+from .syntax import CellAST, parse_cell, too_deep
 
 BACKENDS = ("numpy", "cuda")
 DTYPES = ("float32", "float64")
@@ -77,7 +77,10 @@ def parse(path_or_text: str | Path) -> Spec:
     """Parse and check a spec. Raises SpecError (with every error found) or InputFileError."""
     text, filename = _read_spec(path_or_text)
     tree = parse_cell(text, filename)
-    lowered = lower(tree)
+    try:
+        lowered = lower(tree)
+    except RecursionError:
+        raise too_deep(tree.source) from None
     verify(lowered.cell)
     schedule = apply_directives(Schedule(), tree.schedule or (), tree.source)
     return Spec(tree, lowered.cell, schedule, lowered.warnings)
@@ -96,7 +99,8 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     hidden_size = _positive_int("hidden_size", hidden_size)
     num_layers = _positive_int("num_layers", num_layers)
     if spec.uses_size("proj") and proj_size is None:
-        raise UsageError(f"cell '{spec.name}' uses the size 'proj': give proj_size (--proj-size on the command line)")
+        raise UsageError(f"cell '{spec.name}' uses the size 'proj': give proj_size "
+                         "(--proj-size on the command line)")
     if proj_size is not None:
         if not spec.uses_size("proj"):
             raise UsageError(f"proj_size was given but cell '{spec.name}' has no size 'proj'")
@@ -107,6 +111,12 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
         if k > 0:
             bound["input"] = sizes[-1][spec.cell.output_size]
         sizes.append(bound)
+    for state in spec.cell.states:  # states of all layers are stacked into one [L, B, size] array
+        per_layer = {b[state.size] for b in sizes}
+        if len(per_layer) > 1:
+            raise UsageError(f"state '{state.name}' has size {state.size}, which differs between the layers of "
+                             f"the stack ({', '.join(map(str, sorted(per_layer)))}); use one layer, or sizes "
+                             "that agree")
     return sizes
 
 

@@ -23,6 +23,7 @@ from .grad import format_grad
 from .ir import format_cell
 from .resources import shipped_specs
 from .schedule import parse_schedule
+from .syntax import OutputDecl
 
 GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
 
@@ -115,7 +116,8 @@ def _describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
         "file": spec.source.filename,
         "input": {"name": cell.input, "size": "input"},
         "states": [{"name": s.name, "size": s.size} for s in cell.states],
-        "output": {"name": cell.name_of(cell.output) or cell.input, "size": cell.output_size},
+        "output": {"name": next(s.name for s in spec.ast.stmts if isinstance(s, OutputDecl)),
+                   "size": cell.output_size},
         "parameters": [{"name": p.name, "kind": p.kind, "shape": list(p.shape)} for p in cell.params],
         "gates": gates,
         "values": values,

@@ -31,8 +31,12 @@ class Source:
     text: str
     filename: str = "<string>"
 
+    def lines(self) -> list[str]:
+        """The lines as the parser counts them: split at '\n' only (not at '\f', '\x85', '\u2028', ...)."""
+        return [ln.removesuffix("\r") for ln in self.text.split("\n")]
+
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
 
 
@@ -48,8 +52,10 @@ class Span:
     @staticmethod
     def of(meta_or_token) -> "Span":
         """Span of a lark Token or a tree's meta (propagated positions)."""
-        return Span(meta_or_token.line, meta_or_token.column,
-                    meta_or_token.end_line, max(meta_or_token.end_column - 1, meta_or_token.column))
+        m = meta_or_token
+        last = m.end_column - 1  # lark's end column is one past the last character
+        end_col = max(last, m.column) if m.end_line == m.line else max(last, 1)
+        return Span(m.line, m.column, m.end_line, end_col)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,14 +117,17 @@ def lower(tree: ast.CellAST) -> Lowered:
                 f"the input is '{inputs[0].name}' (line {inputs[0].span.line})")
     input_name = inputs[0].name if inputs else None
     if input_name is not None and input_name.endswith("'"):
-        P.error("the input cannot take a prime: only states have updates", inputs[0].span)
+        P.error("the input cannot take a prime: only states have updates", inputs[0].span,
+                f"declare it as 'input {input_name[:-1]}'")
+        input_name = input_name[:-1]  # go on as if declared without it, to report no follow-on errors
 
     states: dict[str, ast.StateItem] = {}
     for decl in (s for s in tree.stmts if isinstance(s, ast.StateDecl)):
         for item in decl.items:
             if item.name.endswith("'"):
                 P.error(f"declare the state as '{item.name[:-1]}'; '{item.name}' is its updated value", item.span)
-            elif item.name in states:
+                item = ast.StateItem(item.name[:-1], item.size, item.span, item.size_span)
+            if item.name in states:
                 P.error(f"state '{item.name}' is declared twice", item.span,
                         f"first declared at line {states[item.name].span.line}")
             elif item.name == input_name:
@@ -172,9 +175,10 @@ def lower(tree: ast.CellAST) -> Lowered:
     # --- names used in expressions
     vectors: dict[str, Span] = {}  # implicit parameter vectors, first use
     matrices: dict[str, Span] = {}
-    reads: dict[str, list[str]] = {name: [] for name in defs}  # assignment -> names it reads
-    used: set[str] = set()
+    reads: dict[str, list[str]] = {name: [] for name in defs}  # assignment -> values it reads
+    uses: dict[str, set[str]] = {name: set() for name in defs}  # assignment -> every name it mentions
     for a in assigns:
+        mentions = uses.get(a.target, set())
         for e in _walk(a.expr):
             if isinstance(e, ast.Call) and e.func not in FUNCTIONS:
                 P.error(f"unknown function '{e.func}'", e.func_span,
@@ -184,6 +188,7 @@ def lower(tree: ast.CellAST) -> Lowered:
                     P.error(f"'{e.matrix}' is read as a weight matrix (its name starts with a capital letter)",
                             e.matrix_span, f"did you mean the function '{e.matrix.lower()}'?")
                 matrices.setdefault(e.matrix, e.matrix_span)
+                mentions.add(e.matrix)
                 if isinstance(e.operand, ast.Ref) and e.operand.name not in values \
                         and not e.operand.name.endswith("'"):
                     P.error(f"unknown name '{e.operand.name}'", e.operand.span,
@@ -205,15 +210,29 @@ def lower(tree: ast.CellAST) -> Lowered:
                     if guess:
                         P.warn(f"'{name}' is not defined, so it is taken as a learned parameter vector", e.span,
                                guess)
-                used.add(name)
+                mentions.add(name)
                 if a.target in reads and (name in defs or name.endswith("'")):
                     reads[a.target].append(name)
     for out in outputs[:1]:
         if out.name not in values and not (out.name.endswith("'") and out.name[:-1] in states):
             P.error(f"output '{out.name}' is not defined", out.name_span,
                     _did_you_mean(out.name, values | {s + "'" for s in states}))
-        used.add(out.name)
+        elif out.name in states:
+            P.warn(f"the output '{out.name}' is the state's value at the start of the step", out.name_span,
+                   f"its value after the step is {out.name}'")
+        elif out.name == input_name:
+            P.warn(f"the output '{out.name}' is the layer's input, unchanged", out.name_span)
     P.raise_if_any()
+
+    # --- what the updates and the output depend on; the rest is unused (a warning) and dropped
+    live: set[str] = set()
+    pending = [n + "'" for n in states] + [outputs[0].name]
+    while pending:
+        name = pending.pop()
+        if name in defs and name not in live:
+            live.add(name)
+            pending.extend(reads[name])
+    used = set().union(*(uses[n] for n in live)) | {outputs[0].name}
 
     # --- cycles: depth-first over the assignments in source order
     order: list[str] = []
@@ -296,14 +315,14 @@ def lower(tree: ast.CellAST) -> Lowered:
     P.raise_if_any()
 
     unresolved = []
-    for name in defs:
+    for name in live:
         if S.value("v:" + name) is None:
             unresolved.append((defs[name].target_span, f"the value '{name}'"))
     for name, span in vectors.items():
-        if S.value("p:" + name) is None:
+        if name in used and S.value("p:" + name) is None:
             unresolved.append((span, f"the parameter vector '{name}'"))
     for name, span in matrices.items():
-        if S.value("r:" + name) is None:
+        if name in used and S.value("r:" + name) is None:
             unresolved.append((span, f"the rows of matrix '{name}'"))
     if unresolved:
         span, what = min(unresolved, key=lambda u: (u[0].line, u[0].col))
@@ -345,12 +364,13 @@ def lower(tree: ast.CellAST) -> Lowered:
         return b.op(BINARY_SYMBOLS[e.op], build(e.left), build(e.right))
 
     for name in order:
-        ids[name] = build(defs[name].expr)
+        if name in live:
+            ids[name] = build(defs[name].expr)
 
     # keep what the updates and the output need: unused values (warned above) and folded constants go
     roots = [ids[n + "'"] for n in states] + [ids[outputs[0].name]]
     nodes, remap = prune(tuple(b.nodes), roots)
-    names = sorted((name, remap[ids[name]]) for name in order if ids[name] in remap)
+    names = sorted((name, remap[ids[name]]) for name in order if name in ids and ids[name] in remap)
     live_params = {n.attr for n in nodes if n.op in ("param", "matvec")}
 
     params = []

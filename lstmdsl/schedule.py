@@ -35,7 +35,8 @@ class Schedule:
 # directive words -> schedule field; switches take an optional leading "no"
 _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
              ("fuse", "pointwise"): "fuse_pointwise"}
-_KNOWN = [" ".join(k) for k in _SWITCHES] + [f"precision {p}" for p in PRECISIONS]
+_SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
+_KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS]
 
 
 def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], source) -> Schedule:
@@ -51,9 +52,13 @@ def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], sour
             schedule = dataclasses.replace(schedule, precision=key[1])
         else:
             text = " ".join(words)
-            close = difflib.get_close_matches(" ".join(key), _KNOWN, n=1, cutoff=0.5)
-            hint = (f"did you mean '{('no ' if negate else '') + close[0]}'?" if close
-                    else "known directives: " + ", ".join(_KNOWN) + " (switches take a leading 'no')")
+            if key[:1] == ("precision",):
+                hint = ("precision is not a switch and takes no 'no'" if negate else "") or \
+                    f"precision is one of {', '.join(PRECISIONS)}"
+            else:
+                close = difflib.get_close_matches(" ".join(key), _SWITCHES_TEXT, n=1, cutoff=0.5)
+                hint = (f"did you mean '{('no ' if negate else '') + close[0]}'?" if close
+                        else "known directives: " + ", ".join(_KNOWN) + " (switches take a leading 'no')")
             errors.append(Diagnostic("error", f"unknown schedule directive '{text}'", source, d.span, hint))
     if errors:
         raise SpecError(errors)

@@ -136,23 +136,31 @@ class _StatementSeparators:
 
     always_accept = _SEPARATORS
 
+    def __init__(self) -> None:
+        self.recent: tuple[Token | None, Token | None] = (None, None)  # the last two tokens passed on
+
+    def _emit(self, tok: Token) -> Token:
+        self.recent = (self.recent[1], tok)
+        return tok
+
     def process(self, stream):
+        self.recent = (None, None)
         depth = 0
         previous = None
         for tok in stream:
             if tok.type in _SEPARATORS:
                 if tok.type == "SEMI" and depth > 0:
-                    yield tok  # a ';' inside parentheses is an error the parser reports
+                    yield self._emit(tok)  # a ';' inside parentheses is an error the parser reports
                 elif depth == 0 and previous not in (None, "LBRACE", "_SEP"):
                     previous = "_SEP"
-                    yield Token.new_borrow_pos("_SEP", tok.value, tok)
+                    yield self._emit(Token.new_borrow_pos("_SEP", tok.value, tok))
                 continue
             if tok.type == "LPAR":
                 depth += 1
             elif tok.type == "RPAR" and depth > 0:
                 depth -= 1
             previous = tok.type
-            yield tok
+            yield self._emit(tok)
 
 
 def _span(meta) -> Span:
@@ -241,23 +249,21 @@ _TERMINAL_NAMES = {
     "_SEP": "a new line or ';'", "$END": "the end of the text",
 }
 
-# Snippets whose parse fails the same way as the user's text, with the message to give instead of
-# lark's generic "unexpected token" (lark's match_examples compares the parser states).
-_EXAMPLES = {
-    ("a matrix must be applied to a vector",
-     "write the operand right after the matrix name, e.g. 'W_i x' or 'W_h (r * h)'"): [
-        "cell c { y = W }", "cell c { y = W + x }", "cell c { y = W * x }", "cell c { y = sigmoid(W) }",
-        "cell c { y = W - x }", "cell c { y = W / x }", "cell c { y = x + W }",
-    ],
-    ("two values with no operator between them",
-     "only a matrix (a name with a capital first letter) may stand right before its operand"): [
-        "cell c { y = a b }", "cell c { y = 2 x }", "cell c { y = a 2 }", "cell c { y = (a) b }",
-        "cell c { y = sigmoid(a) b }",
-    ],
-    ("an equation needs an expression after '='", None): [
-        "cell c { y = }", "cell c { y = \n z = a }",
-    ],
-}
+# Friendlier messages for the common mistakes, chosen by the token before the unexpected one and the
+# unexpected one itself (so they apply anywhere in a spec, not only where an example was written).
+_VALUE_END = {"NAME", "NUMBER", "RPAR"}
+_STATEMENT_END = {"_SEP", "RBRACE", "RPAR", "$END"}
+_COMMON_MISTAKES = [
+    (lambda prev, tok: prev == "MATRIX" and tok in _STATEMENT_END | {"PLUS", "MINUS", "STAR", "SLASH"},
+     "a matrix must be applied to a vector",
+     "write the operand right after the matrix name, e.g. 'W_i x', 'W_h (r * h)' or 'W (-x)'"),
+    # (outside the schedule block a name the parser did not expect is lexed as a WORD)
+    (lambda prev, tok: prev in _VALUE_END and tok in {"NAME", "WORD", "NUMBER", "MATRIX", "LPAR"},
+     "two values with no operator between them",
+     "only a matrix (a name with a capital first letter) may stand right before its operand"),
+    (lambda prev, tok: prev == "EQUAL" and tok in _STATEMENT_END, "an equation needs an expression after '='",
+     None),
+]
 
 
 def _describe_token(tok: Token) -> str:
@@ -286,38 +292,35 @@ def _expected_list(names) -> str:
     return ", ".join(sorted(words))
 
 
-def _unclosed_paren(text: str, line: int, col: int) -> Span | None:
-    """Position of the innermost '(' still open at (line, col), ignoring comments."""
-    stack = []
-    for lineno, content in enumerate(text.splitlines(), start=1):
-        if lineno > line:
-            break
+def _unclosed_paren(source: Source, line: int, col: int) -> Span | None:
+    """The last '(' before (line, col) that no ')' in the whole text closes; comments are skipped."""
+    stack: list[Span] = []
+    for lineno, content in enumerate(source.lines(), start=1):
         for c_index, ch in enumerate(content, start=1):
-            if lineno == line and c_index >= col:
-                break
             if ch == "#":
                 break
             if ch == "(":
                 stack.append(Span(lineno, c_index, lineno, c_index))
             elif ch == ")" and stack:
                 stack.pop()
-    return stack[-1] if stack else None
+    never_closed = [p for p in stack if (p.line, p.col) < (line, col)]
+    return never_closed[-1] if never_closed else None
 
 
-def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source, start: str) -> SpecError:
+def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecError:
     line, col = getattr(err, "line", -1), getattr(err, "column", -1)
     if line is None or line < 1:  # unexpected end of text: point after the last character
-        lines = source.text.splitlines() or [""]
+        lines = source.lines()
+        while len(lines) > 1 and not lines[-1].strip():
+            lines.pop()
         line, col = len(lines), len(lines[-1]) + 1
     span = Span(line, col, line, col)
     hint = None
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = source.line(line)[col - 1:col] or "?"
         message = f"unexpected character {char!r}"
-        if char == "'":
-            hint = "only names of states take a prime (c' is the state c after the step)"
-        elif err.allowed:
-            hint = f"expected {_expected_list(err.allowed)}"
+        hint = ("only names of states take a prime (c' is the state c after the step)" if char == "'" else
+                "operators are + - * /; names are letters, digits and _; '#' starts a comment")
     else:
         tok = getattr(err, "token", None)
         interactive = getattr(err, "interactive_parser", None)
@@ -328,14 +331,15 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source, start: s
                         max((tok.end_column or tok.column + 1) - 1, tok.column))
         message = f"unexpected {_describe_token(tok)}" if tok is not None else "unexpected end of text"
         hint = f"expected {_expected_list(expected)}" if expected else None
-        if start == "start" and tok is not None and tok.type != "$END":
-            label = err.match_examples(functools.partial(_parser().parse, start="start"), _EXAMPLES,
-                                       use_accepts=True)
-            if label is not None:
-                message, better_hint = label
-                hint = better_hint or hint
-    open_paren = _unclosed_paren(source.text, span.line, span.col)
-    if open_paren is not None and "')'" in (hint or ""):
+        before, last = _parser().options.postlex.recent
+        previous = before if last is not None and tok is not None and last.start_pos == tok.start_pos else last
+        kind = tok.type if tok is not None else "$END"
+        for applies, friendly, friendly_hint in _COMMON_MISTAKES:
+            if previous is not None and applies(previous.type, kind):
+                message, hint = friendly, friendly_hint or hint
+                break
+    open_paren = _unclosed_paren(source, span.line, span.col)
+    if open_paren is not None:
         hint = f"the '(' at line {open_paren.line}, column {open_paren.col} is not closed"
     return SpecError([Diagnostic("error", message, source, span, hint)])
 
@@ -346,8 +350,19 @@ def parse_cell(text: str, filename: str = "<string>") -> CellAST:
     try:
         tree = _parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, source, "start") from None
-    return _ToAST(source).transform(tree)
+        raise _syntax_error(err, source) from None
+    try:
+        return _ToAST(source).transform(tree)
+    except (RecursionError, lark.exceptions.VisitError) as err:
+        if isinstance(err, lark.exceptions.VisitError) and not isinstance(err.orig_exc, RecursionError):
+            raise
+        raise too_deep(source) from None
+
+
+def too_deep(source: Source) -> SpecError:
+    """The error for an expression nested deeper than Python's recursion allows (hundreds of levels)."""
+    return SpecError([Diagnostic("error", "an expression is nested too deeply to compile", source, None,
+                                 "split the long chain of operators into intermediate values")])
 
 
 def parse_directives(text: str, filename: str = "<schedule>") -> tuple[Directive, ...]:
@@ -356,5 +371,5 @@ def parse_directives(text: str, filename: str = "<schedule>") -> tuple[Directive
     try:
         tree = _parser().parse(text, start="schedule_text")
     except lark.exceptions.UnexpectedInput as err:
-        raise _syntax_error(err, source, "schedule_text") from None
+        raise _syntax_error(err, source) from None
     return _ToAST(source).transform(tree)

@@ -82,6 +82,13 @@ def test_compile_rejects_bad_arguments(kwargs, message):
         lstmdsl.compile("vanilla", **args)
 
 
+def test_stacked_state_sizes_must_agree():
+    text = "cell c {\n input x\n state s : input, h\n s' = x\n h' = tanh(W x + R h + U s)\n output h'\n}"
+    lstmdsl.compile(text, input_size=3, hidden_size=3, num_layers=2)  # equal sizes stack
+    with pytest.raises(UsageError, match="state 's' has size input, which differs between the layers"):
+        lstmdsl.compile(text, input_size=3, hidden_size=4, num_layers=2)
+
+
 def test_projection_needs_proj_size():
     with pytest.raises(UsageError, match="uses the size 'proj': give proj_size"):
         lstmdsl.compile("lstmp", input_size=3, hidden_size=4)

@@ -41,6 +41,15 @@ def test_check_json(capsys):
     assert d["states"] == [{"name": "h", "size": "hidden"}]
 
 
+def test_check_names_the_declared_output(tmp_path, capsys):
+    f = tmp_path / "o.cell"
+    f.write_text("cell c {\n  input x\n  state h\n  h' = tanh(W x + R h)\n  output h\n}\n")
+    assert main(["check", str(f)]) == 0
+    captured = capsys.readouterr()
+    assert "output      h : hidden" in captured.out
+    assert "warning: the output 'h' is the state's value at the start of the step" in captured.err
+
+
 def test_check_needs_both_sizes(capsys):
     assert main(["check", "gru", "--hidden-size", "8"]) == 64
     assert "give both --input-size and --hidden-size" in capsys.readouterr().err
@@ -102,7 +111,7 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
     assert main(["check", str(f)]) == 0
     captured = capsys.readouterr()
     assert "warning: 'u' is computed but never used" in captured.err
-    assert "warning: state 'h' is never read" not in captured.err  # h is read by u
+    assert "warning: state 'h' is never read" in captured.err  # only the unused u reads it
     assert "warning:" not in captured.out
 
 

@@ -55,14 +55,19 @@ ERRORS = [
     (spec(GOOD.replace("R_i h", "R_i h + W_i h")), 4, 34,
      "size mismatch in the operand of 'W_i': columns of W_i (from an earlier use) of size input, "
      "an operand of size hidden", None),
-    (spec(GOOD + "\n    u = sigmoid(p)"), 8, 5, "cannot infer the size of the value 'u'", None),
+    (spec(GOOD.replace("output h'", "output u") + "\n    u = sigmoid(p)"), 8, 5,
+     "cannot infer the size of the value 'u'", None),
     (spec(GOOD.replace("R_i h", "R_i 3")), 4, 30, "the operand of matrix 'R_i' is a constant", None),
     (spec(GOOD.replace("c' = c + i", "c' = 2 * 3")), 5, 10, "'c'' is a constant", None),
+    # a first error does not bring follow-on errors
+    (spec(GOOD.replace("input x", "input x'")), 2, 11, "the input cannot take a prime", "input x"),
     # schedule
     (spec(GOOD, "schedule { fuse gates; hoist inputs }"), 9, 24, "unknown schedule directive 'hoist inputs'",
      "did you mean 'hoist input'?"),
     (spec(GOOD, "schedule {\n  precision fp64\n}"), 10, 3, "unknown schedule directive 'precision fp64'",
-     "precision fp32"),
+     "precision is one of fp32, tf32, bf16"),
+    (spec(GOOD, "schedule { no precision fp32 }"), 9, 12, "unknown schedule directive 'no precision fp32'",
+     "precision is not a switch"),
 ]
 
 
@@ -80,6 +85,25 @@ def test_error_location_message_and_hint(text, line, col, message, hint):
     for internal in ("Traceback", "lstmdsl.", "lark", "<scalar>"):
         assert internal not in rendered, rendered
     assert not re.search(r"\b[vprc]:\w", rendered), rendered  # size-inference variables stay inside
+
+
+@pytest.mark.parametrize("text", [spec(GOOD.replace("input x", "input x'")),
+                                  spec(GOOD.replace("state h, c", "state h', c"))])
+def test_one_mistake_one_error(text):
+    with pytest.raises(SpecError) as info:
+        lstmdsl.parse(text)
+    assert len(info.value.diagnostics) == 1, str(info.value)
+
+
+def test_unused_values_are_dropped_even_when_their_size_is_unknown():
+    s = lstmdsl.parse(spec(GOOD + "\n    a = U x"))
+    assert any("'a' is computed but never used" in w.message for w in s.warnings)
+    assert "U" not in {p.name for p in s.cell.params}
+
+
+def test_input_read_only_by_unused_value_is_warned():
+    s = lstmdsl.parse(spec(GOOD.replace("W_i x", "W_i h") + "\n    a = tanh(V x)"))
+    assert any("the input 'x' is never used" in w.message for w in s.warnings)
 
 
 def test_all_errors_are_reported_together():

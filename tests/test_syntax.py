@@ -98,13 +98,20 @@ SYNTAX_ERRORS = [
     ("cell c {\n y = 2 x\n}", 2, 8, "two values with no operator between them", None),
     ("cell c {\n y = \n}", 2, 6, "an equation needs an expression after '='", None),
     ("cell c {\n y = a % b\n}", 2, 8, "unexpected character '%'", None),
-    ("cell c {\n y = sigmoid(a\n z = b\n}", 3, 2, "unexpected 'z'", "the '(' at line 2, column 13 is not closed"),
+    ("cell c {\n y = sigmoid(a\n z = b\n}", 3, 2, "two values with no operator between them",
+     "the '(' at line 2, column 13 is not closed"),
     ("cell c {\n input x\n", 2, 9, "unexpected end of text", "'}'"),
     ("cell c { input x state h }", 1, 18, "unexpected 'state'", "a new line or ';'"),
     ("cell c { input = 3 }", 1, 16, "unexpected '='", "a name"),
     ("cell c { W' = 1 }", 1, 10, "unexpected 'W'", None),
     ("model c { }", 1, 1, "unexpected", "'cell'"),
     ("cell c { }\nschedule { fuse gates, }", 2, 22, "unexpected ','", "a directive"),
+    # the friendly messages apply anywhere, not only in the first statement or outside parentheses
+    ("cell c {\n input x\n state h\n h' = W + R h\n}", 4, 9, "a matrix must be applied to a vector", None),
+    ("cell c {\n input x\n h' = tanh(R h + W)\n}", 3, 19, "a matrix must be applied to a vector", None),
+    ("cell c {\n input x\n h' = tanh(W x + 2 h)\n}", 3, 20, "two values with no operator between them", None),
+    ("cell c {\n input x\n y = 1\n z = \n}", 4, 6, "an equation needs an expression after '='", None),
+    ("cell c {\n y = tanh(W x @ R h)\n}", 2, 15, "unexpected character '@'", "operators are + - * /"),
 ]
 
 
@@ -121,6 +128,12 @@ def test_syntax_error_locations(text, line, col, message, hint):
     assert rendered.startswith(f"t.cell:{line}:{col}: error: ")
     for internal in ("lark", "Token(", "Traceback", "lstmdsl.", "_SEP", "RPAR", "$END"):
         assert internal not in rendered
+
+
+def test_no_unclosed_paren_hint_when_the_paren_closes_later():
+    with pytest.raises(SpecError) as info:
+        parse_cell("cell c {\n y = tanh(W x + 2 h)\n}")
+    assert "not closed" not in (info.value.first.hint or "")
 
 
 def test_error_render_has_line_and_caret():
