@@ -21,6 +21,8 @@ from .api import Spec, compile, layer_sizes, parse
 from .errors import EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, LstmdslError, SpecError, UsageError
 from .grad import format_grad
 from .ir import format_cell
+from .passes import make_plan
+from .plan import format_plan
 from .resources import shipped_specs
 from .schedule import parse_schedule
 from .syntax import OutputDecl
@@ -58,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print a stage of the compilation")
     p.add_argument("spec")
-    p.add_argument("--emit", choices=("ast", "ir", "grad"), default="ir",
-                   help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step")
+    p.add_argument("--emit", choices=("ast", "ir", "grad", "plan"), default="ir",
+                   help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step; "
+                        "plan: the scheduled GEMMs and kernels")
+    p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
+    _sizes_args(p)
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
     p = sub.add_parser("run", help="run forward and backward on random data and check the gradients")
@@ -176,8 +181,16 @@ def cmd_compile(args) -> int:
         text = _format_ast(spec.ast)
     elif args.emit == "ir":
         text = format_cell(spec.cell)
-    else:
+    elif args.emit == "grad":
         text = format_grad(spec.cell, spec.grad)
+    else:
+        schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
+        sizes = None
+        if args.input_size is not None or args.hidden_size is not None:
+            if args.input_size is None or args.hidden_size is None:
+                raise UsageError("give both --input-size and --hidden-size to print numeric shapes")
+            sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+        text = format_plan(make_plan(spec.cell, spec.grad, schedule), sizes)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
@@ -278,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (`lstmdsl ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception:  # a bug in lstmdsl: say so, with the traceback only on request
         if os.environ.get("LSTMDSL_DEBUG"):
             traceback.print_exc()

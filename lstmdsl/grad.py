@@ -7,6 +7,10 @@ per-step gradient contributions of every parameter. Each operator's derivative c
 
 Matrix gradients are not formed inside the graph: each use of a matrix is returned as (matrix, g, v),
 meaning dL/dW += g^T v summed over the batch (and, by the caller, over time: one GEMM after the loop).
+The gradient that matrices pass back to one operand is a single node, matvec_t with the matrices as
+attr and their incoming gradients as args: sum_k g_k @ W_k. The scheduler runs it as one GEMM over the
+stacked matrices (gate fusion) or as one GEMM per matrix. For the input, that node is kept apart from
+the rest of its gradient (d_input_t), so the scheduler can run it for all steps at once after the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from .ops import OPS
 class StepGrad:
     nodes: tuple[Node, ...]
     d_states: tuple[int | None, ...]  # dL/d(state at step start), aligned with cell.states; None = zero
-    d_input: int | None  # dL/d x_t; None = zero (the input is unused)
+    d_input: int | None  # the pointwise part of dL/d x_t; None = zero
+    d_input_t: int | None  # the matrices' part of dL/d x_t (a matvec_t node); None = zero
     d_vectors: tuple[tuple[str, int], ...]  # vector parameter -> node whose batch sum is its gradient
     d_matrices: tuple[tuple[str, int, int], ...]  # (matrix, node id of g here, forward node id of v)
 
@@ -46,15 +51,23 @@ def differentiate(cell: Cell) -> StepGrad:
     for s, u in zip(cell.states, cell.updates):
         incoming[u].append(b.leaf("grad_in", s.name, s.size))
 
+    transposed: dict[int, list[tuple[str, int]]] = defaultdict(list)  # operand -> (matrix, g) of its uses
     d_state: dict[str, int] = {}
-    d_input = None
+    d_input = d_input_t = None
     d_vectors: dict[str, int] = {}
     d_matrices: list[tuple[str, int, int]] = []
     for i in reversed(range(len(fwd))):  # every consumer of node i has a larger id: incoming[i] is complete
+        n = fwd[i]
+        if i in transposed:  # every use of node i as a matrix operand has been seen: sum_k g_k @ W_k
+            uses = transposed[i]
+            t_node = b.add(Node("matvec_t", tuple(g for _, g in uses), tuple(m for m, _ in uses), n.size))
+            if n.op == "input":
+                d_input_t = t_node
+            else:
+                incoming[i].append(t_node)
         if i not in incoming:
             continue
         g = total(incoming[i])
-        n = fwd[i]
         if n.op == "input":
             d_input = g
         elif n.op == "state":
@@ -65,7 +78,7 @@ def differentiate(cell: Cell) -> StepGrad:
             (v,) = n.args
             d_matrices.append((n.attr, g, v))
             if fwd[v].op != "const":
-                incoming[v].append(b.add(Node("matvec_t", (g,), n.attr, fwd[v].size)))
+                transposed[v].append((n.attr, g))
         elif n.op != "const":
             contributions = OPS[n.op].derivative(b, tuple(value(a) for a in n.args), value(i), g)
             for a, c in zip(n.args, contributions):
@@ -74,11 +87,12 @@ def differentiate(cell: Cell) -> StepGrad:
 
     d_states = [d_state.get(s.name) for s in cell.states]
     roots = [d for d in d_states if d is not None] + list(d_vectors.values()) + [g for _, g, _ in d_matrices]
-    nodes, remap = prune(tuple(b.nodes), roots + ([d_input] if d_input is not None else []))
+    nodes, remap = prune(tuple(b.nodes), roots + [d for d in (d_input, d_input_t) if d is not None])
     return StepGrad(
         nodes=nodes,
         d_states=tuple(remap[d] if d is not None else None for d in d_states),
         d_input=remap[d_input] if d_input is not None else None,
+        d_input_t=remap[d_input_t] if d_input_t is not None else None,
         d_vectors=tuple(sorted((name, remap[d]) for name, d in d_vectors.items())),
         d_matrices=tuple((name, remap[g], v) for name, g, v in d_matrices),
     )
@@ -88,13 +102,14 @@ def format_grad(cell: Cell, grad: StepGrad) -> str:
     """A readable listing of the backward step (for `lstmdsl compile --emit grad`)."""
     lines = [f"backward step of cell {cell.name}"]
     for i, n in enumerate(grad.nodes):
-        attr = "" if n.attr is None else (f"%{n.attr}" if n.op == "fwd" else repr(n.attr) if n.op == "const"
-                                          else str(n.attr))
+        attr = ("" if n.attr is None else f"%{n.attr}" if n.op == "fwd" else repr(n.attr) if n.op == "const"
+                else "[" + ", ".join(n.attr) + "]" if n.op == "matvec_t" else str(n.attr))
         args = ", ".join(f"%{a}" for a in n.args)
         lines.append(f"  %{i} = {n.op}({', '.join(x for x in (attr, args) if x)}) : {n.size or 'scalar'}")
     for s, d in zip(cell.states, grad.d_states):
         lines.append(f"  d {s.name} (start of step) = {'%' + str(d) if d is not None else 'zero'}")
-    lines.append(f"  d {cell.input} = {'%' + str(grad.d_input) if grad.d_input is not None else 'zero'}")
+    parts = [f"%{d}" for d in (grad.d_input, grad.d_input_t) if d is not None]
+    lines.append(f"  d {cell.input} = {' + '.join(parts) or 'zero'}")
     for name, d in grad.d_vectors:
         lines.append(f"  d {name} += sum over batch of %{d}")
     for name, g, v in grad.d_matrices:

@@ -12,7 +12,7 @@ Node ops:
   any entry of ops.OPS (sigmoid, add, ...) with its arity
 The backward graph (grad.py) uses the same Node type with three more ops: fwd (attr: id of a forward
 node whose value it reads), grad_in (attr: "output" or a state name: an incoming gradient) and
-matvec_t (attr: matrix name, args (g,) -> W^T @ g).
+matvec_t (attr: a tuple of matrix names, args: one gradient each -> sum_k g_k @ W_k).
 """
 
 from __future__ import annotations

@@ -16,25 +16,30 @@ from .ir import Cell
 from .ops import OPS
 
 
+def eval_node(n, args: list, params: dict, batch: int, dtype, sizes: dict[str, int]):
+    """The value of a non-leaf node (or a param/const leaf) from its arguments' values: [batch, size]."""
+    if n.op == "const":
+        return dtype.type(n.attr)
+    if n.op == "param":
+        return np.broadcast_to(params[n.attr], (batch, sizes[n.size]))
+    if n.op == "matvec":
+        return args[0] @ params[n.attr].T
+    if n.op == "matvec_t":  # sum_k g_k @ W_k
+        return sum(g @ params[m] for g, m in zip(args, n.attr))
+    v = OPS[n.op].numpy(*args)
+    if n.size is not None and v.shape != (batch, sizes[n.size]):
+        v = np.broadcast_to(v, (batch, sizes[n.size]))
+    return v
+
+
 def _evaluate(nodes, leaf, params, batch: int, dtype, sizes: dict[str, int]):
     """Values of all nodes, each [batch, size] (constants stay scalars). `leaf(node)` gives leaf values."""
     values = []
     for n in nodes:
-        if n.op == "const":
-            v = dtype.type(n.attr)
-        elif n.op == "param":
-            v = np.broadcast_to(params[n.attr], (batch, sizes[n.size]))
-        elif n.op == "matvec":
-            v = values[n.args[0]] @ params[n.attr].T
-        elif n.op == "matvec_t":
-            v = values[n.args[0]] @ params[n.attr]
-        elif n.op in OPS:
-            v = OPS[n.op].numpy(*(values[a] for a in n.args))
-            if n.size is not None and v.shape != (batch, sizes[n.size]):
-                v = np.broadcast_to(v, (batch, sizes[n.size]))
+        if n.op in ("input", "state", "fwd", "grad_in"):
+            values.append(leaf(n))
         else:
-            v = leaf(n)
-        values.append(v)
+            values.append(eval_node(n, [values[a] for a in n.args], params, batch, dtype, sizes))
     return values
 
 
@@ -88,8 +93,9 @@ def layer_backward(cell: Cell, grad: StepGrad, params: dict, sizes: dict[str, in
                     return fwd[n.attr]
                 return dys[t] if n.attr == "output" else dstate[n.attr]
             g = _evaluate(grad.nodes, leaf, params, B, dtype, sizes)
-            if grad.d_input is not None:
-                dxs[t] = g[grad.d_input]
+            for d in (grad.d_input, grad.d_input_t):
+                if d is not None:
+                    dxs[t] += g[d]
             dstate = {s.name: (np.array(g[d], dtype=dtype) if d is not None
                                else np.zeros((B, sizes[s.size]), dtype=dtype))
                       for s, d in zip(cell.states, grad.d_states)}

@@ -75,7 +75,10 @@ def test_compile_emits_stages(tmp_path, capsys):
     assert main(["compile", "gru", "--emit", "ir"]) == 0
     assert "matvec(R_n" in capsys.readouterr().out
     assert main(["compile", "gru", "--emit", "grad"]) == 0
-    assert "matvec_t(R_n" in capsys.readouterr().out
+    assert "matvec_t([R_n], " in capsys.readouterr().out
+    assert main(["compile", "gru", "--emit", "plan", "-I", "8", "-H", "16", "--schedule", "no hoist input"]) == 0
+    out = capsys.readouterr().out
+    assert "no hoist input" in out and "GEMM  [B, 8] x [8, 16 + 16 + 16]" in out
     assert main(["compile", "gru", "--emit", "ast"]) == 0
     assert "CellAST gru" in capsys.readouterr().out
     out = tmp_path / "ir.txt"
@@ -137,3 +140,11 @@ def test_version_and_help():
     assert r.returncode == 0 and r.stdout.startswith("lstmdsl ")
     r = run_cli("--help")
     assert r.returncode == 0 and "check" in r.stdout and "shipped spec" in r.stdout
+
+
+def test_closed_stdout_is_not_an_internal_error():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(f"{sys.executable} -m lstmdsl compile fgr --emit grad | head -1", shell=True,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.startswith("backward step of cell fgr")
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr

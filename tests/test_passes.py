@@ -1,0 +1,117 @@
+"""Stage 3: scheduling. Each pass does what it says to the plan, and every spec under every schedule
+computes the same forward and backward results as the reference (the plan run on numpy, float64)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import lstmdsl
+from lstmdsl import reference
+from lstmdsl.passes import PIPELINE, make_plan
+from lstmdsl.plan import Gemm, Kernel, format_plan
+from lstmdsl.planrun import plan_backward, plan_forward
+from lstmdsl.schedule import Schedule
+
+from conftest import SPECS, extra_sizes
+
+SWITCHES = [switch for switch, _ in PIPELINE]
+SCHEDULES = [Schedule(**dict(zip(SWITCHES, bits))) for bits in itertools.product([False, True], repeat=len(SWITCHES))]
+
+
+def plan_for(name, **switches):
+    spec = lstmdsl.parse(name)
+    return make_plan(spec.cell, spec.grad, Schedule(**switches))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_schedule_matches_the_reference(name):
+    T, B, I, H = 4, 3, 5, 6
+    layer = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", seed=11, **extra_sizes(name))
+    rng = np.random.default_rng(5)
+    for p in layer.parameters().values():
+        p[...] = rng.uniform(-0.7, 0.7, p.shape)
+    params = {k.split(".", 1)[1]: v for k, v in layer.parameters().items()}
+    sizes = layer.sizes[0]
+    xs = rng.standard_normal((T, B, I))
+    state = {s.name: rng.standard_normal((B, sizes[s.size])) for s in layer.cell.states}
+    ys, final, tape = reference.layer_forward(layer.cell, params, sizes, xs, state)
+    dys = rng.standard_normal(ys.shape)
+    dfinal = {k: rng.standard_normal(v.shape) for k, v in final.items()}
+    want_grads = {k: np.zeros_like(v) for k, v in params.items()}
+    want_dx, want_d0 = reference.layer_backward(layer.cell, layer.spec.grad, params, sizes, tape, dys, dfinal,
+                                                want_grads)
+    for schedule in SCHEDULES:
+        plan = make_plan(layer.cell, layer.spec.grad, schedule)
+        got_ys, got_final, saved = plan_forward(plan, params, sizes, xs, state)
+        what = f"{name} under '{schedule.describe()}'"
+        np.testing.assert_allclose(got_ys, ys, rtol=1e-12, atol=1e-13, err_msg=what)
+        for k in final:
+            np.testing.assert_allclose(got_final[k], final[k], rtol=1e-12, atol=1e-13, err_msg=what)
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+        dx, d0 = plan_backward(plan, params, sizes, saved, dys, dfinal, grads)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-11, atol=1e-12, err_msg=what)
+        for k in want_d0:
+            np.testing.assert_allclose(d0[k], want_d0[k], rtol=1e-11, atol=1e-12, err_msg=what)
+        for k in want_grads:
+            np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-11, atol=1e-12, err_msg=f"{what}: d{k}")
+
+
+def gemms(ops):
+    return [op for op in ops if isinstance(op, Gemm)]
+
+
+def test_base_plan_is_one_op_per_node():
+    plan = plan_for("vanilla", fuse_gates=False, hoist_input=False, fuse_pointwise=False, batch_weight_grads=False)
+    assert len(gemms(plan.forward.step)) == 8
+    assert all(len(op.nodes) == 1 for op in plan.forward.step if isinstance(op, Kernel))
+    assert plan.forward.before == () and plan.backward.after == ()
+    assert not any(w.batched for w in plan.weight_grads)
+
+
+def test_gate_fusion_makes_one_gemm_per_operand():
+    plan = plan_for("vanilla", fuse_gates=True, hoist_input=False, fuse_pointwise=False, batch_weight_grads=False)
+    fwd = gemms(plan.forward.step)
+    assert [g.matrices for g in fwd] == [("W_i", "W_f", "W_z", "W_o"), ("R_i", "R_f", "R_z", "R_o")]
+    bwd = gemms(plan.backward.step)
+    assert sorted(g.matrices for g in bwd) == [("R_o", "R_z", "R_f", "R_i"), ("W_o", "W_z", "W_f", "W_i")]
+    assert not any(g.accumulate for g in bwd)
+    assert sorted(w.matrices for w in plan.weight_grads) == [("R_o", "R_z", "R_f", "R_i"), ("W_o", "W_z", "W_f", "W_i")]
+
+
+def test_input_hoisting_moves_the_input_products_out_of_the_loop():
+    plan = plan_for("peephole", fuse_gates=True, hoist_input=True, fuse_pointwise=True, batch_weight_grads=True)
+    assert [g.matrices for g in plan.forward.before] == [("W_i", "W_f", "W_z", "W_o")]
+    assert [g.matrices for g in plan.backward.after] == [("W_o", "W_z", "W_f", "W_i")]
+    assert all(plan.forward.nodes[g.inputs[0]].op != "input" for g in gemms(plan.forward.step))
+
+
+def test_pointwise_fusion_leaves_one_kernel_between_gemms():
+    plan = plan_for("vanilla")
+    assert [type(op).__name__ for op in plan.forward.step] == ["Gemm", "Kernel"]
+    assert [type(op).__name__ for op in plan.backward.step] == ["Kernel", "Gemm"]
+
+
+@pytest.mark.parametrize("name,forward_ops", [
+    ("gru", ["Gemm", "Kernel", "Gemm", "Kernel"]),  # R_n (r * h): r * h is computed in the step
+    ("lstmp", ["Gemm", "Kernel", "Gemm"]),  # h' = P (o * tanh(c')): the projection ends the step
+])
+def test_stage_splitting_for_products_of_values_computed_in_the_step(name, forward_ops):
+    plan = plan_for(name)
+    assert [type(op).__name__ for op in plan.forward.step] == forward_ops
+
+
+def test_batching_weight_gradients():
+    plan = plan_for("gru")
+    assert all(w.batched for w in plan.weight_grads) and all(v.batched for v in plan.vector_grads)
+
+
+def test_format_plan_shows_shapes_and_launches():
+    spec = lstmdsl.parse("vanilla")
+    text = format_plan(make_plan(spec.cell, spec.grad, spec.schedule), {"input": 32, "hidden": 64})
+    assert "forward: 2 launches per step" in text
+    assert "before the loop:  GEMM  [T*B, 32] x [32, 64 + 64 + 64 + 64]" in text
+    assert "each step:        GEMM  [B, 64] x [64, 64 + 64 + 64 + 64]" in text
+    assert "saved per step for the backward pass" in text
