@@ -24,7 +24,7 @@ from .ir import Cell, verify
 from .lower import lower
 from .resources import shipped_specs
 from .schedule import Schedule, apply_directives, parse_schedule
-from .syntax import CellAST, parse_cell, too_deep
+from .syntax import CellAST, deepest_statement, parse_cell, too_deep
 
 BACKENDS = ("numpy", "cuda")
 DTYPES = ("float32", "float64")
@@ -80,7 +80,7 @@ def parse(path_or_text: str | Path) -> Spec:
     try:
         lowered = lower(tree)
     except RecursionError:
-        raise too_deep(tree.source) from None
+        raise too_deep(tree.source, deepest_statement(tree)) from None
     verify(lowered.cell)
     schedule = apply_directives(Schedule(), tree.schedule or (), tree.source)
     return Spec(tree, lowered.cell, schedule, lowered.warnings)

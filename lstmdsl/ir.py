@@ -91,7 +91,8 @@ class GraphBuilder:
 
     def add(self, node: Node) -> int:
         if node.op in OPS and node.args and all(self.nodes[a].op == "const" for a in node.args):
-            value = OPS[node.op].numpy(*(np.float64(self.nodes[a].attr) for a in node.args))
+            with np.errstate(all="ignore"):  # a non-finite result is the caller's to report
+                value = OPS[node.op].numpy(*(np.float64(self.nodes[a].attr) for a in node.args))
             node = Node("const", (), float(value), None)
         if node not in self._ids:
             self._ids[node] = len(self.nodes)

@@ -14,6 +14,7 @@ a name close to a defined value gets a warning, as it is likely a typo. Unused v
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 
 from . import syntax as ast
@@ -349,7 +350,17 @@ def lower(tree: ast.CellAST) -> Lowered:
         ids[name] = b.leaf("state", name, item.size or "hidden")
 
     def build(e) -> int:
+        node = build_node(e)
+        n = b.nodes[node]
+        if n.op == "const" and not math.isfinite(n.attr) and not isinstance(e, ast.Number):
+            P.error(f"this constant expression evaluates to {n.attr}", e.span,
+                    "a division by zero, an overflow or the log of a negative number")
+        return node
+
+    def build_node(e) -> int:
         if isinstance(e, ast.Number):
+            if not math.isfinite(e.value):
+                P.error(f"the number overflows to {e.value}", e.span)
             return b.const(e.value)
         if isinstance(e, ast.Ref):
             if e.name not in ids:
@@ -366,6 +377,7 @@ def lower(tree: ast.CellAST) -> Lowered:
     for name in order:
         if name in live:
             ids[name] = build(defs[name].expr)
+    P.raise_if_any()
 
     # keep what the updates and the output need: unused values (warned above) and folded constants go
     roots = [ids[n + "'"] for n in states] + [ids[outputs[0].name]]

@@ -317,7 +317,8 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
     span = Span(line, col, line, col)
     hint = None
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        char = source.line(line)[col - 1:col] or "?"
+        pos = getattr(err, "pos_in_stream", None)
+        char = source.text[pos] if pos is not None and 0 <= pos < len(source.text) else "?"
         message = f"unexpected character {char!r}"
         hint = ("only names of states take a prime (c' is the state c after the step)" if char == "'" else
                 "operators are + - * /; names are letters, digits and _; '#' starts a comment")
@@ -327,8 +328,9 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
         # what the parser accepts here; the lexer's own list would always include the separators
         expected = interactive.accepts() if interactive is not None else getattr(err, "expected", set())
         if tok is not None and tok.type != "$END":
-            span = Span(tok.line, tok.column, tok.end_line or tok.line,
-                        max((tok.end_column or tok.column + 1) - 1, tok.column))
+            one_line = (tok.end_line or tok.line) == tok.line  # a newline token ends on the next line
+            span = Span(tok.line, tok.column, tok.line,
+                        max((tok.end_column or tok.column + 1) - 1, tok.column) if one_line else tok.column)
         message = f"unexpected {_describe_token(tok)}" if tok is not None else "unexpected end of text"
         hint = f"expected {_expected_list(expected)}" if expected else None
         before, last = _parser().options.postlex.recent
@@ -356,13 +358,35 @@ def parse_cell(text: str, filename: str = "<string>") -> CellAST:
     except (RecursionError, lark.exceptions.VisitError) as err:
         if isinstance(err, lark.exceptions.VisitError) and not isinstance(err.orig_exc, RecursionError):
             raise
-        raise too_deep(source) from None
+        statements = [t for t in tree.iter_subtrees_topdown() if t.data in ("assign", "directive")]
+        deepest = max(statements, key=_depth)
+        raise too_deep(source, Span.of(deepest.meta)) from None
 
 
-def too_deep(source: Source) -> SpecError:
+def _depth(node) -> int:
+    """Nesting depth of a lark tree or an AST expression, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(n, lark.Tree):
+            children = n.children
+        else:
+            children = [getattr(n, k) for k in ("arg", "operand", "left", "right", "expr") if hasattr(n, k)]
+        stack.extend((c, d + 1) for c in children if not isinstance(c, (Token, str, float)))
+    return deepest
+
+
+def too_deep(source: Source, span: Span | None) -> SpecError:
     """The error for an expression nested deeper than Python's recursion allows (hundreds of levels)."""
-    return SpecError([Diagnostic("error", "an expression is nested too deeply to compile", source, None,
+    return SpecError([Diagnostic("error", "this expression is nested too deeply to compile", source, span,
                                  "split the long chain of operators into intermediate values")])
+
+
+def deepest_statement(tree: CellAST) -> Span | None:
+    """The span of the statement whose expression nests deepest (for too_deep after the parser)."""
+    assigns = [s for s in tree.stmts if isinstance(s, Assign)]
+    return max(assigns, key=_depth).span if assigns else None
 
 
 def parse_directives(text: str, filename: str = "<schedule>") -> tuple[Directive, ...]:
