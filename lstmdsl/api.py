@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
-from .errors import BackendUnavailable, Diagnostic, InputFileError, Source, UsageError
+from .errors import Diagnostic, InputFileError, Source, UsageError
 from .grad import StepGrad, differentiate
 from .ir import Cell, verify
 from .lower import lower
@@ -251,15 +251,12 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     """Compile a spec into a trainable Layer.
 
     schedule: a Schedule, or directive text applied over the spec's own schedule block.
-    backend "numpy" runs the reference; "cuda" arrives with the CUDA backend (not in this version).
+    backend "numpy" runs the reference (numpy arrays); "cuda" the generated kernels (CuPy arrays, float32).
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "cuda":
-        raise BackendUnavailable("the CUDA backend is not in this version of lstmdsl yet; "
-                                 "use backend='numpy' (the reference) for now")
     if str(dtype) not in DTYPES:
         raise UsageError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if isinstance(schedule, str):
@@ -269,4 +266,8 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     elif not isinstance(schedule, Schedule):
         raise UsageError(f"schedule must be a Schedule or directive text, got {type(schedule).__name__}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers)
+    if backend == "cuda":
+        from .runtime import CudaLayer  # imports CuPy: only when asked for
+
+        return CudaLayer(spec, sizes, schedule, str(dtype), seed)
     return Layer(spec, sizes, schedule, str(dtype), seed)

@@ -18,7 +18,8 @@ import numpy as np
 
 from . import __version__
 from .api import Spec, compile, layer_sizes, parse
-from .errors import EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, LstmdslError, SpecError, UsageError
+from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, BackendUnavailable, LstmdslError, SpecError,
+                     UsageError)
 from .grad import format_grad
 from .ir import format_cell
 from .passes import make_plan
@@ -220,17 +221,24 @@ def cmd_run(args) -> int:
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
     schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
-    backend = args.backend
-    note = None
-    if backend == "auto":
-        backend = "numpy"
-        note = ("the CUDA backend is not in this version of lstmdsl yet: running the numpy reference "
-                "(CPU, float64 gradient check)")
-    if note and not args.json:
-        print(f"note: {note}", file=sys.stderr)
     for name in ("batch", "steps", "layers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    backend = args.backend
+    note = None
+    if backend == "auto":
+        from .runtime import check_available
+
+        try:
+            check_available()
+            backend = "cuda"
+        except BackendUnavailable as err:
+            backend = "numpy"
+            note = f"no GPU here ({err}): running the numpy reference on the CPU, float64 gradient check"
+    if note and not args.json:
+        print(f"note: {note}", file=sys.stderr)
+    if backend == "cuda":
+        return _run_cuda(args, spec, schedule)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
                     backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed)
     rng = np.random.default_rng(args.seed)
@@ -270,6 +278,94 @@ def cmd_run(args) -> int:
             print(f"    {r.tensor:<12} {r.coordinates:>6} {r.max_abs_grad:>11.3e} {r.rel_error:>10.2e}")
         print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
     return 0 if ok else EXIT_CHECK_FAILED
+
+
+CUDA_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
+
+
+def _run_cuda(args, spec: Spec, schedule) -> int:
+    """Forward and backward on the GPU, checked against the float64 reference with the same parameters."""
+    import cupy
+
+    if args.dtype != "float32":
+        raise UsageError("the CUDA backend computes in float32: drop --dtype or use --dtype float32")
+    kw = dict(proj_size=args.proj_size, seed=args.seed)
+    layer = compile(spec, args.input_size, args.hidden_size, args.layers, backend="cuda", schedule=schedule, **kw)
+    ref = compile(spec, args.input_size, args.hidden_size, args.layers, dtype="float64", **kw)
+    for name, a in ref.parameters().items():
+        a[...] = cupy.asnumpy(layer.parameters()[name])
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(np.float32)
+    state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(args.batch).items()}
+    dy = rng.standard_normal((args.steps, args.batch, layer.output_size)).astype(np.float32)
+    x_d, dy_d = cupy.asarray(x), cupy.asarray(dy)
+    state_d = {k: cupy.asarray(v) for k, v in state.items()}
+
+    def forward():
+        return layer.forward(x_d, state_d)
+
+    def train():
+        layer.forward(x_d, state_d)
+        layer.backward(dy_d)
+
+    fwd_ms, fwd_host = _time_gpu(forward)
+    trn_ms, trn_host = _time_gpu(train)
+    layer.zero_grad()
+    y, final = layer.forward(x_d, state_d)
+    dx = layer.backward(dy_d)
+    y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
+    dx_ref = ref.backward(dy.astype(np.float64))
+    pairs = [("y", y, y_ref), ("dx", dx, dx_ref)]
+    pairs += [(f"final {k}", final[k], final_ref[k]) for k in final]
+    pairs += [(f"d initial {k}", layer.initial_state_grads()[k], ref.initial_state_grads()[k]) for k in final]
+    pairs += [(f"d {k}", layer.grads()[k], ref.grads()[k]) for k in ref.grads()]
+    rows = []
+    for what, got, want in pairs:
+        got = cupy.asnumpy(got).astype(np.float64)
+        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        rows.append({"tensor": what, "rel_error": err if np.all(np.isfinite(got)) else float("inf")})
+    worst = max(r["rel_error"] for r in rows)
+    tol = CUDA_TOLERANCE[schedule.precision]
+    ok = worst <= tol
+    result = {"cell": spec.name, "backend": "cuda", "device": cupy.cuda.runtime.getDeviceProperties(0)["name"]
+              .decode(), "schedule": schedule.describe(),
+              "shape": {"steps": args.steps, "batch": args.batch, "input": args.input_size,
+                        "hidden": args.hidden_size, "layers": args.layers, "output": layer.output_size},
+              "forward_ms": fwd_ms, "train_ms": trn_ms,
+              "host_us_per_step": {"forward": 1e3 * fwd_host / args.steps, "train": 1e3 * trn_host / args.steps},
+              "check": {"against": "numpy reference, float64", "tolerance": tol, "max_rel_error": worst,
+                        "tensors": rows}, "ok": ok}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if ok else EXIT_CHECK_FAILED
+    print(f"cell {spec.name} on {result['device']} ({schedule.describe()}): T={args.steps} B={args.batch} "
+          f"I={args.input_size} H={args.hidden_size} L={args.layers}")
+    print(f"  forward   {fwd_ms:9.3f} ms on the GPU, host {result['host_us_per_step']['forward']:.1f} us per step")
+    print(f"  training  {trn_ms:9.3f} ms on the GPU, host {result['host_us_per_step']['train']:.1f} us per step")
+    print("  largest relative errors against the float64 reference:")
+    for r in sorted(rows, key=lambda r: -r["rel_error"])[:6]:
+        print(f"    {r['tensor']:<16} {r['rel_error']:.2e}")
+    print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {tol:.0e})")
+    return 0 if ok else EXIT_CHECK_FAILED
+
+
+def _time_gpu(fn, repeat: int = 5) -> tuple[float, float]:
+    """(median GPU milliseconds between CUDA events, median host milliseconds to issue the work)."""
+    import cupy
+
+    fn()
+    cupy.cuda.Device().synchronize()
+    gpu, host = [], []
+    for _ in range(repeat):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        t0 = time.perf_counter()
+        fn()
+        host.append(1e3 * (time.perf_counter() - t0))
+        end.record()
+        end.synchronize()
+        gpu.append(cupy.cuda.get_elapsed_time(start, end))
+    return float(np.median(gpu)), float(np.median(host))
 
 
 def cmd_specs(args) -> int:

@@ -36,9 +36,11 @@ def differentiate(cell: Cell) -> StepGrad:
     fwd = cell.nodes
     b = GraphBuilder()
 
-    def value(i: int) -> int:
+    def value(i: int) -> int:  # a forward value as the backward step reads it
         n = fwd[i]
-        return b.const(n.attr) if n.op == "const" else b.leaf("fwd", i, n.size)
+        if n.op in ("const", "param"):  # constants and parameters need not be saved per step
+            return b.const(n.attr) if n.op == "const" else b.leaf("param", n.attr, n.size)
+        return b.leaf("fwd", i, n.size)
 
     def total(parts: list[int]) -> int:
         g = parts[0]

@@ -11,6 +11,8 @@ import lstmdsl
 from lstmdsl import BackendUnavailable, InputFileError, Schedule, SpecError, UsageError
 from lstmdsl.resources import shipped_specs
 
+from conftest import has_gpu
+
 
 def test_parse_accepts_path_text_and_shipped_name():
     path = shipped_specs()["gru"]
@@ -62,8 +64,9 @@ def test_initialisation_is_seeded_and_bounded():
     assert max(np.abs(v).max() for v in a.values()) <= 0.25  # 1 / sqrt(16)
 
 
-def test_cuda_backend_not_yet():
-    with pytest.raises(BackendUnavailable, match="not in this version"):
+@pytest.mark.skipif(has_gpu(), reason="checks the error on a machine without a GPU")
+def test_cuda_backend_without_a_gpu_is_a_clear_error():
+    with pytest.raises(BackendUnavailable, match="needs CuPy|no usable CUDA device|no CUDA device"):
         lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda")
 
 

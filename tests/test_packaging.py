@@ -27,7 +27,7 @@ def wheel(tmp_path_factory):
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "lstmdsl/grammars/cell.lark" in names
-    assert "lstmdsl/templates/README.md" in names
+    assert "lstmdsl/templates/pointwise.cu.j2" in names
     assert {f"lstmdsl/specs/{p.name}" for p in (ROOT / "specs").glob("*.cell")} <= names
     assert "lstmdsl/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -1,0 +1,489 @@
+"""Stage 5: run a Plan on the GPU. CuPy compiles the generated kernels (NVRTC; in-process memo and disk
+cache keyed by the source), cuBLAS runs the GEMMs with an explicit compute type (strict fp32, or tf32
+when the schedule says so), and a Python loop issues each step's GEMMs and kernels on the current stream.
+
+Nothing here is imported before a user asks for backend="cuda": importing lstmdsl never touches CuPy.
+Parameters live in stacks: the matrices applied to one operand are rows of one [sum rows, cols] array
+(parameters() hands out views), so a fused GEMM reads them as one matrix and one G^T V updates them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from .api import Layer, Spec, init_params
+from .codegen import KernelDesc, Layout, Slot, kernel_descs, make_layout, render
+from .errors import BackendUnavailable, LstmdslError, UsageError
+from .passes import make_plan
+from .plan import Gemm, Kernel, Plan
+from .schedule import Schedule
+
+try:
+    import cupy
+except ImportError:  # the error is raised when a CUDA layer is asked for
+    cupy = None
+
+THREADS = 128
+POISON = False  # tests set this: fill new workspaces with NaN
+_CUDA_R_32F = 0
+_COMPUTE = {"fp32": 68, "tf32": 77}  # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32
+_GEMM_DEFAULT = -1
+_ONE = np.ones(1, np.float32)
+_ZERO = np.zeros(1, np.float32)
+
+
+class CompileError(LstmdslError):
+    """NVRTC rejected generated code: a bug in lstmdsl's templates or code generator."""
+
+
+def check_available() -> None:
+    if cupy is None:
+        raise BackendUnavailable("the CUDA backend needs CuPy: pip install 'lstmdsl[cuda]' (cupy-cuda13x)")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        from cupy_backends.cuda.libs import cublas  # noqa: F401 - fails without the CUDA libraries
+    except Exception as err:  # no driver, no device, or no CUDA libraries
+        raise BackendUnavailable(f"no usable CUDA device: {err}") from None
+    if count < 1:
+        raise BackendUnavailable("no CUDA device found")
+
+
+_MODULES: dict[str, object] = {}
+
+
+def load_module(source: str):
+    """Compile (or fetch from CuPy's caches) the module of a rendered source."""
+    if source not in _MODULES:
+        module = cupy.RawModule(code=source, options=("--std=c++17",))
+        try:
+            module.compile()
+        except cupy.cuda.compiler.CompileException as err:
+            lines = source.splitlines()
+            shown = "\n".join(f"{k + 1:5d}  {ln}" for k, ln in enumerate(lines[:60]))
+            raise CompileError(f"NVRTC could not compile the generated kernels (options --std=c++17):\n"
+                               f"{err}\nthe source begins:\n{shown}") from None
+        _MODULES[source] = module
+    return _MODULES[source]
+
+
+def _load_libcublas() -> ctypes.CDLL:
+    """The libcublas CuPy uses (it loads it from the CUDA toolkit or the nvidia-cublas wheel)."""
+    from cupy_backends.cuda.libs import cublas  # noqa: F401 - makes CuPy load the library
+
+    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            pass
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "libcublas.so" in path and "Lt" not in path:
+                return ctypes.CDLL(path)
+    raise BackendUnavailable("cannot find the cuBLAS library that CuPy loaded")
+
+
+class _Cublas:
+    """cuBLAS called directly through ctypes with a handle of our own.
+
+    CuPy's wrappers call cublasSetStream with a guard that refuses stream capture, so a step loop that
+    goes through them cannot become a CUDA graph. cuBLAS itself can be captured once the handle has a
+    workspace of its own (no allocation inside the capture) and scalars are read from host memory.
+    """
+
+    WORKSPACE = 32 << 20
+
+    def __init__(self):
+        lib = _load_libcublas()
+        vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+        lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
+        lib.cublasSetStream_v2.argtypes = [vp, vp]
+        lib.cublasSetPointerMode_v2.argtypes = [vp, i]
+        lib.cublasSetWorkspace_v2.argtypes = [vp, vp, sz]
+        lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+        self.lib = lib
+        self.handle = vp()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
+        self.workspace = cupy.empty(self.WORKSPACE, np.uint8)
+        self._check(lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE),
+                    "cublasSetWorkspace")
+        self.stream = None
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise LstmdslError(f"{what} failed with cuBLAS status {status}")
+
+    def gemm(self, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool,
+             c: int, ldc: int, accumulate: bool, precision: str) -> None:
+        """Row-major C[M, N] (+)= op(A) @ op(B) on device pointers: column-major cuBLAS with the operands
+        swapped (C^T = op(B)^T op(A)^T)."""
+        stream = cupy.cuda.get_current_stream().ptr
+        if stream != self.stream:
+            self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
+            self.stream = stream
+        status = self.lib.cublasGemmEx(
+            self.handle, int(trans_b), int(trans_a), N, M, K, _ONE.ctypes.data,
+            b, _CUDA_R_32F, ldb, a, _CUDA_R_32F, lda, (_ONE if accumulate else _ZERO).ctypes.data,
+            c, _CUDA_R_32F, ldc, _COMPUTE[precision], _GEMM_DEFAULT)
+        self._check(status, f"cublasGemmEx ({M}x{N}x{K})")
+
+
+_CUBLAS: dict[int, _Cublas] = {}
+
+
+def gemm(*args) -> None:
+    device = cupy.cuda.Device().id
+    if device not in _CUBLAS:
+        _CUBLAS[device] = _Cublas()
+    _CUBLAS[device].gemm(*args)
+
+
+class _Program:
+    """Everything about one (cell, schedule) that does not depend on sizes: plan, layout, kernels."""
+
+    def __init__(self, spec: Spec, schedule: Schedule):
+        self.plan: Plan = make_plan(spec.cell, spec.grad, schedule)
+        self.layout: Layout = make_layout(self.plan)
+        self.forward_kernels, self.backward_kernels = kernel_descs(self.plan, self.layout)
+        self.source = render(self.plan, self.forward_kernels, self.backward_kernels)
+        self.module = load_module(self.source)
+        self.functions = {k.name: self.module.get_function(k.name)
+                          for k in self.forward_kernels + self.backward_kernels}
+
+
+class _Workspace:
+    """The buffers of one layer for one (T, B), and the pointer arithmetic of slots."""
+
+    def __init__(self, layout: Layout, sizes: dict[str, int], T: int, B: int):
+        self.T, self.B, self.sizes = T, B, sizes
+        self.width = {n: sum(sizes[s] for s in b.width) for n, b in layout.buffers.items()}
+        self.steps = {n: {"1": 1, "T": T, "T+1": T + 1}[b.steps] for n, b in layout.buffers.items()}
+        # POISON (tests): start every buffer as NaN, so a read of anything no kernel wrote shows up
+        fill = cupy.full if POISON else (lambda shape, _, dtype: cupy.empty(shape, dtype))
+        self.arrays = {n: fill((self.steps[n], B, self.width[n]), np.nan, np.float32) for n in layout.buffers}
+        self.graphs: dict[str, object] = {}  # "forward" / "backward" -> the captured CUDA graph of the loop
+
+    def col(self, slot: Slot) -> int:
+        return sum(self.sizes[s] for s in slot.col)
+
+    def ptr(self, slot: Slot, t: int) -> int:
+        """Address of row 0 of the slot at step t."""
+        step = 0 if self.steps[slot.buffer] == 1 else t + slot.step
+        return self.arrays[slot.buffer].data.ptr + 4 * (step * self.B * self.width[slot.buffer] + self.col(slot))
+
+    def view(self, slot: Slot, t: int | None, n: int):
+        """[B, n] at step t, or [steps of T, B, n] for all steps when t is None (a view, no copy)."""
+        a = self.arrays[slot.buffer]
+        c = self.col(slot)
+        if t is None:
+            return a[slot.step:slot.step + self.T, :, c:c + n]
+        return a[0 if self.steps[slot.buffer] == 1 else t + slot.step, :, c:c + n]
+
+
+class CudaLayer(Layer):
+    """A compiled spec on the GPU: the API of Layer, with CuPy arrays (float32, C-contiguous)."""
+
+    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int):
+        check_available()
+        if dtype != "float32":
+            raise UsageError(f"the CUDA backend computes in float32, not {dtype}")
+        if schedule.precision == "bf16":
+            raise BackendUnavailable("precision bf16 is not supported by the CUDA backend yet; use fp32 or tf32")
+        self.spec, self.cell, self.sizes, self.num_layers = spec, spec.cell, sizes, len(sizes)
+        self.schedule, self.dtype = schedule, np.dtype(np.float32)
+        self.program = _Program(spec, schedule)
+        for s, u in zip(self.cell.states, self.cell.updates):
+            if self.cell.nodes[u].op in ("param", "const"):
+                raise BackendUnavailable(f"state '{s.name}' is updated to a parameter or a constant, which the "
+                                         "CUDA backend does not support yet")
+        stacks = self.program.layout.stacks
+        rng = np.random.default_rng(seed)
+        self._params, self._grads, self._stacks, self._grad_stacks = [], [], [], []
+        for bound in sizes:
+            host = init_params(self.cell, bound, rng, self.dtype)  # the same values as the reference
+            params, grads, pstack, gstack = {}, {}, {}, {}
+            for v, matrices in stacks.items():
+                pstack[v] = cupy.asarray(np.concatenate([host[m] for m in matrices]))
+                gstack[v] = cupy.zeros_like(pstack[v])
+                row = 0
+                for m in matrices:
+                    rows = host[m].shape[0]
+                    params[m], grads[m] = pstack[v][row:row + rows], gstack[v][row:row + rows]
+                    row += rows
+            for p in self.cell.params:
+                if p.kind == "vector":
+                    params[p.name] = cupy.asarray(host[p.name])
+                    grads[p.name] = cupy.zeros_like(params[p.name])
+            self._params.append({p.name: params[p.name] for p in self.cell.params})
+            self._grads.append({p.name: grads[p.name] for p in self.cell.params})
+            self._stacks.append(pstack)
+            self._grad_stacks.append(gstack)
+        self._workspaces: dict[tuple, list[_Workspace]] = {}
+        self.use_graphs = True  # capture each layer's step loop once per (T, B) and replay it
+        self._tape = None
+        self._initial_state_grads = None
+
+    # -- validation of CuPy arrays
+    def _check_array(self, what: str, a, shape: tuple[int, ...]):
+        if not isinstance(a, cupy.ndarray):
+            raise UsageError(f"{what} must be a CuPy array on the cuda backend, got {type(a).__name__} "
+                             "(use cupy.asarray)")
+        if a.dtype != np.float32:
+            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in float32; "
+                             "convert it with .astype(cupy.float32)")
+        if a.shape != shape:
+            raise UsageError(f"{what} has shape {list(a.shape)}, expected {list(shape)}")
+        if not a.flags.c_contiguous:
+            raise UsageError(f"{what} must be C-contiguous (use cupy.ascontiguousarray)")
+        if a.device.id != cupy.cuda.Device().id:
+            raise UsageError(f"{what} is on device {a.device.id}, the layer on device {cupy.cuda.Device().id}")
+        return a
+
+    def zero_grad(self) -> None:
+        for stacks in self._grad_stacks:
+            for a in stacks.values():
+                a.fill(0)
+        for g in self._grads:
+            for name, a in g.items():
+                if self.cell.param(name).kind == "vector":
+                    a.fill(0)
+
+    def _workspace(self, T: int, B: int, train: bool) -> list[_Workspace]:
+        key = (T, B, train)
+        if key not in self._workspaces:
+            self._workspaces[key] = [_Workspace(self.program.layout, s, T, B) for s in self.sizes]
+        return self._workspaces[key]
+
+    # -- the step loop
+    def _launch(self, desc: KernelDesc, slots: dict, ws: _Workspace, params: dict, t: int) -> None:
+        args = []
+        for a in desc.args:
+            kind = a.bind[0]
+            if kind == "batch":
+                args.append(np.int32(ws.B))
+            elif kind == "size":
+                args.append(np.int32(ws.sizes[a.bind[1]]))
+            elif kind == "param":
+                args.append(params[a.bind[1]])
+            else:
+                _, node, k, what = a.bind
+                slot = slots[node][k]
+                args.append(np.uint64(ws.ptr(slot, t)) if what == "ptr" else np.int32(ws.width[slot.buffer]))
+        n = max(ws.sizes[s] for s in desc.sizes)
+        self.program.functions[desc.name]((math.ceil(n / THREADS), ws.B), (THREADS,), tuple(args))
+
+    def _copies(self, slots: dict, nodes, ws: _Workspace, t: int, which) -> None:
+        """Values whose producer writes only their first slot (GEMM outputs, leaves): copy to the rest."""
+        for i in which:
+            for slot in slots.get(i, ())[1:]:
+                src = ws.view(slots[i][0], t, ws.sizes[nodes[i].size])
+                dst = ws.view(slot, t, ws.sizes[nodes[i].size])
+                if slot.accumulate:
+                    dst += src
+                else:
+                    dst[...] = src
+
+    def _forward_layer(self, k: int, ws: _Workspace, T: int) -> None:
+        plan, layout, prog = self.program.plan, self.program.layout, self.program
+        slots, nodes = layout.forward, plan.forward.nodes
+        stacks, precision = self._stacks[k], self.schedule.precision
+        B = ws.B
+        leaves = [i for i, n in enumerate(nodes) if n.op in ("input", "state") and len(slots.get(i, ())) > 1]
+        for g in plan.forward.before:
+            self._forward_gemm(g, ws, stacks, slots, 0, T * B, precision)
+            for t in range(T):
+                self._copies(slots, nodes, ws, t, g.outputs)
+        kernels = iter(prog.forward_kernels)
+        step = [(op, next(kernels) if isinstance(op, Kernel) else None) for op in plan.forward.step]
+        for t in range(T):
+            self._copies(slots, nodes, ws, t, leaves)
+            for op, desc in step:
+                if desc is None:
+                    self._forward_gemm(op, ws, stacks, slots, t, B, precision)
+                    self._copies(slots, nodes, ws, t, op.outputs)
+                else:
+                    self._launch(desc, slots, ws, self._params[k], t)
+
+    def _forward_gemm(self, g: Gemm, ws: _Workspace, stacks: dict, slots: dict, t: int, rows: int,
+                      precision: str) -> None:
+        (v,) = g.inputs
+        stack = self.program.layout.stacks[v]
+        first = stack.index(g.matrices[0])
+        assert stack[first:first + len(g.matrices)] == g.matrices, "a fused GEMM reads a run of its stack"
+        W = stacks[v]
+        cols = W.shape[1]
+        row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
+        n_out = sum(self._matrix_rows(m, ws) for m in g.matrices)
+        a, out = slots[v][0], slots[g.outputs[0]][0]
+        gemm(rows, n_out, cols, ws.ptr(a, t), ws.width[a.buffer], False,
+             W.data.ptr + 4 * row_off * cols, cols, True,
+             ws.ptr(out, t), ws.width[out.buffer], out.accumulate, precision)
+
+    def _matrix_rows(self, m: str, ws: _Workspace) -> int:
+        return ws.sizes[self.cell.param(m).shape[0]]
+
+    def forward(self, x, state: dict | None = None, *, train: bool = True):
+        """x [T, B, input] (CuPy, float32) -> (y [T, B, output], final state {name: [L, B, size]})."""
+        if not isinstance(x, cupy.ndarray):
+            raise UsageError(f"x must be a CuPy array on the cuda backend, got {type(x).__name__} "
+                             "(use cupy.asarray)")
+        if x.ndim != 3:
+            raise UsageError(f"x must be a 3-D CuPy array [T, B, input_size], got shape {list(x.shape)}")
+        T, B = x.shape[:2]
+        if T < 1 or B < 1:
+            raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
+        self._check_array("x", x, (T, B, self.input_size))
+        shapes = self.state_shapes(B)
+        if state is None:
+            state = {name: cupy.zeros(s, np.float32) for name, s in shapes.items()}
+        if not isinstance(state, dict) or set(state) != set(shapes):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise UsageError(f"state must be a dict with the keys {sorted(shapes)}, got {got}")
+        for name in shapes:
+            self._check_array(f"state[{name!r}]", state[name], shapes[name])
+        workspaces = self._workspace(T, B, train)
+        cell, layout = self.cell, self.program.layout
+        h = x
+        for k, ws in enumerate(workspaces):
+            ws.arrays["x"][...] = h
+            for s in cell.states:
+                ws.arrays[f"hist_{s.name}"][0] = state[s.name][k]
+            self._replay(ws, "forward", lambda k=k, ws=ws: self._forward_layer(k, ws, T))
+            out_slot = layout.forward[cell.output][0]
+            h = ws.view(out_slot, None, ws.sizes[cell.output_size])
+        y = h.copy()  # the workspace is reused by the next call
+        final = {s.name: cupy.stack([ws.arrays[f"hist_{s.name}"][T] for ws in workspaces]) for s in cell.states}
+        self._tape = workspaces if train else None
+        self._shape = (T, B)
+        return y, final
+
+    def backward(self, dy, dstate: dict | None = None):
+        """dL/dy [T, B, output] (and optionally dL/d final state) -> dL/dx [T, B, input]; adds parameter
+        gradients into grads(); initial_state_grads() holds dL/d initial state."""
+        if self._tape is None:
+            raise UsageError("backward() needs a forward() with train=True first")
+        T, B = self._shape
+        self._check_array("dy", dy, (T, B, self.output_size))
+        shapes = self.state_shapes(B)
+        if dstate is None:
+            dstate = {name: cupy.zeros(s, np.float32) for name, s in shapes.items()}
+        if not isinstance(dstate, dict) or set(dstate) != set(shapes):
+            raise UsageError(f"dstate must be a dict with the keys {sorted(shapes)}")
+        for name in shapes:
+            self._check_array(f"dstate[{name!r}]", dstate[name], shapes[name])
+        cell = self.cell
+        d_initial = {s.name: [None] * self.num_layers for s in cell.states}
+        g = dy
+        for k in reversed(range(self.num_layers)):
+            ws = self._tape[k]
+            ws.arrays["dy"][...] = g
+            ws.arrays["dx"].fill(0)
+            for s in cell.states:
+                d = ws.arrays[f"dhist_{s.name}"]
+                d.fill(0)
+                d[T] = dstate[s.name][k]
+            self._replay(ws, "backward", lambda k=k, ws=ws: self._backward_layer(k, ws, T))
+            self._vector_grads(k, ws, T)
+            g = ws.arrays["dx"]
+            for s in cell.states:
+                d_initial[s.name][k] = ws.arrays[f"dhist_{s.name}"][0]
+        self._initial_state_grads = {n: cupy.stack(a) for n, a in d_initial.items()}
+        return g.copy()
+
+    def _backward_layer(self, k: int, ws: _Workspace, T: int) -> None:
+        plan, layout, prog = self.program.plan, self.program.layout, self.program
+        slots, nodes = layout.backward, plan.backward.nodes
+        stacks, precision, B = self._stacks[k], self.schedule.precision, ws.B
+        leaves = [i for i, n in enumerate(nodes) if n.op in ("grad_in", "fwd") and len(slots.get(i, ())) > 1]
+        kernels = iter(prog.backward_kernels)
+        step = [(op, next(kernels) if isinstance(op, Kernel) else None) for op in plan.backward.step]
+        for t in reversed(range(T)):
+            self._copies(slots, nodes, ws, t, leaves)
+            for op, desc in step:
+                if desc is None:
+                    self._backward_gemm(op, ws, stacks, slots, t, B, precision)
+                    self._copies(slots, nodes, ws, t, op.outputs)
+                else:
+                    self._launch(desc, slots, ws, self._params[k], t)
+            for w in plan.weight_grads:
+                if not w.batched:
+                    self._weight_grad(k, w.matrices, w.v, ws, t, B, precision)
+            for vg in plan.vector_grads:
+                if not vg.batched:
+                    self._grads[k][vg.name] += ws.view(slots[vg.node][0], t, ws.sizes[nodes[vg.node].size]).sum(0)
+        for g in plan.backward.after:
+            self._backward_gemm(g, ws, stacks, slots, 0, T * B, precision)
+        for w in plan.weight_grads:
+            if w.batched:
+                self._weight_grad(k, w.matrices, w.v, ws, 0, T * B, precision)
+
+    def _vector_grads(self, k: int, ws: _Workspace, T: int) -> None:
+        """Batched vector gradients: one reduction over T * B rows (outside the graph: it allocates)."""
+        slots, nodes = self.program.layout.backward, self.program.plan.backward.nodes
+        for vg in self.program.plan.vector_grads:
+            if vg.batched:
+                n = ws.sizes[nodes[vg.node].size]
+                slot = next(s for s in slots[vg.node] if ws.steps[s.buffer] == T and not s.accumulate)
+                self._grads[k][vg.name] += ws.view(slot, None, n).reshape(T * ws.B, n).sum(0)
+
+    def _replay(self, ws: _Workspace, phase: str, issue) -> None:
+        """Run a layer's loop as a CUDA graph: captured at the first call for these buffers, then replayed
+        with one launch, so the host no longer pays for every GEMM and kernel of every step. A loop
+        that allocates (per-step vector gradients of an unbatched schedule) runs without a graph."""
+        if not self.use_graphs or (phase == "backward" and not self.schedule.batch_weight_grads):
+            issue()
+            return
+        graph = ws.graphs.get(phase)
+        if graph is None:
+            stream = cupy.cuda.Stream(non_blocking=True)
+            stream.wait_event(cupy.cuda.get_current_stream().record())
+            with stream:
+                stream.begin_capture()
+                try:
+                    issue()
+                finally:
+                    graph = stream.end_capture()
+            ws.graphs[phase] = graph
+        graph.launch(cupy.cuda.get_current_stream())
+
+    def _backward_gemm(self, g: Gemm, ws: _Workspace, stacks: dict, slots: dict, t: int, rows: int,
+                       precision: str) -> None:
+        """sum_k g_k @ W_k into the output: one GEMM over the whole stack, or one block."""
+        v = self.program.layout.transposes[g.outputs[0]]
+        stack = self.program.layout.stacks[v]
+        W = stacks[v]
+        cols = W.shape[1]
+        gin = f"gin{v}"
+        if set(g.matrices) == set(stack):
+            first, count = 0, len(stack)
+        else:
+            (m,) = g.matrices
+            first, count = stack.index(m), 1
+        row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
+        inner = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
+        out = slots[g.outputs[0]][0]
+        a_ptr = ws.arrays[gin].data.ptr + 4 * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin] + row_off)
+        n_out = ws.sizes[self.program.plan.backward.nodes[g.outputs[0]].size]
+        gemm(rows, n_out, inner, a_ptr, ws.width[gin], False, W.data.ptr + 4 * row_off * cols, cols, False,
+             ws.ptr(out, t), ws.width[out.buffer], out.accumulate or g.accumulate, precision)
+
+    def _weight_grad(self, k: int, matrices, v: int, ws: _Workspace, t: int, rows: int, precision: str) -> None:
+        """dW += G^T V over `rows` rows from step t: the whole stack at once, or one block."""
+        stack = self.program.layout.stacks[v]
+        G = self._grad_stacks[k][v]
+        cols = G.shape[1]
+        gin = f"gin{v}"
+        vslot = self.program.layout.forward[v][0]
+        runs = [(0, len(stack))] if set(matrices) == set(stack) else [(stack.index(m), 1) for m in matrices]
+        for first, count in runs:
+            row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
+            n = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
+            g_ptr = ws.arrays[gin].data.ptr + 4 * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin]
+                                                    + row_off)
+            gemm(n, cols, rows, g_ptr, ws.width[gin], True, ws.ptr(vslot, t), ws.width[vslot.buffer], False,
+                 G.data.ptr + 4 * row_off * cols, cols, True, precision)

@@ -1,0 +1,117 @@
+"""Generated kernels on the GPU against the float64 reference (marked gpu: skipped without a GPU).
+
+Every shipped spec, forward and backward, float32: outputs, final states, dx, initial-state gradients
+and every parameter gradient within 1e-4 relative error (norm-wise); every workspace buffer is poisoned
+with NaN before the run, so a value read but never written fails the test. Sizes include B = 1, 3;
+H = 1, 33, 100, 512; T = 1, 7, 100; 1 and 3 layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmdsl
+
+from conftest import SPECS, extra_sizes
+
+pytestmark = pytest.mark.gpu
+cupy = pytest.importorskip("cupy")
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    from lstmdsl import runtime
+
+    monkeypatch.setattr(runtime, "POISON", True)
+
+
+def rel(got, want) -> float:
+    got = cupy.asnumpy(got).astype(np.float64)
+    assert np.all(np.isfinite(got)), "NaN or inf in the GPU result (an unwritten value was read?)"
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def check(name, T, B, I, H, L, schedule=None, tol=1e-4, seed=0):
+    kw = dict(num_layers=L, seed=seed, schedule=schedule, **extra_sizes(name))
+    gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", **kw)
+    ref = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", **kw)
+    rng = np.random.default_rng(seed + 1)
+    for k, p in gpu.parameters().items():  # larger than the default init, so every path matters
+        p[...] = cupy.asarray(rng.uniform(-0.5, 0.5, p.shape).astype(np.float32))
+        ref.parameters()[k][...] = cupy.asnumpy(p)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(B).items()}
+    y, final = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()})
+    y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
+    dy = rng.standard_normal(y_ref.shape)
+    dfinal = {k: rng.standard_normal(v.shape) for k, v in final_ref.items()}
+    dx = gpu.backward(cupy.asarray(dy.astype(np.float32)),
+                      {k: cupy.asarray(v.astype(np.float32)) for k, v in dfinal.items()})
+    dx_ref = ref.backward(dy, dfinal)
+    errors = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref)}
+    errors |= {f"final {k}": rel(final[k], final_ref[k]) for k in final_ref}
+    errors |= {f"d initial {k}": rel(v, ref.initial_state_grads()[k]) for k, v in gpu.initial_state_grads().items()}
+    errors |= {f"d {k}": rel(g, ref.grads()[k]) for k, g in gpu.grads().items()}
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"{name} T={T} B={B} I={I} H={H} L={L} {schedule}: {bad}"
+    return errors
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 3), (7, 1, 3, 100, 3)])
+def test_every_spec_matches_the_reference(name, T, B, I, H, L):
+    check(name, T, B, I, H, L)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "peephole", "gru"])
+@pytest.mark.parametrize("T,B,I,H,L", [(100, 3, 16, 100, 1), (7, 1, 64, 512, 1), (100, 3, 8, 33, 3)])
+def test_long_and_wide(name, T, B, I, H, L):
+    check(name, T, B, I, H, L)
+
+
+@pytest.mark.parametrize("name", ["peephole", "gru", "lstmp", "fgr"])
+def test_every_schedule_on_the_gpu(name):
+    import itertools
+
+    switches = ["fuse gates", "hoist input", "fuse pointwise", "batch weights"]
+    for bits in itertools.product([False, True], repeat=4):
+        text = "; ".join(("" if on else "no ") + s for s, on in zip(switches, bits))
+        check(name, 5, 3, 4, 9, 2, schedule=text)
+
+
+def test_tf32_is_close_but_not_strict():
+    errors = check("vanilla", 20, 16, 256, 256, 1, schedule="precision tf32", tol=2e-2)
+    assert max(errors.values()) < 2e-2
+
+
+def test_vanilla_matches_torch_lstm():
+    torch = pytest.importorskip("torch")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    T, B, I, H = 9, 3, 7, 33
+    layer = lstmdsl.compile("vanilla", input_size=I, hidden_size=H, backend="cuda", seed=3)
+    lstm = torch.nn.LSTM(I, H).cuda()
+    p = {k: torch.as_tensor(cupy.asnumpy(v)).cuda() for k, v in layer.parameters().items()}
+    with torch.no_grad():  # torch's gate order is i, f, g, o (g is our block input z)
+        lstm.weight_ih_l0.copy_(torch.cat([p["l0.W_i"], p["l0.W_f"], p["l0.W_z"], p["l0.W_o"]]))
+        lstm.weight_hh_l0.copy_(torch.cat([p["l0.R_i"], p["l0.R_f"], p["l0.R_z"], p["l0.R_o"]]))
+        lstm.bias_ih_l0.copy_(torch.cat([p["l0.b_i"], p["l0.b_f"], p["l0.b_z"], p["l0.b_o"]]))
+        lstm.bias_hh_l0.zero_()
+    x = torch.randn(T, B, I, device="cuda")
+    y_t, (h_t, c_t) = lstm(x)
+    y, state = layer.forward(cupy.asarray(x.detach().cpu().numpy()))
+    np.testing.assert_allclose(cupy.asnumpy(y), y_t.detach().cpu().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(state["c"][0]), c_t[0].detach().cpu().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_on_the_gpu():
+    layer = lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda")
+    with pytest.raises(lstmdsl.UsageError, match="must be a CuPy array"):
+        layer.forward(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(lstmdsl.UsageError, match="dtype float64"):
+        layer.forward(cupy.zeros((2, 1, 3)))
+    with pytest.raises(lstmdsl.UsageError, match="C-contiguous"):
+        layer.forward(cupy.zeros((2, 1, 6), np.float32)[:, :, ::2])
+    with pytest.raises(lstmdsl.UsageError, match="computes in float32"):
+        lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda", dtype="float64")
