@@ -22,6 +22,7 @@ from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, BackendUnavai
                      UsageError)
 from .grad import format_grad
 from .ir import format_cell
+from .codegen import kernel_descs, make_layout, render, traffic_per_step
 from .passes import make_plan
 from .plan import format_plan
 from .resources import shipped_specs
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print a stage of the compilation")
     p.add_argument("spec")
-    p.add_argument("--emit", choices=("ast", "ir", "grad", "plan"), default="ir",
+    p.add_argument("--emit", choices=("ast", "ir", "grad", "plan", "cuda"), default="ir",
                    help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step; "
-                        "plan: the scheduled GEMMs and kernels")
+                        "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
+    p.add_argument("--batch", "-B", type=int, default=1, help="batch size for the bytes per step of --emit plan")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
     _sizes_args(p)
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -186,12 +188,24 @@ def cmd_compile(args) -> int:
         text = format_grad(spec.cell, spec.grad)
     else:
         schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
-        sizes = None
-        if args.input_size is not None or args.hidden_size is not None:
-            if args.input_size is None or args.hidden_size is None:
-                raise UsageError("give both --input-size and --hidden-size to print numeric shapes")
-            sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
-        text = format_plan(make_plan(spec.cell, spec.grad, schedule), sizes)
+        plan = make_plan(spec.cell, spec.grad, schedule)
+        layout = make_layout(plan)
+        descs = kernel_descs(plan, layout)
+        if args.emit == "cuda":
+            text = render(plan, *descs)
+        else:
+            sizes = None
+            if args.input_size is not None or args.hidden_size is not None:
+                if args.input_size is None or args.hidden_size is None:
+                    raise UsageError("give both --input-size and --hidden-size to print numeric shapes")
+                sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+            text = format_plan(plan, sizes)
+            if sizes:
+                if args.batch < 1:
+                    raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+                for phase, t in traffic_per_step(plan, descs, sizes, args.batch).items():
+                    text += (f"\n  {phase} bytes per step at B={args.batch} (fp32): "
+                             f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels)")
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:

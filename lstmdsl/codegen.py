@@ -199,6 +199,7 @@ class KernelDesc:
     consts: tuple[str, ...]
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (size parameter, statements), one per size
     sizes: tuple[str, ...]  # the symbolic sizes of its groups (the launch covers the largest)
+    warp: bool = False  # one warp per element (the kernel computes matrix-vector products), else one thread
 
 
 def _literal(value: float) -> str:
@@ -208,12 +209,16 @@ def _literal(value: float) -> str:
 def _kernel(name: str, nodes: tuple[Node, ...], op: Kernel, slots: dict[int, tuple[Slot, ...]],
             needed: set[int]) -> KernelDesc:
     inside = set(op.nodes)
+    warp = any(nodes[i].op == "matvec" for i in op.nodes)
+    store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
     args = [KernelArg("const int", "B", ("batch",))]
     sizes = sorted({nodes[i].size for i in op.nodes} - {None})
-    args += [KernelArg("const int", f"n_{s}", ("size", s)) for s in sizes]
+    operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
+    args += [KernelArg("const int", f"n_{s}", ("size", s)) for s in sorted(set(sizes) | operand_sizes)]
     consts, lines = [], {s: [] for s in sizes}
-    read = sorted({a for i in op.nodes for a in nodes[i].args if a not in inside})
-    for a in read:
+    elementwise = {a for i in op.nodes if nodes[i].op != "matvec" for a in nodes[i].args if a not in inside}
+    operands = {nodes[i].args[0] for i in op.nodes if nodes[i].op == "matvec"} - inside
+    for a in sorted(elementwise | operands):
         n = nodes[a]
         if n.op == "const":
             consts.append(f"const float v{a} = {_literal(n.attr)};")
@@ -223,7 +228,8 @@ def _kernel(name: str, nodes: tuple[Node, ...], op: Kernel, slots: dict[int, tup
         else:
             args.append(KernelArg("const float* __restrict__", f"in{a}", ("slot", a, 0, "ptr")))
             args.append(KernelArg("const int", f"ld_in{a}", ("slot", a, 0, "ld")))
-            lines[n.size].append(f"const float v{a} = in{a}[b * ld_in{a} + j];")
+            if a in elementwise:
+                lines[n.size].append(f"const float v{a} = in{a}[b * ld_in{a} + j];")
     for i in op.nodes:
         n = nodes[i]
         if n.op == "const":
@@ -233,15 +239,25 @@ def _kernel(name: str, nodes: tuple[Node, ...], op: Kernel, slots: dict[int, tup
             args.append(KernelArg("const float* __restrict__", f"p{i}", ("param", n.attr)))
             lines[n.size].append(f"const float v{i} = p{i}[j];  // {n.attr} [{n.size}]")
             continue
-        expr = OPS[n.op].cuda.format(*(f"v{a}" for a in n.args))
-        lines[n.size].append(f"const float v{i} = {expr};")
+        if n.op == "matvec":  # row j of the matrix times the operand's row b: lanes stride over k
+            (a,) = n.args
+            cols = f"n_{nodes[a].size}"
+            args.append(KernelArg("const float* __restrict__", f"w{i}", ("matrix", n.attr)))
+            lines[n.size] += [f"float v{i} = 0.0f;  // {n.attr} [{n.size}, {nodes[a].size}]",
+                              f"for (int k = lane; k < {cols}; k += 32) "
+                              f"v{i} += w{i}[(size_t)j * {cols} + k] * in{a}[b * ld_in{a} + k];",
+                              f"v{i} = warp_sum(v{i});"]
+        else:
+            expr = OPS[n.op].cuda.format(*(f"v{a}" for a in n.args))
+            lines[n.size].append(f"const float v{i} = {expr};")
         if i in needed:
             for k, slot in enumerate(slots[i]):
                 args.append(KernelArg("float* __restrict__", f"out{i}_{k}", ("slot", i, k, "ptr")))
                 args.append(KernelArg("const int", f"ld_out{i}_{k}", ("slot", i, k, "ld")))
-                lines[n.size].append(f"out{i}_{k}[b * ld_out{i}_{k} + j] {'+=' if slot.accumulate else '='} v{i};")
+                lines[n.size].append(f"{store}out{i}_{k}[b * ld_out{i}_{k} + j] "
+                                     f"{'+=' if slot.accumulate else '='} v{i};")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
-    return KernelDesc(name, tuple(args), tuple(consts), groups, tuple(sizes))
+    return KernelDesc(name, tuple(args), tuple(consts), groups, tuple(sizes), warp)
 
 
 def kernel_descs(plan: Plan, layout: Layout) -> tuple[tuple[KernelDesc, ...], tuple[KernelDesc, ...]]:
@@ -255,6 +271,34 @@ def kernel_descs(plan: Plan, layout: Layout) -> tuple[tuple[KernelDesc, ...], tu
         out.append(tuple(_kernel(f"{cell.name}_{phase_name}{k}", phase.nodes, op, slots, needed)
                          for k, op in enumerate(kernels)))
     return out[0], out[1]
+
+
+def traffic_per_step(plan: Plan, descs: tuple[tuple[KernelDesc, ...], tuple[KernelDesc, ...]],
+                     sizes: dict[str, int], batch: int) -> dict[str, dict[str, int]]:
+    """Bytes (fp32) that one step reads and writes in memory, per phase: the GEMMs (operand, weights,
+    result) and the kernels (each value read or written once, parameters once)."""
+    out = {}
+    for title, phase, kernels in (("forward", plan.forward, descs[0]), ("backward", plan.backward, descs[1])):
+        gemm_bytes = 0
+        for op in phase.step:
+            if isinstance(op, Gemm):
+                rows = [sizes[plan.cell.param(m).shape[0]] for m in op.matrices]
+                cols = sizes[plan.cell.param(op.matrices[0]).shape[1]]
+                R = sum(rows)
+                gemm_bytes += 4 * (batch * cols + R * cols + batch * R)
+        kernel_bytes = 0
+        for k in kernels:
+            for a in k.args:
+                if a.bind[0] == "matrix":  # a fused product reads its weights once per batch row
+                    rows, cols = plan.cell.param(a.bind[1]).shape
+                    kernel_bytes += 4 * batch * sizes[rows] * sizes[cols]
+                elif a.bind[0] == "param":
+                    n = next(p for p in plan.cell.params if p.name == a.bind[1]).shape[0]
+                    kernel_bytes += 4 * sizes[n]
+                elif a.bind[0] == "slot" and a.bind[3] == "ptr":
+                    kernel_bytes += 4 * batch * sizes[phase.nodes[a.bind[1]].size]
+        out[title] = {"gemm": gemm_bytes, "kernels": kernel_bytes}
+    return out
 
 
 @functools.lru_cache(maxsize=None)

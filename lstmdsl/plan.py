@@ -133,7 +133,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
 
     def kernel_text(phase: Phase, k: Kernel) -> str:
         ops = [phase.nodes[i].op for i in k.nodes]
-        return f"kernel  {len(k.nodes)} pointwise ops ({', '.join(sorted(set(ops)))})"
+        return f"kernel  {len(k.nodes)} ops ({', '.join(sorted(set(ops)))})"
 
     lines = [f"plan for cell {cell.name}: {plan.schedule.describe()}"]
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):

@@ -268,14 +268,15 @@ class CudaLayer(Layer):
                 args.append(np.int32(ws.B))
             elif kind == "size":
                 args.append(np.int32(ws.sizes[a.bind[1]]))
-            elif kind == "param":
+            elif kind in ("param", "matrix"):  # a vector, or a matrix's rows in its stack (contiguous)
                 args.append(params[a.bind[1]])
             else:
                 _, node, k, what = a.bind
                 slot = slots[node][k]
                 args.append(np.uint64(ws.ptr(slot, t)) if what == "ptr" else np.int32(ws.width[slot.buffer]))
         n = max(ws.sizes[s] for s in desc.sizes)
-        self.program.functions[desc.name]((math.ceil(n / THREADS), ws.B), (THREADS,), tuple(args))
+        per_block = THREADS // 32 if desc.warp else THREADS  # elements per block
+        self.program.functions[desc.name]((math.ceil(n / per_block), ws.B), (THREADS,), tuple(args))
 
     def _copies(self, slots: dict, nodes, ws: _Workspace, t: int, which) -> None:
         """Values whose producer writes only their first slot (GEMM outputs, leaves): copy to the rest."""

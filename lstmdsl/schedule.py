@@ -1,7 +1,7 @@
 """Schedule directives: the choices a spec's `schedule { ... }` block, `schedule=` in the API and
 `--schedule` on the command line make. A schedule never changes results beyond floating-point tolerance.
 
-Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`,
+Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
 `precision fp32|tf32|bf16`; a
 leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
 command line can override the spec. The numpy reference computes every schedule the same way; the
@@ -26,6 +26,7 @@ class Schedule:
     hoist_input: bool = True  # input GEMMs for all steps at once, before the recurrence
     fuse_pointwise: bool = True  # one kernel for the elementwise work between GEMMs
     batch_weight_grads: bool = True  # weight gradients as one GEMM over all steps, after the loop
+    fuse_recurrent: bool = False  # forward: the per-step GEMM on a state computed inside the step kernel
     precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16
 
     def describe(self) -> str:
@@ -36,7 +37,8 @@ class Schedule:
 
 # directive words -> schedule field; switches take an optional leading "no"
 _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
-             ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads"}
+             ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads",
+             ("fuse", "recurrent"): "fuse_recurrent"}
 _SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
 _KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS]
 

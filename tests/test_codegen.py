@@ -18,7 +18,8 @@ from lstmdsl.schedule import Schedule
 
 from conftest import SPECS
 
-SCHEDULES = {"default": Schedule(), "unfused": Schedule(False, False, False, False)}
+SCHEDULES = {"default": Schedule(), "unfused": Schedule(False, False, False, False),
+             "fused-recurrent": Schedule(fuse_recurrent=True)}
 
 
 def build(name, schedule=Schedule()):
@@ -71,6 +72,14 @@ def test_rendering_is_deterministic():
     a = render(*build("fgr")[0:1], *build("fgr")[2])
     b = render(*build("fgr")[0:1], *build("fgr")[2])
     assert a == b and "extern \"C\" __global__ void fgr_fwd0(" in a
+
+
+def test_fused_recurrent_kernels_use_one_warp_per_element():
+    plan, _, (fwd, _) = build("vanilla", Schedule(fuse_recurrent=True))
+    assert [type(op).__name__ for op in plan.forward.step] == ["Kernel"]
+    assert fwd[0].warp and sum(a.bind[0] == "matrix" for a in fwd[0].args) == 4
+    source = render(plan, fwd, ())
+    assert "warp_sum(" in source and "if (lane == 0) out" in source
 
 
 def test_one_kernel_per_kernel_op():

@@ -74,10 +74,16 @@ def test_long_and_wide(name, T, B, I, H, L):
 def test_every_schedule_on_the_gpu(name):
     import itertools
 
-    switches = ["fuse gates", "hoist input", "fuse pointwise", "batch weights"]
-    for bits in itertools.product([False, True], repeat=4):
+    switches = ["fuse gates", "hoist input", "fuse pointwise", "batch weights", "fuse recurrent"]
+    for bits in itertools.product([False, True], repeat=len(switches)):
         text = "; ".join(("" if on else "no ") + s for s, on in zip(switches, bits))
         check(name, 5, 3, 4, 9, 2, schedule=text)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "peephole", "cifg", "lstmp"])
+@pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 2), (100, 1, 16, 100, 1), (5, 3, 64, 512, 1)])
+def test_recurrent_products_fused_into_the_step_kernel(name, T, B, I, H, L):
+    check(name, T, B, I, H, L, schedule="fuse recurrent")
 
 
 def test_tf32_is_close_but_not_strict():

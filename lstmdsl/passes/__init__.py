@@ -16,6 +16,7 @@ from ..schedule import Schedule
 from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
 from .pointwise_fusion import fuse_pointwise
+from .recurrent_fusion import fuse_recurrent
 from .weight_grads import batch_weight_grads
 
 # (schedule switch, pass)
@@ -23,6 +24,7 @@ PIPELINE = (
     ("fuse_gates", fuse_gates),
     ("hoist_input", hoist_input),
     ("fuse_pointwise", fuse_pointwise),
+    ("fuse_recurrent", fuse_recurrent),
     ("batch_weight_grads", batch_weight_grads),
 )
 
