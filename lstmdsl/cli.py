@@ -299,6 +299,9 @@ CUDA_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
 
 def _run_cuda(args, spec: Spec, schedule) -> int:
     """Forward and backward on the GPU, checked against the float64 reference with the same parameters."""
+    from .runtime import check_available
+
+    check_available()  # a clear BackendUnavailable, before anything imports CuPy
     import cupy
 
     if args.dtype != "float32":
