@@ -5,11 +5,12 @@
     y, state = layer.forward(x)          # x: [T, B, 32] float32
 """
 
-from .api import Layer, Spec, compile, parse
+from . import nn, optim
+from .api import Layer, Spec, compile, load, parse
 from .errors import (BackendUnavailable, InputFileError, LstmdslError, SpecError, UsageError)
 from .schedule import Schedule, parse_schedule
 
 __version__ = "0.1.0"
 
 __all__ = ["BackendUnavailable", "InputFileError", "Layer", "LstmdslError", "Schedule", "Spec", "SpecError",
-           "UsageError", "compile", "parse", "parse_schedule", "__version__"]
+           "UsageError", "compile", "load", "nn", "optim", "parse", "parse_schedule", "__version__"]

@@ -11,6 +11,7 @@ Parameters are named "l{layer}.{name}" (l0.W_i, l1.b_f, ...). States are dicts n
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from .errors import Diagnostic, InputFileError, Source, UsageError
 from .grad import StepGrad, differentiate
 from .ir import Cell, verify
 from .lower import lower
+from .optim import array_module
 from .resources import shipped_specs
 from .schedule import Schedule, apply_directives, parse_schedule
 from .syntax import CellAST, deepest_statement, parse_cell, too_deep
@@ -120,17 +122,27 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     return sizes
 
 
-def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
-    """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises."""
+def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype,
+                forget_bias: float | None = None) -> dict[str, np.ndarray]:
+    """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises; with
+    forget_bias, the vector b_f (the forget gate's bias, by the specs' naming) is set to that value."""
     bound = 1.0 / math.sqrt(sizes["hidden"])
-    return {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
-            for p in cell.params}
+    params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
+              for p in cell.params}
+    if forget_bias is not None:
+        params["b_f"][...] = forget_bias
+    return params
+
+
+def _to_numpy(a) -> np.ndarray:
+    return a.get() if type(a).__module__.split(".")[0] == "cupy" else np.array(a)
 
 
 class Layer:
     """A compiled spec: a stack of `num_layers` layers of one cell, with parameters and gradients."""
 
-    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int):
+    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
+                 forget_bias: float | None = None):
         self.spec = spec
         self.cell = spec.cell
         self.sizes = sizes
@@ -138,7 +150,7 @@ class Layer:
         self.schedule = schedule
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        self._params = [init_params(self.cell, s, rng, self.dtype) for s in sizes]
+        self._params = [init_params(self.cell, s, rng, self.dtype, forget_bias) for s in sizes]
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
         self._tapes = None
         self._initial_state_grads = None
@@ -167,6 +179,45 @@ class Layer:
         for g in self._grads:
             for a in g.values():
                 a.fill(0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> a numpy copy of each parameter (from either backend)."""
+        return {k: _to_numpy(v) for k, v in self.parameters().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameter values in (numpy or CuPy arrays); names, shapes and finiteness are checked first."""
+        params = self.parameters()
+        if not isinstance(state, dict) or set(state) != set(params):
+            got = set(state) if isinstance(state, dict) else set()
+            raise UsageError(f"the state dict does not match this layer's parameters (missing: "
+                             f"{sorted(set(params) - got)}, unexpected: {sorted(got - set(params))})")
+        values = {k: _to_numpy(v) for k, v in state.items()}
+        for k, v in values.items():
+            if v.shape != params[k].shape:
+                raise UsageError(f"{k} has shape {list(v.shape)} in the state dict, {list(params[k].shape)} here")
+            if not np.all(np.isfinite(v)):
+                raise UsageError(f"{k} contains NaN or infinite values")
+        for k, v in values.items():
+            params[k][...] = array_module(params[k]).asarray(v.astype(self.dtype))
+
+    def save(self, path) -> None:
+        """Write the parameters and what is needed to rebuild the layer (spec text, sizes) to a .npz file."""
+        meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
+                "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype)}
+        try:
+            np.savez(path, __meta__=np.array(json.dumps(meta)),
+                     **{f"param:{k}": v for k, v in self.state_dict().items()})
+        except OSError as err:
+            raise InputFileError(f"cannot write {path}: {err.strerror or err}") from None
+
+    def load(self, path) -> None:
+        """Load parameters saved by save() into this layer (the same cell and sizes)."""
+        meta, state = read_saved(path)
+        if meta["cell"] != self.cell.name or parse(meta["spec"]).cell != self.cell:
+            raise UsageError(f"{path} holds cell '{meta['cell']}', which is not this layer's cell '{self.cell.name}'")
+        if meta["sizes"] != self.sizes:
+            raise UsageError(f"{path} holds sizes {meta['sizes']}, this layer has {self.sizes}")
+        self.load_state_dict(state)
 
     def initial_state_grads(self) -> dict[str, np.ndarray]:
         """Gradients of the initial states ([L, B, size] each) from the last backward()."""
@@ -245,12 +296,40 @@ class Layer:
         return dy
 
 
+def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, parameters) of a file written by Layer.save, with clear errors for anything else."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = dict(f.items())
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {path}") from None
+    except Exception as err:  # not a zip, truncated, not numpy
+        raise InputFileError(f"{path} is not a readable .npz file ({type(err).__name__}: {err})") from None
+    try:
+        meta = json.loads(str(files.pop("__meta__")))
+        assert meta["format"] == "lstmdsl-layer-1"
+    except Exception:
+        raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)") from None
+    return meta, {k.removeprefix("param:"): v for k, v in files.items()}
+
+
+def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
+    """Rebuild a layer saved with Layer.save: its spec, sizes and parameters."""
+    meta, state = read_saved(path)
+    first = meta["sizes"][0]
+    layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
+                    backend=backend, dtype=meta["dtype"] if backend == "numpy" else "float32", schedule=schedule)
+    layer.load_state_dict(state)
+    return layer
+
+
 def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_layers: int = 1, *,
             proj_size: int | None = None, backend: str = "numpy", dtype: str = "float32",
-            schedule: Schedule | str | None = None, seed: int = 0) -> Layer:
+            schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None) -> Layer:
     """Compile a spec into a trainable Layer.
 
     schedule: a Schedule, or directive text applied over the spec's own schedule block.
+    forget_bias: initial value of the forget gate's bias b_f (1.0 is a common choice; Gers et al. 2000).
     backend "numpy" runs the reference (numpy arrays); "cuda" the generated kernels (CuPy arrays, float32).
     """
     if not isinstance(spec, Spec):
@@ -266,8 +345,13 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     elif not isinstance(schedule, Schedule):
         raise UsageError(f"schedule must be a Schedule or directive text, got {type(schedule).__name__}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers)
+    if forget_bias is not None:
+        if not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+            raise UsageError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        if not any(p.name == "b_f" and p.kind == "vector" for p in spec.cell.params):
+            raise UsageError(f"forget_bias needs a forget-gate bias vector named b_f; cell '{spec.name}' has none")
     if backend == "cuda":
         from .runtime import CudaLayer  # imports CuPy: only when asked for
 
-        return CudaLayer(spec, sizes, schedule, str(dtype), seed)
-    return Layer(spec, sizes, schedule, str(dtype), seed)
+        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias)
+    return Layer(spec, sizes, schedule, str(dtype), seed, forget_bias)

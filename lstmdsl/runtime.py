@@ -188,7 +188,8 @@ class _Workspace:
 class CudaLayer(Layer):
     """A compiled spec on the GPU: the API of Layer, with CuPy arrays (float32, C-contiguous)."""
 
-    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int):
+    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
+                 forget_bias: float | None = None):
         check_available()
         if dtype != "float32":
             raise UsageError(f"the CUDA backend computes in float32, not {dtype}")
@@ -205,7 +206,7 @@ class CudaLayer(Layer):
         rng = np.random.default_rng(seed)
         self._params, self._grads, self._stacks, self._grad_stacks = [], [], [], []
         for bound in sizes:
-            host = init_params(self.cell, bound, rng, self.dtype)  # the same values as the reference
+            host = init_params(self.cell, bound, rng, self.dtype, forget_bias)  # the same values as the reference
             params, grads, pstack, gstack = {}, {}, {}, {}
             for v, matrices in stacks.items():
                 pstack[v] = cupy.asarray(np.concatenate([host[m] for m in matrices]))

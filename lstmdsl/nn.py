@@ -1,0 +1,104 @@
+"""What a task needs around a recurrent layer: a dense output layer and the losses, forward and
+backward, on numpy or CuPy arrays (the array module of the input decides).
+
+    dense = lstmdsl.nn.Dense(64, 10, backend="cuda")
+    logits = dense.forward(h)                          # [..., 64] -> [..., 10]
+    loss, dlogits = lstmdsl.nn.softmax_cross_entropy(logits, labels)
+    dh = dense.backward(dlogits)                       # accumulates dense.grads()
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import UsageError
+from .optim import array_module
+
+
+class Dense:
+    """y = x @ W^T + b over the last axis. W is [out, in], uniform in +-1/sqrt(in) as torch.nn.Linear."""
+
+    def __init__(self, in_features: int, out_features: int, backend: str = "numpy", dtype: str = "float32",
+                 seed: int = 0):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, got {v!r}")
+        if backend not in ("numpy", "cuda"):
+            raise UsageError(f"unknown backend {backend!r}; choose numpy or cuda")
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(in_features)
+        host = {"W": rng.uniform(-k, k, (out_features, in_features)).astype(dtype),
+                "b": rng.uniform(-k, k, out_features).astype(dtype)}
+        if backend == "cuda":
+            from .runtime import check_available
+
+            check_available()
+            import cupy
+
+            host = {n: cupy.asarray(a) for n, a in host.items()}
+        self._params = host
+        xp = array_module(host["W"])
+        self._grads = {n: xp.zeros_like(a) for n, a in host.items()}
+        self._x = None
+
+    def parameters(self) -> dict:
+        return self._params
+
+    def grads(self) -> dict:
+        return self._grads
+
+    def zero_grad(self) -> None:
+        for g in self._grads.values():
+            g.fill(0)
+
+    def forward(self, x):
+        W = self._params["W"]
+        if x.shape[-1] != W.shape[1] or x.dtype != W.dtype or array_module(x) is not array_module(W):
+            raise UsageError(f"Dense expects [..., {W.shape[1]}] {W.dtype} arrays of its backend, got "
+                             f"{list(x.shape)} {x.dtype} ({type(x).__module__.split('.')[0]})")
+        self._x = x
+        return x @ W.T + self._params["b"]
+
+    def backward(self, dy):
+        if self._x is None:
+            raise UsageError("Dense.backward() needs a forward() first")
+        x2 = self._x.reshape(-1, self._x.shape[-1])
+        d2 = dy.reshape(-1, dy.shape[-1])
+        self._grads["W"] += d2.T @ x2
+        self._grads["b"] += d2.sum(axis=0)
+        return dy @ self._params["W"]
+
+
+def softmax_cross_entropy(logits, labels, mask=None):
+    """Mean cross-entropy of softmax(logits) [N..., C] against integer labels [N...]; returns
+    (loss, dL/dlogits). mask [N...] (1 = counts) restricts the mean to the counted positions."""
+    xp = array_module(logits)
+    if labels.shape != logits.shape[:-1]:
+        raise UsageError(f"labels have shape {list(labels.shape)}, expected {list(logits.shape[:-1])}")
+    C = logits.shape[-1]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
+    onehot = (xp.arange(C) == labels[..., None]).astype(logits.dtype)
+    w = xp.ones(labels.shape, logits.dtype) if mask is None else mask.astype(logits.dtype)
+    count = max(float(w.sum()), 1.0)
+    loss = float(-((onehot * logp).sum(axis=-1) * w).sum()) / count
+    grad = (xp.exp(logp) - onehot) * (w[..., None] / count)
+    return loss, grad
+
+
+def sigmoid_binary_cross_entropy(logits, targets, mask=None):
+    """Mean over all elements of the binary cross-entropy of sigmoid(logits) against targets in [0, 1]
+    (stable form: max(z, 0) - z t + log(1 + exp(-|z|))); returns (loss, dL/dlogits). mask [N...] over the
+    leading axes restricts the mean to the counted rows; the mean is per element."""
+    xp = array_module(logits)
+    if targets.shape != logits.shape:
+        raise UsageError(f"targets have shape {list(targets.shape)}, expected {list(logits.shape)}")
+    w = xp.ones(logits.shape[:-1], logits.dtype) if mask is None else mask.astype(logits.dtype)
+    count = max(float(w.sum()) * logits.shape[-1], 1.0)
+    per = xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))
+    loss = float((per * w[..., None]).sum()) / count
+    sig = 0.5 * (1 + xp.tanh(0.5 * logits))  # sigmoid without overflow
+    grad = (sig - targets) * (w[..., None] / count)
+    return loss, grad

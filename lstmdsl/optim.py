@@ -1,0 +1,154 @@
+"""Optimizers and gradient clipping for lstmdsl layers, on numpy and CuPy arrays alike.
+
+    opt = lstmdsl.optim.Adam(layer.parameters(), lr=1e-3)
+    ...
+    layer.zero_grad(); y, _ = layer.forward(x); layer.backward(dy)
+    lstmdsl.optim.clip_grad_norm(layer.grads(), max_norm=1.0)
+    opt.step(layer.grads())
+
+An optimizer holds the parameter arrays (name -> array) and updates them in place, so a layer's
+parameters() dict can be handed over once. Each update follows torch.optim's documented algorithm
+exactly (same defaults, same order of operations), so trajectories match torch's to rounding; the
+tests check this to 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import UsageError
+
+
+def array_module(a):
+    """numpy or cupy, whichever `a` belongs to (without importing CuPy for numpy arrays)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _check(params: dict, grads: dict) -> None:
+    if set(grads) != set(params):
+        missing, extra = sorted(set(params) - set(grads)), sorted(set(grads) - set(params))
+        raise UsageError(f"the gradients do not match the parameters (missing: {missing}, unexpected: {extra})")
+    for k, p in params.items():
+        if grads[k].shape != p.shape:
+            raise UsageError(f"gradient of {k} has shape {list(grads[k].shape)}, the parameter {list(p.shape)}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = True) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    def __init__(self, params: dict, lr: float):
+        if not isinstance(params, dict) or not params:
+            raise UsageError("an optimizer takes a non-empty dict of parameter arrays (layer.parameters())")
+        self.params = params
+        self.lr = _positive("lr", lr, allow_zero=False)
+        self.steps = 0
+
+    def step(self, grads: dict) -> None:
+        _check(self.params, grads)
+        self.steps += 1
+        for k, p in self.params.items():
+            self._update(k, p, grads[k], array_module(p))
+
+    def _update(self, name, p, g, xp) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional momentum (heavy ball or Nesterov) and L2 weight decay,
+    as torch.optim.SGD (dampening 0)."""
+
+    def __init__(self, params: dict, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.momentum = _positive("momentum", momentum)
+        self.weight_decay = _positive("weight_decay", weight_decay)
+        if nesterov and momentum == 0:
+            raise UsageError("nesterov needs a momentum above 0")
+        self.nesterov = nesterov
+        self.buffers: dict = {}
+
+    def _update(self, name, p, g, xp) -> None:
+        d = g + self.weight_decay * p if self.weight_decay else g
+        if self.momentum:
+            buf = self.buffers.get(name)
+            if buf is None:
+                buf = self.buffers[name] = d.copy()
+            else:
+                buf *= self.momentum
+                buf += d
+            d = d + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * d
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) as torch.optim.Adam: bias-corrected moments; weight_decay adds an L2 term
+    to the gradient."""
+
+    decoupled = False
+
+    def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise UsageError(f"betas must lie in [0, 1), got {betas}")
+        self.betas = (float(b1), float(b2))
+        self.eps = _positive("eps", eps)
+        self.weight_decay = _positive("weight_decay", weight_decay)
+        self.m: dict = {}
+        self.v: dict = {}
+
+    def _update(self, name, p, g, xp) -> None:
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        m = self.m.setdefault(name, xp.zeros_like(p))
+        v = self.v.setdefault(name, xp.zeros_like(p))
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        bias1 = 1 - b1 ** self.steps
+        bias2 = 1 - b2 ** self.steps
+        denom = xp.sqrt(v) / math.sqrt(bias2) + self.eps
+        p -= (self.lr / bias1) * (m / denom)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019) as torch.optim.AdamW: weight decay applied to the weights
+    directly, decoupled from the gradient; default weight_decay 0.01."""
+
+    decoupled = True
+
+    def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before
+    clipping (as torch.nn.utils.clip_grad_norm_, with its 1e-6 guard)."""
+    max_norm = _positive("max_norm", max_norm, allow_zero=False)
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    if not math.isfinite(total):
+        raise UsageError("the gradients contain NaN or infinite values; cannot clip them")
+    scale = max_norm / (total + 1e-6)
+    if scale < 1:
+        for g in grads.values():
+            g *= scale
+    return total

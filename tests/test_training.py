@@ -1,0 +1,207 @@
+"""Training pieces on the reference backend: initialisation options, state dicts and .npz files,
+optimizers (against torch.optim where torch is installed), clipping, the dense layer and losses, and a
+small overfitting run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmdsl
+from lstmdsl import InputFileError, UsageError
+from lstmdsl.nn import Dense, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from lstmdsl.optim import SGD, Adam, AdamW, clip_grad_norm
+
+OPTIMIZERS = {
+    "sgd": lambda p: SGD(p, lr=0.1),
+    "momentum": lambda p: SGD(p, lr=0.05, momentum=0.9),
+    "nesterov": lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda p: Adam(p, lr=0.1),
+    "adam-l2": lambda p: Adam(p, lr=0.1, weight_decay=0.05),
+    "adamw": lambda p: AdamW(p, lr=0.1, weight_decay=0.05),
+}
+
+
+def quadratic(p, A, c):
+    """f = 1/2 (p - c)^T A (p - c), gradient A (p - c)."""
+    return A @ (p - c)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizers_reach_the_minimum_of_a_quadratic(name):
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((5, 5))
+    A = M @ M.T / 5 + np.eye(5)
+    c = rng.standard_normal(5)
+    params = {"p": np.zeros(5)}
+    opt = OPTIMIZERS[name](params)
+    for _ in range(600):
+        opt.step({"p": quadratic(params["p"], A, c)})
+    tol = 0.05 if "l2" in name or name in ("adamw", "nesterov") else 1e-3  # decay shifts the minimum a little
+    assert np.linalg.norm(params["p"] - c) < tol * max(1, np.linalg.norm(c)), params["p"]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizers_follow_torch_optim(name):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    M = rng.standard_normal((4, 4))
+    A, c = M @ M.T / 4 + np.eye(4), rng.standard_normal(4)
+    ours = {"p": rng.standard_normal(4)}
+    theirs = torch.tensor(ours["p"].copy(), requires_grad=True)
+    opt = OPTIMIZERS[name](ours)
+    t_opt = {"sgd": lambda: torch.optim.SGD([theirs], lr=0.1),
+             "momentum": lambda: torch.optim.SGD([theirs], lr=0.05, momentum=0.9),
+             "nesterov": lambda: torch.optim.SGD([theirs], lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+             "adam": lambda: torch.optim.Adam([theirs], lr=0.1),
+             "adam-l2": lambda: torch.optim.Adam([theirs], lr=0.1, weight_decay=0.05),
+             "adamw": lambda: torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.05)}[name]()
+    At, ct = torch.tensor(A), torch.tensor(c)
+    for _ in range(50):
+        opt.step({"p": quadratic(ours["p"], A, c)})
+        t_opt.zero_grad()
+        theirs.grad = At @ (theirs.detach() - ct)
+        t_opt.step()
+        np.testing.assert_allclose(ours["p"], theirs.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_optimizer_errors():
+    with pytest.raises(UsageError, match="lr must be a positive number"):
+        SGD({"p": np.zeros(2)}, lr=0)
+    with pytest.raises(UsageError, match="nesterov needs a momentum"):
+        SGD({"p": np.zeros(2)}, lr=0.1, nesterov=True)
+    with pytest.raises(UsageError, match="betas must lie in"):
+        Adam({"p": np.zeros(2)}, betas=(0.9, 1.0))
+    opt = Adam({"p": np.zeros(2)})
+    with pytest.raises(UsageError, match="missing: \\['p'\\]"):
+        opt.step({"q": np.zeros(2)})
+    with pytest.raises(UsageError, match="shape"):
+        opt.step({"p": np.zeros(3)})
+
+
+def test_clip_grad_norm():
+    g = {"a": np.array([3.0, 0.0]), "b": np.array([[4.0]])}
+    assert clip_grad_norm(g, 10.0) == pytest.approx(5.0)
+    assert g["a"][0] == 3.0  # under the limit: unchanged
+    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
+    total = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(UsageError, match="NaN"):
+        clip_grad_norm({"a": np.array([np.nan])}, 1.0)
+
+
+def test_forget_bias_init():
+    layer = lstmdsl.compile("peephole", input_size=3, hidden_size=8, num_layers=2, forget_bias=1.0)
+    assert np.all(layer.parameters()["l0.b_f"] == 1.0) and np.all(layer.parameters()["l1.b_f"] == 1.0)
+    assert not np.all(layer.parameters()["l0.b_i"] == 1.0)
+    with pytest.raises(UsageError, match="needs a forget-gate bias vector named b_f; cell 'gru' has none"):
+        lstmdsl.compile("gru", input_size=3, hidden_size=8, forget_bias=1.0)
+
+
+def test_state_dict_round_trip_and_checks():
+    a = lstmdsl.compile("gru", input_size=3, hidden_size=4, seed=1)
+    b = lstmdsl.compile("gru", input_size=3, hidden_size=4, seed=2)
+    b.load_state_dict(a.state_dict())
+    assert all(np.array_equal(a.parameters()[k], b.parameters()[k]) for k in a.parameters())
+    state = a.state_dict()
+    state["l0.W_r"] = np.zeros((5, 3))
+    with pytest.raises(UsageError, match=r"l0.W_r has shape \[5, 3\] in the state dict, \[4, 3\] here"):
+        b.load_state_dict(state)
+    with pytest.raises(UsageError, match="missing: \\['l0.b_n'\\]"):
+        b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "l0.b_n"})
+
+
+def test_save_and_load_npz(tmp_path):
+    a = lstmdsl.compile("lstmp", input_size=3, hidden_size=6, proj_size=2, num_layers=2, seed=4)
+    path = tmp_path / "model.npz"
+    a.save(path)
+    b = lstmdsl.load(path)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(a.forward(x)[0], b.forward(x)[0])
+    c = lstmdsl.compile("lstmp", input_size=3, hidden_size=6, proj_size=2, num_layers=2, seed=9)
+    c.load(path)
+    np.testing.assert_array_equal(a.forward(x)[0], c.forward(x)[0])
+    other = lstmdsl.compile("vanilla", input_size=3, hidden_size=6)
+    with pytest.raises(UsageError, match="holds cell 'lstmp'"):
+        other.load(path)
+
+
+@pytest.mark.parametrize("content,message", [(b"not a zip", "is not a readable .npz file"),
+                                             (None, "no such file")])
+def test_load_bad_files(tmp_path, content, message):
+    path = tmp_path / "bad.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputFileError, match=message):
+        lstmdsl.load(path)
+
+
+def test_load_npz_without_metadata(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, a=np.zeros(2))
+    with pytest.raises(InputFileError, match="not written by lstmdsl"):
+        lstmdsl.load(path)
+
+
+def test_dense_and_losses_match_central_differences():
+    rng = np.random.default_rng(3)
+    dense = Dense(5, 4, dtype="float64", seed=1)
+    x = rng.standard_normal((3, 2, 5))
+    labels = rng.integers(0, 4, (3, 2))
+    mask = np.array([[1, 1], [1, 0], [0, 1]])
+    targets = (rng.random((3, 2, 4)) > 0.5).astype(np.float64)
+    for loss_fn, target in ((softmax_cross_entropy, labels), (sigmoid_binary_cross_entropy, targets)):
+        dense.zero_grad()
+        logits = dense.forward(x)
+        loss, dlogits = loss_fn(logits, target, mask)
+        dx = dense.backward(dlogits)
+
+        def f():
+            return loss_fn(dense.forward(x), target, mask)[0]
+        for arr, grad in ((x, dx), (dense.parameters()["W"], dense.grads()["W"]), (dense.parameters()["b"],
+                                                                                    dense.grads()["b"])):
+            flat, gflat = arr.reshape(-1), grad.reshape(-1)
+            for i in range(0, flat.size, 3):
+                old = flat[i]
+                flat[i] = old + 1e-6
+                plus = f()
+                flat[i] = old - 1e-6
+                minus = f()
+                flat[i] = old
+                assert gflat[i] == pytest.approx((plus - minus) / 2e-6, rel=1e-5, abs=1e-8)
+
+
+def test_losses_against_plain_formulas():
+    logits = np.array([[2.0, -1.0, 0.5]])
+    loss, _ = softmax_cross_entropy(logits, np.array([0]))
+    assert loss == pytest.approx(-np.log(np.exp(2.0) / np.exp(logits).sum()))
+    z, t = np.array([[30.0, -30.0, 0.0]]), np.array([[1.0, 0.0, 1.0]])
+    loss, grad = sigmoid_binary_cross_entropy(z, t)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(np.log(2) / 3, rel=1e-6)
+
+
+def test_overfits_100_short_sequences():
+    """The reference backend, a layer, a dense head and Adam drive the loss of 100 sequences down 90%."""
+    rng = np.random.default_rng(0)
+    T, N, I, H, C = 6, 100, 4, 24, 3
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    labels = rng.integers(0, C, N)
+    layer = lstmdsl.compile("vanilla", input_size=I, hidden_size=H, forget_bias=1.0, seed=0)
+    head = Dense(H, C, seed=0)
+    params = {**layer.parameters(), **{f"head.{k}": v for k, v in head.parameters().items()}}
+    opt = Adam(params, lr=0.03)
+    losses = []
+    for _ in range(150):
+        layer.zero_grad()
+        head.zero_grad()
+        y, _ = layer.forward(x)
+        loss, dlogits = softmax_cross_entropy(head.forward(y[-1]), labels)
+        dy = np.zeros_like(y)
+        dy[-1] = head.backward(dlogits)
+        layer.backward(dy)
+        grads = {**layer.grads(), **{f"head.{k}": v for k, v in head.grads().items()}}
+        clip_grad_norm(grads, 5.0)
+        opt.step(grads)
+        losses.append(loss)
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
