@@ -83,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("train", help="train a spec on a task that ships with a package (chorales, digits)")
+    p.add_argument("spec")
+    p.add_argument("--task", required=True, choices=("chorales", "digits"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--hidden-size", "-H", type=int, default=128)
+    p.add_argument("--layers", "-L", type=int, default=1)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "momentum", "nesterov"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", "-B", type=int, default=32)
+    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm limit (0: no clipping)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training sequences")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for parameters, history and plot "
+                   "(default: lstmdsl-train-SPEC-TASK)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     sub.add_parser("specs", help="list the shipped specs")
     return parser
 
@@ -385,6 +402,39 @@ def _time_gpu(fn, repeat: int = 5) -> tuple[float, float]:
     return float(np.median(gpu)), float(np.median(host))
 
 
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .train import TrainConfig, run
+
+    spec = parse(args.spec)
+    backend = args.backend
+    if backend == "auto":
+        from .runtime import check_available
+
+        try:
+            check_available()
+            backend = "cuda"
+        except BackendUnavailable as err:
+            backend = "numpy"
+            print(f"note: no GPU here ({err}): training on the numpy reference on the CPU", file=sys.stderr)
+    if args.lr <= 0 or args.clip < 0:
+        raise UsageError("--lr must be positive and --clip non-negative")
+    if args.max_train is not None and args.max_train < 1:
+        raise UsageError(f"--max-train must be a positive integer, got {args.max_train}")
+    cfg = TrainConfig(spec=str(args.spec), task=args.task, epochs=args.epochs, hidden_size=args.hidden_size,
+                      layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
+                      clip=args.clip, seed=args.seed, max_train=args.max_train)
+    out = Path(args.out or f"lstmdsl-train-{spec.name}-{args.task}")
+    result = run(cfg, out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{spec.name} on {args.task} ({backend}): test {result['metric']} {result['test']:.4f}; "
+              f"{result['seconds_per_epoch']:.1f} s per epoch; saved in {out}/")
+    return 0
+
+
 def cmd_specs(args) -> int:
     for name, path in shipped_specs().items():
         first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
@@ -392,7 +442,7 @@ def cmd_specs(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "specs": cmd_specs}
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train": cmd_train, "specs": cmd_specs}
 
 
 def main(argv: list[str] | None = None) -> int:

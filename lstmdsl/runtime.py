@@ -254,10 +254,19 @@ class CudaLayer(Layer):
                 if self.cell.param(name).kind == "vector":
                     a.fill(0)
 
+    MAX_WORKSPACES = 8
+
     def _workspace(self, T: int, B: int, train: bool) -> list[_Workspace]:
+        """The buffers (and captured graphs) for one (T, B); the least recently used of more than
+        MAX_WORKSPACES are dropped, except the one a pending backward() needs."""
         key = (T, B, train)
-        if key not in self._workspaces:
+        if key in self._workspaces:
+            self._workspaces[key] = self._workspaces.pop(key)  # most recently used last
+        else:
             self._workspaces[key] = [_Workspace(self.program.layout, s, T, B) for s in self.sizes]
+            for old in list(self._workspaces)[:-self.MAX_WORKSPACES]:
+                if self._workspaces[old] is not self._tape:
+                    del self._workspaces[old]
         return self._workspaces[key]
 
     # -- the step loop

@@ -121,3 +121,36 @@ def test_bad_inputs_on_the_gpu():
         layer.forward(cupy.zeros((2, 1, 6), np.float32)[:, :, ::2])
     with pytest.raises(lstmdsl.UsageError, match="computes in float32"):
         lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda", dtype="float64")
+
+
+def test_optimizers_and_dense_on_cupy_match_numpy():
+    from lstmdsl.nn import Dense, softmax_cross_entropy
+    from lstmdsl.optim import Adam, SGD
+
+    rng = np.random.default_rng(0)
+    for make in (lambda p: Adam(p, lr=0.05, weight_decay=0.01), lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True)):
+        host = {"p": rng.standard_normal(7).astype(np.float32)}
+        dev = {"p": cupy.asarray(host["p"])}
+        a, b = make(host), make(dev)
+        for _ in range(20):
+            g = rng.standard_normal(7).astype(np.float32)
+            a.step({"p": g})
+            b.step({"p": cupy.asarray(g)})
+        np.testing.assert_allclose(cupy.asnumpy(dev["p"]), host["p"], rtol=1e-5, atol=1e-6)
+    d_host, d_dev = Dense(6, 4, seed=2), Dense(6, 4, backend="cuda", seed=2)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, 5)
+    l1, g1 = softmax_cross_entropy(d_host.forward(x), labels)
+    l2, g2 = softmax_cross_entropy(d_dev.forward(cupy.asarray(x)), cupy.asarray(labels))
+    assert abs(l1 - l2) < 1e-5
+    np.testing.assert_allclose(cupy.asnumpy(d_dev.backward(g2)), d_host.backward(g1), rtol=1e-4, atol=1e-6)
+
+
+def test_train_digits_on_the_gpu(tmp_path):
+    pytest.importorskip("sklearn")
+    from lstmdsl.train import TrainConfig, run
+
+    result = run(TrainConfig("peephole", "digits", epochs=4, hidden_size=32, lr=0.01, backend="cuda"), tmp_path, log=None)
+    assert result["test"] > 0.6
+    saved = lstmdsl.load(tmp_path / "layer.npz", backend="cuda")
+    assert set(saved.parameters()) == set(lstmdsl.load(tmp_path / "layer.npz").parameters())

@@ -1,0 +1,124 @@
+"""Data sets that ship inside packages (nothing is downloaded): Bach chorales from music21's corpus,
+and scikit-learn's 8x8 digits.
+
+chorales() -- "JSB-like" polyphonic music: every Bach chorale in music21's corpus with four parts, as a
+    piano roll of eighth-note frames (a note sounds in every frame its duration covers) over the pitch
+    range present in the data. The split is deterministic and by piece: chorales sorted by file name,
+    every 10th (index % 10 == 0) to test, the next (== 1) to validation, the rest to training. This is
+    not the published JSB split (Boulanger-Lewandowski et al. 2012), so figures are not comparable to
+    papers' one for one. Parsing takes about a minute; the piano rolls are cached in
+    $LSTMDSL_CACHE (default ~/.cache/lstmdsl), keyed by the music21 version and the frame length.
+digits() -- the 1797 8x8 images as sequences of 8 rows of 8 pixels (scaled to [0, 1]), 10 classes,
+    split the same way by index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailable, InputFileError
+
+
+class MissingData(BackendUnavailable):
+    """A task's data package is not installed."""
+
+
+def _split(index: int) -> str:
+    return "test" if index % 10 == 0 else "valid" if index % 10 == 1 else "train"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LSTMDSL_CACHE", Path.home() / ".cache" / "lstmdsl"))
+
+
+@dataclass(frozen=True)
+class Chorales:
+    rolls: dict[str, list[np.ndarray]]  # split -> piano rolls [frames, pitches], uint8
+    low: int  # MIDI number of pitch column 0
+    names: dict[str, list[str]]  # split -> file names
+
+    @property
+    def pitches(self) -> int:
+        return self.rolls["train"][0].shape[1]
+
+
+def chorales(frame: float = 0.5) -> Chorales:
+    """The chorales task's data (see the module docstring). Raises MissingData without music21."""
+    try:
+        import music21
+        from music21 import corpus
+    except ImportError:  # a parse cached on another machine will do; without one, ask for music21
+        cached = sorted(cache_dir().glob(f"chorales-music21-*-frame{frame}.npz"))
+        if not cached:
+            raise MissingData("the chorales task reads the Bach chorales shipped with music21: "
+                              "pip install 'lstmdsl[data]'") from None
+        path = cached[-1]
+    else:
+        path = cache_dir() / f"chorales-music21-{music21.__version__}-frame{frame}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                rolls = {s: [f[f"{s}/{k}"] for k in range(meta["counts"][s])] for s in ("train", "valid", "test")}
+            return Chorales(rolls, meta["low"], meta["names"])
+        except Exception as err:
+            raise InputFileError(f"the chorale cache {path} is unreadable ({type(err).__name__}); delete it "
+                                 "and it will be rebuilt") from None
+    pieces = []
+    for file in sorted(corpus.getComposer("bach"), key=lambda p: p.name):
+        if file.suffix != ".mxl":
+            continue
+        score = corpus.parse(file)
+        if len(score.parts) != 4:
+            continue
+        notes = []
+        for part in score.parts:
+            for n in part.flatten().notes:
+                start, end = float(n.offset), float(n.offset + n.quarterLength)
+                for p in n.pitches:
+                    notes.append((start, end, p.midi))
+        if notes:
+            pieces.append((file.name, notes))
+    low = min(m for _, notes in pieces for _, _, m in notes)
+    high = max(m for _, notes in pieces for _, _, m in notes)
+    rolls: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
+    names: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for k, (name, notes) in enumerate(pieces):
+        frames = math.ceil(max(end for _, end, _ in notes) / frame)
+        roll = np.zeros((frames, high - low + 1), np.uint8)
+        for start, end, midi in notes:
+            a = int(round(start / frame))
+            b = max(a + 1, int(round(end / frame)))
+            roll[a:b, midi - low] = 1
+        rolls[_split(k)].append(roll)
+        names[_split(k)].append(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"low": low, "names": names, "counts": {s: len(r) for s, r in rolls.items()}, "frame": frame}
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)),
+                        **{f"{s}/{k}": r for s, rs in rolls.items() for k, r in enumerate(rs)})
+    return Chorales(rolls, low, names)
+
+
+@dataclass(frozen=True)
+class Digits:
+    x: dict[str, np.ndarray]  # split -> [8 rows, N, 8 pixels] float32 in [0, 1]
+    y: dict[str, np.ndarray]  # split -> [N] int64 labels
+
+
+def digits() -> Digits:
+    """scikit-learn's digits, row by row (see the module docstring). Raises MissingData without it."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise MissingData("the digits task reads scikit-learn's digits: pip install 'lstmdsl[data]'") from None
+    d = load_digits()
+    images = (d.images / 16.0).astype(np.float32)  # [N, 8, 8]
+    split = np.array([_split(k) for k in range(len(images))])
+    return Digits({s: np.ascontiguousarray(images[split == s].transpose(1, 0, 2)) for s in ("train", "valid", "test")},
+                  {s: d.target[split == s].astype(np.int64) for s in ("train", "valid", "test")})

@@ -1,0 +1,57 @@
+"""The tasks and `lstmdsl train` on the reference backend (skipped where the data packages are missing)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lstmdsl import data
+from lstmdsl.cli import main
+from lstmdsl.train import TrainConfig, run
+
+
+def test_digits_split_and_shapes():
+    pytest.importorskip("sklearn")
+    d = data.digits()
+    assert {s: v.shape[1] for s, v in d.x.items()} == {"train": 1437, "valid": 180, "test": 180}
+    assert d.x["train"].shape[0] == 8 and d.x["train"].shape[2] == 8
+    assert 0 <= d.x["train"].min() and d.x["train"].max() <= 1
+    assert set(np.unique(d.y["test"])) == set(range(10))
+
+
+def test_chorales_piano_rolls():
+    pytest.importorskip("music21")
+    c = data.chorales()
+    assert {s: len(r) for s, r in c.rolls.items()} == {"train": 290, "valid": 37, "test": 37}
+    assert not set(c.names["train"]) & set(c.names["test"])  # split by piece
+    roll = c.rolls["train"][0]
+    assert roll.dtype == np.uint8 and roll.shape[1] == c.pitches
+    assert 3 <= roll.sum(axis=1).mean() <= 4.5  # four voices, sometimes fewer sounding notes
+    all_rolls = np.concatenate([r for rs in c.rolls.values() for r in rs])
+    assert all_rolls[:, 0].any() and all_rolls[:, -1].any()  # the range is the range present in the data
+
+
+def test_train_digits_learns(tmp_path):
+    pytest.importorskip("sklearn")
+    result = run(TrainConfig("vanilla", "digits", epochs=4, hidden_size=32, lr=0.01, backend="numpy"),
+                 tmp_path, log=None)
+    assert result["test"] > 0.6  # chance is 0.1
+    assert (tmp_path / "layer.npz").exists() and (tmp_path / "history.json").exists()
+
+
+def test_train_cli_chorales_json(tmp_path, capsys):
+    pytest.importorskip("music21")
+    assert main(["train", "peephole", "--task", "chorales", "--epochs", "2", "-H", "16", "--lr", "0.01",
+                 "--max-train", "20", "--backend", "numpy", "--out", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    h = result["history"]
+    assert h[1]["train"] < h[0]["train"]  # NLL per frame falls
+    assert result["metric"] == "NLL per frame (nats)" and 0 < result["test"] < 46 * np.log(2)
+    assert (tmp_path / "loss.png").exists() or "matplotlib" in capsys.readouterr().err
+
+
+def test_train_rejects_bad_options(capsys):
+    assert main(["train", "vanilla", "--task", "digits", "--lr", "-1", "--backend", "numpy"]) == 64
+    assert "--lr must be positive" in capsys.readouterr().err
