@@ -203,7 +203,8 @@ class KernelDesc:
 
 
 def _literal(value: float) -> str:
-    return float(value).hex() + "f" if value != int(value) or abs(value) > 2**24 else f"{value:.1f}f"
+    """An exact literal in the kernel's type: real(1.0), or real(0x1.999999999999ap-4) for 0.1."""
+    return f"real({value:.1f})" if value == int(value) and abs(value) <= 2**24 else f"real({float(value).hex()})"
 
 
 def _kernel(name: str, nodes: tuple[Node, ...], op: Kernel, slots: dict[int, tuple[Slot, ...]],
@@ -221,38 +222,38 @@ def _kernel(name: str, nodes: tuple[Node, ...], op: Kernel, slots: dict[int, tup
     for a in sorted(elementwise | operands):
         n = nodes[a]
         if n.op == "const":
-            consts.append(f"const float v{a} = {_literal(n.attr)};")
+            consts.append(f"const real v{a} = {_literal(n.attr)};")
         elif n.op == "param":
-            args.append(KernelArg("const float* __restrict__", f"p{a}", ("param", n.attr)))
-            lines[n.size].append(f"const float v{a} = p{a}[j];  // {n.attr} [{n.size}]")
+            args.append(KernelArg("const real* __restrict__", f"p{a}", ("param", n.attr)))
+            lines[n.size].append(f"const real v{a} = p{a}[j];  // {n.attr} [{n.size}]")
         else:
-            args.append(KernelArg("const float* __restrict__", f"in{a}", ("slot", a, 0, "ptr")))
+            args.append(KernelArg("const real* __restrict__", f"in{a}", ("slot", a, 0, "ptr")))
             args.append(KernelArg("const int", f"ld_in{a}", ("slot", a, 0, "ld")))
             if a in elementwise:
-                lines[n.size].append(f"const float v{a} = in{a}[b * ld_in{a} + j];")
+                lines[n.size].append(f"const real v{a} = in{a}[b * ld_in{a} + j];")
     for i in op.nodes:
         n = nodes[i]
         if n.op == "const":
-            consts.append(f"const float v{i} = {_literal(n.attr)};")
+            consts.append(f"const real v{i} = {_literal(n.attr)};")
             continue
         if n.op == "param":
-            args.append(KernelArg("const float* __restrict__", f"p{i}", ("param", n.attr)))
-            lines[n.size].append(f"const float v{i} = p{i}[j];  // {n.attr} [{n.size}]")
+            args.append(KernelArg("const real* __restrict__", f"p{i}", ("param", n.attr)))
+            lines[n.size].append(f"const real v{i} = p{i}[j];  // {n.attr} [{n.size}]")
             continue
         if n.op == "matvec":  # row j of the matrix times the operand's row b: lanes stride over k
             (a,) = n.args
             cols = f"n_{nodes[a].size}"
-            args.append(KernelArg("const float* __restrict__", f"w{i}", ("matrix", n.attr)))
-            lines[n.size] += [f"float v{i} = 0.0f;  // {n.attr} [{n.size}, {nodes[a].size}]",
+            args.append(KernelArg("const real* __restrict__", f"w{i}", ("matrix", n.attr)))
+            lines[n.size] += [f"real v{i} = real(0);  // {n.attr} [{n.size}, {nodes[a].size}]",
                               f"for (int k = lane; k < {cols}; k += 32) "
                               f"v{i} += w{i}[(size_t)j * {cols} + k] * in{a}[b * ld_in{a} + k];",
                               f"v{i} = warp_sum(v{i});"]
         else:
             expr = OPS[n.op].cuda.format(*(f"v{a}" for a in n.args))
-            lines[n.size].append(f"const float v{i} = {expr};")
+            lines[n.size].append(f"const real v{i} = {expr};")
         if i in needed:
             for k, slot in enumerate(slots[i]):
-                args.append(KernelArg("float* __restrict__", f"out{i}_{k}", ("slot", i, k, "ptr")))
+                args.append(KernelArg("real* __restrict__", f"out{i}_{k}", ("slot", i, k, "ptr")))
                 args.append(KernelArg("const int", f"ld_out{i}_{k}", ("slot", i, k, "ld")))
                 lines[n.size].append(f"{store}out{i}_{k}[b * ld_out{i}_{k} + j] "
                                      f"{'+=' if slot.accumulate else '='} v{i};")
@@ -289,7 +290,7 @@ def traffic_per_step(plan: Plan, descs: tuple[tuple[KernelDesc, ...], tuple[Kern
         kernel_bytes = 0
         for k in kernels:
             for a in k.args:
-                if a.bind[0] == "matrix":  # a fused product reads its weights once per batch row
+                if a.bind[0] == "matrix":  # a fused product reads its weights once per batch row (fp32)
                     rows, cols = plan.cell.param(a.bind[1]).shape
                     kernel_bytes += 4 * batch * sizes[rows] * sizes[cols]
                 elif a.bind[0] == "param":
@@ -308,7 +309,12 @@ def _template() -> jinja2.Template:
     return env.get_template("pointwise.cu.j2")
 
 
-def render(plan: Plan, forward: tuple[KernelDesc, ...], backward: tuple[KernelDesc, ...]) -> str:
-    """The CUDA source of all the plan's kernels: deterministic, so equal plans give equal source."""
-    return _template().render(cell=plan.cell.name, schedule=plan.schedule.describe(),
+REAL = {"float32": "float", "float64": "double"}
+
+
+def render(plan: Plan, forward: tuple[KernelDesc, ...], backward: tuple[KernelDesc, ...],
+           dtype: str = "float32") -> str:
+    """The CUDA source of all the plan's kernels in one element type (the macro `real`): deterministic, so
+    equal plans give equal source."""
+    return _template().render(cell=plan.cell.name, schedule=plan.schedule.describe(), real=REAL[dtype],
                               kernels=forward + backward)

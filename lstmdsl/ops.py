@@ -1,7 +1,8 @@
 """The operator table: one entry per elementwise operator, with its forward formula and its derivative.
 
 This table is the only place that knows what an operator means. The numpy reference evaluates `numpy`,
-the generated CUDA prints `cuda` (a float expression; {0}, {1} are the arguments); symbolic
+the generated CUDA prints `cuda` (an expression in the kernel's type `real`, float or double, through
+C++'s overloaded math functions; {0}, {1} are the arguments); symbolic
 differentiation (grad.py) calls `derivative`, which builds the backward formula out of other table
 entries, so the same derivative serves the reference and the generated backward kernels.
 Adding an operator is one entry here (and, for user functions, one line in docs/language.md).
@@ -54,20 +55,20 @@ def _no_derivative(b, args, y, g):
 
 _TABLE = [
     # user functions
-    OpDef("sigmoid", 1, _sigmoid, "(1.0f / (1.0f + expf(-{0})))",
+    OpDef("sigmoid", 1, _sigmoid, "(real(1) / (real(1) + exp(-{0})))",
           lambda b, a, y, g: (b.mul(g, b.mul(y, b.sub(b.const(1.0), y))),),
           function=True, doc="1 / (1 + exp(-a))"),
-    OpDef("tanh", 1, np.tanh, "tanhf({0})",
+    OpDef("tanh", 1, np.tanh, "tanh({0})",
           lambda b, a, y, g: (b.mul(g, b.sub(b.const(1.0), b.mul(y, y))),),
           function=True, doc="hyperbolic tangent"),
-    OpDef("relu", 1, lambda a: np.maximum(a, 0), "fmaxf({0}, 0.0f)",
+    OpDef("relu", 1, lambda a: np.maximum(a, 0), "fmax({0}, real(0))",
           lambda b, a, y, g: (b.mul(g, b.op("step", a[0])),),
           function=True, doc="max(a, 0); derivative 0 at a = 0"),
     OpDef("identity", 1, lambda a: a, "{0}", lambda b, a, y, g: (g,), function=True, doc="a"),
-    OpDef("exp", 1, np.exp, "expf({0})", lambda b, a, y, g: (b.mul(g, y),), function=True, doc="e to the a"),
-    OpDef("log", 1, np.log, "logf({0})", lambda b, a, y, g: (b.div(g, a[0]),), function=True,
+    OpDef("exp", 1, np.exp, "exp({0})", lambda b, a, y, g: (b.mul(g, y),), function=True, doc="e to the a"),
+    OpDef("log", 1, np.log, "log({0})", lambda b, a, y, g: (b.div(g, a[0]),), function=True,
           doc="natural logarithm (NaN for a < 0)"),
-    OpDef("hard_sigmoid", 1, _hard_sigmoid, "fminf(fmaxf({0} / 6.0f + 0.5f, 0.0f), 1.0f)",
+    OpDef("hard_sigmoid", 1, _hard_sigmoid, "fmin(fmax({0} / real(6) + real(0.5), real(0)), real(1))",
           lambda b, a, y, g: (b.mul(g, b.op("hard_sigmoid_grad", a[0])),), function=True,
           doc="clip(a / 6 + 1/2, 0, 1), as torch.nn.Hardsigmoid"),
     # operators
@@ -79,8 +80,8 @@ _TABLE = [
     OpDef("div", 2, np.divide, "({0} / {1})",
           lambda b, a, y, g: (b.div(g, a[1]), b.op("neg", b.div(b.mul(g, y), a[1]))), symbol="/"),
     # helpers that derivatives use
-    OpDef("step", 1, _step, "({0} > 0.0f ? 1.0f : 0.0f)", _no_derivative, doc="1 where a > 0, else 0"),
-    OpDef("hard_sigmoid_grad", 1, _hard_sigmoid_grad, "(({0} > -3.0f && {0} < 3.0f) ? (1.0f / 6.0f) : 0.0f)",
+    OpDef("step", 1, _step, "({0} > real(0) ? real(1) : real(0))", _no_derivative, doc="1 where a > 0, else 0"),
+    OpDef("hard_sigmoid_grad", 1, _hard_sigmoid_grad, "(({0} > real(-3) && {0} < real(3)) ? real(1) / real(6) : real(0))",
           _no_derivative, doc="1/6 where -3 < a < 3, else 0"),
 ]
 

@@ -28,11 +28,13 @@ except ImportError:  # the error is raised when a CUDA layer is asked for
 
 THREADS = 128
 POISON = False  # tests set this: fill new workspaces with NaN
-_CUDA_R_32F = 0
-_COMPUTE = {"fp32": 68, "tf32": 77}  # CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32
+# cuBLAS types by (element type, types): (cudaDataType, cublasComputeType, host scalars one and zero)
+_TYPES = {
+    ("float32", "fp32"): (0, 68, np.ones(1, np.float32), np.zeros(1, np.float32)),  # CUDA_R_32F, COMPUTE_32F
+    ("float32", "tf32"): (0, 77, np.ones(1, np.float32), np.zeros(1, np.float32)),  # COMPUTE_32F_FAST_TF32
+    ("float64", "fp32"): (1, 70, np.ones(1, np.float64), np.zeros(1, np.float64)),  # CUDA_R_64F, COMPUTE_64F
+}
 _GEMM_DEFAULT = -1
-_ONE = np.ones(1, np.float32)
-_ZERO = np.zeros(1, np.float32)
 
 
 class CompileError(LstmdslError):
@@ -119,17 +121,18 @@ class _Cublas:
             raise LstmdslError(f"{what} failed with cuBLAS status {status}")
 
     def gemm(self, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool,
-             c: int, ldc: int, accumulate: bool, precision: str) -> None:
+             c: int, ldc: int, accumulate: bool, types: tuple) -> None:
         """Row-major C[M, N] (+)= op(A) @ op(B) on device pointers: column-major cuBLAS with the operands
         swapped (C^T = op(B)^T op(A)^T)."""
         stream = cupy.cuda.get_current_stream().ptr
         if stream != self.stream:
             self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
             self.stream = stream
+        data, compute, one, zero = types
         status = self.lib.cublasGemmEx(
-            self.handle, int(trans_b), int(trans_a), N, M, K, _ONE.ctypes.data,
-            b, _CUDA_R_32F, ldb, a, _CUDA_R_32F, lda, (_ONE if accumulate else _ZERO).ctypes.data,
-            c, _CUDA_R_32F, ldc, _COMPUTE[precision], _GEMM_DEFAULT)
+            self.handle, int(trans_b), int(trans_a), N, M, K, one.ctypes.data,
+            b, data, ldb, a, data, lda, (one if accumulate else zero).ctypes.data,
+            c, data, ldc, compute, _GEMM_DEFAULT)
         self._check(status, f"cublasGemmEx ({M}x{N}x{K})")
 
 
@@ -146,11 +149,11 @@ def gemm(*args) -> None:
 class _Program:
     """Everything about one (cell, schedule) that does not depend on sizes: plan, layout, kernels."""
 
-    def __init__(self, spec: Spec, schedule: Schedule):
+    def __init__(self, spec: Spec, schedule: Schedule, dtype: str):
         self.plan: Plan = make_plan(spec.cell, spec.grad, schedule)
         self.layout: Layout = make_layout(self.plan)
         self.forward_kernels, self.backward_kernels = kernel_descs(self.plan, self.layout)
-        self.source = render(self.plan, self.forward_kernels, self.backward_kernels)
+        self.source = render(self.plan, self.forward_kernels, self.backward_kernels, dtype)
         self.module = load_module(self.source)
         self.functions = {k.name: self.module.get_function(k.name)
                           for k in self.forward_kernels + self.backward_kernels}
@@ -159,13 +162,14 @@ class _Program:
 class _Workspace:
     """The buffers of one layer for one (T, B), and the pointer arithmetic of slots."""
 
-    def __init__(self, layout: Layout, sizes: dict[str, int], T: int, B: int):
+    def __init__(self, layout: Layout, sizes: dict[str, int], T: int, B: int, dtype):
         self.T, self.B, self.sizes = T, B, sizes
+        self.item = np.dtype(dtype).itemsize
         self.width = {n: sum(sizes[s] for s in b.width) for n, b in layout.buffers.items()}
         self.steps = {n: {"1": 1, "T": T, "T+1": T + 1}[b.steps] for n, b in layout.buffers.items()}
         # POISON (tests): start every buffer as NaN, so a read of anything no kernel wrote shows up
         fill = cupy.full if POISON else (lambda shape, _, dtype: cupy.empty(shape, dtype))
-        self.arrays = {n: fill((self.steps[n], B, self.width[n]), np.nan, np.float32) for n in layout.buffers}
+        self.arrays = {n: fill((self.steps[n], B, self.width[n]), np.nan, dtype) for n in layout.buffers}
         self.graphs: dict[str, object] = {}  # "forward" / "backward" -> the captured CUDA graph of the loop
 
     def col(self, slot: Slot) -> int:
@@ -174,7 +178,7 @@ class _Workspace:
     def ptr(self, slot: Slot, t: int) -> int:
         """Address of row 0 of the slot at step t."""
         step = 0 if self.steps[slot.buffer] == 1 else t + slot.step
-        return self.arrays[slot.buffer].data.ptr + 4 * (step * self.B * self.width[slot.buffer] + self.col(slot))
+        return self.arrays[slot.buffer].data.ptr + self.item * (step * self.B * self.width[slot.buffer] + self.col(slot))
 
     def view(self, slot: Slot, t: int | None, n: int):
         """[B, n] at step t, or [steps of T, B, n] for all steps when t is None (a view, no copy)."""
@@ -186,18 +190,20 @@ class _Workspace:
 
 
 class CudaLayer(Layer):
-    """A compiled spec on the GPU: the API of Layer, with CuPy arrays (float32, C-contiguous)."""
+    """A compiled spec on the GPU: the API of Layer, with CuPy arrays (float32 or float64, C-contiguous)."""
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
                  forget_bias: float | None = None):
         check_available()
-        if dtype != "float32":
-            raise UsageError(f"the CUDA backend computes in float32, not {dtype}")
         if schedule.precision == "bf16":
             raise BackendUnavailable("precision bf16 is not supported by the CUDA backend yet; use fp32 or tf32")
+        if dtype == "float64" and schedule.precision != "fp32":
+            raise UsageError(f"precision {schedule.precision} applies to float32 layers; a float64 layer computes "
+                             "in float64 throughout")
         self.spec, self.cell, self.sizes, self.num_layers = spec, spec.cell, sizes, len(sizes)
-        self.schedule, self.dtype = schedule, np.dtype(np.float32)
-        self.program = _Program(spec, schedule)
+        self.schedule, self.dtype = schedule, np.dtype(dtype)
+        self._types = _TYPES[(dtype, schedule.precision)]
+        self.program = _Program(spec, schedule, dtype)
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
                 raise BackendUnavailable(f"state '{s.name}' is updated to a parameter or a constant, which the "
@@ -234,9 +240,9 @@ class CudaLayer(Layer):
         if not isinstance(a, cupy.ndarray):
             raise UsageError(f"{what} must be a CuPy array on the cuda backend, got {type(a).__name__} "
                              "(use cupy.asarray)")
-        if a.dtype != np.float32:
-            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in float32; "
-                             "convert it with .astype(cupy.float32)")
+        if a.dtype != self.dtype:
+            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}; "
+                             f"convert it with .astype(cupy.{self.dtype})")
         if a.shape != shape:
             raise UsageError(f"{what} has shape {list(a.shape)}, expected {list(shape)}")
         if not a.flags.c_contiguous:
@@ -263,7 +269,7 @@ class CudaLayer(Layer):
         if key in self._workspaces:
             self._workspaces[key] = self._workspaces.pop(key)  # most recently used last
         else:
-            self._workspaces[key] = [_Workspace(self.program.layout, s, T, B) for s in self.sizes]
+            self._workspaces[key] = [_Workspace(self.program.layout, s, T, B, self.dtype) for s in self.sizes]
             for old in list(self._workspaces)[:-self.MAX_WORKSPACES]:
                 if self._workspaces[old] is not self._tape:
                     del self._workspaces[old]
@@ -302,11 +308,11 @@ class CudaLayer(Layer):
     def _forward_layer(self, k: int, ws: _Workspace, T: int) -> None:
         plan, layout, prog = self.program.plan, self.program.layout, self.program
         slots, nodes = layout.forward, plan.forward.nodes
-        stacks, precision = self._stacks[k], self.schedule.precision
+        stacks, types = self._stacks[k], self._types
         B = ws.B
         leaves = [i for i, n in enumerate(nodes) if n.op in ("input", "state") and len(slots.get(i, ())) > 1]
         for g in plan.forward.before:
-            self._forward_gemm(g, ws, stacks, slots, 0, T * B, precision)
+            self._forward_gemm(g, ws, stacks, slots, 0, T * B, types)
             for t in range(T):
                 self._copies(slots, nodes, ws, t, g.outputs)
         kernels = iter(prog.forward_kernels)
@@ -315,13 +321,13 @@ class CudaLayer(Layer):
             self._copies(slots, nodes, ws, t, leaves)
             for op, desc in step:
                 if desc is None:
-                    self._forward_gemm(op, ws, stacks, slots, t, B, precision)
+                    self._forward_gemm(op, ws, stacks, slots, t, B, types)
                     self._copies(slots, nodes, ws, t, op.outputs)
                 else:
                     self._launch(desc, slots, ws, self._params[k], t)
 
     def _forward_gemm(self, g: Gemm, ws: _Workspace, stacks: dict, slots: dict, t: int, rows: int,
-                      precision: str) -> None:
+                      types: tuple) -> None:
         (v,) = g.inputs
         stack = self.program.layout.stacks[v]
         first = stack.index(g.matrices[0])
@@ -332,14 +338,14 @@ class CudaLayer(Layer):
         n_out = sum(self._matrix_rows(m, ws) for m in g.matrices)
         a, out = slots[v][0], slots[g.outputs[0]][0]
         gemm(rows, n_out, cols, ws.ptr(a, t), ws.width[a.buffer], False,
-             W.data.ptr + 4 * row_off * cols, cols, True,
-             ws.ptr(out, t), ws.width[out.buffer], out.accumulate, precision)
+             W.data.ptr + W.itemsize * row_off * cols, cols, True,
+             ws.ptr(out, t), ws.width[out.buffer], out.accumulate, types)
 
     def _matrix_rows(self, m: str, ws: _Workspace) -> int:
         return ws.sizes[self.cell.param(m).shape[0]]
 
     def forward(self, x, state: dict | None = None, *, train: bool = True):
-        """x [T, B, input] (CuPy, float32) -> (y [T, B, output], final state {name: [L, B, size]})."""
+        """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [L, B, size]})."""
         if not isinstance(x, cupy.ndarray):
             raise UsageError(f"x must be a CuPy array on the cuda backend, got {type(x).__name__} "
                              "(use cupy.asarray)")
@@ -351,7 +357,7 @@ class CudaLayer(Layer):
         self._check_array("x", x, (T, B, self.input_size))
         shapes = self.state_shapes(B)
         if state is None:
-            state = {name: cupy.zeros(s, np.float32) for name, s in shapes.items()}
+            state = {name: cupy.zeros(s, self.dtype) for name, s in shapes.items()}
         if not isinstance(state, dict) or set(state) != set(shapes):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise UsageError(f"state must be a dict with the keys {sorted(shapes)}, got {got}")
@@ -382,7 +388,7 @@ class CudaLayer(Layer):
         self._check_array("dy", dy, (T, B, self.output_size))
         shapes = self.state_shapes(B)
         if dstate is None:
-            dstate = {name: cupy.zeros(s, np.float32) for name, s in shapes.items()}
+            dstate = {name: cupy.zeros(s, self.dtype) for name, s in shapes.items()}
         if not isinstance(dstate, dict) or set(dstate) != set(shapes):
             raise UsageError(f"dstate must be a dict with the keys {sorted(shapes)}")
         for name in shapes:
@@ -409,7 +415,7 @@ class CudaLayer(Layer):
     def _backward_layer(self, k: int, ws: _Workspace, T: int) -> None:
         plan, layout, prog = self.program.plan, self.program.layout, self.program
         slots, nodes = layout.backward, plan.backward.nodes
-        stacks, precision, B = self._stacks[k], self.schedule.precision, ws.B
+        stacks, types, B = self._stacks[k], self._types, ws.B
         leaves = [i for i, n in enumerate(nodes) if n.op in ("grad_in", "fwd") and len(slots.get(i, ())) > 1]
         kernels = iter(prog.backward_kernels)
         step = [(op, next(kernels) if isinstance(op, Kernel) else None) for op in plan.backward.step]
@@ -417,21 +423,21 @@ class CudaLayer(Layer):
             self._copies(slots, nodes, ws, t, leaves)
             for op, desc in step:
                 if desc is None:
-                    self._backward_gemm(op, ws, stacks, slots, t, B, precision)
+                    self._backward_gemm(op, ws, stacks, slots, t, B, types)
                     self._copies(slots, nodes, ws, t, op.outputs)
                 else:
                     self._launch(desc, slots, ws, self._params[k], t)
             for w in plan.weight_grads:
                 if not w.batched:
-                    self._weight_grad(k, w.matrices, w.v, ws, t, B, precision)
+                    self._weight_grad(k, w.matrices, w.v, ws, t, B, types)
             for vg in plan.vector_grads:
                 if not vg.batched:
                     self._grads[k][vg.name] += ws.view(slots[vg.node][0], t, ws.sizes[nodes[vg.node].size]).sum(0)
         for g in plan.backward.after:
-            self._backward_gemm(g, ws, stacks, slots, 0, T * B, precision)
+            self._backward_gemm(g, ws, stacks, slots, 0, T * B, types)
         for w in plan.weight_grads:
             if w.batched:
-                self._weight_grad(k, w.matrices, w.v, ws, 0, T * B, precision)
+                self._weight_grad(k, w.matrices, w.v, ws, 0, T * B, types)
 
     def _vector_grads(self, k: int, ws: _Workspace, T: int) -> None:
         """Batched vector gradients: one reduction over T * B rows (outside the graph: it allocates)."""
@@ -463,7 +469,7 @@ class CudaLayer(Layer):
         graph.launch(cupy.cuda.get_current_stream())
 
     def _backward_gemm(self, g: Gemm, ws: _Workspace, stacks: dict, slots: dict, t: int, rows: int,
-                       precision: str) -> None:
+                       types: tuple) -> None:
         """sum_k g_k @ W_k into the output: one GEMM over the whole stack, or one block."""
         v = self.program.layout.transposes[g.outputs[0]]
         stack = self.program.layout.stacks[v]
@@ -478,12 +484,12 @@ class CudaLayer(Layer):
         row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
         inner = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
         out = slots[g.outputs[0]][0]
-        a_ptr = ws.arrays[gin].data.ptr + 4 * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin] + row_off)
+        a_ptr = ws.arrays[gin].data.ptr + ws.item * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin] + row_off)
         n_out = ws.sizes[self.program.plan.backward.nodes[g.outputs[0]].size]
-        gemm(rows, n_out, inner, a_ptr, ws.width[gin], False, W.data.ptr + 4 * row_off * cols, cols, False,
-             ws.ptr(out, t), ws.width[out.buffer], out.accumulate or g.accumulate, precision)
+        gemm(rows, n_out, inner, a_ptr, ws.width[gin], False, W.data.ptr + W.itemsize * row_off * cols, cols, False,
+             ws.ptr(out, t), ws.width[out.buffer], out.accumulate or g.accumulate, types)
 
-    def _weight_grad(self, k: int, matrices, v: int, ws: _Workspace, t: int, rows: int, precision: str) -> None:
+    def _weight_grad(self, k: int, matrices, v: int, ws: _Workspace, t: int, rows: int, types: tuple) -> None:
         """dW += G^T V over `rows` rows from step t: the whole stack at once, or one block."""
         stack = self.program.layout.stacks[v]
         G = self._grad_stacks[k][v]
@@ -494,7 +500,7 @@ class CudaLayer(Layer):
         for first, count in runs:
             row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
             n = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
-            g_ptr = ws.arrays[gin].data.ptr + 4 * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin]
-                                                    + row_off)
+            g_ptr = ws.arrays[gin].data.ptr + ws.item * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin]
+                                                          + row_off)
             gemm(n, cols, rows, g_ptr, ws.width[gin], True, ws.ptr(vslot, t), ws.width[vslot.buffer], False,
-                 G.data.ptr + 4 * row_off * cols, cols, True, precision)
+                 G.data.ptr + G.itemsize * row_off * cols, cols, True, types)

@@ -89,12 +89,13 @@ def test_one_kernel_per_kernel_op():
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
-def test_all_kernels_compile_for_sm90_without_spills(schedule, tmp_path):
+@pytest.mark.parametrize("schedule,dtype", [(s, "float32") for s in SCHEDULES.values()] + [(Schedule(), "float64")],
+                         ids=list(SCHEDULES) + ["float64"])
+def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, tmp_path):
     sources = []
     for name in SPECS:
         plan, _, (fwd, bwd) = build(name, schedule)
-        sources.append(render(plan, fwd, bwd))
+        sources.append(render(plan, fwd, bwd, dtype))
     cu = tmp_path / "kernels.cu"
     cu.write_text("\n".join(sources))
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],

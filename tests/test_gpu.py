@@ -119,8 +119,9 @@ def test_bad_inputs_on_the_gpu():
         layer.forward(cupy.zeros((2, 1, 3)))
     with pytest.raises(lstmdsl.UsageError, match="C-contiguous"):
         layer.forward(cupy.zeros((2, 1, 6), np.float32)[:, :, ::2])
-    with pytest.raises(lstmdsl.UsageError, match="computes in float32"):
-        lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda", dtype="float64")
+    with pytest.raises(lstmdsl.UsageError, match="applies to float32 layers"):
+        lstmdsl.compile("vanilla", input_size=3, hidden_size=4, backend="cuda", dtype="float64",
+                        schedule="precision tf32")
 
 
 def test_optimizers_and_dense_on_cupy_match_numpy():
@@ -154,3 +155,57 @@ def test_train_digits_on_the_gpu(tmp_path):
     assert result["test"] > 0.6
     saved = lstmdsl.load(tmp_path / "layer.npz", backend="cuda")
     assert set(saved.parameters()) == set(lstmdsl.load(tmp_path / "layer.npz").parameters())
+
+
+@pytest.mark.parametrize("name", ["peephole", "gru", "lstmp"])
+def test_torch_adapter_gradcheck_float64(name):
+    torch = pytest.importorskip("torch")
+    from lstmdsl.torch_adapter import LSTMDSL
+
+    rnn = LSTMDSL(name, input_size=3, hidden_size=4, num_layers=2, dtype=torch.float64, seed=1,
+                  **extra_sizes(name))
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    h0 = {k: (0.3 * torch.randn(s, dtype=torch.float64, device="cuda")).requires_grad_()
+          for k, s in rnn.layer.state_shapes(2).items()}
+    names = sorted(h0)
+
+    def f(x, *rest):
+        y, final = rnn(x, dict(zip(names, rest[:len(names)])))
+        return (y,) + tuple(final[n] for n in names)
+    assert torch.autograd.gradcheck(f, (x, *(h0[n] for n in names), *rnn.parameters()), eps=1e-6, atol=1e-7,
+                                    rtol=1e-5)
+
+
+def test_torch_adapter_trains_in_a_torch_loop():
+    torch = pytest.importorskip("torch")
+    from lstmdsl.torch_adapter import LSTMDSL
+
+    torch.manual_seed(0)
+    rnn = LSTMDSL("cifg", input_size=5, hidden_size=32, forget_bias=None)
+    head = torch.nn.Linear(32, 3).cuda()
+    opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=0.02)
+    x = torch.randn(6, 64, 5, device="cuda")
+    labels = torch.randint(0, 3, (64,), device="cuda")
+    losses = []
+    for _ in range(100):
+        y, _ = rnn(x)
+        loss = torch.nn.functional.cross_entropy(head(y[-1]), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+    # the layer saw torch's updates: its arrays are the parameters' memory
+    p = dict(rnn.named_parameters())["l0_W_i"]
+    np.testing.assert_array_equal(cupy.asnumpy(rnn.layer.parameters()["l0.W_i"]), p.detach().cpu().numpy())
+
+
+def test_float64_layer_matches_reference_tightly():
+    gpu = lstmdsl.compile("fgr", input_size=4, hidden_size=7, num_layers=2, backend="cuda", dtype="float64", seed=2)
+    ref = lstmdsl.compile("fgr", input_size=4, hidden_size=7, num_layers=2, dtype="float64", seed=2)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    y, _ = gpu.forward(cupy.asarray(x))
+    y_ref, _ = ref.forward(x)
+    assert rel(y, y_ref) < 1e-12
+    dx = gpu.backward(cupy.ones_like(y))
+    assert rel(dx, ref.backward(np.ones_like(y_ref))) < 1e-12
