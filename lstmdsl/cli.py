@@ -100,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: lstmdsl-train-SPEC-TASK)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    p = sub.add_parser("bench", help="time a spec against cuDNN and the same cell in PyTorch (needs a GPU, torch)")
+    p.add_argument("spec")
+    p.add_argument("--batch", "-B", type=int, default=64)
+    p.add_argument("--hidden-size", "-H", type=int, default=512, help="hidden size (the input size is the same)")
+    p.add_argument("--steps", "-T", type=int, default=100)
+    p.add_argument("--layers", "-L", type=int, default=1)
+    p.add_argument("--mode", choices=("forward", "train", "both"), default="both")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default: strict fp32)")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
+    p.add_argument("--schedule", help="schedule directives over the spec's")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
     sub.add_parser("specs", help="list the shipped specs")
     return parser
 
@@ -434,6 +447,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .runtime import check_available
+
+    check_available()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise BackendUnavailable("lstmdsl bench compares against PyTorch: pip install 'lstmdsl[torch]'") from None
+    from .bench import COMPETITORS, bench_case
+
+    spec = parse(args.spec)
+    for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
+    modes = ("forward", "train") if args.mode == "both" else (args.mode,)
+    rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,
+                       "tf32" if args.tf32 else "fp32", args.repeat, competitors, args.schedule, log=sys.stderr)
+            for mode in modes]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, "
+          f"{'tf32' if args.tf32 else 'fp32'}; median of {args.repeat} CUDA-event timings")
+    print(f"  {'mode':<8} {'competitor':<10} {'ms':>9} {'(min..max)':>18} {'x cuDNN':>8} {'memory MiB':>11}")
+    for row in rows:
+        cudnn = row["results"].get("cudnn", {}).get("ms")
+        for name, r in row["results"].items():
+            ratio = f"{r['ms'] / cudnn:.2f}" if cudnn else "-"
+            print(f"  {row['mode']:<8} {name:<10} {r['ms']:>9.3f} {r['min_ms']:>8.3f}..{r['max_ms']:<8.3f} "
+                  f"{ratio:>8} {r['memory'] / 2**20:>11.1f}")
+    return 0
+
+
 def cmd_specs(args) -> int:
     for name, path in shipped_specs().items():
         first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
@@ -441,7 +488,8 @@ def cmd_specs(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train": cmd_train, "specs": cmd_specs}
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train": cmd_train, "bench": cmd_bench,
+            "specs": cmd_specs}
 
 
 def main(argv: list[str] | None = None) -> int:
