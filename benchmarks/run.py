@@ -47,7 +47,7 @@ def grid(args) -> list[dict]:
         cases += [(s, 64, 512, 100, 1) for s in ("cifg", "fgr", "lstmp")]
     else:
         cases = [(s, b, h, t, l) for s in ("vanilla", "peephole") for b, h, t, l in
-                 itertools.product((1, 16, 64, 256), (256, 512, 1024), (100, 1000), (1, 4))]
+                 itertools.product(args.batches, args.hiddens, args.steps, args.layers)]
         cases += [(s, 64, 512, 100, 1) for s in ALL_SPECS if s not in ("vanilla", "peephole")]
     rows = []
     for spec, b, h, t, l in cases:
@@ -171,8 +171,9 @@ def ablation(precision: str, repeat: int) -> None:
 
 def compile_times() -> None:
     """Cold (empty CuPy kernel cache, fresh process) and warm (cache filled, fresh process) compile of
-    every spec: parse, schedule, render, NVRTC, module load, measured inside a subprocess."""
-    code = ("import time, sys; t=time.perf_counter(); import lstmdsl; "
+    every spec: lstmdsl.compile alone (parse, schedule, render, NVRTC or the disk cache, module load,
+    parameter upload), timed inside a subprocess after lstmdsl and CuPy are imported."""
+    code = ("import time, sys, cupy, lstmdsl; cupy.cuda.Device().synchronize(); t=time.perf_counter(); "
             "l=lstmdsl.compile(sys.argv[1], input_size=64, hidden_size=64, backend='cuda', "
             "**({'proj_size': 32} if lstmdsl.parse(sys.argv[1]).uses_size('proj') else {})); "
             "print(time.perf_counter()-t)")
@@ -188,9 +189,10 @@ def compile_times() -> None:
         rows.append({"spec": spec, "cold_s": cold, "warm_s": warm})
         print(f"compile {spec}: cold {cold:.2f} s, warm {warm:.2f} s", file=sys.stderr, flush=True)
     (RESULTS / "compile_time.json").write_text(json.dumps({"meta": meta("fp32"), "rows": rows}, indent=2) + "\n")
-    lines = ["# Compile time per spec (import lstmdsl, parse, schedule, render, NVRTC or cache, load)", "",
-             "Each figure is one fresh Python process: cold with CuPy's kernel cache emptied, warm with it "
-             "filled by the cold run. Includes importing lstmdsl and CuPy.", "",
+    lines = ["# Compile time per spec: lstmdsl.compile(SPEC, input_size=64, hidden_size=64, backend='cuda')", "",
+             "`python3 benchmarks/run.py --skip grid ablation`. Each figure is one fresh Python process, timed "
+             "after importing lstmdsl and CuPy: cold with CuPy's kernel cache emptied (NVRTC compiles), warm "
+             "with it filled by the cold run (the module comes from the disk cache).", "",
              "| spec | cold (s) | warm (s) |", "|---|---|---|"]
     lines += [f"| {r['spec']} | {r['cold_s']:.2f} | {r['warm_s']:.2f} |" for r in rows]
     (RESULTS / "compile_time.md").write_text("\n".join(lines) + "\n")
@@ -202,13 +204,18 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--skip", nargs="*", default=[], choices=("grid", "ablation", "compile"))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256], help="the full grid's B values")
+    ap.add_argument("--hiddens", type=int, nargs="+", default=[256, 512, 1024], help="the full grid's H values")
+    ap.add_argument("--steps", type=int, nargs="+", default=[100, 1000], help="the full grid's T values")
+    ap.add_argument("--layers", type=int, nargs="+", default=[1, 4], help="the full grid's layer counts")
+    ap.add_argument("--name", help="results file stem (default grid_quick_P or grid_full_P)")
     args = ap.parse_args()
     args.precision = "tf32" if args.tf32 else "fp32"
     RESULTS.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     if "grid" not in args.skip:
         rows = grid(args)
-        write_grid(rows, f"grid_{'quick' if args.quick else 'full'}_{args.precision}", args.precision)
+        write_grid(rows, args.name or f"grid_{'quick' if args.quick else 'full'}_{args.precision}", args.precision)
     if "ablation" not in args.skip:
         ablation(args.precision, args.repeat)
     if "compile" not in args.skip:

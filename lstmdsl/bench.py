@@ -10,8 +10,9 @@ Competitors, on the same data and weights:
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
 sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over one call
-for the torch competitors; for lstmdsl, the bytes CuPy's pool holds after the call (its parameters,
-gradients and workspaces: everything it keeps, which bounds its peak from above).
+for the torch competitors; for lstmdsl, the bytes CuPy's memory pool holds after the calls beyond what it
+held before the layer was built (its parameters, gradients, workspaces and temporaries still cached: an
+upper bound of its peak).
 """
 
 from __future__ import annotations
@@ -151,6 +152,12 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     torch = _torch()
     import cupy
 
+    import gc
+
+    gc.collect()
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.used_bytes()
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     extra = {"proj_size": hidden // 2} if spec.uses_size("proj") else {}
@@ -158,7 +165,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
     xc = cupy.from_dlpack(x)
-    y_ref = torch.from_dlpack(layer.forward(xc, train=False)[0]).clone()
+    # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
+    y_ref = torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]).clone()
     tol = 1e-4 if precision == "fp32" else 2e-2
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
            "precision": precision, "results": {}, "checks": {}}
@@ -170,11 +178,10 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             raise AssertionError(f"{name} disagrees with lstmdsl on {spec.name} (relative error {err:.1e})")
 
     ones = cupy.ones(y_ref.shape, np.float32)
-    pool = cupy.get_default_memory_pool()
     if "lstmdsl" in competitors:
         fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
             (lambda: (layer.forward(xc), layer.backward(ones)))
-        row["results"]["lstmdsl"] = _timed(fn, repeat) | {"memory": int(pool.total_bytes())}
+        row["results"]["lstmdsl"] = _timed(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
     xg = x.clone().requires_grad_(True)
     runners = {}
     if "cudnn" in competitors and vanilla_equivalent(spec):

@@ -219,10 +219,8 @@ def cmd_compile(args) -> int:
     else:
         schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
         plan = make_plan(spec.cell, spec.grad, schedule)
-        layout = make_layout(plan)
-        descs = kernel_descs(plan, layout)
         if args.emit == "cuda":
-            text = render(plan, *descs)
+            text = render(plan, *kernel_descs(plan, make_layout(plan)))
         else:
             sizes = None
             if args.input_size is not None or args.hidden_size is not None:
@@ -233,6 +231,7 @@ def cmd_compile(args) -> int:
             if sizes:
                 if args.batch < 1:
                     raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+                descs = kernel_descs(plan, make_layout(plan))  # the CUDA backend's kernels
                 for phase, t in traffic_per_step(plan, descs, sizes, args.batch).items():
                     text += (f"\n  {phase} bytes per step at B={args.batch} (fp32): "
                              f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels)")
@@ -279,10 +278,16 @@ def cmd_run(args) -> int:
         except BackendUnavailable as err:
             backend = "numpy"
             note = f"no GPU here ({err}): running the numpy reference on the CPU, float64 gradient check"
+    if backend == "cuda":
+        try:
+            return _run_cuda(args, spec, schedule)
+        except BackendUnavailable as err:  # a spec beyond the CUDA backend: auto falls back
+            if args.backend != "auto":
+                raise
+            backend = "numpy"
+            note = f"the CUDA backend cannot run this spec ({err}): running the numpy reference on the CPU"
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
-    if backend == "cuda":
-        return _run_cuda(args, spec, schedule)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
                     backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed)
     rng = np.random.default_rng(args.seed)

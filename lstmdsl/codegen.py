@@ -155,12 +155,18 @@ def make_layout(plan: Plan) -> Layout:
                           [Slot(buf(f"dhist_{n.attr}", (state_size[n.attr],), "T+1"), (), step=1)])
         elif n.op == "fwd":
             b_slots[i] = [f_slots[n.attr][0]]
+    def home(d: int, slot: Slot) -> None:
+        """Give a gradient a slot: first for a computed value (its producer writes it there), after the
+        leaf's own slot for an incoming gradient (its slot 0 holds the value, copied on from there)."""
+        slots = b_slots.setdefault(d, [])
+        slots.append(slot) if bwd.nodes[d].op in LEAVES else slots.insert(0, slot)
+
     for s, d in zip(cell.states, grad.d_states):
         if d is not None:
-            b_slots.setdefault(d, []).insert(0, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1"), ()))
+            home(d, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1"), ()))
     for d in (grad.d_input, grad.d_input_t):
         if d is not None:
-            b_slots.setdefault(d, []).insert(0, Slot("dx", (), accumulate=True))
+            home(d, Slot("dx", (), accumulate=True))
     transposes: dict[int, int] = {}
     g_of = {(m, v): g for m, g, v in grad.d_matrices}
     for v, matrices in stacks.items():
@@ -176,9 +182,11 @@ def make_layout(plan: Plan) -> Layout:
     for i in sorted(_needed_outside(bwd, backward_roots(plan))):
         if i not in b_slots:
             b_slots[i] = [Slot(buf(f"b{i}", (bwd.nodes[i].size,), "T" if i in kept else "1"), ())]
-    for i in kept:  # a batched vector gradient is read from a "T" slot after the loop
-        if not any(buffers[s.buffer].steps == "T" and not s.accumulate for s in b_slots[i]):
-            b_slots[i].append(Slot(buf(f"b{i}", (bwd.nodes[i].size,), "T"), ()))
+    for vg in plan.vector_grads:  # read after the step (or the loop) from a slot nothing adds into
+        steps = "T" if vg.node in kept else "1"
+        if not any(not s.accumulate and (steps == "1" or buffers[s.buffer].steps == "T")
+                   for s in b_slots[vg.node]):
+            b_slots[vg.node].append(Slot(buf(f"b{vg.node}", (bwd.nodes[vg.node].size,), steps), ()))
     return Layout(buffers, {i: tuple(s) for i, s in f_slots.items()}, {i: tuple(s) for i, s in b_slots.items()},
                   stacks, transposes)
 

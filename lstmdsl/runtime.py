@@ -127,6 +127,9 @@ class _Cublas:
         stream = cupy.cuda.get_current_stream().ptr
         if stream != self.stream:
             self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
+            # cublasSetStream resets the workspace to cuBLAS's default pool: set ours again
+            self._check(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE),
+                        "cublasSetWorkspace")
             self.stream = stream
         data, compute, one, zero = types
         status = self.lib.cublasGemmEx(
@@ -203,11 +206,14 @@ class CudaLayer(Layer):
         self.spec, self.cell, self.sizes, self.num_layers = spec, spec.cell, sizes, len(sizes)
         self.schedule, self.dtype = schedule, np.dtype(dtype)
         self._types = _TYPES[(dtype, schedule.precision)]
-        self.program = _Program(spec, schedule, dtype)
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
                 raise BackendUnavailable(f"state '{s.name}' is updated to a parameter or a constant, which the "
                                          "CUDA backend does not support yet")
+        if self.cell.nodes[self.cell.output].op in ("param", "const"):
+            raise BackendUnavailable("the output is a parameter or a constant, which the CUDA backend does not "
+                                     "support yet")
+        self.program = _Program(spec, schedule, dtype)
         stacks = self.program.layout.stacks
         rng = np.random.default_rng(seed)
         self._params, self._grads, self._stacks, self._grad_stacks = [], [], [], []
@@ -354,6 +360,8 @@ class CudaLayer(Layer):
         T, B = x.shape[:2]
         if T < 1 or B < 1:
             raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
+        if B > 65535:  # the kernels put the batch on the grid's y dimension
+            raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         self._check_array("x", x, (T, B, self.input_size))
         shapes = self.state_shapes(B)
         if state is None:
@@ -432,7 +440,8 @@ class CudaLayer(Layer):
                     self._weight_grad(k, w.matrices, w.v, ws, t, B, types)
             for vg in plan.vector_grads:
                 if not vg.batched:
-                    self._grads[k][vg.name] += ws.view(slots[vg.node][0], t, ws.sizes[nodes[vg.node].size]).sum(0)
+                    slot = next(s for s in slots[vg.node] if not s.accumulate)
+                    self._grads[k][vg.name] += ws.view(slot, t, ws.sizes[nodes[vg.node].size]).sum(0)
         for g in plan.backward.after:
             self._backward_gemm(g, ws, stacks, slots, 0, T * B, types)
         for w in plan.weight_grads:

@@ -14,6 +14,7 @@ import pytest
 import lstmdsl
 
 from conftest import SPECS, extra_sizes
+from unusual_specs import UNUSUAL
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
@@ -62,6 +63,13 @@ def check(name, T, B, I, H, L, schedule=None, tol=1e-4, seed=0):
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 3), (7, 1, 3, 100, 3)])
 def test_every_spec_matches_the_reference(name, T, B, I, H, L):
     check(name, T, B, I, H, L)
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL))
+def test_unusual_storage(name):
+    for schedule in (None, "no fuse gates; no hoist input; no fuse pointwise; no batch weights", "fuse recurrent"):
+        check(UNUSUAL[name], 5, 3, 4, 6, 2 if "input" not in UNUSUAL[name].split("state")[1] else 1,
+              schedule=schedule)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "gru"])

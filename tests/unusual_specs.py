@@ -1,0 +1,17 @@
+"""Specs whose storage is unusual for the CUDA backend (found by review): gradients that are
+incoming-gradient leaves, a vector gradient that is a leaf, delay lines, outputs that are inputs or old
+states. Shared by tests/test_gpu.py (on a GPU) and tests/emulated/run_cases.py (without one)."""
+
+UNUSUAL = {
+    "delay_state": "cell d { input x; state h, s; s' = h; h' = tanh(W x + R s); output h' }",
+    "delay_input": "cell d { input x; state h, s: input; s' = x; h' = tanh(W s + R h); output h' }",
+    "output_x": "cell d { input x; state h; h' = tanh(W x + R h); output x }",
+    "output_h": "cell d { input x; state h; h' = tanh(W x + R h); output h }",
+    "vec_leaf": "cell d { input x; state h; a = tanh(W x + R h); h' = a + b; output a }",
+    "leaf_both": "cell d { input x; state h, s; s' = h + b; h' = tanh(W x + R s); output h' }",
+    "self_update": "cell d { input x; state h, c; c' = c; h' = tanh(W x + R h + U c); output h' }",
+    "upd_hoisted": "cell d { input x; state h, s; s' = W x; h' = tanh(R s + Q h); output h' }",
+    "shared_upd": "cell d { input x; state a, c; a' = tanh(W x + R a); c' = a'; output c' }",
+    "input_elem": "cell d { input x; state h : input; h' = tanh(W x + R h) * x; output h' }",
+    "vector_of_input": "cell e { input x; state h : input; h' = tanh(W x + R h) * (x + b); output h' }",
+}
