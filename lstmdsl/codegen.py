@@ -23,13 +23,10 @@ from dataclasses import dataclass
 import jinja2
 
 from .errors import BackendUnavailable
-from .ir import Node
+from .ir import LEAF_OPS, Node
 from .ops import OPS
 from .plan import Gemm, Kernel, Plan
 from .resources import resource_dir
-
-LEAVES = ("input", "state", "param", "const", "fwd", "grad_in")
-
 
 @dataclass(frozen=True, slots=True)
 class Buffer:
@@ -159,7 +156,7 @@ def make_layout(plan: Plan) -> Layout:
         """Give a gradient a slot: first for a computed value (its producer writes it there), after the
         leaf's own slot for an incoming gradient (its slot 0 holds the value, copied on from there)."""
         slots = b_slots.setdefault(d, [])
-        slots.append(slot) if bwd.nodes[d].op in LEAVES else slots.insert(0, slot)
+        slots.append(slot) if bwd.nodes[d].op in LEAF_OPS else slots.insert(0, slot)
 
     for s, d in zip(cell.states, grad.d_states):
         if d is not None:
@@ -302,8 +299,7 @@ def traffic_per_step(plan: Plan, descs: tuple[tuple[KernelDesc, ...], tuple[Kern
                     rows, cols = plan.cell.param(a.bind[1]).shape
                     kernel_bytes += 4 * batch * sizes[rows] * sizes[cols]
                 elif a.bind[0] == "param":
-                    n = next(p for p in plan.cell.params if p.name == a.bind[1]).shape[0]
-                    kernel_bytes += 4 * sizes[n]
+                    kernel_bytes += 4 * sizes[plan.cell.param(a.bind[1]).shape[0]]
                 elif a.bind[0] == "slot" and a.bind[3] == "ptr":
                     kernel_bytes += 4 * batch * sizes[phase.nodes[a.bind[1]].size]
         out[title] = {"gemm": gemm_bytes, "kernels": kernel_bytes}

@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from typing import Union
 
 from .grad import StepGrad
-from .ir import Cell, Node
+from .ir import LEAF_OPS, Cell, Node
 from .schedule import Schedule
-
-POINTWISE_LEAVES = ("input", "state", "param", "const", "fwd", "grad_in")
-
 
 @dataclass(frozen=True, slots=True)
 class Gemm:
@@ -93,14 +90,14 @@ def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
     for i, n in enumerate(cell.nodes):
         if n.op == "matvec":
             forward.append(Gemm("forward", (n.attr,), n.args, (i,)))
-        elif n.op not in POINTWISE_LEAVES:
+        elif n.op not in LEAF_OPS:
             forward.append(Kernel((i,)))
     backward = []
     for i, n in enumerate(grad.nodes):
         if n.op == "matvec_t":
             backward += [Gemm("backward", (m,), (g,), (i,), accumulate=k > 0)
                          for k, (m, g) in enumerate(zip(n.attr, n.args))]
-        elif n.op not in POINTWISE_LEAVES:
+        elif n.op not in LEAF_OPS:
             backward.append(Kernel((i,)))
     return Plan(
         cell=cell, grad=grad, schedule=schedule,

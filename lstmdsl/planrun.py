@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plan import Gemm, Kernel, Plan
+from .plan import Gemm, Plan
 from .reference import eval_node
 
 
@@ -100,7 +100,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                         values[i] = eval_node(nodes[i], [values[a] for a in nodes[i].args], params, B, dtype,
                                               sizes)
             for d in (grad.d_input, grad.d_input_t):
-                if d is not None and d in values:
+                if d is not None and not (d == grad.d_input_t and phase.after):  # hoisted: after the loop
                     dxs[t] += values[d]
             for i in keep:
                 keep[i][t] = values[i]

@@ -180,8 +180,12 @@ class _Workspace:
 
     def ptr(self, slot: Slot, t: int) -> int:
         """Address of row 0 of the slot at step t."""
-        step = 0 if self.steps[slot.buffer] == 1 else t + slot.step
-        return self.arrays[slot.buffer].data.ptr + self.item * (step * self.B * self.width[slot.buffer] + self.col(slot))
+        return self.address(slot.buffer, t + slot.step, self.col(slot))
+
+    def address(self, buffer: str, step: int, col: int) -> int:
+        """Address of row 0, column col of a buffer at a step (a "1" buffer has one step for all)."""
+        step = 0 if self.steps[buffer] == 1 else step
+        return self.arrays[buffer].data.ptr + self.item * (step * self.B * self.width[buffer] + col)
 
     def view(self, slot: Slot, t: int | None, n: int):
         """[B, n] at step t, or [steps of T, B, n] for all steps when t is None (a view, no copy)."""
@@ -427,12 +431,15 @@ class CudaLayer(Layer):
         leaves = [i for i, n in enumerate(nodes) if n.op in ("grad_in", "fwd") and len(slots.get(i, ())) > 1]
         kernels = iter(prog.backward_kernels)
         step = [(op, next(kernels) if isinstance(op, Kernel) else None) for op in plan.backward.step]
+        # an unfused sum is several accumulating GEMMs into one output: copy it on after the last only
+        last = {op.outputs[0]: i for i, (op, desc) in enumerate(step) if desc is None}
         for t in reversed(range(T)):
             self._copies(slots, nodes, ws, t, leaves)
-            for op, desc in step:
+            for i, (op, desc) in enumerate(step):
                 if desc is None:
                     self._backward_gemm(op, ws, stacks, slots, t, B, types)
-                    self._copies(slots, nodes, ws, t, op.outputs)
+                    if last[op.outputs[0]] == i:
+                        self._copies(slots, nodes, ws, t, op.outputs)
                 else:
                     self._launch(desc, slots, ws, self._params[k], t)
             for w in plan.weight_grads:
@@ -493,7 +500,7 @@ class CudaLayer(Layer):
         row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
         inner = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
         out = slots[g.outputs[0]][0]
-        a_ptr = ws.arrays[gin].data.ptr + ws.item * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin] + row_off)
+        a_ptr = ws.address(gin, t, row_off)
         n_out = ws.sizes[self.program.plan.backward.nodes[g.outputs[0]].size]
         gemm(rows, n_out, inner, a_ptr, ws.width[gin], False, W.data.ptr + W.itemsize * row_off * cols, cols, False,
              ws.ptr(out, t), ws.width[out.buffer], out.accumulate or g.accumulate, types)
@@ -509,7 +516,6 @@ class CudaLayer(Layer):
         for first, count in runs:
             row_off = sum(self._matrix_rows(m, ws) for m in stack[:first])
             n = sum(self._matrix_rows(m, ws) for m in stack[first:first + count])
-            g_ptr = ws.arrays[gin].data.ptr + ws.item * ((0 if ws.steps[gin] == 1 else t) * ws.B * ws.width[gin]
-                                                          + row_off)
+            g_ptr = ws.address(gin, t, row_off)
             gemm(n, cols, rows, g_ptr, ws.width[gin], True, ws.ptr(vslot, t), ws.width[vslot.buffer], False,
                  G.data.ptr + G.itemsize * row_off * cols, cols, True, types)
