@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import cupy
@@ -21,23 +20,9 @@ import numpy as np
 import torch
 
 import lstmdsl
+from lstmdsl.bench import time_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def timed(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,7 +43,7 @@ def main() -> None:
             def cudnn():
                 with torch.no_grad():
                     lstm(x)
-            row = {"H": H, "B": B, "cudnn_vanilla_ms": timed(cudnn, args.repeat)}
+            row = {"H": H, "B": B, "cudnn_vanilla_ms": time_gpu(cudnn, args.repeat, warmup=3)["ms"]}
             for name in ("vanilla", "peephole"):
                 gemm = lstmdsl.compile(name, input_size=H, hidden_size=H, backend="cuda", seed=1)
                 fused = lstmdsl.compile(name, input_size=H, hidden_size=H, backend="cuda", seed=1,
@@ -67,8 +52,8 @@ def main() -> None:
                 y2 = cupy.asnumpy(fused.forward(xc, train=False)[0])
                 err = float(np.linalg.norm(y1 - y2) / np.linalg.norm(y1))
                 assert err < 1e-5, f"{name} H={H} B={B}: the schedules disagree ({err:.1e})"
-                row[f"{name}_gemm_ms"] = timed(lambda: gemm.forward(xc, train=False), args.repeat)
-                row[f"{name}_fused_ms"] = timed(lambda: fused.forward(xc, train=False), args.repeat)
+                row[f"{name}_gemm_ms"] = time_gpu(lambda: gemm.forward(xc, train=False), args.repeat, 3)["ms"]
+                row[f"{name}_fused_ms"] = time_gpu(lambda: fused.forward(xc, train=False), args.repeat, 3)["ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     RESULTS.mkdir(exist_ok=True)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import cupy
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 import lstmdsl
+from lstmdsl.bench import time_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,24 +57,6 @@ class EagerCell(torch.nn.Module):
             h = o * torch.tanh(c)
             ys.append(h)
         return torch.stack(ys)
-
-
-def timed(fn, repeat: int) -> tuple[float, float]:
-    """(median GPU ms between CUDA events, median host ms to issue the call)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    gpu, host = [], []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append(1e3 * (time.perf_counter() - t0))
-        end.record()
-        end.synchronize()
-        gpu.append(start.elapsed_time(end))
-    return statistics.median(gpu), statistics.median(host)
 
 
 def rel(a, b) -> float:
@@ -160,14 +141,16 @@ def main() -> None:
 
         results = {"spec": name, "check": {"against": against, "max_rel_error_y": check}}
         for mode, ours, theirs in (("forward", ours_fwd, eager_fwd), ("train", ours_train, eager_train)):
-            ms, host = timed(ours, args.repeat)
-            e_ms, _ = timed(theirs, max(3, args.repeat // 4))
+            t = time_gpu(ours, args.repeat, warmup=3)
+            ms, host = t["ms"], t["host_ms"]
+            e_ms = time_gpu(theirs, max(3, args.repeat // 4), warmup=3)["ms"]
             results[mode] = {"lstmdsl_ms": ms, "lstmdsl_host_ms": host, "eager_ms": e_ms}
         rows.append(results)
         print(f"{name}: check against {against} {check:.1e}; " + "; ".join(
             f"{m} ours {results[m]['lstmdsl_ms']:.2f} ms (host {results[m]['lstmdsl_host_ms']:.2f} ms), "
             f"eager {results[m]['eager_ms']:.2f} ms" for m in ("forward", "train")), flush=True)
-    cudnn = {"forward": timed(cudnn_fwd, args.repeat)[0], "train": timed(cudnn_train, args.repeat)[0]}
+    cudnn = {"forward": time_gpu(cudnn_fwd, args.repeat, warmup=3)["ms"],
+             "train": time_gpu(cudnn_train, args.repeat, warmup=3)["ms"]}
     print(f"cuDNN vanilla: forward {cudnn['forward']:.2f} ms, train {cudnn['train']:.2f} ms")
 
     props = cupy.cuda.runtime.getDeviceProperties(0)

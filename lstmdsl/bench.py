@@ -117,21 +117,24 @@ def _cudnn(layer: api.Layer, H: int, L: int):
     return lstm
 
 
-def _timed(fn, repeat: int) -> dict:
-    torch = _torch()
-    for _ in range(2):
+def time_gpu(fn, repeat: int = 20, warmup: int = 2) -> dict:
+    """Time fn on the GPU: CUDA events on the current stream around each call, after warm-up calls.
+    Returns the median, min and max milliseconds and the median host time to issue the call."""
+    import cupy
+
+    for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    cupy.cuda.Device().synchronize()
     times, host = [], []
     for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record()
         t0 = time.perf_counter()
         fn()
         host.append(1e3 * (time.perf_counter() - t0))
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(cupy.cuda.get_elapsed_time(start, end))
     return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
             "host_ms": statistics.median(host)}
 
@@ -181,7 +184,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     if "lstmdsl" in competitors:
         fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
             (lambda: (layer.forward(xc), layer.backward(ones)))
-        row["results"]["lstmdsl"] = _timed(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+        row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
     xg = x.clone().requires_grad_(True)
     runners = {}
     if "cudnn" in competitors and vanilla_equivalent(spec):
@@ -207,7 +210,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             def fn(run=run):
                 run(xg).sum().backward()
         slow = name in ("eager", "compile") and steps * layers >= 1000
-        row["results"][name] = _timed(fn, max(3, repeat // 3) if slow else repeat) | {
+        row["results"][name] = time_gpu(fn, max(3, repeat // 3) if slow else repeat) | {
             "memory": _torch_peak(fn), "first_call_s": first}
         if log is not None:
             print(f"  {name}: {row['results'][name]['ms']:.2f} ms", file=log, flush=True)

@@ -267,17 +267,7 @@ def cmd_run(args) -> int:
     for name in ("batch", "steps", "layers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    backend = args.backend
-    note = None
-    if backend == "auto":
-        from .runtime import check_available
-
-        try:
-            check_available()
-            backend = "cuda"
-        except BackendUnavailable as err:
-            backend = "numpy"
-            note = f"no GPU here ({err}): running the numpy reference on the CPU, float64 gradient check"
+    backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
             return _run_cuda(args, spec, schedule)
@@ -332,6 +322,19 @@ def cmd_run(args) -> int:
 CUDA_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
 
 
+def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
+    """(backend, note): "auto" is the GPU when one is usable, else the reference, with a note saying so."""
+    if requested != "auto":
+        return requested, None
+    from .runtime import check_available
+
+    try:
+        check_available()
+        return "cuda", None
+    except BackendUnavailable as err:
+        return "numpy", f"no GPU here ({err}): {fallback}"
+
+
 def _run_cuda(args, spec: Spec, schedule) -> int:
     """Forward and backward on the GPU, checked against the float64 reference with the same parameters."""
     from .runtime import check_available
@@ -359,8 +362,10 @@ def _run_cuda(args, spec: Spec, schedule) -> int:
         layer.forward(x_d, state_d)
         layer.backward(dy_d)
 
-    fwd_ms, fwd_host = _time_gpu(forward)
-    trn_ms, trn_host = _time_gpu(train)
+    from .bench import time_gpu
+
+    fwd, trn = time_gpu(forward, repeat=5, warmup=1), time_gpu(train, repeat=5, warmup=1)
+    fwd_ms, fwd_host, trn_ms, trn_host = fwd["ms"], fwd["host_ms"], trn["ms"], trn["host_ms"]
     layer.zero_grad()
     y, final = layer.forward(x_d, state_d)
     dx = layer.backward(dy_d)
@@ -400,41 +405,15 @@ def _run_cuda(args, spec: Spec, schedule) -> int:
     return 0 if ok else EXIT_CHECK_FAILED
 
 
-def _time_gpu(fn, repeat: int = 5) -> tuple[float, float]:
-    """(median GPU milliseconds between CUDA events, median host milliseconds to issue the work)."""
-    import cupy
-
-    fn()
-    cupy.cuda.Device().synchronize()
-    gpu, host = [], []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append(1e3 * (time.perf_counter() - t0))
-        end.record()
-        end.synchronize()
-        gpu.append(cupy.cuda.get_elapsed_time(start, end))
-    return float(np.median(gpu)), float(np.median(host))
-
-
 def cmd_train(args) -> int:
     from pathlib import Path
 
     from .train import TrainConfig, run
 
     spec = parse(args.spec)
-    backend = args.backend
-    if backend == "auto":
-        from .runtime import check_available
-
-        try:
-            check_available()
-            backend = "cuda"
-        except BackendUnavailable as err:
-            backend = "numpy"
-            print(f"note: no GPU here ({err}): training on the numpy reference on the CPU", file=sys.stderr)
+    backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.lr <= 0 or args.clip < 0:
         raise UsageError("--lr must be positive and --clip non-negative")
     if args.max_train is not None and args.max_train < 1:

@@ -23,7 +23,6 @@ import re
 import string
 from dataclasses import fields, is_dataclass
 
-import lark
 import pytest
 
 pytest.importorskip("hypothesis")

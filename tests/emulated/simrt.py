@@ -49,7 +49,6 @@ class KernelSim:
         B = int(val["B"])
         size = lambda s: int(val[f"n_{s}"])
         values, reads, writes = {}, [], []
-        inside = set(self.op.nodes)
         for a in desc.args:
             if a.name.startswith("in"):
                 i = a.bind[1]

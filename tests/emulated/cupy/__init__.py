@@ -1,5 +1,5 @@
 """A fake CuPy on numpy, just enough of it to run lstmdsl.runtime on the CPU (tests/emulated/simrt.py)."""
-import ctypes, types
+import types
 import numpy as np
 
 ALLOCS = []  # (start, end, array) of every owning allocation
