@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
     p.add_argument("--schedule", help="schedule directives over the spec's")
+    p.add_argument("--profile", action="store_true",
+                   help="break one forward and one training step of lstmdsl into its parts instead")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     sub.add_parser("specs", help="list the shipped specs")
@@ -445,6 +447,8 @@ def cmd_bench(args) -> int:
     for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.profile:
+        return _profile(args, spec)
     competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
     modes = ("forward", "train") if args.mode == "both" else (args.mode,)
     rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,
@@ -462,6 +466,38 @@ def cmd_bench(args) -> int:
             ratio = f"{r['ms'] / cudnn:.2f}" if cudnn else "-"
             print(f"  {row['mode']:<8} {name:<10} {r['ms']:>9.3f} {r['min_ms']:>8.3f}..{r['max_ms']:<8.3f} "
                   f"{ratio:>8} {r['memory'] / 2**20:>11.1f}")
+    return 0
+
+
+def _profile(args, spec: Spec) -> int:
+    import cupy
+
+    precision = "tf32" if args.tf32 else "fp32"
+    text = f"{args.schedule + '; ' if args.schedule else ''}precision {precision}"
+    extra = {"proj_size": args.hidden_size // 2} if spec.uses_size("proj") else {}
+    layer = compile(spec, args.hidden_size, args.hidden_size, args.layers, backend="cuda", schedule=text, **extra)
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((args.steps, args.batch, args.hidden_size)),
+                     dtype=np.float32)
+    p = layer.profile(x, args.repeat)
+    if args.json:
+        print(json.dumps(p, indent=2))
+        return 0
+    busy = sum(p["parts_ms"].values())
+    print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, {precision}; "
+          f"one forward and one training step")
+    print(f"  {'part (op by op, CUDA events, no graphs)':<50} {'ms':>8} {'share':>7}")
+    for kind, ms in sorted(p["parts_ms"].items()):
+        print(f"  {kind:<50} {ms:>8.3f} {100 * ms / busy:>6.1f}%")
+    print(f"  {'GPU busy (sum of the parts)':<50} {busy:>8.3f}")
+    print(f"  (the host needs {p['host_issue_ms_without_graphs']:.3f} ms to issue this run without graphs; "
+          f"the GPU was held {p['held_ms']:.1f} ms meanwhile)")
+    g = p["graphs"]
+    if busy > 1.5 * g["train"]["ms"]:
+        print("  note: the parts add up to clearly more than the graphed training step: the GPU's launch queue "
+              "filled while it was held, so some parts include waiting for the host; read the shares with care")
+    print(f"  with CUDA graphs (the normal run): forward {g['forward']['ms']:.3f} ms, training "
+          f"{g['train']['ms']:.3f} ms; host time to issue {g['forward']['host_ms']:.3f} / "
+          f"{g['train']['host_ms']:.3f} ms")
     return 0
 
 

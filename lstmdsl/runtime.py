@@ -9,8 +9,10 @@ Parameters live in stacks: the matrices applied to one operand are rows of one [
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import time
 
 import numpy as np
 
@@ -140,6 +142,18 @@ class _Cublas:
 
 
 _CUBLAS: dict[int, _Cublas] = {}
+_SPIN_SOURCE = """extern "C" __global__ void lstmdsl_spin(long long cycles)
+{
+    const long long start = clock64();
+    while (clock64() - start < cycles) {}
+}"""
+
+
+def _spin(ms: float) -> None:
+    """Keep the GPU busy for about `ms` milliseconds (one thread spinning on the clock)."""
+    kernel = load_module(_SPIN_SOURCE).get_function("lstmdsl_spin")
+    khz = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"]
+    kernel((1,), (1,), (np.int64(ms * khz),))
 
 
 def gemm(*args) -> None:
@@ -242,6 +256,7 @@ class CudaLayer(Layer):
             self._grad_stacks.append(gstack)
         self._workspaces: dict[tuple, list[_Workspace]] = {}
         self.use_graphs = True  # capture each layer's step loop once per (T, B) and replay it
+        self._parts: dict[str, list] | None = None  # profile(): CUDA events around each op, by kind
         self._tape = None
         self._initial_state_grads = None
 
@@ -260,6 +275,55 @@ class CudaLayer(Layer):
         if a.device.id != cupy.cuda.Device().id:
             raise UsageError(f"{what} is on device {a.device.id}, the layer on device {cupy.cuda.Device().id}")
         return a
+
+    @contextlib.contextmanager
+    def _part(self, kind: str):
+        """Time what the block issues on the GPU under `kind`, when profiling."""
+        if self._parts is None:
+            yield
+            return
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        yield
+        end.record()
+        self._parts.setdefault(kind, []).append((start, end))
+
+    def profile(self, x, repeat: int = 5) -> dict:
+        """Where one forward and one training step (forward + backward of sum(y)) spend their time.
+
+        parts: GPU milliseconds by kind of work (input GEMM, recurrent GEMMs, pointwise kernels,
+        weight-gradient GEMMs, ...), measured op by op with CUDA events on a run without CUDA graphs.
+        While the host issues that run, a spin kernel holds the GPU, so the queue fills first and each
+        event pair times the GPU's work, not its wait for the host (if the launch queue fills before
+        the spin ends, later parts include some waiting again: held_ms says how long the GPU was held).
+        graphs: the normal run (graphs replayed), its GPU time and the host time to issue it.
+        """
+        from .bench import time_gpu
+
+        y, _ = self.forward(x)
+        ones = cupy.ones_like(y)
+        graphs = {"forward": time_gpu(lambda: self.forward(x, train=False), repeat),
+                  "train": time_gpu(lambda: (self.forward(x), self.backward(ones)), repeat)}
+        saved, self.use_graphs = self.use_graphs, False
+        try:
+            cupy.cuda.Device().synchronize()
+            t0 = time.perf_counter()
+            self.forward(x)
+            self.backward(ones)
+            issue_ms = 1e3 * (time.perf_counter() - t0)  # the host's time to issue the un-graphed run
+            cupy.cuda.Device().synchronize()
+            self._parts = {}
+            held_ms = 2 * issue_ms + 5
+            for run in (lambda: self.forward(x), lambda: self.backward(ones)):  # each held apart: shorter queues
+                _spin(held_ms)
+                run()
+                cupy.cuda.Device().synchronize()
+            parts = {kind: sum(cupy.cuda.get_elapsed_time(s, e) for s, e in events)
+                     for kind, events in self._parts.items()}
+        finally:
+            self._parts, self.use_graphs = None, saved
+        self.zero_grad()
+        return {"parts_ms": parts, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}
 
     def zero_grad(self) -> None:
         for stacks in self._grad_stacks:
@@ -322,7 +386,8 @@ class CudaLayer(Layer):
         B = ws.B
         leaves = [i for i, n in enumerate(nodes) if n.op in ("input", "state") and len(slots.get(i, ())) > 1]
         for g in plan.forward.before:
-            self._forward_gemm(g, ws, stacks, slots, 0, T * B, types)
+            with self._part("forward: input GEMM, all steps"):
+                self._forward_gemm(g, ws, stacks, slots, 0, T * B, types)
             for t in range(T):
                 self._copies(slots, nodes, ws, t, g.outputs)
         kernels = iter(prog.forward_kernels)
@@ -331,10 +396,12 @@ class CudaLayer(Layer):
             self._copies(slots, nodes, ws, t, leaves)
             for op, desc in step:
                 if desc is None:
-                    self._forward_gemm(op, ws, stacks, slots, t, B, types)
+                    with self._part("forward: per-step GEMMs (recurrent)"):
+                        self._forward_gemm(op, ws, stacks, slots, t, B, types)
                     self._copies(slots, nodes, ws, t, op.outputs)
                 else:
-                    self._launch(desc, slots, ws, self._params[k], t)
+                    with self._part("forward: pointwise kernels"):
+                        self._launch(desc, slots, ws, self._params[k], t)
 
     def _forward_gemm(self, g: Gemm, ws: _Workspace, stacks: dict, slots: dict, t: int, rows: int,
                       types: tuple) -> None:
@@ -417,7 +484,8 @@ class CudaLayer(Layer):
                 d.fill(0)
                 d[T] = dstate[s.name][k]
             self._replay(ws, "backward", lambda k=k, ws=ws: self._backward_layer(k, ws, T))
-            self._vector_grads(k, ws, T)
+            with self._part("backward: vector-gradient reductions"):
+                self._vector_grads(k, ws, T)
             g = ws.arrays["dx"]
             for s in cell.states:
                 d_initial[s.name][k] = ws.arrays[f"dhist_{s.name}"][0]
@@ -437,23 +505,28 @@ class CudaLayer(Layer):
             self._copies(slots, nodes, ws, t, leaves)
             for i, (op, desc) in enumerate(step):
                 if desc is None:
-                    self._backward_gemm(op, ws, stacks, slots, t, B, types)
+                    with self._part("backward: per-step GEMMs (gradients passed back)"):
+                        self._backward_gemm(op, ws, stacks, slots, t, B, types)
                     if last[op.outputs[0]] == i:
                         self._copies(slots, nodes, ws, t, op.outputs)
                 else:
-                    self._launch(desc, slots, ws, self._params[k], t)
+                    with self._part("backward: pointwise kernels"):
+                        self._launch(desc, slots, ws, self._params[k], t)
             for w in plan.weight_grads:
                 if not w.batched:
-                    self._weight_grad(k, w.matrices, w.v, ws, t, B, types)
+                    with self._part("backward: weight-gradient GEMMs"):
+                        self._weight_grad(k, w.matrices, w.v, ws, t, B, types)
             for vg in plan.vector_grads:
                 if not vg.batched:
                     slot = next(s for s in slots[vg.node] if not s.accumulate)
                     self._grads[k][vg.name] += ws.view(slot, t, ws.sizes[nodes[vg.node].size]).sum(0)
         for g in plan.backward.after:
-            self._backward_gemm(g, ws, stacks, slots, 0, T * B, types)
+            with self._part("backward: input-gradient GEMM, all steps"):
+                self._backward_gemm(g, ws, stacks, slots, 0, T * B, types)
         for w in plan.weight_grads:
             if w.batched:
-                self._weight_grad(k, w.matrices, w.v, ws, 0, T * B, types)
+                with self._part("backward: weight-gradient GEMMs"):
+                    self._weight_grad(k, w.matrices, w.v, ws, 0, T * B, types)
 
     def _vector_grads(self, k: int, ws: _Workspace, T: int) -> None:
         """Batched vector gradients: one reduction over T * B rows (outside the graph: it allocates)."""

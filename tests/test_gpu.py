@@ -217,3 +217,16 @@ def test_float64_layer_matches_reference_tightly():
     assert rel(y, y_ref) < 1e-12
     dx = gpu.backward(cupy.ones_like(y))
     assert rel(dx, ref.backward(np.ones_like(y_ref))) < 1e-12
+
+
+def test_profile_parts_add_up():
+    layer = lstmdsl.compile("peephole", input_size=64, hidden_size=64, backend="cuda")
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32))
+    p = layer.profile(x, repeat=2)
+    kinds = set(p["parts_ms"])
+    assert {"forward: input GEMM, all steps", "forward: per-step GEMMs (recurrent)", "forward: pointwise kernels",
+            "backward: pointwise kernels", "backward: weight-gradient GEMMs"} <= kinds
+    busy = sum(p["parts_ms"].values())
+    graphed_train = p["graphs"]["train"]["ms"]
+    assert 0.3 * graphed_train < busy < 3 * graphed_train  # GPU work, not the host's issue time
+    assert all(not g.any() for g in layer.grads().values())  # profiling leaves no gradients behind
