@@ -172,15 +172,20 @@ def _describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
     return out
 
 
+def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
+    """The size binding of one layer when --input-size and --hidden-size are given, else None."""
+    if args.input_size is None and args.hidden_size is None:
+        return None
+    if args.input_size is None or args.hidden_size is None:
+        raise UsageError(f"give both --input-size and --hidden-size {purpose}")
+    return layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+
+
 def cmd_check(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
-    sizes = None
-    if args.input_size is not None or args.hidden_size is not None:
-        if args.input_size is None or args.hidden_size is None:
-            raise UsageError("give both --input-size and --hidden-size to count FLOPs and parameters")
-        sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+    sizes = _optional_sizes(args, spec, "to count FLOPs and parameters")
     d = _describe(spec, sizes)
     if args.json:
         print(json.dumps(d, indent=2))
@@ -224,11 +229,7 @@ def cmd_compile(args) -> int:
         if args.emit == "cuda":
             text = render(plan, *kernel_descs(plan, make_layout(plan)))
         else:
-            sizes = None
-            if args.input_size is not None or args.hidden_size is not None:
-                if args.input_size is None or args.hidden_size is None:
-                    raise UsageError("give both --input-size and --hidden-size to print numeric shapes")
-                sizes = layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+            sizes = _optional_sizes(args, spec, "to print numeric shapes")
             text = format_plan(plan, sizes)
             if sizes:
                 if args.batch < 1:
