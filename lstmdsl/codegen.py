@@ -11,8 +11,13 @@ for the backward pass, a state update, the output, a gradient) lives in a buffer
         ever overwritten while another op may still read it; the output is a view of the history).
 A slot is (buffer, column offset, step offset): at step t it is row b at [t + step offset, b, col:].
 The incoming gradients of the matrices that share an operand v live side by side in one buffer
-gin{v}, in the order of v's weight stack, so one GEMM multiplies them with the stacked weights (the
-gradient passed back to v) and one G^T V forms the stacked weight gradient.
+(Layout.gin[v]), in the order of v's weight stack, so one GEMM multiplies them with the stacked weights
+(the gradient passed back to v) and one G^T V forms the stacked weight gradient. Two stacks that get
+the same gradients (W x + R h: both products get d(gates)) share that buffer.
+
+Memory in training. A forward buffer that the backward never reads (the hoisted input products) shares
+its memory with a backward buffer of the same shape (Layout.aliases): the forward is done with it before
+the backward writes there, and the next forward writes it again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Buffer:
     name: str
     width: tuple[str, ...]  # the row width is the sum of these sizes
     steps: str  # "1" | "T" | "T+1"
+    inference: str | None = None  # its steps in a forward-only workspace; None: the backward's alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,8 @@ class Layout:
     backward: dict[int, tuple[Slot, ...]]
     stacks: dict[int, tuple[str, ...]]  # forward operand node -> the matrices stacked (by rows) on it
     transposes: dict[int, int]  # backward matvec_t node -> the forward operand whose stack it uses
+    gin: dict[int, str]  # forward operand node -> the buffer of its stack's incoming gradients
+    aliases: dict[str, str]  # forward-only buffer -> the backward buffer whose memory it uses in training
 
 
 def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
@@ -112,33 +120,34 @@ def make_layout(plan: Plan) -> Layout:
     f_slots: dict[int, list[Slot]] = {}
     b_slots: dict[int, list[Slot]] = {}
 
-    def buf(name, width, steps):
-        buffers.setdefault(name, Buffer(name, tuple(width), steps))
+    def buf(name, width, steps, inference=None):
+        buffers.setdefault(name, Buffer(name, tuple(width), steps, inference))
         return name
 
     # ---- forward
-    buf("x", ("input",), "T")
+    buf("x", ("input",), "T", "T")
     saved = set(plan.saved)
     for i, n in enumerate(fwd.nodes):
         if n.op == "input":
             f_slots[i] = [Slot("x", ())]
         elif n.op == "state":
-            f_slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1"), ())]
+            f_slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"), ())]
     for s, u in zip(cell.states, cell.updates):
-        f_slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1"), (), step=1))
+        f_slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), (), step=1))
     for k, g in enumerate(fwd.before + tuple(op for op in fwd.step if isinstance(op, Gemm))):
         hoisted = k < len(fwd.before)
-        keep = hoisted or any(o in saved or o == cell.output for o in g.outputs)
+        emitted = hoisted or cell.output in g.outputs  # needed for all steps without a backward too
+        keep = emitted or any(o in saved for o in g.outputs)
         width = tuple(fwd.nodes[o].size for o in g.outputs)
         if not hoisted and len(g.outputs) == 1 and g.outputs[0] in f_slots:
             continue  # a lone output with a home already (a state update): the GEMM writes it there
-        name = buf(f"gemm{k}", width, "T" if keep else "1")
+        name = buf(f"gemm{k}", width, "T" if keep else "1", "T" if emitted else "1")
         for j, o in enumerate(g.outputs):
             f_slots.setdefault(o, []).insert(0, Slot(name, width[:j]))
     for i in sorted(_needed_outside(fwd, forward_roots(plan))):
         if i not in f_slots:
             steps = "T" if (i in saved or i == cell.output) else "1"
-            f_slots[i] = [Slot(buf(f"v{i}", (fwd.nodes[i].size,), steps), ())]
+            f_slots[i] = [Slot(buf(f"v{i}", (fwd.nodes[i].size,), steps, "T" if i == cell.output else "1"), ())]
 
     # ---- backward
     stacks = weight_stacks(plan)
@@ -166,12 +175,18 @@ def make_layout(plan: Plan) -> Layout:
             home(d, Slot("dx", (), accumulate=True))
     transposes: dict[int, int] = {}
     g_of = {(m, v): g for m, g, v in grad.d_matrices}
+    gin: dict[int, str] = {}
+    shared: dict[tuple, str] = {}  # (gradients, rows) -> the buffer that already holds them
     for v, matrices in stacks.items():
         rows = tuple(cell.param(m).shape[0] for m in matrices)
-        needed_after = any(g_of[(m, v)] in after for m in matrices)
-        name = buf(f"gin{v}", rows, "T" if needed_after else "1")
-        for j, m in enumerate(matrices):
-            b_slots.setdefault(g_of[(m, v)], []).append(Slot(name, rows[:j]))
+        gs = tuple(g_of[(m, v)] for m in matrices)
+        if (gs, rows) in shared:
+            gin[v] = shared[(gs, rows)]
+            continue
+        needed_after = any(g in after for g in gs)
+        name = gin[v] = shared[(gs, rows)] = buf(f"gin{v}", rows, "T" if needed_after else "1")
+        for j, g in enumerate(gs):
+            b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
     for i, n in enumerate(bwd.nodes):
         if n.op == "matvec_t":
             transposes[i] = next(v for m, g, v in grad.d_matrices if m == n.attr[0] and g == n.args[0])
@@ -184,8 +199,20 @@ def make_layout(plan: Plan) -> Layout:
         if not any(not s.accumulate and (steps == "1" or buffers[s.buffer].steps == "T")
                    for s in b_slots[vg.node]):
             b_slots[vg.node].append(Slot(buf(f"b{vg.node}", (bwd.nodes[vg.node].size,), steps), ()))
+    # forward buffers the backward never reads share memory with backward buffers of the same shape
+    read_later = {"x", f_slots[cell.output][0].buffer}
+    read_later |= {b.name for b in buffers.values() if b.name.startswith("hist_")}
+    read_later |= {f_slots[n.attr][0].buffer for n in bwd.nodes if n.op == "fwd"}
+    read_later |= {f_slots[v][0].buffer for v in stacks}
+    hosts = [b for b in buffers.values() if b.inference is None and b.steps == "T" and b.name not in ("dy", "dx")]
+    aliases: dict[str, str] = {}
+    for b in buffers.values():
+        if b.inference is not None and b.steps == "T" and b.name not in read_later:
+            host = next((h for h in hosts if h.width == b.width and h.name not in aliases.values()), None)
+            if host is not None:
+                aliases[b.name] = host.name
     return Layout(buffers, {i: tuple(s) for i, s in f_slots.items()}, {i: tuple(s) for i, s in b_slots.items()},
-                  stacks, transposes)
+                  stacks, transposes, gin, aliases)
 
 
 # ------------------------------------------------------------------------------------------- kernels

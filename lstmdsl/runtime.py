@@ -179,14 +179,20 @@ class _Program:
 class _Workspace:
     """The buffers of one layer for one (T, B), and the pointer arithmetic of slots."""
 
-    def __init__(self, layout: Layout, sizes: dict[str, int], T: int, B: int, dtype):
+    def __init__(self, layout: Layout, sizes: dict[str, int], T: int, B: int, dtype, train: bool = True):
+        """A forward-only workspace (train=False) has no backward buffers, and one step of the values
+        that only the backward reads."""
         self.T, self.B, self.sizes = T, B, sizes
         self.item = np.dtype(dtype).itemsize
-        self.width = {n: sum(sizes[s] for s in b.width) for n, b in layout.buffers.items()}
-        self.steps = {n: {"1": 1, "T": T, "T+1": T + 1}[b.steps] for n, b in layout.buffers.items()}
+        buffers = {n: b for n, b in layout.buffers.items() if train or b.inference is not None}
+        self.width = {n: sum(sizes[s] for s in b.width) for n, b in buffers.items()}
+        self.steps = {n: {"1": 1, "T": T, "T+1": T + 1}[b.steps if train else b.inference]
+                      for n, b in buffers.items()}
         # POISON (tests): start every buffer as NaN, so a read of anything no kernel wrote shows up
         fill = cupy.full if POISON else (lambda shape, _, dtype: cupy.empty(shape, dtype))
-        self.arrays = {n: fill((self.steps[n], B, self.width[n]), np.nan, dtype) for n in layout.buffers}
+        aliases = layout.aliases if train else {}
+        self.arrays = {n: fill((self.steps[n], B, self.width[n]), np.nan, dtype) for n in buffers if n not in aliases}
+        self.arrays |= {n: self.arrays[host] for n, host in aliases.items()}  # same shape: see Layout.aliases
         self.graphs: dict[str, object] = {}  # "forward" / "backward" -> the captured CUDA graph of the loop
 
     def col(self, slot: Slot) -> int:
@@ -325,6 +331,12 @@ class CudaLayer(Layer):
         self.zero_grad()
         return {"parts_ms": parts, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}
 
+    def free_workspaces(self) -> None:
+        """Drop the cached workspaces and their CUDA graphs (the memory goes back to CuPy's pool; the
+        next call allocates and captures again). A pending backward() is dropped too."""
+        self._workspaces.clear()
+        self._tape = None
+
     def zero_grad(self) -> None:
         for stacks in self._grad_stacks:
             for a in stacks.values():
@@ -343,7 +355,7 @@ class CudaLayer(Layer):
         if key in self._workspaces:
             self._workspaces[key] = self._workspaces.pop(key)  # most recently used last
         else:
-            self._workspaces[key] = [_Workspace(self.program.layout, s, T, B, self.dtype) for s in self.sizes]
+            self._workspaces[key] = [_Workspace(self.program.layout, s, T, B, self.dtype, train) for s in self.sizes]
             for old in list(self._workspaces)[:-self.MAX_WORKSPACES]:
                 if self._workspaces[old] is not self._tape:
                     del self._workspaces[old]
@@ -564,7 +576,7 @@ class CudaLayer(Layer):
         stack = self.program.layout.stacks[v]
         W = stacks[v]
         cols = W.shape[1]
-        gin = f"gin{v}"
+        gin = self.program.layout.gin[v]
         if set(g.matrices) == set(stack):
             first, count = 0, len(stack)
         else:
@@ -583,7 +595,7 @@ class CudaLayer(Layer):
         stack = self.program.layout.stacks[v]
         G = self._grad_stacks[k][v]
         cols = G.shape[1]
-        gin = f"gin{v}"
+        gin = self.program.layout.gin[v]
         vslot = self.program.layout.forward[v][0]
         runs = [(0, len(stack))] if set(matrices) == set(stack) else [(stack.index(m), 1) for m in matrices]
         for first, count in runs:

@@ -56,7 +56,7 @@ def test_incoming_gradients_sit_in_weight_stack_order():
     x = next(i for i, n in enumerate(plan.cell.nodes) if n.op == "input")
     assert layout.stacks[x] == ("W_i", "W_f", "W_z", "W_o")
     g_of = {m: g for m, g, v in plan.grad.d_matrices if v == x}
-    cols = [next(s.col for s in layout.backward[g_of[m]] if s.buffer == f"gin{x}") for m in layout.stacks[x]]
+    cols = [next(s.col for s in layout.backward[g_of[m]] if s.buffer == layout.gin[x]) for m in layout.stacks[x]]
     assert cols == [(), ("hidden",), ("hidden", "hidden"), ("hidden", "hidden", "hidden")]
 
 

@@ -43,6 +43,8 @@ def check(name, T, B, I, H, L, schedule=None, tol=1e-4, seed=0):
         ref.parameters()[k][...] = cupy.asnumpy(p)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(B).items()}
+    # forward-only first (its own, smaller workspace), then the training forward
+    y_inf, final_inf = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()}, train=False)
     y, final = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()})
     y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
     dy = rng.standard_normal(y_ref.shape)
@@ -50,7 +52,8 @@ def check(name, T, B, I, H, L, schedule=None, tol=1e-4, seed=0):
     dx = gpu.backward(cupy.asarray(dy.astype(np.float32)),
                       {k: cupy.asarray(v.astype(np.float32)) for k, v in dfinal.items()})
     dx_ref = ref.backward(dy, dfinal)
-    errors = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref)}
+    errors = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref), "y forward-only": rel(y_inf, y_ref)}
+    errors |= {f"final {k} forward-only": rel(final_inf[k], final_ref[k]) for k in final_ref}
     errors |= {f"final {k}": rel(final[k], final_ref[k]) for k in final_ref}
     errors |= {f"d initial {k}": rel(v, ref.initial_state_grads()[k]) for k, v in gpu.initial_state_grads().items()}
     errors |= {f"d {k}": rel(g, ref.grads()[k]) for k, g in gpu.grads().items()}

@@ -13,5 +13,6 @@ UNUSUAL = {
     "upd_hoisted": "cell d { input x; state h, s; s' = W x; h' = tanh(R s + Q h); output h' }",
     "shared_upd": "cell d { input x; state a, c; a' = tanh(W x + R a); c' = a'; output c' }",
     "input_elem": "cell d { input x; state h : input; h' = tanh(W x + R h) * x; output h' }",
+    "output_gemm": "cell d { input x; state h, s : proj; h' = tanh(W x + R h + U s); y = P h'; s' = tanh(y); output y }",
     "vector_of_input": "cell e { input x; state h : input; h' = tanh(W x + R h) * (x + b); output h' }",
 }

@@ -104,6 +104,8 @@ def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=T
         ref.parameters()[k][...] = np.asarray(p)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(B).items()}
+    # forward-only first (its own, smaller workspace), then the training forward
+    y_inf, final_inf = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()}, train=False)
     y, final = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()})
     y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
     dy = rng.standard_normal(y_ref.shape)
@@ -114,7 +116,8 @@ def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=T
         g = np.asarray(g, np.float64)
         if not np.all(np.isfinite(g)): return float("nan")
         return float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30))
-    errs = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref)}
+    errs = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref), "y forward-only": rel(y_inf, y_ref)}
+    errs |= {f"final {k} forward-only": rel(final_inf[k], final_ref[k]) for k in final_ref}
     errs |= {f"final {k}": rel(final[k], final_ref[k]) for k in final_ref}
     errs |= {f"dinit {k}": rel(v, ref.initial_state_grads()[k]) for k, v in gpu.initial_state_grads().items()}
     errs |= {f"d {k}": rel(g, ref.grads()[k]) for k, g in gpu.grads().items()}
