@@ -1,14 +1,19 @@
-"""The benchmark grid: every variant against cuDNN, eager PyTorch and torch.compile, plus the pass
-ablation and compile times. Needs a GPU, CuPy and torch.
+"""The benchmark suite: every variant against cuDNN, eager PyTorch and torch.compile, the pass ablation,
+training memory next to the CPU reference, compile times and profiles. Needs a GPU, CuPy and torch.
 
-    python3 benchmarks/run.py --quick          # a few minutes
+    python3 benchmarks/run.py --quick          # a few minutes: the quick grid and everything else
     python3 benchmarks/run.py                  # the full grid: B {1,16,64,256} x H {256,512,1024} x
-                                               # T {100,1000} x layers {1,4}, forward and train
+                                               # T {100,1000} x layers {1,4} for vanilla and peephole,
+                                               # forward and train, plus every other variant at
+                                               # B=64, H=512, T=100; then everything else
     python3 benchmarks/run.py --tf32           # TF32 tensor cores allowed (default: strict fp32)
+    python3 benchmarks/run.py --only grid --steps 1000 --name grid_full_fp32_t1000   # one part of a grid
 
-Writes benchmarks/results/grid_{quick,full}_{precision}.json and .md, and PNG plots (time against batch
-per hidden size; speed-up over cuDNN per variant), ablation.{json,md,png} and compile_time.{json,md}.
-The figures are described in lstmdsl/bench.py (what is timed, how memory is counted).
+Each section writes benchmarks/results/<name>.json (raw rows and the run's GPU, driver, library versions,
+precision and measured GEMM rate); benchmarks/report.py turns the JSON into markdown tables, PNG plots
+and docs/performance.md (run.py calls it for what it wrote). A grid run in parts is joined with
+`python3 benchmarks/report.py merge grid_full_fp32 PART.json...`. What is timed and how memory is
+counted is in lstmdsl/bench.py.
 """
 
 from __future__ import annotations
@@ -21,24 +26,46 @@ import platform
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import cupy
+import numpy as np
 import torch
 
 import lstmdsl
-from lstmdsl.bench import bench_case
+from lstmdsl.bench import COMPETITORS, bench_case, time_gpu
+
+import report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_SPECS = ("vanilla", "peephole", "cifg", "gru", "fgr", "nig", "nfg", "nog", "niaf", "noaf", "np", "lstmp")
+SECTIONS = ("grid", "ablation", "memory", "compile", "profile")
+
+
+def gemm_tflops(precision: str) -> float:
+    """The GPU's measured matrix-multiply rate at this precision: an 8192^3 torch.mm, median of 10."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    ms = time_gpu(lambda: torch.mm(a, b), repeat=10, warmup=3)["ms"]
+    return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
 def meta(precision: str) -> dict:
     props = cupy.cuda.runtime.getDeviceProperties(0)
     return {"gpu": props["name"].decode(), "driver": cupy.cuda.runtime.driverGetVersion(),
             "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(), "torch": torch.__version__,
-            "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__, "lstmdsl": lstmdsl.__version__,
-            "python": platform.python_version(), "precision": precision}
+            "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__, "numpy": np.__version__,
+            "lstmdsl": lstmdsl.__version__, "python": platform.python_version(), "precision": precision,
+            "gemm_tflops": gemm_tflops(precision), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python3", "benchmarks/run.py", *sys.argv[1:]])}
+
+
+def save(name: str, data: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote benchmarks/results/{name}.json", file=sys.stderr, flush=True)
 
 
 def grid(args) -> list[dict]:
@@ -46,83 +73,18 @@ def grid(args) -> list[dict]:
         cases = [(s, b, 512, 100, 1) for s in ("vanilla", "peephole", "gru") for b in (1, 64)]
         cases += [(s, 64, 512, 100, 1) for s in ("cifg", "fgr", "lstmp")]
     else:
-        cases = [(s, b, h, t, l) for s in ("vanilla", "peephole") for b, h, t, l in
+        cases = [(s, b, h, t, l) for s in args.specs for b, h, t, l in
                  itertools.product(args.batches, args.hiddens, args.steps, args.layers)]
-        cases += [(s, 64, 512, 100, 1) for s in ALL_SPECS if s not in ("vanilla", "peephole")]
+        cases += [(s, 64, 512, 100, 1) for s in args.variants if s not in args.specs]
     rows = []
     for spec, b, h, t, l in cases:
         for mode in ("forward", "train"):
             print(f"{spec} B={b} H={h} T={t} L={l} {mode}", file=sys.stderr, flush=True)
-            slow = t * l >= 1000
-            competitors = ("lstmdsl", "cudnn", "eager") if slow else ("lstmdsl", "cudnn", "eager", "compile")
-            rows.append(bench_case(lstmdsl.parse(spec), b, h, t, l, mode, args.precision,
-                                   args.repeat if not slow else max(3, args.repeat // 4), competitors, log=sys.stderr))
+            # torch.compile joins where its per-step calls stay affordable: T * layers < 1000
+            competitors = tuple(c for c in args.competitors if not (c == "compile" and t * l >= 1000))
+            rows.append(bench_case(lstmdsl.parse(spec), b, h, t, l, mode, args.precision, args.repeat,
+                                   competitors, log=sys.stderr))
     return rows
-
-
-def write_grid(rows: list[dict], name: str, precision: str) -> None:
-    m = meta(precision)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": m, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Benchmark grid ({name}), {precision}, {m['gpu']}", "",
-             f"torch {m['torch']}, cuDNN {m['cudnn']}, CuPy {m['cupy']}; medians of CUDA-event timings in ms "
-             "(min..max in the JSON); memory in MiB (see lstmdsl/bench.py for how it is counted).", "",
-             "| spec | B | H | T | L | mode | lstmdsl | cuDNN | eager | compile | lstmdsl / cuDNN | eager / lstmdsl "
-             "| memory lstmdsl | memory cuDNN | memory eager |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        res = r["results"]
-        get = lambda k: f"{res[k]['ms']:.2f}" if k in res else "-"  # noqa: E731
-        mem = lambda k: f"{res[k]['memory'] / 2**20:.0f}" if k in res else "-"  # noqa: E731
-        ratio = f"{res['lstmdsl']['ms'] / res['cudnn']['ms']:.2f}x" if "cudnn" in res else "-"
-        eager = f"{res['eager']['ms'] / res['lstmdsl']['ms']:.1f}x" if "eager" in res else "-"
-        lines.append(f"| {r['spec']} | {r['batch']} | {r['hidden']} | {r['steps']} | {r['layers']} | {r['mode']} | "
-                     f"{get('lstmdsl')} | {get('cudnn')} | {get('eager')} | {get('compile')} | {ratio} | {eager} | "
-                     f"{mem('lstmdsl')} | {mem('cudnn')} | {mem('eager')} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    plots(rows, name)
-
-
-def plots(rows: list[dict], name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hiddens = sorted({r["hidden"] for r in rows})
-    fig, axes = plt.subplots(1, len(hiddens), figsize=(5 * len(hiddens), 4), squeeze=False)
-    for ax, h in zip(axes[0], hiddens):
-        for spec, comp, style in (("vanilla", "lstmdsl", "-o"), ("peephole", "lstmdsl", "-s"), ("vanilla", "cudnn", "--o"),
-                                  ("peephole", "eager", ":s")):
-            pts = sorted((r["batch"], r["results"][comp]["ms"]) for r in rows if r["spec"] == spec and r["hidden"] == h
-                         and r["mode"] == "forward" and r["steps"] == 100 and r["layers"] == 1 and comp in r["results"])
-            if pts:
-                ax.plot(*zip(*pts), style, label=f"{spec} {comp}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch")
-        ax.set_ylabel("forward ms (T=100, 1 layer)")
-        ax.set_title(f"H = {h}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}_time_vs_batch.png", dpi=90)
-    plt.close(fig)
-    speedups = {}
-    cudnn = {(r["batch"], r["hidden"], r["steps"], r["layers"], r["mode"]): r["results"]["cudnn"]["ms"]
-             for r in rows if "cudnn" in r["results"]}
-    for r in rows:
-        key = (r["batch"], r["hidden"], r["steps"], r["layers"], r["mode"])
-        if key in cudnn and r["mode"] == "forward":
-            speedups.setdefault(r["spec"], []).append(cudnn[key] / r["results"]["lstmdsl"]["ms"])
-    if speedups:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        names = sorted(speedups)
-        ax.bar(names, [sum(speedups[n]) / len(speedups[n]) for n in names])
-        ax.axhline(1.0, color="k", linewidth=0.8)
-        ax.set_ylabel("cuDNN vanilla time / lstmdsl time (forward, mean over shapes)")
-        ax.set_title("speed-up over cuDNN's vanilla LSTM, per variant")
-        fig.tight_layout()
-        fig.savefig(RESULTS / f"{name}_speedup.png", dpi=90)
-        plt.close(fig)
 
 
 ABLATION = [("unfused", "no fuse gates; no hoist input; no fuse pointwise; no batch weights"),
@@ -132,44 +94,62 @@ ABLATION = [("unfused", "no fuse gates; no hoist input; no fuse pointwise; no ba
             ("+ batched weight gradients", "fuse gates; hoist input; fuse pointwise; batch weights")]
 
 
-def ablation(precision: str, repeat: int) -> None:
+def ablation(args) -> dict:
     spec = lstmdsl.parse("peephole")
     rows = []
     for label, text in ABLATION:
         row = {"stage": label, "schedule": text}
         for mode in ("forward", "train"):
-            r = bench_case(spec, 64, 512, 100, 1, mode, precision, repeat, ("lstmdsl",), schedule=text)
+            r = bench_case(spec, 64, 512, 100, 1, mode, args.precision, args.repeat, ("lstmdsl",), schedule=text)
             row[mode] = r["results"]["lstmdsl"]["ms"]
         rows.append(row)
         print(f"ablation {label}: {row['forward']:.2f} / {row['train']:.2f} ms", file=sys.stderr, flush=True)
-    (RESULTS / "ablation.json").write_text(json.dumps({"meta": meta(precision), "rows": rows}, indent=2) + "\n")
-    lines = ["# Pass ablation: peephole, B = 64, I = H = 512, T = 100, one layer, " + precision, "",
-             "`python3 benchmarks/run.py --skip grid compile`; each stage adds one pass to the one above.", "",
-             "| stage | forward ms | train ms | forward speed-up over unfused | train speed-up over unfused |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['stage']} | {r['forward']:.2f} | {r['train']:.2f} | {rows[0]['forward'] / r['forward']:.1f}x | "
-                     f"{rows[0]['train'] / r['train']:.1f}x |")
-    (RESULTS / "ablation.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [rows[0]["forward"] / r["forward"] for r in rows], 0.4, label="forward")
-    ax.bar([x + 0.2 for x in xs], [rows[0]["train"] / r["train"] for r in rows], 0.4, label="train")
-    ax.set_xticks(list(xs), [r["stage"] for r in rows], rotation=15, fontsize=8)
-    ax.set_ylabel("speed-up over the unfused schedule")
-    ax.set_title("peephole, B=64, H=512, T=100")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / "ablation.png", dpi=90)
-    plt.close(fig)
+    return {"shape": {"spec": "peephole", "batch": 64, "hidden": 512, "steps": 100, "layers": 1}, "rows": rows}
 
 
-def compile_times() -> None:
+MEMORY_MODELS = {"small": (16, 128, 100, 1), "large": (64, 1024, 100, 4)}  # B, I = H, T, layers
+
+
+def reference_cpu(spec: str, B: int, H: int, T: int, L: int, repeat: int = 3) -> dict:
+    """The numpy reference's training step (forward + backward) on this machine's CPU: median seconds
+    after one warm-up, and the peak bytes numpy allocated (tracemalloc, in one more run)."""
+    layer = lstmdsl.compile(spec, input_size=H, hidden_size=H, num_layers=L, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+
+    def train():
+        y, _ = layer.forward(x)
+        layer.backward(np.ones_like(y))
+    train()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        train()
+        times.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    train()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"ms": 1e3 * sorted(times)[len(times) // 2], "memory": peak, "repeat": repeat}
+
+
+def memory(args) -> dict:
+    """Training time and peak memory of every backend, for a small and a large model."""
+    rows = []
+    for model, (B, H, T, L) in MEMORY_MODELS.items():
+        for spec in ("vanilla", "peephole"):
+            r = bench_case(lstmdsl.parse(spec), B, H, T, L, "train", args.precision, args.repeat, COMPETITORS,
+                           log=sys.stderr)
+            for backend, res in r["results"].items():
+                rows.append({"model": model, "spec": spec, "backend": backend} | res)
+            print(f"memory {model} {spec}: the reference on the CPU", file=sys.stderr, flush=True)
+            rows.append({"model": model, "spec": spec, "backend": "reference (CPU)"} |
+                        reference_cpu(spec, B, H, T, L))
+    cpu = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    return {"models": {k: dict(zip(("batch", "hidden", "steps", "layers"), v)) for k, v in MEMORY_MODELS.items()},
+            "cpu": cpu, "rows": rows}
+
+
+def compile_times() -> dict:
     """Cold (empty CuPy kernel cache, fresh process) and warm (cache filled, fresh process) compile of
     every spec: lstmdsl.compile alone (parse, schedule, render, NVRTC or the disk cache, module load,
     parameter upload), timed inside a subprocess after lstmdsl and CuPy are imported."""
@@ -182,44 +162,64 @@ def compile_times() -> None:
     for spec in ALL_SPECS:
         subprocess.run(["rm", "-rf", str(cache)], check=True)
         env = dict(os.environ, CUPY_CACHE_DIR=str(cache))
-        cold = float(subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True,
-                                    check=True).stdout.split()[-1])
-        warm = float(subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True,
-                                    check=True).stdout.split()[-1])
+        run = lambda: float(subprocess.run([sys.executable, "-c", code, spec], env=env,  # noqa: E731
+                                           capture_output=True, text=True, check=True).stdout.split()[-1])
+        cold = run()
+        warm = sorted(run() for _ in range(3))[1]
         rows.append({"spec": spec, "cold_s": cold, "warm_s": warm})
         print(f"compile {spec}: cold {cold:.2f} s, warm {warm:.2f} s", file=sys.stderr, flush=True)
-    (RESULTS / "compile_time.json").write_text(json.dumps({"meta": meta("fp32"), "rows": rows}, indent=2) + "\n")
-    lines = ["# Compile time per spec: lstmdsl.compile(SPEC, input_size=64, hidden_size=64, backend='cuda')", "",
-             "`python3 benchmarks/run.py --skip grid ablation`. Each figure is one fresh Python process, timed "
-             "after importing lstmdsl and CuPy: cold with CuPy's kernel cache emptied (NVRTC compiles), warm "
-             "with it filled by the cold run (the module comes from the disk cache).", "",
-             "| spec | cold (s) | warm (s) |", "|---|---|---|"]
-    lines += [f"| {r['spec']} | {r['cold_s']:.2f} | {r['warm_s']:.2f} |" for r in rows]
-    (RESULTS / "compile_time.md").write_text("\n".join(lines) + "\n")
+    return {"rows": rows}
+
+
+def profile(args) -> dict:
+    """`lstmdsl bench SPEC --profile` at B=64, I=H=512, T=100 for vanilla, peephole and GRU."""
+    rows = []
+    for spec in ("vanilla", "peephole", "gru"):
+        layer = lstmdsl.compile(spec, input_size=512, hidden_size=512, backend="cuda",
+                                schedule=f"precision {args.precision}")
+        x = cupy.asarray(np.random.default_rng(0).standard_normal((100, 64, 512)), dtype=np.float32)
+        rows.append({"spec": spec, "batch": 64, "hidden": 512, "steps": 100} | layer.profile(x, 5))
+        print(f"profile {spec}: done", file=sys.stderr, flush=True)
+    return {"rows": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tf32", action="store_true")
-    ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("grid", "ablation", "compile"))
+    ap.add_argument("--quick", action="store_true", help="the quick grid (a few minutes)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default strict fp32)")
+    ap.add_argument("--repeat", type=int, default=10, help="timed calls per competitor (default 10)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
+    ap.add_argument("--specs", nargs="+", default=["vanilla", "peephole"], choices=ALL_SPECS,
+                    help="the full grid's specs")
+    ap.add_argument("--variants", nargs="*", default=list(ALL_SPECS), choices=ALL_SPECS,
+                    help="specs also run at B=64, H=512, T=100, one layer (default: all)")
+    ap.add_argument("--competitors", nargs="+", default=list(COMPETITORS), choices=COMPETITORS)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256], help="the full grid's B values")
     ap.add_argument("--hiddens", type=int, nargs="+", default=[256, 512, 1024], help="the full grid's H values")
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 1000], help="the full grid's T values")
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4], help="the full grid's layer counts")
-    ap.add_argument("--name", help="results file stem (default grid_quick_P or grid_full_P)")
+    ap.add_argument("--name", help="the grid's results name (default grid_quick_P or grid_full_P)")
     args = ap.parse_args()
     args.precision = "tf32" if args.tf32 else "fp32"
-    RESULTS.mkdir(exist_ok=True)
+    suffix = "" if args.precision == "fp32" else "_tf32"
     t0 = time.perf_counter()
-    if "grid" not in args.skip:
-        rows = grid(args)
-        write_grid(rows, args.name or f"grid_{'quick' if args.quick else 'full'}_{args.precision}", args.precision)
-    if "ablation" not in args.skip:
-        ablation(args.precision, args.repeat)
-    if "compile" not in args.skip:
-        compile_times()
+    written = []
+    if "grid" in args.only:
+        m = meta(args.precision)
+        name = args.name or f"grid_{'quick' if args.quick else 'full'}_{args.precision}"
+        save(name, {"meta": m, "rows": grid(args)})
+        written.append(name)
+    for section, fn in (("ablation", lambda: ablation(args)), ("memory", lambda: memory(args)),
+                        ("compile", compile_times), ("profile", lambda: profile(args))):
+        if section in args.only:
+            name = ("compile_time" if section == "compile" else section) + suffix
+            save(name, {"meta": meta(args.precision)} | fn())
+            written.append(name)
+    try:
+        report.write_outputs(written)
+    except Exception as e:  # noqa: BLE001 (the JSON is saved; the report can be made again anywhere)
+        print(f"report failed ({type(e).__name__}: {e}); the JSON is saved: run benchmarks/report.py",
+              file=sys.stderr)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 

@@ -9,8 +9,8 @@ Competitors, on the same data and weights:
   compile   the same module with its step function under torch.compile (default mode).
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
-sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over one call
-for the torch competitors; for lstmdsl, the bytes CuPy's memory pool holds after the calls beyond what it
+sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over the timed
+calls for the torch competitors; for lstmdsl, the bytes CuPy's memory pool holds after the calls beyond what it
 held before the layer was built (its parameters, gradients, workspaces and temporaries still cached: an
 upper bound of its peak).
 """
@@ -36,62 +36,146 @@ def _torch():
 
 
 class EagerCell:
-    """The spec's step in PyTorch operations, with the input's products hoisted out of the loop."""
+    """The spec's cell as a PyTorch module, written the way a careful user writes one by hand.
+
+    The step is straight-line Python generated from the IR (`self.source`), not an interpreter:
+      - the matrices applied to one value are one leaf tensor (the `nn.Linear(H, 4H)` of a hand-written
+        LSTM), so a step runs one GEMM per operand and splits its result;
+      - the input's products for all steps are one GEMM before the loop, with the bias vectors that are
+        added to them folded in (`torch.addmm`, as nn.Linear does);
+      - when each gate sums its input product and its recurrent product, the step adds the two whole
+        products in the GEMM (`gates = addmm(xw[t], h, R.T)`), then splits.
+    Sums are re-associated to do this; the outputs are checked against lstmdsl's before timing.
+    """
 
     def __init__(self, spec: Spec, layer: api.Layer, device: str = "cuda"):
         torch = _torch()
-        self.cell = spec.cell
+        cell = self.cell = spec.cell
         self.sizes = layer.sizes
-        by_layer = [{} for _ in layer.sizes]
-        for name, a in layer.state_dict().items():
-            k, pname = name.split(".", 1)
-            by_layer[int(k[1:])][pname] = torch.tensor(a, device=device, requires_grad=True)
-        self.params = by_layer
-        self.input_products = [i for i, n in enumerate(self.cell.nodes)
-                               if n.op == "matvec" and self.cell.nodes[n.args[0]].op == "input"]
+        # matvec nodes grouped by the value they multiply, in node order
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(cell.nodes):
+            if n.op == "matvec":
+                groups.setdefault(n.args[0], []).append(i)
+        self.groups = groups
+        self.input_group = next((a for a in groups if cell.nodes[a].op == "input"), None)
+        self.source, self.input_bias = self._source()
+        state = layer.state_dict()
+        self.params = []
+        for k in range(len(layer.sizes)):
+            p = {}
+            for a, members in groups.items():
+                mats = [state[f"l{k}.{cell.nodes[i].attr}"] for i in members]
+                p[f"cat{a}"] = torch.tensor(np.concatenate(mats), device=device, requires_grad=True)
+                p[f"split{a}"] = tuple(m.shape[0] for m in mats)
+            for prm in cell.params:
+                if state[f"l{k}.{prm.name}"].ndim == 1:
+                    p[prm.name] = torch.tensor(state[f"l{k}.{prm.name}"], device=device, requires_grad=True)
+            self.params.append(p)
+        namespace = {"torch": torch}
+        exec(compile(self.source, f"<eager {cell.name}>", "exec"), namespace)  # noqa: S102 (generated above)
+        self.step = namespace["step"]
+
+    def _source(self) -> tuple[str, list]:
+        """The step's source, and per input product the bias vector folded into it (or None)."""
+        from .ops import OPS
+
+        cell, nodes, groups, a_in = self.cell, self.cell.nodes, self.groups, self.input_group
+        consumers: dict[int, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for a in n.args:
+                consumers.setdefault(a, []).append(i)
+        for i in (cell.output, *cell.updates):
+            consumers.setdefault(i, []).append(-1)
+
+        def inner(i):  # an add whose only use is another add: part of that add's sum
+            c = consumers.get(i, [])
+            return nodes[i].op == "add" and len(c) == 1 and c[0] >= 0 and nodes[c[0]].op == "add"
+
+        def leaves(i):
+            return [x for a in nodes[i].args for x in (leaves(a) if inner(a) else [a])]
+
+        sums = {i: leaves(i) for i, n in enumerate(nodes) if n.op == "add" and not inner(i)}
+        where = {x: r for r, ls in sums.items() for x in ls}
+        inputs = groups.get(a_in, [])
+        single = [m for m in inputs if len(consumers.get(m, [])) == 1 and m in where]
+        # fold one bias vector of each input product's sum into the hoisted GEMM
+        input_bias = [None] * len(inputs)
+        for m in single:
+            r = where[m]
+            bias = next((x for x in sums[r] if nodes[x].op == "param"), None)
+            if bias is not None:
+                input_bias[inputs.index(m)] = nodes[bias].attr
+                sums[r] = [x for x in sums[r] if x != bias]
+        # a recurrent group whose k-th product meets the k-th input product in one sum: add them in the GEMM
+        paired = None
+        if len(single) == len(inputs) > 0:
+            for a, members in groups.items():
+                if a != a_in and len(members) == len(inputs) and all(
+                        len(consumers.get(r, [])) == 1 and where.get(r) == where[m] for m, r in zip(inputs, members)):
+                    paired = a
+                    break
+        if paired is not None:
+            for m in inputs:
+                sums[where[m]] = [x for x in sums[where[m]] if x != m]
+        lines = ["def step(p, xw, x_t, s):"]
+        if inputs and paired is None:
+            lines.append(f"    xin = torch.split(xw, p['split{a_in}'], 1)")
+        for i, n in enumerate(nodes):
+            if n.op == "add" and inner(i):
+                continue
+            if n.op == "input":
+                line = "x_t"
+            elif n.op == "state":
+                line = f"s[{n.attr!r}]"
+            elif n.op == "param":
+                line = f"p[{n.attr!r}]"
+            elif n.op == "const":
+                line = repr(float(n.attr))
+            elif n.op == "matvec":
+                a = n.args[0]
+                k = groups[a].index(i)
+                if a == a_in:
+                    if paired is not None:
+                        continue
+                    line = f"xin[{k}]"
+                else:
+                    if k == 0:
+                        gemm = f"torch.addmm(xw, v{a}, p['cat{a}'].T)" if a == paired else f"v{a} @ p['cat{a}'].T"
+                        lines.append(f"    g{a} = torch.split({gemm}, p['split{a}'], 1)"
+                                     if len(groups[a]) > 1 else f"    g{a} = ({gemm},)")
+                    line = f"g{a}[{k}]"
+            elif n.op == "add":
+                line = " + ".join(f"v{x}" for x in sums[i])
+            else:
+                line = OPS[n.op].torch.format(*(f"v{a}" for a in n.args))
+            lines.append(f"    v{i} = {line}")
+        updates = ", ".join(f"{s.name!r}: v{u}" for s, u in zip(cell.states, cell.updates))
+        lines.append(f"    return v{cell.output}, {{{updates}}}")
+        return "\n".join(lines) + "\n", input_bias
 
     def parameters(self):
-        return [t for p in self.params for t in p.values()]
-
-    def step(self, p: dict, hoisted: dict, x_t, state: dict):
-        """One step: (output, new state) from this step's hoisted input products and the state."""
-        torch = _torch()
-        v = {}
-        for i, n in enumerate(self.cell.nodes):
-            op = n.op
-            if op == "input":
-                v[i] = x_t
-            elif op == "state":
-                v[i] = state[n.attr]
-            elif op == "param":
-                v[i] = p[n.attr]
-            elif op == "const":
-                v[i] = n.attr
-            elif op == "matvec":
-                v[i] = hoisted[i] if i in hoisted else v[n.args[0]] @ p[n.attr].T
-            elif op == "identity":
-                v[i] = v[n.args[0]]
-            elif op == "hard_sigmoid":
-                v[i] = torch.nn.functional.hardsigmoid(v[n.args[0]])
-            elif op in ("sigmoid", "tanh", "relu", "exp", "log", "neg"):
-                v[i] = getattr(torch, op)(v[n.args[0]])
-            else:
-                a, b = (v[k] for k in n.args)
-                v[i] = a + b if op == "add" else a - b if op == "sub" else a * b if op == "mul" else a / b
-        return v[self.cell.output], {s.name: v[u] for s, u in zip(self.cell.states, self.cell.updates)}
+        return [t for p in self.params for t in p.values() if not isinstance(t, tuple)]
 
     def forward(self, x, step=None):
         torch = _torch()
         step = step or self.step
         T, B, _ = x.shape
         h = x
+        a = self.input_group
         for p, sizes in zip(self.params, self.sizes):
-            flat = h.reshape(T * B, -1)
-            hoisted = {i: (flat @ p[self.cell.nodes[i].attr].T).reshape(T, B, -1) for i in self.input_products}
+            xw = [None] * T
+            if a is not None:
+                flat, w = h.reshape(T * B, -1), p[f"cat{a}"]
+                if any(self.input_bias):
+                    bias = torch.cat([p[b] if b else w.new_zeros(n) for b, n in zip(self.input_bias, p[f"split{a}"])])
+                    xw = torch.addmm(bias, flat, w.T).reshape(T, B, -1)
+                else:
+                    xw = (flat @ w.T).reshape(T, B, -1)
             state = {s.name: h.new_zeros(B, sizes[s.size]) for s in self.cell.states}
             ys = []
             for t in range(T):
-                y, state = step(p, {i: a[t] for i, a in hoisted.items()}, h[t], state)
+                y, state = step(p, xw[t], h[t], state)
                 ys.append(y)
             h = torch.stack(ys)
         return h
@@ -139,25 +223,35 @@ def time_gpu(fn, repeat: int = 20, warmup: int = 2) -> dict:
             "host_ms": statistics.median(host)}
 
 
-def _torch_peak(fn) -> int:
-    torch = _torch()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated())
+def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:
+    """The matrix products' floating-point operations of one call: 2 * B * rows * cols per matrix and
+    step, summed over the layers; training does it three times (forward, gradient passed back, weight
+    gradient). Pointwise work is left out: it is memory-bound, and small beside the products."""
+    per_step = sum(2 * batch * a.shape[0] * a.shape[1] for a in layer.state_dict().values() if a.ndim == 2)
+    return per_step * steps * (3 if mode == "train" else 1)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import cupy
+
+    return isinstance(e, (_torch().cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError))
 
 
 def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1, mode: str = "forward",
                precision: str = "fp32", repeat: int = 10, competitors=COMPETITORS, schedule: str | None = None,
                log=None) -> dict:
-    """Time one shape for every competitor that applies; returns a row (times in ms, memory in bytes)."""
+    """Time one shape for every competitor that applies; returns a row (times in ms, memory in bytes).
+
+    A competitor that runs out of GPU memory is recorded as {"error": "out of memory"} and the others
+    still run. Competitors whose call is slow (eager PyTorch at T * layers >= 1000) are timed fewer times.
+    """
     torch = _torch()
     import cupy
 
     import gc
 
     gc.collect()
+    torch.cuda.empty_cache()
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     base = pool.used_bytes()
@@ -168,23 +262,40 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
     xc = cupy.from_dlpack(x)
-    # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
-    y_ref = torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]).clone()
     tol = 1e-4 if precision == "fp32" else 2e-2
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
-           "precision": precision, "results": {}, "checks": {}}
+           "precision": precision, "flops": flops(layer, batch, steps, mode), "results": {}, "checks": {}}
+    y_ref = None  # lstmdsl's output; if lstmdsl cannot run the shape, the first competitor's
 
     def check(name, y):
+        nonlocal y_ref
+        if y_ref is None:
+            y_ref = y.detach().clone()
+            row["checks"]["reference"] = name
+            return
         err = float((y.detach().double() - y_ref.double()).norm() / y_ref.double().norm())
         row["checks"][name] = err
         if not err <= tol:
-            raise AssertionError(f"{name} disagrees with lstmdsl on {spec.name} (relative error {err:.1e})")
+            raise AssertionError(f"{name} disagrees with {row['checks']['reference']} on {spec.name} "
+                                 f"(relative error {err:.1e})")
 
-    ones = cupy.ones(y_ref.shape, np.float32)
     if "lstmdsl" in competitors:
-        fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
-            (lambda: (layer.forward(xc), layer.backward(ones)))
-        row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+        try:
+            # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
+            check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]))
+            ones = cupy.ones((steps, batch, layer.output_size), np.float32)
+            fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
+                (lambda: (layer.forward(xc), layer.backward(ones)))
+            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+        except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
+            if not _out_of_memory(e):
+                raise
+            row["results"]["lstmdsl"] = {"error": "out of memory"}
+        layer.free_workspaces()  # the competitors below get the whole GPU
+        pool.free_all_blocks()
+        if log is not None:
+            r = row["results"]["lstmdsl"]
+            print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
     xg = x.clone().requires_grad_(True)
     runners = {}
     if "cudnn" in competitors and vanilla_equivalent(spec):
@@ -198,10 +309,6 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             compiled_step = torch.compile(eager.step)
             runners["compile"] = lambda inp: eager.forward(inp, compiled_step)
     for name, run in runners.items():
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            check(name, run(x))
-        first = time.perf_counter() - t0
         if mode == "forward":
             def fn(run=run):
                 with torch.no_grad():
@@ -210,8 +317,24 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             def fn(run=run):
                 run(xg).sum().backward()
         slow = name in ("eager", "compile") and steps * layers >= 1000
-        row["results"][name] = time_gpu(fn, max(3, repeat // 3) if slow else repeat) | {
-            "memory": _torch_peak(fn), "first_call_s": first}
+        try:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                check(name, run(x))
+            first = time.perf_counter() - t0
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            timing = time_gpu(fn, max(3, repeat // 3) if slow else repeat, warmup=1 if slow else 2)
+            row["results"][name] = timing | {"memory": int(torch.cuda.max_memory_allocated()), "first_call_s": first,
+                                             "repeat": max(3, repeat // 3) if slow else repeat}
+        except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
+            if not _out_of_memory(e):
+                raise
+            row["results"][name] = {"error": "out of memory"}
+            xg.grad = None
+            gc.collect()
+            torch.cuda.empty_cache()
         if log is not None:
-            print(f"  {name}: {row['results'][name]['ms']:.2f} ms", file=log, flush=True)
+            r = row["results"][name]
+            print(f"  {name}: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
     return row

@@ -464,6 +464,9 @@ def cmd_bench(args) -> int:
     for row in rows:
         cudnn = row["results"].get("cudnn", {}).get("ms")
         for name, r in row["results"].items():
+            if "error" in r:
+                print(f"  {row['mode']:<8} {name:<10} {r['error']}")
+                continue
             ratio = f"{r['ms'] / cudnn:.2f}" if cudnn else "-"
             print(f"  {row['mode']:<8} {name:<10} {r['ms']:>9.3f} {r['min_ms']:>8.3f}..{r['max_ms']:<8.3f} "
                   f"{ratio:>8} {r['memory'] / 2**20:>11.1f}")

@@ -27,6 +27,7 @@ class OpDef:
     arity: int
     numpy: Callable[..., np.ndarray]
     cuda: str
+    torch: str  # the same formula in PyTorch, for the benchmarks' eager competitor ("" for helpers)
     derivative: Callable
     function: bool = False  # callable by name in a spec: sigmoid(...)
     symbol: str | None = None  # infix symbol, for printing
@@ -55,33 +56,39 @@ def _no_derivative(b, args, y, g):
 
 _TABLE = [
     # user functions
-    OpDef("sigmoid", 1, _sigmoid, "(real(1) / (real(1) + exp(-{0})))",
+    OpDef("sigmoid", 1, _sigmoid, "(real(1) / (real(1) + exp(-{0})))", "torch.sigmoid({0})",
           lambda b, a, y, g: (b.mul(g, b.mul(y, b.sub(b.const(1.0), y))),),
           function=True, doc="1 / (1 + exp(-a))"),
-    OpDef("tanh", 1, np.tanh, "tanh({0})",
+    OpDef("tanh", 1, np.tanh, "tanh({0})", "torch.tanh({0})",
           lambda b, a, y, g: (b.mul(g, b.sub(b.const(1.0), b.mul(y, y))),),
           function=True, doc="hyperbolic tangent"),
-    OpDef("relu", 1, lambda a: np.maximum(a, 0), "fmax({0}, real(0))",
+    OpDef("relu", 1, lambda a: np.maximum(a, 0), "fmax({0}, real(0))", "torch.relu({0})",
           lambda b, a, y, g: (b.mul(g, b.op("step", a[0])),),
           function=True, doc="max(a, 0); derivative 0 at a = 0"),
-    OpDef("identity", 1, lambda a: a, "{0}", lambda b, a, y, g: (g,), function=True, doc="a"),
-    OpDef("exp", 1, np.exp, "exp({0})", lambda b, a, y, g: (b.mul(g, y),), function=True, doc="e to the a"),
-    OpDef("log", 1, np.log, "log({0})", lambda b, a, y, g: (b.div(g, a[0]),), function=True,
+    OpDef("identity", 1, lambda a: a, "{0}", "{0}",
+          lambda b, a, y, g: (g,), function=True, doc="a"),
+    OpDef("exp", 1, np.exp, "exp({0})", "torch.exp({0})",
+          lambda b, a, y, g: (b.mul(g, y),), function=True, doc="e to the a"),
+    OpDef("log", 1, np.log, "log({0})", "torch.log({0})",
+          lambda b, a, y, g: (b.div(g, a[0]),), function=True,
           doc="natural logarithm (NaN for a < 0)"),
     OpDef("hard_sigmoid", 1, _hard_sigmoid, "fmin(fmax({0} / real(6) + real(0.5), real(0)), real(1))",
+          "torch.nn.functional.hardsigmoid({0})",
           lambda b, a, y, g: (b.mul(g, b.op("hard_sigmoid_grad", a[0])),), function=True,
           doc="clip(a / 6 + 1/2, 0, 1), as torch.nn.Hardsigmoid"),
     # operators
-    OpDef("neg", 1, np.negative, "(-{0})", lambda b, a, y, g: (b.op("neg", g),), symbol="-"),
-    OpDef("add", 2, np.add, "({0} + {1})", lambda b, a, y, g: (g, g), symbol="+"),
-    OpDef("sub", 2, np.subtract, "({0} - {1})", lambda b, a, y, g: (g, b.op("neg", g)), symbol="-"),
-    OpDef("mul", 2, np.multiply, "({0} * {1})", lambda b, a, y, g: (b.mul(g, a[1]), b.mul(g, a[0])),
+    OpDef("neg", 1, np.negative, "(-{0})", "(-{0})", lambda b, a, y, g: (b.op("neg", g),), symbol="-"),
+    OpDef("add", 2, np.add, "({0} + {1})", "({0} + {1})", lambda b, a, y, g: (g, g), symbol="+"),
+    OpDef("sub", 2, np.subtract, "({0} - {1})", "({0} - {1})",
+          lambda b, a, y, g: (g, b.op("neg", g)), symbol="-"),
+    OpDef("mul", 2, np.multiply, "({0} * {1})", "({0} * {1})",
+          lambda b, a, y, g: (b.mul(g, a[1]), b.mul(g, a[0])),
           symbol="*"),
-    OpDef("div", 2, np.divide, "({0} / {1})",
+    OpDef("div", 2, np.divide, "({0} / {1})", "({0} / {1})",
           lambda b, a, y, g: (b.div(g, a[1]), b.op("neg", b.div(b.mul(g, y), a[1]))), symbol="/"),
     # helpers that derivatives use
-    OpDef("step", 1, _step, "({0} > real(0) ? real(1) : real(0))", _no_derivative, doc="1 where a > 0, else 0"),
-    OpDef("hard_sigmoid_grad", 1, _hard_sigmoid_grad, "(({0} > real(-3) && {0} < real(3)) ? real(1) / real(6) : real(0))",
+    OpDef("step", 1, _step, "({0} > real(0) ? real(1) : real(0))", "", _no_derivative, doc="1 where a > 0, else 0"),
+    OpDef("hard_sigmoid_grad", 1, _hard_sigmoid_grad, "(({0} > real(-3) && {0} < real(3)) ? real(1) / real(6) : real(0))", "",
           _no_derivative, doc="1/6 where -3 < a < 3, else 0"),
 ]
 

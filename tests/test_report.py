@@ -1,0 +1,71 @@
+"""benchmarks/report.py: the tables, facts and the performance page come from the results JSON, and the
+committed docs/performance.md is what the committed JSON makes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+report = pytest.importorskip("report")
+
+META = {"gpu": "GPU X", "driver": 13000, "cuda_runtime": 13020, "torch": "2.11", "cudnn": 91900, "cupy": "14.2",
+        "python": "3.12", "lstmdsl": "0.1.0", "precision": "fp32", "gemm_tflops": 50.0}
+
+
+def row(spec, b, mode, results, h=512, t=100, l=1):
+    return {"spec": spec, "batch": b, "hidden": h, "steps": t, "layers": l, "mode": mode, "precision": "fp32",
+            "flops": 10**9, "results": results, "checks": {}}
+
+
+def timing(ms, mib):
+    return {"ms": ms, "min_ms": ms, "max_ms": ms, "host_ms": 0.1, "memory": mib * 2**20}
+
+
+GRID = {"meta": META, "rows": [
+    row("vanilla", 1, "forward", {"lstmdsl": timing(1.0, 10), "cudnn": timing(2.0, 20), "eager": timing(10.0, 30)}),
+    row("vanilla", 1, "train", {"lstmdsl": timing(3.0, 40), "cudnn": timing(2.0, 20)}),
+    row("peephole", 1, "train", {"lstmdsl": {"error": "out of memory"}, "eager": timing(30.0, 50)}),
+]}
+
+
+def test_grid_table_has_times_ratios_floor_and_out_of_memory():
+    text = report.grid_table(GRID)
+    assert "| vanilla | 1 | 512 | 100 | 1 | forward | 1.00 | 2.00 | 10.00 | - | 0.02 | 0.50x | 10.0x | - |" in text
+    assert "| peephole | 1 | 512 | 100 | 1 | train | OOM |" in text
+
+
+def test_grid_facts_count_where_lstmdsl_is_slower():
+    facts = report.grid_facts(GRID)
+    assert facts["count"] == {"forward": (0, 1), "train": (1, 1)}
+    assert facts["slower"] == [{"mode": "train", "shape": "B=1, H=512, T=100, L=1", "ratio": 1.5}]
+    assert facts["ooms"] == ["peephole lstmdsl train at B=1, H=512, T=100, L=1"]
+    assert facts["mem_over"] == [(1, 512, 100, 1, 2.0)]
+    assert facts["fwd_small"] == (2.0, 2.0, 1)
+
+
+def test_merge_joins_parts_and_refuses_another_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({"meta": META, "rows": GRID["rows"][:2]}))
+    newer = row("vanilla", 1, "train", {"lstmdsl": timing(2.5, 40), "cudnn": timing(2.0, 20)})
+    b.write_text(json.dumps({"meta": META | {"gemm_tflops": 40.0}, "rows": [newer, GRID["rows"][2]]}))
+    report.merge("joined", [str(a), str(b)])
+    joined = json.loads((tmp_path / "joined.json").read_text())
+    assert len(joined["rows"]) == 3 and newer in joined["rows"]
+    assert joined["meta"]["gemm_tflops"] == 40.0 and len(joined["meta"]["parts"]) == 2
+    c.write_text(json.dumps({"meta": META | {"gpu": "GPU Y"}, "rows": []}))
+    with pytest.raises(SystemExit, match="GPU Y"):
+        report.merge("bad", [str(a), str(c)])
+
+
+def test_the_committed_performance_page_is_what_the_results_make():
+    pytest.importorskip("jinja2")
+    if not (report.RESULTS / "grid_full_fp32.json").exists():
+        pytest.skip("no full grid results committed")
+    assert (ROOT / "docs" / "performance.md").read_text() == report.page(), \
+        "docs/performance.md is stale: run python3 benchmarks/report.py"
