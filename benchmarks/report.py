@@ -259,7 +259,7 @@ def write_memory(name: str, data: dict) -> None:
 
 
 def compile_table(data: dict) -> str:
-    return table(["spec", "cold (s)", "warm (s)"], [[r["spec"], f"{r['cold_s']:.2f}", f"{r['warm_s']:.2f}"]
+    return table(["spec", "cold (s)", "warm (s)"], [[r["spec"], f"{r['cold_s']:.2f}", f"{r['warm_s']:.3f}"]
                                                    for r in data["rows"]])
 
 
@@ -267,8 +267,8 @@ def write_compile(name: str, data: dict) -> None:
     (RESULTS / f"{name}.md").write_text(
         "# Compile time per spec: lstmdsl.compile(SPEC, input_size=64, hidden_size=64, backend='cuda')\n\n"
         f"{describe_meta(data['meta'])}.\n\nEach figure is a fresh Python process, timed after importing "
-        "lstmdsl and CuPy: cold with CuPy's kernel cache emptied (NVRTC compiles), warm with it filled (median "
-        f"of three).\n\n{compile_table(data)}\n")
+        "lstmdsl and CuPy: cold with CuPy's kernel cache and lstmdsl's cache emptied (NVRTC compiles), warm "
+        f"with both filled (median of three).\n\n{compile_table(data)}\n")
 
 
 def profile_table(row: dict) -> str:

@@ -150,18 +150,17 @@ def memory(args) -> dict:
 
 
 def compile_times() -> dict:
-    """Cold (empty CuPy kernel cache, fresh process) and warm (cache filled, fresh process) compile of
-    every spec: lstmdsl.compile alone (parse, schedule, render, NVRTC or the disk cache, module load,
-    parameter upload), timed inside a subprocess after lstmdsl and CuPy are imported."""
+    """Cold (CuPy's kernel cache and lstmdsl's cache emptied, fresh process) and warm (both filled, fresh
+    process) compile of every spec: lstmdsl.compile alone (parse, schedule, render, NVRTC or the disk
+    caches, module load, parameter upload), timed inside a subprocess after lstmdsl and CuPy are imported."""
     code = ("import time, sys, cupy, lstmdsl; cupy.cuda.Device().synchronize(); t=time.perf_counter(); "
-            "l=lstmdsl.compile(sys.argv[1], input_size=64, hidden_size=64, backend='cuda', "
-            "**({'proj_size': 32} if lstmdsl.parse(sys.argv[1]).uses_size('proj') else {})); "
-            "print(time.perf_counter()-t)")
+            "s=lstmdsl.parse(sys.argv[1]); l=lstmdsl.compile(s, input_size=64, hidden_size=64, backend='cuda', "
+            "**({'proj_size': 32} if s.uses_size('proj') else {})); print(time.perf_counter()-t)")
     rows = []
-    cache = Path("/tmp/lstmdsl-bench-cupy-cache")
+    cupy_cache, own_cache = Path("/tmp/lstmdsl-bench-cupy-cache"), Path("/tmp/lstmdsl-bench-cache")
     for spec in ALL_SPECS:
-        subprocess.run(["rm", "-rf", str(cache)], check=True)
-        env = dict(os.environ, CUPY_CACHE_DIR=str(cache))
+        subprocess.run(["rm", "-rf", str(cupy_cache), str(own_cache)], check=True)
+        env = dict(os.environ, CUPY_CACHE_DIR=str(cupy_cache), LSTMDSL_CACHE=str(own_cache))
         run = lambda: float(subprocess.run([sys.executable, "-c", code, spec], env=env,  # noqa: E731
                                            capture_output=True, text=True, check=True).stdout.split()[-1])
         cold = run()

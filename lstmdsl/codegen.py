@@ -25,8 +25,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import jinja2
-
 from .errors import BackendUnavailable
 from .ir import LEAF_OPS, Node
 from .ops import OPS
@@ -333,8 +331,14 @@ def traffic_per_step(plan: Plan, descs: tuple[tuple[KernelDesc, ...], tuple[Kern
     return out
 
 
+def template_text() -> str:
+    return (resource_dir("templates") / "pointwise.cu.j2").read_text()
+
+
 @functools.lru_cache(maxsize=None)
-def _template() -> jinja2.Template:
+def _template() -> "jinja2.Template":  # noqa: F821 (imported here: a cached program needs no jinja2)
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     return env.get_template("pointwise.cu.j2")

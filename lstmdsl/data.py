@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_dir
 from .errors import BackendUnavailable, InputFileError
 
 
@@ -31,10 +31,6 @@ class MissingData(BackendUnavailable):
 
 def _split(index: int) -> str:
     return "test" if index % 10 == 0 else "valid" if index % 10 == 1 else "train"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LSTMDSL_CACHE", Path.home() / ".cache" / "lstmdsl"))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ import time
 
 import numpy as np
 
+from . import __version__
 from .api import Layer, Spec, init_params
-from .codegen import KernelDesc, Layout, Slot, kernel_descs, make_layout, render
+from .cache import cached_text
+from .codegen import KernelDesc, Layout, Slot, kernel_descs, make_layout, render, template_text
 from .errors import BackendUnavailable, LstmdslError, UsageError
 from .passes import make_plan
 from .plan import Gemm, Kernel, Plan
@@ -170,7 +172,10 @@ class _Program:
         self.plan: Plan = make_plan(spec.cell, spec.grad, schedule)
         self.layout: Layout = make_layout(self.plan)
         self.forward_kernels, self.backward_kernels = kernel_descs(self.plan, self.layout)
-        self.source = render(self.plan, self.forward_kernels, self.backward_kernels, dtype)
+        key = repr((__version__, template_text(), self.plan.cell.name, self.plan.schedule.describe(), dtype,
+                    self.forward_kernels, self.backward_kernels))
+        self.source = cached_text("cuda", key, lambda: render(self.plan, self.forward_kernels,
+                                                              self.backward_kernels, dtype))
         self.module = load_module(self.source)
         self.functions = {k.name: self.module.get_function(k.name)
                           for k in self.forward_kernels + self.backward_kernels}

@@ -16,6 +16,7 @@ from typing import Union
 import lark
 from lark import Token, Transformer, v_args
 
+from .cache import cache_dir
 from .errors import Diagnostic, Source, Span, SpecError
 from .resources import resource_dir
 
@@ -238,9 +239,18 @@ class _ToAST(Transformer):
 
 @functools.lru_cache(maxsize=None)
 def _parser() -> lark.Lark:
+    """The LALR parser. Building its tables takes longer than a whole compile from the cache, so lark
+    keeps them in $LSTMDSL_CACHE (checked against the grammar and lark's version when loaded; lark
+    rebuilds them when the file is missing, stale or damaged)."""
     grammar = (resource_dir("grammars") / "cell.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", lexer="contextual", postlex=_StatementSeparators(),
-                     propagate_positions=True, start=["start", "schedule_text"], maybe_placeholders=False)
+    options = dict(parser="lalr", lexer="contextual", postlex=_StatementSeparators(), propagate_positions=True,
+                   start=["start", "schedule_text"], maybe_placeholders=False)
+    path = cache_dir() / f"grammar-lark-{lark.__version__}.cache"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return lark.Lark(grammar, cache=str(path), **options)
+    except OSError:  # the cache cannot be written: build the tables each time
+        return lark.Lark(grammar, **options)
 
 
 # Readable names for the grammar's terminals in "expected ..." messages.

@@ -18,6 +18,7 @@ layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backen
                         **({"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}))
 x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
+    y0, _ = layer.forward(x, train=False)  # the forward-only workspace
     y, state = layer.forward(x)
     dx = layer.backward(cupy.ones_like(y))
 cupy.cuda.Device().synchronize()

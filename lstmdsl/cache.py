@@ -1,0 +1,50 @@
+"""The on-disk cache, in $LSTMDSL_CACHE (default ~/.cache/lstmdsl).
+
+It keeps what is slow to make and cheap to keep: the chorale data (data.py), the spec grammar's parse
+tables (syntax.py, through lark's own cache) and each program's rendered CUDA source (runtime.py), so a
+spec compiled before loads without building the parser or importing jinja2. A cache that cannot be
+written (a read-only home) is skipped, and a damaged file is made again: the cache never fails a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LSTMDSL_CACHE", Path.home() / ".cache" / "lstmdsl"))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_atomically(path: Path, text: str) -> bool:
+    """Write text to path through a temporary file, so a reader never sees half of it; False if the
+    cache cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
+def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:
+    """make(), kept in cache_dir()/kind under the sha256 of key. The file's first line is the sha256 of
+    the rest, so a damaged or truncated file is made again instead of used."""
+    path = cache_dir() / kind / f"{_sha(key)[:32]}.txt"
+    try:
+        head, body = path.read_text().split("\n", 1)
+        if head == _sha(body):
+            return body
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    body = make()
+    write_atomically(path, _sha(body) + "\n" + body)
+    return body

@@ -1,0 +1,66 @@
+"""The on-disk cache ($LSTMDSL_CACHE): made once, used again, made again when damaged, skipped when it
+cannot be written; a damaged grammar cache never shows up as an error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lstmdsl import cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTMDSL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cached_text_is_made_once_and_read_back(cache_root):
+    calls = []
+    make = lambda: calls.append(1) or "__global__ void k() {}\n"  # noqa: E731
+    assert cache.cached_text("cuda", "key", make) == "__global__ void k() {}\n"
+    assert cache.cached_text("cuda", "key", make) == "__global__ void k() {}\n"
+    assert len(calls) == 1
+    assert cache.cached_text("cuda", "another key", make) and len(calls) == 2
+
+
+def test_a_damaged_entry_is_made_again(cache_root):
+    cache.cached_text("cuda", "key", lambda: "first\nsecond\n")
+    (path,) = (cache_root / "cuda").glob("*.txt")
+    path.write_text(path.read_text()[:-4])  # truncated
+    assert cache.cached_text("cuda", "key", lambda: "first\nsecond\n") == "first\nsecond\n"
+    path.write_bytes(b"\xff\xfe\x00")  # not text at all
+    assert cache.cached_text("cuda", "key", lambda: "made again") == "made again"
+
+
+def test_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LSTMDSL_CACHE", str(blocker))
+    assert cache.cached_text("cuda", "key", lambda: "body") == "body"
+    assert not cache.write_atomically(blocker / "x" / "y.txt", "text")
+
+
+def run_check(env):
+    return subprocess.run([sys.executable, "-m", "lstmdsl", "check", "peephole"], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+
+
+def test_the_grammar_cache_is_written_and_a_damaged_one_rebuilt(cache_root):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    assert run_check(env).returncode == 0
+    (path,) = cache_root.glob("grammar-lark-*.cache")
+    path.write_bytes(b"not a pickle\n" * 10)
+    r = run_check(env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert path.read_bytes().startswith(b"not a pickle") is False  # lark wrote it again
+    blocker = cache_root.parent / "blocker"
+    blocker.write_text("x")
+    r = run_check(dict(env, LSTMDSL_CACHE=str(blocker)))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
