@@ -1,8 +1,9 @@
 """The on-disk cache, in $LSTMDSL_CACHE (default ~/.cache/lstmdsl).
 
 It keeps what is slow to make and cheap to keep: the chorale data (data.py), the spec grammar's parse
-tables (syntax.py, through lark's own cache) and each program's rendered CUDA source (runtime.py), so a
-spec compiled before loads without building the parser or importing jinja2. A cache that cannot be
+tables (syntax.py, through lark's own cache), each program's rendered CUDA source and its cubin
+(runtime.py), so a spec compiled before loads without building the parser, importing jinja2 or starting
+NVRTC. A cache that cannot be
 written (a read-only home) is skipped, and a damaged file is made again: the cache never fails a run.
 """
 
@@ -22,17 +23,21 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_atomically(path: Path, text: str) -> bool:
-    """Write text to path through a temporary file, so a reader never sees half of it; False if the
+def write_bytes_atomically(path: Path, data: bytes) -> bool:
+    """Write data to path through a temporary file, so a reader never sees half of it; False if the
     cache cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
         return True
     except OSError:
         return False
+
+
+def write_atomically(path: Path, text: str) -> bool:
+    return write_bytes_atomically(path, text.encode())
 
 
 def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:

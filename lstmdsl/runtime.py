@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import math
+import re
 import time
 
 import numpy as np
 
 from . import __version__
 from .api import Layer, Spec, init_params
-from .cache import cached_text
+from .cache import cache_dir, cached_text, write_bytes_atomically
 from .codegen import KernelDesc, Layout, Slot, kernel_descs, make_layout, render, template_text
 from .errors import BackendUnavailable, LstmdslError, UsageError
 from .passes import make_plan
@@ -58,21 +60,70 @@ def check_available() -> None:
 
 
 _MODULES: dict[str, object] = {}
+_OPTIONS = ("--std=c++17",)
+_NVRTC_ERROR_COMPILATION = 6  # nvrtcResult: the source does not compile
+
+
+def _compile_error(source: str, log: str) -> CompileError:
+    lines = source.splitlines()
+    shown = "\n".join(f"{k + 1:5d}  {ln}" for k, ln in enumerate(lines[:60]))
+    return CompileError(f"NVRTC could not compile the generated kernels (options {' '.join(_OPTIONS)}):\n"
+                        f"{log}\nthe source begins:\n{shown}")
+
+
+def _nvrtc_cubin(source: str, arch: str) -> bytes | None:
+    """The source compiled by NVRTC for sm_<arch>, or None where this NVRTC cannot (then CuPy's own
+    path, which can fall back to PTX, takes over)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        prog = nvrtc.createProgram(source, "lstmdsl.cu", [], [])
+    except Exception:  # noqa: BLE001 (an older or different CuPy: use its compile path)
+        return None
+    try:
+        nvrtc.compileProgram(prog, [*_OPTIONS, f"--gpu-architecture=sm_{arch}"])
+        return nvrtc.getCUBIN(prog)
+    except nvrtc.NVRTCError as err:
+        if err.status == _NVRTC_ERROR_COMPILATION:
+            raise _compile_error(source, nvrtc.getProgramLog(prog)) from None
+        return None  # e.g. an architecture this NVRTC does not know
+    except Exception:  # noqa: BLE001 (no getCUBIN in this CuPy)
+        return None
+    finally:
+        nvrtc.destroyProgram(prog)
 
 
 def load_module(source: str):
-    """Compile (or fetch from CuPy's caches) the module of a rendered source."""
-    if source not in _MODULES:
-        module = cupy.RawModule(code=source, options=("--std=c++17",))
+    """The loaded module of a rendered source. Its cubin is kept in $LSTMDSL_CACHE/cubin (keyed by the
+    source, the options, the GPU architecture and CuPy's version), so a spec compiled before loads
+    without starting NVRTC at all; where that fails, CuPy compiles it (and keeps it in its own cache)."""
+    if source in _MODULES:
+        return _MODULES[source]
+    arch = cupy.cuda.Device().compute_capability
+    key = repr((cupy.__version__, arch, _OPTIONS, source))
+    path = cache_dir() / "cubin" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.cubin"
+    module = None
+    if path.exists():
         try:
-            module.compile()
-        except cupy.cuda.compiler.CompileException as err:
-            lines = source.splitlines()
-            shown = "\n".join(f"{k + 1:5d}  {ln}" for k, ln in enumerate(lines[:60]))
-            raise CompileError(f"NVRTC could not compile the generated kernels (options --std=c++17):\n"
-                               f"{err}\nthe source begins:\n{shown}") from None
-        _MODULES[source] = module
-    return _MODULES[source]
+            module = cupy.RawModule(path=str(path))
+            module.get_function(_FIRST_KERNEL.search(source).group(1))  # loads it: a damaged file fails here
+        except Exception:  # noqa: BLE001 (a damaged or foreign file: compile again)
+            module = None
+    if module is None:
+        cubin = _nvrtc_cubin(source, arch)
+        if cubin is not None and write_bytes_atomically(path, cubin):
+            module = cupy.RawModule(path=str(path))
+        else:
+            module = cupy.RawModule(code=source, options=_OPTIONS)
+            try:
+                module.compile()
+            except cupy.cuda.compiler.CompileException as err:
+                raise _compile_error(source, str(err)) from None
+    _MODULES[source] = module
+    return module
+
+
+_FIRST_KERNEL = re.compile(r'extern "C" __global__ void (\w+)')
 
 
 def _load_libcublas() -> ctypes.CDLL:

@@ -233,3 +233,19 @@ def test_profile_parts_add_up():
     graphed_train = p["graphs"]["train"]["ms"]
     assert 0.3 * graphed_train < busy < 3 * graphed_train  # GPU work, not the host's issue time
     assert all(not g.any() for g in layer.grads().values())  # profiling leaves no gradients behind
+
+
+def test_kernels_load_from_the_cubin_cache(tmp_path, monkeypatch):
+    from lstmdsl import runtime
+
+    monkeypatch.setenv("LSTMDSL_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_MODULES", {})
+    check("gru", 7, 3, 5, 33, 1)  # compiles, writes the cubin
+    (cubin,) = (tmp_path / "cubin").glob("*.cubin")
+    monkeypatch.setattr(runtime, "_MODULES", {})
+    check("gru", 7, 3, 5, 33, 1)  # loads it
+    # CuPy keeps modules loaded from a path for the life of the process, so a file damaged now is only
+    # read again by a new process (tests/emulated/cubin_cache.py checks that path without a GPU)
+    cubin.write_bytes(b"not a cubin")
+    monkeypatch.setattr(runtime, "_MODULES", {})
+    check("gru", 7, 3, 5, 33, 1)

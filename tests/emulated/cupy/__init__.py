@@ -9,8 +9,12 @@ class _Data:
     def __init__(self, ptr): self.ptr = ptr
 
 
+__version__ = "emulated"
+
+
 class _Dev:
     id = 0
+    compute_capability = "90"
     def __init__(self, *a): pass
     def synchronize(self): pass
     def __enter__(self): return self
@@ -63,7 +67,7 @@ class Stream:
 _STREAM = Stream()
 
 class RawModule:
-    def __init__(self, code, options=()): self.code = code
+    def __init__(self, code=None, options=(), path=None): self.code = code
     def compile(self): pass
     def get_function(self, name): return name
 
