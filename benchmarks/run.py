@@ -26,7 +26,6 @@ import platform
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import cupy
@@ -37,6 +36,7 @@ import lstmdsl
 from lstmdsl.bench import COMPETITORS, bench_case, time_gpu
 
 import report
+from reference_cpu import measure as reference_cpu_measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_SPECS = ("vanilla", "peephole", "cifg", "gru", "fgr", "nig", "nfg", "nog", "niaf", "noaf", "np", "lstmp")
@@ -111,25 +111,16 @@ MEMORY_MODELS = {"small": (16, 128, 100, 1), "large": (64, 1024, 100, 4)}  # B, 
 
 
 def reference_cpu(spec: str, B: int, H: int, T: int, L: int, repeat: int = 3) -> dict:
-    """The numpy reference's training step (forward + backward) on this machine's CPU: median seconds
-    after one warm-up, and the peak bytes numpy allocated (tracemalloc, in one more run)."""
+    """The numpy reference's training step (forward + backward) on this machine's CPU: median time after
+    one warm-up, and the peak bytes numpy allocated (tracemalloc, in one more run)."""
     layer = lstmdsl.compile(spec, input_size=H, hidden_size=H, num_layers=L, seed=0)
     x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
 
     def train():
         y, _ = layer.forward(x)
         layer.backward(np.ones_like(y))
-    train()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        train()
-        times.append(time.perf_counter() - t0)
-    tracemalloc.start()
-    train()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"ms": 1e3 * sorted(times)[len(times) // 2], "memory": peak, "repeat": repeat}
+    seconds, peak_mib = reference_cpu_measure(train, repeat)
+    return {"ms": 1e3 * seconds, "memory": int(peak_mib * 2**20), "repeat": repeat}
 
 
 def memory(args) -> dict:
