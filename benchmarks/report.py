@@ -4,7 +4,8 @@
     python3 benchmarks/report.py merge NAME PART.json...  # join the parts of a grid run into results/NAME.json
 
 benchmarks/run.py writes the JSON (and calls this for what it wrote). The page's prose is
-docs/performance.md.j2; every figure in it comes from the JSON through the context built here.
+docs/performance.md.j2; its tables and figures come from the JSON through the context built here (one diagnostic
+paragraph, which names its commands, excepted).
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def grid_facts(data: dict | None) -> dict | None:
             line += [fmt_ms(res, "lstmdsl"), fmt_ms(cud, "cudnn"), fmt_ms(res, "eager"), fmt_ms(res, "compile"),
                      ratio(ms(res, "eager"), ms(res, "lstmdsl"), 1)]
         peephole.append(line)
-    variants = []
+    variants, variant_rows = [], []
     for r in sorted((r for r in rows if (r["batch"], r["hidden"], r["steps"], r["layers"]) == (64, 512, 100, 1)),
                     key=lambda r: (r["spec"] not in ("vanilla", "peephole"), r["spec"], r["mode"])):
         res = r["results"]
@@ -342,6 +343,7 @@ def grid_facts(data: dict | None) -> dict | None:
         variants.append([r["spec"], r["mode"], fmt_ms(res, "lstmdsl"), fmt_ms(cud, "cudnn"),
                          ratio(ms(res, "lstmdsl"), ms(cud, "cudnn")), fmt_ms(res, "eager"), fmt_ms(res, "compile"),
                          ratio(ms(res, "eager"), ms(res, "lstmdsl"), 1), ratio(ms(res, "compile"), ms(res, "lstmdsl"), 1)])
+        variant_rows.append((variants[-1], r))
 
     def span(pairs):
         vals = [a / b for a, b in pairs if a and b]
@@ -355,7 +357,11 @@ def grid_facts(data: dict | None) -> dict | None:
     mem_ratio = [(r["batch"], r["hidden"], r["steps"], r["layers"], res["lstmdsl"]["memory"] / res["cudnn"]["memory"])
                  for res, r in res_of("vanilla", "train") if "memory" in res.get("lstmdsl", {})
                  and "memory" in res.get("cudnn", {})]
-    variant_slower = [v for v in variants if v[0] not in ("vanilla",) and v[4] != "-" and float(v[4][:-1]) > 1]
+    variant_ratio = [(v, ms(r["results"], "lstmdsl") / ms(by[("vanilla", 64, 512, 100, 1, r["mode"], p)]["results"], "cudnn"))
+                     for v, r in variant_rows if r["spec"] != "vanilla" and ms(r["results"], "lstmdsl")
+                     and ("vanilla", 64, 512, 100, 1, r["mode"], p) in by
+                     and ms(by[("vanilla", 64, 512, 100, 1, r["mode"], p)]["results"], "cudnn")]
+    variant_slower = [v for v, q in variant_ratio if q > 1]
     count = {mode: (sum(1 for s in slower if s["mode"] == mode),
                     sum(1 for res, r in res_of("vanilla", mode) if ms(res, "lstmdsl") and ms(res, "cudnn")))
              for mode in ("forward", "train")}
@@ -372,7 +378,7 @@ def grid_facts(data: dict | None) -> dict | None:
         "variants_table": table(["spec", "mode", "lstmdsl", "cuDNN vanilla", "lstmdsl / cuDNN", "eager", "compile",
                                  "eager / lstmdsl", "compile / lstmdsl"], variants),
         "slower": sorted(slower, key=lambda s: -s["ratio"]), "count": count, "ooms": ooms,
-        "fwd_small": fwd_small, "variant_slower": variant_slower,
+        "fwd_small": fwd_small, "variant_slower": variant_slower, "variant_pairs": len(variant_ratio),
         "mem_over": sorted([m for m in mem_ratio if m[4] > 1], key=lambda m: -m[4]), "mem_n": len(mem_ratio),
         "eager_span": span([(ms(res, "eager"), ms(res, "lstmdsl")) for res, r in res_of("peephole", "forward")
                             + res_of("peephole", "train")]),
@@ -410,6 +416,13 @@ def page() -> str:
             "results"][comp]["ms"]
 
     ctx["time"] = time
+
+    def mem_ms(model: str, spec: str, backend: str) -> float:
+        """A training step's ms in the memory section (an error if it was not measured)."""
+        return next(r["ms"] for r in load("memory")["rows"]
+                    if (r["model"], r["spec"], r["backend"]) == (model, spec, backend))
+
+    ctx["mem_ms"] = mem_ms
     ctx["variants"] = grid_facts(load("grid_variants_fp32"))
     return env.get_template("performance.md.j2").render(**ctx)
 

@@ -106,7 +106,7 @@ class EagerCell:
             bias = next((x for x in sums[r] if nodes[x].op == "param"), None)
             if bias is not None:
                 input_bias[inputs.index(m)] = nodes[bias].attr
-                sums[r] = [x for x in sums[r] if x != bias]
+                sums[r].remove(bias)  # one copy: `b + b` keeps the other in the step
         # a recurrent group whose k-th product meets the k-th input product in one sum: add them in the GEMM
         paired = None
         if len(single) == len(inputs) > 0:

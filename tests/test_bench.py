@@ -42,3 +42,18 @@ def test_eager_vanilla_is_one_addmm_per_step_with_the_biases_folded_in():
     y_ref, _ = layer.forward(x.detach().numpy())
     dx_ref = layer.backward(np.ones_like(y_ref))
     np.testing.assert_allclose(x.grad.numpy(), dx_ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", [
+    "cell d { input x; state h; h' = tanh((W x + b) + (R h + b)); output h' }",
+    "cell d { input x; state h; h' = tanh(W x + R h + b + b); output h' }",
+    "cell d { input x; state h; a = W x + b; h' = tanh(a + R h) * sigmoid(a - b); output h' }",
+])
+def test_eager_cell_folds_a_bias_once_where_it_is_added_twice(text):
+    layer = lstmdsl.compile(text, input_size=3, hidden_size=4, dtype="float64", seed=1)
+    for p in layer.parameters().values():
+        p[...] = np.random.default_rng(2).uniform(-1, 1, p.shape)
+    x = np.random.default_rng(0).standard_normal((3, 2, 3))
+    y_ref, _ = layer.forward(x)
+    y = EagerCell(layer.spec, layer, device="cpu").forward(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-13)
