@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LSTMDSL_CACHE", Path.home() / ".cache" / "lstmdsl"))
+    """$LSTMDSL_CACHE, else ~/.cache/lstmdsl, else (no home directory, as for a container run under an
+    unknown uid) a folder in the temporary directory."""
+    if os.environ.get("LSTMDSL_CACHE"):
+        return Path(os.environ["LSTMDSL_CACHE"])
+    try:
+        return Path.home() / ".cache" / "lstmdsl"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / f"lstmdsl-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def _sha(text: str) -> str:
@@ -28,9 +36,14 @@ def write_bytes_atomically(path: Path, data: bytes) -> bool:
     cache cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return True
     except OSError:
         return False

@@ -64,3 +64,26 @@ def test_the_grammar_cache_is_written_and_a_damaged_one_rebuilt(cache_root):
     blocker.write_text("x")
     r = run_check(dict(env, LSTMDSL_CACHE=str(blocker)))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_without_a_home_directory_the_cache_goes_to_the_temporary_folder(monkeypatch):
+    monkeypatch.delenv("LSTMDSL_CACHE", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert "lstmdsl-cache" in str(cache.cache_dir())
+    assert cache.cached_text("cuda", "no home", lambda: "body") == "body"
+
+
+def test_concurrent_writers_leave_a_whole_file(cache_root):
+    import threading
+
+    bodies = [f"{k}\n" * 20000 for k in range(8)]
+    threads = [threading.Thread(target=cache.write_atomically, args=(cache_root / "x.txt", b)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (cache_root / "x.txt").read_text() in bodies
+    assert not list(cache_root.glob("*.tmp"))

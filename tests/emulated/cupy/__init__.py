@@ -73,6 +73,6 @@ class RawModule:
 
 cuda = types.SimpleNamespace(
     Stream=Stream, Device=_Dev, get_current_stream=lambda: _STREAM, Event=_Event,
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 13000),
     compiler=types.SimpleNamespace(CompileException=Exception),
 )
