@@ -60,8 +60,7 @@ def check_available() -> None:
 
 
 _MODULES: dict[str, object] = {}
-_CUPY_OPTIONS = ("--std=c++17",)
-_OPTIONS = _CUPY_OPTIONS + ("-ftz=true",)  # CuPy adds -ftz=true to what it is given: compile the same kernels
+_OPTIONS = ("--std=c++17",)
 _NVRTC_ERROR_COMPILATION = 6  # nvrtcResult: the source does not compile
 
 
@@ -94,38 +93,32 @@ def _nvrtc_cubin(source: str, arch: str) -> bytes | None:
         nvrtc.destroyProgram(prog)
 
 
-def _load_cubin(path, source: str):
-    """The module in a cubin file, loaded (its first kernel fetched), or None if it does not load."""
-    try:
-        module = cupy.RawModule(path=str(path))
-        first = _FIRST_KERNEL.search(source)
-        if first is not None:
-            module.get_function(first.group(1))  # CuPy loads the file here: a damaged one fails
-        return module
-    except Exception:  # noqa: BLE001 (a damaged or foreign file, or a driver that cannot load it)
-        return None
-
-
 def load_module(source: str):
     """The loaded module of a rendered source. Its cubin is kept in $LSTMDSL_CACHE/cubin (keyed by the
-    source, the options, the GPU architecture and the CuPy and CUDA versions), so a spec compiled before
-    loads without starting NVRTC at all; where that fails, CuPy compiles it (into its own cache)."""
+    source, the options, the GPU architecture and CuPy's version), so a spec compiled before loads
+    without starting NVRTC at all; where that fails, CuPy compiles it (and keeps it in its own cache)."""
     if source in _MODULES:
         return _MODULES[source]
     arch = cupy.cuda.Device().compute_capability
-    key = repr((cupy.__version__, cupy.cuda.runtime.runtimeGetVersion(), arch, _OPTIONS, source))
+    key = repr((cupy.__version__, arch, _OPTIONS, source))
     path = cache_dir() / "cubin" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.cubin"
-    module = _load_cubin(path, source) if path.exists() else None
+    module = None
+    if path.exists():
+        try:
+            module = cupy.RawModule(path=str(path))
+            module.get_function(_FIRST_KERNEL.search(source).group(1))  # loads it: a damaged file fails here
+        except Exception:  # noqa: BLE001 (a damaged or foreign file: compile again)
+            module = None
     if module is None:
         cubin = _nvrtc_cubin(source, arch)
         if cubin is not None and write_bytes_atomically(path, cubin):
-            module = _load_cubin(path, source)
-    if module is None:
-        module = cupy.RawModule(code=source, options=_CUPY_OPTIONS)
-        try:
-            module.compile()
-        except cupy.cuda.compiler.CompileException as err:
-            raise _compile_error(source, str(err)) from None
+            module = cupy.RawModule(path=str(path))
+        else:
+            module = cupy.RawModule(code=source, options=_OPTIONS)
+            try:
+                module.compile()
+            except cupy.cuda.compiler.CompileException as err:
+                raise _compile_error(source, str(err)) from None
     _MODULES[source] = module
     return module
 

@@ -1,6 +1,6 @@
 """runtime.load_module's cubin cache without a GPU: a cubin is written once and loaded after, a damaged
 file is compiled and written again, an NVRTC that cannot make a cubin falls back to CuPy's own compile,
-a fresh cubin that does not load falls back too, and an unwritable cache still gives a module. Exits 1 on the first failure."""
+and an unwritable cache still gives a module. Exits 1 on the first failure."""
 
 import os
 import sys
@@ -58,18 +58,14 @@ with tempfile.TemporaryDirectory() as tmp:
     cubin.write_bytes(b"garbage")
     fresh()
     expect("a damaged cubin is compiled and written again", len(made) == 2 and cubin.read_bytes() == GOOD)
-    runtime._nvrtc_cubin = lambda source, arch: b"a cubin this driver cannot load"
-    cubin.unlink()
-    fresh()
-    expect("a fresh cubin that does not load falls back to CuPy's compile", COMPILED == [source])
     runtime._nvrtc_cubin = lambda source, arch: None
     cubin.unlink()
     fresh()
-    expect("without a cubin from NVRTC, CuPy compiles", COMPILED == [source, source] and not cubin.exists())
+    expect("without a cubin from NVRTC, CuPy compiles", COMPILED == [source] and not cubin.exists())
     blocker = Path(tmp, "blocker")
     blocker.write_text("a file where the cache folder should be")
     os.environ["LSTMDSL_CACHE"] = str(blocker)
     runtime._nvrtc_cubin = lambda source, arch: GOOD
     fresh()
-    expect("an unwritable cache falls back to CuPy's compile", COMPILED == [source] * 3)
+    expect("an unwritable cache falls back to CuPy's compile", COMPILED == [source] * 2)
 print("cubin cache: OK")
