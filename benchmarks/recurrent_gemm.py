@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import lstmdsl
-from lstmdsl.bench import time_gpu
+from lstmdsl.timing import time_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 import lstmdsl
-from lstmdsl.bench import COMPETITORS, bench_case, time_gpu
+from lstmdsl.bench import COMPETITORS, bench_case
+from lstmdsl.timing import time_gpu
 
 import report
 from reference_cpu import measure as reference_cpu_measure

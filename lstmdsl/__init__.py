@@ -9,8 +9,7 @@ from . import nn, optim
 from .api import Layer, Spec, compile, load, parse
 from .errors import (BackendUnavailable, InputFileError, LstmdslError, SpecError, UsageError)
 from .schedule import Schedule, parse_schedule
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["BackendUnavailable", "InputFileError", "Layer", "LstmdslError", "Schedule", "Spec", "SpecError",
            "UsageError", "compile", "load", "nn", "optim", "parse", "parse_schedule", "__version__"]

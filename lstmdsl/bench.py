@@ -18,13 +18,13 @@ upper bound of its peak).
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 
 import numpy as np
 
 from . import api
-from .api import Spec
+from .spec import Spec
+from .timing import time_gpu
 
 COMPETITORS = ("lstmdsl", "cudnn", "eager", "compile")
 
@@ -199,28 +199,6 @@ def _cudnn(layer: api.Layer, H: int, L: int):
             getattr(lstm, f"bias_ih_l{k}").copy_(cat("b"))
             getattr(lstm, f"bias_hh_l{k}").zero_()
     return lstm
-
-
-def time_gpu(fn, repeat: int = 20, warmup: int = 2) -> dict:
-    """Time fn on the GPU: CUDA events on the current stream around each call, after warm-up calls.
-    Returns the median, min and max milliseconds and the median host time to issue the call."""
-    import cupy
-
-    for _ in range(warmup):
-        fn()
-    cupy.cuda.Device().synchronize()
-    times, host = [], []
-    for _ in range(repeat):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append(1e3 * (time.perf_counter() - t0))
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "host_ms": statistics.median(host)}
 
 
 def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:

@@ -16,18 +16,18 @@ import traceback
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, BackendUnavailable, LstmdslError, SpecError,
                      UsageError)
+from .codegen import traffic_per_step
+from .describe import cell_io, describe
 from .grad import format_grad
 from .ir import format_cell
-from .codegen import kernel_descs, make_layout, render, traffic_per_step
-from .passes import make_plan
 from .plan import format_plan
+from .program import build_program
 from .resources import shipped_specs
 from .schedule import parse_schedule
-from .syntax import OutputDecl
 
 GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
 
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
     p.add_argument("--batch", "-B", type=int, default=1, help="batch size for the bytes per step of --emit plan")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="element type of the plan and kernels (default float32)")
     _sizes_args(p)
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
@@ -121,57 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------ check
 
-def _poly(terms: dict[tuple[str, ...], int]) -> str:
-    def mono(key):
-        parts = []
-        for s in sorted(set(key)):
-            n = key.count(s)
-            parts.append(s if n == 1 else f"{s}^{n}")
-        return "*".join(parts)
-    items = sorted(terms.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-    return " + ".join((f"{c}*{mono(k)}" if c != 1 else mono(k)) for k, c in items if c) or "0"
-
-
-def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
-    """FLOPs of one step for one sequence, as a polynomial in the sizes: a matvec is 2*rows*cols,
-    every elementwise operator (a function counts as one) one per element."""
-    terms: dict[tuple[str, ...], int] = {}
-    for n in spec.cell.nodes:
-        if n.op == "matvec":
-            key = tuple(sorted(spec.cell.param(n.attr).shape))
-            terms[key] = terms.get(key, 0) + 2
-        elif n.op not in ("input", "state", "param", "const"):
-            terms[(n.size,)] = terms.get((n.size,), 0) + 1
-    return terms
-
-
-def _describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
-    cell = spec.cell
-    named = {nid: name for name, nid in cell.names}
-    gates = [named[i] for i in sorted(named) if cell.nodes[i].op in ("sigmoid", "hard_sigmoid")]
-    values = [{"name": named[i], "op": cell.nodes[i].op, "size": cell.nodes[i].size} for i in sorted(named)]
-    flops = flops_per_step(spec)
-    out = {
-        "cell": cell.name,
-        "file": spec.source.filename,
-        "input": {"name": cell.input, "size": "input"},
-        "states": [{"name": s.name, "size": s.size} for s in cell.states],
-        "output": {"name": next(s.name for s in spec.ast.stmts if isinstance(s, OutputDecl)),
-                   "size": cell.output_size},
-        "parameters": [{"name": p.name, "kind": p.kind, "shape": list(p.shape)} for p in cell.params],
-        "gates": gates,
-        "values": values,
-        "flops_per_step": _poly(flops),
-        "schedule": spec.schedule.describe(),
-        "warnings": [w.render() for w in spec.warnings],
-    }
-    if sizes:
-        out["sizes"] = {k: v for k, v in sizes.items() if v is not None}
-        out["flops_per_step_value"] = sum(c * int(np.prod([sizes[s] for s in k])) for k, c in flops.items())
-        out["parameter_count"] = sum(int(np.prod([sizes[s] for s in p.shape])) for p in cell.params)
-    return out
-
-
 def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
     """The size binding of one layer when --input-size and --hidden-size are given, else None."""
     if args.input_size is None and args.hidden_size is None:
@@ -186,7 +137,7 @@ def cmd_check(args) -> int:
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
     sizes = _optional_sizes(args, spec, "to count FLOPs and parameters")
-    d = _describe(spec, sizes)
+    d = describe(spec, sizes)
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -207,10 +158,6 @@ def cmd_check(args) -> int:
     return 0
 
 
-def cell_io(v: dict) -> str:
-    return f"{v['name']} : {v['size']}"
-
-
 # ---------------------------------------------------------------------------------------- compile
 
 def cmd_compile(args) -> int:
@@ -225,19 +172,19 @@ def cmd_compile(args) -> int:
         text = format_grad(spec.cell, spec.grad)
     else:
         schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
-        plan = make_plan(spec.cell, spec.grad, schedule)
+        program = build_program(spec.cell, schedule, args.dtype)
         if args.emit == "cuda":
-            text = render(plan, *kernel_descs(plan, make_layout(plan)))
+            text = program.source
         else:
             sizes = _optional_sizes(args, spec, "to print numeric shapes")
-            text = format_plan(plan, sizes)
+            text = format_plan(program.plan, sizes)
             if sizes:
                 if args.batch < 1:
                     raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-                descs = kernel_descs(plan, make_layout(plan))  # the CUDA backend's kernels
-                for phase, t in traffic_per_step(plan, descs, sizes, args.batch).items():
-                    text += (f"\n  {phase} bytes per step at B={args.batch} (fp32): "
-                             f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels)")
+                for phase, t in traffic_per_step(program.plan, program.kernels, sizes, args.batch).items():
+                    text += (f"\n  {phase} bytes per step at B={args.batch}: "
+                             f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels "
+                             "and copies)")
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
@@ -273,7 +220,9 @@ def cmd_run(args) -> int:
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
-            return _run_cuda(args, spec, schedule)
+            from .cli_gpu import run_cuda
+
+            return run_cuda(args, spec, schedule)
         except BackendUnavailable as err:  # a spec beyond the CUDA backend: auto falls back
             if args.backend != "auto":
                 raise
@@ -322,9 +271,6 @@ def cmd_run(args) -> int:
     return 0 if ok else EXIT_CHECK_FAILED
 
 
-CUDA_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
-
-
 def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
     """(backend, note): "auto" is the GPU when one is usable, else the reference, with a note saying so."""
     if requested != "auto":
@@ -336,76 +282,6 @@ def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
         return "cuda", None
     except BackendUnavailable as err:
         return "numpy", f"no GPU here ({err}): {fallback}"
-
-
-def _run_cuda(args, spec: Spec, schedule) -> int:
-    """Forward and backward on the GPU, checked against the float64 reference with the same parameters."""
-    from .runtime import check_available
-
-    check_available()  # a clear BackendUnavailable, before anything imports CuPy
-    import cupy
-
-    kw = dict(proj_size=args.proj_size, seed=args.seed)
-    layer = compile(spec, args.input_size, args.hidden_size, args.layers, backend="cuda", schedule=schedule,
-                    dtype=args.dtype, **kw)
-    ref = compile(spec, args.input_size, args.hidden_size, args.layers, dtype="float64", **kw)
-    for name, a in ref.parameters().items():
-        a[...] = cupy.asnumpy(layer.parameters()[name])
-    rng = np.random.default_rng(args.seed)
-    x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
-    state = {k: (0.5 * rng.standard_normal(s)).astype(args.dtype) for k, s in ref.state_shapes(args.batch).items()}
-    dy = rng.standard_normal((args.steps, args.batch, layer.output_size)).astype(args.dtype)
-    x_d, dy_d = cupy.asarray(x), cupy.asarray(dy)
-    state_d = {k: cupy.asarray(v) for k, v in state.items()}
-
-    def forward():
-        return layer.forward(x_d, state_d)
-
-    def train():
-        layer.forward(x_d, state_d)
-        layer.backward(dy_d)
-
-    from .bench import time_gpu
-
-    fwd, trn = time_gpu(forward, repeat=5, warmup=1), time_gpu(train, repeat=5, warmup=1)
-    fwd_ms, fwd_host, trn_ms, trn_host = fwd["ms"], fwd["host_ms"], trn["ms"], trn["host_ms"]
-    layer.zero_grad()
-    y, final = layer.forward(x_d, state_d)
-    dx = layer.backward(dy_d)
-    y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
-    dx_ref = ref.backward(dy.astype(np.float64))
-    pairs = [("y", y, y_ref), ("dx", dx, dx_ref)]
-    pairs += [(f"final {k}", final[k], final_ref[k]) for k in final]
-    pairs += [(f"d initial {k}", layer.initial_state_grads()[k], ref.initial_state_grads()[k]) for k in final]
-    pairs += [(f"d {k}", layer.grads()[k], ref.grads()[k]) for k in ref.grads()]
-    rows = []
-    for what, got, want in pairs:
-        got = cupy.asnumpy(got).astype(np.float64)
-        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-        rows.append({"tensor": what, "rel_error": err if np.all(np.isfinite(got)) else float("inf")})
-    worst = max(r["rel_error"] for r in rows)
-    tol = 1e-10 if args.dtype == "float64" else CUDA_TOLERANCE[schedule.precision]
-    ok = worst <= tol
-    result = {"cell": spec.name, "backend": "cuda", "device": cupy.cuda.runtime.getDeviceProperties(0)["name"]
-              .decode(), "schedule": schedule.describe(),
-              "shape": {"steps": args.steps, "batch": args.batch, "input": args.input_size,
-                        "hidden": args.hidden_size, "layers": args.layers, "output": layer.output_size},
-              "forward_ms": fwd_ms, "train_ms": trn_ms,
-              "host_us_per_step": {"forward": 1e3 * fwd_host / args.steps, "train": 1e3 * trn_host / args.steps},
-              "check": {"against": "numpy reference, float64", "tolerance": tol, "max_rel_error": worst,
-                        "tensors": rows}, "ok": ok}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0 if ok else EXIT_CHECK_FAILED
-    print(f"cell {spec.name} on {result['device']} ({schedule.describe()}): T={args.steps} B={args.batch} "
-          f"I={args.input_size} H={args.hidden_size} L={args.layers}")
-    print(f"  forward   {fwd_ms:9.3f} ms on the GPU, host {result['host_us_per_step']['forward']:.1f} us per step")
-    print(f"  training  {trn_ms:9.3f} ms on the GPU, host {result['host_us_per_step']['train']:.1f} us per step")
-    print("  largest relative errors against the float64 reference:")
-    for r in sorted(rows, key=lambda r: -r["rel_error"])[:6]:
-        print(f"    {r['tensor']:<16} {r['rel_error']:.2e}")
-    print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {tol:.0e})")
-    return 0 if ok else EXIT_CHECK_FAILED
 
 
 def cmd_train(args) -> int:
@@ -435,74 +311,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .runtime import check_available
+    from .cli_gpu import cmd_bench as run
 
-    check_available()
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise BackendUnavailable("lstmdsl bench compares against PyTorch: pip install 'lstmdsl[torch]'") from None
-    from .bench import COMPETITORS, bench_case
-
-    spec = parse(args.spec)
-    for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
-    if args.profile:
-        return _profile(args, spec)
-    competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
-    modes = ("forward", "train") if args.mode == "both" else (args.mode,)
-    rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,
-                       "tf32" if args.tf32 else "fp32", args.repeat, competitors, args.schedule, log=sys.stderr)
-            for mode in modes]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, "
-          f"{'tf32' if args.tf32 else 'fp32'}; median of {args.repeat} CUDA-event timings")
-    print(f"  {'mode':<8} {'competitor':<10} {'ms':>9} {'(min..max)':>18} {'x cuDNN':>8} {'memory MiB':>11}")
-    for row in rows:
-        cudnn = row["results"].get("cudnn", {}).get("ms")
-        for name, r in row["results"].items():
-            if "error" in r:
-                print(f"  {row['mode']:<8} {name:<10} {r['error']}")
-                continue
-            ratio = f"{r['ms'] / cudnn:.2f}" if cudnn else "-"
-            print(f"  {row['mode']:<8} {name:<10} {r['ms']:>9.3f} {r['min_ms']:>8.3f}..{r['max_ms']:<8.3f} "
-                  f"{ratio:>8} {r['memory'] / 2**20:>11.1f}")
-    return 0
-
-
-def _profile(args, spec: Spec) -> int:
-    import cupy
-
-    precision = "tf32" if args.tf32 else "fp32"
-    text = f"{args.schedule + '; ' if args.schedule else ''}precision {precision}"
-    extra = {"proj_size": args.hidden_size // 2} if spec.uses_size("proj") else {}
-    layer = compile(spec, args.hidden_size, args.hidden_size, args.layers, backend="cuda", schedule=text, **extra)
-    x = cupy.asarray(np.random.default_rng(0).standard_normal((args.steps, args.batch, args.hidden_size)),
-                     dtype=np.float32)
-    p = layer.profile(x, args.repeat)
-    if args.json:
-        print(json.dumps(p, indent=2))
-        return 0
-    busy = sum(p["parts_ms"].values())
-    print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, {precision}; "
-          f"one forward and one training step")
-    print(f"  {'part (op by op, CUDA events, no graphs)':<50} {'ms':>8} {'share':>7}")
-    for kind, ms in sorted(p["parts_ms"].items()):
-        print(f"  {kind:<50} {ms:>8.3f} {100 * ms / busy:>6.1f}%")
-    print(f"  {'GPU busy (sum of the parts)':<50} {busy:>8.3f}")
-    print(f"  (the host needs {p['host_issue_ms_without_graphs']:.3f} ms to issue this run without graphs; "
-          f"the GPU was held {p['held_ms']:.1f} ms meanwhile)")
-    g = p["graphs"]
-    if busy > 1.5 * g["train"]["ms"]:
-        print("  note: the parts add up to clearly more than the graphed training step: the GPU's launch queue "
-              "filled while it was held, so some parts include waiting for the host; read the shares with care")
-    print(f"  with CUDA graphs (the normal run): forward {g['forward']['ms']:.3f} ms, training "
-          f"{g['train']['ms']:.3f} ms; host time to issue {g['forward']['host_ms']:.3f} / "
-          f"{g['train']['host_ms']:.3f} ms")
-    return 0
+    return run(args)
 
 
 def cmd_specs(args) -> int:

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
+from .arrays import array_module
 from .errors import UsageError
-from .optim import array_module
 
 
 class Dense:

@@ -18,16 +18,8 @@ import math
 
 import numpy as np
 
+from .arrays import array_module
 from .errors import UsageError
-
-
-def array_module(a):
-    """numpy or cupy, whichever `a` belongs to (without importing CuPy for numpy arrays)."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def _check(params: dict, grads: dict) -> None:

@@ -1,27 +1,177 @@
-"""Stage 3: the Plan, what runs for one layer: matrix products (GEMMs) and pointwise kernels.
+"""Stage 3: the Plan, everything that runs for one layer, and every decision about how it runs.
 
 A plan has two phases, forward and backward, each over one node graph (the Cell IR's nodes, and the
-StepGrad's nodes). A phase is the work before the time loop, the work of one step in order, and the work
-after the loop. Within a step the order respects data dependences, so a matrix product whose operand is
-computed inside the step (GRU's r * h) sits between two pointwise kernels: that is stage splitting.
+StepGrad's nodes). A phase is the work before the time loop, the loop (a Loop op: its body runs once per
+step, forward or reverse in time) and the work after it. Within a step the ops respect data dependence,
+so a matrix product whose operand is computed inside the step (GRU's r * h) sits between two pointwise
+kernels: that is stage splitting.
 
-`base_plan` builds the plan with nothing fused or hoisted: one GEMM per matrix use, one kernel per
-pointwise node, weight gradients accumulated step by step. The passes in passes/ each rewrite a Plan into
-a faster equivalent one; passes/__init__.py lists them in one PIPELINE.
+The ops say what is computed:
+  Gemm        forward: outputs[k] = v @ W_k^T for the operand v; backward: outputs[0] = sum_k g_k @ W_k
+  Kernel      the pointwise nodes it computes, in order
+  WeightGrad  dW_k += g_k^T v (per step inside the loop, or over all T*B rows after it)
+  VectorGrad  d vector += the sum over rows of a backward node
+  Copy        a value whose producer writes only its first slot, copied to another slot
+`base_plan` builds the plan with nothing fused or hoisted; the scheduling passes in passes/ rewrite it
+(passes/__init__.py lists them in one PIPELINE). Then the lowering passes decide how it runs:
+  types       the element type of every value (Plan.dtype, Buffer.dtype) and the compute type of GEMMs
+  storage     the buffers, where every value lives (slots), the weight stacks, the Copy ops
+  calls       for every GEMM-like op its GemmCall (operands, shapes, types); for every kernel its name,
+              launch shape and what it reads and writes
+The runtime only executes what the plan says; `format_plan` prints all of it (`lstmdsl compile --emit
+plan`) and `verify` checks its invariants (tests run it after every pass).
 
-Shapes (per layer, B = batch, T = steps): a value of size n is [B, n] in a step, [T, B, n] when saved.
-A forward GEMM computes, for its operand v [B, cols] and blocks W_k [rows_k, cols], out_k = v @ W_k^T;
-a backward GEMM computes out = sum_k g_k @ W_k with g_k [B, rows_k].
+Shapes (per layer, B = batch, T = steps): a value of size n is [B, n] in a step, [T, B, n] when kept.
+Sizes stay symbolic ("input", "hidden", "proj"; "B" and "T*B" count rows; "one" is 1) until the runtime
+binds them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from .grad import StepGrad
 from .ir import LEAF_OPS, Cell, Node
 from .schedule import Schedule
+
+ELEMENT_TYPES = {"f32": 4, "f64": 8}  # element type -> bytes; bf16 and f16 will join here
+COMPUTE_TYPES = ("fp32", "tf32", "f64")  # what a GEMM accumulates and multiplies in
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """[steps, B, width] elements of one type. steps: "1" one area reused at every step, "T" one per step,
+    "T+1" a history (area t holds a state at the start of step t, t + 1 its update)."""
+
+    name: str
+    dtype: str
+    width: tuple[str, ...]  # the row width is the sum of these sizes
+    steps: str
+    inference: str | None = None  # its steps in a forward-only workspace; None: training only
+    alias: str | None = None  # in training it uses this buffer's memory (it is dead before that one lives)
+    zero: bool = False  # set to zero before the backward phase (gradients are added into it)
+    fill: float | None = None  # a constant buffer, filled once when the workspace is made (the ones)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where a value lives: row b of step t is buffer[t + step, b, col : col + size]."""
+
+    buffer: str
+    col: tuple[str, ...] = ()  # the column offset is the sum of these sizes
+    step: int = 0
+    accumulate: bool = False  # written with += (the buffer starts at zero)
+
+
+@dataclass(frozen=True, slots=True)
+class WeightStack:
+    """The matrices applied to one operand, stored as one [sum of rows, cols] array (so a fused GEMM reads
+    them as one matrix), and the buffer of their incoming gradients, side by side in the same order."""
+
+    name: str  # weight_ih (on the input), weight_h<state> (on a state), or the matrices' names
+    operand: int  # forward node
+    matrices: tuple[str, ...]
+    rows: tuple[str, ...]  # each matrix's rows (a size)
+    cols: str
+    gin: str  # the buffer of the incoming gradients g_k, [.., sum of rows]
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A value the caller hands in or takes out: `what` is "x", "y", "state:<name>", "dy", "dx",
+    "dstate:<name>"; it is buffer[step] (step: "all" = the T steps from `first`, else one index, "T"
+    meaning the last) at `col`, `size` wide."""
+
+    what: str
+    buffer: str
+    size: str
+    col: tuple[str, ...] = ()
+    step: str = "all"  # "all" | "0" | "T"
+    first: int = 0  # for "all": the first of the T steps
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    buffers: tuple[Buffer, ...]
+    forward: tuple[tuple[int, tuple[Slot, ...]], ...]  # forward node -> its slots (reads use the first)
+    backward: tuple[tuple[int, tuple[Slot, ...]], ...]
+    stacks: tuple[WeightStack, ...]
+    inputs: tuple[Transfer, ...]  # forward: x, initial states; backward: dy, final-state gradients
+    outputs: tuple[Transfer, ...]  # forward: y, final states; backward: dx, initial-state gradients
+
+    def buffer(self, name: str) -> Buffer:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def slots(self, phase: str) -> dict[int, tuple[Slot, ...]]:
+        return dict(self.forward if phase == "forward" else self.backward)
+
+    def stack(self, name: str) -> WeightStack:
+        for s in self.stacks:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def stack_of(self, matrix: str) -> WeightStack:
+        for s in self.stacks:
+            if matrix in s.matrices:
+                return s
+        raise KeyError(matrix)
+
+
+# --------------------------------------------------------------------------------- how ops are run
+
+@dataclass(frozen=True, slots=True)
+class Operand:
+    """A row-major matrix in memory. space: "buffer" (a slot of a workspace buffer: `name`, column `offset`,
+    step offset `step`), "weights" / "grads" (a weight stack or its gradient, from row `offset`),
+    "vector_grad" (a vector parameter's gradient, as a [1, n] row), "ones" (the constant buffer)."""
+
+    space: str
+    name: str
+    offset: tuple[str, ...] = ()
+    step: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GemmCall:
+    """C[m, n] (+)= op(A) @ op(B), row-major; m, n, k are sums of symbolic sizes ("B", "T*B" and "one"
+    count rows). Inside the loop, buffer operands move with the step; before or after it they start at
+    step 0 and cover all steps."""
+
+    m: tuple[str, ...]
+    n: tuple[str, ...]
+    k: tuple[str, ...]
+    a: Operand
+    trans_a: bool
+    b: Operand
+    trans_b: bool
+    c: Operand
+    accumulate: bool
+    a_type: str
+    b_type: str
+    c_type: str
+    compute: str
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One thread per (row b, element j), or one warp per element when the kernel computes matrix-vector
+    products itself: grid (ceil(max size / per_block), B), `threads` threads per block."""
+
+    threads: int
+    per_block: int
+    sizes: tuple[str, ...]
+    rows: str = "B"
+
+
+# --------------------------------------------------------------------------------------------- ops
 
 @dataclass(frozen=True, slots=True)
 class Gemm:
@@ -30,41 +180,77 @@ class Gemm:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     accumulate: bool = False  # backward: add into outputs[0] (another GEMM of the same sum wrote it first)
+    call: GemmCall | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
-    nodes: tuple[int, ...]  # the pointwise nodes it computes, in order
+    nodes: tuple[int, ...]  # the pointwise nodes it computes, in order (matvec nodes: fused products)
+    name: str = ""
+    launch: Launch | None = None
+    reads: tuple[tuple[int, Slot], ...] = ()  # values it loads (node, the slot it reads)
+    writes: tuple[tuple[int, Slot], ...] = ()  # values it stores
 
 
-Op = Union[Gemm, Kernel]
+@dataclass(frozen=True, slots=True)
+class WeightGrad:
+    """dW_k += g_k^T v for each block."""
+
+    matrices: tuple[str, ...]
+    g: tuple[int, ...]  # backward node of each block's incoming gradient, [B, rows_k]
+    v: int  # forward node of the operand, [B, cols]
+    call: GemmCall | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VectorGrad:
+    """d vector += the sum over the rows (the batch, or all steps' rows after the loop) of a backward node."""
+
+    name: str
+    node: int
+    call: GemmCall | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """dst (+)= src for `size` columns: per step in the loop, for all T steps before or after it."""
+
+    node: int
+    src: Slot
+    dst: Slot
+    size: str
+    dtype: str = "f32"
+
+
+Op = Union[Gemm, Kernel, WeightGrad, VectorGrad, Copy]
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """The time loop: the body runs once per step, t = 0 .. T-1 (forward) or T-1 .. 0 (reverse)."""
+
+    body: tuple[Op, ...] = ()
+    direction: str = "forward"
 
 
 @dataclass(frozen=True, slots=True)
 class Phase:
     nodes: tuple[Node, ...]
-    before: tuple[Gemm, ...] = ()  # once, for all steps, before the loop
-    step: tuple[Op, ...] = ()  # every step, in order
-    after: tuple[Gemm, ...] = ()  # once, for all steps, after the loop
+    before: tuple[Op, ...] = ()  # once, for all steps, before the loop
+    loop: Loop = Loop()
+    after: tuple[Op, ...] = ()  # once, for all steps, after the loop
 
+    def ops(self):
+        """(where, op) for every op in order; where is "before", "loop" or "after"."""
+        for op in self.before:
+            yield "before", op
+        for op in self.loop.body:
+            yield "loop", op
+        for op in self.after:
+            yield "after", op
 
-@dataclass(frozen=True, slots=True)
-class WeightGrad:
-    """dW_k += g_k^T v for each block: one GEMM per step, or one for all steps (batched) after the loop."""
-
-    matrices: tuple[str, ...]
-    g: tuple[int, ...]  # backward node of each block's incoming gradient, [B, rows_k]
-    v: int  # forward node of the operand, [B, cols]
-    batched: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class VectorGrad:
-    """d vector += the sum over the batch of a backward node: per step, or once over T * B (batched)."""
-
-    name: str
-    node: int
-    batched: bool = False
+    def with_body(self, body) -> "Phase":
+        return replace(self, loop=replace(self.loop, body=tuple(body)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +260,34 @@ class Plan:
     schedule: Schedule
     forward: Phase
     backward: Phase
-    weight_grads: tuple[WeightGrad, ...]
-    vector_grads: tuple[VectorGrad, ...]
+    dtype: str = "f32"  # the element type of values, parameters and gradients (the types pass sets it)
+    compute: str = "fp32"  # the GEMMs' compute type
+    storage: Storage | None = None  # set by the storage pass
 
     @property
     def saved(self) -> tuple[int, ...]:
         """Forward values the backward pass reads, kept for every step ([T, B, size] each)."""
-        read = {n.attr for n in self.backward.nodes if n.op == "fwd"} | {w.v for w in self.weight_grads}
+        read = {n.attr for n in self.backward.nodes if n.op == "fwd"}
+        read |= {op.v for _, op in self.backward.ops() if isinstance(op, WeightGrad)}
         return tuple(sorted(read))
+
+    @property
+    def weight_grads(self) -> tuple[tuple[str, WeightGrad], ...]:
+        return tuple((w, op) for w, op in self.backward.ops() if isinstance(op, WeightGrad))
+
+    @property
+    def vector_grads(self) -> tuple[tuple[str, VectorGrad], ...]:
+        return tuple((w, op) for w, op in self.backward.ops() if isinstance(op, VectorGrad))
+
+    def kernels(self) -> tuple[Kernel, ...]:
+        """Every Kernel op, forward then backward, in order (named by the calls pass)."""
+        return tuple(op for phase in (self.forward, self.backward) for _, op in phase.ops()
+                     if isinstance(op, Kernel))
 
 
 def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
-    """The plan with no optimisation: one op per node, in node order (which is topological)."""
+    """The plan with no optimisation: one op per node, in node order (which is topological), and the
+    parameter gradients formed step by step."""
     forward = []
     for i, n in enumerate(cell.nodes):
         if n.op == "matvec":
@@ -99,55 +301,95 @@ def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
                          for k, (m, g) in enumerate(zip(n.attr, n.args))]
         elif n.op not in LEAF_OPS:
             backward.append(Kernel((i,)))
+    backward += [WeightGrad((m,), (g,), v) for m, g, v in grad.d_matrices]
+    backward += [VectorGrad(name, node) for name, node in grad.d_vectors]
     return Plan(
         cell=cell, grad=grad, schedule=schedule,
-        forward=Phase(cell.nodes, step=tuple(forward)),
-        backward=Phase(grad.nodes, step=tuple(backward)),
-        weight_grads=tuple(WeightGrad((m,), (g,), v) for m, g, v in grad.d_matrices),
-        vector_grads=tuple(VectorGrad(name, node) for name, node in grad.d_vectors),
+        forward=Phase(cell.nodes, loop=Loop(tuple(forward), "forward")),
+        backward=Phase(grad.nodes, loop=Loop(tuple(backward), "reverse")),
     )
 
 
+# ------------------------------------------------------------------------------------------ printing
+
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
-    """The plan as text (for `lstmdsl compile --emit plan`): each GEMM with its shapes (symbolic, or
-    numbers when sizes are given), each kernel, and the launches per step."""
+    """The plan as text (for `lstmdsl compile --emit plan`): the buffers with their types, the weight
+    stacks, and every op with its shapes, types, operands and launch (symbolic sizes, or numbers)."""
+
+    def dim(expr) -> str:
+        if sizes is None:
+            return " + ".join(expr) or "0"
+        env = dict(sizes, one=1)
+        known = [s for s in expr if s in env]
+        value = sum(env[s] for s in known)
+        rest = [s for s in expr if s not in env]
+        return " + ".join(([str(value)] if known else []) + rest) or "0"
+
+    def slot(s: Slot) -> str:
+        where = s.buffer + (f"[t{s.step:+d}]" if s.step else "[t]")
+        return where + (f"[:, {dim(s.col)}:]" if s.col else "") + (" (+=)" if s.accumulate else "")
+
+    def operand(o: Operand) -> str:
+        if o.space == "buffer":
+            return slot(Slot(o.name, o.offset, o.step))
+        return f"{o.space}:{o.name}" + (f"[{dim(o.offset)}:]" if o.offset else "")
+
+    def call(c: GemmCall | None) -> str:
+        if c is None:
+            return ""
+        return (f"\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
+                f"{operand(c.a)}{'^T' if c.trans_a else ''} @ {operand(c.b)}{'^T' if c.trans_b else ''}"
+                f" -> {operand(c.c)};  k = {dim(c.k)}; types {c.a_type} x {c.b_type} -> {c.c_type}, "
+                f"compute {c.compute}")
+
+    def op_text(phase: Phase, op) -> str:
+        if isinstance(op, Gemm):
+            what = (f"GEMM {op.kind}  {' | '.join(op.matrices)}  %{', %'.join(map(str, op.inputs))} -> "
+                    f"%{', %'.join(map(str, op.outputs))}" + (" (accumulate)" if op.accumulate else ""))
+            return what + call(op.call)
+        if isinstance(op, Kernel):
+            ops = sorted({phase.nodes[i].op for i in op.nodes})
+            text = f"kernel {op.name or '?'}  {len(op.nodes)} ops ({', '.join(ops)})"
+            if op.launch is not None:
+                ln = op.launch
+                text += (f"\n      launch: grid (ceil(max({', '.join(dim((s,)) for s in ln.sizes)}) / "
+                         f"{ln.per_block}), {ln.rows}), {ln.threads} threads"
+                         + (" (one warp per element)" if ln.per_block != ln.threads else ""))
+                text += "\n      reads:  " + (", ".join(f"%{i} {slot(s)}" for i, s in op.reads) or "-")
+                text += "\n      writes: " + (", ".join(f"%{i} {slot(s)}" for i, s in op.writes) or "-")
+            return text
+        if isinstance(op, WeightGrad):
+            return f"weight gradient  d[{' ; '.join(op.matrices)}] += G^T V (V = forward %{op.v})" + call(op.call)
+        if isinstance(op, VectorGrad):
+            return f"vector gradient  d {op.name} += sum over rows of %{op.node}" + call(op.call)
+        return f"copy %{op.node} ({dim((op.size,))} wide, {op.dtype}): {slot(op.src)} -> {slot(op.dst)}"
+
     cell = plan.cell
-
-    def size(phase: Phase, i: int) -> str:
-        s = phase.nodes[i].size
-        return str(sizes[s]) if sizes else s
-
-    def gemm_text(phase: Phase, g: Gemm, rows: str) -> str:
-        if g.kind == "forward":
-            cols = size(phase, g.inputs[0])
-            out_rows = " + ".join(size(phase, o) for o in g.outputs)
-            return (f"GEMM  [{rows}, {cols}] x [{cols}, {out_rows}]  {' | '.join(g.matrices)}^T"
-                    f" -> %{', %'.join(map(str, g.outputs))}")
-        inner = " + ".join(size(phase, i) for i in g.inputs)
-        cols = size(phase, g.outputs[0])
-        return (f"GEMM  [{rows}, {inner}] x [{inner}, {cols}]  {' ; '.join(g.matrices)}"
-                f" -> %{g.outputs[0]}{' (accumulate)' if g.accumulate else ''}")
-
-    def kernel_text(phase: Phase, k: Kernel) -> str:
-        ops = [phase.nodes[i].op for i in k.nodes]
-        return f"kernel  {len(k.nodes)} ops ({', '.join(sorted(set(ops)))})"
-
-    lines = [f"plan for cell {cell.name}: {plan.schedule.describe()}"]
+    lines = [f"plan for cell {cell.name}: {plan.schedule.describe()}",
+             f"element type {plan.dtype}, GEMM compute type {plan.compute}"]
+    st = plan.storage
+    if st is not None:
+        lines.append("buffers ([steps, B, width]; inference: steps in a forward-only workspace):")
+        for b in st.buffers:
+            extra = [f"inference {b.inference}" if b.inference else "training only"]
+            extra += [f"shares memory with {b.alias}"] if b.alias else []
+            extra += ["zeroed before the backward"] if b.zero else []
+            extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
+            lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
+        lines.append("weight stacks ([rows, cols]):")
+        for s in st.stacks:
+            lines.append(f"  {s.name:<12} {s.dtype}  [{dim(s.rows)}, {dim((s.cols,))}] = "
+                         f"{' ; '.join(s.matrices)} on %{s.operand}; incoming gradients in {s.gin}")
+        for title, transfers in (("in", st.inputs), ("out", st.outputs)):
+            lines.append(f"the caller's {title}: " + ", ".join(
+                f"{x.what} = {x.buffer}[{x.step if x.step != 'all' else f'{x.first}..'}]"
+                + (f"[:, {dim(x.col)}:]" if x.col else "") for x in transfers))
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
-        launches = len(phase.step)
-        lines.append(f"{title}: {launches} launches per step")
-        for g in phase.before:
-            lines.append("  before the loop:  " + gemm_text(phase, g, "T*B"))
-        for op in phase.step:
-            lines.append("  each step:        " + (gemm_text(phase, op, "B") if isinstance(op, Gemm)
-                                                   else kernel_text(phase, op)))
-        for g in phase.after:
-            lines.append("  after the loop:   " + gemm_text(phase, g, "T*B"))
-    for w in plan.weight_grads:
-        where = "after the loop, over T*B rows" if w.batched else "each step, over B rows"
-        lines.append(f"  weight gradient:  d[{' ; '.join(w.matrices)}] += G^T V  ({where})")
-    batched = sum(v.batched for v in plan.vector_grads)
-    lines.append(f"  vector gradients: {len(plan.vector_grads)} sums over the batch "
-                 f"({batched} once over T*B after the loop)")
+        launches = sum(not isinstance(op, Copy) for op in phase.loop.body)
+        lines.append(f"{title} ({phase.loop.direction} in time): {launches} launches per step")
+        for where, op in phase.ops():
+            label = {"before": "before the loop: ", "loop": "each step:       ", "after": "after the loop:  "}[where]
+            lines.append(f"  {label} " + op_text(phase, op))
     lines.append(f"  saved per step for the backward pass: {len(plan.saved)} values")
     return "\n".join(lines)
+

@@ -1,16 +1,17 @@
-"""The reference path of a plan: numpy runs a Plan op by op, the way the GPU runtime will.
+"""The reference path of a plan: numpy runs a Plan op by op, the way the GPU runtime does.
 
-Hoisted GEMMs run once over [T*B] rows, each step runs its GEMMs (over the stacked matrices of a fused
-group) and kernels in order, the forward pass saves exactly plan.saved for the backward pass, and weight
-gradients are formed per step or once after the loop as the plan says. Comparing this with reference.py
-(which interprets the graphs directly) checks that every schedule computes the same function.
+GEMMs before the loop run once over [T*B] rows, each step runs its GEMMs (over the stacked matrices of a
+fused group), kernels and parameter gradients in order, the forward pass saves exactly plan.saved for the
+backward pass, and ops after the loop run over all steps' rows. Copies only move values between slots,
+so they have nothing to do here. Comparing this with reference.py (which interprets the graphs directly)
+checks that every schedule computes the same function.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .plan import Gemm, Plan
+from .plan import Gemm, Kernel, Plan, VectorGrad, WeightGrad
 from .reference import eval_node
 
 
@@ -32,9 +33,10 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
     size = lambda i: sizes[nodes[i].size]  # noqa: E731
     hoisted = {}
     for g in phase.before:  # operand: the input, all steps at once
-        out = xs.reshape(T * B, -1) @ _stack(params, g.matrices).T
-        for o, part in zip(g.outputs, _split(out, g.outputs, size)):
-            hoisted[o] = part.reshape(T, B, -1)
+        if isinstance(g, Gemm):
+            out = xs.reshape(T * B, -1) @ _stack(params, g.matrices).T
+            for o, part in zip(g.outputs, _split(out, g.outputs, size)):
+                hoisted[o] = part.reshape(T, B, -1)
     saved = {i: np.empty((T, B, size(i)), dtype) for i in plan.saved}
     ys = np.empty((T, B, sizes[cell.output_size]), dtype)
     state = dict(state)
@@ -48,11 +50,11 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = state[n.attr]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
-            for op in phase.step:
+            for op in phase.loop.body:
                 if isinstance(op, Gemm):
                     out = values[op.inputs[0]] @ _stack(params, op.matrices).T
                     values.update(zip(op.outputs, _split(out, op.outputs, size)))
-                else:
+                elif isinstance(op, Kernel):
                     for i in op.nodes:
                         values[i] = eval_node(nodes[i], [values[a] for a in nodes[i].args], params, B, dtype,
                                               sizes)
@@ -73,13 +75,20 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
     T, B = dys.shape[:2]
     dtype = dys.dtype
     size = lambda i: sizes[nodes[i].size]  # noqa: E731
-    # backward values needed after the loop: inputs of hoisted GEMMs and of batched gradients
-    kept = {i for g in phase.after for i in g.inputs}
-    kept |= {i for w in plan.weight_grads if w.batched for i in w.g}
-    kept |= {v.node for v in plan.vector_grads if v.batched}
+    # backward values needed after the loop: what the ops there read
+    kept = set()
+    for op in phase.after:
+        kept |= set(op.inputs if isinstance(op, Gemm) else op.g if isinstance(op, WeightGrad)
+                    else (op.node,) if isinstance(op, VectorGrad) else ())
     keep = {i: np.empty((T, B, size(i)), dtype) for i in kept}
     dxs = np.zeros((T, B, sizes["input"]), dtype)
     dstate = dict(dstate)
+    hoisted_input = any(isinstance(op, Gemm) for op in phase.after)
+
+    def weight_grad(w: WeightGrad, g_of, v):
+        for m, gi in zip(w.matrices, w.g):
+            param_grads[m] += g_of(gi).T @ v
+
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for t in reversed(range(T)):
             values = {}
@@ -90,41 +99,33 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                     values[i] = dys[t] if n.attr == "output" else dstate[n.attr]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
-            for op in phase.step:
+            for op in phase.loop.body:
                 if isinstance(op, Gemm):
                     g = np.concatenate([values[i] for i in op.inputs], axis=1)
                     out = g @ _stack(params, op.matrices)
                     values[op.outputs[0]] = values[op.outputs[0]] + out if op.accumulate else out
-                else:
+                elif isinstance(op, Kernel):
                     for i in op.nodes:
                         values[i] = eval_node(nodes[i], [values[a] for a in nodes[i].args], params, B, dtype,
                                               sizes)
+                elif isinstance(op, WeightGrad):
+                    weight_grad(op, lambda i: values[i], saved[op.v][t])
+                elif isinstance(op, VectorGrad):
+                    param_grads[op.name] += values[op.node].sum(axis=0)
             for d in (grad.d_input, grad.d_input_t):
-                if d is not None and not (d == grad.d_input_t and phase.after):  # hoisted: after the loop
+                if d is not None and not (d == grad.d_input_t and hoisted_input):  # hoisted: after the loop
                     dxs[t] += values[d]
             for i in keep:
                 keep[i][t] = values[i]
-            for w in plan.weight_grads:
-                if not w.batched:
-                    v = saved[w.v][t]
-                    for m, gi in zip(w.matrices, w.g):
-                        param_grads[m] += values[gi].T @ v
-            for vg in plan.vector_grads:
-                if not vg.batched:
-                    param_grads[vg.name] += values[vg.node].sum(axis=0)
             dstate = {s.name: (np.array(np.broadcast_to(values[d], (B, sizes[s.size])), dtype) if d is not None
                                else np.zeros((B, sizes[s.size]), dtype))
                       for s, d in zip(cell.states, grad.d_states)}
-    for g in phase.after:  # the input's gradient through the matrices, all steps at once
-        G = np.concatenate([keep[i].reshape(T * B, -1) for i in g.inputs], axis=1)
-        dxs += (G @ _stack(params, g.matrices)).reshape(T, B, -1)
-    for w in plan.weight_grads:
-        if w.batched:
-            G = np.concatenate([keep[i].reshape(T * B, -1) for i in w.g], axis=1)
-            dW = G.T @ saved[w.v].reshape(T * B, -1)  # [sum rows, cols]
-            for m, part in zip(w.matrices, np.split(dW, np.cumsum([size(i) for i in w.g])[:-1], axis=0)):
-                param_grads[m] += part
-    for vg in plan.vector_grads:
-        if vg.batched:
-            param_grads[vg.name] += keep[vg.node].reshape(T * B, -1).sum(axis=0)
+    for op in phase.after:  # over all steps' rows
+        if isinstance(op, Gemm):  # the input's gradient through the matrices
+            G = np.concatenate([keep[i].reshape(T * B, -1) for i in op.inputs], axis=1)
+            dxs += (G @ _stack(params, op.matrices)).reshape(T, B, -1)
+        elif isinstance(op, WeightGrad):
+            weight_grad(op, lambda i: keep[i].reshape(T * B, -1), saved[op.v].reshape(T * B, -1))
+        elif isinstance(op, VectorGrad):
+            param_grads[op.name] += keep[op.node].reshape(T * B, -1).sum(axis=0)
     return dxs, dstate

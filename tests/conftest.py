@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -21,6 +23,11 @@ def has_gpu() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+def pytest_configure(config):
+    """The tests never write into the user's cache directory: the session gets a temporary one."""
+    os.environ["LSTMDSL_CACHE"] = tempfile.mkdtemp(prefix="lstmdsl-test-cache-")
 
 
 def pytest_collection_modifyitems(config, items):

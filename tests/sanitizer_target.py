@@ -1,9 +1,12 @@
-"""Run one spec's forward and backward once on the GPU, for compute-sanitizer:
+"""Run one spec's forward and backward on the GPU, for compute-sanitizer (benchmarks/gpu_check.sh):
 
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py [spec]
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
 
-(Not collected by pytest; the GPU tests check the numbers, this checks memory accesses and races.)
+The last runs the torch module under torch.compile (a compiled training step, then an eager one: the
+sequence that once corrupted memory). Not collected by pytest; the GPU tests check the numbers, this
+checks memory accesses and races.
 """
 
 import sys
@@ -13,9 +16,27 @@ import numpy as np
 
 import lstmdsl
 
-name = sys.argv[1] if len(sys.argv) > 1 else "peephole"
-layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda",
-                        **({"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}))
+args = sys.argv[1:]
+compiled = "--torch-compile" in args
+args = [a for a in args if a != "--torch-compile"]
+name = args[0] if args else "peephole"
+extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
+if compiled:
+    import torch
+
+    import lstmdsl.torch
+
+    m = lstmdsl.torch.RNN(name, 64, 128, 2, **extra)
+    x = torch.randn(50, 8, 64, device="cuda", requires_grad=True)
+    cm = torch.compile(m)
+    y, _ = cm(x)
+    y.sum().backward()
+    y, _ = m(x)
+    y.sum().backward()
+    torch.cuda.synchronize()
+    print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
+    sys.exit(0)
+layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", **extra)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
     y0, _ = layer.forward(x, train=False)  # the forward-only workspace

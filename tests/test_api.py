@@ -103,7 +103,7 @@ def test_projection_needs_proj_size():
     (np.zeros((4, 2, 3), np.float64), "x has dtype float64, but the layer computes in float32"),
     (np.zeros((4, 2, 7), np.float32), r"x has shape \[4, 2, 7\], expected \[4, 2, 3\]"),
     (np.zeros((4, 3), np.float32), r"x must be a 3-D numpy array \[T, B, input_size\], got shape \[4, 3\]"),
-    ([[[0.0]]], "x must be a 3-D numpy array"),
+    ([[[0.0]]], "x must be a numpy array on the numpy backend, got list"),
     (np.full((2, 1, 3), np.nan, np.float32), "x contains NaN"),
     (np.zeros((0, 2, 3), np.float32), "at least one step"),
 ])

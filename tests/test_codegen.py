@@ -1,19 +1,20 @@
-"""Stage 4: storage layout and generated CUDA. Without a GPU: the layout gives every value the kernels
-exchange a slot, the source is deterministic, and every spec's kernels compile with nvcc for sm_90
-without register spills (CI runs this; the GPU tests run them)."""
+"""Stage 4: storage and generated CUDA. Without a GPU: the storage gives every value the ops exchange a
+slot, the calls say how each op runs, the source is deterministic (also across processes), and every
+spec's kernels compile with nvcc for sm_90 without register spills (CI runs this; the GPU tests run them)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 import lstmdsl
-from lstmdsl.codegen import backward_roots, forward_roots, kernel_descs, make_layout, render
-from lstmdsl.passes import make_plan
-from lstmdsl.plan import Gemm, Kernel
+from lstmdsl.plan import Copy, Gemm, Kernel
+from lstmdsl.program import build_program
 from lstmdsl.schedule import Schedule
 
 from conftest import SPECS
@@ -22,80 +23,109 @@ SCHEDULES = {"default": Schedule(), "unfused": Schedule(False, False, False, Fal
              "fused-recurrent": Schedule(fuse_recurrent=True)}
 
 
-def build(name, schedule=Schedule()):
-    spec = lstmdsl.parse(name)
-    plan = make_plan(spec.cell, spec.grad, schedule)
-    layout = make_layout(plan)
-    return plan, layout, kernel_descs(plan, layout)
+def build(name, schedule=Schedule(), dtype="float32"):
+    return build_program(lstmdsl.parse(name).cell, schedule, dtype)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
 @pytest.mark.parametrize("name", SPECS)
 def test_every_exchanged_value_has_a_slot(name, schedule):
-    plan, layout, _ = build(name, schedule)
-    for phase, slots, roots in ((plan.forward, layout.forward, forward_roots(plan)),
-                                (plan.backward, layout.backward, backward_roots(plan))):
-        computed = {i for op in phase.step if isinstance(op, Kernel) for i in op.nodes}
-        for op in phase.before + phase.step + phase.after:
+    plan = build(name, schedule).plan
+    st = plan.storage
+    for phase_name, phase in (("forward", plan.forward), ("backward", plan.backward)):
+        slots = st.slots(phase_name)
+        for _, op in phase.ops():
             if isinstance(op, Gemm):
                 assert all(i in slots for i in op.inputs + op.outputs), op
-            else:
-                for i in op.nodes:
-                    for a in phase.nodes[i].args:
-                        if a not in op.nodes and phase.nodes[a].op not in ("param", "const"):
-                            assert a in slots, (i, a)
-        for r in roots:
-            if phase.nodes[r].op not in ("param", "const"):
-                assert r in slots or r not in computed
-    for s in layout.buffers.values():
-        assert s.steps in ("1", "T", "T+1")
+            elif isinstance(op, Kernel):
+                for i, s in op.reads:
+                    assert s in slots.get(i, ()) or phase.nodes[i].op == "fwd", (i, s)
+                for i, s in op.writes:
+                    assert s in slots[i]
+    assert {b.steps for b in st.buffers} <= {"1", "T", "T+1"}
 
 
 def test_incoming_gradients_sit_in_weight_stack_order():
-    plan, layout, _ = build("vanilla")
+    plan = build("vanilla").plan
+    st = plan.storage
     x = next(i for i, n in enumerate(plan.cell.nodes) if n.op == "input")
-    assert layout.stacks[x] == ("W_i", "W_f", "W_z", "W_o")
+    stack = next(s for s in st.stacks if s.operand == x)
+    assert stack.name == "weight_ih" and stack.matrices == ("W_i", "W_f", "W_z", "W_o")
+    assert next(s for s in st.stacks if s.name == "weight_hh").matrices == ("R_i", "R_f", "R_z", "R_o")
     g_of = {m: g for m, g, v in plan.grad.d_matrices if v == x}
-    cols = [next(s.col for s in layout.backward[g_of[m]] if s.buffer == layout.gin[x]) for m in layout.stacks[x]]
+    slots = st.slots("backward")
+    cols = [next(s.col for s in slots[g_of[m]] if s.buffer == stack.gin) for m in stack.matrices]
     assert cols == [(), ("hidden",), ("hidden", "hidden"), ("hidden", "hidden", "hidden")]
 
 
 def test_states_live_in_histories_and_the_output_is_a_view():
-    plan, layout, _ = build("peephole")
+    plan = build("peephole").plan
+    st = plan.storage
     h_update = plan.cell.updates[0]
-    assert layout.forward[h_update][0].buffer == "hist_h" and layout.forward[h_update][0].step == 1
-    assert layout.buffers["hist_h"].steps == "T+1"
+    first = st.slots("forward")[h_update][0]
+    assert first.buffer == "hist_h" and first.step == 1
+    assert st.buffer("hist_h").steps == "T+1"
     assert plan.cell.output == h_update
+    y = next(t for t in st.outputs if t.what == "y")
+    assert (y.buffer, y.first) == ("hist_h", 1)
 
 
-def test_rendering_is_deterministic():
-    a = render(*build("fgr")[0:1], *build("fgr")[2])
-    b = render(*build("fgr")[0:1], *build("fgr")[2])
-    assert a == b and "extern \"C\" __global__ void fgr_fwd0(" in a
+def test_gemm_calls_carry_shapes_operands_and_types():
+    plan = build("vanilla", Schedule(precision="tf32")).plan
+    (hoisted,) = [op for op in plan.forward.before if isinstance(op, Gemm)]
+    c = hoisted.call
+    assert (c.m, c.n, c.k) == (("T*B",), ("hidden",) * 4, ("input",))
+    assert (c.a.space, c.a.name, c.b.space, c.b.name, c.trans_b) == ("buffer", "x", "weights", "weight_ih", True)
+    assert (c.a_type, c.b_type, c.c_type, c.compute) == ("f32", "f32", "f32", "tf32")
+    f64 = build("vanilla", dtype="float64").plan
+    assert {op.call.compute for _, op in f64.backward.ops() if getattr(op, "call", None)} == {"f64"}
+    assert {b.dtype for b in f64.storage.buffers} == {"f64"}
+
+
+def test_copies_fill_the_other_slots_of_gemm_outputs():
+    plan = build("gru", Schedule(fuse_gates=False)).plan  # unfused: several GEMMs add into one sum
+    body = plan.backward.loop.body
+    for k, op in enumerate(body):
+        if isinstance(op, Copy):
+            writers = [j for j, o in enumerate(body[:k]) if isinstance(o, Gemm) and op.node in o.outputs]
+            leaf = plan.backward.nodes[op.node].op in ("grad_in", "fwd")
+            assert leaf or writers, op
+            if writers:  # after the last GEMM of the sum, not between them
+                assert not any(isinstance(o, Gemm) and op.node in o.outputs for o in body[k:])
+
+
+def test_rendering_is_deterministic_across_processes(tmp_path):
+    code = ("import lstmdsl, sys; from lstmdsl.program import build_program; from lstmdsl.schedule import Schedule;"
+            "sys.stdout.write(build_program(lstmdsl.parse('fgr').cell, Schedule()).source)")
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, LSTMDSL_CACHE=str(tmp_path / seed))  # each renders afresh
+        outs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                   check=True).stdout)
+    assert outs[0] == outs[1] and 'extern "C" __global__ void fgr_fwd0(' in outs[0]
 
 
 def test_fused_recurrent_kernels_use_one_warp_per_element():
-    plan, _, (fwd, _) = build("vanilla", Schedule(fuse_recurrent=True))
-    assert [type(op).__name__ for op in plan.forward.step] == ["Kernel"]
-    assert fwd[0].warp and sum(a.bind[0] == "matrix" for a in fwd[0].args) == 4
-    source = render(plan, fwd, ())
-    assert "warp_sum(" in source and "if (lane == 0) out" in source
+    program = build("vanilla", Schedule(fuse_recurrent=True))
+    assert [type(op).__name__ for op in program.plan.forward.loop.body] == ["Kernel"]
+    (fwd,) = [k for k in program.kernels.values() if k.name.startswith("vanilla_fwd")]
+    assert fwd.warp and sum(a.bind.kind == "weights" for a in fwd.args) == 4
+    assert "warp_sum(" in program.source and "if (lane == 0) out" in program.source
 
 
-def test_one_kernel_per_kernel_op():
-    plan, _, (fwd, bwd) = build("gru")
-    assert len(fwd) == sum(isinstance(op, Kernel) for op in plan.forward.step) == 2
-    assert len(bwd) == sum(isinstance(op, Kernel) for op in plan.backward.step) == 3
+def test_kernels_are_found_by_name():
+    program = build("gru")
+    names = list(program.kernels)
+    assert names == [op.name for op in program.plan.kernels()]
+    assert [n for n in names if "_fwd" in n] == ["gru_fwd0", "gru_fwd1"]
+    assert len([n for n in names if "_bwd" in n]) == 3
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("schedule,dtype", [(s, "float32") for s in SCHEDULES.values()] + [(Schedule(), "float64")],
                          ids=list(SCHEDULES) + ["float64"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, tmp_path):
-    sources = []
-    for name in SPECS:
-        plan, _, (fwd, bwd) = build(name, schedule)
-        sources.append(render(plan, fwd, bwd, dtype))
+    sources = [build(name, schedule, dtype).source for name in SPECS]
     cu = tmp_path / "kernels.cu"
     cu.write_text("\n".join(sources))
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],

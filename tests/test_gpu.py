@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lstmdsl
+from lstmdsl.check import TOLERANCE, compare, random_case, randomize
 
 from conftest import SPECS, extra_sizes
 from unusual_specs import UNUSUAL
@@ -22,44 +23,20 @@ cupy = pytest.importorskip("cupy")
 
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
-    from lstmdsl import runtime
+    from lstmdsl.runtime import workspace
 
-    monkeypatch.setattr(runtime, "POISON", True)
-
-
-def rel(got, want) -> float:
-    got = cupy.asnumpy(got).astype(np.float64)
-    assert np.all(np.isfinite(got)), "NaN or inf in the GPU result (an unwritten value was read?)"
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+    monkeypatch.setattr(workspace, "POISON", True)
 
 
-def check(name, T, B, I, H, L, schedule=None, tol=1e-4, seed=0):
-    kw = dict(num_layers=L, seed=seed, schedule=schedule, **extra_sizes(name))
-    gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", **kw)
-    ref = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", **kw)
-    rng = np.random.default_rng(seed + 1)
-    for k, p in gpu.parameters().items():  # larger than the default init, so every path matters
-        p[...] = cupy.asarray(rng.uniform(-0.5, 0.5, p.shape).astype(np.float32))
-        ref.parameters()[k][...] = cupy.asnumpy(p)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(B).items()}
-    # forward-only first (its own, smaller workspace), then the training forward
-    y_inf, final_inf = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()}, train=False)
-    y, final = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()})
-    y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
-    dy = rng.standard_normal(y_ref.shape)
-    dfinal = {k: rng.standard_normal(v.shape) for k, v in final_ref.items()}
-    dx = gpu.backward(cupy.asarray(dy.astype(np.float32)),
-                      {k: cupy.asarray(v.astype(np.float32)) for k, v in dfinal.items()})
-    dx_ref = ref.backward(dy, dfinal)
-    errors = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref), "y forward-only": rel(y_inf, y_ref)}
-    errors |= {f"final {k} forward-only": rel(final_inf[k], final_ref[k]) for k in final_ref}
-    errors |= {f"final {k}": rel(final[k], final_ref[k]) for k in final_ref}
-    errors |= {f"d initial {k}": rel(v, ref.initial_state_grads()[k]) for k, v in gpu.initial_state_grads().items()}
-    errors |= {f"d {k}": rel(g, ref.grads()[k]) for k, g in gpu.grads().items()}
-    bad = {k: e for k, e in errors.items() if not e <= tol}
-    assert not bad, f"{name} T={T} B={B} I={I} H={H} L={L} {schedule}: {bad}"
-    return errors
+def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32"):
+    """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
+    training forward, backward with gradients of the outputs and final states."""
+    gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
+                          schedule=schedule, dtype=dtype, **extra_sizes(name))
+    randomize(gpu, seed + 1)
+    result = compare(gpu, *random_case(gpu, T, B, seed + 2))
+    assert result.ok, f"{name} T={T} B={B} I={I} H={H} L={L} {schedule}: {result.failures()}"
+    return result.errors
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -97,9 +74,12 @@ def test_recurrent_products_fused_into_the_step_kernel(name, T, B, I, H, L):
     check(name, T, B, I, H, L, schedule="fuse recurrent")
 
 
-def test_tf32_is_close_but_not_strict():
-    errors = check("vanilla", 20, 16, 256, 256, 1, schedule="precision tf32", tol=2e-2)
-    assert max(errors.values()) < 2e-2
+def test_tf32_reaches_cublas_and_stays_within_its_tolerance():
+    strict = max(check("vanilla", 20, 16, 256, 256, 1).values())
+    tf32 = max(check("vanilla", 20, 16, 256, 256, 1, schedule="precision tf32").values())
+    assert tf32 <= TOLERANCE["tf32"]
+    # tf32 rounds the GEMMs' operands to 10 mantissa bits: its error is far above strict fp32's
+    assert tf32 > 30 * strict and tf32 > 1e-5, (strict, tf32)
 
 
 def test_vanilla_matches_torch_lstm():
@@ -168,58 +148,17 @@ def test_train_digits_on_the_gpu(tmp_path):
     assert set(saved.parameters()) == set(lstmdsl.load(tmp_path / "layer.npz").parameters())
 
 
-@pytest.mark.parametrize("name", ["peephole", "gru", "lstmp"])
-def test_torch_adapter_gradcheck_float64(name):
-    torch = pytest.importorskip("torch")
-    from lstmdsl.torch_adapter import LSTMDSL
-
-    rnn = LSTMDSL(name, input_size=3, hidden_size=4, num_layers=2, dtype=torch.float64, seed=1,
-                  **extra_sizes(name))
-    x = torch.randn(3, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
-    h0 = {k: (0.3 * torch.randn(s, dtype=torch.float64, device="cuda")).requires_grad_()
-          for k, s in rnn.layer.state_shapes(2).items()}
-    names = sorted(h0)
-
-    def f(x, *rest):
-        y, final = rnn(x, dict(zip(names, rest[:len(names)])))
-        return (y,) + tuple(final[n] for n in names)
-    assert torch.autograd.gradcheck(f, (x, *(h0[n] for n in names), *rnn.parameters()), eps=1e-6, atol=1e-7,
-                                    rtol=1e-5)
+@pytest.mark.parametrize("name", ["fgr", "gru", "lstmp"])
+def test_float64_layer_matches_reference_tightly(name):
+    errors = check(name, 5, 3, 4, 7, 2, dtype="float64")
+    assert max(errors.values()) < 1e-12
 
 
-def test_torch_adapter_trains_in_a_torch_loop():
-    torch = pytest.importorskip("torch")
-    from lstmdsl.torch_adapter import LSTMDSL
-
-    torch.manual_seed(0)
-    rnn = LSTMDSL("cifg", input_size=5, hidden_size=32, forget_bias=None)
-    head = torch.nn.Linear(32, 3).cuda()
-    opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=0.02)
-    x = torch.randn(6, 64, 5, device="cuda")
-    labels = torch.randint(0, 3, (64,), device="cuda")
-    losses = []
-    for _ in range(100):
-        y, _ = rnn(x)
-        loss = torch.nn.functional.cross_entropy(head(y[-1]), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
-    # the layer saw torch's updates: its arrays are the parameters' memory
-    p = dict(rnn.named_parameters())["l0_W_i"]
-    np.testing.assert_array_equal(cupy.asnumpy(rnn.layer.parameters()["l0.W_i"]), p.detach().cpu().numpy())
-
-
-def test_float64_layer_matches_reference_tightly():
-    gpu = lstmdsl.compile("fgr", input_size=4, hidden_size=7, num_layers=2, backend="cuda", dtype="float64", seed=2)
-    ref = lstmdsl.compile("fgr", input_size=4, hidden_size=7, num_layers=2, dtype="float64", seed=2)
-    x = np.random.default_rng(0).standard_normal((5, 3, 4))
-    y, _ = gpu.forward(cupy.asarray(x))
-    y_ref, _ = ref.forward(x)
-    assert rel(y, y_ref) < 1e-12
-    dx = gpu.backward(cupy.ones_like(y))
-    assert rel(dx, ref.backward(np.ones_like(y_ref))) < 1e-12
+def test_load_keeps_float64_layers_float64(tmp_path):
+    layer = lstmdsl.compile("gru", input_size=3, hidden_size=5, dtype="float64")
+    layer.save(tmp_path / "gru.npz")
+    gpu = lstmdsl.load(tmp_path / "gru.npz", backend="cuda")
+    assert gpu.dtype == np.float64 and all(p.dtype == np.float64 for p in gpu.parameters().values())
 
 
 def test_profile_parts_add_up():
@@ -235,17 +174,34 @@ def test_profile_parts_add_up():
     assert all(not g.any() for g in layer.grads().values())  # profiling leaves no gradients behind
 
 
-def test_kernels_load_from_the_cubin_cache(tmp_path, monkeypatch):
-    from lstmdsl import runtime
+_WARM_PROBE = """
+import sys, cupy, numpy as np, lstmdsl
+from lstmdsl.runtime import nvrtc
+if sys.argv[1] == "warm":  # a warm start must not start NVRTC, nor let CuPy compile
+    def refuse(*a, **k):
+        raise SystemExit("NVRTC was started on a warm start")
+    nvrtc.nvrtc_cubin = refuse
+    raw = cupy.RawModule
+    cupy.RawModule = lambda code=None, **k: refuse() if code is not None else raw(**k)
+layer = lstmdsl.compile("gru", input_size=3, hidden_size=5, backend="cuda")
+y, _ = layer.forward(cupy.ones((2, 1, 3), np.float32))
+print("ran", float(y.sum()))
+"""
 
-    monkeypatch.setenv("LSTMDSL_CACHE", str(tmp_path))
-    monkeypatch.setattr(runtime, "_MODULES", {})
-    check("gru", 7, 3, 5, 33, 1)  # compiles, writes the cubin
-    (cubin,) = (tmp_path / "cubin").glob("*.cubin")
-    monkeypatch.setattr(runtime, "_MODULES", {})
-    check("gru", 7, 3, 5, 33, 1)  # loads it
-    # CuPy keeps modules loaded from a path for the life of the process, so a file damaged now is only
-    # read again by a new process (tests/emulated/cubin_cache.py checks that path without a GPU)
-    cubin.write_bytes(b"not a cubin")
-    monkeypatch.setattr(runtime, "_MODULES", {})
-    check("gru", 7, 3, 5, 33, 1)
+
+def test_a_warm_start_loads_cubins_without_nvrtc(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LSTMDSL_CACHE=str(tmp_path))
+    cold = subprocess.run([sys.executable, "-c", _WARM_PROBE, "cold"], capture_output=True, text=True, env=env)
+    assert cold.returncode == 0 and "ran" in cold.stdout, cold.stderr[-2000:]
+    assert list((tmp_path / "cubin").glob("*.cubin")), "the cold start wrote no cubin"
+    warm = subprocess.run([sys.executable, "-c", _WARM_PROBE, "warm"], capture_output=True, text=True, env=env)
+    assert warm.returncode == 0 and warm.stdout == cold.stdout, warm.stdout + warm.stderr[-2000:]
+    for cubin in (tmp_path / "cubin").glob("*.cubin"):  # a damaged cubin is compiled and written again
+        cubin.write_bytes(b"not a cubin")
+    again = subprocess.run([sys.executable, "-c", _WARM_PROBE, "cold"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and again.stdout == cold.stdout, again.stderr[-2000:]
+    assert all(c.read_bytes() != b"not a cubin" for c in (tmp_path / "cubin").glob("*.cubin"))

@@ -3,6 +3,7 @@ computes the same forward and backward results as the reference (the plan run on
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 
 import lstmdsl
 from lstmdsl import reference
-from lstmdsl.passes import PIPELINE, make_plan
-from lstmdsl.plan import Gemm, Kernel, format_plan
+from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
+from lstmdsl.plan import Gemm, Kernel, VectorGrad, WeightGrad, format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
+from lstmdsl.planverify import PlanError, verify
 from lstmdsl.schedule import Schedule
 
 from conftest import SPECS, extra_sizes
@@ -23,7 +25,7 @@ SCHEDULES = [Schedule(**dict(zip(SWITCHES, bits))) for bits in itertools.product
 
 def plan_for(name, **switches):
     spec = lstmdsl.parse(name)
-    return make_plan(spec.cell, spec.grad, Schedule(**switches))
+    return schedule_plan(spec.cell, spec.grad, Schedule(**switches))
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -44,7 +46,7 @@ def test_every_schedule_matches_the_reference(name):
     want_dx, want_d0 = reference.layer_backward(layer.cell, layer.spec.grad, params, sizes, tape, dys, dfinal,
                                                 want_grads)
     for schedule in SCHEDULES:
-        plan = make_plan(layer.cell, layer.spec.grad, schedule)
+        plan = make_plan(layer.cell, layer.spec.grad, schedule, "float64", trace=lambda _, p: verify(p))
         got_ys, got_final, saved = plan_forward(plan, params, sizes, xs, state)
         what = f"{name} under '{schedule.describe()}'"
         np.testing.assert_allclose(got_ys, ys, rtol=1e-12, atol=1e-13, err_msg=what)
@@ -65,33 +67,35 @@ def gemms(ops):
 
 def test_base_plan_is_one_op_per_node():
     plan = plan_for("vanilla", fuse_gates=False, hoist_input=False, fuse_pointwise=False, batch_weight_grads=False)
-    assert len(gemms(plan.forward.step)) == 8
-    assert all(len(op.nodes) == 1 for op in plan.forward.step if isinstance(op, Kernel))
+    assert len(gemms(plan.forward.loop.body)) == 8
+    assert all(len(op.nodes) == 1 for op in plan.forward.loop.body if isinstance(op, Kernel))
     assert plan.forward.before == () and plan.backward.after == ()
-    assert not any(w.batched for w in plan.weight_grads)
+    assert all(where == "loop" for where, _ in plan.weight_grads + plan.vector_grads)
+    assert (plan.forward.loop.direction, plan.backward.loop.direction) == ("forward", "reverse")
 
 
 def test_gate_fusion_makes_one_gemm_per_operand():
     plan = plan_for("vanilla", fuse_gates=True, hoist_input=False, fuse_pointwise=False, batch_weight_grads=False)
-    fwd = gemms(plan.forward.step)
+    fwd = gemms(plan.forward.loop.body)
     assert [g.matrices for g in fwd] == [("W_i", "W_f", "W_z", "W_o"), ("R_i", "R_f", "R_z", "R_o")]
-    bwd = gemms(plan.backward.step)
+    bwd = gemms(plan.backward.loop.body)
     assert sorted(g.matrices for g in bwd) == [("R_o", "R_z", "R_f", "R_i"), ("W_o", "W_z", "W_f", "W_i")]
     assert not any(g.accumulate for g in bwd)
-    assert sorted(w.matrices for w in plan.weight_grads) == [("R_o", "R_z", "R_f", "R_i"), ("W_o", "W_z", "W_f", "W_i")]
+    assert sorted(w.matrices for _, w in plan.weight_grads) == [("R_o", "R_z", "R_f", "R_i"),
+                                                                 ("W_o", "W_z", "W_f", "W_i")]
 
 
 def test_input_hoisting_moves_the_input_products_out_of_the_loop():
     plan = plan_for("peephole", fuse_gates=True, hoist_input=True, fuse_pointwise=True, batch_weight_grads=True)
     assert [g.matrices for g in plan.forward.before] == [("W_i", "W_f", "W_z", "W_o")]
-    assert [g.matrices for g in plan.backward.after] == [("W_o", "W_z", "W_f", "W_i")]
-    assert all(plan.forward.nodes[g.inputs[0]].op != "input" for g in gemms(plan.forward.step))
+    assert [g.matrices for g in gemms(plan.backward.after)] == [("W_o", "W_z", "W_f", "W_i")]
+    assert all(plan.forward.nodes[g.inputs[0]].op != "input" for g in gemms(plan.forward.loop.body))
 
 
 def test_pointwise_fusion_leaves_one_kernel_between_gemms():
     plan = plan_for("vanilla")
-    assert [type(op).__name__ for op in plan.forward.step] == ["Gemm", "Kernel"]
-    assert [type(op).__name__ for op in plan.backward.step] == ["Kernel", "Gemm"]
+    assert [type(op).__name__ for op in plan.forward.loop.body] == ["Gemm", "Kernel"]
+    assert [type(op).__name__ for op in plan.backward.loop.body] == ["Kernel", "Gemm"]
 
 
 @pytest.mark.parametrize("name,forward_ops", [
@@ -100,18 +104,52 @@ def test_pointwise_fusion_leaves_one_kernel_between_gemms():
 ])
 def test_stage_splitting_for_products_of_values_computed_in_the_step(name, forward_ops):
     plan = plan_for(name)
-    assert [type(op).__name__ for op in plan.forward.step] == forward_ops
+    assert [type(op).__name__ for op in plan.forward.loop.body] == forward_ops
 
 
 def test_batching_weight_gradients():
     plan = plan_for("gru")
-    assert all(w.batched for w in plan.weight_grads) and all(v.batched for v in plan.vector_grads)
+    assert plan.weight_grads and all(where == "after" for where, _ in plan.weight_grads + plan.vector_grads)
+    assert not any(isinstance(op, (WeightGrad, VectorGrad)) for op in plan.backward.loop.body)
 
 
-def test_format_plan_shows_shapes_and_launches():
+def test_format_plan_shows_types_storage_and_launches():
     spec = lstmdsl.parse("vanilla")
     text = format_plan(make_plan(spec.cell, spec.grad, spec.schedule), {"input": 32, "hidden": 64})
-    assert "forward: 2 launches per step" in text
-    assert "before the loop:  GEMM  [T*B, 32] x [32, 64 + 64 + 64 + 64]" in text
-    assert "each step:        GEMM  [B, 64] x [64, 64 + 64 + 64 + 64]" in text
+    assert "forward (forward in time): 2 launches per step" in text
+    assert "backward (reverse in time)" in text
+    assert "C[T*B, 256] = x[t] @ weights:weight_ih^T -> gemm0[t];  k = 32; types f32 x f32 -> f32, compute fp32" in text
+    assert "C[B, 256] = hist_h[t] @ weights:weight_hh^T -> gemm1[t]" in text
+    assert "gemm0        f32  [T, B, 256]  (inference T; shares memory with gin0)" in text
+    assert "launch: grid (ceil(max(64) / 128), B), 128 threads" in text
     assert "saved per step for the backward pass" in text
+
+
+def test_verify_runs_after_every_pass_and_catches_broken_plans():
+    spec = lstmdsl.parse("gru")
+    seen = []
+    plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
+                                                                                              seen.append(name)))
+    assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "batch_weight_grads",
+                    "storage", "calls"]
+    body = plan.forward.loop.body
+    swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
+    with pytest.raises(PlanError, match="reads %"):
+        verify(dataclasses.replace(plan, forward=swapped))
+    twice = plan.forward.with_body(body + body[-1:])
+    with pytest.raises(PlanError, match="computed twice"):
+        verify(dataclasses.replace(plan, forward=twice))
+    with pytest.raises(PlanError, match="loop direction"):
+        verify(dataclasses.replace(plan, backward=dataclasses.replace(
+            plan.backward, loop=dataclasses.replace(plan.backward.loop, direction="sideways"))))
+    st = plan.storage
+    gin = next(b for b in st.buffers if b.name.startswith("gin"))
+    bad_alias = dataclasses.replace(st, buffers=tuple(dataclasses.replace(b, alias="x") if b is gin else b
+                                                      for b in st.buffers))
+    with pytest.raises(PlanError, match="shares memory"):
+        verify(dataclasses.replace(plan, storage=bad_alias))
+    (g,) = [op for op in plan.backward.after if isinstance(op, WeightGrad)][:1]
+    mistyped = dataclasses.replace(g, call=dataclasses.replace(g.call, c_type="f64"))
+    after = tuple(mistyped if op is g else op for op in plan.backward.after)
+    with pytest.raises(PlanError, match="declared types"):
+        verify(dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, after=after)))

@@ -1,10 +1,12 @@
-"""The scheduling passes, in the order they run. Each is a pure function Plan -> Plan that a schedule
-switch turns on or off; every schedule computes the same results within floating-point tolerance
-(tests/test_passes.py runs every spec under every schedule).
+"""The passes, in the order they run. Each is a pure function Plan -> Plan.
 
-Stage splitting needs no pass of its own: base_plan orders each step's GEMMs and kernels by data
-dependence, so a product of a value computed inside the step always sits between two kernels, and the
-fusion passes never merge across it. Stacking layers reuses one plan per layer.
+The scheduling passes (PIPELINE) are switched by the schedule; every schedule computes the same results
+within floating-point tolerance (tests/test_passes.py runs every spec under every schedule). Stage
+splitting needs no pass of its own: base_plan orders each step's GEMMs and kernels by data dependence,
+so a product of a value computed inside the step always sits between two kernels, and the fusion
+passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
+types, the storage and how each op is called, so the runtime only executes. Stacking layers reuses one
+plan per layer.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from ..grad import StepGrad
 from ..ir import Cell
 from ..plan import Plan, base_plan
 from ..schedule import Schedule
+from .calls import assign_calls
 from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
 from .pointwise_fusion import fuse_pointwise
 from .recurrent_fusion import fuse_recurrent
+from .storage import assign_storage
+from .types import assign_types
 from .weight_grads import batch_weight_grads
 
 # (schedule switch, pass)
@@ -27,11 +32,28 @@ PIPELINE = (
     ("fuse_recurrent", fuse_recurrent),
     ("batch_weight_grads", batch_weight_grads),
 )
+LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls))
 
 
-def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
+def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None) -> Plan:
+    """The plan after the scheduling passes (what runs, not yet how). trace(name, plan) sees each step."""
     plan = base_plan(cell, grad, schedule)
+    if trace:
+        trace("base", plan)
     for switch, run in PIPELINE:
         if getattr(schedule, switch):
             plan = run(plan)
+            if trace:
+                trace(switch, plan)
+    return plan
+
+
+def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule, dtype: str = "float32", trace=None) -> Plan:
+    """The complete plan for a layer of element type dtype ("float32" or "float64")."""
+    plan = schedule_plan(cell, grad, schedule, trace)
+    plan = assign_types(plan, dtype)
+    for name, run in LOWERING[1:]:
+        plan = run(plan)
+        if trace:
+            trace(name, plan)
     return plan

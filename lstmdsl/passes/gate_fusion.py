@@ -12,41 +12,42 @@ import dataclasses
 from ..plan import Gemm, Phase, Plan, WeightGrad
 
 
-def _fuse(phase: Phase, key) -> Phase:
-    """Merge the step's GEMMs with equal key(gemm) into the first of them (its operands are ready there:
-    GEMMs of one key read the same values)."""
-    merged: dict[object, Gemm] = {}
-    for op in phase.step:
-        if isinstance(op, Gemm):
-            k = key(op)
-            if k in merged:
-                first = merged[k]
-                merged[k] = Gemm(first.kind, first.matrices + op.matrices,
-                                 first.inputs + (op.inputs if op.kind == "backward" else ()),
-                                 first.outputs + (op.outputs if op.kind == "forward" else ()))
-            else:
-                merged[k] = dataclasses.replace(op, accumulate=False)
-    step, placed = [], set()
-    for op in phase.step:
-        if isinstance(op, Gemm):
-            k = key(op)
-            if k not in placed:
-                placed.add(k)
-                step.append(merged[k])
-        else:
-            step.append(op)
-    return dataclasses.replace(phase, step=tuple(step))
+def _merge(a, b):
+    if isinstance(a, WeightGrad):
+        return dataclasses.replace(a, matrices=a.matrices + b.matrices, g=a.g + b.g)
+    return Gemm(a.kind, a.matrices + b.matrices, a.inputs + (b.inputs if b.kind == "backward" else ()),
+                a.outputs + (b.outputs if b.kind == "forward" else ()))
+
+
+def _key(op):
+    """Ops with equal keys merge: forward GEMMs of one operand, backward GEMMs of one sum, weight
+    gradients of one operand."""
+    if isinstance(op, WeightGrad):
+        return ("weight", op.v)
+    if isinstance(op, Gemm):
+        return (op.kind, op.inputs if op.kind == "forward" else op.outputs)
+    return None
+
+
+def _fuse(phase: Phase) -> Phase:
+    """Merge the loop's ops of equal key into the first of them (its operands are ready there: GEMMs of
+    one key read the same values)."""
+    merged: dict[object, object] = {}
+    for op in phase.loop.body:
+        k = _key(op)
+        if k is not None:
+            merged[k] = _merge(merged[k], op) if k in merged else (
+                dataclasses.replace(op, accumulate=False) if isinstance(op, Gemm) else op)
+    body, placed = [], set()
+    for op in phase.loop.body:
+        k = _key(op)
+        if k is None:
+            body.append(op)
+        elif k not in placed:
+            placed.add(k)
+            body.append(merged[k])
+    return phase.with_body(body)
 
 
 def fuse_gates(plan: Plan) -> Plan:
-    weight_grads: dict[int, WeightGrad] = {}
-    for w in plan.weight_grads:
-        first = weight_grads.get(w.v)
-        weight_grads[w.v] = w if first is None else dataclasses.replace(
-            first, matrices=first.matrices + w.matrices, g=first.g + w.g)
-    return dataclasses.replace(
-        plan,
-        forward=_fuse(plan.forward, key=lambda g: g.inputs),  # same operand
-        backward=_fuse(plan.backward, key=lambda g: g.outputs),  # same sum
-        weight_grads=tuple(weight_grads.values()),
-    )
+    return dataclasses.replace(plan, forward=_fuse(plan.forward), backward=_fuse(plan.backward))

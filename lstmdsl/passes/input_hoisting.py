@@ -15,12 +15,10 @@ from ..plan import Gemm, Plan
 
 def hoist_input(plan: Plan) -> Plan:
     fwd, bwd = plan.forward, plan.backward
-    on_input = [op for op in fwd.step if isinstance(op, Gemm) and fwd.nodes[op.inputs[0]].op == "input"]
-    to_input = [op for op in bwd.step if isinstance(op, Gemm) and op.outputs[0] == plan.grad.d_input_t]
-    return dataclasses.replace(
-        plan,
-        forward=dataclasses.replace(fwd, before=fwd.before + tuple(on_input),
-                                    step=tuple(op for op in fwd.step if op not in on_input)),
-        backward=dataclasses.replace(bwd, after=bwd.after + tuple(to_input),
-                                     step=tuple(op for op in bwd.step if op not in to_input)),
-    )
+    on_input = [op for op in fwd.loop.body if isinstance(op, Gemm) and fwd.nodes[op.inputs[0]].op == "input"]
+    to_input = [op for op in bwd.loop.body if isinstance(op, Gemm) and op.outputs[0] == plan.grad.d_input_t]
+    fwd = dataclasses.replace(fwd.with_body(op for op in fwd.loop.body if op not in on_input),
+                              before=fwd.before + tuple(on_input))
+    bwd = dataclasses.replace(bwd.with_body(op for op in bwd.loop.body if op not in to_input),
+                              after=tuple(to_input) + bwd.after)
+    return dataclasses.replace(plan, forward=fwd, backward=bwd)

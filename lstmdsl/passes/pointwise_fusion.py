@@ -13,13 +13,13 @@ from ..plan import Kernel, Phase, Plan
 
 
 def _fuse(phase: Phase) -> Phase:
-    step = []
-    for op in phase.step:
-        if isinstance(op, Kernel) and step and isinstance(step[-1], Kernel):
-            step[-1] = Kernel(step[-1].nodes + op.nodes)
+    body = []
+    for op in phase.loop.body:
+        if isinstance(op, Kernel) and body and isinstance(body[-1], Kernel):
+            body[-1] = Kernel(body[-1].nodes + op.nodes)
         else:
-            step.append(op)
-    return dataclasses.replace(phase, step=tuple(step))
+            body.append(op)
+    return phase.with_body(body)
 
 
 def fuse_pointwise(plan: Plan) -> Plan:

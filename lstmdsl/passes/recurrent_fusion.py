@@ -25,13 +25,13 @@ def fuse_recurrent(plan: Plan) -> Plan:
     fwd = plan.forward
     nodes = fwd.nodes
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
-    step = list(fwd.step)
+    body = list(fwd.loop.body)
     out = []
     k = 0
-    while k < len(step):
-        op = step[k]
-        nxt = step[k + 1] if k + 1 < len(step) else None
-        later = set().union(*(_reads(other, nodes) for other in step[k + 2:]))
+    while k < len(body):
+        op = body[k]
+        nxt = body[k + 1] if k + 1 < len(body) else None
+        later = set().union(*(_reads(other, nodes) for other in body[k + 2:]))
         if (isinstance(op, Gemm) and isinstance(nxt, Kernel) and nodes[op.inputs[0]].op in ("state", "input")
                 and not set(op.outputs) & (wanted | later)):
             out.append(Kernel(op.outputs + nxt.nodes))
@@ -39,4 +39,4 @@ def fuse_recurrent(plan: Plan) -> Plan:
         else:
             out.append(op)
             k += 1
-    return dataclasses.replace(plan, forward=dataclasses.replace(fwd, step=tuple(out)))
+    return dataclasses.replace(plan, forward=fwd.with_body(out))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Plan
+from ..plan import Plan, VectorGrad, WeightGrad
 
 
 def batch_weight_grads(plan: Plan) -> Plan:
-    return dataclasses.replace(
-        plan,
-        weight_grads=tuple(dataclasses.replace(w, batched=True) for w in plan.weight_grads),
-        vector_grads=tuple(dataclasses.replace(v, batched=True) for v in plan.vector_grads),
-    )
+    bwd = plan.backward
+    moved = tuple(op for op in bwd.loop.body if isinstance(op, (WeightGrad, VectorGrad)))
+    bwd = dataclasses.replace(bwd.with_body(op for op in bwd.loop.body if op not in moved),
+                              after=bwd.after + moved)
+    return dataclasses.replace(plan, backward=bwd)

@@ -1,4 +1,4 @@
-"""runtime.load_module's cubin cache without a GPU: a cubin is written once and loaded after, a damaged
+"""lstmdsl.runtime.nvrtc.load_module's cubin cache without a GPU: a cubin is written once and loaded after, a damaged
 file is compiled and written again, an NVRTC that cannot make a cubin falls back to CuPy's own compile,
 and an unwritable cache still gives a module. Exits 1 on the first failure."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import simrt  # noqa: F401 (sets up the fake CuPy)
 
 import cupy
-from lstmdsl import runtime
+from lstmdsl.runtime import nvrtc as runtime
 
 GOOD = b"\x7fELF a cubin"
 LOADED, COMPILED = [], []
@@ -33,7 +33,7 @@ class Module:
 
 cupy.RawModule = Module
 made = []
-runtime._nvrtc_cubin = lambda source, arch: made.append(source) or GOOD
+runtime.nvrtc_cubin = lambda source, arch: made.append(source) or GOOD
 source = 'extern "C" __global__ void k(int n) {}\n'
 
 
@@ -58,14 +58,14 @@ with tempfile.TemporaryDirectory() as tmp:
     cubin.write_bytes(b"garbage")
     fresh()
     expect("a damaged cubin is compiled and written again", len(made) == 2 and cubin.read_bytes() == GOOD)
-    runtime._nvrtc_cubin = lambda source, arch: None
+    runtime.nvrtc_cubin = lambda source, arch: None
     cubin.unlink()
     fresh()
     expect("without a cubin from NVRTC, CuPy compiles", COMPILED == [source] and not cubin.exists())
     blocker = Path(tmp, "blocker")
     blocker.write_text("a file where the cache folder should be")
     os.environ["LSTMDSL_CACHE"] = str(blocker)
-    runtime._nvrtc_cubin = lambda source, arch: GOOD
+    runtime.nvrtc_cubin = lambda source, arch: GOOD
     fresh()
     expect("an unwritable cache falls back to CuPy's compile", COMPILED == [source] * 2)
 print("cubin cache: OK")

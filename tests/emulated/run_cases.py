@@ -1,5 +1,6 @@
 """Every shipped spec, and specs whose storage is unusual, through the emulated CUDA runtime under
-several schedules, against the float64 reference. Prints one line per case; exits 1 if any is wrong."""
+several schedules (with CUDA graphs captured and replayed, and without), against the float64 reference.
+Prints one line per case; exits 1 if any is wrong."""
 
 import os
 import sys
@@ -9,20 +10,25 @@ import simrt  # sets up the fake CuPy and the emulation
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from unusual_specs import UNUSUAL  # noqa: E402
 
-import lstmdsl
-from lstmdsl.resources import shipped_specs
+import lstmdsl  # noqa: E402
+from lstmdsl.resources import shipped_specs  # noqa: E402
 
 SCHEDULES = [None, "no fuse gates; no hoist input; no fuse pointwise; no batch weights", "fuse recurrent",
              "no hoist input; fuse recurrent; no batch weights"]
 
-failures = 0
+failures = total = 0
 cases = [(name, path.read_text()) for name, path in shipped_specs().items()] + list(UNUSUAL.items())
 for name, text in cases:
     spec = lstmdsl.parse(text)
     P = 3 if spec.uses_size("proj") else None
-    for schedule in SCHEDULES:
-        bad = simrt.check(spec, P=P, schedule=schedule, verbose=False)
+    for k, schedule in enumerate(SCHEDULES):
+        # graphs, two layers and float64 take turns, so every spec meets each of them
+        graphs, L, dtype = k % 2 == 0, 1 + (k == 1), "float64" if k == 3 else "float32"
+        I = 6 if L > 1 else 5  # stacked layers need states of one size (I = H)
+        bad = simrt.check(spec, P=P, I=I, schedule=schedule, verbose=False, graphs=graphs, L=L, dtype=dtype)
         failures += bool(bad)
-        print(f"{name} | {schedule or 'default'} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
-print(f"{len(cases) * len(SCHEDULES) - failures} passed, {failures} failed")
+        total += 1
+        print(f"{name} | {schedule or 'default'} | graphs={graphs} L={L} {dtype} | {'OK' if not bad else f'BAD {bad}'}",
+              flush=True)
+print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

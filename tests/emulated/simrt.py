@@ -1,8 +1,10 @@
-"""Run lstmdsl.runtime.CudaLayer on the CPU: fake CuPy arrays (cupy/ beside this file), cuBLAS GEMMs
-and generated kernels emulated from the raw pointers and leading dimensions the runtime computes
-(bounds-checked against the allocations), kernels by the plan's node semantics. It exercises the
-storage layout and the runtime's pointer arithmetic without a GPU (CUDA graphs are not emulated).
-Used by tests/test_runtime_emulated.py in a subprocess, so the fake CuPy never meets the other tests."""
+"""Run lstmdsl's CUDA runtime on the CPU: a fake CuPy (cupy/ beside this file) for the arrays, and the
+runtime's device layer (lstmdsl/runtime/device.py: launches, strided copies, fills, graphs) and cuBLAS
+GEMMs emulated on host memory from the raw addresses, leading dimensions and pitches the runtime
+computes, bounds-checked against the allocations. Kernels are emulated by the plan's node semantics from
+their KernelDescs. A CUDA graph records the calls issued at capture and replays exactly those, so the
+addresses baked in at capture are what later calls use. Used by tests/test_runtime_emulated.py in a
+subprocess, so the fake CuPy never meets the other tests."""
 import ctypes
 import os
 import sys
@@ -12,116 +14,185 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cupy  # noqa: E402 - the fake one
 import lstmdsl  # noqa: E402
-from lstmdsl import reference, runtime  # noqa: E402
-from lstmdsl.plan import Kernel  # noqa: E402
+from lstmdsl import reference  # noqa: E402
+from lstmdsl.check import compare, random_case, randomize  # noqa: E402
+from lstmdsl.runtime import cublas, device, executor, workspace  # noqa: E402
 
-runtime.check_available = lambda: None
-runtime.POISON = True
+workspace.POISON = True
 LOG = []
+KERNELS = {}  # kernel name -> (KernelDesc, Kernel op, phase nodes); the last program built wins
+RECORDING = []  # the calls of a graph being captured
 
-def region(ptr, rows, cols, ld):
-    """a [rows, cols] float32 view at ptr with leading dimension ld, bounds-checked."""
-    start, end = ptr, ptr + 4 * ((rows - 1) * ld + cols)
+
+def region(ptr, rows, cols, ld, item):
+    """a [rows, cols] view at ptr with leading dimension ld (elements of `item` bytes), bounds-checked."""
+    start, end = ptr, ptr + item * ((rows - 1) * ld + cols)
     for s, e, arr in cupy.ALLOCS:
         if s <= start and end <= e:
             break
     else:
         raise AssertionError(f"out of bounds: [{start:#x}, {end:#x}) rows={rows} cols={cols} ld={ld}")
-    buf = (ctypes.c_float * ((end - start) // 4)).from_address(start)
-    flat = np.frombuffer(buf, np.float32)
-    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * ld, 4)), (start, end)
+    ctype = ctypes.c_float if item == 4 else ctypes.c_double
+    buf = (ctype * ((end - start) // item)).from_address(start)
+    flat = np.frombuffer(buf, np.float32 if item == 4 else np.float64)
+    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item * ld, item)), (start, end)
 
-def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, precision):
-    A = region(a, K, M, lda)[0].T if ta else region(a, M, K, lda)[0]
-    Bm = region(b, N, K, ldb)[0].T if tb else region(b, K, N, ldb)[0]
-    C, _ = region(c, M, N, ldc)
-    r = (A.astype(np.float64) @ Bm.astype(np.float64)).astype(np.float32)
-    if acc: C += r
-    else: C[...] = r
-runtime.gemm = gemm
 
-class KernelSim:
-    def __init__(self, desc, op, nodes, slots, layer):
-        self.desc, self.op, self.nodes, self.slots = desc, op, nodes, slots
-    def __call__(self, grid, block, args):
-        desc, nodes = self.desc, self.nodes
-        val = dict(zip((a.name for a in desc.args), args))
-        B = int(val["B"])
-        size = lambda s: int(val[f"n_{s}"])
-        values, reads, writes = {}, [], []
-        for a in desc.args:
-            if a.name.startswith("in"):
-                i = a.bind[1]
-                arr, rg = region(int(val[a.name]), B, size(nodes[i].size), int(val["ld_" + a.name]))
-                values[i] = arr.copy(); reads.append((rg, i, int(val[a.name]), int(val['ld_' + a.name])))
-            elif a.name.startswith("p"):
-                i = int(a.name[1:]); values[i] = np.broadcast_to(np.asarray(val[a.name]), (B, size(nodes[i].size)))
-        for i in self.op.nodes:
-            n = nodes[i]
-            for x in n.args:
-                if x not in values:
-                    if nodes[x].op == "const": values[x] = np.float32(nodes[x].attr)
-                    else: raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
-            if n.op == "matvec":
-                W = np.asarray(next(val[a.name] for a in desc.args if a.name == f"w{i}"))
-                values[i] = (values[n.args[0]].astype(np.float64) @ W.T.astype(np.float64)).astype(np.float32)
+def recorded(fn):
+    """Run fn now, or record it while a graph is being captured."""
+    def wrapper(*args):
+        if RECORDING and RECORDING[-1] is not None:
+            RECORDING[-1].append((fn, args))
+        else:
+            fn(*args)
+    return wrapper
+
+
+ITEM = {"f32": 4, "f64": 8}
+
+
+@recorded
+def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream):
+    a_t, b_t, c_t, compute = types
+    A = region(a, K, M, lda, ITEM[a_t])[0].T if ta else region(a, M, K, lda, ITEM[a_t])[0]
+    Bm = region(b, N, K, ldb, ITEM[b_t])[0].T if tb else region(b, K, N, ldb, ITEM[b_t])[0]
+    C, _ = region(c, M, N, ldc, ITEM[c_t])
+    r = (A.astype(np.float64) @ Bm.astype(np.float64)).astype(C.dtype)
+    if acc:
+        C += r
+    else:
+        C[...] = r
+
+
+@recorded
+def copy_rows(dst, dst_pitch, src, src_pitch, width, rows, stream):
+    for r in range(rows):
+        region(src + r * src_pitch, 1, width, width, 1)
+        region(dst + r * dst_pitch, 1, width, width, 1)
+        ctypes.memmove(dst + r * dst_pitch, src + r * src_pitch, width)
+
+
+@recorded
+def zero(ptr, nbytes, stream):
+    region(ptr, 1, nbytes, nbytes, 1)
+    ctypes.memset(ptr, 0, nbytes)
+
+
+@recorded
+def launch(function, grid, threads, args, stream):
+    name, item = function
+    if name.endswith("_add"):
+        dst, ld_dst, src, ld_src, n, rows = (v for _, v in args)
+        region(dst, rows, n, ld_dst, item)[0][...] += region(src, rows, n, ld_src, item)[0]
+        return
+    desc, op, nodes = KERNELS[name]
+    val = {a.name: v for a, (_, v) in zip(desc.args, args)}
+    B = int(val["B"])
+    size = lambda s: int(val[f"n_{s}"])  # noqa: E731
+    values, reads, writes = {}, [], []
+    for a in desc.args:
+        if a.name.startswith("in"):
+            i = int(a.name[2:])
+            arr, rg = region(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], item)
+            values[i] = arr.copy()
+            reads.append((i, val[a.name], val["ld_" + a.name]))
+        elif a.name.startswith("p"):
+            i = int(a.name[1:])
+            values[i] = np.broadcast_to(region(val[a.name], 1, size(nodes[i].size), 1, item)[0][0],
+                                        (B, size(nodes[i].size)))
+    for i in op.nodes:
+        n = nodes[i]
+        for x in n.args:
+            if x not in values:
+                if nodes[x].op == "const":
+                    values[x] = np.float64(nodes[x].attr)
+                else:
+                    raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
+        if n.op == "matvec":
+            (x,) = n.args
+            W = region(val[f"w{i}"], size(n.size), size(nodes[x].size), size(nodes[x].size), item)[0]
+            values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
+        else:
+            dtype = np.dtype(np.float32 if item == 4 else np.float64)
+            v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, {n.size: size(n.size)})
+            values[i] = np.broadcast_to(v, (B, size(n.size)))
+    text = "\n".join(line for _, lines in desc.groups for line in lines)
+    for a in desc.args:
+        if a.name.startswith("out"):
+            i = int(a.name[3:].split("_")[0])
+            arr, rg = region(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], item)
+            writes.append((i, val[a.name], val["ld_" + a.name]))
+            if f"{a.name}[b * ld_{a.name} + j] +=" in text:
+                arr += values[i]
             else:
-                values[i] = np.broadcast_to(reference.eval_node(n, [values[x] for x in n.args], {}, B, np.dtype(np.float32), {n.size: size(n.size)}), (B, size(n.size)))
-        text = "\n".join(l for _, ls in desc.groups for l in ls)
-        for a in desc.args:
-            if a.name.startswith("out"):
-                i = a.bind[1]
-                arr, rg = region(int(val[a.name]), B, size(nodes[i].size), int(val["ld_" + a.name]))
-                writes.append((rg, i, int(val[a.name]), int(val['ld_' + a.name])))
-                if f"{a.name}[b * ld_{a.name} + j] +=" in text: arr += values[i]
-                else: arr[...] = values[i]
-        for (wrg, i, wptr, wld) in writes:
-            wset = {wptr + 4 * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
-            for (rrg, j, rptr, rld) in reads:
-                rset = {rptr + 4 * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
-                if wset & rset and i != j:
-                    LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
+                arr[...] = values[i]
+    for i, wptr, wld in writes:
+        wset = {wptr + item * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
+        for j, rptr, rld in reads:
+            rset = {rptr + item * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
+            if wset & rset and i != j:
+                LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
 
-_orig_init = runtime._Program.__init__
-def _init(self, *a):
-    _orig_init(self, *a)
-    for phase, descs, slots in ((self.plan.forward, self.forward_kernels, self.layout.forward),
-                                (self.plan.backward, self.backward_kernels, self.layout.backward)):
-        ops = [op for op in phase.step if isinstance(op, Kernel)]
-        for d, op in zip(descs, ops):
-            self.functions[d.name] = KernelSim(d, op, phase.nodes, slots, None)
-runtime._Program.__init__ = _init
 
-def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, layer_hook=None):
-    kw = dict(num_layers=L, seed=seed, schedule=schedule)
-    if P: kw["proj_size"] = P
+class Graph:
+    """Records the calls `issue` makes, and replays them."""
+
+    def __init__(self, issue, stream):
+        RECORDING.append([])
+        try:
+            issue(stream)
+        finally:
+            self.calls = RECORDING.pop()
+        GRAPHS.append(self)
+
+    def launch(self, stream):
+        for fn, args in self.calls:
+            fn(*args)
+
+
+GRAPHS = []
+device.check_available = lambda: None
+device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
+device.is_capturing = lambda stream: False
+device.current_stream = lambda: 0
+device.current_device = lambda: 0
+cublas.gemm = gemm
+executor.load_module = lambda source: None
+executor.function = lambda module, name: name
+
+_engine_init = executor.Engine.__init__
+
+
+def _init(self, program, sizes):
+    _engine_init(self, program, sizes)
+    item = ITEM[program.plan.dtype]
+    self.functions = {name: (name, item) for name in program.kernels}
+    if program.add is not None:
+        self.add_function = (program.add.name, item)
+    for phase in (program.plan.forward, program.plan.backward):
+        for _, op in phase.ops():
+            if type(op).__name__ == "Kernel":
+                KERNELS[op.name] = (program.kernels[op.name], op, phase.nodes)
+
+
+executor.Engine.__init__ = _init
+
+
+def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
+          dtype="float32"):
+    kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype)
+    if P:
+        kw["proj_size"] = P
     gpu = lstmdsl.compile(spec, input_size=I, hidden_size=H, backend="cuda", **kw)
-    gpu.use_graphs = False
-    ref = lstmdsl.compile(spec, input_size=I, hidden_size=H, dtype="float64", **kw)
-    rng = np.random.default_rng(seed + 1)
-    for k, p in gpu.parameters().items():
-        p[...] = rng.uniform(-0.5, 0.5, p.shape).astype(np.float32)
-        ref.parameters()[k][...] = np.asarray(p)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    state = {k: (0.5 * rng.standard_normal(s)).astype(np.float32) for k, s in ref.state_shapes(B).items()}
-    # forward-only first (its own, smaller workspace), then the training forward
-    y_inf, final_inf = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()}, train=False)
-    y, final = gpu.forward(cupy.asarray(x), {k: cupy.asarray(v) for k, v in state.items()})
-    y_ref, final_ref = ref.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in state.items()})
-    dy = rng.standard_normal(y_ref.shape)
-    dfin = {k: (rng.standard_normal(v.shape) if dfinal else np.zeros(v.shape)) for k, v in final_ref.items()}
-    dx = gpu.backward(cupy.asarray(dy.astype(np.float32)), {k: cupy.asarray(v.astype(np.float32)) for k, v in dfin.items()})
-    dx_ref = ref.backward(dy, dfin)
-    def rel(g, w):
-        g = np.asarray(g, np.float64)
-        if not np.all(np.isfinite(g)): return float("nan")
-        return float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30))
-    errs = {"y": rel(y, y_ref), "dx": rel(dx, dx_ref), "y forward-only": rel(y_inf, y_ref)}
-    errs |= {f"final {k} forward-only": rel(final_inf[k], final_ref[k]) for k in final_ref}
-    errs |= {f"final {k}": rel(final[k], final_ref[k]) for k in final_ref}
-    errs |= {f"dinit {k}": rel(v, ref.initial_state_grads()[k]) for k, v in gpu.initial_state_grads().items()}
-    errs |= {f"d {k}": rel(g, ref.grads()[k]) for k, g in gpu.grads().items()}
-    bad = {k: e for k, e in errs.items() if not e <= 1e-4}
+    gpu.use_graphs = graphs
+    randomize(gpu, seed + 1)
+    x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
+    if not dfinal:
+        dstate = {k: np.zeros_like(v) for k, v in dstate.items()}
+    result = compare(gpu, x, state, dy, dstate)
+    if graphs:  # a second call replays the captured graphs
+        result = compare(gpu, x, state, dy, dstate)
+    bad = result.failures()
     if LOG:
         bad["overlap: " + "; ".join(sorted(set(LOG)))[:200]] = 1
     if verbose:

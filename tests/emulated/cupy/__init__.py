@@ -29,6 +29,7 @@ class ndarray(np.ndarray):
     def data(self): return _Data(self.ctypes.data)
     @property
     def device(self): return _Dev()
+    def get(self): return np.array(self)
 
 
 def _wrap(a):

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on the GPU machine (about 5-8 minutes): the GPU tests, compute-sanitizer
+# (memcheck on two specs and a compiled torch training step, racecheck on one spec), and the quick grid
+# against cuDNN. Run it after every change to the runtime, kernels or passes:
+#
+#     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
+#     VERSIONS=path/to/old/tree bash benchmarks/gpu_check.sh   # also time the quick grid's cases against
+#                                                              # an older tree (benchmarks/versions.py)
+#
+# On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
+# from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/lstmdsl-gpu-check}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export LSTMDSL_CACHE=${LSTMDSL_CACHE:-/tmp/lstmdsl-gpu-check-cache} PYTHONUNBUFFERED=1
+summary=()
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
+
+start=$SECONDS
+timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ -x 2>&1 | tee "$OUT/pytest.log" | tail -25
+summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
+
+for target in "peephole" "gru" "--torch-compile vanilla"; do
+  start=$SECONDS
+  timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
+    > "$OUT/memcheck.log" 2>&1
+  summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
+  grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
+done
+start=$SECONDS
+timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py peephole > "$OUT/racecheck.log" 2>&1
+summary+=("racecheck peephole: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
+
+if [ -n "${VERSIONS:-}" ]; then
+  timeout 300 python3 benchmarks/versions.py "$VERSIONS" . --json "$OUT/versions.json" 2>&1 | tee "$OUT/versions.txt"
+fi
+if [ -z "${NO_GRID:-}" ]; then
+  start=$SECONDS
+  timeout 300 python3 benchmarks/run.py --quick --only grid --competitors lstmdsl cudnn --name check_quick_fp32 \
+    > "$OUT/grid.log" 2>&1
+  cp benchmarks/results/check_quick_fp32.json benchmarks/results/check_quick_fp32.md "$OUT/" 2>/dev/null
+  summary+=("quick grid: $(tail -1 "$OUT/grid.log") ($((SECONDS - start)) s)")
+  [ -f "$OUT/check_quick_fp32.md" ] && cat "$OUT/check_quick_fp32.md"
+fi
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"

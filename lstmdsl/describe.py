@@ -1,0 +1,64 @@
+"""What a spec is, as `lstmdsl check` reports it: its input, states, output, gates, parameters, and the
+FLOPs of one step as a polynomial in the sizes (with numbers once sizes are bound)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Spec
+from .syntax import OutputDecl
+
+
+def _poly(terms: dict[tuple[str, ...], int]) -> str:
+    def mono(key):
+        parts = []
+        for s in sorted(set(key)):
+            n = key.count(s)
+            parts.append(s if n == 1 else f"{s}^{n}")
+        return "*".join(parts)
+    items = sorted(terms.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    return " + ".join((f"{c}*{mono(k)}" if c != 1 else mono(k)) for k, c in items if c) or "0"
+
+
+def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
+    """FLOPs of one step for one sequence, as a polynomial in the sizes: a matvec is 2*rows*cols,
+    every elementwise operator (a function counts as one) one per element."""
+    terms: dict[tuple[str, ...], int] = {}
+    for n in spec.cell.nodes:
+        if n.op == "matvec":
+            key = tuple(sorted(spec.cell.param(n.attr).shape))
+            terms[key] = terms.get(key, 0) + 2
+        elif n.op not in ("input", "state", "param", "const"):
+            terms[(n.size,)] = terms.get((n.size,), 0) + 1
+    return terms
+
+
+def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
+    cell = spec.cell
+    named = {nid: name for name, nid in cell.names}
+    gates = [named[i] for i in sorted(named) if cell.nodes[i].op in ("sigmoid", "hard_sigmoid")]
+    values = [{"name": named[i], "op": cell.nodes[i].op, "size": cell.nodes[i].size} for i in sorted(named)]
+    flops = flops_per_step(spec)
+    out = {
+        "cell": cell.name,
+        "file": spec.source.filename,
+        "input": {"name": cell.input, "size": "input"},
+        "states": [{"name": s.name, "size": s.size} for s in cell.states],
+        "output": {"name": next(s.name for s in spec.ast.stmts if isinstance(s, OutputDecl)),
+                   "size": cell.output_size},
+        "parameters": [{"name": p.name, "kind": p.kind, "shape": list(p.shape)} for p in cell.params],
+        "gates": gates,
+        "values": values,
+        "flops_per_step": _poly(flops),
+        "schedule": spec.schedule.describe(),
+        "warnings": [w.render() for w in spec.warnings],
+    }
+    if sizes:
+        out["sizes"] = {k: v for k, v in sizes.items() if v is not None}
+        out["flops_per_step_value"] = sum(c * int(np.prod([sizes[s] for s in k])) for k, c in flops.items())
+        out["parameter_count"] = sum(int(np.prod([sizes[s] for s in p.shape])) for p in cell.params)
+    return out
+
+
+def cell_io(v: dict) -> str:
+    return f"{v['name']} : {v['size']}"

@@ -1,0 +1,220 @@
+"""The trainable layer, whatever runs it: sizes and names, parameters and gradients, their state dicts and
+files, and the checks of every array a caller hands in. The backends subclass it: NumpyLayer (the
+reference, numpy_layer.py) and CudaLayer (the generated kernels, runtime/layer.py).
+
+Parameters are named "l{layer}.{name}" (l0.W_i, l1.b_f, ...). States are dicts name -> [L, B, size].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from .arrays import array_module, to_numpy
+from .errors import InputFileError, UsageError
+from .ir import Cell
+from .schedule import Schedule
+from .spec import Spec, parse
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | None,
+                num_layers: int) -> list[dict[str, int]]:
+    """The size binding of each layer: layer k > 0 takes the output of layer k - 1 as its input."""
+    input_size = _positive_int("input_size", input_size)
+    hidden_size = _positive_int("hidden_size", hidden_size)
+    num_layers = _positive_int("num_layers", num_layers)
+    if spec.uses_size("proj") and proj_size is None:
+        raise UsageError(f"cell '{spec.name}' uses the size 'proj': give proj_size "
+                         "(--proj-size on the command line)")
+    if proj_size is not None:
+        if not spec.uses_size("proj"):
+            raise UsageError(f"proj_size was given but cell '{spec.name}' has no size 'proj'")
+        proj_size = _positive_int("proj_size", proj_size)
+    sizes = []
+    for k in range(num_layers):
+        bound = {"input": input_size, "hidden": hidden_size, "proj": proj_size}
+        if k > 0:
+            bound["input"] = sizes[-1][spec.cell.output_size]
+        sizes.append(bound)
+    for state in spec.cell.states:  # states of all layers are stacked into one [L, B, size] array
+        per_layer = {b[state.size] for b in sizes}
+        if len(per_layer) > 1:
+            raise UsageError(f"state '{state.name}' has size {state.size}, which differs between the layers of "
+                             f"the stack ({', '.join(map(str, sorted(per_layer)))}); use one layer, or sizes "
+                             "that agree")
+    return sizes
+
+
+def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype,
+                forget_bias: float | None = None) -> dict[str, np.ndarray]:
+    """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises; with
+    forget_bias, the vector b_f (the forget gate's bias, by the specs' naming) is set to that value."""
+    bound = 1.0 / math.sqrt(sizes["hidden"])
+    params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
+              for p in cell.params}
+    if forget_bias is not None:
+        params["b_f"][...] = forget_bias
+    return params
+
+
+def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, parameters) of a file written by Layer.save, with clear errors for anything else."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = dict(f.items())
+    except FileNotFoundError:
+        raise InputFileError(f"no such file: {path}") from None
+    except Exception as err:  # not a zip, truncated, not numpy
+        raise InputFileError(f"{path} is not a readable .npz file ({type(err).__name__}: {err})") from None
+    try:
+        meta = json.loads(str(files.pop("__meta__")))
+        assert meta["format"] == "lstmdsl-layer-1"
+    except Exception:
+        raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)") from None
+    return meta, {k.removeprefix("param:"): v for k, v in files.items()}
+
+
+class Layer:
+    """A compiled spec: a stack of `num_layers` layers of one cell, with parameters and gradients.
+
+    Subclasses set self._params and self._grads (per layer: name -> array) and implement forward and
+    backward; the array checks below serve both, with the hooks _check_kind and _check_layout.
+    """
+
+    backend = ""
+    array_name = "array"  # what the backend's arrays are called in messages
+
+    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str):
+        self.spec = spec
+        self.cell = spec.cell
+        self.sizes = sizes
+        self.num_layers = len(sizes)
+        self.schedule = schedule
+        self.dtype = np.dtype(dtype)
+        self._params: list[dict] = []
+        self._grads: list[dict] = []
+        self._initial_state_grads = None
+
+    # -- sizes and names
+    @property
+    def input_size(self) -> int:
+        return self.sizes[0]["input"]
+
+    @property
+    def output_size(self) -> int:
+        return self.sizes[-1][self.cell.output_size]
+
+    def state_shapes(self, batch: int) -> dict[str, tuple[int, int, int]]:
+        return {s.name: (self.num_layers, batch, self.sizes[0][s.size]) for s in self.cell.states}
+
+    def parameters(self) -> dict:
+        """Name -> parameter array (the live arrays: updating them in place updates the layer)."""
+        return {f"l{k}.{name}": a for k, p in enumerate(self._params) for name, a in p.items()}
+
+    def grads(self) -> dict:
+        """Name -> accumulated gradient, same names and shapes as parameters()."""
+        return {f"l{k}.{name}": a for k, g in enumerate(self._grads) for name, a in g.items()}
+
+    def zero_grad(self) -> None:
+        for g in self._grads:
+            for a in g.values():
+                a.fill(0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> a numpy copy of each parameter (from either backend)."""
+        return {k: to_numpy(v) for k, v in self.parameters().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameter values in (numpy or CuPy arrays); names, shapes and finiteness are checked first."""
+        params = self.parameters()
+        if not isinstance(state, dict) or set(state) != set(params):
+            got = set(state) if isinstance(state, dict) else set()
+            raise UsageError(f"the state dict does not match this layer's parameters (missing: "
+                             f"{sorted(set(params) - got)}, unexpected: {sorted(got - set(params))})")
+        values = {k: to_numpy(v) for k, v in state.items()}
+        for k, v in values.items():
+            if v.shape != params[k].shape:
+                raise UsageError(f"{k} has shape {list(v.shape)} in the state dict, {list(params[k].shape)} here")
+            if not np.all(np.isfinite(v)):
+                raise UsageError(f"{k} contains NaN or infinite values")
+        for k, v in values.items():
+            params[k][...] = array_module(params[k]).asarray(v.astype(self.dtype))
+
+    def save(self, path) -> None:
+        """Write the parameters and what is needed to rebuild the layer (spec text, sizes) to a .npz file."""
+        meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
+                "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype)}
+        try:
+            np.savez(path, __meta__=np.array(json.dumps(meta)),
+                     **{f"param:{k}": v for k, v in self.state_dict().items()})
+        except OSError as err:
+            raise InputFileError(f"cannot write {path}: {err.strerror or err}") from None
+
+    def load(self, path) -> None:
+        """Load parameters saved by save() into this layer (the same cell and sizes)."""
+        meta, state = read_saved(path)
+        if meta["cell"] != self.cell.name or parse(meta["spec"]).cell != self.cell:
+            raise UsageError(f"{path} holds cell '{meta['cell']}', which is not this layer's cell '{self.cell.name}'")
+        if meta["sizes"] != self.sizes:
+            raise UsageError(f"{path} holds sizes {meta['sizes']}, this layer has {self.sizes}")
+        self.load_state_dict(state)
+
+    def initial_state_grads(self) -> dict:
+        """Gradients of the initial states ([L, B, size] each) from the last backward()."""
+        if self._initial_state_grads is None:
+            raise UsageError("initial_state_grads() needs a backward() first")
+        return self._initial_state_grads
+
+    # -- the checks of what callers hand in
+    def _check_kind(self, what: str, a) -> None:
+        raise NotImplementedError
+
+    def _check_layout(self, what: str, a) -> None:
+        """Backend-specific conditions on an array of the right type, dtype and shape."""
+
+    def _zeros(self, shape):
+        raise NotImplementedError
+
+    def _check_array(self, what: str, a, shape: tuple[int, ...]):
+        self._check_kind(what, a)
+        if a.dtype != self.dtype:
+            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}; "
+                             f"convert it with .astype({'cupy' if self.backend == 'cuda' else 'numpy'}.{self.dtype})")
+        if a.shape != shape:
+            raise UsageError(f"{what} has shape {list(a.shape)}, expected {list(shape)}")
+        self._check_layout(what, a)
+        return a
+
+    def _check_state(self, what: str, state, batch: int) -> dict:
+        shapes = self.state_shapes(batch)
+        if state is None:
+            return {k: self._zeros(s) for k, s in shapes.items()}
+        if not isinstance(state, dict) or set(state) != set(shapes):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise UsageError(f"{what} must be a dict with the keys {sorted(shapes)}, got {got}")
+        return {k: self._check_array(f"{what}[{k!r}]", state[k], shapes[k]) for k in shapes}
+
+    def _check_input(self, x, state) -> tuple[int, int, dict]:
+        """(T, B, state) for forward(x, state), or a UsageError saying what is wrong."""
+        self._check_kind("x", x)
+        if x.ndim != 3:
+            raise UsageError(f"x must be a 3-D {self.array_name} [T, B, input_size], got shape {list(x.shape)}")
+        T, B = x.shape[:2]
+        if T < 1 or B < 1:
+            raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
+        self._check_array("x", x, (T, B, self.input_size))
+        return T, B, self._check_state("state", state, B)
+
+    def _check_gradient(self, dy, dstate, shape: tuple[int, int]) -> dict:
+        """dstate (zeros when None) after checking dy and dstate against the last forward's shape."""
+        T, B = shape
+        self._check_array("dy", dy, (T, B, self.output_size))
+        return self._check_state("dstate", dstate, B)

@@ -1,0 +1,108 @@
+"""Calls: how every op runs, decided from the storage so the runtime only evaluates sizes and addresses.
+
+Each GEMM-like op gets a GemmCall (row-major C[m, n] (+)= op(A) @ op(B) with its operands in memory, its
+shapes and its types):
+  forward GEMM     out [rows, sum of block rows] = v [rows, cols] @ W_run^T   (W_run: a run of the stack)
+  backward GEMM    out [rows, cols] (+)= G_run [rows, sum of block rows] @ W_run (G: the stack's gin buffer)
+  weight gradient  dW_run [sum of block rows, cols] += G_run^T @ V              (over B or T*B rows)
+  vector gradient  d vector [1, n] += ones^T @ G                                 (a sum over rows)
+with rows = B inside the loop and T*B before or after it. Each kernel gets its name, what it reads and
+writes, and its launch shape: one thread per (row, element), or one warp per element when it computes
+matrix-vector products itself (recurrent fusion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
+from .storage import _needed_outside, backward_roots, forward_roots
+
+THREADS = 128  # per block
+
+
+def _buffer(slot: Slot) -> Operand:
+    return Operand("buffer", slot.buffer, slot.col, slot.step)
+
+
+def _run(stack, matrices) -> tuple[int, int]:
+    """(first, count) of the blocks of `matrices` in the stack: the whole stack (in any order), or a
+    contiguous run."""
+    if set(matrices) == set(stack.matrices):
+        return 0, len(stack.matrices)
+    first = stack.matrices.index(matrices[0])
+    if stack.matrices[first:first + len(matrices)] != tuple(matrices):
+        raise AssertionError(f"GEMM blocks {matrices} are not a run of the stack {stack.matrices}")
+    return first, len(matrices)
+
+
+def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
+    st = plan.storage
+    slots = st.slots(phase_name)
+    f_slots = st.slots("forward")
+    types = dict(a_type=plan.dtype, b_type=plan.dtype, c_type=plan.dtype, compute=plan.compute)
+    by_operand = {s.operand: s for s in st.stacks}
+    nodes = phase.nodes
+
+    def call(place: str, op):
+        rows = ("B",) if place == "loop" else ("T*B",)
+        if isinstance(op, Gemm) and op.kind == "forward":
+            stack = by_operand[op.inputs[0]]
+            first, count = _run(stack, op.matrices)
+            out = slots[op.outputs[0]][0]
+            return GemmCall(rows, stack.rows[first:first + count], (stack.cols,), _buffer(slots[op.inputs[0]][0]),
+                            False, Operand("weights", stack.name, stack.rows[:first]), True, _buffer(out),
+                            out.accumulate, **types)
+        if isinstance(op, Gemm):
+            t = nodes[op.outputs[0]]
+            v = next(v for m, g, v in plan.grad.d_matrices if m == t.attr[0] and g == t.args[0])
+            stack = by_operand[v]
+            first, count = _run(stack, op.matrices)
+            out = slots[op.outputs[0]][0]
+            return GemmCall(rows, (t.size,), stack.rows[first:first + count],
+                            Operand("buffer", stack.gin, stack.rows[:first]), False,
+                            Operand("weights", stack.name, stack.rows[:first]), False, _buffer(out),
+                            out.accumulate or op.accumulate, **types)
+        if isinstance(op, WeightGrad):
+            stack = by_operand[op.v]
+            first, count = _run(stack, op.matrices)
+            return GemmCall(stack.rows[first:first + count], (stack.cols,), rows,
+                            Operand("buffer", stack.gin, stack.rows[:first]), True, _buffer(f_slots[op.v][0]),
+                            False, Operand("grads", stack.name, stack.rows[:first]), True, **types)
+        if isinstance(op, VectorGrad):
+            slot = next(s for s in slots[op.node] if not s.accumulate
+                        and (place == "loop" or st.buffer(s.buffer).steps == "T"))
+            return GemmCall(("one",), (nodes[op.node].size,), rows, Operand("buffer", "ones"), True, _buffer(slot),
+                            False, Operand("vector_grad", op.name), True, **types)
+        return None
+
+    needed = _needed_outside(phase, forward_roots(plan) if phase_name == "forward" else backward_roots(plan))
+    tag = "fwd" if phase_name == "forward" else "bwd"
+    count = 0
+
+    def lower(place: str, op):
+        nonlocal count
+        if isinstance(op, Kernel):
+            inside = set(op.nodes)
+            matvecs = [i for i in op.nodes if nodes[i].op == "matvec"]
+            reads = {a for i in op.nodes for a in nodes[i].args if a not in inside}
+            reads = sorted(a for a in reads if nodes[a].op not in ("param", "const"))
+            writes = [(i, s) for i in op.nodes if i in needed for s in slots[i]]
+            sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None}))
+            launch = Launch(THREADS, THREADS // 32 if matvecs else THREADS, sizes)
+            name = f"{plan.cell.name}_{tag}{count}"
+            count += 1
+            return dataclasses.replace(op, name=name, launch=launch, reads=tuple((a, slots[a][0]) for a in reads),
+                                       writes=tuple(writes))
+        c = call(place, op)
+        return op if c is None else dataclasses.replace(op, call=c)
+
+    return dataclasses.replace(phase, before=tuple(lower("before", op) for op in phase.before),
+                               loop=dataclasses.replace(phase.loop, body=tuple(lower("loop", op)
+                                                                               for op in phase.loop.body)),
+                               after=tuple(lower("after", op) for op in phase.after))
+
+
+def assign_calls(plan: Plan) -> Plan:
+    return dataclasses.replace(plan, forward=_calls(plan, "forward", plan.forward),
+                               backward=_calls(plan, "backward", plan.backward))

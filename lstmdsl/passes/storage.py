@@ -1,0 +1,266 @@
+"""Storage: the buffers, where every value lives, the weight stacks, and the copies between slots.
+
+A value that leaves the op computing it (read by another op of the step, by a GEMM, saved for the
+backward pass, a state update, the output, a gradient) lives in a buffer slot. Buffers are
+[steps, B, width] arrays of the plan's element type (width a sum of symbolic sizes), with steps one of
+  "1"   one [B, width] area reused at every step,
+  "T"   one area per step (saved activations, hoisted GEMM outputs, gradients kept for after the loop),
+  "T+1" a history: area t holds a state at the start of step t, t + 1 its update (no value is ever
+        overwritten while another op may still read it; the output is a view of the history).
+A slot is (buffer, column offset, step offset): at step t it is row b of [t + step offset, b, col:].
+
+A kernel writes a value to every slot it has. A GEMM writes its first slot, and so does the caller for
+a leaf (the input, a state, an incoming gradient): Copy ops, placed right after, fill the others.
+
+The incoming gradients of the matrices that share an operand v live side by side in one buffer (the
+stack's `gin`), in the order of v's weight stack, so one GEMM multiplies them with the stacked weights
+(the gradient passed back to v) and one G^T V forms the stacked weight gradient. Two stacks that get
+the same gradients (W x + R h: both products get d(gates)) share that buffer.
+
+Memory in training: a forward buffer that the backward never reads (the hoisted input products) shares
+its memory with a backward buffer of the same shape (Buffer.alias): the forward is done with it before
+the backward writes there, and the next forward writes it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import BackendUnavailable
+from ..ir import LEAF_OPS
+from ..plan import (Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad, WeightGrad,
+                    WeightStack)
+
+
+def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
+    """Forward operand -> the matrices applied to it, in node order."""
+    stacks: dict[int, list[str]] = {}
+    seen: dict[str, int] = {}
+    for n in plan.cell.nodes:
+        if n.op == "matvec":
+            (v,) = n.args
+            if seen.setdefault(n.attr, v) != v:
+                raise BackendUnavailable(f"matrix '{n.attr}' is applied to two different values; the CUDA "
+                                         "backend stores each matrix in one stack and does not support this yet")
+            stacks.setdefault(v, [])
+            if n.attr not in stacks[v]:
+                stacks[v].append(n.attr)
+    return {v: tuple(ms) for v, ms in stacks.items()}
+
+
+def stack_name(plan: Plan, operand: int, matrices: tuple[str, ...]) -> str:
+    """weight_ih for the products of the input, weight_h<s> for those of state s (weight_hh for h, as
+    torch.nn.LSTM names them), else the matrices' names joined."""
+    n = plan.cell.nodes[operand]
+    if len(matrices) > 1 and n.op == "input":
+        return "weight_ih"
+    if len(matrices) > 1 and n.op == "state":
+        return f"weight_h{n.attr}"
+    return "_".join(matrices)
+
+
+def _needed_outside(phase: Phase, roots) -> set[int]:
+    """Nodes of a phase whose value must be in memory: read by an op other than the kernel that computes
+    it, produced or read by a GEMM-like op, or a root."""
+    body = phase.loop.body
+    where: dict[int, int] = {}
+    for k, op in enumerate(body):
+        for i in (op.nodes if isinstance(op, Kernel) else op.outputs if isinstance(op, Gemm) else ()):
+            where[i] = k
+    needed = set(roots)
+    for place, op in phase.ops():
+        if isinstance(op, Kernel):
+            k = body.index(op)
+            for i in op.nodes:
+                needed.update(a for a in phase.nodes[i].args if where.get(a, k) != k)
+        elif isinstance(op, Gemm):
+            needed.update(op.inputs + op.outputs)
+        elif isinstance(op, WeightGrad):
+            needed.update(op.g)
+        elif isinstance(op, VectorGrad):
+            needed.add(op.node)
+    return {i for i in needed if phase.nodes[i].op not in ("param", "const")}
+
+
+def forward_roots(plan: Plan) -> set[int]:
+    """Forward values wanted after the step: state updates, the output, what the backward pass reads."""
+    return set(plan.cell.updates) | {plan.cell.output} | set(plan.saved)
+
+
+def backward_roots(plan: Plan) -> set[int]:
+    """Backward values wanted after the step: state and input gradients, parameter gradients' parts."""
+    grad = plan.grad
+    return ({d for d in grad.d_states + (grad.d_input, grad.d_input_t) if d is not None}
+            | {node for _, node in grad.d_vectors} | {g for _, g, _ in grad.d_matrices})
+
+
+class _Buffers:
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.all: dict[str, Buffer] = {}
+
+    def __call__(self, name, width, steps, inference=None, **kw) -> str:
+        self.all.setdefault(name, Buffer(name, self.dtype, tuple(width), steps, inference, **kw))
+        return name
+
+
+def _forward_slots(plan: Plan, buf: _Buffers) -> dict[int, list[Slot]]:
+    cell, fwd = plan.cell, plan.forward
+    saved = set(plan.saved)
+    slots: dict[int, list[Slot]] = {}
+    buf("x", ("input",), "T", "T")
+    for i, n in enumerate(fwd.nodes):
+        if n.op == "input":
+            slots[i] = [Slot("x")]
+        elif n.op == "state":
+            slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"))]
+    for s, u in zip(cell.states, cell.updates):
+        slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), step=1))
+    gemms = list(fwd.before) + [op for op in fwd.loop.body if isinstance(op, Gemm)]
+    for k, g in enumerate(gemms):
+        hoisted = k < len(fwd.before)
+        emitted = hoisted or cell.output in g.outputs  # needed for all steps without a backward too
+        keep = emitted or any(o in saved for o in g.outputs)
+        width = tuple(fwd.nodes[o].size for o in g.outputs)
+        if not hoisted and len(g.outputs) == 1 and g.outputs[0] in slots:
+            continue  # a lone output with a home already (a state update): the GEMM writes it there
+        name = buf(f"gemm{k}", width, "T" if keep else "1", "T" if emitted else "1")
+        for j, o in enumerate(g.outputs):
+            slots.setdefault(o, []).insert(0, Slot(name, width[:j]))
+    for i in sorted(_needed_outside(fwd, forward_roots(plan))):
+        if i not in slots:
+            steps = "T" if (i in saved or i == cell.output) else "1"
+            slots[i] = [Slot(buf(f"v{i}", (fwd.nodes[i].size,), steps, "T" if i == cell.output else "1"))]
+    return slots
+
+
+def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[WeightStack, ...]:
+    """The weight stacks, with the buffers of their incoming gradients (and those gradients' slots)."""
+    cell, grad, bwd = plan.cell, plan.grad, plan.backward
+    after = set()
+    for op in bwd.after:
+        after |= set(op.inputs if isinstance(op, Gemm) else op.g if isinstance(op, WeightGrad) else ())
+    g_of = {(m, v): g for m, g, v in grad.d_matrices}
+    shared: dict[tuple, str] = {}  # (gradients, rows) -> the buffer that already holds them
+    stacks = []
+    for v, matrices in weight_stacks(plan).items():
+        rows = tuple(cell.param(m).shape[0] for m in matrices)
+        gs = tuple(g_of[(m, v)] for m in matrices)
+        if (gs, rows) not in shared:
+            name = shared[(gs, rows)] = buf(f"gin{v}", rows, "T" if any(g in after for g in gs) else "1")
+            for j, g in enumerate(gs):
+                b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
+        stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.nodes[v].size,
+                                  shared[(gs, rows)], plan.dtype))
+    names = [s.name for s in stacks]
+    if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
+        stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]
+    return tuple(stacks)
+
+
+def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[Slot]], tuple[WeightStack, ...]]:
+    cell, grad, bwd = plan.cell, plan.grad, plan.backward
+    state_size = {s.name: s.size for s in cell.states}
+    slots: dict[int, list[Slot]] = {}
+    buf("dy", (cell.output_size,), "T")
+    buf("dx", ("input",), "T", zero=True)
+    for s in cell.states:  # the caller's gradients of the final states go to step T, the rest starts at zero
+        buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True)
+    for i, n in enumerate(bwd.nodes):
+        if n.op == "grad_in":
+            slots[i] = ([Slot("dy")] if n.attr == "output" else
+                        [Slot(buf(f"dhist_{n.attr}", (state_size[n.attr],), "T+1", zero=True), step=1)])
+        elif n.op == "fwd":
+            slots[i] = [f_slots[n.attr][0]]
+
+    def home(d: int, slot: Slot) -> None:
+        """Give a gradient a slot: first for a computed value (its producer writes it there), after the
+        leaf's own slot for an incoming gradient (its slot 0 holds the value, copied on from there)."""
+        s = slots.setdefault(d, [])
+        s.append(slot) if bwd.nodes[d].op in LEAF_OPS else s.insert(0, slot)
+
+    for s, d in zip(cell.states, grad.d_states):
+        if d is not None:
+            home(d, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True)))
+    for d in (grad.d_input, grad.d_input_t):
+        if d is not None:
+            home(d, Slot("dx", accumulate=True))
+    stacks = _stacks(plan, buf, slots)
+    kept = {op.node for op in bwd.after if isinstance(op, VectorGrad)}
+    for i in sorted(_needed_outside(bwd, backward_roots(plan))):
+        if i not in slots:
+            slots[i] = [Slot(buf(f"b{i}", (bwd.nodes[i].size,), "T" if i in kept else "1"))]
+    vector_grads = [(place, op) for place, op in bwd.ops() if isinstance(op, VectorGrad)]
+    for place, vg in vector_grads:  # read after the step (or the loop) from a slot nothing adds into
+        steps = "T" if place == "after" else "1"
+        if not any(not s.accumulate and (steps == "1" or buf.all[s.buffer].steps == "T") for s in slots[vg.node]):
+            slots[vg.node].append(Slot(buf(f"b{vg.node}", (bwd.nodes[vg.node].size,), steps)))
+    if vector_grads:  # the sums over rows are products with a column of ones
+        buf("ones", ("one",), "T", fill=1.0)
+    return slots, stacks
+
+
+def _aliases(plan: Plan, buf: _Buffers, f_slots, stacks) -> None:
+    """Forward buffers the backward never reads share memory with backward buffers of the same shape."""
+    cell, bwd = plan.cell, plan.backward
+    buffers = buf.all
+    read_later = {"x", f_slots[cell.output][0].buffer}
+    read_later |= {b.name for b in buffers.values() if b.name.startswith("hist_")}
+    read_later |= {f_slots[n.attr][0].buffer for n in bwd.nodes if n.op == "fwd"}
+    read_later |= {f_slots[s.operand][0].buffer for s in stacks}
+    hosts = [b for b in buffers.values()
+             if b.inference is None and b.steps == "T" and b.name not in ("dy", "dx") and b.fill is None]
+    taken: set[str] = set()
+    for b in list(buffers.values()):
+        if b.inference is not None and b.steps == "T" and b.name not in read_later:
+            host = next((h for h in hosts if h.width == b.width and h.name not in taken), None)
+            if host is not None:
+                taken.add(host.name)
+                buffers[b.name] = dataclasses.replace(b, alias=host.name)
+
+
+def _copies(phase: Phase, slots: dict[int, tuple[Slot, ...]], dtype: str, leaves: tuple[str, ...]) -> Phase:
+    """Copy ops from a value's first slot to its others: after each GEMM-like op that writes the first
+    (after the last GEMM of a sum), and at the start of each step for the leaves."""
+    def copies(nodes):
+        return [Copy(i, slots[i][0], s, phase.nodes[i].size, dtype) for i in nodes for s in slots.get(i, ())[1:]]
+
+    before = []
+    for op in phase.before:
+        before += [op] + (copies(op.outputs) if isinstance(op, Gemm) else [])
+    body = copies(i for i, n in enumerate(phase.nodes) if n.op in leaves)
+    ops = phase.loop.body
+    last = {op.outputs[0]: k for k, op in enumerate(ops) if isinstance(op, Gemm)}
+    for k, op in enumerate(ops):
+        body.append(op)
+        if isinstance(op, Gemm) and last[op.outputs[0]] == k:
+            body += copies(op.outputs)
+    return dataclasses.replace(phase.with_body(body), before=tuple(before))
+
+
+def assign_storage(plan: Plan) -> Plan:
+    buf = _Buffers(plan.dtype)
+    f_slots = _forward_slots(plan, buf)
+    b_slots, stacks = _backward_slots(plan, buf, f_slots)
+    _aliases(plan, buf, f_slots, stacks)
+    cell = plan.cell
+    out = f_slots[cell.output][0]
+    states = [(s.name, s.size) for s in cell.states]
+    storage = Storage(
+        buffers=tuple(buf.all.values()),
+        forward=tuple((i, tuple(s)) for i, s in sorted(f_slots.items())),
+        backward=tuple((i, tuple(s)) for i, s in sorted(b_slots.items())),
+        stacks=stacks,
+        inputs=(Transfer("x", "x", "input"),
+                *(Transfer(f"state:{n}", f"hist_{n}", size, step="0") for n, size in states),
+                Transfer("dy", "dy", cell.output_size),
+                *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step="T") for n, size in states)),
+        outputs=(Transfer("y", out.buffer, cell.output_size, out.col, "all", out.step),
+                 *(Transfer(f"state:{n}", f"hist_{n}", size, step="T") for n, size in states),
+                 Transfer("dx", "dx", "input"),
+                 *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step="0") for n, size in states)),
+    )
+    return dataclasses.replace(
+        plan, storage=storage,
+        forward=_copies(plan.forward, storage.slots("forward"), plan.dtype, ("input", "state")),
+        backward=_copies(plan.backward, storage.slots("backward"), plan.dtype, ("grad_in", "fwd")))

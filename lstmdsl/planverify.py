@@ -1,0 +1,138 @@
+"""Invariants of a Plan, checked after every pass in the tests (tests/test_passes.py) and after the
+whole pipeline whenever a program is built: a failure is a bug in a pass, never a user error."""
+
+from __future__ import annotations
+
+from .ir import LEAF_OPS
+from .plan import COMPUTE_TYPES, ELEMENT_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad, WeightGrad
+
+
+class PlanError(AssertionError):
+    """A plan invariant does not hold: a bug in a pass, never a user error."""
+
+
+def _written_by(op) -> tuple[int, ...]:
+    if isinstance(op, Kernel):
+        return op.nodes
+    if isinstance(op, Gemm):
+        return op.outputs
+    return ()
+
+
+def _read_by(phase: Phase, op) -> tuple[int, ...]:
+    if isinstance(op, Kernel):
+        inside = set(op.nodes)
+        return tuple(a for i in op.nodes for a in phase.nodes[i].args if a not in inside)
+    if isinstance(op, Gemm):
+        return op.inputs
+    if isinstance(op, WeightGrad):
+        return op.g
+    if isinstance(op, VectorGrad):
+        return (op.node,)
+    return (op.node,)  # a Copy reads the value it copies
+
+
+def _check_dataflow(phase: Phase, title: str) -> None:
+    """Every value an op reads is a leaf, or computed before the loop, or earlier in the same step
+    (ops after the loop may read any value the loop computed); every value is computed once."""
+    computed: dict[int, str] = {}
+    for where, op in phase.ops():
+        for i in _read_by(phase, op):
+            n = phase.nodes[i]
+            if n.op in LEAF_OPS or i in computed and (computed[i] == "before" or where != "before"):
+                continue
+            raise PlanError(f"{title}: {type(op).__name__} ({where}) reads %{i} ({n.op}) before any op computes it")
+        adds = isinstance(op, Gemm) and op.accumulate  # a later GEMM of one sum adds into its output
+        for i in _written_by(op):
+            if (i in computed) != adds:
+                raise PlanError(f"{title}: %{i} is computed twice" if not adds else
+                                f"{title}: a GEMM adds into %{i} before any op computes it")
+            computed[i] = where
+
+
+def _check_storage(plan: Plan) -> None:
+    st = plan.storage
+    buffers = {b.name: b for b in st.buffers}
+    for b in st.buffers:
+        if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1"):
+            raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps})")
+        if b.alias is not None and (b.alias not in buffers or buffers[b.alias].inference is not None
+                                    or buffers[b.alias].width != b.width):
+            raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
+                            "of its shape")
+    slots = {"forward": st.slots("forward"), "backward": st.slots("backward")}
+    for phase_name, table in slots.items():
+        for i, ss in table.items():
+            for s in ss:
+                if s.buffer not in buffers:
+                    raise PlanError(f"{phase_name} %{i}: slot in unknown buffer {s.buffer}")
+    aliased = {b.name for b in st.buffers if b.alias}
+    for i, ss in slots["backward"].items():
+        if plan.backward.nodes[i].op == "fwd" and ss[0].buffer in aliased:
+            raise PlanError(f"the backward reads %{i} from {ss[0].buffer}, whose memory the backward reuses")
+    stacks = {s.name: s for s in st.stacks}
+
+    def operand_type(o: Operand) -> str:
+        if o.space == "buffer":
+            return buffers[o.name].dtype
+        if o.space in ("weights", "grads"):
+            return stacks[o.name].dtype
+        return plan.dtype
+
+    for phase_name, phase in (("forward", plan.forward), ("backward", plan.backward)):
+        table = slots[phase_name]
+        # who writes what: no two values share a slot (values added into one slot may)
+        owners: dict[tuple, int] = {}
+        for where, op in phase.ops():
+            writes = []
+            if isinstance(op, Kernel):
+                writes = list(op.writes)
+            elif isinstance(op, Copy):
+                writes = [(op.node, op.dst)]
+            elif isinstance(op, Gemm):
+                writes = [(o, table[o][0]) for o in op.outputs]
+            for node, s in writes:
+                key = (s.buffer, s.col, s.step)
+                if owners.setdefault(key, node) != node and not s.accumulate:
+                    raise PlanError(f"{phase_name}: %{node} and %{owners[key]} share the slot {key}")
+            if isinstance(op, Copy):
+                if {buffers[op.src.buffer].dtype, buffers[op.dst.buffer].dtype} != {op.dtype}:
+                    raise PlanError(f"{phase_name}: a copy of %{op.node} between buffers of other types")
+                if where != "loop" and "1" in (buffers[op.src.buffer].steps, buffers[op.dst.buffer].steps):
+                    raise PlanError(f"{phase_name}: a copy of all steps of %{op.node} into a one-step buffer")
+            if isinstance(op, Kernel):
+                if op.launch is None or not op.name:
+                    raise PlanError(f"{phase_name}: a kernel without a name or launch shape")
+                for node, s in op.reads:
+                    if s not in table.get(node, ()) and not (phase_name == "backward"
+                                                               and phase.nodes[node].op == "fwd"):
+                        raise PlanError(f"{phase_name}: kernel {op.name} reads %{node} from {s}, not one of its slots")
+            call = getattr(op, "call", None)
+            if isinstance(op, (Gemm, WeightGrad, VectorGrad)) and call is None:
+                raise PlanError(f"{phase_name}: {type(op).__name__} without a GemmCall")
+            if call is not None:
+                got = (operand_type(call.a), operand_type(call.b), operand_type(call.c))
+                if got != (call.a_type, call.b_type, call.c_type) or call.compute not in COMPUTE_TYPES:
+                    raise PlanError(f"{phase_name}: a GEMM's declared types {call.a_type, call.b_type, call.c_type}"
+                                    f" / {call.compute} do not match its operands {got}")
+                rows = ("B",) if where == "loop" else ("T*B",)
+                if rows not in (call.m, call.k):
+                    raise PlanError(f"{phase_name}: a GEMM {where} the loop does not run over {rows[0]} rows")
+    for t in st.inputs + st.outputs:
+        if t.buffer not in buffers:
+            raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
+
+
+def verify(plan: Plan) -> None:
+    """Check a plan's invariants at whatever stage it is: the dataflow of each phase (every value read is a
+    leaf or computed earlier, every value computed once); once storage is assigned, that every slot is in
+    a known buffer, no two values share a slot, a buffer reused by the backward is not read by it, and
+    that the types agree at every GEMM and copy; once calls are assigned, that every op has one."""
+    for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
+        if phase.loop.direction not in ("forward", "reverse"):
+            raise PlanError(f"{title}: unknown loop direction {phase.loop.direction!r}")
+        _check_dataflow(phase, title)
+    if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES:
+        raise PlanError(f"unknown element or compute type ({plan.dtype}, {plan.compute})")
+    if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
+        _check_storage(plan)

@@ -1,0 +1,15 @@
+"""Stage 5: run a program on the GPU.
+
+    device.py     the GPU as integer addresses and streams: launches, copies, fills, CUDA graphs
+    nvrtc.py      compilation of generated CUDA and its cubin cache
+    cublas.py     cuBLAS through ctypes (capturable into CUDA graphs)
+    workspace.py  the buffers of one layer for one (T, B), as the plan's storage says
+    executor.py   runs the plan op by op; the Engine runs a stack of layers over its workspaces
+    layer.py      CudaLayer: the Layer API on CuPy arrays
+
+Nothing here is imported before a user asks for backend="cuda": importing lstmdsl never touches CuPy.
+"""
+
+from .device import check_available
+
+__all__ = ["check_available"]

@@ -1,0 +1,117 @@
+"""The GPU as the runtime sees it: integer device addresses and stream handles, and the few operations it
+issues besides cuBLAS's GEMMs — kernel launches (arguments packed with ctypes, so each one has exactly
+the C type the kernel declares), strided copies, zero fills, and the capture of CUDA graphs.
+
+Everything goes through CuPy's thin bindings of the CUDA runtime and driver APIs with raw addresses, so
+the same calls serve CuPy arrays and torch tensors alike, on whatever stream the caller names.
+tests/emulated/ replaces this module's functions to run the runtime without a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ..errors import BackendUnavailable, LstmdslError
+
+try:
+    import cupy
+except ImportError:  # the error is raised when a CUDA layer is asked for
+    cupy = None
+
+_DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
+_NON_BLOCKING = 1  # cudaStreamNonBlocking
+
+
+def check_available() -> None:
+    if cupy is None:
+        raise BackendUnavailable("the CUDA backend needs CuPy: pip install 'lstmdsl[cuda]' (cupy-cuda13x)")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        from cupy_backends.cuda.libs import cublas  # noqa: F401 - fails without the CUDA libraries
+    except Exception as err:  # no driver, no device, or no CUDA libraries
+        raise BackendUnavailable(f"no usable CUDA device: {err}") from None
+    if count < 1:
+        raise BackendUnavailable("no CUDA device found")
+
+
+def current_device() -> int:
+    return cupy.cuda.runtime.getDevice()
+
+
+def current_stream() -> int:
+    """CuPy's current stream on this thread (an integer handle; 0 is the legacy default stream)."""
+    return cupy.cuda.get_current_stream().ptr
+
+
+# kernel parameter C types -> ctypes
+_ARG_TYPES = {"int": ctypes.c_int32, "ptr": ctypes.c_uint64}
+
+
+def launch(function: int, grid: tuple[int, int], threads: int, args: list[tuple[str, int]], stream: int) -> None:
+    """Launch a kernel (a CUfunction handle) with args given as (kind, value): kind "int" for an int
+    parameter, "ptr" for a pointer."""
+    values = [_ARG_TYPES[kind](value) for kind, value in args]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+    from cupy_backends.cuda.api import driver
+
+    driver.launchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, ctypes.addressof(params), 0)
+
+
+def copy_rows(dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int, stream: int) -> None:
+    """rows rows of width bytes from src to dst, each side with its own pitch (bytes between rows)."""
+    cupy.cuda.runtime.memcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, _DEVICE_TO_DEVICE, stream)
+
+
+def zero(ptr: int, nbytes: int, stream: int) -> None:
+    cupy.cuda.runtime.memsetAsync(ptr, 0, nbytes, stream)
+
+
+def is_capturing(stream: int) -> bool:
+    """Whether work issued on the stream is being recorded into a CUDA graph (by torch, say)."""
+    return bool(stream) and cupy.cuda.runtime.streamIsCapturing(stream)
+
+
+def empty(shape: tuple[int, ...], dtype, fill: float | None = None):
+    """A device array (CuPy's memory pool), filled with `fill` when given."""
+    return cupy.empty(shape, dtype) if fill is None else cupy.full(shape, fill, dtype)
+
+
+class Graph:
+    """A CUDA graph of the work `issue(stream)` issues: captured on a side stream that first waits for
+    `stream`, then replayed with one launch."""
+
+    def __init__(self, issue, stream: int):
+        rt = cupy.cuda.runtime
+        side = rt.streamCreateWithFlags(_NON_BLOCKING)
+        event = rt.eventCreateWithFlags(2)  # cudaEventDisableTiming
+        try:
+            rt.eventRecord(event, stream)
+            rt.streamWaitEvent(side, event, 0)
+            rt.streamBeginCapture(side)
+            graph = 0
+            try:
+                issue(side)
+            finally:
+                graph = rt.streamEndCapture(side)
+            try:
+                self.exec = rt.graphInstantiate(graph)
+            finally:
+                rt.graphDestroy(graph)
+        finally:
+            rt.eventDestroy(event)
+            rt.streamDestroy(side)
+
+    def launch(self, stream: int) -> None:
+        cupy.cuda.runtime.graphLaunch(self.exec, stream)
+
+    def __del__(self):
+        exec_ = getattr(self, "exec", 0)
+        if exec_ and cupy is not None:
+            try:
+                cupy.cuda.runtime.graphExecDestroy(exec_)
+            except Exception:  # noqa: BLE001 (interpreter shutdown, or a context already gone)
+                pass
+
+
+class DeviceError(LstmdslError):
+    """A CUDA call failed."""

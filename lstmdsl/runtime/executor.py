@@ -1,0 +1,289 @@
+"""The executor: runs a compiled program's plan on the GPU, op by op, as the plan says.
+
+It only evaluates sizes and addresses: a GemmCall becomes one cuBLAS call, a Kernel one launch of its
+generated kernel (arguments bound as its KernelDesc says), a Copy one strided copy (or the add kernel).
+Each phase's ops of one layer run as a CUDA graph, captured at the first call for a workspace and the
+addresses it reads, then replayed with one launch; when someone else is capturing the stream (torch's
+CUDA graphs), the ops are issued into that capture instead.
+
+The Engine runs a stack of layers over workspaces it keeps per (T, B, train). It takes device
+addresses only: the caller owns inputs, outputs, parameters and gradients (CuPy arrays for CudaLayer,
+torch tensors for lstmdsl.torch), and names the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..errors import LstmdslError
+from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Transfer, VectorGrad, WeightGrad
+from ..program import Program
+from . import cublas, device
+from .nvrtc import function, load_module
+from .workspace import Workspace
+
+ADD_THREADS = 128
+MAX_GRID_Y = 65535
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One layer's parameters and gradients as device addresses: weight stacks and their gradients by
+    stack name, vectors and their gradients by parameter name."""
+
+    weights: dict[str, int]
+    grads: dict[str, int]
+    vectors: dict[str, int]
+    vector_grads: dict[str, int]
+
+    def key(self) -> tuple:
+        return tuple(tuple(sorted(d.items())) for d in (self.weights, self.grads, self.vectors, self.vector_grads))
+
+
+def _kind(phase: str, place: str, op) -> str:
+    """What the profiler files an op's time under."""
+    if isinstance(op, Kernel):
+        return f"{phase}: pointwise kernels"
+    if isinstance(op, Copy):
+        return f"{phase}: copies between slots"
+    if isinstance(op, WeightGrad):
+        return "backward: weight-gradient GEMMs"
+    if isinstance(op, VectorGrad):
+        return "backward: vector-gradient reductions"
+    if phase == "forward":
+        return "forward: input GEMM, all steps" if place != "loop" else "forward: per-step GEMMs (recurrent)"
+    return "backward: input-gradient GEMM, all steps" if place != "loop" else \
+        "backward: per-step GEMMs (gradients passed back)"
+
+
+class _Issue:
+    """Issues one phase of one layer onto a stream."""
+
+    def __init__(self, engine: "Engine", ws: Workspace, bind: Binding, stream: int):
+        self.engine, self.ws, self.bind, self.stream = engine, ws, bind, stream
+        self.plan = engine.program.plan
+        self.stacks = {s.name: s for s in self.plan.storage.stacks}
+
+    def operand(self, o: Operand, t: int, ld_row: int) -> tuple[int, int]:
+        """(address, leading dimension) of a GEMM operand at step t."""
+        ws = self.ws
+        if o.space == "buffer":
+            return ws.address(o.name, t + o.step, o.offset), ws.width[o.name]
+        if o.space in ("weights", "grads"):
+            stack = self.stacks[o.name]
+            cols = ws.dim((stack.cols,))
+            base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
+            return base + ELEMENT_TYPES[stack.dtype] * ws.dim(o.offset) * cols, cols
+        if o.space == "vector_grad":
+            return self.bind.vector_grads[o.name], ld_row
+        raise LstmdslError(f"unknown operand space {o.space!r}")
+
+    def gemm(self, c: GemmCall, t: int) -> None:
+        ws = self.ws
+        M, N, K = ws.dim(c.m), ws.dim(c.n), ws.dim(c.k)
+        a, lda = self.operand(c.a, t, M if c.trans_a else K)
+        b, ldb = self.operand(c.b, t, K if c.trans_b else N)
+        out, ldc = self.operand(c.c, t, N)
+        cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate,
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream)
+
+    def copy(self, op: Copy, t: int, rows: int) -> None:
+        ws = self.ws
+        n = ws.dim((op.size,))
+        src, dst = ws.address(op.src.buffer, t + op.src.step, op.src.col), ws.address(op.dst.buffer, t + op.dst.step,
+                                                                                        op.dst.col)
+        if op.dst.accumulate:
+            device.launch(self.engine.add_function, (math.ceil(n / ADD_THREADS), min(rows, MAX_GRID_Y)), ADD_THREADS,
+                          [("ptr", dst), ("int", ws.width[op.dst.buffer]), ("ptr", src),
+                           ("int", ws.width[op.src.buffer]), ("int", n), ("int", rows)], self.stream)
+        else:
+            device.copy_rows(dst, ws.pitch(op.dst.buffer), src, ws.pitch(op.src.buffer), n * ws.item[op.src.buffer],
+                             rows, self.stream)
+
+    def kernel(self, op: Kernel, t: int) -> None:
+        ws, bind = self.ws, self.bind
+        desc = self.engine.program.kernels[op.name]
+        args = []
+        for a in desc.args:
+            b = a.bind
+            if b.kind == "batch":
+                args.append(("int", ws.B))
+            elif b.kind == "size":
+                args.append(("int", ws.env[b.name]))
+            elif b.kind == "vector":
+                args.append(("ptr", bind.vectors[b.name]))
+            elif b.kind == "weights":
+                args.append(("ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]))
+            elif b.kind == "ptr":
+                args.append(("ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)))
+            else:
+                args.append(("int", ws.width[b.slot.buffer]))
+        n = max(ws.env[s] for s in op.launch.sizes)
+        device.launch(self.engine.functions[op.name], (math.ceil(n / op.launch.per_block), ws.B), op.launch.threads,
+                      args, self.stream)
+
+    def op(self, phase: str, place: str, op, t: int) -> None:
+        with self.engine.part(_kind(phase, place, op)):
+            if isinstance(op, Kernel):
+                self.kernel(op, t)
+            elif isinstance(op, Copy):
+                self.copy(op, t, self.ws.B if place == "loop" else self.ws.T * self.ws.B)
+            elif isinstance(op, (Gemm, WeightGrad, VectorGrad)):
+                self.gemm(op.call, t)
+
+    def phase(self, name: str) -> None:
+        phase = getattr(self.plan, name)
+        for op in phase.before:
+            self.op(name, "before", op, 0)
+        steps = range(self.ws.T) if phase.loop.direction == "forward" else range(self.ws.T - 1, -1, -1)
+        for t in steps:
+            for op in phase.loop.body:
+                self.op(name, "loop", op, t)
+        for op in phase.after:
+            self.op(name, "after", op, 0)
+
+
+class Engine:
+    """A program's kernels on one device, its workspaces, and the loop over the layers of a stack."""
+
+    MAX_WORKSPACES = 8
+    MAX_GRAPHS = 4  # per workspace and phase: graphs for other parameter addresses are dropped first
+
+    def __init__(self, program: Program, sizes: list[dict[str, int]]):
+        self.program, self.sizes = program, sizes
+        module = load_module(program.source)
+        self.functions = {name: function(module, name) for name in program.kernels}
+        self.add_function = function(module, program.add.name) if program.add else None
+        self.workspaces: OrderedDict[tuple, list[Workspace]] = OrderedDict()
+        self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
+        self.use_graphs = True
+        self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
+
+    # -- workspaces
+    def workspace(self, T: int, B: int, train: bool) -> list[Workspace]:
+        key = (T, B, train)
+        if key in self.workspaces:
+            self.workspaces.move_to_end(key)
+        else:
+            storage = self.program.plan.storage
+            self.workspaces[key] = [Workspace(storage, s, T, B, train) for s in self.sizes]
+            for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
+                tape_key = self.tape[0] if self.tape else None
+                if old != tape_key and not self.workspaces[old][0].pinned:
+                    del self.workspaces[old]
+        return self.workspaces[key]
+
+    def free(self) -> None:
+        """Drop the workspaces that no captured graph of someone else holds (and a pending backward)."""
+        for key in [k for k, w in self.workspaces.items() if not w[0].pinned]:
+            del self.workspaces[key]
+        self.tape = None
+
+    # -- profiling
+    @contextlib.contextmanager
+    def part(self, kind: str):
+        if self.parts is None:
+            yield
+            return
+        import cupy
+
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        yield
+        end.record()
+        self.parts.setdefault(kind, []).append((start, end))
+
+    # -- running
+    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
+        issue = _Issue(self, ws, bind, stream)
+        if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
+            ws.pinned = True
+            issue.phase(name)
+            return
+        if not self.use_graphs or self.parts is not None:
+            issue.phase(name)
+            return
+        key = (name, bind.key())
+        graph = ws.graphs.get(key)
+        if graph is None:
+            old = [k for k in ws.graphs if k[0] == name]
+            for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
+                del ws.graphs[k]
+            graph = ws.graphs[key] = device.Graph(lambda side: _Issue(self, ws, bind, side).phase(name), stream)
+        graph.launch(stream)
+
+    def _transfer(self, ws: Workspace, t: Transfer) -> tuple[int, int, int, int]:
+        """(address, pitch, rows, width in bytes) of a transfer's region in a workspace."""
+        step = {"all": t.first, "0": 0, "T": ws.T}[t.step]
+        rows = ws.T * ws.B if t.step == "all" else ws.B
+        return ws.address(t.buffer, step, t.col), ws.pitch(t.buffer), rows, ws.dim((t.size,)) * ws.item[t.buffer]
+
+    def _put(self, ws: Workspace, what: str, src: int, src_pitch: int | None, stream: int) -> None:
+        t = next(x for x in self.program.plan.storage.inputs if x.what == what)
+        dst, pitch, rows, width = self._transfer(ws, t)
+        device.copy_rows(dst, pitch, src, width if src_pitch is None else src_pitch, width, rows, stream)
+
+    def _get(self, ws: Workspace, what: str, dst: int, stream: int) -> None:
+        t = next(x for x in self.program.plan.storage.outputs if x.what == what)
+        src, pitch, rows, width = self._transfer(ws, t)
+        device.copy_rows(dst, width, src, pitch, width, rows, stream)
+
+    def output_region(self, ws: Workspace, what: str) -> tuple[int, int]:
+        t = next(x for x in self.program.plan.storage.outputs if x.what == what)
+        src, pitch, _, _ = self._transfer(ws, t)
+        return src, pitch
+
+    def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
+                hn: dict[str, int], stream: int, owner=None) -> None:
+        """x [T, B, input], h0 {state: [L, B, size]} -> y [T, B, output], hn {state: [L, B, size]}, all
+        contiguous device arrays of the program's element type, given by address."""
+        cell = self.program.plan.cell
+        workspaces = self.workspace(T, B, train)
+        src, src_pitch = x, None
+        for k, ws in enumerate(workspaces):
+            self._put(ws, "x", src, src_pitch, stream)
+            for s in cell.states:
+                self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
+            self._run("forward", ws, params[k], stream)
+            for s in cell.states:
+                self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
+            src, src_pitch = self.output_region(ws, "y")
+        self._get(workspaces[-1], "y", y, stream)
+        self.tape = ((T, B, train), owner) if train else self.tape
+
+    def tape_owner(self, T: int, B: int):
+        """The owner given with the training forward whose activations the workspaces hold for (T, B), or
+        None when they hold none."""
+        if self.tape is None or self.tape[0] != (T, B, True) or self.tape[0] not in self.workspaces:
+            return None
+        return self.tape[1]
+
+    def backward(self, params: list[Binding], dy: int, dhn: dict[str, int], dx: int, dh0: dict[str, int],
+                 stream: int) -> None:
+        """dy [T, B, output], dhn {state: [L, B, size]} -> dx [T, B, input], dh0; adds the parameter
+        gradients into the addresses of params (Binding.grads and vector_grads)."""
+        if self.tape is None or self.tape[0] not in self.workspaces:
+            raise LstmdslError("backward() needs a forward() with train=True first")
+        cell, storage = self.program.plan.cell, self.program.plan.storage
+        workspaces = self.workspaces[self.tape[0]]
+        src, src_pitch = dy, None
+        for k in reversed(range(len(workspaces))):
+            ws = workspaces[k]
+            for b in storage.buffers:
+                if b.zero:
+                    device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
+            self._put(ws, "dy", src, src_pitch, stream)
+            for s in cell.states:
+                self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
+            self._run("backward", ws, params[k], stream)
+            for s in cell.states:
+                self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
+            src, src_pitch = self.output_region(ws, "dx")
+        self._get(workspaces[0], "dx", dx, stream)
+
+    @staticmethod
+    def _state_bytes(ws: Workspace, s) -> int:
+        return ws.B * ws.env[s.size] * ws.item[f"hist_{s.name}"]

@@ -1,0 +1,51 @@
+"""Workspaces: the buffers of one layer for one (T, B), allocated as the plan's storage says, and the
+address arithmetic of slots."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..plan import ELEMENT_TYPES, Storage
+from .device import empty
+
+POISON = False  # tests set this: new buffers start as NaN, so a read of anything no op wrote shows up
+NUMPY_TYPES = {"f32": np.float32, "f64": np.float64}
+
+
+class Workspace:
+    def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool):
+        """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
+        only the backward reads."""
+        self.T, self.B, self.train = T, B, train
+        self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
+        buffers = [b for b in storage.buffers if train or b.inference is not None]
+        self.width = {b.name: self.dim(b.width) for b in buffers}
+        self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1}[b.steps if train else b.inference] for b in buffers}
+        self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
+        self.arrays = {}
+        for b in buffers:
+            if train and b.alias:
+                continue
+            fill = b.fill if b.fill is not None else (np.nan if POISON else None)
+            self.arrays[b.name] = empty((self.steps[b.name], B, self.width[b.name]), NUMPY_TYPES[b.dtype], fill)
+        for b in buffers:
+            if train and b.alias:  # the same shape and type: see Buffer.alias
+                self.arrays[b.name] = self.arrays[b.alias]
+        self.base = {name: a.data.ptr for name, a in self.arrays.items()}
+        self.graphs: dict[tuple, object] = {}  # (phase, addresses of what it reads) -> its CUDA graph
+        self.pinned = False  # a graph captured by someone else (torch) holds its addresses
+
+    def dim(self, expr) -> int:
+        """The value of a sum of symbolic sizes ("B" and "one" included)."""
+        return sum(self.env[s] for s in expr)
+
+    def address(self, buffer: str, step: int, col: tuple[str, ...] = ()) -> int:
+        """Address of row 0 at column col of a buffer at a step (a one-step buffer has one area for all)."""
+        step = 0 if self.steps[buffer] == 1 else step
+        return self.base[buffer] + self.item[buffer] * (step * self.B * self.width[buffer] + self.dim(col))
+
+    def pitch(self, buffer: str) -> int:
+        return self.item[buffer] * self.width[buffer]
+
+    def nbytes(self, buffer: str) -> int:
+        return self.item[buffer] * self.steps[buffer] * self.B * self.width[buffer]

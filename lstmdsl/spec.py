@@ -1,0 +1,73 @@
+"""The front end as one call: read a spec (a path, spec text or a shipped spec's name), parse it, check
+and lower it, and read its schedule block. `parse` returns a Spec, the checked value every later stage
+starts from."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Diagnostic, InputFileError, Source
+from .grad import StepGrad, differentiate
+from .ir import Cell, verify
+from .lower import lower
+from .resources import shipped_specs
+from .schedule import Schedule, apply_directives
+from .syntax import CellAST, deepest_statement, parse_cell, too_deep
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A checked spec: its AST, Cell IR, schedule (from the spec's block) and warnings."""
+
+    ast: CellAST
+    cell: Cell
+    schedule: Schedule
+    warnings: tuple[Diagnostic, ...]
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+    @property
+    def source(self) -> Source:
+        return self.ast.source
+
+    @functools.cached_property
+    def grad(self) -> StepGrad:
+        return differentiate(self.cell)
+
+    def uses_size(self, size: str) -> bool:
+        c = self.cell
+        return (any(n.size == size for n in c.nodes) or any(size in p.shape for p in c.params)
+                or any(s.size == size for s in c.states))
+
+
+def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
+    """(text, filename) for a path, spec text, or the name of a shipped spec."""
+    if isinstance(path_or_text, Path) or ("{" not in path_or_text and "\n" not in path_or_text):
+        path = Path(path_or_text)
+        shipped = shipped_specs()
+        if not path.exists() and str(path_or_text) in shipped:
+            path = shipped[str(path_or_text)]
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise InputFileError(f"no spec file '{path}' (shipped specs: {', '.join(shipped)})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputFileError(f"cannot read spec file '{path}': {err}") from None
+    return path_or_text, "<string>"
+
+
+def parse(path_or_text: str | Path) -> Spec:
+    """Parse and check a spec. Raises SpecError (with every error found) or InputFileError."""
+    text, filename = _read_spec(path_or_text)
+    tree = parse_cell(text, filename)
+    try:
+        lowered = lower(tree)
+    except RecursionError:
+        raise too_deep(tree.source, deepest_statement(tree)) from None
+    verify(lowered.cell)
+    schedule = apply_directives(Schedule(), tree.schedule or (), tree.source)
+    return Spec(tree, lowered.cell, schedule, lowered.warnings)

@@ -1,0 +1,47 @@
+"""Timing on the GPU, for the benchmarks, the profiler and `lstmdsl run`: CUDA events on the current
+stream around each call, after warm-up calls. Imports CuPy only when called."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+_SPIN_SOURCE = """extern "C" __global__ void lstmdsl_spin(long long cycles)
+{
+    const long long start = clock64();
+    while (clock64() - start < cycles) {}
+}"""
+
+
+def time_gpu(fn, repeat: int = 20, warmup: int = 2) -> dict:
+    """Time fn on the GPU. Returns the median, min and max milliseconds and the median host time to
+    issue the call."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times, host = [], []
+    for _ in range(repeat):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        t0 = time.perf_counter()
+        fn()
+        host.append(1e3 * (time.perf_counter() - t0))
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return {"ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "host_ms": statistics.median(host)}
+
+
+def spin(ms: float) -> None:
+    """Keep the GPU busy for about `ms` milliseconds (one thread spinning on the clock), so that work
+    issued meanwhile queues up and is then timed without waiting for the host."""
+    import cupy
+
+    from .runtime.nvrtc import load_module
+
+    kernel = load_module(_SPIN_SOURCE).get_function("lstmdsl_spin")
+    khz = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"]
+    kernel((1,), (1,), (cupy.int64(ms * khz),))
