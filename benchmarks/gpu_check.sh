@@ -6,6 +6,8 @@
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
 #     VERSIONS=path/to/old/tree bash benchmarks/gpu_check.sh   # also time the quick grid's cases against
 #                                                              # an older tree (benchmarks/versions.py)
+#     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
+#     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -38,6 +40,9 @@ start=$SECONDS
 timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py peephole > "$OUT/racecheck.log" 2>&1
 summary+=("racecheck peephole: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
 
+if [ -n "${OVERHEAD:-}" ]; then
+  timeout 240 python3 benchmarks/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1 | tail -8
+fi
 if [ -n "${VERSIONS:-}" ]; then
   timeout 300 python3 benchmarks/versions.py "$VERSIONS" . --json "$OUT/versions.json" 2>&1 | tee "$OUT/versions.txt"
 fi

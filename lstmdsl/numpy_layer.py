@@ -8,6 +8,8 @@ import numpy as np
 
 from . import reference
 from .errors import UsageError
+from .grad import StepGrad
+from .ir import Cell
 from .layer import Layer, init_params
 from .schedule import Schedule
 from .spec import Spec
@@ -42,17 +44,10 @@ class NumpyLayer(Layer):
         state defaults to zeros. With train=False nothing is kept for backward().
         """
         T, B, state = self._check_input(x, state)
-        finals, tapes = {s.name: [] for s in self.cell.states}, []
-        h = x
-        for k in range(self.num_layers):
-            h, final, tape = reference.layer_forward(
-                self.cell, self._params[k], self.sizes[k], h, {n: a[k] for n, a in state.items()}, keep=train)
-            tapes.append(tape)
-            for n, a in final.items():
-                finals[n].append(a)
+        y, final, tapes = stack_forward(self.cell, self._params, self.sizes, x, state, keep=train)
         self._tapes = tapes if train else None
         self._shape = (T, B)
-        return h, {n: np.stack(a) for n, a in finals.items()}
+        return y, final
 
     def backward(self, dy: np.ndarray, dstate: dict | None = None) -> np.ndarray:
         """dL/dy [T, B, output] (and optionally dL/d final state) -> dL/dx [T, B, input].
@@ -62,12 +57,33 @@ class NumpyLayer(Layer):
         if self._tapes is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
-        d_initial = {s.name: [None] * self.num_layers for s in self.cell.states}
-        grad = self.spec.grad
-        for k in reversed(range(self.num_layers)):
-            dy, d0 = reference.layer_backward(self.cell, grad, self._params[k], self.sizes[k], self._tapes[k],
-                                              dy, {n: a[k] for n, a in dstate.items()}, self._grads[k])
-            for n, a in d0.items():
-                d_initial[n][k] = a
-        self._initial_state_grads = {n: np.stack(a) for n, a in d_initial.items()}
-        return dy
+        dx, self._initial_state_grads = stack_backward(self.cell, self.spec.grad, self._params, self.sizes,
+                                                       self._tapes, dy, dstate, self._grads)
+        return dx
+
+
+def stack_forward(cell: Cell, params: list[dict], sizes: list[dict], x: np.ndarray, state: dict, keep: bool = True):
+    """A stack of layers forward: x [T, B, input], state {name: [L, B, size]} -> (y, final state, the tapes
+    for stack_backward, or None)."""
+    finals, tapes = {s.name: [] for s in cell.states}, []
+    h = x
+    for k in range(len(sizes)):
+        h, final, tape = reference.layer_forward(cell, params[k], sizes[k], h, {n: a[k] for n, a in state.items()},
+                                                 keep=keep)
+        tapes.append(tape)
+        for n, a in final.items():
+            finals[n].append(a)
+    return h, {n: np.stack(a) for n, a in finals.items()}, tapes if keep else None
+
+
+def stack_backward(cell: Cell, grad: StepGrad, params: list[dict], sizes: list[dict], tapes, dy: np.ndarray,
+                   dstate: dict, grads: list[dict]):
+    """A stack of layers backward through time: (dx, d initial state {name: [L, B, size]}); adds each layer's
+    parameter gradients into grads[k]."""
+    d_initial = {s.name: [None] * len(sizes) for s in cell.states}
+    for k in reversed(range(len(sizes))):
+        dy, d0 = reference.layer_backward(cell, grad, params[k], sizes[k], tapes[k], dy,
+                                          {n: a[k] for n, a in dstate.items()}, grads[k])
+        for n, a in d0.items():
+            d_initial[n][k] = a
+    return dy, {n: np.stack(a) for n, a in d_initial.items()}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import LstmdslError
 from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Transfer, VectorGrad, WeightGrad
@@ -32,15 +32,18 @@ MAX_GRID_Y = 65535
 @dataclass(frozen=True)
 class Binding:
     """One layer's parameters and gradients as device addresses: weight stacks and their gradients by
-    stack name, vectors and their gradients by parameter name."""
+    stack name, vectors and their gradients by parameter name. `key` (the addresses) names the CUDA
+    graphs captured with them."""
 
     weights: dict[str, int]
     grads: dict[str, int]
     vectors: dict[str, int]
     vector_grads: dict[str, int]
+    key: tuple = field(init=False, repr=False)
 
-    def key(self) -> tuple:
-        return tuple(tuple(sorted(d.items())) for d in (self.weights, self.grads, self.vectors, self.vector_grads))
+    def __post_init__(self):
+        key = tuple(tuple(sorted(d.items())) for d in (self.weights, self.grads, self.vectors, self.vector_grads))
+        object.__setattr__(self, "key", key)
 
 
 def _kind(phase: str, place: str, op) -> str:
@@ -198,15 +201,14 @@ class Engine:
 
     # -- running
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
-        issue = _Issue(self, ws, bind, stream)
         if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
             ws.pinned = True
-            issue.phase(name)
+            _Issue(self, ws, bind, stream).phase(name)
             return
         if not self.use_graphs or self.parts is not None:
-            issue.phase(name)
+            _Issue(self, ws, bind, stream).phase(name)
             return
-        key = (name, bind.key())
+        key = (name, bind.key)
         graph = ws.graphs.get(key)
         if graph is None:
             old = [k for k in ws.graphs if k[0] == name]
@@ -215,25 +217,31 @@ class Engine:
             graph = ws.graphs[key] = device.Graph(lambda side: _Issue(self, ws, bind, side).phase(name), stream)
         graph.launch(stream)
 
-    def _transfer(self, ws: Workspace, t: Transfer) -> tuple[int, int, int, int]:
+    @staticmethod
+    def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int]:
         """(address, pitch, rows, width in bytes) of a transfer's region in a workspace."""
         step = {"all": t.first, "0": 0, "T": ws.T}[t.step]
         rows = ws.T * ws.B if t.step == "all" else ws.B
         return ws.address(t.buffer, step, t.col), ws.pitch(t.buffer), rows, ws.dim((t.size,)) * ws.item[t.buffer]
 
+    def _regions(self, ws: Workspace, direction: str) -> dict:
+        """The regions of the caller's inputs or outputs in a workspace (computed once per workspace)."""
+        if direction not in ws.regions:
+            storage = self.program.plan.storage
+            transfers = storage.inputs if direction == "in" else storage.outputs
+            ws.regions[direction] = {t.what: self._transfer(ws, t) for t in transfers if t.buffer in ws.base}
+        return ws.regions[direction]
+
     def _put(self, ws: Workspace, what: str, src: int, src_pitch: int | None, stream: int) -> None:
-        t = next(x for x in self.program.plan.storage.inputs if x.what == what)
-        dst, pitch, rows, width = self._transfer(ws, t)
+        dst, pitch, rows, width = self._regions(ws, "in")[what]
         device.copy_rows(dst, pitch, src, width if src_pitch is None else src_pitch, width, rows, stream)
 
     def _get(self, ws: Workspace, what: str, dst: int, stream: int) -> None:
-        t = next(x for x in self.program.plan.storage.outputs if x.what == what)
-        src, pitch, rows, width = self._transfer(ws, t)
+        src, pitch, rows, width = self._regions(ws, "out")[what]
         device.copy_rows(dst, width, src, pitch, width, rows, stream)
 
     def output_region(self, ws: Workspace, what: str) -> tuple[int, int]:
-        t = next(x for x in self.program.plan.storage.outputs if x.what == what)
-        src, pitch, _, _ = self._transfer(ws, t)
+        src, pitch, _, _ = self._regions(ws, "out")[what]
         return src, pitch
 
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,

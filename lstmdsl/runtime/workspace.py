@@ -33,6 +33,7 @@ class Workspace:
                 self.arrays[b.name] = self.arrays[b.alias]
         self.base = {name: a.data.ptr for name, a in self.arrays.items()}
         self.graphs: dict[tuple, object] = {}  # (phase, addresses of what it reads) -> its CUDA graph
+        self.regions: dict[str, dict] = {}  # "in" / "out" -> the caller's transfers: (address, pitch, rows, width)
         self.pinned = False  # a graph captured by someone else (torch) holds its addresses
 
     def dim(self, expr) -> int:

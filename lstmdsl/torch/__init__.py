@@ -1,0 +1,24 @@
+"""lstmdsl.torch: any spec as a drop-in peer of torch.nn.LSTM and torch.nn.GRU.
+
+    from lstmdsl.torch import LSTM                 # instead of torch.nn.LSTM: the same arguments
+    rnn = LSTM(32, 64, num_layers=2, batch_first=True).cuda()
+    y, (h_n, c_n) = rnn(x, (h0, c0))               # shapes exactly as torch.nn.LSTM's
+    rnn = lstmdsl.torch.RNN("peephole", 32, 64)    # any spec: the states come back in its order
+
+Forward and backward run as PyTorch custom operators (lstmdsl/torch/ops.py): on CUDA tensors the generated
+kernels, on CPU tensors the numpy reference (slowly; a warning says so once). torch.compile sees one
+opaque op per call (no graph break); CUDA graphs that torch captures take lstmdsl's work in. Parameters
+are ordinary torch Parameters — one per weight stack (weight_ih_l0 holds the matrices applied to the
+input, weight_hh_l0 those applied to h, as torch.nn.LSTM lays them out) and one per vector (b_i_l0, ...)
+— so optimizers, state dicts, .to(), DDP and autocast treat the module like any other.
+
+Layers and directions: a stack runs in one op call; with dropout between layers, or bidirectional, each
+layer and direction is its own call (dropout in between, the reverse direction on the time-reversed
+input). Not yet: PackedSequence (variable lengths) and precisions below float32 (under autocast the
+module computes in float32 and returns the autocast type, as torch.nn.LSTM returns).
+"""
+
+from .interop import from_torch, to_torch
+from .modules import GRU, LSTM, RNN
+
+__all__ = ["GRU", "LSTM", "RNN", "from_torch", "to_torch"]

@@ -1,0 +1,104 @@
+"""Weights between lstmdsl.torch and torch.nn: from_torch(nn.LSTM or nn.GRU) and to_torch(module).
+
+    rnn = lstmdsl.torch.from_torch(torch_lstm)     # the same function, now computed by lstmdsl
+    torch_lstm = lstmdsl.torch.to_torch(rnn)       # and back
+
+The layouts agree where they can: weight_ih_l{k} and weight_hh_l{k} are the same stacks in the same gate
+order (LSTM i, f, g, o = the vanilla spec's i, f, z, o; GRU r, z, n = gru_torch's r, z, n), and LSTMP's
+projection P_l{k} is torch's weight_hr_l{k}. torch keeps two biases per gate (bias_ih, bias_hh) where the
+specs keep one: from_torch adds them (for the GRU's candidate they stay apart, as b_in and b_hn), to_torch
+puts the sum in bias_ih and zeros in bias_hh. Parameters of other specs have no torch counterpart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..spec import parse
+from .modules import GRU, LSTM, RNN
+
+_GATES = {"vanilla": ("i", "f", "z", "o"), "lstmp": ("i", "f", "z", "o"), "gru_torch": ("r", "z", "n")}
+
+
+def _kind(module: RNN) -> str:
+    """Which shipped spec's layout the module's cell has (vanilla, lstmp or gru_torch), or an error."""
+    cell = module.spec.cell
+    for name in _GATES:
+        if dataclasses.replace(cell, name=name) == parse(name).cell:
+            return name
+    raise UsageError(f"cell '{cell.name}' has no torch.nn counterpart; to_torch and from_torch take the vanilla, "
+                     "lstmp and gru_torch cells")
+
+
+def _suffixes(m) -> list[str]:
+    return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
+
+
+def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
+    """An lstmdsl.torch module computing what `module` computes (same arguments, device and dtype; weights
+    copied). Keyword arguments (schedule=...) go to the new module."""
+    p = next(module.parameters())
+    args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                dropout=module.dropout, bidirectional=module.bidirectional, device=p.device, dtype=p.dtype)
+    if isinstance(module, nn.LSTM):
+        new = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args, **kw)
+    elif isinstance(module, nn.GRU):
+        new = GRU(module.input_size, module.hidden_size, **args, **kw)
+    else:
+        raise UsageError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}")
+    gates = _GATES[_kind(new)]
+    H = module.hidden_size
+    with torch.no_grad():
+        for sfx in _suffixes(module):
+            getattr(new, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
+            getattr(new, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
+            if getattr(module, "proj_size", 0):
+                getattr(new, "P" + sfx).copy_(getattr(module, "weight_hr" + sfx))
+            if not module.bias:
+                continue
+            bih, bhh = getattr(module, "bias_ih" + sfx), getattr(module, "bias_hh" + sfx)
+            for j, g in enumerate(gates):
+                part = slice(j * H, (j + 1) * H)
+                if g == "n":  # the GRU's candidate keeps its two biases apart: b_hn sits inside r * (...)
+                    getattr(new, "b_in" + sfx).copy_(bih[part])
+                    getattr(new, "b_hn" + sfx).copy_(bhh[part])
+                else:
+                    getattr(new, f"b_{g}" + sfx).copy_(bih[part] + bhh[part])
+    return new.train(module.training)
+
+
+def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
+    """The torch.nn.LSTM or torch.nn.GRU computing what `module` computes (vanilla, lstmp and gru_torch
+    cells), on the module's device and dtype."""
+    kind = _kind(module)
+    p = next(module.parameters())
+    args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                dropout=module.dropout, bidirectional=module.bidirectional, device=p.device, dtype=p.dtype)
+    if kind == "gru_torch":
+        out = nn.GRU(module.input_size, module.hidden_size, **args)
+    else:
+        out = nn.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args)
+    gates = _GATES[kind]
+    H = module.hidden_size
+    with torch.no_grad():
+        for sfx in _suffixes(module):
+            getattr(out, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
+            getattr(out, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
+            if module.proj_size:
+                getattr(out, "weight_hr" + sfx).copy_(getattr(module, "P" + sfx))
+            if not module.bias:
+                continue
+            bih, bhh = getattr(out, "bias_ih" + sfx), getattr(out, "bias_hh" + sfx)
+            bhh.zero_()
+            for j, g in enumerate(gates):
+                part = slice(j * H, (j + 1) * H)
+                if g == "n":
+                    bih[part] = getattr(module, "b_in" + sfx)
+                    bhh[part] = getattr(module, "b_hn" + sfx)
+                else:
+                    bih[part] = getattr(module, f"b_{g}" + sfx)
+    return out.train(module.training)

@@ -1,0 +1,215 @@
+"""The modules of lstmdsl.torch: RNN (any spec), LSTM and GRU, with torch.nn.LSTM's conventions."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..layer import layer_sizes
+from ..schedule import Schedule, parse_schedule
+from ..spec import Spec, parse
+from .ops import Runner
+
+_WARNED_CPU = []
+
+
+def _bool(name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _is_bias(name: str) -> bool:
+    return name == "b" or name.startswith("b_")
+
+
+class RNN(nn.Module):
+    """A recurrent layer stack of any spec, with torch.nn.LSTM's arguments and conventions.
+
+    spec: a shipped spec's name, a .cell path, spec text or a Spec. bias=False makes the bias vectors (b,
+    b_*) zeros that are not trained. proj_size > 0 binds the spec's size `proj`. schedule: directive text
+    or a Schedule. seed: draw the initial parameters as lstmdsl.compile(seed=...) does; without it they
+    come from torch's generator, uniform in +-1/sqrt(hidden_size) as torch.nn.LSTM's. forget_bias: the
+    initial value of b_f.
+    """
+
+    def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, schedule: Schedule | str | None = None, seed: int | None = None,
+                 forget_bias: float | None = None):
+        super().__init__()
+        self.spec = spec if isinstance(spec, Spec) else parse(spec)
+        cell = self.spec.cell
+        schedule = parse_schedule(schedule, self.spec.schedule) if isinstance(schedule, str) else \
+            schedule or self.spec.schedule
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
+            raise UsageError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first = _bool("bias", bias), _bool("batch_first", batch_first)
+        self.bidirectional, self.dropout, self.proj_size = _bool("bidirectional", bidirectional), float(dropout), proj_size
+        D = 2 if self.bidirectional else 1
+        sizes = layer_sizes(self.spec, input_size, hidden_size, proj_size or None, num_layers)
+        self.output_size = sizes[-1][cell.output_size]
+        if D == 2:  # the next layer reads both directions' outputs side by side
+            for bound in sizes[1:]:
+                bound["input"] = D * self.output_size
+        self.state_sizes = {s.name: sizes[0][s.size] for s in cell.states}
+        split = D == 2 or (self.dropout > 0 and num_layers > 1)
+        groups = [[(k, d)] for k in range(num_layers) for d in range(D)] if split else [[(k, 0) for k in range(num_layers)]]
+        self._groups = []  # (runner, [(layer, direction)], [parameter names])
+        rng = np.random.default_rng(seed) if seed is not None else None
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        for members in groups:
+            runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members])
+            initial = runner.initial(rng, np.dtype(str(factory["dtype"]).removeprefix("torch.")), forget_bias)
+            names = []
+            for j, (k, d) in enumerate(members):
+                for slot, value in zip(runner.slots, initial[j]):
+                    name = f"{slot.name}_l{k}" + ("_reverse" if d else "")
+                    t = torch.empty(runner.shape(slot, j), **factory)
+                    with torch.no_grad():
+                        if value is not None:
+                            t.copy_(torch.from_numpy(value))
+                        else:
+                            bound = 1.0 / math.sqrt(hidden_size)
+                            t.uniform_(-bound, bound)
+                            if forget_bias is not None and slot.name == "b_f":
+                                t.fill_(forget_bias)
+                    if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
+                        self.register_buffer(name, t.zero_(), persistent=False)
+                    else:
+                        self.register_parameter(name, nn.Parameter(t))
+                    names.append(name)
+            self._groups.append((runner, members, names))
+
+    def extra_repr(self) -> str:
+        s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("proj_size", 0)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch.nn.LSTM: the weight stacks are already contiguous."""
+
+    # -- forward
+    def _states(self, hx, x: torch.Tensor, batched: bool) -> list[torch.Tensor]:
+        """The initial states in the spec's order, each [D * L, B, size]."""
+        names = list(self.state_sizes)
+        D = 2 if self.bidirectional else 1
+        B = x.shape[1]
+        if hx is None:
+            return [x.new_zeros((D * self.num_layers, B, self.state_sizes[n])) for n in names]
+        if isinstance(hx, dict):
+            if set(hx) != set(names):
+                raise UsageError(f"the initial state dict must have the keys {names}, got {sorted(hx)}")
+            hx = [hx[n] for n in names]
+        elif isinstance(hx, torch.Tensor):
+            hx = [hx]
+        hx = list(hx)
+        if len(hx) != len(names) or not all(isinstance(h, torch.Tensor) for h in hx):
+            raise UsageError(f"the initial state must be {len(names)} tensor(s), in the order {tuple(names)}")
+        out = []
+        for n, h in zip(names, hx):
+            want = (D * self.num_layers, B, self.state_sizes[n]) if batched else (D * self.num_layers,
+                                                                                    self.state_sizes[n])
+            if tuple(h.shape) != want:
+                raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
+            out.append((h if batched else h.unsqueeze(1)).to(x.dtype))
+        return out
+
+    def forward(self, input, hx=None):
+        """input [T, B, input_size] ([B, T, ...] with batch_first, or unbatched [T, input_size]) ->
+        (output [T, B, D * output], final state): a tuple in the spec's state order ((h_n, c_n) for an
+        LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]."""
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            raise UsageError("lstmdsl.torch does not take PackedSequence yet (variable-length sequences): pad "
+                             "the batch, or use torch.nn.LSTM for packed input")
+        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
+            raise UsageError(f"input must be a 2-D (unbatched) or 3-D tensor, got "
+                             f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
+        batched = input.dim() == 3
+        x = input.transpose(0, 1) if batched and self.batch_first else input
+        x = x if batched else x.unsqueeze(1)
+        if x.shape[-1] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+            raise UsageError(f"input has shape {list(input.shape)}; expected {self.input_size} features and at least "
+                             "one step and one sequence")
+        first = next(iter(self._groups[0][2]))
+        pdtype = getattr(self, first).dtype
+        out_dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+            x = x.to(pdtype)
+        elif x.dtype != pdtype:
+            raise UsageError(f"input has dtype {x.dtype} but the parameters are {pdtype}; convert one of them "
+                             "(or run under torch.autocast)")
+        if not x.is_cuda and not _WARNED_CPU:
+            _WARNED_CPU.append(True)
+            warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
+                          "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
+        states = self._states(hx, x, batched)
+        y, final = self._run(x, states)
+        if not batched:
+            y, final = y.squeeze(1), [f.squeeze(1) for f in final]
+        if batched and self.batch_first:
+            y = y.transpose(0, 1)
+        y, final = y.to(out_dtype), [f.to(out_dtype) for f in final]
+        return y, (tuple(final) if len(final) > 1 else final[0])
+
+    def _run(self, x: torch.Tensor, states: list[torch.Tensor]):
+        D = 2 if self.bidirectional else 1
+        train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
+                                             or any(p.requires_grad for p in self.parameters()))
+        finals = [[None] * (D * self.num_layers) for _ in states]
+        if len(self._groups) == 1:  # the whole stack in one call
+            runner, _, names = self._groups[0]
+            out = torch.ops.lstmdsl.rnn_forward(x, states, [getattr(self, n) for n in names], runner.handle, train)
+            return out[0], out[1:]
+        layer_in = x
+        for k in range(self.num_layers):
+            outs = []
+            for runner, members, names in self._groups[k * D:(k + 1) * D]:
+                (_, d), = members
+                i = k * D + d
+                h0 = [s[i:i + 1] for s in states]
+                inp = layer_in.flip(0) if d else layer_in
+                out = torch.ops.lstmdsl.rnn_forward(inp, h0, [getattr(self, n) for n in names], runner.handle, train)
+                outs.append(out[0].flip(0) if d else out[0])
+                for j, f in enumerate(out[1:]):
+                    finals[j][i] = f
+            layer_in = torch.cat(outs, dim=2) if D == 2 else outs[0]
+            if self.dropout > 0 and k < self.num_layers - 1:
+                layer_in = nn.functional.dropout(layer_in, self.dropout, self.training)
+        return layer_in, [torch.cat(f, dim=0) for f in finals]
+
+
+class LSTM(RNN):
+    """torch.nn.LSTM's arguments and behaviour, computed by lstmdsl: the vanilla spec (gate order i, f, z, o
+    = torch's i, f, g, o), or LSTMP with proj_size > 0. spec= picks another spec with states (h, c)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, spec=None, **kw):
+        spec = spec or ("lstmp" if proj_size else "vanilla")
+        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, **kw)
+
+
+class GRU(RNN):
+    """torch.nn.GRU's arguments and behaviour, computed by lstmdsl's gru_torch spec (PyTorch's formulation:
+    the reset gate acts after the recurrent product)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, spec="gru_torch", **kw):
+        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype, **kw)
+

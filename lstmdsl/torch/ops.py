@@ -1,0 +1,250 @@
+"""lstmdsl's forward and backward as PyTorch custom operators (torch.library), for lstmdsl.torch's modules.
+
+    torch.ops.lstmdsl.rnn_forward(x, h0, params, handle, train) -> [y, *hn]
+    torch.ops.lstmdsl.rnn_backward(x, h0, params, y, dy, dhn, handle) -> [dx, *dh0, *dparams]
+
+A `handle` names a Runner: a cell, a schedule and the sizes of a stack of layers. Each op has a fake
+implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call,
+with no graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls
+rnn_backward. On CUDA tensors the ops run the generated kernels (an Engine per device and element type,
+on torch's current stream, writing into tensors torch allocated); on CPU tensors they run the numpy
+reference. Inside a CUDA graph that torch captures (mode="reduce-overhead"), the Engine issues its work
+into torch's capture instead of replaying graphs of its own.
+
+The Engine keeps the activations of its latest training forward. rnn_backward receives the forward's
+output y: when the Engine's activations belong to another forward (another call of the same module came
+between), it first runs that forward again from the saved inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UsageError
+from ..grad import StepGrad
+from ..ir import Cell
+from ..layer import init_params
+from ..numpy_layer import stack_backward, stack_forward
+from ..program import build_program
+from ..schedule import Schedule
+
+_RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """One tensor of a layer's parameters as the ops receive them: a weight stack or a vector."""
+
+    name: str  # the stack's or the vector's name
+    kind: str  # "stack" | "vector"
+    shape: tuple[str, ...]  # symbolic
+    matrices: tuple[str, ...] = ()  # for a stack, its matrices top to bottom
+    rows: tuple[str, ...] = ()
+
+
+class Runner:
+    """A cell, a schedule and the sizes of a stack of layers: what a handle names. It makes one Engine per
+    (device, element type) on first use, and keeps the gradient buffers its CUDA graphs write."""
+
+    def __init__(self, cell: Cell, grad: StepGrad, schedule: Schedule, sizes: list[dict[str, int]]):
+        self.cell, self.grad, self.schedule, self.sizes = cell, grad, schedule, sizes
+        storage = build_program(cell, schedule, "float32").plan.storage
+        slots = [ParamSlot(s.name, "stack", (s.rows, s.cols), s.matrices, s.rows) for s in storage.stacks]
+        slots += [ParamSlot(p.name, "vector", p.shape) for p in cell.params if p.kind == "vector"]
+        self.slots = tuple(slots)
+        self.output_size = sizes[-1][cell.output_size]
+        self.handle = next(_HANDLES)
+        _RUNNERS[self.handle] = self
+        self._engines: dict[tuple, object] = {}
+        self._bindings: dict[tuple, list] = {}
+        self._grads: dict[tuple, list[Tensor]] = {}
+
+    def __reduce__(self):  # a copy (copy.deepcopy, pickle) is a new runner with no engines yet
+        return (Runner, (self.cell, self.grad, self.schedule, self.sizes))
+
+    # -- parameters
+    def shape(self, slot: ParamSlot, k: int) -> tuple[int, ...]:
+        s = self.sizes[k]
+        return (sum(s[r] for r in slot.rows), s[slot.shape[1]]) if slot.kind == "stack" else (s[slot.shape[0]],)
+
+    def initial(self, rng: np.random.Generator | None, dtype, forget_bias=None) -> list[list[np.ndarray | None]]:
+        """Initial values per layer, in slot order: lstmdsl's (init_params, seeded) when rng is given, else
+        None (the module draws them from torch's generator, as torch.nn.LSTM does)."""
+        out = []
+        for bound in self.sizes:
+            if rng is None:
+                out.append([None] * len(self.slots))
+                continue
+            host = init_params(self.cell, bound, rng, dtype, forget_bias)
+            out.append([np.concatenate([host[m] for m in s.matrices]) if s.kind == "stack" else host[s.name]
+                        for s in self.slots])
+        return out
+
+    def per_matrix(self, params: list, k: int) -> dict:
+        """Layer k's parameters (or gradients) as the reference names them: name -> array (views of the
+        stacks, so writing a gradient writes the stack)."""
+        n = len(self.slots)
+        out = {}
+        for slot, a in zip(self.slots, params[k * n:(k + 1) * n]):
+            if slot.kind == "vector":
+                out[slot.name] = a
+                continue
+            row = 0
+            for m, r in zip(slot.matrices, slot.rows):
+                rows = self.sizes[k][r]
+                out[m] = a[row:row + rows]
+                row += rows
+        return out
+
+    # -- CUDA
+    def engine(self, x: Tensor, dtype: str):
+        key = (x.device.index, dtype)
+        if key not in self._engines:
+            from ..runtime.executor import Engine
+
+            self._engines[key] = Engine(build_program(self.cell, self.schedule, dtype), self.sizes)
+        return self._engines[key]
+
+    def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
+        """The Engine's Binding of each layer (cached by the addresses, so CUDA graphs are reused)."""
+        from ..runtime.executor import Binding
+
+        ptrs = tuple(p.data_ptr() for p in params)
+        gptrs = tuple(g.data_ptr() for g in grads) if grads is not None else ptrs
+        key = (ptrs, gptrs)
+        if key not in self._bindings:
+            if len(self._bindings) > 16:
+                self._bindings.clear()
+            n = len(self.slots)
+            out = []
+            for k in range(len(self.sizes)):
+                p, g = ptrs[k * n:(k + 1) * n], gptrs[k * n:(k + 1) * n]
+                stacks = [(s.name, i) for i, s in enumerate(self.slots) if s.kind == "stack"]
+                vectors = [(s.name, i) for i, s in enumerate(self.slots) if s.kind == "vector"]
+                out.append(Binding({nm: p[i] for nm, i in stacks}, {nm: g[i] for nm, i in stacks},
+                                   {nm: p[i] for nm, i in vectors}, {nm: g[i] for nm, i in vectors}))
+            self._bindings[key] = out
+        return self._bindings[key]
+
+    def grad_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """Gradient buffers that stay put (the backward's CUDA graph writes them), zeroed."""
+        key = (params[0].device, params[0].dtype)
+        bufs = self._grads.get(key)
+        if bufs is None or [b.shape for b in bufs] != [p.shape for p in params]:
+            bufs = self._grads[key] = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+        for b in bufs:
+            b.zero_()
+        return bufs
+
+
+def _stream(x: Tensor) -> int:
+    return torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _check(x: Tensor, params: list[Tensor]) -> str:
+    if x.dtype not in _DTYPES or any(p.dtype != x.dtype for p in params):
+        raise UsageError(f"lstmdsl computes in float32 or float64 with the input and every parameter of one "
+                         f"type; got input {x.dtype} and parameters {sorted({str(p.dtype) for p in params})}")
+    if any(p.device != x.device for p in params):
+        raise UsageError(f"the input is on {x.device} but parameters are on "
+                         f"{sorted({str(p.device) for p in params if p.device != x.device})}")
+    if x.is_cuda and x.shape[1] > 65535:
+        raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {x.shape[1]}; split the batch")
+    return _DTYPES[x.dtype]
+
+
+def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
+    return [t.detach().contiguous().numpy() for t in ts]
+
+
+@torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())
+def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+    r = _RUNNERS[handle]
+    dtype = _check(x, params)
+    x, h0, params = x.contiguous(), [h.contiguous() for h in h0], [p.contiguous() for p in params]
+    T, B = x.shape[:2]
+    names = [s.name for s in r.cell.states]
+    if not x.is_cuda:
+        nump = _numpy(params)
+        y, final, _ = stack_forward(r.cell, [r.per_matrix(nump, k) for k in range(len(r.sizes))], r.sizes,
+                                    _numpy([x])[0], dict(zip(names, _numpy(h0))), keep=False)
+        return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
+    y = x.new_empty((T, B, r.output_size))
+    hn = [torch.empty_like(h) for h in h0]
+    with torch.cuda.device(x.device):
+        r.engine(x, dtype).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
+                                   {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
+                                   {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
+                                   owner=y.data_ptr() if train else None)
+    return [y, *hn]
+
+
+@rnn_forward.register_fake
+def _(x, h0, params, handle, train):
+    r = _RUNNERS[handle]
+    return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[h.new_empty(h.shape) for h in h0]]
+
+
+@torch.library.custom_op("lstmdsl::rnn_backward", mutates_args=())
+def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
+                 handle: int) -> list[Tensor]:
+    r = _RUNNERS[handle]
+    dtype = _check(x, params)
+    x, h0, params = x.contiguous(), [h.contiguous() for h in h0], [p.contiguous() for p in params]
+    dy, dhn = dy.contiguous(), [d.contiguous() for d in dhn]
+    T, B = x.shape[:2]
+    names = [s.name for s in r.cell.states]
+    if not x.is_cuda:  # the reference keeps no activations between calls: forward again, keeping them
+        nump = _numpy(params)
+        per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
+        _, _, tapes = stack_forward(r.cell, per_layer, r.sizes, _numpy([x])[0], dict(zip(names, _numpy(h0))))
+        grads = [np.zeros_like(p) for p in nump]
+        dx, d0 = stack_backward(r.cell, r.grad, per_layer, r.sizes, tapes, _numpy([dy])[0],
+                                dict(zip(names, _numpy(dhn))), [r.per_matrix(grads, k) for k in range(len(r.sizes))])
+        return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names] + \
+            [torch.from_numpy(g) for g in grads]
+    with torch.cuda.device(x.device):
+        engine = r.engine(x, dtype)
+        stream = _stream(x)
+        if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
+            scratch = [torch.empty_like(y)] + [torch.empty_like(h) for h in h0]
+            engine.forward(T, B, True, r.bindings(params, None), x.data_ptr(),
+                           {n: h.data_ptr() for n, h in zip(names, h0)}, scratch[0].data_ptr(),
+                           {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr())
+        grads = r.grad_buffers(params)
+        dx = torch.empty_like(x)
+        dh0 = [torch.empty_like(h) for h in h0]
+        engine.backward(r.bindings(params, grads), dy.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dhn)},
+                        dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream)
+    return [dx, *dh0, *[g.clone() for g in grads]]
+
+
+@rnn_backward.register_fake
+def _(x, h0, params, y, dy, dhn, handle):
+    return [x.new_empty(x.shape), *[h.new_empty(h.shape) for h in h0], *[p.new_empty(p.shape) for p in params]]
+
+
+def _setup(ctx, inputs, output):
+    x, h0, params, handle, train = inputs
+    ctx.handle, ctx.states = handle, len(h0)
+    ctx.save_for_backward(x, *h0, *params, output[0])
+
+
+def _backward(ctx, grads):
+    saved = ctx.saved_tensors
+    n = ctx.states
+    x, h0, params, y = saved[0], list(saved[1:1 + n]), list(saved[1 + n:-1]), saved[-1]
+    dy, dhn = grads[0], list(grads[1:])
+    out = torch.ops.lstmdsl.rnn_backward(x, h0, params, y, dy, dhn, ctx.handle)
+    return out[0], list(out[1:1 + n]), list(out[1 + n:]), None, None
+
+
+torch.library.register_autograd("lstmdsl::rnn_forward", _backward, setup_context=_setup)

@@ -1,0 +1,334 @@
+"""lstmdsl.torch: a drop-in peer of torch.nn.LSTM and nn.GRU. On the CPU (the numpy reference behind the
+same custom ops) in CI; the `gpu` tests run the generated kernels, under torch.compile too."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import lstmdsl  # noqa: E402
+import lstmdsl.torch as lt  # noqa: E402
+from lstmdsl import UsageError  # noqa: E402
+
+from conftest import has_gpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    "lstm": lambda: torch.nn.LSTM(5, 7, 2, batch_first=True),
+    "lstm-nobias": lambda: torch.nn.LSTM(5, 7, 1, bias=False),
+    "lstmp": lambda: torch.nn.LSTM(5, 7, 2, proj_size=3),
+    "lstm-bidirectional": lambda: torch.nn.LSTM(5, 7, 2, bidirectional=True),
+    "gru": lambda: torch.nn.GRU(5, 7, 2),
+    "gru-bidirectional-dropout": lambda: torch.nn.GRU(5, 6, 3, bidirectional=True, dropout=0.5),
+}
+
+
+def as_tuple(s):
+    return s if isinstance(s, tuple) else (s,)
+
+
+def torch_layout(module, grads: dict) -> dict:
+    """Gradients of an lstmdsl.torch module's parameters under torch.nn's names (bias_ih and bias_hh both
+    get the gradient of the spec's one bias per gate, as both add into it)."""
+    if not isinstance(module, lt.RNN):
+        return grads
+    gates = ("r", "z", "n") if module.spec.name == "gru_torch" else ("i", "f", "z", "o")
+    out = {}
+    for name, g in grads.items():
+        if name.startswith(("weight_", "P_")):
+            out[name.replace("P_", "weight_hr_", 1)] = g
+    for sfx in {n.split("_l", 1)[1] for n in grads if n.startswith("weight_ih")}:
+        if module.bias:
+            out[f"bias_ih_l{sfx}"] = torch.cat([grads[f"b_{'in' if g == 'n' else g}_l{sfx}"] for g in gates])
+            out[f"bias_hh_l{sfx}"] = torch.cat([grads[f"b_{'hn' if g == 'n' else g}_l{sfx}"] for g in gates])
+    return out
+
+
+def run_both(ref, ours, x, hx=None):
+    """Outputs, final states and every gradient (input, initial states, and the parameters by torch.nn's
+    names) of two modules."""
+    out = []
+    for m in (ref, ours):
+        xx = x.detach().clone().requires_grad_()
+        h = None if hx is None else tuple(t.detach().clone().requires_grad_() for t in hx)
+        y, s = m(xx, h if h is None or len(h) > 1 else h[0])
+        s = as_tuple(s)
+        w = [torch.linspace(-1, 1, t.numel(), dtype=t.dtype, device=t.device).reshape(t.shape) for t in (y, *s)]
+        loss = sum((a * b).sum() for a, b in zip((y, *s), w))
+        names = [n.removeprefix("_orig_mod.") for n, _ in m.named_parameters()]
+        grads = torch.autograd.grad(loss, [xx, *(h or ()), *m.parameters()])
+        k = 1 + len(h or ())
+        named = torch_layout(getattr(m, "_orig_mod", m), dict(zip(names, grads[k:])))
+        out.append(((y, *s), list(grads[:k]) + [named[n] for n in sorted(named)]))
+    return out
+
+
+def assert_close(a, b, tol):
+    assert len(a) == len(b)
+    for p, q in zip(a, b):
+        p, q = p.detach().double(), q.detach().double()
+        err = float((p - q).norm() / max(float(q.norm()), 1e-30))
+        assert err <= tol, err
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_from_torch_computes_what_torch_computes_on_the_cpu(name, dtype, tol):
+    torch.manual_seed(0)
+    ref = CASES[name]().to(dtype).eval()  # eval: dropout off, so both compute the same function
+    ours = lt.from_torch(ref).eval()
+    x = torch.randn(6, 3, 5, dtype=dtype)
+    D = 2 if ref.bidirectional else 1
+    hx = tuple(0.3 * torch.randn(D * ref.num_layers, 3 if not ref.batch_first else 6, n, dtype=dtype)
+               for n in ((ref.proj_size or ref.hidden_size, ref.hidden_size) if isinstance(ref, torch.nn.LSTM)
+                         else (ref.hidden_size,)))
+    (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x, hx)
+    assert [t.shape for t in a_out] == [t.shape for t in b_out]
+    assert_close(b_out, a_out, tol)
+    assert_close(b_grads, a_grads, tol)  # parameters in the same order: weight_ih, weight_hh, biases / proj
+    back = lt.to_torch(ours)
+    assert_close(back(x, hx if len(hx) > 1 else hx[0])[0:1], a_out[0:1], tol)
+
+
+def test_unbatched_input_and_single_state_cells():
+    gru = lt.GRU(4, 6, 2, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y, h = gru(x)
+    assert y.shape == (5, 6) and isinstance(h, torch.Tensor) and h.shape == (2, 6)
+    y2, h2 = gru(x.unsqueeze(1))
+    torch.testing.assert_close(y2[:, 0], y)
+    torch.testing.assert_close(h2[:, 0], h)
+
+
+def test_states_in_the_specs_order_tuples_dicts_and_errors():
+    rnn = lt.RNN("fgr", 3, 4, seed=1, dtype=torch.float64)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    y, states = rnn(x)
+    assert isinstance(states, tuple) and len(states) == 5  # h, c, i, f, o
+    y2, states2 = rnn(x, dict(zip(["h", "c", "i", "f", "o"], states)))
+    y3, _ = rnn(x, states)
+    torch.testing.assert_close(y2, y3)
+    with pytest.raises(UsageError, match="5 tensor"):
+        rnn(x, states[:2])
+    with pytest.raises(UsageError, match="initial state 'c' has shape"):
+        rnn(x, (states[0], states[1][:, :2]) + states[2:])
+    with pytest.raises(UsageError, match="PackedSequence"):
+        rnn(torch.nn.utils.rnn.pack_padded_sequence(x, [2, 2, 1, 1, 1]))
+    with pytest.raises(UsageError, match="dtype torch.float32 but the parameters are torch.float64"):
+        rnn(x.float())
+    with pytest.raises(UsageError, match="3 features"):
+        rnn(torch.randn(2, 5, 4, dtype=torch.float64))
+
+
+def test_the_module_equals_the_layer_api_with_the_same_seed():
+    rnn = lt.RNN("peephole", 3, 4, 2, seed=7, dtype=torch.float64)
+    layer = lstmdsl.compile("peephole", 3, 4, 2, seed=7, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    y, _ = rnn(torch.from_numpy(x))
+    y_api, _ = layer.forward(x)
+    np.testing.assert_allclose(y.detach().numpy(), y_api, rtol=1e-12, atol=1e-12)
+    names = dict(rnn.named_parameters())
+    assert names["weight_ih_l1"].shape == (16, 4) and names["p_i_l0"].shape == (4,)
+    np.testing.assert_array_equal(names["weight_hh_l0"].detach().numpy()[4:8], layer.parameters()["l0.R_f"])
+
+
+def test_custom_ops_pass_opcheck():
+    rnn = lt.LSTM(3, 4, 2, dtype=torch.float64)
+    runner, _, names = rnn._groups[0]
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = [torch.randn(2, 2, 4, dtype=torch.float64) for _ in range(2)]
+    params = [getattr(rnn, n) for n in names]
+    torch.library.opcheck(torch.ops.lstmdsl.rnn_forward, (x, h0, params, runner.handle, True))
+
+
+def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
+    torch._dynamo.reset()
+    rnn = lt.LSTM(3, 4, 2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    explained = torch._dynamo.explain(rnn)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(rnn, backend="aot_eager", fullgraph=True)
+    (_, eager), (_, comp) = run_both(rnn, compiled, x)
+    assert_close(comp, eager, 1e-12)
+
+
+def test_autocast_returns_what_torch_lstm_returns_on_the_cpu():
+    ref = torch.nn.LSTM(3, 4)
+    ours = lt.from_torch(ref)
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, (h_ref, _) = ref(x)
+        y, (h, _) = ours(torch.nn.Linear(3, 3)(x))  # a bfloat16 input, as after any autocast layer
+    assert (y.dtype, h.dtype) == (y_ref.dtype, h_ref.dtype) == (torch.bfloat16, torch.bfloat16)
+
+
+def test_copies_state_dicts_and_dtypes():
+    rnn = lt.GRU(3, 4, dtype=torch.float64)
+    clone = copy.deepcopy(rnn)
+    assert clone._groups[0][0].handle != rnn._groups[0][0].handle
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(clone(x)[0], rnn(x)[0])
+    other = lt.GRU(3, 4, dtype=torch.float64)
+    other.load_state_dict(rnn.state_dict())
+    torch.testing.assert_close(other(x)[0], rnn(x)[0])
+    assert set(rnn.state_dict()) == {"weight_ih_l0", "weight_hh_l0", "b_r_l0", "b_z_l0", "b_in_l0", "b_hn_l0"}
+    assert rnn.float()(x.float())[0].dtype == torch.float32
+    with pytest.raises(UsageError, match="float32 or float64"):
+        rnn.half()(x.half())
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                        str(ROOT / "tests" / "ddp_check.py"), "--backend", "gloo", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "DDP OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------- on the GPU
+
+gpu = pytest.mark.skipif(not has_gpu(), reason="needs an NVIDIA GPU with CuPy")
+
+
+@pytest.fixture
+def strict_fp32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@gpu
+@pytest.mark.gpu
+def test_compile_then_eager_no_longer_corrupts_memory():
+    """The sequence of the bug report: a compiled training step, then an eager one, on one module."""
+    torch._dynamo.reset()
+    m = lt.RNN("vanilla", 64, 128, 2).cuda()
+    x = torch.randn(50, 8, 64, device="cuda", requires_grad=True)
+    cm = torch.compile(m)
+    y, _ = cm(x)
+    y.sum().backward()
+    compiled = x.grad.clone()
+    x.grad = None
+    y, _ = m(x)
+    y.sum().backward()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(x.grad, compiled, rtol=1e-5, atol=1e-6)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_training_agrees_with_eager_on_the_gpu(mode, strict_fp32):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = lt.LSTM(16, 32, 2).cuda()
+    x = torch.randn(20, 4, 16, device="cuda")
+    (_, eager), _ = run_both(m, m, x)
+    compiled = torch.compile(m, mode=mode)
+    for _ in range(3):  # reduce-overhead warms up, records, then replays torch's CUDA graph
+        (_, comp), _ = run_both(compiled, m, x)
+    assert_close(comp, eager, 1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["lstm", "lstmp", "lstm-bidirectional", "gru"])
+def test_from_torch_matches_torch_on_the_gpu(name, strict_fp32):
+    torch.manual_seed(0)
+    ref = CASES[name]().cuda()
+    ours = lt.from_torch(ref)
+    x = torch.randn(7, 3, 5, device="cuda")
+    (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
+    assert_close(b_out, a_out, 1e-4)
+    assert_close(b_grads, a_grads, 1e-4)
+
+
+@gpu
+@pytest.mark.gpu
+def test_autocast_on_the_gpu_returns_torch_lstms_dtype():
+    ref = torch.nn.LSTM(8, 16).cuda()
+    ours = lt.from_torch(ref)
+    x = torch.randn(5, 2, 8, device="cuda")
+    for dt in (torch.bfloat16, torch.float16):
+        with torch.autocast("cuda", dtype=dt):
+            xin = torch.nn.Linear(8, 8).cuda()(x)
+            y_ref, (h_ref, _) = ref(xin)
+            y, (h, _) = ours(xin)
+        assert (y.dtype, h.dtype) == (y_ref.dtype, h_ref.dtype)
+        assert float((y.float() - y_ref.float()).abs().max()) < 0.05
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["peephole", "gru", "lstmp"])
+def test_gradcheck_float64_on_the_gpu(name):
+    extra = {"proj_size": 2} if lstmdsl.parse(name).uses_size("proj") else {}
+    rnn = lt.RNN(name, 3, 4, 2, seed=1, dtype=torch.float64, **extra).cuda()
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    h0 = tuple((0.3 * torch.randn(2, 2, n, dtype=torch.float64, device="cuda")).requires_grad_()
+               for n in rnn.state_sizes.values())
+
+    def f(x, *rest):
+        y, final = rnn(x, rest[:len(h0)])
+        return (y, *as_tuple(final))
+    assert torch.autograd.gradcheck(f, (x, *h0, *rnn.parameters()), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+def test_trains_in_a_torch_loop_and_cpu_gradients_equal_gpu_ones():
+    torch.manual_seed(0)
+    rnn = lt.RNN("cifg", 5, 32).cuda()
+    head = torch.nn.Linear(32, 3).cuda()
+    opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=0.02)
+    x = torch.randn(6, 64, 5, device="cuda")
+    labels = torch.randint(0, 3, (64,), device="cuda")
+    losses = []
+    for _ in range(100):
+        y, _ = rnn(x)
+        loss = torch.nn.functional.cross_entropy(head(y[-1]), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+    cpu = copy.deepcopy(rnn).cpu().double()
+    (_, g_gpu), (_, g_cpu) = run_both(rnn.double(), cpu, x.double())
+    assert_close(g_gpu, g_cpu, 1e-10)
+
+
+@gpu
+@pytest.mark.gpu
+def test_no_host_synchronisation_per_call():
+    m = lt.LSTM(16, 32).cuda()
+    x = torch.randn(10, 4, 16, device="cuda", requires_grad=True)
+    y, _ = m(x)  # the first call allocates and captures
+    y.sum().backward()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            y, (h, c) = m(x)
+            (y.sum() + c.sum()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not has_gpu() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.gpu
+def test_ddp_on_two_gpus_matches_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                        str(ROOT / "tests" / "ddp_check.py"), "--backend", "nccl", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "DDP OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    print(r.stdout.strip().splitlines()[-1])
