@@ -302,8 +302,9 @@ def test_trains_in_a_torch_loop_and_cpu_gradients_equal_gpu_ones():
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
     cpu = copy.deepcopy(rnn).cpu().double()
-    (_, g_gpu), (_, g_cpu) = run_both(rnn.double(), cpu, x.double())
-    assert_close(g_gpu, g_cpu, 1e-10)
+    (_, g_gpu), _ = run_both(rnn.double(), rnn, x.double())
+    (_, g_cpu), _ = run_both(cpu, cpu, x.double().cpu())
+    assert_close(g_gpu, [g.cuda() for g in g_cpu], 1e-10)
 
 
 @gpu

@@ -142,11 +142,12 @@ class RNN(nn.Module):
         if x.shape[-1] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
             raise UsageError(f"input has shape {list(input.shape)}; expected {self.input_size} features and at least "
                              "one step and one sequence")
-        first = next(iter(self._groups[0][2]))
-        pdtype = getattr(self, first).dtype
+        pdtype = self._tensors(self._groups[0][2][:1])[0].dtype
         out_dtype = x.dtype
         if torch.is_autocast_enabled(x.device.type):
-            out_dtype = torch.get_autocast_dtype(x.device.type)
+            # what torch.nn.LSTM returns there: on CUDA its autocast wrapper runs cuDNN in float16, whatever
+            # the autocast type; elsewhere the autocast type
+            out_dtype = torch.float16 if x.is_cuda else torch.get_autocast_dtype(x.device.type)
             x = x.to(pdtype)
         elif x.dtype != pdtype:
             raise UsageError(f"input has dtype {x.dtype} but the parameters are {pdtype}; convert one of them "
@@ -164,24 +165,30 @@ class RNN(nn.Module):
         y, final = y.to(out_dtype), [f.to(out_dtype) for f in final]
         return y, (tuple(final) if len(final) > 1 else final[0])
 
+    def _tensors(self, names: list[str]) -> list[torch.Tensor]:
+        """A group's parameters (and bias buffers), in the order the ops take them."""
+        params, buffers = self._parameters, self._buffers
+        return [params[n] if n in params else buffers[n] for n in names]
+
     def _run(self, x: torch.Tensor, states: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
+        groups = [(runner, members, self._tensors(names)) for runner, members, names in self._groups]
         train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
-                                             or any(p.requires_grad for p in self.parameters()))
-        finals = [[None] * (D * self.num_layers) for _ in states]
-        if len(self._groups) == 1:  # the whole stack in one call
-            runner, _, names = self._groups[0]
-            out = torch.ops.lstmdsl.rnn_forward(x, states, [getattr(self, n) for n in names], runner.handle, train)
+                                             or any(p.requires_grad for _, _, ts in groups for p in ts))
+        if len(groups) == 1:  # the whole stack in one call
+            runner, _, tensors = groups[0]
+            out = torch.ops.lstmdsl.rnn_forward(x, states, tensors, runner.handle, train)
             return out[0], out[1:]
+        finals = [[None] * (D * self.num_layers) for _ in states]
         layer_in = x
         for k in range(self.num_layers):
             outs = []
-            for runner, members, names in self._groups[k * D:(k + 1) * D]:
+            for runner, members, tensors in groups[k * D:(k + 1) * D]:
                 (_, d), = members
                 i = k * D + d
                 h0 = [s[i:i + 1] for s in states]
                 inp = layer_in.flip(0) if d else layer_in
-                out = torch.ops.lstmdsl.rnn_forward(inp, h0, [getattr(self, n) for n in names], runner.handle, train)
+                out = torch.ops.lstmdsl.rnn_forward(inp, h0, tensors, runner.handle, train)
                 outs.append(out[0].flip(0) if d else out[0])
                 for j, f in enumerate(out[1:]):
                     finals[j][i] = f

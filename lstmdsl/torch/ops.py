@@ -61,6 +61,7 @@ class Runner:
         slots += [ParamSlot(p.name, "vector", p.shape) for p in cell.params if p.kind == "vector"]
         self.slots = tuple(slots)
         self.output_size = sizes[-1][cell.output_size]
+        self.state_names = [s.name for s in cell.states]
         self.handle = next(_HANDLES)
         _RUNNERS[self.handle] = self
         self._engines: dict[tuple, object] = {}
@@ -161,6 +162,10 @@ def _check(x: Tensor, params: list[Tensor]) -> str:
     return _DTYPES[x.dtype]
 
 
+def _dense(ts: list[Tensor]) -> list[Tensor]:
+    return [t if t.is_contiguous() else t.contiguous() for t in ts]
+
+
 def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
     return [t.detach().contiguous().numpy() for t in ts]
 
@@ -169,9 +174,9 @@ def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
 def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
     r = _RUNNERS[handle]
     dtype = _check(x, params)
-    x, h0, params = x.contiguous(), [h.contiguous() for h in h0], [p.contiguous() for p in params]
+    x, h0, params = x.contiguous(), _dense(h0), _dense(params)
     T, B = x.shape[:2]
-    names = [s.name for s in r.cell.states]
+    names = r.state_names
     if not x.is_cuda:
         nump = _numpy(params)
         y, final, _ = stack_forward(r.cell, [r.per_matrix(nump, k) for k in range(len(r.sizes))], r.sizes,
@@ -198,10 +203,10 @@ def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, d
                  handle: int) -> list[Tensor]:
     r = _RUNNERS[handle]
     dtype = _check(x, params)
-    x, h0, params = x.contiguous(), [h.contiguous() for h in h0], [p.contiguous() for p in params]
-    dy, dhn = dy.contiguous(), [d.contiguous() for d in dhn]
+    x, h0, params = x.contiguous(), _dense(h0), _dense(params)
+    dy, dhn = dy.contiguous(), _dense(dhn)
     T, B = x.shape[:2]
-    names = [s.name for s in r.cell.states]
+    names = r.state_names
     if not x.is_cuda:  # the reference keeps no activations between calls: forward again, keeping them
         nump = _numpy(params)
         per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
