@@ -136,18 +136,41 @@ class Runner:
         return self._bindings[key]
 
     def grad_buffers(self, params: list[Tensor]) -> list[Tensor]:
-        """Gradient buffers that stay put (the backward's CUDA graph writes them), zeroed."""
+        """Gradient buffers that stay put (the backward's CUDA graph writes them), zeroed: views of one flat
+        tensor (self.grad_flat), so zeroing them and copying them out are one operation each."""
         key = (params[0].device, params[0].dtype)
-        bufs = self._grads.get(key)
-        if bufs is None or [b.shape for b in bufs] != [p.shape for p in params]:
-            bufs = self._grads[key] = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-        for b in bufs:
-            b.zero_()
-        return bufs
+        if key not in self._grads:
+            flat = torch.empty(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
+            self._grads[key] = (flat, self.grad_views(flat, params))
+        self.grad_flat, views = self._grads[key]
+        self.grad_flat.zero_()
+        return views
+
+    @staticmethod
+    def grad_views(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+        return [part.view(p.shape) for part, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
 def _stream(x: Tensor) -> int:
     return torch.cuda.current_stream(x.device).cuda_stream
+
+
+class _on:
+    """x's CUDA device as the current one for the block (a no-op when it already is)."""
+
+    def __init__(self, x: Tensor):
+        self.index = x.device.index
+        self.saved = None
+
+    def __enter__(self):
+        current = torch.cuda.current_device()
+        if current != self.index:
+            self.saved = current
+            torch.cuda.set_device(self.index)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            torch.cuda.set_device(self.saved)
 
 
 def _check(x: Tensor, params: list[Tensor]) -> str:
@@ -170,8 +193,8 @@ def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
     return [t.detach().contiguous().numpy() for t in ts]
 
 
-@torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())
-def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+    """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
     r = _RUNNERS[handle]
     dtype = _check(x, params)
     x, h0, params = x.contiguous(), _dense(h0), _dense(params)
@@ -184,12 +207,17 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, 
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
     y = x.new_empty((T, B, r.output_size))
     hn = [torch.empty_like(h) for h in h0]
-    with torch.cuda.device(x.device):
+    with _on(x):
         r.engine(x, dtype).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
                                    {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
                                    {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
                                    owner=y.data_ptr() if train else None)
     return [y, *hn]
+
+
+@torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())
+def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+    return forward_impl(x, h0, params, handle, train)
 
 
 @rnn_forward.register_fake
@@ -198,9 +226,9 @@ def _(x, h0, params, handle, train):
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[h.new_empty(h.shape) for h in h0]]
 
 
-@torch.library.custom_op("lstmdsl::rnn_backward", mutates_args=())
-def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
-                 handle: int) -> list[Tensor]:
+def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
+                  handle: int) -> list[Tensor]:
+    """[dx, *dh0, *dparams] for the forward that returned y (run again first if its activations are gone)."""
     r = _RUNNERS[handle]
     dtype = _check(x, params)
     x, h0, params = x.contiguous(), _dense(h0), _dense(params)
@@ -216,7 +244,7 @@ def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, d
                                 dict(zip(names, _numpy(dhn))), [r.per_matrix(grads, k) for k in range(len(r.sizes))])
         return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names] + \
             [torch.from_numpy(g) for g in grads]
-    with torch.cuda.device(x.device):
+    with _on(x):
         engine = r.engine(x, dtype)
         stream = _stream(x)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
@@ -229,7 +257,14 @@ def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, d
         dh0 = [torch.empty_like(h) for h in h0]
         engine.backward(r.bindings(params, grads), dy.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dhn)},
                         dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream)
-    return [dx, *dh0, *[g.clone() for g in grads]]
+        copies = r.grad_flat.clone()  # the gradients, handed out as views of one new tensor
+    return [dx, *dh0, *r.grad_views(copies, params)]
+
+
+@torch.library.custom_op("lstmdsl::rnn_backward", mutates_args=())
+def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
+                 handle: int) -> list[Tensor]:
+    return backward_impl(x, h0, params, y, dy, dhn, handle)
 
 
 @rnn_backward.register_fake
@@ -253,3 +288,36 @@ def _backward(ctx, grads):
 
 
 torch.library.register_autograd("lstmdsl::rnn_forward", _backward, setup_context=_setup)
+
+
+class Eager(torch.autograd.Function):
+    """The same forward and backward without the custom-op dispatch, for eager calls (the modules use the
+    custom ops while torch.compile traces, this otherwise: it costs the host less per call)."""
+
+    @staticmethod
+    def forward(ctx, x, handle, train, states, *rest):
+        h0, params = list(rest[:states]), list(rest[states:])
+        out = forward_impl(x, h0, params, handle, train)
+        ctx.handle, ctx.states = handle, states
+        ctx.save_for_backward(x, *h0, *params, out[0])
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, dy, *dhn):
+        saved = ctx.saved_tensors
+        n = ctx.states
+        x, h0, params, y = saved[0], list(saved[1:1 + n]), list(saved[1 + n:-1]), saved[-1]
+        dhn = [d if d is not None else torch.zeros_like(h) for d, h in zip(dhn, h0)]
+        dy = dy if dy is not None else torch.zeros_like(y)
+        out = backward_impl(x, h0, params, y, dy, dhn, ctx.handle)
+        return (out[0], None, None, None, *out[1:])
+
+
+def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+    """[y, *hn] through the custom op when torch.compile traces, through Eager otherwise."""
+    if torch.compiler.is_compiling():
+        return torch.ops.lstmdsl.rnn_forward(x, h0, params, handle, train)
+    if not train:
+        with torch.no_grad():
+            return forward_impl(x, h0, params, handle, False)
+    return list(Eager.apply(x, handle, train, len(h0), *h0, *params))
