@@ -13,8 +13,8 @@ from ..errors import UsageError
 from ..layer import layer_sizes
 from ..schedule import Schedule, parse_schedule
 from ..spec import Spec, parse
-from . import ops
 from .ops import Runner
+from .ops import forward as run_forward
 
 _WARNED_CPU = []
 
@@ -178,7 +178,7 @@ class RNN(nn.Module):
                                              or any(p.requires_grad for _, _, ts in groups for p in ts))
         if len(groups) == 1:  # the whole stack in one call
             runner, _, tensors = groups[0]
-            out = ops.forward(x, states, tensors, runner.handle, train)
+            out = run_forward(x, states, tensors, runner.handle, train)
             return out[0], out[1:]
         finals = [[None] * (D * self.num_layers) for _ in states]
         layer_in = x
@@ -189,7 +189,7 @@ class RNN(nn.Module):
                 i = k * D + d
                 h0 = [s[i:i + 1] for s in states]
                 inp = layer_in.flip(0) if d else layer_in
-                out = ops.forward(inp, h0, tensors, runner.handle, train)
+                out = run_forward(inp, h0, tensors, runner.handle, train)
                 outs.append(out[0].flip(0) if d else out[0])
                 for j, f in enumerate(out[1:]):
                     finals[j][i] = f
