@@ -21,6 +21,7 @@ from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
 from .ir import SIZES, Cell, GraphBuilder, Param, StateVar, prune
 from .ops import BINARY_SYMBOLS, FUNCTIONS
+from .sizes import Sizes as _Sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,47 +58,6 @@ def _walk(expr):
                   getattr(expr, "left", None), getattr(expr, "right", None)):
         if child is not None:
             yield from _walk(child)
-
-
-# ------------------------------------------------------------------------------------ size inference
-
-class _Sizes:
-    """Union-find over size variables; a class may be fixed to one of SIZES. Conflicts are reported."""
-
-    def __init__(self, problems: _Problems):
-        self.parent: dict[str, str] = {}
-        self.fixed: dict[str, str] = {}
-        self.problems = problems
-
-    def var(self, key: str, fixed: str | None = None) -> str:
-        if key not in self.parent:
-            self.parent[key] = key
-        if fixed is not None:
-            self.fixed.setdefault(self.find(key), fixed)
-        return key
-
-    def find(self, key: str) -> str:
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def value(self, key: str) -> str | None:
-        return self.fixed.get(self.find(key))
-
-    def unify(self, a: str, b: str, span: Span, what: str, sides: tuple[str, str]) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return True
-        fa, fb = self.fixed.get(ra), self.fixed.get(rb)
-        if fa and fb and fa != fb:
-            self.problems.error(f"size mismatch in {what}: {sides[0]} of size {fa}, {sides[1]} of size {fb}",
-                                span, "sizes are symbolic: input, hidden and proj never match each other")
-            return False
-        self.parent[rb] = ra
-        if fb and not fa:
-            self.fixed[ra] = fb
-        return True
 
 
 _SCALAR = "<scalar>"
