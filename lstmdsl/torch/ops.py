@@ -227,8 +227,10 @@ def _(x, h0, params, handle, train):
 
 
 def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
-                  handle: int) -> list[Tensor]:
-    """[dx, *dh0, *dparams] for the forward that returned y (run again first if its activations are gone)."""
+                  handle: int, views: bool = False) -> list[Tensor]:
+    """[dx, *dh0, *dparams] for the forward that returned y (run again first if its activations are gone).
+    views: the parameter gradients may be views of one tensor (eager autograd takes them; a custom op's
+    outputs must not alias each other)."""
     r = _RUNNERS[handle]
     dtype = _check(x, params)
     x, h0, params = x.contiguous(), _dense(h0), _dense(params)
@@ -257,8 +259,11 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, 
         dh0 = [torch.empty_like(h) for h in h0]
         engine.backward(r.bindings(params, grads), dy.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dhn)},
                         dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream)
-        copies = r.grad_flat.clone()  # the gradients, handed out as views of one new tensor
-    return [dx, *dh0, *r.grad_views(copies, params)]
+        if views:  # one copy, handed out as views
+            grads = r.grad_views(r.grad_flat.clone(), params)
+        else:
+            grads = [g.clone() for g in grads]
+    return [dx, *dh0, *grads]
 
 
 @torch.library.custom_op("lstmdsl::rnn_backward", mutates_args=())
@@ -309,7 +314,7 @@ class Eager(torch.autograd.Function):
         x, h0, params, y = saved[0], list(saved[1:1 + n]), list(saved[1 + n:-1]), saved[-1]
         dhn = [d if d is not None else torch.zeros_like(h) for d, h in zip(dhn, h0)]
         dy = dy if dy is not None else torch.zeros_like(y)
-        out = backward_impl(x, h0, params, y, dy, dhn, ctx.handle)
+        out = backward_impl(x, h0, params, y, dy, dhn, ctx.handle, views=True)
         return (out[0], None, None, None, *out[1:])
 
 
