@@ -38,7 +38,7 @@ def as_tuple(s):
 def torch_layout(module, grads: dict) -> dict:
     """Gradients of an lstmdsl.torch module's parameters under torch.nn's names (bias_ih and bias_hh both
     get the gradient of the spec's one bias per gate, as both add into it)."""
-    if not isinstance(module, lt.RNN):
+    if not isinstance(module, lt.RNN) or module.spec.name not in ("vanilla", "lstmp", "gru_torch"):
         return grads
     gates = ("r", "z", "n") if module.spec.name == "gru_torch" else ("i", "f", "z", "o")
     out = {}
