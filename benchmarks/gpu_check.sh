@@ -50,7 +50,7 @@ if [ -z "${NO_GRID:-}" ]; then
   start=$SECONDS
   timeout 300 python3 benchmarks/run.py --quick --only grid --competitors lstmdsl cudnn --name check_quick_fp32 \
     > "$OUT/grid.log" 2>&1
-  cp benchmarks/results/check_quick_fp32.json benchmarks/results/check_quick_fp32.md "$OUT/" 2>/dev/null
+  cp benchmarks/out/check_quick_fp32.json benchmarks/out/check_quick_fp32.md "$OUT/" 2>/dev/null
   summary+=("quick grid: $(tail -1 "$OUT/grid.log") ($((SECONDS - start)) s)")
   [ -f "$OUT/check_quick_fp32.md" ] && cat "$OUT/check_quick_fp32.md"
 fi

@@ -2,7 +2,8 @@
 
     python3 benchmarks/reference_cpu.py [--hidden 128] [--batch 16] [--steps 100] [--repeat 3]
 
-Writes benchmarks/results/reference_cpu.json and .md. The reference is the semantics, not a fast path:
+Writes benchmarks/out/reference_cpu.json and .md (benchmarks/results/, the committed ones, with
+--update-results). The reference is the semantics, not a fast path:
 these figures say how long a check on the CPU takes, and are the baseline the GPU backend is compared to.
 Peak memory is the largest amount numpy allocated during the run (tracemalloc), not the process size.
 """
@@ -10,7 +11,6 @@ Peak memory is the largest amount numpy allocated during the run (tracemalloc), 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 import lstmdsl
+from lstmdsl.files import write_json, write_text
 from lstmdsl.resources import shipped_specs
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
 
 
 def measure(fn, repeat: int) -> tuple[float, float]:
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--update-results", action="store_true",
+                    help="write into benchmarks/results (the committed results) instead of benchmarks/out")
     args = ap.parse_args()
     H, B, T = args.hidden, args.batch, args.steps
     rows = []
@@ -70,8 +73,8 @@ def main() -> None:
             "python": platform.python_version(), "numpy": np.__version__, "lstmdsl": lstmdsl.__version__,
             "dtype": "float32", "input": H, "hidden": H, "batch": B, "steps": T, "layers": 1,
             "repeat": args.repeat, "statistic": "median after one warm-up"}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reference_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    results = HERE / ("results" if args.update_results else "out")
+    write_json(results / "reference_cpu.json", {"meta": meta, "rows": rows})
     lines = [f"# numpy reference on the CPU: I = H = {H}, B = {B}, T = {T}, one layer, float32",
              "", f"`python3 benchmarks/reference_cpu.py --hidden {H} --batch {B} --steps {T}`; "
              f"numpy {np.__version__}, Python {meta['python']}, {meta['machine']}; median of {args.repeat}.", "",
@@ -79,7 +82,7 @@ def main() -> None:
              "|---|---|---|---|---|"]
     lines += [f"| {r['spec']} | {r['forward_ms']:.1f} | {r['train_ms']:.1f} | {r['forward_peak_mib']:.1f} | "
               f"{r['train_peak_mib']:.1f} |" for r in rows]
-    (RESULTS / "reference_cpu.md").write_text("\n".join(lines) + "\n")
+    write_text(results / "reference_cpu.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,16 +10,33 @@ paragraph, which names its commands, excepted).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
+from lstmdsl.files import write_bytes, write_text
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+COMMITTED = ROOT / "benchmarks" / "results"  # the results the docs are made from
+RESULTS = COMMITTED  # where this run reads and writes (use_results)
 DOCS = ROOT / "docs"
 COMPETITORS = ("lstmdsl", "cudnn", "eager", "compile")
 LABEL = {"lstmdsl": "lstmdsl", "cudnn": "cuDNN", "eager": "eager", "compile": "compile"}
+
+
+def use_results(folder: Path) -> None:
+    """Read and write results in `folder` (benchmarks/out for a run that does not update the committed ones)."""
+    global RESULTS
+    RESULTS = Path(folder)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+
+def _savefig(fig, path: Path, **kw) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kw)
+    write_bytes(path, buf.getvalue())
 
 
 def load(name: str) -> dict | None:
@@ -44,7 +61,7 @@ def merge(name: str, parts: list[str]) -> None:
         rows.update({key(r): r for r in d["rows"]})
     meta = dict(datas[0]["meta"]) | {"parts": [d["meta"] for d in datas]}
     meta["gemm_tflops"] = min(d["meta"]["gemm_tflops"] for d in datas)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": list(rows.values())}, indent=2) + "\n")
+    write_text(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": list(rows.values())}, indent=2) + "\n")
     print(f"wrote benchmarks/results/{name}.json ({len(rows)} rows from {len(parts)} parts)")
 
 
@@ -126,7 +143,7 @@ def write_grid(name: str, data: dict) -> None:
             "Medians of CUDA-event timings in ms (min, max and repeat counts in the JSON); memory: peak MiB in "
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
             "matrix products' FLOPs at the measured GEMM rate.", "", grid_table(data)]
-    (RESULTS / f"{name}.md").write_text("\n".join(text) + "\n")
+    write_text(RESULTS / f"{name}.md", "\n".join(text) + "\n")
     plot_time_vs_batch(name, data)
     plot_speedup(name, data)
 
@@ -173,7 +190,7 @@ def plot_time_vs_batch(name: str, data: dict) -> None:
         axes[0][0].legend(fontsize=6)
         fig.suptitle(f"{mode}: time against batch ({meta['precision']}, {meta['gpu']})", fontsize=10)
         fig.tight_layout()
-        fig.savefig(RESULTS / f"{name}_time_vs_batch_{mode}.png", dpi=80)
+        _savefig(fig, RESULTS / f"{name}_time_vs_batch_{mode}.png", dpi=80)
         plt.close(fig)
 
 
@@ -209,7 +226,7 @@ def plot_speedup(name: str, data: dict) -> None:
                  f"vanilla, peephole: {n[specs[0]]} shapes each; the other variants: B=64, H=512, T=100", fontsize=8)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}_speedup.png", dpi=90)
+    _savefig(fig, RESULTS / f"{name}_speedup.png", dpi=90)
     plt.close(fig)
 
 
@@ -220,7 +237,7 @@ def write_ablation(name: str, data: dict) -> None:
     t = table(["stage", "forward ms", "train ms", "forward speed-up over unfused", "train speed-up over unfused"],
               [[r["stage"], f"{r['forward']:.2f}", f"{r['train']:.2f}", ratio(rows[0]["forward"], r["forward"], 1),
                 ratio(rows[0]["train"], r["train"], 1)] for r in rows])
-    (RESULTS / f"{name}.md").write_text(
+    write_text(RESULTS / f"{name}.md", 
         f"# Pass ablation: peephole, B = {s.get('batch', 64)}, I = H = {s.get('hidden', 512)}, "
         f"T = {s.get('steps', 100)}, one layer\n\n{describe_meta(data['meta'])}.\n\nEach stage adds one pass "
         f"to the one above.\n\n{t}\n")
@@ -235,7 +252,7 @@ def write_ablation(name: str, data: dict) -> None:
     ax.set_title(f"peephole, B={s.get('batch', 64)}, H={s.get('hidden', 512)}, T={s.get('steps', 100)}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=90)
+    _savefig(fig, RESULTS / f"{name}.png", dpi=90)
     plt.close(fig)
 
 
@@ -252,7 +269,7 @@ def memory_table(data: dict) -> str:
 
 def write_memory(name: str, data: dict) -> None:
     cpu = data["cpu"]
-    (RESULTS / f"{name}.md").write_text(
+    write_text(RESULTS / f"{name}.md", 
         f"# Training time and peak memory per backend\n\n{describe_meta(data['meta'])}. The reference ran on the "
         f"same host's CPU ({cpu['processor']}, {cpu['cpus']} CPUs, numpy {data['meta'].get('numpy', '?')}); its "
         f"memory is numpy's peak allocation (tracemalloc). GPU memory: see lstmdsl/bench.py.\n\n"
@@ -265,7 +282,7 @@ def compile_table(data: dict) -> str:
 
 
 def write_compile(name: str, data: dict) -> None:
-    (RESULTS / f"{name}.md").write_text(
+    write_text(RESULTS / f"{name}.md", 
         "# Compile time per spec: lstmdsl.compile(SPEC, input_size=64, hidden_size=64, backend='cuda')\n\n"
         f"{describe_meta(data['meta'])}.\n\nEach figure is a fresh Python process, timed after importing "
         "lstmdsl and CuPy: cold with CuPy's kernel cache and lstmdsl's cache emptied (NVRTC compiles), warm "
@@ -286,7 +303,7 @@ def write_profile(name: str, data: dict) -> None:
     text = [f"# Where the time goes: `lstmdsl bench SPEC --profile`\n\n{describe_meta(data['meta'])}.\n"]
     for r in data["rows"]:
         text += [f"## {r['spec']}, B = {r['batch']}, I = H = {r['hidden']}, T = {r['steps']}\n", profile_table(r), ""]
-    (RESULTS / f"{name}.md").write_text("\n".join(text))
+    write_text(RESULTS / f"{name}.md", "\n".join(text))
 
 
 WRITERS = {"grid": write_grid, "ablation": write_ablation, "memory": write_memory, "compile_time": write_compile,
@@ -428,7 +445,7 @@ def page() -> str:
 
 
 def render_page() -> None:
-    (DOCS / "performance.md").write_text(page())
+    write_text(DOCS / "performance.md", page())
     print("wrote docs/performance.md")
 
 
@@ -437,7 +454,8 @@ def write_outputs(names: list[str]) -> None:
         data = load(name)
         if data is not None:
             writer(name)(name, data)
-    render_page()
+    if RESULTS == COMMITTED:  # the docs page shows the committed results only
+        render_page()
 
 
 def main(argv: list[str]) -> None:

@@ -9,7 +9,8 @@ training memory next to the CPU reference, compile times and profiles. Needs a G
     python3 benchmarks/run.py --tf32           # TF32 tensor cores allowed (default: strict fp32)
     python3 benchmarks/run.py --only grid --steps 1000 --name grid_full_fp32_t1000   # one part of a grid
 
-Each section writes benchmarks/results/<name>.json (raw rows and the run's GPU, driver, library versions,
+Each section writes benchmarks/out/<name>.json (benchmarks/results/, the committed results, with
+--update-results) (raw rows and the run's GPU, driver, library versions,
 precision and measured GEMM rate); benchmarks/report.py turns the JSON into markdown tables, PNG plots
 and docs/performance.md (run.py calls it for what it wrote). A grid run in parts is joined with
 `python3 benchmarks/report.py merge grid_full_fp32 PART.json...`. What is timed and how memory is
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import subprocess
@@ -34,12 +34,13 @@ import torch
 
 import lstmdsl
 from lstmdsl.bench import COMPETITORS, bench_case
+from lstmdsl.files import write_json
 from lstmdsl.timing import time_gpu
 
 import report
 from reference_cpu import measure as reference_cpu_measure
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "out"  # --update-results: benchmarks/results (the committed ones)
 ALL_SPECS = ("vanilla", "peephole", "cifg", "gru", "fgr", "nig", "nfg", "nog", "niaf", "noaf", "np", "lstmp")
 SECTIONS = ("grid", "ablation", "memory", "compile", "profile")
 
@@ -64,9 +65,8 @@ def meta(precision: str) -> dict:
 
 
 def save(name: str, data: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote benchmarks/results/{name}.json", file=sys.stderr, flush=True)
+    write_json(RESULTS / f"{name}.json", data)
+    print(f"wrote {RESULTS / name}.json", file=sys.stderr, flush=True)
 
 
 def grid(args) -> list[dict]:
@@ -190,7 +190,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 1000], help="the full grid's T values")
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4], help="the full grid's layer counts")
     ap.add_argument("--name", help="the grid's results name (default grid_quick_P or grid_full_P)")
+    ap.add_argument("--update-results", action="store_true",
+                    help="write into benchmarks/results (the committed results, and docs/performance.md) "
+                         "instead of benchmarks/out")
     args = ap.parse_args()
+    global RESULTS
+    if args.update_results:
+        RESULTS = report.COMMITTED
+    report.use_results(RESULTS)
     args.precision = "tf32" if args.tf32 else "fp32"
     suffix = "" if args.precision == "fp32" else "_tf32"
     t0 = time.perf_counter()

@@ -27,6 +27,13 @@ DTYPES = ("float32", "float64")
 __all__ = ["BACKENDS", "DTYPES", "Layer", "Spec", "compile", "layer_sizes", "load", "parse"]
 
 
+def check_seed(seed) -> int:
+    """A seed for numpy's generator: a non-negative integer (numpy integers too)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
     meta, state = read_saved(path)
@@ -49,13 +56,15 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)
-    if backend not in BACKENDS:
+    seed = check_seed(seed)
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    try:
-        dtype = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    except TypeError:
-        pass
-    if str(dtype) not in DTYPES:
+    if not isinstance(dtype, str):
+        try:
+            dtype = np.dtype(dtype).name  # numpy.float32 and numpy dtypes name the same types
+        except Exception:  # noqa: BLE001 (not a dtype at all: the message below says what is accepted)
+            pass
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UsageError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if isinstance(schedule, str):
         schedule = parse_schedule(schedule, spec.schedule)

@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import OutputFileError
+from .files import write_bytes
+
 
 def cache_dir() -> Path:
     """$LSTMDSL_CACHE, else ~/.cache/lstmdsl, else (no home directory, as for a container run under an
@@ -32,20 +35,12 @@ def _sha(text: str) -> str:
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> bool:
-    """Write data to path through a temporary file, so a reader never sees half of it; False if the
-    cache cannot be written."""
+    """Write a cache entry through a temporary file (files.write_bytes), so a reader never sees half of
+    it; False if the cache cannot be written (the entry is then simply not kept)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(path, data)
         return True
-    except OSError:
+    except OutputFileError:
         return False
 
 

@@ -32,19 +32,62 @@ from .schedule import parse_schedule
 GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
 
 
+_JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kw)
+
     def error(self, message):  # argparse exits with 2; we use sysexits' EX_USAGE
+        if _JSON_ERRORS:
+            print(json.dumps({"error": f"{self.prog}: {message}", "kind": "UsageError", "exit_code": EXIT_USAGE}))
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
+def _count(text: str) -> int:
+    """An argument that counts something: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {value}")
+    return value
+
+
+def _number(low: float, strict: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value == value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+    return parse
+
+
 def _sizes_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--input-size", "-I", type=int, default=None if not required else 16,
-                   help="size of the input x (default 16 for run)")
-    p.add_argument("--hidden-size", "-H", type=int, default=None if not required else 32,
-                   help="the hidden size (default 32 for run)")
-    p.add_argument("--proj-size", "-P", type=int, default=None, help="the projection size, for specs using proj")
+    p.add_argument("--input-size", "-I", type=_count, default=None if not required else 16,
+                   help="size of the input x")
+    p.add_argument("--hidden-size", "-H", type=_count, default=None if not required else 32,
+                   help="the hidden size")
+    p.add_argument("--proj-size", "-P", type=_count, default=None,
+                   help="the projection size, for specs using proj (default: half the hidden size)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,69 +99,83 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("check", help="check a spec; print its states, parameters, gates and FLOPs")
-    p.add_argument("spec")
+    p.add_argument("spec", help="a .cell file or a shipped spec's name")
     _sizes_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
 
     p = sub.add_parser("compile", help="print a stage of the compilation")
-    p.add_argument("spec")
+    p.add_argument("spec", help="a .cell file or a shipped spec's name")
     p.add_argument("--emit", choices=("ast", "ir", "grad", "plan", "cuda"), default="ir",
                    help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step; "
                         "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
-    p.add_argument("--batch", "-B", type=int, default=1, help="batch size for the bytes per step of --emit plan")
+    p.add_argument("--batch", "-B", type=_count, default=1, help="batch size for the bytes per step of --emit plan")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="element type of the plan and kernels (default float32)")
+                   help="element type of the plan and kernels")
     _sizes_args(p)
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
     p = sub.add_parser("run", help="run forward and backward on random data and check the gradients")
-    p.add_argument("spec")
+    p.add_argument("spec", help="a .cell file or a shipped spec's name")
     _sizes_args(p, required=True)
-    p.add_argument("--batch", "-B", type=int, default=4)
-    p.add_argument("--steps", "-T", type=int, default=10)
-    p.add_argument("--layers", "-L", type=int, default=1)
+    p.add_argument("--batch", "-B", type=_count, default=4, help="sequences per batch")
+    p.add_argument("--steps", "-T", type=_count, default=10, help="time steps")
+    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                    help="auto: the GPU when there is one, else the numpy reference")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="element type")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no hoist input'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the random data")
+    p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
 
     p = sub.add_parser("train", help="train a spec on a task that ships with a package (chorales, digits)")
-    p.add_argument("spec")
-    p.add_argument("--task", required=True, choices=("chorales", "digits"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden-size", "-H", type=int, default=128)
-    p.add_argument("--layers", "-L", type=int, default=1)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "momentum", "nesterov"))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch", "-B", type=int, default=32)
-    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm limit (0: no clipping)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training sequences")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for parameters, history and plot "
+    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("--task", required=True, choices=("chorales", "digits"), help="the task")
+    p.add_argument("--epochs", type=_count, default=10, help="passes over the training split")
+    p.add_argument("--hidden-size", "-H", type=_count, default=128, help="the hidden size")
+    p.add_argument("--proj-size", "-P", type=_count, default=None,
+                   help="the projection size, for specs using proj (default: half the hidden size)")
+    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "momentum", "nesterov"),
+                   help="the optimizer")
+    p.add_argument("--lr", type=_number(0, strict=True), default=1e-3, help="learning rate")
+    p.add_argument("--batch", "-B", type=_count, default=32, help="sequences per batch")
+    p.add_argument("--clip", type=_number(0, strict=False), default=1.0,
+                   help="global gradient-norm limit (0: no clipping)")
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
+                   help="auto: the GPU when there is one, else the numpy reference")
+    p.add_argument("--max-train", type=_count, default=None, help="use only the first N training sequences")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the batch order")
+    p.add_argument("--out", default=None, help="folder for parameters, history, plot and checkpoints "
                    "(default: lstmdsl-train-SPEC-TASK)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (left by an interrupted or finished run)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object (errors too)")
 
     p = sub.add_parser("bench", help="time a spec against cuDNN and the same cell in PyTorch (needs a GPU, torch)")
-    p.add_argument("spec")
-    p.add_argument("--batch", "-B", type=int, default=64)
-    p.add_argument("--hidden-size", "-H", type=int, default=512, help="hidden size (the input size is the same)")
-    p.add_argument("--steps", "-T", type=int, default=100)
-    p.add_argument("--layers", "-L", type=int, default=1)
-    p.add_argument("--mode", choices=("forward", "train", "both"), default="both")
+    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("--batch", "-B", type=_count, default=64, help="sequences per batch")
+    p.add_argument("--hidden-size", "-H", type=_count, default=512, help="hidden size (the input size is the same)")
+    p.add_argument("--steps", "-T", type=_count, default=100, help="time steps")
+    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
+    p.add_argument("--mode", choices=("forward", "train", "both"), default="both", help="what is timed")
     p.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default: strict fp32)")
-    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--repeat", type=_count, default=20, help="timed calls per competitor")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
     p.add_argument("--schedule", help="schedule directives over the spec's")
     p.add_argument("--profile", action="store_true",
                    help="break one forward and one training step of lstmdsl into its parts instead")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON (errors too)")
 
     sub.add_parser("specs", help="list the shipped specs")
     return parser
+
+
+def proj_default(spec: Spec, hidden: int, proj: int | None) -> int | None:
+    """The projection size a command uses: --proj-size, or half the hidden size for a spec using proj."""
+    if proj is None and spec.uses_size("proj"):
+        return max(1, hidden // 2)
+    return proj
 
 
 # ------------------------------------------------------------------------------------------ check
@@ -129,7 +186,8 @@ def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
         return None
     if args.input_size is None or args.hidden_size is None:
         raise UsageError(f"give both --input-size and --hidden-size {purpose}")
-    return layer_sizes(spec, args.input_size, args.hidden_size, args.proj_size, 1)[0]
+    return layer_sizes(spec, args.input_size, args.hidden_size, proj_default(spec, args.hidden_size, args.proj_size),
+                       1)[0]
 
 
 def cmd_check(args) -> int:
@@ -214,9 +272,7 @@ def cmd_run(args) -> int:
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
     schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
-    for name in ("batch", "steps", "layers"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
@@ -287,21 +343,20 @@ def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
 def cmd_train(args) -> int:
     from pathlib import Path
 
+    from .files import output_dir
     from .train import TrainConfig, run
 
     spec = parse(args.spec)
+    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
     if note:
         print(f"note: {note}", file=sys.stderr)
-    if args.lr <= 0 or args.clip < 0:
-        raise UsageError("--lr must be positive and --clip non-negative")
-    if args.max_train is not None and args.max_train < 1:
-        raise UsageError(f"--max-train must be a positive integer, got {args.max_train}")
     cfg = TrainConfig(spec=str(args.spec), task=args.task, epochs=args.epochs, hidden_size=args.hidden_size,
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
-                      clip=args.clip, seed=args.seed, max_train=args.max_train)
-    out = Path(args.out or f"lstmdsl-train-{spec.name}-{args.task}")
-    result = run(cfg, out)
+                      clip=args.clip, seed=args.seed, max_train=args.max_train,
+                      proj_size=proj_default(spec, args.hidden_size, args.proj_size))
+    compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size)  # the sizes, checked before the data
+    result = run(cfg, Path(out), resume=args.resume)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -327,11 +382,26 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train":
             "specs": cmd_specs}
 
 
+def error_json(err: LstmdslError) -> dict:
+    """An error as the JSON object --json prints: the message, its kind, the exit code, and for a spec
+    error every diagnostic with its file, line and column."""
+    out = {"error": str(err), "kind": type(err).__name__, "exit_code": err.exit_code}
+    if isinstance(err, SpecError):
+        out["diagnostics"] = [{"severity": d.severity, "message": d.message, "file": d.source.filename,
+                               "line": d.span.line if d.span else None, "column": d.span.col if d.span else None,
+                               "hint": d.hint} for d in err.diagnostics]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _JSON_ERRORS
+    _JSON_ERRORS = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except LstmdslError as err:
+        if getattr(args, "json", False):
+            print(json.dumps(error_json(err), indent=2))
         print(err if isinstance(err, SpecError) else f"lstmdsl: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
@@ -340,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception:  # a bug in lstmdsl: say so, with the traceback only on request
+        if getattr(args, "json", False):
+            print(json.dumps({"error": "internal error (a bug in lstmdsl)", "kind": "InternalError",
+                              "exit_code": EXIT_SOFTWARE}))
         if os.environ.get("LSTMDSL_DEBUG"):
             traceback.print_exc()
         print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "

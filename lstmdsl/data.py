@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .cache import cache_dir
-from .errors import BackendUnavailable, InputFileError
+from .errors import BackendUnavailable, InputFileError, OutputFileError
+from .files import write_npz
 
 
 class MissingData(BackendUnavailable):
@@ -49,6 +51,7 @@ def chorales(frame: float = 0.5) -> Chorales:
         import music21
         from music21 import corpus
     except ImportError:  # a parse cached on another machine will do; without one, ask for music21
+        corpus = None
         cached = sorted(cache_dir().glob(f"chorales-music21-*-frame{frame}.npz"))
         if not cached:
             raise MissingData("the chorales task reads the Bach chorales shipped with music21: "
@@ -56,15 +59,40 @@ def chorales(frame: float = 0.5) -> Chorales:
         path = cached[-1]
     else:
         path = cache_dir() / f"chorales-music21-{music21.__version__}-frame{frame}.npz"
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                meta = json.loads(str(f["meta"]))
-                rolls = {s: [f[f"{s}/{k}"] for k in range(meta["counts"][s])] for s in ("train", "valid", "test")}
-            return Chorales(rolls, meta["low"], meta["names"])
-        except Exception as err:
-            raise InputFileError(f"the chorale cache {path} is unreadable ({type(err).__name__}); delete it "
-                                 "and it will be rebuilt") from None
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    if corpus is None:
+        raise InputFileError(f"the chorale cache {path} is damaged and music21 is not installed to rebuild it: "
+                             "pip install 'lstmdsl[data]'")
+    chorales_data = _parse_chorales(corpus, frame)
+    try:
+        write_npz(path, {"meta": np.array(json.dumps(chorales_data[0])),
+                         **{f"{s}/{k}": r for s, rs in chorales_data[1].items() for k, r in enumerate(rs)}},
+                  compressed=True)
+    except OutputFileError as err:
+        print(f"note: the parsed chorales are not cached ({err}); the next run parses them again", file=sys.stderr)
+    meta, rolls = chorales_data
+    return Chorales(rolls, meta["low"], meta["names"])
+
+
+def _read_cache(path) -> Chorales | None:
+    """The cached piano rolls, or None when there are none or they cannot be read (then they are parsed
+    and written again: the cache is disposable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            rolls = {s: [f[f"{s}/{k}"] for k in range(meta["counts"][s])] for s in ("train", "valid", "test")}
+        return Chorales(rolls, meta["low"], meta["names"])
+    except Exception:  # noqa: BLE001 (truncated, garbage, another format: rebuild)
+        print(f"note: the chorale cache {path} is damaged; parsing the chorales again", file=sys.stderr)
+        return None
+
+
+def _parse_chorales(corpus, frame: float) -> tuple[dict, dict[str, list[np.ndarray]]]:
+    """(meta, piano rolls by split) from music21's corpus."""
     pieces = []
     for file in sorted(corpus.getComposer("bach"), key=lambda p: p.name):
         if file.suffix != ".mxl":
@@ -93,11 +121,8 @@ def chorales(frame: float = 0.5) -> Chorales:
             roll[a:b, midi - low] = 1
         rolls[_split(k)].append(roll)
         names[_split(k)].append(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"low": low, "names": names, "counts": {s: len(r) for s, r in rolls.items()}, "frame": frame}
-    np.savez_compressed(path, meta=np.array(json.dumps(meta)),
-                        **{f"{s}/{k}": r for s, rs in rolls.items() for k, r in enumerate(rs)})
-    return Chorales(rolls, low, names)
+    return meta, rolls
 
 
 @dataclass(frozen=True)

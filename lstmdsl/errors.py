@@ -21,6 +21,8 @@ EXIT_SPEC = 65         # the spec (or schedule text) has errors
 EXIT_NOINPUT = 66      # a file that was named does not exist or cannot be read
 EXIT_UNAVAILABLE = 69  # a backend or device that is not available here
 EXIT_SOFTWARE = 70     # an internal error: a bug in lstmdsl
+EXIT_CANTCREAT = 73    # an output file or folder cannot be written
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM (training leaves a checkpoint to resume from)
 EXIT_CHECK_FAILED = 1  # a numerical check (gradient check, GPU vs reference) failed
 
 
@@ -113,6 +115,12 @@ class InputFileError(LstmdslError):
     """A file that was named cannot be found or read."""
 
     exit_code = EXIT_NOINPUT
+
+
+class OutputFileError(LstmdslError):
+    """A file or folder lstmdsl was asked to write cannot be written."""
+
+    exit_code = EXIT_CANTCREAT
 
 
 class BackendUnavailable(LstmdslError):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
 from .arrays import array_module, to_numpy
 from .errors import InputFileError, UsageError
+from .files import write_npz
 from .ir import Cell
 from .schedule import Schedule
 from .spec import Spec, parse
@@ -65,20 +67,40 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
     return params
 
 
+_META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
+
+
 def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
     """(metadata, parameters) of a file written by Layer.save, with clear errors for anything else."""
+    if not isinstance(path, (str, Path)) or str(path) == "":
+        raise UsageError(f"path must be a file name, got {path!r}")
+    path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".npz").is_file():  # saved by lstmdsl before 0.2
+        path = path.with_name(path.name + ".npz")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a file saved by Layer.save")
     try:
         with np.load(path, allow_pickle=False) as f:
-            files = dict(f.items())
+            files = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise InputFileError(f"no such file: {path}") from None
-    except Exception as err:  # not a zip, truncated, not numpy
-        raise InputFileError(f"{path} is not a readable .npz file ({type(err).__name__}: {err})") from None
+    except Exception:  # not a zip, truncated, a pickle, not numpy
+        raise InputFileError(f"{path} is not a file saved by lstmdsl's Layer.save (not a readable .npz archive; "
+                             "damaged, truncated or another format)") from None
     try:
         meta = json.loads(str(files.pop("__meta__")))
-        assert meta["format"] == "lstmdsl-layer-1"
-    except Exception:
-        raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)") from None
+        ok = isinstance(meta, dict) and meta.get("format") == "lstmdsl-layer-1"
+    except Exception:  # noqa: BLE001 (missing, or not JSON)
+        ok = False
+    if not ok:
+        raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)")
+    bad = [k for k, t in _META_KEYS.items() if not isinstance(meta.get(k), t)]
+    sizes = meta.get("sizes")
+    if not bad and (not sizes or not all(isinstance(b, dict) and isinstance(b.get("input"), int)
+                                         and isinstance(b.get("hidden"), int) for b in sizes)):
+        bad = ["sizes"]
+    if bad:
+        raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}
 
 
@@ -139,7 +161,14 @@ class Layer:
             got = set(state) if isinstance(state, dict) else set()
             raise UsageError(f"the state dict does not match this layer's parameters (missing: "
                              f"{sorted(set(params) - got)}, unexpected: {sorted(got - set(params))})")
-        values = {k: to_numpy(v) for k, v in state.items()}
+        values = {}
+        for k, v in state.items():
+            try:
+                values[k] = to_numpy(v)
+            except Exception:  # noqa: BLE001 (anything numpy cannot read as an array)
+                raise UsageError(f"{k} in the state dict is not an array ({type(v).__name__})") from None
+            if values[k].dtype.kind not in "fiub":
+                raise UsageError(f"{k} in the state dict has dtype {values[k].dtype}; parameters are numbers")
         for k, v in values.items():
             if v.shape != params[k].shape:
                 raise UsageError(f"{k} has shape {list(v.shape)} in the state dict, {list(params[k].shape)} here")
@@ -149,14 +178,14 @@ class Layer:
             params[k][...] = array_module(params[k]).asarray(v.astype(self.dtype))
 
     def save(self, path) -> None:
-        """Write the parameters and what is needed to rebuild the layer (spec text, sizes) to a .npz file."""
+        """Write the parameters and what is needed to rebuild the layer (spec text, sizes) to a .npz archive
+        at exactly `path` (no extension is added), atomically: a failed write leaves any old file whole."""
+        if not isinstance(path, (str, Path)) or str(path) == "":
+            raise UsageError(f"path must be a file name, got {path!r}")
         meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
                 "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype)}
-        try:
-            np.savez(path, __meta__=np.array(json.dumps(meta)),
-                     **{f"param:{k}": v for k, v in self.state_dict().items()})
-        except OSError as err:
-            raise InputFileError(f"cannot write {path}: {err.strerror or err}") from None
+        write_npz(path, {"__meta__": np.array(json.dumps(meta)),
+                         **{f"param:{k}": v for k, v in self.state_dict().items()}})
 
     def load(self, path) -> None:
         """Load parameters saved by save() into this layer (the same cell and sizes)."""

@@ -54,10 +54,37 @@ class Optimizer:
     def _update(self, name, p, g, xp) -> None:
         raise NotImplementedError
 
+    _SLOTS: tuple[str, ...] = ()  # the per-parameter state dicts (momentum buffers, moments)
+
+    def state_dict(self) -> dict:
+        """The optimizer's state as numpy arrays by "slot/parameter name", plus "steps": what a checkpoint
+        keeps to continue training exactly."""
+        from .arrays import to_numpy
+
+        out = {"steps": np.array(self.steps)}
+        for slot in self._SLOTS:
+            out |= {f"{slot}/{k}": to_numpy(v) for k, v in getattr(self, slot).items()}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned (arrays go to the parameters' array module)."""
+        self.steps = int(state["steps"])
+        for slot in self._SLOTS:
+            table = getattr(self, slot)
+            table.clear()
+            for key, v in state.items():
+                prefix, _, name = key.partition("/")
+                if prefix == slot:
+                    if name not in self.params:
+                        raise UsageError(f"the optimizer state names parameter {name!r}, which is not trained here")
+                    table[name] = array_module(self.params[name]).asarray(v)
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with optional momentum (heavy ball or Nesterov) and L2 weight decay,
     as torch.optim.SGD (dampening 0)."""
+
+    _SLOTS = ("buffers",)
 
     def __init__(self, params: dict, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
@@ -87,6 +114,7 @@ class Adam(Optimizer):
     to the gradient."""
 
     decoupled = False
+    _SLOTS = ("m", "v")
 
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):

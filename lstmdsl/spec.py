@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Diagnostic, InputFileError, Source
+from .errors import Diagnostic, InputFileError, Source, UsageError
 from .grad import StepGrad, differentiate
 from .ir import Cell, verify
 from .lower import lower
@@ -46,6 +46,12 @@ class Spec:
 
 def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
     """(text, filename) for a path, spec text, or the name of a shipped spec."""
+    if not isinstance(path_or_text, (str, Path)):
+        raise UsageError(f"a spec is a path, spec text or a shipped spec's name (a str), got "
+                         f"{type(path_or_text).__name__}")
+    if isinstance(path_or_text, str) and not path_or_text.strip() and "\n" not in path_or_text:
+        raise UsageError("the spec is empty: give a path, spec text or a shipped spec's name "
+                         f"({', '.join(shipped_specs())})")
     if isinstance(path_or_text, Path) or ("{" not in path_or_text and "\n" not in path_or_text):
         path = Path(path_or_text)
         shipped = shipped_specs()
@@ -55,6 +61,8 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except FileNotFoundError:
             raise InputFileError(f"no spec file '{path}' (shipped specs: {', '.join(shipped)})") from None
+        except IsADirectoryError:
+            raise InputFileError(f"'{path}' is a folder, not a spec file") from None
         except (OSError, UnicodeDecodeError) as err:
             raise InputFileError(f"cannot read spec file '{path}': {err}") from None
     return path_or_text, "<string>"

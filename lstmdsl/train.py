@@ -12,7 +12,9 @@ Tasks:
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from . import data, nn, optim
-from .api import compile
-from .errors import UsageError
+from .api import check_seed, compile
+from .arrays import to_numpy
+from .errors import EXIT_INTERRUPTED, InputFileError, LstmdslError, OutputFileError, UsageError
+from .files import output_dir, write_atomically, write_json, write_npz
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nesterov")
 
@@ -41,6 +45,7 @@ class TrainConfig:
     forget_bias: float | None = 1.0
     seed: int = 0
     max_train: int | None = None  # use only the first N training sequences (quick runs)
+    proj_size: int | None = None  # for specs using the size proj
 
 
 def _optimizer(name: str, params: dict, lr: float):
@@ -98,7 +103,8 @@ class Model:
     def __init__(self, cfg: TrainConfig, task: _Task):
         self.task = task
         self.layer = compile(cfg.spec, task.input_size, cfg.hidden_size, cfg.layers, backend=cfg.backend,
-                             seed=cfg.seed, forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None)
+                             proj_size=cfg.proj_size, seed=cfg.seed,
+                             forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None)
         self.head = nn.Dense(self.layer.output_size, task.output_size, backend=cfg.backend, seed=cfg.seed)
         self.xp = optim.array_module(self.head.parameters()["W"])
 
@@ -152,52 +158,175 @@ def evaluate(model: Model, split: str, batch: int) -> float:
     return total / count
 
 
-def run(cfg: TrainConfig, out: Path | None, log=sys.stderr) -> dict:
-    """Train, evaluate on the test split, save parameters, history and a loss-curve plot to `out`."""
+CHECKPOINT = "checkpoint.npz"
+
+
+class Interrupted(LstmdslError):
+    """Training stopped by Ctrl-C or SIGTERM; a checkpoint was written to resume from."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class _StopSignals:
+    """While training: Ctrl-C (SIGINT) and SIGTERM set a flag the loop checks after each step, so the run
+    stops between steps, with a checkpoint, instead of in the middle of one."""
+
+    def __init__(self):
+        self.stopped = None
+
+    def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.stopped = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _check_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "hidden_size", "layers", "batch"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"{name} must be a positive integer, got {v!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    check_seed(cfg.seed)
+
+
+def _save_checkpoint(out: Path, cfg: TrainConfig, model: Model, opt, rng, progress: dict) -> None:
+    """Everything needed to go on exactly where training stopped, in one file written atomically."""
+    progress = dict(progress)
+    order = progress.pop("order", None)
+    state = {"config": asdict(cfg), "rng": rng.bit_generator.state, **progress}
+    arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
+    arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
+    if order is not None:  # the batch order of the epoch in progress
+        arrays["order"] = np.asarray(order)
+    write_npz(out / CHECKPOINT, {"state": np.array(json.dumps(state)), **arrays})
+
+
+def _load_checkpoint(out: Path, cfg: TrainConfig, model: Model, opt, rng) -> dict:
+    path = out / CHECKPOINT
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = {k: f[k] for k in f.files}
+        state = json.loads(str(files.pop("state")))
+    except FileNotFoundError:
+        raise InputFileError(f"--resume: there is no checkpoint in {out} (no {CHECKPOINT})") from None
+    except Exception:  # noqa: BLE001 (damaged)
+        raise InputFileError(f"--resume: {path} is damaged; start again without --resume") from None
+    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+    ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
+    if saved != ours:
+        diff = sorted(k for k in ours if saved.get(k) != ours[k])
+        raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "
+                         "give the same options, or another --out")
+    for k, v in model.parameters().items():
+        v[...] = model.xp.asarray(files[f"param/{k}"])
+    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})
+    rng.bit_generator.state = state["rng"]
+    state["order"] = files.get("order")
+    return state
+
+
+def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train, evaluate on the test split, save parameters, history and a loss-curve plot to `out`.
+
+    With `out`, a checkpoint (out/checkpoint.npz) is written after every epoch and when Ctrl-C or SIGTERM
+    stops the run (which then raises Interrupted); resume=True continues from it, to the same parameters
+    an uninterrupted run reaches. The parameters are saved before the test evaluation, so a failure late
+    in the run loses no training. stop_after (for tests): stop as a signal would after that many steps.
+    """
+    _check_config(cfg)
+    if out is not None:
+        out = output_dir(out, "--out")
     task = _Task(cfg.task, cfg.max_train)
     model = Model(cfg, task)
     opt = _optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     rng = np.random.default_rng(cfg.seed)
-    history = []
+    progress = {"epoch": 1, "batch": 0, "history": [], "order": None, "total": 0.0, "count": 0.0, "losses": [],
+                "seconds": 0.0}
+    if resume:
+        if out is None:
+            raise UsageError("resume needs the folder of the run (out)")
+        progress = _load_checkpoint(out, cfg, model, opt, rng)
+        if log is not None:
+            print(f"resuming at epoch {progress['epoch']}, batch {progress['batch']}", file=log)
+    history = progress["history"]
     n = task.count("train")
     batches = (n + cfg.batch - 1) // cfg.batch
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        order = rng.permutation(n)
-        total, count, losses = 0.0, 0.0, []
-        for k in range(batches):
-            x, target, mask = task.batch("train", order[k * cfg.batch:(k + 1) * cfg.batch])
-            model.layer.zero_grad()
-            model.head.zero_grad()
-            loss, (num, den) = model.loss(x, target, mask, train=True)
-            losses.append(loss)
-            if cfg.clip:
-                optim.clip_grad_norm(model.grads(), cfg.clip)
-            opt.step(model.grads())
-            total, count = total + num, count + den
-            if log is not None and log.isatty():
-                done = int(30 * (k + 1) / batches)
-                print(f"\repoch {epoch}/{cfg.epochs} [{'#' * done}{'.' * (30 - done)}] {total / count:.4f}",
-                      end="", file=log, flush=True)
-        _sync(model)
-        seconds = time.perf_counter() - t0
-        valid = evaluate(model, "valid", cfg.batch)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "train": total / count, "valid": valid,
-                        "seconds": seconds})
-        if log is not None:
-            label = "NLL/frame" if cfg.task == "chorales" else "accuracy"
-            print(f"\repoch {epoch}/{cfg.epochs}: train {total / count:.4f}, valid {label} {valid:.4f}, "
-                  f"{seconds:.1f} s" + " " * 10, file=log, flush=True)
+    steps = 0
+    with _StopSignals() as stop:
+        for epoch in range(progress["epoch"], cfg.epochs + 1):
+            t0 = time.perf_counter()
+            order = progress["order"] if progress["order"] is not None else rng.permutation(n)
+            start = progress["batch"]
+            total, count, losses = progress["total"], progress["count"], list(progress["losses"])
+            for k in range(start, batches):
+                x, target, mask = task.batch("train", order[k * cfg.batch:(k + 1) * cfg.batch])
+                model.layer.zero_grad()
+                model.head.zero_grad()
+                loss, (num, den) = model.loss(x, target, mask, train=True)
+                losses.append(loss)
+                if cfg.clip:
+                    optim.clip_grad_norm(model.grads(), cfg.clip)
+                opt.step(model.grads())
+                total, count = total + num, count + den
+                steps += 1
+                if log is not None and log.isatty():
+                    done = int(30 * (k + 1) / batches)
+                    print(f"\repoch {epoch}/{cfg.epochs} [{'#' * done}{'.' * (30 - done)}] {total / count:.4f}",
+                          end="", file=log, flush=True)
+                if stop_after is not None and steps >= stop_after:
+                    stop.stopped = "stop_after"
+                if stop.stopped and k + 1 < batches:
+                    seconds = progress["seconds"] + time.perf_counter() - t0
+                    _interrupt(out, cfg, model, opt, rng, stop.stopped, epoch, k + 1, history,
+                               dict(order=order, total=total, count=count, losses=losses, seconds=seconds))
+            _sync(model)
+            seconds = progress["seconds"] + time.perf_counter() - t0
+            progress = {"epoch": epoch + 1, "batch": 0, "history": history, "order": None, "total": 0.0,
+                        "count": 0.0, "losses": [], "seconds": 0.0}
+            valid = evaluate(model, "valid", cfg.batch)
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "train": total / count, "valid": valid,
+                            "seconds": seconds})
+            if log is not None:
+                label = "NLL/frame" if cfg.task == "chorales" else "accuracy"
+                print(f"\repoch {epoch}/{cfg.epochs}: train {total / count:.4f}, valid {label} {valid:.4f}, "
+                      f"{seconds:.1f} s" + " " * 10, file=log, flush=True)
+            if out is not None:
+                _save_checkpoint(out, cfg, model, opt, rng, dict(progress))
+            if stop.stopped and epoch < cfg.epochs:
+                _interrupt(out, cfg, model, opt, rng, stop.stopped, epoch + 1, 0, history, None)
+    if out is not None:  # the trained parameters first: a failure below loses no training
+        _save_parameters(model, out)
     test = evaluate(model, "test", cfg.batch)
     result = {"config": asdict(cfg), "history": history, "test": test,
               "metric": "NLL per frame (nats)" if cfg.task == "chorales" else "accuracy",
-              "seconds_per_epoch": float(np.median([h["seconds"] for h in history]))}
+              "seconds_per_epoch": float(np.median([h["seconds"] for h in history])) if history else 0.0}
     if out is not None:
-        _save(model, result, out, log)
+        write_json(out / "history.json", result)
+        _plot(result, out, log)
     return result
+
+
+def _interrupt(out, cfg, model, opt, rng, why: str, epoch: int, batch: int, history, partial) -> None:
+    """Write the checkpoint of a stopped run and raise Interrupted."""
+    where = f"epoch {epoch}, batch {batch}"
+    if out is None:
+        raise Interrupted(f"training stopped ({why}) at {where}; with --out it would have left a checkpoint")
+    progress = {"epoch": epoch, "batch": batch, "history": history, "order": None, "total": 0.0, "count": 0.0,
+                "losses": [], "seconds": 0.0} | (partial or {})
+    progress["losses"] = [float(v) for v in progress["losses"]]
+    _save_checkpoint(out, cfg, model, opt, rng, progress)
+    raise Interrupted(f"training stopped ({why}) at {where}; the checkpoint is {out / CHECKPOINT}: run the same "
+                      "command with --resume to go on")
 
 
 def _sync(model: Model) -> None:
@@ -205,12 +334,13 @@ def _sync(model: Model) -> None:
         model.xp.cuda.Device().synchronize()
 
 
-def _save(model: Model, result: dict, out: Path, log) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _save_parameters(model: Model, out: Path) -> None:
     model.layer.save(out / "layer.npz")
-    np.savez(out / "head.npz", **{k: np.asarray(v.get() if hasattr(v, "get") else v)
-                                 for k, v in model.head.parameters().items()})
-    (out / "history.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_npz(out / "head.npz", {k: to_numpy(v) for k, v in model.head.parameters().items()})
+
+
+def _plot(result: dict, out: Path, log) -> None:
+    """The loss-curve plot; a plot that cannot be made is a note, never a lost run."""
     try:
         import matplotlib
 
@@ -232,5 +362,10 @@ def _save(model: Model, result: dict, out: Path, log) -> None:
     ax.set_title(f"{cfg['spec']} on {cfg['task']} ({cfg['backend']}, H={cfg['hidden_size']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
+    try:
+        write_atomically(out / "loss.png", lambda f: fig.savefig(f, dpi=100, format="png"))
+    except OutputFileError as err:
+        if log is not None:
+            print(f"note: no loss-curve plot: {err}", file=log)
+    finally:
+        plt.close(fig)

@@ -138,12 +138,12 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
     (["check", "missing.cell"], 66, "no spec file 'missing.cell'"),
     pytest.param(["run", "vanilla", "--backend", "cuda"], 69, "CUDA", id="cuda-without-gpu",
                  marks=pytest.mark.skipif(has_gpu(), reason="a machine without a GPU")),
-    (["run", "vanilla", "--steps", "0"], 64, "--steps must be a positive integer"),
-    (["run", "vanilla", "--hidden-size", "-3"], 64, "hidden_size must be a positive integer"),
+    (["run", "vanilla", "--steps", "0"], 64, "argument --steps/-T: expected a positive integer, got 0"),
+    (["run", "vanilla", "--hidden-size", "-3"], 64, "argument --hidden-size/-H: expected a positive integer, got -3"),
     (["run", "vanilla", "--schedule", "hoist everything"], 65, "unknown schedule directive 'hoist everything'"),
-    (["run", "lstmp"], 64, "give proj_size (--proj-size on the command line)"),
+    (["check", "lstmp", "-I", "4", "-H", "6", "-P", "0"], 64, "expected a positive integer, got 0"),
     (["frobnicate"], 64, "invalid choice"),
-    (["run", "vanilla", "--batch", "two"], 64, "invalid int value"),
+    (["run", "vanilla", "--batch", "two"], 64, "expected a positive integer, got 'two'"),
 ])
 def test_exit_codes(args, code, message):
     r = run_cli(*args)

@@ -121,6 +121,7 @@ def test_kernels_are_found_by_name():
     assert len([n for n in names if "_bwd" in n]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("schedule,dtype", [(s, "float32") for s in SCHEDULES.values()] + [(Schedule(), "float64")],
                          ids=list(SCHEDULES) + ["float64"])

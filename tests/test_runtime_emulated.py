@@ -4,6 +4,8 @@ float64 reference. This is where layout bugs that the shipped specs on the GPU n
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_emulated_runtime_matches_the_reference():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "run_cases.py")], capture_output=True,

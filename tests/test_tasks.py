@@ -21,6 +21,7 @@ def test_digits_split_and_shapes():
     assert set(np.unique(d.y["test"])) == set(range(10))
 
 
+@pytest.mark.slow
 def test_chorales_piano_rolls():
     pytest.importorskip("music21")
     c = data.chorales()
@@ -53,5 +54,7 @@ def test_train_cli_chorales_json(tmp_path, capsys):
 
 
 def test_train_rejects_bad_options(capsys):
-    assert main(["train", "vanilla", "--task", "digits", "--lr", "-1", "--backend", "numpy"]) == 64
-    assert "--lr must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["train", "vanilla", "--task", "digits", "--lr", "-1", "--backend", "numpy"])
+    assert info.value.code == 64
+    assert "argument --lr: expected a number > 0, got -1" in capsys.readouterr().err

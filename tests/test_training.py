@@ -126,7 +126,7 @@ def test_save_and_load_npz(tmp_path):
         other.load(path)
 
 
-@pytest.mark.parametrize("content,message", [(b"not a zip", "is not a readable .npz file"),
+@pytest.mark.parametrize("content,message", [(b"not a zip", "not a readable .npz archive"),
                                              (None, "no such file")])
 def test_load_bad_files(tmp_path, content, message):
     path = tmp_path / "bad.npz"

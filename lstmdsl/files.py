@@ -1,0 +1,81 @@
+"""Writing files so that no reader ever trusts half of one: every file lstmdsl writes (saved layers,
+training outputs and checkpoints, cache entries, benchmark results) goes to a temporary file in the same
+folder first and is renamed over the target when complete, so a crash, a full disk or a kill leaves the
+old file or none, never a truncated one. And checking, before long work starts, that an output folder can
+be written at all."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import OutputFileError
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Call write(file) on a temporary file beside path, then rename it to path. Raises OutputFileError
+    saying what could not be written and why; the target is then unchanged."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputFileError(f"cannot write {path}: {_reason(err)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputFileError(f"cannot write {path}: {_reason(err)}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path | str, data: bytes) -> None:
+    write_atomically(path, lambda f: f.write(data))
+
+
+def write_text(path: Path | str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path | str, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_npz(path: Path | str, arrays: dict, compressed: bool = False) -> None:
+    """A .npz archive at exactly `path` (numpy would add '.npz' to a name without it)."""
+    save = np.savez_compressed if compressed else np.savez
+    write_atomically(path, lambda f: save(f, **arrays))
+
+
+def output_dir(path: Path | str, what: str = "the output folder") -> Path:
+    """Make sure a folder exists and files can be created in it, before any long work; OutputFileError
+    (naming `what`) otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFileError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".lstmdsl-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputFileError(f"cannot write into {what} {path}: {_reason(err)}") from None
+    return path

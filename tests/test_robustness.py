@@ -1,0 +1,344 @@
+"""Never lose a run, never show a raw exception: output paths checked before work, atomic files, training
+that checkpoints and resumes exactly, disposable caches, and only lstmdsl's documented errors for bad
+input (hypothesis throws arbitrary values at the API and the command line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lstmdsl
+from lstmdsl import InputFileError, LstmdslError, UsageError
+from lstmdsl.cli import main
+from lstmdsl.errors import OutputFileError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, env=None, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "lstmdsl", *args], capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+# ------------------------------------------------------------------------- check before you work
+
+@pytest.mark.parametrize("out", ["/proc/lstmdsl-x", "FILE"])
+def test_train_refuses_an_unwritable_out_before_training(tmp_path, out):
+    if out == "FILE":
+        out = tmp_path / "a-file"
+        out.write_text("not a folder")
+    t0 = time.perf_counter()
+    r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "--epochs", "50", "--out", str(out))
+    assert r.returncode == 73 and "--out" in r.stderr, r.stderr
+    assert time.perf_counter() - t0 < 20  # refused at once, not after 50 epochs
+
+
+def test_save_writes_the_path_given_and_load_reads_it(tmp_path):
+    layer = lstmdsl.compile("gru", 3, 4)
+    layer.save(tmp_path / "noext")
+    assert (tmp_path / "noext").is_file() and not (tmp_path / "noext.npz").exists()
+    np.testing.assert_array_equal(lstmdsl.load(tmp_path / "noext").parameters()["l0.W_r"],
+                                  layer.parameters()["l0.W_r"])
+    with pytest.raises(OutputFileError, match="cannot write"):
+        layer.save(tmp_path / "noext" / "below-a-file")
+
+
+def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    layer = lstmdsl.compile("vanilla", 3, 4, seed=1)
+    path = tmp_path / "layer.npz"
+    layer.save(path)
+    before = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"half of an archive")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OutputFileError, match="No space left on device"):
+        lstmdsl.compile("vanilla", 3, 4, seed=2).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.npz"]  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- training never loses work
+
+def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    from lstmdsl.train import Interrupted, TrainConfig, run
+
+    cfg = TrainConfig("cifg", "digits", epochs=3, hidden_size=12, lr=0.02, batch=16, max_train=160, seed=5,
+                      optimizer="adam")
+    whole = run(cfg, tmp_path / "whole", log=None)
+    with pytest.raises(Interrupted, match="epoch 2, batch 3.*--resume"):
+        run(cfg, tmp_path / "cut", log=None, stop_after=13)  # 10 batches per epoch: stops inside epoch 2
+    resumed = run(cfg, tmp_path / "cut", log=None, resume=True)
+    a, b = (np.load(tmp_path / d / "layer.npz") for d in ("whole", "cut"))
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert resumed["history"] == [dict(h, seconds=r["seconds"]) for h, r in zip(whole["history"],
+                                                                                 resumed["history"])]
+    with pytest.raises(UsageError, match="differs in lr"):
+        run(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), tmp_path / "cut", log=None, resume=True)
+
+
+def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
+    args = ["train", "vanilla", "--task", "digits", "--backend", "numpy", "--epochs", "6", "-H", "24",
+            "--max-train", "600", "--batch", "8", "--seed", "2"]
+    whole = cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "lstmdsl", *args, "--out", str(tmp_path / "cut")],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "cut" / "checkpoint.npz"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err, err
+    resumed = cli(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (np.load(tmp_path / d / "layer.npz") for d in ("whole", "cut"))
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_parameters_are_saved_before_a_late_failure(tmp_path, monkeypatch):
+    from lstmdsl import train
+
+    def broken(*a, **k):
+        raise RuntimeError("the test split is unreadable")
+    calls = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda m, split, b: broken() if split == "test" else
+                        calls.append(split) or real(m, split, b))
+    with pytest.raises(RuntimeError):
+        train.run(train.TrainConfig("vanilla", "digits", epochs=1, hidden_size=8, max_train=64), tmp_path, log=None)
+    assert (tmp_path / "layer.npz").is_file() and (tmp_path / "checkpoint.npz").is_file()
+
+
+# ------------------------------------------------------------------------------- disposable caches
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "directory", "unwritable"])
+def test_damaged_caches_are_rebuilt_or_skipped(tmp_path, damage):
+    cache = tmp_path / "cache"
+    env = {"LSTMDSL_CACHE": str(cache)}
+    code = ("import lstmdsl; from lstmdsl.program import build_program; from lstmdsl.schedule import Schedule; "
+            "s = lstmdsl.parse('peephole'); print(len(build_program(s.cell, Schedule()).source))")
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT), **env), timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+
+    good = run()
+    entries = [p for p in cache.rglob("*") if p.is_file()]
+    assert any("grammar" in p.name for p in entries) and any(p.parent.name == "cuda" for p in entries)
+    for p in entries:
+        if damage == "truncate":
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        elif damage == "garbage":
+            p.write_bytes(os.urandom(64))
+        elif damage == "directory":
+            p.unlink()
+            p.mkdir()
+    if damage == "unwritable":  # a file where the cache folder should be
+        env["LSTMDSL_CACHE"] = str(tmp_path / "blocker")
+        (tmp_path / "blocker").write_text("a file")
+    assert run() == good
+    if damage in ("truncate", "garbage"):
+        assert run() == good  # and again, from what was written back
+
+
+def test_two_processes_writing_one_cache_entry(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LSTMDSL_CACHE=str(tmp_path))
+    code = ("import lstmdsl; from lstmdsl.program import build_program; from lstmdsl.schedule import Schedule; "
+            "print(len(build_program(lstmdsl.parse('fgr').cell, Schedule()).source))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs) and len(set(outs)) == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_damaged_chorale_cache_is_rebuilt_and_an_unwritable_one_skipped(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("music21")
+    from lstmdsl import data
+
+    fake = ({"low": 40, "names": {"train": ["a"], "valid": ["b"], "test": ["c"]},
+             "counts": {"train": 1, "valid": 1, "test": 1}, "frame": 0.5},
+            {s: [np.ones((3, 5), np.uint8)] for s in ("train", "valid", "test")})
+    monkeypatch.setattr(data, "_parse_chorales", lambda corpus, frame: fake)
+    monkeypatch.setenv("LSTMDSL_CACHE", str(tmp_path))
+    first = data.chorales()
+    (path,) = tmp_path.glob("chorales-*.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    assert data.chorales().pitches == first.pitches == 5
+    assert "damaged" in capsys.readouterr().err
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    monkeypatch.setenv("LSTMDSL_CACHE", str(blocker))
+    assert data.chorales().pitches == 5
+    assert "not cached" in capsys.readouterr().err
+
+
+def test_the_tests_never_write_into_the_users_cache():
+    assert "lstmdsl-test-cache-" in os.environ["LSTMDSL_CACHE"]
+
+
+# ------------------------------------------------------------------------ clear errors for bad input
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (dict(seed="abc"), "seed must be a non-negative integer, got 'abc'"),
+    (dict(seed=1.5), "seed must be a non-negative integer, got 1.5"),
+])
+def test_api_seeds(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        lstmdsl.compile("vanilla", 4, 6, **kwargs)
+
+
+def test_api_takes_numpy_types():
+    layer = lstmdsl.compile("vanilla", np.int64(4), np.int32(6), forget_bias=np.float32(1), dtype=np.float32,
+                            seed=np.uint8(3))
+    assert layer.dtype == np.float32 and float(layer.parameters()["l0.b_f"][0]) == 1.0
+    assert lstmdsl.compile("vanilla", 4, 6, dtype=np.dtype("float64")).dtype == np.float64
+
+
+@pytest.mark.parametrize("spec,error,message", [
+    (None, UsageError, "got NoneType"),
+    ("", UsageError, "the spec is empty"),
+    (".", InputFileError, "is a folder, not a spec file"),
+])
+def test_api_bad_specs(spec, error, message):
+    with pytest.raises(error, match=message):
+        lstmdsl.compile(spec, 4, 6)
+
+
+def test_bad_state_dicts_and_saved_files(tmp_path):
+    layer = lstmdsl.compile("vanilla", 3, 4)
+    bad = {k: np.array(["a"] * v.size).reshape(v.shape) for k, v in layer.state_dict().items()}
+    with pytest.raises(UsageError, match="has dtype <U1; parameters are numbers"):
+        layer.load_state_dict(bad)
+    layer.save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as f:
+        files = {k: f[k] for k in f.files}
+    meta = json.loads(str(files["__meta__"]))
+    del meta["sizes"]
+    np.savez(tmp_path / "nosizes.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
+    with pytest.raises(InputFileError, match="metadata lacks or garbles sizes"):
+        lstmdsl.load(tmp_path / "nosizes.npz")
+    (tmp_path / "random.npz").write_bytes(os.urandom(300))
+    with pytest.raises(InputFileError) as info:
+        lstmdsl.load(tmp_path / "random.npz")
+    assert "allow_pickle" not in str(info.value) and "not a file saved by lstmdsl" in str(info.value)
+
+
+@pytest.mark.parametrize("args,code,first", [
+    (["run", "vanilla", "--seed", "-1"], 64, "a seed is a non-negative integer, got -1"),
+    (["train", "vanilla", "--task", "digits", "--seed", "-1"], 64, "a seed is a non-negative integer, got -1"),
+    (["check", "nope.cell", "--json"], 66, None),
+    (["check", "cell c {\n input x\n}", "--json"], 65, None),
+    (["run", "vanilla", "--steps", "x", "--json"], 64, None),
+])
+def test_cli_errors(args, code, first):
+    r = cli(*args)
+    assert r.returncode == code, r.stderr
+    if first:
+        assert first in r.stderr
+    if "--json" in args:
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == code and out["error"]
+        if code == 65:
+            assert out["diagnostics"][0]["line"] == 1 and out["diagnostics"][0]["column"] == 6
+
+
+def test_proj_size_on_every_command_that_builds_a_layer(tmp_path):
+    r = cli("run", "lstmp", "--backend", "numpy", "-T", "3", "-B", "2")
+    assert r.returncode == 0 and "PASS" in r.stdout
+    r = cli("train", "lstmp", "--task", "digits", "--backend", "numpy", "-H", "8", "-P", "3", "--epochs", "1",
+            "--max-train", "32", "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr
+    assert lstmdsl.load(tmp_path / "t" / "layer.npz").sizes[0]["proj"] == 3
+
+
+def test_help_texts_state_the_defaults():
+    for command in ("run", "train", "check", "compile", "bench"):
+        r = cli(command, "--help")
+        assert r.returncode == 0
+        assert "(default:" in r.stdout, command
+
+
+# hypothesis: arbitrary values for every argument; only lstmdsl's documented errors may come out
+
+ANY = st.one_of(st.none(), st.booleans(), st.integers(-5, 40), st.floats(allow_nan=True), st.text(max_size=8),
+                st.lists(st.integers(0, 3), max_size=3), st.just(np.float32(2)), st.just(np.zeros(3)),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+SPECS = st.one_of(ANY, st.sampled_from(["vanilla", "gru", "lstmp", "cell c {}", "nope.cell"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=SPECS, input_size=ANY, hidden_size=ANY, num_layers=ANY, proj_size=ANY, backend=ANY, dtype=ANY,
+       schedule=ANY, seed=ANY, forget_bias=ANY)
+def test_compile_raises_only_lstmdsl_errors(spec, input_size, hidden_size, num_layers, proj_size, backend, dtype,
+                                           schedule, seed, forget_bias):
+    try:
+        lstmdsl.compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, backend=backend,
+                        dtype=dtype, schedule=schedule, seed=seed, forget_bias=forget_bias)
+    except LstmdslError:
+        pass
+
+
+ARRAYS = st.one_of(ANY, st.builds(lambda s, d: np.zeros(s, d), st.lists(st.integers(0, 4), max_size=4).map(tuple),
+                                  st.sampled_from([np.float32, np.float64, np.int32, np.bool_])))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(x=ARRAYS, state=st.one_of(ANY, st.dictionaries(st.sampled_from(["h", "c", "z"]), ARRAYS, max_size=3)),
+       dy=ARRAYS, train=st.booleans(), saved=st.dictionaries(st.text(max_size=6), ARRAYS, max_size=3))
+def test_forward_backward_and_loading_raise_only_lstmdsl_errors(tmp_path_factory, x, state, dy, train, saved):
+    layer = lstmdsl.compile("vanilla", 3, 4)
+    for call in (lambda: layer.forward(x, state, train=train), lambda: layer.backward(dy, state),
+                 lambda: layer.load_state_dict(saved), lambda: layer.load_state_dict(x)):
+        try:
+            call()
+        except LstmdslError:
+            pass
+    path = tmp_path_factory.mktemp("f") / "saved.npz"
+    try:
+        np.savez(path, **{k or "x": v for k, v in saved.items()}) if isinstance(saved, dict) else None
+        lstmdsl.load(path)
+    except LstmdslError:
+        pass
+    except (TypeError, ValueError):  # numpy itself refusing to write the fuzzed arrays
+        pass
+
+
+CLI_VALUES = st.one_of(st.text(alphabet="-0123456789.abcxe", max_size=6), st.sampled_from(["0", "-1", "1e9", "nan",
+                                                                                           "inf", "2", "x"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(command=st.sampled_from(["run", "check", "compile"]),
+       options=st.lists(st.tuples(st.sampled_from(["-I", "-H", "-P", "-B", "-T", "-L", "--seed", "--dtype",
+                                                   "--schedule", "--emit", "--backend"]), CLI_VALUES), max_size=4))
+def test_cli_options_give_documented_exit_codes(command, options):
+    args = [command, "gru"] + [a for pair in options for a in pair]
+    if command == "run":
+        args += ["--backend", "numpy"]  # the numpy reference: fast, and the same checks of the options
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's errors exit 64 themselves
+        code = e.code
+    assert code in (0, 1, 64, 65, 66, 69, 73), (args, code)
