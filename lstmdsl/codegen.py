@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from .ir import ROW
 from .ops import OPS
 from .plan import Copy, Kernel, Launch, Phase, Plan, Slot
 from .resources import resource_dir
@@ -44,9 +45,10 @@ class KernelArg:
 class KernelDesc:
     name: str
     args: tuple[KernelArg, ...]
-    consts: tuple[str, ...]
+    consts: tuple[str, ...]  # statements every thread runs first: constants, and per-row scalars
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (size parameter, statements), one per size
     launch: Launch
+    reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
 
     @property
     def warp(self) -> bool:
@@ -66,17 +68,55 @@ def _literal(value: float) -> str:
     return f"real({value:.1f})" if value == int(value) and abs(value) <= 2**24 else f"real({float(value).hex()})"
 
 
+def _reduction(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
+    """One block per row: each thread folds its share of every argument's features, the block combines
+    them, thread 0 stores the result (a per-row scalar)."""
+    nodes = phase.nodes
+    (i,) = op.nodes
+    n = nodes[i]
+    reads = dict(op.reads)
+    args = [KernelArg("const int", "B", ArgBind("batch"))]
+    args += [KernelArg("const int", f"n_{s}", ArgBind("size", s)) for s in op.launch.sizes]
+    loads = []
+    for k, a in enumerate(n.args):
+        x = nodes[a]
+        if x.op == "param":
+            args.append(KernelArg(f"const {CTYPES[plan.dtype]}* __restrict__", f"p{k}", ArgBind("vector", x.attr)))
+            loads.append((f"real(p{k}[j])", f"n_{x.size}"))
+        else:
+            slot = reads[a]
+            args.append(KernelArg(f"const {CTYPES[plan.storage.buffer(slot.buffer).dtype]}* __restrict__", f"in{k}",
+                                  ArgBind("ptr", slot=slot)))
+            args.append(KernelArg("const int", f"ld_in{k}", ArgBind("ld", slot=slot)))
+            loads.append((f"real(in{k}[(size_t)b * ld_in{k} + j])", f"n_{x.size}"))
+    stores = []
+    for k, slot in enumerate(s for node, s in op.writes if node == i):
+        ctype = CTYPES[plan.storage.buffer(slot.buffer).dtype]
+        args.append(KernelArg(f"{ctype}* __restrict__", f"out{k}", ArgBind("ptr", slot=slot)))
+        args.append(KernelArg("const int", f"ld_out{k}", ArgBind("ld", slot=slot)))
+        stores.append(f"out{k}[(size_t)b * ld_out{k}] {'+=' if slot.accumulate else '='} {ctype}(acc);")
+    divisor = " + ".join(f"n_{nodes[a].size}" for a in n.args) if n.op == "mean" else ""
+    kind = "max" if n.op == "rowmax" else "sum"
+    return KernelDesc(op.name, tuple(args), (), (), op.launch, (kind, tuple(loads), divisor, tuple(stores)))
+
+
 def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
+    if op.launch.kind == "rows":
+        return _reduction(plan, phase, op)
     nodes = phase.nodes
     st = plan.storage
     inside = set(op.nodes)
     warp = op.launch.per_block != op.launch.threads
     store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
-    sizes = op.launch.sizes
+    sizes = tuple(s for s in op.launch.sizes if s != ROW)
     operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
+    divisors = {s for i in op.nodes if nodes[i].op == "expand" for s in nodes[i].attr}
     args = [KernelArg("const int", "B", ArgBind("batch"))]
-    args += [KernelArg("const int", f"n_{s}", ArgBind("size", s)) for s in sorted(set(sizes) | operand_sizes)]
+    args += [KernelArg("const int", f"n_{s}", ArgBind("size", s))
+             for s in sorted(set(sizes) | operand_sizes | divisors)]
     consts, lines = [], {s: [] for s in sizes}
+    lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
+    store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if nodes[i].op != "matvec" for a in nodes[i].args if a not in inside}
     operands = {nodes[i].args[0] for i in op.nodes if nodes[i].op == "matvec"} - inside
@@ -93,7 +133,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
             args.append(KernelArg(f"const {ctype}* __restrict__", f"in{a}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
             if a in elementwise:
-                lines[n.size].append(f"const real v{a} = real(in{a}[b * ld_in{a} + j]);")
+                index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + j"
+                lines[n.size].append(f"const real v{a} = real(in{a}[{index}]);")
     for i in op.nodes:
         n = nodes[i]
         if n.op == "const":
@@ -114,6 +155,9 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
                               f"for (int k = lane; k < {cols}; k += 32) "
                               f"v{i} += real(w{i}[(size_t)j * {cols} + k]) * real(in{a}[b * ld_in{a} + k]);",
                               f"v{i} = warp_sum(v{i});"]
+        elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
+            divisor = " + ".join(f"n_{s}" for s in n.attr)
+            lines[n.size].append(f"const real v{i} = v{n.args[0]}" + (f" / real({divisor});" if divisor else ";"))
         else:
             expr = OPS[n.op].cuda.format(*(f"v{a}" for a in n.args))
             lines[n.size].append(f"const real v{i} = {expr};")
@@ -121,8 +165,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
             ctype = CTYPES[st.buffer(slot.buffer).dtype]
             args.append(KernelArg(f"{ctype}* __restrict__", f"out{i}_{k}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_out{i}_{k}", ArgBind("ld", slot=slot)))
-            lines[n.size].append(f"{store}out{i}_{k}[b * ld_out{i}_{k} + j] "
-                                 f"{'+=' if slot.accumulate else '='} {ctype}(v{i});")
+            index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (f"b * ld_out{i}_{k} + j", store)
+            lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     return KernelDesc(op.name, tuple(args), tuple(consts), groups, op.launch)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .ir import Cell, GraphBuilder, Node, prune
+from .ir import ROW, Cell, GraphBuilder, Node, prune
 from .ops import OPS
 
 
@@ -85,6 +85,8 @@ def differentiate(cell: Cell) -> StepGrad:
             contributions = OPS[n.op].derivative(b, tuple(value(a) for a in n.args), value(i), g)
             for a, c in zip(n.args, contributions):
                 if c is not None and fwd[a].op != "const":
+                    if fwd[a].size == ROW and b.nodes[c].size not in (ROW, None):
+                        c = b.op("sum", c)  # a per-row scalar broadcast over a vector: its gradient sums back
                     incoming[a].append(c)
 
     d_states = [d_state.get(s.name) for s in cell.states]

@@ -2,14 +2,17 @@
 
 Everything here is a frozen dataclass of tuples, so equal IR hashes equal and can name a cache entry.
 Nodes live in one tuple in topological order; a node's id is its index and its arguments are ids of
-earlier nodes. Sizes are symbolic: "input", "hidden" or "proj" (bound to numbers by the API); None is a
-scalar constant, which broadcasts.
+earlier nodes. Sizes are symbolic: "input", "hidden" or "proj" (bound to numbers by the API); "one" is a
+per-row scalar (what a reduction gives: one value per batch row), None a scalar constant; both broadcast.
 
 Node ops:
   leaves   input (attr: name), state (attr: name, the value at the start of the step),
            param (attr: vector parameter name), const (attr: float value)
   matvec   attr: matrix name, args (operand,) -> W @ operand
-  any entry of ops.OPS (sigmoid, add, ...) with its arity
+  any entry of ops.OPS (sigmoid, add, ...) with its arity; a reduction (sum, mean, rowmax) takes any number of
+           vectors and has size "one"
+  expand   (backward graphs) args (g,) of size "one" -> g broadcast to the node's size, divided by the total
+           of the sizes in attr (for a mean's gradient; attr () divides by nothing)
 The backward graph (grad.py) uses the same Node type with three more ops: fwd (attr: id of a forward
 node whose value it reads), grad_in (attr: "output" or a state name: an incoming gradient) and
 matvec_t (attr: a tuple of matrix names, args: one gradient each -> sum_k g_k @ W_k).
@@ -24,6 +27,7 @@ import numpy as np
 from .ops import OPS
 
 SIZES = ("input", "hidden", "proj")
+ROW = "one"  # the size of a per-row scalar (a reduction's result): one value per row, broadcast over a vector
 LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in")
 
 
@@ -82,6 +86,15 @@ class IRError(AssertionError):
     """An IR invariant does not hold: a bug in a pass or in lowering, never a user error."""
 
 
+def result_size(sizes) -> str | None:
+    """The size of an elementwise result: the vectors' one size; per-row scalars and constants broadcast."""
+    sizes = set(sizes) - {None}
+    vectors = sizes - {ROW}
+    if len(vectors) > 1:
+        raise IRError(f"an elementwise operation on sizes {sorted(vectors)}")
+    return vectors.pop() if vectors else (ROW if sizes else None)
+
+
 class GraphBuilder:
     """Builds a node tuple with hash-consing (equal nodes are shared) and constant folding."""
 
@@ -90,7 +103,8 @@ class GraphBuilder:
         self._ids: dict[Node, int] = {}
 
     def add(self, node: Node) -> int:
-        if node.op in OPS and node.args and all(self.nodes[a].op == "const" for a in node.args):
+        if (node.op in OPS and not OPS[node.op].reduction and node.args
+                and all(self.nodes[a].op == "const" for a in node.args)):
             with np.errstate(all="ignore"):  # a non-finite result is the caller's to report
                 value = OPS[node.op].numpy(*(np.float64(self.nodes[a].attr) for a in node.args))
             node = Node("const", (), float(value), None)
@@ -106,10 +120,13 @@ class GraphBuilder:
         return self.leaf("const", float(value), None)
 
     def op(self, name: str, *args: int) -> int:
-        sizes = {self.nodes[a].size for a in args} - {None}
-        if len(sizes) > 1:
-            raise IRError(f"{name} of sizes {sorted(sizes)}")
-        return self.add(Node(name, tuple(args), None, sizes.pop() if sizes else None))
+        if OPS[name].reduction:
+            return self.add(Node(name, tuple(args), None, ROW))
+        return self.add(Node(name, tuple(args), None, result_size(self.nodes[a].size for a in args)))
+
+    def expand(self, g: int, size: str, divisor: tuple[str, ...] = ()) -> int:
+        """A per-row scalar broadcast over a vector of `size` (divided by the sum of the `divisor` sizes)."""
+        return self.add(Node("expand", (g,), tuple(divisor), size))
 
     def mul(self, a: int, b: int) -> int:
         return self.op("mul", a, b)
@@ -169,9 +186,12 @@ def verify(cell: Cell) -> None:
             p = params.get(n.attr)
             ok = (len(n.args) == 1 and p is not None and p.kind == "matrix"
                   and p.shape == (n.size, arg_sizes[0]))
+        elif n.op in OPS and OPS[n.op].reduction:
+            ok = len(n.args) >= 1 and None not in arg_sizes and n.size == ROW
         elif n.op in OPS:
-            known = set(arg_sizes) - {None}
-            ok = (len(n.args) == OPS[n.op].arity and len(known) == 1 and n.size in known)
+            vectors = set(arg_sizes) - {None, ROW}
+            ok = (len(n.args) == OPS[n.op].arity and len(vectors) <= 1 and n.size != None  # noqa: E711
+                  and n.size == (vectors.pop() if vectors else ROW if ROW in arg_sizes else "?"))
         else:
             ok = False
         if not ok:

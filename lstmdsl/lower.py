@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
 from .ir import SIZES, Cell, GraphBuilder, Param, StateVar, prune
-from .ops import BINARY_SYMBOLS, FUNCTIONS
-from .sizes import Sizes as _Sizes
+from .ops import BINARY_SYMBOLS, FUNCTIONS, OPS, REDUCTIONS
+from .sizes import infer_sizes as _sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +55,32 @@ def _did_you_mean(name: str, candidates) -> str | None:
 def _walk(expr):
     yield expr
     for child in (getattr(expr, "arg", None), getattr(expr, "operand", None),
-                  getattr(expr, "left", None), getattr(expr, "right", None)):
+                  getattr(expr, "left", None), getattr(expr, "right", None), *getattr(expr, "args", ())):
         if child is not None:
             yield from _walk(child)
 
 
-_SCALAR = "<scalar>"
+# conveniences: written as functions, built from the reductions (lower.py expands them)
+CONVENIENCES = {"var": "the variance of the features of a row (of all the vectors given)",
+                "layernorm": "layernorm(v[, eps]) = (v - mean(v)) / sqrt(var(v) + eps), eps 1e-5 by default",
+                "rmsnorm": "rmsnorm(v[, eps]) = v / sqrt(mean(v * v) + eps), eps 1e-5 by default"}
+CALLABLE = FUNCTIONS + REDUCTIONS + tuple(CONVENIENCES)
+
+
+def _arity_problem(e) -> str | None:
+    """What is wrong with the number of arguments of a call, or None."""
+    n = len(e.args)
+    if e.func in FUNCTIONS:
+        want = OPS[e.func].arity
+        if n != want:
+            hint = "; the largest feature of a row is rowmax(v)" if e.func in ("max", "min") and n == 1 else ""
+            return f"{e.func} takes {want} argument{'s' if want > 1 else ''}, got {n}{hint}"
+    elif e.func in ("layernorm", "rmsnorm"):
+        if n not in (1, 2) or (n == 2 and not isinstance(e.args[1], ast.Number)):
+            return f"{e.func} takes a vector and optionally a number (eps): {e.func}(v) or {e.func}(v, 1e-3)"
+    return None
+
+
 
 
 @dataclass
@@ -83,7 +103,8 @@ class _Context:
     live: set = field(default_factory=set)
     used: set = field(default_factory=set)
     order: list = field(default_factory=list)
-    S: "_Sizes | None" = None
+    S: object = None  # sizes.Sizes, the union-find of the sizes phase
+    rows: set = field(default_factory=set)
     ids: dict = field(default_factory=dict)
     b: GraphBuilder | None = None
     cell: Cell | None = None
@@ -158,7 +179,7 @@ def _assignments(c: _Context) -> None:
             c.P.error(f"'{a.target}' is {kind} and cannot be assigned", a.target_span,
                     f"the state's new value is written {a.target}'" if a.target in c.states else None)
             continue
-        if a.target in FUNCTIONS:
+        if a.target in CALLABLE:
             c.P.error(f"'{a.target}' is a function name and cannot be assigned", a.target_span)
             continue
         c.defs[a.target] = a
@@ -178,9 +199,12 @@ def _names(c: _Context) -> None:
     for a in c.assigns:
         mentions = c.uses.get(a.target, set())
         for e in _walk(a.expr):
-            if isinstance(e, ast.Call) and e.func not in FUNCTIONS:
+            if isinstance(e, ast.Call) and e.func not in CALLABLE:
                 c.P.error(f"unknown function '{e.func}'", e.func_span,
-                        _did_you_mean(e.func, FUNCTIONS) or f"functions are {', '.join(FUNCTIONS)}")
+                          _did_you_mean(e.func, CALLABLE) or f"functions are {', '.join(FUNCTIONS)}; reductions over "
+                          f"the features of a row are {', '.join(REDUCTIONS)} and {', '.join(CONVENIENCES)}")
+            elif isinstance(e, ast.Call) and _arity_problem(e):
+                c.P.error(_arity_problem(e), e.func_span)
             elif isinstance(e, ast.MatVec):
                 if e.matrix.lower() in FUNCTIONS:
                     c.P.error(f"'{e.matrix}' is read as a weight matrix (its name starts with a capital letter)",
@@ -199,7 +223,7 @@ def _names(c: _Context) -> None:
                         c.P.error(f"unknown name '{name}': '{name[:-1]}' is not a state", e.span,
                                 "only states have an updated value (name')")
                         continue
-                elif name in FUNCTIONS:
+                elif name in CALLABLE:
                     c.P.error(f"'{name}' is a function; call it as {name}(...)", e.span)
                     continue
                 elif name not in c.values and name not in c.vectors:
@@ -265,76 +289,6 @@ def _cycles(c: _Context) -> None:
     c.P.raise_if_any()
 
 
-def _sizes(c: _Context) -> None:
-    """Every operator's sides agree, matrices have one shape, every size is inferable."""
-    c.S = _Sizes(c.P)
-    if c.input_name:
-        c.S.var("v:" + c.input_name, "input")
-    for name, item in c.states.items():
-        c.S.var("v:" + name, item.size or "hidden")
-        c.S.var("v:" + name + "'", item.size or "hidden")
-    for name in c.defs:
-        c.S.var("v:" + name)
-    for name in c.vectors:
-        c.S.var("p:" + name)
-    for name in c.matrices:
-        c.S.var("r:" + name)
-        c.S.var("c:" + name)
-
-    def ref_var(name: str) -> str:
-        return ("v:" if name in c.values or name.endswith("'") else "p:") + name
-
-    def infer(e) -> str:
-        if isinstance(e, ast.Number):
-            return _SCALAR
-        if isinstance(e, ast.Ref):
-            return ref_var(e.name)
-        if isinstance(e, (ast.Call, ast.Neg)):
-            return infer(e.arg)
-        if isinstance(e, ast.MatVec):
-            operand = infer(e.operand)
-            if operand == _SCALAR:
-                c.P.error(f"the operand of matrix '{e.matrix}' is a constant", e.operand.span,
-                        "a matrix multiplies a vector: the input, a state or a computed value")
-            else:
-                c.S.unify("c:" + e.matrix, operand, e.span, f"the operand of '{e.matrix}'",
-                        (f"columns of {e.matrix} (from an earlier use)", "an operand"))
-            return "r:" + e.matrix
-        left, right = infer(e.left), infer(e.right)
-        if left == _SCALAR:
-            return right
-        if right == _SCALAR:
-            return left
-        c.S.unify(left, right, e.span, f"'{e.op}'", ("a left side", "a right side"))
-        return left
-
-    for a in c.assigns:
-        rhs = infer(a.expr)
-        if rhs == _SCALAR:
-            c.P.error(f"'{a.target}' is a constant; every value in a cell is a vector", a.expr.span,
-                    "multiply by a vector, e.g. a learned parameter, to give it a size")
-        else:
-            c.S.unify("v:" + a.target, rhs, a.span, f"the equation for '{a.target}'",
-                    (f"'{a.target}'", "a right-hand side"))
-    c.P.raise_if_any()
-
-    unresolved = []
-    for name in c.live:
-        if c.S.value("v:" + name) is None:
-            unresolved.append((c.defs[name].target_span, f"the value '{name}'"))
-    for name, span in c.vectors.items():
-        if name in c.used and c.S.value("p:" + name) is None:
-            unresolved.append((span, f"the parameter vector '{name}'"))
-    for name, span in c.matrices.items():
-        if name in c.used and c.S.value("r:" + name) is None:
-            unresolved.append((span, f"the rows of matrix '{name}'"))
-    if unresolved:
-        span, what = min(unresolved, key=lambda u: (u[0].line, u[0].col))
-        c.P.error(f"cannot infer the size of {what}", span,
-                "combine it with a value of known size (the input, a state or its update)")
-    c.P.raise_if_any()
-
-
 def _unused(c: _Context) -> None:
     """Warnings for what is declared but unused."""
     if c.input_name and c.input_name not in c.used:
@@ -345,6 +299,19 @@ def _unused(c: _Context) -> None:
     for name, a in c.defs.items():
         if name not in c.used and not name.endswith("'"):
             c.P.warn(f"'{name}' is computed but never used", a.target_span)
+
+
+def _convenience(b: GraphBuilder, name: str, args: list[int]) -> int:
+    """var, layernorm and rmsnorm out of the reductions."""
+    if name == "var":  # mean((v - mean(v))^2) over all the vectors given
+        mu = b.op("mean", *args)
+        return b.op("mean", *(b.op("square", b.sub(v, mu)) for v in args))
+    v = args[0]
+    eps = b.const(b.nodes[args[1]].attr if len(args) > 1 else 1e-5)
+    if name == "layernorm":
+        d = b.sub(v, b.op("mean", v))
+        return b.div(d, b.op("sqrt", b.op("add", b.op("mean", b.op("square", d)), eps)))
+    return b.div(v, b.op("sqrt", b.op("add", b.op("mean", b.op("square", v)), eps)))
 
 
 def _build(c: _Context) -> None:
@@ -374,7 +341,9 @@ def _build(c: _Context) -> None:
                 c.ids[e.name] = c.b.leaf("param", e.name, c.S.value("p:" + e.name))
             return c.ids[e.name]
         if isinstance(e, ast.Call):
-            return c.b.op(e.func, build(e.arg))
+            if e.func in CONVENIENCES:
+                return _convenience(c.b, e.func, [build(x) for x in e.args])
+            return c.b.op(e.func, *(build(x) for x in e.args))
         if isinstance(e, ast.Neg):
             return c.b.op("neg", build(e.arg))
         if isinstance(e, ast.MatVec):

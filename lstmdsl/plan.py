@@ -33,6 +33,7 @@ from typing import Union
 
 from .grad import StepGrad
 from .ir import LEAF_OPS, Cell, Node
+from .ops import OPS
 from .schedule import Schedule
 
 ELEMENT_TYPES = {"f32": 4, "f64": 8}  # element type -> bytes; bf16 and f16 will join here
@@ -162,13 +163,15 @@ class GemmCall:
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """One thread per (row b, element j), or one warp per element when the kernel computes matrix-vector
-    products itself: grid (ceil(max size / per_block), B), `threads` threads per block."""
+    """kind "elements": one thread per (row b, element j), or one warp per element when the kernel computes
+    matrix-vector products itself: grid (ceil(max size / per_block), B), `threads` threads per block.
+    kind "rows" (a reduction): one block of `threads` threads per row b, grid (B, 1)."""
 
     threads: int
     per_block: int
     sizes: tuple[str, ...]
     rows: str = "B"
+    kind: str = "elements"
 
 
 # --------------------------------------------------------------------------------------------- ops
@@ -185,7 +188,10 @@ class Gemm:
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
-    nodes: tuple[int, ...]  # the pointwise nodes it computes, in order (matvec nodes: fused products)
+    """Pointwise nodes computed in order (matvec nodes: fused products), or one reduction over the
+    features of each row (a stage of its own: see reduces)."""
+
+    nodes: tuple[int, ...]
     name: str = ""
     launch: Launch | None = None
     reads: tuple[tuple[int, Slot], ...] = ()  # values it loads (node, the slot it reads)
@@ -223,6 +229,12 @@ class Copy:
 
 
 Op = Union[Gemm, Kernel, WeightGrad, VectorGrad, Copy]
+
+
+def reduces(phase: "Phase", op) -> bool:
+    """A kernel that reduces the features of rows: it runs alone, one block per row."""
+    return isinstance(op, Kernel) and any(phase.nodes[i].op in OPS and OPS[phase.nodes[i].op].reduction
+                                          for i in op.nodes)
 
 
 @dataclass(frozen=True, slots=True)

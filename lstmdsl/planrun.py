@@ -28,6 +28,7 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
     """One layer forward. Returns (ys [T, B, out], final state, saved {forward node: [T, B, n]})."""
     cell, phase = plan.cell, plan.forward
     nodes = phase.nodes
+    sizes = dict(sizes, one=1)  # per-row scalars are one wide
     T, B = xs.shape[:2]
     dtype = xs.dtype
     size = lambda i: sizes[nodes[i].size]  # noqa: E731
@@ -72,6 +73,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
     gradients into param_grads."""
     cell, grad, phase = plan.cell, plan.grad, plan.backward
     nodes = phase.nodes
+    sizes = dict(sizes, one=1)
     T, B = dys.shape[:2]
     dtype = dys.dtype
     size = lambda i: sizes[nodes[i].size]  # noqa: E731

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grad import StepGrad
-from .ir import Cell
+from .ir import ROW, Cell
 from .ops import OPS
 
 
 def eval_node(n, args: list, params: dict, batch: int, dtype, sizes: dict[str, int]):
-    """The value of a non-leaf node (or a param/const leaf) from its arguments' values: [batch, size]."""
+    """The value of a non-leaf node (or a param/const leaf) from its arguments' values: [batch, size]
+    ([batch, 1] for a per-row scalar)."""
+    sizes = sizes if ROW in sizes else dict(sizes, **{ROW: 1})
     if n.op == "const":
         return dtype.type(n.attr)
     if n.op == "param":
@@ -26,6 +28,9 @@ def eval_node(n, args: list, params: dict, batch: int, dtype, sizes: dict[str, i
         return args[0] @ params[n.attr].T
     if n.op == "matvec_t":  # sum_k g_k @ W_k
         return sum(g @ params[m] for g, m in zip(args, n.attr))
+    if n.op == "expand":  # a per-row scalar over a vector (divided by a width for a mean's gradient)
+        divisor = sum(sizes[s] for s in n.attr) or 1
+        return np.broadcast_to(args[0] / dtype.type(divisor), (batch, sizes[n.size]))
     v = OPS[n.op].numpy(*args)
     if n.size is not None and v.shape != (batch, sizes[n.size]):
         v = np.broadcast_to(v, (batch, sizes[n.size]))

@@ -38,7 +38,7 @@ class Ref:
 @dataclass(frozen=True, slots=True)
 class Call:
     func: str
-    arg: "Expr"
+    args: tuple["Expr", ...]
     span: Span
     func_span: Span
 
@@ -182,8 +182,8 @@ class _ToAST(Transformer):
         return Ref(str(children[0]), _span(meta))
 
     def call(self, meta, children):
-        name, arg = children
-        return Call(str(name), arg, _span(meta), Span.of(name))
+        name, *args = children
+        return Call(str(name), tuple(args), _span(meta), Span.of(name))
 
     def matvec(self, meta, children):
         name, operand = children
@@ -383,6 +383,7 @@ def _depth(node) -> int:
             children = n.children
         else:
             children = [getattr(n, k) for k in ("arg", "operand", "left", "right", "expr") if hasattr(n, k)]
+            children += list(getattr(n, "args", ()))
         stack.extend((c, d + 1) for c in children if not isinstance(c, (Token, str, float)))
     return deepest
 

@@ -12,7 +12,7 @@ import lstmdsl
 import lstmdsl.resources
 from lstmdsl.grad import differentiate
 from lstmdsl.ir import GraphBuilder, IRError, Node, prune, verify
-from lstmdsl.ops import FUNCTIONS, OPS
+from lstmdsl.ops import _no_derivative, FUNCTIONS, OPS
 
 from conftest import SPECS
 
@@ -66,18 +66,18 @@ def test_prune_keeps_order_and_remaps():
     assert remap == {0: 0, 2: 1}
 
 
-UNARY_DOMAIN = {"log": (0.2, 3.0)}
+UNARY_DOMAIN = {"log": (0.2, 3.0), "sqrt": (0.2, 3.0)}
+HELPERS = {name for name, o in OPS.items() if o.derivative is _no_derivative}  # piecewise constant
 
 
-@pytest.mark.parametrize("op", [name for name, o in OPS.items() if o.arity == 1 and o.name not in
-                                ("step", "hard_sigmoid_grad")])
+@pytest.mark.parametrize("op", [name for name, o in OPS.items() if o.arity == 1 and name not in HELPERS])
 def test_unary_derivatives_match_central_differences(op):
     lo, hi = UNARY_DOMAIN.get(op, (-4.0, 4.0))
-    a = np.linspace(lo, hi, 37) + 0.013  # avoid the kinks of relu and hard_sigmoid
+    a = np.linspace(lo, hi, 37) + 0.013  # avoid the kinks of relu, abs and hard_sigmoid
     check_derivative(op, [a])
 
 
-@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("op", [name for name, o in OPS.items() if o.arity == 2 and name not in HELPERS])
 def test_binary_derivatives_match_central_differences(op):
     rng = np.random.default_rng(0)
     check_derivative(op, [rng.uniform(0.5, 2.0, 29), rng.uniform(0.5, 2.0, 29) * rng.choice([-1, 1], 29)])
@@ -114,7 +114,9 @@ def check_derivative(op: str, args: list[np.ndarray]):
 
 
 def test_every_user_function_is_differentiated():
-    assert set(FUNCTIONS) == {"sigmoid", "tanh", "relu", "identity", "exp", "log", "hard_sigmoid"}
+    assert set(FUNCTIONS) == {"sigmoid", "tanh", "relu", "identity", "exp", "log", "hard_sigmoid", "abs", "sqrt",
+                              "softplus", "logsigmoid", "softsign", "gelu", "silu", "max", "min"}
+    assert all(OPS[f].derivative is not _no_derivative for f in FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", SPECS)

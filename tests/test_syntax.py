@@ -27,7 +27,7 @@ def test_ast_shape_and_spans():
     assert assign.target_span == Span(4, 3, 4, 4)
     call = assign.expr
     assert isinstance(call, Call) and call.func == "tanh" and call.func_span == Span(4, 8, 4, 11)
-    add = call.arg
+    (add,) = call.args
     assert isinstance(add, BinOp) and add.op == "+"
     assert isinstance(add.left, MatVec) and add.left.matrix == "W" and add.left.span == Span(4, 13, 4, 15)
     mul = add.right

@@ -34,7 +34,9 @@ from lstmdsl import api, syntax  # noqa: E402
 from lstmdsl.errors import Span, SpecError  # noqa: E402
 from lstmdsl.ir import verify  # noqa: E402
 from lstmdsl.lower import lower  # noqa: E402
-from lstmdsl.ops import FUNCTIONS  # noqa: E402
+from lstmdsl.ops import FUNCTIONS, OPS  # noqa: E402
+
+UNARY_FUNCS = [f for f in FUNCTIONS if OPS[f].arity == 1]
 from lstmdsl.resources import shipped_specs  # noqa: E402
 from lstmdsl.schedule import PRECISIONS, Schedule  # noqa: E402
 from lstmdsl.syntax import (Assign, BinOp, Call, CellAST, Directive, InputDecl, MatVec,  # noqa: E402
@@ -96,7 +98,7 @@ def child_levels(e):
     if isinstance(e, MatVec):
         return [(e.operand, APPLY)]
     if isinstance(e, Call):
-        return [(e.arg, SUM)]
+        return [(a, SUM) for a in e.args]
     return []
 
 
@@ -110,7 +112,7 @@ def print_expr(e, need: int = SUM) -> str:
     elif isinstance(e, Ref):
         text = e.name
     elif isinstance(e, Call):
-        text = f"{e.func}({print_expr(e.arg, SUM)})"
+        text = f"{e.func}({', '.join(print_expr(a, SUM) for a in e.args)})"
     elif isinstance(e, MatVec):
         text = f"{e.matrix} {print_expr(e.operand, APPLY)}"
     elif isinstance(e, Neg):
@@ -163,7 +165,7 @@ word_texts = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,7}\Z") | st.sampled
 exprs = st.recursive(
     st.one_of(numbers, st.builds(Ref, primed_names, st.none())),
     lambda sub: st.one_of(
-        st.builds(Call, func_names, sub, st.none(), st.none()),
+        st.builds(Call, func_names, st.lists(sub, min_size=1, max_size=3).map(tuple), st.none(), st.none()),
         st.builds(MatVec, matrix_names, sub, st.none(), st.none()),
         st.builds(Neg, sub, st.none()),
         st.builds(BinOp, st.sampled_from("+-*/"), sub, sub, st.none()),
@@ -232,7 +234,8 @@ def render_bare(draw, e, depth: int) -> str:
         return e.name
     if isinstance(e, Call):
         d = depth + 1
-        return e.func + ws(draw) + "(" + gap(draw, d) + render_expr(draw, e.arg, SUM, d) + gap(draw, d) + ")"
+        inner = ("," + gap(draw, d)).join(render_expr(draw, a, SUM, d) for a in e.args)
+        return e.func + ws(draw) + "(" + gap(draw, d) + inner + gap(draw, d) + ")"
     if isinstance(e, MatVec):
         operand = render_expr(draw, e.operand, APPLY, depth)
         space = gap(draw, depth)
@@ -407,7 +410,7 @@ def valid_specs(draw):
         if choice == 0:
             return Ref(draw(st.sampled_from(anchors)), None)
         if choice == 1:
-            return Call(draw(st.sampled_from(FUNCTIONS)), hid(anchors, depth - 1), None, None)
+            return Call(draw(st.sampled_from(UNARY_FUNCS)), (hid(anchors, depth - 1),), None, None)
         if choice == 2:
             return Neg(hid(anchors, depth - 1), None)
         a, b = hid(anchors, depth - 1), anything(anchors, depth - 1)
@@ -430,7 +433,7 @@ def valid_specs(draw):
                 return MatVec(draw(st.sampled_from(rec_mats)), hid(anchors, depth - 1), None, None)
             return hid(anchors, depth)
         if choice == 5:
-            return Call(draw(st.sampled_from(FUNCTIONS)), anything(anchors, depth - 1), None, None)
+            return Call(draw(st.sampled_from(UNARY_FUNCS)), (anything(anchors, depth - 1),), None, None)
         if choice == 6:
             return Neg(anything(anchors, depth - 1), None)
         return BinOp(draw(st.sampled_from("+-*/")), anything(anchors, depth - 1), anything(anchors, depth - 1),

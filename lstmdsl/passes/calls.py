@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
+from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
 from .storage import _needed_outside, backward_roots, forward_roots
 
 THREADS = 128  # per block
@@ -88,8 +88,12 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
             reads = {a for i in op.nodes for a in nodes[i].args if a not in inside}
             reads = sorted(a for a in reads if nodes[a].op not in ("param", "const"))
             writes = [(i, s) for i in op.nodes if i in needed for s in slots[i]]
-            sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None}))
-            launch = Launch(THREADS, THREADS // 32 if matvecs else THREADS, sizes)
+            if reduces(phase, op):  # one block per row, over the features of every argument
+                sizes = tuple(sorted({nodes[a].size for i in op.nodes for a in nodes[i].args}))
+                launch = Launch(THREADS, 0, sizes, kind="rows")
+            else:
+                sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, "one"})) or ("one",)
+                launch = Launch(THREADS, THREADS // 32 if matvecs else THREADS, sizes)
             name = f"{plan.cell.name}_{tag}{count}"
             count += 1
             return dataclasses.replace(op, name=name, launch=launch, reads=tuple((a, slots[a][0]) for a in reads),

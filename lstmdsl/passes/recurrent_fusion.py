@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Gemm, Kernel, Plan
+from ..plan import Gemm, Kernel, Plan, reduces
 
 
 def _reads(op, nodes) -> set[int]:
@@ -32,7 +32,8 @@ def fuse_recurrent(plan: Plan) -> Plan:
         op = body[k]
         nxt = body[k + 1] if k + 1 < len(body) else None
         later = set().union(*(_reads(other, nodes) for other in body[k + 2:]))
-        if (isinstance(op, Gemm) and isinstance(nxt, Kernel) and nodes[op.inputs[0]].op in ("state", "input")
+        if (isinstance(op, Gemm) and isinstance(nxt, Kernel) and not reduces(fwd, nxt)
+                and nodes[op.inputs[0]].op in ("state", "input")
                 and not set(op.outputs) & (wanted | later)):
             out.append(Kernel(op.outputs + nxt.nodes))
             k += 2

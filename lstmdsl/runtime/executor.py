@@ -124,9 +124,11 @@ class _Issue:
                 args.append(("ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)))
             else:
                 args.append(("int", ws.width[b.slot.buffer]))
-        n = max(ws.env[s] for s in op.launch.sizes)
-        device.launch(self.engine.functions[op.name], (math.ceil(n / op.launch.per_block), ws.B), op.launch.threads,
-                      args, self.stream)
+        if op.launch.kind == "rows":  # one block per row
+            grid = (ws.B, 1)
+        else:
+            grid = (math.ceil(max(ws.env[s] for s in op.launch.sizes) / op.launch.per_block), ws.B)
+        device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
 
     def op(self, phase: str, place: str, op, t: int) -> None:
         with self.engine.part(_kind(phase, place, op)):

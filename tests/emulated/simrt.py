@@ -88,7 +88,27 @@ def launch(function, grid, threads, args, stream):
     desc, op, nodes = KERNELS[name]
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
     B = int(val["B"])
-    size = lambda s: int(val[f"n_{s}"])  # noqa: E731
+    size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
+    sizes = {a.name[2:]: int(v) for a, (_, v) in zip(desc.args, args) if a.name.startswith("n_")} | {"one": 1}
+    dtype = np.dtype(np.float32 if item == 4 else np.float64)
+    if desc.reduce is not None:  # one reduction node: its arguments are in{k} / p{k} in order
+        (i,) = op.nodes
+        n = nodes[i]
+        parts = []
+        for k, a in enumerate(n.args):
+            width = size(nodes[a].size)
+            if f"p{k}" in val:
+                parts.append(np.broadcast_to(region(val[f"p{k}"], 1, width, 1, item)[0][0], (B, width)))
+            else:
+                parts.append(region(val[f"in{k}"], B, width, val[f"ld_in{k}"], item)[0].copy())
+        result = reference.eval_node(n, parts, {}, B, dtype, sizes)
+        for k, line in enumerate(desc.reduce[3]):
+            out = region(val[f"out{k}"], B, 1, val[f"ld_out{k}"], item)[0]
+            if "+=" in line:
+                out += result
+            else:
+                out[...] = result
+        return
     values, reads, writes = {}, [], []
     for a in desc.args:
         if a.name.startswith("in"):
@@ -113,8 +133,7 @@ def launch(function, grid, threads, args, stream):
             W = region(val[f"w{i}"], size(n.size), size(nodes[x].size), size(nodes[x].size), item)[0]
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         else:
-            dtype = np.dtype(np.float32 if item == 4 else np.float64)
-            v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, {n.size: size(n.size)})
+            v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
             values[i] = np.broadcast_to(v, (B, size(n.size)))
     text = "\n".join(line for _, lines in desc.groups for line in lines)
     for a in desc.args:
@@ -122,7 +141,7 @@ def launch(function, grid, threads, args, stream):
             i = int(a.name[3:].split("_")[0])
             arr, rg = region(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], item)
             writes.append((i, val[a.name], val["ld_" + a.name]))
-            if f"{a.name}[b * ld_{a.name} + j] +=" in text:
+            if f"{a.name}[b * ld_{a.name} + j] +=" in text or f"{a.name}[b * ld_{a.name}] +=" in text:
                 arr += values[i]
             else:
                 arr[...] = values[i]
