@@ -147,6 +147,11 @@ class EagerCell:
                     line = f"g{a}[{k}]"
             elif n.op == "add":
                 line = " + ".join(f"v{x}" for x in sums[i])
+            elif OPS[n.op].reduction:  # over the features of the arguments side by side (vectors: [H] -> [B, H])
+                parts = ", ".join(f"v{a}.expand(x_t.shape[0], -1)" if nodes[a].op == "param" else f"v{a}"
+                                  for a in n.args)
+                fn = {"sum": "sum", "mean": "mean", "rowmax": "amax"}[n.op]
+                line = f"torch.cat([{parts}], -1).{fn}(-1, keepdim=True)"
             else:
                 line = OPS[n.op].torch.format(*(f"v{a}" for a in n.args))
             lines.append(f"    v{i} = {line}")

@@ -55,13 +55,22 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     return sizes
 
 
+def is_gain(name: str) -> bool:
+    """Gains (vectors named g or g_*, as a normalisation's scale) start at 1, not at random."""
+    return name == "g" or name.startswith("g_")
+
+
 def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype,
                 forget_bias: float | None = None) -> dict[str, np.ndarray]:
-    """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises; with
-    forget_bias, the vector b_f (the forget gate's bias, by the specs' naming) is set to that value."""
+    """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises, except
+    the gains (vectors g, g_*: ones); with forget_bias, the vector b_f (the forget gate's bias, by the
+    specs' naming) is set to that value."""
     bound = 1.0 / math.sqrt(sizes["hidden"])
     params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
               for p in cell.params}
+    for p in cell.params:
+        if p.kind == "vector" and is_gain(p.name):
+            params[p.name][...] = 1
     if forget_bias is not None:
         params["b_f"][...] = forget_bias
     return params

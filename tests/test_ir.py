@@ -126,7 +126,7 @@ def test_backward_graph_is_well_formed(name):
     assert len(g.d_states) == len(s.cell.states)
     for i, n in enumerate(g.nodes):
         assert all(0 <= a < i for a in n.args)
-        assert n.op in OPS or n.op in ("fwd", "grad_in", "const", "param", "matvec_t")
+        assert n.op in OPS or n.op in ("fwd", "grad_in", "const", "param", "matvec_t", "expand")
     # every parameter gets a gradient
     got = {name for name, _ in g.d_vectors} | {name for name, _, _ in g.d_matrices}
     assert got == {p.name for p in s.cell.params}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..layer import layer_sizes
+from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule, parse_schedule
 from ..spec import Spec, parse
 from .ops import Runner
@@ -81,6 +81,8 @@ class RNN(nn.Module):
                         else:
                             bound = 1.0 / math.sqrt(hidden_size)
                             t.uniform_(-bound, bound)
+                            if slot.kind == "vector" and is_gain(slot.name):
+                                t.fill_(1.0)
                             if forget_bias is not None and slot.name == "b_f":
                                 t.fill_(forget_bias)
                     if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
