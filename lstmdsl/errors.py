@@ -78,8 +78,10 @@ class Diagnostic:
             if text:
                 last = self.span.end_col if self.span.end_line == self.span.line else len(text)
                 width = max(1, min(last, len(text)) - self.span.col + 1)
+                # the caret under the column: tabs before it stay tabs, so it lines up however wide they are
+                lead = "".join("\t" if ch == "\t" else " " for ch in text[:self.span.col - 1])
                 out.append("    " + text)
-                out.append("    " + " " * (self.span.col - 1) + "^" * width)
+                out.append("    " + lead + "^" * width)
         if self.hint:
             out.append(f"hint: {self.hint}")
         return "\n".join(out)

@@ -53,18 +53,26 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
         raise UsageError("the spec is empty: give a path, spec text or a shipped spec's name "
                          f"({', '.join(shipped_specs())})")
     if isinstance(path_or_text, Path) or ("{" not in path_or_text and "\n" not in path_or_text):
+        if "\0" in str(path_or_text):
+            raise InputFileError(f"{str(path_or_text)!r} is not a file name (it holds a NUL character)")
         path = Path(path_or_text)
         shipped = shipped_specs()
         if not path.exists() and str(path_or_text) in shipped:
             path = shipped[str(path_or_text)]
         try:
-            return path.read_text(encoding="utf-8"), str(path)
+            data = path.read_bytes()
+            return data.decode("utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+            raise InputFileError(f"{path}:{line}:{col}: not UTF-8 text: byte 0x{data[err.start]:02x} cannot start "
+                                 "or continue a character (save the file as UTF-8)") from None
         except FileNotFoundError:
             raise InputFileError(f"no spec file '{path}' (shipped specs: {', '.join(shipped)})") from None
         except IsADirectoryError:
             raise InputFileError(f"'{path}' is a folder, not a spec file") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputFileError(f"cannot read spec file '{path}': {err}") from None
+        except OSError as err:
+            raise InputFileError(f"cannot read spec file '{path}': {err.strerror or err}") from None
     return path_or_text, "<string>"
 
 

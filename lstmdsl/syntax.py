@@ -9,6 +9,7 @@ reach the user.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass
 from typing import Union
@@ -302,6 +303,21 @@ def _expected_list(names) -> str:
     return ", ".join(sorted(words))
 
 
+_KEYWORDS = ("input", "state", "output", "cell", "schedule")
+
+
+def _misspelled_keyword(source: Source, tok) -> tuple[str, str] | None:
+    """(word, keyword) when the token the parser stumbled after is a statement's first word and looks like a
+    misspelled keyword (inpt x, stat h, ouput h')."""
+    if tok is None or tok.type not in ("NAME", "WORD") or str(tok.value) in _KEYWORDS:
+        return None
+    line = source.line(tok.line)
+    if line[:tok.column - 1].strip() not in ("", "{"):
+        return None  # not the first word of a statement
+    close = difflib.get_close_matches(str(tok.value), _KEYWORDS, n=1, cutoff=0.6)
+    return (str(tok.value), close[0]) if close else None
+
+
 def _unclosed_paren(source: Source, line: int, col: int) -> Span | None:
     """The last '(' before (line, col) that no ')' in the whole text closes; comments are skipped."""
     stack: list[Span] = []
@@ -350,6 +366,12 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
             if previous is not None and applies(previous.type, kind):
                 message, hint = friendly, friendly_hint or hint
                 break
+        keyword = _misspelled_keyword(source, previous)
+        if keyword is not None:
+            word, meant = keyword
+            message = f"unknown keyword '{word}'"
+            hint = f"did you mean '{meant}'?"
+            span = Span(previous.line, previous.column, previous.line, previous.column + len(word) - 1)
     open_paren = _unclosed_paren(source, span.line, span.col)
     if open_paren is not None:
         hint = f"the '(' at line {open_paren.line}, column {open_paren.col} is not closed"
@@ -357,7 +379,9 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
 
 
 def parse_cell(text: str, filename: str = "<string>") -> CellAST:
-    """Parse spec text into a CellAST. Raises SpecError on a syntax error."""
+    """Parse spec text into a CellAST. Raises SpecError on a syntax error. A UTF-8 byte-order mark at the
+    start is skipped."""
+    text = text.removeprefix("\ufeff")
     source = Source(text, filename)
     try:
         tree = _parser().parse(text, start="start")

@@ -31,7 +31,7 @@ def test_parse_missing_file():
 def test_parse_unreadable_file(tmp_path):
     bad = tmp_path / "bad.cell"
     bad.write_bytes(b"\xff\xfe cell")
-    with pytest.raises(InputFileError, match="cannot read spec file"):
+    with pytest.raises(InputFileError, match=r"bad.cell:1:1: not UTF-8 text: byte 0xff"):
         lstmdsl.parse(bad)
 
 

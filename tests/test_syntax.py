@@ -144,3 +144,36 @@ def test_error_render_has_line_and_caret():
     assert lines[1] == "        y = a b"
     assert lines[2] == "              ^"
     assert lines[3].startswith("hint: ")
+
+
+@pytest.mark.parametrize("text,line,col,message,hint", [
+    ("cell c {\n  inpt x\n}", 2, 3, "unknown keyword 'inpt'", "did you mean 'input'?"),
+    ("cell c {\n  input x\n  stat h\n}", 3, 3, "unknown keyword 'stat'", "did you mean 'state'?"),
+    ("cell c {\n  input x\n  ouput h'\n}", 3, 3, "unknown keyword 'ouput'", "did you mean 'output'?"),
+])
+def test_misspelled_keywords_get_did_you_mean(text, line, col, message, hint):
+    with pytest.raises(SpecError) as info:
+        parse_cell(text)
+    d = info.value.first
+    assert (d.span.line, d.span.col, d.message, d.hint) == (line, col, message, hint)
+
+
+def test_a_byte_order_mark_is_accepted_and_tabs_keep_the_caret_in_place(tmp_path):
+    import lstmdsl
+
+    f = tmp_path / "bom.cell"
+    f.write_bytes("\ufeffcell c {\n\tinput x\n\tstate h\n\th' = tanh(W x + sigmod(h))\n\toutput h'\n}\n".encode())
+    with pytest.raises(SpecError) as info:
+        lstmdsl.parse(f)
+    line, caret = str(info.value).splitlines()[1:3]
+    assert line == "    \th' = tanh(W x + sigmod(h))"
+    assert caret == "    \t" + " " * 16 + "^^^^^^"  # under 'sigmod' at any tab width
+
+
+def test_a_file_that_is_not_utf8_is_located(tmp_path):
+    import lstmdsl
+
+    f = tmp_path / "latin1.cell"
+    f.write_bytes(b"cell c {\n  input x # caf\xe9\n}\n")
+    with pytest.raises(lstmdsl.InputFileError, match=r"latin1.cell:2:16: not UTF-8 text: byte 0xe9"):
+        lstmdsl.parse(f)
