@@ -205,3 +205,9 @@ def test_a_warm_start_loads_cubins_without_nvrtc(tmp_path):
     again = subprocess.run([sys.executable, "-c", _WARM_PROBE, "cold"], capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stdout == cold.stdout, again.stderr[-2000:]
     assert all(c.read_bytes() != b"not a cubin" for c in (tmp_path / "cubin").glob("*.cubin"))
+
+
+@pytest.mark.parametrize("name", ["layernorm", "rmsnorm", "slstm"])
+@pytest.mark.parametrize("T,B,I,H,L", [(5, 3, 7, 1000, 1), (6, 17, 4, 33, 2)])
+def test_reductions_over_wide_and_odd_rows(name, T, B, I, H, L):
+    check(name, T, B, I, H, L)
