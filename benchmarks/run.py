@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import lstmdsl
+from lstmdsl.resources import shipped_specs
 from lstmdsl.bench import COMPETITORS, bench_case
 from lstmdsl.files import write_json
 from lstmdsl.timing import time_gpu
@@ -41,7 +42,7 @@ import report
 from reference_cpu import measure as reference_cpu_measure
 
 RESULTS = Path(__file__).resolve().parent / "out"  # --update-results: benchmarks/results (the committed ones)
-ALL_SPECS = ("vanilla", "peephole", "cifg", "gru", "fgr", "nig", "nfg", "nog", "niaf", "noaf", "np", "lstmp")
+ALL_SPECS = tuple(shipped_specs())
 SECTIONS = ("grid", "ablation", "memory", "compile", "profile")
 
 
