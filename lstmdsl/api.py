@@ -39,20 +39,24 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     meta, state = read_saved(path)
     first = meta["sizes"][0]
     layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
-                    backend=backend, dtype=meta["dtype"], schedule=schedule)
+                    backend=backend, dtype=meta["dtype"], schedule=schedule,
+                    bidirectional=meta.get("directions", 1) == 2)
     layer.load_state_dict(state)
     return layer
 
 
 def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_layers: int = 1, *,
             proj_size: int | None = None, backend: str = "numpy", dtype: str = "float32",
-            schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None) -> Layer:
+            schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None,
+            bidirectional: bool = False) -> Layer:
     """Compile a spec into a trainable Layer.
 
     schedule: a Schedule, or directive text applied over the spec's own schedule block.
     forget_bias: initial value of the forget gate's bias b_f (1.0 is a common choice; Gers et al. 2000).
     backend "numpy" runs the reference (numpy arrays); "cuda" the generated kernels (CuPy arrays).
     dtype "float32" or "float64" (numpy dtypes and their names are accepted).
+    bidirectional: each layer also reads its input in reverse time; its output is the two directions'
+    side by side ([T, B, 2 * output]), and the next layer reads both, as in torch.nn.LSTM.
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)
@@ -72,7 +76,10 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
         schedule = spec.schedule
     elif not isinstance(schedule, Schedule):
         raise UsageError(f"schedule must be a Schedule or directive text, got {type(schedule).__name__}")
-    sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers)
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise UsageError(f"bidirectional must be True or False, got {bidirectional!r}")
+    directions = 2 if bidirectional else 1
+    sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions)
     if forget_bias is not None:
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(forget_bias):
@@ -83,5 +90,5 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     if backend == "cuda":
         from .runtime.layer import CudaLayer  # imports CuPy: only when asked for
 
-        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias)
-    return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias)
+        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions)
+    return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions)

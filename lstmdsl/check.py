@@ -53,14 +53,16 @@ def reference_of(layer: Layer) -> Layer:
     """A float64 numpy layer with the same cell, sizes and parameter values."""
     first = layer.sizes[0]
     ref = compile(layer.spec, first["input"], first["hidden"], layer.num_layers, proj_size=first["proj"],
-                  dtype="float64")
+                  dtype="float64", bidirectional=layer.directions == 2)
     ref.load_state_dict(layer.state_dict())
     return ref
 
 
-def compare(layer: Layer, x: np.ndarray, state: dict, dy: np.ndarray, dstate: dict | None = None) -> Comparison:
+def compare(layer: Layer, x: np.ndarray, state: dict, dy: np.ndarray, dstate: dict | None = None,
+            lengths: np.ndarray | None = None) -> Comparison:
     """Relative errors of the layer against the float64 reference on x, state (numpy, any float type);
-    dy and dstate are the gradients fed back. The layer's gradients are zeroed first."""
+    dy and dstate are the gradients fed back; lengths [B] or None. The layer's gradients are zeroed
+    first."""
     xp = array_module(next(iter(layer.parameters().values())))
     dt = layer.dtype
 
@@ -70,12 +72,12 @@ def compare(layer: Layer, x: np.ndarray, state: dict, dy: np.ndarray, dstate: di
     dstate = dstate if dstate is not None else {k: np.zeros_like(v) for k, v in state.items()}
     ref = reference_of(layer)
     f64 = {k: np.asarray(v, np.float64) for k, v in state.items()}
-    y_ref, final_ref = ref.forward(np.asarray(x, np.float64), f64)
+    y_ref, final_ref = ref.forward(np.asarray(x, np.float64), f64, lengths=lengths)
     dx_ref = ref.backward(np.asarray(dy, np.float64), {k: np.asarray(v, np.float64) for k, v in dstate.items()})
 
-    y_inf, final_inf = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, train=False)
+    y_inf, final_inf = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, train=False, lengths=lengths)
     layer.zero_grad()
-    y, final = layer.forward(dev(x), {k: dev(v) for k, v in state.items()})
+    y, final = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, lengths=lengths)
     dx = layer.backward(dev(dy), {k: dev(v) for k, v in dstate.items()})
     errors = {"y": relative_error(y, y_ref), "y (forward only)": relative_error(y_inf, y_ref),
               "dx": relative_error(dx, dx_ref)}

@@ -76,6 +76,8 @@ def differentiate(cell: Cell) -> StepGrad:
             d_state[n.attr] = g
         elif n.op == "param":
             d_vectors[n.attr] = g
+        elif n.op == "stepin":
+            pass  # a per-step input given by the caller (a mask): no gradient
         elif n.op == "matvec":
             (v,) = n.args
             d_matrices.append((n.attr, g, v))

@@ -7,7 +7,9 @@ per-row scalar (what a reduction gives: one value per batch row), None a scalar 
 
 Node ops:
   leaves   input (attr: name), state (attr: name, the value at the start of the step),
-           param (attr: vector parameter name), const (attr: float value)
+           param (attr: vector parameter name), const (attr: float value),
+           stepin (attr: name): a per-step input besides x, given by whoever runs the layer (the mask of
+           sequence lengths, "length": 1 while the step is inside the sequence, 0 after its end)
   matvec   attr: matrix name, args (operand,) -> W @ operand
   any entry of ops.OPS (sigmoid, add, ...) with its arity; a reduction (sum, mean, rowmax) takes any number of
            vectors and has size "one"
@@ -28,7 +30,7 @@ from .ops import OPS
 
 SIZES = ("input", "hidden", "proj")
 ROW = "one"  # the size of a per-row scalar (a reduction's result): one value per row, broadcast over a vector
-LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in")
+LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in", "stepin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,8 @@ def verify(cell: Cell) -> None:
         elif n.op == "param":
             p = params.get(n.attr)
             ok = not n.args and p is not None and p.kind == "vector" and p.shape == (n.size,)
+        elif n.op == "stepin":
+            ok = not n.args and isinstance(n.attr, str) and n.size in SIZES + (ROW,)
         elif n.op == "matvec":
             p = params.get(n.attr)
             ok = (len(n.args) == 1 and p is not None and p.kind == "matrix"

@@ -28,8 +28,9 @@ def _positive_int(name: str, value) -> int:
 
 
 def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | None,
-                num_layers: int) -> list[dict[str, int]]:
-    """The size binding of each layer: layer k > 0 takes the output of layer k - 1 as its input."""
+                num_layers: int, directions: int = 1) -> list[dict[str, int]]:
+    """The size binding of each layer: layer k > 0 takes the output of layer k - 1 as its input (both
+    directions' outputs side by side when there are two)."""
     input_size = _positive_int("input_size", input_size)
     hidden_size = _positive_int("hidden_size", hidden_size)
     num_layers = _positive_int("num_layers", num_layers)
@@ -44,7 +45,7 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     for k in range(num_layers):
         bound = {"input": input_size, "hidden": hidden_size, "proj": proj_size}
         if k > 0:
-            bound["input"] = sizes[-1][spec.cell.output_size]
+            bound["input"] = directions * sizes[-1][spec.cell.output_size]
         sizes.append(bound)
     for state in spec.cell.states:  # states of all layers are stacked into one [L, B, size] array
         per_layer = {b[state.size] for b in sizes}
@@ -77,6 +78,11 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
 
 
 _META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
+
+
+def length_mask(lengths, T: int, xp, dtype):
+    """[T, B, 1]: 1 where step t is inside sequence b (t < lengths[b]), else 0."""
+    return (xp.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
 
 
 def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -114,20 +120,25 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 class Layer:
-    """A compiled spec: a stack of `num_layers` layers of one cell, with parameters and gradients.
+    """A compiled spec: a stack of `num_layers` layers of one cell, each reading its input forward in time,
+    or (bidirectional) in both directions with the two outputs side by side, with parameters and gradients.
 
-    Subclasses set self._params and self._grads (per layer: name -> array) and implement forward and
-    backward; the array checks below serve both, with the hooks _check_kind and _check_layout.
+    Subclasses set self._params and self._grads (per unit, layer-major, direction-minor: name -> array) and
+    implement forward and backward; the array checks below serve both, with the hooks _check_kind and
+    _check_layout.
     """
 
     backend = ""
     array_name = "array"  # what the backend's arrays are called in messages
 
-    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str):
+    def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str,
+                 directions: int = 1):
         self.spec = spec
         self.cell = spec.cell
         self.sizes = sizes
         self.num_layers = len(sizes)
+        self.directions = directions
+        self.units = [(k, d) for k in range(self.num_layers) for d in range(directions)]
         self.schedule = schedule
         self.dtype = np.dtype(dtype)
         self._params: list[dict] = []
@@ -141,18 +152,24 @@ class Layer:
 
     @property
     def output_size(self) -> int:
-        return self.sizes[-1][self.cell.output_size]
+        return self.directions * self.sizes[-1][self.cell.output_size]
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, int, int]]:
-        return {s.name: (self.num_layers, batch, self.sizes[0][s.size]) for s in self.cell.states}
+        """[directions * num_layers, B, size] per state: layer-major, direction-minor, as torch.nn.LSTM."""
+        return {s.name: (len(self.units), batch, self.sizes[0][s.size]) for s in self.cell.states}
+
+    def unit_name(self, u: int) -> str:
+        k, d = self.units[u]
+        return f"l{k}" + ("_reverse" if d else "")
 
     def parameters(self) -> dict:
-        """Name -> parameter array (the live arrays: updating them in place updates the layer)."""
-        return {f"l{k}.{name}": a for k, p in enumerate(self._params) for name, a in p.items()}
+        """Name -> parameter array (the live arrays: updating them in place updates the layer). Names are
+        l{k}.{name}, and l{k}_reverse.{name} for the reverse direction of a bidirectional layer."""
+        return {f"{self.unit_name(u)}.{name}": a for u, p in enumerate(self._params) for name, a in p.items()}
 
     def grads(self) -> dict:
         """Name -> accumulated gradient, same names and shapes as parameters()."""
-        return {f"l{k}.{name}": a for k, g in enumerate(self._grads) for name, a in g.items()}
+        return {f"{self.unit_name(u)}.{name}": a for u, g in enumerate(self._grads) for name, a in g.items()}
 
     def zero_grad(self) -> None:
         for g in self._grads:
@@ -192,7 +209,8 @@ class Layer:
         if not isinstance(path, (str, Path)) or str(path) == "":
             raise UsageError(f"path must be a file name, got {path!r}")
         meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
-                "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype)}
+                "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype),
+                "directions": self.directions}
         write_npz(path, {"__meta__": np.array(json.dumps(meta)),
                          **{f"param:{k}": v for k, v in self.state_dict().items()}})
 
@@ -201,8 +219,9 @@ class Layer:
         meta, state = read_saved(path)
         if meta["cell"] != self.cell.name or parse(meta["spec"]).cell != self.cell:
             raise UsageError(f"{path} holds cell '{meta['cell']}', which is not this layer's cell '{self.cell.name}'")
-        if meta["sizes"] != self.sizes:
-            raise UsageError(f"{path} holds sizes {meta['sizes']}, this layer has {self.sizes}")
+        if meta["sizes"] != self.sizes or meta.get("directions", 1) != self.directions:
+            raise UsageError(f"{path} holds sizes {meta['sizes']} in {meta.get('directions', 1)} direction(s), this "
+                             f"layer has {self.sizes} in {self.directions}")
         self.load_state_dict(state)
 
     def initial_state_grads(self) -> dict:
@@ -240,8 +259,9 @@ class Layer:
             raise UsageError(f"{what} must be a dict with the keys {sorted(shapes)}, got {got}")
         return {k: self._check_array(f"{what}[{k!r}]", state[k], shapes[k]) for k in shapes}
 
-    def _check_input(self, x, state) -> tuple[int, int, dict]:
-        """(T, B, state) for forward(x, state), or a UsageError saying what is wrong."""
+    def _check_input(self, x, state, lengths=None) -> tuple[int, int, dict, object]:
+        """(T, B, state, lengths as an int64 array of the backend or None) for forward(x, state, lengths), or
+        a UsageError saying what is wrong."""
         self._check_kind("x", x)
         if x.ndim != 3:
             raise UsageError(f"x must be a 3-D {self.array_name} [T, B, input_size], got shape {list(x.shape)}")
@@ -249,7 +269,26 @@ class Layer:
         if T < 1 or B < 1:
             raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
         self._check_array("x", x, (T, B, self.input_size))
-        return T, B, self._check_state("state", state, B)
+        return T, B, self._check_state("state", state, B), self._check_lengths(lengths, T, B)
+
+    def _check_lengths(self, lengths, T: int, B: int):
+        if lengths is None:
+            return None
+        try:
+            host = np.asarray(to_numpy(lengths))
+        except Exception:  # noqa: BLE001 (not an array of numbers)
+            raise UsageError(f"lengths must be {B} integers, got {type(lengths).__name__}") from None
+        if host.shape != (B,) or host.dtype.kind not in "iu" and not (host.dtype.kind == "f" and
+                                                                       np.all(host == np.round(host))):
+            raise UsageError(f"lengths must be {B} integers (one per sequence), got shape {list(host.shape)} "
+                             f"and dtype {host.dtype}")
+        if B and (host.min() < 1 or host.max() > T):
+            raise UsageError(f"every length must lie in [1, T] = [1, {T}], got {int(host.min())} .. {int(host.max())}")
+        return self._array(host.astype(np.int64))
+
+    def _array(self, host: np.ndarray):
+        """A numpy array as the backend's array."""
+        return host
 
     def _check_gradient(self, dy, dstate, shape: tuple[int, int]) -> dict:
         """dstate (zeros when None) after checking dy and dstate against the last forward's shape."""

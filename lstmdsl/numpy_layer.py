@@ -4,13 +4,16 @@ runs wherever numpy does. It computes every schedule the same way, so it never r
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import reference
 from .errors import UsageError
-from .grad import StepGrad
+from .grad import StepGrad, differentiate
 from .ir import Cell
-from .layer import Layer, init_params
+from .layer import Layer, init_params, length_mask
+from .masks import LENGTH, with_lengths
 from .schedule import Schedule
 from .spec import Spec
 
@@ -20,10 +23,10 @@ class NumpyLayer(Layer):
     array_name = "numpy array"
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
-                 forget_bias: float | None = None):
-        super().__init__(spec, sizes, schedule, dtype)
+                 forget_bias: float | None = None, directions: int = 1):
+        super().__init__(spec, sizes, schedule, dtype, directions)
         rng = np.random.default_rng(seed)
-        self._params = [init_params(self.cell, s, rng, self.dtype, forget_bias) for s in sizes]
+        self._params = [init_params(self.cell, sizes[k], rng, self.dtype, forget_bias) for k, _ in self.units]
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
         self._tapes = None
 
@@ -38,13 +41,16 @@ class NumpyLayer(Layer):
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
 
-    def forward(self, x: np.ndarray, state: dict | None = None, *, train: bool = True):
-        """x [T, B, input] -> (y [T, B, output], final state {name: [L, B, size]}).
+    def forward(self, x: np.ndarray, state: dict | None = None, *, train: bool = True, lengths=None):
+        """x [T, B, input] -> (y [T, B, output], final state {name: [D * L, B, size]}).
 
-        state defaults to zeros. With train=False nothing is kept for backward().
+        state defaults to zeros. lengths [B] (integers in [1, T]): each sequence's length; its states stop at
+        its end (the final state is its last step's) and its outputs past the end are zero. With
+        train=False nothing is kept for backward().
         """
-        T, B, state = self._check_input(x, state)
-        y, final, tapes = stack_forward(self.cell, self._params, self.sizes, x, state, keep=train)
+        T, B, state, lengths = self._check_input(x, state, lengths)
+        y, final, tapes = stack_forward(self.cell, self._params, self.sizes, x, state, keep=train, lengths=lengths,
+                                        directions=self.directions)
         self._tapes = tapes if train else None
         self._shape = (T, B)
         return y, final
@@ -57,33 +63,61 @@ class NumpyLayer(Layer):
         if self._tapes is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
-        dx, self._initial_state_grads = stack_backward(self.cell, self.spec.grad, self._params, self.sizes,
-                                                       self._tapes, dy, dstate, self._grads)
+        dx, self._initial_state_grads = stack_backward(self._params, self.sizes, self._tapes, dy, dstate,
+                                                       self._grads, self.directions)
         return dx
 
 
-def stack_forward(cell: Cell, params: list[dict], sizes: list[dict], x: np.ndarray, state: dict, keep: bool = True):
-    """A stack of layers forward: x [T, B, input], state {name: [L, B, size]} -> (y, final state, the tapes
-    for stack_backward, or None)."""
-    finals, tapes = {s.name: [] for s in cell.states}, []
+@functools.lru_cache(maxsize=64)
+def _grad(cell: Cell) -> StepGrad:
+    return differentiate(cell)
+
+
+def stack_forward(cell: Cell, params: list[dict], sizes: list[dict], x: np.ndarray, state: dict, keep: bool = True,
+                  lengths: np.ndarray | None = None, directions: int = 1, reverse: bool = False):
+    """A stack of layers forward. params: one dict per unit (layer-major, direction-minor); x [T, B, input],
+    state {name: [D * L, B, size]}, lengths [B] or None. Returns (y, final state, what stack_backward needs
+    or None); a reverse unit reads the sequence backwards and its output is the second half of the layer's.
+    reverse (one direction): every layer reads backwards."""
+    T = x.shape[0]
+    steps = None
+    if lengths is not None:
+        cell = with_lengths(cell)
+        steps = {LENGTH: length_mask(np.asarray(lengths), T, np, x.dtype)}
+    finals = {s.name: [None] * (len(sizes) * directions) for s in cell.states}
+    tapes = []
     h = x
     for k in range(len(sizes)):
-        h, final, tape = reference.layer_forward(cell, params[k], sizes[k], h, {n: a[k] for n, a in state.items()},
-                                                 keep=keep)
-        tapes.append(tape)
-        for n, a in final.items():
-            finals[n].append(a)
-    return h, {n: np.stack(a) for n, a in finals.items()}, tapes if keep else None
+        outs = []
+        for d in range(directions):
+            u = k * directions + d
+            y, final, tape = reference.layer_forward(cell, params[u], sizes[k], h, {n: a[u] for n, a in state.items()},
+                                                     keep=keep, steps=steps, reverse=d == 1 or reverse)
+            outs.append(y)
+            tapes.append(tape)
+            for n, a in final.items():
+                finals[n][u] = a
+        h = np.concatenate(outs, axis=-1) if directions > 1 else outs[0]
+    return h, {n: np.stack(a) for n, a in finals.items()}, (cell, tapes) if keep else None
 
 
-def stack_backward(cell: Cell, grad: StepGrad, params: list[dict], sizes: list[dict], tapes, dy: np.ndarray,
-                   dstate: dict, grads: list[dict]):
-    """A stack of layers backward through time: (dx, d initial state {name: [L, B, size]}); adds each layer's
-    parameter gradients into grads[k]."""
-    d_initial = {s.name: [None] * len(sizes) for s in cell.states}
+def stack_backward(params: list[dict], sizes: list[dict], saved, dy: np.ndarray, dstate: dict, grads: list[dict],
+                   directions: int = 1):
+    """A stack of layers backward through time: (dx, d initial state {name: [D * L, B, size]}); adds each
+    unit's parameter gradients into grads[u]. saved: what stack_forward returned for it."""
+    cell, tapes = saved
+    grad = _grad(cell)
+    d_initial = {s.name: [None] * len(tapes) for s in cell.states}
     for k in reversed(range(len(sizes))):
-        dy, d0 = reference.layer_backward(cell, grad, params[k], sizes[k], tapes[k], dy,
-                                          {n: a[k] for n, a in dstate.items()}, grads[k])
-        for n, a in d0.items():
-            d_initial[n][k] = a
+        width = dy.shape[-1] // directions
+        dx = None
+        for d in range(directions):
+            u = k * directions + d
+            part, d0 = reference.layer_backward(cell, grad, params[u], sizes[k], tapes[u],
+                                                np.ascontiguousarray(dy[..., d * width:(d + 1) * width]),
+                                                {n: a[u] for n, a in dstate.items()}, grads[u])
+            dx = part if dx is None else dx + part
+            for n, a in d0.items():
+                d_initial[n][u] = a
+        dy = dx
     return dy, {n: np.stack(a) for n, a in d_initial.items()}

@@ -297,9 +297,10 @@ class Plan:
                      if isinstance(op, Kernel))
 
 
-def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
+def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule, direction: str = "forward") -> Plan:
     """The plan with no optimisation: one op per node, in node order (which is topological), and the
-    parameter gradients formed step by step."""
+    parameter gradients formed step by step. direction: the forward loop's ("reverse": a layer that reads
+    its sequence backwards in time); the backward loop runs the other way."""
     forward = []
     for i, n in enumerate(cell.nodes):
         if n.op == "matvec":
@@ -317,8 +318,8 @@ def base_plan(cell: Cell, grad: StepGrad, schedule: Schedule) -> Plan:
     backward += [VectorGrad(name, node) for name, node in grad.d_vectors]
     return Plan(
         cell=cell, grad=grad, schedule=schedule,
-        forward=Phase(cell.nodes, loop=Loop(tuple(forward), "forward")),
-        backward=Phase(grad.nodes, loop=Loop(tuple(backward), "reverse")),
+        forward=Phase(cell.nodes, loop=Loop(tuple(forward), direction)),
+        backward=Phase(grad.nodes, loop=Loop(tuple(backward), "reverse" if direction == "forward" else "forward")),
     )
 
 

@@ -39,13 +39,14 @@ class Program:
 
 
 @functools.lru_cache(maxsize=64)
-def build_program(cell: Cell, schedule: Schedule, dtype: str = "float32") -> Program:
-    """Plan, verify, describe the kernels, render (or read the source from the cache)."""
-    plan = make_plan(cell, differentiate(cell), schedule, dtype)
+def build_program(cell: Cell, schedule: Schedule, dtype: str = "float32", direction: str = "forward") -> Program:
+    """Plan, verify, describe the kernels, render (or read the source from the cache). direction "reverse":
+    the layer reads its sequence backwards in time."""
+    plan = make_plan(cell, differentiate(cell), schedule, dtype, direction=direction)
     verify(plan)
     kernels = kernel_descs(plan)
     add = add_kernel(plan)
-    key = repr((__version__, template_text(), cell.name, schedule.describe(), plan.dtype, tuple(kernels.values()),
-                add))
+    key = repr((__version__, template_text(), cell.name, schedule.describe(), plan.dtype, direction,
+                tuple(kernels.values()), add))
     source = cached_text("cuda", key, lambda: render(plan, kernels, add))
     return Program(plan, kernels, add, source)

@@ -41,7 +41,7 @@ def _evaluate(nodes, leaf, params, batch: int, dtype, sizes: dict[str, int]):
     """Values of all nodes, each [batch, size] (constants stay scalars). `leaf(node)` gives leaf values."""
     values = []
     for n in nodes:
-        if n.op in ("input", "state", "fwd", "grad_in"):
+        if n.op in ("input", "state", "fwd", "grad_in", "stepin"):
             values.append(leaf(n))
         else:
             values.append(eval_node(n, [values[a] for a in n.args], params, batch, dtype, sizes))
@@ -52,28 +52,37 @@ def _evaluate(nodes, leaf, params, batch: int, dtype, sizes: dict[str, int]):
 class Tape:
     """What one layer's forward pass keeps for its backward pass."""
 
-    values: list  # per step: the list of forward node values
+    values: list  # per step t: the list of forward node values
     batch: int
+    reverse: bool = False  # the forward ran t = T-1 .. 0 (the backward then runs t = 0 .. T-1)
+
+
+def step_order(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
 
 
 def layer_forward(cell: Cell, params: dict, sizes: dict[str, int], xs: np.ndarray, state: dict,
-                  keep: bool = True):
-    """Run one layer over xs [T, B, input]. Returns (ys [T, B, out], final state dict, Tape or None)."""
+                  keep: bool = True, steps: dict | None = None, reverse: bool = False):
+    """Run one layer over xs [T, B, input] (in reverse time with reverse: t = T-1 first). steps: the
+    per-step inputs of the cell's stepin leaves by name, [T, B, n] each. Returns (ys [T, B, out], final
+    state dict, Tape or None)."""
     T, B = xs.shape[:2]
     dtype = xs.dtype
     ys = np.empty((T, B, sizes[cell.output_size]), dtype=dtype)
     state = dict(state)
-    tape = Tape([], B) if keep else None
+    tape = Tape([None] * T, B, reverse) if keep else None
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for t in range(T):
+        for t in step_order(T, reverse):
             def leaf(n, t=t):
+                if n.op == "stepin":
+                    return steps[n.attr][t]
                 return xs[t] if n.op == "input" else state[n.attr]
             values = _evaluate(cell.nodes, leaf, params, B, dtype, sizes)
             ys[t] = values[cell.output]
             state = {s.name: np.ascontiguousarray(values[u], dtype=dtype)
                      for s, u in zip(cell.states, cell.updates)}
             if tape is not None:
-                tape.values.append(values)
+                tape.values[t] = values
     return ys, state, tape
 
 
@@ -90,7 +99,7 @@ def layer_backward(cell: Cell, grad: StepGrad, params: dict, sizes: dict[str, in
     dstate = {s.name: dstate[s.name] for s in cell.states}
     vectors, matrices = {}, {}
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for t in reversed(range(T)):
+        for t in step_order(T, not tape.reverse):
             fwd = tape.values[t]
 
             def leaf(n, t=t, fwd=fwd, dstate=dstate):

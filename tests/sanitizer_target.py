@@ -3,8 +3,10 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
 
-The last runs the torch module under torch.compile (a compiled training step, then an eager one: the
+--bidirectional-lengths runs a bidirectional stack on a batch of different lengths. --torch-compile runs
+the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
@@ -18,7 +20,8 @@ import lstmdsl
 
 args = sys.argv[1:]
 compiled = "--torch-compile" in args
-args = [a for a in args if a != "--torch-compile"]
+masked = "--bidirectional-lengths" in args
+args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
 if compiled:
@@ -36,11 +39,13 @@ if compiled:
     torch.cuda.synchronize()
     print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
-layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", **extra)
+layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", bidirectional=masked,
+                        **extra)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
+lengths = np.array([7, 2, 5]) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
-    y0, _ = layer.forward(x, train=False)  # the forward-only workspace
-    y, state = layer.forward(x)
+    y0, _ = layer.forward(x, train=False, lengths=lengths)  # the forward-only workspace
+    y, state = layer.forward(x, lengths=lengths)
     dx = layer.backward(cupy.ones_like(y))
 cupy.cuda.Device().synchronize()
 print(f"{name}: forward and backward ran; |y| = {float(cupy.linalg.norm(y)):.4f}, |dx| = {float(cupy.linalg.norm(dx)):.4f}")

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import lstmdsl
+from lstmdsl.masks import with_lengths
 from lstmdsl.plan import Copy, Gemm, Kernel
 from lstmdsl.program import build_program
 from lstmdsl.schedule import Schedule
@@ -23,8 +24,9 @@ SCHEDULES = {"default": Schedule(), "unfused": Schedule(False, False, False, Fal
              "fused-recurrent": Schedule(fuse_recurrent=True)}
 
 
-def build(name, schedule=Schedule(), dtype="float32"):
-    return build_program(lstmdsl.parse(name).cell, schedule, dtype)
+def build(name, schedule=Schedule(), dtype="float32", lengths=False):
+    cell = lstmdsl.parse(name).cell
+    return build_program(with_lengths(cell) if lengths else cell, schedule, dtype)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES.values(), ids=SCHEDULES.keys())
@@ -123,10 +125,12 @@ def test_kernels_are_found_by_name():
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("schedule,dtype", [(s, "float32") for s in SCHEDULES.values()] + [(Schedule(), "float64")],
-                         ids=list(SCHEDULES) + ["float64"])
-def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, tmp_path):
-    sources = [build(name, schedule, dtype).source for name in SPECS]
+@pytest.mark.parametrize("schedule,dtype,lengths",
+                         [(s, "float32", False) for s in SCHEDULES.values()] + [(Schedule(), "float64", False),
+                                                                               (Schedule(), "float32", True)],
+                         ids=list(SCHEDULES) + ["float64", "lengths"])
+def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
+    sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
     cu = tmp_path / "kernels.cu"
     cu.write_text("\n".join(sources))
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],

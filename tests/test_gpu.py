@@ -28,16 +28,16 @@ def poison(monkeypatch):
     monkeypatch.setattr(workspace, "POISON", True)
 
 
-def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32"):
+def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None):
     """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
     training forward, backward with gradients of the outputs and final states."""
     gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
-                          schedule=schedule, dtype=dtype, **extra_sizes(name))
+                          schedule=schedule, dtype=dtype, bidirectional=bidirectional, **extra_sizes(name))
     randomize(gpu, seed + 1)
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     for s in POSITIVE_STATES.get(name if isinstance(name, str) else "", ()):
         state[s] = np.abs(state[s]) + 0.5
-    result = compare(gpu, x, state, dy, dstate)
+    result = compare(gpu, x, state, dy, dstate, lengths)
     tol = ONE_FEATURE_TOLERANCE.get(name, result.tolerance) if H == 1 else result.tolerance
     bad = {k: e for k, e in result.errors.items() if not e <= tol}
     assert not bad, f"{name} T={T} B={B} I={I} H={H} L={L} {schedule}: {bad}"
@@ -216,3 +216,13 @@ def test_a_warm_start_loads_cubins_without_nvrtc(tmp_path):
 @pytest.mark.parametrize("T,B,I,H,L", [(5, 3, 7, 1000, 1), (6, 17, 4, 33, 2)])
 def test_reductions_over_wide_and_odd_rows(name, T, B, I, H, L):
     check(name, T, B, I, H, L)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm"])
+@pytest.mark.parametrize("T,B,I,H,L", [(7, 5, 5, 33, 2), (40, 3, 16, 100, 1)])
+@pytest.mark.parametrize("bidirectional,masked", [(True, False), (False, True), (True, True)])
+def test_lengths_and_both_directions(name, T, B, I, H, L, bidirectional, masked):
+    lengths = np.random.default_rng(T + B).integers(1, T + 1, B) if masked else None
+    if masked:
+        lengths[0] = T
+    check(name, T, B, I, H, L, bidirectional=bidirectional, lengths=lengths)

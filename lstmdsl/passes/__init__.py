@@ -35,9 +35,9 @@ PIPELINE = (
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls))
 
 
-def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None) -> Plan:
+def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward") -> Plan:
     """The plan after the scheduling passes (what runs, not yet how). trace(name, plan) sees each step."""
-    plan = base_plan(cell, grad, schedule)
+    plan = base_plan(cell, grad, schedule, direction)
     if trace:
         trace("base", plan)
     for switch, run in PIPELINE:
@@ -48,9 +48,11 @@ def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None) ->
     return plan
 
 
-def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule, dtype: str = "float32", trace=None) -> Plan:
-    """The complete plan for a layer of element type dtype ("float32" or "float64")."""
-    plan = schedule_plan(cell, grad, schedule, trace)
+def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule, dtype: str = "float32", trace=None,
+              direction: str = "forward") -> Plan:
+    """The complete plan for a layer of element type dtype ("float32" or "float64") reading its sequence
+    forward or in reverse time."""
+    plan = schedule_plan(cell, grad, schedule, trace, direction)
     plan = assign_types(plan, dtype)
     for name, run in LOWERING[1:]:
         plan = run(plan)

@@ -104,18 +104,27 @@ class _Buffers:
         return name
 
 
+def _history(plan: Plan) -> tuple[int, int]:
+    """(step offset of a state at the start of step t, of its update) in a history: forward in time, area
+    t holds the state before step t and t + 1 after it; in reverse time, area t + 1 before and t after."""
+    return (0, 1) if plan.forward.loop.direction == "forward" else (1, 0)
+
+
 def _forward_slots(plan: Plan, buf: _Buffers) -> dict[int, list[Slot]]:
     cell, fwd = plan.cell, plan.forward
     saved = set(plan.saved)
+    before, after = _history(plan)
     slots: dict[int, list[Slot]] = {}
     buf("x", ("input",), "T", "T")
     for i, n in enumerate(fwd.nodes):
         if n.op == "input":
             slots[i] = [Slot("x")]
         elif n.op == "state":
-            slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"))]
+            slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"), step=before)]
+        elif n.op == "stepin":  # a per-step input the caller gives, like x
+            slots[i] = [Slot(buf(f"step_{n.attr}", (n.size,), "T", "T"))]
     for s, u in zip(cell.states, cell.updates):
-        slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), step=1))
+        slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), step=after))
     gemms = list(fwd.before) + [op for op in fwd.loop.body if isinstance(op, Gemm)]
     for k, g in enumerate(gemms):
         hoisted = k < len(fwd.before)
@@ -160,6 +169,7 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
 
 def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[Slot]], tuple[WeightStack, ...]]:
     cell, grad, bwd = plan.cell, plan.grad, plan.backward
+    before, after = _history(plan)
     state_size = {s.name: s.size for s in cell.states}
     slots: dict[int, list[Slot]] = {}
     buf("dy", (cell.output_size,), "T")
@@ -169,7 +179,7 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
     for i, n in enumerate(bwd.nodes):
         if n.op == "grad_in":
             slots[i] = ([Slot("dy")] if n.attr == "output" else
-                        [Slot(buf(f"dhist_{n.attr}", (state_size[n.attr],), "T+1", zero=True), step=1)])
+                        [Slot(buf(f"dhist_{n.attr}", (state_size[n.attr],), "T+1", zero=True), step=after)])
         elif n.op == "fwd":
             slots[i] = [f_slots[n.attr][0]]
 
@@ -181,7 +191,7 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
 
     for s, d in zip(cell.states, grad.d_states):
         if d is not None:
-            home(d, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True)))
+            home(d, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True), step=before))
     for d in (grad.d_input, grad.d_input_t):
         if d is not None:
             home(d, Slot("dx", accumulate=True))
@@ -204,7 +214,7 @@ def _aliases(plan: Plan, buf: _Buffers, f_slots, stacks) -> None:
     """Forward buffers the backward never reads share memory with backward buffers of the same shape."""
     cell, bwd = plan.cell, plan.backward
     buffers = buf.all
-    read_later = {"x", f_slots[cell.output][0].buffer}
+    read_later = {"x", f_slots[cell.output][0].buffer} | {b for b in buffers if b.startswith("step_")}
     read_later |= {b.name for b in buffers.values() if b.name.startswith("hist_")}
     read_later |= {f_slots[n.attr][0].buffer for n in bwd.nodes if n.op == "fwd"}
     read_later |= {f_slots[s.operand][0].buffer for s in stacks}
@@ -246,21 +256,24 @@ def assign_storage(plan: Plan) -> Plan:
     cell = plan.cell
     out = f_slots[cell.output][0]
     states = [(s.name, s.size) for s in cell.states]
+    first, last = ("0", "T") if plan.forward.loop.direction == "forward" else ("T", "0")  # history areas
+    steps = [(n.attr, n.size) for n in cell.nodes if n.op == "stepin"]
     storage = Storage(
         buffers=tuple(buf.all.values()),
         forward=tuple((i, tuple(s)) for i, s in sorted(f_slots.items())),
         backward=tuple((i, tuple(s)) for i, s in sorted(b_slots.items())),
         stacks=stacks,
         inputs=(Transfer("x", "x", "input"),
-                *(Transfer(f"state:{n}", f"hist_{n}", size, step="0") for n, size in states),
+                *(Transfer(f"step:{n}", f"step_{n}", size) for n, size in steps),
+                *(Transfer(f"state:{n}", f"hist_{n}", size, step=first) for n, size in states),
                 Transfer("dy", "dy", cell.output_size),
-                *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step="T") for n, size in states)),
+                *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step=last) for n, size in states)),
         outputs=(Transfer("y", out.buffer, cell.output_size, out.col, "all", out.step),
-                 *(Transfer(f"state:{n}", f"hist_{n}", size, step="T") for n, size in states),
+                 *(Transfer(f"state:{n}", f"hist_{n}", size, step=last) for n, size in states),
                  Transfer("dx", "dx", "input"),
-                 *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step="0") for n, size in states)),
+                 *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step=first) for n, size in states)),
     )
     return dataclasses.replace(
         plan, storage=storage,
-        forward=_copies(plan.forward, storage.slots("forward"), plan.dtype, ("input", "state")),
+        forward=_copies(plan.forward, storage.slots("forward"), plan.dtype, ("input", "state", "stepin")),
         backward=_copies(plan.backward, storage.slots("backward"), plan.dtype, ("grad_in", "fwd")))

@@ -238,30 +238,35 @@ class Engine:
         dst, pitch, rows, width = self._regions(ws, "in")[what]
         device.copy_rows(dst, pitch, src, width if src_pitch is None else src_pitch, width, rows, stream)
 
-    def _get(self, ws: Workspace, what: str, dst: int, stream: int) -> None:
+    def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None) -> None:
         src, pitch, rows, width = self._regions(ws, "out")[what]
-        device.copy_rows(dst, width, src, pitch, width, rows, stream)
+        device.copy_rows(dst, width if dst_pitch is None else dst_pitch, src, pitch, width, rows, stream)
 
     def output_region(self, ws: Workspace, what: str) -> tuple[int, int]:
         src, pitch, _, _ = self._regions(ws, "out")[what]
         return src, pitch
 
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
-                hn: dict[str, int], stream: int, owner=None) -> None:
+                hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
+                x_pitch: int | None = None, y_pitch: int | None = None) -> None:
         """x [T, B, input], h0 {state: [L, B, size]} -> y [T, B, output], hn {state: [L, B, size]}, all
-        contiguous device arrays of the program's element type, given by address."""
+        contiguous device arrays of the program's element type, given by address; steps: the per-step
+        inputs ([T, B, n] each, the same for every layer). x_pitch / y_pitch: bytes between rows where x or
+        y is part of a wider array (one direction's half of a bidirectional layer's)."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train)
-        src, src_pitch = x, None
+        src, src_pitch = x, x_pitch
         for k, ws in enumerate(workspaces):
             self._put(ws, "x", src, src_pitch, stream)
+            for name, ptr in (steps or {}).items():
+                self._put(ws, f"step:{name}", ptr, None, stream)
             for s in cell.states:
                 self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("forward", ws, params[k], stream)
             for s in cell.states:
                 self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
             src, src_pitch = self.output_region(ws, "y")
-        self._get(workspaces[-1], "y", y, stream)
+        self._get(workspaces[-1], "y", y, stream, y_pitch)
         self.tape = ((T, B, train), owner) if train else self.tape
 
     def tape_owner(self, T: int, B: int):
@@ -272,14 +277,14 @@ class Engine:
         return self.tape[1]
 
     def backward(self, params: list[Binding], dy: int, dhn: dict[str, int], dx: int, dh0: dict[str, int],
-                 stream: int) -> None:
+                 stream: int, dy_pitch: int | None = None) -> None:
         """dy [T, B, output], dhn {state: [L, B, size]} -> dx [T, B, input], dh0; adds the parameter
         gradients into the addresses of params (Binding.grads and vector_grads)."""
         if self.tape is None or self.tape[0] not in self.workspaces:
             raise LstmdslError("backward() needs a forward() with train=True first")
         cell, storage = self.program.plan.cell, self.program.plan.storage
         workspaces = self.workspaces[self.tape[0]]
-        src, src_pitch = dy, None
+        src, src_pitch = dy, dy_pitch
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]
             for b in storage.buffers:

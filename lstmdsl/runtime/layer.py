@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from ..errors import BackendUnavailable, UsageError
-from ..layer import Layer, init_params
+from ..layer import Layer, init_params, length_mask
+from ..masks import LENGTH, with_lengths
 from ..program import build_program
 from ..schedule import Schedule
 from ..spec import Spec
@@ -26,9 +27,9 @@ class CudaLayer(Layer):
     array_name = "CuPy array"
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
-                 forget_bias: float | None = None):
+                 forget_bias: float | None = None, directions: int = 1):
         check_available()
-        super().__init__(spec, sizes, schedule, dtype)
+        super().__init__(spec, sizes, schedule, dtype, directions)
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
                 raise BackendUnavailable(f"state '{s.name}' is updated to a parameter or a constant, which the "
@@ -37,12 +38,13 @@ class CudaLayer(Layer):
             raise BackendUnavailable("the output is a parameter or a constant, which the CUDA backend does not "
                                      "support yet")
         self.program = build_program(self.cell, schedule, dtype)
-        self.engine = Engine(self.program, sizes)
+        self._engines: dict[tuple, Engine] = {}
+        self._use_graphs = True
         stacks = self.program.plan.storage.stacks
         rng = np.random.default_rng(seed)
         self._stacks, self._grad_stacks = [], []
-        for bound in sizes:
-            host = init_params(self.cell, bound, rng, self.dtype, forget_bias)  # the same values as the reference
+        for k, _ in self.units:
+            host = init_params(self.cell, sizes[k], rng, self.dtype, forget_bias)  # the same values as the reference
             params, grads, pstack, gstack = {}, {}, {}, {}
             for s in stacks:
                 pstack[s.name] = cupy.asarray(np.concatenate([host[m] for m in s.matrices]))
@@ -60,8 +62,9 @@ class CudaLayer(Layer):
             self._grads.append({p.name: grads[p.name] for p in self.cell.params})
             self._stacks.append(pstack)
             self._grad_stacks.append(gstack)
-        self._bindings = [self._binding(k) for k in range(self.num_layers)]
+        self._bindings = [self._binding(u) for u in range(len(self.units))]
         self._shape = None
+        self._lengths = False  # whether the last training forward ran with lengths
 
     def _binding(self, k: int) -> Binding:
         vectors = [p.name for p in self.cell.params if p.kind == "vector"]
@@ -70,13 +73,36 @@ class CudaLayer(Layer):
                        {n: self._params[k][n].data.ptr for n in vectors},
                        {n: self._grads[k][n].data.ptr for n in vectors})
 
+    def _engine(self, lengths: bool, unit: int | None = None) -> Engine:
+        """The Engine of the whole stack (one direction), or of one unit (layer, direction) of a
+        bidirectional stack; with lengths, of the cell that masks each sequence's end."""
+        key = (lengths, unit)
+        if key not in self._engines:
+            cell = with_lengths(self.cell) if lengths else self.cell
+            if unit is None:
+                program, sizes = build_program(cell, self.schedule, str(self.dtype)), self.sizes
+            else:
+                k, d = self.units[unit]
+                program = build_program(cell, self.schedule, str(self.dtype), "reverse" if d else "forward")
+                sizes = [self.sizes[k]]
+            self._engines[key] = Engine(program, sizes)
+            self._engines[key].use_graphs = self._use_graphs
+        return self._engines[key]
+
+    @property
+    def engine(self) -> Engine:
+        """The Engine of a one-direction stack without lengths."""
+        return self._engine(False, None if self.directions == 1 else 0)
+
     @property
     def use_graphs(self) -> bool:
-        return self.engine.use_graphs
+        return self._use_graphs
 
     @use_graphs.setter
     def use_graphs(self, value: bool) -> None:
-        self.engine.use_graphs = value
+        self._use_graphs = value
+        for e in self._engines.values():
+            e.use_graphs = value
 
     # -- the checks of CuPy arrays
     def _check_kind(self, what: str, a) -> None:
@@ -93,37 +119,85 @@ class CudaLayer(Layer):
     def _zeros(self, shape):
         return cupy.zeros(shape, self.dtype)
 
+    def _array(self, host):
+        return cupy.asarray(host)
+
     # -- forward and backward
-    def forward(self, x, state: dict | None = None, *, train: bool = True):
-        """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [L, B, size]})."""
-        T, B, state = self._check_input(x, state)
+    def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None):
+        """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [D * L, B, size]}).
+        lengths [B]: each sequence's length (see NumpyLayer.forward)."""
+        T, B, state, lengths = self._check_input(x, state, lengths)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         y = cupy.empty((T, B, self.output_size), self.dtype)
         final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
-        self.engine.forward(T, B, train, self._bindings, x.data.ptr, {n: a.data.ptr for n, a in state.items()},
-                            y.data.ptr, {n: a.data.ptr for n, a in final.items()}, device.current_stream())
-        self._shape = (T, B) if train else self._shape
+        stream = device.current_stream()
+        masked = lengths is not None
+        steps = None
+        if masked:
+            self._mask = length_mask(lengths, T, cupy, self.dtype)  # kept until the engines have read it
+            steps = {LENGTH: self._mask.data.ptr}
+        h0 = {n: a.data.ptr for n, a in state.items()}
+        hn = {n: a.data.ptr for n, a in final.items()}
+        if self.directions == 1:
+            self._engine(masked).forward(T, B, train, self._bindings, x.data.ptr, h0, y.data.ptr, hn, stream,
+                                         steps=steps)
+        else:
+            item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
+                                                      for n, s in self.state_shapes(B).items()}
+            inp = x
+            for k in range(self.num_layers):
+                out = y if k == self.num_layers - 1 else cupy.empty((T, B, self.output_size), self.dtype)
+                half = out.shape[-1] // 2
+                for d in range(2):
+                    u = 2 * k + d
+                    self._engine(masked, u).forward(
+                        T, B, train, [self._bindings[u]], inp.data.ptr, {n: p + u * state_bytes[n] for n, p in h0.items()},
+                        out.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in hn.items()}, stream,
+                        steps=steps, y_pitch=out.shape[-1] * item)
+                inp = out
+        if train:
+            self._shape, self._lengths = (T, B), masked
         return y, final
 
     def backward(self, dy, dstate: dict | None = None):
         """dL/dy [T, B, output] (and optionally dL/d final state) -> dL/dx [T, B, input]; adds parameter
         gradients into grads(); initial_state_grads() holds dL/d initial state."""
-        if self._shape is None or self.engine.tape is None:
+        if self._shape is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
         T, B = self._shape
-        dx = cupy.empty((T, B, self.input_size), self.dtype)
+        stream = device.current_stream()
         d0 = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
-        self.engine.backward(self._bindings, dy.data.ptr, {n: a.data.ptr for n, a in dstate.items()}, dx.data.ptr,
-                             {n: a.data.ptr for n, a in d0.items()}, device.current_stream())
+        dhn = {n: a.data.ptr for n, a in dstate.items()}
+        dh0 = {n: a.data.ptr for n, a in d0.items()}
+        if self.directions == 1:
+            dx = cupy.empty((T, B, self.input_size), self.dtype)
+            self._engine(self._lengths).backward(self._bindings, dy.data.ptr, dhn, dx.data.ptr, dh0, stream)
+        else:
+            item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
+                                                      for n, s in self.state_shapes(B).items()}
+            g = dy
+            for k in reversed(range(self.num_layers)):
+                width = self.sizes[k]["input"]
+                parts = [cupy.empty((T, B, width), self.dtype) for _ in range(2)]
+                half = g.shape[-1] // 2
+                for d in range(2):
+                    u = 2 * k + d
+                    self._engine(self._lengths, u).backward(
+                        [self._bindings[u]], g.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in dhn.items()},
+                        parts[d].data.ptr, {n: p + u * state_bytes[n] for n, p in dh0.items()}, stream,
+                        dy_pitch=g.shape[-1] * item)
+                g = parts[0] + parts[1]
+            dx = g
         self._initial_state_grads = d0
         return dx
 
     def free_workspaces(self) -> None:
         """Drop the cached workspaces and their CUDA graphs (the memory goes back to CuPy's pool; the next
         call allocates and captures again). A pending backward() is dropped too."""
-        self.engine.free()
+        for e in self._engines.values():
+            e.free()
         self._shape = None
 
     def profile(self, x, repeat: int = 5) -> dict:

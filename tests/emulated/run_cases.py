@@ -5,6 +5,7 @@ Prints one line per case; exits 1 if any is wrong."""
 import os
 import sys
 
+import numpy as np
 import simrt  # sets up the fake CuPy and the emulation
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,5 +31,17 @@ for name, text in cases:
         total += 1
         print(f"{name} | {schedule or 'default'} | graphs={graphs} L={L} {dtype} | {'OK' if not bad else f'BAD {bad}'}",
               flush=True)
+# variable lengths (a mask per step) and both directions, in a stack of two layers
+for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm"]:
+    spec = lstmdsl.parse(shipped_specs()[name].read_text())
+    P = 3 if spec.uses_size("proj") else None
+    for k, (bidirectional, lengths) in enumerate([(True, None), (False, [4, 1, 3]), (True, [2, 4, 1])]):
+        graphs = k != 1
+        bad = simrt.check(spec, P=P, I=6, L=2, graphs=graphs, verbose=False, bidirectional=bidirectional,
+                          lengths=None if lengths is None else np.array(lengths))
+        failures += bool(bad)
+        total += 1
+        print(f"{name} | bidirectional={bidirectional} lengths={lengths} | graphs={graphs} L=2 | "
+              f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

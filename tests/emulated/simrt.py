@@ -198,8 +198,8 @@ executor.Engine.__init__ = _init
 
 
 def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
-          dtype="float32"):
-    kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype)
+          dtype="float32", bidirectional=False, lengths=None):
+    kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional)
     if P:
         kw["proj_size"] = P
     gpu = lstmdsl.compile(spec, input_size=I, hidden_size=H, backend="cuda", **kw)
@@ -210,9 +210,9 @@ def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=T
         state["n"] = np.abs(state["n"]) + 0.5
     if not dfinal:
         dstate = {k: np.zeros_like(v) for k, v in dstate.items()}
-    result = compare(gpu, x, state, dy, dstate)
+    result = compare(gpu, x, state, dy, dstate, lengths)
     if graphs:  # a second call replays the captured graphs
-        result = compare(gpu, x, state, dy, dstate)
+        result = compare(gpu, x, state, dy, dstate, lengths)
     bad = result.failures()
     if LOG:
         bad["overlap: " + "; ".join(sorted(set(LOG)))[:200]] = 1

@@ -23,7 +23,8 @@ class _Dev:
 
 class ndarray(np.ndarray):
     def __array_finalize__(self, obj):
-        if self.base is None and self.nbytes:
+        # an owning array, or numpy's own result viewed as one of these (what arithmetic returns)
+        if self.nbytes and (self.base is None or not isinstance(self.base, ndarray)):
             ALLOCS.append((self.ctypes.data, self.ctypes.data + self.nbytes, self))
     @property
     def data(self): return _Data(self.ctypes.data)
@@ -46,6 +47,7 @@ def zeros(shape, dtype=np.float64): return _wrap(np.zeros(shape, dtype))
 def zeros_like(a): return _wrap(np.zeros(a.shape, a.dtype))
 def empty(shape, dtype=np.float64): return _wrap(np.empty(shape, dtype))
 def full(shape, v, dtype=np.float64): return _wrap(np.full(shape, v, dtype))
+def arange(*a, **k): return _wrap(np.arange(*a, **k))
 def stack(xs): return _wrap(np.stack([np.asarray(x) for x in xs]))
 def ascontiguousarray(a): return _wrap(np.ascontiguousarray(a))
 float32, float64 = np.float32, np.float64

@@ -1,0 +1,176 @@
+"""Variable-length batches and bidirectional layers (masks.py, the reference and the Layer API): each
+sequence of a padded batch computes what it computes alone, the reverse direction reads each sequence
+from its own end, gradients match central differences through the mask, and the API refuses bad lengths.
+The same against torch.nn.LSTM's packed, bidirectional layers when torch is installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmdsl
+from lstmdsl import UsageError
+from lstmdsl.ir import verify
+from lstmdsl.masks import LENGTH, has_lengths, with_lengths
+
+from conftest import POSITIVE_STATES, SPECS, extra_sizes
+
+LENGTHS = np.array([5, 2, 1, 4])
+
+
+def case(name: str, bidirectional: bool, layers: int = 2, seed: int = 3):
+    T, B, I, H = 5, len(LENGTHS), 4, 6
+    layer = lstmdsl.compile(name, I, H, layers, dtype="float64", seed=seed, bidirectional=bidirectional,
+                            **extra_sizes(name))
+    rng = np.random.default_rng(seed)
+    for p in layer.parameters().values():
+        p[...] = rng.uniform(-0.8, 0.8, p.shape)
+    x = rng.standard_normal((T, B, I))
+    state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(B).items()}
+    for k in POSITIVE_STATES.get(name, ()):
+        state[k] = np.abs(state[k]) + 0.5
+    return layer, x, state
+
+
+def test_the_mask_is_an_ordinary_rewrite_of_the_cell():
+    cell = lstmdsl.parse("vanilla").cell
+    masked = with_lengths(cell)
+    verify(masked)
+    assert has_lengths(masked) and not has_lengths(cell)
+    assert [n for n in masked.nodes if n.op == "stepin"][0].attr == LENGTH
+    assert with_lengths(cell) is masked  # cached: one program per cell
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_each_sequence_computes_what_it_computes_alone(name, bidirectional):
+    """Outputs up to each sequence's end and its final states equal a run of that sequence alone, trimmed
+    to its length; outputs past the end are zero."""
+    layer, x, state = case(name, bidirectional)
+    y, final = layer.forward(x, state, lengths=LENGTHS)
+    assert y.shape == (x.shape[0], x.shape[1], layer.output_size)
+    for b, n in enumerate(LENGTHS):
+        alone, final_alone = layer.forward(x[:n, b:b + 1], {k: v[:, b:b + 1] for k, v in state.items()})
+        np.testing.assert_allclose(y[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12, err_msg=f"{name} sequence {b}")
+        assert np.all(y[n:, b] == 0)
+        for k in final:
+            np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_full_lengths_equal_no_lengths(rng):
+    layer, x, state = case("peephole", True)
+    y, final = layer.forward(x, state)
+    y2, final2 = layer.forward(x, state, lengths=np.full(x.shape[1], x.shape[0]))
+    np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-14)
+    for k in final:
+        np.testing.assert_allclose(final2[k], final[k], rtol=1e-13, atol=1e-14)
+
+
+def test_the_reverse_direction_reads_each_sequence_from_its_end():
+    """A bidirectional layer's second half is a forward layer run on each sequence reversed, with the
+    reverse direction's own parameters."""
+    layer, x, state = case("gru", True, layers=1)
+    forward = lstmdsl.compile("gru", 4, 6, 1, dtype="float64")
+    forward.load_state_dict({k.replace("l0_reverse.", "l0."): v for k, v in layer.state_dict().items()
+                             if k.startswith("l0_reverse.")})
+    y, final = layer.forward(x, state, lengths=LENGTHS)
+    for b, n in enumerate(LENGTHS):
+        alone, last = forward.forward(x[:n, b:b + 1][::-1].copy(), {"h": state["h"][1:2, b:b + 1]})
+        np.testing.assert_allclose(y[:n, b, 6:], alone[::-1, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(final["h"][1, b], last["h"][0, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gru", "lstmp", "layernorm", "slstm", "cifg"])
+def test_gradients_through_the_mask_match_central_differences(name):
+    layer, x, state = case(name, True)
+    rng = np.random.default_rng(5)
+    y, final = layer.forward(x, state, lengths=LENGTHS)
+    wy = rng.standard_normal(y.shape)
+    ws = {k: rng.standard_normal(a.shape) for k, a in final.items()}
+
+    def loss():
+        y, final = layer.forward(x, state, train=False, lengths=LENGTHS)
+        return np.sum(y * wy) + sum(np.sum(final[k] * ws[k]) for k in ws)
+
+    layer.zero_grad()
+    layer.forward(x, state, lengths=LENGTHS)
+    dx = layer.backward(wy, ws)
+    for b, n in enumerate(LENGTHS):  # nothing flows from the padding
+        assert np.all(dx[n:, b] == 0)
+    analytic = {"x": dx, **{"state " + k: v for k, v in layer.initial_state_grads().items()}, **layer.grads()}
+    tensors = {"x": x, **{"state " + k: v for k, v in state.items()}, **layer.parameters()}
+    eps = 1e-6
+    for tname, value in tensors.items():
+        flat = value.reshape(-1)
+        picks = rng.choice(flat.size, size=min(flat.size, 12), replace=False)
+        numeric = []
+        for i in picks:
+            old = flat[i]
+            flat[i] = old + eps
+            plus = loss()
+            flat[i] = old - eps
+            minus = loss()
+            flat[i] = old
+            numeric.append((plus - minus) / (2 * eps))
+        np.testing.assert_allclose(analytic[tname].reshape(-1)[picks], numeric, rtol=1e-6, atol=1e-7,
+                                   err_msg=f"{name}: d{tname}")
+
+
+def test_bidirectional_layers_name_shape_save_and_load(tmp_path):
+    layer, x, state = case("vanilla", True)
+    assert layer.output_size == 12 and layer.state_shapes(4)["h"] == (4, 4, 6)
+    names = list(layer.parameters())
+    assert "l0_reverse.W_i" in names and "l1.W_i" in names
+    assert layer.parameters()["l1.W_i"].shape == (6, 12)  # the next layer reads both directions
+    y, _ = layer.forward(x, state, lengths=LENGTHS)
+    layer.save(tmp_path / "bi.npz")
+    back = lstmdsl.load(tmp_path / "bi.npz")
+    assert back.directions == 2
+    np.testing.assert_array_equal(back.forward(x, state, lengths=LENGTHS)[0], y)
+    one = lstmdsl.compile("vanilla", 4, 6, 2, dtype="float64")
+    with pytest.raises(UsageError, match="2 direction"):
+        one.load(tmp_path / "bi.npz")
+
+
+@pytest.mark.parametrize("lengths,match", [
+    ([5, 2, 1], "4 integers"),
+    ([5, 2, 1, 0], r"in \[1, T\] = \[1, 5\]"),
+    ([5, 2, 1, 6], r"in \[1, T\] = \[1, 5\]"),
+    ([5, 2.5, 1, 4], "integers"),
+    ("five", "integers"),
+])
+def test_bad_lengths_are_refused_with_what_is_wrong(lengths, match):
+    layer, x, state = case("vanilla", False, layers=1)
+    with pytest.raises(UsageError, match=match):
+        layer.forward(x, state, lengths=np.array(lengths) if not isinstance(lengths, str) else lengths)
+
+
+def test_bidirectional_must_be_a_bool():
+    with pytest.raises(UsageError, match="bidirectional must be True or False"):
+        lstmdsl.compile("vanilla", 3, 4, bidirectional="yes")
+
+
+def test_bidirectional_packed_lstm_equals_torch():
+    """The Layer API (numpy reference) against torch.nn.LSTM(bidirectional) on a packed batch."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 6, 2, bidirectional=True).double()
+    layer = lstmdsl.compile("vanilla", 4, 6, 2, dtype="float64", bidirectional=True)
+    params = {}
+    for k in range(2):
+        for sfx, unit in (("", f"l{k}"), ("_reverse", f"l{k}_reverse")):
+            w, r = (getattr(ref, f"{n}_l{k}{sfx}").detach().numpy() for n in ("weight_ih", "weight_hh"))
+            b = sum(getattr(ref, f"{n}_l{k}{sfx}").detach().numpy() for n in ("bias_ih", "bias_hh"))
+            for g, gate in enumerate("ifzo"):
+                rows = slice(6 * g, 6 * (g + 1))
+                params[f"{unit}.W_{gate}"], params[f"{unit}.R_{gate}"] = w[rows], r[rows]
+                params[f"{unit}.b_{gate}"] = b[rows]
+    layer.load_state_dict(params)
+    x = np.random.default_rng(1).standard_normal((5, 4, 4))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.tensor(LENGTHS), enforce_sorted=False)
+    y_ref, (h_ref, c_ref) = ref(packed)
+    y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(y_ref, total_length=5)
+    y, final = layer.forward(x, {k: np.zeros(s) for k, s in layer.state_shapes(4).items()}, lengths=LENGTHS)
+    np.testing.assert_allclose(y, y_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(final["h"], h_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(final["c"], c_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
