@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine (about 5-8 minutes): the GPU tests, compute-sanitizer
-# (memcheck on two specs and a compiled torch training step, racecheck on one spec), and the quick grid
+# (memcheck on two specs, a compiled torch training step and a bidirectional stack on a batch of different
+# lengths, racecheck on one spec), and the quick grid
 # against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -8,6 +9,7 @@
 #                                                              # an older tree (benchmarks/versions.py)
 #     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
+#     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -29,7 +31,7 @@ start=$SECONDS
 timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ -x 2>&1 | tee "$OUT/pytest.log" | tail -25
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
-for target in "peephole" "gru" "--torch-compile vanilla"; do
+for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
@@ -40,6 +42,9 @@ start=$SECONDS
 timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py peephole > "$OUT/racecheck.log" 2>&1
 summary+=("racecheck peephole: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
 
+if [ -n "${BIDIRECTIONAL:-}" ]; then
+  timeout 240 python3 benchmarks/bidirectional.py --json "$OUT/bidirectional.json" 2>&1 | tail -8
+fi
 if [ -n "${OVERHEAD:-}" ]; then
   timeout 240 python3 benchmarks/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1 | tail -8
 fi

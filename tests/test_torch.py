@@ -98,6 +98,56 @@ def test_from_torch_computes_what_torch_computes_on_the_cpu(name, dtype, tol):
     assert_close(back(x, hx if len(hx) > 1 else hx[0])[0:1], a_out[0:1], tol)
 
 
+PACKED = {
+    "lstm": lambda: torch.nn.LSTM(5, 7, 2),
+    "lstm-batch-first": lambda: torch.nn.LSTM(5, 7, 1, batch_first=True),
+    "lstm-bidirectional": lambda: torch.nn.LSTM(5, 7, 2, bidirectional=True),
+    "lstmp-bidirectional": lambda: torch.nn.LSTM(5, 7, 2, bidirectional=True, proj_size=3),
+    "gru-bidirectional": lambda: torch.nn.GRU(5, 6, 2, bidirectional=True),
+}
+
+
+def run_packed(m, x, lengths, hx, enforce_sorted):
+    """Packed outputs, final states and the gradients of a weighted sum of them, as run_both."""
+    xx = x.detach().clone().requires_grad_()
+    h = tuple(t.detach().clone().requires_grad_() for t in hx)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(xx, lengths, batch_first=m.batch_first,
+                                                     enforce_sorted=enforce_sorted)
+    y, s = m(packed, h if len(h) > 1 else h[0])
+    assert isinstance(y, torch.nn.utils.rnn.PackedSequence)
+    s = as_tuple(s)
+    outs = (y.data, *s)
+    w = [torch.linspace(-1, 1, t.numel(), dtype=t.dtype, device=t.device).reshape(t.shape) for t in outs]
+    loss = sum((a * b).sum() for a, b in zip(outs, w))
+    names = [n for n, _ in m.named_parameters()]
+    grads = torch.autograd.grad(loss, [xx, *h, *m.parameters()])
+    named = torch_layout(m, dict(zip(names, grads[1 + len(h):])))
+    return (y, outs), list(grads[:1 + len(h)]) + [named[n] for n in sorted(named)]
+
+
+@pytest.mark.parametrize("name", PACKED)
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_packed_sequences_compute_what_torch_computes(name, enforce_sorted):
+    """Variable-length batches (PackedSequence, sorted or not) and both directions, against torch.nn on
+    the CPU: outputs, the final states at each sequence's own end, and every gradient."""
+    torch.manual_seed(1)
+    ref = PACKED[name]().double()
+    ours = lt.from_torch(ref)
+    lengths = [6, 4, 4, 1] if enforce_sorted else [3, 6, 1, 4]
+    B, T = len(lengths), 6
+    x = torch.randn((B, T, 5) if ref.batch_first else (T, B, 5), dtype=torch.float64)
+    D = 2 if ref.bidirectional else 1
+    sizes = (ref.proj_size or ref.hidden_size, ref.hidden_size) if isinstance(ref, torch.nn.LSTM) else (ref.hidden_size,)
+    hx = tuple(0.3 * torch.randn(D * ref.num_layers, B, n, dtype=torch.float64) for n in sizes)
+    (y_ref, a_out), a_grads = run_packed(ref, x, lengths, hx, enforce_sorted)
+    (y, b_out), b_grads = run_packed(ours, x, lengths, hx, enforce_sorted)
+    assert torch.equal(y.batch_sizes, y_ref.batch_sizes)
+    for a, b in ((y.sorted_indices, y_ref.sorted_indices), (y.unsorted_indices, y_ref.unsorted_indices)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert_close(b_out, a_out, 1e-12)
+    assert_close(b_grads, a_grads, 1e-12)
+
+
 def test_unbatched_input_and_single_state_cells():
     gru = lt.GRU(4, 6, 2, dtype=torch.float64)
     x = torch.randn(5, 4, dtype=torch.float64)
@@ -120,8 +170,6 @@ def test_states_in_the_specs_order_tuples_dicts_and_errors():
         rnn(x, states[:2])
     with pytest.raises(UsageError, match="initial state 'c' has shape"):
         rnn(x, (states[0], states[1][:, :2]) + states[2:])
-    with pytest.raises(UsageError, match="PackedSequence"):
-        rnn(torch.nn.utils.rnn.pack_padded_sequence(x, [2, 2, 1, 1, 1]))
     with pytest.raises(UsageError, match="dtype torch.float32 but the parameters are torch.float64"):
         rnn(x.float())
     with pytest.raises(UsageError, match="3 features"):
@@ -146,7 +194,9 @@ def test_custom_ops_pass_opcheck():
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     h0 = [torch.randn(2, 2, 4, dtype=torch.float64) for _ in range(2)]
     params = [getattr(rnn, n) for n in names]
-    torch.library.opcheck(torch.ops.lstmdsl.rnn_forward, (x, h0, params, runner.handle, True))
+    torch.library.opcheck(torch.ops.lstmdsl.rnn_forward, (x, h0, params, [], runner.handle, True))
+    mask = (torch.arange(3)[:, None] < torch.tensor([3, 1])[None]).double()[:, :, None]
+    torch.library.opcheck(torch.ops.lstmdsl.rnn_forward, (x, h0, params, [mask], runner.handle, True))
 
 
 def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
@@ -249,6 +299,24 @@ def test_from_torch_matches_torch_on_the_gpu(name, strict_fp32):
     ours = lt.from_torch(ref)
     x = torch.randn(7, 3, 5, device="cuda")
     (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
+    assert_close(b_out, a_out, 1e-4)
+    assert_close(b_grads, a_grads, 1e-4)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["lstm-bidirectional", "lstmp-bidirectional", "gru-bidirectional"])
+def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
+    torch.manual_seed(2)
+    ref = PACKED[name]().cuda()
+    ours = lt.from_torch(ref)
+    lengths = [3, 7, 1, 5, 7]
+    x = torch.randn(7, len(lengths), 5, device="cuda")
+    hx = tuple(0.3 * torch.randn(2 * ref.num_layers, len(lengths), n, device="cuda")
+               for n in ((ref.proj_size or ref.hidden_size, ref.hidden_size) if isinstance(ref, torch.nn.LSTM)
+                         else (ref.hidden_size,)))
+    (_, a_out), a_grads = run_packed(ref, x, lengths, hx, False)
+    (_, b_out), b_grads = run_packed(ours, x, lengths, hx, False)
     assert_close(b_out, a_out, 1e-4)
     assert_close(b_grads, a_grads, 1e-4)
 

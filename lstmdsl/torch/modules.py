@@ -68,7 +68,8 @@ class RNN(nn.Module):
         rng = np.random.default_rng(seed) if seed is not None else None
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
-            runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members])
+            runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members],
+                            "reverse" if members[0][1] else "forward")
             initial = runner.initial(rng, np.dtype(str(factory["dtype"]).removeprefix("torch.")), forget_bias)
             names = []
             for j, (k, d) in enumerate(members):
@@ -133,9 +134,10 @@ class RNN(nn.Module):
         """input [T, B, input_size] ([B, T, ...] with batch_first, or unbatched [T, input_size]) ->
         (output [T, B, D * output], final state): a tuple in the spec's state order ((h_n, c_n) for an
         LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]."""
-        if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise UsageError("lstmdsl.torch does not take PackedSequence yet (variable-length sequences): pad "
-                             "the batch, or use torch.nn.LSTM for packed input")
+        packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
+        lengths = None
+        if packed is not None:  # padded in the batch's own order; the mask stops each sequence at its end
+            input, lengths = nn.utils.rnn.pad_packed_sequence(packed, batch_first=self.batch_first)
         if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
             raise UsageError(f"input must be a 2-D (unbatched) or 3-D tensor, got "
                              f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
@@ -160,27 +162,46 @@ class RNN(nn.Module):
             warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
                           "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
         states = self._states(hx, x, batched)
-        y, final = self._run(x, states)
+        steps = []
+        if lengths is not None:
+            T = x.shape[0]
+            steps = [(torch.arange(T)[:, None] < lengths[None, :]).to(device=x.device, dtype=x.dtype)[:, :, None]]
+        y, final = self._run(x, states, steps)
+        if packed is not None:
+            return self._repack(y.to(out_dtype), lengths, packed), self._final([f.to(out_dtype) for f in final])
         if not batched:
             y, final = y.squeeze(1), [f.squeeze(1) for f in final]
         if batched and self.batch_first:
             y = y.transpose(0, 1)
-        y, final = y.to(out_dtype), [f.to(out_dtype) for f in final]
-        return y, (tuple(final) if len(final) > 1 else final[0])
+        return y.to(out_dtype), self._final([f.to(out_dtype) for f in final])
+
+    @staticmethod
+    def _final(final: list[torch.Tensor]):
+        return tuple(final) if len(final) > 1 else final[0]
+
+    @staticmethod
+    def _repack(y: torch.Tensor, lengths: torch.Tensor, packed) -> nn.utils.rnn.PackedSequence:
+        """y [T, B, n] (the batch in its own order) packed as the input was: the same batch_sizes and the
+        same sorted and unsorted indices, as torch.nn.LSTM returns it."""
+        order = packed.sorted_indices
+        if order is not None:
+            y, lengths = y.index_select(1, order.to(y.device)), lengths.index_select(0, order.cpu())
+        data = nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data
+        return nn.utils.rnn.PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
         """A group's parameters (and bias buffers), in the order the ops take them."""
         params, buffers = self._parameters, self._buffers
         return [params[n] if n in params else buffers[n] for n in names]
 
-    def _run(self, x: torch.Tensor, states: list[torch.Tensor]):
+    def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
         groups = [(runner, members, self._tensors(names)) for runner, members, names in self._groups]
         train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
                                              or any(p.requires_grad for _, _, ts in groups for p in ts))
         if len(groups) == 1:  # the whole stack in one call
             runner, _, tensors = groups[0]
-            out = run_forward(x, states, tensors, runner.handle, train)
+            out = run_forward(x, states, tensors, runner.handle, train, steps)
             return out[0], out[1:]
         finals = [[None] * (D * self.num_layers) for _ in states]
         layer_in = x
@@ -190,9 +211,8 @@ class RNN(nn.Module):
                 (_, d), = members
                 i = k * D + d
                 h0 = [s[i:i + 1] for s in states]
-                inp = layer_in.flip(0) if d else layer_in
-                out = run_forward(inp, h0, tensors, runner.handle, train)
-                outs.append(out[0].flip(0) if d else out[0])
+                out = run_forward(layer_in, h0, tensors, runner.handle, train, steps)  # d: a reverse runner
+                outs.append(out[0])
                 for j, f in enumerate(out[1:]):
                     finals[j][i] = f
             layer_in = torch.cat(outs, dim=2) if D == 2 else outs[0]

@@ -1,9 +1,11 @@
 """lstmdsl's forward and backward as PyTorch custom operators (torch.library), for lstmdsl.torch's modules.
 
-    torch.ops.lstmdsl.rnn_forward(x, h0, params, handle, train) -> [y, *hn]
-    torch.ops.lstmdsl.rnn_backward(x, h0, params, y, dy, dhn, handle) -> [dx, *dh0, *dparams]
+    torch.ops.lstmdsl.rnn_forward(x, h0, params, steps, handle, train) -> [y, *hn]
+    torch.ops.lstmdsl.rnn_backward(x, h0, params, steps, y, dy, dhn, handle) -> [dx, *dh0, *dparams]
 
-A `handle` names a Runner: a cell, a schedule and the sizes of a stack of layers. Each op has a fake
+A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers and the direction it reads
+its sequence in. `steps` is empty, or holds the mask of sequence lengths ([T, B, 1], masks.py): then the
+cell stops each sequence at its end. Each op has a fake
 implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call,
 with no graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls
 rnn_backward. On CUDA tensors the ops run the generated kernels (an Engine per device and element type,
@@ -30,6 +32,7 @@ from ..errors import UsageError
 from ..grad import StepGrad
 from ..ir import Cell
 from ..layer import init_params
+from ..masks import LENGTH, with_lengths
 from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
@@ -54,8 +57,9 @@ class Runner:
     """A cell, a schedule and the sizes of a stack of layers: what a handle names. It makes one Engine per
     (device, element type) on first use, and keeps the gradient buffers its CUDA graphs write."""
 
-    def __init__(self, cell: Cell, grad: StepGrad, schedule: Schedule, sizes: list[dict[str, int]]):
-        self.cell, self.grad, self.schedule, self.sizes = cell, grad, schedule, sizes
+    def __init__(self, cell: Cell, grad: StepGrad, schedule: Schedule, sizes: list[dict[str, int]],
+                 direction: str = "forward"):
+        self.cell, self.grad, self.schedule, self.sizes, self.direction = cell, grad, schedule, sizes, direction
         storage = build_program(cell, schedule, "float32").plan.storage
         slots = [ParamSlot(s.name, "stack", (s.rows, s.cols), s.matrices, s.rows) for s in storage.stacks]
         slots += [ParamSlot(p.name, "vector", p.shape) for p in cell.params if p.kind == "vector"]
@@ -69,7 +73,7 @@ class Runner:
         self._grads: dict[tuple, list[Tensor]] = {}
 
     def __reduce__(self):  # a copy (copy.deepcopy, pickle) is a new runner with no engines yet
-        return (Runner, (self.cell, self.grad, self.schedule, self.sizes))
+        return (Runner, (self.cell, self.grad, self.schedule, self.sizes, self.direction))
 
     # -- parameters
     def shape(self, slot: ParamSlot, k: int) -> tuple[int, ...]:
@@ -106,12 +110,13 @@ class Runner:
         return out
 
     # -- CUDA
-    def engine(self, x: Tensor, dtype: str):
-        key = (x.device.index, dtype)
+    def engine(self, x: Tensor, dtype: str, masked: bool):
+        key = (x.device.index, dtype, masked)
         if key not in self._engines:
             from ..runtime.executor import Engine
 
-            self._engines[key] = Engine(build_program(self.cell, self.schedule, dtype), self.sizes)
+            cell = with_lengths(self.cell) if masked else self.cell
+            self._engines[key] = Engine(build_program(cell, self.schedule, dtype, self.direction), self.sizes)
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
@@ -193,67 +198,77 @@ def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
     return [t.detach().contiguous().numpy() for t in ts]
 
 
-def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+def _reference_forward(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor],
+                       keep: bool):
+    nump = _numpy(params)
+    lengths = _numpy(steps)[0][:, :, 0].sum(axis=0).astype(np.int64) if steps else None
+    per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
+    y, final, saved = stack_forward(r.cell, per_layer, r.sizes, _numpy([x])[0], dict(zip(r.state_names, _numpy(h0))),
+                                    keep=keep, lengths=lengths, reverse=r.direction == "reverse")
+    return nump, per_layer, y, final, saved
+
+
+def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
+                 train: bool) -> list[Tensor]:
     """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
     r = _RUNNERS[handle]
     dtype = _check(x, params)
-    x, h0, params = x.contiguous(), _dense(h0), _dense(params)
+    x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     names = r.state_names
     if not x.is_cuda:
-        nump = _numpy(params)
-        y, final, _ = stack_forward(r.cell, [r.per_matrix(nump, k) for k in range(len(r.sizes))], r.sizes,
-                                    _numpy([x])[0], dict(zip(names, _numpy(h0))), keep=False)
+        _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
     y = x.new_empty((T, B, r.output_size))
     hn = [torch.empty_like(h) for h in h0]
     with _on(x):
-        r.engine(x, dtype).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
-                                   {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
-                                   {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
-                                   owner=y.data_ptr() if train else None)
+        r.engine(x, dtype, bool(steps)).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
+                                                {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
+                                                {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
+                                                owner=y.data_ptr() if train else None,
+                                                steps={LENGTH: steps[0].data_ptr()} if steps else None)
     return [y, *hn]
 
 
 @torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())
-def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
-    return forward_impl(x, h0, params, handle, train)
+def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
+                train: bool) -> list[Tensor]:
+    return forward_impl(x, h0, params, steps, handle, train)
 
 
 @rnn_forward.register_fake
-def _(x, h0, params, handle, train):
+def _(x, h0, params, steps, handle, train):
     r = _RUNNERS[handle]
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[h.new_empty(h.shape) for h in h0]]
 
 
-def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
-                  handle: int, views: bool = False) -> list[Tensor]:
+def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
+                  dhn: list[Tensor], handle: int, views: bool = False) -> list[Tensor]:
     """[dx, *dh0, *dparams] for the forward that returned y (run again first if its activations are gone).
     views: the parameter gradients may be views of one tensor (eager autograd takes them; a custom op's
     outputs must not alias each other)."""
     r = _RUNNERS[handle]
     dtype = _check(x, params)
-    x, h0, params = x.contiguous(), _dense(h0), _dense(params)
+    x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     dy, dhn = dy.contiguous(), _dense(dhn)
     T, B = x.shape[:2]
     names = r.state_names
     if not x.is_cuda:  # the reference keeps no activations between calls: forward again, keeping them
-        nump = _numpy(params)
-        per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
-        _, _, tapes = stack_forward(r.cell, per_layer, r.sizes, _numpy([x])[0], dict(zip(names, _numpy(h0))))
+        nump, per_layer, _, _, saved = _reference_forward(r, x, h0, params, steps, keep=True)
         grads = [np.zeros_like(p) for p in nump]
-        dx, d0 = stack_backward(r.cell, r.grad, per_layer, r.sizes, tapes, _numpy([dy])[0],
-                                dict(zip(names, _numpy(dhn))), [r.per_matrix(grads, k) for k in range(len(r.sizes))])
+        dx, d0 = stack_backward(per_layer, r.sizes, saved, _numpy([dy])[0], dict(zip(names, _numpy(dhn))),
+                                [r.per_matrix(grads, k) for k in range(len(r.sizes))])
         return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names] + \
             [torch.from_numpy(g) for g in grads]
     with _on(x):
-        engine = r.engine(x, dtype)
+        engine = r.engine(x, dtype, bool(steps))
         stream = _stream(x)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
             scratch = [torch.empty_like(y)] + [torch.empty_like(h) for h in h0]
             engine.forward(T, B, True, r.bindings(params, None), x.data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, h0)}, scratch[0].data_ptr(),
-                           {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr())
+                           {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
+                           steps={LENGTH: steps[0].data_ptr()} if steps else None)
         grads = r.grad_buffers(params)
         dx = torch.empty_like(x)
         dh0 = [torch.empty_like(h) for h in h0]
@@ -267,29 +282,30 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, 
 
 
 @torch.library.custom_op("lstmdsl::rnn_backward", mutates_args=())
-def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], y: Tensor, dy: Tensor, dhn: list[Tensor],
-                 handle: int) -> list[Tensor]:
-    return backward_impl(x, h0, params, y, dy, dhn, handle)
+def rnn_backward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
+                 dhn: list[Tensor], handle: int) -> list[Tensor]:
+    return backward_impl(x, h0, params, steps, y, dy, dhn, handle)
 
 
 @rnn_backward.register_fake
-def _(x, h0, params, y, dy, dhn, handle):
+def _(x, h0, params, steps, y, dy, dhn, handle):
     return [x.new_empty(x.shape), *[h.new_empty(h.shape) for h in h0], *[p.new_empty(p.shape) for p in params]]
 
 
 def _setup(ctx, inputs, output):
-    x, h0, params, handle, train = inputs
-    ctx.handle, ctx.states = handle, len(h0)
-    ctx.save_for_backward(x, *h0, *params, output[0])
+    x, h0, params, steps, handle, train = inputs
+    ctx.handle, ctx.states, ctx.params, ctx.steps = handle, len(h0), len(params), len(steps)
+    ctx.save_for_backward(x, *h0, *params, *steps, output[0])
 
 
 def _backward(ctx, grads):
     saved = ctx.saved_tensors
-    n = ctx.states
-    x, h0, params, y = saved[0], list(saved[1:1 + n]), list(saved[1 + n:-1]), saved[-1]
+    n, p = ctx.states, ctx.params
+    x, h0, params = saved[0], list(saved[1:1 + n]), list(saved[1 + n:1 + n + p])
+    steps, y = list(saved[1 + n + p:-1]), saved[-1]
     dy, dhn = grads[0], list(grads[1:])
-    out = torch.ops.lstmdsl.rnn_backward(x, h0, params, y, dy, dhn, ctx.handle)
-    return out[0], list(out[1:1 + n]), list(out[1 + n:]), None, None
+    out = torch.ops.lstmdsl.rnn_backward(x, h0, params, steps, y, dy, dhn, ctx.handle)
+    return out[0], list(out[1:1 + n]), list(out[1 + n:]), [None] * ctx.steps, None, None
 
 
 torch.library.register_autograd("lstmdsl::rnn_forward", _backward, setup_context=_setup)
@@ -300,29 +316,33 @@ class Eager(torch.autograd.Function):
     custom ops while torch.compile traces, this otherwise: it costs the host less per call)."""
 
     @staticmethod
-    def forward(ctx, x, handle, train, states, *rest):
-        h0, params = list(rest[:states]), list(rest[states:])
-        out = forward_impl(x, h0, params, handle, train)
-        ctx.handle, ctx.states = handle, states
-        ctx.save_for_backward(x, *h0, *params, out[0])
+    def forward(ctx, x, handle, train, states, nsteps, *rest):
+        h0, params = list(rest[:states]), list(rest[states:len(rest) - nsteps])
+        steps = list(rest[len(rest) - nsteps:])
+        out = forward_impl(x, h0, params, steps, handle, train)
+        ctx.handle, ctx.states, ctx.steps = handle, states, nsteps
+        ctx.save_for_backward(x, *h0, *params, *steps, out[0])
         return tuple(out)
 
     @staticmethod
     def backward(ctx, dy, *dhn):
         saved = ctx.saved_tensors
-        n = ctx.states
-        x, h0, params, y = saved[0], list(saved[1:1 + n]), list(saved[1 + n:-1]), saved[-1]
+        n, m = ctx.states, ctx.steps
+        x, h0, y = saved[0], list(saved[1:1 + n]), saved[-1]
+        params, steps = list(saved[1 + n:len(saved) - 1 - m]), list(saved[len(saved) - 1 - m:-1])
         dhn = [d if d is not None else torch.zeros_like(h) for d, h in zip(dhn, h0)]
         dy = dy if dy is not None else torch.zeros_like(y)
-        out = backward_impl(x, h0, params, y, dy, dhn, ctx.handle, views=True)
-        return (out[0], None, None, None, *out[1:])
+        out = backward_impl(x, h0, params, steps, y, dy, dhn, ctx.handle, views=True)
+        return (out[0], None, None, None, None, *out[1:], *([None] * m))
 
 
-def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool) -> list[Tensor]:
+def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool,
+            steps: list[Tensor] = ()) -> list[Tensor]:
     """[y, *hn] through the custom op when torch.compile traces, through Eager otherwise."""
+    steps = list(steps)
     if torch.compiler.is_compiling():
-        return torch.ops.lstmdsl.rnn_forward(x, h0, params, handle, train)
+        return torch.ops.lstmdsl.rnn_forward(x, h0, params, steps, handle, train)
     if not train:
         with torch.no_grad():
-            return forward_impl(x, h0, params, handle, False)
-    return list(Eager.apply(x, handle, train, len(h0), *h0, *params))
+            return forward_impl(x, h0, params, steps, handle, False)
+    return list(Eager.apply(x, handle, train, len(h0), len(steps), *h0, *params, *steps))
