@@ -40,7 +40,8 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     first = meta["sizes"][0]
     layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
                     backend=backend, dtype=meta["dtype"], schedule=schedule,
-                    bidirectional=meta.get("directions", 1) == 2)
+                    bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
+                    dropconnect=meta.get("dropconnect", 0.0))
     layer.load_state_dict(state)
     return layer
 
@@ -48,7 +49,7 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
 def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_layers: int = 1, *,
             proj_size: int | None = None, backend: str = "numpy", dtype: str = "float32",
             schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None,
-            bidirectional: bool = False) -> Layer:
+            bidirectional: bool = False, dropout: float = 0.0, dropconnect: float = 0.0) -> Layer:
     """Compile a spec into a trainable Layer.
 
     schedule: a Schedule, or directive text applied over the spec's own schedule block.
@@ -57,6 +58,14 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     dtype "float32" or "float64" (numpy dtypes and their names are accepted).
     bidirectional: each layer also reads its input in reverse time; its output is the two directions'
     side by side ([T, B, 2 * output]), and the next layer reads both, as in torch.nn.LSTM.
+    dropout: the probability that a feature of a layer's output is zeroed before the next layer reads it
+    (every layer but the last, in training only), as torch.nn.LSTM's dropout. The masks of every
+    regulariser (this one, and the spec's dropout(...) and zoneout(...)) come from a generator seeded with
+    `seed`: Layer.last_noise() returns the last training forward's.
+    dropconnect: DropConnect on the recurrent matrices (those whose operand depends on the previous step's
+    state: R_*, and LSTMP's P), Wan et al. 2013, as Haste and AWD-LSTM's weight drop: in each training
+    forward every weight is zeroed with this probability and the rest scaled by 1/(1 - p), one mask per
+    call; evaluation uses the weights as they are.
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)
@@ -79,6 +88,9 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise UsageError(f"bidirectional must be True or False, got {bidirectional!r}")
     directions = 2 if bidirectional else 1
+    for name, p in (("dropout", dropout), ("dropconnect", dropconnect)):
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
+            raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions)
     if forget_bias is not None:
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer, np.floating)) \
@@ -90,5 +102,7 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     if backend == "cuda":
         from .runtime.layer import CudaLayer  # imports CuPy: only when asked for
 
-        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions)
-    return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions)
+        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
+                         float(dropconnect))
+    return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
+                      float(dropconnect))

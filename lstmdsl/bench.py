@@ -51,6 +51,7 @@ class EagerCell:
     def __init__(self, spec: Spec, layer: api.Layer, device: str = "cuda"):
         torch = _torch()
         cell = self.cell = spec.cell
+        self.training = True  # the regularisers draw masks (False: their expectations)
         self.sizes = layer.sizes
         # matvec nodes grouped by the value they multiply, in node order
         groups: dict[int, list[int]] = {}
@@ -118,7 +119,7 @@ class EagerCell:
         if paired is not None:
             for m in inputs:
                 sums[where[m]] = [x for x in sums[where[m]] if x != m]
-        lines = ["def step(p, xw, x_t, s):"]
+        lines = ["def step(p, xw, x_t, s, m):"]
         if inputs and paired is None:
             lines.append(f"    xin = torch.split(xw, p['split{a_in}'], 1)")
         for i, n in enumerate(nodes):
@@ -128,6 +129,8 @@ class EagerCell:
                 line = "x_t"
             elif n.op == "state":
                 line = f"s[{n.attr!r}]"
+            elif n.op == "stepin":  # a regulariser's mask at this step
+                line = f"m[{n.attr!r}]"
             elif n.op == "param":
                 line = f"p[{n.attr!r}]"
             elif n.op == "const":
@@ -178,9 +181,14 @@ class EagerCell:
                 else:
                     xw = (flat @ w.T).reshape(T, B, -1)
             state = {s.name: h.new_zeros(B, sizes[s.size]) for s in self.cell.states}
+            masks = {}
+            for z in self.cell.noise:  # drawn as a PyTorch user would, or the expectations in evaluation
+                shape = (T, B, 1 if z.size == "one" else sizes[z.size])
+                masks[z.name] = (z.training(torch.rand(shape, device=h.device)).to(h.dtype) if self.training
+                                 else torch.full(shape, z.evaluation(), device=h.device, dtype=h.dtype))
             ys = []
             for t in range(T):
-                y, state = step(p, xw[t], h[t], state)
+                y, state = step(p, xw[t], h[t], state, {k: v[t] for k, v in masks.items()})
                 ys.append(y)
             h = torch.stack(ys)
         return h

@@ -53,7 +53,8 @@ def reference_of(layer: Layer) -> Layer:
     """A float64 numpy layer with the same cell, sizes and parameter values."""
     first = layer.sizes[0]
     ref = compile(layer.spec, first["input"], first["hidden"], layer.num_layers, proj_size=first["proj"],
-                  dtype="float64", bidirectional=layer.directions == 2)
+                  dtype="float64", bidirectional=layer.directions == 2, dropout=layer.dropout,
+                  dropconnect=layer.dropconnect)
     ref.load_state_dict(layer.state_dict())
     return ref
 
@@ -62,7 +63,8 @@ def compare(layer: Layer, x: np.ndarray, state: dict, dy: np.ndarray, dstate: di
             lengths: np.ndarray | None = None) -> Comparison:
     """Relative errors of the layer against the float64 reference on x, state (numpy, any float type);
     dy and dstate are the gradients fed back; lengths [B] or None. The layer's gradients are zeroed
-    first."""
+    first. A layer with regularisers draws its masks in a first training forward; the reference runs with
+    the same masks, and the forward-only outputs are compared with the reference's in evaluation."""
     xp = array_module(next(iter(layer.parameters().values())))
     dt = layer.dtype
 
@@ -72,18 +74,25 @@ def compare(layer: Layer, x: np.ndarray, state: dict, dy: np.ndarray, dstate: di
     dstate = dstate if dstate is not None else {k: np.zeros_like(v) for k, v in state.items()}
     ref = reference_of(layer)
     f64 = {k: np.asarray(v, np.float64) for k, v in state.items()}
-    y_ref, final_ref = ref.forward(np.asarray(x, np.float64), f64, lengths=lengths)
+    noise = noise_ref = None
+    if layer.noise_shapes(*x.shape[:2]):
+        layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, lengths=lengths)
+        noise = layer.last_noise()
+        noise_ref = {k: np.asarray(to_numpy(v), np.float64) for k, v in noise.items()}
+    y_ref, final_ref = ref.forward(np.asarray(x, np.float64), f64, lengths=lengths, noise=noise_ref)
     dx_ref = ref.backward(np.asarray(dy, np.float64), {k: np.asarray(v, np.float64) for k, v in dstate.items()})
+    y_eval, final_eval = (ref.forward(np.asarray(x, np.float64), f64, train=False, lengths=lengths) if noise
+                          else (y_ref, final_ref))
 
     y_inf, final_inf = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, train=False, lengths=lengths)
     layer.zero_grad()
-    y, final = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, lengths=lengths)
+    y, final = layer.forward(dev(x), {k: dev(v) for k, v in state.items()}, lengths=lengths, noise=noise)
     dx = layer.backward(dev(dy), {k: dev(v) for k, v in dstate.items()})
-    errors = {"y": relative_error(y, y_ref), "y (forward only)": relative_error(y_inf, y_ref),
+    errors = {"y": relative_error(y, y_ref), "y (forward only)": relative_error(y_inf, y_eval),
               "dx": relative_error(dx, dx_ref)}
     for k in final_ref:
         errors[f"final {k}"] = relative_error(final[k], final_ref[k])
-        errors[f"final {k} (forward only)"] = relative_error(final_inf[k], final_ref[k])
+        errors[f"final {k} (forward only)"] = relative_error(final_inf[k], final_eval[k])
         errors[f"d initial {k}"] = relative_error(layer.initial_state_grads()[k], ref.initial_state_grads()[k])
     for k, g in ref.grads().items():
         errors[f"d {k}"] = relative_error(layer.grads()[k], g)

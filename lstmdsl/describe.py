@@ -48,6 +48,7 @@ def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
                    "size": cell.output_size},
         "parameters": [{"name": p.name, "kind": p.kind, "shape": list(p.shape)} for p in cell.params],
         "gates": gates,
+        "regularisers": [{"mask": z.name, "kind": z.kind, "p": z.p, "size": z.size} for z in cell.noise],
         "values": values,
         "flops_per_step": _poly(flops),
         "schedule": spec.schedule.describe(),

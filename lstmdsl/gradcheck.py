@@ -26,20 +26,29 @@ class GradRow:
 
 def gradient_check(spec: Spec, input_size: int, hidden_size: int, batch: int, steps: int, num_layers: int = 1,
                    proj_size: int | None = None, samples: int = 6, eps: float = 1e-6,
-                   seed: int = 0) -> list[GradRow]:
-    layer = compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, dtype="float64", seed=seed)
+                   seed: int = 0, bidirectional: bool = False, dropout: float = 0.0,
+                   lengths: bool = False, dropconnect: float = 0.0) -> list[GradRow]:
+    """lengths: draw the sequences' lengths in [1, steps] (the first sequence full, the last one step long);
+    the regularisers' masks of one training forward are kept for every evaluation of the loss."""
+    layer = compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, dtype="float64", seed=seed,
+                    bidirectional=bidirectional, dropout=dropout, dropconnect=dropconnect)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((steps, batch, input_size))
     state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(batch).items()}
-    y, final = layer.forward(x, state)
+    sequence_lengths = None
+    if lengths:
+        sequence_lengths = rng.integers(1, steps + 1, batch)
+        sequence_lengths[0], sequence_lengths[-1] = steps, 1
+    y, final = layer.forward(x, state, lengths=sequence_lengths)
+    noise = layer.last_noise() or None  # the regularisers' masks of this forward, kept for every evaluation
     wy = rng.standard_normal(y.shape)
     ws = {k: rng.standard_normal(a.shape) for k, a in final.items()}
 
     def loss() -> float:
-        y, final = layer.forward(x, state, train=False)
+        y, final = layer.forward(x, state, train=False, noise=noise, lengths=sequence_lengths)
         return float(np.sum(y * wy) + sum(np.sum(final[k] * ws[k]) for k in ws))
 
-    layer.forward(x, state)
+    layer.forward(x, state, noise=noise, lengths=sequence_lengths)
     layer.zero_grad()
     dx = layer.backward(wy, ws)
     analytic = {"x": dx, **{f"state {k}": a for k, a in layer.initial_state_grads().items()}, **layer.grads()}

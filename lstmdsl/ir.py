@@ -9,7 +9,8 @@ Node ops:
   leaves   input (attr: name), state (attr: name, the value at the start of the step),
            param (attr: vector parameter name), const (attr: float value),
            stepin (attr: name): a per-step input besides x, given by whoever runs the layer (the mask of
-           sequence lengths, "length": 1 while the step is inside the sequence, 0 after its end)
+           sequence lengths, "length": 1 while the step is inside the sequence, 0 after its end; the
+           masks of the regularisers the spec writes, dropout and zoneout, listed in Cell.noise)
   matvec   attr: matrix name, args (operand,) -> W @ operand
   any entry of ops.OPS (sigmoid, add, ...) with its arity; a reduction (sum, mean, rowmax) takes any number of
            vectors and has size "one"
@@ -55,6 +56,30 @@ class Param:
 
 
 @dataclass(frozen=True, slots=True)
+class Noise:
+    """A regulariser's mask: the stepin leaf `name` ([T, B, size] values, one per step), drawn afresh for
+    every training call and constant in evaluation (see Noise.training and Noise.evaluation):
+
+      dropout  v * m with m = 0 (probability p) or 1 / (1 - p): dropout(v, p) in a spec. Evaluation: m = 1.
+      zoneout  old + m * (new - old) with m = 0 (probability p: the state keeps its old value) or 1:
+               zoneout(new, old, p). Evaluation: m = 1 - p, the expectation (Krueger et al. 2016).
+    """
+
+    name: str  # the stepin leaf's name
+    kind: str  # "dropout" | "zoneout"
+    p: float
+    size: str
+
+    def evaluation(self) -> float:
+        return 1.0 if self.kind == "dropout" else 1.0 - self.p
+
+    def training(self, uniform):
+        """The mask from uniform draws in [0, 1) (an array of any array module)."""
+        keep = uniform >= self.p
+        return keep * (1.0 / (1.0 - self.p)) if self.kind == "dropout" else keep * 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Cell:
     """One time step of one layer."""
 
@@ -66,6 +91,7 @@ class Cell:
     updates: tuple[int, ...]  # node id of each state's new value, aligned with `states`
     output: int  # node id of what the layer emits
     names: tuple[tuple[str, int], ...] = ()  # the spec's names for nodes (intermediates, updates)
+    noise: tuple[Noise, ...] = ()  # the regularisers' masks (stepin leaves), in the order of the spec
 
     @property
     def output_size(self) -> str:
@@ -207,6 +233,10 @@ def verify(cell: Cell) -> None:
             raise IRError(f"update of state {s.name} is node {u}, which does not have size {s.size}")
     if not 0 <= cell.output < len(nodes) or nodes[cell.output].size is None:
         raise IRError("the output must be a vector node")
+    stepins = {n.attr: n.size for n in nodes if n.op == "stepin"}
+    for z in cell.noise:
+        if stepins.get(z.name) != z.size or z.kind not in ("dropout", "zoneout") or not 0 <= z.p < 1:
+            raise IRError(f"bad regulariser {z}")
     used = {n.attr for n in nodes if n.op in ("param", "matvec")}
     if used != set(params):
         raise IRError(f"parameters {sorted(set(params) ^ used)} are declared but unused or used but undeclared")
@@ -227,4 +257,5 @@ def format_cell(cell: Cell) -> str:
     for s, u in zip(cell.states, cell.updates):
         lines.append(f"  update {s.name} <- %{u}")
     lines.append(f"  output %{cell.output}")
+    lines += [f"  noise {z.name}: {z.kind} p={z.p:g} : {z.size}" for z in cell.noise]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import numpy as np
 from .arrays import array_module, to_numpy
 from .errors import InputFileError, UsageError
 from .files import write_npz
-from .ir import Cell
+from .ir import ROW, Cell, Noise
 from .schedule import Schedule
 from .spec import Spec, parse
 
@@ -80,6 +80,18 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
 _META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
 
 
+def recurrent_matrices(cell: Cell) -> tuple[str, ...]:
+    """The matrices whose operand depends on a state (R_i h, R_n (r * h)): DropConnect's weights."""
+    recurrent = set()
+    names = []
+    for i, n in enumerate(cell.nodes):
+        if n.op == "state" or any(a in recurrent for a in n.args):
+            recurrent.add(i)
+        if n.op == "matvec" and n.args[0] in recurrent and n.attr not in names:
+            names.append(n.attr)
+    return tuple(names)
+
+
 def length_mask(lengths, T: int, xp, dtype):
     """[T, B, 1]: 1 where step t is inside sequence b (t < lengths[b]), else 0."""
     return (xp.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
@@ -132,18 +144,23 @@ class Layer:
     array_name = "array"  # what the backend's arrays are called in messages
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str,
-                 directions: int = 1):
+                 directions: int = 1, dropout: float = 0.0, seed: int = 0, dropconnect: float = 0.0):
         self.spec = spec
         self.cell = spec.cell
         self.sizes = sizes
         self.num_layers = len(sizes)
         self.directions = directions
+        self.dropout = float(dropout)  # between stacked layers, as torch.nn.LSTM's
+        self.dropconnect = float(dropconnect)  # on the recurrent matrices (Wan et al. 2013), in training
         self.units = [(k, d) for k in range(self.num_layers) for d in range(directions)]
         self.schedule = schedule
         self.dtype = np.dtype(dtype)
         self._params: list[dict] = []
         self._grads: list[dict] = []
         self._initial_state_grads = None
+        self._noise_seed = (seed, 0x6E6F6973)  # the masks' generator: its own stream of the layer's seed
+        self._last_noise: dict = {}
+        self._evaluation_noise: dict = {}
 
     # -- sizes and names
     @property
@@ -157,6 +174,85 @@ class Layer:
     def state_shapes(self, batch: int) -> dict[str, tuple[int, int, int]]:
         """[directions * num_layers, B, size] per state: layer-major, direction-minor, as torch.nn.LSTM."""
         return {s.name: (len(self.units), batch, self.sizes[0][s.size]) for s in self.cell.states}
+
+    # -- regularisers
+    def noise_kinds(self) -> dict[str, tuple[Noise, int]]:
+        """Every mask a forward reads, by name, with its regulariser and the unit (or layer, for dropout
+        between layers) it belongs to: 'l0.dropout1' for the spec's dropout(...) in layer 0, 'l0_reverse.zoneout1',
+        'l{k}.between' for the dropout between layer k and layer k + 1, and 'l0.dropconnect.R_i' for the
+        DropConnect mask of a recurrent matrix (one per call, the matrix's shape)."""
+        out = {}
+        for u, _ in enumerate(self.units):
+            for z in self.cell.noise:
+                out[f"{self.unit_name(u)}.{z.name}"] = (z, u)
+            if self.dropconnect > 0:
+                for m in recurrent_matrices(self.cell):
+                    out[f"{self.unit_name(u)}.dropconnect.{m}"] = (Noise("dropconnect", "dropout", self.dropconnect,
+                                                                         ""), u)
+        if self.dropout > 0:
+            for k in range(self.num_layers - 1):
+                out[f"l{k}.between"] = (Noise("between", "dropout", self.dropout, self.cell.output_size), k)
+        return out
+
+    def noise_shapes(self, T: int, B: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each mask of noise_kinds() for a batch [T, B]: [T, B, n], or a recurrent matrix's."""
+        out = {}
+        for name, (z, u) in self.noise_kinds().items():
+            if z.name == "dropconnect":
+                out[name] = tuple(self._params[u][name.rsplit(".", 1)[1]].shape)
+                continue
+            k = u if z.name == "between" else self.units[u][0]
+            width = 1 if z.size == ROW else self.sizes[k][z.size]
+            out[name] = (T, B, self.directions * width if z.name == "between" else width)
+        return out
+
+    def _dropconnect(self, masks: dict) -> list[dict]:
+        """Per unit: recurrent matrix -> its DropConnect mask, for the masks of this forward (none in
+        evaluation unless given)."""
+        out = [{} for _ in self.units]
+        for u, _ in enumerate(self.units):
+            for m in recurrent_matrices(self.cell) if self.dropconnect > 0 else ():
+                mask = masks.get(f"{self.unit_name(u)}.dropconnect.{m}")
+                if mask is not None:
+                    out[u][m] = mask
+        return out
+
+    def last_noise(self) -> dict:
+        """The masks of the last training forward (name -> [T, B, n] array of the backend): hand them to
+        forward(noise=...) of another layer (the reference, say) to run it with the same draws."""
+        return dict(self._last_noise)
+
+    def _noise(self, T: int, B: int, train: bool, noise) -> dict:
+        """The masks of a forward: the given ones (checked), fresh draws in training, the regularisers'
+        expectations in evaluation."""
+        shapes = self.noise_shapes(T, B)
+        if noise is not None:
+            if not isinstance(noise, dict) or set(noise) != set(shapes):
+                got = sorted(noise) if isinstance(noise, dict) else type(noise).__name__
+                raise UsageError(f"noise must be a dict with the keys {sorted(shapes)}, got {got}")
+            out = {k: self._check_array(f"noise[{k!r}]", noise[k], shapes[k]) for k in shapes}
+        elif not shapes:
+            out = {}
+        elif not train:  # the expectations; DropConnect uses the weights as they are
+            key = (T, B)
+            if key not in self._evaluation_noise:
+                kinds = self.noise_kinds()
+                self._evaluation_noise = {key: {k: self._full(s, kinds[k][0].evaluation()) for k, s in shapes.items()
+                                                if kinds[k][0].name != "dropconnect"}}
+            out = self._evaluation_noise[key]
+        else:
+            kinds = self.noise_kinds()
+            out = {k: kinds[k][0].training(self._uniform(s)).astype(self.dtype) for k, s in shapes.items()}
+        if train:
+            self._last_noise = out
+        return out
+
+    def _uniform(self, shape):
+        """Uniform draws in [0, 1) from the layer's mask generator, an array of the backend."""
+        raise NotImplementedError
+
+    def _full(self, shape, value: float):
+        raise NotImplementedError
 
     def unit_name(self, u: int) -> str:
         k, d = self.units[u]
@@ -210,7 +306,7 @@ class Layer:
             raise UsageError(f"path must be a file name, got {path!r}")
         meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
                 "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype),
-                "directions": self.directions}
+                "directions": self.directions, "dropout": self.dropout, "dropconnect": self.dropconnect}
         write_npz(path, {"__meta__": np.array(json.dumps(meta)),
                          **{f"param:{k}": v for k, v in self.state_dict().items()}})
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
-from .ir import SIZES, Cell, GraphBuilder, Param, StateVar, prune
+from .ir import SIZES, Cell, GraphBuilder, Noise, Param, StateVar, prune
 from .ops import BINARY_SYMBOLS, FUNCTIONS, OPS, REDUCTIONS
 from .sizes import infer_sizes as _sizes
 
@@ -64,6 +64,12 @@ def _walk(expr):
 CONVENIENCES = {"var": "the variance of the features of a row (of all the vectors given)",
                 "layernorm": "layernorm(v[, eps]) = (v - mean(v)) / sqrt(var(v) + eps), eps 1e-5 by default",
                 "rmsnorm": "rmsnorm(v[, eps]) = v / sqrt(mean(v * v) + eps), eps 1e-5 by default"}
+# regularisers: written as functions, lowered to a mask (a per-step input, Cell.noise) the layer draws
+REGULARISERS = {"dropout": "dropout(v, p): each feature zeroed with probability p, the rest scaled by 1/(1-p), "
+                           "in training; v itself in evaluation",
+                "zoneout": "zoneout(new, old, p): each feature keeps its old value with probability p, in training; "
+                           "p * old + (1 - p) * new in evaluation"}
+CONVENIENCES.update(REGULARISERS)
 CALLABLE = FUNCTIONS + REDUCTIONS + tuple(CONVENIENCES)
 
 
@@ -78,6 +84,14 @@ def _arity_problem(e) -> str | None:
     elif e.func in ("layernorm", "rmsnorm"):
         if n not in (1, 2) or (n == 2 and not isinstance(e.args[1], ast.Number)):
             return f"{e.func} takes a vector and optionally a number (eps): {e.func}(v) or {e.func}(v, 1e-3)"
+    elif e.func in REGULARISERS:
+        want = 2 if e.func == "dropout" else 3
+        example = "dropout(z, 0.25)" if e.func == "dropout" else "zoneout(f * c + i * z, c, 0.15)"
+        if n != want or not isinstance(e.args[-1], ast.Number):
+            return f"{e.func} takes {'a value' if want == 2 else 'the new value, the old one'} and a probability " \
+                   f"(a number): {example}"
+        if not 0 <= e.args[-1].value < 1:
+            return f"{e.func}'s probability must lie in [0, 1), got {e.args[-1].value:g}"
     return None
 
 
@@ -108,6 +122,7 @@ class _Context:
     ids: dict = field(default_factory=dict)
     b: GraphBuilder | None = None
     cell: Cell | None = None
+    noise: list = field(default_factory=list)
 
 
 def lower(tree: ast.CellAST) -> Lowered:
@@ -301,8 +316,19 @@ def _unused(c: _Context) -> None:
             c.P.warn(f"'{name}' is computed but never used", a.target_span)
 
 
-def _convenience(b: GraphBuilder, name: str, args: list[int]) -> int:
-    """var, layernorm and rmsnorm out of the reductions."""
+def _convenience(b: GraphBuilder, name: str, args: list[int], noise: list[Noise]) -> int:
+    """var, layernorm and rmsnorm out of the reductions; dropout and zoneout as a mask (a stepin leaf)
+    recorded in `noise`."""
+    if name in REGULARISERS:
+        p = b.nodes[args[-1]].attr
+        size = b.nodes[args[0]].size
+        z = Noise(f"{name}{sum(n.kind == name for n in noise) + 1}", name, float(p), size)
+        noise.append(z)
+        m = b.leaf("stepin", z.name, size)
+        if name == "dropout":
+            return b.mul(args[0], m)
+        new, old = args[0], args[1]
+        return b.op("add", old, b.mul(m, b.sub(new, old)))
     if name == "var":  # mean((v - mean(v))^2) over all the vectors given
         mu = b.op("mean", *args)
         return b.op("mean", *(b.op("square", b.sub(v, mu)) for v in args))
@@ -318,6 +344,7 @@ def _build(c: _Context) -> None:
     """The Cell: nodes in dependency order, unused values and folded constants pruned."""
     c.b = GraphBuilder()
     c.ids = {}
+    c.noise = []
     if c.input_name:
         c.ids[c.input_name] = c.b.leaf("input", c.input_name, "input")
     for name, item in c.states.items():
@@ -342,7 +369,7 @@ def _build(c: _Context) -> None:
             return c.ids[e.name]
         if isinstance(e, ast.Call):
             if e.func in CONVENIENCES:
-                return _convenience(c.b, e.func, [build(x) for x in e.args])
+                return _convenience(c.b, e.func, [build(x) for x in e.args], c.noise)
             return c.b.op(e.func, *(build(x) for x in e.args))
         if isinstance(e, ast.Neg):
             return c.b.op("neg", build(e.arg))
@@ -380,4 +407,5 @@ def _build(c: _Context) -> None:
         updates=tuple(remap[c.ids[n + "'"]] for n in c.states),
         output=remap[c.ids[c.outputs[0].name]],
         names=tuple(sorted(names, key=lambda x: x[1])),
+        noise=tuple(z for z in c.noise if any(n.op == "stepin" and n.attr == z.name for n in nodes)),
     )

@@ -23,8 +23,10 @@ class NumpyLayer(Layer):
     array_name = "numpy array"
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
-                 forget_bias: float | None = None, directions: int = 1):
-        super().__init__(spec, sizes, schedule, dtype, directions)
+                 forget_bias: float | None = None, directions: int = 1, dropout: float = 0.0,
+                 dropconnect: float = 0.0):
+        super().__init__(spec, sizes, schedule, dtype, directions, dropout, seed, dropconnect)
+        self._rng = np.random.default_rng(self._noise_seed)
         rng = np.random.default_rng(seed)
         self._params = [init_params(self.cell, sizes[k], rng, self.dtype, forget_bias) for k, _ in self.units]
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
@@ -41,17 +43,28 @@ class NumpyLayer(Layer):
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
 
-    def forward(self, x: np.ndarray, state: dict | None = None, *, train: bool = True, lengths=None):
+    def _full(self, shape, value: float):
+        return np.full(shape, value, self.dtype)
+
+    def _uniform(self, shape):
+        return self._rng.random(shape, np.float32)
+
+    def forward(self, x: np.ndarray, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
         """x [T, B, input] -> (y [T, B, output], final state {name: [D * L, B, size]}).
 
         state defaults to zeros. lengths [B] (integers in [1, T]): each sequence's length; its states stop at
-        its end (the final state is its last step's) and its outputs past the end are zero. With
-        train=False nothing is kept for backward().
+        its end (the final state is its last step's) and its outputs past the end are zero. train: the
+        regularisers (the spec's dropout and zoneout, dropout between layers) draw fresh masks, and what
+        backward() needs is kept; with train=False they take their expectation and nothing is kept.
+        noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
         T, B, state, lengths = self._check_input(x, state, lengths)
-        y, final, tapes = stack_forward(self.cell, self._params, self.sizes, x, state, keep=train, lengths=lengths,
-                                        directions=self.directions)
-        self._tapes = tapes if train else None
+        masks = self._noise(T, B, train, noise)
+        connect = self._dropconnect(masks)  # DropConnect: the recurrent matrices times their masks
+        params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]
+        y, final, tapes = stack_forward(self.cell, params, self.sizes, x, state, keep=train, lengths=lengths,
+                                        directions=self.directions, noise=masks)
+        self._tapes = (tapes, params, connect) if train else None
         self._shape = (T, B)
         return y, final
 
@@ -63,8 +76,13 @@ class NumpyLayer(Layer):
         if self._tapes is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
-        dx, self._initial_state_grads = stack_backward(self._params, self.sizes, self._tapes, dy, dstate,
-                                                       self._grads, self.directions)
+        tapes, params, connect = self._tapes
+        # a masked matrix's gradient is the mask times the gradient of the product
+        grads = [dict(g, **{m: np.zeros_like(g[m]) for m in c}) for g, c in zip(self._grads, connect)]
+        dx, self._initial_state_grads = stack_backward(params, self.sizes, tapes, dy, dstate, grads, self.directions)
+        for g, tmp, c in zip(self._grads, grads, connect):
+            for m, mask in c.items():
+                g[m] += tmp[m] * mask
         return dx
 
 
@@ -74,41 +92,51 @@ def _grad(cell: Cell) -> StepGrad:
 
 
 def stack_forward(cell: Cell, params: list[dict], sizes: list[dict], x: np.ndarray, state: dict, keep: bool = True,
-                  lengths: np.ndarray | None = None, directions: int = 1, reverse: bool = False):
+                  lengths: np.ndarray | None = None, directions: int = 1, reverse: bool = False,
+                  noise: dict | None = None):
     """A stack of layers forward. params: one dict per unit (layer-major, direction-minor); x [T, B, input],
-    state {name: [D * L, B, size]}, lengths [B] or None. Returns (y, final state, what stack_backward needs
-    or None); a reverse unit reads the sequence backwards and its output is the second half of the layer's.
-    reverse (one direction): every layer reads backwards."""
+    state {name: [D * L, B, size]}, lengths [B] or None; noise: the regularisers' masks by Layer.noise_kinds()'s
+    names (the spec's per unit, 'l{k}.between' multiplying layer k's output). Returns (y, final state, what
+    stack_backward needs or None); a reverse unit reads the sequence backwards and its output is the second
+    half of the layer's. reverse (one direction): every layer reads backwards."""
     T = x.shape[0]
-    steps = None
+    noise = noise or {}
+    steps = {}
     if lengths is not None:
         cell = with_lengths(cell)
         steps = {LENGTH: length_mask(np.asarray(lengths), T, np, x.dtype)}
     finals = {s.name: [None] * (len(sizes) * directions) for s in cell.states}
-    tapes = []
+    tapes, between = [], []
     h = x
     for k in range(len(sizes)):
         outs = []
         for d in range(directions):
             u = k * directions + d
+            unit = f"l{k}" + ("_reverse" if d else "")
+            masks = dict(steps, **{z.name: noise[f"{unit}.{z.name}"] for z in cell.noise})
             y, final, tape = reference.layer_forward(cell, params[u], sizes[k], h, {n: a[u] for n, a in state.items()},
-                                                     keep=keep, steps=steps, reverse=d == 1 or reverse)
+                                                     keep=keep, steps=masks, reverse=d == 1 or reverse)
             outs.append(y)
             tapes.append(tape)
             for n, a in final.items():
                 finals[n][u] = a
         h = np.concatenate(outs, axis=-1) if directions > 1 else outs[0]
-    return h, {n: np.stack(a) for n, a in finals.items()}, (cell, tapes) if keep else None
+        between.append(noise.get(f"l{k}.between"))
+        if between[-1] is not None:
+            h = h * between[-1]
+    return h, {n: np.stack(a) for n, a in finals.items()}, (cell, tapes, between) if keep else None
 
 
 def stack_backward(params: list[dict], sizes: list[dict], saved, dy: np.ndarray, dstate: dict, grads: list[dict],
                    directions: int = 1):
     """A stack of layers backward through time: (dx, d initial state {name: [D * L, B, size]}); adds each
     unit's parameter gradients into grads[u]. saved: what stack_forward returned for it."""
-    cell, tapes = saved
+    cell, tapes, between = saved
     grad = _grad(cell)
     d_initial = {s.name: [None] * len(tapes) for s in cell.states}
     for k in reversed(range(len(sizes))):
+        if between[k] is not None:
+            dy = dy * between[k]
         width = dy.shape[-1] // directions
         dx = None
         for d in range(directions):

@@ -24,8 +24,10 @@ def _split(out: np.ndarray, nodes, sizes_of) -> list[np.ndarray]:
     return np.split(out, edges, axis=-1)
 
 
-def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray, state: dict):
-    """One layer forward. Returns (ys [T, B, out], final state, saved {forward node: [T, B, n]})."""
+def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray, state: dict,
+                 steps: dict | None = None):
+    """One layer forward; steps: the per-step inputs by name ([T, B, n] each). Returns (ys [T, B, out],
+    final state, saved {forward node: [T, B, n]})."""
     cell, phase = plan.cell, plan.forward
     nodes = phase.nodes
     sizes = dict(sizes, one=1)  # per-row scalars are one wide
@@ -49,6 +51,8 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = xs[t]
                 elif n.op == "state":
                     values[i] = state[n.attr]
+                elif n.op == "stepin":
+                    values[i] = steps[n.attr][t]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             for op in phase.loop.body:

@@ -99,6 +99,8 @@ def infer_sizes(c) -> None:
                         c.P.error(f"{e.func} reduces the features of vectors; this argument is "
                                   f"{'a constant' if k == _SCALAR else 'already one value per row'}", x.span)
                 return _ROW
+            if e.func in ("dropout", "zoneout") and kinds[0] == _SCALAR:
+                c.P.error(f"{e.func} acts on the features of a vector; this argument is a constant", e.args[0].span)
             if e.func in ("layernorm", "rmsnorm"):
                 if kinds[0] in (_SCALAR, _ROW):
                     c.P.error(f"{e.func} normalises a vector; its argument is not one", e.args[0].span)

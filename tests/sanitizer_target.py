@@ -5,7 +5,8 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
 
---bidirectional-lengths runs a bidirectional stack on a batch of different lengths. --torch-compile runs
+--bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
+lengths, with dropout between the layers and DropConnect. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
@@ -39,8 +40,8 @@ if compiled:
     torch.cuda.synchronize()
     print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
-layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", bidirectional=masked,
-                        **extra)
+options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
+layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", **options, **extra)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
 lengths = np.array([7, 2, 5]) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them

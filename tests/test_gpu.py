@@ -28,11 +28,14 @@ def poison(monkeypatch):
     monkeypatch.setattr(workspace, "POISON", True)
 
 
-def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None):
+def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None,
+          dropout=0.0, dropconnect=0.0):
     """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
-    training forward, backward with gradients of the outputs and final states."""
+    training forward, backward with gradients of the outputs and final states; the regularisers' masks
+    are the GPU's draws, handed to the reference."""
     gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
-                          schedule=schedule, dtype=dtype, bidirectional=bidirectional, **extra_sizes(name))
+                          schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
+                          dropconnect=dropconnect, **extra_sizes(name))
     randomize(gpu, seed + 1)
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     for s in POSITIVE_STATES.get(name if isinstance(name, str) else "", ()):
@@ -226,3 +229,23 @@ def test_lengths_and_both_directions(name, T, B, I, H, L, bidirectional, masked)
     if masked:
         lengths[0] = T
     check(name, T, B, I, H, L, bidirectional=bidirectional, lengths=lengths)
+
+
+@pytest.mark.parametrize("name", ["zoneout_lstm", "recurrent_dropout", "vanilla"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_regularisers_inside_and_between_layers(name, bidirectional):
+    lengths = np.array([9, 1, 4, 9, 7])
+    check(name, 9, 5, 6, 47, 3, bidirectional=bidirectional, lengths=lengths, dropout=0.3, dropconnect=0.4)
+    check(name, 30, 3, 8, 200, 1, bidirectional=bidirectional)
+    check(name, 7, 2, 5, 33, 2, bidirectional=bidirectional, dropconnect=0.5, schedule="fuse recurrent")
+
+
+def test_the_gpus_masks_are_draws_at_their_rates():
+    layer = lstmdsl.compile("zoneout_lstm", 4, 300, 2, backend="cuda", dropout=0.2, seed=3)
+    layer.forward(cupy.zeros((40, 30, 4), cupy.float32))
+    masks = {k: cupy.asnumpy(v) for k, v in layer.last_noise().items()}
+    for name, p in (("l0.zoneout1", 0.5), ("l1.zoneout2", 0.05), ("l0.between", 0.2)):
+        assert abs(float((masks[name] == 0).mean()) - p) < 0.01, name
+    again = lstmdsl.compile("zoneout_lstm", 4, 300, 2, backend="cuda", dropout=0.2, seed=3)
+    again.forward(cupy.zeros((40, 30, 4), cupy.float32))
+    assert all(np.array_equal(cupy.asnumpy(v), masks[k]) for k, v in again.last_noise().items())

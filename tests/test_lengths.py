@@ -47,10 +47,11 @@ def test_each_sequence_computes_what_it_computes_alone(name, bidirectional):
     """Outputs up to each sequence's end and its final states equal a run of that sequence alone, trimmed
     to its length; outputs past the end are zero."""
     layer, x, state = case(name, bidirectional)
-    y, final = layer.forward(x, state, lengths=LENGTHS)
+    y, final = layer.forward(x, state, lengths=LENGTHS, train=False)  # train=False: no regulariser draws
     assert y.shape == (x.shape[0], x.shape[1], layer.output_size)
     for b, n in enumerate(LENGTHS):
-        alone, final_alone = layer.forward(x[:n, b:b + 1], {k: v[:, b:b + 1] for k, v in state.items()})
+        alone, final_alone = layer.forward(x[:n, b:b + 1], {k: v[:, b:b + 1] for k, v in state.items()},
+                                           train=False)
         np.testing.assert_allclose(y[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12, err_msg=f"{name} sequence {b}")
         assert np.all(y[n:, b] == 0)
         for k in final:

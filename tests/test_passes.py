@@ -11,6 +11,8 @@ import pytest
 
 import lstmdsl
 from lstmdsl import reference
+from lstmdsl.grad import differentiate
+from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
 from lstmdsl.plan import Gemm, Kernel, VectorGrad, WeightGrad, format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
@@ -30,6 +32,15 @@ def plan_for(name, **switches):
 
 @pytest.mark.parametrize("name", SPECS)
 def test_every_schedule_matches_the_reference(name):
+    check_every_schedule(name)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "zoneout_lstm"])
+def test_every_schedule_with_the_length_mask(name):
+    check_every_schedule(name, masked=True)
+
+
+def check_every_schedule(name, masked=False):
     T, B, I, H = 4, 3, 5, 6
     layer = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", seed=11, **extra_sizes(name))
     rng = np.random.default_rng(5)
@@ -39,15 +50,20 @@ def test_every_schedule_matches_the_reference(name):
     sizes = layer.sizes[0]
     xs = rng.standard_normal((T, B, I))
     state = {s.name: rng.standard_normal((B, sizes[s.size])) for s in layer.cell.states}
-    ys, final, tape = reference.layer_forward(layer.cell, params, sizes, xs, state)
+    steps = {z.name: rng.uniform(0, 2, (T, B, sizes[z.size])) for z in layer.cell.noise}  # any mask values
+    cell, grad = layer.cell, layer.spec.grad
+    if masked:
+        cell = with_lengths(cell)
+        grad = differentiate(cell)
+        steps[LENGTH] = (np.arange(T)[:, None] < np.array([4, 1, 2])[None]).astype(float)[:, :, None]
+    ys, final, tape = reference.layer_forward(cell, params, sizes, xs, state, steps=steps)
     dys = rng.standard_normal(ys.shape)
     dfinal = {k: rng.standard_normal(v.shape) for k, v in final.items()}
     want_grads = {k: np.zeros_like(v) for k, v in params.items()}
-    want_dx, want_d0 = reference.layer_backward(layer.cell, layer.spec.grad, params, sizes, tape, dys, dfinal,
-                                                want_grads)
+    want_dx, want_d0 = reference.layer_backward(cell, grad, params, sizes, tape, dys, dfinal, want_grads)
     for schedule in SCHEDULES:
-        plan = make_plan(layer.cell, layer.spec.grad, schedule, "float64", trace=lambda _, p: verify(p))
-        got_ys, got_final, saved = plan_forward(plan, params, sizes, xs, state)
+        plan = make_plan(cell, grad, schedule, "float64", trace=lambda _, p: verify(p))
+        got_ys, got_final, saved = plan_forward(plan, params, sizes, xs, state, steps)
         what = f"{name} under '{schedule.describe()}'"
         np.testing.assert_allclose(got_ys, ys, rtol=1e-12, atol=1e-13, err_msg=what)
         for k in final:

@@ -76,15 +76,16 @@ def test_backward_matches_central_differences(name):
     x = rng.standard_normal((T, B, I))
     state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(B).items()}
     y, final = layer.forward(x, state)
+    noise = layer.last_noise() or None  # a spec's regularisers: the same masks for every evaluation
     wy = rng.standard_normal(y.shape)
     ws = {k: rng.standard_normal(a.shape) for k, a in final.items()}
 
     def loss():
-        y, final = layer.forward(x, state, train=False)
+        y, final = layer.forward(x, state, train=False, noise=noise)
         return np.sum(y * wy) + sum(np.sum(final[k] * ws[k]) for k in ws)
 
     layer.zero_grad()
-    layer.forward(x, state)
+    layer.forward(x, state, noise=noise)
     dx = layer.backward(wy, ws)
     analytic = {"x": dx, **{"state " + k: v for k, v in layer.initial_state_grads().items()}, **layer.grads()}
     tensors = {"x": x, **{"state " + k: v for k, v in state.items()}, **layer.parameters()}

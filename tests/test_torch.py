@@ -323,6 +323,26 @@ def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
 
 @gpu
 @pytest.mark.gpu
+def test_regularisers_gradcheck_on_the_gpu_with_fixed_masks():
+    from lstmdsl.torch.ops import forward
+
+    m = lt.RNN("zoneout_lstm", 3, 4, 2, dtype=torch.float64).cuda()
+    runner, _, names = m._groups[0]
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    h0 = [torch.zeros(2, 2, 4, dtype=torch.float64, device="cuda") for _ in range(2)]
+    noise = m._noise(runner, x)
+    params = [p.detach().clone().requires_grad_() for p in m._tensors(names)]
+
+    def f(x, *p):
+        return forward(x, h0, list(p), runner.handle, True, noise)[0]
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+    cpu = [t.detach().cpu() for t in (x, *params)]
+    torch.testing.assert_close(f(x, *params).cpu(), forward(cpu[0], [h.cpu() for h in h0], cpu[1:], runner.handle,
+                                                            False, [n.cpu() for n in noise])[0])
+
+
+@gpu
+@pytest.mark.gpu
 def test_autocast_on_the_gpu_returns_torch_lstms_dtype():
     ref = torch.nn.LSTM(8, 16).cuda()
     ours = lt.from_torch(ref)

@@ -70,17 +70,19 @@ class _Handle:
             self.stream = stream
 
 
-_HANDLES: dict[int, _Handle] = {}
+_HANDLES: dict[tuple[int, int], _Handle] = {}
 
 
 def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int, ldc: int,
-         accumulate: bool, types: tuple[str, str, str, str], stream: int) -> None:
+         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> None:
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
-    cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T)."""
-    device = current_device()
-    h = _HANDLES.get(device)
+    cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
+    two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
+    captured with, so the lane, not the stream, chooses it)."""
+    key = (current_device(), lane)
+    h = _HANDLES.get(key)
     if h is None:
-        h = _HANDLES[device] = _Handle()
+        h = _HANDLES[key] = _Handle()
     h.set_stream(stream)
     a_type, b_type, c_type, compute = types
     one, zero = _SCALARS[compute]

@@ -76,6 +76,49 @@ def empty(shape: tuple[int, ...], dtype, fill: float | None = None):
     return cupy.empty(shape, dtype) if fill is None else cupy.full(shape, fill, dtype)
 
 
+class SideStream:
+    """A second stream, for work that may run beside the current stream's (the reverse direction of a
+    bidirectional layer): fork(stream) makes it wait for the work issued on `stream` so far, join(stream)
+    makes `stream` wait for the work issued on it. Both are events, so the host never waits, and both may
+    be recorded into a CUDA graph that torch captures."""
+
+    def __init__(self):
+        rt = cupy.cuda.runtime
+        self.handle = rt.streamCreateWithFlags(_NON_BLOCKING)
+        self._events = (rt.eventCreateWithFlags(2), rt.eventCreateWithFlags(2))  # cudaEventDisableTiming
+
+    def fork(self, stream: int) -> int:
+        rt = cupy.cuda.runtime
+        rt.eventRecord(self._events[0], stream)
+        rt.streamWaitEvent(self.handle, self._events[0], 0)
+        return self.handle
+
+    def join(self, stream: int) -> None:
+        rt = cupy.cuda.runtime
+        rt.eventRecord(self._events[1], self.handle)
+        rt.streamWaitEvent(stream, self._events[1], 0)
+
+    def __del__(self):
+        if cupy is None or not getattr(self, "handle", 0):
+            return
+        try:
+            for e in self._events:
+                cupy.cuda.runtime.eventDestroy(e)
+            cupy.cuda.runtime.streamDestroy(self.handle)
+        except Exception:  # noqa: BLE001 (interpreter shutdown, or a context already gone)
+            pass
+
+
+class Uniform:
+    """Uniform draws in [0, 1) on the device (float32), from a seeded generator: the regularisers' masks."""
+
+    def __init__(self, seed: int):
+        self.state = cupy.random.RandomState(seed)
+
+    def __call__(self, shape):
+        return self.state.random_sample(shape, dtype=cupy.float32)
+
+
 class Graph:
     """A CUDA graph of the work `issue(stream)` issues: captured on a side stream that first waits for
     `stream`, then replayed with one launch."""

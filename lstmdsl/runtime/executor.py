@@ -91,7 +91,7 @@ class _Issue:
         b, ldb = self.operand(c.b, t, K if c.trans_b else N)
         out, ldc = self.operand(c.c, t, N)
         cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream)
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.engine.lane)
 
     def copy(self, op: Copy, t: int, rows: int) -> None:
         ws = self.ws
@@ -165,6 +165,7 @@ class Engine:
         self.workspaces: OrderedDict[tuple, list[Workspace]] = OrderedDict()
         self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
         self.use_graphs = True
+        self.lane = 0  # cuBLAS workspace: engines whose work may overlap (on two streams) take different lanes
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
 
     # -- workspaces
@@ -251,7 +252,7 @@ class Engine:
                 x_pitch: int | None = None, y_pitch: int | None = None) -> None:
         """x [T, B, input], h0 {state: [L, B, size]} -> y [T, B, output], hn {state: [L, B, size]}, all
         contiguous device arrays of the program's element type, given by address; steps: the per-step
-        inputs ([T, B, n] each, the same for every layer). x_pitch / y_pitch: bytes between rows where x or
+        inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
         y is part of a wider array (one direction's half of a bidirectional layer's)."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train)
@@ -259,7 +260,7 @@ class Engine:
         for k, ws in enumerate(workspaces):
             self._put(ws, "x", src, src_pitch, stream)
             for name, ptr in (steps or {}).items():
-                self._put(ws, f"step:{name}", ptr, None, stream)
+                self._put(ws, f"step:{name}", ptr if isinstance(ptr, int) else ptr[k], None, stream)
             for s in cell.states:
                 self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("forward", ws, params[k], stream)

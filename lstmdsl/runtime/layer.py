@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..errors import BackendUnavailable, UsageError
-from ..layer import Layer, init_params, length_mask
+from ..layer import Layer, init_params, length_mask, recurrent_matrices
 from ..masks import LENGTH, with_lengths
 from ..program import build_program
 from ..schedule import Schedule
@@ -27,9 +27,13 @@ class CudaLayer(Layer):
     array_name = "CuPy array"
 
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
-                 forget_bias: float | None = None, directions: int = 1):
+                 forget_bias: float | None = None, directions: int = 1, dropout: float = 0.0,
+                 dropconnect: float = 0.0):
         check_available()
-        super().__init__(spec, sizes, schedule, dtype, directions)
+        super().__init__(spec, sizes, schedule, dtype, directions, dropout, seed, dropconnect)
+        self._rng = None
+        self._side = None
+        self.overlap_directions = True  # a bidirectional layer's two directions run at the same time
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
                 raise BackendUnavailable(f"state '{s.name}' is updated to a parameter or a constant, which the "
@@ -63,8 +67,59 @@ class CudaLayer(Layer):
             self._stacks.append(pstack)
             self._grad_stacks.append(gstack)
         self._bindings = [self._binding(u) for u in range(len(self.units))]
+        # DropConnect: per unit, the recurrent stacks' masked copies and their gradients, bound instead
+        recurrent = set(recurrent_matrices(self.cell)) if dropconnect > 0 else set()
+        self._connect_stacks = [{s.name: (cupy.empty_like(self._stacks[u][s.name]),
+                                          cupy.empty_like(self._stacks[u][s.name]), s.matrices)
+                                 for s in stacks if set(s.matrices) <= recurrent} for u in range(len(self.units))]
+        self._connect_bindings = []
+        for u, b in enumerate(self._bindings):
+            masked = self._connect_stacks[u]
+            self._connect_bindings.append(Binding({n: masked[n][0].data.ptr if n in masked else p for n, p in b.weights.items()},
+                                                  {n: masked[n][1].data.ptr if n in masked else p for n, p in b.grads.items()},
+                                                  b.vectors, b.vector_grads))
+        self._connect = [{} for _ in self.units]
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
+
+    def _rows(self, u: int, matrices) -> list[tuple[str, int, int]]:
+        """(matrix, first row, end row) of each matrix of a stack."""
+        out, row = [], 0
+        for m in matrices:
+            rows = self._params[u][m].shape[0]
+            out.append((m, row, row + rows))
+            row += rows
+        return out
+
+    def _connected(self, masks: dict) -> tuple[list[Binding], list[dict]]:
+        """The bindings of this forward (with DropConnect masks: each recurrent stack's masked copy) and
+        the masks per unit."""
+        connect = self._dropconnect(masks)
+        binds = []
+        for u, c in enumerate(connect):
+            if not c:
+                binds.append(self._bindings[u])
+                continue
+            for name, (masked, _, matrices) in self._connect_stacks[u].items():
+                stack = self._stacks[u][name]
+                for m, a, b in self._rows(u, matrices):
+                    cupy.multiply(stack[a:b], c[m], out=masked[a:b])
+            binds.append(self._connect_bindings[u])
+        return binds, connect
+
+    def _connect_grads(self, u: int, before: bool) -> None:
+        """Before a unit's backward, zero its masked stacks' gradients; after, add them into the stacks'
+        gradients times the masks (the gradient of W * M with respect to W)."""
+        c = self._connect[u]
+        if not c:
+            return
+        for name, (_, grad, matrices) in self._connect_stacks[u].items():
+            if before:
+                grad.fill(0)
+                continue
+            target = self._grad_stacks[u][name]
+            for m, a, b in self._rows(u, matrices):
+                target[a:b] += grad[a:b] * c[m]
 
     def _binding(self, k: int) -> Binding:
         vectors = [p.name for p in self.cell.params if p.kind == "vector"]
@@ -87,12 +142,14 @@ class CudaLayer(Layer):
                 sizes = [self.sizes[k]]
             self._engines[key] = Engine(program, sizes)
             self._engines[key].use_graphs = self._use_graphs
+            self._engines[key].lane = 0 if unit is None else self.units[unit][1]  # its own cuBLAS workspace
         return self._engines[key]
 
     @property
     def engine(self) -> Engine:
-        """The Engine of a one-direction stack without lengths."""
-        return self._engine(False, None if self.directions == 1 else 0)
+        """The Engine of a one-direction stack without lengths (of the first layer, where layers run one at
+        a time)."""
+        return self._engine(False, 0 if self._split else None)
 
     @property
     def use_graphs(self) -> bool:
@@ -122,42 +179,81 @@ class CudaLayer(Layer):
     def _array(self, host):
         return cupy.asarray(host)
 
+    def _full(self, shape, value: float):
+        return cupy.full(shape, value, self.dtype)
+
+    def _uniform(self, shape):
+        if self._rng is None:
+            self._rng = device.Uniform(int(np.random.SeedSequence(self._noise_seed).generate_state(1)[0]))
+        return self._rng(shape)
+
     # -- forward and backward
-    def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None):
+    def _streams(self, stream: int) -> tuple[int, ...]:
+        """The stream of each direction: the reverse one runs beside the forward one on a side stream (after
+        the work issued so far), unless overlap_directions is off."""
+        if self.directions == 1:
+            return (stream,)
+        if not self.overlap_directions:
+            return (stream, stream)
+        if self._side is None:
+            self._side = device.SideStream()
+        return (stream, self._side.fork(stream))
+
+    def _join(self, stream: int) -> None:
+        if self.directions == 2 and self.overlap_directions:
+            self._side.join(stream)
+
+    @property
+    def _split(self) -> bool:
+        """Whether the layers run one at a time (both directions, or dropout between them), not as one stack."""
+        return self.directions == 2 or (self.dropout > 0 and self.num_layers > 1)
+
+    def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
         """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [D * L, B, size]}).
-        lengths [B]: each sequence's length (see NumpyLayer.forward)."""
+        lengths [B], train and noise: see NumpyLayer.forward."""
         T, B, state, lengths = self._check_input(x, state, lengths)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
+        masks = self._noise(T, B, train, noise)
+        binds, connect = self._connected(masks)
         y = cupy.empty((T, B, self.output_size), self.dtype)
         final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
         stream = device.current_stream()
         masked = lengths is not None
-        steps = None
+        steps = {}
         if masked:
             self._mask = length_mask(lengths, T, cupy, self.dtype)  # kept until the engines have read it
-            steps = {LENGTH: self._mask.data.ptr}
+            steps[LENGTH] = self._mask.data.ptr
+        self._masks = masks  # likewise
         h0 = {n: a.data.ptr for n, a in state.items()}
         hn = {n: a.data.ptr for n, a in final.items()}
-        if self.directions == 1:
-            self._engine(masked).forward(T, B, train, self._bindings, x.data.ptr, h0, y.data.ptr, hn, stream,
-                                         steps=steps)
+        if not self._split:
+            for z in self.cell.noise:
+                steps[z.name] = [masks[f"l{k}.{z.name}"].data.ptr for k in range(self.num_layers)]
+            self._engine(masked).forward(T, B, train, binds, x.data.ptr, h0, y.data.ptr, hn, stream, steps=steps)
         else:
             item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
                                                       for n, s in self.state_shapes(B).items()}
             inp = x
             for k in range(self.num_layers):
-                out = y if k == self.num_layers - 1 else cupy.empty((T, B, self.output_size), self.dtype)
-                half = out.shape[-1] // 2
-                for d in range(2):
-                    u = 2 * k + d
+                last = k == self.num_layers - 1
+                width = self.directions * self.sizes[k][self.cell.output_size]
+                out = y if last else cupy.empty((T, B, width), self.dtype)
+                half = width // self.directions
+                units = [self.directions * k + d for d in range(self.directions)]
+                for u in units:  # allocated (and, in tests, poisoned) on this stream before the fork
+                    self._engine(masked, u).workspace(T, B, train)
+                for d, (u, s) in enumerate(zip(units, self._streams(stream))):
+                    unit = {z.name: masks[f"{self.unit_name(u)}.{z.name}"].data.ptr for z in self.cell.noise}
                     self._engine(masked, u).forward(
-                        T, B, train, [self._bindings[u]], inp.data.ptr, {n: p + u * state_bytes[n] for n, p in h0.items()},
-                        out.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in hn.items()}, stream,
-                        steps=steps, y_pitch=out.shape[-1] * item)
-                inp = out
+                        T, B, train, [binds[u]], inp.data.ptr, {n: p + u * state_bytes[n] for n, p in h0.items()},
+                        out.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in hn.items()}, s,
+                        steps=dict(steps, **unit), y_pitch=width * item)
+                self._join(stream)
+                between = masks.get(f"l{k}.between")
+                inp = out * between if between is not None else out
         if train:
-            self._shape, self._lengths = (T, B), masked
+            self._shape, self._lengths, self._binds, self._connect = (T, B), masked, binds, connect
         return y, final
 
     def backward(self, dy, dstate: dict | None = None):
@@ -171,25 +267,33 @@ class CudaLayer(Layer):
         d0 = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
         dhn = {n: a.data.ptr for n, a in dstate.items()}
         dh0 = {n: a.data.ptr for n, a in d0.items()}
-        if self.directions == 1:
+        for u in range(len(self.units)):
+            self._connect_grads(u, before=True)
+        if not self._split:
             dx = cupy.empty((T, B, self.input_size), self.dtype)
-            self._engine(self._lengths).backward(self._bindings, dy.data.ptr, dhn, dx.data.ptr, dh0, stream)
+            self._engine(self._lengths).backward(self._binds, dy.data.ptr, dhn, dx.data.ptr, dh0, stream)
         else:
             item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
                                                       for n, s in self.state_shapes(B).items()}
             g = dy
             for k in reversed(range(self.num_layers)):
+                between = self._last_noise.get(f"l{k}.between")
+                if between is not None:
+                    g = g * between
                 width = self.sizes[k]["input"]
-                parts = [cupy.empty((T, B, width), self.dtype) for _ in range(2)]
-                half = g.shape[-1] // 2
-                for d in range(2):
-                    u = 2 * k + d
+                parts = [cupy.empty((T, B, width), self.dtype) for _ in range(self.directions)]
+                half = g.shape[-1] // self.directions
+                for d, s in enumerate(self._streams(stream)):
+                    u = self.directions * k + d
                     self._engine(self._lengths, u).backward(
-                        [self._bindings[u]], g.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in dhn.items()},
-                        parts[d].data.ptr, {n: p + u * state_bytes[n] for n, p in dh0.items()}, stream,
+                        [self._binds[u]], g.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in dhn.items()},
+                        parts[d].data.ptr, {n: p + u * state_bytes[n] for n, p in dh0.items()}, s,
                         dy_pitch=g.shape[-1] * item)
-                g = parts[0] + parts[1]
+                self._join(stream)
+                g = parts[0] + parts[1] if self.directions == 2 else parts[0]
             dx = g
+        for u in range(len(self.units)):
+            self._connect_grads(u, before=False)
         self._initial_state_grads = d0
         return dx
 

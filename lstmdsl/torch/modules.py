@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..ir import ROW
 from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule, parse_schedule
 from ..spec import Spec, parse
@@ -17,6 +18,7 @@ from .ops import Runner
 from .ops import forward as run_forward
 
 _WARNED_CPU = []
+_SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
 
 
 def _bool(name: str, v) -> bool:
@@ -36,13 +38,16 @@ class RNN(nn.Module):
     b_*) zeros that are not trained. proj_size > 0 binds the spec's size `proj`. schedule: directive text
     or a Schedule. seed: draw the initial parameters as lstmdsl.compile(seed=...) does; without it they
     come from torch's generator, uniform in +-1/sqrt(hidden_size) as torch.nn.LSTM's. forget_bias: the
-    initial value of b_f.
+    initial value of b_f. dropconnect: in training mode, each recurrent weight (the matrices whose operand
+    depends on the previous step's state) is zeroed with this probability and the rest scaled by 1/(1-p),
+    one mask per call (Wan et al. 2013; Haste's and AWD-LSTM's weight drop). The spec's own dropout(...)
+    and zoneout(...) draw their masks in training mode too; all masks come from torch's generator.
     """
 
     def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, schedule: Schedule | str | None = None, seed: int | None = None,
-                 forget_bias: float | None = None):
+                 forget_bias: float | None = None, dropconnect: float = 0.0):
         super().__init__()
         self.spec = spec if isinstance(spec, Spec) else parse(spec)
         cell = self.spec.cell
@@ -52,6 +57,9 @@ class RNN(nn.Module):
             raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
             raise UsageError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if not (isinstance(dropconnect, (int, float)) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
+            raise UsageError(f"dropconnect must be a probability in [0, 1), got {dropconnect!r}")
+        self.dropconnect = float(dropconnect)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = _bool("bias", bias), _bool("batch_first", batch_first)
         self.bidirectional, self.dropout, self.proj_size = _bool("bidirectional", bidirectional), float(dropout), proj_size
@@ -65,6 +73,7 @@ class RNN(nn.Module):
         split = D == 2 or (self.dropout > 0 and num_layers > 1)
         groups = [[(k, d)] for k in range(num_layers) for d in range(D)] if split else [[(k, 0) for k in range(num_layers)]]
         self._groups = []  # (runner, [(layer, direction)], [parameter names])
+        self.overlap_directions = True  # on CUDA, outside torch.compile: the two directions run at once
         rng = np.random.default_rng(seed) if seed is not None else None
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
@@ -96,7 +105,7 @@ class RNN(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("proj_size", 0)):
+                              ("proj_size", 0), ("dropconnect", 0.0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
@@ -194,16 +203,64 @@ class RNN(nn.Module):
         params, buffers = self._parameters, self._buffers
         return [params[n] if n in params else buffers[n] for n in names]
 
+    def _beside(self, inputs: list[torch.Tensor], run) -> list[torch.Tensor]:
+        """run() on a side stream that first waits for the current one, which then waits for it; the
+        caching allocator is told which stream uses which tensor. Autograd runs the backward on the same
+        side stream, and synchronises the gradients that cross."""
+        device = inputs[0].device
+        main = torch.cuda.current_stream(device)
+        if device not in _SIDE_STREAMS:
+            _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+        side = _SIDE_STREAMS[device]
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = run()
+        main.wait_stream(side)
+        for t in inputs:
+            t.record_stream(side)
+        for t in out:
+            t.record_stream(main)
+        return out
+
+    def _noise(self, runner: Runner, x: torch.Tensor) -> list[torch.Tensor]:
+        """The masks of the spec's regularisers (dropout(...), zoneout(...)) for each layer of a runner: drawn
+        from torch's generator in training mode (module.train()), their expectations in evaluation."""
+        out = []
+        T, B = x.shape[:2]
+        for bound in runner.sizes:
+            for z in runner.noise:
+                shape = (T, B, 1 if z.size == ROW else bound[z.size])
+                if self.training:
+                    out.append(z.training(torch.rand(shape, device=x.device)).to(x.dtype))
+                else:
+                    out.append(torch.full(shape, z.evaluation(), device=x.device, dtype=x.dtype))
+        return out
+
+    def _connect(self, runner: Runner, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """DropConnect in training mode: each recurrent weight stack times a fresh mask (autograd carries the
+        gradient through the product)."""
+        if not (self.training and self.dropconnect > 0):
+            return tensors
+        out, n = list(tensors), len(runner.slots)
+        keep = 1.0 / (1.0 - self.dropconnect)
+        for k in range(len(runner.sizes)):
+            for i in runner.recurrent:
+                t = out[k * n + i]
+                out[k * n + i] = t * ((torch.rand(t.shape, device=t.device) >= self.dropconnect) * keep).to(t.dtype)
+        return out
+
     def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
-        groups = [(runner, members, self._tensors(names)) for runner, members, names in self._groups]
+        groups = [(runner, members, self._connect(runner, self._tensors(names))) for runner, members, names in self._groups]
         train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
                                              or any(p.requires_grad for _, _, ts in groups for p in ts))
         if len(groups) == 1:  # the whole stack in one call
             runner, _, tensors = groups[0]
-            out = run_forward(x, states, tensors, runner.handle, train, steps)
+            out = run_forward(x, states, tensors, runner.handle, train, steps + self._noise(runner, x))
             return out[0], out[1:]
         finals = [[None] * (D * self.num_layers) for _ in states]
+        overlap = (D == 2 and x.is_cuda and self.overlap_directions and not torch.compiler.is_compiling()
+                   and not torch.cuda.is_current_stream_capturing())
         layer_in = x
         for k in range(self.num_layers):
             outs = []
@@ -211,7 +268,12 @@ class RNN(nn.Module):
                 (_, d), = members
                 i = k * D + d
                 h0 = [s[i:i + 1] for s in states]
-                out = run_forward(layer_in, h0, tensors, runner.handle, train, steps)  # d: a reverse runner
+                inputs = [layer_in, *h0, *tensors, *steps, *self._noise(runner, layer_in)]
+                if d and overlap:  # the reverse direction beside the forward one, on a side stream
+                    out = self._beside(inputs, lambda: run_forward(inputs[0], h0, tensors, runner.handle, train,
+                                                                   inputs[1 + len(h0) + len(tensors):]))
+                else:  # d: a reverse runner
+                    out = run_forward(layer_in, h0, tensors, runner.handle, train, inputs[1 + len(h0) + len(tensors):])
                 outs.append(out[0])
                 for j, f in enumerate(out[1:]):
                     finals[j][i] = f

@@ -4,8 +4,9 @@
     torch.ops.lstmdsl.rnn_backward(x, h0, params, steps, y, dy, dhn, handle) -> [dx, *dh0, *dparams]
 
 A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers and the direction it reads
-its sequence in. `steps` is empty, or holds the mask of sequence lengths ([T, B, 1], masks.py): then the
-cell stops each sequence at its end. Each op has a fake
+its sequence in. `steps` holds the per-step inputs: first, optionally, the mask of sequence lengths
+([T, B, 1], masks.py: then the cell stops each sequence at its end), then the masks of the spec's
+regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
 implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call,
 with no graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls
 rnn_backward. On CUDA tensors the ops run the generated kernels (an Engine per device and element type,
@@ -31,7 +32,7 @@ from torch import Tensor
 from ..errors import UsageError
 from ..grad import StepGrad
 from ..ir import Cell
-from ..layer import init_params
+from ..layer import init_params, recurrent_matrices
 from ..masks import LENGTH, with_lengths
 from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
@@ -64,8 +65,11 @@ class Runner:
         slots = [ParamSlot(s.name, "stack", (s.rows, s.cols), s.matrices, s.rows) for s in storage.stacks]
         slots += [ParamSlot(p.name, "vector", p.shape) for p in cell.params if p.kind == "vector"]
         self.slots = tuple(slots)
+        recurrent = set(recurrent_matrices(cell))
+        self.recurrent = tuple(i for i, s in enumerate(slots) if s.kind == "stack" and set(s.matrices) <= recurrent)
         self.output_size = sizes[-1][cell.output_size]
         self.state_names = [s.name for s in cell.states]
+        self.noise = cell.noise
         self.handle = next(_HANDLES)
         _RUNNERS[self.handle] = self
         self._engines: dict[tuple, object] = {}
@@ -109,6 +113,15 @@ class Runner:
                 row += rows
         return out
 
+    def split_steps(self, steps: list) -> tuple[object, dict]:
+        """(the length mask or None, the regularisers' masks by 'l{k}.{name}') of an op's steps."""
+        names = [f"l{k}.{z.name}" for k in range(len(self.sizes)) for z in self.noise]
+        first = len(steps) - len(names)
+        if first not in (0, 1):
+            raise UsageError(f"the op takes the length mask and {len(names)} regulariser masks, got {len(steps)} "
+                             "tensors")
+        return (steps[0] if first else None), dict(zip(names, steps[first:]))
+
     # -- CUDA
     def engine(self, x: Tensor, dtype: str, masked: bool):
         key = (x.device.index, dtype, masked)
@@ -117,6 +130,7 @@ class Runner:
 
             cell = with_lengths(self.cell) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, self.schedule, dtype, self.direction), self.sizes)
+            self._engines[key].lane = int(self.direction == "reverse")  # may run beside a forward runner
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
@@ -201,11 +215,22 @@ def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
 def _reference_forward(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor],
                        keep: bool):
     nump = _numpy(params)
-    lengths = _numpy(steps)[0][:, :, 0].sum(axis=0).astype(np.int64) if steps else None
+    mask, noise = r.split_steps(steps)
+    lengths = _numpy([mask])[0][:, :, 0].sum(axis=0).astype(np.int64) if mask is not None else None
     per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
     y, final, saved = stack_forward(r.cell, per_layer, r.sizes, _numpy([x])[0], dict(zip(r.state_names, _numpy(h0))),
-                                    keep=keep, lengths=lengths, reverse=r.direction == "reverse")
+                                    keep=keep, lengths=lengths, reverse=r.direction == "reverse",
+                                    noise={k: v.detach().numpy() for k, v in noise.items()})
     return nump, per_layer, y, final, saved
+
+
+def _step_pointers(r: Runner, steps: list[Tensor]) -> tuple[bool, dict]:
+    """(whether the length mask is given, the Engine's steps: name -> address, or one address per layer)."""
+    mask, noise = r.split_steps(steps)
+    ptrs = {LENGTH: mask.data_ptr()} if mask is not None else {}
+    for z in r.noise:
+        ptrs[z.name] = [noise[f"l{k}.{z.name}"].data_ptr() for k in range(len(r.sizes))]
+    return mask is not None, ptrs
 
 
 def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
@@ -222,11 +247,11 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     y = x.new_empty((T, B, r.output_size))
     hn = [torch.empty_like(h) for h in h0]
     with _on(x):
-        r.engine(x, dtype, bool(steps)).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
-                                                {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
-                                                {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
-                                                owner=y.data_ptr() if train else None,
-                                                steps={LENGTH: steps[0].data_ptr()} if steps else None)
+        mask, ptrs = _step_pointers(r, steps)
+        r.engine(x, dtype, mask).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
+                                         {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
+                                         {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
+                                         owner=y.data_ptr() if train else None, steps=ptrs)
     return [y, *hn]
 
 
@@ -261,14 +286,15 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names] + \
             [torch.from_numpy(g) for g in grads]
     with _on(x):
-        engine = r.engine(x, dtype, bool(steps))
+        mask, ptrs = _step_pointers(r, steps)
+        engine = r.engine(x, dtype, mask)
         stream = _stream(x)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
             scratch = [torch.empty_like(y)] + [torch.empty_like(h) for h in h0]
             engine.forward(T, B, True, r.bindings(params, None), x.data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, h0)}, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
-                           steps={LENGTH: steps[0].data_ptr()} if steps else None)
+                           steps=ptrs)
         grads = r.grad_buffers(params)
         dx = torch.empty_like(x)
         dh0 = [torch.empty_like(h) for h in h0]

@@ -31,17 +31,43 @@ for name, text in cases:
         total += 1
         print(f"{name} | {schedule or 'default'} | graphs={graphs} L={L} {dtype} | {'OK' if not bad else f'BAD {bad}'}",
               flush=True)
-# variable lengths (a mask per step) and both directions, in a stack of two layers
-for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm"]:
+# variable lengths (a mask per step), both directions and the layer's regularisers, in a stack of two layers
+for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm", "zoneout_lstm"]:
     spec = lstmdsl.parse(shipped_specs()[name].read_text())
     P = 3 if spec.uses_size("proj") else None
-    for k, (bidirectional, lengths) in enumerate([(True, None), (False, [4, 1, 3]), (True, [2, 4, 1])]):
-        graphs = k != 1
+    for k, (bidirectional, lengths, p) in enumerate([(True, None, 0), (False, [4, 1, 3], 0), (True, [2, 4, 1], 0),
+                                                      (True, [3, 4, 2], 0.3)]):
+        graphs = k != 1  # p: dropout between the layers and DropConnect
         bad = simrt.check(spec, P=P, I=6, L=2, graphs=graphs, verbose=False, bidirectional=bidirectional,
-                          lengths=None if lengths is None else np.array(lengths))
+                          lengths=None if lengths is None else np.array(lengths), dropout=p, dropconnect=p)
         failures += bool(bad)
         total += 1
-        print(f"{name} | bidirectional={bidirectional} lengths={lengths} | graphs={graphs} L=2 | "
-              f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
+        print(f"{name} | bidirectional={bidirectional} lengths={lengths} dropout=dropconnect={p} | graphs={graphs} "
+              f"L=2 | {'OK' if not bad else f'BAD {bad}'}", flush=True)
+
+# new lengths on the next call are read from device memory: the captured graphs replay, none is captured anew
+from lstmdsl.runtime import device  # noqa: E402
+
+captured = []
+_graph_init = device.Graph.__init__
+
+
+def _count(self, *a, **k):
+    captured.append(1)
+    _graph_init(self, *a, **k)
+
+
+device.Graph.__init__ = _count
+layer = lstmdsl.compile("vanilla", 5, 6, 2, backend="cuda", bidirectional=True)
+x = simrt.cupy.asarray(np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32))
+counts = []
+for lengths in ([4, 1, 3], [2, 4, 4], [1, 1, 1]):
+    y, _ = layer.forward(x, lengths=np.array(lengths))
+    layer.backward(simrt.cupy.asarray(np.ones(y.shape, np.float32)))
+    counts.append(len(captured))
+ok = counts[0] > 0 and counts[1] == counts[2] == counts[0]
+failures += not ok
+total += 1
+print(f"new lengths replay the captured graphs | captures after each call {counts} | {'OK' if ok else 'BAD'}")
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

@@ -52,7 +52,7 @@ ITEM = {"f32": 4, "f64": 8}
 
 
 @recorded
-def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream):
+def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0):
     a_t, b_t, c_t, compute = types
     A = region(a, K, M, lda, ITEM[a_t])[0].T if ta else region(a, M, K, lda, ITEM[a_t])[0]
     Bm = region(b, N, K, ldb, ITEM[b_t])[0].T if tb else region(b, K, N, ldb, ITEM[b_t])[0]
@@ -169,7 +169,30 @@ class Graph:
             fn(*args)
 
 
+class Uniform:
+    """The device's generator of uniform draws, with numpy's."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, shape):
+        return cupy.asarray(self.rng.random(shape, np.float32))
+
+
+class SideStream:
+    """The emulation runs every stream's work in the order it is issued."""
+
+    handle = 0
+
+    def fork(self, stream):
+        return 0
+
+    def join(self, stream):
+        pass
+
+
 GRAPHS = []
+device.Uniform, device.SideStream = Uniform, SideStream
 device.check_available = lambda: None
 device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
 device.is_capturing = lambda stream: False
@@ -198,8 +221,9 @@ executor.Engine.__init__ = _init
 
 
 def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
-          dtype="float32", bidirectional=False, lengths=None):
-    kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional)
+          dtype="float32", bidirectional=False, lengths=None, dropout=0.0, dropconnect=0.0):
+    kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
+              dropconnect=dropconnect)
     if P:
         kw["proj_size"] = P
     gpu = lstmdsl.compile(spec, input_size=I, hidden_size=H, backend="cuda", **kw)

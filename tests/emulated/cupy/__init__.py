@@ -45,6 +45,10 @@ def asarray(a, dtype=None):
 def asnumpy(a): return np.array(np.asarray(a))
 def zeros(shape, dtype=np.float64): return _wrap(np.zeros(shape, dtype))
 def zeros_like(a): return _wrap(np.zeros(a.shape, a.dtype))
+def empty_like(a): return _wrap(np.empty(a.shape, a.dtype))
+def multiply(a, b, out=None):
+    if out is None: return _wrap(np.multiply(a, b))
+    np.multiply(a, b, out=out); return out
 def empty(shape, dtype=np.float64): return _wrap(np.empty(shape, dtype))
 def full(shape, v, dtype=np.float64): return _wrap(np.full(shape, v, dtype))
 def arange(*a, **k): return _wrap(np.arange(*a, **k))
