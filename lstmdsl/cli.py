@@ -1,4 +1,4 @@
-"""The command line: lstmdsl check | compile | run | specs.
+"""The command line: lstmdsl check | compile | run | train | bench | specs (the parser: cli_args.py).
 
 Results go to stdout, warnings and progress to stderr; --json prints one JSON object instead.
 Exit codes: 0 ok, 1 a numerical check failed, 64 bad usage, 65 the spec has errors, 66 a file cannot be
@@ -7,7 +7,6 @@ read, 69 a backend is not available, 70 an internal error (a bug: please report 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,9 +15,9 @@ import traceback
 
 import numpy as np
 
-from .version import __version__
+from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
-from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, EXIT_USAGE, BackendUnavailable, LstmdslError, SpecError,
+from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
                      UsageError)
 from .codegen import traffic_per_step
 from .describe import cell_io, describe
@@ -26,149 +25,11 @@ from .grad import format_grad
 from .ir import format_cell
 from .plan import format_plan
 from .program import build_program
+from .cli_args import build_parser
 from .resources import shipped_specs
 from .schedule import parse_schedule
 
 GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
-
-
-_JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kw):
-        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kw)
-
-    def error(self, message):  # argparse exits with 2; we use sysexits' EX_USAGE
-        if _JSON_ERRORS:
-            print(json.dumps({"error": f"{self.prog}: {message}", "kind": "UsageError", "exit_code": EXIT_USAGE}))
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _count(text: str) -> int:
-    """An argument that counts something: a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {value}")
-    return value
-
-
-def _number(low: float, strict: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value == value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected a number {'>' if strict else '>='} {low:g}, got {text}")
-        return value
-    return parse
-
-
-def _sizes_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--input-size", "-I", type=_count, default=None if not required else 16,
-                   help="size of the input x")
-    p.add_argument("--hidden-size", "-H", type=_count, default=None if not required else 32,
-                   help="the hidden size")
-    p.add_argument("--proj-size", "-P", type=_count, default=None,
-                   help="the projection size, for specs using proj (default: half the hidden size)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    shipped = ", ".join(shipped_specs())
-    parser = _Parser(prog="lstmdsl", description="LSTM variants written as equations, compiled to kernels.",
-                     epilog=f"SPEC is a .cell file or the name of a shipped spec: {shipped}")
-    parser.add_argument("--version", action="version", version=f"lstmdsl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    p = sub.add_parser("check", help="check a spec; print its states, parameters, gates and FLOPs")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
-    _sizes_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
-
-    p = sub.add_parser("compile", help="print a stage of the compilation")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
-    p.add_argument("--emit", choices=("ast", "ir", "grad", "plan", "cuda"), default="ir",
-                   help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step; "
-                        "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
-    p.add_argument("--batch", "-B", type=_count, default=1, help="batch size for the bytes per step of --emit plan")
-    p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="element type of the plan and kernels")
-    _sizes_args(p)
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
-
-    p = sub.add_parser("run", help="run forward and backward on random data and check the gradients")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
-    _sizes_args(p, required=True)
-    p.add_argument("--batch", "-B", type=_count, default=4, help="sequences per batch")
-    p.add_argument("--steps", "-T", type=_count, default=10, help="time steps")
-    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
-                   help="auto: the GPU when there is one, else the numpy reference")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="element type")
-    p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no hoist input'")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the random data")
-    p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
-
-    p = sub.add_parser("train", help="train a spec on a task that ships with a package (chorales, digits)")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
-    p.add_argument("--task", required=True, choices=("chorales", "digits"), help="the task")
-    p.add_argument("--epochs", type=_count, default=10, help="passes over the training split")
-    p.add_argument("--hidden-size", "-H", type=_count, default=128, help="the hidden size")
-    p.add_argument("--proj-size", "-P", type=_count, default=None,
-                   help="the projection size, for specs using proj (default: half the hidden size)")
-    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "momentum", "nesterov"),
-                   help="the optimizer")
-    p.add_argument("--lr", type=_number(0, strict=True), default=1e-3, help="learning rate")
-    p.add_argument("--batch", "-B", type=_count, default=32, help="sequences per batch")
-    p.add_argument("--clip", type=_number(0, strict=False), default=1.0,
-                   help="global gradient-norm limit (0: no clipping)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
-                   help="auto: the GPU when there is one, else the numpy reference")
-    p.add_argument("--max-train", type=_count, default=None, help="use only the first N training sequences")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the batch order")
-    p.add_argument("--out", default=None, help="folder for parameters, history, plot and checkpoints "
-                   "(default: lstmdsl-train-SPEC-TASK)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --out (left by an interrupted or finished run)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object (errors too)")
-
-    p = sub.add_parser("bench", help="time a spec against cuDNN and the same cell in PyTorch (needs a GPU, torch)")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
-    p.add_argument("--batch", "-B", type=_count, default=64, help="sequences per batch")
-    p.add_argument("--hidden-size", "-H", type=_count, default=512, help="hidden size (the input size is the same)")
-    p.add_argument("--steps", "-T", type=_count, default=100, help="time steps")
-    p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
-    p.add_argument("--mode", choices=("forward", "train", "both"), default="both", help="what is timed")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default: strict fp32)")
-    p.add_argument("--repeat", type=_count, default=20, help="timed calls per competitor")
-    p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
-    p.add_argument("--schedule", help="schedule directives over the spec's")
-    p.add_argument("--profile", action="store_true",
-                   help="break one forward and one training step of lstmdsl into its parts instead")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON (errors too)")
-
-    sub.add_parser("specs", help="list the shipped specs")
-    return parser
 
 
 def proj_default(spec: Spec, hidden: int, proj: int | None) -> int | None:
@@ -204,6 +65,9 @@ def cmd_check(args) -> int:
     print(f"  states      {', '.join(cell_io(s) for s in d['states'])}")
     print(f"  output      {cell_io(d['output'])}")
     print(f"  gates       {', '.join(d['gates']) or '(none)'}")
+    if d["regularisers"]:
+        print("  regularise  " + ", ".join(f"{r['kind']} p={r['p']:g} ({r['mask']}, {r['size']})"
+                                           for r in d["regularisers"]) + "  (in training; expectations in evaluation)")
     print("  values      " + ", ".join(f"{v['name']} = {v['op']}(...)" for v in d["values"]))
     print(f"  parameters  {len(d['parameters'])}")
     for p in d["parameters"]:
@@ -265,6 +129,29 @@ def _format_ast(tree) -> str:
 
 # -------------------------------------------------------------------------------------------- run
 
+def run_lengths(lengths, T: int, B: int, seed: int):
+    """--lengths as an array [B] (or None): 'random' draws them in [1, T], the first sequence full."""
+    if lengths is None:
+        return None
+    if lengths == "random":
+        out = np.random.default_rng(seed + 7).integers(1, T + 1, B)
+        out[0] = T
+        return out
+    if len(lengths) != B or max(lengths) > T:
+        raise UsageError(f"--lengths needs {B} lengths (one per sequence, --batch) of at most {T} steps (--steps), "
+                         f"got {','.join(map(str, lengths))}")
+    return np.array(lengths)
+
+
+def layer_note(args) -> str:
+    """The layer options of `run` in its first line."""
+    parts = ["bidirectional"] * args.bidirectional + [f"dropout {args.dropout:g}"] * (args.dropout > 0) + \
+        [f"dropconnect {args.dropconnect:g}"] * (args.dropconnect > 0)
+    if args.lengths is not None:
+        parts.append(f"lengths {','.join(map(str, args.lengths))}")
+    return ", " + ", ".join(parts) if parts else ""
+
+
 def cmd_run(args) -> int:
     from .gradcheck import gradient_check
 
@@ -273,6 +160,8 @@ def cmd_run(args) -> int:
         print(w.render(), file=sys.stderr)
     schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
+    args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
+    args.layer_note = layer_note(args)
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
@@ -287,17 +176,19 @@ def cmd_run(args) -> int:
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
-                    backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed)
+                    backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed,
+                    bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect)
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
     t0 = time.perf_counter()
-    y, state = layer.forward(x)
+    y, state = layer.forward(x, lengths=args.lengths)
     t1 = time.perf_counter()
     dx = layer.backward(np.ones_like(y))
     t2 = time.perf_counter()
     rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
                           min(args.steps, 5), args.layers, proj_size=min(args.proj_size, 4) if args.proj_size else None,
-                          seed=args.seed)
+                          seed=args.seed, bidirectional=args.bidirectional, dropout=args.dropout,
+                          lengths=args.lengths is not None, dropconnect=args.dropconnect)
     worst = max(r.rel_error for r in rows)
     ok = worst <= GRAD_TOLERANCE and bool(np.all(np.isfinite(y))) and bool(np.all(np.isfinite(dx)))
     result = {
@@ -305,6 +196,8 @@ def cmd_run(args) -> int:
         "schedule": schedule.describe(),
         "shape": {"steps": args.steps, "batch": args.batch, "input": args.input_size,
                   "hidden": args.hidden_size, "layers": args.layers, "output": layer.output_size},
+        "bidirectional": args.bidirectional, "dropout": args.dropout, "dropconnect": args.dropconnect,
+        "lengths": None if args.lengths is None else [int(v) for v in args.lengths],
         "forward_ms": 1e3 * (t1 - t0), "backward_ms": 1e3 * (t2 - t1),
         "output_rms": float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))),
         "gradient_check": {"dtype": "float64", "tolerance": GRAD_TOLERANCE, "max_rel_error": worst,
@@ -315,14 +208,15 @@ def cmd_run(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"cell {spec.name} on {backend}, {args.dtype}: T={args.steps} B={args.batch} "
-              f"I={args.input_size} H={args.hidden_size} L={args.layers}")
+              f"I={args.input_size} H={args.hidden_size} L={args.layers}{args.layer_note}")
         print(f"  forward   {result['forward_ms']:9.2f} ms   y [{args.steps}, {args.batch}, {layer.output_size}],"
               f" rms {result['output_rms']:.4f}")
         print(f"  backward  {result['backward_ms']:9.2f} ms   dx and {len(layer.grads())} parameter gradients")
         print("  gradient check (float64 central differences, small sizes):")
-        print(f"    {'tensor':<12} {'coords':>6} {'max |grad|':>11} {'rel error':>10}")
+        w = max(12, *(len(r.tensor) for r in rows))
+        print(f"    {'tensor':<{w}} {'coords':>6} {'max |grad|':>11} {'rel error':>10}")
         for r in rows:
-            print(f"    {r.tensor:<12} {r.coordinates:>6} {r.max_abs_grad:>11.3e} {r.rel_error:>10.2e}")
+            print(f"    {r.tensor:<{w}} {r.coordinates:>6} {r.max_abs_grad:>11.3e} {r.rel_error:>10.2e}")
         print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
     return 0 if ok else EXIT_CHECK_FAILED
 
@@ -344,18 +238,20 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from .files import output_dir
-    from .train import TrainConfig, run
+    from .train import TrainConfig, check_config, run
 
     spec = parse(args.spec)
-    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
-    if note:
-        print(f"note: {note}", file=sys.stderr)
     cfg = TrainConfig(spec=str(args.spec), task=args.task, epochs=args.epochs, hidden_size=args.hidden_size,
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
                       clip=args.clip, seed=args.seed, max_train=args.max_train,
-                      proj_size=proj_default(spec, args.hidden_size, args.proj_size))
+                      proj_size=proj_default(spec, args.hidden_size, args.proj_size), bidirectional=args.bidirectional,
+                      dropout=args.dropout, dropconnect=args.dropconnect)
     compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size)  # the sizes, checked before the data
+    check_config(cfg)
+    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     result = run(cfg, Path(out), resume=args.resume)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -394,8 +290,7 @@ def error_json(err: LstmdslError) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _JSON_ERRORS
-    _JSON_ERRORS = "--json" in (sys.argv[1:] if argv is None else argv)
+    cli_args.JSON_ERRORS = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -25,23 +25,27 @@ def run_cuda(args, spec: Spec, schedule) -> int:
     from .timing import time_gpu
 
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, backend="cuda", schedule=schedule,
-                    dtype=args.dtype, proj_size=args.proj_size, seed=args.seed)
+                    dtype=args.dtype, proj_size=args.proj_size, seed=args.seed, bidirectional=args.bidirectional,
+                    dropout=args.dropout, dropconnect=args.dropconnect)
     x, state, dy, dstate = random_case(layer, args.steps, args.batch, args.seed)
     x_d, dy_d = cupy.asarray(x), cupy.asarray(dy)
     state_d = {k: cupy.asarray(v) for k, v in state.items()}
+    lengths = args.lengths
 
     def train():
-        layer.forward(x_d, state_d)
+        layer.forward(x_d, state_d, lengths=lengths)
         layer.backward(dy_d)
 
-    fwd = time_gpu(lambda: layer.forward(x_d, state_d, train=False), repeat=5, warmup=1)
+    fwd = time_gpu(lambda: layer.forward(x_d, state_d, train=False, lengths=lengths), repeat=5, warmup=1)
     trn = time_gpu(train, repeat=5, warmup=1)
-    check = compare(layer, x, state, dy, dstate)
+    check = compare(layer, x, state, dy, dstate, lengths)
     rows = [{"tensor": k, "rel_error": e} for k, e in check.errors.items()]
     result = {"cell": spec.name, "backend": "cuda", "device": cupy.cuda.runtime.getDeviceProperties(0)["name"]
               .decode(), "schedule": schedule.describe(),
               "shape": {"steps": args.steps, "batch": args.batch, "input": args.input_size,
                         "hidden": args.hidden_size, "layers": args.layers, "output": layer.output_size},
+              "bidirectional": args.bidirectional, "dropout": args.dropout, "dropconnect": args.dropconnect,
+              "lengths": None if lengths is None else [int(v) for v in lengths],
               "forward_ms": fwd["ms"], "train_ms": trn["ms"],
               "host_us_per_step": {"forward": 1e3 * fwd["host_ms"] / args.steps,
                                    "train": 1e3 * trn["host_ms"] / args.steps},
@@ -51,7 +55,7 @@ def run_cuda(args, spec: Spec, schedule) -> int:
         print(json.dumps(result, indent=2))
         return 0 if check.ok else EXIT_CHECK_FAILED
     print(f"cell {spec.name} on {result['device']} ({schedule.describe()}): T={args.steps} B={args.batch} "
-          f"I={args.input_size} H={args.hidden_size} L={args.layers}")
+          f"I={args.input_size} H={args.hidden_size} L={args.layers}{args.layer_note}")
     print(f"  forward   {fwd['ms']:9.3f} ms on the GPU, host {result['host_us_per_step']['forward']:.1f} us per step")
     print(f"  training  {trn['ms']:9.3f} ms on the GPU, host {result['host_us_per_step']['train']:.1f} us per step")
     print("  largest relative errors against the float64 reference:")

@@ -46,6 +46,9 @@ class TrainConfig:
     seed: int = 0
     max_train: int | None = None  # use only the first N training sequences (quick runs)
     proj_size: int | None = None  # for specs using the size proj
+    bidirectional: bool = False  # digits only: chorales predict the next frame, which a reverse direction sees
+    dropout: float = 0.0  # between stacked layers
+    dropconnect: float = 0.0  # on the recurrent matrices
 
 
 def _optimizer(name: str, params: dict, lr: float):
@@ -82,11 +85,12 @@ class _Task:
         return min(n, self.max_train) if split == "train" and self.max_train else n
 
     def batch(self, split: str, index: np.ndarray):
+        """(x, target, mask): the mask [T, B] of the frames inside each sequence (chorales), or None."""
         if self.name == "digits":
             return self.x[split][:, index], self.y[split][index], None
         rolls = [self.seqs[split][k] for k in index]
-        # lengths rounded up to a multiple of 32 frames (masked): the GPU backend keeps one workspace and
-        # one captured CUDA graph per (T, B), so few distinct lengths mean few captures
+        # padded to a multiple of 32 frames: the GPU backend keeps one workspace and one captured CUDA graph
+        # per (T, B), so few distinct lengths mean few captures; the layer stops each sequence at its end
         T = -(-(max(len(r) for r in rolls) - 1) // 32) * 32
         x = np.zeros((T, len(rolls), self.input_size), np.float32)
         target = np.zeros_like(x)
@@ -104,7 +108,8 @@ class Model:
         self.task = task
         self.layer = compile(cfg.spec, task.input_size, cfg.hidden_size, cfg.layers, backend=cfg.backend,
                              proj_size=cfg.proj_size, seed=cfg.seed,
-                             forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None)
+                             forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None,
+                             bidirectional=cfg.bidirectional, dropout=cfg.dropout, dropconnect=cfg.dropconnect)
         self.head = nn.Dense(self.layer.output_size, task.output_size, backend=cfg.backend, seed=cfg.seed)
         self.xp = optim.array_module(self.head.parameters()["W"])
 
@@ -118,9 +123,12 @@ class Model:
         """(mean loss, the task's metric numerator, its denominator); with train, gradients too."""
         xp = self.xp
         x = xp.asarray(x)
-        y, _ = self.layer.forward(x, train=train)
-        if self.task.name == "digits":
-            logits = self.head.forward(y[-1])
+        lengths = mask.sum(axis=0).astype(np.int64) if mask is not None else None
+        y, _ = self.layer.forward(x, train=train, lengths=lengths)
+        half = y.shape[-1] // self.layer.directions
+        if self.task.name == "digits":  # the forward direction's last output, the reverse one's first
+            features = y[-1] if self.layer.directions == 1 else xp.concatenate([y[-1, :, :half], y[0, :, half:]], -1)
+            logits = self.head.forward(xp.ascontiguousarray(features))
             labels = xp.asarray(target)
             loss, dlogits = nn.softmax_cross_entropy(logits, labels)
             correct = float((logits.argmax(axis=-1) == labels).sum())
@@ -135,7 +143,9 @@ class Model:
             dy = self.head.backward(dlogits)
             if self.task.name == "digits":
                 full = xp.zeros_like(y)
-                full[-1] = dy
+                full[-1, :, :half] = dy[:, :half]
+                if self.layer.directions == 2:
+                    full[0, :, half:] = dy[:, half:]
                 dy = full
             self.layer.backward(xp.ascontiguousarray(dy))
         return loss, metric
@@ -189,13 +199,20 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "hidden_size", "layers", "batch"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UsageError(f"{name} must be a positive integer, got {v!r}")
     if cfg.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.bidirectional and cfg.task == "chorales":
+        raise UsageError("--bidirectional does not suit chorales: the model predicts the next frame, which the reverse "
+                         "direction has already read; use it on digits (a classification of whole sequences)")
+    for name in ("dropout", "dropconnect"):
+        p = getattr(cfg, name)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     check_seed(cfg.seed)
 
 
@@ -243,7 +260,7 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     an uninterrupted run reaches. The parameters are saved before the test evaluation, so a failure late
     in the run loses no training. stop_after (for tests): stop as a signal would after that many steps.
     """
-    _check_config(cfg)
+    check_config(cfg)
     if out is not None:
         out = output_dir(out, "--out")
     task = _Task(cfg.task, cfg.max_train)

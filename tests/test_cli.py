@@ -64,6 +64,16 @@ def test_run_reference_with_gradient_check(capsys):
     assert "l1.R_z" in captured.out
 
 
+def test_run_bidirectional_lengths_and_dropout(capsys):
+    assert main(["run", "zoneout_lstm", "-L", "2", "-T", "5", "-B", "3", "--bidirectional", "--dropout", "0.3",
+                 "--lengths", "5,1,3", "--backend", "numpy", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["ok"] and d["bidirectional"] and d["lengths"] == [5, 1, 3] and d["shape"]["output"] == 64
+    assert "l1_reverse.R_z" in {r["tensor"] for r in d["gradient_check"]["tensors"]}
+    assert main(["run", "gru", "-T", "4", "-B", "3", "--lengths", "random", "--backend", "numpy"]) == 0
+    assert "lengths 4," in capsys.readouterr().out
+
+
 def test_run_json(capsys):
     assert main(["run", "lstmp", "--proj-size", "3", "--json", "--dtype", "float64", "--backend", "numpy"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -144,6 +154,10 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
     (["check", "lstmp", "-I", "4", "-H", "6", "-P", "0"], 64, "expected a positive integer, got 0"),
     (["frobnicate"], 64, "invalid choice"),
     (["run", "vanilla", "--batch", "two"], 64, "expected a positive integer, got 'two'"),
+    (["run", "vanilla", "-B", "2", "--lengths", "3,4,5"], 64, "--lengths needs 2 lengths"),
+    (["run", "vanilla", "--lengths", "3,x"], 64, "expected 'random' or comma-separated integers"),
+    (["run", "vanilla", "--dropout", "1"], 64, "expected a probability in [0, 1), got 1"),
+    (["train", "vanilla", "--task", "chorales", "--bidirectional"], 64, "--bidirectional does not suit chorales"),
 ])
 def test_exit_codes(args, code, message):
     r = run_cli(*args)

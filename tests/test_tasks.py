@@ -42,6 +42,33 @@ def test_train_digits_learns(tmp_path):
     assert (tmp_path / "layer.npz").exists() and (tmp_path / "history.json").exists()
 
 
+@pytest.mark.parametrize("spec,options", [("zoneout_lstm", {}), ("recurrent_dropout", {}),
+                                          ("vanilla", {"bidirectional": True, "layers": 2, "dropout": 0.2})])
+def test_train_digits_learns_with_regularisers_and_both_directions(tmp_path, spec, options):
+    pytest.importorskip("sklearn")
+    result = run(TrainConfig(spec, "digits", epochs=4, hidden_size=32, lr=0.01, backend="numpy", **options),
+                 tmp_path, log=None)
+    assert result["test"] > 0.6
+
+
+def test_chorales_batches_stop_each_sequence_at_its_end(monkeypatch):
+    """The layer gets each chorale's length: a chorale's outputs do not depend on the padding after it."""
+    from lstmdsl import train
+
+    class Task:
+        name, input_size, output_size = "chorales", 3, 3
+
+    model = train.Model(TrainConfig("vanilla", "chorales", hidden_size=4, backend="numpy"), Task())
+    seen = []
+    forward = model.layer.forward
+    monkeypatch.setattr(model.layer, "forward", lambda x, **kw: seen.append(kw["lengths"]) or forward(x, **kw))
+    mask = np.zeros((5, 2), np.float32)
+    mask[:5, 0], mask[:2, 1] = 1, 1
+    x = np.random.default_rng(0).random((5, 2, 3)).astype(np.float32)
+    model.loss(x, x, mask, train=False)
+    assert list(seen[0]) == [5, 2]
+
+
 def test_train_cli_chorales_json(tmp_path, capsys):
     pytest.importorskip("music21")
     assert main(["train", "peephole", "--task", "chorales", "--epochs", "2", "-H", "16", "--lr", "0.01",
