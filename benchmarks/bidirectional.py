@@ -1,8 +1,10 @@
 """Bidirectional, variable-length LSTMs: lstmdsl.torch.LSTM against cuDNN (torch.nn.LSTM) in one process,
+with the two directions at once (a side stream) and one after the other,
 forward and training step, on a padded batch (every sequence full) and on a packed one (lengths drawn
 uniformly from [T/2, T], unsorted), strict fp32.
 
-    python3 benchmarks/bidirectional.py [--layers 2] [--json out.json]
+    python3 benchmarks/bidirectional.py [--layers 2] [--tf32] [--json out.json]
+    python3 benchmarks/bidirectional.py --render out.json      # its markdown table again, no GPU
 
 Medians of CUDA-event timings after warm-up (lstmdsl.timing.time_gpu); the packed timings include packing
 and unpacking, as a user's call does.
@@ -11,7 +13,6 @@ and unpacking, as a user's call does.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 import torch
@@ -19,6 +20,7 @@ import torch
 import lstmdsl
 import lstmdsl.torch as lt
 from lstmdsl.timing import time_gpu
+from tables import render, write
 
 SHAPES = [(16, 256, 100), (64, 512, 100)]  # (batch, hidden, steps), input size = hidden
 
@@ -27,14 +29,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--json")
+    ap.add_argument("--tf32", action="store_true", help="TF32 tensor cores for both (default: strict fp32)")
+    ap.add_argument("--json", help="write the result here (and its table beside it, .md)")
+    ap.add_argument("--render", metavar="JSON", help="only write the table of a result written before (no GPU)")
     args = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if args.render:
+        render(args.render, markdown)
+        return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    precision = "tf32" if args.tf32 else "strict fp32"
     rows = []
     for B, H, T in SHAPES:
         torch.manual_seed(0)
         cudnn = torch.nn.LSTM(H, H, args.layers, bidirectional=True).cuda()
-        ours = lt.from_torch(cudnn)
+        ours = lt.from_torch(cudnn, schedule="precision tf32" if args.tf32 else None)
         x = torch.randn(T, B, H, device="cuda", requires_grad=True)
         lengths = torch.randint(T // 2, T + 1, (B,))
         lengths[0] = T
@@ -46,7 +54,10 @@ def main() -> None:
 
             def out(y):
                 return y.data if isinstance(y, torch.nn.utils.rnn.PackedSequence) else y
-            for name, m in (("lstmdsl", ours), ("cuDNN", cudnn)):
+            for name, m in (("lstmdsl", ours), ("lstmdsl serial", ours), ("cuDNN", cudnn)):
+                if m is ours:  # serial: the two directions one after the other, on one stream
+                    ours.overlap_directions = name == "lstmdsl"
+
                 def fwd():
                     with torch.no_grad():
                         m(inputs())
@@ -57,18 +68,29 @@ def main() -> None:
                 f, t = time_gpu(fwd, args.repeat, 3), time_gpu(train, args.repeat, 3)
                 rows.append({"batch": B, "hidden": H, "steps": T, "layers": args.layers, "input": batch,
                              "impl": name, "forward_ms": f["ms"], "train_ms": t["ms"]})
-    print(f"bidirectional LSTM, {args.layers} layers, strict fp32, ms (median of {args.repeat}); ratio = lstmdsl / cuDNN")
-    print(f"  {'B':>3} {'H':>4} {'T':>4} {'input':<7} {'lstmdsl fwd':>11} {'cuDNN fwd':>9} {'ratio':>5} "
-          f"{'lstmdsl train':>13} {'cuDNN train':>11} {'ratio':>5}")
-    for a, b in zip(rows[::2], rows[1::2]):
-        print(f"  {a['batch']:>3} {a['hidden']:>4} {a['steps']:>4} {a['input']:<7} {a['forward_ms']:>11.3f} "
-              f"{b['forward_ms']:>9.3f} {a['forward_ms'] / b['forward_ms']:>5.2f} {a['train_ms']:>13.3f} "
-              f"{b['train_ms']:>11.3f} {a['train_ms'] / b['train_ms']:>5.2f}")
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+              "lstmdsl": lstmdsl.__version__, "python": platform.python_version(), "precision": precision,
+              "layers": args.layers, "repeat": args.repeat, "rows": rows}
+    print(markdown(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "cudnn": torch.backends.cudnn.version(), "lstmdsl": lstmdsl.__version__,
-                       "python": platform.python_version(), "precision": "strict fp32", "rows": rows}, f, indent=2)
+        write(result, args.json, markdown)
+
+
+def markdown(result: dict) -> str:
+    """The table of a result (the JSON this script writes)."""
+    lines = [f"Bidirectional LSTM, {result['layers']} layers, I = H, {result['precision']}, on {result['gpu']} "
+             f"(torch {result['torch']}, cuDNN {result['cudnn']}, lstmdsl {result['lstmdsl']}); ms, medians of "
+             f"{result.get('repeat', 20)} CUDA-event timings; x cuDNN = time / cuDNN's time. serial: lstmdsl with "
+             "the two directions one after the other. packed: lengths uniform in [T/2, T], packing included.", "",
+             "| B | H | T | input | lstmdsl fwd | serial | cuDNN fwd | x cuDNN | serial x | lstmdsl train | serial | "
+             "cuDNN train | x cuDNN | serial x |", "|" + "---|" * 14]
+    rows = result["rows"]
+    for a, s, b in zip(rows[::3], rows[1::3], rows[2::3]):
+        lines.append(f"| {a['batch']} | {a['hidden']} | {a['steps']} | {a['input']} | {a['forward_ms']:.3f} | "
+                     f"{s['forward_ms']:.3f} | {b['forward_ms']:.3f} | {a['forward_ms'] / b['forward_ms']:.2f} | "
+                     f"{s['forward_ms'] / b['forward_ms']:.2f} | {a['train_ms']:.3f} | {s['train_ms']:.3f} | "
+                     f"{b['train_ms']:.3f} | {a['train_ms'] / b['train_ms']:.2f} | {s['train_ms'] / b['train_ms']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -423,6 +423,9 @@ def page() -> str:
     ctx["compile_table"] = compile_table(ctx["compile"]) if ctx["compile"] else None
     ctx["profile_tables"] = {r["spec"]: profile_table(r) for r in ctx["profile"]["rows"]} if ctx["profile"] else {}
     ctx["ablation_table"] = (RESULTS / "ablation.md").read_text().split("\n\n", 3)[-1] if ctx["ablation"] else None
+    # tables written by benchmarks/bidirectional.py and benchmarks/regularisers.py beside their JSON
+    ctx["tables"] = {p.stem: p.read_text() for p in RESULTS.glob("*.md")
+                     if p.stem.startswith(("bidirectional_", "regularisers_"))}
     grids: dict[str, dict] = {}
 
     def time(grid: str, spec: str, b: int, h: int, t: int, l: int, mode: str, comp: str = "lstmdsl") -> float:
