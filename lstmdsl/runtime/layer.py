@@ -67,17 +67,14 @@ class CudaLayer(Layer):
             self._stacks.append(pstack)
             self._grad_stacks.append(gstack)
         self._bindings = [self._binding(u) for u in range(len(self.units))]
-        # DropConnect: per unit, the recurrent stacks' masked copies and their gradients, bound instead
+        # DropConnect: per unit, the recurrent stacks' masked copies (one set for training, whose backward
+        # reads them, one for an evaluation given masks) and their gradients, bound instead
         recurrent = set(recurrent_matrices(self.cell)) if dropconnect > 0 else set()
-        self._connect_stacks = [{s.name: (cupy.empty_like(self._stacks[u][s.name]),
-                                          cupy.empty_like(self._stacks[u][s.name]), s.matrices)
-                                 for s in stacks if set(s.matrices) <= recurrent} for u in range(len(self.units))]
-        self._connect_bindings = []
-        for u, b in enumerate(self._bindings):
-            masked = self._connect_stacks[u]
-            self._connect_bindings.append(Binding({n: masked[n][0].data.ptr if n in masked else p for n, p in b.weights.items()},
-                                                  {n: masked[n][1].data.ptr if n in masked else p for n, p in b.grads.items()},
-                                                  b.vectors, b.vector_grads))
+        self._connect_rows = [{s.name: s.matrices for s in stacks if set(s.matrices) <= recurrent}
+                              for _ in self.units]
+        self._connect_grad = [{n: cupy.empty_like(self._stacks[u][n]) for n in rows}
+                              for u, rows in enumerate(self._connect_rows)]
+        self._connect_sets: dict[bool, tuple[list[dict], list[Binding]]] = {}
         self._connect = [{} for _ in self.units]
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
@@ -91,20 +88,30 @@ class CudaLayer(Layer):
             row += rows
         return out
 
-    def _connected(self, masks: dict) -> tuple[list[Binding], list[dict]]:
+    def _connected(self, masks: dict, train: bool) -> tuple[list[Binding], list[dict]]:
         """The bindings of this forward (with DropConnect masks: each recurrent stack's masked copy) and
-        the masks per unit."""
+        the masks per unit. A training forward and an evaluation forward write different copies, so an
+        evaluation between a training forward and its backward leaves the backward's weights alone."""
         connect = self._dropconnect(masks)
+        if not any(connect):
+            return self._bindings, connect
+        if train not in self._connect_sets:
+            copies = [{n: cupy.empty_like(self._stacks[u][n]) for n in rows} for u, rows in enumerate(self._connect_rows)]
+            binds = [Binding({n: copies[u][n].data.ptr if n in copies[u] else p for n, p in b.weights.items()},
+                             {n: self._connect_grad[u][n].data.ptr if n in copies[u] else p for n, p in b.grads.items()},
+                             b.vectors, b.vector_grads) for u, b in enumerate(self._bindings)]
+            self._connect_sets[train] = (copies, binds)
+        copies, connected = self._connect_sets[train]
         binds = []
         for u, c in enumerate(connect):
             if not c:
                 binds.append(self._bindings[u])
                 continue
-            for name, (masked, _, matrices) in self._connect_stacks[u].items():
+            for name, matrices in self._connect_rows[u].items():
                 stack = self._stacks[u][name]
                 for m, a, b in self._rows(u, matrices):
-                    cupy.multiply(stack[a:b], c[m], out=masked[a:b])
-            binds.append(self._connect_bindings[u])
+                    cupy.multiply(stack[a:b], c[m], out=copies[u][name][a:b])
+            binds.append(connected[u])
         return binds, connect
 
     def _connect_grads(self, u: int, before: bool) -> None:
@@ -113,7 +120,8 @@ class CudaLayer(Layer):
         c = self._connect[u]
         if not c:
             return
-        for name, (_, grad, matrices) in self._connect_stacks[u].items():
+        for name, matrices in self._connect_rows[u].items():
+            grad = self._connect_grad[u][name]
             if before:
                 grad.fill(0)
                 continue
@@ -215,7 +223,7 @@ class CudaLayer(Layer):
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)
-        binds, connect = self._connected(masks)
+        binds, connect = self._connected(masks, train)
         y = cupy.empty((T, B, self.output_size), self.dtype)
         final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
         stream = device.current_stream()

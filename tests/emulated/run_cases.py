@@ -69,5 +69,23 @@ ok = counts[0] > 0 and counts[1] == counts[2] == counts[0]
 failures += not ok
 total += 1
 print(f"new lengths replay the captured graphs | captures after each call {counts} | {'OK' if ok else 'BAD'}")
+
+# DropConnect: an evaluation forward with given masks, between a training forward and its backward, must
+# leave the backward's masked weights alone
+def grads_after(evaluation_between):
+    layer = lstmdsl.compile("vanilla", 5, 6, 2, backend="cuda", dropconnect=0.5, seed=3)
+    x = simrt.cupy.asarray(np.random.default_rng(1).standard_normal((4, 3, 5)).astype(np.float32))
+    y, _ = layer.forward(x)
+    if evaluation_between:
+        other = {k: simrt.cupy.asarray(np.ones(v.shape, np.float32)) for k, v in layer.last_noise().items()}
+        layer.forward(x, train=False, noise=other)
+    dx = layer.backward(simrt.cupy.asarray(np.ones(y.shape, np.float32)))
+    return [np.asarray(dx)] + [np.asarray(g) for g in layer.grads().values()]
+
+
+ok = all(np.array_equal(a, b) for a, b in zip(grads_after(False), grads_after(True)))
+failures += not ok
+total += 1
+print(f"DropConnect: an evaluation between forward and backward changes no gradient | {'OK' if ok else 'BAD'}")
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
