@@ -65,7 +65,7 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     dropconnect: DropConnect on the recurrent matrices (those whose operand depends on the previous step's
     state: R_*, and LSTMP's P), Wan et al. 2013, as Haste and AWD-LSTM's weight drop: in each training
     forward every weight is zeroed with this probability and the rest scaled by 1/(1 - p), one mask per
-    call; evaluation uses the weights as they are.
+    call; evaluation uses the weights as they are (unless forward(noise=...) gives masks).
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)

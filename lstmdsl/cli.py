@@ -212,7 +212,8 @@ def cmd_run(args) -> int:
         print(f"  forward   {result['forward_ms']:9.2f} ms   y [{args.steps}, {args.batch}, {layer.output_size}],"
               f" rms {result['output_rms']:.4f}")
         print(f"  backward  {result['backward_ms']:9.2f} ms   dx and {len(layer.grads())} parameter gradients")
-        print("  gradient check (float64 central differences, small sizes):")
+        print("  gradient check (float64 central differences, small sizes" +
+              (", its own lengths including 1 and T" if args.lengths is not None else "") + "):")
         w = max(12, *(len(r.tensor) for r in rows))
         print(f"    {'tensor':<{w}} {'coords':>6} {'max |grad|':>11} {'rel error':>10}")
         for r in rows:
