@@ -290,12 +290,13 @@ SPECS = st.one_of(ANY, st.sampled_from(["vanilla", "gru", "lstmp", "cell c {}", 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(spec=SPECS, input_size=ANY, hidden_size=ANY, num_layers=ANY, proj_size=ANY, backend=ANY, dtype=ANY,
-       schedule=ANY, seed=ANY, forget_bias=ANY)
+       schedule=ANY, seed=ANY, forget_bias=ANY, bidirectional=ANY, dropout=ANY, dropconnect=ANY)
 def test_compile_raises_only_lstmdsl_errors(spec, input_size, hidden_size, num_layers, proj_size, backend, dtype,
-                                           schedule, seed, forget_bias):
+                                           schedule, seed, forget_bias, bidirectional, dropout, dropconnect):
     try:
         lstmdsl.compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, backend=backend,
-                        dtype=dtype, schedule=schedule, seed=seed, forget_bias=forget_bias)
+                        dtype=dtype, schedule=schedule, seed=seed, forget_bias=forget_bias,
+                        bidirectional=bidirectional, dropout=dropout, dropconnect=dropconnect)
     except LstmdslError:
         pass
 
@@ -306,10 +307,14 @@ ARRAYS = st.one_of(ANY, st.builds(lambda s, d: np.zeros(s, d), st.lists(st.integ
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(x=ARRAYS, state=st.one_of(ANY, st.dictionaries(st.sampled_from(["h", "c", "z"]), ARRAYS, max_size=3)),
-       dy=ARRAYS, train=st.booleans(), saved=st.dictionaries(st.text(max_size=6), ARRAYS, max_size=3))
-def test_forward_backward_and_loading_raise_only_lstmdsl_errors(tmp_path_factory, x, state, dy, train, saved):
-    layer = lstmdsl.compile("vanilla", 3, 4)
+       dy=ARRAYS, train=st.booleans(), saved=st.dictionaries(st.text(max_size=6), ARRAYS, max_size=3),
+       lengths=st.one_of(ANY, ARRAYS), noise=st.one_of(ANY, st.dictionaries(
+           st.sampled_from(["l0.dropout1", "l0.dropconnect.R_i", "x"]), ARRAYS, max_size=2)))
+def test_forward_backward_and_loading_raise_only_lstmdsl_errors(tmp_path_factory, x, state, dy, train, saved, lengths,
+                                                                noise):
+    layer = lstmdsl.compile("recurrent_dropout", 3, 4, dropconnect=0.5)
     for call in (lambda: layer.forward(x, state, train=train), lambda: layer.backward(dy, state),
+                 lambda: layer.forward(np.zeros((2, 2, 3), np.float32), lengths=lengths, noise=noise),
                  lambda: layer.load_state_dict(saved), lambda: layer.load_state_dict(x)):
         try:
             call()
@@ -332,7 +337,8 @@ CLI_VALUES = st.one_of(st.text(alphabet="-0123456789.abcxe", max_size=6), st.sam
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=st.sampled_from(["run", "check", "compile"]),
        options=st.lists(st.tuples(st.sampled_from(["-I", "-H", "-P", "-B", "-T", "-L", "--seed", "--dtype",
-                                                   "--schedule", "--emit", "--backend"]), CLI_VALUES), max_size=4))
+                                                   "--schedule", "--emit", "--backend", "--lengths", "--dropout",
+                                                   "--dropconnect"]), CLI_VALUES), max_size=4))
 def test_cli_options_give_documented_exit_codes(command, options):
     args = [command, "gru"] + [a for pair in options for a in pair]
     if command == "run":
