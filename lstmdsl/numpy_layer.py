@@ -55,7 +55,8 @@ class NumpyLayer(Layer):
         state defaults to zeros. lengths [B] (integers in [1, T]): each sequence's length; its states stop at
         its end (the final state is its last step's) and its outputs past the end are zero. train: the
         regularisers (the spec's dropout and zoneout, dropout between layers) draw fresh masks, and what
-        backward() needs is kept; with train=False they take their expectation and nothing is kept.
+        backward() needs is kept; with train=False they take their expectation, and the activations of the
+        last training forward stay for backward() (as on the cuda backend).
         noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
         T, B, state, lengths = self._check_input(x, state, lengths)
@@ -64,8 +65,9 @@ class NumpyLayer(Layer):
         params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]
         y, final, tapes = stack_forward(self.cell, params, self.sizes, x, state, keep=train, lengths=lengths,
                                         directions=self.directions, noise=masks)
-        self._tapes = (tapes, params, connect) if train else None
-        self._shape = (T, B)
+        if train:  # an evaluation forward leaves the last training forward's activations to backward()
+            self._tapes = (tapes, params, connect)
+            self._shape = (T, B)
         return y, final
 
     def backward(self, dy: np.ndarray, dstate: dict | None = None) -> np.ndarray:

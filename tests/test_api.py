@@ -155,3 +155,19 @@ def test_schedules_do_not_change_reference_results(rng):
 
 def test_package_has_py_typed():
     assert (Path(lstmdsl.__file__).parent / "py.typed").exists()
+
+
+def test_an_evaluation_forward_leaves_the_training_forwards_activations():
+    """forward(train=True), forward(train=False) of another batch, backward(): the backward is the first
+    forward's, on both backends (here the reference)."""
+    layer = lstmdsl.compile("peephole", 3, 4, dtype="float64", seed=2)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    y, _ = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    grads = {k: v.copy() for k, v in layer.grads().items()}
+    layer.zero_grad()
+    layer.forward(x)
+    layer.forward(np.zeros((3, 7, 3)), train=False)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)), dx)
+    for k, g in layer.grads().items():
+        np.testing.assert_array_equal(g, grads[k])
