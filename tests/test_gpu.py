@@ -182,6 +182,18 @@ def test_profile_parts_add_up():
     assert all(not g.any() for g in layer.grads().values())  # profiling leaves no gradients behind
 
 
+
+def test_profile_times_every_unit_of_a_bidirectional_stack():
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32))
+    busy = {}
+    for bidirectional in (False, True):
+        layer = lstmdsl.compile("vanilla", input_size=64, hidden_size=64, num_layers=2, backend="cuda",
+                                bidirectional=bidirectional)
+        p = layer.profile(x, repeat=2)
+        busy[bidirectional] = p["parts_ms"]["forward: pointwise kernels"]
+        assert layer.overlap_directions and layer.use_graphs  # restored
+    assert busy[True] > 1.5 * busy[False]  # both directions' kernels are counted
+
 _WARM_PROBE = """
 import sys, cupy, numpy as np, lstmdsl
 from lstmdsl.runtime import nvrtc

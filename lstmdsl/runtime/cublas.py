@@ -71,6 +71,17 @@ class _Handle:
 
 
 _HANDLES: dict[tuple[int, int], _Handle] = {}
+_LANES: dict[tuple[int, int], int] = {}  # (device, stream) -> lane
+MAX_LANES = 16  # handles (and 32 MB workspaces) per device; more streams than this share them in turn
+
+
+def lane(stream: int) -> int:
+    """The lane of the GEMMs issued for a stream: one per stream, in order of first use, so that work on
+    two streams never shares a cuBLAS workspace (up to MAX_LANES streams at once)."""
+    key = (current_device(), stream)
+    if key not in _LANES:
+        _LANES[key] = sum(1 for d, _ in _LANES if d == key[0]) % MAX_LANES
+    return _LANES[key]
 
 
 def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int, ldc: int,
@@ -78,7 +89,7 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
     cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
-    captured with, so the lane, not the stream, chooses it)."""
+    captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it)."""
     key = (current_device(), lane)
     h = _HANDLES.get(key)
     if h is None:

@@ -71,9 +71,13 @@ def is_capturing(stream: int) -> bool:
     return bool(stream) and cupy.cuda.runtime.streamIsCapturing(stream)
 
 
-def empty(shape: tuple[int, ...], dtype, fill: float | None = None):
-    """A device array (CuPy's memory pool), filled with `fill` when given."""
-    return cupy.empty(shape, dtype) if fill is None else cupy.full(shape, fill, dtype)
+def empty(shape: tuple[int, ...], dtype, fill: float | None = None, stream: int | None = None):
+    """A device array (CuPy's memory pool), filled with `fill` when given, on `stream` (CuPy's current
+    stream when None): work that reads it on that stream comes after the fill."""
+    if stream is None:
+        return cupy.empty(shape, dtype) if fill is None else cupy.full(shape, fill, dtype)
+    with cupy.cuda.ExternalStream(stream):
+        return cupy.empty(shape, dtype) if fill is None else cupy.full(shape, fill, dtype)
 
 
 class SideStream:

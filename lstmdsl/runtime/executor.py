@@ -65,8 +65,8 @@ def _kind(phase: str, place: str, op) -> str:
 class _Issue:
     """Issues one phase of one layer onto a stream."""
 
-    def __init__(self, engine: "Engine", ws: Workspace, bind: Binding, stream: int):
-        self.engine, self.ws, self.bind, self.stream = engine, ws, bind, stream
+    def __init__(self, engine: "Engine", ws: Workspace, bind: Binding, stream: int, lane: int):
+        self.engine, self.ws, self.bind, self.stream, self.lane = engine, ws, bind, stream, lane
         self.plan = engine.program.plan
         self.stacks = {s.name: s for s in self.plan.storage.stacks}
 
@@ -91,7 +91,7 @@ class _Issue:
         b, ldb = self.operand(c.b, t, K if c.trans_b else N)
         out, ldc = self.operand(c.c, t, N)
         cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.engine.lane)
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.lane)
 
     def copy(self, op: Copy, t: int, rows: int) -> None:
         ws = self.ws
@@ -131,7 +131,7 @@ class _Issue:
         device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
 
     def op(self, phase: str, place: str, op, t: int) -> None:
-        with self.engine.part(_kind(phase, place, op)):
+        with self.engine.part(_kind(phase, place, op), self.stream):
             if isinstance(op, Kernel):
                 self.kernel(op, t)
             elif isinstance(op, Copy):
@@ -165,17 +165,17 @@ class Engine:
         self.workspaces: OrderedDict[tuple, list[Workspace]] = OrderedDict()
         self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
         self.use_graphs = True
-        self.lane = 0  # cuBLAS workspace: engines whose work may overlap (on two streams) take different lanes
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
 
     # -- workspaces
-    def workspace(self, T: int, B: int, train: bool) -> list[Workspace]:
+    def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
+        """The workspaces for (T, B), allocated (and filled) on `stream` the first time."""
         key = (T, B, train)
         if key in self.workspaces:
             self.workspaces.move_to_end(key)
         else:
             storage = self.program.plan.storage
-            self.workspaces[key] = [Workspace(storage, s, T, B, train) for s in self.sizes]
+            self.workspaces[key] = [Workspace(storage, s, T, B, train, stream) for s in self.sizes]
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
                 tape_key = self.tape[0] if self.tape else None
                 if old != tape_key and not self.workspaces[old][0].pinned:
@@ -190,34 +190,37 @@ class Engine:
 
     # -- profiling
     @contextlib.contextmanager
-    def part(self, kind: str):
+    def part(self, kind: str, stream: int):
+        """Times the work issued inside the block on `stream` with a pair of events (when profiling)."""
         if self.parts is None:
             yield
             return
         import cupy
 
+        on = cupy.cuda.ExternalStream(stream)
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
+        start.record(on)
         yield
-        end.record()
+        end.record(on)
         self.parts.setdefault(kind, []).append((start, end))
 
     # -- running
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
+        lane = cublas.lane(stream)
         if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
             ws.pinned = True
-            _Issue(self, ws, bind, stream).phase(name)
+            _Issue(self, ws, bind, stream, lane).phase(name)
             return
         if not self.use_graphs or self.parts is not None:
-            _Issue(self, ws, bind, stream).phase(name)
+            _Issue(self, ws, bind, stream, lane).phase(name)
             return
-        key = (name, bind.key)
+        key = (name, bind.key, lane)
         graph = ws.graphs.get(key)
         if graph is None:
             old = [k for k in ws.graphs if k[0] == name]
             for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
                 del ws.graphs[k]
-            graph = ws.graphs[key] = device.Graph(lambda side: _Issue(self, ws, bind, side).phase(name), stream)
+            graph = ws.graphs[key] = device.Graph(lambda side: _Issue(self, ws, bind, side, lane).phase(name), stream)
         graph.launch(stream)
 
     @staticmethod
@@ -255,7 +258,7 @@ class Engine:
         inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
         y is part of a wider array (one direction's half of a bidirectional layer's)."""
         cell = self.program.plan.cell
-        workspaces = self.workspace(T, B, train)
+        workspaces = self.workspace(T, B, train, stream)
         src, src_pitch = x, x_pitch
         for k, ws in enumerate(workspaces):
             self._put(ws, "x", src, src_pitch, stream)

@@ -150,7 +150,6 @@ class CudaLayer(Layer):
                 sizes = [self.sizes[k]]
             self._engines[key] = Engine(program, sizes)
             self._engines[key].use_graphs = self._use_graphs
-            self._engines[key].lane = 0 if unit is None else self.units[unit][1]  # its own cuBLAS workspace
         return self._engines[key]
 
     @property
@@ -250,7 +249,7 @@ class CudaLayer(Layer):
                 half = width // self.directions
                 units = [self.directions * k + d for d in range(self.directions)]
                 for u in units:  # allocated (and, in tests, poisoned) on this stream before the fork
-                    self._engine(masked, u).workspace(T, B, train)
+                    self._engine(masked, u).workspace(T, B, train, stream)
                 for d, (u, s) in enumerate(zip(units, self._streams(stream))):
                     unit = {z.name: masks[f"{self.unit_name(u)}.{z.name}"].data.ptr for z in self.cell.noise}
                     self._engine(masked, u).forward(
@@ -321,6 +320,8 @@ class CudaLayer(Layer):
         event pair times the GPU's work, not its wait for the host (if the launch queue fills before
         the spin ends, later parts include some waiting again: held_ms says how long the GPU was held).
         graphs: the normal run (graphs replayed), its GPU time and the host time to issue it.
+        Every unit of a bidirectional or dropout stack is timed; in the op-by-op run the two directions
+        take turns on one stream, so parts add up to their serial time.
         """
         from ..timing import spin, time_gpu
 
@@ -328,7 +329,9 @@ class CudaLayer(Layer):
         ones = cupy.ones_like(y)
         graphs = {"forward": time_gpu(lambda: self.forward(x, train=False), repeat),
                   "train": time_gpu(lambda: (self.forward(x), self.backward(ones)), repeat)}
-        saved, self.use_graphs = self.use_graphs, False
+        saved = self.use_graphs, self.overlap_directions
+        self.use_graphs, self.overlap_directions = False, False  # op by op, one stream
+        engines = list(self._engines.values())
         try:
             cupy.cuda.Device().synchronize()
             t0 = time.perf_counter()
@@ -336,15 +339,21 @@ class CudaLayer(Layer):
             self.backward(ones)
             issue_ms = 1e3 * (time.perf_counter() - t0)  # the host's time to issue the un-graphed run
             cupy.cuda.Device().synchronize()
-            self.engine.parts = {}
+            engines = list(self._engines.values())  # every unit's engine, both directions included
+            for e in engines:
+                e.parts = {}
             held_ms = 2 * issue_ms + 5
             for run in (lambda: self.forward(x), lambda: self.backward(ones)):  # each held apart: shorter queues
                 spin(held_ms)
                 run()
                 cupy.cuda.Device().synchronize()
-            parts = {kind: sum(cupy.cuda.get_elapsed_time(s, e) for s, e in events)
-                     for kind, events in self.engine.parts.items()}
+            parts = {}
+            for engine in engines:
+                for kind, events in engine.parts.items():
+                    parts[kind] = parts.get(kind, 0.0) + sum(cupy.cuda.get_elapsed_time(a, b) for a, b in events)
         finally:
-            self.engine.parts, self.use_graphs = None, saved
+            for e in engines:
+                e.parts = None
+            self.use_graphs, self.overlap_directions = saved
         self.zero_grad()
         return {"parts_ms": parts, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}

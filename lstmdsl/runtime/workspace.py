@@ -13,9 +13,9 @@ NUMPY_TYPES = {"f32": np.float32, "f64": np.float64}
 
 
 class Workspace:
-    def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool):
+    def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int):
         """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
-        only the backward reads."""
+        only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
         buffers = [b for b in storage.buffers if train or b.inference is not None]
@@ -27,7 +27,8 @@ class Workspace:
             if train and b.alias:
                 continue
             fill = b.fill if b.fill is not None else (np.nan if POISON else None)
-            self.arrays[b.name] = empty((self.steps[b.name], B, self.width[b.name]), NUMPY_TYPES[b.dtype], fill)
+            self.arrays[b.name] = empty((self.steps[b.name], B, self.width[b.name]), NUMPY_TYPES[b.dtype], fill,
+                                          stream)
         for b in buffers:
             if train and b.alias:  # the same shape and type: see Buffer.alias
                 self.arrays[b.name] = self.arrays[b.alias]

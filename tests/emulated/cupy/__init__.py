@@ -79,7 +79,7 @@ class RawModule:
     def get_function(self, name): return name
 
 cuda = types.SimpleNamespace(
-    Stream=Stream, Device=_Dev, get_current_stream=lambda: _STREAM, Event=_Event,
+    Stream=Stream, ExternalStream=lambda ptr: Stream(), Device=_Dev, get_current_stream=lambda: _STREAM, Event=_Event,
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 13000),
     compiler=types.SimpleNamespace(CompileException=Exception),
 )
