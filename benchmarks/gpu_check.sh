@@ -53,11 +53,11 @@ if [ -n "${VERSIONS:-}" ]; then
 fi
 if [ -z "${NO_GRID:-}" ]; then
   start=$SECONDS
-  timeout 300 python3 benchmarks/run.py --quick --only grid --competitors lstmdsl cudnn --name check_quick_fp32 \
+  timeout 300 python3 benchmarks/run.py --quick --only grid --competitors lstmdsl cudnn --name grid_check_quick_fp32 \
     > "$OUT/grid.log" 2>&1
-  cp benchmarks/out/check_quick_fp32.json benchmarks/out/check_quick_fp32.md "$OUT/" 2>/dev/null
+  cp benchmarks/out/grid_check_quick_fp32.json benchmarks/out/grid_check_quick_fp32.md "$OUT/" 2>/dev/null
   summary+=("quick grid: $(tail -1 "$OUT/grid.log") ($((SECONDS - start)) s)")
-  [ -f "$OUT/check_quick_fp32.md" ] && cat "$OUT/check_quick_fp32.md"
+  [ -f "$OUT/grid_check_quick_fp32.md" ] && cat "$OUT/grid_check_quick_fp32.md"
 fi
 echo
 echo "== summary"

@@ -258,3 +258,32 @@ def test_the_torch_modules_dropconnect():
     assert torch.equal(m(x)[0], plain.eval()(x)[0])
     with pytest.raises(UsageError, match="dropconnect must be a probability"):
         lt.LSTM(3, 4, dropconnect=1.0)
+
+
+def test_the_torch_modules_dropconnect_reuses_two_buffers_and_refuses_a_stale_backward():
+    torch = pytest.importorskip("torch")
+    import lstmdsl.torch as lt
+
+    m = lt.LSTM(3, 4, 1, dropconnect=0.5, dtype=torch.float64)
+    plain = lt.LSTM(3, 4, 1, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    addresses = set()
+    for seed in range(4):  # the masked stack lands in one of two buffers; gradients reach the parameter
+        torch.manual_seed(seed)
+        runner, _, names = m._groups[0]
+        masked = m._connect(runner, m._tensors(names))[1]
+        addresses.add(masked.data_ptr())
+        m.zero_grad()
+        torch.manual_seed(seed)
+        y, _ = m(x)
+        y.sum().backward()
+        mask = (masked.detach() / m.weight_hh_l0.detach()).nan_to_num()
+        plain.load_state_dict({**m.state_dict(), "weight_hh_l0": m.weight_hh_l0.detach() * mask})
+        plain.zero_grad()
+        plain(x)[0].sum().backward()
+        torch.testing.assert_close(m.weight_hh_l0.grad, plain.weight_hh_l0.grad * mask, rtol=1e-12, atol=1e-12)
+    rings = list(m._connected.values())
+    assert len(rings) == 1 and addresses <= {t.data_ptr() for t in rings[0][:2]}
+    first, _, _ = m(x), m(x), m(x)  # the first forward's buffer is overwritten by the third
+    with pytest.raises(RuntimeError, match="modified inplace"):
+        first[0].sum().backward()

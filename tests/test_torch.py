@@ -323,6 +323,46 @@ def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
 
 @gpu
 @pytest.mark.gpu
+def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(strict_fp32):
+    torch.manual_seed(4)
+    ref = torch.nn.LSTM(5, 33, 2, bidirectional=True).cuda()
+    x = torch.randn(9, 3, 5, device="cuda")
+    (a_out, a_grads), _ = run_both(ref, ref, x)
+    stream = torch.cuda.Stream()  # non-blocking: the workspaces must be filled on the stream that uses them
+    for overlap in (True, False):
+        ours = lt.from_torch(ref)
+        ours.overlap_directions = overlap
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            (b_out, b_grads), _ = run_both(ours, ours, x)
+        torch.cuda.current_stream().wait_stream(stream)
+        assert_close(b_out, a_out, 1e-4)
+        assert_close(b_grads, a_grads, 1e-4)
+
+
+@gpu
+@pytest.mark.gpu
+def test_dropconnect_on_the_gpu_replays_its_graphs_and_matches_the_reference():
+    m = lt.LSTM(4, 16, 2, dropconnect=0.4, dtype=torch.float64).cuda()
+    x = torch.randn(6, 3, 4, dtype=torch.float64, device="cuda")
+    for seed in range(6):  # training steps, each with fresh masks
+        m.zero_grad()
+        torch.manual_seed(seed)
+        y, _ = m(x)
+        y.sum().backward()
+    runner = m._groups[0][0]
+    assert len(runner._bindings) <= 4  # two buffers per stack: two forward and two backward bindings
+    runner, _, names = m._groups[0]
+    torch.manual_seed(5)  # the masks the forward draws first: the masked stacks, in plain parameters
+    masked = dict(zip(names, (t.detach().clone() for t in m._connect(runner, m._tensors(names)))))
+    plain = lt.LSTM(4, 16, 2, dtype=torch.float64).cuda()
+    plain.load_state_dict({**m.state_dict(), **{n: t for n, t in masked.items() if n.startswith("weight_hh")}})
+    torch.manual_seed(5)
+    assert_close(m(x)[0], plain(x)[0], 1e-12)
+
+
+@gpu
+@pytest.mark.gpu
 def test_regularisers_gradcheck_on_the_gpu_with_fixed_masks():
     from lstmdsl.torch.ops import forward
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -74,6 +75,8 @@ class RNN(nn.Module):
         groups = [[(k, d)] for k in range(num_layers) for d in range(D)] if split else [[(k, 0) for k in range(num_layers)]]
         self._groups = []  # (runner, [(layer, direction)], [parameter names])
         self.overlap_directions = True  # on CUDA, outside torch.compile: the two directions run at once
+        self._connected: dict = {}  # DropConnect's masked weight stacks (see _connect)
+        self._mask_cache = None  # (lengths, T, device, dtype) and the length mask of the last packed batch
         rng = np.random.default_rng(seed) if seed is not None else None
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
@@ -145,13 +148,13 @@ class RNN(nn.Module):
         LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]."""
         packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
         lengths = None
-        if packed is not None:  # padded in the batch's own order; the mask stops each sequence at its end
-            input, lengths = nn.utils.rnn.pad_packed_sequence(packed, batch_first=self.batch_first)
+        if packed is not None:  # padded time-major in the packed (sorted) order: see _unpack
+            input, lengths = self._unpack(packed)
         if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
             raise UsageError(f"input must be a 2-D (unbatched) or 3-D tensor, got "
                              f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
         batched = input.dim() == 3
-        x = input.transpose(0, 1) if batched and self.batch_first else input
+        x = input.transpose(0, 1) if batched and self.batch_first and packed is None else input
         x = x if batched else x.unsqueeze(1)
         if x.shape[-1] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
             raise UsageError(f"input has shape {list(input.shape)}; expected {self.input_size} features and at least "
@@ -172,12 +175,17 @@ class RNN(nn.Module):
                           "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
         states = self._states(hx, x, batched)
         steps = []
+        if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
+            states = [s.index_select(1, packed.sorted_indices) for s in states]
         if lengths is not None:
-            T = x.shape[0]
-            steps = [(torch.arange(T)[:, None] < lengths[None, :]).to(device=x.device, dtype=x.dtype)[:, :, None]]
+            steps = [self._length_mask(lengths, x)]
         y, final = self._run(x, states, steps)
         if packed is not None:
-            return self._repack(y.to(out_dtype), lengths, packed), self._final([f.to(out_dtype) for f in final])
+            if packed.unsorted_indices is not None:
+                final = [f.index_select(1, packed.unsorted_indices) for f in final]
+            data = nn.utils.rnn.pack_padded_sequence(y.to(out_dtype), lengths).data
+            out = nn.utils.rnn.PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            return out, self._final([f.to(out_dtype) for f in final])
         if not batched:
             y, final = y.squeeze(1), [f.squeeze(1) for f in final]
         if batched and self.batch_first:
@@ -189,38 +197,52 @@ class RNN(nn.Module):
         return tuple(final) if len(final) > 1 else final[0]
 
     @staticmethod
-    def _repack(y: torch.Tensor, lengths: torch.Tensor, packed) -> nn.utils.rnn.PackedSequence:
-        """y [T, B, n] (the batch in its own order) packed as the input was: the same batch_sizes and the
-        same sorted and unsorted indices, as torch.nn.LSTM returns it."""
-        order = packed.sorted_indices
-        if order is not None:
-            y, lengths = y.index_select(1, order.to(y.device)), lengths.index_select(0, order.cpu())
-        data = nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data
-        return nn.utils.rnn.PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+    def _unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x [T, B, n] padded, lengths [B] on the CPU), both in the packed data's order (longest first), as
+        cuDNN runs a packed batch. Everything the host needs comes from batch_sizes, which lives on the
+        CPU: no copy from the device, so the host never waits for the GPU (pad_packed_sequence with the
+        indices would read them back)."""
+        plain = nn.utils.rnn.PackedSequence(packed.data, packed.batch_sizes)
+        return nn.utils.rnn.pad_packed_sequence(plain)
+
+    def _length_mask(self, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The length mask [T, B, 1] (1 while step t is inside sequence b) on x's device: built on the host,
+        copied without blocking it (from pinned memory), and kept for the next call with the same lengths."""
+        key = (lengths.numpy().tobytes(), x.shape[0], x.device, x.dtype)
+        if self._mask_cache is not None and self._mask_cache[0] == key:
+            return self._mask_cache[1]
+        mask = (torch.arange(x.shape[0])[:, None] < lengths[None, :]).to(x.dtype)[:, :, None]
+        if x.is_cuda:
+            mask = mask.pin_memory().to(x.device, non_blocking=True)
+        self._mask_cache = (key, mask)
+        return mask
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
         """A group's parameters (and bias buffers), in the order the ops take them."""
         params, buffers = self._parameters, self._buffers
         return [params[n] if n in params else buffers[n] for n in names]
 
-    def _beside(self, inputs: list[torch.Tensor], run) -> list[torch.Tensor]:
-        """run() on a side stream that first waits for the current one, which then waits for it; the
-        caching allocator is told which stream uses which tensor. Autograd runs the backward on the same
-        side stream, and synchronises the gradients that cross."""
-        device = inputs[0].device
+    def _pair(self, calls: list[tuple[list[torch.Tensor], object]]) -> list[list[torch.Tensor]]:
+        """The two directions of a layer at once: calls [(inputs, run)] for d = 0 and 1. A side stream waits
+        for the work issued so far (the inputs and masks are ready), run() of d = 0 is issued on the current
+        stream and run() of d = 1 on the side stream, and the current stream then waits for the side one; the
+        caching allocator is told which stream uses which tensor. Autograd runs each backward on its forward's
+        stream, so the backward overlaps the same way."""
+        device = calls[0][0][0].device
         main = torch.cuda.current_stream(device)
         if device not in _SIDE_STREAMS:
             _SIDE_STREAMS[device] = torch.cuda.Stream(device)
         side = _SIDE_STREAMS[device]
         side.wait_stream(main)
+        first = calls[0][1]()
         with torch.cuda.stream(side):
-            out = run()
+            second = calls[1][1]()
         main.wait_stream(side)
-        for t in inputs:
+        for t in calls[1][0]:
             t.record_stream(side)
-        for t in out:
+        for t in second:
             t.record_stream(main)
-        return out
+        return [first, second]
 
     def _noise(self, runner: Runner, x: torch.Tensor) -> list[torch.Tensor]:
         """The masks of the spec's regularisers (dropout(...), zoneout(...)) for each layer of a runner: drawn
@@ -238,15 +260,25 @@ class RNN(nn.Module):
 
     def _connect(self, runner: Runner, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """DropConnect in training mode: each recurrent weight stack times a fresh mask (autograd carries the
-        gradient through the product)."""
+        gradient through the product). Outside torch.compile the products land in buffers of the module's
+        own, two per stack used in turn, so the runtime sees the same addresses every other call and
+        replays its CUDA graphs (a forward whose buffer was overwritten before its backward raises torch's
+        in-place error, never a wrong gradient)."""
         if not (self.training and self.dropconnect > 0):
             return tensors
         out, n = list(tensors), len(runner.slots)
         keep = 1.0 / (1.0 - self.dropconnect)
+        persistent = not torch.compiler.is_compiling()
         for k in range(len(runner.sizes)):
             for i in runner.recurrent:
                 t = out[k * n + i]
-                out[k * n + i] = t * ((torch.rand(t.shape, device=t.device) >= self.dropconnect) * keep).to(t.dtype)
+                masked = t * ((torch.rand(t.shape, device=t.device) >= self.dropconnect) * keep).to(t.dtype)
+                if persistent:
+                    key = (runner.handle, k, i, t.device, t.dtype)
+                    ring = self._connected.setdefault(key, [torch.empty_like(t), torch.empty_like(t), 0])
+                    buffer, ring[2] = ring[ring[2]], 1 - ring[2]
+                    masked = _Into.apply(masked, [buffer])
+                out[k * n + i] = masked
         return out
 
     def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
@@ -263,24 +295,37 @@ class RNN(nn.Module):
                    and not torch.cuda.is_current_stream_capturing())
         layer_in = x
         for k in range(self.num_layers):
-            outs = []
+            calls = []
             for runner, members, tensors in groups[k * D:(k + 1) * D]:
                 (_, d), = members
-                i = k * D + d
-                h0 = [s[i:i + 1] for s in states]
-                inputs = [layer_in, *h0, *tensors, *steps, *self._noise(runner, layer_in)]
-                if d and overlap:  # the reverse direction beside the forward one, on a side stream
-                    out = self._beside(inputs, lambda: run_forward(inputs[0], h0, tensors, runner.handle, train,
-                                                                   inputs[1 + len(h0) + len(tensors):]))
-                else:  # d: a reverse runner
-                    out = run_forward(layer_in, h0, tensors, runner.handle, train, inputs[1 + len(h0) + len(tensors):])
-                outs.append(out[0])
+                h0 = [s[k * D + d:k * D + d + 1] for s in states]
+                unit_steps = steps + self._noise(runner, layer_in)  # drawn on this stream, before any fork
+                calls.append(([layer_in, *h0, *tensors, *unit_steps],
+                              functools.partial(run_forward, layer_in, h0, tensors, runner.handle, train, unit_steps)))
+            outs = self._pair(calls) if overlap else [run() for _, run in calls]
+            for d, out in enumerate(outs):
                 for j, f in enumerate(out[1:]):
-                    finals[j][i] = f
+                    finals[j][k * D + d] = f
+            outs = [out[0] for out in outs]
             layer_in = torch.cat(outs, dim=2) if D == 2 else outs[0]
             if self.dropout > 0 and k < self.num_layers - 1:
                 layer_in = nn.functional.dropout(layer_in, self.dropout, self.training)
         return layer_in, [torch.cat(f, dim=0) for f in finals]
+
+
+class _Into(torch.autograd.Function):
+    """value copied into a buffer (handed over in a list, so it is no input of the function and stays a
+    plain tensor), returned as a view of the buffer; the gradient passes straight to value."""
+
+    @staticmethod
+    def forward(ctx, value, holder):
+        buffer, = holder
+        buffer.copy_(value)
+        return buffer.view(buffer.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 class LSTM(RNN):

@@ -130,7 +130,6 @@ class Runner:
 
             cell = with_lengths(self.cell) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, self.schedule, dtype, self.direction), self.sizes)
-            self._engines[key].lane = int(self.direction == "reverse")  # may run beside a forward runner
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
