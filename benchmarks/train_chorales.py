@@ -2,12 +2,15 @@
 (cuDNN) trained the same way as the baseline for the vanilla cell.
 
     python3 benchmarks/train_chorales.py [--epochs 30] [--hidden 256] [--lr 3e-3] [--batch 32]
+                                         [--specs vanilla peephole zoneout_lstm ...] [--update-results]
 
 Same data (lstmdsl.data.chorales), same batches in the same order (lengths padded to multiples of 32
 frames and masked), Adam, global-norm clipping at 1.0, forget-gate bias 1.0, a dense sigmoid output,
 binary cross-entropy; strict fp32 (TF32 off) everywhere. Reports validation NLL per frame after each
 epoch, test NLL per frame at the end and wall time per training epoch (median). Writes
-benchmarks/results/train_chorales.json, .md and .png.
+train_chorales.json, .md and .png (and each spec's run folder) into benchmarks/out, or into
+benchmarks/results with --update-results. The spec's own regularisers (zoneout_lstm, recurrent_dropout)
+are active in training only; validation and test use their expectations.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from lstmdsl.train import TrainConfig, _Task, run
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
 
 
 def torch_baseline(cfg: TrainConfig) -> dict:
@@ -86,13 +89,17 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--specs", nargs="+", default=["vanilla", "peephole"], help="lstmdsl specs to train")
+    ap.add_argument("--update-results", action="store_true",
+                    help="write into benchmarks/results (the committed figures) instead of benchmarks/out")
     args = ap.parse_args()
+    RESULTS = HERE / ("results" if args.update_results else "out")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     base = TrainConfig(spec="vanilla", task="chorales", epochs=args.epochs, hidden_size=args.hidden, lr=args.lr,
                        batch=args.batch, backend="cuda", clip=1.0, forget_bias=1.0, seed=0)
     runs = {}
-    for spec in ("vanilla", "peephole"):
+    for spec in args.specs:
         cfg = dataclasses.replace(base, spec=spec)
         runs[f"lstmdsl {spec}"] = run(cfg, RESULTS / f"train_chorales_{spec}", log=None)
         r = runs[f"lstmdsl {spec}"]
@@ -107,7 +114,7 @@ def main() -> None:
     lines = [f"# JSB-like chorales, next-frame prediction: H = {args.hidden}, {args.epochs} epochs, Adam lr {args.lr}, "
              f"batch {args.batch}, fp32", "",
              f"`python3 benchmarks/train_chorales.py --epochs {args.epochs} --hidden {args.hidden} --lr {args.lr} "
-             f"--batch {args.batch}` on {meta['gpu']}, torch {meta['torch']}, cuDNN {meta['cudnn']}.", "",
+             f"--batch {args.batch} --specs {' '.join(args.specs)}` on {meta['gpu']}, torch {meta['torch']}, cuDNN {meta['cudnn']}.", "",
              "| model | best valid NLL/frame | test NLL/frame (last epoch) | seconds per training epoch (median) |",
              "|---|---|---|---|"]
     for name, r in runs.items():
