@@ -38,7 +38,7 @@ def main() -> None:
         return
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     precision = "tf32" if args.tf32 else "strict fp32"
-    rows = []
+    rows, packing = [], []
     for B, H, T in SHAPES:
         torch.manual_seed(0)
         cudnn = torch.nn.LSTM(H, H, args.layers, bidirectional=True).cuda()
@@ -54,6 +54,15 @@ def main() -> None:
 
             def out(y):
                 return y.data if isinstance(y, torch.nn.utils.rnn.PackedSequence) else y
+            if batch == "packed":  # torch's packing alone: what any module's packed call pays besides its RNN
+                def pack_fwd():
+                    with torch.no_grad():
+                        inputs()
+
+                def pack_train():
+                    inputs().data.sum().backward()
+                packing.append({"batch": B, "hidden": H, "steps": T, "forward_ms": time_gpu(pack_fwd, args.repeat, 3)["ms"],
+                                "train_ms": time_gpu(pack_train, args.repeat, 3)["ms"]})
             for name, m in (("lstmdsl", ours), ("lstmdsl serial", ours), ("cuDNN", cudnn)):
                 if m is ours:  # serial: the two directions one after the other, on one stream
                     ours.overlap_directions = name == "lstmdsl"
@@ -70,7 +79,7 @@ def main() -> None:
                              "impl": name, "forward_ms": f["ms"], "train_ms": t["ms"]})
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
               "lstmdsl": lstmdsl.__version__, "python": platform.python_version(), "precision": precision,
-              "layers": args.layers, "repeat": args.repeat, "rows": rows}
+              "layers": args.layers, "repeat": args.repeat, "rows": rows, "packing": packing}
     print(markdown(result))
     if args.json:
         write(result, args.json, markdown)
@@ -90,6 +99,16 @@ def markdown(result: dict) -> str:
                      f"{s['forward_ms']:.3f} | {b['forward_ms']:.3f} | {a['forward_ms'] / b['forward_ms']:.2f} | "
                      f"{s['forward_ms'] / b['forward_ms']:.2f} | {a['train_ms']:.3f} | {s['train_ms']:.3f} | "
                      f"{b['train_ms']:.3f} | {a['train_ms'] / b['train_ms']:.2f} | {s['train_ms'] / b['train_ms']:.2f} |")
+    if result.get("packing"):
+        lines += ["", "torch's packing alone (pack_padded_sequence(enforce_sorted=False); train: and the backward of "
+                  "its data's sum), which every packed call pays on the host besides the RNN, and lstmdsl's packed "
+                  "time against its padded time:", "",
+                  "| B | H | T | packing fwd | packing train | lstmdsl packed / padded fwd | train |", "|---|---|---|---|---|---|---|"]
+        for p in result["packing"]:
+            pad, packed = (next(r for r in rows if r["impl"] == "lstmdsl" and r["input"] == i and r["batch"] == p["batch"]
+                                and r["hidden"] == p["hidden"]) for i in ("padded", "packed"))
+            lines.append(f"| {p['batch']} | {p['hidden']} | {p['steps']} | {p['forward_ms']:.3f} | {p['train_ms']:.3f} | "
+                         f"{packed['forward_ms'] / pad['forward_ms']:.2f} | {packed['train_ms'] / pad['train_ms']:.2f} |")
     return "\n".join(lines)
 
 

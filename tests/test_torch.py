@@ -443,11 +443,20 @@ def test_no_host_synchronisation_per_call():
     x = torch.randn(10, 4, 16, device="cuda", requires_grad=True)
     y, _ = m(x)  # the first call allocates and captures
     y.sum().backward()
+    bi = lt.LSTM(16, 32, 2, bidirectional=True).cuda()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([10, 3, 7, 1]), enforce_sorted=False)
+    y, _ = bi(packed)
+    y.data.sum().backward()
+    packs = [torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(n), enforce_sorted=False)
+             for n in ([10, 3, 7, 1], [2, 10, 10, 5])]  # packed before: torch's packing copies the order over
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
             y, (h, c) = m(x)
             (y.sum() + c.sum()).backward()
+        for packed in packs:  # a packed batch too, the second with new lengths
+            y, (h, c) = bi(packed)
+            (y.data.sum() + c.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -76,7 +76,7 @@ class RNN(nn.Module):
         self._groups = []  # (runner, [(layer, direction)], [parameter names])
         self.overlap_directions = True  # on CUDA, outside torch.compile: the two directions run at once
         self._connected: dict = {}  # DropConnect's masked weight stacks (see _connect)
-        self._mask_cache = None  # (lengths, T, device, dtype) and the length mask of the last packed batch
+        self._packing_cache = None  # (batch_sizes, device, dtype) and _packing's tensors for the last packed batch
         rng = np.random.default_rng(seed) if seed is not None else None
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
@@ -147,9 +147,11 @@ class RNN(nn.Module):
         (output [T, B, D * output], final state): a tuple in the spec's state order ((h_n, c_n) for an
         LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]."""
         packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
-        lengths = None
-        if packed is not None:  # padded time-major in the packed (sorted) order: see _unpack
-            input, lengths = self._unpack(packed)
+        if packed is not None:  # padded time-major in the packed (sorted) order: see _packing
+            rows, mask = self._packing(packed)
+            T, B = len(packed.batch_sizes), int(packed.batch_sizes[0])
+            data = packed.data
+            input = data.new_zeros((T * B, *data.shape[1:])).index_copy(0, rows, data).view(T, B, *data.shape[1:])
         if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
             raise UsageError(f"input must be a 2-D (unbatched) or 3-D tensor, got "
                              f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
@@ -177,13 +179,13 @@ class RNN(nn.Module):
         steps = []
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]
-        if lengths is not None:
-            steps = [self._length_mask(lengths, x)]
+        if packed is not None:
+            steps = [mask.to(x.dtype)]
         y, final = self._run(x, states, steps)
         if packed is not None:
             if packed.unsorted_indices is not None:
                 final = [f.index_select(1, packed.unsorted_indices) for f in final]
-            data = nn.utils.rnn.pack_padded_sequence(y.to(out_dtype), lengths).data
+            data = y.to(out_dtype).reshape(T * B, -1).index_select(0, rows)
             out = nn.utils.rnn.PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
             return out, self._final([f.to(out_dtype) for f in final])
         if not batched:
@@ -196,26 +198,28 @@ class RNN(nn.Module):
     def _final(final: list[torch.Tensor]):
         return tuple(final) if len(final) > 1 else final[0]
 
-    @staticmethod
-    def _unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x [T, B, n] padded, lengths [B] on the CPU), both in the packed data's order (longest first), as
-        cuDNN runs a packed batch. Everything the host needs comes from batch_sizes, which lives on the
-        CPU: no copy from the device, so the host never waits for the GPU (pad_packed_sequence with the
-        indices would read them back)."""
-        plain = nn.utils.rnn.PackedSequence(packed.data, packed.batch_sizes)
-        return nn.utils.rnn.pad_packed_sequence(plain)
-
-    def _length_mask(self, lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The length mask [T, B, 1] (1 while step t is inside sequence b) on x's device: built on the host,
-        copied without blocking it (from pinned memory), and kept for the next call with the same lengths."""
-        key = (lengths.numpy().tobytes(), x.shape[0], x.device, x.dtype)
-        if self._mask_cache is not None and self._mask_cache[0] == key:
-            return self._mask_cache[1]
-        mask = (torch.arange(x.shape[0])[:, None] < lengths[None, :]).to(x.dtype)[:, :, None]
-        if x.is_cuda:
-            mask = mask.pin_memory().to(x.device, non_blocking=True)
-        self._mask_cache = (key, mask)
-        return mask
+    def _packing(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, mask) of a packed batch, on its device: rows [N] the row of each packed entry in the
+        padded [T * B] layout (packed order: longest sequence first, as cuDNN runs a packed batch), and the
+        length mask [T, B, 1] (1 while step t is inside sequence b). Unpacking and repacking are then one
+        index_copy and one index_select, where torch's pad/pack functions loop over the steps on the host
+        and read the indices back from the device. Built from batch_sizes (on the CPU), copied without
+        blocking the host, and kept for the next batch with the same batch_sizes."""
+        data, sizes = packed.data, packed.batch_sizes
+        key = (sizes.numpy().tobytes(), data.device, data.dtype)
+        if self._packing_cache is not None and self._packing_cache[0] == key:
+            return self._packing_cache[1]
+        T, B = len(sizes), int(sizes[0])
+        starts = torch.cumsum(sizes, 0) - sizes
+        step = torch.repeat_interleave(torch.arange(T), sizes)
+        rows = step * B + torch.arange(len(step)) - torch.repeat_interleave(starts, sizes)
+        if data.is_cuda and not torch.compiler.is_compiling():
+            rows = rows.pin_memory().to(data.device, non_blocking=True)
+        else:
+            rows = rows.to(data.device)
+        mask = torch.zeros(T * B, device=data.device, dtype=data.dtype).index_fill_(0, rows, 1.0).view(T, B, 1)
+        self._packing_cache = (key, (rows, mask))
+        return rows, mask
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
         """A group's parameters (and bias buffers), in the order the ops take them."""
