@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine (about 5-8 minutes): the GPU tests, compute-sanitizer
 # (memcheck on two specs, a compiled torch training step and a bidirectional stack on a batch of different
-# lengths, racecheck on one spec), and the quick grid
+# lengths, racecheck on a plain spec and on a row-fused one), and the quick grid
 # against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -38,9 +38,11 @@ for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-length
   summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
-start=$SECONDS
-timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py peephole > "$OUT/racecheck.log" 2>&1
-summary+=("racecheck peephole: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
+for target in peephole layernorm; do  # layernorm: row-fused launches, stages separated by barriers
+  start=$SECONDS
+  timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
+  summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
+done
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
   timeout 240 python3 benchmarks/bidirectional.py --json "$OUT/bidirectional.json" 2>&1 | tail -8

@@ -125,7 +125,8 @@ def grid_table(data: dict) -> str:
     for r in sorted(data["rows"], key=lambda r: (r["spec"] not in ("vanilla", "peephole"), key(r))):
         res = r["results"]
         f = floor_ms(r, meta)
-        body.append([r["spec"], r["batch"], r["hidden"], r["steps"], r["layers"], r["mode"],
+        body.append([r["spec"] + (f" ({r['heads']} heads)" if r.get("heads") else ""), r["batch"], r["hidden"],
+                     r["steps"], r["layers"], r["mode"],
                      *(fmt_ms(res, c) for c in COMPETITORS), fmt_floor(f),
                      ratio(ms(res, "lstmdsl"), ms(res, "cudnn")), ratio(ms(res, "eager"), ms(res, "lstmdsl"), 1),
                      ratio(ms(res, "compile"), ms(res, "lstmdsl"), 1),

@@ -39,7 +39,7 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     meta, state = read_saved(path)
     first = meta["sizes"][0]
     layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
-                    backend=backend, dtype=meta["dtype"], schedule=schedule,
+                    num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
                     bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
                     dropconnect=meta.get("dropconnect", 0.0))
     layer.load_state_dict(state)
@@ -49,7 +49,8 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
 def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_layers: int = 1, *,
             proj_size: int | None = None, backend: str = "numpy", dtype: str = "float32",
             schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None,
-            bidirectional: bool = False, dropout: float = 0.0, dropconnect: float = 0.0) -> Layer:
+            bidirectional: bool = False, dropout: float = 0.0, dropconnect: float = 0.0,
+            num_heads: int | None = None) -> Layer:
     """Compile a spec into a trainable Layer.
 
     schedule: a Schedule, or directive text applied over the spec's own schedule block.
@@ -66,6 +67,8 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     state: R_*, and LSTMP's P), Wan et al. 2013, as Haste and AWD-LSTM's weight drop: in each training
     forward every weight is zeroed with this probability and the rest scaled by 1/(1 - p), one mask per
     call; evaluation uses the weights as they are (unless forward(noise=...) gives masks).
+    num_heads: the number of diagonal blocks of the spec's block-diagonal matrices (its `heads` line, as
+    xLSTM's sLSTM heads); default 1. Their sides must be multiples of it.
     """
     if not isinstance(spec, Spec):
         spec = parse(spec)
@@ -91,7 +94,7 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     for name, p in (("dropout", dropout), ("dropconnect", dropconnect)):
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
-    sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions)
+    sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions, num_heads)
     if forget_bias is not None:
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(forget_bias):

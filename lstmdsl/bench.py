@@ -59,6 +59,7 @@ class EagerCell:
             if n.op == "matvec":
                 groups.setdefault(n.args[0], []).append(i)
         self.groups = groups
+        self.heads = {a for a, members in groups.items() if cell.param(cell.nodes[members[0]].attr).heads}
         self.input_group = next((a for a in groups if cell.nodes[a].op == "input"), None)
         self.source, self.input_bias = self._source()
         state = layer.state_dict()
@@ -69,11 +70,12 @@ class EagerCell:
                 mats = [state[f"l{k}.{cell.nodes[i].attr}"] for i in members]
                 p[f"cat{a}"] = torch.tensor(np.concatenate(mats), device=device, requires_grad=True)
                 p[f"split{a}"] = tuple(m.shape[0] for m in mats)
+                p[f"heads{a}"] = (len(mats), layer.sizes[k].get("heads", 1))  # (matrices, blocks of each)
             for prm in cell.params:
                 if state[f"l{k}.{prm.name}"].ndim == 1:
                     p[prm.name] = torch.tensor(state[f"l{k}.{prm.name}"], device=device, requires_grad=True)
             self.params.append(p)
-        namespace = {"torch": torch}
+        namespace = {"torch": torch, "blocks": _blocks}
         exec(compile(self.source, f"<eager {cell.name}>", "exec"), namespace)  # noqa: S102 (generated above)
         self.step = namespace["step"]
 
@@ -110,9 +112,9 @@ class EagerCell:
                 sums[r].remove(bias)  # one copy: `b + b` keeps the other in the step
         # a recurrent group whose k-th product meets the k-th input product in one sum: add them in the GEMM
         paired = None
-        if len(single) == len(inputs) > 0:
+        if len(single) == len(inputs) > 0 and a_in not in self.heads:
             for a, members in groups.items():
-                if a != a_in and len(members) == len(inputs) and all(
+                if a != a_in and a not in self.heads and len(members) == len(inputs) and all(
                         len(consumers.get(r, [])) == 1 and where.get(r) == where[m] for m, r in zip(inputs, members)):
                     paired = a
                     break
@@ -144,7 +146,8 @@ class EagerCell:
                     line = f"xin[{k}]"
                 else:
                     if k == 0:
-                        gemm = f"torch.addmm(xw, v{a}, p['cat{a}'].T)" if a == paired else f"v{a} @ p['cat{a}'].T"
+                        gemm = f"torch.addmm(xw, v{a}, p['cat{a}'].T)" if a == paired else \
+                            f"blocks(v{a}, p['cat{a}'], p['heads{a}'])" if a in self.heads else f"v{a} @ p['cat{a}'].T"
                         lines.append(f"    g{a} = torch.split({gemm}, p['split{a}'], 1)"
                                      if len(groups[a]) > 1 else f"    g{a} = ({gemm},)")
                     line = f"g{a}[{k}]"
@@ -178,6 +181,8 @@ class EagerCell:
                 if any(self.input_bias):
                     bias = torch.cat([p[b] if b else w.new_zeros(n) for b, n in zip(self.input_bias, p[f"split{a}"])])
                     xw = torch.addmm(bias, flat, w.T).reshape(T, B, -1)
+                elif a in self.heads:
+                    xw = _blocks(flat, w, p[f"heads{a}"]).reshape(T, B, -1)
                 else:
                     xw = (flat @ w.T).reshape(T, B, -1)
             state = {s.name: h.new_zeros(B, sizes[s.size]) for s in self.cell.states}
@@ -192,6 +197,16 @@ class EagerCell:
                 ys.append(y)
             h = torch.stack(ys)
         return h
+
+
+def _blocks(v, stack, shape: tuple[int, int]):
+    """v [N, cols] times a stack of block-diagonal matrices ([matrices * rows, cols / heads], each stored as
+    its blocks stacked by rows), as one batched product per block: [N, matrices * rows]."""
+    torch = _torch()
+    matrices, heads = shape
+    out = torch.einsum("nkc,jkrc->njkr", v.reshape(v.shape[0], heads, -1),
+                       stack.reshape(matrices, heads, -1, stack.shape[1]))
+    return out.reshape(v.shape[0], -1)
 
 
 def vanilla_equivalent(spec: Spec) -> bool:
@@ -228,10 +243,14 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, (_torch().cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError))
 
 
+HEADS_DEFAULT = 4  # the blocks of a block-diagonal matrix in the benchmarks (xLSTM's sLSTM default)
+
+
 def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1, mode: str = "forward",
                precision: str = "fp32", repeat: int = 10, competitors=COMPETITORS, schedule: str | None = None,
-               log=None) -> dict:
+               log=None, num_heads: int | None = None) -> dict:
     """Time one shape for every competitor that applies; returns a row (times in ms, memory in bytes).
+    A spec with block-diagonal matrices runs with num_heads blocks (default HEADS_DEFAULT, xLSTM's).
 
     A competitor that runs out of GPU memory is recorded as {"error": "out of memory"} and the others
     still run. Competitors whose call is slow (eager PyTorch at T * layers >= 1000) are timed fewer times.
@@ -249,6 +268,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     extra = {"proj_size": hidden // 2} if spec.uses_size("proj") else {}
+    if spec.uses_size("heads"):
+        extra["num_heads"] = num_heads or HEADS_DEFAULT
     text = f"{schedule + '; ' if schedule else ''}precision {precision}"
     layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
@@ -256,6 +277,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     tol = 1e-4 if precision == "fp32" else 2e-2
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
            "precision": precision, "flops": flops(layer, batch, steps, mode), "results": {}, "checks": {}}
+    if "num_heads" in extra:
+        row["heads"] = extra["num_heads"]
     y_ref = None  # lstmdsl's output; if lstmdsl cannot run the shape, the first competitor's
 
     def check(name, y):

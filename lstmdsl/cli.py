@@ -48,7 +48,7 @@ def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
     if args.input_size is None or args.hidden_size is None:
         raise UsageError(f"give both --input-size and --hidden-size {purpose}")
     return layer_sizes(spec, args.input_size, args.hidden_size, proj_default(spec, args.hidden_size, args.proj_size),
-                       1)[0]
+                       1, num_heads=args.heads)[0]
 
 
 def cmd_check(args) -> int:
@@ -152,6 +152,12 @@ def layer_note(args) -> str:
     return ", " + ", ".join(parts) if parts else ""
 
 
+def _small_heads(heads: int | None, hidden: int) -> int | None:
+    """The heads of the small float64 gradient check: the largest count up to `heads` that divides its
+    hidden size."""
+    return None if heads is None else max(n for n in range(1, min(heads, hidden) + 1) if hidden % n == 0)
+
+
 def cmd_run(args) -> int:
     from .gradcheck import gradient_check
 
@@ -177,7 +183,8 @@ def cmd_run(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
                     backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed,
-                    bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect)
+                    bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect,
+                    num_heads=args.heads)
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
     t0 = time.perf_counter()
@@ -188,7 +195,8 @@ def cmd_run(args) -> int:
     rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
                           min(args.steps, 5), args.layers, proj_size=min(args.proj_size, 4) if args.proj_size else None,
                           seed=args.seed, bidirectional=args.bidirectional, dropout=args.dropout,
-                          lengths=args.lengths is not None, dropconnect=args.dropconnect)
+                          lengths=args.lengths is not None, dropconnect=args.dropconnect,
+                          num_heads=_small_heads(args.heads, min(args.hidden_size, 6)))
     worst = max(r.rel_error for r in rows)
     ok = worst <= GRAD_TOLERANCE and bool(np.all(np.isfinite(y))) and bool(np.all(np.isfinite(dx)))
     result = {
@@ -247,8 +255,9 @@ def cmd_train(args) -> int:
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
                       clip=args.clip, seed=args.seed, max_train=args.max_train,
                       proj_size=proj_default(spec, args.hidden_size, args.proj_size), bidirectional=args.bidirectional,
-                      dropout=args.dropout, dropconnect=args.dropconnect)
-    compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size)  # the sizes, checked before the data
+                      dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads)
+    compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size,
+            num_heads=cfg.num_heads)  # the sizes, checked before the data
     check_config(cfg)
     out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     if note:

@@ -97,6 +97,8 @@ def _sizes_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="the hidden size")
     p.add_argument("--proj-size", "-P", type=_count, default=None,
                    help="the projection size, for specs using proj (default: half the hidden size)")
+    p.add_argument("--heads", type=_count, default=None,
+                   help="blocks of the spec's block-diagonal matrices (its 'heads' line; default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-size", "-H", type=_count, default=128, help="the hidden size")
     p.add_argument("--proj-size", "-P", type=_count, default=None,
                    help="the projection size, for specs using proj (default: half the hidden size)")
+    p.add_argument("--heads", type=_count, default=None,
+                   help="blocks of the spec's block-diagonal matrices (its 'heads' line; default 1)")
     p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "momentum", "nesterov"),
                    help="the optimizer")

@@ -26,7 +26,7 @@ def run_cuda(args, spec: Spec, schedule) -> int:
 
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, backend="cuda", schedule=schedule,
                     dtype=args.dtype, proj_size=args.proj_size, seed=args.seed, bidirectional=args.bidirectional,
-                    dropout=args.dropout, dropconnect=args.dropconnect)
+                    dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads)
     x, state, dy, dstate = random_case(layer, args.steps, args.batch, args.seed)
     x_d, dy_d = cupy.asarray(x), cupy.asarray(dy)
     state_d = {k: cupy.asarray(v) for k, v in state.items()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .ir import ROW
 from .ops import OPS
-from .plan import Copy, Kernel, Launch, Phase, Plan, Slot
+from .plan import Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
 
 CTYPES = {"f32": "float", "f64": "double"}  # element type -> C type in memory
@@ -49,6 +49,7 @@ class KernelDesc:
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (size parameter, statements), one per size
     launch: Launch
     reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
+    stages: tuple["KernelDesc", ...] = ()  # row fusion: the stages one block per row runs, barriers between
 
     @property
     def warp(self) -> bool:
@@ -70,45 +71,51 @@ def _literal(value: float) -> str:
 
 def _reduction(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
     """One block per row: each thread folds its share of every argument's features, the block combines
-    them, thread 0 stores the result (a per-row scalar)."""
+    them, thread 0 stores the result (a per-row scalar). Arguments are named by node (in<a>, p<a>,
+    out<i>_<k>), as in pointwise kernels, so the stages of a row-fused launch share them."""
     nodes = phase.nodes
     (i,) = op.nodes
     n = nodes[i]
     reads = dict(op.reads)
     args = [KernelArg("const int", "B", ArgBind("batch"))]
-    args += [KernelArg("const int", f"n_{s}", ArgBind("size", s)) for s in op.launch.sizes]
+    args += [KernelArg("const int", f"n_{s}", ArgBind("size", s)) for s in sorted({nodes[a].size for a in n.args})]
     loads = []
-    for k, a in enumerate(n.args):
+    for a in dict.fromkeys(n.args):
         x = nodes[a]
         if x.op == "param":
-            args.append(KernelArg(f"const {CTYPES[plan.dtype]}* __restrict__", f"p{k}", ArgBind("vector", x.attr)))
-            loads.append((f"real(p{k}[j])", f"n_{x.size}"))
+            args.append(KernelArg(f"const {CTYPES[plan.dtype]}* __restrict__", f"p{a}", ArgBind("vector", x.attr)))
         else:
             slot = reads[a]
-            args.append(KernelArg(f"const {CTYPES[plan.storage.buffer(slot.buffer).dtype]}* __restrict__", f"in{k}",
+            args.append(KernelArg(f"const {CTYPES[plan.storage.buffer(slot.buffer).dtype]}* __restrict__", f"in{a}",
                                   ArgBind("ptr", slot=slot)))
-            args.append(KernelArg("const int", f"ld_in{k}", ArgBind("ld", slot=slot)))
-            loads.append((f"real(in{k}[(size_t)b * ld_in{k} + j])", f"n_{x.size}"))
+            args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
+    for a in n.args:
+        x = nodes[a]
+        loads.append((f"real(p{a}[j])" if x.op == "param" else f"real(in{a}[(size_t)b * ld_in{a} + j])",
+                      f"n_{x.size}"))
     stores = []
     for k, slot in enumerate(s for node, s in op.writes if node == i):
         ctype = CTYPES[plan.storage.buffer(slot.buffer).dtype]
-        args.append(KernelArg(f"{ctype}* __restrict__", f"out{k}", ArgBind("ptr", slot=slot)))
-        args.append(KernelArg("const int", f"ld_out{k}", ArgBind("ld", slot=slot)))
-        stores.append(f"out{k}[(size_t)b * ld_out{k}] {'+=' if slot.accumulate else '='} {ctype}(acc);")
+        args.append(KernelArg(f"{ctype}* __restrict__", f"out{i}_{k}", ArgBind("ptr", slot=slot)))
+        args.append(KernelArg("const int", f"ld_out{i}_{k}", ArgBind("ld", slot=slot)))
+        stores.append(f"out{i}_{k}[(size_t)b * ld_out{i}_{k}] {'+=' if slot.accumulate else '='} {ctype}(acc);")
     divisor = " + ".join(f"n_{nodes[a].size}" for a in n.args) if n.op == "mean" else ""
     kind = "max" if n.op == "rowmax" else "sum"
     return KernelDesc(op.name, tuple(args), (), (), op.launch, (kind, tuple(loads), divisor, tuple(stores)))
 
 
-def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
-    if op.launch.kind == "rows":
+def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> KernelDesc:
+    """A kernel's description; stage: as a stage of a row-fused launch (its threads stride over the
+    features of the row, whatever the launch of the group says)."""
+    if reduces(phase, op):
         return _reduction(plan, phase, op)
     nodes = phase.nodes
     st = plan.storage
     inside = set(op.nodes)
-    warp = op.launch.per_block != op.launch.threads
+    warp = not stage and op.launch.per_block != op.launch.threads
     store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
-    sizes = tuple(s for s in op.launch.sizes if s != ROW)
+    sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, ROW})) if stage else \
+        tuple(s for s in op.launch.sizes if s != ROW)
     operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
     divisors = {s for i in op.nodes if nodes[i].op == "expand" for s in nodes[i].attr}
     args = [KernelArg("const int", "B", ArgBind("batch"))]
@@ -168,7 +175,19 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
             index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (f"b * ld_out{i}_{k} + j", store)
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
-    return KernelDesc(op.name, tuple(args), tuple(consts), groups, op.launch)
+    launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
+    return KernelDesc(op.name, tuple(args), tuple(consts), groups, launch)
+
+
+def _row_group(plan: Plan, phase: Phase, ops: list[Kernel]) -> KernelDesc:
+    """The launch of a kernel and the kernels that join it (row fusion): its stages, and the arguments of
+    all of them (one each: stages name them by node)."""
+    stages = tuple(_kernel(plan, phase, op, stage=True) for op in ops)
+    args = {}
+    for s in stages:  # no __restrict__: a stage reads what an earlier stage of the launch wrote, through
+        for a in s.args:  # another pointer, and must not take the read-only (non-coherent) cache path
+            args.setdefault(a.name, KernelArg(a.ctype.replace(" __restrict__", ""), a.name, a.bind))
+    return KernelDesc(ops[0].name, tuple(args.values()), (), (), ops[0].launch, stages=stages)
 
 
 def add_kernel(plan: Plan) -> AddDesc | None:
@@ -182,9 +201,14 @@ def kernel_descs(plan: Plan) -> dict[str, KernelDesc]:
     """Kernel name -> KernelDesc, for every Kernel op of the plan (forward, then backward, in order)."""
     out = {}
     for phase in (plan.forward, plan.backward):
-        for _, op in phase.ops():
-            if isinstance(op, Kernel):
-                out[op.name] = _kernel(plan, phase, op)
+        for place in (phase.before, phase.loop.body, phase.after):
+            for k, op in enumerate(place):
+                if not isinstance(op, Kernel) or op.joins:
+                    continue
+                group = [op]
+                while k + len(group) < len(place) and getattr(place[k + len(group)], "joins", False):
+                    group.append(place[k + len(group)])
+                out[op.name] = _kernel(plan, phase, op) if len(group) == 1 else _row_group(plan, phase, group)
     return out
 
 
@@ -218,6 +242,7 @@ def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str
     def dim(expr) -> int:
         return sum(env[s] for s in expr)
 
+    descs = {d.name: d for k in kernels.values() for d in (k.stages or (k,))}  # row-fused stages too
     out = {}
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         gemm_bytes = kernel_bytes = 0
@@ -225,11 +250,12 @@ def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str
             call = getattr(op, "call", None)
             if call is not None:
                 m, n, k = dim(call.m), dim(call.n), dim(call.k)
-                gemm_bytes += item[call.a_type] * m * k + item[call.b_type] * k * n + item[call.c_type] * m * n
+                count = env[call.heads] if call.heads else 1  # the blocks of a block-diagonal matrix
+                gemm_bytes += count * (item[call.a_type] * m * k + item[call.b_type] * k * n + item[call.c_type] * m * n)
             elif isinstance(op, Copy):
                 kernel_bytes += 2 * item[op.dtype] * batch * env[op.size]
             elif isinstance(op, Kernel):
-                for a in kernels[op.name].args:
+                for a in descs[op.name].args:
                     b = a.bind
                     if b.kind == "weights":
                         stack = plan.storage.stack(b.name)

@@ -27,11 +27,11 @@ class GradRow:
 def gradient_check(spec: Spec, input_size: int, hidden_size: int, batch: int, steps: int, num_layers: int = 1,
                    proj_size: int | None = None, samples: int = 6, eps: float = 1e-6,
                    seed: int = 0, bidirectional: bool = False, dropout: float = 0.0,
-                   lengths: bool = False, dropconnect: float = 0.0) -> list[GradRow]:
+                   lengths: bool = False, dropconnect: float = 0.0, num_heads: int | None = None) -> list[GradRow]:
     """lengths: draw the sequences' lengths in [1, steps] (the first sequence full, the last one step long);
     the regularisers' masks of one training forward are kept for every evaluation of the loss."""
     layer = compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, dtype="float64", seed=seed,
-                    bidirectional=bidirectional, dropout=dropout, dropconnect=dropconnect)
+                    bidirectional=bidirectional, dropout=dropout, dropconnect=dropconnect, num_heads=num_heads)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((steps, batch, input_size))
     state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(batch).items()}

@@ -30,6 +30,15 @@ import numpy as np
 from .ops import OPS
 
 SIZES = ("input", "hidden", "proj")
+HEADS = "heads"  # the count of a block-diagonal matrix's blocks: the layer's num_heads
+
+
+def per_head(size: str) -> str:
+    """The size of one block of a block-diagonal matrix along a side of size `size`: "hidden/heads"."""
+    return f"{size}/{HEADS}"
+
+
+PER_HEAD = tuple(per_head(s) for s in SIZES)
 ROW = "one"  # the size of a per-row scalar (a reduction's result): one value per row, broadcast over a vector
 LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in", "stepin")
 
@@ -50,9 +59,19 @@ class StateVar:
 
 @dataclass(frozen=True, slots=True)
 class Param:
+    """A learned parameter. A block-diagonal matrix (heads=True, `heads R` in a spec) of logical shape
+    [rows, cols] is stored as its num_heads diagonal blocks stacked by rows: shape (rows, cols/heads),
+    block k = rows k * rows/heads onward, acting on the k-th cols/heads features of its operand."""
+
     name: str
     kind: str  # "matrix" | "vector"
-    shape: tuple[str, ...]  # (rows, cols) for a matrix, (size,) for a vector
+    shape: tuple[str, ...]  # (rows, cols) for a matrix (cols/heads for heads), (size,) for a vector
+    heads: bool = False
+
+    @property
+    def cols(self) -> str:
+        """The size of the operand a matrix multiplies."""
+        return self.shape[1].removesuffix("/" + HEADS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +213,9 @@ def verify(cell: Cell) -> None:
         raise IRError("duplicate state names")
     for p in cell.params:
         want = 2 if p.kind == "matrix" else 1
-        if p.kind not in ("matrix", "vector") or len(p.shape) != want or not set(p.shape) <= set(SIZES):
+        if p.kind not in ("matrix", "vector") or len(p.shape) != want or not set(p.shape) <= set(SIZES + PER_HEAD) \
+                or (p.heads and (p.kind != "matrix" or p.shape[1] != per_head(p.cols))) \
+                or (not p.heads and not set(p.shape) <= set(SIZES)):
             raise IRError(f"bad parameter {p}")
     state_sizes = {s.name: s.size for s in cell.states}
     for i, n in enumerate(nodes):
@@ -215,7 +236,7 @@ def verify(cell: Cell) -> None:
         elif n.op == "matvec":
             p = params.get(n.attr)
             ok = (len(n.args) == 1 and p is not None and p.kind == "matrix"
-                  and p.shape == (n.size, arg_sizes[0]))
+                  and (p.shape[0], p.cols) == (n.size, arg_sizes[0]))
         elif n.op in OPS and OPS[n.op].reduction:
             ok = len(n.args) >= 1 and None not in arg_sizes and n.size == ROW
         elif n.op in OPS:
@@ -247,7 +268,8 @@ def format_cell(cell: Cell) -> str:
     lines = [f"cell {cell.name}", f"  input {cell.input} : input"]
     lines += [f"  state {s.name} : {s.size}" for s in cell.states]
     for p in cell.params:
-        lines.append(f"  param {p.name} : {p.kind} [{', '.join(p.shape)}]")
+        lines.append(f"  param {p.name} : {p.kind} [{', '.join(p.shape)}]"
+                     + (" (block-diagonal: heads blocks)" if p.heads else ""))
     for i, n in enumerate(cell.nodes):
         name = cell.name_of(i)
         args = ", ".join(f"%{a}" for a in n.args)

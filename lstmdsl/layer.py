@@ -16,7 +16,7 @@ import numpy as np
 from .arrays import array_module, to_numpy
 from .errors import InputFileError, UsageError
 from .files import write_npz
-from .ir import ROW, Cell, Noise
+from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
 from .schedule import Schedule
 from .spec import Spec, parse
 
@@ -28,9 +28,11 @@ def _positive_int(name: str, value) -> int:
 
 
 def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | None,
-                num_layers: int, directions: int = 1) -> list[dict[str, int]]:
+                num_layers: int, directions: int = 1, num_heads: int | None = None) -> list[dict[str, int]]:
     """The size binding of each layer: layer k > 0 takes the output of layer k - 1 as its input (both
-    directions' outputs side by side when there are two)."""
+    directions' outputs side by side when there are two). num_heads: the blocks of the spec's
+    block-diagonal matrices (`heads` in the spec; default 1), bound as "heads" with each size per head
+    ("hidden/heads")."""
     input_size = _positive_int("input_size", input_size)
     hidden_size = _positive_int("hidden_size", hidden_size)
     num_layers = _positive_int("num_layers", num_layers)
@@ -41,11 +43,24 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
         if not spec.uses_size("proj"):
             raise UsageError(f"proj_size was given but cell '{spec.name}' has no size 'proj'")
         proj_size = _positive_int("proj_size", proj_size)
+    if num_heads is not None and not spec.uses_size(HEADS):
+        raise UsageError(f"num_heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
+    num_heads = _positive_int("num_heads", num_heads) if num_heads is not None else 1
     sizes = []
     for k in range(num_layers):
         bound = {"input": input_size, "hidden": hidden_size, "proj": proj_size}
         if k > 0:
             bound["input"] = directions * sizes[-1][spec.cell.output_size]
+        if spec.uses_size(HEADS):
+            bound[HEADS] = num_heads
+            for p in (p for p in spec.cell.params if p.heads):
+                for side in (p.shape[0], p.cols):
+                    if bound[side] % num_heads:
+                        raise UsageError(f"matrix {p.name} is block-diagonal with num_heads = {num_heads} blocks, "
+                                         f"but its side '{side}' is {bound[side]}{' in layer ' + str(k) if k else ''}, "
+                                         f"not a multiple of {num_heads}")
+            bound.update({per_head(s): bound[s] // num_heads for s in SIZES
+                          if bound[s] is not None and bound[s] % num_heads == 0})
         sizes.append(bound)
     for state in spec.cell.states:  # states of all layers are stacked into one [L, B, size] array
         per_layer = {b[state.size] for b in sizes}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
-from .ir import SIZES, Cell, GraphBuilder, Noise, Param, StateVar, prune
+from .ir import SIZES, Cell, GraphBuilder, Noise, Param, StateVar, per_head, prune
 from .ops import BINARY_SYMBOLS, FUNCTIONS, OPS, REDUCTIONS
 from .sizes import infer_sizes as _sizes
 
@@ -111,6 +111,7 @@ class _Context:
     defs: dict = field(default_factory=dict)
     values: set = field(default_factory=set)
     vectors: dict = field(default_factory=dict)
+    heads: dict = field(default_factory=dict)
     matrices: dict = field(default_factory=dict)
     reads: dict = field(default_factory=dict)
     uses: dict = field(default_factory=dict)
@@ -167,6 +168,15 @@ def _declarations(c: _Context) -> None:
                     c.P.error(f"unknown size '{item.size}'", item.size_span,
                             _did_you_mean(item.size, SIZES) or f"sizes are {', '.join(SIZES)}")
                 c.states[item.name] = item
+
+    c.heads = {}  # block-diagonal matrices: name -> span of its declaration
+    for decl in (s for s in c.tree.stmts if isinstance(s, ast.HeadsDecl)):
+        for name, span in ((item.name, item.span) for item in decl.items):
+            if name in c.heads:
+                c.P.error(f"matrix '{name}' is declared block-diagonal twice", span,
+                          f"first declared at line {c.heads[name].line}")
+            else:
+                c.heads[name] = span
 
     if not c.outputs:
         c.P.error(f"cell '{c.tree.name}' has no output", c.tree.name_span, "say what the layer emits, e.g. output h'")
@@ -250,6 +260,11 @@ def _names(c: _Context) -> None:
                 mentions.add(name)
                 if a.target in c.reads and (name in c.defs or name.endswith("'")):
                     c.reads[a.target].append(name)
+    for name, span in c.heads.items():
+        if name not in c.matrices:
+            c.P.error(f"'heads' names matrix '{name}', which no equation applies", span,
+                      _did_you_mean(name, c.matrices) or "list the matrices written before an operand, e.g. "
+                      "'heads R_i, R_f' for R_i h and R_f h")
     for out in c.outputs[:1]:
         if out.name not in c.values and not (out.name.endswith("'") and out.name[:-1] in c.states):
             c.P.error(f"output '{out.name}' is not defined", out.name_span,
@@ -340,6 +355,22 @@ def _convenience(b: GraphBuilder, name: str, args: list[int], noise: list[Noise]
     return b.div(v, b.op("sqrt", b.op("add", b.op("mean", b.op("square", v)), eps)))
 
 
+def _same_heads_per_operand(c: _Context, nodes) -> None:
+    """The matrices applied to one operand are stored and multiplied together, so they are all
+    block-diagonal or none is."""
+    by_operand: dict[int, list[str]] = {}
+    for n in nodes:
+        if n.op == "matvec" and n.attr not in by_operand.setdefault(n.args[0], []):
+            by_operand[n.args[0]].append(n.attr)
+    for names in by_operand.values():
+        blocks = [m for m in names if m in c.heads]
+        if blocks and len(blocks) < len(names):
+            dense = [m for m in names if m not in c.heads]
+            c.P.error(f"matrices {', '.join(names)} multiply the same operand, but only {', '.join(blocks)} "
+                      f"{'is' if len(blocks) == 1 else 'are'} block-diagonal", c.heads[blocks[0]],
+                      f"declare {', '.join(dense)} in 'heads' too, or give the block-diagonal ones their own operand")
+
+
 def _build(c: _Context) -> None:
     """The Cell: nodes in dependency order, unused values and folded constants pruned."""
     c.b = GraphBuilder()
@@ -394,9 +425,13 @@ def _build(c: _Context) -> None:
     for _, _, kind, name in firsts:
         if name not in live_params:
             continue
-        shape = ((c.S.value("r:" + name), c.S.value("c:" + name)) if kind == "matrix"
-                 else (c.S.value("p:" + name),))
-        params.append(Param(name, kind, shape))
+        if kind == "vector":
+            params.append(Param(name, kind, (c.S.value("p:" + name),)))
+            continue
+        cols = c.S.value("c:" + name)
+        params.append(Param(name, kind, (c.S.value("r:" + name), per_head(cols) if name in c.heads else cols),
+                            heads=name in c.heads))
+    _same_heads_per_operand(c, nodes)
 
     c.cell = Cell(
         name=c.tree.name,

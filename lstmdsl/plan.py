@@ -76,9 +76,10 @@ class WeightStack:
     operand: int  # forward node
     matrices: tuple[str, ...]
     rows: tuple[str, ...]  # each matrix's rows (a size)
-    cols: str
+    cols: str  # as stored: per head ("hidden/heads") for block-diagonal matrices
     gin: str  # the buffer of the incoming gradients g_k, [.., sum of rows]
     dtype: str
+    heads: bool = False  # block-diagonal matrices (ir.Param.heads), each its own batch of per-block GEMMs
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +160,16 @@ class GemmCall:
     b_type: str
     c_type: str
     compute: str
+    heads: str | None = None  # a batch of GEMMs, one per block of a block-diagonal matrix: the size counting them
+    strides: tuple[tuple[str, ...], ...] = ()  # per operand (a, b, c): elements between blocks, a product of sizes
 
 
 @dataclass(frozen=True, slots=True)
 class Launch:
     """kind "elements": one thread per (row b, element j), or one warp per element when the kernel computes
     matrix-vector products itself: grid (ceil(max size / per_block), B), `threads` threads per block.
-    kind "rows" (a reduction): one block of `threads` threads per row b, grid (B, 1)."""
+    kind "rows" (a reduction, or kernels fused by rows): one block of `threads` threads per row b, grid
+    (B, 1), each thread striding over the features."""
 
     threads: int
     per_block: int
@@ -196,6 +200,7 @@ class Kernel:
     launch: Launch | None = None
     reads: tuple[tuple[int, Slot], ...] = ()  # values it loads (node, the slot it reads)
     writes: tuple[tuple[int, Slot], ...] = ()  # values it stores
+    joins: bool = False  # runs inside the previous kernel's launch (row fusion), after a block-wide barrier
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +355,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     def call(c: GemmCall | None) -> str:
         if c is None:
             return ""
-        return (f"\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
+        strides = ", ".join(" * ".join(dim((s,)) for s in stride) for stride in c.strides)
+        batch = f"\n      for each of the {dim((c.heads,))} blocks (strides {strides} elements):" if c.heads else ""
+        return (f"{batch}\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
                 f"{operand(c.a)}{'^T' if c.trans_a else ''} @ {operand(c.b)}{'^T' if c.trans_b else ''}"
                 f" -> {operand(c.c)};  k = {dim(c.k)}; types {c.a_type} x {c.b_type} -> {c.c_type}, "
                 f"compute {c.compute}")
@@ -363,11 +370,18 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         if isinstance(op, Kernel):
             ops = sorted({phase.nodes[i].op for i in op.nodes})
             text = f"kernel {op.name or '?'}  {len(op.nodes)} ops ({', '.join(ops)})"
-            if op.launch is not None:
+            if op.joins:
+                text += "\n      launch: a stage of the launch before it (row fusion), after a barrier"
+            elif op.launch is not None and op.launch.kind == "rows":
+                ln = op.launch
+                text += (f"\n      launch: grid ({ln.rows}, 1), {ln.threads} threads (one block per row, over "
+                         f"{', '.join(dim((s,)) for s in ln.sizes)})")
+            elif op.launch is not None:
                 ln = op.launch
                 text += (f"\n      launch: grid (ceil(max({', '.join(dim((s,)) for s in ln.sizes)}) / "
                          f"{ln.per_block}), {ln.rows}), {ln.threads} threads"
                          + (" (one warp per element)" if ln.per_block != ln.threads else ""))
+            if op.launch is not None:
                 text += "\n      reads:  " + (", ".join(f"%{i} {slot(s)}" for i, s in op.reads) or "-")
                 text += "\n      writes: " + (", ".join(f"%{i} {slot(s)}" for i, s in op.writes) or "-")
             return text
@@ -398,7 +412,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                 f"{x.what} = {x.buffer}[{x.step if x.step != 'all' else f'{x.first}..'}]"
                 + (f"[:, {dim(x.col)}:]" if x.col else "") for x in transfers))
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
-        launches = sum(not isinstance(op, Copy) for op in phase.loop.body)
+        launches = sum(not isinstance(op, Copy) and not getattr(op, "joins", False) for op in phase.loop.body)
         lines.append(f"{title} ({phase.loop.direction} in time): {launches} launches per step")
         for where, op in phase.ops():
             label = {"before": "before the loop: ", "loop": "each step:       ", "after": "after the loop:  "}[where]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .plan import Gemm, Kernel, Plan, VectorGrad, WeightGrad
-from .reference import eval_node
+from .reference import eval_node, matvec, matvec_t, outer
 
 
 def _stack(params: dict, matrices) -> np.ndarray:
@@ -37,7 +37,7 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
     hoisted = {}
     for g in phase.before:  # operand: the input, all steps at once
         if isinstance(g, Gemm):
-            out = xs.reshape(T * B, -1) @ _stack(params, g.matrices).T
+            out = matvec(xs.reshape(T * B, -1), _stack(params, g.matrices))
             for o, part in zip(g.outputs, _split(out, g.outputs, size)):
                 hoisted[o] = part.reshape(T, B, -1)
     saved = {i: np.empty((T, B, size(i)), dtype) for i in plan.saved}
@@ -57,7 +57,7 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             for op in phase.loop.body:
                 if isinstance(op, Gemm):
-                    out = values[op.inputs[0]] @ _stack(params, op.matrices).T
+                    out = matvec(values[op.inputs[0]], _stack(params, op.matrices))
                     values.update(zip(op.outputs, _split(out, op.outputs, size)))
                 elif isinstance(op, Kernel):
                     for i in op.nodes:
@@ -93,7 +93,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
 
     def weight_grad(w: WeightGrad, g_of, v):
         for m, gi in zip(w.matrices, w.g):
-            param_grads[m] += g_of(gi).T @ v
+            param_grads[m] += outer(g_of(gi), v, param_grads[m])
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for t in reversed(range(T)):
@@ -108,7 +108,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
             for op in phase.loop.body:
                 if isinstance(op, Gemm):
                     g = np.concatenate([values[i] for i in op.inputs], axis=1)
-                    out = g @ _stack(params, op.matrices)
+                    out = matvec_t(g, _stack(params, op.matrices), size(op.outputs[0]))
                     values[op.outputs[0]] = values[op.outputs[0]] + out if op.accumulate else out
                 elif isinstance(op, Kernel):
                     for i in op.nodes:
@@ -129,7 +129,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
     for op in phase.after:  # over all steps' rows
         if isinstance(op, Gemm):  # the input's gradient through the matrices
             G = np.concatenate([keep[i].reshape(T * B, -1) for i in op.inputs], axis=1)
-            dxs += (G @ _stack(params, op.matrices)).reshape(T, B, -1)
+            dxs += matvec_t(G, _stack(params, op.matrices), sizes["input"]).reshape(T, B, -1)
         elif isinstance(op, WeightGrad):
             weight_grad(op, lambda i: keep[i].reshape(T * B, -1), saved[op.v].reshape(T * B, -1))
         elif isinstance(op, VectorGrad):

@@ -36,7 +36,15 @@ def _check_dataflow(phase: Phase, title: str) -> None:
     """Every value an op reads is a leaf, or computed before the loop, or earlier in the same step
     (ops after the loop may read any value the loop computed); every value is computed once."""
     computed: dict[int, str] = {}
+    previous = None
     for where, op in phase.ops():
+        if isinstance(op, Kernel) and op.joins and not (where == "loop" and isinstance(previous, Kernel)
+                                                        and not any(phase.nodes[i].op == "matvec" for i in op.nodes)):
+            raise PlanError(f"{title}: a kernel joins the launch of something that is not a step's kernel before it")
+        if isinstance(op, (Gemm, WeightGrad)) and len(op.matrices) > 1 and \
+                getattr(op.call, "heads", None) is not None:
+            raise PlanError(f"{title}: a batch of per-block GEMMs covers several matrices {op.matrices}")
+        previous = op
         for i in _read_by(phase, op):
             n = phase.nodes[i]
             if n.op in LEAF_OPS or i in computed and (computed[i] == "before" or where != "before"):

@@ -16,6 +16,36 @@ from .ir import ROW, Cell
 from .ops import OPS
 
 
+def matvec(v, W):
+    """v [..., cols] times W^T: W [rows, cols] dense, or block-diagonal stored as its blocks stacked by rows
+    ([rows, cols / heads], see ir.Param): block k acts on the k-th cols / heads features of v."""
+    heads = v.shape[-1] // W.shape[1]
+    if heads == 1:
+        return v @ W.T
+    lead = v.shape[:-1]
+    return np.einsum("...hc,hrc->...hr", v.reshape(*lead, heads, -1),
+                     W.reshape(heads, -1, W.shape[1])).reshape(*lead, W.shape[0])
+
+
+def matvec_t(g, W, cols: int):
+    """g [..., rows] times W (the gradient a matrix passes back to its operand, of size cols)."""
+    heads = cols // W.shape[1]
+    if heads == 1:
+        return g @ W
+    lead = g.shape[:-1]
+    return np.einsum("...hr,hrc->...hc", g.reshape(*lead, heads, -1),
+                     W.reshape(heads, -1, W.shape[1])).reshape(*lead, cols)
+
+
+def outer(G, V, W):
+    """The weight gradient sum_n G[n]^T V[n] over the rows n of G [N, rows] and V [N, cols], in W's
+    storage: [rows, cols], or the diagonal blocks only of a block-diagonal W."""
+    heads = V.shape[-1] // W.shape[1]
+    if heads == 1:
+        return G.T @ V
+    return np.einsum("nhr,nhc->hrc", G.reshape(len(G), heads, -1), V.reshape(len(V), heads, -1)).reshape(W.shape)
+
+
 def eval_node(n, args: list, params: dict, batch: int, dtype, sizes: dict[str, int]):
     """The value of a non-leaf node (or a param/const leaf) from its arguments' values: [batch, size]
     ([batch, 1] for a per-row scalar)."""
@@ -25,9 +55,9 @@ def eval_node(n, args: list, params: dict, batch: int, dtype, sizes: dict[str, i
     if n.op == "param":
         return np.broadcast_to(params[n.attr], (batch, sizes[n.size]))
     if n.op == "matvec":
-        return args[0] @ params[n.attr].T
+        return matvec(args[0], params[n.attr])
     if n.op == "matvec_t":  # sum_k g_k @ W_k
-        return sum(g @ params[m] for g, m in zip(args, n.attr))
+        return sum(matvec_t(g, params[m], sizes[n.size]) for g, m in zip(args, n.attr))
     if n.op == "expand":  # a per-row scalar over a vector (divided by a width for a mean's gradient)
         divisor = sum(sizes[s] for s in n.attr) or 1
         return np.broadcast_to(args[0] / dtype.type(divisor), (batch, sizes[n.size]))
@@ -123,5 +153,5 @@ def layer_backward(cell: Cell, grad: StepGrad, params: dict, sizes: dict[str, in
     for name, pairs in matrices.items():
         G = np.concatenate([np.broadcast_to(gv, (B, gv.shape[-1])) for gv, _ in pairs])
         V = np.concatenate([np.broadcast_to(vv, (B, vv.shape[-1])) for _, vv in pairs])
-        param_grads[name] += G.T @ V
+        param_grads[name] += outer(G, V, param_grads[name])
     return dxs, dstate

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import Diagnostic, InputFileError, Source, UsageError
 from .grad import StepGrad, differentiate
-from .ir import Cell, verify
+from .ir import HEADS, Cell, verify
 from .lower import lower
 from .resources import shipped_specs
 from .schedule import Schedule, apply_directives
@@ -39,8 +39,11 @@ class Spec:
         return differentiate(self.cell)
 
     def uses_size(self, size: str) -> bool:
+        """Whether the cell has a value, parameter or state of this size ("heads": a block-diagonal matrix)."""
         c = self.cell
-        return (any(n.size == size for n in c.nodes) or any(size in p.shape for p in c.params)
+        if size == HEADS:
+            return any(p.heads for p in c.params)
+        return (any(n.size == size for n in c.nodes) or any(size in (p.shape[0], p.cols if p.kind == "matrix" else None) for p in c.params)
                 or any(s.size == size for s in c.states))
 
 

@@ -104,7 +104,20 @@ class OutputDecl:
     name_span: Span
 
 
-Stmt = Union[InputDecl, StateDecl, Assign, OutputDecl]
+@dataclass(frozen=True, slots=True)
+class HeadsItem:
+    name: str  # a matrix
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsDecl:
+    """`heads R_i, R_f`: block-diagonal matrices, num_heads blocks each (the count is a layer argument)."""
+    items: tuple[HeadsItem, ...]
+    span: Span
+
+
+Stmt = Union[InputDecl, StateDecl, HeadsDecl, Assign, OutputDecl]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +226,9 @@ class _ToAST(Transformer):
     def state_decl(self, meta, children):
         return StateDecl(tuple(children), _span(meta))
 
+    def heads_decl(self, meta, children):
+        return HeadsDecl(tuple(HeadsItem(str(m), Span.of(m)) for m in children), _span(meta))
+
     def assign(self, meta, children):
         target, expr = children
         return Assign(str(target), expr, _span(meta), Span.of(target))
@@ -303,7 +319,7 @@ def _expected_list(names) -> str:
     return ", ".join(sorted(words))
 
 
-_KEYWORDS = ("input", "state", "output", "cell", "schedule")
+_KEYWORDS = ("input", "state", "heads", "output", "cell", "schedule")
 
 
 def _misspelled_keyword(source: Source, tok) -> tuple[str, str] | None:

@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     max_train: int | None = None  # use only the first N training sequences (quick runs)
     proj_size: int | None = None  # for specs using the size proj
+    num_heads: int | None = None  # for specs with block-diagonal matrices (heads)
     bidirectional: bool = False  # digits only: chorales predict the next frame, which a reverse direction sees
     dropout: float = 0.0  # between stacked layers
     dropconnect: float = 0.0  # on the recurrent matrices
@@ -107,7 +108,7 @@ class Model:
     def __init__(self, cfg: TrainConfig, task: _Task):
         self.task = task
         self.layer = compile(cfg.spec, task.input_size, cfg.hidden_size, cfg.layers, backend=cfg.backend,
-                             proj_size=cfg.proj_size, seed=cfg.seed,
+                             proj_size=cfg.proj_size, num_heads=cfg.num_heads, seed=cfg.seed,
                              forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None,
                              bidirectional=cfg.bidirectional, dropout=cfg.dropout, dropconnect=cfg.dropconnect)
         self.head = nn.Dense(self.layer.output_size, task.output_size, backend=cfg.backend, seed=cfg.seed)

@@ -29,13 +29,13 @@ def poison(monkeypatch):
 
 
 def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None,
-          dropout=0.0, dropconnect=0.0):
+          dropout=0.0, dropconnect=0.0, num_heads=None):
     """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
     training forward, backward with gradients of the outputs and final states; the regularisers' masks
     are the GPU's draws, handed to the reference."""
     gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
                           schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
-                          dropconnect=dropconnect, **extra_sizes(name))
+                          dropconnect=dropconnect, num_heads=num_heads, **extra_sizes(name))
     randomize(gpu, seed + 1)
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     for s in POSITIVE_STATES.get(name if isinstance(name, str) else "", ()):
@@ -51,6 +51,14 @@ def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirecti
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 3), (7, 1, 3, 100, 3)])
 def test_every_spec_matches_the_reference(name, T, B, I, H, L):
     check(name, T, B, I, H, L)
+
+
+@pytest.mark.parametrize("T,B,I,H,L,heads", [(7, 3, 5, 33, 1, 3), (1, 1, 2, 4, 3, 4), (7, 17, 3, 100, 2, 4),
+                                               (5, 3, 8, 1000, 1, 8), (4, 2, 6, 9, 1, 9)])
+def test_slstm_heads_match_the_reference(T, B, I, H, L, heads):
+    check("slstm", T, B, I, H, L, num_heads=heads)
+    check("slstm", T, B, I, H, L, num_heads=heads, schedule="no fuse gates; no batch weights; fuse recurrent",
+          bidirectional=True)
 
 
 @pytest.mark.parametrize("name", sorted(UNUSUAL))

@@ -17,7 +17,7 @@ from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
 from lstmdsl.plan import Gemm, Kernel, VectorGrad, WeightGrad, format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
 from lstmdsl.planverify import PlanError, verify
-from lstmdsl.schedule import Schedule
+from lstmdsl.schedule import Schedule, parse_schedule
 
 from conftest import SPECS, extra_sizes
 
@@ -40,9 +40,15 @@ def test_every_schedule_with_the_length_mask(name):
     check_every_schedule(name, masked=True)
 
 
-def check_every_schedule(name, masked=False):
+def test_every_schedule_with_block_diagonal_matrices():
+    check_every_schedule("slstm", num_heads=3)
+    check_every_schedule("slstm", masked=True, num_heads=2)
+
+
+def check_every_schedule(name, masked=False, num_heads=None):
     T, B, I, H = 4, 3, 5, 6
-    layer = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", seed=11, **extra_sizes(name))
+    layer = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", seed=11, num_heads=num_heads,
+                            **extra_sizes(name))
     rng = np.random.default_rng(5)
     for p in layer.parameters().values():
         p[...] = rng.uniform(-0.7, 0.7, p.shape)
@@ -123,6 +129,22 @@ def test_stage_splitting_for_products_of_values_computed_in_the_step(name, forwa
     assert [type(op).__name__ for op in plan.forward.loop.body] == forward_ops
 
 
+def test_row_fusion_makes_one_launch_of_the_kernels_that_reductions_split():
+    spec = lstmdsl.parse("layernorm")
+    for schedule, launches in ((spec.schedule, 2), (parse_schedule("no fuse rows", spec.schedule), 13)):
+        plan = make_plan(spec.cell, spec.grad, schedule)
+        body = plan.forward.loop.body
+        assert sum(not getattr(op, "joins", False) for op in body) == launches
+    kernels = [op for op in body if isinstance(op, Kernel)]
+    plan = make_plan(spec.cell, spec.grad, spec.schedule)
+    first, *rest = [op for op in plan.forward.loop.body if isinstance(op, Kernel)]
+    assert first.launch.kind == "rows" and not first.joins and all(op.joins for op in rest)
+    assert len(rest) + 1 == len(kernels)
+    vanilla = lstmdsl.parse("vanilla")  # no reduction: nothing to join
+    assert not any(getattr(op, "joins", False) for op in make_plan(vanilla.cell, vanilla.grad, vanilla.schedule)
+                   .forward.loop.body)
+
+
 def test_batching_weight_gradients():
     plan = plan_for("gru")
     assert plan.weight_grads and all(where == "after" for where, _ in plan.weight_grads + plan.vector_grads)
@@ -146,8 +168,8 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     seen = []
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
-    assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "batch_weight_grads",
-                    "storage", "calls"]
+    assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
+                    "batch_weight_grads", "storage", "calls"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):
@@ -155,6 +177,9 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     twice = plan.forward.with_body(body + body[-1:])
     with pytest.raises(PlanError, match="computed twice"):
         verify(dataclasses.replace(plan, forward=twice))
+    joined = plan.forward.with_body([dataclasses.replace(body[0], joins=True)] + list(body[1:]))
+    with pytest.raises(PlanError, match="joins the launch"):
+        verify(dataclasses.replace(plan, forward=joined))
     with pytest.raises(PlanError, match="loop direction"):
         verify(dataclasses.replace(plan, backward=dataclasses.replace(
             plan.backward, loop=dataclasses.replace(plan.backward.loop, direction="sideways"))))

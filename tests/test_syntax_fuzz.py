@@ -39,8 +39,8 @@ from lstmdsl.ops import FUNCTIONS, OPS  # noqa: E402
 UNARY_FUNCS = [f for f in FUNCTIONS if OPS[f].arity == 1]
 from lstmdsl.resources import shipped_specs  # noqa: E402
 from lstmdsl.schedule import PRECISIONS, Schedule  # noqa: E402
-from lstmdsl.syntax import (Assign, BinOp, Call, CellAST, Directive, InputDecl, MatVec,  # noqa: E402
-                            Neg, Number, OutputDecl, Ref, StateDecl, StateItem)
+from lstmdsl.syntax import (Assign, BinOp, Call, CellAST, Directive, HeadsDecl, HeadsItem, InputDecl,  # noqa: E402
+                            MatVec, Neg, Number, OutputDecl, Ref, StateDecl, StateItem)
 
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
@@ -130,6 +130,8 @@ def print_stmt(s) -> str:
         return f"output {s.name}"
     if isinstance(s, StateDecl):
         return "state " + ", ".join(i.name + (f" : {i.size}" if i.size is not None else "") for i in s.items)
+    if isinstance(s, HeadsDecl):
+        return "heads " + ", ".join(i.name for i in s.items)
     return f"{s.target} = {print_expr(s.expr)}"
 
 
@@ -179,6 +181,8 @@ stmts = st.one_of(
     st.builds(StateDecl, st.lists(st.builds(StateItem, primed_names, st.none() | plain_names, st.none(), st.none()),
                                   min_size=1, max_size=3).map(tuple), st.none()),
     st.builds(Assign, primed_names, exprs, st.none(), st.none()),
+    st.builds(HeadsDecl, st.lists(st.builds(HeadsItem, matrix_names, st.none()), min_size=1, max_size=3).map(tuple),
+              st.none()),
 )
 directives = st.builds(Directive, st.lists(word_texts, min_size=1, max_size=3).map(tuple), st.none())
 cell_asts = st.builds(CellAST, plain_names, st.lists(stmts, max_size=6).map(tuple),
@@ -258,6 +262,9 @@ def render_stmt(draw, s) -> str:
         items = [i.name + ("" if i.size is None else ws(draw) + ":" + ws(draw) + i.size) for i in s.items]
         return "state" + ws(draw, 1) + "".join(
             (ws(draw) + "," + ws(draw) if k else "") + item for k, item in enumerate(items))
+    if isinstance(s, HeadsDecl):
+        return "heads" + ws(draw, 1) + "".join((ws(draw) + "," + ws(draw) if k else "") + i.name
+                                                for k, i in enumerate(s.items))
     return s.target + ws(draw) + "=" + ws(draw) + render_expr(draw, s.expr, SUM, 0)
 
 
@@ -336,6 +343,10 @@ def check_spans(tree: CellAST, text: str) -> None:
                 named(item.span, item.name)
                 if item.size is not None:
                     named(item.size_span, item.size)
+        elif isinstance(s, HeadsDecl):
+            check_span_bounds(text, s.span)
+            for item in s.items:
+                named(item.span, item.name)
         else:
             named(s.target_span, s.target)
             check_span_bounds(text, s.span)

@@ -20,6 +20,7 @@ from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
 from .pointwise_fusion import fuse_pointwise
 from .recurrent_fusion import fuse_recurrent
+from .row_fusion import fuse_rows
 from .storage import assign_storage
 from .types import assign_types
 from .weight_grads import batch_weight_grads
@@ -30,6 +31,7 @@ PIPELINE = (
     ("hoist_input", hoist_input),
     ("fuse_pointwise", fuse_pointwise),
     ("fuse_recurrent", fuse_recurrent),
+    ("fuse_rows", fuse_rows),
     ("batch_weight_grads", batch_weight_grads),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls))

@@ -6,7 +6,8 @@ shapes and its types):
   backward GEMM    out [rows, cols] (+)= G_run [rows, sum of block rows] @ W_run (G: the stack's gin buffer)
   weight gradient  dW_run [sum of block rows, cols] += G_run^T @ V              (over B or T*B rows)
   vector gradient  d vector [1, n] += ones^T @ G                                 (a sum over rows)
-with rows = B inside the loop and T*B before or after it. Each kernel gets its name, what it reads and
+with rows = B inside the loop and T*B before or after it. A block-diagonal matrix's GEMMs are batches of
+one GEMM per block (GemmCall.heads), each on its slice of the features, with the strides between them. Each kernel gets its name, what it reads and
 writes, and its launch shape: one thread per (row, element), or one warp per element when it computes
 matrix-vector products itself (recurrent fusion).
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..ir import HEADS, per_head
 from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
 from .storage import _needed_outside, backward_roots, forward_roots
 
 THREADS = 128  # per block
+ROW_THREADS = 256  # per block of a row-fused launch: one block per row strides over the row's features
 
 
 def _buffer(slot: Slot) -> Operand:
@@ -46,6 +49,10 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
 
     def call(place: str, op):
         rows = ("B",) if place == "loop" else ("T*B",)
+        if isinstance(op, (Gemm, WeightGrad)):
+            c = _heads_call(op, rows)
+            if c is not None:
+                return c
         if isinstance(op, Gemm) and op.kind == "forward":
             stack = by_operand[op.inputs[0]]
             first, count = _run(stack, op.matrices)
@@ -76,6 +83,37 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
                             False, Operand("vector_grad", op.name), True, **types)
         return None
 
+    def _heads_call(op, rows):
+        """A block-diagonal matrix (one per op: gate fusion leaves them apart): a batch of one GEMM per
+        block, the k-th on the k-th slice of the operand's and the result's features and on block k."""
+        if isinstance(op, Gemm) and op.kind == "forward":
+            stack = by_operand[op.inputs[0]]
+            out = slots[op.outputs[0]][0]
+            a, c_acc = _buffer(slots[op.inputs[0]][0]), out.accumulate
+        elif isinstance(op, Gemm):
+            t = nodes[op.outputs[0]]
+            stack = by_operand[next(v for m, g, v in plan.grad.d_matrices if m == t.attr[0] and g == t.args[0])]
+            out = slots[op.outputs[0]][0]
+        else:
+            stack = by_operand[op.v]
+        if not stack.heads:
+            return None
+        (matrix,) = op.matrices
+        first, _ = _run(stack, op.matrices)
+        r, c = per_head(stack.rows[first]), stack.cols
+        weights = stack.rows[:first]
+        gin = Operand("buffer", stack.gin, stack.rows[:first])
+        block = (r, c)
+        if isinstance(op, Gemm) and op.kind == "forward":
+            return GemmCall(rows, (r,), (c,), a, False, Operand("weights", stack.name, weights), True, _buffer(out),
+                            c_acc, **types, heads=HEADS, strides=((c,), block, (r,)))
+        if isinstance(op, Gemm):
+            return GemmCall(rows, (c,), (r,), gin, False, Operand("weights", stack.name, weights), False,
+                            _buffer(out), out.accumulate or op.accumulate, **types, heads=HEADS,
+                            strides=((r,), block, (c,)))
+        return GemmCall((r,), (c,), rows, gin, True, _buffer(f_slots[op.v][0]), False,
+                        Operand("grads", stack.name, weights), True, **types, heads=HEADS, strides=((r,), (c,), block))
+
     needed = _needed_outside(phase, forward_roots(plan) if phase_name == "forward" else backward_roots(plan))
     tag = "fwd" if phase_name == "forward" else "bwd"
     count = 0
@@ -102,9 +140,22 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         return op if c is None else dataclasses.replace(op, call=c)
 
     return dataclasses.replace(phase, before=tuple(lower("before", op) for op in phase.before),
-                               loop=dataclasses.replace(phase.loop, body=tuple(lower("loop", op)
-                                                                               for op in phase.loop.body)),
+                               loop=dataclasses.replace(phase.loop, body=_row_launches(
+                                   [lower("loop", op) for op in phase.loop.body])),
                                after=tuple(lower("after", op) for op in phase.after))
+
+
+def _row_launches(body: list) -> tuple:
+    """A kernel that others join (row fusion) launches one block per row for all of them, over the sizes
+    of every stage."""
+    for k, op in enumerate(body):
+        if isinstance(op, Kernel) and not op.joins and k + 1 < len(body) and getattr(body[k + 1], "joins", False):
+            group = [op]
+            while k + len(group) < len(body) and getattr(body[k + len(group)], "joins", False):
+                group.append(body[k + len(group)])
+            sizes = tuple(sorted({s for g in group for s in g.launch.sizes}))
+            body[k] = dataclasses.replace(op, launch=Launch(ROW_THREADS, 0, sizes, kind="rows"))
+    return tuple(body)
 
 
 def assign_calls(plan: Plan) -> Plan:

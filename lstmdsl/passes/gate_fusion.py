@@ -3,6 +3,10 @@
 Forward: the four gates' R_i h, R_f h, R_z h, R_o h become one [B, H] x [H, 4H] product. Backward: the
 gradient sum_k g_k @ R_k that the gates pass back to h becomes one [B, 4H] x [4H, H] product, and the
 weight gradients of matrices with a common operand one G^T V over the stacked blocks.
+
+Block-diagonal matrices (`heads`) are not merged: each is a batch of per-block GEMMs of its own, since
+the blocks of several matrices for one head are not evenly spaced in the gates' buffer. Their GEMMs of
+one key are still gathered at the first one's place, so the pointwise work after them is one kernel.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ def _key(op):
     return None
 
 
-def _fuse(phase: Phase) -> Phase:
+def _fuse(phase: Phase, heads: set[str]) -> Phase:
     """Merge the loop's ops of equal key into the first of them (its operands are ready there: GEMMs of
-    one key read the same values)."""
-    merged: dict[object, object] = {}
+    one key read the same values); those of block-diagonal matrices are placed there one after another."""
+    merged: dict[object, list] = {}
     for op in phase.loop.body:
         k = _key(op)
-        if k is not None:
-            merged[k] = _merge(merged[k], op) if k in merged else (
-                dataclasses.replace(op, accumulate=False) if isinstance(op, Gemm) else op)
+        if k is None:
+            continue
+        if heads & set(op.matrices):
+            merged.setdefault(k, []).append(op)
+        elif k in merged:
+            merged[k] = [_merge(merged[k][0], op)]
+        else:
+            merged[k] = [dataclasses.replace(op, accumulate=False) if isinstance(op, Gemm) else op]
     body, placed = [], set()
     for op in phase.loop.body:
         k = _key(op)
@@ -45,9 +54,10 @@ def _fuse(phase: Phase) -> Phase:
             body.append(op)
         elif k not in placed:
             placed.add(k)
-            body.append(merged[k])
+            body.extend(merged[k])
     return phase.with_body(body)
 
 
 def fuse_gates(plan: Plan) -> Plan:
-    return dataclasses.replace(plan, forward=_fuse(plan.forward), backward=_fuse(plan.backward))
+    heads = {p.name for p in plan.cell.params if p.heads}
+    return dataclasses.replace(plan, forward=_fuse(plan.forward, heads), backward=_fuse(plan.backward, heads))

@@ -5,7 +5,7 @@ over the weight row, read coalesced, reduced with shuffles), and goes straight o
 work: one launch per step instead of two, and no round trip of the GEMM's result through memory. It
 re-reads the weights for every batch row, so it pays off at small batch; cuBLAS wins at large batch.
 Only a GEMM whose operand is ready at the start of the step (a state or the input) and whose outputs
-only that kernel reads can move.
+only that kernel reads can move, and not one of a block-diagonal matrix (its blocks are cuBLAS batches).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def fuse_recurrent(plan: Plan) -> Plan:
     fwd = plan.forward
     nodes = fwd.nodes
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
+    heads = {p.name for p in plan.cell.params if p.heads}
     body = list(fwd.loop.body)
     out = []
     k = 0
@@ -32,7 +33,7 @@ def fuse_recurrent(plan: Plan) -> Plan:
         op = body[k]
         nxt = body[k + 1] if k + 1 < len(body) else None
         later = set().union(*(_reads(other, nodes) for other in body[k + 2:]))
-        if (isinstance(op, Gemm) and isinstance(nxt, Kernel) and not reduces(fwd, nxt)
+        if (isinstance(op, Gemm) and isinstance(nxt, Kernel) and not reduces(fwd, nxt) and not heads & set(op.matrices)
                 and nodes[op.inputs[0]].op in ("state", "input")
                 and not set(op.outputs) & (wanted | later)):
             out.append(Kernel(op.outputs + nxt.nodes))

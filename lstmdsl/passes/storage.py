@@ -159,8 +159,9 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
             name = shared[(gs, rows)] = buf(f"gin{v}", rows, "T" if any(g in after for g in gs) else "1")
             for j, g in enumerate(gs):
                 b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
-        stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.nodes[v].size,
-                                  shared[(gs, rows)], plan.dtype))
+        heads = cell.param(matrices[0]).heads  # all or none of one operand's matrices (lower.py checks)
+        stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.param(matrices[0]).shape[1],
+                                  shared[(gs, rows)], plan.dtype, heads))
     names = [s.name for s in stacks]
     if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
         stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]

@@ -49,6 +49,9 @@ class _Handle:
         lib.cublasSetPointerMode_v2.argtypes = [vp, i]
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, sz]
         lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+        ll = ctypes.c_longlong
+        lib.cublasGemmStridedBatchedEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, ll, vp, i, i, ll, vp, vp, i, i, ll,
+                                                   i, i, i]
         self.lib = lib
         self.handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
@@ -102,3 +105,23 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
         b, DATA_TYPES[b_type], ldb, a, DATA_TYPES[a_type], lda, (one if accumulate else zero).ctypes.data,
         c, DATA_TYPES[c_type], ldc, COMPUTE_TYPES[compute][0], _GEMM_DEFAULT)
     h._check(status, f"cublasGemmEx ({M}x{N}x{K})")
+
+
+def gemm_batched(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
+                 ldc: int, accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int,
+                 count: int, strides: tuple[int, int, int]) -> None:
+    """`count` GEMMs as gemm() computes one, the i-th on A + i * strides[0], B + i * strides[1] and
+    C + i * strides[2] (strides in elements): the blocks of a block-diagonal matrix."""
+    key = (current_device(), lane)
+    h = _HANDLES.get(key)
+    if h is None:
+        h = _HANDLES[key] = _Handle()
+    h.set_stream(stream)
+    a_type, b_type, c_type, compute = types
+    one, zero = _SCALARS[compute]
+    sa, sb, sc = strides
+    status = h.lib.cublasGemmStridedBatchedEx(
+        h.handle, int(trans_b), int(trans_a), N, M, K, one.ctypes.data,
+        b, DATA_TYPES[b_type], ldb, sb, a, DATA_TYPES[a_type], lda, sa, (one if accumulate else zero).ctypes.data,
+        c, DATA_TYPES[c_type], ldc, sc, count, COMPUTE_TYPES[compute][0], _GEMM_DEFAULT)
+    h._check(status, f"cublasGemmStridedBatchedEx ({count} x {M}x{N}x{K})")

@@ -90,8 +90,14 @@ class _Issue:
         a, lda = self.operand(c.a, t, M if c.trans_a else K)
         b, ldb = self.operand(c.b, t, K if c.trans_b else N)
         out, ldc = self.operand(c.c, t, N)
-        cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.lane)
+        types = (c.a_type, c.b_type, c.c_type, c.compute)
+        if c.heads is None:
+            cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
+                        self.lane)
+            return
+        strides = tuple(math.prod(ws.env[s] for s in stride) for stride in c.strides)
+        cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
+                            self.stream, self.lane, ws.env[c.heads], strides)
 
     def copy(self, op: Copy, t: int, rows: int) -> None:
         ws = self.ws
@@ -131,6 +137,8 @@ class _Issue:
         device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
 
     def op(self, phase: str, place: str, op, t: int) -> None:
+        if isinstance(op, Kernel) and op.joins:  # a stage of the launch of the kernel before it (row fusion)
+            return
         with self.engine.part(_kind(phase, place, op), self.stream):
             if isinstance(op, Kernel):
                 self.kernel(op, t)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..ir import ROW
+from ..ir import HEADS, ROW
 from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule, parse_schedule
 from ..spec import Spec, parse
@@ -43,12 +43,13 @@ class RNN(nn.Module):
     depends on the previous step's state) is zeroed with this probability and the rest scaled by 1/(1-p),
     one mask per call (Wan et al. 2013; Haste's and AWD-LSTM's weight drop). The spec's own dropout(...)
     and zoneout(...) draw their masks in training mode too; all masks come from torch's generator.
+    num_heads: the blocks of the spec's block-diagonal matrices (its `heads` line, e.g. the sLSTM's heads).
     """
 
     def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, schedule: Schedule | str | None = None, seed: int | None = None,
-                 forget_bias: float | None = None, dropconnect: float = 0.0):
+                 forget_bias: float | None = None, dropconnect: float = 0.0, num_heads: int | None = None):
         super().__init__()
         self.spec = spec if isinstance(spec, Spec) else parse(spec)
         cell = self.spec.cell
@@ -65,11 +66,9 @@ class RNN(nn.Module):
         self.bias, self.batch_first = _bool("bias", bias), _bool("batch_first", batch_first)
         self.bidirectional, self.dropout, self.proj_size = _bool("bidirectional", bidirectional), float(dropout), proj_size
         D = 2 if self.bidirectional else 1
-        sizes = layer_sizes(self.spec, input_size, hidden_size, proj_size or None, num_layers)
+        sizes = layer_sizes(self.spec, input_size, hidden_size, proj_size or None, num_layers, D, num_heads)
+        self.num_heads = sizes[0].get(HEADS)
         self.output_size = sizes[-1][cell.output_size]
-        if D == 2:  # the next layer reads both directions' outputs side by side
-            for bound in sizes[1:]:
-                bound["input"] = D * self.output_size
         self.state_sizes = {s.name: sizes[0][s.size] for s in cell.states}
         split = D == 2 or (self.dropout > 0 and num_layers > 1)
         groups = [[(k, d)] for k in range(num_layers) for d in range(D)] if split else [[(k, 0) for k in range(num_layers)]]

@@ -45,6 +45,14 @@ for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm", "zoneo
         print(f"{name} | bidirectional={bidirectional} lengths={lengths} dropout=dropconnect={p} | graphs={graphs} "
               f"L=2 | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 
+# block-diagonal recurrent matrices (sLSTM's heads): batches of per-block GEMMs
+for k, schedule in enumerate(SCHEDULES[:2]):
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["slstm"].read_text()), I=6, H=6, L=1 + k, num_heads=3,
+                      schedule=schedule, graphs=k == 0, verbose=False, bidirectional=k == 1)
+    failures += bool(bad)
+    total += 1
+    print(f"slstm num_heads=3 | {schedule or 'default'} | L={1 + k} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
+
 # new lengths on the next call are read from device memory: the captured graphs replay, none is captured anew
 from lstmdsl.runtime import device  # noqa: E402
 

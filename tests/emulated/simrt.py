@@ -45,6 +45,7 @@ def recorded(fn):
             RECORDING[-1].append((fn, args))
         else:
             fn(*args)
+    wrapper.__wrapped__ = fn
     return wrapper
 
 
@@ -62,6 +63,14 @@ def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0):
         C += r
     else:
         C[...] = r
+
+
+@recorded
+def gemm_batched(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane, count, strides):
+    items = [ITEM[t] for t in types[:3]]
+    for i in range(count):
+        gemm.__wrapped__(M, N, K, a + i * strides[0] * items[0], lda, ta, b + i * strides[1] * items[1], ldb, tb,
+                         c + i * strides[2] * items[2], ldc, acc, types, stream, lane)
 
 
 @recorded
@@ -85,25 +94,30 @@ def launch(function, grid, threads, args, stream):
         dst, ld_dst, src, ld_src, n, rows = (v for _, v in args)
         region(dst, rows, n, ld_dst, item)[0][...] += region(src, rows, n, ld_src, item)[0]
         return
-    desc, op, nodes = KERNELS[name]
+    desc, ops, nodes = KERNELS[name]
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
+    for stage, op in zip(desc.stages or (desc,), ops):  # a row-fused launch: its stages in order
+        _stage(stage, op, nodes, val, item)
+
+
+def _stage(desc, op, nodes, val, item):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
-    sizes = {a.name[2:]: int(v) for a, (_, v) in zip(desc.args, args) if a.name.startswith("n_")} | {"one": 1}
+    sizes = {k[2:]: int(v) for k, v in val.items() if k.startswith("n_")} | {"one": 1}
     dtype = np.dtype(np.float32 if item == 4 else np.float64)
-    if desc.reduce is not None:  # one reduction node: its arguments are in{k} / p{k} in order
+    if desc.reduce is not None:  # one reduction node: its arguments are in<a> / p<a>, by node
         (i,) = op.nodes
         n = nodes[i]
         parts = []
-        for k, a in enumerate(n.args):
+        for a in n.args:
             width = size(nodes[a].size)
-            if f"p{k}" in val:
-                parts.append(np.broadcast_to(region(val[f"p{k}"], 1, width, 1, item)[0][0], (B, width)))
+            if nodes[a].op == "param":
+                parts.append(np.broadcast_to(region(val[f"p{a}"], 1, width, 1, item)[0][0], (B, width)))
             else:
-                parts.append(region(val[f"in{k}"], B, width, val[f"ld_in{k}"], item)[0].copy())
+                parts.append(region(val[f"in{a}"], B, width, val[f"ld_in{a}"], item)[0].copy())
         result = reference.eval_node(n, parts, {}, B, dtype, sizes)
         for k, line in enumerate(desc.reduce[3]):
-            out = region(val[f"out{k}"], B, 1, val[f"ld_out{k}"], item)[0]
+            out = region(val[f"out{i}_{k}"], B, 1, val[f"ld_out{i}_{k}"], item)[0]
             if "+=" in line:
                 out += result
             else:
@@ -199,6 +213,7 @@ device.is_capturing = lambda stream: False
 device.current_stream = lambda: 0
 device.current_device = lambda: 0
 cublas.gemm = gemm
+cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream: stream
 executor.load_module = lambda source: None
 executor.function = lambda module, name: name
@@ -215,18 +230,24 @@ def _init(self, program, sizes):
     for phase in (program.plan.forward, program.plan.backward):
         for _, op in phase.ops():
             if type(op).__name__ == "Kernel":
-                KERNELS[op.name] = (program.kernels[op.name], op, phase.nodes)
+                if op.joins:  # a stage of the launch before it
+                    KERNELS[leader][1].append(op)
+                else:
+                    leader = op.name
+                    KERNELS[op.name] = (program.kernels[op.name], [op], phase.nodes)
 
 
 executor.Engine.__init__ = _init
 
 
 def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
-          dtype="float32", bidirectional=False, lengths=None, dropout=0.0, dropconnect=0.0):
+          dtype="float32", bidirectional=False, lengths=None, dropout=0.0, dropconnect=0.0, num_heads=None):
     kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
               dropconnect=dropconnect)
     if P:
         kw["proj_size"] = P
+    if num_heads:
+        kw["num_heads"] = num_heads
     gpu = lstmdsl.compile(spec, input_size=I, hidden_size=H, backend="cuda", **kw)
     gpu.use_graphs = graphs
     randomize(gpu, seed + 1)
