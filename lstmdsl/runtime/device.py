@@ -66,6 +66,15 @@ def zero(ptr: int, nbytes: int, stream: int) -> None:
     cupy.cuda.runtime.memsetAsync(ptr, 0, nbytes, stream)
 
 
+def zero_rows(ptr: int, pitch: int, width: int, rows: int, stream: int) -> None:
+    """rows rows of width bytes set to zero, pitch bytes apart."""
+    if pitch == width:
+        zero(ptr, width * rows, stream)
+    else:
+        for r in range(rows):
+            zero(ptr + r * pitch, width, stream)
+
+
 def is_capturing(stream: int) -> bool:
     """Whether work issued on the stream is being recorded into a CUDA graph (by torch, say)."""
     return bool(stream) and cupy.cuda.runtime.streamIsCapturing(stream)

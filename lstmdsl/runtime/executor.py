@@ -250,6 +250,10 @@ class Engine:
         dst, pitch, rows, width = self._regions(ws, "in")[what]
         device.copy_rows(dst, pitch, src, width if src_pitch is None else src_pitch, width, rows, stream)
 
+    def _zero(self, ws: Workspace, what: str, stream: int) -> None:
+        dst, pitch, rows, width = self._regions(ws, "in")[what]
+        device.zero_rows(dst, pitch, width, rows, stream)
+
     def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None) -> None:
         src, pitch, rows, width = self._regions(ws, "out")[what]
         device.copy_rows(dst, width if dst_pitch is None else dst_pitch, src, pitch, width, rows, stream)
@@ -261,8 +265,8 @@ class Engine:
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
                 hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
                 x_pitch: int | None = None, y_pitch: int | None = None) -> None:
-        """x [T, B, input], h0 {state: [L, B, size]} -> y [T, B, output], hn {state: [L, B, size]}, all
-        contiguous device arrays of the program's element type, given by address; steps: the per-step
+        """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B,
+        size]}, all contiguous device arrays of the program's element type, given by address; steps: the per-step
         inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
         y is part of a wider array (one direction's half of a bidirectional layer's)."""
         cell = self.program.plan.cell
@@ -273,7 +277,10 @@ class Engine:
             for name, ptr in (steps or {}).items():
                 self._put(ws, f"step:{name}", ptr if isinstance(ptr, int) else ptr[k], None, stream)
             for s in cell.states:
-                self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
+                if h0 is None:
+                    self._zero(ws, f"state:{s.name}", stream)
+                else:
+                    self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("forward", ws, params[k], stream)
             for s in cell.states:
                 self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
@@ -290,7 +297,7 @@ class Engine:
 
     def backward(self, params: list[Binding], dy: int, dhn: dict[str, int], dx: int, dh0: dict[str, int],
                  stream: int, dy_pitch: int | None = None) -> None:
-        """dy [T, B, output], dhn {state: [L, B, size]} -> dx [T, B, input], dh0; adds the parameter
+        """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0; adds the parameter
         gradients into the addresses of params (Binding.grads and vector_grads)."""
         if self.tape is None or self.tape[0] not in self.workspaces:
             raise LstmdslError("backward() needs a forward() with train=True first")
@@ -304,7 +311,10 @@ class Engine:
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
             self._put(ws, "dy", src, src_pitch, stream)
             for s in cell.states:
-                self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
+                if dhn[s.name] is None:  # no gradient reaches this final state
+                    self._zero(ws, f"dstate:{s.name}", stream)
+                else:
+                    self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("backward", ws, params[k], stream)
             for s in cell.states:
                 self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)

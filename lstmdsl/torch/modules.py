@@ -117,12 +117,12 @@ class RNN(nn.Module):
 
     # -- forward
     def _states(self, hx, x: torch.Tensor, batched: bool) -> list[torch.Tensor]:
-        """The initial states in the spec's order, each [D * L, B, size]."""
+        """The initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None)."""
         names = list(self.state_sizes)
         D = 2 if self.bidirectional else 1
         B = x.shape[1]
-        if hx is None:
-            return [x.new_zeros((D * self.num_layers, B, self.state_sizes[n])) for n in names]
+        if hx is None:  # zeros, which the runtime writes itself
+            return []
         if isinstance(hx, dict):
             if set(hx) != set(names):
                 raise UsageError(f"the initial state dict must have the keys {names}, got {sorted(hx)}")
@@ -293,7 +293,7 @@ class RNN(nn.Module):
             runner, _, tensors = groups[0]
             out = run_forward(x, states, tensors, runner.handle, train, steps + self._noise(runner, x))
             return out[0], out[1:]
-        finals = [[None] * (D * self.num_layers) for _ in states]
+        finals = [[None] * (D * self.num_layers) for _ in self.state_sizes]
         overlap = (D == 2 and x.is_cuda and self.overlap_directions and not torch.compiler.is_compiling()
                    and not torch.cuda.is_current_stream_capturing())
         layer_in = x

@@ -76,6 +76,13 @@ class Runner:
         self._bindings: dict[tuple, list] = {}
         self._grads: dict[tuple, list[Tensor]] = {}
 
+    def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
+        """The shape of each state of the stack, [L, B, size], in the spec's order."""
+        return [(len(self.sizes), batch, self.sizes[0][s.size]) for s in self.cell.states]
+
+    def zero_states(self, x: Tensor) -> list[Tensor]:
+        return [x.new_zeros(s) for s in self.state_shapes(x.shape[1])]
+
     def __reduce__(self):  # a copy (copy.deepcopy, pickle) is a new runner with no engines yet
         return (Runner, (self.cell, self.grad, self.schedule, self.sizes, self.direction))
 
@@ -213,6 +220,7 @@ def _numpy(ts: list[Tensor]) -> list[np.ndarray]:
 
 def _reference_forward(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor],
                        keep: bool):
+    h0 = h0 or r.zero_states(x)
     nump = _numpy(params)
     mask, noise = r.split_steps(steps)
     lengths = _numpy([mask])[0][:, :, 0].sum(axis=0).astype(np.int64) if mask is not None else None
@@ -244,11 +252,11 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
         _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
     y = x.new_empty((T, B, r.output_size))
-    hn = [torch.empty_like(h) for h in h0]
+    hn = [x.new_empty(shape) for shape in r.state_shapes(B)]
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
         r.engine(x, dtype, mask).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
-                                         {n: h.data_ptr() for n, h in zip(names, h0)}, y.data_ptr(),
+                                         {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, y.data_ptr(),
                                          {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
                                          owner=y.data_ptr() if train else None, steps=ptrs)
     return [y, *hn]
@@ -263,7 +271,7 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 @rnn_forward.register_fake
 def _(x, h0, params, steps, handle, train):
     r = _RUNNERS[handle]
-    return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[h.new_empty(h.shape) for h in h0]]
+    return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[x.new_empty(s) for s in r.state_shapes(x.shape[1])]]
 
 
 def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
@@ -274,31 +282,35 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     r = _RUNNERS[handle]
     dtype = _check(x, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
-    dy, dhn = dy.contiguous(), _dense(dhn)
     T, B = x.shape[:2]
+    dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]
     names = r.state_names
     if not x.is_cuda:  # the reference keeps no activations between calls: forward again, keeping them
+        given = bool(h0)
         nump, per_layer, _, _, saved = _reference_forward(r, x, h0, params, steps, keep=True)
         grads = [np.zeros_like(p) for p in nump]
+        dhn = [d if d is not None else x.new_zeros(s) for d, s in zip(dhn, r.state_shapes(B))]
         dx, d0 = stack_backward(per_layer, r.sizes, saved, _numpy([dy])[0], dict(zip(names, _numpy(dhn))),
                                 [r.per_matrix(grads, k) for k in range(len(r.sizes))])
-        return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names] + \
+        return [torch.from_numpy(np.ascontiguousarray(dx))] + [torch.from_numpy(d0[n]) for n in names if given] + \
             [torch.from_numpy(g) for g in grads]
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
         engine = r.engine(x, dtype, mask)
         stream = _stream(x)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
-            scratch = [torch.empty_like(y)] + [torch.empty_like(h) for h in h0]
+            scratch = [torch.empty_like(y)] + [x.new_empty(s) for s in r.state_shapes(B)]
             engine.forward(T, B, True, r.bindings(params, None), x.data_ptr(),
-                           {n: h.data_ptr() for n, h in zip(names, h0)}, scratch[0].data_ptr(),
+                           {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
                            steps=ptrs)
         grads = r.grad_buffers(params)
         dx = torch.empty_like(x)
-        dh0 = [torch.empty_like(h) for h in h0]
-        engine.backward(r.bindings(params, grads), dy.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dhn)},
+        dh0 = [x.new_empty(s) for s in r.state_shapes(B)]  # written whether or not h0 was given
+        engine.backward(r.bindings(params, grads), dy.data_ptr(),
+                        {n: d.data_ptr() if d is not None else None for n, d in zip(names, dhn)},
                         dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream)
+        dh0 = dh0 if h0 else []
         if views:  # one copy, handed out as views
             grads = r.grad_views(r.grad_flat.clone(), params)
         else:
@@ -355,8 +367,7 @@ class Eager(torch.autograd.Function):
         n, m = ctx.states, ctx.steps
         x, h0, y = saved[0], list(saved[1:1 + n]), saved[-1]
         params, steps = list(saved[1 + n:len(saved) - 1 - m]), list(saved[len(saved) - 1 - m:-1])
-        dhn = [d if d is not None else torch.zeros_like(h) for d, h in zip(dhn, h0)]
-        dy = dy if dy is not None else torch.zeros_like(y)
+        dy = dy if dy is not None else torch.zeros_like(y)  # a None dhn: the engine zeroes that gradient itself
         out = backward_impl(x, h0, params, steps, y, dy, dhn, ctx.handle, views=True)
         return (out[0], None, None, None, None, *out[1:], *([None] * m))
 
