@@ -425,6 +425,9 @@ def page() -> str:
     ctx["profile_tables"] = {r["spec"]: profile_table(r) for r in ctx["profile"]["rows"]} if ctx["profile"] else {}
     ctx["ablation_table"] = (RESULTS / "ablation.md").read_text().split("\n\n", 3)[-1] if ctx["ablation"] else None
     # tables written by benchmarks/bidirectional.py and benchmarks/regularisers.py beside their JSON
+    norms = load("grid_norms_fp32")
+    ctx["norms_table"] = grid_table(norms) if norms else None
+    ctx["norms_heads"] = next((r["heads"] for r in norms["rows"] if r.get("heads")), 1) if norms else None
     ctx["tables"] = {p.stem: p.read_text() for p in RESULTS.glob("*.md")
                      if p.stem.startswith(("bidirectional_", "regularisers_"))}
     grids: dict[str, dict] = {}

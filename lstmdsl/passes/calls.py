@@ -21,7 +21,7 @@ from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, V
 from .storage import _needed_outside, backward_roots, forward_roots
 
 THREADS = 128  # per block
-ROW_THREADS = 256  # per block of a row-fused launch: one block per row strides over the row's features
+ROW_THREADS = 512  # per block of a row-fused launch (measured on the H200: 512 beat 128, 256 and 1024)
 
 
 def _buffer(slot: Slot) -> Operand:
