@@ -268,7 +268,9 @@ class Engine:
         """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B,
         size]}, all contiguous device arrays of the program's element type, given by address; steps: the per-step
         inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
-        y is part of a wider array (one direction's half of a bidirectional layer's)."""
+        y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
+        function returning (y, hn, owner), called once the first layer's work is issued, so the caller
+        allocates its outputs while the GPU already runs."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train, stream)
         src, src_pitch = x, x_pitch
@@ -282,6 +284,8 @@ class Engine:
                 else:
                     self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("forward", ws, params[k], stream)
+            if callable(y):
+                y, hn, owner = y()
             for s in cell.states:
                 self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
             src, src_pitch = self.output_region(ws, "y")

@@ -176,7 +176,12 @@ class Runner:
         return [part.view(p.shape) for part, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the handle, without a Stream object
+
+
 def _stream(x: Tensor) -> int:
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(x.device.index)
     return torch.cuda.current_stream(x.device).cuda_stream
 
 
@@ -251,15 +256,20 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     if not x.is_cuda:
         _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
-    y = x.new_empty((T, B, r.output_size))
-    hn = [x.new_empty(shape) for shape in r.state_shapes(B)]
+    out: list[Tensor] = []
+
+    def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
+        out.append(x.new_empty((T, B, r.output_size)))
+        out.extend(x.new_empty(shape) for shape in r.state_shapes(B))
+        return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
+            out[0].data_ptr() if train else None
+
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
         r.engine(x, dtype, mask).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
-                                         {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, y.data_ptr(),
-                                         {n: h.data_ptr() for n, h in zip(names, hn)}, _stream(x),
-                                         owner=y.data_ptr() if train else None, steps=ptrs)
-    return [y, *hn]
+                                         {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
+                                         None, _stream(x), steps=ptrs)
+    return out
 
 
 @torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())
