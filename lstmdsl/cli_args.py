@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-size", "-H", type=_count, default=512, help="hidden size (the input size is the same)")
     p.add_argument("--steps", "-T", type=_count, default=100, help="time steps")
     p.add_argument("--layers", "-L", type=_count, default=1, help="stacked layers")
+    p.add_argument("--heads", type=_count, default=None,
+                   help="blocks of the spec's block-diagonal matrices (default 4, xLSTM's, for specs with heads)")
     p.add_argument("--mode", choices=("forward", "train", "both"), default="both", help="what is timed")
     p.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default: strict fp32)")
     p.add_argument("--repeat", type=_count, default=20, help="timed calls per competitor")

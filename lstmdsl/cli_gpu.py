@@ -77,6 +77,8 @@ def cmd_bench(args) -> int:
     from .bench import COMPETITORS, bench_case
 
     spec = parse(args.spec)
+    if args.heads is not None and not spec.uses_size("heads"):
+        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
     for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
@@ -85,7 +87,8 @@ def cmd_bench(args) -> int:
     competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
     modes = ("forward", "train") if args.mode == "both" else (args.mode,)
     rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,
-                       "tf32" if args.tf32 else "fp32", args.repeat, competitors, args.schedule, log=sys.stderr)
+                       "tf32" if args.tf32 else "fp32", args.repeat, competitors, args.schedule, log=sys.stderr,
+                       num_heads=args.heads)
             for mode in modes]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -108,9 +111,13 @@ def cmd_bench(args) -> int:
 def _profile(args, spec: Spec) -> int:
     import cupy
 
+    from .bench import HEADS_DEFAULT
+
     precision = "tf32" if args.tf32 else "fp32"
     text = f"{args.schedule + '; ' if args.schedule else ''}precision {precision}"
     extra = {"proj_size": args.hidden_size // 2} if spec.uses_size("proj") else {}
+    if spec.uses_size("heads"):
+        extra["num_heads"] = args.heads or HEADS_DEFAULT
     layer = compile(spec, args.hidden_size, args.hidden_size, args.layers, backend="cuda", schedule=text, **extra)
     x = cupy.asarray(np.random.default_rng(0).standard_normal((args.steps, args.batch, args.hidden_size)),
                      dtype=np.float32)
