@@ -188,6 +188,7 @@ class Gemm:
     outputs: tuple[int, ...]
     accumulate: bool = False  # backward: add into outputs[0] (another GEMM of the same sum wrote it first)
     call: GemmCall | None = None
+    init: int | None = None  # backward: outputs[0] = add(init, the products), init already in its slot (sum folding)
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,8 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                 if isinstance(op, Gemm):
                     g = np.concatenate([values[i] for i in op.inputs], axis=1)
                     out = matvec_t(g, _stack(params, op.matrices), size(op.outputs[0]))
+                    if op.init is not None:  # sum folding: the products added to a value already there
+                        out = values[op.init] + out
                     values[op.outputs[0]] = values[op.outputs[0]] + out if op.accumulate else out
                 elif isinstance(op, Kernel):
                     for i in op.nodes:

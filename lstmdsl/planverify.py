@@ -24,7 +24,7 @@ def _read_by(phase: Phase, op) -> tuple[int, ...]:
         inside = set(op.nodes)
         return tuple(a for i in op.nodes for a in phase.nodes[i].args if a not in inside)
     if isinstance(op, Gemm):
-        return op.inputs
+        return op.inputs + ((op.init,) if op.init is not None else ())
     if isinstance(op, WeightGrad):
         return op.g
     if isinstance(op, VectorGrad):
@@ -91,6 +91,7 @@ def _check_storage(plan: Plan) -> None:
         table = slots[phase_name]
         # who writes what: no two values share a slot (values added into one slot may)
         owners: dict[tuple, int] = {}
+        folded = {(op.outputs[0], op.init) for _, op in phase.ops() if isinstance(op, Gemm) and op.init is not None}
         for where, op in phase.ops():
             writes = []
             if isinstance(op, Kernel):
@@ -101,7 +102,7 @@ def _check_storage(plan: Plan) -> None:
                 writes = [(o, table[o][0]) for o in op.outputs]
             for node, s in writes:
                 key = (s.buffer, s.col, s.step)
-                if owners.setdefault(key, node) != node and not s.accumulate:
+                if owners.setdefault(key, node) != node and not s.accumulate and (node, owners[key]) not in folded:
                     raise PlanError(f"{phase_name}: %{node} and %{owners[key]} share the slot {key}")
             if isinstance(op, Copy):
                 if {buffers[op.src.buffer].dtype, buffers[op.dst.buffer].dtype} != {op.dtype}:

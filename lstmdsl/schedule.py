@@ -28,6 +28,7 @@ class Schedule:
     batch_weight_grads: bool = True  # weight gradients as one GEMM over all steps, after the loop
     fuse_recurrent: bool = False  # forward: the per-step GEMM on a state computed inside the step kernel
     fuse_rows: bool = True  # a step's kernels between two GEMMs, reductions included, as one launch per row
+    fold_sums: bool = True  # backward: the pointwise part of a state's gradient added inside the last GEMM
     precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16
 
     def describe(self) -> str:
@@ -39,7 +40,7 @@ class Schedule:
 # directive words -> schedule field; switches take an optional leading "no"
 _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
              ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads",
-             ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows"}
+             ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows", ("fold", "sums"): "fold_sums"}
 _SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
 _KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS]
 

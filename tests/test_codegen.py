@@ -120,7 +120,7 @@ def test_kernels_are_found_by_name():
     names = list(program.kernels)
     assert names == [op.name for op in program.plan.kernels()]
     assert [n for n in names if "_fwd" in n] == ["gru_fwd0", "gru_fwd1"]
-    assert len([n for n in names if "_bwd" in n]) == 3
+    assert len([n for n in names if "_bwd" in n]) == 2  # the third, an addition, folded into the last GEMM
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from lstmdsl import reference
 from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
-from lstmdsl.plan import Gemm, Kernel, VectorGrad, WeightGrad, format_plan
+from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad, format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
 from lstmdsl.planverify import PlanError, verify
 from lstmdsl.schedule import Schedule, parse_schedule
@@ -145,6 +145,20 @@ def test_row_fusion_makes_one_launch_of_the_kernels_that_reductions_split():
                    .forward.loop.body)
 
 
+@pytest.mark.parametrize("name,masked", [("gru", False), ("mgu", False), ("gru_torch", False), ("vanilla", True)])
+def test_sum_folding_adds_the_pointwise_part_of_a_state_gradient_inside_the_gemm(name, masked):
+    spec = lstmdsl.parse(name)
+    cell = with_lengths(spec.cell) if masked else spec.cell
+    grad = differentiate(cell)
+    folded = make_plan(cell, grad, spec.schedule).backward.loop.body
+    plain = make_plan(cell, grad, parse_schedule("no fold sums", spec.schedule)).backward.loop.body
+    launches = [sum(not isinstance(op, Copy) for op in body) for body in (folded, plain)]
+    assert launches[0] == launches[1] - 1
+    last = [op for op in folded if isinstance(op, Gemm)][-1]
+    assert last.init is not None and last.call.accumulate and not isinstance(folded[-1], Kernel)
+    assert last is folded[-1] or all(isinstance(op, Copy) for op in folded[folded.index(last) + 1:])
+
+
 def test_batching_weight_gradients():
     plan = plan_for("gru")
     assert plan.weight_grads and all(where == "after" for where, _ in plan.weight_grads + plan.vector_grads)
@@ -169,7 +183,7 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "storage", "calls"]
+                    "batch_weight_grads", "fold_sums", "storage", "calls"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):

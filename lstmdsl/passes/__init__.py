@@ -21,6 +21,7 @@ from .input_hoisting import hoist_input
 from .pointwise_fusion import fuse_pointwise
 from .recurrent_fusion import fuse_recurrent
 from .row_fusion import fuse_rows
+from .sum_folding import fold_sums
 from .storage import assign_storage
 from .types import assign_types
 from .weight_grads import batch_weight_grads
@@ -33,6 +34,7 @@ PIPELINE = (
     ("fuse_recurrent", fuse_recurrent),
     ("fuse_rows", fuse_rows),
     ("batch_weight_grads", batch_weight_grads),
+    ("fold_sums", fold_sums),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls))
 

@@ -61,15 +61,14 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
                             False, Operand("weights", stack.name, stack.rows[:first]), True, _buffer(out),
                             out.accumulate, **types)
         if isinstance(op, Gemm):
-            t = nodes[op.outputs[0]]
-            v = next(v for m, g, v in plan.grad.d_matrices if m == t.attr[0] and g == t.args[0])
+            v = next(v for m, g, v in plan.grad.d_matrices if m == op.matrices[0] and g == op.inputs[0])
             stack = by_operand[v]
             first, count = _run(stack, op.matrices)
             out = slots[op.outputs[0]][0]
-            return GemmCall(rows, (t.size,), stack.rows[first:first + count],
+            return GemmCall(rows, (nodes[op.outputs[0]].size,), stack.rows[first:first + count],
                             Operand("buffer", stack.gin, stack.rows[:first]), False,
                             Operand("weights", stack.name, stack.rows[:first]), False, _buffer(out),
-                            out.accumulate or op.accumulate, **types)
+                            out.accumulate or op.accumulate or op.init is not None, **types)
         if isinstance(op, WeightGrad):
             stack = by_operand[op.v]
             first, count = _run(stack, op.matrices)
@@ -91,8 +90,8 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
             out = slots[op.outputs[0]][0]
             a, c_acc = _buffer(slots[op.inputs[0]][0]), out.accumulate
         elif isinstance(op, Gemm):
-            t = nodes[op.outputs[0]]
-            stack = by_operand[next(v for m, g, v in plan.grad.d_matrices if m == t.attr[0] and g == t.args[0])]
+            stack = by_operand[next(v for m, g, v in plan.grad.d_matrices
+                                    if m == op.matrices[0] and g == op.inputs[0])]
             out = slots[op.outputs[0]][0]
         else:
             stack = by_operand[op.v]
@@ -109,7 +108,7 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
                             c_acc, **types, heads=HEADS, strides=((c,), block, (r,)))
         if isinstance(op, Gemm):
             return GemmCall(rows, (c,), (r,), gin, False, Operand("weights", stack.name, weights), False,
-                            _buffer(out), out.accumulate or op.accumulate, **types, heads=HEADS,
+                            _buffer(out), out.accumulate or op.accumulate or op.init is not None, **types, heads=HEADS,
                             strides=((r,), block, (c,)))
         return GemmCall((r,), (c,), rows, gin, True, _buffer(f_slots[op.v][0]), False,
                         Operand("grads", stack.name, weights), True, **types, heads=HEADS, strides=((r,), (c,), block))

@@ -74,7 +74,7 @@ def _needed_outside(phase: Phase, roots) -> set[int]:
             for i in op.nodes:
                 needed.update(a for a in phase.nodes[i].args if where.get(a, k) != k)
         elif isinstance(op, Gemm):
-            needed.update(op.inputs + op.outputs)
+            needed.update(op.inputs + op.outputs + ((op.init,) if op.init is not None else ()))
         elif isinstance(op, WeightGrad):
             needed.update(op.g)
         elif isinstance(op, VectorGrad):
@@ -208,6 +208,9 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
             slots[vg.node].append(Slot(buf(f"b{vg.node}", (bwd.nodes[vg.node].size,), steps)))
     if vector_grads:  # the sums over rows are products with a column of ones
         buf("ones", ("one",), "T", fill=1.0)
+    for op in bwd.loop.body:  # sum folding: p is written (or copied) into the slot the GEMM adds into
+        if isinstance(op, Gemm) and op.init is not None:
+            slots[op.init].append(slots[op.outputs[0]][0])
     return slots, stacks
 
 
