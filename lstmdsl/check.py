@@ -18,7 +18,7 @@ from .arrays import array_module, to_numpy
 from .layer import Layer
 
 # largest relative error allowed against the float64 reference, by what the layer computes in
-TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "float64": 1e-10}
+TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2, "fp16": 1e-2, "float64": 1e-10}
 
 
 def tolerance(layer: Layer) -> float:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from .ir import ROW
 from .ops import OPS
-from .plan import Copy, Kernel, Launch, Phase, Plan, Slot, reduces
+from .plan import ELEMENT_TYPES, HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
 
-CTYPES = {"f32": "float", "f64": "double"}  # element type -> C type in memory
+# element type -> C type in memory (the half types: templates/half_types.cu.j2)
+CTYPES = {"f32": "float", "f64": "double", "bf16": "lstmdsl_bf16", "f16": "lstmdsl_f16"}
 REAL = {"f32": "float", "f64": "double"}  # the plan's element type -> the type kernels compute in
 
 
@@ -212,23 +213,39 @@ def kernel_descs(plan: Plan) -> dict[str, KernelDesc]:
     return out
 
 
+TEMPLATES = ("pointwise.cu.j2", "half_types.cu.j2", "convert.cu.j2")
+
+
 def template_text() -> str:
-    return (resource_dir("templates") / "pointwise.cu.j2").read_text()
+    return "".join((resource_dir("templates") / name).read_text() for name in TEMPLATES)
 
 
 @functools.lru_cache(maxsize=None)
-def _template() -> "jinja2.Template":  # noqa: F821 (imported here: a cached program needs no jinja2)
+def _template(name: str = "pointwise.cu.j2") -> "jinja2.Template":  # noqa: F821 (a cached program needs no jinja2)
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    return env.get_template("pointwise.cu.j2")
+    return env.get_template(name)
 
 
 def render(plan: Plan, kernels: dict[str, KernelDesc], add: AddDesc | None = None) -> str:
     """The CUDA source of all the plan's kernels: deterministic, so equal plans give equal source."""
     return _template().render(cell=plan.cell.name, schedule=plan.schedule.describe(), real=REAL[plan.dtype],
-                              kernels=list(kernels.values()), add=add)
+                              kernels=list(kernels.values()), add=add, halves=plan.operand_type in HALF_TYPES)
+
+
+CONVERSIONS = (("f32", "bf16"), ("bf16", "f32"), ("f32", "f16"), ("f16", "f32"))
+
+
+def convert_name(src: str, dst: str) -> str:
+    return f"lstmdsl_convert_{src}_{dst}"
+
+
+def render_conversions() -> str:
+    """The source of the converting copies between f32 and the half types (runtime/convert.py)."""
+    return _template("convert.cu.j2").render(
+        pairs=[(convert_name(a, b), CTYPES[a], CTYPES[b]) for a, b in CONVERSIONS])
 
 
 def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],
@@ -237,7 +254,7 @@ def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str
     kernels (each value read or written once, parameters once, fused products' weights per row) and the
     copies."""
     env = dict(sizes, B=batch, one=1)
-    item = {"f32": 4, "f64": 8}
+    item = ELEMENT_TYPES
 
     def dim(expr) -> int:
         return sum(env[s] for s in expr)

@@ -36,7 +36,8 @@ from .ir import LEAF_OPS, Cell, Node
 from .ops import OPS
 from .schedule import Schedule
 
-ELEMENT_TYPES = {"f32": 4, "f64": 8}  # element type -> bytes; bf16 and f16 will join here
+ELEMENT_TYPES = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2}  # element type -> bytes
+HALF_TYPES = ("bf16", "f16")  # stored in half precision, computed on in fp32
 COMPUTE_TYPES = ("fp32", "tf32", "f64")  # what a GEMM accumulates and multiplies in
 
 
@@ -231,7 +232,8 @@ class Copy:
     src: Slot
     dst: Slot
     size: str
-    dtype: str = "f32"
+    dtype: str = "f32"  # the source's element type
+    dst_type: str = ""  # the destination's, where it differs (a converting copy)
 
 
 Op = Union[Gemm, Kernel, WeightGrad, VectorGrad, Copy]
@@ -280,6 +282,7 @@ class Plan:
     backward: Phase
     dtype: str = "f32"  # the element type of values, parameters and gradients (the types pass sets it)
     compute: str = "fp32"  # the GEMMs' compute type
+    operand_type: str = "f32"  # GEMM operands and weight stacks: dtype, or a half type (mixed precision)
     storage: Storage | None = None  # set by the storage pass
 
     @property
@@ -390,11 +393,14 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             return f"weight gradient  d[{' ; '.join(op.matrices)}] += G^T V (V = forward %{op.v})" + call(op.call)
         if isinstance(op, VectorGrad):
             return f"vector gradient  d {op.name} += sum over rows of %{op.node}" + call(op.call)
-        return f"copy %{op.node} ({dim((op.size,))} wide, {op.dtype}): {slot(op.src)} -> {slot(op.dst)}"
+        types = f"{op.dtype} -> {op.dst_type}" if op.dst_type else op.dtype
+        return f"copy %{op.node} ({dim((op.size,))} wide, {types}): {slot(op.src)} -> {slot(op.dst)}"
 
     cell = plan.cell
     lines = [f"plan for cell {cell.name}: {plan.schedule.describe()}",
-             f"element type {plan.dtype}, GEMM compute type {plan.compute}"]
+             f"element type {plan.dtype}, GEMM compute type {plan.compute}"
+             + (f", GEMM operands and weight stacks {plan.operand_type} (fp32 master weights)"
+                if plan.operand_type != plan.dtype else "")]
     st = plan.storage
     if st is not None:
         lines.append("buffers ([steps, B, width]; inference: steps in a forward-only workspace):")

@@ -4,7 +4,7 @@ whole pipeline whenever a program is built: a failure is a bug in a pass, never 
 from __future__ import annotations
 
 from .ir import LEAF_OPS
-from .plan import COMPUTE_TYPES, ELEMENT_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad, WeightGrad
+from .plan import COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad, WeightGrad
 
 
 class PlanError(AssertionError):
@@ -83,9 +83,9 @@ def _check_storage(plan: Plan) -> None:
     def operand_type(o: Operand) -> str:
         if o.space == "buffer":
             return buffers[o.name].dtype
-        if o.space in ("weights", "grads"):
+        if o.space == "weights":
             return stacks[o.name].dtype
-        return plan.dtype
+        return plan.dtype  # gradients: of the master weights' type
 
     for phase_name, phase in (("forward", plan.forward), ("backward", plan.backward)):
         table = slots[phase_name]
@@ -105,8 +105,10 @@ def _check_storage(plan: Plan) -> None:
                 if owners.setdefault(key, node) != node and not s.accumulate and (node, owners[key]) not in folded:
                     raise PlanError(f"{phase_name}: %{node} and %{owners[key]} share the slot {key}")
             if isinstance(op, Copy):
-                if {buffers[op.src.buffer].dtype, buffers[op.dst.buffer].dtype} != {op.dtype}:
-                    raise PlanError(f"{phase_name}: a copy of %{op.node} between buffers of other types")
+                types = (buffers[op.src.buffer].dtype, buffers[op.dst.buffer].dtype)
+                if types != (op.dtype, op.dst_type or op.dtype) or op.dst_type == op.dtype:
+                    raise PlanError(f"{phase_name}: a copy of %{op.node} says its types are {op.dtype} -> "
+                                    f"{op.dst_type or op.dtype}, its buffers hold {types[0]} -> {types[1]}")
                 if where != "loop" and "1" in (buffers[op.src.buffer].steps, buffers[op.dst.buffer].steps):
                     raise PlanError(f"{phase_name}: a copy of all steps of %{op.node} into a one-step buffer")
             if isinstance(op, Kernel):
@@ -121,12 +123,20 @@ def _check_storage(plan: Plan) -> None:
                 raise PlanError(f"{phase_name}: {type(op).__name__} without a GemmCall")
             if call is not None:
                 got = (operand_type(call.a), operand_type(call.b), operand_type(call.c))
-                if got != (call.a_type, call.b_type, call.c_type) or call.compute not in COMPUTE_TYPES:
+                if got != (call.a_type, call.b_type, call.c_type) or call.compute not in COMPUTE_TYPES \
+                        or call.a_type != call.b_type:
                     raise PlanError(f"{phase_name}: a GEMM's declared types {call.a_type, call.b_type, call.c_type}"
                                     f" / {call.compute} do not match its operands {got}")
                 rows = ("B",) if where == "loop" else ("T*B",)
                 if rows not in (call.m, call.k):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop does not run over {rows[0]} rows")
+    for phase_name, table in slots.items():
+        for i, ss in table.items():
+            if any(s.accumulate and buffers[s.buffer].dtype in HALF_TYPES for s in ss):
+                raise PlanError(f"{phase_name} %{i} is added into a half-precision buffer")
+    for s in st.stacks:
+        if s.dtype != plan.operand_type:
+            raise PlanError(f"weight stack {s.name} is {s.dtype}, the plan's GEMM operands {plan.operand_type}")
     for t in st.inputs + st.outputs:
         if t.buffer not in buffers:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
@@ -141,7 +151,7 @@ def verify(plan: Plan) -> None:
         if phase.loop.direction not in ("forward", "reverse"):
             raise PlanError(f"{title}: unknown loop direction {phase.loop.direction!r}")
         _check_dataflow(phase, title)
-    if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES:
+    if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES or plan.operand_type not in ELEMENT_TYPES:
         raise PlanError(f"unknown element or compute type ({plan.dtype}, {plan.compute})")
     if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
         _check_storage(plan)

@@ -2,8 +2,8 @@
 `--schedule` on the command line make. A schedule never changes results beyond floating-point tolerance.
 
 Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
-`precision fp32|tf32|bf16`; a
-leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
+`precision fp32|tf32|bf16|fp16`;
+a leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
 command line can override the spec. The numpy reference computes every schedule the same way; the
 switches choose how the CUDA backend schedules the step.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .errors import Diagnostic, Source, SpecError
 from .syntax import Directive, parse_directives
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,8 @@ class Schedule:
     fuse_recurrent: bool = False  # forward: the per-step GEMM on a state computed inside the step kernel
     fuse_rows: bool = True  # a step's kernels between two GEMMs, reductions included, as one launch per row
     fold_sums: bool = True  # backward: the pointwise part of a state's gradient added inside the last GEMM
-    precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16
+    precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16 or fp16 (GEMM
+    # operands and weights in half precision on the tensor cores, fp32 accumulation, state and pointwise math)
 
     def describe(self) -> str:
         """The schedule as directive text, which parse_schedule reads back."""

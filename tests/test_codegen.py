@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from lstmdsl.codegen import render_conversions
+
 import lstmdsl
 from lstmdsl.masks import with_lengths
 from lstmdsl.plan import Copy, Gemm, Kernel
@@ -127,10 +129,15 @@ def test_kernels_are_found_by_name():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("schedule,dtype,lengths",
                          [(s, "float32", False) for s in SCHEDULES.values()] + [(Schedule(), "float64", False),
-                                                                               (Schedule(), "float32", True)],
-                         ids=list(SCHEDULES) + ["float64", "lengths"])
+                                                                               (Schedule(), "float32", True),
+                                                                               (Schedule(precision="bf16"), "float32", True),
+                                                                               (Schedule(precision="fp16", fuse_recurrent=True),
+                                                                                "float32", False)],
+                         ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
+    if schedule.precision == "bf16":  # and the converting copies of mixed precision (runtime/convert.py)
+        sources.append(render_conversions())
     cu = tmp_path / "kernels.cu"
     cu.write_text("\n".join(sources))
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],

@@ -29,19 +29,19 @@ def poison(monkeypatch):
 
 
 def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None,
-          dropout=0.0, dropconnect=0.0, num_heads=None):
+          dropout=0.0, dropconnect=0.0, num_heads=None, scale=0.5, tolerance=None):
     """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
     training forward, backward with gradients of the outputs and final states; the regularisers' masks
-    are the GPU's draws, handed to the reference."""
+    are the GPU's draws, handed to the reference. Parameters uniform in [-scale, scale]."""
     gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
                           schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
                           dropconnect=dropconnect, num_heads=num_heads, **extra_sizes(name))
-    randomize(gpu, seed + 1)
+    randomize(gpu, seed + 1, scale)
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     for s in POSITIVE_STATES.get(name if isinstance(name, str) else "", ()):
         state[s] = np.abs(state[s]) + 0.5
     result = compare(gpu, x, state, dy, dstate, lengths)
-    tol = ONE_FEATURE_TOLERANCE.get(name, result.tolerance) if H == 1 else result.tolerance
+    tol = tolerance or (ONE_FEATURE_TOLERANCE.get(name, result.tolerance) if H == 1 else result.tolerance)
     bad = {k: e for k, e in result.errors.items() if not e <= tol}
     assert not bad, f"{name} T={T} B={B} I={I} H={H} L={L} {schedule}: {bad}"
     return result.errors
@@ -269,3 +269,38 @@ def test_the_gpus_masks_are_draws_at_their_rates():
     again = lstmdsl.compile("zoneout_lstm", 4, 300, 2, backend="cuda", dropout=0.2, seed=3)
     again.forward(cupy.zeros((40, 30, 4), cupy.float32))
     assert all(np.array_equal(cupy.asnumpy(v), masks[k]) for k, v in again.last_noise().items())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (6, 17, 64, 256, 2), (20, 1, 16, 1000, 1)])
+def test_every_spec_in_half_precision(name, precision, T, B, I, H, L):
+    """GEMM operands, weights and saved activations in half precision, state and accumulation in fp32:
+    within lstmdsl.check.TOLERANCE of the float64 reference, at odd and round sizes. The weights are at
+    the scale of the usual initialisation (1/sqrt(H)): at the fp32 tests' 0.5 a wide cell is chaotic
+    (R's spectral radius about 9 at H=1000), the half-precision rounding grows to O(1) within 20 steps (the
+    emulated runtime shows the same), and fp16's gradients overflow. IndRNN's ReLU has a kink at 0: the
+    rounding moves the pre-activations of a fraction ~eps of the rows across it, each changing a gradient
+    element by O(1), so its gradients' error grows like sqrt(eps) (1.5-2.5% in fp16 at H=256), not eps."""
+    kink = {"bf16": 0.15, "fp16": 0.05}[precision] if name == "indrnn" else None
+    check(name, T, B, I, H, L, schedule=f"precision {precision}", scale=min(0.5, 1 / np.sqrt(H)), tolerance=kink)
+
+
+def test_half_precision_rounds_and_follows_the_master_weights():
+    """bf16 really reaches the GEMMs (its error is far above fp32's), and a change of the float32 master
+    weights between two calls reaches the half copies the GEMMs read."""
+    strict = max(check("vanilla", 20, 16, 256, 256, 1).values())
+    for precision, limit in (("bf16", 200), ("fp16", 20)):
+        err = max(check("vanilla", 20, 16, 256, 256, 1, schedule=f"precision {precision}").values())
+        assert err > limit * strict, (precision, strict, err)
+    layer = lstmdsl.compile("vanilla", 8, 16, backend="cuda", schedule="precision bf16")
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((5, 3, 8)), np.float32)
+    y0, _ = layer.forward(x)
+    for p in layer.parameters().values():
+        p *= 0.5
+    y1, _ = layer.forward(x)
+    ref = lstmdsl.compile("vanilla", 8, 16, dtype="float64")
+    ref.load_state_dict(layer.state_dict())
+    want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
+    assert np.linalg.norm(cupy.asnumpy(y1) - want) / np.linalg.norm(want) < 2e-2
+    assert np.linalg.norm(cupy.asnumpy(y1 - y0)) > 1e-2

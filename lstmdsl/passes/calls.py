@@ -18,7 +18,7 @@ import dataclasses
 
 from ..ir import HEADS, per_head
 from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
-from .storage import _needed_outside, backward_roots, forward_roots
+from .storage import _needed_outside, backward_roots, forward_roots, ones_buffer, vector_grad_slot
 
 THREADS = 128  # per block
 ROW_THREADS = 512  # per block of a row-fused launch (measured on the H200: 512 beat 128, 256 and 1024)
@@ -43,11 +43,22 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
     st = plan.storage
     slots = st.slots(phase_name)
     f_slots = st.slots("forward")
-    types = dict(a_type=plan.dtype, b_type=plan.dtype, c_type=plan.dtype, compute=plan.compute)
+    types = dict(a_type="", b_type="", c_type="", compute=plan.compute)  # filled in from the operands by _typed
     by_operand = {s.operand: s for s in st.stacks}
     nodes = phase.nodes
 
+    def operand_type(o: Operand) -> str:
+        if o.space == "buffer":
+            return st.buffer(o.name).dtype
+        return st.stack(o.name).dtype if o.space == "weights" else plan.dtype  # gradients are the master type
+
     def call(place: str, op):
+        c = _call(place, op)
+        if c is None:
+            return None
+        return dataclasses.replace(c, a_type=operand_type(c.a), b_type=operand_type(c.b), c_type=operand_type(c.c))
+
+    def _call(place: str, op):
         rows = ("B",) if place == "loop" else ("T*B",)
         if isinstance(op, (Gemm, WeightGrad)):
             c = _heads_call(op, rows)
@@ -76,9 +87,9 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
                             Operand("buffer", stack.gin, stack.rows[:first]), True, _buffer(f_slots[op.v][0]),
                             False, Operand("grads", stack.name, stack.rows[:first]), True, **types)
         if isinstance(op, VectorGrad):
-            slot = next(s for s in slots[op.node] if not s.accumulate
-                        and (place == "loop" or st.buffer(s.buffer).steps == "T"))
-            return GemmCall(("one",), (nodes[op.node].size,), rows, Operand("buffer", "ones"), True, _buffer(slot),
+            slot = vector_grad_slot(slots[op.node], st.buffer, place, plan.dtype)
+            ones = ones_buffer(st.buffer(slot.buffer).dtype, plan.dtype)
+            return GemmCall(("one",), (nodes[op.node].size,), rows, Operand("buffer", ones), True, _buffer(slot),
                             False, Operand("vector_grad", op.name), True, **types)
         return None
 

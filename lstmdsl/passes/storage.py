@@ -28,8 +28,8 @@ import dataclasses
 
 from ..errors import BackendUnavailable
 from ..ir import LEAF_OPS
-from ..plan import (Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad, WeightGrad,
-                    WeightStack)
+from ..plan import (HALF_TYPES, Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad,
+                    WeightGrad, WeightStack)
 
 
 def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
@@ -161,7 +161,7 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
                 b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
         heads = cell.param(matrices[0]).heads  # all or none of one operand's matrices (lower.py checks)
         stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.param(matrices[0]).shape[1],
-                                  shared[(gs, rows)], plan.dtype, heads))
+                                  shared[(gs, rows)], plan.operand_type, heads))
     names = [s.name for s in stacks]
     if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
         stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]
@@ -206,8 +206,6 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
         steps = "T" if place == "after" else "1"
         if not any(not s.accumulate and (steps == "1" or buf.all[s.buffer].steps == "T") for s in slots[vg.node]):
             slots[vg.node].append(Slot(buf(f"b{vg.node}", (bwd.nodes[vg.node].size,), steps)))
-    if vector_grads:  # the sums over rows are products with a column of ones
-        buf("ones", ("one",), "T", fill=1.0)
     for op in bwd.loop.body:  # sum folding: p is written (or copied) into the slot the GEMM adds into
         if isinstance(op, Gemm) and op.init is not None:
             slots[op.init].append(slots[op.outputs[0]][0])
@@ -227,17 +225,27 @@ def _aliases(plan: Plan, buf: _Buffers, f_slots, stacks) -> None:
     taken: set[str] = set()
     for b in list(buffers.values()):
         if b.inference is not None and b.steps == "T" and b.name not in read_later:
-            host = next((h for h in hosts if h.width == b.width and h.name not in taken), None)
+            host = next((h for h in hosts if h.width == b.width and h.dtype == b.dtype and h.name not in taken), None)
             if host is not None:
                 taken.add(host.name)
                 buffers[b.name] = dataclasses.replace(b, alias=host.name)
 
 
-def _copies(phase: Phase, slots: dict[int, tuple[Slot, ...]], dtype: str, leaves: tuple[str, ...]) -> Phase:
+def _copies(phase: Phase, slots: dict[int, tuple[Slot, ...]], buffers: dict[str, Buffer],
+            leaves: tuple[str, ...]) -> Phase:
     """Copy ops from a value's first slot to its others: after each GEMM-like op that writes the first
-    (after the last GEMM of a sum), and at the start of each step for the leaves."""
+    (after the last GEMM of a sum), and at the start of each step for the leaves. A copy between buffers
+    of two types converts."""
+    def copy(i: int, dst: Slot) -> Copy:
+        src = slots[i][0]
+        a, b = buffers[src.buffer].dtype, buffers[dst.buffer].dtype
+        if a != b and dst.accumulate:
+            raise BackendUnavailable(f"a value is added into a slot of another element type ({a} into {b}); mixed "
+                                     "precision does not support this cell yet")
+        return Copy(i, src, dst, phase.nodes[i].size, a, b if a != b else "")
+
     def copies(nodes):
-        return [Copy(i, slots[i][0], s, phase.nodes[i].size, dtype) for i in nodes for s in slots.get(i, ())[1:]]
+        return [copy(i, s) for i in nodes for s in slots.get(i, ())[1:]]
 
     before = []
     for op in phase.before:
@@ -252,10 +260,55 @@ def _copies(phase: Phase, slots: dict[int, tuple[Slot, ...]], dtype: str, leaves
     return dataclasses.replace(phase.with_body(body), before=tuple(before))
 
 
+def vector_grad_slot(slots: list[Slot] | tuple[Slot, ...], buffer, place: str, dtype: str) -> Slot:
+    """The slot a vector gradient sums a value's rows from: one nothing adds into, kept for all steps when
+    the sum runs after the loop; of the plan's element type where there is one (buffer: name -> Buffer)."""
+    ok = [s for s in slots if not s.accumulate and (place == "loop" or buffer(s.buffer).steps == "T")]
+    return next((s for s in ok if buffer(s.buffer).dtype == dtype), ok[0])
+
+
+def ones_buffer(dtype: str, plan_dtype: str) -> str:
+    """The column of ones a vector gradient of values of `dtype` multiplies with."""
+    return "ones" if dtype == plan_dtype else f"ones_{dtype}"
+
+
+def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks) -> None:
+    """Mixed precision: the buffers GEMMs read their operands from (the input, the operands of the weight
+    stacks, their incoming gradients), the output's (the next layer's input), the activations kept only
+    for the backward pass and the input's products for all steps (rounded once the GEMM has summed them
+    in fp32) hold half values. States that no GEMM reads (an LSTM's cell state) stay f32."""
+    half = plan.operand_type
+    if half not in HALF_TYPES:
+        return
+    names = {"x", f_slots[plan.cell.output][0].buffer}
+    names |= {f_slots[s.operand][0].buffer for s in stacks} | {s.gin for s in stacks}
+    names |= {b.name for b in buf.all.values() if b.steps == "T" and b.inference == "1"}  # saved activations
+    names |= {f_slots[op.outputs[0]][0].buffer for op in plan.forward.before if isinstance(op, Gemm)}  # W x, all steps
+    for name in names:
+        buf.all[name] = dataclasses.replace(buf.all[name], dtype=half)
+    for table in (f_slots, b_slots):
+        for i, ss in table.items():
+            if any(s.accumulate and s.buffer in names for s in ss):
+                raise BackendUnavailable(f"precision {plan.schedule.precision}: a value is added into a half-precision "
+                                         "buffer; this cell does not support mixed precision yet")
+
+
+def _ones(plan: Plan, buf: _Buffers, b_slots) -> None:
+    """The columns of ones the vector gradients multiply with (sums over rows), one per element type."""
+    for place, vg in plan.backward.ops():
+        if isinstance(vg, VectorGrad):
+            slot = vector_grad_slot(b_slots[vg.node], buf.all.__getitem__, place, plan.dtype)
+            dtype = buf.all[slot.buffer].dtype
+            name = ones_buffer(dtype, plan.dtype)
+            buf.all.setdefault(name, Buffer(name, dtype, ("one",), "T", fill=1.0))
+
+
 def assign_storage(plan: Plan) -> Plan:
     buf = _Buffers(plan.dtype)
     f_slots = _forward_slots(plan, buf)
     b_slots, stacks = _backward_slots(plan, buf, f_slots)
+    _half_buffers(plan, buf, f_slots, b_slots, stacks)
+    _ones(plan, buf, b_slots)
     _aliases(plan, buf, f_slots, stacks)
     cell = plan.cell
     out = f_slots[cell.output][0]
@@ -279,5 +332,5 @@ def assign_storage(plan: Plan) -> Plan:
     )
     return dataclasses.replace(
         plan, storage=storage,
-        forward=_copies(plan.forward, storage.slots("forward"), plan.dtype, ("input", "state", "stepin")),
-        backward=_copies(plan.backward, storage.slots("backward"), plan.dtype, ("grad_in", "fwd")))
+        forward=_copies(plan.forward, storage.slots("forward"), buf.all, ("input", "state", "stepin")),
+        backward=_copies(plan.backward, storage.slots("backward"), buf.all, ("grad_in", "fwd")))

@@ -1,20 +1,25 @@
-"""Types: the element type of every value and parameter, and the compute type of the GEMMs.
+"""Types: the element type of every value and parameter, and the types of the GEMMs.
 
-Today one element type serves a whole layer: float32 (f32) or float64 (f64). A float32 layer's GEMMs
-compute in strict fp32 or, when the schedule says `precision tf32`, on the tensor cores with fp32
-accumulation; a float64 layer computes in f64 throughout. The storage pass gives every buffer and
-weight stack the plan's element type, and the calls pass gives every GEMM its operand and compute types,
-so a precision with values of several types is a change here, not in the runtime.
+A float64 layer computes in f64 throughout. A float32 layer keeps its values, parameters and gradients in
+f32; its GEMMs compute in strict fp32 or, under `precision tf32`, on the tensor cores with fp32
+accumulation. Under `precision bf16` or `precision fp16` (mixed precision) the GEMMs' operands are half
+precision: the weight stacks are half copies of the f32 master weights, and the buffers that a GEMM reads
+(the input, a state that feeds a product, the incoming gradients of the weights) hold half values that
+the kernels round as they store them; the tensor cores accumulate in fp32 into f32 results, and the
+pointwise math, the other states (an LSTM's cell state) and every gradient stay f32. Here the plan gets its
+types; the storage pass gives each buffer its own (passes/storage.py, `_half_buffers`), and the calls pass
+gives every GEMM its operand types, so the runtime only reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ..errors import BackendUnavailable, UsageError
+from ..errors import UsageError
 from ..plan import Plan
 
 ELEMENT = {"float32": "f32", "float64": "f64"}
+HALF = {"bf16": "bf16", "fp16": "f16"}  # precision -> the element type of GEMM operands
 
 
 def assign_types(plan: Plan, dtype: str) -> Plan:
@@ -23,7 +28,7 @@ def assign_types(plan: Plan, dtype: str) -> Plan:
         if precision != "fp32":
             raise UsageError(f"precision {precision} applies to float32 layers; a float64 layer computes in "
                              "float64 throughout")
-        return dataclasses.replace(plan, dtype="f64", compute="f64")
-    if precision not in ("fp32", "tf32"):
-        raise BackendUnavailable(f"precision {precision} is not supported by the CUDA backend yet; use fp32 or tf32")
-    return dataclasses.replace(plan, dtype=ELEMENT[dtype], compute=precision)
+        return dataclasses.replace(plan, dtype="f64", compute="f64", operand_type="f64")
+    if precision in HALF:
+        return dataclasses.replace(plan, dtype="f32", compute="fp32", operand_type=HALF[precision])
+    return dataclasses.replace(plan, dtype=ELEMENT[dtype], compute=precision, operand_type=ELEMENT[dtype])

@@ -15,7 +15,7 @@ from ..errors import BackendUnavailable, LstmdslError
 from .device import current_device, empty
 
 # element type -> cudaDataType; compute type -> (cublasComputeType, numpy type of the scalars alpha, beta)
-DATA_TYPES = {"f32": 0, "f64": 1}  # CUDA_R_32F, CUDA_R_64F
+DATA_TYPES = {"f32": 0, "f64": 1, "bf16": 14, "f16": 2}  # CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF, CUDA_R_16F
 COMPUTE_TYPES = {"fp32": (68, np.float32), "tf32": (77, np.float32), "f64": (70, np.float64)}
 _GEMM_DEFAULT = -1  # CUBLAS_GEMM_DEFAULT
 _SCALARS = {name: (np.ones(1, t), np.zeros(1, t)) for name, (_, t) in COMPUTE_TYPES.items()}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import LstmdslError
 from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Transfer, VectorGrad, WeightGrad
 from ..program import Program
-from . import cublas, device
+from . import convert, cublas, device
 from .nvrtc import function, load_module
 from .workspace import Workspace
 
@@ -79,7 +79,8 @@ class _Issue:
             stack = self.stacks[o.name]
             cols = ws.dim((stack.cols,))
             base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
-            return base + ELEMENT_TYPES[stack.dtype] * ws.dim(o.offset) * cols, cols
+            item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.dtype]  # gradients: master type
+            return base + item * ws.dim(o.offset) * cols, cols
         if o.space == "vector_grad":
             return self.bind.vector_grads[o.name], ld_row
         raise LstmdslError(f"unknown operand space {o.space!r}")
@@ -104,7 +105,10 @@ class _Issue:
         n = ws.dim((op.size,))
         src, dst = ws.address(op.src.buffer, t + op.src.step, op.src.col), ws.address(op.dst.buffer, t + op.dst.step,
                                                                                         op.dst.col)
-        if op.dst.accumulate:
+        if op.dst_type:  # between buffers of two element types
+            convert.convert_rows(dst, ws.pitch(op.dst.buffer), op.dst_type, src, ws.pitch(op.src.buffer), op.dtype, n,
+                                 rows, self.stream)
+        elif op.dst.accumulate:
             device.launch(self.engine.add_function, (math.ceil(n / ADD_THREADS), min(rows, MAX_GRID_Y)), ADD_THREADS,
                           [("ptr", dst), ("int", ws.width[op.dst.buffer]), ("ptr", src),
                            ("int", ws.width[op.src.buffer]), ("int", n), ("int", rows)], self.stream)
@@ -232,11 +236,11 @@ class Engine:
         graph.launch(stream)
 
     @staticmethod
-    def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int]:
-        """(address, pitch, rows, width in bytes) of a transfer's region in a workspace."""
+    def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int, str]:
+        """(address, pitch, rows, width in elements, element type) of a transfer's region in a workspace."""
         step = {"all": t.first, "0": 0, "T": ws.T}[t.step]
         rows = ws.T * ws.B if t.step == "all" else ws.B
-        return ws.address(t.buffer, step, t.col), ws.pitch(t.buffer), rows, ws.dim((t.size,)) * ws.item[t.buffer]
+        return ws.address(t.buffer, step, t.col), ws.pitch(t.buffer), rows, ws.dim((t.size,)), ws.dtype[t.buffer]
 
     def _regions(self, ws: Workspace, direction: str) -> dict:
         """The regions of the caller's inputs or outputs in a workspace (computed once per workspace)."""
@@ -246,36 +250,49 @@ class Engine:
             ws.regions[direction] = {t.what: self._transfer(ws, t) for t in transfers if t.buffer in ws.base}
         return ws.regions[direction]
 
-    def _put(self, ws: Workspace, what: str, src: int, src_pitch: int | None, stream: int) -> None:
-        dst, pitch, rows, width = self._regions(ws, "in")[what]
-        device.copy_rows(dst, pitch, src, width if src_pitch is None else src_pitch, width, rows, stream)
+    def _put(self, ws: Workspace, what: str, src: int, src_pitch: int | None, stream: int,
+             src_type: str | None = None) -> None:
+        """Copy the caller's array (of src_type, default the plan's element type) into a region, converting
+        where the region holds another type (mixed precision)."""
+        dst, pitch, rows, n, dtype = self._regions(ws, "in")[what]
+        src_type = src_type or self.program.plan.dtype
+        width = n * ELEMENT_TYPES[src_type]
+        convert.convert_rows(dst, pitch, dtype, src, width if src_pitch is None else src_pitch, src_type, n, rows,
+                             stream)
 
     def _zero(self, ws: Workspace, what: str, stream: int) -> None:
-        dst, pitch, rows, width = self._regions(ws, "in")[what]
-        device.zero_rows(dst, pitch, width, rows, stream)
+        dst, pitch, rows, n, dtype = self._regions(ws, "in")[what]
+        device.zero_rows(dst, pitch, n * ELEMENT_TYPES[dtype], rows, stream)
 
-    def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None) -> None:
-        src, pitch, rows, width = self._regions(ws, "out")[what]
-        device.copy_rows(dst, width if dst_pitch is None else dst_pitch, src, pitch, width, rows, stream)
+    def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None,
+             dst_type: str | None = None) -> None:
+        src, pitch, rows, n, dtype = self._regions(ws, "out")[what]
+        dst_type = dst_type or self.program.plan.dtype
+        width = n * ELEMENT_TYPES[dst_type]
+        convert.convert_rows(dst, width if dst_pitch is None else dst_pitch, dst_type, src, pitch, dtype, n, rows,
+                             stream)
 
-    def output_region(self, ws: Workspace, what: str) -> tuple[int, int]:
-        src, pitch, _, _ = self._regions(ws, "out")[what]
-        return src, pitch
+    def output_region(self, ws: Workspace, what: str) -> tuple[int, int, str]:
+        """(address, pitch, element type) of an output in a workspace (the next layer reads it from there)."""
+        src, pitch, _, _, dtype = self._regions(ws, "out")[what]
+        return src, pitch, dtype
 
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
                 hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
-                x_pitch: int | None = None, y_pitch: int | None = None) -> None:
+                x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | None = None) -> None:
         """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B,
         size]}, all contiguous device arrays of the program's element type, given by address; steps: the per-step
         inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
         y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
         function returning (y, hn, owner), called once the first layer's work is issued, so the caller
-        allocates its outputs while the GPU already runs."""
+        allocates its outputs while the GPU already runs. The caller's arrays are of the plan's element type,
+        except x and y where io_type says otherwise (mixed precision: the half type, as the workspace holds
+        them); where they differ from the workspace's, they are converted on the way in and out."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train, stream)
-        src, src_pitch = x, x_pitch
+        src, src_pitch, src_type = x, x_pitch, io_type
         for k, ws in enumerate(workspaces):
-            self._put(ws, "x", src, src_pitch, stream)
+            self._put(ws, "x", src, src_pitch, stream, src_type)
             for name, ptr in (steps or {}).items():
                 self._put(ws, f"step:{name}", ptr if isinstance(ptr, int) else ptr[k], None, stream)
             for s in cell.states:
@@ -288,8 +305,8 @@ class Engine:
                 y, hn, owner = y()
             for s in cell.states:
                 self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
-            src, src_pitch = self.output_region(ws, "y")
-        self._get(workspaces[-1], "y", y, stream, y_pitch)
+            src, src_pitch, src_type = self.output_region(ws, "y")
+        self._get(workspaces[-1], "y", y, stream, y_pitch, io_type)
         self.tape = ((T, B, train), owner) if train else self.tape
 
     def tape_owner(self, T: int, B: int):
@@ -300,20 +317,21 @@ class Engine:
         return self.tape[1]
 
     def backward(self, params: list[Binding], dy: int, dhn: dict[str, int], dx: int, dh0: dict[str, int],
-                 stream: int, dy_pitch: int | None = None) -> None:
+                 stream: int, dy_pitch: int | None = None, io_type: str | None = None) -> None:
         """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0; adds the parameter
-        gradients into the addresses of params (Binding.grads and vector_grads)."""
+        gradients into the addresses of params (Binding.grads and vector_grads). io_type: the element type of
+        dy and dx where it is not the plan's (converted on the way in and out)."""
         if self.tape is None or self.tape[0] not in self.workspaces:
             raise LstmdslError("backward() needs a forward() with train=True first")
         cell, storage = self.program.plan.cell, self.program.plan.storage
         workspaces = self.workspaces[self.tape[0]]
-        src, src_pitch = dy, dy_pitch
+        src, src_pitch, src_type = dy, dy_pitch, io_type
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]
             for b in storage.buffers:
                 if b.zero:
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
-            self._put(ws, "dy", src, src_pitch, stream)
+            self._put(ws, "dy", src, src_pitch, stream, src_type)
             for s in cell.states:
                 if dhn[s.name] is None:  # no gradient reaches this final state
                     self._zero(ws, f"dstate:{s.name}", stream)
@@ -322,9 +340,9 @@ class Engine:
             self._run("backward", ws, params[k], stream)
             for s in cell.states:
                 self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
-            src, src_pitch = self.output_region(ws, "dx")
-        self._get(workspaces[0], "dx", dx, stream)
+            src, src_pitch, src_type = self.output_region(ws, "dx")
+        self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
 
-    @staticmethod
-    def _state_bytes(ws: Workspace, s) -> int:
-        return ws.B * ws.env[s.size] * ws.item[f"hist_{s.name}"]
+    def _state_bytes(self, ws: Workspace, s) -> int:
+        """Bytes of one layer's state in the caller's [L, B, size] array (of the plan's element type)."""
+        return ws.B * ws.env[s.size] * ELEMENT_TYPES[self.program.plan.dtype]

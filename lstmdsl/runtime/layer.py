@@ -3,6 +3,11 @@
 Parameters live in stacks: the matrices applied to one operand are rows of one [sum of rows, cols] array
 (the plan's WeightStack; parameters() hands out views), so a fused GEMM reads them as one matrix and
 one G^T V updates them. The layer owns its arrays and hands their addresses to the Engine.
+
+Mixed precision (`precision bf16` / `fp16`): the parameters and gradients stay float32 (the master
+weights, what optimizers update); the GEMMs read half-precision copies of the stacks, refreshed from the
+masters at the start of every forward (one conversion per stack: a few microseconds). Inputs, outputs and
+states are float32 arrays in this API; the workspaces keep the half-precision values.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import numpy as np
 from ..errors import BackendUnavailable, UsageError
 from ..layer import Layer, init_params, length_mask, recurrent_matrices
 from ..masks import LENGTH, with_lengths
+from ..plan import HALF_TYPES
 from ..program import build_program
 from ..schedule import Schedule
 from ..spec import Spec
-from . import device
+from . import convert, device
 from .device import check_available, cupy
 from .executor import Binding, Engine
+from .workspace import NUMPY_TYPES
 
 
 class CudaLayer(Layer):
@@ -66,6 +73,8 @@ class CudaLayer(Layer):
             self._grads.append({p.name: grads[p.name] for p in self.cell.params})
             self._stacks.append(pstack)
             self._grad_stacks.append(gstack)
+        self._half_type = stacks[0].dtype if stacks and stacks[0].dtype in HALF_TYPES else None
+        self._half = [self._half_copies(p) for p in self._stacks]  # what the GEMMs read (mixed precision)
         self._bindings = [self._binding(u) for u in range(len(self.units))]
         # DropConnect: per unit, the recurrent stacks' masked copies (one set for training, whose backward
         # reads them, one for an evaluation given masks) and their gradients, bound instead
@@ -78,6 +87,19 @@ class CudaLayer(Layer):
         self._connect = [{} for _ in self.units]
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
+
+    def _half_copies(self, arrays: dict) -> dict:
+        """Half-precision arrays shaped like `arrays` (mixed precision), else {}."""
+        if self._half_type is None:
+            return {}
+        return {n: cupy.empty(a.shape, NUMPY_TYPES[self._half_type]) for n, a in arrays.items()}
+
+    def _to_half(self, masters: dict, halves: dict, stream: int) -> None:
+        """Refresh half copies from their float32 masters."""
+        for name, half in halves.items():
+            rows, cols = masters[name].shape
+            convert.convert_rows(half.data.ptr, 2 * cols, self._half_type, masters[name].data.ptr, 4 * cols, "f32",
+                                 cols, rows, stream)
 
     def _rows(self, u: int, matrices) -> list[tuple[str, int, int]]:
         """(matrix, first row, end row) of each matrix of a stack."""
@@ -97,11 +119,13 @@ class CudaLayer(Layer):
             return self._bindings, connect
         if train not in self._connect_sets:
             copies = [{n: cupy.empty_like(self._stacks[u][n]) for n in rows} for u, rows in enumerate(self._connect_rows)]
-            binds = [Binding({n: copies[u][n].data.ptr if n in copies[u] else p for n, p in b.weights.items()},
+            halves = [self._half_copies(c) for c in copies]
+            read = [h or c for h, c in zip(halves, copies)]  # what the GEMMs read
+            binds = [Binding({n: read[u][n].data.ptr if n in read[u] else p for n, p in b.weights.items()},
                              {n: self._connect_grad[u][n].data.ptr if n in copies[u] else p for n, p in b.grads.items()},
                              b.vectors, b.vector_grads) for u, b in enumerate(self._bindings)]
-            self._connect_sets[train] = (copies, binds)
-        copies, connected = self._connect_sets[train]
+            self._connect_sets[train] = (copies, halves, binds)
+        copies, halves, connected = self._connect_sets[train]
         binds = []
         for u, c in enumerate(connect):
             if not c:
@@ -111,6 +135,7 @@ class CudaLayer(Layer):
                 stack = self._stacks[u][name]
                 for m, a, b in self._rows(u, matrices):
                     cupy.multiply(stack[a:b], c[m], out=copies[u][name][a:b])
+            self._to_half(copies[u], halves[u], device.current_stream())
             binds.append(connected[u])
         return binds, connect
 
@@ -131,7 +156,7 @@ class CudaLayer(Layer):
 
     def _binding(self, k: int) -> Binding:
         vectors = [p.name for p in self.cell.params if p.kind == "vector"]
-        return Binding({n: a.data.ptr for n, a in self._stacks[k].items()},
+        return Binding({n: a.data.ptr for n, a in (self._half[k] or self._stacks[k]).items()},
                        {n: a.data.ptr for n, a in self._grad_stacks[k].items()},
                        {n: self._params[k][n].data.ptr for n in vectors},
                        {n: self._grads[k][n].data.ptr for n in vectors})
@@ -222,10 +247,12 @@ class CudaLayer(Layer):
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)
+        stream = device.current_stream()
+        for u, halves in enumerate(self._half):  # the masters may have changed since the last forward
+            self._to_half(self._stacks[u], halves, stream)
         binds, connect = self._connected(masks, train)
         y = cupy.empty((T, B, self.output_size), self.dtype)
         final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
-        stream = device.current_stream()
         masked = lengths is not None
         steps = {}
         if masked:

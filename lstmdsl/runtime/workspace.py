@@ -9,7 +9,18 @@ from ..plan import ELEMENT_TYPES, Storage
 from .device import empty
 
 POISON = False  # tests set this: new buffers start as NaN, so a read of anything no op wrote shows up
-NUMPY_TYPES = {"f32": np.float32, "f64": np.float64}
+NUMPY_TYPES = {"f32": np.float32, "f64": np.float64, "bf16": np.uint16, "f16": np.float16}  # bf16: its bits
+
+
+def fill_value(dtype: str, value: float):
+    """`value` as an element of NUMPY_TYPES[dtype] (bf16: the upper half of the float32's bits, rounded to
+    nearest even; NaN stays a NaN)."""
+    if dtype != "bf16":
+        return value
+    bits = int(np.array(value, np.float32).view(np.uint32))
+    if np.isnan(value):
+        return 0x7FC0
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
 
 
 class Workspace:
@@ -22,11 +33,13 @@ class Workspace:
         self.width = {b.name: self.dim(b.width) for b in buffers}
         self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1}[b.steps if train else b.inference] for b in buffers}
         self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
+        self.dtype = {b.name: b.dtype for b in buffers}
         self.arrays = {}
         for b in buffers:
             if train and b.alias:
                 continue
             fill = b.fill if b.fill is not None else (np.nan if POISON else None)
+            fill = None if fill is None else fill_value(b.dtype, fill)
             self.arrays[b.name] = empty((self.steps[b.name], B, self.width[b.name]), NUMPY_TYPES[b.dtype], fill,
                                           stream)
         for b in buffers:

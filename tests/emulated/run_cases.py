@@ -53,6 +53,23 @@ for k, schedule in enumerate(SCHEDULES[:2]):
     total += 1
     print(f"slstm num_heads=3 | {schedule or 'default'} | L={1 + k} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 
+# mixed precision: half-precision GEMM operands, weights and saved activations (bf16 and fp16), with the
+# tolerances of lstmdsl.check; every shipped spec once, and stacks, directions, lengths and regularisers
+for k, (name, _) in enumerate(cases[:len(shipped_specs())]):
+    spec = lstmdsl.parse(shipped_specs()[name].read_text())
+    P = 3 if spec.uses_size("proj") else None
+    schedule = ["precision bf16", "precision fp16; fuse recurrent",
+                "precision bf16; no fuse gates; no hoist input; no fuse pointwise; no batch weights"][k % 3]
+    L, bidirectional = 1 + (k % 2), k % 4 == 1
+    lengths = np.array([4, 1, 3]) if k % 4 == 3 else None
+    kw = dict(num_heads=3) if spec.uses_size("heads") else {}
+    bad = simrt.check(spec, P=P, I=6, L=L, schedule=schedule, graphs=k % 2 == 0, verbose=False,
+                      bidirectional=bidirectional, lengths=lengths, dropconnect=0.3 if k % 5 == 4 else 0.0, **kw)
+    failures += bool(bad)
+    total += 1
+    print(f"{name} | {schedule} | L={L} bidirectional={bidirectional} lengths={lengths is not None} | "
+          f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
+
 # new lengths on the next call are read from device memory: the captured graphs replay, none is captured anew
 from lstmdsl.runtime import device  # noqa: E402
 

@@ -16,7 +16,7 @@ import cupy  # noqa: E402 - the fake one
 import lstmdsl  # noqa: E402
 from lstmdsl import reference  # noqa: E402
 from lstmdsl.check import compare, random_case, randomize  # noqa: E402
-from lstmdsl.runtime import cublas, device, executor, workspace  # noqa: E402
+from lstmdsl.runtime import convert, cublas, device, executor, workspace  # noqa: E402
 
 workspace.POISON = True
 LOG = []
@@ -24,18 +24,51 @@ KERNELS = {}  # kernel name -> (KernelDesc, Kernel op, phase nodes); the last pr
 RECORDING = []  # the calls of a graph being captured
 
 
-def region(ptr, rows, cols, ld, item):
-    """a [rows, cols] view at ptr with leading dimension ld (elements of `item` bytes), bounds-checked."""
+NP = {"f32": np.float32, "f64": np.float64, "bf16": np.uint16, "f16": np.float16, "u8": np.uint8}
+CTYPE = {"float": "f32", "double": "f64", "lstmdsl_bf16": "bf16", "lstmdsl_f16": "f16"}
+
+
+def region(ptr, rows, cols, ld, dtype):
+    """a [rows, cols] view at ptr with leading dimension ld (elements of dtype: f32, f64, bf16 (its bits),
+    f16 or u8 for bytes), bounds-checked."""
+    item = np.dtype(NP[dtype]).itemsize
     start, end = ptr, ptr + item * ((rows - 1) * ld + cols)
     for s, e, arr in cupy.ALLOCS:
         if s <= start and end <= e:
             break
     else:
         raise AssertionError(f"out of bounds: [{start:#x}, {end:#x}) rows={rows} cols={cols} ld={ld}")
-    ctype = ctypes.c_float if item == 4 else ctypes.c_double
-    buf = (ctype * ((end - start) // item)).from_address(start)
-    flat = np.frombuffer(buf, np.float32 if item == 4 else np.float64)
+    buf = (ctypes.c_uint8 * (end - start)).from_address(start)
+    flat = np.frombuffer(buf, NP[dtype])
     return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item * ld, item)), (start, end)
+
+
+def to_float(a, dtype):
+    """Values of an array of dtype as floats (bf16 from its bits; exact)."""
+    if dtype == "bf16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float64 if dtype == "f64" else np.float32)
+
+
+def from_float(v, dtype):
+    """Floats stored as dtype, rounded to nearest even as the kernels' conversions do."""
+    if dtype != "bf16":
+        return np.asarray(v).astype(NP[dtype])
+    f = np.asarray(v, np.float32)
+    bits = f.view(np.uint32).astype(np.uint64)
+    out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(f), np.uint16(0x7FC0), out)
+
+
+def load(ptr, rows, cols, ld, dtype):
+    return to_float(region(ptr, rows, cols, ld, dtype)[0], dtype)
+
+
+def store(ptr, rows, cols, ld, dtype, values, add=False):
+    view = region(ptr, rows, cols, ld, dtype)[0]
+    if add:
+        values = to_float(view, dtype) + values
+    view[...] = from_float(np.broadcast_to(values, (rows, cols)), dtype)
 
 
 def recorded(fn):
@@ -49,20 +82,16 @@ def recorded(fn):
     return wrapper
 
 
-ITEM = {"f32": 4, "f64": 8}
+ITEM = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2}
 
 
 @recorded
 def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0):
     a_t, b_t, c_t, compute = types
-    A = region(a, K, M, lda, ITEM[a_t])[0].T if ta else region(a, M, K, lda, ITEM[a_t])[0]
-    Bm = region(b, N, K, ldb, ITEM[b_t])[0].T if tb else region(b, K, N, ldb, ITEM[b_t])[0]
-    C, _ = region(c, M, N, ldc, ITEM[c_t])
-    r = (A.astype(np.float64) @ Bm.astype(np.float64)).astype(C.dtype)
-    if acc:
-        C += r
-    else:
-        C[...] = r
+    assert a_t == b_t, f"cuBLAS multiplies operands of one type, got {a_t} and {b_t}"
+    A = load(a, K, M, lda, a_t).T if ta else load(a, M, K, lda, a_t)
+    Bm = load(b, N, K, ldb, b_t).T if tb else load(b, K, N, ldb, b_t)
+    store(c, M, N, ldc, c_t, A.astype(np.float64) @ Bm.astype(np.float64), add=acc)
 
 
 @recorded
@@ -76,35 +105,43 @@ def gemm_batched(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, la
 @recorded
 def copy_rows(dst, dst_pitch, src, src_pitch, width, rows, stream):
     for r in range(rows):
-        region(src + r * src_pitch, 1, width, width, 1)
-        region(dst + r * dst_pitch, 1, width, width, 1)
+        region(src + r * src_pitch, 1, width, width, "u8")
+        region(dst + r * dst_pitch, 1, width, width, "u8")
         ctypes.memmove(dst + r * dst_pitch, src + r * src_pitch, width)
 
 
 @recorded
 def zero(ptr, nbytes, stream):
-    region(ptr, 1, nbytes, nbytes, 1)
+    region(ptr, 1, nbytes, nbytes, "u8")
     ctypes.memset(ptr, 0, nbytes)
 
 
 @recorded
 def launch(function, grid, threads, args, stream):
-    name, item = function
+    name, dtype = function
     if name.endswith("_add"):
         dst, ld_dst, src, ld_src, n, rows = (v for _, v in args)
-        region(dst, rows, n, ld_dst, item)[0][...] += region(src, rows, n, ld_src, item)[0]
+        store(dst, rows, n, ld_dst, dtype, load(src, rows, n, ld_src, dtype), add=True)
+        return
+    if name.startswith("lstmdsl_convert_"):  # runtime/convert.py
+        src_t, dst_t = name[len("lstmdsl_convert_"):].split("_")
+        dst, ld_dst, src, ld_src, n, rows = (v for _, v in args)
+        store(dst, rows, n, ld_dst, dst_t, load(src, rows, n, ld_src, src_t))
         return
     desc, ops, nodes = KERNELS[name]
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
+    types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("* __restrict__", "").replace("*", "").strip()]
+             for a in desc.args if "*" in a.ctype}
     for stage, op in zip(desc.stages or (desc,), ops):  # a row-fused launch: its stages in order
-        _stage(stage, op, nodes, val, item)
+        _stage(stage, op, nodes, val, dtype, types)
 
 
-def _stage(desc, op, nodes, val, item):
+def _stage(desc, op, nodes, val, real, types):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
     sizes = {k[2:]: int(v) for k, v in val.items() if k.startswith("n_")} | {"one": 1}
-    dtype = np.dtype(np.float32 if item == 4 else np.float64)
+    dtype = np.dtype(NP[real])
+    item = {name: ITEM[t] for name, t in types.items()}
     if desc.reduce is not None:  # one reduction node: its arguments are in<a> / p<a>, by node
         (i,) = op.nodes
         n = nodes[i]
@@ -112,27 +149,23 @@ def _stage(desc, op, nodes, val, item):
         for a in n.args:
             width = size(nodes[a].size)
             if nodes[a].op == "param":
-                parts.append(np.broadcast_to(region(val[f"p{a}"], 1, width, 1, item)[0][0], (B, width)))
+                parts.append(np.broadcast_to(load(val[f"p{a}"], 1, width, 1, types[f"p{a}"])[0], (B, width)))
             else:
-                parts.append(region(val[f"in{a}"], B, width, val[f"ld_in{a}"], item)[0].copy())
+                parts.append(load(val[f"in{a}"], B, width, val[f"ld_in{a}"], types[f"in{a}"]))
         result = reference.eval_node(n, parts, {}, B, dtype, sizes)
         for k, line in enumerate(desc.reduce[3]):
-            out = region(val[f"out{i}_{k}"], B, 1, val[f"ld_out{i}_{k}"], item)[0]
-            if "+=" in line:
-                out += result
-            else:
-                out[...] = result
+            name = f"out{i}_{k}"
+            store(val[name], B, 1, val[f"ld_{name}"], types[name], result, add="+=" in line)
         return
     values, reads, writes = {}, [], []
     for a in desc.args:
         if a.name.startswith("in"):
             i = int(a.name[2:])
-            arr, rg = region(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], item)
-            values[i] = arr.copy()
-            reads.append((i, val[a.name], val["ld_" + a.name]))
+            values[i] = load(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], types[a.name])
+            reads.append((i, val[a.name], val["ld_" + a.name], item[a.name]))
         elif a.name.startswith("p"):
             i = int(a.name[1:])
-            values[i] = np.broadcast_to(region(val[a.name], 1, size(nodes[i].size), 1, item)[0][0],
+            values[i] = np.broadcast_to(load(val[a.name], 1, size(nodes[i].size), 1, types[a.name])[0],
                                         (B, size(nodes[i].size)))
     for i in op.nodes:
         n = nodes[i]
@@ -144,7 +177,7 @@ def _stage(desc, op, nodes, val, item):
                     raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
         if n.op == "matvec":
             (x,) = n.args
-            W = region(val[f"w{i}"], size(n.size), size(nodes[x].size), size(nodes[x].size), item)[0]
+            W = load(val[f"w{i}"], size(n.size), size(nodes[x].size), size(nodes[x].size), types[f"w{i}"])
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
@@ -153,16 +186,13 @@ def _stage(desc, op, nodes, val, item):
     for a in desc.args:
         if a.name.startswith("out"):
             i = int(a.name[3:].split("_")[0])
-            arr, rg = region(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], item)
-            writes.append((i, val[a.name], val["ld_" + a.name]))
-            if f"{a.name}[b * ld_{a.name} + j] +=" in text or f"{a.name}[b * ld_{a.name}] +=" in text:
-                arr += values[i]
-            else:
-                arr[...] = values[i]
-    for i, wptr, wld in writes:
-        wset = {wptr + item * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
-        for j, rptr, rld in reads:
-            rset = {rptr + item * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
+            add = f"{a.name}[b * ld_{a.name} + j] +=" in text or f"{a.name}[b * ld_{a.name}] +=" in text
+            store(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], types[a.name], values[i], add=add)
+            writes.append((i, val[a.name], val["ld_" + a.name], item[a.name]))
+    for i, wptr, wld, witem in writes:
+        wset = {wptr + witem * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
+        for j, rptr, rld, ritem in reads:
+            rset = {rptr + ritem * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
 
@@ -217,16 +247,18 @@ cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream: stream
 executor.load_module = lambda source: None
 executor.function = lambda module, name: name
+convert.load_module = lambda source: None
+convert.function = lambda module, name: (name, "f32")
 
 _engine_init = executor.Engine.__init__
 
 
 def _init(self, program, sizes):
     _engine_init(self, program, sizes)
-    item = ITEM[program.plan.dtype]
-    self.functions = {name: (name, item) for name in program.kernels}
+    dtype = program.plan.dtype
+    self.functions = {name: (name, dtype) for name in program.kernels}
     if program.add is not None:
-        self.add_function = (program.add.name, item)
+        self.add_function = (program.add.name, dtype)
     for phase in (program.plan.forward, program.plan.backward):
         for _, op in phase.ops():
             if type(op).__name__ == "Kernel":
