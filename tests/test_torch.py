@@ -471,3 +471,62 @@ def test_ddp_on_two_gpus_matches_one_process(tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "DDP OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     print(r.stdout.strip().splitlines()[-1])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_mixed_precision_under_autocast_follows_float32(half, strict_fp32):
+    """Under torch.autocast the module computes in the autocast type (half GEMM operands and weights,
+    float32 state and master weights): outputs, final states and every gradient within the precision's
+    tolerance of the same module in float32, for a bidirectional stack on a packed batch with dropout
+    masks drawn alike; an optimizer step reaches the half copies the GEMMs read."""
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[half]
+    torch.manual_seed(0)
+    ref = lt.LSTM(24, 40, 2, bidirectional=True).cuda()
+    ours = copy.deepcopy(ref)
+    lengths = torch.tensor([9, 4, 7, 1, 9])
+    x = torch.randn(9, 5, 24, device="cuda")
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_ref, (h_ref, c_ref) = ref(packed)
+    loss_ref = out_ref.data.square().sum() + h_ref.sum() + c_ref.square().sum()
+    loss_ref.backward()
+    with torch.autocast("cuda", dtype=half):
+        out, (h, c) = ours(packed)
+        loss = out.data.float().square().sum() + h.float().sum() + c.float().square().sum()
+    loss.backward()
+    assert_close([out.data, h, c], [out_ref.data, h_ref, c_ref], tol)
+    assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in ours.parameters())
+    for m in (ref, ours):
+        torch.optim.SGD(m.parameters(), lr=0.5).step()
+    with torch.no_grad(), torch.autocast("cuda", dtype=half):
+        y = ours(x)[0]
+    assert_close([y], [ref(x)[0]], tol)
+
+
+@gpu
+@pytest.mark.gpu
+def test_mixed_precision_from_the_schedule_and_from_a_half_input(strict_fp32):
+    """precision bf16 in the schedule: float32 in and out, bf16 inside; a bfloat16 input without autocast
+    runs in bf16 and returns bfloat16; both follow the float32 module."""
+    torch.manual_seed(1)
+    ref = lt.GRU(16, 33).cuda()
+    ours = lt.GRU(16, 33, schedule="precision bf16").cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 16, device="cuda", requires_grad=True)
+    y_ref = ref(x)[0]
+    y = ours(x)[0]
+    assert y.dtype == torch.float32
+    assert_close([y], [y_ref], 5e-2)
+    assert float((y - y_ref).norm() / y_ref.norm()) > 1e-5  # it did round
+    gx_ref, = torch.autograd.grad(y_ref.sum(), x)
+    gx, = torch.autograd.grad(y.sum(), x)
+    assert_close([gx], [gx_ref], 5e-2)
+    xb = x.detach().to(torch.bfloat16).requires_grad_()
+    yb = ref(xb)[0]
+    assert yb.dtype == torch.bfloat16
+    assert_close([yb], [y_ref], 5e-2)
+    gb, = torch.autograd.grad(yb.float().sum(), xb)
+    assert gb.dtype == torch.bfloat16
+    assert_close([gb], [gx_ref], 5e-2)

@@ -138,7 +138,7 @@ class RNN(nn.Module):
                                                                                     self.state_sizes[n])
             if tuple(h.shape) != want:
                 raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
-            out.append((h if batched else h.unsqueeze(1)).to(x.dtype))
+            out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
 
     def forward(self, input, hx=None):
@@ -162,14 +162,21 @@ class RNN(nn.Module):
                              "one step and one sequence")
         pdtype = self._tensors(self._groups[0][2][:1])[0].dtype
         out_dtype = x.dtype
+        half = None
+        if pdtype == torch.float32:  # mixed precision: from a half-precision input, or the schedule
+            half = x.dtype if x.dtype in _HALF.values() else _HALF.get(self._groups[0][0].schedule.precision)
         if torch.is_autocast_enabled(x.device.type):
             # what torch.nn.LSTM returns there: on CUDA its autocast wrapper runs cuDNN in float16, whatever
             # the autocast type; elsewhere the autocast type
             out_dtype = torch.float16 if x.is_cuda else torch.get_autocast_dtype(x.device.type)
+            if pdtype == torch.float32 and torch.get_autocast_dtype(x.device.type) in _HALF.values():
+                half = torch.get_autocast_dtype(x.device.type)  # computed in the autocast type (mixed precision)
             x = x.to(pdtype)
-        elif x.dtype != pdtype:
+        elif x.dtype != pdtype and not (half is not None and x.dtype == half):
             raise UsageError(f"input has dtype {x.dtype} but the parameters are {pdtype}; convert one of them "
                              "(or run under torch.autocast)")
+        if half is not None and x.is_cuda:  # mixed precision: the half-precision input, float32 master weights
+            x = x.to(half)
         if not x.is_cuda and not _WARNED_CPU:
             _WARNED_CPU.append(True)
             warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
@@ -179,7 +186,7 @@ class RNN(nn.Module):
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]
         if packed is not None:
-            steps = [mask.to(x.dtype)]
+            steps = [mask.to(_value_type(x))]
         y, final = self._run(x, states, steps)
         if packed is not None:
             if packed.unsorted_indices is not None:
@@ -256,9 +263,9 @@ class RNN(nn.Module):
             for z in runner.noise:
                 shape = (T, B, 1 if z.size == ROW else bound[z.size])
                 if self.training:
-                    out.append(z.training(torch.rand(shape, device=x.device)).to(x.dtype))
+                    out.append(z.training(torch.rand(shape, device=x.device)).to(_value_type(x)))
                 else:
-                    out.append(torch.full(shape, z.evaluation(), device=x.device, dtype=x.dtype))
+                    out.append(torch.full(shape, z.evaluation(), device=x.device, dtype=_value_type(x)))
         return out
 
     def _connect(self, runner: Runner, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -314,6 +321,14 @@ class RNN(nn.Module):
             if self.dropout > 0 and k < self.num_layers - 1:
                 layer_in = nn.functional.dropout(layer_in, self.dropout, self.training)
         return layer_in, [torch.cat(f, dim=0) for f in finals]
+
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> the torch type of inputs and outputs
+
+
+def _value_type(x: torch.Tensor) -> torch.dtype:
+    """The type of states and masks beside an input x: x's own, float32 beside a half-precision x."""
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class _Into(torch.autograd.Function):

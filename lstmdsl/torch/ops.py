@@ -21,6 +21,7 @@ between), it first runs that forward again from the saved inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import weakref
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from ..schedule import Schedule
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
+_ELEMENT = {"bf16": torch.bfloat16, "f16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Runner:
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
         self._grads: dict[tuple, list[Tensor]] = {}
+        self._halves: dict[tuple, Tensor] = {}  # (master's address, shape, device, type) -> its half copy
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         """The shape of each state of the stack, [L, B, size], in the spec's order."""
@@ -131,13 +135,37 @@ class Runner:
 
     # -- CUDA
     def engine(self, x: Tensor, dtype: str, masked: bool):
-        key = (x.device.index, dtype, masked)
+        """The Engine for x's device and type: a half-precision x (mixed precision, float32 parameters)
+        runs the schedule at that precision."""
+        schedule = self.schedule
+        if x.dtype in _HALF:
+            schedule = dataclasses.replace(schedule, precision=_HALF[x.dtype][0])
+        key = (x.device.index, dtype, masked, schedule.precision)
         if key not in self._engines:
             from ..runtime.executor import Engine
 
             cell = with_lengths(self.cell) if masked else self.cell
-            self._engines[key] = Engine(build_program(cell, self.schedule, dtype, self.direction), self.sizes)
+            self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction), self.sizes)
         return self._engines[key]
+
+    def weights(self, params: list[Tensor], engine) -> list[Tensor]:
+        """What the GEMMs read: the parameters, with each weight stack replaced by its half-precision copy
+        where the engine's plan wants one (refreshed from the float32 master now; the copies stay at one
+        address, so CUDA graphs replay)."""
+        half = engine.program.plan.operand_type
+        if half not in _ELEMENT:
+            return params
+        out, n = list(params), len(self.slots)
+        for j, p in enumerate(params):
+            if self.slots[j % n].kind == "stack":
+                key = (p.data_ptr(), tuple(p.shape), p.device, half)
+                if key not in self._halves:
+                    if len(self._halves) > 64:
+                        self._halves.clear()
+                    self._halves[key] = torch.empty(p.shape, device=p.device, dtype=_ELEMENT[half])
+                out[j] = self._halves[key]
+                out[j].copy_(p.detach())
+        return out
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
         """The Engine's Binding of each layer (cached by the addresses, so CUDA graphs are reused)."""
@@ -204,15 +232,23 @@ class _on:
 
 
 def _check(x: Tensor, params: list[Tensor]) -> str:
-    if x.dtype not in _DTYPES or any(p.dtype != x.dtype for p in params):
+    """The element type of the values (a half-precision x beside float32 parameters: mixed precision)."""
+    pdtype = x.dtype if x.dtype not in _HALF else torch.float32
+    if pdtype not in _DTYPES or any(p.dtype != pdtype for p in params):
         raise UsageError(f"lstmdsl computes in float32 or float64 with the input and every parameter of one "
-                         f"type; got input {x.dtype} and parameters {sorted({str(p.dtype) for p in params})}")
+                         f"type (or a bfloat16 or float16 input beside float32 parameters: mixed precision); got "
+                         f"input {x.dtype} and parameters {sorted({str(p.dtype) for p in params})}")
     if any(p.device != x.device for p in params):
         raise UsageError(f"the input is on {x.device} but parameters are on "
                          f"{sorted({str(p.device) for p in params if p.device != x.device})}")
     if x.is_cuda and x.shape[1] > 65535:
         raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {x.shape[1]}; split the batch")
-    return _DTYPES[x.dtype]
+    return _DTYPES[pdtype]
+
+
+def _io_type(x: Tensor) -> str | None:
+    """The element type of x and y where it is not the values' (mixed precision)."""
+    return _HALF[x.dtype][1] if x.dtype in _HALF else None
 
 
 def _dense(ts: list[Tensor]) -> list[Tensor]:
@@ -254,21 +290,24 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     T, B = x.shape[:2]
     names = r.state_names
     if not x.is_cuda:
+        if x.dtype in _HALF:
+            raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
         _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
     out: list[Tensor] = []
 
     def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
         out.append(x.new_empty((T, B, r.output_size)))
-        out.extend(x.new_empty(shape) for shape in r.state_shapes(B))
+        out.extend(params[0].new_empty(shape) for shape in r.state_shapes(B))
         return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
             out[0].data_ptr() if train else None
 
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
-        r.engine(x, dtype, mask).forward(T, B, train, r.bindings(params, None), x.data_ptr(),
-                                         {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
-                                         None, _stream(x), steps=ptrs)
+        engine = r.engine(x, dtype, mask)
+        engine.forward(T, B, train, r.bindings(r.weights(params, engine), None), x.data_ptr(),
+                       {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
+                       None, _stream(x), steps=ptrs, io_type=_io_type(x))
     return out
 
 
@@ -281,7 +320,8 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 @rnn_forward.register_fake
 def _(x, h0, params, steps, handle, train):
     r = _RUNNERS[handle]
-    return [x.new_empty((x.shape[0], x.shape[1], r.output_size)), *[x.new_empty(s) for s in r.state_shapes(x.shape[1])]]
+    return [x.new_empty((x.shape[0], x.shape[1], r.output_size)),
+            *[params[0].new_empty(s) for s in r.state_shapes(x.shape[1])]]
 
 
 def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
@@ -308,18 +348,21 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         mask, ptrs = _step_pointers(r, steps)
         engine = r.engine(x, dtype, mask)
         stream = _stream(x)
+        weights = r.weights(params, engine)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
-            scratch = [torch.empty_like(y)] + [x.new_empty(s) for s in r.state_shapes(B)]
-            engine.forward(T, B, True, r.bindings(params, None), x.data_ptr(),
+            scratch = [torch.empty_like(y)] + [params[0].new_empty(s) for s in r.state_shapes(B)]
+            engine.forward(T, B, True, r.bindings(weights, None), x.data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
-                           steps=ptrs)
+                           steps=ptrs, io_type=_io_type(x))
         grads = r.grad_buffers(params)
         dx = torch.empty_like(x)
-        dh0 = [x.new_empty(s) for s in r.state_shapes(B)]  # written whether or not h0 was given
-        engine.backward(r.bindings(params, grads), dy.data_ptr(),
+        dh0 = [params[0].new_empty(s) for s in r.state_shapes(B)]  # written whether or not h0 was given
+        if dy.dtype != y.dtype:
+            dy = dy.to(y.dtype)
+        engine.backward(r.bindings(weights, grads), dy.data_ptr(),
                         {n: d.data_ptr() if d is not None else None for n, d in zip(names, dhn)},
-                        dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream)
+                        dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream, io_type=_io_type(x))
         dh0 = dh0 if h0 else []
         if views:  # one copy, handed out as views
             grads = r.grad_views(r.grad_flat.clone(), params)
