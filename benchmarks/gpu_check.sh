@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine (about 5-8 minutes): the GPU tests, compute-sanitizer
-# (memcheck on two specs, a compiled torch training step and a bidirectional stack on a batch of different
-# lengths, racecheck on a plain spec and on a row-fused one), and the quick grid
+# (memcheck on two specs, a compiled torch training step, a bidirectional stack on a batch of different
+# lengths, and two mixed-precision stacks; racecheck on a plain spec and on a row-fused one), and the quick grid
 # against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -10,6 +10,8 @@
 #     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
+#     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
+#     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -28,10 +30,11 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
 start=$SECONDS
-timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ -x 2>&1 | tee "$OUT/pytest.log" | tail -25
+timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
-for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"; do
+for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
+              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
@@ -46,6 +49,16 @@ done
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
   timeout 240 python3 benchmarks/bidirectional.py --json "$OUT/bidirectional.json" 2>&1 | tail -8
+fi
+if [ -n "${HALF:-}" ]; then
+  for p in bf16 fp16; do
+    start=$SECONDS
+    timeout 240 python3 benchmarks/run.py --only grid --precision $p --specs vanilla --variants --batches 1 16 64 256 \
+      --hiddens 256 1024 --steps 100 --layers 1 --competitors lstmdsl cudnn --name grid_check_$p > "$OUT/grid_$p.log" 2>&1
+    cp benchmarks/out/grid_check_$p.json benchmarks/out/grid_check_$p.md "$OUT/" 2>/dev/null
+    summary+=("$p grid: $(tail -1 "$OUT/grid_$p.log") ($((SECONDS - start)) s)")
+    [ -f "$OUT/grid_check_$p.md" ] && cat "$OUT/grid_check_$p.md" || tail -20 "$OUT/grid_$p.log"
+  done
 fi
 if [ -n "${OVERHEAD:-}" ]; then
   timeout 240 python3 benchmarks/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1 | tail -8

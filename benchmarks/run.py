@@ -7,6 +7,7 @@ training memory next to the CPU reference, compile times and profiles. Needs a G
                                                # forward and train, plus every other variant at
                                                # B=64, H=512, T=100; then everything else
     python3 benchmarks/run.py --tf32           # TF32 tensor cores allowed (default: strict fp32)
+    python3 benchmarks/run.py --precision bf16 # bf16 GEMM operands and weights (cuDNN in bf16 too); fp16 alike
     python3 benchmarks/run.py --only grid --steps 1000 --name grid_full_fp32_t1000   # one part of a grid
 
 Each section writes benchmarks/out/<name>.json (benchmarks/results/, the committed results, with
@@ -50,7 +51,8 @@ def gemm_tflops(precision: str) -> float:
     """The GPU's measured matrix-multiply rate at this precision: an 8192^3 torch.mm, median of 10."""
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     n = 8192
-    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
     ms = time_gpu(lambda: torch.mm(a, b), repeat=10, warmup=3)["ms"]
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
@@ -178,7 +180,9 @@ def profile(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the quick grid (a few minutes)")
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default strict fp32)")
+    ap.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default=None,
+                    help="lstmdsl's precision and cuDNN's (default strict fp32)")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per competitor (default 10)")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     ap.add_argument("--specs", nargs="+", default=["vanilla", "peephole"], choices=ALL_SPECS,
@@ -199,8 +203,8 @@ def main() -> None:
     if args.update_results:
         RESULTS = report.COMMITTED
     report.use_results(RESULTS)
-    args.precision = "tf32" if args.tf32 else "fp32"
-    suffix = "" if args.precision == "fp32" else "_tf32"
+    args.precision = args.precision or ("tf32" if args.tf32 else "fp32")
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
     t0 = time.perf_counter()
     written = []
     if "grid" in args.only:

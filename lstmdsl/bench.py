@@ -7,6 +7,8 @@ Competitors, on the same data and weights:
             steps as one GEMM first, then a Python loop evaluating the step's equations with torch
             operations (built from the spec's IR, so every spec has one);
   compile   the same module with its step function under torch.compile (default mode).
+In bf16 and fp16 the competitors are lstmdsl (its layer API: float32 in and out, half inside) and cuDNN
+with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)).
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
 sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over the timed
@@ -267,6 +269,9 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     base = pool.used_bytes()
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if half is not None:  # the torch competitors at the same precision: cuDNN with half weights and input
+        competitors = tuple(c for c in competitors if c in ("lstmdsl", "cudnn"))
     extra = {"proj_size": hidden // 2} if spec.uses_size("proj") else {}
     if spec.uses_size("heads"):
         extra["num_heads"] = num_heads or HEADS_DEFAULT
@@ -274,7 +279,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
     xc = cupy.from_dlpack(x)
-    tol = 1e-4 if precision == "fp32" else 2e-2
+    tol = {"fp32": 1e-4, "bf16": 5e-2}.get(precision, 2e-2)
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
            "precision": precision, "flops": flops(layer, batch, steps, mode), "results": {}, "checks": {}}
     if "num_heads" in extra:
@@ -310,10 +315,14 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         if log is not None:
             r = row["results"]["lstmdsl"]
             print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
+    if half is not None:
+        x = x.to(half)
     xg = x.clone().requires_grad_(True)
     runners = {}
     if "cudnn" in competitors and vanilla_equivalent(spec):
         lstm = _cudnn(layer, hidden, layers)
+        if half is not None:
+            lstm = lstm.to(half)
         runners["cudnn"] = lambda inp: lstm(inp)[0]
     if "eager" in competitors or "compile" in competitors:
         eager = EagerCell(spec, layer)

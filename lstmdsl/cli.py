@@ -82,6 +82,12 @@ def cmd_check(args) -> int:
 
 # ---------------------------------------------------------------------------------------- compile
 
+def _schedule(args, spec):
+    """The spec's schedule with --schedule's directives and then --precision applied."""
+    text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
+    return parse_schedule(text, spec.schedule) if text else spec.schedule
+
+
 def cmd_compile(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
@@ -93,7 +99,7 @@ def cmd_compile(args) -> int:
     elif args.emit == "grad":
         text = format_grad(spec.cell, spec.grad)
     else:
-        schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
+        schedule = _schedule(args, spec)
         program = build_program(spec.cell, schedule, args.dtype)
         if args.emit == "cuda":
             text = program.source
@@ -164,7 +170,7 @@ def cmd_run(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
-    schedule = parse_schedule(args.schedule, spec.schedule) if args.schedule else spec.schedule
+    schedule = _schedule(args, spec)
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)
@@ -179,6 +185,8 @@ def cmd_run(args) -> int:
                 raise
             backend = "numpy"
             note = f"the CUDA backend cannot run this spec ({err}): running the numpy reference on the CPU"
+    if backend == "numpy" and schedule.precision != "fp32":
+        note = (note + "; " if note else "") + f"precision {schedule.precision} applies to the CUDA backend only"
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
@@ -255,7 +263,8 @@ def cmd_train(args) -> int:
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
                       clip=args.clip, seed=args.seed, max_train=args.max_train,
                       proj_size=proj_default(spec, args.hidden_size, args.proj_size), bidirectional=args.bidirectional,
-                      dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads)
+                      dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads,
+                      precision=args.precision or "fp32")
     compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size,
             num_heads=cfg.num_heads)  # the sizes, checked before the data
     check_config(cfg)

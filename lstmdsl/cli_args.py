@@ -9,6 +9,7 @@ import sys
 
 from .errors import EXIT_USAGE
 from .resources import shipped_specs
+from .schedule import PRECISIONS
 from .version import __version__
 
 JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
@@ -90,6 +91,13 @@ def _layer_args(p: argparse.ArgumentParser) -> None:
                    help="DropConnect on the recurrent matrices, in training (one mask per call)")
 
 
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="the CUDA backend's GEMM precision (the schedule directive; default: the spec's, fp32): "
+                        "fp32 strict, tf32 tensor cores, bf16 / fp16 half-precision operands and weights with "
+                        "fp32 accumulation, state and master weights")
+
+
 def _sizes_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--input-size", "-I", type=_count, default=None if not required else 16,
                    help="size of the input x")
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
     p.add_argument("--batch", "-B", type=_count, default=1, help="batch size for the bytes per step of --emit plan")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no fuse gates'")
+    _precision_arg(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="element type of the plan and kernels")
     _sizes_args(p)
@@ -136,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the GPU when there is one, else the numpy reference")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="element type")
     p.add_argument("--schedule", help="schedule directives over the spec's, e.g. 'no hoist input'")
+    _precision_arg(p)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the random data")
     _layer_args(p)
     p.add_argument("--lengths", type=_lengths, default=None,
@@ -160,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global gradient-norm limit (0: no clipping)")
     p.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                    help="auto: the GPU when there is one, else the numpy reference")
+    _precision_arg(p)
     p.add_argument("--max-train", type=_count, default=None, help="use only the first N training sequences")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the parameters and the batch order")
     p.add_argument("--out", default=None, help="folder for parameters, history, plot and checkpoints "
@@ -178,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=_count, default=None,
                    help="blocks of the spec's block-diagonal matrices (default 4, xLSTM's, for specs with heads)")
     p.add_argument("--mode", choices=("forward", "train", "both"), default="both", help="what is timed")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores (default: strict fp32)")
+    _precision_arg(p)
+    p.add_argument("--tf32", action="store_true", help="the same as --precision tf32")
     p.add_argument("--repeat", type=_count, default=20, help="timed calls per competitor")
     p.add_argument("--no-compile", action="store_true", help="leave out torch.compile (slow to compile)")
     p.add_argument("--schedule", help="schedule directives over the spec's")

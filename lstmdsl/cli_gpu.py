@@ -84,17 +84,18 @@ def cmd_bench(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
     if args.profile:
         return _profile(args, spec)
+    precision = _precision(args)
     competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
     modes = ("forward", "train") if args.mode == "both" else (args.mode,)
     rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,
-                       "tf32" if args.tf32 else "fp32", args.repeat, competitors, args.schedule, log=sys.stderr,
+                       precision, args.repeat, competitors, args.schedule, log=sys.stderr,
                        num_heads=args.heads)
             for mode in modes]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, "
-          f"{'tf32' if args.tf32 else 'fp32'}; median of {args.repeat} CUDA-event timings")
+          f"{precision}; median of {args.repeat} CUDA-event timings")
     print(f"  {'mode':<8} {'competitor':<10} {'ms':>9} {'(min..max)':>18} {'x cuDNN':>8} {'memory MiB':>11}")
     for row in rows:
         cudnn = row["results"].get("cudnn", {}).get("ms")
@@ -108,12 +109,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _precision(args) -> str:
+    if args.tf32 and args.precision not in (None, "tf32"):
+        raise UsageError(f"--tf32 and --precision {args.precision} disagree; give one of them")
+    return args.precision or ("tf32" if args.tf32 else "fp32")
+
+
 def _profile(args, spec: Spec) -> int:
     import cupy
 
     from .bench import HEADS_DEFAULT
 
-    precision = "tf32" if args.tf32 else "fp32"
+    precision = _precision(args)
     text = f"{args.schedule + '; ' if args.schedule else ''}precision {precision}"
     extra = {"proj_size": args.hidden_size // 2} if spec.uses_size("proj") else {}
     if spec.uses_size("heads"):

@@ -50,6 +50,7 @@ class TrainConfig:
     bidirectional: bool = False  # digits only: chorales predict the next frame, which a reverse direction sees
     dropout: float = 0.0  # between stacked layers
     dropconnect: float = 0.0  # on the recurrent matrices
+    precision: str = "fp32"  # the CUDA backend's (schedule directive precision); the reference computes in fp32
 
 
 def _optimizer(name: str, params: dict, lr: float):
@@ -110,7 +111,8 @@ class Model:
         self.layer = compile(cfg.spec, task.input_size, cfg.hidden_size, cfg.layers, backend=cfg.backend,
                              proj_size=cfg.proj_size, num_heads=cfg.num_heads, seed=cfg.seed,
                              forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None,
-                             bidirectional=cfg.bidirectional, dropout=cfg.dropout, dropconnect=cfg.dropconnect)
+                             bidirectional=cfg.bidirectional, dropout=cfg.dropout, dropconnect=cfg.dropconnect,
+                             schedule=f"precision {cfg.precision}" if cfg.precision != "fp32" else None)
         self.head = nn.Dense(self.layer.output_size, task.output_size, backend=cfg.backend, seed=cfg.seed)
         self.xp = optim.array_module(self.head.parameters()["W"])
 
