@@ -3,12 +3,14 @@
 
     python3 benchmarks/train_chorales.py [--epochs 30] [--hidden 256] [--lr 3e-3] [--batch 32]
                                          [--specs vanilla peephole zoneout_lstm ...] [--update-results]
+                                         [--precisions fp32 bf16 fp16] [--name train_chorales_precision]
 
 Same data (lstmdsl.data.chorales), same batches in the same order (lengths padded to multiples of 32
 frames and masked), Adam, global-norm clipping at 1.0, forget-gate bias 1.0, a dense sigmoid output,
-binary cross-entropy; strict fp32 (TF32 off) everywhere. Reports validation NLL per frame after each
+binary cross-entropy; strict fp32 (TF32 off) everywhere, except lstmdsl's runs at the other --precisions
+(bf16, fp16: mixed precision, float32 master weights; the cuDNN baseline stays fp32). Reports validation NLL per frame after each
 epoch, test NLL per frame at the end and wall time per training epoch (median). Writes
-train_chorales.json, .md and .png (and each spec's run folder) into benchmarks/out, or into
+NAME.json, .md and .png (--name, default train_chorales; and each run's folder) into benchmarks/out, or into
 benchmarks/results with --update-results. The spec's own regularisers (zoneout_lstm, recurrent_dropout)
 are active in training only; validation and test use their expectations.
 """
@@ -90,6 +92,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--specs", nargs="+", default=["vanilla", "peephole"], help="lstmdsl specs to train")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "tf32", "bf16", "fp16"),
+                    help="lstmdsl's precisions (each spec is trained at each)")
+    ap.add_argument("--name", default="train_chorales", help="the results' file name")
     ap.add_argument("--update-results", action="store_true",
                     help="write into benchmarks/results (the committed figures) instead of benchmarks/out")
     args = ap.parse_args()
@@ -100,27 +105,31 @@ def main() -> None:
                        batch=args.batch, backend="cuda", clip=1.0, forget_bias=1.0, seed=0)
     runs = {}
     for spec in args.specs:
-        cfg = dataclasses.replace(base, spec=spec)
-        runs[f"lstmdsl {spec}"] = run(cfg, RESULTS / f"train_chorales_{spec}", log=None)
-        r = runs[f"lstmdsl {spec}"]
-        print(f"lstmdsl {spec}: test NLL {r['test']:.3f}, {r['seconds_per_epoch']:.2f} s/epoch", flush=True)
+        for precision in args.precisions:
+            cfg = dataclasses.replace(base, spec=spec, precision=precision)
+            key = f"lstmdsl {spec}" + (f" {precision}" if precision != "fp32" else "")
+            folder = f"{args.name}_{spec}" + (f"_{precision}" if precision != "fp32" else "")
+            runs[key] = run(cfg, RESULTS / folder, log=None)
+            r = runs[key]
+            print(f"{key}: test NLL {r['test']:.3f}, {r['seconds_per_epoch']:.2f} s/epoch", flush=True)
     runs["torch.nn.LSTM (cuDNN) vanilla"] = torch_baseline(base)
     RESULTS.mkdir(exist_ok=True)
     meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
             "config": dataclasses.asdict(base), "precision": "fp32 (TF32 off)"}
-    (RESULTS / "train_chorales.json").write_text(json.dumps(
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"meta": meta, "runs": {k: {kk: vv for kk, vv in v.items() if kk != "config"} for k, v in runs.items()}},
         indent=2) + "\n")
     lines = [f"# JSB-like chorales, next-frame prediction: H = {args.hidden}, {args.epochs} epochs, Adam lr {args.lr}, "
-             f"batch {args.batch}, fp32", "",
+             f"batch {args.batch}, fp32 unless the model says otherwise", "",
              f"`python3 benchmarks/train_chorales.py --epochs {args.epochs} --hidden {args.hidden} --lr {args.lr} "
-             f"--batch {args.batch} --specs {' '.join(args.specs)}` on {meta['gpu']}, torch {meta['torch']}, cuDNN {meta['cudnn']}.", "",
+             f"--batch {args.batch} --specs {' '.join(args.specs)} --precisions {' '.join(args.precisions)}"
+             + (f" --name {args.name}" if args.name != "train_chorales" else "") + f"` on {meta['gpu']}, torch {meta['torch']}, cuDNN {meta['cudnn']}.", "",
              "| model | best valid NLL/frame | test NLL/frame (last epoch) | seconds per training epoch (median) |",
              "|---|---|---|---|"]
     for name, r in runs.items():
         lines.append(f"| {name} | {min(h['valid'] for h in r['history']):.3f} | {r['test']:.3f} | "
                      f"{r['seconds_per_epoch']:.2f} |")
-    (RESULTS / "train_chorales.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 
@@ -134,10 +143,10 @@ def main() -> None:
                 label=f"{name}, train")
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL per frame (nats)")
-    ax.set_title(f"JSB-like chorales, H = {args.hidden}, fp32, {meta['gpu']}")
+    ax.set_title(f"JSB-like chorales, H = {args.hidden}, {meta['gpu']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "train_chorales.png", dpi=100)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=100)
 
 
 if __name__ == "__main__":
