@@ -46,7 +46,8 @@ COMPUTE_TYPES = ("fp32", "tf32", "f64")  # what a GEMM accumulates and multiplie
 @dataclass(frozen=True, slots=True)
 class Buffer:
     """[steps, B, width] elements of one type. steps: "1" one area reused at every step, "T" one per step,
-    "T+1" a history (area t holds a state at the start of step t, t + 1 its update)."""
+    "T+1" a history (area t holds a state at the start of step t, t + 1 its update), "2" a ring of two
+    areas (step t's is t mod 2)."""
 
     name: str
     dtype: str
@@ -409,6 +410,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             extra += [f"shares memory with {b.alias}"] if b.alias else []
             extra += ["zeroed before the backward"] if b.zero else []
             extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
+            extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
             lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
         lines.append("weight stacks ([rows, cols]):")
         for s in st.stacks:

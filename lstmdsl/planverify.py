@@ -62,7 +62,7 @@ def _check_storage(plan: Plan) -> None:
     st = plan.storage
     buffers = {b.name: b for b in st.buffers}
     for b in st.buffers:
-        if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1"):
+        if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2"):
             raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps})")
         if b.alias is not None and (b.alias not in buffers or buffers[b.alias].inference is not None
                                     or buffers[b.alias].width != b.width):

@@ -46,7 +46,11 @@ def test_every_exchanged_value_has_a_slot(name, schedule):
                     assert s in slots.get(i, ()) or phase.nodes[i].op == "fwd", (i, s)
                 for i, s in op.writes:
                     assert s in slots[i]
-    assert {b.steps for b in st.buffers} <= {"1", "T", "T+1"}
+    assert {b.steps for b in st.buffers} <= {"1", "T", "T+1", "2"}
+    # a ring only for a state gradient every step computes (two areas, t mod 2)
+    rings = {b.name for b in st.buffers if b.steps == "2"}
+    computed = {f"dhist_{s.name}" for s, d in zip(plan.cell.states, plan.grad.d_states) if d is not None}
+    assert rings == computed, (rings, computed)
 
 
 def test_incoming_gradients_sit_in_weight_stack_order():

@@ -6,7 +6,8 @@ backward pass, a state update, the output, a gradient) lives in a buffer slot. B
   "1"   one [B, width] area reused at every step,
   "T"   one area per step (saved activations, hoisted GEMM outputs, gradients kept for after the loop),
   "T+1" a history: area t holds a state at the start of step t, t + 1 its update (no value is ever
-        overwritten while another op may still read it; the output is a view of the history).
+        overwritten while another op may still read it; the output is a view of the history),
+  "2"   a ring: step t's area is t mod 2 (a state's gradient, which each step computes from the last).
 A slot is (buffer, column offset, step offset): at step t it is row b of [t + step offset, b, col:].
 
 A kernel writes a value to every slot it has. A GEMM writes its first slot, and so does the caller for
@@ -175,12 +176,17 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
     slots: dict[int, list[Slot]] = {}
     buf("dy", (cell.output_size,), "T")
     buf("dx", ("input",), "T", zero=True)
-    for s in cell.states:  # the caller's gradients of the final states go to step T, the rest starts at zero
-        buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True)
+    # the gradient of a state at the start of step t lives in area t: the caller's gradient of the final
+    # state goes to area T, the rest starts at zero. Where each step computes it, the step only reads the
+    # area t + 1 the step before wrote: two areas in turn suffice (a ring); a state no gradient reaches
+    # keeps the history, whose unwritten areas stay zero.
+    computed = {s.name for s, d in zip(cell.states, grad.d_states) if d is not None}
+    for s in cell.states:
+        buf(f"dhist_{s.name}", (s.size,), "2" if s.name in computed else "T+1", zero=True)
     for i, n in enumerate(bwd.nodes):
         if n.op == "grad_in":
             slots[i] = ([Slot("dy")] if n.attr == "output" else
-                        [Slot(buf(f"dhist_{n.attr}", (state_size[n.attr],), "T+1", zero=True), step=after)])
+                        [Slot(f"dhist_{n.attr}", step=after)])
         elif n.op == "fwd":
             slots[i] = [f_slots[n.attr][0]]
 
@@ -192,7 +198,7 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
 
     for s, d in zip(cell.states, grad.d_states):
         if d is not None:
-            home(d, Slot(buf(f"dhist_{s.name}", (s.size,), "T+1", zero=True), step=before))
+            home(d, Slot(f"dhist_{s.name}", step=before))
     for d in (grad.d_input, grad.d_input_t):
         if d is not None:
             home(d, Slot("dx", accumulate=True))

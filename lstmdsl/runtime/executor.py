@@ -187,7 +187,10 @@ class Engine:
             self.workspaces.move_to_end(key)
         else:
             storage = self.program.plan.storage
-            self.workspaces[key] = [Workspace(storage, s, T, B, train, stream) for s in self.sizes]
+            layers: list[Workspace] = []
+            for s in self.sizes:  # a training stack's layers share their backward buffers (Workspace)
+                layers.append(Workspace(storage, s, T, B, train, stream, layers))
+            self.workspaces[key] = layers
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
                 tape_key = self.tape[0] if self.tape else None
                 if old != tape_key and not self.workspaces[old][0].pinned:
@@ -328,10 +331,11 @@ class Engine:
         src, src_pitch, src_type = dy, dy_pitch, io_type
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]
+            # dy first: it comes from the layer above's dx, whose memory this layer's dx may share (Workspace)
+            self._put(ws, "dy", src, src_pitch, stream, src_type)
             for b in storage.buffers:
                 if b.zero:
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
-            self._put(ws, "dy", src, src_pitch, stream, src_type)
             for s in cell.states:
                 if dhn[s.name] is None:  # no gradient reaches this final state
                     self._zero(ws, f"dstate:{s.name}", stream)

@@ -24,23 +24,38 @@ def fill_value(dtype: str, value: float):
 
 
 class Workspace:
-    def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int):
+    def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int,
+                 share: list["Workspace"] = ()):
         """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
-        only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on."""
+        only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on.
+        share: the workspaces of the layers below in a stack. The layers' backward passes run one at a
+        time, and a training-only buffer holds nothing from one layer's backward to the next layer's (nor
+        from the forward: see Buffer.alias), so each takes the memory of such a buffer of the same shape
+        there: a stack's backward buffers cost one layer's, not L layers'."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
         buffers = [b for b in storage.buffers if train or b.inference is not None]
         self.width = {b.name: self.dim(b.width) for b in buffers}
-        self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1}[b.steps if train else b.inference] for b in buffers}
+        self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1, "2": 2}[b.steps if train else b.inference]
+                      for b in buffers}
+        self.ring = {b.name for b in buffers if train and b.steps == "2"}
         self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
         self.dtype = {b.name: b.dtype for b in buffers}
         self.arrays = {}
         for b in buffers:
             if train and b.alias:
                 continue
+            shape = (self.steps[b.name], B, self.width[b.name])
+            if train and b.inference is None:
+                same = next((w.arrays[b.name] for w in share if b.name in w.arrays
+                             and w.arrays[b.name].shape == shape and w.arrays[b.name].dtype == NUMPY_TYPES[b.dtype]),
+                            None)
+                if same is not None:
+                    self.arrays[b.name] = same
+                    continue
             fill = b.fill if b.fill is not None else (np.nan if POISON else None)
             fill = None if fill is None else fill_value(b.dtype, fill)
-            self.arrays[b.name] = empty((self.steps[b.name], B, self.width[b.name]), NUMPY_TYPES[b.dtype], fill,
+            self.arrays[b.name] = empty(shape, NUMPY_TYPES[b.dtype], fill,
                                           stream)
         for b in buffers:
             if train and b.alias:  # the same shape and type: see Buffer.alias
@@ -56,7 +71,7 @@ class Workspace:
 
     def address(self, buffer: str, step: int, col: tuple[str, ...] = ()) -> int:
         """Address of row 0 at column col of a buffer at a step (a one-step buffer has one area for all)."""
-        step = 0 if self.steps[buffer] == 1 else step
+        step = 0 if self.steps[buffer] == 1 else step % 2 if buffer in self.ring else step
         return self.base[buffer] + self.item[buffer] * (step * self.B * self.width[buffer] + self.dim(col))
 
     def pitch(self, buffer: str) -> int:
