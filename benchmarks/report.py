@@ -406,6 +406,8 @@ def grid_facts(data: dict | None) -> dict | None:
         "mem_l1": (sum(1 for m in mem_ratio if m[3] == 1 and m[4] > 1), sum(1 for m in mem_ratio if m[3] == 1)),
         "eager_max": max((ms(r["results"], "eager") or 0) for r in rows),
         "has_variants": len(variants) > 4,
+        "span": span([(ms(res, "lstmdsl"), ms(res, "cudnn")) for res, r in res_of("vanilla", "forward")
+                      + res_of("vanilla", "train")]),
     }
 
 
@@ -417,6 +419,8 @@ def page() -> str:
                              keep_trailing_newline=True)
     env.filters["f"] = lambda v, d=2: f"{v:.{d}f}"
     ctx = {"full": grid_facts(load("grid_full_fp32")), "quick": grid_facts(load("grid_quick_fp32")),
+           "grids": {p: grid_facts(load(f"grid_full_{p}")) for p in ("fp32", "tf32", "bf16", "fp16")
+                     if load(f"grid_full_{p}") is not None},
            "tf32": grid_facts(load("grid_full_tf32")), "ablation": load("ablation"), "memory": load("memory"),
            "compile": load("compile_time"), "profile": load("profile"), "recurrent": load("recurrent_gemm"),
            "reference": load("reference_cpu"), "speed": load("speed_b64_h512_t100_fp32")}

@@ -122,8 +122,9 @@ class Model:
     def grads(self) -> dict:
         return {**self.layer.grads(), **{f"head.{k}": v for k, v in self.head.grads().items()}}
 
-    def loss(self, x, target, mask, train: bool):
-        """(mean loss, the task's metric numerator, its denominator); with train, gradients too."""
+    def loss(self, x, target, mask, train: bool, scale: float = 1.0):
+        """(mean loss, the task's metric numerator, its denominator); with train, gradients too, the layer's
+        computed for `scale` times the loss and divided by it again (fp16's loss scaling, LossScaler)."""
         xp = self.xp
         x = xp.asarray(x)
         lengths = mask.sum(axis=0).astype(np.int64) if mask is not None else None
@@ -150,8 +151,35 @@ class Model:
                 if self.layer.directions == 2:
                     full[0, :, half:] = dy[:, half:]
                 dy = full
-            self.layer.backward(xp.ascontiguousarray(dy))
+            self.layer.backward(xp.ascontiguousarray(dy * scale if scale != 1.0 else dy))
+            if scale != 1.0:
+                for g in self.layer.grads().values():
+                    g /= scale
         return loss, metric
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 (as torch's GradScaler): the layer's backward runs on the loss times
+    `scale`, so that small gradients stay above fp16's smallest normal number where the layer keeps them in
+    fp16; a step whose gradients overflowed is skipped and the scale halved, and after `interval` good
+    steps in a row it doubles. Other precisions use scale 1 (no scaling)."""
+
+    def __init__(self, precision: str, scale: float = 2.0**16, interval: int = 200):
+        self.enabled = precision == "fp16"
+        self.scale = scale if self.enabled else 1.0
+        self.interval, self.good, self.skipped = interval, 0, 0
+
+    def step_ok(self, grads: dict, xp) -> bool:
+        """Whether the step may go on with these (unscaled) gradients; updates the scale."""
+        if not self.enabled:
+            return True
+        if not all(bool(xp.isfinite(g).all()) for g in grads.values()):
+            self.scale, self.good, self.skipped = self.scale / 2, 0, self.skipped + 1
+            return False
+        self.good += 1
+        if self.good >= self.interval:
+            self.scale, self.good = min(self.scale * 2, 2.0**24), 0
+        return True
 
 
 def _has_forget_gate(spec: str) -> bool:
@@ -282,6 +310,7 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     n = task.count("train")
     batches = (n + cfg.batch - 1) // cfg.batch
     steps = 0
+    scaler = LossScaler(cfg.precision)  # restarts at its first scale on resume
     with _StopSignals() as stop:
         for epoch in range(progress["epoch"], cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -292,11 +321,12 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
                 x, target, mask = task.batch("train", order[k * cfg.batch:(k + 1) * cfg.batch])
                 model.layer.zero_grad()
                 model.head.zero_grad()
-                loss, (num, den) = model.loss(x, target, mask, train=True)
+                loss, (num, den) = model.loss(x, target, mask, train=True, scale=scaler.scale)
                 losses.append(loss)
-                if cfg.clip:
-                    optim.clip_grad_norm(model.grads(), cfg.clip)
-                opt.step(model.grads())
+                if scaler.step_ok(model.layer.grads(), model.xp):
+                    if cfg.clip:
+                        optim.clip_grad_norm(model.grads(), cfg.clip)
+                    opt.step(model.grads())
                 total, count = total + num, count + den
                 steps += 1
                 if log is not None and log.isatty():
@@ -330,6 +360,8 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     result = {"config": asdict(cfg), "history": history, "test": test,
               "metric": "NLL per frame (nats)" if cfg.task == "chorales" else "accuracy",
               "seconds_per_epoch": float(np.median([h["seconds"] for h in history])) if history else 0.0}
+    if scaler.enabled:  # fp16: the loss scale at the end, and the steps skipped for overflowing gradients
+        result["loss_scale"] = {"scale": scaler.scale, "skipped_steps": scaler.skipped}
     if out is not None:
         write_json(out / "history.json", result)
         _plot(result, out, log)

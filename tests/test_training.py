@@ -205,3 +205,15 @@ def test_overfits_100_short_sequences():
         opt.step(grads)
         losses.append(loss)
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_fp16_loss_scaler_skips_overflow_and_grows():
+    from lstmdsl.train import LossScaler
+
+    s = LossScaler("fp16", scale=1024.0, interval=2)
+    ok = {"w": np.ones(3)}
+    assert s.step_ok(ok, np) and s.scale == 1024.0
+    assert s.step_ok(ok, np) and s.scale == 2048.0  # two good steps: doubled
+    assert not s.step_ok({"w": np.array([1.0, np.inf])}, np) and s.scale == 1024.0 and s.skipped == 1
+    off = LossScaler("bf16")
+    assert off.scale == 1.0 and off.step_ok({"w": np.array([np.nan])}, np)  # no scaling outside fp16
