@@ -26,8 +26,8 @@ REAL = {"f32": "float", "f64": "double"}  # the plan's element type -> the type 
 @dataclass(frozen=True, slots=True)
 class ArgBind:
     """How the runtime fills a kernel argument: kind "batch" (B), "size" (the size `name`), "vector"
-    (the vector parameter `name`), "weights" (the stack `name` from row `offset`), "ptr" / "ld" (the
-    address at the current step / the leading dimension of `slot`)."""
+    (the vector parameter `name`), "weights" (the stack `name` from row `offset`), "ldw" (that stack's
+    leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`)."""
 
     kind: str
     name: str = ""
@@ -159,9 +159,10 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> Kernel
             offset = stack.rows[:stack.matrices.index(n.attr)]
             args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}",
                                   ArgBind("weights", stack.name, offset)))
+            args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
             lines[n.size] += [f"real v{i} = real(0);  // {n.attr} [{n.size}, {nodes[a].size}]",
                               f"for (int k = lane; k < {cols}; k += 32) "
-                              f"v{i} += real(w{i}[(size_t)j * {cols} + k]) * real(in{a}[b * ld_in{a} + k]);",
+                              f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);",
                               f"v{i} = warp_sum(v{i});"]
         elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
             divisor = " + ".join(f"n_{s}" for s in n.attr)

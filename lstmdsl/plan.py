@@ -82,6 +82,7 @@ class WeightStack:
     gin: str  # the buffer of the incoming gradients g_k, [.., sum of rows]
     dtype: str
     heads: bool = False  # block-diagonal matrices (ir.Param.heads), each its own batch of per-block GEMMs
+    padded: bool = False  # its rows are Storage.align-padded (the half copies the GEMMs read; not the masters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class Storage:
     stacks: tuple[WeightStack, ...]
     inputs: tuple[Transfer, ...]  # forward: x, initial states; backward: dy, final-state gradients
     outputs: tuple[Transfer, ...]  # forward: y, final states; backward: dx, initial-state gradients
+    align: int = 1  # every buffer row, and every row of a padded stack, starts at a multiple of this many
+    # elements (16 bytes for half types: the tensor cores' alignment at any hidden size)
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -412,6 +415,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
             extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
             lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
+        if st.align > 1:
+            lines.append(f"  (rows padded to a multiple of {st.align} elements, the weight stacks' too: aligned "
+                         "for the tensor cores)")
         lines.append("weight stacks ([rows, cols]):")
         for s in st.stacks:
             lines.append(f"  {s.name:<12} {s.dtype}  [{dim(s.rows)}, {dim((s.cols,))}] = "

@@ -162,7 +162,8 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
                 b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
         heads = cell.param(matrices[0]).heads  # all or none of one operand's matrices (lower.py checks)
         stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.param(matrices[0]).shape[1],
-                                  shared[(gs, rows)], plan.operand_type, heads))
+                                  shared[(gs, rows)], plan.operand_type, heads,
+                                  padded=plan.operand_type in HALF_TYPES and not heads))
     names = [s.name for s in stacks]
     if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
         stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]
@@ -322,6 +323,7 @@ def assign_storage(plan: Plan) -> Plan:
     first, last = ("0", "T") if plan.forward.loop.direction == "forward" else ("T", "0")  # history areas
     steps = [(n.attr, n.size) for n in cell.nodes if n.op == "stepin"]
     storage = Storage(
+        align=8 if plan.operand_type in HALF_TYPES else 1,  # 16 bytes
         buffers=tuple(buf.all.values()),
         forward=tuple((i, tuple(s)) for i, s in sorted(f_slots.items())),
         backward=tuple((i, tuple(s)) for i, s in sorted(b_slots.items())),

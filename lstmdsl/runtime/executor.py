@@ -77,13 +77,17 @@ class _Issue:
             return ws.address(o.name, t + o.step, o.offset), ws.width[o.name]
         if o.space in ("weights", "grads"):
             stack = self.stacks[o.name]
-            cols = ws.dim((stack.cols,))
+            ld = self.stack_ld(stack) if o.space == "weights" else ws.dim((stack.cols,))  # gradients: the masters'
             base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
             item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.dtype]  # gradients: master type
-            return base + item * ws.dim(o.offset) * cols, cols
+            return base + item * ws.dim(o.offset) * ld, ld
         if o.space == "vector_grad":
             return self.bind.vector_grads[o.name], ld_row
         raise LstmdslError(f"unknown operand space {o.space!r}")
+
+    def stack_ld(self, stack) -> int:
+        """The leading dimension of the weights the GEMMs read (a padded stack's rows are aligned)."""
+        return self.ws.span((stack.cols,)) if stack.padded else self.ws.dim((stack.cols,))
 
     def gemm(self, c: GemmCall, t: int) -> None:
         ws = self.ws
@@ -132,6 +136,8 @@ class _Issue:
                 args.append(("ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]))
             elif b.kind == "ptr":
                 args.append(("ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)))
+            elif b.kind == "ldw":
+                args.append(("int", self.stack_ld(self.stacks[b.name])))
             else:
                 args.append(("int", ws.width[b.slot.buffer]))
         if op.launch.kind == "rows":  # one block per row

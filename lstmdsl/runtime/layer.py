@@ -74,6 +74,7 @@ class CudaLayer(Layer):
             self._stacks.append(pstack)
             self._grad_stacks.append(gstack)
         self._half_type = stacks[0].dtype if stacks and stacks[0].dtype in HALF_TYPES else None
+        self._align = {s.name: self.program.plan.storage.align if s.padded else 1 for s in stacks}
         self._half = [self._half_copies(p) for p in self._stacks]  # what the GEMMs read (mixed precision)
         self._bindings = [self._binding(u) for u in range(len(self.units))]
         # DropConnect: per unit, the recurrent stacks' masked copies (one set for training, whose backward
@@ -89,17 +90,23 @@ class CudaLayer(Layer):
         self._lengths = False  # whether the last training forward ran with lengths
 
     def _half_copies(self, arrays: dict) -> dict:
-        """Half-precision arrays shaped like `arrays` (mixed precision), else {}."""
+        """Half-precision arrays for the stacks in `arrays` (mixed precision), else {}: their rows padded to
+        the plan's alignment where the stack says so (WeightStack.padded), the padding never read."""
         if self._half_type is None:
             return {}
-        return {n: cupy.empty(a.shape, NUMPY_TYPES[self._half_type]) for n, a in arrays.items()}
+        out = {}
+        for n, a in arrays.items():
+            rows, cols = a.shape
+            a_ = self._align[n]
+            out[n] = cupy.zeros((rows, -(-cols // a_) * a_), NUMPY_TYPES[self._half_type])
+        return out
 
     def _to_half(self, masters: dict, halves: dict, stream: int) -> None:
         """Refresh half copies from their float32 masters."""
         for name, half in halves.items():
             rows, cols = masters[name].shape
-            convert.convert_rows(half.data.ptr, 2 * cols, self._half_type, masters[name].data.ptr, 4 * cols, "f32",
-                                 cols, rows, stream)
+            convert.convert_rows(half.data.ptr, 2 * half.shape[1], self._half_type, masters[name].data.ptr, 4 * cols,
+                                 "f32", cols, rows, stream)
 
     def _rows(self, u: int, matrices) -> list[tuple[str, int, int]]:
         """(matrix, first row, end row) of each matrix of a stack."""

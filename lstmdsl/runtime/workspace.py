@@ -34,8 +34,9 @@ class Workspace:
         there: a stack's backward buffers cost one layer's, not L layers'."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
+        self.align = storage.align
         buffers = [b for b in storage.buffers if train or b.inference is not None]
-        self.width = {b.name: self.dim(b.width) for b in buffers}
+        self.width = {b.name: self.span(b.width) for b in buffers}  # the leading dimension
         self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1, "2": 2}[b.steps if train else b.inference]
                       for b in buffers}
         self.ring = {b.name for b in buffers if train and b.steps == "2"}
@@ -68,6 +69,10 @@ class Workspace:
     def dim(self, expr) -> int:
         """The value of a sum of symbolic sizes ("B" and "one" included)."""
         return sum(self.env[s] for s in expr)
+
+    def span(self, expr) -> int:
+        """The elements a row of this width takes: rounded up to Storage.align (the leading dimension)."""
+        return -(-self.dim(expr) // self.align) * self.align
 
     def address(self, buffer: str, step: int, col: tuple[str, ...] = ()) -> int:
         """Address of row 0 at column col of a buffer at a step (a one-step buffer has one area for all)."""

@@ -152,19 +152,24 @@ class Runner:
         """What the GEMMs read: the parameters, with each weight stack replaced by its half-precision copy
         where the engine's plan wants one (refreshed from the float32 master now; the copies stay at one
         address, so CUDA graphs replay)."""
-        half = engine.program.plan.operand_type
+        plan = engine.program.plan
+        half = plan.operand_type
         if half not in _ELEMENT:
             return params
+        padded = {s.name: s.padded for s in plan.storage.stacks}
         out, n = list(params), len(self.slots)
         for j, p in enumerate(params):
-            if self.slots[j % n].kind == "stack":
+            slot = self.slots[j % n]
+            if slot.kind == "stack":
                 key = (p.data_ptr(), tuple(p.shape), p.device, half)
                 if key not in self._halves:
                     if len(self._halves) > 64:
                         self._halves.clear()
-                    self._halves[key] = torch.empty(p.shape, device=p.device, dtype=_ELEMENT[half])
+                    a = plan.storage.align if padded[slot.name] else 1  # rows padded for the tensor cores
+                    self._halves[key] = torch.zeros((p.shape[0], -(-p.shape[1] // a) * a), device=p.device,
+                                                    dtype=_ELEMENT[half])
                 out[j] = self._halves[key]
-                out[j].copy_(p.detach())
+                out[j][:, :p.shape[1]].copy_(p.detach())
         return out
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:

@@ -177,7 +177,7 @@ def _stage(desc, op, nodes, val, real, types):
                     raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
         if n.op == "matvec":
             (x,) = n.args
-            W = load(val[f"w{i}"], size(n.size), size(nodes[x].size), size(nodes[x].size), types[f"w{i}"])
+            W = load(val[f"w{i}"], size(n.size), size(nodes[x].size), int(val[f"ldw{i}"]), types[f"w{i}"])
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
