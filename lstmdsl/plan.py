@@ -166,6 +166,8 @@ class GemmCall:
     c_type: str
     compute: str
     heads: str | None = None  # a batch of GEMMs, one per block of a block-diagonal matrix: the size counting them
+    padded: tuple[str, ...] = ()  # "k" / "n": that dimension runs over the aligned row (Storage.align), whose
+    # padding is zero in both operands (a whole buffer row, a padded stack's zero columns)
     strides: tuple[tuple[str, ...], ...] = ()  # per operand (a, b, c): elements between blocks, a product of sizes
 
 
@@ -368,7 +370,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         return (f"{batch}\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
                 f"{operand(c.a)}{'^T' if c.trans_a else ''} @ {operand(c.b)}{'^T' if c.trans_b else ''}"
                 f" -> {operand(c.c)};  k = {dim(c.k)}; types {c.a_type} x {c.b_type} -> {c.c_type}, "
-                f"compute {c.compute}")
+                f"compute {c.compute}" + (f"; {' and '.join(c.padded)} over the aligned rows" if c.padded else ""))
 
     def op_text(phase: Phase, op) -> str:
         if isinstance(op, Gemm):

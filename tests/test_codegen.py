@@ -152,3 +152,21 @@ def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, t
     assert len(functions) == sum(len(s.split("__global__")) - 1 for s in sources)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert spills and all(s == ("0", "0") for s in spills), report
+
+
+def test_half_plans_align_rows_and_run_products_over_the_padded_width():
+    """Mixed precision aligns storage for the tensor cores (16 bytes): the products whose operand is a whole
+    buffer row run K (forward) or N (gradient passed back) over the padded width; fp32 plans do not."""
+    from lstmdsl.plan import Gemm
+
+    half = build("vanilla", Schedule(precision="bf16")).plan
+    assert half.storage.align == 8 and all(s.padded for s in half.storage.stacks)
+    pads = {(op.kind, where): op.call.padded for phase in (half.forward, half.backward)
+            for where, op in phase.ops() if isinstance(op, Gemm)}
+    assert pads == {("forward", "before"): ("k",), ("forward", "loop"): ("k",), ("backward", "loop"): ("n",),
+                    ("backward", "after"): ("n",)}
+    strict = build("vanilla").plan
+    assert strict.storage.align == 1 and not any(op.call.padded for phase in (strict.forward, strict.backward)
+                                                 for _, op in phase.ops() if isinstance(op, Gemm))
+    heads = build("slstm", Schedule(precision="bf16")).plan  # block-diagonal stacks stay unpadded
+    assert not any(s.padded for s in heads.storage.stacks if s.heads)

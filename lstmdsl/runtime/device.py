@@ -75,6 +75,12 @@ def zero_rows(ptr: int, pitch: int, width: int, rows: int, stream: int) -> None:
             zero(ptr + r * pitch, width, stream)
 
 
+def zero_columns(array, first: int, stream: int) -> None:
+    """array[..., first:] = 0 on `stream` (the padding columns of aligned rows)."""
+    with cupy.cuda.ExternalStream(stream):
+        array[..., first:] = 0
+
+
 def is_capturing(stream: int) -> bool:
     """Whether work issued on the stream is being recorded into a CUDA graph (by torch, say)."""
     return bool(stream) and cupy.cuda.runtime.streamIsCapturing(stream)

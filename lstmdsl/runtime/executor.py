@@ -91,7 +91,9 @@ class _Issue:
 
     def gemm(self, c: GemmCall, t: int) -> None:
         ws = self.ws
-        M, N, K = ws.dim(c.m), ws.dim(c.n), ws.dim(c.k)
+        M = ws.dim(c.m)
+        N = ws.span(c.n) if "n" in c.padded else ws.dim(c.n)  # over the aligned rows (GemmCall.padded)
+        K = ws.span(c.k) if "k" in c.padded else ws.dim(c.k)
         a, lda = self.operand(c.a, t, M if c.trans_a else K)
         b, ldb = self.operand(c.b, t, K if c.trans_b else N)
         out, ldc = self.operand(c.c, t, N)

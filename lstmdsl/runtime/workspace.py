@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..plan import ELEMENT_TYPES, Storage
-from .device import empty
+from .device import empty, zero_columns
 
 POISON = False  # tests set this: new buffers start as NaN, so a read of anything no op wrote shows up
 NUMPY_TYPES = {"f32": np.float32, "f64": np.float64, "bf16": np.uint16, "f16": np.float16}  # bf16: its bits
@@ -56,8 +56,9 @@ class Workspace:
                     continue
             fill = b.fill if b.fill is not None else (np.nan if POISON else None)
             fill = None if fill is None else fill_value(b.dtype, fill)
-            self.arrays[b.name] = empty(shape, NUMPY_TYPES[b.dtype], fill,
-                                          stream)
+            self.arrays[b.name] = empty(shape, NUMPY_TYPES[b.dtype], fill, stream)
+            if self.width[b.name] > self.dim(b.width):  # the padding of aligned rows: zero, and never written
+                zero_columns(self.arrays[b.name], self.dim(b.width), stream)
         for b in buffers:
             if train and b.alias:  # the same shape and type: see Buffer.alias
                 self.arrays[b.name] = self.arrays[b.alias]
