@@ -13,9 +13,10 @@ input, weight_hh_l0 those applied to h, as torch.nn.LSTM lays them out) and one 
 — so optimizers, state dicts, .to(), DDP and autocast treat the module like any other.
 
 Layers and directions: a stack runs in one op call; with dropout between layers, or bidirectional, each
-layer and direction is its own call (dropout in between, the reverse direction on the time-reversed
-input). Not yet: PackedSequence (variable lengths) and precisions below float32 (under autocast the
-module computes in float32 and returns the autocast type, as torch.nn.LSTM returns).
+layer and direction is its own call (dropout in between, the reverse direction reading its sequence
+backwards, on a side stream). PackedSequence input runs each sequence to its own end. Mixed precision:
+under torch.autocast on CUDA (or on a bfloat16/float16 input, or with schedule="precision bf16") the
+GEMMs run in half precision on half copies of the float32 parameters, the state and gradients in float32.
 """
 
 from .interop import from_torch, to_torch
