@@ -36,7 +36,8 @@ def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
 def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
     cell = spec.cell
     named = {nid: name for name, nid in cell.names}
-    gates = [named[i] for i in sorted(named) if cell.nodes[i].op in ("sigmoid", "hard_sigmoid")]
+    # gates: named sigmoids, and the exponential gates of sLSTM-style cells (a named exp)
+    gates = [named[i] for i in sorted(named) if cell.nodes[i].op in ("sigmoid", "hard_sigmoid", "exp")]
     values = [{"name": named[i], "op": cell.nodes[i].op, "size": cell.nodes[i].size} for i in sorted(named)]
     flops = flops_per_step(spec)
     out = {

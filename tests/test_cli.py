@@ -179,3 +179,10 @@ def test_closed_stdout_is_not_an_internal_error():
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.stdout.startswith("backward step of cell fgr")
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_lists_exponential_gates(capsys):
+    """sLSTM's input and forget gates are exponentials of their pre-activations, not sigmoids."""
+    assert main(["check", "slstm"]) == 0
+    gates = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("gates"))
+    assert set(gates.split(None, 1)[1].split(", ")) == {"i", "f", "o"}
