@@ -264,7 +264,7 @@ def cmd_train(args) -> int:
                       clip=args.clip, seed=args.seed, max_train=args.max_train,
                       proj_size=proj_default(spec, args.hidden_size, args.proj_size), bidirectional=args.bidirectional,
                       dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads,
-                      precision=args.precision or "fp32")
+                      precision=args.precision)
     compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size,
             num_heads=cfg.num_heads)  # the sizes, checked before the data
     check_config(cfg)

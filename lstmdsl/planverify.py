@@ -58,6 +58,23 @@ def _check_dataflow(phase: Phase, title: str) -> None:
             computed[i] = where
 
 
+def _check_padded(plan: Plan, buffers, stacks, op, call, phase_name: str) -> None:
+    """A GEMM over the aligned width (GemmCall.padded) reads only zero padding: a padded stack's, and a whole
+    buffer row's, whose padding no op writes except with products of the stack's zero columns."""
+    if not call.padded:
+        return
+    stack = stacks.get(call.b.name) if call.b.space == "weights" else None
+    whole = {"k": call.a, "n": call.c}
+    ok = (plan.storage.align > 1 and call.heads is None and isinstance(op, Gemm) and stack is not None
+          and stack.padded and set(call.padded) <= {"k", "n"}
+          and all(whole[d].space == "buffer" and not whole[d].offset
+                  and buffers[whole[d].name].width == (stack.cols,) for d in call.padded)
+          and ("k" not in call.padded or op.kind == "forward") and ("n" not in call.padded or op.kind == "backward"))
+    if not ok:
+        raise PlanError(f"{phase_name}: a GEMM runs {call.padded} over the aligned width without a padded stack "
+                        "and a whole buffer row beside it")
+
+
 def _check_storage(plan: Plan) -> None:
     st = plan.storage
     buffers = {b.name: b for b in st.buffers}
@@ -65,9 +82,9 @@ def _check_storage(plan: Plan) -> None:
         if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2"):
             raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps})")
         if b.alias is not None and (b.alias not in buffers or buffers[b.alias].inference is not None
-                                    or buffers[b.alias].width != b.width):
+                                    or buffers[b.alias].width != b.width or buffers[b.alias].dtype != b.dtype):
             raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
-                            "of its shape")
+                            "of its shape and type")
     slots = {"forward": st.slots("forward"), "backward": st.slots("backward")}
     for phase_name, table in slots.items():
         for i, ss in table.items():
@@ -130,6 +147,11 @@ def _check_storage(plan: Plan) -> None:
                 rows = ("B",) if where == "loop" else ("T*B",)
                 if rows not in (call.m, call.k):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop does not run over {rows[0]} rows")
+                if where != "loop" and any(o.space == "buffer" and buffers[o.name].steps in ("1", "2")
+                                           for o in (call.a, call.b, call.c)):
+                    raise PlanError(f"{phase_name}: a GEMM {where} the loop reads or writes all steps of a buffer "
+                                    "that keeps one or two")
+                _check_padded(plan, buffers, stacks, op, call, phase_name)
     for phase_name, table in slots.items():
         for i, ss in table.items():
             if any(s.accumulate and buffers[s.buffer].dtype in HALF_TYPES for s in ss):
@@ -137,6 +159,8 @@ def _check_storage(plan: Plan) -> None:
     for s in st.stacks:
         if s.dtype != plan.operand_type:
             raise PlanError(f"weight stack {s.name} is {s.dtype}, the plan's GEMM operands {plan.operand_type}")
+        if s.padded and (st.align == 1 or s.heads):
+            raise PlanError(f"weight stack {s.name} is padded, but the storage is not aligned or it has heads")
     for t in st.inputs + st.outputs:
         if t.buffer not in buffers:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
@@ -153,5 +177,10 @@ def verify(plan: Plan) -> None:
         _check_dataflow(phase, title)
     if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES or plan.operand_type not in ELEMENT_TYPES:
         raise PlanError(f"unknown element or compute type ({plan.dtype}, {plan.compute})")
+    if (plan.operand_type in HALF_TYPES) != (plan.operand_type != plan.dtype) or \
+            (plan.operand_type in HALF_TYPES and (plan.dtype, plan.compute) != ("f32", "fp32")) or \
+            ((plan.dtype == "f64") != (plan.compute == "f64")):
+        raise PlanError(f"inconsistent types: values {plan.dtype}, GEMM operands {plan.operand_type}, compute "
+                        f"{plan.compute}")
     if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
         _check_storage(plan)

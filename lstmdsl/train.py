@@ -26,6 +26,7 @@ from .api import check_seed, compile
 from .arrays import to_numpy
 from .errors import EXIT_INTERRUPTED, InputFileError, LstmdslError, OutputFileError, UsageError
 from .files import output_dir, write_atomically, write_json, write_npz
+from .schedule import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nesterov")
 
@@ -50,7 +51,8 @@ class TrainConfig:
     bidirectional: bool = False  # digits only: chorales predict the next frame, which a reverse direction sees
     dropout: float = 0.0  # between stacked layers
     dropconnect: float = 0.0  # on the recurrent matrices
-    precision: str = "fp32"  # the CUDA backend's (schedule directive precision); the reference computes in fp32
+    precision: str | None = None  # the CUDA backend's (schedule directive precision), over the spec's own;
+    # None: the spec's. The reference computes in float32 whatever it is
 
 
 def _optimizer(name: str, params: dict, lr: float):
@@ -112,7 +114,7 @@ class Model:
                              proj_size=cfg.proj_size, num_heads=cfg.num_heads, seed=cfg.seed,
                              forget_bias=cfg.forget_bias if _has_forget_gate(cfg.spec) else None,
                              bidirectional=cfg.bidirectional, dropout=cfg.dropout, dropconnect=cfg.dropconnect,
-                             schedule=f"precision {cfg.precision}" if cfg.precision != "fp32" else None)
+                             schedule=f"precision {cfg.precision}" if cfg.precision else None)
         self.head = nn.Dense(self.layer.output_size, task.output_size, backend=cfg.backend, seed=cfg.seed)
         self.xp = optim.array_module(self.head.parameters()["W"])
 
@@ -245,6 +247,8 @@ def check_config(cfg: TrainConfig) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     check_seed(cfg.seed)
+    if cfg.precision is not None and cfg.precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
 
 
 def _save_checkpoint(out: Path, cfg: TrainConfig, model: Model, opt, rng, progress: dict) -> None:
@@ -310,7 +314,8 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     n = task.count("train")
     batches = (n + cfg.batch - 1) // cfg.batch
     steps = 0
-    scaler = LossScaler(cfg.precision)  # restarts at its first scale on resume
+    # the precision the layer runs at (the spec's own schedule may say fp16); restarts at its first scale on resume
+    scaler = LossScaler(model.layer.schedule.precision if model.layer.backend == "cuda" else "fp32")
     with _StopSignals() as stop:
         for epoch in range(progress["epoch"], cfg.epochs + 1):
             t0 = time.perf_counter()

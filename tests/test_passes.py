@@ -208,3 +208,41 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     after = tuple(mistyped if op is g else op for op in plan.backward.after)
     with pytest.raises(PlanError, match="declared types"):
         verify(dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, after=after)))
+
+
+def test_verify_catches_broken_mixed_precision_plans():
+    """planverify rejects what the mixed-precision passes must never produce: inconsistent types, an alias
+    between types, a GEMM over the aligned width without the zero padding it relies on, a padded stack
+    in unaligned storage, all steps of a one- or two-area buffer read after the loop."""
+    import dataclasses
+
+    from lstmdsl.plan import WeightGrad
+    from lstmdsl.planverify import PlanError, verify
+    from lstmdsl.program import build_program
+    from lstmdsl.schedule import parse_schedule
+
+    plan = build_program(lstmdsl.parse("vanilla").cell, parse_schedule("precision fp16")).plan
+    verify(plan)
+    st = plan.storage
+
+    def with_buffer(name, **kw):
+        return dataclasses.replace(plan, storage=dataclasses.replace(st, buffers=tuple(
+            dataclasses.replace(b, **kw) if b.name == name else b for b in st.buffers)))
+
+    def with_after(fn):
+        after = tuple(fn(op) for op in plan.backward.after)
+        return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, after=after))
+
+    wg = lambda op: dataclasses.replace(op, call=dataclasses.replace(op.call, padded=("n",))) \
+        if isinstance(op, WeightGrad) else op  # noqa: E731
+    broken = {
+        "types": dataclasses.replace(plan, compute="f64"),
+        "alias": with_buffer("gemm0", dtype="f32"),
+        "unaligned": dataclasses.replace(plan, storage=dataclasses.replace(st, align=1)),
+        "padded weight gradient": with_after(wg),
+        "ring after the loop": with_buffer("gin0", steps="2"),  # the weight gradients read all its steps
+    }
+    for what, bad in broken.items():
+        with pytest.raises(PlanError):
+            verify(bad)
+            pytest.fail(what)

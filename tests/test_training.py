@@ -217,3 +217,11 @@ def test_fp16_loss_scaler_skips_overflow_and_grows():
     assert not s.step_ok({"w": np.array([1.0, np.inf])}, np) and s.scale == 1024.0 and s.skipped == 1
     off = LossScaler("bf16")
     assert off.scale == 1.0 and off.step_ok({"w": np.array([np.nan])}, np)  # no scaling outside fp16
+
+
+def test_train_precision_defaults_to_the_specs_and_is_checked():
+    from lstmdsl.train import TrainConfig, check_config
+
+    assert TrainConfig(spec="vanilla", task="chorales").precision is None  # the spec's own schedule decides
+    with pytest.raises(lstmdsl.UsageError, match="precision must be one of"):
+        check_config(TrainConfig(spec="vanilla", task="chorales", precision="fp8"))
