@@ -530,3 +530,14 @@ def test_mixed_precision_from_the_schedule_and_from_a_half_input(strict_fp32):
     gb, = torch.autograd.grad(yb.float().sum(), xb)
     assert gb.dtype == torch.bfloat16
     assert_close([gb], [gx_ref], 5e-2)
+
+
+def test_half_precision_input_on_the_cpu_says_what_to_do():
+    """Mixed precision runs on CUDA; on the CPU (the numpy reference) a bfloat16 input is refused with a
+    clear error, and under CPU autocast the module computes in float32 and returns the autocast type."""
+    rnn = lt.LSTM(3, 4)
+    with pytest.raises(UsageError, match="runs on CUDA only"):
+        rnn(torch.randn(5, 2, 3, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = rnn(torch.randn(5, 2, 3))
+    assert y.dtype == torch.bfloat16
