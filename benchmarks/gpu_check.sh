@@ -12,6 +12,7 @@
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
+#     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -34,14 +35,16 @@ timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
-              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm"; do
+              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
   summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
-for target in peephole layernorm; do  # layernorm: row-fused launches, stages separated by barriers
+for target in peephole layernorm "--persistent-grid gru" "--persistent-grid layernorm"; do
+  # layernorm: row-fused launches, stages separated by barriers; --persistent-grid: the persistent kernel as a
+  # grid of blocks (peephole at its own sizes runs it in one block)
   start=$SECONDS
   timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
   summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
@@ -59,6 +62,10 @@ if [ -n "${HALF:-}" ]; then
     summary+=("$p grid: $(tail -1 "$OUT/grid_$p.log") ($((SECONDS - start)) s)")
     [ -f "$OUT/grid_check_$p.md" ] && cat "$OUT/grid_check_$p.md" || tail -20 "$OUT/grid_$p.log"
   done
+fi
+if [ -n "${PERSISTENT:-}" ]; then
+  timeout 60 python3 benchmarks/persistent_floor.py --json "$OUT/persistent_floor.json" 2>&1 | tail -12
+  timeout 400 python3 benchmarks/persistent.py --name persistent_check_fp32 2>&1 | tee "$OUT/persistent.log" | tail -45
 fi
 if [ -n "${OVERHEAD:-}" ]; then
   timeout 240 python3 benchmarks/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1 | tail -8

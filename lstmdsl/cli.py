@@ -23,7 +23,7 @@ from .codegen import traffic_per_step
 from .describe import cell_io, describe
 from .grad import format_grad
 from .ir import format_cell
-from .plan import format_plan
+from .planformat import format_plan
 from .program import build_program
 from .cli_args import build_parser
 from .resources import shipped_specs

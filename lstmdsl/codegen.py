@@ -56,6 +56,59 @@ class KernelDesc:
     def warp(self) -> bool:
         return self.launch.per_block != self.launch.threads
 
+    kind = "kernel"
+
+
+@dataclass(frozen=True, slots=True)
+class StepPointer:
+    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus the area
+    of step t + step (modulo name_m in a ring; name_s elements apart, 0 for a one-area buffer)."""
+
+    ctype: str
+    name: str
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedWeights:
+    """The rows of a fused product's weights one block keeps in shared memory: rows j0 .. j0 + J of w<node>
+    (J = ceil(`widest` / blocks), j0 = block * J), `cols` wide, of C type `ctype`."""
+
+    node: int
+    ctype: str
+    rows: str  # size parameter: the matrix's rows
+    cols: str  # size parameter: its columns
+    widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
+    widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedOperand:
+    """A product's operand a stage of a persistent kernel copies into shared memory at each step (sh<node>:
+    `stage_rows` batch rows at a time, `cols` wide), so its products read it from there."""
+
+    node: int
+    ctype: str
+    cols: str  # size parameter
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentDesc:
+    """A persistent kernel: the stages (KernelDescs: "elements" one thread per (b, j), "warp" one warp, a
+    row reduction or row group one block per row) run in order at every step, a grid barrier after each."""
+
+    name: str
+    args: tuple[KernelArg, ...]
+    stages: tuple[KernelDesc, ...]
+    widest: tuple[str, ...]  # per stage: the C expression of its widest size (a stage of rows: "")
+    widths: tuple[tuple[str, ...], ...]  # per stage: the sizes it spreads over the blocks (rows: ())
+    pointers: tuple[StepPointer, ...]
+    cached: tuple[CachedWeights, ...]
+    staged: tuple[tuple[StagedOperand, ...], ...]  # per stage: the operands of its products
+    threads: int
+    reverse: bool
+    kind = "persistent"
+
 
 @dataclass(frozen=True, slots=True)
 class AddDesc:
@@ -70,7 +123,13 @@ def _literal(value: float) -> str:
     return f"real({value:.1f})" if value == int(value) and abs(value) <= 2**24 else f"real({float(value).hex()})"
 
 
-def _reduction(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
+def _fresh(expr: str, fresh: bool) -> str:
+    """A load of a slot's element; fresh: from L2, past the multiprocessor's L1 (inside a persistent kernel a
+    slot read at one step may have been written by another block since: L1 is not coherent between them)."""
+    return f"ld_fresh(&{expr})" if fresh else expr
+
+
+def _reduction(plan: Plan, phase: Phase, op: Kernel, fresh: bool = False) -> KernelDesc:
     """One block per row: each thread folds its share of every argument's features, the block combines
     them, thread 0 stores the result (a per-row scalar). Arguments are named by node (in<a>, p<a>,
     out<i>_<k>), as in pointwise kernels, so the stages of a row-fused launch share them."""
@@ -92,8 +151,8 @@ def _reduction(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
     for a in n.args:
         x = nodes[a]
-        loads.append((f"real(p{a}[j])" if x.op == "param" else f"real(in{a}[(size_t)b * ld_in{a} + j])",
-                      f"n_{x.size}"))
+        loads.append((f"real(p{a}[j])" if x.op == "param" else
+                      f"real({_fresh(f'in{a}[(size_t)b * ld_in{a} + j]', fresh)})", f"n_{x.size}"))
     stores = []
     for k, slot in enumerate(s for node, s in op.writes if node == i):
         ctype = CTYPES[plan.storage.buffer(slot.buffer).dtype]
@@ -105,16 +164,22 @@ def _reduction(plan: Plan, phase: Phase, op: Kernel) -> KernelDesc:
     return KernelDesc(op.name, tuple(args), (), (), op.launch, (kind, tuple(loads), divisor, tuple(stores)))
 
 
-def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> KernelDesc:
+def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: bool = False,
+            fresh: bool = False) -> KernelDesc:
     """A kernel's description; stage: as a stage of a row-fused launch (its threads stride over the
-    features of the row, whatever the launch of the group says)."""
+    features of the row, whatever the launch of the group says); cached: as a stage of a persistent kernel,
+    whose products read the block's weight rows sw<node> (row j - j0, sld<node> apart) and run over a
+    group of `sub` lanes (sub_lane its lane, gmask its mask) instead of a warp; fresh: slots are loaded
+    past L1 (_fresh)."""
     if reduces(phase, op):
-        return _reduction(plan, phase, op)
+        return _reduction(plan, phase, op, fresh or cached)
+    fresh = fresh or cached
     nodes = phase.nodes
     st = plan.storage
     inside = set(op.nodes)
     warp = not stage and op.launch.per_block != op.launch.threads
-    store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
+    lane = "sub_lane" if cached else "lane"
+    store = f"if ({lane} == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
     sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, ROW})) if stage else \
         tuple(s for s in op.launch.sizes if s != ROW)
     operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
@@ -124,7 +189,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> Kernel
              for s in sorted(set(sizes) | operand_sizes | divisors)]
     consts, lines = [], {s: [] for s in sizes}
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
-    store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
+    store_row = f"if (j == 0 && {lane} == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if nodes[i].op != "matvec" for a in nodes[i].args if a not in inside}
     operands = {nodes[i].args[0] for i in op.nodes if nodes[i].op == "matvec"} - inside
@@ -142,7 +207,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> Kernel
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
             if a in elementwise:
                 index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + j"
-                lines[n.size].append(f"const real v{a} = real(in{a}[{index}]);")
+                lines[n.size].append(f"const real v{a} = real({_fresh(f'in{a}[{index}]', fresh)});")
     for i in op.nodes:
         n = nodes[i]
         if n.op == "const":
@@ -161,9 +226,11 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> Kernel
                                   ArgBind("weights", stack.name, offset)))
             args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
             lines[n.size] += [f"real v{i} = real(0);  // {n.attr} [{n.size}, {nodes[a].size}]",
-                              f"for (int k = lane; k < {cols}; k += 32) "
-                              f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);",
-                              f"v{i} = warp_sum(v{i});"]
+                              (f"for (int k = sub_lane; k < {cols}; k += sub) v{i} += real(sw{i}[(size_t)(j - j0) * sld{i} + k])"
+                               f" * real(sh{a}[(b - b0) * {cols} + k]);" if cached else
+                               f"for (int k = lane; k < {cols}; k += 32) "
+                               f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);"),
+                              f"v{i} = group_sum(v{i}, sub, gmask);" if cached else f"v{i} = warp_sum(v{i});"]
         elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
             divisor = " + ".join(f"n_{s}" for s in n.attr)
             lines[n.size].append(f"const real v{i} = v{n.args[0]}" + (f" / real({divisor});" if divisor else ";"))
@@ -181,15 +248,86 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False) -> Kernel
     return KernelDesc(op.name, tuple(args), tuple(consts), groups, launch)
 
 
-def _row_group(plan: Plan, phase: Phase, ops: list[Kernel]) -> KernelDesc:
+def _row_group(plan: Plan, phase: Phase, ops: list[Kernel], fresh: bool = False) -> KernelDesc:
     """The launch of a kernel and the kernels that join it (row fusion): its stages, and the arguments of
     all of them (one each: stages name them by node)."""
-    stages = tuple(_kernel(plan, phase, op, stage=True) for op in ops)
+    stages = tuple(_kernel(plan, phase, op, stage=True, fresh=fresh) for op in ops)
     args = {}
     for s in stages:  # no __restrict__: a stage reads what an earlier stage of the launch wrote, through
         for a in s.args:  # another pointer, and must not take the read-only (non-coherent) cache path
             args.setdefault(a.name, KernelArg(a.ctype.replace(" __restrict__", ""), a.name, a.bind))
     return KernelDesc(ops[0].name, tuple(args.values()), (), (), ops[0].launch, stages=stages)
+
+
+def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
+    """The persistent kernel of a phase's loop (plan.Persistent): its stages' descriptions, with every
+    slot's address computed per step inside the kernel and the products' weights cached per block."""
+    pers = phase.loop.persistent
+    nodes = phase.nodes
+    groups = []
+    for op in pers.stages:
+        if op.joins:
+            groups[-1].append(op)
+        else:
+            groups.append([op])
+    stages, widest, widths, cached, staged = [], [], [], [], []
+    for group in groups:
+        op = group[0]
+        if len(group) > 1:
+            stages.append(_row_group(plan, phase, group, fresh=True))
+            widest.append("")
+            widths.append(())
+            staged.append(())
+        elif reduces(phase, op):
+            stages.append(_reduction(plan, phase, op, fresh=True))
+            widest.append("")
+            widths.append(())
+            staged.append(())
+        else:
+            desc = _kernel(plan, phase, op, cached=True)
+            stages.append(desc)
+            widths.append(tuple(size[2:] for size, _ in desc.groups))
+            widest.append(_widest(desc))
+            operands = {}
+            for i in op.nodes:
+                if nodes[i].op == "matvec":
+                    stack = plan.storage.stack_of(nodes[i].attr)
+                    (a,) = nodes[i].args
+                    cached.append(CachedWeights(i, CTYPES[stack.dtype], f"n_{nodes[i].size}", f"n_{nodes[a].size}",
+                                                widest[-1], widths[-1]))
+                    ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
+                    operands[a] = StagedOperand(a, ctype, f"n_{nodes[a].size}")
+            staged.append(tuple(operands[a] for a in sorted(operands)))
+    args, pointers = {}, {}
+    args["B"] = KernelArg("const int", "B", ArgBind("batch"))
+    args["T"] = KernelArg("const int", "T", ArgBind("steps"))
+    args["bar"] = KernelArg("unsigned int*", "bar", ArgBind("barrier"))
+    args["cached"] = KernelArg("const int", "cached", ArgBind("cached"))
+    args["stage_rows"] = KernelArg("const int", "stage_rows", ArgBind("stage_rows"))
+    for desc in stages:
+        for a in (x for d in (desc.stages or (desc,)) for x in d.args):
+            if a.name in args or a.name in pointers:
+                continue
+            ctype = a.ctype.replace(" __restrict__", "")  # other blocks write what a stage reads
+            if a.bind.kind == "ptr":
+                pointers[a.name] = StepPointer(ctype, a.name, a.bind.slot.step)
+                args[a.name + "_0"] = KernelArg(ctype, a.name + "_0", ArgBind("ptr0", slot=a.bind.slot))
+                args[a.name + "_s"] = KernelArg("const int", a.name + "_s", ArgBind("stride", slot=a.bind.slot))
+                args[a.name + "_m"] = KernelArg("const int", a.name + "_m", ArgBind("ring", slot=a.bind.slot))
+            else:
+                args[a.name] = KernelArg(ctype, a.name, a.bind)
+    return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
+                          tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
+                          phase.loop.direction == "reverse")
+
+
+def _widest(desc: KernelDesc) -> str:
+    """The C expression of a stage's widest size (its elements are spread over the blocks by it)."""
+    sizes = [size for size, _ in desc.groups] or ["1"]
+    expr = sizes[0]
+    for size in sizes[1:]:
+        expr = f"max({expr}, {size})"
+    return expr
 
 
 def add_kernel(plan: Plan) -> AddDesc | None:
@@ -211,10 +349,12 @@ def kernel_descs(plan: Plan) -> dict[str, KernelDesc]:
                 while k + len(group) < len(place) and getattr(place[k + len(group)], "joins", False):
                     group.append(place[k + len(group)])
                 out[op.name] = _kernel(plan, phase, op) if len(group) == 1 else _row_group(plan, phase, group)
+        if phase.loop.persistent is not None:
+            out[phase.loop.persistent.name] = _persistent(plan, phase)
     return out
 
 
-TEMPLATES = ("pointwise.cu.j2", "half_types.cu.j2", "convert.cu.j2")
+TEMPLATES = ("pointwise.cu.j2", "persistent.cu.j2", "half_types.cu.j2", "convert.cu.j2")
 
 
 def template_text() -> str:

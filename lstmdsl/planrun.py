@@ -25,9 +25,10 @@ def _split(out: np.ndarray, nodes, sizes_of) -> list[np.ndarray]:
 
 
 def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray, state: dict,
-                 steps: dict | None = None):
-    """One layer forward; steps: the per-step inputs by name ([T, B, n] each). Returns (ys [T, B, out],
-    final state, saved {forward node: [T, B, n]})."""
+                 steps: dict | None = None, persistent: bool = False):
+    """One layer forward; steps: the per-step inputs by name ([T, B, n] each); persistent: each step runs
+    the stages of the persistent kernel (plan.Persistent) instead of the loop's body. Returns (ys [T, B,
+    out], final state, saved {forward node: [T, B, n]})."""
     cell, phase = plan.cell, plan.forward
     nodes = phase.nodes
     sizes = dict(sizes, one=1)  # per-row scalars are one wide
@@ -55,7 +56,8 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = steps[n.attr][t]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
-            for op in phase.loop.body:
+            body = phase.loop.persistent.stages if persistent else phase.loop.body
+            for op in body:
                 if isinstance(op, Gemm):
                     out = matvec(values[op.inputs[0]], _stack(params, op.matrices))
                     values.update(zip(op.outputs, _split(out, op.outputs, size)))

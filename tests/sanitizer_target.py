@@ -5,12 +5,15 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
+    compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
 lengths, with dropout between the layers and DropConnect. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
-buffers, converting copies). Not collected by pytest; the GPU tests check the numbers, this
+buffers, converting copies). At its sizes (B = 3, H = 33) the forward runs the persistent kernel in one
+block; --persistent-grid makes it wide (H = 300) and forces `persistent`, so the kernel runs as a grid of
+blocks meeting at grid barriers. Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
 
@@ -25,6 +28,7 @@ args = sys.argv[1:]
 compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
+grid = "--persistent-grid" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -44,8 +48,8 @@ if compiled:
     print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
-layer = lstmdsl.compile(name, input_size=5, hidden_size=33, num_layers=2, backend="cuda", **options, **extra,
-                        schedule=f"precision {precision}")
+layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
+                        **extra, schedule=f"precision {precision}" + ("; persistent" if grid else ""))
 x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
 lengths = np.array([7, 2, 5]) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them

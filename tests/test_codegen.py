@@ -116,17 +116,41 @@ def test_rendering_is_deterministic_across_processes(tmp_path):
 def test_fused_recurrent_kernels_use_one_warp_per_element():
     program = build("vanilla", Schedule(fuse_recurrent=True))
     assert [type(op).__name__ for op in program.plan.forward.loop.body] == ["Kernel"]
-    (fwd,) = [k for k in program.kernels.values() if k.name.startswith("vanilla_fwd")]
+    (fwd,) = [k for k in program.kernels.values() if k.name.startswith("vanilla_fwd") and k.kind == "kernel"]
     assert fwd.warp and sum(a.bind.kind == "weights" for a in fwd.args) == 4
     assert "warp_sum(" in program.source and "if (lane == 0) out" in program.source
 
 
 def test_kernels_are_found_by_name():
     program = build("gru")
-    names = list(program.kernels)
+    names = [n for n, k in program.kernels.items() if k.kind == "kernel"]
     assert names == [op.name for op in program.plan.kernels()]
     assert [n for n in names if "_fwd" in n] == ["gru_fwd0", "gru_fwd1"]
     assert len([n for n in names if "_bwd" in n]) == 2  # the third, an addition, folded into the last GEMM
+    persistent = [n for n, k in program.kernels.items() if k.kind == "persistent"]
+    assert persistent == [program.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
+    assert f'void __launch_bounds__(256, 1) {persistent[0]}(' in program.source
+
+
+def test_the_persistent_kernel_is_the_loop_as_stages():
+    """GRU's loop (kernel, GEMM on r * h, kernel) becomes two stages, each with its products inside; a
+    layer-normalised cell's GEMM stays a stage of its own before its row-fused reductions; a reverse layer's
+    kernel steps backwards and is named apart; the sLSTM's block-diagonal matrices keep the stepwise loop."""
+    from lstmdsl.plan import reduces
+
+    gru = build("gru").plan.forward
+    stages = gru.loop.persistent.stages
+    assert len(stages) == 2 and all(any(gru.nodes[i].op == "matvec" for i in s.nodes) for s in stages)
+    ln = build("layernorm").plan.forward
+    first, *rest = ln.loop.persistent.stages
+    assert all(ln.nodes[i].op == "matvec" for i in first.nodes) and reduces(ln, rest[0])
+    assert all(s.joins for s in rest[1:])
+    reverse = build_program(lstmdsl.parse("vanilla").cell, Schedule(), direction="reverse")
+    name = reverse.plan.forward.loop.persistent.name
+    assert name == "vanilla_fwd_persistent_reverse" and reverse.kernels[name].reverse
+    assert build("slstm").plan.forward.loop.persistent is None
+    assert build("vanilla", Schedule(persistent="off")).plan.forward.loop.persistent is None
+    assert build("vanilla", Schedule(persistent="on")).plan.forward.loop.persistent.forced
 
 
 @pytest.mark.slow

@@ -178,7 +178,7 @@ def test_load_keeps_float64_layers_float64(tmp_path):
 
 
 def test_profile_parts_add_up():
-    layer = lstmdsl.compile("peephole", input_size=64, hidden_size=64, backend="cuda")
+    layer = lstmdsl.compile("peephole", input_size=64, hidden_size=64, backend="cuda", schedule="no persistent")
     x = cupy.asarray(np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32))
     p = layer.profile(x, repeat=2)
     kinds = set(p["parts_ms"])
@@ -196,7 +196,7 @@ def test_profile_times_every_unit_of_a_bidirectional_stack():
     busy = {}
     for bidirectional in (False, True):
         layer = lstmdsl.compile("vanilla", input_size=64, hidden_size=64, num_layers=2, backend="cuda",
-                                bidirectional=bidirectional)
+                                bidirectional=bidirectional, schedule="no persistent")
         p = layer.profile(x, repeat=2)
         busy[bidirectional] = p["parts_ms"]["forward: pointwise kernels"]
         assert layer.overlap_directions and layer.use_graphs  # restored
@@ -304,3 +304,82 @@ def test_half_precision_rounds_and_follows_the_master_weights():
     want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
     assert np.linalg.norm(cupy.asnumpy(y1) - want) / np.linalg.norm(want) < 2e-2
     assert np.linalg.norm(cupy.asnumpy(y1 - y0)) > 1e-2
+
+
+def _persistent_runs(layer) -> list:
+    """The persistent launches the layer's engines chose in their workspaces (None: the stepwise loop)."""
+    return [ws.persistent.get("forward") for engine in layer._engines.values() for wss in engine.workspaces.values()
+            for ws in wss]
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("T,B,I,H,L", [(7, 1, 5, 1, 1), (7, 3, 5, 33, 2), (9, 17, 3, 100, 1), (20, 3, 16, 1000, 1)])
+def test_every_spec_under_the_persistent_schedule(name, T, B, I, H, L):
+    """The forward recurrence as one cooperative launch (forced: `persistent`), at odd sizes: one block at the
+    small ones, a grid of blocks with barriers at the large ones; every workspace poisoned with NaN."""
+    scale = min(0.5, 1 / np.sqrt(H))
+    tolerance = None
+    if H == 1 and name in ONE_FEATURE_TOLERANCE:  # a norm over one feature is ill-conditioned: as good as stepwise
+        stepwise = check(name, T, B, I, H, L, schedule="no persistent", scale=scale, tolerance=np.inf)
+        tolerance = max(ONE_FEATURE_TOLERANCE[name], 2 * max(stepwise.values()))
+    check(name, T, B, I, H, L, schedule="persistent", scale=scale, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("schedule", ["persistent; precision bf16", "persistent; precision fp16",
+                                      "persistent; no hoist input", "persistent; fuse recurrent; precision tf32"])
+@pytest.mark.parametrize("name", ["vanilla", "gru", "lstmp", "layernorm", "fgr"])
+def test_persistent_schedule_in_every_precision_and_schedule(name, schedule):
+    tolerance = {"bf16": TOLERANCE["bf16"], "fp16": TOLERANCE["fp16"]}.get(schedule.split()[-1])
+    check(name, 9, 5, 16, 256, 2, schedule=schedule, scale=1 / 16, tolerance=tolerance)
+
+
+def test_the_cost_model_chooses_the_persistent_launch():
+    """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one), large
+    batches and `no persistent` the stepwise loop, and weights too large for the chip are read from memory
+    under a forced `persistent` (and still match the stepwise result)."""
+    from lstmdsl.passes import persistent
+
+    x = lambda T, B, I: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, I)) * 0.5, np.float32)  # noqa: E731
+    small = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="persistent")
+    small.forward(x(5, 2, 8))
+    (run,) = _persistent_runs(small)
+    assert run is not None and run.blocks == 1 and run.cached
+    wide = lstmdsl.compile("vanilla", 8, 1024, backend="cuda", schedule="persistent")
+    wide.forward(x(5, 4, 8))
+    (run,) = _persistent_runs(wide)
+    assert run is not None and run.blocks > 1 and run.cached
+    auto = lstmdsl.compile("vanilla", 8, 32, backend="cuda")  # persistent auto
+    auto.forward(x(5, 2, 8))
+    expected = 2 <= persistent.MAX_BATCH["fp32"]
+    assert (_persistent_runs(auto)[0] is not None) == expected
+    off = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="no persistent")
+    off.forward(x(5, 2, 8))
+    assert _persistent_runs(off) == [None]
+    huge = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="persistent", seed=1)
+    stepwise = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="no persistent", seed=1)
+    stepwise.load_state_dict(huge.state_dict())
+    xs = x(3, 2, 8)
+    y_p, _ = huge.forward(xs)
+    y_s, _ = stepwise.forward(xs)
+    (run,) = _persistent_runs(huge)
+    assert run is not None and not run.cached
+    assert float(cupy.abs(y_p - y_s).max()) < 1e-4
+
+
+def test_ten_thousand_persistent_launches_do_not_hang():
+    """10,000 consecutive cooperative launches (each with its barriers) on one stream, then one check."""
+    layer = lstmdsl.compile("vanilla", 16, 256, backend="cuda", schedule="persistent")
+    xs = cupy.asarray(np.random.default_rng(0).standard_normal((3, 4, 16)), np.float32)
+    y0, _ = layer.forward(xs, train=False)
+    for _ in range(10_000):
+        y, _ = layer.forward(xs, train=False)
+    cupy.cuda.Device().synchronize()
+    assert bool(cupy.array_equal(y, y0))
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "zoneout_lstm"])
+def test_persistent_schedule_in_both_directions_with_lengths_and_regularisers(name):
+    """The reverse direction's persistent kernel runs its steps backwards; masks of variable lengths and
+    the regularisers' masks are per-step inputs it reads like any slot."""
+    check(name, 9, 5, 5, 33, 2, schedule="persistent", bidirectional=True, lengths=np.array([9, 1, 4, 7, 2]),
+          dropout=0.3 if name == "zoneout_lstm" else 0.0)

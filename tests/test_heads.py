@@ -10,7 +10,7 @@ import pytest
 import lstmdsl
 from lstmdsl import SpecError, UsageError
 from lstmdsl.gradcheck import gradient_check
-from lstmdsl.plan import format_plan
+from lstmdsl.planformat import format_plan
 from lstmdsl.program import build_program
 
 from test_cli import run_cli

@@ -14,7 +14,8 @@ from lstmdsl import reference
 from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
-from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad, format_plan
+from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
+from lstmdsl.planformat import format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
 from lstmdsl.planverify import PlanError, verify
 from lstmdsl.schedule import Schedule, parse_schedule
@@ -74,6 +75,11 @@ def check_every_schedule(name, masked=False, num_heads=None):
         np.testing.assert_allclose(got_ys, ys, rtol=1e-12, atol=1e-13, err_msg=what)
         for k in final:
             np.testing.assert_allclose(got_final[k], final[k], rtol=1e-12, atol=1e-13, err_msg=what)
+        if plan.forward.loop.persistent is not None:  # the persistent kernel's stages compute the same
+            p_ys, p_final, _ = plan_forward(plan, params, sizes, xs, state, steps, persistent=True)
+            np.testing.assert_allclose(p_ys, ys, rtol=1e-12, atol=1e-13, err_msg=what + " (persistent)")
+            for k in final:
+                np.testing.assert_allclose(p_final[k], final[k], rtol=1e-12, atol=1e-13, err_msg=what + " (persistent)")
         grads = {k: np.zeros_like(v) for k, v in params.items()}
         dx, d0 = plan_backward(plan, params, sizes, saved, dys, dfinal, grads)
         np.testing.assert_allclose(dx, want_dx, rtol=1e-11, atol=1e-12, err_msg=what)
@@ -183,7 +189,7 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "fold_sums", "storage", "calls"]
+                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):
@@ -246,3 +252,16 @@ def test_verify_catches_broken_mixed_precision_plans():
         with pytest.raises(PlanError):
             verify(bad)
             pytest.fail(what)
+
+
+def test_persistent_is_a_mode_with_its_own_directives():
+    from lstmdsl.errors import SpecError
+    from lstmdsl.schedule import parse_schedule
+
+    assert Schedule().persistent == "auto"
+    assert [parse_schedule(t).persistent for t in ("persistent", "no persistent", "persistent; persistent auto")] == \
+        ["on", "off", "auto"]
+    for s in (Schedule(), parse_schedule("persistent"), parse_schedule("no persistent")):
+        assert parse_schedule(s.describe()) == s
+    with pytest.raises(SpecError, match="did you mean 'persistent'"):
+        parse_schedule("persistnt")

@@ -1,6 +1,7 @@
 """The passes, in the order they run. Each is a pure function Plan -> Plan.
 
-The scheduling passes (PIPELINE) are switched by the schedule; every schedule computes the same results
+The scheduling passes (PIPELINE) are switched by the schedule, and make_persistent follows them (the
+schedule's persistent mode decides what it does); every schedule computes the same results
 within floating-point tolerance (tests/test_passes.py runs every spec under every schedule). Stage
 splitting needs no pass of its own: base_plan orders each step's GEMMs and kernels by data dependence,
 so a product of a value computed inside the step always sits between two kernels, and the fusion
@@ -18,6 +19,7 @@ from ..schedule import Schedule
 from .calls import assign_calls
 from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
+from .persistent import make_persistent
 from .pointwise_fusion import fuse_pointwise
 from .recurrent_fusion import fuse_recurrent
 from .row_fusion import fuse_rows
@@ -49,6 +51,9 @@ def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, di
             plan = run(plan)
             if trace:
                 trace(switch, plan)
+    plan = make_persistent(plan)  # not a switch: a mode (auto, on, off) that make_persistent reads
+    if trace:
+        trace("persistent", plan)
     return plan
 
 

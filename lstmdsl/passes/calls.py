@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir import HEADS, per_head
-from ..plan import Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
+from ..plan import Copy, Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
 from .storage import _needed_outside, backward_roots, forward_roots, ones_buffer, vector_grad_slot
 
 THREADS = 128  # per block
@@ -145,9 +145,11 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         return GemmCall((r,), (c,), rows, gin, True, _buffer(f_slots[op.v][0]), False,
                         Operand("grads", stack.name, weights), True, **types, heads=HEADS, strides=((r,), (c,), block))
 
-    needed = _needed_outside(phase, forward_roots(plan) if phase_name == "forward" else backward_roots(plan))
+    roots = forward_roots(plan) if phase_name == "forward" else backward_roots(plan)
+    needed = _needed_outside(phase, roots)
     tag = "fwd" if phase_name == "forward" else "bwd"
     count = 0
+    threads = THREADS
 
     def lower(place: str, op):
         nonlocal count
@@ -159,10 +161,10 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
             writes = [(i, s) for i in op.nodes if i in needed for s in slots[i]]
             if reduces(phase, op):  # one block per row, over the features of every argument
                 sizes = tuple(sorted({nodes[a].size for i in op.nodes for a in nodes[i].args}))
-                launch = Launch(THREADS, 0, sizes, kind="rows")
+                launch = Launch(threads, 0, sizes, kind="rows")
             else:
                 sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, "one"})) or ("one",)
-                launch = Launch(THREADS, THREADS // 32 if matvecs else THREADS, sizes)
+                launch = Launch(threads, threads // 32 if matvecs else threads, sizes)
             name = f"{plan.cell.name}_{tag}{count}"
             count += 1
             return dataclasses.replace(op, name=name, launch=launch, reads=tuple((a, slots[a][0]) for a in reads),
@@ -170,13 +172,23 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         c = call(place, op)
         return op if c is None else dataclasses.replace(op, call=c)
 
-    return dataclasses.replace(phase, before=tuple(lower("before", op) for op in phase.before),
-                               loop=dataclasses.replace(phase.loop, body=_row_launches(
-                                   [lower("loop", op) for op in phase.loop.body])),
-                               after=tuple(lower("after", op) for op in phase.after))
+    before = tuple(lower("before", op) for op in phase.before)
+    body = _row_launches([lower("loop", op) for op in phase.loop.body])
+    after = tuple(lower("after", op) for op in phase.after)
+    pers = phase.loop.persistent
+    if pers is not None and any(isinstance(op, Copy) for op in phase.loop.body):
+        pers = None  # a value copied between slots each step (storage): the persistent stages have no copies
+    if pers is not None:  # its stages: named apart, all with the launch's block size
+        needed = _needed_outside(phase.with_body(pers.stages), roots)
+        tag, count, threads = f"{tag}_p", 0, pers.threads
+        stages = _row_launches([lower("loop", op) for op in pers.stages], pers.threads)
+        reverse = "_reverse" if phase.loop.direction == "reverse" else ""  # a reverse layer's kernel differs
+        pers = dataclasses.replace(pers, stages=stages, name=f"{plan.cell.name}_{tag[:3]}_persistent{reverse}")
+    return dataclasses.replace(phase, before=before, loop=dataclasses.replace(phase.loop, body=body, persistent=pers),
+                               after=after)
 
 
-def _row_launches(body: list) -> tuple:
+def _row_launches(body: list, threads: int = ROW_THREADS) -> tuple:
     """A kernel that others join (row fusion) launches one block per row for all of them, over the sizes
     of every stage."""
     for k, op in enumerate(body):
@@ -185,7 +197,7 @@ def _row_launches(body: list) -> tuple:
             while k + len(group) < len(body) and getattr(body[k + len(group)], "joins", False):
                 group.append(body[k + len(group)])
             sizes = tuple(sorted({s for g in group for s in g.launch.sizes}))
-            body[k] = dataclasses.replace(op, launch=Launch(ROW_THREADS, 0, sizes, kind="rows"))
+            body[k] = dataclasses.replace(op, launch=Launch(threads, 0, sizes, kind="rows"))
     return tuple(body)
 
 

@@ -57,6 +57,56 @@ def launch(function: int, grid: tuple[int, int], threads: int, args: list[tuple[
     driver.launchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, ctypes.addressof(params), 0)
 
 
+_DRIVER = None
+_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+
+def _driver():
+    """libcuda through ctypes: the few driver calls CuPy does not bind (cooperative launches, occupancy)."""
+    global _DRIVER
+    if _DRIVER is None:
+        _DRIVER = ctypes.CDLL("libcuda.so.1")
+    return _DRIVER
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        name = ctypes.c_char_p()
+        _driver().cuGetErrorName(status, ctypes.byref(name))
+        raise DeviceError(f"{what} failed: {(name.value or b'CUDA error').decode()} ({status})")
+
+
+def on_chip() -> tuple[int, int]:
+    """(multiprocessors, shared memory bytes one block may opt in to) of the current device."""
+    attrs = cupy.cuda.Device().attributes
+    return attrs["MultiProcessorCount"], attrs["MaxSharedMemoryPerBlockOptin"]
+
+
+def co_resident(function: int, threads: int, shared: int) -> int:
+    """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory fit on one
+    multiprocessor at once (0: not even one). Raises the function's dynamic shared memory limit to
+    `shared` first (needed above 48 KB)."""
+    lib = _driver()
+    _check(lib.cuFuncSetAttribute(ctypes.c_void_p(function), _MAX_DYNAMIC_SHARED, ctypes.c_int(shared)),
+           "setting a kernel's shared memory size")
+    count = ctypes.c_int(0)
+    _check(lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(count), ctypes.c_void_p(function),
+                                                           ctypes.c_int(threads), ctypes.c_size_t(shared)),
+           "the occupancy query")
+    return count.value
+
+
+def launch_cooperative(function: int, blocks: int, threads: int, shared: int, args: list[tuple[str, int]],
+                       stream: int) -> None:
+    """A cooperative launch (all `blocks` blocks resident at once, or an error: never a hang) of a kernel
+    that meets the grid at barriers of its own (the persistent schedule)."""
+    values = [_ARG_TYPES[kind](value) for kind, value in args]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+    _check(_driver().cuLaunchCooperativeKernel(ctypes.c_void_p(function), blocks, 1, 1, threads, 1, 1, shared,
+                                               ctypes.c_void_p(stream), params),
+           "the persistent kernel's cooperative launch")
+
+
 def copy_rows(dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int, stream: int) -> None:
     """rows rows of width bytes from src to dst, each side with its own pitch (bytes between rows)."""
     cupy.cuda.runtime.memcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, _DEVICE_TO_DEVICE, stream)

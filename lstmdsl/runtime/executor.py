@@ -18,11 +18,14 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import LstmdslError
 from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Transfer, VectorGrad, WeightGrad
 from ..program import Program
 from . import convert, cublas, device
 from .nvrtc import function, load_module
+from .persistent import PersistentRun, launch_shape
 from .workspace import Workspace
 
 ADD_THREADS = 128
@@ -148,6 +151,45 @@ class _Issue:
             grid = (math.ceil(max(ws.env[s] for s in op.launch.sizes) / op.launch.per_block), ws.B)
         device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
 
+    def persistent(self, name: str, run: "PersistentRun") -> None:
+        """The whole loop as one cooperative launch of the persistent kernel (plan.Persistent)."""
+        ws, bind = self.ws, self.bind
+        pers = getattr(self.plan, name).loop.persistent
+        desc = self.engine.program.kernels[pers.name]
+        args = []
+        for a in desc.args:
+            b = a.bind
+            if b.kind == "batch":
+                args.append(("int", ws.B))
+            elif b.kind == "steps":
+                args.append(("int", ws.T))
+            elif b.kind == "barrier":
+                args.append(("ptr", ws.counter))
+            elif b.kind == "cached":
+                args.append(("int", int(run.cached)))
+            elif b.kind == "stage_rows":
+                args.append(("int", run.stage_rows))
+            elif b.kind == "size":
+                args.append(("int", ws.env[b.name]))
+            elif b.kind == "vector":
+                args.append(("ptr", bind.vectors[b.name]))
+            elif b.kind == "weights":
+                args.append(("ptr", self.operand(Operand("weights", b.name, b.offset), 0, 0)[0]))
+            elif b.kind == "ldw":
+                args.append(("int", self.stack_ld(self.stacks[b.name])))
+            elif b.kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
+                args.append(("ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)))
+            elif b.kind == "stride":  # elements between steps (0: one area for all steps)
+                args.append(("int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]))
+            elif b.kind == "ring":
+                args.append(("int", 2 if b.slot.buffer in ws.ring else 0))
+            else:
+                args.append(("int", ws.width[b.slot.buffer]))
+        with self.engine.part(f"{name}: the persistent kernel (all steps)", self.stream):
+            device.zero(ws.counter, 4, self.stream)
+            device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
+                                      self.stream)
+
     def op(self, phase: str, place: str, op, t: int) -> None:
         if isinstance(op, Kernel) and op.joins:  # a stage of the launch of the kernel before it (row fusion)
             return
@@ -163,12 +205,17 @@ class _Issue:
         phase = getattr(self.plan, name)
         for op in phase.before:
             self.op(name, "before", op, 0)
-        steps = range(self.ws.T) if phase.loop.direction == "forward" else range(self.ws.T - 1, -1, -1)
-        for t in steps:
-            for op in phase.loop.body:
-                self.op(name, "loop", op, t)
+        run = self.engine.persistent_run(self.ws, name)
+        if run is not None:
+            self.persistent(name, run)
+        else:
+            steps = range(self.ws.T) if phase.loop.direction == "forward" else range(self.ws.T - 1, -1, -1)
+            for t in steps:
+                for op in phase.loop.body:
+                    self.op(name, "loop", op, t)
         for op in phase.after:
             self.op(name, "after", op, 0)
+
 
 
 class Engine:
@@ -186,6 +233,7 @@ class Engine:
         self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
+        self.use_persistent = True  # False: always the stepwise loop (benchmarks compare the two)
 
     # -- workspaces
     def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
@@ -210,6 +258,21 @@ class Engine:
         for key in [k for k, w in self.workspaces.items() if not w[0].pinned]:
             del self.workspaces[key]
         self.tape = None
+
+    # -- the persistent schedule
+    def persistent_run(self, ws: Workspace, phase: str) -> PersistentRun | None:
+        """The launch of the phase's persistent kernel at this workspace's sizes, or None where the plan's
+        cost model chooses the stepwise loop (runtime/persistent.py). Decided once per workspace."""
+        if phase not in ws.persistent:
+            pers = getattr(self.program.plan, phase).loop.persistent
+            run = None
+            if pers is not None and self.use_persistent:
+                run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
+            if run is not None and ws.counter is None:
+                ws.counter_array = device.empty((1,), np.uint32, 0, ws.stream)
+                ws.counter = ws.counter_array.data.ptr
+            ws.persistent[phase] = run
+        return ws.persistent[phase]
 
     # -- profiling
     @contextlib.contextmanager

@@ -66,6 +66,10 @@ class Workspace:
         self.graphs: dict[tuple, object] = {}  # (phase, addresses of what it reads) -> its CUDA graph
         self.regions: dict[str, dict] = {}  # "in" / "out" -> the caller's transfers: (address, pitch, rows, width)
         self.pinned = False  # a graph captured by someone else (torch) holds its addresses
+        self.stream = stream
+        self.persistent: dict[str, object] = {}  # phase -> its persistent launch at these sizes, or None (Engine)
+        self.counter: int | None = None  # the persistent kernels' barrier counter (one uint32), when they run
+        self.counter_array = None
 
     def dim(self, expr) -> int:
         """The value of a sum of symbolic sizes ("B" and "one" included)."""

@@ -14,8 +14,8 @@ from unusual_specs import UNUSUAL  # noqa: E402
 import lstmdsl  # noqa: E402
 from lstmdsl.resources import shipped_specs  # noqa: E402
 
-SCHEDULES = [None, "no fuse gates; no hoist input; no fuse pointwise; no batch weights", "fuse recurrent",
-             "no hoist input; fuse recurrent; no batch weights"]
+SCHEDULES = [None, "no fuse gates; no hoist input; no fuse pointwise; no batch weights", "fuse recurrent; persistent",
+             "no hoist input; fuse recurrent; no batch weights; persistent"]
 
 failures = total = 0
 cases = [(name, path.read_text()) for name, path in shipped_specs().items()] + list(UNUSUAL.items())
@@ -38,11 +38,13 @@ for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm", "zoneo
     for k, (bidirectional, lengths, p) in enumerate([(True, None, 0), (False, [4, 1, 3], 0), (True, [2, 4, 1], 0),
                                                       (True, [3, 4, 2], 0.3)]):
         graphs = k != 1  # p: dropout between the layers and DropConnect
+        schedule = "persistent" if k >= 2 else None  # the persistent kernel in both directions, with masks
         bad = simrt.check(spec, P=P, I=6, L=2, graphs=graphs, verbose=False, bidirectional=bidirectional,
-                          lengths=None if lengths is None else np.array(lengths), dropout=p, dropconnect=p)
+                          lengths=None if lengths is None else np.array(lengths), dropout=p, dropconnect=p,
+                          schedule=schedule)
         failures += bool(bad)
         total += 1
-        print(f"{name} | bidirectional={bidirectional} lengths={lengths} dropout=dropconnect={p} | graphs={graphs} "
+        print(f"{name} | bidirectional={bidirectional} lengths={lengths} dropout=dropconnect={p} {schedule or ''} | graphs={graphs} "
               f"L=2 | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 
 # block-diagonal recurrent matrices (sLSTM's heads): batches of per-block GEMMs
@@ -58,7 +60,7 @@ for k, schedule in enumerate(SCHEDULES[:2]):
 for k, (name, _) in enumerate(cases[:len(shipped_specs())]):
     spec = lstmdsl.parse(shipped_specs()[name].read_text())
     P = 3 if spec.uses_size("proj") else None
-    schedule = ["precision bf16", "precision fp16; fuse recurrent",
+    schedule = ["precision bf16", "precision fp16; fuse recurrent; persistent",
                 "precision bf16; no fuse gates; no hoist input; no fuse pointwise; no batch weights"][k % 3]
     L, bidirectional = 1 + (k % 2), k % 4 == 1
     lengths = np.array([4, 1, 3]) if k % 4 == 3 else None

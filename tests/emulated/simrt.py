@@ -136,6 +136,41 @@ def launch(function, grid, threads, args, stream):
         _stage(stage, op, nodes, val, dtype, types)
 
 
+SHARED = 227 * 1024  # what an H200 block may have; the emulated device has 132 multiprocessors
+PERSISTENT = []  # (kernel name, blocks, shared bytes, cached) of every persistent launch
+
+
+@recorded
+def launch_cooperative(function, blocks, threads, shared, args, stream):
+    """A persistent kernel: its stages in order at every step, each slot at that step's address."""
+    name, dtype = function
+    desc, ops, nodes = KERNELS[name]
+    PERSISTENT.append((name, blocks, shared, args[[a.name for a in desc.args].index("cached")][1]))
+    assert shared <= SHARED and blocks >= 1
+    val = {a.name: v for a, (_, v) in zip(desc.args, args)}
+    types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("*", "").strip()] for a in desc.args
+             if "*" in a.ctype and a.name != "bar"}
+    types.update({p.name: types[p.name + "_0"] for p in desc.pointers})
+    groups = []
+    for op in ops:
+        if op.joins:
+            groups[-1].append(op)
+        else:
+            groups.append([op])
+    T = int(val["T"])
+    for s in range(T):
+        t = T - 1 - s if desc.reverse else s
+        step = dict(val)
+        for p in desc.pointers:
+            area = t + p.step
+            if val[p.name + "_m"]:
+                area %= int(val[p.name + "_m"])
+            step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.name + "_s"])
+        for stage, group in zip(desc.stages, groups):
+            for sub, op in zip(stage.stages or (stage,), group):
+                _stage(sub, op, nodes, step, dtype, types)
+
+
 def _stage(desc, op, nodes, val, real, types):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
@@ -239,6 +274,9 @@ GRAPHS = []
 device.Uniform, device.SideStream = Uniform, SideStream
 device.check_available = lambda: None
 device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
+device.launch_cooperative = launch_cooperative
+device.on_chip = lambda: (132, SHARED)
+device.co_resident = lambda function, threads, shared: 1 if shared <= SHARED else 0
 device.is_capturing = lambda stream: False
 device.current_stream = lambda: 0
 device.current_device = lambda: 0
@@ -267,6 +305,9 @@ def _init(self, program, sizes):
                 else:
                     leader = op.name
                     KERNELS[op.name] = (program.kernels[op.name], [op], phase.nodes)
+        pers = phase.loop.persistent
+        if pers is not None:
+            KERNELS[pers.name] = (program.kernels[pers.name], list(pers.stages), phase.nodes)
 
 
 executor.Engine.__init__ = _init

@@ -1,0 +1,78 @@
+"""The persistent schedule (forward): the whole recurrence as one launch that keeps the weights on chip.
+
+The loop's ops become the stages of one cooperative kernel (plan.Persistent). Every per-step GEMM moves
+into the kernel after it when only that kernel reads its results and the kernel does not reduce rows
+(recurrent fusion's rule, without its restriction to operands ready at the start of the step: a grid
+barrier separates the stages, so an operand computed in an earlier stage is complete); any other GEMM
+becomes a stage of its own that computes and stores its products. Each block keeps the weight rows of its
+elements in shared memory for all steps, so a step reads no weights from memory, and one launch replaces
+T launches (or 2T: the GEMM and the kernel of each step).
+
+The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) chooses between them once
+the runtime knows the batch and the sizes. A block-diagonal matrix (heads) keeps the stepwise loop, and so
+does a loop whose storage copies a value between slots each step (the calls pass drops the persistent
+launch there: its stages have no copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..plan import Copy, Gemm, Kernel, Persistent, Plan, reduces
+
+# The cost model's batch limit (`persistent auto`): the largest batch at which the persistent kernel is
+# expected to beat the stepwise loop. Measured on the H200 (benchmarks/persistent.py, vanilla, T = 100, B {1,
+# 16, 64} x H {32 .. 1024}; benchmarks/results/persistent_fp32_h200.md), the kernel as it stands takes 4-10 us
+# per step at B = 1 (a grid barrier costs 0.9 us of it: benchmarks/persistent_floor.py; the rest is the
+# round trips to L2 of each step's operand, inputs and state) against 4-8 us for the stepwise loop, and loses
+# at almost every shape; so the cost model never chooses it yet, and `persistent` forces it.
+MAX_BATCH = {"fp32": 0, "tf32": 0, "bf16": 0, "fp16": 0}
+
+
+def _reads(op, nodes) -> set[int]:
+    if isinstance(op, Gemm):
+        return set(op.inputs)
+    return {a for i in op.nodes for a in nodes[i].args}
+
+
+def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
+    """The forward loop as the stages of a persistent kernel, or None where it cannot be one."""
+    fwd = plan.forward
+    nodes = fwd.nodes
+    body = list(fwd.loop.body)
+    heads = {p.name for p in plan.cell.params if p.heads}
+    if any(isinstance(op, Copy) for op in body) or any(isinstance(op, Gemm) and heads & set(op.matrices)
+                                                      for op in body):
+        return None
+    wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
+    stages = []
+    k = 0
+    while k < len(body):
+        op = body[k]
+        if not isinstance(op, Gemm):
+            stages.append(op)
+            k += 1
+            continue
+        nxt = body[k + 1] if k + 1 < len(body) else None
+        later = set().union(*(_reads(other, nodes) for other in body[k + 2:]))
+        if (isinstance(nxt, Kernel) and not nxt.joins and not reduces(fwd, nxt)
+                and not (k + 2 < len(body) and getattr(body[k + 2], "joins", False))
+                and not set(op.outputs) & (wanted | later)):
+            stages.append(Kernel(op.outputs + nxt.nodes))
+            k += 2
+        else:
+            stages.append(Kernel(op.outputs))
+            k += 1
+    return tuple(stages)
+
+
+def make_persistent(plan: Plan) -> Plan:
+    mode = plan.schedule.persistent
+    if mode == "off":
+        return plan
+    stages = persistent_stages(plan)
+    if stages is None:
+        return plan
+    pers = Persistent(stages, MAX_BATCH[plan.schedule.precision], forced=mode == "on")
+    loop = dataclasses.replace(plan.forward.loop, persistent=pers)
+    return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))

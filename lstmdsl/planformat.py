@@ -1,0 +1,115 @@
+"""`lstmdsl compile --emit plan`: a Plan as text (plan.py says what the plan holds)."""
+
+from __future__ import annotations
+
+from .plan import Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
+
+def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
+    """The plan as text (for `lstmdsl compile --emit plan`): the buffers with their types, the weight
+    stacks, and every op with its shapes, types, operands and launch (symbolic sizes, or numbers)."""
+
+    def dim(expr) -> str:
+        if sizes is None:
+            return " + ".join(expr) or "0"
+        env = dict(sizes, one=1)
+        known = [s for s in expr if s in env]
+        value = sum(env[s] for s in known)
+        rest = [s for s in expr if s not in env]
+        return " + ".join(([str(value)] if known else []) + rest) or "0"
+
+    def slot(s: Slot) -> str:
+        where = s.buffer + (f"[t{s.step:+d}]" if s.step else "[t]")
+        return where + (f"[:, {dim(s.col)}:]" if s.col else "") + (" (+=)" if s.accumulate else "")
+
+    def operand(o: Operand) -> str:
+        if o.space == "buffer":
+            return slot(Slot(o.name, o.offset, o.step))
+        return f"{o.space}:{o.name}" + (f"[{dim(o.offset)}:]" if o.offset else "")
+
+    def call(c: GemmCall | None) -> str:
+        if c is None:
+            return ""
+        strides = ", ".join(" * ".join(dim((s,)) for s in stride) for stride in c.strides)
+        batch = f"\n      for each of the {dim((c.heads,))} blocks (strides {strides} elements):" if c.heads else ""
+        return (f"{batch}\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
+                f"{operand(c.a)}{'^T' if c.trans_a else ''} @ {operand(c.b)}{'^T' if c.trans_b else ''}"
+                f" -> {operand(c.c)};  k = {dim(c.k)}; types {c.a_type} x {c.b_type} -> {c.c_type}, "
+                f"compute {c.compute}" + (f"; {' and '.join(c.padded)} over the aligned rows" if c.padded else ""))
+
+    def op_text(phase: Phase, op) -> str:
+        if isinstance(op, Gemm):
+            what = (f"GEMM {op.kind}  {' | '.join(op.matrices)}  %{', %'.join(map(str, op.inputs))} -> "
+                    f"%{', %'.join(map(str, op.outputs))}" + (" (accumulate)" if op.accumulate else ""))
+            return what + call(op.call)
+        if isinstance(op, Kernel):
+            ops = sorted({phase.nodes[i].op for i in op.nodes})
+            text = f"kernel {op.name or '?'}  {len(op.nodes)} ops ({', '.join(ops)})"
+            if op.joins:
+                text += "\n      launch: a stage of the launch before it (row fusion), after a barrier"
+            elif op.launch is not None and op.launch.kind == "rows":
+                ln = op.launch
+                text += (f"\n      launch: grid ({ln.rows}, 1), {ln.threads} threads (one block per row, over "
+                         f"{', '.join(dim((s,)) for s in ln.sizes)})")
+            elif op.launch is not None:
+                ln = op.launch
+                text += (f"\n      launch: grid (ceil(max({', '.join(dim((s,)) for s in ln.sizes)}) / "
+                         f"{ln.per_block}), {ln.rows}), {ln.threads} threads"
+                         + (" (one warp per element)" if ln.per_block != ln.threads else ""))
+            if op.launch is not None:
+                text += "\n      reads:  " + (", ".join(f"%{i} {slot(s)}" for i, s in op.reads) or "-")
+                text += "\n      writes: " + (", ".join(f"%{i} {slot(s)}" for i, s in op.writes) or "-")
+            return text
+        if isinstance(op, WeightGrad):
+            return f"weight gradient  d[{' ; '.join(op.matrices)}] += G^T V (V = forward %{op.v})" + call(op.call)
+        if isinstance(op, VectorGrad):
+            return f"vector gradient  d {op.name} += sum over rows of %{op.node}" + call(op.call)
+        types = f"{op.dtype} -> {op.dst_type}" if op.dst_type else op.dtype
+        return f"copy %{op.node} ({dim((op.size,))} wide, {types}): {slot(op.src)} -> {slot(op.dst)}"
+
+    cell = plan.cell
+    lines = [f"plan for cell {cell.name}: {plan.schedule.describe()}",
+             f"element type {plan.dtype}, GEMM compute type {plan.compute}"
+             + (f", GEMM operands and weight stacks {plan.operand_type} (fp32 master weights)"
+                if plan.operand_type != plan.dtype else "")]
+    st = plan.storage
+    if st is not None:
+        lines.append("buffers ([steps, B, width]; inference: steps in a forward-only workspace):")
+        for b in st.buffers:
+            extra = [f"inference {b.inference}" if b.inference else "training only"]
+            extra += [f"shares memory with {b.alias}"] if b.alias else []
+            extra += ["zeroed before the backward"] if b.zero else []
+            extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
+            extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
+            lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
+        if st.align > 1:
+            lines.append(f"  (rows padded to a multiple of {st.align} elements, the weight stacks' too: aligned "
+                         "for the tensor cores)")
+        lines.append("weight stacks ([rows, cols]):")
+        for s in st.stacks:
+            lines.append(f"  {s.name:<12} {s.dtype}  [{dim(s.rows)}, {dim((s.cols,))}] = "
+                         f"{' ; '.join(s.matrices)} on %{s.operand}; incoming gradients in {s.gin}")
+        for title, transfers in (("in", st.inputs), ("out", st.outputs)):
+            lines.append(f"the caller's {title}: " + ", ".join(
+                f"{x.what} = {x.buffer}[{x.step if x.step != 'all' else f'{x.first}..'}]"
+                + (f"[:, {dim(x.col)}:]" if x.col else "") for x in transfers))
+    for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
+        launches = sum(not isinstance(op, Copy) and not getattr(op, "joins", False) for op in phase.loop.body)
+        lines.append(f"{title} ({phase.loop.direction} in time): {launches} launches per step")
+        for where, op in phase.ops():
+            label = {"before": "before the loop: ", "loop": "each step:       ", "after": "after the loop:  "}[where]
+            lines.append(f"  {label} " + op_text(phase, op))
+        pers = phase.loop.persistent
+        if pers is not None:
+            rule = ("always (the schedule says persistent)" if pers.forced else
+                    f"when B <= {pers.max_batch} and the weights fit in the blocks' shared memory" if pers.max_batch
+                    else "when the schedule says persistent (the cost model does not choose it yet: slower "
+                    "than the stepwise loop as measured)")
+            lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
+                         f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
+                         f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "
+                         "in shared memory for all steps; a grid barrier after each stage:")
+            for op in pers.stages:
+                lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        "))
+    lines.append(f"  saved per step for the backward pass: {len(plan.saved)} values")
+    return "\n".join(lines)
+

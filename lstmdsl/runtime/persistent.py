@@ -1,0 +1,67 @@
+"""How a persistent kernel is launched at bound sizes (plan.Persistent says when and with how many blocks;
+codegen.PersistentDesc how the kernel lays out its shared memory): the grid, the dynamic shared memory,
+whether the weights are cached there, and how many batch rows of the products' operands are staged at a
+time. Before a launch, the grid is checked to be co-resident (the occupancy at that shared memory); the
+cooperative launch itself refuses a grid that is not (an error, never a hang)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..codegen import PersistentDesc
+from ..plan import Persistent
+from . import device
+
+ITEM = {"float": 4, "double": 8, "lstmdsl_bf16": 2, "lstmdsl_f16": 2}  # C type -> bytes
+MAX_BARRIERS = 2**31  # the barrier's counter counts blocks * stages * T arrivals (templates: grid_barrier)
+
+
+@dataclass(frozen=True)
+class PersistentRun:
+    """How a persistent kernel is launched at bound sizes: its blocks, the dynamic shared memory each block
+    gets, and whether the weights are cached there (else each step reads them from memory)."""
+
+    blocks: int
+    shared: int
+    cached: bool
+    stage_rows: int  # batch rows of the products' operands staged in shared memory at a time
+
+
+def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
+    """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
+    stepwise loop."""
+    env = ws.env
+
+    def shared(blocks: int) -> int:
+        total = 0
+        for c in desc.cached:  # as the kernel lays them out: rows padded to 32 elements, plus 32
+            rows = -(-max(env[w] for w in c.widths) // blocks)
+            padded = -(-env[c.cols[2:]] // 32) * 32 + 32
+            total += -(-rows * padded * ITEM[c.ctype] // 16) * 16
+        return total
+
+    # a batch row of every stage's staged operands (the widest stage's), as the kernel lays them out
+    row = max([sum(env[o.cols[2:]] * ITEM[o.ctype] for o in ops) for ops in desc.staged] + [0])
+    slack = 16 * max([len(ops) for ops in desc.staged] + [0])  # each operand's area rounds up to 16 bytes
+    multiprocessors, limit = device.on_chip()
+
+    def rows_beside(weights: int) -> int:
+        """Batch rows of the operands that fit beside `weights` bytes (0: not even one)."""
+        return ws.B if row == 0 else min(ws.B, max(0, (limit - weights - slack) // row))
+
+    work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
+    elements = max([env[w] for widths in desc.widths for w in widths] + [ws.B])
+    blocks = pers.blocks(work, elements, shared(1) + row + slack, limit, multiprocessors)
+    weights = shared(blocks)
+    rows = rows_beside(weights)
+    need = weights + (rows * row + slack if row else 0)
+    fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
+    if not pers.applies(ws.B, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+        return None
+    if fits:
+        return PersistentRun(blocks, need, True, max(rows, 1))
+    # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident
+    rows = rows_beside(0)
+    need = rows * row + slack if row else 0
+    resident = device.co_resident(function, pers.threads, need) * multiprocessors if rows else 0
+    return PersistentRun(max(1, min(blocks, resident)), need, False, rows) if resident else None
