@@ -42,7 +42,7 @@ for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-length
   summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
-for target in peephole layernorm "--persistent-grid gru" "--persistent-grid layernorm"; do
+for target in peephole layernorm "--persistent-grid peephole" "--persistent-grid gru" "--persistent-grid layernorm"; do
   # layernorm: row-fused launches, stages separated by barriers; --persistent-grid: the persistent kernel as a
   # grid of blocks (peephole at its own sizes runs it in one block)
   start=$SECONDS

@@ -270,7 +270,7 @@ class Persistent:
     max_batch: int
     forced: bool = False
     one_block_work: int = 65536
-    threads: int = 256
+    threads: int = 512
     name: str = ""  # the launch's kernel (the calls pass names it)
 
     def applies(self, batch: int, fits: bool) -> bool:

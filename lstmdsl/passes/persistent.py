@@ -22,10 +22,10 @@ from ..plan import Copy, Gemm, Kernel, Persistent, Plan, reduces
 
 # The cost model's batch limit (`persistent auto`): the largest batch at which the persistent kernel is
 # expected to beat the stepwise loop. Measured on the H200 (benchmarks/persistent.py, vanilla, T = 100, B {1,
-# 16, 64} x H {32 .. 1024}; benchmarks/results/persistent_fp32_h200.md), the kernel as it stands takes 4-10 us
-# per step at B = 1 (a grid barrier costs 0.9 us of it: benchmarks/persistent_floor.py; the rest is the
-# round trips to L2 of each step's operand, inputs and state) against 4-8 us for the stepwise loop, and loses
-# at almost every shape; so the cost model never chooses it yet, and `persistent` forces it.
+# 16, 64} x H {32 .. 1024}; benchmarks/results/persistent_fp32_h200.md), the kernel as it stands ties with
+# the stepwise loop at B = 1 (0.95-1.14x its time) and loses at larger batches except where cuBLAS picks a
+# slow algorithm (B = 16, H = 128; B = 64, H = 32): no batch limit makes it a win, so the cost model does not
+# choose it yet, and `persistent` forces it.
 MAX_BATCH = {"fp32": 0, "tf32": 0, "bf16": 0, "fp16": 0}
 
 
@@ -73,6 +73,10 @@ def make_persistent(plan: Plan) -> Plan:
     stages = persistent_stages(plan)
     if stages is None:
         return plan
-    pers = Persistent(stages, MAX_BATCH[plan.schedule.precision], forced=mode == "on")
+    # 512 threads hide more of the shared memory's latency, but may have only 128 registers each: kernels of
+    # several stages, or of row reductions, spill there (nvcc for sm_90), so they get 256
+    single = len(stages) == 1 and not reduces(plan.forward, stages[0])
+    threads = 512 if single else 256
+    pers = Persistent(stages, MAX_BATCH[plan.schedule.precision], forced=mode == "on", threads=threads)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
