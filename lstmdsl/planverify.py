@@ -166,15 +166,49 @@ def _check_storage(plan: Plan) -> None:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
 
 
+def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
+    """A persistent kernel's stages are kernels that compute exactly what the loop computes, each value
+    once, each reading only leaves, values computed before the loop, or values of earlier stages (a grid
+    barrier separates the stages); once calls are assigned, the launch is named and every value wanted
+    after the step (a state update, the output, what the backward reads) is stored by a stage."""
+    pers = phase.loop.persistent
+    if not all(isinstance(op, Kernel) for op in pers.stages) or not pers.stages:
+        raise PlanError(f"{title}: a persistent kernel's stages must be kernels")
+    if pers.threads % 32 or not 32 <= pers.threads <= 1024:
+        raise PlanError(f"{title}: a persistent kernel of {pers.threads} threads per block")
+    before = {i for op in phase.before for i in _written_by(op)}
+    computed: set[int] = set()
+    for k, op in enumerate(pers.stages):
+        if op.joins and (k == 0 or any(phase.nodes[i].op == "matvec" for i in op.nodes + pers.stages[k - 1].nodes)):
+            raise PlanError(f"{title}: persistent stage {k} joins a stage it cannot run after in one block")
+        for i in _read_by(phase, op):
+            if phase.nodes[i].op not in LEAF_OPS and i not in before and i not in computed:
+                raise PlanError(f"{title}: persistent stage {k} reads %{i} before a stage computes it")
+        if computed & set(op.nodes):
+            raise PlanError(f"{title}: persistent stages compute %{min(computed & set(op.nodes))} twice")
+        computed |= set(op.nodes)
+    in_loop = {i for op in phase.loop.body for i in _written_by(op)}
+    if computed != in_loop:
+        raise PlanError(f"{title}: the persistent stages compute {sorted(computed ^ in_loop)} differently from the loop")
+    if pers.name:
+        wanted = (set(plan.cell.updates) | {plan.cell.output} | set(plan.saved)) & computed
+        stored = {i for op in pers.stages for i, _ in op.writes}
+        if not all(op.name and op.launch for op in pers.stages) or wanted - stored:
+            raise PlanError(f"{title}: the persistent stages do not store {sorted(wanted - stored)}")
+
+
 def verify(plan: Plan) -> None:
     """Check a plan's invariants at whatever stage it is: the dataflow of each phase (every value read is a
     leaf or computed earlier, every value computed once); once storage is assigned, that every slot is in
     a known buffer, no two values share a slot, a buffer reused by the backward is not read by it, and
-    that the types agree at every GEMM and copy; once calls are assigned, that every op has one."""
+    that the types agree at every GEMM and copy; once calls are assigned, that every op has one; and a
+    persistent kernel's stages (_check_persistent)."""
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         if phase.loop.direction not in ("forward", "reverse"):
             raise PlanError(f"{title}: unknown loop direction {phase.loop.direction!r}")
         _check_dataflow(phase, title)
+        if phase.loop.persistent is not None:
+            _check_persistent(plan, phase, title)
     if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES or plan.operand_type not in ELEMENT_TYPES:
         raise PlanError(f"unknown element or compute type ({plan.dtype}, {plan.compute})")
     if (plan.operand_type in HALF_TYPES) != (plan.operand_type != plan.dtype) or \

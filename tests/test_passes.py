@@ -265,3 +265,38 @@ def test_persistent_is_a_mode_with_its_own_directives():
         assert parse_schedule(s.describe()) == s
     with pytest.raises(SpecError, match="did you mean 'persistent'"):
         parse_schedule("persistnt")
+
+
+def test_verify_catches_broken_persistent_stages():
+    import dataclasses
+
+    from lstmdsl.planverify import PlanError
+
+    spec = lstmdsl.parse("gru")
+    plan = make_plan(spec.cell, spec.grad, Schedule())
+    pers = plan.forward.loop.persistent
+    assert len(pers.stages) == 2
+    verify(plan)
+
+    def with_stages(stages):
+        loop = dataclasses.replace(plan.forward.loop, persistent=dataclasses.replace(pers, stages=stages))
+        return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
+
+    for broken, message in ((pers.stages[::-1], "before a stage computes it"), (pers.stages[:1], "differently"),
+                            (pers.stages + pers.stages[1:], "twice")):
+        with pytest.raises(PlanError, match=message):
+            verify(with_stages(broken))
+    unstored = (pers.stages[0], dataclasses.replace(pers.stages[1], writes=()))
+    with pytest.raises(PlanError, match="do not store"):
+        verify(with_stages(unstored))
+
+
+def test_format_plan_prints_the_persistent_stages_and_rule():
+    spec = lstmdsl.parse("gru")
+    auto = format_plan(make_plan(spec.cell, spec.grad, Schedule()), {"input": 8, "hidden": 16})
+    assert "or the persistent schedule, when the schedule says persistent" in auto
+    assert "gru_fwd_persistent of 256 threads" in auto and auto.count("    stage kernel gru_fwd_p") == 2
+    forced = format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="on")))
+    assert "always (the schedule says persistent)" in forced
+    assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
+        "element type")[1]
