@@ -4,7 +4,8 @@ whole pipeline whenever a program is built: a failure is a bug in a pass, never 
 from __future__ import annotations
 
 from .ir import LEAF_OPS
-from .plan import COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad, WeightGrad
+from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
+                   WeightGrad, reduces)
 
 
 class PlanError(AssertionError):
@@ -181,6 +182,8 @@ def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
     for k, op in enumerate(pers.stages):
         if op.joins and (k == 0 or any(phase.nodes[i].op == "matvec" for i in op.nodes + pers.stages[k - 1].nodes)):
             raise PlanError(f"{title}: persistent stage {k} joins a stage it cannot run after in one block")
+        if reduces(phase, op) and any(phase.nodes[i].op == "matvec" for i in op.nodes):
+            raise PlanError(f"{title}: persistent stage {k} both reduces rows and computes products")
         for i in _read_by(phase, op):
             if phase.nodes[i].op not in LEAF_OPS and i not in before and i not in computed:
                 raise PlanError(f"{title}: persistent stage {k} reads %{i} before a stage computes it")

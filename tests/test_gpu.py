@@ -383,3 +383,13 @@ def test_persistent_schedule_in_both_directions_with_lengths_and_regularisers(na
     the regularisers' masks are per-step inputs it reads like any slot."""
     check(name, 9, 5, 5, 33, 2, schedule="persistent", bidirectional=True, lengths=np.array([9, 1, 4, 7, 2]),
           dropout=0.3 if name == "zoneout_lstm" else 0.0)
+
+
+@pytest.mark.parametrize("name,H,bidirectional", [("vanilla", 1000, False), ("gru", 1100, False),
+                                                  ("peephole", 300, True)])
+def test_persistent_schedule_staging_rows_in_chunks_and_concurrent_grids(name, H, bidirectional):
+    """Batches too large to stage whole in shared memory beside the weights (stage_rows < B: the kernel's
+    loop over row chunks), and two multi-block persistent grids at once (the directions of a bidirectional
+    layer on two streams)."""
+    check(name, 4, 64 if not bidirectional else 9, 7, H, 1, schedule="persistent", scale=1 / np.sqrt(H),
+          bidirectional=bidirectional, lengths=np.array([4, 1, 3, 2, 4, 4, 2, 1, 3]) if bidirectional else None)

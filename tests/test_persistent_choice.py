@@ -19,12 +19,43 @@ class _Workspace:
         self.B, self.T, self.env = B, T, dict(sizes, B=B, one=1)
 
 
+STATIC = 128  # the kernel's static shared memory (a row reduction's partial sums)
+
+
 @pytest.fixture
 def h200(monkeypatch):
     monkeypatch.setattr(device, "on_chip", lambda: H200)
-    # two blocks of up to 100 KB fit one multiprocessor, one block of more, none past the limit
+    monkeypatch.setattr(device, "shared_budget", lambda fn: H200[1] - STATIC)
+    # two blocks of up to 100 KB fit one multiprocessor, one block of more, none past the budget
     monkeypatch.setattr(device, "co_resident", lambda fn, threads, shared: 2 if shared <= 100_000 else
-                        1 if shared <= H200[1] else 0)
+                        1 if shared <= H200[1] - STATIC else 0)
+
+
+class _FakeDriver:
+    """libcuda's attribute calls: a static size per kernel, and every limit set."""
+
+    def __init__(self):
+        self.limits = []
+
+    def cuFuncGetAttribute(self, out, attribute, function):
+        out._obj.value = STATIC
+        return 0
+
+    def cuFuncSetAttribute(self, function, attribute, value):
+        self.limits.append(value.value)
+        return 0
+
+
+def test_the_shared_memory_limit_is_raised_once_and_leaves_room_for_static_memory(monkeypatch):
+    """One kernel serves every workspace: its limit is set once, to what a block may opt in to less its
+    static shared memory, and never lowered by a smaller batch (a later larger launch would fail)."""
+    fake = _FakeDriver()
+    monkeypatch.setattr(device, "_driver", lambda: fake)
+    monkeypatch.setattr(device, "on_chip", lambda: H200)
+    monkeypatch.setattr(device, "_BUDGETS", {})
+    assert device.shared_budget(7) == device.shared_budget(7) == H200[1] - STATIC
+    assert fake.limits == [H200[1] - STATIC]
+    assert device.co_resident(7, 256, H200[1]) == 0  # past the budget: no driver call, no fit
 
 
 def shape(spec, schedule, B, H, T=100):
@@ -55,9 +86,18 @@ def test_launch_shapes_at_bound_sizes(h200):
     assert many.cached and 1 <= many.stage_rows < 512 and many.shared <= H200[1]
 
 
-def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200):
+def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
     from lstmdsl.passes.persistent import MAX_BATCH
 
     auto = shape("vanilla", Schedule(), B=1, H=256)
     assert (auto is not None) == (MAX_BATCH["fp32"] >= 1)
-    assert shape("vanilla", Schedule(), B=MAX_BATCH["fp32"] + 1, H=256) is None
+    # past the batch limit the driver is not asked anything (a limit it refuses cannot break the call)
+    monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
+    assert shape("layernorm", Schedule(), B=MAX_BATCH["fp32"] + 1, H=674) is None
+
+
+def test_a_cell_that_fills_shared_memory_leaves_room_for_the_static_part(h200):
+    """layernorm at H = 674, B = 64 needs all but 16 bytes of the opt-in limit: with the static shared
+    memory counted it stages fewer rows instead of asking for more than a block may have."""
+    run = shape("layernorm", Schedule(persistent="on"), B=64, H=674)
+    assert run is not None and run.shared <= H200[1] - STATIC

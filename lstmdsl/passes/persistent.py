@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Copy, Gemm, Kernel, Persistent, Plan, reduces
+from ..plan import Gemm, Kernel, Persistent, Plan, reduces
 
 # The cost model's batch limit (`persistent auto`): the largest batch at which the persistent kernel is
 # expected to beat the stepwise loop. Measured on the H200 (benchmarks/persistent.py, vanilla, T = 100, B {1,
@@ -41,9 +41,8 @@ def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     nodes = fwd.nodes
     body = list(fwd.loop.body)
     heads = {p.name for p in plan.cell.params if p.heads}
-    if any(isinstance(op, Copy) for op in body) or any(isinstance(op, Gemm) and heads & set(op.matrices)
-                                                      for op in body):
-        return None
+    if any(isinstance(op, Gemm) and heads & set(op.matrices) for op in body):
+        return None  # (copies between slots come with the storage pass: the calls pass drops the launch there)
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
     stages = []
     k = 0

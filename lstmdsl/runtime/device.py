@@ -58,7 +58,9 @@ def launch(function: int, grid: tuple[int, int], threads: int, args: list[tuple[
 
 
 _DRIVER = None
+_STATIC_SHARED = 1  # CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
 _MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_BUDGETS: dict[int, int] = {}  # kernel handle -> the dynamic shared memory its blocks may have
 
 
 def _driver():
@@ -82,13 +84,28 @@ def on_chip() -> tuple[int, int]:
     return attrs["MultiProcessorCount"], attrs["MaxSharedMemoryPerBlockOptin"]
 
 
+def shared_budget(function: int) -> int:
+    """The dynamic shared memory one block of the kernel may have: what a block may opt in to, less the
+    kernel's static shared memory. The kernel's limit is raised to it the first time (above 48 KB a launch
+    needs that), once for good: one kernel serves every workspace and batch size, so it is never lowered."""
+    if function not in _BUDGETS:
+        lib = _driver()
+        static = ctypes.c_int(0)
+        _check(lib.cuFuncGetAttribute(ctypes.byref(static), _STATIC_SHARED, ctypes.c_void_p(function)),
+               "reading a kernel's static shared memory")
+        budget = on_chip()[1] - static.value
+        _check(lib.cuFuncSetAttribute(ctypes.c_void_p(function), _MAX_DYNAMIC_SHARED, ctypes.c_int(budget)),
+               "setting a kernel's shared memory limit")
+        _BUDGETS[function] = budget
+    return _BUDGETS[function]
+
+
 def co_resident(function: int, threads: int, shared: int) -> int:
-    """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory fit on one
-    multiprocessor at once (0: not even one). Raises the function's dynamic shared memory limit to
-    `shared` first (needed above 48 KB)."""
+    """How many blocks of `threads` threads and `shared` bytes of dynamic shared memory (at most
+    shared_budget(function)) fit on one multiprocessor at once (0: not even one)."""
     lib = _driver()
-    _check(lib.cuFuncSetAttribute(ctypes.c_void_p(function), _MAX_DYNAMIC_SHARED, ctypes.c_int(shared)),
-           "setting a kernel's shared memory size")
+    if shared > shared_budget(function):
+        return 0
     count = ctypes.c_int(0)
     _check(lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(count), ctypes.c_void_p(function),
                                                            ctypes.c_int(threads), ctypes.c_size_t(shared)),

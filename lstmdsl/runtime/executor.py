@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -233,7 +234,8 @@ class Engine:
         self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
-        self.use_persistent = True  # False: always the stepwise loop (benchmarks compare the two)
+        self.use_persistent = True  # False: always the stepwise loop (before the first call: the choice is
+        # kept per workspace)
 
     # -- workspaces
     def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
@@ -264,10 +266,17 @@ class Engine:
         """The launch of the phase's persistent kernel at this workspace's sizes, or None where the plan's
         cost model chooses the stepwise loop (runtime/persistent.py). Decided once per workspace."""
         if phase not in ws.persistent:
-            pers = getattr(self.program.plan, phase).loop.persistent
+            plan = self.program.plan
+            pers = getattr(plan, phase).loop.persistent
             run = None
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
+            if run is None and self.use_persistent and plan.schedule.persistent == "on" and phase == "forward":
+                why = ("the cell has no persistent kernel (block-diagonal matrices, or a value copied between "
+                       "slots each step)" if pers is None else
+                       f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
+                warnings.warn(f"lstmdsl: schedule 'persistent' for cell {plan.cell.name}: {why}; running the "
+                              "stepwise loop", stacklevel=2)
             if run is not None and ws.counter is None:
                 ws.counter_array = device.empty((1,), np.uint32, 0, ws.stream)
                 ws.counter = ws.counter_array.data.ptr

@@ -29,7 +29,9 @@ class PersistentRun:
 
 def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
-    stepwise loop."""
+    stepwise loop (decided before any call to the driver) or where the kernel cannot run."""
+    if not pers.applies(ws.B, True):  # the cost model's batch limit: the stepwise loop whatever fits
+        return None
     env = ws.env
 
     def shared(blocks: int) -> int:
@@ -43,7 +45,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
     # a batch row of every stage's staged operands (the widest stage's), as the kernel lays them out
     row = max([sum(env[o.cols[2:]] * ITEM[o.ctype] for o in ops) for ops in desc.staged] + [0])
     slack = 16 * max([len(ops) for ops in desc.staged] + [0])  # each operand's area rounds up to 16 bytes
-    multiprocessors, limit = device.on_chip()
+    multiprocessors = device.on_chip()[0]
+    limit = device.shared_budget(function)  # what a block may opt in to, less the kernel's static shared memory
 
     def rows_beside(weights: int) -> int:
         """Batch rows of the operands that fit beside `weights` bytes (0: not even one)."""

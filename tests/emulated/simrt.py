@@ -136,7 +136,8 @@ def launch(function, grid, threads, args, stream):
         _stage(stage, op, nodes, val, dtype, types)
 
 
-SHARED = 227 * 1024  # what an H200 block may have; the emulated device has 132 multiprocessors
+SHARED = 227 * 1024  # what an H200 block may opt in to; the emulated device has 132 multiprocessors
+STATIC = 256  # the emulated kernels' static shared memory (block_reduce's partial sums in double)
 PERSISTENT = []  # (kernel name, blocks, shared bytes, cached) of every persistent launch
 
 
@@ -146,7 +147,7 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
     name, dtype = function
     desc, ops, nodes = KERNELS[name]
     PERSISTENT.append((name, blocks, shared, args[[a.name for a in desc.args].index("cached")][1]))
-    assert shared <= SHARED and blocks >= 1
+    assert shared <= SHARED - STATIC and blocks >= 1, "dynamic and static shared memory past the limit"
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
     types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("*", "").strip()] for a in desc.args
              if "*" in a.ctype and a.name != "bar"}
@@ -276,7 +277,8 @@ device.check_available = lambda: None
 device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
 device.launch_cooperative = launch_cooperative
 device.on_chip = lambda: (132, SHARED)
-device.co_resident = lambda function, threads, shared: 1 if shared <= SHARED else 0
+device.shared_budget = lambda function: SHARED - STATIC
+device.co_resident = lambda function, threads, shared: 1 if shared <= SHARED - STATIC else 0
 device.is_capturing = lambda stream: False
 device.current_stream = lambda: 0
 device.current_device = lambda: 0
