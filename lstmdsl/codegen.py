@@ -27,7 +27,10 @@ REAL = {"f32": "float", "f64": "double"}  # the plan's element type -> the type 
 class ArgBind:
     """How the runtime fills a kernel argument: kind "batch" (B), "size" (the size `name`), "vector"
     (the vector parameter `name`), "weights" (the stack `name` from row `offset`), "ldw" (that stack's
-    leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`)."""
+    leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`).
+    A persistent kernel's besides: "steps" (T), "barrier" (its counter), "cached" and "stage_rows" (its
+    launch), and per slot "ptr0" (the address at step 0), "stride" (elements between steps, 0 for one
+    area) and "ring" (the ring's length, or 0)."""
 
     kind: str
     name: str = ""

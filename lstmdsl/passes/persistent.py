@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..plan import Gemm, Kernel, Persistent, Plan, reduces
+from .recurrent_fusion import _reads
 
 # The cost model's batch limit (`persistent auto`): the largest batch at which the persistent kernel is
 # expected to beat the stepwise loop. Measured on the H200 (benchmarks/persistent.py, vanilla, T = 100, B {1,
@@ -27,12 +28,6 @@ from ..plan import Gemm, Kernel, Persistent, Plan, reduces
 # slow algorithm (B = 16, H = 128; B = 64, H = 32): no batch limit makes it a win, so the cost model does not
 # choose it yet, and `persistent` forces it.
 MAX_BATCH = {"fp32": 0, "tf32": 0, "bf16": 0, "fp16": 0}
-
-
-def _reads(op, nodes) -> set[int]:
-    if isinstance(op, Gemm):
-        return set(op.inputs)
-    return {a for i in op.nodes for a in nodes[i].args}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:

@@ -126,26 +126,43 @@ class _Issue:
             device.copy_rows(dst, ws.pitch(op.dst.buffer), src, ws.pitch(op.src.buffer), n * ws.item[op.src.buffer],
                              rows, self.stream)
 
+    def arg(self, b, t: int, run: "PersistentRun | None" = None) -> tuple[str, int]:
+        """A kernel argument's value at step t, as its ArgBind says (run: a persistent kernel's launch)."""
+        ws, kind = self.ws, b.kind
+        if kind == "batch":
+            return "int", ws.B
+        if kind == "size":
+            return "int", ws.env[b.name]
+        if kind == "vector":
+            return "ptr", self.bind.vectors[b.name]
+        if kind == "weights":
+            return "ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]
+        if kind == "ldw":
+            return "int", self.stack_ld(self.stacks[b.name])
+        if kind == "ptr":
+            return "ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)
+        if kind == "ld":
+            return "int", ws.width[b.slot.buffer]
+        # a persistent kernel's: it computes each step's addresses itself
+        if kind == "steps":
+            return "int", ws.T
+        if kind == "barrier":
+            return "ptr", ws.counter
+        if kind == "cached":
+            return "int", int(run.cached)
+        if kind == "stage_rows":
+            return "int", run.stage_rows
+        if kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
+            return "ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)
+        if kind == "stride":  # elements between steps (0: one area for all steps)
+            return "int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
+        if kind == "ring":
+            return "int", 2 if b.slot.buffer in ws.ring else 0
+        raise LstmdslError(f"unknown kernel argument binding {kind!r}")
+
     def kernel(self, op: Kernel, t: int) -> None:
-        ws, bind = self.ws, self.bind
-        desc = self.engine.program.kernels[op.name]
-        args = []
-        for a in desc.args:
-            b = a.bind
-            if b.kind == "batch":
-                args.append(("int", ws.B))
-            elif b.kind == "size":
-                args.append(("int", ws.env[b.name]))
-            elif b.kind == "vector":
-                args.append(("ptr", bind.vectors[b.name]))
-            elif b.kind == "weights":
-                args.append(("ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]))
-            elif b.kind == "ptr":
-                args.append(("ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)))
-            elif b.kind == "ldw":
-                args.append(("int", self.stack_ld(self.stacks[b.name])))
-            else:
-                args.append(("int", ws.width[b.slot.buffer]))
+        ws = self.ws
+        args = [self.arg(a.bind, t) for a in self.engine.program.kernels[op.name].args]
         if op.launch.kind == "rows":  # one block per row
             grid = (ws.B, 1)
         else:
@@ -154,40 +171,10 @@ class _Issue:
 
     def persistent(self, name: str, run: "PersistentRun") -> None:
         """The whole loop as one cooperative launch of the persistent kernel (plan.Persistent)."""
-        ws, bind = self.ws, self.bind
         pers = getattr(self.plan, name).loop.persistent
-        desc = self.engine.program.kernels[pers.name]
-        args = []
-        for a in desc.args:
-            b = a.bind
-            if b.kind == "batch":
-                args.append(("int", ws.B))
-            elif b.kind == "steps":
-                args.append(("int", ws.T))
-            elif b.kind == "barrier":
-                args.append(("ptr", ws.counter))
-            elif b.kind == "cached":
-                args.append(("int", int(run.cached)))
-            elif b.kind == "stage_rows":
-                args.append(("int", run.stage_rows))
-            elif b.kind == "size":
-                args.append(("int", ws.env[b.name]))
-            elif b.kind == "vector":
-                args.append(("ptr", bind.vectors[b.name]))
-            elif b.kind == "weights":
-                args.append(("ptr", self.operand(Operand("weights", b.name, b.offset), 0, 0)[0]))
-            elif b.kind == "ldw":
-                args.append(("int", self.stack_ld(self.stacks[b.name])))
-            elif b.kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
-                args.append(("ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)))
-            elif b.kind == "stride":  # elements between steps (0: one area for all steps)
-                args.append(("int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]))
-            elif b.kind == "ring":
-                args.append(("int", 2 if b.slot.buffer in ws.ring else 0))
-            else:
-                args.append(("int", ws.width[b.slot.buffer]))
+        args = [self.arg(a.bind, 0, run) for a in self.engine.program.kernels[pers.name].args]
         with self.engine.part(f"{name}: the persistent kernel (all steps)", self.stream):
-            device.zero(ws.counter, 4, self.stream)
+            device.zero(self.ws.counter, 4, self.stream)
             device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
                                       self.stream)
 
