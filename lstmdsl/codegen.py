@@ -228,18 +228,12 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}",
                                   ArgBind("weights", stack.name, offset)))
             args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
-            lines[n.size].append(f"real v{i} = real(0);  // {n.attr} [{n.size}, {nodes[a].size}]")
-            if cached:  # the block's rows and the staged operand, both in shared memory: four sums in flight
-                w, x = f"sw{i} + (size_t)(j - j0) * sld{i}", f"sh{a} + (b - b0) * {cols}"
-                lines[n.size] += [
-                    f"{{ const auto* w = {w}; const auto* x = {x}; real a1 = real(0), a2 = real(0), a3 = real(0);",
-                    f"int k = sub_lane; for (; k + 3 * sub < {cols}; k += 4 * sub) {{ v{i} += real(w[k]) * real(x[k]); "
-                    "a1 += real(w[k + sub]) * real(x[k + sub]); a2 += real(w[k + 2 * sub]) * real(x[k + 2 * sub]); "
-                    "a3 += real(w[k + 3 * sub]) * real(x[k + 3 * sub]); }",
-                    f"for (; k < {cols}; k += sub) v{i} += real(w[k]) * real(x[k]);",
-                    f"v{i} = group_sum(v{i} + ((a1 + a2) + a3), sub, gmask); }}"]
+            comment = f"  // {n.attr} [{n.size}, {nodes[a].size}]"
+            if cached:  # the block's rows and the staged operand, both in shared memory, on a group of lanes
+                lines[n.size].append(f"real v{i} = dot_lanes<real>(sub, sw{i} + (size_t)(j - j0) * sld{i}, "
+                                     f"sh{a} + (b - b0) * {cols}, {cols}, sub_lane, gmask);{comment}")
             else:
-                lines[n.size] += [f"for (int k = lane; k < {cols}; k += 32) "
+                lines[n.size] += [f"real v{i} = real(0);{comment}", f"for (int k = lane; k < {cols}; k += 32) "
                                   f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);",
                                   f"v{i} = warp_sum(v{i});"]
         elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
