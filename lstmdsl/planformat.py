@@ -101,9 +101,11 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         pers = phase.loop.persistent
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
-                    f"when B <= {pers.max_batch} and the weights fit in the blocks' shared memory" if pers.max_batch
-                    else "when the schedule says persistent (the cost model does not choose it yet: slower "
-                    "than the stepwise loop as measured)")
+                    f"when B <= {pers.max_batch}, a step's multiply-adds over the batch are "
+                    + " or ".join(f"{lo}-{hi}" for lo, hi in pers.work)
+                    + " and the weights fit in the blocks' shared memory" if pers.max_batch
+                    else "when the schedule says persistent (the cost model does not choose it here: not "
+                    "measured faster than the stepwise loop for this kind of cell or precision)")
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
                          f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "

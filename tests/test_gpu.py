@@ -350,8 +350,7 @@ def test_the_cost_model_chooses_the_persistent_launch():
     assert run is not None and run.blocks > 1 and run.cached
     auto = lstmdsl.compile("vanilla", 8, 32, backend="cuda")  # persistent auto
     auto.forward(x(5, 2, 8))
-    expected = 2 <= persistent.MAX_BATCH["fp32"]
-    assert (_persistent_runs(auto)[0] is not None) == expected
+    assert (_persistent_runs(auto)[0] is not None) == (2 <= persistent.LIMITS["fp32"][0])
     off = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="no persistent")
     off.forward(x(5, 2, 8))
     assert _persistent_runs(off) == [None]

@@ -65,9 +65,10 @@ def shape(spec, schedule, B, H, T=100):
 
 
 def test_the_cost_model_rule():
-    p = Persistent((), max_batch=16)
-    assert p.applies(16, True) and not p.applies(17, True) and not p.applies(1, False)
-    assert Persistent((), max_batch=0, forced=True).applies(1000, False)
+    p = Persistent((), max_batch=16, work=((0, 1 << 14), ((1 << 16) + 1, 1 << 24)))
+    assert p.applies(16, 1 << 24, True) and not p.applies(17, 100, True) and not p.applies(1, 100, False)
+    assert not p.applies(16, (1 << 24) + 1, True) and not p.applies(1, 1 << 16, True) and p.applies(1, 1 << 14, True)
+    assert Persistent((), max_batch=0, forced=True).applies(1000, 1 << 40, False)
     assert p.blocks(work=65536, elements=32, one_block_bytes=20_000, shared=H200[1], multiprocessors=132) == 1
     assert p.blocks(work=65537, elements=512, one_block_bytes=20_000, shared=H200[1], multiprocessors=132) == 132
     assert p.blocks(work=100, elements=3, one_block_bytes=10**6, shared=H200[1], multiprocessors=132) == 3
@@ -87,13 +88,25 @@ def test_launch_shapes_at_bound_sizes(h200):
 
 
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
-    from lstmdsl.passes.persistent import MAX_BATCH
+    """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 up to 2^24 multiply-adds a step
+    (B = 16, H = 512) but for the one-block launches of 2^14 to 2^16 (B = 1, H = 128), the stepwise loop past
+    the limits, for cells of several stages or row reductions, and at the tensor-core precisions
+    (passes/persistent.py: LIMITS, as measured)."""
+    from lstmdsl.passes.persistent import LIMITS
 
-    auto = shape("vanilla", Schedule(), B=1, H=256)
-    assert (auto is not None) == (MAX_BATCH["fp32"] >= 1)
-    # past the batch limit the driver is not asked anything (a limit it refuses cannot break the call)
+    max_batch, _ = LIMITS["fp32"]
+    assert shape("vanilla", Schedule(), B=1, H=32) is not None
+    assert shape("vanilla", Schedule(), B=1, H=128) is None  # 2^16: one block, slower than the stepwise loop
+    assert shape("vanilla", Schedule(), B=16, H=128) is not None
+    assert shape("peephole", Schedule(), B=max_batch, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
+    assert shape("vanilla", Schedule(), B=max_batch, H=1024) is None  # 2^26 multiply-adds
+    assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
+    assert shape("gru", Schedule(), B=1, H=256) is None
+    assert shape("indrnn", Schedule(), B=1, H=4096) is None  # no products: its kernel would be one block
+    # past the limits the driver is not asked anything (a limit it refuses cannot break the call)
     monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
-    assert shape("layernorm", Schedule(), B=MAX_BATCH["fp32"] + 1, H=674) is None
+    assert shape("vanilla", Schedule(), B=max_batch + 1, H=32) is None
+    assert shape("layernorm", Schedule(), B=1, H=674) is None
 
 
 def test_a_cell_that_fills_shared_memory_leaves_room_for_the_static_part(h200):

@@ -21,13 +21,20 @@ import dataclasses
 from ..plan import Gemm, Kernel, Persistent, Plan, reduces
 from .recurrent_fusion import _reads
 
-# The cost model's batch limit (`persistent auto`): the largest batch at which the persistent kernel is
-# expected to beat the stepwise loop. Measured on the H200 (benchmarks/persistent.py, vanilla, T = 100, B {1,
-# 16, 64} x H {32 .. 1024}; benchmarks/results/persistent_fp32_h200.md), the kernel as it stands ties with
-# the stepwise loop at B = 1 (0.95-1.14x its time) and loses at larger batches except where cuBLAS picks a
-# slow algorithm (B = 16, H = 128; B = 64, H = 32): no batch limit makes it a win, so the cost model does not
-# choose it yet, and `persistent` forces it.
-MAX_BATCH = {"fp32": 0, "tf32": 0, "bf16": 0, "fp16": 0}
+# The cost model (`persistent auto`) per precision: the largest batch, and the ranges of multiply-adds per
+# step (over the batch, in the kernel's products) where the persistent kernel is expected to beat the
+# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32
+# (benchmarks/results/persistent_fwd_fp32_h200.md, and persistent_fwd_inlined_fp32_h200.md for an inlined
+# version of the same kernel, which adds H = 64 and B = 64): one block wins up to 2^14 (B = 1, H = 32:
+# 0.87x the stepwise loop's time; H = 64, inlined: 0.95x) and loses at its limit, 2^16 (B = 1, H = 128 and
+# B = 16, H = 32: 1.12-1.21x); a grid wins or ties from there to 2^24 at B <= 16 (B = 1, H = 256 and 512:
+# 0.91-0.99x; B = 16, H = 128 to 512: 0.20-0.96x; B = 16, H = 64, inlined: 0.97x); at B = 64 it loses from
+# H = 64 on (inlined: 1.04-2.97x) and past 2^24 it lost with the first version of the kernel (B = 16,
+# H = 1024: 1.79x). In training the forward is this kernel and the backward the stepwise one either way.
+# Only single-stage cells with recurrent products were measured: cells of several stages, with row
+# reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
+# stepwise loop under `auto`, as do float64 and the tensor-core precisions; `persistent` forces it anywhere.
+LIMITS = {"fp32": (16, ((1, 1 << 14), ((1 << 16) + 1, 1 << 24))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -71,6 +78,7 @@ def make_persistent(plan: Plan) -> Plan:
     # several stages, or of row reductions, spill there (nvcc for sm_90), so they get 256
     single = len(stages) == 1 and not reduces(plan.forward, stages[0])
     threads = 512 if single else 256
-    pers = Persistent(stages, MAX_BATCH[plan.schedule.precision], forced=mode == "on", threads=threads)
+    max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
+    pers = Persistent(stages, max_batch, forced=mode == "on", threads=threads, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))

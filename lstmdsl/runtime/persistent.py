@@ -30,9 +30,10 @@ class PersistentRun:
 def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
     stepwise loop (decided before any call to the driver) or where the kernel cannot run."""
-    if not pers.applies(ws.B, True):  # the cost model's batch limit: the stepwise loop whatever fits
-        return None
     env = ws.env
+    work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
+    if not pers.applies(ws.B, work, True):  # the cost model's limits: the stepwise loop whatever fits
+        return None
 
     def shared(blocks: int) -> int:
         total = 0
@@ -52,14 +53,13 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         """Batch rows of the operands that fit beside `weights` bytes (0: not even one)."""
         return ws.B if row == 0 else min(ws.B, max(0, (limit - weights - slack) // row))
 
-    work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
     elements = max([env[w] for widths in desc.widths for w in widths] + [ws.B])
     blocks = pers.blocks(work, elements, shared(1) + row + slack, limit, multiprocessors)
     weights = shared(blocks)
     rows = rows_beside(weights)
     need = weights + (rows * row + slack if row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
-    if not pers.applies(ws.B, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+    if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     if fits:
         return PersistentRun(blocks, need, True, max(rows, 1))
