@@ -49,8 +49,11 @@ def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirecti
 
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 3), (7, 1, 3, 100, 3)])
-def test_every_spec_matches_the_reference(name, T, B, I, H, L):
-    check(name, T, B, I, H, L)
+@pytest.mark.parametrize("schedule", [None, "no persistent"])
+def test_every_spec_matches_the_reference(name, T, B, I, H, L, schedule):
+    """As the cost model chooses (the persistent kernel for fp32 LSTMs at these batches), and the stepwise
+    loop at the same sizes."""
+    check(name, T, B, I, H, L, schedule=schedule)
 
 
 @pytest.mark.parametrize("T,B,I,H,L,heads", [(7, 3, 5, 33, 1, 3), (1, 1, 2, 4, 3, 4), (7, 17, 3, 100, 2, 4),
