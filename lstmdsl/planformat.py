@@ -104,8 +104,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                     f"when B <= {pers.max_batch}, a step's multiply-adds over the batch are "
                     + " or ".join(f"{lo}-{hi}" for lo, hi in pers.work)
                     + " and the weights fit in the blocks' shared memory" if pers.max_batch
-                    else "when the schedule says persistent (the cost model does not choose it here yet: "
-                    "docs/performance.md says where it was measured ahead)")
+                    else "when the schedule says persistent (the cost model does not choose it here: not "
+                    "measured faster than the stepwise loop for this kind of cell or precision)")
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
                          f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "

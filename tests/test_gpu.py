@@ -51,8 +51,8 @@ def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirecti
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (1, 1, 2, 1, 3), (7, 1, 3, 100, 3)])
 @pytest.mark.parametrize("schedule", [None, "no persistent"])
 def test_every_spec_matches_the_reference(name, T, B, I, H, L, schedule):
-    """As the cost model chooses, and the stepwise loop at the same sizes (the two differ where `persistent
-    auto` takes the persistent kernel: passes/persistent.py LIMITS)."""
+    """As the cost model chooses (the persistent kernel for fp32 LSTMs at these batches), and the stepwise
+    loop at the same sizes."""
     check(name, T, B, I, H, L, schedule=schedule)
 
 

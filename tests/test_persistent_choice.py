@@ -87,41 +87,25 @@ def test_launch_shapes_at_bound_sizes(h200):
     assert many.cached and 1 <= many.stage_rows < 512 and many.shared <= H200[1]
 
 
-@pytest.fixture
-def measured_limits(monkeypatch):
-    """passes/persistent.py's LIMITS at fp32 as measured on the H200, for the plans made inside the test."""
-    from lstmdsl.passes import persistent as pass_
-
-    monkeypatch.setitem(pass_.LIMITS, "fp32", (16, ((1, 1 << 14), ((1 << 16) + 1, 1 << 24))))
-    build_program.cache_clear()
-    yield
-    build_program.cache_clear()  # nothing else sees plans made under the patched limits
-
-
-def test_auto_keeps_the_stepwise_loop_today():
-    """`persistent auto` does not choose the persistent kernel until the GPU suite has run with it
-    (passes/persistent.py: LIMITS)."""
+def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
+    """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 up to 2^24 multiply-adds a step
+    (B = 16, H = 512) but for the one-block launches of 2^14 to 2^16 (B = 1, H = 128), the stepwise loop past
+    the limits, for cells of several stages or row reductions, and at the tensor-core precisions
+    (passes/persistent.py: LIMITS, as measured)."""
     from lstmdsl.passes.persistent import LIMITS
 
-    assert LIMITS["fp32"][0] >= 1 or shape("vanilla", Schedule(), B=1, H=32) is None
-
-
-def test_auto_chooses_by_batch_work_and_kind_of_cell(h200, measured_limits, monkeypatch):
-    """With the ranges measured on the H200 (B <= 16; 1 to 2^14 or 2^16 + 1 to 2^24 multiply-adds a step):
-    the persistent launch for an LSTM at B = 1, H = 32 and B = 16, H = 128 to 512; the stepwise loop at 2^16 in
-    one block (B = 1, H = 128), past the limits, for cells of several stages, row reductions or no products,
-    and at the tensor-core precisions."""
+    max_batch, _ = LIMITS["fp32"]
     assert shape("vanilla", Schedule(), B=1, H=32) is not None
     assert shape("vanilla", Schedule(), B=1, H=128) is None  # 2^16: one block, slower than the stepwise loop
     assert shape("vanilla", Schedule(), B=16, H=128) is not None
-    assert shape("peephole", Schedule(), B=16, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
-    assert shape("vanilla", Schedule(), B=16, H=1024) is None  # 2^26 multiply-adds
+    assert shape("peephole", Schedule(), B=max_batch, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
+    assert shape("vanilla", Schedule(), B=max_batch, H=1024) is None  # 2^26 multiply-adds
     assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None
     assert shape("indrnn", Schedule(), B=1, H=4096) is None  # no products: its kernel would be one block
     # past the limits the driver is not asked anything (a limit it refuses cannot break the call)
     monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
-    assert shape("vanilla", Schedule(), B=17, H=32) is None
+    assert shape("vanilla", Schedule(), B=max_batch + 1, H=32) is None
     assert shape("layernorm", Schedule(), B=1, H=674) is None
 
 

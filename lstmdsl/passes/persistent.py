@@ -22,14 +22,19 @@ from ..plan import Gemm, Kernel, Persistent, Plan, reduces
 from .recurrent_fusion import _reads
 
 # The cost model (`persistent auto`) per precision: the largest batch, and the ranges of multiply-adds per
-# step (over the batch, in the kernel's products) where the persistent kernel is chosen. None yet: measured
-# on the H200 (benchmarks/results/persistent_fwd_fp32_h200.md and persistent_fwd_inlined_fp32_h200.md,
-# vanilla, forward, T = 100, fp32), it is ahead of the stepwise loop for single-stage cells at B <= 16 from
-# 1 to 2^14 multiply-adds a step (one block: 0.87-0.95x its time) and from 2^16 + 1 to 2^24 (a grid:
-# 0.20-0.99x), behind at 2^16 in one block (1.12-1.21x), at B = 64 (1.04-2.97x from H = 64 on) and past
-# 2^24; but the GPU suite has not yet run in full with auto choosing it there, so auto keeps the stepwise
-# loop until it has (docs/performance.md). `persistent` forces it anywhere.
-LIMITS = {"fp32": (0, ()), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
+# step (over the batch, in the kernel's products) where the persistent kernel is expected to beat the
+# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32
+# (benchmarks/results/persistent_fwd_fp32_h200.md, and persistent_fwd_inlined_fp32_h200.md for an inlined
+# version of the same kernel, which adds H = 64 and B = 64): one block wins up to 2^14 (B = 1, H = 32:
+# 0.87x the stepwise loop's time; H = 64, inlined: 0.95x) and loses at its limit, 2^16 (B = 1, H = 128 and
+# B = 16, H = 32: 1.12-1.21x); a grid wins or ties from there to 2^24 at B <= 16 (B = 1, H = 256 and 512:
+# 0.91-0.99x; B = 16, H = 128 to 512: 0.20-0.96x; B = 16, H = 64, inlined: 0.97x); at B = 64 it loses from
+# H = 64 on (inlined: 1.04-2.97x) and past 2^24 it lost with the first version of the kernel (B = 16,
+# H = 1024: 1.79x). In training the forward is this kernel and the backward the stepwise one either way.
+# Only single-stage cells with recurrent products were measured: cells of several stages, with row
+# reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
+# stepwise loop under `auto`, as do float64 and the tensor-core precisions; `persistent` forces it anywhere.
+LIMITS = {"fp32": (16, ((1, 1 << 14), ((1 << 16) + 1, 1 << 24))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
