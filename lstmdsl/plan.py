@@ -109,6 +109,8 @@ class Storage:
     outputs: tuple[Transfer, ...]  # forward: y, final states; backward: dx, initial-state gradients
     align: int = 1  # every buffer row, and every row of a padded stack, starts at a multiple of this many
     # elements (16 bytes for half types: the tensor cores' alignment at any hidden size)
+    stack_input: bool = False  # in a stack, layer k + 1's x buffer is layer k's y region, not a copy of it:
+    # x holds nothing else and no op writes it, and y is whole rows of a buffer kept for all steps, of x's type
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:

@@ -92,6 +92,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             lines.append(f"the caller's {title}: " + ", ".join(
                 f"{x.what} = {x.buffer}[{x.step if x.step != 'all' else f'{x.first}..'}]"
                 + (f"[:, {dim(x.col)}:]" if x.col else "") for x in transfers))
+        if st.stack_input:
+            lines.append("in a stack, a layer's x is the layer below's y, in place (no copy, no second buffer)")
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         launches = sum(not isinstance(op, Copy) and not getattr(op, "joins", False) for op in phase.loop.body)
         lines.append(f"{title} ({phase.loop.direction} in time): {launches} launches per step")

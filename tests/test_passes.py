@@ -300,3 +300,27 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     assert "always (the schedule says persistent)" in forced
     assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
         "element type")[1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stack_reads_its_input_in_place_where_the_storage_allows(precision):
+    """Storage.stack_input: every shipped spec's x buffer holds only the input and its output is whole rows of a
+    buffer kept for all steps, so a stack's layer reads the layer below's y in place; an output that is part of
+    a row, or of another type than x, is copied."""
+    from lstmdsl.passes.storage import _stack_input
+    from lstmdsl.plan import Slot
+
+    from lstmdsl.resources import shipped_specs
+
+    for name in SPECS:
+        spec = lstmdsl.parse(shipped_specs()[name].read_text())
+        plan = make_plan(spec.cell, spec.grad, Schedule(precision=precision))
+        st = plan.storage
+        assert st.stack_input, name
+        buffers = {b.name: b for b in st.buffers}
+        f_slots, b_slots = dict(st.forward), dict(st.backward)
+        y = next(t for t in st.outputs if t.what == "y")
+        assert not _stack_input(plan, buffers, f_slots, b_slots, Slot(y.buffer, ("one",), y.first))
+        other = {**buffers, "x": dataclasses.replace(buffers["x"], dtype="f64")}
+        assert not _stack_input(plan, other, f_slots, b_slots, Slot(y.buffer, (), y.first))
+        assert "in a stack, a layer's x is the layer below's y, in place" in format_plan(plan)

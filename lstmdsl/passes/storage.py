@@ -310,6 +310,24 @@ def _ones(plan: Plan, buf: _Buffers, b_slots) -> None:
             buf.all.setdefault(name, Buffer(name, dtype, ("one",), "T", fill=1.0))
 
 
+def _stack_input(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, out: Slot) -> bool:
+    """Whether a stack's layer k + 1 can read its input in place from layer k's output (Storage.stack_input):
+    only the input lives in the x buffer (so only the caller's transfer writes it), and the output is whole
+    rows of a buffer of the same type kept for all steps in training and inference. Layer k + 1's input size
+    is layer k's output size, so the rows are as wide."""
+    x, y = buffers["x"], buffers[out.buffer]
+    fwd, bwd = plan.forward.nodes, plan.backward.nodes
+    inputs = {i for i, n in enumerate(fwd) if n.op == "input"}
+    if any(sl.buffer == "x" for i, ss in f_slots.items() if i not in inputs for sl in ss):
+        return False
+    if any(sl.buffer == "x" for i, ss in b_slots.items() if not (bwd[i].op == "fwd" and bwd[i].attr in inputs)
+           for sl in ss):
+        return False
+    whole = not out.col and y.width == (plan.cell.output_size,)
+    kept = y.steps in ("T", "T+1") and y.inference in ("T", "T+1") and not y.alias and not x.alias
+    return whole and kept and x.width == ("input",) and x.dtype == y.dtype
+
+
 def assign_storage(plan: Plan) -> Plan:
     buf = _Buffers(plan.dtype)
     f_slots = _forward_slots(plan, buf)
@@ -324,6 +342,7 @@ def assign_storage(plan: Plan) -> Plan:
     steps = [(n.attr, n.size) for n in cell.nodes if n.op == "stepin"]
     storage = Storage(
         align=8 if plan.operand_type in HALF_TYPES else 1,  # 16 bytes
+        stack_input=_stack_input(plan, buf.all, f_slots, b_slots, out),
         buffers=tuple(buf.all.values()),
         forward=tuple((i, tuple(s)) for i, s in sorted(f_slots.items())),
         backward=tuple((i, tuple(s)) for i, s in sorted(b_slots.items())),

@@ -234,13 +234,20 @@ class Engine:
             storage = self.program.plan.storage
             layers: list[Workspace] = []
             for s in self.sizes:  # a training stack's layers share their backward buffers (Workspace)
-                layers.append(Workspace(storage, s, T, B, train, stream, layers))
+                given = {"x": self._output_view(layers[-1])} if layers and storage.stack_input else None
+                layers.append(Workspace(storage, s, T, B, train, stream, layers, given))
             self.workspaces[key] = layers
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
                 tape_key = self.tape[0] if self.tape else None
                 if old != tape_key and not self.workspaces[old][0].pinned:
                     del self.workspaces[old]
         return self.workspaces[key]
+
+    def _output_view(self, ws: Workspace):
+        """The layer's output y for all steps as an array [T, B, width] over its workspace's memory: the next
+        layer's x (Storage.stack_input)."""
+        y = next(t for t in self.program.plan.storage.outputs if t.what == "y")
+        return ws.arrays[y.buffer][y.first:y.first + ws.T]
 
     def free(self) -> None:
         """Drop the workspaces that no captured graph of someone else holds (and a pending backward)."""
@@ -327,6 +334,8 @@ class Engine:
         dst, pitch, rows, n, dtype = self._regions(ws, "in")[what]
         src_type = src_type or self.program.plan.dtype
         width = n * ELEMENT_TYPES[src_type]
+        if (src, width if src_pitch is None else src_pitch, src_type) == (dst, pitch, dtype):
+            return  # already there (a stack's x is the layer below's y: Storage.stack_input)
         convert.convert_rows(dst, pitch, dtype, src, width if src_pitch is None else src_pitch, src_type, n, rows,
                              stream)
 

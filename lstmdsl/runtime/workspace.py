@@ -25,13 +25,15 @@ def fill_value(dtype: str, value: float):
 
 class Workspace:
     def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int,
-                 share: list["Workspace"] = ()):
+                 share: list["Workspace"] = (), given: dict | None = None):
         """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
         only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on.
         share: the workspaces of the layers below in a stack. The layers' backward passes run one at a
         time, and a training-only buffer holds nothing from one layer's backward to the next layer's (nor
         from the forward: see Buffer.alias), so each takes the memory of such a buffer of the same shape
-        there: a stack's backward buffers cost one layer's, not L layers'."""
+        there: a stack's backward buffers cost one layer's, not L layers'. given: buffers that are memory
+        the caller already has (a stack's x: the layer below's y, Storage.stack_input), used where their
+        shape and type are this workspace's."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
         self.align = storage.align
@@ -47,6 +49,10 @@ class Workspace:
             if train and b.alias:
                 continue
             shape = (self.steps[b.name], B, self.width[b.name])
+            mine = (given or {}).get(b.name)
+            if mine is not None and mine.shape == shape and mine.dtype == NUMPY_TYPES[b.dtype]:
+                self.arrays[b.name] = mine
+                continue
             if train and b.inference is None:
                 same = next((w.arrays[b.name] for w in share if b.name in w.arrays
                              and w.arrays[b.name].shape == shape and w.arrays[b.name].dtype == NUMPY_TYPES[b.dtype]),

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import simrt  # sets up the fake CuPy and the emulation
+import cupy  # noqa: E402 - the fake one
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from unusual_specs import UNUSUAL  # noqa: E402
@@ -126,5 +127,19 @@ ok = not bad and len(said) >= 1 and "no persistent kernel" in said[0]
 failures += not ok
 total += 1
 print(f"slstm under a forced persistent: a warning, then the stepwise loop | {'OK' if ok else f'BAD {bad} {said}'}")
+
+# a stack reads each layer's input in place from the layer below's output (Storage.stack_input): one buffer
+# fewer per layer above the first, and the results above already cover its correctness
+for name, kw in [("vanilla", {}), ("lstmp", {"proj_size": 3}), ("gru", {"schedule": "precision bf16"})]:
+    layer = lstmdsl.compile(name, input_size=6 if name != "lstmp" else 3, hidden_size=6, num_layers=3, backend="cuda",
+                            **kw)
+    layer.forward(cupy.asarray(np.zeros((4, 2, layer.input_size), np.float32)))
+    (engine,) = layer._engines.values()
+    (wss,) = engine.workspaces.values()
+    ok = engine.program.plan.storage.stack_input and all(
+        upper.base["x"] == engine.output_region(lower, "y")[0] for lower, upper in zip(wss, wss[1:]))
+    failures += not ok
+    total += 1
+    print(f"{name} {kw}: a stack's x is the layer below's y, in place | {'OK' if ok else 'BAD'}")
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
