@@ -36,10 +36,24 @@ def differentiate(cell: Cell) -> StepGrad:
     fwd = cell.nodes
     b = GraphBuilder()
 
+    # values the backward has for every step whatever it reads: the step's inputs, the states at its start
+    # and end (kept as histories) and the output
+    kept = {i for i, n in enumerate(fwd) if n.op in ("state", "input", "const", "param", "stepin")}
+    kept |= set(cell.updates) | {cell.output}
+
+    def recomputed(i: int) -> bool:
+        """An elementwise function of kept values only (an LSTM's tanh(c)): the backward computes it again
+        instead of keeping it for every step, which saves a [T, B, size] buffer per layer."""
+        n, op = fwd[i], OPS.get(fwd[i].op)
+        return (i not in kept and op is not None and not op.reduction and n.size not in (ROW, None)
+                and all(a in kept and fwd[a].size != ROW for a in n.args))
+
     def value(i: int) -> int:  # a forward value as the backward step reads it
         n = fwd[i]
         if n.op in ("const", "param"):  # constants and parameters need not be saved per step
             return b.const(n.attr) if n.op == "const" else b.leaf("param", n.attr, n.size)
+        if recomputed(i):
+            return b.add(Node(n.op, tuple(value(a) for a in n.args), n.attr, n.size))
         return b.leaf("fwd", i, n.size)
 
     def total(parts: list[int]) -> int:
