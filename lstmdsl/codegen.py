@@ -11,6 +11,7 @@ typed and kernels are found by name.
 from __future__ import annotations
 
 import functools
+import dataclasses
 from dataclasses import dataclass
 
 from .ir import ROW
@@ -83,6 +84,8 @@ class CachedWeights:
     cols: str  # size parameter: its columns
     widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
     widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
+    narrowest: str = ""  # the C expression of the stage's narrowest operand: its group size comes from it,
+    # and the rows are padded for that group size
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class PersistentDesc:
     staged: tuple[tuple[StagedOperand, ...], ...]  # per stage: the operands of its products
     threads: int
     reverse: bool
+    narrowest: tuple[str, ...] = ()  # per stage: the C expression of its narrowest operand's width ("" if none)
     kind = "persistent"
 
 
@@ -275,7 +279,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             groups[-1].append(op)
         else:
             groups.append([op])
-    stages, widest, widths, cached, staged = [], [], [], [], []
+    stages, widest, widths, cached, staged, narrowest = [], [], [], [], [], []
     for group in groups:
         op = group[0]
         if len(group) > 1:
@@ -283,11 +287,13 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             widest.append("")
             widths.append(())
             staged.append(())
+            narrowest.append("")
         elif reduces(phase, op):
             stages.append(_reduction(plan, phase, op, fresh=True))
             widest.append("")
             widths.append(())
             staged.append(())
+            narrowest.append("")
         else:
             desc = _kernel(plan, phase, op, cached=True)
             stages.append(desc)
@@ -303,6 +309,10 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                     ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
                     operands[a] = StagedOperand(a, ctype, f"n_{nodes[a].size}")
             staged.append(tuple(operands[a] for a in sorted(operands)))
+            cols = sorted({o.cols for o in staged[-1]})
+            narrowest.append("".join(f"min({c}, " for c in cols[:-1]) + (cols[-1] if cols else "") + ")" * (len(cols) - 1))
+            first = len(cached) - sum(nodes[i].op == "matvec" for i in op.nodes)
+            cached[first:] = [dataclasses.replace(c, narrowest=narrowest[-1]) for c in cached[first:]]
     args, pointers = {}, {}
     args["B"] = KernelArg("const int", "B", ArgBind("batch"))
     args["T"] = KernelArg("const int", "T", ArgBind("steps"))
@@ -323,7 +333,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 args[a.name] = KernelArg(ctype, a.name, a.bind)
     return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
                           tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
-                          phase.loop.direction == "reverse")
+                          phase.loop.direction == "reverse", narrowest=tuple(narrowest))
 
 
 def _widest(desc: KernelDesc) -> str:
