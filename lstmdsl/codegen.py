@@ -11,8 +11,7 @@ typed and kernels are found by name.
 from __future__ import annotations
 
 import functools
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .ir import ROW
 from .ops import OPS
@@ -254,7 +253,14 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
-    return KernelDesc(op.name, tuple(args), tuple(consts), groups, launch)
+    return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch)
+
+
+def _in_place_args(op: Kernel, args: list[KernelArg]) -> tuple[KernelArg, ...]:
+    """No __restrict__ on pointers into an area the kernel reads and writes (Storage.in_place): loads first."""
+    both = {(s.buffer, s.step) for _, s in op.reads} & {(s.buffer, s.step) for _, s in op.writes}
+    return tuple(replace(a, ctype=a.ctype.replace(" __restrict__", ""))
+                 if a.bind.kind == "ptr" and (a.bind.slot.buffer, a.bind.slot.step) in both else a for a in args)
 
 
 def _row_group(plan: Plan, phase: Phase, ops: list[Kernel], fresh: bool = False) -> KernelDesc:
@@ -312,7 +318,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             cols = sorted({o.cols for o in staged[-1]})
             narrowest.append("".join(f"min({c}, " for c in cols[:-1]) + (cols[-1] if cols else "") + ")" * (len(cols) - 1))
             first = len(cached) - sum(nodes[i].op == "matvec" for i in op.nodes)
-            cached[first:] = [dataclasses.replace(c, narrowest=narrowest[-1]) for c in cached[first:]]
+            cached[first:] = [replace(c, narrowest=narrowest[-1]) for c in cached[first:]]
     args, pointers = {}, {}
     args["B"] = KernelArg("const int", "B", ArgBind("batch"))
     args["T"] = KernelArg("const int", "T", ArgBind("steps"))

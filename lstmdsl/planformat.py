@@ -94,6 +94,14 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                 + (f"[:, {dim(x.col)}:]" if x.col else "") for x in transfers))
         if st.stack_input:
             lines.append("in a stack, a layer's x is the layer below's y, in place (no copy, no second buffer)")
+        fwd_moves = [(v, p) for where, v, p in st.in_place if where == "forward"]
+        if fwd_moves:
+            over = ", ".join(f"%{v} over %{p}" for v, p in fwd_moves)
+            gins = sorted({str(p) for where, _, p in st.in_place if where == "backward"})
+            lines.append(f"in place: the forward writes the activations it keeps over the input products they are "
+                         f"computed from ({over})" + (f"; the backward writes the gradients of {', '.join(gins)} over "
+                                                      "those activations (a second backward needs the forward again)"
+                                                      if gins else ""))
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         launches = sum(not isinstance(op, Copy) and not getattr(op, "joins", False) for op in phase.loop.body)
         lines.append(f"{title} ({phase.loop.direction} in time): {launches} launches per step")

@@ -96,6 +96,7 @@ def _check_storage(plan: Plan) -> None:
     for i, ss in slots["backward"].items():
         if plan.backward.nodes[i].op == "fwd" and ss[0].buffer in aliased:
             raise PlanError(f"the backward reads %{i} from {ss[0].buffer}, whose memory the backward reuses")
+    _check_in_place(plan, slots)
     stacks = {s.name: s for s in st.stacks}
 
     def operand_type(o: Operand) -> str:
@@ -110,6 +111,7 @@ def _check_storage(plan: Plan) -> None:
         # who writes what: no two values share a slot (values added into one slot may)
         owners: dict[tuple, int] = {}
         folded = {(op.outputs[0], op.init) for _, op in phase.ops() if isinstance(op, Gemm) and op.init is not None}
+        folded |= {(v, p) for where, v, p in st.in_place if where == phase_name == "forward"}
         for where, op in phase.ops():
             writes = []
             if isinstance(op, Kernel):
@@ -165,6 +167,39 @@ def _check_storage(plan: Plan) -> None:
     for t in st.inputs + st.outputs:
         if t.buffer not in buffers:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
+
+
+def _kernel_with(ops, i: int):
+    return next((op for op in ops if isinstance(op, Kernel) and i in op.nodes), None)
+
+
+def _check_in_place(plan: Plan, slots) -> None:
+    """Storage.in_place: an activation shares only the slot of a product that its own kernel reads once, on
+    the way to it (and its persistent stage too); the backward reads the forward values of a buffer it
+    writes gradients into only in the kernel that writes them, which reduces no rows."""
+    fwd, bwd = plan.forward, plan.backward
+    stages = fwd.loop.persistent.stages if fwd.loop.persistent else ()
+    for where, v, p in plan.storage.in_place:
+        if where == "forward":
+            k = _kernel_with(fwd.loop.body, v)
+            readers = [i for i, n in enumerate(fwd.nodes) if p in n.args]
+            chain, todo = set(), [v]
+            while todo and k is not None:
+                i = todo.pop()
+                if i in k.nodes and i not in chain:
+                    chain.add(i)
+                    todo.extend(fwd.nodes[i].args)
+            stage = _kernel_with(stages, v)
+            if (k is None or reduces(fwd, k) or slots["forward"][v][0] != slots["forward"][p][0] or len(readers) != 1
+                    or readers[0] not in chain or (stages and (stage is None or readers[0] not in stage.nodes))):
+                raise PlanError(f"forward: %{v} is written over %{p}, which another thread or op may still read")
+        else:
+            k = _kernel_with(bwd.loop.body, v)
+            host = {sl.buffer for sl in slots["backward"][v]}
+            reads = {i for i, n in enumerate(bwd.nodes) if n.op == "fwd" and slots["backward"][i][0].buffer in host}
+            users = [j for j, n in enumerate(bwd.nodes) if set(n.args) & reads]
+            if k is None or reduces(bwd, k) or any(j not in k.nodes for j in users):
+                raise PlanError(f"backward: %{v} is written over forward values that another kernel reads")
 
 
 def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:

@@ -178,7 +178,8 @@ def test_format_plan_shows_types_storage_and_launches():
     assert "backward (reverse in time)" in text
     assert "C[T*B, 256] = x[t] @ weights:weight_ih^T -> gemm0[t];  k = 32; types f32 x f32 -> f32, compute fp32" in text
     assert "C[B, 256] = hist_h[t] @ weights:weight_hh^T -> gemm1[t]" in text
-    assert "gemm0        f32  [T, B, 256]  (inference T; shares memory with gin0)" in text
+    assert "gemm0        f32  [T, B, 256]  (inference T)" in text
+    assert "in place: the forward writes the activations it keeps over the input products" in text
     assert "launch: grid (ceil(max(64) / 128), B), 128 threads" in text
     assert "saved per step for the backward pass" in text
 
@@ -246,7 +247,7 @@ def test_verify_catches_broken_mixed_precision_plans():
         "alias": with_buffer("gemm0", dtype="f32"),
         "unaligned": dataclasses.replace(plan, storage=dataclasses.replace(st, align=1)),
         "padded weight gradient": with_after(wg),
-        "ring after the loop": with_buffer("gin0", steps="2"),  # the weight gradients read all its steps
+        "ring after the loop": with_buffer("gemm0", steps="2"),  # the weight gradients read all its steps (gin0 in place)
     }
     for what, bad in broken.items():
         with pytest.raises(PlanError):
@@ -324,3 +325,37 @@ def test_a_stack_reads_its_input_in_place_where_the_storage_allows(precision):
         other = {**buffers, "x": dataclasses.replace(buffers["x"], dtype="f64")}
         assert not _stack_input(plan, other, f_slots, b_slots, Slot(y.buffer, (), y.first))
         assert "in a stack, a layer's x is the layer below's y, in place" in format_plan(plan)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_lstm_keeps_its_gates_and_their_gradients_over_the_input_products(precision):
+    """Storage.in_place: the vanilla LSTM's four gates are written over W x_t, each over the product it is
+    computed from, and the backward writes the gates' gradients over the gates: one [T, B, 4H] buffer where
+    there were three (gemm0, the gates, gin0). The GRU, whose input products feed more than one node,
+    keeps its buffers and the alias of gemm0 with its gradients."""
+    from lstmdsl.codegen import kernel_descs, render
+    from lstmdsl.planverify import PlanError
+
+    spec = lstmdsl.parse("vanilla")
+    plan = make_plan(spec.cell, spec.grad, Schedule(precision=precision))
+    st = plan.storage
+    fwd = [(v, p) for where, v, p in st.in_place if where == "forward"]
+    assert fwd == [(8, 3), (14, 9), (20, 15), (26, 21)]
+    assert {p for where, _, p in st.in_place if where == "backward"} == {"gin0"}
+    names = {b.name for b in st.buffers}
+    assert "gin0" not in names and not any(n.startswith("v") for n in names)
+    assert {s.gin for s in st.stacks} == {"gemm0"} and st.buffer("gemm0").alias is None
+    f_slots = st.slots("forward")
+    assert all(f_slots[v][0] == f_slots[p][0] for v, p in fwd)
+    cuda = render(plan, kernel_descs(plan))
+    head = cuda.split("vanilla_fwd0(")[1].split("{")[0]
+    assert "const float* in3," in head or "const lstmdsl_bf16* in3," in head  # gemm0: no __restrict__
+    assert "__restrict__ in2," in head  # hist_c[t]: written only at t + 1
+
+    moved_wrong = dataclasses.replace(st, in_place=(("forward", 8, 9),) + st.in_place[1:])
+    with pytest.raises(PlanError, match="another thread or op may still read"):
+        verify(dataclasses.replace(plan, storage=moved_wrong))
+
+    gru = lstmdsl.parse("gru")
+    plan = make_plan(gru.cell, gru.grad, Schedule(precision=precision))
+    assert not plan.storage.in_place and plan.storage.buffer("gemm0").alias == "gin0"

@@ -277,6 +277,28 @@ def test_compile_then_eager_no_longer_corrupts_memory():
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_second_backward_of_one_forward_gets_the_same_gradients(precision, strict_fp32):
+    """The backward writes the gates' gradients over the gates it reads (Storage.in_place), so a second
+    backward of the same forward (retain_graph) must run that forward again, not read gradients as gates;
+    and a forward of another call in between must not change either backward."""
+    torch.manual_seed(0)
+    m = lt.RNN("vanilla", 24, 40, 2, schedule=f"precision {precision}").cuda()
+    x = torch.randn(9, 5, 24, device="cuda", requires_grad=True)
+    y, _ = m(x)
+    loss = (y.float() * torch.randn_like(y.float())).sum()
+    wrt = [x] + list(m.parameters())
+    first = torch.autograd.grad(loss, wrt, retain_graph=True)
+    second = torch.autograd.grad(loss, wrt, retain_graph=True)
+    m(torch.randn_like(x))  # another forward between two backwards
+    third = torch.autograd.grad(loss, wrt)
+    for a, b, c in zip(first, second, third):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(c, a, rtol=1e-6, atol=1e-7)
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_training_agrees_with_eager_on_the_gpu(mode, strict_fp32):
     torch._dynamo.reset()

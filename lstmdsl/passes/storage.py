@@ -18,9 +18,11 @@ stack's `gin`), in the order of v's weight stack, so one GEMM multiplies them wi
 (the gradient passed back to v) and one G^T V forms the stacked weight gradient. Two stacks that get
 the same gradients (W x + R h: both products get d(gates)) share that buffer.
 
-Memory in training: a forward buffer that the backward never reads (the hoisted input products) shares
-its memory with a backward buffer of the same shape (Buffer.alias): the forward is done with it before
-the backward writes there, and the next forward writes it again.
+Memory in training: activations over the hoisted input products and gradients over those activations
+where it is safe (in_place.py, Storage.in_place); otherwise a forward buffer that the backward never
+reads (the hoisted input products) shares its memory with a backward buffer of the same shape
+(Buffer.alias): the forward is done with it before the backward writes there, and the next forward
+writes it again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..errors import BackendUnavailable
 from ..ir import LEAF_OPS
 from ..plan import (HALF_TYPES, Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad,
                     WeightGrad, WeightStack)
+from .in_place import write_in_place
 
 
 def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
@@ -332,6 +335,7 @@ def assign_storage(plan: Plan) -> Plan:
     buf = _Buffers(plan.dtype)
     f_slots = _forward_slots(plan, buf)
     b_slots, stacks = _backward_slots(plan, buf, f_slots)
+    in_place, stacks = write_in_place(plan, buf.all, f_slots, b_slots, stacks)
     _half_buffers(plan, buf, f_slots, b_slots, stacks)
     _ones(plan, buf, b_slots)
     _aliases(plan, buf, f_slots, stacks)
@@ -343,6 +347,7 @@ def assign_storage(plan: Plan) -> Plan:
     storage = Storage(
         align=8 if plan.operand_type in HALF_TYPES else 1,  # 16 bytes
         stack_input=_stack_input(plan, buf.all, f_slots, b_slots, out),
+        in_place=in_place,
         buffers=tuple(buf.all.values()),
         forward=tuple((i, tuple(s)) for i, s in sorted(f_slots.items())),
         backward=tuple((i, tuple(s)) for i, s in sorted(b_slots.items())),

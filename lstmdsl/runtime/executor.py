@@ -218,7 +218,8 @@ class Engine:
         self.functions = {name: function(module, name) for name in program.kernels}
         self.add_function = function(module, program.add.name) if program.add else None
         self.workspaces: OrderedDict[tuple, list[Workspace]] = OrderedDict()
-        self.tape: tuple | None = None  # (workspace key, owner) of the last training forward
+        self.tape: tuple | str | None = None  # (workspace key, owner) of the last training forward; "used"
+        # once a backward has written over its activations (Storage.in_place)
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
         self.use_persistent = True  # False: always the stepwise loop (before the first call: the choice is
@@ -238,7 +239,7 @@ class Engine:
                 layers.append(Workspace(storage, s, T, B, train, stream, layers, given))
             self.workspaces[key] = layers
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
-                tape_key = self.tape[0] if self.tape else None
+                tape_key = self.tape[0] if isinstance(self.tape, tuple) else None
                 if old != tape_key and not self.workspaces[old][0].pinned:
                     del self.workspaces[old]
         return self.workspaces[key]
@@ -391,7 +392,7 @@ class Engine:
     def tape_owner(self, T: int, B: int):
         """The owner given with the training forward whose activations the workspaces hold for (T, B), or
         None when they hold none."""
-        if self.tape is None or self.tape[0] != (T, B, True) or self.tape[0] not in self.workspaces:
+        if not isinstance(self.tape, tuple) or self.tape[0] != (T, B, True) or self.tape[0] not in self.workspaces:
             return None
         return self.tape[1]
 
@@ -400,10 +401,14 @@ class Engine:
         """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0; adds the parameter
         gradients into the addresses of params (Binding.grads and vector_grads). io_type: the element type of
         dy and dx where it is not the plan's (converted on the way in and out)."""
-        if self.tape is None or self.tape[0] not in self.workspaces:
-            raise LstmdslError("backward() needs a forward() with train=True first")
+        if not isinstance(self.tape, tuple) or self.tape[0] not in self.workspaces:
+            raise LstmdslError("backward() needs a forward() with train=True first" + (
+                "; the last one's activations were used by a backward already (this cell's backward writes its "
+                "gradients over them to save memory): run forward(train=True) again" if self.tape == "used" else ""))
         cell, storage = self.program.plan.cell, self.program.plan.storage
         workspaces = self.workspaces[self.tape[0]]
+        if any(where == "backward" for where, _, _ in storage.in_place):
+            self.tape = "used"  # the gradients overwrite the activations (Storage.in_place)
         src, src_pitch, src_type = dy, dy_pitch, io_type
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]

@@ -141,5 +141,22 @@ for name, kw in [("vanilla", {}), ("lstmp", {"proj_size": 3}), ("gru", {"schedul
     failures += not ok
     total += 1
     print(f"{name} {kw}: a stack's x is the layer below's y, in place | {'OK' if ok else 'BAD'}")
+# the backward writes an LSTM's gate gradients over the gates (Storage.in_place): a second backward of one
+# forward is refused with a message, and a new forward makes it possible again with the same gradients
+layer = lstmdsl.compile("vanilla", 5, 6, 2, backend="cuda", seed=3)
+x = cupy.asarray(np.random.default_rng(2).standard_normal((4, 3, 5)).astype(np.float32))
+dy = cupy.asarray(np.ones((4, 3, 6), np.float32))
+layer.forward(x)
+first = np.asarray(layer.backward(dy))
+try:
+    layer.backward(dy)
+    said = ""
+except lstmdsl.LstmdslError as e:
+    said = str(e)
+layer.forward(x)
+ok = "used by a backward already" in said and np.array_equal(np.asarray(layer.backward(dy)), first)
+failures += not ok
+total += 1
+print(f"a second backward of one forward: refused with a message, fine after a forward | {'OK' if ok else f'BAD {said}'}")
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

@@ -228,6 +228,8 @@ def _stage(desc, op, nodes, val, real, types):
     for i, wptr, wld, witem in writes:
         wset = {wptr + witem * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
         for j, rptr, rld, ritem in reads:
+            if (wptr, wld, witem) == (rptr, rld, ritem) and size(nodes[i].size) == size(nodes[j].size):
+                continue  # in place, element for element: each thread loads its element before it stores it
             rset = {rptr + ritem * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
