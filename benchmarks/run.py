@@ -199,6 +199,9 @@ def main() -> None:
                     help="write into benchmarks/results (the committed results, and docs/performance.md) "
                          "instead of benchmarks/out")
     args = ap.parse_args()
+    if args.name and not args.name.startswith("grid"):
+        ap.error(f"--name {args.name}: a grid's name starts with 'grid' (benchmarks/report.py picks the tables "
+                 "and the page's section by that prefix)")
     global RESULTS
     if args.update_results:
         RESULTS = report.COMMITTED
