@@ -359,3 +359,31 @@ def test_an_lstm_keeps_its_gates_and_their_gradients_over_the_input_products(pre
     gru = lstmdsl.parse("gru")
     plan = make_plan(gru.cell, gru.grad, Schedule(precision=precision))
     assert not plan.storage.in_place and plan.storage.buffer("gemm0").alias == "gin0"
+
+
+def test_in_half_precision_an_lstm_keeps_its_cell_state_history_in_the_half_type():
+    """The step carries c in fp32 in a ring of two areas and also stores it, rounded, in a half-precision
+    history that only the backward reads: the initial state goes into both, the final state comes from the
+    ring. States used through exp, division or a comparison in the backward (the sLSTM's c and n, a layer
+    norm of c), GEMM operands (h) and every state in fp32 keep their fp32 history."""
+    from lstmdsl.passes.storage import half_histories
+
+    spec = lstmdsl.parse("vanilla")
+    plan = make_plan(spec.cell, spec.grad, Schedule(precision="bf16"))
+    st = plan.storage
+    assert half_histories(plan) == {"c"}
+    ring, hist = st.buffer("ring_c"), st.buffer("hist_c")
+    assert (ring.dtype, ring.steps, ring.inference) == ("f32", "2", "2")
+    assert (hist.dtype, hist.steps, hist.inference) == ("bf16", "T+1", "1")
+    assert [t.buffer for t in st.inputs if t.what == "state:c"] == ["ring_c", "hist_c"]
+    assert [t.buffer for t in st.outputs if t.what == "state:c"] == ["ring_c"]
+    f_slots, b_slots = st.slots("forward"), st.slots("backward")
+    leaf = next(i for i, n in enumerate(plan.forward.nodes) if n.op == "state" and n.attr == "c")
+    assert f_slots[leaf][0].buffer == "ring_c"
+    reads = {b_slots[i][0].buffer for i, n in enumerate(plan.backward.nodes)
+             if n.op == "fwd" and n.attr in (leaf, spec.cell.updates[1])}
+    assert reads == {"hist_c"}
+    assert "ring_c" not in {b.name for b in make_plan(spec.cell, spec.grad, Schedule()).storage.buffers}
+    for name in ("slstm", "layernorm", "gru"):
+        other = lstmdsl.parse(name)
+        assert not half_histories(make_plan(other.cell, other.grad, Schedule(precision="fp16"))) & {"c", "n", "h"}

@@ -114,20 +114,63 @@ def _history(plan: Plan) -> tuple[int, int]:
     return (0, 1) if plan.forward.loop.direction == "forward" else (1, 0)
 
 
+HALF_HISTORY_OPS = {"add", "sub", "mul", "neg", "tanh", "sigmoid", "matvec_t", "sum", "expand"}
+
+
+def half_histories(plan: Plan) -> set[str]:
+    """Mixed precision: the states whose history the backward reads in the half type while the steps carry
+    them in fp32, in a ring of two areas (ring_<state>): those no GEMM reads or writes and that are not the
+    output (an LSTM's cell state), and whose every use in the backward is a sum, a product, tanh or sigmoid,
+    where rounding changes a gradient by about the half type's precision, as rounding the saved gates
+    does. Not a state used through exp, a division or a comparison (the sLSTM's stabiliser and normaliser,
+    a layer norm of c): there an error of 2^-8 relative grows with the value."""
+    if plan.operand_type not in HALF_TYPES:
+        return set()
+    fwd, bwd = plan.forward, plan.backward.nodes
+    gemms = set(weight_stacks(plan)) | {o for _, op in fwd.ops() if isinstance(op, Gemm) for o in op.outputs}
+    leaf = {n.attr: i for i, n in enumerate(fwd.nodes) if n.op == "state"}
+    users: dict[int, list[int]] = {}
+    for j, n in enumerate(bwd):
+        for a in n.args:
+            users.setdefault(a, []).append(j)
+    half = set()
+    for s, u in zip(plan.cell.states, plan.cell.updates):
+        i = leaf.get(s.name)
+        if i is None or {i, u} & gemms or u == plan.cell.output:
+            continue
+        todo = [j for j, n in enumerate(bwd) if n.op == "fwd" and n.attr in (i, u)]
+        if not todo:
+            continue  # (the backward never reads it: the sLSTM's stabiliser)
+        seen: set[int] = set()
+        while todo:
+            seen.add(j := todo.pop())
+            todo += [k for k in users.get(j, ()) if k not in seen]
+        if all(bwd[k].op in HALF_HISTORY_OPS for k in seen if bwd[k].op != "fwd"):
+            half.add(s.name)
+    return half
+
+
 def _forward_slots(plan: Plan, buf: _Buffers) -> dict[int, list[Slot]]:
     cell, fwd = plan.cell, plan.forward
     saved = set(plan.saved)
     before, after = _history(plan)
+    half = half_histories(plan)
     slots: dict[int, list[Slot]] = {}
     buf("x", ("input",), "T", "T")
     for i, n in enumerate(fwd.nodes):
         if n.op == "input":
             slots[i] = [Slot("x")]
+        elif n.op == "state" and n.attr in half:  # the step's state: fp32, in a ring
+            slots[i] = [Slot(buf(f"ring_{n.attr}", (n.size,), "2", "2"), step=before)]
         elif n.op == "state":
             slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"), step=before)]
         elif n.op == "stepin":  # a per-step input the caller gives, like x
             slots[i] = [Slot(buf(f"step_{n.attr}", (n.size,), "T", "T"))]
     for s, u in zip(cell.states, cell.updates):
+        if s.name in half:  # the update goes to the ring and, rounded, to the history the backward reads
+            slots.setdefault(u, []).append(Slot(f"ring_{s.name}", step=after))
+            slots[u].append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "1"), step=after))
+            continue
         slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), step=after))
     gemms = list(fwd.before) + [op for op in fwd.loop.body if isinstance(op, Gemm)]
     for k, g in enumerate(gemms):
@@ -176,7 +219,10 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
 def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[Slot]], tuple[WeightStack, ...]]:
     cell, grad, bwd = plan.cell, plan.grad, plan.backward
     before, after = _history(plan)
-    state_size = {s.name: s.size for s in cell.states}
+    half = half_histories(plan)
+    leaf = {n.attr: i for i, n in enumerate(plan.forward.nodes) if n.op == "state"}
+    kept = {k: Slot(f"hist_{s.name}", step=step) for s, u in zip(cell.states, cell.updates) if s.name in half
+            for k, step in ((leaf[s.name], before), (u, after))}
     slots: dict[int, list[Slot]] = {}
     buf("dy", (cell.output_size,), "T")
     buf("dx", ("input",), "T", zero=True)
@@ -191,8 +237,8 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[
         if n.op == "grad_in":
             slots[i] = ([Slot("dy")] if n.attr == "output" else
                         [Slot(f"dhist_{n.attr}", step=after)])
-        elif n.op == "fwd":
-            slots[i] = [f_slots[n.attr][0]]
+        elif n.op == "fwd":  # a forward value (a state in half precision: from its history, not the ring)
+            slots[i] = [kept.get(n.attr, f_slots[n.attr][0])]
 
     def home(d: int, slot: Slot) -> None:
         """Give a gradient a slot: first for a computed value (its producer writes it there), after the
@@ -286,7 +332,8 @@ def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks) -> None:
     """Mixed precision: the buffers GEMMs read their operands from (the input, the operands of the weight
     stacks, their incoming gradients), the output's (the next layer's input), the activations kept only
     for the backward pass and the input's products for all steps (rounded once the GEMM has summed them
-    in fp32) hold half values. States that no GEMM reads (an LSTM's cell state) stay f32."""
+    in fp32) hold half values. A state that no GEMM reads (an LSTM's cell state) is carried in fp32 (a
+    ring), and its history for the backward is half where half_histories says so, else fp32."""
     half = plan.operand_type
     if half not in HALF_TYPES:
         return
@@ -294,6 +341,7 @@ def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks) -> None:
     names |= {f_slots[s.operand][0].buffer for s in stacks} | {s.gin for s in stacks}
     names |= {b.name for b in buf.all.values() if b.steps == "T" and b.inference == "1"}  # saved activations
     names |= {f_slots[op.outputs[0]][0].buffer for op in plan.forward.before if isinstance(op, Gemm)}  # W x, all steps
+    names |= {f"hist_{s}" for s in half_histories(plan)}  # the cell state's history (the step carries it in fp32)
     for name in names:
         buf.all[name] = dataclasses.replace(buf.all[name], dtype=half)
     for table in (f_slots, b_slots):
@@ -344,6 +392,7 @@ def assign_storage(plan: Plan) -> Plan:
     states = [(s.name, s.size) for s in cell.states]
     first, last = ("0", "T") if plan.forward.loop.direction == "forward" else ("T", "0")  # history areas
     steps = [(n.attr, n.size) for n in cell.nodes if n.op == "stepin"]
+    half = half_histories(plan)
     storage = Storage(
         align=8 if plan.operand_type in HALF_TYPES else 1,  # 16 bytes
         stack_input=_stack_input(plan, buf.all, f_slots, b_slots, out),
@@ -354,11 +403,13 @@ def assign_storage(plan: Plan) -> Plan:
         stacks=stacks,
         inputs=(Transfer("x", "x", "input"),
                 *(Transfer(f"step:{n}", f"step_{n}", size) for n, size in steps),
+                *(Transfer(f"state:{n}", f"ring_{n}", size, step=first) for n, size in states if n in half),
                 *(Transfer(f"state:{n}", f"hist_{n}", size, step=first) for n, size in states),
                 Transfer("dy", "dy", cell.output_size),
                 *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step=last) for n, size in states)),
         outputs=(Transfer("y", out.buffer, cell.output_size, out.col, "all", out.step),
-                 *(Transfer(f"state:{n}", f"hist_{n}", size, step=last) for n, size in states),
+                 *(Transfer(f"state:{n}", f"{'ring' if n in half else 'hist'}_{n}", size, step=last)
+                   for n, size in states),
                  Transfer("dx", "dx", "input"),
                  *(Transfer(f"dstate:{n}", f"dhist_{n}", size, step=first) for n, size in states)),
     )

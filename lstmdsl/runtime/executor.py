@@ -325,28 +325,32 @@ class Engine:
         if direction not in ws.regions:
             storage = self.program.plan.storage
             transfers = storage.inputs if direction == "in" else storage.outputs
-            ws.regions[direction] = {t.what: self._transfer(ws, t) for t in transfers if t.buffer in ws.base}
+            regions: dict[str, list] = {}  # a state in half precision goes in twice: its ring and its history
+            for t in transfers:
+                if t.buffer in ws.base:
+                    regions.setdefault(t.what, []).append(self._transfer(ws, t))
+            ws.regions[direction] = regions
         return ws.regions[direction]
 
     def _put(self, ws: Workspace, what: str, src: int, src_pitch: int | None, stream: int,
              src_type: str | None = None) -> None:
         """Copy the caller's array (of src_type, default the plan's element type) into a region, converting
         where the region holds another type (mixed precision)."""
-        dst, pitch, rows, n, dtype = self._regions(ws, "in")[what]
-        src_type = src_type or self.program.plan.dtype
-        width = n * ELEMENT_TYPES[src_type]
-        if (src, width if src_pitch is None else src_pitch, src_type) == (dst, pitch, dtype):
-            return  # already there (a stack's x is the layer below's y: Storage.stack_input)
-        convert.convert_rows(dst, pitch, dtype, src, width if src_pitch is None else src_pitch, src_type, n, rows,
-                             stream)
+        for dst, pitch, rows, n, dtype in self._regions(ws, "in")[what]:
+            src_type = src_type or self.program.plan.dtype
+            width = n * ELEMENT_TYPES[src_type]
+            if (src, width if src_pitch is None else src_pitch, src_type) == (dst, pitch, dtype):
+                continue  # already there (a stack's x is the layer below's y: Storage.stack_input)
+            convert.convert_rows(dst, pitch, dtype, src, width if src_pitch is None else src_pitch, src_type, n,
+                                 rows, stream)
 
     def _zero(self, ws: Workspace, what: str, stream: int) -> None:
-        dst, pitch, rows, n, dtype = self._regions(ws, "in")[what]
-        device.zero_rows(dst, pitch, n * ELEMENT_TYPES[dtype], rows, stream)
+        for dst, pitch, rows, n, dtype in self._regions(ws, "in")[what]:
+            device.zero_rows(dst, pitch, n * ELEMENT_TYPES[dtype], rows, stream)
 
     def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None,
              dst_type: str | None = None) -> None:
-        src, pitch, rows, n, dtype = self._regions(ws, "out")[what]
+        src, pitch, rows, n, dtype = self._regions(ws, "out")[what][0]
         dst_type = dst_type or self.program.plan.dtype
         width = n * ELEMENT_TYPES[dst_type]
         convert.convert_rows(dst, width if dst_pitch is None else dst_pitch, dst_type, src, pitch, dtype, n, rows,
@@ -354,7 +358,7 @@ class Engine:
 
     def output_region(self, ws: Workspace, what: str) -> tuple[int, int, str]:
         """(address, pitch, element type) of an output in a workspace (the next layer reads it from there)."""
-        src, pitch, _, _, dtype = self._regions(ws, "out")[what]
+        src, pitch, _, _, dtype = self._regions(ws, "out")[what][0]
         return src, pitch, dtype
 
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,

@@ -41,7 +41,7 @@ class Workspace:
         self.width = {b.name: self.span(b.width) for b in buffers}  # the leading dimension
         self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1, "2": 2}[b.steps if train else b.inference]
                       for b in buffers}
-        self.ring = {b.name for b in buffers if train and b.steps == "2"}
+        self.ring = {b.name for b in buffers if (b.steps if train else b.inference) == "2"}
         self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
         self.dtype = {b.name: b.dtype for b in buffers}
         self.arrays = {}
