@@ -113,7 +113,7 @@ class Storage:
     # x holds nothing else and no op writes it, and y is whole rows of a buffer kept for all steps, of x's type
     in_place: tuple[tuple[str, int, int | str], ...] = ()  # ("forward", v, p): activation v is written over
     # the hoisted product p's slot; ("backward", g, gin): gradient g, which belonged in buffer gin, is written
-    # over the forward values of its buffer (passes/storage.py: _in_place). A backward consumes the
+    # over the forward values of its buffer (passes/in_place.py). A backward consumes the
     # activations: another backward needs the forward run again.
 
     def buffer(self, name: str) -> Buffer:

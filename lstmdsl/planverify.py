@@ -179,6 +179,10 @@ def _check_in_place(plan: Plan, slots) -> None:
     writes gradients into only in the kernel that writes them, which reduces no rows."""
     fwd, bwd = plan.forward, plan.backward
     stages = fwd.loop.persistent.stages if fwd.loop.persistent else ()
+    multiplied = {s.operand for s in plan.storage.stacks} | {op.v for _, op in bwd.ops() if isinstance(op, WeightGrad)}
+    hosts = {slots["forward"][v][0].buffer for where, v, _ in plan.storage.in_place if where == "forward"}
+    if any(slots["forward"][v][0].buffer in hosts for v in multiplied):
+        raise PlanError("a weight gradient multiplies a value in a buffer the backward writes gradients over")
     for where, v, p in plan.storage.in_place:
         if where == "forward":
             k = _kernel_with(fwd.loop.body, v)

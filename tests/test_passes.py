@@ -360,6 +360,22 @@ def test_an_lstm_keeps_its_gates_and_their_gradients_over_the_input_products(pre
     plan = make_plan(gru.cell, gru.grad, Schedule(precision=precision))
     assert not plan.storage.in_place and plan.storage.buffer("gemm0").alias == "gin0"
 
+    # a gate a weight gradient multiplies (U a) stays in its own buffer; a forged move of it is refused
+    from unusual_specs import UNUSUAL
+
+    odd = lstmdsl.parse(UNUSUAL["multiplied_gate"])
+    plan = make_plan(odd.cell, odd.grad, Schedule(precision=precision))
+    a = next(op.v for _, op in plan.backward.ops() if isinstance(op, WeightGrad) and op.matrices == ("U",))
+    assert a not in {v for _, v, _ in plan.storage.in_place}
+    host = plan.storage.slots("forward")[next(i for i, n in enumerate(plan.forward.nodes) if n.op == "matvec"
+                                              and n.attr == "W")][0]
+    slots = dict(plan.storage.forward)
+    slots[a] = (host,)
+    forged = dataclasses.replace(plan.storage, forward=tuple(sorted(slots.items())),
+                                 in_place=plan.storage.in_place + (("forward", a, -1),))
+    with pytest.raises(PlanError, match="weight gradient multiplies"):
+        verify(dataclasses.replace(plan, storage=forged))
+
 
 def test_in_half_precision_an_lstm_keeps_its_cell_state_history_in_the_half_type():
     """The step carries c in fp32 in a ring of two areas and also stores it, rounded, in a half-precision

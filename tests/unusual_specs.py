@@ -15,4 +15,7 @@ UNUSUAL = {
     "input_elem": "cell d { input x; state h : input; h' = tanh(W x + R h) * x; output h' }",
     "output_gemm": "cell d { input x; state h, s : proj; h' = tanh(W x + R h + U s); y = P h'; s' = tanh(y); output y }",
     "vector_of_input": "cell e { input x; state h : input; h' = tanh(W x + R h) * (x + b); output h' }",
+    # a saved activation that a recurrent product multiplies: its weight gradient reads it after the backward
+    # kernel, so it must not go in place over the input products (Storage.in_place)
+    "multiplied_gate": "cell d { input x; state h; a = tanh(W x + b + 0.5 * x); h' = tanh(U a + R h); output h' }",
 }

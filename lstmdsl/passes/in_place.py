@@ -40,7 +40,8 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
     - backward: every backward read of a value in H and every write of the stack's gradients (its `gin`,
       as wide as H, column for column) happen in one kernel that reduces no rows; there each thread loads
       its elements before it stores into them (codegen drops __restrict__ for such pointers), and no value
-      in H is a weight stack's operand (read again after the loop)."""
+      in H (moved or not) is a weight stack's operand or what a weight gradient multiplies (read again after
+      the gradients are written over it)."""
     fwd, bwd = plan.forward, plan.backward
     cell = plan.cell
     readers: dict[int, set[int]] = {}
@@ -51,11 +52,13 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
     saved = set(plan.saved)
     hoisted = [o for op in fwd.before if isinstance(op, Gemm) for o in op.outputs]
     operands = {f_slots[s.operand][0].buffer for s in stacks}
+    # values a weight gradient multiplies (in the loop or after it): they must stay what the forward stored
+    multiplied = {s.operand for s in stacks} | {op.v for _, op in bwd.ops() if isinstance(op, WeightGrad)}
     moves: dict[str, dict[int, int]] = {}  # host buffer -> {activation: product it moves over}
     taken: set[int] = set()
     for v in sorted(saved):
         own = f"v{v}"
-        if f_slots.get(v) != [Slot(own)] or buffers[own].steps != "T":
+        if f_slots.get(v) != [Slot(own)] or buffers[own].steps != "T" or v in multiplied:
             continue
         k = _kernel_of(fwd.loop.body, v)
         if k is None or reduces(fwd, k):
@@ -87,8 +90,8 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
         k = _kernel_of(bwd.loop.body, next(iter(users | grads), -1))
         if (len(kernels) != 1 or k is None or reduces(bwd, k) or any(bwd.nodes[i].op in LEAF_OPS for i in grads)
                 or any(sl.accumulate for i in grads for sl in b_slots[i] if sl.buffer == gin)
-                or any(isinstance(op, (WeightGrad, VectorGrad)) and getattr(op, "node", None) in reads
-                       for op in bwd.after)):
+                or any(isinstance(op, VectorGrad) and op.node in reads for _, op in bwd.ops())
+                or any(f_slots[v][0].buffer == host for v in multiplied)):
             continue
         for v, p in moved.items():
             f_slots[v] = [f_slots[p][0]]

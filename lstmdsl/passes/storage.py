@@ -122,8 +122,10 @@ def half_histories(plan: Plan) -> set[str]:
     them in fp32, in a ring of two areas (ring_<state>): those no GEMM reads or writes and that are not the
     output (an LSTM's cell state), and whose every use in the backward is a sum, a product, tanh or sigmoid,
     where rounding changes a gradient by about the half type's precision, as rounding the saved gates
-    does. Not a state used through exp, a division or a comparison (the sLSTM's stabiliser and normaliser,
-    a layer norm of c): there an error of 2^-8 relative grows with the value."""
+    does. Not a state the backward reads through exp, a division or a comparison (the sLSTM's normaliser,
+    a layer norm of c): there an error of 2^-8 relative grows with the value. (fp16's range, 65504, bounds
+    the history as it bounds the saved activations: an LSTM without a forget gate reaches it only after
+    about that many steps.)"""
     if plan.operand_type not in HALF_TYPES:
         return set()
     fwd, bwd = plan.forward, plan.backward.nodes

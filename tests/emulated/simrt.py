@@ -21,6 +21,7 @@ from lstmdsl.runtime import convert, cublas, device, executor, workspace  # noqa
 workspace.POISON = True
 LOG = []
 KERNELS = {}  # kernel name -> (KernelDesc, Kernel op, phase nodes); the last program built wins
+IN_PLACE = {}  # kernel name -> (written, read) node pairs that Storage.in_place lets share their elements
 RECORDING = []  # the calls of a graph being captured
 
 
@@ -228,8 +229,9 @@ def _stage(desc, op, nodes, val, real, types):
     for i, wptr, wld, witem in writes:
         wset = {wptr + witem * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
         for j, rptr, rld, ritem in reads:
-            if (wptr, wld, witem) == (rptr, rld, ritem) and size(nodes[i].size) == size(nodes[j].size):
-                continue  # in place, element for element: each thread loads its element before it stores it
+            if (i, j) in IN_PLACE.get(desc.name, ()) and (wptr, wld, witem) == (rptr, rld, ritem) \
+                    and size(nodes[i].size) == size(nodes[j].size):
+                continue  # Storage.in_place, element for element: each thread loads its element before it stores
             rset = {rptr + ritem * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
@@ -301,9 +303,14 @@ def _init(self, program, sizes):
     self.functions = {name: (name, dtype) for name in program.kernels}
     if program.add is not None:
         self.add_function = (program.add.name, dtype)
-    for phase in (program.plan.forward, program.plan.backward):
+    st = program.plan.storage
+    pairs = {"forward": {(v, p) for where, v, p in st.in_place if where == "forward"},
+             "backward": {(g, j) for where, g, _ in st.in_place if where == "backward"
+                          for j, n in enumerate(program.plan.backward.nodes) if n.op == "fwd"}}
+    for title, phase in (("forward", program.plan.forward), ("backward", program.plan.backward)):
         for _, op in phase.ops():
             if type(op).__name__ == "Kernel":
+                IN_PLACE[op.name] = pairs[title]
                 if op.joins:  # a stage of the launch before it
                     KERNELS[leader][1].append(op)
                 else:
@@ -312,6 +319,7 @@ def _init(self, program, sizes):
         pers = phase.loop.persistent
         if pers is not None:
             KERNELS[pers.name] = (program.kernels[pers.name], list(pers.stages), phase.nodes)
+            IN_PLACE.update({name: pairs[title] for name in [pers.name] + [st.name for st in pers.stages]})
 
 
 executor.Engine.__init__ = _init
