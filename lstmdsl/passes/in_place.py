@@ -51,9 +51,10 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
     stages = fwd.loop.persistent.stages if fwd.loop.persistent else ()
     saved = set(plan.saved)
     hoisted = [o for op in fwd.before if isinstance(op, Gemm) for o in op.outputs]
-    operands = {f_slots[s.operand][0].buffer for s in stacks}
-    # values a weight gradient multiplies (in the loop or after it): they must stay what the forward stored
+    # values a weight gradient multiplies (in the loop or after it) stay what the forward stored, and so
+    # does every buffer holding one
     multiplied = {s.operand for s in stacks} | {op.v for _, op in bwd.ops() if isinstance(op, WeightGrad)}
+    held = {f_slots[m][0].buffer for m in multiplied}
     moves: dict[str, dict[int, int]] = {}  # host buffer -> {activation: product it moves over}
     taken: set[int] = set()
     for v in sorted(saved):
@@ -67,7 +68,7 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
         stage = _kernel_of(stages, v)
         for p in hoisted:
             host = f_slots[p][0].buffer
-            if (p in taken or p in saved or p == cell.output or len(f_slots[p]) != 1 or host in operands
+            if (p in taken or p in saved or p == cell.output or len(f_slots[p]) != 1 or host in held
                     or buffers[host].steps != "T" or fwd.nodes[p].size != fwd.nodes[v].size):
                 continue
             (u, *more) = readers.get(p, {None})
@@ -90,8 +91,7 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
         k = _kernel_of(bwd.loop.body, next(iter(users | grads), -1))
         if (len(kernels) != 1 or k is None or reduces(bwd, k) or any(bwd.nodes[i].op in LEAF_OPS for i in grads)
                 or any(sl.accumulate for i in grads for sl in b_slots[i] if sl.buffer == gin)
-                or any(isinstance(op, VectorGrad) and op.node in reads for _, op in bwd.ops())
-                or any(f_slots[v][0].buffer == host for v in multiplied)):
+                or any(isinstance(op, VectorGrad) and op.node in reads for _, op in bwd.ops())):
             continue
         for v, p in moved.items():
             f_slots[v] = [f_slots[p][0]]

@@ -152,11 +152,10 @@ def half_histories(plan: Plan) -> set[str]:
     return half
 
 
-def _forward_slots(plan: Plan, buf: _Buffers) -> dict[int, list[Slot]]:
+def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[Slot]]:
     cell, fwd = plan.cell, plan.forward
     saved = set(plan.saved)
     before, after = _history(plan)
-    half = half_histories(plan)
     slots: dict[int, list[Slot]] = {}
     buf("x", ("input",), "T", "T")
     for i, n in enumerate(fwd.nodes):
@@ -218,10 +217,10 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
     return tuple(stacks)
 
 
-def _backward_slots(plan: Plan, buf: _Buffers, f_slots) -> tuple[dict[int, list[Slot]], tuple[WeightStack, ...]]:
+def _backward_slots(plan: Plan, buf: _Buffers, f_slots, half: set[str]) -> tuple[dict[int, list[Slot]],
+                                                                                 tuple[WeightStack, ...]]:
     cell, grad, bwd = plan.cell, plan.grad, plan.backward
     before, after = _history(plan)
-    half = half_histories(plan)
     leaf = {n.attr: i for i, n in enumerate(plan.forward.nodes) if n.op == "state"}
     kept = {k: Slot(f"hist_{s.name}", step=step) for s, u in zip(cell.states, cell.updates) if s.name in half
             for k, step in ((leaf[s.name], before), (u, after))}
@@ -330,7 +329,7 @@ def ones_buffer(dtype: str, plan_dtype: str) -> str:
     return "ones" if dtype == plan_dtype else f"ones_{dtype}"
 
 
-def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks) -> None:
+def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks, half_states: set[str]) -> None:
     """Mixed precision: the buffers GEMMs read their operands from (the input, the operands of the weight
     stacks, their incoming gradients), the output's (the next layer's input), the activations kept only
     for the backward pass and the input's products for all steps (rounded once the GEMM has summed them
@@ -343,7 +342,7 @@ def _half_buffers(plan: Plan, buf: _Buffers, f_slots, b_slots, stacks) -> None:
     names |= {f_slots[s.operand][0].buffer for s in stacks} | {s.gin for s in stacks}
     names |= {b.name for b in buf.all.values() if b.steps == "T" and b.inference == "1"}  # saved activations
     names |= {f_slots[op.outputs[0]][0].buffer for op in plan.forward.before if isinstance(op, Gemm)}  # W x, all steps
-    names |= {f"hist_{s}" for s in half_histories(plan)}  # the cell state's history (the step carries it in fp32)
+    names |= {f"hist_{s}" for s in half_states}  # the cell state's history (the step carries it in fp32)
     for name in names:
         buf.all[name] = dataclasses.replace(buf.all[name], dtype=half)
     for table in (f_slots, b_slots):
@@ -383,10 +382,11 @@ def _stack_input(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, out: 
 
 def assign_storage(plan: Plan) -> Plan:
     buf = _Buffers(plan.dtype)
-    f_slots = _forward_slots(plan, buf)
-    b_slots, stacks = _backward_slots(plan, buf, f_slots)
+    half = half_histories(plan)
+    f_slots = _forward_slots(plan, buf, half)
+    b_slots, stacks = _backward_slots(plan, buf, f_slots, half)
     in_place, stacks = write_in_place(plan, buf.all, f_slots, b_slots, stacks)
-    _half_buffers(plan, buf, f_slots, b_slots, stacks)
+    _half_buffers(plan, buf, f_slots, b_slots, stacks, half)
     _ones(plan, buf, b_slots)
     _aliases(plan, buf, f_slots, stacks)
     cell = plan.cell
@@ -394,7 +394,6 @@ def assign_storage(plan: Plan) -> Plan:
     states = [(s.name, s.size) for s in cell.states]
     first, last = ("0", "T") if plan.forward.loop.direction == "forward" else ("T", "0")  # history areas
     steps = [(n.attr, n.size) for n in cell.nodes if n.op == "stepin"]
-    half = half_histories(plan)
     storage = Storage(
         align=8 if plan.operand_type in HALF_TYPES else 1,  # 16 bytes
         stack_input=_stack_input(plan, buf.all, f_slots, b_slots, out),
