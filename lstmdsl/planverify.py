@@ -4,6 +4,7 @@ whole pipeline whenever a program is built: a failure is a bug in a pass, never 
 from __future__ import annotations
 
 from .ir import LEAF_OPS
+from .passes.in_place import kernel_of, within
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
 
@@ -169,10 +170,6 @@ def _check_storage(plan: Plan) -> None:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
 
 
-def _kernel_with(ops, i: int):
-    return next((op for op in ops if isinstance(op, Kernel) and i in op.nodes), None)
-
-
 def _check_in_place(plan: Plan, slots) -> None:
     """Storage.in_place: an activation shares only the slot of a product that its own kernel reads once, on
     the way to it (and its persistent stage too); the backward reads the forward values of a buffer it
@@ -185,20 +182,15 @@ def _check_in_place(plan: Plan, slots) -> None:
         raise PlanError("a weight gradient multiplies a value in a buffer the backward writes gradients over")
     for where, v, p in plan.storage.in_place:
         if where == "forward":
-            k = _kernel_with(fwd.loop.body, v)
+            k = kernel_of(fwd.loop.body, v)
             readers = [i for i, n in enumerate(fwd.nodes) if p in n.args]
-            chain, todo = set(), [v]
-            while todo and k is not None:
-                i = todo.pop()
-                if i in k.nodes and i not in chain:
-                    chain.add(i)
-                    todo.extend(fwd.nodes[i].args)
-            stage = _kernel_with(stages, v)
+            chain = within(fwd, k, v) if k is not None else set()
+            stage = kernel_of(stages, v)
             if (k is None or reduces(fwd, k) or slots["forward"][v][0] != slots["forward"][p][0] or len(readers) != 1
                     or readers[0] not in chain or (stages and (stage is None or readers[0] not in stage.nodes))):
                 raise PlanError(f"forward: %{v} is written over %{p}, which another thread or op may still read")
         else:
-            k = _kernel_with(bwd.loop.body, v)
+            k = kernel_of(bwd.loop.body, v)
             host = {sl.buffer for sl in slots["backward"][v]}
             reads = {i for i, n in enumerate(bwd.nodes) if n.op == "fwd" and slots["backward"][i][0].buffer in host}
             users = [j for j, n in enumerate(bwd.nodes) if set(n.args) & reads]

@@ -15,7 +15,7 @@ from ..ir import LEAF_OPS
 from ..plan import Buffer, Gemm, Kernel, Phase, Plan, Slot, VectorGrad, WeightGrad, WeightStack, reduces
 
 
-def _within(phase: Phase, op: Kernel, v: int) -> set[int]:
+def within(phase: Phase, op: Kernel, v: int) -> set[int]:
     """v and the nodes of op that v is computed from (in the thread that computes v)."""
     inside, seen, todo = set(op.nodes), set(), [v]
     while todo:
@@ -26,7 +26,7 @@ def _within(phase: Phase, op: Kernel, v: int) -> set[int]:
     return seen
 
 
-def _kernel_of(ops, i: int) -> Kernel | None:
+def kernel_of(ops, i: int) -> Kernel | None:
     return next((op for op in ops if isinstance(op, Kernel) and i in op.nodes), None)
 
 
@@ -61,11 +61,11 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
         own = f"v{v}"
         if f_slots.get(v) != [Slot(own)] or buffers[own].steps != "T" or v in multiplied:
             continue
-        k = _kernel_of(fwd.loop.body, v)
+        k = kernel_of(fwd.loop.body, v)
         if k is None or reduces(fwd, k):
             continue
-        chain = _within(fwd, k, v)
-        stage = _kernel_of(stages, v)
+        chain = within(fwd, k, v)
+        stage = kernel_of(stages, v)
         for p in hoisted:
             host = f_slots[p][0].buffer
             if (p in taken or p in saved or p == cell.output or len(f_slots[p]) != 1 or host in held
@@ -87,8 +87,8 @@ def write_in_place(plan: Plan, buffers: dict[str, Buffer], f_slots, b_slots, sta
                  and (f_slots[n.attr][0].buffer == host or n.attr in moved)}
         users = {j for j, n in enumerate(bwd.nodes) if set(n.args) & reads}
         grads = {i for i, ss in b_slots.items() if any(sl.buffer == gin for sl in ss)}
-        kernels = {id(_kernel_of(bwd.loop.body, i)) for i in users | grads}
-        k = _kernel_of(bwd.loop.body, next(iter(users | grads), -1))
+        kernels = {id(kernel_of(bwd.loop.body, i)) for i in users | grads}
+        k = kernel_of(bwd.loop.body, next(iter(users | grads), -1))
         if (len(kernels) != 1 or k is None or reduces(bwd, k) or any(bwd.nodes[i].op in LEAF_OPS for i in grads)
                 or any(sl.accumulate for i in grads for sl in b_slots[i] if sl.buffer == gin)
                 or any(isinstance(op, VectorGrad) and op.node in reads for _, op in bwd.ops())):
