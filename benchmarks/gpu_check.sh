@@ -35,14 +35,16 @@ timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
-              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru"; do
+              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
+              "--wavefront --bf16 layernorm"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
   summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
-for target in peephole layernorm "--persistent-grid peephole" "--persistent-grid gru" "--persistent-grid layernorm"; do
+for target in peephole layernorm "--persistent-grid peephole" "--persistent-grid gru" "--persistent-grid layernorm" \
+              "--wavefront gru"; do
   # layernorm: row-fused launches, stages separated by barriers; --persistent-grid: the persistent kernel as a
   # grid of blocks (peephole at its own sizes runs it in one block)
   start=$SECONDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .passes.wavefront import wavefront_blocker
 from .plan import Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
 
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
@@ -116,6 +117,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                     + " and the weights fit in the blocks' shared memory" if pers.max_batch
                     else "when the schedule says persistent (the cost model does not choose it here: not "
                     "measured faster than the stepwise loop for this kind of cell or precision)")
+            rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
                          f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "
@@ -123,5 +125,15 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             for op in pers.stages:
                 lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        "))
     lines.append(f"  saved per step for the backward pass: {len(plan.saved)} values")
+    wave = plan.wavefront
+    if wave is not None:
+        rule = "always (the schedule says wavefront), " if wave.forced else ""
+        rule += "its layers on the stepwise loop" + (", unless the schedule says persistent" if not wave.forced and
+                                                      plan.forward.loop.persistent is not None else "")
+        lines.append(f"in a stack, the forward as a layer wavefront, {rule}: the sequence in {wave.chunks} chunks of "
+                     "ceil(T / chunks) steps, each layer on a stream of its own; layer l runs chunk j (its input "
+                     "GEMM over the chunk's rows, then its steps) once layer l-1 has run chunk j")
+    elif st is not None:
+        lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .ir import LEAF_OPS
 from .passes.in_place import kernel_of, within
+from .passes.wavefront import wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
 
@@ -235,8 +236,8 @@ def verify(plan: Plan) -> None:
     """Check a plan's invariants at whatever stage it is: the dataflow of each phase (every value read is a
     leaf or computed earlier, every value computed once); once storage is assigned, that every slot is in
     a known buffer, no two values share a slot, a buffer reused by the backward is not read by it, and
-    that the types agree at every GEMM and copy; once calls are assigned, that every op has one; and a
-    persistent kernel's stages (_check_persistent)."""
+    that the types agree at every GEMM and copy; once calls are assigned, that every op has one; a
+    persistent kernel's stages (_check_persistent); and that a wavefront's forward runs chunk by chunk."""
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         if phase.loop.direction not in ("forward", "reverse"):
             raise PlanError(f"{title}: unknown loop direction {phase.loop.direction!r}")
@@ -252,3 +253,7 @@ def verify(plan: Plan) -> None:
                         f"{plan.compute}")
     if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
         _check_storage(plan)
+    if plan.wavefront is not None:  # a stack's forward chunk by chunk: only what a chunk can run
+        why = wavefront_blocker(plan) if plan.storage is not None else "it has no storage yet"
+        if why is not None or plan.wavefront.chunks < 1 or plan.wavefront.forced != (plan.schedule.wavefront == "on"):
+            raise PlanError(f"the plan has a wavefront it cannot run: {why or plan.wavefront}")

@@ -3,7 +3,8 @@
 
 Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
 `precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
-`persistent auto` (the cost model decides: the default);
+`persistent auto` (the cost model decides: the default); `wavefront` (a stack's layers always
+overlap, chunk by chunk), `no wavefront` (never), `wavefront auto` (the cost model decides: the default);
 a leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
 command line can override the spec. The numpy reference computes every schedule the same way; the
 switches choose how the CUDA backend schedules the step.
@@ -34,12 +35,15 @@ class Schedule:
     # operands and weights in half precision on the tensor cores, fp32 accumulation, state and pointwise math)
     persistent: str = "auto"  # the forward recurrence as one launch with the weights on chip: "auto" (where
     # the cost model, Persistent in plan.py, expects it to be faster), "on" (always), "off" (never)
+    wavefront: str = "auto"  # a stack's forward with its layers overlapped chunk by chunk (Wavefront in
+    # plan.py): "auto" (where its cost model says), "on" (always, over `persistent auto`), "off" (never)
 
     def describe(self) -> str:
         """The schedule as directive text, which parse_schedule reads back."""
         words = [("" if getattr(self, field) else "no ") + " ".join(key) for key, field in _SWITCHES.items()]
-        persistent = {"auto": "persistent auto", "on": "persistent", "off": "no persistent"}[self.persistent]
-        return "; ".join(words + [f"precision {self.precision}", persistent])
+        modes = [{"auto": f"{name} auto", "on": name, "off": f"no {name}"}[getattr(self, name)]
+                 for name in _MODES]
+        return "; ".join(words + [f"precision {self.precision}"] + modes)
 
 
 # directive words -> schedule field; switches take an optional leading "no"
@@ -47,7 +51,9 @@ _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
              ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads",
              ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows", ("fold", "sums"): "fold_sums"}
 _SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
-_KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS] + ["persistent", "persistent auto"]
+_MODES = ("persistent", "wavefront")  # modes: `NAME` (on), `no NAME` (off), `NAME auto`
+_MODES_TEXT = [text for name in _MODES for text in (name, f"{name} auto")]
+_KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS] + _MODES_TEXT
 
 
 def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], source) -> Schedule:
@@ -59,22 +65,21 @@ def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], sour
         key = tuple(words[1:] if negate else words)
         if key in _SWITCHES:
             schedule = dataclasses.replace(schedule, **{_SWITCHES[key]: not negate})
-        elif key == ("persistent",):
-            schedule = dataclasses.replace(schedule, persistent="off" if negate else "on")
-        elif key == ("persistent", "auto") and not negate:
-            schedule = dataclasses.replace(schedule, persistent="auto")
+        elif len(key) == 1 and key[0] in _MODES:
+            schedule = dataclasses.replace(schedule, **{key[0]: "off" if negate else "on"})
+        elif len(key) == 2 and key[0] in _MODES and key[1] == "auto" and not negate:
+            schedule = dataclasses.replace(schedule, **{key[0]: "auto"})
         elif len(key) == 2 and key[0] == "precision" and not negate and key[1] in PRECISIONS:
             schedule = dataclasses.replace(schedule, precision=key[1])
         else:
             text = " ".join(words)
-            if key[:1] == ("persistent",):
-                hint = "persistent takes 'no' before it or 'auto' after it: persistent, no persistent, persistent auto"
+            if key[:1] and key[0] in _MODES:
+                hint = f"{key[0]} takes 'no' before it or 'auto' after it: {key[0]}, no {key[0]}, {key[0]} auto"
             elif key[:1] == ("precision",):
                 hint = ("precision is not a switch and takes no 'no'" if negate else "") or \
                     f"precision is one of {', '.join(PRECISIONS)}"
             else:
-                close = difflib.get_close_matches(" ".join(key), _SWITCHES_TEXT + ["persistent", "persistent auto"],
-                                                  n=1, cutoff=0.5)
+                close = difflib.get_close_matches(" ".join(key), _SWITCHES_TEXT + _MODES_TEXT, n=1, cutoff=0.5)
                 hint = (f"did you mean '{('no ' if negate else '') + close[0]}'?" if close
                         else "known directives: " + ", ".join(_KNOWN) + " (switches take a leading 'no')")
             errors.append(Diagnostic("error", f"unknown schedule directive '{text}'", source, d.span, hint))

@@ -6,6 +6,7 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
 lengths, with dropout between the layers and DropConnect. --torch-compile runs
@@ -13,7 +14,8 @@ the torch module under torch.compile (a compiled training step, then an eager on
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
 buffers, converting copies). At its sizes (B = 3, H = 33) the forward runs the persistent kernel in one
 block; --persistent-grid makes it wide (H = 300) and forces `persistent`, so the kernel runs as a grid of
-blocks meeting at grid barriers. Not collected by pytest; the GPU tests check the numbers, this
+blocks meeting at grid barriers. --wavefront forces `wavefront` over 37 steps: the two layers on two
+streams, chunks of 3 steps. Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
 
@@ -29,6 +31,7 @@ compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
 grid = "--persistent-grid" in args
+wave = "--wavefront" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -49,8 +52,9 @@ if compiled:
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
-                        **extra, schedule=f"precision {precision}" + ("; persistent" if grid else ""))
-x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32))
+                        **extra, schedule=f"precision {precision}" + ("; persistent" if grid else "")
+                        + ("; wavefront" if wave else ""))
+x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, 3, 5)).astype(np.float32))
 lengths = np.array([7, 2, 5]) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
     y0, _ = layer.forward(x, train=False, lengths=lengths)  # the forward-only workspace

@@ -395,3 +395,35 @@ def test_persistent_schedule_staging_rows_in_chunks_and_concurrent_grids(name, H
     layer on two streams)."""
     check(name, 4, 64 if not bidirectional else 9, 7, H, 1, schedule="persistent", scale=1 / np.sqrt(H),
           bidirectional=bidirectional, lengths=np.array([4, 1, 3, 2, 4, 4, 2, 1, 3]) if bidirectional else None)
+
+
+def _waves(layer) -> list:
+    """Steps per chunk of the wavefront each engine of the layer chose per stack of workspaces (0: none)."""
+    return [wss[0].wave for engine in layer._engines.values() for wss in engine.workspaces.values()]
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_spec_as_a_layer_wavefront(name):
+    """A stack's forward as a wavefront (forced: `wavefront`): 3 layers over T = 37 (chunks of 3 steps, the last
+    one 1), each layer on a stream of its own; every workspace poisoned with NaN."""
+    gpu = check(name, 37, 17, 6, 33, 3, schedule="wavefront", scale=1 / np.sqrt(33))
+    assert gpu  # (check asserts the errors)
+
+
+def test_the_wavefront_runs_where_its_cost_model_says():
+    x = lambda T, B: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, 64)) * 0.5, np.float32)  # noqa: E731
+    """Every stack, over `persistent auto` too; a forced `persistent` beats `wavefront auto`, and a forced
+    `wavefront` beats it."""
+    for schedule, B, L, want in [(None, 64, 3, [7]), (None, 64, 1, [0]), ("no wavefront", 64, 3, [0]),
+                                 (None, 2, 3, [7]), ("persistent", 2, 3, [0]), ("persistent; wavefront", 2, 3, [7])]:
+        layer = lstmdsl.compile("vanilla", 64, 64, L, backend="cuda", schedule=schedule)
+        layer.forward(x(100, B), train=False)
+        assert _waves(layer) == want, (schedule, B, L)
+        assert (_persistent_runs(layer)[0] is not None) == (schedule == "persistent"), (schedule, B, L)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "lstmp"])
+def test_wavefront_in_half_precision_with_lengths(name, precision):
+    check(name, 37, 17, 16, 256, 3, schedule=f"wavefront; precision {precision}", scale=1 / 16,
+          tolerance=TOLERANCE[precision], lengths=np.array([37, 1, 20, 36, 5, 37, 9, 2, 30, 11, 37, 3, 18, 25, 7, 33, 1]))

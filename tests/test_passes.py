@@ -190,7 +190,7 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls"]
+                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "wavefront"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):
@@ -403,3 +403,42 @@ def test_in_half_precision_an_lstm_keeps_its_cell_state_history_in_the_half_type
     for name in ("slstm", "layernorm", "gru"):
         other = lstmdsl.parse(name)
         assert not half_histories(make_plan(other.cell, other.grad, Schedule(precision="fp16"))) & {"c", "n", "h"}
+
+
+def test_wavefront_is_a_mode_and_every_shipped_spec_can_run_one():
+    from lstmdsl.errors import SpecError
+    from lstmdsl.passes.wavefront import wavefront_blocker
+    from lstmdsl.plan import Wavefront
+    from lstmdsl.resources import shipped_specs
+
+    assert Schedule().wavefront == "auto"
+    assert [parse_schedule(t).wavefront for t in ("wavefront", "no wavefront", "wavefront; wavefront auto")] == \
+        ["on", "off", "auto"]
+    for s in (parse_schedule("wavefront; no persistent"), parse_schedule("no wavefront")):
+        assert parse_schedule(s.describe()) == s
+    with pytest.raises(SpecError, match="did you mean 'wavefront'"):
+        parse_schedule("wavefrnt")
+    with pytest.raises(SpecError, match="wavefront takes 'no' before it or 'auto' after it"):
+        parse_schedule("wavefront now")
+    for name in shipped_specs():
+        spec = lstmdsl.parse(name)
+        plan = make_plan(spec.cell, spec.grad, Schedule())
+        assert plan.wavefront == Wavefront(), name
+        assert make_plan(spec.cell, spec.grad, Schedule(wavefront="on")).wavefront.forced
+    spec = lstmdsl.parse("vanilla")
+    off = make_plan(spec.cell, spec.grad, Schedule(wavefront="off"))
+    assert off.wavefront is None and wavefront_blocker(off) == "the schedule says 'no wavefront'"
+    assert "the layers run one after the other: the schedule says 'no wavefront'" in format_plan(off)
+    on = make_plan(spec.cell, spec.grad, Schedule())
+    text = format_plan(on)
+    assert "the forward as a layer wavefront, its layers on the stepwise loop, unless the schedule says persistent: " \
+        "the sequence in 16 chunks" in text
+    assert "the weights fit in the blocks' shared memory (in a stack, the wavefront below wins)" in text
+    assert [Wavefront().steps(T) for T in (1, 16, 17, 100, 1000)] == [1, 1, 2, 7, 63]
+    # a forward with work after its loop, or without its x in place, cannot run chunk by chunk
+    after = dataclasses.replace(on, forward=dataclasses.replace(on.forward, after=on.forward.before))
+    copied = dataclasses.replace(on, storage=dataclasses.replace(on.storage, stack_input=False))
+    assert "work after its loop" in wavefront_blocker(after)
+    assert "a copy of the layer below's y" in wavefront_blocker(copied)
+    with pytest.raises(PlanError, match="a wavefront it cannot run: a layer's x is a copy"):
+        verify(copied)

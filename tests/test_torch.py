@@ -300,11 +300,12 @@ def test_a_second_backward_of_one_forward_gets_the_same_gradients(precision, str
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_training_agrees_with_eager_on_the_gpu(mode, strict_fp32):
+@pytest.mark.parametrize("batch", [4, 40])  # 4: the persistent kernel per layer; 40: the layers as a wavefront
+def test_compiled_training_agrees_with_eager_on_the_gpu(mode, batch, strict_fp32):
     torch._dynamo.reset()
     torch.manual_seed(0)
     m = lt.LSTM(16, 32, 2).cuda()
-    x = torch.randn(20, 4, 16, device="cuda")
+    x = torch.randn(20, batch, 16, device="cuda")
     (_, eager), _ = run_both(m, m, x)
     compiled = torch.compile(m, mode=mode)
     for _ in range(3):  # reduce-overhead warms up, records, then replays torch's CUDA graph

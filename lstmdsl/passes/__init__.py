@@ -7,7 +7,7 @@ splitting needs no pass of its own: base_plan orders each step's GEMMs and kerne
 so a product of a value computed inside the step always sits between two kernels, and the fusion
 passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
 types, the storage and how each op is called, so the runtime only executes. Stacking layers reuses one
-plan per layer.
+plan per layer; the last lowering pass decides whether a stack of them may overlap its layers (Wavefront).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .row_fusion import fuse_rows
 from .sum_folding import fold_sums
 from .storage import assign_storage
 from .types import assign_types
+from .wavefront import plan_wavefront
 from .weight_grads import batch_weight_grads
 
 # (schedule switch, pass)
@@ -38,7 +39,8 @@ PIPELINE = (
     ("batch_weight_grads", batch_weight_grads),
     ("fold_sums", fold_sums),
 )
-LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls))
+LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls),
+            ("wavefront", plan_wavefront))
 
 
 def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward") -> Plan:

@@ -4,7 +4,9 @@
     nvrtc.py      compilation of generated CUDA and its cubin cache
     cublas.py     cuBLAS through ctypes (capturable into CUDA graphs)
     workspace.py  the buffers of one layer for one (T, B), as the plan's storage says
-    executor.py   runs the plan op by op; the Engine runs a stack of layers over its workspaces
+    issue.py      issues one phase of one layer (or a chunk of its forward) op by op onto a stream
+    executor.py   the Engine: a stack of layers over its workspaces, as CUDA graphs, layer after layer or
+                  as a wavefront
     layer.py      CudaLayer: the Layer API on CuPy arrays
 
 Nothing here is imported before a user asks for backend="cuda": importing lstmdsl never touches CuPy.

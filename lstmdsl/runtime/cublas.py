@@ -74,16 +74,17 @@ class _Handle:
 
 
 _HANDLES: dict[tuple[int, int], _Handle] = {}
-_LANES: dict[tuple[int, int], int] = {}  # (device, stream) -> lane
+_LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # handles (and 32 MB workspaces) per device; more streams than this share them in turn
 
 
-def lane(stream: int) -> int:
+def lane(stream: int, part: int = 0) -> int:
     """The lane of the GEMMs issued for a stream: one per stream, in order of first use, so that work on
-    two streams never shares a cuBLAS workspace (up to MAX_LANES streams at once)."""
-    key = (current_device(), stream)
+    two streams never shares a cuBLAS workspace (up to MAX_LANES streams at once). part: work that a call
+    on `stream` spreads over streams of its own (a stack's layers in a wavefront) takes a lane per part."""
+    key = (current_device(), stream, part)
     if key not in _LANES:
-        _LANES[key] = sum(1 for d, _ in _LANES if d == key[0]) % MAX_LANES
+        _LANES[key] = sum(1 for k in _LANES if k[0] == key[0]) % MAX_LANES
     return _LANES[key]
 
 

@@ -195,6 +195,52 @@ class SideStream:
             pass
 
 
+class Wave:
+    """Streams for the layers of a stack run as a wavefront (plan.Wavefront): layer 0 runs on the caller's
+    stream, layer k > 0 on a stream of its own. fork(stream) makes those wait for the work issued on
+    `stream` so far; done(k) marks the end of layer k's work issued so far, after(k) makes layer k+1 wait
+    for it; join(stream) makes `stream` wait for every layer. All are events: the host never waits, and
+    all may be recorded into a CUDA graph (the layers' streams then become branches of it). One event per
+    layer is enough: a wait waits for the event's latest record, and each record is waited on before the
+    next one is issued."""
+
+    def __init__(self, layers: int):
+        rt = cupy.cuda.runtime
+        self.streams = [0] + [rt.streamCreateWithFlags(_NON_BLOCKING) for _ in range(layers - 1)]
+        self._events = [rt.eventCreateWithFlags(2) for _ in range(layers + 1)]  # cudaEventDisableTiming
+
+    def fork(self, stream: int) -> list[int]:
+        """The layers' streams, the first `stream` itself, each waiting for the work issued on `stream`."""
+        rt = cupy.cuda.runtime
+        rt.eventRecord(self._events[-1], stream)
+        for s in self.streams[1:]:
+            rt.streamWaitEvent(s, self._events[-1], 0)
+        return [stream] + self.streams[1:]
+
+    def done(self, k: int, stream: int) -> None:
+        cupy.cuda.runtime.eventRecord(self._events[k], stream)
+
+    def after(self, k: int, stream: int) -> None:
+        cupy.cuda.runtime.streamWaitEvent(stream, self._events[k], 0)
+
+    def join(self, stream: int) -> None:
+        rt = cupy.cuda.runtime
+        for k, s in enumerate(self.streams[1:], 1):
+            rt.eventRecord(self._events[k], s)
+            rt.streamWaitEvent(stream, self._events[k], 0)
+
+    def __del__(self):
+        if cupy is None or not getattr(self, "_events", None):
+            return
+        try:
+            for e in self._events:
+                cupy.cuda.runtime.eventDestroy(e)
+            for s in self.streams[1:]:
+                cupy.cuda.runtime.streamDestroy(s)
+        except Exception:  # noqa: BLE001 (interpreter shutdown, or a context already gone)
+            pass
+
+
 class Uniform:
     """Uniform draws in [0, 1) on the device (float32), from a seeded generator: the regularisers' masks."""
 

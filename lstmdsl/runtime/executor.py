@@ -1,10 +1,11 @@
 """The executor: runs a compiled program's plan on the GPU, op by op, as the plan says.
 
-It only evaluates sizes and addresses: a GemmCall becomes one cuBLAS call, a Kernel one launch of its
-generated kernel (arguments bound as its KernelDesc says), a Copy one strided copy (or the add kernel).
-Each phase's ops of one layer run as a CUDA graph, captured at the first call for a workspace and the
-addresses it reads, then replayed with one launch; when someone else is capturing the stream (torch's
-CUDA graphs), the ops are issued into that capture instead.
+It only evaluates sizes and addresses (issue.py: a GemmCall becomes one cuBLAS call, a Kernel one launch
+of its generated kernel, a Copy one strided copy or the add kernel). Each phase's ops of one layer run as
+a CUDA graph, captured at the first call for a workspace and the addresses it reads, then replayed
+with one launch; when someone else is capturing the stream (torch's CUDA graphs), the ops are issued into
+that capture instead. Where the plan's Wavefront says so, a stack's forward is one graph whose branches are
+its layers, each on a stream of its own, chunk by chunk.
 
 The Engine runs a stack of layers over workspaces it keeps per (T, B, train). It takes device
 addresses only: the caller owns inputs, outputs, parameters and gradients (CuPy arrays for CudaLayer,
@@ -14,7 +15,6 @@ torch tensors for lstmdsl.torch), and names the stream.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LstmdslError
-from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Transfer, VectorGrad, WeightGrad
+from ..passes.wavefront import wavefront_blocker
+from ..plan import ELEMENT_TYPES, Transfer
 from ..program import Program
 from . import convert, cublas, device
+from .issue import Issue
 from .nvrtc import function, load_module
 from .persistent import PersistentRun, launch_shape
 from .workspace import Workspace
-
-ADD_THREADS = 128
-MAX_GRID_Y = 65535
-
 
 @dataclass(frozen=True)
 class Binding:
@@ -48,162 +46,6 @@ class Binding:
     def __post_init__(self):
         key = tuple(tuple(sorted(d.items())) for d in (self.weights, self.grads, self.vectors, self.vector_grads))
         object.__setattr__(self, "key", key)
-
-
-def _kind(phase: str, place: str, op) -> str:
-    """What the profiler files an op's time under."""
-    if isinstance(op, Kernel):
-        return f"{phase}: pointwise kernels"
-    if isinstance(op, Copy):
-        return f"{phase}: copies between slots"
-    if isinstance(op, WeightGrad):
-        return "backward: weight-gradient GEMMs"
-    if isinstance(op, VectorGrad):
-        return "backward: vector-gradient reductions"
-    if phase == "forward":
-        return "forward: input GEMM, all steps" if place != "loop" else "forward: per-step GEMMs (recurrent)"
-    return "backward: input-gradient GEMM, all steps" if place != "loop" else \
-        "backward: per-step GEMMs (gradients passed back)"
-
-
-class _Issue:
-    """Issues one phase of one layer onto a stream."""
-
-    def __init__(self, engine: "Engine", ws: Workspace, bind: Binding, stream: int, lane: int):
-        self.engine, self.ws, self.bind, self.stream, self.lane = engine, ws, bind, stream, lane
-        self.plan = engine.program.plan
-        self.stacks = {s.name: s for s in self.plan.storage.stacks}
-
-    def operand(self, o: Operand, t: int, ld_row: int) -> tuple[int, int]:
-        """(address, leading dimension) of a GEMM operand at step t."""
-        ws = self.ws
-        if o.space == "buffer":
-            return ws.address(o.name, t + o.step, o.offset), ws.width[o.name]
-        if o.space in ("weights", "grads"):
-            stack = self.stacks[o.name]
-            ld = self.stack_ld(stack) if o.space == "weights" else ws.dim((stack.cols,))  # gradients: the masters'
-            base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
-            item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.dtype]  # gradients: master type
-            return base + item * ws.dim(o.offset) * ld, ld
-        if o.space == "vector_grad":
-            return self.bind.vector_grads[o.name], ld_row
-        raise LstmdslError(f"unknown operand space {o.space!r}")
-
-    def stack_ld(self, stack) -> int:
-        """The leading dimension of the weights the GEMMs read (a padded stack's rows are aligned)."""
-        return self.ws.span((stack.cols,)) if stack.padded else self.ws.dim((stack.cols,))
-
-    def gemm(self, c: GemmCall, t: int) -> None:
-        ws = self.ws
-        M = ws.dim(c.m)
-        N = ws.span(c.n) if "n" in c.padded else ws.dim(c.n)  # over the aligned rows (GemmCall.padded)
-        K = ws.span(c.k) if "k" in c.padded else ws.dim(c.k)
-        a, lda = self.operand(c.a, t, M if c.trans_a else K)
-        b, ldb = self.operand(c.b, t, K if c.trans_b else N)
-        out, ldc = self.operand(c.c, t, N)
-        types = (c.a_type, c.b_type, c.c_type, c.compute)
-        if c.heads is None:
-            cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
-                        self.lane)
-            return
-        strides = tuple(math.prod(ws.env[s] for s in stride) for stride in c.strides)
-        cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
-                            self.stream, self.lane, ws.env[c.heads], strides)
-
-    def copy(self, op: Copy, t: int, rows: int) -> None:
-        ws = self.ws
-        n = ws.dim((op.size,))
-        src, dst = ws.address(op.src.buffer, t + op.src.step, op.src.col), ws.address(op.dst.buffer, t + op.dst.step,
-                                                                                        op.dst.col)
-        if op.dst_type:  # between buffers of two element types
-            convert.convert_rows(dst, ws.pitch(op.dst.buffer), op.dst_type, src, ws.pitch(op.src.buffer), op.dtype, n,
-                                 rows, self.stream)
-        elif op.dst.accumulate:
-            device.launch(self.engine.add_function, (math.ceil(n / ADD_THREADS), min(rows, MAX_GRID_Y)), ADD_THREADS,
-                          [("ptr", dst), ("int", ws.width[op.dst.buffer]), ("ptr", src),
-                           ("int", ws.width[op.src.buffer]), ("int", n), ("int", rows)], self.stream)
-        else:
-            device.copy_rows(dst, ws.pitch(op.dst.buffer), src, ws.pitch(op.src.buffer), n * ws.item[op.src.buffer],
-                             rows, self.stream)
-
-    def arg(self, b, t: int, run: "PersistentRun | None" = None) -> tuple[str, int]:
-        """A kernel argument's value at step t, as its ArgBind says (run: a persistent kernel's launch)."""
-        ws, kind = self.ws, b.kind
-        if kind == "batch":
-            return "int", ws.B
-        if kind == "size":
-            return "int", ws.env[b.name]
-        if kind == "vector":
-            return "ptr", self.bind.vectors[b.name]
-        if kind == "weights":
-            return "ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]
-        if kind == "ldw":
-            return "int", self.stack_ld(self.stacks[b.name])
-        if kind == "ptr":
-            return "ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)
-        if kind == "ld":
-            return "int", ws.width[b.slot.buffer]
-        # a persistent kernel's: it computes each step's addresses itself
-        if kind == "steps":
-            return "int", ws.T
-        if kind == "barrier":
-            return "ptr", ws.counter
-        if kind == "cached":
-            return "int", int(run.cached)
-        if kind == "stage_rows":
-            return "int", run.stage_rows
-        if kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
-            return "ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)
-        if kind == "stride":  # elements between steps (0: one area for all steps)
-            return "int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
-        if kind == "ring":
-            return "int", 2 if b.slot.buffer in ws.ring else 0
-        raise LstmdslError(f"unknown kernel argument binding {kind!r}")
-
-    def kernel(self, op: Kernel, t: int) -> None:
-        ws = self.ws
-        args = [self.arg(a.bind, t) for a in self.engine.program.kernels[op.name].args]
-        if op.launch.kind == "rows":  # one block per row
-            grid = (ws.B, 1)
-        else:
-            grid = (math.ceil(max(ws.env[s] for s in op.launch.sizes) / op.launch.per_block), ws.B)
-        device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
-
-    def persistent(self, name: str, run: "PersistentRun") -> None:
-        """The whole loop as one cooperative launch of the persistent kernel (plan.Persistent)."""
-        pers = getattr(self.plan, name).loop.persistent
-        args = [self.arg(a.bind, 0, run) for a in self.engine.program.kernels[pers.name].args]
-        with self.engine.part(f"{name}: the persistent kernel (all steps)", self.stream):
-            device.zero(self.ws.counter, 4, self.stream)
-            device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
-                                      self.stream)
-
-    def op(self, phase: str, place: str, op, t: int) -> None:
-        if isinstance(op, Kernel) and op.joins:  # a stage of the launch of the kernel before it (row fusion)
-            return
-        with self.engine.part(_kind(phase, place, op), self.stream):
-            if isinstance(op, Kernel):
-                self.kernel(op, t)
-            elif isinstance(op, Copy):
-                self.copy(op, t, self.ws.B if place == "loop" else self.ws.T * self.ws.B)
-            elif isinstance(op, (Gemm, WeightGrad, VectorGrad)):
-                self.gemm(op.call, t)
-
-    def phase(self, name: str) -> None:
-        phase = getattr(self.plan, name)
-        for op in phase.before:
-            self.op(name, "before", op, 0)
-        run = self.engine.persistent_run(self.ws, name)
-        if run is not None:
-            self.persistent(name, run)
-        else:
-            steps = range(self.ws.T) if phase.loop.direction == "forward" else range(self.ws.T - 1, -1, -1)
-            for t in steps:
-                for op in phase.loop.body:
-                    self.op(name, "loop", op, t)
-        for op in phase.after:
-            self.op(name, "after", op, 0)
-
 
 
 class Engine:
@@ -224,6 +66,8 @@ class Engine:
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
         self.use_persistent = True  # False: always the stepwise loop (before the first call: the choice is
         # kept per workspace)
+        self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
+        self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
 
     # -- workspaces
     def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
@@ -264,6 +108,10 @@ class Engine:
             plan = self.program.plan
             pers = getattr(plan, phase).loop.persistent
             run = None
+            wave = plan.wavefront
+            if wave is not None and len(self.sizes) > 1 and self.use_wavefront and pers is not None and \
+                    (wave.forced or not pers.forced):
+                pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
             if run is None and self.use_persistent and plan.schedule.persistent == "on" and phase == "forward":
@@ -277,6 +125,64 @@ class Engine:
                 ws.counter = ws.counter_array.data.ptr
             ws.persistent[phase] = run
         return ws.persistent[phase]
+
+    # -- the layer wavefront
+    def wave_steps(self, workspaces: list[Workspace]) -> int:
+        """Steps per chunk where a stack's forward runs as a wavefront (plan.Wavefront) at these workspaces'
+        sizes, else 0 (layer after layer). Decided once per stack of workspaces."""
+        first = workspaces[0]
+        if first.wave is None:
+            wave, storage = self.program.plan.wavefront, self.program.plan.storage
+            y = next(t for t in storage.outputs if t.what == "y")
+            stacked = all(ws.base["x"] == below.base[y.buffer] + below.item[y.buffer] * y.first * below.B
+                          * below.width[y.buffer] for below, ws in zip(workspaces, workspaces[1:]))
+            use = (wave is not None and self.use_wavefront and len(workspaces) > 1 and stacked
+                   and all(self.persistent_run(ws, "forward") is None for ws in workspaces))
+            if not use and self.program.plan.schedule.wavefront == "on" and len(workspaces) > 1:
+                why = (wavefront_blocker(self.program.plan) if wave is None else "its layers' x is not the layer "
+                       "below's y in place" if not stacked else "it is switched off (use_wavefront)")
+                warnings.warn(f"lstmdsl: schedule 'wavefront' for cell {self.program.plan.cell.name}: {why}; running "
+                              "the layers one after the other", stacklevel=3)
+            first.wave = wave.steps(first.T) if use else 0
+        return first.wave
+
+    def _issue_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int, lanes: list[int]) -> None:
+        """A stack's forward as a wavefront on `stream`: layer k on the wave's stream k, chunk by chunk."""
+        if self._wave is None:
+            self._wave = device.Wave(len(self.sizes))
+        wave, T, chunk = self._wave, workspaces[0].T, workspaces[0].wave
+        streams = wave.fork(stream)
+        issues = [Issue(self, ws, p, s, lane) for ws, p, s, lane in zip(workspaces, params, streams, lanes)]
+        starts = list(range(0, T, chunk))
+        if self.program.plan.forward.loop.direction != "forward":
+            starts.reverse()
+        for t0 in starts:
+            for k, issue in enumerate(issues):
+                if k:
+                    wave.after(k - 1, streams[k])
+                issue.chunk(t0, min(t0 + chunk, T))
+                wave.done(k, streams[k])
+        wave.join(stream)
+
+    def _run_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int) -> None:
+        lanes = [cublas.lane(stream, k) for k in range(len(workspaces))]
+        if device.is_capturing(stream):  # inside someone else's graph: its branches, and keep the memory
+            for ws in workspaces:
+                ws.pinned = True
+            self._issue_wave(workspaces, params, stream, lanes)
+            return
+        if not self.use_graphs:
+            self._issue_wave(workspaces, params, stream, lanes)
+            return
+        key = ("wavefront", tuple(p.key for p in params), lanes[0])
+        graphs = workspaces[0].graphs
+        graph = graphs.get(key)
+        if graph is None:
+            old = [k for k in graphs if k[0] == "wavefront"]
+            for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
+                del graphs[k]
+            graph = graphs[key] = device.Graph(lambda side: self._issue_wave(workspaces, params, side, lanes), stream)
+        graph.launch(stream)
 
     # -- profiling
     @contextlib.contextmanager
@@ -299,10 +205,10 @@ class Engine:
         lane = cublas.lane(stream)
         if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
             ws.pinned = True
-            _Issue(self, ws, bind, stream, lane).phase(name)
+            Issue(self, ws, bind, stream, lane).phase(name)
             return
         if not self.use_graphs or self.parts is not None:
-            _Issue(self, ws, bind, stream, lane).phase(name)
+            Issue(self, ws, bind, stream, lane).phase(name)
             return
         key = (name, bind.key, lane)
         graph = ws.graphs.get(key)
@@ -310,7 +216,7 @@ class Engine:
             old = [k for k in ws.graphs if k[0] == name]
             for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
                 del ws.graphs[k]
-            graph = ws.graphs[key] = device.Graph(lambda side: _Issue(self, ws, bind, side, lane).phase(name), stream)
+            graph = ws.graphs[key] = device.Graph(lambda side: Issue(self, ws, bind, side, lane).phase(name), stream)
         graph.launch(stream)
 
     @staticmethod
@@ -374,9 +280,9 @@ class Engine:
         them); where they differ from the workspace's, they are converted on the way in and out."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train, stream)
-        src, src_pitch, src_type = x, x_pitch, io_type
-        for k, ws in enumerate(workspaces):
-            self._put(ws, "x", src, src_pitch, stream, src_type)
+        wave = self.parts is None and self.wave_steps(workspaces)  # profiling times the layers one at a time
+
+        def put(k: int, ws: Workspace) -> None:
             for name, ptr in (steps or {}).items():
                 self._put(ws, f"step:{name}", ptr if isinstance(ptr, int) else ptr[k], None, stream)
             for s in cell.states:
@@ -384,11 +290,28 @@ class Engine:
                     self._zero(ws, f"state:{s.name}", stream)
                 else:
                     self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
+
+        def get(k: int, ws: Workspace) -> None:
+            for s in cell.states:
+                self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
+
+        if wave:  # every layer's inputs first (a layer's x is the layer below's y already: wave_steps)
+            self._put(workspaces[0], "x", x, x_pitch, stream, io_type)
+            for k, ws in enumerate(workspaces):
+                put(k, ws)
+            self._run_wave(workspaces, params, stream)
+            if callable(y):
+                y, hn, owner = y()
+            for k, ws in enumerate(workspaces):
+                get(k, ws)
+        src, src_pitch, src_type = x, x_pitch, io_type
+        for k, ws in enumerate(workspaces if not wave else ()):
+            self._put(ws, "x", src, src_pitch, stream, src_type)
+            put(k, ws)
             self._run("forward", ws, params[k], stream)
             if callable(y):
                 y, hn, owner = y()
-            for s in cell.states:
-                self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
+            get(k, ws)
             src, src_pitch, src_type = self.output_region(ws, "y")
         self._get(workspaces[-1], "y", y, stream, y_pitch, io_type)
         self.tape = ((T, B, train), owner) if train else self.tape

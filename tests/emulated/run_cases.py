@@ -73,6 +73,22 @@ for k, (name, _) in enumerate(cases[:len(shipped_specs())]):
     print(f"{name} | {schedule} | L={L} bidirectional={bidirectional} lengths={lengths is not None} | "
           f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
 
+# stacks as a layer wavefront: chunks of 2 steps (T = 19: the last one is 1), each layer's streams run
+# in an adversarial order (simrt.Wave), so a chunk that reads another layer's work without waiting for it
+# reads the poison; every shipped spec and the unusual ones, with graphs and without, lengths, half precision
+for k, (name, text) in enumerate(cases):
+    spec = lstmdsl.parse(text)
+    P = 3 if spec.uses_size("proj") else None
+    schedule = ["wavefront", "wavefront; precision bf16", "wavefront; no hoist input", "wavefront auto"][k % 4]
+    lengths = np.array([19, 1, 7]) if k % 3 == 1 else None
+    kw = dict(num_heads=3) if spec.uses_size("heads") else {}
+    bad = simrt.check(spec, T=19, P=P, I=6, H=6, L=3, schedule=schedule, graphs=k % 2 == 0, verbose=False,
+                      lengths=lengths, **kw)
+    failures += bool(bad)
+    total += 1
+    print(f"{name} | {schedule} | L=3 T=19 lengths={lengths is not None} | {'OK' if not bad else f'BAD {bad}'}",
+          flush=True)
+
 # new lengths on the next call are read from device memory: the captured graphs replay, none is captured anew
 from lstmdsl.runtime import device  # noqa: E402
 

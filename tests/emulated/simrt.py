@@ -73,9 +73,11 @@ def store(ptr, rows, cols, ld, dtype, values, add=False):
 
 
 def recorded(fn):
-    """Run fn now, or record it while a graph is being captured."""
+    """Run fn now, or record it while a graph is being captured (or queue it on a wavefront's stream)."""
     def wrapper(*args):
-        if RECORDING and RECORDING[-1] is not None:
+        if WAVES and any(type(a) is int and a in WAVES[-1].queues for a in args):
+            WAVES[-1].queue(fn, args)
+        elif RECORDING and RECORDING[-1] is not None:
             RECORDING[-1].append((fn, args))
         else:
             fn(*args)
@@ -275,8 +277,56 @@ class SideStream:
         pass
 
 
+class Wave:
+    """A wavefront's layer streams (device.Wave). The work issued on them is queued per stream, and at the
+    join run in an adversarial order: always the last layer that may run, as far as its waits allow. So a
+    chunk that reads what another layer writes, with no wait between them, reads the poison instead."""
+
+    BASE = 0x5EED0000  # fake stream handles
+
+    def __init__(self, layers):
+        self.streams = [self.BASE + k for k in range(layers)]
+        self.queues = {}
+
+    def fork(self, stream):
+        self.queues = {s: [] for s in self.streams}
+        self.issued = [0] * len(self.streams)  # done() calls issued per layer
+        WAVES.append(self)
+        return list(self.streams)
+
+    def queue(self, fn, args):
+        stream = next(a for a in args if type(a) is int and a in self.queues)
+        self.queues[stream].append(("call", fn, args))
+
+    def done(self, k, stream):
+        self.issued[k] += 1
+        self.queues[stream].append(("done", k))
+
+    def after(self, k, stream):
+        self.queues[stream].append(("after", k, self.issued[k]))  # the record it waits for: the latest
+
+    def join(self, stream):
+        WAVES.remove(self)
+        ran, queues = [0] * len(self.streams), [list(q) for q in self.queues.values()]
+        while any(queues):
+            progress = False
+            for q in reversed(queues):
+                while q and not (q[0][0] == "after" and ran[q[0][1]] < q[0][2]):
+                    item = q.pop(0)
+                    if item[0] == "call":
+                        if RECORDING and RECORDING[-1] is not None:  # a graph being captured
+                            RECORDING[-1].append(item[1:])
+                        else:
+                            item[1](*item[2])
+                    elif item[0] == "done":
+                        ran[item[1]] += 1
+                    progress = True
+            assert progress, "the wavefront's streams wait for each other"
+
+
+WAVES = []
 GRAPHS = []
-device.Uniform, device.SideStream = Uniform, SideStream
+device.Uniform, device.SideStream, device.Wave = Uniform, SideStream, Wave
 device.check_available = lambda: None
 device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
 device.launch_cooperative = launch_cooperative
@@ -288,7 +338,7 @@ device.current_stream = lambda: 0
 device.current_device = lambda: 0
 cublas.gemm = gemm
 cublas.gemm_batched = gemm_batched
-cublas.lane = lambda stream: stream
+cublas.lane = lambda stream, part=0: stream
 executor.load_module = lambda source: None
 executor.function = lambda module, name: name
 convert.load_module = lambda source: None

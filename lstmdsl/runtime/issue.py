@@ -1,0 +1,185 @@
+"""Issuing a plan's ops: one phase of one layer (or one chunk of its forward) onto a stream. Only sizes and
+addresses are evaluated here: a GemmCall becomes one cuBLAS call, a Kernel one launch of its generated
+kernel (arguments bound as its KernelDesc says), a Copy one strided copy (or the add kernel)."""
+
+from __future__ import annotations
+
+import math
+from ..errors import LstmdslError
+from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
+from . import convert, cublas, device
+from .persistent import PersistentRun
+from .workspace import Workspace
+
+ADD_THREADS = 128
+MAX_GRID_Y = 65535
+
+
+def _kind(phase: str, place: str, op) -> str:
+    """What the profiler files an op's time under."""
+    if isinstance(op, Kernel):
+        return f"{phase}: pointwise kernels"
+    if isinstance(op, Copy):
+        return f"{phase}: copies between slots"
+    if isinstance(op, WeightGrad):
+        return "backward: weight-gradient GEMMs"
+    if isinstance(op, VectorGrad):
+        return "backward: vector-gradient reductions"
+    if phase == "forward":
+        return "forward: input GEMM, all steps" if place != "loop" else "forward: per-step GEMMs (recurrent)"
+    return "backward: input-gradient GEMM, all steps" if place != "loop" else \
+        "backward: per-step GEMMs (gradients passed back)"
+
+
+class Issue:
+    """Issues one phase of one layer onto a stream: engine, the executor's Engine (its program, functions
+    and persistent choice); bind, the layer's Binding (executor.py); lane, the cuBLAS lane of its GEMMs."""
+
+    def __init__(self, engine, ws: Workspace, bind, stream: int, lane: int):
+        self.engine, self.ws, self.bind, self.stream, self.lane = engine, ws, bind, stream, lane
+        self.plan = engine.program.plan
+        self.stacks = {s.name: s for s in self.plan.storage.stacks}
+
+    def operand(self, o: Operand, t: int, ld_row: int) -> tuple[int, int]:
+        """(address, leading dimension) of a GEMM operand at step t."""
+        ws = self.ws
+        if o.space == "buffer":
+            return ws.address(o.name, t + o.step, o.offset), ws.width[o.name]
+        if o.space in ("weights", "grads"):
+            stack = self.stacks[o.name]
+            ld = self.stack_ld(stack) if o.space == "weights" else ws.dim((stack.cols,))  # gradients: the masters'
+            base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
+            item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.dtype]  # gradients: master type
+            return base + item * ws.dim(o.offset) * ld, ld
+        if o.space == "vector_grad":
+            return self.bind.vector_grads[o.name], ld_row
+        raise LstmdslError(f"unknown operand space {o.space!r}")
+
+    def stack_ld(self, stack) -> int:
+        """The leading dimension of the weights the GEMMs read (a padded stack's rows are aligned)."""
+        return self.ws.span((stack.cols,)) if stack.padded else self.ws.dim((stack.cols,))
+
+    def gemm(self, c: GemmCall, t: int, rows: int | None = None) -> None:
+        """One GEMM at step t; rows: M where the call covers only some steps' rows (a wavefront's chunk)."""
+        ws = self.ws
+        M = ws.dim(c.m) if rows is None else rows
+        N = ws.span(c.n) if "n" in c.padded else ws.dim(c.n)  # over the aligned rows (GemmCall.padded)
+        K = ws.span(c.k) if "k" in c.padded else ws.dim(c.k)
+        a, lda = self.operand(c.a, t, M if c.trans_a else K)
+        b, ldb = self.operand(c.b, t, K if c.trans_b else N)
+        out, ldc = self.operand(c.c, t, N)
+        types = (c.a_type, c.b_type, c.c_type, c.compute)
+        if c.heads is None:
+            cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
+                        self.lane)
+            return
+        strides = tuple(math.prod(ws.env[s] for s in stride) for stride in c.strides)
+        cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
+                            self.stream, self.lane, ws.env[c.heads], strides)
+
+    def copy(self, op: Copy, t: int, rows: int) -> None:
+        ws = self.ws
+        n = ws.dim((op.size,))
+        src, dst = ws.address(op.src.buffer, t + op.src.step, op.src.col), ws.address(op.dst.buffer, t + op.dst.step,
+                                                                                        op.dst.col)
+        if op.dst_type:  # between buffers of two element types
+            convert.convert_rows(dst, ws.pitch(op.dst.buffer), op.dst_type, src, ws.pitch(op.src.buffer), op.dtype, n,
+                                 rows, self.stream)
+        elif op.dst.accumulate:
+            device.launch(self.engine.add_function, (math.ceil(n / ADD_THREADS), min(rows, MAX_GRID_Y)), ADD_THREADS,
+                          [("ptr", dst), ("int", ws.width[op.dst.buffer]), ("ptr", src),
+                           ("int", ws.width[op.src.buffer]), ("int", n), ("int", rows)], self.stream)
+        else:
+            device.copy_rows(dst, ws.pitch(op.dst.buffer), src, ws.pitch(op.src.buffer), n * ws.item[op.src.buffer],
+                             rows, self.stream)
+
+    def arg(self, b, t: int, run: PersistentRun | None = None) -> tuple[str, int]:
+        """A kernel argument's value at step t, as its ArgBind says (run: a persistent kernel's launch)."""
+        ws, kind = self.ws, b.kind
+        if kind == "batch":
+            return "int", ws.B
+        if kind == "size":
+            return "int", ws.env[b.name]
+        if kind == "vector":
+            return "ptr", self.bind.vectors[b.name]
+        if kind == "weights":
+            return "ptr", self.operand(Operand("weights", b.name, b.offset), t, 0)[0]
+        if kind == "ldw":
+            return "int", self.stack_ld(self.stacks[b.name])
+        if kind == "ptr":
+            return "ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)
+        if kind == "ld":
+            return "int", ws.width[b.slot.buffer]
+        # a persistent kernel's: it computes each step's addresses itself
+        if kind == "steps":
+            return "int", ws.T
+        if kind == "barrier":
+            return "ptr", ws.counter
+        if kind == "cached":
+            return "int", int(run.cached)
+        if kind == "stage_rows":
+            return "int", run.stage_rows
+        if kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
+            return "ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)
+        if kind == "stride":  # elements between steps (0: one area for all steps)
+            return "int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
+        if kind == "ring":
+            return "int", 2 if b.slot.buffer in ws.ring else 0
+        raise LstmdslError(f"unknown kernel argument binding {kind!r}")
+
+    def kernel(self, op: Kernel, t: int) -> None:
+        ws = self.ws
+        args = [self.arg(a.bind, t) for a in self.engine.program.kernels[op.name].args]
+        if op.launch.kind == "rows":  # one block per row
+            grid = (ws.B, 1)
+        else:
+            grid = (math.ceil(max(ws.env[s] for s in op.launch.sizes) / op.launch.per_block), ws.B)
+        device.launch(self.engine.functions[op.name], grid, op.launch.threads, args, self.stream)
+
+    def persistent(self, name: str, run: PersistentRun) -> None:
+        """The whole loop as one cooperative launch of the persistent kernel (plan.Persistent)."""
+        pers = getattr(self.plan, name).loop.persistent
+        args = [self.arg(a.bind, 0, run) for a in self.engine.program.kernels[pers.name].args]
+        with self.engine.part(f"{name}: the persistent kernel (all steps)", self.stream):
+            device.zero(self.ws.counter, 4, self.stream)
+            device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
+                                      self.stream)
+
+    def op(self, phase: str, place: str, op, t: int) -> None:
+        if isinstance(op, Kernel) and op.joins:  # a stage of the launch of the kernel before it (row fusion)
+            return
+        with self.engine.part(_kind(phase, place, op), self.stream):
+            if isinstance(op, Kernel):
+                self.kernel(op, t)
+            elif isinstance(op, Copy):
+                self.copy(op, t, self.ws.B if place == "loop" else self.ws.T * self.ws.B)
+            elif isinstance(op, (Gemm, WeightGrad, VectorGrad)):
+                self.gemm(op.call, t)
+
+    def steps(self, name: str, t0: int, t1: int) -> None:
+        """The loop's steps t0 .. t1-1, in the loop's direction."""
+        phase = getattr(self.plan, name)
+        for t in range(t0, t1) if phase.loop.direction == "forward" else range(t1 - 1, t0 - 1, -1):
+            for op in phase.loop.body:
+                self.op(name, "loop", op, t)
+
+    def phase(self, name: str) -> None:
+        phase = getattr(self.plan, name)
+        for op in phase.before:
+            self.op(name, "before", op, 0)
+        run = self.engine.persistent_run(self.ws, name)
+        if run is not None:
+            self.persistent(name, run)
+        else:
+            self.steps(name, 0, self.ws.T)
+        for op in phase.after:
+            self.op(name, "after", op, 0)
+
+    def chunk(self, t0: int, t1: int) -> None:
+        """The forward over steps t0 .. t1-1 (a wavefront's chunk): the GEMMs before the loop over those
+        steps' rows (passes/wavefront.py: they are all there is before it, and nothing follows it), then the
+        steps."""
+        for op in self.plan.forward.before:
+            with self.engine.part(_kind("forward", "before", op), self.stream):
+                self.gemm(op.call, t0, (t1 - t0) * self.ws.B)
+        self.steps("forward", t0, t1)
