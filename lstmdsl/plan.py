@@ -314,6 +314,10 @@ class Wavefront:
 
     chunks: int = 16
     forced: bool = False
+    beside: tuple[int, ...] = ()  # the backward: these ops after its loop (weight and vector gradients, by
+    # index in backward.after) run on a side stream, beside the backward of the layers below. They read only
+    # buffers every layer has its own of (forward buffers) and constant ones, so the layers below, which
+    # reuse the stack's shared backward buffers, never write what they read (passes/wavefront.py)
 
     def steps(self, T: int) -> int:
         """Steps per chunk for a sequence of T steps."""

@@ -75,8 +75,10 @@ def store(ptr, rows, cols, ld, dtype, values, add=False):
 def recorded(fn):
     """Run fn now, or record it while a graph is being captured (or queue it on a wavefront's stream)."""
     def wrapper(*args):
-        if WAVES and any(type(a) is int and a in WAVES[-1].queues for a in args):
-            WAVES[-1].queue(fn, args)
+        deferred = next((w for w in WAVES if any(type(a) is int and a in w.queues for a in args)), None)
+        capturing = RECORDING and RECORDING[-1] is not None
+        if deferred is not None and not (capturing and isinstance(deferred, SideStream)):
+            deferred.queue(fn, args)  # (a side stream's graph is captured as usual, and its launch deferred)
         elif RECORDING and RECORDING[-1] is not None:
             RECORDING[-1].append((fn, args))
         else:
@@ -251,6 +253,10 @@ class Graph:
         GRAPHS.append(self)
 
     def launch(self, stream):
+        side = next((w for w in WAVES if isinstance(w, SideStream) and stream in w.queues), None)
+        if side is not None:  # launched on a side stream: it runs at the join
+            side.queue(self.launch, (None,))
+            return
         for fn, args in self.calls:
             fn(*args)
 
@@ -266,15 +272,34 @@ class Uniform:
 
 
 class SideStream:
-    """The emulation runs every stream's work in the order it is issued."""
+    """A side stream (device.SideStream): its work is queued and run at the join, after everything issued
+    on the main stream meanwhile (the latest order the events allow), so work on the main stream that
+    writes what the side stream's reads shows up as a wrong result."""
 
-    handle = 0
+    COUNT = [0]
+
+    def __init__(self):
+        self.handle = 0x51DE0000 + self.COUNT[0]
+        self.COUNT[0] += 1
+        self.queues = {self.handle: []}
 
     def fork(self, stream):
-        return 0
+        if self not in WAVES:
+            WAVES.append(self)
+        return self.handle
+
+    def queue(self, fn, args):
+        self.queues[self.handle].append((fn, args))
 
     def join(self, stream):
-        pass
+        if self in WAVES:
+            WAVES.remove(self)
+        calls, self.queues[self.handle] = self.queues[self.handle], []
+        for fn, args in calls:
+            if RECORDING and RECORDING[-1] is not None:  # a graph being captured
+                RECORDING[-1].append((fn, args))
+            else:
+                fn(*args)
 
 
 class Wave:
