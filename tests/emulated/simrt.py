@@ -5,6 +5,7 @@ computes, bounds-checked against the allocations. Kernels are emulated by the pl
 their KernelDescs. A CUDA graph records the calls issued at capture and replays exactly those, so the
 addresses baked in at capture are what later calls use. Used by tests/test_runtime_emulated.py in a
 subprocess, so the fake CuPy never meets the other tests."""
+import bisect
 import ctypes
 import os
 import sys
@@ -29,15 +30,31 @@ NP = {"f32": np.float32, "f64": np.float64, "bf16": np.uint16, "f16": np.float16
 CTYPE = {"float": "f32", "double": "f64", "lstmdsl_bf16": "bf16", "lstmdsl_f16": "f16"}
 
 
+_STARTS, _ENDS, _INDEXED = [], [], [0]  # the allocations sorted by start (cupy.ALLOCS keeps every one alive)
+
+
+def _allocated(start, end) -> bool:
+    """Whether [start, end) lies inside one allocation: the one starting last at or before `start`, found by
+    bisection (the allocations are never freed, so they never overlap, except arrays wrapping the same
+    memory twice: those fall back to a scan). A scan of all of them at every access made the emulated run
+    quadratic in the number of cases."""
+    for s, e, _ in cupy.ALLOCS[_INDEXED[0]:]:
+        i = bisect.bisect_right(_STARTS, s)
+        _STARTS.insert(i, s)
+        _ENDS.insert(i, e)
+    _INDEXED[0] = len(cupy.ALLOCS)
+    i = bisect.bisect_right(_STARTS, start) - 1
+    if i >= 0 and end <= _ENDS[i]:
+        return True
+    return any(s <= start and end <= e for s, e, _ in cupy.ALLOCS)
+
+
 def region(ptr, rows, cols, ld, dtype):
     """a [rows, cols] view at ptr with leading dimension ld (elements of dtype: f32, f64, bf16 (its bits),
     f16 or u8 for bytes), bounds-checked."""
     item = np.dtype(NP[dtype]).itemsize
     start, end = ptr, ptr + item * ((rows - 1) * ld + cols)
-    for s, e, arr in cupy.ALLOCS:
-        if s <= start and end <= e:
-            break
-    else:
+    if not _allocated(start, end):
         raise AssertionError(f"out of bounds: [{start:#x}, {end:#x}) rows={rows} cols={cols} ld={ld}")
     buf = (ctypes.c_uint8 * (end - start)).from_address(start)
     flat = np.frombuffer(buf, NP[dtype])
