@@ -303,7 +303,8 @@ class Wavefront:
     132 multiprocessors); L layers at once fill it up to L times better, and the whole stack takes about
     (chunks + L - 1) chunks' time where it took L * chunks.
 
-    The cost model: used for every stack of more than one layer, its layers on the stepwise loop. A
+    The cost model: used for every stack of 2 to 16 layers (cublas.MAX_LANES: each layer's GEMMs need a
+    cuBLAS workspace of their own), its layers on the stepwise loop. A
     persistent kernel takes every multiprocessor, so it cannot overlap a layer with another; the wavefront
     of stepwise layers beat persistent layers one after the other at every stack shape measured (4 layers,
     fp32, T = 100, on the H200: B = 1, H = 256 1.7-2.1x faster; B = 16, H = 512 1.6x; H = 1024 1.3x), so in
@@ -314,10 +315,6 @@ class Wavefront:
 
     chunks: int = 16
     forced: bool = False
-    beside: tuple[int, ...] = ()  # the backward: these ops after its loop (weight and vector gradients, by
-    # index in backward.after) run on a side stream, beside the backward of the layers below. They read only
-    # buffers every layer has its own of (forward buffers) and constant ones, so the layers below, which
-    # reuse the stack's shared backward buffers, never write what they read (passes/wavefront.py)
 
     def steps(self, T: int) -> int:
         """Steps per chunk for a sequence of T steps."""

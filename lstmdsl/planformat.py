@@ -133,11 +133,6 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         lines.append(f"in a stack, the forward as a layer wavefront, {rule}: the sequence in {wave.chunks} chunks of "
                      "ceil(T / chunks) steps, each layer on a stream of its own; layer l runs chunk j (its input "
                      "GEMM over the chunk's rows, then its steps) once layer l-1 has run chunk j")
-        if wave.beside:
-            lines.append(f"in a stack's backward, {len(wave.beside)} of the parameter gradients after the loop run "
-                         "on a side stream beside the layers below (they read only the layer's own buffers): "
-                         + ", ".join(op_text(plan.backward, plan.backward.after[k]).split("\n")[0].strip()
-                                     for k in wave.beside))
     elif st is not None:
         lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .ir import LEAF_OPS
 from .passes.in_place import kernel_of, within
-from .passes.wavefront import grads_beside, wavefront_blocker
+from .passes.wavefront import wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
 
@@ -257,6 +257,3 @@ def verify(plan: Plan) -> None:
         why = wavefront_blocker(plan) if plan.storage is not None else "it has no storage yet"
         if why is not None or plan.wavefront.chunks < 1 or plan.wavefront.forced != (plan.schedule.wavefront == "on"):
             raise PlanError(f"the plan has a wavefront it cannot run: {why or plan.wavefront}")
-        if not set(plan.wavefront.beside) <= set(grads_beside(plan)):
-            raise PlanError(f"backward ops {sorted(set(plan.wavefront.beside) - set(grads_beside(plan)))} after the "
-                            "loop run beside the layers below, but read what those write or share an output")

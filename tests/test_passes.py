@@ -423,7 +423,7 @@ def test_wavefront_is_a_mode_and_every_shipped_spec_can_run_one():
     for name in shipped_specs():
         spec = lstmdsl.parse(name)
         plan = make_plan(spec.cell, spec.grad, Schedule())
-        assert plan.wavefront is not None and not plan.wavefront.forced and plan.wavefront.chunks == 16, name
+        assert plan.wavefront == Wavefront(), name
         assert make_plan(spec.cell, spec.grad, Schedule(wavefront="on")).wavefront.forced
     spec = lstmdsl.parse("vanilla")
     off = make_plan(spec.cell, spec.grad, Schedule(wavefront="off"))
@@ -442,33 +442,3 @@ def test_wavefront_is_a_mode_and_every_shipped_spec_can_run_one():
     assert "a copy of the layer below's y" in wavefront_blocker(copied)
     with pytest.raises(PlanError, match="a wavefront it cannot run: a layer's x is a copy"):
         verify(copied)
-
-
-def test_parameter_gradients_run_beside_the_layers_below_only_where_nothing_shared_is_read():
-    """Wavefront.beside: a layer's weight and vector gradients after its backward loop may run on a side
-    stream while the layers below run their backward, when they read only the layer's own (forward) buffers
-    or the ones, and no other op adds into the same gradient."""
-    import dataclasses
-
-    from lstmdsl.passes.wavefront import grads_beside
-
-    def plan_of(name, **schedule):
-        spec = lstmdsl.parse(name)
-        return make_plan(spec.cell, spec.grad, Schedule(**schedule))
-
-    vanilla = plan_of("vanilla")
-    after = vanilla.backward.after
-    assert [type(after[k]).__name__ for k in vanilla.wavefront.beside] == ["WeightGrad"] * 2 + ["VectorGrad"] * 4
-    assert type(after[0]).__name__ == "Gemm" and 0 not in vanilla.wavefront.beside  # dx: the layer below needs it
-    assert plan_of("gru").wavefront.beside == ()  # its gates' gradients live in training buffers the stack shares
-    peephole = plan_of("peephole")
-    buffers = {b.name: b for b in peephole.storage.buffers}
-    for k, op in enumerate(peephole.backward.after):  # the peepholes' gradients read shared training buffers
-        reads = {o.name for o in (op.call.a, op.call.b) if o.space == "buffer"}
-        shared = any(buffers[n].inference is None and buffers[n].fill is None for n in reads)
-        assert (k in peephole.wavefront.beside) == (type(op).__name__ != "Gemm" and not shared)
-    assert "beside" in format_plan(vanilla)
-    broken = dataclasses.replace(vanilla, wavefront=dataclasses.replace(vanilla.wavefront, beside=(0, 1)))
-    with pytest.raises(PlanError, match=r"backward ops \[0\] after the loop run beside"):
-        verify(broken)
-    assert grads_beside(plan_of("vanilla", batch_weight_grads=False)) == ()  # gradients added in the loop

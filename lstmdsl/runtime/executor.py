@@ -68,7 +68,6 @@ class Engine:
         # kept per workspace)
         self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
         self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
-        self._beside: device.SideStream | None = None  # the stream of parameter gradients beside the backward
 
     # -- workspaces
     def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
@@ -109,9 +108,8 @@ class Engine:
             plan = self.program.plan
             pers = getattr(plan, phase).loop.persistent
             run = None
-            wave = plan.wavefront
-            if wave is not None and len(self.sizes) > 1 and self.use_wavefront and pers is not None and \
-                    (wave.forced or not pers.forced):
+            wave = plan.wavefront if 1 < len(self.sizes) <= cublas.MAX_LANES and self.use_wavefront else None
+            if wave is not None and pers is not None and (wave.forced or not pers.forced):
                 pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
@@ -137,11 +135,12 @@ class Engine:
             y = next(t for t in storage.outputs if t.what == "y")
             stacked = all(ws.base["x"] == below.base[y.buffer] + below.item[y.buffer] * y.first * below.B
                           * below.width[y.buffer] for below, ws in zip(workspaces, workspaces[1:]))
-            use = (wave is not None and self.use_wavefront and len(workspaces) > 1 and stacked
+            use = (wave is not None and self.use_wavefront and 1 < len(workspaces) <= cublas.MAX_LANES and stacked
                    and all(self.persistent_run(ws, "forward") is None for ws in workspaces))
             if not use and self.program.plan.schedule.wavefront == "on" and len(workspaces) > 1:
                 why = (wavefront_blocker(self.program.plan) if wave is None else "its layers' x is not the layer "
-                       "below's y in place" if not stacked else "it is switched off (use_wavefront)")
+                       "below's y in place" if not stacked else f"more than {cublas.MAX_LANES} layers (one cuBLAS "
+                       "lane each)" if len(workspaces) > cublas.MAX_LANES else "it is switched off (use_wavefront)")
                 warnings.warn(f"lstmdsl: schedule 'wavefront' for cell {self.program.plan.cell.name}: {why}; running "
                               "the layers one after the other", stacklevel=3)
             first.wave = wave.steps(first.T) if use else 0
@@ -202,30 +201,22 @@ class Engine:
         self.parts.setdefault(kind, []).append((start, end))
 
     # -- running
-    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int, beside: tuple[int, ...] | None = None,
-             part: str = "") -> None:
-        """A layer's phase (part "beside": only the ops after its loop that `beside` names, else the phase
-        without them), as a CUDA graph, or issued into someone else's capture."""
+    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
         lane = cublas.lane(stream)
-
-        def issue(s: int) -> None:
-            run = Issue(self, ws, bind, s, lane)
-            run.phase_beside(name, beside) if part == "beside" else run.phase(name, beside)
-
         if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
             ws.pinned = True
-            issue(stream)
+            Issue(self, ws, bind, stream, lane).phase(name)
             return
         if not self.use_graphs or self.parts is not None:
-            issue(stream)
+            Issue(self, ws, bind, stream, lane).phase(name)
             return
-        key = (name, part, beside, bind.key, lane)
+        key = (name, bind.key, lane)
         graph = ws.graphs.get(key)
         if graph is None:
-            old = [k for k in ws.graphs if k[:2] == (name, part)]
+            old = [k for k in ws.graphs if k[0] == name]
             for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
                 del ws.graphs[k]
-            graph = ws.graphs[key] = device.Graph(issue, stream)
+            graph = ws.graphs[key] = device.Graph(lambda side: Issue(self, ws, bind, side, lane).phase(name), stream)
         graph.launch(stream)
 
     @staticmethod
@@ -341,14 +332,10 @@ class Engine:
             raise LstmdslError("backward() needs a forward() with train=True first" + (
                 "; the last one's activations were used by a backward already (this cell's backward writes its "
                 "gradients over them to save memory): run forward(train=True) again" if self.tape == "used" else ""))
-        cell, storage, wave = self.program.plan.cell, self.program.plan.storage, self.program.plan.wavefront
+        cell, storage = self.program.plan.cell, self.program.plan.storage
         workspaces = self.workspaces[self.tape[0]]
         if any(where == "backward" for where, _, _ in storage.in_place):
             self.tape = "used"  # the gradients overwrite the activations (Storage.in_place)
-        # a stack's parameter gradients beside the layers below (Wavefront.beside); profiling times them inline
-        beside = wave.beside if wave and len(workspaces) > 1 and self.use_wavefront and self.parts is None else ()
-        if beside and self._beside is None:
-            self._beside = device.SideStream()
         src, src_pitch, src_type = dy, dy_pitch, io_type
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]
@@ -362,15 +349,11 @@ class Engine:
                     self._zero(ws, f"dstate:{s.name}", stream)
                 else:
                     self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
-            self._run("backward", ws, params[k], stream, beside or None)
-            if beside:  # after the layer's loop and input gradient: the next layer's backward may start
-                self._run("backward", ws, params[k], self._beside.fork(stream), beside, "beside")
+            self._run("backward", ws, params[k], stream)
             for s in cell.states:
                 self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
             src, src_pitch, src_type = self.output_region(ws, "dx")
         self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
-        if beside:
-            self._beside.join(stream)
 
     def _state_bytes(self, ws: Workspace, s) -> int:
         """Bytes of one layer's state in the caller's [L, B, size] array (of the plan's element type)."""

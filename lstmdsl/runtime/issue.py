@@ -163,9 +163,7 @@ class Issue:
             for op in phase.loop.body:
                 self.op(name, "loop", op, t)
 
-    def phase(self, name: str, beside: tuple[int, ...] | None = None) -> None:
-        """The phase's ops; beside (a stack's backward, Wavefront.beside): the ops after the loop with these
-        indices are left out, and issued alone with phase_beside."""
+    def phase(self, name: str) -> None:
         phase = getattr(self.plan, name)
         for op in phase.before:
             self.op(name, "before", op, 0)
@@ -174,15 +172,8 @@ class Issue:
             self.persistent(name, run)
         else:
             self.steps(name, 0, self.ws.T)
-        for k, op in enumerate(phase.after):
-            if k not in (beside or ()):
-                self.op(name, "after", op, 0)
-
-    def phase_beside(self, name: str, beside: tuple[int, ...]) -> None:
-        """The ops after the phase's loop with these indices (what phase() left out)."""
-        phase = getattr(self.plan, name)
-        for k in beside:
-            self.op(name, "after", phase.after[k], 0)
+        for op in phase.after:
+            self.op(name, "after", op, 0)
 
     def chunk(self, t0: int, t1: int) -> None:
         """The forward over steps t0 .. t1-1 (a wavefront's chunk): the GEMMs before the loop over those

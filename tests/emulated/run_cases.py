@@ -89,6 +89,19 @@ for k, (name, text) in enumerate(cases):
     print(f"{name} | {schedule} | L=3 T=19 lengths={lengths is not None} | {'OK' if not bad else f'BAD {bad}'}",
           flush=True)
 
+# a stack deeper than the cuBLAS lanes (one per layer of a wavefront) runs its layers one after the other
+import warnings  # noqa: E402
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), T=3, I=4, H=4, L=17,
+                      schedule="wavefront", verbose=False)
+said = [str(w.message) for w in caught if "more than 16 layers" in str(w.message)]
+failures += bool(bad) or not said
+total += 1
+print(f"vanilla | wavefront | L=17: layer after layer, said so | {'OK' if not bad and said else f'BAD {bad} {said}'}",
+      flush=True)
+
 # new lengths on the next call are read from device memory: the captured graphs replay, none is captured anew
 from lstmdsl.runtime import device  # noqa: E402
 

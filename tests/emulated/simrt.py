@@ -321,10 +321,14 @@ class SideStream:
 
 class Wave:
     """A wavefront's layer streams (device.Wave). The work issued on them is queued per stream, and at the
-    join run in an adversarial order: always the last layer that may run, as far as its waits allow. So a
-    chunk that reads what another layer writes, with no wait between them, reads the poison instead."""
+    join run in one of three orders, in turn from one join to the next: the last layer that may run first,
+    as far as its waits allow (a chunk that reads what another layer writes, with no wait between them,
+    reads the poison instead), and two lockstep orders, one chunk per layer per round from the first layer
+    up or from the last down (the layers interleaved, as they run on the GPU, so work of two layers that
+    shares memory without a wait between them gives a wrong result)."""
 
     BASE = 0x5EED0000  # fake stream handles
+    ORDER = [0]  # the next join's order: 0 latest layer first, 1 lockstep upwards, 2 lockstep downwards
 
     def __init__(self, layers):
         self.streams = [self.BASE + k for k in range(layers)]
@@ -349,10 +353,11 @@ class Wave:
 
     def join(self, stream):
         WAVES.remove(self)
+        order, self.ORDER[0] = self.ORDER[0], (self.ORDER[0] + 1) % 3
         ran, queues = [0] * len(self.streams), [list(q) for q in self.queues.values()]
         while any(queues):
             progress = False
-            for q in reversed(queues):
+            for q in (reversed(queues) if order != 1 else queues):
                 while q and not (q[0][0] == "after" and ran[q[0][1]] < q[0][2]):
                     item = q.pop(0)
                     if item[0] == "call":
@@ -360,9 +365,11 @@ class Wave:
                             RECORDING[-1].append(item[1:])
                         else:
                             item[1](*item[2])
-                    elif item[0] == "done":
-                        ran[item[1]] += 1
                     progress = True
+                    if item[0] == "done":
+                        ran[item[1]] += 1
+                        if order:  # lockstep: one chunk of this layer, then the next layer's
+                            break
             assert progress, "the wavefront's streams wait for each other"
 
 
