@@ -89,6 +89,14 @@ def store(ptr, rows, cols, ld, dtype, values, add=False):
     view[...] = from_float(np.broadcast_to(values, (rows, cols)), dtype)
 
 
+def run_or_record(fn, args):
+    """Record fn(*args) into the graph being captured, or run it now."""
+    if RECORDING and RECORDING[-1] is not None:
+        RECORDING[-1].append((fn, args))
+    else:
+        fn(*args)
+
+
 def recorded(fn):
     """Run fn now, or record it while a graph is being captured (or queue it on a wavefront's stream)."""
     def wrapper(*args):
@@ -96,10 +104,8 @@ def recorded(fn):
         capturing = RECORDING and RECORDING[-1] is not None
         if deferred is not None and not (capturing and isinstance(deferred, SideStream)):
             deferred.queue(fn, args)  # (a side stream's graph is captured as usual, and its launch deferred)
-        elif RECORDING and RECORDING[-1] is not None:
-            RECORDING[-1].append((fn, args))
         else:
-            fn(*args)
+            run_or_record(fn, args)
     wrapper.__wrapped__ = fn
     return wrapper
 
@@ -313,10 +319,7 @@ class SideStream:
             WAVES.remove(self)
         calls, self.queues[self.handle] = self.queues[self.handle], []
         for fn, args in calls:
-            if RECORDING and RECORDING[-1] is not None:  # a graph being captured
-                RECORDING[-1].append((fn, args))
-            else:
-                fn(*args)
+            run_or_record(fn, args)
 
 
 class Wave:
@@ -361,10 +364,7 @@ class Wave:
                 while q and not (q[0][0] == "after" and ran[q[0][1]] < q[0][2]):
                     item = q.pop(0)
                     if item[0] == "call":
-                        if RECORDING and RECORDING[-1] is not None:  # a graph being captured
-                            RECORDING[-1].append(item[1:])
-                        else:
-                            item[1](*item[2])
+                        run_or_record(*item[1:])
                     progress = True
                     if item[0] == "done":
                         ran[item[1]] += 1
