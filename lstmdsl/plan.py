@@ -315,6 +315,11 @@ class Wavefront:
 
     chunks: int = 16
     forced: bool = False
+    backward: bool = False  # the backward as a wavefront too (passes/wavefront.py, backward_blocker): the
+    # layers from the top down, chunk by chunk in the backward loop's order; layer l's dy for a chunk is a
+    # copy of layer l+1's dx there, made once layer l+1 has finished the chunk (the stack shares one dy and
+    # one dx buffer: each chunk's rows are handed down it); each layer's parameter gradients after its last
+    # chunk. The training buffers of one or two steps (state-gradient rings, scratch) are then each layer's own
 
     def steps(self, T: int) -> int:
         """Steps per chunk for a sequence of T steps."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .passes.wavefront import wavefront_blocker
+from .passes.wavefront import backward_blocker, wavefront_blocker
 from .plan import Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
 
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
@@ -133,6 +133,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         lines.append(f"in a stack, the forward as a layer wavefront, {rule}: the sequence in {wave.chunks} chunks of "
                      "ceil(T / chunks) steps, each layer on a stream of its own; layer l runs chunk j (its input "
                      "GEMM over the chunk's rows, then its steps) once layer l-1 has run chunk j")
+        lines.append("in a stack, the backward as a wavefront too: the layers from the top down, chunk by chunk, each "
+                     "handing its dx there down as the dy of the layer below; each layer's rings its own"
+                     if wave.backward else
+                     f"in a stack, the backward runs the layers one after the other: {backward_blocker(plan)}")
     elif st is not None:
         lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
     return "\n".join(lines)

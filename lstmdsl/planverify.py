@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .ir import LEAF_OPS
 from .passes.in_place import kernel_of, within
-from .passes.wavefront import wavefront_blocker
+from .passes.wavefront import backward_blocker, wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
 
@@ -257,3 +257,5 @@ def verify(plan: Plan) -> None:
         why = wavefront_blocker(plan) if plan.storage is not None else "it has no storage yet"
         if why is not None or plan.wavefront.chunks < 1 or plan.wavefront.forced != (plan.schedule.wavefront == "on"):
             raise PlanError(f"the plan has a wavefront it cannot run: {why or plan.wavefront}")
+        if plan.wavefront.backward and backward_blocker(plan) is not None:
+            raise PlanError(f"the plan's backward wavefront cannot run: {backward_blocker(plan)}")

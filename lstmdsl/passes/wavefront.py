@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Gemm, Plan, Wavefront
+from ..plan import Copy, Gemm, Kernel, Plan, VectorGrad, Wavefront, WeightGrad
 
 
 def wavefront_blocker(plan: Plan) -> str | None:
@@ -33,7 +33,43 @@ def wavefront_blocker(plan: Plan) -> str | None:
     return None
 
 
+def backward_blocker(plan: Plan) -> str | None:
+    """Why a stack's backward cannot run as a wavefront (Wavefront.backward), or None where it can: nothing
+    before the loop; after it only the input-gradient GEMMs over all steps (into dx: chunk by chunk, like
+    the forward's input GEMMs) and the parameter gradients (after the last chunk); and no backward buffer of
+    T steps but dy, dx and constants, since the stack shares those between its layers and two layers at once
+    would need one each (GRU's gate gradients, a peephole's products: memory the wavefront would double)."""
+    bwd, st = plan.backward, plan.storage
+    dy = next(t.buffer for t in st.inputs if t.what == "dy")
+    dx_out = next(t for t in st.outputs if t.what == "dx")
+    dx = dx_out.buffer
+    if dx_out.col or dx_out.first:  # (a chunk clears whole rows of dx)
+        return "its dx is part of a wider buffer"
+    if bwd.before:
+        return "the backward does work before its loop"
+    for op in bwd.after:
+        if isinstance(op, (WeightGrad, VectorGrad)):
+            continue
+        call = op.call if isinstance(op, Gemm) else None
+        if call is None or call.m != ("T*B",) or call.c.space != "buffer" or call.c.name != dx \
+                or call.heads is not None:
+            return "the backward does work other than input and parameter gradients after its loop"
+    long = [b.name for b in st.buffers if b.inference is None and b.steps in ("T", "T+1") and b.fill is None
+            and b.name not in (dy, dx)]
+    if long:
+        return f"its backward keeps {', '.join(long)} for all steps, which the layers of a stack share"
+    y = next(t.buffer for t in st.outputs if t.what == "y")
+    written = {s.buffer for _, op in bwd.ops() if isinstance(op, Kernel) for _, s in op.writes}
+    written |= {op.dst.buffer for _, op in bwd.ops() if isinstance(op, Copy)}
+    written |= {op.call.c.name for _, op in bwd.ops() if getattr(op, "call", None) is not None
+                and op.call.c.space == "buffer"}
+    if y in written:
+        return "its backward writes over the y it kept, which the layer above's weight gradients read as x"
+    return None
+
+
 def plan_wavefront(plan: Plan) -> Plan:
     if wavefront_blocker(plan) is not None:
         return plan
-    return dataclasses.replace(plan, wavefront=Wavefront(forced=plan.schedule.wavefront == "on"))
+    return dataclasses.replace(plan, wavefront=Wavefront(forced=plan.schedule.wavefront == "on",
+                                                         backward=backward_blocker(plan) is None))

@@ -78,9 +78,11 @@ class Engine:
         else:
             storage = self.program.plan.storage
             layers: list[Workspace] = []
+            own = frozenset(b.name for b in storage.buffers if b.inference is None and b.steps in ("1", "2")) \
+                if self._backward_wave() else frozenset()
             for s in self.sizes:  # a training stack's layers share their backward buffers (Workspace)
                 given = {"x": self._output_view(layers[-1])} if layers and storage.stack_input else None
-                layers.append(Workspace(storage, s, T, B, train, stream, layers, given))
+                layers.append(Workspace(storage, s, T, B, train, stream, layers, given, own))
             self.workspaces[key] = layers
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
                 tape_key = self.tape[0] if isinstance(self.tape, tuple) else None
@@ -148,40 +150,90 @@ class Engine:
 
     def _issue_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int, lanes: list[int]) -> None:
         """A stack's forward as a wavefront on `stream`: layer k on the wave's stream k, chunk by chunk."""
-        if self._wave is None:
-            self._wave = device.Wave(len(self.sizes))
         wave, T, chunk = self._wave, workspaces[0].T, workspaces[0].wave
         streams = wave.fork(stream)
-        issues = [Issue(self, ws, p, s, lane) for ws, p, s, lane in zip(workspaces, params, streams, lanes)]
+        try:  # (joined whatever happens: a capture with a branch left unjoined would hide the error)
+            issues = [Issue(self, ws, p, s, lane) for ws, p, s, lane in zip(workspaces, params, streams, lanes)]
+            starts = list(range(0, T, chunk))
+            if self.program.plan.forward.loop.direction != "forward":
+                starts.reverse()
+            for t0 in starts:
+                for k, issue in enumerate(issues):
+                    if k:
+                        wave.after(k - 1, streams[k])
+                    issue.chunk(t0, min(t0 + chunk, T))
+                    wave.done(k, streams[k])
+        finally:
+            wave.join(stream)
+
+    def _backward_wave(self) -> bool:
+        """Whether a stack's backward runs as a wavefront (Wavefront.backward), decided by the plan and the
+        stack's depth alone, so that its workspaces keep their own rings from the start."""
+        wave = self.program.plan.wavefront
+        return bool(wave and wave.backward and 1 < len(self.sizes) <= cublas.MAX_LANES and self.use_wavefront)
+
+    def _issue_backward_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int,
+                             lanes: list[int]) -> None:
+        """A stack's backward as a wavefront on `stream`: the top layer on the wave's stream 0, the one below
+        on stream 1, ..., chunk by chunk in the backward loop's order. Before each chunk a layer copies the
+        layer above's dx there into its dy and clears its own dx there (the stack shares one of each: each
+        chunk's rows are handed down it); after its last chunk, its parameter gradients."""
+        wave, T, B, chunk = self._wave, workspaces[0].T, workspaces[0].B, workspaces[0].wave
+        streams = wave.fork(stream)
+        try:  # (joined whatever happens, as in _issue_wave)
+            self._issue_backward_chunks(workspaces, params, streams, lanes, T, B, chunk)
+        finally:
+            wave.join(stream)
+
+    def _issue_backward_chunks(self, workspaces: list[Workspace], params: list[Binding], streams: list[int],
+                               lanes: list[int], T: int, B: int, chunk: int) -> None:
+        """The chunks of a backward wavefront on the wave's forked streams (_issue_backward_wave)."""
+        wave, L = self._wave, len(workspaces)
+        issues = [Issue(self, workspaces[L - 1 - i], params[L - 1 - i], s, lane)
+                  for i, (s, lane) in enumerate(zip(streams, lanes))]
         starts = list(range(0, T, chunk))
-        if self.program.plan.forward.loop.direction != "forward":
+        if self.program.plan.backward.loop.direction != "forward":
             starts.reverse()
         for t0 in starts:
-            for k, issue in enumerate(issues):
-                if k:
-                    wave.after(k - 1, streams[k])
-                issue.chunk(t0, min(t0 + chunk, T))
-                wave.done(k, streams[k])
-        wave.join(stream)
+            rows = (min(t0 + chunk, T) - t0) * B
+            for i, issue in enumerate(issues):
+                if i:
+                    wave.after(i - 1, streams[i])
+                    above, ws = workspaces[L - i], workspaces[L - 1 - i]
+                    src, src_pitch, src_type = self.output_region(above, "dx")
+                    dst, pitch, _, n, dtype = self._regions(ws, "in")["dy"][0]
+                    convert.convert_rows(dst + t0 * B * pitch, pitch, dtype, src + t0 * B * src_pitch, src_pitch,
+                                         src_type, n, rows, streams[i])
+                    mine, mine_pitch, _, _, _ = self._regions(ws, "out")["dx"][0]
+                    # whole rows, their padding too (zero anyway): one memset, not one per row
+                    device.zero(mine + t0 * B * mine_pitch, rows * mine_pitch, streams[i])
+                issue.backward_chunk(t0, min(t0 + chunk, T))
+                wave.done(i, streams[i])
+        for issue in issues:
+            issue.parameter_grads()
 
-    def _run_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int) -> None:
+    def _run_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int,
+                  phase: str = "forward") -> None:
         lanes = [cublas.lane(stream, k) for k in range(len(workspaces))]
+        run = self._issue_wave if phase == "forward" else self._issue_backward_wave
+        if self._wave is None:  # its streams and events made before any capture
+            self._wave = device.Wave(len(self.sizes))
         if device.is_capturing(stream):  # inside someone else's graph: its branches, and keep the memory
             for ws in workspaces:
                 ws.pinned = True
-            self._issue_wave(workspaces, params, stream, lanes)
+            run(workspaces, params, stream, lanes)
             return
         if not self.use_graphs:
-            self._issue_wave(workspaces, params, stream, lanes)
+            run(workspaces, params, stream, lanes)
             return
-        key = ("wavefront", tuple(p.key for p in params), lanes[0])
+        key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
         graphs = workspaces[0].graphs
         graph = graphs.get(key)
         if graph is None:
-            old = [k for k in graphs if k[0] == "wavefront"]
+            old = [k for k in graphs if k[:2] == ("wavefront", phase)]
             for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
                 del graphs[k]
-            graph = graphs[key] = device.Graph(lambda side: self._issue_wave(workspaces, params, side, lanes), stream)
+            graph = graphs[key] = device.Graph(lambda side: run(workspaces, params, side, lanes), stream)
         graph.launch(stream)
 
     # -- profiling
@@ -336,6 +388,24 @@ class Engine:
         workspaces = self.workspaces[self.tape[0]]
         if any(where == "backward" for where, _, _ in storage.in_place):
             self.tape = "used"  # the gradients overwrite the activations (Storage.in_place)
+        if self._backward_wave() and workspaces[0].wave and self.parts is None:
+            # a backward wavefront (Wavefront.backward): every layer's inputs first; the top layer's dy
+            self._put(workspaces[-1], "dy", dy, dy_pitch, stream, io_type)
+            for k, ws in enumerate(workspaces):
+                for b in storage.buffers:
+                    if b.zero:
+                        device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
+                for s in cell.states:
+                    if dhn[s.name] is None:
+                        self._zero(ws, f"dstate:{s.name}", stream)
+                    else:
+                        self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
+            self._run_wave(workspaces, params, stream, "backward")
+            for k, ws in enumerate(workspaces):
+                for s in cell.states:
+                    self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
+            self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
+            return
         src, src_pitch, src_type = dy, dy_pitch, io_type
         for k in reversed(range(len(workspaces))):
             ws = workspaces[k]

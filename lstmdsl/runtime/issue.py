@@ -175,6 +175,21 @@ class Issue:
         for op in phase.after:
             self.op(name, "after", op, 0)
 
+    def backward_chunk(self, t0: int, t1: int) -> None:
+        """The backward over steps t0 .. t1-1 (a backward wavefront's chunk, passes/wavefront.py
+        backward_blocker): the steps, then the input-gradient GEMMs after the loop over those steps' rows."""
+        self.steps("backward", t0, t1)
+        for op in self.plan.backward.after:
+            if isinstance(op, Gemm):
+                with self.engine.part(_kind("backward", "after", op), self.stream):
+                    self.gemm(op.call, t0, (t1 - t0) * self.ws.B)
+
+    def parameter_grads(self) -> None:
+        """The parameter gradients after the backward loop (a backward wavefront's, after its last chunk)."""
+        for op in self.plan.backward.after:
+            if not isinstance(op, Gemm):
+                self.op("backward", "after", op, 0)
+
     def chunk(self, t0: int, t1: int) -> None:
         """The forward over steps t0 .. t1-1 (a wavefront's chunk): the GEMMs before the loop over those
         steps' rows (passes/wavefront.py: they are all there is before it, and nothing follows it), then the

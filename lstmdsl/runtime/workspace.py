@@ -25,7 +25,7 @@ def fill_value(dtype: str, value: float):
 
 class Workspace:
     def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int,
-                 share: list["Workspace"] = (), given: dict | None = None):
+                 share: list["Workspace"] = (), given: dict | None = None, own: frozenset = frozenset()):
         """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
         only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on.
         share: the workspaces of the layers below in a stack. The layers' backward passes run one at a
@@ -33,7 +33,8 @@ class Workspace:
         from the forward: see Buffer.alias), so each takes the memory of such a buffer of the same shape
         there: a stack's backward buffers cost one layer's, not L layers'. given: buffers that are memory
         the caller already has (a stack's x: the layer below's y, Storage.stack_input), used where their
-        shape and type are this workspace's."""
+        shape and type are this workspace's. own: training buffers it keeps its own of all the same (a
+        stack whose backward runs as a wavefront: its layers' rings and scratch are in use at once)."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
         self.align = storage.align
@@ -53,7 +54,7 @@ class Workspace:
             if mine is not None and mine.shape == shape and mine.dtype == NUMPY_TYPES[b.dtype]:
                 self.arrays[b.name] = mine
                 continue
-            if train and b.inference is None:
+            if train and b.inference is None and b.name not in own:
                 same = next((w.arrays[b.name] for w in share if b.name in w.arrays
                              and w.arrays[b.name].shape == shape and w.arrays[b.name].dtype == NUMPY_TYPES[b.dtype]),
                             None)
