@@ -19,11 +19,10 @@ from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
                      UsageError)
-from .codegen import traffic_per_step
 from .describe import cell_io, describe
 from .grad import format_grad
 from .ir import format_cell
-from .planformat import format_plan
+from .planformat import format_plan, traffic_per_step
 from .program import build_program
 from .cli_args import build_parser
 from .resources import shipped_specs

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from .ir import ROW
 from .ops import OPS
-from .plan import ELEMENT_TYPES, HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
+from .plan import HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
 
 # element type -> C type in memory (the half types: templates/half_types.cu.j2)
@@ -83,8 +83,6 @@ class CachedWeights:
     cols: str  # size parameter: its columns
     widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
     widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
-    narrowest: str = ""  # the C expression of the stage's narrowest operand: its group size comes from it,
-    # and the rows are padded for that group size
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +93,21 @@ class StagedOperand:
     node: int
     ctype: str
     cols: str  # size parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One matrix's products in a stage of a persistent kernel (templates: block_products): P<node>[b][r] =
+    row j0 + r of the matrix w<node> (`rows` rows, `cols` columns) times row b of the staged operand
+    sh<operand>, for the block's rows and the staged batch rows, before the stage's pointwise work reads
+    them. A stage's products of the same weight and operand types are computed together (one call)."""
+
+    node: int
+    operand: int
+    rows: str  # size parameter
+    cols: str  # size parameter
+    wtype: str  # C types of the weights and of the operand
+    xtype: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +125,9 @@ class PersistentDesc:
     staged: tuple[tuple[StagedOperand, ...], ...]  # per stage: the operands of its products
     threads: int
     reverse: bool
-    narrowest: tuple[str, ...] = ()  # per stage: the C expression of its narrowest operand's width ("" if none)
+    products: tuple[tuple[tuple[Product, ...], ...], ...] = ()  # per stage: its products, by types
+    real_bytes: int = 4  # sizeof(real): the products' area in shared memory is in it
+    stage_pointers: tuple[tuple[StepPointer, ...], ...] = ()  # per stage: the addresses it uses
     kind = "persistent"
 
 
@@ -174,18 +189,17 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             fresh: bool = False) -> KernelDesc:
     """A kernel's description; stage: as a stage of a row-fused launch (its threads stride over the
     features of the row, whatever the launch of the group says); cached: as a stage of a persistent kernel,
-    whose products read the block's weight rows sw<node> (row j - j0, sld<node> apart) and run over a
-    group of `sub` lanes (sub_lane its lane, gmask its mask) instead of a warp; fresh: slots are loaded
-    past L1 (_fresh)."""
+    a thread per item, whose products the block has computed into P<node> (its rows of the weights,
+    sw<node>, times the staged operand: templates, block_products); fresh: slots are loaded past L1
+    (_fresh)."""
     if reduces(phase, op):
         return _reduction(plan, phase, op, fresh or cached)
     fresh = fresh or cached
     nodes = phase.nodes
     st = plan.storage
     inside = set(op.nodes)
-    warp = not stage and op.launch.per_block != op.launch.threads
-    lane = "sub_lane" if cached else "lane"
-    store = f"if ({lane} == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
+    warp = not stage and not cached and op.launch.per_block != op.launch.threads
+    store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
     sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, ROW})) if stage else \
         tuple(s for s in op.launch.sizes if s != ROW)
     operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
@@ -195,7 +209,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
              for s in sorted(set(sizes) | operand_sizes | divisors)]
     consts, lines = [], {s: [] for s in sizes}
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
-    store_row = f"if (j == 0 && {lane} == 0) " if warp else "if (j == 0) "
+    store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if nodes[i].op != "matvec" for a in nodes[i].args if a not in inside}
     operands = {nodes[i].args[0] for i in op.nodes if nodes[i].op == "matvec"} - inside
@@ -232,9 +246,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
                                   ArgBind("weights", stack.name, offset)))
             args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
             comment = f"  // {n.attr} [{n.size}, {nodes[a].size}]"
-            if cached:  # the block's rows and the staged operand, both in shared memory, on a group of lanes
-                lines[n.size].append(f"real v{i} = dot_lanes<real>(sub, sw{i} + (size_t)(j - j0) * sld{i}, "
-                                     f"sh{a} + (b - b0) * {cols}, {cols}, sub_lane, gmask);{comment}")
+            if cached:  # computed before the pointwise work, by the whole block (templates: block_products)
+                lines[n.size].append(f"const real v{i} = P{i}[(b - b0) * J + (j - j0)];{comment}")
             else:
                 lines[n.size] += [f"real v{i} = real(0);{comment}", f"for (int k = lane; k < {cols}; k += 32) "
                                   f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);",
@@ -285,40 +298,34 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             groups[-1].append(op)
         else:
             groups.append([op])
-    stages, widest, widths, cached, staged, narrowest = [], [], [], [], [], []
+    stages, widest, widths, cached, staged, products = [], [], [], [], [], []
     for group in groups:
         op = group[0]
-        if len(group) > 1:
-            stages.append(_row_group(plan, phase, group, fresh=True))
+        if len(group) > 1 or reduces(phase, op):
+            stages.append(_row_group(plan, phase, group, fresh=True) if len(group) > 1
+                          else _reduction(plan, phase, op, fresh=True))
             widest.append("")
             widths.append(())
             staged.append(())
-            narrowest.append("")
-        elif reduces(phase, op):
-            stages.append(_reduction(plan, phase, op, fresh=True))
-            widest.append("")
-            widths.append(())
-            staged.append(())
-            narrowest.append("")
-        else:
-            desc = _kernel(plan, phase, op, cached=True)
-            stages.append(desc)
-            widths.append(tuple(size[2:] for size, _ in desc.groups))
-            widest.append(_widest(desc))
-            operands = {}
-            for i in op.nodes:
-                if nodes[i].op == "matvec":
-                    stack = plan.storage.stack_of(nodes[i].attr)
-                    (a,) = nodes[i].args
-                    cached.append(CachedWeights(i, CTYPES[stack.dtype], f"n_{nodes[i].size}", f"n_{nodes[a].size}",
-                                                widest[-1], widths[-1]))
-                    ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
-                    operands[a] = StagedOperand(a, ctype, f"n_{nodes[a].size}")
-            staged.append(tuple(operands[a] for a in sorted(operands)))
-            cols = sorted({o.cols for o in staged[-1]})
-            narrowest.append("".join(f"min({c}, " for c in cols[:-1]) + (cols[-1] if cols else "") + ")" * (len(cols) - 1))
-            first = len(cached) - sum(nodes[i].op == "matvec" for i in op.nodes)
-            cached[first:] = [replace(c, narrowest=narrowest[-1]) for c in cached[first:]]
+            products.append(())
+            continue
+        desc = _kernel(plan, phase, op, cached=True)
+        stages.append(desc)
+        widths.append(tuple(size[2:] for size, _ in desc.groups))
+        widest.append(_widest(desc))
+        operands, by_types = {}, {}
+        for i in op.nodes:
+            if nodes[i].op == "matvec":
+                stack = plan.storage.stack_of(nodes[i].attr)
+                (a,) = nodes[i].args
+                rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
+                cached.append(CachedWeights(i, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1]))
+                ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
+                operands[a] = StagedOperand(a, ctype, cols)
+                by_types.setdefault((CTYPES[stack.dtype], ctype), []).append(
+                    Product(i, a, rows, cols, CTYPES[stack.dtype], ctype))
+        staged.append(tuple(operands[a] for a in sorted(operands)))
+        products.append(tuple(tuple(ps) for ps in by_types.values()))
     args, pointers = {}, {}
     args["B"] = KernelArg("const int", "B", ArgBind("batch"))
     args["T"] = KernelArg("const int", "T", ArgBind("steps"))
@@ -337,9 +344,15 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 args[a.name + "_m"] = KernelArg("const int", a.name + "_m", ArgBind("ring", slot=a.bind.slot))
             else:
                 args[a.name] = KernelArg(ctype, a.name, a.bind)
+    # each stage computes the addresses it uses at its start (all of them at the step's start kept every
+    # one live through the step: a kernel of many stages ran out of registers)
+    uses = tuple(tuple(pointers[name] for name in dict.fromkeys(a.name for d in (desc.stages or (desc,))
+                                                                for a in d.args if a.name in pointers))
+                 for desc in stages)
     return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
                           tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
-                          phase.loop.direction == "reverse", narrowest=tuple(narrowest))
+                          phase.loop.direction == "reverse", products=tuple(products),
+                          real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses)
 
 
 def _widest(desc: KernelDesc) -> str:
@@ -408,43 +421,3 @@ def render_conversions() -> str:
     """The source of the converting copies between f32 and the half types (runtime/convert.py)."""
     return _template("convert.cu.j2").render(
         pairs=[(convert_name(a, b), CTYPES[a], CTYPES[b]) for a, b in CONVERSIONS])
-
-
-def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],
-                     batch: int) -> dict[str, dict[str, int]]:
-    """Bytes that one step reads and writes in memory, per phase: the GEMMs (operands and result), the
-    kernels (each value read or written once, parameters once, fused products' weights per row) and the
-    copies."""
-    env = dict(sizes, B=batch, one=1)
-    item = ELEMENT_TYPES
-
-    def dim(expr) -> int:
-        return sum(env[s] for s in expr)
-
-    descs = {d.name: d for k in kernels.values() for d in (k.stages or (k,))}  # row-fused stages too
-    out = {}
-    for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
-        gemm_bytes = kernel_bytes = 0
-        for op in phase.loop.body:
-            call = getattr(op, "call", None)
-            if call is not None:
-                m, n, k = dim(call.m), dim(call.n), dim(call.k)
-                count = env[call.heads] if call.heads else 1  # the blocks of a block-diagonal matrix
-                gemm_bytes += count * (item[call.a_type] * m * k + item[call.b_type] * k * n + item[call.c_type] * m * n)
-            elif isinstance(op, Copy):
-                kernel_bytes += 2 * item[op.dtype] * batch * env[op.size]
-            elif isinstance(op, Kernel):
-                for a in descs[op.name].args:
-                    b = a.bind
-                    if b.kind == "weights":
-                        stack = plan.storage.stack(b.name)
-                        m = next(mm for mm in stack.matrices if stack.rows[:stack.matrices.index(mm)] == b.offset)
-                        rows, cols = plan.cell.param(m).shape
-                        kernel_bytes += item[stack.dtype] * batch * env[rows] * env[cols]
-                    elif b.kind == "vector":
-                        kernel_bytes += item[plan.dtype] * env[plan.cell.param(b.name).shape[0]]
-                    elif b.kind == "ptr":
-                        node = next(i for i, s in op.reads + op.writes if s == b.slot)
-                        kernel_bytes += item[plan.storage.buffer(b.slot.buffer).dtype] * batch * env[phase.nodes[node].size]
-        out[title] = {"gemm": gemm_bytes, "kernels": kernel_bytes}
-    return out

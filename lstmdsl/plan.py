@@ -260,10 +260,12 @@ def reduces(phase: "Phase", op) -> bool:
 @dataclass(frozen=True, slots=True)
 class Persistent:
     """The persistent schedule of a loop: all T steps as one cooperative launch of one kernel. Its stages
-    are the loop's kernels with every per-step product computed inside one (a warp per output element, as
-    recurrent fusion does), in order; at each step every block runs its share of each stage, and the grid
-    meets at a barrier after each stage. A block keeps the weight rows its warps multiply in shared memory
-    for all steps (when they fit: otherwise it reads them from memory at each step, slower but the same).
+    are the loop's kernels with every per-step product computed inside one, in order; at each step every
+    block runs its share of each stage (the products of its elements first, as register tiles of 4 weight
+    rows x 4 batch rows over the block's threads, then a thread per element for the pointwise work), and
+    the grid meets at a barrier after each stage. A block keeps the weight rows it multiplies in shared
+    memory for all steps (when they fit: otherwise it reads them from memory at each step, slower but the
+    same).
 
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
     - used when the schedule forces it (`persistent`), or when B <= max_batch, a step's multiply-adds (over
@@ -277,7 +279,7 @@ class Persistent:
     max_batch: int
     forced: bool = False
     one_block_work: int = 65536
-    threads: int = 512
+    threads: int = 256
     name: str = ""  # the launch's kernel (the calls pass names it)
     work: tuple[tuple[int, int], ...] = ()  # (least, most) multiply-adds per step over the batch, inclusive
 

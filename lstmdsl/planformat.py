@@ -1,9 +1,12 @@
-"""`lstmdsl compile --emit plan`: a Plan as text (plan.py says what the plan holds)."""
+"""`lstmdsl compile --emit plan`: a Plan as text (plan.py says what the plan holds), and the bytes a step
+moves at bound sizes."""
 
 from __future__ import annotations
 
 from .passes.wavefront import backward_blocker, wavefront_blocker
-from .plan import Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad
+from .codegen import KernelDesc
+from .plan import (ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
+                   WeightGrad)
 
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     """The plan as text (for `lstmdsl compile --emit plan`): the buffers with their types, the weight
@@ -122,8 +125,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
                          f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "
                          "in shared memory for all steps; a grid barrier after each stage:")
-            for op in pers.stages:
-                lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        "))
+            for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
+                # per element, not the warp per element its stepwise launch would have)
+                lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        ").replace(
+                    " (one warp per element)", " (the block's products as tiles of 4 rows x 4 batch rows)"))
     lines.append(f"  saved per step for the backward pass: {len(plan.saved)} values")
     wave = plan.wavefront
     if wave is not None:
@@ -141,3 +146,42 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
     return "\n".join(lines)
 
+
+def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],
+                     batch: int) -> dict[str, dict[str, int]]:
+    """Bytes that one step reads and writes in memory, per phase: the GEMMs (operands and result), the
+    kernels (each value read or written once, parameters once, fused products' weights per row) and the
+    copies."""
+    env = dict(sizes, B=batch, one=1)
+    item = ELEMENT_TYPES
+
+    def dim(expr) -> int:
+        return sum(env[s] for s in expr)
+
+    descs = {d.name: d for k in kernels.values() for d in (k.stages or (k,))}  # row-fused stages too
+    out = {}
+    for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
+        gemm_bytes = kernel_bytes = 0
+        for op in phase.loop.body:
+            call = getattr(op, "call", None)
+            if call is not None:
+                m, n, k = dim(call.m), dim(call.n), dim(call.k)
+                count = env[call.heads] if call.heads else 1  # the blocks of a block-diagonal matrix
+                gemm_bytes += count * (item[call.a_type] * m * k + item[call.b_type] * k * n + item[call.c_type] * m * n)
+            elif isinstance(op, Copy):
+                kernel_bytes += 2 * item[op.dtype] * batch * env[op.size]
+            elif isinstance(op, Kernel):
+                for a in descs[op.name].args:
+                    b = a.bind
+                    if b.kind == "weights":
+                        stack = plan.storage.stack(b.name)
+                        m = next(mm for mm in stack.matrices if stack.rows[:stack.matrices.index(mm)] == b.offset)
+                        rows, cols = plan.cell.param(m).shape
+                        kernel_bytes += item[stack.dtype] * batch * env[rows] * env[cols]
+                    elif b.kind == "vector":
+                        kernel_bytes += item[plan.dtype] * env[plan.cell.param(b.name).shape[0]]
+                    elif b.kind == "ptr":
+                        node = next(i for i, s in op.reads + op.writes if s == b.slot)
+                        kernel_bytes += item[plan.storage.buffer(b.slot.buffer).dtype] * batch * env[phase.nodes[node].size]
+        out[title] = {"gemm": gemm_bytes, "kernels": kernel_bytes}
+    return out

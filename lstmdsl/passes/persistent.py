@@ -23,18 +23,18 @@ from .recurrent_fusion import _reads
 
 # The cost model (`persistent auto`) per precision: the largest batch, and the ranges of multiply-adds per
 # step (over the batch, in the kernel's products) where the persistent kernel is expected to beat the
-# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32
-# (benchmarks/results/persistent_fwd_fp32_h200.md, and persistent_fwd_inlined_fp32_h200.md for an inlined
-# version of the same kernel, which adds H = 64 and B = 64): one block wins up to 2^14 (B = 1, H = 32:
-# 0.87x the stepwise loop's time; H = 64, inlined: 0.95x) and loses at its limit, 2^16 (B = 1, H = 128 and
-# B = 16, H = 32: 1.12-1.21x); a grid wins or ties from there to 2^24 at B <= 16 (B = 1, H = 256 and 512:
-# 0.91-0.99x; B = 16, H = 128 to 512: 0.20-0.96x; B = 16, H = 64, inlined: 0.97x); at B = 64 it loses from
-# H = 64 on (inlined: 1.04-2.97x) and past 2^24 it lost with the first version of the kernel (B = 16,
-# H = 1024: 1.79x). In training the forward is this kernel and the backward the stepwise one either way.
+# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, with the products as
+# register tiles (benchmarks/results/persistent_tiled_fp32_h200.md): one block wins at 2^12 (B = 1, H = 32:
+# 0.91x the stepwise loop's time) and loses from 2^14 (B = 1, H = 64: 1.15x; B = 16, H = 32, 2^16: 1.29x);
+# a grid loses at 2^18 (B = 1, H = 256: 1.13x; B = 16, H = 64: 1.20x), ties at B = 1 from 2^20 (H = 512
+# and 1024: 1.01-1.02x) and wins at B = 16 from 2^20 to 2^26 (H = 128: 0.23x, where cuBLAS's step is slow;
+# H = 256 to 1024: 0.69-0.73x); at B = 64 it wins only at H = 32 (0.52x) and loses from H = 64 on
+# (1.05-1.89x). In training the forward is this kernel and the backward the stepwise one either way.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
-# stepwise loop under `auto`, as do float64 and the tensor-core precisions; `persistent` forces it anywhere.
-LIMITS = {"fp32": (16, ((1, 1 << 14), ((1 << 16) + 1, 1 << 24))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
+# stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, before the 16-byte
+# staging: 1.85-2.86x the stepwise loop, whose GEMMs use the tensor cores); `persistent` forces it anywhere.
+LIMITS = {"fp32": (16, ((1, 1 << 12), (1 << 20, 1 << 26))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -74,11 +74,11 @@ def make_persistent(plan: Plan) -> Plan:
     stages = persistent_stages(plan)
     if stages is None:
         return plan
-    # 512 threads hide more of the shared memory's latency, but may have only 128 registers each: kernels of
-    # several stages, or of row reductions, spill there (nvcc for sm_90), so they get 256
+    # 256 threads: the products run as register tiles (templates: block_products) that need fewer threads to
+    # hide shared memory's latency than one load per multiply-add did, and up to 255 registers each keep
+    # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
     single = len(stages) == 1 and not reduces(plan.forward, stages[0])
-    threads = 512 if single else 256
     max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
-    pers = Persistent(stages, max_batch, forced=mode == "on", threads=threads, work=work)
+    pers = Persistent(stages, max_batch, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))

@@ -37,34 +37,56 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
 
     def shared(blocks: int) -> int:
         total = 0
-        for c in desc.cached:  # as the kernel lays them out: rows padded to 32 elements, plus 32
+        for c in desc.cached:  # as the kernel lays them out: J rows, cols rounded up to a multiple of 4
             rows = -(-max(env[w] for w in c.widths) // blocks)
-            padded = -(-env[c.cols[2:]] // 32) * 32 + 32
-            total += -(-rows * padded * ITEM[c.ctype] // 16) * 16
+            total += -(-rows * _round4(env[c.cols[2:]]) * ITEM[c.ctype] // 16) * 16
         return total
 
-    # a batch row of every stage's staged operands (the widest stage's), as the kernel lays them out
-    row = max([sum(env[o.cols[2:]] * ITEM[o.ctype] for o in ops) for ops in desc.staged] + [0])
-    slack = 16 * max([len(ops) for ops in desc.staged] + [0])  # each operand's area rounds up to 16 bytes
+    def row(blocks: int) -> int:
+        """Bytes per staged batch row at that many blocks (the widest stage's): the products' operands (rows
+        rounded up to 4 elements) and the products themselves (J of them per matrix), as the kernel lays
+        them out."""
+        out = 0
+        for ops, products, widths in zip(desc.staged, desc.products, desc.widths):
+            if ops:
+                J = -(-max(env[w] for w in widths) // blocks)
+                n = sum(len(g) for g in products)
+                out = max(out, sum(_round4(env[o.cols[2:]]) * ITEM[o.ctype] for o in ops) + n * J * desc.real_bytes)
+        return out
+
+    # each operand's and each product's area rounds up to 16 bytes
+    slack = 16 * max([len(ops) + sum(len(g) for g in products) for ops, products in zip(desc.staged, desc.products)]
+                     + [0])
     multiprocessors = device.on_chip()[0]
     limit = device.shared_budget(function)  # what a block may opt in to, less the kernel's static shared memory
 
-    def rows_beside(weights: int) -> int:
+    def rows_beside(weights: int, row: int) -> int:
         """Batch rows of the operands that fit beside `weights` bytes (0: not even one)."""
         return ws.B if row == 0 else min(ws.B, max(0, (limit - weights - slack) // row))
 
     elements = max([env[w] for widths in desc.widths for w in widths] + [ws.B])
-    blocks = pers.blocks(work, elements, shared(1) + row + slack, limit, multiprocessors)
-    weights = shared(blocks)
-    rows = rows_beside(weights)
-    need = weights + (rows * row + slack if row else 0)
+    blocks = pers.blocks(work, elements, shared(1) + row(1) + slack, limit, multiprocessors)
+    weights, per_row = shared(blocks), row(blocks)
+    rows = rows_beside(weights, per_row)
+    need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
     if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     if fits:
         return PersistentRun(blocks, need, True, max(rows, 1))
-    # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident
-    rows = rows_beside(0)
-    need = rows * row + slack if row else 0
-    resident = device.co_resident(function, pers.threads, need) * multiprocessors if rows else 0
-    return PersistentRun(max(1, min(blocks, resident)), need, False, rows) if resident else None
+    # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident (fewer
+    # blocks have more elements each, so more products to keep: the count falls until it settles)
+    while True:
+        per_row = row(blocks)
+        rows = rows_beside(0, per_row)
+        need = rows * per_row + slack if per_row else 0
+        resident = device.co_resident(function, pers.threads, need) * multiprocessors if rows else 0
+        if not resident:
+            return None
+        if resident >= blocks:
+            return PersistentRun(blocks, need, False, rows)
+        blocks = resident
+
+
+def _round4(n: int) -> int:
+    return -(-n // 4) * 4
