@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on the GPU machine (about 5-8 minutes): the GPU tests, compute-sanitizer
-# (memcheck on two specs, a compiled torch training step, a bidirectional stack on a batch of different
+# The GPU check, in one call on the GPU machine (about 6-9 minutes: with an empty kernel cache the GPU tests
+# took 221 s at 286ccf5 and 407 s with the tiled products (86045cc), which compile slower; wip/runtime-g would undo
+# that): the GPU tests, compute-sanitizer (memcheck on two specs, a compiled torch training step, a bidirectional stack on a batch of different
 # lengths, and two mixed-precision stacks; racecheck on a plain spec and on a row-fused one), and the quick grid
 # against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
