@@ -5,7 +5,8 @@ LSTM, forward (inference) and training, in one process.
     python3 benchmarks/persistent.py [--precision fp32] [--batches 1 16 64] [--hiddens ...] [--name NAME]
 
 Columns: cuDNN, lstmdsl as the cost model chooses (`persistent auto`), lstmdsl forced stepwise (`no
-persistent`) and forced persistent (`persistent`: training's backward is stepwise in both),
+persistent`) and forced persistent (`persistent`: in training the backward's persistent kernel too, for
+the vanilla LSTM),
 in ms and in microseconds per step; the ratio is lstmdsl (auto) over cuDNN. Writes
 benchmarks/out/NAME.json and .md (and benchmarks/results/ with --update-results).
 """

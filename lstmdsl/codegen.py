@@ -77,12 +77,13 @@ class CachedWeights:
     """The rows of a fused product's weights one block keeps in shared memory: rows j0 .. j0 + J of w<node>
     (J = ceil(`widest` / blocks), j0 = block * J), `cols` wide, of C type `ctype`."""
 
-    node: int
+    node: int | str  # the product's node, or "<node>_<m>": the m-th matrix of a sum of transposed products
     ctype: str
-    rows: str  # size parameter: the matrix's rows
-    cols: str  # size parameter: its columns
+    rows: str  # size parameter: the rows kept (the matrix's rows, or its columns where transposed)
+    cols: str  # size parameter: their length
     widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
     widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
+    transposed: bool = False  # w<node> is the transpose: its columns j0 .. j0 + J are kept, as rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ class Product:
     sh<operand>, for the block's rows and the staged batch rows, before the stage's pointwise work reads
     them. A stage's products of the same weight and operand types are computed together (one call)."""
 
-    node: int
+    node: int | str  # as CachedWeights.node
     operand: int
     rows: str  # size parameter
     cols: str  # size parameter
@@ -202,7 +203,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
     store = "if (lane == 0) " if warp else ""  # in warp mode every lane holds the value; one writes it
     sizes = tuple(sorted({nodes[i].size for i in op.nodes} - {None, ROW})) if stage else \
         tuple(s for s in op.launch.sizes if s != ROW)
-    operand_sizes = {nodes[nodes[i].args[0]].size for i in op.nodes if nodes[i].op == "matvec"}
+    products = {i for i in op.nodes if nodes[i].op in ("matvec", "matvec_t")}
+    operand_sizes = {nodes[a].size for i in products for a in nodes[i].args}
     divisors = {s for i in op.nodes if nodes[i].op == "expand" for s in nodes[i].attr}
     args = [KernelArg("const int", "B", ArgBind("batch"))]
     args += [KernelArg("const int", f"n_{s}", ArgBind("size", s))
@@ -211,8 +213,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
     store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
-    elementwise = {a for i in op.nodes if nodes[i].op != "matvec" for a in nodes[i].args if a not in inside}
-    operands = {nodes[i].args[0] for i in op.nodes if nodes[i].op == "matvec"} - inside
+    elementwise = {a for i in op.nodes if i not in products for a in nodes[i].args if a not in inside}
+    operands = {a for i in products for a in nodes[i].args} - inside
     for a in sorted(elementwise | operands):
         n = nodes[a]
         if n.op == "const":
@@ -252,6 +254,18 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
                 lines[n.size] += [f"real v{i} = real(0);{comment}", f"for (int k = lane; k < {cols}; k += 32) "
                                   f"v{i} += real(w{i}[(size_t)j * ldw{i} + k]) * real(in{a}[b * ld_in{a} + k]);",
                                   f"v{i} = warp_sum(v{i});"]
+        elif n.op == "matvec_t":  # a sum of transposed products (a backward's): a persistent stage's only
+            if not cached:  # (stepwise, it is a GEMM)
+                raise AssertionError(f"{op.name}: a transposed product outside a persistent kernel")
+            parts = []
+            for m, (a, matrix) in enumerate(zip(n.args, n.attr)):
+                stack = st.stack_of(matrix)
+                offset = stack.rows[:stack.matrices.index(matrix)]
+                args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}_{m}",
+                                      ArgBind("weights", stack.name, offset)))
+                args.append(KernelArg("const int", f"ldw{i}_{m}", ArgBind("ldw", stack.name)))
+                parts.append(f"P{i}_{m}[(b - b0) * J + (j - j0)]")
+            lines[n.size].append(f"const real v{i} = {' + '.join(parts)};  // {' | '.join(n.attr)} transposed")
         elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
             divisor = " + ".join(f"n_{s}" for s in n.attr)
             lines[n.size].append(f"const real v{i} = v{n.args[0]}" + (f" / real({divisor});" if divisor else ";"))
@@ -315,15 +329,20 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
         widest.append(_widest(desc))
         operands, by_types = {}, {}
         for i in op.nodes:
-            if nodes[i].op == "matvec":
-                stack = plan.storage.stack_of(nodes[i].attr)
-                (a,) = nodes[i].args
+            if nodes[i].op not in ("matvec", "matvec_t"):
+                continue
+            transposed = nodes[i].op == "matvec_t"  # a sum of products, one per (operand, matrix) pair
+            pairs = zip(nodes[i].args, nodes[i].attr) if transposed else [(nodes[i].args[0], nodes[i].attr)]
+            for m, (a, matrix) in enumerate(pairs):
+                stack = plan.storage.stack_of(matrix)
+                key = f"{i}_{m}" if transposed else i
                 rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
-                cached.append(CachedWeights(i, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1]))
+                cached.append(CachedWeights(key, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1],
+                                            transposed))
                 ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
                 operands[a] = StagedOperand(a, ctype, cols)
                 by_types.setdefault((CTYPES[stack.dtype], ctype), []).append(
-                    Product(i, a, rows, cols, CTYPES[stack.dtype], ctype))
+                    Product(key, a, rows, cols, CTYPES[stack.dtype], ctype))
         staged.append(tuple(operands[a] for a in sorted(operands)))
         products.append(tuple(tuple(ps) for ps in by_types.values()))
     args, pointers = {}, {}

@@ -123,7 +123,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
-                         f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows "
+                         f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows (in the "
+                         "backward, the columns of the transposed products) "
                          "in shared memory for all steps; a grid barrier after each stage:")
             for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
                 # per element, not the warp per element its stepwise launch would have)

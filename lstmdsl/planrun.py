@@ -74,9 +74,10 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
 
 
 def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, dys: np.ndarray, dstate: dict,
-                  param_grads: dict):
+                  param_grads: dict, persistent: bool = False):
     """One layer backward through time. Returns (dxs [T, B, input], d initial state); adds parameter
-    gradients into param_grads."""
+    gradients into param_grads. persistent: each step runs the stages of the backward's persistent kernel
+    (plan.Persistent) instead of the loop's body."""
     cell, grad, phase = plan.cell, plan.grad, plan.backward
     nodes = phase.nodes
     sizes = dict(sizes, one=1)
@@ -107,7 +108,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                     values[i] = dys[t] if n.attr == "output" else dstate[n.attr]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
-            for op in phase.loop.body:
+            for op in phase.loop.persistent.stages if persistent else phase.loop.body:
                 if isinstance(op, Gemm):
                     g = np.concatenate([values[i] for i in op.inputs], axis=1)
                     out = matvec_t(g, _stack(params, op.matrices), size(op.outputs[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .ir import LEAF_OPS
 from .passes.in_place import kernel_of, within
+from .passes.storage import backward_roots, forward_roots
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
@@ -199,6 +200,9 @@ def _check_in_place(plan: Plan, slots) -> None:
                 raise PlanError(f"backward: %{v} is written over forward values that another kernel reads")
 
 
+PRODUCTS = ("matvec", "matvec_t")  # the nodes a persistent stage computes as products
+
+
 def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
     """A persistent kernel's stages are kernels that compute exactly what the loop computes, each value
     once, each reading only leaves, values computed before the loop, or values of earlier stages (a grid
@@ -212,9 +216,9 @@ def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
     before = {i for op in phase.before for i in _written_by(op)}
     computed: set[int] = set()
     for k, op in enumerate(pers.stages):
-        if op.joins and (k == 0 or any(phase.nodes[i].op == "matvec" for i in op.nodes + pers.stages[k - 1].nodes)):
+        if op.joins and (k == 0 or any(phase.nodes[i].op in PRODUCTS for i in op.nodes + pers.stages[k - 1].nodes)):
             raise PlanError(f"{title}: persistent stage {k} joins a stage it cannot run after in one block")
-        if reduces(phase, op) and any(phase.nodes[i].op == "matvec" for i in op.nodes):
+        if reduces(phase, op) and any(phase.nodes[i].op in PRODUCTS for i in op.nodes):
             raise PlanError(f"{title}: persistent stage {k} both reduces rows and computes products")
         for i in _read_by(phase, op):
             if phase.nodes[i].op not in LEAF_OPS and i not in before and i not in computed:
@@ -226,7 +230,7 @@ def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
     if computed != in_loop:
         raise PlanError(f"{title}: the persistent stages compute {sorted(computed ^ in_loop)} differently from the loop")
     if pers.name:
-        wanted = (set(plan.cell.updates) | {plan.cell.output} | set(plan.saved)) & computed
+        wanted = (forward_roots(plan) if title == "forward" else backward_roots(plan)) & computed
         stored = {i for op in pers.stages for i, _ in op.writes}
         if not all(op.name and op.launch for op in pers.stages) or wanted - stored:
             raise PlanError(f"{title}: the persistent stages do not store {sorted(wanted - stored)}")

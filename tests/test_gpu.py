@@ -368,6 +368,23 @@ def test_the_cost_model_chooses_the_persistent_launch():
     assert float(cupy.abs(y_p - y_s).max()) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])
+def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
+    """The backward's persistent kernel (its GEMMs as stages of transposed products, the matrices' columns
+    in shared memory) runs under a forced `persistent`, one block and a grid, and matches the reference
+    (check); the cost model does not choose it yet."""
+    check(name, 9, 3, 5, 33, 1, schedule="persistent", scale=1 / np.sqrt(33))
+    check(name, 6, 17, 3, 300, 1, schedule="persistent", scale=1 / np.sqrt(300))
+    for schedule, want in (("persistent", True), (None, False)):
+        layer = lstmdsl.compile(name, 5, 64, backend="cuda", schedule=schedule, **extra_sizes(name))
+        x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)) * 0.5, np.float32)
+        y, _ = layer.forward(x)
+        layer.backward(cupy.ones_like(y))
+        runs = [ws.persistent.get("backward") for engine in layer._engines.values()
+                for wss in engine.workspaces.values() for ws in wss]
+        assert runs and all((r is not None and r.cached) == want for r in runs), (name, schedule, runs)
+
+
 def test_ten_thousand_persistent_launches_do_not_hang():
     """10,000 consecutive cooperative launches (each with its barriers) on one stream, then one check."""
     layer = lstmdsl.compile("vanilla", 16, 256, backend="cuda", schedule="persistent")

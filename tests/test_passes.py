@@ -87,6 +87,13 @@ def check_every_schedule(name, masked=False, num_heads=None):
             np.testing.assert_allclose(d0[k], want_d0[k], rtol=1e-11, atol=1e-12, err_msg=what)
         for k in want_grads:
             np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-11, atol=1e-12, err_msg=f"{what}: d{k}")
+        if plan.backward.loop.persistent is not None:  # the backward's persistent stages compute the same
+            grads = {k: np.zeros_like(v) for k, v in params.items()}
+            dx, d0 = plan_backward(plan, params, sizes, saved, dys, dfinal, grads, persistent=True)
+            np.testing.assert_allclose(dx, want_dx, rtol=1e-11, atol=1e-12, err_msg=what + " (persistent)")
+            for k in want_grads:
+                np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-11, atol=1e-12,
+                                           err_msg=f"{what}: d{k} (persistent)")
 
 
 def gemms(ops):
@@ -290,6 +297,28 @@ def test_verify_catches_broken_persistent_stages():
     unstored = (pers.stages[0], dataclasses.replace(pers.stages[1], writes=()))
     with pytest.raises(PlanError, match="do not store"):
         verify(with_stages(unstored))
+
+
+@pytest.mark.parametrize("name,stages", [("vanilla", 2), ("peephole", 2), ("lstmp", 4), ("fgr", 6), ("gru", None),
+                                         ("zoneout_lstm", None), ("layernorm", None), ("slstm", None)])
+def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transposed_products(name, stages):
+    """Each per-step GEMM of the backward a stage of its own (a matvec_t: the state's gradient through the
+    transposed matrices); not where a GEMM adds into a sum another op began (GRU's sum folding; zoneout), a
+    row reduction (layer norm) or block-diagonal matrices (sLSTM). The cost model never chooses it yet
+    (max_batch 0): only a forced `persistent` runs it, and it verifies."""
+    spec = lstmdsl.parse(name)
+    for schedule in (Schedule(), Schedule(persistent="on")):
+        plan = make_plan(spec.cell, spec.grad, schedule)
+        verify(plan)
+        pers = plan.backward.loop.persistent
+        assert (pers is None) == (stages is None), name
+        if pers is not None:
+            assert len(pers.stages) == stages and pers.max_batch == 0 and pers.forced == (schedule.persistent == "on")
+            gemms = [i for op in plan.backward.loop.body if isinstance(op, Gemm) for i in op.outputs]
+            assert [i for k in pers.stages for i in k.nodes if plan.backward.nodes[i].op == "matvec_t"] == gemms
+    if stages is not None:
+        text = format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="on")))
+        assert f"{name}_bwd_persistent_reverse of 256 threads" in text
 
 
 def test_format_plan_prints_the_persistent_stages_and_rule():

@@ -155,7 +155,7 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         nonlocal count
         if isinstance(op, Kernel):
             inside = set(op.nodes)
-            matvecs = [i for i in op.nodes if nodes[i].op == "matvec"]
+            matvecs = [i for i in op.nodes if nodes[i].op in ("matvec", "matvec_t")]  # (matvec_t: persistent)
             reads = {a for i in op.nodes for a in nodes[i].args if a not in inside}
             reads = sorted(a for a in reads if nodes[a].op not in ("param", "const"))
             writes = [(i, s) for i in op.nodes if i in needed for s in slots[i]]

@@ -1,4 +1,4 @@
-"""The persistent schedule (forward): the whole recurrence as one launch that keeps the weights on chip.
+"""The persistent schedule: the whole recurrence as one launch that keeps the weights on chip.
 
 The loop's ops become the stages of one cooperative kernel (plan.Persistent). Every per-step GEMM moves
 into the kernel after it when only that kernel reads its results and the kernel does not reduce rows
@@ -12,6 +12,15 @@ The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) 
 the runtime knows the batch and the sizes. A block-diagonal matrix (heads) keeps the stepwise loop, and so
 does a loop whose storage copies a value between slots each step (the calls pass drops the persistent
 launch there: its stages have no copies).
+
+The backward has one too where each of its per-step GEMMs computes one sum of transposed products (a
+matvec_t: a state's gradient passed back through the recurrent matrices) and nothing else: each such GEMM
+becomes a stage of its own, after the kernel that computes its operands (the gate gradients), and each
+block keeps the columns of the matrices for its elements (rows of their transposes) in shared memory. A
+GEMM that adds into a sum another op began (sum folding's `init`, a GRU's) keeps the stepwise backward,
+and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
+stages, spilled registers).
+The cost model does not choose the backward kernel yet (not measured): `persistent` forces it.
 """
 
 from __future__ import annotations
@@ -67,6 +76,25 @@ def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     return tuple(stages)
 
 
+def backward_stages(plan: Plan) -> tuple[Kernel, ...] | None:
+    """The backward loop as the stages of a persistent kernel (each GEMM a stage of its transposed products),
+    or None where it cannot be one."""
+    bwd = plan.backward
+    heads = {p.name for p in plan.cell.params if p.heads}
+    stages = []
+    for op in bwd.loop.body:
+        if isinstance(op, Gemm):
+            if (heads & set(op.matrices) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
+                    or op.accumulate or op.init is not None):
+                return None
+            stages.append(Kernel(op.outputs))
+        elif isinstance(op, Kernel) and not reduces(bwd, op):
+            stages.append(op)
+        else:  # (row reductions: the layer norm's backward as one kernel of 38 stages spilled registers)
+            return None
+    return tuple(stages) if any(isinstance(op, Gemm) for op in bwd.loop.body) else None
+
+
 def make_persistent(plan: Plan) -> Plan:
     mode = plan.schedule.persistent
     if mode == "off":
@@ -81,4 +109,10 @@ def make_persistent(plan: Plan) -> Plan:
     max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
     pers = Persistent(stages, max_batch, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
-    return dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
+    plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
+    back = backward_stages(plan)
+    if back is None:
+        return plan
+    # (the cost model: not measured yet, so only a forced `persistent` runs it: max_batch 0)
+    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, 0, forced=mode == "on", threads=256))
+    return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

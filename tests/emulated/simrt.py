@@ -243,6 +243,10 @@ def _stage(desc, op, nodes, val, real, types):
             (x,) = n.args
             W = load(val[f"w{i}"], size(n.size), size(nodes[x].size), int(val[f"ldw{i}"]), types[f"w{i}"])
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
+        elif n.op == "matvec_t":  # a persistent backward's: the sum over its (operand, matrix) pairs
+            values[i] = sum(values[x].astype(np.float64) @ load(
+                val[f"w{i}_{m}"], size(nodes[x].size), size(n.size), int(val[f"ldw{i}_{m}"]),
+                types[f"w{i}_{m}"]).astype(np.float64) for m, x in enumerate(n.args))
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
             values[i] = np.broadcast_to(v, (B, size(n.size)))
