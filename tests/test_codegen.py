@@ -160,8 +160,9 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
                                                                                (Schedule(), "float32", True),
                                                                                (Schedule(precision="bf16"), "float32", True),
                                                                                (Schedule(precision="fp16", fuse_recurrent=True),
-                                                                                "float32", False)],
-                         ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent"])
+                                                                                "float32", False),
+                                                                               (Schedule(persistent="on"), "float32", False)],
+                         ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
     if schedule.precision == "bf16":  # and the converting copies of mixed precision (runtime/convert.py)

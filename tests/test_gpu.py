@@ -368,6 +368,14 @@ def test_the_cost_model_chooses_the_persistent_launch():
     assert float(cupy.abs(y_p - y_s).max()) < 1e-4
 
 
+def test_a_persistent_backward_under_no_fold_sums():
+    """Without sum folding, the GRU's, MGU's and zoneout's backward GEMMs are plain sums of transposed products:
+    they get the backward kernel too."""
+    for name in ("gru", "mgu", "zoneout_lstm"):
+        check(name, 7, 3, 5, 33, 1, schedule="persistent; no fold sums", scale=1 / np.sqrt(33),
+              dropout=0.3 if name == "zoneout_lstm" else 0.0)
+
+
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])
 def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
     """The backward's persistent kernel (its GEMMs as stages of transposed products, the matrices' columns
@@ -375,6 +383,9 @@ def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
     (check); the cost model does not choose it yet."""
     check(name, 9, 3, 5, 33, 1, schedule="persistent", scale=1 / np.sqrt(33))
     check(name, 6, 17, 3, 300, 1, schedule="persistent", scale=1 / np.sqrt(300))
+    # other schedules: the input's gradient as a stage too (no hoist input), and half precision
+    check(name, 5, 3, 5, 33, 1, schedule="persistent; no hoist input", scale=1 / np.sqrt(33))
+    check(name, 5, 3, 16, 256, 1, schedule="persistent; precision bf16", scale=1 / 16, tolerance=TOLERANCE["bf16"])
     for schedule, want in (("persistent", True), (None, False)):
         layer = lstmdsl.compile(name, 5, 64, backend="cuda", schedule=schedule, **extra_sizes(name))
         x = cupy.asarray(np.random.default_rng(0).standard_normal((7, 3, 5)) * 0.5, np.float32)

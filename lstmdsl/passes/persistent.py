@@ -17,10 +17,11 @@ The backward has one too where each of its per-step GEMMs computes one sum of tr
 matvec_t: a state's gradient passed back through the recurrent matrices) and nothing else: each such GEMM
 becomes a stage of its own, after the kernel that computes its operands (the gate gradients), and each
 block keeps the columns of the matrices for its elements (rows of their transposes) in shared memory. A
-GEMM that adds into a sum another op began (sum folding's `init`, a GRU's) keeps the stepwise backward,
+GEMM that adds into a sum another op began (sum folding's `init`: GRU, MGU, zoneout under the default `fold
+sums`) keeps the stepwise backward,
 and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
 stages, spilled registers).
-The cost model does not choose the backward kernel yet (not measured): `persistent` forces it.
+The cost model does not choose the backward kernel yet (not measured): only `persistent` puts it in the plan.
 """
 
 from __future__ import annotations
@@ -110,9 +111,8 @@ def make_persistent(plan: Plan) -> Plan:
     pers = Persistent(stages, max_batch, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back = backward_stages(plan)
-    if back is None:
+    back = backward_stages(plan) if mode == "on" else None  # (the cost model does not choose it yet: under
+    if back is None:  # `auto` it would be a kernel compiled into every module and never run)
         return plan
-    # (the cost model: not measured yet, so only a forced `persistent` runs it: max_batch 0)
-    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, 0, forced=mode == "on", threads=256))
+    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, 0, forced=True, threads=256))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

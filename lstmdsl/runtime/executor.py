@@ -115,9 +115,12 @@ class Engine:
                 pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
-            if run is None and self.use_persistent and plan.schedule.persistent == "on" and phase == "forward":
+            if run is None and self.use_persistent and plan.schedule.persistent == "on" and (
+                    phase == "forward" or pers is not None):  # (a backward without one runs stepwise, unsaid)
                 why = ("the cell has no persistent kernel (block-diagonal matrices, or a value copied between "
                        "slots each step)" if pers is None else
+                       f"its backward kernel does not fit this GPU at B = {ws.B}, T = {ws.T} (the matrices' "
+                       "columns must fit in shared memory)" if phase == "backward" else
                        f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
                 warnings.warn(f"lstmdsl: schedule 'persistent' for cell {plan.cell.name}: {why}; running the "
                               "stepwise loop", stacklevel=2)
