@@ -195,6 +195,19 @@ class SideStream:
             pass
 
 
+_SIDE: dict = {}  # device -> its side stream
+
+
+def side_stream() -> "SideStream":
+    """The device's one side stream, shared by every layer and Engine in the process: cuBLAS lanes go per
+    stream, modulo cublas.LANES, so a side stream per layer or per Engine could come to share the main
+    stream's lane, and its workspace, while both run."""
+    dev = current_device()
+    if dev not in _SIDE:
+        _SIDE[dev] = SideStream()
+    return _SIDE[dev]
+
+
 class Wave:
     """Streams for the layers of a stack run as a wavefront (plan.Wavefront): layer 0 runs on the caller's
     stream, layer k > 0 on a stream of its own. fork(stream) makes those wait for the work issued on

@@ -39,7 +39,6 @@ class CudaLayer(Layer):
         check_available()
         super().__init__(spec, sizes, schedule, dtype, directions, dropout, seed, dropconnect)
         self._rng = None
-        self._side = None
         self.overlap_directions = True  # a bidirectional layer's two directions run at the same time
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
@@ -234,13 +233,11 @@ class CudaLayer(Layer):
             return (stream,)
         if not self.overlap_directions:
             return (stream, stream)
-        if self._side is None:
-            self._side = device.SideStream()
-        return (stream, self._side.fork(stream))
+        return (stream, device.side_stream().fork(stream))
 
     def _join(self, stream: int) -> None:
         if self.directions == 2 and self.overlap_directions:
-            self._side.join(stream)
+            device.side_stream().join(stream)
 
     @property
     def _split(self) -> bool:
