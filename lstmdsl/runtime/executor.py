@@ -136,10 +136,9 @@ class Engine:
         sizes, else 0 (layer after layer). Decided once per stack of workspaces."""
         first = workspaces[0]
         if first.wave is None:
-            wave, storage = self.program.plan.wavefront, self.program.plan.storage
-            y = next(t for t in storage.outputs if t.what == "y")
-            stacked = all(ws.base["x"] == below.base[y.buffer] + below.item[y.buffer] * y.first * below.B
-                          * below.width[y.buffer] for below, ws in zip(workspaces, workspaces[1:]))
+            wave = self.program.plan.wavefront
+            stacked = all(ws.base["x"] == self._output_view(below).data.ptr  # (Storage.stack_input, in place)
+                          for below, ws in zip(workspaces, workspaces[1:]))
             use = (wave is not None and self.use_wavefront and 1 < len(workspaces) <= cublas.MAX_LANES and stacked
                    and all(self.persistent_run(ws, "forward") is None for ws in workspaces))
             if not use and self.program.plan.schedule.wavefront == "on" and len(workspaces) > 1:
@@ -221,22 +220,29 @@ class Engine:
         run = self._issue_wave if phase == "forward" else self._issue_backward_wave
         if self._wave is None:  # its streams and events made before any capture
             self._wave = device.Wave(len(self.sizes))
-        if device.is_capturing(stream):  # inside someone else's graph: its branches, and keep the memory
+        key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
+        self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
+
+    def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
+        """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS
+        of the keys that share its first `family` entries (the oldest dropped); issued directly inside
+        someone else's capture (its memory then pinned: that graph keeps the addresses), without graphs, or
+        while profiling."""
+        if device.is_capturing(stream):
             for ws in workspaces:
                 ws.pinned = True
-            run(workspaces, params, stream, lanes)
+            issue(stream)
             return
-        if not self.use_graphs:
-            run(workspaces, params, stream, lanes)
+        if not self.use_graphs or self.parts is not None:
+            issue(stream)
             return
-        key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
         graphs = workspaces[0].graphs
         graph = graphs.get(key)
         if graph is None:
-            old = [k for k in graphs if k[:2] == ("wavefront", phase)]
+            old = [k for k in graphs if k[:family] == key[:family]]
             for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
                 del graphs[k]
-            graph = graphs[key] = device.Graph(lambda side: run(workspaces, params, side, lanes), stream)
+            graph = graphs[key] = device.Graph(issue, stream)
         graph.launch(stream)
 
     # -- profiling
@@ -258,21 +264,8 @@ class Engine:
     # -- running
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
         lane = cublas.lane(stream)
-        if device.is_capturing(stream):  # inside someone else's graph: record the ops there, keep the memory
-            ws.pinned = True
-            Issue(self, ws, bind, stream, lane).phase(name)
-            return
-        if not self.use_graphs or self.parts is not None:
-            Issue(self, ws, bind, stream, lane).phase(name)
-            return
-        key = (name, bind.key, lane)
-        graph = ws.graphs.get(key)
-        if graph is None:
-            old = [k for k in ws.graphs if k[0] == name]
-            for k in old[:max(0, len(old) - self.MAX_GRAPHS + 1)]:
-                del ws.graphs[k]
-            graph = ws.graphs[key] = device.Graph(lambda side: Issue(self, ws, bind, side, lane).phase(name), stream)
-        graph.launch(stream)
+        self._replay([ws], (name, bind.key, lane), 1, lambda side: Issue(self, ws, bind, side, lane).phase(name),
+                     stream)
 
     @staticmethod
     def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int, str]:
