@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on the GPU machine (about 6-9 minutes: with an empty kernel cache the GPU tests
-# took 221 s at 286ccf5 and 407 s with the tiled products (86045cc), which compile slower; wip/runtime-g would undo
-# that): the GPU tests, compute-sanitizer (memcheck on two specs, a compiled torch training step, a bidirectional stack on a batch of different
-# lengths, and two mixed-precision stacks; racecheck on a plain spec and on a row-fused one), and the quick grid
-# against cuDNN. Run it after every change to the runtime, kernels or passes:
+# The GPU check, in one call on the GPU machine (about 7-9 minutes: with an empty kernel cache the GPU tests
+# took 285 s at bdf5fab, the sanitizer passes about 100 s): the GPU tests, compute-sanitizer (memcheck on a spec,
+# a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
+# different lengths, and two mixed-precision stacks; racecheck on persistent kernels and a row-fused spec), and
+# the quick grid against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
 #     VERSIONS=path/to/old/tree bash benchmarks/gpu_check.sh   # also time the quick grid's cases against
@@ -35,7 +35,7 @@ start=$SECONDS
 timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
-for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
+for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
               "--wavefront --bf16 layernorm"; do
   start=$SECONDS
@@ -44,10 +44,10 @@ for target in "peephole" "gru" "--torch-compile vanilla" "--bidirectional-length
   summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
-for target in peephole layernorm "--persistent-grid peephole" "--persistent-grid gru" "--persistent-grid layernorm" \
-              "--wavefront gru"; do
-  # layernorm: row-fused launches, stages separated by barriers; --persistent-grid: the persistent kernel as a
-  # grid of blocks (peephole at its own sizes runs it in one block)
+for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
+              "--persistent-grid layernorm" "--wavefront gru"; do
+  # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
+  # persistent kernels (forward and backward) in one block / as a grid of blocks
   start=$SECONDS
   timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
   summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")

@@ -113,13 +113,15 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             label = {"before": "before the loop: ", "loop": "each step:       ", "after": "after the loop:  "}[where]
             lines.append(f"  {label} " + op_text(phase, op))
         pers = phase.loop.persistent
+        if pers is None and title == "forward" and plan.schedule.persistent == "auto":
+            lines.append("  no persistent schedule: `persistent auto` has one only for single-stage cells with "
+                         "recurrent products in fp32, where it was measured faster than the stepwise loop; "
+                         "`persistent` forces it where it can run")
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
                     f"when B <= {pers.max_batch}, a step's multiply-adds over the batch are "
                     + " or ".join(f"{lo}-{hi}" for lo, hi in pers.work)
-                    + " and the weights fit in the blocks' shared memory" if pers.max_batch
-                    else "when the schedule says persistent (the cost model does not choose it here: not "
-                    "measured faster than the stepwise loop for this kind of cell or precision)")
+                    + " and the weights fit in the blocks' shared memory")
             rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "

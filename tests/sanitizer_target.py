@@ -5,6 +5,7 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
+    compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-block [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
 
@@ -12,9 +13,10 @@
 lengths, with dropout between the layers and DropConnect. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
-buffers, converting copies). At its sizes (B = 3, H = 33) the forward runs the persistent kernel in one
-block; --persistent-grid makes it wide (H = 300) and forces `persistent`, so the kernel runs as a grid of
-blocks meeting at grid barriers. --wavefront forces `wavefront` over 37 steps: the two layers on two
+buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop;
+--persistent-block forces `persistent`, so the forward and (where the cell has one) the backward run as
+one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
+`persistent`, so the kernels run as a grid of blocks meeting at grid barriers. --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
@@ -31,6 +33,7 @@ compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
 grid = "--persistent-grid" in args
+forced = grid or "--persistent-block" in args
 wave = "--wavefront" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
@@ -52,7 +55,7 @@ if compiled:
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
-                        **extra, schedule=f"precision {precision}" + ("; persistent" if grid else "")
+                        **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else ""))
 x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, 3, 5)).astype(np.float32))
 lengths = np.array([7, 2, 5]) if masked else None

@@ -127,9 +127,11 @@ def test_kernels_are_found_by_name():
     assert names == [op.name for op in program.plan.kernels()]
     assert [n for n in names if "_fwd" in n] == ["gru_fwd0", "gru_fwd1"]
     assert len([n for n in names if "_bwd" in n]) == 2  # the third, an addition, folded into the last GEMM
-    persistent = [n for n, k in program.kernels.items() if k.kind == "persistent"]
-    assert persistent == [program.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
-    assert f'void __launch_bounds__(256, 1) {persistent[0]}(' in program.source
+    assert not [n for n, k in program.kernels.items() if k.kind == "persistent"]  # auto never runs it for GRU
+    forced = build("gru", Schedule(persistent="on"))
+    persistent = [n for n, k in forced.kernels.items() if k.kind == "persistent"]
+    assert persistent == [forced.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
+    assert f'void __launch_bounds__(256, 1) {persistent[0]}(' in forced.source
 
 
 def test_the_persistent_kernel_is_the_loop_as_stages():
@@ -138,17 +140,22 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     kernel steps backwards and is named apart; the sLSTM's block-diagonal matrices keep the stepwise loop."""
     from lstmdsl.plan import reduces
 
-    gru = build("gru").plan.forward
+    on = Schedule(persistent="on")
+    gru = build("gru", on).plan.forward
     stages = gru.loop.persistent.stages
     assert len(stages) == 2 and all(any(gru.nodes[i].op == "matvec" for i in s.nodes) for s in stages)
-    ln = build("layernorm").plan.forward
+    ln = build("layernorm", on).plan.forward
     first, *rest = ln.loop.persistent.stages
     assert all(ln.nodes[i].op == "matvec" for i in first.nodes) and reduces(ln, rest[0])
     assert all(s.joins for s in rest[1:])
     reverse = build_program(lstmdsl.parse("vanilla").cell, Schedule(), direction="reverse")
     name = reverse.plan.forward.loop.persistent.name
     assert name == "vanilla_fwd_persistent_reverse" and reverse.kernels[name].reverse
-    assert build("slstm").plan.forward.loop.persistent is None
+    assert build("slstm", on).plan.forward.loop.persistent is None
+    # `persistent auto` compiles the kernel only where its cost model can choose it (single-stage fp32 cells)
+    assert build("gru").plan.forward.loop.persistent is None and build("layernorm").plan.forward.loop.persistent is None
+    assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is None
+    assert build("vanilla").plan.forward.loop.persistent is not None
     assert build("vanilla", Schedule(persistent="off")).plan.forward.loop.persistent is None
     assert build("vanilla", Schedule(persistent="on")).plan.forward.loop.persistent.forced
 

@@ -283,7 +283,7 @@ def test_verify_catches_broken_persistent_stages():
     from lstmdsl.planverify import PlanError
 
     spec = lstmdsl.parse("gru")
-    plan = make_plan(spec.cell, spec.grad, Schedule())
+    plan = make_plan(spec.cell, spec.grad, Schedule(persistent="on"))
     pers = plan.forward.loop.persistent
     assert len(pers.stages) == 2
     verify(plan)
@@ -327,10 +327,14 @@ def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transp
 def test_format_plan_prints_the_persistent_stages_and_rule():
     spec = lstmdsl.parse("gru")
     auto = format_plan(make_plan(spec.cell, spec.grad, Schedule()), {"input": 8, "hidden": 16})
-    assert "or the persistent schedule, when the schedule says persistent" in auto
-    assert "gru_fwd_persistent of 256 threads" in auto and auto.count("    stage kernel gru_fwd_p") == 2
+    assert "no persistent schedule: `persistent auto` has one only for single-stage cells" in auto
+    assert "gru_fwd_persistent" not in auto
     forced = format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="on")))
     assert "always (the schedule says persistent)" in forced
+    assert "gru_fwd_persistent of 256 threads" in forced and forced.count("    stage kernel gru_fwd_p") == 2
+    vanilla = lstmdsl.parse("vanilla")
+    rule = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule()))
+    assert "or the persistent schedule, when B <= 16, a step's multiply-adds over the batch are" in rule
     assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
         "element type")[1]
 

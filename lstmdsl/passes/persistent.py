@@ -9,7 +9,9 @@ elements in shared memory for all steps, so a step reads no weights from memory,
 T launches (or 2T: the GEMM and the kernel of each step).
 
 The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) chooses between them once
-the runtime knows the batch and the sizes. A block-diagonal matrix (heads) keeps the stepwise loop, and so
+the runtime knows the batch and the sizes. Under `persistent auto` the plan has the kernel only where the
+cost model can choose it (LIMITS): a kernel for any other cell or precision would be compiled into every
+module and never run (and cost its compilation; the layer norm's with lengths also spilled registers). A block-diagonal matrix (heads) keeps the stepwise loop, and so
 does a loop whose storage copies a value between slots each step (the calls pass drops the persistent
 launch there: its stages have no copies).
 
@@ -108,6 +110,8 @@ def make_persistent(plan: Plan) -> Plan:
     # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
     single = len(stages) == 1 and not reduces(plan.forward, stages[0])
     max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
+    if mode == "auto" and not (max_batch and work):
+        return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     pers = Persistent(stages, max_batch, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
