@@ -336,6 +336,30 @@ def test_persistent_schedule_in_every_precision_and_schedule(name, schedule):
     check(name, 9, 5, 16, 256, 2, schedule=schedule, scale=1 / 16, tolerance=tolerance)
 
 
+def test_per_step_gemms_are_timed_and_both_ways_give_the_same_numbers(monkeypatch):
+    """cublas.tune times each per-step GEMM shape with and without a workspace before the first capture
+    (B = 16, H = 128: cuBLAS's kernel with the workspace was 10x slower); the other way round, forced for
+    every shape, gives the same forward and backward."""
+    from lstmdsl.runtime import cublas
+
+    monkeypatch.setattr(cublas, "_BARE", {})
+    rng = np.random.default_rng(0)
+    x = cupy.asarray(rng.standard_normal((6, 16, 128)) * 0.5, np.float32)
+    dy = cupy.asarray(rng.standard_normal((6, 16, 128)), np.float32)
+
+    def run():
+        layer = lstmdsl.compile("vanilla", 128, 128, backend="cuda", schedule="no persistent", seed=3)
+        y, _ = layer.forward(x)
+        return y.copy(), layer.backward(dy).copy()
+
+    y, dx = run()
+    shapes = {k[1:4] for k in cublas._BARE}
+    assert (16, 512, 128) in shapes and (16, 128, 512) in shapes, shapes  # the forward's and backward's step
+    monkeypatch.setattr(cublas, "_BARE", {k: not v for k, v in cublas._BARE.items()})
+    y2, dx2 = run()
+    assert float(cupy.abs(y - y2).max()) < 1e-5 and float(cupy.abs(dx - dx2).max()) < 1e-4
+
+
 def test_the_cost_model_chooses_the_persistent_launch():
     """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one), large
     batches and `no persistent` the stepwise loop, and weights too large for the chip are read from memory

@@ -39,9 +39,13 @@ def _load_libcublas() -> ctypes.CDLL:
 
 
 class _Handle:
+    """A cuBLAS handle on one device. bare: without a workspace, so cuBLAS chooses among the kernels that
+    need none (tune)."""
+
     WORKSPACE = 32 << 20
 
-    def __init__(self):
+    def __init__(self, bare: bool = False):
+        self.bare = bare
         lib = _load_libcublas()
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
@@ -56,7 +60,7 @@ class _Handle:
         self.handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
-        self.workspace = empty((self.WORKSPACE,), np.uint8)
+        self.workspace = None if bare else empty((self.WORKSPACE,), np.uint8)
         self.stream = None
 
     @staticmethod
@@ -68,12 +72,75 @@ class _Handle:
         if stream != self.stream:
             self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
             # cublasSetStream resets the workspace to cuBLAS's default pool: set ours again
-            self._check(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE),
-                        "cublasSetWorkspace")
+            self._check(self.lib.cublasSetWorkspace_v2(self.handle, None if self.bare else self.workspace.data.ptr,
+                                                       0 if self.bare else self.WORKSPACE), "cublasSetWorkspace")
             self.stream = stream
 
 
-_HANDLES: dict[tuple[int, int], _Handle] = {}
+_HANDLES: dict[tuple[int, int, bool], _Handle] = {}  # (device, lane, bare) -> handle
+
+
+def _handle(lane: int, bare: bool = False) -> _Handle:
+    key = (current_device(), lane, bare)
+    h = _HANDLES.get(key)
+    if h is None:
+        h = _HANDLES[key] = _Handle(bare)
+    return h
+
+
+# Per-step GEMMs are narrow, and for some shapes cuBLAS's heuristic, given a workspace, picks a kernel many
+# times slower than the one it picks without one (measured on the H200 in strict fp32, us per call in a
+# CUDA graph, with / without the workspace: [16, 128] x [128, 512] 24.6 / 2.3, [16, 512] x [512, 128] 53.1 /
+# 5.9, [64, 32] x [32, 128] 9.0 / 2.6, [16, 256] x [256, 1024] 6.2 / 3.4; but [16, 1024] x [1024, 256] 7.1 /
+# 10.6 and [64, 2048] x [2048, 512] 9.5 / 39.5; CUBLAS_GEMM_ALGO0-23, the pedantic compute type and math mode
+# change nothing on sm_90). So the runtime times each per-step GEMM shape both ways once per process, before
+# any capture (tune, called by the executor), and runs the faster one (gemm). A shape not timed (a capture
+# began first, or it is large) runs with the workspace, as cuBLAS would by default.
+TUNE_MAX_WORK = 1 << 28  # multiply-adds: larger GEMMs keep the workspace untimed (their kernels were the same)
+TUNE_MARGIN = 0.9  # the bare handle must take less than this fraction of the other's time to be chosen
+_BARE: dict[tuple, bool] = {}  # (device, shape, layout, types) -> run on the bare handle
+
+
+def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types) -> tuple:
+    return (current_device(), M, N, K, lda, bool(trans_a), ldb, bool(trans_b), ldc, bool(accumulate), tuple(types))
+
+
+def _time(call, stream: int) -> float:
+    """Milliseconds per call of call(stream): 20 calls captured into a CUDA graph, timed over 3 launches."""
+    import cupy
+
+    from .device import Graph
+
+    graph = Graph(lambda side: [call(side) for _ in range(20)], stream)
+    graph.launch(stream)
+    on = cupy.cuda.ExternalStream(stream)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(on)
+    for _ in range(3):
+        graph.launch(stream)
+    end.record(on)
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 60
+
+
+def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
+         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> bool:
+    """Times gemm()'s shape with and without a workspace (into a scratch result: a and b are only read) and
+    keeps the faster for every later gemm() of that shape in this process. Returns whether it runs bare.
+    Not while `stream` is being captured (the caller checks)."""
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
+    if key in _BARE:
+        return _BARE[key]
+    if M * N * K > TUNE_MAX_WORK:
+        _BARE[key] = False
+        return False
+    item = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2}[types[2]]
+    scratch = empty((max(1, M * ldc * item),), np.uint8, 0, stream)
+    times = [_time(lambda side, bare=bare: _gemm(_handle(lane, bare), M, N, K, a, lda, trans_a, b, ldb, trans_b,
+                                                  scratch.data.ptr, ldc, accumulate, types, side), stream)
+             for bare in (False, True)]
+    _BARE[key] = times[1] < TUNE_MARGIN * times[0]
+    return _BARE[key]
 _LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # the most parts one call spreads over streams of its own (a wavefront's layers)
 LANES = 64  # handles (and 32 MB workspaces, made on first use) per device before lanes are shared in turn
@@ -98,11 +165,14 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
     cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
-    captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it)."""
-    key = (current_device(), lane)
-    h = _HANDLES.get(key)
-    if h is None:
-        h = _HANDLES[key] = _Handle()
+    captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it). The
+    shape runs without a workspace where tune() found that faster."""
+    bare = _BARE.get(_shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types), False)
+    _gemm(_handle(lane, bare), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, types, stream)
+
+
+def _gemm(h: _Handle, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
+          ldc: int, accumulate: bool, types: tuple[str, str, str, str], stream: int) -> None:
     h.set_stream(stream)
     a_type, b_type, c_type, compute = types
     one, zero = _SCALARS[compute]
@@ -118,10 +188,7 @@ def gemm_batched(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int
                  count: int, strides: tuple[int, int, int]) -> None:
     """`count` GEMMs as gemm() computes one, the i-th on A + i * strides[0], B + i * strides[1] and
     C + i * strides[2] (strides in elements): the blocks of a block-diagonal matrix."""
-    key = (current_device(), lane)
-    h = _HANDLES.get(key)
-    if h is None:
-        h = _HANDLES[key] = _Handle()
+    h = _handle(lane)
     h.set_stream(stream)
     a_type, b_type, c_type, compute = types
     one, zero = _SCALARS[compute]

@@ -221,7 +221,19 @@ class Engine:
         if self._wave is None:  # its streams and events made before any capture
             self._wave = device.Wave(len(self.sizes))
         key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
+        self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, lanes)])
         self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
+
+    def _tune(self, stream: int, layers: list) -> None:
+        """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
+        capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
+        would by default), nor while profiling."""
+        if self.parts is not None or device.is_capturing(stream):
+            return
+        for ws, bind, lane, phase in layers:
+            if phase not in ws.tuned:
+                Issue(self, ws, bind, stream, lane).tune(phase)
+                ws.tuned.add(phase)
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
         """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS
@@ -264,6 +276,7 @@ class Engine:
     # -- running
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
         lane = cublas.lane(stream)
+        self._tune(stream, [(ws, bind, lane, name)])
         self._replay([ws], (name, bind.key, lane), 1, lambda side: Issue(self, ws, bind, side, lane).phase(name),
                      stream)
 

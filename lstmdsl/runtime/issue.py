@@ -59,8 +59,8 @@ class Issue:
         """The leading dimension of the weights the GEMMs read (a padded stack's rows are aligned)."""
         return self.ws.span((stack.cols,)) if stack.padded else self.ws.dim((stack.cols,))
 
-    def gemm(self, c: GemmCall, t: int, rows: int | None = None) -> None:
-        """One GEMM at step t; rows: M where the call covers only some steps' rows (a wavefront's chunk)."""
+    def gemm_args(self, c: GemmCall, t: int, rows: int | None = None) -> tuple[int, ...]:
+        """(M, N, K, a, lda, b, ldb, out, ldc) of a GEMM at step t, as gemm() issues it."""
         ws = self.ws
         M = ws.dim(c.m) if rows is None else rows
         N = ws.span(c.n) if "n" in c.padded else ws.dim(c.n)  # over the aligned rows (GemmCall.padded)
@@ -68,6 +68,24 @@ class Issue:
         a, lda = self.operand(c.a, t, M if c.trans_a else K)
         b, ldb = self.operand(c.b, t, K if c.trans_b else N)
         out, ldc = self.operand(c.c, t, N)
+        return M, N, K, a, lda, b, ldb, out, ldc
+
+    def tune(self, name: str) -> None:
+        """Times the shapes of the phase's per-step GEMMs both ways cuBLAS may run them (cublas.tune), once
+        per process and shape; the executor calls it before it captures the phase (not inside a capture)."""
+        if self.engine.persistent_run(self.ws, name) is not None:
+            return  # (the persistent kernel computes the products itself)
+        for op in getattr(self.plan, name).loop.body:
+            c = getattr(op, "call", None)
+            if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
+                M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0)
+                cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
+                            (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.lane)
+
+    def gemm(self, c: GemmCall, t: int, rows: int | None = None) -> None:
+        """One GEMM at step t; rows: M where the call covers only some steps' rows (a wavefront's chunk)."""
+        ws = self.ws
+        M, N, K, a, lda, b, ldb, out, ldc = self.gemm_args(c, t, rows)
         types = (c.a_type, c.b_type, c.c_type, c.compute)
         if c.heads is None:
             cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,

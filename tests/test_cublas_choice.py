@@ -1,0 +1,51 @@
+"""cublas.tune: each per-step GEMM shape is timed with and without a cuBLAS workspace once, and gemm() runs it
+the faster way (no GPU here: the timing, the handles and the call are replaced; the GPU tests run it)."""
+
+from types import SimpleNamespace
+
+from lstmdsl.runtime import cublas
+
+TYPES = ("f32", "f32", "f32", "fp32")
+
+
+def _fake(monkeypatch, times):
+    calls = []
+    monkeypatch.setattr(cublas, "_BARE", {})
+    monkeypatch.setattr(cublas, "current_device", lambda: 0)
+    monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False: ("bare" if bare else "workspace", lane))
+    monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h, args)))
+
+    def timed(call, stream):
+        call(stream)
+        return times[calls[-1][0][0]]
+
+    monkeypatch.setattr(cublas, "_time", timed)
+    return calls
+
+
+def test_the_faster_way_is_kept_per_shape(monkeypatch):
+    times = {}
+    calls = _fake(monkeypatch, times)
+    times.update(workspace=24.6, bare=2.3)  # [16, 128] x [128, 512] as measured on the H200
+    assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3)
+    assert all(args[9] == 7 for _, args in calls)  # timed into the scratch result, not the real one
+    times.update(workspace=9.5, bare=39.5)  # [64, 2048] x [2048, 512]
+    assert not cublas.tune(64, 512, 2048, 1, 2048, False, 2, 512, False, 512, False, TYPES, 5, 3)
+    times.update(workspace=1.0, bare=0.95)  # within the margin: the workspace, as cuBLAS would
+    assert not cublas.tune(1, 128, 32, 1, 32, False, 2, 32, True, 128, False, TYPES, 5, 3)
+    calls.clear()
+    times.update(workspace=1.0, bare=0.1)
+    assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3)  # kept, not timed again
+    assert not calls
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3)
+    cublas.gemm(64, 512, 2048, 1, 2048, False, 2, 512, False, 9, 512, False, TYPES, 5, 3)
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, True, TYPES, 5, 3)  # accumulates: not timed
+    assert [h for h, _ in calls] == [("bare", 3), ("workspace", 3), ("workspace", 3)]
+    assert calls[0][1][9] == 9  # the real result
+
+
+def test_large_gemms_are_not_timed(monkeypatch):
+    calls = _fake(monkeypatch, {"workspace": 1.0, "bare": 0.1})
+    assert not cublas.tune(256, 4096, 1024 * 256, 1, 1 << 18, False, 2, 4096, False, 4096, False, TYPES, 5, 0)
+    assert not calls
