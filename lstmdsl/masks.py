@@ -33,27 +33,29 @@ def with_lengths(cell: Cell) -> Cell:
     b = GraphBuilder()
     m = b.leaf("stepin", LENGTH, ROW)
     keep = b.sub(b.const(1.0), m)
-    state_ids = {n.attr: i for i, n in enumerate(cell.nodes) if n.op == "state"}
-    update_of = {u: k for k, u in enumerate(cell.updates)}
+
+    def mask(k: int, u: int) -> int:
+        """State k's masked update, u its update in the masked cell. Its old value is the state's leaf,
+        added here if no node before reads it (hash-consed: the same node the cell's leaf maps to)."""
+        s = cell.states[k]
+        return b.op("add", b.mul(m, u), b.mul(keep, b.leaf("state", s.name, s.size)))
+
+    first_state = {}  # an update node -> the first state it updates
+    for k, u in enumerate(cell.updates):
+        first_state.setdefault(u, k)
     new: dict[int, int] = {}  # the cell's node -> its node in the masked cell
-    masked: dict[int, int] = {}  # a state's update -> its masked update, which the nodes after it read
+    after: dict[int, int] = {}  # an update the step computes -> the masked update the nodes after it read
     for i, n in enumerate(cell.nodes):  # (in topological order)
-        new[i] = b.add(dataclasses.replace(n, args=tuple(masked.get(a, new[a]) for a in n.args)))
-        if i in update_of:
-            s = cell.states[update_of[i]]
-            old = state_ids.get(s.name)
-            old = new[old] if old is not None else b.leaf("state", s.name, s.size)  # (carried through padding)
-            masked[i] = b.op("add", b.mul(m, new[i]), b.mul(keep, old))
-    for k, (s, u) in enumerate(zip(cell.states, cell.updates)):  # updates that are leaves or shared nodes
-        if u not in masked:
-            old = state_ids.get(s.name)
-            old = new[old] if old is not None else b.leaf("state", s.name, s.size)
-            masked[u] = b.op("add", b.mul(m, new[u]), b.mul(keep, old))
-    updates = tuple(masked[u] for u in cell.updates)
-    output = b.mul(m, masked.get(cell.output, new[cell.output]))
+        new[i] = b.add(dataclasses.replace(n, args=tuple(after.get(a, new[a]) for a in n.args)))
+        if i in first_state and n.args:  # (a leaf update, s' = h, stays what other nodes read: the old h)
+            after[i] = mask(first_state[i], new[i])  # two states with one update: either masked update
+            # serves the nodes after it (equal where m = 1; where m = 0 they are dropped)
+    updates = tuple(mask(k, new[u]) for k, u in enumerate(cell.updates))  # (each state's own old value)
+    output = b.mul(m, after.get(cell.output, new[cell.output]))
     nodes, remap = prune(tuple(b.nodes), updates + (output,))
+    names = tuple((name, remap[after.get(i, new[i])]) for name, i in cell.names if after.get(i, new[i]) in remap)
     result = dataclasses.replace(cell, nodes=nodes, updates=tuple(remap[u] for u in updates),
-                                 output=remap[output])
+                                 output=remap[output], names=names)
     verify(result)
     return result
 

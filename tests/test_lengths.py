@@ -59,6 +59,37 @@ def test_each_sequence_computes_what_it_computes_alone(name, bidirectional):
             np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12)
 
 
+# cells whose updates the mask's rewrite once got wrong: a state's update that is the leaf of a state
+# declared after it, and two states with one update node (the second got the first's old value)
+ODD_UPDATES = {
+    "leaf_update": "cell d { input x; state h, p; h' = tanh(W x + R h + S p + b); p' = h; output h' }",
+    "shared_update": "cell d { input x; state h, g; a = tanh(W x + R h + S g + b); h' = a; g' = a; output a }",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_UPDATES))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_odd_updates_compute_what_each_sequence_computes_alone(name, bidirectional):
+    T, B, I, H = 5, len(LENGTHS), 4, 6
+    layer = lstmdsl.compile(ODD_UPDATES[name], I, H, 2, dtype="float64", seed=3, bidirectional=bidirectional)
+    rng = np.random.default_rng(3)
+    for p in layer.parameters().values():
+        p[...] = rng.uniform(-0.8, 0.8, p.shape)
+    x = rng.standard_normal((T, B, I))
+    state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(B).items()}
+    y, final = layer.forward(x, state, lengths=LENGTHS, train=False)
+    for b, n in enumerate(LENGTHS):
+        alone, final_alone = layer.forward(x[:n, b:b + 1], {k: v[:, b:b + 1] for k, v in state.items()},
+                                           train=False)
+        np.testing.assert_allclose(y[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12, err_msg=f"{name} sequence {b}")
+        assert np.all(y[n:, b] == 0)
+        for k in final:
+            np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12, err_msg=k)
+    rows = gradient_check(lstmdsl.parse(ODD_UPDATES[name]), 4, 6, 4, 5, 2, seed=3, bidirectional=bidirectional,
+                          lengths=True)
+    assert max(r.rel_error for r in rows) < 1e-6, rows
+
+
 def test_full_lengths_equal_no_lengths(rng):
     layer, x, state = case("peephole", True)
     y, final = layer.forward(x, state)
