@@ -156,6 +156,8 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     assert build("gru").plan.forward.loop.persistent is None and build("layernorm").plan.forward.loop.persistent is None
     assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is None
     assert build("vanilla").plan.forward.loop.persistent is not None
+    assert build("indrnn").plan.forward.loop.persistent is None  # no products: its kernel would never be chosen
+    assert build("indrnn", on).plan.forward.loop.persistent is not None
     assert build("vanilla", Schedule(persistent="off")).plan.forward.loop.persistent is None
     assert build("vanilla", Schedule(persistent="on")).plan.forward.loop.persistent.forced
 

@@ -106,6 +106,7 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("peephole", Schedule(), B=max_batch, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
     assert shape("vanilla", Schedule(), B=max_batch, H=1024) is not None  # 2^26 multiply-adds
     assert shape("vanilla", Schedule(), B=max_batch, H=2048) is None  # 2^28
+    # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None
     assert shape("indrnn", Schedule(), B=1, H=4096) is None  # no products: its kernel would be one block

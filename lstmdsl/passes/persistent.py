@@ -108,7 +108,8 @@ def make_persistent(plan: Plan) -> Plan:
     # 256 threads: the products run as register tiles (templates: block_products) that need fewer threads to
     # hide shared memory's latency than one load per multiply-add did, and up to 255 registers each keep
     # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
-    single = len(stages) == 1 and not reduces(plan.forward, stages[0])
+    single = (len(stages) == 1 and not reduces(plan.forward, stages[0])
+              and any(plan.forward.nodes[i].op == "matvec" for i in stages[0].nodes))  # (IndRNN: no products)
     max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
     if mode == "auto" and not (max_batch and work):
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
