@@ -347,16 +347,43 @@ def test_per_step_gemms_are_timed_and_both_ways_give_the_same_numbers(monkeypatc
     x = cupy.asarray(rng.standard_normal((6, 16, 128)) * 0.5, np.float32)
     dy = cupy.asarray(rng.standard_normal((6, 16, 128)), np.float32)
 
+    used, timing = [], []  # (M, N, K, bare) of every GEMM issued outside the timing (graphs: once each)
+    gemm, tune = cublas._gemm, cublas.tune
+
+    def recorded(h, M, N, K, *rest):
+        if not timing:
+            used.append((M, N, K, h.bare))
+        gemm(h, M, N, K, *rest)
+
+    monkeypatch.setattr(cublas, "_gemm", recorded)
+
+    def timed(*args):
+        timing.append(1)
+        try:
+            return tune(*args)
+        finally:
+            timing.clear()
+
+    monkeypatch.setattr(cublas, "tune", timed)
+
     def run():
+        used.clear()
         layer = lstmdsl.compile("vanilla", 128, 128, backend="cuda", schedule="no persistent", seed=3)
         y, _ = layer.forward(x)
         return y.copy(), layer.backward(dy).copy()
 
+    def runs_as_chosen():  # every per-step GEMM ran the way its timing chose (tune's key is gemm's)
+        chosen = {k[1:4]: v for k, v in cublas._BARE.items()}
+        step = [u for u in used if u[:3] in chosen]
+        assert step and all(u[3] == chosen[u[:3]] for u in step), (chosen, used)
+
     y, dx = run()
     shapes = {k[1:4] for k in cublas._BARE}
     assert (16, 512, 128) in shapes and (16, 128, 512) in shapes, shapes  # the forward's and backward's step
+    runs_as_chosen()
     monkeypatch.setattr(cublas, "_BARE", {k: not v for k, v in cublas._BARE.items()})
     y2, dx2 = run()
+    runs_as_chosen()
     assert float(cupy.abs(y - y2).max()) < 1e-5 and float(cupy.abs(dx - dx2).max()) < 1e-4
 
 
