@@ -19,10 +19,11 @@ from conftest import POSITIVE_STATES, SPECS, extra_sizes
 LENGTHS = np.array([5, 2, 1, 4])
 
 
-def case(name: str, bidirectional: bool, layers: int = 2, seed: int = 3):
+def case(name: str, bidirectional: bool, layers: int = 2, seed: int = 3, text: str | None = None):
+    """A float64 layer of the shipped spec `name` (or of the spec `text`), random weights, input and state."""
     T, B, I, H = 5, len(LENGTHS), 4, 6
-    layer = lstmdsl.compile(name, I, H, layers, dtype="float64", seed=seed, bidirectional=bidirectional,
-                            **extra_sizes(name))
+    layer = lstmdsl.compile(text or name, I, H, layers, dtype="float64", seed=seed, bidirectional=bidirectional,
+                            **({} if text else extra_sizes(name)))
     rng = np.random.default_rng(seed)
     for p in layer.parameters().values():
         p[...] = rng.uniform(-0.8, 0.8, p.shape)
@@ -47,7 +48,10 @@ def test_the_mask_is_an_ordinary_rewrite_of_the_cell():
 def test_each_sequence_computes_what_it_computes_alone(name, bidirectional):
     """Outputs up to each sequence's end and its final states equal a run of that sequence alone, trimmed
     to its length; outputs past the end are zero."""
-    layer, x, state = case(name, bidirectional)
+    assert_each_sequence_alone(name, *case(name, bidirectional))
+
+
+def assert_each_sequence_alone(name, layer, x, state):
     y, final = layer.forward(x, state, lengths=LENGTHS, train=False)  # train=False: no regulariser draws
     assert y.shape == (x.shape[0], x.shape[1], layer.output_size)
     for b, n in enumerate(LENGTHS):
@@ -56,7 +60,7 @@ def test_each_sequence_computes_what_it_computes_alone(name, bidirectional):
         np.testing.assert_allclose(y[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12, err_msg=f"{name} sequence {b}")
         assert np.all(y[n:, b] == 0)
         for k in final:
-            np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 # cells whose updates the mask's rewrite once got wrong: a state's update that is the leaf of a state
@@ -70,21 +74,7 @@ ODD_UPDATES = {
 @pytest.mark.parametrize("name", sorted(ODD_UPDATES))
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_odd_updates_compute_what_each_sequence_computes_alone(name, bidirectional):
-    T, B, I, H = 5, len(LENGTHS), 4, 6
-    layer = lstmdsl.compile(ODD_UPDATES[name], I, H, 2, dtype="float64", seed=3, bidirectional=bidirectional)
-    rng = np.random.default_rng(3)
-    for p in layer.parameters().values():
-        p[...] = rng.uniform(-0.8, 0.8, p.shape)
-    x = rng.standard_normal((T, B, I))
-    state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(B).items()}
-    y, final = layer.forward(x, state, lengths=LENGTHS, train=False)
-    for b, n in enumerate(LENGTHS):
-        alone, final_alone = layer.forward(x[:n, b:b + 1], {k: v[:, b:b + 1] for k, v in state.items()},
-                                           train=False)
-        np.testing.assert_allclose(y[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12, err_msg=f"{name} sequence {b}")
-        assert np.all(y[n:, b] == 0)
-        for k in final:
-            np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12, err_msg=k)
+    assert_each_sequence_alone(name, *case(name, bidirectional, text=ODD_UPDATES[name]))
     rows = gradient_check(lstmdsl.parse(ODD_UPDATES[name]), 4, 6, 4, 5, 2, seed=3, bidirectional=bidirectional,
                           lengths=True)
     assert max(r.rel_error for r in rows) < 1e-6, rows
