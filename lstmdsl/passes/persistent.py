@@ -35,18 +35,21 @@ from .recurrent_fusion import _reads
 
 # The cost model (`persistent auto`) per precision: the largest batch, and the ranges of multiply-adds per
 # step (over the batch, in the kernel's products) where the persistent kernel is expected to beat the
-# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, with the products as
-# register tiles (benchmarks/results/persistent_tiled_fp32_h200.md): one block wins at 2^12 (B = 1, H = 32:
-# 0.91x the stepwise loop's time) and loses from 2^14 (B = 1, H = 64: 1.15x; B = 16, H = 32, 2^16: 1.29x);
-# a grid loses at 2^18 (B = 1, H = 256: 1.13x; B = 16, H = 64: 1.20x), ties at B = 1 from 2^20 (H = 512
-# and 1024: 1.01-1.02x) and wins at B = 16 from 2^20 to 2^26 (H = 128: 0.23x, where cuBLAS's step is slow;
-# H = 256 to 1024: 0.69-0.73x); at B = 64 it wins only at H = 32 (0.52x) and loses from H = 64 on
-# (1.05-1.89x). In training the forward is this kernel and the backward the stepwise one either way.
+# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, against the stepwise
+# loop with its per-step GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune;
+# benchmarks/results/persistent_tuned_fp32_h200.md): one block wins at 2^12 (B = 1, H = 32: 0.79x the stepwise
+# loop's time), about ties at 2^14 (B = 1, H = 64: 0.95x) and loses from 2^16 (B = 1, H = 128: 1.17x; B = 16,
+# H = 32: 1.35x); a grid loses at 2^18 (B = 1, H = 256: 1.05x; B = 16, H = 64: 1.23x), at B = 16 from 2^20
+# to 2^22 (H = 128 and 256: 1.21x and 1.09x: the tuned cuBLAS step is 5x faster there than the default one
+# was) and at B = 64 (1.07-1.92x from H = 32 to 1024), and wins at B = 16 from 2^24 (H = 512 and 1024: 0.83x
+# and 0.74x) and at B = 1 from 2^20 (H = 512 and 1024: 0.95x and 0.87x; not taken: the same work as the
+# B = 16 shapes that lose). In training the forward is this kernel and the backward the stepwise one
+# either way.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
 # stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, before the 16-byte
 # staging: 1.85-2.86x the stepwise loop, whose GEMMs use the tensor cores); `persistent` forces it anywhere.
-LIMITS = {"fp32": (16, ((1, 1 << 12), (1 << 20, 1 << 26))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
+LIMITS = {"fp32": (16, ((1, 1 << 12), (1 << 23, 1 << 26))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
