@@ -13,11 +13,13 @@ def _fake(monkeypatch, times):
     monkeypatch.setattr(cublas, "_BARE", {})
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
     monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False: ("bare" if bare else "workspace", lane))
-    monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h, args)))
+    handles = {}
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False: handles.setdefault(
+        (lane, bare), SimpleNamespace(name=("bare" if bare else "workspace", lane), stream=None)))
+    monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h.name, args)))
 
     def timed(call, stream):
-        call(stream)
+        call(stream + 1)  # (a capture's side stream)
         return times[calls[-1][0][0]]
 
     monkeypatch.setattr(cublas, "_time", timed)
@@ -27,6 +29,7 @@ def _fake(monkeypatch, times):
 def test_the_faster_way_is_kept_per_shape(monkeypatch):
     times = {}
     calls = _fake(monkeypatch, times)
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
     times.update(workspace=24.6, bare=2.3)  # [16, 128] x [128, 512] as measured on the H200
     assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3)
     assert all(args[9] == 7 for _, args in calls)  # timed into the scratch result, not the real one
@@ -49,3 +52,25 @@ def test_large_gemms_are_not_timed(monkeypatch):
     calls = _fake(monkeypatch, {"workspace": 1.0, "bare": 0.1})
     assert not cublas.tune(256, 4096, 1024 * 256, 1, 1 << 18, False, 2, 4096, False, 4096, False, TYPES, 5, 0)
     assert not calls
+
+
+def test_the_environment_can_keep_cublas_default(monkeypatch):
+    calls = _fake(monkeypatch, {"workspace": 1.0, "bare": 0.1})
+    monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
+    assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 0)
+    assert not calls
+
+
+def test_a_timing_that_fails_keeps_the_default_with_a_warning(monkeypatch):
+    import pytest
+
+    _fake(monkeypatch, {})
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+
+    def broken(call, stream):
+        raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(cublas, "_time", broken)
+    with pytest.warns(UserWarning, match="timing the 16x512x128 GEMM failed"):
+        assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 0)
+    assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 0)  # once

@@ -8,10 +8,13 @@ of its own (no allocation inside the capture) and its scalars are read from host
 from __future__ import annotations
 
 import ctypes
+import os
+import warnings
 
 import numpy as np
 
 from ..errors import BackendUnavailable, LstmdslError
+from ..plan import ELEMENT_TYPES
 from .device import current_device, empty
 
 # element type -> cudaDataType; compute type -> (cublasComputeType, numpy type of the scalars alpha, beta)
@@ -106,41 +109,48 @@ def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types) -> t
 
 
 def _time(call, stream: int) -> float:
-    """Milliseconds per call of call(stream): 20 calls captured into a CUDA graph, timed over 3 launches."""
+    """Milliseconds per call of call(stream): 20 calls captured into a CUDA graph, the median of 3 launches."""
     import cupy
 
+    from ..timing import time_gpu
     from .device import Graph
 
     graph = Graph(lambda side: [call(side) for _ in range(20)], stream)
-    graph.launch(stream)
-    on = cupy.cuda.ExternalStream(stream)
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record(on)
-    for _ in range(3):
-        graph.launch(stream)
-    end.record(on)
-    end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end) / 60
+    with cupy.cuda.ExternalStream(stream):  # (time_gpu's events go on the current stream)
+        return time_gpu(lambda: graph.launch(stream), repeat=3, warmup=1)["ms"] / 20
 
 
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> bool:
     """Times gemm()'s shape with and without a workspace (into a scratch result: a and b are only read) and
     keeps the faster for every later gemm() of that shape in this process. Returns whether it runs bare.
-    Not while `stream` is being captured (the caller checks)."""
+    Not while `stream` is being captured (the caller checks): it also makes the lane's handle for the
+    choice here, so that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment
+    keeps cuBLAS's default everywhere (the same kernels in every process, for bitwise-repeatable runs)."""
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
-    if key in _BARE:
-        return _BARE[key]
-    if M * N * K > TUNE_MAX_WORK:
-        _BARE[key] = False
-        return False
-    item = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2}[types[2]]
-    scratch = empty((max(1, M * ldc * item),), np.uint8, 0, stream)
-    times = [_time(lambda side, bare=bare: _gemm(_handle(lane, bare), M, N, K, a, lda, trans_a, b, ldb, trans_b,
-                                                  scratch.data.ptr, ldc, accumulate, types, side), stream)
-             for bare in (False, True)]
-    _BARE[key] = times[1] < TUNE_MARGIN * times[0]
+    if key not in _BARE:
+        _BARE[key] = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0" \
+            and _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
+    _handle(lane, _BARE[key])
     return _BARE[key]
+
+
+def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool:
+    scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
+    handles = [_handle(lane, False), _handle(lane, True)]  # (made before the captures that time them)
+    try:
+        times = [_time(lambda side, h=h: _gemm(h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
+                                                accumulate, types, side), stream) for h in handles]
+    except Exception as e:  # noqa: BLE001 - cuBLAS or CUDA refused the timing: run as cuBLAS would by default
+        warnings.warn(f"lstmdsl: timing the {M}x{N}x{K} GEMM failed ({e}); it runs with cuBLAS's default",
+                      stacklevel=3)
+        return False
+    finally:
+        for h in handles:
+            h.stream = None  # (the captures' side streams are gone: set the next stream whatever its address)
+    return times[1] < TUNE_MARGIN * times[0]
+
+
 _LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # the most parts one call spreads over streams of its own (a wavefront's layers)
 LANES = 64  # handles (and 32 MB workspaces, made on first use) per device before lanes are shared in turn

@@ -228,12 +228,12 @@ class Engine:
         """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
         capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
         would by default), nor while profiling."""
-        if self.parts is not None or device.is_capturing(stream):
+        layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers if phase not in ws.tuned]
+        if not layers or self.parts is not None or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
-            if phase not in ws.tuned:
-                Issue(self, ws, bind, stream, lane).tune(phase)
-                ws.tuned.add(phase)
+            Issue(self, ws, bind, stream, lane).tune(phase)
+            ws.tuned.add(phase)
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
         """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS
