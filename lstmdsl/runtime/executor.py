@@ -221,10 +221,10 @@ class Engine:
         if self._wave is None:  # its streams and events made before any capture
             self._wave = device.Wave(len(self.sizes))
         key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
-        self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, lanes)])
+        self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, lanes)], wave=True)
         self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
 
-    def _tune(self, stream: int, layers: list) -> None:
+    def _tune(self, stream: int, layers: list, wave: bool = False) -> None:
         """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
         capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
         would by default), nor while profiling."""
@@ -232,7 +232,7 @@ class Engine:
         if not layers or self.parts is not None or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
-            Issue(self, ws, bind, stream, lane).tune(phase)
+            Issue(self, ws, bind, stream, lane).tune(phase, wave)
             ws.tuned.add(phase)
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:

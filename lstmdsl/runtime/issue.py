@@ -70,10 +70,11 @@ class Issue:
         out, ldc = self.operand(c.c, t, N)
         return M, N, K, a, lda, b, ldb, out, ldc
 
-    def tune(self, name: str) -> None:
+    def tune(self, name: str, wave: bool = False) -> None:
         """Times the shapes of the phase's per-step GEMMs both ways cuBLAS may run them (cublas.tune), once
-        per process and shape; the executor calls it before it captures the phase (not inside a capture)."""
-        if self.engine.persistent_run(self.ws, name) is not None:
+        per process and shape; the executor calls it before it captures the phase (not inside a capture).
+        wave: the phase runs in a wavefront, always step by step."""
+        if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
         for op in getattr(self.plan, name).loop.body:
             c = getattr(op, "call", None)
