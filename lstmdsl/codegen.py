@@ -54,6 +54,8 @@ class KernelDesc:
     launch: Launch
     reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
     stages: tuple["KernelDesc", ...] = ()  # row fusion: the stages one block per row runs, barriers between
+    preloads: tuple[tuple[str, int, str], ...] = ()  # a persistent product stage's loads of its item's inputs,
+    # issued before the staging and the products: (size parameter, node, load expression in b and j)
 
     @property
     def warp(self) -> bool:
@@ -211,6 +213,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
              for s in sorted(set(sizes) | operand_sizes | divisors)]
     consts, lines = [], {s: [] for s in sizes}
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
+    preloads = []
     store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if i not in products for a in nodes[i].args if a not in inside}
@@ -229,7 +232,11 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
             if a in elementwise:
                 index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + j"
-                lines[n.size].append(f"const real v{a} = real({_fresh(f'in{a}[{index}]', fresh)});")
+                load = f"real({_fresh(f'in{a}[{index}]', fresh)})"
+                if cached and products and n.size != ROW:  # its first item's value loaded early (preloads)
+                    preloads.append((f"n_{n.size}", a, load))
+                    load = f"item == (int)threadIdx.x ? pre{a} : {load}"
+                lines[n.size].append(f"const real v{a} = {load};")
     for i in op.nodes:
         n = nodes[i]
         if n.op == "const":
@@ -280,7 +287,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
-    return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch)
+    return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch, preloads=tuple(preloads))
 
 
 def _in_place_args(op: Kernel, args: list[KernelArg]) -> tuple[KernelArg, ...]:
