@@ -54,8 +54,7 @@ class KernelDesc:
     launch: Launch
     reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
     stages: tuple["KernelDesc", ...] = ()  # row fusion: the stages one block per row runs, barriers between
-    preloads: tuple[tuple[str, int, str], ...] = ()  # a persistent product stage's loads of its item's inputs,
-    # issued before the staging and the products: (size parameter, node, load expression in b and j)
+    preloads: tuple[tuple[str, int, str], ...] = ()  # a persistent product stage's item loads issued first
 
     @property
     def warp(self) -> bool:
@@ -131,6 +130,7 @@ class PersistentDesc:
     products: tuple[tuple[tuple[Product, ...], ...], ...] = ()  # per stage: its products, by types
     real_bytes: int = 4  # sizeof(real): the products' area in shared memory is in it
     stage_pointers: tuple[tuple[StepPointer, ...], ...] = ()  # per stage: the addresses it uses
+    forwarded: tuple[int, ...] = ()  # staged operands its items also store on chip (Persistent.forwards)
     kind = "persistent"
 
 
@@ -189,12 +189,12 @@ def _reduction(plan: Plan, phase: Phase, op: Kernel, fresh: bool = False) -> Ker
 
 
 def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: bool = False,
-            fresh: bool = False) -> KernelDesc:
+            fresh: bool = False, forwards: tuple[tuple[int, int], ...] = ()) -> KernelDesc:
     """A kernel's description; stage: as a stage of a row-fused launch (its threads stride over the
     features of the row, whatever the launch of the group says); cached: as a stage of a persistent kernel,
     a thread per item, whose products the block has computed into P<node> (its rows of the weights,
     sw<node>, times the staged operand: templates, block_products); fresh: slots are loaded past L1
-    (_fresh)."""
+    (_fresh); forwards: (operand, node) pairs whose stores also go to the staged row (Persistent.forwards)."""
     if reduces(phase, op):
         return _reduction(plan, phase, op, fresh or cached)
     fresh = fresh or cached
@@ -211,9 +211,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
     args = [KernelArg("const int", "B", ArgBind("batch"))]
     args += [KernelArg("const int", f"n_{s}", ArgBind("size", s))
              for s in sorted(set(sizes) | operand_sizes | divisors)]
-    consts, lines = [], {s: [] for s in sizes}
+    consts, lines, preloads = [], {s: [] for s in sizes}, []  # preloads: (size, node, load expression in b, j)
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
-    preloads = []
     store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if i not in products for a in nodes[i].args if a not in inside}
@@ -285,6 +284,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg("const int", f"ld_out{i}_{k}", ArgBind("ld", slot=slot)))
             index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (f"b * ld_out{i}_{k} + j", store)
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
+        lines[n.size] += [f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = "  # (the staged buffer's type)
+                          f"{CTYPES[st.buffer(reads[a].buffer).dtype]}(v{i});" for a, w in forwards if w == i]
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
     return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch, preloads=tuple(preloads))
@@ -330,7 +331,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             staged.append(())
             products.append(())
             continue
-        desc = _kernel(plan, phase, op, cached=True)
+        desc = _kernel(plan, phase, op, cached=True, forwards=pers.forwards)
         stages.append(desc)
         widths.append(tuple(size[2:] for size, _ in desc.groups))
         widest.append(_widest(desc))
@@ -378,16 +379,14 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
                           tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
                           phase.loop.direction == "reverse", products=tuple(products),
-                          real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses)
+                          real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses,
+                          forwarded=tuple(a for a, _ in pers.forwards))
 
 
 def _widest(desc: KernelDesc) -> str:
     """The C expression of a stage's widest size (its elements are spread over the blocks by it)."""
     sizes = [size for size, _ in desc.groups] or ["1"]
-    expr = sizes[0]
-    for size in sizes[1:]:
-        expr = f"max({expr}, {size})"
-    return expr
+    return functools.reduce(lambda expr, size: f"max({expr}, {size})", sizes[1:], sizes[0])
 
 
 def add_kernel(plan: Plan) -> AddDesc | None:

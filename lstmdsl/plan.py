@@ -282,6 +282,9 @@ class Persistent:
     threads: int = 256
     name: str = ""  # the launch's kernel (the calls pass names it)
     work: tuple[tuple[int, int], ...] = ()  # (least, most) multiply-adds per step over the batch, inclusive
+    forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
+    # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
+    # run as one block with every row staged, the next step reads it there instead of from memory (calls)
 
     def applies(self, batch: int, work: int, fits: bool) -> bool:
         """work: the step's multiply-adds over the batch; fits: the weights fit the blocks' shared memory."""

@@ -127,7 +127,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
                          f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows (in the "
                          "backward, the columns of the transposed products) "
-                         "in shared memory for all steps; a grid barrier after each stage:")
+                         "in shared memory for all steps; a grid barrier after each stage"
+                         + (" (one block with every row staged hands its state to the next step in shared memory)"
+                            if pers.forwards else "") + ":")
             for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
                 # per element, not the warp per element its stepwise launch would have)
                 lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        ").replace(

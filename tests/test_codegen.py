@@ -162,6 +162,23 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     assert build("vanilla", Schedule(persistent="on")).plan.forward.loop.persistent.forced
 
 
+def test_a_one_stage_persistent_kernel_hands_the_state_to_the_next_step_on_chip():
+    """A persistent forward of one stage whose items write the operand the next step stages (the state h:
+    written at area t + 1, staged at t + 0; in a reverse layer the other way) also stores it into the staged
+    row, and skips the staging's load where it runs as one block with every row staged; a kernel of several
+    stages (GRU) or a backward (its products' operands come from its first stage) does not."""
+    on = Schedule(persistent="on")
+    for direction in ("forward", "reverse"):
+        program = build_program(lstmdsl.parse("vanilla").cell, on, direction=direction)
+        fwd = program.kernels[program.plan.forward.loop.persistent.name]
+        (a,) = fwd.forwarded
+        assert f"if (!forwarding || s == 0) stage_operand(sh{a}," in program.source
+        assert program.source.count(f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = ") == 1
+        assert not program.kernels[program.plan.backward.loop.persistent.name].forwarded
+    gru = build("gru", on)
+    assert not gru.kernels[gru.plan.forward.loop.persistent.name].forwarded and "forwarding" not in gru.source
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("schedule,dtype,lengths",

@@ -183,9 +183,22 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         tag, count, threads = f"{tag}_p", 0, pers.threads
         stages = _row_launches([lower("loop", op) for op in pers.stages], pers.threads)
         reverse = "_reverse" if phase.loop.direction == "reverse" else ""  # a reverse layer's kernel differs
-        pers = dataclasses.replace(pers, stages=stages, name=f"{plan.cell.name}_{tag[:3]}_persistent{reverse}")
+        pers = dataclasses.replace(pers, stages=stages, name=f"{plan.cell.name}_{tag[:3]}_persistent{reverse}",
+                                   forwards=_forwards(nodes, stages, -1 if reverse else 1))
     return dataclasses.replace(phase, before=before, loop=dataclasses.replace(phase.loop, body=body, persistent=pers),
                                after=after)
+
+
+def _forwards(nodes, stages: tuple, ahead: int) -> tuple[tuple[int, int], ...]:
+    """Persistent.forwards: in a kernel of one stage, each product operand that an item of the stage writes
+    whole for the next step (same buffer and columns, the slot one step ahead in the loop's direction)."""
+    if len(stages) != 1 or not isinstance(stages[0], Kernel):
+        return ()
+    (op,) = stages
+    reads = dict(op.reads)
+    operands = {a for i in op.nodes if nodes[i].op == "matvec" for a in nodes[i].args} & set(reads)
+    return tuple(sorted({a: i for a in operands for i, slot in op.writes if not slot.accumulate and (
+        slot.buffer, slot.col, slot.step - reads[a].step) == (reads[a].buffer, reads[a].col, ahead)}.items()))
 
 
 def _row_launches(body: list, threads: int = ROW_THREADS) -> tuple:
