@@ -74,3 +74,30 @@ def test_a_timing_that_fails_keeps_the_default_with_a_warning(monkeypatch):
     with pytest.warns(UserWarning, match="timing the 16x512x128 GEMM failed"):
         assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 0)
     assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 0)  # once
+
+
+def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monkeypatch):
+    """Engine._tune: not inside someone else's CUDA-graph capture (the GEMMs then run as cuBLAS would by
+    default, and the phase is tuned at a later call), and once per workspace and phase."""
+    from lstmdsl.runtime import executor
+
+    tuned = []
+
+    class FakeIssue:
+        def __init__(self, engine, ws, bind, stream, lane):
+            self.ws = ws
+
+        def tune(self, phase, wave=False):
+            tuned.append((self.ws.name, phase, wave))
+
+    capturing = [True]
+    monkeypatch.setattr(executor, "Issue", FakeIssue)
+    monkeypatch.setattr(executor.device, "is_capturing", lambda stream: capturing[0])
+    engine = SimpleNamespace(parts={})  # (profiling or not)
+    ws = SimpleNamespace(name="layer 0", tuned=set())
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")])
+    assert not tuned and not ws.tuned  # inside a capture: later
+    capturing[0] = False
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=True)
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward"), (ws, None, 0, "backward")])
+    assert tuned == [("layer 0", "forward", True), ("layer 0", "backward", False)] and ws.tuned == {"forward", "backward"}

@@ -227,9 +227,10 @@ class Engine:
     def _tune(self, stream: int, layers: list, wave: bool = False) -> None:
         """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
         capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
-        would by default), nor while profiling."""
+        would by default, and the phase is tuned at a later call). While profiling too, so that the profile
+        times the GEMMs as they run (the timing's own calls are in no part)."""
         layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers if phase not in ws.tuned]
-        if not layers or self.parts is not None or device.is_capturing(stream):
+        if not layers or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
             Issue(self, ws, bind, stream, lane).tune(phase, wave)
