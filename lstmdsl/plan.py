@@ -268,27 +268,27 @@ class Persistent:
     same).
 
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
-    - used when the schedule forces it (`persistent`), or when B <= max_batch, a step's multiply-adds (over
-      the batch) fall in one of the ranges of `work` and the weights fit in the shared memory of the blocks
-      (`persistent auto`); otherwise the loop runs step by step;
+    - used when the schedule forces it (`persistent`), or when one rule of `work` holds (B at most its
+      batch, a step's multiply-adds over the batch in its range) and the weights fit in the shared memory of
+      the blocks (`persistent auto`); otherwise the loop runs step by step;
     - one block when a step's products are at most one_block_work multiply-adds and its weights fit one
       block (no grid barrier: a block barrier costs 0.06 us on the H200, a grid barrier about 1-2 us,
       benchmarks/persistent_floor.py); otherwise one block per multiprocessor, at most one per element."""
 
     stages: tuple["Kernel", ...]
-    max_batch: int
     forced: bool = False
     one_block_work: int = 65536
     threads: int = 256
     name: str = ""  # the launch's kernel (the calls pass names it)
-    work: tuple[tuple[int, int], ...] = ()  # (least, most) multiply-adds per step over the batch, inclusive
+    work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
+    # the batch), inclusive
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
 
     def applies(self, batch: int, work: int, fits: bool) -> bool:
         """work: the step's multiply-adds over the batch; fits: the weights fit the blocks' shared memory."""
-        return self.forced or (batch <= self.max_batch and any(lo <= work <= hi for lo, hi in self.work) and fits)
+        return self.forced or (fits and any(batch <= b and lo <= work <= hi for b, lo, hi in self.work))
 
     def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """The grid: work, multiply-adds per step; elements, the widest stage's; one_block_bytes, the

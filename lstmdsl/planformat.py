@@ -119,8 +119,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          "`persistent` forces it where it can run")
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
-                    f"when B <= {pers.max_batch}, a step's multiply-adds over the batch are "
-                    + " or ".join(f"{lo}-{hi}" for lo, hi in pers.work)
+                    "when a step's multiply-adds over the batch are "
+                    + " or ".join(f"{lo}-{hi} at B <= {b}" for b, lo, hi in pers.work)
                     + " and the weights fit in the blocks' shared memory")
             rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "

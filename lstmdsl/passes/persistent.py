@@ -33,23 +33,23 @@ import dataclasses
 from ..plan import Gemm, Kernel, Persistent, Plan, reduces
 from .recurrent_fusion import _reads
 
-# The cost model (`persistent auto`) per precision: the largest batch, and the ranges of multiply-adds per
-# step (over the batch, in the kernel's products) where the persistent kernel is expected to beat the
-# stepwise loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, against the stepwise
-# loop with its per-step GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune;
-# benchmarks/results/persistent_tuned_fp32_h200.md): one block wins at 2^12 (B = 1, H = 32: 0.79x the stepwise
-# loop's time), about ties at 2^14 (B = 1, H = 64: 0.95x) and loses from 2^16 (B = 1, H = 128: 1.17x; B = 16,
-# H = 32: 1.35x); a grid loses at 2^18 (B = 1, H = 256: 1.05x; B = 16, H = 64: 1.23x), at B = 16 from 2^20
-# to 2^22 (H = 128 and 256: 1.21x and 1.09x: the tuned cuBLAS step is 5x faster there than the default one
-# was) and at B = 64 (1.07-1.92x from H = 32 to 1024), and wins at B = 16 from 2^24 (H = 512 and 1024: 0.83x
-# and 0.74x) and at B = 1 from 2^20 (H = 512 and 1024: 0.95x and 0.87x; not taken: the same work as the
-# B = 16 shapes that lose). In training the forward is this kernel and the backward the stepwise one
-# either way.
+# The cost model (`persistent auto`) per precision: rules (largest batch, least and most multiply-adds per
+# step over the batch, in the kernel's products) where the persistent kernel is expected to beat the stepwise
+# loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, against the stepwise loop with its
+# per-step GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune), with the one-block kernel
+# handing h to the next step in shared memory (benchmarks/results/persistent_next2_fp32_h200.md; persistent /
+# stepwise time): at B = 1 one block wins at 2^12 and 2^14 (H = 32 and 64: 0.66x and 0.80x) and loses at
+# 2^16 (H = 128: 1.12x), a grid ties at 2^18 (H = 256: 1.01x) and wins from 2^20 (H = 512 and 1024: 0.90x
+# and 0.83x); at B = 16 it loses up to 2^22 (H = 32 to 256: 1.06-1.22x, the tuned cuBLAS step is fast there)
+# and wins from 2^24 (H = 512 and 1024: 0.87x and 0.71x); at B = 64 it loses everywhere (1.05-1.79x).
+# Between B = 1 and 16 only the B = 16 rule holds (not measured). In training the forward is this kernel
+# and the backward the stepwise one either way.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
 # stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, before the 16-byte
 # staging: 1.85-2.86x the stepwise loop, whose GEMMs use the tensor cores); `persistent` forces it anywhere.
-LIMITS = {"fp32": (16, ((1, 1 << 12), (1 << 23, 1 << 26))), "tf32": (0, ()), "bf16": (0, ()), "fp16": (0, ())}
+LIMITS = {"fp32": ((1, 1, 1 << 14), (1, 1 << 20, 1 << 26), (16, 1 << 23, 1 << 26)),
+          "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -113,14 +113,14 @@ def make_persistent(plan: Plan) -> Plan:
     # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
     single = (len(stages) == 1 and not reduces(plan.forward, stages[0])
               and any(plan.forward.nodes[i].op == "matvec" for i in stages[0].nodes))  # (IndRNN: no products)
-    max_batch, work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else (0, ())
-    if mode == "auto" and not (max_batch and work):
+    work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else ()
+    if mode == "auto" and not work:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
-    pers = Persistent(stages, max_batch, forced=mode == "on", threads=256, work=work)
+    pers = Persistent(stages, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back = backward_stages(plan) if mode == "on" else None  # (the cost model does not choose it yet: under
     if back is None:  # `auto` it would be a kernel compiled into every module and never run)
         return plan
-    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, 0, forced=True, threads=256))
+    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, forced=True, threads=256))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))
