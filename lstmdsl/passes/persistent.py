@@ -41,7 +41,7 @@ from .recurrent_fusion import _reads
 # stepwise time): at B = 1 one block wins at 2^12 and 2^14 (H = 32 and 64: 0.66x and 0.80x) and loses at
 # 2^16 (H = 128: 1.12x), a grid ties at 2^18 (H = 256: 1.01x) and wins from 2^20 (H = 512 and 1024: 0.90x
 # and 0.83x); at B = 16 it loses up to 2^22 (H = 32 to 256: 1.06-1.22x, the tuned cuBLAS step is fast there)
-# and wins from 2^24 (H = 512 and 1024: 0.87x and 0.71x); at B = 64 it loses everywhere (1.05-1.79x).
+# and wins from 2^24 (H = 512 and 1024: 0.87x and 0.71x); at B = 64 it loses everywhere (1.01-1.79x).
 # Between B = 1 and 16 only the B = 16 rule holds (not measured). In training the forward is this kernel
 # and the backward the stepwise one either way.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
