@@ -187,8 +187,13 @@ def test_a_one_stage_persistent_kernel_hands_the_state_to_the_next_step_on_chip(
                                                                                (Schedule(precision="bf16"), "float32", True),
                                                                                (Schedule(precision="fp16", fuse_recurrent=True),
                                                                                 "float32", False),
-                                                                               (Schedule(persistent="on"), "float32", False)],
-                         ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent"])
+                                                                               (Schedule(persistent="on"), "float32", False),
+                                                                               (Schedule(persistent="on", precision="bf16"),
+                                                                                "float32", False),
+                                                                               (Schedule(persistent="on", precision="fp16"),
+                                                                                "float32", False)],
+                         ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent",
+                                                "persistent-bf16", "persistent-fp16"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
     if schedule.precision == "bf16":  # and the converting copies of mixed precision (runtime/convert.py)
