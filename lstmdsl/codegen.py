@@ -11,9 +11,11 @@ typed and kernels are found by name.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from .ir import ROW
+from .kerneldesc import (AddDesc, ArgBind, CachedWeights, KernelArg, KernelDesc, PersistentDesc, Product,
+                         StagedOperand, StepPointer)
 from .ops import OPS
 from .plan import HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
@@ -21,125 +23,6 @@ from .resources import resource_dir
 # element type -> C type in memory (the half types: templates/half_types.cu.j2)
 CTYPES = {"f32": "float", "f64": "double", "bf16": "lstmdsl_bf16", "f16": "lstmdsl_f16"}
 REAL = {"f32": "float", "f64": "double"}  # the plan's element type -> the type kernels compute in
-
-
-@dataclass(frozen=True, slots=True)
-class ArgBind:
-    """How the runtime fills a kernel argument: kind "batch" (B), "size" (the size `name`), "vector"
-    (the vector parameter `name`), "weights" (the stack `name` from row `offset`), "ldw" (that stack's
-    leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`).
-    A persistent kernel's besides: "steps" (T), "barrier" (its counter), "cached" and "stage_rows" (its
-    launch), and per slot "ptr0" (the address at step 0), "stride" (elements between steps, 0 for one
-    area) and "ring" (the ring's length, or 0)."""
-
-    kind: str
-    name: str = ""
-    offset: tuple[str, ...] = ()
-    slot: Slot | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KernelArg:
-    ctype: str
-    name: str
-    bind: ArgBind
-
-
-@dataclass(frozen=True, slots=True)
-class KernelDesc:
-    name: str
-    args: tuple[KernelArg, ...]
-    consts: tuple[str, ...]  # statements every thread runs first: constants, and per-row scalars
-    groups: tuple[tuple[str, tuple[str, ...]], ...]  # (size parameter, statements), one per size
-    launch: Launch
-    reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
-    stages: tuple["KernelDesc", ...] = ()  # row fusion: the stages one block per row runs, barriers between
-    preloads: tuple[tuple[str, int, str], ...] = ()  # a persistent product stage's item loads issued first
-
-    @property
-    def warp(self) -> bool:
-        return self.launch.per_block != self.launch.threads
-
-    kind = "kernel"
-
-
-@dataclass(frozen=True, slots=True)
-class StepPointer:
-    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus the area
-    of step t + step (modulo name_m in a ring; name_s elements apart, 0 for a one-area buffer)."""
-
-    ctype: str
-    name: str
-    step: int
-
-
-@dataclass(frozen=True, slots=True)
-class CachedWeights:
-    """The rows of a fused product's weights one block keeps in shared memory: rows j0 .. j0 + J of w<node>
-    (J = ceil(`widest` / blocks), j0 = block * J), `cols` wide, of C type `ctype`."""
-
-    node: int | str  # the product's node, or "<node>_<m>": the m-th matrix of a sum of transposed products
-    ctype: str
-    rows: str  # size parameter: the rows kept (the matrix's rows, or its columns where transposed)
-    cols: str  # size parameter: their length
-    widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
-    widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
-    transposed: bool = False  # w<node> is the transpose: its columns j0 .. j0 + J are kept, as rows
-
-
-@dataclass(frozen=True, slots=True)
-class StagedOperand:
-    """A product's operand a stage of a persistent kernel copies into shared memory at each step (sh<node>:
-    `stage_rows` batch rows at a time, `cols` wide), so its products read it from there."""
-
-    node: int
-    ctype: str
-    cols: str  # size parameter
-
-
-@dataclass(frozen=True, slots=True)
-class Product:
-    """One matrix's products in a stage of a persistent kernel (templates: block_products): P<node>[b][r] =
-    row j0 + r of the matrix w<node> (`rows` rows, `cols` columns) times row b of the staged operand
-    sh<operand>, for the block's rows and the staged batch rows, before the stage's pointwise work reads
-    them. A stage's products of the same weight and operand types are computed together (one call)."""
-
-    node: int | str  # as CachedWeights.node
-    operand: int
-    rows: str  # size parameter
-    cols: str  # size parameter
-    wtype: str  # C types of the weights and of the operand
-    xtype: str
-
-
-@dataclass(frozen=True, slots=True)
-class PersistentDesc:
-    """A persistent kernel: the stages (KernelDescs: "elements" one thread per (b, j), "warp" one warp, a
-    row reduction or row group one block per row) run in order at every step, a grid barrier after each."""
-
-    name: str
-    args: tuple[KernelArg, ...]
-    stages: tuple[KernelDesc, ...]
-    widest: tuple[str, ...]  # per stage: the C expression of its widest size (a stage of rows: "")
-    widths: tuple[tuple[str, ...], ...]  # per stage: the sizes it spreads over the blocks (rows: ())
-    pointers: tuple[StepPointer, ...]
-    cached: tuple[CachedWeights, ...]
-    staged: tuple[tuple[StagedOperand, ...], ...]  # per stage: the operands of its products
-    threads: int
-    reverse: bool
-    products: tuple[tuple[tuple[Product, ...], ...], ...] = ()  # per stage: its products, by types
-    real_bytes: int = 4  # sizeof(real): the products' area in shared memory is in it
-    stage_pointers: tuple[tuple[StepPointer, ...], ...] = ()  # per stage: the addresses it uses
-    forwarded: tuple[int, ...] = ()  # staged operands its items also store on chip (Persistent.forwards)
-    kind = "persistent"
-
-
-@dataclass(frozen=True, slots=True)
-class AddDesc:
-    """dst[b * ld_dst + j] += src[b * ld_src + j] for j < n, b < rows: the copies that add into a slot."""
-
-    name: str
-    ctype: str
 
 
 def _literal(value: float) -> str:
@@ -151,6 +34,14 @@ def _fresh(expr: str, fresh: bool) -> str:
     """A load of a slot's element; fresh: from L2, past the multiprocessor's L1 (inside a persistent kernel a
     slot read at one step may have been written by another block since: L1 is not coherent between them)."""
     return f"ld_fresh(&{expr})" if fresh else expr
+
+
+def _at(name: str, slot: Slot, args: list) -> str:
+    """Element j's column in a slot: j, or its place in a slot stored head by head (Slot.interleave)."""
+    if not slot.interleave:
+        return "j"
+    args += [KernelArg("const int", f"h{k}_{name}", ArgBind("dim", offset=v)) for k, v in zip("bp", slot.interleave)]
+    return f"(j / hb_{name}) * hp_{name} + j % hb_{name}"
 
 
 def _reduction(plan: Plan, phase: Phase, op: Kernel, fresh: bool = False) -> KernelDesc:
@@ -230,7 +121,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg(f"const {ctype}* __restrict__", f"in{a}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
             if a in elementwise:
-                index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + j"
+                index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + {_at(f'in{a}', slot, args)}"
                 load = f"real({_fresh(f'in{a}[{index}]', fresh)})"
                 if cached and products and n.size != ROW:  # its first item's value loaded early (preloads)
                     preloads.append((f"n_{n.size}", a, load))
@@ -282,7 +173,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             ctype = CTYPES[st.buffer(slot.buffer).dtype]
             args.append(KernelArg(f"{ctype}* __restrict__", f"out{i}_{k}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_out{i}_{k}", ArgBind("ld", slot=slot)))
-            index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (f"b * ld_out{i}_{k} + j", store)
+            index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (
+                f"b * ld_out{i}_{k} + {_at(f'out{i}_{k}', slot, args)}", store)
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
         lines[n.size] += [f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = "  # (the staged buffer's type)
                           f"{CTYPES[st.buffer(reads[a].buffer).dtype]}(v{i});" for a, w in forwards if w == i]

@@ -95,6 +95,16 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
 _META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
 
 
+def interleave_rows(count: int, rows: int, block: int) -> np.ndarray:
+    """The order a stack stored head by head (WeightStack.interleave) takes its rows in: `count` matrices of
+    `rows` rows, in blocks of `block`; entry p is the row of the matrices-in-order stack that goes to row p
+    (block k of every matrix in turn). Gather with it to permute, scatter with it to permute back."""
+    p = np.arange(count * rows)
+    head, rest = divmod(p, count * block)
+    matrix, r = divmod(rest, block)
+    return matrix * rows + head * block + r
+
+
 def recurrent_matrices(cell: Cell) -> tuple[str, ...]:
     """The matrices whose operand depends on a state (R_i h, R_n (r * h)): DropConnect's weights."""
     recurrent = set()

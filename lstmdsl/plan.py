@@ -67,6 +67,9 @@ class Slot:
     col: tuple[str, ...] = ()  # the column offset is the sum of these sizes
     step: int = 0
     accumulate: bool = False  # written with += (the buffer starts at zero)
+    interleave: tuple[tuple[str, ...], tuple[str, ...]] = ()  # (block, period): the value's elements in blocks
+    # of `block`, one every `period` columns (element j at col + (j / block) * period + j % block): one
+    # matrix's rows in a stack stored head by head (WeightStack.interleave); () for contiguous
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,10 @@ class WeightStack:
     dtype: str
     heads: bool = False  # block-diagonal matrices (ir.Param.heads), each its own batch of per-block GEMMs
     padded: bool = False  # its rows are Storage.align-padded (the half copies the GEMMs read; not the masters)
+    interleave: str | None = None  # the GEMMs read and write the stack head by head: for each block of this
+    # many rows, that block of every matrix in turn (so one head's rows of all the matrices are adjacent and a
+    # block-diagonal stack is one strided batch over the heads). The layer keeps the matrices in order and
+    # the GEMMs read a permuted copy (runtime.layer.interleave_rows); their gradients are permuted back.
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +181,8 @@ class GemmCall:
     heads: str | None = None  # a batch of GEMMs, one per block of a block-diagonal matrix: the size counting them
     padded: tuple[str, ...] = ()  # "k" / "n": that dimension runs over the aligned row (Storage.align), whose
     # padding is zero in both operands (a whole buffer row, a padded stack's zero columns)
-    strides: tuple[tuple[str, ...], ...] = ()  # per operand (a, b, c): elements between blocks, a product of sizes
+    strides: tuple[tuple[str | int, ...], ...] = ()  # per operand (a, b, c): elements between blocks, a product
+    # of sizes and integer factors (the number of matrices of an interleaved stack; 0: the same block for all)
 
 
 @dataclass(frozen=True, slots=True)

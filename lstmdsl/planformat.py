@@ -4,7 +4,7 @@ moves at bound sizes."""
 from __future__ import annotations
 
 from .passes.wavefront import backward_blocker, wavefront_blocker
-from .codegen import KernelDesc
+from .kerneldesc import KernelDesc
 from .plan import (ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
                    WeightGrad)
 
@@ -23,7 +23,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
 
     def slot(s: Slot) -> str:
         where = s.buffer + (f"[t{s.step:+d}]" if s.step else "[t]")
-        return where + (f"[:, {dim(s.col)}:]" if s.col else "") + (" (+=)" if s.accumulate else "")
+        return (where + (f"[:, {dim(s.col)}:]" if s.col else "")
+                + (f" (blocks of {dim(s.interleave[0])} every {dim(s.interleave[1])})" if s.interleave else "")
+                + (" (+=)" if s.accumulate else ""))
 
     def operand(o: Operand) -> str:
         if o.space == "buffer":
@@ -33,7 +35,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     def call(c: GemmCall | None) -> str:
         if c is None:
             return ""
-        strides = ", ".join(" * ".join(dim((s,)) for s in stride) for stride in c.strides)
+        strides = ", ".join(" * ".join(str(s) if isinstance(s, int) else dim((s,)) for s in stride) or "1"
+                            for stride in c.strides)
         batch = f"\n      for each of the {dim((c.heads,))} blocks (strides {strides} elements):" if c.heads else ""
         return (f"{batch}\n      C[{dim(c.m)}, {dim(c.n)}] {'+=' if c.accumulate else '='} "
                 f"{operand(c.a)}{'^T' if c.trans_a else ''} @ {operand(c.b)}{'^T' if c.trans_b else ''}"
@@ -91,7 +94,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         lines.append("weight stacks ([rows, cols]):")
         for s in st.stacks:
             lines.append(f"  {s.name:<12} {s.dtype}  [{dim(s.rows)}, {dim((s.cols,))}] = "
-                         f"{' ; '.join(s.matrices)} on %{s.operand}; incoming gradients in {s.gin}")
+                         f"{' ; '.join(s.matrices)} on %{s.operand}; incoming gradients in {s.gin}"
+                         + (f"; the GEMMs read it head by head (blocks of {dim((s.interleave,))} rows of each matrix "
+                            "in turn: a permuted copy)" if s.interleave else ""))
         for title, transfers in (("in", st.inputs), ("out", st.outputs)):
             lines.append(f"the caller's {title}: " + ", ".join(
                 f"{x.what} = {x.buffer}[{x.step if x.step != 'all' else f'{x.first}..'}]"

@@ -19,6 +19,12 @@ def _stack(params: dict, matrices) -> np.ndarray:
     return np.concatenate([params[m] for m in matrices], axis=0)  # [sum rows, cols]
 
 
+def _blocks(plan: Plan, op: Gemm) -> bool:
+    """Block-diagonal matrices (heads) in a GEMM of several: each is multiplied on its own (stacked, their
+    blocks would be taken as one matrix's)."""
+    return len(op.matrices) > 1 and plan.cell.param(op.matrices[0]).heads
+
+
 def _split(out: np.ndarray, nodes, sizes_of) -> list[np.ndarray]:
     edges = np.cumsum([sizes_of(o) for o in nodes])[:-1]
     return np.split(out, edges, axis=-1)
@@ -58,7 +64,9 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             body = phase.loop.persistent.stages if persistent else phase.loop.body
             for op in body:
-                if isinstance(op, Gemm):
+                if isinstance(op, Gemm) and _blocks(plan, op):
+                    values.update((o, matvec(values[op.inputs[0]], params[m])) for o, m in zip(op.outputs, op.matrices))
+                elif isinstance(op, Gemm):
                     out = matvec(values[op.inputs[0]], _stack(params, op.matrices))
                     values.update(zip(op.outputs, _split(out, op.outputs, size)))
                 elif isinstance(op, Kernel):
@@ -110,8 +118,12 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             for op in phase.loop.persistent.stages if persistent else phase.loop.body:
                 if isinstance(op, Gemm):
-                    g = np.concatenate([values[i] for i in op.inputs], axis=1)
-                    out = matvec_t(g, _stack(params, op.matrices), size(op.outputs[0]))
+                    if _blocks(plan, op):
+                        out = sum(matvec_t(values[i], params[m], size(op.outputs[0]))
+                                  for i, m in zip(op.inputs, op.matrices))
+                    else:
+                        g = np.concatenate([values[i] for i in op.inputs], axis=1)
+                        out = matvec_t(g, _stack(params, op.matrices), size(op.outputs[0]))
                     if op.init is not None:  # sum folding: the products added to a value already there
                         out = values[op.init] + out
                     values[op.outputs[0]] = values[op.outputs[0]] + out if op.accumulate else out

@@ -45,9 +45,6 @@ def _check_dataflow(phase: Phase, title: str) -> None:
         if isinstance(op, Kernel) and op.joins and not (where == "loop" and isinstance(previous, Kernel)
                                                         and not any(phase.nodes[i].op == "matvec" for i in op.nodes)):
             raise PlanError(f"{title}: a kernel joins the launch of something that is not a step's kernel before it")
-        if isinstance(op, (Gemm, WeightGrad)) and len(op.matrices) > 1 and \
-                getattr(op.call, "heads", None) is not None:
-            raise PlanError(f"{title}: a batch of per-block GEMMs covers several matrices {op.matrices}")
         previous = op
         for i in _read_by(phase, op):
             n = phase.nodes[i]
@@ -158,6 +155,13 @@ def _check_storage(plan: Plan) -> None:
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop reads or writes all steps of a buffer "
                                     "that keeps one or two")
                 _check_padded(plan, buffers, stacks, op, call, phase_name)
+                if isinstance(op, (Gemm, WeightGrad)) and len(op.matrices) > 1 and call.heads is not None and \
+                        not stacks[call.b.name if call.b.space == "weights" else call.c.name].interleave:
+                    raise PlanError(f"{phase_name}: a batch of per-block GEMMs covers several matrices {op.matrices}, "
+                                    "whose stack is not stored head by head")
+            if isinstance(op, Copy) and (op.src.interleave or op.dst.interleave):
+                raise PlanError(f"{phase_name}: a copy of %{op.node} between slots stored head by head (copies "
+                                "move whole rows)")
     for phase_name, table in slots.items():
         for i, ss in table.items():
             if any(s.accumulate and buffers[s.buffer].dtype in HALF_TYPES for s in ss):
@@ -167,6 +171,8 @@ def _check_storage(plan: Plan) -> None:
             raise PlanError(f"weight stack {s.name} is {s.dtype}, the plan's GEMM operands {plan.operand_type}")
         if s.padded and (st.align == 1 or s.heads):
             raise PlanError(f"weight stack {s.name} is padded, but the storage is not aligned or it has heads")
+        if s.interleave and (s.padded or any(r != s.rows[0] for r in s.rows)):
+            raise PlanError(f"weight stack {s.name} is stored head by head, but padded or of unequal matrices")
     for t in st.inputs + st.outputs:
         if t.buffer not in buffers:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .version import __version__
 from .cache import cached_text
-from .codegen import AddDesc, KernelDesc, add_kernel, kernel_descs, render, template_text
+from .codegen import add_kernel, kernel_descs, render, template_text
+from .kerneldesc import AddDesc, KernelDesc
 from .grad import differentiate
 from .ir import Cell
 from .passes import make_plan

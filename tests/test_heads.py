@@ -4,12 +4,15 @@ batched GEMMs, and every way in (API, save/load, CLI, torch module, the eager ba
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import lstmdsl
 from lstmdsl import SpecError, UsageError
 from lstmdsl.gradcheck import gradient_check
+from lstmdsl.layer import interleave_rows
 from lstmdsl.planformat import format_plan
 from lstmdsl.program import build_program
 
@@ -114,20 +117,42 @@ def test_gradients_through_blocks_match_central_differences(options):
     assert max(r.rel_error for r in rows) < 1e-6, rows
 
 
-def test_the_plan_runs_each_block_diagonal_matrix_as_a_batch_of_per_block_gemms():
+def test_the_plan_runs_the_block_diagonal_stack_head_by_head_as_one_batch_of_gemms():
+    """Gate fusion: the four block-diagonal matrices' stack, and the input's stack beside it (they share
+    the gates' gradients), are stored head by head, so each step's product is one batch over the heads
+    (N = 4 blocks), the backward's one too (K = 4 blocks), and the values lie head by head in their
+    buffers; without gate fusion, one batch per matrix on contiguous slices."""
     spec = lstmdsl.parse("slstm")
     plan = build_program(spec.cell, spec.schedule, "float32").plan
-    step = [op for op in plan.forward.loop.body if type(op).__name__ == "Gemm"]
-    assert [op.matrices for op in step] == [("R_i",), ("R_f",), ("R_z",), ("R_o",)]  # not fused
-    assert all(op.call.heads == "heads" and op.call.n == ("hidden/heads",) and op.call.k == ("hidden/heads",)
-               for op in step)
-    assert step[0].call.strides == (("hidden/heads",), ("hidden/heads", "hidden/heads"), ("hidden/heads",))
+    dh = "hidden/heads"
+    assert {s.name: s.interleave for s in plan.storage.stacks} == {"weight_ih": dh, "weight_hh": dh}
+    (step,) = [op for op in plan.forward.loop.body if type(op).__name__ == "Gemm"]
+    assert step.matrices == ("R_i", "R_f", "R_z", "R_o")
+    assert step.call.heads == "heads" and step.call.n == (dh,) * 4 and step.call.k == (dh,)
+    assert step.call.strides == ((dh,), (4, dh, dh), (4, dh))
+    slots = plan.storage.slots("forward")
+    assert [slots[o][0].col for o in step.outputs] == [(dh,) * j for j in range(4)]
+    assert all(slots[o][0].interleave == ((dh,), (dh,) * 4) for o in step.outputs)
+    (back,) = [op for op in plan.backward.loop.body if type(op).__name__ == "Gemm"]
+    assert back.call.k == (dh,) * 4 and back.call.strides == ((4, dh), (4, dh, dh), (dh,))
     kernels = [op for op in plan.forward.loop.body if type(op).__name__ == "Kernel"]
-    assert len(kernels) == 1  # the GEMMs are gathered before the one pointwise kernel
+    assert len(kernels) == 1
     hoisted = [op for op in plan.forward.before if type(op).__name__ == "Gemm"]
     assert hoisted[0].matrices == ("W_i", "W_f", "W_z", "W_o") and hoisted[0].call.heads is None
     text = format_plan(plan, {"input": 5, "hidden": 12, "heads": 4, "hidden/heads": 3, "proj": None})
-    assert "for each of the 4 blocks" in text or "for each of the heads blocks" in text
+    assert "for each of the 4 blocks" in text and "the GEMMs read it head by head" in text
+    apart = build_program(spec.cell, dataclasses.replace(spec.schedule, fuse_gates=False), "float32").plan
+    step = [op for op in apart.forward.loop.body if type(op).__name__ == "Gemm"]
+    assert [op.matrices for op in step] == [("R_i",), ("R_f",), ("R_z",), ("R_o",)]
+    assert step[0].call.strides == ((dh,), (dh, dh), (dh,)) and not any(s.interleave for s in apart.storage.stacks)
+
+
+def test_the_row_order_of_a_stack_stored_head_by_head():
+    """interleave_rows: block k of every matrix in turn; a permutation."""
+    order = interleave_rows(count=3, rows=4, block=2)
+    assert order.tolist() == [0, 1, 4, 5, 8, 9, 2, 3, 6, 7, 10, 11]
+    assert sorted(interleave_rows(4, 12, 3).tolist()) == list(range(48))
+    assert interleave_rows(4, 6, 6).tolist() == list(range(24))  # one head: the matrices' own order
 
 
 def test_saved_layers_keep_their_heads(tmp_path):

@@ -277,6 +277,34 @@ def test_compile_then_eager_no_longer_corrupts_memory():
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("dropconnect", [0.0, 0.3])
+def test_heads_stored_head_by_head_match_the_cpu_module(dropconnect, strict_fp32):
+    """The sLSTM with heads: its stacks are stored head by head for the GEMMs (a permuted copy, the
+    gradients permuted back), so the CUDA module's outputs and every gradient match those of the same
+    module whose GEMMs keep one matrix per batch (`no fuse gates`) and, without DropConnect (whose masks
+    come from the device's generator), the CPU module's (the reference); bidirectional, two layers."""
+    torch.manual_seed(0)
+    kw = dict(num_heads=4, bidirectional=True, dropconnect=dropconnect)
+    cpu = lt.RNN("slstm", 12, 20, 2, **kw)
+    models = [lt.RNN("slstm", 12, 20, 2, **kw).cuda(), lt.RNN("slstm", 12, 20, 2, schedule="no fuse gates", **kw).cuda()]
+    models += [cpu] if dropconnect == 0 else []
+    for m in models:
+        m.load_state_dict(cpu.state_dict())
+    x = torch.randn(7, 3, 12)
+    out = []
+    for m in models:
+        xs = x.to(next(m.parameters()).device).requires_grad_()
+        torch.manual_seed(1)  # the same DropConnect masks on the GPU
+        y, _ = m(xs)
+        (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
+        out.append([y.detach().cpu(), xs.grad.cpu()] + [p.grad.cpu() for p in m.parameters()])
+    for other in out[1:]:
+        for a, b in zip(out[0], other):
+            torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_second_backward_of_one_forward_gets_the_same_gradients(precision, strict_fp32):
     """The backward writes the gates' gradients over the gates it reads (Storage.in_place), so a second

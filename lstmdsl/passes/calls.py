@@ -110,6 +110,11 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         if isinstance(op, VectorGrad):
             slot = vector_grad_slot(slots[op.node], st.buffer, place, plan.dtype)
             ones = ones_buffer(st.buffer(slot.buffer).dtype, plan.dtype)
+            if slot.interleave:  # a gradient stored head by head: one sum per block, the blocks side by side
+                block, period = slot.interleave  # (sums: one block; the blocks of every matrix, equal)
+                return GemmCall(("one",), block, rows, Operand("buffer", ones), True, _buffer(slot), False,
+                                Operand("vector_grad", op.name), True, **types, heads=HEADS,
+                                strides=((0,), (len(period), period[0]), block))
             return GemmCall(("one",), (nodes[op.node].size,), rows, Operand("buffer", ones), True, _buffer(slot),
                             False, Operand("vector_grad", op.name), True, **types)
         return None
@@ -129,6 +134,8 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
             stack = by_operand[op.v]
         if not stack.heads:
             return None
+        if stack.interleave:
+            return _interleaved_call(op, rows, stack)
         (matrix,) = op.matrices
         first, _ = _run(stack, op.matrices)
         r, c = per_head(stack.rows[first]), stack.cols
@@ -144,6 +151,28 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
                             strides=((r,), block, (c,)))
         return GemmCall((r,), (c,), rows, gin, True, _buffer(f_slots[op.v][0]), False,
                         Operand("grads", stack.name, weights), True, **types, heads=HEADS, strides=((r,), (c,), block))
+
+    def _interleaved_call(op, rows, stack):
+        """A stack of block-diagonal matrices stored head by head (WeightStack.interleave), all of it in one
+        op: one batch over the heads, the k-th GEMM on the k-th block of every matrix at once (its rows
+        adjacent in the stack: n blocks of r rows of c columns), on the operand's k-th slice of c features
+        and on the k-th block of every matrix's values (adjacent too, Slot.interleave)."""
+        n, r, c = len(stack.matrices), stack.interleave, stack.cols
+        if _run(stack, op.matrices) != (0, n):
+            raise AssertionError(f"{op.matrices}: a stack stored head by head is multiplied whole")
+        weights, gin = Operand("weights", stack.name), Operand("buffer", stack.gin)
+        block = (n, r, c)  # one head's rows of every matrix
+        if isinstance(op, Gemm) and op.kind == "forward":
+            out = slots[op.outputs[0]][0]
+            return GemmCall(rows, (r,) * n, (c,), _buffer(slots[op.inputs[0]][0]), False, weights, True, _buffer(out),
+                            out.accumulate, **types, heads=HEADS, strides=((c,), block, (n, r)))
+        if isinstance(op, Gemm):
+            out = slots[op.outputs[0]][0]
+            return GemmCall(rows, (c,), (r,) * n, gin, False, weights, False, _buffer(out),
+                            out.accumulate or op.accumulate or op.init is not None, **types, heads=HEADS,
+                            strides=((n, r), block, (c,)))
+        return GemmCall((r,) * n, (c,), rows, gin, True, _buffer(f_slots[op.v][0]), False,
+                        Operand("grads", stack.name), True, **types, heads=HEADS, strides=((n, r), (c,), block))
 
     roots = forward_roots(plan) if phase_name == "forward" else backward_roots(plan)
     needed = _needed_outside(phase, roots)

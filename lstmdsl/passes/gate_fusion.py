@@ -4,9 +4,11 @@ Forward: the four gates' R_i h, R_f h, R_z h, R_o h become one [B, H] x [H, 4H] 
 gradient sum_k g_k @ R_k that the gates pass back to h becomes one [B, 4H] x [4H, H] product, and the
 weight gradients of matrices with a common operand one G^T V over the stacked blocks.
 
-Block-diagonal matrices (`heads`) are not merged: each is a batch of per-block GEMMs of its own, since
-the blocks of several matrices for one head are not evenly spaced in the gates' buffer. Their GEMMs of
-one key are still gathered at the first one's place, so the pointwise work after them is one kernel.
+Block-diagonal matrices (`heads`) merge too where their stack is stored head by head (storage.interleaved:
+one head's blocks of all the matrices adjacent, so the merged GEMM is one strided batch over the heads);
+elsewhere each is a batch of per-block GEMMs of its own, since the blocks of several matrices for one
+head are not evenly spaced in the gates' buffer, and their GEMMs of one key are only gathered at the first
+one's place, so the pointwise work after them is one kernel.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..plan import Gemm, Phase, Plan, WeightGrad
+from .storage import interleaved, weight_stacks
 
 
 def _merge(a, b):
@@ -33,7 +36,7 @@ def _key(op):
     return None
 
 
-def _fuse(phase: Phase, heads: set[str]) -> Phase:
+def _fuse(phase: Phase, heads: set[str]) -> Phase:  # heads: the block-diagonal matrices kept apart
     """Merge the loop's ops of equal key into the first of them (its operands are ready there: GEMMs of
     one key read the same values); those of block-diagonal matrices are placed there one after another."""
     merged: dict[object, list] = {}
@@ -59,5 +62,7 @@ def _fuse(phase: Phase, heads: set[str]) -> Phase:
 
 
 def fuse_gates(plan: Plan) -> Plan:
-    heads = {p.name for p in plan.cell.params if p.heads}
+    stacks, interleave = weight_stacks(plan), interleaved(plan)
+    merged = {m for v, ms in stacks.items() if v in interleave for m in ms}
+    heads = {p.name for p in plan.cell.params if p.heads} - merged
     return dataclasses.replace(plan, forward=_fuse(plan.forward, heads), backward=_fuse(plan.backward, heads))

@@ -18,6 +18,12 @@ stack's `gin`), in the order of v's weight stack, so one GEMM multiplies them wi
 (the gradient passed back to v) and one G^T V forms the stacked weight gradient. Two stacks that get
 the same gradients (W x + R h: both products get d(gates)) share that buffer.
 
+Block-diagonal matrices (heads) under gate fusion: their stack, and every stack that shares its gradients'
+buffer, is stored head by head (WeightStack.interleave): block k of each matrix in turn, so the rows of
+one head of all the gates are adjacent. The values the GEMMs write and read through those stacks (the
+products, the incoming gradients) lie the same way (Slot.interleave), and each step's product over the
+heads is one strided batch of GEMMs (N = the gates times the block) where it was one per matrix.
+
 Memory in training: activations over the hoisted input products and gradients over those activations
 where it is safe (in_place.py, Storage.in_place); otherwise a forward buffer that the backward never
 reads (the hoisted input products) shares its memory with a backward buffer of the same shape
@@ -30,9 +36,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import BackendUnavailable
-from ..ir import LEAF_OPS
+from ..ir import LEAF_OPS, per_head
 from ..plan import (HALF_TYPES, Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad,
-                    WeightGrad, WeightStack)
+                    WeightGrad, WeightStack, reduces)
 from .in_place import write_in_place
 
 
@@ -50,6 +56,24 @@ def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
             if n.attr not in stacks[v]:
                 stacks[v].append(n.attr)
     return {v: tuple(ms) for v, ms in stacks.items()}
+
+
+def interleaved(plan: Plan) -> dict[int, str]:
+    """Forward operand -> the block (rows per head) of each stack stored head by head: a stack of block-
+    diagonal matrices of equal rows, and the stacks that share its gradients, when gate fusion makes one
+    GEMM of each and the step kernels compute no products (recurrent fusion) and reduce no rows (their
+    row launches read features contiguously)."""
+    s = plan.schedule
+    if not s.fuse_gates or s.fuse_recurrent or any(
+            reduces(phase, op) for phase in (plan.forward, plan.backward) for _, op in phase.ops()):
+        return {}
+    cell = plan.cell
+    g_of = {(m, v): g for m, g, v in plan.grad.d_matrices}
+    stacks = weight_stacks(plan)
+    rows = {v: {cell.param(m).shape[0] for m in ms} for v, ms in stacks.items()}
+    gradients = {v: tuple(g_of.get((m, v)) for m in ms) for v, ms in stacks.items()}
+    heads = {gradients[v] for v, ms in stacks.items() if len(ms) > 1 and cell.param(ms[0]).heads and len(rows[v]) == 1}
+    return {v: per_head(next(iter(rows[v]))) for v in stacks if gradients[v] in heads and len(rows[v]) == 1}
 
 
 def stack_name(plan: Plan, operand: int, matrices: tuple[str, ...]) -> str:
@@ -154,6 +178,7 @@ def half_histories(plan: Plan) -> set[str]:
 
 def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[Slot]]:
     cell, fwd = plan.cell, plan.forward
+    interleave = interleaved(plan)
     saved = set(plan.saved)
     before, after = _history(plan)
     slots: dict[int, list[Slot]] = {}
@@ -182,8 +207,10 @@ def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[
         if not hoisted and len(g.outputs) == 1 and g.outputs[0] in slots:
             continue  # a lone output with a home already (a state update): the GEMM writes it there
         name = buf(f"gemm{k}", width, "T" if keep else "1", "T" if emitted else "1")
+        block = interleave.get(g.inputs[0]) if g.kind == "forward" else None
         for j, o in enumerate(g.outputs):
-            slots.setdefault(o, []).insert(0, Slot(name, width[:j]))
+            slots.setdefault(o, []).insert(0, Slot(name, (block,) * j, interleave=((block,), (block,) * len(width)))
+                                           if block else Slot(name, width[:j]))
     for i in sorted(_needed_outside(fwd, forward_roots(plan))):
         if i not in slots:
             steps = "T" if (i in saved or i == cell.output) else "1"
@@ -198,19 +225,22 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
     for op in bwd.after:
         after |= set(op.inputs if isinstance(op, Gemm) else op.g if isinstance(op, WeightGrad) else ())
     g_of = {(m, v): g for m, g, v in grad.d_matrices}
+    interleave = interleaved(plan)
     shared: dict[tuple, str] = {}  # (gradients, rows) -> the buffer that already holds them
     stacks = []
     for v, matrices in weight_stacks(plan).items():
         rows = tuple(cell.param(m).shape[0] for m in matrices)
         gs = tuple(g_of[(m, v)] for m in matrices)
+        block = interleave.get(v)
         if (gs, rows) not in shared:
             name = shared[(gs, rows)] = buf(f"gin{v}", rows, "T" if any(g in after for g in gs) else "1")
             for j, g in enumerate(gs):
-                b_slots.setdefault(g, []).append(Slot(name, rows[:j]))
+                b_slots.setdefault(g, []).append(Slot(name, (block,) * j, interleave=((block,), (block,) * len(rows)))
+                                                 if block else Slot(name, rows[:j]))
         heads = cell.param(matrices[0]).heads  # all or none of one operand's matrices (lower.py checks)
         stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.param(matrices[0]).shape[1],
                                   shared[(gs, rows)], plan.operand_type, heads,
-                                  padded=plan.operand_type in HALF_TYPES and not heads))
+                                  padded=plan.operand_type in HALF_TYPES and not heads and not block, interleave=block))
     names = [s.name for s in stacks]
     if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
         stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]

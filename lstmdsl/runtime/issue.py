@@ -92,7 +92,7 @@ class Issue:
             cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
                         self.lane)
             return
-        strides = tuple(math.prod(ws.env[s] for s in stride) for stride in c.strides)
+        strides = tuple(math.prod(s if isinstance(s, int) else ws.env[s] for s in stride) for stride in c.strides)
         cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
                             self.stream, self.lane, ws.env[c.heads], strides)
 
@@ -129,6 +129,8 @@ class Issue:
             return "ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)
         if kind == "ld":
             return "int", ws.width[b.slot.buffer]
+        if kind == "dim":
+            return "int", ws.dim(b.offset)
         # a persistent kernel's: it computes each step's addresses itself
         if kind == "steps":
             return "int", ws.T

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ..errors import BackendUnavailable, UsageError
-from ..layer import Layer, init_params, length_mask, recurrent_matrices
+from ..layer import Layer, init_params, interleave_rows, length_mask, recurrent_matrices
 from ..masks import LENGTH, with_lengths
 from ..plan import HALF_TYPES
 from ..program import build_program
@@ -75,6 +75,14 @@ class CudaLayer(Layer):
         self._half_type = stacks[0].dtype if stacks and stacks[0].dtype in HALF_TYPES else None
         self._align = {s.name: self.program.plan.storage.align if s.padded else 1 for s in stacks}
         self._half = [self._half_copies(p) for p in self._stacks]  # what the GEMMs read (mixed precision)
+        # stacks stored head by head (WeightStack.interleave): per unit, the row order, the permuted copy the
+        # GEMMs read and the gradient they write in that order (added back in the matrices' order)
+        self._orders = [{s.name: cupy.asarray(interleave_rows(len(s.matrices), sizes[k][s.rows[0]], sizes[k][s.interleave]))
+                         for s in stacks if s.interleave} for k, _ in self.units]
+        self._ordered = [{n: cupy.empty_like((self._half[u] or self._stacks[u])[n]) for n in self._orders[u]}
+                         for u in range(len(self.units))]
+        self._ordered_grad = [{n: cupy.zeros_like(self._grad_stacks[u][n]) for n in self._orders[u]}
+                              for u in range(len(self.units))]
         self._bindings = [self._binding(u) for u in range(len(self.units))]
         # DropConnect: per unit, the recurrent stacks' masked copies (one set for training, whose backward
         # reads them, one for an evaluation given masks) and their gradients, bound instead
@@ -126,12 +134,14 @@ class CudaLayer(Layer):
         if train not in self._connect_sets:
             copies = [{n: cupy.empty_like(self._stacks[u][n]) for n in rows} for u, rows in enumerate(self._connect_rows)]
             halves = [self._half_copies(c) for c in copies]
-            read = [h or c for h, c in zip(halves, copies)]  # what the GEMMs read
-            binds = [Binding({n: read[u][n].data.ptr if n in read[u] else p for n, p in b.weights.items()},
-                             {n: self._connect_grad[u][n].data.ptr if n in copies[u] else p for n, p in b.grads.items()},
+            read = [h or c for h, c in zip(halves, copies)]  # masked, in the matrices' order
+            ordered = [{n: cupy.empty_like(a) for n, a in r.items() if n in self._orders[u]} for u, r in enumerate(read)]
+            binds = [Binding({n: (read[u] | ordered[u])[n].data.ptr if n in read[u] else p for n, p in b.weights.items()},
+                             {n: self._connect_grad[u][n].data.ptr if n in copies[u] and n not in self._orders[u] else p
+                              for n, p in b.grads.items()},  # (stacks stored head by head: their ordered gradient)
                              b.vectors, b.vector_grads) for u, b in enumerate(self._bindings)]
-            self._connect_sets[train] = (copies, halves, binds)
-        copies, halves, connected = self._connect_sets[train]
+            self._connect_sets[train] = (copies, halves, binds, read, ordered)
+        copies, halves, connected, read, ordered = self._connect_sets[train]
         binds = []
         for u, c in enumerate(connect):
             if not c:
@@ -142,13 +152,23 @@ class CudaLayer(Layer):
                 for m, a, b in self._rows(u, matrices):
                     cupy.multiply(stack[a:b], c[m], out=copies[u][name][a:b])
             self._to_half(copies[u], halves[u], device.current_stream())
+            self._order(u, read[u], ordered[u], device.current_stream())
             binds.append(connected[u])
         return binds, connect
 
     def _connect_grads(self, u: int, before: bool) -> None:
-        """Before a unit's backward, zero its masked stacks' gradients; after, add them into the stacks'
-        gradients times the masks (the gradient of W * M with respect to W)."""
+        """Before a unit's backward, zero its masked stacks' gradients and those of the stacks stored head by
+        head; after, add the latter back in the matrices' order (into the masked gradient where a stack is
+        masked), then the masked ones into the stacks' gradients times the masks (the gradient of W * M
+        with respect to W)."""
         c = self._connect[u]
+        for n, order in self._orders[u].items():
+            g = self._ordered_grad[u][n]
+            if before:
+                g.fill(0)
+            else:
+                target = self._connect_grad[u][n] if c and n in self._connect_rows[u] else self._grad_stacks[u][n]
+                target[order] += g  # (order is a permutation: no row twice)
         if not c:
             return
         for name, matrices in self._connect_rows[u].items():
@@ -160,10 +180,16 @@ class CudaLayer(Layer):
             for m, a, b in self._rows(u, matrices):
                 target[a:b] += grad[a:b] * c[m]
 
+    def _order(self, u: int, arrays: dict, out: dict, stream: int) -> None:
+        """The permuted copies `out` (of stacks stored head by head) from `arrays`, in the matrices' order."""
+        with cupy.cuda.ExternalStream(stream):
+            for n in out:
+                cupy.take(arrays[n], self._orders[u][n], axis=0, out=out[n])
+
     def _binding(self, k: int) -> Binding:
         vectors = [p.name for p in self.cell.params if p.kind == "vector"]
-        return Binding({n: a.data.ptr for n, a in (self._half[k] or self._stacks[k]).items()},
-                       {n: a.data.ptr for n, a in self._grad_stacks[k].items()},
+        return Binding({n: a.data.ptr for n, a in ((self._half[k] or self._stacks[k]) | self._ordered[k]).items()},
+                       {n: a.data.ptr for n, a in (self._grad_stacks[k] | self._ordered_grad[k]).items()},
                        {n: self._params[k][n].data.ptr for n in vectors},
                        {n: self._grads[k][n].data.ptr for n in vectors})
 
@@ -254,6 +280,7 @@ class CudaLayer(Layer):
         stream = device.current_stream()
         for u, halves in enumerate(self._half):  # the masters may have changed since the last forward
             self._to_half(self._stacks[u], halves, stream)
+            self._order(u, halves or self._stacks[u], self._ordered[u], stream)
         binds, connect = self._connected(masks, train)
         y = cupy.empty((T, B, self.output_size), self.dtype)
         final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}

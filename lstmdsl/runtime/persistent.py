@@ -1,5 +1,5 @@
 """How a persistent kernel is launched at bound sizes (plan.Persistent says when and with how many blocks;
-codegen.PersistentDesc how the kernel lays out its shared memory): the grid, the dynamic shared memory,
+kerneldesc.PersistentDesc how the kernel lays out its shared memory): the grid, the dynamic shared memory,
 whether the weights are cached there, and how many batch rows of the products' operands are staged at a
 time. Before a launch, the grid is checked to be co-resident (the occupancy at that shared memory); the
 cooperative launch itself refuses a grid that is not (an error, never a hang)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..codegen import PersistentDesc
+from ..kerneldesc import PersistentDesc
 from ..plan import Persistent
 from . import device
 

@@ -38,12 +38,12 @@ from ..masks import LENGTH, with_lengths
 from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
+from .weights import GemmWeights
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
-_ELEMENT = {"bf16": torch.bfloat16, "f16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Runner:
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
         self._grads: dict[tuple, list[Tensor]] = {}
-        self._halves: dict[tuple, Tensor] = {}  # (master's address, shape, device, type) -> its half copy
+        self.gemm = GemmWeights(self.slots, sizes)  # what the GEMMs read and write in place of the parameters
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         """The shape of each state of the stack, [L, B, size], in the spec's order."""
@@ -147,30 +147,6 @@ class Runner:
             cell = with_lengths(self.cell) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction), self.sizes)
         return self._engines[key]
-
-    def weights(self, params: list[Tensor], engine) -> list[Tensor]:
-        """What the GEMMs read: the parameters, with each weight stack replaced by its half-precision copy
-        where the engine's plan wants one (refreshed from the float32 master now; the copies stay at one
-        address, so CUDA graphs replay)."""
-        plan = engine.program.plan
-        half = plan.operand_type
-        if half not in _ELEMENT:
-            return params
-        padded = {s.name: s.padded for s in plan.storage.stacks}
-        out, n = list(params), len(self.slots)
-        for j, p in enumerate(params):
-            slot = self.slots[j % n]
-            if slot.kind == "stack":
-                key = (p.data_ptr(), tuple(p.shape), p.device, half)
-                if key not in self._halves:
-                    if len(self._halves) > 64:
-                        self._halves.clear()
-                    a = plan.storage.align if padded[slot.name] else 1  # rows padded for the tensor cores
-                    self._halves[key] = torch.zeros((p.shape[0], -(-p.shape[1] // a) * a), device=p.device,
-                                                    dtype=_ELEMENT[half])
-                out[j] = self._halves[key]
-                out[j][:, :p.shape[1]].copy_(p.detach())
-        return out
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
         """The Engine's Binding of each layer (cached by the addresses, so CUDA graphs are reused)."""
@@ -310,7 +286,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
         engine = r.engine(x, dtype, mask)
-        engine.forward(T, B, train, r.bindings(r.weights(params, engine), None), x.data_ptr(),
+        engine.forward(T, B, train, r.bindings(r.gemm.read(params, engine.program.plan), None), x.data_ptr(),
                        {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
                        None, _stream(x), steps=ptrs, io_type=_io_type(x))
     return out
@@ -353,7 +329,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         mask, ptrs = _step_pointers(r, steps)
         engine = r.engine(x, dtype, mask)
         stream = _stream(x)
-        weights = r.weights(params, engine)
+        weights = r.gemm.read(params, engine.program.plan)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
             scratch = [torch.empty_like(y)] + [params[0].new_empty(s) for s in r.state_shapes(B)]
             engine.forward(T, B, True, r.bindings(weights, None), x.data_ptr(),
@@ -368,6 +344,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         engine.backward(r.bindings(weights, grads), dy.data_ptr(),
                         {n: d.data_ptr() if d is not None else None for n, d in zip(names, dhn)},
                         dx.data_ptr(), {n: d.data_ptr() for n, d in zip(names, dh0)}, stream, io_type=_io_type(x))
+        r.gemm.reorder_grads(engine.program.plan, grads)
         dh0 = dh0 if h0 else []
         if views:  # one copy, handed out as views
             grads = r.grad_views(r.grad_flat.clone(), params)

@@ -56,6 +56,16 @@ for k, schedule in enumerate(SCHEDULES[:2]):
     failures += bool(bad)
     total += 1
     print(f"slstm num_heads=3 | {schedule or 'default'} | L={1 + k} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
+# stored head by head (the default schedule: gate fusion over the heads), with what touches the stacks' copies
+for schedule, kw in [(None, dict(L=2, bidirectional=True, lengths=np.array([2, 4, 1]), dropout=0.3, dropconnect=0.3)),
+                     ("precision bf16", dict(L=1)), ("precision fp16", dict(L=2, dropconnect=0.3)),
+                     ("wavefront", dict(L=3, T=19))]:
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["slstm"].read_text()), I=6, H=6, num_heads=3, schedule=schedule,
+                      graphs=True, verbose=False, **kw)
+    failures += bool(bad)
+    total += 1
+    print(f"slstm num_heads=3 head by head | {schedule or 'default'} | {kw} | {'OK' if not bad else f'BAD {bad}'}",
+          flush=True)
 
 # mixed precision: half-precision GEMM operands, weights and saved activations (bf16 and fp16), with the
 # tolerances of lstmdsl.check; every shipped spec once, and stacks, directions, lengths and regularisers

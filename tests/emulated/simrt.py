@@ -90,6 +90,27 @@ def store(ptr, rows, cols, ld, dtype, values, add=False):
     view[...] = from_float(np.broadcast_to(values, (rows, cols)), dtype)
 
 
+def columns(val, name, n):
+    """The columns of a slot's n elements: 0..n-1, or their places in a slot stored head by head
+    (the kernel's hb_<name> / hp_<name> arguments, Slot.interleave)."""
+    j = np.arange(n)
+    if f"hb_{name}" not in val:
+        return j
+    hb, hp = int(val[f"hb_{name}"]), int(val[f"hp_{name}"])
+    return (j // hb) * hp + j % hb
+
+
+def load_cols(ptr, rows, cols, ld, dtype):
+    return load(ptr, rows, int(cols[-1]) + 1, ld, dtype)[:, cols] if len(cols) else np.zeros((rows, 0))
+
+
+def store_cols(ptr, rows, cols, ld, dtype, values, add=False):
+    values = np.broadcast_to(values, (rows, len(cols)))
+    item = np.dtype(NP[dtype]).itemsize
+    for k, c in enumerate(cols):
+        store(ptr + item * int(c), rows, 1, ld, dtype, values[:, k:k + 1], add=add)
+
+
 def run_or_record(fn, args):
     """Record fn(*args) into the graph being captured, or run it now."""
     if RECORDING and RECORDING[-1] is not None:
@@ -226,8 +247,9 @@ def _stage(desc, op, nodes, val, real, types):
     for a in desc.args:
         if a.name.startswith("in"):
             i = int(a.name[2:])
-            values[i] = load(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], types[a.name])
-            reads.append((i, val[a.name], val["ld_" + a.name], item[a.name]))
+            cols = columns(val, a.name, size(nodes[i].size))
+            values[i] = load_cols(val[a.name], B, cols, val["ld_" + a.name], types[a.name])
+            reads.append((i, val[a.name], val["ld_" + a.name], item[a.name], cols))
         elif a.name.startswith("p"):
             i = int(a.name[1:])
             values[i] = np.broadcast_to(load(val[a.name], 1, size(nodes[i].size), 1, types[a.name])[0],
@@ -255,16 +277,18 @@ def _stage(desc, op, nodes, val, real, types):
     for a in desc.args:
         if a.name.startswith("out"):
             i = int(a.name[3:].split("_")[0])
-            add = f"{a.name}[b * ld_{a.name} + j] +=" in text or f"{a.name}[b * ld_{a.name}] +=" in text
-            store(val[a.name], B, size(nodes[i].size), val["ld_" + a.name], types[a.name], values[i], add=add)
-            writes.append((i, val[a.name], val["ld_" + a.name], item[a.name]))
-    for i, wptr, wld, witem in writes:
-        wset = {wptr + witem * (b * wld + j) for b in range(B) for j in range(size(nodes[i].size))}
-        for j, rptr, rld, ritem in reads:
+            add = any(f"{a.name}[b * ld_{a.name}{tail}] +=" in text
+                      for tail in ("", " + j", f" + (j / hb_{a.name}) * hp_{a.name} + j % hb_{a.name}"))
+            cols = columns(val, a.name, size(nodes[i].size))
+            store_cols(val[a.name], B, cols, val["ld_" + a.name], types[a.name], values[i], add=add)
+            writes.append((i, val[a.name], val["ld_" + a.name], item[a.name], cols))
+    for i, wptr, wld, witem, wcols in writes:
+        wset = {wptr + witem * (b * wld + int(c)) for b in range(B) for c in wcols}
+        for j, rptr, rld, ritem, rcols in reads:
             if (i, j) in IN_PLACE.get(desc.name, ()) and (wptr, wld, witem) == (rptr, rld, ritem) \
-                    and size(nodes[i].size) == size(nodes[j].size):
+                    and list(wcols) == list(rcols):
                 continue  # Storage.in_place, element for element: each thread loads its element before it stores
-            rset = {rptr + ritem * (b * rld + c) for b in range(B) for c in range(size(nodes[j].size))}
+            rset = {rptr + ritem * (b * rld + int(c)) for b in range(B) for c in rcols}
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
 

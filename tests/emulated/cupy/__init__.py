@@ -50,6 +50,9 @@ def multiply(a, b, out=None):
     if out is None: return _wrap(np.multiply(a, b))
     np.multiply(a, b, out=out); return out
 def empty(shape, dtype=np.float64): return _wrap(np.empty(shape, dtype))
+def take(a, indices, axis=None, out=None):
+    if out is None: return _wrap(np.take(a, np.asarray(indices), axis=axis))
+    np.take(a, np.asarray(indices), axis=axis, out=out); return out
 def full(shape, v, dtype=np.float64): return _wrap(np.full(shape, v, dtype))
 def arange(*a, **k): return _wrap(np.arange(*a, **k))
 def stack(xs): return _wrap(np.stack([np.asarray(x) for x in xs]))

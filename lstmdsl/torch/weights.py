@@ -1,0 +1,63 @@
+"""What the GEMMs of a torch-driven Engine read and write in place of a layer's parameters: half-precision
+copies of the weight stacks (mixed precision), copies with their rows permuted where a stack is stored head
+by head (WeightStack.interleave), and the gradients of those put back in the matrices' order. The copies
+stay at one address per parameter, so CUDA graphs replay."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..layer import interleave_rows
+
+_ELEMENT = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+class GemmWeights:
+    def __init__(self, slots, sizes: list[dict[str, int]]):
+        self.slots, self.sizes = slots, sizes  # (ops.ParamSlot per parameter of a layer; the layers' sizes)
+        self._copies: dict[tuple, Tensor] = {}  # (source's address, shape, device, type) -> its copy
+        self._orders: dict[tuple, Tensor] = {}  # (stack, layer, device) -> its row order, where stored head by head
+
+    def read(self, params: list[Tensor], plan) -> list[Tensor]:
+        """The parameters, each weight stack replaced by its half-precision copy where the plan wants one,
+        and by a copy with its rows permuted where it is stored head by head; refreshed now."""
+        half, stacks = plan.operand_type, {s.name: s for s in plan.storage.stacks}
+        out, n = list(params), len(self.slots)
+        for j, p in enumerate(params):
+            slot = self.slots[j % n]
+            if slot.kind == "stack" and half in _ELEMENT:
+                a = plan.storage.align if stacks[slot.name].padded else 1  # rows padded for the tensor cores
+                out[j] = self._copy((p.data_ptr(), tuple(p.shape), p.device, half), lambda: torch.zeros(
+                    (p.shape[0], -(-p.shape[1] // a) * a), device=p.device, dtype=_ELEMENT[half]))
+                out[j][:, :p.shape[1]].copy_(p.detach())
+            if slot.kind == "stack" and stacks[slot.name].interleave:
+                src = out[j].detach()
+                dst = self._copy(("ordered", src.data_ptr(), tuple(src.shape), src.dtype), lambda: torch.empty_like(src))
+                out[j] = torch.index_select(src, 0, self.order(stacks[slot.name], j // n, p.device), out=dst)
+        return out
+
+    def reorder_grads(self, plan, grads: list[Tensor]) -> None:
+        """The gradients of stacks stored head by head, which the GEMMs wrote in that order, back in the
+        matrices' order (in place)."""
+        n = len(self.slots)
+        for j, g in enumerate(grads):
+            slot = self.slots[j % n]
+            if slot.kind == "stack" and plan.storage.stack(slot.name).interleave:
+                order = self.order(plan.storage.stack(slot.name), j // n, g.device)
+                g.copy_(torch.empty_like(g).index_copy_(0, order, g))
+
+    def order(self, stack, k: int, device) -> Tensor:
+        """Layer k's row order of a stack stored head by head (lstmdsl.layer.interleave_rows), on device."""
+        key = (stack.name, k, device)
+        if key not in self._orders:
+            self._orders[key] = torch.from_numpy(interleave_rows(
+                len(stack.matrices), self.sizes[k][stack.rows[0]], self.sizes[k][stack.interleave])).to(device)
+        return self._orders[key]
+
+    def _copy(self, key: tuple, make) -> Tensor:
+        if key not in self._copies:
+            if len(self._copies) > 64:
+                self._copies.clear()
+            self._copies[key] = make()
+        return self._copies[key]
