@@ -52,6 +52,8 @@ def _reduction(plan: Plan, phase: Phase, op: Kernel, fresh: bool = False) -> Ker
     (i,) = op.nodes
     n = nodes[i]
     reads = dict(op.reads)
+    if any(s.interleave for _, s in op.reads + op.writes):  # (storage.interleaved: never with reductions)
+        raise AssertionError(f"{op.name}: a reduction over values stored head by head")
     args = [KernelArg("const int", "B", ArgBind("batch"))]
     args += [KernelArg("const int", f"n_{s}", ArgBind("size", s)) for s in sorted({nodes[a].size for a in n.args})]
     loads = []

@@ -171,11 +171,16 @@ def _check_storage(plan: Plan) -> None:
             raise PlanError(f"weight stack {s.name} is {s.dtype}, the plan's GEMM operands {plan.operand_type}")
         if s.padded and (st.align == 1 or s.heads):
             raise PlanError(f"weight stack {s.name} is padded, but the storage is not aligned or it has heads")
-        if s.interleave and (s.padded or any(r != s.rows[0] for r in s.rows)):
-            raise PlanError(f"weight stack {s.name} is stored head by head, but padded or of unequal matrices")
+        if s.interleave and any(r != s.rows[0] for r in s.rows):
+            raise PlanError(f"weight stack {s.name} is stored head by head, but its matrices' rows differ")
     for t in st.inputs + st.outputs:
         if t.buffer not in buffers:
             raise PlanError(f"transfer {t.what}: unknown buffer {t.buffer}")
+    f_slots = slots["forward"]
+    for i in (plan.cell.output, *plan.cell.updates):
+        if any(x.interleave for x in f_slots.get(i, ())):
+            raise PlanError(f"%{i}, the output or a state update, lies head by head (its transfers and copies move "
+                            "whole rows)")
 
 
 def _check_in_place(plan: Plan, slots) -> None:

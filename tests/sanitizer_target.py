@@ -17,7 +17,7 @@ buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps t
 --persistent-block forces `persistent`, so the forward and (where the cell has one) the backward run as
 one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers. --wavefront forces `wavefront` over 37 steps: the two layers on two
-streams, chunks of 3 steps. Not collected by pytest; the GPU tests check the numbers, this
+streams, chunks of 3 steps. A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
 
@@ -38,6 +38,8 @@ wave = "--wavefront" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
+if lstmdsl.parse(name).uses_size("heads"):  # several heads: stacks stored head by head, rows permuted
+    extra["num_heads"] = 4 if compiled else 3
 if compiled:
     import torch
 

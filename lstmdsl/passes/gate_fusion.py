@@ -4,7 +4,7 @@ Forward: the four gates' R_i h, R_f h, R_z h, R_o h become one [B, H] x [H, 4H] 
 gradient sum_k g_k @ R_k that the gates pass back to h becomes one [B, 4H] x [4H, H] product, and the
 weight gradients of matrices with a common operand one G^T V over the stacked blocks.
 
-Block-diagonal matrices (`heads`) merge too where their stack is stored head by head (storage.interleaved:
+Block-diagonal matrices (`heads`) merge too where their stack is stored head by head (stacks.interleaved:
 one head's blocks of all the matrices adjacent, so the merged GEMM is one strided batch over the heads);
 elsewhere each is a batch of per-block GEMMs of its own, since the blocks of several matrices for one
 head are not evenly spaced in the gates' buffer, and their GEMMs of one key are only gathered at the first
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..plan import Gemm, Phase, Plan, WeightGrad
-from .storage import interleaved, weight_stacks
+from .stacks import interleaved, weight_stacks
 
 
 def _merge(a, b):

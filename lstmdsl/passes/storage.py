@@ -18,11 +18,8 @@ stack's `gin`), in the order of v's weight stack, so one GEMM multiplies them wi
 (the gradient passed back to v) and one G^T V forms the stacked weight gradient. Two stacks that get
 the same gradients (W x + R h: both products get d(gates)) share that buffer.
 
-Block-diagonal matrices (heads) under gate fusion: their stack, and every stack that shares its gradients'
-buffer, is stored head by head (WeightStack.interleave): block k of each matrix in turn, so the rows of
-one head of all the gates are adjacent. The values the GEMMs write and read through those stacks (the
-products, the incoming gradients) lie the same way (Slot.interleave), and each step's product over the
-heads is one strided batch of GEMMs (N = the gates times the block) where it was one per matrix.
+Stacks of block-diagonal matrices may be stored head by head (stacks.py: interleaved), and the values
+their GEMMs write and read lie the same way (Slot.interleave).
 
 Memory in training: activations over the hoisted input products and gradients over those activations
 where it is safe (in_place.py, Storage.in_place); otherwise a forward buffer that the backward never
@@ -36,44 +33,11 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import BackendUnavailable
-from ..ir import LEAF_OPS, per_head
+from ..ir import LEAF_OPS
 from ..plan import (HALF_TYPES, Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad,
-                    WeightGrad, WeightStack, reduces)
+                    WeightGrad, WeightStack)
 from .in_place import write_in_place
-
-
-def weight_stacks(plan: Plan) -> dict[int, tuple[str, ...]]:
-    """Forward operand -> the matrices applied to it, in node order."""
-    stacks: dict[int, list[str]] = {}
-    seen: dict[str, int] = {}
-    for n in plan.cell.nodes:
-        if n.op == "matvec":
-            (v,) = n.args
-            if seen.setdefault(n.attr, v) != v:
-                raise BackendUnavailable(f"matrix '{n.attr}' is applied to two different values; the CUDA "
-                                         "backend stores each matrix in one stack and does not support this yet")
-            stacks.setdefault(v, [])
-            if n.attr not in stacks[v]:
-                stacks[v].append(n.attr)
-    return {v: tuple(ms) for v, ms in stacks.items()}
-
-
-def interleaved(plan: Plan) -> dict[int, str]:
-    """Forward operand -> the block (rows per head) of each stack stored head by head: a stack of block-
-    diagonal matrices of equal rows, and the stacks that share its gradients, when gate fusion makes one
-    GEMM of each and the step kernels compute no products (recurrent fusion) and reduce no rows (their
-    row launches read features contiguously)."""
-    s = plan.schedule
-    if not s.fuse_gates or s.fuse_recurrent or any(
-            reduces(phase, op) for phase in (plan.forward, plan.backward) for _, op in phase.ops()):
-        return {}
-    cell = plan.cell
-    g_of = {(m, v): g for m, g, v in plan.grad.d_matrices}
-    stacks = weight_stacks(plan)
-    rows = {v: {cell.param(m).shape[0] for m in ms} for v, ms in stacks.items()}
-    gradients = {v: tuple(g_of.get((m, v)) for m in ms) for v, ms in stacks.items()}
-    heads = {gradients[v] for v, ms in stacks.items() if len(ms) > 1 and cell.param(ms[0]).heads and len(rows[v]) == 1}
-    return {v: per_head(next(iter(rows[v]))) for v in stacks if gradients[v] in heads and len(rows[v]) == 1}
+from .stacks import interleaved, weight_stacks
 
 
 def stack_name(plan: Plan, operand: int, matrices: tuple[str, ...]) -> str:
@@ -208,6 +172,8 @@ def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[
             continue  # a lone output with a home already (a state update): the GEMM writes it there
         name = buf(f"gemm{k}", width, "T" if keep else "1", "T" if emitted else "1")
         block = interleave.get(g.inputs[0]) if g.kind == "forward" else None
+        if block and g.matrices != weight_stacks(plan)[g.inputs[0]]:  # (slot j is the stack's matrix j)
+            raise AssertionError(f"GEMM {g.matrices} is not its stack, in order, stored head by head")
         for j, o in enumerate(g.outputs):
             slots.setdefault(o, []).insert(0, Slot(name, (block,) * j, interleave=((block,), (block,) * len(width)))
                                            if block else Slot(name, width[:j]))
@@ -240,7 +206,7 @@ def _stacks(plan: Plan, buf: _Buffers, b_slots: dict[int, list[Slot]]) -> tuple[
         heads = cell.param(matrices[0]).heads  # all or none of one operand's matrices (lower.py checks)
         stacks.append(WeightStack(stack_name(plan, v, matrices), v, matrices, rows, cell.param(matrices[0]).shape[1],
                                   shared[(gs, rows)], plan.operand_type, heads,
-                                  padded=plan.operand_type in HALF_TYPES and not heads and not block, interleave=block))
+                                  padded=plan.operand_type in HALF_TYPES and not heads, interleave=block))
     names = [s.name for s in stacks]
     if len(set(names)) != len(names):  # e.g. a one-matrix stack named like another's default name
         stacks = [dataclasses.replace(s, name=f"{s.name}_{s.operand}") for s in stacks]

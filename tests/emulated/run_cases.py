@@ -66,6 +66,16 @@ for schedule, kw in [(None, dict(L=2, bidirectional=True, lengths=np.array([2, 4
     total += 1
     print(f"slstm num_heads=3 head by head | {schedule or 'default'} | {kw} | {'OK' if not bad else f'BAD {bad}'}",
           flush=True)
+# block-diagonal products that are the output or a state update: those stacks stay in the matrices' order
+# (transfers and copies move whole rows), the others are stored head by head
+for text in ["cell ho { input x\n state h\n heads R_y, R_i\n y = R_y h\n i = sigmoid(W_i x + R_i h + b_i)\n"
+             " h' = i * tanh(W_z x + b_z) + y\n output y }",
+             "cell hq { input x\n state h, q\n heads R_i, R_q\n i = sigmoid(W_i x + R_i h + b_i)\n q' = R_q h\n"
+             " h' = i * tanh(W_z x + q + b_z)\n output h' }"]:
+    bad = simrt.check(lstmdsl.parse(text), I=6, H=6, L=2, num_heads=2, graphs=True, verbose=False)
+    failures += bool(bad)
+    total += 1
+    print(f"{text.split()[1]} num_heads=2 | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 
 # mixed precision: half-precision GEMM operands, weights and saved activations (bf16 and fp16), with the
 # tolerances of lstmdsl.check; every shipped spec once, and stacks, directions, lengths and regularisers
