@@ -64,6 +64,18 @@ def test_slstm_heads_match_the_reference(T, B, I, H, L, heads):
           bidirectional=True)
 
 
+@pytest.mark.parametrize("schedule", ["precision bf16", "precision fp16", "precision tf32", "no hoist input",
+                                      "no batch weights", "wavefront"])
+def test_slstm_heads_stored_head_by_head_under_other_schedules(schedule):
+    """The stacks stored head by head (the default's gate fusion) in half precision (padded input stack,
+    permuted half copies), under tf32, with the input products in the loop, with weight gradients per step,
+    as a stack's wavefront; bidirectional with lengths and DropConnect once."""
+    check("slstm", 7, 3, 6, 24, 2, num_heads=4, schedule=schedule)
+    if schedule == "precision bf16":
+        check("slstm", 5, 3, 6, 24, 2, num_heads=4, schedule=schedule, bidirectional=True,
+              lengths=np.array([5, 1, 3]), dropconnect=0.3)
+
+
 @pytest.mark.parametrize("name", sorted(UNUSUAL))
 def test_unusual_storage(name):
     for schedule in (None, "no fuse gates; no hoist input; no fuse pointwise; no batch weights", "fuse recurrent"):

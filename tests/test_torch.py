@@ -277,12 +277,13 @@ def test_compile_then_eager_no_longer_corrupts_memory():
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("dropconnect", [0.0, 0.3])
-def test_heads_stored_head_by_head_match_the_cpu_module(dropconnect, strict_fp32):
+@pytest.mark.parametrize("dropconnect,compiled", [(0.0, False), (0.3, False), (0.0, True)])
+def test_heads_stored_head_by_head_match_the_cpu_module(dropconnect, compiled, strict_fp32):
     """The sLSTM with heads: its stacks are stored head by head for the GEMMs (a permuted copy, the
     gradients permuted back), so the CUDA module's outputs and every gradient match those of the same
     module whose GEMMs keep one matrix per batch (`no fuse gates`) and, without DropConnect (whose masks
-    come from the device's generator), the CPU module's (the reference); bidirectional, two layers."""
+    come from the device's generator), the CPU module's (the reference); bidirectional, two layers; under
+    torch.compile too."""
     torch.manual_seed(0)
     kw = dict(num_heads=4, bidirectional=True, dropconnect=dropconnect)
     cpu = lt.RNN("slstm", 12, 20, 2, **kw)
@@ -292,10 +293,12 @@ def test_heads_stored_head_by_head_match_the_cpu_module(dropconnect, strict_fp32
         m.load_state_dict(cpu.state_dict())
     x = torch.randn(7, 3, 12)
     out = []
+    if compiled:
+        torch._dynamo.reset()
     for m in models:
         xs = x.to(next(m.parameters()).device).requires_grad_()
         torch.manual_seed(1)  # the same DropConnect masks on the GPU
-        y, _ = m(xs)
+        y, _ = (torch.compile(m) if compiled and xs.is_cuda else m)(xs)
         (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
         out.append([y.detach().cpu(), xs.grad.cpu()] + [p.grad.cpu() for p in m.parameters()])
     for other in out[1:]:
