@@ -1,6 +1,9 @@
 """cublas.tune: each per-step GEMM shape is timed with and without a cuBLAS workspace once, and gemm() runs it
 the faster way (no GPU here: the timing, the handles and the call are replaced; the GPU tests run it)."""
 
+import json
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 from lstmdsl.runtime import cublas
@@ -8,9 +11,12 @@ from lstmdsl.runtime import cublas
 TYPES = ("f32", "f32", "f32", "fp32")
 
 
-def _fake(monkeypatch, times):
+def _fake(monkeypatch, times, cache=None):
     calls = []
     monkeypatch.setattr(cublas, "_BARE", {})
+    monkeypatch.setattr(cublas, "_STORED", None)
+    monkeypatch.setattr(cublas, "cache_dir", lambda: cache or Path(tempfile.mkdtemp()))
+    monkeypatch.setattr(cublas, "_identity", lambda lane: ("NVIDIA H200", 130200))
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
     monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
     handles = {}
@@ -46,6 +52,36 @@ def test_the_faster_way_is_kept_per_shape(monkeypatch):
     cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, True, TYPES, 5, 3)  # accumulates: not timed
     assert [h for h, _ in calls] == [("bare", 3), ("workspace", 3), ("workspace", 3)]
     assert calls[0][1][9] == 9  # the real result
+
+
+def test_the_choices_are_kept_for_later_processes_on_the_same_gpu(monkeypatch, tmp_path):
+    """A choice timed once is written to the cache directory; a later process (its per-process choices
+    empty) runs it without timing, on the same GPU model and cuBLAS only; a damaged file is timed anew."""
+    import pytest
+
+    times = {"workspace": 24.6, "bare": 2.3}
+    calls = _fake(monkeypatch, times, tmp_path)
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3)
+    stored = json.loads((tmp_path / cublas.CHOICES).read_text())
+    assert list(stored.values()) == [True] and "NVIDIA H200" in next(iter(stored))
+
+    def never(call, stream):
+        pytest.fail("timed again")
+
+    for case in ("a later process", "the file read at the first tune"):
+        calls = _fake(monkeypatch, times, tmp_path)
+        monkeypatch.setattr(cublas, "_time", never)
+        assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3), case
+        assert not calls
+    calls = _fake(monkeypatch, {"workspace": 1.0, "bare": 5.0}, tmp_path)
+    monkeypatch.setattr(cublas, "_identity", lambda lane: ("NVIDIA H100 80GB HBM3", 130200))  # another GPU
+    assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3) and calls
+    assert len(json.loads((tmp_path / cublas.CHOICES).read_text())) == 2  # both kept
+    (tmp_path / cublas.CHOICES).write_text("{damaged")
+    calls = _fake(monkeypatch, {"workspace": 1.0, "bare": 0.1}, tmp_path)
+    assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3) and calls
+    assert list(json.loads((tmp_path / cublas.CHOICES).read_text()).values()) == [True]
 
 
 def test_large_gemms_are_not_timed(monkeypatch):

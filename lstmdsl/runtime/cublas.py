@@ -8,11 +8,13 @@ of its own (no allocation inside the capture) and its scalars are read from host
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import warnings
 
 import numpy as np
 
+from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
 from ..plan import ELEMENT_TYPES
 from .device import current_device, empty
@@ -120,22 +122,76 @@ def _time(call, stream: int) -> float:
         return time_gpu(lambda: graph.launch(stream), repeat=3, warmup=1)["ms"] / 20
 
 
+CHOICES = "gemm_choices.json"  # in the cache directory: the choices timed by earlier processes
+_STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, shape...)" -> bare
+
+
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> bool:
     """Times gemm()'s shape with and without a workspace (into a scratch result: a and b are only read) and
-    keeps the faster for every later gemm() of that shape in this process. Returns whether it runs bare.
-    Not while `stream` is being captured (the caller checks): it also makes the lane's handle for the
-    choice here, so that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment
-    keeps cuBLAS's default everywhere (the same kernels in every process, for bitwise-repeatable runs)."""
+    keeps the faster for every later gemm() of that shape in this process, and in the cache directory for
+    later processes on the same GPU model and cuBLAS version (gemm_choices.json: they run the same kernels
+    without timing them again; delete it to time again). Returns whether it runs bare. Not while `stream`
+    is being captured (the caller checks): it also makes the lane's handle for the choice here, so that no
+    handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
+    everywhere (the same kernels in every process whatever the cache holds)."""
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
     if key not in _BARE:
-        _BARE[key] = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0" \
-            and _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
+        if M * N * K > TUNE_MAX_WORK or os.environ.get("LSTMDSL_TUNE_GEMMS", "1") == "0":
+            _BARE[key] = False
+        else:
+            stored = repr((_identity(lane),) + key[1:])
+            if stored not in _stored_choices():
+                bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
+                if bare is not None:
+                    _store(stored, bare)
+            _BARE[key] = _stored_choices().get(stored, False)
     _handle(lane, _BARE[key])
     return _BARE[key]
 
 
-def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool:
+_IDENTITY: dict[int, tuple[str, int]] = {}  # device -> _identity
+
+
+def _identity(lane: int) -> tuple[str, int]:
+    """(the GPU's name, cuBLAS's version): what the stored choices hold for."""
+    device = current_device()
+    if device not in _IDENTITY:
+        import cupy
+
+        name = cupy.cuda.runtime.getDeviceProperties(device)["name"]
+        h = _handle(lane)
+        version = ctypes.c_int()
+        h.lib.cublasGetVersion_v2.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+        h._check(h.lib.cublasGetVersion_v2(h.handle, ctypes.byref(version)), "cublasGetVersion")
+        _IDENTITY[device] = (name.decode() if isinstance(name, bytes) else str(name)), version.value
+    return _IDENTITY[device]
+
+
+def _read_choices() -> dict:
+    try:
+        data = json.loads((cache_dir() / CHOICES).read_text())
+    except (OSError, ValueError):  # none yet, unreadable or damaged: time again (and write it anew)
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+
+
+def _stored_choices() -> dict:
+    global _STORED
+    if _STORED is None:
+        _STORED = _read_choices()
+    return _STORED
+
+
+def _store(key: str, bare: bool) -> None:
+    """Adds a choice to the file (what other processes wrote since this one read it kept; a cache directory
+    that cannot be written keeps the choice in this process only)."""
+    global _STORED
+    _STORED = {**_read_choices(), **_stored_choices(), key: bare}
+    write_bytes_atomically(cache_dir() / CHOICES, (json.dumps(_STORED, indent=0, sort_keys=True) + "\n").encode())
+
+
+def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool | None:
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
     handles = [_handle(lane, False), _handle(lane, True)]  # (made before the captures that time them)
     try:
@@ -144,7 +200,7 @@ def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, typ
     except Exception as e:  # noqa: BLE001 - cuBLAS or CUDA refused the timing: run as cuBLAS would by default
         warnings.warn(f"lstmdsl: timing the {M}x{N}x{K} GEMM failed ({e}); it runs with cuBLAS's default",
                       stacklevel=3)
-        return False
+        return None  # (not stored: a later process times it again)
     finally:
         for h in handles:
             h.stream = None  # (the captures' side streams are gone: set the next stream whatever its address)

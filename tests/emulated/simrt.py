@@ -420,6 +420,8 @@ cublas.lane = lambda stream, part=0: stream
 cublas.current_device = lambda: 0
 cublas._time = lambda call, stream: 1.0  # (no GPU: both ways take the same time, the workspace is kept)
 cublas._handle = lambda lane, bare=False: types.SimpleNamespace(stream=None, bare=bare)
+cublas._identity = lambda lane: ("emulated", 0)
+cublas._store = lambda key, bare: None  # (the choices stay in this process: nothing written to the cache)
 executor.load_module = lambda source: None
 executor.function = lambda module, name: name
 convert.load_module = lambda source: None
