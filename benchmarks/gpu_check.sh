@@ -14,6 +14,8 @@
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
+#     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes (pytest-xdist; with an empty
+#                                                  # kernel cache most of their time is compiling)
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -32,7 +34,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
 start=$SECONDS
-timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" 2>&1 | tee "$OUT/pytest.log" | tail -25
+jobs=()  # JOBS=n: n pytest workers (pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist execnet` puts it in .whl), compiling kernels in parallel
+if [ -n "${JOBS:-}" ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "$JOBS"); fi
+timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
