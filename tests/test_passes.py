@@ -135,6 +135,27 @@ def test_pointwise_fusion_leaves_one_kernel_between_gemms():
     assert [type(op).__name__ for op in plan.backward.loop.body] == ["Kernel", "Gemm"]
 
 
+def test_pointwise_fusion_moves_gemms_ahead_of_kernels_they_do_not_read():
+    """GEMMs whose operands come from the step before run first and the pointwise work after them is one
+    kernel: FGR's four products (of h, i, f and o) sat between the gates' partial sums, four kernels a
+    step; the length mask's 1 - m, computed before the product, was a kernel of its own. A backward's sum
+    of products stays after the kernel that computes its gradients (not splitting it in two)."""
+    kinds = lambda body: [type(op).__name__ for op in body]  # noqa: E731
+    fgr = plan_for("fgr")
+    assert kinds(fgr.forward.loop.body) == ["Gemm"] * 4 + ["Kernel"]
+    assert kinds(fgr.backward.loop.body).count("Kernel") == 2
+    base = plan_for("fgr", fuse_pointwise=False)  # the same nodes, only in another order
+    assert sorted(i for op in fgr.forward.loop.body if isinstance(op, Kernel) for i in op.nodes) == \
+        sorted(i for op in base.forward.loop.body if isinstance(op, Kernel) for i in op.nodes)
+    for name in ("vanilla", "peephole", "gru"):
+        spec = lstmdsl.parse(name)
+        masked = with_lengths(spec.cell)
+        plain = schedule_plan(spec.cell, spec.grad, Schedule())
+        plan = schedule_plan(masked, differentiate(masked), Schedule())
+        assert kinds(plan.forward.loop.body) == kinds(plain.forward.loop.body)
+        assert kinds(plan.backward.loop.body) == kinds(plain.backward.loop.body)
+
+
 @pytest.mark.parametrize("name,forward_ops", [
     ("gru", ["Gemm", "Kernel", "Gemm", "Kernel"]),  # R_n (r * h): r * h is computed in the step
     ("lstmp", ["Gemm", "Kernel", "Gemm"]),  # h' = P (o * tanh(c')): the projection ends the step

@@ -1,6 +1,9 @@
 """Pointwise fusion: the elementwise work between two GEMMs of a step is one kernel.
 
-Consecutive kernels of a step merge into one that computes all their nodes in order, so each value is
+Each GEMM first moves ahead of the kernels before it where none computes its operands (base_plan lists
+a step's ops in node order, so FGR's products of the previous gates i, f and o, which need nothing from
+the step, sat between the partial sums of the gates: four kernels a step where one does). Then
+consecutive kernels of a step merge into one that computes all their nodes in order, so each value is
 read from memory once and the intermediates stay in registers. Stage splitting is what remains: a GEMM
 whose operand is computed inside the step (GRU's R_n (r * h)) separates two kernels, and so does a
 reduction over the features of a row (mean, sum, rowmax), which runs as a kernel of its own.
@@ -10,12 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Kernel, Phase, Plan, reduces
+from ..plan import Gemm, Kernel, Phase, Plan, reduces
+
+
+def _gemms_early(body) -> list:
+    """The ops with each GEMM moved ahead of the kernels between it and the GEMM before it (or the step's
+    start) where it computes its operands from none of them: all of them or none, so a run of kernels
+    that merges into one is never split in two (a backward's sum of products reads gradients its kernels
+    compute: it stays after them). Never past another GEMM (those of one sum keep their order); a kernel
+    that reads a GEMM's product came after it and still does."""
+    out: list = []
+    for op in body:
+        at = len(out)
+        while at and isinstance(out[at - 1], Kernel):
+            at -= 1
+        if not (isinstance(op, Gemm) and all(not set(op.inputs) & set(k.nodes) for k in out[at:])):
+            at = len(out)
+        out.insert(at, op)
+    return out
 
 
 def _fuse(phase: Phase) -> Phase:
     body = []
-    for op in phase.loop.body:
+    for op in _gemms_early(phase.loop.body):
         if (isinstance(op, Kernel) and body and isinstance(body[-1], Kernel) and not reduces(phase, op)
                 and not reduces(phase, body[-1])):
             body[-1] = Kernel(body[-1].nodes + op.nodes)
