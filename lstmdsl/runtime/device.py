@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 
 from ..errors import BackendUnavailable, LstmdslError
+from .warmup import settle as settle_warm_up
 
 try:
     import cupy
@@ -278,6 +279,7 @@ class Graph:
     `stream`, then replayed with one launch."""
 
     def __init__(self, issue, stream: int):
+        settle_warm_up()  # (no other thread's cuBLAS call while this one captures)
         rt = cupy.cuda.runtime
         side = rt.streamCreateWithFlags(_NON_BLOCKING)
         event = rt.eventCreateWithFlags(2)  # cudaEventDisableTiming
