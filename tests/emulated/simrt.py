@@ -200,7 +200,7 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
     assert shared <= SHARED - STATIC and blocks >= 1, "dynamic and static shared memory past the limit"
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
     types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("*", "").strip()] for a in desc.args
-             if "*" in a.ctype and a.name != "bar"}
+             if "*" in a.ctype and a.name not in ("bar", "xchg")}
     types.update({p.name: types[p.name + "_0"] for p in desc.pointers})
     groups = []
     for op in ops:
