@@ -174,16 +174,13 @@ def test_the_launch_gives_the_kernel_all_the_shared_memory_its_layout_takes(h200
 
 def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     """Persistent.exchanges: a grid of a one-stage float32 kernel skips the grid barrier (tagged words) when
-    a step's words (B x H) fit one round of the staging's loads (4096); one block hands h on in shared memory,
-    larger batches keep the barrier, and so do kernels without an exchanged operand (GRU, half precision)."""
+    a step's words (B x H) fit exchange_words; kernels without an exchanged operand (GRU, half precision)
+    never do. On main exchange_words is 0 (a hang risk a review found: plan.Persistent), so no launch
+    exchanges; the rule itself at 4096."""
     on = Schedule(persistent="on")
-    assert shape("vanilla", on, B=1, H=512).exchange and shape("vanilla", on, B=1, H=512).blocks > 1
-    assert shape("vanilla", on, B=4, H=1024).exchange  # 4096 words
-    assert not shape("vanilla", on, B=8, H=1024).exchange  # 8192
-    assert not shape("vanilla", on, B=16, H=512).exchange
-    one = shape("vanilla", on, B=1, H=32)
-    assert one.blocks == 1 and not one.exchange
-    assert not shape("gru", on, B=1, H=512).exchange
-    assert not shape("vanilla", Schedule(persistent="on", precision="bf16"), B=1, H=512).exchange
-    p = Persistent((), exchange=3)
-    assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent(()).exchanges(1)
+    for B, H in ((1, 512), (4, 1024), (16, 512), (1, 32)):
+        assert not shape("vanilla", on, B=B, H=H).exchange
+    assert shape("vanilla", on, B=1, H=512).blocks > 1
+    p = Persistent((), exchange=3, exchange_words=4096)
+    assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent((), exchange_words=4096).exchanges(1)
+    assert not Persistent((), exchange=3).exchanges(1)  # (main's default: off)
