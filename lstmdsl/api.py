@@ -88,8 +88,8 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     num_heads: the number of diagonal blocks of the spec's block-diagonal matrices (its `heads` line, as
     xLSTM's sLSTM heads); default 1. Their sides must be multiples of it.
     """
-    if isinstance(backend, str) and backend == "cuda":  # cuBLAS starts up on a thread of its own while the spec is parsed (runtime/warmup.py)
-        _warm_up()
+    if isinstance(backend, str) and backend == "cuda":
+        _warm_up()  # cuBLAS starts up on a thread of its own while the spec is parsed (runtime/warmup.py)
     if not isinstance(spec, Spec):
         spec = parse(spec)
     seed = check_seed(seed)
