@@ -296,8 +296,8 @@ class Persistent:
     exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32: run
     # as a grid, each item also stores its value with the step's number beside it in one 64-bit word of an
     # exchange area (two areas, by the step's parity), and the next step's staging waits for the words of
-    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so
-    # Off (0) on main: a review found that a block with no elements (j0 >= H: 4 of 132 blocks at H = 512 on
+    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so.
+    # exchange_words: the most words a step for it (B x the operand's width). Off (0) on main: a review found that a block with no elements (j0 >= H: 4 of 132 blocks at H = 512 on
     # the H200) stages the words but writes none, so the writing blocks need not wait for it; delayed by a
     # step (another kernel on its multiprocessor), it could be overtaken and then wait forever for words
     # already overwritten. The fix (such blocks leave the loop, and a stage whose elements are wider than h
