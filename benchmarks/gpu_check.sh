@@ -41,7 +41,7 @@ summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
-              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm"; do
+              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-grid --bidirectional-lengths vanilla"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1

@@ -88,8 +88,21 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     num_heads: the number of diagonal blocks of the spec's block-diagonal matrices (its `heads` line, as
     xLSTM's sLSTM heads); default 1. Their sides must be multiples of it.
     """
-    if isinstance(backend, str) and backend == "cuda":
-        _warm_up()  # cuBLAS starts up on a thread of its own while the spec is parsed (runtime/warmup.py)
+    cuda = isinstance(backend, str) and backend == "cuda"
+    if cuda:  # cuBLAS starts up on a thread of its own while the spec is parsed (runtime/warmup.py)
+        _warm_up()
+    try:
+        return _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtype, schedule, seed,
+                        forget_bias, bidirectional, dropout, dropconnect, num_heads)
+    finally:  # nothing of the warm-up outlives compile(), whatever it raised: no cuBLAS call of ours during a
+        if cuda:  # capture the caller begins next (torch's global mode), none running at the process's exit
+            from .runtime import warmup
+
+            warmup.settle()
+
+
+def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtype, schedule, seed, forget_bias,
+             bidirectional, dropout, dropconnect, num_heads) -> Layer:
     if not isinstance(spec, Spec):
         spec = parse(spec)
     seed = check_seed(seed)

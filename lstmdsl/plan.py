@@ -296,13 +296,9 @@ class Persistent:
     exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32: run
     # as a grid, each item also stores its value with the step's number beside it in one 64-bit word of an
     # exchange area (two areas, by the step's parity), and the next step's staging waits for the words of
-    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so.
-    # exchange_words: the most words a step for it (B x the operand's width). Off (0) on main: a review found that a block with no elements (j0 >= H: 4 of 132 blocks at H = 512 on
-    # the H200) stages the words but writes none, so the writing blocks need not wait for it; delayed by a
-    # step (another kernel on its multiprocessor), it could be overtaken and then wait forever for words
-    # already overwritten. The fix (such blocks leave the loop, and a stage whose elements are wider than h
-    # does not exchange) is on branch wip/exchange-safe, not yet run on a GPU; 4096 there.
-    exchange_words: int = 0
+    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so
+    exchange_words: int = 4096  # (blocks without elements leave the loop: a review found they could be
+    # overtaken and wait forever; 0 on main until this runs on a GPU)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's

@@ -194,6 +194,9 @@ def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
         assert "if (exchanging) exchange_put(xchg + ((size_t)((s + 1) & 1) * B + b) * n_hidden + j" in program.source
         assert f"stage_exchanged(sh{a}, xchg + ((size_t)(s & 1) * B + b0) * n_hidden" in program.source
         assert "if (!exchanging) grid_barrier(bar, target += gridDim.x);" in program.source
+        # a block without elements leaves: it would read words and write none, and could be overtaken
+        assert "if (exchanging && blockIdx.x * ((n_hidden + gridDim.x - 1) / gridDim.x) >= n_hidden)" in \
+            program.source
         assert any(arg.name == "xchg" and arg.bind.kind == "exchange" for arg in fwd.args)
         assert program.plan.backward.loop.persistent.exchange is None
     for name, schedule, dtype in (("gru", on, "float32"), ("vanilla", Schedule(persistent="on", precision="bf16"),

@@ -179,3 +179,27 @@ def test_a_failed_warm_up_is_dropped_and_the_environment_turns_it_off(monkeypatc
     warmup.start(0, ran.append)
     warmup.settle()
     assert ran == [] and warmup._THREAD is None
+
+
+def test_compile_waits_for_the_warm_up_it_started_even_when_it_raises(monkeypatch):
+    """Nothing of the warm-up outlives compile(): no cuBLAS call of ours during a capture the caller begins
+    next, none left running at the process's exit."""
+    import time
+
+    import pytest
+
+    import lstmdsl
+    from lstmdsl import api
+    from lstmdsl.errors import LstmdslError
+
+    warmup = _fresh_warmup(monkeypatch)
+    done = []
+
+    def slow(device):
+        time.sleep(0.3)
+        done.append(device)
+
+    monkeypatch.setattr(api, "_warm_up", lambda: warmup.start(5, slow))
+    with pytest.raises(LstmdslError):  # (no GPU here, or a bad size: either way compile raises)
+        lstmdsl.compile("vanilla", 8, 0, backend="cuda")
+    assert done == [5]

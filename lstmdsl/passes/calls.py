@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..ir import HEADS, per_head
+from ..ir import HEADS, ROW, per_head
 from ..plan import Copy, Gemm, GemmCall, Kernel, Launch, Operand, Phase, Plan, Slot, VectorGrad, WeightGrad, reduces
 from .storage import _needed_outside, backward_roots, forward_roots, ones_buffer, vector_grad_slot
 
@@ -233,13 +233,18 @@ def _forwards(nodes, stages: tuple, ahead: int) -> tuple[tuple[int, int], ...]:
 
 def _exchange(plan: Plan, phase: Phase, stages: tuple, forwards: tuple[tuple[int, int], ...]) -> int | None:
     """Persistent.exchange: the operand a grid hands on through tagged words, where the one stage's only
-    product operand is forwarded and is a float32 value (the word holds its 32 bits and the step's number)."""
+    product operand is forwarded and is a float32 value (the word holds its 32 bits and the step's number),
+    and every element of the stage is an element of that operand (the blocks are spread over the stage's
+    widest size: a block with elements of a wider size only would read words and write none, and the
+    writers could overtake it)."""
     if len(forwards) != 1:
         return None
     (op,) = stages
     operands = {a for i in op.nodes if phase.nodes[i].op == "matvec" for a in phase.nodes[i].args}
     (a, _), = forwards
-    if operands != {a} or plan.storage.buffer(dict(op.reads)[a].buffer).dtype != "f32" or reduces(phase, op):
+    sizes = {phase.nodes[i].size for i in op.nodes} - {None, ROW}
+    if operands != {a} or plan.storage.buffer(dict(op.reads)[a].buffer).dtype != "f32" or reduces(phase, op) \
+            or sizes != {phase.nodes[a].size}:
         return None
     return a
 

@@ -73,9 +73,11 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
     if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
-    exchange = desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
+    def exchange(blocks: int) -> bool:  # (a grid, with the operand's words a step few enough)
+        return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
+
     if fits:
-        return PersistentRun(blocks, need, True, max(rows, 1), exchange)
+        return PersistentRun(blocks, need, True, max(rows, 1), exchange(blocks))
     # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident (fewer
     # blocks have more elements each, so more products to keep: the count falls until it settles); not
     # transposed weights (a backward's), whose columns the kernel reads from shared memory only
@@ -89,8 +91,7 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         if not resident:
             return None
         if resident >= blocks:
-            return PersistentRun(blocks, need, False, rows, desc.exchanged is not None and blocks > 1 and
-                                 pers.exchanges(ws.B * env[desc.exchanged.cols[2:]]))
+            return PersistentRun(blocks, need, False, rows, exchange(blocks))
         blocks = resident
 
 

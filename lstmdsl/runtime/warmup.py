@@ -3,8 +3,9 @@
 The first GEMM a process runs through cuBLAS takes 56-81 ms on the H200 (the library sets itself up and
 loads its first kernel), most of a warm first result (compile() and one forward). Run as a small GEMM on a
 thread when compile() begins, it passes while the main thread parses the spec, plans it and loads the
-kernels: ctypes lets go of the interpreter's lock during cuBLAS's calls. Everything that could meet it on
-the GPU waits for it first: cublas._handle (every GEMM and its timing) and device.Graph (every capture).
+kernels: ctypes lets go of the interpreter's lock during cuBLAS's calls. compile() waits for it before it
+returns (or raises), so none of it runs during a capture the caller begins afterwards or at the process's
+exit; inside compile, cublas._handle (every GEMM and its timing) and device.Graph (every capture) wait too.
 LSTMDSL_WARM_UP=0 in the environment turns it off. A failure here is dropped: the first real GEMM reports it.
 Known gap (a review): compile() returns without waiting for it, so a caller that begins a capture of its own
 in global mode (torch.cuda.graph) within about 0.1 s of compile(), before any forward, could meet its cuBLAS
