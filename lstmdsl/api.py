@@ -46,6 +46,24 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     return layer
 
 
+def _warm_up() -> None:
+    from .errors import BackendUnavailable
+    from .runtime import check_available, warmup
+    from .runtime.device import current_device
+
+    try:
+        check_available()
+    except BackendUnavailable:
+        return  # (CudaLayer says so, after the arguments are checked)
+    warmup.start(current_device(), _warm)
+
+
+def _warm(device: int) -> None:
+    from .runtime import cublas
+
+    cublas.warm(device)
+
+
 def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_layers: int = 1, *,
             proj_size: int | None = None, backend: str = "numpy", dtype: str = "float32",
             schedule: Schedule | str | None = None, seed: int = 0, forget_bias: float | None = None,
@@ -70,6 +88,8 @@ def compile(spec: Spec | str | Path, input_size: int, hidden_size: int, num_laye
     num_heads: the number of diagonal blocks of the spec's block-diagonal matrices (its `heads` line, as
     xLSTM's sLSTM heads); default 1. Their sides must be multiples of it.
     """
+    if isinstance(backend, str) and backend == "cuda":
+        _warm_up()  # cuBLAS starts up on a thread of its own while the spec is parsed (runtime/warmup.py)
     if not isinstance(spec, Spec):
         spec = parse(spec)
     seed = check_seed(seed)

@@ -82,12 +82,13 @@ def _reduction(plan: Plan, phase: Phase, op: Kernel, fresh: bool = False) -> Ker
 
 
 def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: bool = False,
-            fresh: bool = False, forwards: tuple[tuple[int, int], ...] = ()) -> KernelDesc:
+            fresh: bool = False, forwards: tuple[tuple[int, int], ...] = (), exchange: int | None = None) -> KernelDesc:
     """A kernel's description; stage: as a stage of a row-fused launch (its threads stride over the
     features of the row, whatever the launch of the group says); cached: as a stage of a persistent kernel,
     a thread per item, whose products the block has computed into P<node> (its rows of the weights,
     sw<node>, times the staged operand: templates, block_products); fresh: slots are loaded past L1
-    (_fresh); forwards: (operand, node) pairs whose stores also go to the staged row (Persistent.forwards)."""
+    (_fresh); forwards: (operand, node) pairs whose stores also go to the staged row (Persistent.forwards);
+    exchange: the forwarded operand whose stores also go to the exchange area, tagged (Persistent.exchange)."""
     if reduces(phase, op):
         return _reduction(plan, phase, op, fresh or cached)
     fresh = fresh or cached
@@ -180,6 +181,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
         lines[n.size] += [f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = "  # (the staged buffer's type)
                           f"{CTYPES[st.buffer(reads[a].buffer).dtype]}(v{i});" for a, w in forwards if w == i]
+        lines[n.size] += [f"if (exchanging) exchange_put(xchg + ((size_t)((s + 1) & 1) * B + b) * n_{nodes[a].size} + j, "
+                          f"float(v{i}), s + 1);" for a, w in forwards if w == i and a == exchange]
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
     return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch, preloads=tuple(preloads))
@@ -225,7 +228,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
             staged.append(())
             products.append(())
             continue
-        desc = _kernel(plan, phase, op, cached=True, forwards=pers.forwards)
+        desc = _kernel(plan, phase, op, cached=True, forwards=pers.forwards, exchange=pers.exchange)
         stages.append(desc)
         widths.append(tuple(size[2:] for size, _ in desc.groups))
         widest.append(_widest(desc))
@@ -253,6 +256,9 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     args["bar"] = KernelArg("unsigned int*", "bar", ArgBind("barrier"))
     args["cached"] = KernelArg("const int", "cached", ArgBind("cached"))
     args["stage_rows"] = KernelArg("const int", "stage_rows", ArgBind("stage_rows"))
+    if pers.exchange is not None:
+        args["exchange"] = KernelArg("const int", "exchange", ArgBind("exchanging"))
+        args["xchg"] = KernelArg("unsigned long long*", "xchg", ArgBind("exchange"))
     for desc in stages:
         for a in (x for d in (desc.stages or (desc,)) for x in d.args):
             if a.name in args or a.name in pointers:
@@ -274,7 +280,8 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                           tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
                           phase.loop.direction == "reverse", products=tuple(products),
                           real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses,
-                          forwarded=tuple(a for a, _ in pers.forwards))
+                          forwarded=tuple(a for a, _ in pers.forwards),
+                          exchanged=next((o for ops in staged for o in ops if o.node == pers.exchange), None))
 
 
 def _widest(desc: KernelDesc) -> str:

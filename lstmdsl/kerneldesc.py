@@ -16,7 +16,9 @@ class ArgBind:
     (the vector parameter `name`), "weights" (the stack `name` from row `offset`), "ldw" (that stack's
     leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`).
     "dim" (the sum of the sizes `offset`: a slot's block and period, Slot.interleave). A persistent kernel's
-    besides: "steps" (T), "barrier" (its counter), "cached" and "stage_rows" (its launch), and per slot
+    besides: "steps" (T), "barrier" (its counter), "exchange" (its exchange area: Persistent.exchange) and
+    "exchanging" (whether this launch uses it),
+    "cached" and "stage_rows" (its launch), and per slot
     "ptr0" (the address at step 0), "stride" (elements between steps, 0 for one area) and "ring" (the
     ring's length, or 0)."""
 
@@ -119,6 +121,7 @@ class PersistentDesc:
     real_bytes: int = 4  # sizeof(real): the products' area in shared memory is in it
     stage_pointers: tuple[tuple[StepPointer, ...], ...] = ()  # per stage: the addresses it uses
     forwarded: tuple[int, ...] = ()  # staged operands its items also store on chip (Persistent.forwards)
+    exchanged: StagedOperand | None = None  # the operand a grid hands on in tagged words (Persistent.exchange)
     kind = "persistent"
 
 

@@ -2,9 +2,11 @@
 different lengths in one batch. A per-step input, the mask m ("length": 1 while step t is inside sequence
 b, 0 after its end, one value per row), freezes every state past the end and zeroes the output there:
 
-    s' = m * update + (1 - m) * s          y = m * output
+    s' = m * update + (s - m * s)          y = m * output
 
-so the final states are each sequence's state at its own last step, the outputs past the end are zero,
+(m * s is s or 0, so where m is 0 or 1 s' is the update or s unchanged, exactly, however the compiler
+fuses the multiply-adds; only an infinite s past the end becomes NaN, where (1 - m) * s kept it, and an update of -0
+becomes +0), so the final states are each sequence's state at its own last step, the outputs past the end are zero,
 and no gradient flows through the padding. Run in reverse time, the same mask makes each sequence start
 at its own last step: the initial state is carried through the padding until the sequence begins.
 Everything downstream (the derivative, the reference, the plan, the kernels) sees only ordinary nodes
@@ -32,13 +34,14 @@ def with_lengths(cell: Cell) -> Cell:
     m times the masked update where the output is an update (y = m * h_masked: equal to m * h')."""
     b = GraphBuilder()
     m = b.leaf("stepin", LENGTH, ROW)
-    keep = b.sub(b.const(1.0), m)
 
     def mask(k: int, u: int) -> int:
         """State k's masked update, u its update in the masked cell. Its old value is the state's leaf,
-        added here if no node before reads it (hash-consed: the same node the cell's leaf maps to)."""
-        s = cell.states[k]
-        return b.op("add", b.mul(m, u), b.mul(keep, b.leaf("state", s.name, s.size)))
+        added here if no node before reads it (hash-consed: the same node the cell's leaf maps to). Every
+        node is of the state's size: (1 - m) * s had a node of one value per row, which the plan computed
+        in a kernel of its own, a launch more per step, and which kept a fused stage from being one."""
+        s = b.leaf("state", cell.states[k].name, cell.states[k].size)
+        return b.op("add", b.mul(m, u), b.sub(s, b.mul(m, s)))
 
     first_state = {}  # an update node -> the first state it updates
     for k, u in enumerate(cell.updates):

@@ -293,6 +293,24 @@ class Persistent:
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
+    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32: run
+    # as a grid, each item also stores its value with the step's number beside it in one 64-bit word of an
+    # exchange area (two areas, by the step's parity), and the next step's staging waits for the words of
+    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so
+    # Off (0) on main: a review found that a block with no elements (j0 >= H: 4 of 132 blocks at H = 512 on
+    # the H200) stages the words but writes none, so the writing blocks need not wait for it; delayed by a
+    # step (another kernel on its multiprocessor), it could be overtaken and then wait forever for words
+    # already overwritten. The fix (such blocks leave the loop, and a stage whose elements are wider than h
+    # does not exchange) is on branch wip/exchange-safe, not yet run on a GPU; 4096 there.
+    exchange_words: int = 0
+
+    def exchanges(self, words: int) -> bool:
+        """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's
+        width): each block reads them all, 16 per thread in flight, and past one round of them (4096 at 256
+        threads) the rounds' trips to L2 cost more than the barrier saves (measured on the H200, vanilla,
+        fp32, forward, T = 100: B = 1, H = 512 3.7 us a step against 4.3 with the barrier; B = 16, H = 512,
+        eight words per thread at a time then, 22.5 against 7.3)."""
+        return self.exchange is not None and words <= self.exchange_words
 
     def applies(self, batch: int, work: int, fits: bool) -> bool:
         """work: the step's multiply-adds over the batch; fits: the weights fit the blocks' shared memory."""

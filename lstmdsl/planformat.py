@@ -134,7 +134,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          "backward, the columns of the transposed products) "
                          "in shared memory for all steps; a grid barrier after each stage"
                          + (" (one block with every row staged hands its state to the next step in shared memory)"
-                            if pers.forwards else "") + ":")
+                            if pers.forwards else "")
+                         + ("; a grid of several blocks hands it on in tagged words instead, with no grid barrier"
+                            if pers.exchange is not None and pers.exchange_words else "") + ":")
             for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
                 # per element, not the warp per element its stepwise launch would have)
                 lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        ").replace(

@@ -179,6 +179,29 @@ def test_a_one_stage_persistent_kernel_hands_the_state_to_the_next_step_on_chip(
     assert not gru.kernels[gru.plan.forward.loop.persistent.name].forwarded and "forwarding" not in gru.source
 
 
+def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
+    """Run as a grid, such a kernel (float32 state) also stores each item's h with the number of the step
+    that reads it (exchange_put, two areas by parity), the next step stages those words once they carry its
+    number, and no grid barrier ends the step; a reverse layer alike; not a half-precision or float64 state
+    (the word holds 32 bits of it), a kernel of several stages (GRU) or a backward."""
+    on = Schedule(persistent="on")
+    for direction in ("forward", "reverse"):
+        program = build_program(lstmdsl.parse("vanilla").cell, on, direction=direction)
+        pers = program.plan.forward.loop.persistent
+        fwd = program.kernels[pers.name]
+        assert pers.exchange == fwd.exchanged.node == fwd.forwarded[0]
+        a = pers.exchange
+        assert "if (exchanging) exchange_put(xchg + ((size_t)((s + 1) & 1) * B + b) * n_hidden + j" in program.source
+        assert f"stage_exchanged(sh{a}, xchg + ((size_t)(s & 1) * B + b0) * n_hidden" in program.source
+        assert "if (!exchanging) grid_barrier(bar, target += gridDim.x);" in program.source
+        assert any(arg.name == "xchg" and arg.bind.kind == "exchange" for arg in fwd.args)
+        assert program.plan.backward.loop.persistent.exchange is None
+    for name, schedule, dtype in (("gru", on, "float32"), ("vanilla", Schedule(persistent="on", precision="bf16"),
+                                                           "float32"), ("vanilla", on, "float64")):
+        other = build(name, schedule, dtype)
+        assert other.plan.forward.loop.persistent.exchange is None and "exchanging" not in other.source
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("schedule,dtype,lengths",

@@ -137,3 +137,45 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=True)
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward"), (ws, None, 0, "backward")])
     assert tuned == [("layer 0", "forward", True), ("layer 0", "backward", False)] and ws.tuned == {"forward", "backward"}
+
+
+def _fresh_warmup(monkeypatch):
+    from lstmdsl.runtime import warmup
+
+    monkeypatch.setattr(warmup, "_THREAD", None)
+    monkeypatch.delenv("LSTMDSL_WARM_UP", raising=False)
+    return warmup
+
+
+def test_the_warm_up_runs_once_on_a_thread_and_settle_waits_for_it(monkeypatch):
+    import threading
+
+    warmup = _fresh_warmup(monkeypatch)
+    gate, ran = threading.Event(), []
+
+    def warm(device):
+        gate.wait(5)
+        ran.append((device, threading.current_thread().name))
+
+    warmup.start(3, warm)
+    warmup.start(3, warm)  # (once per process)
+    assert ran == []  # still waiting at the gate: start() did not block
+    gate.set()
+    warmup.settle()
+    assert ran == [(3, "lstmdsl-cublas-warm-up")]
+
+
+def test_a_failed_warm_up_is_dropped_and_the_environment_turns_it_off(monkeypatch):
+    warmup = _fresh_warmup(monkeypatch)
+
+    def fails(device):
+        raise RuntimeError("no cuBLAS")
+
+    warmup.start(0, fails)
+    warmup.settle()  # (no exception: the first real GEMM reports the failure)
+    warmup = _fresh_warmup(monkeypatch)
+    monkeypatch.setenv("LSTMDSL_WARM_UP", "0")
+    ran = []
+    warmup.start(0, ran.append)
+    warmup.settle()
+    assert ran == [] and warmup._THREAD is None

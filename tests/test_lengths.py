@@ -84,9 +84,28 @@ def test_full_lengths_equal_no_lengths(rng):
     layer, x, state = case("peephole", True)
     y, final = layer.forward(x, state)
     y2, final2 = layer.forward(x, state, lengths=np.full(x.shape[1], x.shape[0]))
-    np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-14)
+    np.testing.assert_array_equal(y2, y)  # the same bits: where m = 1 the masked update is the update
     for k in final:
-        np.testing.assert_allclose(final2[k], final[k], rtol=1e-13, atol=1e-14)
+        np.testing.assert_array_equal(final2[k], final[k])
+
+
+@pytest.mark.parametrize("name", ["vanilla", "gru", "peephole"])
+def test_the_mask_adds_no_launch_and_keeps_the_persistent_stage(name):
+    """The mask's nodes are all of the states' sizes, so the pointwise pass fuses them into the step's
+    kernels: the masked plan launches as often per step as the unmasked one (a node of one value per row,
+    1 - m, was a kernel of its own: a launch more per forward step), and a single-stage cell keeps its
+    persistent stage."""
+    from lstmdsl.plan import Gemm, Kernel
+    from lstmdsl.program import build_program
+    from lstmdsl.schedule import Schedule
+
+    def launches(plan):
+        return [sum(isinstance(op, (Gemm, Kernel)) for op in phase.loop.body) for phase in (plan.forward, plan.backward)]
+
+    cell = lstmdsl.parse(name).cell
+    plain, masked = (build_program(c, Schedule(persistent="on")).plan for c in (cell, with_lengths(cell)))
+    assert launches(masked) == launches(plain)
+    assert len(masked.forward.loop.persistent.stages) == len(plain.forward.loop.persistent.stages)
 
 
 def test_the_reverse_direction_reads_each_sequence_from_its_end():

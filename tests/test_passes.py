@@ -18,6 +18,7 @@ from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
 from lstmdsl.planformat import format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
 from lstmdsl.planverify import PlanError, verify
+from lstmdsl.program import build_program
 from lstmdsl.schedule import Schedule, parse_schedule
 
 from conftest import SPECS, extra_sizes
@@ -133,6 +134,35 @@ def test_pointwise_fusion_leaves_one_kernel_between_gemms():
     plan = plan_for("vanilla")
     assert [type(op).__name__ for op in plan.forward.loop.body] == ["Gemm", "Kernel"]
     assert [type(op).__name__ for op in plan.backward.loop.body] == ["Kernel", "Gemm"]
+
+
+def test_pointwise_fusion_moves_gemms_ahead_of_kernels_they_do_not_read():
+    """GEMMs whose operands come from the step before run first and the pointwise work after them is one
+    kernel: FGR's four products (of h, i, f and o) sat between the gates' partial sums, four kernels a
+    step; the length mask's 1 - m, computed before the product, was a kernel of its own. A backward's sum
+    of products stays after the kernel that computes its gradients (not splitting it in two)."""
+    kinds = lambda body: [type(op).__name__ for op in body]  # noqa: E731
+    fgr = plan_for("fgr")
+    assert kinds(fgr.forward.loop.body) == ["Gemm"] * 4 + ["Kernel"]
+    assert kinds(fgr.backward.loop.body).count("Kernel") == 2
+    base = plan_for("fgr", fuse_pointwise=False)  # the same nodes, only in another order
+    assert sorted(i for op in fgr.forward.loop.body if isinstance(op, Kernel) for i in op.nodes) == \
+        sorted(i for op in base.forward.loop.body if isinstance(op, Kernel) for i in op.nodes)
+    # a backward sum whose first GEMM's operand is ready before the kernels that compute the others' (heads
+    # keep one sum's GEMMs apart; the mean a row reduction): moved alone, it broke sum folding
+    text = ("cell d { input x; state h; heads R, Q, U; a = tanh(W x + R h); b = sigmoid(U a); "
+            "h' = a * b + Q h + mean(a); output h' }")
+    cell = lstmdsl.parse(text).cell
+    for c in (cell, with_lengths(cell)):
+        for schedule in SCHEDULES:
+            build_program(c, schedule)  # (its plan is verified)
+    for name in ("vanilla", "peephole", "gru"):
+        spec = lstmdsl.parse(name)
+        masked = with_lengths(spec.cell)
+        plain = schedule_plan(spec.cell, spec.grad, Schedule())
+        plan = schedule_plan(masked, differentiate(masked), Schedule())
+        assert kinds(plan.forward.loop.body) == kinds(plain.forward.loop.body)
+        assert kinds(plan.backward.loop.body) == kinds(plain.backward.loop.body)
 
 
 @pytest.mark.parametrize("name,forward_ops", [
@@ -334,8 +364,9 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     assert "gru_fwd_persistent of 256 threads" in forced and forced.count("    stage kernel gru_fwd_p") == 2
     vanilla = lstmdsl.parse("vanilla")
     rule = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule()))
-    assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-16384 at B <= 1 or "
-            "1048576-67108864 at B <= 1 or 8388608-67108864 at B <= 16 and the weights fit") in rule
+    assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-67108864 at B <= 1 or "
+            "1048576-67108864 at B <= 4 or 4194304-67108864 at B <= 16 and the weights fit") in rule
+    assert "tagged words" not in rule  # (Persistent.exchange_words is 0 on main)
     assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
         "element type")[1]
 

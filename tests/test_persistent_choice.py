@@ -91,24 +91,26 @@ def test_launch_shapes_at_bound_sizes(h200):
 
 
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
-    """`persistent auto` at fp32: the persistent launch for an LSTM at B = 1 up to 2^14 multiply-adds a step
-    (one block: H = 32 and 64) and from 2^20 (a grid: H = 512 and 1024), at B <= 16 from 2^23 to 2^26 (B = 16,
-    H = 512 and 1024), but not at B = 1, H = 128 and 256 (2^16, 2^18) or B = 16, H = 128 and 256 (2^20, 2^22:
-    the tuned cuBLAS step is faster there), nor at 2 <= B < 16 below 2^23; the stepwise loop past the limits,
-    for cells of several stages or row reductions, and at the tensor-core precisions (passes/persistent.py:
-    LIMITS, as measured)."""
+    """`persistent auto` at fp32: the persistent launch for an LSTM at B = 1 at every size up to 2^26
+    multiply-adds a step (one block to H = 128, then a grid), at B <= 4 from 2^20, at B <= 16 from 2^22 to
+    2^26 (B = 16, H = 256 to 1024), but not at B = 16, H = 128 (2^20: the tuned cuBLAS step is as fast there),
+    nor at 5 <= B < 16 below 2^22; the stepwise loop past the limits, for cells of several stages or row
+    reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS, as measured)."""
     from lstmdsl.passes.persistent import LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
     assert shape("vanilla", Schedule(), B=1, H=32) is not None
     assert shape("vanilla", Schedule(), B=1, H=64) is not None  # 2^14: one block, h handed on in shared memory
-    assert shape("vanilla", Schedule(), B=1, H=128) is None  # 2^16
-    assert shape("vanilla", Schedule(), B=1, H=256) is None  # 2^18: a grid, about a tie
+    assert shape("vanilla", Schedule(), B=1, H=128) is not None  # 2^16
+    assert shape("vanilla", Schedule(), B=1, H=256) is not None  # 2^18: a grid
     assert shape("vanilla", Schedule(), B=1, H=512) is not None  # 2^20
     assert shape("vanilla", Schedule(), B=1, H=1024) is not None  # 2^22
-    assert shape("vanilla", Schedule(), B=2, H=512) is None  # 2^21: between the rules
+    assert shape("vanilla", Schedule(), B=1, H=8192) is None  # 2^28: past the rules
+    assert shape("vanilla", Schedule(), B=2, H=512) is not None  # 2^21: the B <= 4 rule, from 2^20
+    assert shape("vanilla", Schedule(), B=4, H=128) is None  # 2^18
+    assert shape("vanilla", Schedule(), B=8, H=256) is None  # 2^21: between the rules
     assert shape("vanilla", Schedule(), B=16, H=128) is None  # 2^20
-    assert shape("vanilla", Schedule(), B=16, H=256) is None  # 2^22
+    assert shape("vanilla", Schedule(), B=16, H=256) is not None  # 2^22
     assert shape("vanilla", Schedule(), B=16, H=512) is not None  # 2^24
     assert shape("peephole", Schedule(), B=max_batch, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
     assert shape("vanilla", Schedule(), B=max_batch, H=1024) is not None  # 2^26 multiply-adds
@@ -168,3 +170,17 @@ def test_the_launch_gives_the_kernel_all_the_shared_memory_its_layout_takes(h200
                 assert run.shared >= _layout_bytes(desc, run, env), (name, dtype, precision, H, B, run)
                 checked += 1
     assert checked > 100
+
+
+def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
+    """Persistent.exchanges: a grid of a one-stage float32 kernel skips the grid barrier (tagged words) when
+    a step's words (B x H) fit exchange_words; kernels without an exchanged operand (GRU, half precision)
+    never do. On main exchange_words is 0 (a hang risk a review found: plan.Persistent), so no launch
+    exchanges; the rule itself at 4096."""
+    on = Schedule(persistent="on")
+    for B, H in ((1, 512), (4, 1024), (16, 512), (1, 32)):
+        assert not shape("vanilla", on, B=B, H=H).exchange
+    assert shape("vanilla", on, B=1, H=512).blocks > 1
+    p = Persistent((), exchange=3, exchange_words=4096)
+    assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent((), exchange_words=4096).exchanges(1)
+    assert not Persistent((), exchange=3).exchanges(1)  # (main's default: off)

@@ -212,8 +212,9 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         tag, count, threads = f"{tag}_p", 0, pers.threads
         stages = _row_launches([lower("loop", op) for op in pers.stages], pers.threads)
         reverse = "_reverse" if phase.loop.direction == "reverse" else ""  # a reverse layer's kernel differs
+        forwards = _forwards(nodes, stages, -1 if reverse else 1)
         pers = dataclasses.replace(pers, stages=stages, name=f"{plan.cell.name}_{tag[:3]}_persistent{reverse}",
-                                   forwards=_forwards(nodes, stages, -1 if reverse else 1))
+                                   forwards=forwards, exchange=_exchange(plan, phase, stages, forwards))
     return dataclasses.replace(phase, before=before, loop=dataclasses.replace(phase.loop, body=body, persistent=pers),
                                after=after)
 
@@ -228,6 +229,19 @@ def _forwards(nodes, stages: tuple, ahead: int) -> tuple[tuple[int, int], ...]:
     operands = {a for i in op.nodes if nodes[i].op == "matvec" for a in nodes[i].args} & set(reads)
     return tuple(sorted({a: i for a in operands for i, slot in op.writes if not slot.accumulate and (
         slot.buffer, slot.col, slot.step - reads[a].step) == (reads[a].buffer, reads[a].col, ahead)}.items()))
+
+
+def _exchange(plan: Plan, phase: Phase, stages: tuple, forwards: tuple[tuple[int, int], ...]) -> int | None:
+    """Persistent.exchange: the operand a grid hands on through tagged words, where the one stage's only
+    product operand is forwarded and is a float32 value (the word holds its 32 bits and the step's number)."""
+    if len(forwards) != 1:
+        return None
+    (op,) = stages
+    operands = {a for i in op.nodes if phase.nodes[i].op == "matvec" for a in phase.nodes[i].args}
+    (a, _), = forwards
+    if operands != {a} or plan.storage.buffer(dict(op.reads)[a].buffer).dtype != "f32" or reduces(phase, op):
+        return None
+    return a
 
 
 def _row_launches(body: list, threads: int = ROW_THREADS) -> tuple:

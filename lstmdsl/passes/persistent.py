@@ -37,18 +37,21 @@ from .recurrent_fusion import _reads
 # step over the batch, in the kernel's products) where the persistent kernel is expected to beat the stepwise
 # loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, against the stepwise loop with its
 # per-step GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune), with the one-block kernel
-# handing h to the next step in shared memory (benchmarks/results/persistent_next2_fp32_h200.md; persistent /
-# stepwise time): at B = 1 one block wins at 2^12 and 2^14 (H = 32 and 64: 0.66x and 0.80x) and loses at
-# 2^16 (H = 128: 1.12x), a grid ties at 2^18 (H = 256: 1.01x) and wins from 2^20 (H = 512 and 1024: 0.90x
-# and 0.83x); at B = 16 it loses up to 2^22 (H = 32 to 256: 1.06-1.22x, the tuned cuBLAS step is fast there)
-# and wins from 2^24 (H = 512 and 1024: 0.87x and 0.71x); at B = 64 it loses everywhere (1.01-1.79x).
-# Between B = 1 and 16 only the B = 16 rule holds (not measured). In training the forward is this kernel
-# and the backward the stepwise one either way.
+# handing h to the next step in shared memory and the products' matrix picked without local memory
+# (benchmarks/results/persistent_local_fp32_h200.md; persistent / stepwise time): at B = 1 it wins at every
+# size, 2^12 to 2^22 (H = 32 to 1024: 0.48x, 0.73x, 0.91x, 0.82x, 0.77x, 0.72x; one block to H = 128, then a
+# grid); at B = 16 it ties or loses up to 2^22 (H = 32 to 256: 0.95-1.06x, the tuned cuBLAS step is fast there)
+# and wins from 2^24 (H = 512 and 1024: 0.69x and 0.63x); at B = 64 it loses or ties everywhere (0.98-1.58x).
+# Then with a grid handing h on in tagged words where a step's words fit one round (Persistent.exchanges;
+# benchmarks/results/persistent_exchange2_fp32_h200.md): at B = 4 it wins from 2^20 (H = 256 to 1024: 0.74x,
+# 0.76x, 0.62x), and at B = 16 from 2^22 (H = 256: 0.77x here, 0.95x in the run before). Between B = 4 and 16
+# only the B = 16 rule holds (not measured). In training the forward is this kernel and the backward the
+# stepwise one either way.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
 # stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, before the 16-byte
 # staging: 1.85-2.86x the stepwise loop, whose GEMMs use the tensor cores); `persistent` forces it anywhere.
-LIMITS = {"fp32": ((1, 1, 1 << 14), (1, 1 << 20, 1 << 26), (16, 1 << 23, 1 << 26)),
+LIMITS = {"fp32": ((1, 1, 1 << 26), (4, 1 << 20, 1 << 26), (16, 1 << 22, 1 << 26)),
           "tf32": (), "bf16": (), "fp16": ()}
 
 

@@ -1,6 +1,9 @@
 """Pointwise fusion: the elementwise work between two GEMMs of a step is one kernel.
 
-Consecutive kernels of a step merge into one that computes all their nodes in order, so each value is
+Each forward GEMM first moves ahead of the kernels before it where none computes its operands (base_plan lists
+a step's ops in node order, so FGR's products of the previous gates i, f and o, which need nothing from
+the step, sat between the partial sums of the gates: four kernels a step where one does). Then
+consecutive kernels of a step merge into one that computes all their nodes in order, so each value is
 read from memory once and the intermediates stay in registers. Stage splitting is what remains: a GEMM
 whose operand is computed inside the step (GRU's R_n (r * h)) separates two kernels, and so does a
 reduction over the features of a row (mean, sum, rowmax), which runs as a kernel of its own.
@@ -10,12 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Kernel, Phase, Plan, reduces
+from ..plan import Gemm, Kernel, Phase, Plan, reduces
 
 
-def _fuse(phase: Phase) -> Phase:
+def _gemms_early(body) -> list:
+    """The ops with each forward GEMM moved ahead of the kernels between it and the GEMM before it (or the
+    step's start) where it computes its operands from none of them: all of them or none, so a run of
+    kernels that merges into one is never split in two. Never past another GEMM; a kernel that reads a
+    GEMM's product came after it and still does. Backward GEMMs stay: the GEMMs of one sum must stay
+    together before the kernel after them (sum folding), and a first one whose operand is ready early
+    would have left the others behind (a review found a masked cell with `heads` and a row reduction whose
+    plan then failed verification)."""
+    out: list = []
+    for op in body:
+        at = len(out)
+        while at and isinstance(out[at - 1], Kernel):
+            at -= 1
+        if not (isinstance(op, Gemm) and op.kind == "forward"
+                and all(not set(op.inputs) & set(k.nodes) for k in out[at:])):
+            at = len(out)
+        out.insert(at, op)
+    return out
+
+
+def _fuse(phase: Phase, early: bool) -> Phase:
     body = []
-    for op in phase.loop.body:
+    for op in _gemms_early(phase.loop.body) if early else phase.loop.body:
         if (isinstance(op, Kernel) and body and isinstance(body[-1], Kernel) and not reduces(phase, op)
                 and not reduces(phase, body[-1])):
             body[-1] = Kernel(body[-1].nodes + op.nodes)
@@ -25,4 +48,8 @@ def _fuse(phase: Phase) -> Phase:
 
 
 def fuse_pointwise(plan: Plan) -> Plan:
-    return dataclasses.replace(plan, forward=_fuse(plan.forward), backward=_fuse(plan.backward))
+    # (forward only, and only with the gates' GEMMs fused: without, the GEMMs of one operand would gather
+    # before one kernel where `fuse recurrent` folds each into the kernel after it, and a forced persistent
+    # kernel would have a stage per GEMM)
+    early = plan.schedule.fuse_gates
+    return dataclasses.replace(plan, forward=_fuse(plan.forward, early), backward=_fuse(plan.backward, False))

@@ -1,7 +1,7 @@
 """Sum folding (backward): a step that ends with `a = p + sum_k g_k @ W_k` adds p inside the GEMM.
 
 The gradient a state passes back often has two parts: what the recurrent matrices return, and a
-pointwise part (a GRU's u * dh, a masked step's (1 - m) * dh). Computed as written, the step ends with a
+pointwise part (a GRU's u * dh, a masked step's dh - m * dh). Computed as written, the step ends with a
 kernel of its own for that one addition, after the GEMM. Here the kernel before the GEMM computes p and
 writes it into a's slot, the GEMM adds its products to it (beta = 1), and the last kernel goes: one
 launch per step fewer. The nodes p needs that the last kernel computed move into the kernel before the

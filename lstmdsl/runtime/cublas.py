@@ -18,6 +18,7 @@ from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
 from ..plan import ELEMENT_TYPES
 from .device import current_device, empty
+from .warmup import settle as settle_warm_up
 
 # element type -> cudaDataType; compute type -> (cublasComputeType, numpy type of the scalars alpha, beta)
 DATA_TYPES = {"f32": 0, "f64": 1, "bf16": 14, "f16": 2}  # CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF, CUDA_R_16F
@@ -86,11 +87,31 @@ _HANDLES: dict[tuple[int, int, bool], _Handle] = {}  # (device, lane, bare) -> h
 
 
 def _handle(lane: int, bare: bool = False) -> _Handle:
+    settle_warm_up()  # (the warm-up's thread makes lane 0's handle: no handle is shared between two threads)
     key = (current_device(), lane, bare)
     h = _HANDLES.get(key)
     if h is None:
         h = _HANDLES[key] = _Handle(bare)
     return h
+
+
+def warm(device: int) -> None:
+    """cuBLAS's one-time start (warmup.py): lane 0's handle on `device` made, and one small GEMM in strict
+    fp32 run on a stream of its own and waited for; on the warm-up's thread."""
+    import cupy
+
+    cupy.cuda.runtime.setDevice(device)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        h = _Handle()
+        n = 64
+        scratch = cupy.zeros((3, n, n), np.float32)
+        a, b, c = (int(scratch[i].data.ptr) for i in range(3))
+        _gemm(h, n, n, n, a, n, False, b, n, True, c, n, False, ("f32", "f32", "f32", "fp32"), stream.ptr)
+        stream.synchronize()
+        del scratch
+    h.stream = None  # (the next set_stream sets the caller's stream and the workspace again)
+    _HANDLES.setdefault((device, 0, False), h)
 
 
 # Per-step GEMMs are narrow, and for some shapes cuBLAS's heuristic, given a workspace, picks a kernel many

@@ -127,6 +127,9 @@ class Engine:
             if run is not None and ws.counter is None:
                 ws.counter_array = device.empty((1,), np.uint32, 0, ws.stream)
                 ws.counter = ws.counter_array.data.ptr
+            if run is not None and run.exchange:  # two areas of B rows of tagged words
+                words = 2 * ws.B * ws.env[self.program.kernels[pers.name].exchanged.cols[2:]]
+                ws.exchange_arrays[phase] = device.empty((words,), np.uint64, 0, ws.stream)
             ws.persistent[phase] = run
         return ws.persistent[phase]
 

@@ -112,7 +112,7 @@ class Issue:
             device.copy_rows(dst, ws.pitch(op.dst.buffer), src, ws.pitch(op.src.buffer), n * ws.item[op.src.buffer],
                              rows, self.stream)
 
-    def arg(self, b, t: int, run: PersistentRun | None = None) -> tuple[str, int]:
+    def arg(self, b, t: int, run: PersistentRun | None = None, phase: str = "") -> tuple[str, int]:
         """A kernel argument's value at step t, as its ArgBind says (run: a persistent kernel's launch)."""
         ws, kind = self.ws, b.kind
         if kind == "batch":
@@ -136,6 +136,11 @@ class Issue:
             return "int", ws.T
         if kind == "barrier":
             return "ptr", ws.counter
+        if kind == "exchanging":
+            return "int", int(run.exchange)
+        if kind == "exchange":  # (none where the launch does not exchange: the kernel does not touch it then)
+            area = ws.exchange_arrays.get(phase)
+            return "ptr", 0 if area is None else area.data.ptr
         if kind == "cached":
             return "int", int(run.cached)
         if kind == "stage_rows":
@@ -160,9 +165,12 @@ class Issue:
     def persistent(self, name: str, run: PersistentRun) -> None:
         """The whole loop as one cooperative launch of the persistent kernel (plan.Persistent)."""
         pers = getattr(self.plan, name).loop.persistent
-        args = [self.arg(a.bind, 0, run) for a in self.engine.program.kernels[pers.name].args]
+        args = [self.arg(a.bind, 0, run, name) for a in self.engine.program.kernels[pers.name].args]
         with self.engine.part(f"{name}: the persistent kernel (all steps)", self.stream):
             device.zero(self.ws.counter, 4, self.stream)
+            area = self.ws.exchange_arrays.get(name)
+            if area is not None:  # (words of an earlier launch would carry the numbers of this one's steps)
+                device.zero(area.data.ptr, area.nbytes, self.stream)
             device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
                                       self.stream)
 

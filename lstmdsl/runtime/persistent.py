@@ -25,6 +25,7 @@ class PersistentRun:
     shared: int
     cached: bool
     stage_rows: int  # batch rows of the products' operands staged in shared memory at a time
+    exchange: bool = False  # a grid hands its state on in tagged words, with no grid barrier (Persistent.exchanges)
 
 
 def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
@@ -72,8 +73,9 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
     if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
+    exchange = desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
     if fits:
-        return PersistentRun(blocks, need, True, max(rows, 1))
+        return PersistentRun(blocks, need, True, max(rows, 1), exchange)
     # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident (fewer
     # blocks have more elements each, so more products to keep: the count falls until it settles); not
     # transposed weights (a backward's), whose columns the kernel reads from shared memory only
@@ -87,7 +89,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         if not resident:
             return None
         if resident >= blocks:
-            return PersistentRun(blocks, need, False, rows)
+            return PersistentRun(blocks, need, False, rows, desc.exchanged is not None and blocks > 1 and
+                                 pers.exchanges(ws.B * env[desc.exchanged.cols[2:]]))
         blocks = resident
 
 

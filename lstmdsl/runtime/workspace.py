@@ -80,6 +80,7 @@ class Workspace:
         # (Engine.wave_steps; None until decided)
         self.counter: int | None = None  # the persistent kernels' barrier counter (one uint32), when they run
         self.counter_array = None
+        self.exchange_arrays: dict[str, object] = {}  # phase -> its persistent grid's exchange area (Persistent.exchange)
 
     def dim(self, expr) -> int:
         """The value of a sum of symbolic sizes ("B" and "one" included)."""

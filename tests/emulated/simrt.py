@@ -18,7 +18,7 @@ import cupy  # noqa: E402 - the fake one
 import lstmdsl  # noqa: E402
 from lstmdsl import reference  # noqa: E402
 from lstmdsl.check import compare, random_case, randomize  # noqa: E402
-from lstmdsl.runtime import convert, cublas, device, executor, workspace  # noqa: E402
+from lstmdsl.runtime import convert, cublas, device, executor, warmup, workspace  # noqa: E402
 
 workspace.POISON = True
 LOG = []
@@ -200,7 +200,7 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
     assert shared <= SHARED - STATIC and blocks >= 1, "dynamic and static shared memory past the limit"
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
     types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("*", "").strip()] for a in desc.args
-             if "*" in a.ctype and a.name != "bar"}
+             if "*" in a.ctype and a.name not in ("bar", "xchg")}
     types.update({p.name: types[p.name + "_0"] for p in desc.pointers})
     groups = []
     for op in ops:
@@ -415,6 +415,7 @@ device.is_capturing = lambda stream: False
 device.current_stream = lambda: 0
 device.current_device = lambda: 0
 cublas.gemm = gemm
+warmup.start = lambda device, warm: None  # (no cuBLAS to start)
 cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream, part=0: stream
 cublas.current_device = lambda: 0
