@@ -314,7 +314,7 @@ def kernel_descs(plan: Plan) -> dict[str, KernelDesc]:
     return out
 
 
-TEMPLATES = ("pointwise.cu.j2", "persistent.cu.j2", "half_types.cu.j2", "convert.cu.j2")
+TEMPLATES = ("pointwise.cu.j2", "persistent.cu.j2", "half_types.cu.j2", "half_products.cu.j2", "convert.cu.j2")
 
 
 def template_text() -> str:

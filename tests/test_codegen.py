@@ -236,6 +236,20 @@ def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, t
     assert spills and all(s == ("0", "0") for s in spills), report
 
 
+def test_modules_compile_on_their_own(tmp_path):
+    """NVRTC compiles each module alone (the test above joins them, where include guards hide what one module
+    lacks): the converting copies, and a half-precision persistent module, also for sm_75, where the tensor-core
+    products (mma m16n8k16 needs sm_80) give way to the FMA tiles."""
+    fp16 = build("vanilla", Schedule(persistent="on", precision="fp16")).source
+    for name, source, arch in (("convert", render_conversions(), "sm_90"), ("fp16", fp16, "sm_90"),
+                               ("fp16-sm75", fp16, "sm_75")):
+        cu = tmp_path / f"{name}.cu"
+        cu.write_text(source)
+        r = subprocess.run(["nvcc", f"-arch={arch}", "-c", "-o", str(tmp_path / f"{name}.o"), str(cu)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{name}: {r.stderr[-3000:]}"
+
+
 def test_half_plans_align_rows_and_run_products_over_the_padded_width():
     """Mixed precision aligns storage for the tensor cores (16 bytes): the products whose operand is a whole
     buffer row run K (forward) or N (gradient passed back) over the padded width; fp32 plans do not."""

@@ -38,21 +38,21 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
 
     def shared(blocks: int) -> int:
         total = 0
-        for c in desc.cached:  # as the kernel lays them out: J rows, cols rounded up to a multiple of 4
+        for c in desc.cached:  # as the kernel lays them out: J rows of _stride elements
             rows = -(-max(env[w] for w in c.widths) // blocks)
-            total += -(-rows * _round4(env[c.cols[2:]]) * ITEM[c.ctype] // 16) * 16
+            total += -(-rows * _stride(env[c.cols[2:]], c.ctype) * ITEM[c.ctype] // 16) * 16
         return total
 
     def row(blocks: int) -> int:
         """Bytes per staged batch row at that many blocks (the widest stage's): the products' operands (rows
-        rounded up to 4 elements) and the products themselves (J of them per matrix), as the kernel lays
+        of _stride elements) and the products themselves (J of them per matrix), as the kernel lays
         them out."""
         out = 0
         for ops, products, widths in zip(desc.staged, desc.products, desc.widths):
             if ops:
                 J = -(-max(env[w] for w in widths) // blocks)
                 n = sum(len(g) for g in products)
-                out = max(out, sum(_round4(env[o.cols[2:]]) * ITEM[o.ctype] for o in ops) + n * J * desc.real_bytes)
+                out = max(out, sum(_stride(env[o.cols[2:]], o.ctype) * ITEM[o.ctype] for o in ops) + n * J * desc.real_bytes)
         return out
 
     # each operand's and each product's area rounds up to 16 bytes
@@ -95,5 +95,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         blocks = resident
 
 
-def _round4(n: int) -> int:
-    return -(-n // 4) * 4
+def _stride(cols: int, ctype: str) -> int:
+    """Elements per row of `cols` in a persistent kernel's shared memory (templates: shared_ld): a multiple
+    of 4; in half precision a multiple of 16 and 8 more (the tensor-core fragments' k-steps stay inside the
+    row, and their eight rows start in different banks)."""
+    return -(-cols // 16) * 16 + 8 if ITEM[ctype] == 2 else -(-cols // 4) * 4
