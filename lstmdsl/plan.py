@@ -297,8 +297,8 @@ class Persistent:
     # as a grid, each item also stores its value with the step's number beside it in one 64-bit word of an
     # exchange area (two areas, by the step's parity), and the next step's staging waits for the words of
     # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so
-    exchange_words: int = 4096  # (blocks without elements leave the loop: a review found they could be
-    # overtaken and wait forever; 0 on main until this runs on a GPU)
+    exchange_words: int = 4096  # (a block without elements leaves the step loop when the grid exchanges:
+    # staying, it could be overtaken and wait forever for words already overwritten)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's

@@ -449,7 +449,8 @@ def test_a_persistent_backward_under_no_fold_sums():
 def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
     """The backward's persistent kernel (its GEMMs as stages of transposed products, the matrices' columns
     in shared memory) runs under a forced `persistent`, one block and a grid, and matches the reference
-    (check); the cost model does not choose it yet."""
+    (check); under `persistent auto` where the backward's rules say (vanilla and peephole at B <= 4 from 2^22
+    multiply-adds a step), not below."""
     check(name, 9, 3, 5, 33, 1, schedule="persistent", scale=1 / np.sqrt(33))
     check(name, 6, 17, 3, 300, 1, schedule="persistent", scale=1 / np.sqrt(300))
     # other schedules: the input's gradient as a stage too (no hoist input), and half precision
@@ -463,6 +464,14 @@ def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
         runs = [ws.persistent.get("backward") for engine in layer._engines.values()
                 for wss in engine.workspaces.values() for ws in wss]
         assert runs and all((r is not None and r.cached) == want for r in runs), (name, schedule, runs)
+    if name in ("vanilla", "peephole"):  # auto, B = 4, H = 600: 5.8M multiply-adds a step, the backward's kernel
+        check(name, 4, 4, 5, 600, 1, scale=1 / np.sqrt(600))
+        layer = lstmdsl.compile(name, 5, 600, backend="cuda")
+        y, _ = layer.forward(cupy.asarray(np.random.default_rng(0).standard_normal((4, 4, 5)), np.float32))
+        layer.backward(cupy.ones_like(y))
+        runs = [ws.persistent.get("backward") for engine in layer._engines.values()
+                for wss in engine.workspaces.values() for ws in wss]
+        assert runs and all(r is not None and r.cached for r in runs), (name, runs)
 
 
 def test_ten_thousand_persistent_launches_do_not_hang():
@@ -510,13 +519,15 @@ def test_every_spec_as_a_layer_wavefront(name):
 def test_the_wavefront_runs_where_its_cost_model_says():
     x = lambda T, B: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, 64)) * 0.5, np.float32)  # noqa: E731
     """Every stack, over `persistent auto` too; a forced `persistent` beats `wavefront auto`, and a forced
-    `wavefront` beats it."""
-    for schedule, B, L, want in [(None, 64, 3, [7]), (None, 64, 1, [0]), ("no wavefront", 64, 3, [0]),
-                                 (None, 2, 3, [7]), ("persistent", 2, 3, [0]), ("persistent; wavefront", 2, 3, [7])]:
+    `wavefront` beats it. One layer, or a stack without the wavefront, at B = 64, H = 64 (2^20 multiply-adds
+    a step) runs the persistent kernel `persistent auto` chooses there."""
+    for schedule, B, L, want, persistent in [
+            (None, 64, 3, [7], False), (None, 64, 1, [0], True), ("no wavefront", 64, 3, [0], True),
+            (None, 2, 3, [7], False), ("persistent", 2, 3, [0], True), ("persistent; wavefront", 2, 3, [7], False)]:
         layer = lstmdsl.compile("vanilla", 64, 64, L, backend="cuda", schedule=schedule)
         layer.forward(x(100, B), train=False)
         assert _waves(layer) == want, (schedule, B, L)
-        assert (_persistent_runs(layer)[0] is not None) == (schedule == "persistent"), (schedule, B, L)
+        assert (_persistent_runs(layer)[0] is not None) == persistent, (schedule, B, L)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

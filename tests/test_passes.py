@@ -14,6 +14,7 @@ from lstmdsl import reference
 from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
+from lstmdsl.passes.persistent import BACKWARD_LIMITS
 from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
 from lstmdsl.planformat import format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
@@ -336,10 +337,17 @@ def test_verify_catches_broken_persistent_stages():
 def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transposed_products(name, stages):
     """Each per-step GEMM of the backward a stage of its own (a matvec_t: the state's gradient through the
     transposed matrices); not where a GEMM adds into a sum another op began (GRU's sum folding; zoneout), a
-    row reduction (layer norm) or block-diagonal matrices (sLSTM). The cost model does not choose it yet: only
-    a forced `persistent` puts it in the plan, and it verifies."""
+    row reduction (layer norm) or block-diagonal matrices (sLSTM). Under `persistent auto` only where the
+    forward's cost model has a kernel (single-stage fp32 cells: vanilla, peephole), with the backward's rules;
+    and it verifies."""
     spec = lstmdsl.parse(name)
-    assert make_plan(spec.cell, spec.grad, Schedule()).backward.loop.persistent is None  # (auto: not yet)
+    auto = make_plan(spec.cell, spec.grad, Schedule())
+    back = auto.backward.loop.persistent
+    assert (back is not None) == (name in ("vanilla", "peephole")), name
+    if back is not None:
+        verify(auto)
+        assert not back.forced and back.work == BACKWARD_LIMITS["fp32"]
+    assert make_plan(spec.cell, spec.grad, Schedule(precision="bf16")).backward.loop.persistent is None
     for schedule in (Schedule(persistent="on"),):
         plan = make_plan(spec.cell, spec.grad, schedule)
         verify(plan)
@@ -364,9 +372,10 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     assert "gru_fwd_persistent of 256 threads" in forced and forced.count("    stage kernel gru_fwd_p") == 2
     vanilla = lstmdsl.parse("vanilla")
     rule = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule()))
-    assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-67108864 at B <= 1 or "
-            "1048576-67108864 at B <= 4 or 4194304-67108864 at B <= 16 and the weights fit") in rule
-    assert "tagged words" not in rule  # (Persistent.exchange_words is 0 on main)
+    assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-67108864 at B <= 16 or "
+            "1-1048576 at B <= 64 and the weights fit") in rule
+    assert "when a step's multiply-adds over the batch are 4194304-67108864 at B <= 4" in rule  # (the backward's)
+    assert "a grid of several blocks hands it on in tagged words instead, with no grid barrier" in rule
     assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
         "element type")[1]
 

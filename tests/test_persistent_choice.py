@@ -58,9 +58,9 @@ def test_the_shared_memory_limit_is_raised_once_and_leaves_room_for_static_memor
     assert device.co_resident(7, 256, H200[1]) == 0  # past the budget: no driver call, no fit
 
 
-def shape(spec, schedule, B, H, T=100):
+def shape(spec, schedule, B, H, T=100, phase="forward"):
     program = build_program(lstmdsl.parse(spec).cell, schedule)
-    pers = program.plan.forward.loop.persistent
+    pers = getattr(program.plan, phase).loop.persistent
     if pers is None:  # `persistent auto` where the cost model can never choose it: no kernel in the plan
         return None
     return persistent.launch_shape(pers, program.kernels[pers.name], 0, _Workspace(B, T, input=H, hidden=H))
@@ -91,11 +91,11 @@ def test_launch_shapes_at_bound_sizes(h200):
 
 
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
-    """`persistent auto` at fp32: the persistent launch for an LSTM at B = 1 at every size up to 2^26
-    multiply-adds a step (one block to H = 128, then a grid), at B <= 4 from 2^20, at B <= 16 from 2^22 to
-    2^26 (B = 16, H = 256 to 1024), but not at B = 16, H = 128 (2^20: the tuned cuBLAS step is as fast there),
-    nor at 5 <= B < 16 below 2^22; the stepwise loop past the limits, for cells of several stages or row
-    reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS, as measured)."""
+    """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
+    multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 64 up to 2^20 (B = 64, H = 32
+    and 64, where the grid hands h on in tagged words); the stepwise loop past the limits, for cells of
+    several stages or row reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS, as
+    measured)."""
     from lstmdsl.passes.persistent import LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
@@ -103,18 +103,17 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("vanilla", Schedule(), B=1, H=64) is not None  # 2^14: one block, h handed on in shared memory
     assert shape("vanilla", Schedule(), B=1, H=128) is not None  # 2^16
     assert shape("vanilla", Schedule(), B=1, H=256) is not None  # 2^18: a grid
-    assert shape("vanilla", Schedule(), B=1, H=512) is not None  # 2^20
     assert shape("vanilla", Schedule(), B=1, H=1024) is not None  # 2^22
     assert shape("vanilla", Schedule(), B=1, H=8192) is None  # 2^28: past the rules
-    assert shape("vanilla", Schedule(), B=2, H=512) is not None  # 2^21: the B <= 4 rule, from 2^20
-    assert shape("vanilla", Schedule(), B=4, H=128) is None  # 2^18
-    assert shape("vanilla", Schedule(), B=8, H=256) is None  # 2^21: between the rules
-    assert shape("vanilla", Schedule(), B=16, H=128) is None  # 2^20
-    assert shape("vanilla", Schedule(), B=16, H=256) is not None  # 2^22
-    assert shape("vanilla", Schedule(), B=16, H=512) is not None  # 2^24
-    assert shape("peephole", Schedule(), B=max_batch, H=512) is not None  # 16 * 4 * 512 * 512 = 2^24
-    assert shape("vanilla", Schedule(), B=max_batch, H=1024) is not None  # 2^26 multiply-adds
-    assert shape("vanilla", Schedule(), B=max_batch, H=2048) is None  # 2^28
+    assert shape("vanilla", Schedule(), B=4, H=32) is not None  # 2^14
+    assert shape("vanilla", Schedule(), B=8, H=256) is not None  # 2^21
+    assert shape("vanilla", Schedule(), B=16, H=128) is not None  # 2^20
+    assert shape("vanilla", Schedule(), B=16, H=1024) is not None  # 2^26
+    assert shape("vanilla", Schedule(), B=16, H=2048) is None  # 2^28
+    assert shape("vanilla", Schedule(), B=32, H=64) is not None  # 2^19: the B <= 64 rule, to 2^20
+    assert shape("peephole", Schedule(), B=max_batch, H=64) is not None  # 64 * 4 * 64 * 64 = 2^20
+    assert shape("vanilla", Schedule(), B=max_batch, H=128) is None  # 2^22
+    assert shape("vanilla", Schedule(), B=17, H=256) is None  # 2^22: past the B <= 64 rule's
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None
@@ -123,6 +122,20 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
     assert shape("vanilla", Schedule(), B=max_batch + 1, H=32) is None
     assert shape("layernorm", Schedule(), B=1, H=674) is None
+
+
+def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):
+    """The backward's persistent kernel under `persistent auto` (passes/persistent.py: BACKWARD_LIMITS): at
+    B <= 4 from 2^22 multiply-adds a step (B = 1, H = 1024; B = 4, H = 512), the stepwise backward below
+    and at larger batches."""
+    for B, H, chosen in ((1, 1024, True), (4, 512, True), (4, 1024, True), (2, 1024, True), (1, 512, False),
+                         (4, 256, False), (16, 512, False), (5, 1024, False), (1, 32, False)):
+        run = shape("vanilla", Schedule(), B=B, H=H, phase="backward")
+        assert (run is not None) == chosen, (B, H, run)
+        if chosen:
+            assert run.cached and run.blocks == 132
+    assert shape("vanilla", Schedule(persistent="off"), B=1, H=1024, phase="backward") is None
+    assert shape("vanilla", Schedule(persistent="on"), B=16, H=32, phase="backward") is not None  # forced
 
 
 def test_a_cell_that_fills_shared_memory_leaves_room_for_the_static_part(h200):
@@ -174,13 +187,16 @@ def test_the_launch_gives_the_kernel_all_the_shared_memory_its_layout_takes(h200
 
 def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     """Persistent.exchanges: a grid of a one-stage float32 kernel skips the grid barrier (tagged words) when
-    a step's words (B x H) fit exchange_words; kernels without an exchanged operand (GRU, half precision)
-    never do. On main exchange_words is 0 (a hang risk a review found: plan.Persistent), so no launch
-    exchanges; the rule itself at 4096."""
+    a step's words (B x H) fit one round of the staging's loads (4096); one block hands h on in shared memory,
+    larger batches keep the barrier, and so do kernels without an exchanged operand (GRU, half precision)."""
     on = Schedule(persistent="on")
-    for B, H in ((1, 512), (4, 1024), (16, 512), (1, 32)):
-        assert not shape("vanilla", on, B=B, H=H).exchange
-    assert shape("vanilla", on, B=1, H=512).blocks > 1
-    p = Persistent((), exchange=3, exchange_words=4096)
-    assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent((), exchange_words=4096).exchanges(1)
-    assert not Persistent((), exchange=3).exchanges(1)  # (main's default: off)
+    assert shape("vanilla", on, B=1, H=512).exchange and shape("vanilla", on, B=1, H=512).blocks > 1
+    assert shape("vanilla", on, B=4, H=1024).exchange  # 4096 words
+    assert not shape("vanilla", on, B=8, H=1024).exchange  # 8192
+    assert not shape("vanilla", on, B=16, H=512).exchange
+    one = shape("vanilla", on, B=1, H=32)
+    assert one.blocks == 1 and not one.exchange
+    assert not shape("gru", on, B=1, H=512).exchange
+    assert not shape("vanilla", Schedule(persistent="on", precision="bf16"), B=1, H=512).exchange
+    p = Persistent((), exchange=3)
+    assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent(()).exchanges(1)

@@ -23,7 +23,8 @@ GEMM that adds into a sum another op began (sum folding's `init`: GRU, MGU, zone
 sums`) keeps the stepwise backward,
 and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
 stages, spilled registers).
-The cost model does not choose the backward kernel yet (not measured): only `persistent` puts it in the plan.
+Under `persistent auto` the backward has its kernel where the forward's cost model has one and
+BACKWARD_LIMITS has rules for the precision; the runtime chooses it by those rules.
 """
 
 from __future__ import annotations
@@ -35,24 +36,27 @@ from .recurrent_fusion import _reads
 
 # The cost model (`persistent auto`) per precision: rules (largest batch, least and most multiply-adds per
 # step over the batch, in the kernel's products) where the persistent kernel is expected to beat the stepwise
-# loop. Measured on the H200 with the vanilla LSTM, forward, T = 100, fp32, against the stepwise loop with its
-# per-step GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune), with the one-block kernel
-# handing h to the next step in shared memory and the products' matrix picked without local memory
-# (benchmarks/results/persistent_local_fp32_h200.md; persistent / stepwise time): at B = 1 it wins at every
-# size, 2^12 to 2^22 (H = 32 to 1024: 0.48x, 0.73x, 0.91x, 0.82x, 0.77x, 0.72x; one block to H = 128, then a
-# grid); at B = 16 it ties or loses up to 2^22 (H = 32 to 256: 0.95-1.06x, the tuned cuBLAS step is fast there)
-# and wins from 2^24 (H = 512 and 1024: 0.69x and 0.63x); at B = 64 it loses or ties everywhere (0.98-1.58x).
-# Then with a grid handing h on in tagged words where a step's words fit one round (Persistent.exchanges;
-# benchmarks/results/persistent_exchange2_fp32_h200.md): at B = 4 it wins from 2^20 (H = 256 to 1024: 0.74x,
-# 0.76x, 0.62x), and at B = 16 from 2^22 (H = 256: 0.77x here, 0.95x in the run before). Between B = 4 and 16
-# only the B = 16 rule holds (not measured). In training the forward is this kernel and the backward the
-# stepwise one either way.
+# loop. Measured on the H200 with the vanilla LSTM, T = 100, fp32, against the stepwise loop with its per-step
+# GEMMs timed both ways cuBLAS may run them (runtime/cublas.py tune), with the one-block kernel handing h to
+# the next step in shared memory, a grid handing it on in tagged words where a step's words fit one round
+# (Persistent.exchanges) and the products' matrix picked without local memory
+# (benchmarks/results/persistent_round3_fp32_h200.md; persistent / stepwise time, forward): at B = 1 and 4 it
+# wins at every H from 32 to 1024 (0.50-0.83x and 0.61-0.86x); at B = 16 from H = 64 (2^18: 0.59-0.92x) and
+# ties at H = 32 (1.02x); at B = 64 it wins where the grid exchanges (H = 32 and 64, 2^18 and 2^20: 0.79x,
+# 0.84x) and ties or loses above (0.95-1.54x). Earlier runs with the barrier only
+# (persistent_local_fp32_h200.md) lost at B = 16, H <= 128 (0.95-1.06x): the hand-off is what wins there.
 # Only single-stage cells with recurrent products were measured: cells of several stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
-# stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, before the 16-byte
-# staging: 1.85-2.86x the stepwise loop, whose GEMMs use the tensor cores); `persistent` forces it anywhere.
-LIMITS = {"fp32": ((1, 1, 1 << 26), (4, 1 << 20, 1 << 26), (16, 1 << 22, 1 << 26)),
+# stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
+# persistent_mma3_fp16_h200.md: 1.12-1.32x the stepwise loop, whose GEMMs use the tensor cores); `persistent`
+# forces it anywhere.
+LIMITS = {"fp32": ((16, 1, 1 << 26), (64, 1, 1 << 20)),
           "tf32": (), "bf16": (), "fp16": ()}
+# The backward's rules, from the same table's training rows (persistent forward and backward against the
+# persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
+# H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
+# (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
+BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -122,8 +126,10 @@ def make_persistent(plan: Plan) -> Plan:
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back = backward_stages(plan) if mode == "on" else None  # (the cost model does not choose it yet: under
-    if back is None:  # `auto` it would be a kernel compiled into every module and never run)
+    back_work = BACKWARD_LIMITS[plan.schedule.precision] if work else ()
+    back = backward_stages(plan) if mode == "on" or back_work else None
+    if back is None:
         return plan
-    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(back, forced=True, threads=256))
+    loop = dataclasses.replace(plan.backward.loop,
+                               persistent=Persistent(back, forced=mode == "on", threads=256, work=back_work))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

@@ -7,10 +7,6 @@ kernels: ctypes lets go of the interpreter's lock during cuBLAS's calls. compile
 returns (or raises), so none of it runs during a capture the caller begins afterwards or at the process's
 exit; inside compile, cublas._handle (every GEMM and its timing) and device.Graph (every capture) wait too.
 LSTMDSL_WARM_UP=0 in the environment turns it off. A failure here is dropped: the first real GEMM reports it.
-Known gap (a review): compile() returns without waiting for it, so a caller that begins a capture of its own
-in global mode (torch.cuda.graph) within about 0.1 s of compile(), before any forward, could meet its cuBLAS
-calls, and a process that exits that soon may tear CUDA down under it; compile() waiting for it before it
-returns is on branch wip/exchange-safe (not yet run on a GPU). LSTMDSL_WARM_UP=0 avoids both meanwhile.
 """
 
 from __future__ import annotations
