@@ -41,7 +41,7 @@ summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
-              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-grid --bidirectional-lengths vanilla"; do
+              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla"; do
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
@@ -49,7 +49,7 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
 for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
-              "--persistent-grid layernorm" "--wavefront gru"; do
+              "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"; do
   # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
   # persistent kernels (forward and backward) in one block / as a grid of blocks
   start=$SECONDS

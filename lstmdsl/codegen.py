@@ -256,6 +256,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     args["bar"] = KernelArg("unsigned int*", "bar", ArgBind("barrier"))
     args["cached"] = KernelArg("const int", "cached", ArgBind("cached"))
     args["stage_rows"] = KernelArg("const int", "stage_rows", ArgBind("stage_rows"))
+    args["split"] = KernelArg("const int", "split", ArgBind("split"))
     if pers.exchange is not None:
         args["exchange"] = KernelArg("const int", "exchange", ArgBind("exchanging"))
         args["xchg"] = KernelArg("unsigned long long*", "xchg", ArgBind("exchange"))

@@ -17,7 +17,7 @@ class ArgBind:
     leading dimension), "ptr" / "ld" (the address at the current step / the leading dimension of `slot`).
     "dim" (the sum of the sizes `offset`: a slot's block and period, Slot.interleave). A persistent kernel's
     besides: "steps" (T), "barrier" (its counter), "exchange" (its exchange area: Persistent.exchange) and
-    "exchanging" (whether this launch uses it), "cached" and "stage_rows" (its launch), and per slot "ptr0"
+    "exchanging" (whether this launch uses it), "cached", "stage_rows" and "split" (its launch), and per slot "ptr0"
     (the address at step 0), "stride" (elements between steps, 0 for one area) and "ring" (the ring's
     length, or 0)."""
 

@@ -280,8 +280,9 @@ class Persistent:
       batch, a step's multiply-adds over the batch in its range) and the weights fit in the shared memory of
       the blocks (`persistent auto`); otherwise the loop runs step by step;
     - one block when a step's products are at most one_block_work multiply-adds and its weights fit one
-      block (no grid barrier: a block barrier costs 0.06 us on the H200, a grid barrier about 1-2 us,
-      benchmarks/persistent_floor.py); otherwise one block per multiprocessor, at most one per element."""
+      block (a block barrier costs 0.06 us on the H200, a grid barrier 1-2 us: benchmarks/persistent_floor.py);
+      else, where they fit one block, a grid splitting the batch rows (`split_rows`: no grid barrier);
+      otherwise one block per multiprocessor, at most one per element."""
 
     stages: tuple["Kernel", ...]
     forced: bool = False
@@ -293,24 +294,29 @@ class Persistent:
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
-    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32: run
-    # as a grid, each item also stores its value with the step's number beside it in one 64-bit word of an
-    # exchange area (two areas, by the step's parity), and the next step's staging waits for the words of
-    # that step instead of the whole grid meeting at a barrier (calls), where `exchanges` says so
-    exchange_words: int = 4096  # (a block without elements leaves the step loop when the grid exchanges:
-    # staying, it could be overtaken and wait forever for words already overwritten)
+    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32: in a
+    # grid each item also stores it with the step's number in one 64-bit word of an exchange area (two, by the
+    # step's parity); the next step's staging waits for that step's words, not a grid barrier (`exchanges`)
+    split_batch: bool = True  # a grid may split the batch instead of the elements (split_rows)
+    exchange_words: int = 4096  # (a block without elements then leaves the loop: it could wait forever)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's
         width): each block reads them all, 16 per thread in flight, and past one round of them (4096 at 256
-        threads) the rounds' trips to L2 cost more than the barrier saves (measured on the H200, vanilla,
-        fp32, forward, T = 100: B = 1, H = 512 3.7 us a step against 4.3 with the barrier; B = 16, H = 512,
-        eight words per thread at a time then, 22.5 against 7.3)."""
+        threads) the rounds' trips to L2 cost more than the barrier saves (H200, vanilla, fp32, forward, T =
+        100: B = 1, H = 512 3.7 us a step against 4.3 with the barrier; B = 16, H = 512 22.5 against 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
     def applies(self, batch: int, work: int, fits: bool) -> bool:
         """work: the step's multiply-adds over the batch; fits: the weights fit the blocks' shared memory."""
         return self.forced or (fits and any(batch <= b and lo <= work <= hi for b, lo, hi in self.work))
+
+    def split_rows(self, batch: int, work: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
+        """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds
+        all the weights and runs its rows alone), else 0: wherever a grid would run and the weights fit one."""
+        if not self.split_batch or batch < 2 or work <= self.one_block_work or one_block_bytes > shared:
+            return 0
+        return -(-batch // min(batch, multiprocessors))
 
     def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """The grid: work, multiply-adds per step; elements, the widest stage's; one_block_bytes, the

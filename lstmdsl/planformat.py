@@ -130,7 +130,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "
                          f"{pers.name or '?'} of {pers.threads} threads per block; one block when a step is at "
-                         f"most {pers.one_block_work} multiply-adds, else one per multiprocessor; the weight rows (in the "
+                         f"most {pers.one_block_work} multiply-adds, else"
+                         + (" (where the weights fit one block) blocks that each hold all of them and run their "
+                            "share of the batch rows alone, with no grid barrier, or" if pers.split_batch else "")
+                         + " one per multiprocessor; the weight rows (in the "
                          "backward, the columns of the transposed products) "
                          "in shared memory for all steps; a grid barrier after each stage"
                          + (" (one block with every row staged hands its state to the next step in shared memory)"

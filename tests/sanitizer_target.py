@@ -7,6 +7,7 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-block [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
+    compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-split [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
@@ -16,7 +17,8 @@ sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed prec
 buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop;
 --persistent-block forces `persistent`, so the forward and (where the cell has one) the backward run as
 one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
-`persistent`, so the kernels run as a grid of blocks meeting at grid barriers. --wavefront forces `wavefront` over 37 steps: the two layers on two
+`persistent`, so the kernels run as a grid of blocks meeting at grid barriers; --persistent-split forces
+`persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
@@ -33,7 +35,8 @@ compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
 grid = "--persistent-grid" in args
-forced = grid or "--persistent-block" in args
+split = "--persistent-split" in args
+forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
@@ -59,8 +62,9 @@ options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else 
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else ""))
-x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, 3, 5)).astype(np.float32))
-lengths = np.array([7, 2, 5]) if masked else None
+B = 40 if split else 3
+x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, B, 5)).astype(np.float32))
+lengths = (np.array([7, 2, 5]) if B == 3 else np.random.default_rng(1).integers(1, 8, B)) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
     y0, _ = layer.forward(x, train=False, lengths=lengths)  # the forward-only workspace
     y, state = layer.forward(x, lengths=lengths)

@@ -474,6 +474,23 @@ def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
         assert runs and all(r is not None and r.cached for r in runs), (name, runs)
 
 
+@pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "fgr"])
+def test_a_persistent_grid_that_splits_the_batch(name):
+    """Where all the weights fit one block and a step is more than one block's work, each block of the grid
+    runs its own batch rows with all the weights (Persistent.split_rows): one row a block, two, and both
+    directions with lengths; the forward and backward kernels against the reference."""
+    rng = np.random.default_rng(3)
+    check(name, 6, 40, 5, 33, 1, schedule="persistent", scale=1 / np.sqrt(33))
+    check(name, 4, 270, 3, 64, 1, schedule="persistent", scale=1 / 8)  # 3 rows a block on 132 multiprocessors
+    check(name, 7, 40, 5, 33, 2, schedule="persistent", bidirectional=True, lengths=rng.integers(1, 8, 40))
+    layer = lstmdsl.compile(name, 5, 33, backend="cuda", schedule="persistent")
+    y, _ = layer.forward(cupy.asarray(rng.standard_normal((3, 40, 5)), np.float32))
+    layer.backward(cupy.ones_like(y))
+    runs = [ws.persistent.get(phase) for engine in layer._engines.values() for wss in engine.workspaces.values()
+            for ws in wss for phase in ("forward", "backward") if ws.persistent.get(phase) is not None]
+    assert runs and all(r.split == 1 and r.blocks == 40 and not r.exchange for r in runs), runs
+
+
 def test_ten_thousand_persistent_launches_do_not_hang():
     """10,000 consecutive cooperative launches (each with its barriers) on one stream, then one check."""
     layer = lstmdsl.compile("vanilla", 16, 256, backend="cuda", schedule="persistent")

@@ -185,6 +185,28 @@ def test_the_launch_gives_the_kernel_all_the_shared_memory_its_layout_takes(h200
     assert checked > 100
 
 
+def test_a_grid_splits_the_batch_where_all_the_weights_fit_one_block(h200):
+    """Persistent.split_rows: past one block's work, a grid whose blocks each hold all the weights runs its
+    share of the batch rows alone (no grid barrier, no exchange), where the weights fit one block; at one
+    row, or with weights too large for one block, the grid splits the elements."""
+    on = Schedule(persistent="on")
+    b64 = shape("vanilla", on, B=64, H=32)
+    assert (b64.split, b64.blocks, b64.stage_rows, b64.exchange) == (1, 64, 1, False) and b64.cached
+    b300 = shape("vanilla", on, B=300, H=64)  # 3 rows a block: 100 blocks
+    assert (b300.split, b300.blocks, b300.stage_rows) == (3, 100, 3)
+    assert shape("vanilla", on, B=4, H=32).split == 0 and shape("vanilla", on, B=4, H=32).blocks == 1  # 2^14: one block
+    assert shape("vanilla", on, B=16, H=512).split == 0  # 4 MB of weights: the elements split
+    assert shape("vanilla", on, B=1, H=512).split == 0
+    assert shape("gru", on, B=16, H=64).split == 1  # stages of several kinds: block barriers between them
+    assert shape("vanilla", on, B=64, H=32, phase="backward").split == 1  # (the transposed products too)
+    p = Persistent((), split_batch=False)
+    assert p.split_rows(64, 1 << 20, 1000, H200[1], 132) == 0
+    assert Persistent(()).split_rows(64, 1 << 20, 1000, H200[1], 132) == 1
+    assert Persistent(()).split_rows(264, 1 << 20, 1000, H200[1], 132) == 2
+    assert Persistent(()).split_rows(64, 1 << 16, 1000, H200[1], 132) == 0  # one block's work
+    assert Persistent(()).split_rows(64, 1 << 20, H200[1] + 1, H200[1], 132) == 0  # too large for one block
+
+
 def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     """Persistent.exchanges: a grid of a one-stage float32 kernel skips the grid barrier (tagged words) when
     a step's words (B x H) fit one round of the staging's loads (4096); one block hands h on in shared memory,

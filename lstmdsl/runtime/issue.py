@@ -145,6 +145,8 @@ class Issue:
             return "int", int(run.cached)
         if kind == "stage_rows":
             return "int", run.stage_rows
+        if kind == "split":
+            return "int", run.split
         if kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
             return "ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)
         if kind == "stride":  # elements between steps (0: one area for all steps)

@@ -26,6 +26,7 @@ class PersistentRun:
     cached: bool
     stage_rows: int  # batch rows of the products' operands staged in shared memory at a time
     exchange: bool = False  # a grid hands its state on in tagged words, with no grid barrier (Persistent.exchanges)
+    split: int = 0  # batch rows per block where the grid splits the batch (Persistent.split_rows), else 0
 
 
 def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
@@ -66,9 +67,15 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         return ws.B if row == 0 else min(ws.B, max(0, (limit - weights - slack) // row))
 
     elements = max([env[w] for widths in desc.widths for w in widths] + [ws.B])
-    blocks = pers.blocks(work, elements, shared(1) + row(1) + slack, limit, multiprocessors)
-    weights, per_row = shared(blocks), row(blocks)
-    rows = rows_beside(weights, per_row)
+    split = pers.split_rows(ws.B, work, shared(1) + row(1) + slack, limit, multiprocessors)
+    if split:  # every block holds all the weights and runs `split` batch rows alone
+        blocks = -(-ws.B // split)
+        weights, per_row = shared(1), row(1)
+        rows = min(split, rows_beside(weights, per_row))
+    else:
+        blocks = pers.blocks(work, elements, shared(1) + row(1) + slack, limit, multiprocessors)
+        weights, per_row = shared(blocks), row(blocks)
+        rows = rows_beside(weights, per_row)
     need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
     if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
@@ -77,7 +84,7 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
 
     if fits:
-        return PersistentRun(blocks, need, True, max(rows, 1), exchange(blocks))
+        return PersistentRun(blocks, need, True, max(rows, 1), not split and exchange(blocks), split)
     # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident (fewer
     # blocks have more elements each, so more products to keep: the count falls until it settles); not
     # transposed weights (a backward's), whose columns the kernel reads from shared memory only
