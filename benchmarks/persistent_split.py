@@ -3,9 +3,13 @@ runs its own batch rows) against the grid that splits the elements, both forced 
 stepwise loop, `persistent auto` and cuDNN beside them; vanilla, fp32, T = 100, one layer, forward and
 training, one process (GPU; about 2 minutes). The table it prints is in docs/performance.md.
 
-    python3 benchmarks/persistent_split.py
+    python3 benchmarks/persistent_split.py [--shapes 4x32 64x16 ...] [--modes forward train]
+
+"elements": split_rows off, so the grid splits the elements, or is one block at most 2^16 multiply-adds a
+step.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -23,12 +27,17 @@ def ms(row, competitor="lstmdsl"):
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b, h in SHAPES], help="BxH")
+    ap.add_argument("--modes", nargs="+", default=["forward", "train"])
+    args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     spec = lstmdsl.parse("vanilla")
     split_rows = plan_mod.Persistent.split_rows
     print("| mode | B | H | cuDNN ms | auto ms | stepwise ms | split ms | elements ms | split / elements | auto / cuDNN |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for mode in ("forward", "train"):
-        for B, H in SHAPES:
+    for mode in args.modes:
+        for B, H in shapes:
             auto = bench_case(spec, B, H, 100, 1, mode, competitors=("lstmdsl", "cudnn"), repeat=7)
             split = bench_case(spec, B, H, 100, 1, mode, competitors=("lstmdsl",), schedule="persistent", repeat=7)
             step = bench_case(spec, B, H, 100, 1, mode, competitors=("lstmdsl",), schedule="no persistent", repeat=7)

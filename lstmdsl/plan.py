@@ -272,17 +272,16 @@ class Persistent:
     block runs its share of each stage (the products of its elements first, as register tiles of 4 weight
     rows x 4 batch rows over the block's threads, then a thread per element for the pointwise work), and
     the grid meets at a barrier after each stage. A block keeps the weight rows it multiplies in shared
-    memory for all steps (when they fit: otherwise it reads them from memory at each step, slower but the
-    same).
+    memory for all steps (when they fit: else it reads them from memory at each step, slower but the same).
 
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
-    - used when the schedule forces it (`persistent`), or when one rule of `work` holds (B at most its
-      batch, a step's multiply-adds over the batch in its range) and the weights fit in the shared memory of
-      the blocks (`persistent auto`); otherwise the loop runs step by step;
-    - one block when a step's products are at most one_block_work multiply-adds and its weights fit one
-      block (a block barrier costs 0.06 us on the H200, a grid barrier 1-2 us: benchmarks/persistent_floor.py);
-      else, where they fit one block, a grid splitting the batch rows (`split_rows`: no grid barrier);
-      otherwise one block per multiprocessor, at most one per element."""
+    - used when the schedule forces it (`persistent`), or when one rule of `work` (or of `split_work`, where
+      all the weights fit one block) holds (B at most its batch, a step's multiply-adds over the batch in its
+      range) and the weights fit the blocks' shared memory (`persistent auto`); else the stepwise loop;
+    - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
+      barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one
+      block when a step is at most one_block_work multiply-adds; else one block per multiprocessor, at most
+      one per element."""
 
     stages: tuple["Kernel", ...]
     forced: bool = False
@@ -290,7 +289,7 @@ class Persistent:
     threads: int = 256
     name: str = ""  # the launch's kernel (the calls pass names it)
     work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
-    # the batch), inclusive
+    split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
@@ -307,20 +306,21 @@ class Persistent:
         100: B = 1, H = 512 3.7 us a step against 4.3 with the barrier; B = 16, H = 512 22.5 against 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
-    def applies(self, batch: int, work: int, fits: bool) -> bool:
-        """work: the step's multiply-adds over the batch; fits: the weights fit the blocks' shared memory."""
-        return self.forced or (fits and any(batch <= b and lo <= work <= hi for b, lo, hi in self.work))
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
+        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all of them fit
+        one block (one block, or split_rows: no grid barrier)."""
+        rules = self.work + (self.split_work if split else ())
+        return self.forced or (fits and any(batch <= b and lo <= work <= hi for b, lo, hi in rules))
 
-    def split_rows(self, batch: int, work: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
+    def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds
-        all the weights and runs its rows alone), else 0: wherever a grid would run and the weights fit one."""
-        if not self.split_batch or batch < 2 or work <= self.one_block_work or one_block_bytes > shared:
-            return 0
-        return -(-batch // min(batch, multiprocessors))
+        all the weights and runs its rows alone), else 0: at B >= 2 wherever the weights fit one block (one
+        block of all the rows: 5.1-6.9 us a step at B = 16-64, H = 16-32; a grid of them 2.8-3.3 at B = 32-128)."""
+        ok = self.split_batch and batch >= 2 and one_block_bytes <= shared
+        return -(-batch // min(batch, multiprocessors)) if ok else 0
 
     def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
-        """The grid: work, multiply-adds per step; elements, the widest stage's; one_block_bytes, the
-        shared memory the weights take in one block; shared, what one block may have."""
+        """The grid (elements: the widest stage's; one_block_bytes: the weights' shared memory in one block)."""
         if work <= self.one_block_work and one_block_bytes <= shared:
             return 1
         return max(1, min(multiprocessors, elements))

@@ -15,8 +15,8 @@ lengths, with dropout between the layers and DropConnect. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
 buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop;
---persistent-block forces `persistent`, so the forward and (where the cell has one) the backward run as
-one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
+--persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
+as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers; --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
@@ -62,7 +62,7 @@ options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else 
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else ""))
-B = 40 if split else 3
+B = 40 if split else 1 if "--persistent-block" in sys.argv else 3  # (one block: one row; more split the batch)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, B, 5)).astype(np.float32))
 lengths = (np.array([7, 2, 5]) if B == 3 else np.random.default_rng(1).integers(1, 8, B)) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them

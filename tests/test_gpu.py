@@ -335,8 +335,9 @@ def _persistent_runs(layer) -> list:
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 1, 5, 1, 1), (7, 3, 5, 33, 2), (9, 17, 3, 100, 1), (20, 3, 16, 1000, 1)])
 def test_every_spec_under_the_persistent_schedule(name, T, B, I, H, L):
-    """The forward recurrence as one cooperative launch (forced: `persistent`), at odd sizes: one block at the
-    small ones, a grid of blocks with barriers at the large ones; every workspace poisoned with NaN."""
+    """The forward recurrence as one cooperative launch (forced: `persistent`), at odd sizes: one block at
+    B = 1, a grid splitting the batch where the weights fit one block, a grid of blocks with barriers at the
+    large ones; every workspace poisoned with NaN."""
     scale = min(0.5, 1 / np.sqrt(H))
     tolerance = None
     if H == 1 and name in ONE_FEATURE_TOLERANCE:  # a norm over one feature is ill-conditioned: as good as stepwise
@@ -412,9 +413,11 @@ def test_the_cost_model_chooses_the_persistent_launch():
 
     x = lambda T, B, I: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, I)) * 0.5, np.float32)  # noqa: E731
     small = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="persistent")
-    small.forward(x(5, 2, 8))
+    small.forward(x(5, 1, 8))
     (run,) = _persistent_runs(small)
     assert run is not None and run.blocks == 1 and run.cached
+    small.forward(x(5, 2, 8))  # two rows: a block each (Persistent.split_rows)
+    assert sorted((r.blocks, r.split) for r in _persistent_runs(small)) == [(1, 0), (2, 1)]
     wide = lstmdsl.compile("vanilla", 8, 1024, backend="cuda", schedule="persistent")
     wide.forward(x(5, 4, 8))
     (run,) = _persistent_runs(wide)
@@ -489,6 +492,14 @@ def test_a_persistent_grid_that_splits_the_batch(name):
     runs = [ws.persistent.get(phase) for engine in layer._engines.values() for wss in engine.workspaces.values()
             for ws in wss for phase in ("forward", "backward") if ws.persistent.get(phase) is not None]
     assert runs and all(r.split == 1 and r.blocks == 40 and not r.exchange for r in runs), runs
+    if name == "vanilla":  # `persistent auto` (SPLIT_LIMITS, BACKWARD_SPLIT_LIMITS): B = 64, H = 40, both ways
+        check(name, 5, 64, 3, 40, 1, scale=1 / np.sqrt(40))
+        layer = lstmdsl.compile(name, 3, 40, backend="cuda")
+        y, _ = layer.forward(cupy.asarray(rng.standard_normal((5, 64, 3)), np.float32))
+        layer.backward(cupy.ones_like(y))
+        runs = [ws.persistent.get(phase) for engine in layer._engines.values()
+                for wss in engine.workspaces.values() for ws in wss for phase in ("forward", "backward")]
+        assert len(runs) == 2 and all(r is not None and r.split == 1 and r.blocks == 64 for r in runs), runs
 
 
 def test_ten_thousand_persistent_launches_do_not_hang():

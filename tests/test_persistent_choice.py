@@ -78,8 +78,10 @@ def test_the_cost_model_rule():
 
 
 def test_launch_shapes_at_bound_sizes(h200):
-    small = shape("vanilla", Schedule(persistent="on"), B=2, H=32)
-    assert (small.blocks, small.cached, small.stage_rows) == (1, True, 2)
+    small = shape("vanilla", Schedule(persistent="on"), B=1, H=32)
+    assert (small.blocks, small.cached, small.stage_rows) == (1, True, 1)
+    two = shape("vanilla", Schedule(persistent="on"), B=2, H=32)  # a row a block (split_rows)
+    assert (two.blocks, two.cached, two.stage_rows, two.split) == (2, True, 1, 1)
     wide = shape("vanilla", Schedule(persistent="on"), B=16, H=1024)
     assert wide.blocks == 132 and wide.cached and wide.stage_rows == 16 and wide.shared <= H200[1]
     # 64 MB of weights cannot stay on chip: a forced launch reads them from memory, all rows staged
@@ -92,13 +94,14 @@ def test_launch_shapes_at_bound_sizes(h200):
 
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
-    multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 64 up to 2^20 (B = 64, H = 32
-    and 64, where the grid hands h on in tagged words); the stepwise loop past the limits, for cells of
-    several stages or row reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS, as
-    measured)."""
-    from lstmdsl.passes.persistent import LIMITS
+    multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 256 where all the weights fit one
+    block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
+    several stages or row reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS and
+    SPLIT_LIMITS, as measured)."""
+    from lstmdsl.passes.persistent import LIMITS, SPLIT_LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
+    max_split = max(b for b, _, _ in SPLIT_LIMITS["fp32"])
     assert shape("vanilla", Schedule(), B=1, H=32) is not None
     assert shape("vanilla", Schedule(), B=1, H=64) is not None  # 2^14: one block, h handed on in shared memory
     assert shape("vanilla", Schedule(), B=1, H=128) is not None  # 2^16
@@ -110,30 +113,37 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("vanilla", Schedule(), B=16, H=128) is not None  # 2^20
     assert shape("vanilla", Schedule(), B=16, H=1024) is not None  # 2^26
     assert shape("vanilla", Schedule(), B=16, H=2048) is None  # 2^28
-    assert shape("vanilla", Schedule(), B=32, H=64) is not None  # 2^19: the B <= 64 rule, to 2^20
-    assert shape("peephole", Schedule(), B=max_batch, H=64) is not None  # 64 * 4 * 64 * 64 = 2^20
-    assert shape("vanilla", Schedule(), B=max_batch, H=128) is None  # 2^22
-    assert shape("vanilla", Schedule(), B=17, H=256) is None  # 2^22: past the B <= 64 rule's
+    # past B = 16 only where all the weights fit one block: one block, or a grid that splits the batch
+    assert shape("vanilla", Schedule(), B=64, H=16).split == 1  # 2^16
+    assert shape("vanilla", Schedule(), B=32, H=64).split == 1  # 2^19
+    assert shape("peephole", Schedule(), B=64, H=64).split == 1
+    assert shape("vanilla", Schedule(), B=max_split, H=100).split == 2  # 256 rows over 132 blocks
+    assert shape("vanilla", Schedule(), B=64, H=128) is None  # 256 KB of weights: not in one block
+    assert shape("vanilla", Schedule(), B=max_batch + 1, H=256) is None
+    assert shape("vanilla", Schedule(persistent="on"), B=max_split + 1, H=32).split == 2  # (forced)
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None
     assert shape("indrnn", Schedule(), B=1, H=4096) is None  # no products: its kernel would be one block
     # past the limits the driver is not asked anything (a limit it refuses cannot break the call)
     monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
-    assert shape("vanilla", Schedule(), B=max_batch + 1, H=32) is None
+    assert shape("vanilla", Schedule(), B=max_split + 1, H=32) is None
+    assert shape("vanilla", Schedule(), B=max_batch + 1, H=128) is None  # weights too large for one block
     assert shape("layernorm", Schedule(), B=1, H=674) is None
 
 
 def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):
-    """The backward's persistent kernel under `persistent auto` (passes/persistent.py: BACKWARD_LIMITS): at
-    B <= 4 from 2^22 multiply-adds a step (B = 1, H = 1024; B = 4, H = 512), the stepwise backward below
-    and at larger batches."""
+    """The backward's persistent kernel under `persistent auto` (passes/persistent.py: BACKWARD_LIMITS and
+    BACKWARD_SPLIT_LIMITS): at B <= 4 from 2^22 multiply-adds a step (B = 1, H = 1024; B = 4, H = 512), and
+    at B <= 256 from 2^18 where the grid splits the batch; the stepwise backward elsewhere."""
     for B, H, chosen in ((1, 1024, True), (4, 512, True), (4, 1024, True), (2, 1024, True), (1, 512, False),
-                         (4, 256, False), (16, 512, False), (5, 1024, False), (1, 32, False)):
+                         (4, 256, False), (16, 512, False), (5, 1024, False), (1, 32, False),
+                         (64, 32, True), (256, 64, True), (64, 100, True), (16, 32, False), (64, 128, False),
+                         (257, 32, False)):
         run = shape("vanilla", Schedule(), B=B, H=H, phase="backward")
         assert (run is not None) == chosen, (B, H, run)
-        if chosen:
-            assert run.cached and run.blocks == 132
+        if chosen:  # (a grid that splits the batch at B >= 64, where the weights fit one block)
+            assert run.cached and (run.blocks == 132 if B < 64 else run.split >= 1)
     assert shape("vanilla", Schedule(persistent="off"), B=1, H=1024, phase="backward") is None
     assert shape("vanilla", Schedule(persistent="on"), B=16, H=32, phase="backward") is not None  # forced
 
@@ -188,25 +198,27 @@ def test_the_launch_gives_the_kernel_all_the_shared_memory_its_layout_takes(h200
 
 
 def test_a_grid_splits_the_batch_where_all_the_weights_fit_one_block(h200):
-    """Persistent.split_rows: past one block's work, a grid whose blocks each hold all the weights runs its
-    share of the batch rows alone (no grid barrier, no exchange), where the weights fit one block; at one
-    row, or with weights too large for one block, the grid splits the elements."""
+    """Persistent.split_rows: at B >= 2, a grid whose blocks each hold all the weights runs its share of the
+    batch rows alone (no grid barrier, no exchange), where the weights fit one block; at one row one block (or
+    past one block's work a grid splitting the elements), and so with weights too large for one block."""
     on = Schedule(persistent="on")
     b64 = shape("vanilla", on, B=64, H=32)
     assert (b64.split, b64.blocks, b64.stage_rows, b64.exchange) == (1, 64, 1, False) and b64.cached
     b300 = shape("vanilla", on, B=300, H=64)  # 3 rows a block: 100 blocks
     assert (b300.split, b300.blocks, b300.stage_rows) == (3, 100, 3)
-    assert shape("vanilla", on, B=4, H=32).split == 0 and shape("vanilla", on, B=4, H=32).blocks == 1  # 2^14: one block
+    assert shape("vanilla", on, B=4, H=32).split == 1 and shape("vanilla", on, B=4, H=32).blocks == 4  # 2^14
+    assert shape("vanilla", on, B=1, H=100).split == 0 and shape("vanilla", on, B=1, H=100).blocks == 1
     assert shape("vanilla", on, B=16, H=512).split == 0  # 4 MB of weights: the elements split
     assert shape("vanilla", on, B=1, H=512).split == 0
     assert shape("gru", on, B=16, H=64).split == 1  # stages of several kinds: block barriers between them
     assert shape("vanilla", on, B=64, H=32, phase="backward").split == 1  # (the transposed products too)
     p = Persistent((), split_batch=False)
-    assert p.split_rows(64, 1 << 20, 1000, H200[1], 132) == 0
-    assert Persistent(()).split_rows(64, 1 << 20, 1000, H200[1], 132) == 1
-    assert Persistent(()).split_rows(264, 1 << 20, 1000, H200[1], 132) == 2
-    assert Persistent(()).split_rows(64, 1 << 16, 1000, H200[1], 132) == 0  # one block's work
-    assert Persistent(()).split_rows(64, 1 << 20, H200[1] + 1, H200[1], 132) == 0  # too large for one block
+    assert p.split_rows(64, 1000, H200[1], 132) == 0
+    assert Persistent(()).split_rows(64, 1000, H200[1], 132) == 1
+    assert Persistent(()).split_rows(264, 1000, H200[1], 132) == 2
+    assert Persistent(()).split_rows(4, 1000, H200[1], 132) == 1  # (one block's work: still a row a block)
+    assert Persistent(()).split_rows(1, 1000, H200[1], 132) == 0
+    assert Persistent(()).split_rows(64, H200[1] + 1, H200[1], 132) == 0  # too large for one block
 
 
 def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):

@@ -24,7 +24,7 @@ sums`) keeps the stepwise backward,
 and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
 stages, spilled registers).
 Under `persistent auto` the backward has its kernel where the forward's cost model has one and
-BACKWARD_LIMITS has rules for the precision; the runtime chooses it by those rules.
+BACKWARD_LIMITS or BACKWARD_SPLIT_LIMITS has rules for the precision; the runtime chooses it by those rules.
 """
 
 from __future__ import annotations
@@ -50,13 +50,23 @@ from .recurrent_fusion import _reads
 # stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
 # persistent_mma3_fp16_h200.md: 1.12-1.32x the stepwise loop, whose GEMMs use the tensor cores); `persistent`
 # forces it anywhere.
-LIMITS = {"fp32": ((16, 1, 1 << 26), (64, 1, 1 << 20)),
-          "tf32": (), "bf16": (), "fp16": ()}
+# Where all the weights fit one block, past one block's work, a grid that splits the batch (each block all the
+# weights and its own rows, Persistent.split_rows) wins to B = 256 at every H measured (SPLIT_LIMITS;
+# benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop, forward: B = 64,
+# H = 32-100 0.54-0.64x, B = 256, H = 32 and 64 0.62x, 0.65x; against the grid that splits the elements
+# 0.24-0.79x at B = 16-256 from H = 64, a tie at B = 16, H = 100): the B <= 64 rule up to 2^20 it replaces
+# chose only shapes whose weights fit one block.
+LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
 # (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
 BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
+# split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
+# 0.76x, 0.75x; B = 16, H = 64 (2^18) ties with the split forward and stepwise backward, 1.03x).
+BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -120,16 +130,18 @@ def make_persistent(plan: Plan) -> Plan:
     # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
     single = (len(stages) == 1 and not reduces(plan.forward, stages[0])
               and any(plan.forward.nodes[i].op == "matvec" for i in stages[0].nodes))  # (IndRNN: no products)
-    work = LIMITS[plan.schedule.precision] if single and plan.dtype == "f32" else ()
-    if mode == "auto" and not work:
+    precision = plan.schedule.precision
+    work, split = (LIMITS[precision], SPLIT_LIMITS[precision]) if single and plan.dtype == "f32" else ((), ())
+    if mode == "auto" and not work + split:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
-    pers = Persistent(stages, forced=mode == "on", threads=256, work=work)
+    pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back_work = BACKWARD_LIMITS[plan.schedule.precision] if work else ()
-    back = backward_stages(plan) if mode == "on" or back_work else None
+    back_work = BACKWARD_LIMITS[precision] if work else ()
+    back_split = BACKWARD_SPLIT_LIMITS[precision] if split else ()
+    back = backward_stages(plan) if mode == "on" or back_work + back_split else None
     if back is None:
         return plan
-    loop = dataclasses.replace(plan.backward.loop,
-                               persistent=Persistent(back, forced=mode == "on", threads=256, work=back_work))
+    loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(
+        back, forced=mode == "on", threads=256, work=back_work, split_work=back_split))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

@@ -34,8 +34,6 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
     stepwise loop (decided before any call to the driver) or where the kernel cannot run."""
     env = ws.env
     work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
-    if not pers.applies(ws.B, work, True):  # the cost model's limits: the stepwise loop whatever fits
-        return None
 
     def shared(blocks: int) -> int:
         total = 0
@@ -43,6 +41,12 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
             rows = -(-max(env[w] for w in c.widths) // blocks)
             total += -(-rows * _stride(env[c.cols[2:]], c.ctype) * ITEM[c.ctype] // 16) * 16
         return total
+
+    # the cost model's limits: the stepwise loop whatever fits (decided without the driver; the rules for a
+    # grid without grid barriers, one block or split_rows, only where the weights could fit one block)
+    if not pers.applies(ws.B, work, True) and not (pers.applies(ws.B, work, True, split=True)
+                                                   and shared(1) <= device.on_chip()[1]):
+        return None
 
     def row(blocks: int) -> int:
         """Bytes per staged batch row at that many blocks (the widest stage's): the products' operands (rows
@@ -67,7 +71,7 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         return ws.B if row == 0 else min(ws.B, max(0, (limit - weights - slack) // row))
 
     elements = max([env[w] for widths in desc.widths for w in widths] + [ws.B])
-    split = pers.split_rows(ws.B, work, shared(1) + row(1) + slack, limit, multiprocessors)
+    split = pers.split_rows(ws.B, shared(1) + row(1) + slack, limit, multiprocessors)
     if split:  # every block holds all the weights and runs `split` batch rows alone
         blocks = -(-ws.B // split)
         weights, per_row = shared(1), row(1)
@@ -78,7 +82,7 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         rows = rows_beside(weights, per_row)
     need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
-    if not pers.applies(ws.B, work, fits) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     def exchange(blocks: int) -> bool:  # (a grid, with the operand's words a step few enough)
         return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
