@@ -2,7 +2,8 @@
 # The GPU check, in one call on the GPU machine (about 7-9 minutes: with an empty kernel cache the GPU tests
 # took 285 s at bdf5fab and 196 s at 859c652, the sanitizer passes 100-180 s): the GPU tests, compute-sanitizer (memcheck on a spec,
 # a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
-# different lengths, and two mixed-precision stacks; racecheck on persistent kernels and a row-fused spec), and
+# different lengths, two mixed-precision stacks and FGR's GEMMs fanned out on streams; racecheck on
+# persistent kernels and a row-fused spec), and
 # the quick grid against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -41,7 +42,10 @@ summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
-              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla"; do
+              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
+              fgr "--bidirectional-lengths fgr"; do
+  # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
+  # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1

@@ -17,7 +17,7 @@ The ops say what is computed:
   types       the element type of every value (Plan.dtype, Buffer.dtype) and the compute type of GEMMs
   storage     the buffers, where every value lives (slots), the weight stacks, the Copy ops
   calls       for every GEMM-like op its GemmCall (operands, shapes, types); for every kernel its name,
-              launch shape and what it reads and writes
+              launch shape and what it reads and writes (then fanout: a step's GEMMs that run at once)
 The runtime only executes what the plan says; planformat.format_plan prints all of it (`lstmdsl compile --emit
 plan`) and `verify` checks its invariants (tests run it after every pass).
 
@@ -328,23 +328,21 @@ class Persistent:
 
 @dataclass(frozen=True, slots=True)
 class Wavefront:
-    """A stack's forward as a wavefront: the sequence is cut into chunks of steps, and each layer runs on
-    a stream of its own, chunk by chunk: its input GEMM over the chunk's rows, then the chunk's steps. Layer
-    l starts chunk j once layer l-1 has finished chunk j (its y there is this layer's x, in place:
-    Storage.stack_input) and it has finished chunk j-1 itself, so layer l+1 works on chunk j while layer l
-    works on chunk j+1. A step of one layer rarely fills the GPU (at B = 256, H = 512 its GEMM is 32 tiles on
-    132 multiprocessors); L layers at once fill it up to L times better, and the whole stack takes about
-    (chunks + L - 1) chunks' time where it took L * chunks.
+    """A stack's forward as a wavefront: the sequence is cut into chunks of steps, and each layer runs on a stream
+    of its own, chunk by chunk: its input GEMM over the chunk's rows, then the chunk's steps. Layer l starts chunk j
+    once layer l-1 has finished chunk j (its y there is this layer's x, in place: Storage.stack_input) and it has
+    finished chunk j-1 itself, so layer l+1 works on chunk j while layer l works on chunk j+1. A step of one layer
+    rarely fills the GPU (at B = 256, H = 512 its GEMM is 32 tiles on 132 multiprocessors); L layers at once fill it
+    up to L times better, and the whole stack takes about (chunks + L - 1) chunks' time where it took L * chunks.
 
-    The cost model: used for every stack of 2 to 16 layers (cublas.MAX_LANES: each layer's GEMMs need a
-    cuBLAS workspace of their own), its layers on the stepwise loop. A
-    persistent kernel takes every multiprocessor, so it cannot overlap a layer with another; the wavefront
-    of stepwise layers beat persistent layers one after the other at every stack shape measured (4 layers,
-    fp32, T = 100, on the H200: B = 1, H = 256 1.7-2.1x faster; B = 16, H = 512 1.6x; H = 1024 1.3x), so in
-    a stack it wins over `persistent auto`; a forced `persistent` wins over `wavefront auto` (the layers
-    then run their persistent kernels one after the other), a forced `wavefront` over both. The sequence
-    is cut into `chunks` chunks of ceil(T / chunks) steps (the last one shorter): 8, 16 and 32 chunks were
-    within 10% of each other at those shapes and at B = 64 and 256."""
+    The cost model: used for every stack of 2 to 16 layers (cublas.MAX_LANES: each layer's GEMMs need a cuBLAS
+    workspace of their own), its layers on the stepwise loop. A persistent kernel takes every multiprocessor, so it
+    cannot overlap a layer with another; the wavefront of stepwise layers beat persistent layers one after the other
+    at every stack shape measured (4 layers, fp32, T = 100, on the H200: B = 1, H = 256 1.7-2.1x faster; B = 16, H =
+    512 1.6x; H = 1024 1.3x), so in a stack it wins over `persistent auto`; a forced `persistent` wins over
+    `wavefront auto` (the layers then run their persistent kernels one after the other), a forced `wavefront` over
+    both. The sequence is cut into `chunks` chunks of ceil(T / chunks) steps (the last one shorter): 8, 16 and 32
+    chunks were within 10% of each other at those shapes and at B = 64 and 256."""
 
     chunks: int = 16
     forced: bool = False
@@ -362,11 +360,13 @@ class Wavefront:
 @dataclass(frozen=True, slots=True)
 class Loop:
     """The time loop: the body runs once per step, t = 0 .. T-1 (forward) or T-1 .. 0 (reverse).
-    persistent: the same steps as one launch (Persistent), where its cost model says so."""
+    persistent: the same steps as one launch (Persistent), where its cost model says so. fanout: runs of
+    consecutive GEMMs of the body (their indices) that run at once, each on a stream of its own (passes/fanout.py)."""
 
     body: tuple[Op, ...] = ()
     direction: str = "forward"
     persistent: Persistent | None = None
+    fanout: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

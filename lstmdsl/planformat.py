@@ -117,6 +117,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         for where, op in phase.ops():
             label = {"before": "before the loop: ", "loop": "each step:       ", "after": "after the loop:  "}[where]
             lines.append(f"  {label} " + op_text(phase, op))
+        for g in phase.loop.fanout:  # (1-based positions among the step's ops above)
+            lines.append(f"  GEMMs {g[0] + 1}-{g[-1] + 1} of the step run at once, each on a stream of its own "
+                         "(in the stepwise loop of a layer run alone: not in a layer wavefront, with use_fanout "
+                         "off or while profiling)")
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for single-stage cells with "

@@ -4,6 +4,7 @@ whole pipeline whenever a program is built: a failure is a bug in a pass, never 
 from __future__ import annotations
 
 from .ir import LEAF_OPS
+from .passes.fanout import alone, apart
 from .passes.in_place import kernel_of, within
 from .passes.storage import backward_roots, forward_roots
 from .passes.wavefront import backward_blocker, wavefront_blocker
@@ -247,16 +248,33 @@ def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
             raise PlanError(f"{title}: the persistent stages do not store {sorted(wanted - stored)}")
 
 
+def _check_fanout(phase: Phase, title: str) -> None:
+    """Each group of GEMMs that run at once is a run of two or more consecutive GEMMs of the body that may
+    run beside each other (passes/fanout.py), and no op is in two groups."""
+    seen: set[int] = set()
+    for g in phase.loop.fanout:
+        if len(g) < 2 or list(g) != list(range(g[0], g[0] + len(g))) or g[-1] >= len(phase.loop.body) or seen & set(g):
+            raise PlanError(f"{title}: GEMMs {g} that run at once are not a run of two or more of the step's ops")
+        seen |= set(g)
+        ops = [phase.loop.body[i] for i in g]
+        why = next((w for w in map(alone, ops) if w), None) or next(
+            (w for a in range(len(ops)) for b in range(a) if (w := apart(ops[a], ops[b]))), None)
+        if why:
+            raise PlanError(f"{title}: GEMMs {g} run at once, but {why}")
+
+
 def verify(plan: Plan) -> None:
     """Check a plan's invariants at whatever stage it is: the dataflow of each phase (every value read is a
     leaf or computed earlier, every value computed once); once storage is assigned, that every slot is in
     a known buffer, no two values share a slot, a buffer reused by the backward is not read by it, and
     that the types agree at every GEMM and copy; once calls are assigned, that every op has one; a
-    persistent kernel's stages (_check_persistent); and that a wavefront's forward runs chunk by chunk."""
+    persistent kernel's stages (_check_persistent); the GEMMs that run at once (_check_fanout); and that a
+    wavefront's forward runs chunk by chunk."""
     for title, phase in (("forward", plan.forward), ("backward", plan.backward)):
         if phase.loop.direction not in ("forward", "reverse"):
             raise PlanError(f"{title}: unknown loop direction {phase.loop.direction!r}")
         _check_dataflow(phase, title)
+        _check_fanout(phase, title)
         if phase.loop.persistent is not None:
             _check_persistent(plan, phase, title)
     if plan.dtype not in ELEMENT_TYPES or plan.compute not in COMPUTE_TYPES or plan.operand_type not in ELEMENT_TYPES:

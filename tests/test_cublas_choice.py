@@ -114,17 +114,18 @@ def test_a_timing_that_fails_keeps_the_default_with_a_warning(monkeypatch):
 
 def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monkeypatch):
     """Engine._tune: not inside someone else's CUDA-graph capture (the GEMMs then run as cuBLAS would by
-    default, and the phase is tuned at a later call), and once per workspace and phase."""
+    default, and the phase is tuned at a later call), and once per workspace, phase and fan (the fanned
+    GEMMs take lanes of their own, whose handles the tuning makes)."""
     from lstmdsl.runtime import executor
 
     tuned = []
 
     class FakeIssue:
-        def __init__(self, engine, ws, bind, stream, lane):
-            self.ws = ws
+        def __init__(self, engine, ws, bind, stream, lane, fan=None):
+            self.ws, self.fan = ws, fan
 
         def tune(self, phase, wave=False):
-            tuned.append((self.ws.name, phase, wave))
+            tuned.append((self.ws.name, phase, wave, self.fan))
 
     capturing = [True]
     monkeypatch.setattr(executor, "Issue", FakeIssue)
@@ -136,7 +137,11 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
     capturing[0] = False
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=True)
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward"), (ws, None, 0, "backward")])
-    assert tuned == [("layer 0", "forward", True), ("layer 0", "backward", False)] and ws.tuned == {"forward", "backward"}
+    assert tuned == [("layer 0", "forward", True, None), ("layer 0", "backward", False, None)]
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")  # the fan's lanes: once more
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")
+    assert tuned[2:] == [("layer 0", "forward", False, "fan")]
+    assert ws.tuned == {("forward", False), ("backward", False), ("forward", True)}
 
 
 def _fresh_warmup(monkeypatch):

@@ -563,3 +563,34 @@ def test_the_wavefront_runs_where_its_cost_model_says():
 def test_wavefront_in_half_precision_with_lengths(name, precision):
     check(name, 37, 17, 16, 256, 3, schedule=f"wavefront; precision {precision}", scale=1 / 16,
           tolerance=TOLERANCE[precision], lengths=np.array([37, 1, 20, 36, 5, 37, 9, 2, 30, 11, 37, 3, 18, 25, 7, 33, 1]))
+
+
+@pytest.mark.parametrize("T,B,H,graphs", [(7, 3, 33, True), (20, 64, 512, True), (9, 16, 256, False)])
+def test_a_steps_gemms_fanned_out_match_them_one_after_another(monkeypatch, T, B, H, graphs):
+    """FGR's four GEMMs each way per step at once (passes/fanout.py), each on a stream and cuBLAS lane of its
+    own, as branches of the CUDA graphs and without graphs: the reference's results, and the same outputs,
+    final states, dx and parameter gradients as the GEMMs one after another (use_fanout off); the fan forks."""
+    from lstmdsl.runtime import issue
+
+    forks = []
+    fanned = issue.Issue.fanned
+    monkeypatch.setattr(issue.Issue, "fanned", lambda self, *a: (forks.append(1), fanned(self, *a))[1])
+    check("fgr", T, B, 16, H, 1, scale=1 / np.sqrt(H))
+    assert forks
+    rng = np.random.default_rng(7)
+    x = cupy.asarray(rng.standard_normal((T, B, 16)), np.float32)
+    dy = cupy.asarray(rng.standard_normal((T, B, H)), np.float32)
+    results = {}
+    for fanout in (True, False):
+        layer = lstmdsl.compile("fgr", 16, H, backend="cuda", seed=3)
+        layer.use_graphs, layer.use_fanout = graphs, fanout
+        randomize(layer, 4, 1 / np.sqrt(H))
+        forks.clear()
+        for _ in range(2):  # (the second call replays the graphs)
+            layer.zero_grad()
+            y, state = layer.forward(x)
+            dx = layer.backward(dy)
+        assert bool(forks) == fanout
+        results[fanout] = [cupy.asnumpy(a) for a in (y, *state.values(), dx, *layer.grads().values())]
+    for a, b in zip(results[True], results[False]):
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6), float(np.abs(a - b).max())

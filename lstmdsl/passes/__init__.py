@@ -6,8 +6,9 @@ within floating-point tolerance (tests/test_passes.py runs every spec under ever
 splitting needs no pass of its own: base_plan orders each step's GEMMs and kernels by data dependence,
 so a product of a value computed inside the step always sits between two kernels, and the fusion
 passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
-types, the storage and how each op is called, so the runtime only executes. Stacking layers reuses one
-plan per layer; the last lowering pass decides whether a stack of them may overlap its layers (Wavefront).
+types, the storage, how each op is called and which of a step's GEMMs run at once, so the runtime only
+executes. Stacking layers reuses one plan per layer; the last lowering pass decides whether a stack of
+them may overlap its layers (Wavefront).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..ir import Cell
 from ..plan import Plan, base_plan
 from ..schedule import Schedule
 from .calls import assign_calls
+from .fanout import plan_fanout
 from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
 from .persistent import make_persistent
@@ -40,7 +42,7 @@ PIPELINE = (
     ("fold_sums", fold_sums),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls),
-            ("wavefront", plan_wavefront))
+            ("fanout", plan_fanout), ("wavefront", plan_wavefront))
 
 
 def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward") -> Plan:

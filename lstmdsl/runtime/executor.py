@@ -26,6 +26,7 @@ from ..passes.wavefront import wavefront_blocker
 from ..plan import ELEMENT_TYPES, Transfer
 from ..program import Program
 from . import convert, cublas, device
+from .fanout import fan
 from .issue import Issue
 from .nvrtc import function, load_module
 from .persistent import PersistentRun, launch_shape
@@ -68,6 +69,8 @@ class Engine:
         # kept per workspace)
         self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
         self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
+        self.use_fanout = True  # False: a step's GEMMs one after another (runtime/fanout.py)
+        self.fan_wave: device.Wave | None = None  # the streams of a step's GEMMs that run at once, once some do
 
     # -- workspaces
     def workspace(self, T: int, B: int, train: bool, stream: int) -> list[Workspace]:
@@ -227,17 +230,19 @@ class Engine:
         self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, lanes)], wave=True)
         self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
 
-    def _tune(self, stream: int, layers: list, wave: bool = False) -> None:
+    def _tune(self, stream: int, layers: list, wave: bool = False, fanned=None) -> None:
         """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
         capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
         would by default, and the phase is tuned at a later call). While profiling too, so that the profile
-        times the GEMMs as they run (the timing's own calls are in no part)."""
-        layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers if phase not in ws.tuned]
+        times the GEMMs as they run (the timing's own calls are in no part). fanned: the phase's Fan, whose
+        lanes the grouped GEMMs take (their handles are made here): tuned apart from the phase without it."""
+        layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers
+                  if (phase, fanned is not None) not in ws.tuned]
         if not layers or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
-            Issue(self, ws, bind, stream, lane).tune(phase, wave)
-            ws.tuned.add(phase)
+            Issue(self, ws, bind, stream, lane, fanned).tune(phase, wave)
+            ws.tuned.add((phase, fanned is not None))
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
         """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS
@@ -280,9 +285,10 @@ class Engine:
     # -- running
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
         lane = cublas.lane(stream)
-        self._tune(stream, [(ws, bind, lane, name)])
-        self._replay([ws], (name, bind.key, lane), 1, lambda side: Issue(self, ws, bind, side, lane).phase(name),
-                     stream)
+        fanned = fan(self, ws, name, stream, lane)
+        self._tune(stream, [(ws, bind, lane, name)], fanned=fanned)
+        self._replay([ws], (name, bind.key, lane, fanned is not None), 1,
+                     lambda side: Issue(self, ws, bind, side, lane, fanned).phase(name), stream)
 
     @staticmethod
     def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int, str]:

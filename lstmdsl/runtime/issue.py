@@ -4,10 +4,13 @@ kernel (arguments bound as its KernelDesc says), a Copy one strided copy (or the
 
 from __future__ import annotations
 
+import copy
 import math
+
 from ..errors import LstmdslError
 from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
 from . import convert, cublas, device
+from .fanout import Fan
 from .persistent import PersistentRun
 from .workspace import Workspace
 
@@ -33,10 +36,11 @@ def _kind(phase: str, place: str, op) -> str:
 
 class Issue:
     """Issues one phase of one layer onto a stream: engine, the executor's Engine (its program, functions
-    and persistent choice); bind, the layer's Binding (executor.py); lane, the cuBLAS lane of its GEMMs."""
+    and persistent choice); bind, the layer's Binding (executor.py); lane, the cuBLAS lane of its GEMMs;
+    fan, the streams and lanes of the step's GEMMs that run at once (runtime/fanout.py), or None."""
 
-    def __init__(self, engine, ws: Workspace, bind, stream: int, lane: int):
-        self.engine, self.ws, self.bind, self.stream, self.lane = engine, ws, bind, stream, lane
+    def __init__(self, engine, ws: Workspace, bind, stream: int, lane: int, fan: Fan | None = None):
+        self.engine, self.ws, self.bind, self.stream, self.lane, self.fan = engine, ws, bind, stream, lane, fan
         self.plan = engine.program.plan
         self.stacks = {s.name: s for s in self.plan.storage.stacks}
 
@@ -76,12 +80,19 @@ class Issue:
         wave: the phase runs in a wavefront, always step by step."""
         if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
-        for op in getattr(self.plan, name).loop.body:
+        lanes = self.lanes(name)
+        for k, op in enumerate(getattr(self.plan, name).loop.body):
             c = getattr(op, "call", None)
             if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
                 M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0)
                 cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
-                            (c.a_type, c.b_type, c.c_type, c.compute), self.stream, self.lane)
+                            (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lanes.get(k, self.lane))
+
+    def lanes(self, name: str) -> dict[int, int]:
+        """The cuBLAS lane of each GEMM of the loop's body that runs beside others (by its index)."""
+        if self.fan is None:
+            return {}
+        return {k: lane for g in getattr(self.plan, name).loop.fanout for k, lane in zip(g, self.fan.lanes)}
 
     def gemm(self, c: GemmCall, t: int, rows: int | None = None) -> None:
         """One GEMM at step t; rows: M where the call covers only some steps' rows (a wavefront's chunk)."""
@@ -190,9 +201,27 @@ class Issue:
     def steps(self, name: str, t0: int, t1: int) -> None:
         """The loop's steps t0 .. t1-1, in the loop's direction."""
         phase = getattr(self.plan, name)
+        groups = {g[0]: g for g in phase.loop.fanout} if self.fan is not None else {}
         for t in range(t0, t1) if phase.loop.direction == "forward" else range(t1 - 1, t0 - 1, -1):
-            for op in phase.loop.body:
-                self.op(name, "loop", op, t)
+            k = 0
+            while k < len(phase.loop.body):
+                if k in groups:
+                    self.fanned(name, groups[k], t)
+                    k += len(groups[k])
+                else:
+                    self.op(name, "loop", phase.loop.body[k], t)
+                    k += 1
+
+    def fanned(self, name: str, group: tuple[int, ...], t: int) -> None:
+        """A group of the step's GEMMs at once: forked onto the fan's streams, each with its lane, joined back."""
+        streams = self.fan.wave.fork(self.stream)
+        try:  # (joined whatever happens: a capture with a branch left unjoined would hide the error)
+            for k, s, lane in zip(group, streams, self.fan.lanes):
+                branch = copy.copy(self)
+                branch.stream, branch.lane = s, lane
+                branch.op(name, "loop", getattr(self.plan, name).loop.body[k], t)
+        finally:
+            self.fan.wave.join(self.stream)
 
     def phase(self, name: str) -> None:
         phase = getattr(self.plan, name)

@@ -50,6 +50,7 @@ class CudaLayer(Layer):
         self.program = build_program(self.cell, schedule, dtype)
         self._engines: dict[tuple, Engine] = {}
         self._use_graphs = True
+        self._use_fanout = True
         stacks = self.program.plan.storage.stacks
         rng = np.random.default_rng(seed)
         self._stacks, self._grad_stacks = [], []
@@ -206,7 +207,7 @@ class CudaLayer(Layer):
                 program = build_program(cell, self.schedule, str(self.dtype), "reverse" if d else "forward")
                 sizes = [self.sizes[k]]
             self._engines[key] = Engine(program, sizes)
-            self._engines[key].use_graphs = self._use_graphs
+            self._engines[key].use_graphs, self._engines[key].use_fanout = self._use_graphs, self._use_fanout
         return self._engines[key]
 
     @property
@@ -224,6 +225,17 @@ class CudaLayer(Layer):
         self._use_graphs = value
         for e in self._engines.values():
             e.use_graphs = value
+
+    @property
+    def use_fanout(self) -> bool:
+        """Whether a step's independent GEMMs run at once on streams of their own (runtime/fanout.py)."""
+        return self._use_fanout
+
+    @use_fanout.setter
+    def use_fanout(self, value: bool) -> None:
+        self._use_fanout = value
+        for e in self._engines.values():
+            e.use_fanout = value
 
     # -- the checks of CuPy arrays
     def _check_kind(self, what: str, a) -> None:

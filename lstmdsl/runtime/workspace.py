@@ -75,7 +75,8 @@ class Workspace:
         self.pinned = False  # a graph captured by someone else (torch) holds its addresses
         self.stream = stream
         self.persistent: dict[str, object] = {}  # phase -> its persistent launch at these sizes, or None (Engine)
-        self.tuned: set[str] = set()  # phases whose per-step GEMM shapes were timed (Engine._tune, cublas.tune)
+        self.tuned: set[tuple[str, bool]] = set()  # (phase, fanned out) whose per-step GEMM shapes were timed
+        # (Engine._tune, cublas.tune; with the fan, its lanes' handles made)
         self.wave: int | None = None  # a stack's first layer: steps per chunk of its wavefront, 0 for none
         # (Engine.wave_steps; None until decided)
         self.counter: int | None = None  # the persistent kernels' barrier counter (one uint32), when they run

@@ -113,6 +113,31 @@ for k, (name, text) in enumerate(cases):
     print(f"{name} | {schedule} | L=3 T=19 lengths={lengths is not None} | {'OK' if not bad else f'BAD {bad}'}",
           flush=True)
 
+# a step's independent GEMMs at once (passes/fanout.py: FGR's four each way), their streams run in adversarial
+# orders at each join (simrt.Wave), so a GEMM that read another's output unwaited would read the poison; with
+# graphs and without, with the fan switched off (one after another), with lengths (a forward group only),
+# in bf16 and in both directions, in a stack (its forward a wavefront: the fan in its backward only); and
+# the fan really forks where it is on
+from lstmdsl.runtime import issue as issue_module  # noqa: E402
+
+forks = []
+_fanned = issue_module.Issue.fanned
+issue_module.Issue.fanned = lambda self, *a: (forks.append(1), _fanned(self, *a))[1]
+for graphs, fanout, schedule, kw in [
+        (True, True, None, {}), (False, True, None, {}), (True, False, None, {}), (False, False, None, {}),
+        (True, True, None, dict(lengths=np.array([4, 1, 3]))), (True, True, "precision bf16", dict(bidirectional=True)),
+        (False, True, "no hoist input; no batch weights", dict(lengths=np.array([2, 4, 1]))),
+        (True, True, "fuse recurrent", {}), (True, True, None, dict(L=2))]:
+    forks.clear()
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["fgr"].read_text()), I=6, graphs=graphs, fanout=fanout,
+                      schedule=schedule, verbose=False, **kw)
+    said = bool(forks) == fanout
+    failures += bool(bad) or not said
+    total += 1
+    print(f"fgr | fanout={fanout} {schedule or 'default'} {kw} | graphs={graphs} forks={len(forks)} | "
+          f"{'OK' if not bad and said else f'BAD {bad}'}", flush=True)
+issue_module.Issue.fanned = _fanned
+
 # a stack deeper than the cuBLAS lanes (one per layer of a wavefront) runs its layers one after the other
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
