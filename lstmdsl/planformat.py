@@ -123,7 +123,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          "off or while profiling)")
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
-            lines.append("  no persistent schedule: `persistent auto` has one only for single-stage cells with "
+            lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "
                          "recurrent products in fp32, where it was measured faster than the stepwise loop; "
                          "`persistent` forces it where it can run")
         if pers is not None:

@@ -127,7 +127,9 @@ def test_kernels_are_found_by_name():
     assert names == [op.name for op in program.plan.kernels()]
     assert [n for n in names if "_fwd" in n] == ["gru_fwd0", "gru_fwd1"]
     assert len([n for n in names if "_bwd" in n]) == 2  # the third, an addition, folded into the last GEMM
-    assert not [n for n, k in program.kernels.items() if k.kind == "persistent"]  # auto never runs it for GRU
+    # auto: the forward's persistent kernel (two stages: passes/persistent.py, STAGED_LIMITS), not the backward's
+    assert [n for n, k in program.kernels.items() if k.kind == "persistent"] == ["gru_fwd_persistent"]
+    assert not [n for n, k in build("fgr").kernels.items() if k.kind == "persistent"]  # four stages: never
     forced = build("gru", Schedule(persistent="on"))
     persistent = [n for n, k in forced.kernels.items() if k.kind == "persistent"]
     assert persistent == [forced.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
@@ -152,8 +154,9 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     name = reverse.plan.forward.loop.persistent.name
     assert name == "vanilla_fwd_persistent_reverse" and reverse.kernels[name].reverse
     assert build("slstm", on).plan.forward.loop.persistent is None
-    # `persistent auto` compiles the kernel only where its cost model can choose it (single-stage fp32 cells)
-    assert build("gru").plan.forward.loop.persistent is None and build("layernorm").plan.forward.loop.persistent is None
+    # `persistent auto` compiles the kernel only where its cost model can choose it (fp32 cells of one or two
+    # product stages)
+    assert build("fgr").plan.forward.loop.persistent is None and build("layernorm").plan.forward.loop.persistent is None
     assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is None
     assert build("vanilla").plan.forward.loop.persistent is not None
     assert build("indrnn").plan.forward.loop.persistent is None  # no products: its kernel would never be chosen

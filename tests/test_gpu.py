@@ -502,6 +502,23 @@ def test_a_persistent_grid_that_splits_the_batch(name):
         assert len(runs) == 2 and all(r is not None and r.split == 1 and r.blocks == 64 for r in runs), runs
 
 
+@pytest.mark.parametrize("name", ["gru", "mgu"])
+def test_a_cell_of_two_stages_runs_the_persistent_kernel_where_auto_chooses_it(name):
+    """`persistent auto` for cells of two product stages (passes/persistent.py, STAGED_LIMITS): a split grid
+    at B = 17, H = 100 and the element grid at B = 1, H = 600 (2^20 multiply-adds a step, GRU), against the
+    reference; the backward stepwise."""
+    for T, B, H in ((6, 17, 100), (4, 1, 600)):
+        check(name, T, B, 5, H, 1, scale=1 / np.sqrt(H))
+        layer = lstmdsl.compile(name, 5, H, backend="cuda", **extra_sizes(name))
+        y, _ = layer.forward(cupy.asarray(np.random.default_rng(0).standard_normal((T, B, 5)), np.float32))
+        layer.backward(cupy.ones_like(y))
+        runs = [(ws.persistent.get("forward"), ws.persistent.get("backward")) for engine in layer._engines.values()
+                for wss in engine.workspaces.values() for ws in wss]
+        assert runs and all(f is not None and b is None for f, b in runs), (name, B, H, runs)
+        if B > 1:
+            assert all(f.split == 1 for f, _ in runs), runs
+
+
 def test_ten_thousand_persistent_launches_do_not_hang():
     """10,000 consecutive cooperative launches (each with its barriers) on one stream, then one check."""
     layer = lstmdsl.compile("vanilla", 16, 256, backend="cuda", schedule="persistent")

@@ -339,8 +339,8 @@ def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transp
     """Each per-step GEMM of the backward a stage of its own (a matvec_t: the state's gradient through the
     transposed matrices); not where a GEMM adds into a sum another op began (GRU's sum folding; zoneout), a
     row reduction (layer norm) or block-diagonal matrices (sLSTM). Under `persistent auto` only where the
-    forward's cost model has a kernel (single-stage fp32 cells: vanilla, peephole), with the backward's rules;
-    and it verifies."""
+    forward's cost model has a kernel for a single-stage fp32 cell (vanilla, peephole; not two-stage LSTMP),
+    with the backward's rules; and it verifies."""
     spec = lstmdsl.parse(name)
     auto = make_plan(spec.cell, spec.grad, Schedule())
     back = auto.backward.loop.persistent
@@ -364,10 +364,15 @@ def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transp
 
 
 def test_format_plan_prints_the_persistent_stages_and_rule():
-    spec = lstmdsl.parse("gru")
+    fgr = lstmdsl.parse("fgr")  # four stages: no kernel under `persistent auto`
+    auto = format_plan(make_plan(fgr.cell, fgr.grad, Schedule()), {"input": 8, "hidden": 16})
+    assert "no persistent schedule: `persistent auto` has one only for cells of one or two stages" in auto
+    assert "fgr_fwd_persistent" not in auto
+    spec = lstmdsl.parse("gru")  # two stages: the rules measured with it
     auto = format_plan(make_plan(spec.cell, spec.grad, Schedule()), {"input": 8, "hidden": 16})
-    assert "no persistent schedule: `persistent auto` has one only for single-stage cells" in auto
-    assert "gru_fwd_persistent" not in auto
+    assert ("when a step's multiply-adds over the batch are 524288-67108864 at B <= 1 or 8388608-67108864 at "
+            "B <= 64 or 1-67108864 at B <= 64 where all the weights fit one block") in auto
+    assert "gru_bwd_persistent" not in auto  # (its backward: sum folding's init, stepwise)
     forced = format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="on")))
     assert "always (the schedule says persistent)" in forced
     assert "gru_fwd_persistent of 256 threads" in forced and forced.count("    stage kernel gru_fwd_p") == 2

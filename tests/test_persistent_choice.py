@@ -63,7 +63,8 @@ def shape(spec, schedule, B, H, T=100, phase="forward"):
     pers = getattr(program.plan, phase).loop.persistent
     if pers is None:  # `persistent auto` where the cost model can never choose it: no kernel in the plan
         return None
-    return persistent.launch_shape(pers, program.kernels[pers.name], 0, _Workspace(B, T, input=H, hidden=H))
+    return persistent.launch_shape(pers, program.kernels[pers.name], 0, _Workspace(B, T, input=H, hidden=H,
+                                                                                 proj=max(1, H // 2)))
 
 
 def test_the_cost_model_rule():
@@ -130,6 +131,24 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("vanilla", Schedule(), B=max_split + 1, H=32) is None
     assert shape("vanilla", Schedule(), B=max_batch + 1, H=128) is None  # weights too large for one block
     assert shape("layernorm", Schedule(), B=1, H=674) is None
+
+
+def test_auto_runs_a_cell_of_two_product_stages_where_its_rules_say(h200):
+    """GRU and MGU (two stages, each with recurrent products of square matrices: passes/persistent.py,
+    STAGED_LIMITS as measured with the GRU): a split grid at B <= 64 where all the weights fit one block, B = 1 from 2^19
+    multiply-adds a step, B <= 64 from 2^23; the stepwise loop elsewhere, and always for their backward.
+    FGR (four stages) and LSTMP (two, with a projection) never."""
+    for B, H, chosen in ((1, 512, True), (1, 256, False), (1, 1024, True), (16, 128, True), (64, 128, True),
+                         (16, 256, False), (16, 512, True), (64, 256, True), (64, 512, True), (4, 512, False),
+                         (128, 64, False), (65, 256, False)):
+        run = shape("gru", Schedule(), B=B, H=H)
+        assert (run is not None) == chosen, (B, H, run)
+        if chosen and H <= 128 and B > 1:
+            assert run.split >= 1
+    assert shape("mgu", Schedule(), B=16, H=128) is not None and shape("mgu", Schedule(), B=16, H=256) is None
+    assert shape("gru", Schedule(), B=1, H=1024, phase="backward") is None
+    assert shape("lstmp", Schedule(), B=16, H=96) is None  # (its projection: measured slower)
+    assert shape("fgr", Schedule(), B=1, H=512) is None
 
 
 def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):

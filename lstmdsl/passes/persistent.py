@@ -45,7 +45,7 @@ from .recurrent_fusion import _reads
 # ties at H = 32 (1.02x); at B = 64 it wins where the grid exchanges (H = 32 and 64, 2^18 and 2^20: 0.79x,
 # 0.84x) and ties or loses above (0.95-1.54x). Earlier runs with the barrier only
 # (persistent_local_fp32_h200.md) lost at B = 16, H <= 128 (0.95-1.06x): the hand-off is what wins there.
-# Only single-stage cells with recurrent products were measured: cells of several stages, with row
+# Single-stage cells with recurrent products were measured here (two-stage ones below): cells of more stages, with row
 # reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
 # stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
 # persistent_mma3_fp16_h200.md: 1.12-1.32x the stepwise loop, whose GEMMs use the tensor cores); `persistent`
@@ -67,6 +67,19 @@ BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
 # 0.76x, 0.75x; B = 16, H = 64 (2^18) ties with the split forward and stepwise backward, 1.03x).
 BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# Cells of two stages, each with recurrent products of square matrices (GRU and MGU: r * h, then its
+# product), a grid barrier between them: measured with the GRU (benchmarks/results/
+# persistent_gru_fp32_h200.md, forced persistent against the stepwise loop, forward): a split grid wins
+# at B = 16 and 64, H = 128 (0.87x, 0.57x); the element grid at B = 1, H = 512 (0.76x) and from 2^23
+# (B = 16, H = 512 0.79x; B = 64, H = 256 and 512 0.92x, 0.96x), and loses at B = 16, H = 256 (3.1M,
+# 1.15x); ties at B = 1 below 2^19. Under these rules (persistent_gru_rules_fp32_h200.md and
+# persistent_mgu_rules_fp32_h200.md) GRU and MGU run at or below the stepwise loop's time at every shape;
+# LSTMP (h, then its projection: matrices hidden x proj and proj x hidden) lost at 5 of 12 shapes (up to
+# 1.19x forward, B = 64, H = 512; persistent_lstmp_rules_fp32_h200.md) and keeps the stepwise loop. Their
+# backward stays stepwise under `auto`. (FGR, four stages, lost
+# everywhere but B = 1, H = 512 forced: 1.9-4.2x the stepwise loop at B = 16 and 64, persistent_fgr_fp32_h200.md.)
+STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "tf32": (), "bf16": (), "fp16": ()}
+STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -128,17 +141,21 @@ def make_persistent(plan: Plan) -> Plan:
     # 256 threads: the products run as register tiles (templates: block_products) that need fewer threads to
     # hide shared memory's latency than one load per multiply-add did, and up to 255 registers each keep
     # kernels of several stages from spilling (at 512 threads, 128 registers, even the vanilla one spilled)
-    single = (len(stages) == 1 and not reduces(plan.forward, stages[0])
-              and any(plan.forward.nodes[i].op == "matvec" for i in stages[0].nodes))  # (IndRNN: no products)
+    products = [not reduces(plan.forward, st) and any(plan.forward.nodes[i].op == "matvec" for i in st.nodes)
+                for st in stages]  # (IndRNN: no products)
+    square = all(p.shape[0] == p.cols for p in plan.cell.params if p.kind == "matrix" and p.cols != "input")
+    single, staged = products == [True], products == [True, True] and square  # (LSTMP's projection: not square)
     precision = plan.schedule.precision
-    work, split = (LIMITS[precision], SPLIT_LIMITS[precision]) if single and plan.dtype == "f32" else ((), ())
+    work, split = ((LIMITS[precision], SPLIT_LIMITS[precision]) if single else
+                   (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
+    work, split = (work, split) if plan.dtype == "f32" else ((), ())
     if mode == "auto" and not work + split:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back_work = BACKWARD_LIMITS[precision] if work else ()
-    back_split = BACKWARD_SPLIT_LIMITS[precision] if split else ()
+    back_work = BACKWARD_LIMITS[precision] if single and work else ()
+    back_split = BACKWARD_SPLIT_LIMITS[precision] if single and split else ()
     back = backward_stages(plan) if mode == "on" or back_work + back_split else None
     if back is None:
         return plan
