@@ -129,7 +129,9 @@ def test_kernels_are_found_by_name():
     assert len([n for n in names if "_bwd" in n]) == 2  # the third, an addition, folded into the last GEMM
     # auto: the forward's persistent kernel (two stages: passes/persistent.py, STAGED_LIMITS), not the backward's
     assert [n for n, k in program.kernels.items() if k.kind == "persistent"] == ["gru_fwd_persistent"]
-    assert not [n for n, k in build("fgr").kernels.items() if k.kind == "persistent"]  # four stages: never
+    assert not [n for n, k in build("layernorm").kernels.items() if k.kind == "persistent"]  # reductions: never
+    # FGR's four GEMMs a step, on h and the three gates, one stage: the forward's kernel, not the backward's
+    assert [n for n, k in build("fgr").kernels.items() if k.kind == "persistent"] == ["fgr_fwd_persistent"]
     forced = build("gru", Schedule(persistent="on"))
     persistent = [n for n, k in forced.kernels.items() if k.kind == "persistent"]
     assert persistent == [forced.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
@@ -154,9 +156,12 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     name = reverse.plan.forward.loop.persistent.name
     assert name == "vanilla_fwd_persistent_reverse" and reverse.kernels[name].reverse
     assert build("slstm", on).plan.forward.loop.persistent is None
+    fgr = build("fgr", on).plan.forward  # a run of GEMMs that read none of each other's products: one stage
+    (stage,) = fgr.loop.persistent.stages
+    assert {a for i in stage.nodes if fgr.nodes[i].op == "matvec" for a in fgr.nodes[i].args} == {1, 3, 4, 5}
     # `persistent auto` compiles the kernel only where its cost model can choose it (fp32 cells of one or two
     # product stages)
-    assert build("fgr").plan.forward.loop.persistent is None and build("layernorm").plan.forward.loop.persistent is None
+    assert build("layernorm").plan.forward.loop.persistent is None
     assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is None
     assert build("vanilla").plan.forward.loop.persistent is not None
     assert build("indrnn").plan.forward.loop.persistent is None  # no products: its kernel would never be chosen

@@ -135,9 +135,10 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
 
 def test_auto_runs_a_cell_of_two_product_stages_where_its_rules_say(h200):
     """GRU and MGU (two stages, each with recurrent products of square matrices: passes/persistent.py,
-    STAGED_LIMITS as measured with the GRU): a split grid at B <= 64 where all the weights fit one block, B = 1 from 2^19
-    multiply-adds a step, B <= 64 from 2^23; the stepwise loop elsewhere, and always for their backward.
-    FGR (four stages) and LSTMP (two, with a projection) never."""
+    STAGED_LIMITS as measured with the GRU): a split grid at B <= 64 where all the weights fit one block,
+    B = 1 from 2^19 multiply-adds a step, B <= 64 from 2^23; the stepwise loop elsewhere, and always for
+    their backward.
+    LSTMP (two stages, with a projection) never."""
     for B, H, chosen in ((1, 512, True), (1, 256, False), (1, 1024, True), (16, 128, True), (64, 128, True),
                          (16, 256, False), (16, 512, True), (64, 256, True), (64, 512, True), (4, 512, False),
                          (128, 64, False), (65, 256, False)):
@@ -148,7 +149,18 @@ def test_auto_runs_a_cell_of_two_product_stages_where_its_rules_say(h200):
     assert shape("mgu", Schedule(), B=16, H=128) is not None and shape("mgu", Schedule(), B=16, H=256) is None
     assert shape("gru", Schedule(), B=1, H=1024, phase="backward") is None
     assert shape("lstmp", Schedule(), B=16, H=96) is None  # (its projection: measured slower)
-    assert shape("fgr", Schedule(), B=1, H=512) is None
+
+
+def test_auto_runs_a_stage_of_several_operands_where_its_rules_say(h200):
+    """FGR (one stage of products of h and the three gates: passes/persistent.py, MANY_LIMITS as measured):
+    at B = 1 from 2^19 multiply-adds a step; the stepwise loop elsewhere, and always for its backward."""
+    for B, H, chosen in ((1, 32, False), (16, 32, False), (1, 64, False), (16, 64, False), (1, 128, False),
+                         (1, 256, True), (1, 512, True), (1, 1024, False), (2, 512, False), (4, 512, False)):
+        # (H = 1024: 53 MB of weights, more than the chip's shared memory)
+        run = shape("fgr", Schedule(), B=B, H=H)
+        assert (run is not None) == chosen, (B, H, run)
+    assert not shape("fgr", Schedule(), B=1, H=512).exchange  # (several operands: the grid barrier)
+    assert shape("fgr", Schedule(), B=1, H=1024, phase="backward") is None
 
 
 def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):

@@ -3,8 +3,10 @@
 The loop's ops become the stages of one cooperative kernel (plan.Persistent). Every per-step GEMM moves
 into the kernel after it when only that kernel reads its results and the kernel does not reduce rows
 (recurrent fusion's rule, without its restriction to operands ready at the start of the step: a grid
-barrier separates the stages, so an operand computed in an earlier stage is complete); any other GEMM
-becomes a stage of its own that computes and stores its products. Each block keeps the weight rows of its
+barrier separates the stages, so an operand computed in an earlier stage is complete), and so does a run
+of GEMMs none of which reads another's products (FGR's four, on h and the three gates; under `no hoist
+input`, the products of x and of h): one stage, not one per GEMM; any other GEMM becomes a stage of its
+own that computes and stores its products. Each block keeps the weight rows of its
 elements in shared memory for all steps, so a step reads no weights from memory, and one launch replaces
 T launches (or 2T: the GEMM and the kernel of each step).
 
@@ -76,10 +78,19 @@ BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16":
 # persistent_mgu_rules_fp32_h200.md) GRU and MGU run at or below the stepwise loop's time at every shape;
 # LSTMP (h, then its projection: matrices hidden x proj and proj x hidden) lost at 5 of 12 shapes (up to
 # 1.19x forward, B = 64, H = 512; persistent_lstmp_rules_fp32_h200.md) and keeps the stepwise loop. Their
-# backward stays stepwise under `auto`. (FGR, four stages, lost
-# everywhere but B = 1, H = 512 forced: 1.9-4.2x the stepwise loop at B = 16 and 64, persistent_fgr_fp32_h200.md.)
+# backward stays stepwise under `auto`.
 STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "tf32": (), "bf16": (), "fp16": ()}
 STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# A stage of products of several operands (FGR: h and the three gates, a run of GEMMs moved whole into the
+# kernel after it; any cell under `no hoist input`: x and h): no hand-off in tagged words, each operand
+# staged each step. FGR forced (persistent_fgr_stage_fp32_h200.md, against the stepwise loop with its four
+# GEMMs fanned out): wins at B = 1 from 2^19 (H = 256 and 512: 0.90x, 0.47x) and at H = 32 (0.64-0.97x
+# forward at B = 1-64: all the weights in one block), loses elsewhere (H = 64-128: 1.1-1.9x, one block or
+# split at H = 64 too; B = 4, H = 256 1.27x). H = 32 and 64 overlap in batch and work (B = 64, H = 32 and
+# B = 16, H = 64 both under 2^20), which the rules cannot tell apart: only the B = 1 rule. Its backward
+# kernel (five stages) lost everywhere (1.5-3.5x): stepwise.
+MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -98,6 +109,21 @@ def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
         if not isinstance(op, Gemm):
             stages.append(op)
             k += 1
+            continue
+        # a run of GEMMs that read none of each other's products (FGR's four, on h and the three gates) moves
+        # whole into the kernel after it: one stage, not a stage (and a grid barrier) per GEMM
+        m = k
+        while m < len(body) and isinstance(body[m], Gemm):
+            m += 1
+        run = body[k:m]
+        made = set().union(*(set(g.outputs) for g in run))
+        later = set().union(*(_reads(other, nodes) for other in body[m + 1:]))
+        nxt = body[m] if m < len(body) else None
+        if (len(run) > 1 and isinstance(nxt, Kernel) and not nxt.joins and not reduces(fwd, nxt)
+                and not (m + 1 < len(body) and getattr(body[m + 1], "joins", False))
+                and not any(set(g.inputs) & made for g in run) and not made & (wanted | later)):
+            stages.append(Kernel(tuple(i for g in run for i in g.outputs) + nxt.nodes))
+            k = m + 1
             continue
         nxt = body[k + 1] if k + 1 < len(body) else None
         later = set().union(*(_reads(other, nodes) for other in body[k + 2:]))
@@ -144,9 +170,13 @@ def make_persistent(plan: Plan) -> Plan:
     products = [not reduces(plan.forward, st) and any(plan.forward.nodes[i].op == "matvec" for i in st.nodes)
                 for st in stages]  # (IndRNN: no products)
     square = all(p.shape[0] == p.cols for p in plan.cell.params if p.kind == "matrix" and p.cols != "input")
-    single, staged = products == [True], products == [True, True] and square  # (LSTMP's projection: not square)
+    operands = {a for st in stages for i in st.nodes if plan.forward.nodes[i].op == "matvec"
+                for a in plan.forward.nodes[i].args}
+    single = products == [True] and len(operands) == 1  # (FGR: one stage of products of h and three gates)
+    many, staged = products == [True] and len(operands) > 1, products == [True, True] and square  # (LSTMP: not square)
     precision = plan.schedule.precision
     work, split = ((LIMITS[precision], SPLIT_LIMITS[precision]) if single else
+                   (MANY_LIMITS[precision], MANY_SPLIT_LIMITS[precision]) if many else
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
     work, split = (work, split) if plan.dtype == "f32" else ((), ())
     if mode == "auto" and not work + split:
