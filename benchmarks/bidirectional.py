@@ -20,7 +20,7 @@ import torch
 import lstmdsl
 import lstmdsl.torch as lt
 from lstmdsl.timing import time_gpu
-from tables import render, write
+from tables import finish, output_options, render
 
 SHAPES = [(16, 256, 100), (64, 512, 100)]  # (batch, hidden, steps), input size = hidden
 
@@ -30,8 +30,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--tf32", action="store_true", help="TF32 tensor cores for both (default: strict fp32)")
-    ap.add_argument("--json", help="write the result here (and its table beside it, .md)")
-    ap.add_argument("--render", metavar="JSON", help="only write the table of a result written before (no GPU)")
+    output_options(ap)
     args = ap.parse_args()
     if args.render:
         render(args.render, markdown)
@@ -87,9 +86,7 @@ def main() -> None:
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
               "lstmdsl": lstmdsl.__version__, "python": platform.python_version(), "precision": precision,
               "layers": args.layers, "repeat": args.repeat, "rows": rows, "packing": packing}
-    print(markdown(result))
-    if args.json:
-        write(result, args.json, markdown)
+    finish(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

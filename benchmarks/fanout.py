@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 import lstmdsl  # noqa: E402
 from lstmdsl.timing import time_gpu  # noqa: E402
-from tables import render, write  # noqa: E402
+from tables import finish, output_options, render  # noqa: E402
 
 SPECS, BATCHES, HIDDEN, T = ("fgr", "gru"), (16, 64), (256, 512), 100
 
@@ -47,8 +47,7 @@ def case(cupy, name: str, B: int, H: int, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--json", help="write the result here (and its table beside it, .md)")
-    ap.add_argument("--render", metavar="JSON", help="only write the table of a result written before (no GPU)")
+    output_options(ap)
     args = ap.parse_args()
     if args.render:
         render(args.render, markdown)
@@ -71,9 +70,7 @@ def main() -> None:
     result = {"gpu": gpu, "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
               "cublas": cublas._identity(0)[1], "lstmdsl": lstmdsl.__version__, "python": platform.python_version(),
               "precision": "strict fp32", "steps": T, "layers": 1, "repeat": args.repeat, "rows": rows}
-    print(markdown(result))
-    if args.json:
-        write(result, args.json, markdown)
+    finish(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

@@ -22,7 +22,7 @@ import torch
 import lstmdsl
 import lstmdsl.torch as lt
 from lstmdsl.timing import time_gpu
-from tables import render, write
+from tables import finish, output_options, render
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--tf32", action="store_true")
-    ap.add_argument("--json", help="write the result here (and its table beside it, .md)")
-    ap.add_argument("--render", metavar="JSON", help="only write the table of a result written before (no GPU)")
+    output_options(ap)
     args = ap.parse_args()
     if args.render:
         render(args.render, markdown)
@@ -67,9 +66,7 @@ def main() -> None:
               "python": platform.python_version(), "precision": "tf32" if args.tf32 else "strict fp32",
               "repeat": args.repeat, "shape": {"batch": B, "hidden": H, "steps": T}, "train_ms": rows,
               "cost": {n: rows[n] / rows[b] for n, b in base.items()}}
-    print(markdown(result))
-    if args.json:
-        write(result, args.json, markdown)
+    finish(result, args, markdown)
 
 
 def markdown(result: dict) -> str:
