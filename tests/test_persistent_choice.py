@@ -67,6 +67,13 @@ def shape(spec, schedule, B, H, T=100, phase="forward"):
                                                                                  proj=max(1, H // 2)))
 
 
+def test_the_split_rules_count_only_where_all_the_weights_fit_one_block():
+    p = Persistent((), work=((16, 1, 1 << 20),), split_work=((256, 1, 1 << 26),))
+    assert p.applies(16, 1 << 20, True) and not p.applies(17, 100, True) and p.applies(17, 100, True, split=True)
+    assert not p.applies(257, 100, True, split=True) and not p.applies(64, 100, False, split=True)
+    assert not Persistent((), work=((16, 1, 1 << 20),)).applies(17, 100, True, split=True)
+
+
 def test_the_cost_model_rule():
     p = Persistent((), work=((16, 0, 1 << 14), (16, (1 << 16) + 1, 1 << 24), (1, 1 << 26, 1 << 27)))
     assert p.applies(16, 1 << 24, True) and not p.applies(17, 100, True) and not p.applies(1, 100, False)
@@ -161,6 +168,20 @@ def test_auto_runs_a_stage_of_several_operands_where_its_rules_say(h200):
         assert (run is not None) == chosen, (B, H, run)
     assert not shape("fgr", Schedule(), B=1, H=512).exchange  # (several operands: the grid barrier)
     assert shape("fgr", Schedule(), B=1, H=1024, phase="backward") is None
+
+
+def test_no_rules_for_a_loop_with_the_inputs_products_not_measured():
+    """Under `no hoist input` the products of x and of h are one stage of two operands (a run of GEMMs that
+    read none of each other's products): forced, one stage; under `persistent auto` no kernel (not
+    measured), as before the run became one stage."""
+    for name in ("vanilla", "peephole", "gru", "indrnn"):
+        spec = lstmdsl.parse(name)
+        auto = build_program(spec.cell, Schedule(hoist_input=False)).plan
+        assert auto.forward.loop.persistent is None and auto.backward.loop.persistent is None, name
+    forced = build_program(lstmdsl.parse("vanilla").cell, Schedule(hoist_input=False, persistent="on")).plan
+    (stage,) = forced.forward.loop.persistent.stages
+    nodes = forced.forward.nodes
+    assert {nodes[a].op for i in stage.nodes if nodes[i].op == "matvec" for a in nodes[i].args} == {"input", "state"}
 
 
 def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):

@@ -12,7 +12,7 @@ T launches (or 2T: the GEMM and the kernel of each step).
 
 The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) chooses between them once
 the runtime knows the batch and the sizes. Under `persistent auto` the plan has the kernel only where the
-cost model can choose it (LIMITS): a kernel for any other cell or precision would be compiled into every
+cost model can choose it (the rules below, for the kinds of cells measured): a kernel for any other cell or precision would be compiled into every
 module and never run (and cost its compilation; the layer norm's with lengths also spilled registers). A block-diagonal matrix (heads) keeps the stepwise loop, and so
 does a loop whose storage copies a value between slots each step (the calls pass drops the persistent
 launch there: its stages have no copies).
@@ -25,8 +25,9 @@ GEMM that adds into a sum another op began (sum folding's `init`: GRU, MGU, zone
 sums`) keeps the stepwise backward,
 and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
 stages, spilled registers).
-Under `persistent auto` the backward has its kernel where the forward's cost model has one and
-BACKWARD_LIMITS or BACKWARD_SPLIT_LIMITS has rules for the precision; the runtime chooses it by those rules.
+Under `persistent auto` the backward has its kernel where the forward's is a single-stage cell with one
+product operand that the cost model can choose, and BACKWARD_LIMITS or BACKWARD_SPLIT_LIMITS has rules for
+the precision; the runtime chooses it by those rules.
 """
 
 from __future__ import annotations
@@ -47,17 +48,20 @@ from .recurrent_fusion import _reads
 # ties at H = 32 (1.02x); at B = 64 it wins where the grid exchanges (H = 32 and 64, 2^18 and 2^20: 0.79x,
 # 0.84x) and ties or loses above (0.95-1.54x). Earlier runs with the barrier only
 # (persistent_local_fp32_h200.md) lost at B = 16, H <= 128 (0.95-1.06x): the hand-off is what wins there.
-# Single-stage cells with recurrent products were measured here (two-stage ones below): cells of more stages, with row
-# reductions or with no products (IndRNN: its kernel would be one block whatever the size) keep the
-# stepwise loop under `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
+# Single-stage cells with recurrent products of one operand were measured here (others below): cells of more
+# stages, with row reductions, with no recurrent products (IndRNN: its kernel would be one block whatever the
+# size) or with the input's products in the loop (`no hoist input`: not measured) keep the stepwise loop under
+# `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
 # persistent_mma3_fp16_h200.md: 1.12-1.32x the stepwise loop, whose GEMMs use the tensor cores); `persistent`
 # forces it anywhere.
-# Where all the weights fit one block, past one block's work, a grid that splits the batch (each block all the
-# weights and its own rows, Persistent.split_rows) wins to B = 256 at every H measured (SPLIT_LIMITS;
-# benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop, forward: B = 64,
-# H = 32-100 0.54-0.64x, B = 256, H = 32 and 64 0.62x, 0.65x; against the grid that splits the elements
-# 0.24-0.79x at B = 16-256 from H = 64, a tie at B = 16, H = 100): the B <= 64 rule up to 2^20 it replaces
-# chose only shapes whose weights fit one block.
+# Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
+# rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
+# (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
+# forward: B = 64, H = 32-100 0.54-0.64x, B = 256, H = 32 and 64 0.62x, 0.65x; against the grid that splits
+# the elements 0.24-0.79x at B = 16-256 from H = 64, a tie at B = 16, H = 100; persistent_split_small_fp32_h200.md,
+# against one block of all the rows 0.38-0.83x forward at B = 2-64, H = 16-64, and 1.07-1.10x forward against
+# the element grid at H = 100, B = 2 and 8, where training still wins). It replaces a B <= 64 rule up to
+# 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
@@ -170,10 +174,12 @@ def make_persistent(plan: Plan) -> Plan:
     products = [not reduces(plan.forward, st) and any(plan.forward.nodes[i].op == "matvec" for i in st.nodes)
                 for st in stages]  # (IndRNN: no products)
     square = all(p.shape[0] == p.cols for p in plan.cell.params if p.kind == "matrix" and p.cols != "input")
-    operands = {a for st in stages for i in st.nodes if plan.forward.nodes[i].op == "matvec"
-                for a in plan.forward.nodes[i].args}
-    single = products == [True] and len(operands) == 1  # (FGR: one stage of products of h and three gates)
-    many, staged = products == [True] and len(operands) > 1, products == [True, True] and square  # (LSTMP: not square)
+    nodes = plan.forward.nodes
+    operands = {a for st in stages for i in st.nodes if nodes[i].op == "matvec" for a in nodes[i].args}
+    measured = not any(nodes[a].op == "input" for a in operands)  # (`no hoist input`: x's products, unmeasured)
+    single = products == [True] and len(operands) == 1 and measured
+    many = products == [True] and len(operands) > 1 and measured  # (FGR: products of h and three gates)
+    staged = products == [True, True] and square and measured  # (LSTMP's projection: not square)
     precision = plan.schedule.precision
     work, split = ((LIMITS[precision], SPLIT_LIMITS[precision]) if single else
                    (MANY_LIMITS[precision], MANY_SPLIT_LIMITS[precision]) if many else

@@ -236,11 +236,12 @@ LANES = 64  # handles (and 32 MB workspaces, made on first use) per device befor
 def lane(stream: int, part: int = 0) -> int:
     """The lane of the GEMMs issued for a stream: one per stream, in order of first use, so that work on
     two streams never shares a cuBLAS workspace. part: work that a call on `stream` spreads over streams of
-    its own (a stack's layers in a wavefront) takes a lane per part. The streams are the callers' and the
+    its own takes a lane per part (a stack's layers in a wavefront, parts below MAX_LANES; a step's fanned-out
+    GEMMs, runtime/fanout.py, parts MAX_LANES + 1 on: FGR 3 more). The streams are the callers' and the
     device's one side stream (device.side_stream), so the lanes in use stay few: a caller's stream with a
-    16-layer wavefront and the side stream take 17. Past LANES (a process issuing from more than three
-    streams with 16-layer wavefronts) lanes are shared in turn, and two streams running at once could then
-    share a workspace."""
+    16-layer wavefront and the side stream take 17, FGR both ways with its fan 8. Past LANES (a process
+    issuing from more than three streams with 16-layer wavefronts) lanes are shared in turn, and two streams
+    running at once could then share a workspace."""
     key = (current_device(), stream, part)
     if key not in _LANES:
         _LANES[key] = sum(1 for k in _LANES if k[0] == key[0]) % LANES

@@ -3,7 +3,9 @@
 Each group forks from the phase's stream (events, so the host never waits), runs its i-th GEMM on the
 i-th stream of a device.Wave (the first on the phase's stream itself) with a cuBLAS lane of its own (a
 handle and workspace: two GEMMs at once must not share one), and joins back before the next op. Inside
-a CUDA graph's capture the GEMMs become parallel branches of the graph.
+a CUDA graph's capture the GEMMs become parallel branches of the graph. An engine's fan streams and
+events are its own and reused by every group: as with the wavefront's, one host thread issues on an engine
+at a time.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ class PersistentRun:
 
 def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
-    stepwise loop (decided before any call to the driver) or where the kernel cannot run."""
+    stepwise loop (decided before the kernel's limits are asked of the driver: at most the device's
+    attributes) or where the kernel cannot run."""
     env = ws.env
     work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
 
