@@ -76,3 +76,27 @@ def test_verify_catches_broken_groups():
     broken = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     with pytest.raises(PlanError, match="reads the other's output"):
         _check_fanout(broken.forward, "forward")  # (the dataflow check would not mind: the first computes it)
+
+
+def test_a_fans_gemms_each_take_a_cublas_lane_of_their_own(monkeypatch):
+    """runtime/fanout.py: the i-th GEMM of a group runs with lanes[i], all different from each other, from the
+    phase's own lane and from a wavefront's layers' lanes on the same stream (two GEMMs at once must never
+    share a cuBLAS workspace). Its lanes are bookkeeping only: checked without a GPU."""
+    from types import SimpleNamespace
+
+    from lstmdsl.program import build_program
+    from lstmdsl.runtime import cublas, fanout
+
+    monkeypatch.setattr(cublas, "current_device", lambda: 0)
+    monkeypatch.setattr(cublas, "_LANES", {})
+    monkeypatch.setattr(fanout.device, "is_capturing", lambda stream: False)
+    program = build_program(lstmdsl.parse("fgr").cell, Schedule(persistent="off"))
+    engine = SimpleNamespace(program=program, use_fanout=True, parts=None, fan_wave="streams",
+                             persistent_run=lambda ws, phase: None)
+    ws = SimpleNamespace(tuned=set())
+    stream = 7
+    fan = fanout.fan(engine, ws, "forward", stream, cublas.lane(stream))
+    assert fan is not None and fan.wave == "streams" and len(fan.lanes) == 4 == len(set(fan.lanes))
+    assert fan.lanes[0] == cublas.lane(stream)
+    assert not set(fan.lanes) & {cublas.lane(stream, k) for k in range(1, cublas.MAX_LANES)}
+    assert fanout.fan(SimpleNamespace(**{**vars(engine), "use_fanout": False}), ws, "forward", stream, 0) is None
