@@ -53,9 +53,11 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
 for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
-              "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"; do
+              "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm" \
+              "--persistent-split fgr"; do
   # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
-  # persistent kernels (forward and backward) in one block / as a grid of blocks
+  # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
+  # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
   start=$SECONDS
   timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
   summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
