@@ -187,6 +187,27 @@ def test_a_one_stage_persistent_kernel_hands_the_state_to_the_next_step_on_chip(
     assert not gru.kernels[gru.plan.forward.loop.persistent.name].forwarded and "forwarding" not in gru.source
 
 
+def test_a_persistent_step_computes_no_area_by_division():
+    """Each slot's area (its step modulo a ring's length) is computed once before the step loop and moved on
+    after every step (lstmdsl_next_area), forwards and in reverse: no division inside the loop, where twelve
+    of them were a quarter of the vanilla forward's instructions a step."""
+    on = Schedule(persistent="on")
+    for name in ("vanilla", "gru", "layernorm"):
+        for direction in ("forward", "reverse"):
+            program = build_program(lstmdsl.parse(name).cell, on, direction=direction)
+            for pers in (program.plan.forward.loop.persistent, program.plan.backward.loop.persistent):
+                if pers is None:
+                    continue
+                source = program.source.split(f" {pers.name}(", 1)[1].split("\nextern \"C\"", 1)[0]
+                before, loop = source.split("for (int s = 0; s < T; ++s) {", 1)
+                pointers = program.kernels[pers.name].pointers
+                assert pointers and all(f"int area_{p.name} = lstmdsl_area(" in before for p in pointers)
+                assert "lstmdsl_area(" not in loop
+                reverse = "true" if program.kernels[pers.name].reverse else "false"
+                assert all(f"area_{p.name} = lstmdsl_next_area(area_{p.name}, t + {p.step}, {p.name}_m, {reverse});"
+                           in loop for p in pointers)
+
+
 def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
     """Run as a grid, such a kernel (float32 state) also stores each item's h with the number of the step
     that reads it (exchange_put, two areas by parity), the next step stages those words once they carry its

@@ -477,6 +477,17 @@ def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
         assert runs and all(r is not None and r.cached for r in runs), (name, runs)
 
 
+@pytest.mark.parametrize("name", ["vanilla", "peephole", "gru", "fgr"])
+def test_the_lean_products_of_small_cells(name):
+    """Where the block has lanes for every sum and a lane at most 16 columns (templates: lean_products), the
+    persistent kernels' products run a sum on a group of lanes that meet by shuffles: H = 16 (four lanes a
+    sum forwards, sixteen in the backward's transposed products), 24 (two) and 9 (two, the second lane's row
+    past its end: the zero padding); one block at B = 1, a split grid at B = 3 and 5; forward and backward
+    against the reference."""
+    for B, H in ((1, 16), (3, 24), (5, 9)):
+        check(name, 6, B, 5, H, 1, schedule="persistent", scale=1 / np.sqrt(H))
+
+
 @pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "fgr"])
 def test_a_persistent_grid_that_splits_the_batch(name):
     """Where all the weights fit one block and a step is more than one block's work, each block of the grid
