@@ -371,18 +371,20 @@ class Layer:
         self._check_layout(what, a)
         return a
 
-    def _check_state(self, what: str, state, batch: int) -> dict:
+    def _check_state(self, what: str, state, batch: int, zeros: bool = True) -> dict | None:
+        """The state checked; None as zeros (or as None where `zeros` is False: the backend zeroes its own
+        copy, with no array to allocate and copy in)."""
         shapes = self.state_shapes(batch)
         if state is None:
-            return {k: self._zeros(s) for k, s in shapes.items()}
+            return {k: self._zeros(s) for k, s in shapes.items()} if zeros else None
         if not isinstance(state, dict) or set(state) != set(shapes):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise UsageError(f"{what} must be a dict with the keys {sorted(shapes)}, got {got}")
         return {k: self._check_array(f"{what}[{k!r}]", state[k], shapes[k]) for k in shapes}
 
-    def _check_input(self, x, state, lengths=None) -> tuple[int, int, dict, object]:
+    def _check_input(self, x, state, lengths=None, zeros: bool = True) -> tuple[int, int, dict | None, object]:
         """(T, B, state, lengths as an int64 array of the backend or None) for forward(x, state, lengths), or
-        a UsageError saying what is wrong."""
+        a UsageError saying what is wrong. zeros: see _check_state."""
         self._check_kind("x", x)
         if x.ndim != 3:
             raise UsageError(f"x must be a 3-D {self.array_name} [T, B, input_size], got shape {list(x.shape)}")
@@ -390,7 +392,7 @@ class Layer:
         if T < 1 or B < 1:
             raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
         self._check_array("x", x, (T, B, self.input_size))
-        return T, B, self._check_state("state", state, B), self._check_lengths(lengths, T, B)
+        return T, B, self._check_state("state", state, B, zeros), self._check_lengths(lengths, T, B)
 
     def _check_lengths(self, lengths, T: int, B: int):
         if lengths is None:
@@ -411,8 +413,9 @@ class Layer:
         """A numpy array as the backend's array."""
         return host
 
-    def _check_gradient(self, dy, dstate, shape: tuple[int, int]) -> dict:
-        """dstate (zeros when None) after checking dy and dstate against the last forward's shape."""
+    def _check_gradient(self, dy, dstate, shape: tuple[int, int], zeros: bool = True) -> dict | None:
+        """dstate (zeros when None, or None: see _check_state) after checking dy and dstate against the last
+        forward's shape."""
         T, B = shape
         self._check_array("dy", dy, (T, B, self.output_size))
-        return self._check_state("dstate", dstate, B)
+        return self._check_state("dstate", dstate, B, zeros)

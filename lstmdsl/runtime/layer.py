@@ -285,7 +285,9 @@ class CudaLayer(Layer):
     def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
         """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [D * L, B, size]}).
         lengths [B], train and noise: see NumpyLayer.forward."""
-        T, B, state, lengths = self._check_input(x, state, lengths)
+        # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;
+        # layers run one at a time take theirs from an array)
+        T, B, state, lengths = self._check_input(x, state, lengths, zeros=self._split)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)
@@ -302,7 +304,7 @@ class CudaLayer(Layer):
             self._mask = length_mask(lengths, T, cupy, self.dtype)  # kept until the engines have read it
             steps[LENGTH] = self._mask.data.ptr
         self._masks = masks  # likewise
-        h0 = {n: a.data.ptr for n, a in state.items()}
+        h0 = None if state is None else {n: a.data.ptr for n, a in state.items()}
         hn = {n: a.data.ptr for n, a in final.items()}
         if not self._split:
             for z in self.cell.noise:
@@ -338,11 +340,11 @@ class CudaLayer(Layer):
         gradients into grads(); initial_state_grads() holds dL/d initial state."""
         if self._shape is None:
             raise UsageError("backward() needs a forward() with train=True first")
-        dstate = self._check_gradient(dy, dstate, self._shape)
+        dstate = self._check_gradient(dy, dstate, self._shape, zeros=self._split)  # (None: as in forward)
         T, B = self._shape
         stream = device.current_stream()
         d0 = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
-        dhn = {n: a.data.ptr for n, a in dstate.items()}
+        dhn = {n: None if dstate is None else dstate[n].data.ptr for n in d0}
         dh0 = {n: a.data.ptr for n, a in d0.items()}
         for u in range(len(self.units)):
             self._connect_grads(u, before=True)
