@@ -4,11 +4,12 @@ CUDA events around the call as the benchmarks time it (the host's time to issue 
 GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
 runs in its own process, in the order A B A B; each case's time is the smaller of the tree's two medians.
 
-    python3 benchmarks/ab_small.py OLD_TREE NEW_TREE
+    python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [--shapes 1x32 16x64 ...]   (BxH; default all 15)
 
 A tree is a folder holding the lstmdsl package (`git archive REV lstmdsl grammars templates specs | tar -x
 -C DIR`). Needs a GPU and CuPy.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -22,32 +23,38 @@ from lstmdsl import api
 from lstmdsl.timing import spin
 spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
 out = {}
-for B in (1, 16, 64):
-    for H in (16, 32, 64, 128, 256):
-        layer = api.compile(spec, H, H, 1, backend="cuda", schedule="precision fp32", seed=0)
-        x = cupy.random.standard_normal((100, B, H), dtype=cupy.float32)
-        ones = cupy.ones((100, B, H), cupy.float32)
-        for mode, fn in (("forward", lambda: layer.forward(x, train=False)), ("train", lambda: (layer.forward(x), layer.backward(ones)))):
-            for _ in range(3): fn()
-            cupy.cuda.Device().synchronize()
-            ev, q = [], []
-            for _ in range(15):
-                a, b = cupy.cuda.Event(), cupy.cuda.Event()
-                a.record(); fn(); b.record(); b.synchronize(); ev.append(cupy.cuda.get_elapsed_time(a, b))
-                spin(4.0)
-                a, b = cupy.cuda.Event(), cupy.cuda.Event()
-                a.record(); fn(); b.record(); b.synchronize(); q.append(cupy.cuda.get_elapsed_time(a, b))
-            out[f"{mode} {B} {H}"] = (statistics.median(ev), statistics.median(q))
-        layer.free_workspaces()
+for B, H in json.loads(sys.argv[1]):
+    layer = api.compile(spec, H, H, 1, backend="cuda", schedule="precision fp32", seed=0)
+    x = cupy.random.standard_normal((100, B, H), dtype=cupy.float32)
+    ones = cupy.ones((100, B, H), cupy.float32)
+    for mode, fn in (("forward", lambda: layer.forward(x, train=False)), ("train", lambda: (layer.forward(x), layer.backward(ones)))):
+        for _ in range(3): fn()
+        cupy.cuda.Device().synchronize()
+        ev, q = [], []
+        for _ in range(15):
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record(); fn(); b.record(); b.synchronize(); ev.append(cupy.cuda.get_elapsed_time(a, b))
+            spin(4.0)
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record(); fn(); b.record(); b.synchronize(); q.append(cupy.cuda.get_elapsed_time(a, b))
+        out[f"{mode} {B} {H}"] = (statistics.median(ev), statistics.median(q))
+    layer.free_workspaces()
 print("RESULT" + json.dumps(out))
 '''
 def run(tree):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, cwd=tree)
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES)], env=env, capture_output=True, text=True,
+                       cwd=tree)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if not line: print(r.stderr[-3000:]); sys.exit(1)
     return json.loads(line[0][6:])
-old, new = sys.argv[1], sys.argv[2]
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("old")
+ap.add_argument("new")
+ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b in (1, 16, 64) for h in (16, 32, 64, 128, 256)])
+args = ap.parse_args()
+SHAPES = [[int(v) for v in s.split("x")] for s in args.shapes]
+old, new = args.old, args.new
 res = {old: [], new: []}
 for t in (old, new, old, new):
     res[t].append(run(t))

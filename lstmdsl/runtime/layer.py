@@ -183,6 +183,8 @@ class CudaLayer(Layer):
 
     def _order(self, u: int, arrays: dict, out: dict, stream: int) -> None:
         """The permuted copies `out` (of stacks stored head by head) from `arrays`, in the matrices' order."""
+        if not out:  # (most cells: nothing stored head by head, and no stream context to enter at every call)
+            return
         with cupy.cuda.ExternalStream(stream):
             for n in out:
                 cupy.take(arrays[n], self._orders[u][n], axis=0, out=out[n])
@@ -296,8 +298,6 @@ class CudaLayer(Layer):
             self._to_half(self._stacks[u], halves, stream)
             self._order(u, halves or self._stacks[u], self._ordered[u], stream)
         binds, connect = self._connected(masks, train)
-        y = cupy.empty((T, B, self.output_size), self.dtype)
-        final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
         masked = lengths is not None
         steps = {}
         if masked:
@@ -305,12 +305,22 @@ class CudaLayer(Layer):
             steps[LENGTH] = self._mask.data.ptr
         self._masks = masks  # likewise
         h0 = None if state is None else {n: a.data.ptr for n, a in state.items()}
-        hn = {n: a.data.ptr for n, a in final.items()}
         if not self._split:
             for z in self.cell.noise:
                 steps[z.name] = [masks[f"l{k}.{z.name}"].data.ptr for k in range(self.num_layers)]
-            self._engine(masked).forward(T, B, train, binds, x.data.ptr, h0, y.data.ptr, hn, stream, steps=steps)
+            out = []
+
+            def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
+                out.append(cupy.empty((T, B, self.output_size), self.dtype))
+                out.append({n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()})
+                return out[0].data.ptr, {n: a.data.ptr for n, a in out[1].items()}, None
+
+            self._engine(masked).forward(T, B, train, binds, x.data.ptr, h0, outputs, None, stream, steps=steps)
+            y, final = out
         else:
+            y = cupy.empty((T, B, self.output_size), self.dtype)
+            final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
+            hn = {n: a.data.ptr for n, a in final.items()}
             item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
                                                       for n, s in self.state_shapes(B).items()}
             inp = x
