@@ -346,11 +346,12 @@ class Engine:
         inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
         y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
         function returning (y, hn, owner), called once the first layer's work is issued, so the caller
-        allocates its outputs while the GPU already runs. The caller's arrays are of the plan's element type,
-        except x and y where io_type says otherwise (mixed precision: the half type, as the workspace holds
-        them); where they differ from the workspace's, they are converted on the way in and out."""
+        allocates its outputs while the GPU already runs (if it raises, an earlier training forward's activations
+        are gone: its tape is dropped first). The caller's arrays are of the plan's element type, except x and y
+        where io_type says otherwise (mixed precision: the half type, as the workspace holds them), converted."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train, stream)
+        self.tape = None if train and isinstance(self.tape, tuple) and self.tape[0] == (T, B, True) else self.tape
         wave = self.parts is None and self.wave_steps(workspaces)  # profiling times the layers one at a time
 
         def put(k: int, ws: Workspace) -> None:

@@ -233,5 +233,26 @@ ok = "used by a backward already" in said and np.array_equal(np.asarray(layer.ba
 failures += not ok
 total += 1
 print(f"a second backward of one forward: refused with a message, fine after a forward | {'OK' if ok else f'BAD {said}'}")
+# a training forward whose outputs cannot be allocated (they are, once its first layer's work is issued,
+# over the activations an earlier forward of the same shape left): that earlier forward's backward is refused
+layer.forward(x)
+empty = cupy.empty
+try:
+    cupy.empty = lambda *a, **k: (_ for _ in ()).throw(MemoryError("out of memory (emulated)"))
+    layer.forward(x)
+    said = "no error"
+except MemoryError:
+    said = ""
+finally:
+    cupy.empty = empty
+try:
+    layer.backward(dy)
+except lstmdsl.LstmdslError as e:
+    said += str(e)
+layer.forward(x)
+ok = "needs a forward() with train=True first" in said and np.array_equal(np.asarray(layer.backward(dy)), first)
+failures += not ok
+total += 1
+print(f"outputs not allocated after the launch: the earlier forward's backward refused | {'OK' if ok else f'BAD {said}'}")
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
