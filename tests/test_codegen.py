@@ -208,6 +208,41 @@ def test_a_persistent_step_computes_no_area_by_division():
                            in loop for p in pointers)
 
 
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+def test_a_persistent_kernels_moved_area_is_the_divisions(tmp_path):
+    """lstmdsl_next_area, as the template writes it, compiled for the host: moved on step by step from the
+    first step's area (forwards from t = 0, in reverse from T - 1), it gives lstmdsl_area(t + offset, ring)
+    at every step, for no ring and rings of 2 to 5 (the runtime's hold 2), offsets -1, 0 and 1, T = 1 to 12."""
+    source = build("vanilla", Schedule(persistent="on")).source
+    helpers = [re.search(r"__device__ __forceinline__ int %s\(.*?\n\}\n" % name if name == "lstmdsl_next_area" else
+                         r"__device__ __forceinline__ int %s\(.*?\n" % name, source, re.S).group(0)
+               for name in ("lstmdsl_area", "lstmdsl_next_area")]
+    program = "\n".join(h.replace("__device__ __forceinline__", "static inline") for h in helpers) + """
+#include <cstdio>
+int main() {
+    int bad = 0;
+    for (int ring = 0; ring <= 5; ring += ring == 0 ? 2 : 1)
+        for (int offset = -1; offset <= 1; ++offset)
+            for (int T = 1; T <= 12; ++T)
+                for (int reverse = 0; reverse < 2; ++reverse) {
+                    int area = lstmdsl_area((reverse ? T - 1 : 0) + offset, ring);
+                    for (int s = 0; s < T; ++s) {
+                        const int t = reverse ? T - 1 - s : s;
+                        if (area != lstmdsl_area(t + offset, ring)) ++bad;
+                        area = lstmdsl_next_area(area, t + offset, ring, reverse);
+                    }
+                }
+    std::printf("%d\\n", bad);
+    return bad != 0;
+}
+"""
+    (tmp_path / "areas.cpp").write_text(program)
+    subprocess.run(["c++", "-O1", "-o", str(tmp_path / "areas"), str(tmp_path / "areas.cpp")], check=True,
+                   capture_output=True, timeout=120)
+    r = subprocess.run([str(tmp_path / "areas")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "0", r.stdout
+
+
 def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
     """Run as a grid, such a kernel (float32 state) also stores each item's h with the number of the step
     that reads it (exchange_put, two areas by parity), the next step stages those words once they carry its

@@ -480,35 +480,44 @@ def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "gru", "fgr"])
 def test_the_lean_products_of_small_cells(name):
     """Where the block has lanes for every sum and a lane at most 16 columns (templates: lean_products), the
-    persistent kernels' products run a sum on a group of lanes that meet by shuffles: the forward's at
-    H = 16 (four lanes a sum), 24 (two) and 9 (two, the first lane's last four columns past the row's end:
-    the zero padding), the backward's transposed products alike; one block at B = 1, a split grid at B = 3
-    and 5; forward and backward against the reference."""
+    persistent kernels' products run a sum on a group of C lanes that meet by shuffles (blocks of 256
+    threads): vanilla and peephole, forward and backward, at H = 16 (C = 4), 24 and 9 (C = 2; at 9 the
+    first lane's last four columns lie past the row's end, in the zero padding); GRU's two forward stages
+    C = 4 and 4, 4 and 4, 2 and 2 (its backward is stepwise); FGR's forward C = 1 at H = 16, the tiles at
+    24, C = 2 at 9, its backward C = 2-4. One block at B = 1, a split grid of one row a block at B = 3 and
+    5; then staged rows past the first (items of b > 0): a grid of one element a block at H = 128, B = 4
+    (C = 16, vanilla's four matrices a row each), and two rows a block at B = 140, H = 16 (C = 2)."""
     for B, H in ((1, 16), (3, 24), (5, 9)):
         check(name, 6, B, 5, H, 1, schedule="persistent", scale=1 / np.sqrt(H))
+    check(name, 5, 4, 5, 128, 1, schedule="persistent", scale=1 / np.sqrt(128))
+    check(name, 4, 140, 3, 16, 1, schedule="persistent", scale=1 / 4)
 
 
 @pytest.mark.parametrize("schedule", [None, "persistent", "no persistent"])
 def test_no_state_is_zeros_written_by_the_engine(schedule):
     """forward(x) without a state and backward(dy) without its gradient: the engine zeroes its own copies
     (no arrays allocated and copied in), the same as zeros given, also after a call that left another state
-    in the workspace; a stack of two layers."""
+    in the workspace; a stack of two layers, in training and in evaluation, without and with lengths."""
     rng = np.random.default_rng(5)
     layer = lstmdsl.compile("vanilla", 5, 16, num_layers=2, backend="cuda", schedule=schedule)
     x = cupy.asarray(rng.standard_normal((6, 3, 5)) * 0.5, np.float32)
     dy = cupy.asarray(rng.standard_normal((6, 3, 16)), np.float32)
     shapes = layer.state_shapes(3)
     other = {n: cupy.asarray(rng.standard_normal(s), np.float32) for n, s in shapes.items()}
-    runs = []
-    for state in (None, {n: cupy.zeros(s, np.float32) for n, s in shapes.items()}):
-        layer.forward(x, other)
-        layer.backward(dy, other)  # the workspaces hold another state and its gradient now
-        layer.zero_grad()
-        y, final = layer.forward(x, state)
-        dx = layer.backward(dy, state)  # (None, or zeros for every final state)
-        runs.append([y, *final.values(), dx, *layer.initial_state_grads().values(), *layer.grads().values()])
-    for a, b in zip(*runs):
-        assert float(cupy.abs(cupy.asarray(a) - cupy.asarray(b)).max()) == 0.0
+    for lengths in (None, [6, 1, 4]):
+        runs = []
+        for state in (None, {n: cupy.zeros(s, np.float32) for n, s in shapes.items()}):
+            layer.forward(x, other, train=False, lengths=lengths)
+            layer.forward(x, other, lengths=lengths)
+            layer.backward(dy, other)  # the workspaces hold another state and its gradient now
+            layer.zero_grad()
+            y_eval, final_eval = layer.forward(x, state, train=False, lengths=lengths)
+            y, final = layer.forward(x, state, lengths=lengths)
+            dx = layer.backward(dy, state)  # (None, or zeros for every final state)
+            runs.append([y_eval, *final_eval.values(), y, *final.values(), dx, *layer.initial_state_grads().values(),
+                         *layer.grads().values()])
+        for a, b in zip(*runs):
+            assert float(cupy.abs(cupy.asarray(a) - cupy.asarray(b)).max()) == 0.0, lengths
 
 
 @pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "fgr"])
