@@ -7,7 +7,9 @@ LSTM, forward (inference) and training, in one process.
 Columns: cuDNN, lstmdsl as the cost model chooses (`persistent auto`), lstmdsl forced stepwise (`no
 persistent`) and forced persistent (`persistent`: in training the backward's persistent kernel too, for
 the vanilla LSTM),
-in ms and in microseconds per step; the ratio is lstmdsl (auto) over cuDNN. Writes
+in ms and in microseconds per step; the ratio is lstmdsl (auto) over cuDNN. Times are a call as its
+caller sees it (host issue included); --gpu-time adds cuDNN's and lstmdsl's (auto) GPU time alone
+(timing.time_gpu_only: each call issued while a spin kernel holds the GPU) and their ratio. Writes
 benchmarks/out/NAME.json and .md (and benchmarks/results/ with --update-results).
 """
 
@@ -33,6 +35,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--name")
     ap.add_argument("--update-results", action="store_true")
+    ap.add_argument("--gpu-time", action="store_true", help="also the GPU time alone of cuDNN and lstmdsl (auto)")
     args = ap.parse_args()
     import cupy
     import torch
@@ -48,7 +51,8 @@ def main() -> int:
         for B in args.batches:
             for H in args.hiddens:
                 kw = dict(precision=args.precision, repeat=args.repeat)
-                auto = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl", "cudnn"), **kw)
+                auto = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl", "cudnn"),
+                                  gpu_time=args.gpu_time, **kw)
                 stepwise = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl",),
                                       schedule="no persistent", **kw)
                 forced = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl",), schedule="persistent",
@@ -57,6 +61,9 @@ def main() -> int:
                 row = {"mode": mode, "batch": B, "hidden": H, "steps": args.steps, "cudnn": ms(auto, "cudnn"),
                        "auto": ms(auto, "lstmdsl"), "stepwise": ms(stepwise, "lstmdsl"),
                        "persistent": ms(forced, "lstmdsl")}
+                if args.gpu_time:
+                    gpu = lambda c: auto["results"].get(c, {}).get("gpu_ms")  # noqa: E731
+                    row |= {"cudnn_gpu": gpu("cudnn"), "auto_gpu": gpu("lstmdsl")}
                 rows.append(row)
                 fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"  # noqa: E731
                 ratio = row["auto"] / row["cudnn"] if row["auto"] and row["cudnn"] else float("nan")
@@ -70,13 +77,18 @@ def main() -> int:
             "command": "python3 benchmarks/persistent.py " + " ".join(sys.argv[1:])}
     md = [f"# The persistent schedule: {args.spec}, {args.precision}, T = {args.steps}, one layer ({meta['gpu']})", "",
           f"`{meta['command']}` (torch {meta['torch']}, cuDNN {meta['cudnn']}, CuPy {meta['cupy']})", "",
-          "| mode | B | H | cuDNN ms | lstmdsl ms (auto) | stepwise ms | persistent ms | auto us/step | auto / cuDNN |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| mode | B | H | cuDNN ms | lstmdsl ms (auto) | stepwise ms | persistent ms | auto us/step | auto / cuDNN |"
+          + (" cuDNN GPU ms | auto GPU ms | GPU auto / cuDNN |" if args.gpu_time else ""),
+          "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.gpu_time else "")]
     for r in rows:
         cell = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         ratio = f"{r['auto'] / r['cudnn']:.2f}x" if r["auto"] and r["cudnn"] else "-"
-        md.append(f"| {r['mode']} | {r['batch']} | {r['hidden']} | {cell(r['cudnn'])} | {cell(r['auto'])} | "
-                  f"{cell(r['stepwise'])} | {cell(r['persistent'])} | {1e3 * r['auto'] / r['steps']:.2f} | {ratio} |")
+        line = (f"| {r['mode']} | {r['batch']} | {r['hidden']} | {cell(r['cudnn'])} | {cell(r['auto'])} | "
+                f"{cell(r['stepwise'])} | {cell(r['persistent'])} | {1e3 * r['auto'] / r['steps']:.2f} | {ratio} |")
+        if args.gpu_time:
+            gpu_ratio = f"{r['auto_gpu'] / r['cudnn_gpu']:.2f}x" if r["auto_gpu"] and r["cudnn_gpu"] else "-"
+            line += f" {cell(r['cudnn_gpu'])} | {cell(r['auto_gpu'])} | {gpu_ratio} |"
+        md.append(line)
     for folder in ["out"] + (["results"] if args.update_results else []):
         out = Path(__file__).resolve().parent / folder
         out.mkdir(exist_ok=True)

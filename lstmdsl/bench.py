@@ -26,7 +26,7 @@ import numpy as np
 
 from . import api
 from .spec import Spec
-from .timing import time_gpu
+from .timing import time_gpu, time_gpu_only
 
 COMPETITORS = ("lstmdsl", "cudnn", "eager", "compile")
 
@@ -250,8 +250,10 @@ HEADS_DEFAULT = 4  # the blocks of a block-diagonal matrix in the benchmarks (xL
 
 def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1, mode: str = "forward",
                precision: str = "fp32", repeat: int = 10, competitors=COMPETITORS, schedule: str | None = None,
-               log=None, num_heads: int | None = None) -> dict:
+               log=None, num_heads: int | None = None, gpu_time: bool = False) -> dict:
     """Time one shape for every competitor that applies; returns a row (times in ms, memory in bytes).
+    gpu_time: also each competitor's GPU time alone (timing.time_gpu_only: "gpu_ms"), beside the time of a
+    call as its caller sees it ("ms", host issue included).
     A spec with block-diagonal matrices runs with num_heads blocks (default HEADS_DEFAULT, xLSTM's).
 
     A competitor that runs out of GPU memory is recorded as {"error": "out of memory"} and the others
@@ -306,6 +308,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
                 (lambda: (layer.forward(xc), layer.backward(ones)))
             row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+            if gpu_time:
+                row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
         except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
             if not _out_of_memory(e):
                 raise
@@ -350,6 +354,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             timing = time_gpu(fn, max(3, repeat // 3) if slow else repeat, warmup=1 if slow else 2)
             row["results"][name] = timing | {"memory": int(torch.cuda.max_memory_allocated()), "first_call_s": first,
                                              "repeat": max(3, repeat // 3) if slow else repeat}
+            if gpu_time:  # (torch's current stream is CuPy's, the default one, which the spin holds)
+                row["results"][name] |= time_gpu_only(fn, max(3, repeat // 3) if slow else repeat)
         except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
             if not _out_of_memory(e):
                 raise
