@@ -44,7 +44,7 @@ from .recurrent_fusion import _reads
 # the next step in shared memory, a grid handing it on in tagged words where a step's words fit one round
 # (Persistent.exchanges) and the products' matrix picked without local memory
 # (benchmarks/results/persistent_round3_fp32_h200.md; persistent / stepwise time, forward): at B = 1 and 4 it
-# wins at every H from 32 to 1024 (0.50-0.83x and 0.61-0.86x); at B = 16 from H = 64 (2^18: 0.59-0.92x) and
+# wins at every H from 32 to 1024 (0.50-0.80x and 0.61-0.86x); at B = 16 from H = 64 (2^18: 0.59-0.92x) and
 # ties at H = 32 (1.02x); at B = 64 it wins where the grid exchanges (H = 32 and 64, 2^18 and 2^20: 0.79x,
 # 0.84x) and ties or loses above (0.95-1.54x). Earlier runs with the barrier only
 # (persistent_local_fp32_h200.md) lost at B = 16, H <= 128 (0.95-1.06x): the hand-off is what wins there.
@@ -80,9 +80,9 @@ BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16":
 # (B = 16, H = 512 0.79x; B = 64, H = 256 and 512 0.92x, 0.96x), and loses at B = 16, H = 256 (3.1M,
 # 1.15x); ties at B = 1 below 2^19. Under these rules (persistent_gru_rules_fp32_h200.md and
 # persistent_mgu_rules_fp32_h200.md) GRU and MGU run at or below the stepwise loop's time at every shape;
-# LSTMP (h, then its projection: matrices hidden x proj and proj x hidden) lost at 5 of 12 shapes (up to
-# 1.19x forward, B = 64, H = 512; persistent_lstmp_rules_fp32_h200.md) and keeps the stepwise loop. Their
-# backward stays stepwise under `auto`.
+# LSTMP (h, then its projection: matrices hidden x proj and proj x hidden) lost at 6 of 12 shapes (1.09-1.51x
+# forward; B = 1, H = 128 1.51x, B = 64, H = 512 1.19x; persistent_lstmp_rules_fp32_h200.md) and keeps the
+# stepwise loop. Their backward stays stepwise under `auto`.
 STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "tf32": (), "bf16": (), "fp16": ()}
 STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # A stage of products of several operands (FGR: h and the three gates, a run of GEMMs moved whole into the
