@@ -46,7 +46,7 @@ def main() -> int:
     spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()[args.spec].read_text())
     rows = []
     print(f"{'mode':8} {'B':>4} {'H':>5} | {'cuDNN':>8} {'auto':>8} {'stepwise':>8} {'persist.':>8} ms | "
-          f"{'auto us/step':>12} | auto/cuDNN", flush=True)
+          f"{'auto us/step':>12} | auto/cuDNN" + (" | GPU ms cuDNN / auto" if args.gpu_time else ""), flush=True)
     for mode in args.modes:
         for B in args.batches:
             for H in args.hiddens:
@@ -68,8 +68,8 @@ def main() -> int:
                 fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"  # noqa: E731
                 ratio = row["auto"] / row["cudnn"] if row["auto"] and row["cudnn"] else float("nan")
                 print(f"{mode:8} {B:4d} {H:5d} | {fmt(row['cudnn'])} {fmt(row['auto'])} {fmt(row['stepwise'])} "
-                      f"{fmt(row['persistent'])} ms | {1e3 * row['auto'] / args.steps:12.2f} | {ratio:.2f}x",
-                      flush=True)
+                      f"{fmt(row['persistent'])} ms | {1e3 * row['auto'] / args.steps:12.2f} | {ratio:.2f}x"
+                      + (f" | {fmt(row['cudnn_gpu'])} {fmt(row['auto_gpu'])}" if args.gpu_time else ""), flush=True)
     name = args.name or f"persistent_{args.precision}"
     meta = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__, "lstmdsl": lstmdsl.__version__,
