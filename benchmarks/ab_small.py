@@ -1,10 +1,11 @@
-"""Small shapes, two source trees, one run: the vanilla LSTM's forward and training step (T = 100, one
+"""Small shapes, two or more source trees, one run: the vanilla LSTM's forward and training step (T = 100, one
 layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses), timed two ways: with
 CUDA events around the call as the benchmarks time it (the host's time to issue the call included), and as
 GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
-runs in its own process, in the order A B A B; each case's time is the smaller of the tree's two medians.
+runs in its own process, in the order A B A B (A B C A B C for three); each case's time is the smaller of
+the tree's two medians, and each later tree's ratio is to the first's.
 
-    python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [--shapes 1x32 16x64 ...]   (BxH; default all 15)
+    python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [MORE_TREES ...] [--shapes 1x32 16x64 ...]   (BxH; default all 15)
 
 A tree is a folder holding the lstmdsl package (`git archive REV lstmdsl grammars templates specs | tar -x
 -C DIR`). Needs a GPU and CuPy.
@@ -49,17 +50,22 @@ def run(tree):
     if not line: print(r.stderr[-3000:]); sys.exit(1)
     return json.loads(line[0][6:])
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("old")
-ap.add_argument("new")
+ap.add_argument("trees", nargs="+", help="two or more trees; each later one is compared with the first")
 ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b in (1, 16, 64) for h in (16, 32, 64, 128, 256)])
 args = ap.parse_args()
+if len(args.trees) < 2:
+    ap.error("give two trees or more")
 SHAPES = [[int(v) for v in s.split("x")] for s in args.shapes]
-old, new = args.old, args.new
-res = {old: [], new: []}
-for t in (old, new, old, new):
-    res[t].append(run(t))
-print(f"{'case':18} | event old new ratio | queued old new ratio")
-for case in res[old][0]:
-    o = [min(r[case][i] for r in res[old]) for i in (0, 1)]
-    n = [min(r[case][i] for r in res[new]) for i in (0, 1)]
-    print(f"{case:18} | {o[0]:.3f} {n[0]:.3f} {n[0]/o[0]:.2f}x | {o[1]:.3f} {n[1]:.3f} {n[1]/o[1]:.2f}x")
+trees = args.trees
+res = {t: [] for t in trees}
+for _ in range(2):
+    for t in trees:
+        res[t].append(run(t))
+names = [os.path.basename(t.rstrip("/")) or t for t in trees]
+print(f"{'case':18} | event ms " + " ".join(names) + " (ratios to the first) | queued ms, the same")
+for case in res[trees[0]][0]:
+    cells = []
+    for i in (0, 1):  # event, queued
+        ms = [min(r[case][i] for r in res[t]) for t in trees]
+        cells.append(" ".join(f"{m:.3f}" for m in ms) + " " + " ".join(f"{m / ms[0]:.2f}x" for m in ms[1:]))
+    print(f"{case:18} | " + " | ".join(cells))
