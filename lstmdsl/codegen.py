@@ -337,6 +337,12 @@ def render(plan: Plan, kernels: dict[str, KernelDesc], add: AddDesc | None = Non
                               kernels=list(kernels.values()), add=add, halves=plan.operand_type in HALF_TYPES)
 
 
+def render_helpers(real: str = "float") -> str:
+    """The device functions every module starts with (templates/pointwise.cu.j2), without kernels: for tests
+    that call them from a kernel of their own (the fast sigmoid and tanh's error, tests/test_gpu.py)."""
+    return _template().render(cell="helpers", schedule="none", real=real, kernels=[], add=None, halves=False)
+
+
 CONVERSIONS = (("f32", "bf16"), ("bf16", "f32"), ("f32", "f16"), ("f16", "f32"))
 
 

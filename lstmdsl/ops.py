@@ -91,10 +91,10 @@ def _max_derivative(b, a, y, g):
 
 _TABLE = [
     # user functions
-    OpDef("sigmoid", 1, _sigmoid, "(real(1) / (real(1) + exp(-{0})))", "torch.sigmoid({0})",
+    OpDef("sigmoid", 1, _sigmoid, "lstmdsl_sigmoid({0})", "torch.sigmoid({0})",
           lambda b, a, y, g: (b.mul(g, b.mul(y, b.sub(b.const(1.0), y))),),
           function=True, doc="1 / (1 + exp(-a))"),
-    OpDef("tanh", 1, np.tanh, "tanh({0})", "torch.tanh({0})",
+    OpDef("tanh", 1, np.tanh, "lstmdsl_tanh({0})", "torch.tanh({0})",
           lambda b, a, y, g: (b.mul(g, b.sub(b.const(1.0), b.mul(y, y))),),
           function=True, doc="hyperbolic tangent"),
     OpDef("relu", 1, lambda a: np.maximum(a, 0), "fmax({0}, real(0))", "torch.relu({0})",
