@@ -306,9 +306,13 @@ def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
                                                                                (Schedule(persistent="on", precision="bf16"),
                                                                                 "float32", False),
                                                                                (Schedule(persistent="on", precision="fp16"),
+                                                                                "float32", False),
+                                                                               (Schedule(persistent="on"), "float64", False),
+                                                                               (Schedule(persistent="on", fuse_rows=False),
                                                                                 "float32", False)],
                          ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent",
-                                                "persistent-bf16", "persistent-fp16"])
+                                                "persistent-bf16", "persistent-fp16", "persistent-float64",
+                                                "persistent-no-fuse-rows"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
     if schedule.precision == "bf16":  # and the converting copies of mixed precision (runtime/convert.py)
