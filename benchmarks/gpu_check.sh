@@ -11,6 +11,7 @@
 #                                                              # an older tree (benchmarks/versions.py)
 #     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
+#     NO_TESTS=1 bash benchmarks/gpu_check.sh      # without the GPU tests (they passed in an earlier call on this tree)
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
@@ -34,11 +35,13 @@ summary=()
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
+if [ -z "${NO_TESTS:-}" ]; then
 start=$SECONDS
 jobs=()  # JOBS=n: n pytest workers (pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist execnet` puts it in .whl), compiling kernels in parallel
 if [ -n "${JOBS:-}" ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "$JOBS"); fi
 timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
+fi
 
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
