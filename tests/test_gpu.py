@@ -307,6 +307,18 @@ def test_lengths_and_both_directions(name, T, B, I, H, L, bidirectional, masked)
     check(name, T, B, I, H, L, bidirectional=bidirectional, lengths=lengths)
 
 
+def test_lengths_changing_between_calls_of_one_layer():
+    """The length mask is kept for the next call with the same lengths (runtime/layer.py): lengths A, B, A
+    again (B as a CuPy array) through one layer, each against the reference."""
+    gpu = lstmdsl.compile("vanilla", input_size=5, hidden_size=33, num_layers=2, backend="cuda", bidirectional=True)
+    randomize(gpu, 1)
+    x, state, dy, dstate = random_case(gpu, 9, 4, 2)
+    for lengths in (np.array([9, 1, 5, 3]), cupy.asarray([2, 9, 9, 7]), np.array([9, 1, 5, 3])):
+        result = compare(gpu, x, state, dy, dstate, lengths)
+        bad = {k: e for k, e in result.errors.items() if not e <= result.tolerance}
+        assert not bad, (lengths, bad)
+
+
 @pytest.mark.parametrize("name", ["zoneout_lstm", "recurrent_dropout", "vanilla"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_regularisers_inside_and_between_layers(name, bidirectional):

@@ -96,6 +96,7 @@ class CudaLayer(Layer):
         self._connect = [{} for _ in self.units]
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
+        self._mask, self._mask_key = None, None  # the last lengths' mask on the device, and (T, lengths, dtype)
 
     def _half_copies(self, arrays: dict) -> dict:
         """Half-precision arrays for the stacks in `arrays` (mixed precision), else {}: their rows padded to
@@ -255,7 +256,8 @@ class CudaLayer(Layer):
         return cupy.zeros(shape, self.dtype)
 
     def _array(self, host):
-        return cupy.asarray(host)
+        # (only the lengths come here: they stay on the host, where forward makes their mask)
+        return host
 
     def _full(self, shape, value: float):
         return cupy.full(shape, value, self.dtype)
@@ -301,7 +303,10 @@ class CudaLayer(Layer):
         masked = lengths is not None
         steps = {}
         if masked:
-            self._mask = length_mask(lengths, T, cupy, self.dtype)  # kept until the engines have read it
+            key = (T, lengths.tobytes(), self.dtype)
+            if key != self._mask_key:  # made on the host and copied in once (on the device: four launches);
+                # kept for the next call with the same lengths, and until the engines have read it
+                self._mask, self._mask_key = cupy.asarray(length_mask(lengths, T, np, self.dtype)), key
             steps[LENGTH] = self._mask.data.ptr
         self._masks = masks  # likewise
         h0 = None if state is None else {n: a.data.ptr for n, a in state.items()}
