@@ -383,7 +383,7 @@ class Layer:
         return {k: self._check_array(f"{what}[{k!r}]", state[k], shapes[k]) for k in shapes}
 
     def _check_input(self, x, state, lengths=None, zeros: bool = True) -> tuple[int, int, dict | None, object]:
-        """(T, B, state, lengths as an int64 array of the backend or None) for forward(x, state, lengths), or
+        """(T, B, state, lengths as an int64 numpy array or None) for forward(x, state, lengths), or
         a UsageError saying what is wrong. zeros: see _check_state."""
         self._check_kind("x", x)
         if x.ndim != 3:
@@ -407,11 +407,7 @@ class Layer:
                              f"and dtype {host.dtype}")
         if B and (host.min() < 1 or host.max() > T):
             raise UsageError(f"every length must lie in [1, T] = [1, {T}], got {int(host.min())} .. {int(host.max())}")
-        return self._array(host.astype(np.int64))
-
-    def _array(self, host: np.ndarray):
-        """A numpy array as the backend's array."""
-        return host
+        return host.astype(np.int64)  # (on the host for every backend: the CUDA layer makes the mask there)
 
     def _check_gradient(self, dy, dstate, shape: tuple[int, int], zeros: bool = True) -> dict | None:
         """dstate (zeros when None, or None: see _check_state) after checking dy and dstate against the last

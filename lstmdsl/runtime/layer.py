@@ -255,10 +255,6 @@ class CudaLayer(Layer):
     def _zeros(self, shape):
         return cupy.zeros(shape, self.dtype)
 
-    def _array(self, host):
-        # (only the lengths come here: they stay on the host, where forward makes their mask)
-        return host
-
     def _full(self, shape, value: float):
         return cupy.full(shape, value, self.dtype)
 
