@@ -160,9 +160,11 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     (stage,) = fgr.loop.persistent.stages
     assert {a for i in stage.nodes if fgr.nodes[i].op == "matvec" for a in fgr.nodes[i].args} == {1, 3, 4, 5}
     # `persistent auto` compiles the kernel only where its cost model can choose it (fp32 cells of one or two
-    # product stages)
+    # product stages; in half precision, cells of one)
     assert build("layernorm").plan.forward.loop.persistent is None
-    assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is None
+    assert build("vanilla", Schedule(precision="tf32")).plan.forward.loop.persistent is None
+    assert build("vanilla", Schedule(precision="bf16")).plan.forward.loop.persistent is not None
+    assert build("gru", Schedule(precision="bf16")).plan.forward.loop.persistent is None
     assert build("vanilla").plan.forward.loop.persistent is not None
     assert build("indrnn").plan.forward.loop.persistent is None  # no products: its kernel would never be chosen
     assert build("indrnn", on).plan.forward.loop.persistent is not None
@@ -271,8 +273,9 @@ int main() {
 def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
     """Run as a grid, such a kernel (float32 state) also stores each item's h with the number of the step
     that reads it (exchange_put, two areas by parity), the next step stages those words once they carry its
-    number, and no grid barrier ends the step; a reverse layer alike; not a half-precision or float64 state
-    (the word holds 32 bits of it), a kernel of several stages (GRU) or a backward."""
+    number, and no grid barrier ends the step; a reverse layer alike, and a half-precision state (the word holds
+    the item's float32 value; staging rounds it as the item's store does); not a float64 state (the word holds
+    32 bits), a kernel of several stages (GRU) or a backward."""
     on = Schedule(persistent="on")
     for direction in ("forward", "reverse"):
         program = build_program(lstmdsl.parse("vanilla").cell, on, direction=direction)
@@ -288,8 +291,12 @@ def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
             program.source
         assert any(arg.name == "xchg" and arg.bind.kind == "exchange" for arg in fwd.args)
         assert program.plan.backward.loop.persistent.exchange is None
-    for name, schedule, dtype in (("gru", on, "float32"), ("vanilla", Schedule(persistent="on", precision="bf16"),
-                                                           "float32"), ("vanilla", on, "float64")):
+    for precision in ("bf16", "fp16"):
+        half = build("vanilla", Schedule(persistent="on", precision=precision), "float32")
+        pers = half.plan.forward.loop.persistent
+        assert pers.exchange is not None and half.kernels[pers.name].exchanged.ctype in ("lstmdsl_bf16", "lstmdsl_f16")
+        assert "if (exchanging) exchange_put(" in half.source and "if (!exchanging) grid_barrier(" in half.source
+    for name, schedule, dtype in (("gru", on, "float32"), ("vanilla", on, "float64")):
         other = build(name, schedule, dtype)
         assert other.plan.forward.loop.persistent.exchange is None and "exchanging" not in other.source
 

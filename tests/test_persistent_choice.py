@@ -104,8 +104,8 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
     multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 256 where all the weights fit one
     block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
-    several stages or row reductions, and at the tensor-core precisions (passes/persistent.py: LIMITS and
-    SPLIT_LIMITS, as measured)."""
+    several stages or row reductions, and at tf32; in half precision at B = 1 to 2^22 and B = 4 to 2^20
+    (passes/persistent.py: LIMITS and SPLIT_LIMITS, as measured)."""
     from lstmdsl.passes.persistent import LIMITS, SPLIT_LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
@@ -129,8 +129,12 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("vanilla", Schedule(), B=64, H=128) is None  # 256 KB of weights: not in one block
     assert shape("vanilla", Schedule(), B=max_batch + 1, H=256) is None
     assert shape("vanilla", Schedule(persistent="on"), B=max_split + 1, H=32).split == 2  # (forced)
+    for precision in ("bf16", "fp16"):
+        half = Schedule(precision=precision)
+        assert shape("vanilla", half, B=1, H=1024) is not None and shape("vanilla", half, B=4, H=256) is not None
+        assert shape("vanilla", half, B=4, H=512) is None and shape("vanilla", half, B=16, H=256) is None
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
-    assert shape("vanilla", Schedule(precision="bf16"), B=1, H=256) is None
+    assert shape("vanilla", Schedule(precision="tf32"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None
     assert shape("indrnn", Schedule(), B=1, H=4096) is None  # no products: its kernel would be one block
     # past the limits the driver is not asked anything (a limit it refuses cannot break the call)
@@ -276,7 +280,8 @@ def test_a_grid_splits_the_batch_where_all_the_weights_fit_one_block(h200):
 def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     """Persistent.exchanges: a grid of a one-stage float32 kernel skips the grid barrier (tagged words) when
     a step's words (B x H) fit one round of the staging's loads (4096); one block hands h on in shared memory,
-    larger batches keep the barrier, and so do kernels without an exchanged operand (GRU, half precision)."""
+    larger batches keep the barrier, and so do kernels without an exchanged operand (GRU); half precision
+    exchanges as float32 does."""
     on = Schedule(persistent="on")
     assert shape("vanilla", on, B=1, H=512).exchange and shape("vanilla", on, B=1, H=512).blocks > 1
     assert shape("vanilla", on, B=4, H=1024).exchange  # 4096 words
@@ -285,6 +290,7 @@ def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     one = shape("vanilla", on, B=1, H=32)
     assert one.blocks == 1 and not one.exchange
     assert not shape("gru", on, B=1, H=512).exchange
-    assert not shape("vanilla", Schedule(persistent="on", precision="bf16"), B=1, H=512).exchange
+    assert shape("vanilla", Schedule(persistent="on", precision="bf16"), B=1, H=512).exchange
+    assert not shape("vanilla", Schedule(persistent="on", precision="fp16"), B=16, H=512).exchange
     p = Persistent((), exchange=3)
     assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent(()).exchanges(1)

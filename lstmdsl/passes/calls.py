@@ -233,7 +233,8 @@ def _forwards(nodes, stages: tuple, ahead: int) -> tuple[tuple[int, int], ...]:
 
 def _exchange(plan: Plan, phase: Phase, stages: tuple, forwards: tuple[tuple[int, int], ...]) -> int | None:
     """Persistent.exchange: the operand a grid hands on through tagged words, where the one stage's only
-    product operand is forwarded and is a float32 value (the word holds its 32 bits and the step's number),
+    product operand is forwarded and is stored in float32 or half precision (the word holds the item's float32
+    value and the step's number; staging rounds it to the operand's type, as the item's store does),
     and every element of the stage is an element of that operand (the blocks are spread over the stage's
     widest size: a block with elements of a wider size only would read words and write none, and the
     writers could overtake it)."""
@@ -243,8 +244,8 @@ def _exchange(plan: Plan, phase: Phase, stages: tuple, forwards: tuple[tuple[int
     operands = {a for i in op.nodes if phase.nodes[i].op == "matvec" for a in phase.nodes[i].args}
     (a, _), = forwards
     sizes = {phase.nodes[i].size for i in op.nodes} - {None, ROW}
-    if operands != {a} or plan.storage.buffer(dict(op.reads)[a].buffer).dtype != "f32" or reduces(phase, op) \
-            or sizes != {phase.nodes[a].size}:
+    dtype = plan.storage.buffer(dict(op.reads)[a].buffer).dtype
+    if operands != {a} or dtype not in ("f32", "f16", "bf16") or reduces(phase, op) or sizes != {phase.nodes[a].size}:
         return None
     return a
 

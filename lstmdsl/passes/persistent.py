@@ -51,9 +51,13 @@ from .recurrent_fusion import _reads
 # Single-stage cells with recurrent products of one operand were measured here (others below): cells of more
 # stages, with row reductions, with no recurrent products (IndRNN: its kernel would be one block whatever the
 # size) or with the input's products in the loop (`no hoist input`: not measured) keep the stepwise loop under
-# `auto`, as do float64 and the tensor-core precisions (fp16 at B = 16, H = 256-1024,
-# persistent_mma3_fp16_h200.md: 1.12-1.32x the stepwise loop, whose GEMMs use the tensor cores); `persistent`
-# forces it anywhere.
+# `auto`, as does float64; `persistent` forces it anywhere. In half precision (bf16 and fp16: the products on
+# the tensor cores, h handed on in tagged words like float32's since the eleventh session) the kernel wins at
+# B = 1 to H = 1024 and at B = 4 to H = 256 (benchmarks/results/persistent_half_fp16_h200.md and _bf16_: forced
+# persistent against the stepwise loop, whose GEMMs use the tensor cores, forward: B = 1, H = 256/512/1024
+# 0.76x/0.91x/0.90x in fp16, 0.75x/0.92x/0.89x in bf16; B = 4, H = 256 0.77x and 0.75x), ties at B = 4,
+# H = 512 (0.91x and 1.01x) and loses past it (B = 4, H = 1024 1.03x; B = 16 1.05-1.34x); tf32 keeps the
+# stepwise loop (not measured).
 # Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
 # rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
 # (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
@@ -62,7 +66,8 @@ from .recurrent_fusion import _reads
 # against one block of all the rows 0.38-0.83x forward at B = 2-64, H = 16-64, and 1.07-1.10x forward against
 # the element grid at H = 100, B = 2 and 8, where training still wins). It replaces a B <= 64 rule up to
 # 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
-LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+HALF_LIMITS = ((1, 1, 1 << 22), (4, 1, 1 << 20))
+LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
