@@ -1,11 +1,12 @@
 """Small shapes, two or more source trees, one run: the vanilla LSTM's forward and training step (T = 100, one
-layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses), timed two ways: with
-CUDA events around the call as the benchmarks time it (the host's time to issue the call included), and as
+layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses, or --schedule's), timed two
+ways: with CUDA events around the call as the benchmarks time it (the host's time to issue the call included), and as
 GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
 runs in its own process, in the order A B A B (A B C A B C for three); each case's time is the smaller of
 the tree's two medians, and each later tree's ratio is to the first's.
 
     python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [MORE_TREES ...] [--shapes 1x32 16x64 ...]   (BxH; default all 15)
+        [--schedule "precision fp16; persistent"]
 
 A tree is a folder holding the lstmdsl package (`git archive REV lstmdsl grammars templates specs | tar -x
 -C DIR`). Needs a GPU and CuPy.
@@ -25,7 +26,7 @@ from lstmdsl.timing import spin
 spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
 out = {}
 for B, H in json.loads(sys.argv[1]):
-    layer = api.compile(spec, H, H, 1, backend="cuda", schedule="precision fp32", seed=0)
+    layer = api.compile(spec, H, H, 1, backend="cuda", schedule=sys.argv[2], seed=0)
     x = cupy.random.standard_normal((100, B, H), dtype=cupy.float32)
     ones = cupy.ones((100, B, H), cupy.float32)
     for mode, fn in (("forward", lambda: layer.forward(x, train=False)), ("train", lambda: (layer.forward(x), layer.backward(ones)))):
@@ -44,14 +45,15 @@ print("RESULT" + json.dumps(out))
 '''
 def run(tree):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES)], env=env, capture_output=True, text=True,
-                       cwd=tree)
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), args.schedule], env=env, capture_output=True,
+                       text=True, cwd=tree)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if not line: print(r.stderr[-3000:]); sys.exit(1)
     return json.loads(line[0][6:])
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("trees", nargs="+", help="two or more trees; each later one is compared with the first")
 ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b in (1, 16, 64) for h in (16, 32, 64, 128, 256)])
+ap.add_argument("--schedule", default="precision fp32", help="the layers' schedule (default: precision fp32)")
 args = ap.parse_args()
 if len(args.trees) < 2:
     ap.error("give two trees or more")
