@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .kerneldesc import KernelDesc
-from .plan import (ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
+from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
                    WeightGrad)
 
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
@@ -147,10 +147,13 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                             if pers.forwards else "")
                          + ("; a grid of several blocks hands it on in tagged words instead, with no grid barrier"
                             if pers.exchange is not None and pers.exchange_words else "") + ":")
+            half = any(s.dtype in HALF_TYPES for s in plan.storage.stacks)
+            tiles = ("tensor-core tiles of 16 weight rows x 8 batch rows (mma.sync)" if half else
+                     "tiles of 4 rows x 4 batch rows, or a group of lanes a sum at small sizes")
             for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
                 # per element, not the warp per element its stepwise launch would have)
                 lines.append("    stage " + op_text(phase, op).replace("\n      ", "\n        ").replace(
-                    " (one warp per element)", " (the block's products as tiles of 4 rows x 4 batch rows)"))
+                    " (one warp per element)", f" (the block's products as {tiles})"))
     lines.append(f"  saved per step for the backward pass: {len(plan.saved)} values")
     wave = plan.wavefront
     if wave is not None:
