@@ -8,8 +8,10 @@ Columns: cuDNN, lstmdsl as the cost model chooses (`persistent auto`), lstmdsl f
 persistent`) and forced persistent (`persistent`: in training the backward's persistent kernel too, for
 the vanilla LSTM),
 in ms and in microseconds per step; the ratio is lstmdsl (auto) over cuDNN. Times are a call as its
-caller sees it (host issue included); --gpu-time adds cuDNN's and lstmdsl's (auto) GPU time alone
-(timing.time_gpu_only: each call issued while a spin kernel holds the GPU) and their ratio. Writes
+caller sees it (host issue included); --gpu-time adds the GPU time alone of cuDNN and of each lstmdsl column
+(timing.time_gpu_only: each call issued while a spin kernel holds the GPU), the ratio auto / cuDNN and the
+ratio persistent / stepwise (the steadier measure for the cost model's rules: the calls' event times move by
+several percent between identical plans at these sizes). Writes
 benchmarks/out/NAME.json and .md (and benchmarks/results/ with --update-results).
 """
 
@@ -46,7 +48,8 @@ def main() -> int:
     spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()[args.spec].read_text())
     rows = []
     print(f"{'mode':8} {'B':>4} {'H':>5} | {'cuDNN':>8} {'auto':>8} {'stepwise':>8} {'persist.':>8} ms | "
-          f"{'auto us/step':>12} | auto/cuDNN" + (" | GPU ms cuDNN / auto" if args.gpu_time else ""), flush=True)
+          f"{'auto us/step':>12} | auto/cuDNN" + (" | GPU ms cuDNN / auto / stepwise / persistent" if args.gpu_time
+                                                  else ""), flush=True)
     for mode in args.modes:
         for B in args.batches:
             for H in args.hiddens:
@@ -54,22 +57,24 @@ def main() -> int:
                 auto = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl", "cudnn"),
                                   gpu_time=args.gpu_time, **kw)
                 stepwise = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl",),
-                                      schedule="no persistent", **kw)
+                                      schedule="no persistent", gpu_time=args.gpu_time, **kw)
                 forced = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl",), schedule="persistent",
-                                    **kw)
+                                    gpu_time=args.gpu_time, **kw)
                 ms = lambda r, c: r["results"].get(c, {}).get("ms") if r else None  # noqa: E731
                 row = {"mode": mode, "batch": B, "hidden": H, "steps": args.steps, "cudnn": ms(auto, "cudnn"),
                        "auto": ms(auto, "lstmdsl"), "stepwise": ms(stepwise, "lstmdsl"),
                        "persistent": ms(forced, "lstmdsl")}
                 if args.gpu_time:
-                    gpu = lambda c: auto["results"].get(c, {}).get("gpu_ms")  # noqa: E731
-                    row |= {"cudnn_gpu": gpu("cudnn"), "auto_gpu": gpu("lstmdsl")}
+                    gpu = lambda r, c: r["results"].get(c, {}).get("gpu_ms") if r else None  # noqa: E731
+                    row |= {"cudnn_gpu": gpu(auto, "cudnn"), "auto_gpu": gpu(auto, "lstmdsl"),
+                            "stepwise_gpu": gpu(stepwise, "lstmdsl"), "persistent_gpu": gpu(forced, "lstmdsl")}
                 rows.append(row)
                 fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"  # noqa: E731
                 ratio = row["auto"] / row["cudnn"] if row["auto"] and row["cudnn"] else float("nan")
                 print(f"{mode:8} {B:4d} {H:5d} | {fmt(row['cudnn'])} {fmt(row['auto'])} {fmt(row['stepwise'])} "
                       f"{fmt(row['persistent'])} ms | {1e3 * row['auto'] / args.steps:12.2f} | {ratio:.2f}x"
-                      + (f" | {fmt(row['cudnn_gpu'])} {fmt(row['auto_gpu'])}" if args.gpu_time else ""), flush=True)
+                      + (f" | {fmt(row['cudnn_gpu'])} {fmt(row['auto_gpu'])} {fmt(row['stepwise_gpu'])} "
+                         f"{fmt(row['persistent_gpu'])}" if args.gpu_time else ""), flush=True)
     name = args.name or f"persistent_{args.precision}"
     meta = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__, "lstmdsl": lstmdsl.__version__,
@@ -78,8 +83,9 @@ def main() -> int:
     md = [f"# The persistent schedule: {args.spec}, {args.precision}, T = {args.steps}, one layer ({meta['gpu']})", "",
           f"`{meta['command']}` (torch {meta['torch']}, cuDNN {meta['cudnn']}, CuPy {meta['cupy']})", "",
           "| mode | B | H | cuDNN ms | lstmdsl ms (auto) | stepwise ms | persistent ms | auto us/step | auto / cuDNN |"
-          + (" cuDNN GPU ms | auto GPU ms | GPU auto / cuDNN |" if args.gpu_time else ""),
-          "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.gpu_time else "")]
+          + (" cuDNN GPU ms | auto GPU ms | GPU auto / cuDNN | stepwise GPU ms | persistent GPU ms | GPU persistent /"
+             " stepwise |" if args.gpu_time else ""),
+          "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|---|" if args.gpu_time else "")]
     for r in rows:
         cell = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         ratio = f"{r['auto'] / r['cudnn']:.2f}x" if r["auto"] and r["cudnn"] else "-"
@@ -87,7 +93,10 @@ def main() -> int:
                 f"{cell(r['stepwise'])} | {cell(r['persistent'])} | {1e3 * r['auto'] / r['steps']:.2f} | {ratio} |")
         if args.gpu_time:
             gpu_ratio = f"{r['auto_gpu'] / r['cudnn_gpu']:.2f}x" if r["auto_gpu"] and r["cudnn_gpu"] else "-"
-            line += f" {cell(r['cudnn_gpu'])} | {cell(r['auto_gpu'])} | {gpu_ratio} |"
+            rule = (f"{r['persistent_gpu'] / r['stepwise_gpu']:.2f}x" if r.get("persistent_gpu") and r.get("stepwise_gpu")
+                    else "-")
+            line += (f" {cell(r['cudnn_gpu'])} | {cell(r['auto_gpu'])} | {gpu_ratio} | {cell(r.get('stepwise_gpu'))} | "
+                     f"{cell(r.get('persistent_gpu'))} | {rule} |")
         md.append(line)
     for folder in ["out"] + (["results"] if args.update_results else []):
         out = Path(__file__).resolve().parent / folder
