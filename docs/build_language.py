@@ -1,6 +1,7 @@
 """Regenerate docs/language.md from docs/language.md.in by running every example through the tool.
 
     python3 docs/build_language.py
+    python3 docs/build_language.py --check    # exit 1 if docs/language.md is not what the .in file makes
 
 Every spec, command output and error message in the language reference comes from a real run of the
 checkout's lstmdsl, so the reference cannot drift from the code: run this after changing the language.
@@ -103,5 +104,12 @@ while i < len(src):
         out += block("python", code) + block("text", text)
     else:
         sys.exit(f"bad marker {line!r}")
-(ROOT / "docs" / "language.md").write_text("\n".join(out).rstrip("\n") + "\n")
-print(f"wrote docs/language.md ({len(out)} blocks and lines)")
+text = "\n".join(out).rstrip("\n") + "\n"
+if "--check" in sys.argv[1:]:
+    if (ROOT / "docs" / "language.md").read_text() != text:
+        sys.exit("docs/language.md is not what docs/language.md.in makes: edit the .in file and run "
+                 "python3 docs/build_language.py")
+    print("docs/language.md is what docs/language.md.in makes")
+else:
+    (ROOT / "docs" / "language.md").write_text(text)
+    print(f"wrote docs/language.md ({len(out)} blocks and lines)")
