@@ -104,7 +104,8 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
     multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 256 where all the weights fit one
     block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
-    several stages or row reductions, and at tf32; in half precision at B = 1 to 2^22 and B = 4 to 2^20
+    several stages or row reductions, and at tf32; in half precision where a grid runs, at B = 1 from 2^18 to
+    2^22 and B <= 4 from 2^19 to 2^20
     (passes/persistent.py: LIMITS and SPLIT_LIMITS, as measured)."""
     from lstmdsl.passes.persistent import LIMITS, SPLIT_LIMITS
 
@@ -133,6 +134,9 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
         half = Schedule(precision=precision)
         assert shape("vanilla", half, B=1, H=1024) is not None and shape("vanilla", half, B=4, H=256) is not None
         assert shape("vanilla", half, B=4, H=512) is None and shape("vanilla", half, B=16, H=256) is None
+        assert shape("vanilla", half, B=2, H=256).blocks > 1
+        for B, H in ((1, 16), (1, 128), (2, 16), (4, 128)):  # one block or a split grid: not measured in half
+            assert shape("vanilla", half, B=B, H=H) is None, (B, H)
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="tf32"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None

@@ -56,8 +56,10 @@ from .recurrent_fusion import _reads
 # B = 1 to H = 1024 and at B = 4 to H = 256 (benchmarks/results/persistent_half_fp16_h200.md and _bf16_: forced
 # persistent against the stepwise loop, whose GEMMs use the tensor cores, forward: B = 1, H = 256/512/1024
 # 0.76x/0.91x/0.90x in fp16, 0.75x/0.92x/0.89x in bf16; B = 4, H = 256 0.77x and 0.75x), ties at B = 4,
-# H = 512 (0.91x and 1.01x) and loses past it (B = 4, H = 1024 1.03x; B = 16 1.05-1.34x); tf32 keeps the
-# stepwise loop (not measured).
+# H = 512 (0.91x and 1.01x) and loses past it (B = 4, H = 1024 1.03x; B = 16 1.05-1.34x); the rules start at
+# 2^18 (B = 1) and 2^19 (B <= 4), where the weights no longer fit one block, so every shape they choose runs
+# the grid that was measured (one block and the split grid were never timed in half precision: at H <= ~160
+# they keep the stepwise loop). tf32 keeps the stepwise loop (not measured).
 # Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
 # rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
 # (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
@@ -66,7 +68,7 @@ from .recurrent_fusion import _reads
 # against one block of all the rows 0.38-0.83x forward at B = 2-64, H = 16-64, and 1.07-1.10x forward against
 # the element grid at H = 100, B = 2 and 8, where training still wins). It replaces a B <= 64 rule up to
 # 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
-HALF_LIMITS = ((1, 1, 1 << 22), (4, 1, 1 << 20))
+HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids only: one block and split grids unmeasured)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
