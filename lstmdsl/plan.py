@@ -293,9 +293,9 @@ class Persistent:
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
-    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32 or half: in a
-    # grid each item also stores it with the step's number in one 64-bit word of an exchange area (two, by the
-    # step's parity); the next step's staging waits for that step's words, not a grid barrier (`exchanges`)
+    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32 or half:
+    # in a grid each item also stores it with the step's number in one 64-bit word of an exchange area (two, by
+    # the step's parity); the next step's staging waits for that step's words, not a grid barrier (`exchanges`)
     split_batch: bool = True  # a grid may split the batch instead of the elements (split_rows)
     exchange_words: int = 4096  # (a block without elements then leaves the loop: it could wait forever)
 
