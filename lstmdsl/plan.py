@@ -277,7 +277,9 @@ class Persistent:
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
     - used when the schedule forces it (`persistent`), or when one rule of `work` (or of `split_work`, where
       all the weights fit one block) holds (B at most its batch, a step's multiply-adds over the batch in its
-      range) and the weights fit the blocks' shared memory (`persistent auto`); else the stepwise loop;
+      range), or one of `row_work` (where all the weights fit one block: B at most its batch, a step's
+      multiply-adds for one batch row in its range), and the weights fit the blocks' shared memory
+      (`persistent auto`); else the stepwise loop;
     - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
       barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one
       block when a step is at most one_block_work multiply-adds; else one block per multiprocessor, at most
@@ -290,6 +292,8 @@ class Persistent:
     name: str = ""  # the launch's kernel (the calls pass names it)
     work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
     split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
+    row_work: tuple[tuple[int, int, int], ...] = ()  # where all fit one block, by a step's multiply-adds for one
+    # batch row (largest batch, least, most): one block, or a split grid, runs each row alone
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
@@ -308,9 +312,11 @@ class Persistent:
 
     def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all of them fit
-        one block (one block, or split_rows: no grid barrier)."""
+        one block (one block, or split_rows: no grid barrier), where row_work counts a batch row's share."""
         rules = self.work + (self.split_work if split else ())
-        return self.forced or (fits and any(batch <= b and lo <= work <= hi for b, lo, hi in rules))
+        rows = self.row_work if split else ()
+        return self.forced or (fits and (any(batch <= b and lo <= work <= hi for b, lo, hi in rules) or
+                                         any(batch <= b and lo <= work // batch <= hi for b, lo, hi in rows)))
 
     def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds

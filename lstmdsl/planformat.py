@@ -132,7 +132,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                     "when a step's multiply-adds over the batch are "
                     + " or ".join([f"{lo}-{hi} at B <= {b}" for b, lo, hi in pers.work]
                                   + [f"{lo}-{hi} at B <= {b} where all the weights fit one block"
-                                     for b, lo, hi in pers.split_work])
+                                     for b, lo, hi in pers.split_work]
+                                  + [f"{lo}-{hi} a batch row at B <= {b} where all the weights fit one block"
+                                     for b, lo, hi in pers.row_work])
                     + " and the weights fit in the blocks' shared memory")
             rule += " (in a stack, the wavefront below wins)" if plan.wavefront is not None and not pers.forced else ""
             lines.append(f"  or the persistent schedule, {rule}: all steps as one cooperative launch "

@@ -14,7 +14,8 @@
 lengths, with dropout between the layers and DropConnect. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
-buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop;
+buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop (in fp32;
+in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the batch);
 --persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers; --persistent-split forces

@@ -72,6 +72,10 @@ def test_the_split_rules_count_only_where_all_the_weights_fit_one_block():
     assert p.applies(16, 1 << 20, True) and not p.applies(17, 100, True) and p.applies(17, 100, True, split=True)
     assert not p.applies(257, 100, True, split=True) and not p.applies(64, 100, False, split=True)
     assert not Persistent((), work=((16, 1, 1 << 20),)).applies(17, 100, True, split=True)
+    rows = Persistent((), row_work=((64, 1, 1 << 14),))  # by a batch row's multiply-adds
+    assert rows.applies(64, 64 << 14, True, split=True) and rows.applies(1, 1 << 14, True, split=True)
+    assert not rows.applies(1, (1 << 14) + 1, True, split=True) and not rows.applies(65, 65 << 14, True, split=True)
+    assert not rows.applies(64, 64 << 14, True) and not rows.applies(4, 4 << 14, False, split=True)
 
 
 def test_the_cost_model_rule():
@@ -105,8 +109,8 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 256 where all the weights fit one
     block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
     several stages or row reductions, and at tf32; in half precision where a grid runs, at B = 1 from 2^18 to
-    2^22 and B <= 4 from 2^19 to 2^20
-    (passes/persistent.py: LIMITS and SPLIT_LIMITS, as measured)."""
+    2^22 and B <= 4 from 2^19 to 2^20, and in one block or a split grid at B <= 64 while a batch row's step
+    is at most 2^14 multiply-adds (passes/persistent.py: LIMITS, SPLIT_LIMITS and ROW_LIMITS, as measured)."""
     from lstmdsl.passes.persistent import LIMITS, SPLIT_LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
@@ -135,7 +139,10 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
         assert shape("vanilla", half, B=1, H=1024) is not None and shape("vanilla", half, B=4, H=256) is not None
         assert shape("vanilla", half, B=4, H=512) is None and shape("vanilla", half, B=16, H=256) is None
         assert shape("vanilla", half, B=2, H=256).blocks > 1
-        for B, H in ((1, 16), (1, 128), (2, 16), (4, 128)):  # one block or a split grid: not measured in half
+        # one block or a split grid: while a batch row is at most 2^14 multiply-adds a step (H <= 64), to B = 64
+        assert shape("vanilla", half, B=1, H=16).blocks == 1 and shape("vanilla", half, B=1, H=64).blocks == 1
+        assert shape("vanilla", half, B=2, H=16).split == 1 and shape("vanilla", half, B=64, H=64).split == 1
+        for B, H in ((1, 96), (1, 128), (4, 128), (65, 16), (64, 65)):  # a row's products on one multiprocessor
             assert shape("vanilla", half, B=B, H=H) is None, (B, H)
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="tf32"), B=1, H=256) is None

@@ -58,8 +58,15 @@ from .recurrent_fusion import _reads
 # 0.76x/0.91x/0.90x in fp16, 0.75x/0.92x/0.89x in bf16; B = 4, H = 256 0.77x and 0.75x), ties at B = 4,
 # H = 512 (0.91x and 1.01x) and loses past it (B = 4, H = 1024 1.03x; B = 16 1.05-1.34x); the rules start at
 # 2^18 (B = 1) and 2^19 (B <= 4), where the weights no longer fit one block, so every shape they choose runs
-# the grid that was measured (one block and the split grid were never timed in half precision: at H <= ~160
-# they keep the stepwise loop). tf32 keeps the stepwise loop (not measured).
+# the grid that was measured. Where all the weights fit one block (one block at B = 1, a grid splitting the
+# batch above) the half kernel wins while a batch row's step is at most 2^14 multiply-adds (H <= 64 in the
+# LSTM) at every B measured, 1 to 64 (twelfth session, benchmarks/results/persistent_half_small_fp16_h200.md,
+# _bf16_ and persistent_half_split_fp16_h200.md, GPU time, forced against the stepwise loop, forward: H = 16
+# and 32 0.54-0.57x, H = 64 0.75-0.79x in fp16 and bf16), and loses at 2^16 a row (H = 128: 1.25-1.33x, one
+# block or split: a row's products on one multiprocessor): HALF_ROW_LIMITS, by a batch row's work. Between
+# them (H = 96-160 at B <= 8, a grid over the elements with the blocks patched: 0.88-0.96x,
+# probes/half_persistent_h200.txt) the margin is thin and the stepwise loop stays. tf32 keeps the stepwise
+# loop (not measured).
 # Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
 # rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
 # (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
@@ -68,9 +75,11 @@ from .recurrent_fusion import _reads
 # against one block of all the rows 0.38-0.83x forward at B = 2-64, H = 16-64, and 1.07-1.10x forward against
 # the element grid at H = 100, B = 2 and 8, where training still wins). It replaces a B <= 64 rule up to
 # 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
-HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids only: one block and split grids unmeasured)
+HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids over the elements)
+HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+ROW_LIMITS = {"fp32": (), "tf32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_LIMITS}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
@@ -191,10 +200,11 @@ def make_persistent(plan: Plan) -> Plan:
     work, split = ((LIMITS[precision], SPLIT_LIMITS[precision]) if single else
                    (MANY_LIMITS[precision], MANY_SPLIT_LIMITS[precision]) if many else
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
-    work, split = (work, split) if plan.dtype == "f32" else ((), ())
-    if mode == "auto" and not work + split:
+    rows = ROW_LIMITS[precision] if single else ()
+    work, split, rows = (work, split, rows) if plan.dtype == "f32" else ((), (), ())
+    if mode == "auto" and not work + split + rows:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
-    pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split)
+    pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = BACKWARD_LIMITS[precision] if single and work else ()
