@@ -275,11 +275,9 @@ class Persistent:
     memory for all steps (when they fit: else it reads them from memory at each step, slower but the same).
 
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
-    - used when the schedule forces it (`persistent`), or when one rule of `work` (or of `split_work`, where
-      all the weights fit one block) holds (B at most its batch, a step's multiply-adds over the batch in its
-      range), or one of `row_work` (where all the weights fit one block: B at most its batch, a step's
-      multiply-adds for one batch row in its range), and the weights fit the blocks' shared memory
-      (`persistent auto`); else the stepwise loop;
+    - used when the schedule forces it (`persistent`), or where the weights fit the blocks' shared memory and a
+      rule holds (B at most its batch, a step's multiply-adds over the batch in range: `work`; where all the
+      weights fit one block also `split_work`, and `row_work` by a batch row's) (`persistent auto`); else stepwise;
     - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
       barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one
       block when a step is at most one_block_work multiply-adds; else one block per multiprocessor, at most
@@ -292,8 +290,7 @@ class Persistent:
     name: str = ""  # the launch's kernel (the calls pass names it)
     work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
     split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
-    row_work: tuple[tuple[int, int, int], ...] = ()  # where all fit one block, by a step's multiply-adds for one
-    # batch row (largest batch, least, most): one block, or a split grid, runs each row alone
+    row_work: tuple[tuple[int, int, int], ...] = ()  # as split_work, by a batch row's multiply-adds a step
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
@@ -304,19 +301,16 @@ class Persistent:
     exchange_words: int = 4096  # (a block without elements then leaves the loop: it could wait forever)
 
     def exchanges(self, words: int) -> bool:
-        """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's
-        width): each block reads them all, 16 per thread in flight, and past one round of them (4096 at 256
-        threads) the rounds' trips to L2 cost more than the barrier saves (H200, vanilla, fp32, forward, T =
-        100: B = 1, H = 512 3.7 us a step against 4.3 with the barrier; B = 16, H = 512 22.5 against 7.3)."""
+        """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
+        each block reads them all, 16 per thread in flight, and past one round (4096 at 256 threads) the trips to L2
+        cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
     def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
-        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all of them fit
-        one block (one block, or split_rows: no grid barrier), where row_work counts a batch row's share."""
-        rules = self.work + (self.split_work if split else ())
-        rows = self.row_work if split else ()
-        return self.forced or (fits and (any(batch <= b and lo <= work <= hi for b, lo, hi in rules) or
-                                         any(batch <= b and lo <= work // batch <= hi for b, lo, hi in rows)))
+        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block."""
+        rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())]
+        rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
+        return self.forced or (fits and any(batch <= b and lo <= w <= hi for b, lo, hi, w in rules))
 
     def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds
