@@ -2,8 +2,8 @@
 # The GPU check, in one call on the GPU machine (about 7-9 minutes: with an empty kernel cache the GPU tests
 # took 285 s at bdf5fab and 196 s at 859c652, the sanitizer passes 100-180 s): the GPU tests, compute-sanitizer (memcheck on a spec,
 # a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
-# different lengths, two mixed-precision stacks and FGR's GEMMs fanned out on streams; racecheck on
-# persistent kernels and a row-fused spec), and
+# different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on streams and the half-precision
+# persistent kernel as `persistent auto` runs it; racecheck on persistent kernels and a row-fused spec), and
 # the quick grid against cuDNN. Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -46,9 +46,10 @@ fi
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
               "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
-              fgr "--bidirectional-lengths fgr"; do
+              fgr "--bidirectional-lengths fgr" "--fp16 vanilla"; do
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
-  # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases
+  # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
+  # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid)
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
@@ -57,7 +58,7 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
 done
 for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
               "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm" \
-              "--persistent-split fgr"; do
+              "--persistent-split fgr" "--fp16 vanilla"; do
   # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
   # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
   # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
