@@ -144,6 +144,7 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
         assert shape("vanilla", half, B=2, H=16).split == 1 and shape("vanilla", half, B=64, H=64).split == 1
         for B, H in ((1, 96), (1, 128), (4, 128), (65, 16), (64, 65)):  # a row's products on one multiprocessor
             assert shape("vanilla", half, B=B, H=H) is None, (B, H)
+        assert shape("gru", half, B=1, H=16) is None  # (two stages: no half rule; the row rule is single-stage only)
     # (these three: under `persistent auto` their plans have no persistent kernel at all, passes/persistent.py)
     assert shape("vanilla", Schedule(precision="tf32"), B=1, H=256) is None
     assert shape("gru", Schedule(), B=1, H=256) is None

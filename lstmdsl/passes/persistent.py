@@ -65,8 +65,9 @@ from .recurrent_fusion import _reads
 # and 32 0.54-0.57x, H = 64 0.75-0.79x in fp16 and bf16), and loses at 2^16 a row (H = 128: 1.25-1.33x, one
 # block or split: a row's products on one multiprocessor): HALF_ROW_LIMITS, by a batch row's work. Between
 # them (H = 96-160 at B <= 8, a grid over the elements with the blocks patched: 0.88-0.96x,
-# probes/half_persistent_h200.txt) the margin is thin and the stepwise loop stays. tf32 keeps the stepwise
-# loop (not measured).
+# probes/half_persistent_h200.txt) the margin is thin and the stepwise loop stays. Like HALF_LIMITS, these rules
+# were measured with the vanilla LSTM and apply to every single-stage cell of one product operand (a cell of three
+# gate matrices, CIFG's, keeps a row under 2^14 to H = 73). tf32 keeps the stepwise loop (not measured).
 # Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
 # rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
 # (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
