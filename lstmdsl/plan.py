@@ -309,7 +309,7 @@ class Persistent:
     def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block."""
         rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())]
-        rules += [(b, lo, hi, work // max(1, batch)) for b, lo, hi in self.row_work] if split else []
+        rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
         return self.forced or (fits and any(batch <= b and lo <= w <= hi for b, lo, hi, w in rules))
 
     def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
