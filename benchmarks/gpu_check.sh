@@ -46,7 +46,7 @@ fi
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
               "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
-              fgr "--bidirectional-lengths fgr" "--fp16 vanilla"; do
+              fgr "--bidirectional-lengths fgr" "--fp16 vanilla" "--torch-packed vanilla" "--persistent-grid --torch-packed gru"; do
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid)

@@ -24,14 +24,19 @@ LENGTH = "length"
 
 
 @functools.lru_cache(maxsize=64)
-def with_lengths(cell: Cell) -> Cell:
+def with_lengths(cell: Cell, held: bool = False) -> Cell:
     """The masked cell. Every value the step computes downstream of a state's update reads the masked update
     instead (an LSTM's h' = o * tanh(c') becomes o * tanh(c_masked)): where m = 1 the two are equal, and
     where m = 0 everything the step passes on goes through a mask that drops it, so the outputs, the states
     and their gradients are the same. What the backward needs is then a function of the stored states (its
     tanh of c is recomputed from c's history) instead of values kept only for it: the unmasked c' and its
     tanh were two more buffers of T steps, written in the forward and read in the backward. The output is
-    m times the masked update where the output is an update (y = m * h_masked: equal to m * h')."""
+    m times the masked update where the output is an update (y = m * h_masked: equal to m * h').
+    held: the output is the masked value itself, not zeroed past the end (an LSTM's y is then h, held at
+    its last real step: y is h's history, in place, with no buffer and no store of its own), for a caller
+    that never reads the output there (lstmdsl.torch's packed batches: their output is the packed rows).
+    The gradients are the same: where m = 0 the step's gate gradients are m times something, so a next
+    layer's dx is zero there, and a dy of zero past the end adds nothing to the held state's gradient."""
     b = GraphBuilder()
     m = b.leaf("stepin", LENGTH, ROW)
 
@@ -54,7 +59,8 @@ def with_lengths(cell: Cell) -> Cell:
             after[i] = mask(first_state[i], new[i])  # two states with one update: either masked update
             # serves the nodes after it (equal where m = 1; where m = 0 they are dropped)
     updates = tuple(mask(k, new[u]) for k, u in enumerate(cell.updates))  # (each state's own old value)
-    output = b.mul(m, after.get(cell.output, new[cell.output]))
+    output = after.get(cell.output, new[cell.output])
+    output = output if held else b.mul(m, output)
     nodes, remap = prune(tuple(b.nodes), updates + (output,))
     names = tuple((name, remap[after.get(i, new[i])]) for name, i in cell.names if after.get(i, new[i]) in remap)
     result = dataclasses.replace(cell, nodes=nodes, updates=tuple(remap[u] for u in updates),

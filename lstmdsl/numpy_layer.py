@@ -95,17 +95,18 @@ def _grad(cell: Cell) -> StepGrad:
 
 def stack_forward(cell: Cell, params: list[dict], sizes: list[dict], x: np.ndarray, state: dict, keep: bool = True,
                   lengths: np.ndarray | None = None, directions: int = 1, reverse: bool = False,
-                  noise: dict | None = None):
+                  noise: dict | None = None, held: bool = False):
     """A stack of layers forward. params: one dict per unit (layer-major, direction-minor); x [T, B, input],
     state {name: [D * L, B, size]}, lengths [B] or None; noise: the regularisers' masks by Layer.noise_kinds()'s
-    names (the spec's per unit, 'l{k}.between' multiplying layer k's output). Returns (y, final state, what
+    names (the spec's per unit, 'l{k}.between' multiplying layer k's output); held: with lengths, the output past
+    each sequence's end is not zeroed (masks.with_lengths). Returns (y, final state, what
     stack_backward needs or None); a reverse unit reads the sequence backwards and its output is the second
     half of the layer's. reverse (one direction): every layer reads backwards."""
     T = x.shape[0]
     noise = noise or {}
     steps = {}
     if lengths is not None:
-        cell = with_lengths(cell)
+        cell = with_lengths(cell, held)
         steps = {LENGTH: length_mask(np.asarray(lengths), T, np, x.dtype)}
     finals = {s.name: [None] * (len(sizes) * directions) for s in cell.states}
     tapes, between = [], []

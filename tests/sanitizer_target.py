@@ -4,6 +4,7 @@
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-packed [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-block [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
@@ -11,7 +12,9 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
-lengths, with dropout between the layers and DropConnect. --torch-compile runs
+lengths, with dropout between the layers and DropConnect. --torch-packed runs the torch module's bidirectional
+stack on a PackedSequence (its cell's outputs past each end held, not zeroed: masks.with_lengths(held=True));
+with --persistent-grid / --persistent-split, at those schedules' sizes. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
 buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop (in fp32;
@@ -39,6 +42,7 @@ grid = "--persistent-grid" in args
 split = "--persistent-split" in args
 forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
+packed = "--torch-packed" in args
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -58,6 +62,24 @@ if compiled:
     y.sum().backward()
     torch.cuda.synchronize()
     print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
+    sys.exit(0)
+if packed:
+    import torch
+
+    import lstmdsl.torch
+
+    B = 40 if split else 3
+    m = lstmdsl.torch.RNN(name, 5, 300 if grid else 33, 2, bidirectional=True, dropout=0.3, **extra,
+                          schedule="persistent" if forced else None).cuda()
+    x = torch.randn(7, B, 5, device="cuda", requires_grad=True)
+    lengths = torch.tensor([7, 2, 5]) if B == 3 else torch.from_numpy(np.random.default_rng(1).integers(1, 8, B))
+    for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
+        with torch.no_grad():
+            m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        y.data.sum().backward()
+    torch.cuda.synchronize()
+    print(f"{name}: the torch module on a packed batch, forward and backward; |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,

@@ -192,3 +192,40 @@ def test_bidirectional_packed_lstm_equals_torch():
     np.testing.assert_allclose(y, y_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(final["h"], h_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(final["c"], c_ref.detach().numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_held_outputs_change_nothing_a_packed_batch_reads(name):
+    """with_lengths(held=True) (the torch module's packed batches: y past the end is the held value, not
+    zero, and no buffer of its own): the same final states, the same outputs up to each end, and with a dy
+    of zero past the end (what the packed rows' gradient is) the same dx, initial-state and parameter
+    gradients, through a bidirectional stack whose second layer reads the held values."""
+    from lstmdsl.numpy_layer import stack_backward, stack_forward
+
+    layer, x, state = case(name, True)
+    masks = layer._noise(*x.shape[:2], True, None)  # the regularisers' masks, drawn once for both runs
+    connect = layer._dropconnect(masks)
+    params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(layer._params, connect)]
+    sizes = layer.sizes
+    runs = {}
+    for held in (False, True):
+        y, final, saved = stack_forward(layer.cell, params, sizes, x, state, lengths=LENGTHS, directions=2,
+                                        noise=masks, held=held)
+        dy = np.random.default_rng(5).standard_normal(y.shape)
+        for b, n in enumerate(LENGTHS):
+            dy[n:, b] = 0
+        grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in params]
+        dstate = {k: np.random.default_rng(6).standard_normal(v.shape) for k, v in final.items()}
+        dx, d0 = stack_backward(params, sizes, saved, dy, dstate, grads, directions=2)
+        runs[held] = y, final, dx, d0, grads
+    (y0, f0, dx0, d00, g0), (y1, f1, dx1, d01, g1) = runs[False], runs[True]
+    for b, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(y1[:n, b], y0[:n, b], rtol=1e-12, atol=1e-12)
+    assert any(np.any(y1[n:, b] != 0) for b, n in enumerate(LENGTHS) if n < len(x))  # held: not zeroed
+    for k in f0:
+        np.testing.assert_allclose(f1[k], f0[k], rtol=1e-12, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(d01[k], d00[k], rtol=1e-10, atol=1e-12, err_msg=f"d {k}")
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-10, atol=1e-12)
+    for u, (a, b) in enumerate(zip(g0, g1)):
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-10, atol=1e-12, err_msg=f"unit {u} {k}")

@@ -5,7 +5,9 @@
 
 A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers and the direction it reads
 its sequence in. `steps` holds the per-step inputs: first, optionally, the mask of sequence lengths
-([T, B, 1], masks.py: then the cell stops each sequence at its end), then the masks of the spec's
+([T, B, 1], masks.py: then the cell stops each sequence at its end; y past the end is not zeroed but holds
+its value there, with_lengths(held=True), on both devices: the module reads only the packed rows, and y is
+then a state's history in place, with no buffer and no store of its own), then the masks of the spec's
 regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
 implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call,
 with no graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls
@@ -144,7 +146,7 @@ class Runner:
         if key not in self._engines:
             from ..runtime.executor import Engine
 
-            cell = with_lengths(self.cell) if masked else self.cell
+            cell = with_lengths(self.cell, held=True) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction), self.sizes)
         return self._engines[key]
 
@@ -249,7 +251,7 @@ def _reference_forward(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tens
     per_layer = [r.per_matrix(nump, k) for k in range(len(r.sizes))]
     y, final, saved = stack_forward(r.cell, per_layer, r.sizes, _numpy([x])[0], dict(zip(r.state_names, _numpy(h0))),
                                     keep=keep, lengths=lengths, reverse=r.direction == "reverse",
-                                    noise={k: v.detach().numpy() for k, v in noise.items()})
+                                    noise={k: v.detach().numpy() for k, v in noise.items()}, held=True)
     return nump, per_layer, y, final, saved
 
 
