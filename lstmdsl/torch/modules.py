@@ -150,7 +150,8 @@ class RNN(nn.Module):
             rows, mask = self._packing(packed)
             T, B = len(packed.batch_sizes), int(packed.batch_sizes[0])
             data = packed.data
-            input = data.new_zeros((T * B, *data.shape[1:])).index_copy(0, rows, data).view(T, B, *data.shape[1:])
+            # (index_copy_ in place: the out-of-place index_copy would copy the zeros first)
+            input = data.new_zeros((T * B, *data.shape[1:])).index_copy_(0, rows, data).view(T, B, *data.shape[1:])
         if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
             raise UsageError(f"input must be a 2-D (unbatched) or 3-D tensor, got "
                              f"{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}")
