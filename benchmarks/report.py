@@ -217,7 +217,9 @@ def plot_speedup(name: str, data: dict) -> None:
         xs = [i + (j - 0.5) * 0.4 for i in range(len(specs))]
         vals = [sp.get((s, mode), []) for s in specs]
         g = [geomean(v) if v else 0 for v in vals]
-        err = [[gi - min(v) if v else 0 for gi, v in zip(g, vals)], [max(v) - gi if v else 0 for gi, v in zip(g, vals)]]
+        # (clamped at 0: the geometric mean of one value, exp(log(v)), can land a rounding above or below it)
+        err = [[max(0.0, gi - min(v)) if v else 0 for gi, v in zip(g, vals)],
+               [max(0.0, max(v) - gi) if v else 0 for gi, v in zip(g, vals)]]
         ax.bar(xs, g, 0.4, yerr=err, capsize=3, label=mode)
     ax.axhline(1.0, color="k", linewidth=0.8)
     ax.set_xticks(range(len(specs)), specs, rotation=30, fontsize=8)

@@ -63,6 +63,19 @@ def test_merge_joins_parts_and_refuses_another_gpu(tmp_path, monkeypatch):
         report.merge("bad", [str(a), str(c)])
 
 
+def test_the_speedup_plot_of_one_shape_draws(tmp_path, monkeypatch):
+    """One shape per bar: its geometric mean is the value itself up to a rounding, which once made a
+    negative error bar and the plot (and the report of a one-shape run) fail."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    one = [row("vanilla", 1, mode, {"lstmdsl": timing(ours, 10), "cudnn": timing(theirs, 20)})  # a measured pair
+           for mode, ours, theirs in (("forward", 3.6287039518356323, 14.327935695648193),
+                                      ("train", 10.306047916412354, 36.703086853027344))]
+    assert report.geomean([36.703086853027344 / 10.306047916412354]) < 36.703086853027344 / 10.306047916412354
+    report.plot_speedup("one", {"meta": META, "rows": one})
+    assert (tmp_path / "one_speedup.png").stat().st_size > 0
+
+
 def test_the_committed_performance_page_is_what_the_results_make():
     pytest.importorskip("jinja2")
     if not (report.RESULTS / "grid_full_fp32.json").exists():
