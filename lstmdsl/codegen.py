@@ -126,7 +126,9 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             if a in elementwise:
                 index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + {_at(f'in{a}', slot, args)}"
                 load = f"real({_fresh(f'in{a}[{index}]', fresh)})"
-                if cached and products:  # its first item's value loaded early (preloads; a row's: any j)
+                # its first item's value loaded early (preloads, issued where the stage starts; a row's
+                # value, one per batch row, has no bound on j)
+                if cached and products:
                     preloads.append(("" if n.size == ROW else f"n_{n.size}", a, load))
                     load = f"item == (int)threadIdx.x ? pre{a} : {load}"
                 lines[n.size].append(f"const real v{a} = {load};")

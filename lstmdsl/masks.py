@@ -9,6 +9,8 @@ fuses the multiply-adds; only an infinite s past the end becomes NaN, where (1 -
 becomes +0), so the final states are each sequence's state at its own last step, the outputs past the end are zero,
 and no gradient flows through the padding. Run in reverse time, the same mask makes each sequence start
 at its own last step: the initial state is carried through the padding until the sequence begins.
+with_lengths(cell, held=True) leaves an output that is a state's update unzeroed past the end (the held
+state: a caller that reads only the real steps, the torch module's packed batches, saves its buffer).
 Everything downstream (the derivative, the reference, the plan, the kernels) sees only ordinary nodes
 and one more per-step input.
 """
@@ -32,11 +34,13 @@ def with_lengths(cell: Cell, held: bool = False) -> Cell:
     tanh of c is recomputed from c's history) instead of values kept only for it: the unmasked c' and its
     tanh were two more buffers of T steps, written in the forward and read in the backward. The output is
     m times the masked update where the output is an update (y = m * h_masked: equal to m * h').
-    held: the output is the masked value itself, not zeroed past the end (an LSTM's y is then h, held at
-    its last real step: y is h's history, in place, with no buffer and no store of its own), for a caller
-    that never reads the output there (lstmdsl.torch's packed batches: their output is the packed rows).
-    The gradients are the same: where m = 0 the step's gate gradients are m times something, so a next
-    layer's dx is zero there, and a dy of zero past the end adds nothing to the held state's gradient."""
+    held: where the output is a state's update, it is the masked update itself, not zeroed past the end (an
+    LSTM's y is then h, held at its last real step: y is h's history, in place, with no buffer and no store
+    of its own), for a caller that never reads the output there (lstmdsl.torch's packed batches: their
+    output is the packed rows). The gradients are the same: where m = 0 the step's gate gradients are m
+    times something, so a next layer's dx is zero there, and a dy of zero past the end adds nothing to the
+    held state's gradient. An output that is not an update stays zeroed: past the end it would be a value
+    of the padding's inputs, which could overflow, and 0 * inf in the next layer is NaN."""
     b = GraphBuilder()
     m = b.leaf("stepin", LENGTH, ROW)
 
@@ -60,7 +64,7 @@ def with_lengths(cell: Cell, held: bool = False) -> Cell:
             # serves the nodes after it (equal where m = 1; where m = 0 they are dropped)
     updates = tuple(mask(k, new[u]) for k, u in enumerate(cell.updates))  # (each state's own old value)
     output = after.get(cell.output, new[cell.output])
-    output = output if held else b.mul(m, output)
+    output = output if held and cell.output in after else b.mul(m, output)
     nodes, remap = prune(tuple(b.nodes), updates + (output,))
     names = tuple((name, remap[after.get(i, new[i])]) for name, i in cell.names if after.get(i, new[i]) in remap)
     result = dataclasses.replace(cell, nodes=nodes, updates=tuple(remap[u] for u in updates),

@@ -12,9 +12,10 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
-lengths, with dropout between the layers and DropConnect. --torch-packed runs the torch module's bidirectional
-stack on a PackedSequence (its cell's outputs past each end held, not zeroed: masks.with_lengths(held=True));
-with --persistent-grid / --persistent-split, at those schedules' sizes. --torch-compile runs
+lengths, with dropout between the layers and DropConnect. --torch-packed runs the torch module on a PackedSequence
+(its cell's outputs past each end held, not zeroed: masks.with_lengths(held=True)), a bidirectional stack
+with dropout between the layers and then a one-direction stack (one op, each layer's y the next one's x in
+place); with --persistent-block / -grid / -split and --bf16 / --fp16 as below. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
 buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop (in fp32;
@@ -68,16 +69,18 @@ if packed:
 
     import lstmdsl.torch
 
-    B = 40 if split else 3
-    m = lstmdsl.torch.RNN(name, 5, 300 if grid else 33, 2, bidirectional=True, dropout=0.3, **extra,
-                          schedule="persistent" if forced else None).cuda()
+    B = 40 if split else 1 if "--persistent-block" in sys.argv else 3
+    schedule = "; ".join([f"precision {precision}"] + (["persistent"] if forced else []))
     x = torch.randn(7, B, 5, device="cuda", requires_grad=True)
     lengths = torch.tensor([7, 2, 5]) if B == 3 else torch.from_numpy(np.random.default_rng(1).integers(1, 8, B))
-    for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
-        with torch.no_grad():
-            m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
-        y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
-        y.data.sum().backward()
+    # both directions layer by layer (dropout between), then one direction's stack as one op (in place)
+    for options in (dict(bidirectional=True, dropout=0.3), {}):
+        m = lstmdsl.torch.RNN(name, 5, 300 if grid else 33, 2, **options, **extra, schedule=schedule).cuda()
+        for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
+            with torch.no_grad():
+                m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+            y, _ = m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+            y.data.sum().backward()
     torch.cuda.synchronize()
     print(f"{name}: the torch module on a packed batch, forward and backward; |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)

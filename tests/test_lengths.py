@@ -215,7 +215,7 @@ def test_held_outputs_change_nothing_a_packed_batch_reads(name):
         for b, n in enumerate(LENGTHS):
             dy[n:, b] = 0
         grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in params]
-        dstate = {k: np.random.default_rng(6).standard_normal(v.shape) for k, v in final.items()}
+        dstate = {k: np.random.default_rng(6 + i).standard_normal(v.shape) for i, (k, v) in enumerate(final.items())}
         dx, d0 = stack_backward(params, sizes, saved, dy, dstate, grads, directions=2)
         runs[held] = y, final, dx, d0, grads
     (y0, f0, dx0, d00, g0), (y1, f1, dx1, d01, g1) = runs[False], runs[True]
@@ -229,3 +229,12 @@ def test_held_outputs_change_nothing_a_packed_batch_reads(name):
     for u, (a, b) in enumerate(zip(g0, g1)):
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-10, atol=1e-12, err_msg=f"unit {u} {k}")
+
+
+def test_held_keeps_zeroing_an_output_that_is_not_an_update():
+    """Past the end such an output is a value of the padding's inputs (it could overflow, and 0 * inf in
+    the next layer is NaN), so held=True zeroes it as held=False does; an LSTM's output, h', is held."""
+    other = lstmdsl.parse("cell d { input x; state h; h' = tanh(W x + R h + b); y = exp(h'); output y }").cell
+    assert with_lengths(other, held=True) == with_lengths(other, held=False)
+    vanilla = lstmdsl.parse("vanilla").cell
+    assert with_lengths(vanilla, held=True) != with_lengths(vanilla, held=False)

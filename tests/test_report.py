@@ -68,10 +68,10 @@ def test_the_speedup_plot_of_one_shape_draws(tmp_path, monkeypatch):
     negative error bar and the plot (and the report of a one-shape run) fail."""
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(report, "RESULTS", tmp_path)
-    one = [row("vanilla", 1, mode, {"lstmdsl": timing(ours, 10), "cudnn": timing(theirs, 20)})  # a measured pair
+    # a measured pair; here the training ratio's geometric mean, exp(log(v)), is 4e-16 below v
+    one = [row("vanilla", 1, mode, {"lstmdsl": timing(ours, 10), "cudnn": timing(theirs, 20)})
            for mode, ours, theirs in (("forward", 3.6287039518356323, 14.327935695648193),
                                       ("train", 10.306047916412354, 36.703086853027344))]
-    assert report.geomean([36.703086853027344 / 10.306047916412354]) < 36.703086853027344 / 10.306047916412354
     report.plot_speedup("one", {"meta": META, "rows": one})
     assert (tmp_path / "one_speedup.png").stat().st_size > 0
 
