@@ -3,18 +3,18 @@
     torch.ops.lstmdsl.rnn_forward(x, h0, params, steps, handle, train) -> [y, *hn]
     torch.ops.lstmdsl.rnn_backward(x, h0, params, steps, y, dy, dhn, handle) -> [dx, *dh0, *dparams]
 
-A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers and the direction it reads
-its sequence in. `steps` holds the per-step inputs: first, optionally, the mask of sequence lengths
-([T, B, 1], masks.py: then the cell stops each sequence at its end; y past the end is not zeroed but holds
-its value there, with_lengths(held=True), on both devices: the module reads only the packed rows, and y is
-then a state's history in place, with no buffer and no store of its own), then the masks of the spec's
-regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
-implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call,
-with no graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls
-rnn_backward. On CUDA tensors the ops run the generated kernels (an Engine per device and element type,
-on torch's current stream, writing into tensors torch allocated); on CPU tensors they run the numpy
-reference. Inside a CUDA graph that torch captures (mode="reduce-overhead"), the Engine issues its work
-into torch's capture instead of replaying graphs of its own.
+A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers and the direction it reads its
+sequence in. `steps` holds the per-step inputs: first, optionally, the mask of sequence lengths ([T, B, 1],
+masks.py: then the cell stops each sequence at its end; y past the end, where it is a state's update, is not
+zeroed but holds its value there, with_lengths(held=True), on both devices: the module reads only the packed
+rows, and y is then a state's history in place, with no buffer and no store of its own), then the masks of the
+spec's regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
+implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call, with no
+graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls rnn_backward.
+On CUDA tensors the ops run the generated kernels (an Engine per device and element type, on torch's current
+stream, writing into tensors torch allocated); on CPU tensors they run the numpy reference. Inside a CUDA graph
+that torch captures (mode="reduce-overhead"), the Engine issues its work into torch's capture instead of
+replaying graphs of its own.
 
 The Engine keeps the activations of its latest training forward. rnn_backward receives the forward's
 output y: when the Engine's activations belong to another forward (another call of the same module came
