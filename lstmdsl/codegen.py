@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from .ir import ROW
 from .kerneldesc import (AddDesc, ArgBind, CachedWeights, KernelArg, KernelDesc, PersistentDesc, Product,
-                         StagedOperand, StepPointer)
+                         StagedOperand, StepArea, StepPointer)
 from .ops import OPS
 from .plan import HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
@@ -262,16 +262,22 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     if pers.exchange is not None:
         args["exchange"] = KernelArg("const int", "exchange", ArgBind("exchanging"))
         args["xchg"] = KernelArg("unsigned long long*", "xchg", ArgBind("exchange"))
+    buffers, areas = {}, {}  # buffer -> its first slot's name (its ring and stride args); (buffer, step) -> area
     for desc in stages:
         for a in (x for d in (desc.stages or (desc,)) for x in d.args):
             if a.name in args or a.name in pointers:
                 continue
             ctype = a.ctype.replace(" __restrict__", "")  # other blocks write what a stage reads
             if a.bind.kind == "ptr":
-                pointers[a.name] = StepPointer(ctype, a.name, a.bind.slot.step)
-                args[a.name + "_0"] = KernelArg(ctype, a.name + "_0", ArgBind("ptr0", slot=a.bind.slot))
-                args[a.name + "_s"] = KernelArg("const int", a.name + "_s", ArgBind("stride", slot=a.bind.slot))
-                args[a.name + "_m"] = KernelArg("const int", a.name + "_m", ArgBind("ring", slot=a.bind.slot))
+                slot = a.bind.slot
+                if slot.buffer not in buffers:  # (stride and ring are the buffer's: runtime/issue.py)
+                    buffers[slot.buffer] = a.name
+                    args[a.name + "_s"] = KernelArg("const int", a.name + "_s", ArgBind("stride", slot=slot))
+                    args[a.name + "_m"] = KernelArg("const int", a.name + "_m", ArgBind("ring", slot=slot))
+                area = areas.setdefault((slot.buffer, slot.step),
+                                        StepArea(f"area{len(areas)}", slot.step, buffers[slot.buffer]))
+                pointers[a.name] = StepPointer(ctype, a.name, slot.step, area.name, area.buffer)
+                args[a.name + "_0"] = KernelArg(ctype, a.name + "_0", ArgBind("ptr0", slot=slot))
             else:
                 args[a.name] = KernelArg(ctype, a.name, a.bind)
     # each stage computes the addresses it uses at its start (all of them at the step's start kept every
@@ -280,7 +286,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                                                                 for a in d.args if a.name in pointers))
                  for desc in stages)
     return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
-                          tuple(pointers.values()), tuple(cached), tuple(staged), pers.threads,
+                          tuple(pointers.values()), tuple(areas.values()), tuple(cached), tuple(staged), pers.threads,
                           phase.loop.direction == "reverse", products=tuple(products),
                           real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses,
                           forwarded=tuple(a for a, _ in pers.forwards),

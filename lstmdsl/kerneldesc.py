@@ -55,12 +55,26 @@ class KernelDesc:
 
 @dataclass(frozen=True, slots=True)
 class StepPointer:
-    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus the area
-    of step t + step (modulo name_m in a ring; name_s elements apart, 0 for a one-area buffer)."""
+    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus its area
+    (StepArea `area`: of step t + step) times buffer_s, its buffer's elements between areas (0 for a one-area
+    buffer)."""
 
     ctype: str
     name: str
     step: int
+    area: str  # the StepArea's variable
+    buffer: str  # the prefix of its buffer's ring and stride arguments (buffer_m, buffer_s)
+
+
+@dataclass(frozen=True, slots=True)
+class StepArea:
+    """The area of step t + step in one buffer, kept by a persistent kernel in variable `name` and moved on
+    after every step (modulo buffer_m in a ring). Every slot of the buffer at that step offset shares it: the
+    vanilla forward's twelve slots have five areas (each area kept was about five instructions a step, ncu)."""
+
+    name: str
+    step: int
+    buffer: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,7 @@ class PersistentDesc:
     widest: tuple[str, ...]  # per stage: the C expression of its widest size (a stage of rows: "")
     widths: tuple[tuple[str, ...], ...]  # per stage: the sizes it spreads over the blocks (rows: ())
     pointers: tuple[StepPointer, ...]
+    areas: tuple[StepArea, ...]  # the pointers' areas, one per buffer and step offset
     cached: tuple[CachedWeights, ...]
     staged: tuple[tuple[StagedOperand, ...], ...]  # per stage: the operands of its products
     threads: int

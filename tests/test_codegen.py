@@ -190,9 +190,10 @@ def test_a_one_stage_persistent_kernel_hands_the_state_to_the_next_step_on_chip(
 
 
 def test_a_persistent_step_computes_no_area_by_division():
-    """Each slot's area (its step modulo a ring's length) is computed once before the step loop and moved on
-    after every step (lstmdsl_next_area), forwards and in reverse: no division inside the loop (the vanilla
-    forward's step start had twelve among its 170 or so instructions per warp)."""
+    """Each buffer's area for each step offset of its slots (its step modulo a ring's length) is computed once
+    before the step loop and moved on after every step (lstmdsl_next_area), forwards and in reverse: no
+    division inside the loop (the vanilla forward's step start had twelve among its 170 or so instructions per
+    warp), and one area for all the slots that share it (each kept area cost about five instructions a step)."""
     on = Schedule(persistent="on")
     for name in ("vanilla", "gru", "layernorm"):
         for direction in ("forward", "reverse"):
@@ -202,12 +203,15 @@ def test_a_persistent_step_computes_no_area_by_division():
                     continue
                 source = program.source.split(f" {pers.name}(", 1)[1].split("\nextern \"C\"", 1)[0]
                 before, loop = source.split("for (int s = 0; s < T; ++s) {", 1)
-                pointers = program.kernels[pers.name].pointers
-                assert pointers and all(f"int area_{p.name} = lstmdsl_area(" in before for p in pointers)
+                desc = program.kernels[pers.name]
+                assert desc.areas and all(f"int {a.name} = lstmdsl_area(" in before for a in desc.areas)
                 assert "lstmdsl_area(" not in loop
-                reverse = "true" if program.kernels[pers.name].reverse else "false"
-                assert all(f"area_{p.name} = lstmdsl_next_area(area_{p.name}, t + {p.step}, {p.name}_m, {reverse});"
-                           in loop for p in pointers)
+                reverse = "true" if desc.reverse else "false"
+                assert all(f"{a.name} = lstmdsl_next_area({a.name}, t + {a.step}, {a.buffer}_m, {reverse});"
+                           in loop for a in desc.areas)
+                # one area per buffer and step offset, shared by its slots (vanilla's forward: 12 slots, 5 areas)
+                assert {p.area for p in desc.pointers} == {a.name for a in desc.areas}
+                assert len({(p.buffer, p.step) for p in desc.pointers}) == len(desc.areas)
 
 
 def test_a_persistent_step_divides_no_index():

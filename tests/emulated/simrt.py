@@ -214,9 +214,9 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
         step = dict(val)
         for p in desc.pointers:
             area = t + p.step
-            if val[p.name + "_m"]:
-                area %= int(val[p.name + "_m"])
-            step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.name + "_s"])
+            if val[p.buffer + "_m"]:
+                area %= int(val[p.buffer + "_m"])
+            step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.buffer + "_s"])
         for stage, group in zip(desc.stages, groups):
             for sub, op in zip(stage.stages or (stage,), group):
                 _stage(sub, op, nodes, step, dtype, types)
