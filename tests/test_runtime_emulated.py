@@ -21,7 +21,7 @@ def test_emulated_runtime_matches_the_reference():
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "run_cases.py")], capture_output=True,
                        text=True, env=env, timeout=600)
     bad = [line for line in r.stdout.splitlines() if "BAD" in line]
-    assert r.returncode == 0 and not bad, (bad or r.stdout[-3000:]) + [r.stderr[-3000:]]
+    assert r.returncode == 0 and not bad, (bad or [r.stdout[-3000:]]) + [r.stderr[-3000:]]
 
 
 def test_cubin_cache_without_a_gpu():
