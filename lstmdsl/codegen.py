@@ -276,7 +276,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                     args[a.name + "_m"] = KernelArg("const int", a.name + "_m", ArgBind("ring", slot=slot))
                 area = areas.setdefault((slot.buffer, slot.step),
                                         StepArea(f"area{len(areas)}", slot.step, buffers[slot.buffer]))
-                pointers[a.name] = StepPointer(ctype, a.name, slot.step, area.name, area.buffer)
+                pointers[a.name] = StepPointer(ctype, a.name, area)
                 args[a.name + "_0"] = KernelArg(ctype, a.name + "_0", ArgBind("ptr0", slot=slot))
             else:
                 args[a.name] = KernelArg(ctype, a.name, a.bind)

@@ -54,27 +54,26 @@ class KernelDesc:
 
 
 @dataclass(frozen=True, slots=True)
-class StepPointer:
-    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus its area
-    (StepArea `area`: of step t + step) times buffer_s, its buffer's elements between areas (0 for a one-area
-    buffer)."""
-
-    ctype: str
-    name: str
-    step: int
-    area: str  # the StepArea's variable
-    buffer: str  # the prefix of its buffer's ring and stride arguments (buffer_m, buffer_s)
-
-
-@dataclass(frozen=True, slots=True)
 class StepArea:
     """The area of step t + step in one buffer, kept by a persistent kernel in variable `name` and moved on
-    after every step (modulo buffer_m in a ring). Every slot of the buffer at that step offset shares it: the
-    vanilla forward's twelve slots have five areas (each area kept was about five instructions a step, ncu)."""
+    after every step (modulo <buffer>_m in a ring; <buffer>_s elements apart, 0 for a one-area buffer: the
+    ring and stride arguments, named after the buffer's first slot). Every slot of the buffer at that step
+    offset shares it: the vanilla forward's twelve slots have five areas (each area kept was about five
+    instructions a step, ncu)."""
 
     name: str
     step: int
     buffer: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepPointer:
+    """A slot's address at step t inside a persistent kernel: name_0 (its address at step 0) plus its area's
+    elements."""
+
+    ctype: str
+    name: str
+    area: StepArea
 
 
 @dataclass(frozen=True, slots=True)

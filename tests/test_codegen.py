@@ -210,8 +210,8 @@ def test_a_persistent_step_computes_no_area_by_division():
                 assert all(f"{a.name} = lstmdsl_next_area({a.name}, t + {a.step}, {a.buffer}_m, {reverse});"
                            in loop for a in desc.areas)
                 # one area per buffer and step offset, shared by its slots (vanilla's forward: 12 slots, 5 areas)
-                assert {p.area for p in desc.pointers} == {a.name for a in desc.areas}
-                assert len({(p.buffer, p.step) for p in desc.pointers}) == len(desc.areas)
+                assert {p.area for p in desc.pointers} == set(desc.areas)
+                assert len({(a.buffer, a.step) for a in desc.areas}) == len(desc.areas)
 
 
 def test_a_persistent_step_divides_no_index():

@@ -213,10 +213,10 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
         t = T - 1 - s if desc.reverse else s
         step = dict(val)
         for p in desc.pointers:
-            area = t + p.step
-            if val[p.buffer + "_m"]:
-                area %= int(val[p.buffer + "_m"])
-            step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.buffer + "_s"])
+            area = t + p.area.step
+            if val[p.area.buffer + "_m"]:
+                area %= int(val[p.area.buffer + "_m"])
+            step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.area.buffer + "_s"])
         for stage, group in zip(desc.stages, groups):
             for sub, op in zip(stage.stages or (stage,), group):
                 _stage(sub, op, nodes, step, dtype, types)
