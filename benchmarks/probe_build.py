@@ -29,6 +29,13 @@ def build_cubin(source: str, prefix: str, defines: dict[str, int], out: Path) ->
     return path
 
 
+def build_all(source: str, prefix: str, defines: list[dict[str, int]], out: str) -> None:
+    """--build-cubins: every distinct set of defines' cubin into the folder out (created), each path printed."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for d in sorted({tuple(d.items()) for d in defines}):
+        print(build_cubin(source, prefix, dict(d), Path(out)))
+
+
 def load(source: str, prefix: str, defines: dict[str, int], cubins: str | None):
     """The CuPy module: a cubin built beforehand (in cubins), else nvcc here, else NVRTC."""
     import cupy

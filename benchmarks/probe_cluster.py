@@ -222,9 +222,7 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build_cubins:
-        Path(args.build_cubins).mkdir(parents=True, exist_ok=True)
-        for H, CL, threads in sorted({(H, CL, t) for _, H, CL, t in shapes(args)}):
-            print(probe_build.build_cubin(SOURCE, "cluster", defines(H, CL, threads), Path(args.build_cubins)))
+        probe_build.build_all(SOURCE, "cluster", [defines(H, CL, t) for _, H, CL, t in shapes(args)], args.build_cubins)
         return 0
     import cupy
     import torch

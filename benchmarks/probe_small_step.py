@@ -144,9 +144,8 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build_cubins:
-        Path(args.build_cubins).mkdir(parents=True, exist_ok=True)
-        for H, BL, KS in sorted({(H, BL, KS) for _, H, BL, KS in configs(args)}):
-            print(probe_build.build_cubin(SOURCE, "small", defines(H, BL, KS), Path(args.build_cubins)))
+        probe_build.build_all(SOURCE, "small", [defines(H, BL, KS) for _, H, BL, KS in configs(args)],
+                              args.build_cubins)
         return 0
     import cupy
     import torch
