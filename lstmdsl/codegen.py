@@ -342,13 +342,28 @@ def _template(name: str = "pointwise.cu.j2") -> "jinja2.Template":  # noqa: F821
 def render(plan: Plan, kernels: dict[str, KernelDesc], add: AddDesc | None = None) -> str:
     """The CUDA source of all the plan's kernels: deterministic, so equal plans give equal source."""
     return _template().render(cell=plan.cell.name, schedule=plan.schedule.describe(), real=REAL[plan.dtype],
-                              kernels=list(kernels.values()), add=add, halves=plan.operand_type in HALF_TYPES)
+                              kernels=list(kernels.values()), add=add, halves=plan.operand_type in HALF_TYPES,
+                              special=None)
+
+
+def render_persistent(plan: Plan, desc: PersistentDesc, constants: dict[str, int], blocks: int) -> str:
+    """The source of one persistent kernel compiled for a launch's shape (plan.Persistent.specialises): its
+    arguments of that shape (desc.shape_args, by name: constants) and its grid (blocks) constants in its body;
+    the parameters stay, so the launch passes the same arguments as to the general kernel. Deterministic."""
+    names = {a.name for a in desc.shape_args()}
+    if set(constants) != names or not all(isinstance(v, int) and not isinstance(v, bool) for v in constants.values()):
+        raise AssertionError(f"{desc.name}: constants {sorted(constants)} for the shape arguments {sorted(names)}")
+    return _template().render(cell=plan.cell.name, schedule=plan.schedule.describe(), real=REAL[plan.dtype],
+                              kernels=[desc], add=None, halves=plan.operand_type in HALF_TYPES,
+                              special={"constants": {a.name: constants[a.name] for a in desc.shape_args()},
+                                       "blocks": int(blocks)})
 
 
 def render_helpers(real: str = "float") -> str:
     """The device functions every module starts with (templates/pointwise.cu.j2), without kernels: for tests
     that call them from a kernel of their own (the fast sigmoid and tanh's error, tests/test_gpu.py)."""
-    return _template().render(cell="helpers", schedule="none", real=real, kernels=[], add=None, halves=False)
+    return _template().render(cell="helpers", schedule="none", real=real, kernels=[], add=None, halves=False,
+                              special=None)
 
 
 CONVERSIONS = (("f32", "bf16"), ("bf16", "f32"), ("f32", "f16"), ("f16", "f32"))

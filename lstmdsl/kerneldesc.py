@@ -138,6 +138,17 @@ class PersistentDesc:
     exchanged: StagedOperand | None = None  # the operand a grid hands on in tagged words (Persistent.exchange)
     kind = "persistent"
 
+    def shape_args(self) -> tuple[KernelArg, ...]:
+        """The arguments a kernel compiled for one launch's shape takes as constants (SHAPE_KINDS)."""
+        return tuple(a for a in self.args if a.bind.kind in SHAPE_KINDS)
+
+
+# A persistent launch's arguments fixed by its shape (the batch, the sizes, the buffers' widths, step strides and
+# rings, runtime/persistent.PersistentRun's choices): constants in a kernel compiled for that shape
+# (plan.Persistent.specialises, codegen.render_persistent). The widths, strides and rings as constants too were
+# 0.87-0.98x the time of the batch, sizes and choices alone at 14 of 16 shapes (benchmarks/specialise.py --wide)
+SHAPE_KINDS = ("batch", "size", "ld", "dim", "cached", "stage_rows", "split", "exchanging", "stride", "ring")
+
 
 @dataclass(frozen=True, slots=True)
 class AddDesc:

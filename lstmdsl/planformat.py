@@ -149,6 +149,16 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                             if pers.forwards else "")
                          + ("; a grid of several blocks hands it on in tagged words instead, with no grid barrier"
                             if pers.exchange is not None and pers.exchange_words else "") + ":")
+            lines.append("    each launch's kernel " + {
+                "on": "compiled for its shape (the schedule says specialise): batch, sizes and grid as constants, "
+                      "compiled at the first call of a shape",
+                "off": "the one that takes every size at run time (the schedule says no specialise)",
+                "auto": "compiled for its shape (batch, sizes and grid as constants) on a thread of its own while the "
+                        "one that takes every size runs, then used from the next call on; not for a grid that hands "
+                        f"its state on in tagged words at B > {pers.specialise_batch}" if pers.specialise_auto else
+                        "the one that takes every size at run time (`specialise auto` compiles one per shape only "
+                        "under precision fp32, where it was measured; `specialise` forces it)"}[
+                pers.specialise])
             half = any(s.dtype in HALF_TYPES for s in plan.storage.stacks)
             tiles = ("tensor-core tiles of 16 weight rows x 8 batch rows (mma.sync)" if half else
                      "tiles of 4 rows x 4 batch rows, or a group of lanes a sum at small sizes")

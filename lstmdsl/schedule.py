@@ -3,7 +3,10 @@
 
 Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
 `precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
-`persistent auto` (the cost model decides: the default); `wavefront` (a stack's layers always
+`persistent auto` (the cost model decides: the default); `specialise` (every persistent launch runs a kernel
+compiled for its batch and sizes, compiled at the first call of a shape), `no specialise` (never: the one
+kernel that takes any size), `specialise auto` (the cost model decides, and the kernel is compiled on a thread
+of its own while the general one runs: the default); `wavefront` (a stack's layers always
 overlap, chunk by chunk), `no wavefront` (never), `wavefront auto` (the cost model decides: the default);
 a leading `no` turns a switch off (`no hoist input`). They are applied in order over the defaults, so the
 command line can override the spec. The numpy reference computes every schedule the same way; the
@@ -35,6 +38,9 @@ class Schedule:
     # operands and weights in half precision on the tensor cores, fp32 accumulation, state and pointwise math)
     persistent: str = "auto"  # the forward recurrence as one launch with the weights on chip: "auto" (where
     # the cost model, Persistent in plan.py, expects it to be faster), "on" (always), "off" (never)
+    specialise: str = "auto"  # a persistent launch's kernel compiled for its shape (Persistent.specialises in
+    # plan.py): "auto" (where its cost model says, compiled in the background), "on" (always, compiled at the first
+    # call of a shape), "off" (never)
     wavefront: str = "auto"  # a stack's forward with its layers overlapped chunk by chunk (Wavefront in
     # plan.py): "auto" (where its cost model says), "on" (always, over `persistent auto`), "off" (never)
 
@@ -51,7 +57,7 @@ _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
              ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads",
              ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows", ("fold", "sums"): "fold_sums"}
 _SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
-_MODES = ("persistent", "wavefront")  # modes: `NAME` (on), `no NAME` (off), `NAME auto`
+_MODES = ("persistent", "specialise", "wavefront")  # modes: `NAME` (on), `no NAME` (off), `NAME auto`
 _MODES_TEXT = [text for name in _MODES for text in (name, f"{name} auto")]
 _KNOWN = _SWITCHES_TEXT + [f"precision {p}" for p in PRECISIONS] + _MODES_TEXT
 

@@ -1,5 +1,6 @@
 """Timing on the GPU, for the benchmarks, the profiler and `lstmdsl run`: CUDA events on the current
-stream around each call, after warm-up calls. Imports CuPy only when called."""
+stream around each call, after warm-up calls (and after the persistent kernels compiled for the calls'
+shapes are in use: runtime/specialise.py). Imports CuPy only when called."""
 
 from __future__ import annotations
 
@@ -13,14 +14,26 @@ _SPIN_SOURCE = """extern "C" __global__ void lstmdsl_spin(long long cycles)
 }"""
 
 
+def _warm_up(fn, warmup: int) -> None:
+    """The warm-up calls, then once more after the compiles of kernels for their shapes have finished
+    (runtime/specialise.py), so the timed calls run what a long run would."""
+    import cupy
+
+    from .runtime import nvrtc
+
+    for _ in range(warmup):
+        fn()
+    nvrtc.settle()
+    fn()  # (a kernel whose compile finished after the last call's look is installed by this one)
+    cupy.cuda.Device().synchronize()
+
+
 def time_gpu(fn, repeat: int = 20, warmup: int = 2) -> dict:
     """Time fn on the GPU. Returns the median, min and max milliseconds and the median host time to
     issue the call."""
     import cupy
 
-    for _ in range(warmup):
-        fn()
-    cupy.cuda.Device().synchronize()
+    _warm_up(fn, warmup)
     times, host = [], []
     for _ in range(repeat):
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
@@ -44,9 +57,7 @@ def time_gpu_only(fn, repeat: int = 20, warmup: int = 2) -> dict:
     held at that point, and its time includes the wait. Returns the median and min milliseconds."""
     import cupy
 
-    for _ in range(warmup):
-        fn()
-    cupy.cuda.Device().synchronize()
+    _warm_up(fn, warmup)
     t0 = time.perf_counter()
     fn()
     hold = 2e3 * (time.perf_counter() - t0) + 1.0

@@ -10,6 +10,7 @@
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-split [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --wavefront [spec]
+    compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-split --specialise [spec]
 
 --bidirectional-lengths runs a bidirectional stack (its directions on two streams) on a batch of different
 lengths, with dropout between the layers and DropConnect. --torch-packed runs the torch module on a PackedSequence
@@ -24,7 +25,8 @@ in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the ba
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers; --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
-streams, chunks of 3 steps. A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
+streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
+shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
 
@@ -44,6 +46,7 @@ split = "--persistent-split" in args
 forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 packed = "--torch-packed" in args
+special = "; specialise" if "--specialise" in args else ""
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -70,7 +73,7 @@ if packed:
     import lstmdsl.torch
 
     B = 40 if split else 1 if "--persistent-block" in sys.argv else 3
-    schedule = "; ".join([f"precision {precision}"] + (["persistent"] if forced else []))
+    schedule = "; ".join([f"precision {precision}"] + (["persistent"] if forced else [])) + special
     x = torch.randn(7, B, 5, device="cuda", requires_grad=True)
     lengths = torch.tensor([7, 2, 5]) if B == 3 else torch.from_numpy(np.random.default_rng(1).integers(1, 8, B))
     # both directions layer by layer (dropout between), then one direction's stack as one op (in place)
@@ -87,7 +90,7 @@ if packed:
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
 layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
-                        + ("; wavefront" if wave else ""))
+                        + ("; wavefront" if wave else "") + special)
 B = 40 if split else 1 if "--persistent-block" in sys.argv else 3  # (one block: one row; more split the batch)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, B, 5)).astype(np.float32))
 lengths = (np.array([7, 2, 5]) if B == 3 else np.random.default_rng(1).integers(1, 8, B)) if masked else None

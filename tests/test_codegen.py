@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from lstmdsl.codegen import render_conversions
+from lstmdsl.codegen import render_conversions, render_persistent
 
 import lstmdsl
 from lstmdsl.masks import with_lengths
@@ -340,6 +340,70 @@ def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, t
     assert spills and all(s == ("0", "0") for s in spills), report
 
 
+def _constants(desc, B, sizes, blocks, split=0, cached=1, stage_rows=None, exchange=0):
+    """A launch's shape arguments (kerneldesc.SHAPE_KINDS) by name, as runtime/issue.shape_value binds them."""
+    widest = max(sizes.values())
+    value = {"batch": B, "cached": cached, "stage_rows": stage_rows or min(B, split or B), "split": split,
+             "exchanging": exchange, "ld": 4 * widest, "stride": 4 * widest * B, "ring": 2}
+    env = dict(sizes, B=B, one=1)
+    return {a.name: sizes[a.bind.name] if a.bind.kind == "size" else sum(env[n] for n in a.bind.offset)
+            if a.bind.kind == "dim" else value[a.bind.kind] for a in desc.shape_args()}
+
+
+def test_a_kernel_compiled_for_a_shape_has_its_arguments_as_constants():
+    """codegen.render_persistent: the launch's shape arguments become constants of the same names (the
+    parameters stay, renamed, so the launch passes what it passes the general kernel), and the grid's size; the
+    general kernel is unchanged; constants for other arguments are refused."""
+    program = build("vanilla", Schedule(persistent="on"))
+    desc = program.kernels[program.plan.forward.loop.persistent.name]
+    assert {"B", "cached", "stage_rows", "split", "exchange", "n_hidden"} <= {a.name for a in desc.shape_args()}
+    assert {"T", "bar", "xchg"}.isdisjoint(a.name for a in desc.shape_args())
+    source = render_persistent(program.plan, desc, _constants(desc, 3, {"hidden": 33}, 132, exchange=1), 132)
+    body = source.split(f"void __launch_bounds__(256, 1) {desc.name}(", 1)[1]
+    assert "const int B_arg," in body and "const int n_hidden_arg," in body and "const int T," in body
+    assert "constexpr int B = 3;" in body and "constexpr int n_hidden = 33;" in body
+    assert "constexpr unsigned lstmdsl_grid = 132, lstmdsl_threads = 256;" in body
+    assert "gridDim.x" not in body.split("\n}\n", 1)[0] and "lstmdsl_grid" in body
+    assert source.count("__global__") == 1 and "gridDim.x" in program.source and "B_arg" not in program.source
+    with pytest.raises(AssertionError, match="constants"):
+        render_persistent(program.plan, desc, {"B": 3}, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_kernels_compiled_for_a_shape_compile_for_sm90_without_spills(tmp_path):
+    """Kernels compiled for the shapes the cost model specialises (one block, a split grid, a grid over the
+    elements at B <= 4) and a few it does not (forced), forward and backward, fp32, float64 and half precision."""
+    cases = [("vanilla", Schedule(persistent="on"), "float32", 1, {"hidden": 32}, 1, 0, 0),
+             ("vanilla", Schedule(persistent="on"), "float32", 64, {"hidden": 64}, 64, 1, 0),
+             ("vanilla", Schedule(persistent="on"), "float32", 1, {"hidden": 512}, 132, 0, 1),
+             ("vanilla", Schedule(persistent="on"), "float32", 16, {"hidden": 256}, 132, 0, 1),
+             ("vanilla", Schedule(persistent="on"), "float64", 3, {"hidden": 33}, 3, 1, 0),
+             ("vanilla", Schedule(persistent="on", precision="bf16"), "float32", 4, {"hidden": 256}, 132, 0, 1),
+             ("gru", Schedule(persistent="on"), "float32", 17, {"hidden": 100}, 17, 1, 0),
+             ("layernorm", Schedule(persistent="on"), "float32", 1, {"hidden": 1000}, 132, 0, 0),
+             ("fgr", Schedule(persistent="on"), "float32", 1, {"hidden": 256}, 132, 0, 0)]
+    sources = []
+    for name, schedule, dtype, B, sizes, blocks, split, exchange in cases:
+        program = build(name, schedule, dtype)
+        for phase in ("forward", "backward"):
+            pers = getattr(program.plan, phase).loop.persistent
+            if pers is not None:
+                desc = program.kernels[pers.name]
+                given = {"input": sizes["hidden"], "proj": max(1, sizes["hidden"] // 2), **sizes}
+                sources.append((f"{name} {phase} {schedule.precision} {dtype} B={B} {sizes} {blocks} blocks",
+                                render_persistent(program.plan, desc, _constants(
+                                    desc, B, given, blocks, split, exchange=exchange if desc.exchanged else 0), blocks)))
+    for k, (label, source) in enumerate(sources):  # (one file each: every module defines the same helpers)
+        cu = tmp_path / f"k{k}.cu"
+        cu.write_text(source)
+        r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / f"k{k}.o"), str(cu)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+        assert len(spills) == 1 and spills[0] == ("0", "0"), (label, r.stderr)
+
+
 def test_modules_compile_on_their_own(tmp_path):
     """NVRTC compiles each module alone (the test above joins them, where include guards hide what one module
     lacks): the converting copies, and a half-precision persistent module, also for sm_75, where the tensor-core
@@ -370,3 +434,15 @@ def test_half_plans_align_rows_and_run_products_over_the_padded_width():
                                                  for _, op in phase.ops() if isinstance(op, Gemm))
     heads = build("slstm", Schedule(precision="bf16")).plan  # block-diagonal stacks stay unpadded
     assert not any(s.padded for s in heads.storage.stacks if s.heads)
+
+
+def test_the_module_loader_finds_a_persistent_kernel_first_in_its_source():
+    """nvrtc.load_module checks a cached cubin by getting its first kernel: a kernel compiled for a shape is the
+    module's only one and begins with __launch_bounds__ (once taken for the kernel's name: every load failed)."""
+    from lstmdsl.runtime.nvrtc import _FIRST_KERNEL
+
+    program = build("vanilla", Schedule(persistent="on"))
+    desc = program.kernels[program.plan.forward.loop.persistent.name]
+    source = render_persistent(program.plan, desc, _constants(desc, 1, {"hidden": 32}, 1), 1)
+    assert _FIRST_KERNEL.search(source).group(1) == desc.name
+    assert _FIRST_KERNEL.search(program.source).group(1) in program.kernels

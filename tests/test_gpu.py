@@ -382,16 +382,47 @@ def _persistent_runs(layer) -> list:
 
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 1, 5, 1, 1), (7, 3, 5, 33, 2), (9, 17, 3, 100, 1), (20, 3, 16, 1000, 1)])
-def test_every_spec_under_the_persistent_schedule(name, T, B, I, H, L):
+@pytest.mark.parametrize("schedule", ["persistent", "persistent; specialise"])
+def test_every_spec_under_the_persistent_schedule(name, T, B, I, H, L, schedule):
     """The forward recurrence as one cooperative launch (forced: `persistent`), at odd sizes: one block at
     B = 1, a grid splitting the batch where the weights fit one block, a grid of blocks with barriers at the
-    large ones; every workspace poisoned with NaN."""
+    large ones; every workspace poisoned with NaN. With `specialise`, every launch runs a kernel compiled for
+    its shape (runtime/specialise.py) from the first call."""
     scale = min(0.5, 1 / np.sqrt(H))
     tolerance = None
     if H == 1 and name in ONE_FEATURE_TOLERANCE:  # a norm over one feature is ill-conditioned: as good as stepwise
         stepwise = check(name, T, B, I, H, L, schedule="no persistent", scale=scale, tolerance=np.inf)
         tolerance = max(ONE_FEATURE_TOLERANCE[name], 2 * max(stepwise.values()))
-    check(name, T, B, I, H, L, schedule="persistent", scale=scale, tolerance=tolerance)
+    check(name, T, B, I, H, L, schedule=schedule, scale=scale, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("B,H", [(1, 32), (3, 33), (3, 300)])
+def test_a_kernel_compiled_for_the_shape_takes_over_from_the_next_call(B, H):
+    """`specialise auto`: the first call runs the general kernel while the shape's own compiles on a thread;
+    once that has finished (settle), the next call launches it, forward and backward, with the same results;
+    `no specialise` never does, `specialise` from the first call. One block, a split grid, a grid of 132."""
+    from lstmdsl.runtime import nvrtc
+
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((9, B, 5)).astype(np.float32))
+    results = {}
+    for words in ("persistent", "persistent; no specialise", "persistent; specialise"):
+        layer = lstmdsl.compile("vanilla", 5, H, backend="cuda", schedule=words, seed=2)
+        runs = []
+        for _ in range(3):
+            y, state = layer.forward(x)
+            dx = layer.backward(cupy.ones_like(y))
+            runs.append([cupy.asnumpy(a) for a in (y, state["c"], dx)])
+            functions = [dict(ws.persistent_function) for engine in layer._engines.values()
+                         for wss in engine.workspaces.values() for ws in wss]
+            nvrtc.settle()
+        results[words] = runs[-1]
+        want = {"persistent": {"forward", "backward"}, "persistent; specialise": {"forward", "backward"},
+                "persistent; no specialise": set()}[words]
+        assert {phase for f in functions for phase in f} == want, (words, functions)
+        for first, last in zip(runs[0], runs[-1]):
+            np.testing.assert_allclose(last, first, rtol=1e-5, atol=1e-6)
+    for a, b in zip(results["persistent"], results["persistent; no specialise"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", ["persistent; precision bf16", "persistent; precision fp16",

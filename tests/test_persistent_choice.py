@@ -7,6 +7,7 @@ import pytest
 
 import lstmdsl
 from lstmdsl.plan import Persistent
+from lstmdsl.planformat import format_plan
 from lstmdsl.program import build_program
 from lstmdsl.runtime import device, persistent
 from lstmdsl.schedule import Schedule
@@ -306,3 +307,37 @@ def test_a_grid_hands_its_state_on_in_tagged_words_only_where_it_pays(h200):
     assert not shape("vanilla", Schedule(persistent="on", precision="fp16"), B=16, H=512).exchange
     p = Persistent((), exchange=3)
     assert p.exchanges(4096) and not p.exchanges(4097) and not Persistent(()).exchanges(1)
+
+
+def test_which_launches_run_a_kernel_compiled_for_their_shape(h200):
+    """`specialise auto` (Persistent.specialises): every launch but a grid that hands its state on in tagged words
+    over more than specialise_batch rows; `specialise` every launch, `no specialise` none. The schedule carries
+    the choice into both phases' kernels."""
+    auto = Persistent(())
+    assert auto.specialises(1, 1, 0, False) and auto.specialises(64, 64, 1, False) and auto.specialises(16, 16, 1, False)
+    assert auto.specialises(4, 132, 0, True) and auto.specialises(64, 132, 0, False) and auto.specialises(16, 132, 0, False)
+    assert not auto.specialises(5, 132, 0, True) and not auto.specialises(16, 132, 0, True)
+    assert Persistent((), specialise="on").specialises(256, 132, 0, True)
+    assert not Persistent((), specialise="off").specialises(1, 1, 0, False)
+    for words, mode in (("", "auto"), ("specialise", "on"), ("no specialise", "off"), ("specialise auto", "auto")):
+        program = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; " + words))
+        assert program.plan.forward.loop.persistent.specialise == mode
+        assert program.plan.backward.loop.persistent.specialise == mode
+        text = format_plan(program.plan)  # (`--emit plan` says which kernel a launch runs)
+        assert {"on": "the schedule says specialise", "off": "the schedule says no specialise",
+                "auto": "on a thread of its own"}[mode] in text
+    for words in ("precision bf16", "precision fp16", "precision tf32"):  # auto only where it was measured: fp32
+        pers = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; " + words)) \
+            .plan.forward.loop.persistent
+        assert not pers.specialise_auto and not pers.specialises(1, 1, 0, False)
+        assert "only under precision fp32" in format_plan(build_program(lstmdsl.parse("vanilla").cell,
+                                                                     lstmdsl.parse_schedule("persistent; " + words)).plan)
+    half = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; specialise; precision bf16"))
+    assert half.plan.forward.loop.persistent.specialises(1, 1, 0, False)
+    # the launches of the measured shapes: one block at B = 1, H = 32; a split grid at B = 64, H = 64; a grid at
+    # B = 1, H = 512 and B = 4, H = 256 (exchanging), B = 64, H = 128 and B = 16, H = 512 (not): specialised;
+    # grids that exchange at B = 8, H = 256 and B = 16, H = 128 and 256: not (1.18-1.41x slower compiled)
+    for B, H, want in ((1, 32, True), (64, 64, True), (1, 512, True), (4, 256, True), (64, 128, True),
+                       (16, 512, True), (8, 256, False), (16, 128, False), (16, 256, False)):
+        run = shape("vanilla", Schedule(persistent="on"), B=B, H=H)
+        assert auto.specialises(B, run.blocks, run.split, run.exchange) == want, (B, H, run)

@@ -205,7 +205,12 @@ def make_persistent(plan: Plan) -> Plan:
     work, split, rows = (work, split, rows) if plan.dtype == "f32" else ((), (), ())
     if mode == "auto" and not work + split + rows:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
-    pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows)
+    # `specialise auto` compiles kernels per shape only where that was measured (precision fp32: loops.py,
+    # Persistent.specialises; float32 layers, and float64 ones, which this pass cannot tell apart); `specialise`
+    # forces it in every precision
+    measured_special = precision == "fp32"
+    pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
+                      specialise=plan.schedule.specialise, specialise_auto=measured_special)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = BACKWARD_LIMITS[precision] if single and work else ()
@@ -214,5 +219,6 @@ def make_persistent(plan: Plan) -> Plan:
     if back is None:
         return plan
     loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(
-        back, forced=mode == "on", threads=256, work=back_work, split_work=back_split))
+        back, forced=mode == "on", threads=256, work=back_work, split_work=back_split,
+        specialise=plan.schedule.specialise, specialise_auto=measured_special))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

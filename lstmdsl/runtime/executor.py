@@ -1,15 +1,15 @@
 """The executor: runs a compiled program's plan on the GPU, op by op, as the plan says.
 
-It only evaluates sizes and addresses (issue.py: a GemmCall becomes one cuBLAS call, a Kernel one launch
-of its generated kernel, a Copy one strided copy or the add kernel). Each phase's ops of one layer run as
-a CUDA graph, captured at the first call for a workspace and the addresses it reads, then replayed
-with one launch; when someone else is capturing the stream (torch's CUDA graphs), the ops are issued into
-that capture instead. Where the plan's Wavefront says so, a stack's forward is one graph whose branches are
-its layers, each on a stream of its own, chunk by chunk.
+It only evaluates sizes and addresses (issue.py: a GemmCall becomes one cuBLAS call, a Kernel one launch of its
+generated kernel, a Copy one strided copy or the add kernel). Each phase's ops of one layer run as a CUDA graph,
+captured at the first call for a workspace and the addresses it reads, then replayed with one launch; when someone
+else is capturing the stream (torch's CUDA graphs), the ops are issued into that capture instead. Where the plan's
+Wavefront says so, a stack's forward is one graph whose branches are its layers, each on a stream of its own, chunk
+by chunk.
 
-The Engine runs a stack of layers over workspaces it keeps per (T, B, train). It takes device
-addresses only: the caller owns inputs, outputs, parameters and gradients (CuPy arrays for CudaLayer,
-torch tensors for lstmdsl.torch), and names the stream.
+The Engine runs a stack of layers over workspaces it keeps per (T, B, train). It takes device addresses only: the
+caller owns inputs, outputs, parameters and gradients (CuPy arrays for CudaLayer, torch tensors for lstmdsl.torch),
+and names the stream.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 
 from ..errors import LstmdslError
 from ..passes.wavefront import wavefront_blocker
-from ..plan import ELEMENT_TYPES, Transfer
+from ..plan import ELEMENT_TYPES
 from ..program import Program
-from . import convert, cublas, device
+from . import convert, cublas, device, specialise
 from .fanout import fan
 from .issue import Issue
 from .nvrtc import function, load_module
@@ -127,6 +127,8 @@ class Engine:
                        f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
                 warnings.warn(f"lstmdsl: schedule 'persistent' for cell {plan.cell.name}: {why}; running the "
                               "stepwise loop", stacklevel=2)
+            if run is not None:  # (the kernel compiled for this shape, where the plan says: runtime/specialise.py)
+                specialise.request(self, ws, phase, pers, run)
             if run is not None and ws.counter is None:
                 ws.counter_array = device.empty((1,), np.uint32, 0, ws.stream)
                 ws.counter = ws.counter_array.data.ptr
@@ -286,16 +288,11 @@ class Engine:
     def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
         lane = cublas.lane(stream)
         fanned = fan(self, ws, name, stream, lane)
+        if self.persistent_run(ws, name) is not None:  # (its kernel compiled for the shape, once compiled)
+            specialise.install(self, ws, name, stream)
         self._tune(stream, [(ws, bind, lane, name)], fanned=fanned)
         self._replay([ws], (name, bind.key, lane, fanned is not None), 1,
                      lambda side: Issue(self, ws, bind, side, lane, fanned).phase(name), stream)
-
-    @staticmethod
-    def _transfer(ws: Workspace, t: Transfer) -> tuple[int, int, int, int, str]:
-        """(address, pitch, rows, width in elements, element type) of a transfer's region in a workspace."""
-        step = {"all": t.first, "0": 0, "T": ws.T}[t.step]
-        rows = ws.T * ws.B if t.step == "all" else ws.B
-        return ws.address(t.buffer, step, t.col), ws.pitch(t.buffer), rows, ws.dim((t.size,)), ws.dtype[t.buffer]
 
     def _regions(self, ws: Workspace, direction: str) -> dict:
         """The regions of the caller's inputs or outputs in a workspace (computed once per workspace)."""
@@ -305,7 +302,7 @@ class Engine:
             regions: dict[str, list] = {}  # a state in half precision goes in twice: its ring and its history
             for t in transfers:
                 if t.buffer in ws.base:
-                    regions.setdefault(t.what, []).append(self._transfer(ws, t))
+                    regions.setdefault(t.what, []).append(ws.region(t))
             ws.regions[direction] = regions
         return ws.regions[direction]
 

@@ -34,6 +34,38 @@ def _kind(phase: str, place: str, op) -> str:
         "backward: per-step GEMMs (gradients passed back)"
 
 
+_SHAPE = ("batch", "size", "ld", "dim", "steps", "exchanging", "cached", "stage_rows", "split", "stride", "ring")
+
+
+def shape_value(b, ws, run: PersistentRun | None = None) -> int:
+    """An integer argument fixed by the workspace's sizes and the persistent launch `run` (those of
+    kerneldesc.SHAPE_KINDS are a specialised kernel's constants: runtime/specialise.py)."""
+    kind = b.kind
+    if kind == "batch":
+        return ws.B
+    if kind == "size":
+        return ws.env[b.name]
+    if kind == "ld":
+        return ws.width[b.slot.buffer]
+    if kind == "dim":
+        return ws.dim(b.offset)
+    if kind == "steps":
+        return ws.T
+    if kind == "exchanging":
+        return int(run.exchange)
+    if kind == "cached":
+        return int(run.cached)
+    if kind == "stage_rows":
+        return run.stage_rows
+    if kind == "split":
+        return run.split
+    if kind == "stride":  # elements between steps (0: one area for all steps)
+        return 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
+    if kind == "ring":
+        return 2 if b.slot.buffer in ws.ring else 0
+    raise LstmdslError(f"kernel argument binding {kind!r} is not one of a shape")
+
+
 class Issue:
     """Issues one phase of one layer onto a stream: engine, the executor's Engine (its program, functions
     and persistent choice); bind, the layer's Binding (executor.py); lane, the cuBLAS lane of its GEMMs;
@@ -126,10 +158,8 @@ class Issue:
     def arg(self, b, t: int, run: PersistentRun | None = None, phase: str = "") -> tuple[str, int]:
         """A kernel argument's value at step t, as its ArgBind says (run: a persistent kernel's launch)."""
         ws, kind = self.ws, b.kind
-        if kind == "batch":
-            return "int", ws.B
-        if kind == "size":
-            return "int", ws.env[b.name]
+        if kind in _SHAPE:
+            return "int", shape_value(b, ws, run)
         if kind == "vector":
             return "ptr", self.bind.vectors[b.name]
         if kind == "weights":
@@ -138,32 +168,14 @@ class Issue:
             return "int", self.stack_ld(self.stacks[b.name])
         if kind == "ptr":
             return "ptr", ws.address(b.slot.buffer, t + b.slot.step, b.slot.col)
-        if kind == "ld":
-            return "int", ws.width[b.slot.buffer]
-        if kind == "dim":
-            return "int", ws.dim(b.offset)
         # a persistent kernel's: it computes each step's addresses itself
-        if kind == "steps":
-            return "int", ws.T
         if kind == "barrier":
             return "ptr", ws.counter
-        if kind == "exchanging":
-            return "int", int(run.exchange)
         if kind == "exchange":  # (none where the launch does not exchange: the kernel does not touch it then)
             area = ws.exchange_arrays.get(phase)
             return "ptr", 0 if area is None else area.data.ptr
-        if kind == "cached":
-            return "int", int(run.cached)
-        if kind == "stage_rows":
-            return "int", run.stage_rows
-        if kind == "split":
-            return "int", run.split
         if kind == "ptr0":  # the slot at step 0; the kernel adds each step's area
             return "ptr", ws.base[b.slot.buffer] + ws.item[b.slot.buffer] * ws.dim(b.slot.col)
-        if kind == "stride":  # elements between steps (0: one area for all steps)
-            return "int", 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
-        if kind == "ring":
-            return "int", 2 if b.slot.buffer in ws.ring else 0
         raise LstmdslError(f"unknown kernel argument binding {kind!r}")
 
     def kernel(self, op: Kernel, t: int) -> None:
@@ -184,8 +196,8 @@ class Issue:
             area = self.ws.exchange_arrays.get(name)
             if area is not None:  # (words of an earlier launch would carry the numbers of this one's steps)
                 device.zero(area.data.ptr, area.nbytes, self.stream)
-            device.launch_cooperative(self.engine.functions[pers.name], run.blocks, pers.threads, run.shared, args,
-                                      self.stream)
+            function = self.ws.persistent_function.get(name) or self.engine.functions[pers.name]
+            device.launch_cooperative(function, run.blocks, pers.threads, run.shared, args, self.stream)
 
     def op(self, phase: str, place: str, op, t: int) -> None:
         if isinstance(op, Kernel) and op.joins:  # a stage of the launch of the kernel before it (row fusion)

@@ -1,4 +1,5 @@
-"""Compilation of generated CUDA, and its disk cache.
+"""Compilation of generated CUDA, and its disk cache; and a thread that compiles into that cache while the GPU runs
+(prepare_later: runtime/specialise.py's kernels compiled for a shape).
 
 NVRTC compiles a program's source to a cubin for the GPU at hand; the cubin is kept in
 $LSTMDSL_CACHE/cubin (keyed by the source, the options, the architecture and the CuPy and CUDA runtime
@@ -9,8 +10,13 @@ and written again; where NVRTC cannot make a cubin (an architecture it does not 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import queue
 import re
+import threading
+import time
+from pathlib import Path
 
 from ..cache import cache_dir, write_bytes_atomically
 from ..errors import LstmdslError
@@ -24,7 +30,7 @@ class CompileError(LstmdslError):
 _MODULES: dict[str, object] = {}
 _OPTIONS = ("--std=c++17",)
 _NVRTC_ERROR_COMPILATION = 6  # nvrtcResult: the source does not compile
-_FIRST_KERNEL = re.compile(r'extern "C" __global__ void (\w+)')
+_FIRST_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)')
 
 
 def _compile_error(source: str, log: str) -> CompileError:
@@ -55,13 +61,34 @@ def nvrtc_cubin(source: str, arch: str) -> bytes | None:
         nvrtc.destroyProgram(prog)
 
 
+def _cubin_path(source: str, arch: str) -> Path:
+    key = repr((cupy.__version__, cupy.cuda.runtime.runtimeGetVersion(), arch, _OPTIONS, source))
+    return cache_dir() / "cubin" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.cubin"
+
+
+def architecture() -> str:
+    """The current device's compute capability ("90"), as the cache and NVRTC name it."""
+    return cupy.cuda.Device().compute_capability
+
+
+def prepare(source: str, arch: str) -> None:
+    """Compiles a source into the disk cache unless it is there, so that load_module then only loads it. NVRTC
+    and the file alone, no CUDA context: safe on a thread of its own while the GPU runs (runtime/specialise.py).
+    Raises CompileError where NVRTC rejects the source; where it cannot make a cubin, load_module compiles; a
+    damaged file (not an ELF file) is compiled and written again."""
+    path = _cubin_path(source, arch)
+    if not path.is_file() or path.read_bytes()[:4] != b"\x7fELF":  # (missing, or damaged: not an ELF file)
+        cubin = nvrtc_cubin(source, arch)
+        if cubin is not None:
+            write_bytes_atomically(path, cubin)
+
+
 def load_module(source: str):
     """The loaded module of a rendered source (once per process and source)."""
     if source in _MODULES:
         return _MODULES[source]
-    arch = cupy.cuda.Device().compute_capability
-    key = repr((cupy.__version__, cupy.cuda.runtime.runtimeGetVersion(), arch, _OPTIONS, source))
-    path = cache_dir() / "cubin" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.cubin"
+    arch = architecture()
+    path = _cubin_path(source, arch)
     module = None
     if path.is_file():
         try:
@@ -90,3 +117,82 @@ def load_module(source: str):
 def function(module, name: str) -> int:
     """The CUfunction handle of a kernel in a loaded module."""
     return module.get_function(name).kernel.ptr
+
+
+class Job:
+    """One source's compile into the disk cache (prepare_later): `done` is set once it has finished, `error` what it raised."""
+
+    def __init__(self, source: str, arch: str):
+        self.source, self.arch = source, arch
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+_JOBS: dict[tuple[str, str], Job] = {}
+_QUEUE: "queue.Queue[Job | None]" = queue.Queue()
+_THREAD: threading.Thread | None = None
+_LOCK = threading.Lock()
+EXIT_WAIT = 30.0  # seconds the process's exit waits for the compiles asked for (none cut off inside NVRTC; a
+# compile takes 0.03-0.05 s a kernel on the H200 host, and the thread keeps up with the calls that ask for them)
+
+
+def prepare_later(source: str, arch: str) -> Job:
+    """prepare(source, arch) on the compile thread (once per source and process): runtime/specialise.py's
+    kernels compile there while the GPU runs (NVRTC lets go of the interpreter's lock)."""
+    global _THREAD
+    with _LOCK:
+        job = _JOBS.get((source, arch))
+        if job is None:
+            job = _JOBS[(source, arch)] = Job(source, arch)
+            _QUEUE.put(job)
+            if _THREAD is None:
+                _THREAD = threading.Thread(target=_work, name="lstmdsl-specialise", daemon=True)
+                _THREAD.start()
+        return job
+
+
+def prepare_now(source: str, arch: str) -> Job:
+    """prepare(source, arch) on this thread (or the compile thread's job for the source, once it has finished),
+    as a finished Job: its error, if any, is the caller's to report."""
+    with _LOCK:
+        job = _JOBS.get((source, arch))
+        if job is None:
+            job = _JOBS[(source, arch)] = Job(source, arch)
+            try:
+                prepare(source, arch)
+            except Exception as err:  # noqa: BLE001 - handed to the caller with the job
+                job.error = err
+            job.done.set()
+    job.done.wait()
+    return job
+
+
+def settle(timeout: float | None = None) -> bool:
+    """Waits for every compile asked for so far; False where `timeout` seconds (in all) passed first."""
+    with _LOCK:
+        jobs = list(_JOBS.values())
+    end = None if timeout is None else time.monotonic() + timeout
+    return all(job.done.wait(None if end is None else max(0.0, end - time.monotonic())) for job in jobs)
+
+
+def _work() -> None:
+    while True:
+        job = _QUEUE.get()
+        if job is None:  # (the exit's)
+            return
+        try:
+            prepare(job.source, job.arch)
+        except BaseException as err:  # noqa: BLE001 - handed to whoever waits for the job
+            job.error = err
+        job.done.set()
+
+
+def _finish() -> None:
+    """At exit: the compiles asked for finish first (a thread cut off inside NVRTC while the process unloads
+    it could crash the exit; a cubin cut off half-written is not: nvrtc.prepare writes it atomically)."""
+    if _THREAD is not None:
+        _QUEUE.put(None)
+        _THREAD.join(EXIT_WAIT)
+
+
+atexit.register(_finish)

@@ -75,6 +75,9 @@ class Workspace:
         self.pinned = False  # a graph captured by someone else (torch) holds its addresses
         self.stream = stream
         self.persistent: dict[str, object] = {}  # phase -> its persistent launch at these sizes, or None (Engine)
+        self.persistent_function: dict[str, int] = {}  # phase -> its kernel compiled for these sizes, where it
+        # runs one (Persistent.specialises; else the program's general kernel)
+        self.special_pending: dict[str, object] = {}  # phase -> the compile of that kernel under way (specialise.Job)
         self.tuned: set[tuple[str, bool]] = set()  # (phase, fanned out) whose per-step GEMM shapes were timed
         # (Engine._tune, cublas.tune; with the fan, its lanes' handles made)
         self.wave: int | None = None  # a stack's first layer: steps per chunk of its wavefront, 0 for none
@@ -95,6 +98,12 @@ class Workspace:
         """Address of row 0 at column col of a buffer at a step (a one-step buffer has one area for all)."""
         step = 0 if self.steps[buffer] == 1 else step % 2 if buffer in self.ring else step
         return self.base[buffer] + self.item[buffer] * (step * self.B * self.width[buffer] + self.dim(col))
+
+    def region(self, t) -> tuple[int, int, int, int, str]:
+        """(address, pitch, rows, width in elements, element type) of a transfer's region (plan.Transfer)."""
+        step = {"all": t.first, "0": 0, "T": self.T}[t.step]
+        rows = self.T * self.B if t.step == "all" else self.B
+        return self.address(t.buffer, step, t.col), self.pitch(t.buffer), rows, self.dim((t.size,)), self.dtype[t.buffer]
 
     def pitch(self, buffer: str) -> int:
         return self.item[buffer] * self.width[buffer]

@@ -9,6 +9,7 @@ import bisect
 import ctypes
 import os
 import sys
+import time
 import types
 
 import numpy as np
@@ -18,7 +19,7 @@ import cupy  # noqa: E402 - the fake one
 import lstmdsl  # noqa: E402
 from lstmdsl import reference  # noqa: E402
 from lstmdsl.check import compare, random_case, randomize  # noqa: E402
-from lstmdsl.runtime import convert, cublas, device, executor, warmup, workspace  # noqa: E402
+from lstmdsl.runtime import convert, cublas, device, executor, nvrtc, specialise, warmup, workspace  # noqa: E402
 
 workspace.POISON = True
 LOG = []
@@ -189,14 +190,22 @@ def launch(function, grid, threads, args, stream):
 SHARED = 227 * 1024  # what an H200 block may opt in to; the emulated device has 132 multiprocessors
 STATIC = 256  # the emulated kernels' static shared memory (block_reduce's partial sums in double)
 PERSISTENT = []  # (kernel name, blocks, shared bytes, cached) of every persistent launch
+SPECIAL = []  # the names of the launches of kernels compiled for their shapes (runtime/specialise.py)
 
 
 @recorded
 def launch_cooperative(function, blocks, threads, shared, args, stream):
     """A persistent kernel: its stages in order at every step, each slot at that step's address."""
-    name, dtype = function
+    name, dtype = function[:2]
     desc, ops, nodes = KERNELS[name]
     PERSISTENT.append((name, blocks, shared, args[[a.name for a in desc.args].index("cached")][1]))
+    if len(function) > 2:  # a kernel compiled for its launch's shape: its constants must be this launch's
+        SPECIAL.append(name)
+        line = next(ln for ln in function[2].splitlines() if ln.startswith("// compiled for one launch: "))
+        said = dict(kv.split(" = ") for kv in line.split(": ", 1)[1].split(", ")[1:])
+        given = {a.name: str(v) for a, (_, v) in zip(desc.args, args) if a.name in said}
+        assert said == given and line.split(": ", 1)[1].startswith(f"{blocks} blocks"), \
+            f"{name} compiled for {line} launched with {blocks} blocks, {given}"
     assert shared <= SHARED - STATIC and blocks >= 1, "dynamic and static shared memory past the limit"
     val = {a.name: v for a, (_, v) in zip(desc.args, args)}
     types = {a.name: CTYPE[a.ctype.replace("const ", "").replace("*", "").strip()] for a in desc.args
@@ -423,8 +432,12 @@ cublas._time = lambda call, stream: 1.0  # (no GPU: both ways take the same time
 cublas._handle = lambda lane, bare=False: types.SimpleNamespace(stream=None, bare=bare)
 cublas._identity = lambda lane: ("emulated", 0)
 cublas._store = lambda key, bare: None  # (the choices stay in this process: nothing written to the cache)
-executor.load_module = lambda source: None
-executor.function = lambda module, name: name
+# a kernel compiled for one shape (runtime/specialise.py): the "module" is its source, which the launch checks
+executor.load_module = specialise.load_module = lambda source: source
+executor.function = specialise.function = \
+    lambda module, name: (name, "f64" if "#define real double" in module else "f32", module)
+nvrtc.prepare = lambda source, arch: time.sleep(0.01)  # (the compile thread's work: none to do here)
+nvrtc.architecture = lambda: "90"
 convert.load_module = lambda source: None
 convert.function = lambda module, name: (name, "f32")
 

@@ -1,0 +1,115 @@
+"""The plan's ways to run a loop other than step by step: the persistent schedule (Persistent: all steps as
+one launch that keeps the weights on chip) and the layer wavefront (Wavefront: a stack's layers overlapped
+chunk by chunk), each with its cost model, which the runtime evaluates once the sizes are bound. Part of the
+Plan (plan.Loop.persistent, Plan.wavefront; plan.py re-exports both)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Persistent:
+    """The persistent schedule of a loop: all T steps as one cooperative launch of one kernel. Its stages
+    are the loop's kernels with every per-step product computed inside one, in order; at each step every
+    block runs its share of each stage (the products of its elements first, as register tiles of 4 weight
+    rows x 4 batch rows over the block's threads, then a thread per element for the pointwise work), and
+    the grid meets at a barrier after each stage. A block keeps the weight rows it multiplies in shared
+    memory for all steps (when they fit: else it reads them from memory at each step, slower but the same).
+
+    The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
+    - used when the schedule forces it (`persistent`), or where the weights fit the blocks' shared memory and a
+      rule holds (B at most its batch, a step's multiply-adds over the batch in range: `work`; where all the
+      weights fit one block also `split_work`, and `row_work` by a batch row's) (`persistent auto`); else stepwise;
+    - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
+      barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one
+      block when a step is at most one_block_work multiply-adds; else one block per multiprocessor, at most
+      one per element."""
+
+    stages: tuple["Kernel", ...]
+    forced: bool = False
+    one_block_work: int = 65536
+    threads: int = 256
+    name: str = ""  # the launch's kernel (the calls pass names it)
+    work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
+    split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
+    row_work: tuple[tuple[int, int, int], ...] = ()  # as split_work, by a batch row's multiply-adds a step
+    forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
+    # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
+    # run as one block with every row staged, the next step reads it there instead of from memory (calls)
+    exchange: int | None = None  # the one product operand of a kernel of one stage (forwards), float32 or half:
+    # in a grid each item also stores it with the step's number in one 64-bit word of an exchange area (two, by
+    # the step's parity); the next step's staging waits for that step's words, not a grid barrier (`exchanges`)
+    split_batch: bool = True  # a grid may split the batch instead of the elements (split_rows)
+    exchange_words: int = 4096  # (a block without elements then leaves the loop: it could wait forever)
+    specialise: str = "auto"  # the schedule's `specialise` (on, off, auto): see `specialises`
+    specialise_batch: int = 4  # auto: the largest batch a grid that exchanges its state is specialised at
+    specialise_auto: bool = True  # whether auto specialises at all: only where it was measured (fp32 products)
+
+    def exchanges(self, words: int) -> bool:
+        """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
+        each block reads them all, 16 per thread in flight, and past one round (4096 at 256 threads) the trips to L2
+        cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
+        return self.exchange is not None and words <= self.exchange_words
+
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
+        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block."""
+        rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())]
+        rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
+        return self.forced or (fits and any(batch <= b and lo <= w <= hi for b, lo, hi, w in rules))
+
+    def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
+        """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds
+        all the weights and runs its rows alone), else 0: at B >= 2 wherever the weights fit one block (one
+        block of all the rows: 5.1-6.9 us a step at B = 16-64, H = 16-32; a grid of them 2.8-3.3 at B = 32-128)."""
+        ok = self.split_batch and batch >= 2 and one_block_bytes <= shared
+        return -(-batch // min(batch, multiprocessors)) if ok else 0
+
+    def specialises(self, batch: int, blocks: int, split: int, exchange: bool) -> bool:
+        """Whether a launch runs a kernel compiled for its shape: the batch, the sizes, the buffers' widths and
+        the launch's choices as constants, not arguments (runtime/specialise.py, which gives the measurements:
+        0.67-0.88x the general kernel's forward time, 0.64-0.97x training, fp32 at B = 1-64, H = 16-1024, but
+        1.18-1.39x forward at B = 8-16, H = 128-256). Auto: every launch but a grid that hands its state on in
+        tagged words (exchange) over more than specialise_batch rows, those slower ones; none where
+        specialise_auto is off (tf32 and half precision: not measured)."""
+        if self.specialise != "auto":
+            return self.specialise == "on"
+        return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or
+                                         batch <= self.specialise_batch)
+
+    def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
+        """The grid (elements: the widest stage's; one_block_bytes: the weights' shared memory in one block)."""
+        if work <= self.one_block_work and one_block_bytes <= shared:
+            return 1
+        return max(1, min(multiprocessors, elements))
+
+
+@dataclass(frozen=True, slots=True)
+class Wavefront:
+    """A stack's forward as a wavefront: the sequence is cut into chunks of steps, and each layer runs on a stream
+    of its own, chunk by chunk: its input GEMM over the chunk's rows, then the chunk's steps. Layer l starts chunk j
+    once layer l-1 has finished chunk j (its y there is this layer's x, in place: Storage.stack_input) and it has
+    finished chunk j-1 itself, so layer l+1 works on chunk j while layer l works on chunk j+1. A step of one layer
+    rarely fills the GPU (at B = 256, H = 512 its GEMM is 32 tiles on 132 multiprocessors); L layers at once fill it
+    up to L times better, and the whole stack takes about (chunks + L - 1) chunks' time where it took L * chunks.
+
+    The cost model: used for every stack of 2 to 16 layers (cublas.MAX_LANES: each layer's GEMMs need a cuBLAS
+    workspace of their own), its layers on the stepwise loop. A persistent kernel takes every multiprocessor, so it
+    cannot overlap a layer with another; the wavefront of stepwise layers beat persistent layers one after the other
+    at every stack shape measured (4 layers, fp32, T = 100, on the H200: B = 1, H = 256 1.7-2.1x faster; B = 16, H =
+    512 1.6x; H = 1024 1.3x), so in a stack it wins over `persistent auto`; a forced `persistent` wins over
+    `wavefront auto` (the layers then run their persistent kernels one after the other), a forced `wavefront` over
+    both. The sequence is cut into `chunks` chunks of ceil(T / chunks) steps (the last one shorter): 8, 16 and 32
+    chunks were within 10% of each other at those shapes and at B = 64 and 256."""
+
+    chunks: int = 16
+    forced: bool = False
+    backward: bool = False  # the backward as a wavefront too (passes/wavefront.py, backward_blocker): the
+    # layers from the top down, chunk by chunk in the backward loop's order; layer l's dy for a chunk is a
+    # copy of layer l+1's dx there, made once layer l+1 has finished the chunk (the stack shares one dy and
+    # one dx buffer: each chunk's rows are handed down it); each layer's parameter gradients after its last
+    # chunk. The training buffers of one or two steps (state-gradient rings, scratch) are then each layer's own
+
+    def steps(self, T: int) -> int:
+        """Steps per chunk for a sequence of T steps."""
+        return max(1, -(-T // self.chunks))
