@@ -440,7 +440,8 @@ def page() -> str:
     ctx["norms_table"] = grid_table(norms) if norms else None
     ctx["norms_heads"] = next((r["heads"] for r in norms["rows"] if r.get("heads")), 1) if norms else None
     ctx["tables"] = {p.stem: p.read_text() for p in RESULTS.glob("*.md")
-                     if p.stem.startswith(("bidirectional_", "regularisers_", "alignment_", "persistent_", "fanout_"))}
+                     if p.stem.startswith(("bidirectional_", "regularisers_", "alignment_", "persistent_", "fanout_",
+                                               "specialise_"))}
     grids: dict[str, dict] = {}
 
     def time(grid: str, spec: str, b: int, h: int, t: int, l: int, mode: str, comp: str = "lstmdsl") -> float:
