@@ -12,6 +12,9 @@
 #     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
 #     NO_TESTS=1 bash benchmarks/gpu_check.sh      # without the GPU tests (they passed in an earlier call on this tree)
+#     NO_SANITIZERS=1 bash benchmarks/gpu_check.sh # without the compute-sanitizer passes (with the fifteenth session's
+#                                                  # tests and targets the whole check likely passes one 600 s device
+#                                                  # call: the tests ran 287 s with JOBS=8; split it)
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
@@ -43,6 +46,7 @@ timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${
 summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
 fi
 
+if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone, in a call of their own)
 for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
               "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
@@ -69,6 +73,7 @@ for target in "--persistent-block peephole" layernorm "--persistent-grid peephol
   timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
   summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
 done
+fi
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
   timeout 240 python3 benchmarks/bidirectional.py --json "$OUT/bidirectional.json" 2>&1 | tail -8

@@ -6,6 +6,10 @@ time to compile each shape's kernels (a fresh compile, not the disk cache).
 
     python3 benchmarks/specialise.py 1x16 1x32 16x256 ... [--json out.json]   # (and out.md beside it)
     python3 benchmarks/specialise.py --markdown out.json                     # out.md again from the JSON
+    ... --precision bf16        # tf32, bf16 or fp16: lstmdsl's `precision` (float32 in and out) against cuDNN
+                                # in that precision (tf32 allowed; the LSTM and x in bf16 / fp16)
+    ... --keep batch,stage_rows # a fourth column: `specialise` with those kerneldesc.SHAPE_KINDS left as
+                                # arguments (which constants cost the exchanging grids at B = 8-16?)
 
 The columns: `no specialise` (the general kernel), `specialise` (compiled for the shape, from the first call) and
 `specialise auto` (what the cost model chooses: compiled on a thread, in use once it has finished; the timing
@@ -25,21 +29,29 @@ T = 1000
 def markdown(data: dict) -> str:
     """The JSON's rows as a table: us a step, and the ratios to the general kernel and to cuDNN."""
     m = data["meta"]
+    p = m.get("precision", "fp32")
     lines = [f"# The persistent kernel compiled for its shape ({m['gpu']}, torch {m['torch']}, cuDNN {m['cudnn']}, "
-             f"CuPy {m['cupy']})", "", f"`{m['command']}`", "",
-             "Vanilla LSTM, one layer, fp32 (tf32 off), T = 1000, `persistent` forced; GPU time alone "
+             f"CuPy {m['cupy']})" + ("" if p == "fp32" else f", precision {p}"), "", f"`{m['command']}`", "",
+             f"Vanilla LSTM, one layer, {'fp32 (tf32 off)' if p == 'fp32' else p}, T = 1000, `persistent` forced; "
+             "GPU time alone "
              "(timing.time_gpu_only), us a step. general: `no specialise`; compiled: `specialise`; auto: "
              "`specialise auto` (the default: the cost model's choice, plan.Persistent.specialises). NVRTC: a fresh "
              "compile of the shape's kernels (forward, training forward, backward).", "",
              "| B | H | cuDNN fwd | general fwd | compiled fwd | auto fwd | compiled / general | cuDNN train | "
              "general train | compiled train | auto train | compiled / general | NVRTC s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    extra = sorted({k for r in data["rows"] for k in r if k.startswith("specialise keep")})
+    if extra:
+        lines[-2] += "".join(f" {k}: fwd, train (/ general) |" for k in extra)
+        lines[-1] += "---|" * len(extra)
     for r in data["rows"]:
         c, g, s, a = (r[k] for k in ("cudnn", "no specialise", "specialise", "specialise auto"))
         f, t = "forward_us_per_step", "training_us_per_step"
         lines.append(f"| {r['B']} | {r['H']} | {c[f]:.3f} | {g[f]:.3f} | {s[f]:.3f} | {a[f]:.3f} | {s[f] / g[f]:.2f}x | "
                      f"{c[t]:.2f} | {g[t]:.2f} | {s[t]:.2f} | {a[t]:.2f} | {s[t] / g[t]:.2f}x | "
-                     f"{r.get('compile_s', float('nan')):.2f} |")
+                     f"{r.get('compile_s', float('nan')):.2f} |"
+                     + "".join(f" {r[k][f]:.3f}, {r[k][t]:.2f} ({r[k][f] / g[f]:.2f}x, {r[k][t] / g[t]:.2f}x) |"
+                               for k in extra))
     return "\n".join(lines) + "\n"
 
 
@@ -56,10 +68,16 @@ def main(argv: list[str]) -> int:
     from lstmdsl.runtime import nvrtc, specialise
     from lstmdsl.timing import time_gpu_only
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    out = argv[argv.index("--json") + 1] if "--json" in argv else None
-    shapes = [a for a in argv if "x" in a and not a.startswith("-") and a != out]
-    variants = ["no specialise", "specialise", "specialise auto"]
+    from lstmdsl import kerneldesc
+
+    def option(name: str, default=None):
+        return argv[argv.index(name) + 1] if name in argv else default
+    out, precision, keep = option("--json"), option("--precision", "fp32"), option("--keep")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    shapes = [a for a in argv if "x" in a and not a.startswith("-") and a not in (out, keep)]
+    variants = ["no specialise", "specialise", "specialise auto"] + ([f"specialise keep {keep}"] if keep else [])
+    kinds = kerneldesc.SHAPE_KINDS
     sources: list[str] = []
     render = specialise.render_persistent
     specialise.render_persistent = lambda *a: sources.append(render(*a)) or sources[-1]
@@ -71,20 +89,25 @@ def main(argv: list[str]) -> int:
         ref = torch.nn.LSTM(H, H).cuda()
         x = torch.randn(T, B, H, device="cuda", requires_grad=True)
         row = {"B": B, "H": H, "T": T}
-        for variant, m in [("cudnn", ref)] + [(v, None) for v in variants]:
+        cudnn = ref if half is None else __import__("copy").deepcopy(ref).to(half)
+        for variant, m in [("cudnn", cudnn)] + [(v, None) for v in variants]:
+            xs = x.detach().to(half).requires_grad_() if variant == "cudnn" and half is not None else x
+            if variant.startswith("specialise keep"):  # (the kernels are rendered at the first call: timed below)
+                kerneldesc.SHAPE_KINDS = tuple(k for k in kinds if k not in keep.split(","))
             if m is None:
-                m = lt.from_torch(ref, schedule="persistent; " + variant)
+                m = lt.from_torch(ref, schedule=f"persistent; precision {precision}; " + variant.split(" keep")[0])
                 del sources[:]
 
             def fwd():
                 with torch.no_grad():
-                    m(x)
+                    m(xs)
 
             def train():
-                y, _ = m(x)
-                y.sum().backward()
+                y, _ = m(xs)
+                y.float().sum().backward()
             f = time_gpu_only(fwd, 10, 2)["gpu_ms"] * 1e3 / T
             t = time_gpu_only(train, 10, 2)["gpu_ms"] * 1e3 / T
+            kerneldesc.SHAPE_KINDS = kinds
             row[variant] = {"forward_us_per_step": round(f, 4), "training_us_per_step": round(t, 4)}
             if variant == "specialise" and sources:  # NVRTC's time for this shape's kernels, uncached
                 arch = nvrtc.architecture()
@@ -108,7 +131,7 @@ def main(argv: list[str]) -> int:
         import cupy
         meta = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "torch": torch.__version__,
                 "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__,
-                "command": "python3 benchmarks/specialise.py " + " ".join(argv)}
+                "precision": precision, "command": "python3 benchmarks/specialise.py " + " ".join(argv)}
         with open(out, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=1)
         with open(out[:-len(".json")] + ".md", "w") as fh:
