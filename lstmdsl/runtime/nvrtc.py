@@ -120,7 +120,8 @@ def function(module, name: str) -> int:
 
 
 class Job:
-    """One source's compile into the disk cache (prepare_later): `done` is set once it has finished, `error` what it raised."""
+    """One source's compile into the disk cache (prepare_later): `done` is set once it has finished, `error`
+    what it raised."""
 
     def __init__(self, source: str, arch: str):
         self.source, self.arch = source, arch
