@@ -334,6 +334,8 @@ def test_which_launches_run_a_kernel_compiled_for_their_shape(h200):
                                                                      lstmdsl.parse_schedule("persistent; " + words)).plan)
     half = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; specialise; precision bf16"))
     assert half.plan.forward.loop.persistent.specialises(1, 1, 0, False)
+    double = build_program(lstmdsl.parse("vanilla").cell, Schedule(persistent="on"), dtype="float64")
+    assert not double.plan.forward.loop.persistent.specialise_auto
     # the launches of the measured shapes: one block at B = 1, H = 32; a split grid at B = 64, H = 64; a grid at
     # B = 1, H = 512 and B = 4, H = 256 (exchanging), B = 64, H = 128 and B = 16, H = 512 (not): specialised;
     # grids that exchange at B = 8, H = 256 and B = 16, H = 128 and 256: not (1.18-1.41x slower compiled)
@@ -341,3 +343,14 @@ def test_which_launches_run_a_kernel_compiled_for_their_shape(h200):
                        (16, 512, True), (8, 256, False), (16, 128, False), (16, 256, False)):
         run = shape("vanilla", Schedule(persistent="on"), B=B, H=H)
         assert auto.specialises(B, run.blocks, run.split, run.exchange) == want, (B, H, run)
+
+
+def test_float64_keeps_the_stepwise_loop_under_auto():
+    """The cost model's rules were measured in float32: a float64 layer has none under `persistent auto` (no
+    kernel compiled that never runs), and `persistent` still forces it. (The persistent pass runs before the
+    types pass; the layer's element type reaches it from make_plan.)"""
+    cell = lstmdsl.parse("vanilla").cell
+    assert build_program(cell, Schedule(), dtype="float64").plan.forward.loop.persistent is None
+    assert build_program(cell, Schedule(), dtype="float32").plan.forward.loop.persistent is not None
+    forced = build_program(cell, Schedule(persistent="on"), dtype="float64").plan.forward.loop.persistent
+    assert forced is not None and forced.forced

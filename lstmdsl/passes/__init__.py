@@ -13,6 +13,8 @@ them may overlap its layers (Wavefront).
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..grad import StepGrad
 from ..ir import Cell
 from ..plan import Plan, base_plan
@@ -45,9 +47,13 @@ LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assi
             ("fanout", plan_fanout), ("wavefront", plan_wavefront))
 
 
-def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward") -> Plan:
-    """The plan after the scheduling passes (what runs, not yet how). trace(name, plan) sees each step."""
+def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward",
+                  dtype: str = "float32") -> Plan:
+    """The plan after the scheduling passes (what runs, not yet how). trace(name, plan) sees each step. dtype:
+    the layer's element type, which the persistent pass's cost model reads (float64: no rules)."""
     plan = base_plan(cell, grad, schedule, direction)
+    if dtype == "float64":  # (the types pass sets the rest; make_persistent reads plan.dtype before it runs)
+        plan = dataclasses.replace(plan, dtype="f64", compute="f64", operand_type="f64")
     if trace:
         trace("base", plan)
     for switch, run in PIPELINE:
@@ -65,7 +71,7 @@ def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule, dtype: str = "floa
               direction: str = "forward") -> Plan:
     """The complete plan for a layer of element type dtype ("float32" or "float64") reading its sequence
     forward or in reverse time."""
-    plan = schedule_plan(cell, grad, schedule, trace, direction)
+    plan = schedule_plan(cell, grad, schedule, trace, direction, dtype)
     plan = assign_types(plan, dtype)
     for name, run in LOWERING[1:]:
         plan = run(plan)

@@ -205,10 +205,9 @@ def make_persistent(plan: Plan) -> Plan:
     work, split, rows = (work, split, rows) if plan.dtype == "f32" else ((), (), ())
     if mode == "auto" and not work + split + rows:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
-    # `specialise auto` compiles kernels per shape only where that was measured (precision fp32: loops.py,
-    # Persistent.specialises; float32 layers, and float64 ones, which this pass cannot tell apart); `specialise`
-    # forces it in every precision
-    measured_special = precision == "fp32"
+    # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
+    # fp32: loops.py, Persistent.specialises); `specialise` forces it in every precision
+    measured_special = precision == "fp32" and plan.dtype == "f32"
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
                       specialise=plan.schedule.specialise, specialise_auto=measured_special)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
