@@ -87,3 +87,38 @@ def test_concurrent_writers_leave_a_whole_file(cache_root):
         t.join()
     assert (cache_root / "x.txt").read_text() in bodies
     assert not list(cache_root.glob("*.tmp"))
+
+
+def test_the_compile_thread_fills_the_cache_and_a_forked_child_finishes_what_it_had_not(monkeypatch):
+    """nvrtc.prepare_later compiles on a thread of its own and settle() waits for it; a compile's error stays
+    with its job. A child forked while a compile was unfinished runs it on a thread of its own: its settle()
+    returns (it would wait for ever for the parent's thread)."""
+    import queue
+    import threading
+
+    from lstmdsl.runtime import nvrtc
+
+    monkeypatch.setattr(nvrtc, "_JOBS", {})
+    monkeypatch.setattr(nvrtc, "_QUEUE", queue.Queue())
+    monkeypatch.setattr(nvrtc, "_THREAD", None)
+    parent, gate, done = os.getpid(), threading.Event(), []
+
+    def prepare(source, arch):
+        if source == "bad":
+            raise nvrtc.CompileError("rejected")
+        if os.getpid() == parent:
+            gate.wait(10)  # (held in the parent until the fork has happened)
+        done.append(source)
+
+    monkeypatch.setattr(nvrtc, "prepare", prepare)
+    bad = nvrtc.prepare_later("bad", "90")
+    assert nvrtc.prepare_later("bad", "90") is bad and bad.done.wait(10) and isinstance(bad.error, nvrtc.CompileError)
+    slow = nvrtc.prepare_later("slow", "90")
+    assert not nvrtc.settle(0.05)  # (still held)
+    pid = os.fork()
+    if pid == 0:  # the child: its own thread finishes "slow"; the exit code says whether settle() returned
+        os._exit(0 if nvrtc.settle(10) and slow.error is None and done == ["slow"] else 1)
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    assert nvrtc.settle(10) and done == ["slow"]
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import queue
 import re
 import threading
@@ -140,16 +141,21 @@ EXIT_WAIT = 30.0  # seconds the process's exit waits for the compiles asked for 
 def prepare_later(source: str, arch: str) -> Job:
     """prepare(source, arch) on the compile thread (once per source and process): runtime/specialise.py's
     kernels compile there while the GPU runs (NVRTC lets go of the interpreter's lock)."""
-    global _THREAD
     with _LOCK:
         job = _JOBS.get((source, arch))
         if job is None:
             job = _JOBS[(source, arch)] = Job(source, arch)
             _QUEUE.put(job)
-            if _THREAD is None:
-                _THREAD = threading.Thread(target=_work, name="lstmdsl-specialise", daemon=True)
-                _THREAD.start()
+            _start()
         return job
+
+
+def _start() -> None:
+    """The compile thread, started once (under _LOCK)."""
+    global _THREAD
+    if _THREAD is None:
+        _THREAD = threading.Thread(target=_work, name="lstmdsl-specialise", daemon=True)
+        _THREAD.start()
 
 
 def prepare_now(source: str, arch: str) -> Job:
@@ -196,4 +202,16 @@ def _finish() -> None:
         _THREAD.join(EXIT_WAIT)
 
 
+def _after_fork() -> None:
+    """In a child process forked while compiles were queued or running: the parent's compile thread is not
+    there, so the compiles it had not finished run on a thread of the child's own (settle() would otherwise
+    wait for ever, and a kernel asked for would never be used)."""
+    global _THREAD, _LOCK, _QUEUE
+    _THREAD, _LOCK, _QUEUE = None, threading.Lock(), queue.Queue()
+    for job in [job for job in _JOBS.values() if not job.done.is_set()]:
+        _QUEUE.put(job)
+        _start()
+
+
 atexit.register(_finish)
+os.register_at_fork(after_in_child=_after_fork)
