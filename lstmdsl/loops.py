@@ -44,7 +44,7 @@ class Persistent:
     exchange_words: int = 4096  # (a block without elements then leaves the loop: it could wait forever)
     specialise: str = "auto"  # the schedule's `specialise` (on, off, auto): see `specialises`
     specialise_batch: int = 4  # auto: the largest batch a grid that exchanges its state is specialised at
-    specialise_auto: bool = True  # whether auto specialises at all: only where it was measured (fp32 products)
+    specialise_auto: bool = True  # whether auto specialises at all: only where it was measured (fp32, bf16, fp16)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
@@ -69,9 +69,11 @@ class Persistent:
         """Whether a launch runs a kernel compiled for its shape: the batch, the sizes, the buffers' widths and
         the launch's choices as constants, not arguments (runtime/specialise.py, which gives the measurements:
         0.67-0.88x the general kernel's forward time, 0.64-0.97x training, fp32 at B = 1-64, H = 16-1024, but
-        1.18-1.39x forward at B = 8-16, H = 128-256). Auto: every launch but a grid that hands its state on in
-        tagged words (exchange) over more than specialise_batch rows, those slower ones; none where
-        specialise_auto is off (tf32 and half precision: not measured)."""
+        1.18-1.39x forward at B = 8-16, H = 128-256, and still 1.25-1.32x at B = 16 with the batch, staged rows
+        and strides left as arguments; bf16 and fp16: 0.56-0.83x forward, 0.56-0.78x training where their auto
+        runs persistent). Auto: every launch but a grid that hands its state on in tagged words (exchange) over
+        more than specialise_batch rows, those slower ones; none where specialise_auto is off (tf32 and float64
+        layers: not measured)."""
         if self.specialise != "auto":
             return self.specialise == "on"
         return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or

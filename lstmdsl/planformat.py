@@ -157,7 +157,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                         "one that takes every size runs, then used from the next call on; not for a grid that hands "
                         f"its state on in tagged words at B > {pers.specialise_batch}" if pers.specialise_auto else
                         "the one that takes every size at run time (`specialise auto` compiles one per shape only "
-                        "under precision fp32, where it was measured; `specialise` forces it)"}[
+                        "under precision fp32, bf16 and fp16 in float32 layers, where it was measured; `specialise` "
+                        "forces it)"}[
                 pers.specialise])
             half = any(s.dtype in HALF_TYPES for s in plan.storage.stacks)
             tiles = ("tensor-core tiles of 16 weight rows x 8 batch rows (mma.sync)" if half else

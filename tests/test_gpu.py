@@ -396,17 +396,19 @@ def test_every_spec_under_the_persistent_schedule(name, T, B, I, H, L, schedule)
     check(name, T, B, I, H, L, schedule=schedule, scale=scale, tolerance=tolerance)
 
 
-@pytest.mark.parametrize("B,H", [(1, 32), (3, 33), (3, 300)])
-def test_a_kernel_compiled_for_the_shape_takes_over_from_the_next_call(B, H):
+@pytest.mark.parametrize("B,H,precision", [(1, 32, ""), (3, 33, ""), (3, 300, ""), (4, 256, "; precision bf16"),
+                                         (16, 32, "; precision fp16")])
+def test_a_kernel_compiled_for_the_shape_takes_over_from_the_next_call(B, H, precision):
     """`specialise auto`: the first call runs the general kernel while the shape's own compiles on a thread;
     once that has finished (settle), the next call launches it, forward and backward, with the same results;
-    `no specialise` never does, `specialise` from the first call. One block, a split grid, a grid of 132."""
+    `no specialise` never does, `specialise` from the first call. One block, a split grid, a grid of 132; in
+    fp32, and in bf16 and fp16 (their tensor-core kernels: a grid, a split grid)."""
     from lstmdsl.runtime import nvrtc
 
     x = cupy.asarray(np.random.default_rng(0).standard_normal((9, B, 5)).astype(np.float32))
     results = {}
     for words in ("persistent", "persistent; no specialise", "persistent; specialise"):
-        layer = lstmdsl.compile("vanilla", 5, H, backend="cuda", schedule=words, seed=2)
+        layer = lstmdsl.compile("vanilla", 5, H, backend="cuda", schedule=words + precision, seed=2)
         runs = []
         for _ in range(3):
             y, state = layer.forward(x)

@@ -326,12 +326,12 @@ def test_which_launches_run_a_kernel_compiled_for_their_shape(h200):
         text = format_plan(program.plan)  # (`--emit plan` says which kernel a launch runs)
         assert {"on": "the schedule says specialise", "off": "the schedule says no specialise",
                 "auto": "on a thread of its own"}[mode] in text
-    for words in ("precision bf16", "precision fp16", "precision tf32"):  # auto only where it was measured: fp32
-        pers = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; " + words)) \
-            .plan.forward.loop.persistent
-        assert not pers.specialise_auto and not pers.specialises(1, 1, 0, False)
-        assert "only under precision fp32" in format_plan(build_program(lstmdsl.parse("vanilla").cell,
-                                                                     lstmdsl.parse_schedule("persistent; " + words)).plan)
+    for words, measured in (("precision bf16", True), ("precision fp16", True), ("precision tf32", False)):
+        plan = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; " + words)).plan
+        pers = plan.forward.loop.persistent  # (auto only where it was measured: fp32, bf16, fp16)
+        assert pers.specialise_auto == pers.specialises(1, 1, 0, False) == measured, words
+        assert plan.backward.loop.persistent.specialise_auto == measured, words
+        assert ("only under precision fp32, bf16 and fp16" in format_plan(plan)) != measured, words
     half = build_program(lstmdsl.parse("vanilla").cell, lstmdsl.parse_schedule("persistent; specialise; precision bf16"))
     assert half.plan.forward.loop.persistent.specialises(1, 1, 0, False)
     double = build_program(lstmdsl.parse("vanilla").cell, Schedule(persistent="on"), dtype="float64")

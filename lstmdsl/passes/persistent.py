@@ -85,6 +85,7 @@ ROW_LIMITS = {"fp32": (), "tf32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
 # (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
+SPECIALISE_MEASURED = ("fp32", "bf16", "fp16")  # (benchmarks/results/specialise_h200.md, _bf16_, _fp16_)
 BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
@@ -206,8 +207,9 @@ def make_persistent(plan: Plan) -> Plan:
     if mode == "auto" and not work + split + rows:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
-    # fp32: loops.py, Persistent.specialises); `specialise` forces it in every precision
-    measured_special = precision == "fp32" and plan.dtype == "f32"
+    # fp32, bf16 and fp16: loops.py, Persistent.specialises; not tf32, whose auto never runs a persistent kernel);
+    # `specialise` forces it in every precision
+    measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
                       specialise=plan.schedule.specialise, specialise_auto=measured_special)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
