@@ -81,11 +81,12 @@ HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch 
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 ROW_LIMITS = {"fp32": (), "tf32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_LIMITS}
+# where `specialise auto` compiles kernels for their shape (benchmarks/results/specialise_h200.md, _bf16_, _fp16_)
+SPECIALISE_MEASURED = ("fp32", "bf16", "fp16")
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
 # (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
-SPECIALISE_MEASURED = ("fp32", "bf16", "fp16")  # (benchmarks/results/specialise_h200.md, _bf16_, _fp16_)
 BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64

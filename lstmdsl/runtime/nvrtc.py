@@ -208,8 +208,10 @@ def _after_fork() -> None:
     wait for ever, and a kernel asked for would never be used)."""
     global _THREAD, _LOCK, _QUEUE
     _THREAD, _LOCK, _QUEUE = None, threading.Lock(), queue.Queue()
-    for job in [job for job in _JOBS.values() if not job.done.is_set()]:
+    unfinished = [job for job in _JOBS.values() if not job.done.is_set()]
+    for job in unfinished:
         _QUEUE.put(job)
+    if unfinished:
         _start()
 
 
