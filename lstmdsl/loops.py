@@ -19,8 +19,9 @@ class Persistent:
 
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
     - used when the schedule forces it (`persistent`), or where the weights fit the blocks' shared memory and a
-      rule holds (B at most its batch, a step's multiply-adds over the batch in range: `work`; where all the
-      weights fit one block also `split_work`, and `row_work` by a batch row's) (`persistent auto`); else stepwise;
+      rule holds (B at most its batch, a step's multiply-adds over the batch in range: `work`, and `alone_work`
+      in a layer of one direction; where all the weights fit one block also `split_work`, and `row_work` by a
+      batch row's) (`persistent auto`); else stepwise;
     - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
       barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one
       block when a step is at most one_block_work multiply-adds; else one block per multiprocessor, at most
@@ -34,6 +35,9 @@ class Persistent:
     work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
     split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
     row_work: tuple[tuple[int, int, int], ...] = ()  # as split_work, by a batch row's multiply-adds a step
+    alone_work: tuple[tuple[int, int, int], ...] = ()  # as work, in a layer of one direction only: the two
+    # directions of a bidirectional layer run at once, and their grids of one block a multiprocessor would take
+    # turns where their stepwise loops overlap
     forwards: tuple[tuple[int, int], ...] = ()  # (operand, node): a kernel of one stage whose node is the
     # product operand the next step stages (the state h) also stores it into the staged row in shared memory;
     # run as one block with every row staged, the next step reads it there instead of from memory (calls)
@@ -52,9 +56,11 @@ class Persistent:
         cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
-    def applies(self, batch: int, work: int, fits: bool, split: bool = False) -> bool:
-        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block."""
-        rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())]
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = True) -> bool:
+        """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block;
+        alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer."""
+        rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())
+                 + (self.alone_work if alone else ())]
         rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
         return self.forced or (fits and any(batch <= b and lo <= w <= hi for b, lo, hi, w in rules))
 

@@ -131,6 +131,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             rule = ("always (the schedule says persistent)" if pers.forced else
                     "when a step's multiply-adds over the batch are "
                     + " or ".join([f"{lo}-{hi} at B <= {b}" for b, lo, hi in pers.work]
+                                  + [f"{lo}-{hi} at B <= {b} in a layer of one direction"
+                                     for b, lo, hi in pers.alone_work]
                                   + [f"{lo}-{hi} at B <= {b} where all the weights fit one block"
                                      for b, lo, hi in pers.split_work]
                                   + [f"{lo}-{hi} a batch row at B <= {b} where all the weights fit one block"

@@ -487,9 +487,9 @@ def test_per_step_gemms_are_timed_and_both_ways_give_the_same_numbers(monkeypatc
 
 
 def test_the_cost_model_chooses_the_persistent_launch():
-    """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one), large
-    batches and `no persistent` the stepwise loop, and weights too large for the chip are read from memory
-    under a forced `persistent` (and still match the stepwise result)."""
+    """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one, at B = 32
+    only in a layer of one direction), large batches and `no persistent` the stepwise loop, and weights too large
+    for the chip are read from memory under a forced `persistent` (and still match the stepwise result)."""
     from lstmdsl.passes import persistent
 
     x = lambda T, B, I: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, I)) * 0.5, np.float32)  # noqa: E731
@@ -510,6 +510,13 @@ def test_the_cost_model_chooses_the_persistent_launch():
     off = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="no persistent")
     off.forward(x(5, 2, 8))
     assert _persistent_runs(off) == [None]
+    one = lstmdsl.compile("vanilla", 8, 256, backend="cuda")  # B = 32, H = 256: a grid in one direction
+    one.forward(x(3, 32, 8), train=False)
+    (run,) = _persistent_runs(one)
+    assert run is not None and run.blocks > 1 and not run.split
+    both = lstmdsl.compile("vanilla", 8, 256, backend="cuda", bidirectional=True)  # (not in a bidirectional layer's)
+    both.forward(x(3, 32, 8), train=False)
+    assert _persistent_runs(both) == [None, None]
     huge = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="persistent", seed=1)
     stepwise = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="no persistent", seed=1)
     stepwise.load_state_dict(huge.state_dict())

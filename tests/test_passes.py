@@ -379,6 +379,7 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     vanilla = lstmdsl.parse("vanilla")
     rule = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule()))
     assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-67108864 at B <= 16 or "
+            "1-67108864 at B <= 64 in a layer of one direction or "
             "1-67108864 at B <= 256 where all the weights fit one block and the weights fit") in rule
     assert "when a step's multiply-adds over the batch are 4194304-67108864 at B <= 4" in rule  # (the backward's)
     assert "a grid of several blocks hands it on in tagged words instead, with no grid barrier" in rule

@@ -59,13 +59,13 @@ def test_the_shared_memory_limit_is_raised_once_and_leaves_room_for_static_memor
     assert device.co_resident(7, 256, H200[1]) == 0  # past the budget: no driver call, no fit
 
 
-def shape(spec, schedule, B, H, T=100, phase="forward"):
+def shape(spec, schedule, B, H, T=100, phase="forward", alone=True):
     program = build_program(lstmdsl.parse(spec).cell, schedule)
     pers = getattr(program.plan, phase).loop.persistent
     if pers is None:  # `persistent auto` where the cost model can never choose it: no kernel in the plan
         return None
     return persistent.launch_shape(pers, program.kernels[pers.name], 0, _Workspace(B, T, input=H, hidden=H,
-                                                                                 proj=max(1, H // 2)))
+                                                                                 proj=max(1, H // 2)), alone)
 
 
 def test_the_split_rules_count_only_where_all_the_weights_fit_one_block():
@@ -107,14 +107,16 @@ def test_launch_shapes_at_bound_sizes(h200):
 
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
-    multiply-adds a step (one block to 2^16, then a grid), and at 16 < B <= 256 where all the weights fit one
+    multiply-adds a step (one block to 2^16, then a grid), to B = 64 in a layer of one direction (not in the
+    directions of a bidirectional layer), and at 16 < B <= 256 where all the weights fit one
     block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
     several stages or row reductions, and at tf32; in half precision where a grid runs, at B = 1 from 2^18 to
     2^22 and B <= 4 from 2^19 to 2^20, and in one block or a split grid at B <= 64 while a batch row's step
     is at most 2^14 multiply-adds (passes/persistent.py: LIMITS, SPLIT_LIMITS and ROW_LIMITS, as measured)."""
-    from lstmdsl.passes.persistent import LIMITS, SPLIT_LIMITS
+    from lstmdsl.passes.persistent import ALONE_LIMITS, LIMITS, SPLIT_LIMITS
 
     max_batch = max(b for b, _, _ in LIMITS["fp32"])
+    max_alone = max(b for b, _, _ in ALONE_LIMITS["fp32"])
     max_split = max(b for b, _, _ in SPLIT_LIMITS["fp32"])
     assert shape("vanilla", Schedule(), B=1, H=32) is not None
     assert shape("vanilla", Schedule(), B=1, H=64) is not None  # 2^14: one block, h handed on in shared memory
@@ -132,13 +134,20 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     assert shape("vanilla", Schedule(), B=32, H=64).split == 1  # 2^19
     assert shape("peephole", Schedule(), B=64, H=64).split == 1
     assert shape("vanilla", Schedule(), B=max_split, H=100).split == 2  # 256 rows over 132 blocks
-    assert shape("vanilla", Schedule(), B=64, H=128) is None  # 256 KB of weights: not in one block
-    assert shape("vanilla", Schedule(), B=max_batch + 1, H=256) is None
+    # past B = 16 a grid over the elements in a layer of one direction, to 2^26 (B = 64, H = 512), not in a
+    # bidirectional layer's directions
+    for B, H in ((17, 256), (32, 512), (64, 128), (64, 512)):  # (256 KB of weights and more: not in one block)
+        alone, beside = shape("vanilla", Schedule(), B=B, H=H), shape("vanilla", Schedule(), B=B, H=H, alone=False)
+        assert alone is not None and alone.blocks > 1 and not alone.split and beside is None, (B, H)
+    assert shape("vanilla", Schedule(), B=16, H=512, alone=False) is not None  # (B <= 16: either way)
+    assert shape("vanilla", Schedule(), B=64, H=1024) is None  # 2^28
+    assert shape("vanilla", Schedule(), B=max_alone + 1, H=256) is None
     assert shape("vanilla", Schedule(persistent="on"), B=max_split + 1, H=32).split == 2  # (forced)
     for precision in ("bf16", "fp16"):
         half = Schedule(precision=precision)
         assert shape("vanilla", half, B=1, H=1024) is not None and shape("vanilla", half, B=4, H=256) is not None
         assert shape("vanilla", half, B=4, H=512) is None and shape("vanilla", half, B=16, H=256) is None
+        assert shape("vanilla", half, B=32, H=256) is None  # (ALONE_LIMITS: fp32 only)
         assert shape("vanilla", half, B=2, H=256).blocks > 1
         # one block or a split grid: while a batch row is at most 2^14 multiply-adds a step (H <= 64), to B = 64
         assert shape("vanilla", half, B=1, H=16).blocks == 1 and shape("vanilla", half, B=1, H=64).blocks == 1
@@ -153,7 +162,8 @@ def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatc
     # past the limits the driver is not asked anything (a limit it refuses cannot break the call)
     monkeypatch.setattr(device, "shared_budget", lambda fn: pytest.fail("asked the driver"))
     assert shape("vanilla", Schedule(), B=max_split + 1, H=32) is None
-    assert shape("vanilla", Schedule(), B=max_batch + 1, H=128) is None  # weights too large for one block
+    assert shape("vanilla", Schedule(), B=max_alone + 1, H=128) is None  # weights too large for one block
+    assert shape("vanilla", Schedule(), B=max_batch + 1, H=128, alone=False) is None
     assert shape("layernorm", Schedule(), B=1, H=674) is None
 
 

@@ -220,6 +220,31 @@ def test_autocast_returns_what_torch_lstm_returns_on_the_cpu():
     assert (y.dtype, h.dtype) == (y_ref.dtype, h_ref.dtype) == (torch.bfloat16, torch.bfloat16)
 
 
+def test_the_runners_of_a_bidirectional_layer_say_so_through_copies_and_pickles():
+    """Runner.beside (the directions of a bidirectional layer, whose engines keep fp32's B <= 16 grid rule:
+    plan.Persistent.alone_work): set for both directions, not for a stack of one direction with dropout between
+    its layers (its layers also run one call each); kept by copy.deepcopy and by pickling, and set again on a
+    module pickled before runners kept it."""
+    import io
+    import pickle
+
+    for module, want in ((lt.LSTM(3, 4, 2, bidirectional=True), True), (lt.LSTM(3, 4, 2, dropout=0.5), False),
+                         (lt.GRU(3, 4), False)):
+        for copied in (module, copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert [r.beside for r, _, _ in copied._groups] == [want] * len(module._groups), (module, want)
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        buffer.seek(0)
+        assert all(r.beside == want for r, _, _ in torch.load(buffer, weights_only=False)._groups)
+    old = lt.LSTM(3, 4, bidirectional=True)
+    for runner, _, _ in old._groups:
+        runner.beside = False  # (as a runner from before `beside` unpickles)
+    state = old.__dict__.copy()
+    fresh = lt.LSTM.__new__(lt.LSTM)
+    fresh.__setstate__(state)
+    assert all(r.beside for r, _, _ in fresh._groups)
+
+
 def test_copies_state_dicts_and_dtypes():
     rnn = lt.GRU(3, 4, dtype=torch.float64)
     clone = copy.deepcopy(rnn)
@@ -376,6 +401,21 @@ def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
     (_, b_out), b_grads = run_packed(ours, x, lengths, hx, False)
     assert_close(b_out, a_out, 1e-4)
     assert_close(b_grads, a_grads, 1e-4)
+
+
+@gpu
+@pytest.mark.gpu
+def test_a_bidirectional_layer_keeps_its_directions_off_the_grid_rule_for_one_direction():
+    """At B = 32, H = 256 `persistent auto` runs a layer of one direction as a persistent grid, but the directions
+    of a bidirectional layer stepwise (two grids would take turns on the multiprocessors: Persistent.alone_work)."""
+    x = torch.randn(3, 32, 8, device="cuda")
+    for bidirectional in (False, True):
+        module = lt.LSTM(8, 256, bidirectional=bidirectional).cuda()
+        with torch.no_grad():
+            module(x)
+        runs = [ws.persistent.get("forward") for runner, _, _ in module._groups for e in runner._engines.values()
+                for wss in e.workspaces.values() for ws in wss]
+        assert len(runs) == 1 + bidirectional and all((r is None) == bidirectional for r in runs), runs
 
 
 @gpu

@@ -76,6 +76,19 @@ from .recurrent_fusion import _reads
 # against one block of all the rows 0.38-0.83x forward at B = 2-64, H = 16-64, and 1.07-1.10x forward against
 # the element grid at H = 100, B = 2 and 8, where training still wins). It replaces a B <= 64 rule up to
 # 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
+# Since the sixteenth session (its kernels compiled for their shape where Persistent.specialises says, and
+# general where a grid exchanges at B > 4), the grid also wins at B = 32 and 64 wherever the weights fit (to 2^26:
+# H <= 724 at B = 32, H <= 512 at B = 64) in a layer of one direction (benchmarks/results/probes/
+# persistent_rule64_h200.txt, vanilla LSTM: `persistent auto` with this rule against the B <= 16 one, GPU time,
+# T = 100, forward: B = 32, H = 128-512 0.56-0.78x, B = 64 0.83-0.91x; training 0.78-0.91x and 0.92-0.95x; B = 128
+# loses, 1.40-1.48x forward at H = 128-256; batches between 16 and 64 other than 32 not measured), but not in the
+# directions of a bidirectional layer, which run at once: two grids of one block a multiprocessor take turns
+# (benchmarks/results/bidirectional_fp32_h200.md, 16 x 256: both directions at once 1.697 ms, one after the other
+# 1.707), where the stepwise loops overlap (64 x 512: 6.23 ms against 8.06; with this rule in the directions
+# 7.11, benchmarks/results/probes/bidirectional_rule64_h200.md), so there the B <= 16 rule stays, also where the
+# directions run one after the other (torch.compile, a capture, overlap_directions off: 7.32 against 8.06 ms
+# there is left; ALONE_LIMITS: Persistent.alone_work).
+ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
@@ -204,15 +217,16 @@ def make_persistent(plan: Plan) -> Plan:
                    (MANY_LIMITS[precision], MANY_SPLIT_LIMITS[precision]) if many else
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
     rows = ROW_LIMITS[precision] if single else ()
-    work, split, rows = (work, split, rows) if plan.dtype == "f32" else ((), (), ())
-    if mode == "auto" and not work + split + rows:
+    alone = ALONE_LIMITS[precision] if single else ()
+    work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
+    if mode == "auto" and not work + split + rows + alone:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
     # fp32, bf16 and fp16: loops.py, Persistent.specialises; not tf32, whose auto never runs a persistent kernel);
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
-                      specialise=plan.schedule.specialise, specialise_auto=measured_special)
+                      alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = BACKWARD_LIMITS[precision] if single and work else ()

@@ -67,6 +67,7 @@ class Engine:
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
         self.use_persistent = True  # False: always the stepwise loop (before the first call: the choice is
         # kept per workspace)
+        self.beside = False  # one direction of a bidirectional layer (plan.Persistent.alone_work; before the first call)
         self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
         self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
         self.use_fanout = True  # False: a step's GEMMs one after another (runtime/fanout.py)
@@ -117,7 +118,7 @@ class Engine:
             if wave is not None and pers is not None and (wave.forced or not pers.forced):
                 pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
             if pers is not None and self.use_persistent:
-                run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws)
+                run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws, not self.beside)
             if run is None and self.use_persistent and plan.schedule.persistent == "on" and (
                     phase == "forward" or pers is not None):  # (a backward without one runs stepwise, unsaid)
                 why = ("the cell has no persistent kernel (block-diagonal matrices, or a value copied between "

@@ -211,6 +211,7 @@ class CudaLayer(Layer):
                 sizes = [self.sizes[k]]
             self._engines[key] = Engine(program, sizes)
             self._engines[key].use_graphs, self._engines[key].use_fanout = self._use_graphs, self._use_fanout
+            self._engines[key].beside = unit is not None and self.directions == 2
         return self._engines[key]
 
     @property

@@ -29,10 +29,10 @@ class PersistentRun:
     split: int = 0  # batch rows per block where the grid splits the batch (Persistent.split_rows), else 0
 
 
-def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> PersistentRun | None:
+def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alone: bool = True) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
     stepwise loop (decided before the kernel's limits are asked of the driver: at most the device's
-    attributes) or where the kernel cannot run."""
+    attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work)."""
     env = ws.env
     work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
 
@@ -45,8 +45,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
 
     # the cost model's limits: the stepwise loop whatever fits (decided without the driver; the rules for a
     # grid without grid barriers, one block or split_rows, only where the weights could fit one block)
-    if not pers.applies(ws.B, work, True) and not (pers.applies(ws.B, work, True, split=True)
-                                                   and shared(1) <= device.on_chip()[1]):
+    if not pers.applies(ws.B, work, True, alone=alone) and not (pers.applies(ws.B, work, True, True, alone)
+                                                                and shared(1) <= device.on_chip()[1]):
         return None
 
     def row(blocks: int) -> int:
@@ -83,7 +83,7 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws) -> P
         rows = rows_beside(weights, per_row)
     need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
-    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1, alone) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     def exchange(blocks: int) -> bool:  # (a grid, with the operand's words a step few enough)
         return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])

@@ -80,7 +80,7 @@ class RNN(nn.Module):
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
             runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members],
-                            "reverse" if members[0][1] else "forward")
+                            "reverse" if members[0][1] else "forward", beside=D == 2)
             initial = runner.initial(rng, np.dtype(str(factory["dtype"]).removeprefix("torch.")), forget_bias)
             names = []
             for j, (k, d) in enumerate(members):
@@ -103,6 +103,11 @@ class RNN(nn.Module):
                         self.register_parameter(name, nn.Parameter(t))
                     names.append(name)
             self._groups.append((runner, members, names))
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        for runner, _, _ in self._groups:  # (a module pickled before its runners kept `beside`)
+            runner.beside = self.bidirectional
 
     def extra_repr(self) -> str:
         s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"

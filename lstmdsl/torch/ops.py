@@ -64,8 +64,9 @@ class Runner:
     (device, element type) on first use, and keeps the gradient buffers its CUDA graphs write."""
 
     def __init__(self, cell: Cell, grad: StepGrad, schedule: Schedule, sizes: list[dict[str, int]],
-                 direction: str = "forward"):
+                 direction: str = "forward", beside: bool = False):
         self.cell, self.grad, self.schedule, self.sizes, self.direction = cell, grad, schedule, sizes, direction
+        self.beside = beside  # one direction of a bidirectional layer: the other's loop runs beside it
         storage = build_program(cell, schedule, "float32").plan.storage
         slots = [ParamSlot(s.name, "stack", (s.rows, s.cols), s.matrices, s.rows) for s in storage.stacks]
         slots += [ParamSlot(p.name, "vector", p.shape) for p in cell.params if p.kind == "vector"]
@@ -90,7 +91,7 @@ class Runner:
         return [x.new_zeros(s) for s in self.state_shapes(x.shape[1])]
 
     def __reduce__(self):  # a copy (copy.deepcopy, pickle) is a new runner with no engines yet
-        return (Runner, (self.cell, self.grad, self.schedule, self.sizes, self.direction))
+        return (Runner, (self.cell, self.grad, self.schedule, self.sizes, self.direction, self.beside))
 
     # -- parameters
     def shape(self, slot: ParamSlot, k: int) -> tuple[int, ...]:
@@ -148,6 +149,7 @@ class Runner:
 
             cell = with_lengths(self.cell, held=True) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction), self.sizes)
+            self._engines[key].beside = self.beside  # (plan.Persistent.alone_work)
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:

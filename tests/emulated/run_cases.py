@@ -290,5 +290,19 @@ for name, schedule, graphs, L, kw, want in [
           f"their shape ({want}) | {'OK' if ok else f'BAD {bad}'}", flush=True)
 simrt.compare = _compare
 
+# fp32's grid rule past B = 16 (passes/persistent.py ALONE_LIMITS): a layer of one direction at B = 32, H = 128
+# runs the persistent grid, and so does each layer of a dropout stack (a unit each); the directions of a
+# bidirectional layer keep the stepwise loop (their grids would take turns on the multiprocessors)
+for kw, want in [({}, True), (dict(L=2, I=128, dropout=0.3), True), (dict(bidirectional=True), False)]:
+    launches = len(simrt.PERSISTENT)
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), **{"T": 3, "B": 32, "H": 128, **kw},
+                      verbose=False)
+    ran = len(simrt.PERSISTENT) > launches
+    ok = not bad and ran == want
+    failures += not ok
+    total += 1
+    print(f"vanilla B=32 H=128 {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
+          flush=True)
+
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
