@@ -380,6 +380,32 @@ def _persistent_runs(layer) -> list:
             for ws in wss]
 
 
+def test_fgr_runs_its_grid_at_a_middle_batch_in_a_layer_of_one_direction():
+    """FGR under `persistent auto` at B = 9, H = 300 (2^23.3 multiply-adds a step: MANY_ALONE_LIMITS): a grid
+    over the elements in a layer of one direction, the stepwise loop in a bidirectional layer's directions; the
+    grid (the general kernel, then the one compiled for the shape) gives the stepwise loop's results, and the
+    layer matches the float64 reference."""
+    from lstmdsl.runtime import nvrtc
+
+    x = cupy.asarray(np.random.default_rng(3).standard_normal((6, 9, 7)).astype(np.float32) * 0.5)
+    results = {}
+    for words in ("persistent auto", "no persistent"):
+        layer = lstmdsl.compile("fgr", 7, 300, backend="cuda", schedule=words, seed=4)
+        for _ in range(2):  # (the second call: the kernel compiled for the shape, under auto)
+            y, state = layer.forward(x)
+            dx = layer.backward(cupy.ones_like(y))
+            nvrtc.settle()
+        (run,) = _persistent_runs(layer)
+        assert (run is not None and run.blocks > 1 and not run.split) == (words == "persistent auto"), (words, run)
+        results[words] = [cupy.asnumpy(a) for a in (y, state["c"], dx)]
+    for a, b in zip(results["persistent auto"], results["no persistent"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    both = lstmdsl.compile("fgr", 7, 300, backend="cuda", bidirectional=True)
+    both.forward(x, train=False)
+    assert _persistent_runs(both) == [None, None]
+    check("fgr", 6, 9, 7, 300, 1)
+
+
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 1, 5, 1, 1), (7, 3, 5, 33, 2), (9, 17, 3, 100, 1), (20, 3, 16, 1000, 1)])
 @pytest.mark.parametrize("schedule", ["persistent", "persistent; specialise"])

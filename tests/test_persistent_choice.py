@@ -186,13 +186,18 @@ def test_auto_runs_a_cell_of_two_product_stages_where_its_rules_say(h200):
 
 
 def test_auto_runs_a_stage_of_several_operands_where_its_rules_say(h200):
-    """FGR (one stage of products of h and the three gates: passes/persistent.py, MANY_LIMITS as measured):
-    at B = 1 from 2^19 multiply-adds a step; the stepwise loop elsewhere, and always for its backward."""
+    """FGR (one stage of products of h and the three gates: passes/persistent.py, MANY_LIMITS and
+    MANY_ALONE_LIMITS as measured): at B = 1 from 2^19 multiply-adds a step, and at B = 4-16 from 2^23 in a
+    layer of one direction; the stepwise loop elsewhere, and always for its backward."""
     for B, H, chosen in ((1, 32, False), (16, 32, False), (1, 64, False), (16, 64, False), (1, 128, False),
-                         (1, 256, True), (1, 512, True), (1, 1024, False), (2, 512, False), (4, 512, False)):
+                         (1, 256, True), (1, 512, True), (1, 1024, False), (2, 512, False), (4, 512, True),
+                         (8, 512, True), (16, 256, True), (16, 384, True), (16, 512, True), (16, 128, False),
+                         (4, 256, False), (17, 512, False), (64, 256, False), (64, 512, False), (4, 1024, False)):
         # (H = 1024: 53 MB of weights, more than the chip's shared memory)
         run = shape("fgr", Schedule(), B=B, H=H)
         assert (run is not None) == chosen, (B, H, run)
+        beside = shape("fgr", Schedule(), B=B, H=H, alone=False)  # a direction of a bidirectional layer
+        assert (beside is not None) == (chosen and B == 1), (B, H, beside)
     assert not shape("fgr", Schedule(), B=1, H=512).exchange  # (several operands: the grid barrier)
     assert shape("fgr", Schedule(), B=1, H=1024, phase="backward") is None
 

@@ -81,7 +81,8 @@ from .recurrent_fusion import _reads
 # H <= 724 at B = 32, H <= 512 at B = 64) in a layer of one direction (benchmarks/results/probes/
 # persistent_rule64_h200.txt, vanilla LSTM: `persistent auto` with this rule against the B <= 16 one, GPU time,
 # T = 100, forward: B = 32, H = 128-512 0.56-0.78x, B = 64 0.83-0.91x; training 0.78-0.91x and 0.92-0.95x; B = 128
-# loses, 1.40-1.48x forward at H = 128-256; batches between 16 and 64 other than 32 not measured), but not in the
+# loses, 1.40-1.48x forward at H = 128-256; B = 24 and 48, seventeenth session: 0.59-0.78x forward, 0.79-0.90x
+# training), but not in the
 # directions of a bidirectional layer, which run at once: two grids of one block a multiprocessor take turns
 # (benchmarks/results/bidirectional_fp32_h200.md, 16 x 256: both directions at once 1.697 ms, one after the other
 # 1.707), where the stepwise loops overlap (64 x 512: 6.23 ms against 8.06; with this rule in the directions
@@ -127,6 +128,14 @@ STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp1
 # kernel (five stages) lost everywhere (1.5-3.5x): stepwise.
 MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
+# Since the seventeenth session (kernels compiled for their shape) FGR's grid also wins at B = 4-16 from 2^23
+# (benchmarks/results/probes/fgr_rules_h200.txt, scratch probe: `persistent auto` with the rule added against
+# the rule above, GPU time, T = 100: forward B = 4, H = 512 0.63x, B = 8, H = 512 0.58x, B = 16, H = 256,
+# 384, 512 0.87x, 0.64x, 0.75x; training 0.84-0.94x) and loses at B = 64 (H = 256 2.35x, H = 512 1.43x);
+# in a layer of one direction only (a bidirectional layer's two grids would take turns where their stepwise
+# loops overlap, as the vanilla one's did: ALONE_LIMITS; not measured for FGR). Shapes under 2^23 at B > 1
+# (B = 4, H = 256 lost 1.27x before kernels were compiled for their shape) are not measured again.
+MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -217,7 +226,7 @@ def make_persistent(plan: Plan) -> Plan:
                    (MANY_LIMITS[precision], MANY_SPLIT_LIMITS[precision]) if many else
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
     rows = ROW_LIMITS[precision] if single else ()
-    alone = ALONE_LIMITS[precision] if single else ()
+    alone = ALONE_LIMITS[precision] if single else MANY_ALONE_LIMITS[precision] if many else ()
     work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
     if mode == "auto" and not work + split + rows + alone:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused

@@ -304,5 +304,18 @@ for kw, want in [({}, True), (dict(L=2, I=128, dropout=0.3), True), (dict(bidire
     print(f"vanilla B=32 H=128 {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
           flush=True)
 
+# FGR's grid at B <= 16 from 2^23 (MANY_ALONE_LIMITS): B = 9, H = 300 in a layer of one direction runs the grid,
+# a bidirectional layer's directions the stepwise loop
+for kw, want in [({}, True), (dict(bidirectional=True), False)]:
+    launches = len(simrt.PERSISTENT)
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["fgr"].read_text()), **{"T": 2, "B": 9, "H": 300, **kw},
+                      verbose=False)
+    ran = len(simrt.PERSISTENT) > launches
+    ok = not bad and ran == want
+    failures += not ok
+    total += 1
+    print(f"fgr B=9 H=300 {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
+          flush=True)
+
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
