@@ -78,7 +78,7 @@ from .recurrent_fusion import _reads
 # 2^20, most of whose shapes' weights fit one block (B = 17-64, H <= 64).
 # Since the sixteenth session (its kernels compiled for their shape where Persistent.specialises says, and
 # general where a grid exchanges at B > 4), the grid also wins at B = 32 and 64 wherever the weights fit (to 2^26:
-# H <= 724 at B = 32, H <= 512 at B = 64) in a layer of one direction (benchmarks/results/probes/
+# H <= 724 at B = 32, H <= 512 at B = 64; measured to H = 512) in a layer of one direction (benchmarks/results/probes/
 # persistent_rule64_h200.txt, vanilla LSTM: `persistent auto` with this rule against the B <= 16 one, GPU time,
 # T = 100, forward: B = 32, H = 128-512 0.56-0.78x, B = 64 0.83-0.91x; training 0.78-0.91x and 0.92-0.95x; B = 128
 # loses, 1.40-1.48x forward at H = 128-256; B = 24 and 48, seventeenth session: 0.59-0.78x forward, 0.79-0.90x
@@ -90,6 +90,8 @@ from .recurrent_fusion import _reads
 # directions run one after the other (torch.compile, a capture, overlap_directions off: 7.32 against 8.06 ms
 # there is left; ALONE_LIMITS: Persistent.alone_work).
 ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# (at B = 8-16 the fp16 grid compiled for its shape takes 0.91-1.00x the stepwise loop, both 2.8-3.1x cuDNN's fp16
+# forward: benchmarks/results/probes/half_rule16_fp16_h200.txt, seventeenth session; no B = 16 rule)
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
@@ -129,7 +131,7 @@ STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp1
 MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
 # Since the seventeenth session (kernels compiled for their shape) FGR's grid also wins at B = 4-16 from 2^23
-# (benchmarks/results/probes/fgr_rules_h200.txt, scratch probe: `persistent auto` with the rule added against
+# (benchmarks/results/probes/fgr_rules_h200.txt, benchmarks/probe_rules.py: `persistent auto` with the rule added against
 # the rule above, GPU time, T = 100: forward B = 4, H = 512 0.63x, B = 8, H = 512 0.58x, B = 16, H = 256,
 # 384, 512 0.87x, 0.64x, 0.75x; training 0.84-0.94x) and loses at B = 64 (H = 256 2.35x, H = 512 1.43x);
 # in a layer of one direction only (a bidirectional layer's two grids would take turns where their stepwise
