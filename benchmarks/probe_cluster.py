@@ -6,6 +6,9 @@ persistent fp16 kernel is 1.5-2.9x faster than lstmdsl: docs/performance.md), ag
 
     python3 benchmarks/probe_cluster.py [--steps 1000] [--cubins DIR] [--json out.json]
     python3 benchmarks/probe_cluster.py --build-cubins DIR     # nvcc, no GPU: the cubins for --cubins
+    ... --areg     # each warp's tiles of R kept in registers (WMMA fragments loaded once), as cuDNN's fp16
+                   # kernel keeps its weights (benchmarks/results/probes/cudnn_fp16_b16_h200.txt: 16 blocks of
+                   # 16 hidden units at H = 256, 96 registers a thread)
 
 The kernel is compiled by nvcc (here, or beforehand with --build-cubins where the GPU machine has none),
 or else by NVRTC through CuPy.
@@ -58,6 +61,10 @@ using namespace nvcuda;
 #define TILES (ROWS / 16)                       // 16-row tiles of the products
 #define KSPLIT (THREADS / 32 / TILES)           // warps a tile (each a share of k), summed in the pointwise step
 #define ITEMS (U * BR / THREADS)  // elements (unit, row) a thread owns, c in registers
+#ifndef AREG
+#define AREG 0           // 1: each warp's tiles of R loaded into registers once (fragments), not from shared memory a step
+#endif
+#define KS (H / KSPLIT / 16)                    // a warp's 16-wide k slices
 static_assert(KSPLIT >= 1 && TILES * KSPLIT * 32 == THREADS && (H / KSPLIT) % 32 == 0, "warps, tiles and k");
 static_assert(ITEMS >= 1 && ITEMS * THREADS == U * BR, "items");
 
@@ -97,6 +104,15 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
             gin[k][g] = b0 + b < B ? G[((size_t)(b0 + b)) * 4 * H + g * H + r * U + u] : 0.f;
     }
     cluster.sync();                                                    // every block's h buffers zeroed
+#if AREG
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> af[KS];  // the warp's R tiles, for all steps
+    {
+        const int tile = warp % TILES, part = warp / TILES;
+#pragma unroll
+        for (int s = 0; s < KS; ++s)
+            wmma::load_matrix_sync(af[s], Ws + tile * 16 * LD + part * (H / KSPLIT) + s * 16, LD);
+    }
+#endif
 
     for (int t = 0; t < T; ++t) {
         const __half* hcur = hb + (t & 1) * BR * LD;
@@ -106,6 +122,17 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
             wmma::fill_fragment(acc0, 0.f);
             wmma::fill_fragment(acc1, 0.f);
+#if AREG
+            static_assert(KS % 2 == 0, "k slices in pairs");
+#pragma unroll
+            for (int s = 0; s < KS; s += 2) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> x0, x1;
+                wmma::load_matrix_sync(x0, hcur + part * (H / KSPLIT) + s * 16, LD);
+                wmma::load_matrix_sync(x1, hcur + part * (H / KSPLIT) + s * 16 + 16, LD);
+                wmma::mma_sync(acc0, af[s], x0, acc0);
+                wmma::mma_sync(acc1, af[s + 1], x1, acc1);
+            }
+#else
             const __half* Aw = Ws + tile * 16 * LD;
 #pragma unroll 4
             for (int k0 = part * (H / KSPLIT); k0 < (part + 1) * (H / KSPLIT); k0 += 32) {
@@ -118,6 +145,7 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
                 wmma::mma_sync(acc0, a0, x0, acc0);
                 wmma::mma_sync(acc1, a1, x1, acc1);
             }
+#endif
 #pragma unroll
             for (int i = 0; i < acc0.num_elements; ++i)
                 acc0.x[i] += acc1.x[i];
@@ -180,8 +208,8 @@ def shared_bytes(H: int, CL: int, threads: int = 256) -> int:
     return 4 * U * (H + 8) * 2 + 2 * 16 * (H + 8) * 2 + ksplit * 4 * U * 16 * 4 + 16 * U * 2
 
 
-def defines(H: int, CL: int, threads: int) -> dict[str, int]:
-    return {"H": H, "CL": CL, "THREADS": threads}
+def defines(H: int, CL: int, threads: int, areg: int = 0) -> dict[str, int]:
+    return {"H": H, "CL": CL, "THREADS": threads, **({"AREG": 1} if areg else {})}
 
 
 def shapes(args) -> list[tuple[int, int, int, int]]:
@@ -219,10 +247,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--cubins", help="a directory of cubins from --build-cubins")
     ap.add_argument("--build-cubins", metavar="DIR", help="only compile the kernels with nvcc (no GPU needed)")
+    ap.add_argument("--areg", action="store_true", help="each warp's tiles of R in registers for all steps (loaded "
+                    "once as WMMA fragments), not read from shared memory at every step")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build_cubins:
-        probe_build.build_all(SOURCE, "cluster", [defines(H, CL, t) for _, H, CL, t in shapes(args)], args.build_cubins)
+        probe_build.build_all(SOURCE, "cluster", [defines(H, CL, t, args.areg) for _, H, CL, t in shapes(args)],
+                              args.build_cubins)
         return 0
     import cupy
     import torch
@@ -234,7 +265,7 @@ def main() -> int:
     for B, H, CL, threads in shapes(args):
         T = args.steps
         smem = shared_bytes(H, CL, threads)
-        module = probe_build.load(SOURCE, "cluster", defines(H, CL, threads), args.cubins)
+        module = probe_build.load(SOURCE, "cluster", defines(H, CL, threads, args.areg), args.cubins)
         fn = module.get_function("lstm_cluster_fwd")
         for attr, value in ((NON_PORTABLE_CLUSTER, 1), (MAX_DYNAMIC_SHARED, smem)):
             status = lib.cuFuncSetAttribute(ctypes.c_void_p(fn.kernel.ptr), attr, ctypes.c_int(value))
@@ -273,7 +304,7 @@ def main() -> int:
             cudnn = time_gpu(lambda: lstm(x), args.repeat, 3)["ms"]
             today = time_gpu(lambda: ours(x), args.repeat, 3)["ms"]
             gemm = time_gpu(lambda: torch.mm(xs, w.t()), args.repeat, 1)["ms"]
-        row = {"batch": B, "hidden": H, "cluster": CL, "threads": threads, "steps": T, "shared_bytes": smem,
+        row = {"batch": B, "hidden": H, "cluster": CL, "threads": threads, "areg": bool(args.areg), "steps": T, "shared_bytes": smem,
                "max_abs_err": err, "finite": finite, "cluster_ms": ms, "input_gemm_ms": gemm, "cudnn_ms": cudnn,
                "lstmdsl_ms": today,
                "us_per_step": 1e3 * ms / T, "cudnn_us_per_step": 1e3 * cudnn / T,
