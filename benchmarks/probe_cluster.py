@@ -9,6 +9,8 @@ persistent fp16 kernel is 1.5-2.9x faster than lstmdsl: docs/performance.md), ag
     ... --areg     # each warp's tiles of R kept in registers (WMMA fragments loaded once), as cuDNN's fp16
                    # kernel keeps its weights (benchmarks/results/probes/cudnn_fp16_b16_h200.txt: 16 blocks of
                    # 16 hidden units at H = 256, 96 registers a thread)
+    ... --xchg     # no cluster: h through global memory in tagged words (two halves and the step's number in a
+                   # 64-bit word), CL co-resident blocks a group of 16 rows, CL up to 64 (16x1024x64: cuDNN's shape)
 
 The kernel is compiled by nvcc (here, or beforehand with --build-cubins where the GPU machine has none),
 or else by NVRTC through CuPy.
@@ -65,23 +67,47 @@ using namespace nvcuda;
 #define AREG 0           // 1: each warp's tiles of R loaded into registers once (fragments), not from shared memory a step
 #endif
 #define KS (H / KSPLIT / 16)                    // a warp's 16-wide k slices
+#ifndef XCHG
+#define XCHG 0           // 1: no cluster; h handed on through global memory in tagged words (two halves and the step's
+#endif                   // number in one 64-bit word), each group of CL blocks polling for its 16 rows' words
+#if XCHG
+#define CLUSTER_DIMS
+#else
+#define CLUSTER_DIMS __cluster_dims__(CL, 1, 1)
+#endif
+
+__device__ __forceinline__ unsigned long long ld_word(const unsigned long long* p)
+{
+    unsigned long long w;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+    return w;
+}
+__device__ __forceinline__ void st_word(unsigned long long* p, const unsigned long long w)
+{
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" : : "l"(p), "l"(w) : "memory");
+}
 static_assert(KSPLIT >= 1 && TILES * KSPLIT * 32 == THREADS && (H / KSPLIT) % 32 == 0, "warps, tiles and k");
 static_assert(ITEMS >= 1 && ITEMS * THREADS == U * BR, "items");
 
 __device__ __forceinline__ float sigm(float v) { return 1.f / (1.f + __expf(-v)); }
 __device__ __forceinline__ float tanh_(float v) { return 1.f - 2.f / (__expf(2.f * v) + 1.f); }
 
-extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
+extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(THREADS, 1)
 lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __half* __restrict__ y,
-                 float* __restrict__ c_out, const int T, const int B)
+                 float* __restrict__ c_out, const int T, const int B, unsigned long long* __restrict__ xw)
 {
     extern __shared__ __align__(128) unsigned char smem[];
     __half* Ws = reinterpret_cast<__half*>(smem);                    // [ROWS][LD]
     __half* hb = Ws + ROWS * LD;                                      // [2][BR][LD]
     float* gates = reinterpret_cast<float*>(hb + 2 * BR * LD);        // [KSPLIT][ROWS][BR]
     __half* hs = reinterpret_cast<__half*>(gates + KSPLIT * ROWS * BR);  // [BR][U]: this block's new h
+#if XCHG
+    const int r = blockIdx.x % CL;                                    // (xw: [2][B rounded up to 16][H / 2] words,
+    const int Bp = (B + BR - 1) / BR * BR;                            // zeroed: tag 0 is never a step's)
+#else
     cg::cluster_group cluster = cg::this_cluster();
     const int r = cluster.block_rank();
+#endif
     const int b0 = (blockIdx.x / CL) * BR;                            // the cluster's batch rows
     const int warp = threadIdx.x / 32;
 
@@ -103,7 +129,11 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
         for (int g = 0; g < 4; ++g)
             gin[k][g] = b0 + b < B ? G[((size_t)(b0 + b)) * 4 * H + g * H + r * U + u] : 0.f;
     }
+#if XCHG
+    __syncthreads();
+#else
     cluster.sync();                                                    // every block's h buffers zeroed
+#endif
 #if AREG
     wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> af[KS];  // the warp's R tiles, for all steps
     {
@@ -117,6 +147,37 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
     for (int t = 0; t < T; ++t) {
         const __half* hcur = hb + (t & 1) * BR * LD;
         __half* hnext = hb + ((t + 1) & 1) * BR * LD;
+#if XCHG
+        if (t > 0) {  // h_t: every word of the group's rows once it carries t (all loads first, then the late ones again)
+            constexpr int WPT = BR * (H / 2) / THREADS;
+            static_assert(WPT >= 1 && WPT * THREADS == BR * (H / 2), "words a thread");
+            const unsigned long long* src = xw + ((size_t)(t & 1) * Bp + b0) * (H / 2);
+            unsigned long long w[WPT];
+#pragma unroll
+            for (int q = 0; q < WPT; ++q)
+                w[q] = ld_word(src + threadIdx.x + q * THREADS);
+            for (;;) {
+                bool ready = true;
+#pragma unroll
+                for (int q = 0; q < WPT; ++q)
+                    ready = ready && (unsigned)(w[q] >> 32) == (unsigned)t;
+                if (ready)
+                    break;
+#pragma unroll
+                for (int q = 0; q < WPT; ++q)
+                    if ((unsigned)(w[q] >> 32) != (unsigned)t)
+                        w[q] = ld_word(src + threadIdx.x + q * THREADS);
+            }
+            __half* hw = const_cast<__half*>(hcur);
+#pragma unroll
+            for (int q = 0; q < WPT; ++q) {
+                const int i = threadIdx.x + q * THREADS, b = i / (H / 2), k2 = i % (H / 2);
+                reinterpret_cast<unsigned*>(hw + b * LD)[k2] = (unsigned)w[q];
+            }
+            __syncthreads();
+        }
+        (void)hnext;
+#endif
         {                                                              // the products: a tile and k share a warp
             const int tile = warp % TILES, part = warp / TILES;
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
@@ -166,7 +227,16 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
             const float i_ = sigm(a[0]), f_ = sigm(a[1]), z_ = tanh_(a[2]), o_ = sigm(a[3]);
             c[k] = f_ * c[k] + i_ * z_;
             const __half h = __float2half(o_ * tanh_(c[k]));
+#if XCHG
+            {  // two neighbouring units' h in one word with the number of the step that reads it
+                const unsigned mine = __half_as_ushort(h), other = __shfl_xor_sync(0xffffffffu, mine, 1);
+                if (u % 2 == 0)
+                    st_word(xw + ((size_t)((t + 1) & 1) * Bp + b0 + b) * (H / 2) + (r * U + u) / 2,
+                            ((unsigned long long)(unsigned)(t + 1) << 32) | (other << 16) | mine);
+            }
+#else
             hs[b * U + u] = h;
+#endif
             if (b0 + b < B)
                 y[((size_t)t * B + b0 + b) * H + r * U + u] = h;
         }
@@ -179,6 +249,7 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
                     gin[k][g] = b0 + b < B ? G[((size_t)(t + 1) * B + b0 + b) * 4 * H + g * H + r * U + u] : 0.f;
             }
         }
+#if !XCHG
         __syncthreads();                                               // hs complete
         // this block's h slice (BR rows x U halves) into every block's next buffer, 16 bytes at a time
         constexpr int WORDS = U * 2 / 16;                              // 16-byte words of a row's slice
@@ -188,6 +259,7 @@ lstm_cluster_fwd(const __half* __restrict__ R, const float* __restrict__ G, __ha
             reinterpret_cast<int4*>(dst)[w] = reinterpret_cast<const int4*>(hs + b * U)[w];
         }
         cluster.sync();                                                // every block's next h is complete
+#endif
     }
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
@@ -208,8 +280,8 @@ def shared_bytes(H: int, CL: int, threads: int = 256) -> int:
     return 4 * U * (H + 8) * 2 + 2 * 16 * (H + 8) * 2 + ksplit * 4 * U * 16 * 4 + 16 * U * 2
 
 
-def defines(H: int, CL: int, threads: int, areg: int = 0) -> dict[str, int]:
-    return {"H": H, "CL": CL, "THREADS": threads, **({"AREG": 1} if areg else {})}
+def defines(H: int, CL: int, threads: int, areg: int = 0, xchg: int = 0) -> dict[str, int]:
+    return {"H": H, "CL": CL, "THREADS": threads, **({"AREG": 1} if areg else {}), **({"XCHG": 1} if xchg else {})}
 
 
 def shapes(args) -> list[tuple[int, int, int, int]]:
@@ -249,10 +321,12 @@ def main() -> int:
     ap.add_argument("--build-cubins", metavar="DIR", help="only compile the kernels with nvcc (no GPU needed)")
     ap.add_argument("--areg", action="store_true", help="each warp's tiles of R in registers for all steps (loaded "
                     "once as WMMA fragments), not read from shared memory at every step")
+    ap.add_argument("--xchg", action="store_true", help="no cluster: h through global memory in tagged words (as "
+                    "lstmdsl's grids hand it on), each group of CL blocks a plain launch of co-resident blocks")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.build_cubins:
-        probe_build.build_all(SOURCE, "cluster", [defines(H, CL, t, args.areg) for _, H, CL, t in shapes(args)],
+        probe_build.build_all(SOURCE, "cluster", [defines(H, CL, t, args.areg, args.xchg) for _, H, CL, t in shapes(args)],
                               args.build_cubins)
         return 0
     import cupy
@@ -265,9 +339,9 @@ def main() -> int:
     for B, H, CL, threads in shapes(args):
         T = args.steps
         smem = shared_bytes(H, CL, threads)
-        module = probe_build.load(SOURCE, "cluster", defines(H, CL, threads, args.areg), args.cubins)
+        module = probe_build.load(SOURCE, "cluster", defines(H, CL, threads, args.areg, args.xchg), args.cubins)
         fn = module.get_function("lstm_cluster_fwd")
-        for attr, value in ((NON_PORTABLE_CLUSTER, 1), (MAX_DYNAMIC_SHARED, smem)):
+        for attr, value in ((MAX_DYNAMIC_SHARED, smem),) + (() if args.xchg else ((NON_PORTABLE_CLUSTER, 1),)):
             status = lib.cuFuncSetAttribute(ctypes.c_void_p(fn.kernel.ptr), attr, ctypes.c_int(value))
             assert status == 0, f"cuFuncSetAttribute({attr}, {value}): CUDA error {status}"
         rng = np.random.default_rng(0)
@@ -278,9 +352,11 @@ def main() -> int:
         dy = cupy.full((T, B, H), np.nan, np.float16)  # poisoned: every element must be written
         dc = cupy.full((B, H), np.nan, np.float32)
         grid = CL * ((B + 15) // 16)
+        dxw = cupy.zeros((2, grid // CL * 16, H // 2), np.uint64)  # (tagged words: tag 0 is never a step's)
 
         def run():
-            fn((grid,), (threads,), (dR, dG, dy, dc, np.int32(T), np.int32(B)), shared_mem=smem)
+            dxw.fill(0)
+            fn((grid,), (threads,), (dR, dG, dy, dc, np.int32(T), np.int32(B), dxw), shared_mem=smem)
         try:
             run()
             cupy.cuda.Device().synchronize()
@@ -304,7 +380,8 @@ def main() -> int:
             cudnn = time_gpu(lambda: lstm(x), args.repeat, 3)["ms"]
             today = time_gpu(lambda: ours(x), args.repeat, 3)["ms"]
             gemm = time_gpu(lambda: torch.mm(xs, w.t()), args.repeat, 1)["ms"]
-        row = {"batch": B, "hidden": H, "cluster": CL, "threads": threads, "areg": bool(args.areg), "steps": T, "shared_bytes": smem,
+        row = {"batch": B, "hidden": H, "cluster": CL, "threads": threads, "areg": bool(args.areg),
+               "xchg": bool(args.xchg), "steps": T, "shared_bytes": smem,
                "max_abs_err": err, "finite": finite, "cluster_ms": ms, "input_gemm_ms": gemm, "cudnn_ms": cudnn,
                "lstmdsl_ms": today,
                "us_per_step": 1e3 * ms / T, "cudnn_us_per_step": 1e3 * cudnn / T,
