@@ -56,10 +56,9 @@ class Persistent:
         cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
-    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = False) -> bool:
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = True) -> bool:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block;
-        alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer (off unless
-        the caller says so: a caller that does not know keeps the narrower rules)."""
+        alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer."""
         rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())
                  + (self.alone_work if alone else ())]
         rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
@@ -76,11 +75,11 @@ class Persistent:
         """Whether a launch runs a kernel compiled for its shape: the batch, the sizes, the buffers' widths and
         the launch's choices as constants, not arguments (runtime/specialise.py, which gives the measurements:
         0.67-0.88x the general kernel's forward time, 0.64-0.97x training, fp32 at B = 1-64, H = 16-1024, but
-        1.18-1.39x forward at B = 8-16, H = 128-256 (T = 1000; 8 x 256 0.95-0.99x at T = 200), and still 1.25-1.32x at B = 16 with the batch, staged rows
-        and strides left as arguments; bf16 and fp16: 0.56-0.83x forward, 0.56-0.78x training where their auto
-        runs persistent). Auto: every launch but a grid that hands its state on in tagged words (exchange) over
-        more than specialise_batch rows, those slower ones; none where specialise_auto is off (tf32 and float64
-        layers: not measured)."""
+        1.18-1.39x forward at B = 8-16, H = 128-256 (T = 1000; 8 x 256 0.95-0.99x at T = 200), and still 1.25-1.32x
+        at B = 16 with the batch, staged rows and strides left as arguments; bf16 and fp16: 0.56-0.83x forward,
+        0.56-0.78x training where their auto runs persistent). Auto: every launch but a grid that hands its state
+        on in tagged words (exchange) over more than specialise_batch rows, those slower ones; none where
+        specialise_auto is off (tf32 and float64 layers: not measured)."""
         if self.specialise != "auto":
             return self.specialise == "on"
         return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or

@@ -131,8 +131,8 @@ STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp1
 MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
 # Since the seventeenth session (kernels compiled for their shape) FGR's grid also wins at B = 4-16 from 2^23
-# (benchmarks/results/probes/fgr_rules_h200.txt, benchmarks/probe_rules.py: `persistent auto` with the rule added against
-# the rule above, GPU time, T = 100: forward B = 4, H = 512 0.63x, B = 8, H = 512 0.58x, B = 16, H = 256,
+# (benchmarks/results/probes/fgr_rules_h200.txt, benchmarks/probe_rules.py: `persistent auto` with the rule added
+# against the rule above, GPU time, T = 100: forward B = 4, H = 512 0.63x, B = 8, H = 512 0.58x, B = 16, H = 256,
 # 384, 512 0.87x, 0.64x, 0.75x; training 0.84-0.94x) and loses at B = 64 (H = 256 2.35x, H = 512 1.43x);
 # in a layer of one direction only (a bidirectional layer's two grids would take turns where their stepwise
 # loops overlap, as the vanilla one's did: ALONE_LIMITS; not measured for FGR). Shapes under 2^23 at B > 1

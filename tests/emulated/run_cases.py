@@ -290,31 +290,22 @@ for name, schedule, graphs, L, kw, want in [
           f"their shape ({want}) | {'OK' if ok else f'BAD {bad}'}", flush=True)
 simrt.compare = _compare
 
-# fp32's grid rule past B = 16 (passes/persistent.py ALONE_LIMITS): a layer of one direction at B = 32, H = 128
-# runs the persistent grid, and so does each layer of a dropout stack (a unit each); the directions of a
-# bidirectional layer keep the stepwise loop (their grids would take turns on the multiprocessors)
-for kw, want in [({}, True), (dict(L=2, I=128, dropout=0.3), True), (dict(bidirectional=True), False)]:
+# The grid rules of a layer of one direction: fp32's past B = 16 (passes/persistent.py ALONE_LIMITS): B = 32,
+# H = 128 runs the persistent grid, and so does each layer of a dropout stack (a unit each); FGR's at B <= 16 from
+# 2^23 (MANY_ALONE_LIMITS): B = 9, H = 300; the directions of a bidirectional layer keep the stepwise loop (their
+# grids would take turns on the multiprocessors)
+ONE_DIRECTION = [("vanilla", dict(T=3, B=32, H=128), True),
+                 ("vanilla", dict(T=3, B=32, H=128, L=2, I=128, dropout=0.3), True),
+                 ("vanilla", dict(T=3, B=32, H=128, bidirectional=True), False),
+                 ("fgr", dict(T=2, B=9, H=300), True), ("fgr", dict(T=2, B=9, H=300, bidirectional=True), False)]
+for name, kw, want in ONE_DIRECTION:
     launches = len(simrt.PERSISTENT)
-    bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), **{"T": 3, "B": 32, "H": 128, **kw},
-                      verbose=False)
+    bad = simrt.check(lstmdsl.parse(shipped_specs()[name].read_text()), **kw, verbose=False)
     ran = len(simrt.PERSISTENT) > launches
     ok = not bad and ran == want
     failures += not ok
     total += 1
-    print(f"vanilla B=32 H=128 {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
-          flush=True)
-
-# FGR's grid at B <= 16 from 2^23 (MANY_ALONE_LIMITS): B = 9, H = 300 in a layer of one direction runs the grid,
-# a bidirectional layer's directions the stepwise loop
-for kw, want in [({}, True), (dict(bidirectional=True), False)]:
-    launches = len(simrt.PERSISTENT)
-    bad = simrt.check(lstmdsl.parse(shipped_specs()["fgr"].read_text()), **{"T": 2, "B": 9, "H": 300, **kw},
-                      verbose=False)
-    ran = len(simrt.PERSISTENT) > launches
-    ok = not bad and ran == want
-    failures += not ok
-    total += 1
-    print(f"fgr B=9 H=300 {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
+    print(f"{name} {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
           flush=True)
 
 print(f"{total - failures} passed, {failures} failed")
