@@ -56,9 +56,10 @@ class Persistent:
         cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
-    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = True) -> bool:
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = False) -> bool:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block;
-        alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer."""
+        alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer (off unless
+        the caller says so: a caller that does not know keeps the narrower rules)."""
         rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())
                  + (self.alone_work if alone else ())]
         rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []

@@ -29,7 +29,8 @@ class PersistentRun:
     split: int = 0  # batch rows per block where the grid splits the batch (Persistent.split_rows), else 0
 
 
-def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alone: bool = True) -> PersistentRun | None:
+def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
+                 alone: bool = False) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
     stepwise loop (decided before the kernel's limits are asked of the driver: at most the device's
     attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work)."""
