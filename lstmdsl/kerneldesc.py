@@ -43,8 +43,8 @@ class KernelDesc:
     launch: Launch
     reduce: tuple | None = None  # a reduction: (kind, ((load expression, size parameter), ...), divisor, stores)
     stages: tuple["KernelDesc", ...] = ()  # row fusion: the stages one block per row runs, barriers between
-    preloads: tuple[tuple[str, int, str], ...] = ()  # a persistent product stage's item loads issued first:
-    # (the size bound of j, "" for a per-row scalar; node; load expression in b and j)
+    preloads: tuple[tuple[str, int, str, str], ...] = ()  # a persistent product stage's item loads issued first:
+    # (the size bound of j, "" for a per-row scalar; node; load expression in b and j; the slot's C type)
 
     @property
     def warp(self) -> bool:
