@@ -51,7 +51,8 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
               "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
               "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
               fgr "--bidirectional-lengths fgr" "--fp16 vanilla" "--torch-packed vanilla" "--persistent-grid --torch-packed gru" \
-              "--persistent-grid --specialise gru" "--persistent-block --specialise --torch-packed peephole"; do
+              "--persistent-grid --specialise gru" "--persistent-block --specialise --torch-packed peephole" \
+              "--persistent-grid --fp16 vanilla" "--persistent-grid --bf16 peephole"; do
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
