@@ -56,6 +56,8 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
+  # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
+  # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only);
   # --specialise: the persistent kernels compiled for their launch's shape (runtime/specialise.py)
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \

@@ -105,7 +105,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
     args = [KernelArg("const int", "B", ArgBind("batch"))]
     args += [KernelArg("const int", f"n_{s}", ArgBind("size", s))
              for s in sorted(set(sizes) | operand_sizes | divisors)]
-    consts, lines, preloads = [], {s: [] for s in sizes}, []  # preloads: (size, node, load expression in b, j)
+    consts, lines, preloads = [], {s: [] for s in sizes}, []  # preloads: KernelDesc.preloads
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
     store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
