@@ -90,9 +90,12 @@ from .recurrent_fusion import _reads
 # directions run one after the other (torch.compile, a capture, overlap_directions off: 7.32 against 8.06 ms
 # there is left; ALONE_LIMITS: Persistent.alone_work).
 ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
-# (at B = 8-16 the fp16 grid compiled for its shape takes 0.91-1.00x the stepwise loop, both 2.8-3.1x cuDNN's fp16
-# forward: benchmarks/results/probes/half_rule16_fp16_h200.txt, seventeenth session; no B = 16 rule)
-HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20))  # (grids over the elements)
+# Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
+# forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024
+# 0.86x, B = 4, H = 1024 0.77x) the grid also wins at B = 4-16 from 2^22 to 2^25 multiply-adds a step (the
+# backward keeps the stepwise loop: BACKWARD_LIMITS has no half-precision rule). Before it, 0.91-1.00x
+# (probes/half_rule16_fp16_h200.txt, seventeenth session).
+HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 22, 1 << 25))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
