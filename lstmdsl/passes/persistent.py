@@ -92,10 +92,12 @@ from .recurrent_fusion import _reads
 ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
 # forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024
-# 0.86x, B = 4, H = 1024 0.77x) the grid also wins at B = 4-16 from 2^22 to 2^25 multiply-adds a step (the
+# 0.86x, B = 4, H = 1024 0.77x) the grid also wins at B = 2-16 from 2^21 to 2^25 multiply-adds a step (the
 # backward keeps the stepwise loop: BACKWARD_LIMITS has no half-precision rule). Before it, 0.91-1.00x
-# (probes/half_rule16_fp16_h200.txt, seventeenth session).
-HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 22, 1 << 25))  # (grids over the elements)
+# (probes/half_rule16_fp16_h200.txt, seventeenth session). Under `auto` with this rule against the rules before
+# (nineteenth session, sections 8 and 10 of generic_step_h200.txt): fp16 forward 0.56-0.84x, training 0.82-0.92x at
+# 2 x 512, 4 x 512, 8 x 256, 16 x 256, 16 x 512, 4 x 1024, 8 x 1024; bf16 alike at the four shapes measured.
+HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 25))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
