@@ -122,7 +122,9 @@ BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16":
 # persistent_mgu_rules_fp32_h200.md) GRU and MGU run at or below the stepwise loop's time at every shape;
 # LSTMP (h, then its projection: matrices hidden x proj and proj x hidden) lost at 6 of 12 shapes (1.09-1.51x
 # forward; B = 1, H = 128 1.51x, B = 64, H = 512 1.19x; persistent_lstmp_rules_fp32_h200.md) and keeps the
-# stepwise loop. Their backward stays stepwise under `auto`.
+# stepwise loop. Their backward stays stepwise under `auto`. The B <= 64 rule holds in a bidirectional layer too,
+# its directions' grids running at once (GRU, B = 32-64, H = 384-512: 0.81-0.97x forward, 0.90-0.98x training
+# against the rule cut to B <= 16; probes/staged_bidirectional_h200.txt), unlike the vanilla LSTM's ALONE_LIMITS.
 STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "tf32": (), "bf16": (), "fp16": ()}
 STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # A stage of products of several operands (FGR: h and the three gates, a run of GEMMs moved whole into the
