@@ -32,8 +32,9 @@ class Persistent:
     one_block_work: int = 65536
     threads: int = 256
     name: str = ""  # the launch's kernel (the calls pass names it)
-    work: tuple[tuple[int, int, int], ...] = ()  # rules (largest batch, least, most multiply-adds per step over
-    split_work: tuple[tuple[int, int, int], ...] = ()  # the batch), inclusive; split_work: where all fit one block
+    work: tuple[tuple[int, ...], ...] = ()  # rules (largest batch, least, most multiply-adds per step over the
+    # batch[, smallest batch: 1 where not given]), inclusive
+    split_work: tuple[tuple[int, int, int], ...] = ()  # as work, where all the weights fit one block
     row_work: tuple[tuple[int, int, int], ...] = ()  # as split_work, by a batch row's multiply-adds a step
     alone_work: tuple[tuple[int, int, int], ...] = ()  # as work, in a layer of one direction only: the two
     # directions of a bidirectional layer run at once, and their grids of one block a multiprocessor would take
@@ -60,10 +61,10 @@ class Persistent:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block;
         alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer (off unless
         the caller says so: a caller that does not know keeps the narrower rules)."""
-        rules = [(b, lo, hi, work) for b, lo, hi in self.work + (self.split_work if split else ())
-                 + (self.alone_work if alone else ())]
-        rules += [(b, lo, hi, work // batch) for b, lo, hi in self.row_work] if split else []
-        return self.forced or (fits and any(batch <= b and lo <= w <= hi for b, lo, hi, w in rules))
+        rules = [(r, work) for r in self.work + (self.split_work if split else ()) + (self.alone_work if alone else ())]
+        rules += [(r, work // batch) for r in self.row_work] if split else []
+        return self.forced or (fits and any(batch <= r[0] and r[1] <= w <= r[2] and batch >= (r[3] if len(r) > 3 else 1)
+                                            for r, w in rules))
 
     def split_rows(self, batch: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """Batch rows per block where the grid splits the batch (rows never meet in a step: each block holds

@@ -130,7 +130,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
                     "when a step's multiply-adds over the batch are "
-                    + " or ".join([f"{lo}-{hi} at B <= {b}" for b, lo, hi in pers.work]
+                    + " or ".join([f"{r[1]}-{r[2]} at {f'{r[3]} <= ' if len(r) > 3 else ''}B <= {r[0]}"
+                                   for r in pers.work]
                                   + [f"{lo}-{hi} at B <= {b} in a layer of one direction"
                                      for b, lo, hi in pers.alone_work]
                                   + [f"{lo}-{hi} at B <= {b} where all the weights fit one block"
