@@ -8,7 +8,8 @@ Competitors, on the same data and weights:
             operations (built from the spec's IR, so every spec has one);
   compile   the same module with its step function under torch.compile (default mode).
 In bf16 and fp16 the competitors are lstmdsl (its layer API: float32 in and out, half inside) and cuDNN
-with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)).
+with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
+one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
 sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over the timed
@@ -231,6 +232,25 @@ def _cudnn(layer: api.Layer, H: int, L: int):
     return lstm
 
 
+def flatten_bf16(lstm) -> bool:
+    """Put a bf16 nn.LSTM's weights into one buffer, as flatten_parameters does for float16 and float32 but skips
+    for bfloat16 (torch.backends.cudnn.CUDNN_TENSOR_DTYPES): left apart, cuDNN copies them into one at every call.
+    The call flatten_parameters makes (torch._cudnn_rnn_flatten_weight), so cuDNN's bf16 is timed at its best:
+    0.67-1.02x the time of a call as PyTorch runs it (benchmarks/probe_cudnn_bf16_flat.py,
+    benchmarks/results/probes/generic_step_h200.txt, section 9). False where this torch has no such call."""
+    torch = _torch()
+    try:
+        import torch.backends.cudnn.rnn as rnn
+
+        with torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(lstm._flat_weights, 4 if lstm.bias else 2, lstm.input_size,
+                                            rnn.get_cudnn_mode(lstm.mode), lstm.hidden_size, lstm.proj_size,
+                                            lstm.num_layers, lstm.batch_first, bool(lstm.bidirectional))
+    except (AttributeError, ImportError, RuntimeError, TypeError):  # (a private call: another torch may differ)
+        return False
+    return True
+
+
 def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:
     """The matrix products' floating-point operations of one call: 2 * B * rows * cols per matrix and
     step, summed over the layers; training does it three times (forward, gradient passed back, weight
@@ -327,6 +347,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         lstm = _cudnn(layer, hidden, layers)
         if half is not None:
             lstm = lstm.to(half)
+        if half is torch.bfloat16:
+            row["cudnn_flattened"] = flatten_bf16(lstm)
         runners["cudnn"] = lambda inp: lstm(inp)[0]
     if "eager" in competitors or "compile" in competitors:
         eager = EagerCell(spec, layer)

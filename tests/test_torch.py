@@ -638,3 +638,40 @@ def test_half_precision_input_on_the_cpu_says_what_to_do():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, _ = rnn(torch.randn(5, 2, 3))
     assert y.dtype == torch.bfloat16
+
+
+def test_the_benchmarks_bf16_cudnn_flattening_falls_back_without_cudnn():
+    """lstmdsl.bench.flatten_bf16 on a CPU module (no cuDNN): False, and the module runs as before."""
+    from lstmdsl.bench import flatten_bf16
+
+    m = torch.nn.LSTM(8, 8, 2).to(torch.bfloat16)
+    x = torch.randn(3, 2, 8, dtype=torch.bfloat16)
+    before = m(x)[0]
+    assert flatten_bf16(m) is False
+    assert torch.equal(m(x)[0], before)
+
+
+@gpu
+@pytest.mark.gpu
+def test_the_benchmarks_bf16_cudnn_keeps_its_weights_in_one_buffer():
+    """The benchmarks' cuDNN competitor in bf16 (lstmdsl.bench.flatten_bf16): PyTorch leaves a bf16 nn.LSTM's
+    weights apart (cuDNN copies them at every call); flattened by hand they are views of one buffer, and the
+    outputs and gradients agree."""
+    from lstmdsl.bench import flatten_bf16
+
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(24, 40, 2).cuda().to(torch.bfloat16)
+    x = torch.randn(5, 3, 24, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y0 = m(x)[0]
+    y0.float().sum().backward()
+    g0 = [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
+    assert len({w.untyped_storage().data_ptr() for w in m._flat_weights}) == len(m._flat_weights)
+    m.zero_grad()
+    x.grad = None
+    assert flatten_bf16(m)
+    assert len({w.untyped_storage().data_ptr() for w in m._flat_weights}) == 1
+    y1 = m(x)[0]
+    y1.float().sum().backward()
+    assert torch.allclose(y0.float(), y1.float(), atol=1e-2, rtol=1e-2)  # (the same kernels; bf16's tolerance)
+    for a, b in zip(g0, [p.grad for p in m.parameters()] + [x.grad]):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
