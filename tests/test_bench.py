@@ -58,3 +58,27 @@ def test_eager_cell_folds_a_bias_once_where_it_is_added_twice(text):
     y_ref, _ = layer.forward(x)
     y = EagerCell(layer.spec, layer, device="cpu").forward(torch.tensor(x)).detach().numpy()
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-13)
+
+
+def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeypatch):
+    """lstmdsl's memory in a benchmark row adds the cuBLAS workspaces its calls used that existed before the case
+    (made on first use and kept by the process, CuPy's pool counts them only in the case that made them): each
+    such workspace once, none made during the case (the pool counts those), no bare handle's; _handle restored."""
+    from lstmdsl import bench
+    from lstmdsl.runtime import cublas
+
+    class Handle:
+        def __init__(self, n):
+            self.workspace = None if n is None else np.empty(n, np.uint8)
+
+    old, new, bare = Handle(32), Handle(64), Handle(None)
+    lanes = {0: old, 1: new}
+    monkeypatch.setattr(cublas, "_handle", lambda lane, b=False: bare if b else lanes[lane])
+    real = cublas._handle
+    with bench._workspaces_kept({id(old), id(bare)}) as kept:
+        for lane, b in [(0, False), (1, False), (0, True), (0, False)]:
+            cublas._handle(lane, b)
+    assert kept == [32] and cublas._handle is real
+    with bench._workspaces_kept({id(old)}) as kept:
+        cublas._handle(1)
+    assert kept == [0]
