@@ -65,8 +65,7 @@ class Engine:
         # once a backward has written over its activations (Storage.in_place)
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
-        self.use_persistent = True  # False: always the stepwise loop (before the first call: the choice is
-        # kept per workspace)
+        self.use_persistent = True  # False: always the stepwise loop (set before the first call: kept per workspace)
         self.beside = False  # one direction of a bidirectional layer (plan.Persistent.alone_work; before the first call)
         self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
         self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
@@ -286,14 +285,18 @@ class Engine:
         self.parts.setdefault(kind, []).append((start, end))
 
     # -- running
-    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int) -> None:
+    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int, zero: tuple[str, ...] = ()) -> None:
+        # zero: input regions zeroed first, in the graph (memsets before the launch: host time, probes/host_call_h200)
         lane = cublas.lane(stream)
         fanned = fan(self, ws, name, stream, lane)
         if self.persistent_run(ws, name) is not None:  # (its kernel compiled for the shape, once compiled)
             specialise.install(self, ws, name, stream)
         self._tune(stream, [(ws, bind, lane, name)], fanned=fanned)
-        self._replay([ws], (name, bind.key, lane, fanned is not None), 1,
-                     lambda side: Issue(self, ws, bind, side, lane, fanned).phase(name), stream)
+
+        def issue(side: int) -> None:
+            self._zero(ws, zero, side)
+            Issue(self, ws, bind, side, lane, fanned).phase(name)
+        self._replay([ws], (name, bind.key, lane, fanned is not None, zero), 1, issue, stream)
 
     def _regions(self, ws: Workspace, direction: str) -> dict:
         """The regions of the caller's inputs or outputs in a workspace (computed once per workspace)."""
@@ -319,8 +322,8 @@ class Engine:
             convert.convert_rows(dst, pitch, dtype, src, width if src_pitch is None else src_pitch, src_type, n,
                                  rows, stream)
 
-    def _zero(self, ws: Workspace, what: str, stream: int) -> None:
-        for dst, pitch, rows, n, dtype in self._regions(ws, "in")[what]:
+    def _zero(self, ws: Workspace, whats: tuple[str, ...], stream: int) -> None:
+        for dst, pitch, rows, n, dtype in (r for what in whats for r in self._regions(ws, "in")[what]):
             device.zero_rows(dst, pitch, n * ELEMENT_TYPES[dtype], rows, stream)
 
     def _get(self, ws: Workspace, what: str, dst: int, stream: int, dst_pitch: int | None = None,
@@ -339,27 +342,25 @@ class Engine:
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
                 hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
                 x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | None = None) -> None:
-        """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B,
-        size]}, all contiguous device arrays of the program's element type, given by address; steps: the per-step
-        inputs ([T, B, n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or
-        y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
-        function returning (y, hn, owner), called once the first layer's work is issued, so the caller
-        allocates its outputs while the GPU already runs (if it raises, an earlier training forward's activations
-        are gone: its tape is dropped first). The caller's arrays are of the plan's element type, except x and y
-        where io_type says otherwise (mixed precision: the half type, as the workspace holds them), converted."""
+        """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]},
+        contiguous device arrays of the program's element type, given by address; steps: the per-step inputs ([T, B,
+        n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows
+        where x or y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
+        function returning (y, hn, owner), called once the first layer's work is issued, so the caller allocates its
+        outputs while the GPU already runs (if it raises, an earlier training forward's activations are gone: its
+        tape is dropped first). x and y are of io_type where given (mixed precision: the half type), converted; the
+        rest of the plan's element type."""
         cell = self.program.plan.cell
         workspaces = self.workspace(T, B, train, stream)
         self.tape = None if train and isinstance(self.tape, tuple) and self.tape[0] == (T, B, True) else self.tape
         wave = self.parts is None and self.wave_steps(workspaces)  # profiling times the layers one at a time
+        zero = tuple(f"state:{s.name}" for s in cell.states) if h0 is None else ()  # (zeroed in _run's graph)
 
         def put(k: int, ws: Workspace) -> None:
             for name, ptr in (steps or {}).items():
                 self._put(ws, f"step:{name}", ptr if isinstance(ptr, int) else ptr[k], None, stream)
-            for s in cell.states:
-                if h0 is None:
-                    self._zero(ws, f"state:{s.name}", stream)
-                else:
-                    self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
+            for s in cell.states if h0 is not None else ():
+                self._put(ws, f"state:{s.name}", h0[s.name] + k * self._state_bytes(ws, s), None, stream)
 
         def get(k: int, ws: Workspace) -> None:
             for s in cell.states:
@@ -369,6 +370,7 @@ class Engine:
             self._put(workspaces[0], "x", x, x_pitch, stream, io_type)
             for k, ws in enumerate(workspaces):
                 put(k, ws)
+                self._zero(ws, zero, stream)
             self._run_wave(workspaces, params, stream)
             if callable(y):
                 y, hn, owner = y()
@@ -378,7 +380,7 @@ class Engine:
         for k, ws in enumerate(workspaces if not wave else ()):
             self._put(ws, "x", src, src_pitch, stream, src_type)
             put(k, ws)
-            self._run("forward", ws, params[k], stream)
+            self._run("forward", ws, params[k], stream, zero)
             if callable(y):
                 y, hn, owner = y()
             get(k, ws)
@@ -415,7 +417,7 @@ class Engine:
                         device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
                 for s in cell.states:
                     if dhn[s.name] is None:
-                        self._zero(ws, f"dstate:{s.name}", stream)
+                        self._zero(ws, (f"dstate:{s.name}",), stream)
                     else:
                         self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run_wave(workspaces, params, stream, "backward")
@@ -434,7 +436,7 @@ class Engine:
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
             for s in cell.states:
                 if dhn[s.name] is None:  # no gradient reaches this final state
-                    self._zero(ws, f"dstate:{s.name}", stream)
+                    self._zero(ws, (f"dstate:{s.name}",), stream)
                 else:
                     self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
             self._run("backward", ws, params[k], stream)
