@@ -16,12 +16,11 @@ sum(y) with respect to the input and all weights. Memory: torch's max_memory_all
 calls for the torch competitors; for lstmdsl, the bytes CuPy's memory pool holds after the calls beyond what it
 held before the layer was built (its parameters, gradients, workspaces and temporaries still cached: an
 upper bound of its peak), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the
-process: _workspaces_kept).
+process: cublas.workspaces_reused).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -253,29 +252,6 @@ def flatten_bf16(lstm) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _workspaces_kept(before: set[int]):
-    """Yields [bytes]: after the block, the bytes of the cuBLAS workspaces lstmdsl's calls in it used that were made
-    before the case began (ids in `before`). A workspace (32 MiB a lane; a stack's wavefront takes a lane per
-    layer) is made on first use and kept by the process, so CuPy's pool counts it only in the case that made it;
-    bench_case adds these, so that every case counts the workspaces it uses."""
-    from .runtime import cublas
-
-    used, real, out = {}, cublas._handle, [0]
-
-    def handle(lane: int, bare: bool = False):
-        h = real(lane, bare)
-        used[id(h)] = h
-        return h
-
-    cublas._handle = handle  # (gemm and tune look it up at each call)
-    try:
-        yield out
-    finally:
-        cublas._handle = real
-        out[0] = sum(h.workspace.nbytes for i, h in used.items() if i in before and h.workspace is not None)
-
-
 def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:
     """The matrix products' floating-point operations of one call: 2 * B * rows * cols per matrix and
     step, summed over the layers; training does it three times (forward, gradient passed back, weight
@@ -316,7 +292,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     base = pool.used_bytes()
     from .runtime import cublas
 
-    before = {id(h) for h in cublas._HANDLES.values() if h.workspace is not None}  # (kept: _workspaces_kept)
+    before = cublas.workspace_uses()  # (the workspaces kept from earlier cases: added to lstmdsl's memory below)
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -350,18 +326,18 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
 
     if "lstmdsl" in competitors:
         try:
-            with _workspaces_kept(before) as kept:
-                # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
-                check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]))
-                ones = cupy.ones((steps, batch, layer.output_size), np.float32)
-                fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
-                    (lambda: (layer.forward(xc), layer.backward(ones)))
-                row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
-                if gpu_time:
-                    row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
+            # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
+            check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]))
+            ones = cupy.ones((steps, batch, layer.output_size), np.float32)
+            fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
+                (lambda: (layer.forward(xc), layer.backward(ones)))
+            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+            if gpu_time:
+                row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
             # its cuBLAS workspaces that an earlier case made (the pool's count has those this case made)
-            row["results"]["lstmdsl"]["memory"] += kept[0]
-            row["results"]["lstmdsl"]["cublas_workspaces_kept"] = kept[0]
+            kept = cublas.workspaces_reused(before, cublas.workspace_uses())
+            row["results"]["lstmdsl"]["memory"] += kept
+            row["results"]["lstmdsl"]["cublas_workspaces_kept"] = kept
         except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
             if not _out_of_memory(e):
                 raise

@@ -63,22 +63,33 @@ def test_eager_cell_folds_a_bias_once_where_it_is_added_twice(text):
 def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeypatch):
     """lstmdsl's memory in a benchmark row adds the cuBLAS workspaces its calls used that existed before the case
     (made on first use and kept by the process, CuPy's pool counts them only in the case that made them): each
-    such workspace once, none made during the case (the pool counts those), no bare handle's; _handle restored."""
-    from lstmdsl import bench
+    such workspace once however often used, none made during the case (the pool counts those), no bare handle's."""
     from lstmdsl.runtime import cublas
 
     class Handle:
-        def __init__(self, n):
-            self.workspace = None if n is None else np.empty(n, np.uint8)
+        WORKSPACE, HALF_WORKSPACE = 32, 4
 
-    old, new, bare = Handle(32), Handle(64), Handle(None)
-    lanes = {0: old, 1: new}
-    monkeypatch.setattr(cublas, "_handle", lambda lane, b=False: bare if b else lanes[lane])
-    real = cublas._handle
-    with bench._workspaces_kept({id(old), id(bare)}) as kept:
-        for lane, b in [(0, False), (1, False), (0, True), (0, False)]:
-            cublas._handle(lane, b)
-    assert kept == [32] and cublas._handle is real
-    with bench._workspaces_kept({id(old)}) as kept:
-        cublas._handle(1)
-    assert kept == [0]
+        def __init__(self, nbytes):
+            self.workspace, self.uses = (None if nbytes == 0 else np.empty(nbytes, np.uint8)), 0
+
+    monkeypatch.setattr(cublas, "_HANDLES", {})
+    monkeypatch.setattr(cublas, "_Handle", Handle)
+    monkeypatch.setattr(cublas, "settle_warm_up", lambda: None)
+    monkeypatch.setattr(cublas, "current_device", lambda: 0)
+    for lane, bare in [(0, False), (2, False), (0, True)]:
+        cublas._handle(lane, bare)
+    before = cublas.workspace_uses()
+    for lane, bare in [(0, False), (1, False), (0, True), (0, False)]:  # lane 1 made during the case: pool counts it
+        cublas._handle(lane, bare)
+    assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 32
+    before = cublas.workspace_uses()  # half-precision GEMMs: a lane's handle of their own, a smaller workspace
+    cublas._handle(2, False, ("bf16", "bf16", "f32", "fp32"))
+    assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 0
+    before = cublas.workspace_uses()
+    cublas._handle(2, False, ("f16", "f16", "f32", "fp32"))
+    assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 4
+    before = cublas.workspace_uses()  # the next case: lane 1's workspace is now an earlier case's
+    cublas._handle(1)
+    assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 32
+    before = cublas.workspace_uses()
+    assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 0

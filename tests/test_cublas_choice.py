@@ -20,7 +20,7 @@ def _fake(monkeypatch, times, cache=None):
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
     monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
     handles = {}
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False: handles.setdefault(
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=TYPES: handles.setdefault(
         (lane, bare), SimpleNamespace(name=("bare" if bare else "workspace", lane), stream=None)))
     monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h.name, args)))
 

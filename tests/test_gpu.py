@@ -374,6 +374,27 @@ def test_half_precision_rounds_and_follows_the_master_weights():
     assert np.linalg.norm(cupy.asnumpy(y1 - y0)) > 1e-2
 
 
+def test_half_precision_gemms_take_a_small_cublas_workspace():
+    """A bf16 / fp16 stack's GEMMs run on handles with cublas._Handle.HALF_WORKSPACE (1 MiB a lane, not 32: a
+    wavefront takes a lane per layer), forward and backward, and give what the reference gives."""
+    from lstmdsl.runtime import cublas
+
+    rng = np.random.default_rng(1)
+    x = cupy.asarray(rng.standard_normal((7, 5, 24)), np.float32)
+    for precision in ("bf16", "fp16"):
+        before = cublas.workspace_uses()
+        layer = lstmdsl.compile("vanilla", 24, 40, 3, backend="cuda", schedule=f"precision {precision}; no persistent")
+        y, _ = layer.forward(x)
+        layer.backward(cupy.ones_like(y))
+        after = cublas.workspace_uses()
+        used = {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
+        assert used == {cublas._Handle.HALF_WORKSPACE}, (precision, used)
+        ref = lstmdsl.compile("vanilla", 24, 40, 3, dtype="float64")
+        ref.load_state_dict(layer.state_dict())
+        want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
+        assert np.linalg.norm(cupy.asnumpy(y) - want) / np.linalg.norm(want) < 2e-2
+
+
 def _persistent_runs(layer) -> list:
     """The persistent launches the layer's engines chose in their workspaces (None: the stepwise loop)."""
     return [ws.persistent.get("forward") for engine in layer._engines.values() for wss in engine.workspaces.values()

@@ -45,13 +45,19 @@ def _load_libcublas() -> ctypes.CDLL:
 
 
 class _Handle:
-    """A cuBLAS handle on one device. bare: without a workspace, so cuBLAS chooses among the kernels that
-    need none (tune)."""
+    """A cuBLAS handle on one device with a workspace of nbytes (default WORKSPACE). nbytes = 0, bare: without
+    one, so cuBLAS chooses among the kernels that need none (tune)."""
 
+    # cuBLAS's recommended size on sm_90. Half-precision GEMMs get HALF_WORKSPACE: measured on the H200 (T = 100,
+    # probes/gemm_workspace_h200.txt), 1 MiB changed a bf16 call's time by -1..+5% at 1x512 to 256x1024 and
+    # saved 31 MiB a lane (a stack's wavefront takes a lane per layer), while tf32 training took up to 1.44x the
+    # time with 4 MiB (its weight gradients' split-K kernels use the space)
     WORKSPACE = 32 << 20
+    HALF_WORKSPACE = 1 << 20
 
-    def __init__(self, bare: bool = False):
-        self.bare = bare
+    def __init__(self, nbytes: int | None = None):
+        nbytes = self.WORKSPACE if nbytes is None else nbytes
+        self.bare = nbytes == 0
         lib = _load_libcublas()
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
@@ -66,8 +72,9 @@ class _Handle:
         self.handle = vp()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
-        self.workspace = None if bare else empty((self.WORKSPACE,), np.uint8)
+        self.workspace = None if self.bare else empty((nbytes,), np.uint8)
         self.stream = None
+        self.uses = 0  # times _handle gave it out (workspaces_used)
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -79,20 +86,37 @@ class _Handle:
             self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
             # cublasSetStream resets the workspace to cuBLAS's default pool: set ours again
             self._check(self.lib.cublasSetWorkspace_v2(self.handle, None if self.bare else self.workspace.data.ptr,
-                                                       0 if self.bare else self.WORKSPACE), "cublasSetWorkspace")
+                                                       0 if self.bare else self.workspace.nbytes), "cublasSetWorkspace")
             self.stream = stream
 
 
-_HANDLES: dict[tuple[int, int, bool], _Handle] = {}  # (device, lane, bare) -> handle
+_HANDLES: dict[tuple[int, int, int], _Handle] = {}  # (device, lane, workspace bytes) -> handle
+HALF_TYPES = ("bf16", "f16")
 
 
-def _handle(lane: int, bare: bool = False) -> _Handle:
+def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",)) -> _Handle:
+    """The handle of a lane for GEMMs of `types` (their A operand's type chooses the workspace's size), or the
+    lane's bare one."""
     settle_warm_up()  # (the warm-up's thread makes lane 0's handle: no handle is shared between two threads)
-    key = (current_device(), lane, bare)
+    nbytes = 0 if bare else _Handle.HALF_WORKSPACE if types[0] in HALF_TYPES else _Handle.WORKSPACE
+    key = (current_device(), lane, nbytes)
     h = _HANDLES.get(key)
     if h is None:
-        h = _HANDLES[key] = _Handle(bare)
+        h = _HANDLES[key] = _Handle(nbytes)
+    h.uses += 1
     return h
+
+
+def workspace_uses() -> dict[int, tuple[int, int]]:
+    """id -> (uses, bytes) of every handle with a workspace. A workspace is made on first use and kept by the
+    process, so a memory pool counts it only in the work that made it; two readings, before and after some work,
+    tell which workspaces made before it that work used (workspaces_reused; the benchmarks' memory figures)."""
+    return {id(h): (h.uses, h.workspace.nbytes) for h in _HANDLES.values() if h.workspace is not None}
+
+
+def workspaces_reused(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> int:
+    """Bytes of the workspaces in both readings of workspace_uses that were given out between them."""
+    return sum(nbytes for i, (uses, nbytes) in after.items() if i in before and uses > before[i][0])
 
 
 def warm(device: int) -> None:
@@ -111,7 +135,7 @@ def warm(device: int) -> None:
         stream.synchronize()
         del scratch
     h.stream = None  # (the next set_stream sets the caller's stream and the workspace again)
-    _HANDLES.setdefault((device, 0, False), h)
+    _HANDLES.setdefault((device, 0, h.workspace.nbytes), h)
 
 
 # Per-step GEMMs are narrow, and for some shapes cuBLAS's heuristic, given a workspace, picks a kernel many
@@ -167,7 +191,7 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key])
+    _handle(lane, _BARE[key], types)
     return _BARE[key]
 
 
@@ -181,7 +205,7 @@ def _identity(lane: int) -> tuple[str, int]:
         import cupy
 
         name = cupy.cuda.runtime.getDeviceProperties(device)["name"]
-        h = _handle(lane)
+        h = _handle(lane, bare=True)  # (no workspace made for the question)
         version = ctypes.c_int()
         h.lib.cublasGetVersion_v2.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
         h._check(h.lib.cublasGetVersion_v2(h.handle, ctypes.byref(version)), "cublasGetVersion")
@@ -214,7 +238,7 @@ def _store(key: str, bare: bool) -> None:
 
 def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool | None:
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    handles = [_handle(lane, False), _handle(lane, True)]  # (made before the captures that time them)
+    handles = [_handle(lane, False, types), _handle(lane, True)]  # (made before the captures that time them)
     try:
         times = [_time(lambda side, h=h: _gemm(h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
                                                 accumulate, types, side), stream) for h in handles]
@@ -256,7 +280,7 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it). The
     shape runs without a workspace where tune() found that faster."""
     bare = _BARE.get(_shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types), False)
-    _gemm(_handle(lane, bare), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, types, stream)
+    _gemm(_handle(lane, bare, types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, types, stream)
 
 
 def _gemm(h: _Handle, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
@@ -276,7 +300,7 @@ def gemm_batched(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int
                  count: int, strides: tuple[int, int, int]) -> None:
     """`count` GEMMs as gemm() computes one, the i-th on A + i * strides[0], B + i * strides[1] and
     C + i * strides[2] (strides in elements): the blocks of a block-diagonal matrix."""
-    h = _handle(lane)
+    h = _handle(lane, False, types)
     h.set_stream(stream)
     a_type, b_type, c_type, compute = types
     one, zero = _SCALARS[compute]

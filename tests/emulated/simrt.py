@@ -429,7 +429,7 @@ cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream, part=0: stream
 cublas.current_device = lambda: 0
 cublas._time = lambda call, stream: 1.0  # (no GPU: both ways take the same time, the workspace is kept)
-cublas._handle = lambda lane, bare=False: types.SimpleNamespace(stream=None, bare=bare)
+cublas._handle = lambda lane, bare=False, gemm_types=("f32",): types.SimpleNamespace(stream=None, bare=bare)
 cublas._identity = lambda lane: ("emulated", 0)
 cublas._store = lambda key, bare: None  # (the choices stay in this process: nothing written to the cache)
 # a kernel compiled for one shape (runtime/specialise.py): the "module" is its source, which the launch checks
