@@ -20,8 +20,9 @@ def _fake(monkeypatch, times, cache=None):
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
     monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
     handles = {}
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=TYPES: handles.setdefault(
-        (lane, bare), SimpleNamespace(name=("bare" if bare else "workspace", lane), stream=None)))
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",): handles.setdefault(
+        (lane, bare, types[0]), SimpleNamespace(name=("bare" if bare else "workspace", lane) + (
+            () if bare or types[0] == "f32" else (types[0],)), stream=None)))
     monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h.name, args)))
 
     def timed(call, stream):
@@ -208,3 +209,19 @@ def test_compile_waits_for_the_warm_up_it_started_even_when_it_raises(monkeypatc
     with pytest.raises(LstmdslError):  # (no GPU here, or a bad size: either way compile raises)
         lstmdsl.compile("vanilla", 8, 0, backend="cuda")
     assert done == [5]
+
+
+def test_half_precision_gemms_are_timed_and_run_on_their_own_handle(monkeypatch):
+    """tune() times a bf16 shape against the lane's bf16 handle (its smaller workspace) and gemm() then runs it
+    there: both hand _handle the GEMM's types, so the choice timed is the choice run."""
+    times = {}
+    calls = _fake(monkeypatch, times)
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    half = ("bf16", "bf16", "f32", "fp32")
+    times.update(workspace=1.0, bare=0.95)  # within the margin: the workspace handle is kept
+    assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, half, 5, 3)
+    assert {h for h, _ in calls} == {("workspace", 3, "bf16"), ("bare", 3)}  # timed on the bf16 handle
+    calls.clear()
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, half, 5, 3)
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3)
+    assert [h for h, _ in calls] == [("workspace", 3, "bf16"), ("workspace", 3)]

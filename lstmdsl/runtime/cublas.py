@@ -49,7 +49,7 @@ class _Handle:
     one, so cuBLAS chooses among the kernels that need none (tune)."""
 
     # cuBLAS's recommended size on sm_90. Half-precision GEMMs get HALF_WORKSPACE: measured on the H200 (T = 100,
-    # probes/gemm_workspace_h200.txt), 1 MiB changed a bf16 call's time by -1..+5% at 1x512 to 256x1024 and
+    # probes/gemm_workspace_h200.txt), 1 MiB changed a bf16 call's time by -1..+6% at 1x512 to 256x1024 (two runs) and
     # saved 31 MiB a lane (a stack's wavefront takes a lane per layer), while tf32 training took up to 1.44x the
     # time with 4 MiB (its weight gradients' split-K kernels use the space)
     WORKSPACE = 32 << 20
@@ -254,7 +254,7 @@ def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, typ
 
 _LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # the most parts one call spreads over streams of its own (a wavefront's layers)
-LANES = 64  # handles (and 32 MB workspaces, made on first use) per device before lanes are shared in turn
+LANES = 64  # lanes per device (each up to three handles: bare, fp32, half; made on first use) before they are shared
 
 
 def lane(stream: int, part: int = 0) -> int:
