@@ -7,6 +7,8 @@ the tree's two medians, and each later tree's ratio is to the first's.
 
     python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [MORE_TREES ...] [--shapes 1x32 16x64 ...]   (BxH; default all 15)
         [--schedule "precision fp16; persistent"]
+    python3 benchmarks/ab_small.py . . --schedules "precision fp16; persistent" "precision fp16; persistent; specialise"
+        (one schedule a tree: a tree may be named twice, to compare schedules)
 
 A tree is a folder holding the lstmdsl package (`git archive REV lstmdsl grammars templates specs | tar -x
 -C DIR`). Needs a GPU and CuPy.
@@ -43,9 +45,9 @@ for B, H in json.loads(sys.argv[1]):
     layer.free_workspaces()
 print("RESULT" + json.dumps(out))
 '''
-def run(tree):
+def run(tree, schedule):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), args.schedule], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), schedule], env=env, capture_output=True,
                        text=True, cwd=tree)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if not line: print(r.stderr[-3000:]); sys.exit(1)
@@ -54,16 +56,20 @@ ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("trees", nargs="+", help="two or more trees; each later one is compared with the first")
 ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b in (1, 16, 64) for h in (16, 32, 64, 128, 256)])
 ap.add_argument("--schedule", default="precision fp32", help="the layers' schedule (default: precision fp32)")
+ap.add_argument("--schedules", nargs="+", help="one schedule a tree, in the trees' order (instead of --schedule)")
 args = ap.parse_args()
 if len(args.trees) < 2:
     ap.error("give two trees or more")
+if args.schedules is not None and len(args.schedules) != len(args.trees):
+    ap.error(f"--schedules: {len(args.schedules)} schedules for {len(args.trees)} trees")
 SHAPES = [[int(v) for v in s.split("x")] for s in args.shapes]
-trees = args.trees
-res = {t: [] for t in trees}
+runs = list(enumerate(zip(args.trees, args.schedules or [args.schedule] * len(args.trees))))
+trees = [i for i, _ in runs]
+res = {i: [] for i in trees}
 for _ in range(2):
-    for t in trees:
-        res[t].append(run(t))
-names = [os.path.basename(t.rstrip("/")) or t for t in trees]
+    for i, (tree, schedule) in runs:
+        res[i].append(run(tree, schedule))
+names = [os.path.basename(os.path.abspath(t)) + (f"[{i}]" if args.schedules else "") for i, (t, _) in runs]
 print(f"{'case':18} | event ms " + " ".join(names) + " (ratios to the first) | queued ms, the same")
 for case in res[trees[0]][0]:
     cells = []
