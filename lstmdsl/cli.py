@@ -91,6 +91,7 @@ def cmd_compile(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
+    schedule = _schedule(args, spec)  # (checked whatever is emitted: a bad --schedule is an error, not ignored)
     if args.emit == "ast":
         text = _format_ast(spec.ast)
     elif args.emit == "ir":
@@ -98,7 +99,6 @@ def cmd_compile(args) -> int:
     elif args.emit == "grad":
         text = format_grad(spec.cell, spec.grad)
     else:
-        schedule = _schedule(args, spec)
         program = build_program(spec.cell, schedule, args.dtype)
         if args.emit == "cuda":
             text = program.source

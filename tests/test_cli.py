@@ -151,6 +151,8 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
     (["run", "vanilla", "--steps", "0"], 64, "argument --steps/-T: expected a positive integer, got 0"),
     (["run", "vanilla", "--hidden-size", "-3"], 64, "argument --hidden-size/-H: expected a positive integer, got -3"),
     (["run", "vanilla", "--schedule", "hoist everything"], 65, "unknown schedule directive 'hoist everything'"),
+    (["compile", "vanilla", "--schedule", "precision bf17"], 65, "precision is one of fp32, tf32, bf16, fp16"),
+    (["compile", "vanilla", "--emit", "grad", "--schedule", "hoist everything"], 65, "unknown schedule directive"),
     (["check", "lstmp", "-I", "4", "-H", "6", "-P", "0"], 64, "expected a positive integer, got 0"),
     (["frobnicate"], 64, "invalid choice"),
     (["run", "vanilla", "--batch", "two"], 64, "expected a positive integer, got 'two'"),
