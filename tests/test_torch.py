@@ -176,6 +176,15 @@ def test_states_in_the_specs_order_tuples_dicts_and_errors():
         rnn(torch.randn(2, 5, 4, dtype=torch.float64))
 
 
+def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it():
+    for proj in (5, 6):
+        with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+            torch.nn.LSTM(4, 5, proj_size=proj)
+        with pytest.raises(UsageError, match="proj_size has to be smaller than hidden_size"):
+            lt.LSTM(4, 5, proj_size=proj)
+    assert lt.LSTM(4, 5, proj_size=4).proj_size == 4
+
+
 def test_the_module_equals_the_layer_api_with_the_same_seed():
     rnn = lt.RNN("peephole", 3, 4, 2, seed=7, dtype=torch.float64)
     layer = lstmdsl.compile("peephole", 3, 4, 2, seed=7, dtype="float64")

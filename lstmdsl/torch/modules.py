@@ -359,6 +359,10 @@ class LSTM(RNN):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, spec=None, **kw):
+        if isinstance(proj_size, int) and isinstance(hidden_size, int) and 0 < hidden_size <= proj_size:
+            # (as torch.nn.LSTM refuses it: a projection is to fewer units)
+            raise UsageError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+                             f"hidden_size={hidden_size}")
         spec = spec or ("lstmp" if proj_size else "vanilla")
         super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, **kw)
