@@ -185,6 +185,14 @@ def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it(
     assert lt.LSTM(4, 5, proj_size=4).proj_size == 4
 
 
+def test_dropout_on_one_layer_warns_as_nn_lstm_warns():
+    """(dropout acts between layers: on one layer it does nothing, and nn.LSTM says so.)"""
+    for cls in (torch.nn.LSTM, lt.LSTM):
+        with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1, but got "
+                                             "dropout=0.5 and num_layers=1"):
+            cls(4, 5, dropout=0.5)
+
+
 def test_the_module_equals_the_layer_api_with_the_same_seed():
     rnn = lt.RNN("peephole", 3, 4, 2, seed=7, dtype=torch.float64)
     layer = lstmdsl.compile("peephole", 3, 4, 2, seed=7, dtype="float64")

@@ -62,6 +62,10 @@ class RNN(nn.Module):
         if not (isinstance(dropconnect, (int, float)) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
             raise UsageError(f"dropconnect must be a probability in [0, 1), got {dropconnect!r}")
         self.dropconnect = float(dropconnect)
+        if dropout > 0 and num_layers == 1:  # (torch.nn.LSTM's warning, word for word)
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                          stacklevel=3)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = _bool("bias", bias), _bool("batch_first", batch_first)
         self.bidirectional, self.dropout, self.proj_size = _bool("bidirectional", bidirectional), float(dropout), proj_size
