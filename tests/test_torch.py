@@ -185,6 +185,31 @@ def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it(
     assert lt.LSTM(4, 5, proj_size=4).proj_size == 4
 
 
+def test_reset_parameters_and_all_weights_as_nn_lstm_has_them():
+    """reset_parameters draws again as the module was drawn (torch's generator: other values within
+    +-1/sqrt(hidden_size); seed=: the same values; no bias: biases stay zero); all_weights lists each layer's and
+    direction's parameters in nn.LSTM's order of layers and directions."""
+    torch.manual_seed(0)
+    m = lt.LSTM(4, 5, 2, bidirectional=True)
+    before = [p.clone() for p in m.parameters()]
+    m.reset_parameters()
+    assert all(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert max(float(p.detach().abs().max()) for p in m.parameters()) <= 1 / 5 ** 0.5
+    seeded = lt.LSTM(4, 5, seed=3, forget_bias=1.0)
+    before = [p.clone() for p in seeded.parameters()]
+    seeded.reset_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(before, seeded.parameters()))
+    assert torch.all(seeded.b_f_l0 == 1.0)
+    nobias = lt.LSTM(4, 5, bias=False)
+    nobias.reset_parameters()
+    assert all(not b.any() for b in nobias.buffers())
+    t = torch.nn.LSTM(4, 5, 2, bidirectional=True)
+    shapes = lambda module: [[tuple(p.shape) for p in g][:2] for g in module.all_weights]  # noqa: E731
+    assert shapes(m) == shapes(t)
+    assert m.all_weights[1][0] is m.weight_ih_l0_reverse and m.all_weights[2][1] is m.weight_hh_l1
+    assert [len(g) for g in nobias.all_weights] == [len(g) for g in torch.nn.LSTM(4, 5, bias=False).all_weights]
+
+
 def test_dropout_on_one_layer_warns_as_nn_lstm_warns():
     """(dropout acts between layers: on one layer it does nothing, and nn.LSTM says so.)"""
     for cls in (torch.nn.LSTM, lt.LSTM):

@@ -80,33 +80,60 @@ class RNN(nn.Module):
         self.overlap_directions = True  # on CUDA, outside torch.compile: the two directions run at once
         self._connected: dict = {}  # DropConnect's masked weight stacks (see _connect)
         self._packing_cache = None  # (batch_sizes, device, dtype) and _packing's tensors for the last packed batch
-        rng = np.random.default_rng(seed) if seed is not None else None
+        self._seed, self._forget_bias = seed, forget_bias  # (reset_parameters draws them again the same way)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
             runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members],
                             "reverse" if members[0][1] else "forward", beside=D == 2)
-            initial = runner.initial(rng, np.dtype(str(factory["dtype"]).removeprefix("torch.")), forget_bias)
             names = []
             for j, (k, d) in enumerate(members):
-                for slot, value in zip(runner.slots, initial[j]):
+                for slot in runner.slots:
                     name = f"{slot.name}_l{k}" + ("_reverse" if d else "")
                     t = torch.empty(runner.shape(slot, j), **factory)
-                    with torch.no_grad():
+                    if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
+                        self.register_buffer(name, t, persistent=False)
+                    else:
+                        self.register_parameter(name, nn.Parameter(t))
+                    names.append(name)
+            self._groups.append((runner, members, names))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draws the parameters again, as at construction (torch.nn.LSTM's reset_parameters): uniform in
+        +-1/sqrt(hidden_size) from torch's generator, gains 1, b_f = forget_bias where given; with seed= the
+        spec's initialisation from that seed, so the same values again. Without bias, the biases stay zero."""
+        seed, forget_bias = getattr(self, "_seed", None), getattr(self, "_forget_bias", None)
+        rng = np.random.default_rng(seed) if seed is not None else None
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for runner, members, names in self._groups:
+            tensors = iter(self._tensors(names))
+            dtype = np.dtype(str(self._tensors(names[:1])[0].dtype).removeprefix("torch."))
+            initial = runner.initial(rng, dtype, forget_bias)
+            with torch.no_grad():
+                for j in range(len(members)):
+                    for slot, value in zip(runner.slots, initial[j]):
+                        t = next(tensors)
                         if value is not None:
                             t.copy_(torch.from_numpy(value))
                         else:
-                            bound = 1.0 / math.sqrt(hidden_size)
                             t.uniform_(-bound, bound)
                             if slot.kind == "vector" and is_gain(slot.name):
                                 t.fill_(1.0)
                             if forget_bias is not None and slot.name == "b_f":
                                 t.fill_(forget_bias)
-                    if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
-                        self.register_buffer(name, t.zero_(), persistent=False)
-                    else:
-                        self.register_parameter(name, nn.Parameter(t))
-                    names.append(name)
-            self._groups.append((runner, members, names))
+                        if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
+                            t.zero_()
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """Each layer's and direction's parameters ([layer 0, layer 0 reverse, layer 1, ...]), as torch.nn.LSTM's
+        all_weights lists them; here in the spec's parameter order (weight_ih, weight_hh, then its vectors)."""
+        per = {}
+        for runner, members, names in self._groups:
+            n = len(runner.slots)
+            for j, member in enumerate(members):  # (names: each member's slots in turn)
+                per[member] = [p for p in self._tensors(names[j * n:(j + 1) * n]) if isinstance(p, nn.Parameter)]
+        return [per[key] for key in sorted(per)]
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
