@@ -210,6 +210,24 @@ def test_reset_parameters_and_all_weights_as_nn_lstm_has_them():
     assert [len(g) for g in nobias.all_weights] == [len(g) for g in torch.nn.LSTM(4, 5, bias=False).all_weights]
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_an_empty_batch_gives_empty_outputs_as_nn_lstm_gives(batch_first):
+    """B = 0 (a data loader's empty last batch, a DDP rank without data): outputs and final states of the shapes
+    torch.nn.LSTM gives, in autograd's graph (the backward reaches the input and every parameter, with zeros)."""
+    ref = torch.nn.LSTM(4, 5, 2, bidirectional=True, batch_first=batch_first, proj_size=3)
+    ours = lt.LSTM(4, 5, 2, bidirectional=True, batch_first=batch_first, proj_size=3)
+    for m in (ref, ours):
+        x = torch.zeros((0, 6, 4) if batch_first else (6, 0, 4), requires_grad=True)
+        y, (h, c) = m(x)
+        (y.sum() + h.sum() + c.sum()).backward()
+        assert x.grad is not None and all(p.grad is not None and not p.grad.any() for p in m.parameters())
+        if m is ref:
+            want = [tuple(t.shape) for t in (y, h, c)]
+    assert [tuple(t.shape) for t in (y, h, c)] == want
+    with pytest.raises(UsageError, match="at least one step"):  # (no step: torch.nn.LSTM refuses it too)
+        ours(torch.zeros((2, 0, 4) if batch_first else (0, 2, 4)))
+
+
 def test_dropout_on_one_layer_warns_as_nn_lstm_warns():
     """(dropout acts between layers: on one layer it does nothing, and nn.LSTM says so.)"""
     for cls in (torch.nn.LSTM, lt.LSTM):

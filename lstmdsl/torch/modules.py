@@ -194,9 +194,9 @@ class RNN(nn.Module):
         batched = input.dim() == 3
         x = input.transpose(0, 1) if batched and self.batch_first and packed is None else input
         x = x if batched else x.unsqueeze(1)
-        if x.shape[-1] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+        if x.shape[-1] != self.input_size or x.shape[0] < 1:  # (an empty batch is torch.nn.LSTM's too: below)
             raise UsageError(f"input has shape {list(input.shape)}; expected {self.input_size} features and at least "
-                             "one step and one sequence")
+                             "one step")
         pdtype = self._tensors(self._groups[0][2][:1])[0].dtype
         out_dtype = x.dtype
         half = None
@@ -224,7 +224,13 @@ class RNN(nn.Module):
             states = [s.index_select(1, packed.sorted_indices) for s in states]
         if packed is not None:
             steps = [mask.to(_value_type(x))]
-        y, final = self._run(x, states, steps)
+        if x.shape[1] == 0:  # no sequence: empty outputs, as torch.nn.LSTM gives, still in autograd's graph
+            zero = sum(t.reshape(-1)[:0].sum() for t in [x, *states, *self.parameters()])
+            D = 2 if self.bidirectional else 1
+            y = x.new_zeros((x.shape[0], 0, D * self.output_size)) + zero
+            final = [x.new_zeros((D * self.num_layers, 0, self.state_sizes[s.name])) + zero for s in self.spec.cell.states]
+        else:
+            y, final = self._run(x, states, steps)
         if packed is not None:
             if packed.unsorted_indices is not None:
                 final = [f.index_select(1, packed.unsorted_indices) for f in final]
