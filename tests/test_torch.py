@@ -270,6 +270,20 @@ def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
     assert_close(comp, eager, 1e-12)
 
 
+def test_a_first_call_under_torch_compile_fullgraph_on_the_cpu(monkeypatch):
+    """The CPU warning (issued once, at the first eager call) is not issued while torch compiles: dynamo cannot
+    trace warnings.warn, and fullgraph=True then refused a module whose first call was compiled."""
+    import lstmdsl.torch.modules as modules
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(modules, "_WARNED_CPU", [])
+    rnn = lt.LSTM(3, 4, dtype=torch.float64)
+    y, _ = torch.compile(rnn, backend="aot_eager", fullgraph=True)(torch.randn(5, 2, 3, dtype=torch.float64))
+    assert y.shape == (5, 2, 4)
+    with pytest.warns(UserWarning, match="CPU tensors run on the numpy reference"):
+        rnn(torch.randn(5, 2, 3, dtype=torch.float64))
+
+
 def test_autocast_returns_what_torch_lstm_returns_on_the_cpu():
     ref = torch.nn.LSTM(3, 4)
     ours = lt.from_torch(ref)

@@ -214,7 +214,7 @@ class RNN(nn.Module):
                              "(or run under torch.autocast)")
         if half is not None and x.is_cuda:  # mixed precision: the half-precision input, float32 master weights
             x = x.to(half)
-        if not x.is_cuda and not _WARNED_CPU:
+        if not x.is_cuda and not _WARNED_CPU and not torch.compiler.is_compiling():  # (a warning breaks fullgraph)
             _WARNED_CPU.append(True)
             warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
                           "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
