@@ -74,7 +74,7 @@ class _Handle:
         self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
         self.workspace = None if self.bare else empty((nbytes,), np.uint8)
         self.stream = None
-        self.uses = 0  # times _handle gave it out (workspaces_used)
+        self.uses = 0  # times _handle gave it out (workspace_uses)
 
     @staticmethod
     def _check(status: int, what: str) -> None:

@@ -106,9 +106,9 @@ class RNN(nn.Module):
         rng = np.random.default_rng(seed) if seed is not None else None
         bound = 1.0 / math.sqrt(self.hidden_size)
         for runner, members, names in self._groups:
-            tensors = iter(self._tensors(names))
-            dtype = np.dtype(str(self._tensors(names[:1])[0].dtype).removeprefix("torch."))
-            initial = runner.initial(rng, dtype, forget_bias)
+            tensors = self._tensors(names)
+            initial = runner.initial(rng, np.dtype(str(tensors[0].dtype).removeprefix("torch.")), forget_bias)
+            tensors = iter(tensors)  # (each member's slots in turn, as __init__ named them)
             with torch.no_grad():
                 for j in range(len(members)):
                     for slot, value in zip(runner.slots, initial[j]):
