@@ -225,3 +225,27 @@ def test_half_precision_gemms_are_timed_and_run_on_their_own_handle(monkeypatch)
     cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, half, 5, 3)
     cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3)
     assert [h for h, _ in calls] == [("workspace", 3, "bf16"), ("workspace", 3)]
+
+
+def test_cupys_own_work_goes_on_the_callers_stream_through_the_stream_protocol(monkeypatch):
+    """device.cupy_stream: a raw stream handle as CuPy's Stream, by Stream.from_external and the CUDA stream
+    protocol where CuPy has it (its ExternalStream is deprecated from CuPy 14), ExternalStream before, and CuPy's
+    null stream for the legacy default stream (0)."""
+    from lstmdsl.runtime import device
+
+    seen = []
+
+    class Stream:
+        null = "null stream"
+
+        @classmethod
+        def from_external(cls, obj):
+            seen.append(obj.__cuda_stream__())
+            return "from_external"
+
+    fake = SimpleNamespace(cuda=SimpleNamespace(Stream=Stream, ExternalStream=lambda ptr: ("external", ptr)))
+    monkeypatch.setattr(device, "cupy", fake)
+    assert device.cupy_stream(0x1234) == "from_external" and seen == [(0, 0x1234)]
+    assert device.cupy_stream(0) == "null stream"
+    del Stream.from_external
+    assert device.cupy_stream(0x1234) == ("external", 0x1234)

@@ -17,7 +17,7 @@ import numpy as np
 from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
 from ..plan import ELEMENT_TYPES
-from .device import current_device, empty
+from .device import cupy_stream, current_device, empty
 from .warmup import settle as settle_warm_up
 
 # element type -> cudaDataType; compute type -> (cublasComputeType, numpy type of the scalars alpha, beta)
@@ -157,13 +157,11 @@ def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types) -> t
 
 def _time(call, stream: int) -> float:
     """Milliseconds per call of call(stream): 20 calls captured into a CUDA graph, the median of 3 launches."""
-    import cupy
-
     from ..timing import time_gpu
     from .device import Graph
 
     graph = Graph(lambda side: [call(side) for _ in range(20)], stream)
-    with cupy.cuda.ExternalStream(stream):  # (time_gpu's events go on the current stream)
+    with cupy_stream(stream):  # (time_gpu's events go on the current stream)
         return time_gpu(lambda: graph.launch(stream), repeat=3, warmup=1)["ms"] / 20
 
 

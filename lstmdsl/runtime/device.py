@@ -44,6 +44,28 @@ def current_stream() -> int:
     return cupy.cuda.get_current_stream().ptr
 
 
+class _Handle:
+    """A raw stream handle under the CUDA stream protocol (what CuPy's Stream.from_external takes)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.ptr
+
+
+def cupy_stream(ptr: int):
+    """CuPy's Stream for a raw handle, to issue CuPy's own work on (`with device.cupy_stream(s): ...`):
+    Stream.from_external where this CuPy has it (14 on; its ExternalStream warns of its removal at every use),
+    ExternalStream before; CuPy's null stream for 0."""
+    if not ptr:
+        return cupy.cuda.Stream.null
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    return from_external(_Handle(ptr)) if from_external is not None else cupy.cuda.ExternalStream(ptr)
+
+
 # kernel parameter C types -> ctypes
 _ARG_TYPES = {"int": ctypes.c_int32, "ptr": ctypes.c_uint64}
 
@@ -145,7 +167,7 @@ def zero_rows(ptr: int, pitch: int, width: int, rows: int, stream: int) -> None:
 
 def zero_columns(array, first: int, stream: int) -> None:
     """array[..., first:] = 0 on `stream` (the padding columns of aligned rows)."""
-    with cupy.cuda.ExternalStream(stream):
+    with cupy_stream(stream):
         array[..., first:] = 0
 
 
@@ -168,7 +190,7 @@ def empty(shape: tuple[int, ...], dtype, fill: float | None = None, stream: int 
 
     if stream is None:
         return make()
-    with cupy.cuda.ExternalStream(stream):
+    with cupy_stream(stream):
         return make()
 
 

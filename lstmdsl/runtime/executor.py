@@ -277,7 +277,7 @@ class Engine:
             return
         import cupy
 
-        on = cupy.cuda.ExternalStream(stream)
+        on = device.cupy_stream(stream)
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record(on)
         yield

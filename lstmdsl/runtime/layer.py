@@ -186,7 +186,7 @@ class CudaLayer(Layer):
         """The permuted copies `out` (of stacks stored head by head) from `arrays`, in the matrices' order."""
         if not out:  # (most cells: nothing stored head by head, and no stream context to enter at every call)
             return
-        with cupy.cuda.ExternalStream(stream):
+        with device.cupy_stream(stream):
             for n in out:
                 cupy.take(arrays[n], self._orders[u][n], axis=0, out=out[n])
 

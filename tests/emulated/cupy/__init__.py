@@ -75,6 +75,7 @@ class Stream:
     def __exit__(self, *a): pass
 
 _STREAM = Stream()
+Stream.null = _STREAM
 
 class RawModule:
     def __init__(self, code=None, options=(), path=None): self.code = code
