@@ -94,15 +94,18 @@ _HANDLES: dict[tuple[int, int, int], _Handle] = {}  # (device, lane, workspace b
 HALF_TYPES = ("bf16", "f16")
 
 
+def _workspace_bytes(bare: bool, types: tuple[str, ...]) -> int:
+    return 0 if bare else _Handle.HALF_WORKSPACE if types[0] in HALF_TYPES else _Handle.WORKSPACE
+
+
 def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",)) -> _Handle:
     """The handle of a lane for GEMMs of `types` (their A operand's type chooses the workspace's size), or the
     lane's bare one."""
-    settle_warm_up()  # (the warm-up's thread makes lane 0's handle: no handle is shared between two threads)
-    nbytes = 0 if bare else _Handle.HALF_WORKSPACE if types[0] in HALF_TYPES else _Handle.WORKSPACE
-    key = (current_device(), lane, nbytes)
+    settle_warm_up()  # (the warm-up's thread makes lane 0's bare handle: no handle is shared between two threads)
+    key = (current_device(), lane, _workspace_bytes(bare, types))
     h = _HANDLES.get(key)
     if h is None:
-        h = _HANDLES[key] = _Handle(nbytes)
+        h = _HANDLES[key] = _Handle(key[2])
     h.uses += 1
     return h
 
@@ -120,14 +123,15 @@ def workspaces_reused(before: dict[int, tuple[int, int]], after: dict[int, tuple
 
 
 def warm(device: int) -> None:
-    """cuBLAS's one-time start (warmup.py): lane 0's handle on `device` made, and one small GEMM in strict
-    fp32 run on a stream of its own and waited for; on the warm-up's thread."""
+    """cuBLAS's one-time start (warmup.py): lane 0's bare handle on `device` made, and one small GEMM in strict
+    fp32 run on a stream of its own and waited for; on the warm-up's thread. Bare: a process that runs only
+    half-precision GEMMs would otherwise keep an fp32 workspace it never uses."""
     import cupy
 
     cupy.cuda.runtime.setDevice(device)
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
-        h = _Handle()
+        h = _Handle(0)
         n = 64
         scratch = cupy.zeros((3, n, n), np.float32)
         a, b, c = (int(scratch[i].data.ptr) for i in range(3))
@@ -135,7 +139,7 @@ def warm(device: int) -> None:
         stream.synchronize()
         del scratch
     h.stream = None  # (the next set_stream sets the caller's stream and the workspace again)
-    _HANDLES.setdefault((device, 0, h.workspace.nbytes), h)
+    _HANDLES.setdefault((device, 0, 0), h)
 
 
 # Per-step GEMMs are narrow, and for some shapes cuBLAS's heuristic, given a workspace, picks a kernel many
@@ -183,7 +187,8 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
         if M * N * K > TUNE_MAX_WORK or os.environ.get("LSTMDSL_TUNE_GEMMS", "1") == "0":
             _BARE[key] = False
         else:
-            stored = repr((_identity(lane),) + key[1:])
+            # (the workspace's size in the key: cuBLAS's choice of kernel depends on it)
+            stored = repr((_identity(lane), _workspace_bytes(False, types)) + key[1:])
             if stored not in _stored_choices():
                 bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
                 if bare is not None:
