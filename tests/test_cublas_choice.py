@@ -249,3 +249,23 @@ def test_cupys_own_work_goes_on_the_callers_stream_through_the_stream_protocol(m
     assert device.cupy_stream(0) == "null stream"
     del Stream.from_external
     assert device.cupy_stream(0x1234) == ("external", 0x1234)
+
+
+def test_a_padded_state_is_zeroed_in_one_operation(monkeypatch):
+    """device.zero_rows: rows with padding between them by one 2-D memset (one node in a CUDA graph, where a
+    memset a row made B), contiguous rows by one plain memset."""
+    from lstmdsl.runtime import device
+
+    calls = []
+
+    class Driver:
+        def cuMemsetD2D8Async(self, *args):
+            calls.append(("2d", [a.value for a in args]))
+            return 0
+
+    monkeypatch.setattr(device, "_driver", lambda: Driver())
+    monkeypatch.setattr(device, "zero", lambda ptr, n, stream: calls.append(("1d", [ptr, n, stream])))
+    device.zero_rows(4096, 32, 24, 5, 7)
+    device.zero_rows(4096, 24, 24, 5, 7)
+    device.zero_rows(4096, 32, 24, 1, 7)
+    assert calls == [("2d", [4096, 32, 0, 24, 5, 7]), ("1d", [4096, 120, 7]), ("1d", [4096, 24, 7])]
