@@ -107,6 +107,11 @@ SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()
 ROW_LIMITS = {"fp32": (), "tf32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_LIMITS}
 # where `specialise auto` compiles kernels for their shape (benchmarks/results/specialise_h200.md, _bf16_, _fp16_)
 SPECIALISE_MEASURED = ("fp32", "bf16", "fp16")
+# The largest batch at which a grid that hands its state on in tagged words runs a kernel compiled for its shape
+# (Persistent.specialise_batch). fp32 compiled is 1.18-1.39x slower at B = 8-16, H = 128-256. Half precision under
+# auto, B <= 16 against B <= 4, GPU time (ab_small, probes/specialise_half_batch_h200.txt): fp16 forward 0.96x at
+# 8 x 256, 0.92x at 8 x 512, 1.10x at 16 x 256 (bf16 0.95x, 0.94x, 1.10x); training 0.97-1.00x, 1.05-1.06x at 16 x 256
+SPECIALISE_BATCH = {"fp32": 4, "tf32": 4, "bf16": 8, "fp16": 8}
 # The backward's rules, from the same table's training rows (persistent forward and backward against the
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
@@ -247,7 +252,8 @@ def make_persistent(plan: Plan) -> Plan:
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
-                      alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special)
+                      alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special,
+                      specialise_batch=SPECIALISE_BATCH[precision])
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = BACKWARD_LIMITS[precision] if single and work else ()
@@ -257,5 +263,6 @@ def make_persistent(plan: Plan) -> Plan:
         return plan
     loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(
         back, forced=mode == "on", threads=256, work=back_work, split_work=back_split,
-        specialise=plan.schedule.specialise, specialise_auto=measured_special))
+        specialise=plan.schedule.specialise, specialise_auto=measured_special,
+        specialise_batch=SPECIALISE_BATCH[precision]))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))
