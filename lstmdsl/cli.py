@@ -112,12 +112,10 @@ def cmd_compile(args) -> int:
                     text += (f"\n  {phase} bytes per step at B={args.batch}: "
                              f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels "
                              "and copies)")
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        except OSError as err:
-            raise UsageError(f"cannot write {args.output}: {err.strerror}") from None
+    if args.output:  # (through a temporary file: a failed write leaves no half file; OutputFileError, exit 73)
+        from .files import write_text
+
+        write_text(args.output, text + "\n")
     else:
         print(text)
     return 0
@@ -254,7 +252,7 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from .files import output_dir
-    from .train import TrainConfig, check_config, run
+    from .train import RUN_FILES, TrainConfig, check_config, run
 
     spec = parse(args.spec)
     backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
@@ -268,6 +266,12 @@ def cmd_train(args) -> int:
             num_heads=cfg.num_heads)  # the sizes, checked before the data
     check_config(cfg)
     out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: go on from the checkpoint, or start again")
+    kept = [name for name in RUN_FILES if (Path(out) / name).exists()]
+    if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
+        raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
+                         "checkpoint, --overwrite to start again over it, or another --out")
     if note:
         print(f"note: {note}", file=sys.stderr)
     result = run(cfg, Path(out), resume=args.resume)

@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     _layer_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (left by an interrupted or finished run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over a run already in --out (without it, a run there is an error)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (errors too)")
 
     p = sub.add_parser("bench", help="time a spec against cuDNN and the same cell in PyTorch (needs a GPU, torch)")

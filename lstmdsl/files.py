@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,17 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temporary file beside path, then rename it to path. Raises OutputFileError
     saying what could not be written and why; the target is then unchanged."""
@@ -29,8 +41,14 @@ def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory")
+        if path.exists() and not path.is_file():  # a device or a pipe (-o /dev/stdout): written as it is
+            with open(path, "wb") as f:
+                write(f)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp makes the file 0600: give it the mode a plain open() would (the file's own, or the umask's)
+        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
     except OSError as err:
         raise OutputFileError(f"cannot write {path}: {_reason(err)}") from None
     try:

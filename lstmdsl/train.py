@@ -202,6 +202,7 @@ def evaluate(model: Model, split: str, batch: int) -> float:
 
 
 CHECKPOINT = "checkpoint.npz"
+RUN_FILES = (CHECKPOINT, "layer.npz", "head.npz", "history.json")  # what a run leaves in its folder
 
 
 class Interrupted(LstmdslError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import lstmdsl
 from lstmdsl import InputFileError, LstmdslError, UsageError
 from lstmdsl.cli import main
 from lstmdsl.errors import OutputFileError
+from lstmdsl.files import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +74,43 @@ def test_a_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- training never loses work
+
+def test_train_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
+    """Repeating a command without --resume must not start again over the run (or checkpoint) it left."""
+    args = ("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "1",
+            "--max-train", "32", "--out", str(tmp_path / "t"))
+    assert cli(*args).returncode == 0
+    before = (tmp_path / "t" / "layer.npz").read_bytes()
+    again = cli(*args)
+    assert again.returncode == 64 and "--resume" in again.stderr and "--overwrite" in again.stderr, again.stderr
+    assert (tmp_path / "t" / "layer.npz").read_bytes() == before
+    both = cli(*args, "--resume", "--overwrite")
+    assert both.returncode == 64 and "exclude" in both.stderr, both.stderr
+    assert cli(*args, "--overwrite", "--seed", "3").returncode == 0
+    assert (tmp_path / "t" / "layer.npz").read_bytes() != before
+
+
+def test_written_files_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp's temporary file is 0600; the file written through it takes the umask's mode, or the mode of the
+    file it replaces."""
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+        os.chmod(tmp_path / "a.txt", 0o640)
+        write_text(tmp_path / "a.txt", "y")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_compile_output_that_cannot_be_written_exits_73(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    r = cli("compile", "vanilla", "--emit", "ir", "-o", str(tmp_path / "file" / "x.txt"))
+    assert r.returncode == 73 and "cannot write" in r.stderr, r.stderr
+    r = cli("compile", "vanilla", "--emit", "ir", "-o", str(tmp_path / "new" / "ir.txt"))
+    assert r.returncode == 0 and (tmp_path / "new" / "ir.txt").read_text().startswith("cell vanilla")
+
 
 def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     from lstmdsl.train import Interrupted, TrainConfig, run
