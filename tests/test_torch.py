@@ -174,6 +174,35 @@ def test_states_in_the_specs_order_tuples_dicts_and_errors():
         rnn(x.float())
     with pytest.raises(UsageError, match="3 features"):
         rnn(torch.randn(2, 5, 4, dtype=torch.float64))
+    with pytest.raises(UsageError, match="initial state 'h' has dtype torch.float32, but the input is torch.float64"):
+        rnn(x, (states[0].float(),) + states[1:])  # (not rounded silently)
+
+
+@pytest.mark.parametrize("make", [lambda m: m.LSTM(3, 4, 2, bidirectional=True), lambda m: m.LSTM(3, 4, proj_size=2),
+                                  lambda m: m.GRU(3, 4, 2), lambda m: m.LSTM(3, 4, bias=False)])
+def test_a_torch_nn_state_dict_loads_into_the_module_as_into_nn_lstm(make):
+    """A checkpoint of torch.nn.LSTM / GRU (bias_ih and bias_hh, weight_hr) loads as it is, strict, also nested."""
+    torch.manual_seed(0)
+    ref, ours = make(torch.nn).double(), make(lt).double()
+    assert str(ours.load_state_dict(ref.state_dict())) == "<All keys matched successfully>"
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0])
+    nested = torch.nn.Sequential(make(lt).double())
+    nested.load_state_dict(torch.nn.Sequential(ref).state_dict())
+    torch.testing.assert_close(nested(x)[0], ref(x)[0])
+    with pytest.raises(UsageError, match="'peephole' has no torch.nn counterpart"):
+        lt.RNN("peephole", 3, 4).load_state_dict(torch.nn.LSTM(3, 4).state_dict())
+
+
+def test_lstm_takes_only_a_spec_with_two_states_and_from_torch_only_lstm_or_gru():
+    """LSTM(spec=...) returns (h_n, c_n): a spec with one state (gru) would hand layer 1's h out as c_n."""
+    with pytest.raises(UsageError, match="two states .h, c.; 'gru' has h: use lstmdsl.torch.RNN"):
+        lt.LSTM(4, 6, num_layers=2, spec="gru")
+    assert lt.LSTM(4, 6, spec="peephole").spec.name == "peephole"
+    with pytest.raises(UsageError, match="torch.nn.LSTM or torch.nn.GRU, got Linear"):
+        lt.from_torch(torch.nn.Linear(4, 6))
+    with pytest.raises(UsageError, match="to_torch takes an lstmdsl.torch module, got LSTM"):
+        lt.to_torch(torch.nn.LSTM(4, 6))
 
 
 def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it():

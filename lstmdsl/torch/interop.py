@@ -38,18 +38,41 @@ def _suffixes(m) -> list[str]:
     return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
 
 
+def torch_state_dict(module: RNN, state: dict, prefix: str = "") -> None:
+    """Rewrite, in place, the entries of a torch.nn.LSTM or torch.nn.GRU state dict under prefix into `module`'s
+    names, so that load_state_dict takes either (RNN._load_from_state_dict): the weights keep their names,
+    bias_ih + bias_hh are summed into the gates' biases (the GRU's candidate keeps its two apart, as from_torch
+    does) and weight_hr becomes P. A state dict with no torch.nn entries is left alone."""
+    suffixes = _suffixes(module)
+    if not any(prefix + k + s in state for s in suffixes for k in ("bias_ih", "bias_hh", "weight_hr")):
+        return
+    gates, H = _GATES[_kind(module)], module.hidden_size  # (a cell with no torch.nn counterpart: an error)
+    for sfx in suffixes:
+        if prefix + "weight_hr" + sfx in state:
+            state[prefix + "P" + sfx] = state.pop(prefix + "weight_hr" + sfx)
+        if prefix + "bias_ih" + sfx not in state or prefix + "bias_hh" + sfx not in state:
+            continue  # (one of the two alone: left for torch's report of unexpected and missing keys)
+        bih, bhh = state.pop(prefix + "bias_ih" + sfx), state.pop(prefix + "bias_hh" + sfx)
+        for j, g in enumerate(gates):
+            part = slice(j * H, (j + 1) * H)
+            if g == "n":
+                state[prefix + "b_in" + sfx], state[prefix + "b_hn" + sfx] = bih[part], bhh[part]
+            else:
+                state[prefix + f"b_{g}" + sfx] = bih[part] + bhh[part]
+
+
 def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
     """An lstmdsl.torch module computing what `module` computes (same arguments, device and dtype; weights
     copied). Keyword arguments (schedule=...) go to the new module."""
+    if not isinstance(module, (nn.LSTM, nn.GRU)):
+        raise UsageError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}")
     p = next(module.parameters())
     args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
                 dropout=module.dropout, bidirectional=module.bidirectional, device=p.device, dtype=p.dtype)
     if isinstance(module, nn.LSTM):
         new = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args, **kw)
-    elif isinstance(module, nn.GRU):
-        new = GRU(module.input_size, module.hidden_size, **args, **kw)
     else:
-        raise UsageError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, got {type(module).__name__}")
+        new = GRU(module.input_size, module.hidden_size, **args, **kw)
     gates = _GATES[_kind(new)]
     H = module.hidden_size
     with torch.no_grad():
@@ -74,6 +97,8 @@ def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
 def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     """The torch.nn.LSTM or torch.nn.GRU computing what `module` computes (vanilla, lstmp and gru_torch
     cells), on the module's device and dtype."""
+    if not isinstance(module, RNN):
+        raise UsageError(f"to_torch takes an lstmdsl.torch module, got {type(module).__name__}")
     kind = _kind(module)
     p = next(module.parameters())
     args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,

@@ -168,12 +168,17 @@ class RNN(nn.Module):
         hx = list(hx)
         if len(hx) != len(names) or not all(isinstance(h, torch.Tensor) for h in hx):
             raise UsageError(f"the initial state must be {len(names)} tensor(s), in the order {tuple(names)}")
+        types = {x.dtype, _value_type(x)}  # (and under autocast, which casts states too, its types)
+        types |= {torch.float32, *_HALF.values()} if torch.is_autocast_enabled(x.device.type) else set()
         out = []
         for n, h in zip(names, hx):
             want = (D * self.num_layers, B, self.state_sizes[n]) if batched else (D * self.num_layers,
                                                                                     self.state_sizes[n])
             if tuple(h.shape) != want:
                 raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
+            if h.dtype not in types:  # (not rounded silently: torch.nn.LSTM refuses it too)
+                raise UsageError(f"initial state '{n}' has dtype {h.dtype}, but the input is {x.dtype}; convert "
+                                 "one of them")
             out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
 
@@ -242,6 +247,13 @@ class RNN(nn.Module):
         if batched and self.batch_first:
             y = y.transpose(0, 1)
         return y.to(out_dtype), self._final([f.to(out_dtype) for f in final])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """torch.nn.LSTM's and GRU's state dicts load too (interop.torch_state_dict renames them first)."""
+        from .interop import torch_state_dict
+
+        torch_state_dict(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _final(final: list[torch.Tensor]):
@@ -401,6 +413,11 @@ class LSTM(RNN):
             raise UsageError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
                              f"hidden_size={hidden_size}")
         spec = spec or ("lstmp" if proj_size else "vanilla")
+        spec = spec if isinstance(spec, Spec) else parse(spec)
+        if len(spec.cell.states) != 2:  # (h_n, c_n) would unpack into the wrong tensors, or fail obscurely
+            raise UsageError(f"LSTM takes a spec with two states (h, c); '{spec.name}' has "
+                             f"{', '.join(s.name for s in spec.cell.states)}: use lstmdsl.torch.RNN(spec, ...) "
+                             "(or GRU for PyTorch's GRU)")
         super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, **kw)
 
