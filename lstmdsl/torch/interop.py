@@ -12,54 +12,12 @@ puts the sum in bias_ih and zeros in bias_hh. Parameters of other specs have no 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..spec import parse
 from .modules import GRU, LSTM, RNN
-
-_GATES = {"vanilla": ("i", "f", "z", "o"), "lstmp": ("i", "f", "z", "o"), "gru_torch": ("r", "z", "n")}
-
-
-def _kind(module: RNN) -> str:
-    """Which shipped spec's layout the module's cell has (vanilla, lstmp or gru_torch), or an error."""
-    cell = module.spec.cell
-    for name in _GATES:
-        if dataclasses.replace(cell, name=name) == parse(name).cell:
-            return name
-    raise UsageError(f"cell '{cell.name}' has no torch.nn counterpart; to_torch and from_torch take the vanilla, "
-                     "lstmp and gru_torch cells")
-
-
-def _suffixes(m) -> list[str]:
-    return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
-
-
-def torch_state_dict(module: RNN, state: dict, prefix: str = "") -> None:
-    """Rewrite, in place, the entries of a torch.nn.LSTM or torch.nn.GRU state dict under prefix into `module`'s
-    names, so that load_state_dict takes either (RNN._load_from_state_dict): the weights keep their names,
-    bias_ih + bias_hh are summed into the gates' biases (the GRU's candidate keeps its two apart, as from_torch
-    does) and weight_hr becomes P. A state dict with no torch.nn entries is left alone."""
-    suffixes = _suffixes(module)
-    if not any(prefix + k + s in state for s in suffixes for k in ("bias_ih", "bias_hh", "weight_hr")):
-        return
-    gates, H = _GATES[_kind(module)], module.hidden_size  # (a cell with no torch.nn counterpart: an error)
-    for sfx in suffixes:
-        if prefix + "weight_hr" + sfx in state:
-            state[prefix + "P" + sfx] = state.pop(prefix + "weight_hr" + sfx)
-        if prefix + "bias_ih" + sfx not in state or prefix + "bias_hh" + sfx not in state:
-            continue  # (one of the two alone: left for torch's report of unexpected and missing keys)
-        bih, bhh = state.pop(prefix + "bias_ih" + sfx), state.pop(prefix + "bias_hh" + sfx)
-        for j, g in enumerate(gates):
-            part = slice(j * H, (j + 1) * H)
-            if g == "n":
-                state[prefix + "b_in" + sfx], state[prefix + "b_hn" + sfx] = bih[part], bhh[part]
-            else:
-                state[prefix + f"b_{g}" + sfx] = bih[part] + bhh[part]
-
+from .names import GATES, cell_kind, suffixes
 
 def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
     """An lstmdsl.torch module computing what `module` computes (same arguments, device and dtype; weights
@@ -73,10 +31,10 @@ def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
         new = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args, **kw)
     else:
         new = GRU(module.input_size, module.hidden_size, **args, **kw)
-    gates = _GATES[_kind(new)]
+    gates = GATES[cell_kind(new)]
     H = module.hidden_size
     with torch.no_grad():
-        for sfx in _suffixes(module):
+        for sfx in suffixes(module):
             getattr(new, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
             getattr(new, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
             if getattr(module, "proj_size", 0):
@@ -99,7 +57,7 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     cells), on the module's device and dtype."""
     if not isinstance(module, RNN):
         raise UsageError(f"to_torch takes an lstmdsl.torch module, got {type(module).__name__}")
-    kind = _kind(module)
+    kind = cell_kind(module)
     p = next(module.parameters())
     args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
                 dropout=module.dropout, bidirectional=module.bidirectional, device=p.device, dtype=p.dtype)
@@ -107,10 +65,10 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
         out = nn.GRU(module.input_size, module.hidden_size, **args)
     else:
         out = nn.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args)
-    gates = _GATES[kind]
+    gates = GATES[kind]
     H = module.hidden_size
     with torch.no_grad():
-        for sfx in _suffixes(module):
+        for sfx in suffixes(module):
             getattr(out, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
             getattr(out, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
             if module.proj_size:

@@ -15,6 +15,7 @@ from ..ir import HEADS, ROW
 from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule, parse_schedule
 from ..spec import Spec, parse
+from .names import torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 
@@ -249,9 +250,7 @@ class RNN(nn.Module):
         return y.to(out_dtype), self._final([f.to(out_dtype) for f in final])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """torch.nn.LSTM's and GRU's state dicts load too (interop.torch_state_dict renames them first)."""
-        from .interop import torch_state_dict
-
+        """torch.nn.LSTM's and GRU's state dicts load too (names.torch_state_dict renames them first)."""
         torch_state_dict(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

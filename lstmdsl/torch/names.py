@@ -1,0 +1,49 @@
+"""torch.nn's names for the parameters of the cells it has (vanilla, lstmp, gru_torch): which layout a module's
+cell has, the suffix of each layer and direction, and a torch.nn state dict renamed into lstmdsl.torch's
+(interop.py and RNN.load_state_dict use them)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import UsageError
+from ..spec import parse
+
+GATES = {"vanilla": ("i", "f", "z", "o"), "lstmp": ("i", "f", "z", "o"), "gru_torch": ("r", "z", "n")}
+
+
+def cell_kind(module) -> str:
+    """Which shipped spec's layout the module's cell has (vanilla, lstmp or gru_torch), or an error."""
+    cell = module.spec.cell
+    for name in GATES:
+        if dataclasses.replace(cell, name=name) == parse(name).cell:
+            return name
+    raise UsageError(f"cell '{cell.name}' has no torch.nn counterpart; to_torch and from_torch take the vanilla, "
+                     "lstmp and gru_torch cells")
+
+
+def suffixes(m) -> list[str]:
+    return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
+
+
+def torch_state_dict(module, state: dict, prefix: str = "") -> None:
+    """Rewrite, in place, the entries of a torch.nn.LSTM or torch.nn.GRU state dict under prefix into `module`'s
+    names, so that load_state_dict takes either (RNN._load_from_state_dict): the weights keep their names,
+    bias_ih + bias_hh are summed into the gates' biases (the GRU's candidate keeps its two apart, as from_torch
+    does) and weight_hr becomes P. A state dict with no torch.nn entries is left alone."""
+    ends = suffixes(module)
+    if not any(prefix + k + s in state for s in ends for k in ("bias_ih", "bias_hh", "weight_hr")):
+        return
+    gates, H = GATES[cell_kind(module)], module.hidden_size  # (a cell with no torch.nn counterpart: an error)
+    for sfx in ends:
+        if prefix + "weight_hr" + sfx in state:
+            state[prefix + "P" + sfx] = state.pop(prefix + "weight_hr" + sfx)
+        if prefix + "bias_ih" + sfx not in state or prefix + "bias_hh" + sfx not in state:
+            continue  # (one of the two alone: left for torch's report of unexpected and missing keys)
+        bih, bhh = state.pop(prefix + "bias_ih" + sfx), state.pop(prefix + "bias_hh" + sfx)
+        for j, g in enumerate(gates):
+            part = slice(j * H, (j + 1) * H)
+            if g == "n":
+                state[prefix + "b_in" + sfx], state[prefix + "b_hn" + sfx] = bih[part], bhh[part]
+            else:
+                state[prefix + f"b_{g}" + sfx] = bih[part] + bhh[part]
