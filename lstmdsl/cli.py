@@ -20,6 +20,7 @@ from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
                      UsageError)
 from .describe import cell_io, describe
+from .files import dumps
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
@@ -161,6 +162,19 @@ def _small_heads(heads: int | None, hidden: int) -> int | None:
     return None if heads is None else max(n for n in range(1, min(heads, hidden) + 1) if hidden % n == 0)
 
 
+def _check_memory(need: int, what: str) -> None:
+    """Refuse sizes whose arrays cannot fit this machine's memory now, before the work starts (past it, the
+    system's out-of-memory killer stops the process without a word)."""
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return  # (not Linux: MemoryError, if it comes, is reported by main)
+    if need > free:
+        raise UsageError(f"{what} would keep about {need / 2**30:.1f} GiB at these sizes, more than the "
+                         f"{free / 2**30:.1f} GiB of memory free here: lower -T, -B, -H or -L")
+
+
 def cmd_run(args) -> int:
     from .gradcheck import gradient_check
 
@@ -186,24 +200,32 @@ def cmd_run(args) -> int:
         note = (note + "; " if note else "") + f"precision {schedule.precision} applies to the CUDA backend only"
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
+    _dropout_note(args)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
                     backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed,
                     bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect,
                     num_heads=args.heads)
+    if backend == "numpy":
+        _check_memory(layer.tape_bytes(args.steps, args.batch), "the numpy reference's forward and backward")
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
-    t0 = time.perf_counter()
-    y, state = layer.forward(x, lengths=args.lengths)
-    t1 = time.perf_counter()
-    dx = layer.backward(np.ones_like(y))
-    t2 = time.perf_counter()
-    rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
-                          min(args.steps, 5), args.layers, proj_size=min(args.proj_size, 4) if args.proj_size else None,
-                          seed=args.seed, bidirectional=args.bidirectional, dropout=args.dropout,
-                          lengths=args.lengths is not None, dropconnect=args.dropconnect,
-                          num_heads=_small_heads(args.heads, min(args.hidden_size, 6)))
-    worst = max(r.rel_error for r in rows)
-    ok = worst <= GRAD_TOLERANCE and bool(np.all(np.isfinite(y))) and bool(np.all(np.isfinite(dx)))
+    with np.errstate(all="ignore"):  # (a spec that divides by zero: said below, without numpy's warnings)
+        t0 = time.perf_counter()
+        y, state = layer.forward(x, lengths=args.lengths)
+        t1 = time.perf_counter()
+        dx = layer.backward(np.ones_like(y))
+        t2 = time.perf_counter()
+        rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
+                              min(args.steps, 5), args.layers,
+                              proj_size=min(args.proj_size, 4) if args.proj_size else None,
+                              seed=args.seed, bidirectional=args.bidirectional, dropout=args.dropout,
+                              lengths=args.lengths is not None, dropconnect=args.dropconnect,
+                              num_heads=_small_heads(args.heads, min(args.hidden_size, 6)))
+        output_rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
+    errors = [r.rel_error for r in rows]
+    worst = float("nan") if any(np.isnan(errors)) else max(errors)
+    finite = bool(np.all(np.isfinite(y))) and bool(np.all(np.isfinite(dx)))
+    ok = worst <= GRAD_TOLERANCE and finite
     result = {
         "cell": spec.name, "backend": backend, "note": note, "dtype": args.dtype,
         "schedule": schedule.describe(),
@@ -212,13 +234,13 @@ def cmd_run(args) -> int:
         "bidirectional": args.bidirectional, "dropout": args.dropout, "dropconnect": args.dropconnect,
         "lengths": None if args.lengths is None else [int(v) for v in args.lengths],
         "forward_ms": 1e3 * (t1 - t0), "backward_ms": 1e3 * (t2 - t1),
-        "output_rms": float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))),
+        "output_rms": output_rms, "finite": finite,
         "gradient_check": {"dtype": "float64", "tolerance": GRAD_TOLERANCE, "max_rel_error": worst,
                            "tensors": [r.__dict__ for r in rows]},
         "ok": ok,
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
     else:
         print(f"cell {spec.name} on {backend}, {args.dtype}: T={args.steps} B={args.batch} "
               f"I={args.input_size} H={args.hidden_size} L={args.layers}{args.layer_note}")
@@ -231,7 +253,11 @@ def cmd_run(args) -> int:
         print(f"    {'tensor':<{w}} {'coords':>6} {'max |grad|':>11} {'rel error':>10}")
         for r in rows:
             print(f"    {r.tensor:<{w}} {r.coordinates:>6} {r.max_abs_grad:>11.3e} {r.rel_error:>10.2e}")
-        print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
+        if not finite:
+            print("  FAIL: the output or its gradient has NaN or infinite values (does the spec divide by zero, "
+                  "or overflow at these sizes?)")
+        else:
+            print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
     return 0 if ok else EXIT_CHECK_FAILED
 
 
@@ -274,9 +300,15 @@ def cmd_train(args) -> int:
                          "checkpoint, --overwrite to start again over it, or another --out")
     if note:
         print(f"note: {note}", file=sys.stderr)
+    _dropout_note(args)
     result = run(cfg, Path(out), resume=args.resume)
+    losses = [h["loss"] for h in result["history"]]
+    # (the tasks' losses start at a few nats: one past 1e6, or ten times the first epoch's, has diverged)
+    if losses and (not np.isfinite(losses[-1]) or losses[-1] > min(1e6, 10 * max(losses[0], 1e-3))):
+        print(f"note: the training loss went from {losses[0]:.4g} to {losses[-1]:.4g}: the run diverged; try a "
+              f"smaller --lr (this one: {cfg.lr:g}) or --clip", file=sys.stderr)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
     else:
         print(f"{spec.name} on {args.task} ({backend}): test {result['metric']} {result['test']:.4f}; "
               f"{result['seconds_per_epoch']:.1f} s per epoch; saved in {out}/")
@@ -311,8 +343,28 @@ def error_json(err: LstmdslError) -> dict:
     return out
 
 
+def _joined_lengths(argv: list[str]) -> list[str]:
+    """`--lengths -1,2,3` as `--lengths=-1,2,3`: argparse takes a value that starts with '-' (and is not a plain
+    negative number) for an option, and would say only 'expected one argument'; run_lengths then says what is
+    wrong with it."""
+    out = []
+    for a in argv:
+        if out and out[-1] == "--lengths" and a.startswith("-") and a != "--":
+            out[-1] = f"--lengths={a}"
+        else:
+            out.append(a)
+    return out
+
+
+def _dropout_note(args) -> None:
+    if args.dropout > 0 and args.layers == 1:  # (torch.nn.LSTM warns too)
+        print(f"note: --dropout acts between stacked layers; with one layer (-L 1) dropout {args.dropout:g} does "
+              "nothing", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    cli_args.JSON_ERRORS = "--json" in (sys.argv[1:] if argv is None else argv)
+    argv = _joined_lengths(list(sys.argv[1:] if argv is None else argv))
+    cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -323,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except MemoryError as err:  # (sizes past what _check_memory estimates: numpy could not allocate)
+        message = f"not enough memory for these sizes ({err or 'an allocation failed'}): lower -T, -B, -H or -L"
+        if getattr(args, "json", False):
+            print(json.dumps({"error": message, "kind": "MemoryError", "exit_code": UsageError.exit_code}))
+        print(f"lstmdsl: error: {message}", file=sys.stderr)
+        return UsageError.exit_code
     except BrokenPipeError:  # stdout closed early (`lstmdsl ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -36,6 +36,8 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if value > 2**31 - 1:  # (no array dimension, step count or epoch count is larger)
+        raise argparse.ArgumentTypeError(f"expected at most {2**31 - 1}, got {value}")
     return value
 
 

@@ -3,13 +3,13 @@ float64 reference) and `lstmdsl bench` (against cuDNN and PyTorch, or a profile 
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 
 from .api import compile
 from .errors import EXIT_CHECK_FAILED, BackendUnavailable, UsageError
+from .files import dumps
 from .spec import Spec, parse
 
 
@@ -52,7 +52,7 @@ def run_cuda(args, spec: Spec, schedule) -> int:
               "check": {"against": "numpy reference, float64", "tolerance": check.tolerance,
                         "max_rel_error": check.worst, "tensors": rows}, "ok": check.ok}
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
         return 0 if check.ok else EXIT_CHECK_FAILED
     print(f"cell {spec.name} on {result['device']} ({schedule.describe()}): T={args.steps} B={args.batch} "
           f"I={args.input_size} H={args.hidden_size} L={args.layers}{args.layer_note}")
@@ -92,7 +92,7 @@ def cmd_bench(args) -> int:
                        num_heads=args.heads)
             for mode in modes]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows))
         return 0
     print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, "
           f"{precision}; median of {args.repeat} CUDA-event timings")
@@ -130,7 +130,7 @@ def _profile(args, spec: Spec) -> int:
                      dtype=np.float32)
     p = layer.profile(x, args.repeat)
     if args.json:
-        print(json.dumps(p, indent=2))
+        print(dumps(p))
         return 0
     busy = sum(p["parts_ms"].values())
     print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, {precision}; "

@@ -3,7 +3,7 @@ FLOPs of one step as a polynomial in the sizes (with numbers once sizes are boun
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from .spec import Spec
 from .syntax import OutputDecl
@@ -57,8 +57,8 @@ def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:
     }
     if sizes:
         out["sizes"] = {k: v for k, v in sizes.items() if v is not None}
-        out["flops_per_step_value"] = sum(c * int(np.prod([sizes[s] for s in k])) for k, c in flops.items())
-        out["parameter_count"] = sum(int(np.prod([sizes[s] for s in p.shape])) for p in cell.params)
+        out["flops_per_step_value"] = sum(c * math.prod(int(sizes[s]) for s in k) for k, c in flops.items())  # (exact)
+        out["parameter_count"] = sum(math.prod(int(sizes[s]) for s in p.shape) for p in cell.params)
     return out
 
 

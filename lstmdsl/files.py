@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import stat
 import tempfile
@@ -73,8 +74,25 @@ def write_text(path: Path | str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(data):
+    """data with every NaN or infinite float as None: JSON has no NaN (json.dumps writes a bare NaN that strict
+    readers refuse)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
+def dumps(data) -> str:
+    """JSON text as lstmdsl prints and writes it: indented, NaN and infinities as null."""
+    return json.dumps(finite_json(data), indent=2)
+
+
 def write_json(path: Path | str, data) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, dumps(data) + "\n")
 
 
 def write_npz(path: Path | str, arrays: dict, compressed: bool = False) -> None:

@@ -22,6 +22,13 @@ class NumpyLayer(Layer):
     backend = "numpy"
     array_name = "numpy array"
 
+    def tape_bytes(self, T: int, B: int) -> int:
+        """About what a training forward keeps for backward() over T steps of B sequences: every node's value
+        at every step of every layer and direction (a lower estimate: the backward's own arrays come on top)."""
+        per_step = sum(sizes.get(n.size, 1) if n.size else 1 for k, _ in self.units
+                       for sizes in [self.sizes[k]] for n in self.cell.nodes)
+        return per_step * T * B * np.dtype(self.dtype).itemsize
+
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
                  forget_bias: float | None = None, directions: int = 1, dropout: float = 0.0,
                  dropconnect: float = 0.0):

@@ -4,6 +4,7 @@ starts from."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
             raise InputFileError(f"{path}:{line}:{col}: not UTF-8 text: byte 0x{data[err.start]:02x} cannot start "
                                  "or continue a character (save the file as UTF-8)") from None
         except FileNotFoundError:
-            raise InputFileError(f"no spec file '{path}' (shipped specs: {', '.join(shipped)})") from None
+            near = difflib.get_close_matches(str(path_or_text), list(shipped), n=1)
+            raise InputFileError(f"no spec file '{path}'" + (f": did you mean '{near[0]}'?" if near else "") +
+                                 f" (shipped specs: {', '.join(shipped)})") from None
         except IsADirectoryError:
             raise InputFileError(f"'{path}' is a folder, not a spec file") from None
         except OSError as err:

@@ -33,6 +33,11 @@ def test_check_prints_states_parameters_gates_and_flops(capsys):
     assert "FLOPs per step and sequence: 8*hidden^2 + 8*hidden*input + 23*hidden" in out
     # 2*(4*64*32 + 4*64*64) matvec FLOPs + 23*64 elementwise
     assert "50,624 FLOPs; 25,024 parameters" in out
+    assert main(["check", "vanilla", "-I", "2000000000", "-H", "2000000000"]) == 0  # (exact: no 64-bit wrap)
+    assert "64,000,000,034,000,000,000 FLOPs; 32,000,000,008,000,000,000 parameters" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # (30e9 printed negative counts once; sizes past 2^31 - 1 are refused)
+        main(["check", "vanilla", "-I", "30000000000", "-H", "30000000000"])
+    assert stop.value.code == 64 and "expected at most 2147483647" in capsys.readouterr().err
 
 
 def test_check_json(capsys):

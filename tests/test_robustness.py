@@ -104,6 +104,40 @@ def test_written_files_get_the_mode_a_plain_open_would(tmp_path):
         os.umask(old)
 
 
+def test_a_spec_that_makes_nan_fails_saying_so_and_its_json_stays_json(tmp_path):
+    spec = tmp_path / "nan.cell"
+    spec.write_text("cell nanny {\n    input x\n    state h\n    h' = tanh(W x + U h) / 0\n    output h'\n}\n")
+    r = cli("run", str(spec), "--backend", "numpy")
+    assert r.returncode == 1 and "NaN or infinite values" in r.stdout and "RuntimeWarning" not in r.stderr, r
+    r = cli("run", str(spec), "--backend", "numpy", "--json")
+    out = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert r.returncode == 1 and out["finite"] is False and out["output_rms"] is None
+
+
+def test_small_cli_mistakes_get_a_pointed_answer(tmp_path):
+    r = cli("run", "vanila")
+    assert r.returncode == 66 and "did you mean 'vanilla'?" in r.stderr, r.stderr
+    r = cli("run", "vanilla", "--backend", "numpy", "-B", "3", "--lengths", "-1,2,3")
+    assert r.returncode == 64 and "every length must be at least 1" in r.stderr, r.stderr
+    r = cli("run", "vanilla", "--backend", "numpy", "-T", "3", "--dropout", "0.5")
+    assert r.returncode == 0 and "with one layer (-L 1) dropout 0.5 does nothing" in r.stderr, r.stderr
+    r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "2",
+            "--max-train", "64", "--lr", "1e30", "--out", str(tmp_path / "t"))
+    assert r.returncode == 0 and "the run diverged; try a smaller --lr" in r.stderr, r.stderr
+
+
+def test_sizes_beyond_memory_are_refused_with_the_sizes_to_lower():
+    """Not an internal error, and not the out-of-memory killer's silent exit 137: the reference's tape is estimated
+    before the work starts; an allocation that fails anyway is a usage error too; counts past 2^31 - 1 are refused."""
+    r = cli("run", "vanilla", "--backend", "numpy", "-T", "1000000000")
+    assert r.returncode == 64 and "would keep about" in r.stderr and "lower -T, -B, -H or -L" in r.stderr, r.stderr
+    r = cli("run", "vanilla", "--backend", "numpy", "-H", "1000000", "--json")
+    assert r.returncode == 64 and "not enough memory" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["exit_code"] == 64
+    r = cli("run", "vanilla", "-B", "99999999999999999999")
+    assert r.returncode == 64 and "expected at most 2147483647" in r.stderr, r.stderr
+
+
 def test_compile_output_that_cannot_be_written_exits_73(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     r = cli("compile", "vanilla", "--emit", "ir", "-o", str(tmp_path / "file" / "x.txt"))
