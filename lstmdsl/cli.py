@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -162,6 +163,10 @@ def _small_heads(heads: int | None, hidden: int) -> int | None:
     return None if heads is None else max(n for n in range(1, min(heads, hidden) + 1) if hidden % n == 0)
 
 
+# the options that set a command's sizes, for "lower ..." in errors about memory
+SIZE_OPTIONS = {"run": "-T, -B, -H or -L", "train": "-H, -L or --batch", "bench": "-T, -B, -H or -L"}
+
+
 def _check_memory(need: int, what: str) -> None:
     """Refuse sizes whose arrays cannot fit this machine's memory now, before the work starts (past it, the
     system's out-of-memory killer stops the process without a word)."""
@@ -170,9 +175,14 @@ def _check_memory(need: int, what: str) -> None:
             free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         return  # (not Linux: MemoryError, if it comes, is reported by main)
+    try:  # a container's own limit (cgroup v2), where it is lower than what the machine has free
+        limit, used = (Path("/sys/fs/cgroup", n).read_text().strip() for n in ("memory.max", "memory.current"))
+        free = min(free, int(limit) - int(used)) if limit != "max" else free
+    except (OSError, ValueError):
+        pass
     if need > free:
         raise UsageError(f"{what} would keep about {need / 2**30:.1f} GiB at these sizes, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free here: lower -T, -B, -H or -L")
+                         f"{free / 2**30:.1f} GiB of memory free here: lower {SIZE_OPTIONS['run']}")
 
 
 def cmd_run(args) -> int:
@@ -185,6 +195,7 @@ def cmd_run(args) -> int:
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)
+    _dropout_note(args)
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
@@ -200,7 +211,6 @@ def cmd_run(args) -> int:
         note = (note + "; " if note else "") + f"precision {schedule.precision} applies to the CUDA backend only"
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
-    _dropout_note(args)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
                     backend=backend, dtype=args.dtype, schedule=schedule, seed=args.seed,
                     bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect,
@@ -275,8 +285,6 @@ def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
     from .files import output_dir
     from .train import RUN_FILES, TrainConfig, check_config, run
 
@@ -291,9 +299,9 @@ def cmd_train(args) -> int:
     compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size,
             num_heads=cfg.num_heads)  # the sizes, checked before the data
     check_config(cfg)
-    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on from the checkpoint, or start again")
+    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     kept = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
@@ -343,31 +351,22 @@ def error_json(err: LstmdslError) -> dict:
     return out
 
 
-def _joined_lengths(argv: list[str]) -> list[str]:
-    """`--lengths -1,2,3` as `--lengths=-1,2,3`: argparse takes a value that starts with '-' (and is not a plain
-    negative number) for an option, and would say only 'expected one argument'; run_lengths then says what is
-    wrong with it."""
-    out = []
-    for a in argv:
-        if out and out[-1] == "--lengths" and a.startswith("-") and a != "--":
-            out[-1] = f"--lengths={a}"
-        else:
-            out.append(a)
-    return out
-
-
 def _dropout_note(args) -> None:
-    if args.dropout > 0 and args.layers == 1:  # (torch.nn.LSTM warns too)
+    if args.dropout > 0 and args.layers == 1 and not args.json:  # (torch.nn.LSTM warns too)
         print(f"note: --dropout acts between stacked layers; with one layer (-L 1) dropout {args.dropout:g} does "
               "nothing", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _joined_lengths(list(sys.argv[1:] if argv is None else argv))
+    argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        except MemoryError as err:  # (sizes past what _check_memory estimates: an allocation failed)
+            raise UsageError(f"not enough memory for these sizes ({err or 'an allocation failed'}): lower "
+                             f"{SIZE_OPTIONS.get(args.command, 'the sizes')}") from None
     except LstmdslError as err:
         if getattr(args, "json", False):
             print(json.dumps(error_json(err), indent=2))
@@ -375,12 +374,6 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
-    except MemoryError as err:  # (sizes past what _check_memory estimates: numpy could not allocate)
-        message = f"not enough memory for these sizes ({err or 'an allocation failed'}): lower -T, -B, -H or -L"
-        if getattr(args, "json", False):
-            print(json.dumps({"error": message, "kind": "MemoryError", "exit_code": UsageError.exit_code}))
-        print(f"lstmdsl: error: {message}", file=sys.stderr)
-        return UsageError.exit_code
     except BrokenPipeError:  # stdout closed early (`lstmdsl ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

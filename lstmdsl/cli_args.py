@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from .errors import EXIT_USAGE
@@ -26,6 +27,20 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def joined_lengths(argv: list[str]) -> list[str]:
+    """`--lengths -1,2,3` as `--lengths=-1,2,3`: argparse takes a value that starts with '-' (and is not one
+    negative number) for an option and says only 'expected one argument'; _lengths then says what is wrong with
+    it. Only numbers and commas are joined (`--lengths --json` stays a missing value), after --lengths or an
+    abbreviation of it."""
+    out = []
+    for a in argv:
+        if out and len(out[-1]) > 4 and "--lengths".startswith(out[-1]) and re.fullmatch(r"-\d[\d,\s-]*", a):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
 
 
 def _count(text: str) -> int:

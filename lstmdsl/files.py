@@ -1,11 +1,12 @@
 """Writing files so that no reader ever trusts half of one: every file lstmdsl writes (saved layers,
 training outputs and checkpoints, cache entries, benchmark results) goes to a temporary file in the same
 folder first and is renamed over the target when complete, so a crash, a full disk or a kill leaves the
-old file or none, never a truncated one. And checking, before long work starts, that an output folder can
-be written at all."""
+old file or none, never a truncated one (devices and pipes, such as -o /dev/stdout, are written in place).
+And checking, before long work starts, that an output folder can be written at all."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -37,22 +38,29 @@ def _umask() -> int:
 
 def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call write(file) on a temporary file beside path, then rename it to path. Raises OutputFileError
-    saying what could not be written and why; the target is then unchanged."""
-    path = Path(path)
+    saying what could not be written and why; the target is then unchanged. A symbolic link is kept: its target
+    is what is written. A device, a pipe or a process's file descriptor (-o /dev/stdout) is written in place, as
+    it is: nothing can be renamed over it (a closed pipe there raises BrokenPipeError, as print would)."""
+    given = path = Path(path)
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory")
-        if path.exists() and not path.is_file():  # a device or a pipe (-o /dev/stdout): written as it is
-            with open(path, "wb") as f:
+        path = path.resolve() if path.is_symlink() else path
+        if str(path).startswith(("/dev/", "/proc/")) or (path.exists() and not path.is_file()):
+            with open(given, "wb") as f:
                 write(f)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        # mkstemp makes the file 0600: give it the mode a plain open() would (the file's own, or the umask's)
-        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
+    except BrokenPipeError:
+        raise
     except OSError as err:
-        raise OutputFileError(f"cannot write {path}: {_reason(err)}") from None
+        raise OutputFileError(f"cannot write {given}: {_reason(err)}") from None
     try:
+        # mkstemp makes the file 0600: give it the mode a plain open() would (the file's own, or the umask's);
+        # where the file system refuses modes, 0600 it stays
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -60,7 +68,7 @@ def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputFileError(f"cannot write {path}: {_reason(err)}") from None
+        raise OutputFileError(f"cannot write {given}: {_reason(err)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -95,13 +95,28 @@ def test_written_files_get_the_mode_a_plain_open_would(tmp_path):
     file it replaces."""
     old = os.umask(0o022)
     try:
-        write_text(tmp_path / "a.txt", "x")
-        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
-        os.chmod(tmp_path / "a.txt", 0o640)
-        write_text(tmp_path / "a.txt", "y")
-        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+        for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+            os.umask(mask)
+            write_text(tmp_path / f"{mask:o}.txt", "x")
+            assert stat.S_IMODE((tmp_path / f"{mask:o}.txt").stat().st_mode) == mode, oct(mask)
+        os.chmod(tmp_path / "22.txt", 0o640)
+        write_text(tmp_path / "22.txt", "y")
+        assert stat.S_IMODE((tmp_path / "22.txt").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_a_symbolic_link_is_written_through_and_a_descriptor_in_place(tmp_path):
+    (tmp_path / "real.txt").write_text("old")
+    (tmp_path / "link").symlink_to(tmp_path / "real.txt")
+    write_text(tmp_path / "link", "new")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real.txt").read_text() == "new"
+    (tmp_path / "out").symlink_to("/proc/self/fd/1")  # (-o /dev/stdout with stdout sent to a file)
+    with open(tmp_path / "stdout.txt", "w") as f:
+        r = subprocess.run([sys.executable, "-m", "lstmdsl", "compile", "vanilla", "--emit", "ir", "-o",
+                            str(tmp_path / "out")], stdout=f, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "stdout.txt").read_text().startswith("cell vanilla")
 
 
 def test_a_spec_that_makes_nan_fails_saying_so_and_its_json_stays_json(tmp_path):
@@ -119,6 +134,8 @@ def test_small_cli_mistakes_get_a_pointed_answer(tmp_path):
     assert r.returncode == 66 and "did you mean 'vanilla'?" in r.stderr, r.stderr
     r = cli("run", "vanilla", "--backend", "numpy", "-B", "3", "--lengths", "-1,2,3")
     assert r.returncode == 64 and "every length must be at least 1" in r.stderr, r.stderr
+    r = cli("run", "vanilla", "-B", "3", "--lengths", "--json")  # (not taken for the value)
+    assert r.returncode == 64 and json.loads(r.stdout)["exit_code"] == 64, r
     r = cli("run", "vanilla", "--backend", "numpy", "-T", "3", "--dropout", "0.5")
     assert r.returncode == 0 and "with one layer (-L 1) dropout 0.5 does nothing" in r.stderr, r.stderr
     r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "2",

@@ -190,8 +190,14 @@ def test_a_torch_nn_state_dict_loads_into_the_module_as_into_nn_lstm(make):
     nested = torch.nn.Sequential(make(lt).double())
     nested.load_state_dict(torch.nn.Sequential(ref).state_dict())
     torch.testing.assert_close(nested(x)[0], ref(x)[0])
+
+
+def test_a_torch_nn_state_dict_is_refused_for_other_cells_and_beside_lstmdsl_names():
     with pytest.raises(UsageError, match="'peephole' has no torch.nn counterpart"):
         lt.RNN("peephole", 3, 4).load_state_dict(torch.nn.LSTM(3, 4).state_dict())
+    mixed = {**torch.nn.LSTM(3, 4).state_dict(), **lt.LSTM(3, 4).state_dict()}
+    with pytest.raises(UsageError, match="torch.nn's names .* and lstmdsl's too"):
+        lt.LSTM(3, 4).load_state_dict(mixed)
 
 
 def test_lstm_takes_only_a_spec_with_two_states_and_from_torch_only_lstm_or_gru():

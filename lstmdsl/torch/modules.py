@@ -153,8 +153,9 @@ class RNN(nn.Module):
         """A no-op, for code written for torch.nn.LSTM: the weight stacks are already contiguous."""
 
     # -- forward
-    def _states(self, hx, x: torch.Tensor, batched: bool) -> list[torch.Tensor]:
-        """The initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None)."""
+    def _states(self, hx, x: torch.Tensor, batched: bool, given: torch.dtype) -> list[torch.Tensor]:
+        """The initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None). given: the
+        caller's input type (x's before autocast and mixed precision converted it)."""
         names = list(self.state_sizes)
         D = 2 if self.bidirectional else 1
         B = x.shape[1]
@@ -178,7 +179,7 @@ class RNN(nn.Module):
             if tuple(h.shape) != want:
                 raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
             if h.dtype not in types:  # (not rounded silently: torch.nn.LSTM refuses it too)
-                raise UsageError(f"initial state '{n}' has dtype {h.dtype}, but the input is {x.dtype}; convert "
+                raise UsageError(f"initial state '{n}' has dtype {h.dtype}, but the input is {given}; convert "
                                  "one of them")
             out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
@@ -224,7 +225,7 @@ class RNN(nn.Module):
             _WARNED_CPU.append(True)
             warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
                           "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
-        states = self._states(hx, x, batched)
+        states = self._states(hx, x, batched, input.dtype)
         steps = []
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]

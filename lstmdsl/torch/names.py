@@ -35,6 +35,10 @@ def torch_state_dict(module, state: dict, prefix: str = "") -> None:
     if not any(prefix + k + s in state for s in ends for k in ("bias_ih", "bias_hh", "weight_hr")):
         return
     gates, H = GATES[cell_kind(module)], module.hidden_size  # (a cell with no torch.nn counterpart: an error)
+    ours = [k for k in state if k.startswith(prefix + "b_") or k.startswith(prefix + "P_")]
+    if ours:  # (which of the two would win is not clear: say so)
+        raise UsageError(f"the state dict holds torch.nn's names (bias_ih, bias_hh, weight_hr) and lstmdsl's too "
+                         f"({', '.join(ours[:3])}{', ...' if len(ours) > 3 else ''}): load one or the other")
     for sfx in ends:
         if prefix + "weight_hr" + sfx in state:
             state[prefix + "P" + sfx] = state.pop(prefix + "weight_hr" + sfx)
