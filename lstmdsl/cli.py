@@ -21,7 +21,7 @@ from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
                      UsageError)
 from .describe import cell_io, describe
-from .files import dumps
+from .files import dumps, write_text
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
@@ -115,8 +115,6 @@ def cmd_compile(args) -> int:
                              f"{t['gemm'] + t['kernels']:,} ({t['gemm']:,} in GEMMs, {t['kernels']:,} in kernels "
                              "and copies)")
     if args.output:  # (through a temporary file: a failed write leaves no half file; OutputFileError, exit 73)
-        from .files import write_text
-
         write_text(args.output, text + "\n")
     else:
         print(text)

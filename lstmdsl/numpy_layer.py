@@ -22,13 +22,6 @@ class NumpyLayer(Layer):
     backend = "numpy"
     array_name = "numpy array"
 
-    def tape_bytes(self, T: int, B: int) -> int:
-        """About what a training forward keeps for backward() over T steps of B sequences: every node's value
-        at every step of every layer and direction (a lower estimate: the backward's own arrays come on top)."""
-        per_step = sum(sizes.get(n.size, 1) if n.size else 1 for k, _ in self.units
-                       for sizes in [self.sizes[k]] for n in self.cell.nodes)
-        return per_step * T * B * np.dtype(self.dtype).itemsize
-
     def __init__(self, spec: Spec, sizes: list[dict[str, int]], schedule: Schedule, dtype: str, seed: int,
                  forget_bias: float | None = None, directions: int = 1, dropout: float = 0.0,
                  dropconnect: float = 0.0):
@@ -38,6 +31,12 @@ class NumpyLayer(Layer):
         self._params = [init_params(self.cell, sizes[k], rng, self.dtype, forget_bias) for k, _ in self.units]
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
         self._tapes = None
+
+    def tape_bytes(self, T: int, B: int) -> int:
+        """About what a training forward keeps for backward() over T steps of B sequences: every node's value
+        at every step of every layer and direction (a lower estimate: the backward's own arrays come on top)."""
+        per_step = sum(self.sizes[k].get(n.size, 1) if n.size else 1 for k, _ in self.units for n in self.cell.nodes)
+        return per_step * T * B * np.dtype(self.dtype).itemsize
 
     def _check_kind(self, what: str, a) -> None:
         if not isinstance(a, np.ndarray):
