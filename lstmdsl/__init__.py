@@ -5,11 +5,37 @@
     y, state = layer.forward(x)          # x: [T, B, 32] float32
 """
 
-from . import nn, optim
-from .api import Layer, Spec, compile, load, parse
-from .errors import (BackendUnavailable, InputFileError, LstmdslError, SpecError, UsageError)
-from .schedule import Schedule, parse_schedule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .version import __version__
 
-__all__ = ["BackendUnavailable", "InputFileError", "Layer", "LstmdslError", "Schedule", "Spec", "SpecError",
-           "UsageError", "compile", "load", "nn", "optim", "parse", "parse_schedule", "__version__"]
+# The package's names load on first use (PEP 562), so that `import lstmdsl.entry` is cheap: the console script
+# imports the CLI inside its Ctrl-C handler (lstmdsl/entry.py), and numpy and the compiler are most of the 0.1 s
+if TYPE_CHECKING:
+    from . import nn, optim
+    from .api import Layer, Spec, compile, load, parse
+    from .errors import BackendUnavailable, InputFileError, LstmdslError, SpecError, UsageError
+    from .schedule import Schedule, parse_schedule
+
+_WHERE = {"nn": "", "optim": "", "Layer": "api", "Spec": "api", "compile": "api", "load": "api", "parse": "api",
+          "BackendUnavailable": "errors", "InputFileError": "errors", "LstmdslError": "errors",
+          "SpecError": "errors", "UsageError": "errors", "Schedule": "schedule", "parse_schedule": "schedule"}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lstmdsl' has no attribute {name!r}")
+    value = importlib.import_module(f".{_WHERE[name] or name}", __name__)
+    if _WHERE[name]:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -384,7 +384,3 @@ def main(argv: list[str] | None = None) -> int:
         print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "
               "and please report it", file=sys.stderr)
         return EXIT_SOFTWARE
-
-
-def entry() -> None:
-    sys.exit(main())

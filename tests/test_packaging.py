@@ -31,7 +31,7 @@ def test_wheel_contents(wheel):
     assert {f"lstmdsl/specs/{p.name}" for p in (ROOT / "specs").glob("*.cell")} <= names
     assert "lstmdsl/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "lstmdsl = lstmdsl.cli:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "lstmdsl = lstmdsl.entry:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
     for template in (ROOT / "templates").rglob("*"):
         if template.is_file():
             assert f"lstmdsl/templates/{template.relative_to(ROOT / 'templates').as_posix()}" in names

@@ -163,6 +163,28 @@ def test_compile_output_that_cannot_be_written_exits_73(tmp_path):
     assert r.returncode == 0 and (tmp_path / "new" / "ir.txt").read_text().startswith("cell vanilla")
 
 
+INTERRUPTED_IMPORT = """
+import sys
+class Interrupt:  # Ctrl-C arriving while the CLI's modules load
+    def find_spec(self, name, path=None, target=None):
+        if name == "lstmdsl.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+import numpy  # (not yet loaded: `import lstmdsl.entry` alone must not load it)
+from lstmdsl.entry import entry
+entry()
+"""
+
+
+def test_ctrl_c_while_the_package_loads_exits_130_without_a_traceback():
+    r = subprocess.run([sys.executable, "-c", "import sys, lstmdsl.entry; print('numpy' in sys.modules)"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.stdout.strip() == "False", r.stderr
+    r = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 130 and r.stderr == "", r.stderr
+
+
 def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     from lstmdsl.train import Interrupted, TrainConfig, run
 
