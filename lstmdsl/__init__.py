@@ -24,18 +24,25 @@ _WHERE = {"nn": "", "optim": "", "Layer": "api", "Spec": "api", "compile": "api"
           "BackendUnavailable": "errors", "InputFileError": "errors", "LstmdslError": "errors",
           "SpecError": "errors", "UsageError": "errors", "Schedule": "schedule", "parse_schedule": "schedule"}
 
+# the modules an eager `import lstmdsl` loaded (as it did until 2026-12): still attributes of the package, loaded
+# on first use, for scripts that reach them as lstmdsl.resources, lstmdsl.reference, ...
+_MODULES = ("api", "arrays", "cache", "errors", "files", "grad", "ir", "layer", "lower", "masks", "numpy_layer", "ops",
+            "reference", "resources", "schedule", "sizes", "spec", "syntax")
+
 __all__ = sorted(_WHERE) + ["__version__"]
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
+    if name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _WHERE:
+        value = importlib.import_module(f".{_WHERE[name] or name}", __name__)
+        value = getattr(value, name) if _WHERE[name] else value
+    else:
         raise AttributeError(f"module 'lstmdsl' has no attribute {name!r}")
-    value = importlib.import_module(f".{_WHERE[name] or name}", __name__)
-    if _WHERE[name]:
-        value = getattr(value, name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | set(_MODULES))

@@ -183,6 +183,11 @@ def test_ctrl_c_while_the_package_loads_exits_130_without_a_traceback():
     r = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 130 and r.stderr == "", r.stderr
+    # the package's names and the modules it used to load eagerly are still its attributes, loaded on first use
+    r = subprocess.run([sys.executable, "-c", "import lstmdsl; print(len(lstmdsl.resources.shipped_specs()) > 10, "
+                        "lstmdsl.reference.__name__, lstmdsl.Schedule.__name__, lstmdsl.nn.__name__)"],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.stdout.split() == ["True", "lstmdsl.reference", "Schedule", "lstmdsl.nn"], r.stderr
 
 
 def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
