@@ -82,3 +82,19 @@ def test_modules_stay_small():
     sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     big = {name: n for name, n in sizes.items() if n > 450}
     assert not big, f"modules over 450 lines: {big}"
+
+
+def test_the_lazy_package_declares_its_names_for_type_checkers():
+    """lstmdsl/__init__.py loads its names on first use (PEP 562); type checkers read the TYPE_CHECKING imports
+    (`X as X`, so exported) and a literal __all__: each lazy name is declared there, and nothing else is."""
+    import lstmdsl
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    all_node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "__all__")
+    names = ast.literal_eval(all_node.value)  # (a literal list: what mypy reads)
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    declared = {a.asname for n in guarded.body for a in n.names}
+    assert all(a.asname == a.name for n in guarded.body for a in n.names)
+    assert declared == set(lstmdsl._WHERE) | set(lstmdsl._MODULES)
+    assert set(names) == set(lstmdsl._WHERE) | {"__version__"}
+    assert all(getattr(lstmdsl, name) is not None for name in names)
