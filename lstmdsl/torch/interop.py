@@ -19,6 +19,7 @@ from ..errors import UsageError
 from .modules import GRU, LSTM, RNN
 from .names import GATES, cell_kind, suffixes
 
+
 def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
     """An lstmdsl.torch module computing what `module` computes (same arguments, device and dtype; weights
     copied). Keyword arguments (schedule=...) go to the new module."""
