@@ -23,7 +23,8 @@ buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps t
 in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the batch);
 --persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
-`persistent`, so the kernels run as a grid of blocks meeting at grid barriers; --persistent-split forces
+`persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256, whose rows fill
+the exchange's staging passes evenly); --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
@@ -47,6 +48,7 @@ forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 packed = "--torch-packed" in args
 special = "; specialise" if "--specialise" in args else ""
+wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300))  # a grid's H
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -78,7 +80,7 @@ if packed:
     lengths = torch.tensor([7, 2, 5]) if B == 3 else torch.from_numpy(np.random.default_rng(1).integers(1, 8, B))
     # both directions layer by layer (dropout between), then one direction's stack as one op (in place)
     for options in (dict(bidirectional=True, dropout=0.3), {}):
-        m = lstmdsl.torch.RNN(name, 5, 300 if grid else 33, 2, **options, **extra, schedule=schedule).cuda()
+        m = lstmdsl.torch.RNN(name, 5, wide if grid else 33, 2, **options, **extra, schedule=schedule).cuda()
         for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
             with torch.no_grad():
                 m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
@@ -88,7 +90,7 @@ if packed:
     print(f"{name}: the torch module on a packed batch, forward and backward; |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
-layer = lstmdsl.compile(name, input_size=5, hidden_size=300 if grid else 33, num_layers=2, backend="cuda", **options,
+layer = lstmdsl.compile(name, input_size=5, hidden_size=wide if grid else 33, num_layers=2, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else "") + special)
 B = 40 if split else 1 if "--persistent-block" in sys.argv else 3  # (one block: one row; more split the batch)
