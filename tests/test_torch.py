@@ -98,6 +98,39 @@ def test_from_torch_computes_what_torch_computes_on_the_cpu(name, dtype, tol):
     assert_close(back(x, hx if len(hx) > 1 else hx[0])[0:1], a_out[0:1], tol)
 
 
+def one_output_gradients(device: str, tol: float) -> None:
+    """A loss that reaches one output only (y, h_n or c_n; autograd gives the others no gradient, None):
+    the gradients of x, the initial states and every parameter equal nn.LSTM's; and with an input and
+    initial states that want no gradient, the parameters' (the GPU copies neither dx nor dh0 out then)."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(5, 7, 2).to(device)
+    ours = lt.from_torch(ref)
+    x = torch.randn(6, 3, 5, device=device)
+    hx = tuple(0.3 * torch.randn(2, 3, 7, device=device) for _ in range(2))
+    for which in range(3):
+        got = []
+        for m in (ref, ours):
+            xx, h = x.clone().requires_grad_(), tuple(t.clone().requires_grad_() for t in hx)
+            y, (hn, cn) = m(xx, h)
+            out = (y, hn, cn)[which]
+            loss = (out * torch.linspace(-1, 1, out.numel(), device=device).reshape(out.shape)).sum()
+            grads = torch.autograd.grad(loss, [xx, *h, *m.parameters()])
+            named = torch_layout(m, dict(zip([n for n, _ in m.named_parameters()], grads[3:])))
+            got.append(list(grads[:3]) + [named[n] for n in sorted(named)])
+        assert_close(got[1], got[0], tol)
+    got = []  # an input and initial states that want no gradient (data): the parameters' gradients only
+    for m in (ref, ours):
+        y, _ = m(x, hx)
+        grads = torch.autograd.grad((y * y).sum(), list(m.parameters()))
+        named = torch_layout(m, dict(zip([n for n, _ in m.named_parameters()], grads)))
+        got.append([named[n] for n in sorted(named)])
+    assert_close(got[1], got[0], tol)
+
+
+def test_a_loss_through_one_output_gets_torchs_gradients():
+    one_output_gradients("cpu", 1e-5)
+
+
 PACKED = {
     "lstm": lambda: torch.nn.LSTM(5, 7, 2),
     "lstm-batch-first": lambda: torch.nn.LSTM(5, 7, 1, batch_first=True),
@@ -489,6 +522,12 @@ def test_from_torch_matches_torch_on_the_gpu(name, strict_fp32):
     (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
     assert_close(b_out, a_out, 1e-4)
     assert_close(b_grads, a_grads, 1e-4)
+
+
+@gpu
+@pytest.mark.gpu
+def test_a_loss_through_one_output_gets_torchs_gradients_on_the_gpu(strict_fp32):
+    one_output_gradients("cuda", 1e-4)
 
 
 @gpu

@@ -395,11 +395,12 @@ class Engine:
             return None
         return self.tape[1]
 
-    def backward(self, params: list[Binding], dy: int, dhn: dict[str, int], dx: int, dh0: dict[str, int],
-                 stream: int, dy_pitch: int | None = None, io_type: str | None = None) -> None:
-        """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0; adds the parameter
-        gradients into the addresses of params (Binding.grads and vector_grads). io_type: the element type of
-        dy and dx where it is not the plan's (converted on the way in and out)."""
+    def backward(self, params: list[Binding], dy: int, dhn: dict[str, int | None], dx: int | None,
+                 dh0: dict[str, int | None], stream: int, dy_pitch: int | None = None,
+                 io_type: str | None = None) -> None:
+        """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0 (dx or a state's
+        None: not wanted, not copied out); adds the parameter gradients into the addresses of params (Binding.grads
+        and vector_grads). io_type: the type of dy and dx where it is not the plan's (converted in and out)."""
         if not isinstance(self.tape, tuple) or self.tape[0] not in self.workspaces:
             raise LstmdslError("backward() needs a forward() with train=True first" + (
                 "; the last one's activations were used by a backward already (this cell's backward writes its "
@@ -408,29 +409,7 @@ class Engine:
         workspaces = self.workspaces[self.tape[0]]
         if any(where == "backward" for where, _, _ in storage.in_place):
             self.tape = "used"  # the gradients overwrite the activations (Storage.in_place)
-        if self._backward_wave() and workspaces[0].wave and self.parts is None:
-            # a backward wavefront (Wavefront.backward): every layer's inputs first; the top layer's dy
-            self._put(workspaces[-1], "dy", dy, dy_pitch, stream, io_type)
-            for k, ws in enumerate(workspaces):
-                for b in storage.buffers:
-                    if b.zero:
-                        device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
-                for s in cell.states:
-                    if dhn[s.name] is None:
-                        self._zero(ws, (f"dstate:{s.name}",), stream)
-                    else:
-                        self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
-            self._run_wave(workspaces, params, stream, "backward")
-            for k, ws in enumerate(workspaces):
-                for s in cell.states:
-                    self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
-            self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
-            return
-        src, src_pitch, src_type = dy, dy_pitch, io_type
-        for k in reversed(range(len(workspaces))):
-            ws = workspaces[k]
-            # dy first: it comes from the layer above's dx, whose memory this layer's dx may share (Workspace)
-            self._put(ws, "dy", src, src_pitch, stream, src_type)
+        def states_in(k: int, ws: Workspace) -> None:  # zeroed buffers, and each final state's gradient (or 0)
             for b in storage.buffers:
                 if b.zero:
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
@@ -439,11 +418,32 @@ class Engine:
                     self._zero(ws, (f"dstate:{s.name}",), stream)
                 else:
                     self._put(ws, f"dstate:{s.name}", dhn[s.name] + k * self._state_bytes(ws, s), None, stream)
-            self._run("backward", ws, params[k], stream)
+
+        def states_out(k: int, ws: Workspace) -> None:  # the initial states' gradients that are wanted
             for s in cell.states:
-                self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
-            src, src_pitch, src_type = self.output_region(ws, "dx")
-        self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
+                if dh0[s.name] is not None:
+                    self._get(ws, f"dstate:{s.name}", dh0[s.name] + k * self._state_bytes(ws, s), stream)
+
+        if self._backward_wave() and workspaces[0].wave and self.parts is None:
+            # a backward wavefront (Wavefront.backward): every layer's inputs first; the top layer's dy
+            self._put(workspaces[-1], "dy", dy, dy_pitch, stream, io_type)
+            for k, ws in enumerate(workspaces):
+                states_in(k, ws)
+            self._run_wave(workspaces, params, stream, "backward")
+            for k, ws in enumerate(workspaces):
+                states_out(k, ws)
+        else:
+            src, src_pitch, src_type = dy, dy_pitch, io_type
+            for k in reversed(range(len(workspaces))):
+                ws = workspaces[k]
+                # dy first: it comes from the layer above's dx, whose memory this layer's dx may share (Workspace)
+                self._put(ws, "dy", src, src_pitch, stream, src_type)
+                states_in(k, ws)
+                self._run("backward", ws, params[k], stream)
+                states_out(k, ws)
+                src, src_pitch, src_type = self.output_region(ws, "dx")
+        if dx is not None:
+            self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
 
     def _state_bytes(self, ws: Workspace, s) -> int:
         """Bytes of one layer's state in the caller's [L, B, size] array (of the plan's element type)."""
