@@ -23,8 +23,8 @@ buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps t
 in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the batch);
 --persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
-`persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256, whose rows fill
-the exchange's staging passes evenly); --persistent-split forces
+`persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256,
+whose rows fill the exchange's staging passes evenly); --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this

@@ -176,7 +176,7 @@ class Runner:
     def grad_buffers(self, params: list[Tensor], stream: int) -> list[Tensor]:
         """Gradient buffers that stay put (the backward's CUDA graph writes them), zeroed on `stream`: views of one
         flat tensor (self.grad_flat), so zeroing them and copying them out are one operation each (the zeroing a
-        memset: torch's zero_ took 65-85 us of the host's time in a training step, H200 host, B = 1, H = 512)."""
+        memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt)."""
         from ..runtime import device
 
         key = (params[0].device, params[0].dtype)
@@ -404,9 +404,8 @@ class Eager(torch.autograd.Function):
         steps = list(rest[len(rest) - nsteps:])
         out = forward_impl(x, h0, params, steps, handle, train)
         ctx.handle, ctx.states, ctx.steps = handle, states, nsteps
-        # outputs the loss does not reach (the final states, mostly) get None, not zeros made by autograd: the
-        # engine zeroes a state's gradient itself (two zero tensors made took ~270 us of the host's time in a
-        # training step, H200 host, B = 1, H = 512)
+        # outputs the loss does not reach (the final states, mostly) get None, not zero tensors autograd would
+        # make and the engine copy in: the engine zeroes such a gradient itself (probes/module_host_h200.txt)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, *h0, *params, *steps, out[0])
         return tuple(out)
