@@ -446,3 +446,38 @@ def test_the_module_loader_finds_a_persistent_kernel_first_in_its_source():
     source = render_persistent(program.plan, desc, _constants(desc, 1, {"hidden": 32}, 1), 1)
     assert _FIRST_KERNEL.search(source).group(1) == desc.name
     assert _FIRST_KERNEL.search(program.source).group(1) in program.kernels
+
+
+def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypatch):
+    """benchmarks/probe_step_clock.py edits a copy of templates/ at anchors in persistent.cu.j2: every anchor is
+    still there once, and the kernels rendered from the copy carry the four clock sums and the print; with nvcc
+    where it is installed, they compile for sm_90."""
+    import importlib.util
+    from pathlib import Path
+
+    from lstmdsl import codegen
+    from lstmdsl.resources import resource_dir
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_step_clock.py"
+    spec = importlib.util.spec_from_file_location("probe_step_clock", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    copy = Path(probe.instrumented(str(resource_dir("templates"))))
+    real = codegen.resource_dir
+    monkeypatch.setattr(codegen, "resource_dir", lambda name: copy if name == "templates" else real(name))
+    codegen._template.cache_clear()
+    build_program.cache_clear()  # (programs are kept in memory: none built before, and none of these after)
+    try:
+        for precision in ("fp16", "fp32"):
+            source = build_program(lstmdsl.parse("vanilla").cell, Schedule(precision=precision)).source
+            assert all(f"lstmdsl_ck[{k}] +=" in source for k in range(4)) and "lstmdsl_clock" in source
+            if shutil.which("nvcc"):
+                cu = copy / f"k_{precision}.cu"
+                cu.write_text(source)
+                r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-o", str(copy / "k.o"), str(cu)],
+                                   capture_output=True, text=True)
+                assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        codegen._template.cache_clear()
+        build_program.cache_clear()
+        shutil.rmtree(copy, ignore_errors=True)
