@@ -69,6 +69,15 @@ def test_run_reference_with_gradient_check(capsys):
     assert "l1.R_z" in captured.out
 
 
+def test_run_checks_gradients_on_two_layers_of_a_deep_stack(capsys):
+    """The finite-difference check runs at small sizes, two layers at most (its cost grows with the square of
+    the layers: a fuzzed `-L` once kept CI busy for over ten minutes); the stack itself runs all of them."""
+    assert main(["run", "gru", "-L", "6", "-T", "2", "-B", "1", "-H", "3", "--backend", "numpy", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    layers = {r["tensor"].split(".")[0] for r in d["gradient_check"]["tensors"] if r["tensor"].startswith("l")}
+    assert d["ok"] and d["shape"]["layers"] == 6 and layers == {"l0", "l1"}, layers
+
+
 def test_run_bidirectional_lengths_and_dropout(capsys):
     assert main(["run", "zoneout_lstm", "-L", "2", "-T", "5", "-B", "3", "--bidirectional", "--dropout", "0.3",
                  "--lengths", "5,1,3", "--backend", "numpy", "--json"]) == 0
