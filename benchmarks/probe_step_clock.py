@@ -1,21 +1,20 @@
 """Where a persistent kernel's step goes, by the clock of the thread on the critical path: the kernels rendered
 from a copy of templates/ in which thread 0 of the first and last block adds clock64() differences at four points
-of every step and prints the sums at the end (device printf). Nothing in the package changes; the instrumented
-kernels have source (and cache entries) of their own. Phases, a step of a one-stage kernel (the vanilla LSTM):
+of every step and stores the sums at the end into a __device__ array of the module, read back with CuPy's
+RawModule.get_global. Nothing in the package changes; the instrumented kernels have source (and cache entries)
+of their own. Phases, a step of a one-stage kernel (the vanilla LSTM):
   stage   the step's start to the barrier after staging the products' operand (in a grid that hands its state on
           in tagged words: the polls for the other blocks' words of the step before, i.e. the hand-off's latency)
   prods   the tensor-core or register-tile products and the barrier after them
   items   thread 0's items (the pointwise work, its stores, its exchange words)
   end     the barriers that end the stage and the step (none in the tagged-words grid but the block's own)
 Cycles a step (and us at the device's clock rate), forward only, T = 100, one layer, the schedule `auto` chooses.
-(Written in the twenty-third session and compiled here with nvcc; not yet run on a GPU: it assumes NVRTC's own
-declaration of printf.)
+(Written in the twenty-third session and compiled here with nvcc; not yet run on a GPU.)
 
     python3 benchmarks/probe_step_clock.py [fp16:16x256 fp32:1x512 ...]
 
 Needs a GPU and CuPy."""
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,9 +41,17 @@ for case in sys.argv[2:]:
     nvrtc.settle()
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
-    print(f"CASE {case} {cupy.cuda.runtime.getDeviceProperties(0)['clockRate']}", flush=True)
+    sums = [cupy.ndarray((2, 5), cupy.int64, m.get_global("lstmdsl_clock_out"))
+            for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_out" in src]
+    for a in sums:
+        a[...] = 0
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
+    print(f"CASE {case} {cupy.cuda.runtime.getDeviceProperties(0)['clockRate']}", flush=True)
+    for a in sums:  # the module whose kernel ran has T in column 4
+        for w, row in enumerate(cupy.asnumpy(a).tolist()):
+            if row[4]:
+                print("lstmdsl_clock", "first" if w == 0 else "last", row[4], *row[:4], flush=True)
     print("END", flush=True)
     layer.free_workspaces()
 '''
@@ -63,9 +70,13 @@ EDITS = [  # (anchor, replacement) in persistent.cu.j2; each anchor must occur e
     ("grid_barrier(bar, target += {{ grid }});\n",
      "grid_barrier(bar, target += {{ grid }});\n        " + TICK.format(3)),
 ]
-END = ("    }\n    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x + 1 == {{ grid }}))\n"
-       "        printf(\"lstmdsl_clock %d %d %lld %lld %lld %lld\\n\", (int)blockIdx.x, T,\n"
-       "               lstmdsl_ck[0], lstmdsl_ck[1], lstmdsl_ck[2], lstmdsl_ck[3]);\n}\n")
+END = ("    }\n    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x + 1 == {{ grid }})) {\n"
+       "        long long* const o = lstmdsl_clock_out + (blockIdx.x == 0 ? 0 : 5);\n"
+       "        o[0] = lstmdsl_ck[0], o[1] = lstmdsl_ck[1], o[2] = lstmdsl_ck[2], o[3] = lstmdsl_ck[3], o[4] = T;\n"
+       "    }\n}\n")
+# the sums of the first block and the last, each with T (one array a module, so #ifndef: several kernels include it)
+OUT = ('#ifndef LSTMDSL_CLOCK_OUT\n#define LSTMDSL_CLOCK_OUT\n'
+       'extern "C" {\n__device__ long long lstmdsl_clock_out[10];\n}\n#endif\n')
 
 
 def instrumented(src: str) -> str:
@@ -80,9 +91,7 @@ def instrumented(src: str) -> str:
         text = text.replace(anchor, repl)
     if not text.endswith("    }\n}\n"):
         raise SystemExit("probe_step_clock: the template's end changed")
-    # (NVRTC declares printf itself; nvcc needs the declaration: the generated source includes no headers)
-    declare = '#ifndef __CUDACC_RTC__\nextern "C" __device__ int printf(const char*, ...);\n#endif\n'
-    open(path, "w").write(declare + text[:-len("    }\n}\n")] + END)
+    open(path, "w").write(OUT + text[:-len("    }\n}\n")] + END)
     return out
 
 
@@ -105,8 +114,8 @@ def main() -> None:
         elif line.startswith("END"):
             inside = False
         elif inside and line.startswith("lstmdsl_clock"):
-            block, T, *ck = (int(v) for v in re.findall(r"-?\d+", line))
-            per = [c / T for c in ck]
+            _, block, T, *ck = line.split()
+            per = [int(c) / int(T) for c in ck]
             print(f"{case:14} {block:>5} | {'':15}" + " ".join(f"{c:7.0f}" for c in per) + f" {sum(per):7.0f}"
                   f" | {sum(per) / int(khz) * 1e3:.2f}")
 
