@@ -1,15 +1,18 @@
-"""Where a persistent kernel's step goes, by the clock of the thread on the critical path: the kernels rendered
-from a copy of templates/ in which thread 0 of the first and last block adds clock64() differences at four points
-of every step and stores the sums at the end into a __device__ array of the module, read back with CuPy's
-RawModule.get_global. Nothing in the package changes; the instrumented kernels have source (and cache entries)
-of their own. Phases, a step of a one-stage kernel (the vanilla LSTM):
-  stage   the step's start to the barrier after staging the products' operand (in a grid that hands its state on
-          in tagged words: the polls for the other blocks' words of the step before, i.e. the hand-off's latency)
-  prods   the tensor-core or register-tile products and the barrier after them
-  items   thread 0's items (the pointwise work, its stores, its exchange words)
-  end     the barriers that end the stage and the step (none in the tagged-words grid but the block's own)
+"""Where a persistent kernel's step goes, by the clock of each warp: the kernels rendered from a copy of templates/
+in which every thread adds clock64() differences at six points of every step and lane 0 of each warp stores its
+sums at the end into a __device__ array of the module, read back with CuPy's RawModule.get_global. Nothing in the
+package changes; the instrumented kernels have source (and cache entries) of their own. Phases, a step of a
+one-stage kernel (the vanilla LSTM):
+  staging    the step's start to the end of the warp's staging of the products' operand (in a grid that hands its
+             state on in tagged words: the polls for the other blocks' words of the step before, i.e. the
+             hand-off's latency)
+  stage bar  the block barrier after it (waiting for the block's slowest warp)
+  products   the warp's share of the tensor-core or register-tile products
+  prod bar   the barrier after them
+  items      the warp's items (the pointwise work, its stores, its exchange words)
+  end        the barriers that end the stage and the step (in the tagged-words grid only the block's own)
+Printed: block 0's warps, and warp 0's phases over the blocks (min, median, max).
 Cycles a step (and us at the device's clock rate), forward only, T = 100, one layer, the schedule `auto` chooses.
-(Written in the twenty-third session and compiled here with nvcc; not yet run on a GPU.)
 
     python3 benchmarks/probe_step_clock.py [fp16:16x256 fp32:1x512 ...]
 
@@ -20,18 +23,19 @@ import subprocess
 import sys
 import tempfile
 
-CHILD = r'''
+CHILD = r"""
 import sys
 import cupy
+import numpy
 import lstmdsl
 from lstmdsl import api, codegen, resources
 from lstmdsl.runtime import nvrtc
-templates = sys.argv[1]
+templates, blocks, warps, phases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 real = codegen.resource_dir
 codegen.resource_dir = lambda name: __import__("pathlib").Path(templates) if name == "templates" else real(name)
 codegen._template.cache_clear()
 spec = lstmdsl.parse(resources.shipped_specs()["vanilla"].read_text())
-for case in sys.argv[2:]:
+for case in sys.argv[5:]:
     precision, shape = case.split(":")
     B, H = (int(v) for v in shape.split("x"))
     layer = api.compile(spec, H, H, 1, backend="cuda", schedule=f"precision {precision}", seed=0)
@@ -41,42 +45,48 @@ for case in sys.argv[2:]:
     nvrtc.settle()
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
-    sums = [cupy.ndarray((2, 5), cupy.int64, m.get_global("lstmdsl_clock_out"))
+    sums = [cupy.ndarray((blocks, warps, phases + 1), cupy.int64, m.get_global("lstmdsl_clock_out"))
             for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_out" in src]
     for a in sums:
         a[...] = 0
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
     print(f"CASE {case} {cupy.cuda.runtime.getDeviceProperties(0)['clockRate']}", flush=True)
-    for a in sums:  # the module whose kernel ran has T in column 4
-        for w, row in enumerate(cupy.asnumpy(a).tolist()):
-            if row[4]:
-                print("lstmdsl_clock", "first" if w == 0 else "last", row[4], *row[:4], flush=True)
+    for a in sums:  # the module whose kernel ran has T in the last column
+        a = cupy.asnumpy(a)
+        if a[..., -1].any():
+            print("DATA", " ".join(str(v) for v in a.reshape(-1).tolist()), flush=True)
     print("END", flush=True)
     layer.free_workspaces()
-'''
+"""
 
+BLOCKS, WARPS, PHASES = 160, 32, 6  # the array's room: blocks, warps a block, phases a step
+PHASE_NAMES = ("staging", "stage bar", "products", "prod bar", "items", "end")
 TICK = "lstmdsl_ck[{}] += clock64() - lstmdsl_c0, lstmdsl_c0 = clock64();\n"
 EDITS = [  # (anchor, replacement) in persistent.cu.j2; each anchor must occur exactly once
     ("    for (int s = 0; s < T; ++s) {\n",
-     "    long long lstmdsl_ck[4] = {0, 0, 0, 0}, lstmdsl_c0 = clock64();\n    for (int s = 0; s < T; ++s) {\n"),
+     "    long long lstmdsl_ck[6] = {0, 0, 0, 0, 0, 0}, lstmdsl_c0 = clock64();\n    for (int s = 0; s < T; ++s) {\n"),
+    ("                // the products, [nb][J] each, pstride apart",
+     "                " + TICK.format(0) + "                // the products, [nb][J] each, pstride apart"),
     ("                __syncthreads();\n{%- set lean = namespace(n=0, m=0) %}",
-     "                __syncthreads();\n                " + TICK.format(0) + "{%- set lean = namespace(n=0, m=0) %}"),
+     "                __syncthreads();\n                " + TICK.format(1) + "{%- set lean = namespace(n=0, m=0) %}"),
     ("{%- endfor %}\n                __syncthreads();\n                for (int item = threadIdx.x",
-     "{%- endfor %}\n                __syncthreads();\n                " + TICK.format(1)
-     + "                for (int item = threadIdx.x"),
+     "{%- endfor %}\n                " + TICK.format(2) + "                __syncthreads();\n                "
+     + TICK.format(3) + "                for (int item = threadIdx.x"),
     ("                // before the next rows overwrite the staged operands",
-     "                " + TICK.format(2) + "                // before the next rows overwrite the staged operands"),
+     "                " + TICK.format(4) + "                // before the next rows overwrite the staged operands"),
     ("grid_barrier(bar, target += {{ grid }});\n",
-     "grid_barrier(bar, target += {{ grid }});\n        " + TICK.format(3)),
+     "grid_barrier(bar, target += {{ grid }});\n        " + TICK.format(5)),
 ]
-END = ("    }\n    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x + 1 == {{ grid }})) {\n"
-       "        long long* const o = lstmdsl_clock_out + (blockIdx.x == 0 ? 0 : 5);\n"
-       "        o[0] = lstmdsl_ck[0], o[1] = lstmdsl_ck[1], o[2] = lstmdsl_ck[2], o[3] = lstmdsl_ck[3], o[4] = T;\n"
-       "    }\n}\n")
-# the sums of the first block and the last, each with T (one array a module, so #ifndef: several kernels include it)
+END = ("    }\n    if ((threadIdx.x & 31) == 0 && blockIdx.x < %d && threadIdx.x / 32 < %d) {\n"
+       "        long long* const o = lstmdsl_clock_out + ((size_t)blockIdx.x * %d + threadIdx.x / 32) * 7;\n"
+       "        for (int k = 0; k < 6; ++k) o[k] = lstmdsl_ck[k];\n"
+       "        o[6] = T;\n"
+       "    }\n}\n") % (BLOCKS, WARPS, WARPS)
+# the sums of lane 0 of every warp of every block, each with T (one array a module, so #ifndef: several kernels
+# include it)
 OUT = ('#ifndef LSTMDSL_CLOCK_OUT\n#define LSTMDSL_CLOCK_OUT\n'
-       'extern "C" {\n__device__ long long lstmdsl_clock_out[10];\n}\n#endif\n')
+       'extern "C" {\n__device__ long long lstmdsl_clock_out[%d];\n}\n#endif\n') % (BLOCKS * WARPS * 7)
 
 
 def instrumented(src: str) -> str:
@@ -96,28 +106,42 @@ def instrumented(src: str) -> str:
 
 
 def main() -> None:
+    import numpy
+
     from lstmdsl.resources import resource_dir
 
     cases = sys.argv[1:] or ["fp16:16x256", "fp16:8x512", "bf16:16x256", "fp16:4x1024", "fp32:1x512", "fp32:16x256"]
     templates = instrumented(str(resource_dir("templates")))
-    r = subprocess.run([sys.executable, "-c", CHILD, templates, *cases], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), *cases],
+                       capture_output=True, text=True)
     if r.returncode:
         print(r.stdout[-2000:], r.stderr[-3000:])
         raise SystemExit(r.returncode)
-    print(f"{'case':14} {'block':>5} | cycles a step: {'stage':>7} {'prods':>7} {'items':>7} {'end':>7} {'all':>7}"
-          f" | us a step at the clock rate")
-    case, khz, inside = None, None, False
+    head = " ".join(f"{n:>9}" for n in PHASE_NAMES)
+    case, khz = None, None
     for line in r.stdout.splitlines():
         if line.startswith("CASE"):
             _, case, khz = line.split()
-            inside = True
-        elif line.startswith("END"):
-            inside = False
-        elif inside and line.startswith("lstmdsl_clock"):
-            _, block, T, *ck = line.split()
-            per = [int(c) / int(T) for c in ck]
-            print(f"{case:14} {block:>5} | {'':15}" + " ".join(f"{c:7.0f}" for c in per) + f" {sum(per):7.0f}"
-                  f" | {sum(per) / int(khz) * 1e3:.2f}")
+            print(f"\n{case}: cycles a step (lane 0 of each warp; us at {int(khz) / 1e6:.2f} GHz)\n"
+                  f"{'':22} {head} {'all':>9}")
+        elif line.startswith("DATA"):
+            a = numpy.array(line.split()[1:], dtype=numpy.int64).reshape(BLOCKS, WARPS, PHASES + 1)
+            ran = a[..., -1] > 0  # (blocks with no elements return before the loop; warps past the block's)
+            per = numpy.where(ran[..., None], a[..., :-1] / numpy.maximum(a[..., -1:], 1), numpy.nan)
+            blocks = numpy.flatnonzero(ran.any(axis=1))
+
+            def row(label, v):
+                print(f"{label:22} " + " ".join(f"{c:9.0f}" for c in v) + f" {numpy.nansum(v):9.0f}"
+                      f"  {numpy.nansum(v) / int(khz) * 1e3:.2f} us")
+            row("block 0, warp 0", per[0, 0])
+            for w in numpy.flatnonzero(ran[0])[1:]:
+                row(f"block 0, warp {w}", per[0, w])
+            w0 = per[blocks, 0]
+            for name, f in (("warp 0s: min", numpy.nanmin), ("median", numpy.nanmedian), ("max", numpy.nanmax)):
+                row(f"{name} ({len(blocks)} blocks)" if name == "median" else name, f(w0, axis=0))
+            prods = numpy.nanmax(per[blocks, :, 2], axis=1)
+            print(f"{'slowest products':22} block {int(blocks[numpy.argmax(prods)])}: {prods.max():.0f} cycles "
+                  f"(a warp's most; the blocks' median {numpy.median(prods):.0f})")
 
 
 if __name__ == "__main__":

@@ -450,7 +450,7 @@ def test_the_module_loader_finds_a_persistent_kernel_first_in_its_source():
 
 def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypatch):
     """benchmarks/probe_step_clock.py edits a copy of templates/ at anchors in persistent.cu.j2: every anchor is
-    still there once, and the kernels rendered from the copy carry the four clock sums and the array they are
+    still there once, and the kernels rendered from the copy carry the six clock sums and the array they are
     stored into; with nvcc where it is installed, they compile for sm_90."""
     import importlib.util
     from pathlib import Path
@@ -470,7 +470,7 @@ def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypa
     try:
         for precision in ("fp16", "fp32"):
             source = build_program(lstmdsl.parse("vanilla").cell, Schedule(precision=precision)).source
-            assert all(f"lstmdsl_ck[{k}] +=" in source for k in range(4)) and "lstmdsl_clock_out[10]" in source
+            assert all(f"lstmdsl_ck[{k}] +=" in source for k in range(6)) and "lstmdsl_clock_out[" in source
             if shutil.which("nvcc"):
                 cu = copy / f"k_{precision}.cu"
                 cu.write_text(source)
