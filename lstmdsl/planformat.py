@@ -164,7 +164,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                         "forces it)"}[
                 pers.specialise])
             half = any(s.dtype in HALF_TYPES for s in plan.storage.stacks)
-            tiles = ("tensor-core tiles of 16 weight rows x 8 batch rows (mma.sync)" if half else
+            tiles = ("tensor-core tiles of 16 x 8 over the gates' rows together (mma.sync)" if half else
                      "tiles of 4 rows x 4 batch rows, or a group of lanes a sum at small sizes")
             for op in pers.stages:  # (a product stage: the block's products as register tiles, then a thread
                 # per element, not the warp per element its stepwise launch would have)

@@ -386,10 +386,10 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     assert "the block's products as tiles of 4 rows x 4 batch rows" in rule
     half = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule(precision="fp16")))  # measured: HALF_LIMITS
     assert ("or the persistent schedule, when a step's multiply-adds over the batch are 262144-4194304 at B <= 1 or "
-            "524288-1048576 at B <= 4 or 2097152-33554432 at 2 <= B <= 16 or 1-16384 a batch row at B <= 64 where all "
+            "524288-1048576 at B <= 4 or 2097152-67108864 at 2 <= B <= 16 or 1-16384 a batch row at B <= 64 where all "
             "the weights fit one block and "
             "the weights fit") in half
-    assert "tensor-core tiles of 16 weight rows x 8 batch rows" in half and "tagged words instead" in half
+    assert "tensor-core tiles of 16 x 8 over the gates' rows together" in half and "tagged words instead" in half
     assert "persistent" not in format_plan(make_plan(spec.cell, spec.grad, Schedule(persistent="off"))).split(
         "element type")[1]
 

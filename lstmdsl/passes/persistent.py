@@ -99,8 +99,13 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # (nineteenth session, sections 8 and 10 of generic_step_h200.txt): fp16 forward 0.56-0.84x, training 0.82-0.92x at
 # 2 x 512, 4 x 512, 8 x 256, 16 x 256, 16 x 512, 4 x 1024, 8 x 1024; bf16 0.57-0.84x and 0.82-0.93x at 16 x 256,
 # 16 x 512, 8 x 1024, 4 x 512. From B = 2 (the rule's fourth number): B = 1 keeps its own rule, measured to 2^22
-# (H = 1024); past it at B = 1 nothing was measured.
-HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 25, 2))  # (grids over the elements)
+# (H = 1024); past it at B = 1 nothing was measured. Since the twenty-fourth session's tensor-core tiles over the
+# gates' rows together (generic_step_h200.txt section 22) the third rule reaches 2^26 (section 23: `persistent auto`
+# with it against the rule to 2^25, GPU time, T = 100: fp16 forward 0.85-0.87x, training 0.94-0.95x at 10 x 1024,
+# 12 x 1024, 16 x 1024 and 16 x 768; bf16 0.86-0.87x and 0.94-0.95x at 12 x 1024 and 16 x 1024); past B = 16 the
+# forced grid (forward and backward) was not a clear win (32 x 512 0.93x forward, 1.01x training; 32 x 256 0.95x
+# and 1.15x; 64 x 256 1.14x and 1.37x; 24 x 1024 0.98x and 1.40x), so the rule stops at 16.
+HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 26, 2))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
 SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
