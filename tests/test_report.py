@@ -3,6 +3,7 @@ committed docs/performance.md is what the committed JSON makes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -82,3 +83,34 @@ def test_the_committed_performance_page_is_what_the_results_make():
         pytest.skip("no full grid results committed")
     assert (ROOT / "docs" / "performance.md").read_text() == report.page(), \
         "docs/performance.md is stale: run python3 benchmarks/report.py"
+
+
+def test_ncu_summary_reads_the_sass_page(tmp_path):
+    """benchmarks/ncu_summary.py: stall reasons over the kernel, regions between block barriers with their share
+    of the samples and instructions a warp and step, and the instructions with the most samples; a file without
+    the SASS page is a clear error."""
+    import ncu_summary
+
+    head = ["Address", "Source", ncu_summary.SAMPLES, "Warp Stall Sampling (Not-issued Samples)",
+            ncu_summary.EXECUTED, "stall_barrier", "stall_wait", "stall_long_sb", "stall_wait (Not Issued)"]
+    rows = [["0x0", "LDG.E R2, desc[UR4][R2.64]", "10", "0", "800", "0", "2", "8", "0"],
+            ["0x10", "ISETP.NE.AND P0, PT, R2, RZ, PT", "30", "0", "800", "0", "5", "25", "0"],
+            ["0x20", "BAR.SYNC.DEFER_BLOCKING 0x0", "5", "0", "800", "0", "5", "0", "0"],
+            ["0x30", "BSSY B0, 0x100", "50", "0", "800", "50", "0", "0", "0"],
+            ["0x40", "FADD R1, R1, R2", "5", "0", "400", "0", "5", "0", "0"],
+            ["0x50", "EXIT", "0", "0", "8", "0", "0", "0", "0"]]
+    path = tmp_path / "sass.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Kernel Name", "k", ""])
+        w.writerow(head)
+        w.writerows(rows)
+    text = ncu_summary.summary(str(path), top=2)
+    assert "6 instructions, 100 samples, 4.5 instructions executed a warp and step" in text
+    assert "stalls: barrier 50.0%, long_sb 33.0%, wait 17.0%" in text
+    assert "    0-    2  45.0%     3.0  ends at BAR.SYNC" in text and "    3-    5  55.0%     1.5  ends at EXIT" in text
+    top = text.split("most samples:\n")[1].splitlines()
+    assert len(top) == 2 and "BSSY" in top[0] and "barrier=50" in top[0] and "ISETP" in top[1]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="no SASS page"):
+        ncu_summary.summary(str(tmp_path / "other.csv"))
