@@ -14,7 +14,9 @@ one-stage kernel (the vanilla LSTM):
 Printed: block 0's warps, and warp 0's phases over the blocks (min, median, max).
 Cycles a step (and us at the device's clock rate), forward only, T = 100, one layer, the schedule `auto` chooses.
 
-    python3 benchmarks/probe_step_clock.py [fp16:16x256 fp32:1x512 ...]
+    python3 benchmarks/probe_step_clock.py [--spec vanilla] [--schedule "specialise"] [fp16:16x256 fp32:1x512 ...]
+
+(--schedule: more of the schedule after `precision P`; a spec with one product stage, the vanilla LSTM's kind)
 
 Needs a GPU and CuPy."""
 import os
@@ -31,14 +33,16 @@ import lstmdsl
 from lstmdsl import api, codegen, resources
 from lstmdsl.runtime import nvrtc
 templates, blocks, warps, phases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+name, extra = sys.argv[5], sys.argv[6]
 real = codegen.resource_dir
 codegen.resource_dir = lambda name: __import__("pathlib").Path(templates) if name == "templates" else real(name)
 codegen._template.cache_clear()
-spec = lstmdsl.parse(resources.shipped_specs()["vanilla"].read_text())
-for case in sys.argv[5:]:
+spec = lstmdsl.parse(resources.shipped_specs()[name].read_text())
+for case in sys.argv[7:]:
     precision, shape = case.split(":")
     B, H = (int(v) for v in shape.split("x"))
-    layer = api.compile(spec, H, H, 1, backend="cuda", schedule=f"precision {precision}", seed=0)
+    schedule = f"precision {precision}" + (f"; {extra}" if extra else "")
+    layer = api.compile(spec, H, H, 1, backend="cuda", schedule=schedule, seed=0)
     x = cupy.random.standard_normal((100, B, H), dtype=cupy.float32)
     for _ in range(3):
         layer.forward(x, train=False)
@@ -106,14 +110,21 @@ def instrumented(src: str) -> str:
 
 
 def main() -> None:
+    import argparse
+
     import numpy
 
     from lstmdsl.resources import resource_dir
 
-    cases = sys.argv[1:] or ["fp16:16x256", "fp16:8x512", "bf16:16x256", "fp16:4x1024", "fp32:1x512", "fp32:16x256"]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases", nargs="*", default=["fp16:16x256", "fp16:8x512", "bf16:16x256", "fp16:4x1024",
+                                                 "fp32:1x512", "fp32:16x256"], help="PRECISION:BxH")
+    ap.add_argument("--spec", default="vanilla")
+    ap.add_argument("--schedule", default="", help="appended to `precision P`, e.g. specialise")
+    args = ap.parse_args()
     templates = instrumented(str(resource_dir("templates")))
-    r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), *cases],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), args.spec,
+                        args.schedule, *args.cases], capture_output=True, text=True)
     if r.returncode:
         print(r.stdout[-2000:], r.stderr[-3000:])
         raise SystemExit(r.returncode)
