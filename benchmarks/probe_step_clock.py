@@ -28,14 +28,13 @@ import tempfile
 CHILD = r"""
 import sys
 import cupy
-import numpy
 import lstmdsl
 from lstmdsl import api, codegen, resources
 from lstmdsl.runtime import nvrtc
 templates, blocks, warps, phases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 name, extra = sys.argv[5], sys.argv[6]
 real = codegen.resource_dir
-codegen.resource_dir = lambda name: __import__("pathlib").Path(templates) if name == "templates" else real(name)
+codegen.resource_dir = lambda folder: __import__("pathlib").Path(templates) if folder == "templates" else real(folder)
 codegen._template.cache_clear()
 spec = lstmdsl.parse(resources.shipped_specs()[name].read_text())
 for case in sys.argv[7:]:
