@@ -111,13 +111,21 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if i not in products for a in nodes[i].args if a not in inside}
     operands = {a for i in products for a in nodes[i].args} - inside
+
+    def param(a, n):  # a vector parameter's element j; preloaded like the inputs (below) in a product stage:
+        # loaded after the products' barrier, on the step's critical path, it waited on L2 (the cached weights
+        # leave L1 little room). Not in f64, whose registers are too few for them (FGR's forward spilled)
+        if not (cached and products) or plan.dtype == "f64":
+            return f"real(p{a}[j])"
+        preloads.append(("" if n.size == ROW else f"n_{n.size}", a, f"p{a}[j]", CTYPES[plan.dtype]))
+        return f"item == (int)threadIdx.x ? real(pre{a}) : real(p{a}[j])"
     for a in sorted(elementwise | operands):
         n = nodes[a]
         if n.op == "const":
             consts.append(f"const real v{a} = {_literal(n.attr)};")
         elif n.op == "param":
             args.append(KernelArg(f"const {CTYPES[plan.dtype]}* __restrict__", f"p{a}", ArgBind("vector", n.attr)))
-            lines[n.size].append(f"const real v{a} = real(p{a}[j]);  // {n.attr} [{n.size}]")
+            lines[n.size].append(f"const real v{a} = {param(a, n)};  // {n.attr} [{n.size}]")
         else:
             slot = reads[a]
             ctype = CTYPES[st.buffer(slot.buffer).dtype]
@@ -142,7 +150,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             continue
         if n.op == "param":
             args.append(KernelArg(f"const {CTYPES[plan.dtype]}* __restrict__", f"p{i}", ArgBind("vector", n.attr)))
-            lines[n.size].append(f"const real v{i} = real(p{i}[j]);  // {n.attr} [{n.size}]")
+            lines[n.size].append(f"const real v{i} = {param(i, n)};  // {n.attr} [{n.size}]")
             continue
         if n.op == "matvec":  # row j of the matrix times the operand's row b: lanes stride over k
             (a,) = n.args
@@ -186,8 +194,12 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
         lines[n.size] += [f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = "  # (the staged buffer's type)
                           f"{CTYPES[st.buffer(reads[a].buffer).dtype]}(v{i});" for a, w in forwards if w == i]
-        lines[n.size] += [f"if (exchanging) exchange_put(xchg + ((size_t)((s + 1) & 1) * B + b) * n_{nodes[a].size} + j, "
-                          f"float(v{i}), s + 1);" for a, w in forwards if w == i and a == exchange]
+        lines[n.size] += [f"if (exchanging) exchange_put(xw{a}, float(v{i}), s + 1);"
+                          for a, w in forwards if w == i and a == exchange]
+    for a, w in forwards:  # the exchange word's address first: found after the math, behind the branch on
+        if a == exchange and w in inside:  # `exchanging`, its 64-bit arithmetic was on the step's critical path
+            lines[nodes[w].size].insert(0, f"unsigned long long* const xw{a} = xchg + ((size_t)((s + 1) & 1) * B + b)"
+                                           f" * n_{nodes[a].size} + j;")
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
     return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch, preloads=tuple(preloads))

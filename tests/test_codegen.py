@@ -287,7 +287,8 @@ def test_a_one_stage_persistent_grid_hands_the_state_on_in_tagged_words():
         fwd = program.kernels[pers.name]
         assert pers.exchange == fwd.exchanged.node == fwd.forwarded[0]
         a = pers.exchange
-        assert "if (exchanging) exchange_put(xchg + ((size_t)((s + 1) & 1) * B + b) * n_hidden + j" in program.source
+        assert f"xw{a} = xchg + ((size_t)((s + 1) & 1) * B + b) * n_hidden + j;" in program.source
+        assert f"if (exchanging) exchange_put(xw{a}, " in program.source
         assert f"stage_exchanged(sh{a}, xchg + ((size_t)(s & 1) * B + b0) * n_hidden" in program.source
         assert "if (!exchanging) grid_barrier(bar, target += gridDim.x);" in program.source
         # a block without elements leaves: it would read words and write none, and could be overtaken
