@@ -15,6 +15,8 @@ Printed: block 0's warps, and warp 0's phases over the blocks (min, median, max)
 Cycles a step (and us at the device's clock rate), forward only, T = 100, one layer, the schedule `auto` chooses.
 
     python3 benchmarks/probe_step_clock.py [--spec vanilla] [--schedule "specialise"] [fp16:16x256 fp32:1x512 ...]
+        [--products]   (bf16/fp16: the tensor-core products split in three, clocked in half_products.cu.j2: the
+                        warp's k-steps, the wait at the slices' barrier, the slices' sums and their stores)
 
 (--schedule: more of the schedule after `precision P`; a spec with one product stage, the vanilla LSTM's kind)
 
@@ -50,7 +52,9 @@ for case in sys.argv[7:]:
     cupy.cuda.Device().synchronize()
     sums = [cupy.ndarray((blocks, warps, phases + 1), cupy.int64, m.get_global("lstmdsl_clock_out"))
             for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_out" in src]
-    for a in sums:
+    subs = [cupy.ndarray((blocks, warps, 3), cupy.int64, m.get_global("lstmdsl_clock_sub"))
+            for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_sub[" in src]
+    for a in sums + subs:
         a[...] = 0
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
@@ -59,6 +63,10 @@ for case in sys.argv[7:]:
         a = cupy.asnumpy(a)
         if a[..., -1].any():
             print("DATA", " ".join(str(v) for v in a.reshape(-1).tolist()), flush=True)
+    for a in subs:
+        a = cupy.asnumpy(a)
+        if a.any():
+            print("SUB", " ".join(str(v) for v in a.reshape(-1).tolist()), flush=True)
     print("END", flush=True)
     layer.free_workspaces()
 """
@@ -92,16 +100,50 @@ OUT = ('#ifndef LSTMDSL_CLOCK_OUT\n#define LSTMDSL_CLOCK_OUT\n'
        'extern "C" {\n__device__ long long lstmdsl_clock_out[%d];\n}\n#endif\n') % (BLOCKS * WARPS * 7)
 
 
-def instrumented(src: str) -> str:
-    """A copy of the templates folder with the clock probe in persistent.cu.j2."""
+# --products: three more sums a warp, of the tensor-core products' parts (RED: no wait on memory in the step)
+SUB = ('#ifndef LSTMDSL_CLOCK_SUB\n#define LSTMDSL_CLOCK_SUB\n'
+       'extern "C" {\n__device__ long long lstmdsl_clock_sub[%d];\n}\n#endif\n') % (BLOCKS * WARPS * 3)
+SUB_EDITS = [  # in half_products.cu.j2 (mma_products)
+    ("    const int items = plan.tiles * plan.slices;\n",
+     "    const int items = plan.tiles * plan.slices;\n"
+     "    const long long lstmdsl_s0 = clock64();\n    long long lstmdsl_s1 = lstmdsl_s0, lstmdsl_s2 = 0;\n"),
+    ("        if (plan.slices > 1) {  // (one item a warp: items <= warps)\n",
+     "        lstmdsl_s1 = clock64();\n        if (plan.slices > 1) {  // (one item a warp: items <= warps)\n"),
+    ("    if (plan.slices > 1) {  // the slices' sums, in slice order\n        __syncthreads();\n",
+     "    if (plan.slices > 1) {  // the slices' sums, in slice order\n        __syncthreads();\n"
+     "        lstmdsl_s2 = clock64();\n"),
+    ("            mma_put(plan.red_to[k], sum);\n        }\n    }\n}\n",
+     "            mma_put(plan.red_to[k], sum);\n        }\n    }\n"
+     "    if ((threadIdx.x & 31) == 0 && blockIdx.x < %d && (threadIdx.x >> 5) < %d) {\n"
+     "        unsigned long long* const o = reinterpret_cast<unsigned long long*>(lstmdsl_clock_sub)"
+     " + ((size_t)blockIdx.x * %d + (threadIdx.x >> 5)) * 3;\n"
+     "        const long long e = clock64(), m = lstmdsl_s2 ? lstmdsl_s2 : lstmdsl_s1;\n"
+     "        atomicAdd(o, (unsigned long long)(lstmdsl_s1 - lstmdsl_s0));\n"
+     "        atomicAdd(o + 1, (unsigned long long)(m - lstmdsl_s1));\n"
+     "        atomicAdd(o + 2, (unsigned long long)(e - m));\n    }\n}\n" % (BLOCKS, WARPS, WARPS)),
+]
+
+
+def _edit(text: str, edits, name: str) -> str:
+    for anchor, repl in edits:
+        if text.count(anchor) != 1:
+            raise SystemExit(f"probe_step_clock: {name} changed ({text.count(anchor)} of {anchor!r})")
+        text = text.replace(anchor, repl)
+    return text
+
+
+def instrumented(src: str, products: bool = False) -> str:
+    """A copy of the templates folder with the clock probe in persistent.cu.j2 (and, products: in
+    half_products.cu.j2)."""
     out = tempfile.mkdtemp(prefix="lstmdsl_clock_")
     shutil.copytree(src, out, dirs_exist_ok=True)
+    if products:
+        path = os.path.join(out, "half_products.cu.j2")
+        text = _edit(open(path).read(), SUB_EDITS, "half_products.cu.j2")
+        head, tail = text.split("#define LSTMDSL_HALF_PRODUCTS\n", 1)
+        open(path, "w").write(head + "#define LSTMDSL_HALF_PRODUCTS\n" + SUB + tail)
     path = os.path.join(out, "persistent.cu.j2")
-    text = open(path).read()
-    for anchor, repl in EDITS:
-        if text.count(anchor) != 1:
-            raise SystemExit(f"probe_step_clock: the template changed ({text.count(anchor)} of {anchor!r})")
-        text = text.replace(anchor, repl)
+    text = _edit(open(path).read(), EDITS, "persistent.cu.j2")
     if not text.endswith("    }\n}\n"):
         raise SystemExit("probe_step_clock: the template's end changed")
     open(path, "w").write(OUT + text[:-len("    }\n}\n")] + END)
@@ -120,8 +162,9 @@ def main() -> None:
                                                  "fp32:1x512", "fp32:16x256"], help="PRECISION:BxH")
     ap.add_argument("--spec", default="vanilla")
     ap.add_argument("--schedule", default="", help="appended to `precision P`, e.g. specialise")
+    ap.add_argument("--products", action="store_true", help="the tensor-core products split in three (bf16, fp16)")
     args = ap.parse_args()
-    templates = instrumented(str(resource_dir("templates")))
+    templates = instrumented(str(resource_dir("templates")), args.products)
     r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), args.spec,
                         args.schedule, *args.cases], capture_output=True, text=True)
     if r.returncode:
@@ -152,6 +195,12 @@ def main() -> None:
             prods = numpy.nanmax(per[blocks, :, 2], axis=1)
             print(f"{'slowest products':22} block {int(blocks[numpy.argmax(prods)])}: {prods.max():.0f} cycles "
                   f"(a warp's most; the blocks' median {numpy.median(prods):.0f})")
+            steps = numpy.maximum(a[..., -1], 1)
+        elif line.startswith("SUB"):  # (after its case's DATA: the same blocks, and T a step)
+            sub = numpy.array(line.split()[1:], dtype=numpy.int64).reshape(BLOCKS, WARPS, 3) / steps[..., None]
+            print(f"{'products split':22} {'k-steps':>9} {'slice bar':>9} {'sums':>9}   (median over blocks)")
+            for w in numpy.flatnonzero(ran[0]):
+                print(f"{'warp %d' % w:22} " + " ".join(f"{c:9.0f}" for c in numpy.median(sub[blocks, w], axis=0)))
 
 
 if __name__ == "__main__":
