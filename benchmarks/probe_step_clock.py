@@ -17,6 +17,8 @@ Cycles a step (and us at the device's clock rate), forward only, T = 100, one la
     python3 benchmarks/probe_step_clock.py [--spec vanilla] [--schedule "specialise"] [fp16:16x256 fp32:1x512 ...]
         [--products]   (bf16/fp16: the tensor-core products split in three, clocked in half_products.cu.j2: the
                         warp's k-steps, the wait at the slices' barrier, the slices' sums and their stores)
+        [--polls]      (a grid that hands its state on in tagged words: the rounds of loads its staging took a
+                        step, the most of a warp's lanes, in pointwise.cu.j2's stage_exchanged_by)
 
 (--schedule: more of the schedule after `precision P`; a spec with one product stage, the vanilla LSTM's kind)
 
@@ -54,7 +56,9 @@ for case in sys.argv[7:]:
             for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_out" in src]
     subs = [cupy.ndarray((blocks, warps, 3), cupy.int64, m.get_global("lstmdsl_clock_sub"))
             for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_sub[" in src]
-    for a in sums + subs:
+    polls = [cupy.ndarray((blocks, warps), cupy.uint64, m.get_global("lstmdsl_poll_rounds"))
+             for src, m in nvrtc._MODULES.items() if "lstmdsl_poll_rounds[" in src]
+    for a in sums + subs + polls:
         a[...] = 0
     layer.forward(x, train=False)
     cupy.cuda.Device().synchronize()
@@ -67,6 +71,10 @@ for case in sys.argv[7:]:
         a = cupy.asnumpy(a)
         if a.any():
             print("SUB", " ".join(str(v) for v in a.reshape(-1).tolist()), flush=True)
+    for a in polls:
+        a = cupy.asnumpy(a)
+        if a.any():
+            print("POLL", " ".join(str(v) for v in a.reshape(-1).tolist()), flush=True)
     print("END", flush=True)
     layer.free_workspaces()
 """
@@ -124,6 +132,26 @@ SUB_EDITS = [  # in half_products.cu.j2 (mma_products)
 ]
 
 
+# --polls: each warp's rounds of loads in the staging of the exchanged words (the most of its lanes), a sum a warp
+POLL = ('#ifndef LSTMDSL_POLL_ROUNDS\n#define LSTMDSL_POLL_ROUNDS\n'
+        'extern "C" {\n__device__ unsigned long long lstmdsl_poll_rounds[%d];\n}\n#endif\n') % (BLOCKS * WARPS)
+POLL_EDITS = [  # in pointwise.cu.j2 (stage_exchanged_by)
+    ("template <int V, typename T>\n__device__ __forceinline__ void stage_exchanged_by(",
+     POLL + "template <int V, typename T>\n__device__ __forceinline__ void stage_exchanged_by("),
+    ("    int r = V * threadIdx.x / cols, c = V * threadIdx.x - r * cols;  // the row and column of element e below\n",
+     "    int r = V * threadIdx.x / cols, c = V * threadIdx.x - r * cols;  // the row and column of element e below\n"
+     "    unsigned lstmdsl_rounds = 0;\n"),
+    ("        for (;;) {\n            bool ready = true;\n",
+     "        for (;;) {\n            ++lstmdsl_rounds;\n            bool ready = true;\n"),
+    ("                dst[to[k]] = T(__uint_as_float((unsigned)w[k]));\n        }\n    }\n}\n",
+     "                dst[to[k]] = T(__uint_as_float((unsigned)w[k]));\n        }\n    }\n"
+     "    lstmdsl_rounds = __reduce_max_sync(0xffffffffu, lstmdsl_rounds);\n"
+     "    if ((threadIdx.x & 31) == 0 && blockIdx.x < %d && (threadIdx.x >> 5) < %d)\n"
+     "        atomicAdd(lstmdsl_poll_rounds + (size_t)blockIdx.x * %d + (threadIdx.x >> 5), "
+     "(unsigned long long)lstmdsl_rounds);\n}\n" % (BLOCKS, WARPS, WARPS)),
+]
+
+
 def _edit(text: str, edits, name: str) -> str:
     for anchor, repl in edits:
         if text.count(anchor) != 1:
@@ -132,11 +160,15 @@ def _edit(text: str, edits, name: str) -> str:
     return text
 
 
-def instrumented(src: str, products: bool = False) -> str:
+def instrumented(src: str, products: bool = False, polls: bool = False) -> str:
     """A copy of the templates folder with the clock probe in persistent.cu.j2 (and, products: in
-    half_products.cu.j2)."""
+    half_products.cu.j2; polls: the count of the staging's rounds in pointwise.cu.j2)."""
     out = tempfile.mkdtemp(prefix="lstmdsl_clock_")
     shutil.copytree(src, out, dirs_exist_ok=True)
+    if polls:
+        path = os.path.join(out, "pointwise.cu.j2")
+        text = _edit(open(path).read(), POLL_EDITS, "pointwise.cu.j2")
+        open(path, "w").write(text)
     if products:
         path = os.path.join(out, "half_products.cu.j2")
         text = _edit(open(path).read(), SUB_EDITS, "half_products.cu.j2")
@@ -163,8 +195,9 @@ def main() -> None:
     ap.add_argument("--spec", default="vanilla")
     ap.add_argument("--schedule", default="", help="appended to `precision P`, e.g. specialise")
     ap.add_argument("--products", action="store_true", help="the tensor-core products split in three (bf16, fp16)")
+    ap.add_argument("--polls", action="store_true", help="the rounds of loads of the exchanged words a step")
     args = ap.parse_args()
-    templates = instrumented(str(resource_dir("templates")), args.products)
+    templates = instrumented(str(resource_dir("templates")), args.products, args.polls)
     r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), args.spec,
                         args.schedule, *args.cases], capture_output=True, text=True)
     if r.returncode:
@@ -201,6 +234,11 @@ def main() -> None:
             print(f"{'products split':22} {'k-steps':>9} {'slice bar':>9} {'sums':>9}   (median over blocks)")
             for w in numpy.flatnonzero(ran[0]):
                 print(f"{'warp %d' % w:22} " + " ".join(f"{c:9.0f}" for c in numpy.median(sub[blocks, w], axis=0)))
+        elif line.startswith("POLL"):  # (the steps after the first stage exchanged words: T - 1 of them)
+            rounds = numpy.array(line.split()[1:], dtype=numpy.float64).reshape(BLOCKS, WARPS)
+            rounds = rounds[blocks][:, ran[0]] / numpy.maximum(a[blocks][:, ran[0], -1] - 1, 1)
+            print(f"{'poll rounds a step':22} min {rounds.min():.2f}, median {numpy.median(rounds):.2f}, "
+                  f"max {rounds.max():.2f} (a warp's, over blocks and warps; 1: no word was late)")
 
 
 if __name__ == "__main__":

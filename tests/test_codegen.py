@@ -452,8 +452,8 @@ def test_the_module_loader_finds_a_persistent_kernel_first_in_its_source():
 def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypatch):
     """benchmarks/probe_step_clock.py edits a copy of templates/ at anchors in persistent.cu.j2: every anchor is
     still there once, and the kernels rendered from the copy carry the six clock sums and the array they are
-    stored into (with --products, in half precision, the products' three sums too); with nvcc where it is
-    installed, they compile for sm_90."""
+    stored into (with --products, in half precision, the products' three sums too; with --polls, the staging's
+    rounds of loads); with nvcc where it is installed, they compile for sm_90."""
     import importlib.util
     from pathlib import Path
 
@@ -464,7 +464,7 @@ def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypa
     spec = importlib.util.spec_from_file_location("probe_step_clock", path)
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    copy = Path(probe.instrumented(str(resource_dir("templates")), products=True))
+    copy = Path(probe.instrumented(str(resource_dir("templates")), products=True, polls=True))
     real = codegen.resource_dir
     monkeypatch.setattr(codegen, "resource_dir", lambda name: copy if name == "templates" else real(name))
     codegen._template.cache_clear()
@@ -475,6 +475,7 @@ def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypa
             assert all(f"lstmdsl_ck[{k}] +=" in source for k in range(6)) and "lstmdsl_clock_out[" in source
             assert ("lstmdsl_clock_sub[" in source) == (precision == "fp16")
             assert source.count("atomicAdd(o") == (3 if precision == "fp16" else 0)
+            assert "++lstmdsl_rounds;" in source and "lstmdsl_poll_rounds[" in source
             if shutil.which("nvcc"):
                 cu = copy / f"k_{precision}.cu"
                 cu.write_text(source)
