@@ -16,7 +16,7 @@ Cycles a step (and us at the device's clock rate), forward only, T = 100, one la
 
     python3 benchmarks/probe_step_clock.py [--spec vanilla] [--schedule "specialise"] [fp16:16x256 fp32:1x512 ...]
         [--products]   (bf16/fp16: the tensor-core products split in three, clocked in half_products.cu.j2: the
-                        warp's k-steps, the wait at the slices' barrier, the slices' sums and their stores)
+                        warp's k-steps with their sums' stores, the wait at the slices' barrier, the slices' sums)
         [--polls]      (a grid that hands its state on in tagged words: the rounds of loads its staging took a
                         step, the most of a warp's lanes, in pointwise.cu.j2's stage_exchanged_by)
 
@@ -115,11 +115,9 @@ SUB_EDITS = [  # in half_products.cu.j2 (mma_products)
     ("    const int items = plan.tiles * plan.slices;\n",
      "    const int items = plan.tiles * plan.slices;\n"
      "    const long long lstmdsl_s0 = clock64();\n    long long lstmdsl_s1 = lstmdsl_s0, lstmdsl_s2 = 0;\n"),
-    ("        if (plan.slices > 1) {  // (one item a warp: items <= warps)\n",
-     "        lstmdsl_s1 = clock64();\n        if (plan.slices > 1) {  // (one item a warp: items <= warps)\n"),
     ("    if (plan.slices > 1) {  // the slices' sums, in slice order\n        __syncthreads();\n",
-     "    if (plan.slices > 1) {  // the slices' sums, in slice order\n        __syncthreads();\n"
-     "        lstmdsl_s2 = clock64();\n"),
+     "    lstmdsl_s1 = clock64();\n    if (plan.slices > 1) {  // the slices' sums, in slice order\n"
+     "        __syncthreads();\n        lstmdsl_s2 = clock64();\n"),
     ("            mma_put(plan.red_to[k], sum);\n        }\n    }\n}\n",
      "            mma_put(plan.red_to[k], sum);\n        }\n    }\n"
      "    if ((threadIdx.x & 31) == 0 && blockIdx.x < %d && (threadIdx.x >> 5) < %d) {\n"
