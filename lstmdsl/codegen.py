@@ -107,6 +107,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
              for s in sorted(set(sizes) | operand_sizes | divisors)]
     consts, lines, preloads = [], {s: [] for s in sizes}, []  # preloads: KernelDesc.preloads
     lines[ROW] = consts  # per-row scalars: every thread of the row computes them, before the vectors
+    stores = {s: [] for s in lines}  # a stage that exchanges its state: the item's stores, after its exchange
     store_row = "if (j == 0 && lane == 0) " if warp else "if (j == 0) "
     reads = dict(op.reads)
     elementwise = {a for i in op.nodes if i not in products for a in nodes[i].args if a not in inside}
@@ -191,7 +192,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg("const int", f"ld_out{i}_{k}", ArgBind("ld", slot=slot)))
             index, guard = (f"b * ld_out{i}_{k}", store_row) if n.size == ROW else (
                 f"b * ld_out{i}_{k} + {_at(f'out{i}_{k}', slot, args)}", store)
-            lines[n.size].append(f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
+            (stores if exchange is not None else lines)[n.size].append(
+                f"{guard}out{i}_{k}[{index}] {'+=' if slot.accumulate else '='} {ctype}(v{i});")
         lines[n.size] += [f"if (forwarding) sh{a}[(b - b0) * ld_sh{a} + j] = "  # (the staged buffer's type)
                           f"{CTYPES[st.buffer(reads[a].buffer).dtype]}(v{i});" for a, w in forwards if w == i]
         lines[n.size] += [f"if (exchanging) exchange_put(xw{a}, float(v{i}), s + 1);"
@@ -200,6 +202,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
         if a == exchange and w in inside:  # `exchanging`, its 64-bit arithmetic was on the step's critical path
             lines[nodes[w].size].insert(0, f"unsigned long long* const xw{a} = xchg + ((size_t)((s + 1) & 1) * B + b)"
                                            f" * n_{nodes[a].size} + j;")
+    for s in stores:  # a grid's exchanged words go out first: stores drain in order, and the item's ~7 warp-wide
+        lines[s] += stores[s]  # stores of its activations had been issued before them (values stay in registers)
     groups = tuple((f"n_{s}", tuple(lines[s])) for s in sizes)
     launch = Launch(op.launch.threads, op.launch.threads, sizes or (ROW,)) if stage else op.launch
     return KernelDesc(op.name, _in_place_args(op, args), tuple(consts), groups, launch, preloads=tuple(preloads))
