@@ -486,3 +486,22 @@ def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypa
         codegen._template.cache_clear()
         build_program.cache_clear()
         shutil.rmtree(copy, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_l2_fanin_probe_compiles_without_spills(tmp_path):
+    """benchmarks/probe_l2_fanin.py's kernel (the exchange's round of loads, every block at once) compiles for
+    sm_90 without register spills, so that what it times on the GPU is its loads."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_l2_fanin.py"
+    spec = importlib.util.spec_from_file_location("probe_l2_fanin", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    cu = tmp_path / "fanin.cu"
+    cu.write_text(probe.source())
+    r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Compiling entry function 'fanin'" in r.stderr and " 0 bytes spill stores" in r.stderr, r.stderr[-2000:]
