@@ -13,7 +13,7 @@ into every copy (as exchange_put stores a step's h), before the grid barrier. Pr
 slowest block's cycles a round, for each grid size, word count, copies and mode.
 
     python3 benchmarks/probe_l2_fanin.py [--rounds 200] [--grids 1 16 32 64 128] [--words 1024 2048 4096 8192]
-        [--replicas 1 2 4 8] [--json out.json]
+        [--replicas 1 2 4 8 16 128] [--json out.json]   (128 copies: every block its own, no fan-in)
 
 Needs a GPU and CuPy (blocks up to the device's multiprocessors, so that all are resident: the grid barrier
 spins). `source()` is the kernel's CUDA text (test_codegen compiles it with nvcc for sm_90).
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--grids", type=int, nargs="*", default=[1, 16, 32, 64, 128])
     ap.add_argument("--words", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
-    ap.add_argument("--replicas", type=int, nargs="*", default=[1, 2, 4, 8])
+    ap.add_argument("--replicas", type=int, nargs="*", default=[1, 2, 4, 8, 16, 128])
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     import cupy
