@@ -14,6 +14,9 @@ slowest block's cycles a round, for each grid size, word count, copies and mode.
 
     python3 benchmarks/probe_l2_fanin.py [--rounds 200] [--grids 1 16 32 64 128] [--words 1024 2048 4096 8192]
         [--replicas 1 2 4 8 16 128] [--json out.json]   (128 copies: every block its own, no fan-in)
+        [--exchange]   (first, the hand-off alone: each round every block stores its share of the words tagged
+                        with the round and loads all of them until each carries it, as an exchanging grid's step
+                        does without its products and items: the floor of that design's step)
 
 Needs a GPU and CuPy (blocks up to the device's multiprocessors, so that all are resident: the grid barrier
 spins). `source()` is the kernel's CUDA text (test_codegen compiles it with nvcc for sm_90).
@@ -78,6 +81,56 @@ extern "C" __global__ void __launch_bounds__(256, 1) fanin(unsigned long long* b
     if (acc == 0x5eedull)  // (never: keeps the loads)
         out[gridDim.x + blockIdx.x] = (long long)acc;
 }
+// --exchange: the hand-off alone, as an exchanging grid runs it with no products and no items: at round r each
+// block stores its share of the words tagged r into area r & 1, then loads all the words until each carries r
+// (the late ones loaded again), and meets its threads at a block barrier. Two areas suffice, as in the kernels
+// (pointwise.cu.j2, exchange_put). Thread 0 times all the rounds.
+extern "C" __global__ void __launch_bounds__(256, 1) exchange_rounds(unsigned long long* area, const int words,
+                                                                      const int rounds, long long* out)
+{
+    const int share = (words + gridDim.x - 1) / gridDim.x, w0 = blockIdx.x * share, w1 = min(words, w0 + share);
+    unsigned long long acc = 0;
+    const long long t0 = clock64();
+    for (int r = 1; r <= rounds; ++r) {
+        unsigned long long* const a = area + (size_t)(r & 1) * words;
+        for (int e = w0 + threadIdx.x; e < w1; e += blockDim.x)
+            asm volatile("st.relaxed.gpu.global.u64 [%0], %1;"
+                         : : "l"(a + e), "l"(((unsigned long long)r << 32) | e) : "memory");
+        for (int e0 = 2 * threadIdx.x; e0 < words; e0 += 16 * blockDim.x) {
+            unsigned long long w[16];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const int e = e0 + 2 * k * blockDim.x;
+                if (e + 1 < words)
+                    asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];"
+                                 : "=l"(w[2 * k]), "=l"(w[2 * k + 1]) : "l"(a + e) : "memory");
+                else
+                    w[2 * k] = (unsigned long long)r << 32, w[2 * k + 1] = (unsigned long long)r << 32;
+            }
+            for (;;) {
+                bool ready = true;
+#pragma unroll
+                for (int u = 0; u < 16; ++u) ready = ready && (unsigned)(w[u] >> 32) == (unsigned)r;
+                if (ready)
+                    break;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const int e = e0 + 2 * k * blockDim.x;
+                    if ((unsigned)(w[2 * k] >> 32) != (unsigned)r || (unsigned)(w[2 * k + 1] >> 32) != (unsigned)r)
+                        asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];"
+                                     : "=l"(w[2 * k]), "=l"(w[2 * k + 1]) : "l"(a + e) : "memory");
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 16; ++u) acc += w[u] >> (u & 7);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        out[blockIdx.x] = clock64() - t0;
+    if (acc == 0x5eedull)  // (never: keeps the loads)
+        out[gridDim.x + blockIdx.x] = (long long)acc;
+}
 """
 
 
@@ -91,6 +144,8 @@ def main() -> None:
     ap.add_argument("--grids", type=int, nargs="*", default=[1, 16, 32, 64, 128])
     ap.add_argument("--words", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--replicas", type=int, nargs="*", default=[1, 2, 4, 8, 16, 128])
+    ap.add_argument("--exchange", action="store_true",
+                    help="also the hand-off alone: each round every block stores its share and polls all the words")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     import cupy
@@ -98,6 +153,18 @@ def main() -> None:
     kernel = cupy.RawKernel(SOURCE, "fanin", options=("-std=c++17",))
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     rows = []
+    if args.exchange:
+        rounds = cupy.RawKernel(SOURCE, "exchange_rounds", options=("-std=c++17",))
+        print(f"{'grid':>5} {'words':>6} {'KB':>4} | the hand-off alone, cycles a round: median  slowest")
+        for grid in (g for g in args.grids if 1 < g <= sms):
+            for words in args.words:
+                area, out = cupy.zeros(2 * words, cupy.uint64), cupy.zeros(2 * grid, cupy.int64)
+                rounds((grid,), (256,), (area, cupy.int32(words), cupy.int32(args.rounds), out))
+                cupy.cuda.Device().synchronize()
+                per = (out[:grid].get() / args.rounds).tolist()
+                row = dict(mode="exchange", grid=grid, words=words, median=statistics.median(per), slowest=max(per))
+                rows.append(row)
+                print(f"{grid:>5} {words:>6} {words * 8 // 1024:>4} | {row['median']:>35.0f} {row['slowest']:>8.0f}")
     print(f"{'grid':>5} {'words':>6} {'KB':>4} {'copies':>6} {'mode':>5} | cycles a round: median  slowest")
     for grid in args.grids:
         if grid > sms:

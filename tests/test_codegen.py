@@ -504,4 +504,5 @@ def test_the_l2_fanin_probe_compiles_without_spills(tmp_path):
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "Compiling entry function 'fanin'" in r.stderr and " 0 bytes spill stores" in r.stderr, r.stderr[-2000:]
+    assert "Compiling entry function 'fanin'" in r.stderr and "Compiling entry function 'exchange_rounds'" in r.stderr
+    assert r.stderr.count(" 0 bytes spill stores") == 2, r.stderr[-2000:]
