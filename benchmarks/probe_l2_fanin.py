@@ -41,6 +41,25 @@ __device__ __forceinline__ void fanin_barrier(unsigned* count, const unsigned ta
     }
     __syncthreads();
 }
+// the 16-byte load of words e and e + 1 of src (two 64-bit single-copy atomic halves)
+__device__ __forceinline__ void load_pair(const unsigned long long* p, unsigned long long& a, unsigned long long& b)
+{
+    asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];" : "=l"(a), "=l"(b) : "l"(p) : "memory");
+}
+// one round of a thread's loads from e0: 16 words in flight, eight 16-byte loads blockDim.x pairs apart (the
+// staging's pattern); past the words, `fill`
+__device__ __forceinline__ void load_round(const unsigned long long* src, const int e0, const int words,
+                                           unsigned long long (&w)[16], const unsigned long long fill)
+{
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int e = e0 + 2 * k * blockDim.x;
+        if (e + 1 < words)
+            load_pair(src + e, w[2 * k], w[2 * k + 1]);
+        else
+            w[2 * k] = fill, w[2 * k + 1] = fill;
+    }
+}
 extern "C" __global__ void __launch_bounds__(256, 1) fanin(unsigned long long* buf, const int words,
                                                             const int replicas, const long long stride,
                                                             const int rounds, const int write, unsigned* count,
@@ -61,15 +80,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) fanin(unsigned long long* b
         const long long t0 = clock64();
         for (int e0 = 2 * threadIdx.x; e0 < words; e0 += 16 * blockDim.x) {
             unsigned long long w[16];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const int e = e0 + 2 * k * blockDim.x;
-                if (e + 1 < words)
-                    asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];"
-                                 : "=l"(w[2 * k]), "=l"(w[2 * k + 1]) : "l"(src + e) : "memory");
-                else
-                    w[2 * k] = 0, w[2 * k + 1] = 0;
-            }
+            load_round(src, e0, words, w, 0);
 #pragma unroll
             for (int u = 0; u < 16; ++u) acc += w[u] >> (u & 7);
         }
@@ -98,15 +109,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) exchange_rounds(unsigned lo
                          : : "l"(a + e), "l"(((unsigned long long)r << 32) | e) : "memory");
         for (int e0 = 2 * threadIdx.x; e0 < words; e0 += 16 * blockDim.x) {
             unsigned long long w[16];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const int e = e0 + 2 * k * blockDim.x;
-                if (e + 1 < words)
-                    asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];"
-                                 : "=l"(w[2 * k]), "=l"(w[2 * k + 1]) : "l"(a + e) : "memory");
-                else
-                    w[2 * k] = (unsigned long long)r << 32, w[2 * k + 1] = (unsigned long long)r << 32;
-            }
+            load_round(a, e0, words, w, (unsigned long long)r << 32);
             for (;;) {
                 bool ready = true;
 #pragma unroll
@@ -117,8 +120,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) exchange_rounds(unsigned lo
                 for (int k = 0; k < 8; ++k) {
                     const int e = e0 + 2 * k * blockDim.x;
                     if ((unsigned)(w[2 * k] >> 32) != (unsigned)r || (unsigned)(w[2 * k + 1] >> 32) != (unsigned)r)
-                        asm volatile("ld.relaxed.gpu.global.v2.u64 { %0, %1 }, [%2];"
-                                     : "=l"(w[2 * k]), "=l"(w[2 * k + 1]) : "l"(a + e) : "memory");
+                        load_pair(a + e, w[2 * k], w[2 * k + 1]);  // (never past the words: those hold r)
                 }
             }
 #pragma unroll
