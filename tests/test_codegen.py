@@ -449,21 +449,29 @@ def test_the_module_loader_finds_a_persistent_kernel_first_in_its_source():
     assert _FIRST_KERNEL.search(program.source).group(1) in program.kernels
 
 
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypatch):
     """benchmarks/probe_step_clock.py edits a copy of templates/ at anchors in persistent.cu.j2: every anchor is
     still there once, and the kernels rendered from the copy carry the six clock sums and the array they are
     stored into (with --products, in half precision, the products' three sums too; with --polls, the staging's
     rounds of loads); with nvcc where it is installed, they compile for sm_90."""
-    import importlib.util
     from pathlib import Path
 
     from lstmdsl import codegen
     from lstmdsl.resources import resource_dir
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_step_clock.py"
-    spec = importlib.util.spec_from_file_location("probe_step_clock", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _benchmark("probe_step_clock")
     copy = Path(probe.instrumented(str(resource_dir("templates")), products=True, polls=True))
     real = codegen.resource_dir
     monkeypatch.setattr(codegen, "resource_dir", lambda name: copy if name == "templates" else real(name))
@@ -492,15 +500,8 @@ def test_the_step_clock_probe_still_instruments_the_persistent_template(monkeypa
 def test_the_l2_fanin_probe_compiles_without_spills(tmp_path):
     """benchmarks/probe_l2_fanin.py's kernel (the exchange's round of loads, every block at once) compiles for
     sm_90 without register spills, so that what it times on the GPU is its loads."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_l2_fanin.py"
-    spec = importlib.util.spec_from_file_location("probe_l2_fanin", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     cu = tmp_path / "fanin.cu"
-    cu.write_text(probe.source())
+    cu.write_text(_benchmark("probe_l2_fanin").source())
     r = subprocess.run(["nvcc", "-arch=sm_90", "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
