@@ -59,10 +59,30 @@ def merge(name: str, parts: list[str]) -> None:
     rows = {}
     for d in datas:
         rows.update({key(r): r for r in d["rows"]})
-    meta = dict(datas[0]["meta"]) | {"parts": [d["meta"] for d in datas]}
+    meta = dict(datas[0]["meta"]) | {"parts": _runs([d["meta"] for d in datas])}
     meta["gemm_tflops"] = min(d["meta"]["gemm_tflops"] for d in datas)
     write_text(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": list(rows.values())}, indent=2) + "\n")
     print(f"wrote benchmarks/results/{name}.json ({len(rows)} rows from {len(parts)} parts)")
+
+
+def commands(meta: dict) -> str:
+    """The command that made a grid, or each run's of a grid joined from parts (markdown)."""
+    if "parts" not in meta:
+        return f"`{meta.get('command', 'python3 benchmarks/run.py')}`"
+    runs = list(dict.fromkeys(r.get("command", "python3 benchmarks/run.py") for r in _runs([meta])))
+    return "; ".join(f"`{c}`" for c in runs) + " (joined with `benchmarks/report.py merge`, a later run's rows " \
+        "replacing an earlier one's)"
+
+
+def _runs(metas: list[dict]) -> list[dict]:
+    """The runs behind grid parts' metadata, each once, in order: a part that was itself merged brings its
+    own runs (once nested a level deeper at every merge)."""
+    out = []
+    for m in metas:
+        for run in _runs(m["parts"]) if "parts" in m else [m]:
+            if run not in out:
+                out.append(run)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -139,8 +159,7 @@ def grid_table(data: dict) -> str:
 def write_grid(name: str, data: dict) -> None:
     m = data["meta"]
     text = [f"# Benchmark grid `{name}`", "", describe_meta(m) + ".", "",
-            f"Command: `{m.get('command', 'python3 benchmarks/run.py')}`" +
-            (" (in parts, joined with `benchmarks/report.py merge`)" if "parts" in m else "") + ".",
+            f"Command{'s' if 'parts' in m else ''}: {commands(m)}.",
             "Medians of CUDA-event timings in ms (min, max and repeat counts in the JSON); memory: peak MiB in "
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
             "matrix products' FLOPs at the measured GEMM rate.", "", grid_table(data)]
@@ -393,7 +412,7 @@ def grid_facts(data: dict | None) -> dict | None:
     floors = [ms(r["results"], "lstmdsl") / floor_ms(r, meta) for r in rows
               if r["spec"] == "vanilla" and ms(r["results"], "lstmdsl") and floor_ms(r, meta)]
     return {
-        "meta": describe_meta(meta), "raw": meta,
+        "meta": describe_meta(meta), "raw": meta, "commands": commands(meta),
         "vanilla_table": table(["B", "H", "T", "L", "fwd lstmdsl", "fwd cuDNN", "fwd ratio", "fwd floor",
                                 "train lstmdsl", "train cuDNN", "train ratio", "train floor", "train MiB lstmdsl",
                                 "train MiB cuDNN"], vanilla),

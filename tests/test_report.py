@@ -59,6 +59,9 @@ def test_merge_joins_parts_and_refuses_another_gpu(tmp_path, monkeypatch):
     joined = json.loads((tmp_path / "joined.json").read_text())
     assert len(joined["rows"]) == 3 and newer in joined["rows"]
     assert joined["meta"]["gemm_tflops"] == 40.0 and len(joined["meta"]["parts"]) == 2
+    report.merge("again", [str(tmp_path / "joined.json"), str(b)])  # a merged file's runs, not nested copies
+    parts = json.loads((tmp_path / "again.json").read_text())["meta"]["parts"]
+    assert len(parts) == 2 and not any("parts" in p for p in parts)  # (b once)
     c.write_text(json.dumps({"meta": META | {"gpu": "GPU Y"}, "rows": []}))
     with pytest.raises(SystemExit, match="GPU Y"):
         report.merge("bad", [str(a), str(c)])
