@@ -24,7 +24,8 @@ in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the ba
 --persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256,
-whose rows fill the exchange's staging passes evenly); --persistent-split forces
+whose rows fill the exchange's staging passes evenly; --batch=N: B = N, e.g. 1 with --specialise, whose half-precision
+kernels load their operand fragments straight from the exchange's words); --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
@@ -49,6 +50,7 @@ wave = "--wavefront" in args
 packed = "--torch-packed" in args
 special = "; specialise" if "--specialise" in args else ""
 wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300))  # a grid's H
+rows = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--batch=")), None)
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
@@ -93,7 +95,7 @@ options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else 
 layer = lstmdsl.compile(name, input_size=5, hidden_size=wide if grid else 33, num_layers=2, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else "") + special)
-B = 40 if split else 1 if "--persistent-block" in sys.argv else 3  # (one block: one row; more split the batch)
+B = rows or (40 if split else 1 if "--persistent-block" in sys.argv else 3)  # (one block: one row; more split)
 x = cupy.asarray(np.random.default_rng(0).standard_normal((37 if wave else 7, B, 5)).astype(np.float32))
 lengths = (np.array([7, 2, 5]) if B == 3 else np.random.default_rng(1).integers(1, 8, B)) if masked else None
 for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
