@@ -69,7 +69,8 @@ def commands(meta: dict) -> str:
     """The command that made a grid, or each run's of a grid joined from parts (markdown)."""
     if "parts" not in meta:
         return f"`{meta.get('command', 'python3 benchmarks/run.py')}`"
-    runs = list(dict.fromkeys(r.get("command", "python3 benchmarks/run.py") for r in _runs([meta])))
+    # each command once, where it last ran: a later run's rows replace an earlier one's
+    runs = list(dict.fromkeys(reversed([r.get("command", "python3 benchmarks/run.py") for r in _runs([meta])])))[::-1]
     return "; ".join(f"`{c}`" for c in runs) + " (joined with `benchmarks/report.py merge`, a later run's rows " \
         "replacing an earlier one's)"
 

@@ -24,8 +24,8 @@ in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the ba
 --persistent-block forces `persistent` at B = 1, so the forward and (where the cell has one) the backward run
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256,
-whose rows fill the exchange's staging passes evenly; --batch=N: B = N, e.g. 1 with --specialise, whose half-precision
-kernels load their operand fragments straight from the exchange's words); --persistent-split forces
+whose rows fill the exchange's staging passes evenly; --batch=N: B = N, e.g. 1 with --specialise, a grid's kernels
+compiled for one batch row); --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this

@@ -488,7 +488,7 @@ def test_a_grid_hands_on_the_state_at_the_common_sizes(B, H, precision):
     two words: a whole staging pass of 4096 words (16 x 256) and parts of one, rows shorter and longer than a
     thread's loads a pass; the float64 reference's results with every workspace poisoned, and every launch
     exchanged (the other grid tests' H = 300, 1000, 1100 have rows that are not). One batch row with `specialise`:
-    the kernels compiled for B = 1, whose warps load their operand fragments straight from the tagged words."""
+    the grids' kernels compiled for B = 1 (runtime/specialise.py)."""
     gpu = lstmdsl.compile("vanilla", 16, H, backend="cuda", schedule=f"persistent; precision {precision}", seed=0)
     randomize(gpu, 1, 1 / np.sqrt(H))
     x, state, dy, dstate = random_case(gpu, 9, B, 2)

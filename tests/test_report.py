@@ -67,6 +67,15 @@ def test_merge_joins_parts_and_refuses_another_gpu(tmp_path, monkeypatch):
         report.merge("bad", [str(a), str(c)])
 
 
+def test_a_grid_names_every_run_behind_it_in_order():
+    """One run: its command. Parts: each command once, where it last ran (its rows replace the earlier ones')."""
+    assert report.commands({"command": "python3 benchmarks/run.py --a"}) == "`python3 benchmarks/run.py --a`"
+    a, b = {"command": "A", "date": "1"}, {"command": "B", "date": "2"}
+    again = {"command": "A", "date": "3"}
+    text = report.commands({"command": "A", "parts": [{"command": "A", "parts": [a, b]}, again]})
+    assert text.startswith("`B`; `A` (joined with")
+
+
 def test_the_speedup_plot_of_one_shape_draws(tmp_path, monkeypatch):
     """One shape per bar: its geometric mean is the value itself up to a rounding, which once made a
     negative error bar and the plot (and the report of a one-shape run) fail."""
