@@ -124,8 +124,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "
-                         "recurrent products in fp32 (two: of square matrices; the input's products hoisted), "
-                         "where it was measured faster than the stepwise loop; "
+                         "recurrent products in fp32 (two: of square matrices; the input's products hoisted) "
+                         "and of one in bf16 and fp16, where it was measured faster than the stepwise loop; "
                          "`persistent` forces it where it can run")
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
