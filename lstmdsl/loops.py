@@ -81,7 +81,7 @@ class Persistent:
         at B = 16 with the batch, staged rows and strides left as arguments; bf16 and fp16: 0.56-0.83x forward,
         0.56-0.78x training where their auto runs persistent). Auto: every launch but a grid that hands its state
         on in tagged words (exchange) over more than specialise_batch rows, those slower ones; none where
-        specialise_auto is off (tf32 and float64 layers: not measured)."""
+        specialise_auto is off (float64 layers: not measured)."""
         if self.specialise != "auto":
             return self.specialise == "on"
         return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or

@@ -124,7 +124,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "
-                         "recurrent products in fp32 (two: of square matrices; the input's products hoisted) "
+                         "recurrent products in fp32 and tf32 (two: of square matrices; the input's products hoisted) "
                          "and of one in bf16 and fp16, where it was measured faster than the stepwise loop; "
                          "`persistent` forces it where it can run")
         if pers is not None:
@@ -160,7 +160,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                         "one that takes every size runs, then used from the next call on; not for a grid that hands "
                         f"its state on in tagged words at B > {pers.specialise_batch}" if pers.specialise_auto else
                         "the one that takes every size at run time (`specialise auto` compiles one per shape only "
-                        "under precision fp32, bf16 and fp16 in float32 layers, where it was measured; `specialise` "
+                        "in float32 layers, where it was measured; `specialise` "
                         "forces it)"}[
                 pers.specialise])
             half = any(s.dtype in HALF_TYPES for s in plan.storage.stacks)

@@ -147,8 +147,10 @@ extern "C" __global__ void probe(const float* a, float* s, float* t, int n)
 
 
 def test_tf32_reaches_cublas_and_stays_within_its_tolerance():
-    strict = max(check("vanilla", 20, 16, 256, 256, 1).values())
-    tf32 = max(check("vanilla", 20, 16, 256, 256, 1, schedule="precision tf32").values())
+    """The stepwise loop (its recurrent GEMMs on cuBLAS's tf32 tensor cores); at this shape `auto` would run
+    fp32's persistent kernel, whose products are strict."""
+    strict = max(check("vanilla", 20, 16, 256, 256, 1, schedule="no persistent").values())
+    tf32 = max(check("vanilla", 20, 16, 256, 256, 1, schedule="no persistent; precision tf32").values())
     assert tf32 <= TOLERANCE["tf32"]
     # tf32 rounds the GEMMs' operands to 10 mantissa bits: its error is far above strict fp32's
     assert tf32 > 30 * strict and tf32 > 1e-5, (strict, tf32)

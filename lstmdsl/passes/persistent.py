@@ -68,7 +68,12 @@ from .recurrent_fusion import _reads
 # them (H = 96-160 at B <= 8, a grid over the elements with the blocks patched: 0.88-0.96x,
 # probes/half_persistent_h200.txt) the margin is thin and the stepwise loop stays. Like HALF_LIMITS, these rules
 # were measured with the vanilla LSTM and apply to every single-stage cell of one product operand (a cell of three
-# gate matrices, CIFG's, keeps a row under 2^14 to H = 73). tf32 keeps the stepwise loop (not measured).
+# gate matrices, CIFG's, keeps a row under 2^14 to H = 73). tf32 takes fp32's rules (set after
+# MANY_ALONE_LIMITS): its persistent kernels are fp32's (their products strict fp32 multiply-adds; only cuBLAS's
+# GEMMs, the hoisted input products, the weight gradients and a stepwise backward's, run on tf32 tensor cores),
+# and in the grids of 2026-12-03 (docs/performance.md, "tf32 at small batch") fp32's auto, persistent, took
+# 0.31-0.44x tf32's stepwise forward time at B = 1 and 0.58-0.96x at B = 16 (one layer; a stack runs the
+# wavefront of stepwise layers in both).
 # Where all the weights fit one block, a grid that splits the batch (each block all the weights and its own
 # rows, Persistent.split_rows, at every B >= 2; one block at B = 1) wins to B = 256 at every H measured
 # (SPLIT_LIMITS; benchmarks/results/persistent_split_fp32_h200.md, forced split against the stepwise loop,
@@ -90,7 +95,7 @@ from .recurrent_fusion import _reads
 # 7.11, benchmarks/results/probes/bidirectional_rule64_h200.md), so there the B <= 16 rule stays, also where the
 # directions run one after the other (torch.compile, a capture, overlap_directions off: 7.32 against 8.06 ms
 # there is left; ALONE_LIMITS: Persistent.alone_work).
-ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
 # forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024
 # 0.86x, B = 4, H = 1024 0.77x) the grid also wins at B = 2-16 from 2^21 to 2^25 multiply-adds a step (the
@@ -107,11 +112,11 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # and 1.15x; 64 x 256 1.14x and 1.37x; 24 x 1024 0.98x and 1.40x), so the rule stops at 16.
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 26, 2))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
-LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
-SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
-ROW_LIMITS = {"fp32": (), "tf32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_LIMITS}
+LIMITS = {"fp32": ((16, 1, 1 << 26),), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
+SPLIT_LIMITS = {"fp32": ((256, 1, 1 << 26),), "bf16": (), "fp16": ()}
+ROW_LIMITS = {"fp32": (), "bf16": HALF_ROW_LIMITS, "fp16": HALF_ROW_LIMITS}
 # where `specialise auto` compiles kernels for their shape (benchmarks/results/specialise_h200.md, _bf16_, _fp16_)
-SPECIALISE_MEASURED = ("fp32", "bf16", "fp16")
+SPECIALISE_MEASURED = ("fp32", "tf32", "bf16", "fp16")  # (tf32: fp32's kernels)
 # The largest batch at which a grid that hands its state on in tagged words runs a kernel compiled for its shape
 # (Persistent.specialise_batch). fp32 compiled is 1.18-1.39x slower at B = 8-16, H = 128-256. Half precision under
 # auto, B <= 16 against B <= 4, GPU time (ab_small, probes/specialise_half_batch_h200.txt): fp16 forward 0.96x at
@@ -121,11 +126,11 @@ SPECIALISE_BATCH = {"fp32": 4, "tf32": 4, "bf16": 8, "fp16": 8}
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
 # (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
-BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "bf16": (), "fp16": ()}
 # In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
 # 0.76x, 0.75x; B = 16, H = 64 (2^18) ties with the split forward and stepwise backward, 1.03x).
-BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "bf16": (), "fp16": ()}
 # Cells of two stages, each with recurrent products of square matrices (GRU and MGU: r * h, then its
 # product), a grid barrier between them: measured with the GRU (benchmarks/results/
 # persistent_gru_fp32_h200.md, forced persistent against the stepwise loop, forward): a split grid wins
@@ -138,8 +143,8 @@ BACKWARD_SPLIT_LIMITS = {"fp32": ((256, 1 << 18, 1 << 26),), "tf32": (), "bf16":
 # stepwise loop. Their backward stays stepwise under `auto`. The B <= 64 rule holds in a bidirectional layer too,
 # its directions' grids running at once (GRU, B = 32-64, H = 384-512: 0.81-0.97x forward, 0.90-0.98x training
 # against the rule cut to B <= 16; probes/staged_bidirectional_h200.txt), unlike the vanilla LSTM's ALONE_LIMITS.
-STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "tf32": (), "bf16": (), "fp16": ()}
-STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+STAGED_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26), (64, 1 << 23, 1 << 26)), "bf16": (), "fp16": ()}
+STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # A stage of products of several operands (FGR: h and the three gates, a run of GEMMs moved whole into the
 # kernel after it; any cell under `no hoist input`: x and h): no hand-off in tagged words, each operand
 # staged each step. FGR forced (persistent_fgr_stage_fp32_h200.md, against the stepwise loop with its four
@@ -148,8 +153,8 @@ STAGED_SPLIT_LIMITS = {"fp32": ((64, 1, 1 << 26),), "tf32": (), "bf16": (), "fp1
 # split at H = 64 too; B = 4, H = 256 1.27x). H = 32 and 64 overlap in batch and work (B = 64, H = 32 and
 # B = 16, H = 64 both under 2^20), which the rules cannot tell apart: only the B = 1 rule. Its backward
 # kernel (five stages) lost everywhere (1.5-3.5x): stepwise.
-MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
-MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
+MANY_LIMITS = {"fp32": ((1, 1 << 19, 1 << 26),), "bf16": (), "fp16": ()}
+MANY_SPLIT_LIMITS = {"fp32": (), "bf16": (), "fp16": ()}
 # Since the seventeenth session (kernels compiled for their shape) FGR's grid also wins at B = 4-16 from 2^23
 # (benchmarks/results/probes/fgr_rules_h200.txt, benchmarks/probe_rules.py: `persistent auto` with the rule added
 # against the rule above, GPU time, T = 100: forward B = 4, H = 512 0.63x, B = 8, H = 512 0.58x, B = 16, H = 256,
@@ -157,7 +162,10 @@ MANY_SPLIT_LIMITS = {"fp32": (), "tf32": (), "bf16": (), "fp16": ()}
 # in a layer of one direction only (a bidirectional layer's two grids would take turns where their stepwise
 # loops overlap, as the vanilla one's did: ALONE_LIMITS; not measured for FGR). Shapes under 2^23 at B > 1
 # (B = 4, H = 256 lost 1.27x before kernels were compiled for their shape) are not measured again.
-MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
+for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
+               STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
+    _rules["tf32"] = _rules["fp32"]  # (the same kernels: see the note above ALONE_LIMITS)
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -253,7 +261,7 @@ def make_persistent(plan: Plan) -> Plan:
     if mode == "auto" and not work + split + rows + alone:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
-    # fp32, bf16 and fp16: loops.py, Persistent.specialises; not tf32, whose auto never runs a persistent kernel);
+    # fp32, tf32 (fp32's kernels), bf16 and fp16: loops.py, Persistent.specialises);
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
