@@ -53,7 +53,8 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
               fgr "--bidirectional-lengths fgr" "--fp16 vanilla" "--torch-packed vanilla" "--persistent-grid --torch-packed gru" \
               "--persistent-grid --specialise gru" "--persistent-block --specialise --torch-packed peephole" \
               "--persistent-grid --fp16 vanilla" "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla" \
-              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"; do
+              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla" \
+              "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla"; do
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
@@ -61,7 +62,8 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
   # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows
   # of a power of two words, as users' sizes mostly are (H = 300 elsewhere); --batch=1 --hidden=512: the products
   # read the exchange's words straight into tensor-core fragments (a grid compiled for one batch row);
-  # --specialise: the persistent kernels compiled for their launch's shape (runtime/specialise.py)
+  # --specialise: the persistent kernels compiled for their launch's shape (runtime/specialise.py); --batch=16
+  # --hidden=512 --fp16: a half-precision grid forward and backward, as `persistent auto` runs them there
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1

@@ -5,6 +5,9 @@ yardstick for every variant). With kernels compiled for their shape (specialise)
     python3 benchmarks/probe_rules.py --spec fgr --table MANY_LIMITS --rule 64:1:67108864 16x512 64x512
     python3 benchmarks/probe_rules.py --spec gru --table STAGED_LIMITS --rule 64:1:8388608 16x256 64x256
     python3 benchmarks/probe_rules.py --spec vanilla --table LIMITS --precision fp16 --rule 16:1:67108864 16x512
+
+A rule already in the table is measured the other way round: "wide" is then the table without it (the shipped rule
+against its absence), e.g. --table BACKWARD_LIMITS --precision fp16 --rule 16:16777216:67108864:5 8x1024.
 """
 import argparse
 import sys
@@ -30,14 +33,15 @@ rule = tuple(int(v) for v in args.rule.split(":"))
 spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()[args.spec].read_text())
 vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
 shipped = table[args.precision]
-print(f"{args.spec} {args.precision} T={args.steps}: {args.table} + {rule}\n"
+other = tuple(r for r in shipped if r != rule) if rule in shipped else shipped + (rule,)
+print(f"{args.spec} {args.precision} T={args.steps}: {args.table} {'-' if rule in shipped else '+'} {rule}\n"
       "mode     B    H | cuDNN vanilla gpu | auto gpu | wide gpu | wide/auto | wide/cuDNN", flush=True)
 for mode in args.modes:
     for B, H in (tuple(map(int, s.split("x"))) for s in args.shapes):
         kw = dict(precision=args.precision, repeat=5, gpu_time=True)
         cudnn = bench_case(vanilla, B, H, args.steps, 1, mode, competitors=("cudnn",), **kw)["results"]["cudnn"]
         out = {}
-        for name, rules in (("auto", shipped), ("wide", shipped + (rule,))):
+        for name, rules in (("auto", shipped), ("wide", other)):
             table[args.precision] = rules
             build_program.cache_clear()
             out[name] = bench_case(spec, B, H, args.steps, 1, mode, competitors=("lstmdsl",), **kw)["results"]["lstmdsl"]

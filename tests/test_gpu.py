@@ -410,6 +410,21 @@ def _persistent_runs(layer) -> list:
             for ws in wss]
 
 
+@pytest.mark.parametrize("B,H,precision", [(16, 512, "fp16"), (1, 1024, "bf16"), (4, 512, "fp16"), (8, 512, "bf16")])
+def test_half_precision_auto_runs_the_backward_kernel_where_its_rules_say(B, H, precision):
+    """bf16 and fp16 under `persistent auto` at shapes of BACKWARD_LIMITS' half-precision rules: the backward runs
+    its persistent kernel (the forward's grid too), and the layer matches the float64 reference."""
+    gpu = lstmdsl.compile("vanilla", 16, H, backend="cuda", schedule=f"precision {precision}", seed=0)
+    randomize(gpu, 1, 1 / np.sqrt(H))
+    x, state, dy, dstate = random_case(gpu, 9, B, 2)
+    result = compare(gpu, x, state, dy, dstate)
+    assert all(e <= TOLERANCE[precision] for e in result.errors.values()), result.errors
+    for phase in ("forward", "backward"):  # (a workspace's entry is made when its phase first runs)
+        runs = [ws.persistent[phase] for engine in gpu._engines.values() for wss in engine.workspaces.values()
+                for ws in wss if phase in ws.persistent]
+        assert runs and all(r is not None for r in runs), (phase, runs)
+
+
 def test_fgr_runs_its_grid_at_a_middle_batch_in_a_layer_of_one_direction():
     """FGR under `persistent auto` at B = 9, H = 300 (2^23.3 multiply-adds a step: MANY_ALONE_LIMITS): a grid
     over the elements in a layer of one direction, the stepwise loop in a bidirectional layer's directions; the

@@ -242,6 +242,20 @@ def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):
     assert shape("vanilla", Schedule(persistent="on"), B=16, H=32, phase="backward") is not None  # forced
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_auto_runs_the_half_precision_backward_kernel_where_its_rules_say(h200, precision):
+    """bf16 and fp16 (BACKWARD_LIMITS' half-precision rules): at B = 1 from 2^20 to 2^22 multiply-adds a step
+    (H = 512, 1024), at B = 2-4 from 2^22 (4 x 512), at B = 5-16 from 2^23 (8 x 512, 12 x 512, 16 x 512, 16 x 1024);
+    1 x 256, 8 x 256, 16 x 256 and 16 x 300 (tied or lost on the H200) and 6 x 512 (2^22.6, not in the rule) keep the
+    stepwise backward, and so does fp32 at 16 x 512."""
+    for B, H, chosen in ((1, 512, True), (1, 1024, True), (4, 512, True), (2, 1024, True), (16, 512, True),
+                         (16, 1024, True), (8, 1024, True), (8, 512, True), (12, 512, True), (1, 256, False),
+                         (8, 256, False), (16, 256, False), (16, 300, False), (4, 256, False), (6, 512, False)):
+        run = shape("vanilla", Schedule(precision=precision), B=B, H=H, phase="backward")
+        assert (run is not None) == chosen, (B, H, run)
+    assert shape("vanilla", Schedule(precision="fp32"), B=16, H=512, phase="backward") is None
+
+
 def test_a_cell_that_fills_shared_memory_leaves_room_for_the_static_part(h200):
     """layernorm at H = 674, B = 64 needs all but 16 bytes of the opt-in limit: with the static shared
     memory counted it stages fewer rows instead of asking for more than a block may have."""

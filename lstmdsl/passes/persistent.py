@@ -99,7 +99,7 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
 # forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024
 # 0.86x, B = 4, H = 1024 0.77x) the grid also wins at B = 2-16 from 2^21 to 2^25 multiply-adds a step (the
-# backward keeps the stepwise loop: BACKWARD_LIMITS has no half-precision rule). Before it, 0.91-1.00x
+# backward kept the stepwise loop until BACKWARD_LIMITS had half-precision rules: below). Before it, 0.91-1.00x
 # (probes/half_rule16_fp16_h200.txt, seventeenth session). Under `auto` with this rule against the rules before
 # (nineteenth session, sections 8 and 10 of generic_step_h200.txt): fp16 forward 0.56-0.84x, training 0.82-0.92x at
 # 2 x 512, 4 x 512, 8 x 256, 16 x 256, 16 x 512, 4 x 1024, 8 x 1024; bf16 0.57-0.84x and 0.82-0.93x at 16 x 256,
@@ -126,7 +126,16 @@ SPECIALISE_BATCH = {"fp32": 4, "tf32": 4, "bf16": 8, "fp16": 8}
 # persistent forward and the stepwise backward): the backward kernel wins at B <= 4 from 2^22 (B = 1,
 # H = 1024: 0.93x; B = 4, H = 512 and 1024: 0.87x, 0.72x), ties at B = 4, H = 256 and B = 16, H = 512
 # (0.99x), and loses elsewhere (up to 1.5x at B = 1, H = 128 and 1.9x at B = 64, H = 1024).
-BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "bf16": (), "fp16": ()}
+# In bf16 and fp16 (twenty-eighth session, benchmarks/probe_rules.py --table BACKWARD_LIMITS --rule 16:1:67108864
+# --modes train, GPU time, T = 100, training under `persistent auto` with the rule against without it; probes/
+# generic_step_h200.txt section 37): fp16 B = 1, H = 512 0.85x, H = 1024 0.78x, B = 4, H = 512 0.86x, B = 16,
+# H = 512 0.90x, H = 1024 0.87x (bf16 0.78x, 0.89x, 0.87x at 1 x 1024, 16 x 512, 16 x 1024); ties at 1 x 256
+# (2^18, 1.00x) and 8 x 256 (2^21, 1.01-1.02x), loses at 16 x 256 (2^22, 1.05x). Between 2^22 and 2^24 at B = 5-16
+# (twenty-ninth session, section 38, the same probe, fp16): the kernel wins at 8 x 512 (2^23, 0.89x), 12 x 512 (0.90x)
+# and 6 x 512 (2^22.6, 0.90x) but loses at 16 x 300 (2^22.5, 1.48x), so the B = 5-16 rule starts at 2^23; without it
+# 8 x 1024, 6 x 1024 and 12 x 768 (2^24.6-2^25) trained 1.19-1.22x slower (bf16 1.20-1.22x at 8 x 1024, 12 x 768).
+HALF_BACKWARD_LIMITS = ((1, 1 << 20, 1 << 22), (4, 1 << 22, 1 << 26, 2), (16, 1 << 23, 1 << 26, 5))
+BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "bf16": HALF_BACKWARD_LIMITS, "fp16": HALF_BACKWARD_LIMITS}
 # In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
 # 0.76x, 0.75x; B = 16, H = 64 (2^18) ties with the split forward and stepwise backward, 1.03x).
