@@ -304,12 +304,16 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     uses = tuple(tuple(pointers[name] for name in dict.fromkeys(a.name for d in (desc.stages or (desc,))
                                                                 for a in d.args if a.name in pointers))
                  for desc in stages)
+    for k in pers.block_barriers:  # (the pass compares the stages' sizes; the kernel spreads their widest)
+        if not widest[k] or widest[k] != widest[(k + 1) % len(widest)]:
+            raise AssertionError(f"{pers.name}: a block barrier after stage {k} between stages of other elements")
     return PersistentDesc(pers.name, tuple(args.values()), tuple(stages), tuple(widest), tuple(widths),
                           tuple(pointers.values()), tuple(areas.values()), tuple(cached), tuple(staged), pers.threads,
                           phase.loop.direction == "reverse", products=tuple(products),
                           real_bytes=8 if REAL[plan.dtype] == "double" else 4, stage_pointers=uses,
                           forwarded=tuple(a for a, _ in pers.forwards),
-                          exchanged=next((o for ops in staged for o in ops if o.node == pers.exchange), None))
+                          exchanged=next((o for ops in staged for o in ops if o.node == pers.exchange), None),
+                          block_barriers=pers.block_barriers)
 
 
 def _widest(desc: KernelDesc) -> str:

@@ -136,6 +136,7 @@ class PersistentDesc:
     stage_pointers: tuple[tuple[StepPointer, ...], ...] = ()  # per stage: the addresses it uses
     forwarded: tuple[int, ...] = ()  # staged operands its items also store on chip (Persistent.forwards)
     exchanged: StagedOperand | None = None  # the operand a grid hands on in tagged words (Persistent.exchange)
+    block_barriers: tuple[int, ...] = ()  # stages followed by a block barrier, not a grid one (Persistent's)
     kind = "persistent"
 
     def shape_args(self) -> tuple[KernelArg, ...]:

@@ -50,6 +50,8 @@ class Persistent:
     specialise: str = "auto"  # the schedule's `specialise` (on, off, auto): see `specialises`
     specialise_batch: int = 4  # auto: the largest batch a grid that exchanges its state is specialised at
     specialise_auto: bool = True  # whether auto specialises at all: only where it was measured (fp32, bf16, fp16)
+    block_barriers: tuple[int, ...] = ()  # the stages after which a block barrier is enough, not a grid barrier: the
+    # next stage reads and writes only its own elements of what they share (the calls pass: _block_barriers)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):

@@ -507,3 +507,14 @@ def test_the_l2_fanin_probe_compiles_without_spills(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Compiling entry function 'fanin'" in r.stderr and "Compiling entry function 'exchange_rounds'" in r.stderr
     assert r.stderr.count(" 0 bytes spill stores") == 2, r.stderr[-2000:]
+
+
+def test_a_persistent_backward_meets_the_grid_once_a_step():
+    """The vanilla LSTM's backward kernel: a grid barrier after its pointwise stage, a block barrier after its
+    products (Persistent.block_barriers: the next step's pointwise stage reads dh only at its own elements)."""
+    program = build_program(lstmdsl.parse("vanilla").cell, Schedule(persistent="on"), direction="forward")
+    name = program.plan.backward.loop.persistent.name
+    source = program.source[program.source.index(f"void __launch_bounds__(256, 1) {name}("):]
+    source = source[:source.index("extern \"C\"")] if "extern \"C\"" in source else source
+    assert source.count("grid_barrier(bar, target += gridDim.x);") == 1
+    assert "__syncthreads();  // (the next stage reads and writes only this block's elements" in source

@@ -14,6 +14,7 @@ from lstmdsl import reference
 from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
+from lstmdsl.passes.calls import _block_barriers
 from lstmdsl.passes.persistent import BACKWARD_LIMITS
 from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
 from lstmdsl.planformat import format_plan
@@ -536,3 +537,38 @@ def test_wavefront_is_a_mode_and_every_shipped_spec_can_run_one():
     assert "a copy of the layer below's y" in wavefront_blocker(copied)
     with pytest.raises(PlanError, match="a wavefront it cannot run: a layer's x is a copy"):
         verify(copied)
+
+
+def test_a_persistent_step_ends_at_a_block_barrier_only_where_the_next_stage_touches_its_own_elements():
+    """The calls pass (Persistent.block_barriers): in the vanilla LSTM's backward kernel the product stage (dh from
+    all the gates' gradients) is followed by the next step's pointwise stage, which reads dh and writes only its
+    own elements: a block barrier there, the grid barrier after the pointwise stage kept (the products read its
+    gradients whole). Where that stage wrote into the area the products read whole (a slow block could still be
+    staging it), or read dh at other columns, the grid barrier stays; never two block barriers in a row; none in a
+    forward whose second stage has products (GRU) or in a kernel of one stage."""
+    spec = lstmdsl.parse("vanilla")
+    plan = make_plan(spec.cell, spec.grad, parse_schedule("persistent", spec.schedule))
+    phase = plan.backward
+    pointwise, products = phase.loop.persistent.stages
+    assert phase.loop.persistent.block_barriers == _block_barriers(plan, phase, (pointwise, products)) == (1,)
+    operand = products.reads[0][1]  # (read at step t; the pointwise stage writes at step t - 1: a reverse loop)
+    (u, _), *rest = pointwise.writes
+    into = dataclasses.replace(pointwise, writes=((u, dataclasses.replace(operand, step=operand.step + 1)),
+                                                  *rest))
+    assert _block_barriers(plan, phase, (into, products)) == ()
+    (v, dh), = products.writes
+    reads = tuple((a, dataclasses.replace(s, col=("hidden",)) if s.buffer == dh.buffer else s)
+                  for a, s in pointwise.reads)
+    assert reads != pointwise.reads
+    assert _block_barriers(plan, phase, (dataclasses.replace(pointwise, reads=reads), products)) == ()
+    assert plan.forward.loop.persistent.block_barriers == ()  # (one stage: its hand-off is the exchange)
+    gru = lstmdsl.parse("gru")
+    assert make_plan(gru.cell, gru.grad, parse_schedule("persistent", gru.schedule)).forward.loop.persistent \
+        .block_barriers == ()
+    for name in SPECS:
+        spec = lstmdsl.parse(name)
+        for text in ("persistent", "persistent; no fold sums"):
+            plan = make_plan(spec.cell, spec.grad, parse_schedule(text, spec.schedule))
+            for pers in (plan.forward.loop.persistent, plan.backward.loop.persistent):
+                n = len(pers.stages) if pers else 0
+                assert all((k + 1) % n not in pers.block_barriers for k in (pers.block_barriers if pers else ()))

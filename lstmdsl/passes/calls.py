@@ -214,7 +214,8 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
         reverse = "_reverse" if phase.loop.direction == "reverse" else ""  # a reverse layer's kernel differs
         forwards = _forwards(nodes, stages, -1 if reverse else 1)
         pers = dataclasses.replace(pers, stages=stages, name=f"{plan.cell.name}_{tag[:3]}_persistent{reverse}",
-                                   forwards=forwards, exchange=_exchange(plan, phase, stages, forwards))
+                                   forwards=forwards, exchange=_exchange(plan, phase, stages, forwards),
+                                   block_barriers=_block_barriers(plan, phase, stages))
     return dataclasses.replace(phase, before=before, loop=dataclasses.replace(phase.loop, body=body, persistent=pers),
                                after=after)
 
@@ -248,6 +249,67 @@ def _exchange(plan: Plan, phase: Phase, stages: tuple, forwards: tuple[tuple[int
     if operands != {a} or dtype not in ("f32", "f16", "bf16") or reduces(phase, op) or sizes != {phase.nodes[a].size}:
         return None
     return a
+
+
+def _block_barriers(plan: Plan, phase: Phase, stages: tuple) -> tuple[int, ...]:
+    """Persistent.block_barriers: the stages after which a block barrier does what the grid barrier did. Without
+    the grid barrier after stage A, a block may run the next stage B (in the next step, after the last stage)
+    while others still run A; that is safe where B has no products (each item reads only its own element (b, j)),
+    A and B spread the same size over the blocks (the same elements in the same block) and every place one of them
+    writes that the other reads or writes (the same buffer area, as far as any ring of its areas can tell) is the
+    same element: the same columns and size, and never a product's operand (A reads those rows whole). Never two
+    in a row, so that no block runs more than one stage ahead; none in a kernel of one stage (its hand-off is
+    Persistent.exchange) or beside a stage of rows."""
+    n = len(stages)
+    if n < 2 or any(op.launch.kind == "rows" for op in stages):
+        return ()
+    nodes = phase.nodes
+    ahead = -1 if phase.loop.direction == "reverse" else 1
+    buffers = {b.name: b for b in plan.storage.buffers}
+
+    def memory(name: str) -> str:  # buffers that share memory in training (Buffer.alias) are one
+        while buffers[name].alias is not None:
+            name = buffers[name].alias
+        return name
+
+    def ring(name: str) -> int | None:  # the fewest areas the buffer has (None: one per step)
+        counts = [int(c) for c in (buffers[name].steps, buffers[name].inference) if c in ("1", "2")]
+        return min(counts) if counts else None
+
+    def meet(x: Slot, y: Slot, d: int) -> bool | None:
+        """Whether x at step t and y at step t + d may be the same memory: None where they may overlap in other
+        elements (another buffer sharing its memory, other columns), True where they are the same elements."""
+        if memory(x.buffer) != memory(y.buffer):
+            return False
+        if x.buffer != y.buffer:
+            return None
+        r = ring(x.buffer)
+        if not (x.step == y.step + d if r is None else (x.step - y.step - d) % r == 0):
+            return False
+        return True if (x.col, x.interleave) == (y.col, y.interleave) else None
+
+    def products(op) -> set:
+        return {a for i in op.nodes if nodes[i].op in ("matvec", "matvec_t") for a in nodes[i].args}
+
+    def safe(a, b, d: int) -> bool:
+        if products(b) or set(a.launch.sizes) != set(b.launch.sizes) or len(a.launch.sizes) != 1:
+            return False
+        (size,) = a.launch.sizes
+        whole = products(a)
+        pairs = [(x, y) for x in a.writes for y in b.reads + b.writes] + [(x, y) for x in a.reads for y in b.writes]
+        for (u, x), (v, y) in pairs:
+            same = meet(x, y, d)
+            if same is None or (same and (u in whole or nodes[u].size != size or nodes[v].size != size)):
+                return False
+        return True
+
+    chosen: list[int] = []
+    for k in range(n):
+        if (k - 1) % n in chosen or (k == n - 1 and 0 in chosen):
+            continue
+        if safe(stages[k], stages[(k + 1) % n], ahead if k == n - 1 else 0):
+            chosen.append(k)
+    return tuple(chosen)
 
 
 def _row_launches(body: list, threads: int = ROW_THREADS) -> tuple:
