@@ -35,6 +35,10 @@ else
 fi
 export LSTMDSL_CACHE=${LSTMDSL_CACHE:-/tmp/lstmdsl-gpu-check-cache} PYTHONUNBUFFERED=1
 summary=()
+note() {  # a line of the summary, also written to $OUT/summary.txt at once (a call cut off keeps it)
+  summary+=("$1"); printf '%s\n' "$1" >> "$OUT/summary.txt"
+}
+: > "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
@@ -43,7 +47,7 @@ start=$SECONDS
 jobs=()  # JOBS=n: n pytest workers (pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist execnet` puts it in .whl), compiling kernels in parallel
 if [ -n "${JOBS:-}" ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "$JOBS"); fi
 timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
-summary+=("gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)")
+note "gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)"
 fi
 
 if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone, in a call of their own)
@@ -67,7 +71,7 @@ for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--b
   start=$SECONDS
   timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
     > "$OUT/memcheck.log" 2>&1
-  summary+=("memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)")
+  note "memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)"
   grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
 done
 for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
@@ -80,7 +84,7 @@ for target in "--persistent-block peephole" layernorm "--persistent-grid peephol
   # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
   start=$SECONDS
   timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
-  summary+=("racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)")
+  note "racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)"
 done
 # half-precision grids: racecheck flags cuBLAS's nvjet GEMM kernels (its input projection) there; its "Race reported"
 # lines are sorted by the kernel they name, and any outside nvjet is a failure of ours (printed below) (`--kernel-name-exclude kns=nvjet`
@@ -89,9 +93,9 @@ start=$SECONDS
 timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py \
   --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla > "$OUT/racecheck.log" 2>&1
 ours=$(grep -E "Race reported" "$OUT/racecheck.log" | grep -vc nvjet)
-summary+=("racecheck --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla: $(grep -E \
+note "racecheck --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla: $(grep -E \
   'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1), $ours reported outside cuBLAS's nvjet kernels$(\
-  grep -q 'forward and backward ran' "$OUT/racecheck.log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - start)) s)")
+  grep -q 'forward and backward ran' "$OUT/racecheck.log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - start)) s)"
 [ "$ours" = 0 ] || grep -E "Race reported" "$OUT/racecheck.log" | grep -v nvjet | head -10
 fi
 
@@ -104,7 +108,7 @@ if [ -n "${HALF:-}" ]; then
     timeout 240 python3 benchmarks/run.py --only grid --precision $p --specs vanilla --variants --batches 1 16 64 256 \
       --hiddens 256 1024 --steps 100 --layers 1 --competitors lstmdsl cudnn --name grid_check_$p > "$OUT/grid_$p.log" 2>&1
     cp benchmarks/out/grid_check_$p.json benchmarks/out/grid_check_$p.md "$OUT/" 2>/dev/null
-    summary+=("$p grid: $(tail -1 "$OUT/grid_$p.log") ($((SECONDS - start)) s)")
+    note "$p grid: $(tail -1 "$OUT/grid_$p.log") ($((SECONDS - start)) s)"
     [ -f "$OUT/grid_check_$p.md" ] && cat "$OUT/grid_check_$p.md" || tail -20 "$OUT/grid_$p.log"
   done
 fi
@@ -123,7 +127,7 @@ if [ -z "${NO_GRID:-}" ]; then
   timeout 300 python3 benchmarks/run.py --quick --only grid --competitors lstmdsl cudnn --name grid_check_quick_fp32 \
     > "$OUT/grid.log" 2>&1
   cp benchmarks/out/grid_check_quick_fp32.json benchmarks/out/grid_check_quick_fp32.md "$OUT/" 2>/dev/null
-  summary+=("quick grid: $(tail -1 "$OUT/grid.log") ($((SECONDS - start)) s)")
+  note "quick grid: $(tail -1 "$OUT/grid.log") ($((SECONDS - start)) s)"
   [ -f "$OUT/grid_check_quick_fp32.md" ] && cat "$OUT/grid_check_quick_fp32.md"
 fi
 echo
