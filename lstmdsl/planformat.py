@@ -148,6 +148,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          + " one per multiprocessor; the weight rows (in the "
                          "backward, the columns of the transposed products) "
                          "in shared memory for all steps; a grid barrier after each stage"
+                         + ("".join(f"{' but' if i == 0 else ','} stage {k + 1}" for i, k in enumerate(pers.block_barriers))
+                            + " (a block barrier there: the next stage touches only the block's own elements)"
+                            if pers.block_barriers else "")
                          + (" (one block with every row staged hands its state to the next step in shared memory)"
                             if pers.forwards else "")
                          + ("; a grid of several blocks hands it on in tagged words instead, with no grid barrier"

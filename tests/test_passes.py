@@ -562,6 +562,9 @@ def test_a_persistent_step_ends_at_a_block_barrier_only_where_the_next_stage_tou
     assert reads != pointwise.reads
     assert _block_barriers(plan, phase, (dataclasses.replace(pointwise, reads=reads), products)) == ()
     assert plan.forward.loop.persistent.block_barriers == ()  # (one stage: its hand-off is the exchange)
+    text = format_plan(plan)  # --emit plan says where (the stages counted from 1)
+    assert "a grid barrier after each stage but stage 2 (a block barrier there" in text
+    assert text.count("a block barrier there") == 1
     gru = lstmdsl.parse("gru")
     assert make_plan(gru.cell, gru.grad, parse_schedule("persistent", gru.schedule)).forward.loop.persistent \
         .block_barriers == ()
