@@ -410,10 +410,12 @@ def _persistent_runs(layer) -> list:
             for ws in wss]
 
 
-@pytest.mark.parametrize("B,H,precision", [(16, 512, "fp16"), (1, 1024, "bf16"), (4, 512, "fp16"), (8, 512, "bf16")])
-def test_half_precision_auto_runs_the_backward_kernel_where_its_rules_say(B, H, precision):
-    """bf16 and fp16 under `persistent auto` at shapes of BACKWARD_LIMITS' half-precision rules: the backward runs
-    its persistent kernel (the forward's grid too), and the layer matches the float64 reference."""
+@pytest.mark.parametrize("B,H,precision", [(16, 512, "fp16"), (1, 1024, "bf16"), (4, 512, "fp16"), (8, 512, "bf16"),
+                                           (9, 300, "fp32"), (13, 257, "tf32")])
+def test_auto_runs_the_backward_kernel_where_its_rules_say(B, H, precision):
+    """bf16, fp16, fp32 and tf32 under `persistent auto` at shapes of BACKWARD_LIMITS' rules (fp32 and tf32 at
+    B = 5-16 since the thirtieth session): the backward runs its persistent kernel (the forward's grid too), and the
+    layer matches the float64 reference."""
     gpu = lstmdsl.compile("vanilla", 16, H, backend="cuda", schedule=f"precision {precision}", seed=0)
     randomize(gpu, 1, 1 / np.sqrt(H))
     x, state, dy, dstate = random_case(gpu, 9, B, 2)

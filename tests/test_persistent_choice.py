@@ -228,10 +228,11 @@ def test_no_rules_for_a_loop_with_the_inputs_products_not_measured():
 
 def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):
     """The backward's persistent kernel under `persistent auto` (passes/persistent.py: BACKWARD_LIMITS and
-    BACKWARD_SPLIT_LIMITS): at B <= 4 from 2^22 multiply-adds a step (B = 1, H = 1024; B = 4, H = 512), and
-    at B <= 256 from 2^18 where the grid splits the batch; the stepwise backward elsewhere."""
+    BACKWARD_SPLIT_LIMITS): at B <= 4 from 2^22 multiply-adds a step (B = 1, H = 1024; B = 4, H = 512), at
+    B = 5-16 from 2^20 (below), and at B <= 256 from 2^18 where the grid splits the batch; the stepwise backward
+    elsewhere (at B = 16, H = 32 the split grid's rule starts at 2^18: 2^16 there)."""
     for B, H, chosen in ((1, 1024, True), (4, 512, True), (4, 1024, True), (2, 1024, True), (1, 512, False),
-                         (4, 256, False), (16, 512, False), (5, 1024, False), (1, 32, False),
+                         (4, 256, False), (16, 512, True), (5, 1024, True), (1, 32, False), (17, 512, False),
                          (64, 32, True), (256, 64, True), (64, 100, True), (16, 32, False), (64, 128, False),
                          (257, 32, False)):
         run = shape("vanilla", Schedule(), B=B, H=H, phase="backward")
@@ -253,7 +254,20 @@ def test_auto_runs_the_half_precision_backward_kernel_where_its_rules_say(h200, 
                          (8, 256, False), (16, 256, False), (16, 300, False), (4, 256, False), (6, 512, False)):
         run = shape("vanilla", Schedule(precision=precision), B=B, H=H, phase="backward")
         assert (run is not None) == chosen, (B, H, run)
-    assert shape("vanilla", Schedule(precision="fp32"), B=16, H=512, phase="backward") is None
+
+
+def test_auto_runs_the_fp32_backward_kernel_at_middle_batches_and_tf32_only_to_2_24(h200):
+    """fp32 (BACKWARD_LIMITS, thirtieth session): at B = 5-16 from 2^20 multiply-adds a step (16 x 128 to
+    16 x 1024), beside B <= 4 from 2^22; tf32 takes the same kernels but its stepwise backward's GEMMs run on the
+    tensor cores, so its B = 5-16 rule stops at 2^24 (16 x 1024 lost 1.24x there); 8 x 128 (2^19) and 4 x 256 keep
+    the stepwise backward in both."""
+    for B, H, fp32, tf32 in ((16, 128, True, True), (6, 256, True, True), (8, 512, True, True),
+                             (16, 512, True, True), (16, 1024, True, False), (12, 768, True, False),
+                             (8, 128, False, False), (4, 256, False, False), (4, 1024, True, True),
+                             (1, 1024, True, True)):
+        for precision, chosen in (("fp32", fp32), ("tf32", tf32)):
+            run = shape("vanilla", Schedule(precision=precision), B=B, H=H, phase="backward")
+            assert (run is not None) == chosen, (precision, B, H, run)
 
 
 def test_a_cell_that_fills_shared_memory_leaves_room_for_the_static_part(h200):

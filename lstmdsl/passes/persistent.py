@@ -134,8 +134,16 @@ SPECIALISE_BATCH = {"fp32": 4, "tf32": 4, "bf16": 8, "fp16": 8}
 # (twenty-ninth session, section 38, the same probe, fp16): the kernel wins at 8 x 512 (2^23, 0.89x), 12 x 512 (0.90x)
 # and 6 x 512 (2^22.6, 0.90x) but loses at 16 x 300 (2^22.5, 1.48x), so the B = 5-16 rule starts at 2^23; without it
 # 8 x 1024, 6 x 1024 and 12 x 768 (2^24.6-2^25) trained 1.19-1.22x slower (bf16 1.20-1.22x at 8 x 1024, 12 x 768).
+# fp32 at B = 5-16 (thirtieth session, once a backward step met the grid once: calls._block_barriers; the same
+# probe, `--precision fp32 --rule 16:2097152:67108864:5 ... --modes train`, section 41): 8 x 256 (2^21) 0.72x,
+# 16 x 256 0.76x, 8 x 512 0.73x, 16 x 512 0.80x, 16 x 1024 (2^26) 0.98x at T = 100 (T = 1000: 0.75x, 0.80x, 0.97x
+# at 16 x 256, 512, 1024), 16 x 128 (2^20) 0.86x, 6 x 256 0.75x; peephole 0.73-0.81x at 8 x 256, 16 x 512, 12 x 768.
+# tf32 (its stepwise backward's GEMMs on the tensor cores) wins 0.78-0.89x to 16 x 512 (2^24) but loses 1.24x at
+# 16 x 1024 (2^26): its B = 5-16 rule stops at 2^24 (2^24-2^26 not measured there).
 HALF_BACKWARD_LIMITS = ((1, 1 << 20, 1 << 22), (4, 1 << 22, 1 << 26, 2), (16, 1 << 23, 1 << 26, 5))
-BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26),), "bf16": HALF_BACKWARD_LIMITS, "fp16": HALF_BACKWARD_LIMITS}
+BACKWARD_LIMITS = {"fp32": ((4, 1 << 22, 1 << 26), (16, 1 << 20, 1 << 26, 5)), "bf16": HALF_BACKWARD_LIMITS,
+                   "fp16": HALF_BACKWARD_LIMITS}
+TF32_BACKWARD_LIMITS = ((4, 1 << 22, 1 << 26), (16, 1 << 20, 1 << 24, 5))
 # In a grid that splits the batch the backward kernel wins from 2^18 (the split table's training rows, forced
 # split forward and backward against the stepwise loop: B = 64, H = 32-100 0.73-0.75x, B = 256, H = 32 and 64
 # 0.76x, 0.75x; B = 16, H = 64 (2^18) ties with the split forward and stepwise backward, 1.03x).
@@ -175,6 +183,7 @@ MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
 for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
                STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
     _rules["tf32"] = _rules["fp32"]  # (the same kernels: see the note above ALONE_LIMITS)
+BACKWARD_LIMITS["tf32"] = TF32_BACKWARD_LIMITS  # (but not the same alternative: the note above HALF_BACKWARD_LIMITS)
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
