@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # (restored on return: main() also runs inside other programs and the tests)
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on stderr as one line for the user, without Python's file and line."""
+    text = str(message)
+    print(text if text.startswith("lstmdsl") else f"lstmdsl: warning: {text}", file=sys.stderr)
+
+
+def _run(args) -> int:
     try:
         try:
             return COMMANDS[args.command](args)

@@ -3,6 +3,7 @@ moves at bound sizes."""
 
 from __future__ import annotations
 
+from .passes.persistent import why_not_persistent
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .kerneldesc import KernelDesc
 from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
@@ -127,6 +128,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          "recurrent products in fp32 and tf32 (two: of square matrices; the input's products hoisted) "
                          "and of one in bf16 and fp16, where it was measured faster than the stepwise loop; "
                          "`persistent` forces it where it can run")
+        why = why_not_persistent(plan, title)
+        if why is not None:
+            lines.append(f"  no persistent schedule, though the schedule says persistent: {why}; the stepwise loop "
+                         "above runs")
         if pers is not None:
             rule = ("always (the schedule says persistent)" if pers.forced else
                     "when a step's multiply-adds over the batch are "
@@ -148,7 +153,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          + " one per multiprocessor; the weight rows (in the "
                          "backward, the columns of the transposed products) "
                          "in shared memory for all steps; a grid barrier after each stage"
-                         + ("".join(f"{' but' if i == 0 else ','} stage {k + 1}" for i, k in enumerate(pers.block_barriers))
+                         + ("".join(f"{' but' if i == 0 else ','} stage {k + 1}"
+                                    for i, k in enumerate(pers.block_barriers))
                             + " (a block barrier there: the next stage touches only the block's own elements)"
                             if pers.block_barriers else "")
                          + (" (one block with every row staged hands its state to the next step in shared memory)"

@@ -202,3 +202,21 @@ def test_check_lists_exponential_gates(capsys):
     assert main(["check", "slstm"]) == 0
     gates = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("gates"))
     assert set(gates.split(None, 1)[1].split(", ")) == {"i", "f", "o"}
+
+
+def test_a_warning_is_one_line_for_the_user(monkeypatch, capsys):
+    """A warning raised while a command runs (the CUDA layer's `persistent` that a loop cannot take, a kernel
+    compiled for its shape that failed) reaches stderr as one line, without Python's file and line."""
+    import warnings
+
+    import lstmdsl.cli as cli
+
+    def warns(args):
+        warnings.warn("lstmdsl: cell 'x': its forward runs the stepwise loop", stacklevel=2)
+        warnings.warn("a warning from elsewhere", RuntimeWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "check", warns)
+    assert main(["check", "vanilla"]) == 0
+    err = capsys.readouterr().err
+    assert err == "lstmdsl: cell 'x': its forward runs the stepwise loop\nlstmdsl: warning: a warning from elsewhere\n"

@@ -627,6 +627,17 @@ def test_a_persistent_backward_under_no_fold_sums():
               dropout=0.3 if name == "zoneout_lstm" else 0.0)
 
 
+def test_a_forced_persistent_schedule_that_a_loop_cannot_take_warns_and_runs_stepwise():
+    """`persistent` on the sLSTM (block-diagonal matrices: heads) and on the layer norm's backward (rows reduced in
+    its step): the first call says why (passes/persistent.py: why_not_persistent), once a phase, and runs the
+    stepwise loop there, matching the reference."""
+    with pytest.warns(UserWarning, match=r"schedule 'persistent' for cell slstm: its recurrent matrices are "
+                                         r"block-diagonal \(heads\).*\(backward\)"):
+        check("slstm", 5, 3, 6, 24, 1, num_heads=4, schedule="persistent")
+    with pytest.warns(UserWarning, match=r"cell layernorm: a kernel of its step reduces rows.*\(backward\)"):
+        check("layernorm", 5, 3, 6, 24, 1, schedule="persistent")
+
+
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])
 def test_a_forced_persistent_schedule_runs_the_backward_kernel_too(name):
     """The backward's persistent kernel (its GEMMs as stages of transposed products, the matrices' columns

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Gemm, Kernel, Persistent, Plan, reduces
+from ..plan import Copy, Gemm, Kernel, Persistent, Plan, reduces
 from .recurrent_fusion import _reads
 
 # The cost model (`persistent auto`) per precision: rules (largest batch, least and most multiply-adds per
@@ -248,6 +248,30 @@ def backward_stages(plan: Plan) -> tuple[Kernel, ...] | None:
         else:  # (row reductions: the layer norm's backward as one kernel of 38 stages spilled registers)
             return None
     return tuple(stages) if any(isinstance(op, Gemm) for op in bwd.loop.body) else None
+
+
+def why_not_persistent(plan: Plan, phase_name: str) -> str | None:
+    """Why a loop that the schedule forces persistent (`persistent`) still runs stepwise, in words for the user
+    (`--emit plan` and lstmdsl.compile's warning); None where it runs persistent or the schedule does not force it."""
+    phase = getattr(plan, phase_name)
+    if plan.schedule.persistent != "on" or phase.loop.persistent is not None:
+        return None
+    body = phase.loop.body
+    heads = {p.name for p in plan.cell.params if p.heads}
+    gemms = [op for op in body if isinstance(op, Gemm)]
+    if not gemms:
+        return "its step has no recurrent products to keep on chip"
+    if any(heads & set(op.matrices) for op in gemms):
+        return ("its recurrent matrices are block-diagonal (heads), and the persistent kernel's products take whole "
+                "matrices only")
+    if any(isinstance(op, Copy) for op in body):
+        return "its step copies a value between storage slots, and the persistent kernel's stages have no copies"
+    if any(isinstance(op, Kernel) and reduces(phase, op) for op in body):
+        return "a kernel of its step reduces rows (a norm), which the persistent kernel does not take there"
+    if phase_name == "backward":
+        return ("a per-step GEMM of its step adds into its output or is more than one sum of transposed products "
+                "(cells like GRU, MGU and zoneout: under `no fold sums` it can run persistent)")
+    return "its step could not be cut into stages of products and pointwise work"
 
 
 def make_persistent(plan: Plan) -> Plan:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LstmdslError
+from ..passes.persistent import why_not_persistent
 from ..passes.wavefront import wavefront_blocker
 from ..plan import ELEMENT_TYPES
 from ..program import Program
@@ -118,15 +119,13 @@ class Engine:
                 pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws, not self.beside)
-            if run is None and self.use_persistent and plan.schedule.persistent == "on" and (
-                    phase == "forward" or pers is not None):  # (a backward without one runs stepwise, unsaid)
-                why = ("the cell has no persistent kernel (block-diagonal matrices, or a value copied between "
-                       "slots each step)" if pers is None else
-                       f"its backward kernel does not fit this GPU at B = {ws.B}, T = {ws.T} (the matrices' "
+            if run is None and self.use_persistent and plan.schedule.persistent == "on":  # (why: said once)
+                why = ((why_not_persistent(plan, phase) or "the schedule's wavefront runs the layers") if pers is None
+                       else f"its backward kernel does not fit this GPU at B = {ws.B}, T = {ws.T} (the matrices' "
                        "columns must fit in shared memory)" if phase == "backward" else
                        f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
                 warnings.warn(f"lstmdsl: schedule 'persistent' for cell {plan.cell.name}: {why}; running the "
-                              "stepwise loop", stacklevel=2)
+                              f"stepwise loop ({phase})", stacklevel=2)
             if run is not None:  # (the kernel compiled for this shape, where the plan says: runtime/specialise.py)
                 specialise.request(self, ws, phase, pers, run)
             if run is not None and ws.counter is None:
