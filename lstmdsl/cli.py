@@ -363,15 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # (restored on return: main() also runs inside other programs and the tests)
-        warnings.showwarning = _show_warning
+    before = warnings.formatwarning  # (only the text: whoever records or logs warnings still gets them)
+    warnings.formatwarning = _format_warning
+    try:
         return _run(args)
+    finally:  # (main() also runs inside other programs and the tests)
+        warnings.formatwarning = before
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning on stderr as one line for the user, without Python's file and line."""
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line for the user, without Python's file and line."""
     text = str(message)
-    print(text if text.startswith("lstmdsl") else f"lstmdsl: warning: {text}", file=sys.stderr)
+    return (text if text.startswith("lstmdsl") else f"lstmdsl: warning: {text}") + "\n"
 
 
 def _run(args) -> int:

@@ -205,18 +205,22 @@ def test_check_lists_exponential_gates(capsys):
 
 
 def test_a_warning_is_one_line_for_the_user(monkeypatch, capsys):
-    """A warning raised while a command runs (the CUDA layer's `persistent` that a loop cannot take, a kernel
-    compiled for its shape that failed) reaches stderr as one line, without Python's file and line."""
+    """A warning raised while a command runs (a `persistent` that a loop cannot take, a kernel compiled for its
+    shape that failed) is written as one line, without Python's file and line; whoever records warnings around
+    main() (pytest.warns, logging.captureWarnings) still gets them, and the format is restored afterwards."""
     import warnings
 
     import lstmdsl.cli as cli
 
     def warns(args):
         warnings.warn("lstmdsl: cell 'x': its forward runs the stepwise loop", stacklevel=2)
-        warnings.warn("a warning from elsewhere", RuntimeWarning, stacklevel=2)
+        for text in ("lstmdsl: cell 'x': a note", "a warning from elsewhere"):
+            print(warnings.formatwarning(text, RuntimeWarning, "file.py", 1), end="", file=sys.stderr)
         return 0
 
     monkeypatch.setitem(cli.COMMANDS, "check", warns)
-    assert main(["check", "vanilla"]) == 0
-    err = capsys.readouterr().err
-    assert err == "lstmdsl: cell 'x': its forward runs the stepwise loop\nlstmdsl: warning: a warning from elsewhere\n"
+    before = warnings.formatwarning
+    with pytest.warns(UserWarning, match="its forward runs the stepwise loop"):
+        assert main(["check", "vanilla"]) == 0
+    assert capsys.readouterr().err == "lstmdsl: cell 'x': a note\nlstmdsl: warning: a warning from elsewhere\n"
+    assert warnings.formatwarning is before

@@ -268,9 +268,13 @@ def why_not_persistent(plan: Plan, phase_name: str) -> str | None:
         return "its step copies a value between storage slots, and the persistent kernel's stages have no copies"
     if any(isinstance(op, Kernel) and reduces(phase, op) for op in body):
         return "a kernel of its step reduces rows (a norm), which the persistent kernel does not take there"
+    if phase_name == "backward" and any(not isinstance(op, (Gemm, Kernel)) for op in body):
+        return "its step accumulates the weight gradients (the schedule says `no batch weights`)"
+    if phase_name == "backward" and any(op.accumulate or op.init is not None for op in gemms):
+        return ("a per-step GEMM of its step adds into its output (sums folded into it, as in GRU, MGU and zoneout "
+                "under `fold sums`, or gates computed apart under `no fuse gates`)")
     if phase_name == "backward":
-        return ("a per-step GEMM of its step adds into its output or is more than one sum of transposed products "
-                "(cells like GRU, MGU and zoneout: under `no fold sums` it can run persistent)")
+        return "a per-step GEMM of its step is more than one sum of transposed products"
     return "its step could not be cut into stages of products and pointwise work"
 
 

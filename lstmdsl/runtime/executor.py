@@ -120,7 +120,7 @@ class Engine:
             if pers is not None and self.use_persistent:
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws, not self.beside)
             if run is None and self.use_persistent and plan.schedule.persistent == "on":  # (why: said once)
-                why = ((why_not_persistent(plan, phase) or "the schedule's wavefront runs the layers") if pers is None
+                why = ((why_not_persistent(plan, phase) or "the schedule's `wavefront` takes the layers") if pers is None
                        else f"its backward kernel does not fit this GPU at B = {ws.B}, T = {ws.T} (the matrices' "
                        "columns must fit in shared memory)" if phase == "backward" else
                        f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
