@@ -135,9 +135,9 @@ def _profile(args, spec: Spec) -> int:
     busy = sum(p["parts_ms"].values())
     print(f"{spec.name}: B={args.batch} I=H={args.hidden_size} T={args.steps} L={args.layers}, {precision}; "
           f"one forward and one training step")
-    print(f"  {'part (op by op, CUDA events, no graphs)':<50} {'ms':>8} {'share':>7}")
+    print(f"  {'part (op by op, CUDA events, no graphs)':<50} {'ms':>8} {'share':>7} {'calls':>6}")
     for kind, ms in sorted(p["parts_ms"].items()):
-        print(f"  {kind:<50} {ms:>8.3f} {100 * ms / busy:>6.1f}%")
+        print(f"  {kind:<50} {ms:>8.3f} {100 * ms / busy:>6.1f}% {p['parts_calls'][kind]:>6}")
     print(f"  {'GPU busy (sum of the parts)':<50} {busy:>8.3f}")
     print(f"  (the host needs {p['host_issue_ms_without_graphs']:.3f} ms to issue this run without graphs; "
           f"the GPU was held {p['held_ms']:.1f} ms meanwhile)")

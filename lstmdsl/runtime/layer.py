@@ -399,7 +399,8 @@ class CudaLayer(Layer):
         """Where one forward and one training step (forward + backward of sum(y)) spend their time.
 
         parts: GPU milliseconds by kind of work (input GEMM, recurrent GEMMs, pointwise kernels,
-        weight-gradient GEMMs, ...), measured op by op with CUDA events on a run without CUDA graphs.
+        weight-gradient GEMMs, ...), measured op by op with CUDA events on a run without CUDA graphs;
+        parts_calls: how many timed launches each kind adds up.
         While the host issues that run, a spin kernel holds the GPU, so the queue fills first and each
         event pair times the GPU's work, not its wait for the host (if the launch queue fills before
         the spin ends, later parts include some waiting again: held_ms says how long the GPU was held).
@@ -431,13 +432,14 @@ class CudaLayer(Layer):
                 spin(held_ms)
                 run()
                 cupy.cuda.Device().synchronize()
-            parts = {}
+            parts, calls = {}, {}
             for engine in engines:
                 for kind, events in engine.parts.items():
                     parts[kind] = parts.get(kind, 0.0) + sum(cupy.cuda.get_elapsed_time(a, b) for a, b in events)
+                    calls[kind] = calls.get(kind, 0) + len(events)
         finally:
             for e in engines:
                 e.parts = None
             self.use_graphs, self.overlap_directions = saved
         self.zero_grad()
-        return {"parts_ms": parts, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}
+        return {"parts_ms": parts, "parts_calls": calls, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}
