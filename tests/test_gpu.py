@@ -413,7 +413,7 @@ def _persistent_runs(layer) -> list:
 
 
 @pytest.mark.parametrize("B,H,precision", [(16, 512, "fp16"), (1, 1024, "bf16"), (4, 512, "fp16"), (8, 512, "bf16"),
-                                           (9, 300, "fp32"), (13, 257, "tf32")])
+                                           (9, 300, "fp32"), (13, 257, "tf32"), (11, 300, "fp16"), (8, 257, "bf16")])
 def test_auto_runs_the_backward_kernel_where_its_rules_say(B, H, precision):
     """bf16, fp16, fp32 and tf32 under `persistent auto` at shapes of BACKWARD_LIMITS' rules (fp32 and tf32 at
     B = 5-16 since the thirtieth session): the backward runs its persistent kernel (the forward's grid too), and the

@@ -246,12 +246,13 @@ def test_auto_runs_the_backward_kernel_where_its_rules_say(h200):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_auto_runs_the_half_precision_backward_kernel_where_its_rules_say(h200, precision):
     """bf16 and fp16 (BACKWARD_LIMITS' half-precision rules): at B = 1 from 2^20 to 2^22 multiply-adds a step
-    (H = 512, 1024), at B = 2-4 from 2^22 (4 x 512), at B = 5-16 from 2^23 (8 x 512, 12 x 512, 16 x 512, 16 x 1024);
-    1 x 256, 8 x 256, 16 x 256 and 16 x 300 (tied or lost on the H200) and 6 x 512 (2^22.6, not in the rule) keep the
-    stepwise backward, and so does fp32 at 16 x 512."""
+    (H = 512, 1024), at B = 2-4 from 2^22 (4 x 512), at B = 5-16 from 2^21 (8 x 256, 16 x 256, 16 x 300, 6 x 512,
+    8 x 512, 12 x 512, 16 x 512, 16 x 1024); 1 x 256 (2^18, a tie on the H200), 4 x 256 (2^20) and 6 x 128 and
+    16 x 128 (under 2^21, not measured) keep the stepwise backward."""
     for B, H, chosen in ((1, 512, True), (1, 1024, True), (4, 512, True), (2, 1024, True), (16, 512, True),
                          (16, 1024, True), (8, 1024, True), (8, 512, True), (12, 512, True), (1, 256, False),
-                         (8, 256, False), (16, 256, False), (16, 300, False), (4, 256, False), (6, 512, False)):
+                         (8, 256, True), (16, 256, True), (16, 300, True), (4, 256, False), (6, 512, True),
+                         (6, 128, False), (16, 128, False), (7, 256, False)):
         run = shape("vanilla", Schedule(precision=precision), B=B, H=H, phase="backward")
         assert (run is not None) == chosen, (B, H, run)
 
