@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on the GPU machine (about 7-9 minutes: with an empty kernel cache the GPU tests
-# took 285 s at bdf5fab and 196 s at 859c652, the sanitizer passes 100-180 s): the GPU tests, compute-sanitizer (memcheck on a spec,
-# a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
+# The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-308 s with an empty kernel
+# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; now 4 at a time, not yet timed
+# so) and the quick grid against cuDNN (20 s) are meant to fit one 590 s device call. The sanitizers: memcheck on
+# a spec, a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
 # different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on streams and the half-precision
-# persistent kernel as `persistent auto` runs it; racecheck on persistent kernels and a row-fused spec), and
-# the quick grid against cuDNN. Run it after every change to the runtime, kernels or passes:
+# persistent kernel as `persistent auto` runs it; racecheck on persistent kernels and a row-fused spec.
+# Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
 #     VERSIONS=path/to/old/tree bash benchmarks/gpu_check.sh   # also time the quick grid's cases against
@@ -12,15 +13,14 @@
 #     OVERHEAD=1 bash benchmarks/gpu_check.sh      # also the torch module's cost (benchmarks/torch_overhead.py)
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
 #     NO_TESTS=1 bash benchmarks/gpu_check.sh      # without the GPU tests (they passed in an earlier call on this tree)
-#     NO_SANITIZERS=1 bash benchmarks/gpu_check.sh # without the compute-sanitizer passes (with the fifteenth session's
-#                                                  # tests and targets the whole check likely passes one 600 s device
-#                                                  # call: the tests ran 287 s with JOBS=8; split it)
+#     NO_SANITIZERS=1 bash benchmarks/gpu_check.sh # without the compute-sanitizer passes (SAN_JOBS=n: n targets at a
+#                                                  # time, default 4; their logs in $OUT/sanitizers/)
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
-#     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes (pytest-xdist; with an empty
-#                                                  # kernel cache most of their time is compiling)
+#     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 8 (pytest-xdist; with an
+#                                                  # empty kernel cache most of their time is compiling; JOBS=0: one)
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
 # from there. Logs and JSON go to $OUT (default /tmp/lstmdsl-gpu-check); a short table is printed last.
@@ -44,59 +44,95 @@ python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy._
 
 if [ -z "${NO_TESTS:-}" ]; then
 start=$SECONDS
-jobs=()  # JOBS=n: n pytest workers (pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist execnet` puts it in .whl), compiling kernels in parallel
-if [ -n "${JOBS:-}" ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "$JOBS"); fi
+jobs=()  # JOBS=n: n pytest workers (default 8; pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist
+# execnet` puts it in .whl), compiling kernels in parallel; JOBS=0: one process
+if [ "${JOBS:-8}" != 0 ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "${JOBS:-8}"); fi
 timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 note "gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)"
 fi
 
 if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone, in a call of their own)
-for target in "peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm" \
-              "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla" \
-              "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru" "--persistent-grid --bidirectional-lengths vanilla" \
-              fgr "--bidirectional-lengths fgr" "--fp16 vanilla" "--torch-packed vanilla" "--persistent-grid --torch-packed gru" \
-              "--persistent-grid --specialise gru" "--persistent-block --specialise --torch-packed peephole" \
-              "--persistent-grid --fp16 vanilla" "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla" \
-              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla" \
-              "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla"; do
+sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $OUT/sanitizers/TOOL-NUMBER.log,
+  # its summary line appended to $OUT/summary.txt at once and kept in $OUT/sanitizers/TOOL-NUMBER.line
+  local tool=$1 n=$2 t0=$SECONDS line log; shift 2
+  log="$OUT/sanitizers/$tool-$n.log"
+  if [ "$tool" = memcheck ]; then
+    timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+    line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
+    grep -q "ERROR SUMMARY: 0 errors" "$log" || line="$line; see $log"
+  elif [ "$tool" = racecheck ]; then
+    timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+    line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
+  else  # racecheck-nvjet: half-precision grids, where racecheck flags cuBLAS's nvjet GEMM kernels (its input
+    # projection); its "Race reported" lines name the kernel, and any outside nvjet is a failure of ours
+    # (`--kernel-name-exclude kns=nvjet` made compute-sanitizer fail with "Internal Sanitizer Error" on 2026-12-03,
+    # on trees that pass without it)
+    timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+    local ours; ours=$(grep -E "Race reported" "$log" | grep -vc nvjet)
+    line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1), $ours reported outside \
+cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - t0)) s)"
+    [ "$ours" = 0 ] || line="$line; see $log"
+  fi
+  printf '%s\n' "$line" > "$OUT/sanitizers/$tool-$n.line"
+  printf '%s\n' "$line" >> "$OUT/summary.txt"  # (one short line, appended at once: the jobs' lines do not mix)
+}
+memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"
+           "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla"
+           "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru"
+           "--persistent-grid --bidirectional-lengths vanilla" fgr "--bidirectional-lengths fgr" "--fp16 vanilla"
+           "--torch-packed vanilla" "--persistent-grid --torch-packed gru" "--persistent-grid --specialise gru"
+           "--persistent-block --specialise --torch-packed peephole" "--persistent-grid --fp16 vanilla"
+           "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
+           "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
+           "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla")
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
   # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
   # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows
-  # of a power of two words, as users' sizes mostly are (H = 300 elsewhere); --batch=1 --hidden=512: the products
-  # read the exchange's words straight into tensor-core fragments (a grid compiled for one batch row);
-  # --specialise: the persistent kernels compiled for their launch's shape (runtime/specialise.py); --batch=16
-  # --hidden=512 --fp16: a half-precision grid forward and backward, as `persistent auto` runs them there
-  start=$SECONDS
-  timeout 180 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py $target \
-    > "$OUT/memcheck.log" 2>&1
-  note "memcheck $target: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($((SECONDS - start)) s)"
-  grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || tail -30 "$OUT/memcheck.log"
-done
-for target in "--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru" \
-              "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm" \
-              "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla" \
-              "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole" \
-              "--persistent-grid --hidden=256 vanilla"; do
+  # of a power of two words, as users' sizes mostly are (H = 300 elsewhere: in half precision 4 mod 8 elements, the
+  # staged operands' 8-byte words); --batch=1 --hidden=512: the products read the exchange's words straight into
+  # tensor-core fragments (a grid compiled for one batch row); --specialise: the persistent kernels compiled for
+  # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
+  # backward, as `persistent auto` runs them there
+racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
+            "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
+            "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"
+            "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole"
+            "--persistent-grid --hidden=256 vanilla")
   # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
   # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
   # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
-  start=$SECONDS
-  timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py $target > "$OUT/racecheck.log" 2>&1
-  note "racecheck $target: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1) ($((SECONDS - start)) s)"
-done
-# half-precision grids: racecheck flags cuBLAS's nvjet GEMM kernels (its input projection) there; its "Race reported"
-# lines are sorted by the kernel they name, and any outside nvjet is a failure of ours (printed below) (`--kernel-name-exclude kns=nvjet`
-# made compute-sanitizer fail with "Internal Sanitizer Error" on 2026-12-03, on trees that pass without it)
+# The targets run SAN_JOBS at a time (default 4; each a process of its own on the one GPU: one after the other
+# they took 350-360 s, with the tests more than one 590 s device call), the slowest first; the summary lists
+# them by tool and number once all have finished (each line is in $OUT/summary.txt as soon as it is measured).
 start=$SECONDS
-timeout 180 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py \
-  --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla > "$OUT/racecheck.log" 2>&1
-ours=$(grep -E "Race reported" "$OUT/racecheck.log" | grep -vc nvjet)
-note "racecheck --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla: $(grep -E \
-  'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1), $ours reported outside cuBLAS's nvjet kernels$(\
-  grep -q 'forward and backward ran' "$OUT/racecheck.log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - start)) s)"
-[ "$ours" = 0 ] || grep -E "Race reported" "$OUT/racecheck.log" | grep -v nvjet | head -10
+rm -rf "$OUT/sanitizers"; mkdir -p "$OUT/sanitizers"
+jobs_list=()  # "TOOL NUMBER TARGET...", numbered in the lists' order (two digits: the summary sorts by name)
+n=0; for t in "${memchecks[@]}"; do n=$((n + 1)); jobs_list+=("memcheck $(printf %02d $n) $t"); done
+n=0; for t in "${racechecks[@]}"; do n=$((n + 1)); jobs_list+=("racecheck $(printf %02d $n) $t"); done
+jobs_list+=("racecheck-nvjet 01 --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla")
+slow=("--torch-compile vanilla" "--persistent-grid layernorm" "--persistent-split layernorm")  # (25-55 s alone)
+ordered=()
+for j in "${jobs_list[@]}"; do for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && ordered+=("$j"); done; done
+for j in "${jobs_list[@]}"; do
+  first=; for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && first=1; done; [ -n "$first" ] || ordered+=("$j")
+done
+for j in "${ordered[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "${SAN_JOBS:-4}" ]; do sleep 0.5; done
+  # shellcheck disable=SC2086  # (the target's words are its arguments)
+  sanitize $j &
+done
+wait
+for f in "$OUT"/sanitizers/*.line; do summary+=("$(cat "$f")"); done
+summary+=("sanitizers: ${#jobs_list[@]} targets, ${SAN_JOBS:-4} at a time, in $((SECONDS - start)) s")
+printf '%s\n' "${summary[-1]}" >> "$OUT/summary.txt"
+for f in "$OUT"/sanitizers/*.log; do  # a failure's log, at the end of the call's output
+  case "$f" in
+    */memcheck-*) grep -q "ERROR SUMMARY: 0 errors" "$f" || { echo "== $f"; tail -30 "$f"; };;
+    */racecheck-nvjet-*) grep -E "Race reported" "$f" | grep -v nvjet | head -10;;
+  esac
+done
 fi
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
