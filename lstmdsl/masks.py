@@ -11,6 +11,8 @@ and no gradient flows through the padding. Run in reverse time, the same mask ma
 at its own last step: the initial state is carried through the padding until the sequence begins.
 with_lengths(cell, held=True) leaves an output that is a state's update unzeroed past the end (the held
 state: a caller that reads only the real steps, the torch module's packed batches, saves its buffer).
+The nodes after an update read its masked value, except those whose value reaches a divisor, a log or a sqrt:
+they read the raw update (_singular_inputs; the held initial state can be singular there, as the sLSTM's n = 0).
 Everything downstream (the derivative, the reference, the plan, the kernels) sees only ordinary nodes
 and one more per-step input.
 """
@@ -55,10 +57,12 @@ def with_lengths(cell: Cell, held: bool = False) -> Cell:
     first_state = {}  # an update node -> the first state it updates
     for k, u in enumerate(cell.updates):
         first_state.setdefault(u, k)
+    raw = _singular_inputs(cell)
     new: dict[int, int] = {}  # the cell's node -> its node in the masked cell
     after: dict[int, int] = {}  # an update the step computes -> the masked update the nodes after it read
     for i, n in enumerate(cell.nodes):  # (in topological order)
-        new[i] = b.add(dataclasses.replace(n, args=tuple(after.get(a, new[a]) for a in n.args)))
+        new[i] = b.add(dataclasses.replace(n, args=tuple(new[a] if a in raw else after.get(a, new[a])
+                                                         for a in n.args)))
         if i in first_state and n.args:  # (a leaf update, s' = h, stays what other nodes read: the old h)
             after[i] = mask(first_state[i], new[i])  # two states with one update: either masked update
             # serves the nodes after it (equal where m = 1; where m = 0 they are dropped)
@@ -71,6 +75,27 @@ def with_lengths(cell: Cell, held: bool = False) -> Cell:
                                  output=remap[output], names=names)
     verify(result)
     return result
+
+
+# an operator's arguments where a finite value can make it or its derivative infinite (a divisor of 0, log 0, the
+# derivative of sqrt at 0)
+_SINGULAR = {"div": (1,), "log": (0,), "sqrt": (0,)}
+
+
+def _singular_inputs(cell: Cell) -> frozenset[int]:
+    """The nodes whose value reaches such an argument (the argument and everything it is computed from). These read
+    the raw updates, not the masked ones: past a sequence's end a masked update is the held state, and in the
+    reverse direction, before a sequence begins, that is the initial state, where a cell may be singular (the
+    sLSTM's h' = o * (c' / n') is 0 / 0 at n = 0). The raw update there is the step taken from the held state
+    (n' = f * n + i > 0), finite; where m = 1 the two are equal, and where m = 0 the result is masked off, but
+    0 * NaN, in the forward or in a derivative, would not have been."""
+    out: set[int] = set()
+    for n in cell.nodes:
+        out.update(n.args[k] for k in _SINGULAR.get(n.op, ()) if k < len(n.args))
+    for i in range(len(cell.nodes) - 1, -1, -1):  # (arguments come before their users)
+        if i in out:
+            out.update(cell.nodes[i].args)
+    return frozenset(out)
 
 
 def has_lengths(cell: Cell) -> bool:

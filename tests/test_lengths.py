@@ -63,6 +63,36 @@ def assert_each_sequence_alone(name, layer, x, state):
             np.testing.assert_allclose(final[k][:, b], final_alone[k][:, 0], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_zero_initial_states_in_both_directions_give_each_sequences_own_run_and_gradients(name):
+    """With the default (zero) initial states, in a bidirectional stack: the reverse direction holds that state
+    through the padding before each sequence begins, where the sLSTM's h' = o * (c' / n') is 0 / 0 on the held
+    state (it once gave NaN outputs, states and gradients, silently: masks._singular_inputs). Outputs, final
+    states, dx and every parameter's gradient equal the sum of each sequence's run alone."""
+    layer, x, _ = case(name, True)
+    zero = {k: np.zeros(s) for k, s in layer.state_shapes(x.shape[1]).items()}
+    assert_each_sequence_alone(name, layer, x, zero)
+    dy = np.random.default_rng(5).standard_normal((x.shape[0], x.shape[1], layer.output_size))
+    layer.zero_grad()
+    layer.forward(x, lengths=LENGTHS)
+    if layer.last_noise():  # (a regulariser draws its masks each run; its gradients: gradient_check's tests)
+        return
+    dx = layer.backward(dy * (np.arange(x.shape[0])[:, None] < LENGTHS)[..., None])
+    grads = {k: g.copy() for k, g in layer.grads().items()}
+    assert np.all(np.isfinite(dx)) and all(np.all(np.isfinite(g)) for g in grads.values())
+    total = {k: np.zeros_like(g) for k, g in grads.items()}
+    for b, n in enumerate(LENGTHS):
+        layer.zero_grad()
+        layer.forward(x[:n, b:b + 1])
+        dx_alone = layer.backward(dy[:n, b:b + 1])
+        np.testing.assert_allclose(dx[:n, b], dx_alone[:, 0], rtol=1e-10, atol=1e-12, err_msg=f"{name} dx {b}")
+        assert np.all(dx[n:, b] == 0)
+        for k, g in layer.grads().items():
+            total[k] += g
+    for k in grads:
+        np.testing.assert_allclose(grads[k], total[k], rtol=1e-10, atol=1e-12, err_msg=f"{name} {k}")
+
+
 # cells whose updates the mask's rewrite once got wrong: a state's update that is the leaf of a state
 # declared after it, and two states with one update node (the second got the first's old value)
 ODD_UPDATES = {
