@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from .ir import ROW
+from .ops import OPS
 from .spec import Spec
 from .syntax import OutputDecl
 
@@ -17,7 +19,7 @@ def _poly(terms: dict[tuple[str, ...], int]) -> str:
             parts.append(s if n == 1 else f"{s}^{n}")
         return "*".join(parts)
     items = sorted(terms.items(), key=lambda kv: (-len(kv[0]), kv[0]))
-    return " + ".join((f"{c}*{mono(k)}" if c != 1 else mono(k)) for k, c in items if c) or "0"
+    return " + ".join((str(c) if not k else f"{c}*{mono(k)}" if c != 1 else mono(k)) for k, c in items if c) or "0"
 
 
 def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
@@ -29,8 +31,17 @@ def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
             key = tuple(sorted(spec.cell.param(n.attr).shape))
             terms[key] = terms.get(key, 0) + 2
         elif n.op not in ("input", "state", "param", "const"):
-            terms[(n.size,)] = terms.get((n.size,), 0) + 1
+            # a value of one per row (ROW: a reduction's result, or arithmetic on one) is no size to bind: a
+            # reduction costs one per element it reads, and an operator on per-row values one per row
+            keys = ([(cell_size(spec, a),) for a in n.args] if n.size == ROW and OPS[n.op].reduction else
+                    [()] if n.size == ROW else [(n.size,)])
+            for key in keys:
+                terms[key] = terms.get(key, 0) + 1
     return terms
+
+
+def cell_size(spec: Spec, node: int) -> str:
+    return spec.cell.nodes[node].size
 
 
 def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:

@@ -40,6 +40,20 @@ def test_check_prints_states_parameters_gates_and_flops(capsys):
     assert stop.value.code == 64 and "expected at most 2147483647" in capsys.readouterr().err
 
 
+def test_check_counts_a_reductions_flops_with_sizes_bound(capsys, tmp_path):
+    """A row reduction's per-row result has no size to bind (once KeyError 'one', exit 70, with -I and -H): a
+    reduction costs one FLOP per element it reads, arithmetic on per-row values one per row."""
+    assert main(["check", "layernorm", "-I", "4", "-H", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "one" not in out.split("FLOPs per step")[1] and "FLOPs; " in out
+    spec = tmp_path / "r.cell"
+    spec.write_text("cell r { input x; state h; a = mean(h); h' = tanh(W x + R h + b) * max(a, 0.5); output h' }")
+    assert main(["check", str(spec), "-I", "4", "-H", "8"]) == 0
+    out = capsys.readouterr().out  # matvecs 2*8*4 + 2*8*8, 4 ops of hidden size, mean 8, max 1
+    assert "FLOPs per step and sequence: 2*hidden^2 + 2*hidden*input + 5*hidden + 1" in out
+    assert "at input=4, hidden=8: 233 FLOPs" in out
+
+
 def test_check_json(capsys):
     assert main(["check", "gru", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
