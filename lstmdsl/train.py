@@ -11,7 +11,6 @@ Tasks:
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -24,7 +23,8 @@ import numpy as np
 from . import data, nn, optim
 from .api import check_seed, compile
 from .arrays import to_numpy
-from .errors import EXIT_INTERRUPTED, InputFileError, LstmdslError, OutputFileError, UsageError
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, LstmdslError, OutputFileError, UsageError
 from .files import output_dir, write_atomically, write_json, write_npz
 from .schedule import PRECISIONS
 
@@ -145,6 +145,10 @@ class Model:
             loss, dlogits = nn.sigmoid_binary_cross_entropy(logits, xp.asarray(target), m)
             frames = float(mask.sum())
             metric = (loss * frames * self.task.output_size, frames)  # NLL summed over pitches per frame
+        if not np.isfinite(loss):
+            raise Diverged("the loss is NaN or infinite: the model's output has non-finite values (does the spec "
+                           "divide by zero, take the log of a value <= 0, or overflow? a smaller --lr or --clip "
+                           "may help)")
         if train:
             dy = self.head.backward(dlogits)
             if self.task.name == "digits":
@@ -201,8 +205,13 @@ def evaluate(model: Model, split: str, batch: int) -> float:
     return total / count
 
 
-CHECKPOINT = "checkpoint.npz"
 RUN_FILES = (CHECKPOINT, "layer.npz", "head.npz", "history.json")  # what a run leaves in its folder
+
+
+class Diverged(LstmdslError):
+    """The loss became NaN or infinite (a numerical failure: exit 1, as a failed check)."""
+
+    exit_code = EXIT_CHECK_FAILED
 
 
 class Interrupted(LstmdslError):
@@ -252,42 +261,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
 
 
-def _save_checkpoint(out: Path, cfg: TrainConfig, model: Model, opt, rng, progress: dict) -> None:
-    """Everything needed to go on exactly where training stopped, in one file written atomically."""
-    progress = dict(progress)
-    order = progress.pop("order", None)
-    state = {"config": asdict(cfg), "rng": rng.bit_generator.state, **progress}
-    arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
-    arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
-    if order is not None:  # the batch order of the epoch in progress
-        arrays["order"] = np.asarray(order)
-    write_npz(out / CHECKPOINT, {"state": np.array(json.dumps(state)), **arrays})
-
-
-def _load_checkpoint(out: Path, cfg: TrainConfig, model: Model, opt, rng) -> dict:
-    path = out / CHECKPOINT
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            files = {k: f[k] for k in f.files}
-        state = json.loads(str(files.pop("state")))
-    except FileNotFoundError:
-        raise InputFileError(f"--resume: there is no checkpoint in {out} (no {CHECKPOINT})") from None
-    except Exception:  # noqa: BLE001 (damaged)
-        raise InputFileError(f"--resume: {path} is damaged; start again without --resume") from None
-    saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-    ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
-    if saved != ours:
-        diff = sorted(k for k in ours if saved.get(k) != ours[k])
-        raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "
-                         "give the same options, or another --out")
-    for k, v in model.parameters().items():
-        v[...] = model.xp.asarray(files[f"param/{k}"])
-    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})
-    rng.bit_generator.state = state["rng"]
-    state["order"] = files.get("order")
-    return state
-
-
 def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train, evaluate on the test split, save parameters, history and a loss-curve plot to `out`.
 
@@ -308,7 +281,7 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     if resume:
         if out is None:
             raise UsageError("resume needs the folder of the run (out)")
-        progress = _load_checkpoint(out, cfg, model, opt, rng)
+        progress = load_checkpoint(out, cfg, model, opt, rng)
         if log is not None:
             print(f"resuming at epoch {progress['epoch']}, batch {progress['batch']}", file=log)
     history = progress["history"]
@@ -327,7 +300,10 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
                 x, target, mask = task.batch("train", order[k * cfg.batch:(k + 1) * cfg.batch])
                 model.layer.zero_grad()
                 model.head.zero_grad()
-                loss, (num, den) = model.loss(x, target, mask, train=True, scale=scaler.scale)
+                try:
+                    loss, (num, den) = model.loss(x, target, mask, train=True, scale=scaler.scale)
+                except Diverged as e:
+                    raise Diverged(f"epoch {epoch}, batch {k + 1} of {batches}: {e}") from None
                 losses.append(loss)
                 if scaler.step_ok(model.layer.grads(), model.xp):
                     if cfg.clip:
@@ -357,7 +333,7 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
                 print(f"\repoch {epoch}/{cfg.epochs}: train {total / count:.4f}, valid {label} {valid:.4f}, "
                       f"{seconds:.1f} s" + " " * 10, file=log, flush=True)
             if out is not None:
-                _save_checkpoint(out, cfg, model, opt, rng, dict(progress))
+                save_checkpoint(out, cfg, model, opt, rng, dict(progress))
             if stop.stopped and epoch < cfg.epochs:
                 _interrupt(out, cfg, model, opt, rng, stop.stopped, epoch + 1, 0, history, None)
     if out is not None:  # the trained parameters first: a failure below loses no training
@@ -382,7 +358,7 @@ def _interrupt(out, cfg, model, opt, rng, why: str, epoch: int, batch: int, hist
     progress = {"epoch": epoch, "batch": batch, "history": history, "order": None, "total": 0.0, "count": 0.0,
                 "losses": [], "seconds": 0.0} | (partial or {})
     progress["losses"] = [float(v) for v in progress["losses"]]
-    _save_checkpoint(out, cfg, model, opt, rng, progress)
+    save_checkpoint(out, cfg, model, opt, rng, progress)
     raise Interrupted(f"training stopped ({why}) at {where}; the checkpoint is {out / CHECKPOINT}: run the same "
                       "command with --resume to go on")
 

@@ -207,6 +207,42 @@ def test_training_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path
         run(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), tmp_path / "cut", log=None, resume=True)
 
 
+def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_resume(tmp_path):
+    """A readable checkpoint.npz whose contents are not a run's (a parameter missing or of another shape, the
+    progress of the wrong type, an optimizer moment of another shape, a NaN parameter) is damaged: exit 66, not an
+    internal error or a broadcast; the spec edited since the checkpoint: another run, exit 64 (it once went on
+    training the old weights in the new cell, or failed with KeyError)."""
+    from lstmdsl.errors import InputFileError
+    from lstmdsl.train import TrainConfig, run
+
+    spec = tmp_path / "my.cell"
+    spec.write_text("cell my { input x; state h; h' = tanh(W x + R h + b); output h' }")
+    cfg = TrainConfig(str(spec), "digits", epochs=2, hidden_size=8, lr=0.02, batch=16, max_train=40, seed=5,
+                      optimizer="adam")
+    run(TrainConfig(**{**cfg.__dict__, "epochs": 1}), tmp_path / "run", log=None)
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    good = dict(np.load(checkpoint))
+    state = json.loads(str(good["state"]))
+    damaged = {"no W": {k: v for k, v in good.items() if k != "param/l0.W"},
+               "W of another shape": {**good, "param/l0.W": good["param/l0.W"][:, :1]},
+               "a NaN parameter": {**good, "param/l0.b": np.full_like(good["param/l0.b"], np.nan)},
+               "a moment of another shape": {**good, **{k: v[:1] for k, v in good.items() if k.startswith("opt/m/")}},
+               "epoch -5": {**good, "state": np.array(json.dumps({**state, "epoch": -5}))},
+               "history a string": {**good, "state": np.array(json.dumps({**state, "history": "x"}))},
+               "state a list": {**good, "state": np.array(json.dumps([1, 2]))}}
+    for what, arrays in damaged.items():
+        np.savez(checkpoint, **arrays)
+        with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):
+            run(cfg, tmp_path / "run", log=None, resume=True)
+        print(what, "refused")
+    np.savez(checkpoint, **good)
+    spec.write_text("cell my { input x; state h; h' = relu(W x + R h + b); output h' }")
+    with pytest.raises(UsageError, match="spec .* has changed"):
+        run(cfg, tmp_path / "run", log=None, resume=True)
+    spec.write_text("cell my { input x; state h; h' = tanh(W x + R h + b); output h' }")
+    assert run(cfg, tmp_path / "run", log=None, resume=True)["history"][0] == state["history"][0]
+
+
 def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     args = ["train", "vanilla", "--task", "digits", "--backend", "numpy", "--epochs", "6", "-H", "24",
             "--max-train", "600", "--batch", "8", "--seed", "2"]
@@ -348,6 +384,10 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
     bad = {k: np.array(["a"] * v.size).reshape(v.shape) for k, v in layer.state_dict().items()}
     with pytest.raises(UsageError, match="has dtype <U1; parameters are numbers"):
         layer.load_state_dict(bad)
+    before = layer.state_dict()
+    with pytest.raises(UsageError, match="past float32's range"):  # (1e300 once became inf, with only a warning)
+        layer.load_state_dict({k: np.full(v.shape, 1e300) for k, v in before.items()})
+    assert all(np.array_equal(v, before[k]) for k, v in layer.state_dict().items())  # nothing loaded
     layer.save(tmp_path / "ok.npz")
     with np.load(tmp_path / "ok.npz") as f:
         files = {k: f[k] for k in f.files}

@@ -85,3 +85,14 @@ def test_train_rejects_bad_options(capsys):
         main(["train", "vanilla", "--task", "digits", "--lr", "-1", "--backend", "numpy"])
     assert info.value.code == 64
     assert "argument --lr: expected a number > 0, got -1" in capsys.readouterr().err
+
+
+def test_a_loss_that_becomes_nan_stops_training_as_a_numerical_failure(tmp_path, capsys):
+    """A spec whose output is NaN (log of a negative h) stops the run with exit 1 and says where and what, not a
+    usage error about a `dy` the user never gave (exit 64, once)."""
+    spec = tmp_path / "lg.cell"
+    spec.write_text("cell lg { input x; state h; h' = tanh(W x + R h + b) + log(h); output h' }")
+    assert main(["train", str(spec), "--task", "digits", "--epochs", "1", "-H", "8", "--max-train", "20",
+                 "--backend", "numpy", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1, batch 1 of 1: the loss is NaN or infinite" in err and "dy" not in err

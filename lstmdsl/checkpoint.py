@@ -1,0 +1,87 @@
+"""A training run's checkpoint (train.py): everything needed to go on exactly where training stopped, in one
+file written atomically, and its checks when a run resumes from it (the same options and spec; a file that is
+readable but not a run's checkpoint is damaged, not an internal error)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import to_numpy
+from .errors import InputFileError, UsageError
+from .files import write_npz
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
+    """Everything needed to go on exactly where training stopped, in one file written atomically."""
+    progress = dict(progress)
+    order = progress.pop("order", None)
+    state = {"config": asdict(cfg), "spec": model.layer.spec.source.text, "rng": rng.bit_generator.state, **progress}
+    arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
+    arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
+    if order is not None:  # the batch order of the epoch in progress
+        arrays["order"] = np.asarray(order)
+    write_npz(out / CHECKPOINT, {"state": np.array(json.dumps(state)), **arrays})
+
+
+def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
+    """The run's progress from out/checkpoint.npz, its parameters, optimizer state and random generator restored
+    into model, opt and rng; an error that says what is wrong where the checkpoint is damaged or of another run."""
+    path = out / CHECKPOINT
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = {k: f[k] for k in f.files}
+        state = json.loads(str(files.pop("state")))
+    except FileNotFoundError:
+        raise InputFileError(f"--resume: there is no checkpoint in {out} (no {CHECKPOINT})") from None
+    except Exception:  # noqa: BLE001 (damaged)
+        raise InputFileError(f"--resume: {path} is damaged; start again without --resume") from None
+    try:
+        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+    except (KeyError, TypeError, AttributeError):
+        raise InputFileError(f"--resume: {path} is damaged (no run configuration); start again without "
+                             "--resume") from None
+    ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
+    if saved != ours:
+        diff = sorted(k for k in ours if saved.get(k) != ours[k])
+        raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "
+                         "give the same options, or another --out")
+    if "spec" in state and state["spec"] != model.layer.spec.source.text:  # (checkpoints before 2026-12-04 lack it)
+        raise UsageError(f"--resume: the checkpoint in {out} is of another run (the spec {cfg.spec} has changed "
+                         "since); give the same spec, or another --out")
+    try:
+        _restore(files, state, cfg, model, opt, rng)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, UsageError) as e:
+        raise InputFileError(f"--resume: {path} is damaged ({e}); start again without --resume") from None
+    state["order"] = files.get("order")
+    return state
+
+
+def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
+    """The checkpoint's parameters, optimizer state, random generator and progress, each checked first (a
+    ValueError, KeyError or TypeError says what is wrong)."""
+    for k, v in model.parameters().items():
+        a = files[f"param/{k}"]
+        if a.shape != v.shape or not np.all(np.isfinite(a)):
+            raise ValueError(f"parameter {k} is {a.shape}, expected {v.shape}, or has non-finite values")
+    if not (isinstance(state["epoch"], int) and 1 <= state["epoch"] <= cfg.epochs + 1 and
+            isinstance(state["batch"], int) and state["batch"] >= 0 and isinstance(state["history"], list) and
+            isinstance(state["losses"], list) and all(isinstance(state[k], (int, float))
+                                                      for k in ("total", "count", "seconds"))):
+        raise ValueError("its progress (epoch, batch, history) is not a run's")
+    order = files.get("order")
+    if order is not None and sorted(order.tolist()) != list(range(len(order))):
+        raise ValueError("its batch order is not a permutation")
+    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})
+    for name, table in ((slot, getattr(opt, slot)) for slot in opt._SLOTS):
+        for k, v in table.items():
+            if v.shape != model.parameters()[k].shape:
+                raise ValueError(f"the optimizer's {name} of {k} is {v.shape}, expected {model.parameters()[k].shape}")
+    rng.bit_generator.state = state["rng"]
+    for k, v in model.parameters().items():
+        v[...] = model.xp.asarray(files[f"param/{k}"])
