@@ -34,6 +34,18 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_forget_bias(spec: Spec, forget_bias) -> float | None:
+    """The initial forget-gate bias: None, or a finite number for a cell with a bias vector b_f."""
+    if forget_bias is None:
+        return None
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(forget_bias):
+        raise UsageError(f"forget_bias must be a finite number, got {forget_bias!r}")
+    if not any(p.name == "b_f" and p.kind == "vector" for p in spec.cell.params):
+        raise UsageError(f"forget_bias needs a forget-gate bias vector named b_f; cell '{spec.name}' has none")
+    return float(forget_bias)
+
+
 def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
     meta, state = read_saved(path)
@@ -128,13 +140,7 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions, num_heads)
-    if forget_bias is not None:
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(forget_bias):
-            raise UsageError(f"forget_bias must be a finite number, got {forget_bias!r}")
-        if not any(p.name == "b_f" and p.kind == "vector" for p in spec.cell.params):
-            raise UsageError(f"forget_bias needs a forget-gate bias vector named b_f; cell '{spec.name}' has none")
-        forget_bias = float(forget_bias)
+    forget_bias = check_forget_bias(spec, forget_bias)
     if backend == "cuda":
         from .runtime.layer import CudaLayer  # imports CuPy: only when asked for
 

@@ -319,10 +319,12 @@ class Layer:
         for k, v in values.items():
             if v.shape != params[k].shape:
                 raise UsageError(f"{k} has shape {list(v.shape)} in the state dict, {list(params[k].shape)} here")
-            if not np.all(np.isfinite(v)):
-                raise UsageError(f"{k} contains NaN or infinite values")
+            with np.errstate(over="ignore"):  # (a value past the layer's dtype's range becomes inf: refused)
+                values[k] = v.astype(self.dtype)
+            if not np.all(np.isfinite(values[k])):
+                raise UsageError(f"{k} contains NaN or infinite values (or values past {self.dtype}'s range)")
         for k, v in values.items():
-            params[k][...] = array_module(params[k]).asarray(v.astype(self.dtype))
+            params[k][...] = array_module(params[k]).asarray(v)
 
     def save(self, path) -> None:
         """Write the parameters and what is needed to rebuild the layer (spec text, sizes) to a .npz archive
@@ -382,9 +384,12 @@ class Layer:
             raise UsageError(f"{what} must be a dict with the keys {sorted(shapes)}, got {got}")
         return {k: self._check_array(f"{what}[{k!r}]", state[k], shapes[k]) for k in shapes}
 
-    def _check_input(self, x, state, lengths=None, zeros: bool = True) -> tuple[int, int, dict | None, object]:
-        """(T, B, state, lengths as an int64 numpy array or None) for forward(x, state, lengths), or
+    def _check_input(self, x, state, lengths=None, zeros: bool = True,
+                     train: bool = True) -> tuple[int, int, dict | None, object]:
+        """(T, B, state, lengths as an int64 numpy array or None) for forward(x, state, lengths, train), or
         a UsageError saying what is wrong. zeros: see _check_state."""
+        if not isinstance(train, (bool, np.bool_)):  # ("no" would be true: a training forward)
+            raise UsageError(f"train must be True or False, got {train!r}")
         self._check_kind("x", x)
         if x.ndim != 3:
             raise UsageError(f"x must be a 3-D {self.array_name} [T, B, input_size], got shape {list(x.shape)}")
@@ -401,8 +406,8 @@ class Layer:
             host = np.asarray(to_numpy(lengths))
         except Exception:  # noqa: BLE001 (not an array of numbers)
             raise UsageError(f"lengths must be {B} integers, got {type(lengths).__name__}") from None
-        if host.shape != (B,) or host.dtype.kind not in "iu" and not (host.dtype.kind == "f" and
-                                                                       np.all(host == np.round(host))):
+        if host.shape != (B,) or host.dtype.kind not in "iu" and not (host.dtype.kind == "f" and np.all(
+                np.isfinite(host)) and np.all(host == np.round(host))):  # (inf equals its rounding)
             raise UsageError(f"lengths must be {B} integers (one per sequence), got shape {list(host.shape)} "
                              f"and dtype {host.dtype}")
         if B and (host.min() < 1 or host.max() > T):

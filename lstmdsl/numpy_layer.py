@@ -65,7 +65,7 @@ class NumpyLayer(Layer):
         last training forward stay for backward() (as on the cuda backend).
         noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
-        T, B, state, lengths = self._check_input(x, state, lengths)
+        T, B, state, lengths = self._check_input(x, state, lengths, train=train)
         masks = self._noise(T, B, train, noise)
         connect = self._dropconnect(masks)  # DropConnect: the recurrent matrices times their masks
         params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]

@@ -113,6 +113,12 @@ def test_forward_rejects_bad_input(x, message):
         layer.forward(x)
 
 
+def test_forward_refuses_a_train_flag_that_is_not_a_bool():
+    layer = lstmdsl.compile("vanilla", input_size=3, hidden_size=4)
+    with pytest.raises(UsageError, match="train must be True or False, got 'no'"):  # ("no" once trained)
+        layer.forward(np.zeros((2, 1, 3), np.float32), train="no")
+
+
 def test_bad_state_and_backward_misuse(rng):
     layer = lstmdsl.compile("vanilla", input_size=3, hidden_size=4)
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)

@@ -185,6 +185,7 @@ def test_bidirectional_layers_name_shape_save_and_load(tmp_path):
     ([5, 2, 1, 0], r"in \[1, T\] = \[1, 5\]"),
     ([5, 2, 1, 6], r"in \[1, T\] = \[1, 5\]"),
     ([5, 2.5, 1, 4], "integers"),
+    ([np.inf, 2.0, 1.0, 4.0], "integers"),  # (inf equals its rounding: OverflowError once)
     ("five", "integers"),
 ])
 def test_bad_lengths_are_refused_with_what_is_wrong(lengths, match):

@@ -253,6 +253,34 @@ def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it(
     assert lt.LSTM(4, 5, proj_size=4).proj_size == 4
 
 
+@pytest.mark.parametrize("make,message", [
+    (lambda: lt.LSTM(3, 4, forget_bias=float("inf")), "forget_bias must be a finite number, got inf"),
+    (lambda: lt.LSTM(3, 4, forget_bias="a"), "forget_bias must be a finite number"),
+    (lambda: lt.GRU(3, 4, forget_bias=1.0), "cell 'gru_torch' has none"),  # (once ignored silently)
+    (lambda: lt.LSTM(3, 4, seed=1.5), "seed must be a non-negative integer, got 1.5"),
+    (lambda: lt.LSTM(3, 4, seed=-1), "seed must be a non-negative integer, got -1"),
+    (lambda: lt.LSTM(3, 4, dtype=torch.bfloat16), "dtype must be torch.float32 or torch.float64"),
+    (lambda: lt.LSTM(3, 4, dtype=torch.int32), "dtype must be torch.float32 or torch.float64"),
+])
+def test_the_modules_arguments_are_checked_as_compile_checks_them(make, message):
+    """The module's constructor refuses what lstmdsl.compile refuses, saying which argument (numpy's or torch's
+    own messages, or nothing at all, once)."""
+    with pytest.raises(UsageError, match=message):
+        make()
+
+
+def test_a_hand_made_packed_sequence_or_a_state_of_the_wrong_kind_is_refused():
+    rnn = lt.LSTM(3, 4)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    for bad in (torch.nn.utils.rnn.PackedSequence(torch.randn(7, 3), packed.batch_sizes),
+                torch.nn.utils.rnn.PackedSequence(torch.randn(7, 3), torch.tensor([2, 2, 2]))):
+        rnn(packed)  # (a cached packing of the same batch_sizes does not hide the mismatch)
+        with pytest.raises(UsageError, match="batch_sizes .* do not describe its data \\(7 rows\\)"):
+            rnn(bad)
+    with pytest.raises(UsageError, match="a tensor, a tuple of tensors \\(h, c\\) or a dict, got int"):
+        rnn(torch.randn(5, 2, 3), 5)
+
+
 def test_reset_parameters_and_all_weights_as_nn_lstm_has_them():
     """reset_parameters draws again as the module was drawn (torch's generator: other values within
     +-1/sqrt(hidden_size); seed=: the same values; no bias: biases stay zero); all_weights lists each layer's and

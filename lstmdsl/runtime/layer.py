@@ -288,7 +288,7 @@ class CudaLayer(Layer):
         lengths [B], train and noise: see NumpyLayer.forward."""
         # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;
         # layers run one at a time take theirs from an array)
-        T, B, state, lengths = self._check_input(x, state, lengths, zeros=self._split)
+        T, B, state, lengths = self._check_input(x, state, lengths, zeros=self._split, train=train)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..api import check_forget_bias, check_seed
 from ..errors import UsageError
 from ..ir import HEADS, ROW
 from ..layer import is_gain, layer_sizes
@@ -58,6 +59,12 @@ class RNN(nn.Module):
             schedule or self.spec.schedule
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+        seed = None if seed is None else check_seed(seed)
+        forget_bias = check_forget_bias(self.spec, forget_bias)  # (compile's checks: a GRU has no b_f)
+        if dtype not in (None, torch.float32, torch.float64):  # (half precision: float32 master weights, the
+            # schedule's or autocast's precision)
+            raise UsageError(f"dtype must be torch.float32 or torch.float64, got {dtype!r} (for bf16 or fp16 give "
+                             "float32 parameters and `precision bf16` in the schedule, or run under torch.autocast)")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
             raise UsageError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if not (isinstance(dropconnect, (int, float)) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
@@ -167,6 +174,9 @@ class RNN(nn.Module):
             hx = [hx[n] for n in names]
         elif isinstance(hx, torch.Tensor):
             hx = [hx]
+        elif not isinstance(hx, (tuple, list)):
+            raise UsageError(f"the initial state must be a tensor, a tuple of tensors ({', '.join(names)}) or a dict, "
+                             f"got {type(hx).__name__}")
         hx = list(hx)
         if len(hx) != len(names) or not all(isinstance(h, torch.Tensor) for h in hx):
             raise UsageError(f"the initial state must be {len(names)} tensor(s), in the order {tuple(names)}")
@@ -268,8 +278,13 @@ class RNN(nn.Module):
         blocking the host, and kept for the next batch with the same batch_sizes."""
         data, sizes = packed.data, packed.batch_sizes
         key = (sizes.numpy().tobytes(), data.device, data.dtype)
-        if self._packing_cache is not None and self._packing_cache[0] == key:
-            return self._packing_cache[1]
+        cached = self._packing_cache
+        if cached is not None and cached[0] == key and len(cached[1][0]) == len(data):
+            return cached[1]
+        if (sizes.dim() != 1 or len(sizes) == 0 or int(sizes.sum()) != len(data) or int(sizes.min()) < 1
+                or bool((sizes[1:] > sizes[:-1]).any())):  # (a hand-made one: torch's own are always right)
+            raise UsageError(f"the PackedSequence's batch_sizes {sizes.tolist()} do not describe its data "
+                             f"({len(data)} rows): build it with torch.nn.utils.rnn.pack_padded_sequence")
         T, B = len(sizes), int(sizes[0])
         starts = torch.cumsum(sizes, 0) - sizes
         step = torch.repeat_interleave(torch.arange(T), sizes)
