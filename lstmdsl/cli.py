@@ -398,7 +398,7 @@ def _run(args) -> int:
         if getattr(args, "json", False):
             print(json.dumps({"error": "internal error (a bug in lstmdsl)", "kind": "InternalError",
                               "exit_code": EXIT_SOFTWARE}))
-        if os.environ.get("LSTMDSL_DEBUG"):
+        if os.environ.get("LSTMDSL_DEBUG", "0").strip().lower() not in ("", "0", "false", "no", "off"):
             traceback.print_exc()
         print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "
               "and please report it", file=sys.stderr)

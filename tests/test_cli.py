@@ -238,3 +238,19 @@ def test_a_warning_is_one_line_for_the_user(monkeypatch, capsys):
         assert main(["check", "vanilla"]) == 0
     assert capsys.readouterr().err == "lstmdsl: cell 'x': a note\nlstmdsl: warning: a warning from elsewhere\n"
     assert warnings.formatwarning is before
+
+
+@pytest.mark.parametrize("debug,traceback_shown", [("", False), ("0", False), ("false", False), ("1", True)])
+def test_an_internal_error_is_exit_70_with_its_traceback_only_on_request(monkeypatch, capsys, debug, traceback_shown):
+    """A bug in lstmdsl (here a command that raises RuntimeError) says so, exit 70; LSTMDSL_DEBUG=1 shows the
+    traceback, and 0 or false do not (any value once did)."""
+    import lstmdsl.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "check", broken)
+    monkeypatch.setenv("LSTMDSL_DEBUG", debug)
+    assert main(["check", "vanilla"]) == 70
+    err = capsys.readouterr().err
+    assert "internal error (a bug in lstmdsl)" in err and ("Traceback" in err) == traceback_shown
