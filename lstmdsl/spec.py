@@ -48,6 +48,9 @@ class Spec:
                 or any(s.size == size for s in c.states))
 
 
+MAX_SPEC_BYTES = 16 * 2**20  # a spec file's largest size (the shipped ones are a few KiB)
+
+
 def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
     """(text, filename) for a path, spec text, or the name of a shipped spec."""
     if not isinstance(path_or_text, (str, Path)):
@@ -64,7 +67,10 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
         if not path.exists() and str(path_or_text) in shipped:
             path = shipped[str(path_or_text)]
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:  # (at most MAX_SPEC_BYTES: /dev/zero or a huge file by mistake never ends)
+                data = f.read(MAX_SPEC_BYTES + 1)
+            if len(data) > MAX_SPEC_BYTES:
+                raise InputFileError(f"'{path}' is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec file")
             return data.decode("utf-8"), str(path)
         except UnicodeDecodeError as err:
             line = data.count(b"\n", 0, err.start) + 1

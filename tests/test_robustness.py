@@ -373,6 +373,7 @@ def test_api_takes_numpy_types():
     (None, UsageError, "got NoneType"),
     ("", UsageError, "the spec is empty"),
     (".", InputFileError, "is a folder, not a spec file"),
+    ("/dev/zero", InputFileError, "larger than 16 MiB: not a spec file"),  # (an endless file: it hung once)
 ])
 def test_api_bad_specs(spec, error, message):
     with pytest.raises(error, match=message):
