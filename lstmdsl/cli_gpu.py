@@ -68,20 +68,22 @@ def run_cuda(args, spec: Spec, schedule) -> int:
 
 def cmd_bench(args) -> int:
     from .runtime import check_available
+    from .schedule import parse_schedule
 
+    spec = parse(args.spec)  # (the spec, the schedule and the sizes first: their errors hold without a GPU too)
+    if args.schedule:
+        parse_schedule(args.schedule, spec.schedule)
+    if args.heads is not None and not spec.uses_size("heads"):
+        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
+    for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
     check_available()
     try:
         import torch  # noqa: F401
     except ImportError:
         raise BackendUnavailable("lstmdsl bench compares against PyTorch: pip install 'lstmdsl[torch]'") from None
     from .bench import COMPETITORS, bench_case
-
-    spec = parse(args.spec)
-    if args.heads is not None and not spec.uses_size("heads"):
-        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
-    for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
     if args.profile:
         return _profile(args, spec)
     precision = _precision(args)

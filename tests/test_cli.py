@@ -254,3 +254,15 @@ def test_an_internal_error_is_exit_70_with_its_traceback_only_on_request(monkeyp
     assert main(["check", "vanilla"]) == 70
     err = capsys.readouterr().err
     assert "internal error (a bug in lstmdsl)" in err and ("Traceback" in err) == traceback_shown
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["bench", "no_such_spec"], 66, "no spec file 'no_such_spec'"),
+    (["bench", "vanilla", "--schedule", "bogus"], 65, "bogus"),
+    (["bench", "vanilla", "--heads", "2"], 64, "has no block-diagonal matrix"),
+])
+def test_bench_reports_a_bad_spec_or_schedule_before_a_missing_gpu(capsys, args, code, message):
+    """On a machine without CuPy these said only that the GPU is missing (exit 69) and hid the error a user can fix
+    here; with a GPU they are the same errors."""
+    assert main(args) == code
+    assert message in capsys.readouterr().err
