@@ -303,6 +303,8 @@ def cmd_train(args) -> int:
     check_config(cfg)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on from the checkpoint, or start again")
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out is empty: give a folder (or leave --out out for the default)")
     out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
     kept = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)

@@ -64,7 +64,7 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
             raise InputFileError(f"{str(path_or_text)!r} is not a file name (it holds a NUL character)")
         path = Path(path_or_text)
         shipped = shipped_specs()
-        if not path.exists() and str(path_or_text) in shipped:
+        if (not path.exists() or path.is_dir()) and str(path_or_text) in shipped:  # (a folder of that name beside)
             path = shipped[str(path_or_text)]
         try:
             with path.open("rb") as f:  # (at most MAX_SPEC_BYTES: /dev/zero or a huge file by mistake never ends)

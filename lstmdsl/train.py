@@ -272,6 +272,9 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     check_config(cfg)
     if out is not None:
         out = output_dir(out, "--out")
+        for name in (*RUN_FILES, "loss.png"):  # (found at the end of the run, after the training, once)
+            if (out / name).is_dir():
+                raise OutputFileError(f"--out {out} holds a folder named {name}, where the run writes that file")
     task = _Task(cfg.task, cfg.max_train)
     model = Model(cfg, task)
     opt = _optimizer(cfg.optimizer, model.parameters(), cfg.lr)

@@ -509,3 +509,23 @@ def test_cli_options_give_documented_exit_codes(command, options):
     except SystemExit as e:  # argparse's errors exit 64 themselves
         code = e.code
     assert code in (0, 1, 64, 65, 66, 69, 73), (args, code)
+
+
+def test_a_run_folder_with_a_folder_where_a_file_goes_an_empty_out_and_a_folder_named_as_a_spec(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """train refuses, before training, an --out that holds a folder named layer.npz (it trained, then failed at the
+    end with 73) and an empty --out (it used the default folder); a folder named like a shipped spec in the
+    working directory does not hide that spec."""
+    from lstmdsl.cli import main
+
+    (tmp_path / "run" / "layer.npz").mkdir(parents=True)
+    args = ["train", "vanilla", "--task", "digits", "--epochs", "1", "-H", "8", "--max-train", "20", "--backend",
+            "numpy", "--overwrite"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 73
+    assert "holds a folder named layer.npz" in capsys.readouterr().err
+    assert main([*args, "--out", " "]) == 64
+    assert "--out is empty" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vanilla").mkdir()
+    assert main(["check", "vanilla"]) == 0
+    assert "cell vanilla" in capsys.readouterr().out
