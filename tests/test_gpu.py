@@ -29,10 +29,11 @@ def poison(monkeypatch):
 
 
 def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirectional=False, lengths=None,
-          dropout=0.0, dropconnect=0.0, num_heads=None, scale=0.5, tolerance=None):
+          dropout=0.0, dropconnect=0.0, num_heads=None, scale=0.5, tolerance=None, zero_states=False):
     """The spec on the GPU against the float64 reference (lstmdsl.check.compare): forward-only and
     training forward, backward with gradients of the outputs and final states; the regularisers' masks
-    are the GPU's draws, handed to the reference. Parameters uniform in [-scale, scale]."""
+    are the GPU's draws, handed to the reference. Parameters uniform in [-scale, scale]; zero_states: the
+    initial states zero (the default a caller gets), else random."""
     gpu = lstmdsl.compile(name, input_size=I, hidden_size=H, backend="cuda", num_layers=L, seed=seed,
                           schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
                           dropconnect=dropconnect, num_heads=num_heads, **extra_sizes(name))
@@ -40,6 +41,8 @@ def check(name, T, B, I, H, L, schedule=None, seed=0, dtype="float32", bidirecti
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     for s in POSITIVE_STATES.get(name if isinstance(name, str) else "", ()):
         state[s] = np.abs(state[s]) + 0.5
+    if zero_states:
+        state = {k: np.zeros_like(v) for k, v in state.items()}
     if name == "slstm" and gpu.schedule.precision in ("bf16", "fp16"):
         # the stabiliser m' = max(lf + m, li) is a kink only the final states' gradients see (h does not
         # depend on m): half-precision rounding may take the other side of a near tie there, a gradient as
@@ -312,6 +315,16 @@ def test_lengths_and_both_directions(name, T, B, I, H, L, bidirectional, masked)
     if masked:
         lengths[0] = T
     check(name, T, B, I, H, L, bidirectional=bidirectional, lengths=lengths)
+
+
+@pytest.mark.parametrize("name", ["slstm", "layernorm", "vanilla"])
+@pytest.mark.parametrize("schedule", [None, "persistent"])
+def test_zero_initial_states_held_through_the_reverse_directions_padding(name, schedule):
+    """The reverse direction holds the initial state through the padding before each sequence; zero there is
+    0 / 0 in the sLSTM's h' = o * (c' / n') unless the divisor reads the raw update (masks._singular_inputs:
+    the masked cell once gave NaN, silently)."""
+    check(name, 7, 5, 5, 33, 2, schedule=schedule, bidirectional=True, lengths=np.array([7, 1, 3, 6, 2]),
+          zero_states=True)
 
 
 def test_lengths_changing_between_calls_of_one_layer():

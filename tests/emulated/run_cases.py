@@ -33,6 +33,16 @@ for name, text in cases:
         total += 1
         print(f"{name} | {schedule or 'default'} | graphs={graphs} L={L} {dtype} | {'OK' if not bad else f'BAD {bad}'}",
               flush=True)
+# zero initial states held through the reverse direction's padding (0 / 0 in the sLSTM's h' = o * (c' / n') unless
+# the divisor reads the raw update: masks._singular_inputs), stepwise and persistent
+for name in ["slstm", "layernorm"]:
+    for schedule in (None, "persistent"):
+        bad = simrt.check(lstmdsl.parse(shipped_specs()[name].read_text()), I=6, L=2, verbose=False,
+                          bidirectional=True, lengths=np.array([2, 4, 1]), schedule=schedule, zero_states=True)
+        failures += bool(bad)
+        total += 1
+        print(f"{name} | zero states, bidirectional, lengths {schedule or ''} | {'OK' if not bad else f'BAD {bad}'}",
+              flush=True)
 # variable lengths (a mask per step), both directions and the layer's regularisers, in a stack of two layers
 for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm", "zoneout_lstm"]:
     spec = lstmdsl.parse(shipped_specs()[name].read_text())

@@ -482,7 +482,7 @@ executor.Engine.__init__ = _init
 
 def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
           dtype="float32", bidirectional=False, lengths=None, dropout=0.0, dropconnect=0.0, num_heads=None,
-          fanout=True):
+          fanout=True, zero_states=False):
     kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
               dropconnect=dropconnect)
     if P:
@@ -497,6 +497,8 @@ def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=T
         state["n"] = np.abs(state["n"]) + 0.5
         if gpu.schedule.precision in ("bf16", "fp16"):  # (the stabiliser's kink: see tests/test_gpu.py check)
             dfinal = False
+    if zero_states:  # (the default a caller gets; the reverse direction holds it through its padding)
+        state = {k: np.zeros_like(v) for k, v in state.items()}
     if not dfinal:
         dstate = {k: np.zeros_like(v) for k, v in dstate.items()}
     result = compare(gpu, x, state, dy, dstate, lengths)
