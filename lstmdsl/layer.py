@@ -151,6 +151,8 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
     if not bad and (not sizes or not all(isinstance(b, dict) and isinstance(b.get("input"), int)
                                          and isinstance(b.get("hidden"), int) for b in sizes)):
         bad = ["sizes"]
+    if not bad and meta.get("directions", 1) not in (1, 2):  # (3 once loaded as one direction)
+        bad = ["directions"]
     if bad:
         raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}

@@ -397,6 +397,10 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
     np.savez(tmp_path / "nosizes.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
     with pytest.raises(InputFileError, match="metadata lacks or garbles sizes"):
         lstmdsl.load(tmp_path / "nosizes.npz")
+    meta = json.loads(str(files["__meta__"]))
+    np.savez(tmp_path / "three.npz", **{**files, "__meta__": np.array(json.dumps({**meta, "directions": 3}))})
+    with pytest.raises(InputFileError, match="metadata lacks or garbles directions"):  # (loaded as one, once)
+        lstmdsl.load(tmp_path / "three.npz")
     (tmp_path / "random.npz").write_bytes(os.urandom(300))
     with pytest.raises(InputFileError) as info:
         lstmdsl.load(tmp_path / "random.npz")
