@@ -44,7 +44,12 @@ def proj_default(spec: Spec, hidden: int, proj: int | None) -> int | None:
 # ------------------------------------------------------------------------------------------ check
 
 def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
-    """The size binding of one layer when --input-size and --hidden-size are given, else None."""
+    """The size binding of one layer when --input-size and --hidden-size are given, else None (the options
+    that need a size of the cell's are checked either way)."""
+    if args.heads is not None and not spec.uses_size("heads"):  # (refused with sizes given: so without them too)
+        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
+    if args.proj_size is not None and not spec.uses_size("proj"):
+        raise UsageError(f"--proj-size was given but cell '{spec.name}' has no size 'proj'")
     if args.input_size is None and args.hidden_size is None:
         return None
     if args.input_size is None or args.hidden_size is None:
@@ -95,6 +100,7 @@ def cmd_compile(args) -> int:
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
     schedule = _schedule(args, spec)  # (checked whatever is emitted: a bad --schedule is an error, not ignored)
+    sizes = _optional_sizes(args, spec, "to print numeric shapes")  # (the sizes too: --emit plan uses them)
     if args.emit == "ast":
         text = _format_ast(spec.ast)
     elif args.emit == "ir":
@@ -106,7 +112,6 @@ def cmd_compile(args) -> int:
         if args.emit == "cuda":
             text = program.source
         else:
-            sizes = _optional_sizes(args, spec, "to print numeric shapes")
             text = format_plan(program.plan, sizes)
             if sizes:
                 if args.batch < 1:

@@ -266,3 +266,16 @@ def test_bench_reports_a_bad_spec_or_schedule_before_a_missing_gpu(capsys, args,
     here; with a GPU they are the same errors."""
     assert main(args) == code
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check", "vanilla", "--heads", "2"], "--heads was given but cell 'vanilla' has no block-diagonal matrix"),
+    (["check", "vanilla", "-P", "3"], "--proj-size was given but cell 'vanilla' has no size 'proj'"),
+    (["compile", "vanilla", "--heads", "2", "--emit", "ir"], "has no block-diagonal matrix"),
+    (["compile", "slstm", "--emit", "cuda", "--heads", "3", "-H", "8", "-I", "4"], "num_heads = 3 blocks"),
+])
+def test_options_the_cell_cannot_take_are_refused_with_sizes_or_without(capsys, args, message):
+    """check and compile refused these with -I and -H given and let them pass without (exit 0), and `--emit ir`
+    or `cuda` never looked at the sizes."""
+    assert main(args) == 64
+    assert message in capsys.readouterr().err
