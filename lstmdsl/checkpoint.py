@@ -77,11 +77,7 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
     order = files.get("order")
     if order is not None and sorted(order.tolist()) != list(range(len(order))):
         raise ValueError("its batch order is not a permutation")
-    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})
-    for name, table in ((slot, getattr(opt, slot)) for slot in opt._SLOTS):
-        for k, v in table.items():
-            if v.shape != model.parameters()[k].shape:
-                raise ValueError(f"the optimizer's {name} of {k} is {v.shape}, expected {model.parameters()[k].shape}")
+    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})  # (checks)
     rng.bit_generator.state = state["rng"]
     for k, v in model.parameters().items():
         v[...] = model.xp.asarray(files[f"param/{k}"])

@@ -33,15 +33,12 @@ def flops_per_step(spec: Spec) -> dict[tuple[str, ...], int]:
         elif n.op not in ("input", "state", "param", "const"):
             # a value of one per row (ROW: a reduction's result, or arithmetic on one) is no size to bind: a
             # reduction costs one per element it reads, and an operator on per-row values one per row
-            keys = ([(cell_size(spec, a),) for a in n.args] if n.size == ROW and OPS[n.op].reduction else
+            keys = ([(spec.cell.nodes[a].size,) for a in n.args] if n.size == ROW and OPS[n.op].reduction else
                     [()] if n.size == ROW else [(n.size,)])
             for key in keys:
                 terms[key] = terms.get(key, 0) + 1
     return terms
 
-
-def cell_size(spec: Spec, node: int) -> str:
-    return spec.cell.nodes[node].size
 
 
 def describe(spec: Spec, sizes: dict[str, int] | None) -> dict:

@@ -77,6 +77,9 @@ class Optimizer:
                 if prefix == slot:
                     if name not in self.params:
                         raise UsageError(f"the optimizer state names parameter {name!r}, which is not trained here")
+                    if v.shape != self.params[name].shape:
+                        raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
+                                         f"{list(self.params[name].shape)}")
                     table[name] = array_module(self.params[name]).asarray(v)
 
 
