@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-308 s with an empty kernel
-# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; now 4 at a time, not yet timed
-# so) and the quick grid against cuDNN (20 s) are meant to fit one 590 s device call. The sanitizers: memcheck on
-# a spec, a persistent kernel of one block, a compiled torch training step, a bidirectional stack on a batch of
-# different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on streams and the half-precision
-# persistent kernel as `persistent auto` runs it; racecheck on persistent kernels and a row-fused spec.
+# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 99 s) and the
+# quick grid against cuDNN (17 s) fit one 590 s device call (420 s in all on 2026-12-04, thirty-second session).
+# The sanitizers: memcheck on a spec, a persistent kernel of one block, a compiled torch training step, a
+# bidirectional stack on a batch of different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on
+# streams and the half-precision persistent kernel as `persistent auto` runs it; racecheck on persistent kernels
+# and a row-fused spec.
 # Run it after every change to the runtime, kernels or passes:
 #
 #     bash benchmarks/gpu_check.sh                 # from the repository root, on a machine with a GPU
@@ -133,6 +134,9 @@ for f in "$OUT"/sanitizers/*.log; do  # a failure's log, at the end of the call'
     */racecheck-nvjet-*) grep -E "Race reported" "$f" | grep -v nvjet | head -10;;
   esac
 done
+# the logs as one archive beside the folder: a copier that brings back only a few files (the device tool's
+# machine returned 1 of the 78 on 2026-12-04) still brings them all
+tar -czf "$OUT/sanitizers.tar.gz" -C "$OUT" sanitizers
 fi
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
