@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from .ir import ROW
+from .ir import ROW, per_head
 from .kerneldesc import (AddDesc, ArgBind, CachedWeights, KernelArg, KernelDesc, PersistentDesc, Product,
                          StagedOperand, StepArea, StepPointer)
 from .ops import OPS
@@ -163,6 +163,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
             comment = f"  // {n.attr} [{n.size}, {nodes[a].size}]"
             if cached:  # computed before the pointwise work, by the whole block (templates: block_products)
+                args += _head_args(plan, i, n.attr)
                 lines[n.size].append(f"const real v{i} = P{i}[(b - b0) * J + (j - j0)];{comment}")
             else:
                 lines[n.size] += [f"real v{i} = real(0);{comment}", f"for (int k = lane; k < {cols}; k += 32) "
@@ -178,6 +179,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
                 args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}_{m}",
                                       ArgBind("weights", stack.name, offset)))
                 args.append(KernelArg("const int", f"ldw{i}_{m}", ArgBind("ldw", stack.name)))
+                args += _head_args(plan, f"{i}_{m}", matrix)
                 parts.append(f"P{i}_{m}[(b - b0) * J + (j - j0)]")
             lines[n.size].append(f"const real v{i} = {' + '.join(parts)};  // {' | '.join(n.attr)} transposed")
         elif n.op == "expand":  # a per-row scalar over the vector (over its width for a mean's gradient)
@@ -264,7 +266,7 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 key = f"{i}_{m}" if transposed else i
                 rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
                 cached.append(CachedWeights(key, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1],
-                                            transposed))
+                                            transposed, (f"hr{key}", f"hc{key}") if stack.heads else ()))
                 ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
                 operands[a] = StagedOperand(a, ctype, cols)
                 by_types.setdefault((CTYPES[stack.dtype], ctype), []).append(
@@ -314,6 +316,16 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                           forwarded=tuple(a for a, _ in pers.forwards),
                           exchanged=next((o for ops in staged for o in ops if o.node == pers.exchange), None),
                           block_barriers=pers.block_barriers)
+
+
+def _head_args(plan: Plan, key: int | str, matrix: str) -> list[KernelArg]:
+    """A persistent stage's arguments of a block-diagonal matrix's blocks (rows and columns per head:
+    CachedWeights.heads), none for a whole matrix."""
+    p = plan.cell.param(matrix)
+    if not p.heads:
+        return []
+    return [KernelArg("const int", f"hr{key}", ArgBind("dim", offset=(per_head(p.shape[0]),))),
+            KernelArg("const int", f"hc{key}", ArgBind("dim", offset=(p.shape[1],)))]
 
 
 def _widest(desc: KernelDesc) -> str:

@@ -88,6 +88,9 @@ class CachedWeights:
     widest: str  # the C expression of the stage's widest size: its elements are spread over the blocks by it
     widths: tuple[str, ...]  # the stage's sizes (the widest is their maximum)
     transposed: bool = False  # w<node> is the transpose: its columns j0 .. j0 + J are kept, as rows
+    heads: tuple[str, ...] = ()  # a block-diagonal matrix (ir.Param.heads): the arguments of its rows and
+    # columns per head; stored as its blocks stacked by rows, its rows are kept expanded to `cols`, zero
+    # off the diagonal blocks (in the persistent kernel's shared memory only: runtime/persistent.py)
 
 
 @dataclass(frozen=True, slots=True)

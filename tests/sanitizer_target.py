@@ -54,7 +54,8 @@ rows = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--batch=")),
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
 extra = {"proj_size": 7} if lstmdsl.parse(name).uses_size("proj") else {}
-if lstmdsl.parse(name).uses_size("heads"):  # several heads: stacks stored head by head, rows permuted
+if lstmdsl.parse(name).uses_size("heads"):  # several heads: stacks stored head by head, rows permuted (under
+    # `persistent` kept in order, each block's rows expanded in shared memory)
     extra["num_heads"] = 4 if compiled else 3
 if compiled:
     import torch

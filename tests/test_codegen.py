@@ -155,7 +155,12 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     reverse = build_program(lstmdsl.parse("vanilla").cell, Schedule(), direction="reverse")
     name = reverse.plan.forward.loop.persistent.name
     assert name == "vanilla_fwd_persistent_reverse" and reverse.kernels[name].reverse
-    assert build("slstm", on).plan.forward.loop.persistent is None
+    slstm = build("slstm", on)  # block-diagonal matrices: a GEMM each (kept in order), one stage of them
+    (stage,) = slstm.plan.forward.loop.persistent.stages
+    cached = slstm.kernels[slstm.plan.forward.loop.persistent.name].cached
+    assert len(cached) == 4 and all(c.heads == (f"hr{c.node}", f"hc{c.node}") for c in cached)
+    assert "zero off the diagonal blocks" in slstm.source
+    assert build("slstm", Schedule()).plan.forward.loop.persistent is None  # (auto: no rules for it)
     fgr = build("fgr", on).plan.forward  # a run of GEMMs that read none of each other's products: one stage
     (stage,) = fgr.loop.persistent.stages
     assert {a for i in stage.nodes if fgr.nodes[i].op == "matvec" for a in fgr.nodes[i].args} == {1, 3, 4, 5}

@@ -8,6 +8,8 @@ H = 1, 33, 100, 512; T = 1, 7, 100; 1 and 3 layers.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -643,14 +645,36 @@ def test_a_persistent_backward_under_no_fold_sums():
 
 
 def test_a_forced_persistent_schedule_that_a_loop_cannot_take_warns_and_runs_stepwise():
-    """`persistent` on the sLSTM (block-diagonal matrices: heads) and on the layer norm's backward (rows reduced in
-    its step): the first call says why (passes/persistent.py: why_not_persistent), once a phase, and runs the
-    stepwise loop there, matching the reference."""
-    with pytest.warns(UserWarning, match=r"schedule 'persistent' for cell slstm: its recurrent matrices are "
-                                         r"block-diagonal \(heads\).*\(backward\)"):
-        check("slstm", 5, 3, 6, 24, 1, num_heads=4, schedule="persistent")
+    """`persistent` on the layer norm's backward (rows reduced in its step): the first call says why
+    (passes/persistent.py: why_not_persistent), once a phase, and runs the stepwise loop there, matching the
+    reference."""
     with pytest.warns(UserWarning, match=r"cell layernorm: a kernel of its step reduces rows.*\(backward\)"):
         check("layernorm", 5, 3, 6, 24, 1, schedule="persistent")
+
+
+@pytest.mark.parametrize("T,B,I,H,L,heads,schedule", [
+    (7, 3, 5, 33, 1, 3, "persistent"), (5, 17, 3, 1000, 1, 8, "persistent"), (4, 2, 6, 9, 1, 9, "persistent"),
+    (6, 1, 4, 512, 1, 4, "persistent"), (5, 3, 6, 24, 2, 4, "persistent; no fold sums"),
+    (5, 3, 5, 100, 1, 4, "precision bf16; persistent"), (5, 16, 5, 256, 1, 4, "precision fp16; persistent"),
+    (4, 3, 5, 33, 1, 3, "persistent; specialise")])
+def test_slstm_heads_run_the_persistent_kernels(T, B, I, H, L, heads, schedule, monkeypatch):
+    """The sLSTM's block-diagonal matrices under a forced `persistent`: forward and backward run their kernels
+    (each block's rows of the matrices kept expanded, zero off the diagonal blocks: CachedWeights.heads), one
+    block and grids whose blocks' rows straddle the heads (H = 1000, 8 heads of 125: 8 rows a block), a head of
+    one row, half precision's tensor-core products, kernels compiled for the shape; bidirectional with lengths
+    and DropConnect under `no fold sums`; against the float64 reference, with no warning."""
+    made, compile_ = [], lstmdsl.compile
+    monkeypatch.setattr(lstmdsl, "compile", lambda *a, **kw: made.append(compile_(*a, **kw)) or made[-1])
+    both = "no fold sums" in schedule
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*schedule 'persistent'")
+        check("slstm", T, B, I, H, L, num_heads=heads, schedule=schedule, scale=1 / np.sqrt(H / heads),
+              bidirectional=both, lengths=np.array([5, 1, 3]) if both else None, dropconnect=0.3 if both else 0.0)
+    (layer,) = made
+    for phase in ("forward", "backward"):  # (a workspace's entry is made when its phase first runs)
+        runs = [ws.persistent[phase] for engine in layer._engines.values() for wss in engine.workspaces.values()
+                for ws in wss if phase in ws.persistent]
+        assert runs and all(r is not None and r.cached for r in runs), (phase, runs)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])

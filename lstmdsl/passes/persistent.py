@@ -13,9 +13,13 @@ T launches (or 2T: the GEMM and the kernel of each step).
 The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) chooses between them once
 the runtime knows the batch and the sizes. Under `persistent auto` the plan has the kernel only where the
 cost model can choose it (the rules below, for the kinds of cells measured): a kernel for any other cell or precision would be compiled into every
-module and never run (and cost its compilation; the layer norm's with lengths also spilled registers). A block-diagonal matrix (heads) keeps the stepwise loop, and so
-does a loop whose storage copies a value between slots each step (the calls pass drops the persistent
-launch there: its stages have no copies).
+module and never run (and cost its compilation; the layer norm's with lengths also spilled registers). A
+block-diagonal matrix (heads: the sLSTM's) takes the kernel where its stack is kept in the matrices' own row
+order, as under `persistent` (stacks.interleaved: the stepwise loop's head-by-head copy is not made there):
+each block keeps its rows expanded to the whole width, zeros off the diagonal blocks (templates: the cached
+rows' `heads`), so its products are a whole matrix's; `persistent auto` has no rules for it and keeps the
+stepwise loop. A loop whose storage copies a value between slots each step keeps it too (the calls pass
+drops the persistent launch there: its stages have no copies).
 
 The backward has one too where each of its per-step GEMMs computes one sum of transposed products (a
 matvec_t: a state's gradient passed back through the recurrent matrices) and nothing else: each such GEMM
@@ -33,9 +37,11 @@ the precision; the runtime chooses it by those rules.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from ..plan import Copy, Gemm, Kernel, Persistent, Plan, reduces
 from .recurrent_fusion import _reads
+from .stacks import interleaved, weight_stacks
 
 # The cost model (`persistent auto`) per precision: rules (largest batch, least and most multiply-adds per
 # step over the batch, in the kernel's products) where the persistent kernel is expected to beat the stepwise
@@ -192,13 +198,19 @@ for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, 
 BACKWARD_LIMITS["tf32"] = TF32_BACKWARD_LIMITS  # (but not the same alternative: the note above HALF_BACKWARD_LIMITS)
 
 
+def _interleaved(plan: Plan, gemm: Gemm) -> bool:
+    """Whether a GEMM's matrices are block-diagonal ones stored head by head (stacks.interleaved: not under
+    `persistent`), which the kernel's cached rows do not take."""
+    stacks = weight_stacks(plan)
+    return any(set(stacks[v]) & set(gemm.matrices) for v in interleaved(plan))
+
+
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     """The forward loop as the stages of a persistent kernel, or None where it cannot be one."""
     fwd = plan.forward
     nodes = fwd.nodes
     body = list(fwd.loop.body)
-    heads = {p.name for p in plan.cell.params if p.heads}
-    if any(isinstance(op, Gemm) and heads & set(op.matrices) for op in body):
+    if any(isinstance(op, Gemm) and _interleaved(plan, op) for op in body):
         return None  # (copies between slots come with the storage pass: the calls pass drops the launch there)
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
     stages = []
@@ -241,12 +253,21 @@ def backward_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     """The backward loop as the stages of a persistent kernel (each GEMM a stage of its transposed products),
     or None where it cannot be one."""
     bwd = plan.backward
-    heads = {p.name for p in plan.cell.params if p.heads}
     stages = []
-    for op in bwd.loop.body:
+    body = bwd.loop.body
+    for k, op in enumerate(body):
         if isinstance(op, Gemm):
-            if (heads & set(op.matrices) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
-                    or op.accumulate or op.init is not None):
+            if (_interleaved(plan, op) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
+                    or op.init is not None):
+                return None
+            if op.accumulate:  # the rest of a sum whose first GEMM began it (block-diagonal matrices: a GEMM
+                # each, gate fusion keeps them apart); the stage computes the whole sum
+                if not (k and isinstance(body[k - 1], Gemm) and body[k - 1].outputs == op.outputs):
+                    return None
+                continue
+            run = [op] + list(itertools.takewhile(lambda g: isinstance(g, Gemm) and g.outputs == op.outputs
+                                                  and g.accumulate and g.init is None, body[k + 1:]))
+            if sorted(m for g in run for m in g.matrices) != sorted(bwd.nodes[op.outputs[0]].attr):
                 return None
             stages.append(Kernel(op.outputs))
         elif isinstance(op, Kernel) and not reduces(bwd, op):
@@ -263,13 +284,9 @@ def why_not_persistent(plan: Plan, phase_name: str) -> str | None:
     if plan.schedule.persistent != "on" or phase.loop.persistent is not None:
         return None
     body = phase.loop.body
-    heads = {p.name for p in plan.cell.params if p.heads}
     gemms = [op for op in body if isinstance(op, Gemm)]
     if not gemms:
         return "its step has no recurrent products to keep on chip"
-    if any(heads & set(op.matrices) for op in gemms):
-        return ("its recurrent matrices are block-diagonal (heads), and the persistent kernel's products take whole "
-                "matrices only")
     if any(isinstance(op, Copy) for op in body):
         return "its step copies a value between storage slots, and the persistent kernel's stages have no copies"
     if any(isinstance(op, Kernel) and reduces(phase, op) for op in body):

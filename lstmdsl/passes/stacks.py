@@ -36,9 +36,10 @@ def interleaved(plan: Plan) -> dict[int, str]:
     """Forward operand -> the block (rows per head) of each stack stored head by head: a stack of block-
     diagonal matrices of equal rows, and the stacks that share its gradients, when gate fusion makes one
     GEMM of each and the step kernels compute no products (recurrent fusion) and reduce no rows (their
-    row launches read features contiguously)."""
+    row launches read features contiguously); not under `persistent`, whose kernel keeps the matrices' rows in
+    their own order and stages each gate's gradients as one contiguous operand (persistent.py)."""
     s = plan.schedule
-    if not s.fuse_gates or s.fuse_recurrent or any(
+    if not s.fuse_gates or s.fuse_recurrent or s.persistent == "on" or any(
             reduces(phase, op) for phase in (plan.forward, plan.backward) for _, op in phase.ops()):
         return {}
     cell = plan.cell

@@ -93,8 +93,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
         return PersistentRun(blocks, need, True, max(rows, 1), not split and exchange(blocks), split)
     # forced, and the weights do not fit: read them from memory, with as many blocks as are co-resident (fewer
     # blocks have more elements each, so more products to keep: the count falls until it settles); not
-    # transposed weights (a backward's), whose columns the kernel reads from shared memory only
-    if any(c.transposed for c in desc.cached):
+    # transposed weights (a backward's) or block-diagonal ones, which the kernel reads from shared memory only
+    if any(c.transposed or c.heads for c in desc.cached):
         return None
     while True:
         per_row = row(blocks)

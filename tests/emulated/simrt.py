@@ -238,6 +238,19 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
                 _stage(sub, op, nodes, step, dtype, types)
 
 
+def _matrix(val, key, rows, cols, dtype):
+    """A persistent stage's matrix w<key> as [rows, cols]; a block-diagonal one (hr<key> rows and hc<key>
+    columns a head: CachedWeights.heads) is stored as its blocks stacked by rows, and comes back whole."""
+    if f"hr{key}" not in val:
+        return load(val[f"w{key}"], rows, cols, int(val[f"ldw{key}"]), dtype)
+    hr, hc = int(val[f"hr{key}"]), int(val[f"hc{key}"])
+    blocks = load(val[f"w{key}"], rows, hc, int(val[f"ldw{key}"]), dtype).astype(np.float64)
+    whole = np.zeros((rows, cols))
+    for g in range(rows // hr):
+        whole[g * hr:(g + 1) * hr, g * hc:(g + 1) * hc] = blocks[g * hr:(g + 1) * hr]
+    return whole
+
+
 def _stage(desc, op, nodes, val, real, types):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
@@ -280,12 +293,12 @@ def _stage(desc, op, nodes, val, real, types):
                     raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
         if n.op == "matvec":
             (x,) = n.args
-            W = load(val[f"w{i}"], size(n.size), size(nodes[x].size), int(val[f"ldw{i}"]), types[f"w{i}"])
+            W = _matrix(val, i, size(n.size), size(nodes[x].size), types[f"w{i}"])
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         elif n.op == "matvec_t":  # a persistent backward's: the sum over its (operand, matrix) pairs
-            values[i] = sum(values[x].astype(np.float64) @ load(
-                val[f"w{i}_{m}"], size(nodes[x].size), size(n.size), int(val[f"ldw{i}_{m}"]),
-                types[f"w{i}_{m}"]).astype(np.float64) for m, x in enumerate(n.args))
+            values[i] = sum(values[x].astype(np.float64) @ _matrix(
+                val, f"{i}_{m}", size(nodes[x].size), size(n.size), types[f"w{i}_{m}"]).astype(np.float64)
+                for m, x in enumerate(n.args))
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
             values[i] = np.broadcast_to(v, (B, size(n.size)))
