@@ -157,7 +157,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             (a,) = n.args
             cols = f"n_{nodes[a].size}"
             stack = st.stack_of(n.attr)
-            offset = stack.rows[:stack.matrices.index(n.attr)]
+            # (a stack stored head by head: from its first row, where the kernel finds the matrix's rows)
+            offset = () if cached and stack.interleave else stack.rows[:stack.matrices.index(n.attr)]
             args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}",
                                   ArgBind("weights", stack.name, offset)))
             args.append(KernelArg("const int", f"ldw{i}", ArgBind("ldw", stack.name)))
@@ -265,8 +266,12 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 stack = plan.storage.stack_of(matrix)
                 key = f"{i}_{m}" if transposed else i
                 rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
+                if stack.interleave and transposed:  # (passes/persistent.py: backward_stages refuses them)
+                    raise AssertionError(f"{pers.name}: transposed products of a stack stored head by head")
                 cached.append(CachedWeights(key, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1],
-                                            transposed, (f"hr{key}", f"hc{key}") if stack.heads else ()))
+                                            transposed, (f"hr{key}", f"hc{key}") if stack.heads else (),
+                                            (stack.matrices.index(matrix), len(stack.matrices))
+                                            if stack.interleave else ()))
                 ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
                 operands[a] = StagedOperand(a, ctype, cols)
                 by_types.setdefault((CTYPES[stack.dtype], ctype), []).append(

@@ -91,6 +91,8 @@ class CachedWeights:
     heads: tuple[str, ...] = ()  # a block-diagonal matrix (ir.Param.heads): the arguments of its rows and
     # columns per head; stored as its blocks stacked by rows, its rows are kept expanded to `cols`, zero
     # off the diagonal blocks (in the persistent kernel's shared memory only: runtime/persistent.py)
+    order: tuple[int, int] = ()  # a stack stored head by head (WeightStack.interleave): the matrix's place in it
+    # and its count of matrices; w<node> is the stack's head-by-head copy from its first row
 
 
 @dataclass(frozen=True, slots=True)

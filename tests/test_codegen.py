@@ -160,7 +160,10 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     cached = slstm.kernels[slstm.plan.forward.loop.persistent.name].cached
     assert len(cached) == 4 and all(c.heads == (f"hr{c.node}", f"hc{c.node}") for c in cached)
     assert "zero off the diagonal blocks" in slstm.source
-    assert build("slstm", Schedule()).plan.forward.loop.persistent is None  # (auto: no rules for it)
+    auto = build("slstm", Schedule())  # auto: the stacks head by head, the forward's kernel reads that copy's rows
+    cached = auto.kernels[auto.plan.forward.loop.persistent.name].cached
+    assert [c.order for c in cached] == [(0, 4), (1, 4), (2, 4), (3, 4)] and "head-by-head copy" in auto.source
+    assert auto.plan.backward.loop.persistent is None  # (each gate's gradients lie head by head)
     fgr = build("fgr", on).plan.forward  # a run of GEMMs that read none of each other's products: one stage
     (stage,) = fgr.loop.persistent.stages
     assert {a for i in stage.nodes if fgr.nodes[i].op == "matvec" for a in fgr.nodes[i].args} == {1, 3, 4, 5}

@@ -14,12 +14,13 @@ The stepwise loop stays in the plan beside it: the cost model (plan.Persistent) 
 the runtime knows the batch and the sizes. Under `persistent auto` the plan has the kernel only where the
 cost model can choose it (the rules below, for the kinds of cells measured): a kernel for any other cell or precision would be compiled into every
 module and never run (and cost its compilation; the layer norm's with lengths also spilled registers). A
-block-diagonal matrix (heads: the sLSTM's) takes the kernel where its stack is kept in the matrices' own row
-order, as under `persistent` (stacks.interleaved: the stepwise loop's head-by-head copy is not made there):
-each block keeps its rows expanded to the whole width, zeros off the diagonal blocks (templates: the cached
-rows' `heads`), so its products are a whole matrix's; `persistent auto` has no rules for it and keeps the
-stepwise loop. A loop whose storage copies a value between slots each step keeps it too (the calls pass
-drops the persistent launch there: its stages have no copies).
+block-diagonal matrix (heads: the sLSTM's) takes the kernel too: each block keeps its rows expanded to the
+whole width, zero off the diagonal blocks (templates: the cached rows' `heads`), so its products are a whole
+matrix's. Under `persistent` its stack keeps the matrices' own row order (stacks.interleaved); under `persistent
+auto` (HEADS_LIMITS) the stack is stored head by head for the stepwise loop, the forward's kernel reads that
+copy's rows (CachedWeights.order), and the backward keeps the stepwise loop. A loop whose storage copies a value
+between slots each step keeps it too (the calls pass drops the persistent launch there: its stages have no
+copies).
 
 The backward has one too where each of its per-step GEMMs computes one sum of transposed products (a
 matvec_t: a state's gradient passed back through the recurrent matrices) and nothing else: each such GEMM
@@ -192,6 +193,14 @@ MANY_SPLIT_LIMITS = {"fp32": (), "bf16": (), "fp16": ()}
 # loops overlap, as the vanilla one's did: ALONE_LIMITS; not measured for FGR). Shapes under 2^23 at B > 1
 # (B = 4, H = 256 lost 1.27x before kernels were compiled for their shape) are not measured again.
 MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
+# The sLSTM's block-diagonal matrices (heads): under `persistent auto` their stacks are stored head by head for the
+# stepwise loop's one strided batch of GEMMs a step, and the forward's kernel reads that copy's rows (expanded in
+# shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds); its backward keeps the
+# stepwise loop (each gate's gradients lie head by head there). Both kernels, stacks in order (a forced
+# `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
+# heads_persistent_h200.txt, GPU time, T = 100): forward 0.33-0.82x at B <= 16, H = 256-1024, 1 and 4 heads;
+# 1.19-1.36x at B = 64 with 4 heads. So B <= 16 in fp32 only (tf32's and half precision's not measured).
+HEADS_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
                STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
     _rules["tf32"] = _rules["fp32"]  # (the same kernels: see the note above ALONE_LIMITS)
@@ -200,7 +209,8 @@ BACKWARD_LIMITS["tf32"] = TF32_BACKWARD_LIMITS  # (but not the same alternative:
 
 def _interleaved(plan: Plan, gemm: Gemm) -> bool:
     """Whether a GEMM's matrices are block-diagonal ones stored head by head (stacks.interleaved: not under
-    `persistent`), which the kernel's cached rows do not take."""
+    `persistent`), whose gradients the backward's kernel would stage as one contiguous operand each (the
+    forward's kernel reads the head-by-head copy's rows where they are: codegen, CachedWeights.order)."""
     stacks = weight_stacks(plan)
     return any(set(stacks[v]) & set(gemm.matrices) for v in interleaved(plan))
 
@@ -210,8 +220,6 @@ def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     fwd = plan.forward
     nodes = fwd.nodes
     body = list(fwd.loop.body)
-    if any(isinstance(op, Gemm) and _interleaved(plan, op) for op in body):
-        return None  # (copies between slots come with the storage pass: the calls pass drops the launch there)
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
     stages = []
     k = 0
@@ -326,6 +334,8 @@ def make_persistent(plan: Plan) -> Plan:
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
     rows = ROW_LIMITS[precision] if single else ()
     alone = ALONE_LIMITS[precision] if single else MANY_ALONE_LIMITS[precision] if many else ()
+    if any(p.heads for p in plan.cell.params):  # block-diagonal matrices (the sLSTM's): their own rules only
+        work, split, rows, alone = HEADS_LIMITS[precision] if single else (), (), (), ()
     work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
     if mode == "auto" and not work + split + rows + alone:
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused

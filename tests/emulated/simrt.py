@@ -235,23 +235,30 @@ def launch_cooperative(function, blocks, threads, shared, args, stream):
             step[p.name] = val[p.name + "_0"] + ITEM[types[p.name]] * area * int(val[p.area.buffer + "_s"])
         for stage, group in zip(desc.stages, groups):
             for sub, op in zip(stage.stages or (stage,), group):
-                _stage(sub, op, nodes, step, dtype, types)
+                _stage(sub, op, nodes, step, dtype, types, {c.node: c for c in desc.cached})
 
 
-def _matrix(val, key, rows, cols, dtype):
+def _matrix(val, key, rows, cols, dtype, cached=None):
     """A persistent stage's matrix w<key> as [rows, cols]; a block-diagonal one (hr<key> rows and hc<key>
-    columns a head: CachedWeights.heads) is stored as its blocks stacked by rows, and comes back whole."""
+    columns a head: CachedWeights.heads) is stored as its blocks stacked by rows, and comes back whole; from a
+    stack's head-by-head copy (CachedWeights.order: matrix m of M, w<key> the copy's first row), head g's rows
+    of this matrix are the copy's rows (g * M + m) * hr onward."""
     if f"hr{key}" not in val:
         return load(val[f"w{key}"], rows, cols, int(val[f"ldw{key}"]), dtype)
     hr, hc = int(val[f"hr{key}"]), int(val[f"hc{key}"])
-    blocks = load(val[f"w{key}"], rows, hc, int(val[f"ldw{key}"]), dtype).astype(np.float64)
+    if cached is not None and cached.order:
+        m, M = cached.order
+        copy = load(val[f"w{key}"], M * rows, hc, int(val[f"ldw{key}"]), dtype).astype(np.float64)
+        blocks = np.concatenate([copy[(g * M + m) * hr:(g * M + m + 1) * hr] for g in range(rows // hr)])
+    else:
+        blocks = load(val[f"w{key}"], rows, hc, int(val[f"ldw{key}"]), dtype).astype(np.float64)
     whole = np.zeros((rows, cols))
     for g in range(rows // hr):
         whole[g * hr:(g + 1) * hr, g * hc:(g + 1) * hc] = blocks[g * hr:(g + 1) * hr]
     return whole
 
 
-def _stage(desc, op, nodes, val, real, types):
+def _stage(desc, op, nodes, val, real, types, cached=None):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
     sizes = {k[2:]: int(v) for k, v in val.items() if k.startswith("n_")} | {"one": 1}
@@ -293,7 +300,7 @@ def _stage(desc, op, nodes, val, real, types):
                     raise AssertionError(f"{desc.name}: node {i} reads %{x}, not loaded")
         if n.op == "matvec":
             (x,) = n.args
-            W = _matrix(val, i, size(n.size), size(nodes[x].size), types[f"w{i}"])
+            W = _matrix(val, i, size(n.size), size(nodes[x].size), types[f"w{i}"], (cached or {}).get(i))
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         elif n.op == "matvec_t":  # a persistent backward's: the sum over its (operand, matrix) pairs
             values[i] = sum(values[x].astype(np.float64) @ _matrix(
