@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-308 s with an empty kernel
-# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 99 s) and the
-# quick grid against cuDNN (17 s) fit one 590 s device call (420 s in all on 2026-12-04, thirty-second session).
+# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-99 s) and the
+# quick grid against cuDNN (11-17 s) fit one 590 s device call (382-420 s in all on 2026-12-04, thirty-second
+# session).
 # The sanitizers: memcheck on a spec, a persistent kernel of one block, a compiled torch training step, a
 # bidirectional stack on a batch of different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on
 # streams and the half-precision persistent kernel as `persistent auto` runs it; racecheck on persistent kernels
