@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 
 from . import syntax as ast
@@ -393,6 +394,10 @@ def _build(c: _Context) -> None:
         if isinstance(e, ast.Number):
             if not math.isfinite(e.value):
                 c.P.error(f"the number overflows to {e.value}", e.span)
+            elif e.value == 0 and e.span is not None and e.span.line == e.span.end_line and re.search(
+                    r"[1-9]", c.P.source.line(e.span.line)[e.span.col - 1:e.span.end_col].split("e")[0].split("E")[0]):
+                c.P.error("the number underflows to 0 (the smallest is about 5e-324)", e.span,
+                          "write 0 where zero is meant")
             return c.b.const(e.value)
         if isinstance(e, ast.Ref):
             if e.name not in c.ids:

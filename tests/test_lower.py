@@ -59,6 +59,10 @@ ERRORS = [
      "cannot infer the size of the value 'u'", None),
     (spec(GOOD.replace("R_i h", "R_i 3")), 4, 30, "the operand of matrix 'R_i' is a constant", None),
     (spec(GOOD.replace("c' = c + i", "c' = 2 * 3")), 5, 10, "'c'' is a constant", None),
+    # numbers float64 cannot hold: too large, and nonzero ones too small (0e-400 and 0.0 are zero, and pass)
+    (spec(GOOD.replace("c' = c + i", "c' = c + i * 1e400")), 5, 18, "the number overflows to inf", None),
+    (spec(GOOD.replace("c' = c + i", "c' = c + i * 1e-400")), 5, 18, "the number underflows to 0", "write 0"),
+    (spec(GOOD.replace("c' = c + i", "c' = c + i * 0.00002E-320")), 5, 18, "the number underflows to 0", None),
     # a first error does not bring follow-on errors
     (spec(GOOD.replace("input x", "input x'")), 2, 11, "the input cannot take a prime", "input x"),
     # schedule

@@ -159,8 +159,10 @@ func_names = st.one_of(st.sampled_from(FUNCTIONS), primed_names)
 # The number's source text rides in the span field of the generated Number (normal() ignores spans).
 number_texts = st.from_regex(r"\A([0-9]{1,4}\.?[0-9]{0,3}|\.[0-9]{1,3})([eE][+-]?[0-9]{1,3})?\Z")
 numbers = number_texts.map(lambda t: Number(float(t), t))
-# what a semantically valid cell may contain: a literal that overflows to inf is an error of its own
-finite_numbers = numbers.filter(lambda n: n.value != float("inf"))
+# what a semantically valid cell may contain: a literal that overflows to inf, or a nonzero one that underflows to
+# 0, is an error of its own
+finite_numbers = numbers.filter(lambda n: n.value != float("inf") and not (
+    n.value == 0 and any(d in "123456789" for d in n.span.lower().split("e")[0])))
 word_texts = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,7}\Z") | st.sampled_from(
     ["fuse", "gates", "no", "hoist", "input", "precision", "fp32", "cell", "state", "schedule"])
 
