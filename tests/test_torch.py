@@ -501,6 +501,22 @@ def test_heads_stored_head_by_head_match_the_cpu_module(dropconnect, compiled, s
             torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
 
 
+def test_create_graph_gives_first_order_gradients_and_a_double_backward_says_there_is_none():
+    """create_graph=True (as a gradient penalty takes) gives the same first-order gradients; differentiating them
+    again raises lstmdsl's error naming the double backward, not torch's "does not require grad"."""
+    torch.manual_seed(0)
+    m = lt.LSTM(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    wrt = [x] + list(m.parameters())
+    plain = torch.autograd.grad(m(x)[0].sum(), wrt)
+    graphed = torch.autograd.grad(m(x)[0].sum(), wrt, create_graph=True)
+    for a, b in zip(plain, graphed):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for g in (graphed[0], graphed[-1]):  # through the input's gradient, and a parameter's
+        with pytest.raises(lstmdsl.UsageError, match="no second derivative: a double backward"):
+            (g ** 2).sum().backward(retain_graph=True)
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

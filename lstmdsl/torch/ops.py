@@ -419,7 +419,23 @@ class Eager(torch.autograd.Function):
         dy = dy if dy is not None else torch.zeros_like(y)  # a None dhn: the engine zeroes that gradient itself
         wanted = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:5 + n])
         out = backward_impl(x, h0, params, steps, y, dy, dhn, ctx.handle, views=True, wanted=wanted)
+        if torch.is_grad_enabled():  # create_graph=True: gradients whose own backward says why there is none
+            out = list(_NoSecondDerivative.apply(*(g.detach().requires_grad_() if g is not None else g for g in out)))
         return (out[0], None, None, None, None, *out[1:], *([None] * m))
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """The layer's gradients under create_graph=True, whose backward (a double backward, as a gradient penalty
+    through the layer takes) says there is none, not torch's "does not require grad"."""
+
+    @staticmethod
+    def forward(ctx, *grads):
+        return tuple(g if g is None else g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise UsageError("lstmdsl layers have no second derivative: a double backward through one (create_graph=True, "
+                         "then a backward of the gradient, e.g. a gradient penalty) is not supported")
 
 
 def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool,
