@@ -266,8 +266,9 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 stack = plan.storage.stack_of(matrix)
                 key = f"{i}_{m}" if transposed else i
                 rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
-                if stack.interleave and transposed:  # (passes/persistent.py: backward_stages refuses them)
-                    raise AssertionError(f"{pers.name}: transposed products of a stack stored head by head")
+                if stack.interleave and (transposed or not stack.heads):  # (passes/persistent.py refuses them)
+                    raise AssertionError(f"{pers.name}: products of a stack stored head by head the kernel does "
+                                         "not read there (transposed, or whole matrices)")
                 cached.append(CachedWeights(key, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1],
                                             transposed, (f"hr{key}", f"hc{key}") if stack.heads else (),
                                             (stack.matrices.index(matrix), len(stack.matrices))

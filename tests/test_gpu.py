@@ -17,7 +17,7 @@ import lstmdsl
 from lstmdsl.check import TOLERANCE, compare, random_case, randomize
 
 from conftest import ONE_FEATURE_TOLERANCE, POSITIVE_STATES, SPECS, extra_sizes
-from unusual_specs import UNUSUAL
+from unusual_specs import HEADS_ON_INPUT, UNUSUAL
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
@@ -693,6 +693,15 @@ def test_slstm_auto_runs_the_forward_kernel_from_the_head_by_head_copy(B, H, hea
         runs = [ws.persistent[phase] for engine in layer._engines.values() for wss in engine.workspaces.values()
                 for ws in wss if phase in ws.persistent]
         assert (runs or not wanted) and all((r is not None) == wanted for r in runs), (phase, runs)
+
+
+@pytest.mark.parametrize("schedule", [None, "persistent"])
+def test_whole_matrices_stored_head_by_head_match_the_reference(schedule):
+    """Block-diagonal input matrices, whole recurrent ones sharing their gradients' buffer (stored head by head):
+    the stepwise loop under auto (a kernel there read the head-by-head copy as if in order before the thirty-second
+    session), both kernels under `persistent` (stacks in order)."""
+    check(HEADS_ON_INPUT, 5, 3, 6, 6, 1, num_heads=3, schedule=schedule)
+    check(HEADS_ON_INPUT, 4, 17, 6, 60, 1, num_heads=4, schedule=schedule, scale=1 / np.sqrt(60))
 
 
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])

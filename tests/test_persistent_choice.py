@@ -12,6 +12,8 @@ from lstmdsl.program import build_program
 from lstmdsl.runtime import device, persistent
 from lstmdsl.schedule import Schedule, parse_schedule
 
+from unusual_specs import HEADS_ON_INPUT
+
 H200 = (132, 227 * 1024)  # multiprocessors, shared memory one block may have
 
 
@@ -441,3 +443,28 @@ def test_a_forced_persistent_loop_that_cannot_be_one_says_why():
                            ("slstm", "persistent auto"), ("slstm", "persistent")):
         fwd, bwd, text = why(name, schedule)
         assert fwd is None and bwd is None and "though the schedule says persistent" not in text, name
+
+
+def test_block_diagonal_matrices_get_their_own_rules():
+    """The sLSTM (block-diagonal recurrent matrices) under `persistent auto`: the forward's kernel by HEADS_LIMITS
+    (fp32, B <= 16; none in tf32, bf16 and fp16: not measured), reading the head-by-head copy, and no backward
+    kernel, whatever the storage (`fuse recurrent` keeps the stacks in order, and still no backward rule); under
+    `persistent` both kernels. A cell whose whole recurrent matrices are stored head by head (they share their
+    gradients' buffer with block-diagonal input matrices) gets no kernel under auto: it would read that copy as if
+    in order."""
+    from lstmdsl.passes.persistent import HEADS_LIMITS
+
+    cell = lstmdsl.parse("slstm").cell
+    for text in ("persistent auto", "persistent auto; fuse recurrent"):
+        plan = build_program(cell, parse_schedule(text)).plan
+        assert plan.forward.loop.persistent.work == HEADS_LIMITS["fp32"] == ((16, 1, 1 << 26),), text
+        assert plan.backward.loop.persistent is None, text
+    for precision in ("tf32", "bf16", "fp16"):
+        assert build_program(cell, Schedule(precision=precision)).plan.forward.loop.persistent is None, precision
+    forced = build_program(cell, Schedule(persistent="on")).plan
+    assert forced.forward.loop.persistent.forced and forced.backward.loop.persistent.forced
+    whole = lstmdsl.parse(HEADS_ON_INPUT).cell
+    auto = build_program(whole, Schedule()).plan
+    assert any(s.interleave for s in auto.storage.stacks if "R_i" in s.matrices)
+    assert auto.forward.loop.persistent is None
+    assert build_program(whole, Schedule(persistent="on")).plan.forward.loop.persistent is not None

@@ -19,3 +19,10 @@ UNUSUAL = {
     # kernel, so it must not go in place over the input products (Storage.in_place)
     "multiplied_gate": "cell d { input x; state h; a = tanh(W x + b + 0.5 * x); h' = tanh(U a + R h); output h' }",
 }
+
+# whole recurrent matrices stored head by head: they share their gradients' buffer with block-diagonal input
+# matrices (passes/stacks.py interleaved); `persistent auto` must not give them a kernel reading that copy as if in
+# order (tests/test_persistent_choice.py, tests/emulated/run_cases.py, tests/test_gpu.py)
+HEADS_ON_INPUT = """cell hw { input x; state h, c; heads W_i, W_f, W_z, W_o
+    i = sigmoid(W_i x + R_i h + b_i); f = sigmoid(W_f x + R_f h + b_f); z = tanh(W_z x + R_z h + b_z)
+    o = sigmoid(W_o x + R_o h + b_o); c' = f * c + i * z; h' = o * tanh(c'); output h' }"""

@@ -207,12 +207,14 @@ for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, 
 BACKWARD_LIMITS["tf32"] = TF32_BACKWARD_LIMITS  # (but not the same alternative: the note above HALF_BACKWARD_LIMITS)
 
 
-def _interleaved(plan: Plan, gemm: Gemm) -> bool:
-    """Whether a GEMM's matrices are block-diagonal ones stored head by head (stacks.interleaved: not under
-    `persistent`), whose gradients the backward's kernel would stage as one contiguous operand each (the
-    forward's kernel reads the head-by-head copy's rows where they are: codegen, CachedWeights.order)."""
-    stacks = weight_stacks(plan)
-    return any(set(stacks[v]) & set(gemm.matrices) for v in interleaved(plan))
+def _interleaved(plan: Plan, gemm: Gemm, whole: bool = False) -> bool:
+    """Whether a GEMM's matrices are stored head by head (stacks.interleaved: not under `persistent`): block-
+    diagonal ones, whose gradients the backward's kernel would stage as one contiguous operand each (the
+    forward's kernel reads the head-by-head copy's rows where they are: codegen, CachedWeights.order), or
+    (whole) whole ones stored so because they share their gradients' buffer with a block-diagonal stack, which
+    neither kernel reads from the copy."""
+    stacks, heads = weight_stacks(plan), {p.name for p in plan.cell.params if p.heads}
+    return any(set(stacks[v]) & set(gemm.matrices) - (heads if whole else set()) for v in interleaved(plan))
 
 
 def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
@@ -220,6 +222,8 @@ def persistent_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     fwd = plan.forward
     nodes = fwd.nodes
     body = list(fwd.loop.body)
+    if any(isinstance(op, Gemm) and _interleaved(plan, op, whole=True) for op in body):
+        return None
     wanted = set(plan.saved) | set(plan.cell.updates) | {plan.cell.output}
     stages = []
     k = 0
@@ -334,7 +338,9 @@ def make_persistent(plan: Plan) -> Plan:
                    (STAGED_LIMITS[precision], STAGED_SPLIT_LIMITS[precision]) if staged else ((), ()))
     rows = ROW_LIMITS[precision] if single else ()
     alone = ALONE_LIMITS[precision] if single else MANY_ALONE_LIMITS[precision] if many else ()
-    if any(p.heads for p in plan.cell.params):  # block-diagonal matrices (the sLSTM's): their own rules only
+    heads = {p.name for p in plan.cell.params if p.heads}
+    blocks = any(nodes[i].attr in heads for st in stages for i in st.nodes if nodes[i].op == "matvec")
+    if blocks:  # the kernel's products of block-diagonal matrices (the sLSTM's): their own rules only
         work, split, rows, alone = HEADS_LIMITS[precision] if single else (), (), (), ()
     work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
     if mode == "auto" and not work + split + rows + alone:
@@ -348,8 +354,8 @@ def make_persistent(plan: Plan) -> Plan:
                       specialise_batch=SPECIALISE_BATCH[precision])
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back_work = BACKWARD_LIMITS[precision] if single and work else ()
-    back_split = BACKWARD_SPLIT_LIMITS[precision] if single and split else ()
+    back_work = BACKWARD_LIMITS[precision] if single and work and not blocks else ()  # (heads: not measured
+    back_split = BACKWARD_SPLIT_LIMITS[precision] if single and split else ()  # under auto; stepwise there)
     back = backward_stages(plan) if mode == "on" or back_work + back_split else None
     if back is None:
         return plan

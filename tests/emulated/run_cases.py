@@ -11,7 +11,7 @@ import simrt  # sets up the fake CuPy and the emulation
 import cupy  # noqa: E402 - the fake one
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from unusual_specs import UNUSUAL  # noqa: E402
+from unusual_specs import HEADS_ON_INPUT, UNUSUAL  # noqa: E402
 
 import lstmdsl  # noqa: E402
 from lstmdsl.resources import shipped_specs  # noqa: E402
@@ -269,6 +269,20 @@ for heads, H, schedule, kw in [(3, 6, "persistent; no fold sums",
     failures += not ok
     total += 1
     print(f"slstm num_heads={heads} H={H} {schedule} {kw} | {'OK' if ok else f'BAD {bad} {said} {sorted(ran)}'}",
+          flush=True)
+
+# whole recurrent matrices stored head by head (they share their gradients' buffer with the block-diagonal input
+# matrices): no kernel under `persistent auto` (it would read the head-by-head copy as if in order: wrong numbers
+# before the thirty-second session), both kernels under `persistent` (stacks in order there)
+for schedule, want in ((None, set()), ("persistent", {"hw_fwd_persistent", "hw_bwd_persistent_reverse"})):
+    simrt.PERSISTENT.clear()
+    bad = simrt.check(lstmdsl.parse(HEADS_ON_INPUT), I=6, H=6, num_heads=3, schedule=schedule, graphs=True,
+                      verbose=False)
+    ran = {name for name, *_ in simrt.PERSISTENT}
+    ok = not bad and ran == want
+    failures += not ok
+    total += 1
+    print(f"heads on the input's matrices | {schedule or 'default'} | {'OK' if ok else f'BAD {bad} {sorted(ran)}'}",
           flush=True)
 
 # a stack reads each layer's input in place from the layer below's output (Storage.stack_input): one buffer
