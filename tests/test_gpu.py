@@ -701,7 +701,7 @@ def test_whole_matrices_stored_head_by_head_match_the_reference(schedule):
     the stepwise loop under auto (a kernel there read the head-by-head copy as if in order before the thirty-second
     session), both kernels under `persistent` (stacks in order)."""
     check(HEADS_ON_INPUT, 5, 3, 6, 6, 1, num_heads=3, schedule=schedule)
-    check(HEADS_ON_INPUT, 4, 17, 6, 60, 1, num_heads=4, schedule=schedule, scale=1 / np.sqrt(60))
+    check(HEADS_ON_INPUT, 4, 17, 8, 60, 1, num_heads=4, schedule=schedule, scale=1 / np.sqrt(60))
 
 
 @pytest.mark.parametrize("name", ["vanilla", "peephole", "lstmp", "fgr"])
