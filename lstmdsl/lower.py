@@ -394,8 +394,7 @@ def _build(c: _Context) -> None:
         if isinstance(e, ast.Number):
             if not math.isfinite(e.value):
                 c.P.error(f"the number overflows to {e.value}", e.span)
-            elif e.value == 0 and e.span is not None and e.span.line == e.span.end_line and re.search(
-                    r"[1-9]", c.P.source.line(e.span.line)[e.span.col - 1:e.span.end_col].split("e")[0].split("E")[0]):
+            elif e.value == 0 and e.span and re.match(r"[.0]*[1-9]", c.P.source.line(e.span.line)[e.span.col - 1:]):
                 c.P.error("the number underflows to 0 (the smallest is about 5e-324)", e.span,
                           "write 0 where zero is meant")
             return c.b.const(e.value)
