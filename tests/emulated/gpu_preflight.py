@@ -10,7 +10,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(os.path.dirname(HERE))]  # (this tree's lstmdsl, not an installed one)
 import simrt  # noqa: E402,F401 - the fake CuPy and the emulated runtime
 import pytest  # noqa: E402
 
