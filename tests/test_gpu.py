@@ -421,6 +421,13 @@ def test_half_precision_gemms_take_a_small_cublas_workspace(monkeypatch):
         assert np.linalg.norm(cupy.asnumpy(y) - want) / np.linalg.norm(want) < 2e-2
 
 
+def _phase_runs(layer, phase: str) -> list:
+    """The persistent launches the layer's workspaces chose for a phase, of those where it has run (None: the
+    stepwise loop; a workspace's entry is made when its phase first runs)."""
+    return [ws.persistent[phase] for engine in layer._engines.values() for wss in engine.workspaces.values()
+            for ws in wss if phase in ws.persistent]
+
+
 def _persistent_runs(layer) -> list:
     """The persistent launches the layer's engines chose in their workspaces (None: the stepwise loop)."""
     return [ws.persistent.get("forward") for engine in layer._engines.values() for wss in engine.workspaces.values()
@@ -439,8 +446,7 @@ def test_auto_runs_the_backward_kernel_where_its_rules_say(B, H, precision):
     result = compare(gpu, x, state, dy, dstate)
     assert all(e <= TOLERANCE[precision] for e in result.errors.values()), result.errors
     for phase in ("forward", "backward"):  # (a workspace's entry is made when its phase first runs)
-        runs = [ws.persistent[phase] for engine in gpu._engines.values() for wss in engine.workspaces.values()
-                for ws in wss if phase in ws.persistent]
+        runs = _phase_runs(gpu, phase)
         assert runs and all(r is not None for r in runs), (phase, runs)
 
 
@@ -672,8 +678,7 @@ def test_slstm_heads_run_the_persistent_kernels(T, B, I, H, L, heads, schedule, 
               bidirectional=both, lengths=np.array([5, 1, 3]) if both else None, dropconnect=0.3 if both else 0.0)
     (layer,) = made
     for phase in ("forward", "backward"):  # (a workspace's entry is made when its phase first runs)
-        runs = [ws.persistent[phase] for engine in layer._engines.values() for wss in engine.workspaces.values()
-                for ws in wss if phase in ws.persistent]
+        runs = _phase_runs(layer, phase)
         assert runs and all(r is not None and r.cached for r in runs), (phase, runs)
 
 
@@ -690,8 +695,7 @@ def test_slstm_auto_runs_the_forward_kernel_from_the_head_by_head_copy(B, H, hea
           lengths=lengths, dropconnect=0.3)
     (layer,) = made
     for phase, wanted in (("forward", want), ("backward", False)):
-        runs = [ws.persistent[phase] for engine in layer._engines.values() for wss in engine.workspaces.values()
-                for ws in wss if phase in ws.persistent]
+        runs = _phase_runs(layer, phase)
         assert (runs or not wanted) and all((r is not None) == wanted for r in runs), (phase, runs)
 
 
