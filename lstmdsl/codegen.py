@@ -132,7 +132,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             ctype = CTYPES[st.buffer(slot.buffer).dtype]
             args.append(KernelArg(f"const {ctype}* __restrict__", f"in{a}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
-            if a in operands and cached and slot.interleave:  # (staged by gathering: stage_operand_heads)
+            if a in operands and cached and slot.interleave:  # (stage_operand gathers it: hb, hp)
                 _at(f"in{a}", slot, args)
             if a in elementwise:
                 index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + {_at(f'in{a}', slot, args)}"

@@ -196,15 +196,17 @@ MANY_SPLIT_LIMITS = {"fp32": (), "bf16": (), "fp16": ()}
 MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
 # The sLSTM's block-diagonal matrices (heads): under `persistent auto` their stacks are stored head by head for the
 # stepwise loop's one strided batch of GEMMs a step, and the forward's kernel reads that copy's rows (expanded in
-# shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds). Both kernels, stacks in order (a forced
-# `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
+# shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds). Both kernels, stacks in
+# order (a forced `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
 # heads_persistent_h200.txt, GPU time, T = 100): forward 0.33-0.82x at B <= 16, H = 256-1024, 1 and 4 heads;
 # 1.19-1.36x at B = 64 with 4 heads. So B <= 16 in fp32 only (tf32's and half precision's not measured).
 HEADS_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 # Its backward kernel, stacks in order (a forced `persistent`) against auto with the forward's kernel only (the
 # same probe, second run): training 0.46-0.95x at B <= 16 (both kernels), 1.19-1.45x at B = 64. Under auto the
-# gates' gradients lie head by head: the kernel stages each gate's by gathering (stage_operand_heads) and reads its
-# columns from the head-by-head copy (CachedWeights.order); that form is NOT YET MEASURED on the GPU.
+# gates' gradients lie head by head: the kernel stages each gate's by gathering (stage_operand's hb, hp) and reads its
+# columns from the head-by-head copy (CachedWeights.order). So measured (the probe, 2026-12-04): training 0.74-0.79x
+# the forward-only auto's time at B = 16, H = 256-512, 0.94-0.99x at 1024, 0.60-0.90x at B = 1; the forced run's
+# 0.95-1.06x this at B = 16, 0.76-0.96x at B = 1.
 HEADS_BACKWARD_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
                STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
