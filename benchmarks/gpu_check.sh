@@ -86,10 +86,14 @@ memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidi
            "--persistent-block --specialise --torch-packed peephole" "--persistent-grid --fp16 vanilla"
            "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
            "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
-           "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm")
+           "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
+           "--layers=1 --batch=16 --hidden=240 slstm")
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
+  # slstm: `persistent auto`'s forward kernel on the stacks' head-by-head copy (3 heads of 11; in a stack of two
+  # the backward is a wavefront); --layers=1 --batch=16 --hidden=240 slstm: both kernels there, the backward
+  # gathering each gate's gradients in 16-byte words (3 heads of 80);
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
   # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
   # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows
@@ -102,7 +106,8 @@ racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole"
             "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
             "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"
             "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole"
-            "--persistent-grid --hidden=256 vanilla" "--persistent-block slstm")
+            "--persistent-grid --hidden=256 vanilla" "--persistent-block slstm" slstm
+            "--layers=1 --batch=16 --hidden=240 slstm")
   # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
   # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
   # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)

@@ -132,6 +132,8 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             ctype = CTYPES[st.buffer(slot.buffer).dtype]
             args.append(KernelArg(f"const {ctype}* __restrict__", f"in{a}", ArgBind("ptr", slot=slot)))
             args.append(KernelArg("const int", f"ld_in{a}", ArgBind("ld", slot=slot)))
+            if a in operands and cached and slot.interleave:  # (stage_operand gathers it: hb, hp)
+                _at(f"in{a}", slot, args)
             if a in elementwise:
                 index = f"b * ld_in{a}" if n.size == ROW else f"b * ld_in{a} + {_at(f'in{a}', slot, args)}"
                 raw = _fresh(f'in{a}[{index}]', fresh)
@@ -176,7 +178,7 @@ def _kernel(plan: Plan, phase: Phase, op: Kernel, stage: bool = False, cached: b
             parts = []
             for m, (a, matrix) in enumerate(zip(n.args, n.attr)):
                 stack = st.stack_of(matrix)
-                offset = stack.rows[:stack.matrices.index(matrix)]
+                offset = () if stack.interleave else stack.rows[:stack.matrices.index(matrix)]  # (as matvec's)
                 args.append(KernelArg(f"const {CTYPES[stack.dtype]}* __restrict__", f"w{i}_{m}",
                                       ArgBind("weights", stack.name, offset)))
                 args.append(KernelArg("const int", f"ldw{i}_{m}", ArgBind("ldw", stack.name)))
@@ -266,15 +268,15 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
                 stack = plan.storage.stack_of(matrix)
                 key = f"{i}_{m}" if transposed else i
                 rows, cols = f"n_{nodes[i].size}", f"n_{nodes[a].size}"
-                if stack.interleave and (transposed or not stack.heads):  # (passes/persistent.py refuses them)
-                    raise AssertionError(f"{pers.name}: products of a stack stored head by head the kernel does "
-                                         "not read there (transposed, or whole matrices)")
+                if stack.interleave and not stack.heads:  # (passes/persistent.py refuses them)
+                    raise AssertionError(f"{pers.name}: products of whole matrices stored head by head")
                 cached.append(CachedWeights(key, CTYPES[stack.dtype], rows, cols, widest[-1], widths[-1],
                                             transposed, (f"hr{key}", f"hc{key}") if stack.heads else (),
                                             (stack.matrices.index(matrix), len(stack.matrices))
                                             if stack.interleave else ()))
-                ctype = CTYPES[plan.storage.buffer(dict(op.reads)[a].buffer).dtype]
-                operands[a] = StagedOperand(a, ctype, cols)
+                slot = dict(op.reads)[a]
+                ctype = CTYPES[plan.storage.buffer(slot.buffer).dtype]
+                operands[a] = StagedOperand(a, ctype, cols, (f"hb_in{a}", f"hp_in{a}") if slot.interleave else ())
                 by_types.setdefault((CTYPES[stack.dtype], ctype), []).append(
                     Product(key, a, rows, cols, CTYPES[stack.dtype], ctype))
         staged.append(tuple(operands[a] for a in sorted(operands)))
@@ -312,6 +314,9 @@ def _persistent(plan: Plan, phase: Phase) -> PersistentDesc:
     uses = tuple(tuple(pointers[name] for name in dict.fromkeys(a.name for d in (desc.stages or (desc,))
                                                                 for a in d.args if a.name in pointers))
                  for desc in stages)
+    handed = {pers.exchange} | {a for a, _ in pers.forwards}
+    if any(o.heads and o.node in handed for ops in staged for o in ops):  # (those are states, never interleaved)
+        raise AssertionError(f"{pers.name}: an operand stored head by head handed on between steps")
     for k in pers.block_barriers:  # (the pass compares the stages' sizes; the kernel spreads their widest)
         if not widest[k] or widest[k] != widest[(k + 1) % len(widest)]:
             raise AssertionError(f"{pers.name}: a block barrier after stage {k} between stages of other elements")

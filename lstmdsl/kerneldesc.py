@@ -103,6 +103,8 @@ class StagedOperand:
     node: int
     ctype: str
     cols: str  # size parameter
+    heads: tuple[str, ...] = ()  # stored head by head (Slot.interleave: the backward's gates' gradients of a
+    # stack stored so): the arguments of its block and period (stage_operand gathers it)
 
 
 @dataclass(frozen=True, slots=True)

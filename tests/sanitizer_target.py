@@ -25,7 +25,8 @@ in bf16 and fp16 a single-stage cell's forward runs as a grid that splits the ba
 as one persistent kernel of one block; --persistent-grid makes the layer wide (H = 300) and forces
 `persistent`, so the kernels run as a grid of blocks meeting at grid barriers (--hidden=N: H = N, e.g. 256,
 whose rows fill the exchange's staging passes evenly; --batch=N: B = N, e.g. 1 with --specialise, a grid's kernels
-compiled for one batch row); --persistent-split forces
+compiled for one batch row; both also without --persistent-grid, under `persistent auto`); --layers=N: N layers
+(default 2; one: a layer's own backward, which in a stack of two runs as a wavefront under auto); --persistent-split forces
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
@@ -49,7 +50,8 @@ forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 packed = "--torch-packed" in args
 special = "; specialise" if "--specialise" in args else ""
-wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300))  # a grid's H
+wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300 if grid else 33))
+depth = int(next((a.split("=", 1)[1] for a in args if a.startswith("--layers=")), 2))
 rows = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--batch=")), None)
 args = [a for a in args if not a.startswith("--")]
 name = args[0] if args else "peephole"
@@ -93,7 +95,7 @@ if packed:
     print(f"{name}: the torch module on a packed batch, forward and backward; |x.grad| = {float(x.grad.norm()):.4f}")
     sys.exit(0)
 options = dict(bidirectional=True, dropout=0.3, dropconnect=0.3) if masked else {}
-layer = lstmdsl.compile(name, input_size=5, hidden_size=wide if grid else 33, num_layers=2, backend="cuda", **options,
+layer = lstmdsl.compile(name, input_size=5, hidden_size=wide, num_layers=depth, backend="cuda", **options,
                         **extra, schedule=f"precision {precision}" + ("; persistent" if forced else "")
                         + ("; wavefront" if wave else "") + special)
 B = rows or (40 if split else 1 if "--persistent-block" in sys.argv else 3)  # (one block: one row; more split)

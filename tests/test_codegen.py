@@ -163,7 +163,10 @@ def test_the_persistent_kernel_is_the_loop_as_stages():
     auto = build("slstm", Schedule())  # auto: the stacks head by head, the forward's kernel reads that copy's rows
     cached = auto.kernels[auto.plan.forward.loop.persistent.name].cached
     assert [c.order for c in cached] == [(0, 4), (1, 4), (2, 4), (3, 4)] and "head-by-head copy" in auto.source
-    assert auto.plan.backward.loop.persistent is None  # (each gate's gradients lie head by head)
+    back = auto.kernels[auto.plan.backward.loop.persistent.name]  # (each gate's gradients lie head by head)
+    assert [c.order for c in back.cached] == [(3, 4), (2, 4), (1, 4), (0, 4)]  # (R_o, R_z, R_f, R_i's columns)
+    assert all(o.heads for ops in back.staged for o in ops)
+    assert re.search(r"stage_operand\(sh\d+, .*, hb_in\d+, hp_in\d+\)", auto.source)  # (gathered: hb, hp)
     fgr = build("fgr", on).plan.forward  # a run of GEMMs that read none of each other's products: one stage
     (stage,) = fgr.loop.persistent.stages
     assert {a for i in stage.nodes if fgr.nodes[i].op == "matvec" for a in fgr.nodes[i].args} == {1, 3, 4, 5}

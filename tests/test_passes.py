@@ -15,7 +15,7 @@ from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
 from lstmdsl.passes.calls import _block_barriers
-from lstmdsl.passes.persistent import BACKWARD_LIMITS
+from lstmdsl.passes.persistent import BACKWARD_LIMITS, HEADS_BACKWARD_LIMITS
 from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
 from lstmdsl.planformat import format_plan
 from lstmdsl.planrun import plan_backward, plan_forward
@@ -341,15 +341,16 @@ def test_the_backward_has_a_persistent_kernel_where_its_gemms_are_sums_of_transp
     transposed matrices), the sLSTM's four GEMMs of one sum (block-diagonal matrices, which gate fusion keeps
     apart where they are not stored head by head) one stage; not where a GEMM adds into a sum another op began
     (GRU's sum folding; zoneout) or a row reduction (layer norm). Under `persistent auto` only where the
-    forward's cost model has a kernel for a single-stage cell (vanilla, peephole; not two-stage LSTMP), in fp32
-    and in bf16, with the backward's rules of each; and it verifies."""
+    forward's cost model has a kernel for a single-stage cell (vanilla, peephole, the sLSTM with its own rule;
+    not two-stage LSTMP), in fp32 and (not the sLSTM) in bf16, with the backward's rules of each; and it
+    verifies."""
     spec = lstmdsl.parse(name)
     auto = make_plan(spec.cell, spec.grad, Schedule())
     back = auto.backward.loop.persistent
-    assert (back is not None) == (name in ("vanilla", "peephole")), name
+    assert (back is not None) == (name in ("vanilla", "peephole", "slstm")), name
     if back is not None:
         verify(auto)
-        assert not back.forced and back.work == BACKWARD_LIMITS["fp32"]
+        assert not back.forced and back.work == (HEADS_BACKWARD_LIMITS if name == "slstm" else BACKWARD_LIMITS)["fp32"]
     half = make_plan(spec.cell, spec.grad, Schedule(precision="bf16")).backward.loop.persistent
     assert (half is not None) == (name in ("vanilla", "peephole")), name
     assert half is None or half.work == BACKWARD_LIMITS["bf16"] != BACKWARD_LIMITS["fp32"]

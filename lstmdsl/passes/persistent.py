@@ -18,7 +18,8 @@ block-diagonal matrix (heads: the sLSTM's) takes the kernel too: each block keep
 whole width, zero off the diagonal blocks (templates: the cached rows' `heads`), so its products are a whole
 matrix's. Under `persistent` its stack keeps the matrices' own row order (stacks.interleaved); under `persistent
 auto` (HEADS_LIMITS) the stack is stored head by head for the stepwise loop, the forward's kernel reads that
-copy's rows (CachedWeights.order), and the backward keeps the stepwise loop. A loop whose storage copies a value
+copy's rows (CachedWeights.order), and the backward's reads its columns there and stages each gate's
+gradients by gathering them (StagedOperand.heads). A loop whose storage copies a value
 between slots each step keeps it too (the calls pass drops the persistent launch there: its stages have no
 copies).
 
@@ -195,12 +196,18 @@ MANY_SPLIT_LIMITS = {"fp32": (), "bf16": (), "fp16": ()}
 MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
 # The sLSTM's block-diagonal matrices (heads): under `persistent auto` their stacks are stored head by head for the
 # stepwise loop's one strided batch of GEMMs a step, and the forward's kernel reads that copy's rows (expanded in
-# shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds); its backward keeps the
-# stepwise loop (each gate's gradients lie head by head there). Both kernels, stacks in order (a forced
-# `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
+# shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds). Both kernels, stacks in
+# order (a forced `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
 # heads_persistent_h200.txt, GPU time, T = 100): forward 0.33-0.82x at B <= 16, H = 256-1024, 1 and 4 heads;
 # 1.19-1.36x at B = 64 with 4 heads. So B <= 16 in fp32 only (tf32's and half precision's not measured).
 HEADS_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# Its backward kernel, stacks in order (a forced `persistent`) against auto with the forward's kernel only (the
+# same probe, second run): training 0.46-0.95x at B <= 16 (both kernels), 1.19-1.45x at B = 64. Under auto the
+# gates' gradients lie head by head: the kernel stages each gate's by gathering (stage_operand's hb, hp) and reads its
+# columns from the head-by-head copy (CachedWeights.order). So measured (the probe, 2026-12-04): training 0.74-0.79x
+# the forward-only auto's time at B = 16, H = 256-512, 0.94-0.99x at 1024, 0.60-0.90x at B = 1; the forced run's
+# 0.95-1.06x this at B = 16, 0.76-0.96x at B = 1.
+HEADS_BACKWARD_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
 for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
                STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
     _rules["tf32"] = _rules["fp32"]  # (the same kernels: see the note above ALONE_LIMITS)
@@ -269,7 +276,7 @@ def backward_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     body = bwd.loop.body
     for k, op in enumerate(body):
         if isinstance(op, Gemm):
-            if (_interleaved(plan, op) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
+            if (_interleaved(plan, op, whole=True) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
                     or op.init is not None):
                 return None
             if op.accumulate:  # the rest of a sum whose first GEMM began it (block-diagonal matrices: a GEMM
@@ -354,8 +361,8 @@ def make_persistent(plan: Plan) -> Plan:
                       specialise_batch=SPECIALISE_BATCH[precision])
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
-    back_work = BACKWARD_LIMITS[precision] if single and work and not blocks else ()  # (heads: not measured
-    back_split = BACKWARD_SPLIT_LIMITS[precision] if single and split else ()  # under auto; stepwise there)
+    back_work = (HEADS_BACKWARD_LIMITS[precision] if blocks else BACKWARD_LIMITS[precision]) if single and work else ()
+    back_split = BACKWARD_SPLIT_LIMITS[precision] if single and split else ()
     back = backward_stages(plan) if mode == "on" or back_work + back_split else None
     if back is None:
         return plan

@@ -271,6 +271,22 @@ for heads, H, schedule, kw in [(3, 6, "persistent; no fold sums",
     print(f"slstm num_heads={heads} H={H} {schedule} {kw} | {'OK' if ok else f'BAD {bad} {said} {sorted(ran)}'}",
           flush=True)
 
+# the sLSTM under `persistent auto` (HEADS_LIMITS, HEADS_BACKWARD_LIMITS): both kernels on the stacks' head-by-head
+# copy, the backward staging each gate's gradients by gathering them (no lengths: their held gradient folds into
+# the backward's sum, stepwise there, unless `no fold sums`)
+for kw in [dict(L=2, bidirectional=True, dropout=0.3, dropconnect=0.3, H=6, heads=3),
+           dict(L=1, H=12, heads=4, I=5), dict(L=1, H=10, heads=5, B=5),
+           dict(L=2, bidirectional=True, H=6, heads=3, schedule="persistent auto; no fold sums",
+                lengths=np.array([2, 4, 1]))]:
+    simrt.PERSISTENT.clear()
+    heads = kw.pop("heads")
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["slstm"].read_text()), **(dict(I=6) | kw), num_heads=heads,
+                      graphs=True, verbose=False)
+    ran = {name for name, *_ in simrt.PERSISTENT}
+    ok = not bad and any("fwd" in n for n in ran) and any("bwd" in n for n in ran)
+    failures += not ok
+    total += 1
+    print(f"slstm num_heads={heads} persistent auto {kw} | {'OK' if ok else f'BAD {bad} {sorted(ran)}'}", flush=True)
 # whole recurrent matrices stored head by head (they share their gradients' buffer with the block-diagonal input
 # matrices): no kernel under `persistent auto` (it would read the head-by-head copy as if in order: wrong numbers
 # before the thirty-second session), both kernels under `persistent` (stacks in order there)

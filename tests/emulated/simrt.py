@@ -304,8 +304,8 @@ def _stage(desc, op, nodes, val, real, types, cached=None):
             values[i] = values[x].astype(np.float64) @ W.T.astype(np.float64)
         elif n.op == "matvec_t":  # a persistent backward's: the sum over its (operand, matrix) pairs
             values[i] = sum(values[x].astype(np.float64) @ _matrix(
-                val, f"{i}_{m}", size(nodes[x].size), size(n.size), types[f"w{i}_{m}"]).astype(np.float64)
-                for m, x in enumerate(n.args))
+                val, f"{i}_{m}", size(nodes[x].size), size(n.size), types[f"w{i}_{m}"],
+                (cached or {}).get(f"{i}_{m}")).astype(np.float64) for m, x in enumerate(n.args))
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
             values[i] = np.broadcast_to(v, (B, size(n.size)))
