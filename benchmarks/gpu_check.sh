@@ -87,13 +87,13 @@ memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidi
            "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
            "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
            "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
-           "--layers=1 --batch=16 --hidden=240 slstm")
+           "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm")
   # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
   # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
   # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
   # slstm: `persistent auto`'s forward kernel on the stacks' head-by-head copy (3 heads of 11; in a stack of two
   # the backward is a wavefront); --layers=1 --batch=16 --hidden=240 slstm: both kernels there, the backward
-  # gathering each gate's gradients in 16-byte words (3 heads of 80);
+  # gathering each gate's gradients in 16-byte words (3 heads of 80; in fp16 the tensor-core products);
   # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
   # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
   # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows

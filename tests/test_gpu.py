@@ -704,6 +704,25 @@ def test_slstm_auto_runs_the_kernels_from_the_head_by_head_copy(B, H, heads, len
         assert (runs or not wanted) and all((r is not None) == wanted for r in runs), (phase, runs)
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("B,H,heads,want", [(1, 256, 4, (True, True)), (16, 256, 4, (True, True)),
+                                            (3, 33, 3, (True, True)), (16, 1024, 4, (True, None)),
+                                            (17, 64, 4, (False, False))])
+def test_slstm_auto_runs_its_kernels_in_every_precision(precision, B, H, heads, want, monkeypatch):
+    """HEADS_LIMITS and HEADS_BACKWARD_LIMITS in tf32, bf16 and fp16 (B <= 16; tf32's backward to 2^24 multiply-adds
+    a step: at 16 x 1024, 2^26, stepwise in tf32, the kernel in bf16 and fp16): both kernels on the stacks'
+    head-by-head copy (the half-precision staging in 16-byte words of 8 elements at 64 a head's block, one element a
+    load at 11), against the float64 reference within the precision's tolerance; B = 17 stepwise."""
+    made, compile_ = [], lstmdsl.compile
+    monkeypatch.setattr(lstmdsl, "compile", lambda *a, **kw: made.append(compile_(*a, **kw)) or made[-1])
+    check("slstm", 3, B, H, H, 1, schedule=f"precision {precision}", num_heads=heads, scale=1 / np.sqrt(H / heads))
+    (layer,) = made
+    backward = want[1] if want[1] is not None else precision != "tf32"
+    for phase, wanted in zip(("forward", "backward"), (want[0], backward)):
+        runs = _phase_runs(layer, phase)
+        assert (runs or not wanted) and all((r is not None) == wanted for r in runs), (phase, runs)
+
+
 @pytest.mark.parametrize("schedule", [None, "persistent"])
 def test_whole_matrices_stored_head_by_head_match_the_reference(schedule):
     """Block-diagonal input matrices, whole recurrent ones sharing their gradients' buffer (stored head by head):

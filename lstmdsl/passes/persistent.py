@@ -199,15 +199,20 @@ MANY_ALONE_LIMITS = {"fp32": ((16, 1 << 23, 1 << 26),), "bf16": (), "fp16": ()}
 # shared memory, zero off the diagonal blocks: `heads` times the blocks' multiply-adds). Both kernels, stacks in
 # order (a forced `persistent`), against the stepwise loop (benchmarks/probe_heads.py, benchmarks/results/probes/
 # heads_persistent_h200.txt, GPU time, T = 100): forward 0.33-0.82x at B <= 16, H = 256-1024, 1 and 4 heads;
-# 1.19-1.36x at B = 64 with 4 heads. So B <= 16 in fp32 only (tf32's and half precision's not measured).
-HEADS_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# 1.19-1.36x at B = 64 with 4 heads. In tf32, bf16 and fp16 (the same probe, `--precision P --heads 4`,
+# 2026-12-04; the stepwise loop's GEMMs on the tensor cores there): forward 0.36-0.74x at B <= 16 (tf32 16 x 1024
+# 0.95x), 0.97-1.66x at B = 64. So B <= 16 in every precision.
+HEADS_LIMITS = {p: ((16, 1, 1 << 26),) for p in ("fp32", "tf32", "bf16", "fp16")}
 # Its backward kernel, stacks in order (a forced `persistent`) against auto with the forward's kernel only (the
 # same probe, second run): training 0.46-0.95x at B <= 16 (both kernels), 1.19-1.45x at B = 64. Under auto the
 # gates' gradients lie head by head: the kernel stages each gate's by gathering (stage_operand's hb, hp) and reads its
 # columns from the head-by-head copy (CachedWeights.order). So measured (the probe, 2026-12-04): training 0.74-0.79x
 # the forward-only auto's time at B = 16, H = 256-512, 0.94-0.99x at 1024, 0.60-0.90x at B = 1; the forced run's
-# 0.95-1.06x this at B = 16, 0.76-0.96x at B = 1.
-HEADS_BACKWARD_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": (), "bf16": (), "fp16": ()}
+# 0.95-1.06x this at B = 16, 0.76-0.96x at B = 1. In tf32, bf16 and fp16 (both kernels forced, 4 heads, against
+# the stepwise loop): training 0.60-0.82x at B <= 16 but tf32's 16 x 1024 (2^26 multiply-adds a step, 1.15x: the
+# stepwise backward's GEMMs on the tensor cores), 1.83-1.94x at B = 64. So tf32 to 2^24 (16 x 512 0.70x).
+HEADS_BACKWARD_LIMITS = {"fp32": ((16, 1, 1 << 26),), "tf32": ((16, 1, 1 << 24),), "bf16": ((16, 1, 1 << 26),),
+                         "fp16": ((16, 1, 1 << 26),)}
 for _rules in (ALONE_LIMITS, LIMITS, SPLIT_LIMITS, ROW_LIMITS, BACKWARD_LIMITS, BACKWARD_SPLIT_LIMITS, STAGED_LIMITS,
                STAGED_SPLIT_LIMITS, MANY_LIMITS, MANY_SPLIT_LIMITS, MANY_ALONE_LIMITS):
     _rules["tf32"] = _rules["fp32"]  # (the same kernels: see the note above ALONE_LIMITS)
