@@ -687,7 +687,7 @@ def test_slstm_heads_run_the_persistent_kernels(T, B, I, H, L, heads, schedule, 
                                                      (3, 33, 3, False, (True, True)), (16, 256, 4, False, (True, True)),
                                                      (17, 1000, 8, False, (False, False))])
 def test_slstm_auto_runs_the_kernels_from_the_head_by_head_copy(B, H, heads, lengths, want, monkeypatch):
-    """`persistent auto` on the sLSTM (HEADS_LIMITS and HEADS_BACKWARD_LIMITS: fp32, B <= 16): the forward's kernel
+    """`persistent auto` on the sLSTM (HEADS_LIMITS and HEADS_BACKWARD_LIMITS: B <= 16; here fp32): the forward's kernel
     reads its rows from the stacks' head-by-head copy (CachedWeights.order), the backward's its columns, staging
     each gate's gradients by gathering them (stage_operand with hb, hp; stepwise with lengths, whose held gradient folds
     into the sum); against the float64 reference, bidirectional with DropConnect (the copy masked), in a stack of
