@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .ir import ROW, Cell, GraphBuilder, Node, prune
+from .ir import OUTPUT_GRAD, ROW, Cell, GraphBuilder, Node, prune
 from .ops import OPS
 
 
@@ -63,7 +63,7 @@ def differentiate(cell: Cell) -> StepGrad:
         return g
 
     incoming: dict[int, list[int]] = defaultdict(list)
-    incoming[cell.output].append(b.leaf("grad_in", "output", fwd[cell.output].size))
+    incoming[cell.output].append(b.leaf("grad_in", OUTPUT_GRAD, fwd[cell.output].size))
     for s, u in zip(cell.states, cell.updates):
         incoming[u].append(b.leaf("grad_in", s.name, s.size))
 

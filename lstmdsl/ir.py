@@ -17,7 +17,7 @@ Node ops:
   expand   (backward graphs) args (g,) of size "one" -> g broadcast to the node's size, divided by the total
            of the sizes in attr (for a mean's gradient; attr () divides by nothing)
 The backward graph (grad.py) uses the same Node type with three more ops: fwd (attr: id of a forward
-node whose value it reads), grad_in (attr: "output" or a state name: an incoming gradient) and
+node whose value it reads), grad_in (attr: OUTPUT_GRAD or a state name: an incoming gradient) and
 matvec_t (attr: a tuple of matrix names, args: one gradient each -> sum_k g_k @ W_k).
 """
 
@@ -41,6 +41,8 @@ def per_head(size: str) -> str:
 PER_HEAD = tuple(per_head(s) for s in SIZES)
 ROW = "one"  # the size of a per-row scalar (a reduction's result): one value per row, broadcast over a vector
 LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in", "stepin")
+OUTPUT_GRAD = "(output)"  # grad_in's attr for the output's incoming gradient dy: no state can be so named (a state
+# named `output` once shared dy's leaf, and its backward read dy for its own gradient)
 
 
 @dataclass(frozen=True, slots=True)

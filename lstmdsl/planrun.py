@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ir import OUTPUT_GRAD
 from .plan import Gemm, Kernel, Plan, VectorGrad, WeightGrad
 from .reference import eval_node, matvec, matvec_t, outer
 
@@ -113,7 +114,7 @@ def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, 
                 if n.op == "fwd":
                     values[i] = saved[n.attr][t]
                 elif n.op == "grad_in":
-                    values[i] = dys[t] if n.attr == "output" else dstate[n.attr]
+                    values[i] = dys[t] if n.attr == OUTPUT_GRAD else dstate[n.attr]
                 elif n.op in ("param", "const"):
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             for op in phase.loop.persistent.stages if persistent else phase.loop.body:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grad import StepGrad
-from .ir import ROW, Cell
+from .ir import OUTPUT_GRAD, ROW, Cell
 from .ops import OPS
 
 
@@ -135,7 +135,7 @@ def layer_backward(cell: Cell, grad: StepGrad, params: dict, sizes: dict[str, in
             def leaf(n, t=t, fwd=fwd, dstate=dstate):
                 if n.op == "fwd":
                     return fwd[n.attr]
-                return dys[t] if n.attr == "output" else dstate[n.attr]
+                return dys[t] if n.attr == OUTPUT_GRAD else dstate[n.attr]
             g = _evaluate(grad.nodes, leaf, params, B, dtype, sizes)
             for d in (grad.d_input, grad.d_input_t):
                 if d is not None:

@@ -11,7 +11,7 @@ import pytest
 import lstmdsl
 import lstmdsl.resources
 from lstmdsl.grad import differentiate
-from lstmdsl.ir import GraphBuilder, IRError, Node, prune, verify
+from lstmdsl.ir import OUTPUT_GRAD, GraphBuilder, IRError, Node, prune, verify
 from lstmdsl.ops import _no_derivative, FUNCTIONS, OPS
 
 from conftest import SPECS
@@ -102,7 +102,7 @@ def check_derivative(op: str, args: list[np.ndarray]):
     def leaf(node):
         if node.op == "fwd":
             return fwd[node.attr]
-        return g if node.attr == "output" else np.zeros((1, n))
+        return g if node.attr == OUTPUT_GRAD else np.zeros((1, n))
     back = _evaluate(grad.nodes, leaf, params, 1, np.dtype(np.float64), {size: n})
     analytic = dict(grad.d_vectors)
     eps = 1e-6

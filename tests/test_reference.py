@@ -9,6 +9,7 @@ import pytest
 import lstmdsl
 
 from conftest import SPECS, extra_sizes
+from unusual_specs import UNUSUAL
 
 
 def sigmoid(a):
@@ -64,9 +65,10 @@ def test_textbook_gru(rng):
         np.testing.assert_allclose(y[t], h, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", SPECS + [UNUSUAL["state_named_output"]])
 def test_backward_matches_central_differences(name):
-    """Every parameter, x and every initial state, float64, B=3 T=5 H=7 I=4, two layers."""
+    """Every parameter, x and every initial state, float64, B=3 T=5 H=7 I=4, two layers; also a cell whose state is
+    named `output` (its gradient once shared dy's leaf: wrong gradients, no error)."""
     T, B, I, H = 5, 3, 4, 7
     layer = lstmdsl.compile(name, input_size=I, hidden_size=H, num_layers=2, dtype="float64", seed=7,
                             **extra_sizes(name))

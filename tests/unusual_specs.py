@@ -18,6 +18,8 @@ UNUSUAL = {
     # a saved activation that a recurrent product multiplies: its weight gradient reads it after the backward
     # kernel, so it must not go in place over the input products (Storage.in_place)
     "multiplied_gate": "cell d { input x; state h; a = tanh(W x + b + 0.5 * x); h' = tanh(U a + R h); output h' }",
+    # a state named as the output's gradient once was: its backward read dy for its own gradient (ir.OUTPUT_GRAD)
+    "state_named_output": "cell d { input x; state output; output' = tanh(W x + R output); output output' }",
 }
 
 # whole recurrent matrices stored head by head: they share their gradients' buffer with block-diagonal input

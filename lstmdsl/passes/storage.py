@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import BackendUnavailable
-from ..ir import LEAF_OPS
+from ..ir import LEAF_OPS, OUTPUT_GRAD
 from ..plan import (HALF_TYPES, Buffer, Copy, Gemm, Kernel, Phase, Plan, Slot, Storage, Transfer, VectorGrad,
                     WeightGrad, WeightStack)
 from .in_place import write_in_place
@@ -232,7 +232,7 @@ def _backward_slots(plan: Plan, buf: _Buffers, f_slots, half: set[str]) -> tuple
         buf(f"dhist_{s.name}", (s.size,), "2" if s.name in computed else "T+1", zero=True)
     for i, n in enumerate(bwd.nodes):
         if n.op == "grad_in":
-            slots[i] = ([Slot("dy")] if n.attr == "output" else
+            slots[i] = ([Slot("dy")] if n.attr == OUTPUT_GRAD else
                         [Slot(f"dhist_{n.attr}", step=after)])
         elif n.op == "fwd":  # a forward value (a state in half precision: from its history, not the ring)
             slots[i] = [kept.get(n.attr, f_slots[n.attr][0])]
