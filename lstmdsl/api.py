@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .layer import Layer, layer_sizes, read_saved
+from .errors import InputFileError, SpecError, UsageError
+from .layer import PARAMETER_SIZES, Layer, layer_sizes, read_saved
 from .numpy_layer import NumpyLayer
 from .schedule import Schedule, parse_schedule
 from .spec import Spec, parse
@@ -50,7 +50,11 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
     meta, state = read_saved(path)
     first = meta["sizes"][0]
-    layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
+    try:
+        spec = parse(meta["spec"])
+    except SpecError as err:  # (the text saved with it: a damaged file, or one edited by hand)
+        raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
+    layer = compile(spec, first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
                     num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
                     bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
                     dropconnect=meta.get("dropconnect", 0.0))
@@ -141,10 +145,14 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions, num_heads)
     forget_bias = check_forget_bias(spec, forget_bias)
-    if backend == "cuda":
-        from .runtime.layer import CudaLayer  # imports CuPy: only when asked for
+    try:
+        if backend == "cuda":
+            from .runtime.layer import CudaLayer  # imports CuPy: only when asked for
 
-        return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
-                         float(dropconnect))
-    return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
-                      float(dropconnect))
+            return CudaLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
+                             float(dropconnect))
+        return NumpyLayer(spec, sizes, schedule, str(dtype), seed, forget_bias, directions, float(dropout),
+                          float(dropconnect))
+    except MemoryError as err:  # (past what check_free_memory estimates, or the GPU's memory: CuPy's error is one)
+        raise UsageError(f"not enough memory for a layer of these sizes ({err or 'an allocation failed'}): lower "
+                         f"{PARAMETER_SIZES}") from None

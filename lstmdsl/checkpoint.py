@@ -69,14 +69,20 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
         a = files[f"param/{k}"]
         if a.shape != v.shape or not np.all(np.isfinite(a)):
             raise ValueError(f"parameter {k} is {a.shape}, expected {v.shape}, or has non-finite values")
+    number = (int, float)
+    entry = {"epoch": int, "loss": number, "train": number, "valid": number, "seconds": number}
     if not (isinstance(state["epoch"], int) and 1 <= state["epoch"] <= cfg.epochs + 1 and
             isinstance(state["batch"], int) and state["batch"] >= 0 and isinstance(state["history"], list) and
-            isinstance(state["losses"], list) and all(isinstance(state[k], (int, float))
-                                                      for k in ("total", "count", "seconds"))):
-        raise ValueError("its progress (epoch, batch, history) is not a run's")
+            all(isinstance(h, dict) and all(isinstance(h.get(k), t) for k, t in entry.items())
+                for h in state["history"]) and
+            isinstance(state["losses"], list) and all(isinstance(v, number) for v in state["losses"]) and
+            all(isinstance(state[k], number) for k in ("total", "count", "seconds"))):
+        raise ValueError("its progress (epoch, batch, history, losses) is not a run's")
     order = files.get("order")
-    if order is not None and sorted(order.tolist()) != list(range(len(order))):
+    if order is not None and (order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(len(order)))):
         raise ValueError("its batch order is not a permutation")
+    if (order is None) != (state["batch"] == 0) or (state["batch"] > 0 and not state["count"] > 0):
+        raise ValueError("its place in the epoch (batch, order, count) is not a run's")
     opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})  # (checks)
     rng.bit_generator.state = state["rng"]
     for k, v in model.parameters().items():

@@ -20,7 +20,7 @@ import numpy as np
 from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
-                     UsageError)
+                     UsageError, check_free_memory)
 from .describe import cell_io, describe
 from .files import dumps, write_text
 from .grad import format_grad
@@ -171,24 +171,6 @@ def _small_heads(heads: int | None, hidden: int) -> int | None:
 SIZE_OPTIONS = {"run": "-T, -B, -H or -L", "train": "-H, -L or --batch", "bench": "-T, -B, -H or -L"}
 
 
-def _check_memory(need: int, what: str) -> None:
-    """Refuse sizes whose arrays cannot fit this machine's memory now, before the work starts (past it, the
-    system's out-of-memory killer stops the process without a word)."""
-    try:
-        with open("/proc/meminfo") as f:
-            free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return  # (not Linux: MemoryError, if it comes, is reported by main)
-    try:  # a container's own limit (cgroup v2), where it is lower than what the machine has free
-        limit, used = (Path("/sys/fs/cgroup", n).read_text().strip() for n in ("memory.max", "memory.current"))
-        free = min(free, int(limit) - int(used)) if limit != "max" else free
-    except (OSError, ValueError):
-        pass
-    if need > free:
-        raise UsageError(f"{what} would keep about {need / 2**30:.1f} GiB at these sizes, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free here: lower {SIZE_OPTIONS['run']}")
-
-
 def cmd_run(args) -> int:
     from .gradcheck import gradient_check
 
@@ -220,7 +202,8 @@ def cmd_run(args) -> int:
                     bidirectional=args.bidirectional, dropout=args.dropout, dropconnect=args.dropconnect,
                     num_heads=args.heads)
     if backend == "numpy":
-        _check_memory(layer.tape_bytes(args.steps, args.batch), "the numpy reference's forward and backward")
+        check_free_memory(layer.tape_bytes(args.steps, args.batch), "the numpy reference's forward and backward",
+                          SIZE_OPTIONS["run"])
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.steps, args.batch, args.input_size)).astype(args.dtype)
     with np.errstate(all="ignore"):  # (a spec that divides by zero: said below, without numpy's warnings)
@@ -388,7 +371,7 @@ def _run(args) -> int:
     try:
         try:
             return COMMANDS[args.command](args)
-        except MemoryError as err:  # (sizes past what _check_memory estimates: an allocation failed)
+        except MemoryError as err:  # (sizes past what check_free_memory estimates: an allocation failed)
             raise UsageError(f"not enough memory for these sizes ({err or 'an allocation failed'}): lower "
                              f"{SIZE_OPTIONS.get(args.command, 'the sizes')}") from None
     except LstmdslError as err:

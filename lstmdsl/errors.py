@@ -14,6 +14,7 @@ The CLI maps each error class to an exit code (sysexits.h conventions) and never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # Exit codes (sysexits.h), one per error class; the CLI and docs/cli.md use these.
 EXIT_USAGE = 64        # bad command-line arguments
@@ -129,3 +130,21 @@ class BackendUnavailable(LstmdslError):
     """The backend or device asked for is not available on this machine."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def check_free_memory(need: int, what: str, lower: str) -> None:
+    """Refuse sizes whose arrays cannot fit this machine's memory now, before they are made (past it, the system's
+    out-of-memory killer stops the process without a word): a UsageError naming `what` and the sizes to `lower`."""
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return  # (not Linux: MemoryError, if it comes, is reported by the CLI and compile())
+    try:  # a container's own limit (cgroup v2), where it is lower than what the machine has free
+        limit, used = (Path("/sys/fs/cgroup", n).read_text().strip() for n in ("memory.max", "memory.current"))
+        free = min(free, int(limit) - int(used)) if limit != "max" else free
+    except (OSError, ValueError):
+        pass
+    if need > free:
+        raise UsageError(f"{what} would keep about {need / 2**30:.1f} GiB at these sizes, more than the "
+                         f"{free / 2**30:.1f} GiB of memory free here: lower {lower}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import array_module, to_numpy
-from .errors import InputFileError, UsageError
+from .errors import InputFileError, UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
 from .schedule import Schedule
@@ -46,6 +46,7 @@ def layer_sizes(spec: Spec, input_size: int, hidden_size: int, proj_size: int | 
     if num_heads is not None and not spec.uses_size(HEADS):
         raise UsageError(f"num_heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
     num_heads = _positive_int("num_heads", num_heads) if num_heads is not None else 1
+    check_free_memory(num_layers * 1024, f"a stack of {num_layers} layers' bookkeeping", "num_layers (-L)")
     sizes = []
     for k in range(num_layers):
         bound = {"input": input_size, "hidden": hidden_size, "proj": proj_size}
@@ -76,11 +77,17 @@ def is_gain(name: str) -> bool:
     return name == "g" or name.startswith("g_")
 
 
+PARAMETER_SIZES = "hidden_size, input_size, proj_size or num_layers (-H, -I, -P or -L)"
+
+
 def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype,
                 forget_bias: float | None = None) -> dict[str, np.ndarray]:
     """Every parameter uniform in [-1/sqrt(hidden), 1/sqrt(hidden)], as torch.nn.LSTM initialises, except
     the gains (vectors g, g_*: ones); with forget_bias, the vector b_f (the forget gate's bias, by the
-    specs' naming) is set to that value."""
+    specs' naming) is set to that value. Sizes whose draws cannot fit the memory free here are refused first."""
+    shapes = [tuple(sizes[s] for s in p.shape) for p in cell.params]
+    check_free_memory(sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize + max(map(math.prod, shapes)) * 8,
+                      "a layer's parameters", PARAMETER_SIZES)
     bound = 1.0 / math.sqrt(sizes["hidden"])
     params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
               for p in cell.params}
@@ -148,8 +155,9 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)")
     bad = [k for k, t in _META_KEYS.items() if not isinstance(meta.get(k), t)]
     sizes = meta.get("sizes")
-    if not bad and (not sizes or not all(isinstance(b, dict) and isinstance(b.get("input"), int)
-                                         and isinstance(b.get("hidden"), int) for b in sizes)):
+    if not bad and (not sizes or len(sizes) != meta["num_layers"] or not all(
+            isinstance(b, dict) and isinstance(b.get("input"), int) and isinstance(b.get("hidden"), int)
+            and "proj" in b and isinstance(b["proj"], (int, type(None))) for b in sizes)):
         bad = ["sizes"]
     if not bad and meta.get("directions", 1) not in (1, 2):  # (3 once loaded as one direction)
         bad = ["directions"]

@@ -5,14 +5,15 @@ runs wherever numpy does. It computes every schedule the same way, so it never r
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from . import reference
-from .errors import UsageError
+from .errors import UsageError, check_free_memory
 from .grad import StepGrad, differentiate
 from .ir import Cell
-from .layer import Layer, init_params, length_mask
+from .layer import PARAMETER_SIZES, Layer, init_params, length_mask
 from .masks import LENGTH, with_lengths
 from .schedule import Schedule
 from .spec import Spec
@@ -28,6 +29,8 @@ class NumpyLayer(Layer):
         super().__init__(spec, sizes, schedule, dtype, directions, dropout, seed, dropconnect)
         self._rng = np.random.default_rng(self._noise_seed)
         rng = np.random.default_rng(seed)
+        count = sum(math.prod(sizes[k][s] for s in p.shape) for k, _ in self.units for p in self.cell.params)
+        check_free_memory(2 * count * self.dtype.itemsize, "the parameters and their gradients", PARAMETER_SIZES)
         self._params = [init_params(self.cell, sizes[k], rng, self.dtype, forget_bias) for k, _ in self.units]
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
         self._tapes = None

@@ -68,7 +68,10 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() returned (arrays go to the parameters' array module)."""
-        self.steps = int(state["steps"])
+        steps = state["steps"]
+        if np.ndim(steps) != 0 or not float(steps).is_integer() or int(steps) < 0:
+            raise UsageError(f"the optimizer's step count is {steps!r}, not a count of steps")
+        self.steps = int(steps)
         for slot in self._SLOTS:
             table = getattr(self, slot)
             table.clear()
@@ -80,6 +83,8 @@ class Optimizer:
                     if v.shape != self.params[name].shape:
                         raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
                                          f"{list(self.params[name].shape)}")
+                    if not np.all(np.isfinite(v)):
+                        raise UsageError(f"the optimizer's {slot} of {name} has non-finite values")
                     table[name] = array_module(self.params[name]).asarray(v)
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-from .errors import Diagnostic, Source, SpecError
+from .errors import Diagnostic, Source, SpecError, UsageError
 from .syntax import Directive, parse_directives
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -96,4 +96,8 @@ def apply_directives(schedule: Schedule, directives: tuple[Directive, ...], sour
 
 def parse_schedule(text: str, base: Schedule | None = None) -> Schedule:
     """Apply schedule text such as "no hoist input; precision tf32" over `base` (default: defaults)."""
+    if not isinstance(text, str):
+        raise UsageError(f"schedule text must be a string of directives, got {type(text).__name__}")
+    if base is not None and not isinstance(base, Schedule):
+        raise UsageError(f"base must be a Schedule, got {type(base).__name__}")
     return apply_directives(base or Schedule(), parse_directives(text), Source(text, "<schedule>"))

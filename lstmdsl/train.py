@@ -24,7 +24,7 @@ from . import data, nn, optim
 from .api import check_seed, compile
 from .arrays import to_numpy
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from .errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, LstmdslError, OutputFileError, UsageError
+from .errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, InputFileError, LstmdslError, OutputFileError, UsageError
 from .files import output_dir, write_atomically, write_json, write_npz
 from .schedule import PRECISIONS
 
@@ -290,6 +290,10 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
     history = progress["history"]
     n = task.count("train")
     batches = (n + cfg.batch - 1) // cfg.batch
+    if progress["order"] is not None and (len(progress["order"]) != n or progress["batch"] >= batches):
+        raise InputFileError(f"--resume: {out / CHECKPOINT} is damaged (its place in the epoch, batch "
+                             f"{progress['batch']} of an order of {len(progress['order'])}, is not one of this "
+                             f"task's {batches} batches of {n}); start again without --resume")
     steps = 0
     # the precision the layer runs at (the spec's own schedule may say fp16); restarts at its first scale on resume
     scaler = LossScaler(model.layer.schedule.precision if model.layer.backend == "cuda" else "fp32")

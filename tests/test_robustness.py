@@ -148,8 +148,9 @@ def test_sizes_beyond_memory_are_refused_with_the_sizes_to_lower():
     before the work starts; an allocation that fails anyway is a usage error too; counts past 2^31 - 1 are refused."""
     r = cli("run", "vanilla", "--backend", "numpy", "-T", "1000000000")
     assert r.returncode == 64 and "would keep about" in r.stderr and "lower -T, -B, -H or -L" in r.stderr, r.stderr
-    r = cli("run", "vanilla", "--backend", "numpy", "-H", "1000000", "--json")
-    assert r.returncode == 64 and "not enough memory" in r.stderr, r.stderr
+    r = cli("run", "vanilla", "--backend", "numpy", "-H", "1000000", "--json")  # (its parameters: refused before
+    # they are drawn since 2026-12-04; numpy's allocation failed first before)
+    assert r.returncode == 64 and "parameters and their gradients would keep about" in r.stderr, r.stderr
     assert json.loads(r.stdout)["exit_code"] == 64
     r = cli("run", "vanilla", "-B", "99999999999999999999")
     assert r.returncode == 64 and "expected at most 2147483647" in r.stderr, r.stderr
@@ -229,7 +230,17 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                "a moment of another shape": {**good, **{k: v[:1] for k, v in good.items() if k.startswith("opt/m/")}},
                "epoch -5": {**good, "state": np.array(json.dumps({**state, "epoch": -5}))},
                "history a string": {**good, "state": np.array(json.dumps({**state, "history": "x"}))},
-               "state a list": {**good, "state": np.array(json.dumps([1, 2]))}}
+               "state a list": {**good, "state": np.array(json.dumps([1, 2]))},
+               # (these six were internal errors or misleading messages, found by fuzzing on 2026-12-04)
+               "history of numbers": {**good, "state": np.array(json.dumps({**state, "history": [1]}))},
+               "history entries without their figures": {**good, "state": np.array(json.dumps(
+                   {**state, "history": [{"x": 1}]}))},
+               "a loss a string": {**good, "state": np.array(json.dumps({**state, "losses": ["a"]}))},
+               "batch 10**9": {**good, "state": np.array(json.dumps({**state, "batch": 10**9}))},
+               "an order of floats": {**good, "order": np.array([1.0, 0.0])},
+               "a negative step count": {**good, **{k: np.array(-5) for k in good if k == "opt/steps"}},
+               "a NaN moment": {**good, **{k: np.full_like(v, np.nan) for k, v in good.items()
+                                           if k.startswith("opt/v/")}}}
     for what, arrays in damaged.items():
         np.savez(checkpoint, **arrays)
         with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):
@@ -401,6 +412,17 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
     np.savez(tmp_path / "three.npz", **{**files, "__meta__": np.array(json.dumps({**meta, "directions": 3}))})
     with pytest.raises(InputFileError, match="metadata lacks or garbles directions"):  # (loaded as one, once)
         lstmdsl.load(tmp_path / "three.npz")
+    meta = json.loads(str(files["__meta__"]))  # (found by fuzzing on 2026-12-04: a KeyError, a SpecError at
+    # <string>, a process killed for memory)
+    no_proj = {**meta, "sizes": [{k: v for k, v in b.items() if k != "proj"} for b in meta["sizes"]]}
+    huge = {**meta, "num_layers": 10**9}
+    for name, m in (("noproj", no_proj), ("huge", huge)):
+        np.savez(tmp_path / f"{name}.npz", **{**files, "__meta__": np.array(json.dumps(m))})
+        with pytest.raises(InputFileError, match="metadata lacks or garbles sizes"):
+            lstmdsl.load(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "badspec.npz", **{**files, "__meta__": np.array(json.dumps({**meta, "spec": "cell x {"}))})
+    with pytest.raises(InputFileError, match="badspec.npz is damaged: the spec saved in it does not parse"):
+        lstmdsl.load(tmp_path / "badspec.npz")
     (tmp_path / "random.npz").write_bytes(os.urandom(300))
     with pytest.raises(InputFileError) as info:
         lstmdsl.load(tmp_path / "random.npz")
@@ -533,3 +555,21 @@ def test_a_run_folder_with_a_folder_where_a_file_goes_an_empty_out_and_a_folder_
     (tmp_path / "vanilla").mkdir()
     assert main(["check", "vanilla"]) == 0
     assert "cell vanilla" in capsys.readouterr().out
+
+
+def test_sizes_past_the_memory_free_here_are_refused_before_anything_is_made():
+    """A layer whose parameters (or a stack whose bookkeeping) cannot fit the memory free here: a UsageError naming
+    the sizes to lower, before the allocation (past it, the out-of-memory killer stopped the process without a word:
+    `run vanilla -H 30000` and `-L 10000000`, found by fuzzing on 2026-12-04); in the CLI exit 64, no traceback."""
+    with pytest.raises(UsageError, match="parameters and their gradients would keep about .* GiB .* lower hidden_size"):
+        lstmdsl.compile("vanilla", 4, 10**6)
+    with pytest.raises(UsageError, match="layers' bookkeeping would keep .* lower num_layers"):
+        lstmdsl.compile("vanilla", 4, 8, 10**12)
+    r = cli("run", "vanilla", "-H", "2000000", "--backend", "numpy")
+    assert r.returncode == 64 and "Traceback" not in r.stderr and "GiB of memory free here" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text", [None, 3, b"no hoist input"])
+def test_parse_schedule_refuses_what_is_not_text(text):
+    with pytest.raises(UsageError, match="schedule text must be a string"):
+        lstmdsl.parse_schedule(text)
