@@ -78,14 +78,22 @@ class Diagnostic:
             text = self.source.line(self.span.line)
             if text:
                 last = self.span.end_col if self.span.end_line == self.span.line else len(text)
-                width = max(1, min(last, len(text)) - self.span.col + 1)
+                # a long line: a window of SHOWN characters from a little before the column, "..." where cut (a
+                # whole line of thousands of characters, and as many carets, once made one error tens of KB)
+                start = max(0, self.span.col - 1 - SHOWN // 4) if len(text) > SHOWN else 0
+                end = min(len(text), start + SHOWN)
+                width = max(1, min(last, end) - self.span.col + 1)
                 # the caret under the column: tabs before it stay tabs, so it lines up however wide they are
-                lead = "".join("\t" if ch == "\t" else " " for ch in text[:self.span.col - 1])
-                out.append("    " + text)
-                out.append("    " + lead + "^" * width)
+                lead = "".join("\t" if ch == "\t" else " " for ch in text[start:self.span.col - 1])
+                cut = "..." if start else ""
+                out.append("    " + cut + text[start:end] + ("..." if end < len(text) else ""))
+                out.append("    " + " " * len(cut) + lead + "^" * width)
         if self.hint:
             out.append(f"hint: {self.hint}")
         return "\n".join(out)
+
+
+SHOWN = 160  # characters of a spec's line a diagnostic shows at most
 
 
 class LstmdslError(Exception):

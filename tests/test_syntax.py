@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import lstmdsl
 from lstmdsl import SpecError
 from lstmdsl.errors import Span
 from lstmdsl.resources import shipped_specs
@@ -144,6 +145,21 @@ def test_error_render_has_line_and_caret():
     assert lines[1] == "        y = a b"
     assert lines[2] == "              ^"
     assert lines[3].startswith("hint: ")
+
+
+def test_a_long_line_is_shown_as_a_window_around_the_error():
+    """A line of thousands of characters: about SHOWN of them, "..." where cut, the caret still under the error (the
+    whole line and a caret per character of a long span once made one error message tens of KB; fuzzing)."""
+    text = "cell d { input x; state h; a = " + " + ".join(["h"] * 400) + " + sigmod(h); h' = tanh(W x + R h); output h' }"
+    with pytest.raises(SpecError) as info:
+        lstmdsl.parse(text)  # (an unknown function: lowering's error)
+    _, shown, caret = str(info.value).splitlines()[:3]
+    assert shown.startswith("    ...") and shown.endswith("output h' }") and len(shown) < 180
+    assert shown[caret.index("^"):].startswith("sigmod(") and caret.count("^") == len("sigmod")
+    text = "cell d { input x; state h; h' = tanh(W x + R h" + " + h" * 3000 + "); output h' }"
+    with pytest.raises(SpecError) as info:
+        parse_cell(text)
+    assert len(str(info.value)) < 600, len(str(info.value))
 
 
 @pytest.mark.parametrize("text,line,col,message,hint", [
