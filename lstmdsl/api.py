@@ -11,6 +11,7 @@ Parameters are named "l{layer}.{name}" (l0.W_i, l1.b_f, ...). States are dicts n
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,9 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions, num_heads)
+    if dropout > 0 and len(sizes) == 1:  # (torch.nn.LSTM and lstmdsl.torch warn too)
+        warnings.warn(f"dropout acts between stacked layers; with num_layers = 1 (-L 1) dropout {float(dropout):g} "
+                      "does nothing", UserWarning, stacklevel=3)
     forget_bias = check_forget_bias(spec, forget_bias)
     try:
         if backend == "cuda":

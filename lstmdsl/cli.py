@@ -181,7 +181,6 @@ def cmd_run(args) -> int:
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)
-    _dropout_note(args)
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:
@@ -300,7 +299,6 @@ def cmd_train(args) -> int:
                          "checkpoint, --overwrite to start again over it, or another --out")
     if note:
         print(f"note: {note}", file=sys.stderr)
-    _dropout_note(args)
     result = run(cfg, Path(out), resume=args.resume)
     losses = [h["loss"] for h in result["history"]]
     # (the tasks' losses start at a few nats: one past 1e6, or ten times the first epoch's, has diverged)
@@ -341,12 +339,6 @@ def error_json(err: LstmdslError) -> dict:
                                "line": d.span.line if d.span else None, "column": d.span.col if d.span else None,
                                "hint": d.hint} for d in err.diagnostics]
     return out
-
-
-def _dropout_note(args) -> None:
-    if args.dropout > 0 and args.layers == 1 and not args.json:  # (torch.nn.LSTM warns too)
-        print(f"note: --dropout acts between stacked layers; with one layer (-L 1) dropout {args.dropout:g} does "
-              "nothing", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
