@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputFileError, SpecError, UsageError
+from .errors import UsageError
 from .layer import PARAMETER_SIZES, Layer, layer_sizes, read_saved
 from .numpy_layer import NumpyLayer
 from .schedule import Schedule, parse_schedule
@@ -51,11 +51,7 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
     meta, state = read_saved(path)
     first = meta["sizes"][0]
-    try:
-        spec = parse(meta["spec"])
-    except SpecError as err:  # (the text saved with it: a damaged file, or one edited by hand)
-        raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
-    layer = compile(spec, first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
+    layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
                     num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
                     bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
                     dropconnect=meta.get("dropconnect", 0.0))

@@ -53,7 +53,8 @@ def reference_of(layer: Layer) -> Layer:
     """A float64 numpy layer with the same cell, sizes and parameter values."""
     first = layer.sizes[0]
     ref = compile(layer.spec, first["input"], first["hidden"], layer.num_layers, proj_size=first["proj"],
-                  num_heads=first.get("heads"), dtype="float64", bidirectional=layer.directions == 2, dropout=layer.dropout,
+                  num_heads=first.get("heads"), dtype="float64", bidirectional=layer.directions == 2,
+                  dropout=layer.dropout if layer.num_layers > 1 else 0.0,  # (one layer: none, said already)
                   dropconnect=layer.dropconnect)
     ref.load_state_dict(layer.state_dict())
     return ref

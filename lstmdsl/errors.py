@@ -148,11 +148,19 @@ def check_free_memory(need: int, what: str, lower: str) -> None:
             free = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         return  # (not Linux: MemoryError, if it comes, is reported by the CLI and compile())
-    try:  # a container's own limit (cgroup v2), where it is lower than what the machine has free
-        limit, used = (Path("/sys/fs/cgroup", n).read_text().strip() for n in ("memory.max", "memory.current"))
-        free = min(free, int(limit) - int(used)) if limit != "max" else free
+    try:  # a container's own limit (cgroup v2), where it is lower than what the machine has free; its usage counts
+        # the file cache, of which the inactive part is reclaimed before anything is refused
+        cgroup = Path("/sys/fs/cgroup")
+        limit, used = (cgroup.joinpath(n).read_text().strip() for n in ("memory.max", "memory.current"))
+        stat = dict(ln.split() for ln in cgroup.joinpath("memory.stat").read_text().splitlines() if ln.count(" ") == 1)
+        if limit != "max":
+            free = min(free, max(0, int(limit) - int(used) + int(stat.get("inactive_file", 0))))
     except (OSError, ValueError):
         pass
     if need > free:
-        raise UsageError(f"{what} would keep about {need / 2**30:.1f} GiB at these sizes, more than the "
-                         f"{free / 2**30:.1f} GiB of memory free here: lower {lower}")
+        raise UsageError(f"{what} would keep about {_amount(need)} at these sizes, more than the {_amount(free)} of "
+                         f"memory free here: lower {lower}")
+
+
+def _amount(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"

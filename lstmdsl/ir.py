@@ -41,7 +41,7 @@ def per_head(size: str) -> str:
 PER_HEAD = tuple(per_head(s) for s in SIZES)
 ROW = "one"  # the size of a per-row scalar (a reduction's result): one value per row, broadcast over a vector
 LEAF_OPS = ("input", "state", "param", "const", "fwd", "grad_in", "stepin")
-OUTPUT_GRAD = "(output)"  # grad_in's attr for the output's incoming gradient dy: no state can be so named (a state
+OUTPUT_GRAD = "<output>"  # grad_in's attr for the output's incoming gradient dy: no state can be so named (a state
 # named `output` once shared dy's leaf, and its backward read dy for its own gradient)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import array_module, to_numpy
-from .errors import InputFileError, UsageError, check_free_memory
+from .errors import InputFileError, SpecError, UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
 from .schedule import Schedule
@@ -77,7 +77,7 @@ def is_gain(name: str) -> bool:
     return name == "g" or name.startswith("g_")
 
 
-PARAMETER_SIZES = "hidden_size, input_size, proj_size or num_layers (-H, -I, -P or -L)"
+PARAMETER_SIZES = "the hidden size, the input size (the projection size, where the spec has one) or the layers"
 
 
 def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dtype,
@@ -86,7 +86,8 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
     the gains (vectors g, g_*: ones); with forget_bias, the vector b_f (the forget gate's bias, by the
     specs' naming) is set to that value. Sizes whose draws cannot fit the memory free here are refused first."""
     shapes = [tuple(sizes[s] for s in p.shape) for p in cell.params]
-    check_free_memory(sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize + max(map(math.prod, shapes)) * 8,
+    largest = max(map(math.prod, shapes), default=0)  # (its float64 draw, before the cast)
+    check_free_memory(sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize + largest * 8,
                       "a layer's parameters", PARAMETER_SIZES)
     bound = 1.0 / math.sqrt(sizes["hidden"])
     params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
@@ -163,6 +164,10 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
         bad = ["directions"]
     if bad:
         raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
+    try:
+        parse(meta["spec"])  # (lstmdsl.load and Layer.load parse it again: a small cost, once a load)
+    except SpecError as err:  # (a damaged file, or one edited by hand)
+        raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}
 
 

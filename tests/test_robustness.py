@@ -425,6 +425,8 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
     np.savez(tmp_path / "badspec.npz", **{**files, "__meta__": np.array(json.dumps({**meta, "spec": "cell x {"}))})
     with pytest.raises(InputFileError, match="badspec.npz is damaged: the spec saved in it does not parse"):
         lstmdsl.load(tmp_path / "badspec.npz")
+    with pytest.raises(InputFileError, match="badspec.npz is damaged: the spec saved in it does not parse"):
+        layer.load(tmp_path / "badspec.npz")  # (Layer.load too: it raised the SpecError at <string>)
     (tmp_path / "random.npz").write_bytes(os.urandom(300))
     with pytest.raises(InputFileError) as info:
         lstmdsl.load(tmp_path / "random.npz")
@@ -563,7 +565,7 @@ def test_sizes_past_the_memory_free_here_are_refused_before_anything_is_made():
     """A layer whose parameters (or a stack whose bookkeeping) cannot fit the memory free here: a UsageError naming
     the sizes to lower, before the allocation (past it, the out-of-memory killer stopped the process without a word:
     `run vanilla -H 30000` and `-L 10000000`, found by fuzzing on 2026-12-04); in the CLI exit 64, no traceback."""
-    with pytest.raises(UsageError, match="parameters and their gradients would keep about .* GiB .* lower hidden_size"):
+    with pytest.raises(UsageError, match="parameters and their gradients would keep about .* GiB .* lower the hidden size"):
         lstmdsl.compile("vanilla", 4, 10**6)
     with pytest.raises(UsageError, match="layers' bookkeeping would keep .* lower num_layers"):
         lstmdsl.compile("vanilla", 4, 8, 10**12)
@@ -575,3 +577,38 @@ def test_sizes_past_the_memory_free_here_are_refused_before_anything_is_made():
 def test_parse_schedule_refuses_what_is_not_text(text):
     with pytest.raises(UsageError, match="schedule text must be a string"):
         lstmdsl.parse_schedule(text)
+
+
+def test_a_cell_without_parameters_compiles():
+    """(The parameters' memory check took the largest of none: an internal error, caught in review.)"""
+    layer = lstmdsl.compile("cell np { input x; state h : input; h' = tanh(x + h); output h' }", 8, 8)
+    y, _ = layer.forward(np.ones((2, 1, 8), np.float32))
+    assert y.shape == (2, 1, 8) and not layer.parameters()
+
+
+def test_free_memory_counts_a_containers_reclaimable_cache_and_never_goes_below_zero(tmp_path, monkeypatch):
+    """A cgroup v2 limit: its usage counts the file cache, whose inactive part is reclaimed first (a container that
+    had read many files sat near its limit and refused a small layer, in review); usage past the limit is none free,
+    not a negative amount."""
+    from pathlib import Path
+
+    from lstmdsl import errors
+
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    real = Path
+
+    def fake(*parts):
+        return root.joinpath(*parts[1:]) if parts and str(parts[0]) == "/sys/fs/cgroup" else real(*parts)
+
+    monkeypatch.setattr(errors, "Path", fake)
+    (root / "memory.max").write_text(str(8 << 30))
+    (root / "memory.current").write_text(str((8 << 30) - (50 << 20)))
+    (root / "memory.stat").write_text(f"anon {1 << 30}\ninactive_file {6 << 30}\n")
+    errors.check_free_memory(1 << 30, "this", "it")  # (6 GiB of cache to reclaim: fits)
+    (root / "memory.stat").write_text("anon 1\ninactive_file 0\n")
+    with pytest.raises(UsageError, match="about 1.0 GiB at these sizes, more than the 50 MiB of memory free"):
+        errors.check_free_memory(1 << 30, "this", "it")
+    (root / "memory.current").write_text(str(9 << 30))
+    with pytest.raises(UsageError, match="more than the 0 MiB of memory free"):
+        errors.check_free_memory(1, "this", "it")
