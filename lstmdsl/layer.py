@@ -262,6 +262,11 @@ class Layer:
         forward(noise=...) of another layer (the reference, say) to run it with the same draws."""
         return dict(self._last_noise)
 
+    def noise_state(self):
+        """The masks' generator's state (JSON-able), for a checkpoint to resume with the same draws; None where the
+        backend cannot give it (CUDA: CuPy's generator has no state to read back)."""
+        return None
+
     def _noise(self, T: int, B: int, train: bool, noise) -> dict:
         """The masks of a forward: the given ones (checked), fresh draws in training, the regularisers'
         expectations in evaluation."""

@@ -35,6 +35,13 @@ class NumpyLayer(Layer):
         self._grads = [{k: np.zeros_like(v) for k, v in p.items()} for p in self._params]
         self._tapes = None
 
+    def noise_state(self):
+        return self._rng.bit_generator.state
+
+    def set_noise_state(self, state) -> None:
+        """Restore what noise_state() returned (a ValueError, TypeError or KeyError where it is not one)."""
+        self._rng.bit_generator.state = state
+
     def tape_bytes(self, T: int, B: int) -> int:
         """About what a training forward keeps for backward() over T steps of B sequences: every node's value
         at every step of every layer and direction (a lower estimate: the backward's own arrays come on top)."""
