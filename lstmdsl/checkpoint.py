@@ -22,8 +22,9 @@ def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
     progress = dict(progress)
     order = progress.pop("order", None)
     state = {"config": asdict(cfg), "spec": model.layer.spec.source.text, "rng": rng.bit_generator.state, **progress}
-    if model.layer.noise_state() is not None:  # the regularisers' masks go on as they would have (numpy backend)
-        state["noise"] = model.layer.noise_state()
+    noise = model.layer.noise_state()
+    if noise is not None:  # the regularisers' masks go on as they would have (numpy backend)
+        state["noise"] = noise
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
     arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
     if order is not None:  # the batch order of the epoch in progress

@@ -90,8 +90,7 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
     check_free_memory(sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize + largest * 8,
                       "a layer's parameters", PARAMETER_SIZES)
     bound = 1.0 / math.sqrt(sizes["hidden"])
-    params = {p.name: rng.uniform(-bound, bound, tuple(sizes[s] for s in p.shape)).astype(dtype)
-              for p in cell.params}
+    params = {p.name: rng.uniform(-bound, bound, shape).astype(dtype) for p, shape in zip(cell.params, shapes)}
     for p in cell.params:
         if p.kind == "vector" and is_gain(p.name):
             params[p.name][...] = 1
