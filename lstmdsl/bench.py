@@ -12,8 +12,14 @@ with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf
 one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
-sum(y) with respect to the input and all weights. Memory: torch's max_memory_allocated over the timed
-calls for the torch competitors; for lstmdsl, the bytes CuPy's memory pool holds after the calls beyond what it
+sum(y) with respect to the input and all weights. Memory: for the torch competitors, torch's
+max_memory_allocated over the timed calls less what torch held before the case began (after a torch.mm
+anywhere in the process, its 32 MiB cuBLAS workspace; an eager competitor's use of it is then not counted, unlike
+lstmdsl's kept workspaces below) and less the harness's input tensors (x, which lstmdsl reads where it lies, and
+the copy that takes the gradient; in bf16 and fp16 x's half-precision copy is cuDNN's input and counts for it, as
+lstmdsl's own half copy counts for lstmdsl). Until 2026-12-04 all of it was counted: cuDNN's bf16 figures of the
+committed grids were 32-82 MiB above a fresh process's at ten shapes. For lstmdsl, the
+bytes CuPy's memory pool holds after the calls beyond what it
 held before the layer was built (its parameters, gradients, workspaces and temporaries still cached: an
 upper bound of its peak), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the
 process: cublas.workspaces_reused).
@@ -290,6 +296,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     base = pool.used_bytes()
+    torch_base = torch.cuda.memory_allocated()  # (what torch holds from before the case: not the case's)
     from .runtime import cublas
 
     before = cublas.workspace_uses()  # (the workspaces kept from earlier cases: added to lstmdsl's memory below)
@@ -347,9 +354,14 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         if log is not None:
             r = row["results"]["lstmdsl"]
             print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
+    # the harness's inputs, counted for no competitor: x, which lstmdsl reads where it lies, and the copy that takes
+    # the gradient (in half precision the torch competitors' input is x's half copy, counted as theirs: lstmdsl
+    # makes one of its own, counted as its)
+    inputs = x.nbytes
     if half is not None:
         x = x.to(half)
     xg = x.clone().requires_grad_(True)
+    inputs += xg.nbytes
     runners = {}
     if "cudnn" in competitors and vanilla_equivalent(spec):
         lstm = _cudnn(layer, hidden, layers)
@@ -382,7 +394,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             timing = time_gpu(fn, max(3, repeat // 3) if slow else repeat, warmup=1 if slow else 2)
-            row["results"][name] = timing | {"memory": int(torch.cuda.max_memory_allocated()), "first_call_s": first,
+            peak = torch.cuda.max_memory_allocated() - torch_base - inputs
+            row["results"][name] = timing | {"memory": int(peak), "first_call_s": first,
                                              "repeat": max(3, repeat // 3) if slow else repeat}
             if gpu_time:  # (torch's current stream is CuPy's, the default one, which the spin holds)
                 row["results"][name] |= time_gpu_only(fn, max(3, repeat // 3) if slow else repeat)

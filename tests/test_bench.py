@@ -93,3 +93,20 @@ def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeyp
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 32
     before = cublas.workspace_uses()
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 0
+
+
+@pytest.mark.gpu
+def test_cudnn_memory_counts_only_what_its_case_needs():
+    """A torch competitor's memory is its case's own: the same with 64 MiB of torch tensors (and torch's cuBLAS
+    workspace, made by a torch.mm) held from before the case, and without the harness's input tensors."""
+    from lstmdsl.bench import bench_case
+
+    spec = lstmdsl.parse("vanilla")
+    first = bench_case(spec, 3, 40, 7, 2, "train", repeat=1, competitors=("cudnn",))["results"]["cudnn"]["memory"]
+    held = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    torch.mm(torch.ones(64, 64, device="cuda"), torch.ones(64, 64, device="cuda"))
+    second = bench_case(spec, 3, 40, 7, 2, "train", repeat=1, competitors=("cudnn",))["results"]["cudnn"]["memory"]
+    del held
+    weights = 2 * 4 * 40 * (40 + 40 + 2) * 4  # (two layers' weights and biases, float32)
+    assert abs(second - first) < 1 << 20
+    assert weights <= first < 32 << 20  # (17 MiB on the H200: cuDNN's workspace)
