@@ -163,7 +163,11 @@ def write_grid(name: str, data: dict) -> None:
             f"Command{'s' if 'parts' in m else ''}: {commands(m)}.",
             "Medians of CUDA-event timings in ms (min, max and repeat counts in the JSON); memory: peak MiB in "
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
-            "matrix products' FLOPs at the measured GEMM rate.", "", grid_table(data)]
+            "matrix products' FLOPs at the measured GEMM rate."]
+    if "memory" in m:  # (a grid whose memory columns were measured again: benchmarks/memory_rerun.py)
+        text += ["", f"Memory of the rows with cuDNN measured again on {m['memory']['date']} as lstmdsl/bench.py now "
+                 f"counts it, the times left as they were: `{m['memory']['command']}` (its JSON then copied here)."]
+    text += ["", grid_table(data)]
     write_text(RESULTS / f"{name}.md", "\n".join(text) + "\n")
     plot_time_vs_batch(name, data)
     plot_speedup(name, data)
