@@ -1,0 +1,52 @@
+"""Probe: the half-precision cuBLAS workspace (runtime/cublas.py _Handle.HALF_WORKSPACE, 1 MiB a lane; a stack's
+wavefront takes a lane per layer) against none (bare handles), vanilla LSTM, lstmdsl's call time, its GPU time
+alone and its peak memory beside cuDNN's at the same precision (issue 13: training memory at most cuDNN's). The two
+settings alternate in one process, `--rounds` times; each figure is the smaller of its rounds.
+
+    python3 benchmarks/probe_half_workspace.py --precisions bf16 fp16 --cases train:1x1024x100x4 train:16x1024x1000x4
+"""
+import argparse
+import sys
+
+sys.path.insert(0, ".")
+import lstmdsl  # noqa: E402
+from lstmdsl.bench import bench_case  # noqa: E402
+from lstmdsl.runtime import cublas  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"])
+ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
+                default=["train:1x1024x100x4", "train:16x1024x100x4", "train:1x1024x1000x4", "train:16x1024x1000x4",
+                         "train:64x512x100x4", "forward:64x512x100x4", "train:256x512x100x4", "train:256x1024x100x1",
+                         "train:16x256x100x4", "forward:1x512x100x1"])
+ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes")
+ap.add_argument("--rounds", type=int, default=2)
+ap.add_argument("--repeat", type=int, default=7)
+args = ap.parse_args()
+vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
+print("vanilla, half-precision cuBLAS workspace bytes a lane: " + " / ".join(map(str, args.settings))
+      + "; ms by the call, GPU ms alone, MiB (min over rounds)", flush=True)
+print("prec mode     B    H    T L | cuDNN ms   MiB | "
+      + " | ".join(f"ws {s:>8d}: ms    gpu    MiB" for s in args.settings)
+      + " | ms ratio | MiB - cuDNN", flush=True)
+for precision in args.precisions:
+    for case in args.cases:
+        mode, shape = case.split(":")
+        B, H, T, L = map(int, shape.split("x"))
+        kw = dict(precision=precision, repeat=args.repeat, gpu_time=True)
+        c = bench_case(vanilla, B, H, T, L, mode, competitors=("cudnn",), **kw)["results"]["cudnn"]
+        best = {s: {} for s in args.settings}
+        for _ in range(args.rounds):
+            for s in args.settings:
+                cublas._Handle.HALF_WORKSPACE = s
+                r = bench_case(vanilla, B, H, T, L, mode, competitors=("lstmdsl",), **kw)["results"]["lstmdsl"]
+                for k in ("ms", "gpu_ms", "memory"):
+                    best[s][k] = min(best[s].get(k, float("inf")), r.get(k, float("inf")))
+        mib = 2 ** 20
+        first, last = best[args.settings[0]], best[args.settings[-1]]
+        print(f"{precision:4s} {mode:7s} {B:4d} {H:4d} {T:4d} {L} | {c['ms']:8.3f} {c['memory'] / mib:6.1f} | "
+              + " | ".join(f"{best[s]['ms']:16.3f} {best[s]['gpu_ms']:6.3f} {best[s]['memory'] / mib:6.1f}"
+                           for s in args.settings)
+              + f" | {last['ms'] / first['ms']:7.2f}x | "
+              + " ".join(f"{(best[s]['memory'] - c['memory']) / mib:+.1f}" for s in args.settings), flush=True)
+cublas._Handle.HALF_WORKSPACE = args.settings[0]
