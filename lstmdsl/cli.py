@@ -26,6 +26,7 @@ from .files import dumps, write_text
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
+from .passes.types import check_precision
 from .program import build_program
 from .cli_args import build_parser
 from .resources import shipped_specs
@@ -90,9 +91,12 @@ def cmd_check(args) -> int:
 # ---------------------------------------------------------------------------------------- compile
 
 def _schedule(args, spec):
-    """The spec's schedule with --schedule's directives and then --precision applied."""
+    """The spec's schedule with --schedule's directives and then --precision applied (refused beside --dtype
+    float64 on every backend, as the plan refuses it)."""
     text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
-    return parse_schedule(text, spec.schedule) if text else spec.schedule
+    schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
+    check_precision(getattr(args, "dtype", "float32"), schedule.precision)
+    return schedule
 
 
 def cmd_compile(args) -> int:

@@ -188,6 +188,11 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
     (["run", "vanilla", "--lengths", "3,x"], 64, "expected 'random' or comma-separated integers"),
     (["run", "vanilla", "--dropout", "1"], 64, "expected a probability in [0, 1), got 1"),
     (["train", "vanilla", "--task", "chorales", "--bidirectional"], 64, "--bidirectional does not suit chorales"),
+    # (a reduced precision beside float64 is refused on every backend, as the plan refuses it)
+    (["run", "vanilla", "--dtype", "float64", "--precision", "bf16", "--backend", "numpy"], 64,
+     "precision bf16 applies to float32 layers"),
+    (["compile", "vanilla", "--emit", "ir", "--dtype", "float64", "--schedule", "precision tf32"], 64,
+     "precision tf32 applies to float32 layers"),
 ])
 def test_exit_codes(args, code, message):
     r = run_cli(*args)

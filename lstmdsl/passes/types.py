@@ -22,12 +22,17 @@ ELEMENT = {"float32": "f32", "float64": "f64"}
 HALF = {"bf16": "bf16", "fp16": "f16"}  # precision -> the element type of GEMM operands
 
 
+def check_precision(dtype: str, precision: str) -> None:
+    """A float64 layer computes in float64 throughout: a reduced precision does not apply to it."""
+    if dtype == "float64" and precision != "fp32":
+        raise UsageError(f"precision {precision} applies to float32 layers; a float64 layer computes in float64 "
+                         "throughout")
+
+
 def assign_types(plan: Plan, dtype: str) -> Plan:
     precision = plan.schedule.precision
+    check_precision(dtype, precision)
     if dtype == "float64":
-        if precision != "fp32":
-            raise UsageError(f"precision {precision} applies to float32 layers; a float64 layer computes in "
-                             "float64 throughout")
         return dataclasses.replace(plan, dtype="f64", compute="f64", operand_type="f64")
     if precision in HALF:
         return dataclasses.replace(plan, dtype="f32", compute="fp32", operand_type=HALF[precision])
