@@ -1,14 +1,16 @@
-"""Measure a committed grid's memory again, as lstmdsl/bench.py now counts it, and put the figures into the grid's
-JSON (its times stay those of the grid's own run): each row that has cuDNN in it runs once more, lstmdsl and
-cuDNN, one timed call each (memory does not depend on the repeats). Written for the correction of 2026-12-04
-(bench.py's docstring: cuDNN's figures had counted torch's memory from before the case).
+"""Measure a committed grid's memory again, as lstmdsl/bench.py now counts it (bench.BENCH_VERSION), and put the
+figures into the grid's JSON (its times stay those of the grid's own run): each row runs once more with the
+competitors it has, one timed call each (memory does not depend on the repeats). For the corrections of 2026-12-04
+(bench.py's docstring: the torch competitors' figures had held torch's memory from before the case, the harness's
+tensors and the previous call's gradients).
 
     python3 benchmarks/memory_rerun.py grid_full_bf16 [--modes train forward] [--update-results]
 
 Writes benchmarks/out/NAME.json (--out DIR: DIR/NAME.json; --update-results: benchmarks/results/NAME.json) after
-every row, so a run cut short keeps what it measured and a second run goes on from there (rows already done carry
-"memory_rerun": the date).
-The meta gets "memory": the command, date and versions of the re-measurement.
+every row, so a run cut short keeps what it measured and a second run goes on from there: it reads that file where
+an earlier run of this script wrote it (its meta has "memory"), else the committed grid, and skips the rows whose
+"memory_version" is this harness's (--again: measures them too). A competitor out of memory now has its old
+figure removed ("memory_error"). The meta's "memory" gets the command, date, versions and BENCH_VERSION.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lstmdsl  # noqa: E402
-from lstmdsl.bench import bench_case  # noqa: E402
+from lstmdsl.bench import BENCH_VERSION, bench_case  # noqa: E402
 from lstmdsl.files import write_json  # noqa: E402
 
 
@@ -34,38 +36,53 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["train", "forward"], choices=("train", "forward"))
     ap.add_argument("--update-results", action="store_true", help="write into benchmarks/results")
     ap.add_argument("--out", type=Path, help="write into this folder (default benchmarks/out)")
-    ap.add_argument("--again", action="store_true", help="also the rows an earlier run of this script measured")
+    ap.add_argument("--again", action="store_true", help="also the rows this harness measured already")
     args = ap.parse_args()
     import run  # (benchmarks/run.py: its meta, with the versions; imports torch and CuPy)
 
     out_dir = HERE / "results" if args.update_results else args.out or HERE / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.names:
-        source = out_dir / f"{name}.json"
-        data = json.loads((source if source.exists() else HERE / "results" / f"{name}.json").read_text())
+        data = None
+        if (out_dir / f"{name}.json").exists():  # (an earlier run of this script's, not some run.py output)
+            data = json.loads((out_dir / f"{name}.json").read_text())
+            data = data if "memory" in data.get("meta", {}) else None
+        data = data or json.loads((HERE / "results" / f"{name}.json").read_text())
         precision = data["meta"]["precision"]
         data["meta"]["memory"] = {k: v for k, v in run.meta(precision).items() if k != "gemm_tflops"} | {
             "command": " ".join(["python3", "benchmarks/memory_rerun.py", *sys.argv[1:]]),
-            "note": "memory of the rows with cuDNN measured again as lstmdsl/bench.py counts it since 2026-12-04"}
-        today = time.strftime("%Y-%m-%d")
+            "bench_version": BENCH_VERSION,
+            "note": "memory measured again as lstmdsl/bench.py counts it (bench_version), the times left as they were"}
+        today, measured, skipped = time.strftime("%Y-%m-%d"), 0, 0
         for i, row in enumerate(data["rows"]):
-            done = row.get("memory_rerun") and not args.again
-            if "cudnn" not in row["results"] or row["mode"] not in args.modes or done:
+            if row["mode"] not in args.modes:
+                continue
+            if row.get("memory_version") == BENCH_VERSION and not args.again:
+                skipped += 1
                 continue
             new = bench_case(lstmdsl.parse(row["spec"]), row["batch"], row["hidden"], row["steps"], row["layers"],
-                             row["mode"], precision, repeat=1, competitors=("lstmdsl", "cudnn"))["results"]
-            for who in ("lstmdsl", "cudnn"):
-                old = row["results"][who]
-                if "memory" in new[who] and "memory" in old:
-                    old["memory"] = new[who]["memory"]
-                    if "cublas_workspaces_kept" in new[who]:
-                        old["cublas_workspaces_kept"] = new[who]["cublas_workspaces_kept"]
-            row["memory_rerun"] = today
+                             row["mode"], precision, repeat=1, competitors=tuple(row["results"]),
+                             num_heads=row.get("heads"))["results"]
+            for who, old in row["results"].items():
+                got = new.get(who, {})
+                old.pop("memory_error", None)
+                if "memory" in got:
+                    old["memory"] = got["memory"]
+                    if "cublas_workspaces_kept" in got:
+                        old["cublas_workspaces_kept"] = got["cublas_workspaces_kept"]
+                else:  # (out of memory now, or not run: the old figure was counted the old way)
+                    old.pop("memory", None)
+                    old["memory_error"] = got.get("error", "not measured")
+            row["memory_rerun"], row["memory_version"] = today, BENCH_VERSION
+            measured += 1
             write_json(out_dir / f"{name}.json", data)
-            mib = {w: row["results"][w].get("memory", 0) / 2**20 for w in ("lstmdsl", "cudnn")}
+            mib = {w: r.get("memory", float("nan")) / 2**20 for w, r in row["results"].items()}
             print(f"{name} {i + 1}/{len(data['rows'])} {row['mode']} B={row['batch']} H={row['hidden']} "
-                  f"T={row['steps']} L={row['layers']}: lstmdsl {mib['lstmdsl']:.1f} MiB, cuDNN {mib['cudnn']:.1f}",
+                  f"T={row['steps']} L={row['layers']}: " + ", ".join(f"{w} {m:.1f} MiB" for w, m in mib.items()),
                   flush=True)
+        write_json(out_dir / f"{name}.json", data)
+        print(f"{name}: {measured} rows measured, {skipped} already measured by this harness (--again: anew)",
+              flush=True)
     return 0
 
 

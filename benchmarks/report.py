@@ -157,6 +157,30 @@ def grid_table(data: dict) -> str:
                   "MiB cuDNN", "MiB eager"], body)
 
 
+def harness_note(data: dict) -> str:
+    """What the page must say about how its rows were measured: rows of the harness before 2026-12-04
+    (lstmdsl/bench.py's BENCH_VERSION 1) timed cuDNN's forward in training mode and counted into the torch
+    competitors' memory what was not theirs; benchmarks/memory_rerun.py measures the memory again."""
+    rows, m = data["rows"], data["meta"]
+    old_times = sum(r.get("bench_version", 1) < 2 for r in rows)
+    if not old_times:
+        return ""
+    text = (f"**Measured with the harness before 2026-12-04** ({old_times} of {len(rows)} rows; lstmdsl/bench.py): "
+            "cuDNN's forward ran in training mode (its training kernels, keeping their reserve space), and the torch "
+            "competitors' memory held the harness's tensors and the previous call's gradients, so the cuDNN "
+            "columns favour lstmdsl until these rows are measured again.")
+    again = [r for r in rows if r.get("memory_rerun")]
+    if again and "memory" in m:
+        done = sum(r.get("memory_version") == 2 for r in again)
+        text += (f" The memory of {len(again)} rows was measured again on {m['memory']['date']} (`"
+                 f"{m['memory']['command']}`): "
+                 + (f"{done} of them as the harness now counts it" if done else
+                    "with torch's memory from before the case and the inputs left out of the torch competitors' "
+                    "figures, their reference output and previous gradients still in (a lower bound of lstmdsl's "
+                    "excess)") + ".")
+    return text
+
+
 def write_grid(name: str, data: dict) -> None:
     m = data["meta"]
     text = [f"# Benchmark grid `{name}`", "", describe_meta(m) + ".", "",
@@ -164,9 +188,7 @@ def write_grid(name: str, data: dict) -> None:
             "Medians of CUDA-event timings in ms (min, max and repeat counts in the JSON); memory: peak MiB in "
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
             "matrix products' FLOPs at the measured GEMM rate."]
-    if "memory" in m:  # (a grid whose memory columns were measured again: benchmarks/memory_rerun.py)
-        text += ["", f"Memory of the rows with cuDNN measured again on {m['memory']['date']} as lstmdsl/bench.py now "
-                 f"counts it, the times left as they were: `{m['memory']['command']}` (its JSON then copied here)."]
+    text += ["", harness_note(data)] if harness_note(data) else []
     text += ["", grid_table(data)]
     write_text(RESULTS / f"{name}.md", "\n".join(text) + "\n")
     plot_time_vs_batch(name, data)

@@ -12,17 +12,24 @@ with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf
 one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
-sum(y) with respect to the input and all weights. Memory: for the torch competitors, torch's
-max_memory_allocated over the timed calls less what torch held before the case began (after a torch.mm
-anywhere in the process, its 32 MiB cuBLAS workspace; an eager competitor's use of it is then not counted, unlike
-lstmdsl's kept workspaces below) and less the harness's input tensors (x, which lstmdsl reads where it lies, and
-the copy that takes the gradient; in bf16 and fp16 x's half-precision copy is cuDNN's input and counts for it, as
-lstmdsl's own half copy counts for lstmdsl). Until 2026-12-04 all of it was counted: cuDNN's bf16 figures of the
-committed grids were 32-82 MiB above a fresh process's at ten shapes. For lstmdsl, the
-bytes CuPy's memory pool holds after the calls beyond what it
-held before the layer was built (its parameters, gradients, workspaces and temporaries still cached: an
-upper bound of its peak), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the
-process: cublas.workspaces_reused).
+sum(y) with respect to the input and all weights, each call's gradients made anew (set to None first, as after
+zero_grad()); "forward" runs cuDNN's LSTM in eval mode (its inference kernels).
+
+Memory. For each torch competitor, torch's max_memory_allocated over its timed calls less what torch held when
+its turn began: the competitors run one after the other, each built then and dropped after, so none holds another's
+weights or gradients; not counted are the harness's tensors (x, which lstmdsl reads where it lies, the copy that
+takes the gradient, the reference output the others are checked against), anything from before the case, and
+torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
+counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
+counts for it, as lstmdsl's own half copy counts for lstmdsl. For lstmdsl, the bytes CuPy's memory pool holds after
+the calls beyond what it held before the layer was built (its parameters, gradients, workspaces and temporaries
+still cached: an upper bound of its peak; the harness's float32 output gradient among them), plus the cuBLAS
+workspaces its calls used that an earlier case made (kept by the process: cublas.workspaces_reused).
+
+Until 2026-12-04 the torch competitors' figures held all that torch held (in every grid, torch's 32 MiB cuBLAS
+workspace from the GEMM-rate measurement, the inputs, the reference output), their training kept the previous
+call's gradients through each backward, and the cuDNN "forward" ran in training mode: the committed figures
+measured before that favour lstmdsl (BENCH_VERSION names the way a row was measured).
 """
 
 from __future__ import annotations
@@ -266,11 +273,23 @@ def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:
     return per_step * steps * (3 if mode == "train" else 1)
 
 
+def _warm_torch_blas(torch, precision: str) -> None:
+    """Make torch's cuBLAS and cuBLASLt workspaces for this precision's types before a case: kept by torch for the
+    process, they would otherwise count for whichever torch competitor first multiplied a matrix (the eager cell;
+    cuDNN's LSTM does its own), in the case that made them only."""
+    for dtype in {torch.float32, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)}:
+        a = torch.ones(16, 16, device="cuda", dtype=dtype)
+        torch.addmm(a, a, a)
+        torch.mm(a, a.t())
+
+
 def _out_of_memory(e: BaseException) -> bool:
     import cupy
 
     return isinstance(e, (_torch().cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError))
 
+
+BENCH_VERSION = 2  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since
 
 HEADS_DEFAULT = 4  # the blocks of a block-diagonal matrix in the benchmarks (xLSTM's sLSTM default)
 
@@ -296,7 +315,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     base = pool.used_bytes()
-    torch_base = torch.cuda.memory_allocated()  # (what torch holds from before the case: not the case's)
+    _warm_torch_blas(torch, precision)  # (their workspaces made now, never counted for a torch competitor)
     from .runtime import cublas
 
     before = cublas.workspace_uses()  # (the workspaces kept from earlier cases: added to lstmdsl's memory below)
@@ -314,7 +333,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     xc = cupy.from_dlpack(x)
     tol = {"fp32": 1e-4, "bf16": 5e-2}.get(precision, 2e-2)
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
-           "precision": precision, "flops": flops(layer, batch, steps, mode), "results": {}, "checks": {}}
+           "precision": precision, "bench_version": BENCH_VERSION, "flops": flops(layer, batch, steps, mode),
+           "results": {}, "checks": {}}
     if "num_heads" in extra:
         row["heads"] = extra["num_heads"]
     y_ref = None  # lstmdsl's output; if lstmdsl cannot run the shape, the first competitor's
@@ -355,57 +375,75 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             r = row["results"]["lstmdsl"]
             print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
     # the harness's inputs, counted for no competitor: x, which lstmdsl reads where it lies, and the copy that takes
-    # the gradient (in half precision the torch competitors' input is x's half copy, counted as theirs: lstmdsl
+    # the gradient; in half precision the torch competitors' input is x's half copy, counted as theirs (lstmdsl
     # makes one of its own, counted as its)
-    inputs = x.nbytes
     if half is not None:
         x = x.to(half)
     xg = x.clone().requires_grad_(True)
-    inputs += xg.nbytes
-    runners = {}
-    if "cudnn" in competitors and vanilla_equivalent(spec):
-        lstm = _cudnn(layer, hidden, layers)
-        if half is not None:
-            lstm = lstm.to(half)
-        if half is torch.bfloat16:
-            row["cudnn_flattened"] = flatten_bf16(lstm)
-        runners["cudnn"] = lambda inp: lstm(inp)[0]
-    if "eager" in competitors or "compile" in competitors:
+    own_input = x.nbytes if half is not None else 0
+
+    def make(name):
+        """(run, parameters) of a torch competitor, built when its turn comes and dropped after it (another's
+        weights and gradients are not in its memory)."""
+        if name == "cudnn":
+            lstm = _cudnn(layer, hidden, layers)
+            if half is not None:
+                lstm = lstm.to(half)
+            if half is torch.bfloat16:
+                row["cudnn_flattened"] = flatten_bf16(lstm)
+            lstm.train(mode == "train")  # (in training mode a forward runs cuDNN's training kernels and keeps
+            # their reserve space, under no_grad too: the committed grids before 2026-12-04 timed that)
+            return (lambda inp: lstm(inp)[0]), list(lstm.parameters())
         eager = EagerCell(spec, layer)
-        if "eager" in competitors:
-            runners["eager"] = eager.forward
-        if "compile" in competitors:
-            compiled_step = torch.compile(eager.step)
-            runners["compile"] = lambda inp: eager.forward(inp, compiled_step)
-    for name, run in runners.items():
-        if mode == "forward":
-            def fn(run=run):
-                with torch.no_grad():
-                    run(x)
-        else:
-            def fn(run=run):
-                run(xg).sum().backward()
+        params = [t for p in eager.params for t in p.values() if isinstance(t, torch.Tensor)]
+        if name == "eager":
+            return eager.forward, params
+        compiled_step = torch.compile(eager.step)
+        return (lambda inp: eager.forward(inp, compiled_step)), params
+
+    names = [n for n in ("cudnn", "eager", "compile")
+             if n in competitors and (n != "cudnn" or vanilla_equivalent(spec))]
+    for name in names:
         slow = name in ("eager", "compile") and steps * layers >= 1000
+        times = max(3, repeat // 3) if slow else repeat
+        run = params = fn = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        # what torch holds now is not this competitor's: the inputs, the reference output, torch's BLAS workspaces
+        # (made before the case: _warm_torch_blas) and anything from before the case
+        held, made_ref = torch.cuda.memory_allocated(), y_ref is None
         try:
+            run, params = make(name)
+            if mode == "forward":
+                def fn(run=run):
+                    with torch.no_grad():
+                        run(x)
+            else:
+                def fn(run=run, params=params):  # (each call's gradients anew, as after zero_grad(): not the
+                    xg.grad = None              # previous call's kept through this one's backward)
+                    for t in params:
+                        t.grad = None
+                    run(xg).sum().backward()
             t0 = time.perf_counter()
             with torch.no_grad():
                 check(name, run(x))
             first = time.perf_counter() - t0
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            timing = time_gpu(fn, max(3, repeat // 3) if slow else repeat, warmup=1 if slow else 2)
-            peak = torch.cuda.max_memory_allocated() - torch_base - inputs
-            row["results"][name] = timing | {"memory": int(peak), "first_call_s": first,
-                                             "repeat": max(3, repeat // 3) if slow else repeat}
+            timing = time_gpu(fn, times, warmup=1 if slow else 2)
+            peak = torch.cuda.max_memory_allocated() - held + own_input - (y_ref.nbytes if made_ref else 0)
+            row["results"][name] = timing | {"memory": int(peak), "first_call_s": first, "repeat": times}
             if gpu_time:  # (torch's current stream is CuPy's, the default one, which the spin holds)
-                row["results"][name] |= time_gpu_only(fn, max(3, repeat // 3) if slow else repeat)
+                row["results"][name] |= time_gpu_only(fn, times)
         except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
             if not _out_of_memory(e):
                 raise
             row["results"][name] = {"error": "out of memory"}
+        finally:
             xg.grad = None
-            gc.collect()
-            torch.cuda.empty_cache()
+            for t in params or ():
+                t.grad = None
+            del run, params, fn
         if log is not None:
             r = row["results"][name]
             print(f"  {name}: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)

@@ -96,17 +96,39 @@ def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeyp
 
 
 @pytest.mark.gpu
-def test_cudnn_memory_counts_only_what_its_case_needs():
-    """A torch competitor's memory is its case's own: the same with 64 MiB of torch tensors (and torch's cuBLAS
-    workspace, made by a torch.mm) held from before the case, and without the harness's input tensors."""
-    from lstmdsl.bench import bench_case
+@pytest.mark.parametrize("mode", ["forward", "train"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
+    """A torch competitor's memory in a benchmark row is what its module takes measured alone (weights, gradients
+    made anew each call, activations; in half precision its half-precision input): not torch's memory from before
+    the case (64 MiB held here, and torch's BLAS workspaces), not the harness's inputs or reference output, not
+    another competitor's weights, not the previous call's gradients; and a forward is an inference (eval mode)."""
+    import gc
 
-    spec = lstmdsl.parse("vanilla")
-    first = bench_case(spec, 3, 40, 7, 2, "train", repeat=1, competitors=("cudnn",))["results"]["cudnn"]["memory"]
+    from lstmdsl.bench import bench_case, flatten_bf16
+
+    B, H, T = 64, 256, 60
+    half = {"bf16": torch.bfloat16}.get(precision)
     held = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
-    torch.mm(torch.ones(64, 64, device="cuda"), torch.ones(64, 64, device="cuda"))
-    second = bench_case(spec, 3, 40, 7, 2, "train", repeat=1, competitors=("cudnn",))["results"]["cudnn"]["memory"]
+    row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, mode, precision=precision, repeat=2,
+                     competitors=("lstmdsl", "cudnn", "eager"))
     del held
-    weights = 2 * 4 * 40 * (40 + 40 + 2) * 4  # (two layers' weights and biases, float32)
-    assert abs(second - first) < 1 << 20
-    assert weights <= first < 32 << 20  # (17 MiB on the H200: cuDNN's workspace)
+    gc.collect()
+    torch.cuda.empty_cache()
+    x = torch.randn(T, B, H, device="cuda", dtype=half or torch.float32, requires_grad=mode == "train")
+    base = torch.cuda.memory_allocated() - (x.nbytes if half else 0)  # (the half input is cuDNN's own)
+    torch.cuda.reset_peak_memory_stats()
+    lstm = torch.nn.LSTM(H, H).cuda().to(half or torch.float32).train(mode == "train")
+    if half is torch.bfloat16:
+        flatten_bf16(lstm)  # (as the harness does: else cuDNN copies the weights into one buffer at every call)
+    for _ in range(3):
+        x.grad = None
+        lstm.zero_grad(set_to_none=True)
+        if mode == "train":
+            lstm(x)[0].sum().backward()
+        else:
+            with torch.no_grad():
+                lstm(x)
+    alone = torch.cuda.max_memory_allocated() - base
+    assert abs(row["results"]["cudnn"]["memory"] - alone) < 1 << 20, (row["results"]["cudnn"]["memory"], alone)
+    assert row["bench_version"] == 2
