@@ -207,8 +207,16 @@ def test_states_in_the_specs_order_tuples_dicts_and_errors():
         rnn(x.float())
     with pytest.raises(UsageError, match="3 features"):
         rnn(torch.randn(2, 5, 4, dtype=torch.float64))
-    with pytest.raises(UsageError, match="initial state 'h' has dtype torch.float32, but the input is torch.float64"):
+    with pytest.raises(UsageError, match="initial state 'h' is torch.float32 on cpu, but the input is torch.float64"):
         rnn(x, (states[0].float(),) + states[1:])  # (not rounded silently)
+    # (not moved silently either: on CUDA a kernel would be given a host pointer; "meta" stands for another device)
+    with pytest.raises(UsageError, match="initial state 'c' is torch.float64 on meta, but the input is torch.float64 "
+                                         "on cpu; convert or move one of them"):
+        rnn(x, (states[0], states[1].to("meta")) + states[2:])
+    with pytest.raises(UsageError, match="the input is on meta, but the parameters are on cpu; move one of them"):
+        rnn(x.to("meta"))
+    with pytest.raises(UsageError, match="proj_size was given but cell 'gru_torch' has no size 'proj'"):
+        lt.GRU(3, 4, proj_size=2)  # (torch.nn.GRU refuses it too)
 
 
 @pytest.mark.parametrize("make", [lambda m: m.LSTM(3, 4, 2, bidirectional=True), lambda m: m.LSTM(3, 4, proj_size=2),

@@ -61,8 +61,7 @@ class RNN(nn.Module):
             raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
         seed = None if seed is None else check_seed(seed)
         forget_bias = check_forget_bias(self.spec, forget_bias)  # (compile's checks: a GRU has no b_f)
-        if dtype not in (None, torch.float32, torch.float64):  # (half precision: float32 master weights, the
-            # schedule's or autocast's precision)
+        if dtype not in (None, torch.float32, torch.float64):  # (half precision: float32 masters, as below)
             raise UsageError(f"dtype must be torch.float32 or torch.float64, got {dtype!r} (for bf16 or fp16 give "
                              "float32 parameters and `precision bf16` in the schedule, or run under torch.autocast)")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
@@ -184,13 +183,12 @@ class RNN(nn.Module):
         types |= {torch.float32, *_HALF.values()} if torch.is_autocast_enabled(x.device.type) else set()
         out = []
         for n, h in zip(names, hx):
-            want = (D * self.num_layers, B, self.state_sizes[n]) if batched else (D * self.num_layers,
-                                                                                    self.state_sizes[n])
+            want = (D * self.num_layers, *([B] if batched else []), self.state_sizes[n])
             if tuple(h.shape) != want:
                 raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
-            if h.dtype not in types:  # (not rounded silently: torch.nn.LSTM refuses it too)
-                raise UsageError(f"initial state '{n}' has dtype {h.dtype}, but the input is {given}; convert "
-                                 "one of them")
+            if h.dtype not in types or h.device != x.device:  # (neither rounded nor moved silently; a CUDA
+                raise UsageError(f"initial state '{n}' is {h.dtype} on {h.device}, but the input is {given} on "
+                                 f"{x.device}; convert or move one of them")  # kernel given a host pointer errs)
             out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
 
@@ -214,7 +212,10 @@ class RNN(nn.Module):
         if x.shape[-1] != self.input_size or x.shape[0] < 1:  # (an empty batch is torch.nn.LSTM's too: below)
             raise UsageError(f"input has shape {list(input.shape)}; expected {self.input_size} features and at least "
                              "one step")
-        pdtype = self._tensors(self._groups[0][2][:1])[0].dtype
+        first = self._tensors(self._groups[0][2][:1])[0]
+        if x.device != first.device:  # (before autocast's question about x's device type, which fails on some)
+            raise UsageError(f"the input is on {x.device}, but the parameters are on {first.device}; move one of them")
+        pdtype = first.dtype
         out_dtype = x.dtype
         half = None
         if pdtype == torch.float32:  # mixed precision: from a half-precision input, or the schedule
@@ -443,7 +444,7 @@ class GRU(RNN):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, spec="gru_torch", **kw):
-        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype, **kw)
+                 dtype=None, *, spec="gru_torch", proj_size: int = 0, **kw):  # (proj_size: the cell's own error)
+        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, **kw)
 
