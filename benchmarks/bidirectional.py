@@ -77,10 +77,17 @@ def main() -> None:
                     with torch.no_grad():
                         m(inputs())
 
-                def train():
+                def train():  # (each call's gradients anew, as after zero_grad())
+                    m.zero_grad(set_to_none=True)
+                    x.grad = pre.data.grad = None
                     y, _ = m(inputs())
                     out(y).sum().backward()
-                f, t = time_gpu(fwd, args.repeat, 3), time_gpu(train, args.repeat, 3)
+                # (cuDNN's forward in eval mode: in training mode it runs its training kernels, under no_grad too;
+                # until 2026-12-04 this script timed that)
+                m.eval()
+                f = time_gpu(fwd, args.repeat, 3)
+                m.train()
+                t = time_gpu(train, args.repeat, 3)
                 rows.append({"batch": B, "hidden": H, "steps": T, "layers": args.layers, "input": batch,
                              "impl": name, "forward_ms": f["ms"], "train_ms": t["ms"]})
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),

@@ -102,10 +102,14 @@ def main(argv: list[str]) -> int:
                 with torch.no_grad():
                     m(xs)
 
-            def train():
+            def train():  # (each call's gradients anew, as after zero_grad())
+                m.zero_grad(set_to_none=True)
+                xs.grad = None
                 y, _ = m(xs)
                 y.float().sum().backward()
+            m.eval()  # (cuDNN's training mode runs its training kernels, under no_grad too)
             f = time_gpu_only(fwd, 10, 2)["gpu_ms"] * 1e3 / T
+            m.train()
             t = time_gpu_only(train, 10, 2)["gpu_ms"] * 1e3 / T
             kerneldesc.SHAPE_KINDS = kinds
             row[variant] = {"forward_us_per_step": round(f, 4), "training_us_per_step": round(t, 4)}

@@ -106,7 +106,9 @@ def main() -> None:
 
     xg = x.clone().requires_grad_(True)
 
-    def cudnn_train():
+    def cudnn_train():  # (each call's gradients anew, as after zero_grad())
+        lstm.zero_grad(set_to_none=True)
+        xg.grad = None
         y, _ = lstm(xg)
         y.sum().backward()
 
@@ -149,8 +151,12 @@ def main() -> None:
         print(f"{name}: check against {against} {check:.1e}; " + "; ".join(
             f"{m} ours {results[m]['lstmdsl_ms']:.2f} ms (host {results[m]['lstmdsl_host_ms']:.2f} ms), "
             f"eager {results[m]['eager_ms']:.2f} ms" for m in ("forward", "train")), flush=True)
-    cudnn = {"forward": time_gpu(cudnn_fwd, args.repeat, warmup=3)["ms"],
-             "train": time_gpu(cudnn_train, args.repeat, warmup=3)["ms"]}
+    # (cuDNN's forward in eval mode: in training mode it runs its training kernels, under no_grad too; until
+    # 2026-12-04 this script timed that)
+    lstm.eval()
+    cudnn = {"forward": time_gpu(cudnn_fwd, args.repeat, warmup=3)["ms"]}
+    lstm.train()
+    cudnn["train"] = time_gpu(cudnn_train, args.repeat, warmup=3)["ms"]
     print(f"cuDNN vanilla: forward {cudnn['forward']:.2f} ms, train {cudnn['train']:.2f} ms")
 
     props = cupy.cuda.runtime.getDeviceProperties(0)

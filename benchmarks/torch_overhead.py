@@ -45,16 +45,23 @@ def main() -> None:
             with torch.no_grad():
                 m(xt)
 
-        def train():
+        def train():  # (each call's gradients anew, as after zero_grad())
+            m.zero_grad(set_to_none=True)
+            xt.grad = None
             y, _ = m(xt)
             y.backward(torch.ones_like(y))
-        return fwd, train
+        return fwd, train, m
     rows["torch module"] = runs(module)
     rows["torch.compile(module)"] = runs(compiled)
     rows["cuDNN (torch.nn.LSTM)"] = runs(cudnn)
     out = {}
-    for name, (fwd, train) in rows.items():
-        f, t = time_gpu(fwd, args.repeat, 5), time_gpu(train, args.repeat, 5)
+    for name, (fwd, train, *m) in rows.items():
+        for mm in m:  # (forward in eval mode: cuDNN's training mode runs its training kernels, under no_grad too)
+            mm.eval()
+        f = time_gpu(fwd, args.repeat, 5)
+        for mm in m:
+            mm.train()
+        t = time_gpu(train, args.repeat, 5)
         out[name] = {"forward_ms": f["ms"], "forward_host_ms": f["host_ms"], "train_ms": t["ms"],
                      "train_host_ms": t["host_ms"]}
     base = out["layer API"]
