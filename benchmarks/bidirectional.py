@@ -66,6 +66,7 @@ def main() -> None:
                         inputs()
 
                 def pack_train():
+                    x.grad = None
                     inputs().data.sum().backward()
                 packing.append({"batch": B, "hidden": H, "steps": T, "forward_ms": time_gpu(pack_fwd, args.repeat, 3)["ms"],
                                 "train_ms": time_gpu(pack_train, args.repeat, 3)["ms"]})

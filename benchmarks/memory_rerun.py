@@ -9,8 +9,9 @@ tensors and the previous call's gradients).
 Writes benchmarks/out/NAME.json (--out DIR: DIR/NAME.json; --update-results: benchmarks/results/NAME.json) after
 every row, so a run cut short keeps what it measured and a second run goes on from there: it reads that file where
 an earlier run of this script wrote it (its meta has "memory"), else the committed grid, and skips the rows whose
-"memory_version" is this harness's (--again: measures them too). A competitor out of memory now has its old
-figure removed ("memory_error"). The meta's "memory" gets the command, date, versions and BENCH_VERSION.
+"memory_version" or "bench_version" is this harness's (--again: measures them too). A competitor out of memory now
+has its old figure removed ("memory_error"). The meta's "memory" gets the command, date, versions and BENCH_VERSION
+of the last run that measured a row (each row's "memory_rerun" has its own date).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> int:
             data = data if "memory" in data.get("meta", {}) else None
         data = data or json.loads((HERE / "results" / f"{name}.json").read_text())
         precision = data["meta"]["precision"]
-        data["meta"]["memory"] = {k: v for k, v in run.meta(precision).items() if k != "gemm_tflops"} | {
+        meta = {k: v for k, v in run.meta(precision).items() if k != "gemm_tflops"} | {
             "command": " ".join(["python3", "benchmarks/memory_rerun.py", *sys.argv[1:]]),
             "bench_version": BENCH_VERSION,
             "note": "memory measured again as lstmdsl/bench.py counts it (bench_version), the times left as they were"}
@@ -57,9 +58,11 @@ def main() -> int:
         for i, row in enumerate(data["rows"]):
             if row["mode"] not in args.modes:
                 continue
-            if row.get("memory_version") == BENCH_VERSION and not args.again:
+            current = BENCH_VERSION in (row.get("memory_version"), row.get("bench_version"))
+            if current and not args.again:  # (measured by this harness: again or in the grid's own run)
                 skipped += 1
                 continue
+            data["meta"]["memory"] = meta  # (only where this run measures something)
             new = bench_case(lstmdsl.parse(row["spec"]), row["batch"], row["hidden"], row["steps"], row["layers"],
                              row["mode"], precision, repeat=1, competitors=tuple(row["results"]),
                              num_heads=row.get("heads"))["results"]
@@ -80,7 +83,8 @@ def main() -> int:
             print(f"{name} {i + 1}/{len(data['rows'])} {row['mode']} B={row['batch']} H={row['hidden']} "
                   f"T={row['steps']} L={row['layers']}: " + ", ".join(f"{w} {m:.1f} MiB" for w, m in mib.items()),
                   flush=True)
-        write_json(out_dir / f"{name}.json", data)
+        if measured:
+            write_json(out_dir / f"{name}.json", data)
         print(f"{name}: {measured} rows measured, {skipped} already measured by this harness (--again: anew)",
               flush=True)
     return 0

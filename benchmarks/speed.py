@@ -138,7 +138,9 @@ def main() -> None:
             with torch.no_grad():
                 eager(x)
 
-        def eager_train():
+        def eager_train():  # (each call's gradients anew, as after zero_grad())
+            eager.zero_grad(set_to_none=True)
+            xg.grad = None
             eager(xg).sum().backward()
 
         results = {"spec": name, "check": {"against": against, "max_rel_error_y": check}}

@@ -5,7 +5,8 @@ Competitors, on the same data and weights:
   cudnn     torch.nn.LSTM, for specs whose IR is the vanilla LSTM's (specs/vanilla.cell, specs/np.cell);
   eager     the cell as a PyTorch module, the way a user writes it: the products of the input for all
             steps as one GEMM first, then a Python loop evaluating the step's equations with torch
-            operations (built from the spec's IR, so every spec has one);
+            operations (built from the spec's IR, so every spec has one: lstmdsl/eager.py); forward is an
+            inference (regularisers at their expectations), and a cell with regularisers is checked so;
   compile   the same module with its step function under torch.compile (default mode).
 In bf16 and fp16 the competitors are lstmdsl (its layer API: float32 in and out, half inside) and cuDNN
 with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
@@ -40,190 +41,11 @@ import time
 import numpy as np
 
 from . import api
+from .eager import EagerCell, _torch
 from .spec import Spec
 from .timing import time_gpu, time_gpu_only
 
 COMPETITORS = ("lstmdsl", "cudnn", "eager", "compile")
-
-
-def _torch():
-    import torch
-
-    return torch
-
-
-class EagerCell:
-    """The spec's cell as a PyTorch module, written the way a careful user writes one by hand.
-
-    The step is straight-line Python generated from the IR (`self.source`), not an interpreter:
-      - the matrices applied to one value are one leaf tensor (the `nn.Linear(H, 4H)` of a hand-written
-        LSTM), so a step runs one GEMM per operand and splits its result;
-      - the input's products for all steps are one GEMM before the loop, with the bias vectors that are
-        added to them folded in (`torch.addmm`, as nn.Linear does);
-      - when each gate sums its input product and its recurrent product, the step adds the two whole
-        products in the GEMM (`gates = addmm(xw[t], h, R.T)`), then splits.
-    Sums are re-associated to do this; the outputs are checked against lstmdsl's before timing.
-    """
-
-    def __init__(self, spec: Spec, layer: api.Layer, device: str = "cuda"):
-        torch = _torch()
-        cell = self.cell = spec.cell
-        self.training = True  # the regularisers draw masks (False: their expectations)
-        self.sizes = layer.sizes
-        # matvec nodes grouped by the value they multiply, in node order
-        groups: dict[int, list[int]] = {}
-        for i, n in enumerate(cell.nodes):
-            if n.op == "matvec":
-                groups.setdefault(n.args[0], []).append(i)
-        self.groups = groups
-        self.heads = {a for a, members in groups.items() if cell.param(cell.nodes[members[0]].attr).heads}
-        self.input_group = next((a for a in groups if cell.nodes[a].op == "input"), None)
-        self.source, self.input_bias = self._source()
-        state = layer.state_dict()
-        self.params = []
-        for k in range(len(layer.sizes)):
-            p = {}
-            for a, members in groups.items():
-                mats = [state[f"l{k}.{cell.nodes[i].attr}"] for i in members]
-                p[f"cat{a}"] = torch.tensor(np.concatenate(mats), device=device, requires_grad=True)
-                p[f"split{a}"] = tuple(m.shape[0] for m in mats)
-                p[f"heads{a}"] = (len(mats), layer.sizes[k].get("heads", 1))  # (matrices, blocks of each)
-            for prm in cell.params:
-                if state[f"l{k}.{prm.name}"].ndim == 1:
-                    p[prm.name] = torch.tensor(state[f"l{k}.{prm.name}"], device=device, requires_grad=True)
-            self.params.append(p)
-        namespace = {"torch": torch, "blocks": _blocks}
-        exec(compile(self.source, f"<eager {cell.name}>", "exec"), namespace)  # noqa: S102 (generated above)
-        self.step = namespace["step"]
-
-    def _source(self) -> tuple[str, list]:
-        """The step's source, and per input product the bias vector folded into it (or None)."""
-        from .ops import OPS
-
-        cell, nodes, groups, a_in = self.cell, self.cell.nodes, self.groups, self.input_group
-        consumers: dict[int, list[int]] = {}
-        for i, n in enumerate(nodes):
-            for a in n.args:
-                consumers.setdefault(a, []).append(i)
-        for i in (cell.output, *cell.updates):
-            consumers.setdefault(i, []).append(-1)
-
-        def inner(i):  # an add whose only use is another add: part of that add's sum
-            c = consumers.get(i, [])
-            return nodes[i].op == "add" and len(c) == 1 and c[0] >= 0 and nodes[c[0]].op == "add"
-
-        def leaves(i):
-            return [x for a in nodes[i].args for x in (leaves(a) if inner(a) else [a])]
-
-        sums = {i: leaves(i) for i, n in enumerate(nodes) if n.op == "add" and not inner(i)}
-        where = {x: r for r, ls in sums.items() for x in ls}
-        inputs = groups.get(a_in, [])
-        single = [m for m in inputs if len(consumers.get(m, [])) == 1 and m in where]
-        # fold one bias vector of each input product's sum into the hoisted GEMM
-        input_bias = [None] * len(inputs)
-        for m in single:
-            r = where[m]
-            bias = next((x for x in sums[r] if nodes[x].op == "param"), None)
-            if bias is not None:
-                input_bias[inputs.index(m)] = nodes[bias].attr
-                sums[r].remove(bias)  # one copy: `b + b` keeps the other in the step
-        # a recurrent group whose k-th product meets the k-th input product in one sum: add them in the GEMM
-        paired = None
-        if len(single) == len(inputs) > 0 and a_in not in self.heads:
-            for a, members in groups.items():
-                if a != a_in and a not in self.heads and len(members) == len(inputs) and all(
-                        len(consumers.get(r, [])) == 1 and where.get(r) == where[m] for m, r in zip(inputs, members)):
-                    paired = a
-                    break
-        if paired is not None:
-            for m in inputs:
-                sums[where[m]] = [x for x in sums[where[m]] if x != m]
-        lines = ["def step(p, xw, x_t, s, m):"]
-        if inputs and paired is None:
-            lines.append(f"    xin = torch.split(xw, p['split{a_in}'], 1)")
-        for i, n in enumerate(nodes):
-            if n.op == "add" and inner(i):
-                continue
-            if n.op == "input":
-                line = "x_t"
-            elif n.op == "state":
-                line = f"s[{n.attr!r}]"
-            elif n.op == "stepin":  # a regulariser's mask at this step
-                line = f"m[{n.attr!r}]"
-            elif n.op == "param":
-                line = f"p[{n.attr!r}]"
-            elif n.op == "const":
-                line = repr(float(n.attr))
-            elif n.op == "matvec":
-                a = n.args[0]
-                k = groups[a].index(i)
-                if a == a_in:
-                    if paired is not None:
-                        continue
-                    line = f"xin[{k}]"
-                else:
-                    if k == 0:
-                        gemm = f"torch.addmm(xw, v{a}, p['cat{a}'].T)" if a == paired else \
-                            f"blocks(v{a}, p['cat{a}'], p['heads{a}'])" if a in self.heads else f"v{a} @ p['cat{a}'].T"
-                        lines.append(f"    g{a} = torch.split({gemm}, p['split{a}'], 1)"
-                                     if len(groups[a]) > 1 else f"    g{a} = ({gemm},)")
-                    line = f"g{a}[{k}]"
-            elif n.op == "add":
-                line = " + ".join(f"v{x}" for x in sums[i])
-            elif OPS[n.op].reduction:  # over the features of the arguments side by side (vectors: [H] -> [B, H])
-                parts = ", ".join(f"v{a}.expand(x_t.shape[0], -1)" if nodes[a].op == "param" else f"v{a}"
-                                  for a in n.args)
-                fn = {"sum": "sum", "mean": "mean", "rowmax": "amax"}[n.op]
-                line = f"torch.cat([{parts}], -1).{fn}(-1, keepdim=True)"
-            else:
-                line = OPS[n.op].torch.format(*(f"v{a}" for a in n.args))
-            lines.append(f"    v{i} = {line}")
-        updates = ", ".join(f"{s.name!r}: v{u}" for s, u in zip(cell.states, cell.updates))
-        lines.append(f"    return v{cell.output}, {{{updates}}}")
-        return "\n".join(lines) + "\n", input_bias
-
-    def parameters(self):
-        return [t for p in self.params for t in p.values() if not isinstance(t, tuple)]
-
-    def forward(self, x, step=None):
-        torch = _torch()
-        step = step or self.step
-        T, B, _ = x.shape
-        h = x
-        a = self.input_group
-        for p, sizes in zip(self.params, self.sizes):
-            xw = [None] * T
-            if a is not None:
-                flat, w = h.reshape(T * B, -1), p[f"cat{a}"]
-                if any(self.input_bias):
-                    bias = torch.cat([p[b] if b else w.new_zeros(n) for b, n in zip(self.input_bias, p[f"split{a}"])])
-                    xw = torch.addmm(bias, flat, w.T).reshape(T, B, -1)
-                elif a in self.heads:
-                    xw = _blocks(flat, w, p[f"heads{a}"]).reshape(T, B, -1)
-                else:
-                    xw = (flat @ w.T).reshape(T, B, -1)
-            state = {s.name: h.new_zeros(B, sizes[s.size]) for s in self.cell.states}
-            masks = {}
-            for z in self.cell.noise:  # drawn as a PyTorch user would, or the expectations in evaluation
-                shape = (T, B, 1 if z.size == "one" else sizes[z.size])
-                masks[z.name] = (z.training(torch.rand(shape, device=h.device)).to(h.dtype) if self.training
-                                 else torch.full(shape, z.evaluation(), device=h.device, dtype=h.dtype))
-            ys = []
-            for t in range(T):
-                y, state = step(p, xw[t], h[t], state, {k: v[t] for k, v in masks.items()})
-                ys.append(y)
-            h = torch.stack(ys)
-        return h
-
-
-def _blocks(v, stack, shape: tuple[int, int]):
-    """v [N, cols] times a stack of block-diagonal matrices ([matrices * rows, cols / heads], each stored as
-    its blocks stacked by rows), as one batched product per block: [N, matrices * rows]."""
-    torch = _torch()
-    matrices, heads = shape
-    out = torch.einsum("nkc,jkrc->njkr", v.reshape(v.shape[0], heads, -1),
-                       stack.reshape(matrices, heads, -1, stack.shape[1]))
-    return out.reshape(v.shape[0], -1)
 
 
 def vanilla_equivalent(spec: Spec) -> bool:
@@ -276,11 +98,15 @@ def flops(layer: api.Layer, batch: int, steps: int, mode: str) -> int:
 def _warm_torch_blas(torch, precision: str) -> None:
     """Make torch's cuBLAS and cuBLASLt workspaces for this precision's types before a case: kept by torch for the
     process, they would otherwise count for whichever torch competitor first multiplied a matrix (the eager cell;
-    cuDNN's LSTM does its own), in the case that made them only."""
+    cuDNN's LSTM does its own), in the case that made them only. The handles are per thread: the products on this
+    one, with a 1-D bias too (cuBLASLt's path, as the eager cell's addmm), and a backward (autograd's thread)."""
     for dtype in {torch.float32, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)}:
-        a = torch.ones(16, 16, device="cuda", dtype=dtype)
-        torch.addmm(a, a, a)
-        torch.mm(a, a.t())
+        a = torch.ones(16, 16, device="cuda", dtype=dtype, requires_grad=True)
+        with torch.no_grad():
+            torch.addmm(a, a, a)
+            torch.addmm(a[0], a, a.t())
+        torch.mm(a, a.t()).sum().backward()
+        a.grad = None
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -328,6 +154,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     if spec.uses_size("heads"):
         extra["num_heads"] = num_heads or HEADS_DEFAULT
     text = f"{schedule + '; ' if schedule else ''}precision {precision}"
+    noisy = bool(spec.cell.noise)  # (the regularisers draw masks in training)
     layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
     xc = cupy.from_dlpack(x)
@@ -354,7 +181,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     if "lstmdsl" in competitors:
         try:
             # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
-            check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train")[0]))
+            # (a cell with regularisers is checked in expectation, as the others are: their masks are their own)
+            check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train" and not noisy)[0]))
             ones = cupy.ones((steps, batch, layer.output_size), np.float32)
             fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
                 (lambda: (layer.forward(xc), layer.backward(ones)))
@@ -383,8 +211,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     own_input = x.nbytes if half is not None else 0
 
     def make(name):
-        """(run, parameters) of a torch competitor, built when its turn comes and dropped after it (another's
-        weights and gradients are not in its memory)."""
+        """(run, parameters, the eager cell or None) of a torch competitor, built when its turn comes and dropped
+        after it (another's weights and gradients are not in its memory)."""
         if name == "cudnn":
             lstm = _cudnn(layer, hidden, layers)
             if half is not None:
@@ -393,27 +221,28 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
                 row["cudnn_flattened"] = flatten_bf16(lstm)
             lstm.train(mode == "train")  # (in training mode a forward runs cuDNN's training kernels and keeps
             # their reserve space, under no_grad too: the committed grids before 2026-12-04 timed that)
-            return (lambda inp: lstm(inp)[0]), list(lstm.parameters())
+            return (lambda inp: lstm(inp)[0]), list(lstm.parameters()), None
         eager = EagerCell(spec, layer)
+        eager.training = mode == "train"  # (a forward is an inference: the regularisers' expectations)
         params = [t for p in eager.params for t in p.values() if isinstance(t, torch.Tensor)]
         if name == "eager":
-            return eager.forward, params
+            return eager.forward, params, eager
         compiled_step = torch.compile(eager.step)
-        return (lambda inp: eager.forward(inp, compiled_step)), params
+        return (lambda inp: eager.forward(inp, compiled_step)), params, eager
 
     names = [n for n in ("cudnn", "eager", "compile")
              if n in competitors and (n != "cudnn" or vanilla_equivalent(spec))]
     for name in names:
         slow = name in ("eager", "compile") and steps * layers >= 1000
         times = max(3, repeat // 3) if slow else repeat
-        run = params = fn = None
+        run = params = fn = eager = None
         gc.collect()
         torch.cuda.empty_cache()
         # what torch holds now is not this competitor's: the inputs, the reference output, torch's BLAS workspaces
         # (made before the case: _warm_torch_blas) and anything from before the case
         held, made_ref = torch.cuda.memory_allocated(), y_ref is None
         try:
-            run, params = make(name)
+            run, params, eager = make(name)
             if mode == "forward":
                 def fn(run=run):
                     with torch.no_grad():
@@ -425,9 +254,14 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
                         t.grad = None
                     run(xg).sum().backward()
             t0 = time.perf_counter()
+            if eager is not None:  # (checked in expectation where the cell has regularisers, as lstmdsl is)
+                eager.training = mode == "train" and not noisy
             with torch.no_grad():
                 check(name, run(x))
             first = time.perf_counter() - t0
+            if eager is not None:
+                eager.training = mode == "train"
+            fn()  # (untimed: a compiled step compiles again for gradients here, outside the memory counted)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             timing = time_gpu(fn, times, warmup=1 if slow else 2)
@@ -443,7 +277,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             xg.grad = None
             for t in params or ():
                 t.grad = None
-            del run, params, fn
+            t = None  # (the loop's last parameter: a view of cuDNN's whole weight buffer)
+            del run, params, fn, eager, t
         if log is not None:
             r = row["results"][name]
             print(f"  {name}: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)

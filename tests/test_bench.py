@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import lstmdsl
-from lstmdsl.bench import EagerCell, vanilla_equivalent
+from lstmdsl.bench import vanilla_equivalent
+from lstmdsl.eager import EagerCell
 
 from conftest import SPECS, extra_sizes
 
@@ -107,7 +108,7 @@ def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
 
     from lstmdsl.bench import bench_case, flatten_bf16
 
-    B, H, T = 64, 256, 60
+    B, H, T = 64, 512, 100
     half = {"bf16": torch.bfloat16}.get(precision)
     held = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, mode, precision=precision, repeat=2,
@@ -117,10 +118,11 @@ def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
     torch.cuda.empty_cache()
     x = torch.randn(T, B, H, device="cuda", dtype=half or torch.float32, requires_grad=mode == "train")
     base = torch.cuda.memory_allocated() - (x.nbytes if half else 0)  # (the half input is cuDNN's own)
-    torch.cuda.reset_peak_memory_stats()
     lstm = torch.nn.LSTM(H, H).cuda().to(half or torch.float32).train(mode == "train")
     if half is torch.bfloat16:
         flatten_bf16(lstm)  # (as the harness does: else cuDNN copies the weights into one buffer at every call)
+    torch.cuda.reset_peak_memory_stats()  # (after the module is made, as the harness counts: its weights, not the
+    # transients of making them)
     for _ in range(3):
         x.grad = None
         lstm.zero_grad(set_to_none=True)
@@ -130,5 +132,7 @@ def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
             with torch.no_grad():
                 lstm(x)
     alone = torch.cuda.max_memory_allocated() - base
-    assert abs(row["results"]["cudnn"]["memory"] - alone) < 1 << 20, (row["results"]["cudnn"]["memory"], alone)
+    # (4 MiB: the caching allocator counts blocks, rounded and split differently from another start; the faults
+    # fixed are larger here: the reference output 12.5 MiB in fp32, the previous gradients 20.5, a workspace 32)
+    assert abs(row["results"]["cudnn"]["memory"] - alone) < 4 << 20, (row["results"]["cudnn"]["memory"], alone)
     assert row["bench_version"] == 2

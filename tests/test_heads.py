@@ -177,7 +177,7 @@ def test_the_cli_takes_heads():
 def test_the_torch_module_and_the_eager_baseline_take_heads():
     torch = pytest.importorskip("torch")
     import lstmdsl.torch as lt
-    from lstmdsl.bench import EagerCell
+    from lstmdsl.eager import EagerCell
 
     m = lt.RNN("slstm", 5, 6, 2, num_heads=3, dtype=torch.float64)
     assert m.num_heads == 3 and m.weight_hh_l0.shape == (24, 2)

@@ -40,6 +40,23 @@ def test_grid_table_has_times_ratios_floor_and_out_of_memory():
     assert "| peephole | 1 | 512 | 100 | 1 | train | OOM |" in text
 
 
+def test_a_grid_page_says_how_its_rows_were_measured_and_shows_memory_measured_again():
+    """Rows of the harness before 2026-12-04 get the warning; memory_rerun.py's rows show their new figures, or OOM
+    where the new run ran out of memory (the old figure removed), and rows of the current harness need no note."""
+    old = {"meta": META | {"memory": {"date": "2026-12-05", "command": "python3 benchmarks/memory_rerun.py g"}},
+           "rows": [row("vanilla", 1, "train", {"lstmdsl": timing(3.0, 40), "cudnn": {
+               **{k: v for k, v in timing(2.0, 20).items() if k != "memory"}, "memory_error": "out of memory"}})
+               | {"memory_rerun": "2026-12-05", "memory_version": report.BENCH_VERSION},
+               row("vanilla", 1, "forward", {"lstmdsl": timing(1.0, 10), "cudnn": timing(2.0, 20)})]}
+    text = report.grid_table(old)
+    assert "| vanilla | 1 | 512 | 100 | 1 | train | 3.00 | 2.00 | - | - |" in text and "| 40 | OOM | - |" in text
+    note = report.harness_note(old)
+    assert note.startswith("**Measured with the harness before 2026-12-04** (2 of 2 rows")
+    assert "The memory of 1 rows was measured again on 2026-12-05" in note and "1 of them as the harness now" in note
+    new = {"meta": META, "rows": [r | {"bench_version": report.BENCH_VERSION} for r in GRID["rows"]]}
+    assert report.harness_note(new) == ""
+
+
 def test_grid_facts_count_where_lstmdsl_is_slower():
     facts = report.grid_facts(GRID)
     assert facts["count"] == {"forward": (0, 1), "train": (1, 1)}
