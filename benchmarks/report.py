@@ -192,6 +192,8 @@ def write_grid(name: str, data: dict) -> None:
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
             "matrix products' FLOPs at the measured GEMM rate."]
     text += ["", harness_note(data)] if harness_note(data) else []
+    if m.get("partial"):  # (run.py saves a grid after every row: this run stopped before its end)
+        text += ["", f"**Partial**: the run stopped after {len(data['rows'])} rows."]
     text += ["", grid_table(data)]
     write_text(RESULTS / f"{name}.md", "\n".join(text) + "\n")
     plot_time_vs_batch(name, data)

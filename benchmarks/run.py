@@ -72,7 +72,8 @@ def save(name: str, data: dict) -> None:
     print(f"wrote {RESULTS / name}.json", file=sys.stderr, flush=True)
 
 
-def grid(args) -> list[dict]:
+def grid(args, partial=None) -> list[dict]:
+    """The grid's rows; partial(rows), where given, after each row (run.py saves them: a run cut short keeps them)."""
     if args.quick:
         cases = [(s, b, 512, 100, 1) for s in ("vanilla", "peephole", "gru") for b in (1, 64)]
         cases += [(s, 64, 512, 100, 1) for s in ("cifg", "fgr", "lstmp")]
@@ -88,6 +89,8 @@ def grid(args) -> list[dict]:
             competitors = tuple(c for c in args.competitors if not (c == "compile" and t * l >= 1000))
             rows.append(bench_case(lstmdsl.parse(spec), b, h, t, l, mode, args.precision, args.repeat,
                                    competitors, log=sys.stderr))
+            if partial is not None:
+                partial(rows)
     return rows
 
 
@@ -222,7 +225,10 @@ def main() -> None:
     if "grid" in args.only:
         m = meta(args.precision)
         name = args.name or f"grid_{'quick' if args.quick else 'full'}_{args.precision}"
-        save(name, {"meta": m, "rows": grid(args)})
+        # (saved after every row with "partial": true, then whole: a run cut short keeps what it measured)
+        rows = grid(args, lambda rows: write_json(RESULTS / f"{name}.json", {"meta": m | {"partial": True},
+                                                                             "rows": rows}))
+        save(name, {"meta": m, "rows": rows})
         written.append(name)
     for section, fn in (("ablation", lambda: ablation(args)), ("memory", lambda: memory(args)),
                         ("compile", compile_times), ("profile", lambda: profile(args))):

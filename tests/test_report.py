@@ -106,6 +106,15 @@ def test_the_speedup_plot_of_one_shape_draws(tmp_path, monkeypatch):
     assert (tmp_path / "one_speedup.png").stat().st_size > 0
 
 
+def test_a_grid_cut_short_says_so(tmp_path, monkeypatch):
+    """run.py saves a grid after every row, marked partial until its end: the page says how far it got."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    report.write_grid("cut", {"meta": META | {"partial": True, "command": "python3 benchmarks/run.py"},
+                              "rows": GRID["rows"][:2]})
+    assert "**Partial**: the run stopped after 2 rows." in (tmp_path / "cut.md").read_text()
+
+
 def test_the_committed_performance_page_is_what_the_results_make():
     pytest.importorskip("jinja2")
     if not (report.RESULTS / "grid_full_fp32.json").exists():
