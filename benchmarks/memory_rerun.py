@@ -50,7 +50,7 @@ def main() -> int:
             data = data if "memory" in data.get("meta", {}) else None
         data = data or json.loads((HERE / "results" / f"{name}.json").read_text())
         precision = data["meta"]["precision"]
-        meta = {k: v for k, v in run.meta(precision).items() if k != "gemm_tflops"} | {
+        meta = run.meta(precision, rate=False) | {
             "command": " ".join(["python3", "benchmarks/memory_rerun.py", *sys.argv[1:]]),
             "bench_version": BENCH_VERSION,
             "note": "memory measured again as lstmdsl/bench.py counts it (bench_version), the times left as they were"}

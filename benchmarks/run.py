@@ -57,13 +57,14 @@ def gemm_tflops(precision: str) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def meta(precision: str) -> dict:
+def meta(precision: str, rate: bool = True) -> dict:
+    """The run's machine, versions and command; rate: also the measured GEMM rate (an 8192^3 product, timed)."""
     props = cupy.cuda.runtime.getDeviceProperties(0)
     return {"gpu": props["name"].decode(), "driver": cupy.cuda.runtime.driverGetVersion(),
             "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(), "torch": torch.__version__,
             "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__, "numpy": np.__version__,
             "lstmdsl": lstmdsl.__version__, "python": platform.python_version(), "precision": precision,
-            "gemm_tflops": gemm_tflops(precision), "date": time.strftime("%Y-%m-%d"),
+            **({"gemm_tflops": gemm_tflops(precision)} if rate else {}), "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(["python3", "benchmarks/run.py", *sys.argv[1:]])}
 
 

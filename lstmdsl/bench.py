@@ -224,7 +224,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             return (lambda inp: lstm(inp)[0]), list(lstm.parameters()), None
         eager = EagerCell(spec, layer)
         eager.training = mode == "train"  # (a forward is an inference: the regularisers' expectations)
-        params = [t for p in eager.params for t in p.values() if isinstance(t, torch.Tensor)]
+        params = eager.parameters()
         if name == "eager":
             return eager.forward, params, eager
         compiled_step = torch.compile(eager.step)

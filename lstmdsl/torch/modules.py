@@ -186,9 +186,9 @@ class RNN(nn.Module):
             want = (D * self.num_layers, *([B] if batched else []), self.state_sizes[n])
             if tuple(h.shape) != want:
                 raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
-            if h.dtype not in types or h.device != x.device:  # (neither rounded nor moved silently; a CUDA
+            if h.dtype not in types or h.device != x.device:  # (neither rounded nor moved silently)
                 raise UsageError(f"initial state '{n}' is {h.dtype} on {h.device}, but the input is {given} on "
-                                 f"{x.device}; convert or move one of them")  # kernel given a host pointer errs)
+                                 f"{x.device}; convert or move one of them")
             out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
 
