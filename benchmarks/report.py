@@ -22,6 +22,7 @@ from lstmdsl.files import write_bytes, write_text
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "benchmarks" / "results"  # the results the docs are made from
 RESULTS = COMMITTED  # where this run reads and writes (use_results)
+NORMS = "grid_round2_variants_fp32"  # the grid the normalised cells' section reads
 DOCS = ROOT / "docs"
 COMPETITORS = ("lstmdsl", "cudnn", "eager", "compile")
 LABEL = {"lstmdsl": "lstmdsl", "cudnn": "cuDNN", "eager": "eager", "compile": "compile"}
@@ -487,7 +488,9 @@ def page() -> str:
     ctx["profile_tables"] = {r["spec"]: profile_table(r) for r in ctx["profile"]["rows"]} if ctx["profile"] else {}
     ctx["ablation_table"] = (RESULTS / "ablation.md").read_text().split("\n\n", 3)[-1] if ctx["ablation"] else None
     # tables written by benchmarks/bidirectional.py and benchmarks/regularisers.py beside their JSON
-    norms = load("grid_norms_fp32")
+    norms = load(NORMS)  # the normalised cells beside cuDNN's vanilla LSTM (the grid's other variants left out)
+    if norms:
+        norms = norms | {"rows": [r for r in norms["rows"] if r["spec"] in ("vanilla", "layernorm", "rmsnorm", "slstm")]}
     ctx["norms_table"] = grid_table(norms) if norms else None
     ctx["norms_heads"] = next((r["heads"] for r in norms["rows"] if r.get("heads")), 1) if norms else None
     ctx["tables"] = {p.stem: p.read_text() for p in RESULTS.glob("*.md")
@@ -503,6 +506,7 @@ def page() -> str:
             "results"][comp]["ms"]
 
     ctx["time"] = time
+    ctx["norms_grid"] = NORMS
 
     def mem_ms(model: str, spec: str, backend: str) -> float:
         """A training step's ms in the memory section (an error if it was not measured)."""
