@@ -185,6 +185,18 @@ def harness_note(data: dict) -> str:
     return text
 
 
+def memory_note(data: dict) -> str:
+    """What the page must say where lstmdsl's memory was counted as what CuPy's pool held (rows measured before the
+    harness took its peak in use, lstmdsl/bench.py's PeakInUse: those rows have no "pool_memory")."""
+    held = sum("memory" in r["results"].get("lstmdsl", {}) and "pool_memory" not in r["results"]["lstmdsl"]
+               for r in data["rows"])
+    if not held:
+        return ""
+    return (f"lstmdsl's memory in {held} of {len(data['rows'])} rows is what CuPy's pool held after its calls (freed "
+            "blocks it keeps cached included: an upper bound of its peak; since 2026-12-05 the harness counts its "
+            "peak in use, as torch's max_memory_allocated does for the torch competitors).")
+
+
 def write_grid(name: str, data: dict) -> None:
     m = data["meta"]
     text = [f"# Benchmark grid `{name}`", "", describe_meta(m) + ".", "",
@@ -193,6 +205,7 @@ def write_grid(name: str, data: dict) -> None:
             "the mode (lstmdsl/bench.py says how each is counted); OOM: out of GPU memory. The floor is the "
             "matrix products' FLOPs at the measured GEMM rate."]
     text += ["", harness_note(data)] if harness_note(data) else []
+    text += ["", memory_note(data)] if memory_note(data) else []
     if m.get("partial"):  # (run.py saves a grid after every row: this run stopped before its end)
         text += ["", f"**Partial**: the run stopped after {len(data['rows'])} rows."]
     text += ["", grid_table(data)]

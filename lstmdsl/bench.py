@@ -22,10 +22,14 @@ weights or gradients; not counted are the harness's tensors (x, which lstmdsl re
 takes the gradient, the reference output the others are checked against), anything from before the case, and
 torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
 counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
-counts for it, as lstmdsl's own half copy counts for lstmdsl. For lstmdsl, the bytes CuPy's memory pool holds after
-the calls beyond what it held before the layer was built (its parameters, gradients, workspaces and temporaries
-still cached: an upper bound of its peak; the harness's float32 output gradient among them), plus the cuBLAS
-workspaces its calls used that an earlier case made (kept by the process: cublas.workspaces_reused).
+counts for it, as lstmdsl's own half copy counts for lstmdsl. For lstmdsl, the peak of the bytes in use from CuPy's
+memory pool from the layer's build through its check and one more call (the timed calls run without the hook,
+whose callbacks cost host time), counting only what was taken in that time (PeakInUse, a CuPy memory hook: its
+parameters, gradients, workspaces, outputs and the harness's float32 output gradient; the counterpart of torch's
+max_memory_allocated), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the process:
+cublas.workspaces_reused). Rows also keep "pool_memory": what the pool held after the calls beyond what it held
+before (freed blocks still cached included: an upper bound of the peak), lstmdsl's count in rows measured before
+the hook (2026-12-04 and earlier: their "memory").
 
 Until 2026-12-04 the torch competitors' figures held all that torch held (in every grid, torch's 32 MiB cuBLAS
 workspace from the GEMM-rate measurement, the inputs, the reference output), their training kept the previous
@@ -117,6 +121,28 @@ def _out_of_memory(e: BaseException) -> bool:
 
 BENCH_VERSION = 2  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since
 
+
+def peak_in_use(cupy):
+    """A CuPy memory hook counting the bytes in use from the memory pool (blocks as the pool rounds them) that were
+    taken while it was entered, and their peak: `with hook:` (it may be entered again; it keeps counting)."""
+
+    class PeakInUse(cupy.cuda.MemoryHook):
+        name = "lstmdsl_peak_in_use"
+
+        def __init__(self):
+            self.taken: dict[int, int] = {}  # address -> bytes, of the blocks taken and not yet given back
+            self.in_use = self.peak = 0
+
+        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+            self.taken[mem_ptr] = mem_size
+            self.in_use += mem_size
+            self.peak = max(self.peak, self.in_use)
+
+        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+            self.in_use -= self.taken.pop(mem_ptr, 0)  # (a block taken before the hook was entered: not counted)
+
+    return PeakInUse()
+
 HEADS_DEFAULT = 4  # the blocks of a block-diagonal matrix in the benchmarks (xLSTM's sLSTM default)
 
 
@@ -155,7 +181,9 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         extra["num_heads"] = num_heads or HEADS_DEFAULT
     text = f"{schedule + '; ' if schedule else ''}precision {precision}"
     noisy = bool(spec.cell.noise)  # (the regularisers draw masks in training)
-    layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
+    in_use = peak_in_use(cupy)  # (lstmdsl's memory: from the layer's build through a call after its check)
+    with in_use:
+        layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
     xc = cupy.from_dlpack(x)
     tol = {"fp32": 1e-4, "bf16": 5e-2}.get(precision, 2e-2)
@@ -182,16 +210,20 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         try:
             # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
             # (a cell with regularisers is checked in expectation, as the others are: their masks are their own)
-            check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train" and not noisy)[0]))
-            ones = cupy.ones((steps, batch, layer.output_size), np.float32)
-            fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
-                (lambda: (layer.forward(xc), layer.backward(ones)))
-            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": int(pool.total_bytes() - base)}
+            with in_use:  # (the hook's calls cost host time: the timed calls run without it)
+                check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train" and not noisy)[0]))
+                ones = cupy.ones((steps, batch, layer.output_size), np.float32)
+                fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
+                    (lambda: (layer.forward(xc), layer.backward(ones)))
+                fn()
+            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": in_use.peak,
+                                                                 "pool_memory": int(pool.total_bytes() - base)}
             if gpu_time:
                 row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
             # its cuBLAS workspaces that an earlier case made (the pool's count has those this case made)
             kept = cublas.workspaces_reused(before, cublas.workspace_uses())
             row["results"]["lstmdsl"]["memory"] += kept
+            row["results"]["lstmdsl"]["pool_memory"] += kept
             row["results"]["lstmdsl"]["cublas_workspaces_kept"] = kept
         except Exception as e:  # noqa: BLE001 (only running out of memory is a result; the rest re-raise)
             if not _out_of_memory(e):

@@ -136,3 +136,36 @@ def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
     # fixed are larger here: the reference output 12.5 MiB in fp32, the previous gradients 20.5, a workspace 32)
     assert abs(row["results"]["cudnn"]["memory"] - alone) < 4 << 20, (row["results"]["cudnn"]["memory"], alone)
     assert row["bench_version"] == 2
+
+
+def test_peak_in_use_counts_the_blocks_taken_while_entered():
+    """lstmdsl's memory in a benchmark row: the peak of the pool's bytes in use, of blocks taken while the hook was
+    entered (the counterpart of torch's max_memory_allocated), not the blocks the pool keeps cached."""
+    from types import SimpleNamespace
+
+    from lstmdsl.bench import peak_in_use
+
+    hook = peak_in_use(SimpleNamespace(cuda=SimpleNamespace(MemoryHook=object)))
+    hook.free_postprocess(device_id=0, mem_size=4096, mem_ptr=1, pmem_id=0)  # taken before: not counted
+    hook.malloc_postprocess(device_id=0, size=1000, mem_size=1024, mem_ptr=2, pmem_id=0)
+    hook.malloc_postprocess(device_id=0, size=3000, mem_size=3072, mem_ptr=3, pmem_id=0)
+    hook.free_postprocess(device_id=0, mem_size=1024, mem_ptr=2, pmem_id=0)
+    hook.malloc_postprocess(device_id=0, size=512, mem_size=512, mem_ptr=2, pmem_id=0)  # a cached block taken again
+    assert (hook.in_use, hook.peak) == (3584, 4096)
+    hook.free_postprocess(device_id=0, mem_size=3072, mem_ptr=3, pmem_id=0)
+    hook.free_postprocess(device_id=0, mem_size=512, mem_ptr=2, pmem_id=0)
+    assert (hook.in_use, hook.peak) == (0, 4096)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lstmdsl_memory_is_its_peak_in_use(precision):
+    """lstmdsl's training memory in a row is at most what its pool held (cached blocks included) and at least its
+    output, the harness's output gradient and its input gradient (float32 arrays of [T, B, H] each)."""
+    from lstmdsl.bench import bench_case
+
+    B, H, T = 64, 512, 100
+    row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=precision, repeat=2,
+                     competitors=("lstmdsl",))
+    r = row["results"]["lstmdsl"]
+    assert 3 * T * B * H * 4 <= r["memory"] <= r["pool_memory"], r

@@ -57,6 +57,14 @@ def test_a_grid_page_says_how_its_rows_were_measured_and_shows_memory_measured_a
     assert report.harness_note(new) == ""
 
 
+def test_memory_note_says_where_lstmdsl_memory_is_what_the_pool_held():
+    assert report.memory_note(GRID).startswith("lstmdsl's memory in ")
+    peak = {"meta": META, "rows": [r | {"results": {k: v | ({"pool_memory": v["memory"]} if k == "lstmdsl" and
+                                                            "memory" in v else {})
+                                                    for k, v in r["results"].items()}} for r in GRID["rows"]]}
+    assert report.memory_note(peak) == ""
+
+
 def test_grid_facts_count_where_lstmdsl_is_slower():
     facts = report.grid_facts(GRID)
     assert facts["count"] == {"forward": (0, 1), "train": (1, 1)}
