@@ -23,8 +23,9 @@ takes the gradient, the reference output the others are checked against), anythi
 torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
 counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
 counts for it, as lstmdsl's own half copy counts for lstmdsl. For lstmdsl, the peak of the bytes in use from CuPy's
-memory pool from the layer's build through its check and one more call (the timed calls run without the hook,
-whose callbacks cost host time), counting only what was taken in that time (PeakInUse, a CuPy memory hook: its
+memory pool over a call made after its check and a first call (the timed calls run without the hook, whose
+callbacks cost host time), counting what was taken from the layer's build on and is still in use then or taken
+during the call, as torch's peak is reset after its competitors' first calls (PeakInUse, a CuPy memory hook: its
 parameters, gradients, workspaces, outputs and the harness's float32 output gradient; the counterpart of torch's
 max_memory_allocated), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the process:
 cublas.workspaces_reused). Rows also keep "pool_memory": what the pool held after the calls beyond what it held
@@ -181,7 +182,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         extra["num_heads"] = num_heads or HEADS_DEFAULT
     text = f"{schedule + '; ' if schedule else ''}precision {precision}"
     noisy = bool(spec.cell.noise)  # (the regularisers draw masks in training)
-    in_use = peak_in_use(cupy)  # (lstmdsl's memory: from the layer's build through a call after its check)
+    in_use = peak_in_use(cupy)  # (lstmdsl's memory: what it took from its build on, its peak in a later call)
     with in_use:
         layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
@@ -215,6 +216,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
                 ones = cupy.ones((steps, batch, layer.output_size), np.float32)
                 fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
                     (lambda: (layer.forward(xc), layer.backward(ones)))
+                fn()
+                in_use.peak = in_use.in_use  # (what the first calls made and freed is not counted: as for torch's)
                 fn()
             row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": in_use.peak,
                                                                  "pool_memory": int(pool.total_bytes() - base)}
