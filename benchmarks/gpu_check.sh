@@ -19,6 +19,7 @@
 #                                                  # time, default 4; their logs in $OUT/sanitizers/)
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
+#     MEMORY=1 bash benchmarks/gpu_check.sh        # also bf16 training memory four ways (benchmarks/memory_regimes.py)
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
 #     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 8 (pytest-xdist; with an
@@ -162,6 +163,9 @@ fi
 if [ -n "${PERSISTENT:-}" ]; then
   timeout 60 python3 benchmarks/persistent_floor.py --json "$OUT/persistent_floor.json" 2>&1 | tail -12
   timeout 400 python3 benchmarks/persistent.py --name persistent_check_fp32 2>&1 | tee "$OUT/persistent.log" | tail -45
+fi
+if [ -n "${MEMORY:-}" ]; then
+  timeout 240 python3 benchmarks/memory_regimes.py --json "$OUT/memory_regimes_bf16.json" 2>&1 | tail -12
 fi
 if [ -n "${OVERHEAD:-}" ]; then
   timeout 240 python3 benchmarks/torch_overhead.py --json "$OUT/torch_overhead.json" 2>&1 | tail -8

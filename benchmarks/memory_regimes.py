@@ -1,0 +1,138 @@
+"""Training memory and time in half precision, four ways, one vanilla layer, in one process (issue 13's memory
+target): cuDNN as the grids run it (`nn.LSTM(...).to(bf16)`: half weights and gradients, no float32 master
+weights), cuDNN as mixed-precision users run it (a float32 nn.LSTM under `torch.autocast`: float32 master weights
+and gradients, the half weights cast per call), lstmdsl's layer API (float32 master weights; float32 arrays in and
+out, CuPy having no bfloat16) and lstmdsl's torch module under `torch.autocast` (float32 master weights; half x,
+y, dy and dx).
+
+    python3 benchmarks/memory_regimes.py [--precision bf16] [--shapes 1x1024x100 256x1024x1000 ...] [--json out.json]
+    python3 benchmarks/memory_regimes.py --render out.json      # its markdown table again, no GPU
+
+Memory: the peak over one training call (forward and backward of sum(y)) made after two first calls, less what was
+held before the competitor was built (its weights, gradients and workspaces counted, lstmdsl's half copy of x in
+its workspace among them; the input x not): torch's max_memory_allocated, and for lstmdsl the peak of CuPy's pool
+in use (lstmdsl.bench.peak_in_use; the torch module's figure is the sum of its torch peak and its CuPy peak, an
+upper bound where they do not coincide).
+Times: medians of CUDA-event timings (lstmdsl.timing.time_gpu), gradients made anew each call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+
+from tables import finish, output_options, render
+
+SHAPES = ["1x1024x100", "16x1024x1000", "64x512x1000", "256x512x100", "256x1024x1000"]  # B x H x T, I = H
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", choices=("bf16", "fp16"), default="bf16")
+    ap.add_argument("--shapes", nargs="+", default=SHAPES, help="B x H x T (input size H)")
+    ap.add_argument("--repeat", type=int, default=5)
+    output_options(ap)
+    args = ap.parse_args()
+    if args.render:
+        render(args.render, markdown)
+        return
+    import cupy
+    import torch
+
+    import lstmdsl
+    import lstmdsl.torch as lt
+    from lstmdsl.bench import _warm_torch_blas, flatten_bf16, peak_in_use
+    from lstmdsl.timing import time_gpu
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    _warm_torch_blas(torch, args.precision)
+    pool = cupy.get_default_memory_pool()
+    rows = []
+    for shape in args.shapes:
+        B, H, T = (int(v) for v in shape.split("x"))
+        x = torch.randn(T, B, H, device="cuda")
+        row = {"batch": B, "hidden": H, "steps": T, "results": {}}
+
+        def measure(name, build, call, cupy_too=False):
+            gc.collect()
+            torch.cuda.empty_cache()
+            pool.free_all_blocks()
+            held, hook = torch.cuda.memory_allocated(), peak_in_use(cupy)
+            try:
+                with hook:
+                    run = build()
+                    call(run)
+                    call(run)
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    hook.peak = hook.in_use
+                    call(run)
+                    torch.cuda.synchronize()
+                memory = torch.cuda.max_memory_allocated() - held + (hook.peak if cupy_too else 0)
+                row["results"][name] = time_gpu(lambda: call(run), args.repeat) | {"memory": int(memory)}
+            except (torch.cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError):
+                row["results"][name] = {"error": "out of memory"}
+            print(f"{shape} {name}: {row['results'][name]}", flush=True)
+
+        def torch_train(inp, autocast):
+            def call(run):
+                for p in run.parameters():
+                    p.grad = None
+                inp.grad = None
+                with torch.autocast("cuda", dtype=half, enabled=autocast):
+                    y = run(inp)[0]
+                y.sum().backward()
+            return call
+
+        def cudnn_half():
+            m = torch.nn.LSTM(H, H).cuda().to(half)
+            if half is torch.bfloat16:
+                flatten_bf16(m)
+            return m
+
+        xh = x.to(half).requires_grad_(True)  # (the pure-half module's input: its own, counted)
+        measure("cuDNN half module", cudnn_half, torch_train(xh, False))
+        del xh
+        xf = x.clone().requires_grad_(True)
+        measure("cuDNN under autocast", lambda: torch.nn.LSTM(H, H).cuda(), torch_train(xf, True))
+        measure("lstmdsl torch module under autocast", lambda: lt.LSTM(H, H).cuda(), torch_train(xf, True),
+                cupy_too=True)
+        del xf
+        xc = cupy.from_dlpack(x)
+        ones = None
+
+        def layer():
+            nonlocal ones
+            ones = cupy.ones((T, B, H), cupy.float32)  # (the output gradient: lstmdsl's layer API takes float32)
+            return lstmdsl.compile("vanilla", H, H, backend="cuda", schedule=f"precision {args.precision}")
+
+        measure("lstmdsl layer API", layer, lambda lay: (lay.forward(xc), lay.backward(ones)), cupy_too=True)
+        ones = None
+        rows.append(row)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+              "cupy": cupy.__version__, "lstmdsl": lstmdsl.__version__, "python": platform.python_version(),
+              "precision": args.precision, "repeat": args.repeat, "rows": rows}
+    finish(result, args, markdown)
+
+
+NAMES = ("cuDNN half module", "cuDNN under autocast", "lstmdsl layer API", "lstmdsl torch module under autocast")
+
+
+def markdown(result: dict) -> str:
+    head = (f"Training memory and time, one vanilla layer, {result['precision']}, on {result['gpu']} (torch "
+            f"{result['torch']}, cuDNN {result['cudnn']}, CuPy {result['cupy']}, lstmdsl {result['lstmdsl']}): peak "
+            "MiB of one training call and its median ms (benchmarks/memory_regimes.py says how each is counted).")
+    lines = [head, "", "| B | H | T | " + " | ".join(f"{n} MiB | ms" for n in NAMES) + " |",
+             "|---|---|---|" + "---|---|" * len(NAMES)]
+    for r in result["rows"]:
+        cells = []
+        for n in NAMES:
+            v = r["results"].get(n, {})
+            cells += [f"{v['memory'] / 2**20:.0f}", f"{v['ms']:.2f}"] if "memory" in v else [v.get("error", "-"), "-"]
+        lines.append(f"| {r['batch']} | {r['hidden']} | {r['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
