@@ -11,8 +11,10 @@ y, dy and dx).
 Memory: the peak over one training call (forward and backward of sum(y)) made after two first calls, less what was
 held before the competitor was built (its weights, gradients and workspaces counted, lstmdsl's half copy of x in
 its workspace among them; the input x not): torch's max_memory_allocated, and for lstmdsl the peak of CuPy's pool
-in use (lstmdsl.bench.peak_in_use; the torch module's figure is the sum of its torch peak and its CuPy peak, an
-upper bound where they do not coincide).
+in use (lstmdsl.bench.peak_in_use); for lstmdsl's torch module, whose backward runs on autograd's thread where
+CuPy's hooks do not look, its torch peak plus what CuPy's pool holds after the calls beyond what it held before (an
+upper bound). The timings include every competitor's gradients made anew; the half module's own half input is
+counted for it, as the grids count it.
 Times: medians of CUDA-event timings (lstmdsl.timing.time_gpu), gradients made anew each call.
 """
 
@@ -54,11 +56,14 @@ def main() -> None:
         x = torch.randn(T, B, H, device="cuda")
         row = {"batch": B, "hidden": H, "steps": T, "results": {}}
 
-        def measure(name, build, call, cupy_too=False):
+        def measure(name, build, call, cupy_too=False, own=0):
+            """cupy_too: "hook" (CuPy's peak in use: work on this thread only) or "pool" (what the pool holds after
+            the calls beyond what it held before: an upper bound, for work on other threads too); own: bytes of the
+            competitor's own input, made before it (counted)."""
             gc.collect()
             torch.cuda.empty_cache()
             pool.free_all_blocks()
-            held, hook = torch.cuda.memory_allocated(), peak_in_use(cupy)
+            held, hook, pool_base = torch.cuda.memory_allocated(), peak_in_use(cupy), pool.used_bytes()
             try:
                 with hook:
                     run = build()
@@ -69,7 +74,8 @@ def main() -> None:
                     hook.peak = hook.in_use
                     call(run)
                     torch.cuda.synchronize()
-                memory = torch.cuda.max_memory_allocated() - held + (hook.peak if cupy_too else 0)
+                memory = (torch.cuda.max_memory_allocated() - held + own
+                          + {"hook": hook.peak, "pool": pool.total_bytes() - pool_base}.get(cupy_too, 0))
                 row["results"][name] = time_gpu(lambda: call(run), args.repeat) | {"memory": int(memory)}
             except (torch.cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError):
                 row["results"][name] = {"error": "out of memory"}
@@ -91,13 +97,13 @@ def main() -> None:
                 flatten_bf16(m)
             return m
 
-        xh = x.to(half).requires_grad_(True)  # (the pure-half module's input: its own, counted)
-        measure("cuDNN half module", cudnn_half, torch_train(xh, False))
+        xh = x.to(half).requires_grad_(True)  # (the pure-half module's input: its own, counted, as the grids count it)
+        measure("cuDNN half module", cudnn_half, torch_train(xh, False), own=xh.nbytes)
         del xh
         xf = x.clone().requires_grad_(True)
         measure("cuDNN under autocast", lambda: torch.nn.LSTM(H, H).cuda(), torch_train(xf, True))
         measure("lstmdsl torch module under autocast", lambda: lt.LSTM(H, H).cuda(), torch_train(xf, True),
-                cupy_too=True)
+                cupy_too="pool")  # (its backward runs on autograd's thread, where CuPy's hooks do not look)
         del xf
         xc = cupy.from_dlpack(x)
         ones = None
@@ -107,7 +113,7 @@ def main() -> None:
             ones = cupy.ones((T, B, H), cupy.float32)  # (the output gradient: lstmdsl's layer API takes float32)
             return lstmdsl.compile("vanilla", H, H, backend="cuda", schedule=f"precision {args.precision}")
 
-        measure("lstmdsl layer API", layer, lambda lay: (lay.forward(xc), lay.backward(ones)), cupy_too=True)
+        measure("lstmdsl layer API", layer, lambda lay: (lay.forward(xc), lay.backward(ones)), cupy_too="hook")
         ones = None
         rows.append(row)
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),

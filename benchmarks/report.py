@@ -193,8 +193,8 @@ def memory_note(data: dict) -> str:
     if not held:
         return ""
     return (f"lstmdsl's memory in {held} of {len(data['rows'])} rows is what CuPy's pool held after its calls (freed "
-            "blocks it keeps cached included: an upper bound of its peak; since 2026-12-05 the harness counts its "
-            "peak in use, as torch's max_memory_allocated does for the torch competitors).")
+            "blocks it keeps cached included: an upper bound of its peak; the harness now counts its peak in use, as "
+            "torch's max_memory_allocated does for the torch competitors: lstmdsl/bench.py).")
 
 
 def write_grid(name: str, data: dict) -> None:

@@ -30,7 +30,7 @@ parameters, gradients, workspaces, outputs and the harness's float32 output grad
 max_memory_allocated), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the process:
 cublas.workspaces_reused). Rows also keep "pool_memory": what the pool held after the calls beyond what it held
 before (freed blocks still cached included: an upper bound of the peak), lstmdsl's count in rows measured before
-the hook (2026-12-04 and earlier: their "memory").
+the hook (their "memory": the rows measured on 2026-12-04 and before).
 
 Until 2026-12-04 the torch competitors' figures held all that torch held (in every grid, torch's 32 MiB cuBLAS
 workspace from the GEMM-rate measurement, the inputs, the reference output), their training kept the previous
@@ -125,7 +125,9 @@ BENCH_VERSION = 2  # the harness's way of measuring (module docstring): 1 before
 
 def peak_in_use(cupy):
     """A CuPy memory hook counting the bytes in use from the memory pool (blocks as the pool rounds them) that were
-    taken while it was entered, and their peak: `with hook:` (it may be entered again; it keeps counting)."""
+    taken while it was entered, and their peak: `with hook:` (it may be entered again; it keeps counting). CuPy's
+    hooks are the entering thread's: allocations and frees on other threads are not seen (the layer API allocates on
+    its caller's; the torch module's backward runs on autograd's thread)."""
 
     class PeakInUse(cupy.cuda.MemoryHook):
         name = "lstmdsl_peak_in_use"
@@ -135,8 +137,10 @@ def peak_in_use(cupy):
             self.in_use = self.peak = 0
 
         def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
-            self.taken[mem_ptr] = mem_size
-            self.in_use += mem_size
+            if not mem_ptr:  # (called after a failed allocation too)
+                return
+            self.in_use += mem_size - self.taken.get(mem_ptr, 0)  # (an address given again whose free went unseen:
+            self.taken[mem_ptr] = mem_size                        # freed on another thread or outside the hook)
             self.peak = max(self.peak, self.in_use)
 
         def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):

@@ -155,6 +155,10 @@ def test_peak_in_use_counts_the_blocks_taken_while_entered():
     hook.free_postprocess(device_id=0, mem_size=3072, mem_ptr=3, pmem_id=0)
     hook.free_postprocess(device_id=0, mem_size=512, mem_ptr=2, pmem_id=0)
     assert (hook.in_use, hook.peak) == (0, 4096)
+    hook.malloc_postprocess(device_id=0, size=9000, mem_size=9216, mem_ptr=0, pmem_id=0)  # a failed allocation
+    hook.malloc_postprocess(device_id=0, size=100, mem_size=512, mem_ptr=5, pmem_id=0)
+    hook.malloc_postprocess(device_id=0, size=100, mem_size=512, mem_ptr=5, pmem_id=0)  # its free went unseen
+    assert (hook.in_use, hook.peak) == (512, 4096)
 
 
 @pytest.mark.gpu
