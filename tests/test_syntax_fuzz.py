@@ -31,7 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import lstmdsl  # noqa: E402
 from lstmdsl import api, syntax  # noqa: E402
-from lstmdsl.errors import Span, SpecError  # noqa: E402
+from lstmdsl.errors import SHOWN, Span, SpecError  # noqa: E402
 from lstmdsl.ir import verify  # noqa: E402
 from lstmdsl.lower import lower  # noqa: E402
 from lstmdsl.ops import FUNCTIONS, OPS  # noqa: E402
@@ -679,8 +679,27 @@ def check_display(err: SpecError, text: str) -> None:
         line = lines[d.span.line - 1]
         if d.message.startswith("unexpected character "):
             assert d.message == f"unexpected character {line[d.span.col - 1:d.span.col]!r}", d.render()
-        if line.removesuffix("\r").strip():
-            assert d.render().split("\n")[1] == "    " + line.removesuffix("\r"), d.render()
+        full = line.removesuffix("\r")
+        if not full.strip():
+            continue
+        shown = d.render().split("\n")[1].removeprefix("    ")
+        if len(full) <= SHOWN:
+            assert shown == full, d.render()
+        else:  # a long line: a window of it around the column, "..." where cut
+            inner = shown.removeprefix("...").removesuffix("...")
+            starts = [i for i in range(len(full)) if full.startswith(inner, i)]  # (a repeated text: any of them)
+            assert len(inner) <= SHOWN and any(
+                i <= d.span.col - 1 <= i + len(inner) and shown.startswith("...") == (i > 0)
+                and shown.endswith("...") == (i + len(inner) < len(full)) for i in starts), d.render()
+
+
+def test_a_long_line_is_quoted_as_a_window_around_the_column():
+    """A line longer than errors.SHOWN is quoted as a window of it around the column, "..." where cut (found by the
+    fuzz test below: a mutant repeating a spec's first comment four times on one line)."""
+    line = "cell# " + "a long comment, " * 30
+    err = parse_text("\n" + line + "\n# x\ncell c {\n input x\n state h\n h' = tanh(W x + R h)\n output h' }\n")
+    assert isinstance(err, SpecError)
+    check_display(err, "\n" + line + "\n")
 
 
 @fuzz_settings(200)
