@@ -8,6 +8,9 @@ y, dy and dx).
     python3 benchmarks/memory_regimes.py [--precision bf16] [--shapes 1x1024x100 256x1024x1000 ...] [--json out.json]
     python3 benchmarks/memory_regimes.py --render out.json      # its markdown table again, no GPU
 
+Committed: benchmarks/results/regimes_bf16_h200.json (not named memory_*: benchmarks/report.py reads those as
+benchmarks/run.py's memory section).
+
 Memory: the peak over one training call (forward and backward of sum(y)) made after two first calls, less what was
 held before the competitor was built (its weights, gradients and workspaces counted, lstmdsl's half copy of x in
 its workspace among them; the input x not): torch's max_memory_allocated, and for lstmdsl the peak of CuPy's pool
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
+import sys
+import time
 
 from tables import finish, output_options, render
 
@@ -118,7 +123,8 @@ def main() -> None:
         rows.append(row)
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
               "cupy": cupy.__version__, "lstmdsl": lstmdsl.__version__, "python": platform.python_version(),
-              "precision": args.precision, "repeat": args.repeat, "rows": rows}
+              "precision": args.precision, "repeat": args.repeat, "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(["python3", "benchmarks/memory_regimes.py", *sys.argv[1:]]), "rows": rows}
     finish(result, args, markdown)
 
 
@@ -127,7 +133,8 @@ NAMES = ("cuDNN half module", "cuDNN under autocast", "lstmdsl layer API", "lstm
 
 def markdown(result: dict) -> str:
     head = (f"Training memory and time, one vanilla layer, {result['precision']}, on {result['gpu']} (torch "
-            f"{result['torch']}, cuDNN {result['cudnn']}, CuPy {result['cupy']}, lstmdsl {result['lstmdsl']}): peak "
+            f"{result['torch']}, cuDNN {result['cudnn']}, CuPy {result['cupy']}, lstmdsl {result['lstmdsl']}"
+            + (f", {result['date']}, `{result['command']}`" if "date" in result else "") + "): peak "
             "MiB of one training call and its median ms (benchmarks/memory_regimes.py says how each is counted).")
     lines = [head, "", "| B | H | T | " + " | ".join(f"{n} MiB | ms" for n in NAMES) + " |",
              "|---|---|---|" + "---|---|" * len(NAMES)]

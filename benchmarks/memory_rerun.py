@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lstmdsl  # noqa: E402
-from lstmdsl.bench import BENCH_VERSION, bench_case  # noqa: E402
+from lstmdsl.bench import BENCH_VERSION, MEMORY_COUNTED, bench_case  # noqa: E402
 from lstmdsl.files import write_json  # noqa: E402
 
 
@@ -71,12 +71,14 @@ def main() -> int:
                 old.pop("memory_error", None)
                 if "memory" in got:
                     old["memory"] = got["memory"]
-                    if "cublas_workspaces_kept" in got:
-                        old["cublas_workspaces_kept"] = got["cublas_workspaces_kept"]
+                    for key in ("pool_memory", "cublas_workspaces_kept"):  # (lstmdsl's: its pool's figure beside)
+                        if key in got:
+                            old[key] = got[key]
                 else:  # (out of memory now, or not run: the old figure was counted the old way)
                     old.pop("memory", None)
                     old["memory_error"] = got.get("error", "not measured")
             row["memory_rerun"], row["memory_version"] = today, BENCH_VERSION
+            row["memory_counted"] = MEMORY_COUNTED  # (report.memory_note: lstmdsl's figure is its peak in use)
             measured += 1
             write_json(out_dir / f"{name}.json", data)
             mib = {w: r.get("memory", float("nan")) / 2**20 for w, r in row["results"].items()}

@@ -121,6 +121,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 BENCH_VERSION = 2  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since
+MEMORY_COUNTED = "peak_in_use"  # how lstmdsl's "memory" is counted now (module docstring; benchmarks/memory_rerun.py)
 
 
 def peak_in_use(cupy):
