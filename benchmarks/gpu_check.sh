@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-308 s with an empty kernel
-# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-99 s) and the
-# quick grid against cuDNN (11-17 s) fit one 590 s device call (382-420 s in all on 2026-12-04, thirty-second
-# session).
+# The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-444 s with an empty kernel
+# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-150 s) and the
+# quick grid against cuDNN (11-17 s). One after the other they no longer fit one 590 s device call (2026-12-04,
+# thirty-sixth session: cut off in the sanitizers), so the sanitizers run beside the tests (12 test workers).
 # The sanitizers: memcheck on a spec, a persistent kernel of one block, a compiled torch training step, a
 # bidirectional stack on a batch of different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on
 # streams and the half-precision persistent kernel as `persistent auto` runs it; racecheck on persistent kernels
@@ -22,7 +22,7 @@
 #     MEMORY=1 bash benchmarks/gpu_check.sh        # also bf16 training memory four ways (benchmarks/memory_regimes.py)
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
-#     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 8 (pytest-xdist; with an
+#     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 12 (pytest-xdist; with an
 #                                                  # empty kernel cache most of their time is compiling; JOBS=0: one)
 #
 # On the device tool's machine, carry .whl (../shared/tools/gpu-wheels.sh fills it): lark is installed
@@ -45,106 +45,120 @@ note() {  # a line of the summary, also written to $OUT/summary.txt at once (a c
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
+# The sanitizers run beside the GPU tests (both mostly compile on the host's CPUs: 12 test workers and 4 sanitizer
+# targets at a time keep 16 cores busy; one after the other the tests took 300-445 s and the sanitizers 140-150 s,
+# past one 590 s device call on 2026-12-04): a function run in the background, its lines collected after the tests.
+sanitizers() {
+  sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $OUT/sanitizers/TOOL-NUMBER.log,
+    # its summary line appended to $OUT/summary.txt at once and kept in $OUT/sanitizers/TOOL-NUMBER.line
+    local tool=$1 n=$2 t0=$SECONDS line log; shift 2
+    log="$OUT/sanitizers/$tool-$n.log"
+    if [ "$tool" = memcheck ]; then
+      timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+      line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
+      grep -q "ERROR SUMMARY: 0 errors" "$log" || line="$line; see $log"
+    elif [ "$tool" = racecheck ]; then
+      timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+      line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
+    else  # racecheck-nvjet: half-precision grids, where racecheck flags cuBLAS's nvjet GEMM kernels (its input
+      # projection); its "Race reported" lines name the kernel, and any outside nvjet is a failure of ours
+      # (`--kernel-name-exclude kns=nvjet` made compute-sanitizer fail with "Internal Sanitizer Error" on 2026-12-03,
+      # on trees that pass without it)
+      timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+      local ours; ours=$(grep -E "Race reported" "$log" | grep -vc nvjet)
+      line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1), $ours reported outside \
+cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - t0)) s)"
+      [ "$ours" = 0 ] || line="$line; see $log"
+    fi
+    printf '%s\n' "$line" > "$OUT/sanitizers/$tool-$n.line"
+    printf '%s\n' "$line" >> "$OUT/summary.txt"  # (one short line, appended at once: the jobs' lines do not mix)
+  }
+  memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"
+             "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla"
+             "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru"
+             "--persistent-grid --bidirectional-lengths vanilla" fgr "--bidirectional-lengths fgr" "--fp16 vanilla"
+             "--torch-packed vanilla" "--persistent-grid --torch-packed gru" "--persistent-grid --specialise gru"
+             "--persistent-block --specialise --torch-packed peephole" "--persistent-grid --fp16 vanilla"
+             "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
+             "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
+             "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
+             "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm")
+    # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
+    # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
+    # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
+    # slstm: `persistent auto`'s forward kernel on the stacks' head-by-head copy (3 heads of 11; in a stack of two
+    # the backward is a wavefront); --layers=1 --batch=16 --hidden=240 slstm: both kernels there, the backward
+    # gathering each gate's gradients in 16-byte words (3 heads of 80; in fp16 the tensor-core products);
+    # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
+    # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
+    # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows
+    # of a power of two words, as users' sizes mostly are (H = 300 elsewhere: in half precision 4 mod 8 elements, the
+    # staged operands' 8-byte words); --batch=1 --hidden=512: the products read the exchange's words straight into
+    # tensor-core fragments (a grid compiled for one batch row); --specialise: the persistent kernels compiled for
+    # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
+    # backward, as `persistent auto` runs them there
+  racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
+              "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
+              "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"
+              "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole"
+              "--persistent-grid --hidden=256 vanilla" "--persistent-block slstm" slstm
+              "--layers=1 --batch=16 --hidden=240 slstm")
+    # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
+    # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
+    # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
+  # The targets run SAN_JOBS at a time (default 4; each a process of its own on the one GPU: one after the other
+  # they took 350-360 s, with the tests more than one 590 s device call), the slowest first; the summary lists
+  # them by tool and number once all have finished (each line is in $OUT/summary.txt as soon as it is measured).
+  local start=$SECONDS j first t n
+  jobs_list=()  # "TOOL NUMBER TARGET...", numbered in the lists' order (two digits: the summary sorts by name)
+  n=0; for t in "${memchecks[@]}"; do n=$((n + 1)); jobs_list+=("memcheck $(printf %02d $n) $t"); done
+  n=0; for t in "${racechecks[@]}"; do n=$((n + 1)); jobs_list+=("racecheck $(printf %02d $n) $t"); done
+  jobs_list+=("racecheck-nvjet 01 --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla")
+  slow=("--torch-compile vanilla" "--persistent-grid layernorm" "--persistent-split layernorm")  # (25-55 s alone)
+  ordered=()
+  for j in "${jobs_list[@]}"; do for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && ordered+=("$j"); done; done
+  for j in "${jobs_list[@]}"; do
+    first=; for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && first=1; done; [ -n "$first" ] || ordered+=("$j")
+  done
+  for j in "${ordered[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${SAN_JOBS:-4}" ]; do sleep 0.5; done
+    # shellcheck disable=SC2086  # (the target's words are its arguments)
+    sanitize $j &
+  done
+  wait
+  line="sanitizers: ${#jobs_list[@]} targets, ${SAN_JOBS:-4} at a time, in $((SECONDS - start)) s"
+  printf '%s\n' "$line" > "$OUT/sanitizers/total.last"; printf '%s\n' "$line" >> "$OUT/summary.txt"
+  for f in "$OUT"/sanitizers/*.log; do  # a failure's log, at the end of the call's output
+    case "$f" in
+      */memcheck-*) grep -q "ERROR SUMMARY: 0 errors" "$f" || { echo "== $f"; tail -30 "$f"; };;
+      */racecheck-nvjet-*) grep -E "Race reported" "$f" | grep -v nvjet | head -10;;
+    esac
+  done
+  # the logs as one archive beside the folder: a copier that brings back only a few files (the device tool's
+  # machine returned 1 of the 78 on 2026-12-04) still brings them all
+  tar -czf "$OUT/sanitizers.tar.gz" -C "$OUT" sanitizers
+}
+san_pid=
+if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone)
+  rm -rf "$OUT/sanitizers"; mkdir -p "$OUT/sanitizers"
+  sanitizers > "$OUT/sanitizers.out" 2>&1 &
+  san_pid=$!
+fi
+
 if [ -z "${NO_TESTS:-}" ]; then
 start=$SECONDS
-jobs=()  # JOBS=n: n pytest workers (default 8; pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist
+jobs=()  # JOBS=n: n pytest workers (default 12; pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist
 # execnet` puts it in .whl), compiling kernels in parallel; JOBS=0: one process
-if [ "${JOBS:-8}" != 0 ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "${JOBS:-8}"); fi
+if [ "${JOBS:-12}" != 0 ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "${JOBS:-12}"); fi
 timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 note "gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)"
 fi
 
-if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone, in a call of their own)
-sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $OUT/sanitizers/TOOL-NUMBER.log,
-  # its summary line appended to $OUT/summary.txt at once and kept in $OUT/sanitizers/TOOL-NUMBER.line
-  local tool=$1 n=$2 t0=$SECONDS line log; shift 2
-  log="$OUT/sanitizers/$tool-$n.log"
-  if [ "$tool" = memcheck ]; then
-    timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
-    line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
-    grep -q "ERROR SUMMARY: 0 errors" "$log" || line="$line; see $log"
-  elif [ "$tool" = racecheck ]; then
-    timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
-    line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
-  else  # racecheck-nvjet: half-precision grids, where racecheck flags cuBLAS's nvjet GEMM kernels (its input
-    # projection); its "Race reported" lines name the kernel, and any outside nvjet is a failure of ours
-    # (`--kernel-name-exclude kns=nvjet` made compute-sanitizer fail with "Internal Sanitizer Error" on 2026-12-03,
-    # on trees that pass without it)
-    timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
-    local ours; ours=$(grep -E "Race reported" "$log" | grep -vc nvjet)
-    line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1), $ours reported outside \
-cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - t0)) s)"
-    [ "$ours" = 0 ] || line="$line; see $log"
-  fi
-  printf '%s\n' "$line" > "$OUT/sanitizers/$tool-$n.line"
-  printf '%s\n' "$line" >> "$OUT/summary.txt"  # (one short line, appended at once: the jobs' lines do not mix)
-}
-memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"
-           "--bf16 --bidirectional-lengths gru" "--fp16 layernorm" "--persistent-grid gru" "--wavefront vanilla"
-           "--wavefront --bf16 layernorm" "--bidirectional-lengths slstm" "--persistent-split --bidirectional-lengths gru"
-           "--persistent-grid --bidirectional-lengths vanilla" fgr "--bidirectional-lengths fgr" "--fp16 vanilla"
-           "--torch-packed vanilla" "--persistent-grid --torch-packed gru" "--persistent-grid --specialise gru"
-           "--persistent-block --specialise --torch-packed peephole" "--persistent-grid --fp16 vanilla"
-           "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
-           "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
-           "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
-           "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm")
-  # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
-  # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
-  # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
-  # slstm: `persistent auto`'s forward kernel on the stacks' head-by-head copy (3 heads of 11; in a stack of two
-  # the backward is a wavefront); --layers=1 --batch=16 --hidden=240 slstm: both kernels there, the backward
-  # gathering each gate's gradients in 16-byte words (3 heads of 80; in fp16 the tensor-core products);
-  # --fp16 vanilla: the half-precision kernel as `persistent auto` runs it at B = 3, H = 33 (a split grid);
-  # --persistent-grid --fp16 vanilla / --bf16 peephole: half-precision grids handing h on in tagged words
-  # (racecheck of the fp16 one flags only cuBLAS's nvjet GEMM kernels, so it is memchecked only); --hidden=256: rows
-  # of a power of two words, as users' sizes mostly are (H = 300 elsewhere: in half precision 4 mod 8 elements, the
-  # staged operands' 8-byte words); --batch=1 --hidden=512: the products read the exchange's words straight into
-  # tensor-core fragments (a grid compiled for one batch row); --specialise: the persistent kernels compiled for
-  # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
-  # backward, as `persistent auto` runs them there
-racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
-            "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
-            "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"
-            "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole"
-            "--persistent-grid --hidden=256 vanilla" "--persistent-block slstm" slstm
-            "--layers=1 --batch=16 --hidden=240 slstm")
-  # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
-  # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
-  # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)
-# The targets run SAN_JOBS at a time (default 4; each a process of its own on the one GPU: one after the other
-# they took 350-360 s, with the tests more than one 590 s device call), the slowest first; the summary lists
-# them by tool and number once all have finished (each line is in $OUT/summary.txt as soon as it is measured).
-start=$SECONDS
-rm -rf "$OUT/sanitizers"; mkdir -p "$OUT/sanitizers"
-jobs_list=()  # "TOOL NUMBER TARGET...", numbered in the lists' order (two digits: the summary sorts by name)
-n=0; for t in "${memchecks[@]}"; do n=$((n + 1)); jobs_list+=("memcheck $(printf %02d $n) $t"); done
-n=0; for t in "${racechecks[@]}"; do n=$((n + 1)); jobs_list+=("racecheck $(printf %02d $n) $t"); done
-jobs_list+=("racecheck-nvjet 01 --persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla")
-slow=("--torch-compile vanilla" "--persistent-grid layernorm" "--persistent-split layernorm")  # (25-55 s alone)
-ordered=()
-for j in "${jobs_list[@]}"; do for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && ordered+=("$j"); done; done
-for j in "${jobs_list[@]}"; do
-  first=; for t in "${slow[@]}"; do [ "${j#* * }" = "$t" ] && first=1; done; [ -n "$first" ] || ordered+=("$j")
-done
-for j in "${ordered[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge "${SAN_JOBS:-4}" ]; do sleep 0.5; done
-  # shellcheck disable=SC2086  # (the target's words are its arguments)
-  sanitize $j &
-done
-wait
-for f in "$OUT"/sanitizers/*.line; do summary+=("$(cat "$f")"); done
-summary+=("sanitizers: ${#jobs_list[@]} targets, ${SAN_JOBS:-4} at a time, in $((SECONDS - start)) s")
-printf '%s\n' "${summary[-1]}" >> "$OUT/summary.txt"
-for f in "$OUT"/sanitizers/*.log; do  # a failure's log, at the end of the call's output
-  case "$f" in
-    */memcheck-*) grep -q "ERROR SUMMARY: 0 errors" "$f" || { echo "== $f"; tail -30 "$f"; };;
-    */racecheck-nvjet-*) grep -E "Race reported" "$f" | grep -v nvjet | head -10;;
-  esac
-done
-# the logs as one archive beside the folder: a copier that brings back only a few files (the device tool's
-# machine returned 1 of the 78 on 2026-12-04) still brings them all
-tar -czf "$OUT/sanitizers.tar.gz" -C "$OUT" sanitizers
+if [ -n "$san_pid" ]; then
+  wait "$san_pid"
+  cat "$OUT/sanitizers.out"
+  for f in "$OUT"/sanitizers/*.line; do summary+=("$(cat "$f")"); done
+  summary+=("$(cat "$OUT/sanitizers/total.last" 2>/dev/null || echo 'sanitizers: DID NOT FINISH')")
 fi
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
