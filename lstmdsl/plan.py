@@ -58,6 +58,9 @@ class Buffer:
     alias: str | None = None  # in training it uses this buffer's memory (it is dead before that one lives)
     zero: bool = False  # set to zero before the backward phase (gradients are added into it)
     fill: float | None = None  # a constant buffer, filled once when the workspace is made (the ones)
+    over: str | None = None  # in training it takes this buffer's memory where the workspace's sizes make them one
+    # shape (dx over dy: that one is dead, read last in the loop, before this one is first written, after it;
+    # zeroed after the loop then, not before the backward: passes/overlay.py)
 
 
 @dataclass(frozen=True, slots=True)

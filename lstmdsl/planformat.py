@@ -85,7 +85,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         for b in st.buffers:
             extra = [f"inference {b.inference}" if b.inference else "training only"]
             extra += [f"shares memory with {b.alias}"] if b.alias else []
-            extra += ["zeroed before the backward"] if b.zero else []
+            extra += [f"takes {b.over}'s memory where the sizes make them one shape, then zeroed after the loop"
+                      + (", else before the backward" if b.zero else "")] if b.over else \
+                ["zeroed before the backward"] if b.zero else []
             extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
             extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
             lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .ir import LEAF_OPS
 from .passes.fanout import alone, apart
 from .passes.in_place import kernel_of, within
+from .passes.overlay import overlay_holds
 from .passes.storage import backward_roots, forward_roots
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
@@ -87,6 +88,9 @@ def _check_storage(plan: Plan) -> None:
                                     or buffers[b.alias].width != b.width or buffers[b.alias].dtype != b.dtype):
             raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
                             "of its shape and type")
+        if b.over is not None and (b.over != "dy" or b.name != "dx" or overlay_holds(plan) is not None):
+            raise PlanError(f"buffer {b.name} takes {b.over}'s memory, which it cannot: "
+                            f"{overlay_holds(plan) if b.name == 'dx' and b.over == 'dy' else 'only dx over dy'}")
     slots = {"forward": st.slots("forward"), "backward": st.slots("backward")}
     for phase_name, table in slots.items():
         for i, ss in table.items():

@@ -15,6 +15,7 @@ from lstmdsl.grad import differentiate
 from lstmdsl.masks import LENGTH, with_lengths
 from lstmdsl.passes import PIPELINE, make_plan, schedule_plan
 from lstmdsl.passes.calls import _block_barriers
+from lstmdsl.passes.overlay import overlay_holds
 from lstmdsl.passes.persistent import BACKWARD_LIMITS, HEADS_BACKWARD_LIMITS
 from lstmdsl.plan import Copy, Gemm, Kernel, VectorGrad, WeightGrad
 from lstmdsl.planformat import format_plan
@@ -232,7 +233,7 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "fanout", "wavefront"]
+                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "fanout", "wavefront", "overlay"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):
@@ -257,6 +258,31 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     after = tuple(mistyped if op is g else op for op in plan.backward.after)
     with pytest.raises(PlanError, match="declared types"):
         verify(dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, after=after)))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_dx_takes_dys_memory_where_the_backward_is_done_with_dy_first(name):
+    """passes/overlay.py: under the default schedule every shipped spec forms dx after its backward loop, from the
+    hoisted input's gradients, and reads dy only in the loop: dx over dy (Buffer.over), said by --emit plan; under
+    `no hoist input` the loop adds into dx at each step, and dx keeps its own memory. planverify refuses an overlay
+    whose conditions do not hold."""
+    spec = lstmdsl.parse(name)
+    plan = make_plan(spec.cell, spec.grad, Schedule())
+    assert plan.storage.buffer("dx").over == "dy" and overlay_holds(plan) is None
+    assert [b.name for b in plan.storage.buffers if b.over] == ["dx"]
+    assert "takes dy's memory" in format_plan(plan, {"input": 7, "hidden": 7, "proj": 3, "heads": 1})
+    stepwise = make_plan(spec.cell, spec.grad, Schedule(hoist_input=False))
+    assert stepwise.storage.buffer("dx").over is None
+    assert overlay_holds(stepwise) == "the backward touches dx before its loop ends"
+    forged = dataclasses.replace(stepwise.storage, buffers=tuple(
+        dataclasses.replace(b, over="dy") if b.name == "dx" else b for b in stepwise.storage.buffers))
+    with pytest.raises(PlanError, match="takes dy's memory, which it cannot: the backward touches dx"):
+        verify(dataclasses.replace(stepwise, storage=forged))
+    # dy read after the loop (a forged GEMM reading it as its A operand): no overlay
+    g = next(op for op in plan.backward.after if isinstance(op, (WeightGrad, VectorGrad)))
+    reads_dy = dataclasses.replace(g, call=dataclasses.replace(g.call, a=dataclasses.replace(g.call.a, name="dy")))
+    late = dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, after=plan.backward.after + (reads_dy,)))
+    assert overlay_holds(late) == "the backward reads dy after its loop"
 
 
 def test_verify_catches_broken_mixed_precision_plans():

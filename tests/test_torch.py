@@ -393,9 +393,13 @@ def test_autocast_returns_what_torch_lstm_returns_on_the_cpu():
     ours = lt.from_torch(ref)
     x = torch.randn(5, 2, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_ref, (h_ref, _) = ref(x)
         y, (h, _) = ours(torch.nn.Linear(3, 3)(x))  # a bfloat16 input, as after any autocast layer
-    assert (y.dtype, h.dtype) == (y_ref.dtype, h_ref.dtype) == (torch.bfloat16, torch.bfloat16)
+        assert (y.dtype, h.dtype) == (torch.bfloat16, torch.bfloat16)
+        try:
+            y_ref, (h_ref, _) = ref(x)
+        except RuntimeError as e:  # (torch's own: oneDNN has no bf16 LSTM on some CPUs, as on 2026-12-04's)
+            pytest.skip(f"ours returned bfloat16; torch's own bf16 LSTM does not run on this CPU: {str(e)[:60]}")
+    assert (y.dtype, h.dtype) == (y_ref.dtype, h_ref.dtype)
 
 
 def test_the_runners_of_a_bidirectional_layer_say_so_through_copies_and_pickles():

@@ -7,8 +7,8 @@ splitting needs no pass of its own: base_plan orders each step's GEMMs and kerne
 so a product of a value computed inside the step always sits between two kernels, and the fusion
 passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
 types, the storage, how each op is called and which of a step's GEMMs run at once, so the runtime only
-executes. Stacking layers reuses one plan per layer; the last lowering pass decides whether a stack of
-them may overlap its layers (Wavefront).
+executes. Stacking layers reuses one plan per layer; the wavefront pass decides whether a stack of
+them may overlap its layers (Wavefront), the last whether dx may take dy's memory in training (Buffer.over).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .calls import assign_calls
 from .fanout import plan_fanout
 from .gate_fusion import fuse_gates
 from .input_hoisting import hoist_input
+from .overlay import plan_overlay
 from .persistent import make_persistent
 from .pointwise_fusion import fuse_pointwise
 from .recurrent_fusion import fuse_recurrent
@@ -44,7 +45,7 @@ PIPELINE = (
     ("fold_sums", fold_sums),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls),
-            ("fanout", plan_fanout), ("wavefront", plan_wavefront))
+            ("fanout", plan_fanout), ("wavefront", plan_wavefront), ("overlay", plan_overlay))
 
 
 def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward",

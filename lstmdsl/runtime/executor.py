@@ -211,11 +211,12 @@ class Engine:
                     above, ws = workspaces[L - i], workspaces[L - 1 - i]
                     src, src_pitch, src_type = self.output_region(above, "dx")
                     dst, pitch, _, n, dtype = self._regions(ws, "in")["dy"][0]
-                    convert.convert_rows(dst + t0 * B * pitch, pitch, dtype, src + t0 * B * src_pitch, src_pitch,
-                                         src_type, n, rows, streams[i])
+                    if (src, src_pitch, src_type) != (dst, pitch, dtype):  # (else dx over dy: the rows are there)
+                        convert.convert_rows(dst + t0 * B * pitch, pitch, dtype, src + t0 * B * src_pitch,
+                                             src_pitch, src_type, n, rows, streams[i])
                     mine, mine_pitch, _, _, _ = self._regions(ws, "out")["dx"][0]
-                    # whole rows, their padding too (zero anyway): one memset, not one per row
-                    device.zero(mine + t0 * B * mine_pitch, rows * mine_pitch, streams[i])
+                    if "dx" not in ws.overlaid:  # whole rows, padding too (else cleared after the chunk's steps)
+                        device.zero(mine + t0 * B * mine_pitch, rows * mine_pitch, streams[i])
                 issue.backward_chunk(t0, min(t0 + chunk, T))
                 wave.done(i, streams[i])
         for issue in issues:
@@ -410,7 +411,7 @@ class Engine:
             self.tape = "used"  # the gradients overwrite the activations (Storage.in_place)
         def states_in(k: int, ws: Workspace) -> None:  # zeroed buffers, and each final state's gradient (or 0)
             for b in storage.buffers:
-                if b.zero:
+                if b.zero and b.name not in ws.overlaid:  # (those are zeroed after the loop: Issue.clear_overlaid)
                     device.zero(ws.base[b.name], ws.nbytes(b.name), stream)
             for s in cell.states:
                 if dhn[s.name] is None:  # no gradient reaches this final state

@@ -244,13 +244,23 @@ class Issue:
             self.persistent(name, run)
         else:
             self.steps(name, 0, self.ws.T)
+        if name == "backward":
+            self.clear_overlaid(0, self.ws.T)
         for op in phase.after:
             self.op(name, "after", op, 0)
 
+    def clear_overlaid(self, t0: int, t1: int) -> None:
+        """Zero steps t0 .. t1-1 of the buffers that live in another's memory here (Buffer.over: dx over dy), after
+        the backward's steps over them and before the GEMMs after the loop add into them."""
+        for name in self.ws.overlaid:
+            device.zero(self.ws.address(name, t0), (t1 - t0) * self.ws.B * self.ws.pitch(name), self.stream)
+
     def backward_chunk(self, t0: int, t1: int) -> None:
         """The backward over steps t0 .. t1-1 (a backward wavefront's chunk, passes/wavefront.py
-        backward_blocker): the steps, then the input-gradient GEMMs after the loop over those steps' rows."""
+        backward_blocker): the steps, then the input-gradient GEMMs after the loop over those steps' rows (into dx,
+        cleared first where it lives in dy's memory)."""
         self.steps("backward", t0, t1)
+        self.clear_overlaid(t0, t1)
         for op in self.plan.backward.after:
             if isinstance(op, Gemm):
                 with self.engine.part(_kind("backward", "after", op), self.stream):

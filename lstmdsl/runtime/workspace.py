@@ -46,8 +46,10 @@ class Workspace:
         self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
         self.dtype = {b.name: b.dtype for b in buffers}
         self.arrays = {}
+        over = {b.name: b.over for b in buffers if train and b.over and self.overlays(b, storage.buffer(b.over))}
+        self.overlaid = frozenset(over)  # buffers in another's memory (Buffer.over): zeroed after the loop
         for b in buffers:
-            if train and b.alias:
+            if train and (b.alias or b.name in over):
                 continue
             shape = (self.steps[b.name], B, self.width[b.name])
             mine = (given or {}).get(b.name)
@@ -67,8 +69,8 @@ class Workspace:
             if self.width[b.name] > self.dim(b.width):  # the padding of aligned rows: zero, and never written
                 zero_columns(self.arrays[b.name], self.dim(b.width), stream)
         for b in buffers:
-            if train and b.alias:  # the same shape and type: see Buffer.alias
-                self.arrays[b.name] = self.arrays[b.alias]
+            if train and (b.alias or b.name in over):  # the same shape and type: see Buffer.alias and .over
+                self.arrays[b.name] = self.arrays[b.alias or over[b.name]]
         self.base = {name: a.data.ptr for name, a in self.arrays.items()}
         self.graphs: dict[tuple, object] = {}  # (phase, addresses of what it reads) -> its CUDA graph
         self.regions: dict[str, dict] = {}  # "in" / "out" -> the caller's transfers: (address, pitch, rows, width)
@@ -85,6 +87,11 @@ class Workspace:
         self.counter: int | None = None  # the persistent kernels' barrier counter (one uint32), when they run
         self.counter_array = None
         self.exchange_arrays: dict[str, object] = {}  # phase -> its persistent grid's exchange area (Persistent.exchange)
+
+    def overlays(self, b, host) -> bool:
+        """Whether buffer b takes host's memory here (Buffer.over): one shape, type and unpadded width."""
+        return (self.steps[b.name], self.width[b.name], b.dtype, self.dim(b.width)) == \
+            (self.steps[host.name], self.width[host.name], host.dtype, self.dim(host.width))
 
     def dim(self, expr) -> int:
         """The value of a sum of symbolic sizes ("B" and "one" included)."""

@@ -396,5 +396,40 @@ for name, kw, want in ONE_DIRECTION:
     print(f"{name} {kw} | persistent auto: {'a grid' if ran else 'stepwise'} | {'OK' if ok else f'BAD {bad}'}",
           flush=True)
 
+# dx over dy (passes/overlay.py): where the sizes agree a layer's dx lives in its dy's memory, zeroed after the loop
+# (in a backward wavefront after each chunk's steps, the streams in adversarial orders), and not where I != H (a
+# stack's first layer, a bidirectional stack's upper layer) or under `no hoist input` (dx formed in the loop);
+# every workspace poisoned, so a read of dx's rows before their zeroing, or of dy's after dx's GEMM, shows up
+from lstmdsl.runtime import workspace as workspace_module  # noqa: E402
+
+made, chunks = [], []
+_ws_init, _chunk = workspace_module.Workspace.__init__, issue_module.Issue.backward_chunk
+workspace_module.Workspace.__init__ = lambda self, *a, **k: (_ws_init(self, *a, **k), made.append(self))[0]
+issue_module.Issue.backward_chunk = lambda self, *a: (chunks.append(1), _chunk(self, *a))[1]
+for name, schedule, kw, want, wave in [
+        ("vanilla", None, dict(I=6), [True], False), ("vanilla", None, dict(I=5), [False], False),
+        ("vanilla", None, dict(I=5, L=3), [False, True, True], True),
+        ("vanilla", "no hoist input", dict(I=6, L=2), [False] * 2, False),
+        ("vanilla", None, dict(I=6, L=2, bidirectional=True), [True, True, False, False], False),
+        ("gru", "wavefront", dict(I=6, L=3, T=19), [True] * 3, False),
+        ("vanilla", "wavefront; precision bf16", dict(I=6, L=3, T=19, lengths=np.array([19, 1, 7])), [True] * 3, True),
+        ("zoneout_lstm", "wavefront", dict(I=5, L=3, T=19), [False, True, True], True),
+        ("slstm", "wavefront; precision fp16", dict(I=6, L=2, T=19, num_heads=3), [True] * 2, True),
+        ("vanilla", "persistent", dict(I=6, L=2), [True] * 2, False),
+        ("layernorm", "precision bf16", dict(I=6, L=2), [True] * 2, False),
+        ("lstmp", None, dict(I=3, P=3, L=2), [True] * 2, False),
+        ("slstm", None, dict(I=6, num_heads=3), [True], False)]:
+    made.clear(), chunks.clear()
+    bad = simrt.check(lstmdsl.parse(shipped_specs()[name].read_text()), schedule=schedule, graphs=True, verbose=False,
+                      **kw)
+    got = sorted(bool(w.overlaid) for w in made if w.train)
+    waved = bool(chunks) == wave
+    ok = not bad and got == sorted(want) and waved
+    failures += not ok
+    total += 1
+    print(f"{name} | {schedule or 'default'} {kw} | dx over dy in {got.count(True)} of {len(got)} training workspaces "
+          f"(want {want.count(True)}), backward wavefront {bool(chunks)} | {'OK' if ok else f'BAD {bad}'}", flush=True)
+workspace_module.Workspace.__init__, issue_module.Issue.backward_chunk = _ws_init, _chunk
+
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
