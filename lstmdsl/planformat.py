@@ -85,7 +85,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         for b in st.buffers:
             extra = [f"inference {b.inference}" if b.inference else "training only"]
             extra += [f"shares memory with {b.alias}"] if b.alias else []
-            extra += [f"takes {b.over}'s memory where the sizes make them one shape, then zeroed after the loop"
+            extra += [f"takes {b.over}'s memory where the sizes make them one shape, then zeroed after the loop (in "
+                      "a wavefront after each chunk's steps)"
                       + (", else before the backward" if b.zero else "")] if b.over else \
                 ["zeroed before the backward"] if b.zero else []
             extra += [f"filled with {b.fill:g}"] if b.fill is not None else []

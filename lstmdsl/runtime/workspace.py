@@ -57,9 +57,9 @@ class Workspace:
                 self.arrays[b.name] = mine
                 continue
             if train and b.inference is None and b.name not in own:
-                same = next((w.arrays[b.name] for w in share if b.name in w.arrays
+                same = next((w.arrays[b.name] for w in share if b.name in w.arrays and b.name not in w.overlaid
                              and w.arrays[b.name].shape == shape and w.arrays[b.name].dtype == NUMPY_TYPES[b.dtype]),
-                            None)
+                            None)  # (not a buffer that lives in another's memory there: dx over dy)
                 if same is not None:
                     self.arrays[b.name] = same
                     continue
