@@ -9,7 +9,9 @@ tensors and the previous call's gradients).
 Writes benchmarks/out/NAME.json (--out DIR: DIR/NAME.json; --update-results: benchmarks/results/NAME.json) after
 every row, so a run cut short keeps what it measured and a second run goes on from there: it reads that file where
 an earlier run of this script wrote it (its meta has "memory"), else the committed grid, and skips the rows whose
-"memory_version" or "bench_version" is this harness's (--again: measures them too). A competitor out of memory now
+"memory_version" or "bench_version" is this harness's (--again: measures them too; --again --resume: all but those
+that the file's own run measured, its rows' "memory_run" being the meta's, a run cut off going on where it stopped
+across device calls: carry the file, as an untracked folder, to --out). A competitor out of memory now
 has its old figure removed ("memory_error"). The meta's "memory" gets the command, date, versions and BENCH_VERSION
 of the last run that measured a row (each row's "memory_rerun" has its own date).
 """
@@ -31,6 +33,14 @@ from lstmdsl.bench import BENCH_VERSION, MEMORY_COUNTED, bench_case  # noqa: E40
 from lstmdsl.files import write_json  # noqa: E402
 
 
+def wanted(row: dict, again: bool, run_id: str) -> bool:
+    """Whether a row's memory is measured: not where this harness measured it (in the grid's own run or again),
+    unless again; never where this run (run_id: the one resumed) measured it already."""
+    if row.get("memory_run") == run_id:
+        return False
+    return again or BENCH_VERSION not in (row.get("memory_version"), row.get("bench_version"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+", help="grids in benchmarks/results (without .json)")
@@ -38,6 +48,8 @@ def main() -> int:
     ap.add_argument("--update-results", action="store_true", help="write into benchmarks/results")
     ap.add_argument("--out", type=Path, help="write into this folder (default benchmarks/out)")
     ap.add_argument("--again", action="store_true", help="also the rows this harness measured already")
+    ap.add_argument("--resume", action="store_true", help="with --again: not the rows that the --out file's own run "
+                    "measured (a run cut off goes on)")
     args = ap.parse_args()
     import run  # (benchmarks/run.py: its meta, with the versions; imports torch and CuPy)
 
@@ -55,11 +67,12 @@ def main() -> int:
             "bench_version": BENCH_VERSION,
             "note": "memory measured again as lstmdsl/bench.py counts it (bench_version), the times left as they were"}
         today, measured, skipped = time.strftime("%Y-%m-%d"), 0, 0
+        run_id = data["meta"].get("memory", {}).get("run") if args.resume else None
+        meta["run"] = run_id = run_id or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for i, row in enumerate(data["rows"]):
             if row["mode"] not in args.modes:
                 continue
-            current = BENCH_VERSION in (row.get("memory_version"), row.get("bench_version"))
-            if current and not args.again:  # (measured by this harness: again or in the grid's own run)
+            if not wanted(row, args.again, run_id):
                 skipped += 1
                 continue
             data["meta"]["memory"] = meta  # (only where this run measures something)
@@ -79,6 +92,7 @@ def main() -> int:
                     old["memory_error"] = got.get("error", "not measured")
             row["memory_rerun"], row["memory_version"] = today, BENCH_VERSION
             row["memory_counted"] = MEMORY_COUNTED  # (report.memory_note: lstmdsl's figure is its peak in use)
+            row["memory_run"] = run_id
             measured += 1
             write_json(out_dir / f"{name}.json", data)
             mib = {w: r.get("memory", float("nan")) / 2**20 for w, r in row["results"].items()}

@@ -160,3 +160,18 @@ def test_ncu_summary_reads_the_sass_page(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SystemExit, match="no SASS page"):
         ncu_summary.summary(str(tmp_path / "other.csv"))
+
+
+def test_memory_rerun_measures_the_rows_left_and_goes_on_where_a_run_stopped():
+    """benchmarks/memory_rerun.py's choice of rows: not those this harness measured, unless --again; never those the
+    run being resumed measured already (--again --resume: a run cut off by a device call's limit goes on)."""
+    import memory_rerun
+
+    old = {"bench_version": 1}
+    current = {"bench_version": memory_rerun.BENCH_VERSION}
+    remeasured = {"bench_version": 1, "memory_version": memory_rerun.BENCH_VERSION, "memory_run": "earlier"}
+    this_run = current | {"memory_version": memory_rerun.BENCH_VERSION, "memory_run": "run-1"}
+    assert [memory_rerun.wanted(r, False, "run-1") for r in (old, current, remeasured, this_run)] == \
+        [True, False, False, False]
+    assert [memory_rerun.wanted(r, True, "run-1") for r in (old, current, remeasured, this_run)] == \
+        [True, True, True, False]
