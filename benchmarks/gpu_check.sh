@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine: the GPU tests (8 pytest workers: 299-444 s with an empty kernel
-# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-150 s) and the
-# quick grid against cuDNN (11-17 s). One after the other they no longer fit one 590 s device call (2026-12-04,
-# thirty-sixth session: cut off in the sanitizers), so the sanitizers run beside the tests (12 test workers).
+# cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-99 s, and past
+# 135 s when cut off on 2026-12-04) and the quick grid against cuDNN (11-17 s). One after the other they no longer fit
+# one 590 s device call (2026-12-04, thirty-sixth session: cut off in the sanitizers), so the sanitizers run beside
+# the tests (12 test workers: tests 386 s, sanitizers 274 s, 423 s in all with MEMORY=1 that day).
 # The sanitizers: memcheck on a spec, a persistent kernel of one block, a compiled torch training step, a
 # bidirectional stack on a batch of different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on
 # streams and the half-precision persistent kernel as `persistent auto` runs it; racecheck on persistent kernels
@@ -46,8 +47,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 
 # The sanitizers run beside the GPU tests (both mostly compile on the host's CPUs: 12 test workers and 4 sanitizer
-# targets at a time keep 16 cores busy; one after the other the tests took 300-445 s and the sanitizers 140-150 s,
-# past one 590 s device call on 2026-12-04): a function run in the background, its lines collected after the tests.
+# targets at a time keep 16 cores busy; one after the other the tests took 303-444 s and the sanitizers were cut
+# off after 135 s by the 590 s call limit on 2026-12-04): a function run in the background, its lines collected
+# after the tests.
 sanitizers() {
   sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $OUT/sanitizers/TOOL-NUMBER.log,
     # its summary line appended to $OUT/summary.txt at once and kept in $OUT/sanitizers/TOOL-NUMBER.line

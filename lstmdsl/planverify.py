@@ -88,9 +88,9 @@ def _check_storage(plan: Plan) -> None:
                                     or buffers[b.alias].width != b.width or buffers[b.alias].dtype != b.dtype):
             raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
                             "of its shape and type")
-        if b.over is not None and (b.over != "dy" or b.name != "dx" or overlay_holds(plan) is not None):
-            raise PlanError(f"buffer {b.name} takes {b.over}'s memory, which it cannot: "
-                            f"{overlay_holds(plan) if b.name == 'dx' and b.over == 'dy' else 'only dx over dy'}")
+        why = None if b.over is None else overlay_holds(plan) if (b.name, b.over) == ("dx", "dy") else "only dx over dy"
+        if why is not None:
+            raise PlanError(f"buffer {b.name} takes {b.over}'s memory, which it cannot: {why}")
     slots = {"forward": st.slots("forward"), "backward": st.slots("backward")}
     for phase_name, table in slots.items():
         for i, ss in table.items():
