@@ -38,6 +38,8 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export LSTMDSL_CACHE=${LSTMDSL_CACHE:-/tmp/lstmdsl-gpu-check-cache} PYTHONUNBUFFERED=1
+export LSTMDSL_TEST_CACHE=$LSTMDSL_CACHE  # the tests' one cache (tests/conftest.py): their workers and the
+                                          # sanitizer targets load what any of them compiled
 summary=()
 note() {  # a line of the summary, also written to $OUT/summary.txt at once (a call cut off keeps it)
   summary+=("$1"); printf '%s\n' "$1" >> "$OUT/summary.txt"
@@ -152,7 +154,7 @@ start=$SECONDS
 jobs=()  # JOBS=n: n pytest workers (default 12; pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist
 # execnet` puts it in .whl), compiling kernels in parallel; JOBS=0: one process
 if [ "${JOBS:-12}" != 0 ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "${JOBS:-12}"); fi
-timeout 480 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
+timeout 520 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 note "gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)"
 fi
 

@@ -26,8 +26,14 @@ def has_gpu() -> bool:
 
 
 def pytest_configure(config):
-    """The tests never write into the user's cache directory: the session gets a temporary one."""
-    os.environ["LSTMDSL_CACHE"] = tempfile.mkdtemp(prefix="lstmdsl-test-cache-")
+    """The tests never write into the user's cache directory: the session gets a temporary one, or the one
+    LSTMDSL_TEST_CACHE names. The first process to get here (pytest's, or with pytest-xdist its controller,
+    before it starts the workers) makes it and puts it in LSTMDSL_TEST_CACHE, which the workers inherit: the
+    session's processes share one cache, so a kernel one worker compiled is loaded by the others (entries
+    are written atomically: lstmdsl/cache.py)."""
+    if not os.environ.get("LSTMDSL_TEST_CACHE"):
+        os.environ["LSTMDSL_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstmdsl-test-cache-")
+    os.environ["LSTMDSL_CACHE"] = os.environ["LSTMDSL_TEST_CACHE"]
 
 
 def pytest_collection_modifyitems(config, items):
