@@ -82,8 +82,10 @@ def _check_storage(plan: Plan) -> None:
     st = plan.storage
     buffers = {b.name: b for b in st.buffers}
     for b in st.buffers:
-        if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2"):
-            raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps})")
+        if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2") \
+                or b.inference not in (None, "1", "T", "T+1", "2"):
+            raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps}, inference "
+                            f"{b.inference})")
         if b.alias is not None and (b.alias not in buffers or buffers[b.alias].inference is not None
                                     or buffers[b.alias].width != b.width or buffers[b.alias].dtype != b.dtype):
             raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
@@ -155,7 +157,9 @@ def _check_storage(plan: Plan) -> None:
                 rows = ("B",) if where == "loop" else ("T*B",)
                 if rows not in (call.m, call.k):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop does not run over {rows[0]} rows")
-                if where != "loop" and any(o.space == "buffer" and buffers[o.name].steps in ("1", "2")
+                few = ("1", "2")  # (a forward-only workspace has the buffer's inference steps)
+                if where != "loop" and any(o.space == "buffer" and (buffers[o.name].steps in few or phase_name ==
+                                                                    "forward" and buffers[o.name].inference in few)
                                            for o in (call.a, call.b, call.c)):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop reads or writes all steps of a buffer "
                                     "that keeps one or two")

@@ -285,6 +285,30 @@ def test_dx_takes_dys_memory_where_the_backward_is_done_with_dy_first(name):
     assert overlay_holds(late) == "the backward reads dy after its loop"
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_a_forward_only_workspace_keeps_the_states_but_the_output_in_a_ring(name):
+    """storage.inference_rings: in inference a step reads only its own state and writes its update, so every
+    state's history but the output's (the layer's y) is a ring of two areas there (an LSTM's c: T + 1 areas in
+    training, 2 in inference); in half precision a state the steps carry in fp32 has its ring already. planverify
+    refuses a GEMM outside the loop over all steps of a buffer that inference keeps two areas of."""
+    spec = lstmdsl.parse(name)
+    for schedule in (Schedule(), parse_schedule("precision bf16")):
+        plan = make_plan(spec.cell, spec.grad, schedule)
+        output = {s.name for s, u in zip(spec.cell.states, spec.cell.updates) if u == spec.cell.output}
+        for s in spec.cell.states:
+            b = plan.storage.buffer(f"hist_{s.name}")
+            rings = {r.name for r in plan.storage.buffers}
+            want = "T+1" if s.name in output else "1" if f"ring_{s.name}" in rings else "2"
+            assert (b.steps, b.inference) == ("T+1", want), (s.name, b)
+    plan = make_plan(spec.cell, spec.grad, Schedule())
+    g = plan.forward.before[0]
+    ring = next((b.name for b in plan.storage.buffers if b.inference == "2"), None)
+    if ring is not None:
+        forged = dataclasses.replace(g, call=dataclasses.replace(g.call, c=dataclasses.replace(g.call.c, name=ring)))
+        with pytest.raises(PlanError, match="all steps of a buffer that keeps one or two"):
+            verify(dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, before=(forged,))))
+
+
 def test_verify_catches_broken_mixed_precision_plans():
     """planverify rejects what the mixed-precision passes must never produce: inconsistent types, an alias
     between types, a GEMM over the aligned width without the zero padding it relies on, a padded stack

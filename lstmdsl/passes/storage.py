@@ -7,7 +7,8 @@ backward pass, a state update, the output, a gradient) lives in a buffer slot. B
   "T"   one area per step (saved activations, hoisted GEMM outputs, gradients kept for after the loop),
   "T+1" a history: area t holds a state at the start of step t, t + 1 its update (no value is ever
         overwritten while another op may still read it; the output is a view of the history),
-  "2"   a ring: step t's area is t mod 2 (a state's gradient, which each step computes from the last).
+  "2"   a ring: step t's area is t mod 2 (a state's gradient, which each step computes from the last; in a
+        forward-only workspace, Buffer.inference, the history of every state but the output: inference_rings).
 A slot is (buffer, column offset, step offset): at step t it is row b of [t + step offset, b, col:].
 
 A kernel writes a value to every slot it has. A GEMM writes its first slot, and so does the caller for
@@ -140,11 +141,26 @@ def half_histories(plan: Plan) -> set[str]:
     return half
 
 
+def inference_rings(plan: Plan) -> set[str]:
+    """The states whose history a forward-only workspace keeps as a ring of two areas (Buffer.inference "2"): in
+    inference only the step's own state and its update are read, so every state but the output (an LSTM's c, not
+    its h: the output is the layer's y, all steps of it) is a ring there, unless an op outside the loop reads or
+    writes it (none does in the shipped specs). In training the backward reads the whole history."""
+    cell, fwd = plan.cell, plan.forward
+    leaf = {n.attr: i for i, n in enumerate(fwd.nodes) if n.op == "state"}
+    outside = set()
+    for op in (*fwd.before, *fwd.after):
+        outside |= set(getattr(op, "nodes", ())) | set(getattr(op, "inputs", ())) | set(getattr(op, "outputs", ()))
+    return {s.name for s, u in zip(cell.states, cell.updates)
+            if cell.output not in (u, leaf.get(s.name)) and not {u, leaf.get(s.name)} & outside}
+
+
 def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[Slot]]:
     cell, fwd = plan.cell, plan.forward
     interleave = interleaved(plan)
     saved = set(plan.saved)
     before, after = _history(plan)
+    rings = inference_rings(plan)
     slots: dict[int, list[Slot]] = {}
     buf("x", ("input",), "T", "T")
     for i, n in enumerate(fwd.nodes):
@@ -153,7 +169,8 @@ def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[
         elif n.op == "state" and n.attr in half:  # the step's state: fp32, in a ring
             slots[i] = [Slot(buf(f"ring_{n.attr}", (n.size,), "2", "2"), step=before)]
         elif n.op == "state":
-            slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", "T+1"), step=before)]
+            inference = "2" if n.attr in rings else "T+1"
+            slots[i] = [Slot(buf(f"hist_{n.attr}", (n.size,), "T+1", inference), step=before)]
         elif n.op == "stepin":  # a per-step input the caller gives, like x
             slots[i] = [Slot(buf(f"step_{n.attr}", (n.size,), "T", "T"))]
     for s, u in zip(cell.states, cell.updates):
@@ -161,7 +178,8 @@ def _forward_slots(plan: Plan, buf: _Buffers, half: set[str]) -> dict[int, list[
             slots.setdefault(u, []).append(Slot(f"ring_{s.name}", step=after))
             slots[u].append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "1"), step=after))
             continue
-        slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", "T+1"), step=after))
+        inference = "2" if s.name in rings else "T+1"
+        slots.setdefault(u, []).append(Slot(buf(f"hist_{s.name}", (s.size,), "T+1", inference), step=after))
     gemms = list(fwd.before) + [op for op in fwd.loop.body if isinstance(op, Gemm)]
     for k, g in enumerate(gemms):
         hoisted = k < len(fwd.before)

@@ -237,6 +237,19 @@ ok = all(np.array_equal(a, b) for a, b in zip(grads_after(False), grads_after(Tr
 failures += not ok
 total += 1
 print(f"DropConnect: an evaluation between forward and backward changes no gradient | {'OK' if ok else 'BAD'}")
+# a forward-only workspace keeps the states other than the output in a ring of two areas (storage.inference_rings):
+# at an odd T the final state is in area 1, the initial one in area 0; stepwise and persistent, two bidirectional
+# layers over lengths, every shipped spec
+for name, path in shipped_specs().items():
+    spec = lstmdsl.parse(path.read_text())
+    for schedule in (None, "persistent"):
+        bad = simrt.check(spec, T=5, P=3 if spec.uses_size("proj") else None, I=6, L=2, bidirectional=True,
+                          lengths=np.array([5, 1, 3]), schedule=schedule, verbose=False, graphs=schedule is None)
+        failures += bool(bad)
+        total += 1
+        print(f"{name} | {schedule or 'default'} | T=5, two bidirectional layers, lengths 5 1 3: forward-only rings | "
+              f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
+
 # a forced `persistent` that cannot run says why (here the layer norm's backward: its rows' reductions), and runs
 # the stepwise loop there
 with warnings.catch_warnings(record=True) as caught:
