@@ -125,3 +125,22 @@ class Wavefront:
     def steps(self, T: int) -> int:
         """Steps per chunk for a sequence of T steps."""
         return max(1, -(-T // self.chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """A forward-only workspace's hoisted input products as a ring of one chunk's steps (Buffer.inference "C"):
+    the forward then runs chunk by chunk, as a wavefront's layer does (passes/wavefront.py: its input GEMM over the
+    chunk's rows, then the chunk's steps), so those products take ceil(T / chunks) steps of memory, not T (a vanilla
+    LSTM's are 4H wide: at B = 256, H = 1024, T = 1000 in fp32, 4000 MiB become 252). The cost model: where they
+    would take at least min_bytes at all T steps and the layer runs the stepwise loop (a persistent kernel reads
+    every step's products in its one launch), in as many chunks as a wavefront has, so that a stack's wavefront
+    and its layers' rings agree."""
+
+    chunks: int = 16
+    min_bytes: int = 1 << 26
+
+    def steps(self, T: int, nbytes: int) -> int:
+        """Steps per chunk where the products of T steps take nbytes, else 0 (all T steps at once)."""
+        steps = Wavefront(self.chunks).steps(T)
+        return steps if nbytes >= self.min_bytes and 2 <= steps < T else 0

@@ -33,7 +33,7 @@ from typing import Union
 
 from .grad import StepGrad
 from .ir import LEAF_OPS, Cell, Node
-from .loops import Persistent, Wavefront  # noqa: F401 (part of the Plan, kept in loops.py)
+from .loops import Chunks, Persistent, Wavefront  # noqa: F401 (part of the Plan, kept in loops.py)
 from .ops import OPS
 from .schedule import Schedule
 
@@ -48,7 +48,8 @@ COMPUTE_TYPES = ("fp32", "tf32", "f64")  # what a GEMM accumulates and multiplie
 class Buffer:
     """[steps, B, width] elements of one type. steps: "1" one area reused at every step, "T" one per step,
     "T+1" a history (area t holds a state at the start of step t, t + 1 its update), "2" a ring of two
-    areas (step t's is t mod 2)."""
+    areas (step t's is t mod 2); inference may also be "C": a ring of one chunk's steps (Plan.chunks) where a
+    forward-only workspace runs chunk by chunk, else T."""
 
     name: str
     dtype: str
@@ -314,6 +315,8 @@ class Plan:
     storage: Storage | None = None  # set by the storage pass
     wavefront: Wavefront | None = None  # how a stack of this plan's layers runs its forward (the wavefront
     # pass sets it where the forward can run chunk by chunk)
+    chunks: Chunks | None = None  # when a forward-only workspace runs chunk by chunk, its buffers of inference "C"
+    # a ring of one chunk's steps (the wavefront pass, where the forward can)
 
     @property
     def saved(self) -> tuple[int, ...]:

@@ -91,6 +91,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                 ["zeroed before the backward"] if b.zero else []
             extra += [f"filled with {b.fill:g}"] if b.fill is not None else []
             extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
+            extra += ["C: one chunk's steps, a ring, where a forward-only workspace runs in chunks, else T"] \
+                if b.inference == "C" else []
             lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
         if st.align > 1:
             lines.append(f"  (rows padded to a multiple of {st.align} elements, the weight stacks' too: aligned "
@@ -197,6 +199,13 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                      f"in a stack, the backward runs the layers one after the other: {backward_blocker(plan)}")
     elif st is not None:
         lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
+    if plan.chunks is not None:
+        c = plan.chunks
+        lines.append(f"a forward-only workspace runs its forward in {c.chunks} chunks of ceil(T / chunks) steps (each "
+                     "its input GEMMs over the chunk's rows, then its steps), keeping one chunk's steps of the buffers "
+                     f"of inference C, where those would take {c.min_bytes >> 20} MiB or more over all steps and the "
+                     "layer runs the stepwise loop" + (" (a persistent kernel reads every step's)" if
+                                                      plan.forward.loop.persistent is not None else ""))
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from .passes.fanout import alone, apart
 from .passes.in_place import kernel_of, within
 from .passes.overlay import overlay_holds
 from .passes.storage import backward_roots, forward_roots
-from .passes.wavefront import backward_blocker, wavefront_blocker
+from .passes.wavefront import backward_blocker, chunk_rings, wavefront_blocker
 from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
                    WeightGrad, reduces)
 
@@ -83,13 +83,16 @@ def _check_storage(plan: Plan) -> None:
     buffers = {b.name: b for b in st.buffers}
     for b in st.buffers:
         if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2") \
-                or b.inference not in (None, "1", "T", "T+1", "2"):
+                or b.inference not in (None, "1", "T", "T+1", "2", "C"):
             raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps}, inference "
                             f"{b.inference})")
         if b.alias is not None and (b.alias not in buffers or buffers[b.alias].inference is not None
                                     or buffers[b.alias].width != b.width or buffers[b.alias].dtype != b.dtype):
             raise PlanError(f"buffer {b.name} shares memory with {b.alias}, which is not a training-only buffer "
                             "of its shape and type")
+        if b.inference == "C" and (plan.chunks is None or b.name not in chunk_rings(plan)):
+            raise PlanError(f"buffer {b.name} keeps one chunk's steps in inference, which it cannot: the forward "
+                            "does not run chunk by chunk, or something but its own step reads it")
         why = None if b.over is None else overlay_holds(plan) if (b.name, b.over) == ("dx", "dy") else "only dx over dy"
         if why is not None:
             raise PlanError(f"buffer {b.name} takes {b.over}'s memory, which it cannot: {why}")

@@ -902,6 +902,57 @@ def test_the_wavefront_runs_where_its_cost_model_says():
         assert (_persistent_runs(layer)[0] is not None) == persistent, (schedule, B, L)
 
 
+def _chunked(monkeypatch, steps: int | None = None) -> list[int]:
+    """The steps per chunk each forward-only workspace made from here on chose (plan.Chunks); steps: the rule
+    replaced by chunks of that many steps from any size, and a wavefront's chunks the same."""
+    from lstmdsl.loops import Chunks, Wavefront
+    from lstmdsl.runtime import executor
+
+    if steps is not None:
+        monkeypatch.setattr(Chunks, "steps", lambda self, T, nbytes: steps if 2 <= steps < T else 0)
+        monkeypatch.setattr(Wavefront, "steps", lambda self, T: steps)
+    seen, real = [], executor.chunk_steps
+    monkeypatch.setattr(executor, "chunk_steps", lambda engine, ws, names: seen.append(real(engine, ws, names))
+                        or seen[-1])
+    return seen
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_spec_runs_a_forward_only_workspace_in_chunks(monkeypatch, name):
+    """A forward-only workspace keeps one chunk's steps of the input products and runs chunk by chunk (plan.Chunks;
+    here from any size, chunks of 5 steps over T = 23: the ring's areas reused, the last chunk shorter): one layer,
+    a wavefront of three layers (its chunks the same) and two bidirectional layers over lengths, stepwise (the
+    persistent kernel reads every step's products); every workspace poisoned with NaN."""
+    seen = _chunked(monkeypatch, 5)
+    lengths = np.array([23, 1, 20, 5, 22, 9, 23])
+    for L, bidirectional in ((1, False), (3, False), (2, True)):
+        check(name, 23, 7, 16, 33, L, schedule="no persistent; wavefront", scale=1 / np.sqrt(33),
+              bidirectional=bidirectional, lengths=lengths if bidirectional else None)
+    assert seen and set(seen) == {5}, seen
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_forward_only_chunks_in_half_precision(monkeypatch, precision):
+    seen = _chunked(monkeypatch, 5)
+    for name in ["vanilla", "gru", "layernorm", "lstmp"]:
+        check(name, 23, 17, 16, 256, 3, schedule=f"no persistent; wavefront; precision {precision}", scale=1 / 16,
+              tolerance=TOLERANCE[precision])
+    assert seen and set(seen) == {5}, seen
+
+
+def test_forward_only_chunks_where_the_cost_model_says(monkeypatch):
+    """Unpatched: vanilla at B = 96, H = 256, T = 700 (its input products 262 MiB in fp32) runs its forward-only
+    workspace in chunks of ceil(700 / 16) = 44 steps, and matches the reference; at T = 60 (22 MiB) it does not;
+    at B = 16, H = 1024, T = 1000 (256 MiB) `persistent auto` runs the persistent kernel, all steps at once."""
+    seen = _chunked(monkeypatch)
+    check("vanilla", 700, 96, 256, 256, 1, scale=1 / 16)
+    check("vanilla", 60, 96, 256, 256, 1, scale=1 / 16)
+    assert seen == [44, 0], seen
+    layer = lstmdsl.compile("vanilla", 64, 1024, backend="cuda")
+    layer.forward(cupy.zeros((1000, 16, 64), np.float32), train=False)
+    assert seen[2:] == [0] and _persistent_runs(layer)[0] is not None, seen
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["vanilla", "gru", "layernorm", "lstmp"])
 def test_wavefront_in_half_precision_with_lengths(name, precision):

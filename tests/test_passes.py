@@ -221,7 +221,7 @@ def test_format_plan_shows_types_storage_and_launches():
     assert "backward (reverse in time)" in text
     assert "C[T*B, 256] = x[t] @ weights:weight_ih^T -> gemm0[t];  k = 32; types f32 x f32 -> f32, compute fp32" in text
     assert "C[B, 256] = hist_h[t] @ weights:weight_hh^T -> gemm1[t]" in text
-    assert "gemm0        f32  [T, B, 256]  (inference T)" in text
+    assert "gemm0        f32  [T, B, 256]  (inference C; C: one chunk's steps, a ring, where a forward-only" in text
     assert "in place: the forward writes the activations it keeps over the input products" in text
     assert "launch: grid (ceil(max(64) / 128), B), 128 threads" in text
     assert "saved per step for the backward pass" in text
@@ -233,7 +233,8 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "fanout", "wavefront", "overlay"]
+                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "fanout", "wavefront", "chunks",
+                    "overlay"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):
@@ -301,12 +302,46 @@ def test_a_forward_only_workspace_keeps_the_states_but_the_output_in_a_ring(name
             want = "T+1" if s.name in output else "1" if f"ring_{s.name}" in rings else "2"
             assert (b.steps, b.inference) == ("T+1", want), (s.name, b)
     plan = make_plan(spec.cell, spec.grad, Schedule())
+    plan = dataclasses.replace(plan, chunks=None, storage=dataclasses.replace(plan.storage, buffers=tuple(
+        dataclasses.replace(b, inference="T") if b.inference == "C" else b for b in plan.storage.buffers)))
+    verify(plan)  # (without chunks: the input products of all steps)
     g = plan.forward.before[0]
     ring = next((b.name for b in plan.storage.buffers if b.inference == "2"), None)
     if ring is not None:
         forged = dataclasses.replace(g, call=dataclasses.replace(g.call, c=dataclasses.replace(g.call.c, name=ring)))
         with pytest.raises(PlanError, match="all steps of a buffer that keeps one or two"):
             verify(dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, before=(forged,))))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_a_forward_only_workspace_may_keep_one_chunk_of_the_input_products(name):
+    """passes/wavefront.py plan_chunks: where the forward can run chunk by chunk (only input GEMMs before the loop,
+    nothing after it) the buffers they write are of inference "C" (plan.Chunks: one chunk's steps, a ring, in a
+    forward-only workspace whose products would take 64 MiB or more), said by --emit plan; not under `no hoist
+    input` (no GEMM before the loop). planverify refuses a forged one."""
+    spec = lstmdsl.parse(name)
+    plan = make_plan(spec.cell, spec.grad, Schedule())
+    rings = [b.name for b in plan.storage.buffers if b.inference == "C"]
+    assert plan.chunks is not None and rings == [op.call.c.name for op in plan.forward.before]
+    assert "a forward-only workspace runs its forward in 16 chunks" in format_plan(plan, {"input": 7, "hidden": 7,
+                                                                                          "proj": 3, "heads": 1})
+    stepwise = make_plan(spec.cell, spec.grad, Schedule(hoist_input=False))
+    assert stepwise.chunks is None and not [b for b in stepwise.storage.buffers if b.inference == "C"]
+    forged = dataclasses.replace(stepwise.storage, buffers=tuple(
+        dataclasses.replace(b, inference="C") if b.name.startswith("gemm") else b for b in stepwise.storage.buffers))
+    with pytest.raises(PlanError, match="keeps one chunk's steps in inference, which it cannot"):
+        verify(dataclasses.replace(stepwise, storage=forged, chunks=plan.chunks))
+
+
+def test_the_chunks_cost_model():
+    """plan.Chunks.steps: ceil(T / 16) steps a chunk (a wavefront's chunks) where the products of all T steps
+    take 64 MiB or more, and only where that makes chunks of 2 steps or more, fewer than T."""
+    from lstmdsl.loops import Chunks, Wavefront
+
+    c = Chunks()
+    assert c.steps(1000, 4000 << 20) == 63 == Wavefront().steps(1000)
+    assert c.steps(100, 64 << 20) == 7 and c.steps(100, (64 << 20) - 1) == 0
+    assert c.steps(17, 1 << 30) == 2 and c.steps(16, 1 << 30) == 0 and c.steps(1, 1 << 30) == 0
 
 
 def test_verify_catches_broken_mixed_precision_plans():

@@ -8,7 +8,9 @@ so a product of a value computed inside the step always sits between two kernels
 passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
 types, the storage, how each op is called and which of a step's GEMMs run at once, so the runtime only
 executes. Stacking layers reuses one plan per layer; the wavefront pass decides whether a stack of
-them may overlap its layers (Wavefront), the last whether dx may take dy's memory in training (Buffer.over).
+them may overlap its layers (Wavefront), the chunks pass whether a forward-only workspace may keep one chunk's
+steps of the input products and run chunk by chunk (Chunks), the last whether dx may take dy's memory in training
+(Buffer.over).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .row_fusion import fuse_rows
 from .sum_folding import fold_sums
 from .storage import assign_storage
 from .types import assign_types
-from .wavefront import plan_wavefront
+from .wavefront import plan_chunks, plan_wavefront
 from .weight_grads import batch_weight_grads
 
 # (schedule switch, pass)
@@ -45,7 +47,8 @@ PIPELINE = (
     ("fold_sums", fold_sums),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls),
-            ("fanout", plan_fanout), ("wavefront", plan_wavefront), ("overlay", plan_overlay))
+            ("fanout", plan_fanout), ("wavefront", plan_wavefront), ("chunks", plan_chunks),
+            ("overlay", plan_overlay))
 
 
 def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, direction: str = "forward",

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Copy, Gemm, Kernel, Plan, VectorGrad, Wavefront, WeightGrad
+from ..plan import Chunks, Copy, Gemm, Kernel, Plan, VectorGrad, Wavefront, WeightGrad
 
 
 def wavefront_blocker(plan: Plan) -> str | None:
     """Why a stack of this plan's layers cannot run as a wavefront, or None where it can."""
     if plan.schedule.wavefront == "off":
         return "the schedule says 'no wavefront'"
+    why = chunk_blocker(plan)
+    if why is None and not plan.storage.stack_input:
+        return "a layer's x is a copy of the layer below's y, not the same memory"
+    return why
+
+
+def chunk_blocker(plan: Plan) -> str | None:
+    """Why this plan's forward cannot run chunk by chunk (each chunk its input GEMMs over the chunk's rows, then
+    its steps), or None where it can."""
     fwd = plan.forward
     for op in fwd.before:
         call = op.call if isinstance(op, Gemm) else None
@@ -28,8 +37,6 @@ def wavefront_blocker(plan: Plan) -> str | None:
             return "an input GEMM before the loop reads or writes something other than a buffer's steps"
     if fwd.after:
         return "the forward does work after its loop"
-    if not plan.storage.stack_input:
-        return "a layer's x is a copy of the layer below's y, not the same memory"
     return None
 
 
@@ -73,3 +80,24 @@ def plan_wavefront(plan: Plan) -> Plan:
         return plan
     return dataclasses.replace(plan, wavefront=Wavefront(forced=plan.schedule.wavefront == "on",
                                                          backward=backward_blocker(plan) is None))
+
+
+def chunk_rings(plan: Plan) -> tuple[str, ...]:
+    """The buffers a forward-only workspace may keep one chunk's steps of (Buffer.inference "C"): those the input
+    GEMMs before the loop write, which in inference nothing but the step of their own area reads (every forward
+    slot of them at the step itself; not x, the output or a history), where the forward can run chunk by chunk."""
+    if chunk_blocker(plan) is not None:
+        return ()
+    st = plan.storage
+    out = {t.buffer for t in st.outputs if t.what == "y"} | {"x"}
+    written = {op.call.c.name for op in plan.forward.before}
+    at_own_step = {b for b in written if all(s.step == 0 for _, slots in st.forward for s in slots if s.buffer == b)}
+    return tuple(b.name for b in st.buffers if b.name in at_own_step - out and b.inference in ("T", "C"))
+
+
+def plan_chunks(plan: Plan) -> Plan:
+    rings = chunk_rings(plan)
+    if not rings:
+        return plan
+    buffers = tuple(dataclasses.replace(b, inference="C") if b.name in rings else b for b in plan.storage.buffers)
+    return dataclasses.replace(plan, chunks=Chunks(), storage=dataclasses.replace(plan.storage, buffers=buffers))

@@ -18,6 +18,7 @@ import contextlib
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from . import convert, cublas, device, specialise
 from .fanout import fan
 from .issue import Issue
 from .nvrtc import function, load_module
-from .persistent import PersistentRun, launch_shape
+from .persistent import PersistentRun, chunk_steps, launch_shape, stack_persistent
 from .workspace import Workspace
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Engine:
 
     MAX_WORKSPACES = 8
     MAX_GRAPHS = 4  # per workspace and phase: graphs for other parameter addresses are dropped first
+    use_chunks = True  # False: forward-only workspaces made from then on keep all steps (plan.Chunks)
 
     def __init__(self, program: Program, sizes: list[dict[str, int]]):
         self.program, self.sizes = program, sizes
@@ -86,7 +88,8 @@ class Engine:
                 if self._backward_wave() else frozenset()
             for s in self.sizes:  # a training stack's layers share their backward buffers (Workspace)
                 given = {"x": self._output_view(layers[-1])} if layers and storage.stack_input else None
-                layers.append(Workspace(storage, s, T, B, train, stream, layers, given, own))
+                layers.append(Workspace(storage, s, T, B, train, stream, layers, given, own,
+                                        partial(chunk_steps, self)))
             self.workspaces[key] = layers
             for old in list(self.workspaces)[:-self.MAX_WORKSPACES]:
                 tape_key = self.tape[0] if isinstance(self.tape, tuple) else None
@@ -112,12 +115,8 @@ class Engine:
         cost model chooses the stepwise loop (runtime/persistent.py). Decided once per workspace."""
         if phase not in ws.persistent:
             plan = self.program.plan
-            pers = getattr(plan, phase).loop.persistent
-            run = None
-            wave = plan.wavefront if 1 < len(self.sizes) <= cublas.MAX_LANES and self.use_wavefront else None
-            if wave is not None and pers is not None and (wave.forced or not pers.forced):
-                pers = None  # in a stack, the wavefront of stepwise layers (plan.Wavefront)
-            if pers is not None and self.use_persistent:
+            pers, run = stack_persistent(self, phase), None
+            if pers is not None and self.use_persistent and not ws.chunk:  # (a chunk's ring: the stepwise loop)
                 run = launch_shape(pers, self.program.kernels[pers.name], self.functions[pers.name], ws, not self.beside)
             if run is None and self.use_persistent and plan.schedule.persistent == "on":  # (why: said once)
                 why = ((why_not_persistent(plan, phase) or "the schedule's `wavefront` takes the layers") if pers is None
@@ -147,7 +146,8 @@ class Engine:
             stacked = all(ws.base["x"] == self._output_view(below).data.ptr  # (Storage.stack_input, in place)
                           for below, ws in zip(workspaces, workspaces[1:]))
             use = (wave is not None and self.use_wavefront and 1 < len(workspaces) <= cublas.MAX_LANES and stacked
-                   and all(self.persistent_run(ws, "forward") is None for ws in workspaces))
+                   and all(self.persistent_run(ws, "forward") is None and ws.chunk in (0, wave.steps(first.T))
+                           for ws in workspaces))
             if not use and self.program.plan.schedule.wavefront == "on" and len(workspaces) > 1:
                 why = (wavefront_blocker(self.program.plan) if wave is None else "its layers' x is not the layer "
                        "below's y in place" if not stacked else f"more than {cublas.MAX_LANES} layers (one cuBLAS "

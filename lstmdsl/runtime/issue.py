@@ -62,7 +62,7 @@ def shape_value(b, ws, run: PersistentRun | None = None) -> int:
     if kind == "stride":  # elements between steps (0: one area for all steps)
         return 0 if ws.steps[b.slot.buffer] == 1 else ws.B * ws.width[b.slot.buffer]
     if kind == "ring":
-        return 2 if b.slot.buffer in ws.ring else 0
+        return ws.ring.get(b.slot.buffer, 0)  # (its areas: 2, or a chunk's steps)
     raise LstmdslError(f"kernel argument binding {kind!r} is not one of a shape")
 
 
@@ -237,6 +237,11 @@ class Issue:
 
     def phase(self, name: str) -> None:
         phase = getattr(self.plan, name)
+        if name == "forward" and self.ws.chunk:  # one chunk's steps of the input products kept (Plan.chunks)
+            starts = range(0, self.ws.T, self.ws.chunk)
+            for t0 in starts if phase.loop.direction == "forward" else reversed(starts):
+                self.chunk(t0, min(t0 + self.ws.chunk, self.ws.T))
+            return
         for op in phase.before:
             self.op(name, "before", op, 0)
         run = self.engine.persistent_run(self.ws, name)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..kerneldesc import PersistentDesc
 from ..plan import Persistent
-from . import device
+from . import cublas, device
 
 ITEM = {"float": 4, "double": 8, "lstmdsl_bf16": 2, "lstmdsl_f16": 2}  # C type -> bytes
 MAX_BARRIERS = 2**31  # the barrier's counter counts blocks * stages * T arrivals (templates: grid_barrier)
@@ -113,3 +113,26 @@ def _stride(cols: int, ctype: str) -> int:
     of 4; in half precision a multiple of 16 and 8 more (the tensor-core fragments' k-steps stay inside the
     row, and their eight rows start in different banks)."""
     return -(-cols // 16) * 16 + 8 if ITEM[ctype] == 2 else -(-cols // 4) * 4
+
+
+def stack_persistent(engine, phase: str) -> Persistent | None:
+    """The phase's plan.Persistent for an Engine's layers, or None where a stack's wavefront of stepwise layers
+    takes it (plan.Wavefront: in a stack it wins over `persistent auto`, a forced `persistent` over it)."""
+    plan = engine.program.plan
+    pers = getattr(plan, phase).loop.persistent
+    wave = plan.wavefront if 1 < len(engine.sizes) <= cublas.MAX_LANES and engine.use_wavefront else None
+    return None if wave is not None and pers is not None and (wave.forced or not pers.forced) else pers
+
+
+def chunk_steps(engine, ws, names: list[str]) -> int:
+    """Steps per chunk of an Engine's forward-only workspace (plan.Chunks: its buffers `names` then a ring of that
+    many steps), or 0: where they are small, or where its layer runs the persistent kernel (which reads every step's
+    products in its one launch; Engine.persistent_run never chooses it for a workspace that runs in chunks)."""
+    if not engine.use_chunks:
+        return 0
+    steps = engine.program.plan.chunks.steps(ws.T, sum(ws.item[n] * ws.T * ws.B * ws.width[n] for n in names))
+    pers = stack_persistent(engine, "forward") if engine.use_persistent else None
+    if steps and pers is not None and launch_shape(pers, engine.program.kernels[pers.name],
+                                                   engine.functions[pers.name], ws, not engine.beside) is not None:
+        return 0
+    return steps

@@ -25,7 +25,8 @@ def fill_value(dtype: str, value: float):
 
 class Workspace:
     def __init__(self, storage: Storage, sizes: dict[str, int], T: int, B: int, train: bool, stream: int,
-                 share: list["Workspace"] = (), given: dict | None = None, own: frozenset = frozenset()):
+                 share: list["Workspace"] = (), given: dict | None = None, own: frozenset = frozenset(),
+                 chunk=None):
         """A forward-only workspace (train=False) has no backward buffers, and one step of the values that
         only the backward reads. Buffers are allocated and filled on `stream`, the one the work runs on.
         share: the workspaces of the layers below in a stack. The layers' backward passes run one at a
@@ -34,16 +35,21 @@ class Workspace:
         there: a stack's backward buffers cost one layer's, not L layers'. given: buffers that are memory
         the caller already has (a stack's x: the layer below's y, Storage.stack_input), used where their
         shape and type are this workspace's. own: training buffers it keeps its own of all the same (a
-        stack whose backward runs as a wavefront: its layers' rings and scratch are in use at once)."""
+        stack whose backward runs as a wavefront: its layers' rings and scratch are in use at once). chunk: in a
+        forward-only workspace with buffers of inference "C" (Plan.chunks), a function of the workspace (its sizes
+        set) giving the steps per chunk its forward runs in (self.chunk; those buffers then a ring of that many
+        steps), or 0 for all T at once."""
         self.T, self.B, self.train = T, B, train
         self.env = dict(sizes, B=B, one=1, **{"T*B": T * B})
         self.align = storage.align
         buffers = [b for b in storage.buffers if train or b.inference is not None]
         self.width = {b.name: self.span(b.width) for b in buffers}  # the leading dimension
-        self.steps = {b.name: {"1": 1, "T": T, "T+1": T + 1, "2": 2}[b.steps if train else b.inference]
-                      for b in buffers}
-        self.ring = {b.name for b in buffers if (b.steps if train else b.inference) == "2"}
         self.item = {b.name: ELEMENT_TYPES[b.dtype] for b in buffers}
+        kind = {b.name: b.steps if train else b.inference for b in buffers}
+        chunked = [name for name, k in kind.items() if k == "C"]
+        self.chunk = chunk(self, chunked) if chunked and chunk is not None else 0  # steps per chunk (0: all T)
+        self.steps = {name: {"1": 1, "T": T, "T+1": T + 1, "2": 2, "C": self.chunk or T}[k] for name, k in kind.items()}
+        self.ring = {name: self.steps[name] for name, k in kind.items() if k == "2" or k == "C" and self.chunk}
         self.dtype = {b.name: b.dtype for b in buffers}
         self.arrays = {}
         over = {b.name: b.over for b in buffers if train and b.over and self.overlays(b, storage.buffer(b.over))}
@@ -103,7 +109,7 @@ class Workspace:
 
     def address(self, buffer: str, step: int, col: tuple[str, ...] = ()) -> int:
         """Address of row 0 at column col of a buffer at a step (a one-step buffer has one area for all)."""
-        step = 0 if self.steps[buffer] == 1 else step % 2 if buffer in self.ring else step
+        step = 0 if self.steps[buffer] == 1 else step % self.ring[buffer] if buffer in self.ring else step
         return self.base[buffer] + self.item[buffer] * (step * self.B * self.width[buffer] + self.dim(col))
 
     def region(self, t) -> tuple[int, int, int, int, str]:

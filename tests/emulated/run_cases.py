@@ -457,5 +457,40 @@ failures += not ok
 total += 1
 print(f"dx over dy below, not above: the layer above keeps its own dx | {'OK' if ok else 'BAD'}", flush=True)
 
+# a forward-only workspace keeps one chunk's steps of the input products and runs its forward chunk by chunk
+# (plan.Chunks): here from any size (min_bytes 0) in chunks of 3 steps (the wavefront's too), so at T = 7 and 9 the
+# last chunk is shorter and the ring's areas are reused; one layer, a bidirectional stack over lengths and a
+# wavefront of three layers, stepwise (the persistent kernel reads every step's products: no chunks there)
+import lstmdsl.passes.wavefront as wavefront_pass  # noqa: E402
+
+_chunks, _wave, made = wavefront_pass.Chunks, wavefront_pass.Wavefront, []
+wavefront_pass.Chunks = lambda: _chunks(chunks=3, min_bytes=0)
+wavefront_pass.Wavefront = lambda **kw: _wave(chunks=3, **kw)
+
+
+def _made(self, *args, **kw):
+    _ws_init(self, *args, **kw)
+    made.append(self)
+
+
+workspace_module.Workspace.__init__ = _made
+for name in ["vanilla", "gru", "peephole", "zoneout_lstm", "recurrent_dropout", "fgr", "lstmp", "layernorm"]:
+    spec = lstmdsl.parse(shipped_specs()[name].read_text())
+    for schedule in ("no persistent; wavefront", "no persistent; wavefront; precision bf16"):
+        for L, bidirectional, T, wave in ((1, False, 7, 0), (2, True, 7, 0), (3, False, 9, 3)):
+            made.clear()
+            bad = simrt.check(spec, T=T, I=6, L=L, P=3 if spec.uses_size("proj") else None, schedule=schedule,
+                              bidirectional=bidirectional, lengths=np.array([T, 1, 4]) if bidirectional else None,
+                              verbose=False, graphs=True)
+            inference = [w for w in made if not w.train]
+            ran = inference and all(w.chunk == 3 for w in inference) and (inference[0].wave or 0) == wave
+            failures += bool(bad) or not ran
+            total += 1
+            print(f"{name} | {schedule} | T={T} L={L}{' bidirectional' if bidirectional else ''}: forward-only "
+                  f"chunks {[w.chunk for w in inference]}, wavefront {inference[0].wave if inference else None} | "
+                  f"{'OK' if not bad and ran else f'BAD {bad}'}", flush=True)
+workspace_module.Workspace.__init__ = _ws_init
+wavefront_pass.Chunks, wavefront_pass.Wavefront = _chunks, _wave
+
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)
