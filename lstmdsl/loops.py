@@ -134,13 +134,19 @@ class Chunks:
     chunk's rows, then the chunk's steps), so those products take ceil(T / chunks) steps of memory, not T (a vanilla
     LSTM's are 4H wide: at B = 256, H = 1024, T = 1000 in fp32, 4000 MiB become 252). The cost model: where they
     would take at least min_bytes at all T steps and the layer runs the stepwise loop (a persistent kernel reads
-    every step's products in its one launch), in as many chunks as a wavefront has, so that a stack's wavefront
-    and its layers' rings agree."""
+    every step's products in its one launch); in a stack that runs as a wavefront, the wavefront's chunks (so that
+    its chunks and its layers' rings agree: measured on the H200, 4 layers, B = 256, T = 1000, 1.00x the time of
+    all steps at once); a layer alone, chunks of at least min_rows rows (B x steps), its input GEMM over fewer
+    rows slower (one layer at B = 256, H = 1024, T = 100: the wavefront's chunks of 7 steps took 1.08x the time in
+    fp32 and 1.09x in bf16; at T = 1000, 63 steps, 1.01x; benchmarks/chunks.py)."""
 
     chunks: int = 16
     min_bytes: int = 1 << 26
+    min_rows: int = 1 << 14
 
-    def steps(self, T: int, nbytes: int) -> int:
-        """Steps per chunk where the products of T steps take nbytes, else 0 (all T steps at once)."""
+    def steps(self, T: int, nbytes: int, B: int, wave: bool) -> int:
+        """Steps per chunk where the products of T steps of B rows take nbytes, in a stack's wavefront or a layer
+        alone, else 0 (all T steps at once)."""
         steps = Wavefront(self.chunks).steps(T)
+        steps = steps if wave else max(steps, -(-self.min_rows // B))
         return steps if nbytes >= self.min_bytes and 2 <= steps < T else 0

@@ -201,8 +201,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         lines.append(f"in a stack, the layers run one after the other: {wavefront_blocker(plan)}")
     if plan.chunks is not None:
         c = plan.chunks
-        lines.append(f"a forward-only workspace runs its forward in {c.chunks} chunks of ceil(T / chunks) steps (each "
-                     "its input GEMMs over the chunk's rows, then its steps), keeping one chunk's steps of the buffers "
+        lines.append(f"a forward-only workspace runs its forward in {c.chunks} chunks of ceil(T / chunks) steps (a "
+                     f"layer alone: at least {c.min_rows} rows a chunk; each chunk its input GEMMs over the chunk's "
+                     "rows, then its steps), keeping one chunk's steps of the buffers "
                      f"of inference C, where those would take {c.min_bytes >> 20} MiB or more over all steps and the "
                      "layer runs the stepwise loop" + (" (a persistent kernel reads every step's)" if
                                                       plan.forward.loop.persistent is not None else ""))

@@ -334,14 +334,18 @@ def test_a_forward_only_workspace_may_keep_one_chunk_of_the_input_products(name)
 
 
 def test_the_chunks_cost_model():
-    """plan.Chunks.steps: ceil(T / 16) steps a chunk (a wavefront's chunks) where the products of all T steps
-    take 64 MiB or more, and only where that makes chunks of 2 steps or more, fewer than T."""
+    """plan.Chunks.steps: in a stack's wavefront its chunks, ceil(T / 16) steps; a layer alone at least 16384 rows
+    a chunk; where the products of all T steps take 64 MiB or more, and only where that makes chunks of 2 steps
+    or more, fewer than T."""
     from lstmdsl.loops import Chunks, Wavefront
 
     c = Chunks()
-    assert c.steps(1000, 4000 << 20) == 63 == Wavefront().steps(1000)
-    assert c.steps(100, 64 << 20) == 7 and c.steps(100, (64 << 20) - 1) == 0
-    assert c.steps(17, 1 << 30) == 2 and c.steps(16, 1 << 30) == 0 and c.steps(1, 1 << 30) == 0
+    assert c.steps(1000, 4000 << 20, 256, True) == 63 == Wavefront().steps(1000)
+    assert c.steps(1000, 4000 << 20, 256, False) == 64 and c.steps(1000, 1000 << 20, 64, False) == 256
+    assert c.steps(100, 64 << 20, 256, True) == 7 and c.steps(100, (64 << 20) - 1, 256, True) == 0
+    assert c.steps(100, 400 << 20, 256, False) == 64 and c.steps(100, 400 << 20, 96, False) == 0
+    assert c.steps(17, 1 << 30, 1 << 14, True) == 2 and c.steps(16, 1 << 30, 1 << 14, True) == 0
+    assert c.steps(1, 1 << 30, 1 << 14, False) == 0
 
 
 def test_verify_catches_broken_mixed_precision_plans():

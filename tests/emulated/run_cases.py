@@ -458,13 +458,13 @@ total += 1
 print(f"dx over dy below, not above: the layer above keeps its own dx | {'OK' if ok else 'BAD'}", flush=True)
 
 # a forward-only workspace keeps one chunk's steps of the input products and runs its forward chunk by chunk
-# (plan.Chunks): here from any size (min_bytes 0) in chunks of 3 steps (the wavefront's too), so at T = 7 and 9 the
+# (plan.Chunks): here from any size (min_bytes and min_rows 0) in chunks of 3 steps (the wavefront's too), so at T = 7 and 9 the
 # last chunk is shorter and the ring's areas are reused; one layer, a bidirectional stack over lengths and a
 # wavefront of three layers, stepwise (the persistent kernel reads every step's products: no chunks there)
 import lstmdsl.passes.wavefront as wavefront_pass  # noqa: E402
 
 _chunks, _wave, made = wavefront_pass.Chunks, wavefront_pass.Wavefront, []
-wavefront_pass.Chunks = lambda: _chunks(chunks=3, min_bytes=0)
+wavefront_pass.Chunks = lambda: _chunks(chunks=3, min_bytes=0, min_rows=0)
 wavefront_pass.Wavefront = lambda **kw: _wave(chunks=3, **kw)
 
 
