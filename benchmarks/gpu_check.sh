@@ -3,7 +3,9 @@
 # cache on 2026-12-04), the compute-sanitizer passes (one after the other 350-360 s; 4 at a time 89-99 s, and past
 # 135 s when cut off on 2026-12-04) and the quick grid against cuDNN (11-17 s). One after the other they no longer fit
 # one 590 s device call (2026-12-04, thirty-sixth session: cut off in the sanitizers), so the sanitizers run beside
-# the tests (12 test workers: tests 386 s, sanitizers 274 s, 423 s in all with MEMORY=1 that day).
+# the tests (12 test workers: tests 386 s, sanitizers 274 s, 423 s in all with MEMORY=1 that day; the next day's
+# 697 tests were cut off at 480 s, so the tests and sanitizer targets now share one kernel cache: 720 tests 423 s,
+# sanitizers 265 s, 427 s in all with NO_GRID=1, thirty-seventh session).
 # The sanitizers: memcheck on a spec, a persistent kernel of one block, a compiled torch training step, a
 # bidirectional stack on a batch of different lengths, two mixed-precision stacks, FGR's GEMMs fanned out on
 # streams and the half-precision persistent kernel as `persistent auto` runs it; racecheck on persistent kernels

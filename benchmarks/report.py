@@ -501,6 +501,8 @@ def page() -> str:
     ctx["compile_table"] = compile_table(ctx["compile"]) if ctx["compile"] else None
     ctx["profile_tables"] = {r["spec"]: profile_table(r) for r in ctx["profile"]["rows"]} if ctx["profile"] else {}
     ctx["ablation_table"] = (RESULTS / "ablation.md").read_text().split("\n\n", 3)[-1] if ctx["ablation"] else None
+    chunks = RESULTS / "chunks_h200.md"  # (benchmarks/chunks.py: its table, below its heading line)
+    ctx["chunks_table"] = chunks.read_text().split("\n\n", 1)[1].strip() if chunks.exists() else "(not measured)"
     # tables written by benchmarks/bidirectional.py and benchmarks/regularisers.py beside their JSON
     norms = load(NORMS)  # the normalised cells beside cuDNN's vanilla LSTM (the grid's other variants left out)
     if norms:
