@@ -175,6 +175,10 @@ def _small_heads(heads: int | None, hidden: int) -> int | None:
 SIZE_OPTIONS = {"run": "-T, -B, -H or -L", "train": "-H, -L or --batch", "bench": "-T, -B, -H or -L"}
 
 
+LONG_RUN = 50_000  # layer-steps of `lstmdsl run` from which it says first that it takes long (the reference: 20,000
+# took 11 s on the 2-core development machine, -L 2000; -L 100000 built for minutes without a word)
+
+
 def cmd_run(args) -> int:
     from .gradcheck import gradient_check
 
@@ -185,6 +189,11 @@ def cmd_run(args) -> int:
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)
+    steps = args.layers * args.steps * (2 if args.bidirectional else 1)
+    if steps >= LONG_RUN:  # (said first: the build and the reference take minutes, and nothing else is printed)
+        print(f"note: {steps:,} layer-steps ({args.layers} layers x {args.steps} steps"
+              f"{' x 2 directions' if args.bidirectional else ''}) to run forward and backward, and the float64 "
+              "reference's on the CPU: a long run", file=sys.stderr)
     backend, note = _choose_backend(args.backend, "running the numpy reference on the CPU, float64 gradient check")
     if backend == "cuda":
         try:

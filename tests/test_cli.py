@@ -102,6 +102,21 @@ def test_run_bidirectional_lengths_and_dropout(capsys):
     assert "lengths 4," in capsys.readouterr().out
 
 
+def test_run_says_first_that_a_huge_stack_takes_long(capsys, monkeypatch):
+    """From cli.LONG_RUN layer-steps on (here lowered to 12), `run` says so on stderr before it builds anything; the
+    JSON on stdout stays whole."""
+    from lstmdsl import cli
+
+    monkeypatch.setattr(cli, "LONG_RUN", 12)
+    assert main(["run", "gru", "-L", "3", "-T", "2", "-B", "1", "-H", "3", "--bidirectional", "--backend", "numpy",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "note: 12 layer-steps (3 layers x 2 steps x 2 directions)" in captured.err and "a long run" in captured.err
+    assert json.loads(captured.out)["ok"]
+    assert main(["run", "gru", "-L", "5", "-T", "2", "-B", "1", "-H", "3", "--backend", "numpy"]) == 0
+    assert "layer-steps" not in capsys.readouterr().err
+
+
 def test_run_json(capsys):
     assert main(["run", "lstmp", "--proj-size", "3", "--json", "--dtype", "float64", "--backend", "numpy"]) == 0
     d = json.loads(capsys.readouterr().out)
