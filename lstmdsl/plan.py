@@ -316,7 +316,7 @@ class Plan:
     wavefront: Wavefront | None = None  # how a stack of this plan's layers runs its forward (the wavefront
     # pass sets it where the forward can run chunk by chunk)
     chunks: Chunks | None = None  # when a forward-only workspace runs chunk by chunk, its buffers of inference "C"
-    # a ring of one chunk's steps (the wavefront pass, where the forward can)
+    # a ring of one chunk's steps (the chunks pass, passes/wavefront.py plan_chunks, where the forward can)
 
     @property
     def saved(self) -> tuple[int, ...]:
