@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -34,6 +35,17 @@ def pytest_configure(config):
     if not os.environ.get("LSTMDSL_TEST_CACHE"):
         os.environ["LSTMDSL_TEST_CACHE"] = tempfile.mkdtemp(prefix="lstmdsl-test-cache-")
     os.environ["LSTMDSL_CACHE"] = os.environ["LSTMDSL_TEST_CACHE"]
+    if not os.environ.get("LSTMDSL_TEST_NVCC_CLAIMS"):  # this session's claims of kernels to compile with nvcc
+        # (tests/test_codegen.py: each distinct kernel once; made by the controller, inherited by the workers)
+        os.environ["LSTMDSL_TEST_NVCC_CLAIMS"] = tempfile.mkdtemp(prefix="lstmdsl-test-nvcc-")
+        config._lstmdsl_nvcc_claims = os.environ["LSTMDSL_TEST_NVCC_CLAIMS"]
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_lstmdsl_nvcc_claims", None)
+    if made:  # (the process that made it: the workers have finished)
+        shutil.rmtree(made, ignore_errors=True)
+        del os.environ["LSTMDSL_TEST_NVCC_CLAIMS"]
 
 
 def pytest_collection_modifyitems(config, items):
