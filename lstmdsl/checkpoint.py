@@ -57,6 +57,11 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
     if "spec" in state and state["spec"] != model.layer.spec.source.text:  # (checkpoints before 2026-12-04 lack it)
         raise UsageError(f"--resume: the checkpoint in {out} is of another run (the spec {cfg.spec} has changed "
                          "since); give the same spec, or another --out")
+    epoch, batch = state.get("epoch"), state.get("batch")
+    if isinstance(epoch, int) and isinstance(batch, int) and cfg.epochs < (epoch if batch > 0 else epoch - 1):
+        begun = epoch if batch > 0 else epoch - 1  # (a smaller --epochs than the run's is no damage)
+        raise UsageError(f"--resume: the run in {out} has {'begun' if batch > 0 else 'trained'} {begun} epochs, more "
+                         f"than --epochs {cfg.epochs}; give --epochs {begun} or more to go on with it")
     try:
         _restore(files, state, cfg, model, opt, rng)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError, UsageError) as e:
@@ -79,7 +84,7 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
             all(isinstance(h, dict) and all(isinstance(h.get(k), t) for k, t in entry.items())
                 for h in state["history"]) and
             isinstance(state["losses"], list) and all(isinstance(v, number) for v in state["losses"]) and
-            all(isinstance(state[k], number) for k in ("total", "count", "seconds"))):
+            all(isinstance(state[k], number) and np.isfinite(state[k]) for k in ("total", "count", "seconds"))):
         raise ValueError("its progress (epoch, batch, history, losses) is not a run's")
     order = files.get("order")
     if order is not None and (order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(len(order)))):

@@ -64,11 +64,23 @@ class Dense:
     def backward(self, dy):
         if self._x is None:
             raise UsageError("Dense.backward() needs a forward() first")
+        W = self._params["W"]
+        want = (*self._x.shape[:-1], W.shape[0])
+        if tuple(dy.shape) != want or dy.dtype != W.dtype or array_module(dy) is not array_module(W):
+            raise UsageError(f"Dense.backward expects dy of the forward's output, {list(want)} {W.dtype} of its "
+                             f"backend, got {list(dy.shape)} {dy.dtype} ({type(dy).__module__.split('.')[0]})")
         x2 = self._x.reshape(-1, self._x.shape[-1])
         d2 = dy.reshape(-1, dy.shape[-1])
         self._grads["W"] += d2.T @ x2
         self._grads["b"] += d2.sum(axis=0)
         return dy @ self._params["W"]
+
+
+def _check_mask(mask, shape) -> None:
+    """A loss's mask: one weight per counted position, of exactly that shape (broadcasting would silently
+    weight the wrong axis)."""
+    if mask is not None and tuple(mask.shape) != tuple(shape):
+        raise UsageError(f"mask has shape {list(mask.shape)}, expected {list(shape)} (one weight per position)")
 
 
 def softmax_cross_entropy(logits, labels, mask=None):
@@ -78,6 +90,12 @@ def softmax_cross_entropy(logits, labels, mask=None):
     if labels.shape != logits.shape[:-1]:
         raise UsageError(f"labels have shape {list(labels.shape)}, expected {list(logits.shape[:-1])}")
     C = logits.shape[-1]
+    if labels.dtype.kind not in "iu":
+        raise UsageError(f"labels must be integers (class numbers), got {labels.dtype}")
+    if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < C):
+        raise UsageError(f"labels must be class numbers in [0, {C}), got values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+    _check_mask(mask, labels.shape)
     z = logits - logits.max(axis=-1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
     onehot = (xp.arange(C) == labels[..., None]).astype(logits.dtype)
@@ -95,6 +113,10 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None):
     xp = array_module(logits)
     if targets.shape != logits.shape:
         raise UsageError(f"targets have shape {list(targets.shape)}, expected {list(logits.shape)}")
+    if targets.size and not (0 <= float(targets.min()) and float(targets.max()) <= 1):  # (NaN fails both)
+        raise UsageError(f"targets must be probabilities in [0, 1], got values in [{float(targets.min())}, "
+                         f"{float(targets.max())}]")
+    _check_mask(mask, logits.shape[:-1])
     w = xp.ones(logits.shape[:-1], logits.dtype) if mask is None else mask.astype(logits.dtype)
     count = max(float(w.sum()) * logits.shape[-1], 1.0)
     per = xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))

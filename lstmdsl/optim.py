@@ -15,6 +15,7 @@ tests check this to 1e-6.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -32,7 +33,8 @@ def _check(params: dict, grads: dict) -> None:
 
 
 def _positive(name: str, value: float, allow_zero: bool = True) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0
+            or (value == 0 and not allow_zero)):  # (numpy scalars too: np.float32(1e-3))
         raise UsageError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
     return float(value)
 
@@ -68,6 +70,8 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict() returned (arrays go to the parameters' array module)."""
+        if "steps" not in state:
+            raise UsageError("the optimizer state has no step count (\"steps\"): not what state_dict() returned")
         steps = state["steps"]
         if np.ndim(steps) != 0 or not float(steps).is_integer() or int(steps) < 0:
             raise UsageError(f"the optimizer's step count is {steps!r}, not a count of steps")
@@ -86,6 +90,13 @@ class Optimizer:
                     if not np.all(np.isfinite(v)):
                         raise UsageError(f"the optimizer's {slot} of {name} has non-finite values")
                     table[name] = array_module(self.params[name]).asarray(v)
+            missing = sorted(set(self.params) - set(table)) if self.steps and slot in self._full_slots() else []
+            if missing:  # (fresh moments where the run had others: not the same training)
+                raise UsageError(f"the optimizer state after {self.steps} steps has no {slot} of {', '.join(missing)}")
+
+    def _full_slots(self) -> tuple[str, ...]:
+        """The slots that hold every parameter once a step has been taken."""
+        return self._SLOTS
 
 
 class SGD(Optimizer):
@@ -116,6 +127,9 @@ class SGD(Optimizer):
             d = d + self.momentum * buf if self.nesterov else buf
         p -= self.lr * d
 
+    def _full_slots(self) -> tuple[str, ...]:
+        return self._SLOTS if self.momentum else ()
+
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) as torch.optim.Adam: bias-corrected moments; weight_decay adds an L2 term
@@ -127,6 +141,9 @@ class Adam(Optimizer):
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr)
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in betas)):
+            raise UsageError(f"betas must be two numbers (beta1, beta2) in [0, 1), got {betas!r}")
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise UsageError(f"betas must lie in [0, 1), got {betas}")

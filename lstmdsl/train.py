@@ -261,14 +261,17 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
 
 
-def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Train, evaluate on the test split, save parameters, history and a loss-curve plot to `out`.
+def run(cfg: TrainConfig, out: Path | None, log="stderr", resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train, evaluate on the test split, save parameters, history and a loss-curve plot to `out`. log: where
+    progress goes, a stream ("stderr": sys.stderr as it is when called) or None.
 
     With `out`, a checkpoint (out/checkpoint.npz) is written after every epoch and when Ctrl-C or SIGTERM
     stops the run (which then raises Interrupted); resume=True continues from it, to the same parameters
     an uninterrupted run reaches. The parameters are saved before the test evaluation, so a failure late
     in the run loses no training. stop_after (for tests): stop as a signal would after that many steps.
     """
+    if isinstance(log, str) and log == "stderr":  # (resolved now, not at import: the stderr of then, replaced
+        log = sys.stderr                           # and closed since, once made a run fail)
     check_config(cfg)
     if out is not None:
         out = output_dir(out, "--out")
@@ -285,8 +288,6 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
         if out is None:
             raise UsageError("resume needs the folder of the run (out)")
         progress = load_checkpoint(out, cfg, model, opt, rng)
-        if log is not None:
-            print(f"resuming at epoch {progress['epoch']}, batch {progress['batch']}", file=log)
     history = progress["history"]
     n = task.count("train")
     batches = (n + cfg.batch - 1) // cfg.batch
@@ -294,6 +295,11 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
         raise InputFileError(f"--resume: {out / CHECKPOINT} is damaged (its place in the epoch, batch "
                              f"{progress['batch']} of an order of {len(progress['order'])}, is not one of this "
                              f"task's {batches} batches of {n}); start again without --resume")
+    if resume and log is not None and progress["epoch"] > cfg.epochs:
+        print(f"the run in {out} has trained its {cfg.epochs} epochs already: nothing to train (give a larger "
+              "--epochs to go on)", file=log)
+    elif resume and log is not None:
+        print(f"resuming at epoch {progress['epoch']}, batch {progress['batch']}", file=log)
     steps = 0
     # the precision the layer runs at (the spec's own schedule may say fp16); restarts at its first scale on resume
     scaler = LossScaler(model.layer.schedule.precision if model.layer.backend == "cuda" else "fp32")
@@ -337,7 +343,7 @@ def run(cfg: TrainConfig, out: Path | None, log=sys.stderr, resume: bool = False
                             "seconds": seconds})
             if log is not None:
                 label = "NLL/frame" if cfg.task == "chorales" else "accuracy"
-                print(f"\repoch {epoch}/{cfg.epochs}: train {total / count:.4f}, valid {label} {valid:.4f}, "
+                print(f"\repoch {epoch}/{cfg.epochs}: {label} train {total / count:.4f}, valid {valid:.4f}, "
                       f"{seconds:.1f} s" + " " * 10, file=log, flush=True)
             if out is not None:
                 save_checkpoint(out, cfg, model, opt, rng, dict(progress))

@@ -234,6 +234,8 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                "a NaN parameter": {**good, "param/l0.b": np.full_like(good["param/l0.b"], np.nan)},
                "a moment of another shape": {**good, **{k: v[:1] for k, v in good.items() if k.startswith("opt/m/")}},
                "epoch -5": {**good, "state": np.array(json.dumps({**state, "epoch": -5}))},
+               "a NaN running sum": {**good, "state": np.array(json.dumps({**state, "total": float("nan")}))},
+               "no Adam moments": {k: v for k, v in good.items() if not k.startswith("opt/m/")},
                "history a string": {**good, "state": np.array(json.dumps({**state, "history": "x"}))},
                "state a list": {**good, "state": np.array(json.dumps([1, 2]))},
                # (these six were internal errors or misleading messages, found by fuzzing on 2026-12-04)
@@ -257,6 +259,26 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
         run(cfg, tmp_path / "run", log=None, resume=True)
     spec.write_text("cell my { input x; state h; h' = tanh(W x + R h + b); output h' }")
     assert run(cfg, tmp_path / "run", log=None, resume=True)["history"][0] == state["history"][0]
+
+
+def test_resuming_with_fewer_epochs_than_the_run_has_is_a_usage_error_not_damage(tmp_path):
+    """A finished run of 2 epochs resumed with --epochs 1 is refused as a usage mistake (exit 64, saying how many
+    epochs to give), not as a damaged checkpoint (its advice, to start again, led to losing the run); resumed with
+    its own 2 it says there is nothing to train."""
+    import io
+
+    from lstmdsl.train import TrainConfig, run
+
+    cfg = TrainConfig("vanilla", "digits", epochs=2, hidden_size=4, lr=0.02, batch=16, max_train=32, seed=5)
+    run(cfg, tmp_path / "run", log=None)
+    with pytest.raises(UsageError, match="has trained 2 epochs, more than --epochs 1; give --epochs 2 or more"):
+        run(TrainConfig(**{**cfg.__dict__, "epochs": 1}), tmp_path / "run", log=None, resume=True)
+    log = io.StringIO()
+    run(cfg, tmp_path / "run", log=log, resume=True)
+    assert "has trained its 2 epochs already: nothing to train" in log.getvalue()
+    r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "4", "--batch", "16", "--max-train",
+            "32", "--seed", "5", "--lr", "0.02", "--epochs", "1", "--out", str(tmp_path / "run"), "--resume")
+    assert r.returncode == 64 and "give --epochs 2 or more" in r.stderr and "damaged" not in r.stderr, r.stderr
 
 
 def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
