@@ -181,6 +181,48 @@ def test_losses_against_plain_formulas():
     assert loss == pytest.approx(np.log(2) / 3, rel=1e-6)
 
 
+def test_losses_and_dense_refuse_what_would_give_wrong_numbers():
+    """Labels outside [0, C) (the row once counted as zero loss), float labels (loss -0.0), targets outside
+    [0, 1], and masks of another shape than the positions (broadcast along the wrong axis, silently) are refused;
+    so is a dy of the wrong shape or type for Dense.backward (a float64 dy once returned a float64 dx)."""
+    logits = np.zeros((2, 3), np.float32)
+    for labels, message in ((np.array([0, 5]), r"in \[0, 3\), got values in \[0, 5\]"),
+                            (np.array([0, -1]), r"in \[0, 3\)"), (np.array([0.5, 1.7]), "must be integers")):
+        with pytest.raises(UsageError, match=message):
+            softmax_cross_entropy(logits, labels)
+    with pytest.raises(UsageError, match=r"mask has shape \[3\], expected \[3, 3\]"):
+        softmax_cross_entropy(np.zeros((3, 3, 4), np.float32), np.zeros((3, 3), int), mask=np.array([1, 0, 0]))
+    for targets in (np.full((2, 3), 7.0, np.float32), np.full((2, 3), np.nan, np.float32)):
+        with pytest.raises(UsageError, match=r"targets must be probabilities in \[0, 1\]"):
+            sigmoid_binary_cross_entropy(logits, targets)
+    with pytest.raises(UsageError, match="mask has shape"):
+        sigmoid_binary_cross_entropy(logits, np.zeros((2, 3), np.float32), mask=np.ones(3))
+    d = Dense(3, 2)
+    d.forward(np.ones((4, 3), np.float32))
+    for dy in (np.ones((4, 3), np.float32), np.ones((4, 2))):
+        with pytest.raises(UsageError, match=r"Dense.backward expects dy of the forward's output, \[4, 2\] float32"):
+            d.backward(dy)
+    assert d.backward(np.ones((4, 2), np.float32)).shape == (4, 3)
+
+
+def test_optimizers_take_numpy_numbers_and_refuse_malformed_states():
+    p = {"w": np.zeros(3, np.float32)}
+    assert Adam(p, lr=np.float32(0.5)).lr == 0.5
+    for bad in ((0.9,), (0.9, True), "ab"):
+        with pytest.raises(UsageError, match="betas must be two numbers"):
+            Adam(p, betas=bad)
+    a = Adam(p)
+    a.step({"w": np.ones(3, np.float32)})
+    state = a.state_dict()
+    with pytest.raises(UsageError, match="no step count"):
+        Adam(p).load_state_dict({k: v for k, v in state.items() if k != "steps"})
+    with pytest.raises(UsageError, match="after 1 steps has no m of w"):  # (fresh moments: another training)
+        Adam(p).load_state_dict({k: v for k, v in state.items() if not k.startswith("m/")})
+    sgd = SGD(p, lr=0.1)  # (no momentum: no buffers to keep)
+    sgd.step({"w": np.ones(3, np.float32)})
+    SGD(p, lr=0.1).load_state_dict(sgd.state_dict())
+
+
 def test_overfits_100_short_sequences():
     """The reference backend, a layer, a dense head and Adam drive the loss of 100 sequences down 90%."""
     rng = np.random.default_rng(0)
