@@ -20,15 +20,16 @@ if TYPE_CHECKING:
                    sizes as sizes, spec as spec, syntax as syntax)
     from .api import Layer as Layer, Spec as Spec, compile as compile, load as load, parse as parse
     from .errors import (BackendUnavailable as BackendUnavailable, InputFileError as InputFileError,
-                         LstmdslError as LstmdslError, SpecError as SpecError, UsageError as UsageError)
+                         LstmdslError as LstmdslError, SpecError as SpecError, SpecWarning as SpecWarning,
+                         UsageError as UsageError)
     from .schedule import Schedule as Schedule, parse_schedule as parse_schedule
 
 __all__ = ["BackendUnavailable", "InputFileError", "Layer", "LstmdslError", "Schedule", "Spec", "SpecError",
-           "UsageError", "compile", "load", "nn", "optim", "parse", "parse_schedule", "__version__"]
+           "SpecWarning", "UsageError", "compile", "load", "nn", "optim", "parse", "parse_schedule", "__version__"]
 
 _WHERE = {"nn": "", "optim": "", "Layer": "api", "Spec": "api", "compile": "api", "load": "api", "parse": "api",
           "BackendUnavailable": "errors", "InputFileError": "errors", "LstmdslError": "errors",
-          "SpecError": "errors", "UsageError": "errors", "Schedule": "schedule", "parse_schedule": "schedule"}
+          "SpecError": "errors", "SpecWarning": "errors", "UsageError": "errors", "Schedule": "schedule", "parse_schedule": "schedule"}
 # the modules an eager `import lstmdsl` loaded (as it did until 2026-12): still attributes of the package, loaded
 # on first use, for scripts that reach them as lstmdsl.resources, lstmdsl.reference, ...
 _MODULES = ("api", "arrays", "cache", "errors", "files", "grad", "ir", "layer", "lower", "masks", "numpy_layer", "ops",

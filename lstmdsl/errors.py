@@ -140,6 +140,11 @@ class BackendUnavailable(LstmdslError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class SpecWarning(UserWarning):
+    """A spec's warning (Spec.warnings: a name that becomes a new parameter, an unused value), which
+    lstmdsl.parse also issues as a Python warning, so API users see it; the CLI prints them itself."""
+
+
 def check_free_memory(need: int, what: str, lower: str) -> None:
     """Refuse sizes whose arrays cannot fit this machine's memory now, before they are made (past it, the system's
     out-of-memory killer stops the process without a word): a UsageError naming `what` and the sizes to `lower`."""

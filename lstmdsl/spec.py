@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Diagnostic, InputFileError, Source, UsageError
+from .errors import Diagnostic, InputFileError, Source, SpecWarning, UsageError
 from .grad import StepGrad, differentiate
 from .ir import HEADS, Cell, verify
 from .lower import lower
 from .resources import shipped_specs
 from .schedule import Schedule, apply_directives
 from .syntax import CellAST, deepest_statement, parse_cell, too_deep
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,11 @@ class Spec:
     @property
     def name(self) -> str:
         return self.cell.name
+
+    def __repr__(self) -> str:  # (the dataclass's would print the whole AST and IR)
+        c = self.cell
+        return (f"<Spec {c.name} from {self.source.filename}: states {', '.join(s.name for s in c.states)}; "
+                f"{len(c.params)} parameters; {len(self.warnings)} warnings>")
 
     @property
     def source(self) -> Source:
@@ -89,7 +99,8 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
 
 
 def parse(path_or_text: str | Path) -> Spec:
-    """Parse and check a spec. Raises SpecError (with every error found) or InputFileError."""
+    """Parse and check a spec. Raises SpecError (with every error found) or InputFileError; its warnings (also
+    in Spec.warnings) are issued as SpecWarning."""
     text, filename = _read_spec(path_or_text)
     tree = parse_cell(text, filename)
     try:
@@ -98,4 +109,9 @@ def parse(path_or_text: str | Path) -> Spec:
         raise too_deep(tree.source, deepest_statement(tree)) from None
     verify(lowered.cell)
     schedule = apply_directives(Schedule(), tree.schedule or (), tree.source)
+    level, frame = 2, sys._getframe(1)  # (the warning names the first caller outside lstmdsl)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    for w in lowered.warnings:  # (a typo that makes a new parameter trains without a word otherwise)
+        warnings.warn(w.render(), SpecWarning, stacklevel=level)
     return Spec(tree, lowered.cell, schedule, lowered.warnings)
