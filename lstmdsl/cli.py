@@ -19,10 +19,10 @@ import numpy as np
 
 from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
-from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError,
+from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError, SpecWarning,
                      UsageError, check_free_memory)
 from .describe import cell_io, describe
-from .files import dumps, write_text
+from .files import CheckedStdout, StdoutFailed, dumps, write_text
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
@@ -93,6 +93,10 @@ def cmd_check(args) -> int:
 def _schedule(args, spec):
     """The spec's schedule with --schedule's directives and then --precision applied (refused beside --dtype
     float64 on every backend, as the plan refuses it)."""
+    if args.schedule and args.precision:  # (both given and apart: a mistake, not a choice to make silently)
+        said = parse_schedule(args.schedule, spec.schedule).precision
+        if said not in (spec.schedule.precision, args.precision):
+            raise UsageError(f"--precision {args.precision} and --schedule's 'precision {said}' disagree: give one")
     text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
     schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
     check_precision(getattr(args, "dtype", "float32"), schedule.precision)
@@ -100,6 +104,8 @@ def _schedule(args, spec):
 
 
 def cmd_compile(args) -> int:
+    if args.output is not None and not args.output.strip():
+        raise UsageError("-o is empty: give a file name (or leave -o out for stdout)")
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
@@ -165,10 +171,14 @@ def layer_note(args) -> str:
     return ", " + ", ".join(parts) if parts else ""
 
 
-def _small_heads(heads: int | None, hidden: int) -> int | None:
-    """The heads of the small float64 gradient check: the largest count up to `heads` that divides its
-    hidden size."""
-    return None if heads is None else max(n for n in range(1, min(heads, hidden) + 1) if hidden % n == 0)
+def _small_sizes(args) -> dict:
+    """The sizes of the small float64 gradient check: input 5, hidden 6, projection 4 at most; with heads, at
+    most 3 of them and every size a multiple of their count (a block-diagonal matrix may stand on any of the
+    sizes: on the input too)."""
+    heads = None if args.heads is None else min(args.heads, 3)
+    fit = (lambda n: n) if heads is None else (lambda n: heads * -(-n // heads))  # noqa: E731
+    return {"input_size": fit(min(args.input_size, 5)), "hidden_size": fit(min(args.hidden_size, 6)),
+            "proj_size": fit(min(args.proj_size, 4)) if args.proj_size else None, "num_heads": heads}
 
 
 # the options that set a command's sizes, for "lower ..." in errors about memory
@@ -227,12 +237,11 @@ def cmd_run(args) -> int:
         # (small sizes, two layers at most: its loss, a forward of every layer, is evaluated twice per sampled
         # element of every layer's tensors, a cost growing with the square of the layers; a fuzzed -L kept a CI
         # test busy for over ten minutes)
-        rows = gradient_check(spec, min(args.input_size, 5), min(args.hidden_size, 6), min(args.batch, 3),
-                              min(args.steps, 5), min(args.layers, 2),
-                              proj_size=min(args.proj_size, 4) if args.proj_size else None,
-                              seed=args.seed, bidirectional=args.bidirectional, dropout=args.dropout,
-                              lengths=args.lengths is not None, dropconnect=args.dropconnect,
-                              num_heads=_small_heads(args.heads, min(args.hidden_size, 6)))
+        small = _small_sizes(args)
+        rows = gradient_check(spec, small.pop("input_size"), small.pop("hidden_size"), min(args.batch, 3),
+                              min(args.steps, 5), min(args.layers, 2), seed=args.seed,
+                              bidirectional=args.bidirectional, dropout=args.dropout,
+                              lengths=args.lengths is not None, dropconnect=args.dropconnect, **small)
         output_rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
     errors = [r.rel_error for r in rows]
     worst = float("nan") if any(np.isnan(errors)) else max(errors)
@@ -270,6 +279,10 @@ def cmd_run(args) -> int:
                   "or overflow at these sizes?)")
         else:
             print(f"  {'PASS' if ok else 'FAIL'}: largest relative error {worst:.2e} (tolerance {GRAD_TOLERANCE:.0e})")
+        zero = [r.tensor for r in rows if r.max_abs_grad == 0 and r.rel_error == 0]
+        if zero:  # (a dead ReLU, a gate the loss does not reach at these sizes): nothing was compared there
+            print(f"  note: every sampled gradient of {', '.join(zero)} is zero, both ways: the check says nothing "
+                  "about {}".format("it" if len(zero) == 1 else "them"))
     return 0 if ok else EXIT_CHECK_FAILED
 
 
@@ -291,6 +304,8 @@ def cmd_train(args) -> int:
     from .train import RUN_FILES, TrainConfig, check_config, run
 
     spec = parse(args.spec)
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
     backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
     cfg = TrainConfig(spec=str(args.spec), task=args.task, epochs=args.epochs, hidden_size=args.hidden_size,
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
@@ -298,8 +313,10 @@ def cmd_train(args) -> int:
                       proj_size=proj_default(spec, args.hidden_size, args.proj_size), bidirectional=args.bidirectional,
                       dropout=args.dropout, dropconnect=args.dropconnect, num_heads=args.heads,
                       precision=args.precision)
-    compile(spec, 1, args.hidden_size, args.layers, proj_size=cfg.proj_size,
-            num_heads=cfg.num_heads)  # the sizes, checked before the data
+    # the sizes, checked before the data: the digits' 8 inputs (the chorales' pitches are known from their data:
+    # a block-diagonal matrix on the input meets them when the model is built)
+    compile(spec, 8 if args.task == "digits" else cfg.num_heads or 1, args.hidden_size, args.layers,
+            proj_size=cfg.proj_size, num_heads=cfg.num_heads)
     check_config(cfg)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: go on from the checkpoint, or start again")
@@ -310,6 +327,8 @@ def cmd_train(args) -> int:
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
                          "checkpoint, --overwrite to start again over it, or another --out")
+    if backend == "numpy" and args.precision not in (None, "fp32"):
+        note = (note + "; " if note else "") + f"precision {args.precision} applies to the CUDA backend only"
     if note:
         print(f"note: {note}", file=sys.stderr)
     result = run(cfg, Path(out), resume=args.resume)
@@ -333,9 +352,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_specs(args) -> int:
-    for name, path in shipped_specs().items():
-        first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
-        print(f"{name:<10} {first}")
+    """Each shipped spec's name and what it is: its leading comment's title (up to the colon before the
+    reference, which `lstmdsl check NAME` and the file give), names aligned on the longest."""
+    specs = shipped_specs()
+    width = max(map(len, specs))
+    for name, path in specs.items():
+        lines = path.read_text().splitlines()
+        comment = " ".join(ln[1:].strip() for ln in lines[:next((k for k, ln in enumerate(lines)
+                                                                  if not ln.startswith("#")), len(lines))])
+        print(f"{name:<{width}}  {comment.split(': ', 1)[0].rstrip(':.')}")
     return 0
 
 
@@ -358,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
-    before = warnings.formatwarning  # (only the text: whoever records or logs warnings still gets them)
-    warnings.formatwarning = _format_warning
+    before, out = warnings.formatwarning, sys.stdout  # (only the text: whoever records or logs warnings still
+    warnings.formatwarning = _format_warning            # gets them)
+    sys.stdout = CheckedStdout(out)
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
+            return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
-        warnings.formatwarning = before
+        warnings.formatwarning, sys.stdout = before, out
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -375,12 +403,16 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def _run(args) -> int:
     try:
         try:
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # (a failed write surfaces here, not at exit)
+            return code
         except MemoryError as err:  # (sizes past what check_free_memory estimates: an allocation failed)
             raise UsageError(f"not enough memory for these sizes ({err or 'an allocation failed'}): lower "
                              f"{SIZE_OPTIONS.get(args.command, 'the sizes')}") from None
     except LstmdslError as err:
-        if getattr(args, "json", False):
+        if isinstance(err, StdoutFailed):  # (what is left in its buffer would fail again at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        elif getattr(args, "json", False):
             print(json.dumps(error_json(err), indent=2))
         print(err if isinstance(err, SpecError) else f"lstmdsl: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -71,6 +71,8 @@ def cmd_bench(args) -> int:
     from .schedule import parse_schedule
 
     spec = parse(args.spec)  # (the spec, the schedule and the sizes first: their errors hold without a GPU too)
+    for w in spec.warnings:
+        print(w.render(), file=sys.stderr)
     if args.schedule:
         parse_schedule(args.schedule, spec.schedule)
     if args.heads is not None and not spec.uses_size("heads"):

@@ -50,6 +50,9 @@ def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None
             with open(given, "wb") as f:
                 write(f)
             return
+        above = next((p for p in path.parents if p.exists()), None)  # (mkdir would say "File exists")
+        if above is not None and not above.is_dir():
+            raise NotADirectoryError(20, f"{above} is a file, not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except BrokenPipeError:
@@ -123,3 +126,32 @@ def output_dir(path: Path | str, what: str = "the output folder") -> Path:
     except OSError as err:
         raise OutputFileError(f"cannot write into {what} {path}: {_reason(err)}") from None
     return path
+
+
+class StdoutFailed(OutputFileError):
+    """Standard output cannot be written (a full disk, /dev/full)."""
+
+
+class CheckedStdout:
+    """sys.stdout while a command runs: a write that fails (a full disk, /dev/full) is an OutputFileError that
+    says so, not an internal error; a closed pipe stays a BrokenPipeError (`lstmdsl ... | head`)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _do(self, what: str, *args):
+        try:
+            return getattr(self._stream, what)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise StdoutFailed(f"cannot write to standard output: {err.strerror or err}") from None
+
+    def write(self, text: str):
+        return self._do("write", text)
+
+    def flush(self):
+        return self._do("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

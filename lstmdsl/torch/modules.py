@@ -24,8 +24,8 @@ _WARNED_CPU = []
 _SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
 
 
-def _bool(name: str, v) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
+def _bool(name: str, v) -> bool:  # (as nn.LSTM takes flags: 1 and 0 too, nn.LSTM(bidirectional=1) runs)
+    if not isinstance(v, (bool, np.bool_)) and not (isinstance(v, (int, np.integer)) and v in (0, 1)):
         raise UsageError(f"{name} must be True or False, got {v!r}")
     return bool(v)
 
