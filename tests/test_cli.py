@@ -158,6 +158,9 @@ def test_compile_emits_stages(tmp_path, capsys):
 def test_specs_lists_every_shipped_spec(capsys):
     assert main(["specs"]) == 0
     out = capsys.readouterr().out
+    lines = out.splitlines()  # (titles aligned after the longest name; cut at the colon before the reference)
+    assert len({ln.index(ln.split()[1]) for ln in lines}) == 1 and "recurrent_dropout  Recurrent dropout" in out
+    assert "cifg" in out and "Greff" not in out
     for name in ("vanilla", "peephole", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr", "gru", "lstmp"):
         assert name in out
 
@@ -208,6 +211,10 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
      "precision bf16 applies to float32 layers"),
     (["compile", "vanilla", "--emit", "ir", "--dtype", "float64", "--schedule", "precision tf32"], 64,
      "precision tf32 applies to float32 layers"),
+    (["compile", "vanilla", "--emit", "plan", "--schedule", "precision bf16", "--precision", "fp16"], 64,
+     "--precision fp16 and --schedule's 'precision bf16' disagree: give one"),
+    (["compile", "vanilla", "-o", ""], 64, "-o is empty"),
+    (["compile", "vanilla", "-o", "README.md/k.ir"], 73, "README.md is a file, not a folder"),
 ])
 def test_exit_codes(args, code, message):
     r = run_cli(*args)

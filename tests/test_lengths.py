@@ -197,6 +197,15 @@ def test_bad_lengths_are_refused_with_what_is_wrong(lengths, match):
 def test_bidirectional_must_be_a_bool():
     with pytest.raises(UsageError, match="bidirectional must be True or False"):
         lstmdsl.compile("vanilla", 3, 4, bidirectional="yes")
+    torch = pytest.importorskip("torch")
+    from lstmdsl.torch import LSTM
+
+    # the torch module takes flags as nn.LSTM does: 1 and 0 too, nothing else
+    m = LSTM(3, 4, bidirectional=1, batch_first=0)
+    assert m.bidirectional is True and m.batch_first is False
+    assert m(torch.zeros(2, 1, 3))[0].shape == (2, 1, 8)
+    with pytest.raises(UsageError, match="bidirectional must be True or False, got 2"):
+        LSTM(3, 4, bidirectional=2)
 
 
 def test_bidirectional_packed_lstm_equals_torch():
