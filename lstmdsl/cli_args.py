@@ -16,9 +16,17 @@ from .version import __version__
 JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, where it has one: not "(default: None)" after a help that says
+    what happens without it."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kw):
-        kw.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kw.setdefault("formatter_class", _Defaults)
         super().__init__(*args, **kw)
 
     def error(self, message):  # argparse exits with 2; we use sysexits' EX_USAGE
