@@ -7,12 +7,14 @@ read, 69 a backend is not available, 70 an internal error (a bug: please report 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 import traceback
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +96,9 @@ def _schedule(args, spec):
     """The spec's schedule with --schedule's directives and then --precision applied (refused beside --dtype
     float64 on every backend, as the plan refuses it)."""
     if args.schedule and args.precision:  # (both given and apart: a mistake, not a choice to make silently)
-        said = parse_schedule(args.schedule, spec.schedule).precision
-        if said not in (spec.schedule.precision, args.precision):
+        said = {parse_schedule(args.schedule, replace(spec.schedule, precision=p)).precision for p in ("fp32", "bf16")}
+        said = said.pop() if len(said) == 1 else args.precision  # (one answer: the text names a precision)
+        if said != args.precision:
             raise UsageError(f"--precision {args.precision} and --schedule's 'precision {said}' disagree: give one")
     text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
     schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
@@ -385,13 +388,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     before, out = warnings.formatwarning, sys.stdout  # (only the text: whoever records or logs warnings still
     warnings.formatwarning = _format_warning            # gets them)
-    sys.stdout = CheckedStdout(out)
+    if out is not None:  # (None: Python's stdout where fd 1 was closed at start; print then writes nothing)
+        sys.stdout = CheckedStdout(out)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
             return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
         warnings.formatwarning, sys.stdout = before, out
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at /dev/null: what stdout's buffer still holds would fail again when Python flushes it at exit."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -404,27 +415,32 @@ def _run(args) -> int:
     try:
         try:
             code = COMMANDS[args.command](args)
-            sys.stdout.flush()  # (a failed write surfaces here, not at exit)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # (a failed write surfaces here, not at exit)
             return code
         except MemoryError as err:  # (sizes past what check_free_memory estimates: an allocation failed)
             raise UsageError(f"not enough memory for these sizes ({err or 'an allocation failed'}): lower "
                              f"{SIZE_OPTIONS.get(args.command, 'the sizes')}") from None
     except LstmdslError as err:
         if isinstance(err, StdoutFailed):  # (what is left in its buffer would fail again at exit)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _drop_stdout()
         elif getattr(args, "json", False):
-            print(json.dumps(error_json(err), indent=2))
+            try:
+                print(json.dumps(error_json(err), indent=2))
+            except (StdoutFailed, BrokenPipeError):  # (stdout fails too: the error still goes to stderr)
+                _drop_stdout()
         print(err if isinstance(err, SpecError) else f"lstmdsl: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # stdout closed early (`lstmdsl ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 1
     except Exception:  # a bug in lstmdsl: say so, with the traceback only on request
         if getattr(args, "json", False):
-            print(json.dumps({"error": "internal error (a bug in lstmdsl)", "kind": "InternalError",
-                              "exit_code": EXIT_SOFTWARE}))
+            with contextlib.suppress(StdoutFailed, BrokenPipeError):
+                print(json.dumps({"error": "internal error (a bug in lstmdsl)", "kind": "InternalError",
+                                  "exit_code": EXIT_SOFTWARE}))
         if os.environ.get("LSTMDSL_DEBUG", "0").strip().lower() not in ("", "0", "false", "no", "off"):
             traceback.print_exc()
         print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "

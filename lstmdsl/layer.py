@@ -18,7 +18,7 @@ from .errors import InputFileError, SpecError, UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
 from .schedule import Schedule
-from .spec import Spec, parse
+from .spec import Spec, parse_quietly
 
 
 def _positive_int(name: str, value) -> int:
@@ -164,7 +164,7 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
     if bad:
         raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
     try:
-        parse(meta["spec"])  # (lstmdsl.load and Layer.load parse it again: a small cost, once a load)
+        parse_quietly(meta["spec"])  # (lstmdsl.load and Layer.load parse it again: a small cost, once a load)
     except SpecError as err:  # (a damaged file, or one edited by hand)
         raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}
@@ -359,7 +359,7 @@ class Layer:
     def load(self, path) -> None:
         """Load parameters saved by save() into this layer (the same cell and sizes)."""
         meta, state = read_saved(path)
-        if meta["cell"] != self.cell.name or parse(meta["spec"]).cell != self.cell:
+        if meta["cell"] != self.cell.name or parse_quietly(meta["spec"]).cell != self.cell:
             raise UsageError(f"{path} holds cell '{meta['cell']}', which is not this layer's cell '{self.cell.name}'")
         if meta["sizes"] != self.sizes or meta.get("directions", 1) != self.directions:
             raise UsageError(f"{path} holds sizes {meta['sizes']} in {meta.get('directions', 1)} direction(s), this "

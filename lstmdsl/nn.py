@@ -90,12 +90,14 @@ def softmax_cross_entropy(logits, labels, mask=None):
     if labels.shape != logits.shape[:-1]:
         raise UsageError(f"labels have shape {list(labels.shape)}, expected {list(logits.shape[:-1])}")
     C = logits.shape[-1]
-    if labels.dtype.kind not in "iu":
+    if labels.dtype.kind not in "iub":
         raise UsageError(f"labels must be integers (class numbers), got {labels.dtype}")
-    if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < C):
-        raise UsageError(f"labels must be class numbers in [0, {C}), got values in [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
     _check_mask(mask, labels.shape)
+    counted = labels if mask is None else labels[mask != 0]  # (padding labels, -1 or -100, where the mask is 0)
+    if counted.size and not (0 <= int(counted.min()) and int(counted.max()) < C):
+        raise UsageError(f"labels must be class numbers in [0, {C}) where they count, got values in "
+                         f"[{int(counted.min())}, {int(counted.max())}]")
+    labels = labels if mask is None else xp.where(mask != 0, labels, 0)  # (no one-hot row for padding)
     z = logits - logits.max(axis=-1, keepdims=True)
     logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
     onehot = (xp.arange(C) == labels[..., None]).astype(logits.dtype)
@@ -113,10 +115,14 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None):
     xp = array_module(logits)
     if targets.shape != logits.shape:
         raise UsageError(f"targets have shape {list(targets.shape)}, expected {list(logits.shape)}")
-    if targets.size and not (0 <= float(targets.min()) and float(targets.max()) <= 1):  # (NaN fails both)
-        raise UsageError(f"targets must be probabilities in [0, 1], got values in [{float(targets.min())}, "
-                         f"{float(targets.max())}]")
     _check_mask(mask, logits.shape[:-1])
+    counted = targets if mask is None else targets[mask != 0]  # (rows the mask leaves out may hold padding)
+    if counted.size and not (0 <= float(counted.min()) and float(counted.max()) <= 1):  # (NaN fails both)
+        raise UsageError(f"targets must be probabilities in [0, 1] where they count, got values in "
+                         f"[{float(counted.min())}, {float(counted.max())}]")
+    targets = targets.astype(logits.dtype, copy=False)  # (the gradient in the logits' type, as Dense expects)
+    if mask is not None:
+        targets = xp.where((mask != 0)[..., None], targets, 0)  # (padding rows weigh 0; no NaN * 0 there)
     w = xp.ones(logits.shape[:-1], logits.dtype) if mask is None else mask.astype(logits.dtype)
     count = max(float(w.sum()) * logits.shape[-1], 1.0)
     per = xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))

@@ -98,6 +98,14 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
     return path_or_text, "<string>"
 
 
+def parse_quietly(path_or_text: str | Path) -> Spec:
+    """parse, its SpecWarnings not issued: lstmdsl's own second reads of a spec (a saved layer's, a training
+    run's), whose warnings the user has had (or gets) from the first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpecWarning)
+        return parse(path_or_text)
+
+
 def parse(path_or_text: str | Path) -> Spec:
     """Parse and check a spec. Raises SpecError (with every error found) or InputFileError; its warnings (also
     in Spec.warnings) are issued as SpecWarning."""

@@ -189,9 +189,9 @@ class LossScaler:
 
 
 def _has_forget_gate(spec: str) -> bool:
-    from .api import parse
+    from .spec import parse_quietly
 
-    return any(p.name == "b_f" for p in parse(spec).cell.params)
+    return any(p.name == "b_f" for p in parse_quietly(spec).cell.params)
 
 
 def evaluate(model: Model, split: str, batch: int) -> float:

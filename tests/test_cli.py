@@ -213,8 +213,10 @@ def test_warnings_go_to_stderr(tmp_path, capsys):
      "precision tf32 applies to float32 layers"),
     (["compile", "vanilla", "--emit", "plan", "--schedule", "precision bf16", "--precision", "fp16"], 64,
      "--precision fp16 and --schedule's 'precision bf16' disagree: give one"),
+    (["compile", "vanilla", "--schedule", "precision fp32", "--precision", "fp16"], 64,
+     "--precision fp16 and --schedule's 'precision fp32' disagree"),  # (the spec's own precision, named)
     (["compile", "vanilla", "-o", ""], 64, "-o is empty"),
-    (["compile", "vanilla", "-o", "README.md/k.ir"], 73, "README.md is a file, not a folder"),
+    (["compile", "vanilla", "-o", str(ROOT / "README.md" / "k.ir")], 73, "README.md is a file, not a folder"),
 ])
 def test_exit_codes(args, code, message):
     r = run_cli(*args)
@@ -339,6 +341,20 @@ def test_the_gradient_check_compares_tiny_gradients_on_the_functions_scale(capsy
     assert "is zero, both ways: the check says nothing about them" in capsys.readouterr().out
 
 
+def test_the_gradient_check_still_fails_a_wrong_tiny_gradient(monkeypatch):
+    """The floor does not hide a wrong gradient: rmsnorm's W_i at H = 1 (about 5e-9 beside 0.3) given as -0.5 times
+    itself fails the check."""
+    import lstmdsl
+    from lstmdsl.gradcheck import gradient_check
+
+    layer_type = type(lstmdsl.compile("rmsnorm", 1, 1, dtype="float64"))
+    right = layer_type.grads
+    monkeypatch.setattr(layer_type, "grads", lambda self: {k: -0.5 * v if k == "l0.W_i" else v
+                                                             for k, v in right(self).items()})
+    rows = {r.tensor: r for r in gradient_check(lstmdsl.parse("rmsnorm"), 1, 1, 1, 1)}
+    assert rows["l0.W_i"].max_abs_grad < 1e-6 and rows["l0.W_i"].rel_error > 1e-5, rows["l0.W_i"]
+
+
 def test_spec_warnings_reach_train_and_api_users(tmp_path, capsys):
     """A typo that makes a new parameter: `train` prints the spec's warnings as check and run do, and the API
     (parse, compile, the torch module) issues them as lstmdsl.SpecWarning, naming the user's line."""
@@ -369,3 +385,11 @@ def test_a_failed_write_to_stdout_is_exit_73_not_an_internal_error():
                            text=True, env=env, timeout=120)
         assert r.returncode == 73, (command, r.stderr)
         assert "cannot write to standard output: No space left on device" in r.stderr and "internal" not in r.stderr
+    # an error whose --json object cannot be written still says the error, with its own exit code
+    r = subprocess.run(f"{sys.executable} -m lstmdsl check nosuch --json > /dev/full", shell=True, capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 66 and "no spec file 'nosuch'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # stdout closed at start (Python's sys.stdout is None): printing writes nothing, as before
+    r = subprocess.run(f"{sys.executable} -m lstmdsl specs >&-", shell=True, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and "internal" not in r.stderr, r.stderr

@@ -186,17 +186,29 @@ def test_losses_and_dense_refuse_what_would_give_wrong_numbers():
     [0, 1], and masks of another shape than the positions (broadcast along the wrong axis, silently) are refused;
     so is a dy of the wrong shape or type for Dense.backward (a float64 dy once returned a float64 dx)."""
     logits = np.zeros((2, 3), np.float32)
-    for labels, message in ((np.array([0, 5]), r"in \[0, 3\), got values in \[0, 5\]"),
+    for labels, message in ((np.array([0, 5]), r"in \[0, 3\) where they count, got values in \[0, 5\]"),
                             (np.array([0, -1]), r"in \[0, 3\)"), (np.array([0.5, 1.7]), "must be integers")):
         with pytest.raises(UsageError, match=message):
             softmax_cross_entropy(logits, labels)
     with pytest.raises(UsageError, match=r"mask has shape \[3\], expected \[3, 3\]"):
         softmax_cross_entropy(np.zeros((3, 3, 4), np.float32), np.zeros((3, 3), int), mask=np.array([1, 0, 0]))
     for targets in (np.full((2, 3), 7.0, np.float32), np.full((2, 3), np.nan, np.float32)):
-        with pytest.raises(UsageError, match=r"targets must be probabilities in \[0, 1\]"):
+        with pytest.raises(UsageError, match=r"targets must be probabilities in \[0, 1\] where they count"):
             sigmoid_binary_cross_entropy(logits, targets)
     with pytest.raises(UsageError, match="mask has shape"):
         sigmoid_binary_cross_entropy(logits, np.zeros((2, 3), np.float32), mask=np.ones(3))
+    # padding where the mask leaves a position out is no error (labels -1, a NaN target), nor are bool labels; the
+    # binary loss's gradient has the logits' type whatever the targets' (Dense.backward takes it)
+    labels = np.array([[0, 1, -1], [2, -1, -1]])
+    assert np.isclose(softmax_cross_entropy(np.zeros((2, 3, 4), np.float32), labels, mask=labels >= 0)[0], np.log(4))
+    assert np.isclose(softmax_cross_entropy(np.zeros((2, 2), np.float32), np.array([True, False]))[0], np.log(2))
+    targets = np.zeros((2, 3, 4), np.float32)
+    targets[1, 2] = np.nan
+    mask = np.ones((2, 3))
+    mask[1, 2] = 0
+    loss, grad = sigmoid_binary_cross_entropy(np.zeros((2, 3, 4), np.float32), targets, mask=mask)
+    assert np.isclose(loss, np.log(2)) and np.all(np.isfinite(grad))
+    assert sigmoid_binary_cross_entropy(logits, np.array([[0, 1, 1], [1, 0, 0]]))[1].dtype == np.float32
     d = Dense(3, 2)
     d.forward(np.ones((4, 3), np.float32))
     for dy in (np.ones((4, 3), np.float32), np.ones((4, 2))):
