@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import InputFileError, UsageError
 from .layer import PARAMETER_SIZES, Layer, layer_sizes, read_saved
 from .numpy_layer import NumpyLayer
 from .schedule import Schedule, parse_schedule
@@ -49,13 +49,21 @@ def check_forget_bias(spec: Spec, forget_bias) -> float | None:
 
 def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
+    if backend not in ("numpy", "cuda"):  # (the caller's arguments first: past them, a refusal is the file's)
+        raise UsageError(f"unknown backend {backend!r}; choose numpy or cuda")
+    if isinstance(schedule, str):
+        parse_schedule(schedule)
     meta, state = read_saved(path)
     first = meta["sizes"][0]
-    layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
-                    num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
-                    bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
-                    dropconnect=meta.get("dropconnect", 0.0))
-    layer.load_state_dict(state)
+    try:
+        layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
+                        num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
+                        bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
+                        dropconnect=meta.get("dropconnect", 0.0))
+        layer.load_state_dict(state)
+    except UsageError as err:  # (sizes, dtype or options the saved spec cannot take: edited by hand, or damaged)
+        raise InputFileError(f"{path}: its saved settings do not fit its spec or the options given ({err}); was the "
+                             "file edited?") from None
     return layer
 
 

@@ -143,6 +143,27 @@ def test_load_npz_without_metadata(tmp_path):
         lstmdsl.load(path)
 
 
+def test_load_of_edited_settings_is_a_file_error_the_callers_options_usage_errors(tmp_path):
+    """A layer file whose metadata was edited (a dtype the backends do not take, sizes its parameters do not have)
+    is the file's fault: InputFileError (exit 66), saying so; a bad backend or schedule given to load is the
+    caller's: UsageError / SpecError, before the file is read."""
+    import json
+
+    path = tmp_path / "v.npz"
+    lstmdsl.compile("vanilla", 3, 4).save(path)
+    files = dict(np.load(path))
+    meta = json.loads(str(files["__meta__"]))
+    for edit in ({"dtype": "float16"}, {"sizes": [dict(meta["sizes"][0], hidden=5)]}):
+        np.savez(tmp_path / "edited.npz", **{**files, "__meta__": np.array(json.dumps({**meta, **edit}))})
+        with pytest.raises(InputFileError, match="its saved settings do not fit its spec or the options given"):
+            lstmdsl.load(tmp_path / "edited.npz")
+    with pytest.raises(UsageError, match="unknown backend 'gpu'"):
+        lstmdsl.load(path, backend="gpu")
+    with pytest.raises(lstmdsl.SpecError):
+        lstmdsl.load(path, schedule="hoist everything")
+    assert lstmdsl.load(path).output_size == 4
+
+
 def test_dense_and_losses_match_central_differences():
     rng = np.random.default_rng(3)
     dense = Dense(5, 4, dtype="float64", seed=1)
