@@ -144,9 +144,8 @@ class Chunks:
     min_bytes: int = 1 << 26
     min_rows: int = 1 << 14
 
-    def steps(self, T: int, nbytes: int, B: int, wave: bool) -> int:
-        """Steps per chunk where the products of T steps of B rows take nbytes, in a stack's wavefront or a layer
-        alone, else 0 (all T steps at once)."""
-        steps = Wavefront(self.chunks).steps(T)
-        steps = steps if wave else max(steps, -(-self.min_rows // B))
+    def steps(self, T: int, nbytes: int, B: int, wave: int = 0) -> int:
+        """Steps per chunk where the products of T steps of B rows take nbytes, in a stack's wavefront of chunks of
+        `wave` steps (its own) or a layer alone (wave 0), else 0 (all T steps at once)."""
+        steps = wave or max(Wavefront(self.chunks).steps(T), -(-self.min_rows // B))
         return steps if nbytes >= self.min_bytes and 2 <= steps < T else 0

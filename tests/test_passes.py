@@ -339,13 +339,14 @@ def test_the_chunks_cost_model():
     or more, fewer than T."""
     from lstmdsl.loops import Chunks, Wavefront
 
-    c = Chunks()
-    assert c.steps(1000, 4000 << 20, 256, True) == 63 == Wavefront().steps(1000)
-    assert c.steps(1000, 4000 << 20, 256, False) == 64 and c.steps(1000, 1000 << 20, 64, False) == 256
-    assert c.steps(100, 64 << 20, 256, True) == 7 and c.steps(100, (64 << 20) - 1, 256, True) == 0
-    assert c.steps(100, 400 << 20, 256, False) == 64 and c.steps(100, 400 << 20, 96, False) == 0
-    assert c.steps(17, 1 << 30, 1 << 14, True) == 2 and c.steps(16, 1 << 30, 1 << 14, True) == 0
-    assert c.steps(1, 1 << 30, 1 << 14, False) == 0
+    c, w = Chunks(), Wavefront()
+    assert c.steps(1000, 4000 << 20, 256, w.steps(1000)) == 63 == w.steps(1000)
+    assert c.steps(1000, 4000 << 20, 256) == 64 and c.steps(1000, 1000 << 20, 64) == 256
+    assert c.steps(100, 64 << 20, 256, w.steps(100)) == 7 and c.steps(100, (64 << 20) - 1, 256, w.steps(100)) == 0
+    assert c.steps(100, 400 << 20, 256) == 64 and c.steps(100, 400 << 20, 96) == 0
+    assert c.steps(17, 1 << 30, 1 << 14, w.steps(17)) == 2 and c.steps(16, 1 << 30, 1 << 14, w.steps(16)) == 0
+    assert c.steps(1, 1 << 30, 1 << 14) == 0
+    assert c.steps(1000, 1 << 30, 256, Wavefront(chunks=4).steps(1000)) == 250  # (the wavefront's own chunks)
 
 
 def test_verify_catches_broken_mixed_precision_plans():

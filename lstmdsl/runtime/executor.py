@@ -122,7 +122,7 @@ class Engine:
                 why = ((why_not_persistent(plan, phase) or "the schedule's `wavefront` takes the layers") if pers is None
                        else f"its backward kernel does not fit this GPU at B = {ws.B}, T = {ws.T} (the matrices' "
                        "columns must fit in shared memory)" if phase == "backward" else
-                       f"it does not fit this GPU at B = {ws.B}, T = {ws.T}")
+                       f"it does not fit this GPU at B = {ws.B}, T = {ws.T}" if not ws.chunk else "it runs in chunks")
                 warnings.warn(f"lstmdsl: schedule 'persistent' for cell {plan.cell.name}: {why}; running the "
                               f"stepwise loop ({phase})", stacklevel=2)
             if run is not None:  # (the kernel compiled for this shape, where the plan says: runtime/specialise.py)

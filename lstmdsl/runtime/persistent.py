@@ -130,10 +130,10 @@ def chunk_steps(engine, ws, names: list[str]) -> int:
     products in its one launch; Engine.persistent_run never chooses it for a workspace that runs in chunks)."""
     if not engine.use_chunks:
         return 0
-    wave = engine.program.plan.wavefront is not None and 1 < len(engine.sizes) <= cublas.MAX_LANES and \
-        engine.use_wavefront  # (Engine.wave_steps: then the wavefront's chunks, which it keeps where they agree)
-    steps = engine.program.plan.chunks.steps(ws.T, sum(ws.item[n] * ws.T * ws.B * ws.width[n] for n in names),
-                                             ws.B, wave)
+    plan = engine.program.plan
+    wave = plan.wavefront.steps(ws.T) if plan.wavefront is not None and 1 < len(engine.sizes) <= cublas.MAX_LANES \
+        and engine.use_wavefront else 0  # (the wavefront's own chunks: Engine.wave_steps keeps it where they agree)
+    steps = plan.chunks.steps(ws.T, sum(ws.item[n] * ws.T * ws.B * ws.width[n] for n in names), ws.B, wave)
     pers = stack_persistent(engine, "forward") if engine.use_persistent else None
     if steps and pers is not None and launch_shape(pers, engine.program.kernels[pers.name],
                                                    engine.functions[pers.name], ws, not engine.beside) is not None:
