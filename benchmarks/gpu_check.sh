@@ -88,7 +88,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
              "--persistent-grid --bf16 peephole" "--persistent-grid --hidden=256 --fp16 vanilla"
              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
              "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
-             "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm")
+             "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm"
+             "--fold lstmp" "--fold --wavefront lstmp")
     # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
     # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
     # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
@@ -102,7 +103,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
     # staged operands' 8-byte words); --batch=1 --hidden=512: the products read the exchange's words straight into
     # tensor-core fragments (a grid compiled for one batch row); --specialise: the persistent kernels compiled for
     # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
-    # backward, as `persistent auto` runs them there
+    # backward, as `persistent auto` runs them there; --fold lstmp: the projection folded into the next step's GEMM
+    # (passes/projection.py), in a stack of two (--wavefront: asked for, and refused for a folded forward: layer by layer)
   racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
               "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
               "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"

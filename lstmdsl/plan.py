@@ -12,6 +12,8 @@ The ops say what is computed:
   WeightGrad  dW_k += g_k^T v (per step inside the loop, or over all T*B rows after it)
   VectorGrad  d vector += the sum over rows of a backward node
   Copy        a value whose producer writes only its first slot, copied to another slot
+  Fold        before the forward loop: the product W P of two weight stacks, which a folded projection's GEMM
+              reads (Gemm.first and Gemm.ahead: passes/projection.py)
 `base_plan` builds the plan with nothing fused or hoisted; the scheduling passes in passes/ rewrite it
 (passes/__init__.py lists them in one PIPELINE). Then the lowering passes decide how it runs:
   types       the element type of every value (Plan.dtype, Buffer.dtype) and the compute type of GEMMs
@@ -62,6 +64,8 @@ class Buffer:
     over: str | None = None  # in training it takes this buffer's memory where the workspace's sizes make them one
     # shape (dx over dy: that one is dead, read last in the loop, before this one is first written, after it;
     # zeroed after the loop then, not before the backward: passes/overlay.py)
+    rows: tuple[str, ...] = ()  # () for B rows; else a matrix of this many rows, one step ("1"): the product of
+    # two weight stacks that a folded projection's GEMMs read (Fold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +219,11 @@ class Gemm:
     accumulate: bool = False  # backward: add into outputs[0] (another GEMM of the same sum wrote it first)
     call: GemmCall | None = None
     init: int | None = None  # backward: outputs[0] = add(init, the products), init already in its slot (sum folding)
+    first: bool = False  # before the loop: the products of the loop's first step only, over B rows, issued at
+    # that step (t = 0 forward, T - 1 reverse): a folded projection's (passes/projection.py)
+    ahead: str = ""  # in the loop: the products of the NEXT step, through this projection matrix P: outputs[k] =
+    # v @ (W_k P)^T = (P v) @ W_k^T, where the next step's state is P v (inputs[0] = v; the GEMM reads the
+    # Fold's product of the stacks, W P)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +270,19 @@ class Copy:
     dst_type: str = ""  # the destination's, where it differs (a converting copy)
 
 
-Op = Union[Gemm, Kernel, WeightGrad, VectorGrad, Copy]
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Before the forward loop: the product of two weight stacks, W P, into a one-step buffer of W's rows
+    (Buffer.rows) that the loop's `ahead` GEMM reads (passes/projection.py). Recomputed at every forward, so
+    it is never stale (an optimizer's step, DropConnect's masked copies)."""
+
+    stack: str  # W, the stack applied to the state
+    through: str  # P, the projection matrix whose product is that state
+    buffer: str
+    call: GemmCall | None = None
+
+
+Op = Union[Gemm, Kernel, WeightGrad, VectorGrad, Copy, Fold]
 
 
 def reduces(phase: "Phase", op) -> bool:

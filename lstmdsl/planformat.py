@@ -6,8 +6,9 @@ from __future__ import annotations
 from .passes.persistent import why_not_persistent
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .kerneldesc import KernelDesc
-from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot, VectorGrad,
-                   WeightGrad)
+from .passes.projection import fold_blocker, folded
+from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot,
+                   VectorGrad, WeightGrad)
 
 def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     """The plan as text (for `lstmdsl compile --emit plan`): the buffers with their types, the weight
@@ -47,8 +48,12 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
     def op_text(phase: Phase, op) -> str:
         if isinstance(op, Gemm):
             what = (f"GEMM {op.kind}  {' | '.join(op.matrices)}  %{', %'.join(map(str, op.inputs))} -> "
-                    f"%{', %'.join(map(str, op.outputs))}" + (" (accumulate)" if op.accumulate else ""))
+                    f"%{', %'.join(map(str, op.outputs))}" + (" (accumulate)" if op.accumulate else "")
+                    + (" (the loop's first step only)" if op.first else "")
+                    + (f" (for the next step: through {op.ahead}, whose product is the next state)" if op.ahead else ""))
             return what + call(op.call)
+        if isinstance(op, Fold):
+            return f"fold  {op.stack} @ {op.through} (the product the step's GEMM reads)" + call(op.call)
         if isinstance(op, Kernel):
             ops = sorted({phase.nodes[i].op for i in op.nodes})
             text = f"kernel {op.name or '?'}  {len(op.nodes)} ops ({', '.join(ops)})"
@@ -93,7 +98,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             extra += ["a ring: step t uses area t mod 2"] if b.steps == "2" else []
             extra += ["C: one chunk's steps, a ring, where a forward-only workspace runs in chunks, else T"] \
                 if b.inference == "C" else []
-            lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, B, {dim(b.width)}]  ({'; '.join(extra)})")
+            extra += ["a matrix, recomputed at every forward"] if b.rows else []
+            lines.append(f"  {b.name:<12} {b.dtype}  [{b.steps}, {dim(b.rows) if b.rows else 'B'}, {dim(b.width)}]  "
+                         f"({'; '.join(extra)})")
         if st.align > 1:
             lines.append(f"  (rows padded to a multiple of {st.align} elements, the weight stacks' too: aligned "
                          "for the tensor cores)")
@@ -127,6 +134,11 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
             lines.append(f"  GEMMs {g[0] + 1}-{g[-1] + 1} of the step run at once, each on a stream of its own "
                          "(in the stepwise loop of a layer run alone: not in a layer wavefront, with use_fanout "
                          "off or while profiling)")
+        if title == "forward" and plan.schedule.fold_projection and st is not None:
+            lines.append("  the projection folded into the step's GEMM (`fold projection`): the products of the next "
+                         "step a step ahead, the projected states over all steps after the loop"
+                         if folded(plan) else f"  no projection folded, though the schedule says fold projection: "
+                         f"{fold_blocker(plan)}")
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ir import OUTPUT_GRAD
-from .plan import Gemm, Kernel, Plan, VectorGrad, WeightGrad
+from .plan import Fold, Gemm, Kernel, Plan, VectorGrad, WeightGrad
 from .reference import eval_node, matvec, matvec_t, outer
 
 
@@ -42,18 +42,25 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
     T, B = xs.shape[:2]
     dtype = xs.dtype
     size = lambda i: sizes[nodes[i].size]  # noqa: E731
-    hoisted = {}
+    hoisted, ahead, folds = {}, {}, {}
     for g in phase.before:  # operand: the input, all steps at once
-        if isinstance(g, Gemm):
+        if isinstance(g, Fold):  # a folded projection's W P (passes/projection.py)
+            folds[g.through] = _stack(params, [m for m in _matrices(plan, g.stack)]) @ params[g.through]
+        elif isinstance(g, Gemm) and g.first:  # the first step's products, from the initial state
+            out = matvec(state[nodes[g.inputs[0]].attr], _stack(params, g.matrices))
+            ahead = dict(zip(g.outputs, _split(out, g.outputs, size)))
+        elif isinstance(g, Gemm):
             out = matvec(xs.reshape(T * B, -1), _stack(params, g.matrices))
             for o, part in zip(g.outputs, _split(out, g.outputs, size)):
                 hoisted[o] = part.reshape(T, B, -1)
+    later = {o for g in phase.after if isinstance(g, Gemm) for o in g.outputs}  # computed over all steps after
+    kept = {g.inputs[0]: np.empty((T, B, size(g.inputs[0])), dtype) for g in phase.after if isinstance(g, Gemm)}
     saved = {i: np.empty((T, B, size(i)), dtype) for i in plan.saved}
     ys = np.empty((T, B, sizes[cell.output_size]), dtype)
     state = dict(state)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for t in range(T):
-            values = {o: h[t] for o, h in hoisted.items()}
+            values = {o: h[t] for o, h in hoisted.items()} | ahead
             for i, n in enumerate(nodes):
                 if n.op == "input":
                     values[i] = xs[t]
@@ -65,7 +72,10 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     values[i] = eval_node(n, [], params, B, dtype, sizes)
             body = phase.loop.persistent.stages if persistent else phase.loop.body
             for op in body:
-                if isinstance(op, Gemm) and _blocks(plan, op):
+                if isinstance(op, Gemm) and op.ahead:  # the next step's products, through the folded W P
+                    out = matvec(values[op.inputs[0]], folds[op.ahead])
+                    ahead = dict(zip(op.outputs, _split(out, op.outputs, size)))
+                elif isinstance(op, Gemm) and _blocks(plan, op):
                     values.update((o, matvec(values[op.inputs[0]], params[m])) for o, m in zip(op.outputs, op.matrices))
                 elif isinstance(op, Gemm):
                     out = matvec(values[op.inputs[0]], _stack(params, op.matrices))
@@ -74,12 +84,32 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
                     for i in op.nodes:
                         values[i] = eval_node(nodes[i], [values[a] for a in nodes[i].args], params, B, dtype,
                                               sizes)
+            for i in kept:
+                kept[i][t] = values[i]
             for i in saved:
-                saved[i][t] = values[i]
-            ys[t] = values[cell.output]
-            state = {s.name: np.array(np.broadcast_to(values[u], (B, sizes[s.size])), dtype)
-                     for s, u in zip(cell.states, cell.updates)}
+                if i not in later:
+                    saved[i][t] = values[i]
+            if cell.output not in later:
+                ys[t] = values[cell.output]
+            state = {s.name: np.array(np.broadcast_to(values[u], (B, sizes[s.size])), dtype) if u not in later
+                     else state[s.name] for s, u in zip(cell.states, cell.updates)}
+    for g in phase.after:  # the folded projection over all steps' rows: its states, read by the caller and saved
+        out = matvec(kept[g.inputs[0]].reshape(T * B, -1), _stack(params, g.matrices)).reshape(T, B, -1)
+        u = g.outputs[0]
+        for s, i in ((s, i) for s, i in zip(cell.states, cell.updates) if i == u):
+            h = next(k for k, n in enumerate(nodes) if n.op == "state" and n.attr == s.name)
+            if h in saved:  # the state read at step t: the initial one, then step t - 1's update
+                saved[h][1:] = out[:-1]
+            state[s.name] = out[-1]
+        if u in saved:
+            saved[u][...] = out
+        if cell.output == u:
+            ys[...] = out
     return ys, state, saved
+
+
+def _matrices(plan: Plan, stack: str) -> tuple[str, ...]:
+    return plan.storage.stack(stack).matrices
 
 
 def plan_backward(plan: Plan, params: dict, sizes: dict[str, int], saved: dict, dys: np.ndarray, dstate: dict,

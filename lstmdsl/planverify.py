@@ -9,8 +9,8 @@ from .passes.in_place import kernel_of, within
 from .passes.overlay import overlay_holds
 from .passes.storage import backward_roots, forward_roots
 from .passes.wavefront import backward_blocker, chunk_rings, wavefront_blocker
-from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Gemm, Kernel, Operand, Phase, Plan, VectorGrad,
-                   WeightGrad, reduces)
+from .plan import (COMPUTE_TYPES, ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, Kernel, Operand, Phase, Plan,
+                   VectorGrad, WeightGrad, reduces)
 
 
 class PlanError(AssertionError):
@@ -20,7 +20,7 @@ class PlanError(AssertionError):
 def _written_by(op) -> tuple[int, ...]:
     if isinstance(op, Kernel):
         return op.nodes
-    if isinstance(op, Gemm):
+    if isinstance(op, Gemm) and not op.ahead:  # (ahead: the next step's values of what `first` computed)
         return op.outputs
     return ()
 
@@ -35,6 +35,8 @@ def _read_by(phase: Phase, op) -> tuple[int, ...]:
         return op.g
     if isinstance(op, VectorGrad):
         return (op.node,)
+    if isinstance(op, Fold):
+        return ()
     return (op.node,)  # a Copy reads the value it copies
 
 
@@ -53,12 +55,26 @@ def _check_dataflow(phase: Phase, title: str) -> None:
             if n.op in LEAF_OPS or i in computed and (computed[i] == "before" or where != "before"):
                 continue
             raise PlanError(f"{title}: {type(op).__name__} ({where}) reads %{i} ({n.op}) before any op computes it")
+        if isinstance(op, Gemm) and (op.first or op.ahead) and not _check_ahead(phase, op, where, computed):
+            raise PlanError(f"{title}: a GEMM of the products of the loop's first step is not before the loop, or one "
+                            "of the next step's is not in it after a GEMM before it that computes them first")
         adds = isinstance(op, Gemm) and op.accumulate  # a later GEMM of one sum adds into its output
         for i in _written_by(op):
             if (i in computed) != adds:
                 raise PlanError(f"{title}: %{i} is computed twice" if not adds else
                                 f"{title}: a GEMM adds into %{i} before any op computes it")
             computed[i] = where
+
+
+def _check_ahead(phase: Phase, op: Gemm, where: str, computed: dict) -> bool:
+    """A `first` GEMM is before the loop, reading a state; an `ahead` one is the loop's last op, after a `first`
+    GEMM of the same outputs and matrices before the loop, and after a Fold of its projection."""
+    if op.first:
+        return where == "before" and not op.ahead and all(phase.nodes[i].op == "state" for i in op.inputs)
+    firsts = [g for g in phase.before if isinstance(g, Gemm) and g.first]
+    return (where == "loop" and phase.loop.body[-1] is op and all(computed.get(i) == "before" for i in op.outputs)
+            and any((g.outputs, g.matrices) == (op.outputs, op.matrices) for g in firsts)
+            and any(isinstance(f, Fold) and f.through == op.ahead for f in phase.before))
 
 
 def _check_padded(plan: Plan, buffers, stacks, op, call, phase_name: str) -> None:
@@ -82,6 +98,8 @@ def _check_storage(plan: Plan) -> None:
     st = plan.storage
     buffers = {b.name: b for b in st.buffers}
     for b in st.buffers:
+        if b.rows and (b.steps, b.inference) != ("1", "1"):
+            raise PlanError(f"buffer {b.name} is a matrix of {b.rows} rows over {b.steps} steps (one only)")
         if b.dtype not in ELEMENT_TYPES or b.steps not in ("1", "T", "T+1", "2") \
                 or b.inference not in (None, "1", "T", "T+1", "2", "C"):
             raise PlanError(f"buffer {b.name}: bad element type or steps ({b.dtype}, {b.steps}, inference "
@@ -157,11 +175,14 @@ def _check_storage(plan: Plan) -> None:
                         or call.a_type != call.b_type:
                     raise PlanError(f"{phase_name}: a GEMM's declared types {call.a_type, call.b_type, call.c_type}"
                                     f" / {call.compute} do not match its operands {got}")
-                rows = ("B",) if where == "loop" else ("T*B",)
-                if rows not in (call.m, call.k):
+                rows = ("B",) if where == "loop" or getattr(op, "first", False) else ("T*B",)
+                if isinstance(op, Fold):
+                    _check_fold(plan, buffers, op, where)
+                elif rows not in (call.m, call.k):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop does not run over {rows[0]} rows")
                 few = ("1", "2")  # (a forward-only workspace has the buffer's inference steps)
-                if where != "loop" and any(o.space == "buffer" and (buffers[o.name].steps in few or phase_name ==
+                if where != "loop" and not isinstance(op, Fold) and not getattr(op, "first", False) and \
+                        any(o.space == "buffer" and (buffers[o.name].steps in few or phase_name ==
                                                                     "forward" and buffers[o.name].inference in few)
                                            for o in (call.a, call.b, call.c)):
                     raise PlanError(f"{phase_name}: a GEMM {where} the loop reads or writes all steps of a buffer "
@@ -193,6 +214,20 @@ def _check_storage(plan: Plan) -> None:
         if any(x.interleave for x in f_slots.get(i, ())):
             raise PlanError(f"%{i}, the output or a state update, lies head by head (its transfers and copies move "
                             "whole rows)")
+
+
+def _check_fold(plan: Plan, buffers, op: Fold, where: str) -> None:
+    """A Fold multiplies its two stacks, before the forward loop, into a one-step buffer of the first's rows."""
+    c, st = op.call, plan.storage
+    w = st.stack(op.stack)
+    p = st.stack_of(op.through) if any(op.through in s.matrices for s in st.stacks) else None
+    b = buffers.get(op.buffer)
+    if (where != "before" or p is None or b is None or b.rows != w.rows or b.steps != "1" or b.inference != "1"
+            or (c.a.space, c.a.name, c.b.space, c.b.name, c.c.space, c.c.name) !=
+            ("weights", w.name, "weights", p.name, "buffer", b.name) or c.trans_a or c.trans_b
+            or (c.m, c.n, c.k) != (w.rows, (p.cols,), (w.cols,))):
+        raise PlanError(f"forward: the Fold of {op.stack} through {op.through} is not W P before the loop into a "
+                        "one-step buffer of W's rows")
 
 
 def _check_in_place(plan: Plan, slots) -> None:

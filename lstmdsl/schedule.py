@@ -2,7 +2,7 @@
 `--schedule` on the command line make. A schedule never changes results beyond floating-point tolerance.
 
 Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
-`precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
+`fold projection` (off unless asked), `precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
 `persistent auto` (the cost model decides: the default); `specialise` (every persistent launch runs a kernel
 compiled for its batch and sizes, compiled at the first call of a shape), `no specialise` (never: the one
 kernel that takes any size), `specialise auto` (the cost model decides, and the kernel is compiled on a thread
@@ -34,6 +34,8 @@ class Schedule:
     fuse_recurrent: bool = False  # forward: the per-step GEMM on a state computed inside the step kernel
     fuse_rows: bool = True  # a step's kernels between two GEMMs, reductions included, as one launch per row
     fold_sums: bool = True  # backward: the pointwise part of a state's gradient added inside the last GEMM
+    fold_projection: bool = False  # forward: a state that is a projection P v feeds the next step's GEMM as
+    # v @ (W P)^T, one GEMM a step instead of two (passes/projection.py); the projection over all steps after it
     precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16 or fp16 (GEMM
     # operands and weights in half precision on the tensor cores, fp32 accumulation, state and pointwise math)
     persistent: str = "auto"  # the forward recurrence as one launch with the weights on chip: "auto" (where
@@ -55,7 +57,8 @@ class Schedule:
 # directive words -> schedule field; switches take an optional leading "no"
 _SWITCHES = {("fuse", "gates"): "fuse_gates", ("hoist", "input"): "hoist_input",
              ("fuse", "pointwise"): "fuse_pointwise", ("batch", "weights"): "batch_weight_grads",
-             ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows", ("fold", "sums"): "fold_sums"}
+             ("fuse", "recurrent"): "fuse_recurrent", ("fuse", "rows"): "fuse_rows", ("fold", "sums"): "fold_sums",
+             ("fold", "projection"): "fold_projection"}
 _SWITCHES_TEXT = [" ".join(k) for k in _SWITCHES]
 _MODES = ("persistent", "specialise", "wavefront")  # modes: `NAME` (on), `no NAME` (off), `NAME auto`
 _MODES_TEXT = [text for name in _MODES for text in (name, f"{name} auto")]

@@ -115,6 +115,24 @@ def test_recurrent_products_fused_into_the_step_kernel(name, T, B, I, H, L):
     check(name, T, B, I, H, L, schedule="fuse recurrent")
 
 
+@pytest.mark.parametrize("T,B,I,H,L,kw", [(7, 3, 5, 33, 1, {}), (1, 1, 2, 1, 2, {}), (9, 17, 7, 100, 2, {"bidirectional": True}),
+                                          (5, 3, 64, 1000, 1, {}), (6, 4, 5, 33, 2, {"dtype": "float64"}),
+                                          (7, 3, 6, 33, 2, {"bidirectional": True, "dropout": 0.3, "dropconnect": 0.3}),
+                                          (7, 3, 6, 33, 2, {"bidirectional": True, "lengths": np.array([7, 1, 4])})])
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_lstmp_with_the_projection_folded(T, B, I, H, L, kw, precision):
+    """`fold projection`: the step's one GEMM of the next step's products through W P (passes/projection.py);
+    with lengths the plan stays unfolded (the masked update is not the projection's product)."""
+    if precision == "tf32" and kw.get("dtype") == "float64":
+        pytest.skip("float64 layers compute in float64")
+    schedule = f"fold projection; precision {precision}"
+    from lstmdsl.passes.projection import folded
+
+    layer = lstmdsl.compile("lstmp", input_size=I, hidden_size=H, proj_size=4, backend="cuda", schedule=schedule)
+    assert folded(layer.program.plan)
+    check("lstmp", T, B, I, H, L, schedule=schedule, **kw)
+
+
 def test_fast_sigmoid_and_tanh_within_their_stated_error():
     """Float kernels compute sigmoid and tanh from the GPU's fast exp2 and reciprocal (__expf, __fdividef:
     templates/pointwise.cu.j2): absolute error against float64 below 1e-6 over [-60, 60] (1.1e-7 and 1.5e-7

@@ -50,7 +50,8 @@ def test_every_schedule_with_block_diagonal_matrices():
     check_every_schedule("slstm", masked=True, num_heads=2)
 
 
-def check_every_schedule(name, masked=False, num_heads=None):
+def check_every_schedule(name, masked=False, num_heads=None, **fields):
+    """fields: Schedule fields set in every schedule (fold_projection=True: tests/test_projection.py)."""
     T, B, I, H = 4, 3, 5, 6
     layer = lstmdsl.compile(name, input_size=I, hidden_size=H, dtype="float64", seed=11, num_heads=num_heads,
                             **extra_sizes(name))
@@ -73,6 +74,7 @@ def check_every_schedule(name, masked=False, num_heads=None):
     want_grads = {k: np.zeros_like(v) for k, v in params.items()}
     want_dx, want_d0 = reference.layer_backward(cell, grad, params, sizes, tape, dys, dfinal, want_grads)
     for schedule in SCHEDULES:
+        schedule = dataclasses.replace(schedule, **fields)
         plan = make_plan(cell, grad, schedule, "float64", trace=lambda _, p: verify(p))
         got_ys, got_final, saved = plan_forward(plan, params, sizes, xs, state, steps)
         what = f"{name} under '{schedule.describe()}'"
@@ -233,8 +235,8 @@ def test_verify_runs_after_every_pass_and_catches_broken_plans():
     plan = make_plan(spec.cell, spec.grad, Schedule(fuse_recurrent=True), trace=lambda name, p: (verify(p),
                                                                                               seen.append(name)))
     assert seen == ["base", "fuse_gates", "hoist_input", "fuse_pointwise", "fuse_recurrent", "fuse_rows",
-                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "fanout", "wavefront", "chunks",
-                    "overlay"]
+                    "batch_weight_grads", "fold_sums", "persistent", "storage", "calls", "projection", "fanout", "wavefront",
+                    "chunks", "overlay"]
     body = plan.forward.loop.body
     swapped = plan.forward.with_body(body[1:] + body[:1])  # the first op moved after the ones reading it
     with pytest.raises(PlanError, match="reads %"):

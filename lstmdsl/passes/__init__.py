@@ -6,8 +6,8 @@ within floating-point tolerance (tests/test_passes.py runs every spec under ever
 splitting needs no pass of its own: base_plan orders each step's GEMMs and kernels by data dependence,
 so a product of a value computed inside the step always sits between two kernels, and the fusion
 passes never merge across it. The lowering passes (LOWERING) always run, in order: they decide the
-types, the storage, how each op is called and which of a step's GEMMs run at once, so the runtime only
-executes. Stacking layers reuses one plan per layer; the wavefront pass decides whether a stack of
+types, the storage, how each op is called, whether a projection feeds the next step folded (`fold projection`)
+and which of a step's GEMMs run at once, so the runtime only executes. Stacking layers reuses one plan per layer; the wavefront pass decides whether a stack of
 them may overlap its layers (Wavefront), the chunks pass whether a forward-only workspace may keep one chunk's
 steps of the input products and run chunk by chunk (Chunks), the last whether dx may take dy's memory in training
 (Buffer.over).
@@ -28,6 +28,7 @@ from .input_hoisting import hoist_input
 from .overlay import plan_overlay
 from .persistent import make_persistent
 from .pointwise_fusion import fuse_pointwise
+from .projection import fold_projection
 from .recurrent_fusion import fuse_recurrent
 from .row_fusion import fuse_rows
 from .sum_folding import fold_sums
@@ -47,7 +48,7 @@ PIPELINE = (
     ("fold_sums", fold_sums),
 )
 LOWERING = (("types", assign_types), ("storage", assign_storage), ("calls", assign_calls),
-            ("fanout", plan_fanout), ("wavefront", plan_wavefront), ("chunks", plan_chunks),
+            ("projection", fold_projection), ("fanout", plan_fanout), ("wavefront", plan_wavefront), ("chunks", plan_chunks),
             ("overlay", plan_overlay))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..plan import Chunks, Copy, Gemm, Kernel, Plan, VectorGrad, Wavefront, WeightGrad
+from ..plan import Chunks, Copy, Fold, Gemm, Kernel, Plan, VectorGrad, Wavefront, WeightGrad
 
 
 def wavefront_blocker(plan: Plan) -> str | None:
@@ -29,6 +29,9 @@ def chunk_blocker(plan: Plan) -> str | None:
     """Why this plan's forward cannot run chunk by chunk (each chunk its input GEMMs over the chunk's rows, then
     its steps), or None where it can."""
     fwd = plan.forward
+    if any(isinstance(op, Fold) for op in fwd.before):
+        return ("its projection is folded into the step's GEMM (`fold projection`: W P and the first step's "
+                "products before the loop, the projected states after it)")
     for op in fwd.before:
         call = op.call if isinstance(op, Gemm) else None
         if call is None or call.m != ("T*B",) or call.heads is not None:

@@ -8,7 +8,7 @@ import copy
 import math
 
 from ..errors import LstmdslError
-from ..plan import ELEMENT_TYPES, Copy, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
+from ..plan import ELEMENT_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
 from . import convert, cublas, device
 from .fanout import Fan
 from .persistent import PersistentRun
@@ -28,8 +28,13 @@ def _kind(phase: str, place: str, op) -> str:
         return "backward: weight-gradient GEMMs"
     if isinstance(op, VectorGrad):
         return "backward: vector-gradient reductions"
+    if isinstance(op, Fold):
+        return "forward: the folded projection's weights (W P)"
+    if phase == "forward" and place == "after":
+        return "forward: the projection, all steps"
     if phase == "forward":
-        return "forward: input GEMM, all steps" if place != "loop" else "forward: per-step GEMMs (recurrent)"
+        return "forward: input GEMM, all steps" if place != "loop" and not op.first else \
+            "forward: per-step GEMMs (recurrent)"
     return "backward: input-gradient GEMM, all steps" if place != "loop" else \
         "backward: per-step GEMMs (gradients passed back)"
 
@@ -207,7 +212,7 @@ class Issue:
                 self.kernel(op, t)
             elif isinstance(op, Copy):
                 self.copy(op, t, self.ws.B if place == "loop" else self.ws.T * self.ws.B)
-            elif isinstance(op, (Gemm, WeightGrad, VectorGrad)):
+            elif isinstance(op, (Gemm, WeightGrad, VectorGrad, Fold)):
                 self.gemm(op.call, t)
 
     def steps(self, name: str, t0: int, t1: int) -> None:
@@ -242,8 +247,9 @@ class Issue:
             for t0 in starts if phase.loop.direction == "forward" else reversed(starts):
                 self.chunk(t0, min(t0 + self.ws.chunk, self.ws.T))
             return
-        for op in phase.before:
-            self.op(name, "before", op, 0)
+        first = 0 if phase.loop.direction == "forward" else self.ws.T - 1
+        for op in phase.before:  # (the products of the loop's first step only, at that step: Gemm.first)
+            self.op(name, "before", op, first if getattr(op, "first", False) else 0)
         run = self.engine.persistent_run(self.ws, name)
         if run is not None:
             self.persistent(name, run)

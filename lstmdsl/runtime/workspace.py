@@ -51,13 +51,14 @@ class Workspace:
         self.steps = {name: {"1": 1, "T": T, "T+1": T + 1, "2": 2, "C": self.chunk or T}[k] for name, k in kind.items()}
         self.ring = {name: self.steps[name] for name, k in kind.items() if k == "2" or k == "C" and self.chunk}
         self.dtype = {b.name: b.dtype for b in buffers}
+        self.rows = {b.name: self.dim(b.rows) if b.rows else B for b in buffers}  # (Buffer.rows: a matrix)
         self.arrays = {}
         over = {b.name: b.over for b in buffers if train and b.over and self.overlays(b, storage.buffer(b.over))}
         self.overlaid = frozenset(over)  # buffers in another's memory (Buffer.over): zeroed after the loop
         for b in buffers:
             if train and (b.alias or b.name in over):
                 continue
-            shape = (self.steps[b.name], B, self.width[b.name])
+            shape = (self.steps[b.name], self.rows[b.name], self.width[b.name])
             mine = (given or {}).get(b.name)
             if mine is not None and mine.shape == shape and mine.dtype == NUMPY_TYPES[b.dtype]:
                 self.arrays[b.name] = mine
@@ -122,4 +123,4 @@ class Workspace:
         return self.item[buffer] * self.width[buffer]
 
     def nbytes(self, buffer: str) -> int:
-        return self.item[buffer] * self.steps[buffer] * self.B * self.width[buffer]
+        return self.item[buffer] * self.steps[buffer] * self.rows[buffer] * self.width[buffer]

@@ -492,5 +492,23 @@ for name in ["vanilla", "gru", "peephole", "zoneout_lstm", "recurrent_dropout", 
 workspace_module.Workspace.__init__ = _ws_init
 wavefront_pass.Chunks, wavefront_pass.Wavefront = _chunks, _wave
 
+# LSTMP's projection folded into the next step's GEMM (passes/projection.py): the first step's products before the
+# loop at the loop's first step (t = T - 1 in reverse), W P at every forward (DropConnect's masked copies included),
+# the projected states over all steps after it; with lengths the plan stays unfolded
+lstmp = lstmdsl.parse(shipped_specs()["lstmp"].read_text())
+for schedule, kw in [("fold projection", dict()), ("fold projection", dict(graphs=True, T=1)),
+                     ("fold projection", dict(L=2, I=6, B=1, T=7)), ("fold projection", dict(dtype="float64", graphs=True)),
+                     ("fold projection", dict(bidirectional=True, L=2, I=6, graphs=True)),
+                     ("fold projection", dict(bidirectional=True, L=2, I=6, dropout=0.3, dropconnect=0.3, graphs=True)),
+                     ("fold projection", dict(bidirectional=True, L=2, I=6, lengths=np.array([2, 4, 1]), graphs=True)),
+                     ("fold projection; precision tf32", dict(graphs=True, H=33, I=7))]:
+    bad = simrt.check(lstmp, P=3, schedule=schedule, verbose=False, **kw)
+    folded = [type(op).__name__ for op in lstmdsl.compile(lstmp, input_size=5, hidden_size=6, proj_size=3,
+                                                          backend="cuda", schedule=schedule).program.plan.forward.before]
+    bad = bad or ({} if "Fold" in folded else {"not folded": 1})
+    failures += bool(bad)
+    total += 1
+    print(f"lstmp | {schedule} | {kw} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
+
 print(f"{total - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

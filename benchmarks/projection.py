@@ -1,0 +1,90 @@
+"""LSTMP with its projection folded into the next step's GEMM (`fold projection`, passes/projection.py) against
+the default plan, beside cuDNN's vanilla LSTM of the same hidden size (issue 14's bar for every shipped variant)
+in the same process: one layer, I = H, proj = H / 2, forward (train=False) and training, through
+lstmdsl.bench.bench_case (which checks each competitor's output against lstmdsl's first).
+
+    python3 benchmarks/projection.py [--precision fp32] [--batches 1 16 64 256] [--hiddens 256 512 1024]
+        [--json benchmarks/results/projection_fp32_h200.json]
+    python3 benchmarks/projection.py --render benchmarks/results/projection_fp32_h200.json   # the table, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lstmdsl  # noqa: E402
+from tables import finish, output_options, render  # noqa: E402
+
+MODES = ("forward", "train")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32"))
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--hiddens", type=int, nargs="+", default=[256, 512, 1024])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=10)
+    output_options(ap)
+    args = ap.parse_args()
+    if args.render:
+        render(args.render, markdown)
+        return
+    import cupy
+    import torch
+
+    from lstmdsl.bench import bench_case
+
+    spec, vanilla = lstmdsl.parse("lstmp"), lstmdsl.parse("vanilla")
+    rows = []
+    for B in args.batches:
+        for H in args.hiddens:
+            for mode in MODES:
+                row = {"B": B, "H": H, "mode": mode}
+                for key, schedule in (("default", None), ("folded", "fold projection")):
+                    r = bench_case(spec, B, H, args.steps, 1, mode, args.precision, args.repeat, ("lstmdsl",),
+                                   schedule=schedule)["results"]["lstmdsl"]
+                    row[f"{key}_ms"], row[f"{key}_memory"] = r.get("ms"), r.get("memory")
+                r = bench_case(vanilla, B, H, args.steps, 1, mode, args.precision, args.repeat, ("cudnn",))
+                row["cudnn_vanilla_ms"] = r["results"]["cudnn"].get("ms")
+                rows.append(row)
+                print(row, flush=True)
+    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuDNN": torch.backends.cudnn.version(),
+           "CuPy": cupy.__version__, "lstmdsl": lstmdsl.__version__, "Python": platform.python_version()}
+    result = {"environment": env, "precision": args.precision, "steps": args.steps, "layers": 1,
+              "repeat": args.repeat, "command": "python3 benchmarks/projection.py " + " ".join(sys.argv[1:]),
+              "rows": rows}
+    finish(result, args, markdown)
+
+
+def markdown(result: dict) -> str:
+    """The table of a result (the JSON this script writes)."""
+    env = result["environment"]
+
+    def ms(v):
+        return f"{v:.3f}" if v is not None else "-"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    lines = [f"LSTMP (proj = H / 2), one layer, I = H, T = {result['steps']}, {result['precision']}, on "
+             f"{env.get('gpu', '?')} ({', '.join(f'{k} {v}' for k, v in env.items() if k != 'gpu')}); ms, "
+             f"medians of {result['repeat']} CUDA-event timings; cuDNN: its vanilla LSTM of hidden size H. "
+             f"Command: `{result['command']}`.", "",
+             "| B | H | mode | lstmdsl default | folded | folded / default | cuDNN vanilla | folded / cuDNN | "
+             "memory folded / default |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['B']} | {r['H']} | {r['mode']} | {ms(r['default_ms'])} | {ms(r['folded_ms'])} | "
+                     f"{ratio(r['folded_ms'], r['default_ms'])} | {ms(r.get('cudnn_vanilla_ms'))} | "
+                     f"{ratio(r['folded_ms'], r.get('cudnn_vanilla_ms'))} | "
+                     f"{ratio(r['folded_memory'], r['default_memory'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
