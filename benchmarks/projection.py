@@ -1,7 +1,8 @@
 """LSTMP with its projection folded into the next step's GEMM (`fold projection`, passes/projection.py) against
 the default plan, beside cuDNN's vanilla LSTM of the same hidden size (issue 14's bar for every shipped variant)
-in the same process: one layer, I = H, proj = H / 2, forward (train=False) and training, through
-lstmdsl.bench.bench_case (which checks each competitor's output against lstmdsl's first).
+and cuDNN's own LSTMP (torch.nn.LSTM with proj_size) in the same process: one layer, I = H, proj = H / 2, forward
+(train=False; cuDNN in eval mode under no_grad) and training (forward and backward of sum(y)); lstmdsl and cuDNN's
+vanilla through lstmdsl.bench.bench_case (which checks lstmdsl's output in each schedule).
 
     python3 benchmarks/projection.py [--precision fp32] [--batches 1 16 64 256] [--hiddens 256 512 1024]
         [--json benchmarks/results/projection_fp32_h200.json]
@@ -52,6 +53,7 @@ def main() -> None:
                     row[f"{key}_ms"], row[f"{key}_memory"] = r.get("ms"), r.get("memory")
                 r = bench_case(vanilla, B, H, args.steps, 1, mode, args.precision, args.repeat, ("cudnn",))
                 row["cudnn_vanilla_ms"] = r["results"]["cudnn"].get("ms")
+                row["cudnn_lstmp_ms"] = cudnn_lstmp(torch, B, H, args.steps, mode, args.precision, args.repeat)
                 rows.append(row)
                 print(row, flush=True)
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuDNN": torch.backends.cudnn.version(),
@@ -60,6 +62,27 @@ def main() -> None:
               "repeat": args.repeat, "command": "python3 benchmarks/projection.py " + " ".join(sys.argv[1:]),
               "rows": rows}
     finish(result, args, markdown)
+
+
+def cudnn_lstmp(torch, B: int, H: int, T: int, mode: str, precision: str, repeat: int) -> float:
+    """ms per call of cuDNN's LSTMP (torch.nn.LSTM(H, H, proj_size=H // 2)), medians of CUDA-event timings."""
+    from lstmdsl.timing import time_gpu
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    lstm = torch.nn.LSTM(H, H, proj_size=H // 2).cuda().train(mode == "train")
+    x = torch.randn(T, B, H, device="cuda", requires_grad=mode == "train")
+
+    def forward():
+        with torch.no_grad():
+            lstm(x)
+
+    def train():
+        x.grad = None
+        for p in lstm.parameters():
+            p.grad = None
+        lstm(x)[0].sum().backward()
+
+    return time_gpu(forward if mode == "forward" else train, repeat)["ms"]
 
 
 def markdown(result: dict) -> str:
@@ -74,14 +97,16 @@ def markdown(result: dict) -> str:
 
     lines = [f"LSTMP (proj = H / 2), one layer, I = H, T = {result['steps']}, {result['precision']}, on "
              f"{env.get('gpu', '?')} ({', '.join(f'{k} {v}' for k, v in env.items() if k != 'gpu')}); ms, "
-             f"medians of {result['repeat']} CUDA-event timings; cuDNN: its vanilla LSTM of hidden size H. "
+             f"medians of {result['repeat']} CUDA-event timings; cuDNN vanilla: its LSTM of hidden size H; cuDNN "
+             f"LSTMP: torch.nn.LSTM with proj_size = H / 2. "
              f"Command: `{result['command']}`.", "",
-             "| B | H | mode | lstmdsl default | folded | folded / default | cuDNN vanilla | folded / cuDNN | "
-             "memory folded / default |", "|---|---|---|---|---|---|---|---|---|"]
+             "| B | H | mode | lstmdsl default | folded | folded / default | cuDNN vanilla | folded / cuDNN vanilla | "
+             "cuDNN LSTMP | folded / cuDNN LSTMP | memory folded / default |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['B']} | {r['H']} | {r['mode']} | {ms(r['default_ms'])} | {ms(r['folded_ms'])} | "
                      f"{ratio(r['folded_ms'], r['default_ms'])} | {ms(r.get('cudnn_vanilla_ms'))} | "
-                     f"{ratio(r['folded_ms'], r.get('cudnn_vanilla_ms'))} | "
+                     f"{ratio(r['folded_ms'], r.get('cudnn_vanilla_ms'))} | {ms(r.get('cudnn_lstmp_ms'))} | "
+                     f"{ratio(r['folded_ms'], r.get('cudnn_lstmp_ms'))} | "
                      f"{ratio(r['folded_memory'], r['default_memory'])} |")
     return "\n".join(lines)
 
