@@ -2,7 +2,8 @@
 the default plan, beside cuDNN's vanilla LSTM of the same hidden size (issue 14's bar for every shipped variant)
 and cuDNN's own LSTMP (torch.nn.LSTM with proj_size) in the same process: one layer, I = H, proj = H / 2, forward
 (train=False; cuDNN in eval mode under no_grad) and training (forward and backward of sum(y)); lstmdsl and cuDNN's
-vanilla through lstmdsl.bench.bench_case (which checks lstmdsl's output in each schedule).
+vanilla through lstmdsl.bench.bench_case; the folded and the default layer's outputs (and, in training, input
+gradients) on the same weights and input are compared at each shape (relative error, in the table).
 
     python3 benchmarks/projection.py [--precision fp32] [--batches 1 16 64 256] [--hiddens 256 512 1024]
         [--json benchmarks/results/projection_fp32_h200.json]
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 import lstmdsl  # noqa: E402
 from tables import finish, output_options, render  # noqa: E402
@@ -53,6 +56,7 @@ def main() -> None:
                     row[f"{key}_ms"], row[f"{key}_memory"] = r.get("ms"), r.get("memory")
                 r = bench_case(vanilla, B, H, args.steps, 1, mode, args.precision, args.repeat, ("cudnn",))
                 row["cudnn_vanilla_ms"] = r["results"]["cudnn"].get("ms")
+                row["folded_vs_default"] = agreement(cupy, spec, B, H, args.steps, mode, args.precision)
                 row["cudnn_lstmp_ms"] = cudnn_lstmp(torch, B, H, args.steps, mode, args.precision, args.repeat)
                 rows.append(row)
                 print(row, flush=True)
@@ -62,6 +66,25 @@ def main() -> None:
               "repeat": args.repeat, "command": "python3 benchmarks/projection.py " + " ".join(sys.argv[1:]),
               "rows": rows}
     finish(result, args, markdown)
+
+
+def agreement(cupy, spec, B: int, H: int, T: int, mode: str, precision: str) -> float:
+    """The relative difference of the folded layer's output (in training also its input gradient) from the
+    default layer's, same weights, input and output gradient; raises where it exceeds the precision's tolerance."""
+    layers = [lstmdsl.compile(spec, H, H, proj_size=H // 2, backend="cuda", seed=0,
+                              schedule=f"{fold}fold projection; precision {precision}") for fold in ("no ", "")]
+    rng = np.random.default_rng(1)
+    x = cupy.asarray(rng.standard_normal((T, B, H), dtype=np.float32))
+    dy = cupy.asarray(rng.standard_normal((T, B, H // 2), dtype=np.float32))
+    got = []
+    for layer in layers:
+        y, _ = layer.forward(x, train=mode == "train")
+        got.append([cupy.asnumpy(y)] + ([cupy.asnumpy(layer.backward(dy))] if mode == "train" else []))
+    err = max(float(np.linalg.norm(f - d) / np.linalg.norm(d)) for d, f in zip(*got))
+    if not err <= (1e-4 if precision == "fp32" else 2e-2):
+        raise AssertionError(f"the folded LSTMP disagrees with the default at B={B}, H={H}, {mode} "
+                             f"(relative error {err:.1e})")
+    return err
 
 
 def cudnn_lstmp(torch, B: int, H: int, T: int, mode: str, precision: str, repeat: int) -> float:
@@ -101,13 +124,14 @@ def markdown(result: dict) -> str:
              f"LSTMP: torch.nn.LSTM with proj_size = H / 2. "
              f"Command: `{result['command']}`.", "",
              "| B | H | mode | lstmdsl default | folded | folded / default | cuDNN vanilla | folded / cuDNN vanilla | "
-             "cuDNN LSTMP | folded / cuDNN LSTMP | memory folded / default |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cuDNN LSTMP | folded / cuDNN LSTMP | memory folded / default | folded vs default |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['B']} | {r['H']} | {r['mode']} | {ms(r['default_ms'])} | {ms(r['folded_ms'])} | "
                      f"{ratio(r['folded_ms'], r['default_ms'])} | {ms(r.get('cudnn_vanilla_ms'))} | "
                      f"{ratio(r['folded_ms'], r.get('cudnn_vanilla_ms'))} | {ms(r.get('cudnn_lstmp_ms'))} | "
                      f"{ratio(r['folded_ms'], r.get('cudnn_lstmp_ms'))} | "
-                     f"{ratio(r['folded_memory'], r['default_memory'])} |")
+                     f"{ratio(r['folded_memory'], r['default_memory'])} | {r.get('folded_vs_default', 0):.1e} |")
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                 if plan.operand_type != plan.dtype else "")]
     st = plan.storage
     if st is not None:
-        lines.append("buffers ([steps, B, width]; inference: steps in a forward-only workspace):")
+        lines.append("buffers ([steps, B (a matrix: its rows), width]; inference: steps in a forward-only workspace):")
         for b in st.buffers:
             extra = [f"inference {b.inference}" if b.inference else "training only"]
             extra += [f"shares memory with {b.alias}"] if b.alias else []

@@ -100,6 +100,8 @@ def plan_forward(plan: Plan, params: dict, sizes: dict[str, int], xs: np.ndarray
             h = next(k for k, n in enumerate(nodes) if n.op == "state" and n.attr == s.name)
             if h in saved:  # the state read at step t: the initial one, then step t - 1's update
                 saved[h][1:] = out[:-1]
+            if cell.output == h:  # the output is the state read at step t (the loop wrote the initial one)
+                ys[1:] = out[:-1]
             state[s.name] = out[-1]
         if u in saved:
             saved[u][...] = out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..masks import has_lengths
 from ..plan import Buffer, Fold, Gemm, GemmCall, Kernel, Operand, Plan
 
 
@@ -36,6 +37,9 @@ def _pattern(plan: Plan):
     fwd = plan.forward
     body = fwd.loop.body
     if not any(fwd.nodes[u].op == "matvec" for u in plan.cell.updates):
+        if has_lengths(plan.cell):
+            return "with lengths, each state's update is held past a sequence's end (m * h' + (1 - m) * h), " \
+                   "not the projection's product"
         return "no state of the cell is a projection (h' = P v)"
     if fwd.loop.persistent is not None:
         return "the forward has a persistent kernel (the fold is for the stepwise loop)"

@@ -494,8 +494,16 @@ wavefront_pass.Chunks, wavefront_pass.Wavefront = _chunks, _wave
 
 # LSTMP's projection folded into the next step's GEMM (passes/projection.py): the first step's products before the
 # loop at the loop's first step (t = T - 1 in reverse), W P at every forward (DropConnect's masked copies included),
-# the projected states over all steps after it; with lengths the plan stays unfolded
+# the projected states over all steps after it. The lengths case runs unfolded (a masked update is not the
+# projection's product: passes/projection.py), the check that it folds is of the same layer without lengths. A cell
+# whose output is the state read at each step (h, not h'), folded too: its outputs come from the after-loop GEMM
 lstmp = lstmdsl.parse(shipped_specs()["lstmp"].read_text())
+old_output = lstmdsl.parse(shipped_specs()["lstmp"].read_text().replace("output h'", "output h"))
+for kw in (dict(), dict(bidirectional=True, L=2, I=6, graphs=True)):
+    bad = simrt.check(old_output, P=3, schedule="fold projection", verbose=False, **kw)
+    failures += bool(bad)
+    total += 1
+    print(f"lstmp, output h | fold projection | {kw} | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 for schedule, kw in [("fold projection", dict()), ("fold projection", dict(graphs=True, T=1)),
                      ("fold projection", dict(L=2, I=6, B=1, T=7)), ("fold projection", dict(dtype="float64", graphs=True)),
                      ("fold projection", dict(bidirectional=True, L=2, I=6, graphs=True)),
