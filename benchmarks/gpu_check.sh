@@ -23,6 +23,8 @@
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MEMORY=1 bash benchmarks/gpu_check.sh        # also bf16 training memory four ways (benchmarks/memory_regimes.py)
+#     PROJECTION=1 bash benchmarks/gpu_check.sh    # also LSTMP folded against unfolded, 4-layer stacks at B 1-64,
+#                                                  # H 256 and 512, fp32 and tf32 (benchmarks/projection.py)
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
 #     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 12 (pytest-xdist; with an
@@ -185,6 +187,14 @@ fi
 if [ -n "${PERSISTENT:-}" ]; then
   timeout 60 python3 benchmarks/persistent_floor.py --json "$OUT/persistent_floor.json" 2>&1 | tail -12
   timeout 400 python3 benchmarks/persistent.py --name persistent_check_fp32 2>&1 | tee "$OUT/persistent.log" | tail -45
+fi
+if [ -n "${PROJECTION:-}" ]; then
+  for p in fp32 tf32; do
+    timeout 150 python3 benchmarks/projection.py --precision $p --layers 4 --batches 1 16 64 --hiddens 256 512 \
+      --json "$OUT/projection_${p}_l4.json" > "$OUT/projection_${p}_l4.log" 2>&1
+    note "projection $p, 4 layers: rc $? ($OUT/projection_${p}_l4.md)"
+    grep "^| [0-9]" "$OUT/projection_${p}_l4.md" 2>/dev/null | cut -d'|' -f2-7
+  done
 fi
 if [ -n "${MEMORY:-}" ]; then
   timeout 240 python3 benchmarks/memory_regimes.py --json "$OUT/memory_regimes_bf16.json" 2>&1 | tail -12
