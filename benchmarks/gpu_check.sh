@@ -190,7 +190,7 @@ if [ -n "${PERSISTENT:-}" ]; then
 fi
 if [ -n "${PROJECTION:-}" ]; then
   for p in fp32 tf32; do
-    timeout 150 python3 benchmarks/projection.py --precision $p --layers 4 --batches 1 16 64 --hiddens 256 512 \
+    timeout 240 python3 benchmarks/projection.py --precision $p --layers 4 --batches 1 16 64 --hiddens 256 512 \
       --json "$OUT/projection_${p}_l4.json" > "$OUT/projection_${p}_l4.log" 2>&1
     note "projection $p, 4 layers: rc $? ($OUT/projection_${p}_l4.md)"
     grep "^| [0-9]" "$OUT/projection_${p}_l4.md" 2>/dev/null | cut -d'|' -f2-7

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .passes.persistent import why_not_persistent
 from .passes.wavefront import backward_blocker, wavefront_blocker
 from .kerneldesc import KernelDesc
-from .passes.projection import fold_blocker, folded
+from .passes.projection import NO_PROJECTION, fold_blocker
 from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot,
                    VectorGrad, WeightGrad)
 
@@ -135,10 +135,12 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          "(in the stepwise loop of a layer run alone: not in a layer wavefront, with use_fanout "
                          "off or while profiling)")
         if title == "forward" and plan.schedule.fold_projection and st is not None:
-            lines.append("  the projection folded into the step's GEMM (`fold projection`): the products of the next "
-                         "step a step ahead, the projected states over all steps after the loop"
-                         if folded(plan) else f"  no projection folded, though the schedule says fold projection: "
-                         f"{fold_blocker(plan)}")
+            why = fold_blocker(plan)
+            if why is None:
+                lines.append("  the projection folded into the step's GEMM (`fold projection`): the products of the "
+                             "next step a step ahead, the projected states over all steps after the loop")
+            elif why != NO_PROJECTION:  # (a cell without a projection: nothing to say)
+                lines.append(f"  no projection folded, though the schedule says fold projection: {why}")
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "

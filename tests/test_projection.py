@@ -11,7 +11,7 @@ import pytest
 import lstmdsl
 from lstmdsl.masks import with_lengths
 from lstmdsl.passes import make_plan
-from lstmdsl.passes.projection import fold_blocker, folded
+from lstmdsl.passes.projection import NO_PROJECTION, fold_blocker, folded
 from lstmdsl.plan import Fold, Gemm, Kernel
 from lstmdsl.planformat import format_plan
 from lstmdsl.planverify import PlanError, verify
@@ -85,14 +85,25 @@ def test_the_folded_step_is_the_kernel_and_one_gemm_of_the_next_steps_products(d
 def test_where_the_pattern_does_not_hold_the_plan_is_left_as_it_was_and_says_why(name, text, why):
     plan = plan_of(name, text)
     assert not folded(plan) and why in fold_blocker(plan)
-    assert f"no projection folded, though the schedule says fold projection: {fold_blocker(plan)}" in format_plan(plan)
+    said = f"no projection folded, though the schedule says fold projection: {fold_blocker(plan)}" in format_plan(plan)
+    assert said == (name != "vanilla")  # (a cell without a projection: nothing to say)
 
 
 def test_lengths_keep_the_projection_unfolded():
-    """With a length mask the state's update is m * P v + (h - m * h), not the projection's product."""
+    """With a length mask the state's update is m * P v + (h - m * h), not the projection's product; a masked
+    cell without a projection has nothing to fold, and says nothing of it."""
     spec = lstmdsl.parse("lstmp")
     plan = plan_of(cell=with_lengths(spec.cell))
     assert not folded(plan) and "with lengths, each state's update is held past a sequence's end" in fold_blocker(plan)
+    assert "with lengths" in format_plan(plan)
+    for name in ("vanilla", "gru"):
+        plan = plan_of(name, cell=with_lengths(lstmdsl.parse(name).cell))
+        assert fold_blocker(plan) == NO_PROJECTION and "projection folded" not in format_plan(plan)
+
+
+def test_a_folded_plan_has_nothing_blocking_it():
+    plan = plan_of()
+    assert folded(plan) and fold_blocker(plan) is None
 
 
 def test_the_switch_is_off_unless_asked_and_reads_back():

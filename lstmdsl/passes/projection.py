@@ -32,15 +32,26 @@ from ..masks import has_lengths
 from ..plan import Buffer, Fold, Gemm, GemmCall, Kernel, Operand, Plan
 
 
+NO_PROJECTION = "no state of the cell is a projection (h' = P v)"
+
+
+def _masked_projection(nodes, u: int) -> bool:
+    """Whether update u is a length mask's hold of a projection, m * P v + (h - m * h) (masks.with_lengths)."""
+    n = nodes[u]
+    if n.op != "add" or nodes[n.args[0]].op != "mul":
+        return False
+    return any(nodes[a].op == "matvec" for a in nodes[n.args[0]].args)
+
+
 def _pattern(plan: Plan):
     """(W h GEMM, P v GEMM, the state's name), or a string saying why the forward does not have the pattern."""
     fwd = plan.forward
     body = fwd.loop.body
     if not any(fwd.nodes[u].op == "matvec" for u in plan.cell.updates):
-        if has_lengths(plan.cell):
+        if has_lengths(plan.cell) and any(_masked_projection(fwd.nodes, u) for u in plan.cell.updates):
             return "with lengths, each state's update is held past a sequence's end (m * h' + (1 - m) * h), " \
                    "not the projection's product"
-        return "no state of the cell is a projection (h' = P v)"
+        return NO_PROJECTION
     if fwd.loop.persistent is not None:
         return "the forward has a persistent kernel (the fold is for the stepwise loop)"
     if plan.operand_type != plan.dtype:
@@ -74,7 +85,9 @@ def _pattern(plan: Plan):
 
 
 def fold_blocker(plan: Plan) -> str | None:
-    """Why `fold projection` cannot fold this plan's forward (None: it can)."""
+    """Why `fold projection` cannot fold this plan's forward (None: it can, or it is folded)."""
+    if folded(plan):
+        return None
     if plan.storage is None:
         return "the plan has no storage yet"
     found = _pattern(plan)
