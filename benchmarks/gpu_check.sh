@@ -160,8 +160,13 @@ start=$SECONDS
 jobs=()  # JOBS=n: n pytest workers (default 12; pytest-xdist, if importable: `../shared/tools/gpu-wheels.sh pytest-xdist
 # execnet` puts it in .whl), compiling kernels in parallel; JOBS=0: one process
 if [ "${JOBS:-12}" != 0 ] && python3 -c "import xdist" 2>/dev/null; then jobs=(-n "${JOBS:-12}"); fi
-timeout 520 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | tail -25
+# each failure is written to $OUT/failures.txt as it happens (tests/conftest.py), and the time limit interrupts
+# pytest (SIGINT) so it still prints its summary: on 2026-12-05 an H100 run cut off at 97% left three F's, no names
+: > "$OUT/failures.txt"
+LSTMDSL_TEST_FAILURES="$OUT/failures.txt" timeout -s INT -k 20 "${TESTS_S:-520}" python3 -m pytest -q -rf -p no:cacheprovider \
+  -m gpu tests/ --maxfail="${MAXFAIL:-1}" "${jobs[@]}" 2>&1 | tee "$OUT/pytest.log" | grep -v PytestBenchmarkWarning | tail -25
 note "gpu tests: $(tail -1 "$OUT/pytest.log") ($((SECONDS - start)) s)"
+[ -s "$OUT/failures.txt" ] && note "failed: $(grep -c '^FAILED ' "$OUT/failures.txt") ($(grep '^FAILED ' "$OUT/failures.txt" | cut -d' ' -f2 | tr '\n' ' '))"
 fi
 
 if [ -n "$san_pid" ]; then
@@ -216,3 +221,7 @@ fi
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+if [ -s "$OUT/failures.txt" ]; then  # the failures' tracebacks last, where a caller that keeps only the output's
+  echo; echo "== failures (each traceback's last lines; all of them in $OUT/failures.txt)"  # tail still has them
+  awk '/^FAILED /{n=0} {if (n++ < 14) print}' "$OUT/failures.txt" | head -120
+fi

@@ -48,6 +48,17 @@ def pytest_unconfigure(config):
         del os.environ["LSTMDSL_TEST_NVCC_CLAIMS"]
 
 
+def pytest_runtest_logreport(report):
+    """With LSTMDSL_TEST_FAILURES set (benchmarks/gpu_check.sh), each failure's test and traceback is appended
+    to that file as it happens (with pytest-xdist, in the controller), so a run cut off by its time limit
+    still says which tests failed and why (on 2026-12-05 a GPU run cut off at 97% showed three F's and no names)."""
+    path = os.environ.get("LSTMDSL_TEST_FAILURES")
+    if path and report.failed:
+        text = report.longreprtext.splitlines()
+        with open(path, "a") as f:
+            f.write(f"FAILED {report.nodeid} ({report.when})\n" + "\n".join(text[-40:]) + "\n\n")
+
+
 def pytest_collection_modifyitems(config, items):
     if has_gpu():
         return
