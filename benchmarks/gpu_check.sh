@@ -26,6 +26,8 @@
 #     PROJECTION=1 bash benchmarks/gpu_check.sh    # also LSTMP folded against unfolded, 4-layer stacks at B 1-64,
 #                                                  # H 256 and 512, fp32 and tf32 (benchmarks/projection.py)
 #     MAXFAIL=20 bash benchmarks/gpu_check.sh      # the GPU tests go on past the first failures
+#     TESTS_S=560 bash benchmarks/gpu_check.sh     # the GPU tests' time limit (default 520 s; on an H100 on 2026-12-05
+#                                                  # with the sanitizers beside them they reached 97% in 520 s)
 #     PERSISTENT=1 bash benchmarks/gpu_check.sh    # also the persistent schedule's floor and its small grid
 #     JOBS=4 bash benchmarks/gpu_check.sh          # the GPU tests in 4 processes, not 12 (pytest-xdist; with an
 #                                                  # empty kernel cache most of their time is compiling; JOBS=0: one)
