@@ -53,7 +53,8 @@ def pytest_runtest_logreport(report):
     to that file as it happens (with pytest-xdist, in the controller), so a run cut off by its time limit
     still says which tests failed and why (on 2026-12-05 a GPU run cut off at 97% showed three F's and no names)."""
     path = os.environ.get("LSTMDSL_TEST_FAILURES")
-    if path and report.failed:
+    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):  # (a worker's reports reach the
+        # controller's hook too: written there once)
         text = report.longreprtext.splitlines()
         with open(path, "a") as f:
             f.write(f"FAILED {report.nodeid} ({report.when})\n" + "\n".join(text[-40:]) + "\n\n")
