@@ -108,7 +108,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
     # tensor-core fragments (a grid compiled for one batch row); --specialise: the persistent kernels compiled for
     # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
     # backward, as `persistent auto` runs them there; --fold lstmp: the projection folded into the next step's GEMM
-    # (passes/projection.py), in a stack of two (--wavefront: asked for, and refused for a folded forward: layer by layer)
+    # (passes/projection.py), in a stack of two (--wavefront: a folded wavefront, each chunk's projected states formed
+    # after its steps)
   racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
               "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
               "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"

@@ -15,9 +15,10 @@ launch fewer. It pays where a step is launch-bound (small batches) and may lose 
 hence a switch, off unless the schedule asks for it. The values differ from the unfolded loop's by rounding
 ((W P) v against W (P v)).
 
-A lowering pass: it runs after the calls pass, on a plan whose storage and calls are assigned, and where it
-folds, the forward no longer runs chunk by chunk or as a layer wavefront (passes/wavefront.py: work after the
-loop). It folds only where all of this holds (fold_blocker says which does not): the loop is the stepwise one
+A lowering pass: it runs after the calls pass, on a plan whose storage and calls are assigned. A folded forward
+still runs chunk by chunk and as a layer wavefront (passes/wavefront.py): the Fold and the first products with
+the loop's first chunk, the projected states over each chunk's rows after its steps (runtime/issue.py chunk), v
+then one chunk's ring in a forward-only workspace. It folds only where all of this holds (fold_blocker says which does not): the loop is the stepwise one
 (no persistent kernel), the GEMM operands are of the values' type (not half precision: a state rounded where it
 feeds a GEMM would be v instead), the loop is exactly [W h GEMM, kernels, P v GEMM] where the latter's output is
 the state's update, nothing else in the step reads the state, and the stacks are plain (no heads, padding or

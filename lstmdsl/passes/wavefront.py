@@ -1,11 +1,12 @@
 """The layer wavefront (plan.Wavefront): whether a stack of this plan's layers can run its forward chunk
 by chunk, each layer on a stream of its own.
 
-A chunk of a layer is its input GEMM over the chunk's rows and then the chunk's steps, so the forward
-must be exactly that: before the loop only GEMMs over all T*B rows whose buffer operands move with the
-step (the hoisted input products), nothing after the loop, and a layer's x the layer below's y in place
-(Storage.stack_input), so that chunk j of layer l reads what chunk j of layer l-1 wrote with no copy
-between them. Every shipped spec qualifies.
+A chunk of a layer is its input GEMM over the chunk's rows, the chunk's steps, then the GEMMs after the
+loop over the chunk's rows, so the forward must be exactly that: before the loop only GEMMs over all T*B
+rows whose buffer operands move with the step (the hoisted input products) and a folded projection's W P
+and first products (passes/projection.py: with the first chunk), after it only such GEMMs (the folded
+projection's states), and a layer's x the layer below's y in place (Storage.stack_input), so that chunk j of
+layer l reads what chunk j of layer l-1 wrote with no copy between them. Every shipped spec qualifies.
 """
 
 from __future__ import annotations
@@ -25,21 +26,49 @@ def wavefront_blocker(plan: Plan) -> str | None:
     return why
 
 
+def _loop_buffers(plan: Plan) -> set[str]:
+    """The buffers the forward's loop reads or writes (its ops' values' slots, its GEMMs' buffer operands)."""
+    if plan.storage is None:
+        return set()
+    fwd, slots = plan.forward, plan.storage.slots("forward")
+    nodes: set[int] = set()
+    for op in fwd.loop.body:
+        if isinstance(op, Kernel):
+            nodes.update(op.nodes)
+            nodes.update(a for i in op.nodes for a in fwd.nodes[i].args)
+        elif isinstance(op, Gemm):
+            nodes.update(op.inputs + op.outputs)
+    used = {s.buffer for i in nodes for s in slots.get(i, ())}
+    return used | {o.name for op in fwd.loop.body if isinstance(op, Gemm) and op.call is not None
+                   for o in (op.call.a, op.call.c) if o.space == "buffer"}
+
+
+def _after_by_chunks(plan: Plan, op) -> bool:
+    """A GEMM after the loop that a chunk can run over its own steps' rows once its steps have run: over all
+    steps' rows of buffers (T*B rows), into a buffer the loop neither reads nor writes (a folded projection's
+    states: later chunks' steps do not read what it writes)."""
+    call = op.call if isinstance(op, Gemm) else None
+    return call is not None and call.m == ("T*B",) and call.heads is None and call.a.space == "buffer" \
+        and call.c.space == "buffer" and call.c.name not in _loop_buffers(plan)
+
+
 def chunk_blocker(plan: Plan) -> str | None:
     """Why this plan's forward cannot run chunk by chunk (each chunk its input GEMMs over the chunk's rows, then
-    its steps), or None where it can."""
+    its steps, then the GEMMs after the loop over the chunk's rows), or None where it can. A folded projection
+    (passes/projection.py) runs its Fold and the first step's products with the first chunk, and its projected
+    states, the GEMM after the loop, chunk by chunk."""
     fwd = plan.forward
-    if any(isinstance(op, Fold) for op in fwd.before):
-        return ("its projection is folded into the step's GEMM (`fold projection`: W P and the first step's "
-                "products before the loop, the projected states after it)")
     for op in fwd.before:
+        if isinstance(op, Fold) or isinstance(op, Gemm) and op.first:
+            continue
         call = op.call if isinstance(op, Gemm) else None
         if call is None or call.m != ("T*B",) or call.heads is not None:
             return "the forward does work other than input GEMMs over all steps before its loop"
         if call.a.space != "buffer" or call.c.space != "buffer":
             return "an input GEMM before the loop reads or writes something other than a buffer's steps"
-    if fwd.after:
-        return "the forward does work after its loop"
+    if not all(_after_by_chunks(plan, op) for op in fwd.after):
+        return "the forward does work after its loop other than GEMMs over all steps' rows into buffers the loop " \
+               "does not use"
     return None
 
 
@@ -93,7 +122,9 @@ def chunk_rings(plan: Plan) -> tuple[str, ...]:
         return ()
     st = plan.storage
     out = {t.buffer for t in st.outputs if t.what == "y"} | {"x"}
-    written = {op.call.c.name for op in plan.forward.before}
+    written = {op.call.c.name for op in plan.forward.before if op.call.m == ("T*B",)}
+    written |= {op.call.a.name for op in plan.forward.after}  # (a folded projection's v: read chunk by chunk)
+    written -= {op.call.c.name for op in plan.forward.after}
     at_own_step = {b for b in written if all(s.step == 0 for _, slots in st.forward for s in slots if s.buffer == b)}
     return tuple(b.name for b in st.buffers if b.name in at_own_step - out and b.inference in ("T", "C"))
 

@@ -285,11 +285,19 @@ class Issue:
 
     def chunk(self, t0: int, t1: int) -> None:
         """The forward over steps t0 .. t1-1 (a wavefront's chunk): the GEMMs before the loop over those
-        steps' rows (passes/wavefront.py: they are all there is before it, and nothing follows it), then the
-        steps."""
-        for op in self.plan.forward.before:
-            if isinstance(op, Fold) or op.first:  # passes/wavefront.py: a folded forward has no chunks
-                raise AssertionError("a plan with its projection folded cannot run in chunks")
+        steps' rows (passes/wavefront.py chunk_blocker: GEMMs over all steps' rows, and a folded projection's
+        Fold and first products, issued with the loop's first chunk), then the steps, then the GEMMs after the
+        loop over those steps' rows (a folded projection's states)."""
+        fwd, rows = self.plan.forward, (t1 - t0) * self.ws.B
+        first = 0 if fwd.loop.direction == "forward" else self.ws.T - 1  # (the loop's first step)
+        for op in fwd.before:
+            if isinstance(op, Fold) or op.first:
+                if t0 <= first < t1:
+                    self.op("forward", "before", op, first if isinstance(op, Gemm) and op.first else 0)
+                continue
             with self.engine.part(_kind("forward", "before", op), self.stream):
-                self.gemm(op.call, t0, (t1 - t0) * self.ws.B)
+                self.gemm(op.call, t0, rows)
         self.steps("forward", t0, t1)
+        for op in fwd.after:
+            with self.engine.part(_kind("forward", "after", op), self.stream):
+                self.gemm(op.call, t0, rows)

@@ -476,7 +476,9 @@ def _made(self, *args, **kw):
 workspace_module.Workspace.__init__ = _made
 for name in ["vanilla", "gru", "peephole", "zoneout_lstm", "recurrent_dropout", "fgr", "lstmp", "layernorm"]:
     spec = lstmdsl.parse(shipped_specs()[name].read_text())
-    for schedule in ("no persistent; wavefront", "no persistent; wavefront; precision bf16"):
+    folds = ("fold projection; no persistent; wavefront", "fold projection; no persistent; wavefront; precision tf32") \
+        if name == "lstmp" else ()  # (the projection folded: its states formed after each chunk's steps)
+    for schedule in ("no persistent; wavefront", "no persistent; wavefront; precision bf16") + folds:
         for L, bidirectional, T, wave in ((1, False, 7, 0), (2, True, 7, 0), (3, False, 9, 3)):
             made.clear()
             bad = simrt.check(spec, T=T, I=6, L=L, P=3 if spec.uses_size("proj") else None, schedule=schedule,
@@ -489,6 +491,21 @@ for name in ["vanilla", "gru", "peephole", "zoneout_lstm", "recurrent_dropout", 
             print(f"{name} | {schedule} | T={T} L={L}{' bidirectional' if bidirectional else ''}: forward-only "
                   f"chunks {[w.chunk for w in inference]}, wavefront {inference[0].wave if inference else None} | "
                   f"{'OK' if not bad and ran else f'BAD {bad}'}", flush=True)
+# the folded projection chunk by chunk: one layer each way (a reverse layer's first chunk is its last), a
+# bidirectional stack without lengths, a wavefront of three layers; forward-only workspaces hold the fold's buffer
+lstmp = lstmdsl.parse(shipped_specs()["lstmp"].read_text())
+for schedule in ("fold projection; no persistent; wavefront", "fold projection; no persistent"):
+    for L, bidirectional, T in ((1, False, 7), (1, True, 8), (2, True, 7), (3, False, 9)):
+        made.clear()
+        bad = simrt.check(lstmp, T=T, I=6, L=L, P=3, schedule=schedule, bidirectional=bidirectional,
+                          verbose=False, graphs=True)
+        inference = [w for w in made if not w.train]
+        ran = inference and all(w.chunk == 3 and "folded" in w.steps for w in inference)
+        failures += bool(bad) or not ran
+        total += 1
+        print(f"lstmp | {schedule} | T={T} L={L}{' bidirectional' if bidirectional else ''}: folded, forward-only "
+              f"chunks {[w.chunk for w in inference]}, wavefront {inference[0].wave if inference else None} | "
+              f"{'OK' if not bad and ran else f'BAD {bad}'}", flush=True)
 workspace_module.Workspace.__init__ = _ws_init
 wavefront_pass.Chunks, wavefront_pass.Wavefront = _chunks, _wave
 
