@@ -206,7 +206,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                                                       plan.forward.loop.persistent is not None else "")
         lines.append(f"in a stack, the forward as a layer wavefront, {rule}: the sequence in {wave.chunks} chunks of "
                      "ceil(T / chunks) steps, each layer on a stream of its own; layer l runs chunk j (its input "
-                     "GEMM over the chunk's rows, then its steps) once layer l-1 has run chunk j")
+                     "GEMM over the chunk's rows, then its steps" + (", then its projected states over the chunk's "
+                     "rows" if plan.forward.after else "") + ") once layer l-1 has run chunk j")
         lines.append("in a stack, the backward as a wavefront too: the layers from the top down, chunk by chunk, each "
                      "handing its dx there down as the dy of the layer below; each layer's rings its own"
                      if wave.backward else
@@ -217,7 +218,8 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
         c = plan.chunks
         lines.append(f"a forward-only workspace runs its forward in {c.chunks} chunks of ceil(T / chunks) steps (a "
                      f"layer alone: at least {c.min_rows} rows a chunk; each chunk its input GEMMs over the chunk's "
-                     "rows, then its steps), keeping one chunk's steps of the buffers "
+                     "rows, then its steps" + (", then the GEMMs after the loop over its rows" if plan.forward.after
+                                               else "") + "), keeping one chunk's steps of the buffers "
                      f"of inference C, where those would take {c.min_bytes >> 20} MiB or more over all steps and the "
                      "layer runs the stepwise loop" + (" (a persistent kernel reads every step's)" if
                                                       plan.forward.loop.persistent is not None else ""))

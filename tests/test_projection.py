@@ -12,6 +12,7 @@ import lstmdsl
 from lstmdsl.masks import with_lengths
 from lstmdsl.passes import make_plan
 from lstmdsl.passes.projection import NO_PROJECTION, fold_blocker, folded
+from lstmdsl.passes.wavefront import chunk_blocker
 from lstmdsl.plan import Fold, Gemm, Kernel
 from lstmdsl.planformat import format_plan
 from lstmdsl.planverify import PlanError, verify
@@ -117,6 +118,12 @@ def test_the_switch_is_off_unless_asked_and_reads_back():
 def test_verify_catches_a_broken_fold():
     plan = plan_of()
     fwd = plan.forward
+    (project,) = fwd.after  # the projected states read v one step on: not a chunk's own rows, so no chunks
+    shifted = dataclasses.replace(project, call=dataclasses.replace(
+        project.call, a=dataclasses.replace(project.call.a, step=1)))
+    assert chunk_blocker(dataclasses.replace(plan, forward=dataclasses.replace(fwd, after=(shifted,))))
+    with pytest.raises(PlanError, match="chunk"):
+        verify(dataclasses.replace(plan, forward=dataclasses.replace(fwd, after=(shifted,))))
     no_first = dataclasses.replace(fwd, before=fwd.before[:2])
     with pytest.raises(PlanError):
         verify(dataclasses.replace(plan, forward=no_first))

@@ -40,7 +40,7 @@ def _loop_buffers(plan: Plan) -> set[str]:
             nodes.update(op.inputs + op.outputs)
     used = {s.buffer for i in nodes for s in slots.get(i, ())}
     return used | {o.name for op in fwd.loop.body if isinstance(op, Gemm) and op.call is not None
-                   for o in (op.call.a, op.call.c) if o.space == "buffer"}
+                   for o in (op.call.a, op.call.b, op.call.c) if o.space == "buffer"}
 
 
 def _after_by_chunks(plan: Plan, op) -> bool:
@@ -48,8 +48,12 @@ def _after_by_chunks(plan: Plan, op) -> bool:
     steps' rows of buffers (T*B rows), into a buffer the loop neither reads nor writes (a folded projection's
     states: later chunks' steps do not read what it writes)."""
     call = op.call if isinstance(op, Gemm) else None
-    return call is not None and call.m == ("T*B",) and call.heads is None and call.a.space == "buffer" \
-        and call.c.space == "buffer" and call.c.name not in _loop_buffers(plan)
+    if call is None or call.m != ("T*B",) or call.heads is not None or call.a.space != "buffer" \
+            or call.c.space != "buffer" or call.c.name in _loop_buffers(plan):
+        return False
+    # row t of a is step t's own value (the chunk's steps wrote it) and c's rows are the step's new state, past the
+    # initial one that a `first` GEMM before the loop reads (t + 1 forward, t in reverse: the history's layout)
+    return call.a.step == 0 and call.c.step == (1 if plan.forward.loop.direction == "forward" else 0)
 
 
 def chunk_blocker(plan: Plan) -> str | None:

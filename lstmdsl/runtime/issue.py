@@ -242,7 +242,7 @@ class Issue:
 
     def phase(self, name: str) -> None:
         phase = getattr(self.plan, name)
-        if name == "forward" and self.ws.chunk:  # one chunk's steps of the input products kept (Plan.chunks)
+        if name == "forward" and self.ws.chunk:  # one chunk's steps of the rings kept (Plan.chunks: chunk())
             starts = range(0, self.ws.T, self.ws.chunk)
             for t0 in starts if phase.loop.direction == "forward" else reversed(starts):
                 self.chunk(t0, min(t0 + self.ws.chunk, self.ws.T))

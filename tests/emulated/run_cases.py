@@ -494,16 +494,19 @@ for name in ["vanilla", "gru", "peephole", "zoneout_lstm", "recurrent_dropout", 
 # the folded projection chunk by chunk: one layer each way (a reverse layer's first chunk is its last), a
 # bidirectional stack without lengths, a wavefront of three layers; forward-only workspaces hold the fold's buffer
 lstmp = lstmdsl.parse(shipped_specs()["lstmp"].read_text())
+old_output = lstmdsl.parse(shipped_specs()["lstmp"].read_text().replace("output h'", "output h"))
 for schedule in ("fold projection; no persistent; wavefront", "fold projection; no persistent"):
-    for L, bidirectional, T in ((1, False, 7), (1, True, 8), (2, True, 7), (3, False, 9)):
+    for spec, L, bidirectional, T in ((lstmp, 1, False, 7), (lstmp, 1, True, 8), (lstmp, 2, True, 7),
+                                      (lstmp, 3, False, 9), (lstmp, 3, False, 10), (old_output, 3, False, 10)):
         made.clear()
-        bad = simrt.check(lstmp, T=T, I=6, L=L, P=3, schedule=schedule, bidirectional=bidirectional,
+        bad = simrt.check(spec, T=T, I=6, L=L, P=3, schedule=schedule, bidirectional=bidirectional,
                           verbose=False, graphs=True)
         inference = [w for w in made if not w.train]
-        ran = inference and all(w.chunk == 3 and "folded" in w.steps for w in inference)
+        ran = inference and all(w.chunk == -(-T // 3) and "folded" in w.steps for w in inference)  # (3 chunks)
         failures += bool(bad) or not ran
         total += 1
-        print(f"lstmp | {schedule} | T={T} L={L}{' bidirectional' if bidirectional else ''}: folded, forward-only "
+        print(f"{'lstmp' if spec is lstmp else 'lstmp, output h'} | {schedule} | T={T} L={L}"
+              f"{' bidirectional' if bidirectional else ''}: folded, forward-only "
               f"chunks {[w.chunk for w in inference]}, wavefront {inference[0].wave if inference else None} | "
               f"{'OK' if not bad and ran else f'BAD {bad}'}", flush=True)
 workspace_module.Workspace.__init__ = _ws_init
@@ -515,7 +518,6 @@ wavefront_pass.Chunks, wavefront_pass.Wavefront = _chunks, _wave
 # projection's product: passes/projection.py), the check that it folds is of the same layer without lengths. A cell
 # whose output is the state read at each step (h, not h'), folded too: its outputs come from the after-loop GEMM
 lstmp = lstmdsl.parse(shipped_specs()["lstmp"].read_text())
-old_output = lstmdsl.parse(shipped_specs()["lstmp"].read_text().replace("output h'", "output h"))
 for kw in (dict(), dict(bidirectional=True, L=2, I=6, graphs=True)):
     bad = simrt.check(old_output, P=3, schedule="fold projection", verbose=False, **kw)
     failures += bool(bad)
