@@ -93,7 +93,7 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
              "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
              "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm"
-             "--fold lstmp" "--fold --wavefront lstmp")
+             "--fold lstmp" "--fold --wavefront lstmp" "--no-fold lstmp")
     # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
     # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
     # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);

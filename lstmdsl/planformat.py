@@ -140,7 +140,7 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                 lines.append("  the projection folded into the step's GEMM (`fold projection`): the products of the "
                              "next step a step ahead, the projected states over all steps after the loop")
             elif why != NO_PROJECTION:  # (a cell without a projection: nothing to say)
-                lines.append(f"  no projection folded, though the schedule says fold projection: {why}")
+                lines.append(f"  no projection folded (`fold projection`): {why}")
         pers = phase.loop.persistent
         if pers is None and title == "forward" and plan.schedule.persistent == "auto":
             lines.append("  no persistent schedule: `persistent auto` has one only for cells of one or two stages with "

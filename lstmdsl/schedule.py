@@ -2,7 +2,7 @@
 `--schedule` on the command line make. A schedule never changes results beyond floating-point tolerance.
 
 Directives are words: `fuse gates`, `hoist input`, `fuse pointwise`, `batch weights`, `fuse recurrent`,
-`fold projection` (off unless asked), `precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
+`fold projection` (the default; `no fold projection` keeps LSTMP's three launches a step), `precision fp32|tf32|bf16|fp16`, `persistent` (always the persistent schedule), `no persistent` (never),
 `persistent auto` (the cost model decides: the default); `specialise` (every persistent launch runs a kernel
 compiled for its batch and sizes, compiled at the first call of a shape), `no specialise` (never: the one
 kernel that takes any size), `specialise auto` (the cost model decides, and the kernel is compiled on a thread
@@ -34,8 +34,9 @@ class Schedule:
     fuse_recurrent: bool = False  # forward: the per-step GEMM on a state computed inside the step kernel
     fuse_rows: bool = True  # a step's kernels between two GEMMs, reductions included, as one launch per row
     fold_sums: bool = True  # backward: the pointwise part of a state's gradient added inside the last GEMM
-    fold_projection: bool = False  # forward: a state that is a projection P v feeds the next step's GEMM as
+    fold_projection: bool = True  # forward: a state that is a projection P v feeds the next step's GEMM as
     # v @ (W P)^T, one GEMM a step instead of two (passes/projection.py); the projection over all steps after it
+    # (on by default: benchmarks/results/projection_*_h200.md)
     precision: str = "fp32"  # fp32 (strict IEEE), tf32 (tensor cores, fp32 accumulate), bf16 or fp16 (GEMM
     # operands and weights in half precision on the tensor cores, fp32 accumulation, state and pointwise math)
     persistent: str = "auto"  # the forward recurrence as one launch with the weights on chip: "auto" (where

@@ -31,7 +31,8 @@ compiled for one batch row; both also without --persistent-grid, under `persiste
 `persistent` at B = 40, H = 33, so the grid splits the batch (each block all the weights and its own row). --wavefront forces `wavefront` over 37 steps: the two layers on two
 streams, chunks of 3 steps. --specialise adds `specialise`: the persistent kernels compiled for their launch's
 shape from the first call (runtime/specialise.py). --fold adds `fold projection` (LSTMP: W P formed before the loop,
-the next step's products a step ahead, the projected states over all steps after it: passes/projection.py). A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
+the next step's products a step ahead, the projected states over all steps after it: passes/projection.py; the
+default), --no-fold `no fold projection`. A spec with block-diagonal matrices runs with 3 heads (4 under torch.compile). Not collected by pytest; the GPU tests check the numbers, this
 checks memory accesses and races.
 """
 
@@ -52,7 +53,7 @@ forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 packed = "--torch-packed" in args
 special = "; specialise" if "--specialise" in args else ""
-special += "; fold projection" if "--fold" in args else ""
+special += "; fold projection" if "--fold" in args else "; no fold projection" if "--no-fold" in args else ""
 wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300 if grid else 33))
 depth = int(next((a.split("=", 1)[1] for a in args if a.startswith("--layers=")), 2))
 rows = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--batch=")), None)

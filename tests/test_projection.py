@@ -69,7 +69,7 @@ def test_the_folded_step_is_the_kernel_and_one_gemm_of_the_next_steps_products(d
     # stack runs as a wavefront: the Fold and the first products with the first chunk (runtime/issue.py chunk)
     assert st.buffer("folded").rows == ("hidden",) * 4 and st.buffer(project.call.a.name).inference == "C"
     assert plan.chunks is not None and plan.wavefront is not None
-    unfolded = plan_of(text="", direction=direction)
+    unfolded = plan_of(text="no fold projection", direction=direction)
     assert not folded(unfolded) and len(unfolded.forward.loop.body) == 3
     assert unfolded.backward == plan.backward  # the backward is untouched
     text = format_plan(plan)
@@ -87,7 +87,7 @@ def test_the_folded_step_is_the_kernel_and_one_gemm_of_the_next_steps_products(d
 def test_where_the_pattern_does_not_hold_the_plan_is_left_as_it_was_and_says_why(name, text, why):
     plan = plan_of(name, text)
     assert not folded(plan) and why in fold_blocker(plan)
-    said = f"no projection folded, though the schedule says fold projection: {fold_blocker(plan)}" in format_plan(plan)
+    said = f"no projection folded (`fold projection`): {fold_blocker(plan)}" in format_plan(plan)
     assert said == (name != "vanilla")  # (a cell without a projection: nothing to say)
 
 
@@ -108,11 +108,16 @@ def test_a_folded_plan_has_nothing_blocking_it():
     assert folded(plan) and fold_blocker(plan) is None
 
 
-def test_the_switch_is_off_unless_asked_and_reads_back():
-    assert not parse_schedule("").fold_projection
-    schedule = parse_schedule("fold projection")
-    assert schedule.fold_projection and parse_schedule(schedule.describe()) == schedule
-    assert not parse_schedule("fold projection; no fold projection").fold_projection
+def test_the_switch_is_on_unless_turned_off_and_reads_back():
+    assert parse_schedule("").fold_projection
+    schedule = parse_schedule("no fold projection")
+    assert not schedule.fold_projection and parse_schedule(schedule.describe()) == schedule
+    assert parse_schedule("no fold projection; fold projection").fold_projection
+    assert folded(plan_of(text="")) and not folded(plan_of(text="no fold projection"))
+
+
+def test_every_schedule_with_the_projection_unfolded_matches_the_reference():
+    check_every_schedule("lstmp", fold_projection=False)
 
 
 def test_verify_catches_a_broken_fold():
