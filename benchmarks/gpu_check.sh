@@ -115,7 +115,9 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
               "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"
               "--persistent-block --specialise layernorm" "--persistent-grid --specialise peephole"
               "--persistent-grid --hidden=256 vanilla" "--persistent-block slstm" slstm
-              "--layers=1 --batch=16 --hidden=240 slstm")
+              "--layers=1 --batch=16 --hidden=240 slstm" "--persistent-grid --bidirectional-lengths peephole")
+    # --persistent-grid gru / --bidirectional-lengths peephole: backward kernels whose last stage adds its products
+    # to the sum the step's kernel began (sum folding's init: GRU's u * dh, the length mask's dh - m * dh);
     # layernorm: row-fused launches, stages separated by barriers; --persistent-block / --persistent-grid: the
     # persistent kernels (forward and backward) in one block / as a grid of blocks; --persistent-split fgr: one
     # stage of four product operands, each handed to the next step in shared memory (ran clean on 2026-12-01)

@@ -3,6 +3,10 @@ speed (or what it changed): each tree is timed in its own process, in the order 
 time is the smaller of the tree's two medians. Needs a GPU and CuPy.
 
     python3 benchmarks/versions.py OLD_TREE NEW_TREE [--repeat 20] [--json out.json]
+    python3 benchmarks/versions.py OLD NEW --cases zoneout_lstm:16 gru_torch:1 --hidden 256 [--lengths]
+
+--cases SPEC:B ... times those cases instead (one layer, I = H = --hidden); --lengths gives each batch random
+sequence lengths, uniform in [T/2, T] (the length mask's plans).
 
 A tree is a folder holding the lstmdsl package (a checkout, or `git archive REV lstmdsl grammars
 templates specs | tar -x -C DIR`). The table printed last has before, after and after / before.
@@ -24,7 +28,7 @@ import json, statistics, sys
 import cupy, numpy as np
 import lstmdsl
 H, T, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cases = json.loads(sys.argv[4])
+cases, masked = json.loads(sys.argv[4]), sys.argv[5] == "1"
 
 def median_ms(fn):
     for _ in range(3):
@@ -43,17 +47,18 @@ for spec, B in cases:
     layer = lstmdsl.compile(spec, H, H, 1, backend="cuda", seed=0, **extra)
     x = cupy.asarray(np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32))
     ones = cupy.ones((T, B, layer.output_size), np.float32)
-    out[f"{spec} B={B} forward"] = median_ms(lambda: layer.forward(x, train=False))
-    out[f"{spec} B={B} train"] = median_ms(lambda: (layer.forward(x), layer.backward(ones)))
+    lengths = np.random.default_rng(1).integers(T // 2, T + 1, B) if masked else None
+    out[f"{spec} B={B} forward"] = median_ms(lambda: layer.forward(x, train=False, lengths=lengths))
+    out[f"{spec} B={B} train"] = median_ms(lambda: (layer.forward(x, lengths=lengths), layer.backward(ones)))
     layer.free_workspaces()
 print(json.dumps(out))
 """
 
 
-def run(tree: str, repeat: int) -> dict[str, float]:
+def run(tree: str, repeat: int, hidden: int = H, cases=CASES, masked: bool = False) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(tree), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-c", _PROBE, str(H), str(T), str(repeat), json.dumps(CASES)], env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(hidden), str(T), str(repeat), json.dumps(cases),
+                        "1" if masked else "0"], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{tree}: the probe failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -65,18 +70,23 @@ def main() -> None:
     ap.add_argument("new")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", help="write the times here")
+    ap.add_argument("--cases", nargs="+", metavar="SPEC:B", help="these cases instead of the quick grid's")
+    ap.add_argument("--hidden", type=int, default=H)
+    ap.add_argument("--lengths", action="store_true", help="random sequence lengths in [T/2, T]")
     args = ap.parse_args()
+    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases] if args.cases else CASES
     rounds = {"old": [], "new": []}
     for _ in range(2):
         for which in ("old", "new"):
-            rounds[which].append(run(getattr(args, which), args.repeat))
+            rounds[which].append(run(getattr(args, which), args.repeat, args.hidden, cases, args.lengths))
     best = {w: {k: min(r[k] for r in rs) for k in rs[0]} for w, rs in rounds.items()}
     rows = [{"case": k, "before_ms": best["old"][k], "after_ms": best["new"][k],
              "ratio": best["new"][k] / best["old"][k]} for k in best["old"]]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": {"H": H, "T": T, "layers": 1}, "rounds": rounds, "rows": rows}, f, indent=2)
-    print(f"{'case (H=512, T=100, fp32)':<28} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
+            json.dump({"shape": {"H": args.hidden, "T": T, "layers": 1, "lengths": args.lengths}, "rounds": rounds,
+                       "rows": rows}, f, indent=2)
+    print(f"{f'case (H={args.hidden}, T={T}, fp32)':<28} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
     for r in rows:
         print(f"{r['case']:<28} {r['before_ms']:>10.3f} {r['after_ms']:>10.3f} {r['ratio']:>13.2f}")
 

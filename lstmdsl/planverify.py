@@ -285,6 +285,10 @@ def _check_persistent(plan: Plan, phase: Phase, title: str) -> None:
             raise PlanError(f"{title}: persistent stages compute %{min(computed & set(op.nodes))} twice")
         computed |= set(op.nodes)
     in_loop = {i for op in phase.loop.body for i in _written_by(op)}
+    # a GEMM that adds its products to a sum another op began (sum folding's init) computes them unnamed: a
+    # stage names them, the sum's other term
+    in_loop |= {a for op in phase.loop.body if isinstance(op, Gemm) and op.init is not None
+                for a in phase.nodes[op.outputs[0]].args if a != op.init}
     if computed != in_loop:
         raise PlanError(f"{title}: the persistent stages compute {sorted(computed ^ in_loop)} differently from the loop")
     if pers.name:

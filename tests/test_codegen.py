@@ -135,7 +135,12 @@ def test_kernels_are_found_by_name():
     assert [n for n, k in build("fgr").kernels.items() if k.kind == "persistent"] == ["fgr_fwd_persistent"]
     forced = build("gru", Schedule(persistent="on"))
     persistent = [n for n, k in forced.kernels.items() if k.kind == "persistent"]
-    assert persistent == [forced.plan.forward.loop.persistent.name] == ["gru_fwd_persistent"]
+    # forced, the backward's too: its GEMM adds its products to the sum the step's kernel began (fold sums),
+    # a stage of the products and then that addition
+    assert persistent == [forced.plan.forward.loop.persistent.name, forced.plan.backward.loop.persistent.name] \
+        == ["gru_fwd_persistent", "gru_bwd_persistent_reverse"]
+    last = forced.plan.backward.loop.persistent.stages[-1]
+    assert [forced.plan.backward.nodes[i].op for i in last.nodes] == ["matvec_t", "add"]
     assert f'void __launch_bounds__(256, 1) {persistent[0]}(' in forced.source
 
 
@@ -359,10 +364,11 @@ def unclaimed_kernels(source: str) -> tuple[str, int]:
                                                                                (Schedule(persistent="on", precision="fp16"),
                                                                                 "float32", False),
                                                                                (Schedule(persistent="on"), "float64", False),
+                                                                               (Schedule(persistent="on"), "float32", True),
                                                                                (Schedule(persistent="on", fuse_rows=False),
                                                                                 "float32", False)],
                          ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent",
-                                                "persistent-bf16", "persistent-fp16", "persistent-float64",
+                                                "persistent-bf16", "persistent-fp16", "persistent-float64", "persistent-lengths",
                                                 "persistent-no-fuse-rows"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]

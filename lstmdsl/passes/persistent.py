@@ -27,9 +27,9 @@ The backward has one too where each of its per-step GEMMs computes one sum of tr
 matvec_t: a state's gradient passed back through the recurrent matrices) and nothing else: each such GEMM
 becomes a stage of its own, after the kernel that computes its operands (the gate gradients), and each
 block keeps the columns of the matrices for its elements (rows of their transposes) in shared memory. A
-GEMM that adds into a sum another op began (sum folding's `init`: GRU, MGU, zoneout under the default `fold
-sums`) keeps the stepwise backward,
-and so does a backward with row reductions (layer and RMS norms: the layer norm's, one kernel of 38
+GEMM that adds its products into a sum another op began (sum folding's `init`: GRU, MGU, zoneout and every
+masked cell under the default `fold sums`, where the step's kernel computes the other term into the sum's slot)
+is a stage of the products and then that addition; a backward with row reductions keeps the stepwise loop (layer and RMS norms: the layer norm's, one kernel of 38
 stages, spilled registers).
 Under `persistent auto` the backward has its kernel where the forward's is a single-stage cell with one
 product operand that the cost model can choose, and BACKWARD_LIMITS or BACKWARD_SPLIT_LIMITS has rules for
@@ -281,24 +281,41 @@ def backward_stages(plan: Plan) -> tuple[Kernel, ...] | None:
     body = bwd.loop.body
     for k, op in enumerate(body):
         if isinstance(op, Gemm):
-            if (_interleaved(plan, op, whole=True) or len(op.outputs) != 1 or bwd.nodes[op.outputs[0]].op != "matvec_t"
-                    or op.init is not None):
+            if _interleaved(plan, op, whole=True) or len(op.outputs) != 1:
                 return None
             if op.accumulate:  # the rest of a sum whose first GEMM began it (block-diagonal matrices: a GEMM
                 # each, gate fusion keeps them apart); the stage computes the whole sum
-                if not (k and isinstance(body[k - 1], Gemm) and body[k - 1].outputs == op.outputs):
+                if op.init is not None or not (k and isinstance(body[k - 1], Gemm)
+                                               and body[k - 1].outputs == op.outputs):
                     return None
                 continue
+            out = op.outputs[0]
+            summed = _init_sum(bwd.nodes, out, op.init) if op.init is not None else None
+            if (bwd.nodes[out].op != "matvec_t") if op.init is None else summed is None:
+                return None
             run = [op] + list(itertools.takewhile(lambda g: isinstance(g, Gemm) and g.outputs == op.outputs
                                                   and g.accumulate and g.init is None, body[k + 1:]))
-            if sorted(m for g in run for m in g.matrices) != sorted(bwd.nodes[op.outputs[0]].attr):
+            product = out if summed is None else summed
+            if sorted(m for g in run for m in g.matrices) != sorted(bwd.nodes[product].attr):
                 return None
-            stages.append(Kernel(op.outputs))
+            # a sum that an earlier kernel began (sum folding's init p: the GEMM adds its products to p in the
+            # output's slot) is the stage's products and then the addition p + products, as written
+            stages.append(Kernel(op.outputs if summed is None else (summed, out)))
         elif isinstance(op, Kernel) and not reduces(bwd, op):
             stages.append(op)
         else:  # (row reductions: the layer norm's backward as one kernel of 38 stages spilled registers)
             return None
     return tuple(stages) if any(isinstance(op, Gemm) for op in bwd.loop.body) else None
+
+
+def _init_sum(nodes, out: int, init: int) -> int | None:
+    """The sum of transposed products m where a folded GEMM's output `out` is init + m (sum folding: the
+    GEMM adds m to init in out's slot), or None where it is anything else."""
+    n = nodes[out]
+    if n.op != "add" or len(n.args) != 2 or init not in n.args:
+        return None
+    (m,) = [a for a in n.args if a != init] or (None,)
+    return m if m is not None and nodes[m].op == "matvec_t" else None
 
 
 def why_not_persistent(plan: Plan, phase_name: str) -> str | None:
@@ -318,8 +335,9 @@ def why_not_persistent(plan: Plan, phase_name: str) -> str | None:
     if phase_name == "backward" and any(not isinstance(op, (Gemm, Kernel)) for op in body):
         return "its step accumulates the weight gradients (the schedule says `no batch weights`)"
     if phase_name == "backward" and any(op.accumulate or op.init is not None for op in gemms):
-        return ("a per-step GEMM of its step adds into its output (sums folded into it, as in GRU, MGU and zoneout "
-                "under `fold sums`, or gates computed apart under `no fuse gates`)")
+        return ("a per-step GEMM of its step adds into its output in a way the persistent stages do not take (a "
+                "sum its kernel began that is not one sum of transposed products, or gates computed apart under "
+                "`no fuse gates`)")
     if phase_name == "backward":
         return "a per-step GEMM of its step is more than one sum of transposed products"
     return "its step could not be cut into stages of products and pointwise work"
