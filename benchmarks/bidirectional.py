@@ -25,6 +25,23 @@ from tables import finish, output_options, render
 SHAPES = [(16, 256, 100), (64, 512, 100)]  # (batch, hidden, steps), input size = hidden
 
 
+def packed_case(B: int, H: int, T: int, layers: int, tf32: bool, device: str = "cuda"):
+    """cuDNN's bidirectional LSTM (seed 0), lstmdsl's copy of it, a padded input x [T, B, H], lengths uniform in
+    [T/2, T] (the first T) and the batch pre-packed: packed once, outside the timings (its data a leaf of its own
+    for the backward), the RNN's own cost of a packed batch without torch's packing, which cuDNN's packed call
+    pays as well. Also benchmarks/probe_packed_host.py's."""
+    torch.manual_seed(0)
+    cudnn = torch.nn.LSTM(H, H, layers, bidirectional=True).to(device)
+    ours = lt.from_torch(cudnn, schedule="precision tf32" if tf32 else None)
+    x = torch.randn(T, B, H, device=device, requires_grad=True)
+    lengths = torch.randint(T // 2, T + 1, (B,))
+    lengths[0] = T
+    once = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+    pre = torch.nn.utils.rnn.PackedSequence(once.data.clone().requires_grad_(True), once.batch_sizes,
+                                            once.sorted_indices, once.unsorted_indices)
+    return cudnn, ours, x, lengths, pre
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
@@ -39,17 +56,7 @@ def main() -> None:
     precision = "tf32" if args.tf32 else "strict fp32"
     rows, packing = [], []
     for B, H, T in SHAPES:
-        torch.manual_seed(0)
-        cudnn = torch.nn.LSTM(H, H, args.layers, bidirectional=True).cuda()
-        ours = lt.from_torch(cudnn, schedule="precision tf32" if args.tf32 else None)
-        x = torch.randn(T, B, H, device="cuda", requires_grad=True)
-        lengths = torch.randint(T // 2, T + 1, (B,))
-        lengths[0] = T
-        # pre-packed: packed once, outside the timings (its data a leaf of its own for the backward): the RNN's
-        # own cost of a packed batch, without torch's packing, which cuDNN's packed call pays as well
-        once = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-        pre = torch.nn.utils.rnn.PackedSequence(once.data.clone().requires_grad_(True), once.batch_sizes,
-                                                once.sorted_indices, once.unsorted_indices)
+        cudnn, ours, x, lengths, pre = packed_case(B, H, T, args.layers, args.tf32)
         for batch in ("padded", "packed", "pre-packed"):
             def inputs():
                 if batch == "padded":

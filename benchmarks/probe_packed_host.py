@@ -13,7 +13,7 @@ import time
 
 import torch
 
-import lstmdsl.torch as lt
+from bidirectional import packed_case
 from lstmdsl.timing import time_gpu, time_gpu_only
 
 
@@ -34,15 +34,7 @@ def main():
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         for B, H, T in ((16, 256, 100), (64, 512, 100)):
-            torch.manual_seed(0)
-            cudnn = torch.nn.LSTM(H, H, 2, bidirectional=True).cuda()
-            ours = lt.from_torch(cudnn, schedule="precision tf32" if tf32 else None)
-            x = torch.randn(T, B, H, device="cuda", requires_grad=True)
-            lengths = torch.randint(T // 2, T + 1, (B,))
-            lengths[0] = T
-            once = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-            pre = torch.nn.utils.rnn.PackedSequence(once.data.clone().requires_grad_(True), once.batch_sizes,
-                                                    once.sorted_indices, once.unsorted_indices)
+            _, ours, x, _, pre = packed_case(B, H, T, 2, tf32)
             for name, inp in (("padded", x), ("pre-packed", pre)):
                 def fwd():
                     with torch.no_grad():
