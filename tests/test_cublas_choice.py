@@ -125,7 +125,7 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
         def __init__(self, engine, ws, bind, stream, lane, fan=None):
             self.ws, self.fan = ws, fan
 
-        def tune(self, phase, wave=False):
+        def tune(self, phase, wave=0):
             tuned.append((self.ws.name, phase, wave, self.fan))
 
     capturing = [True]
@@ -136,13 +136,47 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")])
     assert not tuned and not ws.tuned  # inside a capture: later
     capturing[0] = False
-    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=True)
+    executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=7)  # (a wavefront's steps per chunk)
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward"), (ws, None, 0, "backward")])
-    assert tuned == [("layer 0", "forward", True, None), ("layer 0", "backward", False, None)]
+    assert tuned == [("layer 0", "forward", 7, None), ("layer 0", "backward", 0, None)]
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")  # the fan's lanes: once more
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")
-    assert tuned[2:] == [("layer 0", "forward", False, "fan")]
+    assert tuned[2:] == [("layer 0", "forward", 0, "fan")]
     assert ws.tuned == {("forward", False), ("backward", False), ("forward", True)}
+
+
+def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
+    """Issue.tune: besides the step's GEMMs, the GEMMs a wavefront's chunk (or a chunked forward-only workspace's)
+    runs over its own steps' rows are timed at those rows, a whole chunk's and the last, shorter one's (cuBLAS's
+    default for a folded projection's states over 7 rows took 45-51 us a call on an H100, tuned 3-4: a 4-layer
+    LSTMP at B = 1 took 2.02 ms forward, tuned 0.94); not the folded weights or the first step's products, which
+    run once over their own shapes."""
+    from lstmdsl.program import build_program
+    from lstmdsl.runtime import issue
+
+    import lstmdsl
+
+    tuned = []
+    monkeypatch.setattr(issue.Issue, "gemm_args", lambda self, c, t, rows=None: (rows or c.m, c.n, c.k) + (0,) * 6)
+    monkeypatch.setattr(issue.cublas, "tune", lambda M, N, K, *rest: tuned.append((M, N, K)))
+    program = build_program(lstmdsl.parse("lstmp").cell, lstmdsl.parse("lstmp").schedule)
+    engine = SimpleNamespace(program=program, persistent_run=lambda ws, name: None)
+    fwd = program.plan.forward
+    loop = [(op.call.m, op.call.n, op.call.k) for op in fwd.loop.body if getattr(op, "call", None) is not None]
+    chunked = [(op.call.n, op.call.k) for op in (*fwd.before, *fwd.after) if getattr(op, "first", True) is False]
+    assert len(loop) == 1 and len(chunked) == 2  # (the step's folded GEMM; the input products and the states)
+
+    def run(name, wave=0, chunk=0):
+        tuned.clear()
+        issue.Issue(engine, SimpleNamespace(T=100, B=3, chunk=chunk), None, 5, 0).tune(name, wave)
+        return (tuned[:len(loop)], sorted(tuned[len(loop):])) if name == "forward" else (None, tuned)
+
+    assert run("forward") == (loop, [])  # layer alone, all steps at once: the step's GEMMs only
+    in_chunks = sorted((rows, n, k) for rows in (21, 6) for n, k in chunked)  # a chunk of 7 steps, the last of 2
+    assert run("forward", wave=7) == (loop, in_chunks)
+    assert run("forward", chunk=10) == (loop, sorted((30, n, k) for n, k in chunked))  # ten chunks of 10 steps
+    dx = [(op.call.n, op.call.k) for op in program.plan.backward.after if isinstance(op, issue.Gemm)]
+    assert dx and all((21, n, k) in run("backward", wave=7)[1] for n, k in dx)  # the input gradient's
 
 
 def _fresh_warmup(monkeypatch):

@@ -222,22 +222,22 @@ class Engine:
         for issue in issues:
             issue.parameter_grads()
 
-    def _run_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int,
-                  phase: str = "forward") -> None:
+    def _run_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int, phase="forward") -> None:
         lanes = [cublas.lane(stream, k) for k in range(len(workspaces))]
         run = self._issue_wave if phase == "forward" else self._issue_backward_wave
         if self._wave is None:  # its streams and events made before any capture
             self._wave = device.Wave(len(self.sizes))
         key = ("wavefront", phase, tuple(p.key for p in params), tuple(lanes))
-        self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, lanes)], wave=True)
+        mine = lanes if phase == "forward" else lanes[::-1]  # (the backward's layer k on lane L-1-k: its issue)
+        self._tune(stream, [(ws, p, lane, phase) for ws, p, lane in zip(workspaces, params, mine)], workspaces[0].wave)
         self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
 
-    def _tune(self, stream: int, layers: list, wave: bool = False, fanned=None) -> None:
-        """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first
-        capture of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS
-        would by default, and the phase is tuned at a later call). While profiling too, so that the profile
-        times the GEMMs as they run (the timing's own calls are in no part). fanned: the phase's Fan, whose
-        lanes the grouped GEMMs take (their handles are made here): tuned apart from the phase without it."""
+    def _tune(self, stream: int, layers: list, wave: int = 0, fanned=None) -> None:
+        """The per-step GEMMs' shapes timed both ways cuBLAS may run them (cublas.tune), before the first capture
+        of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS would by default,
+        and the phase is tuned at a later call). While profiling too, so that the profile times the GEMMs as they
+        run (the timing's own calls are in no part). wave: a wavefront's steps per chunk (Issue.tune). fanned: the
+        phase's Fan, whose lanes the grouped GEMMs take (their handles made here): tuned apart."""
         layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers
                   if (phase, fanned is not None) not in ws.tuned]
         if not layers or device.is_capturing(stream):

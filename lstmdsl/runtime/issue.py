@@ -111,19 +111,34 @@ class Issue:
         out, ldc = self.operand(c.c, t, N)
         return M, N, K, a, lda, b, ldb, out, ldc
 
-    def tune(self, name: str, wave: bool = False) -> None:
+    def tune(self, name: str, wave: int = 0) -> None:
         """Times the shapes of the phase's per-step GEMMs both ways cuBLAS may run them (cublas.tune), once
         per process and shape; the executor calls it before it captures the phase (not inside a capture).
-        wave: the phase runs in a wavefront, always step by step."""
+        wave: the steps of a wavefront's chunk where the phase runs in one (always step by step), else 0. The
+        GEMMs a chunk runs over its own steps' rows (a wavefront's, a chunked forward-only workspace's) are
+        timed at those rows too: cuBLAS's default for a few rows can be far slower than for all T * B (a
+        folded projection's states over one chunk of 7 steps at B = 1: 45-51 us a call against 2-4 for the
+        step's own GEMMs, on an H100)."""
         if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
         lanes = self.lanes(name)
         for k, op in enumerate(getattr(self.plan, name).loop.body):
             c = getattr(op, "call", None)
             if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
-                M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0)
-                cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
-                            (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lanes.get(k, self.lane))
+                self._tune_call(c, None, lanes.get(k, self.lane))
+        steps = wave or (self.ws.chunk if name == "forward" else 0)
+        if steps and steps < self.ws.T:  # (a chunk's rows and the last, shorter chunk's: chunk(), backward_chunk())
+            phase, T = getattr(self.plan, name), self.ws.T
+            calls = [op.call for op in (*(phase.before if name == "forward" else ()), *phase.after)
+                     if isinstance(op, Gemm) and not op.first and op.call is not None and op.call.heads is None]
+            for c in calls:
+                for n in sorted({steps, T - (T - 1) // steps * steps}):
+                    self._tune_call(c, n * self.ws.B, self.lane)
+
+    def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
+        M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0, rows)
+        cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane)
 
     def lanes(self, name: str) -> dict[int, int]:
         """The cuBLAS lane of each GEMM of the loop's body that runs beside others (by its index)."""
