@@ -145,48 +145,38 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
     assert ws.tuned == {("forward", False), ("backward", False), ("forward", True)}
 
 
-def test_a_phases_gemms_are_tuned_at_the_rows_they_run_over(monkeypatch):
-    """Issue.tune: the step's GEMMs (not under a persistent kernel) and those before and after the loop, over all
-    T * B rows or, where a chunk runs them over its own steps' rows (a wavefront's, a chunked forward-only
-    workspace's), at those rows, a whole chunk's and the last, shorter one's (cuBLAS's default for a folded
-    projection's states over 7 rows took 45-51 us a call on an H100, tuned 3-4: a 4-layer LSTMP at B = 1 took
-    2.02 ms forward, tuned 0.94); the folded weights and the first step's products at their own shapes."""
+def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
+    """Issue.tune: besides the step's GEMMs, the GEMMs a wavefront's chunk (or a chunked forward-only workspace's)
+    runs over its own steps' rows are timed at those rows, a whole chunk's and the last, shorter one's (cuBLAS's
+    default for a folded projection's states over 7 rows took 45-51 us a call on an H100, tuned 3-4: a 4-layer
+    LSTMP at B = 1 took 2.02 ms forward, tuned 0.94); not the folded weights or the first step's products, which
+    run once over their own shapes."""
     from lstmdsl.program import build_program
     from lstmdsl.runtime import issue
 
     import lstmdsl
 
     tuned = []
-    monkeypatch.setattr(issue.Issue, "gemm_args", lambda self, c, t, rows=None: (rows or "own", c.n, c.k) + (0,) * 6)
+    monkeypatch.setattr(issue.Issue, "gemm_args", lambda self, c, t, rows=None: (rows or c.m, c.n, c.k) + (0,) * 6)
     monkeypatch.setattr(issue.cublas, "tune", lambda M, N, K, *rest: tuned.append((M, N, K)))
     program = build_program(lstmdsl.parse("lstmp").cell, lstmdsl.parse("lstmp").schedule)
-    fwd, bwd = program.plan.forward, program.plan.backward
+    engine = SimpleNamespace(program=program, persistent_run=lambda ws, name: None)
+    fwd = program.plan.forward
+    loop = [(op.call.m, op.call.n, op.call.k) for op in fwd.loop.body if getattr(op, "call", None) is not None]
+    chunked = [(op.call.n, op.call.k) for op in (*fwd.before, *fwd.after) if getattr(op, "first", True) is False]
+    assert len(loop) == 1 and len(chunked) == 2  # (the step's folded GEMM; the input products and the states)
 
-    def shapes(ops):
-        return [(op.call.n, op.call.k) for op in ops if getattr(op, "call", None) is not None]
-
-    def run(name, wave=0, chunk=0, persistent=None):
+    def run(name, wave=0, chunk=0):
         tuned.clear()
-        engine = SimpleNamespace(program=program, persistent_run=lambda ws, phase: persistent)
         issue.Issue(engine, SimpleNamespace(T=100, B=3, chunk=chunk), None, 5, 0).tune(name, wave)
-        return sorted(tuned, key=repr)
+        return (tuned[:len(loop)], sorted(tuned[len(loop):])) if name == "forward" else (None, tuned)
 
-    def rows(ops, *ns):
-        return sorted(((n_rows, n, k) for n_rows in ns for n, k in shapes(ops)), key=repr)
-
-    loop = rows(fwd.loop.body, "own")
-    once = [op for op in fwd.before if not isinstance(op, issue.Gemm) or op.first]  # the Fold, the first products
-    chunked = [op for op in (*fwd.before, *fwd.after) if isinstance(op, issue.Gemm) and not op.first]
-    assert len(loop) == 1 and len(once) == 2 and len(chunked) == 2  # (the input products, the projected states)
-    assert run("forward") == sorted(loop + rows(once, "own") + rows(chunked, "own"), key=repr)
-    assert run("forward", persistent="a kernel") == sorted(rows(once, "own") + rows(chunked, "own"), key=repr)
-    assert run("forward", wave=7) == sorted(loop + rows(once, "own") + rows(chunked, 21, 6), key=repr)  # 7, 2 steps
-    assert run("forward", chunk=10) == sorted(loop + rows(once, "own") + rows(chunked, 30), key=repr)  # 10 steps
-    dx = [op for op in bwd.after if isinstance(op, issue.Gemm)]  # the input gradient, by chunk in a wavefront
-    grads = [op for op in bwd.after if not isinstance(op, issue.Gemm)]  # the weight gradients, once
-    waved = run("backward", wave=7)
-    assert dx and grads and set(rows(dx, 21, 6) + rows(grads, "own")) <= set(waved)
-    assert not set(rows(dx, "own")) & set(waved) and set(rows(dx, "own")) <= set(run("backward"))
+    assert run("forward") == (loop, [])  # layer alone, all steps at once: the step's GEMMs only
+    in_chunks = sorted((rows, n, k) for rows in (21, 6) for n, k in chunked)  # a chunk of 7 steps, the last of 2
+    assert run("forward", wave=7) == (loop, in_chunks)
+    assert run("forward", chunk=10) == (loop, sorted((30, n, k) for n, k in chunked))  # ten chunks of 10 steps
+    dx = [(op.call.n, op.call.k) for op in program.plan.backward.after if isinstance(op, issue.Gemm)]
+    assert dx and all((21, n, k) in run("backward", wave=7)[1] for n, k in dx)  # the input gradient's
 
 
 def _fresh_warmup(monkeypatch):

@@ -233,7 +233,7 @@ class Engine:
         self._replay(workspaces, key, 2, lambda side: run(workspaces, params, side, lanes), stream)
 
     def _tune(self, stream: int, layers: list, wave: int = 0, fanned=None) -> None:
-        """The phases' GEMM shapes timed both ways cuBLAS may run them (Issue.tune), before the first capture
+        """A step's and a chunk's GEMM shapes timed both ways cuBLAS may run them (Issue.tune), before the first capture
         of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS would by default,
         and the phase is tuned at a later call). While profiling too, so that the profile times the GEMMs as they
         run (the timing's own calls are in no part). wave: a wavefront's steps per chunk (Issue.tune). fanned: the

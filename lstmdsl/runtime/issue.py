@@ -112,32 +112,28 @@ class Issue:
         return M, N, K, a, lda, b, ldb, out, ldc
 
     def tune(self, name: str, wave: int = 0) -> None:
-        """Times the shapes of the phase's GEMMs both ways cuBLAS may run them (cublas.tune), once per process
-        and shape; the executor calls it before it captures the phase (not inside a capture). wave: the steps of
-        a wavefront's chunk where the phase runs in one (always step by step), else 0. The step's GEMMs (not
-        under a persistent kernel, which computes the products itself), and those before and after the loop:
-        over all T * B rows, or where a chunk runs them over its own steps' rows (a wavefront's, a chunked
-        forward-only workspace's) at those rows, a whole chunk's and the last one's (cuBLAS's default for a few
-        rows can be far slower: a folded projection's states over one chunk of 7 steps at B = 1 took 45-51 us
-        a call against 2-4 for the step's own GEMMs, on an H100); the first step's products and the folded
-        weights at their own shapes."""
-        phase, T, B = getattr(self.plan, name), self.ws.T, self.ws.B
-        if wave or self.engine.persistent_run(self.ws, name) is None:
-            lanes = self.lanes(name)
-            for k, op in enumerate(phase.loop.body):
-                c = getattr(op, "call", None)
-                if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
-                    self._tune_call(c, None, lanes.get(k, self.lane))
+        """Times the shapes of the phase's per-step GEMMs both ways cuBLAS may run them (cublas.tune), once
+        per process and shape; the executor calls it before it captures the phase (not inside a capture).
+        wave: the steps of a wavefront's chunk where the phase runs in one (always step by step), else 0. The
+        GEMMs a chunk runs over its own steps' rows (a wavefront's, a chunked forward-only workspace's) are
+        timed at those rows too: cuBLAS's default for a few rows can be far slower than for all T * B (a
+        folded projection's states over one chunk of 7 steps at B = 1: 45-51 us a call against 2-4 for the
+        step's own GEMMs, on an H100)."""
+        if not wave and self.engine.persistent_run(self.ws, name) is not None:
+            return  # (the persistent kernel computes the products itself)
+        lanes = self.lanes(name)
+        for k, op in enumerate(getattr(self.plan, name).loop.body):
+            c = getattr(op, "call", None)
+            if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
+                self._tune_call(c, None, lanes.get(k, self.lane))
         steps = wave or (self.ws.chunk if name == "forward" else 0)
-        chunks = [n * B for n in sorted({steps, T - (T - 1) // steps * steps})] if 0 < steps < T else [None]
-        for place, ops in (("before", phase.before), ("after", phase.after)):
-            for op in ops:
-                c = getattr(op, "call", None)
-                if c is None or c.heads is not None:
-                    continue
-                by_chunk = isinstance(op, Gemm) and not op.first and (name == "forward" or place == "after")
-                for rows in chunks if by_chunk else [None]:  # (chunk(), backward_chunk(): those GEMMs by chunk)
-                    self._tune_call(c, rows, self.lane)
+        if steps and steps < self.ws.T:  # (a chunk's rows and the last, shorter chunk's: chunk(), backward_chunk())
+            phase, T = getattr(self.plan, name), self.ws.T
+            calls = [op.call for op in (*(phase.before if name == "forward" else ()), *phase.after)
+                     if isinstance(op, Gemm) and not op.first and op.call is not None and op.call.heads is None]
+            for c in calls:
+                for n in sorted({steps, T - (T - 1) // steps * steps}):
+                    self._tune_call(c, n * self.ws.B, self.lane)
 
     def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
         M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0, rows)
