@@ -1,0 +1,111 @@
+"""What FGR's forward step's GEMMs would cost side by side (issue 14: FGR 1.52x cuDNN's vanilla forward at B = 64,
+H = 512, fp32). Today a step runs four GEMMs at once on four streams: h @ [2048 x 512]^T and each of the states i, f,
+o @ [1536 x 512]^T (k = 512). Stored side by side ([i|f|o] one buffer, the three weight stacks one [1536 x 1536]
+formed once a forward), the three are one GEMM with k = 1536; with h too, [64 x 2048] k = 2048 (z's blocks zero).
+Each variant captured in a CUDA graph of 100 repetitions (the four-stream one forked and joined by events),
+cupy.matmul (cuBLAS, strict fp32 unless CUPY_TF32=1), GPU time per repetition (us), median of 7 graph launches.
+    python3 benchmarks/probe_fgr_gemms.py   (written on 2026-12-05, not yet run: no device time was left)
+"""
+import statistics
+
+import cupy
+
+B, H, REP = 64, 512, 100
+rng = cupy.random.default_rng(0)
+f32 = cupy.float32
+h, i, f, o = (rng.standard_normal((B, H), dtype=f32) for _ in range(4))
+ifo = rng.standard_normal((B, 3 * H), dtype=f32)
+hifo = rng.standard_normal((B, 4 * H), dtype=f32)
+Whh = rng.standard_normal((4 * H, H), dtype=f32)
+Wg = [rng.standard_normal((3 * H, H), dtype=f32) for _ in range(3)]
+Wc = rng.standard_normal((3 * H, 3 * H), dtype=f32)
+Wall = rng.standard_normal((4 * H, 4 * H), dtype=f32)
+Wz = rng.standard_normal((H, H), dtype=f32)
+out = {k: cupy.empty((B, n), f32) for k, n in (("g1", 4 * H), ("g2", 3 * H), ("g3", 3 * H), ("g4", 3 * H),
+                                               ("c", 3 * H), ("all", 4 * H), ("z", H))}
+main, sides = cupy.cuda.Stream(non_blocking=True), [cupy.cuda.Stream(non_blocking=True) for _ in range(3)]
+
+
+def four_streams():
+    fork = cupy.cuda.Event(disable_timing=True)
+    fork.record(main)
+    joins = []
+    for s, a, w, k in zip(sides, (i, f, o), Wg, ("g2", "g3", "g4")):
+        s.wait_event(fork)
+        with s:
+            cupy.matmul(a, w.T, out=out[k])
+        e = cupy.cuda.Event(disable_timing=True)
+        e.record(s)
+        joins.append(e)
+    with main:
+        cupy.matmul(h, Whh.T, out=out["g1"])
+    for e in joins:
+        main.wait_event(e)
+
+
+def serial4():
+    with main:
+        cupy.matmul(h, Whh.T, out=out["g1"])
+        for a, w, k in zip((i, f, o), Wg, ("g2", "g3", "g4")):
+            cupy.matmul(a, w.T, out=out[k])
+
+
+def two_side_by_side():  # h @ Whh^T and [i|f|o] @ Wc^T, one after the other
+    with main:
+        cupy.matmul(h, Whh.T, out=out["g1"])
+        cupy.matmul(ifo, Wc.T, out=out["c"])
+
+
+def two_streams():  # the same two GEMMs at once
+    fork = cupy.cuda.Event(disable_timing=True)
+    fork.record(main)
+    sides[0].wait_event(fork)
+    with sides[0]:
+        cupy.matmul(ifo, Wc.T, out=out["c"])
+    e = cupy.cuda.Event(disable_timing=True)
+    e.record(sides[0])
+    with main:
+        cupy.matmul(h, Whh.T, out=out["g1"])
+    main.wait_event(e)
+
+
+def one_k2048():  # [h|i|f|o] @ Wall^T, z's i/f/o blocks zero
+    with main:
+        cupy.matmul(hifo, Wall.T, out=out["all"])
+
+
+def k2048_plus_z():  # gates i, f, o over [h|i|f|o] (k = 2048) and z over h alone
+    with main:
+        cupy.matmul(hifo, Wall[:3 * H].T, out=out["c"])
+        cupy.matmul(h, Wz.T, out=out["z"])
+
+
+def vanilla():  # the vanilla LSTM's step GEMM, for scale
+    with main:
+        cupy.matmul(h, Whh.T, out=out["g1"])
+
+
+def time_graph(step):
+    for _ in range(3):
+        step()
+    main.synchronize()
+    main.begin_capture()
+    for _ in range(REP):
+        step()
+    graph = main.end_capture()
+    graph.launch(main)
+    main.synchronize()
+    times = []
+    for _ in range(7):
+        s, e = cupy.cuda.Event(), cupy.cuda.Event()
+        s.record(main)
+        graph.launch(main)
+        e.record(main)
+        e.synchronize()
+        times.append(1e3 * cupy.cuda.get_elapsed_time(s, e) / REP)
+    return statistics.median(times)
+
+
+print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "cupy", cupy.__version__, f"B={B} H={H}")
+for fn in (vanilla, four_streams, serial4, two_side_by_side, two_streams, one_k2048, k2048_plus_z):
+    print(f"{fn.__name__:18s} {time_graph(fn):7.2f} us a step", flush=True)
