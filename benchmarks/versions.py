@@ -6,7 +6,11 @@ time is the smaller of the tree's two medians. Needs a GPU and CuPy.
     python3 benchmarks/versions.py OLD NEW --cases zoneout_lstm:16 gru_torch:1 --hidden 256 [--lengths]
 
 --cases SPEC:B ... times those cases instead (one layer, I = H = --hidden); --lengths gives each batch random
-sequence lengths, uniform in [T/2, T] (the length mask's plans).
+sequence lengths, uniform in [T/2, T] (the length mask's plans); --schedule "precision tf32" compiles every case
+with those directives; --new-env NAME=VALUE ... sets environment variables for the new tree's runs only, so that one
+tree can be compared with itself under a switch:
+
+    python3 benchmarks/versions.py . . --new-env LSTMDSL_GEMM_LT=1      # cuBLASLt's kernels against cuBLAS's
 
 A tree is a folder holding the lstmdsl package (a checkout, or `git archive REV lstmdsl grammars
 templates specs | tar -x -C DIR`). The table printed last has before, after and after / before.
@@ -28,7 +32,7 @@ import json, statistics, sys
 import cupy, numpy as np
 import lstmdsl
 H, T, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cases, masked = json.loads(sys.argv[4]), sys.argv[5] == "1"
+cases, masked, schedule = json.loads(sys.argv[4]), sys.argv[5] == "1", sys.argv[6] or None
 
 def median_ms(fn):
     for _ in range(3):
@@ -44,7 +48,7 @@ def median_ms(fn):
 out = {}
 for spec, B in cases:
     extra = {"proj_size": H // 2} if lstmdsl.parse(spec).uses_size("proj") else {}
-    layer = lstmdsl.compile(spec, H, H, 1, backend="cuda", seed=0, **extra)
+    layer = lstmdsl.compile(spec, H, H, 1, backend="cuda", seed=0, schedule=schedule, **extra)
     x = cupy.asarray(np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32))
     ones = cupy.ones((T, B, layer.output_size), np.float32)
     lengths = np.random.default_rng(1).integers(T // 2, T + 1, B) if masked else None
@@ -55,10 +59,12 @@ print(json.dumps(out))
 """
 
 
-def run(tree: str, repeat: int, hidden: int = H, cases=CASES, masked: bool = False) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(tree), os.environ.get("PYTHONPATH", "")]))
+def run(tree: str, repeat: int, hidden: int = H, cases=CASES, masked: bool = False, schedule: str = "",
+        extra_env: dict | None = None) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(tree), os.environ.get("PYTHONPATH", "")]),
+               **(extra_env or {}))
     r = subprocess.run([sys.executable, "-c", _PROBE, str(hidden), str(T), str(repeat), json.dumps(cases),
-                        "1" if masked else "0"], env=env, capture_output=True, text=True)
+                        "1" if masked else "0", schedule], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{tree}: the probe failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -73,20 +79,28 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", metavar="SPEC:B", help="these cases instead of the quick grid's")
     ap.add_argument("--hidden", type=int, default=H)
     ap.add_argument("--lengths", action="store_true", help="random sequence lengths in [T/2, T]")
+    ap.add_argument("--schedule", default="", help="schedule directives for every case, e.g. 'precision tf32'")
+    ap.add_argument("--new-env", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="environment variables for the new tree's runs only")
     args = ap.parse_args()
+    if any("=" not in e for e in args.new_env):
+        ap.error(f"--new-env takes NAME=VALUE, got {' '.join(args.new_env)}")
+    extra = {"new": dict(e.split("=", 1) for e in args.new_env), "old": {}}
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases] if args.cases else CASES
     rounds = {"old": [], "new": []}
     for _ in range(2):
         for which in ("old", "new"):
-            rounds[which].append(run(getattr(args, which), args.repeat, args.hidden, cases, args.lengths))
+            rounds[which].append(run(getattr(args, which), args.repeat, args.hidden, cases, args.lengths,
+                                     args.schedule, extra[which]))
     best = {w: {k: min(r[k] for r in rs) for k in rs[0]} for w, rs in rounds.items()}
     rows = [{"case": k, "before_ms": best["old"][k], "after_ms": best["new"][k],
              "ratio": best["new"][k] / best["old"][k]} for k in best["old"]]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": {"H": args.hidden, "T": T, "layers": 1, "lengths": args.lengths}, "rounds": rounds,
-                       "rows": rows}, f, indent=2)
-    print(f"{f'case (H={args.hidden}, T={T}, fp32)':<28} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
+            json.dump({"shape": {"H": args.hidden, "T": T, "layers": 1, "lengths": args.lengths},
+                       "schedule": args.schedule, "new_env": extra["new"], "rounds": rounds, "rows": rows}, f, indent=2)
+    label = f"case (H={args.hidden}, T={T}, {args.schedule or 'fp32'})"
+    print(f"{label:<28} {'before ms':>10} {'after ms':>10} {'after/before':>13}")
     for r in rows:
         print(f"{r['case']:<28} {r['before_ms']:>10.3f} {r['after_ms']:>10.3f} {r['ratio']:>13.2f}")
 
