@@ -26,21 +26,29 @@ out = {k: cupy.empty((B, n), f32) for k, n in (("g1", 4 * H), ("g2", 3 * H), ("g
 main, sides = cupy.cuda.Stream(non_blocking=True), [cupy.cuda.Stream(non_blocking=True) for _ in range(3)]
 
 
-def four_streams():
+def at_once(first, *others):
+    """first() on the main stream and each of others on a side stream of its own, forked from and joined back to
+    the main stream by events (as runtime/fanout.py runs a step's GEMMs)."""
     fork = cupy.cuda.Event(disable_timing=True)
     fork.record(main)
     joins = []
-    for s, a, w, k in zip(sides, (i, f, o), Wg, ("g2", "g3", "g4")):
+    for s, fn in zip(sides, others):
         s.wait_event(fork)
         with s:
-            cupy.matmul(a, w.T, out=out[k])
+            fn()
         e = cupy.cuda.Event(disable_timing=True)
         e.record(s)
         joins.append(e)
     with main:
-        cupy.matmul(h, Whh.T, out=out["g1"])
+        first()
     for e in joins:
         main.wait_event(e)
+
+
+def four_streams():
+    gates = zip((i, f, o), Wg, ("g2", "g3", "g4"))
+    at_once(lambda: cupy.matmul(h, Whh.T, out=out["g1"]),
+            *(lambda a=a, w=w, k=k: cupy.matmul(a, w.T, out=out[k]) for a, w, k in gates))
 
 
 def serial4():
@@ -57,16 +65,7 @@ def two_side_by_side():  # h @ Whh^T and [i|f|o] @ Wc^T, one after the other
 
 
 def two_streams():  # the same two GEMMs at once
-    fork = cupy.cuda.Event(disable_timing=True)
-    fork.record(main)
-    sides[0].wait_event(fork)
-    with sides[0]:
-        cupy.matmul(ifo, Wc.T, out=out["c"])
-    e = cupy.cuda.Event(disable_timing=True)
-    e.record(sides[0])
-    with main:
-        cupy.matmul(h, Whh.T, out=out["g1"])
-    main.wait_event(e)
+    at_once(lambda: cupy.matmul(h, Whh.T, out=out["g1"]), lambda: cupy.matmul(ifo, Wc.T, out=out["c"]))
 
 
 def one_k2048():  # [h|i|f|o] @ Wall^T, z's i/f/o blocks zero
