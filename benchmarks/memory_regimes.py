@@ -1,9 +1,10 @@
-"""Training memory and time in half precision, four ways, one vanilla layer, in one process (issue 13's memory
-target): cuDNN as the grids run it (`nn.LSTM(...).to(bf16)`: half weights and gradients, no float32 master
-weights), cuDNN as mixed-precision users run it (a float32 nn.LSTM under `torch.autocast`: float32 master weights
-and gradients, the half weights cast per call), lstmdsl's layer API (float32 master weights; float32 arrays in and
-out, CuPy having no bfloat16) and lstmdsl's torch module under `torch.autocast` (float32 master weights; half x,
-y, dy and dx).
+"""Training memory and time in half precision, five ways, one vanilla layer, in one process (issue 13's memory target):
+cuDNN as the grids run it (`nn.LSTM(...).to(bf16)`: half weights and gradients, no float32 master weights),
+lstmdsl's torch module the same way (`lstmdsl.torch.LSTM(...).to(bf16)`: half weights and gradients, float32
+gradient buffers inside), cuDNN as mixed-precision users run it (a float32 nn.LSTM under `torch.autocast`: float32
+master weights and gradients, the half weights cast per call), lstmdsl's layer API (float32 master weights; float32
+arrays in and out, CuPy having no bfloat16) and lstmdsl's torch module under `torch.autocast` (float32 master
+weights; half x, y, dy and dx).
 
     python3 benchmarks/memory_regimes.py [--precision bf16] [--shapes 1x1024x100 256x1024x1000 ...] [--json out.json]
     python3 benchmarks/memory_regimes.py --render out.json      # its markdown table again, no GPU
@@ -104,6 +105,8 @@ def main() -> None:
 
         xh = x.to(half).requires_grad_(True)  # (the pure-half module's input: its own, counted, as the grids count it)
         measure("cuDNN half module", cudnn_half, torch_train(xh, False), own=xh.nbytes)
+        measure("lstmdsl torch half module", lambda: lt.LSTM(H, H).cuda().to(half), torch_train(xh, False),
+                cupy_too="pool", own=xh.nbytes)
         del xh
         xf = x.clone().requires_grad_(True)
         measure("cuDNN under autocast", lambda: torch.nn.LSTM(H, H).cuda(), torch_train(xf, True))
@@ -128,7 +131,8 @@ def main() -> None:
     finish(result, args, markdown)
 
 
-NAMES = ("cuDNN half module", "cuDNN under autocast", "lstmdsl layer API", "lstmdsl torch module under autocast")
+NAMES = ("cuDNN half module", "lstmdsl torch half module", "cuDNN under autocast", "lstmdsl layer API",
+         "lstmdsl torch module under autocast")
 
 
 def markdown(result: dict) -> str:

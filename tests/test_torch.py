@@ -267,8 +267,8 @@ def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it(
     (lambda: lt.GRU(3, 4, forget_bias=1.0), "cell 'gru_torch' has none"),  # (once ignored silently)
     (lambda: lt.LSTM(3, 4, seed=1.5), "seed must be a non-negative integer, got 1.5"),
     (lambda: lt.LSTM(3, 4, seed=-1), "seed must be a non-negative integer, got -1"),
-    (lambda: lt.LSTM(3, 4, dtype=torch.bfloat16), "dtype must be torch.float32 or torch.float64"),
-    (lambda: lt.LSTM(3, 4, dtype=torch.int32), "dtype must be torch.float32 or torch.float64"),
+    (lambda: lt.LSTM(3, 4, dtype=torch.int32), "dtype must be torch.float32, float64, bfloat16 or float16"),
+    (lambda: lt.LSTM(3, 4, dtype=torch.complex64), "dtype must be torch.float32, float64, bfloat16 or float16"),
 ])
 def test_the_modules_arguments_are_checked_as_compile_checks_them(make, message):
     """The module's constructor refuses what lstmdsl.compile refuses, saying which argument (numpy's or torch's
@@ -438,8 +438,38 @@ def test_copies_state_dicts_and_dtypes():
     torch.testing.assert_close(other(x)[0], rnn(x)[0])
     assert set(rnn.state_dict()) == {"weight_ih_l0", "weight_hh_l0", "b_r_l0", "b_z_l0", "b_in_l0", "b_hn_l0"}
     assert rnn.float()(x.float())[0].dtype == torch.float32
-    with pytest.raises(UsageError, match="float32 or float64"):
-        rnn.half()(x.half())
+    assert rnn.half()(x.half())[0].dtype == torch.float16  # (half parameters: the next test)
+    with pytest.raises(UsageError, match="input has dtype torch.float32 but the parameters are torch.float16"):
+        rnn(x.float())
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_parameters_follow_float32_on_the_rounded_values_on_the_cpu(half):
+    """A module in half precision (.to(half), or dtype= at construction) takes and returns tensors of that type,
+    its gradients too, as torch.nn.LSTM does; on the CPU the reference computes in float32, so outputs and
+    gradients are the float32 module's on the rounded parameters and inputs, rounded."""
+    torch.manual_seed(0)
+    ref = lt.LSTM(5, 7, 2)
+    ours = copy.deepcopy(ref).to(half)
+    with torch.no_grad():
+        for p, q in zip(ref.parameters(), ours.parameters()):
+            p.copy_(q.float())
+    x, h0, c0 = (torch.randn(6, 3, 5).to(half), torch.randn(2, 3, 7).to(half), torch.randn(2, 3, 7).to(half))
+    xr = x.float().requires_grad_()
+    y_r, (h_r, c_r) = ref(xr, (h0.float(), c0.float()))
+    xh = x.clone().requires_grad_()
+    y, (h, c) = ours(xh, (h0, c0))
+    assert {t.dtype for t in (y, h, c)} == {half}
+    eps = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}[half]  # (one rounding of each output)
+    assert_close([y, h, c], [y_r, h_r, c_r], 2 * eps)
+    (y_r.square().sum() + h_r.sum() + c_r.sum()).backward()
+    (y.float().square().sum() + h.float().sum() + c.float().sum()).backward()
+    assert {p.grad.dtype for p in ours.parameters()} == {half} and xh.grad.dtype == half
+    assert_close([xh.grad, *[p.grad for p in ours.parameters()]], [xr.grad, *[p.grad for p in ref.parameters()]],
+                 2 * eps)
+    made = lt.GRU(4, 6, bias=False, dtype=half)
+    assert {p.dtype for p in made.parameters()} == {half}
+    assert made(torch.randn(3, 2, 4, dtype=half))[0].dtype == half
 
 
 @pytest.mark.slow
@@ -804,6 +834,40 @@ def test_mixed_precision_under_autocast_follows_float32(half, strict_fp32):
     with torch.no_grad(), torch.autocast("cuda", dtype=half):
         y = ours(x)[0]
     assert_close([y], [ref(x)[0]], tol)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_parameters_on_the_gpu_follow_float32_on_the_rounded_values(half, strict_fp32):
+    """A module in half precision (.to(half)): the GEMMs read the half parameters themselves (no float32
+    masters), the state is float32; outputs, final states and every gradient (of the parameters' type) within
+    the precision's tolerance of the float32 module on the same (rounded) values, for a bidirectional LSTM stack
+    on a packed batch and a GRU without biases at odd sizes; an optimizer step on the half parameters reaches
+    the next call (its CUDA graphs read them in place, the vectors through float32 copies made at each call)."""
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[half]
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 4, 7, 1, 9])
+    for make, size in ((lambda: lt.LSTM(24, 40, 2, bidirectional=True), 24), (lambda: lt.GRU(17, 33, bias=False), 17)):
+        ours = make().cuda().to(half)
+        ref = make().cuda()
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(9, 5, size, device="cuda").to(half)
+        outs = []
+        for m, xs in ((ref, x.float()), (ours, x)):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(xs, lengths, enforce_sorted=False)
+            out, h = m(packed)
+            h = h if isinstance(h, tuple) else (h,)
+            (out.data.float().square().sum() + sum(s.float().square().sum() for s in h)).backward()
+            outs.append([out.data, *h])
+        assert {t.dtype for t in outs[1]} == {half}
+        assert all(p.grad.dtype == half for p in ours.parameters())
+        assert_close(outs[1], outs[0], tol)
+        assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
+        torch.optim.SGD(ours.parameters(), lr=0.5).step()
+        ref.load_state_dict(ours.state_dict())
+        with torch.no_grad():
+            assert_close([ours(x)[0]], [ref(x.float())[0]], tol)
 
 
 @gpu

@@ -61,9 +61,8 @@ class RNN(nn.Module):
             raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
         seed = None if seed is None else check_seed(seed)
         forget_bias = check_forget_bias(self.spec, forget_bias)  # (compile's checks: a GRU has no b_f)
-        if dtype not in (None, torch.float32, torch.float64):  # (half precision: float32 masters, as below)
-            raise UsageError(f"dtype must be torch.float32 or torch.float64, got {dtype!r} (for bf16 or fp16 give "
-                             "float32 parameters and `precision bf16` in the schedule, or run under torch.autocast)")
+        if dtype not in (None, torch.float32, torch.float64, *_HALF.values()):
+            raise UsageError(f"dtype must be torch.float32, float64, bfloat16 or float16, got {dtype!r}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
             raise UsageError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if not (isinstance(dropconnect, (int, float)) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
@@ -114,7 +113,7 @@ class RNN(nn.Module):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for runner, members, names in self._groups:
             tensors = self._tensors(names)
-            initial = runner.initial(rng, np.dtype(str(tensors[0].dtype).removeprefix("torch.")), forget_bias)
+            initial = runner.initial(rng, np.float64 if tensors[0].dtype == torch.float64 else np.float32, forget_bias)
             tensors = iter(tensors)  # (each member's slots in turn, as __init__ named them)
             with torch.no_grad():
                 for j in range(len(members)):
@@ -217,7 +216,7 @@ class RNN(nn.Module):
             raise UsageError(f"the input is on {x.device}, but the parameters are on {first.device}; move one of them")
         pdtype = first.dtype
         out_dtype = x.dtype
-        half = None
+        half = pdtype if pdtype in _HALF.values() else None  # half parameters (.half()): half GEMMs, float32 state
         if pdtype == torch.float32:  # mixed precision: from a half-precision input, or the schedule
             half = x.dtype if x.dtype in _HALF.values() else _HALF.get(self._groups[0][0].schedule.precision)
         if torch.is_autocast_enabled(x.device.type):

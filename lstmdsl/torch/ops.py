@@ -40,6 +40,7 @@ from ..masks import LENGTH, with_lengths
 from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
+from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
@@ -179,9 +180,9 @@ class Runner:
         memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt)."""
         from ..runtime import device
 
-        key = (params[0].device, params[0].dtype)
+        key = (params[0].device, _states_type(params[0]))  # (float32 for half parameters: the GEMMs' output)
         if key not in self._grads:
-            flat = torch.empty(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
+            flat = torch.empty(sum(p.numel() for p in params), device=params[0].device, dtype=key[1])
             self._grads[key] = (flat, self.grad_views(flat, params))
         self.grad_flat, views = self._grads[key]
         device.zero(self.grad_flat.data_ptr(), self.grad_flat.numel() * self.grad_flat.element_size(), stream)
@@ -192,46 +193,26 @@ class Runner:
         return [part.view(p.shape) for part, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
-_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # the handle, without a Stream object
-
-
-def _stream(x: Tensor) -> int:
-    if _RAW_STREAM is not None:
-        return _RAW_STREAM(x.device.index)
-    return torch.cuda.current_stream(x.device).cuda_stream
-
-
-class _on:
-    """x's CUDA device as the current one for the block (a no-op when it already is)."""
-
-    def __init__(self, x: Tensor):
-        self.index = x.device.index
-        self.saved = None
-
-    def __enter__(self):
-        current = torch.cuda.current_device()
-        if current != self.index:
-            self.saved = current
-            torch.cuda.set_device(self.index)
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            torch.cuda.set_device(self.saved)
-
-
 def _check(x: Tensor, params: list[Tensor]) -> str:
-    """The element type of the values (a half-precision x beside float32 parameters: mixed precision)."""
+    """The element type of the values: a half-precision x beside float32 parameters (mixed precision) or beside
+    parameters of its own type (half parameters, .half() or .bfloat16()) computes with float32 values."""
     pdtype = x.dtype if x.dtype not in _HALF else torch.float32
-    if pdtype not in _DTYPES or any(p.dtype != pdtype for p in params):
+    if pdtype not in _DTYPES or any(p.dtype != pdtype for p in params) and any(p.dtype != x.dtype for p in params):
         raise UsageError(f"lstmdsl computes in float32 or float64 with the input and every parameter of one "
-                         f"type (or a bfloat16 or float16 input beside float32 parameters: mixed precision); got "
-                         f"input {x.dtype} and parameters {sorted({str(p.dtype) for p in params})}")
+                         f"type, or in bfloat16 or float16 with a half-precision input beside float32 parameters "
+                         f"(mixed precision) or beside parameters of its own type; got input {x.dtype} and "
+                         f"parameters {sorted({str(p.dtype) for p in params})}")
     if any(p.device != x.device for p in params):
         raise UsageError(f"the input is on {x.device} but parameters are on "
                          f"{sorted({str(p.device) for p in params if p.device != x.device})}")
     if x.is_cuda and x.shape[1] > 65535:
         raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {x.shape[1]}; split the batch")
     return _DTYPES[pdtype]
+
+
+def _states_type(x: Tensor) -> torch.dtype:
+    """The type of the states in and out of the ops: float32 beside a half-precision input, else x's."""
+    return torch.float32 if x.dtype in _HALF else x.dtype
 
 
 def _io_type(x: Tensor) -> str | None:
@@ -278,15 +259,18 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     T, B = x.shape[:2]
     names = r.state_names
     if not x.is_cuda:
-        if x.dtype in _HALF:
+        if x.dtype in _HALF and params[0].dtype != x.dtype:
             raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
+        if x.dtype in _HALF:  # half parameters on the CPU: the float32 reference, its output rounded
+            out = forward_impl(x.float(), h0, [p.float() for p in params], steps, handle, train)
+            return [out[0].to(x.dtype), *out[1:]]
         _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
         return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
     out: list[Tensor] = []
 
     def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
         out.append(x.new_empty((T, B, r.output_size)))
-        out.extend(params[0].new_empty(shape) for shape in r.state_shapes(B))
+        out.extend(x.new_empty(shape, dtype=_states_type(x)) for shape in r.state_shapes(B))
         return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
             out[0].data_ptr() if train else None
 
@@ -309,7 +293,7 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 def _(x, h0, params, steps, handle, train):
     r = _RUNNERS[handle]
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)),
-            *[params[0].new_empty(s) for s in r.state_shapes(x.shape[1])]]
+            *[x.new_empty(s, dtype=_states_type(x)) for s in r.state_shapes(x.shape[1])]]
 
 
 def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
@@ -325,6 +309,10 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     T, B = x.shape[:2]
     dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]
     names = r.state_names
+    if not x.is_cuda and x.dtype in _HALF:  # half parameters on the CPU: the float32 reference, rounded
+        out = backward_impl(x.float(), h0, [p.float() for p in params], steps, y.float(), dy.float(), dhn, handle,
+                            views, wanted)
+        return [out[0].to(x.dtype), *out[1:1 + len(h0)], *[g.to(x.dtype) for g in out[1 + len(h0):]]]
     if not x.is_cuda:  # the reference keeps no activations between calls: forward again, keeping them
         given = bool(h0)
         nump, per_layer, _, _, saved = _reference_forward(r, x, h0, params, steps, keep=True)
@@ -340,14 +328,14 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         stream = _stream(x)
         weights = r.gemm.read(params, engine.program.plan)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
-            scratch = [torch.empty_like(y)] + [params[0].new_empty(s) for s in r.state_shapes(B)]
+            scratch = [torch.empty_like(y)] + [x.new_empty(s, dtype=_states_type(x)) for s in r.state_shapes(B)]
             engine.forward(T, B, True, r.bindings(weights, None), x.data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
                            steps=ptrs, io_type=_io_type(x))
         grads = r.grad_buffers(params, stream)
         dx = torch.empty_like(x) if wanted[0] else None
-        dh0 = [params[0].new_empty(s) if h0 and wanted[1] else None for s in r.state_shapes(B)]
+        dh0 = [x.new_empty(s, dtype=_states_type(x)) if h0 and wanted[1] else None for s in r.state_shapes(B)]
         if dy.dtype != y.dtype:
             dy = dy.to(y.dtype)
         engine.backward(r.bindings(weights, grads), dy.data_ptr(),
@@ -357,10 +345,10 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
                         io_type=_io_type(x))
         r.gemm.reorder_grads(engine.program.plan, grads)
         dh0 = dh0 if h0 else []
-        if views:  # one copy, handed out as views
-            grads = r.grad_views(r.grad_flat.clone(), params)
+        if views:  # one copy (in the parameters' type: half parameters get half gradients), handed out as views
+            grads = r.grad_views(r.grad_flat.to(params[0].dtype, copy=True), params)
         else:
-            grads = [g.clone() for g in grads]
+            grads = [g.to(params[0].dtype, copy=True) for g in grads]
     return [dx, *dh0, *grads]
 
 

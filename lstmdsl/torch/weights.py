@@ -1,7 +1,8 @@
 """What the GEMMs of a torch-driven Engine read and write in place of a layer's parameters: half-precision
-copies of the weight stacks (mixed precision), copies with their rows permuted where a stack is stored head
-by head (WeightStack.interleave), and the gradients of those put back in the matrices' order. The copies
-stay at one address per parameter, so CUDA graphs replay."""
+copies of the weight stacks (mixed precision; half parameters are read as they are, their vectors from float32
+copies), copies with their rows permuted where a stack is stored head by head (WeightStack.interleave), and
+the gradients of those put back in the matrices' order. The copies stay at one address per parameter, so CUDA
+graphs replay."""
 
 from __future__ import annotations
 
@@ -26,11 +27,16 @@ class GemmWeights:
         out, n = list(params), len(self.slots)
         for j, p in enumerate(params):
             slot = self.slots[j % n]
-            if slot.kind == "stack" and half in _ELEMENT:
-                a = plan.storage.align if stacks[slot.name].padded else 1  # rows padded for the tensor cores
+            a = plan.storage.align if slot.kind == "stack" and stacks[slot.name].padded else 1
+            if slot.kind == "stack" and half in _ELEMENT and (p.dtype != _ELEMENT[half] or p.shape[1] % a):
+                # (rows padded for the tensor cores; a half parameter of the GEMMs' type and width is read as it is)
                 out[j] = self._copy((p.data_ptr(), tuple(p.shape), p.device, half), lambda: torch.zeros(
                     (p.shape[0], -(-p.shape[1] // a) * a), device=p.device, dtype=_ELEMENT[half]))
                 out[j][:, :p.shape[1]].copy_(p.detach())
+            elif slot.kind == "vector" and p.dtype in _ELEMENT.values():  # (the pointwise kernels read float32)
+                out[j] = self._copy((p.data_ptr(), tuple(p.shape), p.device, "f32"),
+                                    lambda: torch.empty(p.shape, device=p.device, dtype=torch.float32))
+                out[j].copy_(p.detach())
             if slot.kind == "stack" and stacks[slot.name].interleave:
                 src = out[j].detach()
                 dst = self._copy(("ordered", src.data_ptr(), tuple(src.shape), src.dtype), lambda: torch.empty_like(src))
