@@ -3,12 +3,19 @@ H = 512, fp32). Today a step runs four GEMMs at once on four streams: h @ [2048 
 o @ [1536 x 512]^T (k = 512). Stored side by side ([i|f|o] one buffer, the three weight stacks one [1536 x 1536]
 formed once a forward), the three are one GEMM with k = 1536; with h too, [64 x 2048] k = 2048 (z's blocks zero).
 Each variant captured in a CUDA graph of 100 repetitions (the four-stream one forked and joined by events),
-cupy.matmul (cuBLAS, strict fp32 unless CUPY_TF32=1), GPU time per repetition (us), median of 7 graph launches.
-    python3 benchmarks/probe_fgr_gemms.py   (written on 2026-12-05, not yet run: no device time was left)
+strict fp32 through the runtime's own GEMM call (lstmdsl.runtime.cublas.gemm, one lane per stream; CuPy's
+matmul refuses to run inside a capture: the first run, on 2026-12-05, stopped there), GPU time per repetition
+(us), median of 7 graph launches.
+    python3 benchmarks/probe_fgr_gemms.py
 """
+import os
 import statistics
+import sys
 
-import cupy
+sys.path.insert(0, os.getcwd())
+import cupy  # noqa: E402
+
+from lstmdsl.runtime import cublas  # noqa: E402
 
 B, H, REP = 64, 512, 100
 rng = cupy.random.default_rng(0)
@@ -24,6 +31,18 @@ Wz = rng.standard_normal((H, H), dtype=f32)
 out = {k: cupy.empty((B, n), f32) for k, n in (("g1", 4 * H), ("g2", 3 * H), ("g3", 3 * H), ("g4", 3 * H),
                                                ("c", 3 * H), ("all", 4 * H), ("z", H))}
 main, sides = cupy.cuda.Stream(non_blocking=True), [cupy.cuda.Stream(non_blocking=True) for _ in range(3)]
+LANES = {s.ptr: lane for lane, s in enumerate((main, *sides))}
+TYPES = ("f32", "f32", "f32", "fp32")
+
+
+def mm(a, w, c):
+    """c[M, N] = a[M, K] @ w[N, K]^T, row-major, as the runtime issues a GEMM (lstmdsl.runtime.cublas.gemm: its
+    own handles, one lane per stream), on the current stream."""
+    (M, K), N = a.shape, w.shape[0]
+    assert w.shape[1] == K and c.shape == (M, N) and a.flags.c_contiguous and c.flags.c_contiguous
+    stream = cupy.cuda.get_current_stream().ptr
+    cublas.gemm(M, N, K, a.data.ptr, K, False, w.data.ptr, w.strides[0] // 4, True, c.data.ptr, N, False, TYPES,
+                stream, LANES[stream])
 
 
 def at_once(first, *others):
@@ -47,41 +66,41 @@ def at_once(first, *others):
 
 def four_streams():
     gates = zip((i, f, o), Wg, ("g2", "g3", "g4"))
-    at_once(lambda: cupy.matmul(h, Whh.T, out=out["g1"]),
-            *(lambda a=a, w=w, k=k: cupy.matmul(a, w.T, out=out[k]) for a, w, k in gates))
+    at_once(lambda: mm(h, Whh, out["g1"]),
+            *(lambda a=a, w=w, k=k: mm(a, w, out[k]) for a, w, k in gates))
 
 
 def serial4():
     with main:
-        cupy.matmul(h, Whh.T, out=out["g1"])
+        mm(h, Whh, out["g1"])
         for a, w, k in zip((i, f, o), Wg, ("g2", "g3", "g4")):
-            cupy.matmul(a, w.T, out=out[k])
+            mm(a, w, out[k])
 
 
 def two_side_by_side():  # h @ Whh^T and [i|f|o] @ Wc^T, one after the other
     with main:
-        cupy.matmul(h, Whh.T, out=out["g1"])
-        cupy.matmul(ifo, Wc.T, out=out["c"])
+        mm(h, Whh, out["g1"])
+        mm(ifo, Wc, out["c"])
 
 
 def two_streams():  # the same two GEMMs at once
-    at_once(lambda: cupy.matmul(h, Whh.T, out=out["g1"]), lambda: cupy.matmul(ifo, Wc.T, out=out["c"]))
+    at_once(lambda: mm(h, Whh, out["g1"]), lambda: mm(ifo, Wc, out["c"]))
 
 
 def one_k2048():  # [h|i|f|o] @ Wall^T, z's i/f/o blocks zero
     with main:
-        cupy.matmul(hifo, Wall.T, out=out["all"])
+        mm(hifo, Wall, out["all"])
 
 
 def k2048_plus_z():  # gates i, f, o over [h|i|f|o] (k = 2048) and z over h alone
     with main:
-        cupy.matmul(hifo, Wall[:3 * H].T, out=out["c"])
-        cupy.matmul(h, Wz.T, out=out["z"])
+        mm(hifo, Wall[:3 * H], out["c"])
+        mm(h, Wz, out["z"])
 
 
 def vanilla():  # the vanilla LSTM's step GEMM, for scale
     with main:
-        cupy.matmul(h, Whh.T, out=out["g1"])
+        mm(h, Whh, out["g1"])
 
 
 def time_graph(step):
@@ -105,6 +124,10 @@ def time_graph(step):
     return statistics.median(times)
 
 
+with main:
+    mm(h, Whh, out["g1"])
+main.synchronize()
+assert float(cupy.abs(out["g1"] - h @ Whh.T).max()) < 1e-4 * float(cupy.abs(out["g1"]).max()), "mm is wrong"
 print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "cupy", cupy.__version__, f"B={B} H={H}")
 for fn in (vanilla, four_streams, serial4, two_side_by_side, two_streams, one_k2048, k2048_plus_z):
     print(f"{fn.__name__:18s} {time_graph(fn):7.2f} us a step", flush=True)
