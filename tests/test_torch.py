@@ -470,6 +470,10 @@ def test_half_parameters_follow_float32_on_the_rounded_values_on_the_cpu(half):
     made = lt.GRU(4, 6, bias=False, dtype=half)
     assert {p.dtype for p in made.parameters()} == {half}
     assert made(torch.randn(3, 2, 4, dtype=half))[0].dtype == half
+    theirs = torch.nn.GRU(5, 7, 2).to(half)  # from_torch and to_torch keep the type, and the function
+    converted = lt.from_torch(theirs)
+    assert {p.dtype for p in converted.parameters()} == {p.dtype for p in lt.to_torch(converted).parameters()} == {half}
+    assert_close([converted(x)[0]], [lt.from_torch(copy.deepcopy(theirs).float())(x.float())[0]], 2 * eps)
 
 
 @pytest.mark.slow
