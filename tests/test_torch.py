@@ -840,6 +840,25 @@ def test_mixed_precision_under_autocast_follows_float32(half, strict_fp32):
     assert_close([y], [ref(x)[0]], tol)
 
 
+def test_the_copies_the_gemms_read_stay_put_for_a_deep_half_stack():
+    """What the GEMMs read in place of half parameters (float32 copies of the vectors: 14 a layer in layernorm)
+    stays at the same addresses from call to call, however many there are (the CUDA graphs are replayed, not
+    captured again); a half input beside float32 parameters is refused on the CPU by the backward op too."""
+    from lstmdsl.program import build_program
+    from lstmdsl.schedule import parse_schedule
+
+    m = lt.RNN("layernorm", 6, 6, num_layers=6).to(torch.bfloat16)
+    runner, _, names = m._groups[0]
+    params = m._tensors(names)
+    plan = build_program(runner.cell, parse_schedule("precision bf16", m.spec.schedule)).plan
+    first = [t.data_ptr() for t in runner.gemm.read(params, plan)]
+    assert len(first) > 64 and [t.data_ptr() for t in runner.gemm.read(params, plan)] == first
+    x = torch.randn(3, 2, 6, dtype=torch.bfloat16)
+    with pytest.raises(UsageError, match="runs on CUDA only"):
+        torch.ops.lstmdsl.rnn_backward(x, [], [p.float() for p in params], [], x, x, [torch.zeros(6, 2, 6)] * 2,
+                                       runner.handle)
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])

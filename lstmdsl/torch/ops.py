@@ -309,6 +309,8 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     T, B = x.shape[:2]
     dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]
     names = r.state_names
+    if not x.is_cuda and x.dtype in _HALF and params[0].dtype != x.dtype:
+        raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
     if not x.is_cuda and x.dtype in _HALF:  # half parameters on the CPU: the float32 reference, rounded
         out = backward_impl(x.float(), h0, [p.float() for p in params], steps, y.float(), dy.float(), dhn, handle,
                             views, wanted)

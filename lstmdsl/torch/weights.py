@@ -19,12 +19,14 @@ class GemmWeights:
         self.slots, self.sizes = slots, sizes  # (ops.ParamSlot per parameter of a layer; the layers' sizes)
         self._copies: dict[tuple, Tensor] = {}  # (source's address, shape, device, type) -> its copy
         self._orders: dict[tuple, Tensor] = {}  # (stack, layer, device) -> its row order, where stored head by head
+        self._limit = 64  # copies kept before they are all dropped
 
     def read(self, params: list[Tensor], plan) -> list[Tensor]:
         """The parameters, each weight stack replaced by its half-precision copy where the plan wants one,
         and by a copy with its rows permuted where it is stored head by head; refreshed now."""
         half, stacks = plan.operand_type, {s.name: s for s in plan.storage.stacks}
         out, n = list(params), len(self.slots)
+        self._limit = max(self._limit, 4 * len(params) + 64)  # (room for every copy one call makes, and DropConnect's)
         for j, p in enumerate(params):
             slot = self.slots[j % n]
             a = plan.storage.align if slot.kind == "stack" and stacks[slot.name].padded else 1
@@ -63,7 +65,7 @@ class GemmWeights:
 
     def _copy(self, key: tuple, make) -> Tensor:
         if key not in self._copies:
-            if len(self._copies) > 64:
+            if len(self._copies) > self._limit:  # (stale copies: of parameters no longer read)
                 self._copies.clear()
             self._copies[key] = make()
         return self._copies[key]
