@@ -175,3 +175,22 @@ def test_memory_rerun_measures_the_rows_left_and_goes_on_where_a_run_stopped():
         [True, False, False, False]
     assert [memory_rerun.wanted(r, True, "run-1") for r in (old, current, remeasured, this_run)] == \
         [True, True, True, False]
+
+
+def test_the_memory_regimes_table_shows_the_ways_measured_and_the_half_modules_ratio():
+    """benchmarks/memory_regimes.py's table: only the ways a result measured (--ways half: the two half modules),
+    the stack's layers, each row's memory ratio of lstmdsl's half module to cuDNN's, and how many are at or below."""
+    regimes = pytest.importorskip("memory_regimes")
+    half = regimes.WAYS["half"]
+    result = {"precision": "bf16", "gpu": "GPU X", "torch": "2.11", "cudnn": 91900, "cupy": "14.2", "lstmdsl": "0.1.0",
+              "layers": 4, "ways": list(half), "rows": [
+                  {"batch": b, "hidden": 256, "steps": 100, "results": {half[0]: cudnn, half[1]: timing(1.0, ours)}}
+                  for b, cudnn, ours in ((1, timing(2.0, 60), 66), (16, timing(2.0, 50), 40),
+                                         (64, {"error": "out of memory"}, 40))]}
+    text = regimes.markdown(result)
+    assert "4 vanilla layers" in text and "cuDNN under autocast" not in text
+    assert "| 1 | 256 | 100 | 60 | 2.00 | 66 | 1.00 | 1.10x |" in text
+    assert "| 64 | 256 | 100 | out of memory | - | 40 | 1.00 | - |" in text
+    assert "at or below cuDNN's memory at 1 of 2 shapes (0.80-1.10x)" in text
+    old = dict(result, ways=None, rows=result["rows"][:1])  # (results written before --ways: the ways they have)
+    assert "| lstmdsl / cuDNN half module memory |" in regimes.markdown(old)
