@@ -19,6 +19,7 @@ from ..spec import Spec, parse
 from .names import torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
+from .ops import value_type as _value_type
 
 _WARNED_CPU = []
 _SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
@@ -394,11 +395,6 @@ class RNN(nn.Module):
 
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> the torch type of inputs and outputs
-
-
-def _value_type(x: torch.Tensor) -> torch.dtype:
-    """The type of states and masks beside an input x: x's own, float32 beside a half-precision x."""
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class _Into(torch.autograd.Function):

@@ -180,7 +180,7 @@ class Runner:
         memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt)."""
         from ..runtime import device
 
-        key = (params[0].device, _states_type(params[0]))  # (float32 for half parameters: the GEMMs' output)
+        key = (params[0].device, value_type(params[0]))  # (float32 for half parameters: the GEMMs' output)
         if key not in self._grads:
             flat = torch.empty(sum(p.numel() for p in params), device=params[0].device, dtype=key[1])
             self._grads[key] = (flat, self.grad_views(flat, params))
@@ -210,9 +210,17 @@ def _check(x: Tensor, params: list[Tensor]) -> str:
     return _DTYPES[pdtype]
 
 
-def _states_type(x: Tensor) -> torch.dtype:
-    """The type of the states in and out of the ops: float32 beside a half-precision input, else x's."""
+def value_type(x: Tensor) -> torch.dtype:
+    """The type of the values beside an input x (states in and out, masks, gradient buffers): x's own, float32
+    beside a half-precision x."""
     return torch.float32 if x.dtype in _HALF else x.dtype
+
+
+def _half_on_cpu(x: Tensor, params: list[Tensor]) -> bool:
+    """Whether a CPU call has half parameters (computed by the float32 reference); mixed precision is refused."""
+    if x.dtype in _HALF and params[0].dtype != x.dtype:
+        raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
+    return x.dtype in _HALF
 
 
 def _io_type(x: Tensor) -> str | None:
@@ -259,9 +267,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     T, B = x.shape[:2]
     names = r.state_names
     if not x.is_cuda:
-        if x.dtype in _HALF and params[0].dtype != x.dtype:
-            raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
-        if x.dtype in _HALF:  # half parameters on the CPU: the float32 reference, its output rounded
+        if _half_on_cpu(x, params):  # half parameters: the float32 reference, its output rounded
             out = forward_impl(x.float(), h0, [p.float() for p in params], steps, handle, train)
             return [out[0].to(x.dtype), *out[1:]]
         _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
@@ -270,7 +276,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
 
     def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
         out.append(x.new_empty((T, B, r.output_size)))
-        out.extend(x.new_empty(shape, dtype=_states_type(x)) for shape in r.state_shapes(B))
+        out.extend(x.new_empty(shape, dtype=value_type(x)) for shape in r.state_shapes(B))
         return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
             out[0].data_ptr() if train else None
 
@@ -293,7 +299,7 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 def _(x, h0, params, steps, handle, train):
     r = _RUNNERS[handle]
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)),
-            *[x.new_empty(s, dtype=_states_type(x)) for s in r.state_shapes(x.shape[1])]]
+            *[x.new_empty(s, dtype=value_type(x)) for s in r.state_shapes(x.shape[1])]]
 
 
 def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], y: Tensor, dy: Tensor,
@@ -309,9 +315,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     T, B = x.shape[:2]
     dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]
     names = r.state_names
-    if not x.is_cuda and x.dtype in _HALF and params[0].dtype != x.dtype:
-        raise UsageError(f"a {x.dtype} input runs on CUDA only (mixed precision); on the CPU give float32")
-    if not x.is_cuda and x.dtype in _HALF:  # half parameters on the CPU: the float32 reference, rounded
+    if not x.is_cuda and _half_on_cpu(x, params):  # half parameters: the float32 reference, rounded
         out = backward_impl(x.float(), h0, [p.float() for p in params], steps, y.float(), dy.float(), dhn, handle,
                             views, wanted)
         return [out[0].to(x.dtype), *out[1:1 + len(h0)], *[g.to(x.dtype) for g in out[1 + len(h0):]]]
@@ -330,14 +334,14 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
         stream = _stream(x)
         weights = r.gemm.read(params, engine.program.plan)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
-            scratch = [torch.empty_like(y)] + [x.new_empty(s, dtype=_states_type(x)) for s in r.state_shapes(B)]
+            scratch = [torch.empty_like(y)] + [x.new_empty(s, dtype=value_type(x)) for s in r.state_shapes(B)]
             engine.forward(T, B, True, r.bindings(weights, None), x.data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
                            steps=ptrs, io_type=_io_type(x))
         grads = r.grad_buffers(params, stream)
         dx = torch.empty_like(x) if wanted[0] else None
-        dh0 = [x.new_empty(s, dtype=_states_type(x)) if h0 and wanted[1] else None for s in r.state_shapes(B)]
+        dh0 = [x.new_empty(s, dtype=value_type(x)) if h0 and wanted[1] else None for s in r.state_shapes(B)]
         if dy.dtype != y.dtype:
             dy = dy.to(y.dtype)
         engine.backward(r.bindings(weights, grads), dy.data_ptr(),
