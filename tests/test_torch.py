@@ -867,7 +867,8 @@ def test_half_parameters_on_the_gpu_follow_float32_on_the_rounded_values(half, s
     masters), the state is float32; outputs, final states and every gradient (of the parameters' type) within
     the precision's tolerance of the float32 module on the same (rounded) values, for a bidirectional LSTM stack
     on a packed batch and a GRU without biases at odd sizes; an optimizer step on the half parameters reaches
-    the next call (its CUDA graphs read them in place, the vectors through float32 copies made at each call)."""
+    the next call (its CUDA graphs read them in place, the vectors through float32 copies made at each call). The
+    weight stacks' gradients are written in half by the weight-gradient GEMMs (Plan.grad_type)."""
     tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[half]
     torch.manual_seed(0)
     lengths = torch.tensor([9, 4, 7, 1, 9])
@@ -885,6 +886,8 @@ def test_half_parameters_on_the_gpu_follow_float32_on_the_rounded_values(half, s
             outs.append([out.data, *h])
         assert {t.dtype for t in outs[1]} == {half}
         assert all(p.grad.dtype == half for p in ours.parameters())
+        # (the weight stacks' gradients written in half by the GEMMs themselves, the vectors' in float32)
+        assert set(ours._groups[0][0].grads.flats) == {half, torch.float32}
         assert_close(outs[1], outs[0], tol)
         assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
         torch.optim.SGD(ours.parameters(), lr=0.5).step()
