@@ -42,7 +42,8 @@ for name, L, schedule in [("vanilla", 1, "precision bf16"), ("gru", 2, "precisio
                 layer._grad_stacks = [{n: cupy.zeros(a.shape, half) for n, a in g.items()} for g in layer._grad_stacks]
                 # (stacks stored head by head: the layer API adds their gradients back in order on the host side, in
                 # numpy's float16 arithmetic here, hence fp16 for the sLSTM: bf16 arrays are bits to numpy)
-                layer._ordered_grad = [{n: cupy.zeros(a.shape, half) for n, a in g.items()} for g in layer._ordered_grad]
+                layer._ordered_grad = [{n: cupy.zeros(a.shape, half) for n, a in g.items()}
+                                       for g in layer._ordered_grad]
                 layer._bindings = [layer._binding(u) for u in range(len(layer.units))]
             y, _ = layer.forward(x)
             if dy is None:
