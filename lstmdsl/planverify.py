@@ -336,6 +336,8 @@ def verify(plan: Plan) -> None:
                         f"{plan.compute}")
     if plan.grad_type not in ("", plan.operand_type) or plan.grad_type and plan.operand_type not in HALF_TYPES:
         raise PlanError(f"weight gradients in {plan.grad_type}: only half parameters' own type, with half operands")
+    if plan.grad_type and any(isinstance(op, WeightGrad) for op in plan.backward.loop.body):
+        raise PlanError(f"weight gradients in {plan.grad_type} added up step by step: only batched ones are half")
     if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
         _check_storage(plan)
     if plan.wavefront is not None:  # a stack's forward chunk by chunk: only what a chunk can run

@@ -425,6 +425,9 @@ def test_half_parameters_get_their_weight_gradients_in_half_where_they_are_batch
     assert types("precision tf32")[0].grad_type == ""
     with pytest.raises(PlanError, match="weight gradients in f16"):
         verify(dataclasses.replace(plan, grad_type="f16"))
+    stepwise = types("precision bf16; no batch weights")[0]
+    with pytest.raises(PlanError, match="added up step by step"):
+        verify(dataclasses.replace(stepwise, grad_type="bf16"))
 
 
 def test_persistent_is_a_mode_with_its_own_directives():

@@ -969,3 +969,33 @@ def test_the_benchmarks_bf16_cudnn_keeps_its_weights_in_one_buffer():
     assert torch.allclose(y0.float(), y1.float(), atol=1e-2, rtol=1e-2)  # (the same kernels; bf16's tolerance)
     for a, b in zip(g0, [p.grad for p in m.parameters()] + [x.grad]):
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype,grad_type", [(torch.bfloat16, "bf16"), (torch.float16, ""), (torch.float32, ""),
+                                             (torch.float64, "")])
+def test_the_gradient_buffers_hold_each_parameter_aligned_and_copy_out_in_its_type(monkeypatch, dtype, grad_type):
+    """torch/weights.py GradBuffers (on CPU tensors, the memset stubbed): the weight stacks' gradients in the plan's
+    gradient type, the vectors' in float32 (float64 for float64 parameters), each starting 16-byte aligned in one
+    flat buffer per type and zeroed; copied out in the parameters' type, as views or as tensors of their own."""
+    from types import SimpleNamespace
+
+    from lstmdsl.runtime import device
+    from lstmdsl.torch.weights import GradBuffers
+
+    zeroed = []
+    monkeypatch.setattr(device, "zero", lambda ptr, n, stream: zeroed.append(n))
+    runner = lt.GRU(5, 7, 2, dtype=dtype)._groups[0][0]
+    params = [torch.ones(runner.shape(s, k), dtype=dtype) for k in range(2) for s in runner.slots]
+    buffers = GradBuffers(runner.slots)
+    grads = buffers.zeroed(params, SimpleNamespace(grad_type=grad_type), 0)
+    values = torch.float64 if dtype == torch.float64 else torch.float32
+    want = [({"bf16": torch.bfloat16}.get(grad_type, values) if s.kind == "stack" else values)
+            for _ in range(2) for s in runner.slots]
+    assert [g.dtype for g in grads] == want and [g.shape for g in grads] == [p.shape for p in params]
+    assert all(g.data_ptr() % 16 == 0 for g in grads) and len(zeroed) == len(set(want))
+    for i, g in enumerate(grads):
+        g.fill_(i + 1)
+    for views in (True, False):
+        out = buffers.copied_out(params, grads, views)
+        assert [o.dtype for o in out] == [dtype] * len(params)
+        assert all(bool((o == i + 1).all()) for i, o in enumerate(out))

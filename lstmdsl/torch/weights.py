@@ -77,7 +77,7 @@ class GradBuffers:
     them), views of one flat tensor per element type, so zeroing them and copying them out are one operation
     per type (the zeroing a memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt). The weight
     stacks' gradients have the plan's gradient type (half for half parameters: Plan.grad_type), the others
-    float32 (float64 in float64); copied out in the parameters' type."""
+    float32 (float64 in float64); each starts 16-byte aligned (_span); copied out in the parameters' type."""
 
     def __init__(self, slots):
         self.slots = slots
@@ -93,7 +93,7 @@ class GradBuffers:
         types = tuple(stacks if self.slots[j % len(self.slots)].kind == "stack" else values for j in range(len(params)))
         key = (params[0].device, types)
         if key not in self._made:
-            flats = {t: torch.empty(sum(p.numel() for p, u in zip(params, types) if u == t), device=params[0].device,
+            flats = {t: torch.empty(sum(_span(p) for p, u in zip(params, types) if u == t), device=params[0].device,
                                     dtype=t) for t in set(types)}
             self._made[key] = (flats, self._views(flats, params, types), types)
         self.flats, views, self.types = self._made[key]
@@ -115,5 +115,11 @@ class GradBuffers:
         out = []
         for p, t in zip(params, types):
             out.append(flats[t][start[t]:start[t] + p.numel()].view(p.shape))
-            start[t] += p.numel()
+            start[t] += _span(p)
         return out
+
+
+def _span(p: Tensor) -> int:
+    """The elements a gradient takes in its flat buffer: p's, rounded up to 8, so each starts 16-byte aligned (or
+    more) as cuBLAS's fastest kernels want."""
+    return -(-p.numel() // 8) * 8
