@@ -987,8 +987,8 @@ def test_the_gradient_buffers_hold_each_parameter_aligned_and_copy_out_in_its_ty
     runner = lt.GRU(5, 7, 2, dtype=dtype)._groups[0][0]
     params = [torch.ones(runner.shape(s, k), dtype=dtype) for k in range(2) for s in runner.slots]
     buffers = GradBuffers(runner.slots)
-    grads = buffers.zeroed(params, SimpleNamespace(grad_type=grad_type), 0)
     values = torch.float64 if dtype == torch.float64 else torch.float32
+    grads = buffers.zeroed(params, SimpleNamespace(grad_type=grad_type), values, 0)
     want = [({"bf16": torch.bfloat16}.get(grad_type, values) if s.kind == "stack" else values)
             for _ in range(2) for s in runner.slots]
     assert [g.dtype for g in grads] == want and [g.shape for g in grads] == [p.shape for p in params]

@@ -321,7 +321,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
                            {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
                            steps=ptrs, io_type=_io_type(x))
-        grads = r.grads.zeroed(params, engine.program.plan, stream)
+        grads = r.grads.zeroed(params, engine.program.plan, value_type(params[0]), stream)
         dx = torch.empty_like(x) if wanted[0] else None
         dh0 = [x.new_empty(s, dtype=value_type(x)) if h0 and wanted[1] else None for s in r.state_shapes(B)]
         if dy.dtype != y.dtype:

@@ -12,7 +12,6 @@ from torch import Tensor
 from ..layer import interleave_rows
 
 _ELEMENT = {"bf16": torch.bfloat16, "f16": torch.float16}
-_VALUES = {torch.float64: torch.float64}  # the gradient buffers' type beside parameters of a type (else float32)
 
 
 class GemmWeights:
@@ -84,11 +83,10 @@ class GradBuffers:
         self._made: dict[tuple, tuple] = {}  # (device, types) -> (flats by type, views)
         self.flats: dict[torch.dtype, Tensor] = {}
 
-    def zeroed(self, params: list[Tensor], plan, stream: int) -> list[Tensor]:
-        """The buffers for params, zeroed on `stream`."""
+    def zeroed(self, params: list[Tensor], plan, values: torch.dtype, stream: int) -> list[Tensor]:
+        """The buffers for params, zeroed on `stream`; values: the type of the values (ops.value_type)."""
         from ..runtime import device
 
-        values = _VALUES.get(params[0].dtype, torch.float32)
         stacks = _ELEMENT[plan.grad_type] if plan.grad_type else values
         types = tuple(stacks if self.slots[j % len(self.slots)].kind == "stack" else values for j in range(len(params)))
         key = (params[0].device, types)
