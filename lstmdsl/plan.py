@@ -333,6 +333,8 @@ class Plan:
     dtype: str = "f32"  # the element type of values, parameters and gradients (the types pass sets it)
     compute: str = "fp32"  # the GEMMs' compute type
     operand_type: str = "f32"  # GEMM operands and weight stacks: dtype, or a half type (mixed precision)
+    grad_type: str = ""  # the weight stacks' gradients where not dtype: operand_type, for half parameters (the
+    # torch module's .half(), whose gradients are half); vector gradients stay dtype (passes/types.py)
     storage: Storage | None = None  # set by the storage pass
     wavefront: Wavefront | None = None  # how a stack of this plan's layers runs its forward (the wavefront
     # pass sets it where the forward can run chunk by chunk)

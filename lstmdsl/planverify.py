@@ -132,7 +132,7 @@ def _check_storage(plan: Plan) -> None:
             return buffers[o.name].dtype
         if o.space == "weights":
             return stacks[o.name].dtype
-        return plan.dtype  # gradients: of the master weights' type
+        return plan.grad_type or plan.dtype if o.space == "grads" else plan.dtype  # of the parameters' type
 
     for phase_name, phase in (("forward", plan.forward), ("backward", plan.backward)):
         table = slots[phase_name]
@@ -334,6 +334,10 @@ def verify(plan: Plan) -> None:
             ((plan.dtype == "f64") != (plan.compute == "f64")):
         raise PlanError(f"inconsistent types: values {plan.dtype}, GEMM operands {plan.operand_type}, compute "
                         f"{plan.compute}")
+    if plan.grad_type not in ("", plan.operand_type) or plan.grad_type and plan.operand_type not in HALF_TYPES:
+        raise PlanError(f"weight gradients in {plan.grad_type}: only half parameters' own type, with half operands")
+    if plan.grad_type and any(isinstance(op, WeightGrad) for op in plan.backward.loop.body):
+        raise PlanError(f"weight gradients in {plan.grad_type} added up step by step: only batched ones are half")
     if plan.storage is not None and any(getattr(op, "call", None) for _, op in plan.forward.ops()):
         _check_storage(plan)
     if plan.wavefront is not None:  # a stack's forward chunk by chunk: only what a chunk can run

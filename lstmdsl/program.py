@@ -40,10 +40,12 @@ class Program:
 
 
 @functools.lru_cache(maxsize=64)
-def build_program(cell: Cell, schedule: Schedule, dtype: str = "float32", direction: str = "forward") -> Program:
+def build_program(cell: Cell, schedule: Schedule, dtype: str = "float32", direction: str = "forward",
+                  half_params: bool = False) -> Program:
     """Plan, verify, describe the kernels, render (or read the source from the cache). direction "reverse":
-    the layer reads its sequence backwards in time."""
-    plan = make_plan(cell, differentiate(cell), schedule, dtype, direction=direction)
+    the layer reads its sequence backwards in time; half_params: its parameters are half precision themselves
+    (the torch module's .half(): the weight gradients are written in half, Plan.grad_type)."""
+    plan = make_plan(cell, differentiate(cell), schedule, dtype, direction=direction, half_params=half_params)
     verify(plan)
     kernels = kernel_descs(plan)
     add = add_kernel(plan)

@@ -394,6 +394,42 @@ def test_verify_catches_broken_mixed_precision_plans():
             pytest.fail(what)
 
 
+@pytest.mark.parametrize("name", ["vanilla", "gru", "lstmp", "slstm", "layernorm"])
+def test_half_parameters_get_their_weight_gradients_in_half_where_they_are_batched(name):
+    """build_program(half_params=True) (the torch module's .half()): the batched weight-gradient GEMMs write the
+    weight stacks' gradients in the half type, one rounding of an fp32 sum over all steps; the vector gradients
+    stay f32; a plan that adds the weight gradients step by step (`no batch weights`) keeps them f32, as does a
+    layer with float32 masters; verify checks the gradient type."""
+    import dataclasses
+
+    from lstmdsl.plan import VectorGrad, WeightGrad
+    from lstmdsl.planverify import PlanError, verify
+    from lstmdsl.program import build_program
+    from lstmdsl.schedule import parse_schedule
+
+    spec = lstmdsl.parse(name)
+
+    def types(schedule, half_params=True):
+        plan = build_program(spec.cell, parse_schedule(schedule, spec.schedule), half_params=half_params).plan
+        weights = {(op.call.a_type, op.call.b_type, op.call.c_type) for _, op in plan.backward.ops()
+                   if isinstance(op, WeightGrad)}
+        vectors = {op.call.c_type for _, op in plan.backward.ops() if isinstance(op, VectorGrad)}
+        return plan, weights, vectors
+
+    plan, weights, vectors = types("precision bf16")
+    assert plan.grad_type == "bf16" and weights == {("bf16", "bf16", "bf16")} and vectors <= {"f32"}
+    assert types("precision fp16; persistent")[1] == {("f16", "f16", "f16")}
+    assert types("precision bf16; no batch weights")[0].grad_type == ""
+    assert types("precision bf16; no batch weights")[1] == {("bf16", "bf16", "f32")}
+    assert types("precision bf16", half_params=False)[1] == {("bf16", "bf16", "f32")}
+    assert types("precision tf32")[0].grad_type == ""
+    with pytest.raises(PlanError, match="weight gradients in f16"):
+        verify(dataclasses.replace(plan, grad_type="f16"))
+    stepwise = types("precision bf16; no batch weights")[0]
+    with pytest.raises(PlanError, match="added up step by step"):
+        verify(dataclasses.replace(stepwise, grad_type="bf16"))
+
+
 def test_persistent_is_a_mode_with_its_own_directives():
     from lstmdsl.errors import SpecError
     from lstmdsl.schedule import parse_schedule

@@ -29,3 +29,13 @@ def test_cubin_cache_without_a_gpu():
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "cubin_cache.py")], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 0 and "cubin cache: OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_half_parameters_weight_gradients_are_the_float32_ones_rounded_once():
+    """Plan.grad_type through the emulated runtime (tests/emulated/half_grads.py): programs built for half
+    parameters write the weight stacks' gradients in half at their rows' offsets (a GEMM per gate too), each the
+    float32 gradient rounded once; dx and the vector gradients are unchanged."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "half_grads.py")], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("| OK") == 6, r.stdout[-3000:] + r.stderr[-3000:]

@@ -867,7 +867,8 @@ def test_half_parameters_on_the_gpu_follow_float32_on_the_rounded_values(half, s
     masters), the state is float32; outputs, final states and every gradient (of the parameters' type) within
     the precision's tolerance of the float32 module on the same (rounded) values, for a bidirectional LSTM stack
     on a packed batch and a GRU without biases at odd sizes; an optimizer step on the half parameters reaches
-    the next call (its CUDA graphs read them in place, the vectors through float32 copies made at each call)."""
+    the next call (its CUDA graphs read them in place, the vectors through float32 copies made at each call). The
+    weight stacks' gradients are written in half by the weight-gradient GEMMs (Plan.grad_type)."""
     tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[half]
     torch.manual_seed(0)
     lengths = torch.tensor([9, 4, 7, 1, 9])
@@ -885,6 +886,8 @@ def test_half_parameters_on_the_gpu_follow_float32_on_the_rounded_values(half, s
             outs.append([out.data, *h])
         assert {t.dtype for t in outs[1]} == {half}
         assert all(p.grad.dtype == half for p in ours.parameters())
+        # (the weight stacks' gradients written in half by the GEMMs themselves, the vectors' in float32)
+        assert set(ours._groups[0][0].grads.flats) == {half, torch.float32}
         assert_close(outs[1], outs[0], tol)
         assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
         torch.optim.SGD(ours.parameters(), lr=0.5).step()
@@ -966,3 +969,33 @@ def test_the_benchmarks_bf16_cudnn_keeps_its_weights_in_one_buffer():
     assert torch.allclose(y0.float(), y1.float(), atol=1e-2, rtol=1e-2)  # (the same kernels; bf16's tolerance)
     for a, b in zip(g0, [p.grad for p in m.parameters()] + [x.grad]):
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype,grad_type", [(torch.bfloat16, "bf16"), (torch.float16, ""), (torch.float32, ""),
+                                             (torch.float64, "")])
+def test_the_gradient_buffers_hold_each_parameter_aligned_and_copy_out_in_its_type(monkeypatch, dtype, grad_type):
+    """torch/weights.py GradBuffers (on CPU tensors, the memset stubbed): the weight stacks' gradients in the plan's
+    gradient type, the vectors' in float32 (float64 for float64 parameters), each starting 16-byte aligned in one
+    flat buffer per type and zeroed; copied out in the parameters' type, as views or as tensors of their own."""
+    from types import SimpleNamespace
+
+    from lstmdsl.runtime import device
+    from lstmdsl.torch.weights import GradBuffers
+
+    zeroed = []
+    monkeypatch.setattr(device, "zero", lambda ptr, n, stream: zeroed.append(n))
+    runner = lt.GRU(5, 7, 2, dtype=dtype)._groups[0][0]
+    params = [torch.ones(runner.shape(s, k), dtype=dtype) for k in range(2) for s in runner.slots]
+    buffers = GradBuffers(runner.slots)
+    values = torch.float64 if dtype == torch.float64 else torch.float32
+    grads = buffers.zeroed(params, SimpleNamespace(grad_type=grad_type), values, 0)
+    want = [({"bf16": torch.bfloat16}.get(grad_type, values) if s.kind == "stack" else values)
+            for _ in range(2) for s in runner.slots]
+    assert [g.dtype for g in grads] == want and [g.shape for g in grads] == [p.shape for p in params]
+    assert all(g.data_ptr() % 16 == 0 for g in grads) and len(zeroed) == len(set(want))
+    for i, g in enumerate(grads):
+        g.fill_(i + 1)
+    for views in (True, False):
+        out = buffers.copied_out(params, grads, views)
+        assert [o.dtype for o in out] == [dtype] * len(params)
+        assert all(bool((o == i + 1).all()) for i, o in enumerate(out))

@@ -73,11 +73,11 @@ def schedule_plan(cell: Cell, grad: StepGrad, schedule: Schedule, trace=None, di
 
 
 def make_plan(cell: Cell, grad: StepGrad, schedule: Schedule, dtype: str = "float32", trace=None,
-              direction: str = "forward") -> Plan:
+              direction: str = "forward", half_params: bool = False) -> Plan:
     """The complete plan for a layer of element type dtype ("float32" or "float64") reading its sequence
-    forward or in reverse time."""
+    forward or in reverse time; half_params: its parameters are half precision themselves (passes/types.py)."""
     plan = schedule_plan(cell, grad, schedule, trace, direction, dtype)
-    plan = assign_types(plan, dtype)
+    plan = assign_types(plan, dtype, half_params)
     for name, run in LOWERING[1:]:
         plan = run(plan)
         if trace:

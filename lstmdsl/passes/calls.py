@@ -50,7 +50,9 @@ def _calls(plan: Plan, phase_name: str, phase: Phase) -> Phase:
     def operand_type(o: Operand) -> str:
         if o.space == "buffer":
             return st.buffer(o.name).dtype
-        return st.stack(o.name).dtype if o.space == "weights" else plan.dtype  # gradients are the master type
+        if o.space == "grads":  # the master type, or the half parameters' own (Plan.grad_type)
+            return plan.grad_type or plan.dtype
+        return st.stack(o.name).dtype if o.space == "weights" else plan.dtype
 
     def whole_row(o: Operand, size: str) -> bool:
         """Whether a buffer operand is its buffer's whole row (so the row's padding follows it)."""

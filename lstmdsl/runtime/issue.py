@@ -90,7 +90,7 @@ class Issue:
             stack = self.stacks[o.name]
             ld = self.stack_ld(stack) if o.space == "weights" else ws.dim((stack.cols,))  # gradients: the masters'
             base = (self.bind.weights if o.space == "weights" else self.bind.grads)[o.name]
-            item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.dtype]  # gradients: master type
+            item = ELEMENT_TYPES[stack.dtype if o.space == "weights" else self.plan.grad_type or self.plan.dtype]
             return base + item * ws.dim(o.offset) * ld, ld
         if o.space == "vector_grad":
             return self.bind.vector_grads[o.name], ld_row

@@ -41,7 +41,7 @@ from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
 from .streams import current_stream as _stream, on_device as _on
-from .weights import GemmWeights
+from .weights import GemmWeights, GradBuffers
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
@@ -81,7 +81,7 @@ class Runner:
         _RUNNERS[self.handle] = self
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
-        self._grads: dict[tuple, list[Tensor]] = {}
+        self.grads = GradBuffers(self.slots)  # what the backward writes the gradients into
         self.gemm = GemmWeights(self.slots, sizes)  # what the GEMMs read and write in place of the parameters
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
@@ -138,18 +138,18 @@ class Runner:
         return (steps[0] if first else None), dict(zip(names, steps[first:]))
 
     # -- CUDA
-    def engine(self, x: Tensor, dtype: str, masked: bool):
-        """The Engine for x's device and type: a half-precision x (mixed precision, float32 parameters)
-        runs the schedule at that precision."""
-        schedule = self.schedule
+    def engine(self, x: Tensor, dtype: str, masked: bool, params: list[Tensor]):
+        """The Engine for x's device and type: a half-precision x (mixed precision, float32 parameters; or
+        half parameters, whose weight gradients the plan writes in half) runs the schedule at that precision."""
+        schedule, half = self.schedule, params[0].dtype in _HALF
         if x.dtype in _HALF:
             schedule = dataclasses.replace(schedule, precision=_HALF[x.dtype][0])
-        key = (x.device.index, dtype, masked, schedule.precision)
+        key = (x.device.index, dtype, masked, schedule.precision, half)
         if key not in self._engines:
             from ..runtime.executor import Engine
 
             cell = with_lengths(self.cell, held=True) if masked else self.cell
-            self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction), self.sizes)
+            self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction, half), self.sizes)
             self._engines[key].beside = self.beside  # (plan.Persistent.alone_work)
         return self._engines[key]
 
@@ -173,24 +173,6 @@ class Runner:
                                    {nm: p[i] for nm, i in vectors}, {nm: g[i] for nm, i in vectors}))
             self._bindings[key] = out
         return self._bindings[key]
-
-    def grad_buffers(self, params: list[Tensor], stream: int) -> list[Tensor]:
-        """Gradient buffers that stay put (the backward's CUDA graph writes them), zeroed on `stream`: views of one
-        flat tensor (self.grad_flat), so zeroing them and copying them out are one operation each (the zeroing a
-        memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt)."""
-        from ..runtime import device
-
-        key = (params[0].device, value_type(params[0]))  # (float32 for half parameters: the GEMMs' output)
-        if key not in self._grads:
-            flat = torch.empty(sum(p.numel() for p in params), device=params[0].device, dtype=key[1])
-            self._grads[key] = (flat, self.grad_views(flat, params))
-        self.grad_flat, views = self._grads[key]
-        device.zero(self.grad_flat.data_ptr(), self.grad_flat.numel() * self.grad_flat.element_size(), stream)
-        return views
-
-    @staticmethod
-    def grad_views(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
-        return [part.view(p.shape) for part, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
 def _check(x: Tensor, params: list[Tensor]) -> str:
@@ -282,7 +264,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
 
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
-        engine = r.engine(x, dtype, mask)
+        engine = r.engine(x, dtype, mask, params)
         engine.forward(T, B, train, r.bindings(r.gemm.read(params, engine.program.plan), None), x.data_ptr(),
                        {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
                        None, _stream(x), steps=ptrs, io_type=_io_type(x))
@@ -330,7 +312,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
             [torch.from_numpy(g) for g in grads]
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
-        engine = r.engine(x, dtype, mask)
+        engine = r.engine(x, dtype, mask, params)
         stream = _stream(x)
         weights = r.gemm.read(params, engine.program.plan)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
@@ -339,7 +321,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
                            {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, scratch[0].data_ptr(),
                            {n: h.data_ptr() for n, h in zip(names, scratch[1:])}, stream, owner=y.data_ptr(),
                            steps=ptrs, io_type=_io_type(x))
-        grads = r.grad_buffers(params, stream)
+        grads = r.grads.zeroed(params, engine.program.plan, value_type(params[0]), stream)
         dx = torch.empty_like(x) if wanted[0] else None
         dh0 = [x.new_empty(s, dtype=value_type(x)) if h0 and wanted[1] else None for s in r.state_shapes(B)]
         if dy.dtype != y.dtype:
@@ -351,10 +333,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
                         io_type=_io_type(x))
         r.gemm.reorder_grads(engine.program.plan, grads)
         dh0 = dh0 if h0 else []
-        if views:  # one copy (in the parameters' type: half parameters get half gradients), handed out as views
-            grads = r.grad_views(r.grad_flat.to(params[0].dtype, copy=True), params)
-        else:
-            grads = [g.to(params[0].dtype, copy=True) for g in grads]
+        grads = r.grads.copied_out(params, grads, views)
     return [dx, *dh0, *grads]
 
 

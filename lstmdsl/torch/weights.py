@@ -69,3 +69,55 @@ class GemmWeights:
                 self._copies.clear()
             self._copies[key] = make()
         return self._copies[key]
+
+
+class GradBuffers:
+    """The gradient buffers a Runner's backward writes: at fixed addresses (the backward's CUDA graph writes
+    them), views of one flat tensor per element type, so zeroing them and copying them out are one operation
+    per type (the zeroing a memset, not torch's zero_, a fill kernel: probes/module_host_h200.txt). The weight
+    stacks' gradients have the plan's gradient type (half for half parameters: Plan.grad_type), the others
+    float32 (float64 in float64); each starts 16-byte aligned (_span); copied out in the parameters' type."""
+
+    def __init__(self, slots):
+        self.slots = slots
+        self._made: dict[tuple, tuple] = {}  # (device, types) -> (flats by type, views)
+        self.flats: dict[torch.dtype, Tensor] = {}
+
+    def zeroed(self, params: list[Tensor], plan, values: torch.dtype, stream: int) -> list[Tensor]:
+        """The buffers for params, zeroed on `stream`; values: the type of the values (ops.value_type)."""
+        from ..runtime import device
+
+        stacks = _ELEMENT[plan.grad_type] if plan.grad_type else values
+        types = tuple(stacks if self.slots[j % len(self.slots)].kind == "stack" else values for j in range(len(params)))
+        key = (params[0].device, types)
+        if key not in self._made:
+            flats = {t: torch.empty(sum(_span(p) for p, u in zip(params, types) if u == t), device=params[0].device,
+                                    dtype=t) for t in set(types)}
+            self._made[key] = (flats, self._views(flats, params, types), types)
+        self.flats, views, self.types = self._made[key]
+        for flat in self.flats.values():
+            device.zero(flat.data_ptr(), flat.numel() * flat.element_size(), stream)
+        return views
+
+    def copied_out(self, params: list[Tensor], grads: list[Tensor], views: bool) -> list[Tensor]:
+        """Copies of the gradients in the parameters' type: views of one copy per flat buffer where views (eager
+        autograd takes them; a custom op's outputs must not alias each other), else one tensor each."""
+        if not views:
+            return [g.to(p.dtype, copy=True) for g, p in zip(grads, params)]
+        copies = {t: f.to(params[0].dtype, copy=True) for t, f in self.flats.items()}
+        return self._views(copies, params, self.types)
+
+    @staticmethod
+    def _views(flats: dict, params: list[Tensor], types: tuple) -> list[Tensor]:
+        start = dict.fromkeys(flats, 0)
+        out = []
+        for p, t in zip(params, types):
+            out.append(flats[t][start[t]:start[t] + p.numel()].view(p.shape))
+            start[t] += _span(p)
+        return out
+
+
+def _span(p: Tensor) -> int:
+    """The elements a gradient takes in its flat buffer: p's, rounded up to 8, so each starts 16-byte aligned (or
+    more) as cuBLAS's fastest kernels want."""
+    return -(-p.numel() // 8) * 8
