@@ -95,7 +95,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
              "--persistent-grid --specialise --batch=1 --hidden=512 --fp16 vanilla"
              "--persistent-grid --batch=16 --hidden=512 --fp16 vanilla" "--persistent-grid slstm" slstm
              "--layers=1 --batch=16 --hidden=240 slstm" "--layers=1 --batch=16 --hidden=240 --fp16 slstm"
-             "--fold lstmp" "--fold --wavefront lstmp" "--no-fold lstmp")
+             "--fold lstmp" "--fold --wavefront lstmp" "--no-fold lstmp"
+             "--torch-half gru" "--torch-half --fp16 --layers=1 lstmp")
     # fgr: a step's four GEMMs at once on streams of their own (runtime/fanout.py): in its 2-layer stack the
     # backward (the forward is a wavefront); bidirectional, each direction's layers one by one: both phases;
     # --persistent-grid slstm: block-diagonal matrices' rows expanded into shared memory (3 heads of 100 at H = 300);
@@ -111,7 +112,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
     # their launch's shape (runtime/specialise.py); --batch=16 --hidden=512 --fp16: a half-precision grid forward and
     # backward, as `persistent auto` runs them there; --fold lstmp: the projection folded into the next step's GEMM
     # (passes/projection.py), in a stack of two (--wavefront: a folded wavefront, each chunk's projected states formed
-    # after its steps)
+    # after its steps); --torch-half: the torch module with half parameters (GEMMs reading the half stacks in place,
+    # gradients copied out in half; --fp16 --layers=1 lstmp: a projection's half weights too)
   racechecks=("--persistent-block peephole" layernorm "--persistent-grid peephole" "--persistent-grid gru"
               "--persistent-grid layernorm" "--wavefront gru" "--persistent-split vanilla" "--persistent-split layernorm"
               "--persistent-split fgr" "--fp16 vanilla" "--persistent-split --specialise vanilla"

@@ -5,6 +5,7 @@
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-compile [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bidirectional-lengths [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-packed [spec]
+    compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --torch-half [--fp16] [spec]
     compute-sanitizer --tool memcheck python3 tests/sanitizer_target.py --bf16 [spec]   # or --fp16
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-block [spec]
     compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py --persistent-grid [spec]
@@ -17,7 +18,9 @@
 lengths, with dropout between the layers and DropConnect. --torch-packed runs the torch module on a PackedSequence
 (its cell's outputs past each end held, not zeroed: masks.with_lengths(held=True)), a bidirectional stack
 with dropout between the layers and then a one-direction stack (one op, each layer's y the next one's x in
-place); with --persistent-block / -grid / -split and --bf16 / --fp16 as below. --torch-compile runs
+place); with --persistent-block / -grid / -split and --bf16 / --fp16 as below. --torch-half trains the torch module
+with half-precision parameters (`.to(torch.bfloat16)`, with --fp16 `.half()`: the GEMMs read the half weight stacks
+in place, the gradients copied out in half), a stack of --layers, twice. --torch-compile runs
 the torch module under torch.compile (a compiled training step, then an eager one: the
 sequence that once corrupted memory). --bf16 / --fp16 run the spec in mixed precision (half-precision
 buffers, converting copies). At its sizes (B = 3, H = 33) the cost model keeps the stepwise loop (in fp32;
@@ -52,6 +55,7 @@ split = "--persistent-split" in args
 forced = grid or split or "--persistent-block" in args
 wave = "--wavefront" in args
 packed = "--torch-packed" in args
+half_module = "--torch-half" in args
 special = "; specialise" if "--specialise" in args else ""
 special += "; fold projection" if "--fold" in args else "; no fold projection" if "--no-fold" in args else ""
 wide = int(next((a.split("=", 1)[1] for a in args if a.startswith("--hidden=")), 300 if grid else 33))
@@ -77,6 +81,22 @@ if compiled:
     y.sum().backward()
     torch.cuda.synchronize()
     print(f"{name} under torch.compile, then eager: |x.grad| = {float(x.grad.norm()):.4f}")
+    sys.exit(0)
+if half_module:
+    import torch
+
+    import lstmdsl.torch
+
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    m = lstmdsl.torch.RNN(name, 5, wide, depth, **extra).cuda().to(dtype)
+    x = torch.randn(7, rows or 3, 5, device="cuda", dtype=dtype, requires_grad=True)
+    for _ in range(2):  # the first call captures the CUDA graphs, the second replays them
+        y, _ = m(x)
+        y.float().sum().backward()
+    torch.cuda.synchronize()
+    grads = sum(float(p.grad.float().norm()) for p in m.parameters())
+    print(f"{name}: the torch module in {dtype}, forward and backward ran; "
+          f"|x.grad| = {float(x.grad.float().norm()):.4f}, sum of |grad| = {grads:.4f}")
     sys.exit(0)
 if packed:
     import torch
