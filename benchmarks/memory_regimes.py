@@ -1,10 +1,10 @@
 """Training memory and time in half precision, five ways, one vanilla layer (or --layers), in one process (issue 13's
 memory target): cuDNN as the grids run it (`nn.LSTM(...).to(bf16)`: half weights and gradients, no float32 master
-weights), lstmdsl's torch module the same way (`lstmdsl.torch.LSTM(...).to(bf16)`: half weights and gradients,
-float32 gradient buffers inside), cuDNN as mixed-precision users run it (a float32 nn.LSTM under `torch.autocast`:
-float32 master weights and gradients, the half weights cast per call), lstmdsl's layer API (float32 master weights;
-float32 arrays in and out, CuPy having no bfloat16) and lstmdsl's torch module under `torch.autocast` (float32
-master weights; half x, y, dy and dx).
+weights), lstmdsl's torch module the same way (`lstmdsl.torch.LSTM(...).to(bf16)`: half weights and gradients, the
+weight stacks' written half by the GEMMs), cuDNN as mixed-precision users run it (a float32 nn.LSTM under
+`torch.autocast`: float32 master weights and gradients, the half weights cast per call), lstmdsl's layer API
+(float32 master weights; float32 arrays in and out, CuPy having no bfloat16) and lstmdsl's torch module under
+`torch.autocast` (float32 master weights; half x, y, dy and dx).
 
     python3 benchmarks/memory_regimes.py [--precision bf16] [--shapes 1x1024x100 256x1024x1000 ...] [--json out.json]
     python3 benchmarks/memory_regimes.py --grid --layers 4 --ways half   # the grids' 24 shapes, the two half modules
