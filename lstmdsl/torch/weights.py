@@ -80,8 +80,9 @@ class GradBuffers:
 
     def __init__(self, slots):
         self.slots = slots
-        self._made: dict[tuple, tuple] = {}  # (device, types) -> (flats by type, views)
-        self.flats: dict[torch.dtype, Tensor] = {}
+        self._made: dict[tuple, tuple] = {}  # (device, types) -> (flats by type, views, types)
+        self.flats: dict[torch.dtype, Tensor] = {}  # the last zeroed() call's, which copied_out() copies
+        self.types: tuple = ()  # (each parameter's gradient type, in that call)
 
     def zeroed(self, params: list[Tensor], plan, values: torch.dtype, stream: int) -> list[Tensor]:
         """The buffers for params, zeroed on `stream`; values: the type of the values (ops.value_type)."""
