@@ -35,6 +35,10 @@ cublaslt.CANDIDATES = 32
 cublaslt.load(cublas._load_libcublas()._name)
 
 
+cublaslt._lib().cublasLtMatmulAlgoConfigGetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                                                  ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+
+
 def split_k(kernel):
     value, written = ctypes.c_int(0), ctypes.c_size_t()
     cublaslt._lib().cublasLtMatmulAlgoConfigGetAttribute(ctypes.byref(kernel.algo), SPLITK, ctypes.byref(value), 4,
@@ -67,7 +71,8 @@ for compute in ("fp32", "tf32"):
             def call(side, kernel=kernel):
                 cublaslt.run(0, kernel, A.data.ptr, B.data.ptr, C.data.ptr, False, cublas._SCALARS[compute],
                              ws.data.ptr, ws.nbytes, side)
-            C.fill(np.nan)
+            with stream:
+                C.fill(np.nan)
             call(stream.ptr)
             stream.synchronize()
             err = float(np.abs(C.get() - want).max() / np.abs(want).max())

@@ -270,31 +270,48 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
                lane) -> cublaslt.Kernel | None:
     """The cuBLASLt kernel the shape runs, or None for the way tune chose: the stored choice, else the fastest of
     the heuristic's first kernels where it takes less than TUNE_MARGIN of that way's time (timed as _faster_bare
-    times, and stored). The kernels' descriptors are made here, outside any capture."""
+    times, at the tuned addresses, and stored). The kernels' descriptors are made here, outside any capture. A
+    failure anywhere keeps cuBLAS's own way, with a warning."""
     global _STORED_LT
     h = _handle(lane, False, types)
     try:
         cublaslt.load(_load_libcublas()._name)
+    except LstmdslError as e:
+        warnings.warn(f"lstmdsl: LSTMDSL_GEMM_LT=1 but {e}; the GEMMs run as cuBLAS chooses", stacklevel=4)
+        return None
+    try:
         kernels = cublaslt.candidates(current_device(), M, N, K, lda, trans_a, ldb, trans_b, ldc, types,
                                       h.workspace.nbytes)
     except LstmdslError as e:
-        warnings.warn(f"lstmdsl: cuBLASLt has no kernels for the {M}x{N}x{K} GEMM here ({e})", stacklevel=4)
+        warnings.warn(f"lstmdsl: cuBLASLt lists no kernels for the {M}x{N}x{K} GEMM ({e})", stacklevel=4)
         return None
     if _STORED_LT is None:
         _STORED_LT = _read_choices(LT_CHOICES, str)
-    if stored in _STORED_LT:  # (a kernel the heuristic no longer lists: cuBLAS's own way)
-        return next((k for k in kernels if k.key == _STORED_LT[stored]), None)
+    if stored in _STORED_LT:
+        if not _STORED_LT[stored]:
+            return None
+        found = next((k for k in kernels if k.key == _STORED_LT[stored]), None)
+        if found is not None:
+            return found
+        warnings.warn(f"lstmdsl: the stored cuBLASLt kernel for the {M}x{N}x{K} GEMM is no longer listed; timing "
+                      "them again", stacklevel=4)
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
     own = _handle(lane, _BARE[key], types)
-    scalars = _SCALARS[types[3]]
+    scalars, device = _SCALARS[types[3]], current_device()
+    kernels = [k for k in kernels if k.fits(a, b, scratch.data.ptr)]
+    times = []
     try:
         base = _time(lambda side: _gemm(own, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
                                         accumulate, types, side), stream)
-        times = [_time(lambda side, k=k: cublaslt.run(current_device(), k, a, b, scratch.data.ptr, accumulate,
-                                                      scalars, h.workspace.data.ptr, h.workspace.nbytes, side),
-                       stream) for k in kernels]
-    except Exception as e:  # noqa: BLE001 - cuBLASLt or CUDA refused the timing: cuBLAS's own way
-        warnings.warn(f"lstmdsl: timing cuBLASLt's kernels for the {M}x{N}x{K} GEMM failed ({e})", stacklevel=4)
+        for k in kernels:
+            try:
+                times.append(_time(lambda side, k=k: cublaslt.run(device, k, a, b, scratch.data.ptr, accumulate,
+                                                                  scalars, h.workspace.data.ptr, h.workspace.nbytes,
+                                                                  side), stream))
+            except Exception:  # noqa: BLE001 - this kernel refused the shape here: not a candidate
+                times.append(float("inf"))
+    except Exception as e:  # noqa: BLE001 - cuBLAS or CUDA refused the timing: cuBLAS's own way
+        warnings.warn(f"lstmdsl: timing the {M}x{N}x{K} GEMM for cuBLASLt failed ({e})", stacklevel=4)
         return None
     finally:
         own.stream = h.stream = None  # (as in _faster_bare)
@@ -349,11 +366,17 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     shape runs without a workspace where tune() found that faster."""
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
     kernel = _LT.get(key)
-    if kernel is not None:  # (a cuBLASLt kernel tune chose, with the lane's workspace)
-        h = _handle(lane, False, types)
-        cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
-                     h.workspace.nbytes, stream)
-        return
+    if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel tune chose, on the lane's workspace
+        h = _HANDLES.get((key[0], lane, _workspace_bytes(False, types)))  # (none made here: maybe in a capture)
+        if h is not None:
+            try:
+                cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
+                             h.workspace.nbytes, stream)
+                return
+            except LstmdslError as e:
+                warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
+                              "chooses from now on", stacklevel=2)
+                _LT[key] = None
     _gemm(_handle(lane, _BARE.get(key, False), types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
           types, stream)
 

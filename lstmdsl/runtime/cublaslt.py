@@ -17,6 +17,7 @@ from ..errors import LstmdslError
 _R_TYPES = {"f32": 0, "f64": 1, "bf16": 14, "f16": 2}  # cudaDataType of an element type
 _COMPUTE = {"fp32": (68, 0), "tf32": (77, 0), "f64": (70, 1)}  # compute -> (cublasComputeType, scale cudaDataType)
 _DESC_TRANSA, _DESC_TRANSB, _PREF_MAX_WORKSPACE = 3, 4, 1  # cublasLt.h (CUDA 12 and 13)
+_CAP_MIN_ALIGNMENT = {"A": 16, "B": 17, "C": 18, "D": 19}  # cublasLtMatmulAlgoCapAttributes_t (uint32 each)
 CANDIDATES = 8  # the heuristic's first kernels timed per shape
 
 
@@ -34,6 +35,11 @@ class Kernel:
     layouts: tuple[int, int, int]  # cuBLAS's A (our B), its B (our A), C and D
     algo: ctypes.Array  # cublasLtMatmulAlgo_t
     workspace: int  # bytes it needs
+    alignment: tuple[int, int, int]  # the bytes our A, B and C's addresses must be multiples of (its caps)
+
+    def fits(self, a: int, b: int, c: int) -> bool:
+        """Whether the kernel runs on these addresses (a step's operands lie at offsets of the buffers)."""
+        return all(address % need == 0 for address, need in zip((a, b, c), self.alignment))
 
     @property
     def key(self) -> str:
@@ -52,15 +58,11 @@ def load(libcublas: str) -> None:
     """Loads libcublasLt from the folder of `libcublas`, the path of the libcublas CuPy loaded (runtime/cublas.py
     finds it; libcublas needs libcublasLt, so that one is loaded too); before candidates."""
     if not _LIB:
-        folder = os.path.dirname(libcublas) if os.path.isabs(libcublas) else ""
-        for name in ("libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"):
-            try:
-                lib = ctypes.CDLL(os.path.join(folder, name))
-                break
-            except OSError:
-                continue
-        else:
-            raise LstmdslError(f"cannot find libcublasLt beside {libcublas}")
+        folder, name = os.path.split(libcublas)
+        try:  # (the cuBLASLt of the same version: libcublas.so.13 -> libcublasLt.so.13)
+            lib = ctypes.CDLL(os.path.join(folder, name.replace("libcublas", "libcublasLt", 1)))
+        except OSError as e:
+            raise LstmdslError(f"cannot load the cuBLASLt beside {libcublas} ({e})") from None
         vp, u64, i64, i, sz = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_size_t
         lib.cublasLtCreate.argtypes = [ctypes.POINTER(vp)]
         lib.cublasLtMatrixLayoutCreate.argtypes = [ctypes.POINTER(vp), i, u64, u64, i64]
@@ -72,6 +74,7 @@ def load(libcublas: str) -> None:
         lib.cublasLtMatmulAlgoGetHeuristic.argtypes = [vp, vp, vp, vp, vp, vp, vp, i, ctypes.POINTER(_Heuristic),
                                                        ctypes.POINTER(i)]
         lib.cublasLtMatmul.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, sz, vp]
+        lib.cublasLtMatmulAlgoCapGetAttribute.argtypes = [vp, i, vp, sz, ctypes.POINTER(sz)]
         _LIB.append(lib)
 
 
@@ -128,8 +131,21 @@ def candidates(device: int, M: int, N: int, K: int, lda: int, trans_a: bool, ldb
         lib.cublasLtMatmulPreferenceDestroy(pref)
     if status != 0:  # (no kernel for the shape: cuBLAS's own way stays)
         return []
-    return [Kernel(desc.value, layouts, (ctypes.c_uint64 * 8)(*found[k].algo), found[k].workspace)
-            for k in range(count.value) if found[k].state == 0 and found[k].workspace <= max_workspace]
+    kernels = []
+    for k in range(count.value):
+        if found[k].state == 0 and found[k].workspace <= max_workspace:
+            algo = (ctypes.c_uint64 * 8)(*found[k].algo)
+            need = {m: _cap(algo, attr) for m, attr in _CAP_MIN_ALIGNMENT.items()}  # (cuBLAS's A is our B)
+            kernels.append(Kernel(desc.value, layouts, algo, found[k].workspace,
+                                  (need["B"], need["A"], max(need["C"], need["D"]))))
+    return kernels
+
+
+def _cap(algo: ctypes.Array, attr: int) -> int:
+    value, written = ctypes.c_uint32(0), ctypes.c_size_t()
+    _check(_lib().cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, ctypes.byref(value), 4,
+                                                    ctypes.byref(written)), "cublasLtMatmulAlgoCapGetAttribute")
+    return max(1, value.value)
 
 
 def run(device: int, kernel: Kernel, a: int, b: int, c: int, accumulate: bool, scalars: tuple, workspace: int,
