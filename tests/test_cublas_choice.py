@@ -3,8 +3,11 @@ the faster way (no GPU here: the timing, the handles and the call are replaced; 
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from lstmdsl.runtime import cublas
 
@@ -303,3 +306,154 @@ def test_a_padded_state_is_zeroed_in_one_operation(monkeypatch):
     device.zero_rows(4096, 24, 24, 5, 7)
     device.zero_rows(4096, 32, 24, 1, 7)
     assert calls == [("2d", [4096, 32, 0, 24, 5, 7]), ("1d", [4096, 120, 7]), ("1d", [4096, 24, 7])]
+
+
+def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked(monkeypatch, tmp_path):
+    """LSTMDSL_GEMM_LT=1: tune also times cuBLASLt's listed kernels against the way it chose (into the scratch
+    result, with the lane's workspace), keeps the fastest where it takes less than TUNE_MARGIN of that time,
+    stores it by its algorithm for later processes (which find it among the kernels listed then, untimed, and
+    time again where it is no longer listed), and gemm() runs it on the real result where the addresses are
+    aligned as it needs, else as cuBLAS chooses (also from the first failure on, with a warning); unset,
+    cuBLASLt is never asked."""
+    import pytest
+
+    from lstmdsl.runtime import cublaslt
+
+    times = {"workspace": 10.0, "bare": 30.0}
+    calls = _fake(monkeypatch, times, tmp_path)
+    monkeypatch.setattr(cublas, "_LT", {})
+    monkeypatch.setattr(cublas, "_STORED_LT", None)
+    ws = SimpleNamespace(nbytes=1 << 25, data=SimpleNamespace(ptr=11))
+    handles = {}
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",): handles.setdefault(
+        (0, lane, 0 if bare else 1 << 25), SimpleNamespace(name=("bare" if bare else "workspace", lane), stream=None,
+                                                             workspace=ws)))
+    monkeypatch.setattr(cublas, "_HANDLES", handles)
+    kernels = [SimpleNamespace(key=k, time=t, fits=lambda a, b, c: c % 2 == 1)
+               for k, t in (("aa", 9.5), ("bb", 6.0), ("cc", 7.0))]
+    listed = []
+    monkeypatch.setattr(cublaslt, "load", lambda libcublas: None)
+    monkeypatch.setattr(cublas, "_load_libcublas", lambda: SimpleNamespace(_name="libcublas.so.13"))
+    monkeypatch.setattr(cublaslt, "candidates", lambda device, *shape: listed.append(shape) or kernels)
+    ran = []
+
+    def run(device, kernel, a, b, c, accumulate, scalars, workspace, nbytes, stream):
+        ran.append((kernel.key, c, workspace, nbytes))
+        calls.append((("lt", kernel.time), ()))
+
+    monkeypatch.setattr(cublaslt, "run", run)
+
+    def timed(call, stream):
+        call(stream + 1)
+        name = calls[-1][0]
+        return name[1] if name[0] == "lt" else times[name[0]]
+
+    monkeypatch.setattr(cublas, "_time", timed)
+    monkeypatch.delenv("LSTMDSL_GEMM_LT", raising=False)
+    assert not cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    assert not listed and not cublas._LT
+
+    monkeypatch.setenv("LSTMDSL_GEMM_LT", "1")
+    assert not cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    assert listed == [(64, 1536, 512, 512, False, 512, True, 1536, TYPES, 1 << 25)]
+    assert [r[0] for r in ran] == ["aa", "bb", "cc"] and all(r[1] == 7 and r[2:] == (11, 1 << 25) for r in ran)
+    key = cublas._shape_key(64, 1536, 512, 512, False, 512, True, 1536, False, TYPES)
+    assert cublas._LT[key].key == "bb"
+    assert list(json.loads((tmp_path / cublas.LT_CHOICES).read_text()).values()) == ["bb"]
+    ran.clear()
+    calls.clear()
+    cublas.gemm(64, 1536, 512, 1, 512, False, 2, 512, True, 9, 1536, False, TYPES, 5, 3)
+    cublas.gemm(64, 1536, 512, 1, 512, False, 2, 512, True, 8, 1536, False, TYPES, 5, 3)  # (misaligned for it)
+    assert ran == [("bb", 9, 11, 1 << 25)] and [c[0] for c in calls] == [("lt", 6.0), ("workspace", 3)]
+
+    for k, t in zip(kernels, (9.5, 9.2, 9.9)):  # none under the margin: cuBLAS's way
+        k.time = t
+    assert not cublas.tune(16, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    assert cublas._LT[cublas._shape_key(16, 1536, 512, 512, False, 512, True, 1536, False, TYPES)] is None
+
+    monkeypatch.setattr(cublas, "_LT", {})  # a later process: the stored kernel, found by its algorithm, untimed
+    monkeypatch.setattr(cublas, "_STORED_LT", None)
+    monkeypatch.setattr(cublas, "_time", lambda call, stream: pytest.fail("timed again"))
+    cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    cublas.tune(16, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    assert cublas._LT[key].key == "bb" and list(cublas._LT.values())[1] is None
+
+    def failing(*args):
+        raise cublas.LstmdslError("cublasLtMatmul failed with cuBLAS status 15")
+
+    monkeypatch.setattr(cublaslt, "run", failing)
+    calls.clear()
+    with pytest.warns(UserWarning, match="from now on"):
+        cublas.gemm(64, 1536, 512, 1, 512, False, 2, 512, True, 9, 1536, False, TYPES, 5, 3)
+    cublas.gemm(64, 1536, 512, 1, 512, False, 2, 512, True, 9, 1536, False, TYPES, 5, 3)
+    assert [c[0] for c in calls] == [("workspace", 3)] * 2 and cublas._LT[key] is None
+
+    monkeypatch.setattr(cublas, "_LT", {})  # a later cuBLAS that no longer lists "bb": timed again
+    monkeypatch.setattr(cublas, "_STORED_LT", None)
+    monkeypatch.setattr(cublaslt, "run", run)
+    monkeypatch.setattr(cublas, "_time", timed)
+    del kernels[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (timed again silently: nothing the user can act on)
+        cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
+    assert cublas._LT[key] is None  # (9.5 and 9.9 against 10: not under the margin)
+    assert json.loads((tmp_path / cublas.LT_CHOICES).read_text())[cublas._stored_key(3, TYPES, key)] == ""
+
+
+@pytest.mark.gpu
+def test_every_listed_cublaslt_kernel_computes_the_product_and_a_layer_runs_with_them(monkeypatch):
+    """On the GPU: each kernel cuBLASLt lists for a few shapes (transposed operands, odd sizes, tf32), on
+    addresses it fits (one element past an allocation's start too), writes the product over a NaN-poisoned result
+    and adds it where asked; a layer tuned with LSTMDSL_GEMM_LT=1 and every cuBLASLt kernel that was timed
+    accepted (so they run; B = 3 and an odd hidden size put some steps' operands off their alignment) gives the
+    forward and backward it gives without."""
+    import cupy
+    import numpy as np
+
+    import lstmdsl
+    from lstmdsl.runtime import cublaslt
+
+    rng = np.random.default_rng(0)
+    stream = cupy.cuda.get_current_stream().ptr
+    cublaslt.load(cublas._load_libcublas()._name)
+    shapes = [(16, 2048, 512, False, True, "fp32"), (64, 512, 2048, False, False, "fp32"),
+              (33, 100, 77, True, False, "tf32"), (7, 256, 512, False, True, "fp32")]
+    for M, N, K, trans_a, trans_b, compute in shapes:
+        types = ("f32", "f32", "f32", compute)
+        a = rng.standard_normal((K, M) if trans_a else (M, K))
+        b = rng.standard_normal((N, K) if trans_b else (K, N))
+        want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        h = cublas._handle(0, False, types)
+        kernels = cublaslt.candidates(0, M, N, K, a.shape[1], trans_a, b.shape[1], trans_b, N, types,
+                                      h.workspace.nbytes)
+        assert kernels, (M, N, K)
+        for shift in (0, 1):  # (elements past the start)
+            A, B = (cupy.asarray(np.concatenate([[0.0] * shift, m.ravel()]), np.float32)[shift:] for m in (a, b))
+            for kernel in kernels:
+                C = cupy.full(M * N + shift, np.nan, np.float32)[shift:]
+                if not kernel.fits(A.data.ptr, B.data.ptr, C.data.ptr):
+                    assert shift
+                    continue
+                for accumulate in (False, True):
+                    cublaslt.run(0, kernel, A.data.ptr, B.data.ptr, C.data.ptr, accumulate, cublas._SCALARS[compute],
+                                 h.workspace.data.ptr, h.workspace.nbytes, stream)
+                    err = float(np.abs(C.get().reshape(M, N) - (1 + accumulate) * want).max() / np.abs(want).max())
+                    assert err < (1e-5 if compute == "fp32" else 1e-2), (M, N, K, compute, shift, accumulate, err)
+
+    x = cupy.asarray(rng.standard_normal((6, 3, 127)) * 0.5, np.float32)  # (a step: 1524 bytes)
+    dy = cupy.asarray(rng.standard_normal((6, 3, 127)), np.float32)
+
+    def run():
+        layer = lstmdsl.compile("vanilla", 127, 127, backend="cuda", schedule="no persistent", seed=3)
+        y, _ = layer.forward(x)
+        return y.copy(), layer.backward(dy).copy()
+
+    monkeypatch.delenv("LSTMDSL_GEMM_LT", raising=False)
+    y, dx = run()
+    for name, value in (("_BARE", {}), ("_STORED", {}), ("_store", lambda key, bare: None), ("_LT", {}),
+                        ("_STORED_LT", {}), ("_store_lt", lambda key, algo: None), ("TUNE_MARGIN", 1e9)):
+        monkeypatch.setattr(cublas, name, value)
+    monkeypatch.setenv("LSTMDSL_GEMM_LT", "1")
+    y2, dx2 = run()
+    assert any(k is not None for k in cublas._LT.values()), cublas._LT
+    assert float(cupy.abs(y - y2).max()) < 1e-5 and float(cupy.abs(dx - dx2).max()) < 1e-4

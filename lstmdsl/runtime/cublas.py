@@ -17,6 +17,7 @@ import numpy as np
 from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
 from ..plan import ELEMENT_TYPES
+from . import cublaslt
 from .device import cupy_stream, current_device, empty
 from .warmup import settle as settle_warm_up
 
@@ -153,6 +154,10 @@ def warm(device: int) -> None:
 TUNE_MAX_WORK = 1 << 28  # multiply-adds: larger GEMMs keep the workspace untimed (their kernels were the same)
 TUNE_MARGIN = 0.9  # the bare handle must take less than this fraction of the other's time to be chosen
 _BARE: dict[tuple, bool] = {}  # (device, shape, layout, types) -> run on the bare handle
+# Where LSTMDSL_GEMM_LT=1, tune also times cuBLASLt's first kernels for the shape (runtime/cublaslt.py) against the
+# way it chose, and gemm() runs one that takes less than TUNE_MARGIN of that time (not yet the default: not yet
+# measured on a GPU; benchmarks/probe_cublaslt.py compares the kernels)
+_LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kernel it runs (None: cuBLAS's own way)
 
 
 def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types) -> tuple:
@@ -183,19 +188,28 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
     everywhere (the same kernels in every process whatever the cache holds)."""
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
+    timed = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
     if key not in _BARE:
-        if M * N * K > TUNE_MAX_WORK or os.environ.get("LSTMDSL_TUNE_GEMMS", "1") == "0":
+        if not timed:
             _BARE[key] = False
         else:
-            # (the workspace's size in the key: cuBLAS's choice of kernel depends on it)
-            stored = repr((_identity(lane), _workspace_bytes(False, types)) + key[1:])
+            stored = _stored_key(lane, types, key)
             if stored not in _stored_choices():
                 bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
     _handle(lane, _BARE[key], types)
+    if timed and key not in _LT and cublaslt.enabled():
+        _LT[key] = _lt_choice(_stored_key(lane, types, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
+                              accumulate, types, stream, lane)
     return _BARE[key]
+
+
+def _stored_key(lane: int, types: tuple[str, ...], key: tuple) -> str:
+    """A shape's key in the stored choices: the GPU, cuBLAS's version and the workspace's size (cuBLAS's choice of
+    kernel depends on it) with the shape."""
+    return repr((_identity(lane), _workspace_bytes(False, types)) + key[1:])
 
 
 _IDENTITY: dict[int, tuple[str, int]] = {}  # device -> _identity
@@ -216,12 +230,16 @@ def _identity(lane: int) -> tuple[str, int]:
     return _IDENTITY[device]
 
 
-def _read_choices() -> dict:
+LT_CHOICES = "gemm_lt_choices.json"  # stored key -> the cuBLASLt kernel's algorithm as hex ("": cuBLAS's own way)
+_STORED_LT: dict | None = None
+
+
+def _read_choices(name: str = CHOICES, kind: type = bool) -> dict:
     try:
-        data = json.loads((cache_dir() / CHOICES).read_text())
+        data = json.loads((cache_dir() / name).read_text())
     except (OSError, ValueError):  # none yet, unreadable or damaged: time again (and write it anew)
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if isinstance(v, kind)} if isinstance(data, dict) else {}
 
 
 def _stored_choices() -> dict:
@@ -237,6 +255,68 @@ def _store(key: str, bare: bool) -> None:
     global _STORED
     _STORED = {**_read_choices(), **_stored_choices(), key: bare}
     write_bytes_atomically(cache_dir() / CHOICES, (json.dumps(_STORED, indent=0, sort_keys=True) + "\n").encode())
+
+
+def _store_lt(key: str, algo: str) -> None:
+    """As _store, in LT_CHOICES."""
+    global _STORED_LT
+    if _STORED_LT is None:
+        _STORED_LT = _read_choices(LT_CHOICES, str)
+    _STORED_LT = {**_read_choices(LT_CHOICES, str), **_STORED_LT, key: algo}
+    write_bytes_atomically(cache_dir() / LT_CHOICES, (json.dumps(_STORED_LT, indent=0, sort_keys=True) + "\n").encode())
+
+
+def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream,
+               lane) -> cublaslt.Kernel | None:
+    """The cuBLASLt kernel the shape runs, or None for the way tune chose: the stored choice, else the fastest of
+    the heuristic's first kernels where it takes less than TUNE_MARGIN of that way's time (timed as _faster_bare
+    times, at the tuned addresses, and stored). The kernels' descriptors are made here, outside any capture. A
+    failure anywhere keeps cuBLAS's own way, with a warning."""
+    global _STORED_LT
+    h = _handle(lane, False, types)
+    try:
+        cublaslt.load(_load_libcublas()._name)
+    except LstmdslError as e:
+        warnings.warn(f"lstmdsl: LSTMDSL_GEMM_LT=1 but {e}; the GEMMs run as cuBLAS chooses", stacklevel=4)
+        return None
+    try:
+        kernels = cublaslt.candidates(current_device(), M, N, K, lda, trans_a, ldb, trans_b, ldc, types,
+                                      h.workspace.nbytes)
+    except Exception as e:  # noqa: BLE001 - cuBLASLt refused the shape (or its bindings this library): cuBLAS's way
+        warnings.warn(f"lstmdsl: cuBLASLt lists no kernels for the {M}x{N}x{K} GEMM ({e})", stacklevel=4)
+        return None
+    if _STORED_LT is None:
+        _STORED_LT = _read_choices(LT_CHOICES, str)
+    if stored in _STORED_LT:
+        if not _STORED_LT[stored]:
+            return None
+        found = next((k for k in kernels if k.key == _STORED_LT[stored]), None)
+        if found is not None:
+            return found  # (else the heuristic lists other kernels here, e.g. for other alignments: timed again)
+    scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
+    own = _handle(lane, _BARE[key], types)
+    scalars, device = _SCALARS[types[3]], current_device()
+    kernels = [k for k in kernels if k.fits(a, b, scratch.data.ptr)]
+    times = []
+    try:
+        base = _time(lambda side: _gemm(own, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
+                                        accumulate, types, side), stream)
+        for k in kernels:
+            try:
+                times.append(_time(lambda side, k=k: cublaslt.run(device, k, a, b, scratch.data.ptr, accumulate,
+                                                                  scalars, h.workspace.data.ptr, h.workspace.nbytes,
+                                                                  side), stream))
+            except Exception:  # noqa: BLE001 - this kernel refused the shape here: not a candidate
+                times.append(float("inf"))
+    except Exception as e:  # noqa: BLE001 - cuBLAS or CUDA refused the timing: cuBLAS's own way
+        warnings.warn(f"lstmdsl: timing the {M}x{N}x{K} GEMM for cuBLASLt failed ({e})", stacklevel=4)
+        return None
+    finally:
+        own.stream = h.stream = None  # (as in _faster_bare)
+    best = min(range(len(times)), key=times.__getitem__, default=None)
+    chosen = kernels[best] if best is not None and times[best] < TUNE_MARGIN * base else None
+    _store_lt(stored, chosen.key if chosen else "")
+    return chosen
 
 
 def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool | None:
@@ -282,8 +362,21 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
     captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it). The
     shape runs without a workspace where tune() found that faster."""
-    bare = _BARE.get(_shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types), False)
-    _gemm(_handle(lane, bare, types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate, types, stream)
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
+    kernel = _LT.get(key)
+    if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel tune chose, on the lane's workspace
+        h = _HANDLES.get((key[0], lane, _workspace_bytes(False, types)))  # (none made here: maybe in a capture)
+        if h is not None:
+            try:
+                cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
+                             h.workspace.nbytes, stream)
+                return
+            except Exception as e:  # noqa: BLE001 - whatever refused it: cuBLAS's way, as tune would have chosen
+                warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
+                              "chooses from now on", stacklevel=2)
+                _LT[key] = None
+    _gemm(_handle(lane, _BARE.get(key, False), types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
+          types, stream)
 
 
 def _gemm(h: _Handle, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
