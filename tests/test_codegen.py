@@ -366,10 +366,12 @@ def unclaimed_kernels(source: str) -> tuple[str, int]:
                                                                                (Schedule(persistent="on"), "float64", False),
                                                                                (Schedule(persistent="on"), "float32", True),
                                                                                (Schedule(persistent="on", fuse_rows=False),
-                                                                                "float32", False)],
+                                                                                "float32", False),
+                                                                               (Schedule(False, False, False, False,
+                                                                                         persistent="on"), "float32", False)],
                          ids=list(SCHEDULES) + ["float64", "lengths", "bf16", "fp16-recurrent", "persistent",
                                                 "persistent-bf16", "persistent-fp16", "persistent-float64", "persistent-lengths",
-                                                "persistent-no-fuse-rows"])
+                                                "persistent-no-fuse-rows", "persistent-unfused"])
 def test_all_kernels_compile_for_sm90_without_spills(schedule, dtype, lengths, tmp_path):
     sources = [build(name, schedule, dtype, lengths).source for name in SPECS]
     if schedule.precision == "bf16":  # and the converting copies of mixed precision (runtime/convert.py)
