@@ -23,7 +23,7 @@ def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
     order = progress.pop("order", None)
     state = {"config": asdict(cfg), "spec": model.layer.spec.source.text, "rng": rng.bit_generator.state, **progress}
     noise = model.layer.noise_state()
-    if noise is not None:  # the regularisers' masks go on as they would have (numpy backend)
+    if noise is not None:  # the regularisers' masks go on as they would have
         state["noise"] = noise
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
     arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
