@@ -93,7 +93,7 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
         raise ValueError("its place in the epoch (batch, order, count) is not a run's")
     opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})  # (checks)
     rng.bit_generator.state = state["rng"]
-    if "noise" in state and model.layer.noise_state() is not None:  # (checkpoints before 2026-12-04 lack it)
+    if "noise" in state and model.layer.noise_state() is not None:  # (lacking before 2026-12-04; CUDA's before 12-06)
         model.layer.set_noise_state(state["noise"])
     for k, v in model.parameters().items():
         v[...] = model.xp.asarray(files[f"param/{k}"])

@@ -383,7 +383,7 @@ def test_the_gpus_masks_are_draws_at_their_rates():
 
 def test_the_gpus_draws_are_the_numpy_twins_bit_for_bit():
     """runtime/draws.py's kernel against lstmdsl/draws.py at odd sizes and offsets, past the grid's blocks (a
-    grid-stride loop) and across 2^32 draws (64-bit indices), its output poisoned first."""
+    grid-stride loop) and across 2^32 draws (64-bit indices); the memory pool's block for its output holds NaN first."""
     from lstmdsl import draws
     from lstmdsl.runtime.draws import MAX_BLOCKS, THREADS, Uniform
 
@@ -392,7 +392,8 @@ def test_the_gpus_draws_are_the_numpy_twins_bit_for_bit():
                           (2 ** 64 - 4, (8,))):
         gen = Uniform((11, 0x6E6F6973))
         gen.set_state({"key": key, "drawn": offset})
-        cupy.cuda.Device().synchronize()
+        poison = cupy.full(shape, cupy.nan, cupy.float32)
+        del poison  # (its block goes back to the pool, which gives it to the draws' output)
         got = gen(shape)
         assert got.shape == shape and got.dtype == cupy.float32 and gen.state()["drawn"] == offset + got.size
         assert np.array_equal(cupy.asnumpy(got), draws.uniform(key, offset, shape)), (offset, shape)
@@ -410,8 +411,10 @@ def test_training_with_zoneout_on_the_gpu_resumes_to_the_uninterrupted_result(tm
         run(cfg, tmp_path / "cut", log=None, stop_after=13)
     resumed = run(cfg, tmp_path / "cut", log=None, resume=True)
     a, b = (np.load(tmp_path / d / "layer.npz") for d in ("whole", "cut"))
-    # (close, not equal: the GPU's sums need not repeat bit for bit; other masks moved them by far more)
-    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a.files)
+    # (the parameters close, not equal: the GPU's sums need not repeat bit for bit; other masks moved them by 0.06 in
+    # the emulated runtime; the file's other entries, its metadata, equal)
+    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) if a[k].dtype.kind == "f" else np.array_equal(a[k], b[k])
+               for k in a.files)
     assert np.allclose([h["valid"] for h in resumed["history"]], [h["valid"] for h in whole["history"]], rtol=1e-5)
 
 
