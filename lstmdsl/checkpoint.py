@@ -23,7 +23,7 @@ def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
     order = progress.pop("order", None)
     state = {"config": asdict(cfg), "spec": model.layer.spec.source.text, "rng": rng.bit_generator.state, **progress}
     noise = model.layer.noise_state()
-    if noise is not None:  # the regularisers' masks go on as they would have (numpy backend)
+    if noise is not None:  # the regularisers' masks go on as they would have
         state["noise"] = noise
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.parameters().items()}
     arrays |= {f"opt/{k}": v for k, v in opt.state_dict().items()}
@@ -93,7 +93,7 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
         raise ValueError("its place in the epoch (batch, order, count) is not a run's")
     opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})  # (checks)
     rng.bit_generator.state = state["rng"]
-    if "noise" in state and model.layer.noise_state() is not None:  # (checkpoints before 2026-12-04 lack it)
+    if "noise" in state and model.layer.noise_state() is not None:  # (lacking before 2026-12-04; CUDA's before 12-06)
         model.layer.set_noise_state(state["noise"])
     for k, v in model.parameters().items():
         v[...] = model.xp.asarray(files[f"param/{k}"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from . import draws
 from .ir import ROW, per_head
 from .kerneldesc import (AddDesc, ArgBind, CachedWeights, KernelArg, KernelDesc, PersistentDesc, Product,
                          StagedOperand, StepArea, StepPointer)
@@ -417,6 +418,11 @@ CONVERSIONS = (("f32", "bf16"), ("bf16", "f32"), ("f32", "f16"), ("f16", "f32"))
 
 def convert_name(src: str, dst: str) -> str:
     return f"lstmdsl_convert_{src}_{dst}"
+
+
+def render_draws() -> str:
+    """The source of the regularisers' uniform draws (runtime/draws.py; lstmdsl/draws.py has the constants)."""
+    return _template("draws.cu.j2").render(gamma=draws.GAMMA, mix1=draws.MIX1, mix2=draws.MIX2)
 
 
 def render_conversions() -> str:

@@ -263,7 +263,7 @@ class Layer:
 
     def noise_state(self):
         """The masks' generator's state (JSON-able), for a checkpoint to resume with the same draws; None where the
-        backend cannot give it (CUDA: CuPy's generator has no state to read back)."""
+        backend cannot give it."""
         return None
 
     def _noise(self, T: int, B: int, train: bool, noise) -> dict:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from lstmdsl.codegen import render_conversions, render_persistent
+from lstmdsl.codegen import render_conversions, render_draws, render_persistent
 
 import lstmdsl
 from lstmdsl.masks import with_lengths
@@ -458,11 +458,11 @@ def test_kernels_compiled_for_a_shape_compile_for_sm90_without_spills(tmp_path):
 
 def test_modules_compile_on_their_own(tmp_path):
     """NVRTC compiles each module alone (the test above joins them, where include guards hide what one module
-    lacks): the converting copies, and a half-precision persistent module, also for sm_75, where the tensor-core
+    lacks): the converting copies, the regularisers' draws, and a half-precision persistent module, also for sm_75, where the tensor-core
     products (mma m16n8k16 needs sm_80) give way to the FMA tiles."""
     fp16 = build("vanilla", Schedule(persistent="on", precision="fp16")).source
-    for name, source, arch in (("convert", render_conversions(), "sm_90"), ("fp16", fp16, "sm_90"),
-                               ("fp16-sm75", fp16, "sm_75")):
+    for name, source, arch in (("convert", render_conversions(), "sm_90"), ("draws", render_draws(), "sm_90"),
+                               ("fp16", fp16, "sm_90"), ("fp16-sm75", fp16, "sm_75")):
         cu = tmp_path / f"{name}.cu"
         cu.write_text(source)
         r = subprocess.run(["nvcc", f"-arch={arch}", "-c", "-o", str(tmp_path / f"{name}.o"), str(cu)],

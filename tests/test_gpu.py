@@ -381,6 +381,43 @@ def test_the_gpus_masks_are_draws_at_their_rates():
     assert all(np.array_equal(cupy.asnumpy(v), masks[k]) for k, v in again.last_noise().items())
 
 
+def test_the_gpus_draws_are_the_numpy_twins_bit_for_bit():
+    """runtime/draws.py's kernel against lstmdsl/draws.py at odd sizes and offsets, past the grid's blocks (a
+    grid-stride loop) and across 2^32 draws (64-bit indices); the memory pool's block for its output holds NaN first."""
+    from lstmdsl import draws
+    from lstmdsl.runtime.draws import MAX_BLOCKS, THREADS, Uniform
+
+    key = draws.key_of((11, 0x6E6F6973))
+    for offset, shape in ((0, (1,)), (0, (3, 5, 7)), (123, (2 * MAX_BLOCKS * THREADS + 17,)), (2 ** 32 - 5, (9, 3)),
+                          (2 ** 64 - 4, (8,))):
+        gen = Uniform((11, 0x6E6F6973))
+        gen.set_state({"key": key, "drawn": offset})
+        poison = cupy.full(shape, cupy.nan, cupy.float32)
+        del poison  # (its block goes back to the pool, which gives it to the draws' output)
+        got = gen(shape)
+        assert got.shape == shape and got.dtype == cupy.float32 and gen.state()["drawn"] == offset + got.size
+        assert np.array_equal(cupy.asnumpy(got), draws.uniform(key, offset, shape)), (offset, shape)
+
+
+def test_training_with_zoneout_on_the_gpu_resumes_to_the_uninterrupted_result(tmp_path):
+    """The CUDA layer's masks' generator is in the checkpoint (runtime/draws.py): a run stopped mid-epoch and
+    resumed reaches the uninterrupted run's parameters (before 2026-12-06 it drew other masks after the resume)."""
+    from lstmdsl.train import Interrupted, TrainConfig, run
+
+    cfg = TrainConfig("zoneout_lstm", "digits", epochs=2, hidden_size=12, lr=0.02, batch=16, max_train=160, seed=5,
+                      optimizer="adam", backend="cuda")
+    whole = run(cfg, tmp_path / "whole", log=None)
+    with pytest.raises(Interrupted, match="epoch 2, batch 3"):
+        run(cfg, tmp_path / "cut", log=None, stop_after=13)
+    resumed = run(cfg, tmp_path / "cut", log=None, resume=True)
+    a, b = (np.load(tmp_path / d / "layer.npz") for d in ("whole", "cut"))
+    # (the parameters close, not equal: the GPU's sums need not repeat bit for bit; other masks moved them by 0.06 in
+    # the emulated runtime; the file's other entries, its metadata, equal)
+    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) if a[k].dtype.kind == "f" else np.array_equal(a[k], b[k])
+               for k in a.files)
+    assert np.allclose([h["valid"] for h in resumed["history"]], [h["valid"] for h in whole["history"]], rtol=1e-5)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("T,B,I,H,L", [(7, 3, 5, 33, 1), (6, 17, 64, 256, 2), (20, 1, 16, 1000, 1)])

@@ -287,3 +287,23 @@ def test_the_torch_modules_dropconnect_reuses_two_buffers_and_refuses_a_stale_ba
     first, _, _ = m(x), m(x), m(x)  # the first forward's buffer is overwritten by the third
     with pytest.raises(RuntimeError, match="modified inplace"):
         first[0].sum().backward()
+
+
+def test_the_cuda_backends_draws_are_splitmix64_and_any_piece_of_them_can_be_drawn():
+    """lstmdsl/draws.py, the numpy twin of the CUDA backend's generator (templates/draws.cu.j2; the GPU test
+    compares them bit for bit): SplitMix64's published first outputs for state 0, as the top 24 bits; draws
+    depend on their index only, so pieces drawn one after another are the whole drawn at once."""
+    from lstmdsl import draws
+
+    first = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]  # SplitMix64, seed 0 (Vigna's splitmix64.c)
+    assert draws.uniform(0, 0, (3,)).tolist() == [(v >> 40) * 2.0 ** -24 for v in first]
+    key = draws.key_of((7, 0x6E6F6973))
+    assert key == draws.key_of((7, 0x6E6F6973)) != draws.key_of((8, 0x6E6F6973)) and 0 <= key < 2 ** 64
+    whole = draws.uniform(key, 5, (4, 3, 5))
+    assert whole.dtype == np.float32 and whole.shape == (4, 3, 5) and 0 <= whole.min() and whole.max() < 1
+    pieces = np.concatenate([draws.uniform(key, 5, (7,)), draws.uniform(key, 12, (1,)), draws.uniform(key, 13, (52,))])
+    assert np.array_equal(whole.ravel(), pieces)
+    many = draws.uniform(key, 2 ** 64 - 10, (100_000,))  # (the index wraps as on the GPU)
+    assert abs(float(many.mean()) - 0.5) < 0.005 and abs(float((many < 0.3).mean()) - 0.3) < 0.005
+    with pytest.raises(ValueError, match="64-bit key"):
+        draws.uniform(-1, 0, (2,))

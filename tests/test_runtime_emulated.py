@@ -39,3 +39,12 @@ def test_half_parameters_weight_gradients_are_the_float32_ones_rounded_once():
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "half_grads.py")], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0 and r.stdout.count("| OK") == 6, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_the_cuda_layers_masks_generator_saves_and_restores_its_state():
+    """runtime/draws.py through the emulated runtime (tests/emulated/draws_state.py): what a checkpoint saves of it
+    (its key and count of draws) brings back the masks drawn from that point."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "draws_state.py")], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "draws: OK" in r.stdout, r.stdout + r.stderr[-3000:]

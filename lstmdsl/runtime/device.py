@@ -67,12 +67,12 @@ def cupy_stream(ptr: int):
 
 
 # kernel parameter C types -> ctypes
-_ARG_TYPES = {"int": ctypes.c_int32, "ptr": ctypes.c_uint64}
+_ARG_TYPES = {"int": ctypes.c_int32, "ptr": ctypes.c_uint64, "u64": ctypes.c_uint64}
 
 
 def launch(function: int, grid: tuple[int, int], threads: int, args: list[tuple[str, int]], stream: int) -> None:
     """Launch a kernel (a CUfunction handle) with args given as (kind, value): kind "int" for an int
-    parameter, "ptr" for a pointer."""
+    parameter, "ptr" for a pointer, "u64" for an unsigned long long."""
     values = [_ARG_TYPES[kind](value) for kind, value in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     from cupy_backends.cuda.api import driver
@@ -286,16 +286,6 @@ class Wave:
                 cupy.cuda.runtime.streamDestroy(s)
         except Exception:  # noqa: BLE001 (interpreter shutdown, or a context already gone)
             pass
-
-
-class Uniform:
-    """Uniform draws in [0, 1) on the device (float32), from a seeded generator: the regularisers' masks."""
-
-    def __init__(self, seed: int):
-        self.state = cupy.random.RandomState(seed)
-
-    def __call__(self, shape):
-        return self.state.random_sample(shape, dtype=cupy.float32)
 
 
 class Graph:

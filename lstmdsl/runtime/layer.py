@@ -24,6 +24,7 @@ from ..program import build_program
 from ..schedule import Schedule
 from ..spec import Spec
 from . import convert, device
+from .draws import Uniform
 from .device import check_available, cupy
 from .executor import Binding, Engine
 from .workspace import NUMPY_TYPES
@@ -38,7 +39,7 @@ class CudaLayer(Layer):
                  dropconnect: float = 0.0):
         check_available()
         super().__init__(spec, sizes, schedule, dtype, directions, dropout, seed, dropconnect)
-        self._rng = None
+        self._draws = Uniform(self._noise_seed)  # the regularisers' masks' generator (lstmdsl/draws.py)
         self.overlap_directions = True  # a bidirectional layer's two directions run at the same time
         for s, u in zip(self.cell.states, self.cell.updates):
             if self.cell.nodes[u].op in ("param", "const"):
@@ -260,9 +261,13 @@ class CudaLayer(Layer):
         return cupy.full(shape, value, self.dtype)
 
     def _uniform(self, shape):
-        if self._rng is None:
-            self._rng = device.Uniform(int(np.random.SeedSequence(self._noise_seed).generate_state(1)[0]))
-        return self._rng(shape)
+        return self._draws(shape)
+
+    def noise_state(self):
+        return self._draws.state()
+
+    def set_noise_state(self, state) -> None:  # (a ValueError, TypeError or KeyError where it is not a state)
+        self._draws.set_state(state)
 
     # -- forward and backward
     def _streams(self, stream: int) -> tuple[int, ...]:

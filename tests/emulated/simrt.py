@@ -19,7 +19,9 @@ import cupy  # noqa: E402 - the fake one
 import lstmdsl  # noqa: E402
 from lstmdsl import reference  # noqa: E402
 from lstmdsl.check import compare, random_case, randomize  # noqa: E402
+from lstmdsl import draws  # noqa: E402
 from lstmdsl.runtime import convert, cublas, device, executor, nvrtc, specialise, warmup, workspace  # noqa: E402
+from lstmdsl.runtime import draws as rt_draws  # noqa: E402
 
 workspace.POISON = True
 LOG = []
@@ -180,6 +182,10 @@ def launch(function, grid, threads, args, stream):
     if name.endswith("_add"):
         dst, ld_dst, src, ld_src, n, rows = (v for _, v in args)
         store(dst, rows, n, ld_dst, dtype, load(src, rows, n, ld_src, dtype), add=True)
+        return
+    if name == "lstmdsl_uniform":  # runtime/draws.py: the numpy twin of its kernel
+        out, n, key, offset = (v for _, v in args)
+        store(out, 1, n, n, "f32", draws.uniform(key, offset, (1, n)))
         return
     if name.startswith("lstmdsl_convert_"):  # runtime/convert.py
         src_t, dst_t = name[len("lstmdsl_convert_"):].split("_")
@@ -349,16 +355,6 @@ class Graph:
             fn(*args)
 
 
-class Uniform:
-    """The device's generator of uniform draws, with numpy's."""
-
-    def __init__(self, seed):
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, shape):
-        return cupy.asarray(self.rng.random(shape, np.float32))
-
-
 class SideStream:
     """A side stream (device.SideStream): its work is queued and run at the join, after everything issued
     on the main stream meanwhile (the latest order the events allow), so work on the main stream that
@@ -440,7 +436,7 @@ class Wave:
 
 WAVES = []
 GRAPHS = []
-device.Uniform, device.SideStream, device.Wave = Uniform, SideStream, Wave
+device.SideStream, device.Wave = SideStream, Wave
 device.check_available = lambda: None
 device.launch, device.copy_rows, device.zero, device.Graph = launch, copy_rows, zero, Graph
 device.zero_rows = zero_rows
@@ -468,6 +464,8 @@ nvrtc.prepare = lambda source, arch: time.sleep(0.01)  # (the compile thread's w
 nvrtc.architecture = lambda: "90"
 convert.load_module = lambda source: None
 convert.function = lambda module, name: (name, "f32")
+rt_draws.load_module = lambda source: None
+rt_draws.function = lambda module, name: (name, "f32")
 
 _engine_init = executor.Engine.__init__
 
