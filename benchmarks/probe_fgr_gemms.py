@@ -6,7 +6,10 @@ Each variant captured in a CUDA graph of 100 repetitions (the four-stream one fo
 strict fp32 through the runtime's own GEMM call (lstmdsl.runtime.cublas.gemm, one lane per stream; CuPy's
 matmul refuses to run inside a capture: the first run, on 2026-12-05, stopped there), GPU time per repetition
 (us), median of 7 graph launches.
-    python3 benchmarks/probe_fgr_gemms.py
+    python3 benchmarks/probe_fgr_gemms.py [B H]      # default B = 64, H = 512
+
+The batched variants (added 2026-12-06): the three gate GEMMs as one strided-batched cuBLAS call, forward and
+backward (bwd_*: the backward step's GEMMs), which needs only the operands at constant strides in memory.
 """
 import os
 import statistics
@@ -17,7 +20,8 @@ import cupy  # noqa: E402
 
 from lstmdsl.runtime import cublas  # noqa: E402
 
-B, H, REP = 64, 512, 100
+B, H = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (64, 512)
+REP = 100
 rng = cupy.random.default_rng(0)
 f32 = cupy.float32
 h, i, f, o = (rng.standard_normal((B, H), dtype=f32) for _ in range(4))
@@ -98,6 +102,73 @@ def k2048_plus_z():  # gates i, f, o over [h|i|f|o] (k = 2048) and z over h alon
         mm(h, Wz, out["z"])
 
 
+# One strided-batched call (cublasGemmStridedBatchedEx) for the three gate GEMMs: the states i, f, o adjacent in
+# one allocation ([3, B, H]), the three weight stacks adjacent ([3, 3H, H]), the outputs adjacent ([3, B, 3H]):
+# what storage would have to guarantee; no side-by-side matrix to form, no regrouping of the cell's sums.
+ifo3 = rng.standard_normal((3, B, H), dtype=f32)
+Wg3 = rng.standard_normal((3, 3 * H, H), dtype=f32)
+out3 = cupy.empty((3, B, 3 * H), f32)
+
+
+def batched3():
+    stream = cupy.cuda.get_current_stream().ptr
+    stream = stream if stream in LANES else main.ptr
+    cublas.gemm_batched(B, 3 * H, H, ifo3.data.ptr, H, False, Wg3.data.ptr, H, True, out3.data.ptr, 3 * H, False,
+                        TYPES, stream, LANES[stream], 3, (B * H, 3 * H * H, B * 3 * H))
+
+
+def h_and_batched3():  # h's GEMM beside the batched one (two streams)
+    at_once(lambda: mm(h, Whh, out["g1"]), batched3)
+
+
+# The backward step: dh = G0 @ R (G0 [B, 4H], k = 4H) and, for each state s of i, f, o, ds = G3 @ R_s (G3 [B, 3H]
+# the gate gradients of i, f, o, R_s [3H, H]): four GEMMs on four streams today; the three as one batched call
+# (A shared: stride 0; the weight stacks and the outputs adjacent).
+G0 = rng.standard_normal((B, 4 * H), dtype=f32)
+G3 = rng.standard_normal((B, 3 * H), dtype=f32)
+dh, ds3 = cupy.empty((B, H), f32), cupy.empty((3, B, H), f32)
+
+
+def bmm(a, w, c):  # c[M, N] = a[M, K] @ w[K, N]
+    stream = cupy.cuda.get_current_stream().ptr
+    (M, K), N = a.shape, w.shape[1]
+    cublas.gemm(M, N, K, a.data.ptr, K, False, w.data.ptr, N, False, c.data.ptr, N, False, TYPES, stream,
+                LANES[stream])
+
+
+def bwd_four_streams():
+    at_once(lambda: bmm(G0, Whh, dh), *(lambda k=k: bmm(G3, Wg3[k], ds3[k]) for k in range(3)))
+
+
+def bwd_batched3():
+    stream = cupy.cuda.get_current_stream().ptr
+    stream = stream if stream in LANES else main.ptr
+    cublas.gemm_batched(B, H, 3 * H, G3.data.ptr, 3 * H, False, Wg3.data.ptr, H, False, ds3.data.ptr, H, False,
+                        TYPES, stream, LANES[stream], 3, (0, 3 * H * H, B * H))
+
+
+def bwd_h_and_batched3():
+    at_once(lambda: bmm(G0, Whh, dh), bwd_batched3)
+
+
+Wc_b = rng.standard_normal((3 * H, 3 * H), dtype=f32)  # [R_i. | R_f. | R_o.] side by side: ds = G3 @ Wc_b
+ds_c = cupy.empty((B, 3 * H), f32)
+
+
+def bwd_side_by_side():
+    with main:
+        bmm(G3, Wc_b, ds_c)
+
+
+def bwd_h_and_side_by_side():
+    at_once(lambda: bmm(G0, Whh, dh), lambda: bmm(G3, Wc_b, ds_c))
+
+
+def bwd_vanilla():
+    with main:
+        bmm(G0, Whh, dh)
+
+
 def vanilla():  # the vanilla LSTM's step GEMM, for scale
     with main:
         mm(h, Whh, out["g1"])
@@ -129,5 +200,13 @@ with main:
 main.synchronize()
 assert float(cupy.abs(out["g1"] - h @ Whh.T).max()) < 1e-4 * float(cupy.abs(out["g1"]).max()), "mm is wrong"
 print(cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "cupy", cupy.__version__, f"B={B} H={H}")
-for fn in (vanilla, four_streams, serial4, two_side_by_side, two_streams, one_k2048, k2048_plus_z):
+with main:
+    batched3()
+    bwd_batched3()
+main.synchronize()
+assert float(cupy.abs(out3[1] - ifo3[1] @ Wg3[1].T).max()) < 1e-4 * float(cupy.abs(out3[1]).max()), "batched"
+assert float(cupy.abs(ds3[2] - G3 @ Wg3[2]).max()) < 1e-4 * float(cupy.abs(ds3[2]).max()), "bwd batched"
+for fn in (vanilla, four_streams, serial4, two_side_by_side, two_streams, one_k2048, k2048_plus_z, batched3,
+           h_and_batched3, bwd_vanilla, bwd_four_streams, bwd_batched3, bwd_h_and_batched3,
+           bwd_side_by_side, bwd_h_and_side_by_side):
     print(f"{fn.__name__:18s} {time_graph(fn):7.2f} us a step", flush=True)
