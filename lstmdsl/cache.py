@@ -1,8 +1,8 @@
 """The on-disk cache, in $LSTMDSL_CACHE (default ~/.cache/lstmdsl).
 
-It keeps what is slow to make and cheap to keep: the chorale data (data.py), the spec grammar's parse
-tables (syntax.py, through lark's own cache), each program's rendered CUDA source and its cubin
-(runtime.py), so a spec compiled before loads without building the parser, importing jinja2 or starting
+It keeps what is slow to make and cheap to keep: the chorale data (data.py), each spec text's AST (syntax.py)
+and the grammar's parse tables (parser.py, through lark's own cache), each program's rendered CUDA source
+and its cubin (runtime.py), so a spec compiled before loads without importing lark or jinja2 or starting
 NVRTC. A cache that cannot be
 written (a read-only home) is skipped, and a damaged file is made again: the cache never fails a run.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -61,3 +62,23 @@ def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:
     body = make()
     write_atomically(path, _sha(body) + "\n" + body)
     return body
+
+
+def cached_object(kind: str, key: str, make: Callable[[], object]) -> object:
+    """make(), kept pickled in cache_dir()/kind under the sha256 of key, as cached_text keeps text (the file's
+    first line the sha256 of the pickle: a damaged file is made again). For lstmdsl's own frozen values (the
+    AST): an entry that cannot be read back or pickled is made again or not kept."""
+    path = cache_dir() / kind / f"{_sha(key)[:32]}.pickle"
+    try:
+        head, body = path.read_bytes().split(b"\n", 1)
+        if head.decode() == hashlib.sha256(body).hexdigest():
+            return pickle.loads(body)
+    except Exception:  # noqa: BLE001 - missing, damaged or from a code that no longer unpickles: make it again
+        pass
+    value = make()
+    try:
+        body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, RecursionError, TypeError):
+        return value
+    write_bytes_atomically(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    return value

@@ -1,15 +1,18 @@
 """The on-disk cache ($LSTMDSL_CACHE): made once, used again, made again when damaged, skipped when it
-cannot be written; a damaged grammar cache never shows up as an error."""
+cannot be written; a damaged grammar cache never shows up as an error; a spec parsed before is read back
+without lark."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import lstmdsl
 from lstmdsl import cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +60,7 @@ def test_the_grammar_cache_is_written_and_a_damaged_one_rebuilt(cache_root):
     assert run_check(env).returncode == 0
     (path,) = cache_root.glob("grammar-lark-*.cache")
     path.write_bytes(b"not a pickle\n" * 10)
+    shutil.rmtree(cache_root / "ast")  # (else the spec's AST is read back and lark's tables are not needed)
     r = run_check(env)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert path.read_bytes().startswith(b"not a pickle") is False  # lark wrote it again
@@ -122,3 +126,41 @@ def test_the_compile_thread_fills_the_cache_and_a_forked_child_finishes_what_it_
     gate.set()
     assert nvrtc.settle(10) and done == ["slow"]
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_spec_parsed_before_is_read_back_without_lark(cache_root):
+    """The second process's parse and compile import no lark (syntax.py's AST cache), and read back what a
+    fresh parse makes; a damaged entry is parsed again; a syntax error is never kept."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = ("import sys, lstmdsl; s = lstmdsl.parse('fgr'); "
+            "lstmdsl.compile(s, input_size=3, hidden_size=5, schedule='no fuse gates'); print('lark' in sys.modules)")
+    first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+                     for _ in range(2))
+    assert first.stdout.split() == ["True"], first.stderr
+    assert second.stdout.split() == ["False"], second.stderr
+    entries = sorted((cache_root / "ast").glob("*.pickle"))
+    assert len(entries) == 2  # the spec and the schedule text
+
+    from lstmdsl import parser, syntax
+    from lstmdsl.errors import Source
+    from lstmdsl.resources import shipped_specs
+
+    text = shipped_specs()["fgr"].read_text()
+    fresh = parser.parse_cell(Source(text, "<string>"))
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text) == fresh  # parsed here, kept
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text) == fresh  # read back from the disk
+    for entry in (cache_root / "ast").glob("*.pickle"):
+        entry.write_bytes(entry.read_bytes()[:-7])  # truncated: its digest no longer matches
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text) == fresh
+    assert syntax.parse_cell(text, "other.cell").source.filename == "other.cell"  # (the file name is in the key)
+
+    bad = "cell c {\n  input x\n  state h\n  h' = tanh(W x +)\n  output h'\n}"
+    kept = sorted((cache_root / "ast").glob("*.pickle"))
+    for _ in range(2):
+        syntax._parsed.cache_clear()
+        with pytest.raises(lstmdsl.SpecError, match="4:"):
+            syntax.parse_cell(bad)
+    assert sorted((cache_root / "ast").glob("*.pickle")) == kept
