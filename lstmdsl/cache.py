@@ -32,14 +32,16 @@ def cache_dir() -> Path:
 
 
 def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    """(surrogatepass: a file name that is not UTF-8 reaches Python with lone surrogates, which hash too)"""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def write_bytes_atomically(path: Path, data: bytes) -> bool:
+def write_bytes_atomically(path: Path, data: bytes, sync: bool = True) -> bool:
     """Write a cache entry through a temporary file (files.write_bytes), so a reader never sees half of
-    it; False if the cache cannot be written (the entry is then simply not kept)."""
+    it; False if the cache cannot be written (the entry is then simply not kept). sync=False: no fsync, for an
+    entry whose checksum catches what a crash leaves."""
     try:
-        write_bytes(path, data)
+        write_bytes(path, data, sync)
         return True
     except OutputFileError:
         return False
@@ -64,15 +66,20 @@ def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:
     return body
 
 
-def cached_object(kind: str, key: str, make: Callable[[], object]) -> object:
+def cached_object(kind: str, key: str, make: Callable[[], object], expect: type) -> object:
     """make(), kept pickled in cache_dir()/kind under the sha256 of key, as cached_text keeps text (the file's
-    first line the sha256 of the pickle: a damaged file is made again). For lstmdsl's own frozen values (the
-    AST): an entry that cannot be read back or pickled is made again or not kept."""
+    first line the sha256 of the pickle and of key: a damaged entry, or one not of type expect, is made again).
+    For lstmdsl's own frozen values (the AST). Read only from a folder that this user owns and no one else may
+    write (unpickling runs what the file says): else made each time and not kept."""
     path = cache_dir() / kind / f"{_sha(key)[:32]}.pickle"
+    if not _private(path.parent):
+        return make()
     try:
         head, body = path.read_bytes().split(b"\n", 1)
-        if head.decode() == hashlib.sha256(body).hexdigest():
-            return pickle.loads(body)
+        if head.decode() == hashlib.sha256(body).hexdigest() + _sha(key)[:16]:
+            value = pickle.loads(body)
+            if isinstance(value, expect):
+                return value
     except Exception:  # noqa: BLE001 - missing, damaged or from a code that no longer unpickles: make it again
         pass
     value = make()
@@ -80,5 +87,19 @@ def cached_object(kind: str, key: str, make: Callable[[], object]) -> object:
         body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, RecursionError, TypeError):
         return value
-    write_bytes_atomically(path, hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    write_bytes_atomically(path, (hashlib.sha256(body).hexdigest() + _sha(key)[:16]).encode() + b"\n" + body, False)
     return value
+
+
+def _private(folder: Path) -> bool:
+    """folder (or, before it exists, the first of its parents that does) is this user's and writable by no one
+    else; True where the system has no such notion (no os.getuid)."""
+    if not hasattr(os, "getuid"):
+        return True
+    for p in (folder, *folder.parents):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        return st.st_uid == os.getuid() and not st.st_mode & 0o022
+    return False

@@ -36,7 +36,7 @@ def _umask() -> int:
         return mask
 
 
-def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None], sync: bool = True) -> None:
     """Call write(file) on a temporary file beside path, then rename it to path. Raises OutputFileError
     saying what could not be written and why; the target is then unchanged. A symbolic link is kept: its target
     is what is written. A device, a pipe or a process's file descriptor (-o /dev/stdout) is written in place, as
@@ -67,7 +67,8 @@ def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:  # (off for cache entries that carry their own checksum: a torn one is made again)
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
@@ -77,8 +78,8 @@ def write_atomically(path: Path | str, write: Callable[[io.BufferedWriter], None
         raise
 
 
-def write_bytes(path: Path | str, data: bytes) -> None:
-    write_atomically(path, lambda f: f.write(data))
+def write_bytes(path: Path | str, data: bytes, sync: bool = True) -> None:
+    write_atomically(path, lambda f: f.write(data), sync)
 
 
 def write_text(path: Path | str, text: str) -> None:

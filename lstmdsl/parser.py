@@ -2,7 +2,7 @@
 
 The grammar is grammars/cell.lark (LALR, positions propagated). A small post-lexer turns newlines and
 `;` into statement separators and drops newlines inside parentheses, so long equations can be wrapped.
-A lark Transformer builds syntax.py's frozen AST dataclasses; every node carries its source Span. Syntax
+A lark Transformer builds syntax_tree.py's frozen AST dataclasses; every node carries its source Span. Syntax
 errors become a SpecError with the location, the line, a caret and a hint; lark's own exceptions never
 reach the user. Importing lark and loading its tables is most of a warm compile's time in Python (about 0.1
 s of 0.2 on a slow CPU), which is why syntax.py keeps each text's AST in the cache and imports this module

@@ -33,12 +33,12 @@ __all__ = ["Number", "Ref", "Call", "MatVec", "Neg", "BinOp", "Expr", "InputDecl
 def parse_cell(text: str, filename: str = "<string>") -> CellAST:
     """Parse spec text into a CellAST. Raises SpecError on a syntax error. A UTF-8 byte-order mark at the
     start is skipped."""
-    return _parsed("cell", text.removeprefix("\ufeff"), filename)
+    return _parsed("cell", text.removeprefix("\ufeff"), str(filename))
 
 
 def parse_directives(text: str, filename: str = "<schedule>") -> tuple[Directive, ...]:
     """Parse schedule text ("fuse gates; precision fp32") into directives. Raises SpecError."""
-    return _parsed("schedule", text, filename)
+    return _parsed("schedule", text, str(filename))
 
 
 @functools.lru_cache(maxsize=256)
@@ -53,21 +53,21 @@ def _parsed(start: str, text: str, filename: str):
     code = _code()
     if code is None:
         return parse()
-    return cached_object("ast", "\0".join((start, filename, text, code)), parse)
+    return cached_object("ast", repr((start, filename, text, code)), parse, CellAST if start == "cell" else tuple)
 
 
 @functools.lru_cache(maxsize=None)
 def _code() -> str | None:
-    """A digest of what makes the AST: the grammar, syntax_tree.py, parser.py, errors.py (Source and Span), lark's
-    __init__.py (its version; found, not imported), lstmdsl's version and Python's (its pickles); None where a
-    file cannot be read (no disk cache then)."""
+    """A digest of what makes the AST: the grammar, syntax_tree.py, this module, parser.py, errors.py (Source and
+    Span), lark's __init__.py (its version; found, not imported), lstmdsl's version and Python's (its pickles);
+    None where a file cannot be read (no disk cache then)."""
     here, lark = Path(__file__).parent, importlib.util.find_spec("lark")
     if lark is None or lark.origin is None:
         return None
     digest = hashlib.sha256(f"{__version__} {sys.version_info[:2]}".encode())
     try:
-        for path in (resource_dir("grammars") / "cell.lark", here / "syntax_tree.py", here / "parser.py",
-                     here / "errors.py", Path(lark.origin)):
+        for path in (resource_dir("grammars") / "cell.lark", here / "syntax_tree.py", here / "syntax.py",
+                     here / "parser.py", here / "errors.py", Path(lark.origin)):
             digest.update(path.read_bytes())
     except OSError:
         return None

@@ -4,7 +4,9 @@ without lark."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -164,3 +166,27 @@ def test_a_spec_parsed_before_is_read_back_without_lark(cache_root):
         with pytest.raises(lstmdsl.SpecError, match="4:"):
             syntax.parse_cell(bad)
     assert sorted((cache_root / "ast").glob("*.pickle")) == kept
+
+
+def test_the_ast_cache_refuses_what_it_did_not_write(cache_root):
+    """An entry of another type under a right checksum is parsed again; a folder others may write is not
+    read (unpickling runs what the file says); text and file names that are not UTF-8 (lone surrogates) are
+    kept like any other."""
+    from lstmdsl import syntax
+
+    text = "cell c {\n  input x\n  state h\n  h' = tanh(W x + R h)  # caf\udce9\n  output h'\n}"
+    syntax._parsed.cache_clear()
+    tree = syntax.parse_cell(text, "caf\udce9.cell")
+    (entry,) = (cache_root / "ast").glob("*.pickle")
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text, "caf\udce9.cell") == tree  # read back
+    body = pickle.dumps(42)
+    key_part = entry.read_bytes().split(b"\n", 1)[0][64:]
+    entry.write_bytes(hashlib.sha256(body).hexdigest().encode() + key_part + b"\n" + body)
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text, "caf\udce9.cell") == tree  # not 42
+    (cache_root / "ast").chmod(0o777)
+    entry.write_bytes(b"x")
+    syntax._parsed.cache_clear()
+    assert syntax.parse_cell(text, "caf\udce9.cell") == tree
+    assert entry.read_bytes() == b"x"  # neither read nor written there
