@@ -69,7 +69,7 @@ def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:
 def cached_object(kind: str, key: str, make: Callable[[], object], expect: type) -> object:
     """make(), kept pickled in cache_dir()/kind under the sha256 of key, as cached_text keeps text (the file's
     first line the sha256 of the pickle and of key: a damaged entry, or one not of type expect, is made again).
-    For lstmdsl's own frozen values (the AST). Read only from a folder that this user owns and no one else may
+    For lstmdsl's own frozen values (the AST). Read only from a folder that this user owns and not everyone may
     write (unpickling runs what the file says): else made each time and not kept."""
     path = cache_dir() / kind / f"{_sha(key)[:32]}.pickle"
     if not _private(path.parent):
@@ -92,8 +92,9 @@ def cached_object(kind: str, key: str, make: Callable[[], object], expect: type)
 
 
 def _private(folder: Path) -> bool:
-    """folder (or, before it exists, the first of its parents that does) is this user's and writable by no one
-    else; True where the system has no such notion (no os.getuid)."""
+    """folder (or, before it exists, the first of its parents that does) is this user's and not writable by
+    all (a group may write it: with a umask of 002 a user's own folders are group-writable, as Python's
+    __pycache__ folders, whose files it runs, are then too); True where the system has no such notion."""
     if not hasattr(os, "getuid"):
         return True
     for p in (folder, *folder.parents):
@@ -101,5 +102,5 @@ def _private(folder: Path) -> bool:
             st = p.stat()
         except OSError:
             continue
-        return st.st_uid == os.getuid() and not st.st_mode & 0o022
+        return st.st_uid == os.getuid() and not st.st_mode & 0o002
     return False
