@@ -40,8 +40,9 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/lstmdsl-gpu-check}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+whl=.whl; [ -d "$whl" ] || whl=../../.whl  # (a branch's tree staged as _br/NAME: benchmarks/stage_branch.sh)
+if [ -d "$whl" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$whl"/*.whl && export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
