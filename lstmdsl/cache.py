@@ -55,15 +55,15 @@ def cached_text(kind: str, key: str, make: Callable[[], str]) -> str:
     """make(), kept in cache_dir()/kind under the sha256 of key. The file's first line is the sha256 of
     the rest, so a damaged or truncated file is made again instead of used."""
     path = cache_dir() / kind / f"{_sha(key)[:32]}.txt"
+    body = _checked(path, "")
     try:
-        head, body = path.read_text().split("\n", 1)
-        if head == _sha(body):
-            return body
-    except (OSError, ValueError, UnicodeDecodeError):
+        if body is not None:
+            return body.decode()
+    except UnicodeDecodeError:
         pass
-    body = make()
-    write_atomically(path, _sha(body) + "\n" + body)
-    return body
+    text = make()
+    _write_checked(path, text.encode(), "")
+    return text
 
 
 def cached_object(kind: str, key: str, make: Callable[[], object], expect: type) -> object:
@@ -71,24 +71,39 @@ def cached_object(kind: str, key: str, make: Callable[[], object], expect: type)
     first line the sha256 of the pickle and of key: a damaged entry, or one not of type expect, is made again).
     For lstmdsl's own frozen values (the AST). Read only from a folder that this user owns and not everyone may
     write (unpickling runs what the file says): else made each time and not kept."""
-    path = cache_dir() / kind / f"{_sha(key)[:32]}.pickle"
+    digest = _sha(key)
+    path = cache_dir() / kind / f"{digest[:32]}.pickle"
     if not _private(path.parent):
         return make()
+    body = _checked(path, digest[:16])
     try:
-        head, body = path.read_bytes().split(b"\n", 1)
-        if head.decode() == hashlib.sha256(body).hexdigest() + _sha(key)[:16]:
-            value = pickle.loads(body)
-            if isinstance(value, expect):
-                return value
-    except Exception:  # noqa: BLE001 - missing, damaged or from a code that no longer unpickles: make it again
+        value = pickle.loads(body) if body is not None else None
+        if isinstance(value, expect):
+            return value
+    except Exception:  # noqa: BLE001 - from a code that no longer unpickles: make it again
         pass
     value = make()
     try:
         body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, RecursionError, TypeError):
         return value
-    write_bytes_atomically(path, (hashlib.sha256(body).hexdigest() + _sha(key)[:16]).encode() + b"\n" + body, False)
+    _write_checked(path, body, digest[:16], sync=False)
     return value
+
+
+def _checked(path: Path, tag: str) -> bytes | None:
+    """An entry's body, where its first line is the sha256 of the body followed by `tag`; None where the file is
+    missing, unreadable, damaged or truncated."""
+    try:
+        head, body = path.read_bytes().split(b"\n", 1)
+    except (OSError, ValueError):
+        return None
+    return body if head == (hashlib.sha256(body).hexdigest() + tag).encode() else None
+
+
+def _write_checked(path: Path, body: bytes, tag: str, sync: bool = True) -> None:
+    """Write an entry that _checked(path, tag) reads back (not at all where the cache cannot be written)."""
+    write_bytes_atomically(path, (hashlib.sha256(body).hexdigest() + tag).encode() + b"\n" + body, sync)
 
 
 def _private(folder: Path) -> bool:

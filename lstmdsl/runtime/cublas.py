@@ -253,17 +253,21 @@ def _store(key: str, bare: bool) -> None:
     """Adds a choice to the file (what other processes wrote since this one read it kept; a cache directory
     that cannot be written keeps the choice in this process only)."""
     global _STORED
-    _STORED = {**_read_choices(), **_stored_choices(), key: bare}
-    write_bytes_atomically(cache_dir() / CHOICES, (json.dumps(_STORED, indent=0, sort_keys=True) + "\n").encode())
+    _STORED = _written(CHOICES, bool, _stored_choices(), key, bare)
 
 
 def _store_lt(key: str, algo: str) -> None:
     """As _store, in LT_CHOICES."""
     global _STORED_LT
-    if _STORED_LT is None:
-        _STORED_LT = _read_choices(LT_CHOICES, str)
-    _STORED_LT = {**_read_choices(LT_CHOICES, str), **_STORED_LT, key: algo}
-    write_bytes_atomically(cache_dir() / LT_CHOICES, (json.dumps(_STORED_LT, indent=0, sort_keys=True) + "\n").encode())
+    _STORED_LT = _written(LT_CHOICES, str, _STORED_LT or {}, key, algo)
+
+
+def _written(name: str, kind: type, held: dict, key: str, value) -> dict:
+    """The choices file `name` as it is now, this process's `held` choices and key: value over it, written back
+    and returned."""
+    merged = {**_read_choices(name, kind), **held, key: value}
+    write_bytes_atomically(cache_dir() / name, (json.dumps(merged, indent=0, sort_keys=True) + "\n").encode())
+    return merged
 
 
 def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream,

@@ -58,4 +58,3 @@ class Uniform:
         if not isinstance(drawn, int) or isinstance(drawn, bool) or drawn < 0:
             raise TypeError(f"the masks' generator's count of draws is {drawn!r}, not a count")
         self.count = drawn
-
