@@ -387,7 +387,8 @@ class Layer:
         """half: a float16 array is taken too where the layer runs `precision fp16` (x and dy: see io_dtype)."""
         self._check_kind(what, a)
         if a.dtype != self.dtype and not (half and a.dtype == np.float16 and self._half_io):
-            also = ("; float16 arrays are taken only under `precision fp16`" if half and a.dtype == np.float16 else
+            also = ("; float16 arrays are taken only by a float32 layer under `precision fp16`"
+                    if half and a.dtype == np.float16 else
                     " (and, as it runs `precision fp16`, takes float16)" if half and self._half_io else "")
             raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}{also}; "
                              f"convert it with .astype({'cupy' if self.backend == 'cuda' else 'numpy'}.{self.dtype})")

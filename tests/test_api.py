@@ -197,7 +197,7 @@ def test_float16_arrays_in_and_out_under_precision_fp16(options):
     assert dx16.dtype == np.float16 and np.array_equal(dx16, dx32.astype(np.float16))
     g32, g16 = layers[0].grads(), layers[1].grads()
     assert all(np.array_equal(g16[k], g32[k]) for k in g32)
-    with pytest.raises(UsageError, match="float16 arrays are taken only under `precision fp16`"):
+    with pytest.raises(UsageError, match="float16 arrays are taken only by a float32 layer under `precision fp16`"):
         lstmdsl.compile("peephole", input_size=5, hidden_size=7, schedule="precision bf16").forward(x16)
     with pytest.raises(UsageError, match=r"float64, but the layer computes in float32 \(and, as it runs `precision "
                                          r"fp16`, takes float16\)"):

@@ -453,22 +453,26 @@ def test_half_precision_rounds_and_follows_the_master_weights():
     assert np.linalg.norm(cupy.asnumpy(y1 - y0)) > 1e-2
 
 
-@pytest.mark.parametrize("options,schedule", [({}, ""), ({"dropout": 0.3}, ""), ({"bidirectional": True}, ""),
-                                              ({}, "; persistent"), ({}, "; wavefront")])
-def test_float16_arrays_in_and_out_under_precision_fp16(options, schedule):
+@pytest.mark.parametrize("options,schedule,lengths", [({}, "", None), ({"dropout": 0.3}, "", None),
+                                                      ({"bidirectional": True}, "", None), ({}, "; persistent", None),
+                                                      ({}, "; wavefront", None),
+                                                      ({"bidirectional": True, "dropout": 0.3}, "", "random")])
+def test_float16_arrays_in_and_out_under_precision_fp16(options, schedule, lengths):
     """x and dy in float16 under `precision fp16` (the engines convert; workspaces poisoned first): y and dx are the
     float32 arrays' run rounded to float16 once (to one unit in the last place: two layers, two runs), the final
     states float32, the gradients the float32 run's."""
     x16 = np.random.default_rng(0).standard_normal((13, 17, 33)).astype(np.float16)
+    if lengths is not None:
+        lengths = np.random.default_rng(4).integers(1, 14, 17)
     runs = []
     for half in (False, True):
         layer = lstmdsl.compile("peephole", 33, 100, 2, backend="cuda", schedule="precision fp16" + schedule,
                                 seed=3, **options)
         x = cupy.asarray(x16 if half else x16.astype(np.float32))
-        y, _ = layer.forward(x)
+        y, _ = layer.forward(x, lengths=lengths)
         masks = layer.last_noise()
         layer.zero_grad()
-        y, final = layer.forward(x, noise=masks)
+        y, final = layer.forward(x, noise=masks, lengths=lengths)
         dy16 = np.random.default_rng(1).standard_normal(y.shape).astype(np.float16)
         dx = layer.backward(cupy.asarray(dy16 if half else dy16.astype(np.float32)))
         runs.append((cupy.asnumpy(y), {k: cupy.asnumpy(v) for k, v in final.items()}, cupy.asnumpy(dx),

@@ -57,4 +57,4 @@ def test_float16_arrays_in_and_out_of_the_cuda_layer_in_fp16():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "half_io.py")], capture_output=True,
                        text=True, env=env, timeout=600)
-    assert r.returncode == 0 and r.stdout.count("| OK") == 6, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0 and r.stdout.count("| OK") == 8, r.stdout[-3000:] + r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous).
+"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous; in fp16 also float16).
 
 Parameters live in stacks: the matrices applied to one operand are rows of one [sum of rows, cols] array
 (the plan's WeightStack; parameters() hands out views), so a fused GEMM reads them as one matrix and
@@ -288,7 +288,8 @@ class CudaLayer(Layer):
         return self.directions == 2 or (self.dropout > 0 and self.num_layers > 1)
 
     def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
-        """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [D * L, B, size]}).
+        """x [T, B, input] (CuPy, the layer's dtype, or float16 under `precision fp16`: y then float16 too) ->
+        (y [T, B, output], final state {name: [D * L, B, size]}).
         lengths [B], train and noise: see NumpyLayer.forward."""
         # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;
         # layers run one at a time take theirs from an array)
