@@ -197,6 +197,7 @@ class Layer:
         self._params: list[dict] = []
         self._grads: list[dict] = []
         self._initial_state_grads = None
+        self._io_dtype = self.dtype  # the last training forward's x and y type (float16 in `precision fp16`)
         self._noise_seed = (seed, 0x6E6F6973)  # the masks' generator: its own stream of the layer's seed
         self._last_noise: dict = {}
         self._evaluation_noise: dict = {}
@@ -382,10 +383,14 @@ class Layer:
     def _zeros(self, shape):
         raise NotImplementedError
 
-    def _check_array(self, what: str, a, shape: tuple[int, ...]):
+    def _check_array(self, what: str, a, shape: tuple[int, ...], half: bool = False):
+        """half: a float16 array is taken too where the layer runs `precision fp16` (x and dy: see io_dtype)."""
         self._check_kind(what, a)
-        if a.dtype != self.dtype:
-            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}; "
+        if a.dtype != self.dtype and not (half and a.dtype == np.float16 and self._half_io):
+            also = ("; float16 arrays are taken only by a float32 layer under `precision fp16`"
+                    if half and a.dtype == np.float16 else
+                    " (and, as it runs `precision fp16`, takes float16)" if half and self._half_io else "")
+            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}{also}; "
                              f"convert it with .astype({'cupy' if self.backend == 'cuda' else 'numpy'}.{self.dtype})")
         if a.shape != shape:
             raise UsageError(f"{what} has shape {list(a.shape)}, expected {list(shape)}")
@@ -415,8 +420,14 @@ class Layer:
         T, B = x.shape[:2]
         if T < 1 or B < 1:
             raise UsageError(f"x must have at least one step and one sequence, got shape {list(x.shape)}")
-        self._check_array("x", x, (T, B, self.input_size))
+        self._check_array("x", x, (T, B, self.input_size), half=True)
         return T, B, self._check_state("state", state, B, zeros), self._check_lengths(lengths, T, B)
+
+    @property
+    def _half_io(self) -> bool:
+        """Whether x and dy may be float16 arrays: a float32 layer in `precision fp16` (numpy and CuPy have no
+        bfloat16). y and dx then come back in float16 (x's type; the states stay float32)."""
+        return self.schedule.precision == "fp16" and self.dtype == np.float32
 
     def _check_lengths(self, lengths, T: int, B: int):
         if lengths is None:
@@ -437,5 +448,8 @@ class Layer:
         """dstate (zeros when None, or None: see _check_state) after checking dy and dstate against the last
         forward's shape."""
         T, B = shape
-        self._check_array("dy", dy, (T, B, self.output_size))
+        self._check_array("dy", dy, (T, B, self.output_size), half=True)
+        if dy.dtype != self._io_dtype:  # (dx comes back in dy's type, which must be the training forward's y's)
+            raise UsageError(f"dy has dtype {dy.dtype}, but the training forward's x and y were {self._io_dtype}; "
+                             f"give dy in {self._io_dtype}")
         return self._check_state("dstate", dstate, B, zeros)

@@ -76,6 +76,7 @@ class NumpyLayer(Layer):
         noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
         T, B, state, lengths = self._check_input(x, state, lengths, train=train)
+        io, x = x.dtype, x.astype(self.dtype, copy=False)  # (float16 in `precision fp16`: y comes back in it too)
         masks = self._noise(T, B, train, noise)
         connect = self._dropconnect(masks)  # DropConnect: the recurrent matrices times their masks
         params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]
@@ -83,8 +84,8 @@ class NumpyLayer(Layer):
                                         directions=self.directions, noise=masks)
         if train:  # an evaluation forward leaves the last training forward's activations to backward()
             self._tapes = (tapes, params, connect)
-            self._shape = (T, B)
-        return y, final
+            self._shape, self._io_dtype = (T, B), io
+        return y.astype(io, copy=False), final
 
     def backward(self, dy: np.ndarray, dstate: dict | None = None) -> np.ndarray:
         """dL/dy [T, B, output] (and optionally dL/d final state) -> dL/dx [T, B, input].
@@ -94,6 +95,7 @@ class NumpyLayer(Layer):
         if self._tapes is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
+        dy = dy.astype(self.dtype, copy=False)
         tapes, params, connect = self._tapes
         # a masked matrix's gradient is the mask times the gradient of the product
         grads = [dict(g, **{m: np.zeros_like(g[m]) for m in c}) for g, c in zip(self._grads, connect)]
@@ -101,7 +103,7 @@ class NumpyLayer(Layer):
         for g, tmp, c in zip(self._grads, grads, connect):
             for m, mask in c.items():
                 g[m] += tmp[m] * mask
-        return dx
+        return dx.astype(self._io_dtype, copy=False)
 
 
 @functools.lru_cache(maxsize=64)

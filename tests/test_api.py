@@ -177,3 +177,28 @@ def test_an_evaluation_forward_leaves_the_training_forwards_activations():
     np.testing.assert_array_equal(layer.backward(np.ones_like(y)), dx)
     for k, g in layer.grads().items():
         np.testing.assert_array_equal(g, grads[k])
+
+
+@pytest.mark.parametrize("options", [{}, {"bidirectional": True}])
+def test_float16_arrays_in_and_out_under_precision_fp16(options):
+    """Under `precision fp16` x and dy may be float16 (numpy and CuPy have no bfloat16): y and dx come back in
+    float16, the float32 results rounded once, the states in float32; elsewhere float16 is refused, and a float16
+    forward wants a float16 dy."""
+    layers = [lstmdsl.compile("peephole", input_size=5, hidden_size=7, num_layers=2, schedule="precision fp16",
+                              seed=3, **options) for _ in range(2)]
+    x16 = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float16)
+    (y32, f32), (y16, f16) = layers[0].forward(x16.astype(np.float32)), layers[1].forward(x16)
+    assert y16.dtype == np.float16 and np.array_equal(y16, y32.astype(np.float16))
+    assert all(f16[k].dtype == np.float32 and np.array_equal(f16[k], f32[k]) for k in f32)
+    dy16 = np.random.default_rng(1).standard_normal(y16.shape).astype(np.float16)
+    with pytest.raises(UsageError, match="training forward's x and y were float16; give dy in float16"):
+        layers[1].backward(dy16.astype(np.float32))
+    dx32, dx16 = layers[0].backward(dy16.astype(np.float32)), layers[1].backward(dy16)
+    assert dx16.dtype == np.float16 and np.array_equal(dx16, dx32.astype(np.float16))
+    g32, g16 = layers[0].grads(), layers[1].grads()
+    assert all(np.array_equal(g16[k], g32[k]) for k in g32)
+    with pytest.raises(UsageError, match="float16 arrays are taken only by a float32 layer under `precision fp16`"):
+        lstmdsl.compile("peephole", input_size=5, hidden_size=7, schedule="precision bf16").forward(x16)
+    with pytest.raises(UsageError, match=r"float64, but the layer computes in float32 \(and, as it runs `precision "
+                                         r"fp16`, takes float16\)"):
+        layers[1].forward(x16.astype(np.float64))

@@ -341,16 +341,16 @@ class Engine:
 
     def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
                 hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
-                x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | None = None) -> None:
+                x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | tuple | None = None) -> None:
         """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]},
         contiguous device arrays of the program's element type, given by address; steps: the per-step inputs ([T, B,
         n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows
         where x or y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
         function returning (y, hn, owner), called once the first layer's work is issued, so the caller allocates its
         outputs while the GPU already runs (if it raises, an earlier training forward's activations are gone: its
-        tape is dropped first). x and y are of io_type where given (mixed precision: the half type), converted; the
-        rest of the plan's element type."""
-        cell = self.program.plan.cell
+        tape is dropped first). x and y are of io_type where given (mixed precision: the half type; a pair (x's, y's)
+        where they differ), converted; the rest of the plan's element type."""
+        cell, (x_type, y_type) = self.program.plan.cell, io_type if isinstance(io_type, tuple) else (io_type, io_type)
         workspaces = self.workspace(T, B, train, stream)
         self.tape = None if train and isinstance(self.tape, tuple) and self.tape[0] == (T, B, True) else self.tape
         wave = self.parts is None and self.wave_steps(workspaces)  # profiling times the layers one at a time
@@ -367,7 +367,7 @@ class Engine:
                 self._get(ws, f"state:{s.name}", hn[s.name] + k * self._state_bytes(ws, s), stream)
 
         if wave:  # every layer's inputs first (a layer's x is the layer below's y already: wave_steps)
-            self._put(workspaces[0], "x", x, x_pitch, stream, io_type)
+            self._put(workspaces[0], "x", x, x_pitch, stream, x_type)
             for k, ws in enumerate(workspaces):
                 put(k, ws)
                 self._zero(ws, zero, stream)
@@ -376,7 +376,7 @@ class Engine:
                 y, hn, owner = y()
             for k, ws in enumerate(workspaces):
                 get(k, ws)
-        src, src_pitch, src_type = x, x_pitch, io_type
+        src, src_pitch, src_type = x, x_pitch, x_type
         for k, ws in enumerate(workspaces if not wave else ()):
             self._put(ws, "x", src, src_pitch, stream, src_type)
             put(k, ws)
@@ -385,22 +385,22 @@ class Engine:
                 y, hn, owner = y()
             get(k, ws)
             src, src_pitch, src_type = self.output_region(ws, "y")
-        self._get(workspaces[-1], "y", y, stream, y_pitch, io_type)
+        self._get(workspaces[-1], "y", y, stream, y_pitch, y_type)
         self.tape = ((T, B, train), owner) if train else self.tape
 
     def tape_owner(self, T: int, B: int):
-        """The owner given with the training forward whose activations the workspaces hold for (T, B), or
-        None when they hold none."""
+        """The owner given with the training forward whose activations the workspaces hold for (T, B), or None."""
         if not isinstance(self.tape, tuple) or self.tape[0] != (T, B, True) or self.tape[0] not in self.workspaces:
             return None
         return self.tape[1]
 
     def backward(self, params: list[Binding], dy: int, dhn: dict[str, int | None], dx: int | None,
                  dh0: dict[str, int | None], stream: int, dy_pitch: int | None = None,
-                 io_type: str | None = None) -> None:
+                 io_type: str | tuple | None = None) -> None:
         """dy [T, B, output], dhn {state: [L, B, size] or None for zeros} -> dx [T, B, input], dh0 (dx or a state's
         None: not wanted, not copied out); adds the parameter gradients into the addresses of params (Binding.grads
-        and vector_grads). io_type: the type of dy and dx where it is not the plan's (converted in and out)."""
+        and vector_grads). io_type: dy's and dx's type where not the plan's (converted; a pair where they differ)."""
+        dy_type, dx_type = io_type if isinstance(io_type, tuple) else (io_type, io_type)
         if not isinstance(self.tape, tuple) or self.tape[0] not in self.workspaces:
             raise LstmdslError("backward() needs a forward() with train=True first" + (
                 "; the last one's activations were used by a backward already (this cell's backward writes its "
@@ -426,14 +426,14 @@ class Engine:
 
         if self._backward_wave() and workspaces[0].wave and self.parts is None:
             # a backward wavefront (Wavefront.backward): every layer's inputs first; the top layer's dy
-            self._put(workspaces[-1], "dy", dy, dy_pitch, stream, io_type)
+            self._put(workspaces[-1], "dy", dy, dy_pitch, stream, dy_type)
             for k, ws in enumerate(workspaces):
                 states_in(k, ws)
             self._run_wave(workspaces, params, stream, "backward")
             for k, ws in enumerate(workspaces):
                 states_out(k, ws)
         else:
-            src, src_pitch, src_type = dy, dy_pitch, io_type
+            src, src_pitch, src_type = dy, dy_pitch, dy_type
             for k in reversed(range(len(workspaces))):
                 ws = workspaces[k]
                 # dy first: it comes from the layer above's dx, whose memory this layer's dx may share (Workspace)
@@ -443,7 +443,7 @@ class Engine:
                 states_out(k, ws)
                 src, src_pitch, src_type = self.output_region(ws, "dx")
         if dx is not None:
-            self._get(workspaces[0], "dx", dx, stream, dst_type=io_type)
+            self._get(workspaces[0], "dx", dx, stream, dst_type=dx_type)
 
     def _state_bytes(self, ws: Workspace, s) -> int:
         """Bytes of one layer's state in the caller's [L, B, size] array (of the plan's element type)."""

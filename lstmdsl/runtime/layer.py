@@ -1,4 +1,4 @@
-"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous).
+"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous; in fp16 also float16).
 
 Parameters live in stacks: the matrices applied to one operand are rows of one [sum of rows, cols] array
 (the plan's WeightStack; parameters() hands out views), so a fused GEMM reads them as one matrix and
@@ -7,12 +7,11 @@ one G^T V updates them. The layer owns its arrays and hands their addresses to t
 Mixed precision (`precision bf16` / `fp16`): the parameters and gradients stay float32 (the master
 weights, what optimizers update); the GEMMs read half-precision copies of the stacks, refreshed from the
 masters at the start of every forward (one conversion per stack: a few microseconds). Inputs, outputs and
-states are float32 arrays in this API; the workspaces keep the half-precision values.
+states are float32 arrays in this API, or in `precision fp16` x and dy float16 arrays, y and dx then float16 too
+(converted by the engines; CuPy has no bfloat16); the workspaces keep the half-precision values.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
@@ -289,11 +288,13 @@ class CudaLayer(Layer):
         return self.directions == 2 or (self.dropout > 0 and self.num_layers > 1)
 
     def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
-        """x [T, B, input] (CuPy, the layer's dtype) -> (y [T, B, output], final state {name: [D * L, B, size]}).
+        """x [T, B, input] (CuPy, the layer's dtype, or float16 under `precision fp16`: y then float16 too) ->
+        (y [T, B, output], final state {name: [D * L, B, size]}).
         lengths [B], train and noise: see NumpyLayer.forward."""
         # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;
         # layers run one at a time take theirs from an array)
         T, B, state, lengths = self._check_input(x, state, lengths, zeros=self._split, train=train)
+        io = "f16" if x.dtype == np.float16 else None  # (`precision fp16`: y in float16 too, the engines convert)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)
@@ -318,24 +319,25 @@ class CudaLayer(Layer):
             out = []
 
             def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
-                out.append(cupy.empty((T, B, self.output_size), self.dtype))
+                out.append(cupy.empty((T, B, self.output_size), x.dtype))
                 out.append({n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()})
                 return out[0].data.ptr, {n: a.data.ptr for n, a in out[1].items()}, None
 
-            self._engine(masked).forward(T, B, train, binds, x.data.ptr, h0, outputs, None, stream, steps=steps)
+            self._engine(masked).forward(T, B, train, binds, x.data.ptr, h0, outputs, None, stream, steps=steps,
+                                         io_type=io)
             y, final = out
         else:
-            y = cupy.empty((T, B, self.output_size), self.dtype)
+            y = cupy.empty((T, B, self.output_size), x.dtype)
             final = {n: cupy.empty(s, self.dtype) for n, s in self.state_shapes(B).items()}
             hn = {n: a.data.ptr for n, a in final.items()}
-            item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
-                                                      for n, s in self.state_shapes(B).items()}
+            state_bytes = {n: B * s[2] * self.dtype.itemsize for n, s in self.state_shapes(B).items()}
             inp = x
             for k in range(self.num_layers):
                 last = k == self.num_layers - 1
                 width = self.directions * self.sizes[k][self.cell.output_size]
                 out = y if last else cupy.empty((T, B, width), self.dtype)
-                half = width // self.directions
+                half, item = width // self.directions, out.itemsize
+                types = (io if k == 0 else None, io if last else None)  # (x's and y's where not float32)
                 units = [self.directions * k + d for d in range(self.directions)]
                 for u in units:  # allocated (and, in tests, poisoned) on this stream before the fork
                     self._engine(masked, u).workspace(T, B, train, stream)
@@ -344,12 +346,13 @@ class CudaLayer(Layer):
                     self._engine(masked, u).forward(
                         T, B, train, [binds[u]], inp.data.ptr, {n: p + u * state_bytes[n] for n, p in h0.items()},
                         out.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in hn.items()}, s,
-                        steps=dict(steps, **unit), y_pitch=width * item)
+                        steps=dict(steps, **unit), y_pitch=width * item, io_type=types)
                 self._join(stream)
                 between = masks.get(f"l{k}.between")
                 inp = out * between if between is not None else out
         if train:
             self._shape, self._lengths, self._binds, self._connect = (T, B), masked, binds, connect
+            self._io_dtype = x.dtype
         return y, final
 
     def backward(self, dy, dstate: dict | None = None):
@@ -365,29 +368,32 @@ class CudaLayer(Layer):
         dh0 = {n: a.data.ptr for n, a in d0.items()}
         for u in range(len(self.units)):
             self._connect_grads(u, before=True)
+        io = "f16" if dy.dtype == np.float16 else None  # (dx in dy's type: float16 in `precision fp16`)
         if not self._split:
-            dx = cupy.empty((T, B, self.input_size), self.dtype)
-            self._engine(self._lengths).backward(self._binds, dy.data.ptr, dhn, dx.data.ptr, dh0, stream)
+            dx = cupy.empty((T, B, self.input_size), dy.dtype)
+            self._engine(self._lengths).backward(self._binds, dy.data.ptr, dhn, dx.data.ptr, dh0, stream, io_type=io)
         else:
-            item, state_bytes = self.dtype.itemsize, {n: B * s[2] * self.dtype.itemsize
-                                                      for n, s in self.state_shapes(B).items()}
+            state_bytes = {n: B * s[2] * self.dtype.itemsize for n, s in self.state_shapes(B).items()}
             g = dy
             for k in reversed(range(self.num_layers)):
                 between = self._last_noise.get(f"l{k}.between")
                 if between is not None:
                     g = g * between
                 width = self.sizes[k]["input"]
-                parts = [cupy.empty((T, B, width), self.dtype) for _ in range(self.directions)]
-                half = g.shape[-1] // self.directions
+                # (float16 only for the caller's dx; two directions' parts are added in float32 first)
+                typed = io if k == 0 and self.directions == 1 else None
+                parts = [cupy.empty((T, B, width), dy.dtype if typed else self.dtype) for _ in range(self.directions)]
+                half, item = g.shape[-1] // self.directions, g.itemsize
+                types = ("f16" if g.dtype == np.float16 else None, typed)  # (dy's and dx's where not float32)
                 for d, s in enumerate(self._streams(stream)):
                     u = self.directions * k + d
                     self._engine(self._lengths, u).backward(
                         [self._binds[u]], g.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in dhn.items()},
                         parts[d].data.ptr, {n: p + u * state_bytes[n] for n, p in dh0.items()}, s,
-                        dy_pitch=g.shape[-1] * item)
+                        dy_pitch=g.shape[-1] * item, io_type=types)
                 self._join(stream)
                 g = parts[0] + parts[1] if self.directions == 2 else parts[0]
-            dx = g
+            dx = g.astype(dy.dtype, copy=False)
         for u in range(len(self.units)):
             self._connect_grads(u, before=False)
         self._initial_state_grads = d0
@@ -413,38 +419,6 @@ class CudaLayer(Layer):
         Every unit of a bidirectional or dropout stack is timed; in the op-by-op run the two directions
         take turns on one stream, so parts add up to their serial time.
         """
-        from ..timing import spin, time_gpu
+        from .layer_profile import profile
 
-        y, _ = self.forward(x)
-        ones = cupy.ones_like(y)
-        graphs = {"forward": time_gpu(lambda: self.forward(x, train=False), repeat),
-                  "train": time_gpu(lambda: (self.forward(x), self.backward(ones)), repeat)}
-        saved = self.use_graphs, self.overlap_directions
-        self.use_graphs, self.overlap_directions = False, False  # op by op, one stream
-        engines = list(self._engines.values())
-        try:
-            cupy.cuda.Device().synchronize()
-            t0 = time.perf_counter()
-            self.forward(x)
-            self.backward(ones)
-            issue_ms = 1e3 * (time.perf_counter() - t0)  # the host's time to issue the un-graphed run
-            cupy.cuda.Device().synchronize()
-            engines = list(self._engines.values())  # every unit's engine, both directions included
-            for e in engines:
-                e.parts = {}
-            held_ms = 2 * issue_ms + 5
-            for run in (lambda: self.forward(x), lambda: self.backward(ones)):  # each held apart: shorter queues
-                spin(held_ms)
-                run()
-                cupy.cuda.Device().synchronize()
-            parts, calls = {}, {}
-            for engine in engines:
-                for kind, events in engine.parts.items():
-                    parts[kind] = parts.get(kind, 0.0) + sum(cupy.cuda.get_elapsed_time(a, b) for a, b in events)
-                    calls[kind] = calls.get(kind, 0) + len(events)
-        finally:
-            for e in engines:
-                e.parts = None
-            self.use_graphs, self.overlap_directions = saved
-        self.zero_grad()
-        return {"parts_ms": parts, "parts_calls": calls, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}
+        return profile(self, x, repeat)
