@@ -58,3 +58,12 @@ def test_float16_arrays_in_and_out_of_the_cuda_layer_in_fp16():
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "half_io.py")], capture_output=True,
                        text=True, env=env, timeout=600)
     assert r.returncode == 0 and r.stdout.count("| OK") == 8, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_a_warm_start_renders_no_source(tmp_path):
+    """The persistent kernels compiled for a launch's shape come from the disk cache in a later process, as the
+    program's source does (tests/emulated/warm_source.py): its compile and first forward import no jinja2."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LSTMDSL_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "warm_source.py")], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "| OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
