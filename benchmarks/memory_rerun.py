@@ -84,7 +84,7 @@ def main() -> int:
                 old.pop("memory_error", None)
                 if "memory" in got:
                     old["memory"] = got["memory"]
-                    for key in ("pool_memory", "cublas_workspaces_kept"):  # (lstmdsl's: its pool's figure beside)
+                    for key in ("pool_memory", "cublas_workspaces_kept", "io"):  # (lstmdsl's: its pool's figure beside)
                         if key in got:
                             old[key] = got[key]
                 else:  # (out of memory now, or not run: the old figure was counted the old way)

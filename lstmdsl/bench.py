@@ -8,7 +8,8 @@ Competitors, on the same data and weights:
             operations (built from the spec's IR, so every spec has one: lstmdsl/eager.py); forward is an
             inference (regularisers at their expectations), and a cell with regularisers is checked so;
   compile   the same module with its step function under torch.compile (default mode).
-In bf16 and fp16 the competitors are lstmdsl (its layer API: float32 in and out, half inside) and cuDNN
+In bf16 and fp16 the competitors are lstmdsl (its layer API, half inside: in fp16 float16 x and dy in, y and dx
+out, since 2026-12-06, the row's lstmdsl "io"; in bf16 float32, as numpy and CuPy have no bfloat16) and cuDNN
 with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
 one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
@@ -22,7 +23,7 @@ weights or gradients; not counted are the harness's tensors (x, which lstmdsl re
 takes the gradient, the reference output the others are checked against), anything from before the case, and
 torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
 counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
-counts for it, as lstmdsl's own half copy counts for lstmdsl. For lstmdsl, the peak of the bytes in use from CuPy's
+counts for it, as lstmdsl's own half copy counts for lstmdsl (in fp16 the harness's float16 copy that it reads). For lstmdsl, the peak of the bytes in use from CuPy's
 memory pool over a call made after its check and a first call (the timed calls run without the hook, whose
 callbacks cost host time), counting what was taken from the layer's build on and is still in use then or taken
 during the call, as torch's peak is reset after its competitors' first calls (PeakInUse, a CuPy memory hook: its
@@ -191,7 +192,11 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     with in_use:
         layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
-    xc = cupy.from_dlpack(x)
+    # the layer API takes float16 arrays under fp16 (x, dy; y and dx come back so): its input is then x's float16
+    # copy, counted as its memory below as cuDNN's half copy is counted as cuDNN's
+    io = np.float16 if precision == "fp16" else np.float32
+    x_io = x.to(torch.float16) if io is np.float16 else x
+    xc = cupy.from_dlpack(x_io)
     tol = {"fp32": 1e-4, "bf16": 5e-2}.get(precision, 2e-2)
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
            "precision": precision, "bench_version": BENCH_VERSION, "flops": flops(layer, batch, steps, mode),
@@ -218,14 +223,15 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             # (a cell with regularisers is checked in expectation, as the others are: their masks are their own)
             with in_use:  # (the hook's calls cost host time: the timed calls run without it)
                 check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train" and not noisy)[0]))
-                ones = cupy.ones((steps, batch, layer.output_size), np.float32)
+                ones = cupy.ones((steps, batch, layer.output_size), io)
                 fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
                     (lambda: (layer.forward(xc), layer.backward(ones)))
                 fn()
                 in_use.peak = in_use.in_use  # (what the first calls made and freed is not counted: as for torch's)
                 fn()
-            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": in_use.peak,
-                                                                 "pool_memory": int(pool.total_bytes() - base)}
+            own = x_io.nbytes if io is np.float16 else 0  # (x itself, float32, is the harness's: not counted)
+            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": in_use.peak + own, "io": np.dtype(io).name,
+                                                                 "pool_memory": int(pool.total_bytes() - base) + own}
             if gpu_time:
                 row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
             # its cuBLAS workspaces that an earlier case made (the pool's count has those this case made)
@@ -246,7 +252,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     # the gradient; in half precision the torch competitors' input is x's half copy, counted as theirs (lstmdsl
     # makes one of its own, counted as its)
     if half is not None:
-        x = x.to(half)
+        x = x_io if half is torch.float16 else x.to(half)
     xg = x.clone().requires_grad_(True)
     own_input = x.nbytes if half is not None else 0
 

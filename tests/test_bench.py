@@ -98,7 +98,7 @@ def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeyp
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["forward", "train"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
     """A torch competitor's memory in a benchmark row is what its module takes measured alone (weights, gradients
     made anew each call, activations; in half precision its half-precision input): not torch's memory from before
@@ -109,7 +109,7 @@ def test_cudnn_memory_is_what_cudnn_alone_takes(mode, precision):
     from lstmdsl.bench import bench_case, flatten_bf16
 
     B, H, T = 64, 512, 100
-    half = {"bf16": torch.bfloat16}.get(precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     held = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, mode, precision=precision, repeat=2,
                      competitors=("lstmdsl", "cudnn", "eager"))
@@ -162,14 +162,32 @@ def test_peak_in_use_counts_the_blocks_taken_while_entered():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_lstmdsl_memory_is_its_peak_in_use(precision):
     """lstmdsl's training memory in a row is at most what its pool held (cached blocks included) and at least its
-    output, the harness's output gradient and its input gradient (float32 arrays of [T, B, H] each)."""
+    output, the harness's output gradient and its input gradient (arrays of [T, B, H] each: float32, float16 in
+    fp16, where the harness gives the layer API float16 arrays)."""
     from lstmdsl.bench import bench_case
 
     B, H, T = 64, 512, 100
     row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=precision, repeat=2,
                      competitors=("lstmdsl",))
     r = row["results"]["lstmdsl"]
-    assert 3 * T * B * H * 4 <= r["memory"] <= r["pool_memory"], r
+    item = 2 if precision == "fp16" else 4
+    assert r["io"] == ("float16" if precision == "fp16" else "float32")
+    assert 3 * T * B * H * item <= r["memory"] <= r["pool_memory"], r
+
+
+@pytest.mark.gpu
+def test_the_benchmarks_float16_arrays_take_less_training_memory_than_float32_ones():
+    """In fp16 the harness gives lstmdsl's layer API float16 x and dy (y and dx come back so), as cuDNN gets half
+    tensors; bf16 keeps float32 arrays (CuPy has no bfloat16) with the same half-precision layer inside. fp16's
+    training row is below bf16's by y's, dy's and dx's halves less the float16 input it reads, counted as its own
+    (bf16's float32 x is the harness's): two [T, B, H] float16 arrays."""
+    from lstmdsl.bench import bench_case
+
+    B, H, T = 64, 512, 100
+    rows = {p: bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=p, repeat=2,
+                          competitors=("lstmdsl",))["results"]["lstmdsl"] for p in ("bf16", "fp16")}
+    saved = rows["bf16"]["memory"] - rows["fp16"]["memory"]
+    assert saved >= 2 * T * B * H * 2 - (1 << 20), (saved, rows)
