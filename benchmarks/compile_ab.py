@@ -14,18 +14,19 @@ code = ("import time, sys, cupy, lstmdsl; cupy.cuda.Device().synchronize(); t=ti
         "l.forward(cupy.zeros((1, 1, 64), dtype=cupy.float32), train=False); cupy.cuda.Device().synchronize(); "
         "print(c, time.perf_counter()-t)")
 trees = sys.argv[1:]
-if not trees:
-    sys.exit(__doc__)
+index = {t: k for k, t in enumerate(trees)}
+if len(index) < 2:
+    sys.exit(__doc__ + "\n(two different trees at least)")
 for tree in trees:
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "lstmdsl")], check=False)
 for spec in ("vanilla", "gru", "cifg", "layernorm"):
     res = {t: [] for t in trees}
     for t in trees:
-        c = f"/tmp/lstmdsl-ab-cache-{trees.index(t)}"
+        c = f"/tmp/lstmdsl-ab-cache-{index[t]}"
         subprocess.run(["rm", "-rf", c, c + "-cupy"], check=True)
     for i in range(6):
         for t in trees:
-            c = f"/tmp/lstmdsl-ab-cache-{trees.index(t)}"
+            c = f"/tmp/lstmdsl-ab-cache-{index[t]}"
             env = dict(os.environ, CUPY_CACHE_DIR=c + "-cupy", LSTMDSL_CACHE=c,
                        PYTHONPATH=os.path.abspath(t) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             out = subprocess.run([sys.executable, "-c", code, spec], env=env, capture_output=True, text=True,

@@ -84,9 +84,11 @@ def main() -> int:
                 old.pop("memory_error", None)
                 if "memory" in got:
                     old["memory"] = got["memory"]
-                    for key in ("pool_memory", "cublas_workspaces_kept", "io"):  # (lstmdsl's: its pool's figure beside)
-                        if key in got:
+                    for key in ("pool_memory", "cublas_workspaces_kept", "input_memory"):  # (lstmdsl's: its pool's
+                        if key in got:                                                     # figure beside)
                             old[key] = got[key]
+                    if "io" in got:  # (the arrays its memory was measured with: the row's times keep their own)
+                        old["memory_io"] = got["io"]
                 else:  # (out of memory now, or not run: the old figure was counted the old way)
                     old.pop("memory", None)
                     old["memory_error"] = got.get("error", "not measured")

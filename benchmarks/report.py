@@ -16,7 +16,6 @@ import math
 import sys
 from pathlib import Path
 
-from lstmdsl.bench import BENCH_VERSION
 from lstmdsl.files import write_bytes, write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +165,7 @@ def harness_note(data: dict) -> str:
     (lstmdsl/bench.py's BENCH_VERSION 1) timed cuDNN's forward in training mode and counted into the torch
     competitors' memory what was not theirs; benchmarks/memory_rerun.py measures the memory again."""
     rows, m = data["rows"], data["meta"]
-    old_times = sum(r.get("bench_version", 1) < BENCH_VERSION for r in rows)
+    old_times = sum(r.get("bench_version", 1) < 2 for r in rows)  # (version 2's change: later ones keep it)
     if not old_times:
         return ""
     text = (f"**Measured with the harness before 2026-12-04** ({old_times} of {len(rows)} rows; lstmdsl/bench.py): "
@@ -175,7 +174,7 @@ def harness_note(data: dict) -> str:
             "columns favour lstmdsl until these rows are measured again.")
     again = [r for r in rows if r.get("memory_rerun")]
     if again and "memory" in m:
-        done = sum(r.get("memory_version") == BENCH_VERSION for r in again)
+        done = sum(r.get("memory_version", 1) >= 2 for r in again)
         text += (f" The memory of {len(again)} rows was measured again on {m['memory']['date']} (`"
                  f"{m['memory']['command']}`): "
                  + (f"{done} of them as the harness now counts it" if done else

@@ -19,24 +19,28 @@ zero_grad()); "forward" runs cuDNN's LSTM in eval mode (its inference kernels).
 
 Memory. For each torch competitor, torch's max_memory_allocated over its timed calls less what torch held when
 its turn began: the competitors run one after the other, each built then and dropped after, so none holds another's
-weights or gradients; not counted are the harness's tensors (x, which lstmdsl reads where it lies, the copy that
-takes the gradient, the reference output the others are checked against), anything from before the case, and
+weights or gradients; not counted are the harness's tensors (x in float32, which lstmdsl reads where it lies but
+in fp16, the copy that takes the gradient, the reference output the others are checked against), anything from
+before the case, and
 torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
 counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
-counts for it, as lstmdsl's own half copy counts for lstmdsl (in fp16 the harness's float16 copy that it reads). For lstmdsl, the peak of the bytes in use from CuPy's
+counts for it; lstmdsl's own half copy counts for lstmdsl, and in fp16 the harness's float16 copy that it reads
+too ("input_memory"). For lstmdsl, the peak of the bytes in use from CuPy's
 memory pool over a call made after its check and a first call (the timed calls run without the hook, whose
 callbacks cost host time), counting what was taken from the layer's build on and is still in use then or taken
 during the call, as torch's peak is reset after its competitors' first calls (PeakInUse, a CuPy memory hook: its
-parameters, gradients, workspaces, outputs and the harness's float32 output gradient; the counterpart of torch's
+parameters, gradients, workspaces, outputs and the harness's output gradient; the counterpart of torch's
 max_memory_allocated), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the process:
 cublas.workspaces_reused). Rows also keep "pool_memory": what the pool held after the calls beyond what it held
-before (freed blocks still cached included: an upper bound of the peak), lstmdsl's count in rows measured before
+before (freed blocks still cached included: an upper bound of the peak), with the same kept workspaces and float16
+input added, lstmdsl's count in rows measured before
 the hook (their "memory": the rows measured on 2026-12-04 and before).
 
 Until 2026-12-04 the torch competitors' figures held all that torch held (in every grid, torch's 32 MiB cuBLAS
 workspace from the GEMM-rate measurement, the inputs, the reference output), their training kept the previous
 call's gradients through each backward, and the cuDNN "forward" ran in training mode: the committed figures
-measured before that favour lstmdsl (BENCH_VERSION names the way a row was measured).
+measured before that favour lstmdsl (BENCH_VERSION names the way a row was measured). Until 2026-12-06 lstmdsl's
+layer API got float32 x and dy in fp16 too (its y, dy and dx float32 arrays, each twice cuDNN's half ones).
 """
 
 from __future__ import annotations
@@ -121,7 +125,8 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, (_torch().cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError))
 
 
-BENCH_VERSION = 2  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since
+BENCH_VERSION = 3  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since, 3 since
+# 2026-12-06 (fp16: float16 arrays in and out of lstmdsl's layer API; the other precisions measure as in 2)
 MEMORY_COUNTED = "peak_in_use"  # how lstmdsl's "memory" is counted now (module docstring; benchmarks/memory_rerun.py)
 
 
@@ -230,8 +235,9 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
                 in_use.peak = in_use.in_use  # (what the first calls made and freed is not counted: as for torch's)
                 fn()
             own = x_io.nbytes if io is np.float16 else 0  # (x itself, float32, is the harness's: not counted)
-            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {"memory": in_use.peak + own, "io": np.dtype(io).name,
-                                                                 "pool_memory": int(pool.total_bytes() - base) + own}
+            row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {
+                "memory": in_use.peak + own, "io": np.dtype(io).name, "input_memory": own,
+                "pool_memory": int(pool.total_bytes() - base) + own}
             if gpu_time:
                 row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
             # its cuBLAS workspaces that an earlier case made (the pool's count has those this case made)
@@ -250,7 +256,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
     # the harness's inputs, counted for no competitor: x, which lstmdsl reads where it lies, and the copy that takes
     # the gradient; in half precision the torch competitors' input is x's half copy, counted as theirs (lstmdsl
-    # makes one of its own, counted as its)
+    # makes one of its own in bf16, counted as its; in fp16 it read this same copy, counted as its too)
     if half is not None:
         x = x_io if half is torch.float16 else x.to(half)
     xg = x.clone().requires_grad_(True)

@@ -11,7 +11,9 @@ typed and kernels are found by name.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 from . import draws
 from .ir import ROW, per_head
@@ -375,6 +377,23 @@ TEMPLATES = ("pointwise.cu.j2", "persistent.cu.j2", "half_types.cu.j2", "half_pr
 
 def template_text() -> str:
     return "".join((resource_dir("templates") / name).read_text() for name in TEMPLATES)
+
+
+def generator_digest() -> str:
+    """A digest of what turns kernel descriptions into CUDA source (the templates, this module, kerneldesc.py, ops.py),
+    read once per process and templates folder (probes render from an edited copy: resource_dir points at it). In
+    the key of every source in the disk cache (program.build_program, runtime/specialise.request): a changed
+    generator never gets an earlier one's source (the version is not bumped for such changes)."""
+    return _digest(str(resource_dir("templates")))
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(templates: str) -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256(template_text().encode())
+    for name in ("codegen.py", "kerneldesc.py", "ops.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

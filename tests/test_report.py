@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lstmdsl.bench import BENCH_VERSION
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 report = pytest.importorskip("report")
@@ -46,15 +48,17 @@ def test_a_grid_page_says_how_its_rows_were_measured_and_shows_memory_measured_a
     old = {"meta": META | {"memory": {"date": "2026-12-05", "command": "python3 benchmarks/memory_rerun.py g"}},
            "rows": [row("vanilla", 1, "train", {"lstmdsl": timing(3.0, 40), "cudnn": {
                **{k: v for k, v in timing(2.0, 20).items() if k != "memory"}, "memory_error": "out of memory"}})
-               | {"memory_rerun": "2026-12-05", "memory_version": report.BENCH_VERSION},
+               | {"memory_rerun": "2026-12-05", "memory_version": BENCH_VERSION},
                row("vanilla", 1, "forward", {"lstmdsl": timing(1.0, 10), "cudnn": timing(2.0, 20)})]}
     text = report.grid_table(old)
     assert "| vanilla | 1 | 512 | 100 | 1 | train | 3.00 | 2.00 | - | - |" in text and "| 40 | OOM | - |" in text
     note = report.harness_note(old)
     assert note.startswith("**Measured with the harness before 2026-12-04** (2 of 2 rows")
     assert "The memory of 1 rows was measured again on 2026-12-05" in note and "1 of them as the harness now" in note
-    new = {"meta": META, "rows": [r | {"bench_version": report.BENCH_VERSION} for r in GRID["rows"]]}
+    new = {"meta": META, "rows": [r | {"bench_version": BENCH_VERSION} for r in GRID["rows"]]}
     assert report.harness_note(new) == ""
+    # (version 2's way, before fp16's float16 arrays: the warning is about version 1's only)
+    assert report.harness_note({"meta": META, "rows": [r | {"bench_version": 2} for r in GRID["rows"]]}) == ""
 
 
 def test_memory_note_says_where_lstmdsl_memory_is_what_the_pool_held():
