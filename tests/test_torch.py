@@ -374,6 +374,40 @@ def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
     assert_close(comp, eager, 1e-12)
 
 
+def test_torch_export_runs_in_its_process_and_refuses_clearly_elsewhere(tmp_path):
+    """torch.export takes a module (one custom op per call) and its program agrees with the module; once the module
+    is gone, or in another process (torch.export.save, then load), the op's handle names no layer: a UsageError that
+    says so, never another layer's weights under the same handle (handles are random, not counted from 1)."""
+    import gc
+
+    rnn = lt.LSTM(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    program = torch.export.export(rnn, (x,))
+    assert_close(program.module()(x)[0], rnn(x)[0], 0)
+    torch.export.save(program, tmp_path / "lstm.pt2")
+    code = ("import sys, torch, lstmdsl.torch as lt\n"
+            "first = lt.LSTM(3, 4, dtype=torch.float64)  # (a layer of this process: its handle is not the saved one)\n"
+            "try:\n"
+            "    torch.export.load(sys.argv[1]).module()(torch.randn(5, 2, 3, dtype=torch.float64))\n"
+            "except lstmdsl.UsageError as e:\n"
+            "    print('refused:', e)\n")
+    r = subprocess.run([sys.executable, "-c", "import lstmdsl\n" + code, str(tmp_path / "lstm.pt2")],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert "refused: no lstmdsl layer with handle" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    del rnn
+    gc.collect()
+    with pytest.raises(UsageError, match="no lstmdsl layer with handle .* in this process"):
+        program.module()(x)
+
+
+def test_torchscript_is_refused_with_a_clear_error():
+    with pytest.raises(UsageError, match="torch.jit.trace cannot trace lstmdsl's modules"):
+        torch.jit.trace(lt.LSTM(3, 4), torch.randn(5, 2, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), lt.LSTM(3, 4))  # (inside a model too)
+    with pytest.raises(UsageError, match="torch.jit.script cannot compile lstmdsl's modules"):
+        torch.jit.script(model)
+
+
 def test_a_first_call_under_torch_compile_fullgraph_on_the_cpu(monkeypatch):
     """The CPU warning (issued once, at the first eager call) is not issued while torch compiles: dynamo cannot
     trace warnings.warn, and fullgraph=True then refused a module whose first call was compiled."""

@@ -158,6 +158,10 @@ class RNN(nn.Module):
     def flatten_parameters(self) -> None:
         """A no-op, for code written for torch.nn.LSTM: the weight stacks are already contiguous."""
 
+    def __prepare_scriptable__(self):  # (torch.jit.script asks every module first, a model's submodules too)
+        raise UsageError("torch.jit.script cannot compile lstmdsl's modules (TorchScript is not supported); "
+                         "torch.compile and torch.export take them")
+
     # -- forward
     def _states(self, hx, x: torch.Tensor, batched: bool, given: torch.dtype) -> list[torch.Tensor]:
         """The initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None). given: the

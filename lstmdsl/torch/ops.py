@@ -24,7 +24,7 @@ between), it first runs that forward again from the saved inputs.
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import secrets
 import weakref
 from dataclasses import dataclass
 
@@ -44,7 +44,6 @@ from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights, GradBuffers
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
-_HANDLES = itertools.count(1)
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
@@ -77,7 +76,7 @@ class Runner:
         self.output_size = sizes[-1][cell.output_size]
         self.state_names = [s.name for s in cell.states]
         self.noise = cell.noise
-        self.handle = next(_HANDLES)
+        self.handle = _new_handle()
         _RUNNERS[self.handle] = self
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
@@ -243,7 +242,7 @@ def _step_pointers(r: Runner, steps: list[Tensor]) -> tuple[bool, dict]:
 def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
                  train: bool) -> list[Tensor]:
     """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
-    r = _RUNNERS[handle]
+    r = _runner(handle)
     dtype = _check(x, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
@@ -279,7 +278,7 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 
 @rnn_forward.register_fake
 def _(x, h0, params, steps, handle, train):
-    r = _RUNNERS[handle]
+    r = _runner(handle)
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)),
             *[x.new_empty(s, dtype=value_type(x)) for s in r.state_shapes(x.shape[1])]]
 
@@ -291,7 +290,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     views: the parameter gradients may be views of one tensor (eager autograd takes them; a custom op's
     outputs must not alias each other). wanted: whether dx and dh0 are (eager autograd says; on the GPU the
     others are None, neither allocated nor copied out)."""
-    r = _RUNNERS[handle]
+    r = _runner(handle)
     dtype = _check(x, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
@@ -411,12 +410,35 @@ class _NoSecondDerivative(torch.autograd.Function):
                          "then a backward of the gradient, e.g. a gradient penalty) is not supported")
 
 
+def _new_handle() -> int:
+    """A handle no other process's Runner is likely to have: a program torch.export saved holds its module's, and
+    in another process it must not find an unrelated layer under it (a count from 1 would: that process's first)."""
+    while (handle := secrets.randbits(62) + 1) in _RUNNERS:
+        pass
+    return handle
+
+
+def _runner(handle: int) -> Runner:
+    """The Runner a handle names, or a UsageError where this process has none: a program torch.export saved calls
+    the ops with the handle of the module that made it, which lives only in that process, while the module does."""
+    try:
+        return _RUNNERS[handle]
+    except KeyError:
+        raise UsageError(f"no lstmdsl layer with handle {handle} in this process: a program that calls lstmdsl's "
+                         "operators (torch.export's, saved and loaded) runs only in the process whose module made "
+                         "it, while that module lives; build the module in this process (and load_state_dict) "
+                         "and export it again") from None
+
+
 def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool,
             steps: list[Tensor] = ()) -> list[Tensor]:
     """[y, *hn] through the custom op when torch.compile traces, through Eager otherwise."""
     steps = list(steps)
     if torch.compiler.is_compiling():
         return torch.ops.lstmdsl.rnn_forward(x, h0, params, steps, handle, train)
+    if torch.jit.is_tracing():  # (its trace would hold this call's outputs or this process's handle as constants)
+        raise UsageError("torch.jit.trace cannot trace lstmdsl's modules (TorchScript is not supported); "
+                         "torch.compile and torch.export take them")
     if not train:
         with torch.no_grad():
             return forward_impl(x, h0, params, steps, handle, False)
