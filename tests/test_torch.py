@@ -374,26 +374,41 @@ def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
     assert_close(comp, eager, 1e-12)
 
 
-def test_torch_export_runs_in_its_process_and_refuses_clearly_elsewhere(tmp_path):
-    """torch.export takes a module (one custom op per call) and its program agrees with the module; once the module
-    is gone, or in another process (torch.export.save, then load), the op's handle names no layer: a UsageError that
-    says so, never another layer's weights under the same handle (handles are random, not counted from 1)."""
+def test_torch_export_runs_where_a_module_of_its_kind_lives_and_refuses_clearly_elsewhere(tmp_path):
+    """torch.export takes a module (one custom op per call) and its program agrees with the module. The op names its
+    layer by a handle that the k-th layer of a spec, sizes and schedule gets in every process: loaded in another
+    process (torch.export.save, then load) the program runs once a module of its kind is made there (its weights are
+    the program's own) and refuses with a UsageError before, or beside a layer of another kind, never running that
+    one under its handle (as handles counted from 1 did); in its own process, once its module is gone, it refuses."""
     import gc
 
-    rnn = lt.LSTM(3, 4, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    rnn = lt.LSTM(13, 17, dtype=torch.float64)  # (sizes no other test uses: the first layer of its kind here)
+    x = torch.randn(5, 2, 13, dtype=torch.float64)
     program = torch.export.export(rnn, (x,))
-    assert_close(program.module()(x)[0], rnn(x)[0], 0)
+    y = rnn(x)[0]
+    assert_close(program.module()(x)[0], y, 0)
     torch.export.save(program, tmp_path / "lstm.pt2")
-    code = ("import sys, torch, lstmdsl.torch as lt\n"
-            "first = lt.LSTM(3, 4, dtype=torch.float64)  # (a layer of this process: its handle is not the saved one)\n"
-            "try:\n"
-            "    torch.export.load(sys.argv[1]).module()(torch.randn(5, 2, 3, dtype=torch.float64))\n"
-            "except lstmdsl.UsageError as e:\n"
-            "    print('refused:', e)\n")
-    r = subprocess.run([sys.executable, "-c", "import lstmdsl\n" + code, str(tmp_path / "lstm.pt2")],
+    torch.save((x, y.detach()), tmp_path / "xy.pt")
+    code = ("import sys, torch, lstmdsl, lstmdsl.torch as lt\n"
+            "program = torch.export.load(sys.argv[1])\n"
+            "x, y = torch.load(sys.argv[2])\n"
+            "def run(what):\n"
+            "    try:\n"
+            "        print(what, float((program.module()(x)[0] - y).abs().max()))\n"
+            "    except lstmdsl.UsageError as e:\n"
+            "        print(what, 'refused:', e)\n"
+            "run('alone')\n"
+            "other = lt.LSTM(13, 16, dtype=torch.float64)\n"
+            "run('beside another kind')\n"
+            "same = lt.LSTM(13, 17, dtype=torch.float64)\n"
+            "run('beside its kind')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lstm.pt2"), str(tmp_path / "xy.pt")],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
-    assert "refused: no lstmdsl layer with handle" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3 and "Traceback" not in r.stderr, r.stdout + r.stderr[-3000:]
+    assert lines[0].startswith("alone refused: no lstmdsl layer with handle"), lines
+    assert lines[1].startswith("beside another kind refused: no lstmdsl layer with handle"), lines
+    assert lines[2] == "beside its kind 0.0", lines
     del rnn
     gc.collect()
     with pytest.raises(UsageError, match="no lstmdsl layer with handle .* in this process"):

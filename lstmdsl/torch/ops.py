@@ -24,7 +24,7 @@ between), it first runs that forward again from the saved inputs.
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import hashlib
 import weakref
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights, GradBuffers
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
+_MADE: dict[str, int] = {}  # a layer's description -> the index of the last Runner of it made here (_new_handle)
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
@@ -76,7 +77,7 @@ class Runner:
         self.output_size = sizes[-1][cell.output_size]
         self.state_names = [s.name for s in cell.states]
         self.noise = cell.noise
-        self.handle = _new_handle()
+        self.handle = _new_handle(repr((cell, schedule.describe(), sizes, direction, beside)))
         _RUNNERS[self.handle] = self
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
@@ -410,24 +411,27 @@ class _NoSecondDerivative(torch.autograd.Function):
                          "then a backward of the gradient, e.g. a gradient penalty) is not supported")
 
 
-def _new_handle() -> int:
-    """A handle no other process's Runner is likely to have: a program torch.export saved holds its module's, and
-    in another process it must not find an unrelated layer under it (a count from 1 would: that process's first)."""
-    while (handle := secrets.randbits(62) + 1) in _RUNNERS:
-        pass
+def _new_handle(described: str) -> int:
+    """The k-th Runner of a description (cell, schedule, sizes, direction) gets the same handle in every process: a
+    program torch.export saved holds its module's, and in another process finds a layer of the same description
+    there (which computes what the saved one did: the weights are the ops' inputs) or none, never an unrelated
+    one (as a count from 1 would: that process's first layer); torch.compile's caches see the same constant."""
+    k = _MADE[described] = _MADE.get(described, -1) + 1
+    handle = int(hashlib.sha256(f"{described}#{k}".encode()).hexdigest()[:15], 16) + 1
+    while handle in _RUNNERS:  # (two descriptions' 60-bit digests alike: another number, in this process only)
+        handle += 1
     return handle
 
 
 def _runner(handle: int) -> Runner:
-    """The Runner a handle names, or a UsageError where this process has none: a program torch.export saved calls
-    the ops with the handle of the module that made it, which lives only in that process, while the module does."""
+    """The Runner a handle names, or a UsageError where this process has none (_new_handle)."""
     try:
         return _RUNNERS[handle]
     except KeyError:
         raise UsageError(f"no lstmdsl layer with handle {handle} in this process: a program that calls lstmdsl's "
-                         "operators (torch.export's, saved and loaded) runs only in the process whose module made "
-                         "it, while that module lives; build the module in this process (and load_state_dict) "
-                         "and export it again") from None
+                         "operators (torch.export's, saved and loaded) runs where a module of the same spec, sizes "
+                         "and schedule lives, made in the same order as the one it was exported from (its weights "
+                         "are the program's own); build that module first") from None
 
 
 def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool,
