@@ -417,6 +417,26 @@ def test_torch_export_runs_where_a_module_of_its_kind_lives_and_refuses_clearly_
         program.module()(x)
 
 
+def test_layers_made_on_several_threads_at_once_get_handles_of_their_own():
+    import threading
+
+    made, barrier = [], threading.Barrier(8)
+
+    def make():
+        barrier.wait()
+        made.append(lt.LSTM(11, 19))
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handles = {m._groups[0][0].handle for m in made}
+    assert len(handles) == 8
+    x = torch.randn(3, 2, 11)
+    for m in made:  # (each runs its own layer, with its own weights: as torch.nn.LSTM with them does)
+        torch.testing.assert_close(m(x)[0], lt.to_torch(m)(x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_torchscript_is_refused_with_a_clear_error():
     with pytest.raises(UsageError, match="torch.jit.trace cannot trace lstmdsl's modules"):
         torch.jit.trace(lt.LSTM(3, 4), torch.randn(5, 2, 3))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from .weights import GemmWeights, GradBuffers
 
 _RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
 _MADE: dict[str, int] = {}  # a layer's description -> the index of the last Runner of it made here (_new_handle)
+_LOCK = threading.Lock()
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
@@ -77,8 +79,7 @@ class Runner:
         self.output_size = sizes[-1][cell.output_size]
         self.state_names = [s.name for s in cell.states]
         self.noise = cell.noise
-        self.handle = _new_handle(repr((cell, schedule.describe(), sizes, direction, beside)))
-        _RUNNERS[self.handle] = self
+        self.handle = _new_handle(repr((cell, schedule.describe(), sizes, direction, beside)), self)
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
         self.grads = GradBuffers(self.slots)  # what the backward writes the gradients into
@@ -411,20 +412,20 @@ class _NoSecondDerivative(torch.autograd.Function):
                          "then a backward of the gradient, e.g. a gradient penalty) is not supported")
 
 
-def _new_handle(described: str) -> int:
-    """The k-th Runner of a description (cell, schedule, sizes, direction) gets the same handle in every process: a
-    program torch.export saved holds its module's, and in another process finds a layer of the same description
-    there (which computes what the saved one did: the weights are the ops' inputs) or none, never an unrelated
-    one (as a count from 1 would: that process's first layer); torch.compile's caches see the same constant."""
-    k = _MADE[described] = _MADE.get(described, -1) + 1
-    handle = int(hashlib.sha256(f"{described}#{k}".encode()).hexdigest()[:15], 16) + 1
-    while handle in _RUNNERS:  # (two descriptions' 60-bit digests alike: another number, in this process only)
-        handle += 1
+def _new_handle(described: str, runner: Runner) -> int:
+    """The k-th Runner of a description (cell, schedule, sizes, direction) gets one handle in every process: a saved
+    torch.export program finds a layer of its kind in another (the weights are the ops' inputs) or none, never an
+    unrelated one (as a count from 1 would); torch.compile's caches see the same constant."""
+    with _LOCK:  # (modules made on two threads at once: each its own index and handle)
+        k = _MADE[described] = _MADE.get(described, -1) + 1
+        handle = int(hashlib.sha256(f"{described}#{k}".encode()).hexdigest()[:15], 16) + 1
+        while handle in _RUNNERS:  # (two descriptions' 60-bit digests alike: another number, in this process only)
+            handle += 1
+        _RUNNERS[handle] = runner
     return handle
 
 
-def _runner(handle: int) -> Runner:
-    """The Runner a handle names, or a UsageError where this process has none (_new_handle)."""
+def _runner(handle: int) -> Runner:  # (or a UsageError where this process has none: _new_handle)
     try:
         return _RUNNERS[handle]
     except KeyError:
