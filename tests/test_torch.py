@@ -384,10 +384,10 @@ def test_torch_export_runs_where_a_module_of_its_kind_lives_and_refuses_clearly_
     one under its handle (as handles counted from 1 did); in its own process, once its module is gone, it refuses."""
     import gc
 
-    rnn = lt.LSTM(13, 17, dtype=torch.float64, device=device)  # (sizes no other test uses: the first of its kind)
+    rnn = lt.LSTM(13, 17, dtype=torch.float64, device=device)
     x = torch.randn(5, 2, 13, dtype=torch.float64, device=device)
     program = torch.export.export(rnn, (x,))
-    y = rnn(x)[0]
+    y, made = rnn(x)[0], rnn._groups[0][0].index  # (how many layers of its kind this process made before it)
     assert_close(program.module()(x)[0], y, 0 if device == "cpu" else 1e-12)
     torch.export.save(program, tmp_path / "lstm.pt2")
     torch.save((x, y.detach()), tmp_path / "xy.pt")
@@ -399,22 +399,31 @@ def test_torch_export_runs_where_a_module_of_its_kind_lives_and_refuses_clearly_
             "        print(what, float((program.module()(x)[0] - y).abs().max()))\n"
             "    except lstmdsl.UsageError as e:\n"
             "        print(what, 'refused:', e)\n"
+            "before = [lt.LSTM(13, 17, dtype=torch.float64) for _ in range(int(sys.argv[3]))]  # (indices below its)\n"
             "run('alone')\n"
             "other = lt.LSTM(13, 16, dtype=torch.float64)\n"
             "run('beside another kind')\n"
             "same = lt.LSTM(13, 17, dtype=torch.float64)\n"
             "run('beside its kind')\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lstm.pt2"), str(tmp_path / "xy.pt")],
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lstm.pt2"), str(tmp_path / "xy.pt"), str(made)],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and "Traceback" not in r.stderr, r.stdout + r.stderr[-3000:]
     assert lines[0].startswith("alone refused: no lstmdsl layer with handle"), lines
     assert lines[1].startswith("beside another kind refused: no lstmdsl layer with handle"), lines
-    assert lines[2].startswith("beside its kind ") and float(lines[2].split()[-1]) <= 1e-12, lines
-    del rnn
+    assert lines[2].startswith("beside its kind ") and "refused" not in lines[2], lines
+    assert float(lines[2].split()[-1]) <= 1e-12, lines
+    del rnn, y  # (y's autograd context keeps the layer's runner for its backward)
     gc.collect()
     with pytest.raises(UsageError, match="no lstmdsl layer with handle .* in this process"):
         program.module()(x)
+
+
+def test_a_module_dropped_after_its_forward_still_runs_its_backward():
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y = lt.LSTM(3, 4)(x)[0]  # (the module is gone once the call returns; its autograd context keeps its runner)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
 
 
 def test_layers_made_on_several_threads_at_once_get_handles_of_their_own():

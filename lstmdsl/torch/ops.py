@@ -24,9 +24,6 @@ between), it first runs that forward again from the saved inputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import threading
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +38,11 @@ from ..masks import LENGTH, with_lengths
 from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
+from ..version import __version__
+from .handles import register, runner
 from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights, GradBuffers
 
-_RUNNERS: "weakref.WeakValueDictionary[int, Runner]" = weakref.WeakValueDictionary()
-_MADE: dict[str, int] = {}  # a layer's description -> the index of the last Runner of it made here (_new_handle)
-_LOCK = threading.Lock()
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
@@ -79,11 +75,13 @@ class Runner:
         self.output_size = sizes[-1][cell.output_size]
         self.state_names = [s.name for s in cell.states]
         self.noise = cell.noise
-        self.handle = _new_handle(repr((cell, schedule.describe(), sizes, direction, beside)), self)
         self._engines: dict[tuple, object] = {}
         self._bindings: dict[tuple, list] = {}
         self.grads = GradBuffers(self.slots)  # what the backward writes the gradients into
         self.gemm = GemmWeights(self.slots, sizes)  # what the GEMMs read and write in place of the parameters
+        # last, once made (the parameters' layout and the version in it: a program's weights come in that order)
+        self.handle, self.index = register(repr((__version__, cell, schedule.describe(), sizes, direction, beside,
+                                                 self.slots)), self)
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         """The shape of each state of the stack, [L, B, size], in the spec's order."""
@@ -244,7 +242,7 @@ def _step_pointers(r: Runner, steps: list[Tensor]) -> tuple[bool, dict]:
 def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
                  train: bool) -> list[Tensor]:
     """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
-    r = _runner(handle)
+    r = runner(handle)
     dtype = _check(x, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
@@ -280,7 +278,7 @@ def rnn_forward(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[T
 
 @rnn_forward.register_fake
 def _(x, h0, params, steps, handle, train):
-    r = _runner(handle)
+    r = runner(handle)
     return [x.new_empty((x.shape[0], x.shape[1], r.output_size)),
             *[x.new_empty(s, dtype=value_type(x)) for s in r.state_shapes(x.shape[1])]]
 
@@ -292,7 +290,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     views: the parameter gradients may be views of one tensor (eager autograd takes them; a custom op's
     outputs must not alias each other). wanted: whether dx and dh0 are (eager autograd says; on the GPU the
     others are None, neither allocated nor copied out)."""
-    r = _runner(handle)
+    r = runner(handle)
     dtype = _check(x, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
@@ -352,6 +350,7 @@ def _(x, h0, params, steps, y, dy, dhn, handle):
 def _setup(ctx, inputs, output):
     x, h0, params, steps, handle, train = inputs
     ctx.handle, ctx.states, ctx.params, ctx.steps = handle, len(h0), len(params), len(steps)
+    ctx.runner = runner(handle)  # (kept for the backward: a module dropped after its forward drops its runner)
     ctx.save_for_backward(x, *h0, *params, *steps, output[0])
 
 
@@ -377,7 +376,7 @@ class Eager(torch.autograd.Function):
         h0, params = list(rest[:states]), list(rest[states:len(rest) - nsteps])
         steps = list(rest[len(rest) - nsteps:])
         out = forward_impl(x, h0, params, steps, handle, train)
-        ctx.handle, ctx.states, ctx.steps = handle, states, nsteps
+        ctx.handle, ctx.states, ctx.steps, ctx.runner = handle, states, nsteps, runner(handle)  # (as _setup keeps)
         # outputs the loss does not reach (the final states, mostly) get None, not zero tensors autograd would
         # make and the engine copy in: the engine zeroes such a gradient itself (probes/module_host_h200.txt)
         ctx.set_materialize_grads(False)
@@ -410,29 +409,6 @@ class _NoSecondDerivative(torch.autograd.Function):
     def backward(ctx, *_):
         raise UsageError("lstmdsl layers have no second derivative: a double backward through one (create_graph=True, "
                          "then a backward of the gradient, e.g. a gradient penalty) is not supported")
-
-
-def _new_handle(described: str, runner: Runner) -> int:
-    """The k-th Runner of a description (cell, schedule, sizes, direction) gets one handle in every process: a saved
-    torch.export program finds a layer of its kind in another (the weights are the ops' inputs) or none, never an
-    unrelated one (as a count from 1 would); torch.compile's caches see the same constant."""
-    with _LOCK:  # (modules made on two threads at once: each its own index and handle)
-        k = _MADE[described] = _MADE.get(described, -1) + 1
-        handle = int(hashlib.sha256(f"{described}#{k}".encode()).hexdigest()[:15], 16) + 1
-        while handle in _RUNNERS:  # (two descriptions' 60-bit digests alike: another number, in this process only)
-            handle += 1
-        _RUNNERS[handle] = runner
-    return handle
-
-
-def _runner(handle: int) -> Runner:  # (or a UsageError where this process has none: _new_handle)
-    try:
-        return _RUNNERS[handle]
-    except KeyError:
-        raise UsageError(f"no lstmdsl layer with handle {handle} in this process: a program that calls lstmdsl's "
-                         "operators (torch.export's, saved and loaded) runs where a module of the same spec, sizes "
-                         "and schedule lives, made in the same order as the one it was exported from (its weights "
-                         "are the program's own); build that module first") from None
 
 
 def forward(x: Tensor, h0: list[Tensor], params: list[Tensor], handle: int, train: bool,
