@@ -36,6 +36,18 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def files_digest(paths, salt: str = "") -> str | None:
+    """The sha256 of salt and the files' bytes, in order: part of the keys of entries made by the code in those
+    files (syntax.py's ASTs, codegen.py's sources); None where one cannot be read."""
+    digest = hashlib.sha256(salt.encode())
+    try:
+        for path in paths:
+            digest.update(Path(path).read_bytes())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def write_bytes_atomically(path: Path, data: bytes, sync: bool = True) -> bool:
     """Write a cache entry through a temporary file (files.write_bytes), so a reader never sees half of
     it; False if the cache cannot be written (the entry is then simply not kept). sync=False: no fsync, for an

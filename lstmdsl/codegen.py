@@ -11,17 +11,18 @@ typed and kernels are found by name.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 
 from . import draws
+from .cache import files_digest
 from .ir import ROW, per_head
 from .kerneldesc import (AddDesc, ArgBind, CachedWeights, KernelArg, KernelDesc, PersistentDesc, Product,
                          StagedOperand, StepArea, StepPointer)
 from .ops import OPS
 from .plan import HALF_TYPES, Copy, Kernel, Launch, Phase, Plan, Slot, reduces
 from .resources import resource_dir
+from .version import __version__
 
 # element type -> C type in memory (the half types: templates/half_types.cu.j2)
 CTYPES = {"f32": "float", "f64": "double", "bf16": "lstmdsl_bf16", "f16": "lstmdsl_f16"}
@@ -375,25 +376,19 @@ def kernel_descs(plan: Plan) -> dict[str, KernelDesc]:
 TEMPLATES = ("pointwise.cu.j2", "persistent.cu.j2", "half_types.cu.j2", "half_products.cu.j2", "convert.cu.j2")
 
 
-def template_text() -> str:
-    return "".join((resource_dir("templates") / name).read_text() for name in TEMPLATES)
-
-
-def generator_digest() -> str:
-    """A digest of what turns kernel descriptions into CUDA source (the templates, this module, kerneldesc.py, ops.py),
-    read once per process and templates folder (probes render from an edited copy: resource_dir points at it). In
-    the key of every source in the disk cache (program.build_program, runtime/specialise.request): a changed
-    generator never gets an earlier one's source (the version is not bumped for such changes)."""
+def generator_digest() -> str | None:
+    """A digest of what turns kernel descriptions into CUDA source (lstmdsl's version, the templates, this module,
+    kerneldesc.py, ops.py), read once per process and templates folder (probes render from an edited copy:
+    resource_dir points at it). In the key of every source in the disk cache (program.build_program,
+    runtime/specialise.request): a changed generator never gets an earlier one's source."""
     return _digest(str(resource_dir("templates")))
 
 
 @functools.lru_cache(maxsize=None)
-def _digest(templates: str) -> str:
+def _digest(templates: str) -> str | None:
     here = Path(__file__).parent
-    digest = hashlib.sha256(template_text().encode())
-    for name in ("codegen.py", "kerneldesc.py", "ops.py"):
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()
+    code = [here / name for name in ("codegen.py", "kerneldesc.py", "ops.py")]
+    return files_digest([Path(templates) / name for name in TEMPLATES] + code, __version__)
 
 
 @functools.lru_cache(maxsize=None)

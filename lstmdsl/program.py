@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .version import __version__
 from .cache import cached_text
 from .codegen import add_kernel, generator_digest, kernel_descs, render
 from .kerneldesc import AddDesc, KernelDesc
@@ -49,7 +48,7 @@ def build_program(cell: Cell, schedule: Schedule, dtype: str = "float32", direct
     verify(plan)
     kernels = kernel_descs(plan)
     add = add_kernel(plan)
-    key = repr((__version__, generator_digest(), cell.name, schedule.describe(), plan.dtype, direction,
+    key = repr((generator_digest(), cell.name, schedule.describe(), plan.dtype, direction,
                 tuple(kernels.values()), add))
     source = cached_text("cuda", key, lambda: render(plan, kernels, add))
     return Program(plan, kernels, add, source)

@@ -10,12 +10,11 @@ tables).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import sys
 from pathlib import Path
 
-from .cache import cached_object
+from .cache import cached_object, files_digest
 from .errors import Source
 from .resources import resource_dir
 from .syntax_tree import (Assign, BinOp, Call, CellAST, Directive, Expr, HeadsDecl, HeadsItem, InputDecl, MatVec,
@@ -64,11 +63,6 @@ def _code() -> str | None:
     here, lark = Path(__file__).parent, importlib.util.find_spec("lark")
     if lark is None or lark.origin is None:
         return None
-    digest = hashlib.sha256(f"{__version__} {sys.version_info[:2]}".encode())
-    try:
-        for path in (resource_dir("grammars") / "cell.lark", here / "syntax_tree.py", here / "syntax.py",
-                     here / "parser.py", here / "errors.py", Path(lark.origin)):
-            digest.update(path.read_bytes())
-    except OSError:
-        return None
-    return digest.hexdigest()
+    files = (resource_dir("grammars") / "cell.lark", here / "syntax_tree.py", here / "syntax.py", here / "parser.py",
+             here / "errors.py", lark.origin)
+    return files_digest(files, f"{__version__} {sys.version_info[:2]}")

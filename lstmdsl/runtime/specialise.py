@@ -28,7 +28,6 @@ import warnings
 
 from ..cache import cached_text
 from ..codegen import generator_digest, render_persistent
-from ..version import __version__
 from . import device, nvrtc
 from .issue import shape_value
 from .nvrtc import function, load_module
@@ -50,7 +49,7 @@ def request(engine, ws, phase: str, pers, run) -> None:
     plan = engine.program.plan
     # the source from the disk cache where a process rendered it before (as program.build_program's): a warm
     # start then neither imports jinja2 nor compiles the template (0.16 s of the first result on an H100 host)
-    key = repr((__version__, generator_digest(), plan.cell.name, plan.schedule.describe(), plan.dtype,
+    key = repr((generator_digest(), plan.cell.name, plan.schedule.describe(), plan.dtype,
                 plan.operand_type, desc, sorted(constants.items()), run.blocks))
     source = cached_text("cuda", key, lambda: render_persistent(plan, desc, constants, run.blocks))
     prepare = nvrtc.prepare_now if pers.specialise == "on" else nvrtc.prepare_later
