@@ -405,8 +405,9 @@ def test_torch_export_runs_where_a_module_of_its_kind_lives_and_refuses_clearly_
             "run('beside another kind')\n"
             "same = lt.LSTM(13, 17, dtype=torch.float64)\n"
             "run('beside its kind')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # (lark's place kept)
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lstm.pt2"), str(tmp_path / "xy.pt"), str(made)],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+                       capture_output=True, text=True, env=env, timeout=300)
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and "Traceback" not in r.stderr, r.stdout + r.stderr[-3000:]
     assert lines[0].startswith("alone refused: no lstmdsl layer with handle"), lines
