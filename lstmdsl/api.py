@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputFileError, UsageError
-from .layer import PARAMETER_SIZES, Layer, layer_sizes, read_saved
+from .layer import PARAMETER_SIZES, Layer, layer_sizes
+from .saved import read_saved
 from .numpy_layer import NumpyLayer
 from .schedule import Schedule, parse_schedule
 from .spec import Spec, parse

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import array_module, to_numpy
-from .errors import InputFileError, SpecError, UsageError, check_free_memory
+from .errors import UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
+from .saved import read_saved
 from .schedule import Schedule
 from .spec import Spec, parse_quietly
 
@@ -99,9 +100,6 @@ def init_params(cell: Cell, sizes: dict[str, int], rng: np.random.Generator, dty
     return params
 
 
-_META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
-
-
 def interleave_rows(count: int, rows: int, block: int) -> np.ndarray:
     """The order a stack stored head by head (WeightStack.interleave) takes its rows in: `count` matrices of
     `rows` rows, in blocks of `block`; entry p is the row of the matrices-in-order stack that goes to row p
@@ -127,47 +125,6 @@ def recurrent_matrices(cell: Cell) -> tuple[str, ...]:
 def length_mask(lengths, T: int, xp, dtype):
     """[T, B, 1]: 1 where step t is inside sequence b (t < lengths[b]), else 0."""
     return (xp.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
-
-
-def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, parameters) of a file written by Layer.save, with clear errors for anything else."""
-    if not isinstance(path, (str, Path)) or str(path) == "":
-        raise UsageError(f"path must be a file name, got {path!r}")
-    path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".npz").is_file():  # saved by lstmdsl before 0.2
-        path = path.with_name(path.name + ".npz")
-    if path.is_dir():
-        raise InputFileError(f"{path} is a folder, not a file saved by Layer.save")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            files = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise InputFileError(f"no such file: {path}") from None
-    except Exception:  # not a zip, truncated, a pickle, not numpy
-        raise InputFileError(f"{path} is not a file saved by lstmdsl's Layer.save (not a readable .npz archive; "
-                             "damaged, truncated or another format)") from None
-    try:
-        meta = json.loads(str(files.pop("__meta__")))
-        ok = isinstance(meta, dict) and meta.get("format") == "lstmdsl-layer-1"
-    except Exception:  # noqa: BLE001 (missing, or not JSON)
-        ok = False
-    if not ok:
-        raise InputFileError(f"{path} was not written by lstmdsl's Layer.save (no valid metadata)")
-    bad = [k for k, t in _META_KEYS.items() if not isinstance(meta.get(k), t)]
-    sizes = meta.get("sizes")
-    if not bad and (not sizes or len(sizes) != meta["num_layers"] or not all(
-            isinstance(b, dict) and isinstance(b.get("input"), int) and isinstance(b.get("hidden"), int)
-            and "proj" in b and isinstance(b["proj"], (int, type(None))) for b in sizes)):
-        bad = ["sizes"]
-    if not bad and meta.get("directions", 1) not in (1, 2):  # (3 once loaded as one direction)
-        bad = ["directions"]
-    if bad:
-        raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
-    try:
-        parse_quietly(meta["spec"])  # (lstmdsl.load and Layer.load parse it again: a small cost, once a load)
-    except SpecError as err:  # (a damaged file, or one edited by hand)
-        raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
-    return meta, {k.removeprefix("param:"): v for k, v in files.items()}
 
 
 class Layer:
