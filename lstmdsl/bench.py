@@ -8,9 +8,10 @@ Competitors, on the same data and weights:
             operations (built from the spec's IR, so every spec has one: lstmdsl/eager.py); forward is an
             inference (regularisers at their expectations), and a cell with regularisers is checked so;
   compile   the same module with its step function under torch.compile (default mode).
-In bf16 and fp16 the competitors are lstmdsl (its layer API, half inside: in fp16 float16 x and dy in, y and dx
-out, since 2026-12-06, the row's lstmdsl "io"; in bf16 float32, as numpy and CuPy have no bfloat16) and cuDNN
-with its weights and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
+In bf16 and fp16 the competitors are lstmdsl (its layer API, half inside, and x and dy in the half type, y and dx
+out in it: float16 arrays in fp16 since 2026-12-06, uint16 arrays of bfloat16 bits in bf16 since version 4 (also 2026-12-06), the
+row's lstmdsl "io"; float32 arrays before, or with half_arrays=False) and cuDNN with its weights and input in that
+type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
 one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
@@ -24,8 +25,8 @@ in fp16, the copy that takes the gradient, the reference output the others are c
 before the case, and
 torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
 counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
-counts for it; lstmdsl's own half copy counts for lstmdsl, and in fp16 the harness's float16 copy that it reads
-too ("input_memory"). For lstmdsl, the peak of the bytes in use from CuPy's
+counts for it; lstmdsl reads the same copy, counted for it too ("input_memory"; with float32 arrays, its own half
+copy made inside counts for it). For lstmdsl, the peak of the bytes in use from CuPy's
 memory pool over a call made after its check and a first call (the timed calls run without the hook, whose
 callbacks cost host time), counting what was taken from the layer's build on and is still in use then or taken
 during the call, as torch's peak is reset after its competitors' first calls (PeakInUse, a CuPy memory hook: its
@@ -40,7 +41,8 @@ Until 2026-12-04 the torch competitors' figures held all that torch held (in eve
 workspace from the GEMM-rate measurement, the inputs, the reference output), their training kept the previous
 call's gradients through each backward, and the cuDNN "forward" ran in training mode: the committed figures
 measured before that favour lstmdsl (BENCH_VERSION names the way a row was measured). Until 2026-12-06 lstmdsl's
-layer API got float32 x and dy in fp16 too (its y, dy and dx float32 arrays, each twice cuDNN's half ones).
+layer API got float32 x and dy in fp16 too, and until version 4 in bf16 (its y, dy and dx float32 arrays, each
+twice cuDNN's half ones).
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, (_torch().cuda.OutOfMemoryError, cupy.cuda.memory.OutOfMemoryError))
 
 
-BENCH_VERSION = 3  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since, 3 since
-# 2026-12-06 (fp16: float16 arrays in and out of lstmdsl's layer API; the other precisions measure as in 2)
+BENCH_VERSION = 4  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since, 3 since
+# 2026-12-06 (fp16: float16 arrays in and out of lstmdsl's layer API), 4 later that day (bf16: bfloat16 bits so;
+# fp32 and tf32 measure as in 2, fp16 as in 3)
 MEMORY_COUNTED = "peak_in_use"  # how lstmdsl's "memory" is counted now (module docstring; benchmarks/memory_rerun.py)
 
 
@@ -160,11 +163,12 @@ HEADS_DEFAULT = 4  # the blocks of a block-diagonal matrix in the benchmarks (xL
 
 def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1, mode: str = "forward",
                precision: str = "fp32", repeat: int = 10, competitors=COMPETITORS, schedule: str | None = None,
-               log=None, num_heads: int | None = None, gpu_time: bool = False) -> dict:
+               log=None, num_heads: int | None = None, gpu_time: bool = False, half_arrays: bool = True) -> dict:
     """Time one shape for every competitor that applies; returns a row (times in ms, memory in bytes).
     gpu_time: also each competitor's GPU time alone (timing.time_gpu_only: "gpu_ms"), beside the time of a
     call as its caller sees it ("ms", host issue included).
     A spec with block-diagonal matrices runs with num_heads blocks (default HEADS_DEFAULT, xLSTM's).
+    half_arrays: in bf16 and fp16 lstmdsl's layer API gets x and dy in the half type (False: float32 arrays).
 
     A competitor that runs out of GPU memory is recorded as {"error": "out of memory"} and the others
     still run. Competitors whose call is slow (eager PyTorch at T * layers >= 1000) are timed fewer times.
@@ -197,11 +201,13 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     with in_use:
         layer = api.compile(spec, hidden, hidden, layers, backend="cuda", schedule=text, seed=0, **extra)
     x = torch.randn(steps, batch, hidden, device="cuda")
-    # the layer API takes float16 arrays under fp16 (x, dy; y and dx come back so): its input is then x's float16
-    # copy, counted as its memory below as cuDNN's half copy is counted as cuDNN's
-    io = np.float16 if precision == "fp16" else np.float32
-    x_io = x.to(torch.float16) if io is np.float16 else x
-    xc = cupy.from_dlpack(x_io)
+    # the layer API takes x and dy in the half type (float16, or bfloat16 bits as uint16; y and dx come back so): its
+    # input is then x's half copy, counted as its memory below as the same copy is counted as cuDNN's
+    io = {"fp16": np.float16, "bf16": np.uint16}.get(precision, np.float32) if half_arrays else np.float32
+    x_io = x.to(half) if io is not np.float32 else x
+    xc = cupy.from_dlpack(x_io.view(torch.int16)).view(cupy.uint16) if io is np.uint16 else cupy.from_dlpack(x_io)
+    as_torch = (lambda a: torch.from_dlpack(a.view(cupy.int16)).view(torch.bfloat16)) if io is np.uint16 else \
+        torch.from_dlpack
     tol = {"fp32": 1e-4, "bf16": 5e-2}.get(precision, 2e-2)
     row = {"spec": spec.name, "batch": batch, "hidden": hidden, "steps": steps, "layers": layers, "mode": mode,
            "precision": precision, "bench_version": BENCH_VERSION, "flops": flops(layer, batch, steps, mode),
@@ -227,16 +233,16 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
             # the check runs in the mode's own workspace, so the memory counted below is what the mode needs
             # (a cell with regularisers is checked in expectation, as the others are: their masks are their own)
             with in_use:  # (the hook's calls cost host time: the timed calls run without it)
-                check("lstmdsl", torch.from_dlpack(layer.forward(xc, train=mode == "train" and not noisy)[0]))
-                ones = cupy.ones((steps, batch, layer.output_size), io)
+                check("lstmdsl", as_torch(layer.forward(xc, train=mode == "train" and not noisy)[0]))
+                ones = cupy.full((steps, batch, layer.output_size), 0x3F80 if io is np.uint16 else 1, io)  # (1.0)
                 fn = (lambda: layer.forward(xc, train=False)) if mode == "forward" else \
                     (lambda: (layer.forward(xc), layer.backward(ones)))
                 fn()
                 in_use.peak = in_use.in_use  # (what the first calls made and freed is not counted: as for torch's)
                 fn()
-            own = x_io.nbytes if io is np.float16 else 0  # (x itself, float32, is the harness's: not counted)
+            own = x_io.nbytes if io is not np.float32 else 0  # (x itself, float32, is the harness's: not counted)
             row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {
-                "memory": in_use.peak + own, "io": np.dtype(io).name, "input_memory": own,
+                "memory": in_use.peak + own, "io": "bfloat16" if io is np.uint16 else np.dtype(io).name, "input_memory": own,
                 "pool_memory": int(pool.total_bytes() - base) + own}
             if gpu_time:
                 row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)
@@ -254,11 +260,11 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
         if log is not None:
             r = row["results"]["lstmdsl"]
             print("  lstmdsl: " + (f"{r['ms']:.2f} ms" if "ms" in r else r["error"]), file=log, flush=True)
-    # the harness's inputs, counted for no competitor: x, which lstmdsl reads where it lies, and the copy that takes
-    # the gradient; in half precision the torch competitors' input is x's half copy, counted as theirs (lstmdsl
-    # makes one of its own in bf16, counted as its; in fp16 it read this same copy, counted as its too)
+    # the harness's inputs, counted for no competitor: x (float32) and the copy that takes the gradient; in half
+    # precision the torch competitors' input is x's half copy, counted as theirs (lstmdsl read this same copy,
+    # counted as its too; with float32 arrays it read x and made a half copy of its own, counted as its)
     if half is not None:
-        x = x_io if half is torch.float16 else x.to(half)
+        x = x_io if half_arrays else x.to(half)
     xg = x.clone().requires_grad_(True)
     own_input = x.nbytes if half is not None else 0
 

@@ -22,6 +22,9 @@ from .schedule import Schedule
 from .spec import Spec, parse_quietly
 
 
+HALF_IO = {np.float16: "fp16", np.uint16: "bf16"}  # a half-precision array type of x and dy -> its precision
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value!r}")
@@ -154,7 +157,7 @@ class Layer:
         self._params: list[dict] = []
         self._grads: list[dict] = []
         self._initial_state_grads = None
-        self._io_dtype = self.dtype  # the last training forward's x and y type (float16 in `precision fp16`)
+        self._io_dtype = self.dtype  # the last training forward's x and y type (see _half_io)
         self._noise_seed = (seed, 0x6E6F6973)  # the masks' generator: its own stream of the layer's seed
         self._last_noise: dict = {}
         self._evaluation_noise: dict = {}
@@ -341,12 +344,14 @@ class Layer:
         raise NotImplementedError
 
     def _check_array(self, what: str, a, shape: tuple[int, ...], half: bool = False):
-        """half: a float16 array is taken too where the layer runs `precision fp16` (x and dy: see io_dtype)."""
+        """half: the layer's half-precision array type is taken too where it has one (x and dy: see _half_io)."""
         self._check_kind(what, a)
-        if a.dtype != self.dtype and not (half and a.dtype == np.float16 and self._half_io):
-            also = ("; float16 arrays are taken only by a float32 layer under `precision fp16`"
-                    if half and a.dtype == np.float16 else
-                    " (and, as it runs `precision fp16`, takes float16)" if half and self._half_io else "")
+        io = self._half_io if half else None  # (not compared with None: numpy's dtype("float64") == None)
+        if a.dtype != self.dtype and not (io is not None and a.dtype == io):
+            also = (f"; {a.dtype} arrays{' (bfloat16 bits)' if a.dtype == np.uint16 else ''} are taken only by a "
+                    f"float32 layer under `precision {HALF_IO[a.dtype.type]}`" if half and a.dtype.type in HALF_IO else
+                    f" (and, as it runs `precision {self.schedule.precision}`, takes {io}"
+                    f"{' holding bfloat16 bits' if io == np.uint16 else ''})" if io is not None else "")
             raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}{also}; "
                              f"convert it with .astype({'cupy' if self.backend == 'cuda' else 'numpy'}.{self.dtype})")
         if a.shape != shape:
@@ -381,10 +386,13 @@ class Layer:
         return T, B, self._check_state("state", state, B, zeros), self._check_lengths(lengths, T, B)
 
     @property
-    def _half_io(self) -> bool:
-        """Whether x and dy may be float16 arrays: a float32 layer in `precision fp16` (numpy and CuPy have no
-        bfloat16). y and dx then come back in float16 (x's type; the states stay float32)."""
-        return self.schedule.precision == "fp16" and self.dtype == np.float32
+    def _half_io(self) -> np.dtype | None:
+        """The half-precision type x and dy may have besides the layer's: float16 for a float32 layer in `precision
+        fp16`, uint16 (bfloat16 bits: arrays.to_bf16_bits) in `precision bf16`, as numpy and CuPy have no bfloat16;
+        None otherwise. y and dx then come back in it (x's type; the states stay float32)."""
+        if self.dtype != np.float32 or self.schedule.precision not in ("fp16", "bf16"):
+            return None
+        return np.dtype(np.float16 if self.schedule.precision == "fp16" else np.uint16)
 
     def _check_lengths(self, lengths, T: int, B: int):
         if lengths is None:

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import reference
+from .arrays import from_io, to_io
 from .errors import UsageError, check_free_memory
 from .grad import StepGrad, differentiate
 from .ir import Cell
@@ -76,7 +77,7 @@ class NumpyLayer(Layer):
         noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
         T, B, state, lengths = self._check_input(x, state, lengths, train=train)
-        io, x = x.dtype, x.astype(self.dtype, copy=False)  # (float16 in `precision fp16`: y comes back in it too)
+        io, x = x.dtype, from_io(x, self.dtype)  # (in a half type, see Layer._half_io: y comes back in it too)
         masks = self._noise(T, B, train, noise)
         connect = self._dropconnect(masks)  # DropConnect: the recurrent matrices times their masks
         params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]
@@ -85,7 +86,7 @@ class NumpyLayer(Layer):
         if train:  # an evaluation forward leaves the last training forward's activations to backward()
             self._tapes = (tapes, params, connect)
             self._shape, self._io_dtype = (T, B), io
-        return y.astype(io, copy=False), final
+        return to_io(y, io), final
 
     def backward(self, dy: np.ndarray, dstate: dict | None = None) -> np.ndarray:
         """dL/dy [T, B, output] (and optionally dL/d final state) -> dL/dx [T, B, input].
@@ -95,7 +96,7 @@ class NumpyLayer(Layer):
         if self._tapes is None:
             raise UsageError("backward() needs a forward() with train=True first")
         dstate = self._check_gradient(dy, dstate, self._shape)
-        dy = dy.astype(self.dtype, copy=False)
+        dy = from_io(dy, self.dtype)
         tapes, params, connect = self._tapes
         # a masked matrix's gradient is the mask times the gradient of the product
         grads = [dict(g, **{m: np.zeros_like(g[m]) for m in c}) for g, c in zip(self._grads, connect)]
@@ -103,7 +104,7 @@ class NumpyLayer(Layer):
         for g, tmp, c in zip(self._grads, grads, connect):
             for m, mask in c.items():
                 g[m] += tmp[m] * mask
-        return dx.astype(self._io_dtype, copy=False)
+        return to_io(dx, self._io_dtype)
 
 
 @functools.lru_cache(maxsize=64)

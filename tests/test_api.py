@@ -9,6 +9,7 @@ import pytest
 
 import lstmdsl
 from lstmdsl import BackendUnavailable, InputFileError, Schedule, SpecError, UsageError
+from lstmdsl.arrays import from_bf16_bits, from_io, to_bf16_bits, to_io
 from lstmdsl.resources import shipped_specs
 
 from conftest import has_gpu
@@ -179,26 +180,49 @@ def test_an_evaluation_forward_leaves_the_training_forwards_activations():
         np.testing.assert_array_equal(g, grads[k])
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("options", [{}, {"bidirectional": True}])
-def test_float16_arrays_in_and_out_under_precision_fp16(options):
-    """Under `precision fp16` x and dy may be float16 (numpy and CuPy have no bfloat16): y and dx come back in
-    float16, the float32 results rounded once, the states in float32; elsewhere float16 is refused, and a float16
-    forward wants a float16 dy."""
-    layers = [lstmdsl.compile("peephole", input_size=5, hidden_size=7, num_layers=2, schedule="precision fp16",
+def test_half_arrays_in_and_out_under_half_precision(options, precision):
+    """Under `precision fp16` x and dy may be float16, under `precision bf16` uint16 arrays of bfloat16 bits (numpy
+    and CuPy have no bfloat16): y and dx come back in that type, the float32 results rounded once, the states in
+    float32; elsewhere the half type is refused, and a half-precision forward wants dy in its type."""
+    half, name = (np.float16, "float16") if precision == "fp16" else (np.uint16, "uint16")
+    layers = [lstmdsl.compile("peephole", input_size=5, hidden_size=7, num_layers=2, schedule=f"precision {precision}",
                               seed=3, **options) for _ in range(2)]
-    x16 = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float16)
-    (y32, f32), (y16, f16) = layers[0].forward(x16.astype(np.float32)), layers[1].forward(x16)
-    assert y16.dtype == np.float16 and np.array_equal(y16, y32.astype(np.float16))
-    assert all(f16[k].dtype == np.float32 and np.array_equal(f16[k], f32[k]) for k in f32)
-    dy16 = np.random.default_rng(1).standard_normal(y16.shape).astype(np.float16)
-    with pytest.raises(UsageError, match="training forward's x and y were float16; give dy in float16"):
-        layers[1].backward(dy16.astype(np.float32))
-    dx32, dx16 = layers[0].backward(dy16.astype(np.float32)), layers[1].backward(dy16)
-    assert dx16.dtype == np.float16 and np.array_equal(dx16, dx32.astype(np.float16))
-    g32, g16 = layers[0].grads(), layers[1].grads()
-    assert all(np.array_equal(g16[k], g32[k]) for k in g32)
-    with pytest.raises(UsageError, match="float16 arrays are taken only by a float32 layer under `precision fp16`"):
-        lstmdsl.compile("peephole", input_size=5, hidden_size=7, schedule="precision bf16").forward(x16)
+    xh = to_io(np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32), half)
+    (y32, f32), (yh, fh) = layers[0].forward(from_io(xh, np.float32)), layers[1].forward(xh)
+    assert yh.dtype == half and np.array_equal(yh, to_io(y32, half))
+    assert all(fh[k].dtype == np.float32 and np.array_equal(fh[k], f32[k]) for k in f32)
+    dyh = to_io(np.random.default_rng(1).standard_normal(yh.shape).astype(np.float32), half)
+    with pytest.raises(UsageError, match=f"training forward's x and y were {name}; give dy in {name}"):
+        layers[1].backward(from_io(dyh, np.float32))
+    dx32, dxh = layers[0].backward(from_io(dyh, np.float32)), layers[1].backward(dyh)
+    assert dxh.dtype == half and np.array_equal(dxh, to_io(dx32, half))
+    g32, gh = layers[0].grads(), layers[1].grads()
+    assert all(np.array_equal(gh[k], g32[k]) for k in g32)
+    other = "bf16" if precision == "fp16" else "fp16"
+    with pytest.raises(UsageError, match=rf"{name} arrays.* are taken only by a float32 layer under `precision "
+                                         rf"{precision}`"):
+        lstmdsl.compile("peephole", input_size=5, hidden_size=7, schedule=f"precision {other}").forward(xh)
+    with pytest.raises(UsageError, match=rf"{name} arrays.* are taken only by a float32 layer"):
+        lstmdsl.compile("peephole", input_size=5, hidden_size=7).forward(xh)
     with pytest.raises(UsageError, match=r"float64, but the layer computes in float32 \(and, as it runs `precision "
-                                         r"fp16`, takes float16\)"):
-        layers[1].forward(x16.astype(np.float64))
+                                         rf"{precision}`, takes {name}"):
+        layers[1].forward(xh.astype(np.float64))
+
+
+def test_bfloat16_bits_round_to_nearest_even_as_torch_does():
+    """arrays.to_bf16_bits gives torch's bfloat16 bits (round to nearest, ties to even; infinities, signed zeros,
+    overflow to infinity), NaN stays NaN; from_bf16_bits is its exact inverse on every bit pattern but NaNs'."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(10000).astype(np.float32) * np.float32(1e3)
+    ties = (np.arange(1, 200, dtype=np.uint32) << 16 | 0x8000).view(np.float32)  # halfway between two bfloat16s
+    x = np.concatenate([x, ties, np.float32([np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-40, np.nan])])
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    got = to_bf16_bits(x)
+    assert got.dtype == np.uint16 and np.array_equal(got[:-1], want[:-1]) and np.isnan(from_bf16_bits(got[-1:]))
+    every = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
+    finite = ~np.isnan(from_bf16_bits(every))
+    assert np.array_equal(to_bf16_bits(from_bf16_bits(every))[finite], every[finite])
+    with pytest.raises(UsageError, match="bfloat16 bits come as a uint16 array, got float16"):
+        from_bf16_bits(np.zeros(3, np.float16))

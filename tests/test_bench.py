@@ -165,30 +165,34 @@ def test_peak_in_use_counts_the_blocks_taken_while_entered():
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_lstmdsl_memory_is_its_peak_in_use(precision):
     """lstmdsl's training memory in a row is at most what its pool held (cached blocks included) and at least its
-    output, the harness's output gradient and its input gradient (arrays of [T, B, H] each: float32, float16 in
-    fp16, where the harness gives the layer API float16 arrays and counts the float16 input as lstmdsl's)."""
+    output, the harness's output gradient and its input gradient (arrays of [T, B, H] each: float32, or the half
+    type in bf16 and fp16, where the harness gives the layer API half arrays and counts the half input as
+    lstmdsl's)."""
     from lstmdsl.bench import bench_case
 
     B, H, T = 64, 512, 100
     row = bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=precision, repeat=2,
                      competitors=("lstmdsl",))
     r = row["results"]["lstmdsl"]
-    arrays, item = (4, 2) if precision == "fp16" else (3, 4)  # (fp16: its float16 x counted as its own too)
-    assert r["io"] == ("float16" if precision == "fp16" else "float32")
-    assert r["input_memory"] == (T * B * H * 2 if precision == "fp16" else 0)
+    half = precision != "fp32"
+    arrays, item = (4, 2) if half else (3, 4)  # (in half precision its x counted as its own too)
+    assert r["io"] == {"fp16": "float16", "bf16": "bfloat16"}.get(precision, "float32")
+    assert r["input_memory"] == (T * B * H * 2 if half else 0)
     assert arrays * T * B * H * item <= r["memory"] <= r["pool_memory"], r
 
 
 @pytest.mark.gpu
-def test_the_benchmarks_float16_arrays_take_less_training_memory_than_float32_ones():
-    """In fp16 the harness gives lstmdsl's layer API float16 x and dy (y and dx come back so), as cuDNN gets half
-    tensors; bf16 keeps float32 arrays (CuPy has no bfloat16) with the same half-precision layer inside. fp16's
-    training row is below bf16's by y's, dy's and dx's halves less the float16 input it reads, counted as its own
-    (bf16's float32 x is the harness's): two [T, B, H] float16 arrays."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_benchmarks_half_arrays_take_less_training_memory_than_float32_ones(precision):
+    """In bf16 and fp16 the harness gives lstmdsl's layer API x and dy in the half type (y and dx come back so), as
+    cuDNN gets half tensors. The row is below one measured with float32 arrays (half_arrays=False) by y's, dy's and
+    dx's halves less the half input it reads, counted as its own (the float32 x is the harness's), while the half
+    copy of x that the layer makes from float32 (counted) is gone: at least two [T, B, H] half arrays."""
     from lstmdsl.bench import bench_case
 
     B, H, T = 64, 512, 100
-    rows = {p: bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=p, repeat=2,
-                          competitors=("lstmdsl",))["results"]["lstmdsl"] for p in ("bf16", "fp16")}
-    saved = rows["bf16"]["memory"] - rows["fp16"]["memory"]
+    rows = {a: bench_case(lstmdsl.parse("vanilla"), B, H, T, 1, "train", precision=precision, repeat=2,
+                          competitors=("lstmdsl",), half_arrays=a)["results"]["lstmdsl"] for a in (False, True)}
+    assert rows[False]["io"] == "float32" and rows[False]["input_memory"] == 0
+    saved = rows[False]["memory"] - rows[True]["memory"]
     assert saved >= 2 * T * B * H * 2 - (1 << 20), (saved, rows)

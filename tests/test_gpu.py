@@ -15,6 +15,7 @@ import pytest
 
 import lstmdsl
 from lstmdsl.check import TOLERANCE, compare, random_case, randomize
+from lstmdsl.arrays import from_io, to_io
 
 from conftest import ONE_FEATURE_TOLERANCE, POSITIVE_STATES, SPECS, extra_sizes
 from unusual_specs import HEADS_ON_INPUT, UNUSUAL
@@ -453,38 +454,40 @@ def test_half_precision_rounds_and_follows_the_master_weights():
     assert np.linalg.norm(cupy.asnumpy(y1 - y0)) > 1e-2
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("options,schedule,lengths", [({}, "", None), ({"dropout": 0.3}, "", None),
                                                       ({"bidirectional": True}, "", None), ({}, "; persistent", None),
                                                       ({}, "; wavefront", None),
                                                       ({"bidirectional": True, "dropout": 0.3}, "", "random")])
-def test_float16_arrays_in_and_out_under_precision_fp16(options, schedule, lengths):
-    """x and dy in float16 under `precision fp16` (the engines convert; workspaces poisoned first): y and dx are the
-    float32 arrays' run rounded to float16 once (to one unit in the last place: two layers, two runs), the final
-    states float32, the gradients the float32 run's."""
-    x16 = np.random.default_rng(0).standard_normal((13, 17, 33)).astype(np.float16)
+def test_half_arrays_in_and_out_under_half_precision(options, schedule, lengths, precision):
+    """x and dy in the half type (float16 under `precision fp16`, uint16 bfloat16 bits under `precision bf16`; the
+    engines convert; workspaces poisoned first): y and dx are the float32 arrays' run rounded to it once (to one unit
+    in the last place: two layers, two runs), the final states float32, the gradients the float32 run's."""
+    half, ulp = (np.float16, 2 ** -10) if precision == "fp16" else (np.uint16, 2 ** -7)
+    xh = to_io(np.random.default_rng(0).standard_normal((13, 17, 33)).astype(np.float32), half)
     if lengths is not None:
         lengths = np.random.default_rng(4).integers(1, 14, 17)
     runs = []
-    for half in (False, True):
-        layer = lstmdsl.compile("peephole", 33, 100, 2, backend="cuda", schedule="precision fp16" + schedule,
+    for given in (np.float32, half):
+        layer = lstmdsl.compile("peephole", 33, 100, 2, backend="cuda", schedule=f"precision {precision}" + schedule,
                                 seed=3, **options)
-        x = cupy.asarray(x16 if half else x16.astype(np.float32))
+        x = cupy.asarray(from_io(xh, given))
         y, _ = layer.forward(x, lengths=lengths)
         masks = layer.last_noise()
         layer.zero_grad()
         y, final = layer.forward(x, noise=masks, lengths=lengths)
-        dy16 = np.random.default_rng(1).standard_normal(y.shape).astype(np.float16)
-        dx = layer.backward(cupy.asarray(dy16 if half else dy16.astype(np.float32)))
+        dyh = to_io(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32), half)
+        dx = layer.backward(cupy.asarray(from_io(dyh, given)))
         runs.append((cupy.asnumpy(y), {k: cupy.asnumpy(v) for k, v in final.items()}, cupy.asnumpy(dx),
                      {k: cupy.asnumpy(g) for k, g in layer.grads().items()}))
-    (y32, f32, dx32, g32), (y16, f16, dx16, g16) = runs
-    assert y16.dtype == dx16.dtype == np.float16 and all(f16[k].dtype == np.float32 for k in f16)
-    for got, want in ((y16, y32), (dx16, dx32)):
+    (y32, f32, dx32, g32), (yh, fh, dxh, gh) = runs
+    assert yh.dtype == dxh.dtype == half and all(fh[k].dtype == np.float32 for k in fh)
+    for got, want in ((yh, y32), (dxh, dx32)):
+        got = from_io(got, np.float32)
         assert np.isfinite(got).all()
-        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float16).astype(np.float32),
-                                   rtol=2 ** -10, atol=1e-6)
+        np.testing.assert_allclose(got, from_io(to_io(want, half), np.float32), rtol=ulp, atol=1e-6)
     for k in g32:
-        np.testing.assert_allclose(g16[k], g32[k], rtol=1e-4, atol=1e-6 * float(np.abs(g32[k]).max()))
+        np.testing.assert_allclose(gh[k], g32[k], rtol=1e-4, atol=1e-6 * float(np.abs(g32[k]).max()))
 
 
 def test_half_precision_gemms_take_a_small_cublas_workspace(monkeypatch):

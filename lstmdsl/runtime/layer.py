@@ -1,4 +1,5 @@
-"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous; in fp16 also float16).
+"""CudaLayer: the Layer API on the GPU, with CuPy arrays (float32 or float64, C-contiguous; x and dy also in a half
+type: float16 in fp16, bfloat16 bits as uint16 in bf16).
 
 Parameters live in stacks: the matrices applied to one operand are rows of one [sum of rows, cols] array
 (the plan's WeightStack; parameters() hands out views), so a fused GEMM reads them as one matrix and
@@ -7,14 +8,16 @@ one G^T V updates them. The layer owns its arrays and hands their addresses to t
 Mixed precision (`precision bf16` / `fp16`): the parameters and gradients stay float32 (the master
 weights, what optimizers update); the GEMMs read half-precision copies of the stacks, refreshed from the
 masters at the start of every forward (one conversion per stack: a few microseconds). Inputs, outputs and
-states are float32 arrays in this API, or in `precision fp16` x and dy float16 arrays, y and dx then float16 too
-(converted by the engines; CuPy has no bfloat16); the workspaces keep the half-precision values.
+states are float32 arrays in this API, or x and dy in the half type (float16 arrays in `precision fp16`, uint16
+arrays of bfloat16 bits in `precision bf16`: CuPy has no bfloat16; arrays.to_bf16_bits), y and dx then in it too
+(converted by the engines); the workspaces keep the half-precision values.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import to_io
 from ..errors import BackendUnavailable, UsageError
 from ..layer import Layer, init_params, interleave_rows, length_mask, recurrent_matrices
 from ..masks import LENGTH, with_lengths
@@ -27,6 +30,8 @@ from .draws import Uniform
 from .device import check_available, cupy
 from .executor import Binding, Engine
 from .workspace import NUMPY_TYPES
+
+IO_TYPES = {np.float16: "f16", np.uint16: "bf16"}  # a caller's half array type -> the engines' element type
 
 
 class CudaLayer(Layer):
@@ -294,7 +299,7 @@ class CudaLayer(Layer):
         # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;
         # layers run one at a time take theirs from an array)
         T, B, state, lengths = self._check_input(x, state, lengths, zeros=self._split, train=train)
-        io = "f16" if x.dtype == np.float16 else None  # (`precision fp16`: y in float16 too, the engines convert)
+        io = IO_TYPES.get(x.dtype.type)  # (a half type, Layer._half_io: y in it too, the engines convert)
         if B > 65535:  # the kernels put the batch on the grid's y dimension
             raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {B}; split the batch")
         masks = self._noise(T, B, train, noise)
@@ -368,7 +373,7 @@ class CudaLayer(Layer):
         dh0 = {n: a.data.ptr for n, a in d0.items()}
         for u in range(len(self.units)):
             self._connect_grads(u, before=True)
-        io = "f16" if dy.dtype == np.float16 else None  # (dx in dy's type: float16 in `precision fp16`)
+        io = IO_TYPES.get(dy.dtype.type)  # (dx in dy's type)
         if not self._split:
             dx = cupy.empty((T, B, self.input_size), dy.dtype)
             self._engine(self._lengths).backward(self._binds, dy.data.ptr, dhn, dx.data.ptr, dh0, stream, io_type=io)
@@ -380,11 +385,11 @@ class CudaLayer(Layer):
                 if between is not None:
                     g = g * between
                 width = self.sizes[k]["input"]
-                # (float16 only for the caller's dx; two directions' parts are added in float32 first)
+                # (the half type only for the caller's dx; two directions' parts are added in float32 first)
                 typed = io if k == 0 and self.directions == 1 else None
                 parts = [cupy.empty((T, B, width), dy.dtype if typed else self.dtype) for _ in range(self.directions)]
                 half, item = g.shape[-1] // self.directions, g.itemsize
-                types = ("f16" if g.dtype == np.float16 else None, typed)  # (dy's and dx's where not float32)
+                types = (IO_TYPES.get(g.dtype.type), typed)  # (dy's and dx's where not float32)
                 for d, s in enumerate(self._streams(stream)):
                     u = self.directions * k + d
                     self._engine(self._lengths, u).backward(
@@ -393,7 +398,7 @@ class CudaLayer(Layer):
                         dy_pitch=g.shape[-1] * item, io_type=types)
                 self._join(stream)
                 g = parts[0] + parts[1] if self.directions == 2 else parts[0]
-            dx = g.astype(dy.dtype, copy=False)
+            dx = to_io(g, dy.dtype)
         for u in range(len(self.units)):
             self._connect_grads(u, before=False)
         self._initial_state_grads = d0

@@ -57,6 +57,8 @@ def full(shape, v, dtype=np.float64): return _wrap(np.full(shape, v, dtype))
 def arange(*a, **k): return _wrap(np.arange(*a, **k))
 def stack(xs): return _wrap(np.stack([np.asarray(x) for x in xs]))
 def ascontiguousarray(a): return _wrap(np.ascontiguousarray(a))
+def where(c, a, b): return _wrap(np.where(c, a, b))
+def isnan(a): return _wrap(np.isnan(a))
 float32, float64 = np.float32, np.float64
 
 
