@@ -21,7 +21,10 @@
 #     NO_GRID=1 bash benchmarks/gpu_check.sh       # without the quick grid
 #     NO_TESTS=1 bash benchmarks/gpu_check.sh      # without the GPU tests (they passed in an earlier call on this tree)
 #     NO_SANITIZERS=1 bash benchmarks/gpu_check.sh # without the compute-sanitizer passes (SAN_JOBS=n: n targets at a
-#                                                  # time, default 4; their logs in $OUT/sanitizers/)
+#                                                  # time, default 4; their logs in $OUT/sanitizers/ and
+#                                                  # sanitizers.tar.gz; SAN_LOGS=/tmp/san: the folder there, and
+#                                                  # only the archive in $OUT: on the device tool's machine,
+#                                                  # where $OUT's 100-odd logs crowd out a call's other files)
 #     BIDIRECTIONAL=1 bash benchmarks/gpu_check.sh # also bidirectional, packed LSTMs against cuDNN
 #     HALF=1 bash benchmarks/gpu_check.sh          # also vanilla in bf16 and fp16 against cuDNN at that precision
 #     MEMORY=1 bash benchmarks/gpu_check.sh        # also bf16 training memory four ways (benchmarks/memory_regimes.py)
@@ -39,6 +42,7 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/lstmdsl-gpu-check}
+SAN_LOGS=${SAN_LOGS:-$OUT/sanitizers}  # (the sanitizers' logs, one file a target; all in $OUT/sanitizers.tar.gz too)
 mkdir -p "$OUT"
 whl=.whl; [ -d "$whl" ] || whl=../../.whl  # (a branch's tree staged as _br/NAME: benchmarks/stage_branch.sh)
 if [ -d "$whl" ]; then
@@ -62,10 +66,10 @@ python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy._
 # off after 135 s by the 590 s call limit on 2026-12-04): a function run in the background, its lines collected
 # after the tests.
 sanitizers() {
-  sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $OUT/sanitizers/TOOL-NUMBER.log,
-    # its summary line appended to $OUT/summary.txt at once and kept in $OUT/sanitizers/TOOL-NUMBER.line
+  sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $SAN_LOGS/TOOL-NUMBER.log,
+    # its summary line appended to $OUT/summary.txt at once and kept in $SAN_LOGS/TOOL-NUMBER.line
     local tool=$1 n=$2 t0=$SECONDS line log; shift 2
-    log="$OUT/sanitizers/$tool-$n.log"
+    log="$SAN_LOGS/$tool-$n.log"
     if [ "$tool" = memcheck ]; then
       timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
       line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
@@ -83,7 +87,7 @@ sanitizers() {
 cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - t0)) s)"
       [ "$ours" = 0 ] || line="$line; see $log"
     fi
-    printf '%s\n' "$line" > "$OUT/sanitizers/$tool-$n.line"
+    printf '%s\n' "$line" > "$SAN_LOGS/$tool-$n.line"
     printf '%s\n' "$line" >> "$OUT/summary.txt"  # (one short line, appended at once: the jobs' lines do not mix)
   }
   memchecks=("peephole" "--persistent-block gru" "--torch-compile vanilla" "--bidirectional-lengths layernorm"
@@ -147,8 +151,8 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
   done
   wait
   line="sanitizers: ${#jobs_list[@]} targets, ${SAN_JOBS:-4} at a time, in $((SECONDS - start)) s"
-  printf '%s\n' "$line" > "$OUT/sanitizers/total.last"; printf '%s\n' "$line" >> "$OUT/summary.txt"
-  for f in "$OUT"/sanitizers/*.log; do  # a failure's log, at the end of the call's output
+  printf '%s\n' "$line" > "$SAN_LOGS/total.last"; printf '%s\n' "$line" >> "$OUT/summary.txt"
+  for f in "$SAN_LOGS"/*.log; do  # a failure's log, at the end of the call's output
     case "$f" in
       */memcheck-*) grep -q "ERROR SUMMARY: 0 errors" "$f" || { echo "== $f"; tail -30 "$f"; };;
       */racecheck-nvjet-*) grep -E "Race reported" "$f" | grep -v nvjet | head -10;;
@@ -156,11 +160,11 @@ cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE
   done
   # the logs as one archive beside the folder: a copier that brings back only a few files (the device tool's
   # machine returned 1 of the 78 on 2026-12-04) still brings them all
-  tar -czf "$OUT/sanitizers.tar.gz" -C "$OUT" sanitizers
+  tar -czf "$OUT/sanitizers.tar.gz" -C "$(dirname "$SAN_LOGS")" "$(basename "$SAN_LOGS")"
 }
 san_pid=
 if [ -z "${NO_SANITIZERS:-}" ]; then  # (NO_SANITIZERS=1: the tests alone)
-  rm -rf "$OUT/sanitizers"; mkdir -p "$OUT/sanitizers"
+  rm -rf "$SAN_LOGS"; mkdir -p "$SAN_LOGS"
   sanitizers > "$OUT/sanitizers.out" 2>&1 &
   san_pid=$!
 fi
@@ -182,8 +186,8 @@ fi
 if [ -n "$san_pid" ]; then
   wait "$san_pid"
   cat "$OUT/sanitizers.out"
-  for f in "$OUT"/sanitizers/*.line; do summary+=("$(cat "$f")"); done
-  summary+=("$(cat "$OUT/sanitizers/total.last" 2>/dev/null || echo 'sanitizers: DID NOT FINISH')")
+  for f in "$SAN_LOGS"/*.line; do summary+=("$(cat "$f")"); done
+  summary+=("$(cat "$SAN_LOGS/total.last" 2>/dev/null || echo 'sanitizers: DID NOT FINISH')")
 fi
 
 if [ -n "${BIDIRECTIONAL:-}" ]; then
