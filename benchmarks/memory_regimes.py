@@ -3,7 +3,7 @@ memory target): cuDNN as the grids run it (`nn.LSTM(...).to(bf16)`: half weights
 weights), lstmdsl's torch module the same way (`lstmdsl.torch.LSTM(...).to(bf16)`: half weights and gradients, the
 weight stacks' written half by the GEMMs), cuDNN as mixed-precision users run it (a float32 nn.LSTM under
 `torch.autocast`: float32 master weights and gradients, the half weights cast per call), lstmdsl's layer API
-(float32 master weights; float32 arrays in and out, CuPy having no bfloat16) and lstmdsl's torch module under
+(float32 master weights; float32 arrays in and out, as this script gives them) and lstmdsl's torch module under
 `torch.autocast` (float32 master weights; half x, y, dy and dx).
 
     python3 benchmarks/memory_regimes.py [--precision bf16] [--shapes 1x1024x100 256x1024x1000 ...] [--json out.json]

@@ -29,16 +29,18 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import lstmdsl  # noqa: E402
-from lstmdsl.bench import BENCH_VERSION, MEMORY_COUNTED, bench_case  # noqa: E402
+from lstmdsl.bench import BENCH_VERSION, MEMORY_COUNTED, bench_case, measured_as_now  # noqa: E402
 from lstmdsl.files import write_json  # noqa: E402
 
 
 def wanted(row: dict, again: bool, run_id: str) -> bool:
-    """Whether a row's memory is measured: not where this harness measured it (in the grid's own run or again),
-    unless again; never where this run (run_id: the one resumed) measured it already."""
+    """Whether a row's memory is measured: not where it was measured as this harness measures its precision (in
+    the grid's own run or again: bench.measured_as_now), unless again; never where this run (run_id: the one
+    resumed) measured it already."""
     if row.get("memory_run") == run_id:
         return False
-    return again or BENCH_VERSION not in (row.get("memory_version"), row.get("bench_version"))
+    versions = (row.get("memory_version"), row.get("bench_version"))
+    return again or not any(measured_as_now(row["precision"], v) for v in versions)
 
 
 def main() -> int:

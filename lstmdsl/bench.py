@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 from . import api
+from .arrays import HALF_ARRAYS
 from .eager import EagerCell, _torch
 from .spec import Spec
 from .timing import time_gpu, time_gpu_only
@@ -130,6 +131,15 @@ def _out_of_memory(e: BaseException) -> bool:
 BENCH_VERSION = 4  # the harness's way of measuring (module docstring): 1 before 2026-12-04, 2 since, 3 since
 # 2026-12-06 (fp16: float16 arrays in and out of lstmdsl's layer API), 4 later that day (bf16: bfloat16 bits so;
 # fp32 and tf32 measure as in 2, fp16 as in 3)
+CHANGED = {2: ("fp32", "tf32", "bf16", "fp16"), 3: ("fp16",), 4: ("bf16",)}  # each version's change: its precisions
+
+
+def measured_as_now(precision: str, version: int | None) -> bool:
+    """Whether a row of this precision measured by the harness's version `version` is measured as the harness
+    measures it now (no later version changed how that precision is measured)."""
+    return version is not None and all(precision not in p for v, p in CHANGED.items() if v > version)
+
+
 MEMORY_COUNTED = "peak_in_use"  # how lstmdsl's "memory" is counted now (module docstring; benchmarks/memory_rerun.py)
 
 
@@ -203,7 +213,7 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
     x = torch.randn(steps, batch, hidden, device="cuda")
     # the layer API takes x and dy in the half type (float16, or bfloat16 bits as uint16; y and dx come back so): its
     # input is then x's half copy, counted as its memory below as the same copy is counted as cuDNN's
-    io = {"fp16": np.float16, "bf16": np.uint16}.get(precision, np.float32) if half_arrays else np.float32
+    io = HALF_ARRAYS[precision].type if half_arrays and precision in HALF_ARRAYS else np.float32
     x_io = x.to(half) if io is not np.float32 else x
     xc = cupy.from_dlpack(x_io.view(torch.int16)).view(cupy.uint16) if io is np.uint16 else cupy.from_dlpack(x_io)
     as_torch = (lambda a: torch.from_dlpack(a.view(cupy.int16)).view(torch.bfloat16)) if io is np.uint16 else \

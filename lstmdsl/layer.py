@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import array_module, to_numpy
+from .arrays import HALF_ARRAYS, array_module, to_numpy
 from .errors import UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
@@ -22,7 +22,12 @@ from .schedule import Schedule
 from .spec import Spec, parse_quietly
 
 
-HALF_IO = {np.float16: "fp16", np.uint16: "bf16"}  # a half-precision array type of x and dy -> its precision
+_HALF_PRECISION = {t: p for p, t in HALF_ARRAYS.items()}  # a half array type of x and dy -> its precision
+
+
+def _named(dtype) -> str:
+    """A dtype as the layer's messages name it: uint16 as bfloat16 bits."""
+    return f"{dtype} (bfloat16 bits: lstmdsl.arrays.to_bf16_bits)" if dtype == np.uint16 else str(dtype)
 
 
 def _positive_int(name: str, value) -> int:
@@ -348,12 +353,16 @@ class Layer:
         self._check_kind(what, a)
         io = self._half_io if half else None  # (not compared with None: numpy's dtype("float64") == None)
         if a.dtype != self.dtype and not (io is not None and a.dtype == io):
-            also = (f"; {a.dtype} arrays{' (bfloat16 bits)' if a.dtype == np.uint16 else ''} are taken only by a "
-                    f"float32 layer under `precision {HALF_IO[a.dtype.type]}`" if half and a.dtype.type in HALF_IO else
-                    f" (and, as it runs `precision {self.schedule.precision}`, takes {io}"
-                    f"{' holding bfloat16 bits' if io == np.uint16 else ''})" if io is not None else "")
-            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}{also}; "
-                             f"convert it with .astype({'cupy' if self.backend == 'cuda' else 'numpy'}.{self.dtype})")
+            xp = "cupy" if self.backend == "cuda" else "numpy"
+            takes = (f" (and, as it runs `precision {self.schedule.precision}`, takes {_named(io)})"
+                     if io is not None else "")
+            only = _HALF_PRECISION.get(a.dtype) if half else None  # (by the whole dtype: '>u2' is not bf16 bits)
+            only = (f"; {_named(a.dtype)} arrays are taken only by a float32 layer under `precision {only}`"
+                    if only else "")
+            hint = (f"lstmdsl.arrays.from_bf16_bits({what}, {xp}.{self.dtype})" if a.dtype == np.uint16 else
+                    f".astype({xp}.{self.dtype})")
+            raise UsageError(f"{what} has dtype {a.dtype}, but the layer computes in {self.dtype}{takes}{only}; "
+                             f"convert it with {hint}")
         if a.shape != shape:
             raise UsageError(f"{what} has shape {list(a.shape)}, expected {list(shape)}")
         self._check_layout(what, a)
@@ -389,10 +398,9 @@ class Layer:
     def _half_io(self) -> np.dtype | None:
         """The half-precision type x and dy may have besides the layer's: float16 for a float32 layer in `precision
         fp16`, uint16 (bfloat16 bits: arrays.to_bf16_bits) in `precision bf16`, as numpy and CuPy have no bfloat16;
-        None otherwise. y and dx then come back in it (x's type; the states stay float32)."""
-        if self.dtype != np.float32 or self.schedule.precision not in ("fp16", "bf16"):
-            return None
-        return np.dtype(np.float16 if self.schedule.precision == "fp16" else np.uint16)
+        None otherwise. y and dx then come back in it (x's type; the states stay float32). Under `precision bf16` a
+        uint16 array is always read as bfloat16 bits: integer data must be converted to float32 first."""
+        return HALF_ARRAYS.get(self.schedule.precision) if self.dtype == np.float32 else None
 
     def _check_lengths(self, lengths, T: int, B: int):
         if lengths is None:
@@ -416,5 +424,5 @@ class Layer:
         self._check_array("dy", dy, (T, B, self.output_size), half=True)
         if dy.dtype != self._io_dtype:  # (dx comes back in dy's type, which must be the training forward's y's)
             raise UsageError(f"dy has dtype {dy.dtype}, but the training forward's x and y were {self._io_dtype}; "
-                             f"give dy in {self._io_dtype}")
+                             f"give dy in {_named(self._io_dtype)}")
         return self._check_state("dstate", dstate, B, zeros)

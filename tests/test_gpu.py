@@ -278,6 +278,21 @@ def test_profile_parts_add_up():
 
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_profile_takes_half_arrays_and_backs_sum_y_through_them(precision):
+    """profile() on x in the layer's half type (float16, or bfloat16 bits) runs its training step with the gradient
+    of sum(y) in y's type: ones, not ones_like's bit pattern 1 (about 9e-41 as bfloat16 bits)."""
+    layer = lstmdsl.compile("vanilla", input_size=64, hidden_size=64, backend="cuda",
+                            schedule=f"precision {precision}; no persistent")
+    half = np.float16 if precision == "fp16" else np.uint16
+    x = cupy.asarray(to_io(np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32), half))
+    seen, backward = [], layer.backward
+    layer.backward = lambda dy, *a, **k: (seen.append(cupy.asnumpy(dy)), backward(dy, *a, **k))[1]
+    p = layer.profile(x, repeat=2)
+    assert p["graphs"]["train"]["ms"] > 0 and seen
+    assert all(d.dtype == half and np.array_equal(from_io(d, np.float32), np.ones(d.shape, np.float32)) for d in seen)
+
+
 def test_profile_times_every_unit_of_a_bidirectional_stack():
     x = cupy.asarray(np.random.default_rng(0).standard_normal((20, 8, 64)).astype(np.float32))
     calls = {}

@@ -171,14 +171,20 @@ def test_memory_rerun_measures_the_rows_left_and_goes_on_where_a_run_stopped():
     run being resumed measured already (--again --resume: a run cut off by a device call's limit goes on)."""
     import memory_rerun
 
-    old = {"bench_version": 1}
-    current = {"bench_version": memory_rerun.BENCH_VERSION}
-    remeasured = {"bench_version": 1, "memory_version": memory_rerun.BENCH_VERSION, "memory_run": "earlier"}
+    old = {"bench_version": 1, "precision": "fp32"}
+    current = {"bench_version": memory_rerun.BENCH_VERSION, "precision": "fp32"}
+    remeasured = old | {"memory_version": memory_rerun.BENCH_VERSION, "memory_run": "earlier"}
     this_run = current | {"memory_version": memory_rerun.BENCH_VERSION, "memory_run": "run-1"}
     assert [memory_rerun.wanted(r, False, "run-1") for r in (old, current, remeasured, this_run)] == \
         [True, False, False, False]
     assert [memory_rerun.wanted(r, True, "run-1") for r in (old, current, remeasured, this_run)] == \
         [True, True, True, False]
+    # a version that changed how one precision is measured leaves the others' rows as measured now (version 4: bf16's
+    # arrays; 3: fp16's; 2: every precision's)
+    by = {p: [memory_rerun.wanted({"bench_version": v, "precision": p}, False, "run-1") for v in (1, 2, 3, 4)]
+          for p in ("fp32", "tf32", "fp16", "bf16")}
+    assert by == {"fp32": [True, False, False, False], "tf32": [True, False, False, False],
+                  "fp16": [True, True, False, False], "bf16": [True, True, True, False]}
 
 
 def test_the_memory_regimes_table_shows_the_ways_measured_and_the_half_modules_ratio():

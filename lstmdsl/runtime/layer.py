@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import to_io
+from ..arrays import HALF_ARRAYS, to_io
 from ..errors import BackendUnavailable, UsageError
 from ..layer import Layer, init_params, interleave_rows, length_mask, recurrent_matrices
 from ..masks import LENGTH, with_lengths
@@ -31,7 +31,8 @@ from .device import check_available, cupy
 from .executor import Binding, Engine
 from .workspace import NUMPY_TYPES
 
-IO_TYPES = {np.float16: "f16", np.uint16: "bf16"}  # a caller's half array type -> the engines' element type
+IO_TYPES = {HALF_ARRAYS["fp16"].type: "f16", HALF_ARRAYS["bf16"].type: "bf16"}  # a caller's half array type -> the
+# engines' element type
 
 
 class CudaLayer(Layer):
@@ -293,7 +294,8 @@ class CudaLayer(Layer):
         return self.directions == 2 or (self.dropout > 0 and self.num_layers > 1)
 
     def forward(self, x, state: dict | None = None, *, train: bool = True, lengths=None, noise=None):
-        """x [T, B, input] (CuPy, the layer's dtype, or float16 under `precision fp16`: y then float16 too) ->
+        """x [T, B, input] (CuPy, the layer's dtype, or its half type: float16 under `precision fp16`, uint16 bfloat16
+        bits under `precision bf16`; y then in it too) ->
         (y [T, B, output], final state {name: [D * L, B, size]}).
         lengths [B], train and noise: see NumpyLayer.forward."""
         # no state: the engine zeroes its own copy (a memset each, not an array allocated, zeroed and copied in;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from ..arrays import to_io
 from .device import cupy
 
 
@@ -13,7 +14,7 @@ def profile(layer, x, repeat: int = 5) -> dict:
     from ..timing import spin, time_gpu
 
     y, _ = layer.forward(x)
-    ones = cupy.ones_like(y)
+    ones = to_io(cupy.ones(y.shape, cupy.float32), y.dtype)  # (the gradient of sum(y) in y's type: bfloat16 bits too)
     graphs = {"forward": time_gpu(lambda: layer.forward(x, train=False), repeat),
               "train": time_gpu(lambda: (layer.forward(x), layer.backward(ones)), repeat)}
     saved = layer.use_graphs, layer.overlap_directions

@@ -31,6 +31,8 @@ for name, L, options, schedule, lengths in [("vanilla", 2, {}, "precision fp16",
                                            ("vanilla", 2, {}, "precision bf16", None),
                                            ("peephole", 2, {"dropout": 0.3}, "precision bf16", [5, 2, 4]),
                                            ("gru", 1, {"bidirectional": True}, "precision bf16", [3, 5, 1]),
+                                           ("gru", 2, {"dropout": 0.3}, "precision bf16", None),
+                                           ("peephole", 1, {"bidirectional": True}, "precision bf16", None),
                                            ("vanilla", 2, {"bidirectional": True}, "precision bf16", None),
                                            ("peephole", 2, {}, "precision bf16; wavefront", None),
                                            ("vanilla", 1, {}, "precision bf16; persistent", None)]:
