@@ -9,9 +9,9 @@ Competitors, on the same data and weights:
             inference (regularisers at their expectations), and a cell with regularisers is checked so;
   compile   the same module with its step function under torch.compile (default mode).
 In bf16 and fp16 the competitors are lstmdsl (its layer API, half inside, and x and dy in the half type, y and dx
-out in it: float16 arrays in fp16 since 2026-12-06, uint16 arrays of bfloat16 bits in bf16 since version 4 (also 2026-12-06), the
-row's lstmdsl "io"; float32 arrays before, or with half_arrays=False) and cuDNN with its weights and input in that
-type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
+out in it: float16 arrays in fp16 since version 3, uint16 arrays of bfloat16 bits in bf16 since version 4, both
+2026-12-06, the row's lstmdsl "io"; float32 arrays before, or with half_arrays=False) and cuDNN with its weights
+and input in that type (nn.LSTM(...).to(torch.bfloat16)). In bf16 cuDNN's weights are put into
 one buffer by hand (flatten_bf16): PyTorch leaves them apart there, and cuDNN then copies them at every call.
 Every competitor's output is checked against lstmdsl's before it is timed. Times are CUDA-event medians
 after two warm-up calls, with the spread (min, max) kept. "train" is forward plus the backward of
@@ -20,12 +20,11 @@ zero_grad()); "forward" runs cuDNN's LSTM in eval mode (its inference kernels).
 
 Memory. For each torch competitor, torch's max_memory_allocated over its timed calls less what torch held when
 its turn began: the competitors run one after the other, each built then and dropped after, so none holds another's
-weights or gradients; not counted are the harness's tensors (x in float32, which lstmdsl reads where it lies but
-in fp16, the copy that takes the gradient, the reference output the others are checked against), anything from
-before the case, and
-torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's use of them is not
-counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is cuDNN's input and
-counts for it; lstmdsl reads the same copy, counted for it too ("input_memory"; with float32 arrays, its own half
+weights or gradients; not counted are the harness's tensors (x in float32, which lstmdsl reads where it lies in
+fp32 and tf32, the copy that takes the gradient, the reference output the others are checked against), anything
+from before the case, and torch's BLAS workspaces (made before the case by _warm_torch_blas; an eager competitor's
+use of them is not counted, unlike lstmdsl's kept workspaces below). In bf16 and fp16 x's half-precision copy is
+cuDNN's input and counts for it; lstmdsl reads the same copy, counted for it too ("input_memory"; with float32 arrays, its own half
 copy made inside counts for it). For lstmdsl, the peak of the bytes in use from CuPy's
 memory pool over a call made after its check and a first call (the timed calls run without the hook, whose
 callbacks cost host time), counting what was taken from the layer's build on and is still in use then or taken
@@ -33,7 +32,7 @@ during the call, as torch's peak is reset after its competitors' first calls (Pe
 parameters, gradients, workspaces, outputs and the harness's output gradient; the counterpart of torch's
 max_memory_allocated), plus the cuBLAS workspaces its calls used that an earlier case made (kept by the process:
 cublas.workspaces_reused). Rows also keep "pool_memory": what the pool held after the calls beyond what it held
-before (freed blocks still cached included: an upper bound of the peak), with the same kept workspaces and float16
+before (freed blocks still cached included: an upper bound of the peak), with the same kept workspaces and half
 input added, lstmdsl's count in rows measured before
 the hook (their "memory": the rows measured on 2026-12-04 and before).
 
@@ -252,7 +251,8 @@ def bench_case(spec: Spec, batch: int, hidden: int, steps: int, layers: int = 1,
                 fn()
             own = x_io.nbytes if io is not np.float32 else 0  # (x itself, float32, is the harness's: not counted)
             row["results"]["lstmdsl"] = time_gpu(fn, repeat) | {
-                "memory": in_use.peak + own, "io": "bfloat16" if io is np.uint16 else np.dtype(io).name, "input_memory": own,
+                "memory": in_use.peak + own, "input_memory": own,
+                "io": "bfloat16" if io is np.uint16 else np.dtype(io).name,
                 "pool_memory": int(pool.total_bytes() - base) + own}
             if gpu_time:
                 row["results"]["lstmdsl"] |= time_gpu_only(fn, repeat)

@@ -18,26 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lstmdsl  # noqa: E402
 from lstmdsl.arrays import from_io, to_io  # noqa: E402
 
-HALF = {"fp16": np.float16, "bf16": np.uint16}  # the precision -> the caller's half array type
+from lstmdsl.arrays import HALF_ARRAYS  # noqa: E402 (the precision -> the caller's half array type)
+
+CASES = [("vanilla", 2, {}, "", None), ("peephole", 2, {"dropout": 0.3}, "", [5, 2, 4]),
+         ("gru", 1, {"bidirectional": True}, "", [3, 5, 1]), ("gru", 2, {"dropout": 0.3}, "", None),
+         ("peephole", 1, {"bidirectional": True}, "", None), ("vanilla", 2, {"bidirectional": True}, "", None),
+         ("peephole", 2, {}, "; wavefront", None), ("vanilla", 1, {}, "; persistent", None)]
 failures = 0
-for name, L, options, schedule, lengths in [("vanilla", 2, {}, "precision fp16", None),
-                                           ("peephole", 2, {"dropout": 0.3}, "precision fp16", [5, 2, 4]),
-                                           ("gru", 1, {"bidirectional": True}, "precision fp16", [3, 5, 1]),
-                                           ("gru", 2, {"dropout": 0.3}, "precision fp16", None),
-                                           ("peephole", 1, {"bidirectional": True}, "precision fp16", None),
-                                           ("vanilla", 2, {"bidirectional": True}, "precision fp16", None),
-                                           ("peephole", 2, {}, "precision fp16; wavefront", None),
-                                           ("vanilla", 1, {}, "precision fp16; persistent", None),
-                                           ("vanilla", 2, {}, "precision bf16", None),
-                                           ("peephole", 2, {"dropout": 0.3}, "precision bf16", [5, 2, 4]),
-                                           ("gru", 1, {"bidirectional": True}, "precision bf16", [3, 5, 1]),
-                                           ("gru", 2, {"dropout": 0.3}, "precision bf16", None),
-                                           ("peephole", 1, {"bidirectional": True}, "precision bf16", None),
-                                           ("vanilla", 2, {"bidirectional": True}, "precision bf16", None),
-                                           ("peephole", 2, {}, "precision bf16; wavefront", None),
-                                           ("vanilla", 1, {}, "precision bf16; persistent", None)]:
+for precision, (name, L, options, mode, lengths) in [(p, c) for p in ("fp16", "bf16") for c in CASES]:
     T, B, I, H = 5, 3, 6, 6
-    half = HALF[schedule.split(";")[0].split()[1]]
+    schedule, half = f"precision {precision}{mode}", HALF_ARRAYS[precision].type
     rng = np.random.default_rng(1)
     xh = to_io(rng.standard_normal((T, B, I)).astype(np.float32), half)
     runs = []
