@@ -2,8 +2,9 @@
 
 cublasGemmEx (runtime/cublas.py) runs the one kernel cuBLAS's heuristic picks for a shape (its algorithm argument
 changes nothing on sm_90); cuBLASLt lists several (tile shapes, split-K), and cublas.tune may time them where
-LSTMDSL_GEMM_LT=1 (not yet the default: not yet measured on a GPU). A Kernel holds its descriptors, made once
-outside any capture; a call only passes them, so it can be captured into a CUDA graph.
+LSTMDSL_GEMM_LT=1 (off by default: on an H100 it took FGR's fp32 forward at B = 64, H = 512 to 0.90x its time
+and left the other cells at 0.98-1.01x, benchmarks/results/probes/lt_choice_h100.txt). A Kernel holds its
+descriptors, made once outside any capture; a call only passes them, so it can be captured into a CUDA graph.
 """
 
 from __future__ import annotations
