@@ -24,6 +24,15 @@ def test_emulated_runtime_matches_the_reference():
     assert r.returncode == 0 and not bad, (bad or [r.stdout[-3000:]]) + [r.stderr[-3000:]]
 
 
+def test_the_emulators_stores_and_bounds_checks():
+    """The emulator's own checks (tests/emulated/self_check.py): a kernel's column stores land where a store a
+    column at a time puts them, and an access past an allocation raises: what every emulated case relies on."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "self_check.py")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "emulator: OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
 def test_cubin_cache_without_a_gpu():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "cubin_cache.py")], capture_output=True,

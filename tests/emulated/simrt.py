@@ -109,6 +109,9 @@ def load_cols(ptr, rows, cols, ld, dtype):
 
 def store_cols(ptr, rows, cols, ld, dtype, values, add=False):
     values = np.broadcast_to(values, (rows, len(cols)))
+    if len(cols) and np.array_equal(cols, np.arange(len(cols))):  # (0..n-1: one store of the block; a column at
+        store(ptr, rows, len(cols), ld, dtype, values, add=add)   # a time took a quarter of the emulated run)
+        return
     item = np.dtype(NP[dtype]).itemsize
     for k, c in enumerate(cols):
         store(ptr + item * int(c), rows, 1, ld, dtype, values[:, k:k + 1], add=add)
@@ -324,13 +327,14 @@ def _stage(desc, op, nodes, val, real, types, cached=None):
             cols = columns(val, a.name, size(nodes[i].size))
             store_cols(val[a.name], B, cols, val["ld_" + a.name], types[a.name], values[i], add=add)
             writes.append((i, val[a.name], val["ld_" + a.name], item[a.name], cols))
+    batch = np.arange(B)[:, None]  # (each element's address: sets made from arrays, not Python loops)
     for i, wptr, wld, witem, wcols in writes:
-        wset = {wptr + witem * (b * wld + int(c)) for b in range(B) for c in wcols}
+        wset = set((wptr + witem * (batch * wld + np.asarray(wcols, np.int64)[None, :])).ravel().tolist())
         for j, rptr, rld, ritem, rcols in reads:
             if (i, j) in IN_PLACE.get(desc.name, ()) and (wptr, wld, witem) == (rptr, rld, ritem) \
                     and list(wcols) == list(rcols):
                 continue  # Storage.in_place, element for element: each thread loads its element before it stores
-            rset = {rptr + ritem * (b * rld + int(c)) for b in range(B) for c in rcols}
+            rset = set((rptr + ritem * (batch * rld + np.asarray(rcols, np.int64)[None, :])).ravel().tolist())
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
 
