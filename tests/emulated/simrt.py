@@ -267,6 +267,24 @@ def _matrix(val, key, rows, cols, dtype, cached=None):
     return whole
 
 
+_OUTPUTS = {}  # id(KernelDesc) -> (the desc, kept alive, and its outputs: (arg, node, whether the kernel adds))
+
+
+def _outputs(desc):
+    """The kernel's output arguments, each with its node and whether the kernel adds into it (`+=` in its lines),
+    read from the desc once, not at every launch."""
+    if id(desc) not in _OUTPUTS:
+        text = "\n".join(line for _, lines in desc.groups for line in lines)
+        outs = []
+        for a in desc.args:
+            if a.name.startswith("out"):
+                add = any(f"{a.name}[b * ld_{a.name}{tail}] +=" in text
+                          for tail in ("", " + j", f" + (j / hb_{a.name}) * hp_{a.name} + j % hb_{a.name}"))
+                outs.append((a, int(a.name[3:].split("_")[0]), add))
+        _OUTPUTS[id(desc)] = (desc, outs)
+    return _OUTPUTS[id(desc)][1]
+
+
 def _stage(desc, op, nodes, val, real, types, cached=None):
     B = int(val["B"])
     size = lambda s: 1 if s == "one" else int(val[f"n_{s}"])  # noqa: E731
@@ -318,23 +336,20 @@ def _stage(desc, op, nodes, val, real, types, cached=None):
         else:
             v = reference.eval_node(n, [values[x] for x in n.args], {}, B, dtype, sizes)
             values[i] = np.broadcast_to(v, (B, size(n.size)))
-    text = "\n".join(line for _, lines in desc.groups for line in lines)
-    for a in desc.args:
-        if a.name.startswith("out"):
-            i = int(a.name[3:].split("_")[0])
-            add = any(f"{a.name}[b * ld_{a.name}{tail}] +=" in text
-                      for tail in ("", " + j", f" + (j / hb_{a.name}) * hp_{a.name} + j % hb_{a.name}"))
-            cols = columns(val, a.name, size(nodes[i].size))
-            store_cols(val[a.name], B, cols, val["ld_" + a.name], types[a.name], values[i], add=add)
-            writes.append((i, val[a.name], val["ld_" + a.name], item[a.name], cols))
+    for a, i, add in _outputs(desc):
+        cols = columns(val, a.name, size(nodes[i].size))
+        store_cols(val[a.name], B, cols, val["ld_" + a.name], types[a.name], values[i], add=add)
+        writes.append((i, val[a.name], val["ld_" + a.name], item[a.name], cols))
     batch = np.arange(B)[:, None]  # (each element's address: sets made from arrays, not Python loops)
+    addresses = lambda ptr, ld, nbytes, cols: set((ptr + nbytes * (batch * ld + np.asarray(cols, np.int64)[None, :])  # noqa: E731
+                                                   ).ravel().tolist())
+    rsets = [addresses(rptr, rld, ritem, rcols) for _, rptr, rld, ritem, rcols in reads]
     for i, wptr, wld, witem, wcols in writes:
-        wset = set((wptr + witem * (batch * wld + np.asarray(wcols, np.int64)[None, :])).ravel().tolist())
-        for j, rptr, rld, ritem, rcols in reads:
+        wset = addresses(wptr, wld, witem, wcols)
+        for (j, rptr, rld, ritem, rcols), rset in zip(reads, rsets):
             if (i, j) in IN_PLACE.get(desc.name, ()) and (wptr, wld, witem) == (rptr, rld, ritem) \
                     and list(wcols) == list(rcols):
                 continue  # Storage.in_place, element for element: each thread loads its element before it stores
-            rset = set((rptr + ritem * (batch * rld + np.asarray(rcols, np.int64)[None, :])).ravel().tolist())
             if wset & rset and i != j:
                 LOG.append(f"{desc.name}: writes %{i} over a region it reads for %{j}")
 
