@@ -48,12 +48,23 @@ def check_forget_bias(spec: Spec, forget_bias) -> float | None:
     return float(forget_bias)
 
 
+def check_schedule(schedule, spec: Spec | None) -> Schedule | None:
+    """A schedule as the caller gives it: directive text (parsed over the spec's own schedule), a Schedule, or
+    None (the spec's schedule; None without a spec)."""
+    if isinstance(schedule, str):
+        return parse_schedule(schedule, spec.schedule if spec is not None else None)
+    if schedule is None:
+        return spec.schedule if spec is not None else None
+    if not isinstance(schedule, Schedule):
+        raise UsageError(f"schedule must be a Schedule or directive text, got {type(schedule).__name__}")
+    return schedule
+
+
 def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
     """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
     if backend not in ("numpy", "cuda"):  # (the caller's arguments first: past them, a refusal is the file's)
         raise UsageError(f"unknown backend {backend!r}; choose numpy or cuda")
-    if isinstance(schedule, str):
-        parse_schedule(schedule)
+    check_schedule(schedule, None)
     meta, state = read_saved(path)
     first = meta["sizes"][0]
     try:
@@ -137,12 +148,7 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
             pass
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UsageError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if isinstance(schedule, str):
-        schedule = parse_schedule(schedule, spec.schedule)
-    elif schedule is None:
-        schedule = spec.schedule
-    elif not isinstance(schedule, Schedule):
-        raise UsageError(f"schedule must be a Schedule or directive text, got {type(schedule).__name__}")
+    schedule = check_schedule(schedule, spec)
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise UsageError(f"bidirectional must be True or False, got {bidirectional!r}")
     directions = 2 if bidirectional else 1

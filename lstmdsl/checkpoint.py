@@ -5,6 +5,7 @@ readable but not a run's checkpoint is damaged, not an internal error)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -75,16 +76,21 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
     ValueError, KeyError or TypeError says what is wrong)."""
     for k, v in model.parameters().items():
         a = files[f"param/{k}"]
-        if a.shape != v.shape or not np.all(np.isfinite(a)):
-            raise ValueError(f"parameter {k} is {a.shape}, expected {v.shape}, or has non-finite values")
-    number = (int, float)
-    entry = {"epoch": int, "loss": number, "train": number, "valid": number, "seconds": number}
+        with np.errstate(over="ignore"):  # (values past the type's range: infinite there, refused below)
+            cast = np.asarray(a, dtype=v.dtype) if a.dtype.kind == "f" else None
+        if a.shape != v.shape or cast is None or not np.all(np.isfinite(cast)):
+            raise ValueError(f"parameter {k} is {a.shape} of {a.dtype}, expected {v.shape} of floating-point values "
+                             f"finite in {np.dtype(v.dtype).name}")
+    def number(v) -> bool:  # (a run stops at a loss that is not finite: its checkpoints hold none)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    entry = {"loss": number, "train": number, "valid": number, "seconds": number}
     if not (isinstance(state["epoch"], int) and 1 <= state["epoch"] <= cfg.epochs + 1 and
             isinstance(state["batch"], int) and state["batch"] >= 0 and isinstance(state["history"], list) and
-            all(isinstance(h, dict) and all(isinstance(h.get(k), t) for k, t in entry.items())
+            all(isinstance(h, dict) and isinstance(h.get("epoch"), int) and all(f(h.get(k)) for k, f in entry.items())
                 for h in state["history"]) and
-            isinstance(state["losses"], list) and all(isinstance(v, number) for v in state["losses"]) and
-            all(isinstance(state[k], number) and np.isfinite(state[k]) for k in ("total", "count", "seconds"))):
+            isinstance(state["losses"], list) and all(number(v) for v in state["losses"]) and
+            all(number(state[k]) for k in ("total", "count", "seconds"))):
         raise ValueError("its progress (epoch, batch, history, losses) is not a run's")
     order = files.get("order")
     if order is not None and (order.dtype.kind not in "iu" or sorted(order.tolist()) != list(range(len(order)))):

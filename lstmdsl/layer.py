@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import HALF_ARRAYS, array_module, to_numpy
-from .errors import UsageError, check_free_memory
+from .errors import InputFileError, UsageError, check_free_memory
 from .files import write_npz
 from .ir import HEADS, ROW, SIZES, Cell, Noise, per_head
 from .saved import read_saved
@@ -289,10 +289,12 @@ class Layer:
     def load_state_dict(self, state: dict) -> None:
         """Copy parameter values in (numpy or CuPy arrays); names, shapes and finiteness are checked first."""
         params = self.parameters()
-        if not isinstance(state, dict) or set(state) != set(params):
-            got = set(state) if isinstance(state, dict) else set()
+        if not isinstance(state, dict):
+            raise UsageError(f"a state dict is a dict of arrays by parameter name (as state_dict() returns), got "
+                             f"{type(state).__name__}")
+        if set(state) != set(params):
             raise UsageError(f"the state dict does not match this layer's parameters (missing: "
-                             f"{sorted(set(params) - got)}, unexpected: {sorted(got - set(params))})")
+                             f"{sorted(set(params) - set(state))}, unexpected: {sorted(set(state) - set(params))})")
         values = {}
         for k, v in state.items():
             try:
@@ -325,12 +327,18 @@ class Layer:
     def load(self, path) -> None:
         """Load parameters saved by save() into this layer (the same cell and sizes)."""
         meta, state = read_saved(path)
-        if meta["cell"] != self.cell.name or parse_quietly(meta["spec"]).cell != self.cell:
-            raise UsageError(f"{path} holds cell '{meta['cell']}', which is not this layer's cell '{self.cell.name}'")
+        cell = parse_quietly(meta["spec"]).cell
+        if cell != self.cell:
+            raise UsageError(f"{path} holds cell '{cell.name}'" + (", whose equations differ from this layer's"
+                                                                    if cell.name == self.cell.name else
+                                                                    f", which is not this layer's cell '{self.cell.name}'"))
         if meta["sizes"] != self.sizes or meta.get("directions", 1) != self.directions:
             raise UsageError(f"{path} holds sizes {meta['sizes']} in {meta.get('directions', 1)} direction(s), this "
                              f"layer has {self.sizes} in {self.directions}")
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except UsageError as err:  # (its cell and sizes are this layer's: what is wrong is in the file)
+            raise InputFileError(f"{path} is damaged: {err}") from None
 
     def initial_state_grads(self) -> dict:
         """Gradients of the initial states ([L, B, size] each) from the last backward()."""

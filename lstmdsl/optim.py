@@ -57,6 +57,7 @@ class Optimizer:
         raise NotImplementedError
 
     _SLOTS: tuple[str, ...] = ()  # the per-parameter state dicts (momentum buffers, moments)
+    _non_negative: tuple[str, ...] = ()  # slots that are never negative (Adam's second moments)
 
     def state_dict(self) -> dict:
         """The optimizer's state as numpy arrays by "slot/parameter name", plus "steps": what a checkpoint
@@ -87,9 +88,16 @@ class Optimizer:
                     if v.shape != self.params[name].shape:
                         raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
                                          f"{list(self.params[name].shape)}")
-                    if not np.all(np.isfinite(v)):
-                        raise UsageError(f"the optimizer's {slot} of {name} has non-finite values")
-                    table[name] = array_module(self.params[name]).asarray(v)
+                    dtype = self.params[name].dtype
+                    with np.errstate(over="ignore"):  # (float64 values past float32's range: infinite there)
+                        cast = np.asarray(v, dtype=dtype) if getattr(v, "dtype", np.dtype("O")).kind == "f" else None
+                    if cast is None or not np.all(np.isfinite(cast)):
+                        raise UsageError(f"the optimizer's {slot} of {name} has non-finite values (or values "
+                                         f"past {np.dtype(dtype).name}'s range, or no floating-point type)")
+                    if slot in self._non_negative and np.any(v < 0):
+                        raise UsageError(f"the optimizer's {slot} of {name} has negative values, which a {slot} "
+                                         "never holds")
+                    table[name] = array_module(self.params[name]).asarray(cast)
             missing = sorted(set(self.params) - set(table)) if self.steps and slot in self._full_slots() else []
             if missing:  # (fresh moments where the run had others: not the same training)
                 raise UsageError(f"the optimizer state after {self.steps} steps has no {slot} of {', '.join(missing)}")
@@ -137,6 +145,7 @@ class Adam(Optimizer):
 
     decoupled = False
     _SLOTS = ("m", "v")
+    _non_negative = ("v",)
 
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):

@@ -48,10 +48,15 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
         bad = ["sizes"]
     if not bad and meta.get("directions", 1) not in (1, 2):  # (3 once loaded as one direction)
         bad = ["directions"]
+    if not bad and "{" not in meta["spec"]:
+        bad = ["spec"]  # (save writes the spec's text: never a file's or a shipped spec's name, read from elsewhere)
     if bad:
         raise InputFileError(f"{path} is damaged: its metadata lacks or garbles {', '.join(bad)}")
     try:
-        parse_quietly(meta["spec"])  # (lstmdsl.load and Layer.load parse it again: a small cost, once a load)
+        cell = parse_quietly(meta["spec"]).cell  # (lstmdsl.load and Layer.load parse it again: a small cost)
     except SpecError as err:  # (a damaged file, or one edited by hand)
         raise InputFileError(f"{path} is damaged: the spec saved in it does not parse:\n{err}") from None
+    if cell.name != meta["cell"]:
+        raise InputFileError(f"{path} is damaged: its metadata names cell '{meta['cell']}', its spec cell "
+                             f"'{cell.name}'")
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}

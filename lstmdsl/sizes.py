@@ -122,11 +122,14 @@ def infer_sizes(c) -> None:
         return combine(infer(e.left), infer(e.right), e.span, f"'{e.op}'")
 
     c.rows = set()  # values that are per-row scalars (a reduction's result, or computed from one alone)
+    inferred = {}  # id of an equation's expression -> its size (each inferred once: a conflict is reported once)
     for name in c.order:
-        if infer(c.defs[name].expr) == _ROW:
+        expr = c.defs[name].expr
+        inferred[id(expr)] = infer(expr)
+        if inferred[id(expr)] == _ROW:
             c.rows.add(name)
     for a in c.assigns:
-        rhs = infer(a.expr)
+        rhs = inferred[id(a.expr)] if id(a.expr) in inferred else infer(a.expr)
         if rhs == _SCALAR:
             c.P.error(f"'{a.target}' is a constant; every value in a cell is a vector", a.expr.span,
                     "multiply by a vector, e.g. a learned parameter, to give it a size")

@@ -92,7 +92,12 @@ def test_error_location_message_and_hint(text, line, col, message, hint):
 
 
 @pytest.mark.parametrize("text", [spec(GOOD.replace("input x", "input x'")),
-                                  spec(GOOD.replace("state h, c", "state h', c"))])
+                                  spec(GOOD.replace("state h, c", "state h', c")),
+                                  # (a size mismatch in a state's update was reported twice: its equation's
+                                  # sizes were inferred once as a value and again as an update; a review, 2026-12-06)
+                                  spec(GOOD.replace("c' = c + i", "c' = c + x")),
+                                  spec(GOOD.replace("c' = c + i", "c' = c + i * x")),
+                                  spec(GOOD.replace("R_i h", "R_i h + W_i h"))])
 def test_one_mistake_one_error(text):
     with pytest.raises(SpecError) as info:
         lstmdsl.parse(text)

@@ -247,7 +247,12 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                "an order of floats": {**good, "order": np.array([1.0, 0.0])},
                "a negative step count": {**good, **{k: np.array(-5) for k in good if k == "opt/steps"}},
                "a NaN moment": {**good, **{k: np.full_like(v, np.nan) for k, v in good.items()
-                                           if k.startswith("opt/v/")}}}
+                                           if k.startswith("opt/v/")}},
+               # (these three trained on into a NaN loss, or ended "diverged" with exit 0: a review, 2026-12-06)
+               "a negative second moment": {**good, **{k: -np.ones_like(v) for k, v in good.items()
+                                                       if k.startswith("opt/v/")}},
+               "a parameter past float32's range": {**good, "param/l0.W": np.full(good["param/l0.W"].shape, 1e300)},
+               "a NaN loss": {**good, "state": np.array(json.dumps({**state, "losses": [float("nan")]}))}}
     for what, arrays in damaged.items():
         np.savez(checkpoint, **arrays)
         with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):
@@ -423,6 +428,8 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
     bad = {k: np.array(["a"] * v.size).reshape(v.shape) for k, v in layer.state_dict().items()}
     with pytest.raises(UsageError, match="has dtype <U1; parameters are numbers"):
         layer.load_state_dict(bad)
+    with pytest.raises(UsageError, match="a state dict is a dict of arrays by parameter name .*, got list"):
+        layer.load_state_dict([1, 2])  # (it listed every parameter as missing)
     before = layer.state_dict()
     with pytest.raises(UsageError, match="past float32's range"):  # (1e300 once became inf, with only a warning)
         layer.load_state_dict({k: np.full(v.shape, 1e300) for k, v in before.items()})
@@ -452,6 +459,26 @@ def test_bad_state_dicts_and_saved_files(tmp_path):
         lstmdsl.load(tmp_path / "badspec.npz")
     with pytest.raises(InputFileError, match="badspec.npz is damaged: the spec saved in it does not parse"):
         layer.load(tmp_path / "badspec.npz")  # (Layer.load too: it raised the SpecError at <string>)
+    # (a review, 2026-12-06: a spec saved as a name or a path was read from elsewhere; a metadata cell that is not
+    # the spec's gave "holds cell 'vanilla', which is not this layer's cell 'vanilla'"; a NaN parameter through
+    # Layer.load was a UsageError where lstmdsl.load's is a damaged file)
+    peephole = str(lstmdsl.resources.shipped_specs()["peephole"])
+    for name, m, message in (("named", {**meta, "spec": "gru"}, "its metadata lacks or garbles spec"),
+                             ("path", {**meta, "spec": peephole}, "its metadata lacks or garbles spec"),
+                             ("renamed", {**meta, "cell": "gru"}, "its metadata names cell 'gru', its spec cell "
+                                                                  "'vanilla'")):
+        np.savez(tmp_path / f"{name}.npz", **{**files, "__meta__": np.array(json.dumps(m))})
+        for load in (lstmdsl.load, layer.load):
+            with pytest.raises(InputFileError, match=f"{name}.npz is damaged: {message}"):
+                load(tmp_path / f"{name}.npz")
+    np.savez(tmp_path / "nan.npz", **{**files, "param:l0.W_i": np.full(files["param:l0.W_i"].shape, np.nan)})
+    with pytest.raises(InputFileError, match="nan.npz is damaged: l0.W_i contains NaN"):
+        layer.load(tmp_path / "nan.npz")
+    edited = lstmdsl.compile(lstmdsl.resources.shipped_specs()["vanilla"].read_text().replace("tanh(c')",
+                                                                                             "tanh(c') * 2"), 3, 4)
+    edited.save(tmp_path / "edited.npz")
+    with pytest.raises(UsageError, match="holds cell 'vanilla', whose equations differ from this layer's"):
+        layer.load(tmp_path / "edited.npz")
     (tmp_path / "random.npz").write_bytes(os.urandom(300))
     with pytest.raises(InputFileError) as info:
         lstmdsl.load(tmp_path / "random.npz")

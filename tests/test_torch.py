@@ -269,6 +269,7 @@ def test_a_projection_to_as_many_units_or_more_is_refused_as_nn_lstm_refuses_it(
     (lambda: lt.LSTM(3, 4, seed=-1), "seed must be a non-negative integer, got -1"),
     (lambda: lt.LSTM(3, 4, dtype=torch.int32), "dtype must be torch.float32, float64, bfloat16 or float16"),
     (lambda: lt.LSTM(3, 4, dtype=torch.complex64), "dtype must be torch.float32, float64, bfloat16 or float16"),
+    (lambda: lt.LSTM(3, 4, schedule=3), "schedule must be a Schedule or directive text, got int"),  # (AttributeError)
 ])
 def test_the_modules_arguments_are_checked_as_compile_checks_them(make, message):
     """The module's constructor refuses what lstmdsl.compile refuses, saying which argument (numpy's or torch's
@@ -287,6 +288,28 @@ def test_a_hand_made_packed_sequence_or_a_state_of_the_wrong_kind_is_refused():
             rnn(bad)
     with pytest.raises(UsageError, match="a tensor, a tuple of tensors \\(h, c\\) or a dict, got int"):
         rnn(torch.randn(5, 2, 3), 5)
+
+
+def test_a_parameter_replaced_by_one_of_another_shape_is_refused_by_name():
+    """A parameter put in place by hand with another shape (the kernels would read past its end; the reference
+    failed in numpy's matmul): the module names it and its shape; the op itself checks every shape too."""
+    m = lt.LSTM(4, 6, 2, bidirectional=True)
+    m.weight_hh_l1_reverse = torch.nn.Parameter(torch.zeros(6, 24))
+    with pytest.raises(UsageError, match=r"weight_hh_l1_reverse has shape \[6, 24\]; this module's "
+                                         r"weight_hh_l1_reverse is \[24, 6\]"):
+        m(torch.randn(3, 2, 4))
+    m = lt.LSTM(4, 6)
+    runner, _, names = m._groups[0]
+    params = [p.detach() for p in m._tensors(names)]
+    x = torch.randn(3, 2, 4)
+    for bad, message in ((x[..., :3], r"the input has shape \[3, 2, 3\]; expected \[T, B, 4\]"),
+                         (x, r"parameter weight_ih of layer 0 has shape \[24, 3\]; expected \[24, 4\]")):
+        ps = [params[0][:, :3], *params[1:]] if bad is x else params
+        with pytest.raises(UsageError, match=message):
+            torch.ops.lstmdsl.rnn_forward(bad, [], ps, [], runner.handle, False)
+    with pytest.raises(UsageError, match=r"the initial state h has shape \[1, 2, 5\]; expected \[1, 2, 6\]"):
+        torch.ops.lstmdsl.rnn_forward(x, [torch.zeros(1, 2, 5), torch.zeros(1, 2, 6)], params, [], runner.handle,
+                                      False)
 
 
 def test_reset_parameters_and_all_weights_as_nn_lstm_has_them():

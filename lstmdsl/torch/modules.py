@@ -10,16 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import check_forget_bias, check_seed
+from ..api import check_forget_bias, check_schedule, check_seed
 from ..errors import UsageError
 from ..ir import HEADS, ROW
 from ..layer import is_gain, layer_sizes
-from ..schedule import Schedule, parse_schedule
+from ..schedule import Schedule
 from ..spec import Spec, parse
 from .names import torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
+from .weights import CopyInto
 
 _WARNED_CPU = []
 _SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
@@ -29,6 +30,11 @@ def _bool(name: str, v) -> bool:  # (as nn.LSTM takes flags: 1 and 0 too, nn.LST
     if not isinstance(v, (bool, np.bool_)) and not (isinstance(v, (int, np.integer)) and v in (0, 1)):
         raise UsageError(f"{name} must be True or False, got {v!r}")
     return bool(v)
+
+
+def _shapes(groups) -> dict[str, torch.Size]:
+    """Each parameter's (and bias buffer's) shape, by name, as the ops take them."""
+    return {n: s for runner, _, names in groups for n, s in zip(names, runner.param_shapes)}
 
 
 def _is_bias(name: str) -> bool:
@@ -56,8 +62,7 @@ class RNN(nn.Module):
         super().__init__()
         self.spec = spec if isinstance(spec, Spec) else parse(spec)
         cell = self.spec.cell
-        schedule = parse_schedule(schedule, self.spec.schedule) if isinstance(schedule, str) else \
-            schedule or self.spec.schedule
+        schedule = check_schedule(schedule, self.spec)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise UsageError(f"proj_size must be a non-negative integer, got {proj_size!r}")
         seed = None if seed is None else check_seed(seed)
@@ -103,6 +108,7 @@ class RNN(nn.Module):
                         self.register_parameter(name, nn.Parameter(t))
                     names.append(name)
             self._groups.append((runner, members, names))
+        self._shapes = _shapes(self._groups)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,6 +152,7 @@ class RNN(nn.Module):
         super().__setstate__(state)
         for runner, _, _ in self._groups:  # (a module pickled before its runners kept `beside`)
             runner.beside = self.bidirectional
+        self._shapes = _shapes(self._groups)  # (one pickled before it kept them)
 
     def extra_repr(self) -> str:
         s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -303,9 +310,14 @@ class RNN(nn.Module):
         return rows, mask
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
-        """A group's parameters (and bias buffers), in the order the ops take them."""
+        """A group's parameters (and bias buffers), in the order the ops take them, each of the shape it was made
+        with (a tensor put in its place by hand may not be)."""
         params, buffers = self._parameters, self._buffers
-        return [params[n] if n in params else buffers[n] for n in names]
+        out = [params[n] if n in params else buffers[n] for n in names]
+        if list(map(torch.Tensor.size, out)) != list(map(self._shapes.__getitem__, names)):
+            n, t = next((n, t) for n, t in zip(names, out) if t.shape != self._shapes[n])
+            raise UsageError(f"{n} has shape {list(t.shape)}; this module's {n} is {list(self._shapes[n])}")
+        return out
 
     def _pair(self, calls: list[tuple[list[torch.Tensor], object]]) -> list[list[torch.Tensor]]:
         """The two directions of a layer at once: calls [(inputs, run)] for d = 0 and 1. A side stream waits
@@ -362,7 +374,7 @@ class RNN(nn.Module):
                     key = (runner.handle, k, i, t.device, t.dtype)
                     ring = self._connected.setdefault(key, [torch.empty_like(t), torch.empty_like(t), 0])
                     buffer, ring[2] = ring[ring[2]], 1 - ring[2]
-                    masked = _Into.apply(masked, [buffer])
+                    masked = CopyInto.apply(masked, [buffer])
                 out[k * n + i] = masked
         return out
 
@@ -399,21 +411,6 @@ class RNN(nn.Module):
 
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> the torch type of inputs and outputs
-
-
-class _Into(torch.autograd.Function):
-    """value copied into a buffer (handed over in a list, so it is no input of the function and stays a
-    plain tensor), returned as a view of the buffer; the gradient passes straight to value."""
-
-    @staticmethod
-    def forward(ctx, value, holder):
-        buffer, = holder
-        buffer.copy_(value)
-        return buffer.view(buffer.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
 
 
 class LSTM(RNN):

@@ -73,6 +73,9 @@ class Runner:
         recurrent = set(recurrent_matrices(cell))
         self.recurrent = tuple(i for i, s in enumerate(slots) if s.kind == "stack" and set(s.matrices) <= recurrent)
         self.output_size = sizes[-1][cell.output_size]
+        # what the ops take: each layer's parameters in slot order, and the input's features
+        self.param_shapes = [torch.Size(self.shape(s, k)) for k in range(len(sizes)) for s in slots]
+        self.input_size = sizes[0]["input"]
         self.state_names = [s.name for s in cell.states]
         self.noise = cell.noise
         self._engines: dict[tuple, object] = {}
@@ -174,9 +177,26 @@ class Runner:
         return self._bindings[key]
 
 
-def _check(x: Tensor, params: list[Tensor]) -> str:
+def _check(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tensor]) -> str:
     """The element type of the values: a half-precision x beside float32 parameters (mixed precision) or beside
-    parameters of its own type (half parameters, .half() or .bfloat16()) computes with float32 values."""
+    parameters of its own type (half parameters, .half() or .bfloat16()) computes with float32 values. The
+    shapes are checked first: the kernels trust them (a wrong one would read past a tensor's end)."""
+    if x.dim() != 3 or x.shape[2] != r.input_size:
+        raise UsageError(f"the input has shape {list(x.shape)}; expected [T, B, {r.input_size}]")
+    if list(map(Tensor.size, params)) != r.param_shapes:  # (a call's host time: map, not a generator)
+        n = len(r.slots)
+        for i, (p, s) in enumerate(zip(params, r.param_shapes)):
+            if p.shape != s:
+                raise UsageError(f"parameter {r.slots[i % n].name} of layer {i // n} has shape {list(p.shape)}; "
+                                 f"expected {list(s)}")
+        raise UsageError(f"expected {len(r.param_shapes)} parameter tensors, got {len(params)}")
+    if h0:
+        shapes = r.state_shapes(x.shape[1])
+        for name, h, s in zip(r.state_names, h0, shapes):
+            if h.shape != s:
+                raise UsageError(f"the initial state {name} has shape {list(h.shape)}; expected {list(s)}")
+        if len(h0) != len(shapes):
+            raise UsageError(f"expected {len(shapes)} initial states, got {len(h0)}")
     pdtype = x.dtype if x.dtype not in _HALF else torch.float32
     if pdtype not in _DTYPES or any(p.dtype != pdtype for p in params) and any(p.dtype != x.dtype for p in params):
         raise UsageError(f"lstmdsl computes in float32 or float64 with the input and every parameter of one "
@@ -243,7 +263,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
                  train: bool) -> list[Tensor]:
     """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
     r = runner(handle)
-    dtype = _check(x, params)
+    dtype = _check(r, x, h0, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     names = r.state_names
@@ -291,7 +311,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     outputs must not alias each other). wanted: whether dx and dh0 are (eager autograd says; on the GPU the
     others are None, neither allocated nor copied out)."""
     r = runner(handle)
-    dtype = _check(x, params)
+    dtype = _check(r, x, h0, params)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]

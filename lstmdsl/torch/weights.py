@@ -122,3 +122,19 @@ def _span(p: Tensor) -> int:
     """The elements a gradient takes in its flat buffer: p's, rounded up to 8, so each starts 16-byte aligned (or
     more) as cuBLAS's fastest kernels want."""
     return -(-p.numel() // 8) * 8
+
+
+class CopyInto(torch.autograd.Function):
+    """value copied into a buffer (handed over in a list, so it is no input of the function and stays a
+    plain tensor), returned as a view of the buffer; the gradient passes straight to value (DropConnect's
+    masked weight stacks, at one address per call in turn: see modules.RNN._connect)."""
+
+    @staticmethod
+    def forward(ctx, value, holder):
+        buffer, = holder
+        buffer.copy_(value)
+        return buffer.view(buffer.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
