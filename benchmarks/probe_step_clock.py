@@ -19,6 +19,8 @@ Cycles a step (and us at the device's clock rate), forward only, T = 100, one la
                         warp's k-steps with their sums' stores, the wait at the slices' barrier, the slices' sums)
         [--polls]      (a grid that hands its state on in tagged words: the rounds of loads its staging took a
                         step, the most of a warp's lanes, in pointwise.cu.j2's stage_exchanged_by)
+        [--lengths]    (each call with lengths uniform in [T/2, T], one of them T: the kernels of the cell that
+                        masks each sequence's end, issue 12's packed batches)
 
 (--schedule: more of the schedule after `precision P`; a spec with one product stage, the vanilla LSTM's kind)
 
@@ -36,21 +38,26 @@ import lstmdsl
 from lstmdsl import api, codegen, resources
 from lstmdsl.runtime import nvrtc
 templates, blocks, warps, phases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-name, extra = sys.argv[5], sys.argv[6]
+name, extra, masked = sys.argv[5], sys.argv[6], sys.argv[7] == "lengths"
 real = codegen.resource_dir
 codegen.resource_dir = lambda folder: __import__("pathlib").Path(templates) if folder == "templates" else real(folder)
 codegen._template.cache_clear()
 spec = lstmdsl.parse(resources.shipped_specs()[name].read_text())
-for case in sys.argv[7:]:
+for case in sys.argv[8:]:
     precision, shape = case.split(":")
     B, H = (int(v) for v in shape.split("x"))
     schedule = f"precision {precision}" + (f"; {extra}" if extra else "")
     layer = api.compile(spec, H, H, 1, backend="cuda", schedule=schedule, seed=0)
     x = cupy.random.standard_normal((100, B, H), dtype=cupy.float32)
+    lengths = None
+    if masked:  # uniform in [T/2, T], one of them T (seeded)
+        import numpy
+        lengths = numpy.random.default_rng(0).integers(50, 101, B)
+        lengths[0] = 100
     for _ in range(3):
-        layer.forward(x, train=False)
+        layer.forward(x, train=False, lengths=lengths)
     nvrtc.settle()
-    layer.forward(x, train=False)
+    layer.forward(x, train=False, lengths=lengths)
     cupy.cuda.Device().synchronize()
     sums = [cupy.ndarray((blocks, warps, phases + 1), cupy.int64, m.get_global("lstmdsl_clock_out"))
             for src, m in nvrtc._MODULES.items() if "lstmdsl_clock_out" in src]
@@ -60,7 +67,7 @@ for case in sys.argv[7:]:
              for src, m in nvrtc._MODULES.items() if "lstmdsl_poll_rounds[" in src]
     for a in sums + subs + polls:
         a[...] = 0
-    layer.forward(x, train=False)
+    layer.forward(x, train=False, lengths=lengths)
     cupy.cuda.Device().synchronize()
     print(f"CASE {case} {cupy.cuda.runtime.getDeviceProperties(0)['clockRate']}", flush=True)
     for a in sums:  # the module whose kernel ran has T in the last column
@@ -194,10 +201,11 @@ def main() -> None:
     ap.add_argument("--schedule", default="", help="appended to `precision P`, e.g. specialise")
     ap.add_argument("--products", action="store_true", help="the tensor-core products split in three (bf16, fp16)")
     ap.add_argument("--polls", action="store_true", help="the rounds of loads of the exchanged words a step")
+    ap.add_argument("--lengths", action="store_true", help="lengths uniform in [T/2, T]: the masked cell's kernels")
     args = ap.parse_args()
     templates = instrumented(str(resource_dir("templates")), args.products, args.polls)
     r = subprocess.run([sys.executable, "-c", CHILD, templates, str(BLOCKS), str(WARPS), str(PHASES), args.spec,
-                        args.schedule, *args.cases], capture_output=True, text=True)
+                        args.schedule, "lengths" if args.lengths else "-", *args.cases], capture_output=True, text=True)
     if r.returncode:
         print(r.stdout[-2000:], r.stderr[-3000:])
         raise SystemExit(r.returncode)
