@@ -355,6 +355,19 @@ def test_the_gradient_check_still_fails_a_wrong_tiny_gradient(monkeypatch):
     assert rows["l0.W_i"].max_abs_grad < 1e-6 and rows["l0.W_i"].rel_error > 1e-5, rows["l0.W_i"]
 
 
+def test_the_gradient_check_passes_small_gradients_that_rounding_hides_at_its_first_step():
+    """A saturated tanh (tanh(... + 6)): gradients of 2e-6 beside a loss of about 1, which central differences at
+    eps = 1e-6 missed by 6e-5 (a FAIL of a correct spec; a review found it in a chain of 300 additions, 2026-12-06);
+    the larger steps tried then agree to 1e-6."""
+    import lstmdsl
+    from lstmdsl.gradcheck import gradient_check
+
+    rows = gradient_check(lstmdsl.parse("cell sat {\n input x\n state h\n h' = tanh(W x + R h + b + 6)\n"
+                                        " output h'\n}\n"), 2, 2, 1, 2)
+    assert max(r.rel_error for r in rows) < 2e-6, rows
+    assert min(r.max_abs_grad for r in rows) < 1e-5, rows
+
+
 def test_spec_warnings_reach_train_and_api_users(tmp_path, capsys):
     """A typo that makes a new parameter: `train` prints the spec's warnings as check and run do, and the API
     (parse, compile, the torch module) issues them as lstmdsl.SpecWarning, naming the user's line."""
