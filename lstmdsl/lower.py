@@ -254,7 +254,9 @@ def _names(c: _Context) -> None:
                     continue
                 elif name not in c.values and name not in c.vectors:
                     c.vectors[name] = e.span
-                    guess = _did_you_mean(name, c.values)
+                    # (a typo's hint; past 64 such names the spec is generated, not typed, and a hint for each,
+                    # a search of every name, made checking it quadratic: 11 s at 1000 of them)
+                    guess = _did_you_mean(name, c.values) if len(c.vectors) <= 64 else None
                     if guess:
                         c.P.warn(f"'{name}' is not defined, so it is taken as a learned parameter vector", e.span,
                                guess)

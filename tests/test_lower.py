@@ -174,3 +174,21 @@ def test_projection_size_and_matrix_of_computed_value():
     assert s.cell.param("P").shape == ("proj", "hidden")
     assert s.cell.param("R_i").shape == ("hidden", "proj")
     assert s.cell.output_size == "proj"
+
+
+def test_a_generated_spec_of_thousands_of_equations_checks_in_linear_time():
+    """2000 implicit parameters (a generated spec): the typo hint ("did you mean ...?") searched every name for each
+    of them, which made checking quadratic (about 45 s here at 2000; a review, 2026-12-06); past 64 there is none."""
+    import time
+    import warnings
+
+    n = 2000
+    text = "cell many {\n input x\n state h\n a0 = W x\n" + "".join(f" a{i} = a{i - 1} + b{i}\n" for i in range(1, n)) \
+        + f" h' = tanh(a{n - 1} + R h)\n output h'\n}}\n"
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = lstmdsl.parse(text)
+    assert time.perf_counter() - t0 < 15
+    assert len([p for p in spec.cell.params if p.kind == "vector"]) == n - 1
+    assert 0 < len(caught) <= 64  # (the first ones still get their hint)
