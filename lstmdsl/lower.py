@@ -254,9 +254,7 @@ def _names(c: _Context) -> None:
                     continue
                 elif name not in c.values and name not in c.vectors:
                     c.vectors[name] = e.span
-                    # (a typo's hint; past 64 such names the spec is generated, not typed, and a hint for each,
-                    # a search of every name, made checking it quadratic: 11 s at 1000 of them)
-                    guess = _did_you_mean(name, c.values) if len(c.vectors) <= 64 else None
+                    guess = _did_you_mean(name, c.values) if len(c.vectors) <= 64 else None  # (past 64: generated)
                     if guess:
                         c.P.warn(f"'{name}' is not defined, so it is taken as a learned parameter vector", e.span,
                                guess)
