@@ -82,7 +82,10 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
             raise ValueError(f"parameter {k} is {a.shape} of {a.dtype}, expected {v.shape} of floating-point values "
                              f"finite in {np.dtype(v.dtype).name}")
     def number(v) -> bool:  # (a run stops at a loss that is not finite: its checkpoints hold none)
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        try:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # (an int past float's range)
+            return False
 
     entry = {"loss": number, "train": number, "valid": number, "seconds": number}
     if not (isinstance(state["epoch"], int) and 1 <= state["epoch"] <= cfg.epochs + 1 and

@@ -13,6 +13,9 @@ The CLI maps each error class to an exit code (sysexits.h conventions) and never
 
 from __future__ import annotations
 
+import collections
+import difflib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +39,16 @@ class Source:
 
     def lines(self) -> list[str]:
         """The lines as the parser counts them: split at '\n' only (not at '\f', '\x85', '\u2028', ...)."""
-        return [ln.removesuffix("\r") for ln in self.text.split("\n")]
+        return list(_lines(self.text))
 
     def line(self, lineno: int) -> str:
         lines = self.lines()
         return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
+
+
+@functools.lru_cache(maxsize=8)
+def _lines(text: str) -> tuple[str, ...]:  # (once a text: a diagnostic renders its line, thousands in a big spec)
+    return tuple(ln.removesuffix("\r") for ln in text.split("\n"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +177,33 @@ def check_free_memory(need: int, what: str, lower: str) -> None:
 
 def _amount(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    """'did you mean ...?' for the candidate closest to name (difflib's ratio at least 0.6), or None. Among more
+    than 200 candidates (a generated spec's thousands of names) only the 30 that share the most pairs of adjacent
+    characters with name are compared: each comparison costs microseconds, and a search for each of a spec's
+    undefined names made checking it quadratic (3000 of them: over a minute)."""
+    pool = candidates if isinstance(candidates, (set, frozenset, dict)) else set(candidates)
+    if len(pool) <= 200:
+        pool = sorted(pool)
+    else:
+        index = _pairs_index(frozenset(pool))
+        shared = collections.Counter(n for p in _pairs(name) for n in index.get(p, ()))
+        pool = sorted(n for n, _ in shared.most_common(30))
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _pairs(name: str) -> list[str]:  # (in order, once each: the search and its ties are the same every run)
+    return list(dict.fromkeys(name[i:i + 2] for i in range(max(len(name) - 1, 1))))
+
+
+@functools.lru_cache(maxsize=4)
+def _pairs_index(names: frozenset[str]) -> dict[str, list[str]]:
+    """Each pair of adjacent characters -> the names holding it (a one-letter name: its letter)."""
+    index: dict[str, list[str]] = {}
+    for n in sorted(names):
+        for p in _pairs(n):
+            index.setdefault(p, []).append(n)
+    return index

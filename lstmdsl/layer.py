@@ -337,7 +337,10 @@ class Layer:
                              f"layer has {self.sizes} in {self.directions}")
         try:
             self.load_state_dict(state)
-        except UsageError as err:  # (its cell and sizes are this layer's: what is wrong is in the file)
+        except UsageError as err:  # (its cell, sizes and dtype are this layer's: what is wrong is in the file)
+            if meta["dtype"] != str(self.dtype):  # (float64 values past float32's range: they do not fit here)
+                raise UsageError(f"{path} holds {meta['dtype']} parameters that do not fit this {self.dtype} "
+                                 f"layer: {err}") from None
             raise InputFileError(f"{path} is damaged: {err}") from None
 
     def initial_state_grads(self) -> dict:

@@ -13,13 +13,13 @@ a name close to a defined value gets a warning, as it is likely a typo. Unused v
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
 
 from . import syntax as ast
 from .errors import Diagnostic, Source, Span, SpecError
+from .errors import did_you_mean as _did_you_mean
 from .ir import SIZES, Cell, GraphBuilder, Noise, Param, StateVar, per_head, prune
 from .ops import BINARY_SYMBOLS, FUNCTIONS, OPS, REDUCTIONS
 from .sizes import infer_sizes as _sizes
@@ -46,11 +46,6 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.errors:
             raise SpecError(sorted(self.errors, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0)))
-
-
-def _did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
 
 
 def _walk(expr):
@@ -254,7 +249,7 @@ def _names(c: _Context) -> None:
                     continue
                 elif name not in c.values and name not in c.vectors:
                     c.vectors[name] = e.span
-                    guess = _did_you_mean(name, c.values) if len(c.vectors) <= 64 else None  # (past 64: generated)
+                    guess = _did_you_mean(name, c.values)
                     if guess:
                         c.P.warn(f"'{name}' is not defined, so it is taken as a learned parameter vector", e.span,
                                guess)

@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .arrays import array_module
+from .arrays import array_module, to_numpy
 from .errors import UsageError
 
 
@@ -62,8 +62,6 @@ class Optimizer:
     def state_dict(self) -> dict:
         """The optimizer's state as numpy arrays by "slot/parameter name", plus "steps": what a checkpoint
         keeps to continue training exactly."""
-        from .arrays import to_numpy
-
         out = {"steps": np.array(self.steps)}
         for slot in self._SLOTS:
             out |= {f"{slot}/{k}": to_numpy(v) for k, v in getattr(self, slot).items()}
@@ -85,12 +83,13 @@ class Optimizer:
                 if prefix == slot:
                     if name not in self.params:
                         raise UsageError(f"the optimizer state names parameter {name!r}, which is not trained here")
+                    v = to_numpy(v)  # (what state_dict() returned, or CuPy arrays: checked on the host)
                     if v.shape != self.params[name].shape:
                         raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
                                          f"{list(self.params[name].shape)}")
                     dtype = self.params[name].dtype
                     with np.errstate(over="ignore"):  # (float64 values past float32's range: infinite there)
-                        cast = np.asarray(v, dtype=dtype) if getattr(v, "dtype", np.dtype("O")).kind == "f" else None
+                        cast = v.astype(dtype) if v.dtype.kind == "f" else None
                     if cast is None or not np.all(np.isfinite(cast)):
                         raise UsageError(f"the optimizer's {slot} of {name} has non-finite values (or values "
                                          f"past {np.dtype(dtype).name}'s range, or no floating-point type)")

@@ -252,7 +252,8 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                "a negative second moment": {**good, **{k: -np.ones_like(v) for k, v in good.items()
                                                        if k.startswith("opt/v/")}},
                "a parameter past float32's range": {**good, "param/l0.W": np.full(good["param/l0.W"].shape, 1e300)},
-               "a NaN loss": {**good, "state": np.array(json.dumps({**state, "losses": [float("nan")]}))}}
+               "a NaN loss": {**good, "state": np.array(json.dumps({**state, "losses": [float("nan")]}))},
+               "a running sum past float's range": {**good, "state": np.array(json.dumps({**state, "total": 10**400}))}}
     for what, arrays in damaged.items():
         np.savez(checkpoint, **arrays)
         with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):

@@ -310,6 +310,20 @@ def test_a_parameter_replaced_by_one_of_another_shape_is_refused_by_name():
     with pytest.raises(UsageError, match=r"the initial state h has shape \[1, 2, 5\]; expected \[1, 2, 6\]"):
         torch.ops.lstmdsl.rnn_forward(x, [torch.zeros(1, 2, 5), torch.zeros(1, 2, 6)], params, [], runner.handle,
                                       False)
+    with pytest.raises(UsageError, match=r"the length mask has shape \[3, 1, 1\]; expected \[3, 2, 1\]"):
+        torch.ops.lstmdsl.rnn_forward(x, [], params, [torch.ones(3, 1, 1)], runner.handle, False)
+    y = torch.ops.lstmdsl.rnn_forward(x, [], params, [], runner.handle, True)[0]
+    with pytest.raises(UsageError, match=r"the output's gradient has shape \[3, 2, 5\]; expected \[3, 2, 6\]"):
+        torch.ops.lstmdsl.rnn_backward(x, [], params, [], y, torch.zeros(3, 2, 5), [torch.zeros(1, 2, 6)] * 2,
+                                       runner.handle)
+    with pytest.raises(UsageError, match=r"the final state c's gradient has shape \[2, 6\]; expected \[1, 2, 6\]"):
+        torch.ops.lstmdsl.rnn_backward(x, [], params, [], y, torch.zeros(3, 2, 6),
+                                       [torch.zeros(1, 2, 6), torch.zeros(2, 6)], runner.handle)
+    z = lt.RNN("zoneout_lstm", 4, 6)
+    zr, _, znames = z._groups[0]
+    with pytest.raises(UsageError, match=r"the mask of .* in layer 0 has shape \[3, 2, 5\]; expected \[3, 2, 6\]"):
+        torch.ops.lstmdsl.rnn_forward(x, [], [p.detach() for p in z._tensors(znames)],
+                                      [torch.ones(3, 2, 5)] * len(zr.noise), zr.handle, False)
 
 
 def test_reset_parameters_and_all_weights_as_nn_lstm_has_them():

@@ -39,12 +39,11 @@ from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
 from ..version import __version__
+from .checks import _DTYPES, _HALF, check_gradients, check_inputs
 from .handles import register, runner
 from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights, GradBuffers
 
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-_HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
 
 @dataclass(frozen=True)
@@ -177,40 +176,6 @@ class Runner:
         return self._bindings[key]
 
 
-def _check(r: Runner, x: Tensor, h0: list[Tensor], params: list[Tensor]) -> str:
-    """The element type of the values: a half-precision x beside float32 parameters (mixed precision) or beside
-    parameters of its own type (half parameters, .half() or .bfloat16()) computes with float32 values. The
-    shapes are checked first: the kernels trust them (a wrong one would read past a tensor's end)."""
-    if x.dim() != 3 or x.shape[2] != r.input_size:
-        raise UsageError(f"the input has shape {list(x.shape)}; expected [T, B, {r.input_size}]")
-    if list(map(Tensor.size, params)) != r.param_shapes:  # (a call's host time: map, not a generator)
-        n = len(r.slots)
-        for i, (p, s) in enumerate(zip(params, r.param_shapes)):
-            if p.shape != s:
-                raise UsageError(f"parameter {r.slots[i % n].name} of layer {i // n} has shape {list(p.shape)}; "
-                                 f"expected {list(s)}")
-        raise UsageError(f"expected {len(r.param_shapes)} parameter tensors, got {len(params)}")
-    if h0:
-        shapes = r.state_shapes(x.shape[1])
-        for name, h, s in zip(r.state_names, h0, shapes):
-            if h.shape != s:
-                raise UsageError(f"the initial state {name} has shape {list(h.shape)}; expected {list(s)}")
-        if len(h0) != len(shapes):
-            raise UsageError(f"expected {len(shapes)} initial states, got {len(h0)}")
-    pdtype = x.dtype if x.dtype not in _HALF else torch.float32
-    if pdtype not in _DTYPES or any(p.dtype != pdtype for p in params) and any(p.dtype != x.dtype for p in params):
-        raise UsageError(f"lstmdsl computes in float32 or float64 with the input and every parameter of one "
-                         f"type, or in bfloat16 or float16 with a half-precision input beside float32 parameters "
-                         f"(mixed precision) or beside parameters of its own type; got input {x.dtype} and "
-                         f"parameters {sorted({str(p.dtype) for p in params})}")
-    if any(p.device != x.device for p in params):
-        raise UsageError(f"the input is on {x.device} but parameters are on "
-                         f"{sorted({str(p.device) for p in params if p.device != x.device})}")
-    if x.is_cuda and x.shape[1] > 65535:
-        raise UsageError(f"the CUDA backend takes at most 65535 sequences per call, got {x.shape[1]}; split the batch")
-    return _DTYPES[pdtype]
-
-
 def value_type(x: Tensor) -> torch.dtype:
     """The type of the values beside an input x (states in and out, masks, gradient buffers): x's own, float32
     beside a half-precision x."""
@@ -263,7 +228,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
                  train: bool) -> list[Tensor]:
     """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
     r = runner(handle)
-    dtype = _check(r, x, h0, params)
+    dtype = check_inputs(r, x, h0, params, steps)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     names = r.state_names
@@ -311,7 +276,8 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
     outputs must not alias each other). wanted: whether dx and dh0 are (eager autograd says; on the GPU the
     others are None, neither allocated nor copied out)."""
     r = runner(handle)
-    dtype = _check(r, x, h0, params)
+    dtype = check_inputs(r, x, h0, params, steps)
+    check_gradients(r, x, dy, dhn)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     dy, dhn = dy.contiguous(), [d if d is None or d.is_contiguous() else d.contiguous() for d in dhn]
