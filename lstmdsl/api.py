@@ -61,7 +61,9 @@ def check_schedule(schedule, spec: Spec | None) -> Schedule | None:
 
 
 def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -> Layer:
-    """Rebuild a layer saved with Layer.save: its spec, sizes, element type and parameters."""
+    """Rebuild a layer saved with Layer.save: its spec, sizes, element type, schedule and parameters. schedule:
+    directive text applied over the saved schedule, or a Schedule in its place (files saved before 2026-12-06
+    hold none: the spec's schedule is theirs)."""
     if backend not in ("numpy", "cuda"):  # (the caller's arguments first: past them, a refusal is the file's)
         raise UsageError(f"unknown backend {backend!r}; choose numpy or cuda")
     check_schedule(schedule, None)
@@ -69,7 +71,8 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
     first = meta["sizes"][0]
     try:
         layer = compile(meta["spec"], first["input"], first["hidden"], meta["num_layers"], proj_size=first["proj"],
-                        num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"], schedule=schedule,
+                        num_heads=first.get("heads"), backend=backend, dtype=meta["dtype"],
+                        schedule=_saved_schedule(meta, schedule),
                         bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
                         dropconnect=meta.get("dropconnect", 0.0))
         layer.load_state_dict(state)
@@ -77,6 +80,14 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
         raise InputFileError(f"{path}: its saved settings do not fit its spec or the options given ({err}); was the "
                              "file edited?") from None
     return layer
+
+
+def _saved_schedule(meta: dict, given) -> Schedule | str | None:
+    """The schedule a file was saved with (read_saved has checked that it parses), with the text given applied
+    over it; without a saved one (an older file), what was given (compile applies text over the spec's)."""
+    if "schedule" not in meta or isinstance(given, Schedule):
+        return given
+    return parse_schedule(given or "", parse_schedule(meta["schedule"]))
 
 
 def _warm_up() -> None:

@@ -109,6 +109,8 @@ def _schedule(args, spec):
 def cmd_compile(args) -> int:
     if args.output is not None and not args.output.strip():
         raise UsageError("-o is empty: give a file name (or leave -o out for stdout)")
+    if args.output and Path(args.output).is_file() and Path(args.spec).is_file() and Path(args.output).samefile(args.spec):
+        raise UsageError(f"-o {args.output} is the spec itself: give another file name")  # (it was overwritten)
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)

@@ -108,6 +108,9 @@ def _parse_chorales(corpus, frame: float) -> tuple[dict, dict[str, list[np.ndarr
                     notes.append((start, end, p.midi))
         if notes:
             pieces.append((file.name, notes))
+    if len(pieces) < 3:  # (a music21 without its corpus, or a stub: one piece a split at least)
+        raise MissingData(f"the chorales task found {len(pieces)} four-part Bach chorales in music21's corpus: is "
+                          "its corpus installed? (pip install 'lstmdsl[data]')")
     low = min(m for _, notes in pieces for _, _, m in notes)
     high = max(m for _, notes in pieces for _, _, m in notes)
     rolls: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}

@@ -103,7 +103,10 @@ def softmax_cross_entropy(logits, labels, mask=None):
     onehot = (xp.arange(C) == labels[..., None]).astype(logits.dtype)
     w = xp.ones(labels.shape, logits.dtype) if mask is None else mask.astype(logits.dtype)
     count = max(float(w.sum()), 1.0)
-    loss = float(-((onehot * logp).sum(axis=-1) * w).sum()) / count
+    # the label's own log-probability, taken (0 * -inf, an impossible class's logit of -inf, was NaN), and only
+    # where it counts (a padding row's label 0 may be such a class)
+    picked = xp.take_along_axis(logp, labels[..., None].astype(xp.int64), axis=-1)[..., 0]
+    loss = float(-(xp.where(w != 0, picked, 0) * w).sum()) / count
     grad = (xp.exp(logp) - onehot) * (w[..., None] / count)
     return loss, grad
 

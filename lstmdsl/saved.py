@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputFileError, SpecError, UsageError
+from .schedule import parse_schedule
 from .spec import parse_quietly
 
 _META_KEYS = {"format": str, "spec": str, "cell": str, "sizes": list, "num_layers": int, "dtype": str}
@@ -48,6 +49,8 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
         bad = ["sizes"]
     if not bad and meta.get("directions", 1) not in (1, 2):  # (3 once loaded as one direction)
         bad = ["directions"]
+    if not bad and "schedule" in meta and not _parses(meta["schedule"]):
+        bad = ["schedule"]
     if not bad and "{" not in meta["spec"]:
         bad = ["spec"]  # (save writes the spec's text: never a file's or a shipped spec's name, read from elsewhere)
     if bad:
@@ -60,3 +63,12 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise InputFileError(f"{path} is damaged: its metadata names cell '{meta['cell']}', its spec cell "
                              f"'{cell.name}'")
     return meta, {k.removeprefix("param:"): v for k, v in files.items()}
+
+
+def _parses(schedule) -> bool:
+    """Whether a saved schedule is directive text that parses (Layer.save writes Schedule.describe())."""
+    try:
+        parse_schedule(schedule)
+    except (SpecError, UsageError):
+        return False
+    return True

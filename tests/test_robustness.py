@@ -665,3 +665,34 @@ def test_free_memory_counts_a_containers_reclaimable_cache_and_never_goes_below_
     (root / "memory.current").write_text(str(9 << 30))
     with pytest.raises(UsageError, match="more than the 0 MiB of memory free"):
         errors.check_free_memory(1, "this", "it")
+
+
+def test_compile_refuses_to_write_over_its_own_spec(tmp_path):
+    """`compile my.cell --emit ir -o my.cell` wrote the IR over the user's spec and exited 0 (a review, 2026-12-06)."""
+    spec = tmp_path / "my.cell"
+    spec.write_text("cell my { input x; state h; h' = tanh(W x + R h + b); output h' }")
+    before = spec.read_text()
+    r = cli("compile", str(spec), "--emit", "ir", "-o", str(tmp_path / "." / "my.cell"))
+    assert r.returncode == 64 and "is the spec itself" in r.stderr, r.stderr
+    assert spec.read_text() == before
+    assert cli("compile", str(spec), "--emit", "ir", "-o", str(tmp_path / "my.ir")).returncode == 0
+
+
+def test_a_saved_layer_keeps_its_schedule(tmp_path):
+    """Layer.save kept no schedule, so lstmdsl.load rebuilt the spec's: a tf32 or bf16 layer came back in fp32 (a
+    review, 2026-12-06). Text given to load applies over the saved schedule; a garbled one is damage."""
+    layer = lstmdsl.compile("vanilla", 3, 4, schedule="no fuse gates; precision tf32; no hoist input", seed=0)
+    layer.save(tmp_path / "a.npz")
+    again = lstmdsl.load(tmp_path / "a.npz")
+    assert again.schedule == layer.schedule
+    over = lstmdsl.load(tmp_path / "a.npz", schedule="precision fp32")
+    assert (over.schedule.precision, over.schedule.fuse_gates, over.schedule.hoist_input) == ("fp32", False, False)
+    with np.load(tmp_path / "a.npz") as f:
+        files = {k: f[k] for k in f.files}
+    meta = json.loads(str(files["__meta__"]))
+    np.savez(tmp_path / "b.npz", **{**files, "__meta__": np.array(json.dumps({**meta, "schedule": "precision fp64"}))})
+    with pytest.raises(InputFileError, match="b.npz is damaged: its metadata lacks or garbles schedule"):
+        lstmdsl.load(tmp_path / "b.npz")
+    del meta["schedule"]  # (a file saved before: the spec's schedule)
+    np.savez(tmp_path / "c.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
+    assert lstmdsl.load(tmp_path / "c.npz").schedule == lstmdsl.parse("vanilla").schedule

@@ -96,3 +96,17 @@ def test_a_loss_that_becomes_nan_stops_training_as_a_numerical_failure(tmp_path,
                  "--backend", "numpy", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "epoch 1, batch 1 of 1: the loss is NaN or infinite" in err and "dy" not in err
+
+
+def test_a_music21_without_its_chorales_is_missing_data_not_an_internal_error():
+    """music21 importable but its corpus without Bach's four-part chorales (a stub, a trimmed install): the parse
+    failed in min() of an empty sequence, exit 70 (a review, 2026-12-06); now MissingData, exit 69."""
+    from lstmdsl import data
+
+    class Empty:
+        @staticmethod
+        def getComposer(name):
+            return []
+
+    with pytest.raises(data.MissingData, match="found 0 four-part Bach chorales"):
+        data._parse_chorales(Empty(), 0.25)

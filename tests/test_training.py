@@ -4,6 +4,8 @@ small overfitting run."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -196,6 +198,15 @@ def test_losses_against_plain_formulas():
     logits = np.array([[2.0, -1.0, 0.5]])
     loss, _ = softmax_cross_entropy(logits, np.array([0]))
     assert loss == pytest.approx(-np.log(np.exp(2.0) / np.exp(logits).sum()))
+    # an impossible class's logit of -inf (a common trick): the loss was NaN (0 * -inf), torch's is finite; a
+    # padding row whose label 0 is such a class counts nothing
+    masked = np.array([[-np.inf, 0.0, 1.0], [0.5, -np.inf, 0.2]])
+    loss, grad = softmax_cross_entropy(masked, np.array([2, 0]))
+    assert loss == pytest.approx((np.log(1 + np.e) - 1 + np.log(1 + np.exp(-0.3))) / 2) and np.isfinite(grad).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, _ = softmax_cross_entropy(masked, np.array([0, 0]), mask=np.array([0, 1]))
+    assert loss == pytest.approx(np.log(1 + np.exp(-0.3)))
     z, t = np.array([[30.0, -30.0, 0.0]]), np.array([[1.0, 0.0, 1.0]])
     loss, grad = sigmoid_binary_cross_entropy(z, t)
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
