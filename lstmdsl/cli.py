@@ -14,7 +14,6 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,9 @@ from .files import CheckedStdout, StdoutFailed, dumps, write_text
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
-from .passes.types import check_precision
 from .program import build_program
-from .cli_args import build_parser
+from .cli_args import build_parser, schedule_of
 from .resources import shipped_specs
-from .schedule import parse_schedule
 
 GRAD_TOLERANCE = 1e-5  # float64 central differences with eps = 1e-6 land near 1e-9
 
@@ -92,20 +89,6 @@ def cmd_check(args) -> int:
 
 # ---------------------------------------------------------------------------------------- compile
 
-def _schedule(args, spec):
-    """The spec's schedule with --schedule's directives and then --precision applied (refused beside --dtype
-    float64 on every backend, as the plan refuses it)."""
-    if args.schedule and args.precision:  # (both given and apart: a mistake, not a choice to make silently)
-        said = {parse_schedule(args.schedule, replace(spec.schedule, precision=p)).precision for p in ("fp32", "bf16")}
-        said = said.pop() if len(said) == 1 else args.precision  # (one answer: the text names a precision)
-        if said != args.precision:
-            raise UsageError(f"--precision {args.precision} and --schedule's 'precision {said}' disagree: give one")
-    text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
-    schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
-    check_precision(getattr(args, "dtype", "float32"), schedule.precision)
-    return schedule
-
-
 def cmd_compile(args) -> int:
     if args.output is not None and not args.output.strip():
         raise UsageError("-o is empty: give a file name (or leave -o out for stdout)")
@@ -114,7 +97,7 @@ def cmd_compile(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
-    schedule = _schedule(args, spec)  # (checked whatever is emitted: a bad --schedule is an error, not ignored)
+    schedule = schedule_of(args, spec)  # (checked whatever is emitted: a bad --schedule is an error, not ignored)
     sizes = _optional_sizes(args, spec, "to print numeric shapes")  # (the sizes too: --emit plan uses them)
     if args.emit == "ast":
         text = _format_ast(spec.ast)
@@ -200,7 +183,7 @@ def cmd_run(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
-    schedule = _schedule(args, spec)
+    schedule = schedule_of(args, spec)
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
     args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)

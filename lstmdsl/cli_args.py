@@ -7,10 +7,12 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import replace
 
-from .errors import EXIT_USAGE
+from .errors import EXIT_USAGE, UsageError
+from .passes.types import check_precision
 from .resources import shipped_specs
-from .schedule import PRECISIONS
+from .schedule import PRECISIONS, parse_schedule
 from .version import __version__
 
 JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
@@ -227,3 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("specs", help="list the shipped specs")
     return parser
+
+
+def schedule_of(args, spec):
+    """The spec's schedule with --schedule's directives and then --precision applied (refused beside --dtype
+    float64 on every backend, as the plan refuses it)."""
+    if args.schedule and args.precision:  # (both given and apart: a mistake, not a choice to make silently)
+        said = {parse_schedule(args.schedule, replace(spec.schedule, precision=p)).precision for p in ("fp32", "bf16")}
+        said = said.pop() if len(said) == 1 else args.precision  # (one answer: the text names a precision)
+        if said != args.precision:
+            raise UsageError(f"--precision {args.precision} and --schedule's 'precision {said}' disagree: give one")
+    text = "; ".join(t for t in (args.schedule, args.precision and f"precision {args.precision}") if t)
+    schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
+    check_precision(getattr(args, "dtype", "float32"), schedule.precision)
+    return schedule

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .api import compile
+from .api import compile, layer_sizes
 from .errors import EXIT_CHECK_FAILED, BackendUnavailable, UsageError
 from .files import dumps
 from .spec import Spec, parse
@@ -67,20 +67,23 @@ def run_cuda(args, spec: Spec, schedule) -> int:
 
 
 def cmd_bench(args) -> int:
+    from .bench import HEADS_DEFAULT
+    from .cli_args import schedule_of
     from .runtime import check_available
-    from .schedule import parse_schedule
 
     spec = parse(args.spec)  # (the spec, the schedule and the sizes first: their errors hold without a GPU too)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
-    if args.schedule:
-        parse_schedule(args.schedule, spec.schedule)
+    schedule_of(args, spec)  # (--schedule against --precision, as run and compile check them)
+    precision = _precision(args)
     if args.heads is not None and not spec.uses_size("heads"):
         raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
     for name in ("batch", "hidden_size", "steps", "layers", "repeat"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
-    check_available()
+    layer_sizes(spec, args.hidden_size, args.hidden_size, args.hidden_size // 2 if spec.uses_size("proj") else None,
+                args.layers, 1, (args.heads or HEADS_DEFAULT) if spec.uses_size("heads") else None)  # (the sizes' own)
+    check_available()  # (past every check of the arguments: a wrong one is 64 without a GPU too)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -88,7 +91,6 @@ def cmd_bench(args) -> int:
     from .bench import COMPETITORS, bench_case
     if args.profile:
         return _profile(args, spec)
-    precision = _precision(args)
     competitors = tuple(c for c in COMPETITORS if not (args.no_compile and c == "compile"))
     modes = ("forward", "train") if args.mode == "both" else (args.mode,)
     rows = [bench_case(spec, args.batch, args.hidden_size, args.steps, args.layers, mode,

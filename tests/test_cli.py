@@ -289,6 +289,10 @@ def test_an_internal_error_is_exit_70_with_its_traceback_only_on_request(monkeyp
     (["bench", "no_such_spec"], 66, "no spec file 'no_such_spec'"),
     (["bench", "vanilla", "--schedule", "bogus"], 65, "bogus"),
     (["bench", "vanilla", "--heads", "2"], 64, "has no block-diagonal matrix"),
+    # (these three were exit 69 here, the GPU's absence checked before them; a review, 2026-12-06)
+    (["bench", "vanilla", "--tf32", "--precision", "bf16"], 64, "--tf32 and --precision bf16 disagree"),
+    (["bench", "vanilla", "--precision", "bf16", "--schedule", "precision fp16"], 64, "'precision fp16' disagree"),
+    (["bench", "slstm", "--heads", "3", "-H", "16"], 64, "not a multiple of 3"),
 ])
 def test_bench_reports_a_bad_spec_or_schedule_before_a_missing_gpu(capsys, args, code, message):
     """On a machine without CuPy these said only that the GPU is missing (exit 69) and hid the error a user can fix
