@@ -77,7 +77,12 @@ class NumpyLayer(Layer):
         noise: the masks to use instead of drawing them (name -> array, as noise_shapes() and last_noise()).
         """
         T, B, state, lengths = self._check_input(x, state, lengths, train=train)
+        given = x
         io, x = x.dtype, from_io(x, self.dtype)  # (in a half type, see Layer._half_io: y comes back in it too)
+        if train:  # (what backward() reads is a copy, as the cuda backend's: the caller may change x or the states
+            # in between; the tapes held the caller's arrays, and the weight gradients changed with them)
+            x = x.copy() if x is given else x
+            state = {k: v.copy() for k, v in state.items()}
         masks = self._noise(T, B, train, noise)
         connect = self._dropconnect(masks)  # DropConnect: the recurrent matrices times their masks
         params = [dict(p, **{m: p[m] * mask for m, mask in c.items()}) for p, c in zip(self._params, connect)]

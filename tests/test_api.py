@@ -235,3 +235,25 @@ def test_bfloat16_bits_round_to_nearest_even_as_torch_does():
         to_bf16_bits(np.arange(3))
     with pytest.raises(UsageError, match="bfloat16 bits come as a uint16 array, got float16"):
         from_bf16_bits(np.zeros(3, np.float16))
+
+
+def test_the_numpy_backward_reads_copies_of_x_and_the_states_as_the_cuda_one_does():
+    """x and the initial states changed by the caller between forward and backward: the numpy backend's tapes held
+    the caller's arrays, so its weight gradients changed with them (a review, 2026-12-06); the cuda backend copies
+    them in."""
+    layer = lstmdsl.compile("vanilla", 3, 4, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    h = {k: rng.standard_normal(s).astype(np.float32) for k, s in layer.state_shapes(2).items()}
+    dy = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    layer.forward(x, h)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    want = {k: v.copy() for k, v in layer.grads().items()}
+    layer.forward(x, h)
+    x[...] = 0
+    for v in h.values():
+        v[...] = 0
+    layer.zero_grad()
+    assert np.array_equal(layer.backward(dy), dx)
+    assert all(np.array_equal(v, want[k]) for k, v in layer.grads().items())
