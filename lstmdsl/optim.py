@@ -19,15 +19,20 @@ import numbers
 
 import numpy as np
 
-from .arrays import array_module, to_numpy
+from .arrays import array_module, is_cupy, to_numpy
 from .errors import UsageError
 
 
 def _check(params: dict, grads: dict) -> None:
+    if not isinstance(grads, dict):
+        raise UsageError(f"the gradients are a dict of arrays by parameter name (layer.grads()), got "
+                         f"{type(grads).__name__}")
     if set(grads) != set(params):
         missing, extra = sorted(set(params) - set(grads)), sorted(set(grads) - set(params))
         raise UsageError(f"the gradients do not match the parameters (missing: {missing}, unexpected: {extra})")
     for k, p in params.items():
+        if not (isinstance(grads[k], np.ndarray) or is_cupy(grads[k])):
+            raise UsageError(f"the gradient of {k} is {type(grads[k]).__name__}, not a numpy or CuPy array")
         if grads[k].shape != p.shape:
             raise UsageError(f"gradient of {k} has shape {list(grads[k].shape)}, the parameter {list(p.shape)}")
 
@@ -43,6 +48,17 @@ class Optimizer:
     def __init__(self, params: dict, lr: float):
         if not isinstance(params, dict) or not params:
             raise UsageError("an optimizer takes a non-empty dict of parameter arrays (layer.parameters())")
+        seen = {}
+        for k, p in params.items():  # (updated in place: a number, an int array or a read-only one cannot be)
+            if not (isinstance(p, np.ndarray) or is_cupy(p)) or p.dtype.kind != "f":
+                what = f"an array of {p.dtype}" if isinstance(p, np.ndarray) or is_cupy(p) else type(p).__name__
+                raise UsageError(f"parameter {k!r} is {what}: an optimizer updates floating-point numpy or CuPy "
+                                 "arrays in place")
+            if isinstance(p, np.ndarray) and not p.flags.writeable:
+                raise UsageError(f"parameter {k!r} is a read-only array: an optimizer updates it in place")
+            if id(p) in seen:  # (it was updated twice a step)
+                raise UsageError(f"parameters {seen[id(p)]!r} and {k!r} are the same array")
+            seen[id(p)] = k
         self.params = params
         self.lr = _positive("lr", lr, allow_zero=False)
         self.steps = 0
@@ -195,6 +211,9 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most max_norm; returns the norm before
     clipping (as torch.nn.utils.clip_grad_norm_, with its 1e-6 guard)."""
     max_norm = _positive("max_norm", max_norm, allow_zero=False)
+    if not isinstance(grads, dict) or any(not (isinstance(g, np.ndarray) or is_cupy(g)) or g.dtype.kind != "f"
+                                          for g in grads.values()):  # (scaled in place)
+        raise UsageError("clip_grad_norm takes a dict of floating-point numpy or CuPy gradient arrays (layer.grads())")
     if not grads:
         return 0.0
     total = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))

@@ -74,6 +74,24 @@ def test_optimizer_errors():
         SGD({"p": np.zeros(2)}, lr=0.1, nesterov=True)
     with pytest.raises(UsageError, match="betas must lie in"):
         Adam({"p": np.zeros(2)}, betas=(0.9, 1.0))
+    # (these were AttributeError, UFuncTypeError, ValueError or TypeError, and a scalar or a repeated array was
+    # silently not updated or updated twice; a review, 2026-12-06)
+    ro = np.zeros(2)
+    ro.flags.writeable = False
+    same = np.zeros(2)
+    for params, message in (({"w": 1.0}, "'w' is float: an optimizer updates floating-point numpy or CuPy arrays"),
+                            ({"w": np.zeros(2, int)}, "'w' is an array of int64"),
+                            ({"w": np.float32(1)}, "'w' is float32"), ({"w": ro}, "'w' is a read-only array"),
+                            ({"a": same, "b": same}, "parameters 'a' and 'b' are the same array")):
+        with pytest.raises(UsageError, match=message):
+            SGD(params, lr=0.1)
+    sgd = SGD({"w": np.zeros(2)}, lr=0.1)
+    for grads, message in (([np.zeros(2)], "the gradients are a dict of arrays by parameter name .*, got list"),
+                           ({"w": None}, "the gradient of w is NoneType, not a numpy or CuPy array")):
+        with pytest.raises(UsageError, match=message):
+            sgd.step(grads)
+    with pytest.raises(UsageError, match="clip_grad_norm takes a dict of floating-point numpy or CuPy gradient"):
+        clip_grad_norm({"w": [1.0]}, 1.0)
     opt = Adam({"p": np.zeros(2)})
     with pytest.raises(UsageError, match="missing: \\['p'\\]"):
         opt.step({"q": np.zeros(2)})
