@@ -241,6 +241,22 @@ def test_a_torch_nn_state_dict_is_refused_for_other_cells_and_beside_lstmdsl_nam
         lt.LSTM(3, 4).load_state_dict(mixed)
 
 
+def test_from_torch_keeps_frozen_parameters_frozen_and_to_torch_says_what_it_drops():
+    """requires_grad=False on a torch module's parameters was lost by from_torch (a review, 2026-12-06): a frozen
+    layer trained again; a summed bias is trained where either of torch's two is. to_torch of a module with
+    DropConnect warns that nn.LSTM has none (its weights are carried over, its training regime is not)."""
+    ref = torch.nn.LSTM(3, 4, 2)
+    ref.weight_hh_l0.requires_grad_(False)
+    ref.bias_ih_l1.requires_grad_(False)
+    ref.bias_hh_l1.requires_grad_(False)
+    frozen = {n for n, p in lt.from_torch(ref).named_parameters() if not p.requires_grad}
+    assert frozen == {"weight_hh_l0", "b_i_l1", "b_f_l1", "b_z_l1", "b_o_l1"}
+    ref.bias_hh_l1.requires_grad_(True)
+    assert all(p.requires_grad for n, p in lt.from_torch(ref).named_parameters() if n.startswith("b_"))
+    with pytest.warns(UserWarning, match="has no DropConnect; the module's dropconnect=0.3 is not carried over"):
+        lt.to_torch(lt.LSTM(3, 4, dropconnect=0.3))
+
+
 def test_lstm_takes_only_a_spec_with_two_states_and_from_torch_only_lstm_or_gru():
     """LSTM(spec=...) returns (h_n, c_n): a spec with one state (gru) would hand layer 1's h out as c_n."""
     with pytest.raises(UsageError, match="two states .h, c.; 'gru' has h: use lstmdsl.torch.RNN"):

@@ -12,6 +12,8 @@ puts the sum in bias_ih and zeros in bias_hh. Parameters of other specs have no 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -36,21 +38,27 @@ def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
     H = module.hidden_size
     with torch.no_grad():
         for sfx in suffixes(module):
-            getattr(new, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
-            getattr(new, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
-            if getattr(module, "proj_size", 0):
-                getattr(new, "P" + sfx).copy_(getattr(module, "weight_hr" + sfx))
+            pairs = [("weight_ih", "weight_ih"), ("weight_hh", "weight_hh")]  # (ours, torch's): frozen ones stay so
+            pairs += [("P", "weight_hr")] if getattr(module, "proj_size", 0) else []
+            for ours, theirs in pairs:
+                _copy(getattr(new, ours + sfx), getattr(module, theirs + sfx))
             if not module.bias:
                 continue
             bih, bhh = getattr(module, "bias_ih" + sfx), getattr(module, "bias_hh" + sfx)
             for j, g in enumerate(gates):
                 part = slice(j * H, (j + 1) * H)
                 if g == "n":  # the GRU's candidate keeps its two biases apart: b_hn sits inside r * (...)
-                    getattr(new, "b_in" + sfx).copy_(bih[part])
-                    getattr(new, "b_hn" + sfx).copy_(bhh[part])
+                    _copy(getattr(new, "b_in" + sfx), bih[part], bih.requires_grad)
+                    _copy(getattr(new, "b_hn" + sfx), bhh[part], bhh.requires_grad)
                 else:
-                    getattr(new, f"b_{g}" + sfx).copy_(bih[part] + bhh[part])
+                    _copy(getattr(new, f"b_{g}" + sfx), bih[part] + bhh[part], bih.requires_grad or bhh.requires_grad)
     return new.train(module.training)
+
+
+def _copy(param: nn.Parameter, value: torch.Tensor, trained: bool | None = None) -> None:
+    """value into param, which is trained where value's parameter is (requires_grad=False carried over)."""
+    param.copy_(value)
+    param.requires_grad_(value.requires_grad if trained is None else trained)
 
 
 def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
@@ -59,6 +67,9 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     if not isinstance(module, RNN):
         raise UsageError(f"to_torch takes an lstmdsl.torch module, got {type(module).__name__}")
     kind = cell_kind(module)
+    if module.dropconnect > 0:  # (its weights are carried over, its training regime is not)
+        warnings.warn(f"to_torch: torch.nn.{'GRU' if kind == 'gru_torch' else 'LSTM'} has no DropConnect; the "
+                      f"module's dropconnect={module.dropconnect} is not carried over", stacklevel=2)
     p = next(module.parameters())
     args = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
                 dropout=module.dropout, bidirectional=module.bidirectional, device=p.device, dtype=p.dtype)
