@@ -321,7 +321,8 @@ class Layer:
         meta = {"format": "lstmdsl-layer-1", "spec": self.spec.source.text, "cell": self.cell.name,
                 "sizes": self.sizes, "num_layers": self.num_layers, "dtype": str(self.dtype),
                 "directions": self.directions, "dropout": self.dropout, "dropconnect": self.dropconnect,
-                "schedule": self.schedule.describe()}  # (lstmdsl.load rebuilds it: a bf16 layer stays bf16)
+                "schedule": self.schedule.describe(),  # (lstmdsl.load rebuilds it: a bf16 layer stays bf16)
+                "noise": {"backend": self.backend, "state": self.noise_state()}}  # (its next masks, on its backend)
         write_npz(path, {"__meta__": np.array(json.dumps(meta)),
                          **{f"param:{k}": v for k, v in self.state_dict().items()}})
 

@@ -696,3 +696,21 @@ def test_a_saved_layer_keeps_its_schedule(tmp_path):
     del meta["schedule"]  # (a file saved before: the spec's schedule)
     np.savez(tmp_path / "c.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
     assert lstmdsl.load(tmp_path / "c.npz").schedule == lstmdsl.parse("vanilla").schedule
+
+
+def test_a_saved_layer_draws_its_masks_on_from_where_it_was_saved(tmp_path):
+    """The masks' generator was not saved: a reloaded zoneout layer's first training forward differed from the
+    saved layer's next one (a review, 2026-12-06). A state that is not one is damage."""
+    layer = lstmdsl.compile("zoneout_lstm", 3, 4, seed=3)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    layer.forward(x)
+    layer.save(tmp_path / "a.npz")
+    again = lstmdsl.load(tmp_path / "a.npz")
+    assert np.array_equal(again.forward(x)[0], layer.forward(x)[0])
+    with np.load(tmp_path / "a.npz") as f:
+        files = {k: f[k] for k in f.files}
+    meta = json.loads(str(files["__meta__"]))
+    meta["noise"]["state"] = {"x": 1}
+    np.savez(tmp_path / "b.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
+    with pytest.raises(InputFileError, match="b.npz is damaged: its masks' generator state"):
+        lstmdsl.load(tmp_path / "b.npz")
