@@ -76,14 +76,15 @@ def load(path, backend: str = "numpy", schedule: Schedule | str | None = None) -
                         bidirectional=meta.get("directions", 1) == 2, dropout=meta.get("dropout", 0.0),
                         dropconnect=meta.get("dropconnect", 0.0))
         layer.load_state_dict(state)
-        noise = meta.get("noise")  # (the masks' generator where saved from this backend: the draws go on as they
-        if isinstance(noise, dict) and noise.get("backend") == backend and noise.get("state") is not None:  # would)
-            layer.set_noise_state(noise["state"])
-    except (ValueError, TypeError, KeyError) as err:  # (a generator's state that is not one)
-        raise InputFileError(f"{path} is damaged: its masks' generator state ({err})") from None
     except UsageError as err:  # (sizes, dtype or options the saved spec cannot take: edited by hand, or damaged)
         raise InputFileError(f"{path}: its saved settings do not fit its spec or the options given ({err}); was the "
                              "file edited?") from None
+    noise = meta.get("noise")  # (the masks' generator where saved from this backend: the draws go on as they would)
+    if isinstance(noise, dict) and noise.get("backend") == backend and noise.get("state") is not None:
+        try:
+            layer.set_noise_state(noise["state"])
+        except (ValueError, TypeError, KeyError) as err:  # (a generator's state that is not one)
+            raise InputFileError(f"{path} is damaged: its masks' generator state ({err})") from None
     return layer
 
 
