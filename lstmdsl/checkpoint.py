@@ -81,6 +81,7 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
         if a.shape != v.shape or cast is None or not np.all(np.isfinite(cast)):
             raise ValueError(f"parameter {k} is {a.shape} of {a.dtype}, expected {v.shape} of floating-point values "
                              f"finite in {np.dtype(v.dtype).name}")
+
     def number(v) -> bool:  # (a run stops at a loss that is not finite: its checkpoints hold none)
         try:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
