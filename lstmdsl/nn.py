@@ -23,10 +23,15 @@ class Dense:
     def __init__(self, in_features: int, out_features: int, backend: str = "numpy", dtype: str = "float32",
                  seed: int = 0):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:  # (numpy's too, as compile's)
                 raise UsageError(f"{name} must be a positive integer, got {v!r}")
         if backend not in ("numpy", "cuda"):
             raise UsageError(f"unknown backend {backend!r}; choose numpy or cuda")
+        if dtype not in ("float32", "float64"):  # ("int32" made all-zero weights)
+            raise UsageError(f"dtype must be float32 or float64, got {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+        in_features, out_features = int(in_features), int(out_features)
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(in_features)
         host = {"W": rng.uniform(-k, k, (out_features, in_features)).astype(dtype),

@@ -92,6 +92,12 @@ def test_optimizer_errors():
             sgd.step(grads)
     with pytest.raises(UsageError, match="clip_grad_norm takes a dict of floating-point numpy or CuPy gradient"):
         clip_grad_norm({"w": [1.0]}, 1.0)
+    for kw, message in ((dict(dtype="int32"), "dtype must be float32 or float64, got 'int32'"),
+                        (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+                        (dict(seed=1.5), "seed must be a non-negative integer, got 1.5")):
+        with pytest.raises(UsageError, match=message):  # (all-zero int weights, numpy's ValueError, TypeError)
+            Dense(3, 2, **kw)
+    assert Dense(np.int64(3), 2).parameters()["W"].shape == (2, 3)
     opt = Adam({"p": np.zeros(2)})
     with pytest.raises(UsageError, match="missing: \\['p'\\]"):
         opt.step({"q": np.zeros(2)})
