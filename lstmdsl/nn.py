@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .arrays import array_module
+from .arrays import array_module, is_cupy
 from .errors import UsageError
 
 
@@ -81,6 +81,15 @@ class Dense:
         return dy @ self._params["W"]
 
 
+def _check_arrays(logits, **others) -> None:
+    """A loss's arrays: numpy or CuPy (lists and numbers were AttributeErrors), logits with a class axis."""
+    for name, a in (("logits", logits), *others.items()):
+        if a is not None and not (isinstance(a, np.ndarray) or is_cupy(a)):
+            raise UsageError(f"{name} must be a numpy or CuPy array, got {type(a).__name__}")
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise UsageError(f"logits have shape {list(logits.shape)}: expected [N..., C] with C >= 1 classes")
+
+
 def _check_mask(mask, shape) -> None:
     """A loss's mask: one weight per counted position, of exactly that shape (broadcasting would silently
     weight the wrong axis)."""
@@ -91,6 +100,7 @@ def _check_mask(mask, shape) -> None:
 def softmax_cross_entropy(logits, labels, mask=None):
     """Mean cross-entropy of softmax(logits) [N..., C] against integer labels [N...]; returns
     (loss, dL/dlogits). mask [N...] (1 = counts) restricts the mean to the counted positions."""
+    _check_arrays(logits, labels=labels, mask=mask)
     xp = array_module(logits)
     if labels.shape != logits.shape[:-1]:
         raise UsageError(f"labels have shape {list(labels.shape)}, expected {list(logits.shape[:-1])}")
@@ -120,6 +130,7 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None):
     """Mean over all elements of the binary cross-entropy of sigmoid(logits) against targets in [0, 1]
     (stable form: max(z, 0) - z t + log(1 + exp(-|z|))); returns (loss, dL/dlogits). mask [N...] over the
     leading axes restricts the mean to the counted rows; the mean is per element."""
+    _check_arrays(logits, targets=targets, mask=mask)
     xp = array_module(logits)
     if targets.shape != logits.shape:
         raise UsageError(f"targets have shape {list(targets.shape)}, expected {list(logits.shape)}")

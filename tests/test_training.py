@@ -98,6 +98,12 @@ def test_optimizer_errors():
         with pytest.raises(UsageError, match=message):  # (all-zero int weights, numpy's ValueError, TypeError)
             Dense(3, 2, **kw)
     assert Dense(np.int64(3), 2).parameters()["W"].shape == (2, 3)
+    for call, message in ((lambda: softmax_cross_entropy([[1.0, 2.0]], [0]), "logits must be a numpy or CuPy array"),
+                          (lambda: softmax_cross_entropy(np.array(1.0), np.array(0)), "logits have shape \\[\\]"),
+                          (lambda: sigmoid_binary_cross_entropy(np.zeros((1, 3)), [[0, 1, 0]]),
+                           "targets must be a numpy or CuPy array, got list")):
+        with pytest.raises(UsageError, match=message):  # (AttributeError, IndexError)
+            call()
     opt = Adam({"p": np.zeros(2)})
     with pytest.raises(UsageError, match="missing: \\['p'\\]"):
         opt.step({"q": np.zeros(2)})
