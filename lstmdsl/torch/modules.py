@@ -32,11 +32,6 @@ def _bool(name: str, v) -> bool:  # (as nn.LSTM takes flags: 1 and 0 too, nn.LST
     return bool(v)
 
 
-def _shapes(groups) -> dict[str, torch.Size]:
-    """Each parameter's (and bias buffer's) shape, by name, as the ops take them."""
-    return {n: s for runner, _, names in groups for n, s in zip(names, runner.param_shapes)}
-
-
 def _is_bias(name: str) -> bool:
     return name == "b" or name.startswith("b_")
 
@@ -108,7 +103,6 @@ class RNN(nn.Module):
                         self.register_parameter(name, nn.Parameter(t))
                     names.append(name)
             self._groups.append((runner, members, names))
-        self._shapes = _shapes(self._groups)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -152,7 +146,6 @@ class RNN(nn.Module):
         super().__setstate__(state)
         for runner, _, _ in self._groups:  # (a module pickled before its runners kept `beside`)
             runner.beside = self.bidirectional
-        self._shapes = _shapes(self._groups)  # (one pickled before it kept them)
 
     def extra_repr(self) -> str:
         s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -310,13 +303,17 @@ class RNN(nn.Module):
         return rows, mask
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
-        """A group's parameters (and bias buffers), in the order the ops take them, each of the shape it was made
-        with (a tensor put in its place by hand may not be)."""
+        """A group's parameters (and bias buffers), in the order the ops take them."""
         params, buffers = self._parameters, self._buffers
-        out = [params[n] if n in params else buffers[n] for n in names]
-        if list(map(torch.Tensor.size, out)) != list(map(self._shapes.__getitem__, names)):
-            n, t = next((n, t) for n, t in zip(names, out) if t.shape != self._shapes[n])
-            raise UsageError(f"{n} has shape {list(t.shape)}; this module's {n} is {list(self._shapes[n])}")
+        return [params[n] if n in params else buffers[n] for n in names]
+
+    def _checked(self, runner: Runner, names: list[str]) -> list[torch.Tensor]:
+        """_tensors, each of the shape its runner's ops take (a tensor put in place by hand may not be: the op would
+        refuse it too, but by its slot and its layer within the group, not by the module's name)."""
+        out = self._tensors(names)
+        if list(map(torch.Tensor.size, out)) != runner.param_shapes:
+            n, t, want = next((n, t, w) for n, t, w in zip(names, out, runner.param_shapes) if t.shape != w)
+            raise UsageError(f"{n} has shape {list(t.shape)}; this module's {n} is {list(want)}")
         return out
 
     def _pair(self, calls: list[tuple[list[torch.Tensor], object]]) -> list[list[torch.Tensor]]:
@@ -380,7 +377,7 @@ class RNN(nn.Module):
 
     def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
-        groups = [(runner, members, self._connect(runner, self._tensors(names))) for runner, members, names in self._groups]
+        groups = [(runner, members, self._connect(runner, self._checked(runner, names))) for runner, members, names in self._groups]
         train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
                                              or any(p.requires_grad for _, _, ts in groups for p in ts))
         if len(groups) == 1:  # the whole stack in one call
