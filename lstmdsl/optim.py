@@ -73,12 +73,15 @@ class Optimizer:
         raise NotImplementedError
 
     _SLOTS: tuple[str, ...] = ()  # the per-parameter state dicts (momentum buffers, moments)
+    _HYPER: tuple[str, ...] = ("lr",)  # the hyperparameters (constructor arguments) state_dict keeps
     _non_negative: tuple[str, ...] = ()  # slots that are never negative (Adam's second moments)
 
     def state_dict(self) -> dict:
-        """The optimizer's state as numpy arrays by "slot/parameter name", plus "steps": what a checkpoint
-        keeps to continue training exactly."""
-        out = {"steps": np.array(self.steps)}
+        """The optimizer's state as numpy arrays by "slot/parameter name", plus "steps", the optimizer's class
+        ("kind") and its hyperparameters ("hyper/lr", ...: load_state_dict restores them, as torch's does): what
+        a checkpoint keeps to continue training exactly."""
+        out = {"steps": np.array(self.steps), "kind": np.array(type(self).__name__)}
+        out |= {f"hyper/{k}": np.array(getattr(self, k)) for k in self._HYPER}
         for slot in self._SLOTS:
             out |= {f"{slot}/{k}": to_numpy(v) for k, v in getattr(self, slot).items()}
         return out
@@ -90,6 +93,17 @@ class Optimizer:
         steps = state["steps"]
         if np.ndim(steps) != 0 or not float(steps).is_integer() or int(steps) < 0:
             raise UsageError(f"the optimizer's step count is {steps!r}, not a count of steps")
+        kind = state.get("kind")  # (lacking before 2026-12-06: the slots' names tell then)
+        if kind is not None and str(kind) != type(self).__name__:
+            raise UsageError(f"the optimizer state is {str(kind)}'s, not {type(self).__name__}'s: its moments or "
+                             "buffers do not carry over")
+        stray = sorted({k.partition("/")[0] for k in state} - {"steps", "kind", "hyper", *self._SLOTS})
+        if stray:  # (another optimizer's slots: dropped silently before)
+            raise UsageError(f"the optimizer state holds {', '.join(map(repr, stray))}, which "
+                             f"{type(self).__name__} does not keep (not what its state_dict() returned)")
+        hyper = self._checked_hyper({k.removeprefix("hyper/"): v for k, v in state.items() if k.startswith("hyper/")})
+        for k, v in hyper.items():  # (before the slots: SGD's buffers are full only with a momentum)
+            setattr(self, k, v)
         self.steps = int(steps)
         for slot in self._SLOTS:
             table = getattr(self, slot)
@@ -121,12 +135,32 @@ class Optimizer:
         """The slots that hold every parameter once a step has been taken."""
         return self._SLOTS
 
+    def _checked_hyper(self, hyper: dict) -> dict:
+        """Saved hyperparameters checked as the constructor checks them (a new optimizer made from them), with the
+        values of those not saved: {name: value} to take over."""
+        unknown = sorted(set(hyper) - set(self._HYPER))
+        if unknown:
+            raise UsageError(f"the optimizer state holds hyperparameters {', '.join(unknown)}, which "
+                             f"{type(self).__name__} does not have")
+        values = {k: getattr(self, k) for k in self._HYPER}
+        for k, v in hyper.items():
+            v = to_numpy(v)
+            if v.dtype.kind not in "biuf" or v.shape != np.shape(values[k]):
+                raise UsageError(f"the optimizer state's {k} is {v!r}, not a value of {k}")
+            values[k] = tuple(v.tolist()) if v.ndim else v.item()
+        try:
+            checked = type(self)(self.params, **values)
+        except UsageError as e:
+            raise UsageError(f"the optimizer state's hyperparameters: {e}") from None
+        return {k: getattr(checked, k) for k in self._HYPER}
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with optional momentum (heavy ball or Nesterov) and L2 weight decay,
     as torch.optim.SGD (dampening 0)."""
 
     _SLOTS = ("buffers",)
+    _HYPER = ("lr", "momentum", "nesterov", "weight_decay")
 
     def __init__(self, params: dict, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
@@ -160,6 +194,7 @@ class Adam(Optimizer):
 
     decoupled = False
     _SLOTS = ("m", "v")
+    _HYPER = ("lr", "betas", "eps", "weight_decay")
     _non_negative = ("v",)
 
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

@@ -297,6 +297,38 @@ def test_optimizers_take_numpy_numbers_and_refuse_malformed_states():
     SGD(p, lr=0.1).load_state_dict(sgd.state_dict())
 
 
+def test_optimizer_state_keeps_its_class_and_hyperparameters():
+    """As torch.optim's: load_state_dict restores lr, betas, momentum ...; another optimizer's state is refused
+    (an Adam state loaded into SGD dropped its moments silently before)."""
+    p, g = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    a = Adam(p, lr=0.01, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)
+    a.step(g)
+    b = Adam({"w": np.zeros(3, np.float32)})
+    b.load_state_dict(a.state_dict())
+    assert (b.lr, b.betas, b.eps, b.weight_decay, b.steps) == (0.01, (0.8, 0.9), 1e-6, 0.1, 1)
+    s = SGD(p, lr=0.1, momentum=0.9, nesterov=True)
+    s.step(g)
+    t = SGD({"w": np.zeros(3, np.float32)}, lr=1.0)
+    t.load_state_dict(s.state_dict())
+    assert (t.lr, t.momentum, t.nesterov) == (0.1, 0.9, True)
+    state = a.state_dict()
+    with pytest.raises(UsageError, match="is Adam's, not SGD's"):
+        SGD(p, lr=0.1).load_state_dict(state)
+    with pytest.raises(UsageError, match="holds 'm', 'v', which SGD does not keep"):  # (a state without its class)
+        SGD(p, lr=0.1).load_state_dict({k: v for k, v in state.items() if k != "kind"})
+    for key, value, message in (("hyper/lr", np.array(-1.0), "hyperparameters: lr must be a positive"),
+                                ("hyper/betas", np.array([1.0, 0.5]), r"betas must lie in \[0, 1\)"),
+                                ("hyper/betas", np.array(0.5), "not a value of betas"),
+                                ("hyper/lr", np.array("x"), "not a value of lr"),
+                                ("hyper/momentum", np.array(0.9), "hyperparameters momentum, which Adam does not")):
+        with pytest.raises(UsageError, match=message):
+            Adam(p).load_state_dict({**state, key: value})
+    old = {k: v for k, v in state.items() if k != "kind" and not k.startswith("hyper/")}  # (before 2026-12-06)
+    c = Adam({"w": np.zeros(3, np.float32)}, lr=0.5)
+    c.load_state_dict(old)
+    assert (c.lr, c.steps) == (0.5, 1)
+
+
 def test_overfits_100_short_sequences():
     """The reference backend, a layer, a dense head and Adam drive the loss of 100 sequences down 90%."""
     rng = np.random.default_rng(0)

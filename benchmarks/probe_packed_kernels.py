@@ -1,0 +1,64 @@
+"""Which GPU kernels make a pre-packed forward of the torch module slower than the padded one (issue 12: a packed
+batch no slower than the padded one; the mask is only 3-5% of a persistent step, probes/mask_step_clock_h100.txt):
+torch.profiler's CUDA kernels of 10 no-grad forwards, padded and pre-packed side by side, per forward, the
+largest difference first. 2-layer bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in
+[T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
+
+    python3 benchmarks/probe_packed_kernels.py [--tf32]
+"""
+import argparse
+from collections import defaultdict
+
+import torch
+
+from bidirectional import packed_case
+from lstmdsl.timing import time_gpu_only
+
+CALLS = 10
+
+
+def kernels(ours, inp) -> dict:
+    """{kernel name: (microseconds per forward, launches per forward)} of CALLS no-grad forwards."""
+    with torch.no_grad():
+        for _ in range(3):
+            ours(inp)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(CALLS):
+                ours(inp)
+            torch.cuda.synchronize()
+    out = defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            out[e.name][0] += e.time_range.elapsed_us() / CALLS
+            out[e.name][1] += 1 / CALLS
+    return dict(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tf32", action="store_true")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    for B, H, T in ((16, 256, 100), (64, 512, 100)):
+        _, ours, x, _, pre = packed_case(B, H, T, 2, args.tf32)
+        ours.eval()
+        gpu = {}
+        for name, inp in (("padded", x), ("pre-packed", pre)):
+            def fwd():
+                with torch.no_grad():
+                    ours(inp)
+            gpu[name] = time_gpu_only(fwd, 20, 3)["gpu_ms"]
+        pad, pk = kernels(ours, x), kernels(ours, pre)
+        print(f"\n{'tf32' if args.tf32 else 'fp32'} B={B} H={H} T={T}: GPU-only ms padded {gpu['padded']:.3f}, "
+              f"pre-packed {gpu['pre-packed']:.3f} ({gpu['pre-packed'] / gpu['padded']:.3f}x); kernel us summed "
+              f"padded {sum(v[0] for v in pad.values()):.1f}, pre-packed {sum(v[0] for v in pk.values()):.1f}")
+        print(f"{'us padded':>10} {'n':>4} {'us packed':>10} {'n':>4} {'diff':>8}  kernel")
+        names = sorted(set(pad) | set(pk), key=lambda k: -abs(pk.get(k, (0, 0))[0] - pad.get(k, (0, 0))[0]))
+        for k in names:
+            a, b = pad.get(k, (0.0, 0)), pk.get(k, (0.0, 0))
+            print(f"{a[0]:10.1f} {a[1]:4.0f} {b[0]:10.1f} {b[1]:4.0f} {b[0] - a[0]:8.1f}  {k[:90]}")
+
+
+if __name__ == "__main__":
+    main()
