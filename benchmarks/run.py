@@ -29,9 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-import cupy
 import numpy as np
-import torch
+
+try:  # (--help and argument errors without them; the run itself says what is missing)
+    import cupy
+    import torch
+except ImportError as e:
+    cupy = torch = None
+    MISSING = e
 
 import lstmdsl
 from lstmdsl.resources import shipped_specs
@@ -212,6 +217,9 @@ def main() -> None:
                     help="write into benchmarks/results (the committed results, and docs/performance.md) "
                          "instead of benchmarks/out")
     args = ap.parse_args()
+    if cupy is None:
+        print(f"benchmarks/run.py needs a GPU with CuPy and torch: {MISSING}", file=sys.stderr)
+        sys.exit(69)  # (EX_UNAVAILABLE, as lstmdsl's CLI without a GPU)
     if args.name and not args.name.startswith("grid"):
         ap.error(f"--name {args.name}: a grid's name starts with 'grid' (benchmarks/report.py picks the tables "
                  "and the page's section by that prefix)")

@@ -204,3 +204,20 @@ def test_the_memory_regimes_table_shows_the_ways_measured_and_the_half_modules_r
     assert "at or below cuDNN's memory at 1 of 2 shapes (0.80-1.10x)" in text
     old = dict(result, ways=None, rows=result["rows"][:1])  # (results written before --ways: the ways they have)
     assert "| lstmdsl / cuDNN half module memory |" in regimes.markdown(old)
+
+
+def test_the_suite_says_what_it_needs_without_a_gpu():
+    """benchmarks/run.py --help works without CuPy or torch; a run without them says so and exits 69 (it was an
+    ImportError's traceback at the first import)."""
+    import importlib.util
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, str(ROOT / "benchmarks" / "run.py")]
+    shown = subprocess.run([*run, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0 and "--quick" in shown.stdout, shown.stderr
+    if importlib.util.find_spec("cupy") is None:
+        cut = subprocess.run([*run, "--quick"], capture_output=True, text=True, env=env, timeout=120)
+        assert cut.returncode == 69 and "needs a GPU with CuPy and torch" in cut.stderr, cut.stderr
+        assert "Traceback" not in cut.stderr
