@@ -4,7 +4,10 @@ torch.profiler's CUDA kernels of 10 no-grad forwards, padded and pre-packed side
 largest difference first. 2-layer bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in
 [T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
 
-    python3 benchmarks/probe_packed_kernels.py [--tf32]
+    python3 benchmarks/probe_packed_kernels.py [--tf32] [--timeline]
+
+--timeline: also one forward's kernels in order of their start at B = 16 (start and end in us from the first
+kernel's start, the stream), padded and pre-packed: which kernels overlap which.
 """
 import argparse
 from collections import defaultdict
@@ -35,9 +38,26 @@ def kernels(ours, inp) -> dict:
     return dict(out)
 
 
+def timeline(ours, inp) -> None:
+    """One no-grad forward's GPU work in order of its start: start, end (us from the first start), stream, name."""
+    with torch.no_grad():
+        for _ in range(3):
+            ours(inp)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            ours(inp)
+            torch.cuda.synchronize()
+    events = sorted((e.start_ns(), e.duration_ns(), e.device_resource_id(), e.name())
+                    for e in prof.profiler.kineto_results.events() if e.device_type() == torch.autograd.DeviceType.CUDA)
+    t0 = events[0][0]
+    for start, dur, stream, name in events:
+        print(f"{(start - t0) / 1e3:9.1f} {(start + dur - t0) / 1e3:9.1f}  s{stream:<4} {name[:80]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--timeline", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     for B, H, T in ((16, 256, 100), (64, 512, 100)):
@@ -58,6 +78,10 @@ def main():
         for k in names:
             a, b = pad.get(k, (0.0, 0)), pk.get(k, (0.0, 0))
             print(f"{a[0]:10.1f} {a[1]:4.0f} {b[0]:10.1f} {b[1]:4.0f} {b[0] - a[0]:8.1f}  {k[:90]}")
+        if args.timeline and B == 16:
+            for name, inp in (("padded", x), ("pre-packed", pre)):
+                print(f"\none {name} forward's GPU work (us):")
+                timeline(ours, inp)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ class Persistent:
     specialise_auto: bool = True  # whether auto specialises at all: only where it was measured (fp32, bf16, fp16)
     block_barriers: tuple[int, ...] = ()  # the stages after which a block barrier is enough, not a grid barrier: the
     # next stage reads and writes only its own elements of what they share (the calls pass: _block_barriers)
+    beside_grids: int = 1  # a direction of a bidirectional layer, whose other direction runs at once, launches its
+    # grid on 1 / beside_grids of the multiprocessors where its weights still fit on chip there, so that both grids
+    # are resident together (1: on all of them, and the two grids take turns)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
@@ -88,6 +91,12 @@ class Persistent:
             return self.specialise == "on"
         return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or
                                          batch <= self.specialise_batch)
+
+    def multiprocessors(self, device_count: int, alone: bool, share: bool = True) -> int:
+        """The multiprocessors a launch's grid is sized for: all of them in a layer of one direction (alone), a
+        beside_grids-th of them in a direction of a bidirectional layer (share False: all, where the weights do
+        not fit on chip on that share)."""
+        return device_count if alone or not share else max(1, device_count // self.beside_grids)
 
     def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """The grid (elements: the widest stage's; one_block_bytes: the weights' shared memory in one block)."""

@@ -179,7 +179,10 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                          + (" (one block with every row staged hands its state to the next step in shared memory)"
                             if pers.forwards else "")
                          + ("; a grid of several blocks hands it on in tagged words instead, with no grid barrier"
-                            if pers.exchange is not None and pers.exchange_words else "") + ":")
+                            if pers.exchange is not None and pers.exchange_words else "")
+                         + (f"; a direction of a bidirectional layer sizes its grid for 1/{pers.beside_grids} of the "
+                            "multiprocessors where its weights fit there, so that both directions' grids run at once"
+                            if pers.beside_grids > 1 else "") + ":")
             lines.append("    each launch's kernel " + {
                 "on": "compiled for its shape (the schedule says specialise): batch, sizes and grid as constants, "
                       "compiled at the first call of a shape",

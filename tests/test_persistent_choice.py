@@ -107,6 +107,23 @@ def test_launch_shapes_at_bound_sizes(h200):
     assert many.cached and 1 <= many.stage_rows < 512 and many.shared <= H200[1]
 
 
+def test_a_direction_beside_another_takes_half_the_multiprocessors_where_its_weights_fit_there(h200):
+    """The two directions of a bidirectional layer run at once: each grid on half the multiprocessors (the two then
+    resident together) where its weights stay on chip there, else on all of them (the two taking turns)."""
+    for B, H in ((1, 512), (16, 256), (16, 512)):
+        alone, beside = shape("vanilla", Schedule(), B, H), shape("vanilla", Schedule(), B, H, alone=False)
+        assert alone.blocks == H200[0] and beside.blocks == H200[0] // 2 and beside.cached, (B, H)
+    back = shape("vanilla", Schedule(persistent="on"), 1, 512, phase="backward", alone=False)  # (the backward too)
+    assert back.blocks == H200[0] // 2 and back.cached
+    # 16 MB of fp32 weights fit 132 blocks' shared memory, not 66: all the multiprocessors, as alone
+    wide, wide_alone = (shape("vanilla", Schedule(), 16, 1024, alone=a) for a in (False, True))
+    assert wide.blocks == wide_alone.blocks == H200[0] and wide.cached
+    one = Persistent((), beside_grids=1)  # (1: every grid on all of them)
+    assert one.multiprocessors(132, alone=False) == 132 and Persistent(()).multiprocessors(132, alone=False) == 132
+    assert Persistent((), beside_grids=2).multiprocessors(132, alone=False) == 66
+    assert Persistent((), beside_grids=2).multiprocessors(132, alone=True) == 132
+
+
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
     multiply-adds a step (one block to 2^16, then a grid), to B = 64 in a layer of one direction (not in the

@@ -792,6 +792,35 @@ def test_a_bidirectional_layer_keeps_its_directions_off_the_grid_rule_for_one_di
 
 @gpu
 @pytest.mark.gpu
+def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_fp32):
+    """At B = 16, H = 256 each direction's persistent grid takes half the multiprocessors (Persistent.beside_grids),
+    so the two run at once; a layer of one direction takes them all. Both against nn.LSTM, padded and packed."""
+    from lstmdsl.runtime import device
+
+    torch.manual_seed(5)
+    x = torch.randn(7, 16, 8, device="cuda")
+    lengths = torch.tensor([7, 1, 3, 7, 2, 5, 6, 4, 7, 1, 2, 3, 4, 5, 6, 7])
+    count = device.on_chip()[0]
+    for bidirectional in (True, False):
+        layers = 2 if bidirectional else 1  # (a stack of one direction runs the wavefront of stepwise layers)
+        ref = torch.nn.LSTM(8, 256, layers, bidirectional=bidirectional).cuda()
+        ours = lt.from_torch(ref)
+        (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
+        assert_close(b_out, a_out, 1e-4)
+        assert_close(b_grads, a_grads, 1e-4)
+        hx = tuple(0.3 * torch.randn((1 + bidirectional) * layers, 16, 256, device="cuda") for _ in range(2))
+        (_, a_out), a_grads = run_packed(ref, x, lengths, hx, False)
+        (_, b_out), b_grads = run_packed(ours, x, lengths, hx, False)
+        assert_close(b_out, a_out, 1e-4)
+        assert_close(b_grads, a_grads, 1e-4)
+        runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
+                for wss in e.workspaces.values() for ws in wss]
+        want = count // 2 if bidirectional else count
+        assert runs and all(r is not None and r.blocks == want for r in runs), (runs, want)
+
+
+@gpu
+@pytest.mark.gpu
 def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(strict_fp32):
     torch.manual_seed(4)
     ref = torch.nn.LSTM(5, 33, 2, bidirectional=True).cuda()

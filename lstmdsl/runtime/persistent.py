@@ -33,7 +33,19 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
                  alone: bool = False) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
     stepwise loop (decided before the kernel's limits are asked of the driver: at most the device's
-    attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work)."""
+    attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work); a
+    direction of a bidirectional layer takes its share of the multiprocessors where its weights fit on chip
+    there (Persistent.multiprocessors), else all of them."""
+    count = device.on_chip()[0]
+    if not alone and pers.multiprocessors(count, alone) < count:
+        run = _launch_shape(pers, desc, function, ws, alone, pers.multiprocessors(count, alone))
+        if run is not None and run.cached:
+            return run
+    return _launch_shape(pers, desc, function, ws, alone, count)
+
+
+def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alone: bool,
+                  multiprocessors: int) -> PersistentRun | None:
     env = ws.env
     work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
 
@@ -65,7 +77,6 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
     # each operand's and each product's area rounds up to 16 bytes
     slack = 16 * max([len(ops) + sum(len(g) for g in products) for ops, products in zip(desc.staged, desc.products)]
                      + [0])
-    multiprocessors = device.on_chip()[0]
     limit = device.shared_budget(function)  # what a block may opt in to, less the kernel's static shared memory
 
     def rows_beside(weights: int, row: int) -> int:
