@@ -20,16 +20,22 @@ from lstmdsl.timing import time_gpu_only
 CALLS = 10
 
 
-def kernels(ours, inp) -> dict:
-    """{kernel name: (microseconds per forward, launches per forward)} of CALLS no-grad forwards."""
+def profiled(ours, inp, calls: int):
+    """torch.profiler's CUDA activity of `calls` no-grad forwards, after three more."""
     with torch.no_grad():
         for _ in range(3):
             ours(inp)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(CALLS):
+            for _ in range(calls):
                 ours(inp)
             torch.cuda.synchronize()
+    return prof
+
+
+def kernels(ours, inp) -> dict:
+    """{kernel name: (microseconds per forward, launches per forward)} of CALLS no-grad forwards."""
+    prof = profiled(ours, inp, CALLS)
     out = defaultdict(lambda: [0.0, 0])
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -40,13 +46,7 @@ def kernels(ours, inp) -> dict:
 
 def timeline(ours, inp) -> None:
     """One no-grad forward's GPU work in order of its start: start, end (us from the first start), stream, name."""
-    with torch.no_grad():
-        for _ in range(3):
-            ours(inp)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            ours(inp)
-            torch.cuda.synchronize()
+    prof = profiled(ours, inp, 1)
     events = sorted((e.start_ns(), e.duration_ns(), e.device_resource_id(), e.name())
                     for e in prof.profiler.kineto_results.events() if e.device_type() == torch.autograd.DeviceType.CUDA)
     t0 = events[0][0]
