@@ -6,11 +6,18 @@ cuDNN's, I = H, T = 100, strict fp32), forward under no_grad and training step, 
 each setting in a module of its own; its outputs against the other setting's. GPU only.
 
     python3 benchmarks/probe_beside_grids.py [--shapes 16x256 4x512 ...] [--timeline]
+    python3 benchmarks/probe_beside_grids.py --serial             # the directions one after the other (the module's
+                                                                  # way under torch.compile or a capture): does a
+                                                                  # grid on half the multiprocessors lose alone?
+    python3 benchmarks/probe_beside_grids.py --alone-rule --shapes 32x256 32x512 64x256 64x512
+        # the rule of a layer of one direction (ALONE_LIMITS: the grid to B = 64) in the directions too: with the
+        # grids side by side, does it win there now? (rows "grids 1" are then the stepwise loop, as shipped)
 """
 import argparse
 
 import torch
 
+import lstmdsl.loops as loops
 import lstmdsl.passes.persistent as persistent
 from bidirectional import packed_case
 from lstmdsl.program import build_program
@@ -23,16 +30,23 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=["1x256", "1x512", "4x256", "4x512", "16x128", "16x256",
                                                     "16x512", "16x1024"])
     ap.add_argument("--timeline", action="store_true", help="one forward's kernels at the first shape, both ways")
+    ap.add_argument("--serial", action="store_true", help="the two directions one after the other, on one stream")
+    ap.add_argument("--alone-rule", action="store_true",
+                    help="grids 2 with the rules of a layer of one direction (grids 1: as shipped)")
     args = ap.parse_args()
+    applies = loops.Persistent.applies
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     print("shape   input      grids | fwd gpu  fwd call | train gpu train call | max |y - y(grids 1)|")
     for shape in args.shapes:
         B, H = map(int, shape.split("x"))
         ref = {}
         for grids in (1, 2):
-            persistent.BESIDE_GRIDS = grids
+            persistent.BESIDE_GRIDS = grids if not args.alone_rule else 2
+            loops.Persistent.applies = applies if grids == 1 or not args.alone_rule else (
+                lambda self, batch, work, fits, split=False, alone=False: applies(self, batch, work, fits, split, True))
             build_program.cache_clear()  # (plans are cached by cell and schedule)
             _, ours, x, _, pre = packed_case(B, H, 100, 2, False)
+            ours.overlap_directions = not args.serial
             for name, inp in (("padded", x), ("pre-packed", pre)):
                 def fwd():
                     with torch.no_grad():
@@ -57,6 +71,7 @@ def main():
                     print(f"one padded forward's GPU work, grids {grids} (us):")
                     timeline(ours, inp)
     persistent.BESIDE_GRIDS = 2
+    loops.Persistent.applies = applies
     build_program.cache_clear()
 
 
