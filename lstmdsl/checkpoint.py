@@ -101,7 +101,13 @@ def _restore(files: dict, state: dict, cfg, model, opt, rng) -> None:
         raise ValueError("its batch order is not a permutation")
     if (order is None) != (state["batch"] == 0) or (state["batch"] > 0 and not state["count"] > 0):
         raise ValueError("its place in the epoch (batch, order, count) is not a run's")
-    opt.load_state_dict({k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")})  # (checks)
+    saved = {k.removeprefix("opt/"): v for k, v in files.items() if k.startswith("opt/")}
+    ours = opt.state_dict()  # (the run's options made this optimizer: its checkpoint's settings are the same)
+    for k in (k for k in saved if k.startswith("hyper/") or k == "kind"):
+        if k not in ours or np.asarray(saved[k]).shape != ours[k].shape or not np.all(np.asarray(saved[k]) == ours[k]):
+            raise ValueError(f"its optimizer's {k.removeprefix('hyper/')} is {saved[k]!r}, not the run's "
+                             f"{ours.get(k)!r}")
+    opt.load_state_dict(saved)  # (checks)
     rng.bit_generator.state = state["rng"]
     if "noise" in state and model.layer.noise_state() is not None:  # (lacking before 2026-12-04; CUDA's before 12-06)
         model.layer.set_noise_state(state["noise"])

@@ -53,8 +53,8 @@ class Persistent:
     block_barriers: tuple[int, ...] = ()  # the stages after which a block barrier is enough, not a grid barrier: the
     # next stage reads and writes only its own elements of what they share (the calls pass: _block_barriers)
     beside_grids: int = 1  # a direction of a bidirectional layer, whose other direction runs at once, launches its
-    # grid on 1 / beside_grids of the multiprocessors where its weights still fit on chip there, so that both grids
-    # are resident together (1: on all of them, and the two grids take turns)
+    # grid over the elements on 1 / beside_grids of the multiprocessors where its weights and staged rows still fit
+    # on chip there, so that both grids are resident together (1: on all of them, and the two grids take turns)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
@@ -92,11 +92,11 @@ class Persistent:
         return self.specialise_auto and (blocks == 1 or split > 0 or not exchange or
                                          batch <= self.specialise_batch)
 
-    def multiprocessors(self, device_count: int, alone: bool, share: bool = True) -> int:
-        """The multiprocessors a launch's grid is sized for: all of them in a layer of one direction (alone), a
-        beside_grids-th of them in a direction of a bidirectional layer (share False: all, where the weights do
-        not fit on chip on that share)."""
-        return device_count if alone or not share else max(1, device_count // self.beside_grids)
+    def multiprocessors(self, device_count: int, alone: bool) -> int:
+        """The multiprocessors a grid over the elements may be sized for: all of them in a layer of one direction
+        (alone), a beside_grids-th of them in a direction of a bidirectional layer (runtime/persistent.py's
+        launch_shape takes that share only where the weights and staged rows still fit there)."""
+        return device_count if alone else max(1, device_count // self.beside_grids)
 
     def blocks(self, work: int, elements: int, one_block_bytes: int, shared: int, multiprocessors: int) -> int:
         """The grid (elements: the widest stage's; one_block_bytes: the weights' shared memory in one block)."""

@@ -14,6 +14,7 @@ tests check this to 1e-6.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -60,8 +61,12 @@ class Optimizer:
                 raise UsageError(f"parameters {seen[id(p)]!r} and {k!r} are the same array")
             seen[id(p)] = k
         self.params = params
-        self.lr = _positive("lr", lr, allow_zero=False)
+        self._set_hyper(lr=lr)
         self.steps = 0
+
+    def _set_hyper(self, lr) -> None:
+        """The hyperparameters (_HYPER), checked; the constructor's and load_state_dict's one way in."""
+        self.lr = _positive("lr", lr, allow_zero=False)
 
     def step(self, grads: dict) -> None:
         _check(self.params, grads)
@@ -87,7 +92,10 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() returned (arrays go to the parameters' array module)."""
+        """Restore what state_dict() returned (arrays go to the parameters' array module): all of it checked
+        first, then taken over, so a state that is refused leaves the optimizer as it was."""
+        if not isinstance(state, dict):
+            raise UsageError(f"an optimizer state is a dict (as state_dict() returns), got {type(state).__name__}")
         if "steps" not in state:
             raise UsageError("the optimizer state has no step count (\"steps\"): not what state_dict() returned")
         steps = state["steps"]
@@ -97,62 +105,72 @@ class Optimizer:
         if kind is not None and str(kind) != type(self).__name__:
             raise UsageError(f"the optimizer state is {str(kind)}'s, not {type(self).__name__}'s: its moments or "
                              "buffers do not carry over")
-        stray = sorted({k.partition("/")[0] for k in state} - {"steps", "kind", "hyper", *self._SLOTS})
+        stray = sorted(k for k in state if k not in ("steps", "kind") and not (
+            k.partition("/")[0] in ("hyper", *self._SLOTS) and k.partition("/")[2]))
         if stray:  # (another optimizer's slots: dropped silently before)
             raise UsageError(f"the optimizer state holds {', '.join(map(repr, stray))}, which "
-                             f"{type(self).__name__} does not keep (not what its state_dict() returned)")
-        hyper = self._checked_hyper({k.removeprefix("hyper/"): v for k, v in state.items() if k.startswith("hyper/")})
-        for k, v in hyper.items():  # (before the slots: SGD's buffers are full only with a momentum)
-            setattr(self, k, v)
+                             f"{type(self).__name__}'s state_dict() does not give")
+        trial = copy.copy(self)  # (the hyperparameters checked as the constructor checks them)
+        hyper = self._saved_hyper(state)
+        try:
+            trial._set_hyper(**hyper)
+        except UsageError as e:
+            raise UsageError(f"the optimizer state's hyperparameters: {e}") from None
+        tables = {slot: trial._slot(slot, state, int(steps)) for slot in self._SLOTS}
+        for k in self._HYPER:
+            setattr(self, k, getattr(trial, k))
         self.steps = int(steps)
-        for slot in self._SLOTS:
-            table = getattr(self, slot)
-            table.clear()
-            for key, v in state.items():
-                prefix, _, name = key.partition("/")
-                if prefix == slot:
-                    if name not in self.params:
-                        raise UsageError(f"the optimizer state names parameter {name!r}, which is not trained here")
-                    v = to_numpy(v)  # (what state_dict() returned, or CuPy arrays: checked on the host)
-                    if v.shape != self.params[name].shape:
-                        raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
-                                         f"{list(self.params[name].shape)}")
-                    dtype = self.params[name].dtype
-                    with np.errstate(over="ignore"):  # (float64 values past float32's range: infinite there)
-                        cast = v.astype(dtype) if v.dtype.kind == "f" else None
-                    if cast is None or not np.all(np.isfinite(cast)):
-                        raise UsageError(f"the optimizer's {slot} of {name} has non-finite values (or values "
-                                         f"past {np.dtype(dtype).name}'s range, or no floating-point type)")
-                    if slot in self._non_negative and np.any(v < 0):
-                        raise UsageError(f"the optimizer's {slot} of {name} has negative values, which a {slot} "
-                                         "never holds")
-                    table[name] = array_module(self.params[name]).asarray(cast)
-            missing = sorted(set(self.params) - set(table)) if self.steps and slot in self._full_slots() else []
-            if missing:  # (fresh moments where the run had others: not the same training)
-                raise UsageError(f"the optimizer state after {self.steps} steps has no {slot} of {', '.join(missing)}")
+        for slot, table in tables.items():
+            getattr(self, slot).clear()
+            getattr(self, slot).update(table)
 
-    def _full_slots(self) -> tuple[str, ...]:
-        """The slots that hold every parameter once a step has been taken."""
-        return self._SLOTS
-
-    def _checked_hyper(self, hyper: dict) -> dict:
-        """Saved hyperparameters checked as the constructor checks them (a new optimizer made from them), with the
-        values of those not saved: {name: value} to take over."""
-        unknown = sorted(set(hyper) - set(self._HYPER))
-        if unknown:
-            raise UsageError(f"the optimizer state holds hyperparameters {', '.join(unknown)}, which "
-                             f"{type(self).__name__} does not have")
+    def _saved_hyper(self, state: dict) -> dict:
+        """The hyperparameters a state holds ("hyper/NAME"), over the optimizer's own."""
         values = {k: getattr(self, k) for k in self._HYPER}
-        for k, v in hyper.items():
+        for key, v in state.items():
+            prefix, _, k = key.partition("/")
+            if prefix != "hyper":
+                continue
+            if k not in values:
+                raise UsageError(f"the optimizer state holds hyperparameter {k}, which {type(self).__name__} does "
+                                 "not have")
             v = to_numpy(v)
             if v.dtype.kind not in "biuf" or v.shape != np.shape(values[k]):
                 raise UsageError(f"the optimizer state's {k} is {v!r}, not a value of {k}")
             values[k] = tuple(v.tolist()) if v.ndim else v.item()
-        try:
-            checked = type(self)(self.params, **values)
-        except UsageError as e:
-            raise UsageError(f"the optimizer state's hyperparameters: {e}") from None
-        return {k: getattr(checked, k) for k in self._HYPER}
+        return values
+
+    def _slot(self, slot: str, state: dict, steps: int) -> dict:
+        """One slot's arrays from a state (checked), on the parameters' array module."""
+        table = {}
+        for key, v in state.items():
+            prefix, _, name = key.partition("/")
+            if prefix != slot:
+                continue
+            if name not in self.params:
+                raise UsageError(f"the optimizer state names parameter {name!r}, which is not trained here")
+            v = to_numpy(v)  # (what state_dict() returned, or CuPy arrays: checked on the host)
+            if v.shape != self.params[name].shape:
+                raise UsageError(f"the optimizer's {slot} of {name} is {list(v.shape)}, the parameter "
+                                 f"{list(self.params[name].shape)}")
+            dtype = self.params[name].dtype
+            with np.errstate(over="ignore"):  # (float64 values past float32's range: infinite there)
+                cast = v.astype(dtype) if v.dtype.kind == "f" else None
+            if cast is None or not np.all(np.isfinite(cast)):
+                raise UsageError(f"the optimizer's {slot} of {name} has non-finite values (or values "
+                                 f"past {np.dtype(dtype).name}'s range, or no floating-point type)")
+            if slot in self._non_negative and np.any(v < 0):
+                raise UsageError(f"the optimizer's {slot} of {name} has negative values, which a {slot} "
+                                 "never holds")
+            table[name] = array_module(self.params[name]).asarray(cast)
+        missing = sorted(set(self.params) - set(table)) if steps and slot in self._full_slots() else []
+        if missing:  # (fresh moments where the run had others: not the same training)
+            raise UsageError(f"the optimizer state after {steps} steps has no {slot} of {', '.join(missing)}")
+        return table
+
+    def _full_slots(self) -> tuple[str, ...]:
+        """The slots that hold every parameter once a step has been taken."""
+        return self._SLOTS
 
 
 class SGD(Optimizer):
@@ -164,13 +182,19 @@ class SGD(Optimizer):
 
     def __init__(self, params: dict, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        super().__init__(params, lr)
+        Optimizer.__init__(self, params, lr)
+        self._set_hyper(lr, momentum, nesterov, weight_decay)
+        self.buffers: dict = {}
+
+    def _set_hyper(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0) -> None:
+        super()._set_hyper(lr)
         self.momentum = _positive("momentum", momentum)
         self.weight_decay = _positive("weight_decay", weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise UsageError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise UsageError("nesterov needs a momentum above 0")
-        self.nesterov = nesterov
-        self.buffers: dict = {}
+        self.nesterov = bool(nesterov)
 
     def _update(self, name, p, g, xp) -> None:
         d = g + self.weight_decay * p if self.weight_decay else g
@@ -199,7 +223,13 @@ class Adam(Optimizer):
 
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, lr)
+        Optimizer.__init__(self, params, lr)
+        self._set_hyper(lr, betas, eps, weight_decay)
+        self.m: dict = {}
+        self.v: dict = {}
+
+    def _set_hyper(self, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> None:
+        super()._set_hyper(lr)
         if (not isinstance(betas, (tuple, list)) or len(betas) != 2
                 or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in betas)):
             raise UsageError(f"betas must be two numbers (beta1, beta2) in [0, 1), got {betas!r}")
@@ -209,8 +239,6 @@ class Adam(Optimizer):
         self.betas = (float(b1), float(b2))
         self.eps = _positive("eps", eps)
         self.weight_decay = _positive("weight_decay", weight_decay)
-        self.m: dict = {}
-        self.v: dict = {}
 
     def _update(self, name, p, g, xp) -> None:
         b1, b2 = self.betas

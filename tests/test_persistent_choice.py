@@ -118,6 +118,16 @@ def test_a_direction_beside_another_takes_half_the_multiprocessors_where_its_wei
     # 16 MB of fp32 weights fit 132 blocks' shared memory, not 66: all the multiprocessors, as alone
     wide, wide_alone = (shape("vanilla", Schedule(), 16, 1024, alone=a) for a in (False, True))
     assert wide.blocks == wide_alone.blocks == H200[0] and wide.cached
+    # a grid that splits the batch keeps its blocks (256 x 32: 128 blocks of 2 rows), and a grid that would stage
+    # fewer rows at a time on half of them keeps all (16 x 900 forced: 16 rows staged on 132, fewer on 66)
+    split, split_alone = (shape("vanilla", Schedule(), 256, 32, alone=a) for a in (False, True))
+    assert split.split and (split.blocks, split.split) == (split_alone.blocks, split_alone.split)
+    wide = shape("vanilla", Schedule(persistent="on"), 16, 900, alone=False)
+    assert wide.blocks == H200[0] and wide.stage_rows == 16
+    # bf16 and fp16 kernels (not measured side by side) keep every multiprocessor; tf32 runs fp32's kernels
+    for precision, want in (("bf16", H200[0]), ("fp16", H200[0]), ("tf32", H200[0] // 2)):
+        run = shape("vanilla", Schedule(precision=precision, persistent="on"), 16, 256, alone=False)
+        assert run.blocks == want, precision
     one = Persistent((), beside_grids=1)  # (1: every grid on all of them)
     assert one.multiprocessors(132, alone=False) == 132 and Persistent(()).multiprocessors(132, alone=False) == 132
     assert Persistent((), beside_grids=2).multiprocessors(132, alone=False) == 66

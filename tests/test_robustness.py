@@ -253,7 +253,10 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                                                        if k.startswith("opt/v/")}},
                "a parameter past float32's range": {**good, "param/l0.W": np.full(good["param/l0.W"].shape, 1e300)},
                "a NaN loss": {**good, "state": np.array(json.dumps({**state, "losses": [float("nan")]}))},
-               "a running sum past float's range": {**good, "state": np.array(json.dumps({**state, "total": 10**400}))}}
+               "a running sum past float's range": {**good, "state": np.array(json.dumps({**state, "total": 10**400}))},
+               # (the optimizer's saved settings would have overridden the run's --lr: a review, 2026-12-06)
+               "an lr that is not the run's": {**good, "opt/hyper/lr": np.array(50.0)},
+               "SGD's state": {**good, "opt/kind": np.array("SGD")}}
     for what, arrays in damaged.items():
         np.savez(checkpoint, **arrays)
         with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):

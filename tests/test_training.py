@@ -314,15 +314,35 @@ def test_optimizer_state_keeps_its_class_and_hyperparameters():
     state = a.state_dict()
     with pytest.raises(UsageError, match="is Adam's, not SGD's"):
         SGD(p, lr=0.1).load_state_dict(state)
-    with pytest.raises(UsageError, match="holds 'm', 'v', which SGD does not keep"):  # (a state without its class)
+    with pytest.raises(UsageError, match="holds 'm/w', 'v/w', which SGD's state_dict"):  # (one without its class)
         SGD(p, lr=0.1).load_state_dict({k: v for k, v in state.items() if k != "kind"})
+    for key in ("kind/junk", "steps/x", "hyper", "m/"):  # (not what a state_dict() gives)
+        with pytest.raises(UsageError, match="which Adam's state_dict"):
+            Adam(p).load_state_dict({**state, key: np.array(1.0)})
     for key, value, message in (("hyper/lr", np.array(-1.0), "hyperparameters: lr must be a positive"),
                                 ("hyper/betas", np.array([1.0, 0.5]), r"betas must lie in \[0, 1\)"),
                                 ("hyper/betas", np.array(0.5), "not a value of betas"),
                                 ("hyper/lr", np.array("x"), "not a value of lr"),
-                                ("hyper/momentum", np.array(0.9), "hyperparameters momentum, which Adam does not")):
+                                ("hyper/momentum", np.array(0.9), "hyperparameter momentum, which Adam does not")):
         with pytest.raises(UsageError, match=message):
             Adam(p).load_state_dict({**state, key: value})
+    with pytest.raises(UsageError, match="nesterov must be True or False"):
+        SGD(p, lr=0.1).load_state_dict({**s.state_dict(), "hyper/nesterov": np.array(2.5)})
+    # a state refused leaves the optimizer as it was (its settings were taken before its slots were checked)
+    t = SGD({"w": np.zeros(3, np.float32)}, lr=1.0, momentum=0.5)
+    t.step(g)
+    bad = {**s.state_dict(), "buffers/w": np.zeros(4, np.float32)}
+    with pytest.raises(UsageError, match="buffers of w is"):
+        t.load_state_dict(bad)
+    assert (t.lr, t.momentum, t.nesterov, t.steps, list(t.buffers)) == (1.0, 0.5, False, 1, ["w"])
+
+    class Scaled(Adam):  # (a subclass with constructor arguments of its own loads states too)
+        def __init__(self, params, scale, **kw):
+            super().__init__(params, **kw)
+            self.scale = scale
+    c = Scaled({"w": np.zeros(3, np.float32)}, 2.0)
+    c.load_state_dict({**state, "kind": np.array("Scaled")})
+    assert (c.lr, c.betas, c.steps) == (0.01, (0.8, 0.9), 1)
     old = {k: v for k, v in state.items() if k != "kind" and not k.startswith("hyper/")}  # (before 2026-12-06)
     c = Adam({"w": np.zeros(3, np.float32)}, lr=0.5)
     c.load_state_dict(old)

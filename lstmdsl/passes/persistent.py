@@ -123,13 +123,16 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # and 1.15x; 64 x 256 1.14x and 1.37x; 24 x 1024 0.98x and 1.40x), so the rule stops at 16.
 # The two directions of a bidirectional layer run at once (on two streams), but two grids of one block a
 # multiprocessor cannot be resident together: they took turns (benchmarks/results/probes/packed_h200.txt's
-# timeline). Each direction's grid now takes half the multiprocessors where its weights still fit on chip there
-# (else all of them, as before), and the two run side by side (2026-12-06, fifty-fourth session, on an H100:
-# `python3 benchmarks/probe_beside_grids.py`, the torch module's 2-layer bidirectional vanilla LSTM, fp32, T = 100,
-# GPU time, half against all: forward 0.56-0.68x at B = 1-16, H = 128-512, padded and pre-packed; training
-# 0.55-0.93x; 16 x 1024, whose weights do not fit half the multiprocessors, unchanged;
-# benchmarks/results/probes/beside_grids_h100.txt).
+# timeline). Each direction's grid over the elements now takes half the multiprocessors where its weights and
+# staged rows still fit on chip there (else all of them, as before; not a grid that splits the batch), and the
+# two run side by side (2026-12-06, fifty-fourth session,
+# on an H100: `python3 benchmarks/probe_beside_grids.py`, the torch module's 2-layer bidirectional vanilla LSTM,
+# fp32, T = 100, GPU time, half against all: forward 0.51-0.68x at B = 1 and 4, H = 256-512, 0.53-0.72x at B = 16,
+# H = 128-512, padded and pre-packed; training 0.54-0.90x; 16 x 1024, whose weights do not fit half the
+# multiprocessors, unchanged; benchmarks/results/probes/beside_grids_h100.txt). Measured in fp32 only (tf32 runs
+# fp32's kernels); bf16 and fp16 keep every multiprocessor (their kernels, on the tensor cores, not measured).
 BESIDE_GRIDS = 2
+BESIDE_MEASURED = ("fp32", "tf32")
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 26, 2))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
@@ -391,9 +394,10 @@ def make_persistent(plan: Plan) -> Plan:
     # fp32, tf32 (fp32's kernels), bf16 and fp16: loops.py, Persistent.specialises);
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
+    beside = BESIDE_GRIDS if precision in BESIDE_MEASURED and plan.dtype == "f32" else 1
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
                       alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special,
-                      specialise_batch=SPECIALISE_BATCH[precision], beside_grids=BESIDE_GRIDS)
+                      specialise_batch=SPECIALISE_BATCH[precision], beside_grids=beside)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = (HEADS_BACKWARD_LIMITS[precision] if blocks else BACKWARD_LIMITS[precision]) if single and work else ()
@@ -404,5 +408,5 @@ def make_persistent(plan: Plan) -> Plan:
     loop = dataclasses.replace(plan.backward.loop, persistent=Persistent(
         back, forced=mode == "on", threads=256, work=back_work, split_work=back_split,
         specialise=plan.schedule.specialise, specialise_auto=measured_special,
-        specialise_batch=SPECIALISE_BATCH[precision], beside_grids=BESIDE_GRIDS))
+        specialise_batch=SPECIALISE_BATCH[precision], beside_grids=beside))
     return dataclasses.replace(plan, backward=dataclasses.replace(plan.backward, loop=loop))

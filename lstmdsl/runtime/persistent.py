@@ -33,15 +33,18 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
                  alone: bool = False) -> PersistentRun | None:
     """The launch at a workspace's sizes (ws: its env, B and T), or None where the cost model chooses the
     stepwise loop (decided before the kernel's limits are asked of the driver: at most the device's
-    attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work); a
-    direction of a bidirectional layer takes its share of the multiprocessors where its weights fit on chip
-    there (Persistent.multiprocessors), else all of them."""
+    attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work). A
+    direction of a bidirectional layer whose grid over the elements takes more than its share of the
+    multiprocessors (Persistent.multiprocessors: the two directions' grids took turns on them) takes its share
+    instead where its weights stay on chip there and as many batch rows are staged at a time."""
     count = device.on_chip()[0]
-    if not alone and pers.multiprocessors(count, alone) < count:
-        run = _launch_shape(pers, desc, function, ws, alone, pers.multiprocessors(count, alone))
-        if run is not None and run.cached:
-            return run
-    return _launch_shape(pers, desc, function, ws, alone, count)
+    run = _launch_shape(pers, desc, function, ws, alone, count)
+    share = pers.multiprocessors(count, alone)
+    if run is None or share == count or not run.cached or run.split or run.blocks <= share:
+        return run  # (where two full grids' blocks would fit one multiprocessor each: not measured, halved too)
+    half = _launch_shape(pers, desc, function, ws, alone, share)
+    ok = half is not None and half.cached and not half.split and half.stage_rows >= run.stage_rows
+    return half if ok else run
 
 
 def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alone: bool,
