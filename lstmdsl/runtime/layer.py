@@ -102,6 +102,7 @@ class CudaLayer(Layer):
         self._connect = [{} for _ in self.units]
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
+        self._overlapped = True  # and its directions at once (overlap_directions then)
         self._mask, self._mask_key = None, None  # the last lengths' mask on the device, and (T, lengths, dtype)
 
     def _half_copies(self, arrays: dict) -> dict:
@@ -203,10 +204,15 @@ class CudaLayer(Layer):
                        {n: self._params[k][n].data.ptr for n in vectors},
                        {n: self._grads[k][n].data.ptr for n in vectors})
 
-    def _engine(self, lengths: bool, unit: int | None = None) -> Engine:
+    def _engine(self, lengths: bool, unit: int | None = None, overlap: bool | None = None) -> Engine:
         """The Engine of the whole stack (one direction), or of one unit (layer, direction) of a
-        bidirectional stack; with lengths, of the cell that masks each sequence's end."""
-        key = (lengths, unit)
+        bidirectional stack; with lengths, of the cell that masks each sequence's end. A unit whose other direction
+        runs at once (overlap_directions) is `beside` it (plan.Persistent: its grid on its share of the
+        multiprocessors, and not the rules of a layer of one direction); run one after the other, it is not.
+        overlap: the training forward's overlap_directions, for its backward (default: as now)."""
+        overlap = self.overlap_directions if overlap is None else overlap
+        beside = unit is not None and self.directions == 2 and overlap
+        key = (lengths, unit, beside)
         if key not in self._engines:
             cell = with_lengths(self.cell) if lengths else self.cell
             if unit is None:
@@ -217,7 +223,7 @@ class CudaLayer(Layer):
                 sizes = [self.sizes[k]]
             self._engines[key] = Engine(program, sizes)
             self._engines[key].use_graphs, self._engines[key].use_fanout = self._use_graphs, self._use_fanout
-            self._engines[key].beside = unit is not None and self.directions == 2
+            self._engines[key].beside = beside
         return self._engines[key]
 
     @property
@@ -359,6 +365,7 @@ class CudaLayer(Layer):
                 inp = out * between if between is not None else out
         if train:
             self._shape, self._lengths, self._binds, self._connect = (T, B), masked, binds, connect
+            self._overlapped = self.overlap_directions  # (the backward's engines are its forward's)
             self._io_dtype = x.dtype
         return y, final
 
@@ -394,7 +401,7 @@ class CudaLayer(Layer):
                 types = (IO_TYPES.get(g.dtype.type), typed)  # (dy's and dx's where not float32)
                 for d, s in enumerate(self._streams(stream)):
                     u = self.directions * k + d
-                    self._engine(self._lengths, u).backward(
+                    self._engine(self._lengths, u, self._overlapped).backward(
                         [self._binds[u]], g.data.ptr + d * half * item, {n: p + u * state_bytes[n] for n, p in dhn.items()},
                         parts[d].data.ptr, {n: p + u * state_bytes[n] for n, p in dh0.items()}, s,
                         dy_pitch=g.shape[-1] * item, io_type=types)

@@ -59,6 +59,28 @@ for name in ["vanilla", "peephole", "gru", "lstmp", "layernorm", "slstm", "zoneo
         print(f"{name} | bidirectional={bidirectional} lengths={lengths} dropout=dropconnect={p} {schedule or ''} | graphs={graphs} "
               f"L=2 | {'OK' if not bad else f'BAD {bad}'}", flush=True)
 
+# the two directions one after the other (overlap_directions off: engines of their own, not `beside`; the backward
+# runs its forward's engines), stepwise and persistent
+for schedule in (None, "persistent"):
+    bad = simrt.check("vanilla", I=6, L=2, verbose=False, bidirectional=True, lengths=np.array([2, 4, 1]),
+                      schedule=schedule, overlap=False)
+    failures += bool(bad)
+    total += 1
+    print(f"vanilla | bidirectional, lengths, directions one after the other {schedule or ''} | "
+          f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
+layer = lstmdsl.compile("vanilla", input_size=6, hidden_size=6, backend="cuda", bidirectional=True)
+x = cupy.asarray(np.ones((3, 2, 6), np.float32))
+layer.forward(x)
+layer.overlap_directions = False
+y, _ = layer.forward(x)
+layer.overlap_directions = True  # (toggled back before the backward: it runs the serial forward's engines)
+layer.backward(cupy.asarray(np.ones(y.shape, np.float32)))
+seen = sorted((key[1:], e.beside, len(e.workspaces)) for key, e in layer._engines.items())
+bad = seen != [((0, False), False, 1), ((0, True), True, 1), ((1, False), False, 1), ((1, True), True, 1)]
+failures += bad
+total += 1
+print(f"vanilla | the directions' engines beside or not, as they ran | {'OK' if not bad else f'BAD {seen}'}", flush=True)
+
 # block-diagonal recurrent matrices (sLSTM's heads): batches of per-block GEMMs
 for k, schedule in enumerate(SCHEDULES[:2]):
     bad = simrt.check(lstmdsl.parse(shipped_specs()["slstm"].read_text()), I=6, H=6, L=1 + k, num_heads=3,

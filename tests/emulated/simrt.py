@@ -519,7 +519,7 @@ executor.Engine.__init__ = _init
 
 def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=True, verbose=True, graphs=False,
           dtype="float32", bidirectional=False, lengths=None, dropout=0.0, dropconnect=0.0, num_heads=None,
-          fanout=True, zero_states=False):
+          fanout=True, zero_states=False, overlap=True):
     kw = dict(num_layers=L, seed=seed, schedule=schedule, dtype=dtype, bidirectional=bidirectional, dropout=dropout,
               dropconnect=dropconnect)
     if P:
@@ -527,7 +527,7 @@ def check(spec, T=4, B=3, I=5, H=6, L=1, schedule=None, P=None, seed=0, dfinal=T
     if num_heads:
         kw["num_heads"] = num_heads
     gpu = lstmdsl.compile(spec, input_size=I, hidden_size=H, backend="cuda", **kw)
-    gpu.use_graphs, gpu.use_fanout = graphs, fanout
+    gpu.use_graphs, gpu.use_fanout, gpu.overlap_directions = graphs, fanout, overlap
     randomize(gpu, seed + 1)
     x, state, dy, dstate = random_case(gpu, T, B, seed + 2)
     if gpu.cell.name == "slstm":  # its normaliser is positive (tests/conftest.py POSITIVE_STATES)
