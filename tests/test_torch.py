@@ -544,21 +544,26 @@ def test_the_runners_of_a_bidirectional_layer_say_so_through_copies_and_pickles(
     import io
     import pickle
 
+    from lstmdsl.torch import handles
+
     for module, want in ((lt.LSTM(3, 4, 2, bidirectional=True), True), (lt.LSTM(3, 4, 2, dropout=0.5), False),
                          (lt.GRU(3, 4), False)):
         for copied in (module, copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
             assert [r.beside for r, _, _ in copied._groups] == [want] * len(module._groups), (module, want)
+            # (a second handle for the calls whose other direction does not run beside: engines of their own)
+            assert all((r.serial_handle != r.handle) == want and handles.runner(r.serial_handle) is r
+                       for r, _, _ in copied._groups)
         buffer = io.BytesIO()
         torch.save(module, buffer)
         buffer.seek(0)
         assert all(r.beside == want for r, _, _ in torch.load(buffer, weights_only=False)._groups)
     old = lt.LSTM(3, 4, bidirectional=True)
     for runner, _, _ in old._groups:
-        runner.beside = False  # (as a runner from before `beside` unpickles)
+        runner.beside, runner.serial_handle = False, runner.handle  # (as a runner from before `beside` unpickles)
     state = old.__dict__.copy()
     fresh = lt.LSTM.__new__(lt.LSTM)
     fresh.__setstate__(state)
-    assert all(r.beside for r, _, _ in fresh._groups)
+    assert all(r.beside and r.serial_handle != r.handle for r, _, _ in fresh._groups)
 
 
 def test_copies_state_dicts_and_dtypes():
@@ -794,7 +799,8 @@ def test_a_bidirectional_layer_keeps_its_directions_off_the_grid_rule_for_one_di
 @pytest.mark.gpu
 def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_fp32):
     """At B = 16, H = 256 each direction's persistent grid takes half the multiprocessors (Persistent.beside_grids),
-    so the two run at once; a layer of one direction takes them all. Both against nn.LSTM, padded and packed."""
+    so the two run at once; a layer of one direction takes them all, and so do the directions run one after the
+    other (engines of their own: Runner.serial_handle). All against nn.LSTM, padded and packed."""
     from lstmdsl.runtime import device
 
     torch.manual_seed(5)
@@ -817,6 +823,16 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
                 for wss in e.workspaces.values() for ws in wss]
         want = count // 2 if bidirectional else count
         assert runs and all(r is not None and r.blocks == want for r in runs), (runs, want)
+    # the directions one after the other (as under torch.compile or a capture): engines of their own, full grids
+    ref = torch.nn.LSTM(8, 256, 2, bidirectional=True).cuda()
+    ours = lt.from_torch(ref)
+    ours.overlap_directions = False
+    (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
+    assert_close(b_out, a_out, 1e-4)
+    assert_close(b_grads, a_grads, 1e-4)
+    runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
+            for wss in e.workspaces.values() for ws in wss]
+    assert runs and all(r is not None and r.blocks == count for r in runs), runs
 
 
 @gpu

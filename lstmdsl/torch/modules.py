@@ -145,7 +145,8 @@ class RNN(nn.Module):
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
         for runner, _, _ in self._groups:  # (a module pickled before its runners kept `beside`)
-            runner.beside = self.bidirectional
+            if self.bidirectional and not runner.beside:
+                runner.mark_beside()
 
     def extra_repr(self) -> str:
         s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -394,8 +395,9 @@ class RNN(nn.Module):
                 (_, d), = members
                 h0 = [s[k * D + d:k * D + d + 1] for s in states]
                 unit_steps = steps + self._noise(runner, layer_in)  # drawn on this stream, before any fork
+                handle = runner.handle if overlap else runner.serial_handle  # (engines of their own: Runner.engine)
                 calls.append(([layer_in, *h0, *tensors, *unit_steps],
-                              functools.partial(run_forward, layer_in, h0, tensors, runner.handle, train, unit_steps)))
+                              functools.partial(run_forward, layer_in, h0, tensors, handle, train, unit_steps)))
             outs = self._pair(calls) if overlap else [run() for _, run in calls]
             for d, out in enumerate(outs):
                 for j, f in enumerate(out[1:]):

@@ -84,6 +84,18 @@ class Runner:
         # last, once made (the parameters' layout and the version in it: a program's weights come in that order)
         self.handle, self.index = register(repr((__version__, cell, schedule.describe(), sizes, direction, beside,
                                                  self.slots)), self)
+        self.serial_handle = self.handle
+        if beside:
+            self.mark_beside()
+
+    def mark_beside(self) -> None:
+        """One direction of a bidirectional layer: `beside` the other, and a second handle (serial_handle) for its
+        calls when the other does not run beside it (torch.compile, a capture, overlap_directions off): engines of
+        their own, with every multiprocessor (plan.Persistent.beside_grids)."""
+        self.beside = True
+        if self.serial_handle == self.handle:
+            self.serial_handle = register(repr((__version__, self.cell, self.schedule.describe(), self.sizes,
+                                                self.direction, "serial", self.slots)), self)[0]
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         """The shape of each state of the stack, [L, B, size], in the spec's order."""
@@ -139,19 +151,21 @@ class Runner:
         return (steps[0] if first else None), dict(zip(names, steps[first:]))
 
     # -- CUDA
-    def engine(self, x: Tensor, dtype: str, masked: bool, params: list[Tensor]):
+    def engine(self, x: Tensor, dtype: str, masked: bool, params: list[Tensor], handle: int):
         """The Engine for x's device and type: a half-precision x (mixed precision, float32 parameters; or
-        half parameters, whose weight gradients the plan writes in half) runs the schedule at that precision."""
+        half parameters, whose weight gradients the plan writes in half) runs the schedule at that precision.
+        handle: the call's (serial_handle: the other direction does not run beside this one)."""
         schedule, half = self.schedule, params[0].dtype in _HALF
         if x.dtype in _HALF:
             schedule = dataclasses.replace(schedule, precision=_HALF[x.dtype][0])
-        key = (x.device.index, dtype, masked, schedule.precision, half)
+        beside = self.beside and handle != self.serial_handle
+        key = (x.device.index, dtype, masked, schedule.precision, half, beside)
         if key not in self._engines:
             from ..runtime.executor import Engine
 
             cell = with_lengths(self.cell, held=True) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction, half), self.sizes)
-            self._engines[key].beside = self.beside  # (plan.Persistent.alone_work)
+            self._engines[key].beside = beside  # (plan.Persistent: alone_work, beside_grids)
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
@@ -248,7 +262,7 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
 
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
-        engine = r.engine(x, dtype, mask, params)
+        engine = r.engine(x, dtype, mask, params, handle)
         engine.forward(T, B, train, r.bindings(r.gemm.read(params, engine.program.plan), None), x.data_ptr(),
                        {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
                        None, _stream(x), steps=ptrs, io_type=_io_type(x))
@@ -297,7 +311,7 @@ def backward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list
             [torch.from_numpy(g) for g in grads]
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
-        engine = r.engine(x, dtype, mask, params)
+        engine = r.engine(x, dtype, mask, params, handle)
         stream = _stream(x)
         weights = r.gemm.read(params, engine.program.plan)
         if engine.tape_owner(T, B) != y.data_ptr():  # another forward came between: run this one again
