@@ -837,6 +837,31 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
 
 @gpu
 @pytest.mark.gpu
+def test_a_bidirectional_module_captured_in_a_cuda_graph_replays_its_warm_up_engines(strict_fp32):
+    """Inside a capture the directions run one after the other, but on the engines the warm-up calls made (their
+    workspaces already there: a capture allocates none), not the serial ones torch.compile's calls take."""
+    torch.manual_seed(6)
+    m = lt.LSTM(8, 64, 2, bidirectional=True).cuda()
+    x = torch.randn(5, 4, 8, device="cuda")
+    with torch.no_grad():
+        want = m(x)[0].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # (torch's way: warm up on a side stream)
+            for _ in range(2):
+                m(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = m(x)[0]
+        graph.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-6)
+    assert all(key[-1] for r, _, _ in m._groups for key in r._engines)  # (beside: no serial engine made)
+
+
+@gpu
+@pytest.mark.gpu
 def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(strict_fp32):
     torch.manual_seed(4)
     ref = torch.nn.LSTM(5, 33, 2, bidirectional=True).cuda()

@@ -90,7 +90,7 @@ class Runner:
 
     def mark_beside(self) -> None:
         """One direction of a bidirectional layer: `beside` the other, and a second handle (serial_handle) for its
-        calls when the other does not run beside it (torch.compile, a capture, overlap_directions off): engines of
+        calls when the other does not run beside it (torch.compile, overlap_directions off): engines of
         their own, with every multiprocessor (plan.Persistent.beside_grids)."""
         self.beside = True
         if self.serial_handle == self.handle:
