@@ -7,8 +7,8 @@ each setting in a module of its own; its outputs against the other setting's. GP
 
     python3 benchmarks/probe_beside_grids.py [--shapes 16x256 4x512 ...] [--timeline]
     python3 benchmarks/probe_beside_grids.py --serial             # the directions one after the other (the module's
-                                                                  # way under torch.compile or a capture; since
-                                                                  # 0ac45fc full grids in both rows: serial's time)
+                                                                  # way under torch.compile; since 76c9dd6 full
+                                                                  # grids in both rows: serial's time)
     python3 benchmarks/probe_beside_grids.py --alone-rule --shapes 32x256 32x512 64x256 64x512
         # the rule of a layer of one direction (ALONE_LIMITS: the grid to B = 64) in the directions too: with the
         # grids side by side, does it win there now? (rows "grids 1" are then the stepwise loop, as shipped)

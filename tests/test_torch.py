@@ -823,7 +823,8 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
                 for wss in e.workspaces.values() for ws in wss]
         want = count // 2 if bidirectional else count
         assert runs and all(r is not None and r.blocks == want for r in runs), (runs, want)
-    # the directions one after the other (as under torch.compile or a capture): engines of their own, full grids
+    # the directions one after the other (overlap_directions off, as under torch.compile): engines of their own,
+    # full grids
     ref = torch.nn.LSTM(8, 256, 2, bidirectional=True).cuda()
     ours = lt.from_torch(ref)
     ours.overlap_directions = False
@@ -837,19 +838,21 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
 
 @gpu
 @pytest.mark.gpu
-def test_a_bidirectional_module_captured_in_a_cuda_graph_replays_its_warm_up_engines(strict_fp32):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_bidirectional_module_captured_in_a_cuda_graph_replays_its_warm_up_engines(overlap, strict_fp32):
     """Inside a capture the directions run one after the other, but on the engines the warm-up calls made (their
-    workspaces already there: a capture allocates none), not the serial ones torch.compile's calls take."""
+    workspaces already there: a capture allocates none): beside ones after overlapped warm-ups, serial ones after
+    warm-ups with overlap_directions off."""
     torch.manual_seed(6)
     m = lt.LSTM(8, 64, 2, bidirectional=True).cuda()
+    m.overlap_directions = overlap
     x = torch.randn(5, 4, 8, device="cuda")
     with torch.no_grad():
-        want = m(x)[0].clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # (torch's way: warm up on a side stream)
-            for _ in range(2):
-                m(x)
+            want = m(x)[0].clone()
+            m(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -857,7 +860,7 @@ def test_a_bidirectional_module_captured_in_a_cuda_graph_replays_its_warm_up_eng
         graph.replay()
         torch.cuda.synchronize()
     torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-6)
-    assert all(key[-1] for r, _, _ in m._groups for key in r._engines)  # (beside: no serial engine made)
+    assert all(key[-1] == overlap for r, _, _ in m._groups for key in r._engines)  # (no other engine made)
 
 
 @gpu

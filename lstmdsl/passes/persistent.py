@@ -103,9 +103,12 @@ from .stacks import interleaved, weight_stacks
 # directions of a bidirectional layer, which run at once: two grids of one block a multiprocessor take turns
 # (benchmarks/results/bidirectional_fp32_h200.md, 16 x 256: both directions at once 1.697 ms, one after the other
 # 1.707), where the stepwise loops overlap (64 x 512: 6.23 ms against 8.06; with this rule in the directions
-# 7.11, benchmarks/results/probes/bidirectional_rule64_h200.md), so there the B <= 16 rule stays, also where the
-# directions run one after the other (torch.compile, a capture, overlap_directions off: 7.32 against 8.06 ms
-# there is left; ALONE_LIMITS: Persistent.alone_work).
+# 7.11, benchmarks/results/probes/bidirectional_rule64_h200.md), so there the B <= 16 rule stays (ALONE_LIMITS:
+# Persistent.alone_work). Where the directions run one after the other (torch.compile, overlap_directions off:
+# there the grids would win, 7.32 against 8.06 ms) they were kept on it too until the fifty-fourth session; since
+# then such calls run engines of their own that are not `beside` (runtime/layer.py, torch/ops.py serial_handle),
+# and this rule holds there (not measured again). The directions that run at once now share the multiprocessors
+# (BESIDE_GRIDS, below), which this rule's measurement predates.
 ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
 # forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024

@@ -103,6 +103,7 @@ class CudaLayer(Layer):
         self._shape = None
         self._lengths = False  # whether the last training forward ran with lengths
         self._overlapped = True  # and its directions at once (overlap_directions then)
+        self._one_stream = False  # profile(): the directions on one stream, on the engines of the calls it times
         self._mask, self._mask_key = None, None  # the last lengths' mask on the device, and (T, lengths, dtype)
 
     def _half_copies(self, arrays: dict) -> dict:
@@ -286,12 +287,12 @@ class CudaLayer(Layer):
         the work issued so far), unless overlap_directions is off."""
         if self.directions == 1:
             return (stream,)
-        if not self.overlap_directions:
+        if not self.overlap_directions or self._one_stream:
             return (stream, stream)
         return (stream, device.side_stream().fork(stream))
 
     def _join(self, stream: int) -> None:
-        if self.directions == 2 and self.overlap_directions:
+        if self.directions == 2 and self.overlap_directions and not self._one_stream:
             device.side_stream().join(stream)
 
     @property

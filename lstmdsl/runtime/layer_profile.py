@@ -17,8 +17,9 @@ def profile(layer, x, repeat: int = 5) -> dict:
     ones = to_io(cupy.ones(y.shape, cupy.float32), y.dtype)  # (the gradient of sum(y) in y's type: bfloat16 bits too)
     graphs = {"forward": time_gpu(lambda: layer.forward(x, train=False), repeat),
               "train": time_gpu(lambda: (layer.forward(x), layer.backward(ones)), repeat)}
-    saved = layer.use_graphs, layer.overlap_directions
-    layer.use_graphs, layer.overlap_directions = False, False  # op by op, one stream
+    saved = layer.use_graphs
+    # op by op, one stream (the engines of the calls timed above: not overlap_directions, whose engines are others)
+    layer.use_graphs, layer._one_stream = False, True
     engines = list(layer._engines.values())
     try:
         cupy.cuda.Device().synchronize()
@@ -43,6 +44,6 @@ def profile(layer, x, repeat: int = 5) -> dict:
     finally:
         for e in engines:
             e.parts = None
-        layer.use_graphs, layer.overlap_directions = saved
+        layer.use_graphs, layer._one_stream = saved, False
     layer.zero_grad()
     return {"parts_ms": parts, "parts_calls": calls, "host_issue_ms_without_graphs": issue_ms, "held_ms": held_ms, "graphs": graphs}

@@ -1,7 +1,8 @@
 """What a custom op's `handle` names: the process's Runners (torch/ops.py), registered as they are made.
 
 The k-th Runner of a description (lstmdsl's version, the cell, the schedule, the sizes, the direction and the
-parameters' layout) gets one handle in every process, a digest of the description and k: a program torch.export
+parameters' layout) gets one handle in every process (a direction of a bidirectional layer a second, its
+serial_handle, from its description and "serial"), a digest of the description and k: a program torch.export
 saved holds its module's handles, and in another process finds the layers of its kinds there, made in the same
 order (they compute what the saved ones did: the weights are the ops' inputs), or none (a UsageError), never an
 unrelated layer, as a count from 1 would (that process's first); torch.compile's caches see the same constant in

@@ -82,20 +82,20 @@ class Runner:
         self.grads = GradBuffers(self.slots)  # what the backward writes the gradients into
         self.gemm = GemmWeights(self.slots, sizes)  # what the GEMMs read and write in place of the parameters
         # last, once made (the parameters' layout and the version in it: a program's weights come in that order)
-        self.handle, self.index = register(repr((__version__, cell, schedule.describe(), sizes, direction, beside,
-                                                 self.slots)), self)
+        self._described = repr((__version__, cell, schedule.describe(), sizes, direction, beside, self.slots))
+        self.handle, self.index = register(self._described, self)
         self.serial_handle = self.handle
         if beside:
             self.mark_beside()
 
     def mark_beside(self) -> None:
         """One direction of a bidirectional layer: `beside` the other, and a second handle (serial_handle) for its
-        calls when the other does not run beside it (torch.compile, overlap_directions off): engines of
+        calls when the other does not run beside it (torch.compile, overlap_directions off, a capture after a
+        warm-up with it off): engines of
         their own, with every multiprocessor (plan.Persistent.beside_grids)."""
         self.beside = True
         if self.serial_handle == self.handle:
-            self.serial_handle = register(repr((__version__, self.cell, self.schedule.describe(), self.sizes,
-                                                self.direction, "serial", self.slots)), self)[0]
+            self.serial_handle = register(repr((self._described, "serial")), self)[0]
 
     def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         """The shape of each state of the stack, [L, B, size], in the spec's order."""

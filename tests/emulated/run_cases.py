@@ -68,18 +68,25 @@ for schedule in (None, "persistent"):
     total += 1
     print(f"vanilla | bidirectional, lengths, directions one after the other {schedule or ''} | "
           f"{'OK' if not bad else f'BAD {bad}'}", flush=True)
-layer = lstmdsl.compile("vanilla", input_size=6, hidden_size=6, backend="cuda", bidirectional=True)
-x = cupy.asarray(np.ones((3, 2, 6), np.float32))
-layer.forward(x)
-layer.overlap_directions = False
-y, _ = layer.forward(x)
+layer = lstmdsl.compile("vanilla", input_size=6, hidden_size=6, backend="cuda", bidirectional=True, seed=3)
+alone = lstmdsl.compile("vanilla", input_size=6, hidden_size=6, backend="cuda", bidirectional=True, seed=3)
+rng = np.random.default_rng(4)
+x1, x2 = (cupy.asarray(rng.standard_normal((3, 2, 6)).astype(np.float32)) for _ in range(2))
+layer.forward(x1)  # (overlapped: the beside engines' tapes hold x1)
+layer.overlap_directions = alone.overlap_directions = False
+y, _ = layer.forward(x2)
 layer.overlap_directions = True  # (toggled back before the backward: it runs the serial forward's engines)
-layer.backward(cupy.asarray(np.ones(y.shape, np.float32)))
+dy = cupy.asarray(rng.standard_normal(y.shape).astype(np.float32))
+dx = cupy.asnumpy(layer.backward(dy))
+alone.forward(x2)
+want = cupy.asnumpy(alone.backward(dy))  # (x2 alone, one after the other)
 seen = sorted((key[1:], e.beside, len(e.workspaces)) for key, e in layer._engines.items())
-bad = seen != [((0, False), False, 1), ((0, True), True, 1), ((1, False), False, 1), ((1, True), True, 1)]
+bad = seen != [((0, False), False, 1), ((0, True), True, 1), ((1, False), False, 1), ((1, True), True, 1)] or \
+    not np.allclose(dx, want, rtol=1e-5, atol=1e-6)
 failures += bad
 total += 1
-print(f"vanilla | the directions' engines beside or not, as they ran | {'OK' if not bad else f'BAD {seen}'}", flush=True)
+print(f"vanilla | the directions' engines beside or not, as they ran; the backward its forward's | "
+      f"{'OK' if not bad else f'BAD {seen} {np.abs(dx - want).max()}'}", flush=True)
 
 # block-diagonal recurrent matrices (sLSTM's heads): batches of per-block GEMMs
 for k, schedule in enumerate(SCHEDULES[:2]):
