@@ -12,6 +12,9 @@ each setting in a module of its own; its outputs against the other setting's. GP
     python3 benchmarks/probe_beside_grids.py --alone-rule --shapes 32x256 32x512 64x256 64x512
         # the rule of a layer of one direction (ALONE_LIMITS: the grid to B = 64) in the directions too: with the
         # grids side by side, does it win there now? (rows "grids 1" are then the stepwise loop, as shipped)
+    python3 benchmarks/probe_beside_grids.py --precision bf16 --shapes 1x512 4x512 16x256 16x512
+        # the half-precision grids (not halved as shipped: BESIDE_MEASURED) on half the multiprocessors, the
+        # module's parameters float32 and its input in the half type (mixed precision)
 """
 import argparse
 
@@ -31,11 +34,16 @@ def main():
                                                     "16x512", "16x1024"])
     ap.add_argument("--timeline", action="store_true", help="one forward's kernels at the first shape, both ways")
     ap.add_argument("--serial", action="store_true", help="the two directions one after the other, on one stream")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16", "fp16"), default="fp32")
     ap.add_argument("--alone-rule", action="store_true",
                     help="grids 2 with the rules of a layer of one direction (grids 1: as shipped)")
     args = ap.parse_args()
     applies = loops.Persistent.applies
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    tf32 = args.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    measured = persistent.BESIDE_MEASURED
+    persistent.BESIDE_MEASURED = measured + ((args.precision,) if half is not None else ())
     print("shape   input      grids | fwd gpu  fwd call | train gpu train call | max |y - y(grids 1)|")
     for shape in args.shapes:
         B, H = map(int, shape.split("x"))
@@ -45,7 +53,11 @@ def main():
             loops.Persistent.applies = applies if grids == 1 or not args.alone_rule else (
                 lambda self, batch, work, fits, split=False, alone=False: applies(self, batch, work, fits, split, True))
             build_program.cache_clear()  # (plans are cached by cell and schedule)
-            _, ours, x, _, pre = packed_case(B, H, 100, 2, False)
+            _, ours, x, _, pre = packed_case(B, H, 100, 2, tf32)
+            if half is not None:  # (mixed precision: float32 parameters, the input in the half type)
+                x = x.detach().to(half).requires_grad_(True)
+                pre = torch.nn.utils.rnn.PackedSequence(pre.data.detach().to(half).requires_grad_(True),
+                                                        pre.batch_sizes, pre.sorted_indices, pre.unsorted_indices)
             ours.overlap_directions = not args.serial
             for name, inp in (("padded", x), ("pre-packed", pre)):
                 def fwd():
@@ -70,7 +82,7 @@ def main():
                     ours.eval()
                     print(f"one padded forward's GPU work, grids {grids} (us):")
                     timeline(ours, inp)
-    persistent.BESIDE_GRIDS = 2
+    persistent.BESIDE_GRIDS, persistent.BESIDE_MEASURED = 2, measured
     loops.Persistent.applies = applies
     build_program.cache_clear()
 
