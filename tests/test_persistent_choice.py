@@ -128,6 +128,9 @@ def test_a_direction_beside_another_takes_half_the_multiprocessors_where_its_wei
     for precision, want in (("bf16", H200[0]), ("fp16", H200[0]), ("tf32", H200[0] // 2)):
         run = shape("vanilla", Schedule(precision=precision, persistent="on"), 16, 256, alone=False)
         assert run.blocks == want, precision
+    for precision, said in (("fp32", True), ("bf16", False)):  # (`--emit plan` says so where it applies)
+        plan = build_program(lstmdsl.parse("vanilla").cell, Schedule(precision=precision)).plan
+        assert ("1/2 of the multiprocessors" in format_plan(plan)) == said, precision
     one = Persistent((), beside_grids=1)  # (1: every grid on all of them)
     assert one.multiprocessors(132, alone=False) == 132 and Persistent(()).multiprocessors(132, alone=False) == 132
     assert Persistent((), beside_grids=2).multiprocessors(132, alone=False) == 66
