@@ -46,7 +46,7 @@ def _positive(name: str, value: float, allow_zero: bool = True) -> float:
 
 
 class Optimizer:
-    def __init__(self, params: dict, lr: float):
+    def __init__(self, params: dict, **hyper):
         if not isinstance(params, dict) or not params:
             raise UsageError("an optimizer takes a non-empty dict of parameter arrays (layer.parameters())")
         seen = {}
@@ -61,7 +61,7 @@ class Optimizer:
                 raise UsageError(f"parameters {seen[id(p)]!r} and {k!r} are the same array")
             seen[id(p)] = k
         self.params = params
-        self._set_hyper(lr=lr)
+        self._set_hyper(**hyper)
         self.steps = 0
 
     def _set_hyper(self, lr) -> None:
@@ -182,8 +182,7 @@ class SGD(Optimizer):
 
     def __init__(self, params: dict, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        Optimizer.__init__(self, params, lr)
-        self._set_hyper(lr, momentum, nesterov, weight_decay)
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         self.buffers: dict = {}
 
     def _set_hyper(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0) -> None:
@@ -223,8 +222,7 @@ class Adam(Optimizer):
 
     def __init__(self, params: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        Optimizer.__init__(self, params, lr)
-        self._set_hyper(lr, betas, eps, weight_decay)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.m: dict = {}
         self.v: dict = {}
 

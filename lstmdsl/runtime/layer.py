@@ -287,12 +287,17 @@ class CudaLayer(Layer):
         the work issued so far), unless overlap_directions is off."""
         if self.directions == 1:
             return (stream,)
-        if not self.overlap_directions or self._one_stream:
+        if not self._at_once:
             return (stream, stream)
         return (stream, device.side_stream().fork(stream))
 
+    @property
+    def _at_once(self) -> bool:
+        """Whether the two directions run on two streams (overlap_directions, and not profile's one stream)."""
+        return self.directions == 2 and self.overlap_directions and not self._one_stream
+
     def _join(self, stream: int) -> None:
-        if self.directions == 2 and self.overlap_directions and not self._one_stream:
+        if self._at_once:
             device.side_stream().join(stream)
 
     @property

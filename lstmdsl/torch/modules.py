@@ -386,8 +386,11 @@ class RNN(nn.Module):
             out = run_forward(x, states, tensors, runner.handle, train, steps + self._noise(runner, x))
             return out[0], out[1:]
         finals = [[None] * (D * self.num_layers) for _ in self.state_sizes]
-        capturing = x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
-        overlap = D == 2 and x.is_cuda and self.overlap_directions and not torch.compiler.is_compiling() and not capturing
+        # the beside engines (Runner.engine) in eager calls, a CUDA-graph capture of them included (it must replay
+        # the engines its warm-up calls made: no workspace is allocated while capturing); under torch.compile or
+        # with overlap_directions off, the serial ones (every multiprocessor)
+        eager = self.overlap_directions and not torch.compiler.is_compiling()
+        overlap = D == 2 and x.is_cuda and eager and not torch.cuda.is_current_stream_capturing()
         layer_in = x
         for k in range(self.num_layers):
             calls = []
@@ -395,10 +398,7 @@ class RNN(nn.Module):
                 (_, d), = members
                 h0 = [s[k * D + d:k * D + d + 1] for s in states]
                 unit_steps = steps + self._noise(runner, layer_in)  # drawn on this stream, before any fork
-                # one after the other: engines of their own (Runner.engine), but not inside a capture, which must
-                # replay the engines its warm-up calls made (overlapped unless overlap_directions is off): no
-                # workspace is allocated while capturing
-                handle = runner.handle if overlap or (capturing and self.overlap_directions) else runner.serial_handle
+                handle = runner.handle if eager else runner.serial_handle
                 calls.append(([layer_in, *h0, *tensors, *unit_steps],
                               functools.partial(run_forward, layer_in, h0, tensors, handle, train, unit_steps)))
             outs = self._pair(calls) if overlap else [run() for _, run in calls]

@@ -90,9 +90,8 @@ class Runner:
 
     def mark_beside(self) -> None:
         """One direction of a bidirectional layer: `beside` the other, and a second handle (serial_handle) for its
-        calls when the other does not run beside it (torch.compile, overlap_directions off, a capture after a
-        warm-up with it off): engines of
-        their own, with every multiprocessor (plan.Persistent.beside_grids)."""
+        calls when the other does not run beside it (torch.compile, overlap_directions off): engines of their
+        own, with every multiprocessor (plan.Persistent.beside_grids)."""
         self.beside = True
         if self.serial_handle == self.handle:
             self.serial_handle = register(repr((self._described, "serial")), self)[0]
