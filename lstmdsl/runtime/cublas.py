@@ -18,7 +18,7 @@ from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
 from ..plan import ELEMENT_TYPES
 from . import cublaslt
-from .device import cupy_stream, current_device, empty
+from .device import cupy_stream, current_device, empty, relaxed_capture
 from .warmup import settle as settle_warm_up
 
 # element type -> cudaDataType; compute type -> (cublasComputeType, numpy type of the scalars alpha, beta)
@@ -106,7 +106,8 @@ def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",)) ->
     key = (current_device(), lane, _workspace_bytes(bare, types))
     h = _HANDLES.get(key)
     if h is None:
-        h = _HANDLES[key] = _Handle(key[2])
+        with relaxed_capture():  # (the first GEMM on a stream that torch captures: the graph keeps this handle)
+            h = _HANDLES[key] = _Handle(key[2])
     h.uses += 1
     return h
 

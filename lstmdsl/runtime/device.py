@@ -9,6 +9,7 @@ tests/emulated/ replaces this module's functions to run the runtime without a GP
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 from ..errors import BackendUnavailable, LstmdslError
@@ -176,6 +177,20 @@ def zero_columns(array, first: int, stream: int) -> None:
 def is_capturing(stream: int) -> bool:
     """Whether work issued on the stream is being recorded into a CUDA graph (by torch, say)."""
     return bool(stream) and cupy.cuda.runtime.streamIsCapturing(stream)
+
+
+@contextlib.contextmanager
+def relaxed_capture():
+    """This thread may allocate while a stream it issues on is being captured (torch's CUDA graphs capture in
+    cudaStreamCaptureModeGlobal, where a cudaMalloc, a cuBLAS handle's creation among them, ends the capture):
+    for what is made once and kept (a lane's cuBLAS handle and workspace on the capture stream, whose graph
+    then holds their addresses), as torch makes its own handles in a capture."""
+    mode = ctypes.c_int(2)  # CU_STREAM_CAPTURE_MODE_RELAXED
+    _check(_driver().cuThreadExchangeStreamCaptureMode(ctypes.byref(mode)), "cuThreadExchangeStreamCaptureMode")
+    try:
+        yield
+    finally:
+        _check(_driver().cuThreadExchangeStreamCaptureMode(ctypes.byref(mode)), "cuThreadExchangeStreamCaptureMode")
 
 
 def empty(shape: tuple[int, ...], dtype, fill: float | None = None, stream: int | None = None):
