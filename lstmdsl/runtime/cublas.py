@@ -71,9 +71,10 @@ class _Handle:
                                                    i, i, i]
         self.lib = lib
         self.handle = vp()
-        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
-        self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
-        self.workspace = None if self.bare else empty((nbytes,), np.uint8)
+        with relaxed_capture():  # (the first GEMM on a stream that torch captures: the graph keeps these)
+            self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+            self._check(lib.cublasSetPointerMode_v2(self.handle, 0), "cublasSetPointerMode")  # host scalars
+            self.workspace = None if self.bare else empty((nbytes,), np.uint8)
         self.stream = None
         self.uses = 0  # times _handle gave it out (workspace_uses)
 
@@ -106,8 +107,7 @@ def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",)) ->
     key = (current_device(), lane, _workspace_bytes(bare, types))
     h = _HANDLES.get(key)
     if h is None:
-        with relaxed_capture():  # (the first GEMM on a stream that torch captures: the graph keeps this handle)
-            h = _HANDLES[key] = _Handle(key[2])
+        h = _HANDLES[key] = _Handle(key[2])
     h.uses += 1
     return h
 
