@@ -39,6 +39,8 @@ default), --no-fold `no fold projection`. A spec with block-diagonal matrices ru
 checks memory accesses and races.
 """
 
+import faulthandler
+import os
 import sys
 
 import cupy
@@ -47,6 +49,9 @@ import numpy as np
 import lstmdsl
 
 args = sys.argv[1:]
+# a run that hangs prints every thread's Python stack and exits before benchmarks/gpu_check.sh's 240 s timeout kills
+# it silently: the log then says whether the host waited on the GPU (a synchronize) or on itself (a lock, a thread)
+faulthandler.dump_traceback_later(float(os.environ.get("LSTMDSL_SAN_DUMP_S", "220")), exit=True)
 compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"
