@@ -11,10 +11,11 @@ each setting in a module of its own; its outputs against the other setting's. GP
                                                                   # grids in both rows: serial's time)
     python3 benchmarks/probe_beside_grids.py --alone-rule --shapes 32x256 32x512 64x256 64x512
         # the rule of a layer of one direction (ALONE_LIMITS: the grid to B = 64) in the directions too: with the
-        # grids side by side, does it win there now? (rows "grids 1" are then the stepwise loop, as shipped)
+        # grids side by side, does it win there now? (rows "grids 1" are then as shipped: since the fifty-fifth
+        # session fp32's half grids to 2^25, BESIDE_LIMITS, else the stepwise loop)
     python3 benchmarks/probe_beside_grids.py --precision bf16 --shapes 1x512 4x512 16x256 16x512
-        # the half-precision grids (not halved as shipped: BESIDE_MEASURED) on half the multiprocessors, the
-        # module's parameters float32 and its input in the half type (mixed precision)
+        # the half-precision grids on half the multiprocessors against all of them, the module's parameters
+        # float32 and its input in the half type (mixed precision)
 """
 import argparse
 
@@ -51,7 +52,8 @@ def main():
         for grids in (1, 2):
             persistent.BESIDE_GRIDS = grids if not args.alone_rule else 2
             loops.Persistent.applies = applies if grids == 1 or not args.alone_rule else (
-                lambda self, batch, work, fits, split=False, alone=False: applies(self, batch, work, fits, split, True))
+                lambda self, batch, work, fits, split=False, alone=False, beside=False:
+                applies(self, batch, work, fits, split, True, beside))
             build_program.cache_clear()  # (plans are cached by cell and schedule)
             _, ours, x, _, pre = packed_case(B, H, 100, 2, tf32)
             if half is not None:  # (mixed precision: float32 parameters, the input in the half type)

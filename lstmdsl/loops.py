@@ -55,6 +55,8 @@ class Persistent:
     beside_grids: int = 1  # a direction of a bidirectional layer, whose other direction runs at once, launches its
     # grid over the elements on 1 / beside_grids of the multiprocessors where its weights and staged rows still fit
     # on chip there, so that both grids are resident together (1: on all of them, and the two grids take turns)
+    beside_work: tuple[tuple[int, int, int], ...] = ()  # as work, in a direction of a bidirectional layer whose
+    # grid over the elements takes its 1 / beside_grids share (the other direction's grid resident beside it)
 
     def exchanges(self, words: int) -> bool:
         """Whether a grid hands its state on in tagged words, at `words` words a step (B times the operand's width):
@@ -62,11 +64,14 @@ class Persistent:
         cost more than the barrier saves (H200, fp32: B = 1, H = 512 3.7 us a step, 4.3 with it; B = 16 22.5, 7.3)."""
         return self.exchange is not None and words <= self.exchange_words
 
-    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = False) -> bool:
+    def applies(self, batch: int, work: int, fits: bool, split: bool = False, alone: bool = False,
+                beside: bool = False) -> bool:
         """work: a step's multiply-adds over the batch; fits: the weights fit on chip; split: all fit one block;
         alone: a layer of one direction (alone_work applies), not a direction of a bidirectional layer (off unless
-        the caller says so: a caller that does not know keeps the narrower rules)."""
-        rules = [(r, work) for r in self.work + (self.split_work if split else ()) + (self.alone_work if alone else ())]
+        the caller says so: a caller that does not know keeps the narrower rules); beside: a direction's grid over
+        the elements on its share of the multiprocessors (beside_work applies)."""
+        wide = (self.alone_work if alone else ()) + (self.beside_work if beside else ())
+        rules = [(r, work) for r in self.work + (self.split_work if split else ()) + wide]
         rules += [(r, work // batch) for r in self.row_work] if split else []
         return self.forced or (fits and any(batch <= r[0] and r[1] <= w <= r[2] and batch >= (r[3] if len(r) > 3 else 1)
                                             for r, w in rules))

@@ -158,6 +158,9 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                                    for r in pers.work]
                                   + [f"{lo}-{hi} at B <= {b} in a layer of one direction"
                                      for b, lo, hi in pers.alone_work]
+                                  + [f"{lo}-{hi} at B <= {b} in a direction of a bidirectional layer whose grid "
+                                     f"takes its 1/{pers.beside_grids} of the multiprocessors"
+                                     for b, lo, hi in pers.beside_work]
                                   + [f"{lo}-{hi} at B <= {b} where all the weights fit one block"
                                      for b, lo, hi in pers.split_work]
                                   + [f"{lo}-{hi} a batch row at B <= {b} where all the weights fit one block"

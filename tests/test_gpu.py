@@ -711,9 +711,10 @@ def test_per_step_gemms_are_timed_and_both_ways_give_the_same_numbers(monkeypatc
 
 def test_the_cost_model_chooses_the_persistent_launch():
     """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one, at B = 32
-    only in a layer of one direction), large batches and `no persistent` the stepwise loop, and weights too large
+    in a layer of one direction and, on half the multiprocessors each, in a bidirectional layer's), large batches and `no persistent` the stepwise loop, and weights too large
     for the chip are read from memory under a forced `persistent` (and still match the stepwise result)."""
     from lstmdsl.passes import persistent
+    from lstmdsl.runtime import device
 
     x = lambda T, B, I: cupy.asarray(np.random.default_rng(0).standard_normal((T, B, I)) * 0.5, np.float32)  # noqa: E731
     small = lstmdsl.compile("vanilla", 8, 32, backend="cuda", schedule="persistent")
@@ -737,9 +738,13 @@ def test_the_cost_model_chooses_the_persistent_launch():
     one.forward(x(3, 32, 8), train=False)
     (run,) = _persistent_runs(one)
     assert run is not None and run.blocks > 1 and not run.split
-    both = lstmdsl.compile("vanilla", 8, 256, backend="cuda", bidirectional=True)  # (not in a bidirectional layer's)
-    both.forward(x(3, 32, 8), train=False)
-    assert _persistent_runs(both) == [None, None]
+    both = lstmdsl.compile("vanilla", 8, 256, backend="cuda", bidirectional=True)  # (a bidirectional layer's: each
+    both.forward(x(3, 32, 8), train=False)                                         # on half the multiprocessors)
+    runs = _persistent_runs(both)
+    assert len(runs) == 2 and all(r is not None and 1 < r.blocks <= device.on_chip()[0] // 2 for r in runs), runs
+    wider = lstmdsl.compile("vanilla", 8, 512, backend="cuda", bidirectional=True)  # 64 x 512, 2^26: past the
+    wider.forward(x(2, 64, 8), train=False)                                          # directions' rule
+    assert _persistent_runs(wider) == [None, None]
     huge = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="persistent", seed=1)
     stepwise = lstmdsl.compile("vanilla", 8, 2048, backend="cuda", schedule="no persistent", seed=1)
     stepwise.load_state_dict(huge.state_dict())

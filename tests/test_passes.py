@@ -521,7 +521,8 @@ def test_format_plan_prints_the_persistent_stages_and_rule():
     rule = format_plan(make_plan(vanilla.cell, vanilla.grad, Schedule()))
     assert ("or the persistent schedule, when a step's multiply-adds over the batch are 1-67108864 at B <= 16 or "
             "1-67108864 at B <= 64 in a layer of one direction or "
-            "1-67108864 at B <= 256 where all the weights fit one block and the weights fit") in rule
+            "1-33554432 at B <= 64 in a direction of a bidirectional layer whose grid takes its 1/2 of the "
+            "multiprocessors or 1-67108864 at B <= 256 where all the weights fit one block and the weights fit") in rule
     assert "when a step's multiply-adds over the batch are 4194304-67108864 at B <= 4" in rule  # (the backward's)
     assert "a grid of several blocks hands it on in tagged words instead, with no grid barrier" in rule
     assert "the block's products as tiles of 4 rows x 4 batch rows" in rule

@@ -782,17 +782,28 @@ def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
 
 @gpu
 @pytest.mark.gpu
-def test_a_bidirectional_layer_keeps_its_directions_off_the_grid_rule_for_one_direction():
-    """At B = 32, H = 256 `persistent auto` runs a layer of one direction as a persistent grid, but the directions
-    of a bidirectional layer stepwise (two grids would take turns on the multiprocessors: Persistent.alone_work)."""
-    x = torch.randn(3, 32, 8, device="cuda")
-    for bidirectional in (False, True):
-        module = lt.LSTM(8, 256, bidirectional=bidirectional).cuda()
-        with torch.no_grad():
-            module(x)
-        runs = [ws.persistent.get("forward") for runner, _, _ in module._groups for e in runner._engines.values()
-                for wss in e.workspaces.values() for ws in wss]
-        assert len(runs) == 1 + bidirectional and all((r is None) == bidirectional for r in runs), runs
+def test_a_bidirectional_layers_directions_take_the_grid_rule_of_grids_side_by_side():
+    """Past B = 16 `persistent auto` runs a layer of one direction as a persistent grid to 2^26 multiply-adds a step
+    (Persistent.alone_work), the directions of a bidirectional layer each on half the multiprocessors to 2^25
+    (Persistent.beside_work: B = 32, H = 256), and stepwise past it (B = 64, H = 512)."""
+    from lstmdsl.runtime import device
+
+    count = device.on_chip()[0]
+    for B, H, side_by_side in ((32, 256, True), (64, 512, False)):
+        x = torch.randn(3, B, 8, device="cuda")
+        for bidirectional in (False, True):
+            module = lt.LSTM(8, H, bidirectional=bidirectional).cuda()
+            with torch.no_grad():
+                module(x)
+            runs = [ws.persistent.get("forward") for runner, _, _ in module._groups
+                    for e in runner._engines.values() for wss in e.workspaces.values() for ws in wss]
+            assert len(runs) == 1 + bidirectional, runs
+            if not bidirectional:
+                assert all(r is not None and r.blocks > 1 for r in runs), (B, H, runs)
+            elif side_by_side:
+                assert all(r is not None and 1 < r.blocks <= count // 2 for r in runs), (B, H, runs)
+            else:
+                assert all(r is None for r in runs), (B, H, runs)
 
 
 @gpu
@@ -834,6 +845,31 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
     runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
             for wss in e.workspaces.values() for ws in wss]
     assert runs and all(r is not None and r.blocks == count for r in runs), runs
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_the_directions_half_precision_grids_share_the_multiprocessors(half, strict_fp32):
+    """Under autocast too each direction's persistent grid takes half the multiprocessors at B = 16, H = 256
+    (their tensor-core kernels), and outputs and gradients follow the same module in float32."""
+    from lstmdsl.runtime import device
+
+    tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}[half]
+    torch.manual_seed(7)
+    ref = lt.LSTM(8, 256, 2, bidirectional=True).cuda()
+    ours = copy.deepcopy(ref)
+    x = torch.randn(7, 16, 8, device="cuda")
+    out_ref = ref(x)[0]
+    out_ref.square().sum().backward()
+    with torch.autocast("cuda", dtype=half):
+        out = ours(x)[0]
+    out.float().square().sum().backward()
+    assert_close([out], [out_ref], tol)
+    assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
+    runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
+            for wss in e.workspaces.values() for ws in wss]
+    assert runs and all(r is not None and r.blocks == device.on_chip()[0] // 2 for r in runs), runs
 
 
 @gpu

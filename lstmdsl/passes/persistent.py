@@ -108,7 +108,7 @@ from .stacks import interleaved, weight_stacks
 # there the grids would win, 7.32 against 8.06 ms) they were kept on it too until the fifty-fourth session; since
 # then such calls run engines of their own that are not `beside` (runtime/layer.py, torch/ops.py serial_handle),
 # and this rule holds there (not measured again). The directions that run at once now share the multiprocessors
-# (BESIDE_GRIDS, below), which this rule's measurement predates.
+# (BESIDE_GRIDS, below) and have a rule of their own past B = 16 (BESIDE_LIMITS).
 ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # Since the eighteenth session's cheaper step (benchmarks/results/probes/generic_step_h200.txt, GPU time, T = 100,
 # forced persistent against the stepwise loop, fp16 forward: B = 16, H = 256 0.93x, H = 512 0.92x, B = 8, H = 1024
@@ -132,10 +132,22 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # on an H100: `python3 benchmarks/probe_beside_grids.py`, the torch module's 2-layer bidirectional vanilla LSTM,
 # fp32, T = 100, GPU time, half against all: forward 0.51-0.68x at B = 1 and 4, H = 256-512, 0.53-0.72x at B = 16,
 # H = 128-512, padded and pre-packed; training 0.54-0.90x; 16 x 1024, whose weights do not fit half the
-# multiprocessors, unchanged; benchmarks/results/probes/beside_grids_h100.txt). Measured in fp32 only (tf32 runs
-# fp32's kernels); bf16 and fp16 keep every multiprocessor (their kernels, on the tensor cores, not measured).
+# multiprocessors, unchanged; benchmarks/results/probes/beside_grids_h100.txt). tf32 runs fp32's kernels. bf16 and
+# fp16 (fifty-fifth session, the same probe with `--precision bf16|fp16`: float32 parameters, the input in the half
+# type) gain as much: forward 0.61-0.71x at 1 x 512, 4 x 512, 16 x 256 and 16 x 512, padded and pre-packed,
+# training 0.79-0.88x.
 BESIDE_GRIDS = 2
-BESIDE_MEASURED = ("fp32", "tf32")
+BESIDE_MEASURED = ("fp32", "tf32", "bf16", "fp16")
+# With the grids side by side, a direction's grid on its half of the multiprocessors wins past B = 16 too, where
+# ALONE_LIMITS stops at a layer of one direction (2026-12-06, fifty-fifth session, H100, `python3
+# benchmarks/probe_beside_grids.py --alone-rule`: the half grid under ALONE_LIMITS against the stepwise loop, 2-layer
+# bidirectional vanilla LSTM, fp32, T = 100, GPU time, padded: forward 0.49x at 32 x 256 (2^23 multiply-adds a
+# step), 0.74x at 32 x 512 (2^25), 0.71x at 64 x 256 (2^24); training 0.77x, 0.88x, 0.87x; pre-packed alike; but
+# 64 x 512 (2^26) 1.19x and 1.08x; benchmarks/results/probes/beside_grids_h100.txt). On an H200 the same day, past
+# 2^25 it lost again (48 x 512 1.11x forward, 64 x 384 1.23x), and tf32 (fp32's kernels against its stepwise loop on
+# the tensor cores) won as fp32 did: forward 0.58x at 32 x 256, 0.87x at 32 x 512, 0.84x at 64 x 256, training
+# 0.82-0.94x. So B <= 64 to 2^25, in fp32 and tf32 (bf16 and fp16 past B = 16: not measured).
+BESIDE_LIMITS = {"fp32": ((64, 1, 1 << 25),), "tf32": ((64, 1, 1 << 25),), "bf16": (), "fp16": ()}
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 26, 2))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)
 LIMITS = {"fp32": ((16, 1, 1 << 26),), "bf16": HALF_LIMITS, "fp16": HALF_LIMITS}
@@ -391,16 +403,17 @@ def make_persistent(plan: Plan) -> Plan:
     if blocks:  # the kernel's products of block-diagonal matrices (the sLSTM's): their own rules only
         work, split, rows, alone = HEADS_LIMITS[precision] if single else (), (), (), ()
     work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
-    if mode == "auto" and not work + split + rows + alone:
+    if mode == "auto" and not work + split + rows + alone:  # (beside_work: only where work is)
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
     # fp32, tf32 (fp32's kernels), bf16 and fp16: loops.py, Persistent.specialises);
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     beside = BESIDE_GRIDS if precision in BESIDE_MEASURED and plan.dtype == "f32" else 1
+    beside_work = BESIDE_LIMITS[precision] if single and not blocks and beside > 1 and plan.dtype == "f32" else ()
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
                       alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special,
-                      specialise_batch=SPECIALISE_BATCH[precision], beside_grids=beside)
+                      specialise_batch=SPECIALISE_BATCH[precision], beside_grids=beside, beside_work=beside_work)
     loop = dataclasses.replace(plan.forward.loop, persistent=pers)
     plan = dataclasses.replace(plan, forward=dataclasses.replace(plan.forward, loop=loop))
     back_work = (HEADS_BACKWARD_LIMITS[precision] if blocks else BACKWARD_LIMITS[precision]) if single and work else ()

@@ -40,15 +40,15 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
     count = device.on_chip()[0]
     run = _launch_shape(pers, desc, function, ws, alone, count)
     share = pers.multiprocessors(count, alone)
-    if run is None or share == count or not run.cached or run.split or run.blocks <= share:
+    if share == count or run is not None and (not run.cached or run.split or run.blocks <= share):
         return run  # (where two full grids' blocks would fit one multiprocessor each: not measured, halved too)
-    half = _launch_shape(pers, desc, function, ws, alone, share)
-    ok = half is not None and half.cached and not half.split and half.stage_rows >= run.stage_rows
-    return half if ok else run
+    half = _launch_shape(pers, desc, function, ws, alone, share, beside=True)
+    ok = half is not None and half.cached and not half.split and (run is None or half.stage_rows >= run.stage_rows)
+    return half if ok else run  # (run None: only a grid on the share, under Persistent.beside_work, is chosen)
 
 
 def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alone: bool,
-                  multiprocessors: int) -> PersistentRun | None:
+                  multiprocessors: int, beside: bool = False) -> PersistentRun | None:
     env = ws.env
     work = sum(env[c.rows[2:]] * env[c.cols[2:]] for c in desc.cached) * ws.B
 
@@ -61,8 +61,8 @@ def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alo
 
     # the cost model's limits: the stepwise loop whatever fits (decided without the driver; the rules for a
     # grid without grid barriers, one block or split_rows, only where the weights could fit one block)
-    if not pers.applies(ws.B, work, True, alone=alone) and not (pers.applies(ws.B, work, True, True, alone)
-                                                                and shared(1) <= device.on_chip()[1]):
+    if not pers.applies(ws.B, work, True, alone=alone, beside=beside) and not (
+            pers.applies(ws.B, work, True, True, alone) and shared(1) <= device.on_chip()[1]):
         return None
 
     def row(blocks: int) -> int:
@@ -98,7 +98,7 @@ def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alo
         rows = rows_beside(weights, per_row)
     need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
-    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1, alone) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1, alone, beside) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     def exchange(blocks: int) -> bool:  # (a grid, with the operand's words a step few enough)
         return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])

@@ -422,11 +422,15 @@ simrt.compare = _compare
 
 # The grid rules of a layer of one direction: fp32's past B = 16 (passes/persistent.py ALONE_LIMITS): B = 32,
 # H = 128 runs the persistent grid, and so does each layer of a dropout stack (a unit each); FGR's at B <= 16 from
-# 2^23 (MANY_ALONE_LIMITS): B = 9, H = 300; the directions of a bidirectional layer keep the stepwise loop (their
-# grids would take turns on the multiprocessors)
+# 2^23 (MANY_ALONE_LIMITS): B = 9, H = 300; the directions of a bidirectional layer, each on half the
+# multiprocessors, to 2^25 in fp32 (BESIDE_LIMITS: B = 32, H = 128 a grid each, B = 64, H = 512 the stepwise loop),
+# FGR's not at all (their grids would take turns on the multiprocessors)
 ONE_DIRECTION = [("vanilla", dict(T=3, B=32, H=128), True),
                  ("vanilla", dict(T=3, B=32, H=128, L=2, I=128, dropout=0.3), True),
-                 ("vanilla", dict(T=3, B=32, H=128, bidirectional=True), False),
+                 ("vanilla", dict(T=3, B=32, H=128, bidirectional=True), True),
+                 ("vanilla", dict(T=2, B=64, H=512, I=8, bidirectional=True), False),
+                 ("vanilla", dict(T=2, B=64, H=512, I=8, bidirectional=True, overlap=False), True),  # (one after
+                 # the other: engines of their own, with a layer of one direction's rules)
                  ("fgr", dict(T=2, B=9, H=300), True), ("fgr", dict(T=2, B=9, H=300, bidirectional=True), False)]
 for name, kw, want in ONE_DIRECTION:
     launches = len(simrt.PERSISTENT)
