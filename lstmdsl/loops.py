@@ -20,7 +20,8 @@ class Persistent:
     The cost model (`applies`, `blocks`), evaluated by the runtime once the sizes are bound:
     - used when the schedule forces it (`persistent`), or where the weights fit the blocks' shared memory and a
       rule holds (B at most its batch, a step's multiply-adds over the batch in range: `work`, and `alone_work`
-      in a layer of one direction; where all the weights fit one block also `split_work`, and `row_work` by a
+      in a layer of one direction, `beside_work` in a direction of a bidirectional layer whose grid takes its
+      share of the multiprocessors; where all the weights fit one block also `split_work`, and `row_work` by a
       batch row's) (`persistent auto`); else stepwise;
     - where all the weights fit one block: at B >= 2 a grid splitting the batch rows (`split_rows`: block
       barriers, 0.06 us on the H200, not grid barriers, 1-2 us: benchmarks/persistent_floor.py), at B = 1 one

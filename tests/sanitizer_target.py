@@ -43,15 +43,17 @@ import faulthandler
 import os
 import sys
 
-import cupy
-import numpy as np
+# a run that hangs prints every thread's Python stack and exits before benchmarks/gpu_check.sh's 240 s timeout kills
+# it silently: the log then says whether the host waited on the GPU (a synchronize) or on itself (a lock, a thread);
+# timed from here, before the imports that run slowly under compute-sanitizer
+faulthandler.dump_traceback_later(float(os.environ.get("LSTMDSL_SAN_DUMP_S", "220")), exit=True)
 
-import lstmdsl
+import cupy  # noqa: E402
+import numpy as np  # noqa: E402
+
+import lstmdsl  # noqa: E402
 
 args = sys.argv[1:]
-# a run that hangs prints every thread's Python stack and exits before benchmarks/gpu_check.sh's 240 s timeout kills
-# it silently: the log then says whether the host waited on the GPU (a synchronize) or on itself (a lock, a thread)
-faulthandler.dump_traceback_later(float(os.environ.get("LSTMDSL_SAN_DUMP_S", "220")), exit=True)
 compiled = "--torch-compile" in args
 masked = "--bidirectional-lengths" in args
 precision = "bf16" if "--bf16" in args else "fp16" if "--fp16" in args else "fp32"

@@ -457,3 +457,41 @@ def test_every_listed_cublaslt_kernel_computes_the_product_and_a_layer_runs_with
     y2, dx2 = run()
     assert any(k is not None for k in cublas._LT.values()), cublas._LT
     assert float(cupy.abs(y - y2).max()) < 1e-5 and float(cupy.abs(dx - dx2).max()) < 1e-4
+
+
+def test_a_handle_is_made_in_relaxed_capture_mode_and_the_thread_keeps_its_own(monkeypatch):
+    """A cuBLAS handle and its workspace are made with the thread's stream-capture mode exchanged for relaxed
+    (torch captures in global mode, where cublasCreate's allocation ends the capture: a module captured on a
+    stream it never ran on) and the thread's own mode is back afterwards, also where the creation fails."""
+    from lstmdsl.errors import LstmdslError
+    from lstmdsl.runtime import device
+
+    mode = [0]  # the thread's capture mode: CU_STREAM_CAPTURE_MODE_GLOBAL
+
+    class Driver:
+        def cuThreadExchangeStreamCaptureMode(self, ref):
+            mode[0], ref._obj.value = ref._obj.value, mode[0]
+            return 0
+
+    class Call:  # a libcublas function: its argtypes set by _Handle, the mode it ran in recorded
+        def __init__(self, status=0):
+            self.status, self.modes = status, []
+
+        def __call__(self, *args):
+            self.modes.append(mode[0])
+            return self.status
+
+    lib = SimpleNamespace(**{name: Call() for name in (
+        "cublasCreate_v2", "cublasSetStream_v2", "cublasSetPointerMode_v2", "cublasSetWorkspace_v2", "cublasGemmEx",
+        "cublasGemmStridedBatchedEx")})
+    made = []
+    monkeypatch.setattr(device, "_driver", lambda: Driver())
+    monkeypatch.setattr(cublas, "_load_libcublas", lambda: lib)
+    monkeypatch.setattr(cublas, "empty", lambda shape, dtype: made.append(mode[0]) or SimpleNamespace(nbytes=shape[0]))
+    h = cublas._Handle(1 << 20)
+    assert lib.cublasCreate_v2.modes == [2] and made == [2] and h.workspace.nbytes == 1 << 20  # (RELAXED)
+    assert mode == [0]
+    lib.cublasCreate_v2.status = 1  # (as inside a global-mode capture before)
+    with pytest.raises(LstmdslError, match="cublasCreate failed with cuBLAS status 1"):
+        cublas._Handle(0)
+    assert mode == [0]

@@ -711,8 +711,9 @@ def test_per_step_gemms_are_timed_and_both_ways_give_the_same_numbers(monkeypatc
 
 def test_the_cost_model_chooses_the_persistent_launch():
     """Small batches run the persistent kernel (one block for a small cell, a grid for a wide one, at B = 32
-    in a layer of one direction and, on half the multiprocessors each, in a bidirectional layer's), large batches and `no persistent` the stepwise loop, and weights too large
-    for the chip are read from memory under a forced `persistent` (and still match the stepwise result)."""
+    in a layer of one direction and, on half the multiprocessors each, in a bidirectional layer's), large
+    batches and `no persistent` the stepwise loop, and weights too large for the chip are read from memory
+    under a forced `persistent` (and still match the stepwise result)."""
     from lstmdsl.passes import persistent
     from lstmdsl.runtime import device
 

@@ -141,8 +141,8 @@ def test_a_direction_beside_another_takes_half_the_multiprocessors_where_its_wei
 def test_auto_keeps_the_stepwise_loop_where_the_cost_model_says(h200, monkeypatch):
     """`persistent auto` at fp32: the persistent launch for an LSTM at B <= 16 at every size up to 2^26
     multiply-adds a step (one block to 2^16, then a grid), to B = 64 in a layer of one direction (to 2^25 in the
-    directions of a bidirectional layer, each grid on half the multiprocessors), and at 16 < B <= 256 where all the weights fit one
-    block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
+    directions of a bidirectional layer, each grid on half the multiprocessors), and at 16 < B <= 256 where all
+    the weights fit one block (one block, or a grid that splits the batch); the stepwise loop past the limits, for cells of
     several stages or row reductions; tf32 as fp32 (the same kernels); in half precision where a grid runs, at
     B = 1 from 2^18 to 2^22, B <= 4 from 2^19 to 2^20 and B = 2-16 from 2^21 to 2^26, and in one block or a split
     grid at B <= 64

@@ -537,8 +537,8 @@ def test_autocast_returns_what_torch_lstm_returns_on_the_cpu():
 
 
 def test_the_runners_of_a_bidirectional_layer_say_so_through_copies_and_pickles():
-    """Runner.beside (the directions of a bidirectional layer, whose engines keep fp32's B <= 16 grid rule:
-    plan.Persistent.alone_work): set for both directions, not for a stack of one direction with dropout between
+    """Runner.beside (the directions of a bidirectional layer, whose engines take the rules of grids side by side,
+    not a layer of one direction's: plan.Persistent.beside_work, alone_work): set for both directions, not for a stack of one direction with dropout between
     its layers (its layers also run one call each); kept by copy.deepcopy and by pickling, and set again on a
     module pickled before runners kept it."""
     import io

@@ -134,8 +134,8 @@ ALONE_LIMITS = {"fp32": ((64, 1, 1 << 26),), "bf16": (), "fp16": ()}
 # H = 128-512, padded and pre-packed; training 0.54-0.90x; 16 x 1024, whose weights do not fit half the
 # multiprocessors, unchanged; benchmarks/results/probes/beside_grids_h100.txt). tf32 runs fp32's kernels. bf16 and
 # fp16 (fifty-fifth session, the same probe with `--precision bf16|fp16`: float32 parameters, the input in the half
-# type) gain as much: forward 0.61-0.71x at 1 x 512, 4 x 512, 16 x 256 and 16 x 512, padded and pre-packed,
-# training 0.79-0.88x.
+# type) gain as much: forward 0.61-0.71x at 1 x 512, 4 x 512, 16 x 256 and 16 x 512 padded (pre-packed 0.53-0.73x),
+# training 0.79-0.88x (pre-packed 0.72-0.89x).
 BESIDE_GRIDS = 2
 BESIDE_MEASURED = ("fp32", "tf32", "bf16", "fp16")
 # With the grids side by side, a direction's grid on its half of the multiprocessors wins past B = 16 too, where
@@ -146,7 +146,9 @@ BESIDE_MEASURED = ("fp32", "tf32", "bf16", "fp16")
 # 64 x 512 (2^26) 1.19x and 1.08x; benchmarks/results/probes/beside_grids_h100.txt). On an H200 the same day, past
 # 2^25 it lost again (48 x 512 1.11x forward, 64 x 384 1.23x), and tf32 (fp32's kernels against its stepwise loop on
 # the tensor cores) won as fp32 did: forward 0.58x at 32 x 256, 0.87x at 32 x 512, 0.84x at 64 x 256, training
-# 0.82-0.94x. So B <= 64 to 2^25, in fp32 and tf32 (bf16 and fp16 past B = 16: not measured).
+# 0.82-0.94x (GPU time, as every rule here; by the call 32 x 256 training took 1.06x and 64 x 256 pre-packed forward
+# 1.07x). So B <= 64 to 2^25, in fp32 and tf32 (bf16 and fp16 past B = 16: not measured). Like ALONE_LIMITS it was
+# measured with the vanilla LSTM and holds for every cell of one stage and one product operand (peephole, CIFG, ...).
 BESIDE_LIMITS = {"fp32": ((64, 1, 1 << 25),), "tf32": ((64, 1, 1 << 25),), "bf16": (), "fp16": ()}
 HALF_LIMITS = ((1, 1 << 18, 1 << 22), (4, 1 << 19, 1 << 20), (16, 1 << 21, 1 << 26, 2))  # (grids over the elements)
 HALF_ROW_LIMITS = ((64, 1, 1 << 14),)  # (one block or a split grid, by a batch row's multiply-adds: Persistent.row_work)

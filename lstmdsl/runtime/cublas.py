@@ -370,16 +370,15 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
     kernel = _LT.get(key)
     if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel tune chose, on the lane's workspace
-        h = _HANDLES.get((key[0], lane, _workspace_bytes(False, types)))  # (none made here: maybe in a capture)
-        if h is not None:
-            try:
-                cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
-                             h.workspace.nbytes, stream)
-                return
-            except Exception as e:  # noqa: BLE001 - whatever refused it: cuBLAS's way, as tune would have chosen
-                warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
-                              "chooses from now on", stacklevel=2)
-                _LT[key] = None
+        h = _handle(lane, False, types)  # (made here if new, inside someone's capture too: _Handle)
+        try:
+            cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
+                         h.workspace.nbytes, stream)
+            return
+        except Exception as e:  # noqa: BLE001 - whatever refused it: cuBLAS's way, as tune would have chosen
+            warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
+                          "chooses from now on", stacklevel=2)
+            _LT[key] = None
     _gemm(_handle(lane, _BARE.get(key, False), types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
           types, stream)
 

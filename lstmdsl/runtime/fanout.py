@@ -27,8 +27,8 @@ def fan(engine, ws, phase: str, stream: int, lane: int) -> Fan | None:
     """The fan of a phase issued on `stream` (whose GEMMs take `lane`), or None where its GEMMs run one
     after another: no groups, the engine's use_fanout off, while profiling (a profile adds each op's time:
     overlapped GEMMs would count as serial), or where the persistent kernel runs the loop. Inside someone
-    else's capture only once the phase was tuned with the fan (Engine._tune makes the lanes' cuBLAS
-    handles then: none may be made inside a capture)."""
+    else's capture only once the phase was tuned with the fan (Engine._tune times its GEMMs on the lanes
+    then, which no capture may do; a lane's cuBLAS handle could be made there: device.relaxed_capture)."""
     groups = getattr(engine.program.plan, phase).loop.fanout
     if not groups or not engine.use_fanout or engine.parts is not None \
             or engine.persistent_run(ws, phase) is not None:

@@ -36,7 +36,8 @@ def launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws,
     attributes) or where the kernel cannot run. alone: a layer of one direction (Persistent.alone_work). A
     direction of a bidirectional layer whose grid over the elements takes more than its share of the
     multiprocessors (Persistent.multiprocessors: the two directions' grids took turns on them) takes its share
-    instead where its weights stay on chip there and as many batch rows are staged at a time."""
+    instead where its weights stay on chip there and as many batch rows are staged at a time; where no rule of a
+    full grid holds, a grid on the share under Persistent.beside_work, cached and not split, or else None."""
     count = device.on_chip()[0]
     run = _launch_shape(pers, desc, function, ws, alone, count)
     share = pers.multiprocessors(count, alone)
@@ -98,7 +99,8 @@ def _launch_shape(pers: Persistent, desc: PersistentDesc, function: int, ws, alo
         rows = rows_beside(weights, per_row)
     need = weights + (rows * per_row + slack if per_row else 0)
     fits = rows >= 1 and need <= limit and device.co_resident(function, pers.threads, need) * multiprocessors >= blocks
-    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1, alone, beside) or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
+    if not pers.applies(ws.B, work, fits, bool(split) or blocks == 1, alone, beside) \
+            or blocks * len(desc.stages) * ws.T >= MAX_BARRIERS:
         return None
     def exchange(blocks: int) -> bool:  # (a grid, with the operand's words a step few enough)
         return desc.exchanged is not None and blocks > 1 and pers.exchanges(ws.B * env[desc.exchanged.cols[2:]])
