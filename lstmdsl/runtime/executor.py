@@ -69,8 +69,7 @@ class Engine:
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
         self.use_persistent = True  # False: always the stepwise loop (set before the first call: kept per workspace)
-        self.beside = False  # one direction of a bidirectional layer while the other runs at once (plan.Persistent:
-        # not alone_work, beside_grids and beside_work; set before the first call)
+        self.beside = False  # a direction beside the other, running at once (Persistent.beside_*; before 1st call)
         self.use_wavefront = True  # False: a stack's layers one after the other (likewise kept per workspace)
         self._wave: device.Wave | None = None  # the layers' streams of a wavefront, once one runs
         self.use_fanout = True  # False: a step's GEMMs one after another (runtime/fanout.py)
