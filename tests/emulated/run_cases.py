@@ -430,6 +430,7 @@ simrt.compare = _compare
 ONE_DIRECTION = [("vanilla", dict(T=3, B=32, H=128), 1, False),
                  ("vanilla", dict(T=3, B=32, H=128, L=2, I=128, dropout=0.3), 2, False),
                  ("vanilla", dict(T=3, B=32, H=128, bidirectional=True), 2, True),
+                 ("vanilla", dict(T=3, B=16, H=256, bidirectional=True, schedule="precision bf16"), 2, True),
                  ("vanilla", dict(T=2, B=64, H=512, I=8, bidirectional=True), 0, None),
                  ("vanilla", dict(T=2, B=64, H=512, I=8, bidirectional=True, overlap=False), 2, False),  # (one
                  # after the other: engines of their own, with a layer of one direction's rules)
