@@ -68,20 +68,28 @@ python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy._
 sanitizers() {
   sanitize() {  # TOOL NUMBER TARGET...: one target under compute-sanitizer, its log $SAN_LOGS/TOOL-NUMBER.log,
     # its summary line appended to $OUT/summary.txt at once and kept in $SAN_LOGS/TOOL-NUMBER.line
-    local tool=$1 n=$2 t0=$SECONDS line log; shift 2
+    local tool=$1 n=$2 t0=$SECONDS line log rc; shift 2
     log="$SAN_LOGS/$tool-$n.log"
+    stuck() {  # what a target that did not finish left: killed at the timeout, or its Python stacks dumped
+      # (tests/sanitizer_target.py: faulthandler before the timeout, "Timeout (h:mm:ss)!" and the stacks)
+      if grep -q "^Timeout (" "$log"; then echo ", HUNG: its Python stacks are in the log"
+      elif [ "$rc" = 124 ]; then echo ", KILLED at the 240 s timeout"; fi
+    }
     if [ "$tool" = memcheck ]; then
       timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
-      line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
-      grep -q "ERROR SUMMARY: 0 errors" "$log" || line="$line; see $log"
+      rc=$?
+      line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1)$(stuck) ($((SECONDS - t0)) s)"
+      grep -q "ERROR SUMMARY: 0 errors" "$log" && [ -z "$(stuck)" ] || line="$line; see $log"
     elif [ "$tool" = racecheck ]; then
       timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
-      line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1) ($((SECONDS - t0)) s)"
+      rc=$?
+      line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1)$(stuck) ($((SECONDS - t0)) s)"
     else  # racecheck-nvjet: half-precision grids, where racecheck flags cuBLAS's nvjet GEMM kernels (its input
       # projection); its "Race reported" lines name the kernel, and any outside nvjet is a failure of ours
       # (`--kernel-name-exclude kns=nvjet` made compute-sanitizer fail with "Internal Sanitizer Error" on 2026-12-03,
       # on trees that pass without it)
       timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
+      rc=$?
       local ours; ours=$(grep -E "Race reported" "$log" | grep -vc nvjet)
       line="racecheck $*: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log" | tail -1), $ours reported outside \
 cuBLAS's nvjet kernels$(grep -q 'forward and backward ran' "$log" || echo ', THE TARGET DID NOT FINISH') ($((SECONDS - t0)) s)"
