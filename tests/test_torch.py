@@ -780,6 +780,12 @@ def test_packed_sequences_match_torch_on_the_gpu(name, strict_fp32):
     assert_close(b_grads, a_grads, 1e-4)
 
 
+def _forward_runs(module) -> list:
+    """The persistent forward launches the module's engines chose in their workspaces (None: the stepwise loop)."""
+    return [ws.persistent.get("forward") for runner, _, _ in module._groups for e in runner._engines.values()
+            for wss in e.workspaces.values() for ws in wss]
+
+
 @gpu
 @pytest.mark.gpu
 def test_a_bidirectional_layers_directions_take_the_grid_rule_of_grids_side_by_side():
@@ -795,8 +801,7 @@ def test_a_bidirectional_layers_directions_take_the_grid_rule_of_grids_side_by_s
             module = lt.LSTM(8, H, bidirectional=bidirectional).cuda()
             with torch.no_grad():
                 module(x)
-            runs = [ws.persistent.get("forward") for runner, _, _ in module._groups
-                    for e in runner._engines.values() for wss in e.workspaces.values() for ws in wss]
+            runs = _forward_runs(module)
             assert len(runs) == 1 + bidirectional, runs
             if not bidirectional:
                 assert all(r is not None and r.blocks > 1 for r in runs), (B, H, runs)
@@ -830,8 +835,7 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
         (_, b_out), b_grads = run_packed(ours, x, lengths, hx, False)
         assert_close(b_out, a_out, 1e-4)
         assert_close(b_grads, a_grads, 1e-4)
-        runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
-                for wss in e.workspaces.values() for ws in wss]
+        runs = _forward_runs(ours)
         want = count // 2 if bidirectional else count
         assert runs and all(r is not None and r.blocks == want for r in runs), (runs, want)
     # the directions one after the other (overlap_directions off, as under torch.compile): engines of their own,
@@ -842,8 +846,7 @@ def test_the_directions_grids_share_the_multiprocessors_and_match_torch(strict_f
     (a_out, a_grads), (b_out, b_grads) = run_both(ref, ours, x)
     assert_close(b_out, a_out, 1e-4)
     assert_close(b_grads, a_grads, 1e-4)
-    runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
-            for wss in e.workspaces.values() for ws in wss]
+    runs = _forward_runs(ours)
     assert runs and all(r is not None and r.blocks == count for r in runs), runs
 
 
@@ -867,8 +870,7 @@ def test_the_directions_half_precision_grids_share_the_multiprocessors(half, str
     out.float().square().sum().backward()
     assert_close([out], [out_ref], tol)
     assert_close([p.grad for p in ours.parameters()], [p.grad for p in ref.parameters()], tol)
-    runs = [ws.persistent.get("forward") for runner, _, _ in ours._groups for e in runner._engines.values()
-            for wss in e.workspaces.values() for ws in wss]
+    runs = _forward_runs(ours)
     assert runs and all(r is not None and r.blocks == device.on_chip()[0] // 2 for r in runs), runs
 
 

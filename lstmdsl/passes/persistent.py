@@ -405,14 +405,14 @@ def make_persistent(plan: Plan) -> Plan:
     if blocks:  # the kernel's products of block-diagonal matrices (the sLSTM's): their own rules only
         work, split, rows, alone = HEADS_LIMITS[precision] if single else (), (), (), ()
     work, split, rows, alone = (work, split, rows, alone) if plan.dtype == "f32" else ((), (), (), ())
-    if mode == "auto" and not work + split + rows + alone:  # (beside_work: only where work is)
+    if mode == "auto" and not work + split + rows + alone:  # (beside_work is only a `single` cell's: work too)
         return plan  # the cost model would never choose it: no kernel compiled into every module to sit unused
     # `specialise auto` compiles kernels per shape only where that was measured (float32 layers in precision
     # fp32, tf32 (fp32's kernels), bf16 and fp16: loops.py, Persistent.specialises);
     # `specialise` forces it in every precision
     measured_special = precision in SPECIALISE_MEASURED and plan.dtype == "f32"
     beside = BESIDE_GRIDS if precision in BESIDE_MEASURED and plan.dtype == "f32" else 1
-    beside_work = BESIDE_LIMITS[precision] if single and not blocks and beside > 1 and plan.dtype == "f32" else ()
+    beside_work = BESIDE_LIMITS[precision] if single and not blocks and beside > 1 else ()  # (float32 layers)
     pers = Persistent(stages, forced=mode == "on", threads=256, work=work, split_work=split, row_work=rows,
                       alone_work=alone, specialise=plan.schedule.specialise, specialise_auto=measured_special,
                       specialise_batch=SPECIALISE_BATCH[precision], beside_grids=beside, beside_work=beside_work)

@@ -164,7 +164,7 @@ class Runner:
 
             cell = with_lengths(self.cell, held=True) if masked else self.cell
             self._engines[key] = Engine(build_program(cell, schedule, dtype, self.direction, half), self.sizes)
-            self._engines[key].beside = beside  # (plan.Persistent: alone_work, beside_grids)
+            self._engines[key].beside = beside  # (plan.Persistent: not alone_work; beside_grids, beside_work)
         return self._engines[key]
 
     def bindings(self, params: list[Tensor], grads: list[Tensor] | None) -> list:
