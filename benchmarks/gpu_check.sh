@@ -72,7 +72,11 @@ sanitizers() {
     log="$SAN_LOGS/$tool-$n.log"
     stuck() {  # what a target that did not finish left: killed at the timeout, or its Python stacks dumped
       # (tests/sanitizer_target.py: faulthandler before the timeout, "Timeout (h:mm:ss)!" and the stacks)
-      if grep -q "^Timeout (" "$log"; then echo ", HUNG: its Python stacks are in the log"
+      if grep -q "^Timeout (" "$log"; then  # (where: the innermost frame of the thread that runs the target)
+        local top; top=$(awk '/^Thread /{if (b ~ /sanitizer_target/) print f; b = f = ""; next}
+          /File "/{if (f == "") f = $0; b = b $0} END{if (b ~ /sanitizer_target/) print f}' "$log" | head -1 |
+          sed -E 's/.*File "([^"]*)", line ([0-9]+) in (.*)/\1:\2 (\3)/; s#.*/(lstmdsl|tests)/#\1/#')
+        echo ", HUNG in ${top:-?}: its Python stacks are in the log"
       elif [ "$rc" = 124 ]; then echo ", KILLED at the 240 s timeout"; fi
     }
     if [ "$tool" = memcheck ]; then
