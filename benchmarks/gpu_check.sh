@@ -82,8 +82,9 @@ sanitizers() {
     if [ "$tool" = memcheck ]; then
       timeout 240 compute-sanitizer --tool memcheck --print-limit 10 python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
       rc=$?
-      line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1)$(stuck) ($((SECONDS - t0)) s)"
-      grep -q "ERROR SUMMARY: 0 errors" "$log" && [ -z "$(stuck)" ] || line="$line; see $log"
+      local hung; hung=$(stuck)
+      line="memcheck $*: $(grep -E 'ERROR SUMMARY' "$log" | tail -1)$hung ($((SECONDS - t0)) s)"
+      grep -q "ERROR SUMMARY: 0 errors" "$log" && [ -z "$hung" ] || line="$line; see $log"
     elif [ "$tool" = racecheck ]; then
       timeout 240 compute-sanitizer --tool racecheck python3 tests/sanitizer_target.py "$@" > "$log" 2>&1
       rc=$?
