@@ -700,6 +700,14 @@ def test_create_graph_gives_first_order_gradients_and_a_double_backward_says_the
     for g in (graphed[0], graphed[-1]):  # through the input's gradient, and a parameter's
         with pytest.raises(lstmdsl.UsageError, match="no second derivative: a double backward"):
             (g ** 2).sum().backward(retain_graph=True)
+    # and through torch.autograd.grad, which runs only the nodes on a path to what it differentiates by: the
+    # gradients' node is linked to the layer's inputs, not left to drop the second-order part silently
+    y = m(x)[0]
+    first = torch.autograd.grad((y ** 2).sum(), wrt, create_graph=True)
+    penalty = sum((g ** 2).sum() for g in first[1:])
+    for target, by in [(penalty + y.sum(), wrt[1:]), (penalty, wrt[1:2]), ((first[0] ** 2).sum(), [x])]:
+        with pytest.raises(lstmdsl.UsageError, match="no second derivative: a double backward"):
+            torch.autograd.grad(target, by, retain_graph=True, allow_unused=True)
 
 
 @gpu

@@ -391,18 +391,21 @@ class Eager(torch.autograd.Function):
         dy = dy if dy is not None else torch.zeros_like(y)  # a None dhn: the engine zeroes that gradient itself
         wanted = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:5 + n])
         out = backward_impl(x, h0, params, steps, y, dy, dhn, ctx.handle, views=True, wanted=wanted)
-        if torch.is_grad_enabled():  # create_graph=True: gradients whose own backward says why there is none
-            out = list(_NoSecondDerivative.apply(*(g.detach().requires_grad_() if g is not None else g for g in out)))
+        if torch.is_grad_enabled():  # create_graph=True: gradients whose own backward says why there is none,
+            # linked to what they depend on (torch.autograd.grad only runs the nodes on a path to its inputs)
+            links = [t for t in (x, *h0, *params, dy, *dhn) if t is not None and t.requires_grad]
+            out = list(_NoSecondDerivative.apply(len(out), *(g if g is None else g.detach() for g in out), *links))
         return (out[0], None, None, None, None, *out[1:], *([None] * m))
 
 
 class _NoSecondDerivative(torch.autograd.Function):
     """The layer's gradients under create_graph=True, whose backward (a double backward, as a gradient penalty
-    through the layer takes) says there is none, not torch's "does not require grad"."""
+    through the layer takes) says there is none, not torch's "does not require grad" nor, through
+    torch.autograd.grad, silently nothing: apply(n, *n gradients, *the tensors they depend on) -> the gradients."""
 
     @staticmethod
-    def forward(ctx, *grads):
-        return tuple(g if g is None else g.view_as(g) for g in grads)
+    def forward(ctx, n, *tensors):
+        return tuple(g if g is None else g.view_as(g) for g in tensors[:n])
 
     @staticmethod
     def backward(ctx, *_):
