@@ -92,7 +92,7 @@ def cmd_check(args) -> int:
 def cmd_compile(args) -> int:
     if args.output is not None and not args.output.strip():
         raise UsageError("-o is empty: give a file name (or leave -o out for stdout)")
-    if args.output and Path(args.output).is_file() and Path(args.spec).is_file() and Path(args.output).samefile(args.spec):
+    if args.output and _same_file(args.output, args.spec):
         raise UsageError(f"-o {args.output} is the spec itself: give another file name")  # (it was overwritten)
     spec = parse(args.spec)
     for w in spec.warnings:
@@ -396,9 +396,18 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return (text if text.startswith("lstmdsl") else f"lstmdsl: warning: {text}") + "\n"
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two names are one existing file (b may be spec text: no file, whatever its length)."""
+    try:
+        return Path(a).is_file() and Path(b).is_file() and Path(a).samefile(b)
+    except (OSError, ValueError):
+        return False
+
+
 def _run(args) -> int:
     try:
         try:
+            cli_args.spec_from_stdin(args)
             code = COMMANDS[args.command](args)
             if sys.stdout is not None:
                 sys.stdout.flush()  # (a failed write surfaces here, not at exit)
@@ -426,8 +435,9 @@ def _run(args) -> int:
             with contextlib.suppress(StdoutFailed, BrokenPipeError):
                 print(json.dumps({"error": "internal error (a bug in lstmdsl)", "kind": "InternalError",
                                   "exit_code": EXIT_SOFTWARE}))
-        if os.environ.get("LSTMDSL_DEBUG", "0").strip().lower() not in ("", "0", "false", "no", "off"):
+        debug = os.environ.get("LSTMDSL_DEBUG", "0").strip().lower() not in ("", "0", "false", "no", "off")
+        if debug:
             traceback.print_exc()
-        print("lstmdsl: internal error (a bug in lstmdsl); run again with LSTMDSL_DEBUG=1 for the traceback "
-              "and please report it", file=sys.stderr)
+        print("lstmdsl: internal error (a bug in lstmdsl); " + ("please report it with the traceback above" if debug
+              else "run again with LSTMDSL_DEBUG=1 for the traceback and please report it"), file=sys.stderr)
         return EXIT_SOFTWARE

@@ -9,10 +9,11 @@ import re
 import sys
 from dataclasses import replace
 
-from .errors import EXIT_USAGE, UsageError
+from .errors import EXIT_USAGE, InputFileError, UsageError
 from .passes.types import check_precision
 from .resources import shipped_specs
 from .schedule import PRECISIONS, parse_schedule
+from .spec import MAX_SPEC_BYTES
 from .version import __version__
 
 JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
@@ -145,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("check", help="check a spec; print its states, parameters, gates and FLOPs")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("spec", help="a .cell file, a shipped spec's name or - (the standard input)")
     _sizes_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
 
     p = sub.add_parser("compile", help="print a stage of the compilation")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("spec", help="a .cell file, a shipped spec's name or - (the standard input)")
     p.add_argument("--emit", choices=("ast", "ir", "grad", "plan", "cuda"), default="ir",
                    help="ast: the parsed spec; ir: the Cell IR; grad: the derived backward step; "
                         "plan: the scheduled GEMMs and kernels; cuda: the generated CUDA source")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
     p = sub.add_parser("run", help="run forward and backward on random data and check the gradients")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("spec", help="a .cell file, a shipped spec's name or - (the standard input)")
     _sizes_args(p, required=True)
     p.add_argument("--batch", "-B", type=_count, default=4, help="sequences per batch")
     p.add_argument("--steps", "-T", type=_count, default=10, help="time steps")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
 
     p = sub.add_parser("train", help="train a spec on a task that ships with a package (chorales, digits)")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("spec", help="a .cell file, a shipped spec's name or - (the standard input)")
     p.add_argument("--task", required=True, choices=("chorales", "digits"), help="the task")
     p.add_argument("--epochs", type=_count, default=10, help="passes over the training split")
     p.add_argument("--hidden-size", "-H", type=_count, default=128, help="the hidden size")
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (errors too)")
 
     p = sub.add_parser("bench", help="time a spec against cuDNN and the same cell in PyTorch (needs a GPU, torch)")
-    p.add_argument("spec", help="a .cell file or a shipped spec's name")
+    p.add_argument("spec", help="a .cell file, a shipped spec's name or - (the standard input)")
     p.add_argument("--batch", "-B", type=_count, default=64, help="sequences per batch")
     p.add_argument("--hidden-size", "-H", type=_count, default=512, help="hidden size (the input size is the same)")
     p.add_argument("--steps", "-T", type=_count, default=100, help="time steps")
@@ -243,3 +244,19 @@ def schedule_of(args, spec):
     schedule = parse_schedule(text, spec.schedule) if text else spec.schedule
     check_precision(getattr(args, "dtype", "float32"), schedule.precision)
     return schedule
+
+
+def spec_from_stdin(args) -> None:
+    """A spec given as `-` is read from the standard input, once: the commands then take its text."""
+    if getattr(args, "spec", None) != "-":
+        return
+    data = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1) if sys.stdin is not None else b""
+    if len(data) > MAX_SPEC_BYTES:
+        raise InputFileError(f"the standard input is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec")
+    try:
+        args.spec = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputFileError(f"the spec on the standard input is not UTF-8 text (byte {err.start}): save it as "
+                             "UTF-8") from None
+    if not args.spec.strip():
+        raise UsageError("the standard input held no spec (`-` reads the spec from it)")

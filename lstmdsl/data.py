@@ -85,10 +85,29 @@ def _read_cache(path) -> Chorales | None:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             rolls = {s: [f[f"{s}/{k}"] for k in range(meta["counts"][s])] for s in ("train", "valid", "test")}
+        _check_rolls(meta, rolls)
         return Chorales(rolls, meta["low"], meta["names"])
-    except Exception:  # noqa: BLE001 (truncated, garbage, another format: rebuild)
+    except Exception:  # noqa: BLE001 (truncated, garbage, another format, contents that are not rolls: rebuild)
         print(f"note: the chorale cache {path} is damaged; parsing the chorales again", file=sys.stderr)
         return None
+
+
+def _check_rolls(meta: dict, rolls: dict[str, list[np.ndarray]]) -> None:
+    """Raises ValueError unless the cache's contents are what _parse_chorales writes: in every split at least
+    one roll, each a non-empty [frames, pitches] array of 0s and 1s, all of one width inside the MIDI range from
+    `low`, and a name for each (a file that loads but was changed is rebuilt, not trained on)."""
+    low, width = meta["low"], None
+    if not isinstance(low, int) or isinstance(low, bool):
+        raise ValueError("low")
+    for split, rs in rolls.items():
+        if not rs or len(meta["names"][split]) != len(rs):
+            raise ValueError(split)
+        for r in rs:
+            width = r.shape[1] if width is None and r.ndim == 2 else width
+            if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] != width or r.dtype != np.uint8 or r.max() > 1:
+                raise ValueError(split)
+    if not (width and 0 <= low and low + width <= 128):
+        raise ValueError("range")
 
 
 def _parse_chorales(corpus, frame: float) -> tuple[dict, dict[str, list[np.ndarray]]]:

@@ -83,7 +83,10 @@ def _arity_problem(e) -> str | None:
     elif e.func in REGULARISERS:
         want = 2 if e.func == "dropout" else 3
         example = "dropout(z, 0.25)" if e.func == "dropout" else "zoneout(f * c + i * z, c, 0.15)"
-        if n != want or not isinstance(e.args[-1], ast.Number):
+        last = e.args[-1] if n else None
+        if n == want and isinstance(last, ast.Neg) and isinstance(last.arg, ast.Number):
+            return f"{e.func}'s probability must lie in [0, 1), got -{last.arg.value:g}"
+        if n != want or not isinstance(last, ast.Number):
             return f"{e.func} takes {'a value' if want == 2 else 'the new value, the old one'} and a probability " \
                    f"(a number): {example}"
         if not 0 <= e.args[-1].value < 1:

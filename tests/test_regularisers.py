@@ -35,6 +35,7 @@ def test_regularisers_lower_to_masks():
 
 @pytest.mark.parametrize("body,match", [
     ("h' = dropout(a, 1.0)", r"probability must lie in \[0, 1\), got 1"),
+    ("h' = dropout(a, -0.5)", r"probability must lie in \[0, 1\), got -0.5"),
     ("h' = dropout(a, p)", "takes a value and a probability"),
     ("h' = dropout(a)", "takes a value and a probability"),
     ("h' = zoneout(a, 0.1)", "takes the new value, the old one and a probability"),

@@ -393,6 +393,48 @@ def test_damaged_chorale_cache_is_rebuilt_and_an_unwritable_one_skipped(tmp_path
     assert "not cached" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["narrow", "empty", "flat", "zero counts", "not 0/1", "low", "names"])
+def test_a_chorale_cache_that_loads_but_was_changed_is_rebuilt(tmp_path, monkeypatch, capsys, damage):
+    """helper-99's audit: rolls of another width, empty or 1-D, no pieces in a split, values past 1, a MIDI range
+    past 127 or names that do not match were trained on or failed as internal errors; now parsed again."""
+    pytest.importorskip("music21")
+    import json
+
+    from lstmdsl import data
+    from lstmdsl.files import write_npz
+
+    meta = {"low": 40, "names": {"train": ["a", "d"], "valid": ["b"], "test": ["c"]},
+            "counts": {"train": 2, "valid": 1, "test": 1}, "frame": 0.5}
+    rolls = {"train": [np.ones((3, 5), np.uint8), np.zeros((2, 5), np.uint8)], "valid": [np.ones((4, 5), np.uint8)],
+             "test": [np.ones((1, 5), np.uint8)]}
+    parsed = []
+    monkeypatch.setattr(data, "_parse_chorales", lambda corpus, frame: parsed.append(1) or (meta, rolls))
+    monkeypatch.setenv("LSTMDSL_CACHE", str(tmp_path))
+    data.chorales()
+    (path,) = tmp_path.glob("chorales-*.npz")
+    bad_meta, bad = json.loads(json.dumps(meta)), {s: list(r) for s, r in rolls.items()}
+    if damage == "narrow":
+        bad["train"][1] = np.zeros((2, 4), np.uint8)
+    elif damage == "empty":
+        bad["valid"][0] = np.zeros((0, 5), np.uint8)
+    elif damage == "flat":
+        bad["test"][0] = np.ones(5, np.uint8)
+    elif damage == "zero counts":
+        bad_meta["counts"] = {"train": 0, "valid": 0, "test": 0}
+    elif damage == "not 0/1":
+        bad["train"][0] = np.full((3, 5), 7, np.uint8)
+    elif damage == "low":
+        bad_meta["low"] = 125
+    else:
+        bad_meta["names"]["train"] = ["a"]
+    write_npz(path, {"meta": np.array(json.dumps(bad_meta)), **{f"{s}/{k}": r for s, rs in bad.items()
+                                                               for k, r in enumerate(rs)}}, compressed=True)
+    got = data.chorales()
+    assert "damaged" in capsys.readouterr().err and len(parsed) == 2
+    assert got.low == 40 and [r.shape for r in got.rolls["train"]] == [(3, 5), (2, 5)]
+    assert data.chorales().low == 40 and len(parsed) == 2  # rebuilt: the next run reads it
+
+
 def test_the_tests_never_write_into_the_users_cache():
     assert "lstmdsl-test-cache-" in os.environ["LSTMDSL_CACHE"]
 
@@ -679,6 +721,29 @@ def test_compile_refuses_to_write_over_its_own_spec(tmp_path):
     assert r.returncode == 64 and "is the spec itself" in r.stderr, r.stderr
     assert spec.read_text() == before
     assert cli("compile", str(spec), "--emit", "ir", "-o", str(tmp_path / "my.ir")).returncode == 0
+
+
+def test_a_spec_named_dash_is_read_from_the_standard_input_once(tmp_path):
+    """`lstmdsl check -` said "no spec file '-'" (helper-99's audit); now - reads the spec from the standard input,
+    once, so a command that parses it again (train) gets the same text; an empty or non-UTF-8 input is refused."""
+    text = (ROOT / "specs" / "vanilla.cell").read_text()
+
+    def run(*args, stdin):
+        r = subprocess.run([sys.executable, "-m", "lstmdsl", *args], input=stdin, capture_output=True, timeout=300,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert b"Traceback" not in r.stderr, r.stderr
+        return r.returncode, r.stderr.decode()
+
+    assert run("check", "-", stdin=text.encode())[0] == 0
+    assert run("train", "-", "--task", "digits", "--epochs", "1", "-H", "4", "--max-train", "20", "--out",
+               str(tmp_path / "run"), stdin=text.encode())[0] == 0
+    assert run("compile", "-", "--emit", "ir", "-o", str(tmp_path / "a.ir"), stdin=text.encode())[0] == 0
+    assert run("check", "-", stdin=b"") == (64, "lstmdsl: error: the standard input held no spec (`-` reads the "
+                                              "spec from it)\n")
+    code, err = run("check", "-", stdin=b"\xff")
+    assert code == 66 and "not UTF-8" in err
+    code, err = run("check", "-", stdin=b"cell x {")
+    assert code == 65 and "unexpected end of text" in err
 
 
 def test_a_saved_layer_keeps_its_schedule(tmp_path):
