@@ -20,8 +20,8 @@ import numpy as np
 
 from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
-from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, LstmdslError, SpecError, SpecWarning,
-                     UsageError, check_free_memory)
+from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, InputFileError, LstmdslError, SpecError,
+                     SpecWarning, UsageError, check_free_memory)
 from .describe import cell_io, describe
 from .files import CheckedStdout, StdoutFailed, dumps, write_text
 from .grad import format_grad
@@ -310,7 +310,10 @@ def cmd_train(args) -> int:
         raise UsageError("--resume and --overwrite exclude each other: go on from the checkpoint, or start again")
     if args.out is not None and not args.out.strip():
         raise UsageError("--out is empty: give a folder (or leave --out out for the default)")
-    out = output_dir(args.out or f"lstmdsl-train-{spec.name}-{args.task}", "--out")  # before any long work
+    out = args.out or f"lstmdsl-train-{spec.name}-{args.task}"
+    if args.resume and not Path(out).is_dir():  # (output_dir would make the folder: a typo left one behind)
+        raise InputFileError(f"--resume: there is no run in {out} (no such folder)")
+    out = output_dir(out, "--out")  # before any long work
     kept = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "

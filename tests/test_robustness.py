@@ -88,6 +88,8 @@ def test_train_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path
     assert both.returncode == 64 and "exclude" in both.stderr, both.stderr
     assert cli(*args, "--overwrite", "--seed", "3").returncode == 0
     assert (tmp_path / "t" / "layer.npz").read_bytes() != before
+    missing = cli(*args[:-1], str(tmp_path / "typo" / "t"), "--resume")  # (it made the folder, empty: helper-99)
+    assert missing.returncode == 66 and "no such folder" in missing.stderr and not (tmp_path / "typo").exists()
 
 
 def test_written_files_get_the_mode_a_plain_open_would(tmp_path):
