@@ -311,7 +311,7 @@ def cmd_train(args) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out is empty: give a folder (or leave --out out for the default)")
     out = args.out or f"lstmdsl-train-{spec.name}-{args.task}"
-    if args.resume and not Path(out).is_dir():  # (output_dir would make the folder: a typo left one behind)
+    if args.resume and not Path(out).exists():  # (output_dir would make the folder: a typo left one behind)
         raise InputFileError(f"--resume: there is no run in {out} (no such folder)")
     out = output_dir(out, "--out")  # before any long work
     kept = [name for name in RUN_FILES if (Path(out) / name).exists()]

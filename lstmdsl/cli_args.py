@@ -254,9 +254,10 @@ def spec_from_stdin(args) -> None:
     if len(data) > MAX_SPEC_BYTES:
         raise InputFileError(f"the standard input is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec")
     try:
-        args.spec = data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputFileError(f"the spec on the standard input is not UTF-8 text (byte {err.start}): save it as "
                              "UTF-8") from None
-    if not args.spec.strip():
+    if not text.strip():
         raise UsageError("the standard input held no spec (`-` reads the spec from it)")
+    args.spec = text if "\n" in text else text + "\n"  # (spec text, never a path or a shipped name: _read_spec)

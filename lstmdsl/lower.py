@@ -84,7 +84,7 @@ def _arity_problem(e) -> str | None:
         want = 2 if e.func == "dropout" else 3
         example = "dropout(z, 0.25)" if e.func == "dropout" else "zoneout(f * c + i * z, c, 0.15)"
         last = e.args[-1] if n else None
-        if n == want and isinstance(last, ast.Neg) and isinstance(last.arg, ast.Number):
+        if n == want and isinstance(last, ast.Neg) and isinstance(last.arg, ast.Number) and last.arg.value:
             return f"{e.func}'s probability must lie in [0, 1), got -{last.arg.value:g}"
         if n != want or not isinstance(last, ast.Number):
             return f"{e.func} takes {'a value' if want == 2 else 'the new value, the old one'} and a probability " \

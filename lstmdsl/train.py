@@ -353,6 +353,7 @@ def run(cfg: TrainConfig, out: Path | None, log="stderr", resume: bool = False, 
         _save_parameters(model, out)
     test = evaluate(model, "test", cfg.batch)
     result = {"config": asdict(cfg), "history": history, "test": test,
+              "spec_name": model.layer.spec.name,  # (cfg.spec may be the spec's text)
               "metric": "NLL per frame (nats)" if cfg.task == "chorales" else "accuracy",
               "seconds_per_epoch": float(np.median([h["seconds"] for h in history])) if history else 0.0}
     if scaler.enabled:  # fp16: the loss scale at the end, and the steps skipped for overflowing gradients
@@ -406,7 +407,7 @@ def _plot(result: dict, out: Path, log) -> None:
     ax.set_ylabel(result["metric"])
     ax.xaxis.get_major_locator().set_params(integer=True)
     cfg = result["config"]
-    ax.set_title(f"{cfg['spec']} on {cfg['task']} ({cfg['backend']}, H={cfg['hidden_size']})")
+    ax.set_title(f"{result['spec_name']} on {cfg['task']} ({cfg['backend']}, H={cfg['hidden_size']})")
     ax.legend()
     fig.tight_layout()
     try:

@@ -728,7 +728,7 @@ def test_compile_refuses_to_write_over_its_own_spec(tmp_path):
 def test_a_spec_named_dash_is_read_from_the_standard_input_once(tmp_path):
     """`lstmdsl check -` said "no spec file '-'" (helper-99's audit); now - reads the spec from the standard input,
     once, so a command that parses it again (train) gets the same text; an empty or non-UTF-8 input is refused."""
-    text = (ROOT / "specs" / "vanilla.cell").read_text()
+    text = "# a comment matplotlib would read as math: $\\foo{$\n" + (ROOT / "specs" / "vanilla.cell").read_text()
 
     def run(*args, stdin):
         r = subprocess.run([sys.executable, "-m", "lstmdsl", *args], input=stdin, capture_output=True, timeout=300,
@@ -739,11 +739,15 @@ def test_a_spec_named_dash_is_read_from_the_standard_input_once(tmp_path):
     assert run("check", "-", stdin=text.encode())[0] == 0
     assert run("train", "-", "--task", "digits", "--epochs", "1", "-H", "4", "--max-train", "20", "--out",
                str(tmp_path / "run"), stdin=text.encode())[0] == 0
+    assert (tmp_path / "run" / "loss.png").is_file()  # (titled by the spec's name, not its text)
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["spec_name"] == "vanilla"
     assert run("compile", "-", "--emit", "ir", "-o", str(tmp_path / "a.ir"), stdin=text.encode())[0] == 0
     assert run("check", "-", stdin=b"") == (64, "lstmdsl: error: the standard input held no spec (`-` reads the "
                                               "spec from it)\n")
     code, err = run("check", "-", stdin=b"\xff")
     assert code == 66 and "not UTF-8" in err
+    code, err = run("check", "-", stdin=b"vanilla")  # (text, not the shipped spec's name)
+    assert code == 65 and "expected 'cell'" in err
     code, err = run("check", "-", stdin=b"cell x {")
     assert code == 65 and "unexpected end of text" in err
 
