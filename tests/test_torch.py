@@ -239,6 +239,12 @@ def test_a_torch_nn_state_dict_is_refused_for_other_cells_and_beside_lstmdsl_nam
     mixed = {**torch.nn.LSTM(3, 4).state_dict(), **lt.LSTM(3, 4).state_dict()}
     with pytest.raises(UsageError, match="torch.nn's names .* and lstmdsl's too"):
         lt.LSTM(3, 4).load_state_dict(mixed)
+    # another cell's or another size's state dict: its biases named, not an empty slice's "b_o_l0 ... [0]" (helper-99)
+    with pytest.raises(UsageError, match=r"have shapes \[12\] and \[12\]; this module's cell \(4 gates of 4\) takes "
+                                         r"\[16\] each: is the state dict another cell's"):
+        lt.LSTM(3, 4).load_state_dict(torch.nn.GRU(3, 4).state_dict())
+    with pytest.raises(UsageError, match=r"\(3 gates of 4\) takes \[12\]"):
+        lt.GRU(3, 4).load_state_dict(torch.nn.LSTM(3, 4).state_dict())
 
 
 def test_from_torch_keeps_frozen_parameters_frozen_and_to_torch_says_what_it_drops():

@@ -45,6 +45,11 @@ def torch_state_dict(module, state: dict, prefix: str = "") -> None:
         if prefix + "bias_ih" + sfx not in state or prefix + "bias_hh" + sfx not in state:
             continue  # (one of the two alone: left for torch's report of unexpected and missing keys)
         bih, bhh = state.pop(prefix + "bias_ih" + sfx), state.pop(prefix + "bias_hh" + sfx)
+        if bih.shape != (len(gates) * H,) or bhh.shape != bih.shape:  # (else a gate's slice would come out empty)
+            raise UsageError(f"{prefix}bias_ih{sfx} and bias_hh{sfx} have shapes {list(bih.shape)} and "
+                             f"{list(bhh.shape)}; this module's cell ({len(gates)} gates of {H}) takes "
+                             f"[{len(gates) * H}] each: is the state dict another cell's (an nn.GRU's into an LSTM, "
+                             "or the reverse) or of another hidden size?")
         for j, g in enumerate(gates):
             part = slice(j * H, (j + 1) * H)
             if g == "n":
