@@ -9,11 +9,11 @@ import re
 import sys
 from dataclasses import replace
 
-from .errors import EXIT_USAGE, InputFileError, UsageError
+from .errors import EXIT_USAGE, UsageError
 from .passes.types import check_precision
 from .resources import shipped_specs
 from .schedule import PRECISIONS, parse_schedule
-from .spec import MAX_SPEC_BYTES
+from .spec import read_spec_text
 from .version import __version__
 
 JSON_ERRORS = False  # --json was given: errors go to stdout as a JSON object too
@@ -250,14 +250,7 @@ def spec_from_stdin(args) -> None:
     """A spec given as `-` is read from the standard input, once: the commands then take its text."""
     if getattr(args, "spec", None) != "-":
         return
-    data = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1) if sys.stdin is not None else b""
-    if len(data) > MAX_SPEC_BYTES:
-        raise InputFileError(f"the standard input is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputFileError(f"the spec on the standard input is not UTF-8 text (byte {err.start}): save it as "
-                             "UTF-8") from None
+    text = read_spec_text(sys.stdin.buffer, "<stdin>") if sys.stdin is not None else ""
     if not text.strip():
         raise UsageError("the standard input held no spec (`-` reads the spec from it)")
     args.spec = text if "\n" in text else text + "\n"  # (spec text, never a path or a shipped name: _read_spec)

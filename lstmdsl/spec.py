@@ -61,6 +61,21 @@ class Spec:
 MAX_SPEC_BYTES = 16 * 2**20  # a spec file's largest size (the shipped ones are a few KiB)
 
 
+def read_spec_text(f, name: str) -> str:
+    """A spec's text from a binary file object (a file, the standard input): at most MAX_SPEC_BYTES (/dev/zero or a
+    huge file by mistake never ends), UTF-8; InputFileError naming `name` otherwise."""
+    data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise InputFileError(f"'{name}' is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputFileError(f"{name}:{line}:{col}: not UTF-8 text: byte 0x{data[err.start]:02x} cannot start "
+                             "or continue a character (save the file as UTF-8)") from None
+
+
 def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
     """(text, filename) for a path, spec text, or the name of a shipped spec."""
     if not isinstance(path_or_text, (str, Path)):
@@ -77,16 +92,8 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
         if (not path.exists() or path.is_dir()) and str(path_or_text) in shipped:  # (a folder of that name beside)
             path = shipped[str(path_or_text)]
         try:
-            with path.open("rb") as f:  # (at most MAX_SPEC_BYTES: /dev/zero or a huge file by mistake never ends)
-                data = f.read(MAX_SPEC_BYTES + 1)
-            if len(data) > MAX_SPEC_BYTES:
-                raise InputFileError(f"'{path}' is larger than {MAX_SPEC_BYTES // 2**20} MiB: not a spec file")
-            return data.decode("utf-8"), str(path)
-        except UnicodeDecodeError as err:
-            line = data.count(b"\n", 0, err.start) + 1
-            col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-            raise InputFileError(f"{path}:{line}:{col}: not UTF-8 text: byte 0x{data[err.start]:02x} cannot start "
-                                 "or continue a character (save the file as UTF-8)") from None
+            with path.open("rb") as f:
+                return read_spec_text(f, str(path)), str(path)
         except FileNotFoundError:
             near = difflib.get_close_matches(str(path_or_text), list(shipped), n=1)
             raise InputFileError(f"no spec file '{path}'" + (f": did you mean '{near[0]}'?" if near else "") +
