@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
+            warnings.filterwarnings("ignore", message="precision .* applies to the CUDA backend only")  # (noted)
             return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
         warnings.formatwarning, sys.stdout = before, out

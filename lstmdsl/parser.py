@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 
 import lark
 from lark import Token, Transformer, v_args
@@ -235,6 +236,9 @@ def _unclosed_paren(source: Source, line: int, col: int) -> Span | None:
     return never_closed[-1] if never_closed else None
 
 
+_LONE_CR = re.compile(r"\r(?!\n)")  # (more of them than newlines: a file saved with classic Mac OS line ends)
+
+
 def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecError:
     line, col = getattr(err, "line", -1), getattr(err, "column", -1)
     if line is None or line < 1:  # unexpected end of text: point after the last character
@@ -249,6 +253,8 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
         char = source.text[pos] if pos is not None and 0 <= pos < len(source.text) else "?"
         message = f"unexpected character {char!r}"
         hint = ("only names of states take a prime (c' is the state c after the step)" if char == "'" else
+                "lines end in CR alone here (classic Mac OS line ends): save the file with LF or CRLF line ends"
+                if char == "\r" and len(_LONE_CR.findall(source.text)) > source.text.count("\n") else
                 "operators are + - * /; names are letters, digits and _; '#' starts a comment")
     else:
         tok = getattr(err, "token", None)

@@ -142,6 +142,11 @@ def test_small_cli_mistakes_get_a_pointed_answer(tmp_path):
     assert r.returncode == 0 and "with num_layers = 1 (-L 1) dropout 0.5 does nothing" in r.stderr, r.stderr
     with pytest.warns(UserWarning, match="with num_layers = 1 .* dropout 0.5 does nothing"):  # (the API too, since
         lstmdsl.compile("vanilla", 3, 4, dropout=0.5)  # 2026-12-04: the CLI and the torch module warned, it did not)
+    with pytest.warns(UserWarning, match="precision bf16 applies to the CUDA backend only: the numpy backend "
+                      "computes in float64"):  # (the API took a half precision on the numpy backend silently)
+        lstmdsl.compile("vanilla", 3, 4, schedule="precision bf16", dtype="float64")
+    r = cli("run", "vanilla", "--backend", "numpy", "-T", "3", "--precision", "fp16")  # (said once, as a note)
+    assert r.returncode == 0 and r.stderr.count("precision fp16 applies to the CUDA backend only") == 1, r.stderr
     r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "2",
             "--max-train", "64", "--lr", "1e30", "--out", str(tmp_path / "t"))
     assert r.returncode == 0 and "the run diverged; try a smaller --lr" in r.stderr, r.stderr

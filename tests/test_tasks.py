@@ -110,3 +110,13 @@ def test_a_music21_without_its_chorales_is_missing_data_not_an_internal_error():
 
     with pytest.raises(data.MissingData, match="found 0 four-part Bach chorales"):
         data._parse_chorales(Empty(), 0.25)
+
+
+def test_a_learning_rate_too_large_for_the_dtype_stops_with_one_clear_error(tmp_path, capsys, recwarn):
+    """--lr 1e300 makes the first update overflow float32: the next batch's loss is infinite, said once, without
+    numpy's overflow warnings from the optimizer before it."""
+    assert main(["train", "vanilla", "--task", "digits", "--epochs", "1", "-H", "8", "--max-train", "64",
+                 "--lr", "1e300", "--backend", "numpy", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1, batch 2 of 2: the loss is NaN or infinite" in err and "a smaller --lr" in err
+    assert "warning" not in err and not [w for w in recwarn if w.category is RuntimeWarning], err
