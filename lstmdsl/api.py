@@ -11,12 +11,11 @@ Parameters are named "l{layer}.{name}" (l0.W_i, l1.b_f, ...). States are dicts n
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputFileError, UsageError
+from .errors import InputFileError, UsageError, warn_caller
 from .layer import PARAMETER_SIZES, Layer, layer_sizes
 from .saved import read_saved
 from .numpy_layer import NumpyLayer
@@ -174,12 +173,12 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
             raise UsageError(f"{name} must be a probability in [0, 1), got {p!r}")
     sizes = layer_sizes(spec, input_size, hidden_size, proj_size, num_layers, directions, num_heads)
     if dropout > 0 and len(sizes) == 1:  # (torch.nn.LSTM and lstmdsl.torch warn too)
-        warnings.warn(f"dropout acts between stacked layers; with num_layers = 1 (-L 1) dropout {float(dropout):g} "
-                      "does nothing", UserWarning, stacklevel=3)
+        warn_caller(f"dropout acts between stacked layers; with num_layers = 1 (-L 1) dropout {float(dropout):g} "
+                    "does nothing")
     forget_bias = check_forget_bias(spec, forget_bias)
     if backend == "numpy" and schedule.precision != "fp32":  # (the CLI says so in its note instead)
-        warnings.warn(f"precision {schedule.precision} applies to the CUDA backend only: the numpy backend computes "
-                      f"in {dtype}", UserWarning, stacklevel=3)
+        warn_caller(f"precision {schedule.precision} applies to the CUDA backend only: the numpy backend computes "
+                    f"in {dtype}")
     try:
         if backend == "cuda":
             from .runtime.layer import CudaLayer  # imports CuPy: only when asked for

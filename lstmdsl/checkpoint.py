@@ -16,6 +16,7 @@ from .errors import InputFileError, UsageError
 from .files import write_npz
 
 CHECKPOINT = "checkpoint.npz"
+AGAIN = "start again with --overwrite instead of --resume"  # (the folder holds the run: a new one must replace it)
 
 
 def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
@@ -44,12 +45,11 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
     except FileNotFoundError:
         raise InputFileError(f"--resume: there is no checkpoint in {out} (no {CHECKPOINT})") from None
     except Exception:  # noqa: BLE001 (damaged)
-        raise InputFileError(f"--resume: {path} is damaged; start again without --resume") from None
+        raise InputFileError(f"--resume: {path} is damaged; {AGAIN}") from None
     try:
         saved = {k: v for k, v in state["config"].items() if k != "epochs"}
     except (KeyError, TypeError, AttributeError):
-        raise InputFileError(f"--resume: {path} is damaged (no run configuration); start again without "
-                             "--resume") from None
+        raise InputFileError(f"--resume: {path} is damaged (no run configuration); {AGAIN}") from None
     ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
     if saved != ours:
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
@@ -66,7 +66,7 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
     try:
         _restore(files, state, cfg, model, opt, rng)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError, UsageError) as e:
-        raise InputFileError(f"--resume: {path} is damaged ({e}); start again without --resume") from None
+        raise InputFileError(f"--resume: {path} is damaged ({e}); {AGAIN}") from None
     state["order"] = files.get("order")
     return state
 

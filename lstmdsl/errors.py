@@ -16,6 +16,9 @@ from __future__ import annotations
 import collections
 import difflib
 import functools
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +154,18 @@ class BackendUnavailable(LstmdslError):
 class SpecWarning(UserWarning):
     """A spec's warning (Spec.warnings: a name that becomes a new parameter, an unused value), which
     lstmdsl.parse also issues as a Python warning, so API users see it; the CLI prints them itself."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn, attributed to the first caller outside lstmdsl (however deep in the package it is issued:
+    compile() called by load(), parse() by compile())."""
+    level, frame = 3, sys._getframe(2)  # (level 1: this line; 2: the function that called this one)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
 
 
 def check_free_memory(need: int, what: str, lower: str) -> None:

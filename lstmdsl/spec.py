@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Diagnostic, InputFileError, Source, SpecWarning, UsageError
+from .errors import Diagnostic, InputFileError, Source, SpecWarning, UsageError, warn_caller
 from .grad import StepGrad, differentiate
 from .ir import HEADS, Cell, verify
 from .lower import lower
@@ -20,7 +18,6 @@ from .resources import shipped_specs
 from .schedule import Schedule, apply_directives
 from .syntax import CellAST, deepest_statement, parse_cell, too_deep
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 @dataclass(frozen=True)
@@ -124,9 +121,6 @@ def parse(path_or_text: str | Path) -> Spec:
         raise too_deep(tree.source, deepest_statement(tree)) from None
     verify(lowered.cell)
     schedule = apply_directives(Schedule(), tree.schedule or (), tree.source)
-    level, frame = 2, sys._getframe(1)  # (the warning names the first caller outside lstmdsl)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        level, frame = level + 1, frame.f_back
     for w in lowered.warnings:  # (a typo that makes a new parameter trains without a word otherwise)
-        warnings.warn(w.render(), SpecWarning, stacklevel=level)
+        warn_caller(w.render(), SpecWarning)
     return Spec(tree, lowered.cell, schedule, lowered.warnings)

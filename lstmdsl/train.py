@@ -23,7 +23,7 @@ import numpy as np
 from . import data, nn, optim
 from .api import check_seed, compile
 from .arrays import to_numpy
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoint import AGAIN, CHECKPOINT, load_checkpoint, save_checkpoint
 from .errors import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, InputFileError, LstmdslError, OutputFileError, UsageError
 from .files import output_dir, write_atomically, write_json, write_npz
 from .schedule import PRECISIONS
@@ -294,7 +294,7 @@ def run(cfg: TrainConfig, out: Path | None, log="stderr", resume: bool = False, 
     if progress["order"] is not None and (len(progress["order"]) != n or progress["batch"] >= batches):
         raise InputFileError(f"--resume: {out / CHECKPOINT} is damaged (its place in the epoch, batch "
                              f"{progress['batch']} of an order of {len(progress['order'])}, is not one of this "
-                             f"task's {batches} batches of {n}); start again without --resume")
+                             f"task's {batches} batches of {n}); {AGAIN}")
     if resume and log is not None and progress["epoch"] > cfg.epochs:
         print(f"the run in {out} has trained its {cfg.epochs} epochs already: nothing to train (give a larger "
               "--epochs to go on)", file=log)

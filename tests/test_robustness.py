@@ -144,7 +144,11 @@ def test_small_cli_mistakes_get_a_pointed_answer(tmp_path):
         lstmdsl.compile("vanilla", 3, 4, dropout=0.5)  # 2026-12-04: the CLI and the torch module warned, it did not)
     with pytest.warns(UserWarning, match="precision bf16 applies to the CUDA backend only: the numpy backend "
                       "computes in float64"):  # (the API took a half precision on the numpy backend silently)
-        lstmdsl.compile("vanilla", 3, 4, schedule="precision bf16", dtype="float64")
+        layer = lstmdsl.compile("vanilla", 3, 4, schedule="precision bf16", dtype="float64")
+    layer.save(tmp_path / "bf16.npz")
+    with pytest.warns(UserWarning, match="precision bf16 applies") as caught:  # (load's compile: still the caller's
+        lstmdsl.load(tmp_path / "bf16.npz")                                    # line, not one inside lstmdsl)
+    assert [w.filename for w in caught] == [__file__], [(w.filename, w.lineno) for w in caught]
     r = cli("run", "vanilla", "--backend", "numpy", "-T", "3", "--precision", "fp16")  # (said once, as a note)
     assert r.returncode == 0 and r.stderr.count("precision fp16 applies to the CUDA backend only") == 1, r.stderr
     r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "2",
@@ -266,7 +270,7 @@ def test_a_checkpoint_of_the_wrong_contents_or_of_an_edited_spec_is_refused_on_r
                "SGD's state": {**good, "opt/kind": np.array("SGD")}}
     for what, arrays in damaged.items():
         np.savez(checkpoint, **arrays)
-        with pytest.raises(InputFileError, match="checkpoint.npz is damaged"):
+        with pytest.raises(InputFileError, match="checkpoint.npz is damaged.*start again with --overwrite instead of"):
             run(cfg, tmp_path / "run", log=None, resume=True)
         print(what, "refused")
     np.savez(checkpoint, **good)
