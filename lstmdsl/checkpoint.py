@@ -51,13 +51,16 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
     except (KeyError, TypeError, AttributeError):
         raise InputFileError(f"--resume: {path} is damaged (no run configuration); {AGAIN}") from None
     ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
+    if "spec" in state:  # (its text is compared below: a path, a shipped name or `-` giving the same text is the run's)
+        saved.pop("spec", None), ours.pop("spec", None)
     if saved != ours:
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
         raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "
                          "give the same options, or another --out")
     if "spec" in state and state["spec"] != model.layer.spec.source.text:  # (checkpoints before 2026-12-04 lack it)
-        raise UsageError(f"--resume: the checkpoint in {out} is of another run (the spec {cfg.spec} has changed "
-                         "since); give the same spec, or another --out")
+        given = f"the spec {cfg.spec}" if "\n" not in cfg.spec else f"cell {model.layer.spec.name}'s spec"  # (or text)
+        raise UsageError(f"--resume: the checkpoint in {out} is of another run ({given} has changed since); give the "
+                         "same spec, or another --out")
     epoch, batch = state.get("epoch"), state.get("batch")
     if isinstance(epoch, int) and isinstance(batch, int) and cfg.epochs < (epoch if batch > 0 else epoch - 1):
         begun = epoch if batch > 0 else epoch - 1  # (a smaller --epochs than the run's is no damage)

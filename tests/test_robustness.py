@@ -301,6 +301,27 @@ def test_resuming_with_fewer_epochs_than_the_run_has_is_a_usage_error_not_damage
     assert r.returncode == 64 and "give --epochs 2 or more" in r.stderr and "damaged" not in r.stderr, r.stderr
 
 
+def test_a_run_resumes_from_its_spec_named_another_way(tmp_path):
+    """The checkpoint keeps the spec's text: a run begun from a shipped spec's name resumes from its path or from
+    the standard input (`-`), and text that differs is still another run's."""
+    from lstmdsl.resources import shipped_specs
+
+    args = ("--task", "digits", "--backend", "numpy", "-H", "4", "--batch", "16", "--max-train", "32", "--lr",
+            "0.02", "--out", str(tmp_path / "run"))
+    assert cli("train", "vanilla", *args, "--epochs", "1").returncode == 0
+    path = str(shipped_specs()["vanilla"])
+    r = cli("train", path, *args, "--epochs", "2", "--resume")
+    assert r.returncode == 0, r.stderr
+    text = open(path).read()
+    r = subprocess.run([sys.executable, "-m", "lstmdsl", "train", "-", *args, "--epochs", "3", "--resume"],
+                       input=text, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "lstmdsl", "train", "-", *args, "--epochs", "4", "--resume"],
+                       input=text.replace("tanh(c')", "sigmoid(c')"), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 64 and "(cell vanilla's spec has changed since)" in r.stderr, r.stderr
+
+
 def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     args = ["train", "vanilla", "--task", "digits", "--backend", "numpy", "--epochs", "6", "-H", "24",
             "--max-train", "600", "--batch", "8", "--seed", "2"]
