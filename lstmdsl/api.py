@@ -176,9 +176,6 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
         warn_caller(f"dropout acts between stacked layers; with num_layers = 1 (-L 1) dropout {float(dropout):g} "
                     "does nothing")
     forget_bias = check_forget_bias(spec, forget_bias)
-    if backend == "numpy" and schedule.precision != "fp32":  # (the CLI says so in its note instead)
-        warn_caller(f"precision {schedule.precision} applies to the CUDA backend only: the numpy backend computes "
-                    f"in {dtype}")
     try:
         if backend == "cuda":
             from .runtime.layer import CudaLayer  # imports CuPy: only when asked for

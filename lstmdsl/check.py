@@ -55,7 +55,7 @@ def reference_of(layer: Layer) -> Layer:
     ref = compile(layer.spec, first["input"], first["hidden"], layer.num_layers, proj_size=first["proj"],
                   num_heads=first.get("heads"), dtype="float64", bidirectional=layer.directions == 2,
                   dropout=layer.dropout if layer.num_layers > 1 else 0.0,  # (one layer: none, said already)
-                  dropconnect=layer.dropconnect, schedule="precision fp32")  # (float64: no half-precision note)
+                  dropconnect=layer.dropconnect)
     ref.load_state_dict(layer.state_dict())
     return ref
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import to_numpy
-from .errors import InputFileError, UsageError
+from .errors import InputFileError, LstmdslError, UsageError
 from .files import write_npz
+from .spec import parse_quietly
 
 CHECKPOINT = "checkpoint.npz"
 AGAIN = "start again with --overwrite instead of --resume"  # (the folder holds the run: a new one must replace it)
@@ -32,6 +33,21 @@ def save_checkpoint(out: Path, cfg, model, opt, rng, progress: dict) -> None:
     if order is not None:  # the batch order of the epoch in progress
         arrays["order"] = np.asarray(order)
     write_npz(out / CHECKPOINT, {"state": np.array(json.dumps(state)), **arrays})
+
+
+def _other_spec(state: dict, cfg, model) -> str:
+    """How the spec given to --resume differs from the run's: the same name, edited since, or another cell."""
+    was = state["config"].get("spec")
+
+    def named(spec) -> str:
+        return f"the spec {spec}" if isinstance(spec, str) and "\n" not in spec else "the standard input's spec"
+    if named(was) == named(cfg.spec):  # (the same path or name, or text from the standard input both times)
+        return f"{named(cfg.spec)} has changed since"
+    try:
+        cell = f" (cell {parse_quietly(str(state['spec'])).name})"
+    except LstmdslError:  # (a spec that no longer parses: lstmdsl changed since, or the checkpoint was edited)
+        cell = ""
+    return f"it was trained on {named(was)}{cell}, which {named(cfg.spec)} (cell {model.layer.spec.name}) is not"
 
 
 def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
@@ -58,9 +74,8 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
         raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "
                          "give the same options, or another --out")
     if "spec" in state and state["spec"] != model.layer.spec.source.text:  # (checkpoints before 2026-12-04 lack it)
-        given = f"the spec {cfg.spec}" if "\n" not in cfg.spec else f"cell {model.layer.spec.name}'s spec"  # (or text)
-        raise UsageError(f"--resume: the checkpoint in {out} is of another run ({given} has changed since); give the "
-                         "same spec, or another --out")
+        raise UsageError(f"--resume: the checkpoint in {out} is of another run ({_other_spec(state, cfg, model)}); "
+                         "give the same spec, or another --out")
     epoch, batch = state.get("epoch"), state.get("batch")
     if isinstance(epoch, int) and isinstance(batch, int) and cfg.epochs < (epoch if batch > 0 else epoch - 1):
         begun = epoch if batch > 0 else epoch - 1  # (a smaller --epochs than the run's is no damage)

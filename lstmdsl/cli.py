@@ -318,8 +318,9 @@ def cmd_train(args) -> int:
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
                          "checkpoint, --overwrite to start again over it, or another --out")
-    if backend == "numpy" and args.precision not in (None, "fp32"):
-        note = (note + "; " if note else "") + f"precision {args.precision} applies to the CUDA backend only"
+    precision = args.precision or spec.schedule.precision  # (the option, else the spec's schedule block)
+    if backend == "numpy" and precision != "fp32":
+        note = (note + "; " if note else "") + f"precision {precision} applies to the CUDA backend only"
     if note:
         print(f"note: {note}", file=sys.stderr)
     result = run(cfg, Path(out), resume=args.resume)
@@ -381,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
-            warnings.filterwarnings("ignore", message="precision .* applies to the CUDA backend only")  # (noted)
             return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
         warnings.formatwarning, sys.stdout = before, out

@@ -35,8 +35,7 @@ def gradient_check(spec: Spec, input_size: int, hidden_size: int, batch: int, st
     the regularisers' masks of one training forward are kept for every evaluation of the loss."""
     layer = compile(spec, input_size, hidden_size, num_layers, proj_size=proj_size, dtype="float64", seed=seed,
                     bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,  # (one layer: none;
-                    dropconnect=dropconnect, num_heads=num_heads,  # the caller's layer has said so already)
-                    schedule="precision fp32")  # (float64, whatever precision the spec's schedule names)
+                    dropconnect=dropconnect, num_heads=num_heads)  # the caller's layer has said so already)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((steps, batch, input_size))
     state = {k: 0.5 * rng.standard_normal(s) for k, s in layer.state_shapes(batch).items()}

@@ -253,8 +253,6 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
         char = source.text[pos] if pos is not None and 0 <= pos < len(source.text) else "?"
         message = f"unexpected character {char!r}"
         hint = ("only names of states take a prime (c' is the state c after the step)" if char == "'" else
-                "lines end in CR alone here (classic Mac OS line ends): save the file with LF or CRLF line ends"
-                if char == "\r" and len(_LONE_CR.findall(source.text)) > source.text.count("\n") else
                 "operators are + - * /; names are letters, digits and _; '#' starts a comment")
     else:
         tok = getattr(err, "token", None)
@@ -283,6 +281,9 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
     open_paren = _unclosed_paren(source, span.line, span.col)
     if open_paren is not None:
         hint = f"the '(' at line {open_paren.line}, column {open_paren.col} is not closed"
+    if len(_LONE_CR.findall(source.text)) > source.text.count("\n"):  # (whatever the error: a first comment would
+        hint = ("lines end in CR alone here (classic Mac OS line ends): save the file with LF or CRLF line "  # run
+                "ends")                                                                      # to the file's end)
     return SpecError([Diagnostic("error", message, source, span, hint)])
 
 

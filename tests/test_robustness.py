@@ -142,15 +142,16 @@ def test_small_cli_mistakes_get_a_pointed_answer(tmp_path):
     assert r.returncode == 0 and "with num_layers = 1 (-L 1) dropout 0.5 does nothing" in r.stderr, r.stderr
     with pytest.warns(UserWarning, match="with num_layers = 1 .* dropout 0.5 does nothing"):  # (the API too, since
         lstmdsl.compile("vanilla", 3, 4, dropout=0.5)  # 2026-12-04: the CLI and the torch module warned, it did not)
-    with pytest.warns(UserWarning, match="precision bf16 applies to the CUDA backend only: the numpy backend "
-                      "computes in float64"):  # (the API took a half precision on the numpy backend silently)
-        layer = lstmdsl.compile("vanilla", 3, 4, schedule="precision bf16", dtype="float64")
-    layer.save(tmp_path / "bf16.npz")
-    with pytest.warns(UserWarning, match="precision bf16 applies") as caught:  # (load's compile: still the caller's
-        lstmdsl.load(tmp_path / "bf16.npz")                                    # line, not one inside lstmdsl)
+    with pytest.warns(UserWarning, match="dropout 0.5 does nothing"):
+        lstmdsl.compile("vanilla", 3, 4, dropout=0.5).save(tmp_path / "d.npz")
+    with pytest.warns(UserWarning, match="dropout 0.5 does nothing") as caught:  # (load's compile: still the
+        lstmdsl.load(tmp_path / "d.npz")                                        # caller's line, not lstmdsl's)
     assert [w.filename for w in caught] == [__file__], [(w.filename, w.lineno) for w in caught]
-    r = cli("run", "vanilla", "--backend", "numpy", "-T", "3", "--precision", "fp16")  # (said once, as a note)
-    assert r.returncode == 0 and r.stderr.count("precision fp16 applies to the CUDA backend only") == 1, r.stderr
+    bf16 = tmp_path / "bf16.cell"  # (train noted only --precision, not the spec's own schedule's: helper-102)
+    bf16.write_text(lstmdsl.parse("vanilla").source.text.replace("fuse pointwise }", "fuse pointwise; precision bf16 }"))
+    r = cli("train", str(bf16), "--task", "digits", "--backend", "numpy", "-H", "4", "--epochs", "1", "--max-train",
+            "16", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0 and "note: precision bf16 applies to the CUDA backend only" in r.stderr, r.stderr
     r = cli("train", "vanilla", "--task", "digits", "--backend", "numpy", "-H", "8", "--epochs", "2",
             "--max-train", "64", "--lr", "1e30", "--out", str(tmp_path / "t"))
     assert r.returncode == 0 and "the run diverged; try a smaller --lr" in r.stderr, r.stderr
@@ -319,7 +320,9 @@ def test_a_run_resumes_from_its_spec_named_another_way(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lstmdsl", "train", "-", *args, "--epochs", "4", "--resume"],
                        input=text.replace("tanh(c')", "sigmoid(c')"), capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert r.returncode == 64 and "(cell vanilla's spec has changed since)" in r.stderr, r.stderr
+    assert r.returncode == 64 and "(the standard input's spec has changed since)" in r.stderr, r.stderr
+    r = cli("train", "peephole", *args, "--epochs", "4", "--resume")  # (another cell: not "changed since")
+    assert r.returncode == 64 and "which the spec peephole (cell peephole) is not" in r.stderr, r.stderr
 
 
 def test_sigterm_leaves_a_checkpoint_and_resume_finishes_the_run(tmp_path):

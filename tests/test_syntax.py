@@ -114,6 +114,7 @@ SYNTAX_ERRORS = [
     ("cell c {\n input x\n y = 1\n z = \n}", 4, 6, "an equation needs an expression after '='", None),
     ("cell c {\n y = tanh(W x @ R h)\n}", 2, 15, "unexpected character '@'", "operators are + - * /"),
     ("cell c {\r input x\r}\r", 1, 9, "unexpected character '\\r'", "lines end in CR alone"),  # (classic Mac)
+    ("# a cell\rcell c {\r input x\r}\r", 1, 1, "unexpected end of text", "lines end in CR alone"),  # (all comment)
     ("cell c {\r\n input x \r y\r\n}", 2, 10, "unexpected character '\\r'", "operators are"),  # (a stray CR)
 ]
 
