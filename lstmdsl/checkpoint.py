@@ -68,7 +68,8 @@ def load_checkpoint(out: Path, cfg, model, opt, rng) -> dict:
         raise InputFileError(f"--resume: {path} is damaged (no run configuration); {AGAIN}") from None
     ours = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
     if "spec" in state:  # (its text is compared below: a path, a shipped name or `-` giving the same text is the run's)
-        saved.pop("spec", None), ours.pop("spec", None)
+        saved.pop("spec", None)
+        ours.pop("spec", None)
     if saved != ours:
         diff = sorted(k for k in ours if saved.get(k) != ours[k])
         raise UsageError(f"--resume: the checkpoint in {out} is of another run (it differs in {', '.join(diff)}); "

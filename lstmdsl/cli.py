@@ -203,8 +203,7 @@ def cmd_run(args) -> int:
                 raise
             backend = "numpy"
             note = f"the CUDA backend cannot run this spec ({err}): running the numpy reference on the CPU"
-    if backend == "numpy" and schedule.precision != "fp32":
-        note = (note + "; " if note else "") + f"precision {schedule.precision} applies to the CUDA backend only"
+    note = _precision_note(note, backend, schedule.precision)
     if note and not args.json:
         print(f"note: {note}", file=sys.stderr)
     layer = compile(spec, args.input_size, args.hidden_size, args.layers, proj_size=args.proj_size,
@@ -318,9 +317,7 @@ def cmd_train(args) -> int:
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
                          "checkpoint, --overwrite to start again over it, or another --out")
-    precision = args.precision or spec.schedule.precision  # (the option, else the spec's schedule block)
-    if backend == "numpy" and precision != "fp32":
-        note = (note + "; " if note else "") + f"precision {precision} applies to the CUDA backend only"
+    note = _precision_note(note, backend, args.precision or spec.schedule.precision)  # (the option, else the spec's)
     if note:
         print(f"note: {note}", file=sys.stderr)
     result = run(cfg, Path(out), resume=args.resume)
@@ -398,6 +395,12 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as one line for the user, without Python's file and line."""
     text = str(message)
     return (text if text.startswith("lstmdsl") else f"lstmdsl: warning: {text}") + "\n"
+
+
+def _precision_note(note: str | None, backend: str, precision: str) -> str | None:
+    """The backend's note, and the numpy backend's word on a precision other than fp32 (its arithmetic is float32)."""
+    return "; ".join(filter(None, (note, backend == "numpy" and precision != "fp32" and
+                                   f"precision {precision} applies to the CUDA backend only"))) or None
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -281,9 +281,9 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: Source) -> SpecE
     open_paren = _unclosed_paren(source, span.line, span.col)
     if open_paren is not None:
         hint = f"the '(' at line {open_paren.line}, column {open_paren.col} is not closed"
-    if len(_LONE_CR.findall(source.text)) > source.text.count("\n"):  # (whatever the error: a first comment would
-        hint = ("lines end in CR alone here (classic Mac OS line ends): save the file with LF or CRLF line "  # run
-                "ends")                                                                      # to the file's end)
+    if len(_LONE_CR.findall(source.text)) > source.text.count("\n"):  # (whatever the error: there, a first comment
+        hint = ("lines end in CR alone here (classic Mac OS line ends): save the file with LF or CRLF line "
+                "ends")                                                     # runs to the end of the file)
     return SpecError([Diagnostic("error", message, source, span, hint)])
 
 

@@ -19,7 +19,6 @@ from .schedule import Schedule, apply_directives
 from .syntax import CellAST, deepest_statement, parse_cell, too_deep
 
 
-
 @dataclass(frozen=True)
 class Spec:
     """A checked spec: its AST, Cell IR, schedule (from the spec's block) and warnings."""
