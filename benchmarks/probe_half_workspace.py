@@ -1,9 +1,12 @@
-"""Probe: the half-precision cuBLAS workspace (runtime/cublas.py _Handle.HALF_WORKSPACE, 1 MiB a lane; a stack's
+"""Probe: the half-precision cuBLAS workspace (plan.GemmWorkspace.half, 1 MiB a lane; a stack's
 wavefront takes a lane per layer) against none (bare handles), vanilla LSTM, lstmdsl's call time, its GPU time
 alone and its peak memory beside cuDNN's at the same precision (issue 13: training memory at most cuDNN's). The two
-settings alternate in one process, `--rounds` times; each figure is the smaller of its rounds.
+settings alternate in one process, `--rounds` times; each figure is the smaller of its rounds. `--full` sets the
+fp32 and tf32 GEMMs' workspace instead, at every batch (GemmWorkspace.full and .small: 32 and 1 MiB a lane).
 
     python3 benchmarks/probe_half_workspace.py --precisions bf16 fp16 --cases train:1x1024x100x4 train:16x1024x1000x4
+    python3 benchmarks/probe_half_workspace.py --full --precisions fp32 tf32 --settings 33554432 1048576 0 \
+        --cases train:1x256x100x1 forward:1x512x1000x4
 """
 import argparse
 import sys
@@ -11,7 +14,7 @@ import sys
 sys.path.insert(0, ".")
 import lstmdsl  # noqa: E402
 from lstmdsl.bench import bench_case  # noqa: E402
-from lstmdsl.runtime import cublas  # noqa: E402
+from lstmdsl.plan import GemmWorkspace  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"])
@@ -20,11 +23,21 @@ ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
                          "train:64x512x100x4", "forward:64x512x100x4", "train:256x512x100x4", "train:256x1024x100x1",
                          "train:16x256x100x4", "forward:1x512x100x1"])
 ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes")
+ap.add_argument("--full", action="store_true", help="the fp32/tf32 workspace (WORKSPACE), not the half one")
 ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=7)
 args = ap.parse_args()
 vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
-print("vanilla, half-precision cuBLAS workspace bytes a lane: " + " / ".join(map(str, args.settings))
+RULE = GemmWorkspace.nbytes
+
+
+def setting(nbytes: int) -> None:
+    """The plan's workspace rule with nbytes for the GEMMs probed (half, or with --full fp32 and tf32)."""
+    GemmWorkspace.nbytes = lambda self, B, half: nbytes if half != args.full else RULE(self, B, half)
+
+
+print(f"vanilla, cuBLAS workspace ({'fp32 and tf32' if args.full else 'half precision'}) bytes a lane: "
+      + " / ".join(map(str, args.settings))
       + "; ms by the call, GPU ms alone, MiB (min over rounds)", flush=True)
 print("prec mode     B    H    T L | cuDNN ms   MiB | "
       + " | ".join(f"ws {s:>8d}: ms    gpu    MiB" for s in args.settings)
@@ -38,7 +51,7 @@ for precision in args.precisions:
         best = {s: {} for s in args.settings}
         for _ in range(args.rounds):
             for s in args.settings:
-                cublas._Handle.HALF_WORKSPACE = s
+                setting(s)
                 r = bench_case(vanilla, B, H, T, L, mode, competitors=("lstmdsl",), **kw)["results"]["lstmdsl"]
                 for k in ("ms", "gpu_ms", "memory"):
                     best[s][k] = min(best[s].get(k, float("inf")), r.get(k, float("inf")))
@@ -49,4 +62,4 @@ for precision in args.precisions:
                            for s in args.settings)
               + f" | {last['ms'] / first['ms']:7.2f}x | "
               + " ".join(f"{(best[s]['memory'] - c['memory']) / mib:+.1f}" for s in args.settings), flush=True)
-cublas._Handle.HALF_WORKSPACE = args.settings[0]
+GemmWorkspace.nbytes = RULE

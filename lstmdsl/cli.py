@@ -110,7 +110,7 @@ def cmd_compile(args) -> int:
         if args.emit == "cuda":
             text = program.source
         else:
-            text = format_plan(program.plan, sizes)
+            text = format_plan(program.plan, sizes, args.batch if sizes else None)
             if sizes:
                 if args.batch < 1:
                     raise UsageError(f"--batch must be a positive integer, got {args.batch}")

@@ -164,3 +164,27 @@ class Chunks:
         `wave` steps (its own) or a layer alone (wave 0), else 0 (all T steps at once)."""
         steps = wave or max(Wavefront(self.chunks).steps(T), -(-self.min_rows // B))
         return steps if nbytes >= self.min_bytes and 2 <= steps < T else 0
+
+
+@dataclass(frozen=True, slots=True)
+class GemmWorkspace:
+    """The cuBLAS workspace a layer's GEMMs run with, bytes a lane (runtime/cublas.py: a handle per lane and size;
+    a stack's wavefront takes a lane per layer, so a 4-layer stack keeps four). cuBLAS's split-K kernels use it.
+
+    The cost model, by the batch and the GEMMs' operand type: `full` (cuBLAS's recommended size on sm_90) for fp32 and
+    tf32 GEMMs at B > small_batch, where the weight-gradient GEMMs use it (measured on the H200, T = 100: tf32
+    training took 1.44x the time with 4 MiB at B = 16, H = 256, 4 layers; 1.18-1.20x at 64 x 512);
+    `half` for half-precision GEMMs (1 MiB changed a bf16 call's time by -1..+6% from 1 x 512 to 256 x 1024);
+    `small` at B <= small_batch, where the step loop's latency is the time and a GEMM over all T * B rows is a few
+    microseconds of it (1 x 256, 4 layers: 1.03x the training time with 1 MiB lanes in fp32 and tf32; 1 x 512, one
+    layer: 1.035x the forward's in tf32) while 32 MiB was most of the memory (benchmarks/results/probes/
+    gemm_workspace_h200.txt)."""
+
+    full: int = 32 << 20
+    half: int = 1 << 20
+    small: int = 1 << 20
+    small_batch: int = 1
+
+    def nbytes(self, B: int, half: bool) -> int:
+        """The workspace of a GEMM at batch B (half: its operands are bf16 or fp16)."""
+        return self.half if half else self.small if B <= self.small_batch else self.full

@@ -35,7 +35,7 @@ from typing import Union
 
 from .grad import StepGrad
 from .ir import LEAF_OPS, Cell, Node
-from .loops import Chunks, Persistent, Wavefront  # noqa: F401 (part of the Plan, kept in loops.py)
+from .loops import Chunks, GemmWorkspace, Persistent, Wavefront  # noqa: F401 (part of the Plan, kept in loops.py)
 from .ops import OPS
 from .schedule import Schedule
 
@@ -340,6 +340,7 @@ class Plan:
     # pass sets it where the forward can run chunk by chunk)
     chunks: Chunks | None = None  # when a forward-only workspace runs chunk by chunk, its buffers of inference "C"
     # a ring of one chunk's steps (the chunks pass, passes/wavefront.py plan_chunks, where the forward can)
+    gemm_workspace: GemmWorkspace = GemmWorkspace()  # the cuBLAS workspace of its GEMMs, by batch and type
 
     @property
     def saved(self) -> tuple[int, ...]:

@@ -10,9 +10,10 @@ from .passes.projection import NO_PROJECTION, fold_blocker
 from .plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, Phase, Plan, Slot,
                    VectorGrad, WeightGrad)
 
-def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
+def format_plan(plan: Plan, sizes: dict[str, int] | None = None, batch: int | None = None) -> str:
     """The plan as text (for `lstmdsl compile --emit plan`): the buffers with their types, the weight
-    stacks, and every op with its shapes, types, operands and launch (symbolic sizes, or numbers)."""
+    stacks, and every op with its shapes, types, operands and launch (symbolic sizes, or numbers; at a known
+    batch also the cuBLAS workspace the GEMMs take there)."""
 
     def dim(expr) -> str:
         if sizes is None:
@@ -229,7 +230,18 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None) -> str:
                      f"of inference C, where those would take {c.min_bytes >> 20} MiB or more over all steps and the "
                      "layer runs the stepwise loop" + (" (a persistent kernel reads every step's)" if
                                                       plan.forward.loop.persistent is not None else ""))
+    if any(getattr(op, "call", None) is not None for phase in (plan.forward, plan.backward) for _, op in phase.ops()):
+        lines.append(workspace_text(plan, batch))
     return "\n".join(lines)
+
+
+def workspace_text(plan: Plan, batch: int | None = None) -> str:
+    """The cuBLAS workspace rule (Plan.gemm_workspace), and at a known batch what the GEMMs take."""
+    w, mib = plan.gemm_workspace, lambda n: f"{n / (1 << 20):g} MiB"
+    half = plan.operand_type in HALF_TYPES
+    text = (f"cuBLAS workspace, a lane (a stack's wavefront: a lane a layer): {mib(w.half)} for half-precision GEMMs, "
+            f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch}")
+    return text + (f"; here {mib(w.nbytes(batch, half))}" if batch is not None else "")
 
 
 def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],

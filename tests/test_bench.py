@@ -68,8 +68,6 @@ def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeyp
     from lstmdsl.runtime import cublas
 
     class Handle:
-        WORKSPACE, HALF_WORKSPACE = 32, 4
-
         def __init__(self, nbytes):
             self.workspace, self.uses = (None if nbytes == 0 else np.empty(nbytes, np.uint8)), 0
 
@@ -77,20 +75,21 @@ def test_the_benchmarks_count_the_cublas_workspaces_an_earlier_case_made(monkeyp
     monkeypatch.setattr(cublas, "_Handle", Handle)
     monkeypatch.setattr(cublas, "settle_warm_up", lambda: None)
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
+    full, half = 32, 4  # (the plan's workspaces, bytes: a lane's handle per size)
     for lane, bare in [(0, False), (2, False), (0, True)]:
-        cublas._handle(lane, bare)
+        cublas._handle(lane, bare, workspace=full)
     before = cublas.workspace_uses()
     for lane, bare in [(0, False), (1, False), (0, True), (0, False)]:  # lane 1 made during the case: pool counts it
-        cublas._handle(lane, bare)
+        cublas._handle(lane, bare, workspace=full)
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 32
     before = cublas.workspace_uses()  # half-precision GEMMs: a lane's handle of their own, a smaller workspace
-    cublas._handle(2, False, ("bf16", "bf16", "f32", "fp32"))
+    cublas._handle(2, False, ("bf16", "bf16", "f32", "fp32"), half)
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 0
     before = cublas.workspace_uses()
-    cublas._handle(2, False, ("f16", "f16", "f32", "fp32"))
+    cublas._handle(2, False, ("f16", "f16", "f32", "fp32"), half)
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 4
     before = cublas.workspace_uses()  # the next case: lane 1's workspace is now an earlier case's
-    cublas._handle(1)
+    cublas._handle(1, workspace=full)
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 32
     before = cublas.workspace_uses()
     assert cublas.workspaces_reused(before, cublas.workspace_uses()) == 0

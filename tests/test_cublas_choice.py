@@ -23,9 +23,10 @@ def _fake(monkeypatch, times, cache=None):
     monkeypatch.setattr(cublas, "current_device", lambda: 0)
     monkeypatch.setattr(cublas, "empty", lambda *a, **k: SimpleNamespace(data=SimpleNamespace(ptr=7)))
     handles = {}
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",): handles.setdefault(
-        (lane, bare, types[0]), SimpleNamespace(name=("bare" if bare else "workspace", lane) + (
-            () if bare or types[0] == "f32" else (types[0],)), stream=None)))
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",), workspace=None: handles.setdefault(
+        (lane, bare, types[0], workspace), SimpleNamespace(name=("bare" if bare else "workspace", lane) + (
+            () if bare or types[0] == "f32" else (types[0],)) + (  # (a workspace not the type's default: its bytes)
+            () if bare or workspace in (None, cublas.workspace_for(types)) else (workspace,)), stream=None)))
     monkeypatch.setattr(cublas, "_gemm", lambda h, *args: calls.append((h.name, args)))
 
     def timed(call, stream):
@@ -325,7 +326,7 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
     monkeypatch.setattr(cublas, "_STORED_LT", None)
     ws = SimpleNamespace(nbytes=1 << 25, data=SimpleNamespace(ptr=11))
     handles = {}
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",): handles.setdefault(
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",), workspace=None: handles.setdefault(
         (0, lane, 0 if bare else 1 << 25), SimpleNamespace(name=("bare" if bare else "workspace", lane), stream=None,
                                                              workspace=ws)))
     monkeypatch.setattr(cublas, "_HANDLES", handles)
@@ -357,7 +358,7 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
     assert not cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
     assert listed == [(64, 1536, 512, 512, False, 512, True, 1536, TYPES, 1 << 25)]
     assert [r[0] for r in ran] == ["aa", "bb", "cc"] and all(r[1] == 7 and r[2:] == (11, 1 << 25) for r in ran)
-    key = cublas._shape_key(64, 1536, 512, 512, False, 512, True, 1536, False, TYPES)
+    key = cublas._shape_key(64, 1536, 512, 512, False, 512, True, 1536, False, TYPES, cublas.workspace_for(TYPES))
     assert cublas._LT[key].key == "bb"
     assert list(json.loads((tmp_path / cublas.LT_CHOICES).read_text()).values()) == ["bb"]
     ran.clear()
@@ -369,7 +370,8 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
     for k, t in zip(kernels, (9.5, 9.2, 9.9)):  # none under the margin: cuBLAS's way
         k.time = t
     assert not cublas.tune(16, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
-    assert cublas._LT[cublas._shape_key(16, 1536, 512, 512, False, 512, True, 1536, False, TYPES)] is None
+    assert cublas._LT[cublas._shape_key(16, 1536, 512, 512, False, 512, True, 1536, False, TYPES,
+                                        cublas.workspace_for(TYPES))] is None
 
     monkeypatch.setattr(cublas, "_LT", {})  # a later process: the stored kernel, found by its algorithm, untimed
     monkeypatch.setattr(cublas, "_STORED_LT", None)
@@ -397,7 +399,7 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
         warnings.simplefilter("error")  # (timed again silently: nothing the user can act on)
         cublas.tune(64, 1536, 512, 1, 512, False, 2, 512, True, 1536, False, TYPES, 5, 3)
     assert cublas._LT[key] is None  # (9.5 and 9.9 against 10: not under the margin)
-    assert json.loads((tmp_path / cublas.LT_CHOICES).read_text())[cublas._stored_key(3, TYPES, key)] == ""
+    assert json.loads((tmp_path / cublas.LT_CHOICES).read_text())[cublas._stored_key(3, key)] == ""
 
 
 @pytest.mark.gpu
@@ -495,3 +497,38 @@ def test_a_handle_is_made_in_relaxed_capture_mode_and_the_thread_keeps_its_own(m
     with pytest.raises(LstmdslError, match="cublasCreate failed with cuBLAS status 1"):
         cublas._Handle(0)
     assert mode == [0]
+
+
+def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch):
+    """The plan's workspace rule (plan.GemmWorkspace) by batch and type, as `--emit plan` prints it; one shape at
+    two workspace sizes (a layer at B = 1 and one at B = 16 in a process) is timed once per size, and gemm() runs
+    it on the lane's handle of its size, each the way its own timing chose."""
+    import lstmdsl
+    from lstmdsl.plan import GemmWorkspace
+    from lstmdsl.planformat import format_plan
+    from lstmdsl.program import build_program
+    from lstmdsl.schedule import Schedule
+
+    rule = GemmWorkspace()
+    assert (rule.nbytes(1, False), rule.nbytes(2, False), rule.nbytes(256, False)) == (1 << 20, 32 << 20, 32 << 20)
+    assert rule.nbytes(1, True) == rule.nbytes(256, True) == 1 << 20
+    vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
+    plan = build_program(vanilla.cell, Schedule(), "float32").plan
+    sizes = {"input": 8, "hidden": 8}
+    assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1; here 1 MiB")
+    assert format_plan(plan, sizes, 16).endswith("; here 32 MiB")
+    assert "here" not in format_plan(plan).splitlines()[-1]
+
+    times = {}
+    calls = _fake(monkeypatch, times)
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    small, full = rule.small, rule.full
+    times.update(workspace=1.0, bare=0.5)
+    assert cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3, small)
+    times.update(workspace=1.0, bare=2.0)
+    assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3, full)
+    assert ("workspace", 3, small) in {h for h, _ in calls}  # (timed on the small handle)
+    calls.clear()
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3, small)
+    cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3, full)
+    assert [h for h, _ in calls] == [("bare", 3), ("workspace", 3)]

@@ -505,25 +505,29 @@ def test_half_arrays_in_and_out_under_half_precision(options, schedule, lengths,
         np.testing.assert_allclose(gh[k], g32[k], rtol=1e-4, atol=1e-6 * float(np.abs(g32[k]).max()))
 
 
-def test_half_precision_gemms_take_a_small_cublas_workspace(monkeypatch):
-    """A bf16 / fp16 stack's GEMMs run on handles with cublas._Handle.HALF_WORKSPACE (1 MiB a lane, not 32: a
-    wavefront takes a lane per layer), forward and backward, and give what the reference gives. (Every shape
-    with a workspace, as cuBLAS runs it by default: a choice stored by an earlier process could run one bare.)"""
+def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
+    """A stack's GEMMs run on handles with the workspace plan.GemmWorkspace gives: in bf16 / fp16 the half one
+    (1 MiB a lane, not 32: a wavefront takes a lane per layer), in fp32 the small one at B = 1 and the full one
+    at B = 5, forward and backward, and give what the reference gives. (Every shape with a workspace, as cuBLAS
+    runs it by default: a choice stored by an earlier process could run one bare.)"""
+    from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublas
 
     monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
     monkeypatch.setattr(cublas, "_BARE", {})
 
     rng = np.random.default_rng(1)
-    x = cupy.asarray(rng.standard_normal((7, 5, 24)), np.float32)
-    for precision in ("bf16", "fp16"):
+    rule = GemmWorkspace()
+    for precision, B, want in (("bf16", 5, rule.half), ("fp16", 5, rule.half), ("fp32", 1, rule.small),
+                               ("fp32", 5, rule.full)):
+        x = cupy.asarray(rng.standard_normal((7, B, 24)), np.float32)
         before = cublas.workspace_uses()
         layer = lstmdsl.compile("vanilla", 24, 40, 3, backend="cuda", schedule=f"precision {precision}; no persistent")
         y, _ = layer.forward(x)
         layer.backward(cupy.ones_like(y))
         after = cublas.workspace_uses()
         used = {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
-        assert used == {cublas._Handle.HALF_WORKSPACE}, (precision, used)
+        assert used == {want}, (precision, B, used)
         ref = lstmdsl.compile("vanilla", 24, 40, 3, dtype="float64")
         ref.load_state_dict(layer.state_dict())
         want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))

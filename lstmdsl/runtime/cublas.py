@@ -16,7 +16,7 @@ import numpy as np
 
 from ..cache import cache_dir, write_bytes_atomically
 from ..errors import BackendUnavailable, LstmdslError
-from ..plan import ELEMENT_TYPES
+from ..plan import ELEMENT_TYPES, HALF_TYPES, GemmWorkspace
 from . import cublaslt
 from .device import cupy_stream, current_device, empty, relaxed_capture
 from .warmup import settle as settle_warm_up
@@ -46,18 +46,11 @@ def _load_libcublas() -> ctypes.CDLL:
 
 
 class _Handle:
-    """A cuBLAS handle on one device with a workspace of nbytes (default WORKSPACE). nbytes = 0, bare: without
-    one, so cuBLAS chooses among the kernels that need none (tune)."""
+    """A cuBLAS handle on one device with a workspace of nbytes (the plan's choice: plan.GemmWorkspace; default
+    cuBLAS's recommended size on sm_90). nbytes = 0, bare: without one, so cuBLAS chooses among the kernels that
+    need none (tune)."""
 
-    # cuBLAS's recommended size on sm_90. Half-precision GEMMs get HALF_WORKSPACE: measured on the H200 (T = 100,
-    # probes/gemm_workspace_h200.txt), 1 MiB changed a bf16 call's time by -1..+6% at 1x512 to 256x1024 (two runs) and
-    # saved 31 MiB a lane (a stack's wavefront takes a lane per layer), while tf32 training took up to 1.44x the
-    # time with 4 MiB (its weight gradients' split-K kernels use the space)
-    WORKSPACE = 32 << 20
-    HALF_WORKSPACE = 1 << 20
-
-    def __init__(self, nbytes: int | None = None):
-        nbytes = self.WORKSPACE if nbytes is None else nbytes
+    def __init__(self, nbytes: int = GemmWorkspace.full):
         self.bare = nbytes == 0
         lib = _load_libcublas()
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
@@ -93,18 +86,19 @@ class _Handle:
 
 
 _HANDLES: dict[tuple[int, int, int], _Handle] = {}  # (device, lane, workspace bytes) -> handle
-HALF_TYPES = ("bf16", "f16")
 
 
-def _workspace_bytes(bare: bool, types: tuple[str, ...]) -> int:
-    return 0 if bare else _Handle.HALF_WORKSPACE if types[0] in HALF_TYPES else _Handle.WORKSPACE
+def workspace_for(types: tuple[str, ...], workspace: int | None = None) -> int:
+    """The workspace bytes of GEMMs of `types`: `workspace` (the plan's choice, plan.GemmWorkspace), or where a
+    caller gives none the plan's rule at a large batch (their A operand's type chooses: half or full)."""
+    return GemmWorkspace().nbytes(1 << 30, types[0] in HALF_TYPES) if workspace is None else workspace
 
 
-def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",)) -> _Handle:
-    """The handle of a lane for GEMMs of `types` (their A operand's type chooses the workspace's size), or the
-    lane's bare one."""
+def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",), workspace: int | None = None) -> _Handle:
+    """The handle of a lane for GEMMs of `types` with a workspace of workspace_for(types, workspace) bytes, or
+    the lane's bare one."""
     settle_warm_up()  # (the warm-up's thread makes lane 0's bare handle: no handle is shared between two threads)
-    key = (current_device(), lane, _workspace_bytes(bare, types))
+    key = (current_device(), lane, 0 if bare else workspace_for(types, workspace))
     h = _HANDLES.get(key)
     if h is None:
         h = _HANDLES[key] = _Handle(key[2])
@@ -161,8 +155,10 @@ _BARE: dict[tuple, bool] = {}  # (device, shape, layout, types) -> run on the ba
 _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kernel it runs (None: cuBLAS's own way)
 
 
-def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types) -> tuple:
-    return (current_device(), M, N, K, lda, bool(trans_a), ldb, bool(trans_b), ldc, bool(accumulate), tuple(types))
+def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace: int) -> tuple:
+    """A shape's key in this process's choices (the last item the workspace's bytes: cuBLAS's kernels depend on it)."""
+    return (current_device(), M, N, K, lda, bool(trans_a), ldb, bool(trans_b), ldc, bool(accumulate), tuple(types),
+            workspace)
 
 
 def _time(call, stream: int) -> float:
@@ -180,37 +176,40 @@ _STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, sh
 
 
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
-         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> bool:
-    """Times gemm()'s shape with and without a workspace (into a scratch result: a and b are only read) and
+         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
+         workspace: int | None = None) -> bool:
+    """Times gemm()'s shape with and without a workspace (of workspace_for(types, workspace) bytes) (into a scratch result: a and b are only read) and
     keeps the faster for every later gemm() of that shape in this process, and in the cache directory for
     later processes on the same GPU model and cuBLAS version (gemm_choices.json: they run the same kernels
     without timing them again; delete it to time again). Returns whether it runs bare. Not while `stream`
     is being captured (the caller checks): it also makes the lane's handle for the choice here, so that no
     handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
     everywhere (the same kernels in every process whatever the cache holds)."""
-    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
+    workspace = workspace_for(types, workspace)
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     timed = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
     if key not in _BARE:
         if not timed:
             _BARE[key] = False
         else:
-            stored = _stored_key(lane, types, key)
+            stored = _stored_key(lane, key)
             if stored not in _stored_choices():
-                bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane)
+                bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
+                                    workspace)
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key], types)
+    _handle(lane, _BARE[key], types, workspace)
     if timed and key not in _LT and cublaslt.enabled():
-        _LT[key] = _lt_choice(_stored_key(lane, types, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
+        _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
     return _BARE[key]
 
 
-def _stored_key(lane: int, types: tuple[str, ...], key: tuple) -> str:
+def _stored_key(lane: int, key: tuple) -> str:
     """A shape's key in the stored choices: the GPU, cuBLAS's version and the workspace's size (cuBLAS's choice of
     kernel depends on it) with the shape."""
-    return repr((_identity(lane), _workspace_bytes(False, types)) + key[1:])
+    return repr((_identity(lane), key[-1]) + key[1:-1])
 
 
 _IDENTITY: dict[int, tuple[str, int]] = {}  # device -> _identity
@@ -278,7 +277,7 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
     times, at the tuned addresses, and stored). The kernels' descriptors are made here, outside any capture. A
     failure anywhere keeps cuBLAS's own way, with a warning."""
     global _STORED_LT
-    h = _handle(lane, False, types)
+    h = _handle(lane, False, types, key[-1])
     try:
         cublaslt.load(_load_libcublas()._name)
     except LstmdslError as e:
@@ -299,7 +298,7 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
         if found is not None:
             return found  # (else the heuristic lists other kernels here, e.g. for other alignments: timed again)
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    own = _handle(lane, _BARE[key], types)
+    own = _handle(lane, _BARE[key], types, key[-1])
     scalars, device = _SCALARS[types[3]], current_device()
     kernels = [k for k in kernels if k.fits(a, b, scratch.data.ptr)]
     times = []
@@ -324,9 +323,10 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
     return chosen
 
 
-def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane) -> bool | None:
+def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
+                 workspace: int) -> bool | None:
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    handles = [_handle(lane, False, types), _handle(lane, True)]  # (made before the captures that time them)
+    handles = [_handle(lane, False, types, workspace), _handle(lane, True)]  # (made before the captures that time them)
     try:
         times = [_time(lambda side, h=h: _gemm(h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
                                                 accumulate, types, side), stream) for h in handles]
@@ -361,16 +361,18 @@ def lane(stream: int, part: int = 0) -> int:
 
 
 def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int, ldc: int,
-         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0) -> None:
+         accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
+         workspace: int | None = None) -> None:
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
     cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
-    captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it). The
-    shape runs without a workspace where tune() found that faster."""
-    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types)
+    captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it), of
+    workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster."""
+    workspace = workspace_for(types, workspace)
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     kernel = _LT.get(key)
     if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel tune chose, on the lane's workspace
-        h = _handle(lane, False, types)  # (made here if new, inside someone's capture too: _Handle)
+        h = _handle(lane, False, types, workspace)  # (made here if new, inside someone's capture too: _Handle)
         try:
             cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
                          h.workspace.nbytes, stream)
@@ -379,7 +381,7 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
             _LT[key] = None
-    _gemm(_handle(lane, _BARE.get(key, False), types), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
+    _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
           types, stream)
 
 
@@ -397,10 +399,10 @@ def _gemm(h: _Handle, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b
 
 def gemm_batched(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
                  ldc: int, accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int,
-                 count: int, strides: tuple[int, int, int]) -> None:
+                 count: int, strides: tuple[int, int, int], workspace: int | None = None) -> None:
     """`count` GEMMs as gemm() computes one, the i-th on A + i * strides[0], B + i * strides[1] and
     C + i * strides[2] (strides in elements): the blocks of a block-diagonal matrix."""
-    h = _handle(lane, False, types)
+    h = _handle(lane, False, types, workspace)
     h.set_stream(stream)
     a_type, b_type, c_type, compute = types
     one, zero = _SCALARS[compute]

@@ -8,7 +8,7 @@ import copy
 import math
 
 from ..errors import LstmdslError
-from ..plan import ELEMENT_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
+from ..plan import ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
 from . import convert, cublas, device
 from .fanout import Fan
 from .persistent import PersistentRun
@@ -138,7 +138,11 @@ class Issue:
     def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
         M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0, rows)
         cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane)
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c))
+
+    def workspace(self, c: GemmCall) -> int:
+        """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch: plan.GemmWorkspace)."""
+        return self.plan.gemm_workspace.nbytes(self.ws.B, c.a_type in HALF_TYPES)
 
     def lanes(self, name: str) -> dict[int, int]:
         """The cuBLAS lane of each GEMM of the loop's body that runs beside others (by its index)."""
@@ -153,11 +157,11 @@ class Issue:
         types = (c.a_type, c.b_type, c.c_type, c.compute)
         if c.heads is None:
             cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
-                        self.lane)
+                        self.lane, self.workspace(c))
             return
         strides = tuple(math.prod(s if isinstance(s, int) else ws.env[s] for s in stride) for stride in c.strides)
         cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
-                            self.stream, self.lane, ws.env[c.heads], strides)
+                            self.stream, self.lane, ws.env[c.heads], strides, self.workspace(c))
 
     def copy(self, op: Copy, t: int, rows: int) -> None:
         ws = self.ws

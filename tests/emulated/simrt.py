@@ -141,9 +141,13 @@ def recorded(fn):
 ITEM = {"f32": 4, "f64": 8, "bf16": 2, "f16": 2}
 
 
+WORKSPACES = set()  # (A's type, the cuBLAS workspace's bytes) of every GEMM run (Issue.workspace: the plan's)
+
+
 @recorded
-def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0):
+def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0, workspace=None):
     a_t, b_t, c_t, compute = types
+    WORKSPACES.add((a_t, workspace))
     assert a_t == b_t, f"cuBLAS multiplies operands of one type, got {a_t} and {b_t}"
     A = load(a, K, M, lda, a_t).T if ta else load(a, M, K, lda, a_t)
     Bm = load(b, N, K, ldb, b_t).T if tb else load(b, K, N, ldb, b_t)
@@ -151,11 +155,11 @@ def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0):
 
 
 @recorded
-def gemm_batched(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane, count, strides):
+def gemm_batched(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane, count, strides, workspace=None):
     items = [ITEM[t] for t in types[:3]]
     for i in range(count):
         gemm.__wrapped__(M, N, K, a + i * strides[0] * items[0], lda, ta, b + i * strides[1] * items[1], ldb, tb,
-                         c + i * strides[2] * items[2], ldc, acc, types, stream, lane)
+                         c + i * strides[2] * items[2], ldc, acc, types, stream, lane, workspace)
 
 
 @recorded
@@ -472,7 +476,8 @@ cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream, part=0: stream
 cublas.current_device = lambda: 0
 cublas._time = lambda call, stream: 1.0  # (no GPU: both ways take the same time, the workspace is kept)
-cublas._handle = lambda lane, bare=False, gemm_types=("f32",): types.SimpleNamespace(stream=None, bare=bare)
+cublas._handle = lambda lane, bare=False, gemm_types=("f32",), workspace=None: types.SimpleNamespace(stream=None,
+                                                                                                    bare=bare)
 cublas._identity = lambda lane: ("emulated", 0)
 cublas._store = lambda key, bare: None  # (the choices stay in this process: nothing written to the cache)
 # a kernel compiled for one shape (runtime/specialise.py): the "module" is its source, which the launch checks
