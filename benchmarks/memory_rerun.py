@@ -4,7 +4,7 @@ competitors it has, one timed call each (memory does not depend on the repeats).
 (bench.py's docstring: the torch competitors' figures had held torch's memory from before the case, the harness's
 tensors and the previous call's gradients).
 
-    python3 benchmarks/memory_rerun.py grid_full_bf16 [--modes train forward] [--update-results]
+    python3 benchmarks/memory_rerun.py grid_full_bf16 [--modes train forward] [--batches 1 16] [--update-results]
 
 Writes benchmarks/out/NAME.json (--out DIR: DIR/NAME.json; --update-results: benchmarks/results/NAME.json) after
 every row, so a run cut short keeps what it measured and a second run goes on from there: it reads that file where
@@ -49,6 +49,7 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["train", "forward"], choices=("train", "forward"))
     ap.add_argument("--update-results", action="store_true", help="write into benchmarks/results")
     ap.add_argument("--out", type=Path, help="write into this folder (default benchmarks/out)")
+    ap.add_argument("--batches", nargs="+", type=int, help="only the rows at these batch sizes")
     ap.add_argument("--again", action="store_true", help="also the rows this harness measured already")
     ap.add_argument("--resume", action="store_true", help="with --again: not the rows that the --out file's own run "
                     "measured (a run cut off goes on)")
@@ -72,7 +73,7 @@ def main() -> int:
         run_id = data["meta"].get("memory", {}).get("run") if args.resume else None
         meta["run"] = run_id = run_id or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for i, row in enumerate(data["rows"]):
-            if row["mode"] not in args.modes:
+            if row["mode"] not in args.modes or args.batches and row["batch"] not in args.batches:
                 continue
             if not wanted(row, args.again, run_id):
                 skipped += 1

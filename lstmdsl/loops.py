@@ -176,9 +176,9 @@ class GemmWorkspace:
     training took 1.44x the time with 4 MiB at B = 16, H = 256, 4 layers; 1.18-1.20x at 64 x 512);
     `half` for half-precision GEMMs (1 MiB changed a bf16 call's time by -1..+6% from 1 x 512 to 256 x 1024);
     `small` at B <= small_batch, where the step loop's latency is the time and a GEMM over all T * B rows is a few
-    microseconds of it (1 x 256, 4 layers: 1.03x the training time with 1 MiB lanes in fp32 and tf32; 1 x 512, one
-    layer: 1.035x the forward's in tf32) while 32 MiB was most of the memory (benchmarks/results/probes/
-    gemm_workspace_h200.txt)."""
+    microseconds of it: 1 MiB took 0.98-1.07x the GPU time at seven B = 1 shapes in fp32 and tf32 and put their
+    memory under cuDNN's (1 x 256, one layer: 6 MiB, with 32 MiB 37, cuDNN 15), while at B = 4 it took 1.18-1.56x
+    (on an H100: benchmarks/results/probes/gemm_workspace_h100_batch.txt)."""
 
     full: int = 32 << 20
     half: int = 1 << 20
