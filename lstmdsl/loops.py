@@ -1,7 +1,8 @@
 """The plan's ways to run a loop other than step by step: the persistent schedule (Persistent: all steps as
 one launch that keeps the weights on chip) and the layer wavefront (Wavefront: a stack's layers overlapped
-chunk by chunk), each with its cost model, which the runtime evaluates once the sizes are bound. Part of the
-Plan (plan.Loop.persistent, Plan.wavefront; plan.py re-exports both)."""
+chunk by chunk), each with its cost model, which the runtime evaluates once the sizes are bound; and the cuBLAS
+workspace its GEMMs take (GemmWorkspace), a cost model by batch too. Part of the Plan (plan.Loop.persistent,
+Plan.wavefront, Plan.gemm_workspace; plan.py re-exports them)."""
 
 from __future__ import annotations
 

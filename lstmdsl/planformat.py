@@ -236,12 +236,17 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None, batch: int | No
 
 
 def workspace_text(plan: Plan, batch: int | None = None) -> str:
-    """The cuBLAS workspace rule (Plan.gemm_workspace), and at a known batch what the GEMMs take."""
+    """The cuBLAS workspace rule (Plan.gemm_workspace), and at a known batch what the GEMMs take (by their A
+    operand's type, as the runtime chooses: a half-precision plan's float32 GEMMs, e.g. vector gradients, too)."""
     w, mib = plan.gemm_workspace, lambda n: f"{n / (1 << 20):g} MiB"
-    half = plan.operand_type in HALF_TYPES
     text = (f"cuBLAS workspace, a lane (a stack's wavefront: a lane a layer): {mib(w.half)} for half-precision GEMMs, "
             f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch}")
-    return text + (f"; here {mib(w.nbytes(batch, half))}" if batch is not None else "")
+    if batch is None:
+        return text
+    kinds = sorted({c.a_type in HALF_TYPES for phase in (plan.forward, plan.backward) for _, op in phase.ops()
+                    if (c := getattr(op, "call", None)) is not None}, reverse=True)
+    return text + "; here " + ", ".join(mib(w.nbytes(batch, half)) + (f" ({'half-precision' if half else 'float32'} "
+                                        "GEMMs)" if len(kinds) > 1 else "") for half in kinds)
 
 
 def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],

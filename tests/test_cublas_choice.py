@@ -518,6 +518,9 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1; here 1 MiB")
     assert format_plan(plan, sizes, 16).endswith("; here 32 MiB")
     assert "here" not in format_plan(plan).splitlines()[-1]
+    peephole = lstmdsl.parse(lstmdsl.resources.shipped_specs()["peephole"].read_text())  # (float32 vector gradients)
+    half = build_program(peephole.cell, Schedule(precision="bf16"), "float32").plan
+    assert format_plan(half, sizes, 16).endswith("here 1 MiB (half-precision GEMMs), 32 MiB (float32 GEMMs)")
 
     times = {}
     calls = _fake(monkeypatch, times)
@@ -528,6 +531,9 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     times.update(workspace=1.0, bare=2.0)
     assert not cublas.tune(16, 512, 128, 1, 128, False, 2, 128, True, 512, False, TYPES, 5, 3, full)
     assert ("workspace", 3, small) in {h for h, _ in calls}  # (timed on the small handle)
+    # the stored choices' keys, one a size, in the format they had before the plan chose the sizes
+    shape = (16, 512, 128, 128, False, 128, True, 512, False, TYPES)
+    assert set(cublas._stored_choices()) == {repr((("NVIDIA H200", 130200), n) + shape) for n in (small, full)}
     calls.clear()
     cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3, small)
     cublas.gemm(16, 512, 128, 1, 128, False, 2, 128, True, 9, 512, False, TYPES, 5, 3, full)

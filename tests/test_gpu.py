@@ -530,8 +530,8 @@ def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
         assert used == {want}, (precision, B, used)
         ref = lstmdsl.compile("vanilla", 24, 40, 3, dtype="float64")
         ref.load_state_dict(layer.state_dict())
-        want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
-        assert np.linalg.norm(cupy.asnumpy(y) - want) / np.linalg.norm(want) < 2e-2
+        expect, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
+        assert np.linalg.norm(cupy.asnumpy(y) - expect) / np.linalg.norm(expect) < 2e-2
 
 
 def _phase_runs(layer, phase: str) -> list:

@@ -50,7 +50,7 @@ class _Handle:
     cuBLAS's recommended size on sm_90). nbytes = 0, bare: without one, so cuBLAS chooses among the kernels that
     need none (tune)."""
 
-    def __init__(self, nbytes: int = GemmWorkspace.full):
+    def __init__(self, nbytes: int = GemmWorkspace().full):
         self.bare = nbytes == 0
         lib = _load_libcublas()
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
@@ -148,7 +148,7 @@ def warm(device: int) -> None:
 # began first, or it is large) runs with the workspace, as cuBLAS would by default.
 TUNE_MAX_WORK = 1 << 28  # multiply-adds: larger GEMMs keep the workspace untimed (their kernels were the same)
 TUNE_MARGIN = 0.9  # the bare handle must take less than this fraction of the other's time to be chosen
-_BARE: dict[tuple, bool] = {}  # (device, shape, layout, types) -> run on the bare handle
+_BARE: dict[tuple, bool] = {}  # (device, shape, layout, types, workspace bytes) -> run on the bare handle
 # Where LSTMDSL_GEMM_LT=1, tune also times cuBLASLt's first kernels for the shape (runtime/cublaslt.py) against the
 # way it chose, and gemm() runs one that takes less than TUNE_MARGIN of that time (not the default: measured on an
 # H100 only, where it moved FGR's fp32 forward alone, 0.90x; benchmarks/probe_cublaslt.py compares the kernels)
@@ -178,8 +178,8 @@ _STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, sh
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
          workspace: int | None = None) -> bool:
-    """Times gemm()'s shape with and without a workspace (of workspace_for(types, workspace) bytes) (into a scratch result: a and b are only read) and
-    keeps the faster for every later gemm() of that shape in this process, and in the cache directory for
+    """Times gemm()'s shape with and without a workspace of workspace_for(types, workspace) bytes (into a scratch
+    result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and in the cache directory for
     later processes on the same GPU model and cuBLAS version (gemm_choices.json: they run the same kernels
     without timing them again; delete it to time again). Returns whether it runs bare. Not while `stream`
     is being captured (the caller checks): it also makes the lane's handle for the choice here, so that no
@@ -342,7 +342,7 @@ def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, typ
 
 _LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # the most parts one call spreads over streams of its own (a wavefront's layers)
-LANES = 64  # lanes per device (each up to three handles: bare, fp32, half; made on first use) before they are shared
+LANES = 64  # lanes per device (each a handle per workspace size: bare, 1 and 32 MiB; made on first use) before shared
 
 
 def lane(stream: int, part: int = 0) -> int:
