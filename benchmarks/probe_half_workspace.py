@@ -23,7 +23,8 @@ ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
                          "train:64x512x100x4", "forward:64x512x100x4", "train:256x512x100x4", "train:256x1024x100x1",
                          "train:16x256x100x4", "forward:1x512x100x1"])
 ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes")
-ap.add_argument("--full", action="store_true", help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
+ap.add_argument("--full", action="store_true",
+                help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
 ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=7)
 args = ap.parse_args()

@@ -230,9 +230,15 @@ def format_plan(plan: Plan, sizes: dict[str, int] | None = None, batch: int | No
                      f"of inference C, where those would take {c.min_bytes >> 20} MiB or more over all steps and the "
                      "layer runs the stepwise loop" + (" (a persistent kernel reads every step's)" if
                                                       plan.forward.loop.persistent is not None else ""))
-    if any(getattr(op, "call", None) is not None for phase in (plan.forward, plan.backward) for _, op in phase.ops()):
-        lines.append(workspace_text(plan, batch))
+    lines += [workspace_text(plan, batch)] if _gemm_kinds(plan) else []
     return "\n".join(lines)
+
+
+def _gemm_kinds(plan: Plan) -> list[bool]:
+    """Whether each kind of GEMM the plan has takes half-precision operands (True first): [], [True], [False] or
+    [True, False]."""
+    return sorted({c.a_type in HALF_TYPES for phase in (plan.forward, plan.backward) for _, op in phase.ops()
+                   if (c := getattr(op, "call", None)) is not None}, reverse=True)
 
 
 def workspace_text(plan: Plan, batch: int | None = None) -> str:
@@ -243,10 +249,9 @@ def workspace_text(plan: Plan, batch: int | None = None) -> str:
             f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch}")
     if batch is None:
         return text
-    kinds = sorted({c.a_type in HALF_TYPES for phase in (plan.forward, plan.backward) for _, op in phase.ops()
-                    if (c := getattr(op, "call", None)) is not None}, reverse=True)
-    return text + "; here " + ", ".join(mib(w.nbytes(batch, half)) + (f" ({'half-precision' if half else 'float32'} "
-                                        "GEMMs)" if len(kinds) > 1 else "") for half in kinds)
+    kinds = _gemm_kinds(plan)
+    sizes = [mib(w.nbytes(batch, half)) + (" (half-precision GEMMs)" if half else " (float32 GEMMs)") for half in kinds]
+    return text + "; here " + (", ".join(sizes) if len(kinds) > 1 else mib(w.nbytes(batch, kinds[0])))
 
 
 def traffic_per_step(plan: Plan, kernels: dict[str, KernelDesc], sizes: dict[str, int],

@@ -518,6 +518,7 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1; here 1 MiB")
     assert format_plan(plan, sizes, 16).endswith("; here 32 MiB")
     assert "here" not in format_plan(plan).splitlines()[-1]
+    assert format_plan(plan).splitlines()[-1].startswith("cuBLAS workspace, a lane")  # (the rule without a batch)
     peephole = lstmdsl.parse(lstmdsl.resources.shipped_specs()["peephole"].read_text())  # (float32 vector gradients)
     half = build_program(peephole.cell, Schedule(precision="bf16"), "float32").plan
     assert format_plan(half, sizes, 16).endswith("here 1 MiB (half-precision GEMMs), 32 MiB (float32 GEMMs)")

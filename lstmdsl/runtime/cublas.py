@@ -91,7 +91,9 @@ _HANDLES: dict[tuple[int, int, int], _Handle] = {}  # (device, lane, workspace b
 def workspace_for(types: tuple[str, ...], workspace: int | None = None) -> int:
     """The workspace bytes of GEMMs of `types`: `workspace` (the plan's choice, plan.GemmWorkspace), or where a
     caller gives none the plan's rule at a large batch (their A operand's type chooses: half or full)."""
-    return GemmWorkspace().nbytes(1 << 30, types[0] in HALF_TYPES) if workspace is None else workspace
+    if workspace is not None:
+        return workspace
+    return GemmWorkspace().half if types[0] in HALF_TYPES else GemmWorkspace().full
 
 
 def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",), workspace: int | None = None) -> _Handle:
@@ -179,11 +181,11 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
          workspace: int | None = None) -> bool:
     """Times gemm()'s shape with and without a workspace of workspace_for(types, workspace) bytes (into a scratch
-    result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and in the cache directory for
-    later processes on the same GPU model and cuBLAS version (gemm_choices.json: they run the same kernels
-    without timing them again; delete it to time again). Returns whether it runs bare. Not while `stream`
-    is being captured (the caller checks): it also makes the lane's handle for the choice here, so that no
-    handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
+    result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and
+    in the cache directory for later processes on the same GPU model and cuBLAS version (gemm_choices.json: they
+    run the same kernels without timing them again; delete it to time again). Returns whether it runs bare. Not
+    while `stream` is being captured (the caller checks): it also makes the lane's handle for the choice here, so
+    that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
     everywhere (the same kernels in every process whatever the cache holds)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
@@ -381,8 +383,8 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
             _LT[key] = None
-    _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate,
-          types, stream)
+    _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc,
+          accumulate, types, stream)
 
 
 def _gemm(h: _Handle, M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int,
