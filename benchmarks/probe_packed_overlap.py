@@ -1,0 +1,93 @@
+"""Why a packed forward of the torch module with its two directions at once (the side stream) took longer than the
+same forward with the directions one after the other (bidirectional_fp32_h200.md, B = 16, H = 256: packed 2.47 ms
+overlapped against 2.18 serial, while padded and pre-packed gain from the overlap): each of padded, packed
+(torch's packing included) and pre-packed, overlapped and serial, timed three ways (the event time a caller
+sees, the GPU's time alone, the host's time to issue the call), then for padded and pre-packed calls the host's
+Python time by function (cProfile) and, with --traces, torch.profiler's chrome trace of one call. 2-layer
+bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in [T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
+
+    python3 benchmarks/probe_packed_overlap.py [--shape B H] [--train] [--traces DIR]
+"""
+import argparse
+import cProfile
+import os
+import pstats
+
+import torch
+
+from bidirectional import packed_case
+from lstmdsl.timing import time_gpu, time_gpu_only
+from probe_packed_host import host_ms
+
+
+def timeline(fn, trace: str | None) -> None:
+    """One call's torch.profiler trace (host and GPU) written to `trace` (a chrome trace, read with
+    scratch-side tools or chrome://tracing), and the host's Python time of 10 calls by function (cProfile)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    if trace:
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            fn()
+            torch.cuda.synchronize()
+        prof.export_chrome_trace(trace)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(10):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=2, default=(16, 256), metavar=("B", "H"))
+    ap.add_argument("--train", action="store_true", help="the training step's timeline too")
+    ap.add_argument("--traces", help="a folder for the chrome traces of one call each")
+    args = ap.parse_args()
+    B, H = args.shape
+    T = 100
+    _, ours, x, lengths, pre = packed_case(B, H, T, 2, False)
+    calls = {}
+    for batch in ("padded", "packed", "pre-packed"):
+        def inputs(batch=batch):
+            if batch == "padded":
+                return x
+            if batch == "pre-packed":
+                return pre
+            return torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+
+        for overlap in (True, False):
+            def fwd(inputs=inputs, overlap=overlap):
+                ours.overlap_directions = overlap
+                with torch.no_grad():
+                    ours(inputs())
+
+            def train(inputs=inputs, overlap=overlap):
+                ours.overlap_directions = overlap
+                ours.zero_grad(set_to_none=True)
+                x.grad = pre.data.grad = None
+                y, _ = ours(inputs())
+                (y.data if isinstance(y, torch.nn.utils.rnn.PackedSequence) else y).sum().backward()
+            ours.eval()
+            f = (time_gpu(fwd, 20, 3)["ms"], time_gpu_only(fwd, 20, 3)["gpu_ms"], host_ms(fwd))
+            ours.train()
+            t = (time_gpu(train, 20, 3)["ms"], time_gpu_only(train, 20, 3)["gpu_ms"], host_ms(train))
+            name = f"{batch} {'overlapped' if overlap else 'serial'}"
+            calls[name] = (fwd, train)
+            print(f"B={B} H={H} {name:22s} fwd event {f[0]:.3f} gpu {f[1]:.3f} host {f[2]:.3f} | "
+                  f"train event {t[0]:.3f} gpu {t[1]:.3f} host {t[2]:.3f}", flush=True)
+    for name in ("padded overlapped", "pre-packed overlapped", "pre-packed serial"):
+        for mode, fn in zip(("forward", "train"), calls[name]):
+            if mode == "train" and not args.train:
+                continue
+            ours.train(mode == "train")
+            print(f"\none {name} {mode} call: host Python time of 10 calls", flush=True)
+            trace = os.path.join(args.traces, f"{name.replace(' ', '_')}_{mode}.json") if args.traces else None
+            timeline(fn, trace)
+
+
+if __name__ == "__main__":
+    main()
