@@ -20,6 +20,26 @@ from lstmdsl.timing import time_gpu, time_gpu_only
 from probe_packed_host import host_ms
 
 
+def _counted(fn) -> tuple[int, int]:
+    """(the runtime's CUDA-graph captures, torch's cudaMalloc calls) over 10 calls of fn."""
+    from lstmdsl.runtime import device
+
+    init, n = device.Graph.__init__, [0]
+
+    def counting(self, *a, **k):
+        n[0] += 1
+        init(self, *a, **k)
+    device.Graph.__init__ = counting
+    before = torch.cuda.memory_stats().get("num_device_alloc", 0)
+    try:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+    finally:
+        device.Graph.__init__ = init
+    return n[0], torch.cuda.memory_stats().get("num_device_alloc", 0) - before
+
+
 def timeline(fn, trace: str | None) -> None:
     """One call's torch.profiler trace (host and GPU) written to `trace` (a chrome trace, read with
     scratch-side tools or chrome://tracing), and the host's Python time of 10 calls by function (cProfile)."""
@@ -32,6 +52,8 @@ def timeline(fn, trace: str | None) -> None:
             fn()
             torch.cuda.synchronize()
         prof.export_chrome_trace(trace)
+    captures, allocs = _counted(fn)
+    print(f"  over 10 calls: {captures} CUDA-graph captures by the runtime, {allocs} cudaMalloc by torch's allocator")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(10):
