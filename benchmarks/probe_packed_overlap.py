@@ -1,10 +1,11 @@
-"""Why a packed forward of the torch module with its two directions at once (the side stream) took longer than the
-same forward with the directions one after the other (bidirectional_fp32_h200.md, B = 16, H = 256: packed 2.47 ms
-overlapped against 2.18 serial, while padded and pre-packed gain from the overlap): each of padded, packed
-(torch's packing included) and pre-packed, overlapped and serial, timed three ways (the event time a caller
-sees, the GPU's time alone, the host's time to issue the call), then for padded and pre-packed calls the host's
-Python time by function (cProfile) and, with --traces, torch.profiler's chrome trace of one call. 2-layer
-bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in [T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
+"""Why the torch module's packed batch stays about 1.3x its padded one at B = 16, H = 256 with its two directions side
+by side (the side stream), and why the two gain less from it by the call than in GPU time (first asked when
+bidirectional_fp32_h200.md of 2026-12-04 had the packed forward slower side by side, 2.47 ms, than serial, 2.18):
+each of padded, packed (torch's packing included) and pre-packed, overlapped and serial, timed three ways (the event
+time a caller sees, the GPU's time alone, the host's time to issue the call), then for padded and pre-packed calls
+the host's Python time by function (cProfile) and, with --traces, torch.profiler's chrome trace of one call. 2-layer
+bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in [T/2, T] (one of them T),
+lstmdsl.torch.from_torch(cuDNN's). GPU only.
 
     python3 benchmarks/probe_packed_overlap.py [--shape B H] [--train] [--traces DIR]
 """
@@ -71,6 +72,8 @@ def main():
     args = ap.parse_args()
     B, H = args.shape
     T = 100
+    if args.traces:
+        os.makedirs(args.traces, exist_ok=True)
     _, ours, x, lengths, pre = packed_case(B, H, T, 2, False)
     calls = {}
     for batch in ("padded", "packed", "pre-packed"):
