@@ -934,6 +934,50 @@ def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(
         assert_close(b_grads, a_grads, 1e-4)
 
 
+@pytest.mark.parametrize("kind", [torch.nn.LSTM, torch.nn.GRU])
+def test_a_layers_directions_issued_together_compute_what_they_compute_apart(kind, monkeypatch):
+    """pair.py: a bidirectional layer's two directions in one autograd node (on CUDA, issued together on two
+    streams) against the two run apart, on the CPU reference (where the node runs them one after the other):
+    packed input, given initial states, dropout between layers, a loss that reaches only some final states, the
+    forward without gradients; outputs, final states and every gradient."""
+    from lstmdsl.torch import pair
+
+    torch.manual_seed(3)
+    ref = kind(4, 6, 3, bidirectional=True, dropout=0.3, dtype=torch.float64)
+    x0 = torch.randn(5, 3, 4, dtype=torch.float64)
+    states = [torch.randn(6, 3, 6, dtype=torch.float64) for _ in range(2 if kind is torch.nn.LSTM else 1)]
+    issued = []
+    monkeypatch.setattr(pair, "_issue", lambda *a, f=pair._issue: issued.append(1) or f(*a))
+    got = []
+    for together in (False, True):
+        m = lt.from_torch(ref)
+        monkeypatch.setattr(m, "_overlap", lambda x, together=together: together)
+        x = x0.clone().requires_grad_()
+        hx = [h.clone().requires_grad_() for h in states]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2, 4]), enforce_sorted=False)
+        torch.manual_seed(7)  # (the same dropout masks)
+        out, hn = m(packed, tuple(hx) if len(hx) > 1 else hx[0])
+        hn = as_tuple(hn)
+        loss = (out.data * torch.linspace(-1, 1, out.data.numel(), dtype=out.data.dtype).view_as(out.data)).sum() \
+            + hn[0][1:4].sum()
+        grads = torch.autograd.grad(loss, [x, *hx, *m.parameters()])
+        m.eval()
+        with torch.no_grad():
+            plain = m(packed, tuple(hx) if len(hx) > 1 else hx[0])[0].data
+        got.append([out.data, *hn, *grads, plain])
+    assert len(issued) == 2 * 3  # the training forward's three layers and the evaluation's, together
+    assert_close(got[1], got[0], 1e-12)
+
+
+def test_the_directions_issued_together_say_there_is_no_second_derivative(monkeypatch):
+    m = lt.LSTM(3, 4, 1, bidirectional=True, dtype=torch.float64)
+    monkeypatch.setattr(m, "_overlap", lambda x: True)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    g, = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(UsageError, match="no second derivative"):
+        g.sum().backward()
+
+
 @gpu
 @pytest.mark.gpu
 def test_dropconnect_on_the_gpu_replays_its_graphs_and_matches_the_reference():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 
@@ -20,10 +19,10 @@ from .names import torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
+from .pair import run_pair
 from .weights import CopyInto
 
 _WARNED_CPU = []
-_SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
 
 
 def _bool(name: str, v) -> bool:  # (as nn.LSTM takes flags: 1 and 0 too, nn.LSTM(bidirectional=1) runs)
@@ -317,28 +316,6 @@ class RNN(nn.Module):
             raise UsageError(f"{n} has shape {list(t.shape)}; this module's {n} is {list(want)}")
         return out
 
-    def _pair(self, calls: list[tuple[list[torch.Tensor], object]]) -> list[list[torch.Tensor]]:
-        """The two directions of a layer at once: calls [(inputs, run)] for d = 0 and 1. A side stream waits
-        for the work issued so far (the inputs and masks are ready), run() of d = 0 is issued on the current
-        stream and run() of d = 1 on the side stream, and the current stream then waits for the side one; the
-        caching allocator is told which stream uses which tensor. Autograd runs each backward on its forward's
-        stream, so the backward overlaps the same way."""
-        device = calls[0][0][0].device
-        main = torch.cuda.current_stream(device)
-        if device not in _SIDE_STREAMS:
-            _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-        side = _SIDE_STREAMS[device]
-        side.wait_stream(main)
-        first = calls[0][1]()
-        with torch.cuda.stream(side):
-            second = calls[1][1]()
-        main.wait_stream(side)
-        for t in calls[1][0]:
-            t.record_stream(side)
-        for t in second:
-            t.record_stream(main)
-        return [first, second]
-
     def _noise(self, runner: Runner, x: torch.Tensor) -> list[torch.Tensor]:
         """The masks of the spec's regularisers (dropout(...), zoneout(...)) for each layer of a runner: drawn
         from torch's generator in training mode (module.train()), their expectations in evaluation."""
@@ -376,6 +353,12 @@ class RNN(nn.Module):
                 out[k * n + i] = masked
         return out
 
+    def _overlap(self, x: torch.Tensor) -> bool:
+        """Whether a bidirectional layer's two directions are issued together on two streams (pair.py): in eager
+        calls on CUDA with overlap_directions on, outside a CUDA-graph capture."""
+        return x.is_cuda and self.overlap_directions and not torch.compiler.is_compiling() and \
+            not torch.cuda.is_current_stream_capturing()
+
     def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
         groups = [(runner, members, self._connect(runner, self._checked(runner, names))) for runner, members, names in self._groups]
@@ -390,18 +373,18 @@ class RNN(nn.Module):
         # the engines its warm-up calls made: no workspace is allocated while capturing); under torch.compile or
         # with overlap_directions off, the serial ones (every multiprocessor)
         eager = self.overlap_directions and not torch.compiler.is_compiling()
-        overlap = D == 2 and x.is_cuda and eager and not torch.cuda.is_current_stream_capturing()
+        overlap = D == 2 and self._overlap(x)
         layer_in = x
         for k in range(self.num_layers):
-            calls = []
+            units = []
             for runner, members, tensors in groups[k * D:(k + 1) * D]:
                 (_, d), = members
                 h0 = [s[k * D + d:k * D + d + 1] for s in states]
                 unit_steps = steps + self._noise(runner, layer_in)  # drawn on this stream, before any fork
-                handle = runner.handle if eager else runner.serial_handle
-                calls.append(([layer_in, *h0, *tensors, *unit_steps],
-                              functools.partial(run_forward, layer_in, h0, tensors, handle, train, unit_steps)))
-            outs = self._pair(calls) if overlap else [run() for _, run in calls]
+                units.append((h0, tensors, unit_steps, runner.handle if eager else runner.serial_handle))
+            outs = run_pair(layer_in, units, train) if overlap else [
+                run_forward(layer_in, h0, tensors, handle, train, unit_steps)
+                for h0, tensors, unit_steps, handle in units]
             for d, out in enumerate(outs):
                 for j, f in enumerate(out[1:]):
                     finals[j][k * D + d] = f

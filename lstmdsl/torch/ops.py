@@ -238,8 +238,10 @@ def _step_pointers(r: Runner, steps: list[Tensor]) -> tuple[bool, dict]:
 
 
 def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
-                 train: bool) -> list[Tensor]:
-    """[y, *hn]: the stack forward on x and the initial states (see the module docstring)."""
+                 train: bool, issued=None) -> list[Tensor]:
+    """[y, *hn]: the stack forward on x and the initial states (see the module docstring). issued: called once
+    the first layer's work is issued on the GPU, before the outputs are allocated and copied out (pair.py issues
+    the other direction there)."""
     r = runner(handle)
     dtype = check_inputs(r, x, h0, params, steps)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
@@ -254,6 +256,8 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     out: list[Tensor] = []
 
     def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
+        if issued is not None:
+            issued()
         out.append(x.new_empty((T, B, r.output_size)))
         out.extend(x.new_empty(shape, dtype=value_type(x)) for shape in r.state_shapes(B))
         return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
