@@ -1,11 +1,12 @@
 """Why the torch module's packed batch stays about 1.3x its padded one at B = 16, H = 256 with its two directions side
 by side (the side stream), and why the two gain less from it by the call than in GPU time (first asked when
 bidirectional_fp32_h200.md of 2026-12-04 had the packed forward slower side by side, 2.47 ms, than serial, 2.18):
-each of padded, packed (torch's packing included) and pre-packed, overlapped and serial, timed three ways (the event
-time a caller sees, the GPU's time alone, the host's time to issue the call), then for padded and pre-packed calls
-the host's Python time by function (cProfile) and, with --traces, torch.profiler's chrome trace of one call. 2-layer
-bidirectional vanilla LSTM, I = H, T = 100, strict fp32, lengths uniform in [T/2, T] (one of them T),
-lstmdsl.torch.from_torch(cuDNN's). GPU only.
+each of padded, packed (torch's packing included) and pre-packed, with the directions issued together (pair.py, the
+module's own), apart (each direction's whole op in turn on two streams, as before pair.py) and one after the other
+on one stream (serial), timed three ways (the event time a caller sees, the GPU's time alone, the host's time to
+issue the call), then for padded and pre-packed calls the host's Python time by function (cProfile) and, with
+--traces, torch.profiler's chrome trace of one call. 2-layer bidirectional vanilla LSTM, I = H, T = 100, strict
+fp32, lengths uniform in [T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
 
     python3 benchmarks/probe_packed_overlap.py [--shape B H] [--train] [--traces DIR]
 """
@@ -19,6 +20,28 @@ import torch
 from bidirectional import packed_case
 from lstmdsl.timing import time_gpu, time_gpu_only
 from probe_packed_host import host_ms
+
+
+def _apart(x, units, train):
+    """A layer's two directions as the module issued them before pair.py (2026-12-07): the forward direction's
+    whole op on the current stream, then the reverse direction's whole op on the side stream."""
+    from lstmdsl.torch import ops, pair
+
+    main, side = pair._fork(x)
+    (h0, params, steps, handle), (h0_r, params_r, steps_r, handle_r) = units
+    first = ops.forward(x, h0, params, handle, train, steps)
+    with torch.cuda.stream(side):
+        second = ops.forward(x, h0_r, params_r, handle_r, train, steps_r)
+    pair._join(main, side, [x, *h0_r, *params_r, *steps_r], second)
+    return [first, second]
+
+
+def _directions(module, how: str) -> None:
+    """together (pair.py, the module's own), apart (_apart) or serial (overlap_directions off)."""
+    from lstmdsl.torch import modules, pair
+
+    module.overlap_directions = how != "serial"
+    modules.run_pair = _apart if how == "apart" else pair.run_pair
 
 
 def _counted(fn) -> tuple[int, int]:
@@ -84,14 +107,14 @@ def main():
                 return pre
             return torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
 
-        for overlap in (True, False):
-            def fwd(inputs=inputs, overlap=overlap):
-                ours.overlap_directions = overlap
+        for how in ("together", "apart", "serial"):
+            def fwd(inputs=inputs, how=how):
+                _directions(ours, how)
                 with torch.no_grad():
                     ours(inputs())
 
-            def train(inputs=inputs, overlap=overlap):
-                ours.overlap_directions = overlap
+            def train(inputs=inputs, how=how):
+                _directions(ours, how)
                 ours.zero_grad(set_to_none=True)
                 x.grad = pre.data.grad = None
                 y, _ = ours(inputs())
@@ -100,11 +123,12 @@ def main():
             f = (time_gpu(fwd, 20, 3)["ms"], time_gpu_only(fwd, 20, 3)["gpu_ms"], host_ms(fwd))
             ours.train()
             t = (time_gpu(train, 20, 3)["ms"], time_gpu_only(train, 20, 3)["gpu_ms"], host_ms(train))
-            name = f"{batch} {'overlapped' if overlap else 'serial'}"
+            name = f"{batch} {how}"
             calls[name] = (fwd, train)
             print(f"B={B} H={H} {name:22s} fwd event {f[0]:.3f} gpu {f[1]:.3f} host {f[2]:.3f} | "
                   f"train event {t[0]:.3f} gpu {t[1]:.3f} host {t[2]:.3f}", flush=True)
-    for name in ("padded overlapped", "pre-packed overlapped", "pre-packed serial"):
+    _directions(ours, "together")
+    for name in ("padded together", "pre-packed together", "pre-packed apart"):
         for mode, fn in zip(("forward", "train"), calls[name]):
             if mode == "train" and not args.train:
                 continue

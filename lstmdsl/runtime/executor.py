@@ -1,22 +1,18 @@
-"""The executor: runs a compiled program's plan on the GPU, op by op, as the plan says.
-
-It only evaluates sizes and addresses (issue.py: a GemmCall becomes one cuBLAS call, a Kernel one launch of its
-generated kernel, a Copy one strided copy or the add kernel). Each phase's ops of one layer run as a CUDA graph,
-captured at the first call for a workspace and the addresses it reads, then replayed with one launch; when someone
-else is capturing the stream (torch's CUDA graphs), the ops are issued into that capture instead. Where the plan's
-Wavefront says so, a stack's forward is one graph whose branches are its layers, each on a stream of its own, chunk
-by chunk.
-
-The Engine runs a stack of layers over workspaces it keeps per (T, B, train). It takes device addresses only: the
-caller owns inputs, outputs, parameters and gradients (CuPy arrays for CudaLayer, torch tensors for lstmdsl.torch),
-and names the stream.
+"""The executor: runs a compiled program's plan on the GPU, op by op, as the plan says. It only evaluates sizes and
+addresses (issue.py: a GemmCall becomes one cuBLAS call, a Kernel one launch of its generated kernel, a Copy one
+strided copy or the add kernel). Each phase's ops of one layer run as a CUDA graph, captured at the first call for a
+workspace and the addresses it reads, then replayed with one launch; when someone else is capturing the stream
+(torch's CUDA graphs), the ops are issued into that capture instead. Where the plan's Wavefront says so, a stack's
+forward is one graph whose branches are its layers, each on a stream of its own, chunk by chunk. The Engine runs a
+stack of layers over workspaces it keeps per (T, B, train). It takes device addresses only: the caller owns inputs,
+outputs, parameters and gradients (CuPy arrays for CudaLayer, torch tensors for lstmdsl.torch), and names the stream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -183,10 +179,10 @@ class Engine:
 
     def _issue_backward_wave(self, workspaces: list[Workspace], params: list[Binding], stream: int,
                              lanes: list[int]) -> None:
-        """A stack's backward as a wavefront on `stream`: the top layer on the wave's stream 0, the one below
-        on stream 1, ..., chunk by chunk in the backward loop's order. Before each chunk a layer copies the
-        layer above's dx there into its dy and clears its own dx there (the stack shares one of each: each
-        chunk's rows are handed down it); after its last chunk, its parameter gradients."""
+        """A stack's backward as a wavefront on `stream`: the top layer on the wave's stream 0, the one below on stream
+        1, ..., chunk by chunk in the backward loop's order. Before each chunk a layer copies the layer above's dx
+        there into its dy and clears its own dx there (the stack shares one of each: each chunk's rows are handed
+        down it); after its last chunk, its parameter gradients."""
         wave, T, B, chunk = self._wave, workspaces[0].T, workspaces[0].B, workspaces[0].wave
         streams = wave.fork(stream)
         try:  # (joined whatever happens, as in _issue_wave)
@@ -234,12 +230,11 @@ class Engine:
 
     def _tune(self, stream: int, layers: list, wave: int = 0, fanned=None) -> None:
         """A step's and a chunk's GEMM shapes timed both ways cuBLAS may run them (Issue.tune), before the first capture
-        of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS would by default,
-        and the phase is tuned at a later call). While profiling too, so that the profile times the GEMMs as they
-        run (the timing's own calls are in no part). wave: a wavefront's steps per chunk (Issue.tune). fanned: the
+        of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS would by default, and
+        the phase is tuned at a later call). While profiling too, so that the profile times the GEMMs as they run
+        (the timing's own calls are in no part). wave: a wavefront's steps per chunk (Issue.tune). fanned: the
         phase's Fan, whose lanes the grouped GEMMs take (their handles made here): tuned apart."""
-        layers = [(ws, bind, lane, phase) for ws, bind, lane, phase in layers
-                  if (phase, fanned is not None) not in ws.tuned]
+        layers = [layer for layer in layers if (layer[3], fanned is not None) not in layer[0].tuned]
         if not layers or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
@@ -247,16 +242,13 @@ class Engine:
             ws.tuned.add((phase, fanned is not None))
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
-        """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS
-        of the keys that share its first `family` entries (the oldest dropped); issued directly inside
-        someone else's capture (its memory then pinned: that graph keeps the addresses), without graphs, or
-        while profiling."""
-        if device.is_capturing(stream):
-            for ws in workspaces:
-                ws.pinned = True
-            issue(stream)
-            return
-        if not self.use_graphs or self.parts is not None:
+        """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS of the
+        keys that share its first `family` entries (the oldest dropped); issued directly inside someone else's
+        capture (its memory then pinned: that graph keeps the addresses), without graphs, or while profiling."""
+        capturing = device.is_capturing(stream)
+        for ws in workspaces if capturing else ():
+            ws.pinned = True
+        if capturing or not self.use_graphs or self.parts is not None:
             issue(stream)
             return
         graphs = workspaces[0].graphs
@@ -339,17 +331,22 @@ class Engine:
         src, pitch, _, _, dtype = self._regions(ws, "out")[what][0]
         return src, pitch, dtype
 
-    def forward(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
-                hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
-                x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | tuple | None = None) -> None:
-        """x [T, B, input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]},
-        contiguous device arrays of the program's element type, given by address; steps: the per-step inputs ([T, B,
-        n] each: one address for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows
-        where x or y is part of a wider array (one direction's half of a bidirectional layer's). y may instead be a
-        function returning (y, hn, owner), called once the first layer's work is issued, so the caller allocates its
-        outputs while the GPU already runs (if it raises, an earlier training forward's activations are gone: its
-        tape is dropped first). x and y are of io_type where given (mixed precision: the half type; a pair (x's, y's)
-        where they differ), converted; the rest of the plan's element type."""
+    def forward(self, *args, **kw) -> None:  # (forward_parts, run to its end)
+        deque(self.forward_parts(*args, **kw), maxlen=0)
+
+    def forward_parts(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
+                      hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
+                      x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | tuple | None = None):
+        """The forward, pausing once before its first launch, the inputs copied in (a generator: the caller may issue
+        other work there, lstmdsl/torch/pair.py the other direction's; forward() runs it all). x [T, B, input], h0
+        {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]}, contiguous device arrays
+        of the program's element type, given by address; steps: the per-step inputs ([T, B, n] each: one address for
+        every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or y is part of a
+        wider array (one direction's half of a bidirectional layer's). y may instead be a function returning (y, hn,
+        owner), called once the first layer's work is issued, so the caller allocates its outputs while the GPU
+        already runs (if it raises, an earlier training forward's activations are gone: its tape is dropped first). x
+        and y are of io_type where given (mixed precision: the half type; a pair (x's, y's) where they differ),
+        converted; the rest of the plan's element type."""
         cell, (x_type, y_type) = self.program.plan.cell, io_type if isinstance(io_type, tuple) else (io_type, io_type)
         workspaces = self.workspace(T, B, train, stream)
         self.tape = None if train and isinstance(self.tape, tuple) and self.tape[0] == (T, B, True) else self.tape
@@ -371,6 +368,7 @@ class Engine:
             for k, ws in enumerate(workspaces):
                 put(k, ws)
                 self._zero(ws, zero, stream)
+            yield
             self._run_wave(workspaces, params, stream)
             if callable(y):
                 y, hn, owner = y()
@@ -380,6 +378,8 @@ class Engine:
         for k, ws in enumerate(workspaces if not wave else ()):
             self._put(ws, "x", src, src_pitch, stream, src_type)
             put(k, ws)
+            if k == 0:
+                yield
             self._run("forward", ws, params[k], stream, zero)
             if callable(y):
                 y, hn, owner = y()

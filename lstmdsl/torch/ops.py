@@ -24,6 +24,7 @@ between), it first runs that forward again from the saved inputs.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,25 +240,35 @@ def _step_pointers(r: Runner, steps: list[Tensor]) -> tuple[bool, dict]:
 
 def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
                  train: bool, issued=None) -> list[Tensor]:
-    """[y, *hn]: the stack forward on x and the initial states (see the module docstring). issued: called once
-    the first layer's work is issued on the GPU, before the outputs are allocated and copied out (pair.py issues
-    the other direction there)."""
+    """[y, *hn]: the stack forward on x and the initial states (see the module docstring). issued: on CUDA, called
+    once the first layer's work is issued, before the outputs are allocated and copied out (forward_started)."""
+    if x.is_cuda:
+        return forward_started(x, h0, params, steps, handle, train)(issued)
+    r = runner(handle)
+    check_inputs(r, x, h0, params, steps)
+    x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
+    if _half_on_cpu(x, params):  # half parameters: the float32 reference, its output rounded
+        out = forward_impl(x.float(), h0, [p.float() for p in params], steps, handle, train)
+        return [out[0].to(x.dtype), *out[1:]]
+    _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
+    return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in r.state_names]
+
+
+def forward_started(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor], handle: int,
+                    train: bool):
+    """forward_impl on CUDA up to the engine's first launch, the inputs copied in (Engine.forward_parts); returns
+    finish(issued=None) -> [y, *hn], which issues the rest, calling issued() once the first layer's work is issued,
+    before the outputs are allocated and copied out (pair.py issues the other direction's launch there)."""
     r = runner(handle)
     dtype = check_inputs(r, x, h0, params, steps)
     x, h0, params, steps = x.contiguous(), _dense(h0), _dense(params), _dense(steps)
     T, B = x.shape[:2]
     names = r.state_names
-    if not x.is_cuda:
-        if _half_on_cpu(x, params):  # half parameters: the float32 reference, its output rounded
-            out = forward_impl(x.float(), h0, [p.float() for p in params], steps, handle, train)
-            return [out[0].to(x.dtype), *out[1:]]
-        _, _, y, final, _ = _reference_forward(r, x, h0, params, steps, keep=False)
-        return [torch.from_numpy(np.ascontiguousarray(y))] + [torch.from_numpy(final[n]) for n in names]
-    out: list[Tensor] = []
+    out, hook = [], []
 
     def outputs():  # allocated once the first layer's work is issued: the host does it while the GPU runs
-        if issued is not None:
-            issued()
+        if hook[0] is not None:
+            hook[0]()
         out.append(x.new_empty((T, B, r.output_size)))
         out.extend(x.new_empty(shape, dtype=value_type(x)) for shape in r.state_shapes(B))
         return out[0].data_ptr(), {n: h.data_ptr() for n, h in zip(names, out[1:])}, \
@@ -266,10 +277,17 @@ def forward_impl(x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[
     with _on(x):
         mask, ptrs = _step_pointers(r, steps)
         engine = r.engine(x, dtype, mask, params, handle)
-        engine.forward(T, B, train, r.bindings(r.gemm.read(params, engine.program.plan), None), x.data_ptr(),
-                       {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None, outputs,
-                       None, _stream(x), steps=ptrs, io_type=_io_type(x))
-    return out
+        parts = engine.forward_parts(T, B, train, r.bindings(r.gemm.read(params, engine.program.plan), None),
+                                     x.data_ptr(), {n: h.data_ptr() for n, h in zip(names, h0)} if h0 else None,
+                                     outputs, None, _stream(x), steps=ptrs, io_type=_io_type(x))
+        next(parts)
+
+    def finish(issued=None) -> list[Tensor]:
+        hook.append(issued)
+        with _on(x):
+            deque(parts, maxlen=0)
+        return out
+    return finish
 
 
 @torch.library.custom_op("lstmdsl::rnn_forward", mutates_args=())

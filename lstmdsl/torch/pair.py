@@ -1,9 +1,9 @@
 """The two directions of a bidirectional layer issued together (lstmdsl.torch's modules, eager calls on CUDA
-outside a CUDA-graph capture): the reverse direction's op is issued on a side stream as soon as the forward
-direction's first work is on the GPU, before the forward direction's outputs are allocated and copied out. The
-host's time between the two directions' launches is then one op's setting up, not that and another op's ending:
-at B = 16, H = 256 the two persistent kernels (about 0.31 ms each) ran one after the other when the host spent as
-long between their launches (benchmarks/results/probes/packed_overlap_h200_h100.txt).
+outside a CUDA-graph capture): the reverse direction's op is set up first (checks, inputs copied in on a side
+stream), then the forward direction's up to its launch, and the reverse direction's launch follows at once, before
+either direction's outputs are allocated and copied out. Issued one op after the other, the host spent one op's
+ending and the other's setting up between the two launches, and at B = 16, H = 256 the two persistent kernels
+(about 0.31 ms each) then ran one after the other (benchmarks/results/probes/packed_overlap_h200_h100.txt).
 
 One autograd node takes the pair; its backward runs the forward direction's backward on the current stream and the
 reverse direction's on the side stream, and adds the two gradients of the input both read. The caching allocator
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .handles import runner
-from .ops import _NoSecondDerivative, backward_impl, forward_impl
+from .ops import _NoSecondDerivative, backward_impl, forward_impl, forward_started
 
 _SIDE_STREAMS: dict = {}  # device -> the side stream of reverse directions (modules share it)
 
@@ -68,16 +68,20 @@ def _join(main, side, used: list, made: list) -> None:
 
 
 def _issue(x: Tensor, units: list[Unit], train: bool) -> list[list[Tensor]]:
+    """On CUDA: the reverse direction's op up to its launch (checks, its inputs copied in on the side stream), the
+    forward direction's up to and including its launch, the reverse direction's launch, then each one's outputs
+    (ops.forward_started). On CPU: one after the other."""
     (h0, params, steps, handle), (h0_r, params_r, steps_r, handle_r) = units
     main, side = _fork(x)
+    with _on(side):
+        finish = forward_started(x, h0_r, params_r, steps_r, handle_r, train) if x.is_cuda else \
+            (lambda: forward_impl(x, h0_r, params_r, steps_r, handle_r, train))
     second: list[Tensor] = []
-    issued = []
 
     def issue_second() -> None:  # (forward_impl calls it once the forward direction's first work is issued)
-        if not issued:
-            issued.append(True)
+        if not second:
             with _on(side):
-                second.extend(forward_impl(x, h0_r, params_r, steps_r, handle_r, train))
+                second.extend(finish())
     first = forward_impl(x, h0, params, steps, handle, train, issued=issue_second)
     issue_second()  # (the reference, on CPU, has no such moment: after)
     _join(main, side, [x, *h0_r, *params_r, *steps_r], second)
