@@ -938,8 +938,9 @@ def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(
 def test_a_layers_directions_issued_together_compute_what_they_compute_apart(kind, monkeypatch):
     """pair.py: a bidirectional layer's two directions in one autograd node (on CUDA, issued together on two
     streams) against the two run apart, on the CPU reference (where the node runs them one after the other):
-    packed input, given initial states, dropout between layers, a loss that reaches only some final states, the
-    forward without gradients; outputs, final states and every gradient."""
+    packed input, given initial states, dropout between layers, a loss that reaches only some final states, one
+    that reaches the final states alone, the forward without gradients; outputs, final states and every
+    gradient."""
     from lstmdsl.torch import pair
 
     torch.manual_seed(3)
@@ -960,7 +961,9 @@ def test_a_layers_directions_issued_together_compute_what_they_compute_apart(kin
         hn = as_tuple(hn)
         loss = (out.data * torch.linspace(-1, 1, out.data.numel(), dtype=out.data.dtype).view_as(out.data)).sum() \
             + hn[0][1:4].sum()
-        grads = torch.autograd.grad(loss, [x, *hx, *m.parameters()])
+        grads = torch.autograd.grad(loss, [x, *hx, *m.parameters()], retain_graph=True)
+        # a loss on the final states alone: no gradient reaches the top layer's output (a None dy)
+        grads += torch.autograd.grad(hn[0][-2:].pow(2).sum(), [x, *hx, *m.parameters()])
         m.eval()
         with torch.no_grad():
             plain = m(packed, tuple(hx) if len(hx) > 1 else hx[0])[0].data

@@ -82,9 +82,11 @@ def _issue(x: Tensor, units: list[Unit], train: bool) -> list[list[Tensor]]:
         if not second:
             with _on(side):
                 second.extend(finish())
-    first = forward_impl(x, h0, params, steps, handle, train, issued=issue_second)
-    issue_second()  # (the reference, on CPU, has no such moment: after)
-    _join(main, side, [x, *h0_r, *params_r, *steps_r], second)
+    try:  # (joined whatever happens: the side stream may be reading the reverse direction's inputs)
+        first = forward_impl(x, h0, params, steps, handle, train, issued=issue_second)
+        issue_second()  # (the reference, on CPU, has no such moment: after)
+    finally:
+        _join(main, side, [x, *h0_r, *params_r, *steps_r], second)
     return [first, second]
 
 
@@ -116,15 +118,17 @@ class Pair(torch.autograd.Function):
         need, first = ctx.needs_input_grad, 2  # (x, layout, *flat): the unit's first tensor's index there
         main, side = _fork(x)
         outs, given = [], [grads[:ctx.first], grads[ctx.first:]]
-        for d, ((h0, params, steps, handle), g, y) in enumerate(zip(units, given, ys)):
-            wanted = need[0], any(need[first:first + len(h0)])
-            dy = g[0] if g[0] is not None else torch.zeros_like(y)
-            with _on(side if d else None):
-                outs.append(backward_impl(x, h0, params, steps, y, dy, list(g[1:]), handle, views=True,
-                                          wanted=wanted))
-            first += len(h0) + len(params) + len(steps)
         h0_r, params_r, steps_r, _ = units[1]
-        _join(main, side, [x, *h0_r, *params_r, *steps_r, ys[1], *given[1]], outs[1])
+        try:  # (joined whatever happens, as in _issue)
+            for d, ((h0, params, steps, handle), g, y) in enumerate(zip(units, given, ys)):
+                wanted = need[0], any(need[first:first + len(h0)])
+                with _on(side if d else None):  # (a zero dy made on the stream that reads it)
+                    dy = g[0] if g[0] is not None else torch.zeros_like(y)
+                    outs.append(backward_impl(x, h0, params, steps, y, dy, list(g[1:]), handle, views=True,
+                                              wanted=wanted))
+                first += len(h0) + len(params) + len(steps)
+        finally:
+            _join(main, side, [x, *h0_r, *params_r, *steps_r, ys[1], *given[1]], outs[1] if len(outs) > 1 else [])
         dx = outs[0][0] if outs[1][0] is None else outs[1][0] if outs[0][0] is None else outs[0][0] + outs[1][0]
         rest = [g for (h0, params, steps, _), out in zip(units, outs) for g in (*out[1:], *([None] * len(steps)))]
         if torch.is_grad_enabled():  # create_graph=True: as ops.Eager's backward
