@@ -32,9 +32,8 @@ from .workspace import Workspace
 
 @dataclass(frozen=True)
 class Binding:
-    """One layer's parameters and gradients as device addresses: weight stacks and their gradients by
-    stack name, vectors and their gradients by parameter name. `key` (the addresses) names the CUDA
-    graphs captured with them."""
+    """One layer's parameters and gradients as device addresses: weight stacks and their gradients by stack name,
+    vectors and their gradients by parameter name. `key` (the addresses) names the CUDA graphs captured with them."""
 
     weights: dict[str, int]
     grads: dict[str, int]
@@ -60,8 +59,7 @@ class Engine:
         self.functions = {name: function(module, name) for name in program.kernels}
         self.add_function = function(module, program.add.name) if program.add else None
         self.workspaces: OrderedDict[tuple, list[Workspace]] = OrderedDict()
-        self.tape: tuple | str | None = None  # (workspace key, owner) of the last training forward; "used"
-        # once a backward has written over its activations (Storage.in_place)
+        self.tape: tuple | str | None = None  # (workspace key, owner) of the last training forward; "used": overwritten
         self.use_graphs = True
         self.parts: dict | None = None  # profiling: op kind -> [(start event, end event)]
         self.use_persistent = True  # False: always the stepwise loop (set before the first call: kept per workspace)
@@ -268,7 +266,6 @@ class Engine:
             yield
             return
         import cupy
-
         on = device.cupy_stream(stream)
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record(on)
@@ -277,8 +274,9 @@ class Engine:
         self.parts.setdefault(kind, []).append((start, end))
 
     # -- running
-    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int, zero: tuple[str, ...] = ()) -> None:
-        # zero: input regions zeroed first, in the graph (memsets before the launch: host time, probes/host_call_h200)
+    def _run(self, name: str, ws: Workspace, bind: Binding, stream: int, zero: tuple[str, ...] = (), later=False):
+        # zero: input regions zeroed first, in the graph (memsets before the launch: host time, probes/host_call_h200);
+        # later: everything but the launch (the GEMMs tuned, the kernel installed), which the returned function does
         lane = cublas.lane(stream)
         fanned = fan(self, ws, name, stream, lane)
         if self.persistent_run(ws, name) is not None:  # (its kernel compiled for the shape, once compiled)
@@ -288,7 +286,8 @@ class Engine:
         def issue(side: int) -> None:
             self._zero(ws, zero, side)
             Issue(self, ws, bind, side, lane, fanned).phase(name)
-        self._replay([ws], (name, bind.key, lane, fanned is not None, zero), 1, issue, stream)
+        launch = partial(self._replay, [ws], (name, bind.key, lane, fanned is not None, zero), 1, issue, stream)
+        return launch if later else launch()
 
     def _regions(self, ws: Workspace, direction: str) -> dict:
         """The regions of the caller's inputs or outputs in a workspace (computed once per workspace)."""
@@ -337,16 +336,16 @@ class Engine:
     def forward_parts(self, T: int, B: int, train: bool, params: list[Binding], x: int, h0: dict[str, int], y: int,
                       hn: dict[str, int], stream: int, owner=None, steps: dict[str, int] | None = None,
                       x_pitch: int | None = None, y_pitch: int | None = None, io_type: str | tuple | None = None):
-        """The forward, pausing once before its first launch, the inputs copied in (a generator: the caller may issue
-        other work there, lstmdsl/torch/pair.py the other direction's; forward() runs it all). x [T, B, input], h0
-        {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]}, contiguous device arrays
-        of the program's element type, given by address; steps: the per-step inputs ([T, B, n] each: one address for
-        every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or y is part of a
+        """The forward, pausing once before its first launch, the inputs copied in and the GEMMs tuned (a generator: the
+        caller may issue other work there, lstmdsl/torch/pair.py the other direction's; forward() runs it all). x [T, B,
+        input], h0 {state: [L, B, size]} (None: zeros) -> y [T, B, output], hn {state: [L, B, size]}, contiguous device
+        arrays of the program's element type, given by address; steps: the per-step inputs ([T, B, n] each: one address
+        for every layer, or a list of one per layer). x_pitch / y_pitch: bytes between rows where x or y is part of a
         wider array (one direction's half of a bidirectional layer's). y may instead be a function returning (y, hn,
-        owner), called once the first layer's work is issued, so the caller allocates its outputs while the GPU
-        already runs (if it raises, an earlier training forward's activations are gone: its tape is dropped first). x
-        and y are of io_type where given (mixed precision: the half type; a pair (x's, y's) where they differ),
-        converted; the rest of the plan's element type."""
+        owner), called once the first layer's work is issued, so the caller allocates its outputs while the GPU already
+        runs (if it raises, an earlier training forward's activations are gone: its tape is dropped first). x and y are
+        of io_type where given (mixed precision: the half type; a pair (x's, y's) where they differ), converted; the
+        rest of the plan's element type."""
         cell, (x_type, y_type) = self.program.plan.cell, io_type if isinstance(io_type, tuple) else (io_type, io_type)
         workspaces = self.workspace(T, B, train, stream)
         self.tape = None if train and isinstance(self.tape, tuple) and self.tape[0] == (T, B, True) else self.tape
@@ -378,9 +377,10 @@ class Engine:
         for k, ws in enumerate(workspaces if not wave else ()):
             self._put(ws, "x", src, src_pitch, stream, src_type)
             put(k, ws)
+            launch = self._run("forward", ws, params[k], stream, zero, later=True)
             if k == 0:
                 yield
-            self._run("forward", ws, params[k], stream, zero)
+            launch()
             if callable(y):
                 y, hn, owner = y()
             get(k, ws)
