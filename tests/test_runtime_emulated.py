@@ -76,3 +76,13 @@ def test_a_warm_start_renders_no_source(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "warm_source.py")], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0 and "| OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_a_forward_paused_at_its_first_launch_while_another_engine_runs():
+    """Engine.forward_parts (what lstmdsl/torch/pair.py uses for a bidirectional layer's two directions) through the
+    emulated runtime (tests/emulated/paused_forward.py): paused while another layer's whole forward runs, its
+    results are those of the two run one after the other, graphs captured and replayed, persistent and stepwise."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "emulated" / "paused_forward.py")], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "paused forward: OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
