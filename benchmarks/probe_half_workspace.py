@@ -22,7 +22,7 @@ ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
                 default=["train:1x1024x100x4", "train:16x1024x100x4", "train:1x1024x1000x4", "train:16x1024x1000x4",
                          "train:64x512x100x4", "forward:64x512x100x4", "train:256x512x100x4", "train:256x1024x100x1",
                          "train:16x256x100x4", "forward:1x512x100x1"])
-ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes")
+ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes (-1: the plan's rule)")
 ap.add_argument("--full", action="store_true",
                 help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
 ap.add_argument("--rounds", type=int, default=2)
@@ -33,8 +33,10 @@ RULE = GemmWorkspace.nbytes
 
 
 def setting(nbytes: int) -> None:
-    """The plan's workspace rule with nbytes for the GEMMs probed (half, or with --full fp32 and tf32)."""
-    GemmWorkspace.nbytes = lambda self, B, half: nbytes if half != args.full else RULE(self, B, half)
+    """The plan's workspace rule with nbytes for the GEMMs probed (half, or with --full fp32 and tf32); -1: the
+    plan's own rule."""
+    GemmWorkspace.nbytes = RULE if nbytes < 0 else \
+        lambda self, B, half, rows=0: nbytes if half != args.full else RULE(self, B, half, rows)
 
 
 print(f"vanilla, cuBLAS workspace ({'fp32 and tf32' if args.full else 'half precision'}) bytes a lane: "

@@ -179,13 +179,23 @@ class GemmWorkspace:
     `small` at B <= small_batch, where the step loop's latency is the time and a GEMM over all T * B rows is a few
     microseconds of it: 1 MiB took 0.98-1.07x the GPU time at seven B = 1 shapes in fp32 and tf32 and put their
     memory under cuDNN's (1 x 256, one layer: 6 MiB, with 32 MiB 37, cuDNN 15), while at B = 4 it took 1.18-1.56x
-    (on an H100: benchmarks/results/probes/gemm_workspace_h100_batch.txt)."""
+    (on an H100: benchmarks/results/probes/gemm_workspace_h100_batch.txt); `small` too where every phase a
+    workspace runs is one persistent kernel (a training workspace's forward and backward, a forward-only one's
+    forward: its GEMMs are then only those over all T * B rows, no step's) and T * B <= persistent_rows: at 16 x 256
+    and 16 x 512, T = 100, one layer, training took 0.96-1.02x the time by the call and went under cuDNN's memory
+    (22.5 against 35.9 MiB, 51.9 against 74.5; same probe); past those rows the weight-gradient GEMMs over them
+    were not measured without split-K's space."""
 
     full: int = 32 << 20
     half: int = 1 << 20
     small: int = 1 << 20
     small_batch: int = 1
+    persistent_rows: int = 2048
 
-    def nbytes(self, B: int, half: bool) -> int:
-        """The workspace of a GEMM at batch B (half: its operands are bf16 or fp16)."""
-        return self.half if half else self.small if B <= self.small_batch else self.full
+    def nbytes(self, B: int, half: bool, persistent_rows: int = 0) -> int:
+        """The workspace of a GEMM at batch B (half: its operands are bf16 or fp16); persistent_rows: T * B where
+        every phase its workspace runs is one persistent kernel, else 0."""
+        if half:
+            return self.half
+        small = B <= self.small_batch or 0 < persistent_rows <= self.persistent_rows
+        return self.small if small else self.full

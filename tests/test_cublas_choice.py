@@ -172,7 +172,7 @@ def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
 
     def run(name, wave=0, chunk=0):
         tuned.clear()
-        issue.Issue(engine, SimpleNamespace(T=100, B=3, chunk=chunk), None, 5, 0).tune(name, wave)
+        issue.Issue(engine, SimpleNamespace(T=100, B=3, chunk=chunk, train=True), None, 5, 0).tune(name, wave)
         return (tuned[:len(loop)], sorted(tuned[len(loop):])) if name == "forward" else (None, tuned)
 
     assert run("forward") == (loop, [])  # layer alone, all steps at once: the step's GEMMs only
@@ -512,16 +512,22 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     rule = GemmWorkspace()
     assert (rule.nbytes(1, False), rule.nbytes(2, False), rule.nbytes(256, False)) == (1 << 20, 32 << 20, 32 << 20)
     assert rule.nbytes(1, True) == rule.nbytes(256, True) == 1 << 20
+    # every phase persistent: the small one up to persistent_rows rows of all steps, the full one past them
+    assert (rule.nbytes(16, False, 1600), rule.nbytes(16, False, rule.persistent_rows)) == (1 << 20, 1 << 20)
+    assert rule.nbytes(16, False, rule.persistent_rows + 1) == 32 << 20
+    assert rule.nbytes(16, True, 1600) == 1 << 20
     vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
     plan = build_program(vanilla.cell, Schedule(), "float32").plan
     sizes = {"input": 8, "hidden": 8}
-    assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1; here 1 MiB")
-    assert format_plan(plan, sizes, 16).endswith("; here 32 MiB")
-    assert "here" not in format_plan(plan).splitlines()[-1]
+    assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1 or where every phase a workspace "
+                                                "runs is one persistent kernel over T * B <= 2048 rows; here 1 MiB")
+    assert format_plan(plan, sizes, 16).endswith("; here 32 MiB with a stepwise phase")
+    assert "; here" not in format_plan(plan).splitlines()[-1]
     assert format_plan(plan).splitlines()[-1].startswith("cuBLAS workspace, a lane")  # (the rule without a batch)
     peephole = lstmdsl.parse(lstmdsl.resources.shipped_specs()["peephole"].read_text())  # (float32 vector gradients)
     half = build_program(peephole.cell, Schedule(precision="bf16"), "float32").plan
-    assert format_plan(half, sizes, 16).endswith("here 1 MiB (half-precision GEMMs), 32 MiB (float32 GEMMs)")
+    assert format_plan(half, sizes, 16).endswith("here 1 MiB (half-precision GEMMs), 32 MiB (float32 GEMMs) with a "
+                                                 "stepwise phase")
 
     times = {}
     calls = _fake(monkeypatch, times)

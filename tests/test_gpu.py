@@ -508,8 +508,9 @@ def test_half_arrays_in_and_out_under_half_precision(options, schedule, lengths,
 def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
     """A stack's GEMMs run on handles with the workspace plan.GemmWorkspace gives: in bf16 / fp16 the half one
     (1 MiB a lane, not 32: a wavefront takes a lane per layer), in fp32 the small one at B = 1 and the full one
-    at B = 5, forward and backward, and give what the reference gives. (Every shape with a workspace, as cuBLAS
-    runs it by default: a choice stored by an earlier process could run one bare.)"""
+    at B = 5, and the small one at B = 16 where one layer's forward and backward both run persistent (their GEMMs
+    are over all steps' rows only), forward and backward, and give what the reference gives. (Every shape with a
+    workspace, as cuBLAS runs it by default: a choice stored by an earlier process could run one bare.)"""
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublas
 
@@ -518,17 +519,22 @@ def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
 
     rng = np.random.default_rng(1)
     rule = GemmWorkspace()
-    for precision, B, want in (("bf16", 5, rule.half), ("fp16", 5, rule.half), ("fp32", 1, rule.small),
-                               ("fp32", 5, rule.full)):
-        x = cupy.asarray(rng.standard_normal((7, B, 24)), np.float32)
+    for precision, B, want, how, (I, H, L) in (
+            ("bf16", 5, rule.half, "no persistent", (24, 40, 3)), ("fp16", 5, rule.half, "no persistent", (24, 40, 3)),
+            ("fp32", 1, rule.small, "no persistent", (24, 40, 3)), ("fp32", 5, rule.full, "no persistent", (24, 40, 3)),
+            ("fp32", 16, rule.small, "persistent", (64, 64, 1))):  # (both phases persistent: T * B = 112 rows)
+        x = cupy.asarray(rng.standard_normal((7, B, I)), np.float32)
         before = cublas.workspace_uses()
-        layer = lstmdsl.compile("vanilla", 24, 40, 3, backend="cuda", schedule=f"precision {precision}; no persistent")
+        layer = lstmdsl.compile("vanilla", I, H, L, backend="cuda", schedule=f"precision {precision}; {how}")
         y, _ = layer.forward(x)
         layer.backward(cupy.ones_like(y))
         after = cublas.workspace_uses()
         used = {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
         assert used == {want}, (precision, B, used)
-        ref = lstmdsl.compile("vanilla", 24, 40, 3, dtype="float64")
+        if how == "persistent":
+            runs = [run for phase in ("forward", "backward") for run in _phase_runs(layer, phase)]
+            assert len(runs) == 2 and None not in runs, runs
+        ref = lstmdsl.compile("vanilla", I, H, L, dtype="float64")
         ref.load_state_dict(layer.state_dict())
         expect, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
         assert np.linalg.norm(cupy.asnumpy(y) - expect) / np.linalg.norm(expect) < 2e-2

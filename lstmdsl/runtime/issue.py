@@ -119,6 +119,7 @@ class Issue:
         timed at those rows too: cuBLAS's default for a few rows can be far slower than for all T * B (a
         folded projection's states over one chunk of 7 steps at B = 1: 45-51 us a call against 2-4 for the
         step's own GEMMs, on an H100)."""
+        self.whole_persistent()  # (decided before any capture, the backward's choice too: workspace())
         if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
         lanes = self.lanes(name)
@@ -141,8 +142,16 @@ class Issue:
                     (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c))
 
     def workspace(self, c: GemmCall) -> int:
-        """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch: plan.GemmWorkspace)."""
-        return self.plan.gemm_workspace.nbytes(self.ws.B, c.a_type in HALF_TYPES)
+        """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch, and at these rows where
+        every phase runs one persistent kernel: plan.GemmWorkspace)."""
+        rows = self.ws.T * self.ws.B if self.whole_persistent() else 0
+        return self.plan.gemm_workspace.nbytes(self.ws.B, c.a_type in HALF_TYPES, rows)
+
+    def whole_persistent(self) -> bool:
+        """Whether every phase the workspace runs is one persistent kernel (a training workspace's forward and
+        backward, a forward-only one's forward), as the engine chose them (once per workspace)."""
+        phases = ("forward", "backward") if self.ws.train else ("forward",)
+        return all(self.engine.persistent_run(self.ws, p) is not None for p in phases)
 
     def lanes(self, name: str) -> dict[int, int]:
         """The cuBLAS lane of each GEMM of the loop's body that runs beside others (by its index)."""

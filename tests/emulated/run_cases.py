@@ -357,17 +357,23 @@ for name, kw in [("vanilla", {}), ("lstmp", {"proj_size": 3}), ("gru", {"schedul
     total += 1
     print(f"{name} {kw}: a stack's x is the layer below's y, in place | {'OK' if ok else 'BAD'}")
 # each GEMM runs with the cuBLAS workspace the plan's rule gives at its batch and type (plan.GemmWorkspace): the
-# small one at B = 1 in fp32, the full one at B = 3, the half one in bf16 (forward and backward, a stack of two)
+# small one at B = 1 in fp32, the full one at B = 3, the half one in bf16 (forward and backward, a stack of two);
+# the small one where one layer's forward and backward both run persistent (16 x 64: T * B = 48 rows), the full
+# one there with the stepwise loop
 rule = lstmdsl.plan.GemmWorkspace()
-for B, schedule, want in [(1, "no persistent", {("f32", rule.small)}), (3, "no persistent", {("f32", rule.full)}),
-                          (3, "precision bf16; no persistent", {("bf16", rule.half)})]:
+for B, schedule, want, H, L in [(1, "no persistent", {("f32", rule.small)}, 6, 2),
+                                (3, "no persistent", {("f32", rule.full)}, 6, 2),
+                                (3, "precision bf16; no persistent", {("bf16", rule.half)}, 6, 2),
+                                (16, "persistent", {("f32", rule.small)}, 64, 1),
+                                (16, "no persistent", {("f32", rule.full)}, 64, 1)]:
     simrt.WORKSPACES.clear()
-    bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), B=B, L=2, schedule=schedule,
-                      verbose=False)
+    bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), B=B, L=L, H=H, I=H, T=3,
+                      schedule=schedule, verbose=False)
     ok = not bad and simrt.WORKSPACES == want
     failures += not ok
     total += 1
-    print(f"vanilla B={B} {schedule}: the GEMMs' cuBLAS workspace | {'OK' if ok else f'BAD {bad} {simrt.WORKSPACES}'}")
+    print(f"vanilla B={B} H={H} L={L} {schedule}: the GEMMs' cuBLAS workspace | "
+          f"{'OK' if ok else f'BAD {bad} {simrt.WORKSPACES}'}")
 # the backward writes an LSTM's gate gradients over the gates (Storage.in_place): a second backward of one
 # forward is refused with a message, and a new forward makes it possible again with the same gradients
 layer = lstmdsl.compile("vanilla", 5, 6, 2, backend="cuda", seed=3)
