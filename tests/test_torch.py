@@ -623,7 +623,7 @@ def test_half_parameters_follow_float32_on_the_rounded_values_on_the_cpu(half):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
                         str(ROOT / "tests" / "ddp_check.py"), "--backend", "gloo", "--out", str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=600)
