@@ -246,8 +246,9 @@ def workspace_text(plan: Plan, batch: int | None = None) -> str:
     operand's type, as the runtime chooses: a half-precision plan's float32 GEMMs, e.g. vector gradients, too)."""
     w, mib = plan.gemm_workspace, lambda n: f"{n / (1 << 20):g} MiB"
     text = (f"cuBLAS workspace, a lane (a stack's wavefront: a lane a layer): {mib(w.half)} for half-precision GEMMs, "
-            f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch} "
-            f"or where every phase a workspace runs is one persistent kernel over T * B <= {w.persistent_rows} rows")
+            f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch}"
+            + (f" or where every phase a workspace runs is one persistent kernel over T * B <= {w.persistent_rows} rows"
+               if plan.forward.loop.persistent is not None else ""))
     if batch is None:
         return text
     kinds = _gemm_kinds(plan)

@@ -172,7 +172,8 @@ def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
 
     def run(name, wave=0, chunk=0):
         tuned.clear()
-        issue.Issue(engine, SimpleNamespace(T=100, B=3, chunk=chunk, train=True), None, 5, 0).tune(name, wave)
+        ws = SimpleNamespace(T=100, B=3, chunk=chunk, train=True, whole_persistent=None)
+        issue.Issue(engine, ws, None, 5, 0).tune(name, wave)
         return (tuned[:len(loop)], sorted(tuned[len(loop):])) if name == "forward" else (None, tuned)
 
     assert run("forward") == (loop, [])  # layer alone, all steps at once: the step's GEMMs only

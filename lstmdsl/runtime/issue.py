@@ -149,9 +149,13 @@ class Issue:
 
     def whole_persistent(self) -> bool:
         """Whether every phase the workspace runs is one persistent kernel (a training workspace's forward and
-        backward, a forward-only one's forward), as the engine chose them (once per workspace)."""
-        phases = ("forward", "backward") if self.ws.train else ("forward",)
-        return all(self.engine.persistent_run(self.ws, p) is not None for p in phases)
+        backward, a forward-only one's forward), as the engine chose them (once per workspace; a training
+        forward so makes the backward's choice too, its warning and its kernel's compile where it has them)."""
+        ws = self.ws
+        if ws.whole_persistent is None:
+            phases = ("forward", "backward") if ws.train else ("forward",)
+            ws.whole_persistent = all(self.engine.persistent_run(ws, p) is not None for p in phases)
+        return ws.whole_persistent
 
     def lanes(self, name: str) -> dict[int, int]:
         """The cuBLAS lane of each GEMM of the loop's body that runs beside others (by its index)."""

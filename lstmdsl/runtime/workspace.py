@@ -84,6 +84,7 @@ class Workspace:
         self.pinned = False  # a graph captured by someone else (torch) holds its addresses
         self.stream = stream
         self.persistent: dict[str, object] = {}  # phase -> its persistent launch at these sizes, or None (Engine)
+        self.whole_persistent: bool | None = None  # every phase it runs persistent (Issue.whole_persistent)
         self.persistent_function: dict[str, int] = {}  # phase -> its kernel compiled for these sizes, where it
         # runs one (Persistent.specialises; else the program's general kernel)
         self.special_pending: dict[str, object] = {}  # phase -> the compile of that kernel under way (specialise.Job)

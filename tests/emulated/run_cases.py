@@ -374,6 +374,30 @@ for B, schedule, want, H, L in [(1, "no persistent", {("f32", rule.small)}, 6, 2
     total += 1
     print(f"vanilla B={B} H={H} L={L} {schedule}: the GEMMs' cuBLAS workspace | "
           f"{'OK' if ok else f'BAD {bad} {simrt.WORKSPACES}'}")
+# the small one needs every phase persistent over at most persistent_rows rows: past them (16 x 129 = 2064 rows) the
+# full one; with the backward's kernel made not to fit (the stepwise loop) the training workspace takes the full one
+# and the forward-only one (check's eval-mode call) the small one
+from lstmdsl.runtime import executor as executor_module  # noqa: E402
+from lstmdsl.program import build_program  # noqa: E402
+from lstmdsl.schedule import Schedule  # noqa: E402
+
+vanilla = lstmdsl.parse(shipped_specs()["vanilla"].read_text())
+backward_kernel = build_program(vanilla.cell, Schedule(), "float32").plan.backward.loop.persistent.name
+fits = executor_module.launch_shape
+for T, shape, want in [(129, fits, {("f32", rule.full)}),
+                       (3, lambda pers, *a: None if pers.name == backward_kernel else fits(pers, *a),
+                        {("f32", rule.small), ("f32", rule.full)})]:
+    simrt.WORKSPACES.clear()
+    executor_module.launch_shape = shape
+    try:
+        bad = simrt.check(vanilla, B=16, L=1, H=64, I=64, T=T, verbose=False)
+    finally:
+        executor_module.launch_shape = fits
+    ok = not bad and simrt.WORKSPACES == want
+    failures += not ok
+    total += 1
+    print(f"vanilla B=16 H=64 T={T}{'' if shape is fits else ', the backward stepwise'}: the GEMMs' cuBLAS "
+          f"workspace | {'OK' if ok else f'BAD {bad} {simrt.WORKSPACES}'}")
 # the backward writes an LSTM's gate gradients over the gates (Storage.in_place): a second backward of one
 # forward is refused with a message, and a new forward makes it possible again with the same gradients
 layer = lstmdsl.compile("vanilla", 5, 6, 2, backend="cuda", seed=3)
