@@ -14,11 +14,11 @@ input, weight_hh_l0 those applied to h, as torch.nn.LSTM lays them out) and one 
 
 Layers and directions: a stack runs in one op call; with dropout between layers, or bidirectional, each
 layer and direction is its own call (dropout in between, the reverse direction reading its sequence
-backwards, on a side stream: pair.py issues the two directions' launches together). PackedSequence input runs each sequence to its own end. Mixed precision:
-under torch.autocast on CUDA (or on a bfloat16/float16 input, or with schedule="precision bf16") the
-GEMMs run in half precision on half copies of the float32 parameters, the state and gradients in float32.
-Half-precision parameters (.half(), .bfloat16()): the GEMMs read them as they are, inputs, outputs and
-gradients are of their type, the state float32 inside.
+backwards, on a side stream: pair.py issues the two directions' launches together). PackedSequence input
+runs each sequence to its own end. Mixed precision: under torch.autocast on CUDA (or on a bfloat16/float16
+input, or with schedule="precision bf16") the GEMMs run in half precision on half copies of the float32
+parameters, the state and gradients in float32. Half-precision parameters (.half(), .bfloat16()): the GEMMs
+read them as they are, inputs, outputs and gradients are of their type, the state float32 inside.
 """
 
 from .interop import from_torch, to_torch
