@@ -35,12 +35,13 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "tf32"])
     ap.add_argument("--batches", nargs="+", type=int, default=[16, 64])
     ap.add_argument("--hiddens", nargs="+", type=int, default=[256, 512])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[32, 8, 1], help="GemmEx's workspaces, MiB")
     args = ap.parse_args()
     cublaslt.load(cublas._load_libcublas()._name)
     side = cupy.cuda.Stream(non_blocking=True)  # (a stream of its own: the captures' side streams wait for it)
     stream, device = side.ptr, current_device()
     print(f"{cupy.cuda.runtime.getDeviceProperties(device)['name'].decode()}; us per call (20 calls in a CUDA graph, "
-          "median of 3); GemmEx with 32 / 8 / 1 MiB; then cuBLASLt's kernels for a 32 MiB limit: need MiB:us")
+          f"median of 3); GemmEx with {' / '.join(map(str, args.sizes))} MiB; then cuBLASLt's kernels for a 32 MiB limit: need MiB:us")
     for precision in args.precisions:
         types = ("f32", "f32", "f32", precision)
         for B in args.batches:
@@ -51,7 +52,7 @@ def main() -> None:
                     b = cupy.asarray(np.random.default_rng(1).standard_normal(N * K), np.float32)
                     c = cupy.zeros(M * N, np.float32)
                     ex = []
-                    for ws in (32 * MIB, 8 * MIB, MIB):
+                    for ws in (n * MIB for n in args.sizes):
                         h = cublas._handle(0, False, types, ws)
                         ex.append(1e3 * cublas._time(
                             lambda side, h=h: cublas._gemm(h, M, N, K, a.data.ptr, lda, trans_a, b.data.ptr, ldb,
