@@ -181,6 +181,70 @@ def test_packed_sequences_compute_what_torch_computes(name, enforce_sorted):
     assert_close(b_grads, a_grads, 1e-12)
 
 
+def run_padded(m, x, lengths, hx, packed: bool):
+    """Padded outputs (zero past each end), final states and the gradients of a weighted sum of them: the batch
+    packed and unpacked with torch's functions, or (lstmdsl's modules) given its lengths."""
+    xx = x.detach().clone().requires_grad_()
+    h = tuple(t.detach().clone().requires_grad_() for t in hx)
+    T = x.shape[1] if m.batch_first else x.shape[0]
+    if packed:
+        p = torch.nn.utils.rnn.pack_padded_sequence(xx, torch.tensor(lengths), batch_first=m.batch_first,
+                                                    enforce_sorted=False)
+        y, s = m(p, h if len(h) > 1 else h[0])
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=m.batch_first, total_length=T)
+    else:
+        y, s = m(xx, h if len(h) > 1 else h[0], lengths=lengths)
+    outs = (y, *as_tuple(s))
+    w = [torch.linspace(-1, 1, t.numel(), dtype=t.dtype, device=t.device).reshape(t.shape) for t in outs]
+    loss = sum((a * b).sum() for a, b in zip(outs, w))
+    names = [n for n, _ in m.named_parameters()]
+    grads = torch.autograd.grad(loss, [xx, *h, *m.parameters()])
+    named = torch_layout(m, dict(zip(names, grads[1 + len(h):])))
+    return outs, list(grads[:1 + len(h)]) + [named[n] for n in sorted(named)]
+
+
+@pytest.mark.parametrize("name", PACKED)
+def test_lengths_of_a_padded_batch_compute_what_torch_computes_on_it_packed(name):
+    """forward(x, lengths=...) (lstmdsl's, not torch.nn.LSTM's): a padded batch with its lengths gives what torch.nn
+    gives on the same batch packed and unpacked (pack_padded_sequence, pad_packed_sequence): outputs zero past each
+    end, the final states at each sequence's own end, and every gradient; a tensor of lengths as a list does."""
+    torch.manual_seed(2)
+    ref = PACKED[name]().double()
+    ours = lt.from_torch(ref)
+    lengths = [3, 6, 1, 4]
+    B, T = len(lengths), 6
+    x = torch.randn((B, T, 5) if ref.batch_first else (T, B, 5), dtype=torch.float64)
+    D = 2 if ref.bidirectional else 1
+    sizes = (ref.proj_size or ref.hidden_size, ref.hidden_size) if isinstance(ref, torch.nn.LSTM) else (ref.hidden_size,)
+    hx = tuple(0.3 * torch.randn(D * ref.num_layers, B, n, dtype=torch.float64) for n in sizes)
+    a_out, a_grads = run_padded(ref, x, lengths, hx, packed=True)
+    b_out, b_grads = run_padded(ours, x, lengths, hx, packed=False)
+    assert_close(b_out, a_out, 1e-12)
+    assert_close(b_grads, a_grads, 1e-12)
+    y = b_out[0] if not ref.batch_first else b_out[0].transpose(0, 1)
+    assert all(not y[n:, b].any() for b, n in enumerate(lengths))  # (zero past the end, exactly)
+    c_out, _ = run_padded(ours, x, torch.tensor(lengths, dtype=torch.int32), hx, packed=False)
+    assert_close(c_out, b_out, 0)
+
+
+def test_lengths_that_do_not_fit_the_batch_are_refused():
+    rnn = lt.LSTM(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for lengths, message in [([5], "lengths has shape \\[1\\]; the input is a batch of 2 sequences"),
+                             ([5, 0], "lengths must be in 1..5 \\(the input's steps\\), got 0..5"),
+                             (torch.tensor([6, 2]), "lengths must be in 1..5 .*got 2..6"),
+                             (torch.tensor([5.0, 2.0]), "lengths must hold integers, got torch.float32"),
+                             ([5, 2.5], "lengths must hold integers"), ([True, 1], "lengths must hold integers"),
+                             (5, "lengths must be a list or a CPU tensor of integers, got int"),
+                             (torch.tensor([5, 2], device="meta"), "lengths is on meta; give it on the CPU")]:
+        with pytest.raises(UsageError, match=message):
+            rnn(x, lengths=lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 2])
+    for bad in (packed, x[:, 0]):  # (a PackedSequence has its own; an unbatched input has one sequence)
+        with pytest.raises(UsageError, match="lengths goes with a padded batch, a 3-D tensor"):
+            rnn(bad, lengths=[5, 2])
+
+
 def test_unbatched_input_and_single_state_cells():
     gru = lt.GRU(4, 6, 2, dtype=torch.float64)
     x = torch.randn(5, 4, dtype=torch.float64)
@@ -431,6 +495,24 @@ def test_torch_compile_sees_one_opaque_op_and_agrees_with_eager():
     compiled = torch.compile(rnn, backend="aot_eager", fullgraph=True)
     (_, eager), (_, comp) = run_both(rnn, compiled, x)
     assert_close(comp, eager, 1e-12)
+
+
+def test_lengths_under_torch_compile_take_one_graph_for_every_lengths():
+    """lengths= as a CPU tensor under torch.compile(fullgraph=True): one graph (no break: the range is checked
+    where the graph runs) whatever the lengths, so new lengths never compile again; the results are eager's, and a
+    length past T is an error there too."""
+    torch._dynamo.reset()
+    rnn = lt.LSTM(3, 4, 2, dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    eager = [rnn(x, lengths=torch.tensor(n))[0] for n in ([5, 2, 3], [4, 4, 1], [1, 5, 5])]
+    graphs = []
+    compiled = torch.compile(rnn, backend=lambda gm, example: graphs.append(gm) or gm.forward, fullgraph=True)
+    for n, want in zip(([5, 2, 3], [4, 4, 1], [1, 5, 5]), eager):
+        y, _ = compiled(x, lengths=torch.tensor(n))
+        assert torch.equal(y, want)
+    assert len(graphs) == 1
+    with pytest.raises(RuntimeError, match="lengths must be in 1..5"):
+        compiled(x, lengths=torch.tensor([6, 1, 1]))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
@@ -1098,8 +1180,30 @@ def test_no_host_synchronisation_per_call():
         for packed in packs:  # a packed batch too, the second with new lengths
             y, (h, c) = bi(packed)
             (y.data.sum() + c.sum()).backward()
+        for n in ([10, 3, 7, 1], [2, 10, 10, 5]):  # a padded batch with its lengths (lstmdsl's `lengths=`)
+            y, (h, c) = bi(x, lengths=n)
+            (y.sum() + c.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["lstm-bidirectional", "gru-bidirectional", "lstm-batch-first"])
+def test_lengths_on_the_gpu_give_what_the_packed_batch_gives(name):
+    """On CUDA (the generated kernels, each direction's persistent or stepwise loop as the plan chooses): a padded
+    batch with lengths= gives the outputs, final states and gradients the same batch packed gives, at odd sizes."""
+    torch.manual_seed(3)
+    ours = lt.from_torch(PACKED[name]()).cuda()
+    lengths = [9, 4, 7, 1, 9]
+    B, T = len(lengths), 9
+    x = torch.randn((B, T, 5) if ours.batch_first else (T, B, 5), device="cuda")
+    D = 2 if ours.bidirectional else 1
+    hx = tuple(0.3 * torch.randn(D * ours.num_layers, B, n, device="cuda") for n in ours.state_sizes.values())
+    a_out, a_grads = run_padded(ours, x, lengths, hx, packed=True)
+    b_out, b_grads = run_padded(ours, x, lengths, hx, packed=False)
+    assert_close(b_out, a_out, 1e-5)
+    assert_close(b_grads, a_grads, 1e-4)
 
 
 @pytest.mark.skipif(not has_gpu() or torch.cuda.device_count() < 2, reason="needs two GPUs")

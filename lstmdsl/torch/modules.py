@@ -19,6 +19,7 @@ from .names import torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
+from .packing import length_mask, packing
 from .pair import run_pair
 from .weights import CopyInto
 
@@ -85,7 +86,7 @@ class RNN(nn.Module):
         self._groups = []  # (runner, [(layer, direction)], [parameter names])
         self.overlap_directions = True  # on CUDA, outside torch.compile: the two directions run at once
         self._connected: dict = {}  # DropConnect's masked weight stacks (see _connect)
-        self._packing_cache = None  # (batch_sizes, device, dtype) and _packing's tensors for the last packed batch
+        self._packing_cache = None  # (batch_sizes, device, dtype) and packing's tensors for the last packed batch
         self._seed, self._forget_bias = seed, forget_bias  # (reset_parameters draws them again the same way)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         for members in groups:
@@ -196,13 +197,18 @@ class RNN(nn.Module):
             out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
         return out
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, lengths=None):
         """input [T, B, input_size] ([B, T, ...] with batch_first, or unbatched [T, input_size]) ->
         (output [T, B, D * output], final state): a tuple in the spec's state order ((h_n, c_n) for an
-        LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]."""
+        LSTM), or one tensor for a single-state cell; each [D * num_layers, B, size]. A PackedSequence input gives a
+        PackedSequence output. lengths (not torch.nn.LSTM's): each sequence's length in a padded batch, B integers
+        in 1..T on the CPU, as pack_padded_sequence takes them: the same results as that batch packed (output zero
+        past each end), without packing it."""
         packed = input if isinstance(input, nn.utils.rnn.PackedSequence) else None
-        if packed is not None:  # padded time-major in the packed (sorted) order: see _packing
-            rows, mask = self._packing(packed)
+        if lengths is not None and (packed is not None or not isinstance(input, torch.Tensor) or input.dim() != 3):
+            raise UsageError("lengths goes with a padded batch, a 3-D tensor (a PackedSequence has its own)")
+        if packed is not None:  # padded time-major in the packed (sorted) order: see packing.py
+            self._packing_cache, (rows, mask) = packing(packed, self._packing_cache)
             T, B = len(packed.batch_sizes), int(packed.batch_sizes[0])
             data = packed.data
             # (index_copy_ in place: the out-of-place index_copy would copy the zeros first)
@@ -244,7 +250,9 @@ class RNN(nn.Module):
         steps = []
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]
-        if packed is not None:
+        if lengths is not None:
+            mask = length_mask(lengths, x.shape[0], x.shape[1], x.device, _value_type(x))
+        if packed is not None or lengths is not None:
             steps = [mask.to(_value_type(x))]
         if x.shape[1] == 0:  # no sequence: empty outputs, as torch.nn.LSTM gives, still in autograd's graph
             zero = sum(t.reshape(-1)[:0].sum() for t in [x, *states, *self.parameters()])
@@ -253,6 +261,8 @@ class RNN(nn.Module):
             final = [x.new_zeros((D * self.num_layers, 0, self.state_sizes[s.name])) + zero for s in self.spec.cell.states]
         else:
             y, final = self._run(x, states, steps)
+        if lengths is not None:  # (past the end y holds the state there: masks.with_lengths(held=True))
+            y = y * mask
         if packed is not None:
             if packed.unsorted_indices is not None:
                 final = [f.index_select(1, packed.unsorted_indices) for f in final]
@@ -273,34 +283,6 @@ class RNN(nn.Module):
     @staticmethod
     def _final(final: list[torch.Tensor]):
         return tuple(final) if len(final) > 1 else final[0]
-
-    def _packing(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, mask) of a packed batch, on its device: rows [N] the row of each packed entry in the
-        padded [T * B] layout (packed order: longest sequence first, as cuDNN runs a packed batch), and the
-        length mask [T, B, 1] (1 while step t is inside sequence b). Unpacking and repacking are then one
-        index_copy and one index_select, where torch's pad/pack functions loop over the steps on the host
-        and read the indices back from the device. Built from batch_sizes (on the CPU), copied without
-        blocking the host, and kept for the next batch with the same batch_sizes."""
-        data, sizes = packed.data, packed.batch_sizes
-        key = (sizes.numpy().tobytes(), data.device, data.dtype)
-        cached = self._packing_cache
-        if cached is not None and cached[0] == key and len(cached[1][0]) == len(data):
-            return cached[1]
-        if (sizes.dim() != 1 or len(sizes) == 0 or int(sizes.sum()) != len(data) or int(sizes.min()) < 1
-                or bool((sizes[1:] > sizes[:-1]).any())):  # (a hand-made one: torch's own are always right)
-            raise UsageError(f"the PackedSequence's batch_sizes {sizes.tolist()} do not describe its data "
-                             f"({len(data)} rows): build it with torch.nn.utils.rnn.pack_padded_sequence")
-        T, B = len(sizes), int(sizes[0])
-        starts = torch.cumsum(sizes, 0) - sizes
-        step = torch.repeat_interleave(torch.arange(T), sizes)
-        rows = step * B + torch.arange(len(step)) - torch.repeat_interleave(starts, sizes)
-        if data.is_cuda and not torch.compiler.is_compiling():
-            rows = rows.pin_memory().to(data.device, non_blocking=True)
-        else:
-            rows = rows.to(data.device)
-        mask = torch.zeros(T * B, device=data.device, dtype=data.dtype).index_fill_(0, rows, 1.0).view(T, B, 1)
-        self._packing_cache = (key, (rows, mask))
-        return rows, mask
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
         """A group's parameters (and bias buffers), in the order the ops take them."""

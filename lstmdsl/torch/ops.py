@@ -7,8 +7,8 @@ A `handle` names a Runner: a cell, a schedule, the sizes of a stack of layers an
 sequence in. `steps` holds the per-step inputs: first, optionally, the mask of sequence lengths ([T, B, 1],
 masks.py: then the cell stops each sequence at its end; y past the end, where it is a state's update, is not
 zeroed but holds its value there, with_lengths(held=True), on both devices: the module reads only the packed
-rows, and y is then a state's history in place, with no buffer and no store of its own), then the masks of the
-spec's regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
+rows or zeroes the rest (lengths=), and y is a state's history in place, no buffer or store of its own), then the
+masks of the spec's regularisers (Cell.noise), layer by layer ([T, B, n] each; Runner.split_steps). Each op has a fake
 implementation (the shapes of its outputs), so torch.compile traces a module as one opaque op per call, with no
 graph break, and never looks inside lstmdsl's runtime; the autograd formula of rnn_forward calls rnn_backward.
 On CUDA tensors the ops run the generated kernels (an Engine per device and element type, on torch's current
