@@ -57,7 +57,7 @@ def main() -> None:
     rows, packing = [], []
     for B, H, T in SHAPES:
         cudnn, ours, x, lengths, pre = packed_case(B, H, T, args.layers, args.tf32)
-        for batch in ("padded", "packed", "pre-packed"):
+        for batch in ("padded", "lengths", "packed", "pre-packed"):
             def inputs():
                 if batch == "padded":
                     return x
@@ -67,6 +67,12 @@ def main() -> None:
 
             def out(y):
                 return y.data if isinstance(y, torch.nn.utils.rnn.PackedSequence) else y
+
+            def call(m):  # lengths: lstmdsl's lengths= on the padded batch, cuDNN's only way (packed) for cuDNN
+                if batch != "lengths":
+                    return m(inputs())
+                return m(x, lengths=lengths) if m is ours else \
+                    m(torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
             if batch == "packed":  # torch's packing alone: what any module's packed call pays besides its RNN
                 def pack_fwd():
                     with torch.no_grad():
@@ -83,12 +89,12 @@ def main() -> None:
 
                 def fwd():
                     with torch.no_grad():
-                        m(inputs())
+                        call(m)
 
                 def train():  # (each call's gradients anew, as after zero_grad())
                     m.zero_grad(set_to_none=True)
                     x.grad = pre.data.grad = None
-                    y, _ = m(inputs())
+                    y, _ = call(m)
                     out(y).sum().backward()
                 # (cuDNN's forward in eval mode: in training mode it runs its training kernels, under no_grad too;
                 # until 2026-12-04 this script timed that)
@@ -110,7 +116,8 @@ def markdown(result: dict) -> str:
              f"(torch {result['torch']}, cuDNN {result['cudnn']}, lstmdsl {result['lstmdsl']}); ms, medians of "
              f"{result.get('repeat', 20)} CUDA-event timings; x cuDNN = time / cuDNN's time. serial: lstmdsl with "
              "the two directions one after the other. packed: lengths uniform in [T/2, T], packing included; "
-             "pre-packed: the same batch packed once beforehand (the RNN's own cost of a packed batch).", "",
+             "pre-packed: the same batch packed once beforehand (the RNN's own cost of a packed batch); lengths: "
+             "the padded batch with lstmdsl's lengths= (for cuDNN, its only way: packed).", "",
              "| B | H | T | input | lstmdsl fwd | serial | cuDNN fwd | x cuDNN | serial x | lstmdsl train | serial | "
              "cuDNN train | x cuDNN | serial x |", "|" + "---|" * 14]
     rows = result["rows"]
@@ -124,7 +131,8 @@ def markdown(result: dict) -> str:
                   "its data's sum), which every packed call pays on the host besides the RNN, and lstmdsl's packed "
                   "time against its padded time:", "",
                   "| B | H | T | packing fwd | packing train | lstmdsl packed / padded fwd | train | "
-                  "pre-packed / padded fwd | train | cuDNN pre-packed / padded fwd | train |", "|" + "---|" * 11]
+                  "pre-packed / padded fwd | train | cuDNN pre-packed / padded fwd | train | lstmdsl lengths= / "
+                  "padded fwd | train |", "|" + "---|" * 13]
 
         def row(impl, batch, p):
             return next((r for r in rows if r["impl"] == impl and r["input"] == batch and r["batch"] == p["batch"]
@@ -133,11 +141,11 @@ def markdown(result: dict) -> str:
         def ratio(a, b, mode):
             return f"{a[mode] / b[mode]:.2f}" if a and b else "-"
         for p in result["packing"]:
-            pad, packed, pre = (row("lstmdsl", i, p) for i in ("padded", "packed", "pre-packed"))
+            pad, packed, pre, lengths = (row("lstmdsl", i, p) for i in ("padded", "packed", "pre-packed", "lengths"))
             cpad, cpre = row("cuDNN", "padded", p), row("cuDNN", "pre-packed", p)
+            pairs = ((packed, pad), (pre, pad), (cpre, cpad), (lengths, pad))
             lines.append(f"| {p['batch']} | {p['hidden']} | {p['steps']} | {p['forward_ms']:.3f} | {p['train_ms']:.3f} | "
-                         + " | ".join(ratio(a, b, m) for a, b in ((packed, pad), (pre, pad), (cpre, cpad))
-                                      for m in ("forward_ms", "train_ms")) + " |")
+                         + " | ".join(ratio(a, b, m) for a, b in pairs for m in ("forward_ms", "train_ms")) + " |")
     return "\n".join(lines)
 
 
