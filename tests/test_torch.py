@@ -227,6 +227,29 @@ def test_lengths_of_a_padded_batch_compute_what_torch_computes_on_it_packed(name
     assert_close(c_out, b_out, 0)
 
 
+def test_lengths_ignore_whatever_the_padding_holds_and_take_numpy_integers():
+    """The padding of a batch with lengths= is never read: NaN or inf there gives the outputs, final states and
+    gradients that zeros there give (the op's mask multiplies, so the module zeroes the padding first; the packed
+    path never sees it); numpy's integers are lengths too, as pack_padded_sequence takes them."""
+    torch.manual_seed(4)
+    m = lt.LSTM(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    lengths = [5, 2, 4]
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    poisoned = x.clone()
+    for b, n in enumerate(lengths):
+        x[n:, b] = 0
+        poisoned[n:, b] = float("nan") if b % 2 else float("inf")
+    hx = (torch.zeros(4, 3, 4, dtype=torch.float64),) * 2
+    want, want_grads = run_padded(m, x, lengths, hx, packed=False)
+    got, got_grads = run_padded(m, poisoned, np.array(lengths, dtype=np.int32), hx, packed=False)
+    assert all(torch.isfinite(t).all() for t in [*got, *got_grads])
+    assert_close(got, want, 0)
+    assert_close(got_grads[1:], want_grads[1:], 0)  # (dx past each end: zero in both)
+    assert torch.equal(torch.isnan(got_grads[0]), torch.zeros_like(got_grads[0], dtype=torch.bool))
+    y, _ = m(x, lengths=[np.int64(5), np.int16(2), 4])
+    assert torch.equal(y, want[0])
+
+
 def test_lengths_that_do_not_fit_the_batch_are_refused():
     rnn = lt.LSTM(3, 4, dtype=torch.float64)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
@@ -235,6 +258,7 @@ def test_lengths_that_do_not_fit_the_batch_are_refused():
                              (torch.tensor([6, 2]), "lengths must be in 1..5 .*got 2..6"),
                              (torch.tensor([5.0, 2.0]), "lengths must hold integers, got torch.float32"),
                              ([5, 2.5], "lengths must hold integers"), ([True, 1], "lengths must hold integers"),
+                             (np.array([5.0, 2.0]), "lengths must hold integers"),
                              (5, "lengths must be a list or a CPU tensor of integers, got int"),
                              (torch.tensor([5, 2], device="meta"), "lengths is on meta; give it on the CPU")]:
         with pytest.raises(UsageError, match=message):

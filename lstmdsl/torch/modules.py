@@ -250,8 +250,9 @@ class RNN(nn.Module):
         steps = []
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]
-        if lengths is not None:
+        if lengths is not None:  # (the padding zeroed: a NaN there would reach the states and the weight gradients)
             mask = length_mask(lengths, x.shape[0], x.shape[1], x.device, _value_type(x))
+            x = x.masked_fill(mask == 0, 0)
         if packed is not None or lengths is not None:
             steps = [mask.to(_value_type(x))]
         if x.shape[1] == 0:  # no sequence: empty outputs, as torch.nn.LSTM gives, still in autograd's graph
@@ -262,7 +263,7 @@ class RNN(nn.Module):
         else:
             y, final = self._run(x, states, steps)
         if lengths is not None:  # (past the end y holds the state there: masks.with_lengths(held=True))
-            y = y * mask
+            y = y * mask.to(y.dtype)
         if packed is not None:
             if packed.unsorted_indices is not None:
                 final = [f.index_select(1, packed.unsorted_indices) for f in final]

@@ -4,6 +4,9 @@ padded batch's own lengths (length_mask: the module's `lengths=`, which spares t
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +39,8 @@ def packing(packed: nn.utils.rnn.PackedSequence, cached) -> tuple[tuple, tuple[t
 def length_mask(lengths, T: int, B: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The length mask [T, B, 1] of a padded batch of B sequences of T steps: `lengths` is what
     torch.nn.utils.rnn.pack_padded_sequence takes, B integers in 1..T as a list or a tensor on the CPU (checked on
-    the host, so that a bad length is an error here and not wrong numbers, without waiting for the device), and
-    the mask is made there and copied without blocking the host."""
+    the host, so that a bad length is an error here and not wrong numbers, without waiting for the device; numpy's
+    integers too), and the mask is made there and copied without blocking the host."""
     if isinstance(lengths, torch.Tensor):
         if lengths.device.type != "cpu":
             raise UsageError(f"lengths is on {lengths.device}; give it on the CPU, as pack_padded_sequence takes it "
@@ -51,9 +54,13 @@ def length_mask(lengths, T: int, B: int, device: torch.device, dtype: torch.dtyp
         except TypeError:
             raise UsageError(f"lengths must be a list or a CPU tensor of integers, got {type(lengths).__name__}") \
                 from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        try:  # (Python's and numpy's integers, as pack_padded_sequence takes them; not bools)
+            values = torch.tensor([operator.index(v) for v in items if not isinstance(v, (bool, np.bool_))],
+                                  dtype=torch.int64)
+        except TypeError:
+            values = None
+        if values is None or len(values) != len(items):
             raise UsageError(f"lengths must hold integers, got {items!r}")
-        values = torch.tensor(items, dtype=torch.int64)
     if tuple(values.shape) != (B,):
         raise UsageError(f"lengths has shape {list(values.shape)}; the input is a batch of {B} sequences "
                          f"(one length each)")
@@ -67,7 +74,8 @@ def length_mask(lengths, T: int, B: int, device: torch.device, dtype: torch.dtyp
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """t (on the CPU) on `device`, copied from pinned memory without blocking the host on CUDA."""
+    """t (on the CPU) on `device`, copied from pinned memory without blocking the host on CUDA (under torch.compile
+    a plain copy: pinning is not traced)."""
     if device.type == "cuda" and not torch.compiler.is_compiling():
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
