@@ -7,6 +7,8 @@ fp32 and tf32 GEMMs' workspace instead, at every batch (GemmWorkspace.full and .
     python3 benchmarks/probe_half_workspace.py --precisions bf16 fp16 --cases train:1x1024x100x4 train:16x1024x1000x4
     python3 benchmarks/probe_half_workspace.py --full --precisions fp32 tf32 --settings 33554432 1048576 0 \
         --cases train:1x256x100x1 forward:1x512x1000x4
+    python3 benchmarks/probe_half_workspace.py --wave --precisions fp32 tf32 --settings 33554432 -1 \
+        --cases train:16x256x100x4 train:64x512x100x4
 """
 import argparse
 import sys
@@ -25,6 +27,9 @@ ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
 ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes (-1: the plan's rule)")
 ap.add_argument("--full", action="store_true",
                 help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
+ap.add_argument("--wave", action="store_true",
+                help="the workspace of a stack's wavefront lanes instead (GemmWorkspace.wave: 8 MiB and cuBLASLt's "
+                     "kernels chosen under it; another size there runs cuBLAS's own choice)")
 ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=7)
 args = ap.parse_args()
@@ -35,11 +40,16 @@ RULE = GemmWorkspace.nbytes
 def setting(nbytes: int) -> None:
     """The plan's workspace rule with nbytes for the GEMMs probed (half, or with --full fp32 and tf32); -1: the
     plan's own rule."""
+    if args.wave:  # (the rule elsewhere)
+        GemmWorkspace.nbytes = RULE if nbytes < 0 else lambda self, B, half, rows=0, wave=False: \
+            nbytes if wave and RULE(self, B, half, rows, True) == self.wave else RULE(self, B, half, rows, wave)
+        return
     GemmWorkspace.nbytes = RULE if nbytes < 0 else \
-        lambda self, B, half, rows=0: nbytes if half != args.full else RULE(self, B, half, rows)
+        lambda self, B, half, rows=0, wave=False: nbytes if half != args.full else RULE(self, B, half, rows, wave)
 
 
-print(f"vanilla, cuBLAS workspace ({'fp32 and tf32' if args.full else 'half precision'}) bytes a lane: "
+what = 'a wavefront lane' if args.wave else 'fp32 and tf32' if args.full else 'half precision'
+print(f"vanilla, cuBLAS workspace ({what}) bytes a lane: "
       + " / ".join(map(str, args.settings))
       + "; ms by the call, GPU ms alone, MiB (min over rounds)", flush=True)
 print("prec mode     B    H    T L | cuDNN ms   MiB | "

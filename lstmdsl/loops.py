@@ -184,18 +184,35 @@ class GemmWorkspace:
     forward: its GEMMs are then only those over all T * B rows, no step's) and T * B <= persistent_rows: at 16 x 256
     and 16 x 512, T = 100, one layer, training took 0.96-1.02x the time by the call and went under cuDNN's memory
     (22.5 against 35.9 MiB, 51.9 against 74.5; same probe); past those rows the weight-gradient GEMMs over them
-    were not measured without split-K's space."""
+    were not measured without split-K's space.
+
+    `wave` for the lanes of a stack's wavefront at B > small_batch (four lanes of `full` put 4-layer fp32 and tf32
+    training 19-85 MiB over cuDNN's memory at 16 and 64 x 256 and 512 and 256 x 256 on the H200's grid), where each
+    GEMM runs cuBLASLt's first kernel for a `full` limit (`first_kernels`) unless the bare handle is faster. That
+    kernel is the one cublasGemmEx runs with `full`, and at B 16 and 64, H 256 and 512, T = 100 it needed at most
+    16 MiB for every GEMM of a layer (on an H100: benchmarks/results/probes/gemm_workspace_need_h100.txt); a GEMM
+    whose kernel needs more runs as cublasGemmEx chooses with `full`, on the lane's handle of that size. cublasGemmEx
+    itself given less than `full` runs other kernels (the same ones from 24 MiB down to 8): a lane of 16 MiB that way
+    took 1.05-1.33x the training time (probes/gemm_workspace_wave16_h100.txt); 8 MiB with cuBLASLt's fastest kernel
+    under it, timed alone, 1.03-1.21x (probes/gemm_workspace_wave_lt8_h100.txt)."""
 
     full: int = 32 << 20
     half: int = 1 << 20
     small: int = 1 << 20
     small_batch: int = 1
     persistent_rows: int = 2048
+    wave: int = 16 << 20
 
-    def nbytes(self, B: int, half: bool, persistent_rows: int = 0) -> int:
+    def nbytes(self, B: int, half: bool, persistent_rows: int = 0, wave: bool = False) -> int:
         """The workspace of a GEMM at batch B (half: its operands are bf16 or fp16); persistent_rows: T * B where
-        every phase its workspace runs is one persistent kernel, else 0."""
+        every phase its workspace runs is one persistent kernel, else 0; wave: it runs on a wavefront's lane."""
         if half:
             return self.half
-        small = B <= self.small_batch or 0 < persistent_rows <= self.persistent_rows
-        return self.small if small else self.full
+        if B <= self.small_batch or 0 < persistent_rows <= self.persistent_rows:
+            return self.small
+        return self.wave if wave else self.full
+
+    def first_kernels(self, nbytes: int) -> bool:
+        """Whether GEMMs with a workspace of nbytes run cuBLASLt's first kernel for that limit where they do not run
+        bare (the wavefront's lanes: cublasGemmEx's own choice with less than `full` can be far slower)."""
+        return nbytes == self.wave != self.full

@@ -248,7 +248,10 @@ def workspace_text(plan: Plan, batch: int | None = None) -> str:
     text = (f"cuBLAS workspace, a lane (a stack's wavefront: a lane a layer): {mib(w.half)} for half-precision GEMMs, "
             f"for fp32 and tf32 ones {mib(w.full)} at B > {w.small_batch} and {mib(w.small)} at B <= {w.small_batch}"
             + (f" or where every phase a workspace runs is one persistent kernel over T * B <= {w.persistent_rows} rows"
-               if plan.forward.loop.persistent is not None else ""))
+               if plan.forward.loop.persistent is not None else "")
+            + (f", {mib(w.wave)} on a stack's wavefront lanes at B > {w.small_batch}"
+               + (" (cuBLASLt's first kernel for it, or none)" if w.first_kernels(w.wave) else "")
+               if plan.wavefront is not None and w.wave != w.full else ""))
     if batch is None:
         return text
     kinds = _gemm_kinds(plan)

@@ -120,16 +120,18 @@ def test_a_timing_that_fails_keeps_the_default_with_a_warning(monkeypatch):
 def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monkeypatch):
     """Engine._tune: not inside someone else's CUDA-graph capture (the GEMMs then run as cuBLAS would by
     default, and the phase is tuned at a later call), and once per workspace, phase and fan (the fanned
-    GEMMs take lanes of their own, whose handles the tuning makes)."""
+    GEMMs take lanes of their own, whose handles the tuning makes); a wavefront's layers on its lanes (the plan's
+    workspace there: Issue.wave)."""
     from lstmdsl.runtime import executor
 
     tuned = []
 
     class FakeIssue:
-        def __init__(self, engine, ws, bind, stream, lane, fan=None):
-            self.ws, self.fan = ws, fan
+        def __init__(self, engine, ws, bind, stream, lane, fan=None, on_wave=False):
+            self.ws, self.fan, self.on_wave = ws, fan, on_wave
 
         def tune(self, phase, wave=0):
+            assert self.on_wave == bool(wave)
             tuned.append((self.ws.name, phase, wave, self.fan))
 
     capturing = [True]
@@ -403,6 +405,76 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
     assert json.loads((tmp_path / cublas.LT_CHOICES).read_text())[cublas._stored_key(3, key)] == ""
 
 
+def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_with_the_full_one(monkeypatch):
+    """first=True (GemmWorkspace.first_kernels: a wavefront's lanes): tune looks up cuBLASLt's first kernel for a
+    `full` limit, untimed where the shape is large, and times the bare handle against it; gemm() runs it on the lane's
+    handle of the wave size where the addresses fit it; cublasGemmEx on the lane's `full` handle where the kernel
+    needs more than the wave size, misses the alignment, or the shape was never tuned (or LSTMDSL_TUNE_GEMMS=0);
+    bare where bare was faster."""
+    from lstmdsl.plan import GemmWorkspace
+    from lstmdsl.runtime import cublaslt
+
+    rule = GemmWorkspace()
+    times = {"bare": 30.0, "workspace": 10.0}
+    calls = _fake(monkeypatch, times)
+    monkeypatch.setattr(cublas, "_FIRST", {})
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    fake_handle = cublas._handle
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",), workspace=None: SimpleNamespace(
+        **vars(fake_handle(lane, bare, types, workspace)), workspace=SimpleNamespace(
+            nbytes=cublas.workspace_for(types, workspace), data=SimpleNamespace(ptr=11))))
+    needs = {}  # M -> the first kernel's workspace
+    listed = []
+    monkeypatch.setattr(cublaslt, "load", lambda libcublas: None)
+    monkeypatch.setattr(cublas, "_load_libcublas", lambda: SimpleNamespace(_name="libcublas.so.13"))
+    monkeypatch.setattr(cublaslt, "candidates", lambda device, M, *shape: listed.append((M, shape[-1])) or [
+        SimpleNamespace(key=f"k{M}", workspace=needs[M], fits=lambda a, b, c: c != 8)])
+
+    def run(device, kernel, a, b, c, accumulate, scalars, workspace, nbytes, stream):
+        calls.append((("lt", kernel.key, nbytes), (c,)))
+
+    monkeypatch.setattr(cublaslt, "run", run)
+
+    def timed(call, stream, *rest):
+        call(stream + 1)
+        name = calls[-1][0]
+        return 10.0 if name[0] == "lt" else times[name[0]]
+
+    monkeypatch.setattr(cublas, "_time", timed)
+    wave, full = rule.wave, rule.full
+    needs.update({16: 1 << 20, 64: 24 << 20, 2048: 16 << 20})
+    # a step's shape: the kernel found (listed for a `full` limit) and timed against bare, which is slower
+    assert not cublas.tune(16, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    assert listed == [(16, full)] and [c[0][0] for c in calls] == ["lt", "bare"]
+    calls.clear()
+    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, wave, True)  # misaligned
+    assert [c[0] for c in calls] == [("lt", "k16", wave), ("workspace", 3)]  # (the full handle's name: no size)
+    # a kernel that needs more than the wave size: cublasGemmEx with the full one, timed against bare so too
+    calls.clear()
+    assert not cublas.tune(64, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(64, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    assert [c[0] for c in calls] == [("workspace", 3), ("bare", 3), ("workspace", 3)]
+    # a weight gradient (large: untimed) runs its kernel; bare where bare is faster
+    calls.clear()
+    assert not cublas.tune(2048, 512, 6400, 1, 2048, True, 2, 512, False, 512, True, TYPES, 5, 3, wave, True)
+    assert not calls
+    cublas.gemm(2048, 512, 6400, 1, 2048, True, 2, 512, False, 9, 512, True, TYPES, 5, 3, wave, True)
+    times["bare"] = 1.0
+    needs[32] = 1 << 20
+    assert cublas.tune(32, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    assert [c[0] for c in calls] == [("lt", "k2048", wave), ("lt", "k32", wave), ("bare", 3), ("bare", 3)]
+    # never tuned, or tuning off: cublasGemmEx with the full workspace, nothing looked up
+    calls.clear()
+    monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
+    needs[48] = 1 << 20
+    cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    assert [c[0] for c in calls] == [("workspace", 3)] * 2 and listed[-1][0] == 32
+
+
 @pytest.mark.gpu
 def test_every_listed_cublaslt_kernel_computes_the_product_and_a_layer_runs_with_them(monkeypatch):
     """On the GPU: each kernel cuBLASLt lists for a few shapes (transposed operands, odd sizes, tf32), on
@@ -521,7 +593,16 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     plan = build_program(vanilla.cell, Schedule(), "float32").plan
     sizes = {"input": 8, "hidden": 8}
     assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1 or where every phase a workspace "
-                                                "runs is one persistent kernel over T * B <= 2048 rows; here 1 MiB")
+                                                "runs is one persistent kernel over T * B <= 2048 rows, 16 MiB on a "
+                                                "stack's wavefront lanes at B > 1 (cuBLASLt's first kernel for it, or "
+                                                "none); here 1 MiB")
+    # a wavefront's lanes: the wave size from B = 2 on, never over the small or the half one
+    assert [rule.nbytes(B, False, 0, True) for B in (1, 2, 64, 256)] == [1 << 20] + [16 << 20] * 3
+    assert rule.nbytes(16, True, 0, True) == 1 << 20 and rule.nbytes(16, False, 1600, True) == 1 << 20
+    assert rule.first_kernels(rule.wave) and not any(map(rule.first_kernels, (rule.full, rule.small, rule.half)))
+    gru = lstmdsl.parse(lstmdsl.resources.shipped_specs()["gru"].read_text())  # (a plan without a wavefront)
+    gru_plan = build_program(gru.cell, Schedule(wavefront="off"), "float32").plan
+    assert gru_plan.wavefront is None and "wavefront lanes" not in format_plan(gru_plan).splitlines()[-1]
     assert format_plan(plan, sizes, 16).endswith("; here 32 MiB with a stepwise phase")
     assert "; here" not in format_plan(plan).splitlines()[-1]
     assert format_plan(plan).splitlines()[-1].startswith("cuBLAS workspace, a lane")  # (the rule without a batch)

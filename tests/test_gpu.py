@@ -508,9 +508,10 @@ def test_half_arrays_in_and_out_under_half_precision(options, schedule, lengths,
 def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
     """A stack's GEMMs run on handles with the workspace plan.GemmWorkspace gives: in bf16 / fp16 the half one
     (1 MiB a lane, not 32: a wavefront takes a lane per layer), in fp32 the small one at B = 1 and the full one
-    at B = 5, and the small one at B = 16 where one layer's forward and backward both run persistent (their GEMMs
-    are over all steps' rows only), forward and backward, and give what the reference gives. (Every shape with a
-    workspace, as cuBLAS runs it by default: a choice stored by an earlier process could run one bare.)"""
+    at B = 5 (a wavefront's lanes untuned: cuBLAS's own choice, with it), and the small one at B = 16 where one
+    layer's forward and backward both run persistent (their GEMMs are over all steps' rows only), forward and
+    backward, and give what the reference gives. (Every shape with a workspace, as cuBLAS runs it by default: a
+    choice stored by an earlier process could run one bare.)"""
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublas
 
@@ -538,6 +539,40 @@ def test_gemms_take_the_cublas_workspace_the_plan_gives(monkeypatch):
         ref.load_state_dict(layer.state_dict())
         expect, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
         assert np.linalg.norm(cupy.asnumpy(y) - expect) / np.linalg.norm(expect) < 2e-2
+
+
+def test_a_wavefront_with_cublaslt_kernels_on_its_lanes_gives_the_reference(monkeypatch):
+    """A stack's wavefront (fp32, B = 5, odd sizes: some steps' operands off a kernel's alignment) runs cuBLASLt's first
+    kernel for each of its GEMMs on its lanes' workspace (GemmWorkspace.first_kernels), the parameter gradients' too;
+    with the bare handle never taken, so that they run, its forward, input and parameter gradients match the float64
+    reference's, and its lanes' handles hold the wave size."""
+    from lstmdsl.plan import GemmWorkspace
+    from lstmdsl.runtime import cublas
+
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    for name, value in (("_BARE", {}), ("_STORED", {}), ("_store", lambda key, bare: None), ("_FIRST", {}),
+                        ("TUNE_MARGIN", 0.0)):
+        monkeypatch.setattr(cublas, name, value)
+    rule, rng = GemmWorkspace(), np.random.default_rng(4)
+    T, B, I, H, L = 9, 5, 37, 99, 3
+    x = cupy.asarray(rng.standard_normal((T, B, I)) * 0.5, np.float32)
+    dy = cupy.asarray(rng.standard_normal((T, B, H)), np.float32)
+    before = cublas.workspace_uses()
+    layer = lstmdsl.compile("vanilla", I, H, L, backend="cuda", schedule="no persistent; wavefront", seed=5)
+    y, _ = layer.forward(x)
+    dx = layer.backward(dy)
+    after = cublas.workspace_uses()
+    assert rule.wave in {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
+    found = {key for key, kernel in cublas._FIRST.items() if kernel is not None}
+    assert found and {key[-1] for key in cublas._FIRST} == {rule.wave}, cublas._FIRST
+    assert any(key[3] == T * B for key in found), found  # (a weight gradient's K: all steps' rows)
+    ref = lstmdsl.compile("vanilla", I, H, L, dtype="float64")
+    ref.load_state_dict(layer.state_dict())
+    want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
+    want_dx = ref.backward(cupy.asnumpy(dy).astype(np.float64))
+    for got, expect in [(y, want), (dx, want_dx)] + [(layer.grads()[k], ref.grads()[k]) for k in ref.grads()]:
+        got = cupy.asnumpy(got)
+        assert np.linalg.norm(got - expect) / np.linalg.norm(expect) < 1e-4
 
 
 def _phase_runs(layer, phase: str) -> list:

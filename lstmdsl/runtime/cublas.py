@@ -155,6 +155,11 @@ _BARE: dict[tuple, bool] = {}  # (device, shape, layout, types, workspace bytes)
 # way it chose, and gemm() runs one that takes less than TUNE_MARGIN of that time (not the default: measured on an
 # H100 only, where it moved FGR's fp32 forward alone, 0.90x; benchmarks/probe_cublaslt.py compares the kernels)
 _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kernel it runs (None: cuBLAS's own way)
+# Where the plan says so for a workspace (GemmWorkspace.first_kernels: a wavefront's lanes), a shape not run bare runs
+# cuBLASLt's first kernel for a `full` limit, untimed (the kernel cublasGemmEx runs with `full`), on that workspace
+# where the kernel needs no more than it has; else, and where tune has not seen the shape, as cublasGemmEx chooses with
+# `full` (the other handle of the lane: its own choice with less space is often slower).
+_FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, None where it needs more (or none listed)
 
 
 def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace: int) -> tuple:
@@ -179,17 +184,20 @@ _STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, sh
 
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
-         workspace: int | None = None) -> bool:
+         workspace: int | None = None, first: bool = False) -> bool:
     """Times gemm()'s shape with and without a workspace of workspace_for(types, workspace) bytes (into a scratch
     result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and
     in the cache directory for later processes on the same GPU model and cuBLAS version (gemm_choices.json: they
     run the same kernels without timing them again; delete it to time again). Returns whether it runs bare. Not
     while `stream` is being captured (the caller checks): it also makes the lane's handle for the choice here, so
     that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
-    everywhere (the same kernels in every process whatever the cache holds)."""
+    everywhere (the same kernels in every process whatever the cache holds). first: the plan's first_kernels for
+    this workspace (_FIRST): the shape's cuBLASLt kernel found here, and the bare handle timed against it."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     timed = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
+    if first and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0" and key not in _FIRST:
+        _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, types, workspace)
     if key not in _BARE:
         if not timed:
             _BARE[key] = False
@@ -197,11 +205,11 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             stored = _stored_key(lane, key)
             if stored not in _stored_choices():
                 bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
-                                    workspace)
+                                    workspace, _FIRST.get(key, False))
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key], types, workspace)
+    _handle(lane, _BARE[key], types, workspace if _FIRST.get(key) or key not in _FIRST else None)
     if timed and key not in _LT and cublaslt.enabled():
         _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
@@ -325,13 +333,33 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
     return chosen
 
 
-def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
-                 workspace: int) -> bool | None:
-    scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    handles = [_handle(lane, False, types, workspace), _handle(lane, True)]  # (made before the captures that time them)
+def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, types, workspace: int) -> cublaslt.Kernel | None:
+    """_FIRST's kernel for the shape (cublaslt.first); a failure anywhere gives None (cublasGemmEx with `full`)."""
     try:
-        times = [_time(lambda side, h=h: _gemm(h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc,
-                                                accumulate, types, side), stream) for h in handles]
+        return cublaslt.first(_load_libcublas()._name, current_device(), (M, N, K, lda, trans_a, ldb, trans_b, ldc),
+                              types, GemmWorkspace().full, workspace, a, b)
+    except Exception as e:  # noqa: BLE001 - cuBLASLt refused the shape (or its bindings this library): GemmEx's way
+        warnings.warn(f"lstmdsl: cuBLASLt lists no kernels for the {M}x{N}x{K} GEMM ({e})", stacklevel=4)
+        return None
+
+
+def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
+                 workspace: int, first=False) -> bool | None:
+    """Whether the bare handle takes less than TUNE_MARGIN of the other way's time: cublasGemmEx with the
+    workspace, or where `first` is given (not False: _FIRST's entry) that kernel on it (None: GemmEx with `full`)."""
+    scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
+    full = GemmWorkspace().full if first is None else workspace
+    handles = [_handle(lane, False, types, full), _handle(lane, True)]  # (made before the captures that time them)
+
+    def other(side, h=handles[0]):
+        if first:
+            cublaslt.run(current_device(), first, a, b, scratch.data.ptr, accumulate, _SCALARS[types[3]],
+                         h.workspace.data.ptr, h.workspace.nbytes, side)
+        else:
+            _gemm(h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc, accumulate, types, side)
+    try:
+        times = [_time(other, stream), _time(lambda side, h=handles[1]: _gemm(
+            h, M, N, K, a, lda, trans_a, b, ldb, trans_b, scratch.data.ptr, ldc, accumulate, types, side), stream)]
     except Exception as e:  # noqa: BLE001 - cuBLAS or CUDA refused the timing: run as cuBLAS would by default
         warnings.warn(f"lstmdsl: timing the {M}x{N}x{K} GEMM failed ({e}); it runs with cuBLAS's default",
                       stacklevel=3)
@@ -364,17 +392,19 @@ def lane(stream: int, part: int = 0) -> int:
 
 def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
-         workspace: int | None = None) -> None:
+         workspace: int | None = None, first: bool = False) -> None:
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
     cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
     captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it), of
-    workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster."""
+    workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster. first:
+    the plan's first_kernels for this workspace (_FIRST: the shape's kernel there, else cublasGemmEx with `full`)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
-    kernel = _LT.get(key)
-    if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel tune chose, on the lane's workspace
-        h = _handle(lane, False, types, workspace)  # (made here if new, inside someone's capture too: _Handle)
+    table = _FIRST if first and not _BARE.get(key, False) else _LT
+    kernel = table.get(key)
+    if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel (tune's choice, or _FIRST's), on the lane's
+        h = _handle(lane, False, types, workspace)  # workspace (made here if new, inside someone's capture too)
         try:
             cublaslt.run(key[0], kernel, a, b, c, accumulate, _SCALARS[types[3]], h.workspace.data.ptr,
                          h.workspace.nbytes, stream)
@@ -382,7 +412,9 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
         except Exception as e:  # noqa: BLE001 - whatever refused it: cuBLAS's way, as tune would have chosen
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
-            _LT[key] = None
+            table[key] = None
+    if table is _FIRST:  # (no kernel there: cublasGemmEx's own choice with all the space it asks for)
+        workspace = GemmWorkspace().full
     _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc,
           accumulate, types, stream)
 

@@ -142,6 +142,17 @@ def candidates(device: int, M: int, N: int, K: int, lda: int, trans_a: bool, ldb
     return kernels
 
 
+def first(libcublas: str, device: int, shape: tuple, types: tuple[str, str, str, str], limit: int, workspace: int,
+          a: int, b: int) -> Kernel | None:
+    """The heuristic's first kernel for shape (M, N, K, lda, trans_a, ldb, trans_b, ldc) with a `limit` of workspace,
+    where it needs at most `workspace` bytes and runs on the operands' addresses a and b, else None (loaded from
+    beside `libcublas` first: load). With the limit cuBLAS recommends, it is the kernel cublasGemmEx runs."""
+    load(libcublas)
+    kernels = candidates(device, *shape, types, limit)
+    k = kernels[0] if kernels else None
+    return k if k is not None and k.workspace <= workspace and k.fits(a, b, 0) else None
+
+
 def _cap(algo: ctypes.Array, attr: int) -> int:
     value, written = ctypes.c_uint32(0), ctypes.c_size_t()
     _check(_lib().cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, ctypes.byref(value), 4,

@@ -156,7 +156,7 @@ class Engine:
         wave, T, chunk = self._wave, workspaces[0].T, workspaces[0].wave
         streams = wave.fork(stream)
         try:  # (joined whatever happens: a capture with a branch left unjoined would hide the error)
-            issues = [Issue(self, ws, p, s, lane) for ws, p, s, lane in zip(workspaces, params, streams, lanes)]
+            issues = [Issue(self, *layer, wave=True) for layer in zip(workspaces, params, streams, lanes)]
             starts = list(range(0, T, chunk))
             if self.program.plan.forward.loop.direction != "forward":
                 starts.reverse()
@@ -192,7 +192,7 @@ class Engine:
                                lanes: list[int], T: int, B: int, chunk: int) -> None:
         """The chunks of a backward wavefront on the wave's forked streams (_issue_backward_wave)."""
         wave, L = self._wave, len(workspaces)
-        issues = [Issue(self, workspaces[L - 1 - i], params[L - 1 - i], s, lane)
+        issues = [Issue(self, workspaces[L - 1 - i], params[L - 1 - i], s, lane, wave=True)
                   for i, (s, lane) in enumerate(zip(streams, lanes))]
         starts = list(range(0, T, chunk))
         if self.program.plan.backward.loop.direction != "forward":
@@ -236,7 +236,7 @@ class Engine:
         if not layers or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
-            Issue(self, ws, bind, stream, lane, fanned).tune(phase, wave)
+            Issue(self, ws, bind, stream, lane, fanned, bool(wave)).tune(phase, wave)
             ws.tuned.add((phase, fanned is not None))
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:

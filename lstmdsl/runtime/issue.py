@@ -74,10 +74,12 @@ def shape_value(b, ws, run: PersistentRun | None = None) -> int:
 class Issue:
     """Issues one phase of one layer onto a stream: engine, the executor's Engine (its program, functions
     and persistent choice); bind, the layer's Binding (executor.py); lane, the cuBLAS lane of its GEMMs;
-    fan, the streams and lanes of the step's GEMMs that run at once (runtime/fanout.py), or None."""
+    fan, the streams and lanes of the step's GEMMs that run at once (runtime/fanout.py), or None; wave, on a lane of
+    a stack's wavefront (the workspace there: plan.GemmWorkspace)."""
 
-    def __init__(self, engine, ws: Workspace, bind, stream: int, lane: int, fan: Fan | None = None):
+    def __init__(self, engine, ws: Workspace, bind, stream: int, lane: int, fan: Fan | None = None, wave=False):
         self.engine, self.ws, self.bind, self.stream, self.lane, self.fan = engine, ws, bind, stream, lane, fan
+        self.wave = wave
         self.plan = engine.program.plan
         self.stacks = {s.name: s for s in self.plan.storage.stacks}
 
@@ -118,7 +120,8 @@ class Issue:
         GEMMs a chunk runs over its own steps' rows (a wavefront's, a chunked forward-only workspace's) are
         timed at those rows too: cuBLAS's default for a few rows can be far slower than for all T * B (a
         folded projection's states over one chunk of 7 steps at B = 1: 45-51 us a call against 2-4 for the
-        step's own GEMMs, on an H100)."""
+        step's own GEMMs, on an H100). On a wavefront's lane where the plan has cuBLASLt's first kernels run for its
+        workspace (GemmWorkspace.first_kernels), the parameter gradients' GEMMs too."""
         self.whole_persistent()  # (decided before any capture, the backward's choice too: workspace())
         if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
@@ -135,17 +138,28 @@ class Issue:
             for c in calls:
                 for n in sorted({steps, T - (T - 1) // steps * steps}):
                     self._tune_call(c, n * self.ws.B, self.lane)
+        if name == "backward":  # (elsewhere cuBLAS's own choice: large, with the space it asks for)
+            for op in self.plan.backward.after:
+                c = getattr(op, "call", None)
+                if not isinstance(op, Gemm) and c is not None and c.heads is None and self.first_kernels(c):
+                    self._tune_call(c, None, self.lane)
 
     def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
         M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0, rows)
         cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c))
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c),
+                    self.first_kernels(c))
+
+    def first_kernels(self, c: GemmCall) -> bool:
+        """Whether the GEMM runs cuBLASLt's first kernel for its workspace (GemmWorkspace.first_kernels)."""
+        return self.plan.gemm_workspace.first_kernels(self.workspace(c))
 
     def workspace(self, c: GemmCall) -> int:
-        """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch, and at these rows where
-        every phase runs one persistent kernel: plan.GemmWorkspace)."""
+        """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch, at these rows where every
+        phase runs one persistent kernel, and on a wavefront's lane but for block-diagonal products, which cuBLAS's
+        batched call runs: plan.GemmWorkspace)."""
         rows = self.ws.T * self.ws.B if self.whole_persistent() else 0
-        return self.plan.gemm_workspace.nbytes(self.ws.B, c.a_type in HALF_TYPES, rows)
+        return self.plan.gemm_workspace.nbytes(self.ws.B, c.a_type in HALF_TYPES, rows, self.wave and c.heads is None)
 
     def whole_persistent(self) -> bool:
         """Whether every phase the workspace runs is one persistent kernel (a training workspace's forward and
@@ -170,7 +184,7 @@ class Issue:
         types = (c.a_type, c.b_type, c.c_type, c.compute)
         if c.heads is None:
             cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
-                        self.lane, self.workspace(c))
+                        self.lane, self.workspace(c), self.first_kernels(c))
             return
         strides = tuple(math.prod(s if isinstance(s, int) else ws.env[s] for s in stride) for stride in c.strides)
         cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,

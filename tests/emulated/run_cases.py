@@ -357,18 +357,27 @@ for name, kw in [("vanilla", {}), ("lstmp", {"proj_size": 3}), ("gru", {"schedul
     total += 1
     print(f"{name} {kw}: a stack's x is the layer below's y, in place | {'OK' if ok else 'BAD'}")
 # each GEMM runs with the cuBLAS workspace the plan's rule gives at its batch and type (plan.GemmWorkspace): the
-# small one at B = 1 in fp32, the full one at B = 3, the half one in bf16 (forward and backward, a stack of two);
-# the small one where one layer's forward and backward both run persistent (16 x 64: T * B = 48 rows), the full
-# one there with the stepwise loop
+# small one at B = 1 in fp32, the wavefront's at B = 3 on a stack's lanes (forward and backward run as wavefronts
+# for vanilla) with cuBLASLt's first kernel looked up for each of its shapes (the parameter gradients' too), the full one
+# there without the wavefront, the half one in bf16 (forward and backward, a stack of two); the small one where
+# one layer's forward and backward both run persistent (16 x 64: T * B = 48 rows), the full one there with the
+# stepwise loop; cuBLASLt's looked up for no shape but the wavefront's
 rule = lstmdsl.plan.GemmWorkspace()
 for B, schedule, want, H, L in [(1, "no persistent", {("f32", rule.small)}, 6, 2),
-                                (3, "no persistent", {("f32", rule.full)}, 6, 2),
+                                (3, "no persistent", {("f32", rule.wave)}, 6, 2),
+                                (3, "no persistent; no wavefront", {("f32", rule.full)}, 6, 2),
                                 (3, "precision bf16; no persistent", {("bf16", rule.half)}, 6, 2),
                                 (16, "persistent", {("f32", rule.small)}, 64, 1),
                                 (16, "no persistent", {("f32", rule.full)}, 64, 1)]:
     simrt.WORKSPACES.clear()
+    simrt.LT_ASKED.clear()
     bad = simrt.check(lstmdsl.parse(shipped_specs()["vanilla"].read_text()), B=B, L=L, H=H, I=H, T=3,
                       schedule=schedule, verbose=False)
+    if ("f32", rule.wave) in want:  # (the weight gradients' [4H, H] x T * B: the recurrent one among them)
+        bad = bad or ({n for *_, n in simrt.LT_ASKED} != {rule.wave} or (4 * H, H, 3 * B, rule.wave) not in
+                      simrt.LT_ASKED and f"cuBLASLt asked for {sorted(simrt.LT_ASKED)}")
+    elif simrt.LT_ASKED:
+        bad = bad or f"cuBLASLt asked for {sorted(simrt.LT_ASKED)}"
     ok = not bad and simrt.WORKSPACES == want
     failures += not ok
     total += 1

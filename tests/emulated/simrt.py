@@ -145,7 +145,7 @@ WORKSPACES = set()  # (A's type, the cuBLAS workspace's bytes) of every GEMM run
 
 
 @recorded
-def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0, workspace=None):
+def gemm(M, N, K, a, lda, ta, b, ldb, tb, c, ldc, acc, types, stream, lane=0, workspace=None, first=False):
     a_t, b_t, c_t, compute = types
     WORKSPACES.add((a_t, workspace))
     assert a_t == b_t, f"cuBLAS multiplies operands of one type, got {a_t} and {b_t}"
@@ -475,7 +475,9 @@ warmup.start = lambda device, warm: None  # (no cuBLAS to start)
 cublas.gemm_batched = gemm_batched
 cublas.lane = lambda stream, part=0: stream
 cublas.current_device = lambda: 0
-cublas._time = lambda call, stream: 1.0  # (no GPU: both ways take the same time, the workspace is kept)
+cublas._time = lambda call, stream, calls=20: 1.0  # (no GPU: both ways take the same time, the workspace is kept)
+LT_ASKED = set()  # (M, N, K, the workspace's bytes) of every shape whose cuBLASLt first kernel tune looked up (none)
+cublas._first_kernel = lambda M, N, K, *rest: LT_ASKED.add((M, N, K, rest[-1]))
 cublas._handle = lambda lane, bare=False, gemm_types=("f32",), workspace=None: types.SimpleNamespace(stream=None,
                                                                                                     bare=bare)
 cublas._identity = lambda lane: ("emulated", 0)
