@@ -28,8 +28,8 @@ ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="w
 ap.add_argument("--full", action="store_true",
                 help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
 ap.add_argument("--wave", action="store_true",
-                help="the workspace of a stack's wavefront lanes instead (GemmWorkspace.wave: 8 MiB and cuBLASLt's "
-                     "kernels chosen under it; another size there runs cuBLAS's own choice)")
+                help="the workspace of a stack's wavefront lanes instead (GemmWorkspace.wave, with cuBLASLt's first "
+                     "kernels there; another size there, e.g. 33554432, runs cublasGemmEx's own choice)")
 ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=7)
 args = ap.parse_args()

@@ -144,11 +144,13 @@ def test_the_executor_tunes_each_phase_once_outside_captures_and_profiling(monke
     capturing[0] = False
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], wave=7)  # (a wavefront's steps per chunk)
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward"), (ws, None, 0, "backward")])
-    assert tuned == [("layer 0", "forward", 7, None), ("layer 0", "backward", 0, None)]
+    assert tuned == [("layer 0", "forward", 7, None), ("layer 0", "forward", 0, None),
+                     ("layer 0", "backward", 0, None)]  # (a wavefront's lanes and a layer alone's: tuned apart)
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")  # the fan's lanes: once more
     executor.Engine._tune(engine, 7, [(ws, None, 0, "forward")], fanned="fan")
-    assert tuned[2:] == [("layer 0", "forward", 0, "fan")]
-    assert ws.tuned == {("forward", False), ("backward", False), ("forward", True)}
+    assert tuned[3:] == [("layer 0", "forward", 0, "fan")]
+    assert ws.tuned == {("forward", False, True), ("forward", False, False), ("backward", False, False),
+                        ("forward", True, False)}
 
 
 def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
@@ -156,7 +158,9 @@ def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
     runs over its own steps' rows are timed at those rows, a whole chunk's and the last, shorter one's (cuBLAS's
     default for a folded projection's states over 7 rows took 45-51 us a call on an H100, tuned 3-4: a 4-layer
     LSTMP at B = 1 took 2.02 ms forward, tuned 0.94); not the folded weights or the first step's products, which
-    run once over their own shapes."""
+    run once over their own shapes, but on a wavefront's lane (Issue.wave), where every GEMM of the phase is tuned
+    (its cuBLASLt kernel and its handle found outside a capture), the parameter gradients' too, and a chunk of all T
+    steps' rows."""
     from lstmdsl.program import build_program
     from lstmdsl.runtime import issue
 
@@ -172,18 +176,26 @@ def test_a_chunks_gemms_are_tuned_at_the_chunks_rows(monkeypatch):
     chunked = [(op.call.n, op.call.k) for op in (*fwd.before, *fwd.after) if getattr(op, "first", True) is False]
     assert len(loop) == 1 and len(chunked) == 2  # (the step's folded GEMM; the input products and the states)
 
-    def run(name, wave=0, chunk=0):
+    def run(name, wave=0, chunk=0, on_wave=False):
         tuned.clear()
         ws = SimpleNamespace(T=100, B=3, chunk=chunk, train=True, whole_persistent=None)
-        issue.Issue(engine, ws, None, 5, 0).tune(name, wave)
-        return (tuned[:len(loop)], sorted(tuned[len(loop):])) if name == "forward" else (None, tuned)
+        issue.Issue(engine, ws, None, 5, 0, wave=on_wave).tune(name, wave)
+        return (tuned[:len(loop)], sorted(tuned[len(loop):], key=repr)) if name == "forward" else (None, tuned)
 
     assert run("forward") == (loop, [])  # layer alone, all steps at once: the step's GEMMs only
-    in_chunks = sorted((rows, n, k) for rows in (21, 6) for n, k in chunked)  # a chunk of 7 steps, the last of 2
+    in_chunks = sorted(((rows, n, k) for rows in (21, 6) for n, k in chunked), key=repr)  # a chunk of 7, the last 2
     assert run("forward", wave=7) == (loop, in_chunks)
-    assert run("forward", chunk=10) == (loop, sorted((30, n, k) for n, k in chunked))  # ten chunks of 10 steps
+    assert run("forward", chunk=10) == (loop, sorted(((30, n, k) for n, k in chunked), key=repr))  # 10 chunks of 10
     dx = [(op.call.n, op.call.k) for op in program.plan.backward.after if isinstance(op, issue.Gemm)]
     assert dx and all((21, n, k) in run("backward", wave=7)[1] for n, k in dx)  # the input gradient's
+    once = [(op.call.m, op.call.n, op.call.k) for op in fwd.before if not isinstance(op, issue.Gemm) or op.first]
+    assert len(once) == 2 and not set(once) & set(run("forward", wave=7)[1])  # (the Fold and the first products)
+    assert run("forward", wave=7, on_wave=True) == (loop, sorted(in_chunks + once, key=repr))
+    assert run("forward", wave=200, on_wave=True) == (loop, sorted([(300, n, k) for n, k in chunked] + once, key=repr))
+    grads = [(op.call.m, op.call.n, op.call.k) for op in program.plan.backward.after
+             if not isinstance(op, issue.Gemm) and getattr(op, "call", None) is not None]
+    assert grads and set(grads) <= set(run("backward", wave=7, on_wave=True)[1])
+    assert not set(grads) & set(run("backward", wave=7)[1])
 
 
 def _fresh_warmup(monkeypatch):
@@ -419,8 +431,9 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_
     calls = _fake(monkeypatch, times)
     monkeypatch.setattr(cublas, "_FIRST", {})
     monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
-    fake_handle = cublas._handle
-    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",), workspace=None: SimpleNamespace(
+    fake_handle, made = cublas._handle, []  # made: (bare, bytes) of each handle asked for
+    monkeypatch.setattr(cublas, "_handle", lambda lane, bare=False, types=("f32",), workspace=None: made.append(
+        (bare, 0 if bare else cublas.workspace_for(types, workspace))) or SimpleNamespace(
         **vars(fake_handle(lane, bare, types, workspace)), workspace=SimpleNamespace(
             nbytes=cublas.workspace_for(types, workspace), data=SimpleNamespace(ptr=11))))
     needs = {}  # M -> the first kernel's workspace
@@ -465,11 +478,14 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_
     assert cublas.tune(32, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     assert [c[0] for c in calls] == [("lt", "k2048", wave), ("lt", "k32", wave), ("bare", 3), ("bare", 3)]
-    # never tuned, or tuning off: cublasGemmEx with the full workspace, nothing looked up
+    assert (False, full) in made and made[-1] == (True, 0)  # (tune made the full handle for the 64 rows)
+    # never tuned, or tuning off: cublasGemmEx with the full workspace, nothing looked up (tune makes its handle)
     calls.clear()
     monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
     needs[48] = 1 << 20
+    made.clear()
     cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    assert made == [(False, full)]
     cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     assert [c[0] for c in calls] == [("workspace", 3)] * 2 and listed[-1][0] == 32

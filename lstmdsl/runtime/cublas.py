@@ -184,7 +184,7 @@ _STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, sh
 
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
-         workspace: int | None = None, first: bool = False) -> bool:
+         workspace: int | None = None, first: bool = False, c: int = 0) -> bool:
     """Times gemm()'s shape with and without a workspace of workspace_for(types, workspace) bytes (into a scratch
     result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and
     in the cache directory for later processes on the same GPU model and cuBLAS version (gemm_choices.json: they
@@ -192,34 +192,35 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     while `stream` is being captured (the caller checks): it also makes the lane's handle for the choice here, so
     that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
     everywhere (the same kernels in every process whatever the cache holds). first: the plan's first_kernels for
-    this workspace (_FIRST): the shape's cuBLASLt kernel found here, and the bare handle timed against it."""
+    this workspace (_FIRST): the shape's cuBLASLt kernel found here (for the result's address c too), and the bare
+    handle timed against it; its choice stored apart (_stored_key)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     timed = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
     if first and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0" and key not in _FIRST:
-        _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, types, workspace)
+        _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace)
     if key not in _BARE:
         if not timed:
             _BARE[key] = False
         else:
-            stored = _stored_key(lane, key)
+            stored = _stored_key(lane, key, first)
             if stored not in _stored_choices():
                 bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
                                     workspace, _FIRST.get(key, False))
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key], types, workspace if _FIRST.get(key) or key not in _FIRST else None)
-    if timed and key not in _LT and cublaslt.enabled():
+    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else None)  # (None: `full`)
+    if timed and key not in _LT and cublaslt.enabled() and not (first and not _BARE[key]):  # (_FIRST's way there)
         _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
     return _BARE[key]
 
 
-def _stored_key(lane: int, key: tuple) -> str:
+def _stored_key(lane: int, key: tuple, first: bool = False) -> str:
     """A shape's key in the stored choices: the GPU, cuBLAS's version and the workspace's size (cuBLAS's choice of
-    kernel depends on it) with the shape."""
-    return repr((_identity(lane), key[-1]) + key[1:-1])
+    kernel depends on it) with the shape; "first" after the size where bare was timed against _FIRST's way."""
+    return repr((_identity(lane), key[-1]) + (("first",) if first else ()) + key[1:-1])
 
 
 _IDENTITY: dict[int, tuple[str, int]] = {}  # device -> _identity
@@ -333,11 +334,11 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
     return chosen
 
 
-def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, types, workspace: int) -> cublaslt.Kernel | None:
+def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace: int) -> cublaslt.Kernel | None:
     """_FIRST's kernel for the shape (cublaslt.first); a failure anywhere gives None (cublasGemmEx with `full`)."""
     try:
         return cublaslt.first(_load_libcublas()._name, current_device(), (M, N, K, lda, trans_a, ldb, trans_b, ldc),
-                              types, GemmWorkspace().full, workspace, a, b)
+                              types, GemmWorkspace().full, workspace, (a, b, c))
     except Exception as e:  # noqa: BLE001 - cuBLASLt refused the shape (or its bindings this library): GemmEx's way
         warnings.warn(f"lstmdsl: cuBLASLt lists no kernels for the {M}x{N}x{K} GEMM ({e})", stacklevel=4)
         return None
@@ -372,7 +373,7 @@ def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, typ
 
 _LANES: dict[tuple[int, int, int], int] = {}  # (device, stream, part) -> lane
 MAX_LANES = 16  # the most parts one call spreads over streams of its own (a wavefront's layers)
-LANES = 64  # lanes per device (each a handle per workspace size: bare, 1 and 32 MiB; made on first use) before shared
+LANES = 64  # lanes per device (each a handle per workspace size: bare, 1, 16, 32 MiB; made on first use) before shared
 
 
 def lane(stream: int, part: int = 0) -> int:

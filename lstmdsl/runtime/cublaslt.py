@@ -143,14 +143,14 @@ def candidates(device: int, M: int, N: int, K: int, lda: int, trans_a: bool, ldb
 
 
 def first(libcublas: str, device: int, shape: tuple, types: tuple[str, str, str, str], limit: int, workspace: int,
-          a: int, b: int) -> Kernel | None:
+          addresses: tuple[int, int, int]) -> Kernel | None:
     """The heuristic's first kernel for shape (M, N, K, lda, trans_a, ldb, trans_b, ldc) with a `limit` of workspace,
-    where it needs at most `workspace` bytes and runs on the operands' addresses a and b, else None (loaded from
-    beside `libcublas` first: load). With the limit cuBLAS recommends, it is the kernel cublasGemmEx runs."""
+    where it needs at most `workspace` bytes and runs on the addresses (A, B, C), else None (loaded from beside
+    `libcublas` first: load). With the limit cuBLAS recommends, it is the kernel cublasGemmEx runs."""
     load(libcublas)
     kernels = candidates(device, *shape, types, limit)
     k = kernels[0] if kernels else None
-    return k if k is not None and k.workspace <= workspace and k.fits(a, b, 0) else None
+    return k if k is not None and k.workspace <= workspace and k.fits(*addresses) else None
 
 
 def _cap(algo: ctypes.Array, attr: int) -> int:

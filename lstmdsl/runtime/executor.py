@@ -231,13 +231,13 @@ class Engine:
         of these workspaces' phases; not inside someone else's capture (they then run as cuBLAS would by default, and
         the phase is tuned at a later call). While profiling too, so that the profile times the GEMMs as they run
         (the timing's own calls are in no part). wave: a wavefront's steps per chunk (Issue.tune). fanned: the
-        phase's Fan, whose lanes the grouped GEMMs take (their handles made here): tuned apart."""
-        layers = [layer for layer in layers if (layer[3], fanned is not None) not in layer[0].tuned]
+        phase's Fan, whose lanes the grouped GEMMs take (their handles made here): tuned apart, as a wavefront is."""
+        layers = [layer for layer in layers if (layer[3], fanned is not None, bool(wave)) not in layer[0].tuned]
         if not layers or device.is_capturing(stream):
             return
         for ws, bind, lane, phase in layers:
             Issue(self, ws, bind, stream, lane, fanned, bool(wave)).tune(phase, wave)
-            ws.tuned.add((phase, fanned is not None))
+            ws.tuned.add((phase, fanned is not None, bool(wave)))
 
     def _replay(self, workspaces: list[Workspace], key: tuple, family: int, issue, stream: int) -> None:
         """issue(stream) as a CUDA graph kept in the first workspace's graphs under `key`, at most MAX_GRAPHS of the

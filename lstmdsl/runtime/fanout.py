@@ -33,7 +33,7 @@ def fan(engine, ws, phase: str, stream: int, lane: int) -> Fan | None:
     if not groups or not engine.use_fanout or engine.parts is not None \
             or engine.persistent_run(ws, phase) is not None:
         return None
-    if device.is_capturing(stream) and (phase, True) not in ws.tuned:
+    if device.is_capturing(stream) and (phase, True, False) not in ws.tuned:
         return None
     width = max(len(g) for p in (engine.program.plan.forward, engine.program.plan.backward) for g in p.loop.fanout)
     if engine.fan_wave is None:  # its streams and events made before any capture

@@ -120,8 +120,9 @@ class Issue:
         GEMMs a chunk runs over its own steps' rows (a wavefront's, a chunked forward-only workspace's) are
         timed at those rows too: cuBLAS's default for a few rows can be far slower than for all T * B (a
         folded projection's states over one chunk of 7 steps at B = 1: 45-51 us a call against 2-4 for the
-        step's own GEMMs, on an H100). On a wavefront's lane where the plan has cuBLASLt's first kernels run for its
-        workspace (GemmWorkspace.first_kernels), the parameter gradients' GEMMs too."""
+        step's own GEMMs, on an H100). On a wavefront's lane every GEMM of the phase, those over all steps' rows
+        too (a chunk of all T steps included), so that each finds its cuBLASLt kernel (GemmWorkspace.first_kernels)
+        and its handle outside a capture."""
         self.whole_persistent()  # (decided before any capture, the backward's choice too: workspace())
         if not wave and self.engine.persistent_run(self.ws, name) is not None:
             return  # (the persistent kernel computes the products itself)
@@ -131,24 +132,23 @@ class Issue:
             if isinstance(op, (Gemm, WeightGrad)) and c is not None and c.heads is None:
                 self._tune_call(c, None, lanes.get(k, self.lane))
         steps = wave or (self.ws.chunk if name == "forward" else 0)
-        if steps and steps < self.ws.T:  # (a chunk's rows and the last, shorter chunk's: chunk(), backward_chunk())
-            phase, T = getattr(self.plan, name), self.ws.T
+        phase, T = getattr(self.plan, name), self.ws.T
+        if steps and (steps < T or self.wave):  # (a chunk's rows, the last, shorter chunk's: chunk(), backward_chunk())
             calls = [op.call for op in (*(phase.before if name == "forward" else ()), *phase.after)
                      if isinstance(op, Gemm) and not op.first and op.call is not None and op.call.heads is None]
             for c in calls:
-                for n in sorted({steps, T - (T - 1) // steps * steps}):
+                for n in sorted({min(steps, T), T - (T - 1) // steps * steps}):
                     self._tune_call(c, n * self.ws.B, self.lane)
-        if name == "backward":  # (elsewhere cuBLAS's own choice: large, with the space it asks for)
-            for op in self.plan.backward.after:
-                c = getattr(op, "call", None)
-                if not isinstance(op, Gemm) and c is not None and c.heads is None and self.first_kernels(c):
-                    self._tune_call(c, None, self.lane)
+        for op in (*phase.before, *phase.after) if self.wave else ():  # (those over all steps' rows, each once)
+            c = getattr(op, "call", None)
+            if (not isinstance(op, Gemm) or op.first) and c is not None and c.heads is None:
+                self._tune_call(c, None, self.lane)
 
     def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
-        M, N, K, a, lda, b, ldb, _, ldc = self.gemm_args(c, 0, rows)
+        M, N, K, a, lda, b, ldb, out, ldc = self.gemm_args(c, 0, rows)
         cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
                     (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c),
-                    self.first_kernels(c))
+                    self.first_kernels(c), out)
 
     def first_kernels(self, c: GemmCall) -> bool:
         """Whether the GEMM runs cuBLASLt's first kernel for its workspace (GemmWorkspace.first_kernels)."""

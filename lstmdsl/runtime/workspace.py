@@ -88,7 +88,7 @@ class Workspace:
         self.persistent_function: dict[str, int] = {}  # phase -> its kernel compiled for these sizes, where it
         # runs one (Persistent.specialises; else the program's general kernel)
         self.special_pending: dict[str, object] = {}  # phase -> the compile of that kernel under way (specialise.Job)
-        self.tuned: set[tuple[str, bool]] = set()  # (phase, fanned out) whose per-step GEMM shapes were timed
+        self.tuned: set[tuple[str, bool, bool]] = set()  # (phase, fanned out, wavefront) whose GEMM shapes were timed
         # (Engine._tune, cublas.tune; with the fan, its lanes' handles made)
         self.wave: int | None = None  # a stack's first layer: steps per chunk of its wavefront, 0 for none
         # (Engine.wave_steps; None until decided)
