@@ -1,7 +1,8 @@
 """Where a pre-packed (PackedSequence) call of the torch module spends its time beyond a padded one's, in fp32
 and tf32 (issue 12: a packed batch no slower than the padded one): the event time a caller sees, the GPU's time
 alone (timing.time_gpu_only) and the host's time to issue the call, forward and training step; then
-torch.profiler's host-side ops of one pre-packed forward, the longest first. 2-layer bidirectional vanilla LSTM,
+torch.profiler's host-side ops of one pre-packed forward, the longest first; also the padded batch with the
+module's lengths= (no packing). 2-layer bidirectional vanilla LSTM,
 I = H, T = 100, lengths uniform in [T/2, T] (one of them T), lstmdsl.torch.from_torch(cuDNN's). GPU only.
 
     python3 benchmarks/probe_packed_host.py
@@ -34,15 +35,15 @@ def main():
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         for B, H, T in ((16, 256, 100), (64, 512, 100)):
-            _, ours, x, _, pre = packed_case(B, H, T, 2, tf32)
-            for name, inp in (("padded", x), ("pre-packed", pre)):
+            _, ours, x, lengths, pre = packed_case(B, H, T, 2, tf32)
+            for name, inp, kw in (("padded", x, {}), ("pre-packed", pre, {}), ("lengths=", x, {"lengths": lengths})):
                 def fwd():
                     with torch.no_grad():
-                        ours(inp)
+                        ours(inp, **kw)
 
                 def train():
                     ours.zero_grad(set_to_none=True)
-                    y, _ = ours(inp)
+                    y, _ = ours(inp, **kw)
                     (y.data if isinstance(y, torch.nn.utils.rnn.PackedSequence) else y).sum().backward()
                 ours.eval()
                 f = (time_gpu(fwd, 20, 3)["ms"], time_gpu_only(fwd, 20, 3)["gpu_ms"], host_ms(fwd))
@@ -61,12 +62,12 @@ def main():
                             ours(pre)
                         torch.cuda.synchronize()
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
-                for inp, name in ((x, "padded"), (pre, "pre-packed")):  # the Python side, lstmdsl's own calls too
-                    prof = cProfile.Profile()
+                for inp, name, kw in ((x, "padded", {}), (pre, "pre-packed", {}), (x, "lengths=", {"lengths": lengths})):
+                    prof = cProfile.Profile()  # the Python side, lstmdsl's own calls too
                     with torch.no_grad():
                         prof.enable()
                         for _ in range(10):
-                            ours(inp)
+                            ours(inp, **kw)
                         prof.disable()
                         torch.cuda.synchronize()
                     print(f"cProfile, 10 {name} forwards:", flush=True)
