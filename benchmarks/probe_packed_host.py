@@ -62,7 +62,8 @@ def main():
                             ours(pre)
                         torch.cuda.synchronize()
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
-                for inp, name, kw in ((x, "padded", {}), (pre, "pre-packed", {}), (x, "lengths=", {"lengths": lengths})):
+                cases = ((x, "padded", {}), (pre, "pre-packed", {}), (x, "lengths=", {"lengths": lengths}))
+                for inp, name, kw in cases:
                     prof = cProfile.Profile()  # the Python side, lstmdsl's own calls too
                     with torch.no_grad():
                         prof.enable()

@@ -60,7 +60,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--timeline", action="store_true")
-    ap.add_argument("--lengths", action="store_true", help="lengths= on the padded batch in the kernel table, for the pre-packed batch")
+    ap.add_argument("--lengths", action="store_true",
+                    help="lengths= on the padded batch in the kernel table, for the pre-packed batch")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     for B, H, T in ((16, 256, 100), (64, 512, 100)):
