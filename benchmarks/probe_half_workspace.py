@@ -7,7 +7,7 @@ fp32 and tf32 GEMMs' workspace instead, at every batch (GemmWorkspace.full and .
     python3 benchmarks/probe_half_workspace.py --precisions bf16 fp16 --cases train:1x1024x100x4 train:16x1024x1000x4
     python3 benchmarks/probe_half_workspace.py --full --precisions fp32 tf32 --settings 33554432 1048576 0 \
         --cases train:1x256x100x1 forward:1x512x1000x4
-    python3 benchmarks/probe_half_workspace.py --wave --precisions fp32 tf32 --settings 33554432 -1 \
+    python3 benchmarks/probe_half_workspace.py --wave --precisions fp32 tf32 --settings 33554432 -2 -1 \
         --cases train:16x256x100x4 train:64x512x100x4
 """
 import argparse
@@ -24,7 +24,8 @@ ap.add_argument("--cases", nargs="+", help="mode:BxHxTxL",
                 default=["train:1x1024x100x4", "train:16x1024x100x4", "train:1x1024x1000x4", "train:16x1024x1000x4",
                          "train:64x512x100x4", "forward:64x512x100x4", "train:256x512x100x4", "train:256x1024x100x1",
                          "train:16x256x100x4", "forward:1x512x100x1"])
-ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0], help="workspace bytes (-1: the plan's rule)")
+ap.add_argument("--settings", nargs="+", type=int, default=[1 << 20, 0],
+                help="workspace bytes (-1: the plan's rule; with --wave, -2: the rule, GemmWorkspace.fallback `full`)")
 ap.add_argument("--full", action="store_true",
                 help="the fp32/tf32 workspace (GemmWorkspace.full and .small), not the half one")
 ap.add_argument("--wave", action="store_true",
@@ -34,7 +35,7 @@ ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--repeat", type=int, default=7)
 args = ap.parse_args()
 vanilla = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
-RULE = GemmWorkspace.nbytes
+RULE, FALLBACK = GemmWorkspace.nbytes, GemmWorkspace.fallback
 
 
 def setting(nbytes: int) -> None:
@@ -43,6 +44,7 @@ def setting(nbytes: int) -> None:
     if args.wave:  # (the rule elsewhere)
         GemmWorkspace.nbytes = RULE if nbytes < 0 else lambda self, B, half, rows=0, wave=False: \
             nbytes if wave and RULE(self, B, half, rows, True) == self.wave else RULE(self, B, half, rows, wave)
+        GemmWorkspace.fallback = (lambda self, n: self.full) if nbytes == -2 else FALLBACK
         return
     GemmWorkspace.nbytes = RULE if nbytes < 0 else \
         lambda self, B, half, rows=0, wave=False: nbytes if half != args.full else RULE(self, B, half, rows, wave)
@@ -75,4 +77,4 @@ for precision in args.precisions:
                            for s in args.settings)
               + f" | {last['ms'] / first['ms']:7.2f}x | "
               + " ".join(f"{(best[s]['memory'] - c['memory']) / mib:+.1f}" for s in args.settings), flush=True)
-GemmWorkspace.nbytes = RULE
+GemmWorkspace.nbytes, GemmWorkspace.fallback = RULE, FALLBACK

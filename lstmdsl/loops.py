@@ -191,7 +191,7 @@ class GemmWorkspace:
     GEMM runs cuBLASLt's first kernel for a `full` limit (`first_kernels`) unless the bare handle is faster. That
     kernel is the one cublasGemmEx runs with `full`, and at B 16 and 64, H 256 and 512, T = 100 it needed at most
     16 MiB for every GEMM of a layer (on an H100: benchmarks/results/probes/gemm_workspace_need_h100.txt); a GEMM
-    whose kernel needs more runs as cublasGemmEx chooses with `full`, on the lane's handle of that size. cublasGemmEx
+    whose kernel needs more runs as cublasGemmEx chooses with `fallback`'s workspace. cublasGemmEx
     itself given less than `full` runs other kernels (the same ones from 24 MiB down to 8): a lane of 16 MiB that way
     took 1.05-1.33x the training time (probes/gemm_workspace_wave16_h100.txt); 8 MiB with cuBLASLt's fastest kernel
     under it, timed alone, 1.03-1.21x (probes/gemm_workspace_wave_lt8_h100.txt). This way took 1.00x the time of
@@ -213,6 +213,15 @@ class GemmWorkspace:
         if B <= self.small_batch or 0 < persistent_rows <= self.persistent_rows:
             return self.small
         return self.wave if wave else self.full
+
+    def fallback(self, nbytes: int) -> int:
+        """The workspace of a GEMM on a lane of nbytes that runs first kernels (first_kernels) where that kernel needs
+        more than nbytes, none is listed or the addresses miss its alignment: cublasGemmEx's own choice with the lane's
+        own workspace. With `full` there, a lane whose weight-gradient GEMMs needed more than `wave` kept both sizes,
+        48 MiB: in the fp32 and tf32 grids' 4-layer training rows 5-6 shapes a precision took 64 MiB more than with
+        `full` lanes (16 x 1024 x 1000 to 256 x 512 x 1000; on an H100: benchmarks/results/probes/
+        gemm_workspace_wave_fallback_h100.txt)."""
+        return nbytes
 
     def first_kernels(self, nbytes: int) -> bool:
         """Whether GEMMs with a workspace of nbytes run cuBLASLt's first kernel for that limit where they do not run

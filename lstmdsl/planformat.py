@@ -250,7 +250,8 @@ def workspace_text(plan: Plan, batch: int | None = None) -> str:
             + (f" or where every phase a workspace runs is one persistent kernel over T * B <= {w.persistent_rows} rows"
                if plan.forward.loop.persistent is not None else "")
             + (f", {mib(w.wave)} on a stack's wavefront lanes at B > {w.small_batch}"
-               + (" (cuBLASLt's first kernel for it, or none)" if w.first_kernels(w.wave) else "")
+               + (f" (cuBLASLt's first kernel for {mib(w.full)}, or cublasGemmEx with {mib(w.fallback(w.wave))})"
+                  if w.first_kernels(w.wave) else "")
                if plan.wavefront is not None and w.wave != w.full else ""))
     if batch is None:
         return text

@@ -417,12 +417,12 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
     assert json.loads((tmp_path / cublas.LT_CHOICES).read_text())[cublas._stored_key(3, key)] == ""
 
 
-def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_with_the_full_one(monkeypatch):
+def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_workspace(monkeypatch):
     """first=True (GemmWorkspace.first_kernels: a wavefront's lanes): tune looks up cuBLASLt's first kernel for a
     `full` limit, untimed where the shape is large, and times the bare handle against it; gemm() runs it on the lane's
-    handle of the wave size where the addresses fit it; cublasGemmEx on the lane's `full` handle where the kernel
-    needs more than the wave size, misses the alignment, or the shape was never tuned (or LSTMDSL_TUNE_GEMMS=0);
-    bare where bare was faster."""
+    handle of the wave size where the addresses fit it; cublasGemmEx on the same handle (GemmWorkspace.fallback: no
+    handle of another size is made) where the kernel needs more than the wave size, misses the alignment, or the
+    shape was never tuned (or LSTMDSL_TUNE_GEMMS=0); bare where bare was faster."""
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublaslt
 
@@ -462,12 +462,12 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_
     calls.clear()
     cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, wave, True)  # misaligned
-    assert [c[0] for c in calls] == [("lt", "k16", wave), ("workspace", 3)]  # (the full handle's name: no size)
-    # a kernel that needs more than the wave size: cublasGemmEx with the full one, timed against bare so too
+    assert [c[0] for c in calls] == [("lt", "k16", wave), ("workspace", 3, wave)]  # (with its size)
+    # a kernel that needs more than the wave size: cublasGemmEx with the wave size, timed against bare so too
     calls.clear()
     assert not cublas.tune(64, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(64, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
-    assert [c[0] for c in calls] == [("workspace", 3), ("bare", 3), ("workspace", 3)]
+    assert [c[0] for c in calls] == [("workspace", 3, wave), ("bare", 3), ("workspace", 3, wave)]
     # a weight gradient (large: untimed) runs its kernel; bare where bare is faster
     calls.clear()
     assert not cublas.tune(2048, 512, 6400, 1, 2048, True, 2, 512, False, 512, True, TYPES, 5, 3, wave, True)
@@ -478,17 +478,17 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_on_its_workspace_or_gemmex_
     assert cublas.tune(32, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     assert [c[0] for c in calls] == [("lt", "k2048", wave), ("lt", "k32", wave), ("bare", 3), ("bare", 3)]
-    assert (False, full) in made and made[-1] == (True, 0)  # (tune made the full handle for the 64 rows)
-    # never tuned, or tuning off: cublasGemmEx with the full workspace, nothing looked up (tune makes its handle)
+    assert (False, wave) in made and made[-1] == (True, 0) and full not in {n for _, n in made}  # (one size)
+    # never tuned, or tuning off: cublasGemmEx with the wave size, nothing looked up (tune makes its handle)
     calls.clear()
     monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
     needs[48] = 1 << 20
     made.clear()
     cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
-    assert made == [(False, full)]
+    assert made == [(False, wave)]
     cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
-    assert [c[0] for c in calls] == [("workspace", 3)] * 2 and listed[-1][0] == 32
+    assert [c[0] for c in calls] == [("workspace", 3, wave)] * 2 and listed[-1][0] == 32
 
 
 @pytest.mark.gpu
@@ -610,12 +610,13 @@ def test_a_shape_is_timed_and_run_with_the_workspace_the_plan_gives(monkeypatch)
     sizes = {"input": 8, "hidden": 8}
     assert format_plan(plan, sizes, 1).endswith("32 MiB at B > 1 and 1 MiB at B <= 1 or where every phase a workspace "
                                                 "runs is one persistent kernel over T * B <= 2048 rows, 16 MiB on a "
-                                                "stack's wavefront lanes at B > 1 (cuBLASLt's first kernel for it, or "
-                                                "none); here 1 MiB")
+                                                "stack's wavefront lanes at B > 1 (cuBLASLt's first kernel for 32 MiB, "
+                                                "or cublasGemmEx with 16 MiB); here 1 MiB")
     # a wavefront's lanes: the wave size from B = 2 on, never over the small or the half one
     assert [rule.nbytes(B, False, 0, True) for B in (1, 2, 64, 256)] == [1 << 20] + [16 << 20] * 3
     assert rule.nbytes(16, True, 0, True) == 1 << 20 and rule.nbytes(16, False, 1600, True) == 1 << 20
     assert rule.first_kernels(rule.wave) and not any(map(rule.first_kernels, (rule.full, rule.small, rule.half)))
+    assert rule.fallback(rule.wave) == rule.wave  # (a lane keeps one size)
     gru = lstmdsl.parse(lstmdsl.resources.shipped_specs()["gru"].read_text())  # (a plan without a wavefront)
     gru_plan = build_program(gru.cell, Schedule(wavefront="off"), "float32").plan
     assert gru_plan.wavefront is None and "wavefront lanes" not in format_plan(gru_plan).splitlines()[-1]

@@ -158,7 +158,7 @@ _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kerne
 # Where the plan says so for a workspace (GemmWorkspace.first_kernels: a wavefront's lanes), a shape not run bare runs
 # cuBLASLt's first kernel for a `full` limit, untimed (the kernel cublasGemmEx runs with `full`), on that workspace
 # where the kernel needs no more than it has; else, and where tune has not seen the shape, as cublasGemmEx chooses with
-# `full` (the other handle of the lane: its own choice with less space is often slower).
+# the plan's GemmWorkspace.fallback (the lane's own workspace: one size a lane).
 _FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, None where it needs more (or none listed)
 
 
@@ -210,7 +210,7 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else None)  # (None: `full`)
+    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else GemmWorkspace().fallback(workspace))
     if timed and key not in _LT and cublaslt.enabled() and not (first and not _BARE[key]):  # (_FIRST's way there)
         _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
@@ -219,8 +219,9 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
 
 def _stored_key(lane: int, key: tuple, first: bool = False) -> str:
     """A shape's key in the stored choices: the GPU, cuBLAS's version and the workspace's size (cuBLAS's choice of
-    kernel depends on it) with the shape; "first" after the size where bare was timed against _FIRST's way."""
-    return repr((_identity(lane), key[-1]) + (("first",) if first else ()) + key[1:-1])
+    kernel depends on it) with the shape; "first" and the fallback's size where bare was timed against _FIRST's way."""
+    way = ("first", GemmWorkspace().fallback(key[-1])) if first else ()
+    return repr((_identity(lane), key[-1]) + way + key[1:-1])
 
 
 _IDENTITY: dict[int, tuple[str, int]] = {}  # device -> _identity
@@ -335,7 +336,7 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
 
 
 def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace: int) -> cublaslt.Kernel | None:
-    """_FIRST's kernel for the shape (cublaslt.first); a failure anywhere gives None (cublasGemmEx with `full`)."""
+    """_FIRST's kernel for the shape (cublaslt.first); a failure anywhere gives None (cublasGemmEx: fallback)."""
     try:
         return cublaslt.first(_load_libcublas()._name, current_device(), (M, N, K, lda, trans_a, ldb, trans_b, ldc),
                               types, GemmWorkspace().full, workspace, (a, b, c))
@@ -347,9 +348,9 @@ def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, work
 def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
                  workspace: int, first=False) -> bool | None:
     """Whether the bare handle takes less than TUNE_MARGIN of the other way's time: cublasGemmEx with the
-    workspace, or where `first` is given (not False: _FIRST's entry) that kernel on it (None: GemmEx with `full`)."""
+    workspace, or where `first` is given (not False: _FIRST's entry) that kernel on it (None: GemmEx, fallback)."""
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    full = GemmWorkspace().full if first is None else workspace
+    full = GemmWorkspace().fallback(workspace) if first is None else workspace
     handles = [_handle(lane, False, types, full), _handle(lane, True)]  # (made before the captures that time them)
 
     def other(side, h=handles[0]):
@@ -399,7 +400,7 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
     captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it), of
     workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster. first:
-    the plan's first_kernels for this workspace (_FIRST: the shape's kernel there, else cublasGemmEx with `full`)."""
+    the plan's first_kernels for this workspace (_FIRST: the shape's kernel there, else cublasGemmEx: fallback)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     table = _FIRST if first and not _BARE.get(key, False) else _LT
@@ -414,8 +415,8 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
             table[key] = None
-    if table is _FIRST:  # (no kernel there: cublasGemmEx's own choice with all the space it asks for)
-        workspace = GemmWorkspace().full
+    if table is _FIRST:  # (no kernel there: cublasGemmEx's own choice with the plan's fallback)
+        workspace = GemmWorkspace().fallback(workspace)
     _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc,
           accumulate, types, stream)
 
