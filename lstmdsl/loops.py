@@ -216,11 +216,13 @@ class GemmWorkspace:
 
     def fallback(self, nbytes: int) -> int:
         """The workspace of a GEMM on a lane of nbytes that runs first kernels (first_kernels) where that kernel needs
-        more than nbytes, none is listed or the addresses miss its alignment: cublasGemmEx's own choice with the lane's
-        own workspace. With `full` there, a lane whose weight-gradient GEMMs needed more than `wave` kept both sizes,
-        48 MiB: in the fp32 and tf32 grids' 4-layer training rows 5-6 shapes a precision took 64 MiB more than with
-        `full` lanes (16 x 1024 x 1000 to 256 x 512 x 1000; on an H100: benchmarks/results/probes/
-        gemm_workspace_wave_fallback_h100.txt)."""
+        more than nbytes (weight gradients at large shapes), or the addresses miss its alignment: cublasGemmEx's own
+        choice with the lane's own workspace (the runtime gives a shape it never looked up `full`, cuBLAS's default).
+        With `full` there a lane kept both sizes, 48 MiB, and 5 (fp32) and 6 (tf32) of the grids' 4-layer training
+        shapes took 64 MiB more than with `full` lanes (16 x 1024 x 1000 to 256 x 512 x 1000); this way they take 64
+        MiB less, at 0.99-1.00x the time in fp32 and 1.00-1.05x in tf32 (1.05x at 256 x 512 x 100, 1.03x at 64 x 512
+        x 1000), and 3 of 48 shapes a precision are over cuDNN's training memory, not 10 (on an H100:
+        benchmarks/results/probes/gemm_workspace_wave_fallback_h100.txt)."""
         return nbytes
 
     def first_kernels(self, nbytes: int) -> bool:

@@ -421,8 +421,8 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     """first=True (GemmWorkspace.first_kernels: a wavefront's lanes): tune looks up cuBLASLt's first kernel for a
     `full` limit, untimed where the shape is large, and times the bare handle against it; gemm() runs it on the lane's
     handle of the wave size where the addresses fit it; cublasGemmEx on the same handle (GemmWorkspace.fallback: no
-    handle of another size is made) where the kernel needs more than the wave size, misses the alignment, or the
-    shape was never tuned (or LSTMDSL_TUNE_GEMMS=0); bare where bare was faster."""
+    handle of another size is made) where the kernel needs more than the wave size or misses the alignment; with the
+    full one where the shape was never tuned (or LSTMDSL_TUNE_GEMMS=0); bare where bare was faster."""
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublaslt
 
@@ -479,16 +479,17 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     assert [c[0] for c in calls] == [("lt", "k2048", wave), ("lt", "k32", wave), ("bare", 3), ("bare", 3)]
     assert (False, wave) in made and made[-1] == (True, 0) and full not in {n for _, n in made}  # (one size)
-    # never tuned, or tuning off: cublasGemmEx with the wave size, nothing looked up (tune makes its handle)
+    # never tuned, or tuning off: cublasGemmEx with the full workspace (cuBLAS's default), nothing looked up (tune
+    # makes its handle)
     calls.clear()
     monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
     needs[48] = 1 << 20
     made.clear()
     cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
-    assert made == [(False, wave)]
+    assert made == [(False, full)]
     cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
-    assert [c[0] for c in calls] == [("workspace", 3, wave)] * 2 and listed[-1][0] == 32
+    assert [c[0] for c in calls] == [("workspace", 3)] * 2 and listed[-1][0] == 32  # (the full one: no size)
 
 
 @pytest.mark.gpu

@@ -155,10 +155,9 @@ _BARE: dict[tuple, bool] = {}  # (device, shape, layout, types, workspace bytes)
 # way it chose, and gemm() runs one that takes less than TUNE_MARGIN of that time (not the default: measured on an
 # H100 only, where it moved FGR's fp32 forward alone, 0.90x; benchmarks/probe_cublaslt.py compares the kernels)
 _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kernel it runs (None: cuBLAS's own way)
-# Where the plan says so for a workspace (GemmWorkspace.first_kernels: a wavefront's lanes), a shape not run bare runs
-# cuBLASLt's first kernel for a `full` limit, untimed (the kernel cublasGemmEx runs with `full`), on that workspace
-# where the kernel needs no more than it has; else, and where tune has not seen the shape, as cublasGemmEx chooses with
-# the plan's GemmWorkspace.fallback (the lane's own workspace: one size a lane).
+# Where the plan says so (GemmWorkspace.first_kernels: a wavefront's lanes), a shape not run bare runs cuBLASLt's first
+# kernel for a `full` limit, untimed (cublasGemmEx's with `full`), on that workspace where it needs no more; else as
+# cublasGemmEx chooses with GemmWorkspace.fallback (one size a lane), or `full` where tune has not looked it up.
 _FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, None where it needs more (or none listed)
 
 
@@ -210,7 +209,8 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else GemmWorkspace().fallback(workspace))
+    fallback = GemmWorkspace().fallback(workspace) if key in _FIRST else None  # (None: `full`, tuning off)
+    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else fallback)
     if timed and key not in _LT and cublaslt.enabled() and not (first and not _BARE[key]):  # (_FIRST's way there)
         _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
@@ -415,8 +415,8 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
             table[key] = None
-    if table is _FIRST:  # (no kernel there: cublasGemmEx's own choice with the plan's fallback)
-        workspace = GemmWorkspace().fallback(workspace)
+    if table is _FIRST:  # (no kernel: cublasGemmEx's own choice, with the plan's fallback where looked up)
+        workspace = GemmWorkspace().fallback(workspace) if key in _FIRST else GemmWorkspace().full
     _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc,
           accumulate, types, stream)
 
