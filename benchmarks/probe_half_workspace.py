@@ -17,6 +17,7 @@ sys.path.insert(0, ".")
 import lstmdsl  # noqa: E402
 from lstmdsl.bench import bench_case  # noqa: E402
 from lstmdsl.plan import GemmWorkspace  # noqa: E402
+from lstmdsl.runtime import cublas  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--precisions", nargs="+", default=["bf16", "fp16"])
@@ -40,11 +41,12 @@ RULE, FALLBACK = GemmWorkspace.nbytes, GemmWorkspace.fallback
 
 def setting(nbytes: int) -> None:
     """The plan's workspace rule with nbytes for the GEMMs probed (half, or with --full fp32 and tf32); -1: the
-    plan's own rule."""
+    plan's own rule; with --wave, -2: the rule with GemmWorkspace.fallback `full` (the rule before 22bdadc)."""
     if args.wave:  # (the rule elsewhere)
         GemmWorkspace.nbytes = RULE if nbytes < 0 else lambda self, B, half, rows=0, wave=False: \
             nbytes if wave and RULE(self, B, half, rows, True) == self.wave else RULE(self, B, half, rows, wave)
         GemmWorkspace.fallback = (lambda self, n: self.full) if nbytes == -2 else FALLBACK
+        cublas._BARE.clear()  # (its choices are keyed without the fallback: timed again, or read from the stored ones)
         return
     GemmWorkspace.nbytes = RULE if nbytes < 0 else \
         lambda self, B, half, rows=0, wave=False: nbytes if half != args.full else RULE(self, B, half, rows, wave)
