@@ -468,6 +468,9 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     assert not cublas.tune(64, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
     cublas.gemm(64, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
     assert [c[0] for c in calls] == [("workspace", 3, wave), ("bare", 3), ("workspace", 3, wave)]
+    key = cublas._shape_key(64, 1024, 256, 256, False, 256, True, 1024, False, TYPES, wave)
+    stored = cublas._stored_key(3, key, True)  # (the choice kept with the fallback's size)
+    assert stored in cublas._stored_choices() and repr(("first", wave))[1:-1] in stored
     # a weight gradient (large: untimed) runs its kernel; bare where bare is faster
     calls.clear()
     assert not cublas.tune(2048, 512, 6400, 1, 2048, True, 2, 512, False, 512, True, TYPES, 5, 3, wave, True)
