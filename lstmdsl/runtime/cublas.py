@@ -191,12 +191,12 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     while `stream` is being captured (the caller checks): it also makes the lane's handle for the choice here, so
     that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
     everywhere (the same kernels in every process whatever the cache holds). first: the plan's first_kernels for
-    this workspace (_FIRST): the shape's cuBLASLt kernel found here (for the result's address c too), and the bare
-    handle timed against it; its choice stored apart (_stored_key)."""
+    this workspace (_FIRST): its cuBLASLt kernel found here (at c too), bare timed against it (stored: _stored_key)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
-    timed = M * N * K <= TUNE_MAX_WORK and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
-    if first and os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0" and key not in _FIRST:
+    tuning = os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
+    timed = tuning and M * N * K <= TUNE_MAX_WORK
+    if first and tuning and key not in _FIRST:
         _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace)
     if key not in _BARE:
         if not timed:
@@ -350,8 +350,8 @@ def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, typ
     """Whether the bare handle takes less than TUNE_MARGIN of the other way's time: cublasGemmEx with the
     workspace, or where `first` is given (not False: _FIRST's entry) that kernel on it (None: GemmEx, fallback)."""
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    full = GemmWorkspace().fallback(workspace) if first is None else workspace
-    handles = [_handle(lane, False, types, full), _handle(lane, True)]  # (made before the captures that time them)
+    other_bytes = GemmWorkspace().fallback(workspace) if first is None else workspace
+    handles = [_handle(lane, False, types, other_bytes), _handle(lane, True)]  # (made before the captures timing them)
 
     def other(side, h=handles[0]):
         if first:

@@ -147,12 +147,12 @@ class Issue:
     def _tune_call(self, c: GemmCall, rows: int | None, lane: int) -> None:
         M, N, K, a, lda, b, ldb, out, ldc = self.gemm_args(c, 0, rows)
         cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
-                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, self.workspace(c),
-                    self.first_kernels(c), out)
+                    (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, *self.workspace_way(c), out)
 
-    def first_kernels(self, c: GemmCall) -> bool:
-        """Whether the GEMM runs cuBLASLt's first kernel for its workspace (GemmWorkspace.first_kernels)."""
-        return self.plan.gemm_workspace.first_kernels(self.workspace(c))
+    def workspace_way(self, c: GemmCall) -> tuple[int, bool]:
+        """(workspace(c), whether the GEMM runs cuBLASLt's first kernel for it: GemmWorkspace.first_kernels)."""
+        nbytes = self.workspace(c)
+        return nbytes, self.plan.gemm_workspace.first_kernels(nbytes)
 
     def workspace(self, c: GemmCall) -> int:
         """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch, at these rows where every
@@ -184,7 +184,7 @@ class Issue:
         types = (c.a_type, c.b_type, c.c_type, c.compute)
         if c.heads is None:
             cublas.gemm(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types, self.stream,
-                        self.lane, self.workspace(c), self.first_kernels(c))
+                        self.lane, *self.workspace_way(c))
             return
         strides = tuple(math.prod(s if isinstance(s, int) else ws.env[s] for s in stride) for stride in c.strides)
         cublas.gemm_batched(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, out, ldc, c.accumulate, types,
