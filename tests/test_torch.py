@@ -1023,6 +1023,38 @@ def test_a_bidirectional_module_captured_in_a_cuda_graph_replays_its_warm_up_eng
 
 @gpu
 @pytest.mark.gpu
+def test_lengths_captured_in_a_cuda_graph_replay_the_captured_lengths_after_the_pinned_memory_is_reused(strict_fp32):
+    """A call with lengths= inside a user's torch.cuda.graph copies the mask from pinned host memory at each replay:
+    the replays after many other lengths= calls (each pins a block of the captured one's size and writes other
+    lengths into it) still give the captured lengths' results, so that memory is not given to another tensor."""
+    from lstmdsl.torch.packing import length_mask
+
+    torch.manual_seed(7)
+    m = lt.LSTM(8, 32, 2, bidirectional=True).cuda()
+    x = torch.randn(6, 5, 8, device="cuda")
+    lengths = [6, 2, 5, 1, 3]
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # (torch's way: warm up on a side stream)
+            want = m(x, lengths=lengths)[0].clone()
+            m(x, lengths=lengths)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = m(x, lengths=lengths)[0]
+        for k in range(50):  # (pinned buffers of the captured one's size, other values in them)
+            length_mask([1 + (k + b) % 6 for b in range(5)], 6, 5, x.device, torch.float32)
+        torch.cuda.synchronize()
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-6)
+    assert all(not y[n:, b].any() for b, n in enumerate(lengths))
+
+
+@gpu
+@pytest.mark.gpu
 def test_bidirectional_on_a_users_stream_matches_torch_with_and_without_overlap(strict_fp32):
     torch.manual_seed(4)
     ref = torch.nn.LSTM(5, 33, 2, bidirectional=True).cuda()
