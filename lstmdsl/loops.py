@@ -225,6 +225,11 @@ class GemmWorkspace:
         benchmarks/results/probes/gemm_workspace_wave_fallback_h100.txt)."""
         return nbytes
 
+    def gemmex(self, nbytes: int, looked_up: bool) -> int:
+        """The workspace cublasGemmEx gets on a lane of nbytes that runs first kernels where none fits the shape:
+        `fallback`'s where the runtime looked the shape's kernel up, else `full` (cuBLAS's default: tuning off)."""
+        return self.fallback(nbytes) if looked_up else self.full
+
     def first_kernels(self, nbytes: int) -> bool:
         """Whether GEMMs with a workspace of nbytes run cuBLASLt's first kernel for that limit where they do not run
         bare (the wavefront's lanes: cublasGemmEx's own choice with less than `full` can be far slower)."""

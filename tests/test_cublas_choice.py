@@ -418,11 +418,12 @@ def test_a_cublaslt_kernel_runs_the_shape_where_it_is_faster_and_only_when_asked
 
 
 def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_workspace(monkeypatch):
-    """first=True (GemmWorkspace.first_kernels: a wavefront's lanes): tune looks up cuBLASLt's first kernel for a
-    `full` limit, untimed where the shape is large, and times the bare handle against it; gemm() runs it on the lane's
-    handle of the wave size where the addresses fit it; cublasGemmEx on the same handle (GemmWorkspace.fallback: no
-    handle of another size is made) where the kernel needs more than the wave size or misses the alignment; with the
-    full one where the shape was never tuned (or LSTMDSL_TUNE_GEMMS=0); bare where bare was faster."""
+    """first=the plan's rule (GemmWorkspace.first_kernels: a wavefront's lanes): tune looks up cuBLASLt's first kernel
+    for its `full` limit, untimed where the shape is large, and times the bare handle against it; gemm() runs it on
+    the lane's handle of the wave size where the addresses fit it; cublasGemmEx on the same handle
+    (GemmWorkspace.fallback: no handle of another size is made) where the kernel needs more than the wave size or
+    misses the alignment; with the full one where the shape was never tuned (or LSTMDSL_TUNE_GEMMS=0); bare where
+    bare was faster."""
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublaslt
 
@@ -457,29 +458,29 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     wave, full = rule.wave, rule.full
     needs.update({16: 1 << 20, 64: 24 << 20, 2048: 16 << 20})
     # a step's shape: the kernel found (listed for a `full` limit) and timed against bare, which is slower
-    assert not cublas.tune(16, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    assert not cublas.tune(16, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, rule)
     assert listed == [(16, full)] and [c[0][0] for c in calls] == ["lt", "bare"]
     calls.clear()
-    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
-    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, wave, True)  # misaligned
+    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, rule)
+    cublas.gemm(16, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, wave, rule)  # misaligned
     assert [c[0] for c in calls] == [("lt", "k16", wave), ("workspace", 3, wave)]  # (with its size)
     # a kernel that needs more than the wave size: cublasGemmEx with the wave size, timed against bare so too
     calls.clear()
-    assert not cublas.tune(64, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
-    cublas.gemm(64, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    assert not cublas.tune(64, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, rule)
+    cublas.gemm(64, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, rule)
     assert [c[0] for c in calls] == [("workspace", 3, wave), ("bare", 3), ("workspace", 3, wave)]
     key = cublas._shape_key(64, 1024, 256, 256, False, 256, True, 1024, False, TYPES, wave)
-    stored = cublas._stored_key(3, key, True)  # (the choice kept with the fallback's size)
+    stored = cublas._stored_key(3, key, rule)  # (the choice kept with the fallback's size)
     assert stored in cublas._stored_choices() and repr(("first", wave))[1:-1] in stored
     # a weight gradient (large: untimed) runs its kernel; bare where bare is faster
     calls.clear()
-    assert not cublas.tune(2048, 512, 6400, 1, 2048, True, 2, 512, False, 512, True, TYPES, 5, 3, wave, True)
+    assert not cublas.tune(2048, 512, 6400, 1, 2048, True, 2, 512, False, 512, True, TYPES, 5, 3, wave, rule)
     assert not calls
-    cublas.gemm(2048, 512, 6400, 1, 2048, True, 2, 512, False, 9, 512, True, TYPES, 5, 3, wave, True)
+    cublas.gemm(2048, 512, 6400, 1, 2048, True, 2, 512, False, 9, 512, True, TYPES, 5, 3, wave, rule)
     times["bare"] = 1.0
     needs[32] = 1 << 20
-    assert cublas.tune(32, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
-    cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    assert cublas.tune(32, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, rule)
+    cublas.gemm(32, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, rule)
     assert [c[0] for c in calls] == [("lt", "k2048", wave), ("lt", "k32", wave), ("bare", 3), ("bare", 3)]
     assert (False, wave) in made and made[-1] == (True, 0) and full not in {n for _, n in made}  # (one size)
     # never tuned, or tuning off: cublasGemmEx with the full workspace (cuBLAS's default), nothing looked up (tune
@@ -488,11 +489,28 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
     needs[48] = 1 << 20
     made.clear()
-    cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.tune(48, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, wave, rule)
     assert made == [(False, full)]
-    cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
-    cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, True)
+    cublas.gemm(48, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, rule)
+    cublas.gemm(8, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, wave, rule)
     assert [c[0] for c in calls] == [("workspace", 3)] * 2 and listed[-1][0] == 32  # (the full one: no size)
+    # the sizes are the plan's, not the defaults: a rule of 8 MiB lanes under a 12 MiB limit, falling back to 4 MiB
+    other = type("Rule", (GemmWorkspace,), {"fallback": lambda self, nbytes: nbytes // 2})(full=12 << 20, wave=8 << 20)
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS")
+    calls.clear()
+    made.clear()
+    times["bare"] = 30.0
+    needs.update({80: 1 << 20, 96: 10 << 20})
+    assert not cublas.tune(80, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert not cublas.tune(96, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert listed[-2:] == [(80, 12 << 20), (96, 12 << 20)]  # (each looked up for the plan's limit)
+    cublas.gemm(80, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    cublas.gemm(80, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    cublas.gemm(96, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert [c[0] for c in calls[-3:]] == [("lt", "k80", 8 << 20), ("workspace", 3, 4 << 20), ("workspace", 3, 4 << 20)]
+    assert {n for _, n in made} <= {0, 8 << 20, 4 << 20}
+    key = cublas._shape_key(96, 1024, 256, 256, False, 256, True, 1024, False, TYPES, 8 << 20)
+    assert repr(("first", 4 << 20))[1:-1] in cublas._stored_key(3, key, other)
 
 
 @pytest.mark.gpu

@@ -575,6 +575,48 @@ def test_a_wavefront_with_cublaslt_kernels_on_its_lanes_gives_the_reference(monk
         assert np.linalg.norm(got - expect) / np.linalg.norm(expect) < 1e-4
 
 
+def test_the_lanes_take_the_workspace_sizes_of_the_plans_own_rule(monkeypatch):
+    """The runtime sizes cuBLAS's workspaces by the plan's rule (Plan.gemm_workspace), not by the defaults: a plan whose
+    wavefront lanes hold 4 MiB, first kernels looked up for an 8 MiB limit and a 2 MiB fallback, runs a stack's GEMMs
+    on handles of those sizes (and `full`'s 8 MiB off the lanes) only, and gives the float64 reference's output and
+    gradients."""
+    import dataclasses
+
+    from lstmdsl.plan import GemmWorkspace
+    from lstmdsl.runtime import cublas, cublaslt
+    from lstmdsl.runtime import layer as runtime_layer
+
+    rule = type("Rule", (GemmWorkspace,), {"fallback": lambda self, nbytes: nbytes // 2})(full=8 << 20, wave=4 << 20)
+    build = runtime_layer.build_program
+    monkeypatch.setattr(runtime_layer, "build_program", lambda *a, **k: dataclasses.replace(
+        build(*a, **k), plan=dataclasses.replace(build(*a, **k).plan, gemm_workspace=rule)))
+    limits, first = set(), cublaslt.first
+    monkeypatch.setattr(cublaslt, "first", lambda *a: limits.add(a[4]) or first(*a))
+    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
+    for name, value in (("_BARE", {}), ("_STORED", {}), ("_store", lambda key, bare: None), ("_FIRST", {}),
+                        ("TUNE_MARGIN", 0.0)):
+        monkeypatch.setattr(cublas, name, value)
+    rng = np.random.default_rng(6)
+    T, B, I, H, L = 9, 5, 37, 99, 3
+    x = cupy.asarray(rng.standard_normal((T, B, I)) * 0.5, np.float32)
+    dy = cupy.asarray(rng.standard_normal((T, B, H)), np.float32)
+    before = cublas.workspace_uses()
+    layer = lstmdsl.compile("vanilla", I, H, L, backend="cuda", schedule="no persistent; wavefront", seed=5)
+    y, _ = layer.forward(x)
+    dx = layer.backward(dy)
+    after = cublas.workspace_uses()
+    used = {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
+    assert 4 << 20 in used and used <= {8 << 20, 4 << 20, 2 << 20}, used  # (the rule's full, wave and fallback)
+    assert limits == {8 << 20} and {key[-1] for key in cublas._FIRST} == {4 << 20}, (limits, cublas._FIRST)
+    ref = lstmdsl.compile("vanilla", I, H, L, dtype="float64")
+    ref.load_state_dict(layer.state_dict())
+    want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
+    want_dx = ref.backward(cupy.asnumpy(dy).astype(np.float64))
+    for got, expect in [(y, want), (dx, want_dx)] + [(layer.grads()[k], ref.grads()[k]) for k in ref.grads()]:
+        got = cupy.asnumpy(got)
+        assert np.linalg.norm(got - expect) / np.linalg.norm(expect) < 1e-4
+
+
 def _phase_runs(layer, phase: str) -> list:
     """The persistent launches the layer's workspaces chose for a phase, of those where it has run (None: the
     stepwise loop; a workspace's entry is made when its phase first runs)."""

@@ -155,9 +155,9 @@ _BARE: dict[tuple, bool] = {}  # (device, shape, layout, types, workspace bytes)
 # way it chose, and gemm() runs one that takes less than TUNE_MARGIN of that time (not the default: measured on an
 # H100 only, where it moved FGR's fp32 forward alone, 0.90x; benchmarks/probe_cublaslt.py compares the kernels)
 _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kernel it runs (None: cuBLAS's own way)
-# Where the plan says so (GemmWorkspace.first_kernels: a wavefront's lanes), a shape not run bare runs cuBLASLt's first
-# kernel for a `full` limit, untimed (cublasGemmEx's with `full`), on that workspace where it needs no more; else as
-# cublasGemmEx chooses with GemmWorkspace.fallback (one size a lane), or `full` where tune has not looked it up.
+# Where the plan says so (`first`: GemmWorkspace.first_kernels, a wavefront's lanes), a shape not run bare runs
+# cuBLASLt's first kernel for the plan's `full` limit, untimed (cublasGemmEx's with `full`), on that workspace where it
+# needs no more; else as cublasGemmEx chooses (GemmWorkspace.gemmex).
 _FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, None where it needs more (or none listed)
 
 
@@ -183,21 +183,22 @@ _STORED: dict | None = None  # its contents once read: "(GPU, cuBLAS version, sh
 
 def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
-         workspace: int | None = None, first: bool = False, c: int = 0) -> bool:
+         workspace: int | None = None, first: GemmWorkspace | None = None, c: int = 0) -> bool:
     """Times gemm()'s shape with and without a workspace of workspace_for(types, workspace) bytes (into a scratch
     result: a and b are only read) and keeps the faster for every later gemm() of that shape in this process, and
     in the cache directory for later processes on the same GPU model and cuBLAS version (gemm_choices.json: they
     run the same kernels without timing them again; delete it to time again). Returns whether it runs bare. Not
     while `stream` is being captured (the caller checks): it also makes the lane's handle for the choice here, so
     that no handle is created inside a capture. LSTMDSL_TUNE_GEMMS=0 in the environment keeps cuBLAS's default
-    everywhere (the same kernels in every process whatever the cache holds). first: the plan's first_kernels for
-    this workspace (_FIRST): its cuBLASLt kernel found here (at c too), bare timed against it (stored: _stored_key)."""
+    everywhere (the same kernels in every process whatever the cache holds). first: the plan's rule where its
+    first_kernels holds for this workspace: the shape's kernel found here (_FIRST, at c too), bare timed against it."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     tuning = os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
     timed = tuning and M * N * K <= TUNE_MAX_WORK
     if first and tuning and key not in _FIRST:
-        _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace)
+        _FIRST[key] = _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, first.full, workspace)
+    other = workspace if not first or _FIRST.get(key) else first.gemmex(workspace, key in _FIRST)  # (bare's rival)
     if key not in _BARE:
         if not timed:
             _BARE[key] = False
@@ -205,22 +206,21 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             stored = _stored_key(lane, key, first)
             if stored not in _stored_choices():
                 bare = _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
-                                    workspace, _FIRST.get(key, False))
+                                    other, _FIRST.get(key, False))
                 if bare is not None:
                     _store(stored, bare)
             _BARE[key] = _stored_choices().get(stored, False)
-    fallback = GemmWorkspace().fallback(workspace) if key in _FIRST else None  # (None: `full`, tuning off)
-    _handle(lane, _BARE[key], types, workspace if not first or _FIRST.get(key) else fallback)
+    _handle(lane, _BARE[key], types, other)
     if timed and key not in _LT and cublaslt.enabled() and not (first and not _BARE[key]):  # (_FIRST's way there)
         _LT[key] = _lt_choice(_stored_key(lane, key), key, M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc,
                               accumulate, types, stream, lane)
     return _BARE[key]
 
 
-def _stored_key(lane: int, key: tuple, first: bool = False) -> str:
+def _stored_key(lane: int, key: tuple, first: GemmWorkspace | None = None) -> str:
     """A shape's key in the stored choices: the GPU, cuBLAS's version and the workspace's size (cuBLAS's choice of
     kernel depends on it) with the shape; "first" and the fallback's size where bare was timed against _FIRST's way."""
-    way = ("first", GemmWorkspace().fallback(key[-1])) if first else ()
+    way = ("first", first.fallback(key[-1])) if first else ()
     return repr((_identity(lane), key[-1]) + way + key[1:-1])
 
 
@@ -335,11 +335,11 @@ def _lt_choice(stored: str, key: tuple, M, N, K, a, lda, trans_a, b, ldb, trans_
     return chosen
 
 
-def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, workspace: int) -> cublaslt.Kernel | None:
-    """_FIRST's kernel for the shape (cublaslt.first); a failure anywhere gives None (cublasGemmEx: fallback)."""
+def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, limit, workspace) -> cublaslt.Kernel | None:
+    """_FIRST's kernel for the shape (cublaslt.first for the plan's limit); a failure anywhere gives None (fallback)."""
     try:
         return cublaslt.first(_load_libcublas()._name, current_device(), (M, N, K, lda, trans_a, ldb, trans_b, ldc),
-                              types, GemmWorkspace().full, workspace, (a, b, c))
+                              types, limit, workspace, (a, b, c))
     except Exception as e:  # noqa: BLE001 - cuBLASLt refused the shape (or its bindings this library): GemmEx's way
         warnings.warn(f"lstmdsl: cuBLASLt lists no kernels for the {M}x{N}x{K} GEMM ({e})", stacklevel=4)
         return None
@@ -348,10 +348,9 @@ def _first_kernel(M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc, types, work
 def _faster_bare(M, N, K, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate, types, stream, lane,
                  workspace: int, first=False) -> bool | None:
     """Whether the bare handle takes less than TUNE_MARGIN of the other way's time: cublasGemmEx with the
-    workspace, or where `first` is given (not False: _FIRST's entry) that kernel on it (None: GemmEx, fallback)."""
+    workspace, or where `first` is a kernel (_FIRST's entry) that kernel on it."""
     scratch = empty((max(1, M * ldc * ELEMENT_TYPES[types[2]]),), np.uint8, 0, stream)
-    other_bytes = GemmWorkspace().fallback(workspace) if first is None else workspace
-    handles = [_handle(lane, False, types, other_bytes), _handle(lane, True)]  # (made before the captures timing them)
+    handles = [_handle(lane, False, types, workspace), _handle(lane, True)]  # (made before the captures timing them)
 
     def other(side, h=handles[0]):
         if first:
@@ -394,13 +393,13 @@ def lane(stream: int, part: int = 0) -> int:
 
 def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: int, trans_b: bool, c: int, ldc: int,
          accumulate: bool, types: tuple[str, str, str, str], stream: int, lane: int = 0,
-         workspace: int | None = None, first: bool = False) -> None:
+         workspace: int | None = None, first: GemmWorkspace | None = None) -> None:
     """Row-major C[M, N] (+)= op(A) @ op(B) on device addresses, types (A, B, C, compute): column-major
     cuBLAS with the operands swapped (C^T = op(B)^T op(A)^T). lane: GEMMs that may run at the same time on
     two streams take two lanes, each a handle with its own workspace (a graph keeps the workspace it was
     captured with, so the lane of the stream it is replayed on, not the capture stream, chooses it), of
     workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster. first:
-    the plan's first_kernels for this workspace (_FIRST: the shape's kernel there, else cublasGemmEx: fallback)."""
+    as tune's (_FIRST: the shape's kernel there, else cublasGemmEx: GemmWorkspace.gemmex)."""
     workspace = workspace_for(types, workspace)
     key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
     table = _FIRST if first and not _BARE.get(key, False) else _LT
@@ -415,8 +414,8 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
             warnings.warn(f"lstmdsl: cuBLASLt's kernel for the {M}x{N}x{K} GEMM failed ({e}); it runs as cuBLAS "
                           "chooses from now on", stacklevel=2)
             table[key] = None
-    if table is _FIRST:  # (no kernel: cublasGemmEx's own choice, with the plan's fallback where looked up)
-        workspace = GemmWorkspace().fallback(workspace) if key in _FIRST else GemmWorkspace().full
+    if table is _FIRST:  # (no kernel: cublasGemmEx's own choice)
+        workspace = first.gemmex(workspace, key in _FIRST)
     _gemm(_handle(lane, _BARE.get(key, False), types, workspace), M, N, K, a, lda, trans_a, b, ldb, trans_b, c, ldc,
           accumulate, types, stream)
 

@@ -8,7 +8,8 @@ import copy
 import math
 
 from ..errors import LstmdslError
-from ..plan import ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, Kernel, Operand, VectorGrad, WeightGrad
+from ..plan import (ELEMENT_TYPES, HALF_TYPES, Copy, Fold, Gemm, GemmCall, GemmWorkspace, Kernel, Operand, VectorGrad,
+                    WeightGrad)
 from . import convert, cublas, device
 from .fanout import Fan
 from .persistent import PersistentRun
@@ -149,10 +150,10 @@ class Issue:
         cublas.tune(M, N, K, a, lda, c.trans_a, b, ldb, c.trans_b, ldc, c.accumulate,
                     (c.a_type, c.b_type, c.c_type, c.compute), self.stream, lane, *self.workspace_way(c), out)
 
-    def workspace_way(self, c: GemmCall) -> tuple[int, bool]:
-        """(workspace(c), whether the GEMM runs cuBLASLt's first kernel for it: GemmWorkspace.first_kernels)."""
-        nbytes = self.workspace(c)
-        return nbytes, self.plan.gemm_workspace.first_kernels(nbytes)
+    def workspace_way(self, c: GemmCall) -> tuple[int, GemmWorkspace | None]:
+        """(workspace(c), the plan's rule where the GEMM runs cuBLASLt's first kernels: GemmWorkspace.first_kernels)."""
+        nbytes, rule = self.workspace(c), self.plan.gemm_workspace
+        return nbytes, rule if rule.first_kernels(nbytes) else None
 
     def workspace(self, c: GemmCall) -> int:
         """The cuBLAS workspace the GEMM runs with, bytes (the plan's rule at this batch, at these rows where every
