@@ -549,30 +549,12 @@ def test_a_wavefront_with_cublaslt_kernels_on_its_lanes_gives_the_reference(monk
     from lstmdsl.plan import GemmWorkspace
     from lstmdsl.runtime import cublas
 
-    monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
-    for name, value in (("_BARE", {}), ("_STORED", {}), ("_store", lambda key, bare: None), ("_FIRST", {}),
-                        ("TUNE_MARGIN", 0.0)):
-        monkeypatch.setattr(cublas, name, value)
-    rule, rng = GemmWorkspace(), np.random.default_rng(4)
-    T, B, I, H, L = 9, 5, 37, 99, 3
-    x = cupy.asarray(rng.standard_normal((T, B, I)) * 0.5, np.float32)
-    dy = cupy.asarray(rng.standard_normal((T, B, H)), np.float32)
-    before = cublas.workspace_uses()
-    layer = lstmdsl.compile("vanilla", I, H, L, backend="cuda", schedule="no persistent; wavefront", seed=5)
-    y, _ = layer.forward(x)
-    dx = layer.backward(dy)
-    after = cublas.workspace_uses()
-    assert rule.wave in {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
+    rule = GemmWorkspace()
+    used, rows = _wavefront_lanes_against_the_reference(monkeypatch, 4)
+    assert rule.wave in used
     found = {key for key, kernel in cublas._FIRST.items() if kernel is not None}
     assert found and {key[-1] for key in cublas._FIRST} == {rule.wave}, cublas._FIRST
-    assert any(key[3] == T * B for key in found), found  # (a weight gradient's K: all steps' rows)
-    ref = lstmdsl.compile("vanilla", I, H, L, dtype="float64")
-    ref.load_state_dict(layer.state_dict())
-    want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
-    want_dx = ref.backward(cupy.asnumpy(dy).astype(np.float64))
-    for got, expect in [(y, want), (dx, want_dx)] + [(layer.grads()[k], ref.grads()[k]) for k in ref.grads()]:
-        got = cupy.asnumpy(got)
-        assert np.linalg.norm(got - expect) / np.linalg.norm(expect) < 1e-4
+    assert any(key[3] == rows for key in found), found  # (a weight gradient's K: all steps' rows)
 
 
 def test_the_lanes_take_the_workspace_sizes_of_the_plans_own_rule(monkeypatch):
@@ -592,11 +574,22 @@ def test_the_lanes_take_the_workspace_sizes_of_the_plans_own_rule(monkeypatch):
         build(*a, **k), plan=dataclasses.replace(build(*a, **k).plan, gemm_workspace=rule)))
     limits, first = set(), cublaslt.first
     monkeypatch.setattr(cublaslt, "first", lambda *a: limits.add(a[4]) or first(*a))
+    used, _ = _wavefront_lanes_against_the_reference(monkeypatch, 6)
+    assert 4 << 20 in used and used <= {8 << 20, 4 << 20, 2 << 20}, used  # (the rule's full, wave and fallback)
+    assert limits == {8 << 20} and {key[-1] for key in cublas._FIRST} == {4 << 20}, (limits, cublas._FIRST)
+
+
+def _wavefront_lanes_against_the_reference(monkeypatch, seed: int) -> tuple[set[int], int]:
+    """A 3-layer vanilla wavefront (fp32, T = 9, B = 5, I = 37, H = 99) forward and backward with its GEMMs tuned
+    afresh and never run bare (so the lanes' cuBLASLt kernels run), checked against the float64 reference: (the
+    workspace sizes its GEMMs used, T * B)."""
+    from lstmdsl.runtime import cublas
+
     monkeypatch.delenv("LSTMDSL_TUNE_GEMMS", raising=False)
     for name, value in (("_BARE", {}), ("_STORED", {}), ("_store", lambda key, bare: None), ("_FIRST", {}),
                         ("TUNE_MARGIN", 0.0)):
         monkeypatch.setattr(cublas, name, value)
-    rng = np.random.default_rng(6)
+    rng = np.random.default_rng(seed)
     T, B, I, H, L = 9, 5, 37, 99, 3
     x = cupy.asarray(rng.standard_normal((T, B, I)) * 0.5, np.float32)
     dy = cupy.asarray(rng.standard_normal((T, B, H)), np.float32)
@@ -605,9 +598,6 @@ def test_the_lanes_take_the_workspace_sizes_of_the_plans_own_rule(monkeypatch):
     y, _ = layer.forward(x)
     dx = layer.backward(dy)
     after = cublas.workspace_uses()
-    used = {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}
-    assert 4 << 20 in used and used <= {8 << 20, 4 << 20, 2 << 20}, used  # (the rule's full, wave and fallback)
-    assert limits == {8 << 20} and {key[-1] for key in cublas._FIRST} == {4 << 20}, (limits, cublas._FIRST)
     ref = lstmdsl.compile("vanilla", I, H, L, dtype="float64")
     ref.load_state_dict(layer.state_dict())
     want, _ = ref.forward(cupy.asnumpy(x).astype(np.float64))
@@ -615,6 +605,7 @@ def test_the_lanes_take_the_workspace_sizes_of_the_plans_own_rule(monkeypatch):
     for got, expect in [(y, want), (dx, want_dx)] + [(layer.grads()[k], ref.grads()[k]) for k in ref.grads()]:
         got = cupy.asnumpy(got)
         assert np.linalg.norm(got - expect) / np.linalg.norm(expect) < 1e-4
+    return {n for i, (uses, n) in after.items() if uses > before.get(i, (0, 0))[0]}, T * B
 
 
 def _phase_runs(layer, phase: str) -> list:
