@@ -8,9 +8,13 @@ uniform in [T/2, T] (bidirectional.packed_case). GPU only. Three sections:
 - profile: cProfile of 50 forwards of each at 16 x 256 (fp32), each after a synchronize, and the functions whose
   cumulative time differs most between the two, per call;
 - parts: the host time of the pieces of lengths= outside the runtime (length_mask, its copy, the padding zeroed,
-  the output masked), 300 calls each without synchronizing.
+  the output masked), 300 calls each without synchronizing;
+- issue: when the runtime issues its GPU work within a forward (no grad), padded and lengths= in turn after a
+  synchronize: the host's time from the call to the runtime's first launch or copy, to the first on a second stream
+  (the other direction's, pair.py), to its last, and how many, medians of 40 rounds after 5 (the GPU waits for the
+  host until the first; the second direction's start waits for the second).
 
-    python3 benchmarks/probe_lengths_host.py [alternating] [profile] [parts]
+    python3 benchmarks/probe_lengths_host.py [alternating] [profile] [parts] [issue]
 """
 import cProfile
 import pstats
@@ -120,6 +124,46 @@ def parts():
     t("torch.empty cuda", lambda: torch.empty(T, B, 1, device="cuda"))
 
 
+def issue():
+    from lstmdsl.runtime import cublas, cublaslt, device
+
+    events = []  # (host time, stream) of each piece of GPU work the runtime issues
+
+    def wrap(fn):
+        def recorded(*args, **kw):
+            events.append((time.perf_counter(), kw.get("stream", args[-1] if args else None)))
+            return fn(*args, **kw)
+        return recorded
+    for module, name in ((device, "launch"), (device, "launch_cooperative"), (device, "copy_rows"), (device, "zero"),
+                         (device, "zero_rows"), (device.Graph, "launch"), (cublas, "_gemm"), (cublaslt, "run")):
+        setattr(module, name, wrap(getattr(module, name)))
+    for tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        for B, H in ((16, 256), (64, 512)):
+            _, ours, x, lengths, _ = packed_case(B, H, 100, 2, tf32)
+            ours.eval()
+            ways = {"padded": {}, "lengths": {"lengths": lengths}}
+            rows = {k: [] for k in ways}
+            with torch.no_grad():
+                for i in range(45):
+                    for k, kw in (ways.items() if i % 2 else reversed(list(ways.items()))):
+                        torch.cuda.synchronize()
+                        events.clear()
+                        t0 = time.perf_counter()
+                        ours(x, **kw)
+                        t1 = time.perf_counter()
+                        first_stream = events[0][1]
+                        second = next((t for t, s in events if s != first_stream), t1)
+                        if i >= 5:
+                            rows[k].append((events[0][0] - t0, second - t0, events[-1][0] - t0, t1 - t0,
+                                            len(events)))
+            med = {k: [statistics.median(r[j] for r in v) for j in range(5)] for k, v in rows.items()}
+            for k, (first, second, last, whole, n) in med.items():
+                print(f"{'tf32' if tf32 else 'fp32'} {B}x{H} {k:8s} first {1e6 * first:6.0f} us  second stream "
+                      f"{1e6 * second:6.0f} us  last {1e6 * last:6.0f} us  call {1e6 * whole:6.0f} us  pieces {n:4.0f}",
+                      flush=True)
+
+
 if __name__ == "__main__":
-    for section in sys.argv[1:] or ["alternating", "profile", "parts"]:
-        {"alternating": alternating, "profile": profile, "parts": parts}[section]()
+    for section in sys.argv[1:] or ["alternating", "profile", "parts", "issue"]:
+        {"alternating": alternating, "profile": profile, "parts": parts, "issue": issue}[section]()
