@@ -502,15 +502,32 @@ def test_a_wavefront_lane_runs_cublaslt_first_kernel_or_gemmex_on_its_one_worksp
     times["bare"] = 30.0
     needs.update({80: 1 << 20, 96: 10 << 20})
     assert not cublas.tune(80, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert [c[0] for c in calls] == [("lt", "k80", 8 << 20), ("bare", 3)] and made[-1] == (False, 8 << 20)
+    calls.clear()
     assert not cublas.tune(96, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert [c[0] for c in calls] == [("workspace", 3, 4 << 20), ("bare", 3)]  # (timed with the rule's fallback)
+    assert made[-1] == (False, 4 << 20)  # (the handle gemm() takes, made by tune)
     assert listed[-2:] == [(80, 12 << 20), (96, 12 << 20)]  # (each looked up for the plan's limit)
+    calls.clear()
     cublas.gemm(80, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, 8 << 20, other)
     cublas.gemm(80, 1024, 256, 1, 256, False, 2, 256, True, 8, 1024, False, TYPES, 5, 3, 8 << 20, other)
     cublas.gemm(96, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, 8 << 20, other)
-    assert [c[0] for c in calls[-3:]] == [("lt", "k80", 8 << 20), ("workspace", 3, 4 << 20), ("workspace", 3, 4 << 20)]
-    assert {n for _, n in made} <= {0, 8 << 20, 4 << 20}
-    key = cublas._shape_key(96, 1024, 256, 256, False, 256, True, 1024, False, TYPES, 8 << 20)
-    assert repr(("first", 4 << 20))[1:-1] in cublas._stored_key(3, key, other)
+    assert [c[0] for c in calls] == [("lt", "k80", 8 << 20), ("workspace", 3, 4 << 20), ("workspace", 3, 4 << 20)]
+    assert {n for _, n in made} == {0, 8 << 20, 4 << 20}
+    # the limit is part of the shape's key where it is not the default's: a rule with another limit looks it up
+    # again, and its stored choice is its own (the default rule's keys stay as they were)
+    key = cublas._shape_key(96, 1024, 256, 256, False, 256, True, 1024, False, TYPES, 8 << 20, other)
+    assert key in cublas._FIRST and repr(("first", 4 << 20))[1:-1] in cublas._stored_key(3, key, other)
+    assert ("limit", 12 << 20) in key and key[:-2] + key[-1:] not in cublas._FIRST
+    assert cublas._shape_key(96, 1024, 256, 256, False, 256, True, 1024, False, TYPES, 8 << 20, rule)[-2] != (
+        "limit", rule.full)
+    # tuning off: cublasGemmEx with the rule's own full workspace
+    monkeypatch.setenv("LSTMDSL_TUNE_GEMMS", "0")
+    calls.clear()
+    made.clear()
+    cublas.tune(112, 1024, 256, 1, 256, False, 2, 256, True, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    cublas.gemm(112, 1024, 256, 1, 256, False, 2, 256, True, 9, 1024, False, TYPES, 5, 3, 8 << 20, other)
+    assert made == [(False, 12 << 20)] * 2 and [c[0] for c in calls] == [("workspace", 3, 12 << 20)]
 
 
 @pytest.mark.gpu

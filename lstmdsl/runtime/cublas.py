@@ -161,10 +161,11 @@ _LT: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> the cuBLASLt kerne
 _FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, None where it needs more (or none listed)
 
 
-def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace: int) -> tuple:
-    """A shape's key in this process's choices (the last item the workspace's bytes: cuBLAS's kernels depend on it)."""
+def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace: int, first=None) -> tuple:
+    """A shape's key in this process's choices (last the workspace's bytes, before it first kernels' limit if new)."""
+    limit = () if not first or first.full == GemmWorkspace().full else (("limit", first.full),)
     return (current_device(), M, N, K, lda, bool(trans_a), ldb, bool(trans_b), ldc, bool(accumulate), tuple(types),
-            workspace)
+            *limit, workspace)
 
 
 def _time(call, stream: int) -> float:
@@ -193,7 +194,7 @@ def tune(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     everywhere (the same kernels in every process whatever the cache holds). first: the plan's rule where its
     first_kernels holds for this workspace: the shape's kernel found here (_FIRST, at c too), bare timed against it."""
     workspace = workspace_for(types, workspace)
-    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace, first)
     tuning = os.environ.get("LSTMDSL_TUNE_GEMMS", "1") != "0"
     timed = tuning and M * N * K <= TUNE_MAX_WORK
     if first and tuning and key not in _FIRST:
@@ -377,14 +378,13 @@ LANES = 64  # lanes per device (each a handle per workspace size: bare, 1, 16, 3
 
 
 def lane(stream: int, part: int = 0) -> int:
-    """The lane of the GEMMs issued for a stream: one per stream, in order of first use, so that work on
-    two streams never shares a cuBLAS workspace. part: work that a call on `stream` spreads over streams of
-    its own takes a lane per part (a stack's layers in a wavefront, parts below MAX_LANES; a step's fanned-out
-    GEMMs, runtime/fanout.py, parts MAX_LANES + 1 on: FGR 3 more). The streams are the callers' and the
-    device's one side stream (device.side_stream), so the lanes in use stay few: a caller's stream with a
-    16-layer wavefront and the side stream take 17, FGR both ways with its fan 8. Past LANES (a process
-    issuing from more than three streams with 16-layer wavefronts) lanes are shared in turn, and two streams
-    running at once could then share a workspace."""
+    """The lane of the GEMMs issued for a stream: one per stream, in order of first use, so that work on two streams
+    never shares a cuBLAS workspace. part: work that a call on `stream` spreads over streams of its own takes a lane
+    per part (a stack's layers in a wavefront, parts below MAX_LANES; a step's fanned-out GEMMs, runtime/fanout.py,
+    parts MAX_LANES + 1 on: FGR 3 more). The streams are the callers' and the device's one side stream
+    (device.side_stream), so the lanes in use stay few: a caller's stream with a 16-layer wavefront and the side
+    stream take 17, FGR both ways with its fan 8. Past LANES (a process issuing from more than three streams with
+    16-layer wavefronts) lanes are shared in turn, and two streams running at once could then share a workspace."""
     key = (current_device(), stream, part)
     if key not in _LANES:
         _LANES[key] = sum(1 for k in _LANES if k[0] == key[0]) % LANES
@@ -401,7 +401,7 @@ def gemm(M: int, N: int, K: int, a: int, lda: int, trans_a: bool, b: int, ldb: i
     workspace_for(types, workspace) bytes. The shape runs without a workspace where tune() found that faster. first:
     as tune's (_FIRST: the shape's kernel there, else cublasGemmEx: GemmWorkspace.gemmex)."""
     workspace = workspace_for(types, workspace)
-    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace)
+    key = _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace, first)
     table = _FIRST if first and not _BARE.get(key, False) else _LT
     kernel = table.get(key)
     if kernel is not None and kernel.fits(a, b, c):  # a cuBLASLt kernel (tune's choice, or _FIRST's), on the lane's
