@@ -1,4 +1,4 @@
-"""Small shapes, two or more source trees, one run: the vanilla LSTM's forward and training step (T = 100, one
+"""Small shapes, two or more source trees, one run: the vanilla LSTM's (or --spec's) forward and training step (T = 100, one
 layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses, or --schedule's), timed two
 ways: with CUDA events around the call as the benchmarks time it (the host's time to issue the call included), and as
 GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
@@ -6,7 +6,7 @@ runs in its own process, in the order A B A B (A B C A B C for three); each case
 the tree's two medians, and each later tree's ratio is to the first's.
 
     python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [MORE_TREES ...] [--shapes 1x32 16x64 ...]   (BxH; default all 15)
-        [--schedule "precision fp16; persistent"]
+        [--schedule "precision fp16; persistent"] [--spec fgr]
     python3 benchmarks/ab_small.py . . --schedules "precision fp16; persistent" "precision fp16; persistent; specialise"
         (one schedule a tree: a tree may be named twice, to compare schedules)
 
@@ -26,7 +26,7 @@ import lstmdsl
 from lstmdsl import api
 from lstmdsl.timing import spin
 from lstmdsl.runtime import nvrtc
-spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()["vanilla"].read_text())
+spec = lstmdsl.parse(lstmdsl.resources.shipped_specs()[sys.argv[3]].read_text())
 out = {}
 for B, H in json.loads(sys.argv[1]):
     layer = api.compile(spec, H, H, 1, backend="cuda", schedule=sys.argv[2], seed=0)
@@ -49,7 +49,7 @@ print("RESULT" + json.dumps(out))
 '''
 def run(tree, schedule):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), schedule], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), schedule, args.spec], env=env, capture_output=True,
                        text=True, cwd=tree)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if not line: print(r.stderr[-3000:]); sys.exit(1)
@@ -59,6 +59,7 @@ ap.add_argument("trees", nargs="+", help="two or more trees; each later one is c
 ap.add_argument("--shapes", nargs="+", default=[f"{b}x{h}" for b in (1, 16, 64) for h in (16, 32, 64, 128, 256)])
 ap.add_argument("--schedule", default="precision fp32", help="the layers' schedule (default: precision fp32)")
 ap.add_argument("--schedules", nargs="+", help="one schedule a tree, in the trees' order (instead of --schedule)")
+ap.add_argument("--spec", default="vanilla", help="a shipped spec's name (default: vanilla)")
 args = ap.parse_args()
 if len(args.trees) < 2:
     ap.error("give two trees or more")
