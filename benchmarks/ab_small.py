@@ -1,9 +1,9 @@
-"""Small shapes, two or more source trees, one run: the vanilla LSTM's (or --spec's) forward and training step (T = 100, one
-layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses, or --schedule's), timed two
-ways: with CUDA events around the call as the benchmarks time it (the host's time to issue the call included), and as
-GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
-runs in its own process, in the order A B A B (A B C A B C for three); each case's time is the smaller of
-the tree's two medians, and each later tree's ratio is to the first's.
+"""Small shapes, two or more source trees, one run: the vanilla LSTM's (or --spec's) forward and training step (T =
+100, one layer, fp32, B {1, 16, 64} x H {16, 32, 64, 128, 256}, the schedule `auto` chooses, or --schedule's), timed
+two ways: with CUDA events around the call as the benchmarks time it (the host's time to issue the call included),
+and as GPU time only (the call issued behind a 4 ms spin kernel, so the GPU never waits for the host). Each tree
+runs in its own process, in the order A B A B (A B C A B C for three); each case's time is the smaller of the tree's
+two medians, and each later tree's ratio is to the first's.
 
     python3 benchmarks/ab_small.py OLD_TREE NEW_TREE [MORE_TREES ...] [--shapes 1x32 16x64 ...]   (BxH; default all 15)
         [--schedule "precision fp16; persistent"] [--spec fgr]
@@ -49,8 +49,8 @@ print("RESULT" + json.dumps(out))
 '''
 def run(tree, schedule):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), schedule, args.spec], env=env, capture_output=True,
-                       text=True, cwd=tree)
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(SHAPES), schedule, args.spec], env=env,
+                       capture_output=True, text=True, cwd=tree)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if not line: print(r.stderr[-3000:]); sys.exit(1)
     return json.loads(line[0][6:])
