@@ -25,6 +25,7 @@ from .warmup import settle as settle_warm_up
 DATA_TYPES = {"f32": 0, "f64": 1, "bf16": 14, "f16": 2}  # CUDA_R_32F, CUDA_R_64F, CUDA_R_16BF, CUDA_R_16F
 COMPUTE_TYPES = {"fp32": (68, np.float32), "tf32": (77, np.float32), "f64": (70, np.float64)}
 _GEMM_DEFAULT = -1  # CUBLAS_GEMM_DEFAULT
+_WORKSPACE = GemmWorkspace()  # the plan's default sizes (built once: _shape_key compares with it at every call)
 _SCALARS = {name: (np.ones(1, t), np.zeros(1, t)) for name, (_, t) in COMPUTE_TYPES.items()}
 
 
@@ -50,7 +51,7 @@ class _Handle:
     cuBLAS's recommended size on sm_90). nbytes = 0, bare: without one, so cuBLAS chooses among the kernels that
     need none (tune)."""
 
-    def __init__(self, nbytes: int = GemmWorkspace().full):
+    def __init__(self, nbytes: int = _WORKSPACE.full):
         self.bare = nbytes == 0
         lib = _load_libcublas()
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
@@ -93,7 +94,7 @@ def workspace_for(types: tuple[str, ...], workspace: int | None = None) -> int:
     caller gives none the plan's rule at a large batch (their A operand's type chooses: half or full)."""
     if workspace is not None:
         return workspace
-    return GemmWorkspace().half if types[0] in HALF_TYPES else GemmWorkspace().full
+    return _WORKSPACE.half if types[0] in HALF_TYPES else _WORKSPACE.full
 
 
 def _handle(lane: int, bare: bool = False, types: tuple[str, ...] = ("f32",), workspace: int | None = None) -> _Handle:
@@ -163,7 +164,7 @@ _FIRST: dict[tuple, cublaslt.Kernel | None] = {}  # shape key -> that kernel, No
 
 def _shape_key(M, N, K, lda, trans_a, ldb, trans_b, ldc, accumulate, types, workspace: int, first=None) -> tuple:
     """A shape's key in this process's choices (last the workspace's bytes, before it first kernels' limit if new)."""
-    limit = () if not first or first.full == GemmWorkspace().full else (("limit", first.full),)
+    limit = () if not first or first.full == _WORKSPACE.full else (("limit", first.full),)
     return (current_device(), M, N, K, lda, bool(trans_a), ldb, bool(trans_b), ldc, bool(accumulate), tuple(types),
             *limit, workspace)
 
