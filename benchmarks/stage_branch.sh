@@ -5,9 +5,24 @@
 #     cd _br/BRANCH && NO_SANITIZERS=1 JOBS=14 NO_GRID=1 bash benchmarks/gpu_check.sh
 # (gpu_check.sh installs lark from the checkout's .whl, two levels up, when the staged tree has none). Delete
 # _br/ after the run: it is not the checkout's and `git status` lists it.
+#
+# A trial kept as a patch (benchmarks/trials/NAME.patch: a branch's work that has not run on a GPU yet, kept in the
+# repository because a new checkout may not have the branch): `bash benchmarks/stage_branch.sh
+# benchmarks/trials/NAME.patch` stages HEAD with the patch applied in _br/NAME.
 set -eu
 cd "$(dirname "$0")/.."
-branch=${1:?usage: bash benchmarks/stage_branch.sh BRANCH}
+branch=${1:?usage: bash benchmarks/stage_branch.sh BRANCH | benchmarks/trials/NAME.patch}
+if [ -f "$branch" ] && [ "${branch%.patch}" != "$branch" ]; then
+  patch=$branch
+  dest="_br/$(basename "${branch%.patch}")"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  git archive HEAD | tar -x -C "$dest"
+  # (from the repository's root, into the staged tree: run inside it, git apply skips every path outside)
+  git apply --directory="$dest" "$patch" || { echo "the patch $branch does not apply to HEAD" >&2; exit 65; }
+  echo "staged HEAD ($(git rev-parse --short HEAD)) with $branch in $dest"
+  exit 0
+fi
 git rev-parse --verify -q "$branch^{commit}" > /dev/null || { echo "no branch or commit '$branch'" >&2; exit 64; }
 dest="_br/${branch//\//_}"
 rm -rf "$dest"
