@@ -10,6 +10,7 @@
 # Stage first, on this machine: bash benchmarks/stage_branch.sh benchmarks/trials/NAME.patch && mkdir -p _br/HEAD &&
 # git archive HEAD lstmdsl specs grammars templates | tar -x -C _br/HEAD; on the device tool's machine carry .whl
 # and _br. Time limits: TESTS_S (default 300 s), AB_S (150 s an A/B). Delete _br/ after.
+# Both parts in one call with a smaller selection: TESTS_K=... TESTS_S=... RUNS=... bash benchmarks/trial_check.sh NAME
 set -u
 cd "$(dirname "$0")/.."
 trial=${1:?usage: bash benchmarks/trial_check.sh NAME [tests|ab]}
@@ -22,6 +23,8 @@ case "$trial" in  # the GPU tests (-k), and the A/B runs: "spec|precision|shapes
                runs=("fgr|fp32|16x512 64x256 64x512" "vanilla|fp32|16x512 32x512 64x512") ;;
   *) echo "no check for the trial '$trial'" >&2; exit 64 ;;
 esac
+tests=${TESTS_K:-$tests}  # (TESTS_K: another selection; RUNS: other A/B runs, "spec|precision|shapes;...")
+[ -n "${RUNS:-}" ] && IFS=';' read -r -a runs <<< "$RUNS"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site LSTMDSL_CACHE=/tmp/lstmdsl-gpu-check-cache PYTHONUNBUFFERED=1
