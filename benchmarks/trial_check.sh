@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A trial's GPU check: a branch's work kept as a patch (benchmarks/trials/NAME.patch, staged with HEAD by
-# benchmarks/stage_branch.sh into _br/NAME), its GPU tests, cuDNN's times at the A/B's shapes
-# (benchmarks/probe_cudnn_small.py) and benchmarks/ab_small.py of the trial's tree under `persistent` against HEAD's
+# benchmarks/stage_branch.sh into _br/NAME), its GPU tests, cuDNN's times at the A/B's shapes (`lstmdsl bench
+# vanilla`, HEAD's tree, without torch.compile) and benchmarks/ab_small.py of the trial's tree under `persistent` against HEAD's
 # (_br/HEAD) under the default `persistent auto` and under `persistent`, by trial:
 #     bash benchmarks/trial_check.sh NAME [tests|ab]   # both (default), or one: each part fits one device call
 #   fp32-3xtf32  fp32's persistent products as 3xTF32 and tf32's as tf32, on the tensor cores: the persistent and
-#                tf32 GPU tests (about 400); FGR and vanilla in fp32 and tf32
+#                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32
 #   tile-4x8     fp32's 4 x 8 product tiles: the persistent tests; FGR and vanilla in fp32
 # Stage first, on this machine: bash benchmarks/stage_branch.sh benchmarks/trials/NAME.patch && mkdir -p _br/HEAD &&
 # git archive HEAD lstmdsl specs grammars templates | tar -x -C _br/HEAD; on the device tool's machine carry .whl
@@ -35,7 +35,14 @@ if [ "$part" != ab ]; then
   echo "tests: $((SECONDS - t0)) s"
 fi
 [ "$part" = tests ] && exit 0
-timeout 90 python3 benchmarks/probe_cudnn_small.py
+for run in "${runs[@]}"; do  # cuDNN's vanilla LSTM at each precision and shape of the runs, once
+  IFS='|' read -r _ precision shapes <<< "$run"
+  for shape in $shapes; do echo "$precision ${shape%x*} ${shape#*x}"; done
+done | sort -u | while read -r precision B H; do
+  PYTHONPATH=/tmp/site:$PWD/_br/HEAD timeout 120 python3 -m lstmdsl bench vanilla -B "$B" -H "$H" \
+    --precision "$precision" --no-compile 2>&1 | grep -E "^  (forward|train) +(cudnn|lstmdsl) |rror" |
+    sed "s/^/$precision ${B}x$H:/"
+done
 for run in "${runs[@]}"; do
   IFS='|' read -r spec precision shapes <<< "$run"
   echo "== $spec, precision $precision: HEAD auto | HEAD persistent | the trial persistent (ratios to HEAD auto)"
