@@ -7,6 +7,8 @@
 #   fp32-3xtf32  fp32's persistent products as 3xTF32 and tf32's as tf32, on the tensor cores: the persistent and
 #                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32
 #   tile-4x8     fp32's 4 x 8 product tiles: the persistent tests; FGR and vanilla in fp32
+#   balanced-chunks  batch rows staged in equal chunks: the persistent tests; FGR in fp32 and bf16, vanilla's
+#                backward (training) in fp32 and bf16 where it chunks
 # Stage first, on this machine: bash benchmarks/stage_branch.sh benchmarks/trials/NAME.patch && mkdir -p _br/HEAD &&
 # git archive HEAD lstmdsl specs grammars templates | tar -x -C _br/HEAD; on the device tool's machine carry .whl
 # and _br. Time limits: TESTS_S (default 300 s), AB_S (150 s an A/B). Delete _br/ after.
@@ -21,6 +23,9 @@ case "$trial" in  # the GPU tests (-k), and the A/B runs: "spec|precision|shapes
                runs=("fgr|fp32|16x512 64x512" "vanilla|fp32|1x512 16x512 64x512" "fgr|tf32|16x512 64x512") ;;
   tile-4x8)    tests="persistent"
                runs=("fgr|fp32|16x512 64x256 64x512" "vanilla|fp32|16x512 32x512 64x512") ;;
+  balanced-chunks) tests="persistent"
+               runs=("fgr|fp32|16x512 64x512" "fgr|bf16|64x512 16x1024" "vanilla|fp32|64x512 16x1024"
+                     "vanilla|bf16|64x512") ;;
   *) echo "no check for the trial '$trial'" >&2; exit 64 ;;
 esac
 tests=${TESTS_K:-$tests}  # (TESTS_K: another selection; RUNS: other A/B runs, "spec|precision|shapes;...")
