@@ -12,20 +12,23 @@
 set -eu
 cd "$(dirname "$0")/.."
 branch=${1:?usage: bash benchmarks/stage_branch.sh BRANCH | benchmarks/trials/NAME.patch}
-if [ -f "$branch" ] && [ "${branch%.patch}" != "$branch" ]; then
+patch=
+if [ -f "$branch" ] && [ "${branch%.patch}" != "$branch" ]; then  # a trial: HEAD with the patch applied
   patch=$branch
+  rev=HEAD
   dest="_br/$(basename "${branch%.patch}")"
-  rm -rf "$dest"
-  mkdir -p "$dest"
-  git archive HEAD | tar -x -C "$dest"
+else
+  git rev-parse --verify -q "$branch^{commit}" > /dev/null || { echo "no branch or commit '$branch'" >&2; exit 64; }
+  rev=$branch
+  dest="_br/${branch//\//_}"
+fi
+rm -rf "$dest"
+mkdir -p "$dest"
+git archive "$rev" | tar -x -C "$dest"
+if [ -n "$patch" ]; then
   # (from the repository's root, into the staged tree: run inside it, git apply skips every path outside)
   git apply --directory="$dest" "$patch" || { echo "the patch $branch does not apply to HEAD" >&2; exit 65; }
   echo "staged HEAD ($(git rev-parse --short HEAD)) with $branch in $dest"
-  exit 0
+else
+  echo "staged $branch ($(git rev-parse --short "$branch")) in $dest"
 fi
-git rev-parse --verify -q "$branch^{commit}" > /dev/null || { echo "no branch or commit '$branch'" >&2; exit 64; }
-dest="_br/${branch//\//_}"
-rm -rf "$dest"
-mkdir -p "$dest"
-git archive "$branch" | tar -x -C "$dest"
-echo "staged $branch ($(git rev-parse --short "$branch")) in $dest"

@@ -7,8 +7,8 @@
 #   fp32-3xtf32  fp32's persistent products as 3xTF32 and tf32's as tf32, on the tensor cores: the persistent and
 #                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32
 #   tile-4x8     fp32's 4 x 8 product tiles: the persistent tests; FGR and vanilla in fp32
-#   balanced-chunks  batch rows staged in equal chunks: the persistent tests; FGR in fp32 and bf16, vanilla's
-#                backward (training) in fp32 and bf16 where it chunks
+#   balanced-chunks  batch rows staged in the chunks that take the fewest product tiles: the persistent tests;
+#                FGR in fp32 and bf16, vanilla's backward (training) in fp32 and bf16 where it chunks
 # Stage first, on this machine: bash benchmarks/stage_branch.sh benchmarks/trials/NAME.patch && mkdir -p _br/HEAD &&
 # git archive HEAD lstmdsl specs grammars templates | tar -x -C _br/HEAD; on the device tool's machine carry .whl
 # and _br. Time limits: TESTS_S (default 300 s), AB_S (150 s an A/B). Delete _br/ after.
