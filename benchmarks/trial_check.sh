@@ -5,7 +5,8 @@
 # (_br/HEAD) under the default `persistent auto` and under `persistent`, by trial:
 #     bash benchmarks/trial_check.sh NAME [tests|ab]   # both (default), or one: each part fits one device call
 #   fp32-3xtf32  fp32's persistent products as 3xTF32 and tf32's as tf32, on the tensor cores: the persistent and
-#                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32
+#                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32; where _br/fp32-3xtf32-fwd is staged too (the
+#                trial with its backward on the FMA tiles: benchmarks/trials/README.md), each A/B times it as well
 #   tile-4x8     fp32's 4 x 8 product tiles: the persistent tests; FGR and vanilla in fp32
 #   balanced-chunks  batch rows staged in the chunks that take the fewest product tiles: the persistent tests;
 #                FGR in fp32 and bf16, vanilla's backward (training) in fp32 and bf16 where it chunks
@@ -50,9 +51,12 @@ done | sort -u | while read -r precision B H; do
 done
 for run in "${runs[@]}"; do
   IFS='|' read -r spec precision shapes <<< "$run"
-  echo "== $spec, precision $precision: HEAD auto | HEAD persistent | the trial persistent (ratios to HEAD auto)"
+  also=()  # (a variant of the trial staged beside it, timed as a fourth tree)
+  [ -d "_br/$trial-fwd" ] && also=("$PWD/_br/$trial-fwd" "precision $precision; persistent")
+  echo "== $spec, precision $precision: HEAD auto | HEAD persistent | the trial persistent${also:+ | $trial-fwd}" \
+    "(ratios to HEAD auto)"
   timeout "${AB_S:-150}" python3 benchmarks/ab_small.py "$PWD/_br/HEAD" "$PWD/_br/HEAD" "$PWD/_br/$trial" \
-    --spec "$spec" --schedules "precision $precision" "precision $precision; persistent" \
-    "precision $precision; persistent" --shapes $shapes 2>&1 | tail -8
+    ${also:+"${also[0]}"} --spec "$spec" --schedules "precision $precision" "precision $precision; persistent" \
+    "precision $precision; persistent" ${also:+"${also[1]}"} --shapes $shapes 2>&1 | tail -8
   echo "A/B: $((SECONDS - t0)) s"
 done
