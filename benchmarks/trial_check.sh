@@ -7,6 +7,7 @@
 #   fp32-3xtf32  fp32's persistent products as 3xTF32 and tf32's as tf32, on the tensor cores: the persistent and
 #                tf32 GPU tests (352); FGR and vanilla in fp32 and tf32; where _br/fp32-3xtf32-fwd is staged too (the
 #                trial with its backward on the FMA tiles: benchmarks/trials/README.md), each A/B times it as well
+#                (four trees: give AB_S=240)
 #   tile-4x8     fp32's 4 x 8 product tiles: the persistent tests; FGR and vanilla in fp32
 #   balanced-chunks  batch rows staged in the chunks that take the fewest product tiles: the persistent tests;
 #                FGR in fp32 and bf16, vanilla's backward (training) in fp32 and bf16 where it chunks
