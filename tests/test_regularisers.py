@@ -271,8 +271,8 @@ def test_the_torch_modules_dropconnect_reuses_two_buffers_and_refuses_a_stale_ba
     addresses = set()
     for seed in range(4):  # the masked stack lands in one of two buffers; gradients reach the parameter
         torch.manual_seed(seed)
-        runner, _, names = m._groups[0]
-        masked = m._connect(runner, m._tensors(names))[1]
+        runner, members, names = m._groups[0]
+        masked = m._connect(runner, m._op_tensors(runner, members, names))[1]
         addresses.add(masked.data_ptr())
         m.zero_grad()
         torch.manual_seed(seed)

@@ -8,9 +8,10 @@
 Forward and backward run as PyTorch custom operators (lstmdsl/torch/ops.py): on CUDA tensors the generated
 kernels, on CPU tensors the numpy reference (slowly; a warning says so once). torch.compile sees one
 opaque op per call (no graph break); CUDA graphs that torch captures take lstmdsl's work in. Parameters
-are ordinary torch Parameters — one per weight stack (weight_ih_l0 holds the matrices applied to the
-input, weight_hh_l0 those applied to h, as torch.nn.LSTM lays them out) and one per vector (b_i_l0, ...)
-— so optimizers, state dicts, .to(), DDP and autocast treat the module like any other.
+are ordinary torch Parameters — LSTM's and GRU's torch.nn's own (weight_ih_l0, weight_hh_l0, bias_ih_l0,
+bias_hh_l0, weight_hr_l0: layout.py), another spec's one per weight stack (weight_ih_l0 holds the matrices
+applied to the input, weight_hh_l0 those applied to h) and one per vector (b_i_l0, ...) — so optimizers, state
+dicts, .to(), DDP and autocast treat the module like any other.
 
 Layers and directions: a stack runs in one op call; with dropout between layers, or bidirectional, each
 layer and direction is its own call (dropout in between, the reverse direction reading its sequence

@@ -15,6 +15,12 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _HALF = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "f16")}  # input type -> precision, element type
 
 
+def value_type(x: Tensor) -> torch.dtype:
+    """The type of the values beside an input x (states in and out, masks, gradient buffers): x's own, float32
+    beside a half-precision x."""
+    return torch.float32 if x.dtype in _HALF else x.dtype
+
+
 def check_inputs(r, x: Tensor, h0: list[Tensor], params: list[Tensor], steps: list[Tensor]) -> str:
     """The element type of the values: a half-precision x beside float32 parameters (mixed precision) or beside
     parameters of its own type (half parameters, .half() or .bfloat16()) computes with float32 values. The
@@ -74,3 +80,37 @@ def check_gradients(r, x: Tensor, dy: Tensor, dhn: list[Tensor | None]) -> None:
     for name, d, s in zip(r.state_names, dhn, r.state_shapes(B)):
         if d is not None and d.shape != s:
             raise UsageError(f"the final state {name}'s gradient has shape {list(d.shape)}; expected {list(s)}")
+
+
+def initial_states(self, hx, x: Tensor, batched: bool, given: torch.dtype) -> list[Tensor]:
+    """A module's (self's) initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None).
+    given: the caller's input type (x's before autocast and mixed precision converted it)."""
+    names = list(self.state_sizes)
+    D = 2 if self.bidirectional else 1
+    B = x.shape[1]
+    if hx is None:  # zeros, which the runtime writes itself
+        return []
+    if isinstance(hx, dict):
+        if set(hx) != set(names):
+            raise UsageError(f"the initial state dict must have the keys {names}, got {sorted(hx)}")
+        hx = [hx[n] for n in names]
+    elif isinstance(hx, Tensor):
+        hx = [hx]
+    elif not isinstance(hx, (tuple, list)):
+        raise UsageError(f"the initial state must be a tensor, a tuple of tensors ({', '.join(names)}) or a dict, "
+                         f"got {type(hx).__name__}")
+    hx = list(hx)
+    if len(hx) != len(names) or not all(isinstance(h, Tensor) for h in hx):
+        raise UsageError(f"the initial state must be {len(names)} tensor(s), in the order {tuple(names)}")
+    types = {x.dtype, value_type(x)}  # (and under autocast, which casts states too, its types)
+    types |= {torch.float32, *_HALF} if torch.is_autocast_enabled(x.device.type) else set()
+    out = []
+    for n, h in zip(names, hx):
+        want = (D * self.num_layers, *([B] if batched else []), self.state_sizes[n])
+        if tuple(h.shape) != want:
+            raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
+        if h.dtype not in types or h.device != x.device:  # (neither rounded nor moved silently)
+            raise UsageError(f"initial state '{n}' is {h.dtype} on {h.device}, but the input is {given} on "
+                             f"{x.device}; convert or move one of them")
+        out.append((h if batched else h.unsqueeze(1)).to(value_type(x)))
+    return out

@@ -3,11 +3,12 @@
     rnn = lstmdsl.torch.from_torch(torch_lstm)     # the same function, now computed by lstmdsl
     torch_lstm = lstmdsl.torch.to_torch(rnn)       # and back
 
-The layouts agree where they can: weight_ih_l{k} and weight_hh_l{k} are the same stacks in the same gate
-order (LSTM i, f, g, o = the vanilla spec's i, f, z, o; GRU r, z, n = gru_torch's r, z, n), and LSTMP's
-projection P_l{k} is torch's weight_hr_l{k}. torch keeps two biases per gate (bias_ih, bias_hh) where the
-specs keep one: from_torch adds them (for the GRU's candidate they stay apart, as b_in and b_hn), to_torch
-puts the sum in bias_ih and zeros in bias_hh. Parameters of other specs have no torch counterpart.
+lstmdsl.torch's LSTM and GRU have torch.nn's parameters (layout.py), copied as they are. An RNN of the same cells
+keeps the specs' names: weight_ih_l{k} and weight_hh_l{k} are the same stacks in the same gate order (LSTM i, f,
+g, o = the vanilla spec's i, f, z, o; GRU r, z, n = gru_torch's r, z, n), LSTMP's projection P_l{k} is torch's
+weight_hr_l{k}, and one bias a gate where torch keeps two (bias_ih, bias_hh): to_torch puts it in bias_ih and
+zeros in bias_hh (the GRU's candidate keeps two, b_in and b_hn). Parameters of other specs have no torch
+counterpart.
 """
 
 from __future__ import annotations
@@ -34,31 +35,19 @@ def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
         new = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args, **kw)
     else:
         new = GRU(module.input_size, module.hidden_size, **args, **kw)
-    gates = GATES[cell_kind(new)]
-    H = module.hidden_size
+    if new._nn is None:
+        raise UsageError(f"from_torch builds torch.nn's cell; spec='{new.spec.name}' is another: build "
+                         "lstmdsl.torch.LSTM(..., spec=...) and copy the weights you want by hand")
     with torch.no_grad():
-        for sfx in suffixes(module):
-            pairs = [("weight_ih", "weight_ih"), ("weight_hh", "weight_hh")]  # (ours, torch's): frozen ones stay so
-            pairs += [("P", "weight_hr")] if getattr(module, "proj_size", 0) else []
-            for ours, theirs in pairs:
-                _copy(getattr(new, ours + sfx), getattr(module, theirs + sfx))
-            if not module.bias:
-                continue
-            bih, bhh = getattr(module, "bias_ih" + sfx), getattr(module, "bias_hh" + sfx)
-            for j, g in enumerate(gates):
-                part = slice(j * H, (j + 1) * H)
-                if g == "n":  # the GRU's candidate keeps its two biases apart: b_hn sits inside r * (...)
-                    _copy(getattr(new, "b_in" + sfx), bih[part], bih.requires_grad)
-                    _copy(getattr(new, "b_hn" + sfx), bhh[part], bhh.requires_grad)
-                else:
-                    _copy(getattr(new, f"b_{g}" + sfx), bih[part] + bhh[part], bih.requires_grad or bhh.requires_grad)
+        for name, param in module.named_parameters():
+            _copy(getattr(new, name), param)
     return new.train(module.training)
 
 
-def _copy(param: nn.Parameter, value: torch.Tensor, trained: bool | None = None) -> None:
+def _copy(param: nn.Parameter, value: torch.Tensor) -> None:
     """value into param, which is trained where value's parameter is (requires_grad=False carried over)."""
     param.copy_(value)
-    param.requires_grad_(value.requires_grad if trained is None else trained)
+    param.requires_grad_(value.requires_grad)
 
 
 def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
@@ -80,6 +69,10 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     gates = GATES[kind]
     H = module.hidden_size
     with torch.no_grad():
+        if module._nn is not None:  # (LSTM and GRU: torch.nn's own parameters)
+            for name, param in out.named_parameters():
+                getattr(out, name).copy_(getattr(module, name))
+            return out.train(module.training)
         for sfx in suffixes(module):
             getattr(out, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
             getattr(out, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))

@@ -15,10 +15,12 @@ from ..ir import HEADS, ROW
 from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule
 from ..spec import Spec, parse
-from .names import torch_state_dict
+from .layout import NNLayout, reset_nn
+from .names import cell_kind, lstmdsl_state_dict, torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
+from .checks import initial_states
 from .packing import length_mask, packing
 from .pair import run_pair
 from .weights import CopyInto
@@ -36,8 +38,17 @@ def _is_bias(name: str) -> bool:
     return name == "b" or name.startswith("b_")
 
 
+def _kind(module) -> str | None:
+    """Which of torch.nn's cells (names.GATES) the module's is, or None."""
+    try:
+        return cell_kind(module)
+    except UsageError:
+        return None
+
+
 class RNN(nn.Module):
-    """A recurrent layer stack of any spec, with torch.nn.LSTM's arguments and conventions.
+    """A recurrent layer stack of any spec, with torch.nn.LSTM's arguments and conventions, its parameters named
+    after the spec's (weight_ih_l{k}, weight_hh_l{k}, b_i_l{k}, ...; LSTM and GRU take torch.nn's).
 
     spec: a shipped spec's name, a .cell path, spec text or a Spec. bias=False makes the bias vectors (b,
     b_*) zeros that are not trained. proj_size > 0 binds the spec's size `proj`. schedule: directive text
@@ -49,6 +60,8 @@ class RNN(nn.Module):
     and zoneout(...) draw their masks in training mode too; all masks come from torch's generator.
     num_heads: the blocks of the spec's block-diagonal matrices (its `heads` line, e.g. the sLSTM's heads).
     """
+
+    _nn_names = False  # (LSTM and GRU: torch.nn's parameters where the cell is one torch.nn has)
 
     def __init__(self, spec, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -89,19 +102,27 @@ class RNN(nn.Module):
         self._packing_cache = None  # (batch_sizes, device, dtype) and packing's tensors for the last packed batch
         self._seed, self._forget_bias = seed, forget_bias  # (reset_parameters draws them again the same way)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        kind = _kind(self) if self._nn_names else None
+        self._nn = None  # LSTM and GRU on a cell torch.nn has: torch.nn's parameters (layout.py)
+        self._bias_buffers: dict = {}  # (layout.NNLayout.values: the gates' summed biases, by layer and direction)
         for members in groups:
             runner = Runner(cell, self.spec.grad, schedule, [sizes[k] for k, _ in members],
                             "reverse" if members[0][1] else "forward", beside=D == 2)
+            if kind is not None:
+                self._nn = NNLayout.of(kind, hidden_size, [s.name for s in runner.slots if s.kind == "vector"])
             names = []
             for j, (k, d) in enumerate(members):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                for name, shape in self._nn.parameters(runner, j, sfx, self.bias) if self._nn else []:
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 for slot in runner.slots:
-                    name = f"{slot.name}_l{k}" + ("_reverse" if d else "")
+                    name = (NNLayout.name(slot.name) if self._nn and slot.kind == "stack" else slot.name) + sfx
                     t = torch.empty(runner.shape(slot, j), **factory)
                     if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
                         self.register_buffer(name, t, persistent=False)
-                    else:
+                    elif not self._nn:
                         self.register_parameter(name, nn.Parameter(t))
-                    names.append(name)
+                    names.append(name)  # (under torch.nn's names, a bias vector is made from two: _op_tensors)
             self._groups.append((runner, members, names))
         self.reset_parameters()
 
@@ -112,6 +133,8 @@ class RNN(nn.Module):
         seed, forget_bias = getattr(self, "_seed", None), getattr(self, "_forget_bias", None)
         rng = np.random.default_rng(seed) if seed is not None else None
         bound = 1.0 / math.sqrt(self.hidden_size)
+        if self._nn is not None:
+            return reset_nn(self, rng, bound, forget_bias)
         for runner, members, names in self._groups:
             tensors = self._tensors(names)
             initial = runner.initial(rng, np.float64 if tensors[0].dtype == torch.float64 else np.float32, forget_bias)
@@ -131,19 +154,38 @@ class RNN(nn.Module):
                         if slot.kind == "vector" and _is_bias(slot.name) and not self.bias:
                             t.zero_()
 
-    @property
-    def all_weights(self) -> list[list[torch.Tensor]]:
-        """Each layer's and direction's parameters ([layer 0, layer 0 reverse, layer 1, ...]), as torch.nn.LSTM's
-        all_weights lists them; here in the spec's parameter order (weight_ih, weight_hh, then its vectors)."""
+    def _own_names(self) -> dict[tuple[int, int], list[str]]:
+        """Each (layer, direction)'s parameters' names, in the order they were registered (torch.nn's under its
+        names, else the spec's slots'; bias buffers not)."""
         per = {}
         for runner, members, names in self._groups:
             n = len(runner.slots)
-            for j, member in enumerate(members):  # (names: each member's slots in turn)
-                per[member] = [p for p in self._tensors(names[j * n:(j + 1) * n]) if isinstance(p, nn.Parameter)]
-        return [per[key] for key in sorted(per)]
+            for j, (k, d) in enumerate(members):  # (names: each member's slots in turn)
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                per[(k, d)] = [nm for nm, _ in self._nn.parameters(runner, j, sfx, self.bias)] if self._nn else \
+                    [nm for s, nm in zip(runner.slots, names[j * n:(j + 1) * n])
+                     if not (s.kind == "vector" and _is_bias(s.name) and not self.bias)]
+        return dict(sorted(per.items()))
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """Each layer's and direction's parameters ([layer 0, layer 0 reverse, layer 1, ...]), as torch.nn.LSTM's
+        all_weights lists them: in torch.nn's order under its names (LSTM and GRU), else in the spec's parameter
+        order (weight_ih, weight_hh, then its vectors)."""
+        return [self._tensors(names) for names in self._own_names().values()]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:  # (torch.nn.LSTM's, which some code reads)
+        return [n for names in self._own_names().values() for n in names]
+
+    @property
+    def _flat_weights(self) -> list[torch.Tensor]:
+        return self._tensors(self._flat_weights_names)
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
+        if "_nn" not in self.__dict__:  # (pickled before LSTM and GRU took torch.nn's names: they keep the spec's)
+            self._nn, self._bias_buffers = None, {}
         for runner, _, _ in self._groups:  # (a module pickled before its runners kept `beside`)
             if self.bidirectional and not runner.beside:
                 runner.mark_beside()
@@ -164,39 +206,6 @@ class RNN(nn.Module):
                          "torch.compile and torch.export take them")
 
     # -- forward
-    def _states(self, hx, x: torch.Tensor, batched: bool, given: torch.dtype) -> list[torch.Tensor]:
-        """The initial states in the spec's order, each [D * L, B, size]; none for zeros (hx None). given: the
-        caller's input type (x's before autocast and mixed precision converted it)."""
-        names = list(self.state_sizes)
-        D = 2 if self.bidirectional else 1
-        B = x.shape[1]
-        if hx is None:  # zeros, which the runtime writes itself
-            return []
-        if isinstance(hx, dict):
-            if set(hx) != set(names):
-                raise UsageError(f"the initial state dict must have the keys {names}, got {sorted(hx)}")
-            hx = [hx[n] for n in names]
-        elif isinstance(hx, torch.Tensor):
-            hx = [hx]
-        elif not isinstance(hx, (tuple, list)):
-            raise UsageError(f"the initial state must be a tensor, a tuple of tensors ({', '.join(names)}) or a dict, "
-                             f"got {type(hx).__name__}")
-        hx = list(hx)
-        if len(hx) != len(names) or not all(isinstance(h, torch.Tensor) for h in hx):
-            raise UsageError(f"the initial state must be {len(names)} tensor(s), in the order {tuple(names)}")
-        types = {x.dtype, _value_type(x)}  # (and under autocast, which casts states too, its types)
-        types |= {torch.float32, *_HALF.values()} if torch.is_autocast_enabled(x.device.type) else set()
-        out = []
-        for n, h in zip(names, hx):
-            want = (D * self.num_layers, *([B] if batched else []), self.state_sizes[n])
-            if tuple(h.shape) != want:
-                raise UsageError(f"initial state '{n}' has shape {list(h.shape)}, expected {list(want)}")
-            if h.dtype not in types or h.device != x.device:  # (neither rounded nor moved silently)
-                raise UsageError(f"initial state '{n}' is {h.dtype} on {h.device}, but the input is {given} on "
-                                 f"{x.device}; convert or move one of them")
-            out.append((h if batched else h.unsqueeze(1)).to(_value_type(x)))
-        return out
-
     def forward(self, input, hx=None, lengths=None):
         """input [T, B, input_size] ([B, T, ...] with batch_first, or unbatched [T, input_size]) ->
         (output [T, B, D * output], final state): a tuple in the spec's state order ((h_n, c_n) for an
@@ -246,7 +255,7 @@ class RNN(nn.Module):
             _WARNED_CPU.append(True)
             warnings.warn("lstmdsl.torch: CPU tensors run on the numpy reference, which is slow; move the module "
                           "and its inputs to a CUDA device for the generated kernels", stacklevel=2)
-        states = self._states(hx, x, batched, input.dtype)
+        states = initial_states(self, hx, x, batched, input.dtype)
         steps = []
         if packed is not None and packed.sorted_indices is not None:  # nn.LSTM's order of hx: the batch's own
             states = [s.index_select(1, packed.sorted_indices) for s in states]
@@ -277,8 +286,9 @@ class RNN(nn.Module):
         return y.to(out_dtype), self._final([f.to(out_dtype) for f in final])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """torch.nn.LSTM's and GRU's state dicts load too (names.torch_state_dict renames them first)."""
-        torch_state_dict(self, state_dict, prefix)
+        """torch.nn.LSTM's and GRU's state dicts load too (names.torch_state_dict renames them first), and into LSTM
+        and GRU, whose names are torch.nn's, state dicts saved under lstmdsl's names (names.lstmdsl_state_dict)."""
+        (lstmdsl_state_dict if self._nn is not None else torch_state_dict)(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
@@ -286,14 +296,29 @@ class RNN(nn.Module):
         return tuple(final) if len(final) > 1 else final[0]
 
     def _tensors(self, names: list[str]) -> list[torch.Tensor]:
-        """A group's parameters (and bias buffers), in the order the ops take them."""
+        """Parameters (and bias buffers) by name: plain ones from the module's dicts, those that torch's
+        parametrizations, pruning or weight norm put in their place as the module's attributes."""
         params, buffers = self._parameters, self._buffers
-        return [params[n] if n in params else buffers[n] for n in names]
+        return [params[n] if n in params else buffers[n] if n in buffers else getattr(self, n) for n in names]
 
-    def _checked(self, runner: Runner, names: list[str]) -> list[torch.Tensor]:
-        """_tensors, each of the shape its runner's ops take (a tensor put in place by hand may not be: the op would
-        refuse it too, but by its slot and its layer within the group, not by the module's name)."""
-        out = self._tensors(names)
+    def _op_tensors(self, runner: Runner, members: list, names: list[str]) -> list[torch.Tensor]:
+        """A group's tensors in the order the ops take them: under torch.nn's names (self._nn) each layer's bias
+        vectors made from bias_ih and bias_hh (layout.NNLayout.values)."""
+        if self._nn is None or not self.bias:
+            return self._checked(runner, names, self._tensors(names))
+        out, n = [], len(runner.slots)
+        for j, member in enumerate(members):
+            sfx = f"_l{member[0]}" + ("_reverse" if member[1] else "")
+            vectors = iter(self._nn.values(*self._tensors(["bias_ih" + sfx, "bias_hh" + sfx]), self._bias_buffers,
+                                           member))
+            own = names[j * n:(j + 1) * n]
+            out += [next(vectors) if s.kind == "vector" else self._tensors([nm])[0] for s, nm in zip(runner.slots, own)]
+        return self._checked(runner, names, out)
+
+    def _checked(self, runner: Runner, names: list[str], out: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors `out` (named `names`), each of the shape its runner's ops take (a tensor put in place by hand
+        may not be: the op would refuse it too, but by its slot and its layer within the group, not by the
+        module's name)."""
         if list(map(torch.Tensor.size, out)) != runner.param_shapes:
             n, t, want = next((n, t, w) for n, t, w in zip(names, out, runner.param_shapes) if t.shape != w)
             raise UsageError(f"{n} has shape {list(t.shape)}; this module's {n} is {list(want)}")
@@ -344,7 +369,8 @@ class RNN(nn.Module):
 
     def _run(self, x: torch.Tensor, states: list[torch.Tensor], steps: list[torch.Tensor]):
         D = 2 if self.bidirectional else 1
-        groups = [(runner, members, self._connect(runner, self._checked(runner, names))) for runner, members, names in self._groups]
+        groups = [(runner, members, self._connect(runner, self._op_tensors(runner, members, names)))
+                  for runner, members, names in self._groups]
         train = torch.is_grad_enabled() and (x.requires_grad or any(s.requires_grad for s in states)
                                              or any(p.requires_grad for _, _, ts in groups for p in ts))
         if len(groups) == 1:  # the whole stack in one call
@@ -383,7 +409,11 @@ _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> the torc
 
 class LSTM(RNN):
     """torch.nn.LSTM's arguments and behaviour, computed by lstmdsl: the vanilla spec (gate order i, f, z, o
-    = torch's i, f, g, o), or LSTMP with proj_size > 0. spec= picks another spec with states (h, c)."""
+    = torch's i, f, g, o), or LSTMP with proj_size > 0, with torch.nn.LSTM's parameters (layout.py). spec= picks
+    another spec with states (h, c), which keeps its own parameters' names."""
+
+    mode = "LSTM"
+    _nn_names = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -404,7 +434,10 @@ class LSTM(RNN):
 
 class GRU(RNN):
     """torch.nn.GRU's arguments and behaviour, computed by lstmdsl's gru_torch spec (PyTorch's formulation:
-    the reset gate acts after the recurrent product)."""
+    the reset gate acts after the recurrent product), with torch.nn.GRU's parameters (layout.py)."""
+
+    mode = "GRU"
+    _nn_names = True
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from ..errors import UsageError
 from ..spec import parse
 
@@ -56,3 +58,26 @@ def torch_state_dict(module, state: dict, prefix: str = "") -> None:
                 state[prefix + "b_in" + sfx], state[prefix + "b_hn" + sfx] = bih[part], bhh[part]
             else:
                 state[prefix + f"b_{g}" + sfx] = bih[part] + bhh[part]
+
+
+def lstmdsl_state_dict(module, state: dict, prefix: str = "") -> None:
+    """Rewrite, in place, the entries of a state dict saved under lstmdsl's names (b_i_l0, ..., P_l0: LSTM and GRU
+    before they took torch.nn's, 2026-12-08) into torch.nn's, which `module` has (layout.NNLayout): each gate's
+    bias into bias_ih, zeros in bias_hh (the GRU's b_hn into bias_hh), P into weight_hr. A state dict with no such
+    entries is left alone."""
+    layout, H = module._nn, module.hidden_size
+    for sfx in suffixes(module):
+        keys = [prefix + name + sfx for name, _, _ in layout.vectors]
+        if prefix + "P" + sfx in state:
+            state[prefix + "weight_hr" + sfx] = state.pop(prefix + "P" + sfx)
+        if not all(k in state for k in keys):
+            continue  # (none, or some alone: left for torch's report of unexpected and missing keys)
+        if prefix + "bias_ih" + sfx in state or prefix + "bias_hh" + sfx in state:
+            raise UsageError(f"the state dict holds torch.nn's names (bias_ih, bias_hh) and lstmdsl's too "
+                             f"({', '.join(keys)}): load one or the other")
+        values = [state.pop(k) for k in keys]
+        for k, v in zip(keys, values):
+            if tuple(v.shape) != (H,):
+                raise UsageError(f"{k} has shape {list(v.shape)}; this module's gates have {H} units")
+        for name, part in zip(("bias_ih", "bias_hh"), layout.split(values)):
+            state[prefix + name + sfx] = torch.cat([v if v is not None else values[0].new_zeros(H) for v in part])

@@ -40,7 +40,7 @@ from ..numpy_layer import stack_backward, stack_forward
 from ..program import build_program
 from ..schedule import Schedule
 from ..version import __version__
-from .checks import _DTYPES, _HALF, check_gradients, check_inputs
+from .checks import _DTYPES, _HALF, check_gradients, check_inputs, value_type
 from .handles import register, runner
 from .streams import current_stream as _stream, on_device as _on
 from .weights import GemmWeights, GradBuffers
@@ -188,12 +188,6 @@ class Runner:
                                    {nm: p[i] for nm, i in vectors}, {nm: g[i] for nm, i in vectors}))
             self._bindings[key] = out
         return self._bindings[key]
-
-
-def value_type(x: Tensor) -> torch.dtype:
-    """The type of the values beside an input x (states in and out, masks, gradient buffers): x's own, float32
-    beside a half-precision x."""
-    return torch.float32 if x.dtype in _HALF else x.dtype
 
 
 def _half_on_cpu(x: Tensor, params: list[Tensor]) -> bool:
