@@ -19,6 +19,7 @@ from .errors import InputFileError, UsageError, warn_caller
 from .layer import PARAMETER_SIZES, Layer, layer_sizes
 from .saved import read_saved
 from .numpy_layer import NumpyLayer
+from .passes.types import check_precision
 from .schedule import Schedule, parse_schedule
 from .spec import Spec, parse
 
@@ -165,6 +166,7 @@ def _compile(spec, input_size, hidden_size, num_layers, proj_size, backend, dtyp
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UsageError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     schedule = check_schedule(schedule, spec)
+    check_precision(str(dtype), schedule.precision)  # (as the CLI and the CUDA backend refuse float64 in bf16, say)
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise UsageError(f"bidirectional must be True or False, got {bidirectional!r}")
     directions = 2 if bidirectional else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -23,7 +24,8 @@ from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, InputFileError, LstmdslError, SpecError,
                      SpecWarning, UsageError, check_free_memory)
 from .describe import cell_io, describe
-from .files import CheckedStdout, StdoutFailed, dumps, write_text
+from .files import (CheckedStdout, QuietStderr, StdoutFailed, dumps, exists, output_dir, stop_on_sigterm,
+                    write_text)
 from .grad import format_grad
 from .ir import format_cell
 from .planformat import format_plan, traffic_per_step
@@ -43,13 +45,18 @@ def proj_default(spec: Spec, hidden: int, proj: int | None) -> int | None:
 
 # ------------------------------------------------------------------------------------------ check
 
+def _size_options(args, spec: Spec) -> None:
+    """--heads and --proj-size refused, by those names, for a cell without that size (before any note or work)."""
+    if getattr(args, "heads", None) is not None and not spec.uses_size("heads"):
+        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
+    if getattr(args, "proj_size", None) is not None and not spec.uses_size("proj"):
+        raise UsageError(f"--proj-size was given but cell '{spec.name}' has no size 'proj'")
+
+
 def _optional_sizes(args, spec: Spec, purpose: str) -> dict[str, int] | None:
     """The size binding of one layer when --input-size and --hidden-size are given, else None (the options
     that need a size of the cell's are checked either way)."""
-    if args.heads is not None and not spec.uses_size("heads"):  # (refused with sizes given: so without them too)
-        raise UsageError(f"--heads was given but cell '{spec.name}' has no block-diagonal matrix (no 'heads' line)")
-    if args.proj_size is not None and not spec.uses_size("proj"):
-        raise UsageError(f"--proj-size was given but cell '{spec.name}' has no size 'proj'")
+    _size_options(args, spec)  # (refused with sizes given: so without them too)
     if args.input_size is None and args.hidden_size is None:
         return None
     if args.input_size is None or args.hidden_size is None:
@@ -136,20 +143,6 @@ def _format_ast(tree) -> str:
 
 # -------------------------------------------------------------------------------------------- run
 
-def run_lengths(lengths, T: int, B: int, seed: int):
-    """--lengths as an array [B] (or None): 'random' draws them in [1, T], the first sequence full."""
-    if lengths is None:
-        return None
-    if lengths == "random":
-        out = np.random.default_rng(seed + 7).integers(1, T + 1, B)
-        out[0] = T
-        return out
-    if len(lengths) != B or max(lengths) > T:
-        raise UsageError(f"--lengths needs {B} lengths (one per sequence, --batch) of at most {T} steps (--steps), "
-                         f"got {','.join(map(str, lengths))}")
-    return np.array(lengths)
-
-
 def layer_note(args) -> str:
     """The layer options of `run` in its first line."""
     parts = ["bidirectional"] * args.bidirectional + [f"dropout {args.dropout:g}"] * (args.dropout > 0) + \
@@ -183,9 +176,10 @@ def cmd_run(args) -> int:
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
+    _size_options(args, spec)
     schedule = schedule_of(args, spec)
     args.proj_size = proj_default(spec, args.hidden_size, args.proj_size)
-    args.lengths = run_lengths(args.lengths, args.steps, args.batch, args.seed)
+    args.lengths = cli_args.run_lengths(args.lengths, args.steps, args.batch, args.seed)
     args.layer_note = layer_note(args)
     steps = args.layers * args.steps * (2 if args.bidirectional else 1)
     if steps >= LONG_RUN:  # (said first: the build and the reference take minutes, and nothing else is printed)
@@ -287,12 +281,12 @@ def _choose_backend(requested: str, fallback: str) -> tuple[str, str | None]:
 
 
 def cmd_train(args) -> int:
-    from .files import output_dir
     from .train import RUN_FILES, TrainConfig, check_config, run
 
     spec = parse(args.spec)
     for w in spec.warnings:
         print(w.render(), file=sys.stderr)
+    _size_options(args, spec)
     backend, note = _choose_backend(args.backend, "training on the numpy reference on the CPU")
     cfg = TrainConfig(spec=str(args.spec), task=args.task, epochs=args.epochs, hidden_size=args.hidden_size,
                       layers=args.layers, optimizer=args.optimizer, lr=args.lr, batch=args.batch, backend=backend,
@@ -310,10 +304,10 @@ def cmd_train(args) -> int:
     if args.out is not None and not args.out.strip():
         raise UsageError("--out is empty: give a folder (or leave --out out for the default)")
     out = args.out or f"lstmdsl-train-{spec.name}-{args.task}"
-    if args.resume and not Path(out).exists():  # (output_dir would make the folder: a typo left one behind)
+    if args.resume and not exists(out):  # (output_dir would make the folder: a typo left one behind)
         raise InputFileError(f"--resume: there is no run in {out} (no such folder)")
     out = output_dir(out, "--out")  # before any long work
-    kept = [name for name in RUN_FILES if (Path(out) / name).exists()]
+    kept = [name for name in RUN_FILES if exists(Path(out) / name)]
     if kept and not args.resume and not args.overwrite:  # (repeating a command must not lose a run)
         raise UsageError(f"--out {out} holds a run already ({', '.join(kept)}): pass --resume to go on from its "
                          "checkpoint, --overwrite to start again over it, or another --out")
@@ -357,31 +351,24 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train":
             "specs": cmd_specs}
 
 
-def error_json(err: LstmdslError) -> dict:
-    """An error as the JSON object --json prints: the message, its kind, the exit code, and for a spec
-    error every diagnostic with its file, line and column."""
-    out = {"error": str(err), "kind": type(err).__name__, "exit_code": err.exit_code}
-    if isinstance(err, SpecError):
-        out["diagnostics"] = [{"severity": d.severity, "message": d.message, "file": d.source.filename,
-                               "line": d.span.line if d.span else None, "column": d.span.col if d.span else None,
-                               "hint": d.hint} for d in err.diagnostics]
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
     args = build_parser().parse_args(argv)
-    before, out = warnings.formatwarning, sys.stdout  # (only the text: whoever records or logs warnings still
-    warnings.formatwarning = _format_warning            # gets them)
+    before, out, err = warnings.formatwarning, sys.stdout, sys.stderr  # (only the text: whoever records or logs
+    warnings.formatwarning = _format_warning                            # warnings still gets them)
     if out is not None:  # (None: Python's stdout where fd 1 was closed at start; print then writes nothing)
         sys.stdout = CheckedStdout(out)
+    sys.stderr = QuietStderr(err)  # (a note that cannot be written must not cost the result)
+    term = stop_on_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
             return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
-        warnings.formatwarning, sys.stdout = before, out
+        warnings.formatwarning, sys.stdout, sys.stderr = before, out, err
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 def _drop_stdout() -> None:
@@ -427,7 +414,7 @@ def _run(args) -> int:
             _drop_stdout()
         elif getattr(args, "json", False):
             try:
-                print(json.dumps(error_json(err), indent=2))
+                print(json.dumps(err.as_json(), indent=2))
             except (StdoutFailed, BrokenPipeError):  # (stdout fails too: the error still goes to stderr)
                 _drop_stdout()
         print(err if isinstance(err, SpecError) else f"lstmdsl: error: {err}", file=sys.stderr)

@@ -9,6 +9,8 @@ import re
 import sys
 from dataclasses import replace
 
+import numpy as np
+
 from .errors import EXIT_USAGE, UsageError
 from .passes.types import check_precision
 from .resources import shipped_specs
@@ -254,3 +256,17 @@ def spec_from_stdin(args) -> None:
     if not text.strip():
         raise UsageError("the standard input held no spec (`-` reads the spec from it)")
     args.spec = text if "\n" in text else text + "\n"  # (spec text, never a path or a shipped name: _read_spec)
+
+
+def run_lengths(lengths, T: int, B: int, seed: int):
+    """--lengths as an array [B] (or None): 'random' draws them in [1, T], the first sequence full."""
+    if lengths is None:
+        return None
+    if lengths == "random":
+        out = np.random.default_rng(seed + 7).integers(1, T + 1, B)
+        out[0] = T
+        return out
+    if len(lengths) != B or max(lengths) > T:
+        raise UsageError(f"--lengths needs {B} lengths (one per sequence, --batch) of at most {T} steps (--steps), "
+                         f"got {','.join(map(str, lengths))}")
+    return np.array(lengths)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .cache import cache_dir
 from .errors import BackendUnavailable, InputFileError, OutputFileError
-from .files import write_npz
+from .files import is_file, write_npz
 
 
 class MissingData(BackendUnavailable):
@@ -79,7 +79,7 @@ def chorales(frame: float = 0.5) -> Chorales:
 def _read_cache(path) -> Chorales | None:
     """The cached piano rolls, or None when there are none or they cannot be read (then they are parsed
     and written again: the cache is disposable)."""
-    if not path.is_file():
+    if not is_file(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:

@@ -112,6 +112,11 @@ class LstmdslError(Exception):
 
     exit_code = EXIT_SOFTWARE
 
+    def as_json(self) -> dict:
+        """The error as the JSON object the CLI's --json prints: the message, its kind, the exit code (and for a
+        spec error every diagnostic with its file, line and column: SpecError)."""
+        return {"error": str(self), "kind": type(self).__name__, "exit_code": self.exit_code}
+
 
 class SpecError(LstmdslError):
     """A spec (or schedule text) is invalid. Holds one or more error diagnostics."""
@@ -121,6 +126,12 @@ class SpecError(LstmdslError):
     def __init__(self, diagnostics: list[Diagnostic] | tuple[Diagnostic, ...]):
         self.diagnostics = tuple(diagnostics)
         super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    def as_json(self) -> dict:
+        return {**super().as_json(), "diagnostics": [
+            {"severity": d.severity, "message": d.message, "file": d.source.filename,
+             "line": d.span.line if d.span else None, "column": d.span.col if d.span else None, "hint": d.hint}
+            for d in self.diagnostics]}
 
     @property
     def first(self) -> Diagnostic:

@@ -11,8 +11,10 @@ import io
 import json
 import math
 import os
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -113,11 +115,31 @@ def write_npz(path: Path | str, arrays: dict, compressed: bool = False) -> None:
     write_atomically(path, lambda f: save(f, **arrays))
 
 
+def exists(path) -> bool:
+    """Path(path).exists(), False where the name cannot name a file at all (too long: Python 3.11's raises)."""
+    return _probe(path, Path.exists)
+
+
+def is_dir(path) -> bool:
+    return _probe(path, Path.is_dir)
+
+
+def is_file(path) -> bool:
+    return _probe(path, Path.is_file)
+
+
+def _probe(path, test) -> bool:
+    try:
+        return test(Path(path))
+    except (OSError, ValueError):  # (ENAMETOOLONG, a NUL in the name: opening it then says what is wrong)
+        return False
+
+
 def output_dir(path: Path | str, what: str = "the output folder") -> Path:
     """Make sure a folder exists and files can be created in it, before any long work; OutputFileError
     (naming `what`) otherwise."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if exists(path) and not is_dir(path):
         raise OutputFileError(f"{what} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -133,20 +155,11 @@ class StdoutFailed(OutputFileError):
     """Standard output cannot be written (a full disk, /dev/full)."""
 
 
-class CheckedStdout:
-    """sys.stdout while a command runs: a write that fails (a full disk, /dev/full) is an OutputFileError that
-    says so, not an internal error; a closed pipe stays a BrokenPipeError (`lstmdsl ... | head`)."""
+class _Stream:
+    """A standard stream while a command runs, its writes and flushes through _do (the subclasses' failure rule)."""
 
     def __init__(self, stream):
         self._stream = stream
-
-    def _do(self, what: str, *args):
-        try:
-            return getattr(self._stream, what)(*args)
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise StdoutFailed(f"cannot write to standard output: {err.strerror or err}") from None
 
     def write(self, text: str):
         return self._do("write", text)
@@ -156,3 +169,48 @@ class CheckedStdout:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class QuietStderr(_Stream):
+    """sys.stderr while a command runs: its notes, warnings and error messages are diagnostics, so one that cannot be
+    written (stderr on a full disk, /dev/full, closed) is dropped, with fd 2 pointed at /dev/null so that Python's
+    flush at exit does not fail again; the result on stdout and the exit code stand (they failed the run before)."""
+
+    def __init__(self, stream):
+        super().__init__(stream if stream is not None else open(os.devnull, "w"))  # (None: fd 2 closed at start)
+
+    def _do(self, what: str, *args):
+        try:
+            return getattr(self._stream, what)(*args)
+        except (OSError, ValueError):  # (ValueError: a closed file)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._stream.fileno())
+                os.close(null)
+            self._stream = open(os.devnull, "w")
+            return getattr(self._stream, what)(*args)
+
+
+class CheckedStdout(_Stream):
+    """sys.stdout while a command runs: a write that fails (a full disk, /dev/full) is an OutputFileError that
+    says so, not an internal error; a closed pipe stays a BrokenPipeError (`lstmdsl ... | head`)."""
+
+    def _do(self, what: str, *args):
+        try:
+            return getattr(self._stream, what)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise StdoutFailed(f"cannot write to standard output: {err.strerror or err}") from None
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm():
+    """SIGTERM stops a command as Ctrl-C does (exit 130; `train` saves its checkpoint first, with a handler of its
+    own); the handler before, to restore, or None where none can be set (main() called off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _stop)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputFileError, SpecError, UsageError
+from .files import exists, is_dir, is_file
 from .schedule import parse_schedule
 from .spec import parse_quietly
 
@@ -22,15 +23,20 @@ def read_saved(path) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(path, (str, Path)) or str(path) == "":
         raise UsageError(f"path must be a file name, got {path!r}")
     path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".npz").is_file():  # saved by lstmdsl before 0.2
+    if not exists(path) and is_file(path.with_name(path.name + ".npz")):  # saved by lstmdsl before 0.2
         path = path.with_name(path.name + ".npz")
-    if path.is_dir():
+    if is_dir(path):
         raise InputFileError(f"{path} is a folder, not a file saved by Layer.save")
     try:
         with np.load(path, allow_pickle=False) as f:
             files = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise InputFileError(f"no such file: {path}") from None
+    except OSError as err:
+        if err.errno is None:  # (numpy's own OSErrors: not a file it can interpret)
+            raise InputFileError(f"{path} is not a file saved by lstmdsl's Layer.save (not a readable .npz "
+                                 "archive; damaged, truncated or another format)") from None
+        raise InputFileError(f"cannot read {path}: {err.strerror or err}") from None  # (a name too long, no access)
     except Exception:  # not a zip, truncated, a pickle, not numpy
         raise InputFileError(f"{path} is not a file saved by lstmdsl's Layer.save (not a readable .npz archive; "
                              "damaged, truncated or another format)") from None

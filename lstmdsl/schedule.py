@@ -47,6 +47,18 @@ class Schedule:
     wavefront: str = "auto"  # a stack's forward with its layers overlapped chunk by chunk (Wavefront in
     # plan.py): "auto" (where its cost model says), "on" (always, over `persistent auto`), "off" (never)
 
+    def __post_init__(self) -> None:
+        """A Schedule made by hand (Schedule(precision="fp8")) is checked as directive text is: a value no directive
+        gives would fail later, in the planner or in a saved file that would not load (a review, 2026-12-08)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "precision" and v not in PRECISIONS:
+                raise UsageError(f"Schedule precision must be one of {', '.join(PRECISIONS)}, got {v!r}")
+            if f.name in _MODES and v not in ("auto", "on", "off"):
+                raise UsageError(f"Schedule {f.name} must be 'auto', 'on' or 'off', got {v!r}")
+            if f.type in (bool, "bool") and not isinstance(v, bool):
+                raise UsageError(f"Schedule {f.name} must be True or False, got {v!r}")
+
     def describe(self) -> str:
         """The schedule as directive text, which parse_schedule reads back."""
         words = [("" if getattr(self, field) else "no ") + " ".join(key) for key, field in _SWITCHES.items()]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Diagnostic, InputFileError, Source, SpecWarning, UsageError, warn_caller
+from .files import exists, is_dir, is_file
 from .grad import StepGrad, differentiate
 from .ir import HEADS, Cell, verify
 from .lower import lower
@@ -80,12 +81,14 @@ def _read_spec(path_or_text: str | Path) -> tuple[str, str]:
     if isinstance(path_or_text, str) and not path_or_text.strip() and "\n" not in path_or_text:
         raise UsageError("the spec is empty: give a path, spec text or a shipped spec's name "
                          f"({', '.join(shipped_specs())})")
-    if isinstance(path_or_text, Path) or ("{" not in path_or_text and "\n" not in path_or_text):
+    # (one line with a brace: spec text, unless it names a file, as 'my{1}.cell' may)
+    if isinstance(path_or_text, Path) or "\n" not in path_or_text and ("{" not in path_or_text
+                                                                       or is_file(path_or_text)):
         if "\0" in str(path_or_text):
             raise InputFileError(f"{str(path_or_text)!r} is not a file name (it holds a NUL character)")
         path = Path(path_or_text)
         shipped = shipped_specs()
-        if (not path.exists() or path.is_dir()) and str(path_or_text) in shipped:  # (a folder of that name beside)
+        if (not exists(path) or is_dir(path)) and str(path_or_text) in shipped:  # (a folder of that name beside)
             path = shipped[str(path_or_text)]
         try:
             with path.open("rb") as f:

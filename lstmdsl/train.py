@@ -321,8 +321,11 @@ def run(cfg: TrainConfig, out: Path | None, log="stderr", resume: bool = False, 
                 if scaler.step_ok(model.layer.grads(), model.xp):
                     if cfg.clip:
                         optim.clip_grad_norm(model.grads(), cfg.clip)
-                    with np.errstate(over="ignore", invalid="ignore"):  # (a step too large for the dtype: the
-                        opt.step(model.grads())                        # next loss is infinite, said there)
+                    try:
+                        with np.errstate(over="ignore", invalid="ignore"):  # (a step too large for the dtype: the
+                            opt.step(model.grads())                        # next loss is infinite, said there)
+                    except optim.NonFiniteGradients as e:
+                        raise Diverged(f"epoch {epoch}, batch {k + 1} of {batches}: {e}") from None
                 total, count = total + num, count + den
                 steps += 1
                 if log is not None and log.isatty():

@@ -821,3 +821,81 @@ def test_a_saved_layer_draws_its_masks_on_from_where_it_was_saved(tmp_path):
     np.savez(tmp_path / "b.npz", **{**files, "__meta__": np.array(json.dumps(meta))})
     with pytest.raises(InputFileError, match="b.npz is damaged: its masks' generator state"):
         lstmdsl.load(tmp_path / "b.npz")
+
+
+# ------------------------------------------------- a review's bad inputs (helper-120, 2026-12-08)
+
+def test_an_unwritable_stderr_loses_neither_the_result_nor_the_exit_code(tmp_path):
+    """stderr on a full disk, or closed: the notes are dropped, stdout's result and the exit code stand (the first
+    note's failed write had been an internal error, exit 1, the result lost)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "lstmdsl", "run", "vanilla", "-T", "2", "-H", "2", "-I", "2"],
+                           stdout=subprocess.PIPE, stderr=full, text=True, env=env, timeout=300)
+        assert r.returncode == 0 and "gradient" in r.stdout, r.stdout
+        bad = tmp_path / "bad.cell"
+        bad.write_text("cell x {\n input x\n state h\n h2 = tanh(W x + R h)\n output h\n}\n")
+        r = subprocess.run([sys.executable, "-m", "lstmdsl", "check", str(bad)], stdout=subprocess.PIPE, stderr=full,
+                           env=env, timeout=300)
+        assert r.returncode == 65
+    r = subprocess.run([sys.executable, "-m", "lstmdsl", "check", "vanilla"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, env=env, timeout=300, pass_fds=(), close_fds=True,
+                       preexec_fn=lambda: os.close(2))
+    assert r.returncode == 0 and b"vanilla" in r.stdout
+
+
+def test_names_too_long_and_spec_files_with_braces(tmp_path):
+    """A name past the system's limit is a file error (66, 73), not an internal one; an existing file whose name
+    holds a brace is read as a file, not taken for spec text."""
+    long = "a" * 300
+    assert cli("check", f"./{long}.cell").returncode == 66
+    assert cli("check", "a/" * 3000).returncode == 66
+    r = cli("train", "vanilla", "--task", "digits", "--out", str(tmp_path / long))
+    assert r.returncode == 73 and "cannot write into --out" in r.stderr
+    for bad in (lambda: lstmdsl.parse(long), lambda: lstmdsl.load(long)):
+        with pytest.raises(InputFileError, match="too long"):
+            bad()
+    braced = tmp_path / "my{1}.cell"
+    braced.write_text((ROOT / "specs" / "vanilla.cell").read_text())
+    assert lstmdsl.parse(str(braced)).name == "vanilla"
+    r = cli("check", str(braced))
+    assert r.returncode == 0 and "cell vanilla" in r.stdout
+
+
+def test_sigterm_stops_any_command_as_ctrl_c_does():
+    """SIGTERM exits 130 (the README's exit codes), as `train` did already; the other commands died with 143."""
+    proc = subprocess.Popen([sys.executable, "-m", "lstmdsl", "run", "vanilla", "-T", "20000", "-H", "128", "-I",
+                             "128", "-B", "16"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert "note:" in proc.stderr.readline()  # (the run has begun: its long reference run follows)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_optimizers_refuse_non_finite_gradients_and_leave_the_parameters():
+    layer = lstmdsl.compile("vanilla", 3, 4)
+    before = {k: v.copy() for k, v in layer.parameters().items()}
+    grads = {k: np.zeros_like(v) for k, v in before.items()}
+    grads["l0.b_f"] = np.full_like(grads["l0.b_f"], np.inf)
+    for opt in (lstmdsl.optim.SGD(layer.parameters(), lr=0.1), lstmdsl.optim.Adam(layer.parameters())):
+        with pytest.raises(lstmdsl.optim.NonFiniteGradients, match="gradient of l0.b_f holds NaN or infinite"):
+            opt.step(grads)
+    assert all(np.array_equal(v, before[k]) for k, v in layer.parameters().items())
+    huge = {k: np.full_like(v, 3e38) for k, v in before.items()}  # (finite: a float32 sum of them is not)
+    lstmdsl.optim.SGD(layer.parameters(), lr=1e-30).step(huge)
+
+
+def test_a_schedule_made_by_hand_is_checked_and_cli_options_are_named_as_given():
+    for kw, message in ((dict(precision="fp8"), "precision must be one of fp32, tf32, bf16, fp16, got 'fp8'"),
+                        (dict(persistent="maybe"), "persistent must be 'auto', 'on' or 'off'"),
+                        (dict(fuse_gates="no"), "fuse_gates must be True or False")):
+        with pytest.raises(UsageError, match=message):
+            lstmdsl.Schedule(**kw)
+    with pytest.raises(UsageError, match="precision bf16 applies to float32 layers"):
+        lstmdsl.compile("vanilla", 3, 4, dtype="float64", schedule="precision bf16")
+    for args, option in ((["run", "vanilla", "--heads", "2"], "--heads"), (["train", "vanilla", "--task", "digits",
+                                                                             "-P", "3"], "--proj-size")):
+        r = cli(*args)
+        assert r.returncode == 64 and f"{option} was given but cell 'vanilla'" in r.stderr and "note:" not in r.stderr

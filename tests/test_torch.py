@@ -1560,3 +1560,22 @@ def test_the_gradient_buffers_hold_each_parameter_aligned_and_copy_out_in_its_ty
         out = buffers.copied_out(params, grads, views)
         assert [o.dtype for o in out] == [dtype] * len(params)
         assert all(bool((o == i + 1).all()) for i, o in enumerate(out))
+
+
+def test_hand_made_packed_batches_and_lengths_past_int64_are_refused_clearly():
+    """A review's bad inputs (helper-120, 2026-12-08): float batch_sizes (torch's repeat_interleave had raised
+    NotImplementedError), a 2-D batch_sizes equal in bytes to the last good batch's (the packing cache returned it
+    before any check), lengths past int64 (ValueError: Overflow); numpy's floats as dropout (torch.nn takes them)."""
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    m = lt.LSTM(3, 4)
+    x = torch.randn(3, 2, 3)
+    good = pack_padded_sequence(x, [3, 2])
+    assert m(good)[0].data.shape == (5, 4)
+    for sizes, message in ((torch.tensor([2.0, 2.0, 1.0]), "must be an int64 tensor on the CPU, got torch.float32"),
+                           (torch.tensor([[2, 2, 1]]), r"batch_sizes \[\[2, 2, 1\]\] do not describe its data")):
+        with pytest.raises(UsageError, match=message):
+            m(PackedSequence(good.data, sizes, None, None))
+    with pytest.raises(UsageError, match=r"lengths must be in 1..3 \(the input's steps\)"):
+        m(x, lengths=[2 ** 70, 3])
+    assert lt.LSTM(3, 4, 2, dropout=np.float32(0.25)).dropout == 0.25

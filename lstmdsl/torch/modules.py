@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -77,9 +78,9 @@ class RNN(nn.Module):
         forget_bias = check_forget_bias(self.spec, forget_bias)  # (compile's checks: a GRU has no b_f)
         if dtype not in (None, torch.float32, torch.float64, *_HALF.values()):
             raise UsageError(f"dtype must be torch.float32, float64, bfloat16 or float16, got {dtype!r}")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
+        if not (isinstance(dropout, numbers.Real) and 0 <= dropout <= 1) or isinstance(dropout, bool):  # (numpy's too)
             raise UsageError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if not (isinstance(dropconnect, (int, float)) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
+        if not (isinstance(dropconnect, numbers.Real) and 0 <= dropconnect < 1) or isinstance(dropconnect, bool):
             raise UsageError(f"dropconnect must be a probability in [0, 1), got {dropconnect!r}")
         self.dropconnect = float(dropconnect)
         if dropout > 0 and num_layers == 1:  # (torch.nn.LSTM's warning, word for word)

@@ -21,7 +21,12 @@ def packing(packed: nn.utils.rnn.PackedSequence, cached) -> tuple[tuple, tuple[t
     batch_sizes (on the CPU), copied without blocking the host; `cached`, the entry of the module's last packed
     batch (or None), is returned as it is where the batch_sizes, device and type are the same."""
     data, sizes = packed.data, packed.batch_sizes
-    key = (sizes.numpy().tobytes(), data.device, data.dtype)
+    if not isinstance(sizes, torch.Tensor) or sizes.device.type != "cpu" or sizes.dtype != torch.int64:
+        raise UsageError(f"the PackedSequence's batch_sizes must be an int64 tensor on the CPU, got "
+                         f"{sizes.dtype if isinstance(sizes, torch.Tensor) else type(sizes).__name__}"
+                         f"{' on ' + str(sizes.device) if isinstance(sizes, torch.Tensor) else ''}: build it with "
+                         "torch.nn.utils.rnn.pack_padded_sequence")
+    key = (tuple(sizes.shape), sizes.numpy().tobytes(), data.device, data.dtype)  # (with the shape: [[2]] is no [2])
     if cached is not None and cached[0] == key and len(cached[1][0]) == len(data):
         return cached, cached[1]
     if (sizes.dim() != 1 or len(sizes) == 0 or int(sizes.sum()) != len(data) or int(sizes.min()) < 1
@@ -59,6 +64,8 @@ def length_mask(lengths, T: int, B: int, device: torch.device, dtype: torch.dtyp
                                   dtype=torch.int64)
         except TypeError:
             values = None
+        except (OverflowError, RuntimeError, ValueError):  # (past int64: "Overflow when unpacking long")
+            raise UsageError(f"lengths must be in 1..{T} (the input's steps), got {items!r}") from None
         if values is None or len(values) != len(items):
             raise UsageError(f"lengths must hold integers, got {items!r}")
     if tuple(values.shape) != (B,):
