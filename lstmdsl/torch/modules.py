@@ -191,10 +191,11 @@ class RNN(nn.Module):
             if self.bidirectional and not runner.beside:
                 runner.mark_beside()
 
-    def extra_repr(self) -> str:
-        s = f"{self.spec.name}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("proj_size", 0), ("dropconnect", 0.0)):
+    def extra_repr(self) -> str:  # (LSTM and GRU of torch.nn's cells as torch.nn's: LSTM(3, 4, proj_size=2, ...))
+        nn_cell = getattr(self, "_nn", None) is not None
+        s = ("" if nn_cell else f"{self.spec.name}, ") + f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("proj_size", 0), ("num_layers", 1 if nn_cell else None), ("bias", True),
+                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("dropconnect", 0.0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
