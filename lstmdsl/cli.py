@@ -22,7 +22,7 @@ import numpy as np
 from . import cli_args
 from .api import Spec, compile, layer_sizes, parse
 from .errors import (EXIT_CHECK_FAILED, EXIT_SOFTWARE, BackendUnavailable, InputFileError, LstmdslError, SpecError,
-                     SpecWarning, UsageError, check_free_memory)
+                     SpecWarning, OutputFileError, UsageError, check_free_memory)
 from .describe import cell_io, describe
 from .files import (CheckedStdout, QuietStderr, StdoutFailed, dumps, exists, output_dir, stop_on_sigterm,
                     write_text)
@@ -402,6 +402,9 @@ def _run(args) -> int:
     try:
         try:
             cli_args.spec_from_stdin(args)
+            if sys.stdout is None and args.command != "train" and not getattr(args, "output", None):
+                raise OutputFileError("standard output is closed, and the result goes there: redirect it to a file "
+                                      "(or to /dev/null to drop it)")  # (train's results go to --out)
             code = COMMANDS[args.command](args)
             if sys.stdout is not None:
                 sys.stdout.flush()  # (a failed write surfaces here, not at exit)

@@ -393,7 +393,7 @@ def test_spec_warnings_reach_train_and_api_users(tmp_path, capsys):
     assert mine and "'gat' is not defined" in str(mine[0].message) and mine[0].filename == __file__
 
 
-def test_a_failed_write_to_stdout_is_exit_73_not_an_internal_error():
+def test_a_failed_write_to_stdout_is_exit_73_not_an_internal_error(tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -406,7 +406,11 @@ def test_a_failed_write_to_stdout_is_exit_73_not_an_internal_error():
     r = subprocess.run(f"{sys.executable} -m lstmdsl check nosuch --json > /dev/full", shell=True, capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 66 and "no spec file 'nosuch'" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    # stdout closed at start (Python's sys.stdout is None): printing writes nothing, as before
+    # stdout closed at start (Python's sys.stdout is None): the result would be lost, so it is an output error (it
+    # wrote nothing and exited 0 until 2026-12-08), but not where the result goes to a file
     r = subprocess.run(f"{sys.executable} -m lstmdsl specs >&-", shell=True, capture_output=True, text=True, env=env,
                        timeout=120)
-    assert r.returncode == 0 and "internal" not in r.stderr, r.stderr
+    assert r.returncode == 73 and "standard output is closed" in r.stderr and "internal" not in r.stderr, r.stderr
+    r = subprocess.run(f"{sys.executable} -m lstmdsl compile vanilla --emit ir -o {tmp_path / 'k.ir'} >&-", shell=True,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "k.ir").read_text().startswith("cell"), r.stderr
