@@ -1226,9 +1226,9 @@ def test_dropconnect_on_the_gpu_replays_its_graphs_and_matches_the_reference():
         y.sum().backward()
     runner = m._groups[0][0]
     assert len(runner._bindings) <= 4  # two buffers per stack: two forward and two backward bindings
-    runner, _, names = m._groups[0]
+    runner, members, names = m._groups[0]
     torch.manual_seed(5)  # the masks the forward draws first: the masked stacks, in plain parameters
-    masked = dict(zip(names, (t.detach().clone() for t in m._connect(runner, m._tensors(names)))))
+    masked = dict(zip(names, (t.detach().clone() for t in m._connect(runner, m._op_tensors(runner, members, names)))))
     plain = lt.LSTM(4, 16, 2, dtype=torch.float64).cuda()
     plain.load_state_dict({**m.state_dict(), **{n: t for n, t in masked.items() if n.startswith("weight_hh")}})
     torch.manual_seed(5)
@@ -1579,3 +1579,44 @@ def test_hand_made_packed_batches_and_lengths_past_int64_are_refused_clearly():
     with pytest.raises(UsageError, match=r"lengths must be in 1..3 \(the input's steps\)"):
         m(x, lengths=[2 ** 70, 3])
     assert lt.LSTM(3, 4, 2, dropout=np.float32(0.25)).dropout == 0.25
+
+
+def test_the_summed_biases_survive_other_parameters_inference_mode_and_weight_wrappers():
+    """helper-122's review of torch.nn's two biases (2026-12-08): a forward on other parameters (functional_call, an
+    EMA pass) between a forward and its backward overwrote the sums the backward re-reads (gradients off by up to
+    6.6); a first call under inference_mode made the module untrainable; reset_parameters zeroed pruning's mask and
+    spectral norm's vectors; a state dict with both P and weight_hr loaded P silently."""
+    from torch.func import functional_call
+    from torch.nn.utils import parametrizations, prune
+
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for make in (lambda m: m.LSTM(3, 4), lambda m: m.GRU(3, 4, bidirectional=True)):
+        torch.manual_seed(0)
+        ref = make(torch.nn).double()
+        ours = lt.from_torch(ref)
+        a = {k: v.detach().clone().requires_grad_() for k, v in ours.named_parameters()}
+        b = {k: v.detach() * 2 for k, v in ours.named_parameters()}
+        grads = []
+        for m in (ref, ours):
+            y = functional_call(m, a, (x,))[0]
+            with torch.no_grad():
+                functional_call(m, b, (x,))
+            grads.append(torch.autograd.grad(y.sum(), list(a.values())))
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+    m = lt.LSTM(3, 4).double()
+    with torch.inference_mode():
+        m(x)
+    m(x)[0].sum().backward()
+    assert m.bias_ih_l0.grad is not None
+    m = lt.LSTM(3, 4, bias=False).double()
+    prune.random_unstructured(m, "weight_hh_l0", 0.3)
+    mask = m.weight_hh_l0_mask.clone()
+    m.reset_parameters()
+    assert torch.equal(m.weight_hh_l0_mask, mask)
+    assert not any(b.any() for n, b in m.named_buffers() if n.startswith("b_"))
+    m = parametrizations.spectral_norm(lt.LSTM(3, 4).double(), "weight_hh_l0")
+    m.reset_parameters()
+    assert bool(m(x)[0].isfinite().all())
+    both = {**lt.RNN("lstmp", 3, 4, proj_size=2).state_dict(), "weight_hr_l0": torch.zeros(2, 4)}
+    with pytest.raises(UsageError, match="holds torch.nn's weight_hr_l0 and lstmdsl's P_l0 too"):
+        lt.LSTM(3, 4, proj_size=2).load_state_dict(both)

@@ -62,10 +62,17 @@ class NNLayout:
             H = self.hidden
             return [(ih[i * H:(i + 1) * H] if i >= 0 else 0) + (hh[h * H:(h + 1) * H] if h >= 0 else 0)
                     for _, i, h in self.vectors]
-        key = (key, ih.device, ih.dtype)  # (one buffer each: a module run on two devices keeps both addresses)
-        if key not in holder:
-            holder[key] = torch.empty(len(self.vectors) * self.hidden, dtype=ih.dtype, device=ih.device)
-        buffer = holder[key]
+        # one buffer per pair of sources (a review, 2026-12-08: with one per layer, a forward on other parameters,
+        # torch.func.functional_call's, overwrote the sums a pending backward re-reads, and its gradients were wrong),
+        # per device and type; not an inference tensor (made in inference mode, it would refuse every later
+        # backward), and of the parameters' device whatever a pickle's map_location did to the dict
+        key = (key, ih.device, ih.dtype, ih.data_ptr(), hh.data_ptr())
+        buffer = holder.get(key)
+        if buffer is None or buffer.device != ih.device or buffer.dtype != ih.dtype or buffer.is_inference():
+            if len(holder) > 64:  # (buffers of parameters no longer read; a pending backward keeps its own)
+                holder.clear()
+            with torch.inference_mode(False):
+                buffer = holder[key] = torch.empty(len(self.vectors) * self.hidden, dtype=ih.dtype, device=ih.device)
         return list(GateBiases.apply(self, ih, hh, buffer))
 
     def parameters(self, runner, j: int, sfx: str, bias: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -117,8 +124,12 @@ def reset_nn(self, rng, bound: float, forget_bias) -> None:
                     f = self._nn.gates.index("f")
                     getattr(self, "bias_ih" + sfx)[f * H:(f + 1) * H] = forget_bias
                     getattr(self, "bias_hh" + sfx)[f * H:(f + 1) * H] = 0.0
-        for b in self.buffers():  # (bias=False: the zero vectors)
-            b.zero_()
+        if not self.bias:  # (the zero vectors: only those, not a weight wrapper's buffers, pruning's masks)
+            for runner, _, names in self._groups:
+                vectors = [s.kind == "vector" for s in runner.slots]
+                for j, name in enumerate(names):
+                    if vectors[j % len(vectors)]:
+                        getattr(self, name).zero_()
 
 
 class GateBiases(torch.autograd.Function):

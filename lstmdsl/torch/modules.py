@@ -17,7 +17,7 @@ from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule
 from ..spec import Spec, parse
 from .layout import NNLayout, reset_nn
-from .names import cell_kind, lstmdsl_state_dict, torch_state_dict
+from .names import lstmdsl_state_dict, nn_kind, torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
@@ -37,14 +37,6 @@ def _bool(name: str, v) -> bool:  # (as nn.LSTM takes flags: 1 and 0 too, nn.LST
 
 def _is_bias(name: str) -> bool:
     return name == "b" or name.startswith("b_")
-
-
-def _kind(module) -> str | None:
-    """Which of torch.nn's cells (names.GATES) the module's is, or None."""
-    try:
-        return cell_kind(module)
-    except UsageError:
-        return None
 
 
 class RNN(nn.Module):
@@ -103,7 +95,7 @@ class RNN(nn.Module):
         self._packing_cache = None  # (batch_sizes, device, dtype) and packing's tensors for the last packed batch
         self._seed, self._forget_bias = seed, forget_bias  # (reset_parameters draws them again the same way)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        kind = _kind(self) if self._nn_names else None
+        kind = nn_kind(self) if self._nn_names else None
         self._nn = None  # LSTM and GRU on a cell torch.nn has: torch.nn's parameters (layout.py)
         self._bias_buffers: dict = {}  # (layout.NNLayout.values: the gates' summed biases, by layer and direction)
         for members in groups:
@@ -357,7 +349,10 @@ class RNN(nn.Module):
                 masked = t * ((torch.rand(t.shape, device=t.device) >= self.dropconnect) * keep).to(t.dtype)
                 if persistent:
                     key = (runner.handle, k, i, t.device, t.dtype)
-                    ring = self._connected.setdefault(key, [torch.empty_like(t), torch.empty_like(t), 0])
+                    if key not in self._connected:
+                        with torch.inference_mode(False):  # (not inference tensors: a later call writes them)
+                            self._connected[key] = [torch.empty_like(t), torch.empty_like(t), 0]
+                    ring = self._connected[key]
                     buffer, ring[2] = ring[ring[2]], 1 - ring[2]
                     masked = CopyInto.apply(masked, [buffer])
                 out[k * n + i] = masked

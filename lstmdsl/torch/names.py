@@ -24,6 +24,14 @@ def cell_kind(module) -> str:
                      "lstmp and gru_torch cells")
 
 
+def nn_kind(module) -> str | None:
+    """Which of torch.nn's cells (GATES) the module's is, or None."""
+    try:
+        return cell_kind(module)
+    except UsageError:
+        return None
+
+
 def suffixes(m) -> list[str]:
     return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
 
@@ -69,6 +77,9 @@ def lstmdsl_state_dict(module, state: dict, prefix: str = "") -> None:
     for sfx in suffixes(module):
         keys = [prefix + name + sfx for name, _, _ in layout.vectors]
         if prefix + "P" + sfx in state:
+            if prefix + "weight_hr" + sfx in state:
+                raise UsageError(f"the state dict holds torch.nn's {prefix}weight_hr{sfx} and lstmdsl's {prefix}P{sfx} "
+                                 "too: load one or the other")
             state[prefix + "weight_hr" + sfx] = state.pop(prefix + "P" + sfx)
         if not all(k in state for k in keys):
             continue  # (none, or some alone: left for torch's report of unexpected and missing keys)

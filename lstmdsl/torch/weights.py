@@ -67,7 +67,8 @@ class GemmWeights:
         if key not in self._copies:
             if len(self._copies) > self._limit:  # (stale copies: of parameters no longer read)
                 self._copies.clear()
-            self._copies[key] = make()
+            with torch.inference_mode(False):  # (made in inference mode, a later training call could not write it)
+                self._copies[key] = make()
         return self._copies[key]
 
 
