@@ -442,6 +442,9 @@ def test_from_torch_keeps_frozen_parameters_frozen_and_to_torch_says_what_it_dro
     ref.bias_ih_l1.requires_grad_(False)
     frozen = {n for n, p in lt.from_torch(ref).named_parameters() if not p.requires_grad}
     assert frozen == {"weight_hh_l0", "bias_ih_l1"}
+    assert {n for n, p in lt.to_torch(lt.from_torch(ref)).named_parameters() if not p.requires_grad} == frozen
+    spec_names = lt.RNN("vanilla", 3, 4).requires_grad_(False)  # (helper-123: to_torch had made them all trainable)
+    assert not any(p.requires_grad for p in lt.to_torch(spec_names).parameters())
     with pytest.warns(UserWarning, match="has no DropConnect; the module's dropconnect=0.3 is not carried over"):
         lt.to_torch(lt.LSTM(3, 4, dropconnect=0.3))
 

@@ -71,16 +71,19 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     with torch.no_grad():
         if module._nn is not None:  # (LSTM and GRU: torch.nn's own parameters)
             for name, param in out.named_parameters():
-                getattr(out, name).copy_(getattr(module, name))
+                _copy(param, getattr(module, name))
             return out.train(module.training)
-        for sfx in suffixes(module):
-            getattr(out, "weight_ih" + sfx).copy_(getattr(module, "weight_ih" + sfx))
-            getattr(out, "weight_hh" + sfx).copy_(getattr(module, "weight_hh" + sfx))
+        for sfx in suffixes(module):  # (an RNN of those cells: the spec's names; requires_grad=False carried over)
+            _copy(getattr(out, "weight_ih" + sfx), getattr(module, "weight_ih" + sfx))
+            _copy(getattr(out, "weight_hh" + sfx), getattr(module, "weight_hh" + sfx))
             if module.proj_size:
-                getattr(out, "weight_hr" + sfx).copy_(getattr(module, "P" + sfx))
+                _copy(getattr(out, "weight_hr" + sfx), getattr(module, "P" + sfx))
             if not module.bias:
                 continue
             bih, bhh = getattr(out, "bias_ih" + sfx), getattr(out, "bias_hh" + sfx)
+            trained = any(getattr(module, f"{v}{sfx}").requires_grad for v in ("b_in", "b_hn", *(f"b_{g}" for g in gates))
+                          if hasattr(module, f"{v}{sfx}"))
+            bih.requires_grad_(trained), bhh.requires_grad_(trained)
             bhh.zero_()
             for j, g in enumerate(gates):
                 part = slice(j * H, (j + 1) * H)
