@@ -354,21 +354,22 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "train":
 def main(argv: list[str] | None = None) -> int:
     argv = cli_args.joined_lengths(list(sys.argv[1:] if argv is None else argv))
     cli_args.JSON_ERRORS = "--json" in argv
-    args = build_parser().parse_args(argv)
     before, out, err = warnings.formatwarning, sys.stdout, sys.stderr  # (only the text: whoever records or logs
     warnings.formatwarning = _format_warning                            # warnings still gets them)
     if out is not None:  # (None: Python's stdout where fd 1 was closed at start; print then writes nothing)
         sys.stdout = CheckedStdout(out)
-    sys.stderr = QuietStderr(err)  # (a note that cannot be written must not cost the result)
-    term = stop_on_sigterm()
+    sys.stderr = QuietStderr(err)  # (a note that cannot be written must not cost the result: usage errors' too)
+    restore = None
     try:
+        restore = stop_on_sigterm()
+        args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=SpecWarning)  # (the commands print the spec's warnings)
             return _run(args)
     finally:  # (main() also runs inside other programs and the tests)
         warnings.formatwarning, sys.stdout, sys.stderr = before, out, err
-        if term is not None:
-            signal.signal(signal.SIGTERM, term)
+        if restore is not None:
+            restore()
 
 
 def _drop_stdout() -> None:
@@ -402,7 +403,7 @@ def _run(args) -> int:
     try:
         try:
             cli_args.spec_from_stdin(args)
-            if sys.stdout is None and args.command != "train" and not getattr(args, "output", None):
+            if sys.stdout is None and (args.command != "train" or args.json) and not getattr(args, "output", None):
                 raise OutputFileError("standard output is closed, and the result goes there: redirect it to a file "
                                       "(or to /dev/null to drop it)")  # (train's results go to --out)
             code = COMMANDS[args.command](args)

@@ -7,6 +7,7 @@ And checking, before long work starts, that an output folder can be written at a
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -131,8 +132,12 @@ def is_file(path) -> bool:
 def _probe(path, test) -> bool:
     try:
         return test(Path(path))
-    except (OSError, ValueError):  # (ENAMETOOLONG, a NUL in the name: opening it then says what is wrong)
+    except ValueError:  # (a NUL in the name: opening it then says what is wrong)
         return False
+    except OSError as err:  # (a name too long: the same; another error, no access say, is the caller's to report)
+        if err.errno == errno.ENAMETOOLONG:
+            return False
+        raise
 
 
 def output_dir(path: Path | str, what: str = "the output folder") -> Path:
@@ -177,18 +182,30 @@ class QuietStderr(_Stream):
     flush at exit does not fail again; the result on stdout and the exit code stand (they failed the run before)."""
 
     def __init__(self, stream):
-        super().__init__(stream if stream is not None else open(os.devnull, "w"))  # (None: fd 2 closed at start)
+        super().__init__(stream if stream is not None else _null())  # (None: fd 2 closed at start)
 
     def _do(self, what: str, *args):
         try:
             return getattr(self._stream, what)(*args)
-        except (OSError, ValueError):  # (ValueError: a closed file)
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, self._stream.fileno())
-                os.close(null)
-            self._stream = open(os.devnull, "w")
+        except (OSError, ValueError) as err:  # (ValueError: a closed file)
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EPIPE, errno.EBADF, errno.EIO):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    if self._stream.fileno() == 2:  # (fd 2 only: Python's flush at exit fails no more)
+                        null = os.open(os.devnull, os.O_WRONLY)
+                        os.dup2(null, 2)
+                        os.close(null)
+            self._stream = _null()
             return getattr(self._stream, what)(*args)
+
+
+def _null():
+    """One writable /dev/null a process (QuietStderr's place for what stderr cannot take)."""
+    if not _NULL:
+        _NULL.append(open(os.devnull, "w"))
+    return _NULL[0]
+
+
+_NULL: list = []
 
 
 class CheckedStdout(_Stream):
@@ -210,7 +227,10 @@ def _stop(signum, frame):
 
 def stop_on_sigterm():
     """SIGTERM stops a command as Ctrl-C does (exit 130; `train` saves its checkpoint first, with a handler of its
-    own); the handler before, to restore, or None where none can be set (main() called off the main thread)."""
+    own): a function that puts the handler before back (SIG_DFL where it was not set from Python), or None where
+    none can be set (main() called off the main thread). A process blocked in a long C call (a device sync) stops
+    once Python runs again."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, _stop)
+    before = signal.signal(signal.SIGTERM, _stop)
+    return lambda: signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)

@@ -43,14 +43,16 @@ def _check(params: dict, grads: dict) -> None:
         if grads[k].shape != p.shape:
             raise UsageError(f"gradient of {k} has shape {list(grads[k].shape)}, the parameter {list(p.shape)}")
     # NaN or infinite gradients would make every parameter NaN, and each later call's results with them, silently:
-    # refused before any update, one reduction and one read for them all (a review, 2026-12-08)
-    total = sum(float(g.sum(dtype=np.float64)) if isinstance(g, np.ndarray) else g.sum(dtype=np.float64)
-                for g in grads.values())
-    bad = None if math.isfinite(float(total)) else \
-        next((k for k, g in grads.items() if not bool(array_module(g).isfinite(g).all())), None)
+    # refused before any update, one reduction an array and one read for them all (a review, 2026-12-08); a sum
+    # that overflows from finite terms is told apart array by array
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(g.sum(dtype=np.float32) if g.dtype == np.float16 else g.sum() for g in grads.values())
+        bad = None if math.isfinite(float(total)) else \
+            next((k for k, g in grads.items() if not bool(array_module(g).isfinite(g).all())), None)
     if bad is not None:  # (else finite terms whose sum overflowed)
-        raise NonFiniteGradients(f"the gradient of {bad} holds NaN or infinite values: no step taken, the parameters are "
-                         "unchanged (a loss that overflowed? lstmdsl train skips such steps under fp16's loss scaling)")
+        raise NonFiniteGradients(f"the gradient of {bad} holds NaN or infinite values: no step taken, the parameters "
+                                 "are unchanged (a loss that overflowed? lstmdsl train skips such steps under fp16's "
+                                 "loss scaling)")
 
 
 def _positive(name: str, value: float, allow_zero: bool = True) -> float:

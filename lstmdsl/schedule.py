@@ -57,7 +57,9 @@ class Schedule:
             if f.name in _MODES and v not in ("auto", "on", "off"):
                 raise UsageError(f"Schedule {f.name} must be 'auto', 'on' or 'off', got {v!r}")
             if f.type in (bool, "bool") and not isinstance(v, bool):
-                raise UsageError(f"Schedule {f.name} must be True or False, got {v!r}")
+                if type(v).__module__ != "numpy" or type(v).__name__ not in ("bool", "bool_"):  # (numpy's bools: taken)
+                    raise UsageError(f"Schedule {f.name} must be True or False, got {v!r}")
+                object.__setattr__(self, f.name, bool(v))
 
     def describe(self) -> str:
         """The schedule as directive text, which parse_schedule reads back."""

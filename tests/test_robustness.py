@@ -838,6 +838,9 @@ def test_an_unwritable_stderr_loses_neither_the_result_nor_the_exit_code(tmp_pat
         r = subprocess.run([sys.executable, "-m", "lstmdsl", "check", str(bad)], stdout=subprocess.PIPE, stderr=full,
                            env=env, timeout=300)
         assert r.returncode == 65
+        r = subprocess.run([sys.executable, "-m", "lstmdsl", "run", "vanilla", "--bogus"], stdout=subprocess.PIPE,
+                           stderr=full, env=env, timeout=300)
+        assert r.returncode == 64  # (a usage error's message goes to stderr too: it had exited 1)
     r = subprocess.run([sys.executable, "-m", "lstmdsl", "check", "vanilla"], stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL, env=env, timeout=300, pass_fds=(), close_fds=True,
                        preexec_fn=lambda: os.close(2))
@@ -885,6 +888,9 @@ def test_optimizers_refuse_non_finite_gradients_and_leave_the_parameters():
     assert all(np.array_equal(v, before[k]) for k, v in layer.parameters().items())
     huge = {k: np.full_like(v, 3e38) for k, v in before.items()}  # (finite: a float32 sum of them is not)
     lstmdsl.optim.SGD(layer.parameters(), lr=1e-30).step(huge)
+    wide = lstmdsl.compile("vanilla", 3, 4, dtype="float64")
+    huge = {k: np.full_like(v, 1e308) for k, v in wide.parameters().items()}  # (a float64 sum overflows too)
+    lstmdsl.optim.SGD(wide.parameters(), lr=1e-300).step(huge)
 
 
 def test_a_schedule_made_by_hand_is_checked_and_cli_options_are_named_as_given():

@@ -355,7 +355,8 @@ def test_lstm_and_gru_have_torch_nns_parameters_and_train_as_it_does(make):
     assert ours._flat_weights_names == ref._flat_weights_names and ours.mode == ref.mode
     assert [[n.shape for n in g] for g in ours.all_weights] == [[n.shape for n in g] for g in ref.all_weights]
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    for optimizer in (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.1), lambda ps: torch.optim.Adam(ps, lr=0.01)):
+    for optimizer in (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.1),
+                      lambda ps: torch.optim.Adam(ps, lr=0.01)):
         out = []
         for m in (copy.deepcopy(ref), copy.deepcopy(ours)):
             opt = optimizer(m.parameters())
@@ -406,6 +407,10 @@ def test_torchs_weight_wrappers_and_bias_edits_act_as_on_nn_lstm(wrap):
             for name, p in rnn.named_parameters():
                 if "bias" in name:
                     p.data[4:8].fill_(1.0)
+        if wrap in ("prune", "parametrize", "weight_norm"):  # (from and to torch.nn read what the wrapper computes,
+            there = lt.to_torch(rnn) if m is lt else lt.from_torch(rnn)  # trained where its source is: helper-124)
+            torch.testing.assert_close(there(x)[0], rnn(x)[0], rtol=1e-12, atol=1e-12)
+            assert all(p.requires_grad for p in there.parameters())
         y = rnn(x)[0]
         y.sum().backward()
         out.append((y, [p.grad for p in rnn.parameters()]))

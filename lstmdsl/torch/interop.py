@@ -38,9 +38,10 @@ def from_torch(module: nn.LSTM | nn.GRU, **kw) -> RNN:
     if new._nn is None:
         raise UsageError(f"from_torch builds torch.nn's cell; spec='{new.spec.name}' is another: build "
                          "lstmdsl.torch.LSTM(..., spec=...) and copy the weights you want by hand")
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            _copy(getattr(new, name), param)
+    values = {n: getattr(module, n) for n in new._flat_weights_names}  # (outside no_grad: what a weight wrapper
+    with torch.no_grad():                                                # computes keeps its requires_grad)
+        for name, value in values.items():
+            _copy(getattr(new, name), value)
     return new.train(module.training)
 
 
@@ -67,29 +68,23 @@ def to_torch(module: RNN) -> nn.LSTM | nn.GRU:
     else:
         out = nn.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **args)
     gates = GATES[kind]
-    H = module.hidden_size
-    with torch.no_grad():
-        if module._nn is not None:  # (LSTM and GRU: torch.nn's own parameters)
-            for name, param in out.named_parameters():
-                _copy(param, getattr(module, name))
-            return out.train(module.training)
-        for sfx in suffixes(module):  # (an RNN of those cells: the spec's names; requires_grad=False carried over)
-            _copy(getattr(out, "weight_ih" + sfx), getattr(module, "weight_ih" + sfx))
-            _copy(getattr(out, "weight_hh" + sfx), getattr(module, "weight_hh" + sfx))
+    # the module's tensors read outside no_grad (a weight wrapper's result keeps its requires_grad), by torch's names
+    if module._nn is not None:  # (LSTM and GRU: torch.nn's own parameters)
+        src = {n: getattr(module, n) for n, _ in out.named_parameters()}
+    else:  # (an RNN of those cells: the spec's names, one bias a gate: in bias_ih, zeros in bias_hh but the GRU's b_hn)
+        src = {}
+        for sfx in suffixes(module):
+            for n in ("weight_ih", "weight_hh"):
+                src[n + sfx] = getattr(module, n + sfx)
             if module.proj_size:
-                _copy(getattr(out, "weight_hr" + sfx), getattr(module, "P" + sfx))
-            if not module.bias:
-                continue
-            bih, bhh = getattr(out, "bias_ih" + sfx), getattr(out, "bias_hh" + sfx)
-            trained = any(getattr(module, f"{v}{sfx}").requires_grad for v in ("b_in", "b_hn", *(f"b_{g}" for g in gates))
-                          if hasattr(module, f"{v}{sfx}"))
-            bih.requires_grad_(trained), bhh.requires_grad_(trained)
-            bhh.zero_()
-            for j, g in enumerate(gates):
-                part = slice(j * H, (j + 1) * H)
-                if g == "n":
-                    bih[part] = getattr(module, "b_in" + sfx)
-                    bhh[part] = getattr(module, "b_hn" + sfx)
-                else:
-                    bih[part] = getattr(module, f"b_{g}" + sfx)
+                src["weight_hr" + sfx] = getattr(module, "P" + sfx)
+            if module.bias:
+                ih = [getattr(module, ("b_in" if g == "n" else f"b_{g}") + sfx) for g in gates]
+                hh = [getattr(module, "b_hn" + sfx) if g == "n" else torch.zeros_like(b) for g, b in zip(gates, ih)]
+                trained = any(b.requires_grad for b in ih + hh)  # (trained where any of the gates' biases is)
+                src["bias_ih" + sfx], src["bias_hh" + sfx] = (torch.cat(bs).detach().requires_grad_(trained)
+                                                              for bs in (ih, hh))
+    with torch.no_grad():
+        for name, param in out.named_parameters():
+            _copy(param, src[name])
     return out.train(module.training)

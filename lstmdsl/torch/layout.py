@@ -48,6 +48,12 @@ class NNLayout:
         """torch.nn's name of a weight stack (before the layer's suffix): LSTMP's projection P is weight_hr."""
         return "weight_hr" if slot == "P" else slot
 
+    @property
+    def summed(self) -> bool:
+        """Whether each vector is the sum of torch's two biases of its own gate, in gate order (the LSTM's: one add
+        makes them all, one cat takes their gradients back)."""
+        return len(self.vectors) == len(self.gates) and all(i == h == j for j, (_, i, h) in enumerate(self.vectors))
+
     def width(self) -> int:
         return len(self.gates) * self.hidden
 
@@ -96,9 +102,9 @@ class NNLayout:
 
 
 def reset_nn(self, rng, bound: float, forget_bias) -> None:
-    """A module's (self's) reset_parameters under torch.nn's names: as torch.nn.LSTM draws them (each parameter in turn, uniform in
-    +-bound), or the spec's values from rng (each gate's bias in bias_ih, the GRU's b_hn in bias_hh, the rest
-    zero); forget_bias in bias_ih's forget gate, bias_hh's zero there."""
+    """A module's (self's) reset_parameters under torch.nn's names: as torch.nn.LSTM draws them (each parameter in
+    turn, uniform in +-bound), or the spec's values from rng (each gate's bias in bias_ih, the GRU's b_hn in
+    bias_hh, the rest zero); forget_bias in bias_ih's forget gate, bias_hh's zero there."""
     H = self.hidden_size
     with torch.no_grad():
         if rng is None:
@@ -142,7 +148,7 @@ class GateBiases(torch.autograd.Function):
     def forward(ctx, layout: NNLayout, ih: Tensor, hh: Tensor, buffer: Tensor):
         H, out = layout.hidden, buffer.data
         with torch.no_grad():
-            if all(i == h == j for j, (_, i, h) in enumerate(layout.vectors)) and len(layout.vectors) == len(layout.gates):
+            if layout.summed:
                 torch.add(ih, hh, out=out)  # (the LSTM: one add)
             else:
                 for j, (_, i, h) in enumerate(layout.vectors):
@@ -159,8 +165,7 @@ class GateBiases(torch.autograd.Function):
     def backward(ctx, *grads):
         layout, H = ctx.layout, ctx.layout.hidden
         ih, hh = ctx.saved_tensors
-        if all(i == h == j for j, (_, i, h) in enumerate(layout.vectors)) and len(grads) == len(layout.gates) \
-                and all(g is not None for g in grads):
+        if layout.summed and all(g is not None for g in grads):
             dih = torch.cat(grads)  # (the LSTM; two tensors, not one: an optimizer's in-place work on one
             return None, dih, dih.clone(), None  # parameter's gradient must not reach the other's)
         dih, dhh = torch.zeros_like(ih), torch.zeros_like(hh)
