@@ -905,3 +905,20 @@ def test_a_schedule_made_by_hand_is_checked_and_cli_options_are_named_as_given()
                                                                              "-P", "3"], "--proj-size")):
         r = cli(*args)
         assert r.returncode == 64 and f"{option} was given but cell 'vanilla'" in r.stderr and "note:" not in r.stderr
+
+
+def test_train_reports_non_finite_gradients_as_divergence(monkeypatch, tmp_path):
+    """An optimizer step refused for NaN or infinite gradients (lstmdsl.optim.NonFiniteGradients) stops a training
+    run as a diverged loss does: Diverged, exit 1, with the epoch and batch (helper-124: untested)."""
+    from lstmdsl import optim
+    from lstmdsl.train import Diverged, TrainConfig, run
+
+    def poisoned(self, grads):
+        optim._check(self.params, {k: g * np.inf for k, g in grads.items()})
+
+    monkeypatch.setattr(optim.Adam, "step", poisoned)
+    cfg = TrainConfig("vanilla", "digits", epochs=1, hidden_size=6, lr=0.02, batch=16, max_train=32, seed=5,
+                      optimizer="adam")
+    with pytest.raises(Diverged, match=r"epoch 1, batch 1 of 2: the gradient of .* holds NaN or infinite") as e:
+        run(cfg, tmp_path / "run", log=None)
+    assert e.value.exit_code == 1
