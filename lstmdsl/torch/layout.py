@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .names import GATES
+from .names import GATES, suffix
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def reset_nn(self, rng, bound: float, forget_bias) -> None:
             values = runner.initial(rng, dtype, forget_bias) if rng is not None else None
             n = len(runner.slots)
             for j, (k, d) in enumerate(members):
-                sfx = f"_l{k}" + ("_reverse" if d else "")
+                sfx = suffix(k, d)
                 if values is not None:
                     for slot, name, v in zip(runner.slots, names[j * n:(j + 1) * n], values[j]):
                         if slot.kind == "stack":

@@ -17,7 +17,7 @@ from ..layer import is_gain, layer_sizes
 from ..schedule import Schedule
 from ..spec import Spec, parse
 from .layout import NNLayout, reset_nn
-from .names import lstmdsl_state_dict, nn_kind, torch_state_dict
+from .names import lstmdsl_state_dict, nn_kind, suffix, torch_state_dict
 from .ops import Runner
 from .ops import forward as run_forward
 from .ops import value_type as _value_type
@@ -105,7 +105,7 @@ class RNN(nn.Module):
                 self._nn = NNLayout.of(kind, hidden_size, [s.name for s in runner.slots if s.kind == "vector"])
             names = []
             for j, (k, d) in enumerate(members):
-                sfx = f"_l{k}" + ("_reverse" if d else "")
+                sfx = suffix(k, d)
                 for name, shape in self._nn.parameters(runner, j, sfx, self.bias) if self._nn else []:
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 for slot in runner.slots:
@@ -154,7 +154,7 @@ class RNN(nn.Module):
         for runner, members, names in self._groups:
             n = len(runner.slots)
             for j, (k, d) in enumerate(members):  # (names: each member's slots in turn)
-                sfx = f"_l{k}" + ("_reverse" if d else "")
+                sfx = suffix(k, d)
                 per[(k, d)] = [nm for nm, _ in self._nn.parameters(runner, j, sfx, self.bias)] if self._nn else \
                     [nm for s, nm in zip(runner.slots, names[j * n:(j + 1) * n])
                      if not (s.kind == "vector" and _is_bias(s.name) and not self.bias)]
@@ -302,7 +302,7 @@ class RNN(nn.Module):
             return self._checked(runner, names, self._tensors(names))
         out, n = [], len(runner.slots)
         for j, member in enumerate(members):
-            sfx = f"_l{member[0]}" + ("_reverse" if member[1] else "")
+            sfx = suffix(*member)
             vectors = iter(self._nn.values(*self._tensors(["bias_ih" + sfx, "bias_hh" + sfx]), self._bias_buffers,
                                            member))
             own = names[j * n:(j + 1) * n]

@@ -32,8 +32,13 @@ def nn_kind(module) -> str | None:
         return None
 
 
+def suffix(k: int, d: int) -> str:
+    """The end of the names of layer k's parameters in direction d (0 forward, 1 reverse), as torch.nn's."""
+    return f"_l{k}" + ("_reverse" if d else "")
+
+
 def suffixes(m) -> list[str]:
-    return [f"_l{k}" + ("_reverse" if d else "") for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
+    return [suffix(k, d) for k in range(m.num_layers) for d in range(1 + m.bidirectional)]
 
 
 def torch_state_dict(module, state: dict, prefix: str = "") -> None:
